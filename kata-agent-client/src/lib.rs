@@ -1,0 +1,1 @@
+//! kata-agent-client (work in progress).

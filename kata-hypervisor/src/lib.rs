@@ -1,0 +1,1 @@
+//! kata-hypervisor (work in progress).

@@ -1,0 +1,1 @@
+//! kata-resource (work in progress).

@@ -1,0 +1,1 @@
+//! kata-sandbox (work in progress).

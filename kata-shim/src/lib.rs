@@ -1,0 +1,1 @@
+//! kata-shim (work in progress).

@@ -1,0 +1,1 @@
+//! kata-vmm (work in progress).
