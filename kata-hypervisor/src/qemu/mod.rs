@@ -1,0 +1,651 @@
+//! The QEMU backend: an external `qemu-system-*` process driven over QMP.
+//!
+//! Start-up: resolve the guest files, choose KVM or TCG, start the vsock backend if the host has
+//! no `/dev/vhost-vsock`, launch QEMU with everything cold-plugged, then connect QMP. Every step
+//! that fails undoes the ones before it, so a failed start leaves no process, socket or directory.
+
+pub mod cmdline;
+pub mod qmp;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Map};
+
+use crate::config::{GuestManifest, HypervisorConfig};
+use crate::console::tail_lines;
+use crate::device::{DeviceConfig, PciePort, VsockAddress};
+use crate::error::{Error, Result};
+use crate::hypervisor::{Capabilities, Hypervisor, HypervisorState, VmState};
+use crate::kvm::{choose_accelerator, find_program, Accelerator};
+use crate::process::Supervised;
+use cmdline::{QemuLaunch, VsockDevice};
+use qmp::QmpClient;
+
+/// The vsock port the agent listens on (Kata's default).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_GRACE: Duration = Duration::from_secs(3);
+const CONSOLE_LINES_KEPT: usize = 50;
+
+static TCG_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Running processes and connections of a started VM.
+#[derive(Default)]
+struct Running {
+    qemu: Option<Supervised>,
+    vsock_backend: Option<Supervised>,
+    qmp: Option<Arc<QmpClient>>,
+    agent: Option<VsockAddress>,
+    accelerator: Option<Accelerator>,
+    hotplugged_vfio: usize,
+}
+
+/// A VM run by QEMU.
+pub struct Qemu {
+    id: String,
+    config: HypervisorConfig,
+    vm_dir: PathBuf,
+    devices: Mutex<Vec<DeviceConfig>>,
+    state: Mutex<VmState>,
+    running: tokio::sync::Mutex<Running>,
+    pids: Mutex<Vec<u32>>,
+    qmp: Mutex<Option<Arc<QmpClient>>>,
+    exit: Mutex<Option<tokio::sync::watch::Receiver<Option<String>>>>,
+    last_console: Mutex<Vec<String>>,
+    agent: Mutex<Option<VsockAddress>>,
+    accelerator: Mutex<Option<Accelerator>>,
+}
+
+impl std::fmt::Debug for Qemu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qemu")
+            .field("id", &self.id)
+            .field("vm_dir", &self.vm_dir)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Qemu {
+    /// A QEMU VM named `id` whose sockets and console log live in `vm_dir` (created at start,
+    /// removed at stop). Checks the configuration values; files are checked at start.
+    pub fn new(id: &str, config: HypervisorConfig, vm_dir: impl Into<PathBuf>) -> Result<Self> {
+        config.validate()?;
+        Ok(Qemu {
+            id: id.to_string(),
+            config,
+            vm_dir: vm_dir.into(),
+            devices: Mutex::new(Vec::new()),
+            state: Mutex::new(VmState::New),
+            running: tokio::sync::Mutex::new(Running::default()),
+            pids: Mutex::new(Vec::new()),
+            qmp: Mutex::new(None),
+            exit: Mutex::new(None),
+            last_console: Mutex::new(Vec::new()),
+            agent: Mutex::new(None),
+            accelerator: Mutex::new(None),
+        })
+    }
+
+    /// The VM directory.
+    pub fn vm_dir(&self) -> &Path {
+        &self.vm_dir
+    }
+
+    /// The serial console log of the guest.
+    pub fn console_log(&self) -> PathBuf {
+        self.vm_dir.join("console.log")
+    }
+
+    /// The QMP client, once started.
+    pub fn qmp(&self) -> Option<Arc<QmpClient>> {
+        self.qmp.lock().unwrap().clone()
+    }
+
+    /// The accelerator the VM runs with, once started.
+    pub fn accelerator(&self) -> Option<Accelerator> {
+        *self.accelerator.lock().unwrap()
+    }
+
+    fn set_state(&self, s: VmState) {
+        *self.state.lock().unwrap() = s;
+    }
+
+    fn qmp_or_err(&self) -> Result<Arc<QmpClient>> {
+        self.qmp()
+            .ok_or_else(|| Error::NotRunning(self.state().to_string()))
+    }
+
+    /// Resolves kernel and initrd/image: the configuration, else the guest manifest.
+    fn guest_files(&self) -> Result<(PathBuf, Option<PathBuf>, Option<PathBuf>)> {
+        let c = &self.config;
+        let need_manifest = c.kernel.is_empty() || (c.initrd.is_empty() && c.image.is_empty());
+        let manifest = if need_manifest {
+            Some(GuestManifest::load_default()?)
+        } else {
+            None
+        };
+        let kernel = if c.kernel.is_empty() {
+            manifest
+                .as_ref()
+                .map(|m| m.kernel.clone())
+                .unwrap_or_default()
+        } else {
+            PathBuf::from(&c.kernel)
+        };
+        let (initrd, image) = if !c.image.is_empty() {
+            (None, Some(PathBuf::from(&c.image)))
+        } else if !c.initrd.is_empty() {
+            (Some(PathBuf::from(&c.initrd)), None)
+        } else {
+            (manifest.as_ref().map(|m| m.initrd.clone()), None)
+        };
+        let check = |what: &'static str, p: &Path| {
+            if p.is_file() {
+                Ok(())
+            } else {
+                Err(Error::MissingFile {
+                    what,
+                    path: p.to_path_buf(),
+                    hint: "run `make guest` to build the guest image, or fix the path in the configuration".into(),
+                })
+            }
+        };
+        check("guest kernel", &kernel)?;
+        if let Some(i) = &initrd {
+            check("guest initrd", i)?;
+        }
+        if let Some(i) = &image {
+            check("guest image", i)?;
+        }
+        Ok((kernel, initrd, image))
+    }
+
+    fn qemu_binary(&self) -> Result<PathBuf> {
+        let name = if cfg!(target_arch = "s390x") {
+            "qemu-system-s390x"
+        } else if cfg!(target_arch = "aarch64") {
+            "qemu-system-aarch64"
+        } else {
+            "qemu-system-x86_64"
+        };
+        find_program(name, &self.config.path, &[]).ok_or_else(|| Error::MissingProgram {
+            program: if self.config.path.is_empty() {
+                name.to_string()
+            } else {
+                self.config.path.clone()
+            },
+            searched: if self.config.path.is_empty() {
+                "PATH".into()
+            } else {
+                "the configured `path`".into()
+            },
+            install: "apt-get install qemu-system-x86".into(),
+        })
+    }
+
+    /// Starts the vsock backend when the host has no vhost-vsock; returns the device to give
+    /// QEMU and the agent's address.
+    async fn start_vsock(&self, run: &mut Running) -> Result<(VsockDevice, VsockAddress)> {
+        if Path::new("/dev/vhost-vsock").exists() {
+            let cid = 3 + (std::process::id() ^ (nanos() as u32)) % (u32::MAX - 16);
+            return Ok((
+                VsockDevice::VhostVsock { cid },
+                VsockAddress::Vsock {
+                    cid,
+                    port: AGENT_VSOCK_PORT,
+                },
+            ));
+        }
+        let extra = [cache_dir().join("bin")];
+        let explicit = std::env::var("KATA_RS_VHOST_USER_VSOCK").unwrap_or_default();
+        let bin = find_program("vhost-device-vsock", &explicit, &extra).ok_or_else(|| {
+            Error::MissingProgram {
+                program: "vhost-device-vsock".into(),
+                searched: format!("PATH and {}", extra[0].display()),
+                install: "make setup (cargo install vhost-device-vsock); needed because this host has no /dev/vhost-vsock".into(),
+            }
+        })?;
+        let socket = self.vm_dir.join("vhost-vsock.sock");
+        let uds = self.vm_dir.join("vsock.uds");
+        let log = std::fs::File::create(self.vm_dir.join("vhost-device-vsock.log"))
+            .map_err(|e| Error::io("creating the vsock backend log", e))?;
+        let child = tokio::process::Command::new(&bin)
+            .arg("--guest-cid")
+            .arg("3")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--uds-path")
+            .arg(&uds)
+            .stdin(std::process::Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| Error::io("vsock backend log", e))?,
+            )
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", bin.display()), e))?;
+        let backend = Supervised::new("vhost-device-vsock", child);
+        // The backend creates its vhost-user socket when it is ready for QEMU.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if let Some(how) = backend.exited() {
+                let log = std::fs::read_to_string(self.vm_dir.join("vhost-device-vsock.log"))
+                    .unwrap_or_default();
+                return Err(Error::StartFailed {
+                    vmm: "vhost-device-vsock".into(),
+                    reason: format!("{how}: {}", log.trim()),
+                    console: Vec::new(),
+                });
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Timeout {
+                    what: format!("vhost-device-vsock to create {}", socket.display()),
+                    after: Duration::from_secs(10),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        run.vsock_backend = Some(backend);
+        Ok((
+            VsockDevice::VhostUser { socket },
+            VsockAddress::HybridVsock {
+                uds,
+                port: AGENT_VSOCK_PORT,
+            },
+        ))
+    }
+
+    async fn start_inner(&self, run: &mut Running) -> Result<()> {
+        let (kernel, initrd, image) = self.guest_files()?;
+        let qemu = self.qemu_binary()?;
+        create_private_dir(&self.vm_dir)?;
+
+        let (accelerator, why) = choose_accelerator();
+        if accelerator == Accelerator::Tcg && !TCG_WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(reason = %why, "KVM cannot run this guest here; using QEMU TCG software emulation (slow)");
+        }
+        run.accelerator = Some(accelerator);
+
+        let (vsock, agent) = self.start_vsock(run).await?;
+        run.agent = Some(agent);
+
+        let devices = self.devices.lock().unwrap().clone();
+        let qmp_socket = self.vm_dir.join("qmp.sock");
+        let console_log = self.console_log();
+        let launch = QemuLaunch {
+            config: &self.config,
+            name: &self.id,
+            accelerator,
+            kernel: &kernel,
+            initrd: initrd.as_deref(),
+            image: image.as_deref(),
+            qmp_socket: &qmp_socket,
+            console_log: &console_log,
+            vsock,
+            devices: &devices,
+            host_memory_mib: host_memory_mib(),
+        };
+        let args = cmdline::build_args(&launch)?;
+        tracing::debug!(sandbox_id = %self.id, qemu = %qemu.display(), args = %args.join(" "), "starting QEMU");
+        let log_path = self.vm_dir.join("qemu.log");
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| Error::io("creating qemu.log", e))?;
+        let child = tokio::process::Command::new(&qemu)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(|e| Error::io("qemu.log", e))?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", qemu.display()), e))?;
+        let proc = Supervised::new("qemu", child);
+        let failed = |how: String| Error::StartFailed {
+            vmm: "qemu".into(),
+            reason: format!(
+                "{how}: {}",
+                std::fs::read_to_string(&log_path)
+                    .unwrap_or_default()
+                    .trim()
+            ),
+            console: tail_lines(&console_log, 20),
+        };
+        // QEMU creates the QMP socket before it runs the guest.
+        let deadline = tokio::time::Instant::now() + QMP_TIMEOUT;
+        let qmp = loop {
+            if let Some(how) = proc.exited() {
+                run.qemu = Some(proc);
+                return Err(failed(how));
+            }
+            if qmp_socket.exists() {
+                match QmpClient::connect(&qmp_socket, QMP_TIMEOUT).await {
+                    Ok(q) => break q,
+                    Err(e) if tokio::time::Instant::now() > deadline => {
+                        run.qemu = Some(proc);
+                        return Err(failed(e.to_string()));
+                    }
+                    Err(_) => {}
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                run.qemu = Some(proc);
+                return Err(failed("no QMP socket".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        tracing::info!(sandbox_id = %self.id, qemu_version = qmp.qemu_version(), pid = proc.pid(), ?accelerator, "QEMU started");
+        *self.exit.lock().unwrap() = Some(proc.exit_watch());
+        run.qemu = Some(proc);
+        run.qmp = Some(Arc::new(qmp));
+        Ok(())
+    }
+
+    async fn cleanup(&self, run: &mut Running) {
+        if let Some(q) = run.qmp.take() {
+            if run.qemu.as_ref().is_some_and(|p| p.exited().is_none()) {
+                let _ = tokio::time::timeout(Duration::from_secs(2), q.quit()).await;
+            }
+        }
+        *self.qmp.lock().unwrap() = None;
+        if let Some(mut p) = run.qemu.take() {
+            let how = p.stop(STOP_GRACE).await;
+            tracing::debug!(sandbox_id = %self.id, %how, "QEMU stopped");
+        }
+        if let Some(mut b) = run.vsock_backend.take() {
+            b.signal(nix::sys::signal::Signal::SIGTERM);
+            b.stop(Duration::from_secs(1)).await;
+        }
+        let tail = tail_lines(&self.console_log(), CONSOLE_LINES_KEPT);
+        if !tail.is_empty() {
+            *self.last_console.lock().unwrap() = tail;
+        }
+        if self.vm_dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&self.vm_dir) {
+                tracing::warn!(dir = %self.vm_dir.display(), error = %e, "cannot remove VM directory");
+            }
+        }
+        self.pids.lock().unwrap().clear();
+    }
+
+    /// Hot-plugs the VFIO devices that `cold_plug_vfio = "no-port"` left for after boot.
+    async fn hotplug_deferred(&self, run: &mut Running) -> Result<()> {
+        if self.config.cold_plug_vfio != PciePort::NoPort {
+            return Ok(());
+        }
+        let vfio: Vec<DeviceConfig> = self
+            .devices
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| matches!(d, DeviceConfig::Vfio(_)))
+            .cloned()
+            .collect();
+        for d in vfio {
+            self.hotplug(run, d).await?;
+        }
+        Ok(())
+    }
+
+    async fn hotplug(&self, run: &mut Running, device: DeviceConfig) -> Result<()> {
+        let qmp = run
+            .qmp
+            .clone()
+            .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
+        match device {
+            DeviceConfig::Vfio(v) => {
+                let mut props = Map::new();
+                props.insert("host".into(), json!(v.bdf));
+                match self.config.hot_plug_vfio {
+                    PciePort::RootPort => {
+                        let port = run.hotplugged_vfio;
+                        if port as u32 >= self.config.pcie_root_port {
+                            return Err(Error::InvalidConfig {
+                                key: "pcie_root_port",
+                                value: self.config.pcie_root_port.to_string(),
+                                reason: format!(
+                                    "no free root port for VFIO device {}; raise pcie_root_port",
+                                    v.bdf
+                                ),
+                            });
+                        }
+                        props.insert("bus".into(), json!(format!("rp{port}")));
+                    }
+                    PciePort::SwitchPort => {
+                        props.insert("bus".into(), json!(format!("swdp{}", run.hotplugged_vfio)));
+                    }
+                    PciePort::BridgePort => {
+                        props.insert("bus".into(), json!("pci-bridge0"));
+                    }
+                    PciePort::NoPort => {}
+                }
+                qmp.device_add("vfio-pci", &v.id, props).await?;
+                run.hotplugged_vfio += 1;
+                Ok(())
+            }
+            other => Err(Error::Unsupported {
+                backend: "qemu",
+                what: format!("hot-plugging {} devices yet", kind_name(&other)),
+            }),
+        }
+    }
+}
+
+fn kind_name(d: &DeviceConfig) -> &'static str {
+    match d {
+        DeviceConfig::Block(_) => "block",
+        DeviceConfig::Net(_) => "network",
+        DeviceConfig::ShareFs(_) => "shared filesystem",
+        DeviceConfig::Vfio(_) => "VFIO",
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn prepare(&self, devices: Vec<DeviceConfig>) -> Result<()> {
+        let state = self.state();
+        if state != VmState::New && state != VmState::Prepared {
+            return Err(Error::InvalidConfig {
+                key: "devices",
+                value: state.to_string(),
+                reason: "devices can only be prepared before the VM starts".into(),
+            });
+        }
+        *self.devices.lock().unwrap() = devices;
+        self.set_state(VmState::Prepared);
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<()> {
+        let mut run = self.running.lock().await;
+        if run.qemu.is_some() {
+            return Err(Error::InvalidConfig {
+                key: "state",
+                value: self.state().to_string(),
+                reason: "the VM was already started".into(),
+            });
+        }
+        let result = match self.start_inner(&mut run).await {
+            Ok(()) => self.hotplug_deferred(&mut run).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            self.cleanup(&mut run).await;
+            self.set_state(VmState::Stopped(format!("start failed: {e}")));
+            return Err(e);
+        }
+        let mut pids = vec![run.qemu.as_ref().map(Supervised::pid).unwrap_or_default()];
+        pids.extend(run.vsock_backend.as_ref().map(Supervised::pid));
+        *self.pids.lock().unwrap() = pids;
+        *self.qmp.lock().unwrap() = run.qmp.clone();
+        *self.agent.lock().unwrap() = run.agent.clone();
+        *self.accelerator.lock().unwrap() = run.accelerator;
+        self.set_state(VmState::Running);
+        Ok(())
+    }
+
+    async fn stop(&self) -> Result<()> {
+        let mut run = self.running.lock().await;
+        let how = run.qemu.as_ref().and_then(Supervised::exited);
+        self.cleanup(&mut run).await;
+        self.set_state(VmState::Stopped(how.unwrap_or_else(|| "stopped".into())));
+        Ok(())
+    }
+
+    async fn pause(&self) -> Result<()> {
+        self.qmp_or_err()?.stop().await?;
+        self.set_state(VmState::Paused);
+        Ok(())
+    }
+
+    async fn resume(&self) -> Result<()> {
+        self.qmp_or_err()?.cont().await?;
+        self.set_state(VmState::Running);
+        Ok(())
+    }
+
+    async fn add_device(&self, device: DeviceConfig) -> Result<()> {
+        let mut run = self.running.lock().await;
+        self.hotplug(&mut run, device).await
+    }
+
+    async fn remove_device(&self, device: &DeviceConfig) -> Result<()> {
+        match device {
+            DeviceConfig::Vfio(v) => {
+                self.qmp_or_err()?
+                    .device_del(&v.id, Duration::from_secs(10))
+                    .await
+            }
+            other => Err(Error::Unsupported {
+                backend: "qemu",
+                what: format!("hot-unplugging {} devices yet", kind_name(other)),
+            }),
+        }
+    }
+
+    async fn resize_vcpus(&self, _vcpus: u32) -> Result<u32> {
+        Err(Error::Unsupported {
+            backend: "qemu",
+            what: "vCPU hot-plug yet".into(),
+        })
+    }
+
+    async fn resize_memory(&self, _mib: u32) -> Result<u32> {
+        Err(Error::Unsupported {
+            backend: "qemu",
+            what: "memory hot-plug yet".into(),
+        })
+    }
+
+    fn agent_address(&self) -> Result<VsockAddress> {
+        self.agent
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| Error::NotRunning(self.state().to_string()))
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.pids.lock().unwrap().clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            block_hotplug: false,
+            cpu_hotplug: false,
+            memory_hotplug: false,
+            virtio_fs: false,
+            virtio_9p: true,
+            vfio: true,
+            hybrid_vsock: !Path::new("/dev/vhost-vsock").exists(),
+        }
+    }
+
+    fn state(&self) -> VmState {
+        let s = self.state.lock().unwrap().clone();
+        if matches!(s, VmState::Running | VmState::Paused) {
+            if let Some(rx) = self.exit.lock().unwrap().as_ref() {
+                if let Some(how) = rx.borrow().clone() {
+                    return VmState::Stopped(how);
+                }
+            }
+        }
+        s
+    }
+
+    fn save_state(&self) -> HypervisorState {
+        HypervisorState {
+            backend: "qemu".into(),
+            vm_dir: self.vm_dir.clone(),
+            pids: self.pids(),
+            api_socket: Some(self.vm_dir.join("qmp.sock")),
+            agent_address: self.agent.lock().unwrap().clone(),
+            accelerator: *self.accelerator.lock().unwrap(),
+        }
+    }
+
+    fn console_tail(&self, n: usize) -> Vec<String> {
+        let live = tail_lines(&self.console_log(), n);
+        if !live.is_empty() {
+            return live;
+        }
+        let kept = self.last_console.lock().unwrap();
+        kept[kept.len().saturating_sub(n)..].to_vec()
+    }
+
+    async fn wait_exit(&self) -> String {
+        let rx = self.exit.lock().unwrap().clone();
+        let Some(mut rx) = rx else {
+            return "never started".into();
+        };
+        loop {
+            if let Some(how) = rx.borrow().clone() {
+                return how;
+            }
+            if rx.changed().await.is_err() {
+                return "VM stopped".into();
+            }
+        }
+    }
+}
+
+/// The cache directory (`$KATA_RS_CACHE`, default `/var/cache/kata-rs`).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("KATA_RS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kata-rs"))
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating VM directory {}", dir.display()), e))
+}
+
+fn host_memory_mib() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb / 1024)
+        .unwrap_or(4096)
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
