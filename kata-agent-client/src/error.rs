@@ -1,0 +1,196 @@
+//! The crate's error type: what went wrong talking to the guest agent.
+//!
+//! Every variant names the failing thing (the address, the method, the spec
+//! field) and keeps what the other side said, so a log line is enough to act.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The ttRPC status code an agent answers with (`ttrpc::Code`).
+pub use ttrpc::Code;
+
+/// A specialized `Result` for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of the agent client, its address parser and the spec conversion.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An agent address string could not be parsed.
+    #[error("invalid agent address {address:?}: {reason}")]
+    InvalidAddress {
+        /// The string as given.
+        address: String,
+        /// Which part is wrong and why.
+        reason: String,
+    },
+
+    /// One connection attempt failed at the socket level.
+    #[error("{action}: {source}")]
+    Io {
+        /// What was being done ("connecting to unix socket /run/vsock.uds").
+        action: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A hybrid-vsock backend did not accept `CONNECT <port>`.
+    #[error(
+        "hybrid vsock handshake on {uds} for port {port} failed: expected \"OK <n>\", the backend answered {answer:?}"
+    )]
+    Handshake {
+        /// The backend's unix socket.
+        uds: PathBuf,
+        /// The guest port asked for.
+        port: u32,
+        /// What the backend sent back (lossy UTF-8, at most one line);
+        /// empty when it closed the connection without answering.
+        answer: String,
+    },
+
+    /// The agent could not be reached before the dial timeout ran out.
+    #[error("could not connect to the agent at {address} after waiting {waited:?}: {last_error}")]
+    Connect {
+        /// The address dialed (as `AgentAddress` displays it).
+        address: String,
+        /// How long the client kept trying.
+        waited: Duration,
+        /// The error of the last attempt.
+        #[source]
+        last_error: Box<Error>,
+    },
+
+    /// An agent call got no answer in time.
+    #[error("agent call {method} timed out after {timeout:?}")]
+    Timeout {
+        /// The protocol method name ("CreateContainer").
+        method: &'static str,
+        /// The timeout that ran out.
+        timeout: Duration,
+    },
+
+    /// The agent answered a call with an error status.
+    #[error("agent call {method} failed with {code:?}: {message}")]
+    Rpc {
+        /// The protocol method name.
+        method: &'static str,
+        /// The ttRPC status code.
+        code: Code,
+        /// The agent's message.
+        message: String,
+    },
+
+    /// A call failed below the protocol: the connection closed, a frame could
+    /// not be encoded or decoded.
+    #[error("agent call {method} failed: {source}")]
+    Transport {
+        /// The protocol method name.
+        method: &'static str,
+        /// ttRPC's error.
+        #[source]
+        source: ttrpc::Error,
+    },
+
+    /// A spec could not be converted between `oci_spec` and the protocol.
+    #[error("invalid OCI spec: {field}: {reason}")]
+    InvalidSpec {
+        /// The spec field, as a path ("process.rlimits[2].type").
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// The ttRPC status code, when the agent answered with an error status.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Rpc { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The agent's error message, when it answered with an error status.
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            Error::Rpc { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// The agent answered `NOT_FOUND` (an unknown container or exec id, or a
+    /// method the agent does not implement).
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(Code::NOT_FOUND)
+    }
+
+    /// The agent answered `ALREADY_EXISTS` (a duplicate container or exec id).
+    pub fn is_already_exists(&self) -> bool {
+        self.code() == Some(Code::ALREADY_EXISTS)
+    }
+
+    /// The call timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    /// The error is how an agent ends an output stream.
+    ///
+    /// `ReadStdout`/`ReadStderr` have no end-of-stream message: Kata's agent
+    /// (and kata-rs's, which does the same) answers the read after the last
+    /// byte with an error status whose message contains "eof" (Kata sends
+    /// `INTERNAL: read meet eof`, or `eof` when the terminal closed). This is
+    /// true for exactly those errors.
+    pub fn is_eof(&self) -> bool {
+        match self {
+            Error::Rpc { message, .. } => message.to_ascii_lowercase().contains("eof"),
+            Error::Transport {
+                source: ttrpc::Error::Eof,
+                ..
+            } => true,
+            _ => false,
+        }
+    }
+
+    /// Maps a ttRPC error of `method` called with `timeout`.
+    pub(crate) fn from_ttrpc(
+        method: &'static str,
+        timeout: Option<Duration>,
+        err: ttrpc::Error,
+    ) -> Self {
+        match (err, timeout) {
+            (ttrpc::Error::RpcStatus(status), Some(timeout))
+                if status.code() == Code::DEADLINE_EXCEEDED =>
+            {
+                Error::Timeout { method, timeout }
+            }
+            (ttrpc::Error::RpcStatus(status), _) => Error::Rpc {
+                method,
+                code: status.code(),
+                message: status.message,
+            },
+            // ttRPC reports its own client-side deadline as a free-form error.
+            (ttrpc::Error::Others(msg), Some(timeout)) if msg.contains("timeout") => {
+                Error::Timeout { method, timeout }
+            }
+            (source, _) => Error::Transport { method, source },
+        }
+    }
+
+    /// An I/O error with what was being done.
+    pub(crate) fn io(action: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            action: action.into(),
+            source,
+        }
+    }
+
+    /// A spec conversion error.
+    pub(crate) fn spec(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidSpec {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
