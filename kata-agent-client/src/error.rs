@@ -95,7 +95,7 @@ pub enum Error {
     /// A spec could not be converted between `oci_spec` and the protocol.
     #[error("invalid OCI spec: {field}: {reason}")]
     InvalidSpec {
-        /// The spec field, as a path ("process.rlimits[2].type").
+        /// The spec field, as a path (`process.rlimits[2].type`).
         field: String,
         /// What is wrong with it.
         reason: String,

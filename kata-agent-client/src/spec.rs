@@ -824,3 +824,239 @@ fn blockio_from_grpc(b: &grpc::LinuxBlockIO) -> Result<oci::LinuxBlockIo> {
     )?);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protobuf::Message;
+
+    /// A spec as containerd would hand it to a runtime, in normal form.
+    const CONFIG_JSON: &str = r#"{
+        "ociVersion": "1.1.0",
+        "process": {
+            "terminal": false,
+            "consoleSize": { "height": 24, "width": 80 },
+            "user": {
+                "uid": 1000, "gid": 1000, "umask": 18,
+                "additionalGids": [10, 20], "username": "app"
+            },
+            "args": ["/bin/sh", "-c", "echo hello"],
+            "env": ["PATH=/usr/bin:/bin", "HOME=/home/app"],
+            "cwd": "/work",
+            "capabilities": {
+                "bounding": ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "effective": ["CAP_KILL"],
+                "permitted": ["CAP_KILL", "CAP_CHOWN"]
+            },
+            "rlimits": [
+                { "type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024 },
+                { "type": "RLIMIT_NPROC", "hard": 512, "soft": 256 }
+            ],
+            "noNewPrivileges": true,
+            "oomScoreAdj": 100
+        },
+        "root": { "path": "/run/kata-containers/shared/containers/c1/rootfs", "readonly": true },
+        "hostname": "web-1",
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc" },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+            { "destination": "/data", "type": "bind", "source": "/run/kata-containers/shared/vol",
+              "options": ["rbind", "ro"] }
+        ],
+        "hooks": {
+            "prestart": [ { "path": "/usr/bin/hook", "args": ["hook", "pre"], "timeout": 5 } ]
+        },
+        "annotations": { "io.kubernetes.cri.container-type": "container" },
+        "linux": {
+            "uidMappings": [ { "hostID": 100000, "containerID": 0, "size": 65536 } ],
+            "gidMappings": [ { "hostID": 100000, "containerID": 0, "size": 65536 } ],
+            "sysctl": { "net.ipv4.ip_forward": "1" },
+            "resources": {
+                "devices": [
+                    { "allow": false, "access": "rwm" },
+                    { "allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm" }
+                ],
+                "memory": { "limit": 268435456, "reservation": 134217728, "swap": 536870912 },
+                "cpu": { "shares": 512, "quota": 50000, "period": 100000, "cpus": "0-1", "mems": "0" },
+                "pids": { "limit": 128 },
+                "blockIO": {
+                    "weight": 500,
+                    "weightDevice": [ { "major": 8, "minor": 0, "weight": 300 } ],
+                    "throttleReadBpsDevice": [ { "major": 8, "minor": 0, "rate": 1048576 } ]
+                },
+                "hugepageLimits": [ { "pageSize": "2MB", "limit": 209715200 } ],
+                "network": { "classID": 7, "priorities": [ { "name": "eth0", "priority": 3 } ] }
+            },
+            "cgroupsPath": "/kata/c1",
+            "namespaces": [
+                { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" },
+                { "type": "network", "path": "/var/run/netns/cni-1" }
+            ],
+            "devices": [
+                { "path": "/dev/fuse", "type": "c", "major": 10, "minor": 229,
+                  "fileMode": 438, "uid": 0, "gid": 0 }
+            ],
+            "rootfsPropagation": "rslave",
+            "maskedPaths": ["/proc/kcore", "/proc/keys"],
+            "readonlyPaths": ["/proc/sys", "/proc/bus"],
+            "mountLabel": "system_u:object_r:container_file_t:s0"
+        }
+    }"#;
+
+    fn realistic_spec() -> oci::Spec {
+        serde_json::from_str(CONFIG_JSON).expect("test config.json parses")
+    }
+
+    #[test]
+    fn realistic_spec_survives_a_round_trip_through_the_wire() {
+        let original = realistic_spec();
+        let wire = to_grpc(&original).unwrap();
+        let bytes = wire.write_to_bytes().unwrap();
+        let decoded = grpc::Spec::parse_from_bytes(&bytes).unwrap();
+        assert_eq!(decoded, wire);
+        let back = from_grpc(&decoded).unwrap();
+        assert_eq!(back, original);
+    }
+
+    #[test]
+    fn carries_the_fields_the_agent_needs() {
+        let wire = to_grpc(&realistic_spec()).unwrap();
+        let p = &wire.Process;
+        assert_eq!(p.Args, ["/bin/sh", "-c", "echo hello"]);
+        assert_eq!(p.Cwd, "/work");
+        assert_eq!(p.User.UID, 1000);
+        assert_eq!(p.User.AdditionalGids, [10, 20]);
+        assert_eq!(p.User.Umask, Some(0o22));
+        assert_eq!(p.Capabilities.Effective, ["CAP_KILL"]);
+        assert_eq!(p.Capabilities.Permitted, ["CAP_CHOWN", "CAP_KILL"]);
+        assert_eq!(p.Rlimits[0].Type, "RLIMIT_NOFILE");
+        assert_eq!((p.Rlimits[0].Hard, p.Rlimits[0].Soft), (4096, 1024));
+        assert!(p.NoNewPrivileges);
+        assert_eq!(p.OOMScoreAdj, 100);
+        assert!(wire.Root.Readonly);
+        assert_eq!(wire.Hostname, "web-1");
+        assert_eq!(wire.Mounts[1].type_, "tmpfs");
+        let linux = &wire.Linux;
+        let ns: Vec<&str> = linux.Namespaces.iter().map(|n| n.Type.as_str()).collect();
+        assert_eq!(ns, ["pid", "ipc", "uts", "mount", "network"]);
+        assert_eq!(linux.Namespaces[4].Path, "/var/run/netns/cni-1");
+        let r = &linux.Resources;
+        assert_eq!(r.Memory.Limit, 268_435_456);
+        assert_eq!(
+            (r.CPU.Shares, r.CPU.Quota, r.CPU.Period),
+            (512, 50_000, 100_000)
+        );
+        assert_eq!(r.CPU.Cpus, "0-1");
+        assert_eq!(r.Pids.Limit, 128);
+        // Wildcard rule: no type, major/minor -1.
+        assert_eq!((r.Devices[0].Type.as_str(), r.Devices[0].Major), ("", -1));
+        assert_eq!(linux.Devices[0].Type, "c");
+        assert_eq!(linux.Devices[0].FileMode, 0o666);
+        assert_eq!(linux.Sysctl["net.ipv4.ip_forward"], "1");
+        assert_eq!(linux.MaskedPaths, ["/proc/kcore", "/proc/keys"]);
+    }
+
+    #[test]
+    fn default_oci_spec_converts() {
+        let wire = to_grpc(&oci::Spec::default()).unwrap();
+        let back = from_grpc(&wire).unwrap();
+        assert_eq!(
+            back.process().as_ref().unwrap().args().as_deref(),
+            Some(&["sh".to_string()][..])
+        );
+        assert_eq!(
+            back.mounts().as_ref().unwrap().len(),
+            oci::get_default_mounts().len()
+        );
+    }
+
+    #[test]
+    fn bad_wire_values_name_the_field() {
+        let mut wire = to_grpc(&realistic_spec()).unwrap();
+        wire.Process.as_mut().unwrap().Rlimits[1].Type = "RLIMIT_BOGUS".into();
+        let err = from_grpc(&wire).unwrap_err().to_string();
+        assert!(
+            err.contains("process.rlimits[1].type") && err.contains("RLIMIT_BOGUS"),
+            "{err}"
+        );
+
+        let mut wire = to_grpc(&realistic_spec()).unwrap();
+        wire.Linux.as_mut().unwrap().Namespaces[0].Type = "bogus".into();
+        let err = from_grpc(&wire).unwrap_err().to_string();
+        assert!(err.contains("linux.namespaces[0].type"), "{err}");
+
+        let mut wire = to_grpc(&realistic_spec()).unwrap();
+        wire.Process
+            .as_mut()
+            .unwrap()
+            .Capabilities
+            .as_mut()
+            .unwrap()
+            .Ambient = vec!["CAP_FLY".into()];
+        let err = from_grpc(&wire).unwrap_err().to_string();
+        assert!(
+            err.contains("process.capabilities.ambient") && err.contains("CAP_FLY"),
+            "{err}"
+        );
+
+        let mut wire = to_grpc(&realistic_spec()).unwrap();
+        wire.Process.as_mut().unwrap().OOMScoreAdj = i64::MAX;
+        let err = from_grpc(&wire).unwrap_err().to_string();
+        assert!(err.contains("process.oomScoreAdj"), "{err}");
+    }
+
+    /// Field numbers are the wire contract with Kata's agent: check the bytes.
+    #[test]
+    fn wire_bytes_use_katas_field_numbers() {
+        use crate::protocol::agent;
+
+        // grpc.Root { Path = 1 (string), Readonly = 2 (bool) }
+        let mut root = grpc::Root::new();
+        root.Path = "/r".into();
+        root.Readonly = true;
+        assert_eq!(
+            root.write_to_bytes().unwrap(),
+            [0x0a, 2, b'/', b'r', 0x10, 1]
+        );
+
+        // grpc.Spec { Hostname = 4 } inside CreateContainerRequest { container_id = 1, OCI = 6 }
+        let mut spec = grpc::Spec::new();
+        spec.Hostname = "h".into();
+        let mut req = agent::CreateContainerRequest::new();
+        req.container_id = "c".into();
+        req.OCI = MessageField::some(spec);
+        assert_eq!(
+            req.write_to_bytes().unwrap(),
+            [0x0a, 1, b'c', 0x32, 3, 0x22, 1, b'h']
+        );
+
+        // ReadStreamRequest { container_id = 1, exec_id = 2, len = 3 (uint32) }
+        let mut read = agent::ReadStreamRequest::new();
+        read.container_id = "c".into();
+        read.exec_id = "e".into();
+        read.len = 300;
+        assert_eq!(
+            read.write_to_bytes().unwrap(),
+            [0x0a, 1, b'c', 0x12, 1, b'e', 0x18, 0xac, 0x02]
+        );
+
+        // WaitProcessResponse { status = 1 (int32) }; negative int32 is 10 bytes.
+        let mut wait = agent::WaitProcessResponse::new();
+        wait.status = 137;
+        assert_eq!(wait.write_to_bytes().unwrap(), [0x08, 0x89, 0x01]);
+
+        // grpc.LinuxMemory { Limit = 1 (int64) } in LinuxResources { Memory = 2 }
+        let mut res = grpc::LinuxResources::new();
+        res.Memory = MessageField::some(grpc::LinuxMemory {
+            Limit: 1,
+            ..Default::default()
+        });
+        assert_eq!(res.write_to_bytes().unwrap(), [0x12, 2, 0x08, 1]);
+
+        // kata-rs extension: User.Umask = 1000 (varint key 8000 = 0xc0 0x3e).
+        let mut user = grpc::User::new();
+        user.Umask = Some(0o22);
+        assert_eq!(user.write_to_bytes().unwrap(), [0xc0, 0x3e, 0x12]);
+    }
+}
