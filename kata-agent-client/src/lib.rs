@@ -8,12 +8,14 @@
 //!   ([`ConnectOptions`]) and a deadline on every call.
 //! - [`spec`]: conversion between `oci_spec::runtime::Spec` and the
 //!   protocol's `grpc.Spec`.
+//! - [`config`]: the `[agent.kata]` configuration section.
 //! - `server` (feature `server`): the traits the guest agent implements.
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 pub mod address;
 pub mod client;
+pub mod config;
 pub mod connect;
 pub mod error;
 pub mod protocol;
