@@ -1,0 +1,56 @@
+# kata-rs: the two commands are `make demo` and `make test` (both as root on Debian 12).
+#
+# Everything heavy is cached outside the checkout, in $(KATA_RS_CACHE):
+#   target/  cargo's target dir (one dir, one profile for build, clippy and tests)
+#   kernel/  guest kernels keyed by linux-source version + config fragment hash
+#   guest/   initramfs images + manifest.json (read by the host crates)
+#   bin/     vhost-device-vsock (hybrid vsock backend, when /dev/vhost-vsock is absent)
+
+export KATA_RS_CACHE ?= /var/cache/kata-rs
+export CARGO_TARGET_DIR ?= $(KATA_RS_CACHE)/target
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+# Counts the VM tests that really booted a guest (see tests' support code).
+export KATA_RS_VM_TEST_LOG ?= $(KATA_RS_CACHE)/vm-tests.log
+CARGO ?= cargo
+
+.PHONY: all setup build demo test test-unit lint package bench clean-cache vm-summary
+
+all: build
+
+include guest/guest.mk
+
+setup:
+	bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --workspace --all-targets
+
+# Boots a micro-VM and runs `uname -a` in a busybox container from examples/hello.rs.
+demo: setup guest
+	$(CARGO) run -p kata-examples --example hello
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Publishability of every library crate (no verify build: the workspace build covers it).
+package:
+	$(CARGO) package --workspace --no-verify --allow-dirty --exclude kata-examples --exclude kata-benches >/dev/null
+	@echo "package: every publishable crate packages"
+
+# The whole suite: unit, host integration, VM (QEMU), in that order.
+test: setup guest lint package
+	@rm -f $(KATA_RS_VM_TEST_LOG)
+	$(CARGO) test --workspace --all-targets --no-fail-fast
+	$(CARGO) test --workspace --doc
+	@$(MAKE) --no-print-directory vm-summary
+
+vm-summary:
+	@booted=$$(grep -c '^booted ' $(KATA_RS_VM_TEST_LOG) 2>/dev/null || true); \
+	 failed=$$(grep -c '^no-guest ' $(KATA_RS_VM_TEST_LOG) 2>/dev/null || true); \
+	 echo "VM tests: $${booted:-0} booted a real guest, $${failed:-0} could not boot one"; \
+	 if [ "$${failed:-0}" != "0" ]; then grep '^no-guest ' $(KATA_RS_VM_TEST_LOG); exit 1; fi; \
+	 if [ "$${booted:-0}" = "0" ]; then echo "no VM test booted a guest: failing"; exit 1; fi
+
+bench: setup guest
+	$(CARGO) bench -p kata-benches

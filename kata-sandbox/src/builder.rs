@@ -1,0 +1,257 @@
+//! [`SandboxBuilder`]: the options of a sandbox before it boots.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kata_agent_client::ConnectOptions;
+use kata_hypervisor::{Hypervisor, HypervisorConfig};
+
+use crate::config::KataConfig;
+use crate::error::{Error, Result};
+use crate::sandbox::{Inner, Sandbox};
+
+/// Where sandbox directories go by default (`/run/kata/<sandbox-id>`, as Kata's persist does).
+pub const DEFAULT_ROOT_DIR: &str = "/run/kata";
+
+/// The VMM that runs the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum HypervisorKind {
+    /// QEMU, an external process driven over QMP (feature `qemu`).
+    #[default]
+    Qemu,
+}
+
+/// Options for a sandbox; [`SandboxBuilder::build`] boots it.
+#[derive(Debug, Clone)]
+pub struct SandboxBuilder {
+    pub(crate) id: Option<String>,
+    pub(crate) hypervisor: HypervisorKind,
+    pub(crate) config: HypervisorConfig,
+    pub(crate) agent_options: ConnectOptions,
+    pub(crate) root_dir: PathBuf,
+    pub(crate) image_cache: PathBuf,
+}
+
+impl Default for SandboxBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SandboxBuilder {
+    /// Kata's defaults, except the shared filesystem: virtio-9p, which needs no daemon.
+    pub fn new() -> Self {
+        let cache = std::env::var_os("KATA_RS_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/cache/kata-rs"));
+        SandboxBuilder {
+            id: None,
+            hypervisor: HypervisorKind::Qemu,
+            config: HypervisorConfig {
+                shared_fs: "virtio-9p".into(),
+                ..Default::default()
+            },
+            agent_options: ConnectOptions::default(),
+            root_dir: PathBuf::from(DEFAULT_ROOT_DIR),
+            image_cache: cache.join("images"),
+        }
+    }
+
+    /// Builder from a Kata configuration file.
+    pub fn from_config_file(path: impl AsRef<Path>) -> Result<Self> {
+        let file = KataConfig::load(path.as_ref())?;
+        let mut b = Self::new();
+        let (name, hv) = file.hypervisor_section(path.as_ref())?;
+        b.hypervisor = match name.as_str() {
+            "qemu" => HypervisorKind::Qemu,
+            other => return Err(Error::Config {
+                path: path.as_ref().display().to_string(),
+                reason: format!(
+                    "[hypervisor.{other}] is not supported by this build; use [hypervisor.qemu]"
+                ),
+            }),
+        };
+        b.config = hv;
+        if let Some(agent) = file.agent.get("kata") {
+            b.agent_options = agent.connect_options();
+        }
+        Ok(b)
+    }
+
+    /// Sets the sandbox id (default: random).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Chooses the VMM.
+    pub fn hypervisor(mut self, kind: HypervisorKind) -> Self {
+        self.hypervisor = kind;
+        self
+    }
+
+    /// vCPUs at boot (`default_vcpus`).
+    pub fn vcpus(mut self, vcpus: u32) -> Self {
+        self.config.default_vcpus = vcpus;
+        self
+    }
+
+    /// Upper bound for vCPUs (`default_maxvcpus`).
+    pub fn max_vcpus(mut self, vcpus: u32) -> Self {
+        self.config.default_maxvcpus = vcpus;
+        self
+    }
+
+    /// Guest memory in MiB (`default_memory`).
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.config.default_memory = mib;
+        self
+    }
+
+    /// Guest kernel (default: the guest manifest's, from `make guest`).
+    pub fn kernel(mut self, path: impl AsRef<Path>) -> Self {
+        self.config.kernel = path.as_ref().display().to_string();
+        self
+    }
+
+    /// Guest initramfs (default: the guest manifest's).
+    pub fn initrd(mut self, path: impl AsRef<Path>) -> Self {
+        self.config.initrd = path.as_ref().display().to_string();
+        self
+    }
+
+    /// Extra kernel parameters (appended to `kernel_params`).
+    pub fn kernel_params(mut self, params: &str) -> Self {
+        if !self.config.kernel_params.is_empty() {
+            self.config.kernel_params.push(' ');
+        }
+        self.config.kernel_params.push_str(params);
+        self
+    }
+
+    /// Where sandbox directories are created (default `/run/kata`).
+    pub fn root_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.root_dir = dir.as_ref().to_path_buf();
+        self
+    }
+
+    /// Where unpacked OCI images are cached.
+    pub fn image_cache(mut self, dir: impl AsRef<Path>) -> Self {
+        self.image_cache = dir.as_ref().to_path_buf();
+        self
+    }
+
+    /// How long to wait for the guest agent after the VM starts (default 45 s).
+    pub fn agent_timeout(mut self, timeout: Duration) -> Self {
+        self.agent_options.dial_timeout = timeout;
+        self
+    }
+
+    /// Replaces the whole `[hypervisor.*]` section.
+    pub fn hypervisor_config(mut self, config: HypervisorConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The effective hypervisor section.
+    pub fn config(&self) -> &HypervisorConfig {
+        &self.config
+    }
+
+    /// Checks the values; nothing is started when they are wrong.
+    pub fn validate(&self) -> Result<()> {
+        let c = &self.config;
+        if c.default_vcpus == 0 {
+            return Err(Error::invalid("vcpus", "0: a VM needs at least 1 vCPU"));
+        }
+        if c.default_maxvcpus != 0 && c.default_vcpus > c.default_maxvcpus {
+            return Err(Error::invalid(
+                "vcpus",
+                format!(
+                    "{} is more than max_vcpus (default_maxvcpus = {})",
+                    c.default_vcpus, c.default_maxvcpus
+                ),
+            ));
+        }
+        if c.default_memory < kata_hypervisor::config::MIN_MEMORY_MIB {
+            return Err(Error::invalid(
+                "memory_mib",
+                format!(
+                    "{} MiB is under the {} MiB the guest needs",
+                    c.default_memory,
+                    kata_hypervisor::config::MIN_MEMORY_MIB
+                ),
+            ));
+        }
+        if self.agent_options.dial_timeout.is_zero() {
+            return Err(Error::invalid(
+                "agent_timeout",
+                "0: give the guest time to boot",
+            ));
+        }
+        c.validate()?;
+        Ok(())
+    }
+
+    /// Boots the VM and waits for its agent.
+    pub async fn build(self) -> Result<Sandbox> {
+        Inner::boot(self).await
+    }
+
+    pub(crate) fn new_hypervisor(
+        &self,
+        id: &str,
+        config: HypervisorConfig,
+        vm_dir: PathBuf,
+    ) -> Result<Arc<dyn Hypervisor>> {
+        match self.hypervisor {
+            #[cfg(feature = "qemu")]
+            HypervisorKind::Qemu => Ok(Arc::new(kata_hypervisor::qemu::Qemu::new(
+                id, config, vm_dir,
+            )?)),
+            #[cfg(not(feature = "qemu"))]
+            HypervisorKind::Qemu => {
+                let _ = (id, config, vm_dir);
+                Err(Error::invalid(
+                    "hypervisor",
+                    "QEMU support is not built in: enable the `qemu` feature",
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_are_refused_before_anything_starts() {
+        let e = SandboxBuilder::new()
+            .vcpus(0)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vcpus"), "{e}");
+        let e = SandboxBuilder::new()
+            .memory_mib(32)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("memory_mib"), "{e}");
+        let e = SandboxBuilder::new()
+            .vcpus(4)
+            .max_vcpus(2)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_vcpus"), "{e}");
+        SandboxBuilder::new()
+            .vcpus(1)
+            .memory_mib(256)
+            .validate()
+            .unwrap();
+    }
+}

@@ -1,0 +1,489 @@
+//! [`Sandbox`]: one micro-VM with its agent, and the containers in it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kata_agent_client::protocol::agent::{
+    CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
+    ExecProcessRequest, Storage,
+};
+use kata_agent_client::{AgentAddress, AgentClient, ConnectOptions, OutputStream};
+use kata_hypervisor::{DeviceConfig, Hypervisor, ShareFsDevice, VsockAddress};
+use kata_resource::share_fs::{ShareFs, ShareFsKind, SharedRootfs};
+use oci_spec::runtime::Process as OciProcess;
+
+use crate::builder::SandboxBuilder;
+use crate::container::{Container, Output, Process};
+use crate::error::{Error, Result};
+use crate::io;
+use crate::spec::{ContainerSpec, ProcessSpec, RootfsSource};
+
+/// Time taken by each step of [`SandboxBuilder::build`], for callers that report start-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BootTimings {
+    /// Until the VMM ran the guest.
+    pub vm_started: Duration,
+    /// Until the agent answered (the guest has booted).
+    pub agent_connected: Duration,
+    /// Until `CreateSandbox` returned (the sandbox is ready).
+    pub ready: Duration,
+}
+
+pub(crate) struct ContainerEntry {
+    rootfs: Option<SharedRootfs>,
+    execs: u64,
+}
+
+/// The state shared by a [`Sandbox`] and its [`Container`]s.
+pub(crate) struct Inner {
+    pub(crate) id: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) vm: Arc<dyn Hypervisor>,
+    pub(crate) agent: AgentClient,
+    share: Mutex<Option<ShareFs>>,
+    containers: Mutex<HashMap<String, ContainerEntry>>,
+    image_cache: PathBuf,
+    shut_down: AtomicBool,
+    timings: BootTimings,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("id", &self.id)
+            .field("dir", &self.dir)
+            .field("vm", &self.vm.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A micro-VM running the kata-rs agent, ready to run containers.
+///
+/// Build one with [`Sandbox::builder`]; end it with [`Sandbox::shutdown`]. A sandbox dropped
+/// without `shutdown` kills its VM, removes what it created and logs a warning.
+#[derive(Debug)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+impl Sandbox {
+    /// A builder with Kata's defaults.
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::new()
+    }
+
+    /// A builder configured from a Kata configuration file (`[hypervisor.qemu]`,
+    /// `[agent.kata]`, `[runtime]`).
+    pub fn from_config_file(path: impl AsRef<Path>) -> Result<SandboxBuilder> {
+        SandboxBuilder::from_config_file(path)
+    }
+
+    /// The sandbox id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The sandbox directory on the host (`<root>/<id>`).
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The hypervisor running the VM.
+    pub fn hypervisor(&self) -> &Arc<dyn Hypervisor> {
+        &self.inner.vm
+    }
+
+    /// The agent client (for calls this API does not wrap).
+    pub fn agent(&self) -> &AgentClient {
+        &self.inner.agent
+    }
+
+    /// How long each start-up step took.
+    pub fn boot_timings(&self) -> BootTimings {
+        self.inner.timings
+    }
+
+    /// Creates a container (its rootfs shared into the guest, its process not yet started).
+    pub async fn create_container(&self, spec: ContainerSpec) -> Result<Container> {
+        self.inner.create_container(&self.inner, spec).await
+    }
+
+    /// Runs a container to completion and returns its output; the container is deleted.
+    pub async fn run(&self, spec: ContainerSpec) -> Result<Output> {
+        self.create_container(spec).await?.output().await
+    }
+
+    /// Stops the VM and removes everything the sandbox created. Containers still present are
+    /// removed first.
+    pub async fn shutdown(self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.shut_down.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let req = DestroySandboxRequest::default();
+        if let Err(e) =
+            tokio::time::timeout(Duration::from_secs(5), inner.agent.destroy_sandbox(&req)).await
+        {
+            tracing::debug!(sandbox_id = %inner.id, error = %e, "DestroySandbox did not answer; stopping the VM anyway");
+        }
+        let stopped = inner.vm.stop().await;
+        inner.release_all();
+        stopped?;
+        tracing::info!(sandbox_id = %inner.id, "sandbox shut down");
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Boots a sandbox from a finished builder.
+    pub(crate) async fn boot(b: SandboxBuilder) -> Result<Sandbox> {
+        let t0 = Instant::now();
+        b.validate()?;
+        let id = b.id.clone().unwrap_or_else(random_id);
+        kata_resource::validate_container_id(&id)
+            .map_err(|e| Error::invalid("id", e.to_string()))?;
+        let dir = b.root_dir.join(&id);
+        if dir.exists() {
+            return Err(Error::AlreadyExists {
+                kind: "sandbox",
+                id,
+            });
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating sandbox directory {}", dir.display()), e))?;
+        let mut guard = DirGuard(Some(dir.clone()));
+
+        let config = b.config.clone();
+        let kind = match config.shared_fs.as_str() {
+            "virtio-9p" => ShareFsKind::Virtio9p,
+            "virtio-fs" => ShareFsKind::VirtioFs,
+            other => return Err(Error::invalid(
+                "shared_fs",
+                format!(
+                    "`{other}`: kata-sandbox needs a shared filesystem (virtio-9p or virtio-fs)"
+                ),
+            )),
+        };
+        let share = ShareFs::new(&dir, kind)?.with_msize_9p(config.msize_9p.max(8192));
+        let device = DeviceConfig::ShareFs(ShareFsDevice {
+            mount_tag: share.mount_tag().to_string(),
+            host_path: share.host_path().to_path_buf(),
+            kind: match kind {
+                ShareFsKind::Virtio9p => kata_hypervisor::ShareFsKind::Virtio9p,
+                ShareFsKind::VirtioFs => kata_hypervisor::ShareFsKind::VirtioFs,
+            },
+        });
+        let vm: Arc<dyn Hypervisor> = b.new_hypervisor(&id, config, dir.join("vm"))?;
+        vm.prepare(vec![device]).await?;
+        vm.start().await?;
+        let vm_started = t0.elapsed();
+
+        let booted = Self::connect_agent(&vm, &b.agent_options, &share, &id).await;
+        let (agent, agent_connected) = match booted {
+            Ok(a) => (a, t0.elapsed()),
+            Err(e) => {
+                let _ = vm.stop().await;
+                drop(share);
+                return Err(e);
+            }
+        };
+        guard.0 = None;
+        let inner = Arc::new(Inner {
+            id: id.clone(),
+            dir,
+            vm,
+            agent,
+            share: Mutex::new(Some(share)),
+            containers: Mutex::new(HashMap::new()),
+            image_cache: b.image_cache.clone(),
+            shut_down: AtomicBool::new(false),
+            timings: BootTimings {
+                vm_started,
+                agent_connected,
+                ready: t0.elapsed(),
+            },
+        });
+        tracing::info!(sandbox_id = %id, ready = ?inner.timings.ready, "sandbox ready");
+        Ok(Sandbox { inner })
+    }
+
+    /// Connects to the agent while watching the VM: a VM that exits (guest panic) or an agent
+    /// that does not answer in time ends the boot with the console's last lines.
+    async fn connect_agent(
+        vm: &Arc<dyn Hypervisor>,
+        opts: &ConnectOptions,
+        share: &ShareFs,
+        id: &str,
+    ) -> Result<AgentClient> {
+        let address = match vm.agent_address()? {
+            VsockAddress::Vsock { cid, port } => AgentAddress::Vsock { cid, port },
+            VsockAddress::HybridVsock { uds, port } => AgentAddress::HybridVsock { uds, port },
+        };
+        let connect = AgentClient::connect(&address, *opts);
+        let agent = tokio::select! {
+            r = connect => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    return Err(Error::AgentTimeout {
+                        after: opts.dial_timeout,
+                        detail: e.to_string(),
+                        console: vm.console_tail(20),
+                    })
+                }
+            },
+            how = vm.wait_exit() => {
+                return Err(Error::VmExited { how, console: vm.console_tail(20) });
+            }
+        };
+        let s = share.storage();
+        let storage = Storage {
+            driver: s.driver,
+            source: s.source,
+            fstype: s.fstype,
+            options: s.options,
+            mount_point: s.mount_point,
+            ..Default::default()
+        };
+        let req = CreateSandboxRequest {
+            hostname: id.chars().take(12).collect(),
+            storages: vec![storage],
+            sandbox_id: id.to_string(),
+            ..Default::default()
+        };
+        agent.create_sandbox(&req).await?;
+        Ok(agent)
+    }
+
+    async fn create_container(&self, this: &Arc<Inner>, spec: ContainerSpec) -> Result<Container> {
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Err(Error::ShutDown);
+        }
+        let id = spec.id.clone().unwrap_or_else(random_id);
+        kata_resource::validate_container_id(&id)
+            .map_err(|e| Error::invalid("container id", e.to_string()))?;
+        {
+            let mut c = self.containers.lock().unwrap();
+            if c.contains_key(&id) {
+                return Err(Error::AlreadyExists {
+                    kind: "container",
+                    id,
+                });
+            }
+            c.insert(
+                id.clone(),
+                ContainerEntry {
+                    rootfs: None,
+                    execs: 0,
+                },
+            );
+        }
+        match self.create_container_inner(this, &id, spec).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                let _ = self.release_container(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_container_inner(
+        &self,
+        this: &Arc<Inner>,
+        id: &str,
+        mut spec: ContainerSpec,
+    ) -> Result<Container> {
+        let (rootfs_dir, image_process) = match spec.rootfs.clone() {
+            RootfsSource::Dir(d) => {
+                if !d.is_dir() {
+                    return Err(Error::invalid(
+                        "rootfs",
+                        format!("{} is not a directory", d.display()),
+                    ));
+                }
+                (d, None)
+            }
+            RootfsSource::Image { path, reference } => {
+                let cache = self.image_cache.clone();
+                let (dir, process) = tokio::task::spawn_blocking(move || {
+                    crate::image::unpack(&path, reference.as_deref(), &cache)
+                })
+                .await
+                .map_err(|e| Error::io("unpacking image", std::io::Error::other(e)))??;
+                if !spec.process.args.is_empty() {
+                    // Docker semantics: arguments replace the image's Cmd, not its Entrypoint.
+                    let mut args = process.entrypoint.clone();
+                    args.append(&mut spec.process.args);
+                    spec.process.args = args;
+                }
+                (dir, Some(process.oci))
+            }
+        };
+        let shared = {
+            let share = self.share.lock().unwrap();
+            let share = share.as_ref().ok_or(Error::ShutDown)?;
+            share.share_rootfs(id, &rootfs_dir)?
+        };
+        let guest_root = shared.guest_path().to_string();
+        if let Some(e) = self.containers.lock().unwrap().get_mut(id) {
+            e.rootfs = Some(shared);
+        }
+        let terminal = spec.process.terminal;
+        let stdin = spec.process.stdin;
+        let oci = spec.to_oci(id, &guest_root, image_process)?;
+        let req = CreateContainerRequest {
+            container_id: id.to_string(),
+            exec_id: id.to_string(),
+            OCI: protobuf::MessageField::some(kata_agent_client::spec::to_grpc(&oci)?),
+            ..Default::default()
+        };
+        self.agent.create_container(&req).await?;
+        // The first process is addressed by the exec id given at creation (Kata also accepts "").
+        let init = self.process_handle(id, id, terminal, stdin).await?;
+        tracing::debug!(sandbox_id = %self.id, container_id = %id, "container created");
+        Ok(Container {
+            id: id.to_string(),
+            sandbox: this.clone(),
+            init,
+        })
+    }
+
+    /// Attaches the standard streams of a process.
+    async fn process_handle(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        terminal: bool,
+        stdin: bool,
+    ) -> Result<Process> {
+        let stdin = if stdin {
+            Some(io::input(self.agent.clone(), container_id, exec_id))
+        } else {
+            let req = CloseStdinRequest {
+                container_id: container_id.to_string(),
+                exec_id: exec_id.to_string(),
+                ..Default::default()
+            };
+            self.agent.close_stdin(&req).await?;
+            None
+        };
+        Ok(Process {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            agent: self.agent.clone(),
+            stdin,
+            stdout: Some(io::output(
+                self.agent.clone(),
+                OutputStream::Stdout,
+                container_id,
+                exec_id,
+            )),
+            stderr: (!terminal).then(|| {
+                io::output(
+                    self.agent.clone(),
+                    OutputStream::Stderr,
+                    container_id,
+                    exec_id,
+                )
+            }),
+        })
+    }
+
+    pub(crate) async fn exec(&self, container_id: &str, process: ProcessSpec) -> Result<Process> {
+        let exec_id = {
+            let mut c = self.containers.lock().unwrap();
+            let entry = c.get_mut(container_id).ok_or_else(|| Error::NotFound {
+                kind: "container",
+                id: container_id.to_string(),
+            })?;
+            entry.execs += 1;
+            format!("exec-{}", entry.execs)
+        };
+        let oci = process.to_oci(OciProcess::default())?;
+        // The protocol converts whole specs; the process is taken from one.
+        let mut carrier = oci_spec::runtime::Spec::default();
+        carrier.set_process(Some(oci));
+        let grpc = kata_agent_client::spec::to_grpc(&carrier)?;
+        let req = ExecProcessRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.clone(),
+            process: grpc.Process,
+            ..Default::default()
+        };
+        self.agent.exec_process(&req).await?;
+        self.process_handle(container_id, &exec_id, process.terminal, process.stdin)
+            .await
+    }
+
+    /// Forgets a container and releases its rootfs on the host.
+    pub(crate) fn release_container(&self, id: &str) -> Result<()> {
+        let entry = self.containers.lock().unwrap().remove(id);
+        if let Some(rootfs) = entry.and_then(|e| e.rootfs) {
+            rootfs.release()?;
+        }
+        Ok(())
+    }
+
+    /// Releases every container rootfs and the shared directory, then the sandbox directory.
+    fn release_all(&self) {
+        let entries: Vec<_> = self.containers.lock().unwrap().drain().collect();
+        for (id, e) in entries {
+            if let Some(r) = e.rootfs {
+                if let Err(err) = r.release() {
+                    tracing::warn!(sandbox_id = %self.id, container_id = %id, error = %err, "releasing rootfs");
+                }
+            }
+        }
+        drop(self.share.lock().unwrap().take());
+        let _ = std::fs::remove_dir_all(self.dir.join("vm"));
+        // Non-recursive on purpose: if anything is still mounted below, it must not be deleted
+        // through the mount.
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove sandbox directory");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.shut_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!(sandbox_id = %self.id, "sandbox dropped without shutdown(): killing its VM");
+        for pid in self.vm.pids() {
+            if pid > 0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        self.release_all();
+    }
+}
+
+/// Removes a directory on drop unless disarmed (start-up error paths).
+struct DirGuard(Option<PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(d.join("vm"));
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}
+
+/// A random 128-bit id in hex, like container ids elsewhere.
+pub(crate) fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

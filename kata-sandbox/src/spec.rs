@@ -1,0 +1,404 @@
+//! What to run: [`ContainerSpec`] (a rootfs and its first process) and [`ProcessSpec`].
+//!
+//! Both are small builders that end in an OCI runtime spec (`oci_spec::runtime::Spec`), the
+//! form the agent receives. A caller who already has a full OCI spec (the containerd shim reads
+//! one from the bundle) uses [`ContainerSpec::from_oci`].
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Process, Root, Spec, User};
+
+use crate::error::{Error, Result};
+
+/// The default `PATH` when the caller gives none.
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where a container's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootfsSource {
+    /// A directory on the host (shared into the guest as it is).
+    Dir(PathBuf),
+    /// An OCI image layout directory or tarball; unpacked (and cached) by kata-sandbox.
+    Image {
+        /// The layout directory or `.tar`/`.tar.gz` file.
+        path: PathBuf,
+        /// The `org.opencontainers.image.ref.name` to pick, if the layout holds several.
+        reference: Option<String>,
+    },
+}
+
+/// A process to run: the container's first process or an exec.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProcessSpec {
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<String>,
+    pub(crate) cwd: Option<String>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
+    pub(crate) additional_gids: Vec<u32>,
+    pub(crate) terminal: bool,
+    pub(crate) stdin: bool,
+}
+
+impl ProcessSpec {
+    /// A process running `args` (`args[0]` is looked up on the container's `PATH`).
+    pub fn new<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ProcessSpec {
+            args: args.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push(format!("{key}={value}"));
+        self
+    }
+
+    /// Sets the working directory (absolute, inside the container).
+    pub fn cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.cwd = Some(cwd.into());
+        self
+    }
+
+    /// Runs as this uid and gid.
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.uid = Some(uid);
+        self.gid = Some(gid);
+        self
+    }
+
+    /// Supplementary groups.
+    pub fn additional_gids(mut self, gids: impl IntoIterator<Item = u32>) -> Self {
+        self.additional_gids = gids.into_iter().collect();
+        self
+    }
+
+    /// Allocates a pseudo-terminal (stdout and stderr are then one stream, on stdout).
+    pub fn terminal(mut self, terminal: bool) -> Self {
+        self.terminal = terminal;
+        self
+    }
+
+    /// Keeps stdin open for the caller to write (default: stdin is closed at start, so a
+    /// process reading it sees EOF at once).
+    pub fn stdin(mut self, open: bool) -> Self {
+        self.stdin = open;
+        self
+    }
+
+    /// Whether stdin stays open for the caller.
+    pub fn has_stdin(&self) -> bool {
+        self.stdin
+    }
+
+    /// Whether a terminal is requested.
+    pub fn is_terminal(&self) -> bool {
+        self.terminal
+    }
+
+    /// Validates and turns the process into its OCI form, starting from `base` (the image's
+    /// defaults, or the OCI default process).
+    pub(crate) fn to_oci(&self, mut base: Process) -> Result<Process> {
+        if !self.args.is_empty() {
+            base.set_args(Some(self.args.clone()));
+        }
+        let args = base.args().clone().unwrap_or_default();
+        if args.is_empty() || args[0].is_empty() {
+            return Err(Error::invalid(
+                "process.args",
+                "empty: give the command to run, e.g. [\"echo\", \"hi\"]",
+            ));
+        }
+        let mut env = base.env().clone().unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(0, DEFAULT_PATH.to_string());
+        }
+        for e in &self.env {
+            let Some((key, _)) = e.split_once('=') else {
+                return Err(Error::invalid(
+                    "process.env",
+                    format!("`{e}` is not KEY=VALUE"),
+                ));
+            };
+            if key.is_empty() {
+                return Err(Error::invalid(
+                    "process.env",
+                    format!("`{e}` has an empty key"),
+                ));
+            }
+            env.retain(|old| old.split_once('=').map(|(k, _)| k) != Some(key));
+            env.push(e.clone());
+        }
+        base.set_env(Some(env));
+        if let Some(cwd) = &self.cwd {
+            if !cwd.starts_with('/') {
+                return Err(Error::invalid(
+                    "process.cwd",
+                    format!("`{cwd}` is relative; give an absolute path inside the container"),
+                ));
+            }
+            base.set_cwd(PathBuf::from(cwd));
+        }
+        let mut user: User = base.user().clone();
+        if let Some(uid) = self.uid {
+            user.set_uid(uid);
+        }
+        if let Some(gid) = self.gid {
+            user.set_gid(gid);
+        }
+        if !self.additional_gids.is_empty() {
+            user.set_additional_gids(Some(self.additional_gids.clone()));
+        }
+        base.set_user(user);
+        base.set_terminal(Some(self.terminal));
+        Ok(base)
+    }
+}
+
+/// A container: where its rootfs comes from and what it runs.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub(crate) id: Option<String>,
+    pub(crate) rootfs: RootfsSource,
+    pub(crate) process: ProcessSpec,
+    pub(crate) hostname: Option<String>,
+    pub(crate) readonly_rootfs: bool,
+    pub(crate) oci: Option<Spec>,
+}
+
+impl ContainerSpec {
+    /// A container whose rootfs is a host directory.
+    pub fn from_rootfs_dir(dir: impl AsRef<Path>) -> Self {
+        Self::with_source(RootfsSource::Dir(dir.as_ref().to_path_buf()))
+    }
+
+    /// A container from an OCI image layout directory or tarball. The image's entrypoint,
+    /// command, environment, working directory and user are the defaults of its process.
+    pub fn from_image(path: impl AsRef<Path>) -> Self {
+        Self::with_source(RootfsSource::Image {
+            path: path.as_ref().to_path_buf(),
+            reference: None,
+        })
+    }
+
+    /// A container described by a full OCI runtime spec; `rootfs` replaces `root.path`.
+    pub fn from_oci(spec: Spec, rootfs: impl AsRef<Path>) -> Self {
+        let mut s = Self::with_source(RootfsSource::Dir(rootfs.as_ref().to_path_buf()));
+        s.oci = Some(spec);
+        s
+    }
+
+    fn with_source(rootfs: RootfsSource) -> Self {
+        ContainerSpec {
+            id: None,
+            rootfs,
+            process: ProcessSpec::default(),
+            hostname: None,
+            readonly_rootfs: false,
+            oci: None,
+        }
+    }
+
+    /// Picks an image by its reference name (for layouts holding several).
+    pub fn image_reference(mut self, reference: impl Into<String>) -> Self {
+        if let RootfsSource::Image { reference: r, .. } = &mut self.rootfs {
+            *r = Some(reference.into());
+        }
+        self
+    }
+
+    /// Sets the container id (default: a random one).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// The command to run.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.process.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Replaces the whole first process.
+    pub fn process(mut self, process: ProcessSpec) -> Self {
+        self.process = process;
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.process = self.process.env(key, value);
+        self
+    }
+
+    /// Sets the working directory.
+    pub fn cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.process = self.process.cwd(cwd);
+        self
+    }
+
+    /// Runs as this uid and gid.
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.process = self.process.user(uid, gid);
+        self
+    }
+
+    /// Allocates a pseudo-terminal.
+    pub fn terminal(mut self, terminal: bool) -> Self {
+        self.process = self.process.terminal(terminal);
+        self
+    }
+
+    /// Keeps the first process's stdin open for the caller.
+    pub fn stdin(mut self, open: bool) -> Self {
+        self.process = self.process.stdin(open);
+        self
+    }
+
+    /// Sets the container's hostname.
+    pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
+        self.hostname = Some(hostname.into());
+        self
+    }
+
+    /// Mounts the rootfs read-only.
+    pub fn readonly_rootfs(mut self, readonly: bool) -> Self {
+        self.readonly_rootfs = readonly;
+        self
+    }
+
+    /// The rootfs source.
+    pub fn rootfs(&self) -> &RootfsSource {
+        &self.rootfs
+    }
+
+    /// Builds the OCI spec the agent receives. `guest_root` is where the rootfs is in the
+    /// guest; `image_process` carries the image's defaults, if any.
+    pub(crate) fn to_oci(
+        &self,
+        container_id: &str,
+        guest_root: &str,
+        image_process: Option<Process>,
+    ) -> Result<Spec> {
+        let mut spec = self.oci.clone().unwrap_or_default();
+        let base = image_process
+            .or_else(|| spec.process().clone())
+            .unwrap_or_default();
+        let process = if self.oci.is_some() && self.process == ProcessSpec::default() {
+            let p = spec
+                .process()
+                .clone()
+                .ok_or_else(|| Error::invalid("process", "the OCI spec has no process; add one"))?;
+            ProcessSpec::default().to_oci(p)?
+        } else {
+            self.process.to_oci(base)?
+        };
+        spec.set_process(Some(process));
+        let mut root = Root::default();
+        root.set_path(PathBuf::from(guest_root));
+        root.set_readonly(Some(
+            self.readonly_rootfs
+                || spec
+                    .root()
+                    .as_ref()
+                    .and_then(|r| r.readonly())
+                    .unwrap_or(false),
+        ));
+        spec.set_root(Some(root));
+        let hostname = self
+            .hostname
+            .clone()
+            .or_else(|| spec.hostname().clone().filter(|h| h != "youki"))
+            .unwrap_or_else(|| container_id.chars().take(12).collect());
+        spec.set_hostname(Some(hostname));
+        // Containers share the sandbox's network namespace (the VM's), as in Kata.
+        if let Some(linux) = spec.linux_mut() {
+            if let Some(ns) = linux.namespaces_mut() {
+                ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
+            }
+        }
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_values_reach_the_oci_spec() {
+        let s = ContainerSpec::from_rootfs_dir("/tmp/rootfs")
+            .args(["sh", "-c", "echo hi"])
+            .env("A", "1")
+            .cwd("/tmp")
+            .user(1000, 1000)
+            .hostname("box")
+            .readonly_rootfs(true);
+        let oci = s
+            .to_oci(
+                "c1",
+                "/run/kata-containers/shared/containers/c1/rootfs",
+                None,
+            )
+            .unwrap();
+        let p = oci.process().as_ref().unwrap();
+        assert_eq!(p.args().as_ref().unwrap(), &["sh", "-c", "echo hi"]);
+        let env = p.env().as_ref().unwrap();
+        assert!(env.iter().any(|e| e.starts_with("PATH=")));
+        assert!(env.contains(&"A=1".to_string()));
+        assert_eq!(p.cwd(), Path::new("/tmp"));
+        assert_eq!(p.user().uid(), 1000);
+        assert_eq!(oci.hostname().as_deref(), Some("box"));
+        let root = oci.root().as_ref().unwrap();
+        assert_eq!(
+            root.path(),
+            Path::new("/run/kata-containers/shared/containers/c1/rootfs")
+        );
+        assert_eq!(root.readonly(), Some(true));
+        let ns = oci.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
+        assert!(ns.iter().all(|n| n.typ() != LinuxNamespaceType::Network));
+        assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
+    }
+
+    #[test]
+    fn env_overrides_replace_earlier_values() {
+        let s = ContainerSpec::from_rootfs_dir("/r")
+            .args(["true"])
+            .env("PATH", "/bin");
+        let oci = s.to_oci("c", "/g", None).unwrap();
+        let env = oci.process().as_ref().unwrap().env().clone().unwrap();
+        assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
+        assert!(env.contains(&"PATH=/bin".to_string()));
+    }
+
+    #[test]
+    fn bad_process_values_name_the_field() {
+        let e = ProcessSpec::new(Vec::<String>::new())
+            .to_oci(Process::default())
+            .map(|_| ());
+        // The OCI default process runs `sh`, so no args falls back to it.
+        assert!(e.is_ok());
+        let mut p = Process::default();
+        p.set_args(Some(vec![]));
+        let e = ProcessSpec::default().to_oci(p).unwrap_err().to_string();
+        assert!(e.contains("process.args"), "{e}");
+        let e = ProcessSpec::new(["true"])
+            .cwd("tmp")
+            .to_oci(Process::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("process.cwd"), "{e}");
+        let e = ProcessSpec::new(["true"])
+            .env("=x", "")
+            .to_oci(Process::default());
+        assert!(e.is_err());
+    }
+}

@@ -1,0 +1,486 @@
+//! Tier 3: the public API against a real guest (QEMU, KVM where usable, else TCG).
+//!
+//! One sandbox is booted and shared by the container cases; the bad-input cases boot (or try to
+//! boot) their own. Every case is reported like libtest does and the run ends with
+//! `N passed, M failed`. After the run no QEMU or vsock backend process, socket or sandbox
+//! directory may remain: the harness checks that too.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use kata_sandbox::{ContainerSpec, ProcessSpec, Sandbox};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Case = fn(Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
+struct Env {
+    sandbox: Sandbox,
+    rootfs: PathBuf,
+    root_dir: PathBuf,
+}
+
+fn record(line: &str) {
+    if let Some(log) = std::env::var_os("KATA_RS_VM_TEST_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+fn spec(env: &Env, args: &[&str]) -> ContainerSpec {
+    ContainerSpec::from_rootfs_dir(&env.rootfs).args(args.iter().copied())
+}
+
+async fn run(env: &Env, args: &[&str]) -> Result<kata_sandbox::Output> {
+    Ok(env.sandbox.run(spec(env, args)).await?)
+}
+
+fn case_echo_stdout_stderr(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+    Box::pin(async move {
+        let out = run(&env, &["sh", "-c", "echo to-out; echo to-err >&2"]).await?;
+        ensure!(out.status == 0, "status {}", out.status);
+        ensure!(
+            out.stdout_str() == "to-out\n",
+            "stdout {:?}",
+            out.stdout_str()
+        );
+        ensure!(
+            out.stderr_str() == "to-err\n",
+            "stderr {:?}",
+            out.stderr_str()
+        );
+        Ok(())
+    })
+}
+
+fn case_exit_codes(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+    Box::pin(async move {
+        ensure!(run(&env, &["true"]).await?.status == 0);
+        let out = run(&env, &["sh", "-c", "exit 3"]).await?;
+        ensure!(out.status == 3, "exit 3 gave {}", out.status);
+        let c = env
+            .sandbox
+            .create_container(spec(&env, &["sleep", "100"]))
+            .await?;
+        c.start().await?;
+        c.kill(libc::SIGKILL).await?;
+        let status = c.wait().await?;
+        c.delete().await?;
+        ensure!(status == 137, "SIGKILL gave {status}, want 137");
+        Ok(())
+    })
+}
+
+fn case_stdin_through_cat(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+    Box::pin(async move {
+        let mut c = env
+            .sandbox
+            .create_container(spec(&env, &["cat"]).stdin(true))
+            .await?;
+        let mut stdin = c.stdin().context("stdin")?;
+        let mut stdout = c.stdout().context("stdout")?;
+        c.start().await?;
+        stdin.write_all(b"through the VM\n").await?;
+        stdin.shutdown().await?;
+        drop(stdin);
+        let mut got = String::new();
+        stdout.read_to_string(&mut got).await?;
+        let status = c.wait().await?;
+        c.delete().await?;
+        ensure!(got == "through the VM\n", "cat echoed {got:?}");
+        ensure!(status == 0, "cat status {status}");
+        Ok(())
+    })
+}
+
+fn case_exec_into_running(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+    Box::pin(async move {
+        let c = env
+            .sandbox
+            .create_container(spec(&env, &["sh", "-c", "echo marker > /tmp/m; sleep 100"]))
+            .await?;
+        c.start().await?;
+        let mut p = None;
+        for _ in 0..50 {
+            let mut e = c.exec(ProcessSpec::new(["cat", "/tmp/m"])).await?;
+            let out = e.output().await?;
+            if out.status == 0 {
+                p = Some(out);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let out = p.context("exec never saw the file the container wrote")?;
+        ensure!(
+            out.stdout_str() == "marker\n",
+            "exec read {:?}",
+            out.stdout_str()
+        );
+        let mut e = c.exec(ProcessSpec::new(["sh", "-c", "exit 5"])).await?;
+        ensure!(e.output().await?.status == 5);
+        c.kill(libc::SIGKILL).await?;
+        c.wait().await?;
+        c.delete().await?;
+        Ok(())
+    })
+}
+
+fn case_two_containers(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+    Box::pin(async move {
+        let a = env
+            .sandbox
+            .create_container(spec(&env, &["sleep", "100"]).id("two-a"))
+            .await?;
+        let b = env
+            .sandbox
+            .create_container(spec(&env, &["sleep", "100"]).id("two-b"))
+            .await?;
+        a.start().await?;
+        b.start().await?;
+        // Separate pid namespaces: each sees its own sleep as pid 1.
+        let mut e = a.exec(ProcessSpec::new(["cat", "/proc/1/cmdline"])).await?;
+        ensure!(e.output().await?.stdout_str().starts_with("sleep"));
+        let dup = env
+            .sandbox
+            .create_container(spec(&env, &["true"]).id("two-a"))
+            .await;
+        ensure!(
+            matches!(dup, Err(kata_sandbox::Error::AlreadyExists { .. })),
+            "duplicate id accepted"
+        );
+        for c in [a, b] {
+            c.kill(libc::SIGKILL).await?;
+            ensure!(c.wait().await? == 137);
+            c.delete().await?;
+        }
+        Ok(())
+    })
+}
+
+fn case_env_cwd_uid(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+    Box::pin(async move {
+        let out = env
+            .sandbox
+            .run(
+                spec(
+                    &env,
+                    &["sh", "-c", "echo $GREETING; pwd; id -u; id -g; hostname"],
+                )
+                .env("GREETING", "hello")
+                .cwd("/tmp")
+                .user(1000, 1000)
+                .hostname("kata-box"),
+            )
+            .await?;
+        ensure!(
+            out.status == 0,
+            "status {} stderr {}",
+            out.status,
+            out.stderr_str()
+        );
+        ensure!(
+            out.stdout_str() == "hello\n/tmp\n1000\n1000\nkata-box\n",
+            "got {:?}",
+            out.stdout_str()
+        );
+        Ok(())
+    })
+}
+
+fn case_readonly_rootfs(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+    Box::pin(async move {
+        let out = env
+            .sandbox
+            .run(spec(&env, &["touch", "/should-fail"]).readonly_rootfs(true))
+            .await?;
+        ensure!(out.status != 0, "touch on a read-only rootfs succeeded");
+        ensure!(!env.rootfs.join("should-fail").exists());
+        Ok(())
+    })
+}
+
+fn case_eight_concurrent(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+    Box::pin(async move {
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let env = env.clone();
+            tasks.push(tokio::spawn(async move {
+                let cmd = format!("echo job-{i}; exit {i}");
+                run(&env, &["sh", "-c", &cmd]).await
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let out = t.await??;
+            ensure!(
+                out.stdout_str() == format!("job-{i}\n"),
+                "job {i}: {:?}",
+                out.stdout_str()
+            );
+            ensure!(out.status == i as i32, "job {i}: status {}", out.status);
+        }
+        Ok(())
+    })
+}
+
+fn case_bad_container_input(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+    Box::pin(async move {
+        let e = env
+            .sandbox
+            .run(spec(&env, &["true"]).cwd("relative"))
+            .await
+            .unwrap_err();
+        ensure!(e.to_string().contains("process.cwd"), "{e}");
+        let e = env
+            .sandbox
+            .run(ContainerSpec::from_rootfs_dir("/nonexistent/rootfs").args(["true"]))
+            .await
+            .unwrap_err();
+        ensure!(e.to_string().contains("/nonexistent/rootfs"), "{e}");
+        let e = env
+            .sandbox
+            .run(spec(&env, &["/no/such/binary"]))
+            .await
+            .unwrap_err();
+        ensure!(e.to_string().contains("/no/such/binary"), "{e}");
+        let e = env
+            .sandbox
+            .run(spec(&env, &["true"]).id("bad/id"))
+            .await
+            .unwrap_err();
+        ensure!(e.to_string().contains("bad/id"), "{e}");
+        // Nothing is left shared for the failed containers.
+        let shared = env.sandbox.dir().join("shared");
+        let left: Vec<_> = std::fs::read_dir(&shared)?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        ensure!(left.is_empty(), "left in {}: {left:?}", shared.display());
+        Ok(())
+    })
+}
+
+/// Boots a sandbox expected to fail; checks the error text and that nothing is left.
+async fn expect_boot_failure(
+    root: &Path,
+    name: &str,
+    build: kata_sandbox::SandboxBuilder,
+    want: &[&str],
+) -> Result<()> {
+    let id = format!("bad-{name}");
+    let err = match build.id(&id).root_dir(root).build().await {
+        Ok(sb) => {
+            sb.shutdown().await?;
+            bail!("{name}: booted, but should have failed");
+        }
+        Err(e) => e.to_string(),
+    };
+    for w in want {
+        ensure!(
+            err.contains(w),
+            "{name}: error does not mention {w:?}:\n{err}"
+        );
+    }
+    ensure!(!root.join(&id).exists(), "{name}: sandbox dir left behind");
+    ensure!(
+        processes_mentioning(&id).is_empty(),
+        "{name}: processes left: {:?}",
+        processes_mentioning(&id)
+    );
+    Ok(())
+}
+
+async fn bad_boots(root: PathBuf) -> Result<()> {
+    use kata_sandbox::Sandbox as S;
+    expect_boot_failure(&root, "vcpus", S::builder().vcpus(0), &["vcpus"]).await?;
+    expect_boot_failure(
+        &root,
+        "memory",
+        S::builder().memory_mib(32),
+        &["memory_mib"],
+    )
+    .await?;
+    expect_boot_failure(
+        &root,
+        "maxvcpus",
+        S::builder().vcpus(3).max_vcpus(2),
+        &["max_vcpus"],
+    )
+    .await?;
+    expect_boot_failure(
+        &root,
+        "kernel",
+        S::builder().kernel("/nonexistent/bzImage"),
+        &["/nonexistent/bzImage", "make guest"],
+    )
+    .await?;
+    let mut no_qemu = S::builder().config().clone();
+    no_qemu.path = "/nonexistent/qemu-system-x86_64".into();
+    expect_boot_failure(
+        &root,
+        "qemu",
+        S::builder().hypervisor_config(no_qemu),
+        &["qemu-system-x86"],
+    )
+    .await?;
+    // A guest that panics (no init): the VM ends and the error carries its console.
+    expect_boot_failure(
+        &root,
+        "panic",
+        S::builder()
+            .memory_mib(256)
+            .kernel_params("rdinit=/nonexistent-init"),
+        &["VM exited", "console"],
+    )
+    .await?;
+    // A guest that boots but whose agent never answers (a shell as init): the error comes
+    // after the agent timeout, and the VM is killed.
+    let manifest = kata_sandbox::hypervisor::GuestManifest::load_default()?;
+    let debug = manifest
+        .initrd_debug
+        .context("the guest manifest has no debug initrd")?;
+    expect_boot_failure(
+        &root,
+        "hang",
+        S::builder()
+            .memory_mib(256)
+            .initrd(debug)
+            .kernel_params("rdinit=/bin/sh")
+            .agent_timeout(Duration::from_secs(20)),
+        &["did not answer", "VM was stopped"],
+    )
+    .await?;
+    Ok(())
+}
+
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && !cmdline.contains("vm_sandbox") {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+fn main() -> std::process::ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let code = rt.block_on(run_all());
+    std::process::ExitCode::from(code)
+}
+
+async fn run_all() -> u8 {
+    let cases: Vec<(&str, Case)> = vec![
+        ("echo_stdout_stderr", case_echo_stdout_stderr),
+        ("exit_codes_0_3_137", case_exit_codes),
+        ("stdin_through_cat", case_stdin_through_cat),
+        ("exec_into_running", case_exec_into_running),
+        ("two_containers", case_two_containers),
+        ("env_cwd_uid_hostname", case_env_cwd_uid),
+        ("readonly_rootfs", case_readonly_rootfs),
+        ("eight_concurrent_commands", case_eight_concurrent),
+        ("bad_container_input", case_bad_container_input),
+    ];
+    let work = tempfile::tempdir().expect("tempdir");
+    let root_dir = work.path().join("sandboxes");
+    let rootfs = work.path().join("rootfs");
+    if let Err(e) = kata_resource::testimage::busybox_rootfs(&rootfs) {
+        eprintln!("cannot build the busybox rootfs: {e}");
+        return 1;
+    }
+    let (mut passed, mut failed) = (0u32, 0u32);
+    let mut report = |name: &str, r: Result<()>, t: Instant| match r {
+        Ok(()) => {
+            passed += 1;
+            println!("test {name} ... ok ({:.1?})", t.elapsed());
+        }
+        Err(e) => {
+            failed += 1;
+            println!("test {name} ... FAILED ({:.1?})\n{e:?}", t.elapsed());
+        }
+    };
+
+    let t = Instant::now();
+    let sandbox = Sandbox::builder()
+        .id("vm-sandbox-tests")
+        .memory_mib(256)
+        .root_dir(&root_dir)
+        .build()
+        .await;
+    let sandbox = match sandbox {
+        Ok(s) => s,
+        Err(e) => {
+            record(&format!("no-guest vm_sandbox: {e}"));
+            println!("test boot_sandbox ... FAILED\nTHIS VM TEST COULD NOT BOOT A GUEST: {e}");
+            println!("0 passed, {} failed", cases.len() + 1);
+            return 1;
+        }
+    };
+    record("booted vm_sandbox");
+    println!(
+        "booted sandbox in {:.1?} ({:?}): {:?}",
+        t.elapsed(),
+        sandbox.hypervisor().save_state().accelerator,
+        sandbox.boot_timings()
+    );
+    let env = Arc::new(Env {
+        sandbox,
+        rootfs,
+        root_dir: root_dir.clone(),
+    });
+    for (name, case) in cases {
+        let t = Instant::now();
+        let r =
+            match tokio::time::timeout(Duration::from_secs(120), tokio::spawn(case(env.clone())))
+                .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(join)) => Err(anyhow::anyhow!("panicked: {join}")),
+                Err(_) => Err(anyhow::anyhow!("timed out after 120 s")),
+            };
+        report(name, r, t);
+    }
+
+    let t = Instant::now();
+    let env = match Arc::try_unwrap(env) {
+        Ok(env) => env,
+        Err(_) => {
+            println!("a case still holds the sandbox");
+            return 1;
+        }
+    };
+    let sandbox_dir = env.sandbox.dir().to_path_buf();
+    let r = async {
+        env.sandbox.shutdown().await?;
+        ensure!(
+            !sandbox_dir.exists(),
+            "sandbox dir {} left",
+            sandbox_dir.display()
+        );
+        let left = processes_mentioning("vm-sandbox-tests");
+        ensure!(left.is_empty(), "processes left after shutdown: {left:?}");
+        Ok(())
+    }
+    .await;
+    report("shutdown_leaves_nothing", r, t);
+
+    let t = Instant::now();
+    report("bad_boot_inputs", bad_boots(env.root_dir.clone()).await, t);
+
+    println!("{passed} passed, {failed} failed");
+    u8::from(failed > 0)
+}
