@@ -53,4 +53,5 @@ vm-summary:
 	 if [ "$${booted:-0}" = "0" ]; then echo "no VM test booted a guest: failing"; exit 1; fi
 
 bench: setup guest
+	$(CARGO) build --release -p kata-agent
 	$(CARGO) bench -p kata-benches
