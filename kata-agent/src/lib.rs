@@ -1,0 +1,32 @@
+//! kata-agent: the kata-rs guest agent.
+//!
+//! It is PID 1 of the micro-VM's initramfs (or started by it): it mounts what a guest needs
+//! ([`init`]), reaps every orphan ([`reaper`]), and serves Kata's agent API (`grpc.AgentService`,
+//! `grpc.Health`) over ttRPC on vsock port 1024 ([`agent::serve`], [`service`]). Containers run
+//! on the crate's own runtime ([`runtime`]): namespaces, `pivot_root` into the shared rootfs, the
+//! OCI spec's mounts, cgroups, user, capabilities and rlimits, with the agent binary re-executed
+//! as a single-threaded init helper for everything between fork and exec.
+//!
+//! The library is what the `kata-agent` binary runs; it is split out so every part is unit
+//! testable. See the README for how it behaves as PID 1 and the semantics of each call.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), kata_agent::error::AgentError> {
+//! let config = kata_agent::config::AgentConfig::from_args(["--no-init", "--listen", "unix:///run/agent.sock"])
+//!     .expect("valid flags");
+//! kata_agent::agent::serve(&config, false).await?; // until SIGTERM
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod config;
+pub mod error;
+pub mod init;
+pub mod mount;
+pub mod reaper;
+pub mod runtime;
+pub mod sandbox;
+pub mod service;
+pub mod storage;

@@ -1,0 +1,313 @@
+//! The sandbox: the guest-wide state the agent serves requests on — its storages and its
+//! containers, keyed by id.
+//!
+//! A container id is reserved for the whole of CreateContainer, so a concurrent duplicate gets
+//! `ALREADY_EXISTS` and never half-creates anything.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oci_spec::runtime::Spec;
+
+use crate::error::{AgentError, Result};
+use crate::runtime::container::Container;
+use crate::runtime::process::Process;
+use crate::runtime::Runtime;
+use crate::storage::{self, MountedStorage, StorageSpec};
+
+/// How a sandbox is created (CreateSandbox).
+#[derive(Clone, Debug, Default)]
+pub struct SandboxConfig {
+    /// The sandbox id.
+    pub id: String,
+    /// The guest's hostname.
+    pub hostname: String,
+    /// `resolv.conf` lines.
+    pub dns: Vec<String>,
+    /// Storages to mount.
+    pub storages: Vec<StorageSpec>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    /// CreateContainer is in progress.
+    Creating,
+    Ready(Arc<Container>),
+}
+
+#[derive(Debug)]
+struct ContainerEntry {
+    slot: Slot,
+    storages: Vec<MountedStorage>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    id: Option<String>,
+    storages: Vec<MountedStorage>,
+    containers: HashMap<String, ContainerEntry>,
+}
+
+/// The agent's sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    runtime: Runtime,
+    /// Whether the agent owns the machine (PID 1 in a guest): only then does it change
+    /// guest-wide settings (hostname, `/etc/resolv.conf`).
+    owns_guest: bool,
+    state: Mutex<State>,
+}
+
+/// Container ids name cgroups and appear in paths: keep them to a safe alphabet.
+pub fn validate_container_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(AgentError::invalid("container_id", "is empty"));
+    }
+    if id == "."
+        || id == ".."
+        || id.len() > 255
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(AgentError::invalid(
+            "container_id",
+            format!("{id:?} may only hold letters, digits, '-', '_' and '.'"),
+        ));
+    }
+    Ok(())
+}
+
+fn unmount_all(storages: &[MountedStorage]) {
+    for s in storages.iter().rev() {
+        if let Err(e) = s.unmount() {
+            tracing::warn!(error = %e, "storage not unmounted");
+        }
+    }
+}
+
+fn mount_all(specs: &[StorageSpec]) -> Result<Vec<MountedStorage>> {
+    let mut mounted = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        match storage::mount(s, &format!("storages[{i}]")) {
+            Ok(m) => mounted.push(m),
+            Err(e) => {
+                unmount_all(&mounted);
+                return Err(e);
+            }
+        }
+    }
+    Ok(mounted)
+}
+
+impl Sandbox {
+    /// A sandbox on `runtime`. `owns_guest`: the agent is the guest's init.
+    pub fn new(runtime: Runtime, owns_guest: bool) -> Self {
+        Sandbox {
+            runtime,
+            owns_guest,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The container runtime.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Whether the agent runs as the guest's init.
+    pub fn owns_guest(&self) -> bool {
+        self.owns_guest
+    }
+
+    /// CreateSandbox: hostname, DNS, storages.
+    pub fn create(&self, cfg: &SandboxConfig) -> Result<()> {
+        if let Some(id) = &self.state().id {
+            return Err(AgentError::SandboxExists(id.clone()));
+        }
+        if !cfg.hostname.is_empty() {
+            if self.owns_guest {
+                nix::unistd::sethostname(&cfg.hostname)
+                    .map_err(|e| AgentError::sys(format!("sethostname {:?}", cfg.hostname), e))?;
+            } else {
+                tracing::debug!(hostname = %cfg.hostname, "not the guest's init: hostname left alone");
+            }
+        }
+        if !cfg.dns.is_empty() {
+            if self.owns_guest {
+                let mut text = cfg.dns.join("\n");
+                text.push('\n');
+                std::fs::write("/etc/resolv.conf", text)
+                    .map_err(|e| AgentError::io("write /etc/resolv.conf", e))?;
+            } else {
+                tracing::debug!("not the guest's init: /etc/resolv.conf left alone");
+            }
+        }
+        let mounted = mount_all(&cfg.storages)?;
+        let mut st = self.state();
+        if let Some(id) = st.id.clone() {
+            drop(st);
+            unmount_all(&mounted);
+            return Err(AgentError::SandboxExists(id));
+        }
+        st.id = Some(if cfg.id.is_empty() {
+            "sandbox".to_string()
+        } else {
+            cfg.id.clone()
+        });
+        st.storages = mounted;
+        Ok(())
+    }
+
+    /// DestroySandbox: removes every container and unmounts the storages.
+    pub async fn destroy(&self) -> Result<()> {
+        let ids: Vec<String> = self.state().containers.keys().cloned().collect();
+        let mut first_err = None;
+        for id in ids {
+            if let Err(e) = self
+                .remove_container(&id, Some(Duration::from_secs(10)))
+                .await
+            {
+                if !matches!(e, AgentError::ContainerNotFound(_)) {
+                    tracing::warn!(container_id = %id, error = %e, "container not removed");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let storages = {
+            let mut st = self.state();
+            st.id = None;
+            std::mem::take(&mut st.storages)
+        };
+        unmount_all(&storages);
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// CreateContainer: mounts the container's storages and creates it, blocked before exec.
+    pub async fn create_container(
+        &self,
+        id: &str,
+        exec_id: &str,
+        storages: &[StorageSpec],
+        spec: &Spec,
+    ) -> Result<()> {
+        validate_container_id(id)?;
+        {
+            let mut st = self.state();
+            if st.containers.contains_key(id) {
+                return Err(AgentError::ContainerExists(id.to_string()));
+            }
+            st.containers.insert(
+                id.to_string(),
+                ContainerEntry {
+                    slot: Slot::Creating,
+                    storages: Vec::new(),
+                },
+            );
+        }
+        let result = async {
+            let mounted = mount_all(storages)?;
+            match self.runtime.create(id, exec_id, spec).await {
+                Ok(c) => Ok((c, mounted)),
+                Err(e) => {
+                    unmount_all(&mounted);
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        let mut st = self.state();
+        match result {
+            Ok((c, mounted)) => {
+                st.containers.insert(
+                    id.to_string(),
+                    ContainerEntry {
+                        slot: Slot::Ready(Arc::new(c)),
+                        storages: mounted,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                st.containers.remove(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The container `id`.
+    pub fn container(&self, id: &str) -> Result<Arc<Container>> {
+        match self.state().containers.get(id) {
+            Some(ContainerEntry {
+                slot: Slot::Ready(c),
+                ..
+            }) => Ok(Arc::clone(c)),
+            _ => Err(AgentError::ContainerNotFound(id.to_string())),
+        }
+    }
+
+    /// The process `exec_id` of container `id`.
+    pub fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>> {
+        self.container(id)?.process(exec_id)
+    }
+
+    /// Ids of the containers.
+    pub fn container_ids(&self) -> Vec<String> {
+        self.state().containers.keys().cloned().collect()
+    }
+
+    /// ExecProcess.
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &oci_spec::runtime::Process,
+    ) -> Result<()> {
+        if exec_id.is_empty() {
+            return Err(AgentError::invalid("exec_id", "is empty"));
+        }
+        let c = self.container(id)?;
+        c.reserve_exec(exec_id)?;
+        match self.runtime.exec(&c, exec_id, process).await {
+            Ok(p) => {
+                c.complete_exec(exec_id, Some(Arc::new(p)));
+                Ok(())
+            }
+            Err(e) => {
+                c.complete_exec(exec_id, None);
+                Err(e)
+            }
+        }
+    }
+
+    /// RemoveContainer: kills its processes, removes its cgroup, unmounts its storages.
+    pub async fn remove_container(&self, id: &str, timeout: Option<Duration>) -> Result<()> {
+        let c = self.container(id)?;
+        c.destroy(timeout).await?;
+        let entry = self.state().containers.remove(id);
+        if let Some(entry) = entry {
+            unmount_all(&entry.storages);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids() {
+        assert!(validate_container_id("c1-abc_9.x").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "../../etc"] {
+            let err = validate_container_id(bad).unwrap_err();
+            assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT, "{bad:?}");
+            assert!(err.to_string().starts_with("container_id"));
+        }
+    }
+}

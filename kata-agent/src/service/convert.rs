@@ -1,0 +1,244 @@
+//! Protocol messages ⇄ the agent's own types: storages, specs, processes, statistics.
+
+use kata_agent_client::protocol::{agent, oci as grpc};
+use kata_agent_client::spec::from_grpc;
+use protobuf::MessageField;
+
+use crate::error::{AgentError, Result};
+use crate::runtime::cgroup::CgroupStats;
+use crate::storage::StorageSpec;
+
+/// The protocol's `Storage` as a [`StorageSpec`].
+pub fn storage(s: &agent::Storage) -> StorageSpec {
+    StorageSpec {
+        driver: s.driver.clone(),
+        source: s.source.clone(),
+        fstype: s.fstype.clone(),
+        options: s.options.clone(),
+        mount_point: s.mount_point.clone(),
+    }
+}
+
+/// Applies a `StringUser` (a user named by strings) to a process: a numeric uid/gid is used as
+/// is, a name becomes `user.username`, resolved later against the container's `/etc/passwd`.
+fn apply_string_user(
+    process: &mut oci_spec::runtime::Process,
+    su: &agent::StringUser,
+) -> Result<()> {
+    if su.uid.is_empty() {
+        return Ok(());
+    }
+    let mut user = process.user().clone();
+    match su.uid.parse::<u32>() {
+        Ok(uid) => user.set_uid(uid),
+        Err(_) => user.set_username(Some(su.uid.clone())),
+    };
+    if !su.gid.is_empty() {
+        let gid = su.gid.parse::<u32>().map_err(|_| {
+            AgentError::invalid("string_user.gid", format!("{:?} is not a number", su.gid))
+        })?;
+        user.set_gid(gid);
+    }
+    if !su.additionalGids.is_empty() {
+        let gids = su
+            .additionalGids
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                g.parse::<u32>().map_err(|_| {
+                    AgentError::invalid(
+                        format!("string_user.additionalGids[{i}]"),
+                        format!("{g:?} is not a number"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        user.set_additional_gids(Some(gids));
+    }
+    process.set_user(user);
+    Ok(())
+}
+
+/// The OCI spec of a CreateContainer request.
+pub fn container_spec(req: &agent::CreateContainerRequest) -> Result<oci_spec::runtime::Spec> {
+    let wire = req
+        .OCI
+        .as_ref()
+        .ok_or_else(|| AgentError::invalid("OCI", "is missing"))?;
+    let mut spec = from_grpc(wire).map_err(|e| AgentError::invalid("OCI", e.to_string()))?;
+    if let (Some(su), Some(p)) = (req.string_user.as_ref(), spec.process_mut().as_mut()) {
+        apply_string_user(p, su)?;
+    }
+    Ok(spec)
+}
+
+/// The OCI process of an ExecProcess request.
+pub fn exec_process(req: &agent::ExecProcessRequest) -> Result<oci_spec::runtime::Process> {
+    let wire = req
+        .process
+        .as_ref()
+        .ok_or_else(|| AgentError::invalid("process", "is missing"))?;
+    // The conversion is defined on whole specs: carry the process in one.
+    let mut holder = grpc::Spec::new();
+    holder.Process = MessageField::some(wire.clone());
+    let spec = from_grpc(&holder).map_err(|e| AgentError::invalid("process", e.to_string()))?;
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| AgentError::invalid("process", "is missing"))?;
+    if let Some(su) = req.string_user.as_ref() {
+        apply_string_user(&mut process, su)?;
+    }
+    Ok(process)
+}
+
+/// Cgroup statistics as the protocol's `StatsContainerResponse`.
+pub fn stats(s: &CgroupStats) -> agent::StatsContainerResponse {
+    let mut cpu_usage = agent::CpuUsage::new();
+    cpu_usage.total_usage = s.cpu_total_ns;
+    cpu_usage.percpu_usage = s.cpu_percpu_ns.clone();
+    cpu_usage.usage_in_usermode = s.cpu_user_ns;
+    cpu_usage.usage_in_kernelmode = s.cpu_system_ns;
+    let mut throttling = agent::ThrottlingData::new();
+    throttling.throttled_periods = s.cpu_throttling.0;
+    throttling.periods = s.cpu_throttling.1;
+    throttling.throttled_time = s.cpu_throttling.2;
+    let mut cpu = agent::CpuStats::new();
+    cpu.cpu_usage = MessageField::some(cpu_usage);
+    cpu.throttling_data = MessageField::some(throttling);
+
+    let mut usage = agent::MemoryData::new();
+    usage.usage = s.memory_usage;
+    usage.max_usage = s.memory_max_usage;
+    usage.limit = s.memory_limit;
+    usage.failcnt = s.memory_failcnt;
+    let mut memory = agent::MemoryStats::new();
+    memory.cache = s
+        .memory_stat
+        .get("cache")
+        .or_else(|| s.memory_stat.get("file"))
+        .copied()
+        .unwrap_or(0);
+    memory.usage = MessageField::some(usage);
+    memory.use_hierarchy = true;
+    memory.stats = s.memory_stat.clone().into_iter().collect();
+
+    let mut pids = agent::PidsStats::new();
+    pids.current = s.pids_current;
+    pids.limit = s.pids_limit;
+
+    let mut cg = agent::CgroupStats::new();
+    cg.cpu_stats = MessageField::some(cpu);
+    cg.memory_stats = MessageField::some(memory);
+    cg.pids_stats = MessageField::some(pids);
+    let mut resp = agent::StatsContainerResponse::new();
+    resp.cgroup_stats = MessageField::some(cg);
+    resp
+}
+
+/// ListProcesses output: `json` is a JSON array of pids (as Kata's agent answers); `table` is a
+/// `ps`-like table of pid and command line read from `/proc`.
+pub fn process_list(pids: &[i32], format: &str) -> Result<Vec<u8>> {
+    match format {
+        "json" => serde_json::to_vec(pids)
+            .map_err(|e| AgentError::io("encode pids", std::io::Error::other(e))),
+        "" | "table" => {
+            let mut out = String::from("  PID CMD\n");
+            for pid in pids {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|b| {
+                        b.split(|c| *c == 0)
+                            .filter(|s| !s.is_empty())
+                            .map(|s| String::from_utf8_lossy(s).into_owned())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default();
+                out.push_str(&format!("{pid:>5} {cmd}\n"));
+            }
+            Ok(out.into_bytes())
+        }
+        other => Err(AgentError::invalid(
+            "format",
+            format!("{other:?} is neither \"table\" nor \"json\""),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_oci_is_invalid() {
+        let req = agent::CreateContainerRequest::new();
+        let err = container_spec(&req).unwrap_err();
+        assert_eq!(err.to_string(), "OCI is missing");
+    }
+
+    #[test]
+    fn string_user_names_and_numbers() {
+        let mut req = agent::CreateContainerRequest::new();
+        let mut spec = grpc::Spec::new();
+        let mut p = grpc::Process::new();
+        p.Args = vec!["true".into()];
+        spec.Process = MessageField::some(p);
+        req.OCI = MessageField::some(spec);
+        let mut su = agent::StringUser::new();
+        su.uid = "nobody".into();
+        su.gid = "7".into();
+        req.string_user = MessageField::some(su.clone());
+        let s = container_spec(&req).unwrap();
+        let u = s.process().as_ref().unwrap().user();
+        assert_eq!(u.username().as_deref(), Some("nobody"));
+        assert_eq!(u.gid(), 7);
+
+        su.uid = "1000".into();
+        su.gid = "staff".into();
+        req.string_user = MessageField::some(su);
+        let err = container_spec(&req).unwrap_err();
+        assert!(err.to_string().starts_with("string_user.gid"), "{err}");
+    }
+
+    #[test]
+    fn exec_process_converts() {
+        let mut req = agent::ExecProcessRequest::new();
+        assert_eq!(
+            exec_process(&req).unwrap_err().to_string(),
+            "process is missing"
+        );
+        let mut p = grpc::Process::new();
+        p.Args = vec!["sh".into(), "-c".into(), "true".into()];
+        p.Cwd = "/".into();
+        req.process = MessageField::some(p);
+        let p = exec_process(&req).unwrap();
+        assert_eq!(p.args().as_ref().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn stats_are_mapped() {
+        let s = CgroupStats {
+            memory_usage: 10,
+            cpu_total_ns: 20,
+            pids_current: 3,
+            ..Default::default()
+        };
+        let r = stats(&s);
+        assert_eq!(r.cgroup_stats.memory_stats.usage.usage, 10);
+        assert_eq!(r.cgroup_stats.cpu_stats.cpu_usage.total_usage, 20);
+        assert_eq!(r.cgroup_stats.pids_stats.current, 3);
+    }
+
+    #[test]
+    fn process_list_formats() {
+        assert_eq!(process_list(&[1, 22], "json").unwrap(), b"[1,22]");
+        let table = String::from_utf8(process_list(&[std::process::id() as i32], "table").unwrap())
+            .unwrap();
+        assert!(table.starts_with("  PID CMD\n"));
+        assert_eq!(table.lines().count(), 2);
+        assert_eq!(
+            process_list(&[], "yaml").unwrap_err().code(),
+            ttrpc::Code::INVALID_ARGUMENT
+        );
+    }
+}

@@ -1,0 +1,560 @@
+//! The ttRPC services: `grpc.AgentService` and `grpc.Health` on top of the [`Sandbox`].
+//!
+//! Each method turns its request into the agent's own types ([`convert`]), runs under a span
+//! carrying `container_id`/`exec_id`, and maps failures to ttRPC statuses
+//! ([`AgentError::code`]). Methods of the protocol this agent does not implement answer
+//! `UNIMPLEMENTED` naming the method.
+
+pub mod convert;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kata_agent_client::protocol::{agent, empty::Empty, health, types};
+use kata_agent_client::server::{async_trait, AgentService, Health};
+use kata_agent_client::ttrpc::{self, r#async::TtrpcContext};
+use nix::sys::signal::Signal;
+use tracing::Instrument;
+
+use crate::error::{AgentError, Result};
+use crate::runtime::process::Stream;
+use crate::sandbox::{Sandbox, SandboxConfig};
+
+/// The agent's version, as reported by Version and GetGuestDetails.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The protocol version reported by Version.
+pub const PROTOCOL_VERSION: &str = "kata-rs/1";
+
+/// Default and largest chunk a ReadStdout/ReadStderr returns.
+const DEFAULT_READ_LEN: usize = 32 * 1024;
+const MAX_READ_LEN: usize = 1024 * 1024;
+
+/// `grpc.AgentService` and `grpc.Health`.
+#[derive(Debug, Clone)]
+pub struct AgentServer {
+    sandbox: Arc<Sandbox>,
+}
+
+impl AgentServer {
+    /// Services on `sandbox`.
+    pub fn new(sandbox: Arc<Sandbox>) -> Self {
+        AgentServer { sandbox }
+    }
+
+    /// The ttRPC service table (AgentService and Health) to register on a server.
+    pub fn services(&self) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
+        let mut services = kata_agent_client::server::create_agent_service(Arc::new(self.clone()));
+        services.extend(kata_agent_client::server::create_health(Arc::new(
+            self.clone(),
+        )));
+        services
+    }
+
+    async fn read(&self, req: agent::ReadStreamRequest, stream: Stream) -> Result<Vec<u8>> {
+        let c = self.sandbox.container(&req.container_id)?;
+        let p = c.process(&req.exec_id)?;
+        let len = match req.len as usize {
+            0 => DEFAULT_READ_LEN,
+            n => n.min(MAX_READ_LEN),
+        };
+        match p.read(stream, len).await? {
+            Some(data) => Ok(data),
+            None => {
+                c.forget_finished_execs();
+                Err(AgentError::Eof {
+                    container_id: req.container_id.clone(),
+                    exec_id: p.exec_id.clone(),
+                    stream: match stream {
+                        Stream::Stdout => "stdout",
+                        Stream::Stderr => "stderr",
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// Runs a handler under a span naming the method and ids, logging failures.
+async fn handle<T>(
+    method: &'static str,
+    container_id: &str,
+    exec_id: &str,
+    f: impl Future<Output = Result<T>>,
+) -> ttrpc::Result<T> {
+    let span = tracing::info_span!("rpc", method, container_id, exec_id);
+    async move {
+        tracing::debug!("request");
+        match f.await {
+            Ok(v) => Ok(v),
+            Err(e @ AgentError::Eof { .. }) => {
+                tracing::debug!(error = %e, "end of stream");
+                Err(e.into())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, code = ?e.code(), "request failed");
+                Err(e.into())
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn unimplemented<T>(method: &str) -> ttrpc::Result<T> {
+    Err(AgentError::Unimplemented(format!("/grpc.AgentService/{method}")).into())
+}
+
+fn parse_signal(n: u32) -> Result<Signal> {
+    i32::try_from(n)
+        .ok()
+        .and_then(|n| Signal::try_from(n).ok())
+        .ok_or_else(|| AgentError::invalid("signal", format!("{n} is not a signal number")))
+}
+
+fn read_mem_block_size() -> u64 {
+    std::fs::read_to_string("/sys/devices/system/memory/block_size_bytes")
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl AgentService for AgentServer {
+    async fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("CreateSandbox", "", "", async {
+            let cfg = SandboxConfig {
+                id: req.sandbox_id.clone(),
+                hostname: req.hostname.clone(),
+                dns: req.dns.clone(),
+                storages: req.storages.iter().map(convert::storage).collect(),
+            };
+            self.sandbox.create(&cfg)?;
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn destroy_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("DestroySandbox", "", "", async {
+            self.sandbox.destroy().await?;
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let exec_id = if req.exec_id.is_empty() {
+            req.container_id.clone()
+        } else {
+            req.exec_id.clone()
+        };
+        handle("CreateContainer", &req.container_id, &exec_id, async {
+            let spec = convert::container_spec(&req)?;
+            let storages: Vec<_> = req.storages.iter().map(convert::storage).collect();
+            self.sandbox
+                .create_container(&req.container_id, &exec_id, &storages, &spec)
+                .await?;
+            tracing::info!("container created");
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("StartContainer", &req.container_id, "", async {
+            self.sandbox.container(&req.container_id)?.start().await?;
+            tracing::info!("container started");
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("RemoveContainer", &req.container_id, "", async {
+            let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout.into()));
+            self.sandbox
+                .remove_container(&req.container_id, timeout)
+                .await?;
+            tracing::info!("container removed");
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("ExecProcess", &req.container_id, &req.exec_id, async {
+            let process = convert::exec_process(&req)?;
+            self.sandbox
+                .exec(&req.container_id, &req.exec_id, &process)
+                .await?;
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("SignalProcess", &req.container_id, &req.exec_id, async {
+            let c = self.sandbox.container(&req.container_id)?;
+            let signal = parse_signal(req.signal)?;
+            c.signal(&req.exec_id, signal)?;
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::WaitProcessRequest,
+    ) -> ttrpc::Result<agent::WaitProcessResponse> {
+        handle("WaitProcess", &req.container_id, &req.exec_id, async {
+            let c = self.sandbox.container(&req.container_id)?;
+            let p = c.process(&req.exec_id)?;
+            let status = p.wait().await;
+            c.forget_finished_execs();
+            tracing::info!(status, "process exited");
+            let mut resp = agent::WaitProcessResponse::new();
+            resp.status = status;
+            Ok(resp)
+        })
+        .await
+    }
+
+    async fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ListProcessesRequest,
+    ) -> ttrpc::Result<agent::ListProcessesResponse> {
+        handle("ListProcesses", &req.container_id, "", async {
+            let pids = self.sandbox.container(&req.container_id)?.pids();
+            let mut resp = agent::ListProcessesResponse::new();
+            resp.process_list = convert::process_list(&pids, &req.format)?;
+            Ok(resp)
+        })
+        .await
+    }
+
+    async fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("UpdateContainer", &req.container_id, "", async {
+            let c = self.sandbox.container(&req.container_id)?;
+            if let (Some(res), Some(cg)) = (req.resources.as_ref(), c.cgroup()) {
+                let res = kata_agent_client::spec::resources_from_grpc(res)
+                    .map_err(|e| AgentError::invalid("resources", e.to_string()))?;
+                cg.apply(&res)?;
+            }
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::StatsContainerRequest,
+    ) -> ttrpc::Result<agent::StatsContainerResponse> {
+        handle("StatsContainer", &req.container_id, "", async {
+            let c = self.sandbox.container(&req.container_id)?;
+            Ok(convert::stats(&c.stats()))
+        })
+        .await
+    }
+
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("PauseContainer", &req.container_id, "", async {
+            self.sandbox.container(&req.container_id)?.freeze(true)?;
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("ResumeContainer", &req.container_id, "", async {
+            self.sandbox.container(&req.container_id)?.freeze(false)?;
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn write_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::WriteStreamRequest,
+    ) -> ttrpc::Result<agent::WriteStreamResponse> {
+        handle("WriteStdin", &req.container_id, &req.exec_id, async {
+            let p = self.sandbox.process(&req.container_id, &req.exec_id)?;
+            let n = p.write_stdin(&req.data).await?;
+            let mut resp = agent::WriteStreamResponse::new();
+            resp.len = u32::try_from(n).unwrap_or(u32::MAX);
+            Ok(resp)
+        })
+        .await
+    }
+
+    async fn read_stdout(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let (cid, eid) = (req.container_id.clone(), req.exec_id.clone());
+        handle("ReadStdout", &cid, &eid, async {
+            let mut resp = agent::ReadStreamResponse::new();
+            resp.data = self.read(req, Stream::Stdout).await?;
+            Ok(resp)
+        })
+        .await
+    }
+
+    async fn read_stderr(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let (cid, eid) = (req.container_id.clone(), req.exec_id.clone());
+        handle("ReadStderr", &cid, &eid, async {
+            let mut resp = agent::ReadStreamResponse::new();
+            resp.data = self.read(req, Stream::Stderr).await?;
+            Ok(resp)
+        })
+        .await
+    }
+
+    async fn close_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CloseStdinRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("CloseStdin", &req.container_id, &req.exec_id, async {
+            self.sandbox
+                .process(&req.container_id, &req.exec_id)?
+                .close_stdin()
+                .await?;
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn tty_win_resize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("TtyWinResize", &req.container_id, &req.exec_id, async {
+            let rows = u16::try_from(req.row)
+                .map_err(|_| AgentError::invalid("row", format!("{} is too large", req.row)))?;
+            let cols = u16::try_from(req.column).map_err(|_| {
+                AgentError::invalid("column", format!("{} is too large", req.column))
+            })?;
+            self.sandbox
+                .process(&req.container_id, &req.exec_id)?
+                .resize(rows, cols)?;
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn get_guest_details(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::GuestDetailsRequest,
+    ) -> ttrpc::Result<agent::GuestDetailsResponse> {
+        handle("GetGuestDetails", "", "", async {
+            let mut details = agent::AgentDetails::new();
+            details.version = AGENT_VERSION.to_string();
+            details.init_daemon = self.sandbox.owns_guest();
+            details.storage_handlers = crate::storage::DRIVERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            details.supports_seccomp = false;
+            let mut resp = agent::GuestDetailsResponse::new();
+            if req.mem_block_size {
+                resp.mem_block_size_bytes = read_mem_block_size();
+            }
+            if req.mem_hotplug_probe {
+                resp.support_mem_hotplug_probe =
+                    std::path::Path::new("/sys/devices/system/memory/probe").exists();
+            }
+            resp.agent_details = Some(details).into();
+            Ok(resp)
+        })
+        .await
+    }
+
+    async fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::UpdateInterfaceRequest,
+    ) -> ttrpc::Result<types::Interface> {
+        unimplemented("UpdateInterface")
+    }
+
+    async fn update_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::UpdateRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
+        unimplemented("UpdateRoutes")
+    }
+
+    async fn list_interfaces(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::ListInterfacesRequest,
+    ) -> ttrpc::Result<agent::Interfaces> {
+        unimplemented("ListInterfaces")
+    }
+
+    async fn list_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::ListRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
+        unimplemented("ListRoutes")
+    }
+
+    async fn add_arp_neighbors(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::AddARPNeighborsRequest,
+    ) -> ttrpc::Result<Empty> {
+        unimplemented("AddARPNeighbors")
+    }
+
+    async fn online_cpu_mem(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::OnlineCPUMemRequest,
+    ) -> ttrpc::Result<Empty> {
+        unimplemented("OnlineCPUMem")
+    }
+
+    async fn reseed_random_dev(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ReseedRandomDevRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("ReseedRandomDev", "", "", async {
+            std::fs::write("/dev/urandom", &req.data)
+                .map_err(|e| AgentError::io("write /dev/urandom", e))?;
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn set_guest_date_time(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::SetGuestDateTimeRequest,
+    ) -> ttrpc::Result<Empty> {
+        unimplemented("SetGuestDateTime")
+    }
+
+    async fn copy_file(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::CopyFileRequest,
+    ) -> ttrpc::Result<Empty> {
+        unimplemented("CopyFile")
+    }
+
+    async fn get_oom_event(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::GetOOMEventRequest,
+    ) -> ttrpc::Result<agent::OOMEvent> {
+        unimplemented("GetOOMEvent")
+    }
+}
+
+#[async_trait]
+impl Health for AgentServer {
+    async fn check(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: health::CheckRequest,
+    ) -> ttrpc::Result<health::HealthCheckResponse> {
+        let mut resp = health::HealthCheckResponse::new();
+        resp.status = health::health_check_response::ServingStatus::SERVING.into();
+        Ok(resp)
+    }
+
+    async fn version(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: health::CheckRequest,
+    ) -> ttrpc::Result<health::VersionCheckResponse> {
+        let mut resp = health::VersionCheckResponse::new();
+        resp.grpc_version = PROTOCOL_VERSION.to_string();
+        resp.agent_version = AGENT_VERSION.to_string();
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_validated() {
+        assert_eq!(parse_signal(9).unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal(15).unwrap(), Signal::SIGTERM);
+        let err = parse_signal(999).unwrap_err();
+        assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert!(err.to_string().starts_with("signal "));
+        assert!(parse_signal(0).is_err());
+    }
+
+    #[test]
+    fn unimplemented_names_the_method() {
+        let Err(ttrpc::Error::RpcStatus(s)) = unimplemented::<()>("CopyFile") else {
+            panic!()
+        };
+        assert_eq!(s.code(), ttrpc::Code::UNIMPLEMENTED);
+        assert_eq!(
+            s.message(),
+            "/grpc.AgentService/CopyFile is not implemented by kata-agent"
+        );
+    }
+}
