@@ -46,7 +46,8 @@ fn agent_rpc(c: &mut Criterion) {
         ))
         .expect("agent answers");
     c.bench_function("agent_rpc/check_unix", |b| {
-        b.to_async(&rt).iter(|| async { client.check().await.unwrap() })
+        b.to_async(&rt)
+            .iter(|| async { client.check().await.unwrap() })
     });
     let _ = agent.kill();
     let _ = agent.wait();

@@ -48,7 +48,11 @@ pub fn runc_run(bundle: &Path, id: &str) {
         .stdin(std::process::Stdio::null())
         .output()
         .expect("runc runs");
-    assert!(out.status.success(), "runc run failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "runc run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Median of `n` timings of `f`.

@@ -28,7 +28,12 @@ fn startup(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    let sb = Sandbox::builder().memory_mib(256).root_dir(&root).build().await.unwrap();
+                    let sb = Sandbox::builder()
+                        .memory_mib(256)
+                        .root_dir(&root)
+                        .build()
+                        .await
+                        .unwrap();
                     total += t.elapsed();
                     sb.shutdown().await.unwrap();
                 }
@@ -39,10 +44,18 @@ fn startup(c: &mut Criterion) {
     g.finish();
 
     let sandbox = rt
-        .block_on(Sandbox::builder().memory_mib(256).root_dir(root.path()).build())
+        .block_on(
+            Sandbox::builder()
+                .memory_mib(256)
+                .root_dir(root.path())
+                .build(),
+        )
         .unwrap();
     let run_true = || async {
-        let out = sandbox.run(ContainerSpec::from_rootfs_dir(&rootfs).args(["true"])).await.unwrap();
+        let out = sandbox
+            .run(ContainerSpec::from_rootfs_dir(&rootfs).args(["true"]))
+            .await
+            .unwrap();
         assert_eq!(out.status, 0);
     };
     let bundle = root.path().join("runc-bundle");
@@ -50,7 +63,10 @@ fn startup(c: &mut Criterion) {
     let mut n = 0u64;
     let mut runc_once = || {
         n += 1;
-        runc_run(&bundle, &format!("kata-rs-bench-{}-{n}", std::process::id()));
+        runc_run(
+            &bundle,
+            &format!("kata-rs-bench-{}-{n}", std::process::id()),
+        );
     };
 
     let mut g = c.benchmark_group("container");

@@ -65,3 +65,8 @@ impl Steps {
         self.start.elapsed()
     }
 }
+
+/// The top-level README's code, compiled as a doc test.
+#[doc = include_str!("../README.md")]
+#[doc(hidden)]
+pub mod readme {}

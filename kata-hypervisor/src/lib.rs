@@ -38,3 +38,8 @@ pub use device::{
 pub use error::{Error, Result};
 pub use hypervisor::{Capabilities, Hypervisor, HypervisorState, VmState};
 pub use kvm::{probe_kvm, Accelerator, KvmProbe};
+
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

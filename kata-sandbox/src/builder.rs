@@ -66,12 +66,14 @@ impl SandboxBuilder {
         let (name, hv) = file.hypervisor_section(path.as_ref())?;
         b.hypervisor = match name.as_str() {
             "qemu" => HypervisorKind::Qemu,
-            other => return Err(Error::Config {
-                path: path.as_ref().display().to_string(),
-                reason: format!(
+            other => {
+                return Err(Error::Config {
+                    path: path.as_ref().display().to_string(),
+                    reason: format!(
                     "[hypervisor.{other}] is not supported by this build; use [hypervisor.qemu]"
                 ),
-            }),
+                })
+            }
         };
         b.config = hv;
         if let Some(agent) = file.agent.get("kata") {

@@ -74,27 +74,26 @@ impl KataConfig {
             path: path.display().to_string(),
             reason,
         };
-        let (name, hv) = if !self.runtime.hypervisor_name.is_empty() {
-            let n = &self.runtime.hypervisor_name;
-            let hv = self.hypervisor.get(n).ok_or_else(|| {
-                err(format!(
+        let (name, hv) =
+            if !self.runtime.hypervisor_name.is_empty() {
+                let n = &self.runtime.hypervisor_name;
+                let hv = self.hypervisor.get(n).ok_or_else(|| {
+                    err(format!(
                     "[runtime] hypervisor_name = \"{n}\" but there is no [hypervisor.{n}] table"
                 ))
-            })?;
-            (n.clone(), hv.clone())
-        } else {
-            let mut it = self.hypervisor.iter();
-            match (it.next(), it.next()) {
-                (Some((n, hv)), None) => (n.clone(), hv.clone()),
-                (None, _) => return Err(err("no [hypervisor.<name>] table".into())),
-                (Some(_), Some(_)) => {
-                    return Err(err(
+                })?;
+                (n.clone(), hv.clone())
+            } else {
+                let mut it = self.hypervisor.iter();
+                match (it.next(), it.next()) {
+                    (Some((n, hv)), None) => (n.clone(), hv.clone()),
+                    (None, _) => return Err(err("no [hypervisor.<name>] table".into())),
+                    (Some(_), Some(_)) => return Err(err(
                         "several [hypervisor.*] tables; choose one with [runtime] hypervisor_name"
                             .into(),
-                    ))
+                    )),
                 }
-            }
-        };
+            };
         hv.validate()
             .map_err(|e| err(format!("[hypervisor.{name}] {e}")))?;
         Ok((name, hv))

@@ -39,3 +39,8 @@ pub use spec::{ContainerSpec, ProcessSpec, RootfsSource, DEFAULT_PATH};
 
 pub use kata_agent_client as agent_client;
 pub use kata_hypervisor as hypervisor;
+
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

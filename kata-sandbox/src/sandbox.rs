@@ -160,12 +160,14 @@ impl Inner {
         let kind = match config.shared_fs.as_str() {
             "virtio-9p" => ShareFsKind::Virtio9p,
             "virtio-fs" => ShareFsKind::VirtioFs,
-            other => return Err(Error::invalid(
-                "shared_fs",
-                format!(
+            other => {
+                return Err(Error::invalid(
+                    "shared_fs",
+                    format!(
                     "`{other}`: kata-sandbox needs a shared filesystem (virtio-9p or virtio-fs)"
                 ),
-            )),
+                ))
+            }
         };
         let share = ShareFs::new(&dir, kind)?.with_msize_9p(config.msize_9p.max(8192));
         let device = DeviceConfig::ShareFs(ShareFsDevice {
