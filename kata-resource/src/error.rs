@@ -1,0 +1,340 @@
+//! The crate's error type: one enum, each variant naming the thing that failed.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A `Result` whose error is this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in kata-resource.
+///
+/// Every variant names what failed (a path, a container id, a blob digest, a layer entry), so
+/// the message alone tells a user where to look.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A filesystem operation on `path` failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. "create directory".
+        action: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A container id that cannot name a container (see [`crate::validate_container_id`]).
+    #[error("invalid container id {id:?}: {reason}")]
+    InvalidContainerId {
+        /// The refused id.
+        id: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// `shared_fs` names no shared filesystem kind this crate knows.
+    #[error("unknown shared filesystem {value:?} (expected \"virtio-9p\" or \"virtio-fs\")")]
+    UnknownShareFsKind {
+        /// The value given.
+        value: String,
+    },
+
+    /// The sandbox's shared directory already exists, probably left by a sandbox that crashed.
+    #[error(
+        "share-fs directory {} already exists (left by an earlier sandbox? \
+         ShareFs::remove_stale removes it)",
+        path.display()
+    )]
+    ShareFsExists {
+        /// The existing directory.
+        path: PathBuf,
+    },
+
+    /// The rootfs of this container is already shared in this sandbox.
+    #[error("the rootfs of container {container_id} is already shared at {}", path.display())]
+    RootfsAlreadyShared {
+        /// The container.
+        container_id: String,
+        /// Where its rootfs is shared.
+        path: PathBuf,
+    },
+
+    /// The rootfs to share is not a directory.
+    #[error("rootfs {} of container {container_id} is not a directory", path.display())]
+    RootfsNotADirectory {
+        /// The container.
+        container_id: String,
+        /// The rootfs given.
+        path: PathBuf,
+    },
+
+    /// A path cannot be handed to overlayfs (its mount options are comma and colon separated).
+    #[error("{} cannot be used in an overlay mount: it contains `,`, `:` or `\\`", path.display())]
+    OverlayPath {
+        /// The path.
+        path: PathBuf,
+    },
+
+    /// mount(2) failed.
+    #[error("cannot mount {what} on {}: {errno}", target.display())]
+    Mount {
+        /// What was mounted ("bind of /path", "overlay of /path").
+        what: String,
+        /// The mount point.
+        target: PathBuf,
+        /// The error mount(2) returned.
+        #[source]
+        errno: nix::Error,
+    },
+
+    /// umount2(2) failed, even lazily.
+    #[error("cannot unmount {}: {errno}", target.display())]
+    Unmount {
+        /// The mount point.
+        target: PathBuf,
+        /// The error umount2(2) returned.
+        #[source]
+        errno: nix::Error,
+    },
+
+    /// Mounts are still present under a directory this crate was about to remove.
+    #[error("{} still has mounts under it, not removing it: {}", dir.display(), join_paths(mounts))]
+    MountsRemain {
+        /// The directory.
+        dir: PathBuf,
+        /// The mount points left.
+        mounts: Vec<PathBuf>,
+    },
+
+    /// The path is neither an OCI image layout directory nor a tarball of one.
+    #[error("{} is not an OCI image layout or a tarball of one: {reason}", path.display())]
+    NotAnImageLayout {
+        /// The path given.
+        path: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
+
+    /// A blob the image refers to is not in the layout.
+    #[error("image {}: blob {digest} is missing", image.display())]
+    BlobMissing {
+        /// The image layout or tarball.
+        image: PathBuf,
+        /// The missing blob.
+        digest: String,
+    },
+
+    /// A blob's content does not hash to its digest.
+    #[error("blob {digest}: content does not match its digest (it hashes to {actual})")]
+    DigestMismatch {
+        /// The digest the blob is referred to by.
+        digest: String,
+        /// The digest of what was read.
+        actual: String,
+    },
+
+    /// A blob's size differs from its descriptor's.
+    #[error("blob {digest}: {actual} bytes, its descriptor says {expected}")]
+    SizeMismatch {
+        /// The blob.
+        digest: String,
+        /// The descriptor's size.
+        expected: u64,
+        /// The size read.
+        actual: u64,
+    },
+
+    /// A blob is larger than this crate reads into memory (manifests, indexes, configs).
+    #[error("blob {digest}: {size} bytes is too large for a {what} (limit {limit})")]
+    BlobTooLarge {
+        /// The blob.
+        digest: String,
+        /// What the blob was expected to be.
+        what: &'static str,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+
+    /// A digest whose algorithm this crate cannot verify.
+    #[error("blob {digest}: unsupported digest algorithm (sha256 and sha512 are supported)")]
+    UnsupportedDigest {
+        /// The digest.
+        digest: String,
+    },
+
+    /// A JSON document of the image (index, manifest, config) does not parse.
+    #[error("image {}: invalid {what}: {source}", image.display())]
+    InvalidJson {
+        /// The image layout or tarball.
+        image: PathBuf,
+        /// Which document, e.g. "manifest sha256:...".
+        what: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// No manifest carries the requested reference name.
+    #[error(
+        "image {}: no manifest named {reference:?} (available: {})",
+        image.display(),
+        join_or_none(available)
+    )]
+    ImageRefNotFound {
+        /// The image layout or tarball.
+        image: PathBuf,
+        /// The reference name asked for.
+        reference: String,
+        /// The manifests present.
+        available: Vec<String>,
+    },
+
+    /// Several manifests and nothing to choose one: pass a reference name.
+    #[error(
+        "image {}: {} manifests and no reference name to choose one: {}",
+        image.display(),
+        candidates.len(),
+        candidates.join(", ")
+    )]
+    AmbiguousManifest {
+        /// The image layout or tarball.
+        image: PathBuf,
+        /// The manifests present.
+        candidates: Vec<String>,
+    },
+
+    /// An image index has no manifest for the host's platform.
+    #[error(
+        "image {}: no manifest for platform {platform} (available: {})",
+        image.display(),
+        join_or_none(available)
+    )]
+    NoMatchingPlatform {
+        /// The image layout or tarball.
+        image: PathBuf,
+        /// The platform wanted, e.g. "linux/amd64".
+        platform: String,
+        /// The manifests present.
+        available: Vec<String>,
+    },
+
+    /// A descriptor's media type is not one this crate can use there.
+    #[error("image {}: {what} {digest} has unsupported media type {media_type}", image.display())]
+    UnsupportedMediaType {
+        /// The image layout or tarball.
+        image: PathBuf,
+        /// The role of the blob ("manifest", "config", "layer").
+        what: &'static str,
+        /// The blob.
+        digest: String,
+        /// Its media type.
+        media_type: String,
+    },
+
+    /// A layer entry was refused: path traversal, absolute path, symlink escape, bad whiteout.
+    #[error("layer {layer}: refusing entry {entry:?}: {reason}")]
+    UnsafeLayerEntry {
+        /// The layer's digest.
+        layer: String,
+        /// The entry's path in the layer tarball.
+        entry: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// Applying a layer entry failed.
+    #[error("layer {layer}: entry {entry:?}: cannot {action}: {source}")]
+    LayerEntry {
+        /// The layer's digest.
+        layer: String,
+        /// The entry's path in the layer tarball.
+        entry: String,
+        /// What was being done.
+        action: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A layer could not be read (corrupt tar or compression, truncated blob).
+    #[error("layer {layer}: cannot read it: {source}")]
+    LayerRead {
+        /// The layer's digest.
+        layer: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The directory to unpack into already exists.
+    #[error("cannot unpack into {}: it already exists", path.display())]
+    DestinationExists {
+        /// The destination.
+        path: PathBuf,
+    },
+
+    /// A host program this crate needs is missing.
+    #[error("{} not found: install Debian's {package} package", path.display())]
+    MissingHostProgram {
+        /// The program's path.
+        path: PathBuf,
+        /// The Debian package providing it.
+        package: &'static str,
+    },
+
+    /// A host program this crate needs is there but cannot be used.
+    #[error("{} cannot be used: {reason} (install Debian's {package} package)", path.display())]
+    UnusableHostProgram {
+        /// The program's path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+        /// The Debian package providing a usable one.
+        package: &'static str,
+    },
+
+    /// A host command failed.
+    #[error("`{command}` failed: {reason}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status and stderr, or the spawn error.
+        reason: String,
+    },
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn join_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Adds the action and path to an `io::Error`.
+pub(crate) trait IoContext<T> {
+    /// Maps the error to [`Error::Io`] naming `action` and `path`.
+    fn at(self, action: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, action: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        })
+    }
+}

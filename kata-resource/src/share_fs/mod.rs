@@ -1,0 +1,289 @@
+//! The sandbox's shared filesystem, laid out as Kata lays it out.
+//!
+//! The host directory `<sandbox_dir>/shared/` is exported to the guest under the mount tag
+//! [`MOUNT_TAG`] (`kataShared`), by QEMU's virtio-9p or by virtio-fs; the guest agent mounts it
+//! at [`GUEST_SHARED_DIR`]. Each container's rootfs is mounted (bind or overlay) at
+//! `<shared>/<container_id>/rootfs`, which the guest sees as
+//! `/run/kata-containers/shared/containers/<container_id>/rootfs`.
+//!
+//! [`ShareFs`] owns the directory; [`SharedRootfs`] owns one container's mount. The hypervisor
+//! side (turning the tag and path into QEMU arguments) belongs to `kata-hypervisor`; the guest
+//! side (the mount the agent performs) is described by [`ShareFs::storage`].
+
+mod rootfs;
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::IoContext;
+use crate::{mount, Error, Result};
+
+pub use rootfs::{RootfsMode, SharedRootfs};
+
+/// The mount tag under which the shared directory is exported to the guest.
+pub const MOUNT_TAG: &str = "kataShared";
+
+/// Where the guest agent mounts the shared directory.
+pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
+
+/// Kata's default 9p `msize` (the `msize_9p` configuration key).
+pub const DEFAULT_MSIZE_9P: u32 = 8192;
+
+/// The name of the shared directory inside the sandbox directory.
+const SHARED_DIR_NAME: &str = "shared";
+
+/// The name of the directory holding overlay upper and work dirs inside the sandbox directory.
+/// It is not under `shared/`, so the guest never sees it.
+const OVERLAY_DIR_NAME: &str = "rootfs-overlay";
+
+/// How the shared directory reaches the guest (Kata's `shared_fs` key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ShareFsKind {
+    /// virtio-9p, built into QEMU (`shared_fs = "virtio-9p"`).
+    #[serde(rename = "virtio-9p")]
+    Virtio9p,
+    /// virtio-fs, served by a virtiofsd or an in-VMM device (`shared_fs = "virtio-fs"`).
+    #[serde(rename = "virtio-fs")]
+    VirtioFs,
+}
+
+impl ShareFsKind {
+    /// The value of Kata's `shared_fs` key for this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShareFsKind::Virtio9p => "virtio-9p",
+            ShareFsKind::VirtioFs => "virtio-fs",
+        }
+    }
+}
+
+impl fmt::Display for ShareFsKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ShareFsKind {
+    type Err = Error;
+
+    /// Parses Kata's `shared_fs` values `virtio-9p` and `virtio-fs`.
+    fn from_str(value: &str) -> Result<Self> {
+        match value {
+            "virtio-9p" => Ok(ShareFsKind::Virtio9p),
+            "virtio-fs" => Ok(ShareFsKind::VirtioFs),
+            _ => Err(Error::UnknownShareFsKind {
+                value: value.to_owned(),
+            }),
+        }
+    }
+}
+
+/// The guest mount of the shared directory, as the agent's `Storage` message describes it.
+///
+/// A plain struct so this crate does not depend on the agent protocol; `kata-sandbox` converts
+/// it to the protocol type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareFsStorage {
+    /// The agent's storage driver: `"9p"` or `"virtio-fs"`.
+    pub driver: String,
+    /// The mount source: the mount tag, [`MOUNT_TAG`].
+    pub source: String,
+    /// The filesystem type for mount(2): `"9p"` or `"virtiofs"`.
+    pub fstype: String,
+    /// Mount options, one per element.
+    pub options: Vec<String>,
+    /// Where the guest mounts it: [`GUEST_SHARED_DIR`].
+    pub mount_point: String,
+}
+
+/// The sandbox's shared directory, `<sandbox_dir>/shared/`.
+///
+/// Created by [`ShareFs::new`], removed (with everything mounted under it) when the `ShareFs`
+/// and every [`SharedRootfs`] made from it are dropped.
+///
+/// ```no_run
+/// use kata_resource::share_fs::{ShareFs, ShareFsKind};
+///
+/// # fn main() -> kata_resource::Result<()> {
+/// let share_fs = ShareFs::new("/run/kata/sandbox-1", ShareFsKind::Virtio9p)?;
+/// assert_eq!(share_fs.mount_tag(), "kataShared");
+/// let storage = share_fs.storage(); // send this to the agent with CreateSandbox
+/// assert_eq!(storage.fstype, "9p");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ShareFs {
+    dirs: Arc<ShareFsDirs>,
+    kind: ShareFsKind,
+    msize_9p: u32,
+}
+
+impl ShareFs {
+    /// Creates `<sandbox_dir>/shared/` (and `sandbox_dir` if missing).
+    ///
+    /// Fails with [`Error::ShareFsExists`] if the shared directory exists already: another
+    /// sandbox uses it, or one crashed ([`ShareFs::remove_stale`] cleans up after it).
+    pub fn new(sandbox_dir: impl AsRef<Path>, kind: ShareFsKind) -> Result<Self> {
+        let sandbox_dir = sandbox_dir.as_ref();
+        fs::create_dir_all(sandbox_dir).at("create directory", sandbox_dir)?;
+        // Canonical, so paths compare equal to those in /proc/self/mountinfo.
+        let sandbox_dir = sandbox_dir
+            .canonicalize()
+            .at("resolve directory", sandbox_dir)?;
+        let shared = sandbox_dir.join(SHARED_DIR_NAME);
+        match fs::create_dir(&shared) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(Error::ShareFsExists { path: shared });
+            }
+            Err(e) => return Err(e).at("create directory", &shared),
+        }
+        tracing::debug!(path = %shared.display(), %kind, "created share-fs directory");
+        Ok(ShareFs {
+            dirs: Arc::new(ShareFsDirs {
+                shared,
+                overlay: sandbox_dir.join(OVERLAY_DIR_NAME),
+            }),
+            kind,
+            msize_9p: DEFAULT_MSIZE_9P,
+        })
+    }
+
+    /// Sets the 9p `msize` the guest mounts with (Kata's `msize_9p`, default 8192).
+    pub fn with_msize_9p(mut self, msize: u32) -> Self {
+        self.msize_9p = msize;
+        self
+    }
+
+    /// Unmounts and removes what a crashed sandbox left in `sandbox_dir`: the shared directory
+    /// and the overlay directories. Does nothing if there is nothing to remove.
+    pub fn remove_stale(sandbox_dir: impl AsRef<Path>) -> Result<()> {
+        let sandbox_dir = sandbox_dir.as_ref();
+        let sandbox_dir = match sandbox_dir.canonicalize() {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).at("resolve directory", sandbox_dir),
+        };
+        for dir in [SHARED_DIR_NAME, OVERLAY_DIR_NAME] {
+            unmount_and_remove(&sandbox_dir.join(dir))?;
+        }
+        Ok(())
+    }
+
+    /// The shared directory on the host, `<sandbox_dir>/shared`: the path the hypervisor exports.
+    pub fn host_path(&self) -> &Path {
+        &self.dirs.shared
+    }
+
+    /// The mount tag the hypervisor exports the directory under, [`MOUNT_TAG`].
+    pub fn mount_tag(&self) -> &'static str {
+        MOUNT_TAG
+    }
+
+    /// Where the guest mounts the shared directory, [`GUEST_SHARED_DIR`].
+    pub fn guest_mount_point(&self) -> &'static str {
+        GUEST_SHARED_DIR
+    }
+
+    /// How the directory reaches the guest.
+    pub fn kind(&self) -> ShareFsKind {
+        self.kind
+    }
+
+    /// The guest mount of the shared directory, as Kata's runtime sends it to the agent.
+    pub fn storage(&self) -> ShareFsStorage {
+        let (driver, fstype, options) = match self.kind {
+            ShareFsKind::Virtio9p => (
+                "9p",
+                "9p",
+                vec![
+                    "trans=virtio,version=9p2000.L,cache=mmap".to_owned(),
+                    "nodev".to_owned(),
+                    format!("msize={}", self.msize_9p),
+                ],
+            ),
+            ShareFsKind::VirtioFs => ("virtio-fs", "virtiofs", Vec::new()),
+        };
+        ShareFsStorage {
+            driver: driver.to_owned(),
+            source: MOUNT_TAG.to_owned(),
+            fstype: fstype.to_owned(),
+            options,
+            mount_point: GUEST_SHARED_DIR.to_owned(),
+        }
+    }
+
+    /// Shares `source` as the rootfs of `container_id`, read-write: bind-mounts it at
+    /// `<shared>/<container_id>/rootfs`. Writes in the container reach `source`.
+    pub fn share_rootfs(&self, container_id: &str, source: &Path) -> Result<SharedRootfs> {
+        self.share_rootfs_with(container_id, source, RootfsMode::ReadWrite)
+    }
+
+    /// Shares `source` as the rootfs of `container_id` in the given mode.
+    ///
+    /// The container id is validated first ([`crate::validate_container_id`]). On any error
+    /// nothing is left behind: no mount, no directory.
+    pub fn share_rootfs_with(
+        &self,
+        container_id: &str,
+        source: &Path,
+        mode: RootfsMode,
+    ) -> Result<SharedRootfs> {
+        SharedRootfs::new(Arc::clone(&self.dirs), container_id, source, mode)
+    }
+}
+
+/// The directories a [`ShareFs`] created; shared with its [`SharedRootfs`]es so the last owner
+/// removes them.
+#[derive(Debug)]
+struct ShareFsDirs {
+    /// `<sandbox_dir>/shared`.
+    shared: PathBuf,
+    /// `<sandbox_dir>/rootfs-overlay`, created on the first overlay share.
+    overlay: PathBuf,
+}
+
+impl Drop for ShareFsDirs {
+    fn drop(&mut self) {
+        for dir in [&self.shared, &self.overlay] {
+            if let Err(e) = unmount_and_remove(dir) {
+                tracing::error!(dir = %dir.display(), "cannot remove share-fs directory: {e}");
+            }
+        }
+    }
+}
+
+/// Unmounts everything at or under `dir`, then removes it. If a mount remains, nothing is
+/// removed: removing files through a mount would destroy its source.
+fn unmount_and_remove(dir: &Path) -> Result<()> {
+    let mounts = mount::mount_points_under(dir).at("read", Path::new("/proc/self/mountinfo"))?;
+    for mount_point in &mounts {
+        tracing::warn!(mount = %mount_point.display(), "unmounting a leftover share-fs mount");
+        if let Err(e) = mount::unmount(mount_point) {
+            tracing::error!("{e}");
+        }
+    }
+    if !mounts.is_empty() {
+        let left = mount::mount_points_under(dir).at("read", Path::new("/proc/self/mountinfo"))?;
+        if !left.is_empty() {
+            return Err(Error::MountsRemain {
+                dir: dir.to_owned(),
+                mounts: left,
+            });
+        }
+    }
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).at("remove directory", dir),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

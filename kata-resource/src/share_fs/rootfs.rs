@@ -1,0 +1,252 @@
+//! One container's rootfs in the shared directory: `<shared>/<container_id>/rootfs`, a bind
+//! (or overlay) mount of the rootfs the caller gave, unmounted and removed on release or drop.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{ShareFsDirs, GUEST_SHARED_DIR};
+use crate::error::IoContext;
+use crate::{mount, validate_container_id, Error, Result};
+
+/// How a container's rootfs is mounted into the shared directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RootfsMode {
+    /// A read-write bind mount: the container writes into the source directory.
+    #[default]
+    ReadWrite,
+    /// A read-only bind mount.
+    ReadOnly,
+    /// An overlay with the source as its read-only lower layer and a per-container upper dir in
+    /// the sandbox directory, dropped on release: the container can write, the source (say an
+    /// image rootfs in a cache shared by several containers) stays untouched.
+    Overlay,
+}
+
+/// A container rootfs mounted in the shared directory.
+///
+/// Made by [`ShareFs::share_rootfs`](super::ShareFs::share_rootfs). [`release`](Self::release)
+/// unmounts it and removes its directories; dropping it does the same and logs failures. It
+/// keeps the shared directory alive until then.
+#[derive(Debug)]
+pub struct SharedRootfs {
+    container_id: String,
+    /// `<shared>/<container_id>`.
+    container_dir: PathBuf,
+    /// `<shared>/<container_id>/rootfs`: the mount point.
+    mount_point: PathBuf,
+    /// `<sandbox_dir>/rootfs-overlay/<container_id>` in overlay mode.
+    overlay_dir: Option<PathBuf>,
+    guest_path: String,
+    mode: RootfsMode,
+    /// What has been set up so far, so teardown undoes exactly that.
+    done: Progress,
+    _dirs: Arc<ShareFsDirs>,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    container_dir: bool,
+    mount_point: bool,
+    overlay_dir: bool,
+    mounted: bool,
+}
+
+/// The steps of setting up a shared rootfs, for injecting failures in tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    ContainerDir,
+    MountPoint,
+    OverlayDir,
+    Mount,
+    Done,
+}
+
+impl SharedRootfs {
+    pub(super) fn new(
+        dirs: Arc<ShareFsDirs>,
+        container_id: &str,
+        source: &Path,
+        mode: RootfsMode,
+    ) -> Result<Self> {
+        validate_container_id(container_id)?;
+        let meta = fs::metadata(source).at("read rootfs", source)?;
+        if !meta.is_dir() {
+            return Err(Error::RootfsNotADirectory {
+                container_id: container_id.to_owned(),
+                path: source.to_owned(),
+            });
+        }
+        let container_dir = dirs.shared.join(container_id);
+        let mut shared = SharedRootfs {
+            container_id: container_id.to_owned(),
+            mount_point: container_dir.join("rootfs"),
+            container_dir,
+            overlay_dir: None,
+            guest_path: format!("{GUEST_SHARED_DIR}/{container_id}/rootfs"),
+            mode,
+            done: Progress::default(),
+            _dirs: Arc::clone(&dirs),
+        };
+        // From here on, an early return drops `shared`, which undoes what `done` records.
+        shared.set_up(&dirs, source)?;
+        tracing::debug!(
+            container_id,
+            source = %source.display(),
+            mount_point = %shared.mount_point.display(),
+            ?mode,
+            "shared container rootfs"
+        );
+        Ok(shared)
+    }
+
+    fn set_up(&mut self, dirs: &ShareFsDirs, source: &Path) -> Result<()> {
+        fail_point(Step::ContainerDir)?;
+        match fs::create_dir(&self.container_dir) {
+            Ok(()) => self.done.container_dir = true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(Error::RootfsAlreadyShared {
+                    container_id: self.container_id.clone(),
+                    path: self.mount_point.clone(),
+                });
+            }
+            Err(e) => return Err(e).at("create directory", &self.container_dir),
+        }
+
+        fail_point(Step::MountPoint)?;
+        fs::create_dir(&self.mount_point).at("create directory", &self.mount_point)?;
+        self.done.mount_point = true;
+
+        match self.mode {
+            RootfsMode::ReadWrite | RootfsMode::ReadOnly => {
+                fail_point(Step::Mount)?;
+                let read_only = self.mode == RootfsMode::ReadOnly;
+                mount::bind_mount(source, &self.mount_point, read_only)?;
+                self.done.mounted = true;
+            }
+            RootfsMode::Overlay => {
+                fail_point(Step::OverlayDir)?;
+                fs::create_dir_all(&dirs.overlay).at("create directory", &dirs.overlay)?;
+                let overlay_dir = dirs.overlay.join(&self.container_id);
+                fs::create_dir(&overlay_dir).at("create directory", &overlay_dir)?;
+                self.done.overlay_dir = true;
+                let (upper, work) = (overlay_dir.join("upper"), overlay_dir.join("work"));
+                self.overlay_dir = Some(overlay_dir);
+                for dir in [&upper, &work] {
+                    fs::create_dir(dir).at("create directory", dir)?;
+                }
+
+                fail_point(Step::Mount)?;
+                mount::overlay_mount(source, &upper, &work, &self.mount_point)?;
+                self.done.mounted = true;
+            }
+        }
+        fail_point(Step::Done)
+    }
+
+    /// The container this rootfs belongs to.
+    pub fn container_id(&self) -> &str {
+        &self.container_id
+    }
+
+    /// The mount point on the host, `<sandbox_dir>/shared/<container_id>/rootfs`.
+    pub fn host_path(&self) -> &Path {
+        &self.mount_point
+    }
+
+    /// The rootfs as the guest sees it,
+    /// `/run/kata-containers/shared/containers/<container_id>/rootfs`: the OCI spec's
+    /// `root.path` for the agent.
+    ///
+    /// A string rather than a `Path`: it names a path in the guest, not on this host.
+    pub fn guest_path(&self) -> &str {
+        &self.guest_path
+    }
+
+    /// How the rootfs is mounted.
+    pub fn mode(&self) -> RootfsMode {
+        self.mode
+    }
+
+    /// Unmounts the rootfs and removes its directories (and its overlay upper dir).
+    pub fn release(mut self) -> Result<()> {
+        self.tear_down()
+    }
+
+    /// Undoes what `done` records, last step first. Stops at a failed unmount: removing
+    /// directories under a live mount would remove the source's files.
+    fn tear_down(&mut self) -> Result<()> {
+        if self.done.mounted {
+            mount::unmount(&self.mount_point)?;
+            self.done.mounted = false;
+        }
+        if self.done.mount_point {
+            remove_dir_if_present(&self.mount_point)?;
+            self.done.mount_point = false;
+        }
+        if self.done.container_dir {
+            remove_dir_if_present(&self.container_dir)?;
+            self.done.container_dir = false;
+        }
+        if self.done.overlay_dir {
+            if let Some(dir) = &self.overlay_dir {
+                match fs::remove_dir_all(dir) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(e).at("remove directory", dir);
+                    }
+                    _ => {}
+                }
+            }
+            self.done.overlay_dir = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SharedRootfs {
+    fn drop(&mut self) {
+        if let Err(e) = self.tear_down() {
+            tracing::error!(
+                container_id = %self.container_id,
+                "cannot release the shared rootfs: {e}"
+            );
+        }
+    }
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).at("remove directory", dir),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    static FAIL_AT: std::cell::Cell<Option<Step>> = const { std::cell::Cell::new(None) };
+}
+
+/// In tests, fails the setup at `step` if [`fail_at`] asked for it on this thread.
+fn fail_point(step: Step) -> Result<()> {
+    #[cfg(test)]
+    if FAIL_AT.with(|at| at.get()) == Some(step) {
+        return Err(Error::Io {
+            action: "continue (injected failure)",
+            path: PathBuf::from(format!("{step:?}")),
+            source: io::Error::other("injected by a test"),
+        });
+    }
+    let _ = step;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(super) mod test_support {
+    pub(in crate::share_fs) use super::Step;
+
+    /// Makes setups on this thread fail at `step` (None: never).
+    pub(in crate::share_fs) fn fail_at(step: Option<Step>) {
+        super::FAIL_AT.with(|at| at.set(step));
+    }
+}
