@@ -1,0 +1,796 @@
+//! Host integration tests: the real `kata-agent` binary on the host, in private mount, UTS and
+//! IPC namespaces (`unshare`), serving on a unix socket; `kata_agent_client::AgentClient` drives
+//! containers built from a busybox rootfs (Debian's busybox-static).
+//!
+//! Needs root (namespaces, mounts, cgroups). Each test starts its own agent, so they run in
+//! parallel and one failure does not cascade.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kata_agent_client::protocol::agent::{CloseStdinRequest, CopyFileRequest};
+use kata_agent_client::protocol::agent::{
+    CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest,
+    GuestDetailsRequest, ListProcessesRequest, ReadStreamRequest, RemoveContainerRequest,
+    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, Storage,
+    WaitProcessRequest, WriteStreamRequest,
+};
+use kata_agent_client::{spec, AgentAddress, AgentClient, Code, ConnectOptions, OutputStream};
+use oci_spec::runtime::{MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder};
+use protobuf::MessageField;
+
+const BUSYBOX: &str = "/bin/busybox";
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the host agent tests need root (namespaces, mounts, cgroups)"
+    );
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} is missing: apt-get install busybox-static"
+    );
+}
+
+/// A busybox rootfs: `/bin/<applet>` links, `/etc/passwd` with root and nobody (uid 1000).
+fn build_rootfs(root: &Path) {
+    for d in [
+        "bin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "root",
+        "home/nobody",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = root.join("bin").join(applet);
+        if applet != "busybox" && !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).unwrap();
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:1000:1000:nobody:/home/nobody:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nnobody:x:1000:\nusers:x:100:nobody\n",
+    )
+    .unwrap();
+}
+
+/// One agent process with its own socket, rootfs and log.
+struct Harness {
+    dir: tempfile::TempDir,
+    agent: Option<Child>,
+    client: AgentClient,
+    rootfs: PathBuf,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        build_rootfs(&rootfs);
+        let sock = dir.path().join("agent.sock");
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let agent = Command::new("unshare")
+            .args(["--mount", "--uts", "--ipc", "--propagation", "private"])
+            .arg(env!("CARGO_BIN_EXE_kata-agent"))
+            .args(["--no-init", "--log", "debug", "--listen"])
+            .arg(format!("unix://{}", sock.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn unshare kata-agent");
+        let opts = ConnectOptions {
+            dial_timeout: Duration::from_secs(20),
+            ..ConnectOptions::default()
+        };
+        let client = AgentClient::connect(&AgentAddress::Unix(sock), opts)
+            .await
+            .expect("connect to the agent");
+        Harness {
+            dir,
+            agent: Some(agent),
+            client,
+            rootfs,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.agent.as_ref().unwrap().id() as i32
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn mountinfo(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid())).unwrap()
+    }
+
+    /// Pids whose parent is the agent.
+    fn agent_children(&self) -> Vec<i32> {
+        let agent = self.pid();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: comm may hold spaces, split after the last ')'.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            let ppid: i32 = rest
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0);
+            if ppid == agent {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// A spec for `args` in the busybox rootfs.
+    fn spec(&self, args: &[&str]) -> Spec {
+        let mut spec = Spec::default();
+        spec.set_hostname(Some("kata-test".into()));
+        spec.set_root(Some(
+            RootBuilder::default()
+                .path(&self.rootfs)
+                .readonly(false)
+                .build()
+                .unwrap(),
+        ));
+        spec.set_process(Some(
+            ProcessBuilder::default()
+                .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .env(vec!["PATH=/bin".to_string()])
+                .cwd("/")
+                .build()
+                .unwrap(),
+        ));
+        spec
+    }
+
+    async fn create_sandbox(&self) {
+        let shared = self.dir.path().join("shared-src");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::write(shared.join("hello.txt"), "shared\n").unwrap();
+        let mut storage = Storage::new();
+        storage.driver = "bind".into();
+        storage.source = shared.display().to_string();
+        storage.mount_point = self.dir.path().join("shared").display().to_string();
+        let mut req = CreateSandboxRequest::new();
+        req.hostname = "sandbox-host".into();
+        req.sandbox_id = "sb".into();
+        req.storages = vec![storage];
+        self.client
+            .create_sandbox(&req)
+            .await
+            .expect("CreateSandbox");
+    }
+
+    async fn try_create(&self, id: &str, spec: &Spec) -> kata_agent_client::Result<()> {
+        let mut req = CreateContainerRequest::new();
+        req.container_id = id.into();
+        req.exec_id = id.into();
+        req.OCI = MessageField::some(spec::to_grpc(spec).unwrap());
+        self.client.create_container(&req).await
+    }
+
+    async fn create(&self, id: &str, spec: &Spec) {
+        if let Err(e) = self.try_create(id, spec).await {
+            panic!("CreateContainer {id}: {e}\nagent log:\n{}", self.log());
+        }
+    }
+
+    async fn start_container(&self, id: &str) {
+        let mut req = StartContainerRequest::new();
+        req.container_id = id.into();
+        if let Err(e) = self.client.start_container(&req).await {
+            panic!("StartContainer {id}: {e}\nagent log:\n{}", self.log());
+        }
+    }
+
+    async fn read_all(&self, id: &str, exec_id: &str, stream: OutputStream) -> String {
+        let mut req = ReadStreamRequest::new();
+        req.container_id = id.into();
+        req.exec_id = exec_id.into();
+        req.len = 4096;
+        let mut out = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(
+            Duration::from_secs(20),
+            self.client.read_output(stream, &req),
+        )
+        .await
+        .expect("read timed out")
+        .expect("read")
+        {
+            out.extend(chunk);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    async fn wait(&self, id: &str, exec_id: &str) -> i32 {
+        let mut req = WaitProcessRequest::new();
+        req.container_id = id.into();
+        req.exec_id = exec_id.into();
+        self.client
+            .wait_process(&req, Some(Duration::from_secs(30)))
+            .await
+            .expect("WaitProcess")
+            .status
+    }
+
+    async fn remove(&self, id: &str) {
+        let mut req = RemoveContainerRequest::new();
+        req.container_id = id.into();
+        req.timeout = 10;
+        self.client
+            .remove_container(&req)
+            .await
+            .expect("RemoveContainer");
+    }
+
+    /// Creates, starts, reads both streams to their end, waits, removes.
+    async fn run(&self, id: &str, spec: &Spec) -> (String, String, i32) {
+        self.create(id, spec).await;
+        self.start_container(id).await;
+        let (out, err) = tokio::join!(
+            self.read_all(id, id, OutputStream::Stdout),
+            self.read_all(id, id, OutputStream::Stderr)
+        );
+        let status = self.wait(id, id).await;
+        self.remove(id).await;
+        (out, err, status)
+    }
+
+    async fn signal(&self, id: &str, exec_id: &str, signal: u32) {
+        let mut req = SignalProcessRequest::new();
+        req.container_id = id.into();
+        req.exec_id = exec_id.into();
+        req.signal = signal;
+        self.client
+            .signal_process(&req)
+            .await
+            .expect("SignalProcess");
+    }
+
+    async fn exec(&self, id: &str, exec_id: &str, process: oci_spec::runtime::Process) {
+        let mut holder = Spec::default();
+        holder.set_process(Some(process));
+        let wire = spec::to_grpc(&holder).unwrap();
+        let mut req = ExecProcessRequest::new();
+        req.container_id = id.into();
+        req.exec_id = exec_id.into();
+        req.process = wire.Process;
+        if let Err(e) = self.client.exec_process(&req).await {
+            panic!(
+                "ExecProcess {id}/{exec_id}: {e}\nagent log:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// Stops the agent with SIGTERM and returns its exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut agent = self.agent.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = agent.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(agent.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = agent.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+    }
+}
+
+/// The cgroup directories a container would have (whether or not they exist).
+fn cgroup_dirs(container_id: &str) -> Vec<PathBuf> {
+    use kata_agent::runtime::cgroup::Hierarchy;
+    let rel = Path::new("kata-agent").join(container_id);
+    match Hierarchy::detect() {
+        Some(Hierarchy::V2 { mount }) => vec![mount.join(rel)],
+        Some(Hierarchy::V1 { mounts, own }) => mounts
+            .iter()
+            .map(|(ctrl, m)| {
+                let base = own
+                    .get(ctrl)
+                    .map(|p| p.strip_prefix("/").unwrap_or(p).to_path_buf())
+                    .unwrap_or_default();
+                m.join(base).join(&rel)
+            })
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+fn rpc_code(e: &kata_agent_client::Error) -> Option<Code> {
+    e.code()
+}
+
+#[tokio::test]
+async fn echo_stdout_stderr_and_exit_codes() {
+    let h = Harness::start().await;
+    h.create_sandbox().await;
+
+    let (out, err, status) = h.run("echo", &h.spec(&["echo", "hello from kata"])).await;
+    assert_eq!(out, "hello from kata\n");
+    assert_eq!(err, "");
+    assert_eq!(status, 0);
+
+    let spec = h.spec(&["sh", "-c", "echo to-out; echo to-err >&2; exit 3"]);
+    let (out, err, status) = h.run("exit3", &spec).await;
+    assert_eq!(out, "to-out\n");
+    assert_eq!(err, "to-err\n");
+    assert_eq!(status, 3);
+
+    // Output larger than a pipe buffer, written before anyone reads, is all there.
+    let spec = h.spec(&[
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 4000 ]; do echo line-$i; i=$((i+1)); done",
+    ]);
+    let (out, _, status) = h.run("bulk", &spec).await;
+    assert_eq!(status, 0);
+    assert_eq!(out.lines().count(), 4000);
+    assert_eq!(out.lines().last(), Some("line-3999"));
+}
+
+#[tokio::test]
+async fn output_written_before_the_reader_attaches_is_kept() {
+    let h = Harness::start().await;
+    let spec = h.spec(&["sh", "-c", "echo early; echo late >&2"]);
+    h.create("early", &spec).await;
+    h.start_container("early").await;
+    // The process exits before we read anything.
+    assert_eq!(h.wait("early", "early").await, 0);
+    assert_eq!(
+        h.read_all("early", "early", OutputStream::Stdout).await,
+        "early\n"
+    );
+    assert_eq!(
+        h.read_all("early", "", OutputStream::Stderr).await,
+        "late\n"
+    );
+    h.remove("early").await;
+}
+
+#[tokio::test]
+async fn sigkill_reports_137() {
+    let h = Harness::start().await;
+    h.create("sleeper", &h.spec(&["sleep", "100"])).await;
+    h.start_container("sleeper").await;
+    h.signal("sleeper", "", 9).await;
+    assert_eq!(h.wait("sleeper", "sleeper").await, 137);
+    h.remove("sleeper").await;
+}
+
+#[tokio::test]
+async fn stdin_through_cat() {
+    let h = Harness::start().await;
+    h.create("cat", &h.spec(&["cat"])).await;
+    h.start_container("cat").await;
+    let mut w = WriteStreamRequest::new();
+    w.container_id = "cat".into();
+    w.exec_id = "cat".into();
+    w.data = b"ping\npong\n".to_vec();
+    let resp = h.client.write_stdin(&w).await.expect("WriteStdin");
+    assert_eq!(resp.len, 10);
+    let mut c = CloseStdinRequest::new();
+    c.container_id = "cat".into();
+    c.exec_id = "cat".into();
+    h.client.close_stdin(&c).await.expect("CloseStdin");
+    assert_eq!(
+        h.read_all("cat", "cat", OutputStream::Stdout).await,
+        "ping\npong\n"
+    );
+    assert_eq!(h.wait("cat", "cat").await, 0);
+    h.remove("cat").await;
+}
+
+#[tokio::test]
+async fn env_cwd_user_and_hostname() {
+    let h = Harness::start().await;
+    let mut spec = h.spec(&[
+        "sh",
+        "-c",
+        "echo $FOO; pwd; id -u; id -g; id -G; hostname; echo $HOME",
+    ]);
+    let p = spec.process_mut().as_mut().unwrap();
+    p.set_env(Some(vec!["PATH=/bin".into(), "FOO=bar baz".into()]));
+    p.set_cwd("/tmp".into());
+    p.set_user(
+        UserBuilder::default()
+            .uid(1000u32)
+            .gid(1000u32)
+            .additional_gids(vec![4242u32])
+            .build()
+            .unwrap(),
+    );
+    let (out, err, status) = h.run("ident", &spec).await;
+    assert_eq!(status, 0, "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "bar baz");
+    assert_eq!(lines[1], "/tmp");
+    assert_eq!(lines[2], "1000");
+    assert_eq!(lines[3], "1000");
+    let groups: HashSet<&str> = lines[4].split_whitespace().collect();
+    assert!(
+        groups.contains("100") && groups.contains("4242"),
+        "groups: {}",
+        lines[4]
+    );
+    assert_eq!(lines[5], "kata-test");
+    assert_eq!(lines[6], "/home/nobody");
+
+    // A user named by name resolves through the container's /etc/passwd.
+    let mut spec = h.spec(&["id", "-u"]);
+    spec.process_mut()
+        .as_mut()
+        .unwrap()
+        .set_user(UserBuilder::default().username("nobody").build().unwrap());
+    let (out, _, status) = h.run("byname", &spec).await;
+    assert_eq!((out.as_str(), status), ("1000\n", 0));
+}
+
+#[tokio::test]
+async fn readonly_rootfs_and_bind_mounts() {
+    let h = Harness::start().await;
+    h.create_sandbox().await;
+    let shared = h.dir.path().join("shared");
+    let mut spec = h.spec(&[
+        "sh",
+        "-c",
+        "cat /data/hello.txt; touch /x && echo wrote-root; touch /data/y && echo wrote-data; touch /tmp/t && echo wrote-tmp",
+    ]);
+    spec.root_mut().as_mut().unwrap().set_readonly(Some(true));
+    let mut mounts = spec.mounts().clone().unwrap();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/data")
+            .typ("bind")
+            .source(&shared)
+            .options(vec!["rbind".to_string(), "ro".to_string()])
+            .build()
+            .unwrap(),
+    );
+    mounts.push(
+        MountBuilder::default()
+            .destination("/tmp")
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(vec!["nosuid".to_string()])
+            .build()
+            .unwrap(),
+    );
+    spec.set_mounts(Some(mounts));
+    let (out, err, status) = h.run("ro", &spec).await;
+    assert_eq!(out, "shared\nwrote-tmp\n", "stderr: {err}");
+    assert!(err.contains("Read-only file system"), "stderr: {err}");
+    assert_eq!(status, 0);
+    assert!(!h.rootfs.join("x").exists());
+}
+
+#[tokio::test]
+async fn exec_into_a_running_container() {
+    let h = Harness::start().await;
+    h.create("box", &h.spec(&["sleep", "100"])).await;
+    h.start_container("box").await;
+
+    let process = ProcessBuilder::default()
+        .args(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo $X; pwd; id -u; hostname; cat /proc/1/cmdline | tr '\\0' ' '".into(),
+        ])
+        .env(vec!["PATH=/bin".to_string(), "X=exec-env".to_string()])
+        .cwd("/etc")
+        .user(
+            UserBuilder::default()
+                .uid(1000u32)
+                .gid(1000u32)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    h.exec("box", "e1", process.clone()).await;
+    let out = h.read_all("box", "e1", OutputStream::Stdout).await;
+    assert_eq!(h.wait("box", "e1").await, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..4],
+        ["exec-env", "/etc", "1000", "kata-test"],
+        "{out}"
+    );
+    assert_eq!(
+        lines[4].trim(),
+        "sleep 100",
+        "the exec sees the container's pid 1"
+    );
+
+    // A second exec with an exit code, and exec ids are unique while alive.
+    let sleeper = ProcessBuilder::default()
+        .args(vec!["sleep".to_string(), "100".to_string()])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .build()
+        .unwrap();
+    h.exec("box", "e2", sleeper.clone()).await;
+    let mut dup = ExecProcessRequest::new();
+    dup.container_id = "box".into();
+    dup.exec_id = "e2".into();
+    let mut holder = Spec::default();
+    holder.set_process(Some(sleeper));
+    dup.process = spec::to_grpc(&holder).unwrap().Process;
+    let err = h.client.exec_process(&dup).await.unwrap_err();
+    assert_eq!(rpc_code(&err), Some(Code::ALREADY_EXISTS), "{err}");
+    assert!(err.message().unwrap().contains("e2"));
+
+    // ListProcesses and StatsContainer see both processes.
+    let mut lp = ListProcessesRequest::new();
+    lp.container_id = "box".into();
+    lp.format = "json".into();
+    let list = h.client.list_processes(&lp).await.expect("ListProcesses");
+    let pids: Vec<i32> = serde_json::from_slice(&list.process_list).unwrap();
+    assert!(pids.len() >= 2, "{pids:?}");
+    let mut st = StatsContainerRequest::new();
+    st.container_id = "box".into();
+    let stats = h.client.stats_container(&st).await.expect("StatsContainer");
+    assert!(stats.cgroup_stats.pids_stats.current >= 2, "{stats:?}");
+
+    h.signal("box", "e2", 9).await;
+    assert_eq!(h.wait("box", "e2").await, 137);
+    h.signal("box", "", 9).await;
+    assert_eq!(h.wait("box", "box").await, 137);
+    h.remove("box").await;
+    for dir in cgroup_dirs("box") {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+#[tokio::test]
+async fn terminal_process() {
+    let h = Harness::start().await;
+    let mut spec = h.spec(&["sh", "-c", "test -t 0 && test -t 1 && echo is-a-tty"]);
+    spec.process_mut()
+        .as_mut()
+        .unwrap()
+        .set_terminal(Some(true));
+    let (out, err, status) = h.run("tty", &spec).await;
+    assert_eq!(out.trim_end(), "is-a-tty", "stderr: {err}");
+    assert_eq!(err, "");
+    assert_eq!(status, 0);
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_and_leaves_nothing_behind() {
+    let h = Harness::start().await;
+    h.create_sandbox().await;
+    let baseline = h.mountinfo();
+
+    // Unknown ids.
+    let mut start = StartContainerRequest::new();
+    start.container_id = "ghost".into();
+    let err = h.client.start_container(&start).await.unwrap_err();
+    assert_eq!(rpc_code(&err), Some(Code::NOT_FOUND));
+    assert!(err.message().unwrap().contains("ghost"), "{err}");
+    let mut wait = WaitProcessRequest::new();
+    wait.container_id = "ghost".into();
+    let err = h.client.wait_process(&wait, None).await.unwrap_err();
+    assert_eq!(rpc_code(&err), Some(Code::NOT_FOUND));
+
+    h.create("real", &h.spec(&["sleep", "100"])).await;
+    let mut read = ReadStreamRequest::new();
+    read.container_id = "real".into();
+    read.exec_id = "no-such-exec".into();
+    let err = h
+        .client
+        .read_output(OutputStream::Stdout, &read)
+        .await
+        .unwrap_err();
+    assert_eq!(rpc_code(&err), Some(Code::NOT_FOUND));
+    assert!(err.message().unwrap().contains("no-such-exec"), "{err}");
+    let mut sig = SignalProcessRequest::new();
+    sig.container_id = "real".into();
+    sig.exec_id = "nope".into();
+    sig.signal = 9;
+    assert_eq!(
+        rpc_code(&h.client.signal_process(&sig).await.unwrap_err()),
+        Some(Code::NOT_FOUND)
+    );
+
+    // Duplicate id.
+    let err = h.try_create("real", &h.spec(&["true"])).await.unwrap_err();
+    assert_eq!(rpc_code(&err), Some(Code::ALREADY_EXISTS));
+    assert!(err.message().unwrap().contains("real"));
+
+    // Invalid specs, each naming its field.
+    let mut no_process = h.spec(&["true"]);
+    no_process.set_process(None);
+    let mut relative = h.spec(&["true"]);
+    relative.set_root(Some(RootBuilder::default().path("rootfs").build().unwrap()));
+    let mut bad_mount = h.spec(&["true"]);
+    let mut mounts = bad_mount.mounts().clone().unwrap();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/weird")
+            .typ("nosuchfs")
+            .source("none")
+            .build()
+            .unwrap(),
+    );
+    let weird_index = mounts.len() - 1;
+    bad_mount.set_mounts(Some(mounts));
+    let mut ghost_user = h.spec(&["true"]);
+    ghost_user
+        .process_mut()
+        .as_mut()
+        .unwrap()
+        .set_user(UserBuilder::default().username("ghost").build().unwrap());
+    let cases: Vec<(&str, Spec, String)> = vec![
+        ("bad-noproc", no_process, "process is missing".into()),
+        ("bad-noargs", h.spec(&[]), "process.args is empty".into()),
+        ("bad-relroot", relative, "root.path".into()),
+        (
+            "bad-mount",
+            bad_mount,
+            format!("mounts[{weird_index}].type"),
+        ),
+        ("bad-user", ghost_user, "process.user.username".into()),
+        (
+            "bad-exe",
+            h.spec(&["no-such-binary"]),
+            "process.args[0]".into(),
+        ),
+    ];
+    for (id, spec, field) in cases {
+        let err = h.try_create(id, &spec).await.unwrap_err();
+        assert_eq!(rpc_code(&err), Some(Code::INVALID_ARGUMENT), "{id}: {err}");
+        assert!(
+            err.message().unwrap().starts_with(&field),
+            "{id}: {:?} should name {field}",
+            err.message()
+        );
+        for dir in cgroup_dirs(id) {
+            assert!(!dir.exists(), "{id}: {} left behind", dir.display());
+        }
+        // The id is free again.
+        let mut start = StartContainerRequest::new();
+        start.container_id = id.into();
+        assert_eq!(
+            rpc_code(&h.client.start_container(&start).await.unwrap_err()),
+            Some(Code::NOT_FOUND)
+        );
+    }
+    // A failed container leaves no mount in the agent's namespace and no process.
+    assert_eq!(
+        h.mountinfo(),
+        baseline,
+        "mounts changed after failed creates"
+    );
+    let children = h.agent_children();
+    assert_eq!(
+        children.len(),
+        1,
+        "only the real container's init: {children:?}"
+    );
+
+    // A method we do not implement says so.
+    let err = h
+        .client
+        .copy_file(&CopyFileRequest::new())
+        .await
+        .unwrap_err();
+    assert_eq!(rpc_code(&err), Some(Code::UNIMPLEMENTED));
+    assert!(err.message().unwrap().contains("CopyFile"));
+
+    // Starting twice is refused; the agent is still healthy.
+    h.start_container("real").await;
+    start.container_id = "real".into();
+    assert_eq!(
+        rpc_code(&h.client.start_container(&start).await.unwrap_err()),
+        Some(Code::FAILED_PRECONDITION)
+    );
+    assert!(h.client.check().await.is_ok());
+    h.remove("real").await;
+    assert!(h.agent_children().is_empty());
+}
+
+#[tokio::test]
+async fn destroy_sandbox_then_clean_exit() {
+    let mut h = Harness::start().await;
+    h.create_sandbox().await;
+    let shared = h.dir.path().join("shared");
+    assert!(h.mountinfo().contains(&shared.display().to_string()));
+
+    let details = h
+        .client
+        .get_guest_details(&{
+            let mut r = GuestDetailsRequest::new();
+            r.mem_block_size = true;
+            r
+        })
+        .await
+        .expect("GetGuestDetails");
+    assert_eq!(details.agent_details.version, env!("CARGO_PKG_VERSION"));
+    assert!(!details.agent_details.init_daemon);
+
+    h.create("running", &h.spec(&["sleep", "100"])).await;
+    h.start_container("running").await;
+    h.create("created", &h.spec(&["sleep", "100"])).await;
+    assert_eq!(h.agent_children().len(), 2);
+
+    h.client
+        .destroy_sandbox(&DestroySandboxRequest::new())
+        .await
+        .expect("DestroySandbox");
+    for id in ["running", "created"] {
+        let mut w = WaitProcessRequest::new();
+        w.container_id = id.into();
+        assert_eq!(
+            rpc_code(&h.client.wait_process(&w, None).await.unwrap_err()),
+            Some(Code::NOT_FOUND)
+        );
+        for dir in cgroup_dirs(id) {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+    }
+    assert!(
+        !h.mountinfo().contains(&shared.display().to_string()),
+        "storage still mounted"
+    );
+    assert!(h.agent_children().is_empty());
+
+    let status = h.stop();
+    assert!(status.success(), "agent exited with {status}\n{}", h.log());
+}
