@@ -58,6 +58,9 @@ impl Default for ConnectOptions {
     }
 }
 
+/// The longest one connection attempt (connect plus hybrid-vsock handshake) may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Dials `addr` until it answers or `opts.dial_timeout` has passed.
 pub(crate) async fn dial(addr: &AgentAddress, opts: &ConnectOptions) -> Result<Socket> {
     let start = Instant::now();
@@ -66,8 +69,11 @@ pub(crate) async fn dial(addr: &AgentAddress, opts: &ConnectOptions) -> Result<S
     loop {
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let attempt =
-            tokio::time::timeout(remaining.max(Duration::from_millis(1)), dial_once(addr)).await;
+        // One attempt never gets the whole budget: a hybrid-vsock CONNECT sent before the
+        // guest's vsock driver is up can stay unanswered for ever, so it is abandoned and
+        // retried rather than waited on.
+        let budget = remaining.min(ATTEMPT_TIMEOUT).max(Duration::from_millis(1));
+        let attempt = tokio::time::timeout(budget, dial_once(addr)).await;
         let err = match attempt {
             Ok(Ok(socket)) => {
                 tracing::debug!(address = %addr, attempts, elapsed = ?start.elapsed(), "connected to the agent");

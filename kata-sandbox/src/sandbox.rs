@@ -12,7 +12,7 @@ use kata_agent_client::protocol::agent::{
 };
 use kata_agent_client::{AgentAddress, AgentClient, ConnectOptions, OutputStream};
 use kata_hypervisor::{DeviceConfig, Hypervisor, ShareFsDevice, VsockAddress};
-use kata_resource::share_fs::{ShareFs, ShareFsKind, SharedRootfs};
+use kata_resource::share_fs::{RootfsMode, ShareFs, ShareFsKind, SharedRootfs};
 use oci_spec::runtime::Process as OciProcess;
 
 use crate::builder::SandboxBuilder;
@@ -297,7 +297,8 @@ impl Inner {
         id: &str,
         mut spec: ContainerSpec,
     ) -> Result<Container> {
-        let (rootfs_dir, image_process) = match spec.rootfs.clone() {
+        // An unpacked image is a shared cache: containers write to an overlay on top of it.
+        let (rootfs_dir, image_process, mode) = match spec.rootfs.clone() {
             RootfsSource::Dir(d) => {
                 if !d.is_dir() {
                     return Err(Error::invalid(
@@ -305,7 +306,7 @@ impl Inner {
                         format!("{} is not a directory", d.display()),
                     ));
                 }
-                (d, None)
+                (d, None, RootfsMode::ReadWrite)
             }
             RootfsSource::Image { path, reference } => {
                 let cache = self.image_cache.clone();
@@ -320,13 +321,13 @@ impl Inner {
                     args.append(&mut spec.process.args);
                     spec.process.args = args;
                 }
-                (dir, Some(process.oci))
+                (dir, Some(process.oci), RootfsMode::Overlay)
             }
         };
         let shared = {
             let share = self.share.lock().unwrap();
             let share = share.as_ref().ok_or(Error::ShutDown)?;
-            share.share_rootfs(id, &rootfs_dir)?
+            share.share_rootfs_with(id, &rootfs_dir, mode)?
         };
         let guest_root = shared.guest_path().to_string();
         if let Some(e) = self.containers.lock().unwrap().get_mut(id) {
