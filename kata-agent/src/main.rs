@@ -18,8 +18,9 @@ fn main() -> ExitCode {
         }
     };
     let as_init = config.runs_as_init(kata_agent::init::is_pid1());
+    let mut report = None;
     if as_init {
-        kata_agent::init::mount_guest_filesystems();
+        report = Some(kata_agent::init::mount_guest_filesystems());
         kata_agent::init::console_stdio();
         if let Ok(cmdline) = std::fs::read_to_string("/proc/cmdline") {
             config.apply_kernel_cmdline(&cmdline);
@@ -33,8 +34,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    if as_init {
-        kata_agent::init::setup_guest();
+    if let Some(report) = report {
+        report.log();
+        if let Err(e) = kata_agent::init::loopback_up() {
+            tracing::warn!(error = %e, "cannot bring up lo");
+        }
     }
     if let Err(e) = kata_agent::init::become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper: orphans will not be reaped");

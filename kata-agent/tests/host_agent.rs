@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kata_agent_client::protocol::agent::{CloseStdinRequest, CopyFileRequest};
+use kata_agent_client::protocol::agent::{
+    CloseStdinRequest, CopyFileRequest, PauseContainerRequest, ResumeContainerRequest,
+    UpdateContainerRequest,
+};
 use kata_agent_client::protocol::agent::{
     CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest,
     GuestDetailsRequest, ListProcessesRequest, ReadStreamRequest, RemoveContainerRequest,
@@ -18,7 +21,10 @@ use kata_agent_client::protocol::agent::{
     WaitProcessRequest, WriteStreamRequest,
 };
 use kata_agent_client::{spec, AgentAddress, AgentClient, Code, ConnectOptions, OutputStream};
-use oci_spec::runtime::{MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder};
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
 use protobuf::MessageField;
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -77,17 +83,31 @@ struct Harness {
 }
 
 impl Harness {
+    /// The agent in private mount, UTS and IPC namespaces, `--no-init`.
     async fn start() -> Self {
+        Self::start_with(
+            &["--mount", "--uts", "--ipc", "--propagation", "private"],
+            &["--no-init"],
+            None,
+        )
+        .await
+    }
+
+    async fn start_with(unshare: &[&str], agent_args: &[&str], dir_in: Option<&Path>) -> Self {
         require_root();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = match dir_in {
+            Some(parent) => tempfile::tempdir_in(parent).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
         let rootfs = dir.path().join("rootfs");
         build_rootfs(&rootfs);
         let sock = dir.path().join("agent.sock");
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
         let agent = Command::new("unshare")
-            .args(["--mount", "--uts", "--ipc", "--propagation", "private"])
+            .args(unshare)
             .arg(env!("CARGO_BIN_EXE_kata-agent"))
-            .args(["--no-init", "--log", "debug", "--listen"])
+            .args(agent_args)
+            .args(["--log", "debug", "--listen"])
             .arg(format!("unix://{}", sock.display()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -123,32 +143,38 @@ impl Harness {
 
     /// Pids whose parent is the agent.
     fn agent_children(&self) -> Vec<i32> {
-        let agent = self.pid();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ...: comm may hold spaces, split after the last ')'.
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-                continue;
-            };
-            let ppid: i32 = rest
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("0")
-                .parse()
-                .unwrap_or(0);
-            if ppid == agent {
-                out.push(pid);
-            }
-        }
-        out
+        children_of(self.pid())
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect()
     }
+}
 
+/// (pid, state) of the processes whose parent is `parent`.
+fn children_of(parent: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: i32 = fields.next().unwrap_or("0").parse().unwrap_or(0);
+        if ppid == parent {
+            out.push((pid, state));
+        }
+    }
+    out
+}
+
+impl Harness {
     /// A spec for `args` in the busybox rootfs.
     fn spec(&self, args: &[&str]) -> Spec {
         let mut spec = Spec::default();
@@ -793,4 +819,140 @@ async fn destroy_sandbox_then_clean_exit() {
 
     let status = h.stop();
     assert!(status.success(), "agent exited with {status}\n{}", h.log());
+}
+
+#[tokio::test]
+async fn resources_go_into_the_container_cgroup() {
+    let h = Harness::start().await;
+    let mut spec = h.spec(&["sleep", "100"]);
+    let resources = LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(64i64 << 20)
+                .build()
+                .unwrap(),
+        )
+        .pids(LinuxPidsBuilder::default().limit(16i64).build().unwrap())
+        .cpu(LinuxCpuBuilder::default().shares(512u64).build().unwrap())
+        .build()
+        .unwrap();
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_resources(Some(resources));
+    h.create("limited", &spec).await;
+    h.start_container("limited").await;
+
+    let mut st = StatsContainerRequest::new();
+    st.container_id = "limited".into();
+    let stats = h.client.stats_container(&st).await.expect("StatsContainer");
+    let cg = &stats.cgroup_stats;
+    assert_eq!(cg.pids_stats.limit, 16);
+    assert!(cg.pids_stats.current >= 1);
+    assert_eq!(cg.memory_stats.usage.limit, 64 << 20);
+    assert!(cg.memory_stats.usage.usage > 0);
+
+    // UpdateContainer rewrites the limits.
+    let mut upd = UpdateContainerRequest::new();
+    upd.container_id = "limited".into();
+    let new = LinuxResourcesBuilder::default()
+        .pids(LinuxPidsBuilder::default().limit(32i64).build().unwrap())
+        .build()
+        .unwrap();
+    upd.resources = MessageField::some(spec::resources_to_grpc(&new).unwrap());
+    h.client
+        .update_container(&upd)
+        .await
+        .expect("UpdateContainer");
+    let stats = h.client.stats_container(&st).await.expect("StatsContainer");
+    assert_eq!(stats.cgroup_stats.pids_stats.limit, 32);
+
+    // Pause and resume through the freezer.
+    let mut pause = PauseContainerRequest::new();
+    pause.container_id = "limited".into();
+    h.client
+        .pause_container(&pause)
+        .await
+        .expect("PauseContainer");
+    let mut resume = ResumeContainerRequest::new();
+    resume.container_id = "limited".into();
+    h.client
+        .resume_container(&resume)
+        .await
+        .expect("ResumeContainer");
+
+    h.signal("limited", "", 9).await;
+    assert_eq!(h.wait("limited", "").await, 137);
+    h.remove("limited").await;
+    for dir in cgroup_dirs("limited") {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+#[tokio::test]
+async fn runs_as_pid1_of_a_pid_namespace() {
+    // As PID 1 the agent mounts a tmpfs on /tmp (in its private mount namespace): keep the test
+    // directory elsewhere.
+    let mut h = Harness::start_with(
+        &[
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--propagation",
+            "private",
+        ],
+        &[],
+        Some(Path::new(env!("CARGO_TARGET_TMPDIR"))),
+    )
+    .await;
+    let details = h
+        .client
+        .get_guest_details(&GuestDetailsRequest::new())
+        .await
+        .expect("GetGuestDetails");
+    assert!(details.agent_details.init_daemon, "the agent is PID 1 here");
+    h.create_sandbox().await;
+    let (out, _, status) = h.run("pid1", &h.spec(&["echo", "from pid 1"])).await;
+    assert_eq!((out.as_str(), status), ("from pid 1\n", 0));
+
+    // `unshare --fork` is the parent: the agent is its only child.
+    let agent = children_of(h.pid());
+    assert_eq!(agent.len(), 1, "{agent:?}");
+    let agent_pid = agent[0].0;
+    let zombies: Vec<_> = children_of(agent_pid)
+        .into_iter()
+        .filter(|(_, state)| *state == 'Z')
+        .collect();
+    assert!(zombies.is_empty(), "unreaped children: {zombies:?}");
+
+    // PID 1 never exits on its own: on SIGTERM it cleans up and powers off, which in a pid
+    // namespace ends it with SIGINT.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent_pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut unshare = h.agent.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = unshare.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent did not power off\n{}",
+            h.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        status.success() || status.signal() == Some(libc::SIGINT),
+        "{status}\n{}",
+        h.log()
+    );
+    assert!(h.log().contains("kata-agent stopped"), "{}", h.log());
 }

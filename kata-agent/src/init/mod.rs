@@ -73,37 +73,89 @@ const GUEST_MOUNTS: &[GuestMount] = &[
     },
 ];
 
-fn mount_one(source: &str, target: &Path, fstype: &str, flags: MsFlags, data: &str) -> bool {
+/// What guest setup did, to log once logging works (it needs /proc and /dev first).
+#[derive(Debug, Default)]
+pub struct SetupReport {
+    /// What was mounted or found mounted.
+    pub done: Vec<String>,
+    /// What failed.
+    pub problems: Vec<String>,
+}
+
+impl SetupReport {
+    /// Logs the report.
+    pub fn log(&self) {
+        for d in &self.done {
+            tracing::info!("{d}");
+        }
+        for p in &self.problems {
+            tracing::warn!("{p}");
+        }
+    }
+}
+
+fn mount_one(
+    report: &mut SetupReport,
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: &str,
+) -> bool {
     if is_mount_point(target) {
-        tracing::debug!(target = %target.display(), "already mounted");
+        report
+            .done
+            .push(format!("{} already mounted", target.display()));
         return true;
     }
     if let Err(e) = std::fs::create_dir_all(target) {
-        tracing::warn!(target = %target.display(), error = %e, "cannot create mount point");
+        report.problems.push(format!(
+            "cannot create mount point {}: {e}",
+            target.display()
+        ));
         return false;
     }
     let data = (!data.is_empty()).then_some(data);
     match nix::mount::mount(Some(source), target, Some(fstype), flags, data) {
-        Ok(()) | Err(nix::Error::EBUSY) => true,
+        Ok(()) | Err(nix::Error::EBUSY) => {
+            report
+                .done
+                .push(format!("mounted {fstype} on {}", target.display()));
+            true
+        }
         Err(e) => {
-            tracing::warn!(target = %target.display(), fstype, error = %e, "mount failed");
+            report.problems.push(format!(
+                "mount {fstype} on {} failed: {e}",
+                target.display()
+            ));
             false
         }
     }
 }
 
 /// Mounts the guest's filesystems: /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp and the
-/// cgroup hierarchy (v2, or v1 per-controller mounts when the kernel has no cgroup2).
-pub fn mount_guest_filesystems() {
+/// cgroup hierarchy (v2, or v1 per-controller mounts when the kernel has no cgroup2). Paths
+/// already mounted are left alone.
+pub fn mount_guest_filesystems() -> SetupReport {
+    let mut report = SetupReport::default();
     for m in GUEST_MOUNTS {
-        mount_one(m.fstype, Path::new(m.target), m.fstype, m.flags, m.data);
+        mount_one(
+            &mut report,
+            m.fstype,
+            Path::new(m.target),
+            m.fstype,
+            m.flags,
+            m.data,
+        );
     }
-    mount_cgroups();
+    mount_cgroups(&mut report);
+    report
 }
 
-fn mount_cgroups() {
+fn mount_cgroups(report: &mut SetupReport) {
     let root = Path::new("/sys/fs/cgroup");
     if is_mount_point(root) {
+        report.done.push("/sys/fs/cgroup already mounted".into());
         return;
     }
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
@@ -114,6 +166,7 @@ fn mount_cgroups() {
     };
     if has("cgroup2")
         && mount_one(
+            report,
             "cgroup2",
             root,
             "cgroup2",
@@ -121,14 +174,22 @@ fn mount_cgroups() {
             "",
         )
     {
-        tracing::info!("cgroup v2 mounted on /sys/fs/cgroup");
         return;
     }
     if !has("cgroup") {
-        tracing::warn!("the kernel has no cgroup filesystem");
+        report
+            .problems
+            .push("the kernel has no cgroup filesystem".into());
         return;
     }
-    if !mount_one("tmpfs", root, "tmpfs", NOSUID_NODEV_NOEXEC, "mode=0755") {
+    if !mount_one(
+        report,
+        "tmpfs",
+        root,
+        "tmpfs",
+        NOSUID_NODEV_NOEXEC,
+        "mode=0755",
+    ) {
         return;
     }
     // /proc/cgroups: subsys_name hierarchy num_cgroups enabled
@@ -137,41 +198,42 @@ fn mount_cgroups() {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() == 4 && f[3] == "1" {
             let target = root.join(f[0]);
-            mount_one("cgroup", &target, "cgroup", NOSUID_NODEV_NOEXEC, f[0]);
+            mount_one(
+                report,
+                "cgroup",
+                &target,
+                "cgroup",
+                NOSUID_NODEV_NOEXEC,
+                f[0],
+            );
         }
     }
-    tracing::info!("cgroup v1 controllers mounted under /sys/fs/cgroup");
 }
 
-/// Points fds 0-2 at `/dev/console` (or `/dev/null` when there is none), so that logs reach the
-/// console and no fd below 3 is ever handed out for something else.
+/// Makes sure fds 0-2 are open: the kernel gives init `/dev/console` on them when the initramfs
+/// has one; when it has none they are closed, and are pointed at `/dev/console` (from devtmpfs)
+/// or `/dev/null` here, so logs reach the console and no pipe or socket ever lands on fds 0-2.
 pub fn console_stdio() {
     use std::os::fd::AsRawFd;
-    let console = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/console")
-        .or_else(|_| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-        });
-    if let Ok(f) = console {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard fds; `f` is open for the duration of the call.
+    // SAFETY: F_GETFD only queries the descriptor flags.
+    let closed: Vec<i32> = (0..3)
+        .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0)
+        .collect();
+    if closed.is_empty() {
+        return;
+    }
+    let open = |p: &str| std::fs::OpenOptions::new().read(true).write(true).open(p);
+    if let Ok(f) = open("/dev/console").or_else(|_| open("/dev/null")) {
+        for fd in closed {
+            // SAFETY: dup2 onto a standard fd that is closed; `f` is open for the call.
             unsafe { libc::dup2(f.as_raw_fd(), fd) };
         }
     }
 }
 
-/// Everything PID 1 does before serving: filesystems, console, loopback.
-pub fn setup_guest() {
-    mount_guest_filesystems();
-    console_stdio();
-    if let Err(e) = loopback::up() {
-        tracing::warn!(error = %e, "cannot bring up lo");
-    }
+/// Brings up the loopback interface.
+pub fn loopback_up() -> std::io::Result<()> {
+    loopback::up()
 }
 
 /// Makes this process the reaper of orphaned descendants (PID 1 is one by nature).

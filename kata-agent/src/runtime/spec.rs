@@ -95,6 +95,8 @@ pub fn default_devices() -> Vec<DeviceNode> {
     .collect()
 }
 
+// glibc types RLIMIT_* as u32, musl as i32: the cast is needed on one of them.
+#[allow(clippy::unnecessary_cast)]
 fn rlimit_resource(t: PosixRlimitType) -> u32 {
     use PosixRlimitType::*;
     (match t {
@@ -699,6 +701,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unnecessary_cast)]
     fn rlimits_and_caps_translate() {
         let dir = rootfs();
         let spec = spec_with(dir.path());

@@ -3,7 +3,6 @@
 //! the read-only rootfs remount.
 
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -285,7 +284,6 @@ fn enter_root(rootfs: &Path) -> ChildResult<()> {
         }
         Err(e) => return Err(ChildError::sys("pivot_root", e)),
     }
-    let _ = old_root.as_raw_fd();
     chdir("/").map_err(|e| ChildError::sys("chdir /", e))
 }
 
