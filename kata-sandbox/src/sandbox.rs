@@ -285,7 +285,9 @@ impl Inner {
         match self.create_container_inner(this, &id, spec).await {
             Ok(c) => Ok(c),
             Err(e) => {
-                let _ = self.release_container(&id);
+                if let Err(re) = self.release_container(&id) {
+                    tracing::warn!(sandbox_id = %self.id, container_id = %id, error = %re, "releasing the rootfs of a container that failed to create");
+                }
                 Err(e)
             }
         }
