@@ -92,6 +92,10 @@ pub enum AgentError {
         seconds: u64,
     },
 
+    /// A bug: something that cannot happen did (a request handler panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// An I/O operation on a named object failed.
     #[error("{context}: {source}")]
     Io {
@@ -140,9 +144,10 @@ impl AgentError {
             AgentError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             AgentError::Unimplemented(_) => Code::UNIMPLEMENTED,
             AgentError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
-            AgentError::ContainerSetup { .. } | AgentError::Io { .. } | AgentError::Eof { .. } => {
-                Code::INTERNAL
-            }
+            AgentError::ContainerSetup { .. }
+            | AgentError::Io { .. }
+            | AgentError::Eof { .. }
+            | AgentError::Internal(_) => Code::INTERNAL,
         }
     }
 

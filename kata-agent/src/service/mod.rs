@@ -51,55 +51,65 @@ impl AgentServer {
         )));
         services
     }
+}
 
-    async fn read(&self, req: agent::ReadStreamRequest, stream: Stream) -> Result<Vec<u8>> {
-        let c = self.sandbox.container(&req.container_id)?;
-        let p = c.process(&req.exec_id)?;
-        let len = match req.len as usize {
-            0 => DEFAULT_READ_LEN,
-            n => n.min(MAX_READ_LEN),
-        };
-        match p.read(stream, len).await? {
-            Some(data) => Ok(data),
-            None => {
-                c.forget_finished_execs();
-                Err(AgentError::Eof {
-                    container_id: req.container_id.clone(),
-                    exec_id: p.exec_id.clone(),
-                    stream: match stream {
-                        Stream::Stdout => "stdout",
-                        Stream::Stderr => "stderr",
-                    },
-                })
-            }
+/// Reads the next chunk of a process's output; the end of the stream is [`AgentError::Eof`].
+async fn read(sandbox: &Sandbox, req: agent::ReadStreamRequest, stream: Stream) -> Result<Vec<u8>> {
+    let c = sandbox.container(&req.container_id)?;
+    let p = c.process(&req.exec_id)?;
+    let len = match req.len as usize {
+        0 => DEFAULT_READ_LEN,
+        n => n.min(MAX_READ_LEN),
+    };
+    match p.read(stream, len).await? {
+        Some(data) => Ok(data),
+        None => {
+            c.forget_finished_execs();
+            Err(AgentError::Eof {
+                container_id: req.container_id.clone(),
+                exec_id: p.exec_id.clone(),
+                stream: match stream {
+                    Stream::Stdout => "stdout",
+                    Stream::Stderr => "stderr",
+                },
+            })
         }
     }
 }
 
-/// Runs a handler under a span naming the method and ids, logging failures.
-async fn handle<T>(
+/// Runs a handler as its own task, under a span naming the method and ids, logging failures.
+///
+/// The task is not cancelled when the caller's deadline passes (ttRPC drops the handler's
+/// future then): a CreateContainer that has forked its init finishes, or cleans up, either way.
+/// A panic in the task is answered with `INTERNAL` instead of taking the agent down.
+async fn handle<T: Send + 'static>(
     method: &'static str,
-    container_id: &str,
-    exec_id: &str,
-    f: impl Future<Output = Result<T>>,
+    container_id: impl Into<String>,
+    exec_id: impl Into<String>,
+    f: impl Future<Output = Result<T>> + Send + 'static,
 ) -> ttrpc::Result<T> {
-    let span = tracing::info_span!("rpc", method, container_id, exec_id);
-    async move {
-        tracing::debug!("request");
-        match f.await {
-            Ok(v) => Ok(v),
-            Err(e @ AgentError::Eof { .. }) => {
-                tracing::debug!(error = %e, "end of stream");
-                Err(e.into())
+    let (container_id, exec_id) = (container_id.into(), exec_id.into());
+    let span = tracing::info_span!("rpc", method, container_id = %container_id, exec_id = %exec_id);
+    let task = tokio::spawn(
+        async move {
+            tracing::debug!("request");
+            let result = f.await;
+            match &result {
+                Ok(_) => {}
+                Err(e @ AgentError::Eof { .. }) => tracing::debug!(error = %e, "end of stream"),
+                Err(e) => tracing::warn!(error = %e, code = ?e.code(), "request failed"),
             }
-            Err(e) => {
-                tracing::warn!(error = %e, code = ?e.code(), "request failed");
-                Err(e.into())
-            }
+            result
+        }
+        .instrument(span),
+    );
+    match task.await {
+        Ok(result) => result.map_err(Into::into),
+        Err(e) => {
+            tracing::error!(method, error = %e, "request handler panicked");
+            Err(AgentError::Internal(format!("{method} failed: {e}")).into())
         }
     }
-    .instrument(span)
-    .await
 }
 
 fn unimplemented<T>(method: &str) -> ttrpc::Result<T> {
@@ -127,14 +137,15 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("CreateSandbox", "", "", async {
+        let sb = Arc::clone(&self.sandbox);
+        handle("CreateSandbox", "", "", async move {
             let cfg = SandboxConfig {
                 id: req.sandbox_id.clone(),
                 hostname: req.hostname.clone(),
                 dns: req.dns.clone(),
                 storages: req.storages.iter().map(convert::storage).collect(),
             };
-            self.sandbox.create(&cfg)?;
+            sb.create(&cfg)?;
             Ok(Empty::new())
         })
         .await
@@ -145,8 +156,9 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         _req: agent::DestroySandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("DestroySandbox", "", "", async {
-            self.sandbox.destroy().await?;
+        let sb = Arc::clone(&self.sandbox);
+        handle("DestroySandbox", "", "", async move {
+            sb.destroy().await?;
             Ok(Empty::new())
         })
         .await
@@ -162,15 +174,20 @@ impl AgentService for AgentServer {
         } else {
             req.exec_id.clone()
         };
-        handle("CreateContainer", &req.container_id, &exec_id, async {
-            let spec = convert::container_spec(&req)?;
-            let storages: Vec<_> = req.storages.iter().map(convert::storage).collect();
-            self.sandbox
-                .create_container(&req.container_id, &exec_id, &storages, &spec)
-                .await?;
-            tracing::info!("container created");
-            Ok(Empty::new())
-        })
+        let sb = Arc::clone(&self.sandbox);
+        handle(
+            "CreateContainer",
+            req.container_id.clone(),
+            exec_id.clone(),
+            async move {
+                let spec = convert::container_spec(&req)?;
+                let storages: Vec<_> = req.storages.iter().map(convert::storage).collect();
+                sb.create_container(&req.container_id, &exec_id, &storages, &spec)
+                    .await?;
+                tracing::info!("container created");
+                Ok(Empty::new())
+            },
+        )
         .await
     }
 
@@ -179,8 +196,9 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::StartContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("StartContainer", &req.container_id, "", async {
-            self.sandbox.container(&req.container_id)?.start().await?;
+        let sb = Arc::clone(&self.sandbox);
+        handle("StartContainer", req.container_id.clone(), "", async move {
+            sb.container(&req.container_id)?.start().await?;
             tracing::info!("container started");
             Ok(Empty::new())
         })
@@ -192,14 +210,18 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::RemoveContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("RemoveContainer", &req.container_id, "", async {
-            let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout.into()));
-            self.sandbox
-                .remove_container(&req.container_id, timeout)
-                .await?;
-            tracing::info!("container removed");
-            Ok(Empty::new())
-        })
+        let sb = Arc::clone(&self.sandbox);
+        handle(
+            "RemoveContainer",
+            req.container_id.clone(),
+            "",
+            async move {
+                let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout.into()));
+                sb.remove_container(&req.container_id, timeout).await?;
+                tracing::info!("container removed");
+                Ok(Empty::new())
+            },
+        )
         .await
     }
 
@@ -208,13 +230,17 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::ExecProcessRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("ExecProcess", &req.container_id, &req.exec_id, async {
-            let process = convert::exec_process(&req)?;
-            self.sandbox
-                .exec(&req.container_id, &req.exec_id, &process)
-                .await?;
-            Ok(Empty::new())
-        })
+        let sb = Arc::clone(&self.sandbox);
+        handle(
+            "ExecProcess",
+            req.container_id.clone(),
+            req.exec_id.clone(),
+            async move {
+                let process = convert::exec_process(&req)?;
+                sb.exec(&req.container_id, &req.exec_id, &process).await?;
+                Ok(Empty::new())
+            },
+        )
         .await
     }
 
@@ -223,12 +249,18 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::SignalProcessRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("SignalProcess", &req.container_id, &req.exec_id, async {
-            let c = self.sandbox.container(&req.container_id)?;
-            let signal = parse_signal(req.signal)?;
-            c.signal(&req.exec_id, signal)?;
-            Ok(Empty::new())
-        })
+        let sb = Arc::clone(&self.sandbox);
+        handle(
+            "SignalProcess",
+            req.container_id.clone(),
+            req.exec_id.clone(),
+            async move {
+                let c = sb.container(&req.container_id)?;
+                let signal = parse_signal(req.signal)?;
+                c.signal(&req.exec_id, signal)?;
+                Ok(Empty::new())
+            },
+        )
         .await
     }
 
@@ -237,16 +269,22 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::WaitProcessRequest,
     ) -> ttrpc::Result<agent::WaitProcessResponse> {
-        handle("WaitProcess", &req.container_id, &req.exec_id, async {
-            let c = self.sandbox.container(&req.container_id)?;
-            let p = c.process(&req.exec_id)?;
-            let status = p.wait().await;
-            c.forget_finished_execs();
-            tracing::info!(status, "process exited");
-            let mut resp = agent::WaitProcessResponse::new();
-            resp.status = status;
-            Ok(resp)
-        })
+        let sb = Arc::clone(&self.sandbox);
+        handle(
+            "WaitProcess",
+            req.container_id.clone(),
+            req.exec_id.clone(),
+            async move {
+                let c = sb.container(&req.container_id)?;
+                let p = c.process(&req.exec_id)?;
+                let status = p.wait().await;
+                c.forget_finished_execs();
+                tracing::info!(status, "process exited");
+                let mut resp = agent::WaitProcessResponse::new();
+                resp.status = status;
+                Ok(resp)
+            },
+        )
         .await
     }
 
@@ -255,8 +293,9 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::ListProcessesRequest,
     ) -> ttrpc::Result<agent::ListProcessesResponse> {
-        handle("ListProcesses", &req.container_id, "", async {
-            let pids = self.sandbox.container(&req.container_id)?.pids();
+        let sb = Arc::clone(&self.sandbox);
+        handle("ListProcesses", req.container_id.clone(), "", async move {
+            let pids = sb.container(&req.container_id)?.pids();
             let mut resp = agent::ListProcessesResponse::new();
             resp.process_list = convert::process_list(&pids, &req.format)?;
             Ok(resp)
@@ -269,15 +308,21 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::UpdateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("UpdateContainer", &req.container_id, "", async {
-            let c = self.sandbox.container(&req.container_id)?;
-            if let (Some(res), Some(cg)) = (req.resources.as_ref(), c.cgroup()) {
-                let res = kata_agent_client::spec::resources_from_grpc(res)
-                    .map_err(|e| AgentError::invalid("resources", e.to_string()))?;
-                cg.apply(&res)?;
-            }
-            Ok(Empty::new())
-        })
+        let sb = Arc::clone(&self.sandbox);
+        handle(
+            "UpdateContainer",
+            req.container_id.clone(),
+            "",
+            async move {
+                let c = sb.container(&req.container_id)?;
+                if let (Some(res), Some(cg)) = (req.resources.as_ref(), c.cgroup()) {
+                    let res = kata_agent_client::spec::resources_from_grpc(res)
+                        .map_err(|e| AgentError::invalid("resources", e.to_string()))?;
+                    cg.apply(&res)?;
+                }
+                Ok(Empty::new())
+            },
+        )
         .await
     }
 
@@ -286,8 +331,9 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::StatsContainerRequest,
     ) -> ttrpc::Result<agent::StatsContainerResponse> {
-        handle("StatsContainer", &req.container_id, "", async {
-            let c = self.sandbox.container(&req.container_id)?;
+        let sb = Arc::clone(&self.sandbox);
+        handle("StatsContainer", req.container_id.clone(), "", async move {
+            let c = sb.container(&req.container_id)?;
             Ok(convert::stats(&c.stats()))
         })
         .await
@@ -298,8 +344,9 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::PauseContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("PauseContainer", &req.container_id, "", async {
-            self.sandbox.container(&req.container_id)?.freeze(true)?;
+        let sb = Arc::clone(&self.sandbox);
+        handle("PauseContainer", req.container_id.clone(), "", async move {
+            sb.container(&req.container_id)?.freeze(true)?;
             Ok(Empty::new())
         })
         .await
@@ -310,10 +357,16 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::ResumeContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("ResumeContainer", &req.container_id, "", async {
-            self.sandbox.container(&req.container_id)?.freeze(false)?;
-            Ok(Empty::new())
-        })
+        let sb = Arc::clone(&self.sandbox);
+        handle(
+            "ResumeContainer",
+            req.container_id.clone(),
+            "",
+            async move {
+                sb.container(&req.container_id)?.freeze(false)?;
+                Ok(Empty::new())
+            },
+        )
         .await
     }
 
@@ -322,13 +375,19 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::WriteStreamRequest,
     ) -> ttrpc::Result<agent::WriteStreamResponse> {
-        handle("WriteStdin", &req.container_id, &req.exec_id, async {
-            let p = self.sandbox.process(&req.container_id, &req.exec_id)?;
-            let n = p.write_stdin(&req.data).await?;
-            let mut resp = agent::WriteStreamResponse::new();
-            resp.len = u32::try_from(n).unwrap_or(u32::MAX);
-            Ok(resp)
-        })
+        let sb = Arc::clone(&self.sandbox);
+        handle(
+            "WriteStdin",
+            req.container_id.clone(),
+            req.exec_id.clone(),
+            async move {
+                let p = sb.process(&req.container_id, &req.exec_id)?;
+                let n = p.write_stdin(&req.data).await?;
+                let mut resp = agent::WriteStreamResponse::new();
+                resp.len = u32::try_from(n).unwrap_or(u32::MAX);
+                Ok(resp)
+            },
+        )
         .await
     }
 
@@ -338,9 +397,10 @@ impl AgentService for AgentServer {
         req: agent::ReadStreamRequest,
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
         let (cid, eid) = (req.container_id.clone(), req.exec_id.clone());
-        handle("ReadStdout", &cid, &eid, async {
+        let sb = Arc::clone(&self.sandbox);
+        handle("ReadStdout", cid, eid, async move {
             let mut resp = agent::ReadStreamResponse::new();
-            resp.data = self.read(req, Stream::Stdout).await?;
+            resp.data = read(&sb, req, Stream::Stdout).await?;
             Ok(resp)
         })
         .await
@@ -352,9 +412,10 @@ impl AgentService for AgentServer {
         req: agent::ReadStreamRequest,
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
         let (cid, eid) = (req.container_id.clone(), req.exec_id.clone());
-        handle("ReadStderr", &cid, &eid, async {
+        let sb = Arc::clone(&self.sandbox);
+        handle("ReadStderr", cid, eid, async move {
             let mut resp = agent::ReadStreamResponse::new();
-            resp.data = self.read(req, Stream::Stderr).await?;
+            resp.data = read(&sb, req, Stream::Stderr).await?;
             Ok(resp)
         })
         .await
@@ -365,13 +426,18 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::CloseStdinRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("CloseStdin", &req.container_id, &req.exec_id, async {
-            self.sandbox
-                .process(&req.container_id, &req.exec_id)?
-                .close_stdin()
-                .await?;
-            Ok(Empty::new())
-        })
+        let sb = Arc::clone(&self.sandbox);
+        handle(
+            "CloseStdin",
+            req.container_id.clone(),
+            req.exec_id.clone(),
+            async move {
+                sb.process(&req.container_id, &req.exec_id)?
+                    .close_stdin()
+                    .await?;
+                Ok(Empty::new())
+            },
+        )
         .await
     }
 
@@ -380,17 +446,22 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::TtyWinResizeRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("TtyWinResize", &req.container_id, &req.exec_id, async {
-            let rows = u16::try_from(req.row)
-                .map_err(|_| AgentError::invalid("row", format!("{} is too large", req.row)))?;
-            let cols = u16::try_from(req.column).map_err(|_| {
-                AgentError::invalid("column", format!("{} is too large", req.column))
-            })?;
-            self.sandbox
-                .process(&req.container_id, &req.exec_id)?
-                .resize(rows, cols)?;
-            Ok(Empty::new())
-        })
+        let sb = Arc::clone(&self.sandbox);
+        handle(
+            "TtyWinResize",
+            req.container_id.clone(),
+            req.exec_id.clone(),
+            async move {
+                let rows = u16::try_from(req.row)
+                    .map_err(|_| AgentError::invalid("row", format!("{} is too large", req.row)))?;
+                let cols = u16::try_from(req.column).map_err(|_| {
+                    AgentError::invalid("column", format!("{} is too large", req.column))
+                })?;
+                sb.process(&req.container_id, &req.exec_id)?
+                    .resize(rows, cols)?;
+                Ok(Empty::new())
+            },
+        )
         .await
     }
 
@@ -399,10 +470,11 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::GuestDetailsRequest,
     ) -> ttrpc::Result<agent::GuestDetailsResponse> {
-        handle("GetGuestDetails", "", "", async {
+        let sb = Arc::clone(&self.sandbox);
+        handle("GetGuestDetails", "", "", async move {
             let mut details = agent::AgentDetails::new();
             details.version = AGENT_VERSION.to_string();
-            details.init_daemon = self.sandbox.owns_guest();
+            details.init_daemon = sb.owns_guest();
             details.storage_handlers = crate::storage::DRIVERS
                 .iter()
                 .map(|s| s.to_string())
@@ -475,7 +547,7 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::ReseedRandomDevRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("ReseedRandomDev", "", "", async {
+        handle("ReseedRandomDev", "", "", async move {
             std::fs::write("/dev/urandom", &req.data)
                 .map_err(|e| AgentError::io("write /dev/urandom", e))?;
             Ok(Empty::new())

@@ -133,7 +133,10 @@ pub(super) fn prepare(p: &ProcessConfig) -> ChildResult<PreparedExec> {
         .rev()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH);
-    let name = &p.args[0];
+    let name = p
+        .args
+        .first()
+        .ok_or_else(|| ChildError::field("process.args", "is empty"))?;
     let exe = find_executable(name, path_env).ok_or_else(|| {
         ChildError::field(
             "process.args[0]",
