@@ -30,3 +30,8 @@ pub mod runtime;
 pub mod sandbox;
 pub mod service;
 pub mod storage;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
