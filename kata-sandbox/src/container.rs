@@ -188,6 +188,11 @@ impl Container {
         self.init.kill(signal).await
     }
 
+    /// Resizes the first process's terminal.
+    pub async fn resize_tty(&self, rows: u32, columns: u32) -> Result<()> {
+        self.init.resize_tty(rows, columns).await
+    }
+
     /// Starts another process in the running container.
     pub async fn exec(&self, process: crate::ProcessSpec) -> Result<Process> {
         self.sandbox.exec(&self.id, process).await

@@ -64,6 +64,14 @@ pub enum Error {
         /// What is wrong (with line and column for syntax errors).
         reason: String,
     },
+    /// A persisted `state.json` is truncated, corrupt or of another format version.
+    #[error("sandbox state {path} is unreadable: {reason}")]
+    CorruptState {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The parse error.
+        reason: String,
+    },
     /// The sandbox has been shut down.
     #[error("the sandbox is shut down")]
     ShutDown,

@@ -27,6 +27,7 @@ mod container;
 mod error;
 mod image;
 mod io;
+pub mod persist;
 mod sandbox;
 mod spec;
 

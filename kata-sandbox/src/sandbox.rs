@@ -1,6 +1,6 @@
 //! [`Sandbox`]: one micro-VM with its agent, and the containers in it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use kata_agent_client::protocol::agent::{
     CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
-    ExecProcessRequest, Storage,
+    ExecProcessRequest, ListProcessesRequest, PauseContainerRequest, RemoveContainerRequest,
+    ResumeContainerRequest, StatsContainerRequest, StatsContainerResponse, Storage,
+    UpdateContainerRequest,
 };
 use kata_agent_client::{AgentAddress, AgentClient, ConnectOptions, OutputStream};
 use kata_hypervisor::{DeviceConfig, Hypervisor, ShareFsDevice, VsockAddress};
@@ -19,6 +21,7 @@ use crate::builder::SandboxBuilder;
 use crate::container::{Container, Output, Process};
 use crate::error::{Error, Result};
 use crate::io;
+use crate::persist::{ContainerState, ResourceState, SandboxState};
 use crate::spec::{ContainerSpec, ProcessSpec, RootfsSource};
 
 /// Time taken by each step of [`SandboxBuilder::build`], for callers that report start-up.
@@ -35,6 +38,8 @@ pub struct BootTimings {
 pub(crate) struct ContainerEntry {
     rootfs: Option<SharedRootfs>,
     execs: u64,
+    exec_ids: Vec<String>,
+    metadata: BTreeMap<String, String>,
 }
 
 /// The state shared by a [`Sandbox`] and its [`Container`]s.
@@ -48,6 +53,8 @@ pub(crate) struct Inner {
     image_cache: PathBuf,
     shut_down: AtomicBool,
     timings: BootTimings,
+    /// Serialises `state.json` writes.
+    persist_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -114,6 +121,97 @@ impl Sandbox {
     /// Runs a container to completion and returns its output; the container is deleted.
     pub async fn run(&self, spec: ContainerSpec) -> Result<Output> {
         self.create_container(spec).await?.output().await
+    }
+
+    /// The state `persist` keeps in `<dir>/state.json`, rewritten atomically on every change
+    /// (see [`crate::persist`]).
+    pub fn state(&self) -> SandboxState {
+        self.inner.state()
+    }
+
+    /// Attaches a key and value to a container, kept in `state.json` with it (a containerd
+    /// shim keeps its bundle path and task status there).
+    pub fn set_container_metadata(&self, container_id: &str, key: &str, value: &str) -> Result<()> {
+        self.inner.set_metadata(container_id, key, value)
+    }
+
+    /// Removes a container by id (its processes are killed) and releases its rootfs: for
+    /// callers that keep ids rather than [`Container`] handles. Unknown id: [`Error::NotFound`].
+    pub async fn delete_container(&self, id: &str) -> Result<()> {
+        self.inner.known(id)?;
+        let req = RemoveContainerRequest {
+            container_id: id.to_string(),
+            timeout: 10,
+            ..Default::default()
+        };
+        let removed = self.inner.agent.remove_container(&req).await;
+        let released = self.inner.release_container(id);
+        removed?;
+        released
+    }
+
+    /// The pids (in the guest) of a container's processes.
+    pub async fn container_pids(&self, id: &str) -> Result<Vec<u32>> {
+        self.inner.known(id)?;
+        let req = ListProcessesRequest {
+            container_id: id.to_string(),
+            format: "json".into(),
+            ..Default::default()
+        };
+        let resp = self.inner.agent.list_processes(&req).await?;
+        serde_json::from_slice(&resp.process_list).map_err(|e| {
+            Error::io(
+                format!("decoding the process list of container {id}"),
+                std::io::Error::other(e),
+            )
+        })
+    }
+
+    /// Freezes every process of a container.
+    pub async fn pause_container(&self, id: &str) -> Result<()> {
+        self.inner.known(id)?;
+        let req = PauseContainerRequest {
+            container_id: id.to_string(),
+            ..Default::default()
+        };
+        Ok(self.inner.agent.pause_container(&req).await?)
+    }
+
+    /// Thaws a paused container.
+    pub async fn resume_container(&self, id: &str) -> Result<()> {
+        self.inner.known(id)?;
+        let req = ResumeContainerRequest {
+            container_id: id.to_string(),
+            ..Default::default()
+        };
+        Ok(self.inner.agent.resume_container(&req).await?)
+    }
+
+    /// A container's cgroup statistics, as the agent reports them.
+    pub async fn container_stats(&self, id: &str) -> Result<StatsContainerResponse> {
+        self.inner.known(id)?;
+        let req = StatsContainerRequest {
+            container_id: id.to_string(),
+            ..Default::default()
+        };
+        Ok(self.inner.agent.stats_container(&req).await?)
+    }
+
+    /// Changes a container's resources (CPU, memory, pids limits).
+    pub async fn update_container(
+        &self,
+        id: &str,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<()> {
+        self.inner.known(id)?;
+        let req = UpdateContainerRequest {
+            container_id: id.to_string(),
+            resources: protobuf::MessageField::some(kata_agent_client::spec::resources_to_grpc(
+                resources,
+            )?),
+            ..Default::default()
+        };
+        Ok(self.inner.agent.update_container(&req).await?)
     }
 
     /// Stops the VM and removes everything the sandbox created. Containers still present are
@@ -207,9 +305,13 @@ impl Inner {
                 agent_connected,
                 ready: t0.elapsed(),
             },
+            persist_lock: Mutex::new(()),
         });
         tracing::info!(sandbox_id = %id, ready = ?inner.timings.ready, "sandbox ready");
-        Ok(Sandbox { inner })
+        let sandbox = Sandbox { inner };
+        // Dropping the sandbox on error kills the VM: a sandbox nobody could find is not kept.
+        sandbox.inner.persist()?;
+        Ok(sandbox)
     }
 
     /// Connects to the agent while watching the VM: a VM that exits (guest panic) or an agent
@@ -279,6 +381,8 @@ impl Inner {
                 ContainerEntry {
                     rootfs: None,
                     execs: 0,
+                    exec_ids: Vec::new(),
+                    metadata: BTreeMap::new(),
                 },
             );
         }
@@ -347,6 +451,7 @@ impl Inner {
         self.agent.create_container(&req).await?;
         // The first process is addressed by the exec id given at creation (Kata also accepts "").
         let init = self.process_handle(id, id, terminal, stdin).await?;
+        self.persist_or_warn();
         tracing::debug!(sandbox_id = %self.id, container_id = %id, "container created");
         Ok(Container {
             id: id.to_string(),
@@ -404,8 +509,11 @@ impl Inner {
                 id: container_id.to_string(),
             })?;
             entry.execs += 1;
-            format!("exec-{}", entry.execs)
+            let exec_id = format!("exec-{}", entry.execs);
+            entry.exec_ids.push(exec_id.clone());
+            exec_id
         };
+        self.persist_or_warn();
         let oci = process.to_oci(OciProcess::default())?;
         // The protocol converts whole specs; the process is taken from one.
         let mut carrier = oci_spec::runtime::Spec::default();
@@ -428,7 +536,83 @@ impl Inner {
         if let Some(rootfs) = entry.and_then(|e| e.rootfs) {
             rootfs.release()?;
         }
+        self.persist_or_warn();
         Ok(())
+    }
+
+    /// The state `persist` writes, derived from the live sandbox.
+    pub(crate) fn state(&self) -> SandboxState {
+        let containers = self
+            .containers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, e)| {
+                (
+                    id.clone(),
+                    ContainerState {
+                        rootfs: e.rootfs.as_ref().map(|r| r.host_path().to_path_buf()),
+                        execs: e.exec_ids.clone(),
+                        metadata: e.metadata.clone(),
+                    },
+                )
+            })
+            .collect();
+        SandboxState {
+            version: crate::persist::STATE_VERSION,
+            id: self.id.clone(),
+            dir: self.dir.clone(),
+            hypervisor: Some(self.vm.save_state()),
+            resources: ResourceState {
+                shared_dir: self
+                    .share
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .map(|s| s.host_path().to_path_buf()),
+            },
+            containers,
+        }
+    }
+
+    /// Writes `state.json` (atomically) unless the sandbox is shut down.
+    pub(crate) fn persist(&self) -> Result<()> {
+        let _guard = self.persist_lock.lock().unwrap();
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.state().store()
+    }
+
+    pub(crate) fn persist_or_warn(&self) {
+        if let Err(e) = self.persist() {
+            tracing::warn!(sandbox_id = %self.id, error = %e, "cannot write the sandbox state");
+        }
+    }
+
+    /// `Ok` if a container with this id exists, else [`Error::NotFound`].
+    pub(crate) fn known(&self, id: &str) -> Result<()> {
+        if self.containers.lock().unwrap().contains_key(id) {
+            Ok(())
+        } else {
+            Err(Error::NotFound {
+                kind: "container",
+                id: id.to_string(),
+            })
+        }
+    }
+
+    /// Attaches caller metadata to a container and persists it.
+    pub(crate) fn set_metadata(&self, container_id: &str, key: &str, value: &str) -> Result<()> {
+        {
+            let mut c = self.containers.lock().unwrap();
+            let entry = c.get_mut(container_id).ok_or_else(|| Error::NotFound {
+                kind: "container",
+                id: container_id.to_string(),
+            })?;
+            entry.metadata.insert(key.to_string(), value.to_string());
+        }
+        self.persist()
     }
 
     /// Releases every container rootfs and the shared directory, then the sandbox directory.
@@ -443,6 +627,10 @@ impl Inner {
         }
         drop(self.share.lock().unwrap().take());
         let _ = std::fs::remove_dir_all(self.dir.join("vm"));
+        {
+            let _guard = self.persist_lock.lock().unwrap();
+            let _ = std::fs::remove_file(SandboxState::path(&self.dir));
+        }
         // Non-recursive on purpose: if anything is still mounted below, it must not be deleted
         // through the mount.
         if let Err(e) = std::fs::remove_dir(&self.dir) {
@@ -478,6 +666,7 @@ impl Drop for DirGuard {
     fn drop(&mut self) {
         if let Some(d) = self.0.take() {
             let _ = std::fs::remove_dir_all(d.join("vm"));
+            let _ = std::fs::remove_file(SandboxState::path(&d));
             let _ = std::fs::remove_dir(&d);
         }
     }

@@ -38,9 +38,20 @@ pub struct ProcessSpec {
     pub(crate) additional_gids: Vec<u32>,
     pub(crate) terminal: bool,
     pub(crate) stdin: bool,
+    pub(crate) base: Option<Process>,
 }
 
 impl ProcessSpec {
+    /// A process described by a full OCI process (what containerd's `Exec` carries); the
+    /// builder methods still apply on top of it. Its `terminal` flag is kept.
+    pub fn from_oci(process: Process) -> Self {
+        ProcessSpec {
+            terminal: process.terminal().unwrap_or(false),
+            base: Some(process),
+            ..Default::default()
+        }
+    }
+
     /// A process running `args` (`args[0]` is looked up on the container's `PATH`).
     pub fn new<I, S>(args: I) -> Self
     where
@@ -103,7 +114,8 @@ impl ProcessSpec {
 
     /// Validates and turns the process into its OCI form, starting from `base` (the image's
     /// defaults, or the OCI default process).
-    pub(crate) fn to_oci(&self, mut base: Process) -> Result<Process> {
+    pub(crate) fn to_oci(&self, base: Process) -> Result<Process> {
+        let mut base = self.base.clone().unwrap_or(base);
         if !self.args.is_empty() {
             base.set_args(Some(self.args.clone()));
         }
