@@ -32,9 +32,9 @@ SRC_PKG=linux-source-6.1
 SRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 JOBS=${JOBS:-$(nproc)}
-# Initramfs compression: none by default. Under TCG the kernel inflates gzip at
-# about 12 MB/s, so a gzip'd agent image reached "serving" 0.2 s later; the files
-# only live in the cache, so their size does not matter. gzip stays available.
+# Initramfs compression: none by default. Under TCG a gzip'd agent image reached
+# "serving" 0.2 s later than an uncompressed one; the files only live in the
+# cache, so their size does not matter. gzip stays available.
 COMPRESS=${KATA_RS_INITRD_COMPRESS:-none}
 # Fixed mtime for every initramfs entry (2024-01-01T00:00:00Z): reproducible archives.
 EPOCH=1704067200
@@ -282,7 +282,9 @@ build_initrd() {
             awk '$1 == "file" { print $3 }' "$list" | xargs sha256sum | cut -d' ' -f1
           } | sha256sum | cut -c1-16)
   local out=$CACHE/guest/initrd/$key/$name.img
-  if [ ! -f "$out" ]; then
+  if [ -f "$out" ]; then
+    touch "$(dirname "$out")"  # in use again: keep it out of prune_initrds' reach
+  else
     mkdir -p "$(dirname "$out")"
     case "$COMPRESS" in
       none) "$GEN_CPIO" -t "$EPOCH" "$list" >"$out.tmp.$$" ;;
@@ -351,6 +353,22 @@ write_manifest() {
   log "manifest: $m"
 }
 
+# Each agent rebuild adds a content-keyed directory (~30 MB). Remove those that are
+# not in the manifest, not among the 20 most recently used, and untouched for an
+# hour (a test that read an older manifest has long since started its VM).
+prune_initrds() {
+  local dir=$CACHE/guest/initrd d
+  local keep
+  keep=$(ls -1t "$dir" | head -20)
+  for d in "$dir"/*/; do
+    d=${d%/}
+    grep -qxF "$(basename "$d")" <<<"$keep" && continue
+    grep -qF "$d/" "$CACHE/guest/manifest.json" && continue
+    [ -n "$(find "$d" -maxdepth 0 -mmin +60)" ] && rm -rf "$d"
+  done
+  return 0
+}
+
 # ------------------------------------------------------------------ main ---
 
 main() {
@@ -374,6 +392,7 @@ main() {
     log "no agent binary at $AGENT: manifest has initrd = null"
   fi
   write_manifest "$initrd" "$initrd_debug" "$initrd_busybox" "$agent_sha"
+  prune_initrds
   log "done in $((SECONDS - t0))s"
 }
 
