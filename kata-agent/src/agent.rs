@@ -27,7 +27,8 @@ pub async fn serve(config: &AgentConfig, owns_guest: bool) -> Result<()> {
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| AgentError::io("install SIGINT handler", e))?;
 
-    let sandbox = Arc::new(Sandbox::new(Runtime::new(reaper), owns_guest));
+    let runtime = Runtime::new(reaper).with_no_pivot(config.no_pivot);
+    let sandbox = Arc::new(Sandbox::new(runtime, owns_guest));
     if let Some(path) = config.listen.strip_prefix("unix://") {
         let path = Path::new(path);
         if let Some(dir) = path.parent() {

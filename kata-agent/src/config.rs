@@ -6,6 +6,7 @@
 //! | `--listen <addr>` | `agent.server_addr=<addr>` | `vsock://-1:1024` |
 //! | `--log <level>` | `agent.log=<level>` | `info` |
 //! | `--init` / `--no-init` | — | init when PID 1 |
+//! | `--no-pivot` | — | `pivot_root` (falls back to `MS_MOVE` + `chroot` on an initramfs) |
 
 /// Kata's default: any CID, port 1024.
 pub const DEFAULT_LISTEN: &str = "vsock://-1:1024";
@@ -31,6 +32,8 @@ pub struct AgentConfig {
     pub log_level: String,
     /// PID 1 setup.
     pub init: InitMode,
+    /// Enter containers with `MS_MOVE` + `chroot` instead of `pivot_root` (`--no-pivot`).
+    pub no_pivot: bool,
     listen_from_flag: bool,
     log_from_flag: bool,
 }
@@ -41,6 +44,7 @@ impl Default for AgentConfig {
             listen: DEFAULT_LISTEN.to_string(),
             log_level: "info".to_string(),
             init: InitMode::Auto,
+            no_pivot: false,
             listen_from_flag: false,
             log_from_flag: false,
         }
@@ -49,7 +53,7 @@ impl Default for AgentConfig {
 
 /// The usage text.
 pub const USAGE: &str =
-    "usage: kata-agent [--listen vsock://-1:1024|unix:///path] [--log LEVEL] [--init|--no-init]";
+    "usage: kata-agent [--listen vsock://-1:1024|unix:///path] [--log LEVEL] [--init|--no-init] [--no-pivot]";
 
 impl AgentConfig {
     /// Parses command-line arguments (without the program name).
@@ -82,6 +86,7 @@ impl AgentConfig {
                 }
                 "--init" => cfg.init = InitMode::Force,
                 "--no-init" => cfg.init = InitMode::Skip,
+                "--no-pivot" => cfg.no_pivot = true,
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }

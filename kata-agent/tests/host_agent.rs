@@ -956,3 +956,44 @@ async fn runs_as_pid1_of_a_pid_namespace() {
     );
     assert!(h.log().contains("kata-agent stopped"), "{}", h.log());
 }
+
+#[tokio::test]
+async fn no_pivot_root_like_an_initramfs_guest() {
+    // On an initramfs root pivot_root is refused and the agent enters containers with MS_MOVE +
+    // chroot; --no-pivot takes that path on the host. An exec must land in the same root.
+    let h = Harness::start_with(
+        &["--mount", "--uts", "--ipc", "--propagation", "private"],
+        &["--no-init", "--no-pivot"],
+        None,
+    )
+    .await;
+    let (out, _, status) = h.run("mv-echo", &h.spec(&["echo", "moved"])).await;
+    assert_eq!((out.as_str(), status), ("moved\n", 0));
+
+    h.create(
+        "mv-box",
+        &h.spec(&["sh", "-c", "echo marker > /tmp/m; exec sleep 100"]),
+    )
+    .await;
+    h.start_container("mv-box").await;
+    let cat = ProcessBuilder::default()
+        .args(vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            "while [ ! -e /tmp/m ]; do sleep 0.05; done; cat /tmp/m; cat /proc/1/cmdline | tr '\\0' ' '".to_string(),
+        ])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .build()
+        .unwrap();
+    h.exec("mv-box", "cat", cat).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        h.read_all("mv-box", "cat", OutputStream::Stdout),
+    )
+    .await
+    .expect("the exec never saw the container's file");
+    assert_eq!(out.trim_end(), "marker\nsleep 100");
+    assert_eq!(h.wait("mv-box", "cat").await, 0);
+    h.remove("mv-box").await;
+}

@@ -70,6 +70,9 @@ pub struct ContainerSetup {
     pub root_propagation: u64,
     /// Apply `MS_SHARED` (recursive) to the new root after pivot_root.
     pub share_root: bool,
+    /// Enter the root with `MS_MOVE` + `chroot` instead of `pivot_root` (what an initramfs root
+    /// forces; `--no-pivot` asks for it everywhere).
+    pub no_pivot: bool,
     /// Namespaces to create (`CLONE_NEW*` bits).
     pub unshare_flags: i32,
     /// Namespaces to join: (`CLONE_NEW*` bit, path).

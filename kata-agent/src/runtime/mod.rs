@@ -57,6 +57,7 @@ pub struct Runtime {
     hierarchy: Option<Hierarchy>,
     filesystems: Filesystems,
     helper: PathBuf,
+    no_pivot: bool,
 }
 
 /// A process that passed setup.
@@ -80,7 +81,16 @@ impl Runtime {
             hierarchy,
             filesystems: Filesystems::detect(),
             helper: PathBuf::from("/proc/self/exe"),
+            no_pivot: false,
         }
+    }
+
+    /// Enters every container's root with `MS_MOVE` + `chroot` instead of `pivot_root` (runc's
+    /// `--no-pivot`). The agent does this by itself where `pivot_root` is refused (an initramfs
+    /// root); this makes the host exercise the same path.
+    pub fn with_no_pivot(mut self, no_pivot: bool) -> Self {
+        self.no_pivot = no_pivot;
+        self
     }
 
     /// The reaper the runtime registers its processes with.
@@ -94,7 +104,10 @@ impl Runtime {
     /// On failure nothing is left behind: no process, no cgroup (mounts live in the container's
     /// own mount namespace and go with its init).
     pub async fn create(&self, id: &str, exec_id: &str, spec: &Spec) -> Result<Container> {
-        let plan = plan_container(id, spec, &self.filesystems)?;
+        let mut plan = plan_container(id, spec, &self.filesystems)?;
+        if let Mode::Container(setup) = &mut plan.init.mode {
+            setup.no_pivot = self.no_pivot;
+        }
         let cg_path = container_cgroup_path(plan.cgroups_path.as_deref(), id)?;
         let cgroup = match &self.hierarchy {
             Some(h) => Some(Cgroup::create(h, &cg_path, plan.resources.as_ref())?),

@@ -407,6 +407,7 @@ pub fn plan_container(id: &str, spec: &Spec, filesystems: &Filesystems) -> Resul
         readonly_rootfs: root.readonly().unwrap_or(false),
         root_propagation: root_propagation.bits(),
         share_root,
+        no_pivot: false,
         unshare_flags: unshare.bits(),
         join,
         mounts,

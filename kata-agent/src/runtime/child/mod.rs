@@ -103,7 +103,18 @@ fn run(sock: &mut UnixStream) -> ChildResult<Infallible> {
             ]
             .into_iter()
             .map(|(name, flag)| (flag, format!("/proc/{init_pid}/ns/{name}").into()));
-            enter_namespaces(joins, CloneFlags::empty())?
+            // The container's root, opened before the mount namespace changes under us. setns
+            // puts us at the namespace's root mount, which is not the container's root when
+            // the container was entered with MS_MOVE + chroot (an initramfs guest): chroot to
+            // what its init sees.
+            let root = File::open(format!("/proc/{init_pid}/root"))
+                .map_err(|e| ChildError::sys(format!("open /proc/{init_pid}/root"), e))?;
+            enter_namespaces(joins, CloneFlags::empty())?;
+            nix::unistd::fchdir(&root)
+                .map_err(|e| ChildError::sys("chdir to the container root", e))?;
+            nix::unistd::chroot(".")
+                .map_err(|e| ChildError::sys("chroot to the container root", e))?;
+            nix::unistd::chdir("/").map_err(|e| ChildError::sys("chdir /", e))?;
         }
     }
 

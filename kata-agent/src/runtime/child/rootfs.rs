@@ -84,7 +84,7 @@ pub(super) fn setup(cfg: &ContainerSetup, terminal: bool) -> ChildResult<()> {
         }
     }
 
-    enter_root(rootfs)?;
+    enter_root(rootfs, cfg.no_pivot)?;
     if cfg.share_root {
         mount(
             None::<&str>,
@@ -255,13 +255,18 @@ fn bind_console(rootfs: &Path) -> ChildResult<()> {
 
 /// `pivot_root` into `rootfs` and detach the old root; on the initramfs (where pivot_root is
 /// refused) move the rootfs over `/` and chroot instead.
-fn enter_root(rootfs: &Path) -> ChildResult<()> {
+fn enter_root(rootfs: &Path, no_pivot: bool) -> ChildResult<()> {
     let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
     let old_root = open("/", flags, Mode::empty()).map_err(|e| ChildError::sys("open /", e))?;
     let new_root = open(rootfs, flags, Mode::empty())
         .map_err(|e| ChildError::sys(format!("open {}", rootfs.display()), e))?;
     fchdir(&new_root).map_err(|e| ChildError::sys("chdir rootfs", e))?;
-    match pivot_root(".", ".") {
+    let pivoted = if no_pivot {
+        Err(nix::Error::EINVAL)
+    } else {
+        pivot_root(".", ".")
+    };
+    match pivoted {
         Ok(()) => {
             // The old root is now stacked under the new one: detach it without propagating the
             // unmount to the agent's namespace.
