@@ -23,6 +23,7 @@
 pub mod agent;
 pub mod config;
 pub mod error;
+pub mod guest;
 pub mod init;
 pub mod mount;
 pub mod reaper;

@@ -47,6 +47,8 @@ struct State {
     id: Option<String>,
     storages: Vec<MountedStorage>,
     containers: HashMap<String, ContainerEntry>,
+    /// OOM kills already reported, per container.
+    oom_reported: HashMap<String, u64>,
 }
 
 /// The agent's sandbox.
@@ -261,6 +263,32 @@ impl Sandbox {
         self.state().containers.keys().cloned().collect()
     }
 
+    /// GetOOMEvent: waits until a container's OOM kill count grows and returns its id.
+    pub async fn next_oom_event(&self) -> String {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let containers: Vec<Arc<Container>> = self
+                .state()
+                .containers
+                .values()
+                .filter_map(|e| match &e.slot {
+                    Slot::Ready(c) => Some(Arc::clone(c)),
+                    Slot::Creating => None,
+                })
+                .collect();
+            for c in containers {
+                let kills = c.oom_kills();
+                let mut st = self.state();
+                let seen = st.oom_reported.entry(c.id.clone()).or_insert(0);
+                if kills > *seen {
+                    *seen = kills;
+                    return c.id.clone();
+                }
+            }
+        }
+    }
+
     /// ExecProcess.
     pub async fn exec(
         &self,
@@ -289,7 +317,11 @@ impl Sandbox {
     pub async fn remove_container(&self, id: &str, timeout: Option<Duration>) -> Result<()> {
         let c = self.container(id)?;
         c.destroy(timeout).await?;
-        let entry = self.state().containers.remove(id);
+        let entry = {
+            let mut st = self.state();
+            st.oom_reported.remove(id);
+            st.containers.remove(id)
+        };
         if let Some(entry) = entry {
             unmount_all(&entry.storages);
         }

@@ -997,3 +997,63 @@ async fn no_pivot_root_like_an_initramfs_guest() {
     assert_eq!(h.wait("mv-box", "cat").await, 0);
     h.remove("mv-box").await;
 }
+
+#[tokio::test]
+async fn oom_kill_is_reported() {
+    let h = Harness::start().await;
+    let mut spec = h.spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=1"]);
+    let resources = LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(16i64 << 20)
+                .swap(16i64 << 20)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_resources(Some(resources));
+    let client = h.client.clone();
+    let oom = tokio::spawn(async move {
+        client
+            .get_oom_event(
+                &kata_agent_client::protocol::agent::GetOOMEventRequest::new(),
+                Some(Duration::from_secs(20)),
+            )
+            .await
+    });
+    h.create("hog", &spec).await;
+    h.start_container("hog").await;
+    assert_eq!(h.wait("hog", "").await, 137, "dd should be OOM-killed");
+    let event = oom.await.unwrap().expect("GetOOMEvent");
+    assert_eq!(event.container_id, "hog");
+    h.remove("hog").await;
+}
+
+#[tokio::test]
+async fn a_read_that_times_out_loses_nothing() {
+    let h = Harness::start().await;
+    h.create("late", &h.spec(&["sh", "-c", "sleep 1; echo late"]))
+        .await;
+    h.start_container("late").await;
+    let mut req = ReadStreamRequest::new();
+    req.container_id = "late".into();
+    req.exec_id = "late".into();
+    req.len = 4096;
+    let err = h
+        .client
+        .read_stdout(&req, Some(Duration::from_millis(200)))
+        .await
+        .unwrap_err();
+    assert!(!err.is_eof(), "{err}");
+    // The abandoned read must not have taken the output with it.
+    assert_eq!(
+        h.read_all("late", "late", OutputStream::Stdout).await,
+        "late\n"
+    );
+    assert_eq!(h.wait("late", "late").await, 0);
+    h.remove("late").await;
+}

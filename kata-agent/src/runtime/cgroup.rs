@@ -490,6 +490,22 @@ impl Cgroup {
         s
     }
 
+    /// How many times the kernel's OOM killer killed a process of this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let Some(dir) = self.dir("memory") else {
+            return 0;
+        };
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        read_kv(&dir.join(file))
+            .get("oom_kill")
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Freezes (pause) or thaws (resume) every process of the cgroup.
     pub fn freeze(&self, frozen: bool) -> Result<()> {
         if self.v2 {

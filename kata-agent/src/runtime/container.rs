@@ -229,6 +229,11 @@ impl Container {
         Ok(())
     }
 
+    /// OOM kills in the container so far.
+    pub fn oom_kills(&self) -> u64 {
+        self.cgroup.as_ref().map(Cgroup::oom_kills).unwrap_or(0)
+    }
+
     /// Pauses (`true`) or resumes (`false`) every process of the container.
     pub fn freeze(&self, frozen: bool) -> Result<()> {
         match &self.cgroup {

@@ -77,13 +77,30 @@ async fn read(sandbox: &Sandbox, req: agent::ReadStreamRequest, stream: Stream) 
     }
 }
 
+/// What happens to a request's task when the caller stops waiting (ttRPC drops the handler's
+/// future when the request's deadline passes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OnCancel {
+    /// Finish anyway: a CreateContainer that has forked its init completes or cleans up.
+    Finish,
+    /// Abort: long polls (reads, waits, OOM events) must not consume what nobody will receive.
+    Abort,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs a handler as its own task, under a span naming the method and ids, logging failures.
-///
-/// The task is not cancelled when the caller's deadline passes (ttRPC drops the handler's
-/// future then): a CreateContainer that has forked its init finishes, or cleans up, either way.
 /// A panic in the task is answered with `INTERNAL` instead of taking the agent down.
 async fn handle<T: Send + 'static>(
     method: &'static str,
+    on_cancel: OnCancel,
     container_id: impl Into<String>,
     exec_id: impl Into<String>,
     f: impl Future<Output = Result<T>> + Send + 'static,
@@ -103,6 +120,7 @@ async fn handle<T: Send + 'static>(
         }
         .instrument(span),
     );
+    let _guard = (on_cancel == OnCancel::Abort).then(|| AbortOnDrop(task.abort_handle()));
     match task.await {
         Ok(result) => result.map_err(Into::into),
         Err(e) => {
@@ -138,7 +156,7 @@ impl AgentService for AgentServer {
         req: agent::CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
         let sb = Arc::clone(&self.sandbox);
-        handle("CreateSandbox", "", "", async move {
+        handle("CreateSandbox", OnCancel::Finish, "", "", async move {
             let cfg = SandboxConfig {
                 id: req.sandbox_id.clone(),
                 hostname: req.hostname.clone(),
@@ -157,7 +175,7 @@ impl AgentService for AgentServer {
         _req: agent::DestroySandboxRequest,
     ) -> ttrpc::Result<Empty> {
         let sb = Arc::clone(&self.sandbox);
-        handle("DestroySandbox", "", "", async move {
+        handle("DestroySandbox", OnCancel::Finish, "", "", async move {
             sb.destroy().await?;
             Ok(Empty::new())
         })
@@ -177,6 +195,7 @@ impl AgentService for AgentServer {
         let sb = Arc::clone(&self.sandbox);
         handle(
             "CreateContainer",
+            OnCancel::Finish,
             req.container_id.clone(),
             exec_id.clone(),
             async move {
@@ -197,11 +216,17 @@ impl AgentService for AgentServer {
         req: agent::StartContainerRequest,
     ) -> ttrpc::Result<Empty> {
         let sb = Arc::clone(&self.sandbox);
-        handle("StartContainer", req.container_id.clone(), "", async move {
-            sb.container(&req.container_id)?.start().await?;
-            tracing::info!("container started");
-            Ok(Empty::new())
-        })
+        handle(
+            "StartContainer",
+            OnCancel::Finish,
+            req.container_id.clone(),
+            "",
+            async move {
+                sb.container(&req.container_id)?.start().await?;
+                tracing::info!("container started");
+                Ok(Empty::new())
+            },
+        )
         .await
     }
 
@@ -213,6 +238,7 @@ impl AgentService for AgentServer {
         let sb = Arc::clone(&self.sandbox);
         handle(
             "RemoveContainer",
+            OnCancel::Finish,
             req.container_id.clone(),
             "",
             async move {
@@ -233,6 +259,7 @@ impl AgentService for AgentServer {
         let sb = Arc::clone(&self.sandbox);
         handle(
             "ExecProcess",
+            OnCancel::Finish,
             req.container_id.clone(),
             req.exec_id.clone(),
             async move {
@@ -252,6 +279,7 @@ impl AgentService for AgentServer {
         let sb = Arc::clone(&self.sandbox);
         handle(
             "SignalProcess",
+            OnCancel::Finish,
             req.container_id.clone(),
             req.exec_id.clone(),
             async move {
@@ -272,6 +300,7 @@ impl AgentService for AgentServer {
         let sb = Arc::clone(&self.sandbox);
         handle(
             "WaitProcess",
+            OnCancel::Abort,
             req.container_id.clone(),
             req.exec_id.clone(),
             async move {
@@ -294,12 +323,18 @@ impl AgentService for AgentServer {
         req: agent::ListProcessesRequest,
     ) -> ttrpc::Result<agent::ListProcessesResponse> {
         let sb = Arc::clone(&self.sandbox);
-        handle("ListProcesses", req.container_id.clone(), "", async move {
-            let pids = sb.container(&req.container_id)?.pids();
-            let mut resp = agent::ListProcessesResponse::new();
-            resp.process_list = convert::process_list(&pids, &req.format)?;
-            Ok(resp)
-        })
+        handle(
+            "ListProcesses",
+            OnCancel::Finish,
+            req.container_id.clone(),
+            "",
+            async move {
+                let pids = sb.container(&req.container_id)?.pids();
+                let mut resp = agent::ListProcessesResponse::new();
+                resp.process_list = convert::process_list(&pids, &req.format)?;
+                Ok(resp)
+            },
+        )
         .await
     }
 
@@ -311,6 +346,7 @@ impl AgentService for AgentServer {
         let sb = Arc::clone(&self.sandbox);
         handle(
             "UpdateContainer",
+            OnCancel::Finish,
             req.container_id.clone(),
             "",
             async move {
@@ -332,10 +368,16 @@ impl AgentService for AgentServer {
         req: agent::StatsContainerRequest,
     ) -> ttrpc::Result<agent::StatsContainerResponse> {
         let sb = Arc::clone(&self.sandbox);
-        handle("StatsContainer", req.container_id.clone(), "", async move {
-            let c = sb.container(&req.container_id)?;
-            Ok(convert::stats(&c.stats()))
-        })
+        handle(
+            "StatsContainer",
+            OnCancel::Finish,
+            req.container_id.clone(),
+            "",
+            async move {
+                let c = sb.container(&req.container_id)?;
+                Ok(convert::stats(&c.stats()))
+            },
+        )
         .await
     }
 
@@ -345,10 +387,16 @@ impl AgentService for AgentServer {
         req: agent::PauseContainerRequest,
     ) -> ttrpc::Result<Empty> {
         let sb = Arc::clone(&self.sandbox);
-        handle("PauseContainer", req.container_id.clone(), "", async move {
-            sb.container(&req.container_id)?.freeze(true)?;
-            Ok(Empty::new())
-        })
+        handle(
+            "PauseContainer",
+            OnCancel::Finish,
+            req.container_id.clone(),
+            "",
+            async move {
+                sb.container(&req.container_id)?.freeze(true)?;
+                Ok(Empty::new())
+            },
+        )
         .await
     }
 
@@ -360,6 +408,7 @@ impl AgentService for AgentServer {
         let sb = Arc::clone(&self.sandbox);
         handle(
             "ResumeContainer",
+            OnCancel::Finish,
             req.container_id.clone(),
             "",
             async move {
@@ -378,6 +427,7 @@ impl AgentService for AgentServer {
         let sb = Arc::clone(&self.sandbox);
         handle(
             "WriteStdin",
+            OnCancel::Abort,
             req.container_id.clone(),
             req.exec_id.clone(),
             async move {
@@ -398,7 +448,7 @@ impl AgentService for AgentServer {
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
         let (cid, eid) = (req.container_id.clone(), req.exec_id.clone());
         let sb = Arc::clone(&self.sandbox);
-        handle("ReadStdout", cid, eid, async move {
+        handle("ReadStdout", OnCancel::Abort, cid, eid, async move {
             let mut resp = agent::ReadStreamResponse::new();
             resp.data = read(&sb, req, Stream::Stdout).await?;
             Ok(resp)
@@ -413,7 +463,7 @@ impl AgentService for AgentServer {
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
         let (cid, eid) = (req.container_id.clone(), req.exec_id.clone());
         let sb = Arc::clone(&self.sandbox);
-        handle("ReadStderr", cid, eid, async move {
+        handle("ReadStderr", OnCancel::Abort, cid, eid, async move {
             let mut resp = agent::ReadStreamResponse::new();
             resp.data = read(&sb, req, Stream::Stderr).await?;
             Ok(resp)
@@ -429,6 +479,7 @@ impl AgentService for AgentServer {
         let sb = Arc::clone(&self.sandbox);
         handle(
             "CloseStdin",
+            OnCancel::Finish,
             req.container_id.clone(),
             req.exec_id.clone(),
             async move {
@@ -449,6 +500,7 @@ impl AgentService for AgentServer {
         let sb = Arc::clone(&self.sandbox);
         handle(
             "TtyWinResize",
+            OnCancel::Finish,
             req.container_id.clone(),
             req.exec_id.clone(),
             async move {
@@ -471,7 +523,7 @@ impl AgentService for AgentServer {
         req: agent::GuestDetailsRequest,
     ) -> ttrpc::Result<agent::GuestDetailsResponse> {
         let sb = Arc::clone(&self.sandbox);
-        handle("GetGuestDetails", "", "", async move {
+        handle("GetGuestDetails", OnCancel::Finish, "", "", async move {
             let mut details = agent::AgentDetails::new();
             details.version = AGENT_VERSION.to_string();
             details.init_daemon = sb.owns_guest();
@@ -537,9 +589,18 @@ impl AgentService for AgentServer {
     async fn online_cpu_mem(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::OnlineCPUMemRequest,
+        req: agent::OnlineCPUMemRequest,
     ) -> ttrpc::Result<Empty> {
-        unimplemented("OnlineCPUMem")
+        let sb = Arc::clone(&self.sandbox);
+        handle("OnlineCPUMem", OnCancel::Finish, "", "", async move {
+            if sb.owns_guest() {
+                crate::guest::online_cpu_mem(req.wait, req.nb_cpus, req.cpu_only).await?;
+            } else {
+                tracing::debug!("not the guest's init: CPUs and memory left alone");
+            }
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn reseed_random_dev(
@@ -547,7 +608,7 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::ReseedRandomDevRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("ReseedRandomDev", "", "", async move {
+        handle("ReseedRandomDev", OnCancel::Finish, "", "", async move {
             std::fs::write("/dev/urandom", &req.data)
                 .map_err(|e| AgentError::io("write /dev/urandom", e))?;
             Ok(Empty::new())
@@ -558,9 +619,18 @@ impl AgentService for AgentServer {
     async fn set_guest_date_time(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::SetGuestDateTimeRequest,
+        req: agent::SetGuestDateTimeRequest,
     ) -> ttrpc::Result<Empty> {
-        unimplemented("SetGuestDateTime")
+        let sb = Arc::clone(&self.sandbox);
+        handle("SetGuestDateTime", OnCancel::Finish, "", "", async move {
+            if sb.owns_guest() {
+                crate::guest::set_time(req.Sec, req.Usec)?;
+            } else {
+                tracing::debug!("not the guest's init: clock left alone");
+            }
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn copy_file(
@@ -576,7 +646,14 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         _req: agent::GetOOMEventRequest,
     ) -> ttrpc::Result<agent::OOMEvent> {
-        unimplemented("GetOOMEvent")
+        let sb = Arc::clone(&self.sandbox);
+        handle("GetOOMEvent", OnCancel::Abort, "", "", async move {
+            let mut event = agent::OOMEvent::new();
+            event.container_id = sb.next_oom_event().await;
+            tracing::info!(container_id = %event.container_id, "OOM kill");
+            Ok(event)
+        })
+        .await
     }
 }
 
