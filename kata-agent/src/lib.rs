@@ -19,6 +19,7 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
 pub mod config;

@@ -223,6 +223,7 @@ mod tests {
         let (child, parent) = pty(24, 80).unwrap();
         let master = parent.tty.as_ref().unwrap();
         resize(master, 30, 100).unwrap();
+        // SAFETY: winsize is plain old data; all-zero is a valid value.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
         // SAFETY: TIOCGWINSZ writes one winsize struct into `ws`.
         let r = unsafe { libc::ioctl(child.stdout.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
