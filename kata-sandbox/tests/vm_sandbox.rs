@@ -44,19 +44,25 @@ async fn run(env: &Env, args: &[&str]) -> Result<kata_sandbox::Output> {
     Ok(env.sandbox.run(spec(env, args)).await?)
 }
 
-fn case_agent_health_and_details(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+fn case_agent_health_and_details(
+    env: Arc<Env>,
+) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
     Box::pin(async move {
         use kata_sandbox::agent_client::protocol::{agent::GuestDetailsRequest, health};
         let agent = env.sandbox.agent();
         let h = agent.check().await?;
         ensure!(
-            h.status.enum_value_or_default() == health::health_check_response::ServingStatus::SERVING,
+            h.status.enum_value_or_default()
+                == health::health_check_response::ServingStatus::SERVING,
             "health {h:?}"
         );
         let v = agent.version().await?;
         ensure!(!v.agent_version.is_empty(), "empty agent version");
         let d = agent
-            .get_guest_details(&GuestDetailsRequest { mem_block_size: true, ..Default::default() })
+            .get_guest_details(&GuestDetailsRequest {
+                mem_block_size: true,
+                ..Default::default()
+            })
             .await?;
         ensure!(d.mem_block_size_bytes > 0, "no memory block size: {d:?}");
         Ok(())
@@ -140,7 +146,8 @@ fn case_exec_into_running(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<(
             last = Some(out);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let out = p.with_context(|| format!("exec never saw the file the container wrote: {last:?}"))?;
+        let out =
+            p.with_context(|| format!("exec never saw the file the container wrote: {last:?}"))?;
         ensure!(
             out.stdout_str() == "marker\n",
             "exec read {:?}",
@@ -504,7 +511,10 @@ async fn run_all() -> u8 {
     .await;
     report("shutdown_leaves_nothing", r, t);
 
-    if filter.as_deref().is_none_or(|f| "bad_boot_inputs".contains(f)) {
+    if filter
+        .as_deref()
+        .is_none_or(|f| "bad_boot_inputs".contains(f))
+    {
         let t = Instant::now();
         report("bad_boot_inputs", bad_boots(env.root_dir.clone()).await, t);
     }
