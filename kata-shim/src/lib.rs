@@ -1,5 +1,35 @@
 //! # kata-shim
 //!
-//! `containerd-shim-kata-v2` and `shim-ctl`. Not implemented yet: this crate only reserves its
-//! place in the workspace (see the README).
+//! `containerd-shim-kata-v2`: kata-rs under containerd (`ctr run --runtime io.containerd.kata.v2`,
+//! or a Kubernetes RuntimeClass). A thin layer over [`kata_sandbox`]: each call of containerd's
+//! `containerd.task.v2.Task` service is one kata-sandbox call, plus the bookkeeping containerd
+//! expects (process states, exit statuses, stdio fifos, events).
+//!
+//! - [`KataShim`]: the shim v2 binary protocol (`start`, `delete`, serving), on the
+//!   `containerd-shim` crate. One shim process, and one VM, per sandbox: the CRI annotations
+//!   put a pod's containers into its sandbox; a plain `ctr run` is its own sandbox.
+//! - [`TaskService`]: the Task service.
+//! - [`discovery`]: which configuration file a sandbox is built from.
+//!
+//! The binary is three lines:
+//!
+//! ```no_run
+//! #[tokio::main]
+//! async fn main() {
+//!     containerd_shim::run::<kata_shim::KataShim>(kata_shim::RUNTIME_ID, Some(kata_shim::config())).await;
+//! }
+//! ```
 #![warn(missing_docs)]
+
+pub mod bundle;
+pub mod discovery;
+pub mod error;
+pub mod io;
+pub mod process;
+pub mod service;
+pub mod shim;
+pub mod stats;
+
+pub use error::{Error, Result};
+pub use service::TaskService;
+pub use shim::{config, KataShim, RUNTIME_ID};

@@ -1,0 +1,203 @@
+//! What the shim tracks of each containerd process (a task's first process or an exec): its
+//! status, its exit, its stdio copies, and the kata-sandbox handle that drives it.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::types::task::Status;
+use kata_sandbox::{Container, Process, ProcessSpec};
+use tokio::sync::watch;
+
+use crate::io::{Stdio, StdioCopies};
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit status (code, or 128 + signal).
+    pub status: u32,
+    /// When.
+    pub at: SystemTime,
+}
+
+impl Exit {
+    /// Now, with `status`.
+    pub fn now(status: u32) -> Self {
+        Exit {
+            status,
+            at: SystemTime::now(),
+        }
+    }
+
+    /// `at` as a protobuf timestamp.
+    pub fn timestamp(&self) -> Timestamp {
+        timestamp(self.at)
+    }
+}
+
+/// A protobuf timestamp of `t`.
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+        ..Default::default()
+    }
+}
+
+/// The kata-sandbox side of a process.
+pub enum Handle {
+    /// A task's first process: driven through its container.
+    Init(Arc<Container>),
+    /// An exec, before `Start`: its spec.
+    ExecPending(ProcessSpec),
+    /// A started exec.
+    Exec(Arc<Process>),
+}
+
+/// One containerd process.
+pub struct Proc {
+    /// The container (task) id.
+    pub container_id: String,
+    /// containerd's exec id (empty for the first process).
+    pub exec_id: String,
+    /// The stdio containerd gave.
+    pub stdio: Stdio,
+    /// The kata-sandbox handle.
+    pub handle: Mutex<Handle>,
+    /// Created, running, paused or stopped.
+    pub status: Mutex<Status>,
+    /// Its stdio copies, once connected.
+    pub copies: tokio::sync::Mutex<Option<StdioCopies>>,
+    exit_tx: watch::Sender<Option<Exit>>,
+}
+
+impl std::fmt::Debug for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proc")
+            .field("container_id", &self.container_id)
+            .field("exec_id", &self.exec_id)
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proc {
+    /// A process in the `Created` state.
+    pub fn new(container_id: &str, exec_id: &str, stdio: Stdio, handle: Handle) -> Arc<Self> {
+        Arc::new(Proc {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            stdio,
+            handle: Mutex::new(handle),
+            status: Mutex::new(Status::CREATED),
+            copies: tokio::sync::Mutex::new(None),
+            exit_tx: watch::channel(None).0,
+        })
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        *self.status.lock().unwrap()
+    }
+
+    /// Sets the status (not after it stopped).
+    pub fn set_status(&self, s: Status) {
+        let mut cur = self.status.lock().unwrap();
+        if *cur != Status::STOPPED {
+            *cur = s;
+        }
+    }
+
+    /// The exit, if it has exited.
+    pub fn exit(&self) -> Option<Exit> {
+        *self.exit_tx.borrow()
+    }
+
+    /// Records the exit (once); returns whether this call recorded it.
+    pub fn set_exited(&self, exit: Exit) -> bool {
+        let mut first = false;
+        self.exit_tx.send_if_modified(|e| {
+            if e.is_none() {
+                *e = Some(exit);
+                first = true;
+            }
+            first
+        });
+        if first {
+            *self.status.lock().unwrap() = Status::STOPPED;
+        }
+        first
+    }
+
+    /// Waits for the exit.
+    pub async fn wait(&self) -> Exit {
+        let mut rx = self.exit_tx.subscribe();
+        loop {
+            if let Some(e) = *rx.borrow_and_update() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives in `self`: unreachable while `self` is borrowed.
+                return Exit::now(255);
+            }
+        }
+    }
+
+    /// The container, for a first process.
+    pub fn container(&self) -> Option<Arc<Container>> {
+        match &*self.handle.lock().unwrap() {
+            Handle::Init(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// The started exec.
+    pub fn exec_process(&self) -> Option<Arc<Process>> {
+        match &*self.handle.lock().unwrap() {
+            Handle::Exec(p) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    /// Waits for the kata-sandbox process to end and returns its status (255 if the wait
+    /// itself failed, e.g. the VM died).
+    pub async fn wait_sandbox_process(&self) -> u32 {
+        let r = if let Some(c) = self.container() {
+            c.wait().await
+        } else if let Some(p) = self.exec_process() {
+            p.wait().await
+        } else {
+            return 255;
+        };
+        match r {
+            Ok(s) => s as u32,
+            Err(e) => {
+                tracing::warn!(container_id = %self.container_id, exec_id = %self.exec_id, error = %e, "waiting for the process failed");
+                255
+            }
+        }
+    }
+
+    /// Sends a signal.
+    pub async fn signal(&self, signal: i32) -> kata_sandbox::Result<()> {
+        if let Some(c) = self.container() {
+            c.kill(signal).await
+        } else if let Some(p) = self.exec_process() {
+            p.kill(signal).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Resizes its terminal.
+    pub async fn resize(&self, rows: u32, columns: u32) -> kata_sandbox::Result<()> {
+        if let Some(c) = self.container() {
+            c.resize_tty(rows, columns).await
+        } else if let Some(p) = self.exec_process() {
+            p.resize_tty(rows, columns).await
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,897 @@
+//! The `containerd.task.v2.Task` service: each call is one kata-sandbox call, plus the
+//! bookkeeping containerd expects (process states, exit statuses, events).
+//!
+//! Events are published in the order the shim contract requires: create, start, exec added,
+//! exec started, exit, delete, paused, resumed, OOM. A process's exit event is published after
+//! its output has been copied to the end and before `Wait` returns.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use containerd_shim::api;
+use containerd_shim::event::Event;
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::{Message, MessageDyn, MessageField};
+use containerd_shim::protos::shim::shim::{
+    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+    ExecProcessRequest, KillRequest, PidsRequest, PidsResponse, ResizePtyRequest, ShutdownRequest,
+    StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse,
+    UpdateTaskRequest, WaitRequest, WaitResponse,
+};
+use containerd_shim::protos::types::task::{ProcessInfo, Status};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Context, ExitSignal, TtrpcContext, TtrpcResult};
+use kata_sandbox::{ContainerSpec, ProcessSpec, Sandbox, SandboxBuilder};
+
+use crate::bundle::{self, Placement, RootfsMount};
+use crate::error::{Error, Result};
+use crate::io::{self, Stdio};
+use crate::process::{timestamp, Exit, Handle, Proc};
+
+/// Metadata keys the shim keeps with each container in the sandbox's `state.json`.
+pub mod metadata {
+    /// The bundle directory.
+    pub const BUNDLE: &str = "io.containerd.bundle";
+    /// The rootfs the shim mounted (to unmount after a crash).
+    pub const ROOTFS: &str = "io.containerd.rootfs";
+}
+
+/// One task (container) of the sandbox.
+struct TaskEntry {
+    bundle: PathBuf,
+    /// The rootfs this shim mounted from containerd's mounts (unmounted at delete).
+    mounted_rootfs: Option<PathBuf>,
+    init: Arc<Proc>,
+    execs: Mutex<HashMap<String, Arc<Proc>>>,
+}
+
+struct Shared {
+    namespace: String,
+    publisher: Option<RemotePublisher>,
+    exit: Arc<ExitSignal>,
+    root_dir: PathBuf,
+    sandbox: tokio::sync::Mutex<Option<Arc<Sandbox>>>,
+    tasks: Mutex<HashMap<String, Arc<TaskEntry>>>,
+}
+
+/// The Task service of one shim (one sandbox).
+#[derive(Clone)]
+pub struct TaskService {
+    shared: Arc<Shared>,
+}
+
+impl TaskService {
+    /// A service publishing events to containerd through `publisher` (`None`: events are only
+    /// logged, for tests without containerd). `exit` is signalled when containerd shuts the
+    /// shim down. Sandboxes are created under `root_dir` (`/run/kata` by default).
+    pub fn new(
+        namespace: &str,
+        publisher: Option<RemotePublisher>,
+        exit: Arc<ExitSignal>,
+        root_dir: impl Into<PathBuf>,
+    ) -> Self {
+        TaskService {
+            shared: Arc::new(Shared {
+                namespace: namespace.to_string(),
+                publisher,
+                exit,
+                root_dir: root_dir.into(),
+                sandbox: tokio::sync::Mutex::new(None),
+                tasks: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn task(&self, id: &str) -> Result<Arc<TaskEntry>> {
+        self.shared
+            .tasks
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                kind: "task",
+                id: id.to_string(),
+            })
+    }
+
+    fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<TaskEntry>, Arc<Proc>)> {
+        let task = self.task(id)?;
+        if exec_id.is_empty() {
+            let init = task.init.clone();
+            return Ok((task, init));
+        }
+        let p = task
+            .execs
+            .lock()
+            .unwrap()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                kind: "exec",
+                id: format!("{exec_id} in task {id}"),
+            })?;
+        Ok((task, p))
+    }
+
+    async fn sandbox(&self) -> Result<Arc<Sandbox>> {
+        self.shared
+            .sandbox
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| Error::NotFound {
+                kind: "sandbox",
+                id: "(none running in this shim)".into(),
+            })
+    }
+
+    /// The VMM's pid: what containerd shows as the task's pid (as Kata does).
+    async fn vmm_pid(&self) -> u32 {
+        match self.shared.sandbox.lock().await.as_ref() {
+            Some(s) => s.hypervisor().pids().first().copied().unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    async fn publish(&self, event: impl Event + Send + 'static) {
+        let topic = event.topic();
+        tracing::debug!(%topic, "event");
+        if let Some(p) = &self.shared.publisher {
+            let boxed: Box<dyn MessageDyn> = Box::new(event);
+            if let Err(e) = p
+                .publish(Context::default(), &topic, &self.shared.namespace, boxed)
+                .await
+            {
+                tracing::warn!(%topic, error = %e, "publishing an event to containerd failed");
+            }
+        }
+    }
+
+    /// Boots the sandbox for the first container, from the discovered configuration.
+    async fn boot(&self, sandbox_id: &str, options: Option<&Any>) -> Result<Arc<Sandbox>> {
+        let options_path = crate::discovery::options_config_path(options)?;
+        let builder = match crate::discovery::config_file(options_path.as_deref())? {
+            Some(path) => {
+                tracing::info!(config = %path.display(), "configuration");
+                SandboxBuilder::from_config_file(&path)?
+            }
+            None => {
+                tracing::info!("no configuration file found: using the built-in defaults");
+                SandboxBuilder::new()
+            }
+        };
+        let sandbox = builder
+            .id(sandbox_id)
+            .root_dir(&self.shared.root_dir)
+            .build()
+            .await?;
+        let sandbox = Arc::new(sandbox);
+        self.watch_oom(&sandbox);
+        Ok(sandbox)
+    }
+
+    /// Publishes `TaskOOM` for every OOM kill the agent reports.
+    fn watch_oom(&self, sandbox: &Arc<Sandbox>) {
+        let agent = sandbox.agent().clone();
+        let this = self.clone();
+        tokio::spawn(async move {
+            use kata_sandbox::agent_client::protocol::agent::GetOOMEventRequest;
+            while let Ok(ev) = agent
+                .get_oom_event(&GetOOMEventRequest::default(), None)
+                .await
+            {
+                this.publish(TaskOOM {
+                    container_id: ev.container_id,
+                    ..Default::default()
+                })
+                .await;
+            }
+        });
+    }
+
+    async fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        let id = req.id.clone();
+        if self.shared.tasks.lock().unwrap().contains_key(&id) {
+            return Err(Error::AlreadyExists { kind: "task", id });
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = bundle::load_spec(&bundle)?;
+        let placement = Placement::of(&spec, &id);
+        let rootfs = bundle::rootfs_dir(&bundle, &spec);
+        let mounts: Vec<RootfsMount> = req
+            .rootfs
+            .iter()
+            .map(|m| RootfsMount {
+                fs_type: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        let mounted = {
+            let (m, r) = (mounts.clone(), rootfs.clone());
+            tokio::task::spawn_blocking(move || bundle::mount_rootfs(&m, &r))
+                .await
+                .map_err(|e| Error::Rootfs {
+                    target: rootfs.display().to_string(),
+                    reason: e.to_string(),
+                })??
+        };
+        let unmount = |mounted: bool| {
+            if mounted {
+                if let Err(e) = bundle::unmount_rootfs(&rootfs) {
+                    tracing::warn!(error = %e, "unmounting the rootfs after a failed create");
+                }
+            }
+        };
+
+        let mut slot = self.shared.sandbox.lock().await;
+        let (sandbox, booted) = match (&placement, slot.as_ref()) {
+            (_, Some(s)) => {
+                if let Placement::Join(sb) = &placement {
+                    if sb != s.id() {
+                        unmount(mounted);
+                        return Err(Error::NotFound {
+                            kind: "sandbox",
+                            id: sb.clone(),
+                        });
+                    }
+                }
+                (s.clone(), false)
+            }
+            (Placement::Join(sb), None) => {
+                unmount(mounted);
+                return Err(Error::NotFound {
+                    kind: "sandbox",
+                    id: sb.clone(),
+                });
+            }
+            (Placement::NewSandbox, None) => match self.boot(&id, req.options.as_ref()).await {
+                Ok(s) => (s, true),
+                Err(e) => {
+                    unmount(mounted);
+                    return Err(e);
+                }
+            },
+        };
+
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let created = self
+            .create_container(&sandbox, &id, spec, &rootfs, &stdio, &bundle, mounted)
+            .await;
+        let (container, copies) = match created {
+            Ok(c) => c,
+            Err(e) => {
+                unmount(mounted);
+                if booted {
+                    stop_sandbox(sandbox).await;
+                }
+                return Err(e);
+            }
+        };
+        if booted {
+            *slot = Some(sandbox.clone());
+        }
+        drop(slot);
+
+        let init = Proc::new(&id, "", stdio.clone(), Handle::Init(Arc::new(container)));
+        *init.copies.lock().await = Some(copies);
+        self.shared.tasks.lock().unwrap().insert(
+            id.clone(),
+            Arc::new(TaskEntry {
+                bundle: bundle.clone(),
+                mounted_rootfs: mounted.then(|| rootfs.clone()),
+                init,
+                execs: Mutex::new(HashMap::new()),
+            }),
+        );
+        let pid = self.vmm_pid().await;
+        self.publish(TaskCreate {
+            container_id: id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: MessageField::some(TaskIO {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+                ..Default::default()
+            }),
+            pid,
+            ..Default::default()
+        })
+        .await;
+        tracing::info!(container_id = %id, sandbox_id = %sandbox.id(), "task created");
+        Ok(CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_container(
+        &self,
+        sandbox: &Sandbox,
+        id: &str,
+        spec: oci_spec::runtime::Spec,
+        rootfs: &Path,
+        stdio: &Stdio,
+        bundle: &Path,
+        mounted: bool,
+    ) -> Result<(kata_sandbox::Container, io::StdioCopies)> {
+        let cspec = ContainerSpec::from_oci(spec, rootfs)
+            .id(id)
+            .terminal(stdio.terminal)
+            .stdin(!stdio.stdin.is_empty());
+        let mut container = sandbox.create_container(cspec).await?;
+        let connected = async {
+            sandbox.set_container_metadata(id, metadata::BUNDLE, &bundle.display().to_string())?;
+            if mounted {
+                sandbox.set_container_metadata(
+                    id,
+                    metadata::ROOTFS,
+                    &rootfs.display().to_string(),
+                )?;
+            }
+            let (i, o, e) = (container.stdin(), container.stdout(), container.stderr());
+            io::connect(stdio, id, &self.shared.namespace, i, o, e).await
+        }
+        .await;
+        match connected {
+            Ok(copies) => Ok((container, copies)),
+            Err(e) => {
+                if let Err(de) = container.delete().await {
+                    tracing::warn!(container_id = %id, error = %de, "deleting a container whose stdio failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for a started process, then publishes its exit and records it.
+    fn spawn_waiter(&self, proc_: Arc<Proc>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let status = proc_.wait_sandbox_process().await;
+            if let Some(c) = proc_.copies.lock().await.as_mut() {
+                // The agent ends the streams when the process exits; bound the wait anyway.
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), c.wait_outputs()).await;
+            }
+            let exit = Exit::now(status);
+            let pid = this.vmm_pid().await;
+            this.publish(TaskExit {
+                container_id: proc_.container_id.clone(),
+                id: if proc_.exec_id.is_empty() {
+                    proc_.container_id.clone()
+                } else {
+                    proc_.exec_id.clone()
+                },
+                pid,
+                exit_status: exit.status,
+                exited_at: MessageField::some(exit.timestamp()),
+                ..Default::default()
+            })
+            .await;
+            proc_.set_exited(exit);
+            tracing::info!(container_id = %proc_.container_id, exec_id = %proc_.exec_id, status, "process exited");
+        });
+    }
+
+    async fn do_start(&self, req: StartRequest) -> Result<StartResponse> {
+        let (task, p) = self.process(&req.id, &req.exec_id)?;
+        if p.status() != Status::CREATED {
+            return Err(Error::FailedPrecondition(format!(
+                "process {} of task {} is {:?}, not created",
+                req.exec_id,
+                req.id,
+                p.status()
+            )));
+        }
+        let pid = self.vmm_pid().await;
+        if req.exec_id.is_empty() {
+            let c = p.container().expect("first process has its container");
+            c.start().await?;
+            p.set_status(Status::RUNNING);
+            self.publish(TaskStart {
+                container_id: req.id.clone(),
+                pid,
+                ..Default::default()
+            })
+            .await;
+        } else {
+            let spec = match std::mem::replace(
+                &mut *p.handle.lock().unwrap(),
+                Handle::ExecPending(ProcessSpec::default()),
+            ) {
+                Handle::ExecPending(s) => s,
+                other => {
+                    *p.handle.lock().unwrap() = other;
+                    return Err(Error::FailedPrecondition(format!(
+                        "exec {} already started",
+                        req.exec_id
+                    )));
+                }
+            };
+            let c = task
+                .init
+                .container()
+                .expect("first process has its container");
+            let mut process = c.exec(spec).await?;
+            let (i, o, e) = (process.stdin(), process.stdout(), process.stderr());
+            let copies = io::connect(&p.stdio, &req.id, &self.shared.namespace, i, o, e).await;
+            *p.handle.lock().unwrap() = Handle::Exec(Arc::new(process));
+            let copies = match copies {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = p.signal(libc::SIGKILL).await;
+                    return Err(e);
+                }
+            };
+            *p.copies.lock().await = Some(copies);
+            p.set_status(Status::RUNNING);
+            self.publish(TaskExecStarted {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid,
+                ..Default::default()
+            })
+            .await;
+        }
+        self.spawn_waiter(p);
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn do_delete(&self, req: DeleteRequest) -> Result<api::DeleteResponse> {
+        let (task, p) = self.process(&req.id, &req.exec_id)?;
+        let pid = self.vmm_pid().await;
+        match p.status() {
+            Status::RUNNING | Status::PAUSED | Status::PAUSING => {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot delete {} of task {} while it runs: kill it first",
+                    if req.exec_id.is_empty() {
+                        "the first process"
+                    } else {
+                        "the exec"
+                    },
+                    req.id
+                )))
+            }
+            _ => {}
+        }
+        let exit = p.exit().unwrap_or_else(|| Exit::now(0));
+        if !req.exec_id.is_empty() {
+            task.execs.lock().unwrap().remove(&req.exec_id);
+        } else {
+            // Execs still listed are ended with the container.
+            let sandbox = self.sandbox().await?;
+            let deleted = sandbox.delete_container(&req.id).await;
+            if let Some(rootfs) = &task.mounted_rootfs {
+                if let Err(e) = bundle::unmount_rootfs(rootfs) {
+                    tracing::warn!(container_id = %req.id, error = %e, "unmounting the rootfs");
+                }
+            }
+            self.shared.tasks.lock().unwrap().remove(&req.id);
+            match deleted {
+                Ok(()) | Err(kata_sandbox::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(container_id = %req.id, error = %e, "removing the container from the sandbox")
+                }
+            }
+            if self.shared.tasks.lock().unwrap().is_empty() {
+                // The last container is gone: so is the sandbox.
+                if let Some(s) = self.shared.sandbox.lock().await.take() {
+                    stop_sandbox(s).await;
+                }
+            }
+        }
+        self.publish(TaskDelete {
+            container_id: req.id.clone(),
+            id: if req.exec_id.is_empty() {
+                req.id.clone()
+            } else {
+                req.exec_id.clone()
+            },
+            pid,
+            exit_status: exit.status,
+            exited_at: MessageField::some(exit.timestamp()),
+            ..Default::default()
+        })
+        .await;
+        let _ = task.bundle;
+        Ok(api::DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: MessageField::some(exit.timestamp()),
+            ..Default::default()
+        })
+    }
+
+    async fn do_exec(&self, req: ExecProcessRequest) -> Result<()> {
+        let task = self.task(&req.id)?;
+        if task.init.status() != Status::RUNNING {
+            return Err(Error::FailedPrecondition(format!(
+                "task {} is not running",
+                req.id
+            )));
+        }
+        let any = req.spec.as_ref().ok_or(Error::InvalidArgument {
+            field: "exec spec",
+            reason: "missing".into(),
+        })?;
+        let process: oci_spec::runtime::Process =
+            serde_json::from_slice(&any.value).map_err(|e| Error::InvalidArgument {
+                field: "exec spec",
+                reason: e.to_string(),
+            })?;
+        let spec = ProcessSpec::from_oci(process)
+            .terminal(req.terminal)
+            .stdin(!req.stdin.is_empty());
+        {
+            let mut execs = task.execs.lock().unwrap();
+            if execs.contains_key(&req.exec_id) {
+                return Err(Error::AlreadyExists {
+                    kind: "exec",
+                    id: req.exec_id.clone(),
+                });
+            }
+            let stdio = Stdio {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            };
+            execs.insert(
+                req.exec_id.clone(),
+                Proc::new(&req.id, &req.exec_id, stdio, Handle::ExecPending(spec)),
+            );
+        }
+        self.publish(TaskExecAdded {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn do_kill(&self, req: KillRequest) -> Result<()> {
+        let (task, p) = self.process(&req.id, &req.exec_id)?;
+        let signal = req.signal as i32;
+        match p.status() {
+            Status::STOPPED => {
+                return Err(Error::NotFound {
+                    kind: "process",
+                    id: format!("{} (already finished)", p.container_id),
+                })
+            }
+            Status::CREATED => {
+                // Never started: nothing runs in the guest; it simply ends.
+                if p.set_exited(Exit::now(128 + signal as u32)) {
+                    let pid = self.vmm_pid().await;
+                    self.publish(TaskExit {
+                        container_id: req.id.clone(),
+                        id: if req.exec_id.is_empty() {
+                            req.id.clone()
+                        } else {
+                            req.exec_id.clone()
+                        },
+                        pid,
+                        exit_status: 128 + signal as u32,
+                        exited_at: MessageField::some(timestamp(std::time::SystemTime::now())),
+                        ..Default::default()
+                    })
+                    .await;
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        if req.all && req.exec_id.is_empty() {
+            let execs: Vec<_> = task.execs.lock().unwrap().values().cloned().collect();
+            for e in execs {
+                if e.status() == Status::RUNNING {
+                    let _ = e.signal(signal).await;
+                }
+            }
+        }
+        p.signal(signal).await?;
+        Ok(())
+    }
+
+    async fn do_state(&self, req: StateRequest) -> Result<StateResponse> {
+        let (task, p) = self.process(&req.id, &req.exec_id)?;
+        let exit = p.exit();
+        Ok(StateResponse {
+            id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            bundle: task.bundle.display().to_string(),
+            pid: self.vmm_pid().await,
+            status: p.status().into(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exit_status: exit.map(|e| e.status).unwrap_or(0),
+            exited_at: MessageField::from_option(exit.map(|e| e.timestamp())),
+            ..Default::default()
+        })
+    }
+
+    async fn do_pause_resume(&self, id: &str, pause: bool) -> Result<()> {
+        let task = self.task(id)?;
+        let sandbox = self.sandbox().await?;
+        if pause {
+            sandbox.pause_container(id).await?;
+            task.init.set_status(Status::PAUSED);
+            self.publish(TaskPaused {
+                container_id: id.to_string(),
+                ..Default::default()
+            })
+            .await;
+        } else {
+            sandbox.resume_container(id).await?;
+            task.init.set_status(Status::RUNNING);
+            self.publish(TaskResumed {
+                container_id: id.to_string(),
+                ..Default::default()
+            })
+            .await;
+        }
+        Ok(())
+    }
+
+    async fn do_stats(&self, id: &str) -> Result<StatsResponse> {
+        self.task(id)?;
+        let stats = self.sandbox().await?.container_stats(id).await?;
+        let metrics = crate::stats::to_cgroup_v1_metrics(&stats);
+        let any = Any {
+            type_url: "io.containerd.cgroups.v1.Metrics".into(),
+            value: metrics
+                .write_to_bytes()
+                .map_err(|e| Error::InvalidArgument {
+                    field: "stats",
+                    reason: e.to_string(),
+                })?,
+            ..Default::default()
+        };
+        Ok(StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
+    }
+
+    async fn do_update(&self, req: UpdateTaskRequest) -> Result<()> {
+        self.task(&req.id)?;
+        let any = req.resources.as_ref().ok_or(Error::InvalidArgument {
+            field: "resources",
+            reason: "missing".into(),
+        })?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| Error::InvalidArgument {
+                field: "resources",
+                reason: e.to_string(),
+            })?;
+        self.sandbox()
+            .await?
+            .update_container(&req.id, &resources)
+            .await?;
+        Ok(())
+    }
+
+    /// Stops the sandbox if no task is left, and lets the shim exit.
+    async fn do_shutdown(&self) -> Result<()> {
+        if !self.shared.tasks.lock().unwrap().is_empty() {
+            return Ok(());
+        }
+        if let Some(s) = self.shared.sandbox.lock().await.take() {
+            stop_sandbox(s).await;
+        }
+        self.shared.exit.signal();
+        Ok(())
+    }
+}
+
+/// Shuts a sandbox down (VM stopped, everything it created removed).
+async fn stop_sandbox(sandbox: Arc<Sandbox>) {
+    let id = sandbox.id().to_string();
+    // Waiter tasks may still hold a clone for a moment.
+    let mut sandbox = sandbox;
+    for _ in 0..100 {
+        match Arc::try_unwrap(sandbox) {
+            Ok(s) => {
+                if let Err(e) = s.shutdown().await {
+                    tracing::warn!(sandbox_id = %id, error = %e, "sandbox shutdown");
+                }
+                return;
+            }
+            Err(shared) => {
+                sandbox = shared;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    tracing::warn!(sandbox_id = %id, "sandbox still referenced at shutdown: dropping it (its VM is killed)");
+}
+
+fn log_result<T>(call: &str, id: &str, r: Result<T>) -> TtrpcResult<T> {
+    r.map_err(|e| {
+        tracing::warn!(call, id, error = %e, "request failed");
+        e.into()
+    })
+}
+
+#[async_trait]
+impl containerd_shim::Task for TaskService {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        let id = req.id.clone();
+        log_result("Create", &id, self.do_create(req).await)
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        let id = req.id.clone();
+        log_result("Start", &id, self.do_start(req).await)
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        let id = req.id.clone();
+        log_result("Delete", &id, self.do_delete(req).await)
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let id = req.id.clone();
+        log_result("Exec", &id, self.do_exec(req).await).map(|_| api::Empty::new())
+    }
+
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let r = async {
+            let (_, p) = self.process(&req.id, &req.exec_id)?;
+            p.resize(req.height, req.width).await?;
+            Ok(())
+        }
+        .await;
+        log_result("ResizePty", &req.id, r).map(|_| api::Empty::new())
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        let id = req.id.clone();
+        self.do_state(req).await.map_err(|e| {
+            tracing::debug!(id, error = %e, "State");
+            e.into()
+        })
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        let r = async {
+            self.task(&req.id)?;
+            let pids = self.sandbox().await?.container_pids(&req.id).await?;
+            Ok(PidsResponse {
+                processes: pids
+                    .into_iter()
+                    .map(|pid| ProcessInfo {
+                        pid,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+        }
+        .await;
+        log_result("Pids", &req.id, r)
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<api::Empty> {
+        let id = req.id.clone();
+        log_result("Kill", &id, self.do_kill(req).await).map(|_| api::Empty::new())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        let (_, p) = log_result("Wait", &req.id, self.process(&req.id, &req.exec_id))?;
+        let exit = p.wait().await;
+        Ok(WaitResponse {
+            exit_status: exit.status,
+            exited_at: MessageField::some(exit.timestamp()),
+            ..Default::default()
+        })
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        log_result("Stats", &req.id, self.do_stats(&req.id).await)
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ConnectRequest,
+    ) -> TtrpcResult<ConnectResponse> {
+        if !req.id.is_empty() {
+            log_result("Connect", &req.id, self.task(&req.id))?;
+        }
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: self.vmm_pid().await,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<api::Empty> {
+        log_result("Shutdown", &req.id, self.do_shutdown().await).map(|_| api::Empty::new())
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
+        let (_, p) = log_result("CloseIO", &req.id, self.process(&req.id, &req.exec_id))?;
+        if req.stdin {
+            if let Some(c) = p.copies.lock().await.as_ref() {
+                c.close_stdin();
+            }
+        }
+        Ok(api::Empty::new())
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let id = req.id.clone();
+        log_result("Update", &id, self.do_update(req).await).map(|_| api::Empty::new())
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        log_result("Pause", &req.id, self.do_pause_resume(&req.id, true).await)
+            .map(|_| api::Empty::new())
+    }
+
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResumeRequest,
+    ) -> TtrpcResult<api::Empty> {
+        log_result(
+            "Resume",
+            &req.id,
+            self.do_pause_resume(&req.id, false).await,
+        )
+        .map(|_| api::Empty::new())
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(containerd_shim::protos::ttrpc::Error::RpcStatus(
+            containerd_shim::protos::ttrpc::get_status(
+                containerd_shim::protos::ttrpc::Code::UNIMPLEMENTED,
+                "checkpoint is not supported by kata-rs: a VM sandbox cannot be checkpointed by CRIU",
+            ),
+        ))
+    }
+}

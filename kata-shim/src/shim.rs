@@ -1,0 +1,207 @@
+//! [`KataShim`]: the shim v2 binary protocol on the `containerd-shim` crate.
+//!
+//! - `start` (run by containerd in the bundle directory): picks the sandbox the container
+//!   belongs to (CRI annotations; a plain `ctr run` is its own sandbox), returns the address of
+//!   that sandbox's shim if it already serves, else starts the server process and returns its
+//!   socket once it listens. One shim process per sandbox.
+//! - `delete` (after a shim died): cleans up the sandbox from its `state.json` — VMM and
+//!   helpers killed, mounts and directories removed — and unmounts the bundle's rootfs.
+//! - serving: the Task service ([`crate::TaskService`]) until containerd shuts it down.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio as ProcessStdio;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{api::DeleteResponse, Config, ExitSignal, Flags, Shim, StartOpts};
+
+use crate::bundle::{self, Placement};
+use crate::process::timestamp;
+use crate::service::TaskService;
+
+/// The runtime name containerd knows this shim by.
+pub const RUNTIME_ID: &str = "io.containerd.kata.v2";
+
+/// Environment variable: the root of sandbox directories (default `/run/kata`).
+pub const ROOT_DIR_ENV: &str = "KATA_RS_ROOT_DIR";
+
+/// The shim's options for the `containerd-shim` crate: the shim installs its own `tracing`
+/// logger, and reaps no children itself (the VMM and its helpers are waited on by their
+/// supervisors; a blanket `waitpid(-1)` would take their exit statuses).
+pub fn config() -> Config {
+    Config {
+        no_setup_logger: true,
+        no_reaper: true,
+        no_sub_reaper: true,
+        ..Default::default()
+    }
+}
+
+/// The root directory of sandbox directories.
+pub fn root_dir() -> PathBuf {
+    std::env::var_os(ROOT_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(kata_sandbox::DEFAULT_ROOT_DIR))
+}
+
+/// The shim: one per sandbox.
+pub struct KataShim {
+    id: String,
+    namespace: String,
+    address: String,
+    exit: Arc<ExitSignal>,
+}
+
+/// Logs to containerd's `log` fifo in the bundle directory (serving mode) or to stderr
+/// (`start`, `delete`: containerd shows it when they fail).
+fn init_logging(flags: &Flags) {
+    use tracing_subscriber::EnvFilter;
+    let default = if flags.debug { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_env("KATA_RS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
+    if flags.action.is_empty() {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open("log") {
+            let _ = builder.with_writer(std::sync::Mutex::new(f)).try_init();
+            return;
+        }
+    }
+    let _ = builder.with_writer(std::io::stderr).try_init();
+}
+
+fn other(msg: impl std::fmt::Display) -> containerd_shim::Error {
+    containerd_shim::Error::Other(msg.to_string())
+}
+
+/// Whether a shim answers on `address` (`unix://` path).
+fn socket_answers(address: &str) -> bool {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// The sandbox id of container `id` from the bundle in `dir` (its own id when the bundle
+/// cannot be read).
+fn sandbox_id_of(dir: &Path, id: &str) -> String {
+    match bundle::load_spec(dir) {
+        Ok(spec) => Placement::of(&spec, id).sandbox_id(id).to_string(),
+        Err(_) => id.to_string(),
+    }
+}
+
+impl KataShim {
+    /// Starts the serving process for `address` and waits until it listens.
+    fn spawn_server(opts: &StartOpts, address: &str) -> containerd_shim::Result<()> {
+        let exe = std::env::current_exe().map_err(|e| other(format!("current_exe: {e}")))?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args([
+            "-namespace",
+            &opts.namespace,
+            "-id",
+            &opts.id,
+            "-address",
+            &opts.address,
+            "-socket",
+            address,
+        ]);
+        if opts.debug {
+            cmd.arg("-debug");
+        }
+        cmd.stdin(ProcessStdio::null())
+            .stdout(ProcessStdio::piped())
+            .stderr(ProcessStdio::null())
+            // Its own process group: signals to containerd's group do not reach the sandbox.
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| other(format!("spawning the shim: {e}")))?;
+        // The server closes its stdout once it listens (or exits on failure).
+        let mut sink = Vec::new();
+        if let Some(mut out) = child.stdout.take() {
+            let _ = out.read_to_end(&mut sink);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            if !status.success() {
+                return Err(other(format!("the shim server exited at start: {status}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Shim for KataShim {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        init_logging(args);
+        KataShim {
+            id: args.id.clone(),
+            namespace: args.namespace.clone(),
+            address: args.address.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        let bundle = std::env::current_dir().map_err(|e| other(format!("bundle dir: {e}")))?;
+        let grouping = sandbox_id_of(&bundle, &opts.id);
+        let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &grouping);
+        if !(grouping != opts.id && socket_answers(&address)) {
+            Self::spawn_server(&opts, &address)?;
+        }
+        std::fs::write(bundle.join("address"), &address)
+            .map_err(|e| other(format!("writing the address file: {e}")))?;
+        Ok(address)
+    }
+
+    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let bundle = std::env::current_dir().map_err(|e| other(format!("bundle dir: {e}")))?;
+        let sandbox_id = sandbox_id_of(&bundle, &self.id);
+        let address = containerd_shim::socket_address(&self.address, &self.namespace, &sandbox_id);
+        if socket_answers(&address) {
+            tracing::info!(container_id = %self.id, %sandbox_id, "the sandbox's shim still serves: leaving the sandbox alone");
+        } else {
+            let dir = root_dir().join(&sandbox_id);
+            match kata_sandbox::persist::cleanup(&dir) {
+                Ok(r) => {
+                    tracing::info!(%sandbox_id, killed = ?r.killed, removed = r.removed, state_error = ?r.state_error, "cleaned up after a dead shim")
+                }
+                Err(e) => {
+                    tracing::warn!(%sandbox_id, error = %e, "cleanup after a dead shim was incomplete")
+                }
+            }
+            let path = address.strip_prefix("unix://").unwrap_or(&address);
+            let _ = std::fs::remove_file(path);
+        }
+        if let Ok(spec) = bundle::load_spec(&bundle) {
+            let rootfs = bundle::rootfs_dir(&bundle, &spec);
+            if let Err(e) = bundle::unmount_rootfs(&rootfs) {
+                tracing::warn!(error = %e, "unmounting the bundle rootfs");
+            }
+        }
+        Ok(DeleteResponse {
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: containerd_shim::protos::protobuf::MessageField::some(timestamp(
+                std::time::SystemTime::now(),
+            )),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        TaskService::new(
+            &self.namespace,
+            Some(publisher),
+            self.exit.clone(),
+            root_dir(),
+        )
+    }
+}

@@ -1,0 +1,765 @@
+//! Tier 5: `containerd-shim-kata-v2` under a real containerd (Debian's 1.6) and `ctr`.
+//!
+//! The harness starts a private containerd (its own root, state, socket and config) whose
+//! `PATH` starts with the directory of the shim binary cargo built, imports the busybox test
+//! image (an OCI layout tarball) with `ctr image import`, and runs the cases in order, each
+//! reported like libtest does. Cases that boot a VM append `booted <case>` to
+//! `$KATA_RS_VM_TEST_LOG`; the run ends with a line saying how many cases booted a guest.
+//! After the last case no QEMU, vsock backend or shim process, rootfs mount, shim socket or
+//! `/run/kata` sandbox directory of the run may remain.
+//!
+//! Run one case: `cargo test -p kata-shim --test containerd_shim -- <filter>`.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use kata_resource::testimage;
+
+const RUNTIME: &str = "io.containerd.kata.v2";
+const NS: &str = "kata-rs-test";
+
+struct Containerd {
+    child: Child,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path, shim_dir: &Path) -> Result<Containerd> {
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        std::fs::write(&config, "version = 2\n")?;
+        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let path = format!(
+            "{}:{}",
+            shim_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--state")
+            .arg(dir.join("state"))
+            .arg("--address")
+            .arg(&socket)
+            .env("PATH", path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawn containerd")?;
+        let c = Containerd {
+            child,
+            socket,
+            dir: dir.to_path_buf(),
+        };
+        let started = Instant::now();
+        while c.ctr(&["version"]).status.code() != Some(0) {
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("containerd did not come up: {}", c.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(c)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(NS)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run ctr")
+    }
+
+    /// Runs ctr, fails with its stderr if it does not succeed; returns stdout.
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr(args);
+        ensure!(
+            out.status.success(),
+            "ctr {args:?}: {}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn run_args<'a>(extra: &[&'a str], id: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["run", "--runtime", RUNTIME];
+        a.extend_from_slice(extra);
+        a.push(testimage::IMAGE_NAME);
+        a.push(id);
+        a.extend_from_slice(cmd);
+        a
+    }
+
+    /// The status column of `ctr task ls` for `id`.
+    fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+    }
+
+    /// The pid column of `ctr task ls` for `id`.
+    fn task_pid(&self, id: &str) -> Option<u32> {
+        let out = self.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    }
+
+    fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> Result<()> {
+        let t0 = Instant::now();
+        loop {
+            let s = self.task_status(id);
+            if s.as_deref() == Some(status) {
+                return Ok(());
+            }
+            if t0.elapsed() > timeout {
+                bail!("task {id} is {s:?}, not {status}, after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Removes a task and container whatever their state (cleanup after a failed case).
+    fn force_remove(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "-s", "KILL", id]);
+        let _ = self.ctr(&["task", "delete", "-f", id]);
+        let _ = self.ctr(&["container", "rm", id]);
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a run may leave behind, counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Leftovers {
+    qemu: usize,
+    vsock_backends: usize,
+    shims: usize,
+    kata_mounts: usize,
+    shim_sockets: usize,
+    sandbox_dirs: Vec<String>,
+}
+
+fn cmdlines() -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|pid| {
+                    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                    if stat.contains(") Z") {
+                        return None;
+                    }
+                    Some((pid, String::from_utf8_lossy(&raw).replace('\0', " ")))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn leftovers(containerd_dir: &Path) -> Leftovers {
+    let procs = cmdlines();
+    let count = |needle: &str| procs.iter().filter(|(_, c)| c.contains(needle)).count();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let state = containerd_dir.join("state").display().to_string();
+    let kata_mounts = mountinfo
+        .lines()
+        .filter(|l| l.contains("/run/kata/") || l.contains(&state))
+        .count();
+    let shim_sockets = std::fs::read_dir("/run/containerd/s")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let mut sandbox_dirs: Vec<String> = std::fs::read_dir("/run/kata")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("kt-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    sandbox_dirs.sort();
+    Leftovers {
+        qemu: count("/run/kata/kt-"),
+        vsock_backends: procs
+            .iter()
+            .filter(|(_, c)| c.contains("vhost-device-vsock") && c.contains("/run/kata/kt-"))
+            .count(),
+        shims: count("containerd-shim-kata-v2"),
+        kata_mounts,
+        shim_sockets,
+        sandbox_dirs,
+    }
+}
+
+fn record(line: &str) {
+    if let Some(log) = std::env::var_os("KATA_RS_VM_TEST_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+struct Env {
+    ctr: Containerd,
+    tmp: PathBuf,
+}
+
+/// A case: returns how many VMs it booted.
+type Case = fn(&Env) -> Result<usize>;
+
+fn case_run_rm_echo_output_and_exit_codes(env: &Env) -> Result<usize> {
+    let c = &env.ctr;
+    let out = c.ctr(&Containerd::run_args(
+        &["--rm"],
+        "kt-echo",
+        &["sh", "-c", "echo hello from kata-rs; echo to-err >&2"],
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(0),
+        "exit {:?}: {stderr}",
+        out.status
+    );
+    ensure!(stdout == "hello from kata-rs\n", "stdout {stdout:?}");
+    ensure!(stderr.contains("to-err"), "stderr {stderr:?}");
+    let out = c.ctr(&Containerd::run_args(
+        &["--rm"],
+        "kt-exit3",
+        &["sh", "-c", "exit 3"],
+    ));
+    ensure!(
+        out.status.code() == Some(3),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(2)
+}
+
+fn case_detached_exec_ps_kill_delete(env: &Env) -> Result<usize> {
+    let c = &env.ctr;
+    let id = "kt-detached";
+    let r = (|| {
+        c.ok(&Containerd::run_args(&["-d"], id, &["sleep", "1000"]))?;
+        c.wait_status(id, "RUNNING", Duration::from_secs(10))?;
+        let out = c.ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            id,
+            "sh",
+            "-c",
+            "echo exec-out; exit 0",
+        ])?;
+        ensure!(out == "exec-out\n", "exec stdout {out:?}");
+        let out = c.ctr(&["task", "exec", "--exec-id", "e2", id, "sh", "-c", "exit 7"]);
+        ensure!(out.status.code() == Some(7), "exec exit {:?}", out.status);
+        let ps = c.ok(&["task", "ps", id])?;
+        let pids: Vec<&str> = ps.lines().skip(1).collect();
+        ensure!(!pids.is_empty(), "ctr task ps listed nothing: {ps:?}");
+        let metrics = c.ctr(&["task", "metrics", id]);
+        ensure!(
+            metrics.status.success(),
+            "metrics: {}",
+            String::from_utf8_lossy(&metrics.stderr)
+        );
+        c.ok(&["task", "pause", id])?;
+        c.wait_status(id, "PAUSED", Duration::from_secs(5))?;
+        c.ok(&["task", "resume", id])?;
+        c.wait_status(id, "RUNNING", Duration::from_secs(5))?;
+        c.ok(&["task", "kill", "-s", "KILL", id])?;
+        c.wait_status(id, "STOPPED", Duration::from_secs(10))?;
+        c.ok(&["task", "delete", id])?;
+        c.ok(&["container", "rm", id])?;
+        Ok(())
+    })();
+    if r.is_err() {
+        c.force_remove(id);
+    }
+    r.map(|_| 1)
+}
+
+fn case_tty(env: &Env) -> Result<usize> {
+    let c = &env.ctr;
+    let pty = nix::pty::openpty(
+        Some(&nix::pty::Winsize {
+            ws_row: 33,
+            ws_col: 101,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }),
+        None,
+    )?;
+    let slave = std::fs::File::from(pty.slave);
+    let mut cmd = c.command(&Containerd::run_args(
+        &["--rm", "-t"],
+        "kt-tty",
+        &["sh", "-c", "tty; stty size; exit 5"],
+    ));
+    cmd.stdin(slave.try_clone()?)
+        .stdout(slave.try_clone()?)
+        .stderr(slave);
+    let mut child = cmd.spawn()?;
+    // Read the master until ctr exits.
+    let master = std::fs::File::from(pty.master);
+    let fd = master.as_raw_fd();
+    let reader = std::thread::spawn(move || {
+        let mut master = master;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            c.force_remove("kt-tty");
+            bail!("ctr run -t did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(cmd);
+    let _ = fd;
+    let out = reader.join().unwrap_or_default();
+    ensure!(status.code() == Some(5), "exit {status:?}; output {out:?}");
+    ensure!(
+        out.contains("/dev/pts/"),
+        "no pty in the container: {out:?}"
+    );
+    ensure!(out.contains("33 101"), "window size not passed: {out:?}");
+    Ok(1)
+}
+
+fn case_pod_of_two_containers_in_one_vm(env: &Env) -> Result<usize> {
+    let c = &env.ctr;
+    let (pod, app) = ("kt-pod", "kt-pod-app");
+    let before = leftovers(&env.tmp).qemu;
+    let r = (|| {
+        let sb_type = "io.kubernetes.cri.container-type=sandbox".to_string();
+        let ct_type = "io.kubernetes.cri.container-type=container".to_string();
+        let sb_id = format!("io.kubernetes.cri.sandbox-id={pod}");
+        c.ok(&Containerd::run_args(
+            &["-d", "--annotation", &sb_type, "--annotation", &sb_id],
+            pod,
+            &["sleep", "1000"],
+        ))?;
+        c.ok(&Containerd::run_args(
+            &["-d", "--annotation", &ct_type, "--annotation", &sb_id],
+            app,
+            &["sleep", "1000"],
+        ))?;
+        c.wait_status(app, "RUNNING", Duration::from_secs(10))?;
+        let qemus = leftovers(&env.tmp).qemu - before;
+        ensure!(qemus == 1, "{qemus} VMs for a pod of two containers");
+        ensure!(
+            c.task_pid(pod) == c.task_pid(app),
+            "the two tasks report different VMM pids"
+        );
+        // Both run in the same guest: a file written in one's /proc-visible hostname differs,
+        // but the kernel is the same boot.
+        let a = c.ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "b1",
+            pod,
+            "cat",
+            "/proc/sys/kernel/random/boot_id",
+        ])?;
+        let b = c.ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "b2",
+            app,
+            "cat",
+            "/proc/sys/kernel/random/boot_id",
+        ])?;
+        ensure!(a == b, "different guest kernels: {a:?} vs {b:?}");
+        for id in [app, pod] {
+            c.ok(&["task", "kill", "-s", "KILL", id])?;
+            c.wait_status(id, "STOPPED", Duration::from_secs(10))?;
+            c.ok(&["task", "delete", id])?;
+            c.ok(&["container", "rm", id])?;
+        }
+        Ok(())
+    })();
+    if r.is_err() {
+        c.force_remove(app);
+        c.force_remove(pod);
+    }
+    r.map(|_| 1)
+}
+
+fn case_ttrpc_errors_not_found_and_already_exists(env: &Env) -> Result<usize> {
+    use containerd_shim::protos::shim::shim::{CreateTaskRequest, KillRequest, StateRequest};
+    use containerd_shim::protos::shim_async::{Client, TaskClient};
+    use containerd_shim::protos::ttrpc::{context, Code, Error as TtrpcError};
+    let c = &env.ctr;
+    let id = "kt-errors";
+    let r = (|| {
+        c.ok(&Containerd::run_args(&["-d"], id, &["sleep", "1000"]))?;
+        let bundle = env
+            .tmp
+            .join("state/io.containerd.runtime.v2.task")
+            .join(NS)
+            .join(id);
+        let address = std::fs::read_to_string(bundle.join("address"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let client = Client::connect(&address).await?;
+            let task = TaskClient::new(client);
+            let code = |r: std::result::Result<(), TtrpcError>| match r {
+                Err(TtrpcError::RpcStatus(s)) => Some((s.code(), s.message().to_string())),
+                _ => None,
+            };
+            let ctx = || context::with_timeout(Duration::from_secs(10).as_nanos() as i64);
+            let r = task
+                .kill(
+                    ctx(),
+                    &KillRequest {
+                        id: "nosuch".into(),
+                        signal: 9,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map(|_| ());
+            let got = code(r);
+            ensure!(
+                matches!(got, Some((Code::NOT_FOUND, _))),
+                "kill unknown: {got:?}"
+            );
+            let r = task
+                .state(
+                    ctx(),
+                    &StateRequest {
+                        id: "nosuch".into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map(|_| ());
+            let got = code(r);
+            ensure!(
+                matches!(got, Some((Code::NOT_FOUND, _))),
+                "state unknown: {got:?}"
+            );
+            let r = task
+                .create(
+                    ctx(),
+                    &CreateTaskRequest {
+                        id: id.into(),
+                        bundle: bundle.display().to_string(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map(|_| ());
+            let got = code(r);
+            ensure!(
+                matches!(got, Some((Code::ALREADY_EXISTS, _))),
+                "second create: {got:?}"
+            );
+            Ok(())
+        })?;
+        c.ok(&["task", "kill", "-s", "KILL", id])?;
+        c.wait_status(id, "STOPPED", Duration::from_secs(10))?;
+        c.ok(&["task", "delete", id])?;
+        c.ok(&["container", "rm", id])?;
+        Ok(())
+    })();
+    if r.is_err() {
+        c.force_remove(id);
+    }
+    r.map(|_| 1)
+}
+
+fn case_bad_config_and_missing_kernel_reach_ctr(env: &Env) -> Result<usize> {
+    let c = &env.ctr;
+    let before = leftovers(&env.tmp);
+    for (name, toml, expect) in [
+        (
+            "kt-badcfg",
+            "[hypervisor.qemu]\ndefault_memory = 8\n",
+            "default_memory",
+        ),
+        (
+            "kt-nokernel",
+            "[hypervisor.qemu]\nkernel = \"/nonexistent/vmlinux\"\n",
+            "/nonexistent/vmlinux",
+        ),
+    ] {
+        let cfg = env.tmp.join(format!("{name}.toml"));
+        std::fs::write(&cfg, toml)?;
+        let cfg_s = cfg.display().to_string();
+        let out = c.ctr(&Containerd::run_args(
+            &["--rm", "--runtime-config-path", &cfg_s],
+            name,
+            &["true"],
+        ));
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success(), "{name}: ctr succeeded");
+        ensure!(
+            err.contains(expect),
+            "{name}: the error does not name {expect:?}: {err}"
+        );
+        let _ = c.ctr(&["container", "rm", name]);
+    }
+    // A configuration path that does not exist.
+    let out = c.ctr(&Containerd::run_args(
+        &["--rm", "--runtime-config-path", "/nonexistent/kata.toml"],
+        "kt-nocfg",
+        &["true"],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("/nonexistent/kata.toml"), "{err}");
+    let _ = c.ctr(&["container", "rm", "kt-nocfg"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = leftovers(&env.tmp);
+    ensure!(
+        after == before,
+        "left behind: before {before:?}, after {after:?}"
+    );
+    Ok(0)
+}
+
+fn case_shim_sigkill_then_delete_cleans_up(env: &Env) -> Result<usize> {
+    let c = &env.ctr;
+    let id = "kt-crash";
+    c.ok(&Containerd::run_args(&["-d"], id, &["sleep", "1000"]))?;
+    c.wait_status(id, "RUNNING", Duration::from_secs(10))?;
+    let shim = cmdlines()
+        .into_iter()
+        .find(|(_, cmd)| {
+            cmd.contains("containerd-shim-kata-v2") && cmd.contains(&format!("-id {id}"))
+        })
+        .map(|(pid, _)| pid)
+        .context("no shim process for the task")?;
+    let state = Path::new("/run/kata").join(id).join("state.json");
+    ensure!(state.is_file(), "no {}", state.display());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    // containerd notices the dead shim (and runs `containerd-shim-kata-v2 delete`); the user's
+    // `ctr task delete` then finds the task gone or deletes it.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = c.ctr(&["task", "delete", "-f", id]);
+    let _ = c.ctr(&["container", "rm", id]);
+    let t0 = Instant::now();
+    loop {
+        let l = leftovers(&env.tmp);
+        let vm_left = cmdlines()
+            .iter()
+            .any(|(_, cmd)| cmd.contains(&format!("/run/kata/{id}/")));
+        if !vm_left && !Path::new("/run/kata").join(id).exists() && l.kata_mounts == 0 {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            bail!("after the shim was killed and the task deleted: {l:?}, VM left {vm_left}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(1)
+}
+
+fn case_ten_sequential_runs_leave_nothing(env: &Env) -> Result<usize> {
+    let c = &env.ctr;
+    let before = leftovers(&env.tmp);
+    for i in 0..10 {
+        let id = format!("kt-seq-{i}");
+        let out = c.ok(&Containerd::run_args(&["--rm"], &id, &["echo", "run"]))?;
+        ensure!(out == "run\n", "run {i}: {out:?}");
+    }
+    let t0 = Instant::now();
+    loop {
+        let after = leftovers(&env.tmp);
+        if after == before {
+            println!("    leftovers after 10 runs: {after:?} (same as before)");
+            return Ok(10);
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            bail!("left behind: before {before:?}, after {after:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn missing() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root".into());
+    }
+    for tool in ["containerd", "ctr", "qemu-system-x86_64"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    let cache = std::env::var_os("KATA_RS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kata-rs"));
+    if !cache.join("guest/manifest.json").is_file() {
+        return Some("no guest image (run `make guest`)".into());
+    }
+    None
+}
+
+fn main() -> Result<()> {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if let Some(reason) = missing() {
+        println!("containerd tests skipped: {reason}");
+        return Ok(());
+    }
+    let cases: Vec<(&str, Case)> = vec![
+        (
+            "run_rm_echo_output_and_exit_codes",
+            case_run_rm_echo_output_and_exit_codes,
+        ),
+        (
+            "detached_exec_ps_kill_delete",
+            case_detached_exec_ps_kill_delete,
+        ),
+        ("tty", case_tty),
+        (
+            "pod_of_two_containers_in_one_vm",
+            case_pod_of_two_containers_in_one_vm,
+        ),
+        (
+            "ttrpc_errors_not_found_and_already_exists",
+            case_ttrpc_errors_not_found_and_already_exists,
+        ),
+        (
+            "bad_config_and_missing_kernel_reach_ctr",
+            case_bad_config_and_missing_kernel_reach_ctr,
+        ),
+        (
+            "shim_sigkill_then_delete_cleans_up",
+            case_shim_sigkill_then_delete_cleans_up,
+        ),
+        (
+            "ten_sequential_runs_leave_nothing",
+            case_ten_sequential_runs_leave_nothing,
+        ),
+    ];
+    let selected: Vec<_> = cases
+        .into_iter()
+        .filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str())))
+        .collect();
+
+    let tmp = tempfile::Builder::new().prefix("kata-shim-ctd").tempdir()?;
+    let image = testimage::busybox_image_tar(&tmp.path().join("busybox.tar"))?;
+    let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
+    let env = Env {
+        ctr: Containerd::start(tmp.path(), shim.parent().unwrap())?,
+        tmp: tmp.path().to_path_buf(),
+    };
+    env.ctr
+        .ok(&["image", "import", image.path.to_str().unwrap()])?;
+    let baseline = leftovers(&env.tmp);
+
+    println!("\nrunning {} containerd tests", selected.len());
+    let (mut passed, mut failed, mut booted_cases) = (0, 0, 0);
+    for (name, case) in selected {
+        let t0 = Instant::now();
+        match case(&env) {
+            Ok(booted) => {
+                passed += 1;
+                if booted > 0 {
+                    booted_cases += 1;
+                    record(&format!("booted containerd_shim::{name}"));
+                }
+                println!(
+                    "test {name} ... ok ({:.1} s, {booted} VM boots)",
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!(
+                    "test {name} ... FAILED ({:.1} s)\n    {e:#}",
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    let end = leftovers(&env.tmp);
+    let leak = end != baseline;
+    if leak {
+        println!("leak check FAILED: before {baseline:?}, after {end:?}");
+    }
+    if failed > 0 || leak {
+        let log = env.ctr.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        println!("--- containerd log (last lines) ---");
+        for l in tail.into_iter().rev() {
+            println!("{l}");
+        }
+    }
+    println!("\ncontainerd tests: {passed} passed, {failed} failed; {booted_cases} booted a guest");
+    drop(env);
+    if failed > 0 || leak {
+        std::process::exit(1);
+    }
+    Ok(())
+}
