@@ -1057,3 +1057,19 @@ async fn a_read_that_times_out_loses_nothing() {
     assert_eq!(h.wait("late", "late").await, 0);
     h.remove("late").await;
 }
+
+#[tokio::test]
+async fn terminal_output_survives_the_process() {
+    let h = Harness::start().await;
+    let mut spec = h.spec(&["sh", "-c", "echo one; echo two"]);
+    spec.process_mut()
+        .as_mut()
+        .unwrap()
+        .set_terminal(Some(true));
+    h.create("tty-early", &spec).await;
+    h.start_container("tty-early").await;
+    assert_eq!(h.wait("tty-early", "").await, 0);
+    let out = h.read_all("tty-early", "", OutputStream::Stdout).await;
+    assert_eq!(out, "one\r\ntwo\r\n");
+    h.remove("tty-early").await;
+}
