@@ -317,14 +317,15 @@ impl ContainerSpec {
         spec.set_process(Some(process));
         let mut root = Root::default();
         root.set_path(PathBuf::from(guest_root));
-        root.set_readonly(Some(
-            self.readonly_rootfs
-                || spec
-                    .root()
-                    .as_ref()
-                    .and_then(|r| r.readonly())
-                    .unwrap_or(false),
-        ));
+        // Only a caller's own OCI spec can ask for a read-only root; oci-spec's default Root
+        // is read-only, which must not leak into specs built here.
+        let oci_readonly = self
+            .oci
+            .as_ref()
+            .and_then(|s| s.root().as_ref())
+            .and_then(|r| r.readonly())
+            .unwrap_or(false);
+        root.set_readonly(Some(self.readonly_rootfs || oci_readonly));
         spec.set_root(Some(root));
         let hostname = self
             .hostname
@@ -376,6 +377,13 @@ mod tests {
             Path::new("/run/kata-containers/shared/containers/c1/rootfs")
         );
         assert_eq!(root.readonly(), Some(true));
+        let rw = ContainerSpec::from_rootfs_dir("/r").args(["true"]);
+        let rw = rw.to_oci("c", "/g", None).unwrap();
+        assert_eq!(
+            rw.root().as_ref().unwrap().readonly(),
+            Some(false),
+            "writable by default"
+        );
         let ns = oci.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
         assert!(ns.iter().all(|n| n.typ() != LinuxNamespaceType::Network));
         assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
