@@ -478,8 +478,7 @@ impl TaskService {
             task.execs.lock().unwrap().remove(&req.exec_id);
         } else {
             // Execs still listed are ended with the container.
-            let sandbox = self.sandbox().await?;
-            let deleted = sandbox.delete_container(&req.id).await;
+            let deleted = self.sandbox().await?.delete_container(&req.id).await;
             if let Some(rootfs) = &task.mounted_rootfs {
                 if let Err(e) = bundle::unmount_rootfs(rootfs) {
                     tracing::warn!(container_id = %req.id, error = %e, "unmounting the rootfs");
