@@ -288,8 +288,8 @@ impl AgentClient {
         exec_process, "ExecProcess", ExecProcessRequest => ()
     );
     unary_call!(
-        /// `SignalProcess`: sends a signal (an empty `exec_id` means every
-        /// process of the container).
+        /// `SignalProcess`: sends a signal (an empty `exec_id` means the
+        /// container's first process; SIGKILL then also kills the rest of its cgroup).
         signal_process, "SignalProcess", SignalProcessRequest => ()
     );
 
