@@ -50,7 +50,7 @@ pub enum Handle {
     /// A task's first process: driven through its container.
     Init(Arc<Container>),
     /// An exec, before `Start`: its spec.
-    ExecPending(ProcessSpec),
+    ExecPending(Box<ProcessSpec>),
     /// A started exec.
     Exec(Arc<Process>),
 }

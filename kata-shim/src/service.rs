@@ -413,9 +413,9 @@ impl TaskService {
         } else {
             let spec = match std::mem::replace(
                 &mut *p.handle.lock().unwrap(),
-                Handle::ExecPending(ProcessSpec::default()),
+                Handle::ExecPending(Box::default()),
             ) {
-                Handle::ExecPending(s) => s,
+                Handle::ExecPending(s) => *s,
                 other => {
                     *p.handle.lock().unwrap() = other;
                     return Err(Error::FailedPrecondition(format!(
@@ -556,7 +556,12 @@ impl TaskService {
             };
             execs.insert(
                 req.exec_id.clone(),
-                Proc::new(&req.id, &req.exec_id, stdio, Handle::ExecPending(spec)),
+                Proc::new(
+                    &req.id,
+                    &req.exec_id,
+                    stdio,
+                    Handle::ExecPending(Box::new(spec)),
+                ),
             );
         }
         self.publish(TaskExecAdded {
