@@ -131,7 +131,7 @@ impl Container {
     /// Forgets exec'd processes the host is done with (waited, and both streams at their end).
     pub fn forget_finished_execs(&self) {
         self.execs()
-            .retain(|_, p| p.as_ref().map_or(true, |p| !p.is_finished()));
+            .retain(|_, p| p.as_ref().is_none_or(|p| !p.is_finished()));
     }
 
     /// Lets the init exec the workload.
