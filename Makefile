@@ -55,3 +55,12 @@ vm-summary:
 bench: setup guest
 	$(CARGO) build --release -p kata-agent
 	$(CARGO) bench -p kata-benches
+
+# containerd-shim-kata-v2 in /usr/local/bin (containerd finds `io.containerd.kata.v2` there)
+# and the default configuration where Kata's search path ends. DESTDIR for packaging.
+.PHONY: install
+install:
+	$(CARGO) build --release -p kata-shim --bin containerd-shim-kata-v2
+	install -D -m 0755 $(CARGO_TARGET_DIR)/release/containerd-shim-kata-v2 $(DESTDIR)/usr/local/bin/containerd-shim-kata-v2
+	install -D -m 0644 config/configuration-qemu-runtime-rs.toml $(DESTDIR)/usr/share/defaults/kata-containers/configuration.toml
+	@echo "installed: $(DESTDIR)/usr/local/bin/containerd-shim-kata-v2, $(DESTDIR)/usr/share/defaults/kata-containers/configuration.toml"
