@@ -559,6 +559,7 @@ fn case_bad_config_and_missing_kernel_reach_ctr(env: &Env) -> Result<usize> {
         ));
         let err = String::from_utf8_lossy(&out.stderr);
         ensure!(!out.status.success(), "{name}: ctr succeeded");
+        println!("    {name}: ctr says: {}", err.trim());
         ensure!(
             err.contains(expect),
             "{name}: the error does not name {expect:?}: {err}"
