@@ -1,11 +1,14 @@
 //! The `[agent.kata]` section of Kata's configuration file.
 //!
 //! Keys and defaults mirror Kata's runtime-rs (`enable_debug`,
-//! `dial_timeout_ms`, `reconnect_timeout_ms`, `request_timeout_ms`, ...). The
-//! Go runtime's `dial_timeout` (seconds) is accepted too, because Kata's
-//! shipped `configuration-*.toml` files still set it (to 45). The file loader
-//! lives in kata-sandbox; this crate owns the section's shape and meaning.
+//! `dial_timeout_ms`, `reconnect_timeout_ms`, `request_timeout_ms`,
+//! `create_container_timeout`, `[agent.kata.mem_agent]`, ...). The Go
+//! runtime's `dial_timeout` (seconds) is accepted too, because Kata's shipped
+//! `configuration-*.toml` files still set it (to 45). The file loader lives in
+//! kata-sandbox; this crate owns the section's shape, defaults and validation
+//! ([`AgentConfig::validate`]).
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +19,12 @@ use crate::protocol::agent::KernelModule;
 
 /// Kata's default port of the agent's log stream on vsock.
 pub const DEFAULT_AGENT_LOG_PORT: u32 = 1025;
+
+/// Kata's default deadline of `CreateContainer`, in seconds.
+pub const DEFAULT_CREATE_CONTAINER_TIMEOUT_SECS: u64 = 30;
+
+/// The agent section names Kata knows (`[agent.kata]`).
+pub const AGENT_SECTION_NAMES: &[&str] = &["kata"];
 
 /// `[agent.kata]`: how the runtime talks to the guest agent.
 ///
@@ -58,7 +67,89 @@ pub struct AgentConfig {
     pub kernel_modules: Vec<String>,
     /// Size of the container stdio pipes in the guest (0: the kernel default).
     pub container_pipe_size: u32,
+    /// The deadline of `CreateContainer`, in seconds (the effective one is the smaller of this
+    /// and the caller's own deadline). Default 30.
+    pub create_container_timeout: u64,
+    /// The deadline of calls to the guest's Confidential Data Hub, in ms. Default 50000.
+    pub cdh_api_timeout_ms: u32,
+    /// `[agent.kata.mem_agent]`: the guest memory agent.
+    pub mem_agent: MemAgentConfig,
 }
+
+/// `[agent.kata.mem_agent]`: the guest memory agent (memcg aging and eviction, compaction).
+///
+/// Every key is optional: an absent key leaves the guest agent's own default, which is the
+/// value named in each key's description.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemAgentConfig {
+    /// Run the memory agent. Default false.
+    pub mem_agent_enable: bool,
+    /// Turn off memcg aging and eviction. Default false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memcg_disable: Option<bool>,
+    /// Allow swapping during eviction. Default false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memcg_swap: Option<bool>,
+    /// Highest swappiness the agent sets, 0..=200. Default 50.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memcg_swappiness_max: Option<u8>,
+    /// Seconds between memcg passes. Default 600.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memcg_period_secs: Option<u64>,
+    /// PSI stall percentage over a period above which a cgroup is skipped, 0..=100. Default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memcg_period_psi_percent_limit: Option<u8>,
+    /// PSI stall percentage during eviction above which it stops, 0..=100. Default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memcg_eviction_psi_percent_limit: Option<u8>,
+    /// Aging passes before a cgroup is evicted. Default 3.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memcg_eviction_run_aging_count_min: Option<u64>,
+    /// Turn off compaction. Default false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compact_disable: Option<bool>,
+    /// Seconds between compaction passes. Default 600.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compact_period_secs: Option<u64>,
+    /// PSI stall percentage over a period above which compaction is skipped, 0..=100. Default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compact_period_psi_percent_limit: Option<u8>,
+    /// PSI stall percentage during compaction above which it stops, 0..=100. Default 5.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compact_psi_percent_limit: Option<u8>,
+    /// Longest compaction, in seconds. Default 180.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compact_sec_max: Option<i64>,
+    /// Page order compaction works on. Default 9.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compact_order: Option<u8>,
+    /// Pages of change that trigger another compaction. Default 1024.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compact_threshold: Option<u64>,
+    /// Passes without compaction after which one is forced; absent means never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compact_force_times: Option<u64>,
+}
+
+/// A value of `[agent.kata]` that is out of range, with what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidAgentConfig {
+    /// The key (`server_port`, `mem_agent.memcg_swappiness_max`, ...).
+    pub key: &'static str,
+    /// The offending value, as text.
+    pub value: String,
+    /// What is allowed.
+    pub reason: String,
+}
+
+impl fmt::Display for InvalidAgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} = {}: {}", self.key, self.value, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidAgentConfig {}
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -75,11 +166,115 @@ impl Default for AgentConfig {
             dial_timeout: None,
             kernel_modules: Vec::new(),
             container_pipe_size: 0,
+            create_container_timeout: DEFAULT_CREATE_CONTAINER_TIMEOUT_SECS,
+            cdh_api_timeout_ms: 50_000,
+            mem_agent: MemAgentConfig::default(),
         }
     }
 }
 
 impl AgentConfig {
+    /// Checks ranges: ports are distinct and non-zero, deadlines are non-zero, kernel module
+    /// lines name a module, mem-agent percentages are at most 100.
+    pub fn validate(&self) -> Result<(), InvalidAgentConfig> {
+        let bad = |key: &'static str, value: String, reason: &str| InvalidAgentConfig {
+            key,
+            value,
+            reason: reason.to_string(),
+        };
+        for (key, port) in [
+            ("server_port", self.server_port),
+            ("log_port", self.log_port),
+        ] {
+            if port == 0 {
+                return Err(bad(key, "0".into(), "a vsock port, 1..=4294967295"));
+            }
+        }
+        if self.server_port == self.log_port {
+            return Err(bad(
+                "log_port",
+                self.log_port.to_string(),
+                "must differ from server_port",
+            ));
+        }
+        for (key, ms) in [
+            ("dial_timeout_ms", self.dial_timeout_ms),
+            ("reconnect_timeout_ms", self.reconnect_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            (
+                "health_check_request_timeout_ms",
+                self.health_check_request_timeout_ms,
+            ),
+        ] {
+            if ms == 0 {
+                return Err(bad(
+                    key,
+                    "0".into(),
+                    "a deadline in milliseconds, at least 1",
+                ));
+            }
+        }
+        if self.dial_timeout == Some(0) {
+            return Err(bad(
+                "dial_timeout",
+                "0".into(),
+                "a deadline in seconds, at least 1",
+            ));
+        }
+        if self.create_container_timeout == 0 {
+            return Err(bad(
+                "create_container_timeout",
+                "0".into(),
+                "a deadline in seconds, at least 1 (Kata's default is 30)",
+            ));
+        }
+        for line in &self.kernel_modules {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if !line.trim().is_empty()
+                && !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(bad(
+                    "kernel_modules",
+                    format!("{line:?}"),
+                    "each entry is a module name (letters, digits, _ and -) then its parameters",
+                ));
+            }
+        }
+        let m = &self.mem_agent;
+        if let Some(v) = m.memcg_swappiness_max.filter(|v| *v > 200) {
+            return Err(bad(
+                "mem_agent.memcg_swappiness_max",
+                v.to_string(),
+                "a swappiness, 0..=200",
+            ));
+        }
+        for (key, pct) in [
+            (
+                "mem_agent.memcg_period_psi_percent_limit",
+                m.memcg_period_psi_percent_limit,
+            ),
+            (
+                "mem_agent.memcg_eviction_psi_percent_limit",
+                m.memcg_eviction_psi_percent_limit,
+            ),
+            (
+                "mem_agent.compact_period_psi_percent_limit",
+                m.compact_period_psi_percent_limit,
+            ),
+            (
+                "mem_agent.compact_psi_percent_limit",
+                m.compact_psi_percent_limit,
+            ),
+        ] {
+            if let Some(p) = pct.filter(|p| *p > 100) {
+                return Err(bad(key, p.to_string(), "a percentage, 0..=100"));
+            }
+        }
+        Ok(())
+    }
+
     /// The client options this section asks for.
     pub fn connect_options(&self) -> ConnectOptions {
         let total = match self.dial_timeout {
@@ -96,6 +291,11 @@ impl AgentConfig {
     /// The deadline of a health check.
     pub fn health_check_timeout(&self) -> Duration {
         Duration::from_millis(u64::from(self.health_check_request_timeout_ms))
+    }
+
+    /// The deadline of `CreateContainer`.
+    pub fn create_container_timeout(&self) -> Duration {
+        Duration::from_secs(self.create_container_timeout)
     }
 
     /// `kernel_modules` as the `CreateSandbox` request carries them: the first
@@ -128,6 +328,36 @@ mod tests {
         assert_eq!(opts.dial_timeout, Duration::from_millis(3_000));
         assert_eq!(opts.request_timeout, Duration::from_secs(30));
         assert_eq!(cfg.health_check_timeout(), Duration::from_secs(90));
+        assert_eq!(cfg.create_container_timeout(), Duration::from_secs(30));
+        assert_eq!(cfg.mem_agent.compact_force_times, None);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let cfg = AgentConfig {
+            log_port: 1024,
+            ..Default::default()
+        };
+        assert!(cfg.validate().unwrap_err().to_string().contains("log_port"));
+        let cfg = AgentConfig {
+            request_timeout_ms: 0,
+            ..Default::default()
+        };
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("request_timeout_ms"));
+        let mut cfg = AgentConfig::default();
+        cfg.mem_agent.compact_psi_percent_limit = Some(150);
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e.key, "mem_agent.compact_psi_percent_limit");
+        let cfg = AgentConfig {
+            kernel_modules: vec!["bad;name x=1".into()],
+            ..Default::default()
+        };
+        assert!(cfg.validate().is_err());
     }
 
     #[test]

@@ -1,0 +1,864 @@
+//! Validation of a `[hypervisor.<name>]` table: ranges, enum values and incompatible
+//! combinations (no I/O), and the host paths the table's features need.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::{qemu_binary_name, HypervisorConfig, HypervisorType, SharedFs, MIN_MEMORY_MIB};
+use crate::device::PciePort;
+use crate::error::{Error, Result};
+
+/// Block device drivers Kata accepts in `block_device_driver`.
+const BLOCK_DEVICE_DRIVERS: &[&str] = &[
+    "virtio-scsi",
+    "virtio-blk",
+    "virtio-blk-pci",
+    "virtio-blk-ccw",
+    "virtio-blk-mmio",
+    "virtio-mmio",
+    "virtio-pmem",
+    "nvdimm",
+];
+
+/// Drivers Kata accepts in `vm_rootfs_driver`.
+const VM_ROOTFS_DRIVERS: &[&str] = &[
+    "virtio-blk-pci",
+    "virtio-blk-ccw",
+    "virtio-blk-mmio",
+    "virtio-pmem",
+    "virtio-scsi",
+];
+
+/// Log levels Kata accepts.
+pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "critical"];
+
+/// QEMU machine types kata-rs knows (a `-<version>` suffix is allowed on versioned ones).
+const QEMU_MACHINES: &[&str] = &["q35", "pc", "microvm", "virt", "s390-ccw-virtio", "pseries"];
+
+pub(super) fn invalid(
+    key: &'static str,
+    value: impl fmt::Display,
+    reason: impl Into<String>,
+) -> Error {
+    Error::InvalidConfig {
+        key,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn one_of(key: &'static str, value: &str, allowed: &[&str]) -> Result<()> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("\"{value}\""),
+            format!("allowed: {}", allowed.join(", ")),
+        ))
+    }
+}
+
+fn is_s390_machine(machine: &str) -> bool {
+    machine == "s390-ccw-virtio" || machine.starts_with("s390-ccw-virtio-")
+}
+
+fn is_q35_machine(machine: &str) -> bool {
+    machine == "q35" || machine.starts_with("pc-q35-")
+}
+
+/// Decoded length of standard base64 text, or `None` when it is not base64.
+fn base64_len(text: &str) -> Option<usize> {
+    let t: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if t.is_empty() || t.len() % 4 != 0 {
+        return None;
+    }
+    let pad = t.iter().rev().take_while(|&&b| b == b'=').count();
+    if pad > 2 {
+        return None;
+    }
+    let body = &t[..t.len() - pad];
+    if !body
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+    {
+        return None;
+    }
+    Some(t.len() / 4 * 3 - pad)
+}
+
+/// A path a section names (or needs) that is not on this host.
+#[derive(Debug)]
+pub struct HostPathProblem {
+    /// The key that names the path (`kernel`, `virtio_fs_daemon`, ...).
+    pub key: &'static str,
+    /// What is missing, with the path.
+    pub error: Error,
+}
+
+impl HypervisorConfig {
+    /// Checks the values that need no I/O and hold for every VMM: ranges, enum values and
+    /// incompatible combinations. [`HypervisorConfig::validate_for`] adds the VMM's own rules.
+    pub fn validate(&self) -> Result<()> {
+        self.validate_cpu_and_memory(256)?;
+        self.validate_boot()?;
+        self.validate_block()?;
+        self.validate_shared_fs()?;
+        self.validate_devices()?;
+        self.validate_confidential()?;
+        one_of("log_level", &self.log_level, LOG_LEVELS)?;
+        one_of(
+            "extra_monitor_socket",
+            &self.extra_monitor_socket,
+            &["", "hmp", "qmp", "qmp-pretty"],
+        )?;
+        Ok(())
+    }
+
+    /// [`HypervisorConfig::validate`] plus the rules of one VMM (QEMU has no jailer and no
+    /// virtio-mmio block devices, Firecracker has no PCI and no shared filesystem, ...).
+    pub fn validate_for(&self, kind: HypervisorType) -> Result<()> {
+        self.validate_cpu_and_memory(kind.max_vcpus())?;
+        self.validate()?;
+        let fs = self.shared_fs_kind()?;
+        match kind {
+            HypervisorType::Qemu => {
+                if !self.jailer_path.is_empty() {
+                    return Err(invalid(
+                        "jailer_path",
+                        format!("\"{}\"", self.jailer_path),
+                        "QEMU has no jailer; leave jailer_path empty",
+                    ));
+                }
+                if !self.valid_jailer_paths.is_empty() {
+                    return Err(invalid(
+                        "valid_jailer_paths",
+                        format!("{:?}", self.valid_jailer_paths),
+                        "QEMU has no jailer; leave valid_jailer_paths empty",
+                    ));
+                }
+                if !self.disable_block_device_use
+                    && matches!(
+                        self.block_device_driver.as_str(),
+                        "virtio-blk-mmio" | "virtio-mmio"
+                    )
+                {
+                    return Err(invalid(
+                        "block_device_driver",
+                        format!("\"{}\"", self.block_device_driver),
+                        "QEMU does not support virtio-mmio block devices; use virtio-blk-pci or virtio-scsi",
+                    ));
+                }
+                if fs == SharedFs::InlineVirtioFs {
+                    return Err(invalid(
+                        "shared_fs",
+                        "\"inline-virtio-fs\"",
+                        "inline-virtio-fs is served by the built-in VMM only; QEMU uses virtio-fs or virtio-9p",
+                    ));
+                }
+                let known = QEMU_MACHINES.iter().any(|m| {
+                    self.machine_type == *m
+                        || self.machine_type.starts_with(&format!("{m}-"))
+                        || (*m == "q35" && self.machine_type.starts_with("pc-q35-"))
+                        || (*m == "pc" && self.machine_type.starts_with("pc-i440fx-"))
+                });
+                if !known {
+                    return Err(invalid(
+                        "machine_type",
+                        format!("\"{}\"", self.machine_type),
+                        format!(
+                            "allowed: {} (a version suffix such as pc-q35-7.2 is fine)",
+                            QEMU_MACHINES.join(", ")
+                        ),
+                    ));
+                }
+            }
+            HypervisorType::Dragonball | HypervisorType::CloudHypervisor => {
+                if fs == SharedFs::Virtio9p {
+                    return Err(invalid(
+                        "shared_fs",
+                        "\"virtio-9p\"",
+                        format!("{kind} has no virtio-9p; use virtio-fs or none"),
+                    ));
+                }
+                if kind == HypervisorType::CloudHypervisor && fs == SharedFs::InlineVirtioFs {
+                    return Err(invalid(
+                        "shared_fs",
+                        "\"inline-virtio-fs\"",
+                        "inline-virtio-fs is served by the built-in VMM only; Cloud Hypervisor uses virtio-fs",
+                    ));
+                }
+                if kind == HypervisorType::CloudHypervisor && self.vm_rootfs_driver == "virtio-pmem"
+                {
+                    return Err(invalid(
+                        "vm_rootfs_driver",
+                        "\"virtio-pmem\"",
+                        "Cloud Hypervisor does not support virtio-pmem for the guest image; use virtio-blk-pci",
+                    ));
+                }
+            }
+            HypervisorType::Firecracker => {
+                if !matches!(fs, SharedFs::None) {
+                    return Err(invalid(
+                        "shared_fs",
+                        format!("\"{}\"", self.shared_fs),
+                        "Firecracker has no shared filesystem device; set shared_fs = \"none\"",
+                    ));
+                }
+                if self.cold_plug_vfio != PciePort::NoPort || self.hot_plug_vfio != PciePort::NoPort
+                {
+                    return Err(invalid(
+                        "cold_plug_vfio",
+                        if self.cold_plug_vfio == PciePort::NoPort {
+                            self.hot_plug_vfio
+                        } else {
+                            self.cold_plug_vfio
+                        },
+                        "Firecracker has no PCI bus; VFIO ports must be no-port",
+                    ));
+                }
+            }
+            HypervisorType::Remote => {
+                if self.remote_hypervisor_timeout < 0 {
+                    return Err(invalid(
+                        "remote_hypervisor_timeout",
+                        self.remote_hypervisor_timeout,
+                        "a number of seconds, at least 1",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_cpu_and_memory(&self, max_vcpus: u32) -> Result<()> {
+        if self.default_vcpus == 0 {
+            return Err(invalid("default_vcpus", 0, "a VM needs at least 1 vCPU"));
+        }
+        if self.default_vcpus > max_vcpus {
+            return Err(invalid(
+                "default_vcpus",
+                self.default_vcpus,
+                format!("at most {max_vcpus} vCPUs"),
+            ));
+        }
+        if self.default_maxvcpus > max_vcpus {
+            return Err(invalid(
+                "default_maxvcpus",
+                self.default_maxvcpus,
+                format!("at most {max_vcpus} vCPUs (0 means the host's CPUs)"),
+            ));
+        }
+        if self.default_maxvcpus != 0 && self.default_vcpus > self.default_maxvcpus {
+            return Err(invalid(
+                "default_vcpus",
+                self.default_vcpus,
+                format!(
+                    "more than default_maxvcpus ({}); raise default_maxvcpus or lower default_vcpus",
+                    self.default_maxvcpus
+                ),
+            ));
+        }
+        if !(0.0..=f32::from(u16::MAX)).contains(&self.overhead_vcpus) {
+            return Err(invalid(
+                "overhead_vcpus",
+                self.overhead_vcpus,
+                "a non-negative number of vCPUs",
+            ));
+        }
+        if self.default_memory < MIN_MEMORY_MIB {
+            return Err(invalid(
+                "default_memory",
+                self.default_memory,
+                format!("at least {MIN_MEMORY_MIB} MiB are needed to boot the guest"),
+            ));
+        }
+        if self.default_maxmemory != 0 && self.default_memory > self.default_maxmemory {
+            return Err(invalid(
+                "default_memory",
+                self.default_memory,
+                format!(
+                    "more than default_maxmemory ({} MiB); raise default_maxmemory (0 means the host's memory)",
+                    self.default_maxmemory
+                ),
+            ));
+        }
+        if self.memory_slots == 0 {
+            return Err(invalid(
+                "memory_slots",
+                0,
+                "at least 1 (Kata's default is 10)",
+            ));
+        }
+        one_of("hugepage_type", &self.hugepage_type, &["hugetlbfs", "thp"])?;
+        if self.enable_guest_swap && !(1..=100).contains(&self.guest_swap_size_percent) {
+            return Err(invalid(
+                "guest_swap_size_percent",
+                self.guest_swap_size_percent,
+                "a percentage of guest memory, 1..=100",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_boot(&self) -> Result<()> {
+        if !self.initrd.is_empty() && !self.image.is_empty() {
+            return Err(invalid(
+                "initrd",
+                format!("\"{}\"", self.initrd),
+                format!(
+                    "initrd and image (\"{}\") are exclusive; set only one",
+                    self.image
+                ),
+            ));
+        }
+        one_of(
+            "vm_rootfs_driver",
+            &self.vm_rootfs_driver,
+            VM_ROOTFS_DRIVERS,
+        )?;
+        one_of("rootfs_type", &self.rootfs_type, &["ext4", "xfs", "erofs"])?;
+        if !self.kernel_verity_params.trim().is_empty() {
+            let mut keys = Vec::new();
+            for field in self.kernel_verity_params.split(',').map(str::trim) {
+                if field.is_empty() {
+                    continue;
+                }
+                match field.split_once('=') {
+                    Some((k, _)) if !k.is_empty() => keys.push(k.to_string()),
+                    _ => {
+                        return Err(invalid(
+                            "kernel_verity_params",
+                            format!("\"{}\"", self.kernel_verity_params),
+                            format!("`{field}` is not key=value"),
+                        ))
+                    }
+                }
+            }
+            for needed in [
+                "root_hash",
+                "salt",
+                "data_blocks",
+                "data_block_size",
+                "hash_block_size",
+            ] {
+                if !keys.iter().any(|k| k == needed) {
+                    return Err(invalid(
+                        "kernel_verity_params",
+                        format!("\"{}\"", self.kernel_verity_params),
+                        format!("missing {needed}; needed: root_hash, salt, data_blocks, data_block_size, hash_block_size"),
+                    ));
+                }
+            }
+        }
+        if self.factory.enable_template && !self.image.is_empty() {
+            return Err(invalid(
+                "factory.enable_template",
+                "true",
+                "VM templating needs initrd; it does not work with image",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_block(&self) -> Result<()> {
+        if !self.disable_block_device_use {
+            one_of(
+                "block_device_driver",
+                &self.block_device_driver,
+                BLOCK_DEVICE_DRIVERS,
+            )?;
+        }
+        one_of(
+            "block_device_aio",
+            &self.block_device_aio,
+            &["io_uring", "native", "threads"],
+        )?;
+        for (key, size) in [
+            (
+                "block_device_logical_sector_size",
+                self.block_device_logical_sector_size,
+            ),
+            (
+                "block_device_physical_sector_size",
+                self.block_device_physical_sector_size,
+            ),
+        ] {
+            if size != 0 && (!(512..=65536).contains(&size) || !size.is_power_of_two()) {
+                return Err(invalid(
+                    key,
+                    size,
+                    "0 (the VMM's default) or a power of 2 from 512 to 65536",
+                ));
+            }
+        }
+        let (l, p) = (
+            self.block_device_logical_sector_size,
+            self.block_device_physical_sector_size,
+        );
+        if l != 0 && p != 0 && l > p {
+            return Err(invalid(
+                "block_device_logical_sector_size",
+                l,
+                format!("must not be larger than block_device_physical_sector_size ({p})"),
+            ));
+        }
+        if self.indep_iothreads > 0 && !self.enable_iothreads {
+            return Err(invalid(
+                "indep_iothreads",
+                self.indep_iothreads,
+                "needs enable_iothreads = true",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_shared_fs(&self) -> Result<()> {
+        match self.shared_fs_kind()? {
+            SharedFs::VirtioFs | SharedFs::InlineVirtioFs | SharedFs::VirtioFsNydus => {
+                one_of(
+                    "virtio_fs_cache",
+                    &self.virtio_fs_cache,
+                    &["never", "metadata", "auto", "always"],
+                )?;
+                if self.virtio_fs_is_dax && self.virtio_fs_cache_size == 0 {
+                    return Err(invalid(
+                        "virtio_fs_cache_size",
+                        0,
+                        "virtio_fs_is_dax = true needs a DAX window size in MiB",
+                    ));
+                }
+                if self.virtio_fs_queue_size == 0 || !self.virtio_fs_queue_size.is_power_of_two() {
+                    return Err(invalid(
+                        "virtio_fs_queue_size",
+                        self.virtio_fs_queue_size,
+                        "a power of 2 (Kata's default is 1024)",
+                    ));
+                }
+            }
+            SharedFs::Virtio9p => {
+                if !(4096..=1_048_576).contains(&self.msize_9p) {
+                    return Err(invalid(
+                        "msize_9p",
+                        self.msize_9p,
+                        "from 4096 to 1048576 bytes (Kata's default is 8192)",
+                    ));
+                }
+            }
+            SharedFs::None => {}
+        }
+        Ok(())
+    }
+
+    fn validate_devices(&self) -> Result<()> {
+        if self.cold_plug_vfio != PciePort::NoPort && self.hot_plug_vfio != PciePort::NoPort {
+            return Err(invalid(
+                "cold_plug_vfio",
+                self.cold_plug_vfio,
+                format!(
+                    "cold_plug_vfio and hot_plug_vfio (\"{}\") cannot both be enabled; set one to no-port",
+                    self.hot_plug_vfio
+                ),
+            ));
+        }
+        if self.pcie_root_port > 0 && self.pcie_switch_port > 0 {
+            return Err(invalid(
+                "pcie_root_port",
+                self.pcie_root_port,
+                format!(
+                    "pcie_root_port and pcie_switch_port ({}) cannot both be set; choose one kind of port",
+                    self.pcie_switch_port
+                ),
+            ));
+        }
+        if is_s390_machine(&self.machine_type) {
+            for (key, port) in [
+                ("cold_plug_vfio", self.cold_plug_vfio),
+                ("hot_plug_vfio", self.hot_plug_vfio),
+            ] {
+                if port != PciePort::NoPort {
+                    return Err(invalid(
+                        key,
+                        port,
+                        "s390-ccw-virtio has no PCIe ports (VFIO-AP devices need none); use no-port",
+                    ));
+                }
+            }
+            if self.pcie_root_port > 0 || self.pcie_switch_port > 0 {
+                return Err(invalid(
+                    "pcie_root_port",
+                    self.pcie_root_port.max(self.pcie_switch_port),
+                    "s390-ccw-virtio has no PCIe ports; leave pcie_root_port and pcie_switch_port at 0",
+                ));
+            }
+            for (key, driver) in [
+                ("vm_rootfs_driver", &self.vm_rootfs_driver),
+                ("block_device_driver", &self.block_device_driver),
+            ] {
+                let ok = driver.ends_with("-ccw") || driver == "virtio-scsi";
+                let unused = key == "block_device_driver" && self.disable_block_device_use;
+                if !ok && !unused {
+                    return Err(invalid(
+                        key,
+                        format!("\"{driver}\""),
+                        "s390-ccw-virtio attaches virtio devices over CCW: use virtio-blk-ccw (or virtio-scsi)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_confidential(&self) -> Result<()> {
+        if self.sev_snp_guest && !self.confidential_guest {
+            return Err(invalid(
+                "sev_snp_guest",
+                "true",
+                "needs confidential_guest = true",
+            ));
+        }
+        let snp_set = !self.snp_id_block.is_empty() || !self.snp_id_auth.is_empty();
+        if snp_set && !self.sev_snp_guest {
+            return Err(invalid(
+                "snp_id_block",
+                format!("\"{}\"", self.snp_id_block),
+                "snp_id_block and snp_id_auth are for SEV-SNP guests: set sev_snp_guest = true",
+            ));
+        }
+        if snp_set {
+            for (key, text) in [
+                ("snp_id_block", &self.snp_id_block),
+                ("snp_id_auth", &self.snp_id_auth),
+            ] {
+                if text.is_empty() {
+                    return Err(invalid(
+                        key,
+                        "\"\"",
+                        "snp_id_block and snp_id_auth are set together; both are needed",
+                    ));
+                }
+            }
+            for (key, text, len) in [
+                ("snp_id_block", &self.snp_id_block, 96),
+                ("snp_id_auth", &self.snp_id_auth, 4096),
+            ] {
+                match base64_len(text) {
+                    Some(n) if n == len => {}
+                    Some(n) => {
+                        return Err(invalid(
+                            key,
+                            format!("<{n} bytes of base64>"),
+                            format!("must decode to exactly {len} bytes"),
+                        ))
+                    }
+                    None => {
+                        return Err(invalid(
+                            key,
+                            format!("\"{text}\""),
+                            format!("not base64 (standard alphabet); {len} bytes are expected"),
+                        ))
+                    }
+                }
+            }
+        }
+        if self.sev_snp_guest && self.snp_guest_policy & (1 << 17) == 0 {
+            return Err(invalid(
+                "snp_guest_policy",
+                format!("{:#x}", self.snp_guest_policy),
+                "bit 17 of an SEV-SNP policy is reserved and must be 1 (QEMU's default is 0x30000)",
+            ));
+        }
+        if !self.confidential_guest {
+            return Ok(());
+        }
+        if !is_q35_machine(&self.machine_type) && !is_s390_machine(&self.machine_type) {
+            return Err(invalid(
+                "machine_type",
+                format!("\"{}\"", self.machine_type),
+                "confidential guests need q35 (TDX, SEV-SNP) or s390-ccw-virtio (IBM SE)",
+            ));
+        }
+        if self.block_device_driver == "nvdimm" {
+            return Err(invalid(
+                "block_device_driver",
+                "\"nvdimm\"",
+                "NVDIMM devices do not work with confidential_guest = true",
+            ));
+        }
+        if self.vm_rootfs_driver == "virtio-blk-mmio" {
+            return Err(invalid(
+                "vm_rootfs_driver",
+                "\"virtio-blk-mmio\"",
+                "virtio-mmio is not hardened for confidential guests; use virtio-blk-pci",
+            ));
+        }
+        if self.enable_virtio_mem {
+            return Err(invalid(
+                "enable_virtio_mem",
+                "true",
+                "confidential guests cannot hot-plug memory",
+            ));
+        }
+        if self.sev_snp_guest && is_s390_machine(&self.machine_type) {
+            return Err(invalid(
+                "sev_snp_guest",
+                "true",
+                "SEV-SNP is an AMD x86 feature; s390-ccw-virtio runs IBM SE guests",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the host paths this section's features need: those set must exist (`path`,
+    /// `kernel`, `initrd`, `image`, `firmware`, `firmware_volume`, `pflashes`, `ctlpath`,
+    /// `jailer_path`, `entropy_source`, `file_mem_backend`), `virtio_fs_daemon` must exist
+    /// when the shared filesystem is virtio-fs, `vhost_user_store_path` when vhost-user block
+    /// devices are on, and QEMU must be found when `path` is empty. Returns every problem.
+    pub fn check_host_paths(&self, kind: HypervisorType) -> Vec<HostPathProblem> {
+        let mut problems = Vec::new();
+        let mut must_exist = |key: &'static str, value: &str, what: &'static str| {
+            if !value.is_empty() && !Path::new(value).exists() {
+                problems.push(HostPathProblem {
+                    key,
+                    error: Error::MissingFile {
+                        what,
+                        path: PathBuf::from(value),
+                        hint: format!("`{key}` names it; fix the path or clear the key"),
+                    },
+                });
+            }
+        };
+        if kind == HypervisorType::Remote {
+            must_exist(
+                "remote_hypervisor_socket",
+                &self.remote_hypervisor_socket,
+                "remote hypervisor socket",
+            );
+            return problems;
+        }
+        must_exist("path", &self.path, "hypervisor binary");
+        must_exist("ctlpath", &self.ctlpath, "hypervisor control binary");
+        must_exist("jailer_path", &self.jailer_path, "jailer");
+        must_exist("kernel", &self.kernel, "guest kernel");
+        must_exist("initrd", &self.initrd, "guest initrd");
+        must_exist("image", &self.image, "guest image");
+        must_exist("firmware", &self.firmware, "firmware");
+        must_exist("firmware_volume", &self.firmware_volume, "firmware volume");
+        for flash in &self.pflashes {
+            must_exist("pflashes", flash, "flash image");
+        }
+        must_exist("entropy_source", &self.entropy_source, "entropy source");
+        must_exist(
+            "file_mem_backend",
+            &self.file_mem_backend,
+            "memory backend directory",
+        );
+        if self.enable_vhost_user_store {
+            must_exist(
+                "vhost_user_store_path",
+                &self.vhost_user_store_path,
+                "vhost-user store directory",
+            );
+        }
+        if matches!(
+            self.shared_fs_kind(),
+            Ok(SharedFs::VirtioFs | SharedFs::VirtioFsNydus)
+        ) {
+            if self.virtio_fs_daemon.is_empty() {
+                problems.push(HostPathProblem {
+                    key: "virtio_fs_daemon",
+                    error: invalid(
+                        "virtio_fs_daemon",
+                        "\"\"",
+                        format!("shared_fs = \"{}\" needs the daemon's path", self.shared_fs),
+                    ),
+                });
+            } else {
+                must_exist(
+                    "virtio_fs_daemon",
+                    &self.virtio_fs_daemon,
+                    "virtio-fs daemon",
+                );
+            }
+        }
+        if kind == HypervisorType::Qemu
+            && self.path.is_empty()
+            && crate::kvm::find_program(qemu_binary_name(), "", &[]).is_none()
+        {
+            problems.push(HostPathProblem {
+                key: "path",
+                error: Error::MissingProgram {
+                    program: qemu_binary_name().into(),
+                    searched: "PATH (`path` is empty)".into(),
+                    install: "apt-get install qemu-system-x86, or set `path`".into(),
+                },
+            });
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(c: &HypervisorConfig) -> String {
+        c.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let c = HypervisorConfig {
+            default_vcpus: 0,
+            ..Default::default()
+        };
+        assert!(msg(&c).contains("default_vcpus"));
+        let c = HypervisorConfig {
+            default_vcpus: 4,
+            default_maxvcpus: 2,
+            ..Default::default()
+        };
+        assert!(msg(&c).contains("default_maxvcpus"));
+        let c = HypervisorConfig {
+            default_memory: 32,
+            ..Default::default()
+        };
+        assert!(msg(&c).contains("default_memory"));
+        let c = HypervisorConfig {
+            shared_fs: "nfs".into(),
+            ..Default::default()
+        };
+        assert!(msg(&c).contains("shared_fs"));
+        let c = HypervisorConfig {
+            cold_plug_vfio: PciePort::RootPort,
+            hot_plug_vfio: PciePort::SwitchPort,
+            ..Default::default()
+        };
+        assert!(msg(&c).contains("cold_plug_vfio"));
+        let c = HypervisorConfig {
+            pcie_root_port: 2,
+            pcie_switch_port: 2,
+            ..Default::default()
+        };
+        assert!(msg(&c).contains("pcie_switch_port"));
+        let c = HypervisorConfig {
+            block_device_logical_sector_size: 1000,
+            ..Default::default()
+        };
+        assert!(msg(&c).contains("power of 2"));
+    }
+
+    #[test]
+    fn confidential_rules() {
+        let snp = HypervisorConfig {
+            sev_snp_guest: true,
+            ..Default::default()
+        };
+        assert!(msg(&snp).contains("confidential_guest"));
+        let cc = HypervisorConfig {
+            confidential_guest: true,
+            sev_snp_guest: true,
+            snp_guest_policy: 0x10000,
+            ..Default::default()
+        };
+        assert!(msg(&cc).contains("bit 17"));
+        let cc = HypervisorConfig {
+            confidential_guest: true,
+            sev_snp_guest: true,
+            snp_id_block: "AAAA".into(),
+            ..Default::default()
+        };
+        assert!(msg(&cc).contains("snp_id_auth"));
+        let block = "A".repeat(128);
+        let auth = "A".repeat(4096 / 3 * 4 + 4);
+        let auth = format!("{}==", &auth[..auth.len() - 2]);
+        assert_eq!(base64_len(&block), Some(96));
+        assert_eq!(base64_len(&auth), Some(4096));
+        let cc = HypervisorConfig {
+            confidential_guest: true,
+            sev_snp_guest: true,
+            snp_id_block: block,
+            snp_id_auth: auth,
+            ..Default::default()
+        };
+        cc.validate().unwrap();
+        let se = HypervisorConfig {
+            confidential_guest: true,
+            machine_type: "s390-ccw-virtio".into(),
+            vm_rootfs_driver: "virtio-blk-ccw".into(),
+            block_device_driver: "virtio-blk-ccw".into(),
+            ..Default::default()
+        };
+        se.validate_for(HypervisorType::Qemu).unwrap();
+        let se_pci = HypervisorConfig {
+            cold_plug_vfio: PciePort::RootPort,
+            ..se.clone()
+        };
+        assert!(msg(&se_pci).contains("no PCIe ports"));
+        let mmio = HypervisorConfig {
+            confidential_guest: true,
+            vm_rootfs_driver: "virtio-blk-mmio".into(),
+            ..Default::default()
+        };
+        assert!(msg(&mmio).contains("not hardened"));
+    }
+
+    #[test]
+    fn per_vmm_rules() {
+        let c = HypervisorConfig {
+            jailer_path: "/usr/bin/jailer".into(),
+            ..Default::default()
+        };
+        let e = c
+            .validate_for(HypervisorType::Qemu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jailer_path"), "{e}");
+        let c = HypervisorConfig {
+            shared_fs: "virtio-9p".into(),
+            ..Default::default()
+        };
+        let e = c
+            .validate_for(HypervisorType::CloudHypervisor)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("virtio-9p"), "{e}");
+        let c = HypervisorConfig {
+            machine_type: "pc-q35-7.2".into(),
+            ..Default::default()
+        };
+        c.validate_for(HypervisorType::Qemu).unwrap();
+        let c = HypervisorConfig {
+            machine_type: "q36".into(),
+            ..Default::default()
+        };
+        let e = c
+            .validate_for(HypervisorType::Qemu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("machine_type") && e.contains("q35"), "{e}");
+    }
+
+    #[test]
+    fn host_paths_are_checked_only_for_features_in_use() {
+        let c = HypervisorConfig {
+            path: "/nonexistent/qemu".into(),
+            shared_fs: "virtio-9p".into(),
+            virtio_fs_daemon: "/nonexistent/virtiofsd".into(),
+            ..Default::default()
+        };
+        let problems = c.check_host_paths(HypervisorType::Qemu);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "path");
+        assert!(problems[0].error.to_string().contains("/nonexistent/qemu"));
+        let c = HypervisorConfig {
+            shared_fs: "virtio-fs".into(),
+            virtio_fs_daemon: "/nonexistent/virtiofsd".into(),
+            path: "/bin/sh".into(),
+            ..Default::default()
+        };
+        let problems = c.check_host_paths(HypervisorType::Qemu);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "virtio_fs_daemon");
+    }
+}
