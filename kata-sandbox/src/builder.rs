@@ -7,9 +7,12 @@ use std::time::Duration;
 use kata_agent_client::ConnectOptions;
 use kata_hypervisor::{Hypervisor, HypervisorConfig};
 
-use crate::config::KataConfig;
+use crate::config::{ConfigLoader, HypervisorType, KataConfig, LoadedConfig};
 use crate::error::{Error, Result};
 use crate::sandbox::{Inner, Sandbox};
+
+/// How [`SandboxBuilder::from_kata_config`] names a configuration that came from no file.
+const CONFIG_LABEL: &str = "configuration";
 
 /// Where sandbox directories go by default (`/run/kata/<sandbox-id>`, as Kata's persist does).
 pub const DEFAULT_ROOT_DIR: &str = "/run/kata";
@@ -59,25 +62,57 @@ impl SandboxBuilder {
         }
     }
 
-    /// Builder from a Kata configuration file.
+    /// Builder from a Kata configuration file, loaded as Kata loads it: the `config.d/*.toml`
+    /// drop-ins next to it are merged, the values are adjusted and validated, and the host
+    /// paths the active `[hypervisor.*]` section needs must exist. Errors name the file, the
+    /// key, the value and what is allowed.
     pub fn from_config_file(path: impl AsRef<Path>) -> Result<Self> {
-        let file = KataConfig::load(path.as_ref())?;
+        let loaded = ConfigLoader::new().path(path.as_ref()).load()?;
+        Self::from_loaded_config(&loaded)
+    }
+
+    /// Builder from a configuration [`ConfigLoader`] loaded (with its drop-ins and pod
+    /// annotations); the host paths its active hypervisor section needs must exist.
+    pub fn from_loaded_config(loaded: &LoadedConfig) -> Result<Self> {
+        if let Some(e) = loaded.check_host_paths().into_iter().next() {
+            return Err(e);
+        }
+        Self::from_kata_config(loaded.config.clone()).map_err(|e| match e {
+            Error::Config { path, reason } if path == CONFIG_LABEL => Error::Config {
+                path: loaded.source.path.display().to_string(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Builder from an already loaded configuration (no file access): the active
+    /// `[hypervisor.*]` section, validated for its VMM, and `[agent.kata]`'s timeouts when the
+    /// configuration has that table.
+    pub fn from_kata_config(config: KataConfig) -> Result<Self> {
+        let err = |reason: String| Error::Config {
+            path: CONFIG_LABEL.into(),
+            reason,
+        };
+        let (name, kind, hv) = config
+            .active_hypervisor()
+            .map_err(|issue| err(issue.to_string()))?;
+        hv.validate_for(kind)
+            .map_err(|e| err(format!("[hypervisor.{name}] {e}")))?;
         let mut b = Self::new();
-        let (name, hv) = file.hypervisor_section(path.as_ref())?;
-        b.hypervisor = match name.as_str() {
-            "qemu" => HypervisorKind::Qemu,
+        b.hypervisor = match kind {
+            HypervisorType::Qemu => HypervisorKind::Qemu,
             other => {
-                return Err(Error::Config {
-                    path: path.as_ref().display().to_string(),
-                    reason: format!(
-                    "[hypervisor.{other}] is not supported by this build; use [hypervisor.qemu]"
-                ),
-                })
+                return Err(err(format!(
+                    "[hypervisor.{name}]: kata-rs cannot start a {other} VM yet; use [hypervisor.qemu] (config/configuration-qemu-runtime-rs.toml)"
+                )))
             }
         };
-        b.config = hv;
-        if let Some(agent) = file.agent.get("kata") {
-            b.agent_options = agent.connect_options();
+        b.config = hv.clone();
+        // Without an [agent.kata] table the builder's own timeouts stay (Kata's 3 s default
+        // is too short for a guest under TCG).
+        if !config.agent.is_empty() {
+            b.agent_options = config.active_agent().connect_options();
         }
         Ok(b)
     }
