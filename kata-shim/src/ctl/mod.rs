@@ -1,0 +1,73 @@
+//! `shim-ctl`'s command line: options, subcommands, logging, exit codes.
+//!
+//! Arguments are parsed by hand (a few options, one subcommand): no parser dependency for the
+//! shim crate. New subcommands (`create`, `start`, `exec`, `kill`, `delete`, `state`) are new
+//! [`Command`] variants and a match arm in [`run`].
+
+mod args;
+mod check;
+mod env;
+
+use std::ffi::OsString;
+
+pub use args::{parse, Command, Options, ParseError};
+
+/// Exit status: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit status: the command ran and found a problem (a failed check, an invalid configuration).
+pub const EXIT_FAILED: i32 = 1;
+/// Exit status: the command line was wrong.
+pub const EXIT_USAGE: i32 = 2;
+
+/// Runs `shim-ctl` with `args` (without the program name); returns the exit status.
+pub fn main(args: impl IntoIterator<Item = impl Into<OsString>>) -> i32 {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let (options, command) = match parse(&args) {
+        Ok(parsed) => parsed,
+        Err(ParseError::Help) => {
+            print!("{}", args::USAGE);
+            return EXIT_OK;
+        }
+        Err(ParseError::Version) => {
+            println!("shim-ctl {}", env!("CARGO_PKG_VERSION"));
+            return EXIT_OK;
+        }
+        Err(e) => {
+            eprintln!("shim-ctl: {e}\n\n{}", args::USAGE);
+            return EXIT_USAGE;
+        }
+    };
+    init_logging();
+    run(&options, command)
+}
+
+/// Runs one parsed command.
+pub fn run(options: &Options, command: Command) -> i32 {
+    match command {
+        Command::Check => check::run(options),
+        Command::Env => env::run(options),
+    }
+}
+
+/// Warnings (unknown keys, ignored annotations) and errors go to stderr; `RUST_LOG` overrides.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+/// The loader for the options: `--config` (else `$KATA_CONF_FILE`, else Kata's search paths)
+/// and `--annotation`s.
+fn loader(options: &Options) -> kata_sandbox::config::ConfigLoader {
+    let mut loader = kata_sandbox::config::ConfigLoader::new();
+    if let Some(path) = &options.config {
+        loader = loader.path(path);
+    }
+    loader.annotations(options.annotations.iter().cloned())
+}
