@@ -3,7 +3,7 @@
 # cache outside the checkout and writes the manifest the host crates read.
 #
 #   guest/build.sh                  kernel, busybox initrd, agent initrds
-#                                   (runs `cargo build -p kata-agent` first)
+#                                   (runs `cargo build --release -p kata-agent` first)
 #   guest/build.sh --busybox-init   kernel and busybox initrd only; no cargo.
 #                                   Agent initrds are still made if an agent
 #                                   binary already exists.
@@ -13,7 +13,7 @@
 #   KATA_RS_CACHE        cache root               (default /var/cache/kata-rs)
 #   CARGO_TARGET_DIR     where cargo puts the agent (default $KATA_RS_CACHE/target)
 #   KATA_RS_AGENT        use this agent binary instead of building one
-#   KATA_RS_AGENT_PROFILE  cargo profile dir of the agent (default debug)
+#   KATA_RS_AGENT_PROFILE  cargo profile of the agent: release (default) or debug
 #   JOBS                 kernel make -j           (default $(nproc))
 #   KATA_RS_INITRD_COMPRESS  none (default) or gzip
 #
@@ -301,13 +301,14 @@ build_initrd() {
 # ---------------------------------------------------------------- agent ----
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
-AGENT=${KATA_RS_AGENT:-$TARGET_DIR/${KATA_RS_AGENT_PROFILE:-debug}/kata-agent}
+AGENT_PROFILE=${KATA_RS_AGENT_PROFILE:-release}
+AGENT=${KATA_RS_AGENT:-$TARGET_DIR/$AGENT_PROFILE/kata-agent}
 
 build_agent() {
   [ -n "${KATA_RS_AGENT:-}" ] && return 0
-  log "cargo build -p kata-agent"
+  log "cargo build ($AGENT_PROFILE) -p kata-agent"
   (cd "$REPO_DIR" && nice -n 5 cargo build -q -p kata-agent \
-     $([ "${KATA_RS_AGENT_PROFILE:-debug}" = release ] && echo --release)) ||
+     $([ "${KATA_RS_AGENT_PROFILE:-release}" = release ] && echo --release)) ||
     die "the agent did not build; \`guest/build.sh --busybox-init\` builds the image without it"
 }
 
