@@ -229,6 +229,13 @@ impl SandboxBuilder {
             ));
         }
         c.validate()?;
+        if self.hypervisor == HypervisorKind::Qemu && c.shared_fs == "virtio-fs" {
+            // Refused here, before a directory or process exists, rather than at VM start.
+            return Err(Error::invalid(
+                "shared_fs",
+                "virtio-fs is not wired to QEMU yet (no virtiofsd daemon management); use \"virtio-9p\"",
+            ));
+        }
         Ok(())
     }
 
@@ -278,6 +285,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("memory_mib"), "{e}");
+        let mut c = SandboxBuilder::new().config().clone();
+        c.shared_fs = "virtio-fs".into();
+        let e = SandboxBuilder::new()
+            .hypervisor_config(c)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shared_fs") && e.contains("virtio-9p"), "{e}");
         let e = SandboxBuilder::new()
             .vcpus(4)
             .max_vcpus(2)

@@ -48,7 +48,7 @@ pub struct Process {
 }
 
 impl Process {
-    /// The exec id (empty for a container's first process).
+    /// The exec id (for a container's first process, the container id).
     pub fn exec_id(&self) -> &str {
         &self.exec_id
     }
@@ -200,7 +200,12 @@ impl Container {
 
     /// Starts the container, collects its output to the end, waits for it and deletes it.
     pub async fn output(mut self) -> Result<Output> {
-        self.start().await?;
+        if let Err(e) = self.start().await {
+            if let Err(de) = self.delete().await {
+                tracing::warn!(error = %de, "deleting a container that failed to start");
+            }
+            return Err(e);
+        }
         let out = self.init.output().await;
         let deleted = self.delete().await;
         let out = out?;

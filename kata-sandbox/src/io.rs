@@ -114,7 +114,11 @@ pub(crate) fn input(agent: AgentClient, container_id: &str, exec_id: &str) -> In
                 };
                 match agent.write_stdin(&req).await {
                     Ok(resp) if resp.len > 0 => sent += resp.len as usize,
-                    Ok(_) => break,
+                    Ok(_) => {
+                        // The process no longer takes input: stop pumping.
+                        tracing::debug!(%container_id, %exec_id, "stdin accepts nothing more");
+                        return;
+                    }
                     Err(e) => {
                         tracing::debug!(%container_id, %exec_id, error = %e, "stdin stream ended");
                         return;

@@ -262,7 +262,7 @@ fn processes_naming(vm_dir: &Path) -> Vec<u32> {
 }
 
 /// Waits (up to 5 s) until `pid` is gone or a zombie.
-fn wait_gone(pid: u32) {
+pub(crate) fn wait_gone(pid: u32) {
     for _ in 0..500 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         if stat.is_empty() || stat.contains(") Z") {

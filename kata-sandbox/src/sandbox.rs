@@ -214,18 +214,26 @@ impl Sandbox {
         Ok(self.inner.agent.update_container(&req).await?)
     }
 
-    /// Stops the VM and removes everything the sandbox created. Containers still present are
-    /// removed first.
-    pub async fn shutdown(self) -> Result<()> {
+    /// Stops the VM and removes everything the sandbox created: the agent is asked to remove
+    /// every container (DestroySandbox), then the VM is stopped and the containers' rootfs
+    /// and the sandbox directory are released on the host. Idempotent; it takes `&self` so a
+    /// sandbox shared between tasks (`Arc<Sandbox>`) can be shut down by any of them. Later
+    /// calls on the sandbox or its containers fail.
+    pub async fn shutdown(&self) -> Result<()> {
         let inner = &self.inner;
         if inner.shut_down.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
         let req = DestroySandboxRequest::default();
-        if let Err(e) =
-            tokio::time::timeout(Duration::from_secs(5), inner.agent.destroy_sandbox(&req)).await
+        match tokio::time::timeout(Duration::from_secs(5), inner.agent.destroy_sandbox(&req)).await
         {
-            tracing::debug!(sandbox_id = %inner.id, error = %e, "DestroySandbox did not answer; stopping the VM anyway");
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(sandbox_id = %inner.id, error = %e, "DestroySandbox failed; stopping the VM anyway")
+            }
+            Err(_) => {
+                tracing::warn!(sandbox_id = %inner.id, "DestroySandbox did not answer in 5 s; stopping the VM anyway")
+            }
         }
         let stopped = inner.vm.stop().await;
         inner.release_all();
@@ -450,7 +458,22 @@ impl Inner {
         };
         self.agent.create_container(&req).await?;
         // The first process is addressed by the exec id given at creation (Kata also accepts "").
-        let init = self.process_handle(id, id, terminal, stdin).await?;
+        let init = match self.process_handle(id, id, terminal, stdin).await {
+            Ok(p) => p,
+            Err(e) => {
+                // The guest has the container: remove it there too (the caller releases the
+                // host side).
+                let rm = RemoveContainerRequest {
+                    container_id: id.to_string(),
+                    timeout: 10,
+                    ..Default::default()
+                };
+                if let Err(re) = self.agent.remove_container(&rm).await {
+                    tracing::warn!(sandbox_id = %self.id, container_id = %id, error = %re, "removing a container whose streams failed");
+                }
+                return Err(e);
+            }
+        };
         self.persist_or_warn();
         tracing::debug!(sandbox_id = %self.id, container_id = %id, "container created");
         Ok(Container {
@@ -525,7 +548,13 @@ impl Inner {
             process: grpc.Process,
             ..Default::default()
         };
-        self.agent.exec_process(&req).await?;
+        if let Err(e) = self.agent.exec_process(&req).await {
+            if let Some(entry) = self.containers.lock().unwrap().get_mut(container_id) {
+                entry.exec_ids.retain(|id| id != &exec_id);
+            }
+            self.persist_or_warn();
+            return Err(e.into());
+        }
         self.process_handle(container_id, &exec_id, process.terminal, process.stdin)
             .await
     }
@@ -641,19 +670,31 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
+impl Drop for Sandbox {
+    /// The owner handle is gone without [`Sandbox::shutdown`]: kill the VM and release what
+    /// the sandbox holds on the host, even while [`Container`] handles still exist.
     fn drop(&mut self) {
+        self.inner.kill_now("dropped without shutdown()");
+    }
+}
+
+impl Inner {
+    /// Emergency stop, callable without a runtime: SIGKILL the VMM's processes, wait (bounded)
+    /// until they are gone so no mount is still busy, then release the host side.
+    fn kill_now(&self, why: &str) {
         if self.shut_down.swap(true, Ordering::SeqCst) {
             return;
         }
-        tracing::warn!(sandbox_id = %self.id, "sandbox dropped without shutdown(): killing its VM");
-        for pid in self.vm.pids() {
-            if pid > 0 {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+        tracing::warn!(sandbox_id = %self.id, "sandbox {why}: killing its VM");
+        let pids: Vec<u32> = self.vm.pids().into_iter().filter(|p| *p > 0).collect();
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for pid in pids {
+            crate::persist::wait_gone(pid);
         }
         self.release_all();
     }

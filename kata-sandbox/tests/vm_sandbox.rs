@@ -389,6 +389,68 @@ async fn bad_boots(root: PathBuf) -> Result<()> {
     Ok(())
 }
 
+/// No container directory under the sandbox's shared dir, and no mount below the sandbox dir.
+fn no_container_leftovers(sandbox: &Sandbox) -> Result<()> {
+    let shared = sandbox.dir().join("shared");
+    let left: Vec<_> = std::fs::read_dir(&shared)?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    ensure!(left.is_empty(), "left in {}: {left:?}", shared.display());
+    let mounts = mounts_under(sandbox.dir());
+    ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+    Ok(())
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A sandbox dropped without shutdown() while a container handle still exists: its VM is
+/// killed and its directory, mounts and helper processes are gone.
+async fn drop_without_shutdown(root: PathBuf, rootfs: PathBuf) -> Result<()> {
+    let id = "drop-without-shutdown";
+    let sandbox = Sandbox::builder()
+        .id(id)
+        .memory_mib(256)
+        .root_dir(&root)
+        .build()
+        .await?;
+    record("booted drop_without_shutdown");
+    let c = sandbox
+        .create_container(ContainerSpec::from_rootfs_dir(&rootfs).args(["sleep", "100"]))
+        .await?;
+    c.start().await?;
+    let dir = sandbox.dir().to_path_buf();
+    ensure!(
+        !processes_mentioning(id).is_empty(),
+        "no VM process found before the drop"
+    );
+    drop(sandbox);
+    ensure!(
+        processes_mentioning(id).is_empty(),
+        "processes left: {:?}",
+        processes_mentioning(id)
+    );
+    ensure!(
+        mounts_under(&dir).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&dir)
+    );
+    ensure!(!dir.exists(), "sandbox dir {} left", dir.display());
+    // The container handle outlives its sandbox: calls on it fail, they do not hang.
+    let r = tokio::time::timeout(Duration::from_secs(40), c.wait()).await;
+    ensure!(matches!(r, Ok(Err(_))), "wait on a dead sandbox: {r:?}");
+    Ok(())
+}
+
 fn processes_mentioning(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -485,6 +547,8 @@ async fn run_all() -> u8 {
                 Ok(Err(join)) => Err(anyhow::anyhow!("panicked: {join}")),
                 Err(_) => Err(anyhow::anyhow!("timed out after 120 s")),
             };
+        // Every case deletes what it creates: nothing may stay shared or mounted.
+        let r = r.and_then(|()| no_container_leftovers(&env.sandbox));
         report(name, r, t);
     }
 
@@ -511,6 +575,17 @@ async fn run_all() -> u8 {
     .await;
     report("shutdown_leaves_nothing", r, t);
 
+    if filter
+        .as_deref()
+        .is_none_or(|f| "drop_without_shutdown".contains(f))
+    {
+        let t = Instant::now();
+        report(
+            "drop_without_shutdown",
+            drop_without_shutdown(env.root_dir.clone(), env.rootfs.clone()).await,
+            t,
+        );
+    }
     if filter
         .as_deref()
         .is_none_or(|f| "bad_boot_inputs".contains(f))
