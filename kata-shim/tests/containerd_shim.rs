@@ -673,7 +673,9 @@ fn main() -> Result<()> {
         .filter(|a| !a.starts_with('-'))
         .collect();
     if let Some(reason) = missing() {
-        println!("containerd tests skipped: {reason}");
+        // Loud, and counted: under `make test` the summary fails on a `no-guest` line.
+        println!("CONTAINERD TESTS COULD NOT RUN: {reason}");
+        record(&format!("no-guest containerd_shim: {reason}"));
         return Ok(());
     }
     let cases: Vec<(&str, Case)> = vec![
