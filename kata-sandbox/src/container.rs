@@ -69,6 +69,9 @@ impl Process {
     }
 
     /// Waits for the process to exit; returns its status (code, or 128 + signal).
+    ///
+    /// As with Kata's agent, an exec's status can be collected once: the agent forgets the
+    /// exec after answering (a container's first process stays until the container is deleted).
     pub async fn wait(&self) -> Result<i32> {
         let req = WaitProcessRequest {
             container_id: self.container_id.clone(),

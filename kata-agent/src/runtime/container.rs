@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use tokio::net::UnixStream;
 
 use super::cgroup::{Cgroup, CgroupStats};
@@ -175,13 +174,16 @@ impl Container {
 
     /// Signals the process `exec_id`. An empty exec id (or the init's) signals the init; for
     /// SIGKILL every process left in the container's cgroup is killed too.
-    pub fn signal(&self, exec_id: &str, signal: Signal) -> Result<()> {
+    pub fn signal(&self, exec_id: &str, signal: i32) -> Result<()> {
         let process = self.process(exec_id)?;
         process.signal(signal)?;
-        if Arc::ptr_eq(&process, &self.init) && signal == Signal::SIGKILL {
+        if Arc::ptr_eq(&process, &self.init) && signal == libc::SIGKILL {
             if let Some(cg) = &self.cgroup {
                 for pid in cg.pids() {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
         }
@@ -196,7 +198,7 @@ impl Container {
         self.start.lock().await.take();
         let execs: Vec<Arc<Process>> = self.execs().values().flatten().cloned().collect();
         for p in execs.iter().chain(std::iter::once(&self.init)) {
-            p.signal(Signal::SIGKILL)?;
+            p.signal(libc::SIGKILL)?;
         }
         let wait_all = async {
             self.init.wait().await;

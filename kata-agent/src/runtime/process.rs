@@ -3,8 +3,7 @@
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::sync::Mutex;
 
 use super::stdio::{self, InputStream, OutputStream, ParentStdio};
@@ -85,16 +84,23 @@ impl Process {
     }
 
     /// Sends `signal` to the process. A process that already exited is not an error.
-    pub fn signal(&self, signal: Signal) -> Result<()> {
+    pub fn signal(&self, signal: i32) -> Result<()> {
         if self.exit_code().is_some() {
             return Ok(());
         }
-        match kill(Pid::from_raw(self.pid), signal) {
-            Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+        // Raw numbers rather than nix's `Signal`, which has no real-time signals
+        // (SIGRTMIN+3 is systemd's stop signal).
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+        let rc = unsafe { libc::kill(self.pid, signal) };
+        match nix::Error::result(rc) {
+            Ok(_) | Err(nix::Error::ESRCH) => Ok(()),
             Err(e) => Err(AgentError::sys(
                 format!(
-                    "send {signal} to process {} (exec {}) of container {}",
-                    self.pid, self.exec_id, self.container_id
+                    "send {} to process {} (exec {}) of container {}",
+                    signal_name(signal),
+                    self.pid,
+                    self.exec_id,
+                    self.container_id
                 ),
                 e,
             )),
@@ -177,4 +183,11 @@ impl Process {
         stdio::resize(tty, rows, cols)
             .map_err(|e| AgentError::io(format!("resize terminal of exec {}", self.exec_id), e))
     }
+}
+
+/// A signal's name (`SIGTERM`), or `signal N` for real-time ones.
+pub fn signal_name(signal: i32) -> String {
+    Signal::try_from(signal)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| format!("signal {signal}"))
 }

@@ -14,7 +14,6 @@ use std::time::Duration;
 use kata_agent_client::protocol::{agent, empty::Empty, health, types};
 use kata_agent_client::server::{async_trait, AgentService, Health};
 use kata_agent_client::ttrpc::{self, r#async::TtrpcContext};
-use nix::sys::signal::Signal;
 use tracing::Instrument;
 
 use crate::error::{AgentError, Result};
@@ -134,11 +133,17 @@ fn unimplemented<T>(method: &str) -> ttrpc::Result<T> {
     Err(AgentError::Unimplemented(format!("/grpc.AgentService/{method}")).into())
 }
 
-fn parse_signal(n: u32) -> Result<Signal> {
+/// A signal number from the wire: 1 up to SIGRTMAX, real-time signals included.
+fn parse_signal(n: u32) -> Result<i32> {
     i32::try_from(n)
         .ok()
-        .and_then(|n| Signal::try_from(n).ok())
-        .ok_or_else(|| AgentError::invalid("signal", format!("{n} is not a signal number")))
+        .filter(|n| (1..=libc::SIGRTMAX()).contains(n))
+        .ok_or_else(|| {
+            AgentError::invalid(
+                "signal",
+                format!("{n} is not a signal number (1-{})", libc::SIGRTMAX()),
+            )
+        })
 }
 
 fn read_mem_block_size() -> u64 {
@@ -687,8 +692,14 @@ mod tests {
 
     #[test]
     fn signals_are_validated() {
-        assert_eq!(parse_signal(9).unwrap(), Signal::SIGKILL);
-        assert_eq!(parse_signal(15).unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal(9).unwrap(), libc::SIGKILL);
+        assert_eq!(parse_signal(15).unwrap(), libc::SIGTERM);
+        let rt = libc::SIGRTMIN() + 3;
+        assert_eq!(
+            parse_signal(rt as u32).unwrap(),
+            rt,
+            "real-time signals are accepted"
+        );
         let err = parse_signal(999).unwrap_err();
         assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT);
         assert!(err.to_string().starts_with("signal "));
