@@ -330,10 +330,7 @@ impl Inner {
         share: &ShareFs,
         id: &str,
     ) -> Result<AgentClient> {
-        let address = match vm.agent_address()? {
-            VsockAddress::Vsock { cid, port } => AgentAddress::Vsock { cid, port },
-            VsockAddress::HybridVsock { uds, port } => AgentAddress::HybridVsock { uds, port },
-        };
+        let address = agent_address(vm.agent_address()?);
         let connect = AgentClient::connect(&address, *opts);
         let agent = tokio::select! {
             r = connect => match r {
@@ -710,6 +707,15 @@ impl Drop for DirGuard {
             let _ = std::fs::remove_file(SandboxState::path(&d));
             let _ = std::fs::remove_dir(&d);
         }
+    }
+}
+
+/// The agent client's form of the address the hypervisor reports (the crates may not share the
+/// type: kata-hypervisor and kata-agent-client do not depend on each other).
+pub(crate) fn agent_address(a: VsockAddress) -> AgentAddress {
+    match a {
+        VsockAddress::Vsock { cid, port } => AgentAddress::Vsock { cid, port },
+        VsockAddress::HybridVsock { uds, port } => AgentAddress::HybridVsock { uds, port },
     }
 }
 
