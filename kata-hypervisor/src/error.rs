@@ -64,6 +64,16 @@ pub enum Error {
         /// QEMU's error description or the I/O failure.
         reason: String,
     },
+    /// A running process could not be adopted (a restarted runtime reconnecting to its VM).
+    #[error("cannot adopt {what} (pid {pid}): {reason}")]
+    Adopt {
+        /// What the process was meant to be (`qemu`, `vhost-device-vsock`).
+        what: String,
+        /// The pid from the saved state.
+        pid: u32,
+        /// Why not: gone, or another program now holds the pid.
+        reason: String,
+    },
     /// A timeout expired.
     #[error("timed out after {after:?} waiting for {what}")]
     Timeout {

@@ -130,4 +130,16 @@ pub trait Hypervisor: Send + Sync {
 
     /// Resolves when the VMM process has exited, with how it exited.
     async fn wait_exit(&self) -> String;
+
+    /// Lets the VM run on without this handle: its processes are no longer supervised or
+    /// killed, its sockets and directory stay, and later calls to [`stop`](Self::stop) do
+    /// nothing. Another process (or a later handle) takes it over from
+    /// [`save_state`](Self::save_state) (QEMU: `Qemu::restore`). Backends that cannot hand a
+    /// VM over (an in-process VMM) answer [`Error::Unsupported`](crate::Error::Unsupported).
+    async fn detach(&self) -> Result<()> {
+        Err(crate::Error::Unsupported {
+            backend: self.name(),
+            what: "handing a running VM over to another process".into(),
+        })
+    }
 }

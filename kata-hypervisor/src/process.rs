@@ -1,38 +1,86 @@
 //! Supervision of the external processes a backend starts (the VMM, vhost-user backends).
 //!
-//! A supervised child is owned by one task that waits for it. Dropping the [`Supervised`]
-//! handle kills the child, so a forgotten VM cannot outlive its owner by accident.
+//! A supervised process is owned by one task that waits for it. Dropping the [`Supervised`]
+//! handle kills the process, so a forgotten VM cannot outlive its owner by accident;
+//! [`Supervised::detach`] lets it run on (a sandbox handed over to another process), and
+//! [`Supervised::adopt`] takes over a process this one did not start (a restarted runtime
+//! reconnecting to its VM), waited on through a pidfd since it is not our child.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::time::Duration;
 
+use tokio::io::unix::AsyncFd;
 use tokio::process::Child;
 use tokio::sync::{oneshot, watch};
 
-/// A child process waited on by a background task.
+use crate::error::{Error, Result};
+
+/// What the handle asks of the supervising task.
+#[derive(Debug)]
+enum Control {
+    Kill,
+    Detach,
+}
+
+/// A process waited on by a background task: a child this process spawned, or a process it
+/// adopted.
 #[derive(Debug)]
 pub struct Supervised {
     name: String,
     pid: u32,
-    kill: Option<oneshot::Sender<()>>,
+    control: Option<oneshot::Sender<Control>>,
     exit: watch::Receiver<Option<String>>,
 }
 
+/// Kills a pid when dropped while armed: the supervising task's future holds one, so a task
+/// dropped with its runtime still kills the child (what `kill_on_drop` would do, but disarmable).
+struct KillGuard {
+    pid: u32,
+    armed: bool,
+}
+
+impl Drop for KillGuard {
+    fn drop(&mut self) {
+        if self.armed && self.pid != 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 impl Supervised {
-    /// Takes ownership of a spawned child (which should have `kill_on_drop(true)`).
+    /// Takes ownership of a spawned child. Spawn it without `kill_on_drop`: the supervisor
+    /// kills it when the handle (or the supervising task) is dropped, unless it was
+    /// [detached](Self::detach).
     pub fn new(name: impl Into<String>, mut child: Child) -> Self {
         let name = name.into();
         let pid = child.id().unwrap_or_default();
-        let (kill_tx, kill_rx) = oneshot::channel::<()>();
+        let (control_tx, control_rx) = oneshot::channel::<Control>();
         let (exit_tx, exit_rx) = watch::channel(None);
         let task_name = name.clone();
         tokio::spawn(async move {
+            let mut guard = KillGuard { pid, armed: true };
             let status = tokio::select! {
                 s = child.wait() => s,
-                _ = kill_rx => {
-                    let _ = child.start_kill();
-                    child.wait().await
-                }
+                c = control_rx => match c {
+                    Ok(Control::Detach) => {
+                        guard.armed = false;
+                        tracing::debug!(process = %task_name, pid, "process detached");
+                        // Dropping the child neither kills nor waits for it; tokio reaps it if it
+                        // exits while this process lives.
+                        return;
+                    }
+                    // Kill asked for, or the handle dropped.
+                    Ok(Control::Kill) | Err(_) => {
+                        let _ = child.start_kill();
+                        child.wait().await
+                    }
+                },
             };
+            guard.armed = false;
             let how = match status {
                 Ok(s) => describe(s),
                 Err(e) => format!("wait failed: {e}"),
@@ -43,8 +91,86 @@ impl Supervised {
         Supervised {
             name,
             pid,
-            kill: Some(kill_tx),
+            control: Some(control_tx),
             exit: exit_rx,
+        }
+    }
+
+    /// Adopts a running process this one did not start, after checking it is the one meant:
+    /// its command line must contain `must_name` (a VM directory, say), so a pid recycled by
+    /// an unrelated process is refused. The pid is pinned with a pidfd before the check, so
+    /// waiting and killing reach exactly the process checked, never a later holder of the pid.
+    /// Its exit status is not ours to collect: [`exited`](Self::exited) says `exited` only.
+    pub fn adopt(name: impl Into<String>, pid: u32, must_name: &Path) -> Result<Self> {
+        let name = name.into();
+        let refuse = |reason: String| Error::Adopt {
+            what: name.clone(),
+            pid,
+            reason,
+        };
+        if pid == 0 || pid > i32::MAX as u32 {
+            return Err(refuse("not a process id".into()));
+        }
+        let pidfd = pidfd_open(pid).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => refuse("no such process".into()),
+            _ => refuse(format!("pidfd_open: {e}")),
+        })?;
+        let needle = must_name.display().to_string();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+            .unwrap_or_default();
+        if cmdline.is_empty() {
+            return Err(refuse("it has exited".into()));
+        }
+        if !cmdline.contains(&needle) {
+            return Err(refuse(format!(
+                "its command line does not name {needle} (the pid was reused): {}",
+                cmdline.chars().take(200).collect::<String>()
+            )));
+        }
+        // SAFETY: the OwnedFd is a valid, open pidfd that the AsyncFd owns from here on; an
+        // OwnedFd always returns the same descriptor and closes it only when dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+            .map_err(|e| refuse(format!("watching the pidfd: {e}")))?;
+        let (control_tx, control_rx) = oneshot::channel::<Control>();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let task_name = name.clone();
+        tokio::spawn(async move {
+            // A pidfd turns readable when its process exits.
+            let exited = async {
+                let _ = fd.readable().await;
+            };
+            let how = tokio::select! {
+                _ = exited => "exited".to_string(),
+                c = control_rx => match c {
+                    Ok(Control::Detach) => {
+                        tracing::debug!(process = %task_name, pid, "adopted process detached");
+                        return;
+                    }
+                    Ok(Control::Kill) | Err(_) => {
+                        let _ = pidfd_send_signal(fd.get_ref(), libc::SIGKILL);
+                        let _ = fd.readable().await;
+                        "killed by signal SIGKILL".to_string()
+                    }
+                },
+            };
+            tracing::debug!(process = %task_name, pid, %how, "adopted process ended");
+            let _ = exit_tx.send(Some(how));
+        });
+        tracing::debug!(process = %name, pid, "process adopted");
+        Ok(Supervised {
+            name,
+            pid,
+            control: Some(control_tx),
+            exit: exit_rx,
+        })
+    }
+
+    /// Lets the process run on without supervision: it is neither killed nor waited for any
+    /// more. For handing a running VM over to another process (which [adopts](Self::adopt) it).
+    pub fn detach(mut self) {
+        if let Some(c) = self.control.take() {
+            let _ = c.send(Control::Detach);
         }
     }
 
@@ -87,8 +213,8 @@ impl Supervised {
         if let Ok(how) = tokio::time::timeout(grace, self.wait()).await {
             return how;
         }
-        if let Some(k) = self.kill.take() {
-            let _ = k.send(());
+        if let Some(c) = self.control.take() {
+            let _ = c.send(Control::Kill);
         }
         self.wait().await
     }
@@ -99,6 +225,37 @@ impl Supervised {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), sig);
         }
     }
+}
+
+/// `pidfd_open(2)`: a descriptor that pins the process `pid` (not a later holder of the pid).
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory
+    // is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `pidfd_send_signal(2)`: signals exactly the process the pidfd pins.
+fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
+    // SAFETY: the descriptor is valid for the call (borrowed); a null siginfo is allowed and
+    // means "as kill(2) would send it".
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Describes an exit status as a shell would: `exit code N` or `killed by signal SIG`.
@@ -122,7 +279,6 @@ mod tests {
     async fn stop_kills_after_grace_and_reports_signal() {
         let child = tokio::process::Command::new("sleep")
             .arg("100")
-            .kill_on_drop(true)
             .spawn()
             .unwrap();
         let mut s = Supervised::new("sleep", child);
@@ -136,7 +292,6 @@ mod tests {
     async fn exit_code_is_reported() {
         let child = tokio::process::Command::new("sh")
             .args(["-c", "exit 3"])
-            .kill_on_drop(true)
             .spawn()
             .unwrap();
         let s = Supervised::new("sh", child);
@@ -147,7 +302,6 @@ mod tests {
     async fn dropping_the_handle_kills_the_child() {
         let child = tokio::process::Command::new("sleep")
             .arg("100")
-            .kill_on_drop(true)
             .spawn()
             .unwrap();
         let s = Supervised::new("sleep", child);
@@ -161,5 +315,71 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("child {pid} still runs after its handle was dropped");
+    }
+
+    fn gone(pid: u32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.is_empty() || stat.contains(") Z")
+    }
+
+    #[tokio::test]
+    async fn a_detached_child_runs_on_and_can_be_adopted_and_killed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let marker = tmp.path().join("vm");
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("sleep 100; : {}/qmp.sock", marker.display()))
+            .spawn()
+            .unwrap();
+        let s = Supervised::new("sh", child);
+        let pid = s.pid();
+        s.detach();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!gone(pid), "a detached child must keep running");
+
+        // A process that does not name the directory is refused (a recycled pid).
+        let e = Supervised::adopt("sh", pid, Path::new("/elsewhere/vm")).unwrap_err();
+        assert!(e.to_string().contains("does not name /elsewhere/vm"), "{e}");
+        assert!(Supervised::adopt("sh", 0, &marker).is_err());
+
+        let mut adopted = Supervised::adopt("sh", pid, &marker).unwrap();
+        assert_eq!(adopted.pid(), pid);
+        assert_eq!(adopted.exited(), None);
+        let how = adopted.stop(Duration::from_millis(50)).await;
+        assert_eq!(how, "killed by signal SIGKILL");
+        for _ in 0..100 {
+            if gone(pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("adopted process {pid} survived stop");
+    }
+
+    #[tokio::test]
+    async fn an_adopted_process_that_exits_is_seen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let marker = tmp.path().join("vm");
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("sleep 0.3; : {}", marker.display()))
+            .spawn()
+            .unwrap();
+        let s = Supervised::new("sh", child);
+        let pid = s.pid();
+        s.detach();
+        // Until the child has exec'ed, its command line is not yet the one checked.
+        for _ in 0..100 {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&c).contains(&*marker.to_string_lossy()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let adopted = Supervised::adopt("sh", pid, &marker).unwrap();
+        let how = tokio::time::timeout(Duration::from_secs(5), adopted.wait())
+            .await
+            .expect("the exit of an adopted process is noticed");
+        assert_eq!(how, "exited");
     }
 }

@@ -114,3 +114,94 @@ async fn qmp_negotiates_queries_hotplugs_and_quits() {
     let status = vm.child.wait().unwrap();
     assert!(status.success(), "QEMU exits cleanly on quit: {status}");
 }
+
+/// A paused QEMU whose command line names `<tmp>/vm` (as the backend's VMs do) is adopted from
+/// a saved state, handed over again with `detach`, re-adopted, and stopped by pid.
+#[cfg(feature = "qemu")]
+#[tokio::test]
+async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
+    use kata_hypervisor::qemu::Qemu;
+    use kata_hypervisor::{Hypervisor, HypervisorConfig, HypervisorState, VmState, VsockAddress};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let vm_dir = tmp.path().join("vm");
+    std::fs::create_dir(&vm_dir).unwrap();
+    let sock = vm_dir.join("qmp.sock");
+    let mut child = std::process::Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35", "-accel", "tcg", "-nodefaults"])
+        .args(["-display", "none", "-S", "-m", "64M"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let config = HypervisorConfig {
+        shared_fs: "virtio-9p".into(),
+        ..Default::default()
+    };
+    let saved = HypervisorState {
+        backend: "qemu".into(),
+        vm_dir: vm_dir.clone(),
+        pids: vec![child.id()],
+        api_socket: Some(sock.clone()),
+        agent_address: Some(VsockAddress::HybridVsock {
+            uds: vm_dir.join("vsock.uds"),
+            port: 1024,
+        }),
+        accelerator: None,
+    };
+
+    // A pid now held by another program is refused, and that program is left alone.
+    let mut other = std::process::Command::new("sleep")
+        .arg("100")
+        .spawn()
+        .unwrap();
+    let recycled = HypervisorState {
+        pids: vec![other.id()],
+        ..saved.clone()
+    };
+    let e = Qemu::restore("r", config.clone(), &recycled)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("does not name"), "{e}");
+    assert!(other.try_wait().unwrap().is_none());
+    other.kill().unwrap();
+    other.wait().unwrap();
+    let wrong = HypervisorState {
+        backend: "firecracker".into(),
+        ..saved.clone()
+    };
+    assert!(Qemu::restore("r", config.clone(), &wrong).await.is_err());
+
+    let vm = Qemu::restore("r", config.clone(), &saved).await.unwrap();
+    assert_eq!(vm.state(), VmState::Running);
+    assert_eq!(vm.pids(), vec![child.id()]);
+    assert!(vm.agent_address().is_ok());
+    assert_eq!(vm.save_state().pids, saved.pids);
+
+    // Handed over again: QEMU runs on, QMP is free for the next owner.
+    vm.detach().await.unwrap();
+    vm.stop().await.unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "detach leaves QEMU running"
+    );
+    drop(vm);
+    let vm = Qemu::restore("r", config, &saved).await.unwrap();
+    vm.pause().await.unwrap();
+    assert_eq!(vm.state(), VmState::Paused);
+
+    vm.stop().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), vm.wait_exit())
+        .await
+        .expect("the end of an adopted QEMU is seen");
+    assert!(!status.is_empty());
+    assert!(child.wait().is_ok());
+    assert!(!vm_dir.exists(), "stop removes the VM directory");
+}

@@ -3,6 +3,10 @@
 //! Start-up: resolve the guest files, choose KVM or TCG, start the vsock backend if the host has
 //! no `/dev/vhost-vsock`, launch QEMU with everything cold-plugged, then connect QMP. Every step
 //! that fails undoes the ones before it, so a failed start leaves no process, socket or directory.
+//!
+//! Hand-over: [`Hypervisor::detach`] leaves QEMU and its vsock backend running, and
+//! [`Qemu::restore`] adopts them again from the saved [`HypervisorState`] (pids checked against
+//! their command lines and pinned with pidfds, QMP reconnected), in this process or another.
 
 pub mod cmdline;
 pub mod qmp;
@@ -59,6 +63,8 @@ pub struct Qemu {
     last_console: Mutex<Vec<String>>,
     agent: Mutex<Option<VsockAddress>>,
     accelerator: Mutex<Option<Accelerator>>,
+    /// Set by `detach`: the VM belongs to someone else now; `stop` leaves it alone.
+    detached: AtomicBool,
 }
 
 impl std::fmt::Debug for Qemu {
@@ -89,7 +95,85 @@ impl Qemu {
             last_console: Mutex::new(Vec::new()),
             agent: Mutex::new(None),
             accelerator: Mutex::new(None),
+            detached: AtomicBool::new(false),
         })
+    }
+
+    /// Takes over a QEMU VM that another handle started and [detached](Hypervisor::detach)
+    /// (a restarted runtime reconnecting to its sandbox), from the state it saved.
+    ///
+    /// The QEMU and vsock backend pids must still run and name the saved VM directory on their
+    /// command lines (a pid reused by another program is refused, never adopted); they are
+    /// pinned with pidfds, so [`Hypervisor::wait_exit`] sees their exit and
+    /// [`Hypervisor::stop`] kills exactly them (and removes the VM directory). QMP is
+    /// reconnected and the state (running or paused) read from it. On error nothing is
+    /// killed or removed: the caller may still clean up from the saved state.
+    pub async fn restore(
+        id: &str,
+        config: HypervisorConfig,
+        saved: &HypervisorState,
+    ) -> Result<Self> {
+        if saved.backend != "qemu" {
+            return Err(Error::InvalidConfig {
+                key: "backend",
+                value: saved.backend.clone(),
+                reason: "the saved VM was not started by the QEMU backend".into(),
+            });
+        }
+        let agent = saved.agent_address.clone().ok_or_else(|| Error::Adopt {
+            what: "qemu".into(),
+            pid: saved.pids.first().copied().unwrap_or_default(),
+            reason: "the saved state has no agent address".into(),
+        })?;
+        let vm = Qemu::new(id, config, saved.vm_dir.clone())?;
+        let mut adopted: Vec<Supervised> = Vec::new();
+        let result = async {
+            let qemu_pid = saved.pids.first().copied().unwrap_or_default();
+            adopted.push(Supervised::adopt("qemu", qemu_pid, &saved.vm_dir)?);
+            if let Some(&pid) = saved.pids.get(1) {
+                adopted.push(Supervised::adopt("vhost-device-vsock", pid, &saved.vm_dir)?);
+            }
+            let socket = saved
+                .api_socket
+                .clone()
+                .unwrap_or_else(|| saved.vm_dir.join("qmp.sock"));
+            let qmp = QmpClient::connect(&socket, QMP_TIMEOUT).await?;
+            let status = qmp.query_status().await?;
+            Ok::<_, Error>((qmp, status))
+        }
+        .await;
+        let (qmp, status) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Leave the processes as they were found.
+                adopted.into_iter().for_each(Supervised::detach);
+                return Err(e);
+            }
+        };
+        let mut processes = adopted.into_iter();
+        let qemu = processes.next();
+        let backend = processes.next();
+        let qmp = Arc::new(qmp);
+        {
+            let mut run = vm.running.try_lock().expect("a new VM's lock is free");
+            *vm.exit.lock().unwrap() = qemu.as_ref().map(Supervised::exit_watch);
+            *vm.pids.lock().unwrap() = saved.pids.clone();
+            run.qemu = qemu;
+            run.vsock_backend = backend;
+            run.qmp = Some(qmp.clone());
+            run.agent = Some(agent.clone());
+            run.accelerator = saved.accelerator;
+        }
+        *vm.qmp.lock().unwrap() = Some(qmp.clone());
+        *vm.agent.lock().unwrap() = Some(agent);
+        *vm.accelerator.lock().unwrap() = saved.accelerator;
+        vm.set_state(if status == "paused" {
+            VmState::Paused
+        } else {
+            VmState::Running
+        });
+        tracing::info!(sandbox_id = %id, pids = ?saved.pids, %status, qemu_version = qmp.qemu_version(), "QEMU adopted");
+        Ok(vm)
     }
 
     /// The VM directory.
@@ -228,7 +312,6 @@ impl Qemu {
                     .map_err(|e| Error::io("vsock backend log", e))?,
             )
             .stderr(log)
-            .kill_on_drop(true)
             .spawn()
             .map_err(|e| Error::io(format!("starting {}", bin.display()), e))?;
         let backend = Supervised::new("vhost-device-vsock", child);
@@ -302,7 +385,6 @@ impl Qemu {
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().map_err(|e| Error::io("qemu.log", e))?)
             .stderr(log)
-            .kill_on_drop(true)
             .spawn()
             .map_err(|e| Error::io(format!("starting {}", qemu.display()), e))?;
         let proc = Supervised::new("qemu", child);
@@ -495,6 +577,9 @@ impl Hypervisor for Qemu {
 
     async fn stop(&self) -> Result<()> {
         let mut run = self.running.lock().await;
+        if self.detached.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let how = run.qemu.as_ref().and_then(Supervised::exited);
         self.cleanup(&mut run).await;
         self.set_state(VmState::Stopped(how.unwrap_or_else(|| "stopped".into())));
@@ -600,6 +685,28 @@ impl Hypervisor for Qemu {
         }
         let kept = self.last_console.lock().unwrap();
         kept[kept.len().saturating_sub(n)..].to_vec()
+    }
+
+    async fn detach(&self) -> Result<()> {
+        let mut run = self.running.lock().await;
+        if self.detached.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Dropping the QMP connection frees QEMU's monitor for the next owner.
+        run.qmp = None;
+        *self.qmp.lock().unwrap() = None;
+        if let Some(p) = run.qemu.take() {
+            p.detach();
+        }
+        if let Some(b) = run.vsock_backend.take() {
+            b.detach();
+        }
+        *self.exit.lock().unwrap() = None;
+        tracing::info!(sandbox_id = %self.id, pids = ?self.pids(), "QEMU detached: it runs on");
+        self.set_state(VmState::Stopped(
+            "detached: the VM runs on without this handle".into(),
+        ));
+        Ok(())
     }
 
     async fn wait_exit(&self) -> String {
