@@ -61,6 +61,16 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A shared directory or container rootfs to adopt (from a sandbox another process set
+    /// up) is not there as expected.
+    #[error("cannot adopt {}: {reason}", path.display())]
+    NotAdoptable {
+        /// The directory or mount point.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+
     /// The rootfs to share is not a directory.
     #[error("rootfs {} of container {container_id} is not a directory", path.display())]
     RootfsNotADirectory {

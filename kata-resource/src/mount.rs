@@ -118,7 +118,6 @@ pub(crate) fn mount_points_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
 }
 
 /// Whether `path` (absolute, canonical) is a mount point.
-#[cfg(test)]
 pub(crate) fn is_mount_point(path: &Path) -> io::Result<bool> {
     Ok(mount_points_under(path)?.iter().any(|p| p == path))
 }

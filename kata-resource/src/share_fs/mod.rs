@@ -6,7 +6,10 @@
 //! `<shared>/<container_id>/rootfs`, which the guest sees as
 //! `/run/kata-containers/shared/containers/<container_id>/rootfs`.
 //!
-//! [`ShareFs`] owns the directory; [`SharedRootfs`] owns one container's mount. The hypervisor
+//! [`ShareFs`] owns the directory; [`SharedRootfs`] owns one container's mount. Ownership can
+//! be handed to another process: [`ShareFs::detach`] and [`SharedRootfs::detach`] leave the
+//! directory and mounts in place, [`ShareFs::adopt`] and [`ShareFs::adopt_rootfs`] take them
+//! over again with the same release-on-drop duties. The hypervisor
 //! side (turning the tag and path into QEMU arguments) belongs to `kata-hypervisor`; the guest
 //! side (the mount the agent performs) is described by [`ShareFs::storage`].
 
@@ -17,6 +20,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -146,14 +150,63 @@ impl ShareFs {
             Err(e) => return Err(e).at("create directory", &shared),
         }
         tracing::debug!(path = %shared.display(), %kind, "created share-fs directory");
-        Ok(ShareFs {
+        Ok(Self::owning(&sandbox_dir, kind))
+    }
+
+    fn owning(sandbox_dir: &Path, kind: ShareFsKind) -> Self {
+        ShareFs {
             dirs: Arc::new(ShareFsDirs {
-                shared,
+                shared: sandbox_dir.join(SHARED_DIR_NAME),
                 overlay: sandbox_dir.join(OVERLAY_DIR_NAME),
+                kept: AtomicBool::new(false),
             }),
             kind,
             msize_9p: DEFAULT_MSIZE_9P,
-        })
+        }
+    }
+
+    /// Takes over the shared directory `<sandbox_dir>/shared/` that another `ShareFs` (in this
+    /// process or one that exited) created and [detached](Self::detach): from now on this one
+    /// removes it, with everything mounted under it, when it and its [`SharedRootfs`]es are
+    /// dropped. Container rootfs mounts are taken over with [`adopt_rootfs`](Self::adopt_rootfs).
+    ///
+    /// Fails with [`Error::NotAdoptable`] if the directory does not exist.
+    pub fn adopt(sandbox_dir: impl AsRef<Path>, kind: ShareFsKind) -> Result<Self> {
+        let sandbox_dir = sandbox_dir.as_ref();
+        let not_there = |reason: &str| Error::NotAdoptable {
+            path: sandbox_dir.join(SHARED_DIR_NAME),
+            reason: reason.to_owned(),
+        };
+        let sandbox_dir = match sandbox_dir.canonicalize() {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(not_there("the sandbox directory does not exist"))
+            }
+            Err(e) => return Err(e).at("resolve directory", sandbox_dir),
+        };
+        if !sandbox_dir.join(SHARED_DIR_NAME).is_dir() {
+            return Err(not_there("the shared directory does not exist"));
+        }
+        tracing::debug!(sandbox_dir = %sandbox_dir.display(), %kind, "adopted share-fs directory");
+        Ok(Self::owning(&sandbox_dir, kind))
+    }
+
+    /// Takes over the rootfs mount of `container_id` (`<shared>/<container_id>/rootfs`, and in
+    /// [`RootfsMode::Overlay`] its upper and work directories) that a detached
+    /// [`SharedRootfs`] left: releasing or dropping the returned one unmounts and removes it.
+    ///
+    /// Fails with [`Error::NotAdoptable`] if the rootfs is not mounted there (or, for an
+    /// overlay, its directory is missing); nothing is changed then.
+    pub fn adopt_rootfs(&self, container_id: &str, mode: RootfsMode) -> Result<SharedRootfs> {
+        SharedRootfs::adopt(Arc::clone(&self.dirs), container_id, mode)
+    }
+
+    /// Gives up ownership: the shared directory and every mount under it stay when this
+    /// `ShareFs` and its [`SharedRootfs`]es are dropped (detach those too, or their own mounts
+    /// are still released), for [`ShareFs::adopt`] to take over in this process or another.
+    pub fn detach(self) {
+        self.dirs.kept.store(true, Ordering::SeqCst);
+        tracing::debug!(path = %self.dirs.shared.display(), "share-fs directory detached");
     }
 
     /// Sets the 9p `msize` the guest mounts with (Kata's `msize_9p`, default 8192).
@@ -248,10 +301,15 @@ struct ShareFsDirs {
     shared: PathBuf,
     /// `<sandbox_dir>/rootfs-overlay`, created on the first overlay share.
     overlay: PathBuf,
+    /// Set by [`ShareFs::detach`]: the directories outlive their owners.
+    kept: AtomicBool,
 }
 
 impl Drop for ShareFsDirs {
     fn drop(&mut self) {
+        if self.kept.load(Ordering::SeqCst) {
+            return;
+        }
         for dir in [&self.shared, &self.overlay] {
             if let Err(e) = unmount_and_remove(dir) {
                 tracing::error!(dir = %dir.display(), "cannot remove share-fs directory: {e}");

@@ -10,8 +10,12 @@ use super::{ShareFsDirs, GUEST_SHARED_DIR};
 use crate::error::IoContext;
 use crate::{mount, validate_container_id, Error, Result};
 
-/// How a container's rootfs is mounted into the shared directory.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// How a container's rootfs is mounted into the shared directory. Serialized as `read-write`,
+/// `read-only` and `overlay` (a sandbox's persisted state records it, to adopt the mount later).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum RootfsMode {
     /// A read-write bind mount: the container writes into the source directory.
     #[default]
@@ -101,6 +105,56 @@ impl SharedRootfs {
         Ok(shared)
     }
 
+    /// Takes over a rootfs mount a detached `SharedRootfs` left in place.
+    pub(super) fn adopt(
+        dirs: Arc<ShareFsDirs>,
+        container_id: &str,
+        mode: RootfsMode,
+    ) -> Result<Self> {
+        validate_container_id(container_id)?;
+        let container_dir = dirs.shared.join(container_id);
+        let mount_point = container_dir.join("rootfs");
+        let mounted =
+            mount::is_mount_point(&mount_point).at("read", Path::new("/proc/self/mountinfo"))?;
+        if !mounted {
+            return Err(Error::NotAdoptable {
+                path: mount_point,
+                reason: format!("the rootfs of container {container_id} is not mounted there"),
+            });
+        }
+        let overlay_dir = match mode {
+            RootfsMode::Overlay => {
+                let dir = dirs.overlay.join(container_id);
+                if !dir.is_dir() {
+                    return Err(Error::NotAdoptable {
+                        path: dir,
+                        reason: format!(
+                            "the overlay directory of container {container_id} does not exist"
+                        ),
+                    });
+                }
+                Some(dir)
+            }
+            RootfsMode::ReadWrite | RootfsMode::ReadOnly => None,
+        };
+        tracing::debug!(container_id, mount_point = %mount_point.display(), ?mode, "adopted container rootfs");
+        Ok(SharedRootfs {
+            container_id: container_id.to_owned(),
+            container_dir,
+            mount_point,
+            done: Progress {
+                container_dir: true,
+                mount_point: true,
+                overlay_dir: overlay_dir.is_some(),
+                mounted: true,
+            },
+            overlay_dir,
+            guest_path: format!("{GUEST_SHARED_DIR}/{container_id}/rootfs"),
+            mode,
+            _dirs: dirs,
+        })
+    }
+
     fn set_up(&mut self, dirs: &ShareFsDirs, source: &Path) -> Result<()> {
         fail_point(Step::ContainerDir)?;
         match fs::create_dir(&self.container_dir) {
@@ -172,6 +226,13 @@ impl SharedRootfs {
     /// Unmounts the rootfs and removes its directories (and its overlay upper dir).
     pub fn release(mut self) -> Result<()> {
         self.tear_down()
+    }
+
+    /// Gives up ownership: the mount and its directories stay, for
+    /// [`ShareFs::adopt_rootfs`](super::ShareFs::adopt_rootfs) to take over later.
+    pub fn detach(mut self) {
+        self.done = Progress::default();
+        tracing::debug!(container_id = %self.container_id, "container rootfs detached");
     }
 
     /// Undoes what `done` records, last step first. Stops at a failed unmount: removing

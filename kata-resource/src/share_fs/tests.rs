@@ -329,3 +329,59 @@ fn release_never_deletes_through_a_live_mount() {
     assert!(fx.mounts().is_empty(), "{:?}", fx.mounts());
     assert!(!fx.sandbox_dir().join("shared").exists());
 }
+
+#[test]
+fn detached_shares_are_adopted_and_released_without_leaks() {
+    require_root!();
+    let fx = Fixture::new();
+    let share_fs = fx.share_fs();
+    let rw = share_fs.share_rootfs("c1", &fx.source()).unwrap();
+    let ov = share_fs
+        .share_rootfs_with("c2", &fx.source(), RootfsMode::Overlay)
+        .unwrap();
+    let shared_dir = share_fs.host_path().to_path_buf();
+    rw.detach();
+    ov.detach();
+    share_fs.detach();
+    // Everything stays for the next owner.
+    assert_eq!(fx.mounts().len(), 2);
+    assert!(shared_dir.join("c1/rootfs/etc/hostname").is_file());
+
+    let adopted = ShareFs::adopt(fx.sandbox_dir(), ShareFsKind::Virtio9p).unwrap();
+    assert_eq!(adopted.host_path(), shared_dir);
+    let e = adopted
+        .adopt_rootfs("c3", RootfsMode::ReadWrite)
+        .unwrap_err();
+    assert!(matches!(e, Error::NotAdoptable { .. }), "{e}");
+    assert!(e.to_string().contains("c3"), "{e}");
+    let e = adopted
+        .adopt_rootfs("../x", RootfsMode::ReadWrite)
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidContainerId { .. }), "{e}");
+    let c1 = adopted.adopt_rootfs("c1", RootfsMode::ReadWrite).unwrap();
+    assert_eq!(
+        c1.guest_path(),
+        "/run/kata-containers/shared/containers/c1/rootfs"
+    );
+    let c2 = adopted.adopt_rootfs("c2", RootfsMode::Overlay).unwrap();
+    c1.release().unwrap();
+    assert_eq!(fx.mounts().len(), 1);
+    assert!(!shared_dir.join("c1").exists());
+    // The last owner removes the rest (c2's mount and overlay, the shared dir).
+    drop(adopted);
+    assert!(shared_dir.exists(), "c2 still holds the shared directory");
+    drop(c2);
+    assert!(fx.mounts().is_empty());
+    assert!(!shared_dir.exists());
+    assert!(!fx.sandbox_dir().join("rootfs-overlay/c2").exists());
+    assert!(
+        fx.source().join("etc/hostname").is_file(),
+        "source untouched"
+    );
+
+    // Nothing to adopt.
+    let e = ShareFs::adopt(fx.sandbox_dir(), ShareFsKind::Virtio9p).unwrap_err();
+    assert!(matches!(e, Error::NotAdoptable { .. }), "{e}");
+    let e = ShareFs::adopt(fx.tmp.path().join("none"), ShareFsKind::Virtio9p).unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}
