@@ -33,6 +33,8 @@ use qmp::QmpClient;
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long start waits for the guest to start its vsock device before giving up waiting.
+const VSOCK_START_WAIT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 const CONSOLE_LINES_KEPT: usize = 50;
 
@@ -455,6 +457,46 @@ impl Qemu {
         self.pids.lock().unwrap().clear();
     }
 
+    /// Waits until the guest's driver has started the vsock device.
+    ///
+    /// A hybrid-vsock `CONNECT` that reaches vhost-device-vsock before the guest has set up
+    /// its vsock queues can wedge that connection path for good (seen once in ~100 boots under
+    /// load: the agent served, but no CONNECT was ever answered), so the agent is dialled only
+    /// once the device runs. Best effort: if QEMU cannot say (the query is experimental), or the
+    /// device is not up within [`VSOCK_START_WAIT`], start goes on and the dial decides. A VM
+    /// that exits meanwhile (guest panic) fails the start with its console.
+    async fn wait_vsock_started(&self, run: &Running) -> Result<()> {
+        let (Some(qmp), Some(qemu)) = (run.qmp.as_ref(), run.qemu.as_ref()) else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + VSOCK_START_WAIT;
+        loop {
+            if let Some(how) = qemu.exited() {
+                return Err(Error::StartFailed {
+                    vmm: "qemu".into(),
+                    reason: format!("the VM exited during boot ({how})"),
+                    console: tail_lines(&self.console_log(), 20),
+                });
+            }
+            match qmp
+                .virtio_started("/machine/peripheral/vsock0/virtio-backend")
+                .await
+            {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(sandbox_id = %self.id, error = %e, "cannot query the vsock device; dialling the agent without waiting");
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(sandbox_id = %self.id, after = ?VSOCK_START_WAIT, "the guest has not started its vsock device yet; dialling the agent anyway");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Hot-plugs the VFIO devices that `cold_plug_vfio = "no-port"` left for after boot.
     async fn hotplug_deferred(&self, run: &mut Running) -> Result<()> {
         if self.config.cold_plug_vfio != PciePort::NoPort {
@@ -557,7 +599,10 @@ impl Hypervisor for Qemu {
             });
         }
         let result = match self.start_inner(&mut run).await {
-            Ok(()) => self.hotplug_deferred(&mut run).await,
+            Ok(()) => match self.hotplug_deferred(&mut run).await {
+                Ok(()) => self.wait_vsock_started(&run).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         if let Err(e) = result {

@@ -233,6 +233,21 @@ impl QmpClient {
         }
     }
 
+    /// Whether the guest driver has started a virtio device (`x-query-virtio-status`: the
+    /// device is `started`, or its status has `DRIVER_OK`). `path` is the device's QOM path
+    /// of its virtio backend, e.g. `/machine/peripheral/vsock0/virtio-backend`.
+    pub async fn virtio_started(&self, path: &str) -> Result<bool> {
+        let v = self
+            .execute("x-query-virtio-status", Some(json!({ "path": path })))
+            .await?;
+        let driver_ok = v["status"]["statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s.as_str().is_some_and(|s| s.contains("DRIVER_OK")));
+        Ok(v["started"].as_bool().unwrap_or(false) || driver_ok)
+    }
+
     /// `stop`: pauses the vCPUs.
     pub async fn stop(&self) -> Result<()> {
         self.execute("stop", None).await.map(drop)
