@@ -22,6 +22,20 @@ pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
     lines[skip..].to_vec()
 }
 
+/// The console lines as an error-message suffix: empty when there are none, else a header
+/// line and the lines, each on its own line.
+pub fn format_tail(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n--- last {} guest console lines ---\n{}",
+            lines.len(),
+            lines.join("\n")
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

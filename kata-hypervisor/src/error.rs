@@ -36,7 +36,7 @@ pub enum Error {
         install: String,
     },
     /// The VMM process could not be started or exited during start-up.
-    #[error("{vmm} failed to start: {reason}{}", console_suffix(.console))]
+    #[error("{vmm} failed to start: {reason}{}", crate::console::format_tail(.console))]
     StartFailed {
         /// Which VMM ("qemu", "vhost-device-vsock", ...).
         vmm: String,
@@ -91,18 +91,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-}
-
-fn console_suffix(lines: &[String]) -> String {
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "\n--- last {} guest console lines ---\n{}",
-            lines.len(),
-            lines.join("\n")
-        )
-    }
 }
 
 impl Error {

@@ -30,7 +30,7 @@ pub enum Error {
         id: String,
     },
     /// The VM exited while the sandbox was starting or running.
-    #[error("the VM exited ({how}){}", console_suffix(.console))]
+    #[error("the VM exited ({how}){}", kata_hypervisor::console::format_tail(.console))]
     VmExited {
         /// How the VMM exited.
         how: String,
@@ -38,7 +38,7 @@ pub enum Error {
         console: Vec<String>,
     },
     /// The agent did not answer within the timeout; the VM was killed.
-    #[error("the guest agent did not answer within {after:?} ({detail}); the VM was stopped{}", console_suffix(.console))]
+    #[error("the guest agent did not answer within {after:?} ({detail}); the VM was stopped{}", kata_hypervisor::console::format_tail(.console))]
     AgentTimeout {
         /// How long it waited.
         after: Duration,
@@ -84,18 +84,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-}
-
-fn console_suffix(lines: &[String]) -> String {
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "\n--- last {} guest console lines ---\n{}",
-            lines.len(),
-            lines.join("\n")
-        )
-    }
 }
 
 impl Error {
