@@ -3,8 +3,8 @@
 //! The file says what a sandbox left on the host — its VMM and helper processes (pids,
 //! sockets), its shared directory, each container's rootfs mount and exec ids, and metadata the
 //! caller attached to containers (the containerd shim keeps its bundle paths and task states
-//! there) — so that a process that did not build the sandbox can find it again or clean up
-//! after it ([`cleanup`]).
+//! there) — so that a process that did not build the sandbox can find it again
+//! ([`crate::Sandbox::restore`]) or clean up after it ([`cleanup`]).
 //!
 //! It is rewritten on every state change, atomically: a temporary file in the same directory is
 //! written, fsync'ed and renamed over `state.json`, then the directory is fsync'ed. A reader
@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kata_hypervisor::HypervisorState;
+use kata_hypervisor::{HypervisorConfig, HypervisorState};
+use kata_resource::share_fs::{RootfsMode, ShareFsKind};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -43,6 +44,28 @@ pub struct SandboxState {
     pub resources: ResourceState,
     /// The containers, by id.
     pub containers: BTreeMap<String, ContainerState>,
+    /// What [`crate::Sandbox::restore`] needs to take the sandbox over: the hypervisor
+    /// section it was built with, its shared filesystem and agent timeouts. `None` in files
+    /// written before it existed (such a sandbox can be cleaned up, not restored).
+    #[serde(default)]
+    pub config: Option<SandboxConfigState>,
+}
+
+/// The configuration a sandbox was built with, as far as a process taking it over needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxConfigState {
+    /// The `[hypervisor.*]` section the VM runs with.
+    pub hypervisor: HypervisorConfig,
+    /// How the shared directory reaches the guest.
+    pub shared_fs: ShareFsKind,
+    /// The 9p `msize` the guest mounted it with.
+    pub msize_9p: u32,
+    /// Where unpacked OCI images are cached.
+    pub image_cache: PathBuf,
+    /// The agent's request deadline, in milliseconds.
+    pub agent_request_timeout_ms: u64,
+    /// The agent's dial timeout, in milliseconds.
+    pub agent_dial_timeout_ms: u64,
 }
 
 /// Host resources of a sandbox (what must be unmounted and removed).
@@ -61,6 +84,22 @@ pub struct ContainerState {
     pub execs: Vec<String>,
     /// What the caller attached ([`crate::Sandbox::set_container_metadata`]).
     pub metadata: BTreeMap<String, String>,
+    /// How the rootfs is mounted (to adopt the mount on restore).
+    #[serde(default)]
+    pub rootfs_mode: Option<RootfsMode>,
+    /// The container's processes by exec id (the first process under the container id):
+    /// how their streams were set up, to re-attach them on restore.
+    #[serde(default)]
+    pub processes: BTreeMap<String, ProcessState>,
+}
+
+/// How one process's standard streams were set up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessState {
+    /// It has a terminal (stderr is merged into stdout).
+    pub terminal: bool,
+    /// Its stdin was left open.
+    pub stdin: bool,
 }
 
 impl SandboxState {
@@ -284,6 +323,15 @@ mod tests {
                 rootfs: Some(dir.join("shared/c1/rootfs")),
                 execs: vec!["exec-1".into()],
                 metadata: [("bundle".to_string(), "/b".to_string())].into(),
+                rootfs_mode: Some(RootfsMode::Overlay),
+                processes: [(
+                    "c1".to_string(),
+                    ProcessState {
+                        terminal: true,
+                        stdin: false,
+                    },
+                )]
+                .into(),
             },
         );
         SandboxState {
@@ -295,7 +343,29 @@ mod tests {
                 shared_dir: Some(dir.join("shared")),
             },
             containers,
+            config: Some(SandboxConfigState {
+                hypervisor: HypervisorConfig::default(),
+                shared_fs: ShareFsKind::Virtio9p,
+                msize_9p: 8192,
+                image_cache: "/var/cache/kata-rs/images".into(),
+                agent_request_timeout_ms: 30_000,
+                agent_dial_timeout_ms: 45_000,
+            }),
         }
+    }
+
+    #[test]
+    fn a_state_without_the_later_fields_still_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = serde_json::json!({
+            "version": STATE_VERSION, "id": "sb", "dir": tmp.path(), "hypervisor": null,
+            "resources": {"shared_dir": null},
+            "containers": {"c1": {"rootfs": null, "execs": [], "metadata": {}}},
+        });
+        std::fs::write(SandboxState::path(tmp.path()), old.to_string()).unwrap();
+        let s = SandboxState::load(tmp.path()).unwrap();
+        assert_eq!(s.config, None);
+        assert_eq!(s.containers["c1"].rootfs_mode, None);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! [`Sandbox`]: one micro-VM with its agent, and the containers in it.
 
+mod restore;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +23,9 @@ use crate::builder::SandboxBuilder;
 use crate::container::{Container, Output, Process};
 use crate::error::{Error, Result};
 use crate::io;
-use crate::persist::{ContainerState, ResourceState, SandboxState};
+use crate::persist::{
+    ContainerState, ProcessState, ResourceState, SandboxConfigState, SandboxState,
+};
 use crate::spec::{ContainerSpec, ProcessSpec, RootfsSource};
 
 /// Time taken by each step of [`SandboxBuilder::build`], for callers that report start-up.
@@ -40,6 +44,7 @@ pub(crate) struct ContainerEntry {
     execs: u64,
     exec_ids: Vec<String>,
     metadata: BTreeMap<String, String>,
+    processes: BTreeMap<String, ProcessState>,
 }
 
 /// The state shared by a [`Sandbox`] and its [`Container`]s.
@@ -53,6 +58,8 @@ pub(crate) struct Inner {
     image_cache: PathBuf,
     shut_down: AtomicBool,
     timings: BootTimings,
+    /// What `state.json` keeps of the configuration, for [`Sandbox::restore`].
+    saved_config: SandboxConfigState,
     /// Serialises `state.json` writes.
     persist_lock: Mutex<()>,
 }
@@ -275,7 +282,16 @@ impl Inner {
                 ))
             }
         };
-        let share = ShareFs::new(&dir, kind)?.with_msize_9p(config.msize_9p.max(8192));
+        let msize_9p = config.msize_9p.max(8192);
+        let saved_config = SandboxConfigState {
+            hypervisor: config.clone(),
+            shared_fs: kind,
+            msize_9p,
+            image_cache: b.image_cache.clone(),
+            agent_request_timeout_ms: b.agent_options.request_timeout.as_millis() as u64,
+            agent_dial_timeout_ms: b.agent_options.dial_timeout.as_millis() as u64,
+        };
+        let share = ShareFs::new(&dir, kind)?.with_msize_9p(msize_9p);
         let device = DeviceConfig::ShareFs(ShareFsDevice {
             mount_tag: share.mount_tag().to_string(),
             host_path: share.host_path().to_path_buf(),
@@ -313,6 +329,7 @@ impl Inner {
                 agent_connected,
                 ready: t0.elapsed(),
             },
+            saved_config,
             persist_lock: Mutex::new(()),
         });
         tracing::info!(sandbox_id = %id, ready = ?inner.timings.ready, "sandbox ready");
@@ -388,6 +405,7 @@ impl Inner {
                     execs: 0,
                     exec_ids: Vec::new(),
                     metadata: BTreeMap::new(),
+                    processes: BTreeMap::new(),
                 },
             );
         }
@@ -446,6 +464,10 @@ impl Inner {
         }
         let terminal = spec.process.terminal;
         let stdin = spec.process.stdin;
+        if let Some(e) = self.containers.lock().unwrap().get_mut(id) {
+            e.processes
+                .insert(id.to_string(), ProcessState { terminal, stdin });
+        }
         let oci = spec.to_oci(id, &guest_root, image_process)?;
         let req = CreateContainerRequest {
             container_id: id.to_string(),
@@ -531,6 +553,13 @@ impl Inner {
             entry.execs += 1;
             let exec_id = format!("exec-{}", entry.execs);
             entry.exec_ids.push(exec_id.clone());
+            entry.processes.insert(
+                exec_id.clone(),
+                ProcessState {
+                    terminal: process.terminal,
+                    stdin: process.stdin,
+                },
+            );
             exec_id
         };
         self.persist_or_warn();
@@ -548,6 +577,7 @@ impl Inner {
         if let Err(e) = self.agent.exec_process(&req).await {
             if let Some(entry) = self.containers.lock().unwrap().get_mut(container_id) {
                 entry.exec_ids.retain(|id| id != &exec_id);
+                entry.processes.remove(&exec_id);
             }
             self.persist_or_warn();
             return Err(e.into());
@@ -580,6 +610,8 @@ impl Inner {
                         rootfs: e.rootfs.as_ref().map(|r| r.host_path().to_path_buf()),
                         execs: e.exec_ids.clone(),
                         metadata: e.metadata.clone(),
+                        rootfs_mode: e.rootfs.as_ref().map(|r| r.mode()),
+                        processes: e.processes.clone(),
                     },
                 )
             })
@@ -598,6 +630,7 @@ impl Inner {
                     .map(|s| s.host_path().to_path_buf()),
             },
             containers,
+            config: Some(self.saved_config.clone()),
         }
     }
 

@@ -1,0 +1,249 @@
+//! Tier 3: handing a running sandbox over — `Sandbox::detach` leaves the VM, shares and
+//! `state.json` in place, `Sandbox::restore` takes them over again (QEMU adopted by pid, QMP and
+//! agent reconnected) — against a real guest. One boot; cases filter by name
+//! (`cargo test -p kata-sandbox --test vm_restore -- <filter>`). Nothing may be left after the
+//! run: no process naming the sandbox, no mount, no directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use kata_sandbox::{ContainerSpec, ProcessSpec, Sandbox};
+use tokio::io::AsyncReadExt;
+
+const ID: &str = "vm-restore-tests";
+
+fn record(line: &str) {
+    if let Some(log) = std::env::var_os("KATA_RS_VM_TEST_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && !cmdline.contains("vm_restore") {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs an exec to the end: (status, stdout).
+async fn exec(c: &kata_sandbox::Container, args: &[&str]) -> Result<(i32, String, String)> {
+    let mut p = c.exec(ProcessSpec::new(args.iter().copied())).await?;
+    let exec_id = p.exec_id().to_string();
+    let out = p.output().await?;
+    Ok((out.status, out.stdout_str(), exec_id))
+}
+
+/// Boot, start a container, detach, restore, exec into the still-running container, detach
+/// and restore once more, kill/wait/delete it, shut down: nothing left.
+async fn round_trip(root: &Path, rootfs: &Path) -> Result<()> {
+    let t = Instant::now();
+    let sandbox = Sandbox::builder()
+        .id(ID)
+        .memory_mib(256)
+        .root_dir(root)
+        .build()
+        .await
+        .context("THIS VM TEST COULD NOT BOOT A GUEST")?;
+    record("booted vm_restore");
+    println!("booted in {:.1?}", t.elapsed());
+    let dir = sandbox.dir().to_path_buf();
+    let mut c = sandbox
+        .create_container(ContainerSpec::from_rootfs_dir(rootfs).id("c1").args([
+            "sh",
+            "-c",
+            "echo before; exec sleep 1000",
+        ]))
+        .await?;
+    let mut stdout = c.stdout().context("stdout")?;
+    c.start().await?;
+    let mut first = [0u8; 7];
+    stdout.read_exact(&mut first).await?;
+    ensure!(&first == b"before\n", "first output {first:?}");
+    let (status, out, exec_id) = exec(&c, &["echo", "one"]).await?;
+    ensure!(
+        status == 0 && out == "one\n",
+        "exec before detach: {status} {out:?}"
+    );
+    ensure!(exec_id == "exec-1", "first exec id {exec_id}");
+    let vmm_pids = sandbox.hypervisor().pids();
+    drop((c, stdout));
+
+    sandbox.detach().await?;
+    ensure!(dir.join("state.json").is_file(), "state.json kept");
+    for pid in &vmm_pids {
+        ensure!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "VM process {pid} gone after detach"
+        );
+    }
+    ensure!(
+        mounts_under(&dir).len() == 1,
+        "the rootfs mount stays: {:?}",
+        mounts_under(&dir)
+    );
+
+    let t = Instant::now();
+    let sandbox = Sandbox::restore(&dir).await?;
+    println!("restored in {:.1?}", t.elapsed());
+    ensure!(sandbox.id() == ID, "id {}", sandbox.id());
+    ensure!(
+        sandbox.container_ids() == ["c1"],
+        "{:?}",
+        sandbox.container_ids()
+    );
+    ensure!(sandbox.hypervisor().pids() == vmm_pids, "same VMM");
+    let c = sandbox.container("c1")?;
+    let (status, out, exec_id) = exec(&c, &["sh", "-c", "echo restored; exit 5"]).await?;
+    ensure!(
+        status == 5 && out == "restored\n",
+        "exec after restore: {status} {out:?}"
+    );
+    ensure!(exec_id == "exec-2", "exec ids continue: {exec_id}");
+    ensure!(
+        !sandbox.container_pids("c1").await?.is_empty(),
+        "the container still runs"
+    );
+    ensure!(
+        matches!(
+            sandbox.container("nope"),
+            Err(kata_sandbox::Error::NotFound { .. })
+        ),
+        "unknown container"
+    );
+
+    // Handed over twice: QMP and the agent accept the next owner too.
+    drop(c);
+    sandbox.detach().await?;
+    let sandbox = Sandbox::restore(&dir).await?;
+    sandbox.hypervisor().pause().await?;
+    sandbox.hypervisor().resume().await?;
+    let c = sandbox.container("c1")?;
+    c.kill(libc::SIGKILL).await?;
+    let status = c.wait().await?;
+    ensure!(status == 137, "SIGKILL gave {status}");
+    c.delete().await?;
+    ensure!(sandbox.container_ids().is_empty());
+    sandbox.shutdown().await?;
+    ensure!(!dir.exists(), "sandbox dir {} left", dir.display());
+    ensure!(
+        mounts_under(root).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(root)
+    );
+    for pid in vmm_pids {
+        ensure!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z"),
+            "VM process {pid} survived shutdown"
+        );
+    }
+    Ok(())
+}
+
+/// Restore without a sandbox: clear errors, nothing created.
+async fn bad_input(root: &Path) -> Result<()> {
+    let dir = root.join("no-such-sandbox");
+    let e = Sandbox::restore(&dir).await.unwrap_err();
+    ensure!(
+        matches!(e, kata_sandbox::Error::NotFound { .. }),
+        "missing state: {e}"
+    );
+    ensure!(e.to_string().contains("state.json"), "{e}");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("state.json"), "{\"version\": 1, \"id\"")?;
+    let e = Sandbox::restore(&dir).await.unwrap_err();
+    ensure!(
+        matches!(e, kata_sandbox::Error::CorruptState { .. }),
+        "corrupt state: {e}"
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    std::process::ExitCode::from(rt.block_on(run_all()))
+}
+
+async fn run_all() -> u8 {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let work = tempfile::tempdir().expect("tempdir");
+    let root: PathBuf = work.path().join("sandboxes");
+    let rootfs = work.path().join("rootfs");
+    if let Err(e) = kata_resource::testimage::busybox_rootfs(&rootfs) {
+        eprintln!("cannot build the busybox rootfs: {e}");
+        return 1;
+    }
+    let (mut passed, mut failed) = (0u32, 0u32);
+    for name in ["restore_bad_input", "detach_restore_exec_kill_delete"] {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let t = Instant::now();
+        let fut = async {
+            match name {
+                "restore_bad_input" => bad_input(&root).await,
+                _ => round_trip(&root, &rootfs).await,
+            }
+        };
+        let r = match tokio::time::timeout(Duration::from_secs(180), fut).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("timed out after 180 s")),
+        };
+        let r = r.and_then(|()| {
+            let left = processes_mentioning(ID);
+            ensure!(left.is_empty(), "processes left: {left:?}");
+            Ok(())
+        });
+        match r {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1?})", t.elapsed());
+            }
+            Err(e) => {
+                failed += 1;
+                if format!("{e:#}").contains("COULD NOT BOOT") {
+                    record(&format!("no-guest vm_restore: {e:#}"));
+                }
+                println!("test {name} ... FAILED ({:.1?})\n{e:?}", t.elapsed());
+                // A failed case must not leave a VM behind.
+                let _ = kata_sandbox::persist::cleanup(&root.join(ID));
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    u8::from(failed > 0)
+}
