@@ -9,7 +9,8 @@
 //!   `containerd-shim` crate. One shim process, and one VM, per sandbox: the CRI annotations
 //!   put a pod's containers into its sandbox; a plain `ctr run` is its own sandbox.
 //! - [`TaskService`]: the Task service.
-//! - [`discovery`]: which configuration file a sandbox is built from.
+//! - [`runtime_options`]: the configuration a sandbox is built from (kata-sandbox's
+//!   `ConfigLoader`, with containerd's runtime options and the pod's annotations).
 //!
 //! The binary is three lines:
 //!
@@ -22,10 +23,10 @@
 #![warn(missing_docs)]
 
 pub mod bundle;
-pub mod discovery;
 pub mod error;
 pub mod io;
 pub mod process;
+pub mod runtime_options;
 pub mod service;
 pub mod shim;
 pub mod stats;

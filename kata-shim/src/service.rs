@@ -27,7 +27,7 @@ use containerd_shim::protos::shim::shim::{
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, TtrpcContext, TtrpcResult};
-use kata_sandbox::{ContainerSpec, ProcessSpec, Sandbox, SandboxBuilder};
+use kata_sandbox::{ContainerSpec, ProcessSpec, Sandbox};
 
 use crate::bundle::{self, Placement, RootfsMount};
 use crate::error::{Error, Result};
@@ -154,19 +154,15 @@ impl TaskService {
         }
     }
 
-    /// Boots the sandbox for the first container, from the discovered configuration.
-    async fn boot(&self, sandbox_id: &str, options: Option<&Any>) -> Result<Arc<Sandbox>> {
-        let options_path = crate::discovery::options_config_path(options)?;
-        let builder = match crate::discovery::config_file(options_path.as_deref())? {
-            Some(path) => {
-                tracing::info!(config = %path.display(), "configuration");
-                SandboxBuilder::from_config_file(&path)?
-            }
-            None => {
-                tracing::info!("no configuration file found: using the built-in defaults");
-                SandboxBuilder::new()
-            }
-        };
+    /// Boots the sandbox for the first container, from the configuration
+    /// [`crate::runtime_options::sandbox_builder`] finds, with the container's annotations.
+    async fn boot(
+        &self,
+        sandbox_id: &str,
+        options: Option<&Any>,
+        annotations: std::collections::HashMap<String, String>,
+    ) -> Result<Arc<Sandbox>> {
+        let builder = crate::runtime_options::sandbox_builder(options, annotations)?;
         let sandbox = builder
             .id(sandbox_id)
             .root_dir(&self.shared.root_dir)
@@ -204,6 +200,7 @@ impl TaskService {
         let bundle = PathBuf::from(&req.bundle);
         let spec = bundle::load_spec(&bundle)?;
         let placement = Placement::of(&spec, &id);
+        let annotations = spec.annotations().clone().unwrap_or_default();
         let rootfs = bundle::rootfs_dir(&bundle, &spec);
         let mounts: Vec<RootfsMount> = req
             .rootfs
@@ -252,13 +249,15 @@ impl TaskService {
                     id: sb.clone(),
                 });
             }
-            (Placement::NewSandbox, None) => match self.boot(&id, req.options.as_ref()).await {
-                Ok(s) => (s, true),
-                Err(e) => {
-                    unmount(mounted);
-                    return Err(e);
+            (Placement::NewSandbox, None) => {
+                match self.boot(&id, req.options.as_ref(), annotations).await {
+                    Ok(s) => (s, true),
+                    Err(e) => {
+                        unmount(mounted);
+                        return Err(e);
+                    }
                 }
-            },
+            }
         };
 
         let stdio = Stdio {
