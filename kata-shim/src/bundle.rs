@@ -46,7 +46,8 @@ impl Placement {
     }
 }
 
-/// Reads and parses `<bundle>/config.json`.
+/// Reads and parses `<bundle>/config.json`. A value of the wrong type is reported with the
+/// field it is in (`config.json: field process.args: invalid type: ...`).
 pub fn load_spec(bundle: &Path) -> Result<Spec> {
     let path = bundle.join("config.json");
     let bad = |reason: String| Error::InvalidBundle {
@@ -55,7 +56,74 @@ pub fn load_spec(bundle: &Path) -> Result<Spec> {
     };
     let text =
         std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read config.json: {e}")))?;
-    serde_json::from_str(&text).map_err(|e| bad(format!("config.json: {e}")))
+    // Syntax errors carry a line and column; type errors are located by field.
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("config.json: {e}")))?;
+    serde_json::from_value::<Spec>(value.clone()).map_err(|e| {
+        let field = locate_bad_field(&value);
+        let at = if field.is_empty() {
+            String::new()
+        } else {
+            format!(" field {field}:")
+        };
+        bad(format!("config.json:{at} {e}"))
+    })
+}
+
+/// The dotted path of the value that stops `value` from parsing as a [`Spec`]: the deepest
+/// field whose replacement by the default spec's value (or, for fields the default has not,
+/// whose removal) makes it parse, the fields it lacks being taken from the default spec too.
+/// Empty when no single field is to blame.
+fn locate_bad_field(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let reference = serde_json::to_value(Spec::default()).unwrap_or_default();
+    /// `value` with the objects along `path` completed by the reference's missing keys, and
+    /// the last key either replaced by the reference's value or removed.
+    fn trial(value: &Value, reference: Option<&Value>, path: &[String], key: &str) -> Value {
+        let mut v = value.clone();
+        if let (Some(o), Some(r)) = (v.as_object_mut(), reference.and_then(Value::as_object)) {
+            for (k, rv) in r {
+                o.entry(k.clone()).or_insert_with(|| rv.clone());
+            }
+        }
+        let reference_child = |k: &str| reference.and_then(|r| r.get(k));
+        match (path.split_first(), v.as_object_mut()) {
+            (Some((first, rest)), Some(o)) => {
+                if let Some(child) = o.get(first.as_str()) {
+                    let t = trial(child, reference_child(first), rest, key);
+                    o.insert(first.clone(), t);
+                }
+            }
+            (None, Some(o)) => match reference_child(key) {
+                Some(good) => {
+                    o.insert(key.to_string(), good.clone());
+                }
+                None => {
+                    o.remove(key);
+                }
+            },
+            _ => {}
+        }
+        v
+    }
+    let mut path: Vec<String> = Vec::new();
+    while path.len() < 8 {
+        let mut here = value;
+        for k in &path {
+            here = &here[k.as_str()];
+        }
+        let Some(object) = here.as_object() else {
+            break;
+        };
+        let culprit = object.keys().find(|k| {
+            serde_json::from_value::<Spec>(trial(value, Some(&reference), &path, k)).is_ok()
+        });
+        match culprit {
+            Some(k) => path.push(k.clone()),
+            None => break,
+        }
+    }
+    path.join(".")
 }
 
 /// The rootfs directory of a bundle: `root.path` of the spec, relative to the bundle.
@@ -160,6 +228,25 @@ mod tests {
         let p = Placement::of(&s, "c");
         assert_eq!(p, Placement::Join("pod".into()));
         assert_eq!(p.sandbox_id("c"), "pod");
+    }
+
+    #[test]
+    fn a_wrong_type_is_reported_with_its_field() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("config.json"),
+            r#"{"ociVersion": "1.0.2", "process": {"cwd": "/", "args": "sh"}, "root": {"path": "rootfs"}}"#,
+        )
+        .unwrap();
+        let e = load_spec(tmp.path()).unwrap_err().to_string();
+        assert!(e.contains("field process.args:"), "{e}");
+        std::fs::write(
+            tmp.path().join("config.json"),
+            r#"{"ociVersion": "1.0.2", "hostname": 7}"#,
+        )
+        .unwrap();
+        let e = load_spec(tmp.path()).unwrap_err().to_string();
+        assert!(e.contains("field hostname:"), "{e}");
     }
 
     #[test]
