@@ -351,8 +351,8 @@ pub struct HypervisorConfig {
     /// Where VFIO devices are hot-plugged after boot: `no-port` (default: on the root bus),
     /// `root-port`, `bridge-port` or `switch-port`.
     pub hot_plug_vfio: PciePort,
-    /// Number of PCIe root ports to create (for hot-plug, and at least one per cold-plugged
-    /// device on `root-port`). Default 0.
+    /// Number of PCIe root ports to create for hot-plug. Devices cold-plugged on `root-port`
+    /// get their own ports in addition. Default 0.
     pub pcie_root_port: u32,
     /// Number of PCIe switch downstream ports to create. Default 0. Exclusive with
     /// `pcie_root_port`.

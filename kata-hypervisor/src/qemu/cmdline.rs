@@ -179,66 +179,101 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
     Ok(a)
 }
 
-/// The PCIe ports that cold-plugged VFIO devices and later hot-plugs need, and the bus each
-/// cold-plugged VFIO device goes on (in `devices` order).
-pub fn topology_args(c: &HypervisorConfig, devices: &[DeviceConfig]) -> Result<Vec<String>> {
-    let vfio = devices
-        .iter()
-        .filter(|d| matches!(d, DeviceConfig::Vfio(_)))
-        .count() as u32;
-    let mut a = Vec::new();
-    let cold = if c.cold_plug_vfio == PciePort::NoPort {
-        0
-    } else {
-        vfio
-    };
-    match c.cold_plug_vfio {
-        PciePort::RootPort | PciePort::NoPort => {
-            let ports = if c.cold_plug_vfio == PciePort::RootPort {
-                cold.max(c.pcie_root_port)
-            } else {
-                c.pcie_root_port
-            };
-            for i in 0..ports {
-                a.push("-device".into());
-                a.push(format!(
-                    "pcie-root-port,id=rp{i},bus=pcie.0,chassis={},slot={},multifunction=off",
-                    i + 1,
-                    i + 1
-                ));
-            }
-        }
-        PciePort::SwitchPort => {
-            let ports = cold.max(c.pcie_switch_port);
-            a.push("-device".into());
-            a.push("pcie-root-port,id=rp-sw0,bus=pcie.0,chassis=100,slot=100".into());
-            a.push("-device".into());
-            a.push("x3130-upstream,id=swup0,bus=rp-sw0".into());
-            for i in 0..ports {
-                a.push("-device".into());
-                a.push(format!(
-                    "xio3130-downstream,id=swdp{i},bus=swup0,chassis={},slot={}",
-                    101 + i,
-                    i
-                ));
-            }
-        }
-        PciePort::BridgePort => {
-            a.push("-device".into());
-            a.push("pcie-pci-bridge,id=pci-bridge0,bus=pcie.0".into());
-        }
-    }
-    Ok(a)
+/// The PCIe ports of a VM: the cold-plugged VFIO devices take the first ports of their kind,
+/// the ports configured for hot-plug (`pcie_root_port`, `pcie_switch_port`) come after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortPlan {
+    /// Root ports `rp0..`.
+    pub root_ports: u32,
+    /// Switch downstream ports `swdp0..` (behind one upstream port on root port `rp-sw0`).
+    pub switch_ports: u32,
+    /// Whether a PCIe-to-PCI bridge `pci-bridge0` exists.
+    pub bridge: bool,
+    /// How many VFIO devices are cold-plugged (on ports of `cold_plug_vfio`'s kind).
+    pub cold_vfio: u32,
 }
 
-/// The bus a cold-plugged VFIO device with index `i` (among VFIO devices) goes on.
-pub fn vfio_cold_bus(port: PciePort, i: usize) -> Option<(String, Option<String>)> {
-    match port {
-        PciePort::NoPort => None,
-        PciePort::RootPort => Some((format!("rp{i}"), None)),
-        PciePort::SwitchPort => Some((format!("swdp{i}"), None)),
-        PciePort::BridgePort => Some(("pci-bridge0".into(), Some(format!("{:#x}", i + 1)))),
+/// Slots a PCI bridge offers (slot 0 is not used for devices).
+const BRIDGE_SLOTS: u32 = 31;
+
+impl PortPlan {
+    /// The plan for this configuration and these cold-plugged devices.
+    pub fn new(c: &HypervisorConfig, devices: &[DeviceConfig]) -> Self {
+        let vfio = devices
+            .iter()
+            .filter(|d| matches!(d, DeviceConfig::Vfio(_)))
+            .count() as u32;
+        let cold_vfio = if c.cold_plug_vfio == PciePort::NoPort {
+            0
+        } else {
+            vfio
+        };
+        let cold_on = |p: PciePort| if c.cold_plug_vfio == p { cold_vfio } else { 0 };
+        let uses = |p: PciePort| c.cold_plug_vfio == p || c.hot_plug_vfio == p;
+        PortPlan {
+            root_ports: cold_on(PciePort::RootPort) + c.pcie_root_port,
+            switch_ports: if uses(PciePort::SwitchPort) {
+                cold_on(PciePort::SwitchPort) + c.pcie_switch_port
+            } else {
+                0
+            },
+            bridge: uses(PciePort::BridgePort),
+            cold_vfio,
+        }
     }
+
+    /// Bus (and address, on a bridge) of the `i`-th VFIO device plugged on `port`, counting
+    /// cold-plugged devices first: `i` = `cold_vfio + n` for the `n`-th hot-plug.
+    pub fn bus(&self, port: PciePort, i: u32) -> Result<Option<(String, Option<String>)>> {
+        let full = |key: &'static str, have: u32| Error::InvalidConfig {
+            key,
+            value: have.to_string(),
+            reason: format!("no free port for VFIO device number {}; raise {key}", i + 1),
+        };
+        Ok(match port {
+            PciePort::NoPort => None,
+            PciePort::RootPort if i < self.root_ports => Some((format!("rp{i}"), None)),
+            PciePort::RootPort => return Err(full("pcie_root_port", self.root_ports)),
+            PciePort::SwitchPort if i < self.switch_ports => Some((format!("swdp{i}"), None)),
+            PciePort::SwitchPort => return Err(full("pcie_switch_port", self.switch_ports)),
+            PciePort::BridgePort if i < BRIDGE_SLOTS => {
+                Some(("pci-bridge0".into(), Some(format!("{:#x}", i + 1))))
+            }
+            PciePort::BridgePort => return Err(full("cold_plug_vfio", BRIDGE_SLOTS)),
+        })
+    }
+}
+
+/// The `-device` arguments that create the ports of [`PortPlan`].
+pub fn topology_args(c: &HypervisorConfig, devices: &[DeviceConfig]) -> Result<Vec<String>> {
+    let plan = PortPlan::new(c, devices);
+    let mut a = Vec::new();
+    let mut dev = |s: String| {
+        a.push("-device".to_string());
+        a.push(s);
+    };
+    for i in 0..plan.root_ports {
+        dev(format!(
+            "pcie-root-port,id=rp{i},bus=pcie.0,chassis={},slot={},multifunction=off",
+            i + 1,
+            i + 1
+        ));
+    }
+    if plan.switch_ports > 0 {
+        dev("pcie-root-port,id=rp-sw0,bus=pcie.0,chassis=100,slot=100".into());
+        dev("x3130-upstream,id=swup0,bus=rp-sw0".into());
+        for i in 0..plan.switch_ports {
+            dev(format!(
+                "xio3130-downstream,id=swdp{i},bus=swup0,chassis={},slot={}",
+                101 + i,
+                i
+            ));
+        }
+    }
+    if plan.bridge {
+        dev("pcie-pci-bridge,id=pci-bridge0,bus=pcie.0".into());
+    }
+    Ok(a)
 }
 
 fn device_args(c: &HypervisorConfig, d: &DeviceConfig) -> Result<Vec<String>> {
@@ -314,8 +349,10 @@ pub fn vfio_args(c: &HypervisorConfig, devices: &[DeviceConfig]) -> Vec<String> 
         DeviceConfig::Vfio(v) => Some(v),
         _ => None,
     });
+    let plan = PortPlan::new(c, devices);
     for (i, v) in vfio.enumerate() {
-        if let Some((bus, addr)) = vfio_cold_bus(c.cold_plug_vfio, i) {
+        // Cold-plugged devices fit by construction of the plan.
+        if let Ok(Some((bus, addr))) = plan.bus(c.cold_plug_vfio, i as u32) {
             let addr = addr.map(|a| format!(",addr={a}")).unwrap_or_default();
             a.push("-device".into());
             a.push(format!(
@@ -436,7 +473,7 @@ mod tests {
         };
         let d = vfio(2);
         let topo = joined(&topology_args(&c, &d).unwrap());
-        assert_eq!(topo.matches("pcie-root-port").count(), 2, "{topo}");
+        assert_eq!(topo.matches("pcie-root-port").count(), 3, "2 cold + 1 for hot-plug: {topo}");
         let v = joined(&vfio_args(&c, &d));
         assert!(
             v.contains("vfio-pci,host=0000:00:00.0,id=vfio0,bus=rp0"),
@@ -476,6 +513,42 @@ mod tests {
         let d = vfio(1);
         assert!(joined(&topology_args(&c, &d).unwrap()).contains("pcie-pci-bridge,id=pci-bridge0"));
         assert!(joined(&vfio_args(&c, &d)).contains("bus=pci-bridge0,addr=0x1"));
+    }
+
+    #[test]
+    fn hotplug_ports_come_after_cold_plugged_ones() {
+        let c = HypervisorConfig {
+            cold_plug_vfio: PciePort::RootPort,
+            pcie_root_port: 2,
+            ..Default::default()
+        };
+        let d = vfio(2);
+        let plan = PortPlan::new(&c, &d);
+        assert_eq!(plan.root_ports, 4, "2 cold + 2 for hot-plug");
+        // The first hot-plug (index cold_vfio + 0) lands on rp2, not on a cold device's port.
+        let (bus, _) = plan
+            .bus(PciePort::RootPort, plan.cold_vfio)
+            .unwrap()
+            .unwrap();
+        assert_eq!(bus, "rp2");
+        let e = plan.bus(PciePort::RootPort, 4).unwrap_err().to_string();
+        assert!(e.contains("pcie_root_port"), "{e}");
+    }
+
+    #[test]
+    fn hot_plug_on_switch_or_bridge_creates_them_without_cold_plug() {
+        let c = HypervisorConfig {
+            hot_plug_vfio: PciePort::SwitchPort,
+            pcie_switch_port: 2,
+            ..Default::default()
+        };
+        let topo = joined(&topology_args(&c, &[]).unwrap());
+        assert_eq!(topo.matches("xio3130-downstream").count(), 2, "{topo}");
+        let c = HypervisorConfig {
+            hot_plug_vfio: PciePort::BridgePort,
+            ..Default::default()
+        };
+        assert!(joined(&topology_args(&c, &[]).unwrap()).contains("pcie-pci-bridge"));
     }
 
     #[test]

@@ -525,28 +525,15 @@ impl Qemu {
             DeviceConfig::Vfio(v) => {
                 let mut props = Map::new();
                 props.insert("host".into(), json!(v.bdf));
-                match self.config.hot_plug_vfio {
-                    PciePort::RootPort => {
-                        let port = run.hotplugged_vfio;
-                        if port as u32 >= self.config.pcie_root_port {
-                            return Err(Error::InvalidConfig {
-                                key: "pcie_root_port",
-                                value: self.config.pcie_root_port.to_string(),
-                                reason: format!(
-                                    "no free root port for VFIO device {}; raise pcie_root_port",
-                                    v.bdf
-                                ),
-                            });
-                        }
-                        props.insert("bus".into(), json!(format!("rp{port}")));
+                // Ports are not reused after an unplug: the n-th hot-plug takes the n-th free one.
+                let devices = self.devices.lock().unwrap().clone();
+                let plan = cmdline::PortPlan::new(&self.config, &devices);
+                let index = plan.cold_vfio + run.hotplugged_vfio as u32;
+                if let Some((bus, addr)) = plan.bus(self.config.hot_plug_vfio, index)? {
+                    props.insert("bus".into(), json!(bus));
+                    if let Some(addr) = addr {
+                        props.insert("addr".into(), json!(addr));
                     }
-                    PciePort::SwitchPort => {
-                        props.insert("bus".into(), json!(format!("swdp{}", run.hotplugged_vfio)));
-                    }
-                    PciePort::BridgePort => {
-                        props.insert("bus".into(), json!("pci-bridge0"));
-                    }
-                    PciePort::NoPort => {}
                 }
                 qmp.device_add("vfio-pci", &v.id, props).await?;
                 run.hotplugged_vfio += 1;
