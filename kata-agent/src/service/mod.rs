@@ -50,6 +50,23 @@ impl AgentServer {
         )));
         services
     }
+
+    /// ReadStdout / ReadStderr: the next chunk of one output stream, as a handled request.
+    async fn read_stream(
+        &self,
+        method: &'static str,
+        req: agent::ReadStreamRequest,
+        stream: Stream,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let (cid, eid) = (req.container_id.clone(), req.exec_id.clone());
+        let sb = Arc::clone(&self.sandbox);
+        handle(method, OnCancel::Abort, cid, eid, async move {
+            let mut resp = agent::ReadStreamResponse::new();
+            resp.data = read(&sb, req, stream).await?;
+            Ok(resp)
+        })
+        .await
+    }
 }
 
 /// Reads the next chunk of a process's output; the end of the stream is [`AgentError::Eof`].
@@ -451,14 +468,7 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
-        let (cid, eid) = (req.container_id.clone(), req.exec_id.clone());
-        let sb = Arc::clone(&self.sandbox);
-        handle("ReadStdout", OnCancel::Abort, cid, eid, async move {
-            let mut resp = agent::ReadStreamResponse::new();
-            resp.data = read(&sb, req, Stream::Stdout).await?;
-            Ok(resp)
-        })
-        .await
+        self.read_stream("ReadStdout", req, Stream::Stdout).await
     }
 
     async fn read_stderr(
@@ -466,14 +476,7 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
-        let (cid, eid) = (req.container_id.clone(), req.exec_id.clone());
-        let sb = Arc::clone(&self.sandbox);
-        handle("ReadStderr", OnCancel::Abort, cid, eid, async move {
-            let mut resp = agent::ReadStreamResponse::new();
-            resp.data = read(&sb, req, Stream::Stderr).await?;
-            Ok(resp)
-        })
-        .await
+        self.read_stream("ReadStderr", req, Stream::Stderr).await
     }
 
     async fn close_stdin(
