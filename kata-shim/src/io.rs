@@ -1,15 +1,14 @@
 //! A process's stdio between containerd and the sandbox: containerd names fifos (or, with
 //! `--log-uri`, `file://` and `binary://` URIs); each is copied to or from the process's
 //! kata-sandbox stream by a task. Output copies end when the process's stream ends; stdin ends
-//! at EOF on its fifo or at `CloseIO`, and then the process sees EOF.
+//! at EOF on its fifo after `CloseIO` (until then the shim holds a write end of its own, so
+//! no EOF is seen before containerd's writer connects), and then the process sees EOF.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use kata_sandbox::{InputWriter, OutputReader};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -136,13 +135,27 @@ async fn open_sink(sink: Option<Sink>) -> Result<Option<BoxWrite>> {
     })
 }
 
+/// How long a logging binary has to signal readiness (close fd 5).
+const LOGGER_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Starts containerd's logging-binary protocol: the binary gets the process's stdout on fd 3,
-/// stderr on fd 4 and signals readiness by closing fd 5.
+/// stderr on fd 4 and signals readiness by closing fd 5 (within [`LOGGER_READY_TIMEOUT`], or
+/// it is killed and the error names it).
 async fn binary_logger(
     path: &Path,
     args: &[String],
     container_id: &str,
     namespace: &str,
+) -> Result<(BoxWrite, BoxWrite)> {
+    binary_logger_within(path, args, container_id, namespace, LOGGER_READY_TIMEOUT).await
+}
+
+async fn binary_logger_within(
+    path: &Path,
+    args: &[String],
+    container_id: &str,
+    namespace: &str,
+    ready_timeout: std::time::Duration,
 ) -> Result<(BoxWrite, BoxWrite)> {
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
@@ -177,12 +190,28 @@ async fn binary_logger(
     drop((out_r, err_r, ready_w));
     // Readiness: fd 5 closed by the logger (read returns EOF).
     let mut ready = std::fs::File::from(ready_r);
-    tokio::task::spawn_blocking(move || {
+    let waiting = tokio::task::spawn_blocking(move || {
         let mut b = [0u8; 1];
         let _ = std::io::Read::read(&mut ready, &mut b);
-    })
-    .await
-    .map_err(|e| err(std::io::Error::other(e)))?;
+    });
+    match tokio::time::timeout(ready_timeout, waiting).await {
+        Ok(joined) => joined.map_err(|e| err(std::io::Error::other(e)))?,
+        Err(_) => {
+            // Killing it closes its fd 5, which also ends the blocked read.
+            let _ = child.kill();
+            let status = child.wait();
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the logging binary did not signal readiness (close fd 5) within {ready_timeout:?}; killed it ({})",
+                    match status {
+                        Ok(s) => s.to_string(),
+                        Err(e) => e.to_string(),
+                    }
+                ),
+            )));
+        }
+    }
     // Reap it in the background (it exits when both streams are closed).
     std::thread::spawn(move || {
         let _ = child.wait();
@@ -198,22 +227,52 @@ async fn binary_logger(
 #[derive(Debug)]
 pub struct StdioCopies {
     outputs: Vec<JoinHandle<()>>,
-    close_stdin: Arc<Notify>,
+    /// The stdin copy: aborted when the copies are dropped (the process deleted), so a
+    /// containerd writer that never closes does not keep it and its fifo for the shim's life.
+    stdin: Option<JoinHandle<()>>,
+    /// Our own write end of the stdin fifo, held until `CloseIO` (as containerd's runc shim
+    /// does): without it, a read before containerd's writer has opened the fifo sees EOF.
+    stdin_keepalive: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl StdioCopies {
-    /// Ends stdin (containerd's `CloseIO`): what the fifo still holds is forwarded, then the
+    /// Ends stdin (containerd's `CloseIO`): our own writer is closed, so the copy forwards
+    /// what the fifo holds and ends at EOF once containerd's writer is closed too; then the
     /// process sees EOF.
     pub fn close_stdin(&self) {
-        self.close_stdin.notify_one();
+        self.stdin_keepalive.lock().unwrap().take();
     }
 
-    /// Waits until stdout and stderr have been copied to the end.
-    pub async fn wait_outputs(&mut self) {
-        for h in self.outputs.drain(..) {
-            let _ = h.await;
+    /// The output copies, to wait for without holding whatever holds these copies (stdin and
+    /// `CloseIO` stay usable).
+    pub fn take_outputs(&mut self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut self.outputs)
+    }
+}
+
+impl Drop for StdioCopies {
+    fn drop(&mut self) {
+        if let Some(h) = self.stdin.take() {
+            h.abort();
         }
     }
+}
+
+/// Opens the stdin fifo for reading, and a write end of our own that keeps it from reading
+/// EOF before containerd's writer has connected.
+fn open_stdin(p: &Path) -> Result<(pipe::Receiver, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking open for reading succeeds with or without a writer.
+    let rx = pipe::OpenOptions::new()
+        .open_receiver(p)
+        .map_err(|e| io_err(p, e))?;
+    // A reader exists (ours): the non-blocking open for writing succeeds.
+    let keepalive = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(|e| io_err(p, e))?;
+    Ok((rx, keepalive))
 }
 
 /// Connects a process's streams to containerd's stdio and starts copying.
@@ -226,16 +285,15 @@ pub async fn connect(
     stderr: Option<OutputReader>,
 ) -> Result<StdioCopies> {
     let (out_w, err_w) = open_outputs(stdio, container_id, namespace).await?;
-    let close_stdin = Arc::new(Notify::new());
+    let mut stdin_copy = None;
+    let mut keepalive = None;
     if let Some(writer) = stdin {
         if stdio.stdin.is_empty() {
             drop(writer);
         } else {
-            let p = PathBuf::from(&stdio.stdin);
-            let rx = pipe::OpenOptions::new()
-                .open_receiver(&p)
-                .map_err(|e| io_err(&p, e))?;
-            tokio::spawn(copy_stdin(rx, writer, close_stdin.clone()));
+            let (rx, k) = open_stdin(Path::new(&stdio.stdin))?;
+            keepalive = Some(k);
+            stdin_copy = Some(tokio::spawn(copy_stdin(rx, writer)));
         }
     }
     let mut outputs = Vec::new();
@@ -246,7 +304,8 @@ pub async fn connect(
     }
     Ok(StdioCopies {
         outputs,
-        close_stdin,
+        stdin: stdin_copy,
+        stdin_keepalive: std::sync::Mutex::new(keepalive),
     })
 }
 
@@ -274,22 +333,17 @@ async fn copy_output(mut reader: impl AsyncRead + Unpin, writer: Option<BoxWrite
     }
 }
 
-async fn copy_stdin(mut rx: pipe::Receiver, mut writer: InputWriter, close: Arc<Notify>) {
+/// Copies the stdin fifo to the process until EOF: every writer gone, ours included (closed
+/// at `CloseIO`).
+async fn copy_stdin(mut rx: pipe::Receiver, mut writer: InputWriter) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
-        tokio::select! {
-            r = rx.read(&mut buf) => match r {
-                Ok(0) | Err(_) => break,
-                Ok(n) => if writer.write_all(&buf[..n]).await.is_err() { break },
-            },
-            _ = close.notified() => {
-                // Forward what is already in the fifo, then end.
-                while let Ok(n) = rx.try_read(&mut buf) {
-                    if n == 0 || writer.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if writer.write_all(&buf[..n]).await.is_err() {
+                    break;
                 }
-                break;
             }
         }
     }
@@ -343,5 +397,70 @@ mod tests {
         let w = open_sink(Some(Sink::File(log.clone()))).await.unwrap();
         copy_output(&b"line\n"[..], w).await;
         assert_eq!(std::fs::read_to_string(log).unwrap(), "line\n");
+    }
+
+    #[tokio::test]
+    async fn stdin_fifo_sees_no_eof_before_a_writer_connects_only_after_close() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("in");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (mut rx, keepalive) = open_stdin(&fifo).unwrap();
+        let mut buf = [0u8; 16];
+        // No writer yet: the read waits (without our own writer it returned 0 = EOF at once).
+        let early = tokio::time::timeout(std::time::Duration::from_millis(300), rx.read(&mut buf));
+        assert!(
+            early.await.is_err(),
+            "read returned before any writer connected"
+        );
+        // containerd's writer connects, writes, closes: still no EOF while ours is open.
+        let mut w = pipe::OpenOptions::new().open_sender(&fifo).unwrap();
+        w.write_all(b"hi\n").await.unwrap();
+        drop(w);
+        let n = rx.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"hi\n");
+        let later = tokio::time::timeout(std::time::Duration::from_millis(300), rx.read(&mut buf));
+        assert!(later.await.is_err(), "EOF before CloseIO");
+        // CloseIO closes ours: EOF.
+        drop(keepalive);
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), rx.read(&mut buf))
+            .await
+            .expect("EOF after the last writer closed")
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn a_logging_binary_that_never_signals_readiness_is_killed_and_named() {
+        let sleep = Path::new("/bin/sleep");
+        let t0 = std::time::Instant::now();
+        let r = binary_logger_within(
+            sleep,
+            &["1000".to_string()],
+            "c",
+            "ns",
+            std::time::Duration::from_millis(300),
+        )
+        .await;
+        let e = match r {
+            Ok(_) => panic!("a logger that keeps fd 5 open was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "{e}");
+        assert!(e.contains("/bin/sleep"), "{e}");
+        assert!(e.contains("readiness") && e.contains("killed"), "{e}");
+        // A logger that closes fd 5 is accepted.
+        let sh = Path::new("/bin/sh");
+        let ok = binary_logger_within(
+            sh,
+            &[
+                "-c".to_string(),
+                "exec 5>&-; cat <&3 >/dev/null".to_string(),
+            ],
+            "c",
+            "ns",
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+        assert!(ok.is_ok());
     }
 }

@@ -51,6 +51,8 @@ pub enum Handle {
     Init(Arc<Container>),
     /// An exec, before `Start`: its spec.
     ExecPending(Box<ProcessSpec>),
+    /// An exec whose `Start` is in progress.
+    ExecStarting,
     /// A started exec.
     Exec(Arc<Process>),
 }

@@ -42,6 +42,9 @@ pub mod metadata {
     pub const ROOTFS: &str = "io.containerd.rootfs";
 }
 
+/// How long a process's exit waits for its output to be copied to the end.
+const OUTPUT_COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One task (container) of the sandbox.
 struct TaskEntry {
     bundle: PathBuf,
@@ -58,6 +61,30 @@ struct Shared {
     root_dir: PathBuf,
     sandbox: tokio::sync::Mutex<Option<Arc<Sandbox>>>,
     tasks: Mutex<HashMap<String, Arc<TaskEntry>>>,
+    /// Ids of tasks being created: reserved before anything is mounted, so a second Create
+    /// with the same id answers AlreadyExists instead of sharing (and unmounting) the rootfs.
+    creating: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A task id reserved while its Create runs; released when dropped.
+struct Reservation {
+    shared: Arc<Shared>,
+    id: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.shared.creating.lock().unwrap().remove(&self.id);
+    }
+}
+
+/// containerd's id of a process: its exec id, or the container id for the first process.
+fn process_id<'a>(container_id: &'a str, exec_id: &'a str) -> &'a str {
+    if exec_id.is_empty() {
+        container_id
+    } else {
+        exec_id
+    }
 }
 
 /// The Task service of one shim (one sandbox).
@@ -84,6 +111,7 @@ impl TaskService {
                 root_dir: root_dir.into(),
                 sandbox: tokio::sync::Mutex::new(None),
                 tasks: Mutex::new(HashMap::new()),
+                creating: Mutex::new(Default::default()),
             }),
         }
     }
@@ -192,11 +220,26 @@ impl TaskService {
         });
     }
 
+    /// Reserves `id` for a Create (AlreadyExists if a task has it or is being created).
+    fn reserve(&self, id: &str) -> Result<Reservation> {
+        let tasks = self.shared.tasks.lock().unwrap();
+        let mut creating = self.shared.creating.lock().unwrap();
+        if tasks.contains_key(id) || !creating.insert(id.to_string()) {
+            return Err(Error::AlreadyExists {
+                kind: "task",
+                id: id.to_string(),
+            });
+        }
+        Ok(Reservation {
+            shared: self.shared.clone(),
+            id: id.to_string(),
+        })
+    }
+
     async fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         let id = req.id.clone();
-        if self.shared.tasks.lock().unwrap().contains_key(&id) {
-            return Err(Error::AlreadyExists { kind: "task", id });
-        }
+        // Held until the task is inserted (or the create failed).
+        let _reservation = self.reserve(&id)?;
         let bundle = PathBuf::from(&req.bundle);
         let spec = bundle::load_spec(&bundle)?;
         let placement = Placement::of(&spec, &id);
@@ -363,20 +406,32 @@ impl TaskService {
         let this = self.clone();
         tokio::spawn(async move {
             let status = proc_.wait_sandbox_process().await;
-            if let Some(c) = proc_.copies.lock().await.as_mut() {
+            // The exit is published once the output is copied to the end (as containerd's
+            // runc shim does). The copies are taken out of the mutex first: CloseIO and
+            // Delete are not blocked meanwhile.
+            let outputs = match proc_.copies.lock().await.as_mut() {
+                Some(c) => c.take_outputs(),
+                None => Vec::new(),
+            };
+            if !outputs.is_empty() {
+                let all = async {
+                    for h in outputs {
+                        let _ = h.await;
+                    }
+                };
                 // The agent ends the streams when the process exits; bound the wait anyway.
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(5), c.wait_outputs()).await;
+                if tokio::time::timeout(OUTPUT_COPY_TIMEOUT, all)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(container_id = %proc_.container_id, exec_id = %proc_.exec_id, timeout = ?OUTPUT_COPY_TIMEOUT, "the output was not copied to the end in time: publishing the exit anyway");
+                }
             }
             let exit = Exit::now(status);
             let pid = this.vmm_pid().await;
             this.publish(TaskExit {
                 container_id: proc_.container_id.clone(),
-                id: if proc_.exec_id.is_empty() {
-                    proc_.container_id.clone()
-                } else {
-                    proc_.exec_id.clone()
-                },
+                id: process_id(&proc_.container_id, &proc_.exec_id).to_string(),
                 pid,
                 exit_status: exit.status,
                 exited_at: MessageField::some(exit.timestamp()),
@@ -410,31 +465,43 @@ impl TaskService {
             })
             .await;
         } else {
-            let spec = match std::mem::replace(
-                &mut *p.handle.lock().unwrap(),
-                Handle::ExecPending(Box::default()),
-            ) {
-                Handle::ExecPending(s) => *s,
-                other => {
-                    *p.handle.lock().unwrap() = other;
-                    return Err(Error::FailedPrecondition(format!(
-                        "exec {} already started",
-                        req.exec_id
-                    )));
+            let spec = {
+                let mut handle = p.handle.lock().unwrap();
+                match std::mem::replace(&mut *handle, Handle::ExecStarting) {
+                    Handle::ExecPending(s) => *s,
+                    other => {
+                        *handle = other;
+                        return Err(Error::FailedPrecondition(format!(
+                            "exec {} already started",
+                            req.exec_id
+                        )));
+                    }
                 }
             };
             let c = task
                 .init
                 .container()
                 .expect("first process has its container");
-            let mut process = c.exec(spec).await?;
+            let mut process = match c.exec(spec.clone()).await {
+                Ok(process) => process,
+                Err(e) => {
+                    // Not started: a retried Start runs the same spec.
+                    *p.handle.lock().unwrap() = Handle::ExecPending(Box::new(spec));
+                    return Err(e.into());
+                }
+            };
             let (i, o, e) = (process.stdin(), process.stdout(), process.stderr());
             let copies = io::connect(&p.stdio, &req.id, &self.shared.namespace, i, o, e).await;
             *p.handle.lock().unwrap() = Handle::Exec(Arc::new(process));
             let copies = match copies {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = p.signal(libc::SIGKILL).await;
+                    // It runs without its stdio: killed, and waited so its exit is recorded
+                    // and published.
+                    if let Err(ke) = p.signal(libc::SIGKILL).await {
+                        tracing::warn!(container_id = %req.id, exec_id = %req.exec_id, error = %ke, "killing an exec whose stdio failed");
+                    }
+                    self.spawn_waiter(p);
                     return Err(e);
                 }
             };
@@ -473,9 +540,16 @@ impl TaskService {
             _ => {}
         }
         let exit = p.exit().unwrap_or_else(|| Exit::now(0));
+        // Its stdio copies end with it (a stdin copy whose containerd writer never closed
+        // included).
+        drop(p.copies.lock().await.take());
         if !req.exec_id.is_empty() {
             task.execs.lock().unwrap().remove(&req.exec_id);
         } else {
+            let execs: Vec<_> = task.execs.lock().unwrap().drain().map(|(_, e)| e).collect();
+            for e in execs {
+                drop(e.copies.lock().await.take());
+            }
             // Execs still listed are ended with the container.
             let deleted = self.sandbox().await?.delete_container(&req.id).await;
             if let Some(rootfs) = &task.mounted_rootfs {
@@ -499,18 +573,13 @@ impl TaskService {
         }
         self.publish(TaskDelete {
             container_id: req.id.clone(),
-            id: if req.exec_id.is_empty() {
-                req.id.clone()
-            } else {
-                req.exec_id.clone()
-            },
+            id: process_id(&req.id, &req.exec_id).to_string(),
             pid,
             exit_status: exit.status,
             exited_at: MessageField::some(exit.timestamp()),
             ..Default::default()
         })
         .await;
-        let _ = task.bundle;
         Ok(api::DeleteResponse {
             pid,
             exit_status: exit.status,
@@ -588,11 +657,7 @@ impl TaskService {
                     let pid = self.vmm_pid().await;
                     self.publish(TaskExit {
                         container_id: req.id.clone(),
-                        id: if req.exec_id.is_empty() {
-                            req.id.clone()
-                        } else {
-                            req.exec_id.clone()
-                        },
+                        id: process_id(&req.id, &req.exec_id).to_string(),
                         pid,
                         exit_status: 128 + signal as u32,
                         exited_at: MessageField::some(timestamp(std::time::SystemTime::now())),
@@ -698,7 +763,9 @@ impl TaskService {
 
     /// Stops the sandbox if no task is left, and lets the shim exit.
     async fn do_shutdown(&self) -> Result<()> {
-        if !self.shared.tasks.lock().unwrap().is_empty() {
+        if !self.shared.tasks.lock().unwrap().is_empty()
+            || !self.shared.creating.lock().unwrap().is_empty()
+        {
             return Ok(());
         }
         if let Some(s) = self.shared.sandbox.lock().await.take() {

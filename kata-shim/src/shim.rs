@@ -110,26 +110,86 @@ impl KataShim {
         if opts.debug {
             cmd.arg("-debug");
         }
+        // Its stderr goes to an unlinked file (read only if it fails at start): a pipe would
+        // break once `start` exits, and the server's stdout becomes its stderr once it serves.
+        let stderr = start_stderr_file();
         cmd.stdin(ProcessStdio::null())
             .stdout(ProcessStdio::piped())
-            .stderr(ProcessStdio::null())
+            .stderr(match &stderr {
+                Some(f) => f
+                    .try_clone()
+                    .map(ProcessStdio::from)
+                    .unwrap_or_else(|_| ProcessStdio::null()),
+                None => ProcessStdio::null(),
+            })
             // Its own process group: signals to containerd's group do not reach the sandbox.
             .process_group(0);
-        let mut child = cmd
+        let child = cmd
             .spawn()
             .map_err(|e| other(format!("spawning the shim: {e}")))?;
-        // The server closes its stdout once it listens (or exits on failure).
-        let mut sink = Vec::new();
-        if let Some(mut out) = child.stdout.take() {
-            let _ = out.read_to_end(&mut sink);
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            if !status.success() {
-                return Err(other(format!("the shim server exited at start: {status}")));
-            }
-        }
-        Ok(())
+        wait_listening(child, stderr, address, SERVER_START_TIMEOUT)
     }
+}
+
+/// How long a shim server that closed its stdout may take to answer on its socket or exit.
+const SERVER_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An unlinked file in the temporary directory for a server's stderr.
+fn start_stderr_file() -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .mode(0o600)
+        .open(std::env::temp_dir())
+        .ok()
+}
+
+/// Waits until the server `child` listens on `address`: it closes its stdout once it listens
+/// (or exits on failure). A server that dies at start can close stdout before it is a zombie,
+/// so the socket is checked too; if it does not answer, the child is waited (killed after
+/// `timeout`) and the error has its status and what it wrote to `stderr`.
+fn wait_listening(
+    mut child: std::process::Child,
+    stderr: Option<std::fs::File>,
+    address: &str,
+    timeout: std::time::Duration,
+) -> containerd_shim::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut sink = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_end(&mut sink);
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if socket_answers(address) {
+            return Ok(());
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => break status.to_string(),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let s = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                break format!("it did not answer on {address} within {timeout:?}: killed ({s})");
+            }
+            Err(e) => break format!("waiting for it: {e}"),
+        }
+    };
+    let mut text = String::new();
+    if let Some(mut f) = stderr {
+        if f.seek(SeekFrom::Start(0)).is_ok() {
+            let _ = f.take(16 * 1024).read_to_string(&mut text);
+        }
+    }
+    let text = text.trim();
+    Err(other(format!(
+        "the shim server exited at start: {status}{}{text}",
+        if text.is_empty() { "" } else { ": " }
+    )))
 }
 
 #[async_trait]
@@ -203,5 +263,61 @@ impl Shim for KataShim {
             self.exit.clone(),
             root_dir(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn sh(script: &str, stderr: Option<&std::fs::File>) -> std::process::Child {
+        std::process::Command::new("/bin/sh")
+            .args(["-c", script])
+            .stdout(ProcessStdio::piped())
+            .stderr(match stderr {
+                Some(f) => ProcessStdio::from(f.try_clone().unwrap()),
+                None => ProcessStdio::null(),
+            })
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_server_that_closes_stdout_then_dies_is_reported_with_its_status_and_stderr() {
+        let tmp = tempfile::tempdir().unwrap();
+        let address = format!("unix://{}", tmp.path().join("s.sock").display());
+        // stdout closed well before it exits: `try_wait` right after EOF says "running".
+        let stderr = start_stderr_file();
+        let child = sh(
+            "exec >&-; echo 'listen: address in use' >&2; sleep 0.3; exit 3",
+            stderr.as_ref(),
+        );
+        let e = wait_listening(child, stderr, &address, Duration::from_secs(5))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exit status: 3"), "{e}");
+        assert!(e.contains("listen: address in use"), "{e}");
+        // One that never listens nor exits is killed after the timeout.
+        let child = sh("exec >&-; sleep 100", None);
+        let e = wait_listening(child, None, &address, Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("killed"), "{e}");
+    }
+
+    #[test]
+    fn a_server_that_listens_is_accepted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let child = sh("exec >&-; sleep 0.5", None);
+        wait_listening(
+            child,
+            None,
+            &format!("unix://{}", path.display()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
     }
 }
