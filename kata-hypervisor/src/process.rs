@@ -8,6 +8,8 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
@@ -31,18 +33,21 @@ pub struct Supervised {
     pid: u32,
     control: Option<oneshot::Sender<Control>>,
     exit: watch::Receiver<Option<String>>,
+    /// Shared with the task's [`KillGuard`]: cleared by `detach` at once, so a runtime that
+    /// shuts down before the task sees the message does not kill a detached process.
+    armed: Arc<AtomicBool>,
 }
 
 /// Kills a pid when dropped while armed: the supervising task's future holds one, so a task
 /// dropped with its runtime still kills the child (what `kill_on_drop` would do, but disarmable).
 struct KillGuard {
     pid: u32,
-    armed: bool,
+    armed: Arc<AtomicBool>,
 }
 
 impl Drop for KillGuard {
     fn drop(&mut self) {
-        if self.armed && self.pid != 0 {
+        if self.armed.load(Ordering::SeqCst) && self.pid != 0 {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(self.pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -61,13 +66,17 @@ impl Supervised {
         let (control_tx, control_rx) = oneshot::channel::<Control>();
         let (exit_tx, exit_rx) = watch::channel(None);
         let task_name = name.clone();
+        let armed = Arc::new(AtomicBool::new(true));
+        let guard = KillGuard {
+            pid,
+            armed: armed.clone(),
+        };
         tokio::spawn(async move {
-            let mut guard = KillGuard { pid, armed: true };
+            let guard = guard;
             let status = tokio::select! {
                 s = child.wait() => s,
                 c = control_rx => match c {
                     Ok(Control::Detach) => {
-                        guard.armed = false;
                         tracing::debug!(process = %task_name, pid, "process detached");
                         // Dropping the child neither kills nor waits for it; tokio reaps it if it
                         // exits while this process lives.
@@ -80,7 +89,7 @@ impl Supervised {
                     }
                 },
             };
-            guard.armed = false;
+            guard.armed.store(false, Ordering::SeqCst);
             let how = match status {
                 Ok(s) => describe(s),
                 Err(e) => format!("wait failed: {e}"),
@@ -93,6 +102,7 @@ impl Supervised {
             pid,
             control: Some(control_tx),
             exit: exit_rx,
+            armed,
         }
     }
 
@@ -163,12 +173,14 @@ impl Supervised {
             pid,
             control: Some(control_tx),
             exit: exit_rx,
+            armed: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// Lets the process run on without supervision: it is neither killed nor waited for any
     /// more. For handing a running VM over to another process (which [adopts](Self::adopt) it).
     pub fn detach(mut self) {
+        self.armed.store(false, Ordering::SeqCst);
         if let Some(c) = self.control.take() {
             let _ = c.send(Control::Detach);
         }
@@ -354,6 +366,41 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("adopted process {pid} survived stop");
+    }
+
+    #[test]
+    fn a_runtime_ending_right_after_detach_does_not_kill() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (detached, killed) = rt.block_on(async {
+            let spawn = || {
+                tokio::process::Command::new("sleep")
+                    .arg("100")
+                    .spawn()
+                    .unwrap()
+            };
+            let d = Supervised::new("sleep", spawn());
+            let k = Supervised::new("sleep", spawn());
+            let pids = (d.pid(), k.pid());
+            d.detach();
+            // `k` stays owned until the runtime ends: its supervisor kills it then.
+            std::mem::forget(k);
+            pids
+        });
+        drop(rt);
+        std::thread::sleep(Duration::from_millis(100));
+        let alive = !gone(detached);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(detached as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert!(alive, "a detached child must survive the runtime");
+        for _ in 0..100 {
+            if gone(killed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("an owned child survived the end of its runtime");
     }
 
     #[tokio::test]

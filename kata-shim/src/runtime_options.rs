@@ -4,6 +4,8 @@
 //! paths, with the `config.d/` drop-ins next to the file and the pod's
 //! `io.katacontainers.config.*` annotations applied. This module only reads the runtime options.
 
+use std::path::Path;
+
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::CodedInputStream;
 use kata_sandbox::config::{ConfigLoader, KATA_CONF_FILE};
@@ -21,13 +23,21 @@ pub fn sandbox_builder(
     annotations: impl IntoIterator<Item = (String, String)>,
 ) -> Result<SandboxBuilder> {
     let options_path = options_config_path(options)?;
+    sandbox_builder_from(options_path.as_deref().map(Path::new), annotations)
+}
+
+/// [`sandbox_builder`] with the configuration path given directly (`shim-ctl --config`).
+pub fn sandbox_builder_from(
+    config_path: Option<&Path>,
+    annotations: impl IntoIterator<Item = (String, String)>,
+) -> Result<SandboxBuilder> {
     let mut loader = ConfigLoader::new();
-    if let Some(p) = &options_path {
+    if let Some(p) = config_path {
         loader = loader.path(p);
     }
     let annotations: Vec<(String, String)> = annotations.into_iter().collect();
-    let named =
-        options_path.is_some() || std::env::var_os(KATA_CONF_FILE).is_some_and(|v| !v.is_empty());
+    let named = config_path.is_some_and(|p| !p.as_os_str().is_empty())
+        || std::env::var_os(KATA_CONF_FILE).is_some_and(|v| !v.is_empty());
     if !named && loader.resolve().is_err() {
         let ignored: Vec<&str> = annotations
             .iter()

@@ -1,8 +1,9 @@
 //! `shim-ctl`: look at and drive kata-rs without containerd.
 //!
 //! `shim-ctl check` says whether this host can run sandboxes with the configuration;
-//! `shim-ctl env` prints the effective configuration. The work is done by
-//! `kata_sandbox::config`; this binary parses arguments and prints.
+//! `shim-ctl env` prints the effective configuration; `shim-ctl create|start|exec|kill|delete|
+//! state` drive a sandbox from an OCI bundle. The work is done by kata-sandbox (its config
+//! loader, `Sandbox::detach` and `Sandbox::restore`); this binary parses arguments and prints.
 
 #[path = "../ctl/mod.rs"]
 mod ctl;

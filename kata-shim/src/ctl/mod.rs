@@ -1,12 +1,13 @@
 //! `shim-ctl`'s command line: options, subcommands, logging, exit codes.
 //!
 //! Arguments are parsed by hand (a few options, one subcommand): no parser dependency for the
-//! shim crate. New subcommands (`create`, `start`, `exec`, `kill`, `delete`, `state`) are new
-//! [`Command`] variants and a match arm in [`run`].
+//! shim crate. `check` and `env` look at the configuration; `create`, `start`, `exec`, `kill`,
+//! `delete` and `state` drive a sandbox per container from an OCI bundle ([`lifecycle`]).
 
 mod args;
 mod check;
 mod env;
+mod lifecycle;
 
 use std::ffi::OsString;
 
@@ -46,6 +47,12 @@ pub fn run(options: &Options, command: Command) -> i32 {
     match command {
         Command::Check => check::run(options),
         Command::Env => env::run(options),
+        Command::Create { id, bundle } => lifecycle::create(options, &id, &bundle),
+        Command::Start { id, detach } => lifecycle::start(options, &id, detach),
+        Command::Exec { id, args } => lifecycle::exec(options, &id, &args),
+        Command::Kill { id, signal } => lifecycle::kill(options, &id, signal),
+        Command::Delete { id, force } => lifecycle::delete(options, &id, force),
+        Command::State { id } => lifecycle::state(options, &id),
     }
 }
 

@@ -1,0 +1,311 @@
+//! Tier 3: `shim-ctl create|start|exec|kill|delete|state` as a process, against a busybox
+//! bundle in a real guest, and its bad-input errors. Cases filter by name
+//! (`cargo test -p kata-shim --test vm_shim_ctl -- <filter>`); each booting case appends a
+//! `booted ...` line to `$KATA_RS_VM_TEST_LOG`. After each case nothing may be left: no process
+//! naming the sandbox root, no mount under it, no sandbox directory.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+
+fn record(line: &str) {
+    if let Some(log) = std::env::var_os("KATA_RS_VM_TEST_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+struct Env {
+    tmp: tempfile::TempDir,
+}
+
+impl Env {
+    fn root(&self) -> PathBuf {
+        self.tmp.path().join("sandboxes")
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.tmp.path().join("rootfs")
+    }
+
+    /// A bundle whose config.json runs `args`, its rootfs a symlink to the busybox rootfs.
+    fn bundle(&self, name: &str, args: &[&str]) -> Result<PathBuf> {
+        let dir = self.tmp.path().join(format!("bundle-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut spec = oci_spec::runtime::Spec::default();
+        let mut process = spec.process().clone().unwrap_or_default();
+        process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
+        process.set_terminal(Some(false));
+        spec.set_process(Some(process));
+        spec.set_root(Some(
+            oci_spec::runtime::RootBuilder::default()
+                .path(self.rootfs())
+                .readonly(false)
+                .build()?,
+        ));
+        std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&spec)?)?;
+        Ok(dir)
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        let root = self.root();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shim-ctl"));
+        cmd.arg("--root")
+            .arg(&root)
+            .args(args)
+            .env_remove("RUST_LOG");
+        cmd.output().expect("running shim-ctl")
+    }
+
+    /// Runs shim-ctl and expects exit status `code`; returns (stdout, stderr).
+    fn expect(&self, args: &[&str], code: i32) -> Result<(String, String)> {
+        let o = self.ctl(args);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        ensure!(
+            o.status.code() == Some(code),
+            "shim-ctl {args:?}: exit {:?}, want {code}\nstdout: {out}\nstderr: {err}",
+            o.status.code()
+        );
+        Ok((out, err))
+    }
+
+    fn state(&self, id: &str) -> Result<serde_json::Value> {
+        let (out, _) = self.expect(&["state", id], 0)?;
+        serde_json::from_str(&out).with_context(|| format!("state is not JSON: {out}"))
+    }
+
+    /// Nothing of any sandbox is left: directories, mounts, processes.
+    fn nothing_left(&self) -> Result<()> {
+        let root = self.root();
+        let dirs: Vec<_> = std::fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        ensure!(dirs.is_empty(), "sandbox directories left: {dirs:?}");
+        let needle = root.display().to_string();
+        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&needle))
+            .map(str::to_string)
+            .collect();
+        ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+        let procs = processes_mentioning(&needle);
+        ensure!(procs.is_empty(), "processes left: {procs:?}");
+        Ok(())
+    }
+}
+
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && !cmdline.contains("shim-ctl") {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+/// create, state, start --detach, exec, kill, delete of one container.
+fn case_lifecycle(env: &Env) -> Result<()> {
+    let bundle = env.bundle(
+        "life",
+        &["sh", "-c", "echo started > /tmp/s; exec sleep 1000"],
+    )?;
+    let b = bundle.display().to_string();
+    let t = Instant::now();
+    env.expect(&["create", "--bundle", &b, "life"], 0)?;
+    record("booted vm_shim_ctl lifecycle");
+    println!("    create (boot) took {:.1?}", t.elapsed());
+    let s = env.state("life")?;
+    ensure!(s["status"] == "created", "after create: {s}");
+    ensure!(s["bundle"] == b.as_str(), "bundle: {s}");
+    let vmm = s["vmm_pids"].clone();
+    ensure!(vmm.as_array().is_some_and(|a| !a.is_empty()), "{s}");
+    let (_, err) = env.expect(&["create", "--bundle", &b, "life"], 1)?;
+    ensure!(err.contains("exists already"), "second create: {err}");
+
+    env.expect(&["start", "--detach", "life"], 0)?;
+    let s = env.state("life")?;
+    ensure!(s["status"] == "running", "after start: {s}");
+    ensure!(s["pids"].as_array().is_some_and(|a| !a.is_empty()), "{s}");
+    ensure!(s["vmm_pids"] == vmm, "same VM: {s}");
+    let (_, err) = env.expect(&["start", "life"], 1)?;
+    ensure!(err.contains("started already"), "second start: {err}");
+
+    // The container runs on between commands: its file is there.
+    let mut last = String::new();
+    for _ in 0..50 {
+        let o = env.ctl(&["exec", "life", "cat", "/tmp/s"]);
+        last = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() && last == "started\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(last == "started\n", "exec cat: {last:?}");
+    let (out, err) = env.expect(
+        &[
+            "exec",
+            "life",
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2; exit 7",
+        ],
+        7,
+    )?;
+    ensure!(out == "to-out\n", "exec stdout {out:?}");
+    ensure!(err.contains("to-err"), "exec stderr {err:?}");
+
+    let (_, err) = env.expect(&["delete", "life"], 1)?;
+    ensure!(
+        err.contains("is running"),
+        "delete of a running container: {err}"
+    );
+    env.expect(&["kill", "--signal", "KILL", "life"], 0)?;
+    let mut status = serde_json::Value::Null;
+    for _ in 0..50 {
+        status = env.state("life")?["status"].clone();
+        if status == "stopped" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(status == "stopped", "after kill: {status}");
+    env.expect(&["delete", "life"], 0)?;
+    let (_, err) = env.expect(&["state", "life"], 1)?;
+    ensure!(
+        err.contains("no sandbox `life`"),
+        "state after delete: {err}"
+    );
+    Ok(())
+}
+
+/// start without --detach prints the output and exits with the container's status.
+fn case_start_attached(env: &Env) -> Result<()> {
+    let bundle = env.bundle("att", &["sh", "-c", "echo out; echo err >&2; exit 3"])?;
+    env.expect(
+        &["create", "--bundle", &bundle.display().to_string(), "att"],
+        0,
+    )?;
+    record("booted vm_shim_ctl start_attached");
+    let (out, err) = env.expect(&["start", "att"], 3)?;
+    ensure!(out == "out\n", "start stdout {out:?}");
+    ensure!(err.contains("err"), "start stderr {err:?}");
+    let s = env.state("att")?;
+    ensure!(s["status"] == "stopped", "after exit: {s}");
+    env.expect(&["delete", "att"], 0)?;
+    Ok(())
+}
+
+/// Errors name the problem; nothing is created.
+fn case_bad_input(env: &Env) -> Result<()> {
+    let (_, err) = env.expect(&["create", "--bundle", "/no/such/bundle", "x1"], 1)?;
+    ensure!(err.contains("/no/such/bundle"), "missing bundle: {err}");
+
+    let bad = env.tmp.path().join("bundle-bad");
+    std::fs::create_dir_all(bad.join("rootfs"))?;
+    let good = env.bundle("good", &["true"])?;
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(good.join("config.json"))?)?;
+    json["process"]["args"] = serde_json::json!("true");
+    std::fs::write(bad.join("config.json"), json.to_string())?;
+    let (_, err) = env.expect(&["create", "--bundle", &bad.display().to_string(), "x2"], 1)?;
+    ensure!(
+        err.contains("config.json") && err.contains("process.args"),
+        "invalid config.json: {err}"
+    );
+
+    let norootfs = env.tmp.path().join("bundle-norootfs");
+    std::fs::create_dir_all(&norootfs)?;
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(good.join("config.json"))?)?;
+    json["root"]["path"] = serde_json::json!("missing-rootfs");
+    std::fs::write(norootfs.join("config.json"), json.to_string())?;
+    let (_, err) = env.expect(
+        &["create", "--bundle", &norootfs.display().to_string(), "x3"],
+        1,
+    )?;
+    ensure!(err.contains("missing-rootfs"), "missing rootfs: {err}");
+
+    for cmd in [
+        vec!["start", "nope"],
+        vec!["exec", "nope", "true"],
+        vec!["kill", "nope"],
+        vec!["delete", "nope"],
+        vec!["state", "nope"],
+        vec!["state", "../etc"],
+    ] {
+        let (_, err) = env.expect(&cmd, 1)?;
+        ensure!(err.contains("no sandbox"), "{cmd:?}: {err}");
+    }
+    let (_, err) = env.expect(&["exec", "nope"], 2)?;
+    ensure!(err.contains("a command to run"), "usage: {err}");
+    Ok(())
+}
+
+/// A test case.
+type Case = fn(&Env) -> Result<()>;
+
+fn main() -> std::process::ExitCode {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let env = Env { tmp };
+    if let Err(e) = kata_resource::testimage::busybox_rootfs(&env.rootfs()) {
+        eprintln!("cannot build the busybox rootfs: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let cases: [(&str, Case); 3] = [
+        ("bad_input", case_bad_input),
+        ("lifecycle", case_lifecycle),
+        ("start_attached", case_start_attached),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in cases {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let t = Instant::now();
+        let r = case(&env);
+        if r.is_err() {
+            // Leave nothing behind a failed case either.
+            for e in std::fs::read_dir(env.root())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = kata_sandbox::persist::cleanup(&e.path());
+            }
+        }
+        let r = r.and_then(|()| env.nothing_left());
+        match r {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1?})", t.elapsed());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test {name} ... FAILED ({:.1?})\n{e:?}", t.elapsed());
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
