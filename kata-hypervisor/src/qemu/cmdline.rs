@@ -473,7 +473,11 @@ mod tests {
         };
         let d = vfio(2);
         let topo = joined(&topology_args(&c, &d).unwrap());
-        assert_eq!(topo.matches("pcie-root-port").count(), 3, "2 cold + 1 for hot-plug: {topo}");
+        assert_eq!(
+            topo.matches("pcie-root-port").count(),
+            3,
+            "2 cold + 1 for hot-plug: {topo}"
+        );
         let v = joined(&vfio_args(&c, &d));
         assert!(
             v.contains("vfio-pci,host=0000:00:00.0,id=vfio0,bus=rp0"),
