@@ -31,7 +31,7 @@ use crate::spec::{ContainerSpec, ProcessSpec, RootfsSource};
 /// Time taken by each step of [`SandboxBuilder::build`], for callers that report start-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BootTimings {
-    /// Until the VMM ran the guest.
+    /// Until the hypervisor's start returned (QEMU: the guest has started its vsock device).
     pub vm_started: Duration,
     /// Until the agent answered (the guest has booted).
     pub agent_connected: Duration,
