@@ -218,6 +218,9 @@ pub fn cleanup(dir: &Path) -> Result<CleanupReport> {
         .state
         .as_ref()
         .and_then(|s| s.hypervisor.as_ref().map(|h| h.vm_dir.clone()))
+        // A state file names its VM directory; one outside the sandbox dir is not ours to
+        // delete (a corrupt or edited file), so the default place is used instead.
+        .filter(|d| d.starts_with(dir) && !d.components().any(|c| c.as_os_str() == ".."))
         .unwrap_or_else(|| dir.join("vm"));
     let mut pids: Vec<u32> = report
         .state

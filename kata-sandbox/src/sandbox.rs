@@ -409,15 +409,17 @@ impl Inner {
                 },
             );
         }
-        match self.create_container_inner(this, &id, spec).await {
-            Ok(c) => Ok(c),
-            Err(e) => {
-                if let Err(re) = self.release_container(&id) {
-                    tracing::warn!(sandbox_id = %self.id, container_id = %id, error = %re, "releasing the rootfs of a container that failed to create");
-                }
-                Err(e)
-            }
+        // Released on error, and also if this future is dropped half-way (a caller's timeout):
+        // the id and the shared rootfs must not stay reserved until shutdown.
+        let mut reservation = Reservation {
+            inner: self,
+            id: Some(id.clone()),
+        };
+        let created = self.create_container_inner(this, &id, spec).await;
+        if created.is_ok() {
+            reservation.id = None;
         }
+        created
     }
 
     async fn create_container_inner(
@@ -727,6 +729,22 @@ impl Inner {
             crate::persist::wait_gone(pid);
         }
         self.release_all();
+    }
+}
+
+/// A container id reserved while its creation runs; released on drop unless disarmed.
+struct Reservation<'a> {
+    inner: &'a Inner,
+    id: Option<String>,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            if let Err(e) = self.inner.release_container(&id) {
+                tracing::warn!(sandbox_id = %self.inner.id, container_id = %id, error = %e, "releasing the rootfs of a container that failed to create");
+            }
+        }
     }
 }
 
