@@ -244,6 +244,50 @@ fn record(line: &str) {
     }
 }
 
+/// `ctr events` running in the background, its output in a file.
+struct Events {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Events {
+    fn start(c: &Containerd, file: PathBuf) -> Result<Events> {
+        let out = std::fs::File::create(&file)?;
+        let child = c.command(&["events"]).stdout(out).spawn()?;
+        // Let it subscribe before anything happens.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Events { child, file })
+    }
+
+    /// The task topics published for `container_id`, in order, each with the process id
+    /// (`id` or `exec_id` of the event; empty when it has none).
+    fn task_topics(&self, container_id: &str) -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        let needle = format!("\"container_id\":\"{container_id}\"");
+        text.lines()
+            .filter(|l| l.contains(&needle))
+            .filter_map(|l| {
+                let topic = l.split_whitespace().find(|w| w.starts_with("/tasks/"))?;
+                let json: serde_json::Value =
+                    serde_json::from_str(&l[l.find('{')?..]).unwrap_or_default();
+                let id = json
+                    .get("exec_id")
+                    .or_else(|| json.get("id"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default();
+                Some((topic.to_string(), id.to_string()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 struct Env {
     ctr: Containerd,
     tmp: PathBuf,
@@ -285,6 +329,7 @@ fn case_run_rm_echo_output_and_exit_codes(env: &Env) -> Result<usize> {
 fn case_detached_exec_ps_kill_delete(env: &Env) -> Result<usize> {
     let c = &env.ctr;
     let id = "kt-detached";
+    let events = Events::start(c, env.tmp.join("events-detached.txt"))?;
     let r = (|| {
         c.ok(&Containerd::run_args(&["-d"], id, &["sleep", "1000"]))?;
         c.wait_status(id, "RUNNING", Duration::from_secs(10))?;
@@ -318,12 +363,106 @@ fn case_detached_exec_ps_kill_delete(env: &Env) -> Result<usize> {
         c.wait_status(id, "STOPPED", Duration::from_secs(10))?;
         c.ok(&["task", "delete", id])?;
         c.ok(&["container", "rm", id])?;
+        // The events, in the contract's order (issue 5): create, start, exec added, exec
+        // started, exit, paused, resumed, delete.
+        let t0 = Instant::now();
+        let (want, got) = loop {
+            let got = events.task_topics(id);
+            let topic = |(t, _): &(String, String)| t.trim_start_matches("/tasks/").to_string();
+            let seq: Vec<String> = got
+                .iter()
+                .map(|e| format!("{} {}", topic(e), e.1))
+                .collect();
+            // Events without a process id (create, start, paused, resumed) show an empty one.
+            let want: Vec<String> = [
+                "create ",
+                "start ",
+                "exec-added e1",
+                "exec-started e1",
+                "exit e1",
+                "exec-added e2",
+                "exec-started e2",
+                "exit e2",
+                "paused ",
+                "resumed ",
+                &format!("exit {id}"),
+                &format!("delete {id}"),
+            ]
+            .iter()
+            .map(|w| w.to_string())
+            .collect();
+            // Exec deletes (`/tasks/delete e1`) may be forwarded too: not part of the order.
+            let seq: Vec<String> = seq
+                .into_iter()
+                .filter(|e| !(e.starts_with("delete ") && e != &format!("delete {id}")))
+                .collect();
+            if seq == want || t0.elapsed() > Duration::from_secs(5) {
+                break (want, seq);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        println!("    events for {id}: {got:?}");
+        ensure!(
+            got == want,
+            "events out of order:\n got  {got:?}\n want {want:?}"
+        );
         Ok(())
     })();
     if r.is_err() {
         c.force_remove(id);
     }
+    drop(events);
     r.map(|_| 1)
+}
+
+fn case_stdin_interactive_cat(env: &Env) -> Result<usize> {
+    use std::io::Write;
+    let c = &env.ctr;
+    let id = "kt-stdin";
+    // `ctr run` (ctr 1.6 always attaches stdin; it has no `-i`) with stdin piped: nothing of
+    // it may be lost to an early EOF, and the EOF (CloseIO) must reach `cat` so it ends.
+    // The input is written once the task runs: ctr sends CloseIO only for an EOF it reads
+    // after its task exists (an earlier EOF would hang `cat` under runc's shim too).
+    let mut cmd = c.command(&Containerd::run_args(&["--rm"], id, &["cat"]));
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let input = "line one\nline two\n";
+    let mut stdin = child.stdin.take().context("stdin")?;
+    if let Err(e) = c.wait_status(id, "RUNNING", Duration::from_secs(30)) {
+        let _ = child.kill();
+        let out = child.wait_with_output()?;
+        c.force_remove(id);
+        bail!("{e}; ctr: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            c.force_remove(id);
+            bail!("ctr run cat did not end: stdin's EOF did not reach cat");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = writer.join();
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(stdout == input, "cat echoed {stdout:?}, not {input:?}");
+    Ok(1)
 }
 
 fn case_tty(env: &Env) -> Result<usize> {
@@ -520,6 +659,8 @@ fn case_ttrpc_errors_not_found_and_already_exists(env: &Env) -> Result<usize> {
                 matches!(got, Some((Code::ALREADY_EXISTS, _))),
                 "second create: {got:?}"
             );
+            exec_start_failures(&task, id).await?;
+            concurrent_creates_of_one_id(&task, &bundle, &env.tmp).await?;
             Ok(())
         })?;
         c.ok(&["task", "kill", "-s", "KILL", id])?;
@@ -532,6 +673,194 @@ fn case_ttrpc_errors_not_found_and_already_exists(env: &Env) -> Result<usize> {
         c.force_remove(id);
     }
     r.map(|_| 1)
+}
+
+type TaskClient = containerd_shim::protos::shim_async::TaskClient;
+
+fn ttrpc_ctx() -> containerd_shim::protos::ttrpc::context::Context {
+    containerd_shim::protos::ttrpc::context::with_timeout(Duration::from_secs(20).as_nanos() as i64)
+}
+
+/// The code and message of a failed ttRPC call.
+fn rpc_error<T>(
+    r: std::result::Result<T, containerd_shim::protos::ttrpc::Error>,
+) -> Option<(containerd_shim::protos::ttrpc::Code, String)> {
+    match r {
+        Err(containerd_shim::protos::ttrpc::Error::RpcStatus(s)) => {
+            Some((s.code(), s.message().to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// An exec whose Start fails keeps its spec (a retried Start fails the same way, not with
+/// empty args); an exec whose stdio cannot be connected after it started is killed and its
+/// exit recorded (Wait returns, State says stopped).
+async fn exec_start_failures(task: &TaskClient, id: &str) -> Result<()> {
+    use containerd_shim::protos::protobuf::well_known_types::any::Any;
+    use containerd_shim::protos::protobuf::MessageField;
+    use containerd_shim::protos::shim::shim::{
+        DeleteRequest, ExecProcessRequest, StartRequest, StateRequest, WaitRequest,
+    };
+    use containerd_shim::protos::types::task::Status;
+    let spec = |args: &[&str]| {
+        MessageField::some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: serde_json::to_vec(&serde_json::json!({
+                "args": args, "cwd": "/", "env": ["PATH=/bin:/usr/bin"],
+                "user": {"uid": 0, "gid": 0},
+            }))
+            .unwrap(),
+            ..Default::default()
+        })
+    };
+    let exec = |exec_id: &str, args: &[&str], stdout: &str| ExecProcessRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        spec: spec(args),
+        stdout: stdout.into(),
+        ..Default::default()
+    };
+    let start = |exec_id: &str| StartRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    };
+    let delete = |exec_id: &str| DeleteRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    };
+
+    task.exec(
+        ttrpc_ctx(),
+        &exec("x-missing", &["/nonexistent-binary"], ""),
+    )
+    .await?;
+    for attempt in 1..=2 {
+        let got = rpc_error(task.start(ttrpc_ctx(), &start("x-missing")).await);
+        ensure!(
+            matches!(&got, Some((_, m)) if m.contains("nonexistent-binary")),
+            "Start #{attempt} of an exec of a missing binary: {got:?}"
+        );
+    }
+    task.delete(ttrpc_ctx(), &delete("x-missing")).await?;
+
+    task.exec(
+        ttrpc_ctx(),
+        &exec("x-badio", &["sleep", "100"], "http://bad"),
+    )
+    .await?;
+    let got = rpc_error(task.start(ttrpc_ctx(), &start("x-badio")).await);
+    ensure!(
+        matches!(&got, Some((_, m)) if m.contains("http://bad")),
+        "Start of an exec with a bad stdout: {got:?}"
+    );
+    let waited = task
+        .wait(
+            ttrpc_ctx(),
+            &WaitRequest {
+                id: id.into(),
+                exec_id: "x-badio".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("Wait of the exec whose stdio failed (its exit was never recorded)")?;
+    ensure!(
+        waited.exit_status == 128 + 9,
+        "exit status {}",
+        waited.exit_status
+    );
+    let state = task
+        .state(
+            ttrpc_ctx(),
+            &StateRequest {
+                id: id.into(),
+                exec_id: "x-badio".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    ensure!(
+        state.status.enum_value() == Ok(Status::STOPPED),
+        "state {:?}",
+        state.status
+    );
+    task.delete(ttrpc_ctx(), &delete("x-badio")).await?;
+    Ok(())
+}
+
+/// Whether something is mounted on `path`.
+fn mounted(path: &Path) -> bool {
+    let p = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(p.as_str()))
+}
+
+/// Two concurrent Creates of one id (a new container joining the running sandbox): one
+/// creates it, the other answers AlreadyExists and leaves the winner's rootfs mounted.
+async fn concurrent_creates_of_one_id(task: &TaskClient, bundle: &Path, tmp: &Path) -> Result<()> {
+    use containerd_shim::protos::shim::shim::{CreateTaskRequest, DeleteRequest};
+    use containerd_shim::protos::types::mount::Mount;
+    let dup = "kt-dup";
+    let dir = tmp.join("dup-bundle");
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(&rootfs)?;
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?;
+    cfg["root"]["path"] = serde_json::json!("rootfs");
+    cfg["linux"]["cgroupsPath"] = serde_json::json!(format!("/{NS}/{dup}"));
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&cfg)?)?;
+    let req = CreateTaskRequest {
+        id: dup.into(),
+        bundle: dir.display().to_string(),
+        rootfs: vec![Mount {
+            type_: "bind".into(),
+            source: bundle.join("rootfs").display().to_string(),
+            options: vec!["rbind".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let (a, b) = tokio::join!(
+        task.create(ttrpc_ctx(), &req),
+        task.create(ttrpc_ctx(), &req)
+    );
+    let ok = [a.is_ok(), b.is_ok()];
+    let errs: Vec<_> = [a, b].into_iter().filter_map(rpc_error).collect();
+    let still_mounted = mounted(&rootfs);
+    let deleted = task
+        .delete(
+            ttrpc_ctx(),
+            &DeleteRequest {
+                id: dup.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    ensure!(
+        ok.iter().filter(|o| **o).count() == 1,
+        "not exactly one Create succeeded: {ok:?} {errs:?}"
+    );
+    ensure!(
+        matches!(
+            errs.as_slice(),
+            [(containerd_shim::protos::ttrpc::Code::ALREADY_EXISTS, _)]
+        ),
+        "the other Create: {errs:?}"
+    );
+    ensure!(
+        still_mounted,
+        "the losing Create unmounted the winner's rootfs {}",
+        rootfs.display()
+    );
+    deleted.context("deleting the created task")?;
+    ensure!(!mounted(&rootfs), "rootfs still mounted after Delete");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
 }
 
 fn case_bad_config_and_missing_kernel_reach_ctr(env: &Env) -> Result<usize> {
@@ -688,6 +1017,7 @@ fn main() -> Result<()> {
             case_detached_exec_ps_kill_delete,
         ),
         ("tty", case_tty),
+        ("stdin_interactive_cat", case_stdin_interactive_cat),
         (
             "pod_of_two_containers_in_one_vm",
             case_pod_of_two_containers_in_one_vm,
