@@ -40,6 +40,14 @@ pub mod metadata {
     pub const BUNDLE: &str = "io.containerd.bundle";
     /// The rootfs the shim mounted (to unmount after a crash).
     pub const ROOTFS: &str = "io.containerd.rootfs";
+    /// The stdout fifo or log URI (to reconnect the output after a shim restart).
+    pub const STDOUT: &str = "io.containerd.stdout";
+    /// The stderr fifo or log URI.
+    pub const STDERR: &str = "io.containerd.stderr";
+    /// `true` when the task has a terminal.
+    pub const TERMINAL: &str = "io.containerd.terminal";
+    /// `running` once the task's first process was started.
+    pub const STATUS: &str = "io.containerd.status";
 }
 
 /// How long a process's exit waits for its output to be copied to the end.
@@ -379,6 +387,13 @@ impl TaskService {
         let mut container = sandbox.create_container(cspec).await?;
         let connected = async {
             sandbox.set_container_metadata(id, metadata::BUNDLE, &bundle.display().to_string())?;
+            sandbox.set_container_metadata(id, metadata::STDOUT, &stdio.stdout)?;
+            sandbox.set_container_metadata(id, metadata::STDERR, &stdio.stderr)?;
+            sandbox.set_container_metadata(
+                id,
+                metadata::TERMINAL,
+                if stdio.terminal { "true" } else { "false" },
+            )?;
             if mounted {
                 sandbox.set_container_metadata(
                     id,
@@ -399,6 +414,63 @@ impl TaskService {
                 Err(e)
             }
         }
+    }
+
+    /// Takes over the sandbox `sandbox_id` when its `state.json` exists under the root and its
+    /// VM still runs (a shim restarted while its sandbox lives): the VM, shares and agent are
+    /// reconnected ([`Sandbox::restore`]) and each container becomes a task again, its output
+    /// re-copied to the stdout/stderr it had, a started one waited for (its exit published as
+    /// usual). Execs that ran under the previous shim are not taken over, nor is stdin.
+    /// Returns how many tasks were taken over (0: no state). A sandbox that cannot be
+    /// restored is an error and is left for `delete` to clean up.
+    pub async fn reconnect(&self, sandbox_id: &str) -> Result<usize> {
+        let dir = self.shared.root_dir.join(sandbox_id);
+        if !kata_sandbox::persist::SandboxState::path(&dir).is_file() {
+            return Ok(0);
+        }
+        let sandbox = Arc::new(Sandbox::restore(&dir).await?);
+        let state = sandbox.state();
+        let mut slot = self.shared.sandbox.lock().await;
+        for (id, c) in &state.containers {
+            let meta = |k: &str| c.metadata.get(k).cloned().unwrap_or_default();
+            let stdio = Stdio {
+                stdin: String::new(),
+                stdout: meta(metadata::STDOUT),
+                stderr: meta(metadata::STDERR),
+                terminal: meta(metadata::TERMINAL) == "true",
+            };
+            let mut container = sandbox.container(id)?;
+            let (out, err) = (container.stdout(), container.stderr());
+            let copies = match io::connect(&stdio, id, &self.shared.namespace, None, out, err).await
+            {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(container_id = %id, error = %e, "output not reconnected");
+                    None
+                }
+            };
+            let init = Proc::new(id, "", stdio, Handle::Init(Arc::new(container)));
+            *init.copies.lock().await = copies;
+            let started = meta(metadata::STATUS) == "running";
+            let rootfs = meta(metadata::ROOTFS);
+            self.shared.tasks.lock().unwrap().insert(
+                id.clone(),
+                Arc::new(TaskEntry {
+                    bundle: PathBuf::from(meta(metadata::BUNDLE)),
+                    mounted_rootfs: (!rootfs.is_empty()).then(|| PathBuf::from(rootfs)),
+                    init: init.clone(),
+                    execs: Mutex::new(HashMap::new()),
+                }),
+            );
+            if started {
+                init.set_status(Status::RUNNING);
+                self.spawn_waiter(init);
+            }
+        }
+        self.watch_oom(&sandbox);
+        *slot = Some(sandbox);
+        tracing::info!(%sandbox_id, tasks = state.containers.len(), "reconnected to a running sandbox");
+        Ok(state.containers.len())
     }
 
     /// Waits for a started process, then publishes its exit and records it.
@@ -458,6 +530,13 @@ impl TaskService {
             let c = p.container().expect("first process has its container");
             c.start().await?;
             p.set_status(Status::RUNNING);
+            // For a restarted shim (`reconnect`): the task was started.
+            if let Ok(sandbox) = self.sandbox().await {
+                if let Err(e) = sandbox.set_container_metadata(&req.id, metadata::STATUS, "running")
+                {
+                    tracing::warn!(container_id = %req.id, error = %e, "recording the task status");
+                }
+            }
             self.publish(TaskStart {
                 container_id: req.id.clone(),
                 pid,

@@ -6,7 +6,9 @@
 //!   socket once it listens. One shim process per sandbox.
 //! - `delete` (after a shim died): cleans up the sandbox from its `state.json` — VMM and
 //!   helpers killed, mounts and directories removed — and unmounts the bundle's rootfs.
-//! - serving: the Task service ([`crate::TaskService`]) until containerd shuts it down.
+//! - serving: the Task service ([`crate::TaskService`]) until containerd shuts it down. A
+//!   server that starts while its sandbox still runs (a restarted shim) takes it over from
+//!   `state.json` ([`crate::TaskService::reconnect`]).
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -257,12 +259,21 @@ impl Shim for KataShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
-        TaskService::new(
+        let service = TaskService::new(
             &self.namespace,
             Some(publisher),
             self.exit.clone(),
             root_dir(),
-        )
+        );
+        // A shim restarted while its sandbox runs takes it over instead of failing.
+        match service.reconnect(&self.id).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sandbox_id = %self.id, tasks = n, "serving a restored sandbox"),
+            Err(e) => {
+                tracing::warn!(sandbox_id = %self.id, error = %e, "a sandbox state exists but cannot be restored; `delete` cleans it up")
+            }
+        }
+        service
     }
 }
 

@@ -1,0 +1,318 @@
+//! Tier 3: a shim server restarted while its sandbox runs reconnects to it from `state.json`.
+//!
+//! containerd 1.6 never restarts a shim (on shim death it runs `delete`, which cleans the
+//! sandbox up, and removes the bundle), so this test plays containerd's part itself: it runs
+//! the shim server as containerd's `start` does (bundle directory as cwd, `-socket`, a
+//! listener standing in for containerd's event socket), drives the Task service over ttRPC,
+//! SIGKILLs the server with a container running, starts it again and checks that the new
+//! server serves the same task in the same VM: State, Pids, Kill, Wait (137), Delete,
+//! Shutdown; then that nothing is left. Appends `booted ...` to `$KATA_RS_VM_TEST_LOG`.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use containerd_shim::protos::shim::shim::{
+    CreateTaskRequest, DeleteRequest, KillRequest, PidsRequest, ShutdownRequest, StartRequest,
+    StateRequest, WaitRequest,
+};
+use containerd_shim::protos::shim_async::{Client, TaskClient};
+use containerd_shim::protos::ttrpc::context;
+use containerd_shim::protos::types::task::Status;
+
+const NS: &str = "kata-rs-reconnect";
+const ID: &str = "kt-reconnect";
+
+fn record(line: &str) {
+    if let Some(log) = std::env::var_os("KATA_RS_VM_TEST_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && !cmdline.contains("vm_shim_reconnect") {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+struct Paths {
+    tmp: PathBuf,
+    bundle: PathBuf,
+    root: PathBuf,
+    socket: PathBuf,
+}
+
+/// Starts the shim server as containerd's `start` would; returns once it listens.
+fn start_server(p: &Paths) -> Result<Child> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
+    cmd.args(["-namespace", NS, "-id", ID, "-address"])
+        .arg(p.tmp.join("containerd.sock"))
+        .arg("-socket")
+        .arg(format!("unix://{}", p.socket.display()))
+        .current_dir(&p.bundle)
+        .env("TTRPC_ADDRESS", p.tmp.join("containerd.sock.ttrpc"))
+        .env("KATA_RS_ROOT_DIR", &p.root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut child = cmd.spawn().context("spawning the shim server")?;
+    // The server closes its stdout once it listens.
+    let mut sink = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_end(&mut sink);
+    }
+    ensure!(
+        child.try_wait()?.is_none(),
+        "the shim server exited at start"
+    );
+    Ok(child)
+}
+
+fn ctx() -> context::Context {
+    context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
+}
+
+async fn client(p: &Paths) -> Result<TaskClient> {
+    let c = Client::connect(&format!("unix://{}", p.socket.display()))
+        .await
+        .context("connecting to the shim")?;
+    Ok(TaskClient::new(c))
+}
+
+async fn scenario(p: &Paths) -> Result<()> {
+    let mut server = start_server(p)?;
+    let task = client(p).await?;
+    let created = task
+        .create(
+            ctx(),
+            &CreateTaskRequest {
+                id: ID.into(),
+                bundle: p.bundle.display().to_string(),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("Create")?;
+    record("booted vm_shim_reconnect");
+    let vmm = created.pid;
+    ensure!(vmm > 0, "no VMM pid");
+    task.start(
+        ctx(),
+        &StartRequest {
+            id: ID.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .context("Start")?;
+    drop(task);
+
+    // The shim dies; its VM does not.
+    server.kill()?;
+    server.wait()?;
+    ensure!(
+        Path::new(&format!("/proc/{vmm}")).exists(),
+        "the VM died with its shim"
+    );
+
+    let t = Instant::now();
+    let mut server = start_server(p)?;
+    println!("    restarted shim serving in {:.1?}", t.elapsed());
+    let task = client(p).await?;
+    let state = task
+        .state(
+            ctx(),
+            &StateRequest {
+                id: ID.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("State after restart")?;
+    ensure!(
+        state.status.enum_value_or_default() == Status::RUNNING,
+        "status after restart: {:?}",
+        state.status
+    );
+    ensure!(state.pid == vmm, "VMM pid {} != {vmm}", state.pid);
+    ensure!(
+        state.bundle == p.bundle.display().to_string(),
+        "bundle {}",
+        state.bundle
+    );
+    let pids = task
+        .pids(
+            ctx(),
+            &PidsRequest {
+                id: ID.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("Pids")?;
+    ensure!(!pids.processes.is_empty(), "no process in the container");
+    task.kill(
+        ctx(),
+        &KillRequest {
+            id: ID.into(),
+            signal: 9,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("Kill")?;
+    let waited = task
+        .wait(
+            ctx(),
+            &WaitRequest {
+                id: ID.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("Wait")?;
+    ensure!(waited.exit_status == 137, "exit {}", waited.exit_status);
+    task.delete(
+        ctx(),
+        &DeleteRequest {
+            id: ID.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .context("Delete")?;
+    let _ = task
+        .shutdown(
+            ctx(),
+            &ShutdownRequest {
+                id: ID.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    let t0 = Instant::now();
+    while server.try_wait()?.is_none() {
+        ensure!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the shim did not exit on Shutdown"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        println!("VM TEST COULD NOT RUN: vm_shim_reconnect needs root");
+        record("no-guest vm_shim_reconnect: needs root");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = Paths {
+        tmp: tmp.path().to_path_buf(),
+        bundle: tmp.path().join("bundle"),
+        root: tmp.path().join("sandboxes"),
+        socket: tmp.path().join("shim.sock"),
+    };
+    let prepared = (|| -> Result<std::os::unix::net::UnixListener> {
+        let rootfs = tmp.path().join("rootfs");
+        kata_resource::testimage::busybox_rootfs(&rootfs)?;
+        std::fs::create_dir_all(&p.bundle)?;
+        let mut spec = oci_spec::runtime::Spec::default();
+        let mut process = spec.process().clone().unwrap_or_default();
+        process.set_args(Some(vec!["sleep".into(), "1000".into()]));
+        spec.set_process(Some(process));
+        spec.set_root(Some(
+            oci_spec::runtime::RootBuilder::default()
+                .path(&rootfs)
+                .readonly(false)
+                .build()?,
+        ));
+        std::fs::write(p.bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+        // Stands in for containerd's event socket: events queue in the shim, unanswered.
+        Ok(std::os::unix::net::UnixListener::bind(
+            tmp.path().join("containerd.sock.ttrpc"),
+        )?)
+    })();
+    let listener = match prepared {
+        Ok(l) => l,
+        Err(e) => {
+            println!("test restarted_shim_reconnects ... FAILED\n{e:?}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let t = Instant::now();
+    let r = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(180), scenario(&p))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+    });
+    let needle = p.root.display().to_string();
+    if r.is_err() {
+        for (pid, _) in processes_mentioning(&p.socket.display().to_string()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = kata_sandbox::persist::cleanup(&p.root.join(ID));
+    }
+    let r = r.and_then(|()| {
+        let left = processes_mentioning(&needle);
+        ensure!(left.is_empty(), "processes left: {left:?}");
+        ensure!(!p.root.join(ID).exists(), "sandbox directory left");
+        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&needle))
+            .map(str::to_string)
+            .collect();
+        ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+        Ok(())
+    });
+    match r {
+        Ok(()) => {
+            println!(
+                "test restarted_shim_reconnects ... ok ({:.1?})",
+                t.elapsed()
+            );
+            println!("1 passed, 0 failed");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!(
+                "test restarted_shim_reconnects ... FAILED ({:.1?})\n{e:?}",
+                t.elapsed()
+            );
+            println!("0 passed, 1 failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
