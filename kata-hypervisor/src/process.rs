@@ -129,7 +129,8 @@ impl Supervised {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
             .unwrap_or_default();
-        if cmdline.is_empty() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z ") {
             return Err(refuse("it has exited".into()));
         }
         if !cmdline.contains(&needle) {

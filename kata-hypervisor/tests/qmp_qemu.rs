@@ -162,6 +162,15 @@ async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
         .arg("100")
         .spawn()
         .unwrap();
+    // Wait until the child has exec'd `sleep` (its command line is the parent's, or empty,
+    // until then).
+    for _ in 0..500 {
+        let c = std::fs::read(format!("/proc/{}/cmdline", other.id())).unwrap_or_default();
+        if c.starts_with(b"sleep") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let recycled = HypervisorState {
         pids: vec![other.id()],
         ..saved.clone()
