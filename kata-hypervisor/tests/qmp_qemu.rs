@@ -127,15 +127,29 @@ async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
     let vm_dir = tmp.path().join("vm");
     std::fs::create_dir(&vm_dir).unwrap();
     let sock = vm_dir.join("qmp.sock");
-    let mut child = std::process::Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35", "-accel", "tcg", "-nodefaults"])
-        .args(["-display", "none", "-S", "-m", "64M"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..500 {
+    // Killed on drop, so a failed assertion leaves no QEMU behind; no inherited stdout, so
+    // a QEMU that outlived the test could not hold the test runner's pipe either.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        std::process::Command::new("qemu-system-x86_64")
+            .args(["-machine", "q35", "-accel", "tcg", "-nodefaults"])
+            .args(["-display", "none", "-S", "-m", "64M"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Generous: CI runs this on 2 busy cores.
+    for _ in 0..3000 {
         if sock.exists() {
             break;
         }
@@ -148,7 +162,7 @@ async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
     let saved = HypervisorState {
         backend: "qemu".into(),
         vm_dir: vm_dir.clone(),
-        pids: vec![child.id()],
+        pids: vec![child.0.id()],
         api_socket: Some(sock.clone()),
         agent_address: Some(VsockAddress::HybridVsock {
             uds: vm_dir.join("vsock.uds"),
@@ -190,7 +204,7 @@ async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
 
     let vm = Qemu::restore("r", config.clone(), &saved).await.unwrap();
     assert_eq!(vm.state(), VmState::Running);
-    assert_eq!(vm.pids(), vec![child.id()]);
+    assert_eq!(vm.pids(), vec![child.0.id()]);
     assert!(vm.agent_address().is_ok());
     assert_eq!(vm.save_state().pids, saved.pids);
 
@@ -198,7 +212,7 @@ async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
     vm.detach().await.unwrap();
     vm.stop().await.unwrap();
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.0.try_wait().unwrap().is_none(),
         "detach leaves QEMU running"
     );
     drop(vm);
@@ -211,6 +225,6 @@ async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
         .await
         .expect("the end of an adopted QEMU is seen");
     assert!(!status.is_empty());
-    assert!(child.wait().is_ok());
+    assert!(child.0.wait().is_ok());
     assert!(!vm_dir.exists(), "stop removes the VM directory");
 }

@@ -139,7 +139,18 @@ impl Qemu {
                 .api_socket
                 .clone()
                 .unwrap_or_else(|| saved.vm_dir.join("qmp.sock"));
-            let qmp = QmpClient::connect(&socket, QMP_TIMEOUT).await?;
+            // QEMU's monitor serves one client at a time: a greeting that does not come means
+            // another process holds it.
+            let qmp = QmpClient::connect(&socket, QMP_TIMEOUT)
+                .await
+                .map_err(|e| Error::Adopt {
+                    what: "qemu".into(),
+                    pid: qemu_pid,
+                    reason: format!(
+                        "its QMP monitor {} did not take us ({e}); is another process connected to it?",
+                        socket.display()
+                    ),
+                })?;
             let status = qmp.query_status().await?;
             Ok::<_, Error>((qmp, status))
         }

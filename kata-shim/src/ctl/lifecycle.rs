@@ -63,7 +63,7 @@ async fn restore(root: &Path, id: &str) -> Result<Sandbox, Failure> {
     }
     Sandbox::restore(&dir).await.map_err(|e| {
         format!(
-            "cannot reconnect to sandbox `{id}`: {e} (`shim-ctl delete --force {id}` cleans it up)"
+            "cannot reconnect to sandbox `{id}`: {e} (if its VM is gone, `shim-ctl delete --force {id}` cleans it up)"
         )
     })
 }
