@@ -35,7 +35,7 @@ lint:
 
 # Publishability of every library crate (no verify build: the workspace build covers it).
 package:
-	$(CARGO) package --workspace --no-verify --allow-dirty --exclude kata-examples --exclude kata-benches >/dev/null
+	$(CARGO) package --workspace --no-verify --allow-dirty --exclude kata-examples --exclude kata-benches --exclude kata-testkit >/dev/null
 	@echo "package: every publishable crate packages"
 
 # The whole suite: unit, host integration, VM (QEMU), in that order.

@@ -9,48 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use kata_sandbox::{ContainerSpec, ProcessSpec, Sandbox};
+use kata_testkit::leaks::{mounts_under, processes_mentioning};
+use kata_testkit::record;
 use tokio::io::AsyncReadExt;
 
 const ID: &str = "vm-restore-tests";
-
-fn record(line: &str) {
-    if let Some(log) = std::env::var_os("KATA_RS_VM_TEST_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
-}
-
-fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) && !cmdline.contains("vm_restore") {
-            found.push((pid, cmdline));
-        }
-    }
-    found
-}
-
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .map(str::to_string)
-        .collect()
-}
 
 /// Runs an exec to the end: (status, stdout).
 async fn exec(c: &kata_sandbox::Container, args: &[&str]) -> Result<(i32, String, String)> {
@@ -224,7 +187,7 @@ async fn run_all() -> u8 {
             Err(_) => Err(anyhow::anyhow!("timed out after 180 s")),
         };
         let r = r.and_then(|()| {
-            let left = processes_mentioning(ID);
+            let left = processes_mentioning(ID, "vm_restore");
             ensure!(left.is_empty(), "processes left: {left:?}");
             Ok(())
         });

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use kata_sandbox::{ContainerSpec, ProcessSpec, Sandbox};
+use kata_testkit::leaks::{mounts_under, processes_mentioning};
+use kata_testkit::record;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type Case = fn(Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>>;
@@ -21,19 +23,6 @@ struct Env {
     sandbox: Sandbox,
     rootfs: PathBuf,
     root_dir: PathBuf,
-}
-
-fn record(line: &str) {
-    if let Some(log) = std::env::var_os("KATA_RS_VM_TEST_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
 }
 
 fn spec(env: &Env, args: &[&str]) -> ContainerSpec {
@@ -319,9 +308,9 @@ async fn expect_boot_failure(
     }
     ensure!(!root.join(&id).exists(), "{name}: sandbox dir left behind");
     ensure!(
-        processes_mentioning(&id).is_empty(),
+        processes_mentioning(&id, "vm_sandbox").is_empty(),
         "{name}: processes left: {:?}",
-        processes_mentioning(&id)
+        processes_mentioning(&id, "vm_sandbox")
     );
     Ok(())
 }
@@ -402,17 +391,6 @@ fn no_container_leftovers(sandbox: &Sandbox) -> Result<()> {
     Ok(())
 }
 
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .map(str::to_string)
-        .collect()
-}
-
 /// A sandbox dropped without shutdown() while a container handle still exists: its VM is
 /// killed and its directory, mounts and helper processes are gone.
 async fn drop_without_shutdown(root: PathBuf, rootfs: PathBuf) -> Result<()> {
@@ -430,14 +408,14 @@ async fn drop_without_shutdown(root: PathBuf, rootfs: PathBuf) -> Result<()> {
     c.start().await?;
     let dir = sandbox.dir().to_path_buf();
     ensure!(
-        !processes_mentioning(id).is_empty(),
+        !processes_mentioning(id, "vm_sandbox").is_empty(),
         "no VM process found before the drop"
     );
     drop(sandbox);
     ensure!(
-        processes_mentioning(id).is_empty(),
+        processes_mentioning(id, "vm_sandbox").is_empty(),
         "processes left: {:?}",
-        processes_mentioning(id)
+        processes_mentioning(id, "vm_sandbox")
     );
     ensure!(
         mounts_under(&dir).is_empty(),
@@ -449,18 +427,6 @@ async fn drop_without_shutdown(root: PathBuf, rootfs: PathBuf) -> Result<()> {
     let r = tokio::time::timeout(Duration::from_secs(40), c.wait()).await;
     ensure!(matches!(r, Ok(Err(_))), "wait on a dead sandbox: {r:?}");
     Ok(())
-}
-
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) && !cmdline.contains("vm_sandbox") {
-            found.push(cmdline);
-        }
-    }
-    found
 }
 
 fn main() -> std::process::ExitCode {
@@ -568,7 +534,7 @@ async fn run_all() -> u8 {
             "sandbox dir {} left",
             sandbox_dir.display()
         );
-        let left = processes_mentioning("vm-sandbox-tests");
+        let left = processes_mentioning("vm-sandbox-tests", "vm_sandbox");
         ensure!(left.is_empty(), "processes left after shutdown: {left:?}");
         Ok(())
     }

@@ -13,156 +13,26 @@
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use kata_resource::testimage;
+use kata_testkit::containerd::Containerd;
+use kata_testkit::leaks::cmdlines;
+use kata_testkit::{missing_root_or_tools, record};
 
 const RUNTIME: &str = "io.containerd.kata.v2";
 const NS: &str = "kata-rs-test";
 
-struct Containerd {
-    child: Child,
-    socket: PathBuf,
-    dir: PathBuf,
-}
-
-impl Containerd {
-    fn start(dir: &Path, shim_dir: &Path) -> Result<Containerd> {
-        let socket = dir.join("containerd.sock");
-        let config = dir.join("config.toml");
-        std::fs::write(&config, "version = 2\n")?;
-        let log = std::fs::File::create(dir.join("containerd.log"))?;
-        let path = format!(
-            "{}:{}",
-            shim_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .arg("--root")
-            .arg(dir.join("root"))
-            .arg("--state")
-            .arg(dir.join("state"))
-            .arg("--address")
-            .arg(&socket)
-            .env("PATH", path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("spawn containerd")?;
-        let c = Containerd {
-            child,
-            socket,
-            dir: dir.to_path_buf(),
-        };
-        let started = Instant::now();
-        while c.ctr(&["version"]).status.code() != Some(0) {
-            if started.elapsed() > Duration::from_secs(20) {
-                bail!("containerd did not come up: {}", c.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(c)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
-        cmd.arg("--address")
-            .arg(&self.socket)
-            .arg("--namespace")
-            .arg(NS)
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run ctr")
-    }
-
-    /// Runs ctr, fails with its stderr if it does not succeed; returns stdout.
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.ctr(args);
-        ensure!(
-            out.status.success(),
-            "ctr {args:?}: {}\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn run_args<'a>(extra: &[&'a str], id: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
-        let mut a = vec!["run", "--runtime", RUNTIME];
-        a.extend_from_slice(extra);
-        a.push(testimage::IMAGE_NAME);
-        a.push(id);
-        a.extend_from_slice(cmd);
-        a
-    }
-
-    /// The status column of `ctr task ls` for `id`.
-    fn task_status(&self, id: &str) -> Option<String> {
-        let out = self.ctr(&["task", "ls"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(id))
-            .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
-    }
-
-    /// The pid column of `ctr task ls` for `id`.
-    fn task_pid(&self, id: &str) -> Option<u32> {
-        let out = self.ctr(&["task", "ls"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(id))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-    }
-
-    fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> Result<()> {
-        let t0 = Instant::now();
-        loop {
-            let s = self.task_status(id);
-            if s.as_deref() == Some(status) {
-                return Ok(());
-            }
-            if t0.elapsed() > timeout {
-                bail!("task {id} is {s:?}, not {status}, after {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Removes a task and container whatever their state (cleanup after a failed case).
-    fn force_remove(&self, id: &str) {
-        let _ = self.ctr(&["task", "kill", "-s", "KILL", id]);
-        let _ = self.ctr(&["task", "delete", "-f", id]);
-        let _ = self.ctr(&["container", "rm", id]);
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `ctr run` arguments for the busybox test image under the kata runtime.
+fn run_args<'a>(extra: &[&'a str], id: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["run", "--runtime", RUNTIME];
+    a.extend_from_slice(extra);
+    a.push(testimage::IMAGE_NAME);
+    a.push(id);
+    a.extend_from_slice(cmd);
+    a
 }
 
 /// What a run may leave behind, counted.
@@ -174,24 +44,6 @@ struct Leftovers {
     kata_mounts: usize,
     shim_sockets: usize,
     sandbox_dirs: Vec<String>,
-}
-
-fn cmdlines() -> Vec<(u32, String)> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter_map(|pid| {
-                    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                    if stat.contains(") Z") {
-                        return None;
-                    }
-                    Some((pid, String::from_utf8_lossy(&raw).replace('\0', " ")))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn leftovers(containerd_dir: &Path) -> Leftovers {
@@ -228,19 +80,6 @@ fn leftovers(containerd_dir: &Path) -> Leftovers {
         kata_mounts,
         shim_sockets,
         sandbox_dirs,
-    }
-}
-
-fn record(line: &str) {
-    if let Some(log) = std::env::var_os("KATA_RS_VM_TEST_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            let _ = writeln!(f, "{line}");
-        }
     }
 }
 
@@ -298,7 +137,7 @@ type Case = fn(&Env) -> Result<usize>;
 
 fn case_run_rm_echo_output_and_exit_codes(env: &Env) -> Result<usize> {
     let c = &env.ctr;
-    let out = c.ctr(&Containerd::run_args(
+    let out = c.ctr(&run_args(
         &["--rm"],
         "kt-echo",
         &["sh", "-c", "echo hello from kata-rs; echo to-err >&2"],
@@ -312,11 +151,7 @@ fn case_run_rm_echo_output_and_exit_codes(env: &Env) -> Result<usize> {
     );
     ensure!(stdout == "hello from kata-rs\n", "stdout {stdout:?}");
     ensure!(stderr.contains("to-err"), "stderr {stderr:?}");
-    let out = c.ctr(&Containerd::run_args(
-        &["--rm"],
-        "kt-exit3",
-        &["sh", "-c", "exit 3"],
-    ));
+    let out = c.ctr(&run_args(&["--rm"], "kt-exit3", &["sh", "-c", "exit 3"]));
     ensure!(
         out.status.code() == Some(3),
         "exit {:?}: {}",
@@ -331,7 +166,7 @@ fn case_detached_exec_ps_kill_delete(env: &Env) -> Result<usize> {
     let id = "kt-detached";
     let events = Events::start(c, env.tmp.join("events-detached.txt"))?;
     let r = (|| {
-        c.ok(&Containerd::run_args(&["-d"], id, &["sleep", "1000"]))?;
+        c.ok(&run_args(&["-d"], id, &["sleep", "1000"]))?;
         c.wait_status(id, "RUNNING", Duration::from_secs(10))?;
         let out = c.ok(&[
             "task",
@@ -423,7 +258,7 @@ fn case_stdin_interactive_cat(env: &Env) -> Result<usize> {
     // it may be lost to an early EOF, and the EOF (CloseIO) must reach `cat` so it ends.
     // The input is written once the task runs: ctr sends CloseIO only for an EOF it reads
     // after its task exists (an earlier EOF would hang `cat` under runc's shim too).
-    let mut cmd = c.command(&Containerd::run_args(&["--rm"], id, &["cat"]));
+    let mut cmd = c.command(&run_args(&["--rm"], id, &["cat"]));
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -477,7 +312,7 @@ fn case_tty(env: &Env) -> Result<usize> {
         None,
     )?;
     let slave = std::fs::File::from(pty.slave);
-    let mut cmd = c.command(&Containerd::run_args(
+    let mut cmd = c.command(&run_args(
         &["--rm", "-t"],
         "kt-tty",
         &["sh", "-c", "tty; stty size; exit 5"],
@@ -534,12 +369,12 @@ fn case_pod_of_two_containers_in_one_vm(env: &Env) -> Result<usize> {
         let sb_type = "io.kubernetes.cri.container-type=sandbox".to_string();
         let ct_type = "io.kubernetes.cri.container-type=container".to_string();
         let sb_id = format!("io.kubernetes.cri.sandbox-id={pod}");
-        c.ok(&Containerd::run_args(
+        c.ok(&run_args(
             &["-d", "--annotation", &sb_type, "--annotation", &sb_id],
             pod,
             &["sleep", "1000"],
         ))?;
-        c.ok(&Containerd::run_args(
+        c.ok(&run_args(
             &["-d", "--annotation", &ct_type, "--annotation", &sb_id],
             app,
             &["sleep", "1000"],
@@ -594,7 +429,7 @@ fn case_ttrpc_errors_not_found_and_already_exists(env: &Env) -> Result<usize> {
     let c = &env.ctr;
     let id = "kt-errors";
     let r = (|| {
-        c.ok(&Containerd::run_args(&["-d"], id, &["sleep", "1000"]))?;
+        c.ok(&run_args(&["-d"], id, &["sleep", "1000"]))?;
         let bundle = env
             .tmp
             .join("state/io.containerd.runtime.v2.task")
@@ -881,7 +716,7 @@ fn case_bad_config_and_missing_kernel_reach_ctr(env: &Env) -> Result<usize> {
         let cfg = env.tmp.join(format!("{name}.toml"));
         std::fs::write(&cfg, toml)?;
         let cfg_s = cfg.display().to_string();
-        let out = c.ctr(&Containerd::run_args(
+        let out = c.ctr(&run_args(
             &["--rm", "--runtime-config-path", &cfg_s],
             name,
             &["true"],
@@ -896,7 +731,7 @@ fn case_bad_config_and_missing_kernel_reach_ctr(env: &Env) -> Result<usize> {
         let _ = c.ctr(&["container", "rm", name]);
     }
     // A configuration path that does not exist.
-    let out = c.ctr(&Containerd::run_args(
+    let out = c.ctr(&run_args(
         &["--rm", "--runtime-config-path", "/nonexistent/kata.toml"],
         "kt-nocfg",
         &["true"],
@@ -916,7 +751,7 @@ fn case_bad_config_and_missing_kernel_reach_ctr(env: &Env) -> Result<usize> {
 fn case_shim_sigkill_then_delete_cleans_up(env: &Env) -> Result<usize> {
     let c = &env.ctr;
     let id = "kt-crash";
-    c.ok(&Containerd::run_args(&["-d"], id, &["sleep", "1000"]))?;
+    c.ok(&run_args(&["-d"], id, &["sleep", "1000"]))?;
     c.wait_status(id, "RUNNING", Duration::from_secs(10))?;
     let shim = cmdlines()
         .into_iter()
@@ -958,7 +793,7 @@ fn case_ten_sequential_runs_leave_nothing(env: &Env) -> Result<usize> {
     let before = leftovers(&env.tmp);
     for i in 0..10 {
         let id = format!("kt-seq-{i}");
-        let out = c.ok(&Containerd::run_args(&["--rm"], &id, &["echo", "run"]))?;
+        let out = c.ok(&run_args(&["--rm"], &id, &["echo", "run"]))?;
         ensure!(out == "run\n", "run {i}: {out:?}");
     }
     let t0 = Instant::now();
@@ -976,16 +811,8 @@ fn case_ten_sequential_runs_leave_nothing(env: &Env) -> Result<usize> {
 }
 
 fn missing() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root".into());
-    }
-    for tool in ["containerd", "ctr", "qemu-system-x86_64"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
+    if let Some(reason) = missing_root_or_tools(&["containerd", "ctr", "qemu-system-x86_64"]) {
+        return Some(reason);
     }
     let cache = std::env::var_os("KATA_RS_CACHE")
         .map(PathBuf::from)
@@ -1048,7 +875,7 @@ fn main() -> Result<()> {
     let image = testimage::busybox_image_tar(&tmp.path().join("busybox.tar"))?;
     let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
     let env = Env {
-        ctr: Containerd::start(tmp.path(), shim.parent().unwrap())?,
+        ctr: Containerd::start(tmp.path(), Some(NS), Some(shim.parent().unwrap()))?,
         tmp: tmp.path().to_path_buf(),
     };
     env.ctr

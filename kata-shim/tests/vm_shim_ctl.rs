@@ -9,19 +9,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-
-fn record(line: &str) {
-    if let Some(log) = std::env::var_os("KATA_RS_VM_TEST_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
-}
+use kata_testkit::leaks::{mounts_under, processes_mentioning};
+use kata_testkit::record;
 
 struct Env {
     tmp: tempfile::TempDir,
@@ -94,29 +83,12 @@ impl Env {
             .collect();
         ensure!(dirs.is_empty(), "sandbox directories left: {dirs:?}");
         let needle = root.display().to_string();
-        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&needle))
-            .map(str::to_string)
-            .collect();
+        let mounts = mounts_under(&root);
         ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
-        let procs = processes_mentioning(&needle);
+        let procs = processes_mentioning(&needle, "shim-ctl");
         ensure!(procs.is_empty(), "processes left: {procs:?}");
         Ok(())
     }
-}
-
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) && !cmdline.contains("shim-ctl") {
-            found.push(cmdline);
-        }
-    }
-    found
 }
 
 /// create, state, start --detach, exec, kill, delete of one container.

@@ -22,37 +22,11 @@ use containerd_shim::protos::shim::shim::{
 use containerd_shim::protos::shim_async::{Client, TaskClient};
 use containerd_shim::protos::ttrpc::context;
 use containerd_shim::protos::types::task::Status;
+use kata_testkit::leaks::{mounts_under, processes_mentioning};
+use kata_testkit::record;
 
 const NS: &str = "kata-rs-reconnect";
 const ID: &str = "kt-reconnect";
-
-fn record(line: &str) {
-    if let Some(log) = std::env::var_os("KATA_RS_VM_TEST_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
-}
-
-fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) && !cmdline.contains("vm_shim_reconnect") {
-            found.push((pid, cmdline));
-        }
-    }
-    found
-}
 
 struct Paths {
     tmp: PathBuf,
@@ -276,7 +250,7 @@ fn main() -> std::process::ExitCode {
     });
     let needle = p.root.display().to_string();
     if r.is_err() {
-        for (pid, _) in processes_mentioning(&p.socket.display().to_string()) {
+        for (pid, _) in processes_mentioning(&p.socket.display().to_string(), "vm_shim_reconnect") {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -285,15 +259,10 @@ fn main() -> std::process::ExitCode {
         let _ = kata_sandbox::persist::cleanup(&p.root.join(ID));
     }
     let r = r.and_then(|()| {
-        let left = processes_mentioning(&needle);
+        let left = processes_mentioning(&needle, "vm_shim_reconnect");
         ensure!(left.is_empty(), "processes left: {left:?}");
         ensure!(!p.root.join(ID).exists(), "sandbox directory left");
-        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&needle))
-            .map(str::to_string)
-            .collect();
+        let mounts = mounts_under(&p.root);
         ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
         Ok(())
     });

@@ -1,0 +1,153 @@
+//! A private containerd: its own root, state, socket and (empty) config in a directory of the
+//! test's, so that the host's containerd and its configuration play no part; `ctr` against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+/// A containerd of our own, stopped on drop (SIGTERM, then SIGKILL after 10 s).
+pub struct Containerd {
+    child: Child,
+    socket: PathBuf,
+    dir: PathBuf,
+    namespace: Option<String>,
+}
+
+impl Containerd {
+    /// Starts containerd with root, state, socket, config and log in `dir`, and waits (20 s at
+    /// most) until `ctr version` answers. `namespace` is passed to every `ctr` (none: ctr's
+    /// default); `path_first` is put in front of containerd's `PATH` (where it finds shims).
+    pub fn start(dir: &Path, namespace: Option<&str>, path_first: Option<&Path>) -> Result<Self> {
+        let socket = dir.join("containerd.sock");
+        // An empty config: defaults, without the host's /etc/containerd/config.toml.
+        let config = dir.join("config.toml");
+        std::fs::write(&config, "version = 2\n")?;
+        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--state")
+            .arg(dir.join("state"))
+            .arg("--address")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(first) = path_first {
+            let path = format!(
+                "{}:{}",
+                first.display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            cmd.env("PATH", path);
+        }
+        let child = cmd.spawn().context("spawn containerd")?;
+        let c = Containerd {
+            child,
+            socket,
+            dir: dir.to_path_buf(),
+            namespace: namespace.map(str::to_string),
+        };
+        let started = Instant::now();
+        while c.ctr(&["version"]).status.code() != Some(0) {
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("containerd did not come up: {}", c.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(c)
+    }
+
+    /// containerd's log (its stderr) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// A `ctr` command against this containerd (address and namespace set, stdin null).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(&self.socket);
+        if let Some(ns) = &self.namespace {
+            cmd.arg("--namespace").arg(ns);
+        }
+        cmd.args(args).stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `ctr args` to the end; panics only if ctr cannot be run at all.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run ctr")
+    }
+
+    /// Runs ctr, fails with its status, stdout and stderr if it does not succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr(args);
+        ensure!(
+            out.status.success(),
+            "ctr {args:?}: {}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The status column of `ctr task ls` for `id`.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+    }
+
+    /// The pid column of `ctr task ls` for `id`.
+    pub fn task_pid(&self, id: &str) -> Option<u32> {
+        let out = self.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    }
+
+    /// Waits until [`task_status`](Self::task_status) of `id` is `status`; fails after `timeout`.
+    pub fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> Result<()> {
+        let t0 = Instant::now();
+        loop {
+            let s = self.task_status(id);
+            if s.as_deref() == Some(status) {
+                return Ok(());
+            }
+            if t0.elapsed() > timeout {
+                bail!("task {id} is {s:?}, not {status}, after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Removes a task and container whatever their state (cleanup after a failed case).
+    pub fn force_remove(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "-s", "KILL", id]);
+        let _ = self.ctr(&["task", "delete", "-f", id]);
+        let _ = self.ctr(&["container", "rm", id]);
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,50 @@
+//! Helpers shared by the slow-tier test binaries of kata-rs.
+//!
+//! - [`record`]: append a line (`booted <case>`, `no-guest <binary>: <reason>`) to the file
+//!   named by `$KATA_RS_VM_TEST_LOG`, which `make test` summarises.
+//! - [`leaks`]: what a run may leave behind: processes naming something, mounts under a path.
+//! - [`containerd`]: a private containerd (its own root, state, socket and config) and `ctr`
+//!   against it.
+//!
+//! Not published: the crates use it as a path-only `[dev-dependencies]` entry.
+
+#![warn(missing_docs)]
+
+pub mod containerd;
+pub mod leaks;
+
+/// The environment variable naming the VM test log that [`record`] appends to.
+pub const VM_TEST_LOG: &str = "KATA_RS_VM_TEST_LOG";
+
+/// Appends `line` to the file named by `$KATA_RS_VM_TEST_LOG`, if it is set; errors are ignored.
+pub fn record(line: &str) {
+    if let Some(log) = std::env::var_os(VM_TEST_LOG) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// The first of `tools` not found in a directory of `$PATH`, as `"<tool> is not installed"`;
+/// `"needs root"` before that when not running as root.
+pub fn missing_root_or_tools(tools: &[&str]) -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root".into());
+    }
+    tools
+        .iter()
+        .find(|tool| !on_path(tool))
+        .map(|tool| format!("{tool} is not installed"))
+}
+
+/// Whether a file named `tool` is in a directory of `$PATH`.
+pub fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
