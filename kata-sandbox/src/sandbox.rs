@@ -300,20 +300,56 @@ impl Inner {
                 ShareFsKind::VirtioFs => kata_hypervisor::ShareFsKind::VirtioFs,
             },
         });
-        let vm: Arc<dyn Hypervisor> = b.new_hypervisor(&id, config, dir.join("vm"))?;
-        vm.prepare(vec![device]).await?;
-        vm.start().await?;
-        let vm_started = t0.elapsed();
-
-        let booted = Self::connect_agent(&vm, &b.agent_options, &share, &id).await;
-        let (agent, agent_connected) = match booted {
-            Ok(a) => (a, t0.elapsed()),
-            Err(e) => {
-                let _ = vm.stop().await;
-                drop(share);
-                return Err(e);
+        // The agent gets `dial_timeout` in all. If it has not answered after the first third
+        // while the VM still runs, the VM is booted once more: rust-vmm's vhost-device-vsock
+        // (the hybrid-vsock backend used when the host has no /dev/vhost-vsock) was seen to stop
+        // answering every CONNECT for good in about 1 boot of 20 on a loaded 2-core host, with
+        // the agent serving in the guest. A fresh VM and backend recover from that.
+        let total = b.agent_options.dial_timeout;
+        let mut retried = false;
+        let (vm, agent, vm_started) = loop {
+            let vm: Arc<dyn Hypervisor> = b.new_hypervisor(&id, config.clone(), dir.join("vm"))?;
+            vm.prepare(vec![device.clone()]).await?;
+            vm.start().await?;
+            let vm_started = t0.elapsed();
+            let remaining = total.saturating_sub(t0.elapsed());
+            let mut opts = b.agent_options;
+            opts.dial_timeout = if retried {
+                remaining
+            } else {
+                (total / 3).min(remaining)
+            }
+            .max(Duration::from_secs(1));
+            match Self::connect_agent(&vm, &opts, &share, &id).await {
+                Ok(a) => break (vm, a, vm_started),
+                Err(Error::AgentTimeout { detail, .. })
+                    if !retried && t0.elapsed() + Duration::from_secs(5) < total =>
+                {
+                    tracing::warn!(sandbox_id = %id, waited = ?t0.elapsed(), %detail, "the agent has not answered though the VM runs; booting the VM once more (the vsock backend may be stuck)");
+                    let _ = vm.stop().await;
+                    retried = true;
+                }
+                Err(e) => {
+                    let _ = vm.stop().await;
+                    drop(share);
+                    return Err(match e {
+                        Error::AgentTimeout {
+                            detail, console, ..
+                        } => Error::AgentTimeout {
+                            after: total,
+                            detail: if retried {
+                                format!("{detail}; the VM was booted twice")
+                            } else {
+                                detail
+                            },
+                            console,
+                        },
+                        other => other,
+                    });
+                }
             }
         };
+        let agent_connected = t0.elapsed();
         guard.0 = None;
         let inner = Arc::new(Inner {
             id: id.clone(),

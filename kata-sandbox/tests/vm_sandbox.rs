@@ -372,7 +372,7 @@ async fn bad_boots(root: PathBuf) -> Result<()> {
             .initrd(debug)
             .kernel_params("rdinit=/bin/sh")
             .agent_timeout(Duration::from_secs(20)),
-        &["did not answer", "VM was stopped"],
+        &["did not answer", "VM was stopped", "booted twice"],
     )
     .await?;
     Ok(())
