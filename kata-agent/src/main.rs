@@ -43,8 +43,11 @@ fn main() -> ExitCode {
     if let Err(e) = kata_agent::init::become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper: orphans will not be reaped");
     }
+    // One worker: a request is read, handled and answered on one thread (no cross-thread
+    // wake-ups: Check round trips ~100 µs -> ~55 µs here), and a micro-VM has 1 vCPU by default.
+    // Blocking work goes to the blocking pool, which is separate.
     let result = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
