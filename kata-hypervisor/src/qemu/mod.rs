@@ -470,12 +470,13 @@ impl Qemu {
 
     /// Waits until the guest's driver has started the vsock device.
     ///
-    /// A hybrid-vsock `CONNECT` that reaches vhost-device-vsock before the guest has set up
-    /// its vsock queues can wedge that connection path for good (seen once in ~100 boots under
-    /// load: the agent served, but no CONNECT was ever answered), so the agent is dialled only
-    /// once the device runs. Best effort: if QEMU cannot say (the query is experimental), or the
-    /// device is not up within [`VSOCK_START_WAIT`], start goes on and the dial decides. A VM
-    /// that exits meanwhile (guest panic) fails the start with its console.
+    /// vhost-device-vsock (the hybrid-vsock backend) was seen to stop answering every `CONNECT`
+    /// in a few boots of a hundred under load, with the agent serving in the guest. Dialling
+    /// only once the device runs was the first remedy tried; it did not remove the fault, which
+    /// kata-sandbox recovers from by booting once more (see its README). The wait stays because a
+    /// dial before the device exists can only fail. Best effort: if QEMU cannot say (the query is
+    /// experimental), or the device is not up within [`VSOCK_START_WAIT`], start goes on and the
+    /// dial decides. A VM that exits meanwhile (guest panic) fails the start with its console.
     async fn wait_vsock_started(&self, run: &Running) -> Result<()> {
         let (Some(qmp), Some(qemu)) = (run.qmp.as_ref(), run.qemu.as_ref()) else {
             return Ok(());
