@@ -3,12 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The cache directory (`$KATA_RS_CACHE`, default `/var/cache/kata-rs`).
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("KATA_RS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/kata-rs"))
-}
+pub use kata_sandbox::hypervisor::config::cache_dir;
 
 /// A busybox rootfs for the benchmarks (built once).
 pub fn busybox_rootfs() -> PathBuf {

@@ -23,11 +23,7 @@ pub fn busybox_image() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn cache_dir() -> PathBuf {
-    std::env::var_os("KATA_RS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/kata-rs"))
-}
+use kata_sandbox::hypervisor::config::cache_dir;
 
 /// Prints how long each step took.
 #[derive(Debug)]

@@ -780,6 +780,14 @@ pub struct GuestManifest {
     pub kernel_version: String,
 }
 
+/// kata-rs' cache directory: `$KATA_RS_CACHE`, default `/var/cache/kata-rs`. It holds the
+/// guest image and its manifest (`guest/`), helper binaries (`bin/`) and unpacked images.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("KATA_RS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kata-rs"))
+}
+
 impl GuestManifest {
     /// Where the manifest is: `$KATA_RS_GUEST_MANIFEST`, else
     /// `$KATA_RS_CACHE/guest/manifest.json` (cache default `/var/cache/kata-rs`).
@@ -787,10 +795,7 @@ impl GuestManifest {
         if let Some(p) = std::env::var_os("KATA_RS_GUEST_MANIFEST") {
             return PathBuf::from(p);
         }
-        let cache = std::env::var_os("KATA_RS_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/cache/kata-rs"));
-        cache.join("guest").join("manifest.json")
+        cache_dir().join("guest").join("manifest.json")
     }
 
     /// Reads the manifest at [`GuestManifest::default_path`].

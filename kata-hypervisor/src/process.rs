@@ -129,8 +129,7 @@ impl Supervised {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
             .unwrap_or_default();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.is_empty() || stat.contains(") Z ") {
+        if is_gone(pid) {
             return Err(refuse("it has exited".into()));
         }
         if !cmdline.contains(&needle) {
@@ -271,6 +270,26 @@ fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `pid` has exited: no such process, or a zombie nobody reaped yet.
+pub fn is_gone(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state letter follows the command name's closing parenthesis.
+    stat.rsplit_once(") ")
+        .is_none_or(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+}
+
+/// Waits (polling, up to `timeout`) until [`is_gone`]; returns whether it is.
+pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while !is_gone(pid) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 /// Describes an exit status as a shell would: `exit code N` or `killed by signal SIG`.
 pub fn describe(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
@@ -321,18 +340,12 @@ mod tests {
         let pid = s.pid();
         drop(s);
         for _ in 0..100 {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.is_empty() || stat.contains(") Z") {
+            if is_gone(pid) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("child {pid} still runs after its handle was dropped");
-    }
-
-    fn gone(pid: u32) -> bool {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        stat.is_empty() || stat.contains(") Z")
     }
 
     #[tokio::test]
@@ -348,7 +361,7 @@ mod tests {
         let pid = s.pid();
         s.detach();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!gone(pid), "a detached child must keep running");
+        assert!(!is_gone(pid), "a detached child must keep running");
 
         // A process that does not name the directory is refused (a recycled pid).
         let e = Supervised::adopt("sh", pid, Path::new("/elsewhere/vm")).unwrap_err();
@@ -361,7 +374,7 @@ mod tests {
         let how = adopted.stop(Duration::from_millis(50)).await;
         assert_eq!(how, "killed by signal SIGKILL");
         for _ in 0..100 {
-            if gone(pid) {
+            if is_gone(pid) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -389,14 +402,14 @@ mod tests {
         });
         drop(rt);
         std::thread::sleep(Duration::from_millis(100));
-        let alive = !gone(detached);
+        let alive = !is_gone(detached);
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(detached as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
         assert!(alive, "a detached child must survive the runtime");
         for _ in 0..100 {
-            if gone(killed) {
+            if is_gone(killed) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));

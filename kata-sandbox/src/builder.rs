@@ -46,9 +46,7 @@ impl Default for SandboxBuilder {
 impl SandboxBuilder {
     /// Kata's defaults, except the shared filesystem: virtio-9p, which needs no daemon.
     pub fn new() -> Self {
-        let cache = std::env::var_os("KATA_RS_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/cache/kata-rs"));
+        let cache = kata_hypervisor::config::cache_dir();
         SandboxBuilder {
             id: None,
             hypervisor: HypervisorKind::Qemu,

@@ -305,13 +305,7 @@ fn processes_naming(vm_dir: &Path) -> Vec<u32> {
 
 /// Waits (up to 5 s) until `pid` is gone or a zombie.
 pub(crate) fn wait_gone(pid: u32) {
-    for _ in 0..500 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.is_empty() || stat.contains(") Z") {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    kata_hypervisor::process::wait_gone(pid, std::time::Duration::from_secs(5));
 }
 
 #[cfg(test)]

@@ -122,10 +122,7 @@ async fn round_trip(root: &Path, rootfs: &Path) -> Result<()> {
     );
     for pid in vmm_pids {
         ensure!(
-            !Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .unwrap_or_default()
-                    .contains(") Z"),
+            kata_sandbox::hypervisor::process::is_gone(pid),
             "VM process {pid} survived shutdown"
         );
     }

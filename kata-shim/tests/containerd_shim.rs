@@ -814,10 +814,7 @@ fn missing() -> Option<String> {
     if let Some(reason) = missing_root_or_tools(&["containerd", "ctr", "qemu-system-x86_64"]) {
         return Some(reason);
     }
-    let cache = std::env::var_os("KATA_RS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/kata-rs"));
-    if !cache.join("guest/manifest.json").is_file() {
+    if !kata_sandbox::hypervisor::GuestManifest::default_path().is_file() {
         return Some("no guest image (run `make guest`)".into());
     }
     None

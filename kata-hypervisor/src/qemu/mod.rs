@@ -299,7 +299,7 @@ impl Qemu {
                 },
             ));
         }
-        let extra = [cache_dir().join("bin")];
+        let extra = [crate::config::cache_dir().join("bin")];
         let explicit = std::env::var("KATA_RS_VHOST_USER_VSOCK").unwrap_or_default();
         let bin = find_program("vhost-device-vsock", &explicit, &extra).ok_or_else(|| {
             Error::MissingProgram {
@@ -767,13 +767,6 @@ impl Hypervisor for Qemu {
             }
         }
     }
-}
-
-/// The cache directory (`$KATA_RS_CACHE`, default `/var/cache/kata-rs`).
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("KATA_RS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/kata-rs"))
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {

@@ -73,9 +73,7 @@ impl Default for HostProbe {
             dev_kvm: "/dev/kvm".into(),
             dev_vhost_vsock: "/dev/vhost-vsock".into(),
             sys: "/sys".into(),
-            cache: std::env::var_os("KATA_RS_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/cache/kata-rs")),
+            cache: kata_hypervisor::config::cache_dir(),
             vhost_user_vsock: std::env::var_os("KATA_RS_VHOST_USER_VSOCK")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
