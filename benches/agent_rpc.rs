@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kata_agent_client::{AgentAddress, AgentClient, ConnectOptions};
+use kata_agent_client::{Agent, AgentAddress, ConnectOptions};
 
 fn agent_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("KATA_AGENT_BIN") {
@@ -42,7 +42,7 @@ fn agent_rpc(c: &mut Criterion) {
         .spawn()
         .expect("start the agent");
     let client = rt
-        .block_on(AgentClient::connect(
+        .block_on(Agent::connect(
             &AgentAddress::Unix(sock.clone()),
             ConnectOptions {
                 dial_timeout: Duration::from_secs(10),

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use kata_sandbox::hypervisor::config::cache_dir;
+pub use kata_hypervisor::config::cache_dir;
 
 /// A busybox rootfs for the benchmarks (built once).
 pub fn busybox_rootfs() -> PathBuf {

@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
 
     let sandbox = Sandbox::builder().vcpus(1).memory_mib(256).build().await?;
     steps.done("VM booted, agent ready");
-    let accel = sandbox.hypervisor().save_state().accelerator;
+    let facts = sandbox.describe();
 
     let mut container = sandbox
         .create_container(ContainerSpec::from_rootfs_dir(&rootfs).args(["uname", "-a"]))
@@ -35,11 +35,15 @@ async fn main() -> anyhow::Result<()> {
         println!("[container stderr] {}", out.stderr_str().trim_end());
     }
     println!(
-        "exit status {}; accelerator {:?}; total {:.3} s",
+        "{}; {}; total {:.3} s",
         out.status,
-        accel,
+        facts
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         steps.total().as_secs_f64()
     );
-    anyhow::ensure!(out.status == 0, "uname exited with {}", out.status);
+    anyhow::ensure!(out.status.success(), "uname exited with {}", out.status);
     Ok(())
 }

@@ -23,7 +23,7 @@ pub fn busybox_image() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-use kata_sandbox::hypervisor::config::cache_dir;
+use kata_hypervisor::config::cache_dir;
 
 /// Prints how long each step took.
 #[derive(Debug)]

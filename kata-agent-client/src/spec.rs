@@ -11,11 +11,15 @@
 //! root (path, readonly); mounts; hooks (prestart, poststart, poststop); linux
 //! (uid/gid mappings, sysctl, resources — device rules, memory, cpu, pids,
 //! block I/O, hugepage limits, network —, cgroups path, namespaces, devices,
-//! rootfs propagation, masked and readonly paths, mount label).
+//! seccomp, rootfs propagation, masked and readonly paths, mount label).
+//!
+//! Seccomp fields the protocol cannot carry (`defaultErrnoRet`, `listenerPath`,
+//! `listenerMetadata`) are refused naming the field, never dropped: a profile
+//! must reach the guest whole or not at all.
 //!
 //! Not carried (the protocol has no field for them, or kata-rs does not use
 //! them yet): domainname, the OCI 1.1 hooks (createRuntime, createContainer,
-//! startContainer), seccomp, Intel RDT, rdma, unified, memory policy,
+//! startContainer), Intel RDT, rdma, unified, memory policy,
 //! personality, time offsets, the process scheduler, I/O priority and CPU
 //! affinity, mount id mappings.
 //!
@@ -501,7 +505,113 @@ fn linux_to_grpc(l: &oci::Linux) -> Result<grpc::Linux> {
     out.MaskedPaths = strings(l.masked_paths());
     out.ReadonlyPaths = strings(l.readonly_paths());
     out.MountLabel = l.mount_label().clone().unwrap_or_default();
+    if let Some(sc) = l.seccomp() {
+        out.Seccomp = MessageField::some(seccomp_to_grpc(sc)?);
+    }
     Ok(out)
+}
+
+/// An OCI enum value's spec string (`SCMP_ACT_ERRNO`, `SCMP_ARCH_X86_64`, ...).
+fn oci_name<T: serde::Serialize>(field: &str, value: &T) -> Result<String> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => Ok(s),
+        _ => Err(Error::spec(field, "has no name the protocol can carry")),
+    }
+}
+
+/// An OCI enum value from its spec string.
+fn oci_value<T: serde::de::DeserializeOwned>(field: &str, name: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .map_err(|_| Error::spec(field, format!("unknown value {name:?}")))
+}
+
+fn seccomp_to_grpc(s: &oci::LinuxSeccomp) -> Result<grpc::LinuxSeccomp> {
+    const F: &str = "linux.seccomp";
+    if s.default_errno_ret().is_some() {
+        return Err(Error::spec(
+            &format!("{F}.defaultErrnoRet"),
+            "the agent protocol cannot carry it: give the errno on each rule (errnoRet)",
+        ));
+    }
+    if s.listener_path().is_some() || s.listener_metadata().is_some() {
+        return Err(Error::spec(
+            &format!("{F}.listenerPath"),
+            "seccomp notify (SCMP_ACT_NOTIFY) is not supported in a VM sandbox",
+        ));
+    }
+    let mut out = grpc::LinuxSeccomp::new();
+    out.DefaultAction = oci_name(&format!("{F}.defaultAction"), &s.default_action())?;
+    for (i, a) in opt_slice(s.architectures()).iter().enumerate() {
+        out.Architectures
+            .push(oci_name(&format!("{F}.architectures[{i}]"), a)?);
+    }
+    for (i, f) in opt_slice(s.flags()).iter().enumerate() {
+        out.Flags.push(oci_name(&format!("{F}.flags[{i}]"), f)?);
+    }
+    for (i, sc) in opt_slice(s.syscalls()).iter().enumerate() {
+        let field = format!("{F}.syscalls[{i}]");
+        let mut rule = grpc::LinuxSyscall::new();
+        rule.Names = sc.names().clone();
+        rule.Action = oci_name(&format!("{field}.action"), &sc.action())?;
+        if let Some(errno) = sc.errno_ret() {
+            rule.set_errnoret(errno);
+        }
+        for (j, a) in opt_slice(sc.args()).iter().enumerate() {
+            let mut arg = grpc::LinuxSeccompArg::new();
+            arg.Index = a.index() as u64;
+            arg.Value = a.value();
+            arg.ValueTwo = a.value_two().unwrap_or(0);
+            arg.Op = oci_name(&format!("{field}.args[{j}].op"), &a.op())?;
+            rule.Args.push(arg);
+        }
+        out.Syscalls.push(rule);
+    }
+    Ok(out)
+}
+
+fn seccomp_from_grpc(s: &grpc::LinuxSeccomp) -> Result<Option<oci::LinuxSeccomp>> {
+    const F: &str = "linux.seccomp";
+    if s.DefaultAction.is_empty() && s.Syscalls.is_empty() {
+        return Ok(None);
+    }
+    let mut out = oci::LinuxSeccomp::default();
+    out.set_default_action(oci_value(&format!("{F}.defaultAction"), &s.DefaultAction)?);
+    let mut arches = Vec::new();
+    for (i, a) in s.Architectures.iter().enumerate() {
+        arches.push(oci_value(&format!("{F}.architectures[{i}]"), a)?);
+    }
+    out.set_architectures(opt_vec(arches));
+    let mut flags = Vec::new();
+    for (i, f) in s.Flags.iter().enumerate() {
+        flags.push(oci_value(&format!("{F}.flags[{i}]"), f)?);
+    }
+    out.set_flags(opt_vec(flags));
+    let mut syscalls = Vec::new();
+    for (i, rule) in s.Syscalls.iter().enumerate() {
+        let field = format!("{F}.syscalls[{i}]");
+        let mut sc = oci::LinuxSyscall::default();
+        sc.set_names(rule.Names.clone());
+        sc.set_action(oci_value(&format!("{field}.action"), &rule.Action)?);
+        sc.set_errno_ret(rule.has_errnoret().then(|| rule.errnoret()));
+        let mut args = Vec::new();
+        for (j, a) in rule.Args.iter().enumerate() {
+            let arg = oci::LinuxSeccompArgBuilder::default()
+                .index(a.Index as usize)
+                .value(a.Value)
+                .value_two(a.ValueTwo)
+                .op(oci_value::<oci::LinuxSeccompOperator>(
+                    &format!("{field}.args[{j}].op"),
+                    &a.Op,
+                )?)
+                .build()
+                .map_err(|e| Error::spec(&format!("{field}.args[{j}]"), e.to_string()))?;
+            args.push(arg);
+        }
+        sc.set_args(opt_vec(args));
+        syscalls.push(sc);
+    }
+    out.set_syscalls(opt_vec(syscalls));
+    Ok(Some(out))
 }
 
 fn linux_from_grpc(l: &grpc::Linux) -> Result<oci::Linux> {
@@ -546,7 +656,10 @@ fn linux_from_grpc(l: &grpc::Linux) -> Result<oci::Linux> {
         devices.push(dev);
     }
     out.set_devices(opt_vec(devices));
-    out.set_seccomp(None);
+    out.set_seccomp(match l.Seccomp.as_ref() {
+        Some(sc) => seccomp_from_grpc(sc)?,
+        None => None,
+    });
     out.set_rootfs_propagation(non_empty(&l.RootfsPropagation));
     out.set_masked_paths(opt_strings(&l.MaskedPaths));
     out.set_readonly_paths(opt_strings(&l.ReadonlyPaths));
@@ -900,7 +1013,18 @@ mod tests {
             "rootfsPropagation": "rslave",
             "maskedPaths": ["/proc/kcore", "/proc/keys"],
             "readonlyPaths": ["/proc/sys", "/proc/bus"],
-            "mountLabel": "system_u:object_r:container_file_t:s0"
+            "mountLabel": "system_u:object_r:container_file_t:s0",
+            "seccomp": {
+                "defaultAction": "SCMP_ACT_ERRNO",
+                "architectures": ["SCMP_ARCH_X86_64"],
+                "flags": ["SECCOMP_FILTER_FLAG_LOG"],
+                "syscalls": [
+                    { "names": ["read", "write"], "action": "SCMP_ACT_ALLOW" },
+                    { "names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1 },
+                    { "names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                      "args": [ { "index": 0, "value": 8, "valueTwo": 0, "op": "SCMP_CMP_EQ" } ] }
+                ]
+            }
         }
     }"#;
 
@@ -917,6 +1041,25 @@ mod tests {
         assert_eq!(decoded, wire);
         let back = from_grpc(&decoded).unwrap();
         assert_eq!(back, original);
+    }
+
+    #[test]
+    fn seccomp_reaches_the_wire_and_what_it_cannot_carry_is_refused() {
+        let wire = to_grpc(&realistic_spec()).unwrap();
+        let sc = &wire.Linux.Seccomp;
+        assert_eq!(sc.DefaultAction, "SCMP_ACT_ERRNO");
+        assert_eq!(sc.Architectures, ["SCMP_ARCH_X86_64"]);
+        assert_eq!(sc.Syscalls[1].Names, ["mkdir"]);
+        assert_eq!(sc.Syscalls[1].errnoret(), 1);
+        assert_eq!(sc.Syscalls[2].Args[0].Op, "SCMP_CMP_EQ");
+        let mut spec = realistic_spec();
+        let mut linux = spec.linux().clone().unwrap();
+        let mut seccomp = linux.seccomp().clone().unwrap();
+        seccomp.set_default_errno_ret(Some(38));
+        linux.set_seccomp(Some(seccomp));
+        spec.set_linux(Some(linux));
+        let e = to_grpc(&spec).unwrap_err().to_string();
+        assert!(e.contains("linux.seccomp.defaultErrnoRet"), "{e}");
     }
 
     #[test]

@@ -1,15 +1,23 @@
-//! [`SandboxBuilder`]: the options of a sandbox before it boots.
+//! [`SandboxBuilder`]: the options of a sandbox before it starts, and [`SandboxConfig`], the
+//! one validated configuration it produces.
+//!
+//! Everything a sandbox is started from — the embedder's builder calls or a Kata
+//! configuration file with its drop-ins and pod annotations — ends in one [`SandboxConfig`]:
+//! the active `[hypervisor.*]` section, `[agent.kata]`, `[runtime]`, the sandbox id and the
+//! host directories. The sandbox starts from it, and `state.json` keeps it, so a restored
+//! sandbox runs with exactly what it was built with.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use kata_agent_client::ConnectOptions;
-use kata_hypervisor::{Hypervisor, HypervisorConfig};
+use kata_agent_client::config::AgentConfig;
+use kata_hypervisor::{HypervisorConfig, HypervisorType};
+use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigLoader, HypervisorType, KataConfig, LoadedConfig};
+use crate::config::{ConfigLoader, KataConfig, LoadedConfig, RuntimeConfig};
 use crate::error::{Error, Result};
-use crate::sandbox::{Inner, Sandbox};
+use crate::handler::RuntimeHandlerKind;
+use crate::sandbox::Sandbox;
 
 /// How [`SandboxBuilder::from_kata_config`] names a configuration that came from no file.
 const CONFIG_LABEL: &str = "configuration";
@@ -17,24 +25,171 @@ const CONFIG_LABEL: &str = "configuration";
 /// Where sandbox directories go by default (`/run/kata/<sandbox-id>`, as Kata's persist does).
 pub const DEFAULT_ROOT_DIR: &str = "/run/kata";
 
-/// The VMM that runs the sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How long the builder waits for the guest agent unless told otherwise. Kata's own default
+/// (3 s) is too short for a guest under software emulation.
+pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// A validated sandbox configuration: what a sandbox is started from and what `state.json`
+/// keeps of it. Made by [`SandboxBuilder::finish`] (or [`SandboxBuilder::build`], which
+/// starts it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
-pub enum HypervisorKind {
-    /// QEMU, an external process driven over QMP (feature `qemu`).
-    #[default]
-    Qemu,
+pub struct SandboxConfig {
+    /// The sandbox id (a valid container id: it names the sandbox directory).
+    pub id: String,
+    /// The runtime handler (`[runtime] name`).
+    pub handler: RuntimeHandlerKind,
+    /// The VMM (the active `[hypervisor.*]` section's type).
+    pub hypervisor_type: HypervisorType,
+    /// The active `[hypervisor.*]` section.
+    pub hypervisor: HypervisorConfig,
+    /// `[agent.kata]`.
+    pub agent: AgentConfig,
+    /// `[runtime]`.
+    pub runtime: RuntimeConfig,
+    /// Where sandbox directories are created (`<root_dir>/<id>`).
+    pub root_dir: PathBuf,
+    /// Where unpacked OCI images are cached.
+    pub image_cache: PathBuf,
 }
 
-/// Options for a sandbox; [`SandboxBuilder::build`] boots it.
+impl SandboxConfig {
+    /// The sandbox directory, `<root_dir>/<id>`.
+    pub fn dir(&self) -> PathBuf {
+        // The id was validated as one plain path component when the config was made.
+        self.root_dir.join(&self.id)
+    }
+
+    /// Settings this build parses but does not act on, each as `key = value: why`; a sandbox
+    /// logs them as warnings when it starts (`shim-ctl check` lists them). Only values that
+    /// differ from Kata's defaults are listed.
+    pub fn inert_settings(&self) -> Vec<String> {
+        let d = RuntimeConfig::default();
+        let r = &self.runtime;
+        let mut out = Vec::new();
+        let mut inert = |key: &str, differs: bool, value: String, why: &str| {
+            if differs {
+                out.push(format!("[runtime] {key} = {value}: {why}"));
+            }
+        };
+        const NO_NET: &str = "kata-rs gives sandboxes no network yet";
+        const NO_CGROUPS: &str = "kata-rs manages no host cgroups yet";
+        inert(
+            "internetworking_model",
+            r.internetworking_model != d.internetworking_model,
+            format!("\"{}\"", r.internetworking_model),
+            NO_NET,
+        );
+        inert(
+            "disable_new_netns",
+            r.disable_new_netns,
+            "true".into(),
+            NO_NET,
+        );
+        inert(
+            "sandbox_bind_mounts",
+            !r.sandbox_bind_mounts.is_empty(),
+            format!("{:?}", r.sandbox_bind_mounts),
+            "volumes are not implemented yet",
+        );
+        inert(
+            "sandbox_cgroup_only",
+            r.sandbox_cgroup_only,
+            "true".into(),
+            NO_CGROUPS,
+        );
+        inert(
+            "enable_vcpus_pinning",
+            r.enable_vcpus_pinning,
+            "true".into(),
+            NO_CGROUPS,
+        );
+        inert(
+            "enable_tracing",
+            r.enable_tracing,
+            "true".into(),
+            "tracing export is not implemented yet",
+        );
+        inert(
+            "enable_pprof",
+            r.enable_pprof,
+            "true".into(),
+            "there is no profiling endpoint",
+        );
+        inert(
+            "static_sandbox_resource_mgmt",
+            r.static_sandbox_resource_mgmt,
+            "true".into(),
+            "the VM is always sized from default_vcpus/default_memory",
+        );
+        inert(
+            "emptydir_mode",
+            r.emptydir_mode != d.emptydir_mode,
+            format!("\"{}\"", r.emptydir_mode),
+            "volumes are not implemented yet",
+        );
+        inert(
+            "disable_guest_empty_dir",
+            r.disable_guest_empty_dir,
+            "true".into(),
+            "volumes are not implemented yet",
+        );
+        inert(
+            "vfio_mode",
+            r.vfio_mode != d.vfio_mode,
+            format!("\"{}\"", r.vfio_mode),
+            "devices are not implemented yet",
+        );
+        inert(
+            "keep_abnormal",
+            r.keep_abnormal,
+            "true".into(),
+            "a failed sandbox is always cleaned up",
+        );
+        inert(
+            "shared_mounts",
+            !r.shared_mounts.is_empty(),
+            format!("{} entries", r.shared_mounts.len()),
+            "volumes are not implemented yet",
+        );
+        inert(
+            "use_passfd_io",
+            r.use_passfd_io,
+            "true".into(),
+            "stdio is always copied through the agent",
+        );
+        inert(
+            "pod_resource_api_sock",
+            !r.pod_resource_api_sock.is_empty(),
+            format!("\"{}\"", r.pod_resource_api_sock),
+            "devices are not implemented yet",
+        );
+        inert(
+            "guest_selinux_label",
+            !r.guest_selinux_label.is_empty(),
+            format!("\"{}\"", r.guest_selinux_label),
+            "the guest has no SELinux",
+        );
+        inert(
+            "experimental",
+            !r.experimental.is_empty(),
+            format!("{:?}", r.experimental),
+            "kata-rs has no experimental features",
+        );
+        out
+    }
+}
+
+/// Options for a sandbox; [`SandboxBuilder::build`] starts it.
 #[derive(Debug, Clone)]
 pub struct SandboxBuilder {
-    pub(crate) id: Option<String>,
-    pub(crate) hypervisor: HypervisorKind,
-    pub(crate) config: HypervisorConfig,
-    pub(crate) agent_options: ConnectOptions,
-    pub(crate) root_dir: PathBuf,
-    pub(crate) image_cache: PathBuf,
+    id: Option<String>,
+    hypervisor_type: HypervisorType,
+    hypervisor: HypervisorConfig,
+    agent: AgentConfig,
+    runtime: RuntimeConfig,
+    root_dir: PathBuf,
+    image_cache: PathBuf,
 }
 
 impl Default for SandboxBuilder {
@@ -44,19 +199,21 @@ impl Default for SandboxBuilder {
 }
 
 impl SandboxBuilder {
-    /// Kata's defaults, except the shared filesystem: virtio-9p, which needs no daemon.
+    /// Kata's defaults for QEMU (`[hypervisor.qemu]`), with the agent given
+    /// [`DEFAULT_AGENT_TIMEOUT`] to answer.
     pub fn new() -> Self {
-        let cache = kata_hypervisor::config::cache_dir();
+        let agent = AgentConfig {
+            dial_timeout: Some(DEFAULT_AGENT_TIMEOUT.as_secs() as u32),
+            ..AgentConfig::default()
+        };
         SandboxBuilder {
             id: None,
-            hypervisor: HypervisorKind::Qemu,
-            config: HypervisorConfig {
-                shared_fs: "virtio-9p".into(),
-                ..Default::default()
-            },
-            agent_options: ConnectOptions::default(),
+            hypervisor_type: HypervisorType::Qemu,
+            hypervisor: HypervisorConfig::default(),
+            agent,
+            runtime: RuntimeConfig::default(),
             root_dir: PathBuf::from(DEFAULT_ROOT_DIR),
-            image_cache: cache.join("images"),
+            image_cache: kata_hypervisor::config::cache_dir().join("images"),
         }
     }
 
@@ -85,8 +242,8 @@ impl SandboxBuilder {
     }
 
     /// Builder from an already loaded configuration (no file access): the active
-    /// `[hypervisor.*]` section, validated for its VMM, and `[agent.kata]`'s timeouts when the
-    /// configuration has that table.
+    /// `[hypervisor.*]` section, `[agent.kata]` (when the configuration has that table; the
+    /// builder's agent timeout otherwise) and `[runtime]`.
     pub fn from_kata_config(config: KataConfig) -> Result<Self> {
         let err = |reason: String| Error::Config {
             path: CONFIG_LABEL.into(),
@@ -97,21 +254,15 @@ impl SandboxBuilder {
             .map_err(|issue| err(issue.to_string()))?;
         hv.validate_for(kind)
             .map_err(|e| err(format!("[hypervisor.{name}] {e}")))?;
+        RuntimeHandlerKind::from_runtime_name(&config.runtime.name)
+            .map_err(|e| err(format!("[runtime] {e}")))?;
         let mut b = Self::new();
-        b.hypervisor = match kind {
-            HypervisorType::Qemu => HypervisorKind::Qemu,
-            other => {
-                return Err(err(format!(
-                    "[hypervisor.{name}]: kata-rs cannot start a {other} VM yet; use [hypervisor.qemu] (config/configuration-qemu-runtime-rs.toml)"
-                )))
-            }
-        };
-        b.config = hv.clone();
-        // Without an [agent.kata] table the builder's own timeouts stay (Kata's 3 s default
-        // is too short for a guest under TCG).
+        b.hypervisor_type = kind;
+        b.hypervisor = hv.clone();
         if !config.agent.is_empty() {
-            b.agent_options = config.active_agent().connect_options();
+            b.agent = config.active_agent();
         }
+        b.runtime = config.runtime.clone();
         Ok(b)
     }
 
@@ -121,48 +272,48 @@ impl SandboxBuilder {
         self
     }
 
-    /// Chooses the VMM.
-    pub fn hypervisor(mut self, kind: HypervisorKind) -> Self {
-        self.hypervisor = kind;
+    /// Chooses the VMM; its `[hypervisor.*]` section keeps the values set so far.
+    pub fn hypervisor(mut self, kind: HypervisorType) -> Self {
+        self.hypervisor_type = kind;
         self
     }
 
     /// vCPUs at boot (`default_vcpus`).
     pub fn vcpus(mut self, vcpus: u32) -> Self {
-        self.config.default_vcpus = vcpus;
+        self.hypervisor.default_vcpus = vcpus;
         self
     }
 
     /// Upper bound for vCPUs (`default_maxvcpus`).
     pub fn max_vcpus(mut self, vcpus: u32) -> Self {
-        self.config.default_maxvcpus = vcpus;
+        self.hypervisor.default_maxvcpus = vcpus;
         self
     }
 
     /// Guest memory in MiB (`default_memory`).
     pub fn memory_mib(mut self, mib: u32) -> Self {
-        self.config.default_memory = mib;
+        self.hypervisor.default_memory = mib;
         self
     }
 
     /// Guest kernel (default: the guest manifest's, from `make guest`).
     pub fn kernel(mut self, path: impl AsRef<Path>) -> Self {
-        self.config.kernel = path.as_ref().display().to_string();
+        self.hypervisor.kernel = path.as_ref().display().to_string();
         self
     }
 
     /// Guest initramfs (default: the guest manifest's).
     pub fn initrd(mut self, path: impl AsRef<Path>) -> Self {
-        self.config.initrd = path.as_ref().display().to_string();
+        self.hypervisor.initrd = path.as_ref().display().to_string();
         self
     }
 
     /// Extra kernel parameters (appended to `kernel_params`).
     pub fn kernel_params(mut self, params: &str) -> Self {
-        if !self.config.kernel_params.is_empty() {
-            self.config.kernel_params.push(' ');
+        if !self.hypervisor.kernel_params.is_empty() {
+            self.hypervisor.kernel_params.push(' ');
         }
-        self.config.kernel_params.push_str(params);
+        self.hypervisor.kernel_params.push_str(params);
         self
     }
 
@@ -178,130 +329,65 @@ impl SandboxBuilder {
         self
     }
 
-    /// How long to wait for the guest agent after the VM starts (default 45 s).
+    /// How long to wait for the guest agent after the VM starts (default
+    /// [`DEFAULT_AGENT_TIMEOUT`]), rounded up to whole seconds (`[agent.kata] dial_timeout`).
     pub fn agent_timeout(mut self, timeout: Duration) -> Self {
-        self.agent_options.dial_timeout = timeout;
+        let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+        self.agent.dial_timeout = Some(secs.min(u64::from(u32::MAX)) as u32);
         self
     }
 
     /// Replaces the whole `[hypervisor.*]` section.
     pub fn hypervisor_config(mut self, config: HypervisorConfig) -> Self {
-        self.config = config;
+        self.hypervisor = config;
         self
     }
 
-    /// The effective hypervisor section.
+    /// The `[hypervisor.*]` section as set so far.
     pub fn config(&self) -> &HypervisorConfig {
-        &self.config
+        &self.hypervisor
     }
 
-    /// Checks the values; nothing is started when they are wrong.
-    pub fn validate(&self) -> Result<()> {
-        let c = &self.config;
-        if c.default_vcpus == 0 {
-            return Err(Error::invalid("vcpus", "0: a VM needs at least 1 vCPU"));
-        }
-        if c.default_maxvcpus != 0 && c.default_vcpus > c.default_maxvcpus {
-            return Err(Error::invalid(
-                "vcpus",
-                format!(
-                    "{} is more than max_vcpus (default_maxvcpus = {})",
-                    c.default_vcpus, c.default_maxvcpus
-                ),
-            ));
-        }
-        if c.default_memory < kata_hypervisor::config::MIN_MEMORY_MIB {
-            return Err(Error::invalid(
-                "memory_mib",
-                format!(
-                    "{} MiB is under the {} MiB the guest needs",
-                    c.default_memory,
-                    kata_hypervisor::config::MIN_MEMORY_MIB
-                ),
-            ));
-        }
-        if self.agent_options.dial_timeout.is_zero() {
-            return Err(Error::invalid(
-                "agent_timeout",
-                "0: give the guest time to boot",
-            ));
-        }
-        c.validate()?;
-        if self.hypervisor == HypervisorKind::Qemu && c.shared_fs == "virtio-fs" {
-            // Refused here, before a directory or process exists, rather than at VM start.
+    /// Checks every value and returns the configuration a sandbox starts from; nothing is
+    /// started or created. Errors name the key (Kata's name), the value and what is allowed.
+    pub fn finish(self) -> Result<SandboxConfig> {
+        let id = self.id.unwrap_or_else(crate::sandbox::random_id);
+        kata_resource::validate_container_id(&id)
+            .map_err(|e| Error::invalid("id", e.to_string()))?;
+        let handler = RuntimeHandlerKind::from_runtime_name(&self.runtime.name)?;
+        self.hypervisor.validate_for(self.hypervisor_type)?;
+        self.agent.validate().map_err(|e| {
+            Error::invalid(format!("agent.kata.{}", e.key), format!("{} ({})", e.value, e.reason))
+        })?;
+        let caps = kata_hypervisor::backend::capabilities(self.hypervisor_type, &self.hypervisor)?;
+        if !caps.supports_shared_fs(self.hypervisor.shared_fs) {
             return Err(Error::invalid(
                 "shared_fs",
-                "virtio-fs is not wired to QEMU yet (no virtiofsd daemon management); use \"virtio-9p\"",
+                format!(
+                    "\"{}\" is not supported by the {} backend of this build",
+                    self.hypervisor.shared_fs, self.hypervisor_type
+                ),
             ));
         }
-        Ok(())
+        Ok(SandboxConfig {
+            id,
+            handler,
+            hypervisor_type: self.hypervisor_type,
+            hypervisor: self.hypervisor,
+            agent: self.agent,
+            runtime: self.runtime,
+            root_dir: self.root_dir,
+            image_cache: self.image_cache,
+        })
     }
 
-    /// Boots the VM and waits for its agent.
+    /// Checks the values ([`finish`](Self::finish) without keeping the result).
+    pub fn validate(&self) -> Result<()> {
+        self.clone().finish().map(|_| ())
+    }
+
+    /// Starts the sandbox (for `virt_container`: boots the VM and waits for its agent).
     pub async fn build(self) -> Result<Sandbox> {
-        Inner::boot(self).await
-    }
-
-    pub(crate) fn new_hypervisor(
-        &self,
-        id: &str,
-        config: HypervisorConfig,
-        vm_dir: PathBuf,
-    ) -> Result<Arc<dyn Hypervisor>> {
-        match self.hypervisor {
-            #[cfg(feature = "qemu")]
-            HypervisorKind::Qemu => Ok(Arc::new(kata_hypervisor::qemu::Qemu::new(
-                id, config, vm_dir,
-            )?)),
-            #[cfg(not(feature = "qemu"))]
-            HypervisorKind::Qemu => {
-                let _ = (id, config, vm_dir);
-                Err(Error::invalid(
-                    "hypervisor",
-                    "QEMU support is not built in: enable the `qemu` feature",
-                ))
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bad_values_are_refused_before_anything_starts() {
-        let e = SandboxBuilder::new()
-            .vcpus(0)
-            .validate()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("vcpus"), "{e}");
-        let e = SandboxBuilder::new()
-            .memory_mib(32)
-            .validate()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("memory_mib"), "{e}");
-        let mut c = SandboxBuilder::new().config().clone();
-        c.shared_fs = "virtio-fs".into();
-        let e = SandboxBuilder::new()
-            .hypervisor_config(c)
-            .validate()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("shared_fs") && e.contains("virtio-9p"), "{e}");
-        let e = SandboxBuilder::new()
-            .vcpus(4)
-            .max_vcpus(2)
-            .validate()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("max_vcpus"), "{e}");
-        SandboxBuilder::new()
-            .vcpus(1)
-            .memory_mib(256)
-            .validate()
-            .unwrap();
+        Sandbox::start(self.finish()?).await
     }
 }

@@ -1,22 +1,22 @@
-//! Containers and processes running in a sandbox.
+//! Containers and processes running in a sandbox: handles that reach the sandbox's runtime
+//! handler, whatever it is (a VM's agent, or the host).
 
-use kata_agent_client::protocol::agent::{
-    RemoveContainerRequest, SignalProcessRequest, StartContainerRequest, TtyWinResizeRequest,
-    WaitProcessRequest,
-};
-use kata_agent_client::AgentClient;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use kata_agent_client::{ContainerStats, ExitStatus, Signal};
+use oci_spec::runtime::LinuxResources;
 use tokio::io::AsyncReadExt;
 
 use crate::error::{Error, Result};
 use crate::io::{InputWriter, OutputReader};
-use crate::sandbox::Inner;
+use crate::sandbox::Core;
 
 /// What a finished process left: its exit status and everything it wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
-    /// Exit status as a shell reports it: the exit code, or 128 + the signal number.
-    pub status: i32,
+    /// How it exited: a code, or the signal that killed it.
+    pub status: ExitStatus,
     /// Everything written to stdout.
     pub stdout: Vec<u8>,
     /// Everything written to stderr (empty with a terminal: it is merged into stdout).
@@ -41,13 +41,18 @@ impl Output {
 pub struct Process {
     pub(crate) container_id: String,
     pub(crate) exec_id: String,
-    pub(crate) agent: AgentClient,
+    pub(crate) sandbox: Arc<Core>,
     pub(crate) stdin: Option<InputWriter>,
     pub(crate) stdout: Option<OutputReader>,
     pub(crate) stderr: Option<OutputReader>,
 }
 
 impl Process {
+    /// The container it runs in.
+    pub fn container_id(&self) -> &str {
+        &self.container_id
+    }
+
     /// The exec id (for a container's first process, the container id).
     pub fn exec_id(&self) -> &str {
         &self.exec_id
@@ -68,55 +73,33 @@ impl Process {
         self.stderr.take()
     }
 
-    /// Waits for the process to exit; returns its status (code, or 128 + signal).
+    /// Waits for the process to exit.
     ///
     /// As with Kata's agent, an exec's status can be collected once: the agent forgets the
     /// exec after answering (a container's first process stays until the container is deleted).
-    pub async fn wait(&self) -> Result<i32> {
-        let req = WaitProcessRequest {
-            container_id: self.container_id.clone(),
-            exec_id: self.exec_id.clone(),
-            ..Default::default()
-        };
-        Ok(self.agent.wait_process(&req, None).await?.status)
+    pub async fn wait(&self) -> Result<ExitStatus> {
+        self.sandbox
+            .wait_process(&self.container_id, &self.exec_id)
+            .await
     }
 
-    /// Sends a signal (e.g. `libc::SIGTERM`) to the process.
-    pub async fn kill(&self, signal: i32) -> Result<()> {
-        if signal <= 0 || signal > 64 {
-            return Err(Error::invalid(
-                "signal",
-                format!("{signal} is not a signal number (1-64)"),
-            ));
-        }
-        let req = SignalProcessRequest {
-            container_id: self.container_id.clone(),
-            exec_id: self.exec_id.clone(),
-            signal: signal as u32,
-            ..Default::default()
-        };
-        self.agent.signal_process(&req).await?;
-        Ok(())
+    /// Sends a signal to the process.
+    pub async fn kill(&self, signal: Signal) -> Result<()> {
+        self.sandbox
+            .signal_process(&self.container_id, &self.exec_id, signal)
+            .await
     }
 
     /// Resizes the process's terminal.
     pub async fn resize_tty(&self, rows: u32, columns: u32) -> Result<()> {
-        let req = TtyWinResizeRequest {
-            container_id: self.container_id.clone(),
-            exec_id: self.exec_id.clone(),
-            row: rows,
-            column: columns,
-            ..Default::default()
-        };
-        self.agent.tty_win_resize(&req).await?;
-        Ok(())
+        self.sandbox
+            .resize_tty(&self.container_id, &self.exec_id, rows, columns)
+            .await
     }
 
     /// Collects stdout and stderr to the end and waits for the exit status.
     /// The output readers must not have been taken.
     pub async fn output(&mut self) -> Result<Output> {
-        let mut out = self.stdout.take();
-        let mut err = self.stderr.take();
         let read_all = |r: Option<OutputReader>| async move {
             let mut buf = Vec::new();
             if let Some(mut r) = r {
@@ -126,8 +109,8 @@ impl Process {
             }
             Ok::<_, Error>(buf)
         };
-        let (stdout, stderr, status) =
-            tokio::join!(read_all(out.take()), read_all(err.take()), self.wait());
+        let (out, err) = (self.stdout.take(), self.stderr.take());
+        let (stdout, stderr, status) = tokio::join!(read_all(out), read_all(err), self.wait());
         Ok(Output {
             status: status?,
             stdout: stdout?,
@@ -137,11 +120,12 @@ impl Process {
 }
 
 /// A container in a sandbox. Created by [`crate::Sandbox::create_container`]; its first
-/// process runs once [`Container::start`] is called.
+/// process runs once [`Container::start`] is called. Every operation is also available on the
+/// [`Sandbox`](crate::Sandbox) by container id.
 #[derive(Debug)]
 pub struct Container {
     pub(crate) id: String,
-    pub(crate) sandbox: Arc<Inner>,
+    pub(crate) sandbox: Arc<Core>,
     pub(crate) init: Process,
 }
 
@@ -153,12 +137,7 @@ impl Container {
 
     /// Starts the first process.
     pub async fn start(&self) -> Result<()> {
-        let req = StartContainerRequest {
-            container_id: self.id.clone(),
-            ..Default::default()
-        };
-        self.sandbox.agent.start_container(&req).await?;
-        Ok(())
+        self.sandbox.start_container(&self.id).await
     }
 
     /// The first process (for its streams, `wait` and `kill`).
@@ -181,13 +160,13 @@ impl Container {
         self.init.stderr()
     }
 
-    /// Waits for the first process; returns its status (code, or 128 + signal).
-    pub async fn wait(&self) -> Result<i32> {
+    /// Waits for the first process.
+    pub async fn wait(&self) -> Result<ExitStatus> {
         self.init.wait().await
     }
 
     /// Sends a signal to the first process.
-    pub async fn kill(&self, signal: i32) -> Result<()> {
+    pub async fn kill(&self, signal: Signal) -> Result<()> {
         self.init.kill(signal).await
     }
 
@@ -198,7 +177,37 @@ impl Container {
 
     /// Starts another process in the running container.
     pub async fn exec(&self, process: crate::ProcessSpec) -> Result<Process> {
-        self.sandbox.exec(&self.id, process).await
+        self.sandbox.exec(&self.sandbox, &self.id, process).await
+    }
+
+    /// Freezes every process of the container.
+    pub async fn pause(&self) -> Result<()> {
+        self.sandbox.pause_container(&self.id).await
+    }
+
+    /// Thaws a paused container.
+    pub async fn resume(&self) -> Result<()> {
+        self.sandbox.resume_container(&self.id).await
+    }
+
+    /// The container's resource usage.
+    pub async fn stats(&self) -> Result<ContainerStats> {
+        self.sandbox.container_stats(&self.id).await
+    }
+
+    /// Changes the container's resource limits (CPU, memory, pids).
+    pub async fn update(&self, resources: &LinuxResources) -> Result<()> {
+        self.sandbox.update_container(&self.id, resources).await
+    }
+
+    /// The pids of the container's processes, as its runtime sees them (in the guest for a VM).
+    pub async fn pids(&self) -> Result<Vec<u32>> {
+        self.sandbox.container_pids(&self.id).await
+    }
+
+    /// The metadata given with [`ContainerSpec::metadata`](crate::ContainerSpec::metadata).
+    pub fn metadata(&self) -> Result<BTreeMap<String, String>> {
+        self.sandbox.container_metadata(&self.id)
     }
 
     /// Starts the container, collects its output to the end, waits for it and deletes it.
@@ -216,17 +225,9 @@ impl Container {
         Ok(out)
     }
 
-    /// Removes the container (killing its processes if they still run) and releases its
-    /// rootfs on the host.
+    /// Removes the container (killing its processes if they still run) and releases what it
+    /// holds on the host.
     pub async fn delete(self) -> Result<()> {
-        let req = RemoveContainerRequest {
-            container_id: self.id.clone(),
-            timeout: 10,
-            ..Default::default()
-        };
-        let removed = self.sandbox.agent.remove_container(&req).await;
-        let released = self.sandbox.release_container(&self.id);
-        removed?;
-        released
+        self.sandbox.delete_container(&self.id).await
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 /// Errors from building a sandbox or running containers in it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A builder value or container spec field is invalid. Nothing was started.
     #[error("invalid {field}: {reason}")]
@@ -37,7 +38,7 @@ pub enum Error {
         /// The last guest console lines.
         console: Vec<String>,
     },
-    /// The agent did not answer within the timeout; the VM was killed.
+    /// The agent did not answer within the timeout; the VM was stopped.
     #[error("the guest agent did not answer within {after:?} ({detail}); the VM was stopped{}", kata_hypervisor::console::format_tail(.console))]
     AgentTimeout {
         /// How long it waited.

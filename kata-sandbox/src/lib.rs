@@ -1,6 +1,6 @@
 //! # kata-sandbox
 //!
-//! Boot a micro-VM sandbox and run OCI containers in it from any Rust program.
+//! Start a micro-VM sandbox and run OCI containers in it from any Rust program.
 //!
 //! ```no_run
 //! use kata_sandbox::{ContainerSpec, Sandbox};
@@ -10,36 +10,66 @@
 //! let out = sandbox
 //!     .run(ContainerSpec::from_rootfs_dir("rootfs/").args(["uname", "-a"]))
 //!     .await?;
-//! println!("{}", out.stdout_str());
+//! println!("{} ({})", out.stdout_str(), out.status);
 //! sandbox.shutdown().await?;
 //! # Ok(())
 //! # }
 //! ```
 //!
 //! The kernel and initramfs default to the guest image `make guest` builds (its manifest is
-//! read from `$KATA_RS_CACHE/guest/manifest.json`). Containers come from a rootfs directory or
-//! an OCI image layout (directory or tarball), shared into the guest over virtio-9p.
+//! read from `$KATA_RS_CACHE/guest/manifest.json`). Containers come from a rootfs directory,
+//! an OCI image layout (directory or tarball), or an OCI bundle with containerd's rootfs
+//! mounts; the rootfs reaches the guest over the sandbox's shared filesystem.
+//!
+//! How it is built (see the repository's `ARCHITECTURE.md`): a [`Sandbox`] keeps the container
+//! table and `state.json` ([`persist`]); the work is done by its runtime handler
+//! (`virt_container`: a VM from kata-hypervisor's backends, host resources owned by
+//! kata-resource, the guest agent through kata-agent-client).
 #![warn(missing_docs)]
 
 mod builder;
 pub mod config;
 mod container;
 mod error;
+mod handler;
 mod image;
 mod io;
 pub mod persist;
 mod sandbox;
 mod spec;
+mod virt;
 
-pub use builder::{HypervisorKind, SandboxBuilder, DEFAULT_ROOT_DIR};
+pub use builder::{SandboxBuilder, SandboxConfig, DEFAULT_AGENT_TIMEOUT, DEFAULT_ROOT_DIR};
 pub use container::{Container, Output, Process};
 pub use error::{Error, Result};
+pub use handler::{HandlerState, OomEvents, RuntimeHandlerKind};
 pub use io::{InputWriter, OutputReader};
 pub use sandbox::{BootTimings, Sandbox};
 pub use spec::{ContainerSpec, ProcessSpec, RootfsSource, DEFAULT_PATH};
 
-pub use kata_agent_client as agent_client;
-pub use kata_hypervisor as hypervisor;
+/// How a process exited, its signals and a container's resource usage: the agent client's
+/// types, which every runtime handler uses.
+pub use kata_agent_client::{ContainerStats, ExitStatus, Signal};
+
+/// A container's resource usage ([`ContainerStats`]) and its parts.
+pub mod stats {
+    pub use kata_agent_client::{
+        BlkioEntry, BlkioStats, CgroupStats, ContainerStats, CpuStats, CpuThrottling, CpuUsage,
+        HugetlbStats, MemoryData, MemoryStats, NetworkStats, PidsStats,
+    };
+}
+/// The VMM choice and its `[hypervisor.*]` section, as [`SandboxBuilder`] takes them.
+pub use kata_hypervisor::{HypervisorConfig, HypervisorType};
+/// containerd's rootfs mounts, as [`ContainerSpec::from_bundle`] takes them.
+pub use kata_resource::RootfsMount;
+/// The OCI types in this crate's signatures.
+pub use oci_spec;
+
+/// Checks that `id` can name a sandbox or a container: ids become host path components, so
+/// anything but `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}` (and `..`) is refused, naming the id.
+pub fn validate_id(id: &str) -> Result<()> {
+    kata_resource::validate_container_id(id).map_err(|e| Error::invalid("id", e.to_string()))
+}
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]

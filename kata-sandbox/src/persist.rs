@@ -1,35 +1,39 @@
 //! persist: a sandbox's state on disk, `<root>/<sandbox-id>/state.json`.
 //!
-//! The file says what a sandbox left on the host — its VMM and helper processes (pids,
-//! sockets), its shared directory, each container's rootfs mount and exec ids, and metadata the
-//! caller attached to containers (the containerd shim keeps its bundle paths and task states
-//! there) — so that a process that did not build the sandbox can find it again
-//! ([`crate::Sandbox::restore`]) or clean up after it ([`cleanup`]).
+//! The file says what a sandbox left on the host so that a process that did not start it can
+//! find it again ([`crate::Sandbox::restore`]) or clean up after it ([`cleanup`]): the
+//! configuration it runs with, its runtime handler's own state (for a VM: the hypervisor's
+//! state, opaque to this crate, and the host resources — shared directory, rootfs mounts), and
+//! its containers (their processes' stream setup, whether they were started, the caller's
+//! metadata).
 //!
 //! It is rewritten on every state change, atomically: a temporary file in the same directory is
 //! written, fsync'ed and renamed over `state.json`, then the directory is fsync'ed. A reader
-//! never sees a truncated file; a truncated or corrupt file from elsewhere is a
-//! [`Error::CorruptState`] naming the file and the parse error, and [`cleanup`] still removes
-//! what it can find without it.
+//! never sees a truncated file. A truncated or corrupt file, or one written in another format
+//! version ([`STATE_VERSION`]), is an [`Error::CorruptState`] naming the file and the reason;
+//! [`cleanup`] still removes what it can find without it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kata_hypervisor::{HypervisorConfig, HypervisorState};
-use kata_resource::share_fs::{RootfsMode, ShareFsKind};
 use serde::{Deserialize, Serialize};
 
+use crate::builder::SandboxConfig;
 use crate::error::{Error, Result};
+use crate::handler::{HandlerState, RuntimeHandlerKind, StdioConfig};
 
 /// The state file's name inside the sandbox directory.
 pub const STATE_FILE: &str = "state.json";
 
-/// The format version written in [`SandboxState::version`].
-pub const STATE_VERSION: u32 = 1;
+/// The format version written in [`SandboxState::version`]. Version 1 (kata-rs 0.1) kept a
+/// QEMU-shaped hypervisor state and the rootfs mounts per container; a sandbox of that format
+/// cannot be restored by this build, only cleaned up.
+pub const STATE_VERSION: u32 = 2;
 
 /// What `state.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SandboxState {
     /// Format version ([`STATE_VERSION`]).
     pub version: u32,
@@ -37,70 +41,39 @@ pub struct SandboxState {
     pub id: String,
     /// The sandbox directory (`<root>/<id>`).
     pub dir: PathBuf,
-    /// The VM: backend, pids of the VMM and its helpers, sockets, agent address. `None` until
-    /// the VM has started.
-    pub hypervisor: Option<HypervisorState>,
-    /// Host resources of the sandbox.
-    pub resources: ResourceState,
+    /// The configuration the sandbox runs with.
+    pub config: SandboxConfig,
+    /// The runtime handler's own state (opaque).
+    pub handler: HandlerState,
     /// The containers, by id.
     pub containers: BTreeMap<String, ContainerState>,
-    /// What [`crate::Sandbox::restore`] needs to take the sandbox over: the hypervisor
-    /// section it was built with, its shared filesystem and agent timeouts. `None` in files
-    /// written before it existed (such a sandbox can be cleaned up, not restored).
-    #[serde(default)]
-    pub config: Option<SandboxConfigState>,
-}
-
-/// The configuration a sandbox was built with, as far as a process taking it over needs it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SandboxConfigState {
-    /// The `[hypervisor.*]` section the VM runs with.
-    pub hypervisor: HypervisorConfig,
-    /// How the shared directory reaches the guest.
-    pub shared_fs: ShareFsKind,
-    /// The 9p `msize` the guest mounted it with.
-    pub msize_9p: u32,
-    /// Where unpacked OCI images are cached.
-    pub image_cache: PathBuf,
-    /// The agent's request deadline, in milliseconds.
-    pub agent_request_timeout_ms: u64,
-    /// The agent's dial timeout, in milliseconds.
-    pub agent_dial_timeout_ms: u64,
-}
-
-/// Host resources of a sandbox (what must be unmounted and removed).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResourceState {
-    /// The shared directory exported to the guest (`<dir>/shared`).
-    pub shared_dir: Option<PathBuf>,
 }
 
 /// One container of a sandbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ContainerState {
-    /// Where its rootfs is mounted on the host (in the shared directory), once shared.
-    pub rootfs: Option<PathBuf>,
-    /// The agent's ids of the processes started in it besides the first.
-    pub execs: Vec<String>,
-    /// What the caller attached ([`crate::Sandbox::set_container_metadata`]).
-    pub metadata: BTreeMap<String, String>,
-    /// How the rootfs is mounted (to adopt the mount on restore).
-    #[serde(default)]
-    pub rootfs_mode: Option<RootfsMode>,
-    /// The container's processes by exec id (the first process under the container id):
-    /// how their streams were set up, to re-attach them on restore.
-    #[serde(default)]
+    /// Its processes by exec id (the first process under the container id): how their
+    /// streams were set up, to re-attach them on restore.
     pub processes: BTreeMap<String, ProcessState>,
+    /// The caller's metadata ([`crate::ContainerSpec::metadata`]).
+    pub metadata: BTreeMap<String, String>,
+    /// Its first process was started.
+    pub started: bool,
+}
+
+impl ContainerState {
+    /// The ids of the processes started in it besides the first.
+    pub fn exec_ids<'a>(&'a self, container_id: &'a str) -> impl Iterator<Item = &'a str> {
+        self.processes
+            .keys()
+            .map(String::as_str)
+            .filter(move |e| *e != container_id)
+    }
 }
 
 /// How one process's standard streams were set up.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessState {
-    /// It has a terminal (stderr is merged into stdout).
-    pub terminal: bool,
-    /// Its stdin was left open.
-    pub stdin: bool,
-}
+pub type ProcessState = StdioConfig;
 
 impl SandboxState {
     /// The state file of the sandbox directory `dir`.
@@ -109,7 +82,7 @@ impl SandboxState {
     }
 
     /// Reads `<dir>/state.json`. A missing file is [`Error::NotFound`]; a truncated or corrupt
-    /// one is [`Error::CorruptState`].
+    /// one, or one of another format version, is [`Error::CorruptState`].
     pub fn load(dir: &Path) -> Result<Self> {
         let path = Self::path(dir);
         let bytes = match std::fs::read(&path) {
@@ -122,21 +95,27 @@ impl SandboxState {
             }
             Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
         };
-        let state: SandboxState =
-            serde_json::from_slice(&bytes).map_err(|e| Error::CorruptState {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        if state.version != STATE_VERSION {
-            return Err(Error::CorruptState {
-                path,
-                reason: format!(
-                    "format version {} (this build reads version {STATE_VERSION})",
-                    state.version
-                ),
-            });
+        let corrupt = |reason: String| Error::CorruptState {
+            path: path.clone(),
+            reason,
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        match value.get("version").and_then(serde_json::Value::as_u64) {
+            Some(v) if v == u64::from(STATE_VERSION) => {}
+            Some(v) => {
+                let who = if v < u64::from(STATE_VERSION) {
+                    "an older"
+                } else {
+                    "a newer"
+                };
+                return Err(corrupt(format!(
+                    "format version {v}, written by {who} kata-rs (this build reads version {STATE_VERSION}): the sandbox cannot be taken over; `persist::cleanup` (containerd: `ctr task delete`, shim-ctl: `delete --force`) still removes it"
+                )));
+            }
+            None => return Err(corrupt("no format version".into())),
         }
-        Ok(state)
+        serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))
     }
 
     /// Writes `<dir>/state.json` atomically (temporary file, fsync, rename, fsync of the
@@ -181,25 +160,25 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// What [`cleanup`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct CleanupReport {
     /// The state as read, if it could be read.
     pub state: Option<SandboxState>,
-    /// Why the state could not be read, if it could not.
+    /// Why the state could not be read (corrupt, or another format version), if it could not.
     pub state_error: Option<String>,
-    /// The processes that were killed.
+    /// The host processes that were killed.
     pub killed: Vec<u32>,
     /// Whether the sandbox directory is gone.
     pub removed: bool,
 }
 
-/// Cleans up after a sandbox whose owner died: kills its VMM and helper processes, unmounts
-/// and removes its shared directory and container rootfs mounts, removes the sandbox directory.
+/// Cleans up after a sandbox whose owner died: stops what its runtime left (for a VM: the VMM
+/// and helper processes, found from the state and, without one, by their command line naming
+/// the sandbox's VM directory — a pid is only killed when its command line names that
+/// directory), unmounts and removes its host resources, removes the sandbox directory.
 ///
-/// Works from `state.json` when it is readable and, best effort, without it: processes are also
-/// found by their command line naming the sandbox's VM directory (QEMU's sockets and console,
-/// the vsock backend's sockets), and a pid from the state is only killed when its command line
-/// names that directory, so a recycled pid is never hit. Idempotent: a missing directory is a
-/// successful no-op.
+/// Works from `state.json` when it is readable and, best effort, without it (corrupt, or
+/// written by another kata-rs version). Idempotent: a missing directory is a successful no-op.
 pub fn cleanup(dir: &Path) -> Result<CleanupReport> {
     let mut report = CleanupReport::default();
     if !dir.exists() {
@@ -210,48 +189,27 @@ pub fn cleanup(dir: &Path) -> Result<CleanupReport> {
         Ok(s) => report.state = Some(s),
         Err(Error::NotFound { .. }) => {}
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "sandbox state unreadable; cleaning up without it");
+            tracing::warn!(dir = %dir.display(), error = %e, "sandbox state unusable; cleaning up without it");
             report.state_error = Some(e.to_string());
         }
     }
-    let vm_dir = report
+    let kind = report
         .state
         .as_ref()
-        .and_then(|s| s.hypervisor.as_ref().map(|h| h.vm_dir.clone()))
-        // A state file names its VM directory; one outside the sandbox dir is not ours to
-        // delete (a corrupt or edited file), so the default place is used instead.
-        .filter(|d| d.starts_with(dir) && !d.components().any(|c| c.as_os_str() == ".."))
-        .unwrap_or_else(|| dir.join("vm"));
-    let mut pids: Vec<u32> = report
-        .state
-        .as_ref()
-        .and_then(|s| s.hypervisor.as_ref().map(|h| h.pids.clone()))
+        .map(|s| s.handler.kind)
         .unwrap_or_default();
-    pids.extend(processes_naming(&vm_dir));
-    pids.sort_unstable();
-    pids.dedup();
-    for pid in pids {
-        if pid == 0 || !cmdline_names(pid, &vm_dir) {
-            continue;
+    report.killed = match kind {
+        RuntimeHandlerKind::VirtContainer => crate::virt::VirtContainer::cleanup(
+            dir,
+            report.state.as_ref().map(|s| &s.handler),
+        )?,
+        other => {
+            return Err(Error::invalid(
+                "state.json handler",
+                format!("{other} sandboxes cannot be cleaned up by this build"),
+            ))
         }
-        // SIGKILL: the owner is gone, nobody will drive a graceful stop.
-        if nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .is_ok()
-        {
-            report.killed.push(pid);
-        }
-    }
-    for pid in &report.killed {
-        wait_gone(*pid);
-    }
-    kata_resource::share_fs::ShareFs::remove_stale(dir)?;
-    if vm_dir.exists() {
-        std::fs::remove_dir_all(&vm_dir)
-            .map_err(|e| Error::io(format!("removing {}", vm_dir.display()), e))?;
-    }
+    };
     let _ = std::fs::remove_file(SandboxState::path(dir));
     remove_temporaries(dir);
     match std::fs::remove_dir(dir) {
@@ -275,165 +233,5 @@ fn remove_temporaries(dir: &Path) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-    }
-}
-
-fn cmdline(pid: u32) -> Option<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
-}
-
-fn cmdline_names(pid: u32, vm_dir: &Path) -> bool {
-    let needle = vm_dir.display().to_string();
-    cmdline(pid).is_some_and(|c| c.contains(&needle))
-}
-
-/// Pids of processes whose command line names `vm_dir` (the VMM and its helpers).
-fn processes_naming(vm_dir: &Path) -> Vec<u32> {
-    let needle = format!("{}/", vm_dir.display());
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| cmdline(*pid).is_some_and(|c| c.contains(&needle)))
-        .collect()
-}
-
-/// Waits (up to 5 s) until `pid` is gone or a zombie.
-pub(crate) fn wait_gone(pid: u32) {
-    kata_hypervisor::process::wait_gone(pid, std::time::Duration::from_secs(5));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample(dir: &Path) -> SandboxState {
-        let mut containers = BTreeMap::new();
-        containers.insert(
-            "c1".to_string(),
-            ContainerState {
-                rootfs: Some(dir.join("shared/c1/rootfs")),
-                execs: vec!["exec-1".into()],
-                metadata: [("bundle".to_string(), "/b".to_string())].into(),
-                rootfs_mode: Some(RootfsMode::Overlay),
-                processes: [(
-                    "c1".to_string(),
-                    ProcessState {
-                        terminal: true,
-                        stdin: false,
-                    },
-                )]
-                .into(),
-            },
-        );
-        SandboxState {
-            version: STATE_VERSION,
-            id: "sb".into(),
-            dir: dir.to_path_buf(),
-            hypervisor: None,
-            resources: ResourceState {
-                shared_dir: Some(dir.join("shared")),
-            },
-            containers,
-            config: Some(SandboxConfigState {
-                hypervisor: HypervisorConfig::default(),
-                shared_fs: ShareFsKind::Virtio9p,
-                msize_9p: 8192,
-                image_cache: "/var/cache/kata-rs/images".into(),
-                agent_request_timeout_ms: 30_000,
-                agent_dial_timeout_ms: 45_000,
-            }),
-        }
-    }
-
-    #[test]
-    fn a_state_without_the_later_fields_still_loads() {
-        let tmp = tempfile::tempdir().unwrap();
-        let old = serde_json::json!({
-            "version": STATE_VERSION, "id": "sb", "dir": tmp.path(), "hypervisor": null,
-            "resources": {"shared_dir": null},
-            "containers": {"c1": {"rootfs": null, "execs": [], "metadata": {}}},
-        });
-        std::fs::write(SandboxState::path(tmp.path()), old.to_string()).unwrap();
-        let s = SandboxState::load(tmp.path()).unwrap();
-        assert_eq!(s.config, None);
-        assert_eq!(s.containers["c1"].rootfs_mode, None);
-    }
-
-    #[test]
-    fn state_round_trips_and_leaves_no_temporary() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = sample(tmp.path());
-        s.store().unwrap();
-        assert_eq!(SandboxState::load(tmp.path()).unwrap(), s);
-        let names: Vec<_> = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, vec![STATE_FILE.to_string()]);
-    }
-
-    #[test]
-    fn truncated_state_is_a_clear_error_and_cleanup_still_works() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("sb");
-        std::fs::create_dir_all(dir.join("vm")).unwrap();
-        let s = sample(&dir);
-        let bytes = serde_json::to_vec(&s).unwrap();
-        std::fs::write(SandboxState::path(&dir), &bytes[..bytes.len() / 2]).unwrap();
-        let e = SandboxState::load(&dir).unwrap_err();
-        assert!(matches!(e, Error::CorruptState { .. }), "{e}");
-        assert!(e.to_string().contains("state.json"), "{e}");
-        // A process that names the VM directory (as QEMU does) is found without the state.
-        let vm_dir = dir.join("vm");
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("sleep 100 # {}/qmp.sock", vm_dir.display()))
-            .spawn()
-            .unwrap();
-        for _ in 0..100 {
-            if cmdline_names(child.id(), &vm_dir) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let report = cleanup(&dir).unwrap();
-        assert!(report.state_error.is_some());
-        assert!(report.killed.contains(&child.id()), "{report:?}");
-        assert!(report.removed && !dir.exists());
-        let _ = child.wait();
-        // Idempotent.
-        assert!(cleanup(&dir).unwrap().removed);
-    }
-
-    #[test]
-    fn a_recycled_pid_is_not_killed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("sb");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut other = std::process::Command::new("sleep")
-            .arg("100")
-            .spawn()
-            .unwrap();
-        let mut s = sample(&dir);
-        s.hypervisor = Some(HypervisorState {
-            backend: "qemu".into(),
-            vm_dir: dir.join("vm"),
-            pids: vec![other.id()],
-            api_socket: None,
-            agent_address: None,
-            accelerator: None,
-        });
-        s.store().unwrap();
-        let report = cleanup(&dir).unwrap();
-        assert!(report.killed.is_empty(), "{report:?}");
-        assert!(other.try_wait().unwrap().is_none());
-        other.kill().unwrap();
-        other.wait().unwrap();
     }
 }

@@ -4,10 +4,13 @@
 //! form the agent receives. A caller who already has a full OCI spec (the containerd shim reads
 //! one from the bundle) uses [`ContainerSpec::from_oci`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use kata_resource::RootfsMount;
 use oci_spec::runtime::{LinuxNamespaceType, Process, Root, Spec, User};
 
+use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 
 /// The default `PATH` when the caller gives none.
@@ -15,9 +18,19 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 
 /// Where a container's root filesystem comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RootfsSource {
     /// A directory on the host (shared into the guest as it is).
     Dir(PathBuf),
+    /// An OCI bundle's rootfs (its spec's `root.path`, which must lie inside the bundle), with
+    /// the mounts containerd hands a shim (its snapshotter's overlay or bind mounts) to make
+    /// there first; the sandbox mounts them, and unmounts them when the container is deleted.
+    Bundle {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// containerd's rootfs mounts, bottom first (none: the rootfs directory is ready).
+        mounts: Vec<RootfsMount>,
+    },
     /// An OCI image layout directory or tarball; unpacked (and cached) by kata-sandbox.
     Image {
         /// The layout directory or `.tar`/`.tar.gz` file.
@@ -181,6 +194,7 @@ pub struct ContainerSpec {
     pub(crate) hostname: Option<String>,
     pub(crate) readonly_rootfs: bool,
     pub(crate) oci: Option<Spec>,
+    pub(crate) metadata: BTreeMap<String, String>,
 }
 
 impl ContainerSpec {
@@ -205,6 +219,26 @@ impl ContainerSpec {
         s
     }
 
+    /// A container from an OCI bundle as containerd hands it over: `spec` is the bundle's
+    /// `config.json`, `mounts` the rootfs mounts of the create request (empty when the rootfs
+    /// directory is ready, as with `ctr run --rootfs`). `root.path` (relative to the bundle,
+    /// or absolute) must lie inside the bundle: a spec naming `/` or `../x` is refused,
+    /// naming `root.path`.
+    pub fn from_bundle(bundle: impl AsRef<Path>, spec: Spec, mounts: Vec<RootfsMount>) -> Result<Self> {
+        let bundle = bundle.as_ref();
+        // Checked here, before a sandbox is started for it; the owner of the mounts checks
+        // again (symlinks resolved) before it mounts anything.
+        let root = spec.root().as_ref().map(|r| r.path().as_path());
+        kata_resource::rootfs::bundle_rootfs_path(bundle, root)
+            .map_err(|e| Error::invalid("root.path", e.to_string()))?;
+        let mut s = Self::with_source(RootfsSource::Bundle {
+            bundle: bundle.to_path_buf(),
+            mounts,
+        });
+        s.oci = Some(spec);
+        Ok(s)
+    }
+
     fn with_source(rootfs: RootfsSource) -> Self {
         ContainerSpec {
             id: None,
@@ -213,7 +247,16 @@ impl ContainerSpec {
             hostname: None,
             readonly_rootfs: false,
             oci: None,
+            metadata: BTreeMap::new(),
         }
+    }
+
+    /// Attaches a key and value to the container, kept with it in `state.json` (a containerd
+    /// shim keeps its bundle path and stdio there) and read back with
+    /// [`Container::metadata`](crate::Container::metadata).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
     }
 
     /// Picks an image by its reference name (for layouts holding several).
@@ -293,13 +336,15 @@ impl ContainerSpec {
         &self.rootfs
     }
 
-    /// Builds the OCI spec the agent receives. `guest_root` is where the rootfs is in the
-    /// guest; `image_process` carries the image's defaults, if any.
+    /// Builds the OCI spec the runtime receives. `guest_root` is where the rootfs is as the
+    /// runtime sees it; `image_process` carries the image's defaults, if any; `runtime` is the
+    /// sandbox's `[runtime]` section (`disable_guest_seccomp` drops `linux.seccomp`).
     pub(crate) fn to_oci(
         &self,
         container_id: &str,
         guest_root: &str,
         image_process: Option<Process>,
+        runtime: &RuntimeConfig,
     ) -> Result<Spec> {
         let mut spec = self.oci.clone().unwrap_or_default();
         let base = image_process
@@ -333,10 +378,14 @@ impl ContainerSpec {
             .or_else(|| spec.hostname().clone().filter(|h| h != "youki"))
             .unwrap_or_else(|| container_id.chars().take(12).collect());
         spec.set_hostname(Some(hostname));
-        // Containers share the sandbox's network namespace (the VM's), as in Kata.
         if let Some(linux) = spec.linux_mut() {
+            // Containers share the sandbox's network namespace (the VM's), as in Kata.
             if let Some(ns) = linux.namespaces_mut() {
                 ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
+            }
+            if runtime.disable_guest_seccomp && linux.seccomp().is_some() {
+                tracing::debug!(container_id, "[runtime] disable_guest_seccomp = true: the spec's seccomp profile is not applied in the guest");
+                linux.set_seccomp(None);
             }
         }
         Ok(spec)
@@ -361,6 +410,7 @@ mod tests {
                 "c1",
                 "/run/kata-containers/shared/containers/c1/rootfs",
                 None,
+                &RuntimeConfig::default(),
             )
             .unwrap();
         let p = oci.process().as_ref().unwrap();
@@ -378,7 +428,7 @@ mod tests {
         );
         assert_eq!(root.readonly(), Some(true));
         let rw = ContainerSpec::from_rootfs_dir("/r").args(["true"]);
-        let rw = rw.to_oci("c", "/g", None).unwrap();
+        let rw = rw.to_oci("c", "/g", None, &RuntimeConfig::default()).unwrap();
         assert_eq!(
             rw.root().as_ref().unwrap().readonly(),
             Some(false),
@@ -394,7 +444,7 @@ mod tests {
         let s = ContainerSpec::from_rootfs_dir("/r")
             .args(["true"])
             .env("PATH", "/bin");
-        let oci = s.to_oci("c", "/g", None).unwrap();
+        let oci = s.to_oci("c", "/g", None, &RuntimeConfig::default()).unwrap();
         let env = oci.process().as_ref().unwrap().env().clone().unwrap();
         assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
         assert!(env.contains(&"PATH=/bin".to_string()));

@@ -214,7 +214,7 @@ fn agent_and_runtime_annotations_follow_katas_fixed_list() {
             ("io.katacontainers.config.runtime.experimental", "b,c"),
             (
                 "io.katacontainers.config.runtime.disable_guest_seccomp",
-                "false",
+                "true",
             ),
             ("io.katacontainers.config.runtime.name", "linux-container"),
             ("io.katacontainers.config.runtime.shim_debug", "true"),
@@ -230,7 +230,7 @@ fn agent_and_runtime_annotations_follow_katas_fixed_list() {
     assert_eq!(agent.container_pipe_size, 65536);
     let rt = &loaded.config.runtime;
     assert_eq!(rt.experimental, ["a", "b", "c"]);
-    assert!(!rt.disable_guest_seccomp);
+    assert!(rt.disable_guest_seccomp, "kata-rs's default is false");
     assert_eq!(rt.name, "linux_container");
     let ignored: Vec<&str> = loaded
         .annotations_ignored

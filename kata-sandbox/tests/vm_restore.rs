@@ -20,7 +20,7 @@ async fn exec(c: &kata_sandbox::Container, args: &[&str]) -> Result<(i32, String
     let mut p = c.exec(ProcessSpec::new(args.iter().copied())).await?;
     let exec_id = p.exec_id().to_string();
     let out = p.output().await?;
-    Ok((out.status, out.stdout_str(), exec_id))
+    Ok((out.status.to_shell_status(), out.stdout_str(), exec_id))
 }
 
 /// Boot, start a container, detach, restore, exec into the still-running container, detach
@@ -55,7 +55,7 @@ async fn round_trip(root: &Path, rootfs: &Path) -> Result<()> {
         "exec before detach: {status} {out:?}"
     );
     ensure!(exec_id == "exec-1", "first exec id {exec_id}");
-    let vmm_pids = sandbox.hypervisor().pids();
+    let vmm_pids = sandbox.host_pids();
     drop((c, stdout));
 
     sandbox.detach().await?;
@@ -81,7 +81,7 @@ async fn round_trip(root: &Path, rootfs: &Path) -> Result<()> {
         "{:?}",
         sandbox.container_ids()
     );
-    ensure!(sandbox.hypervisor().pids() == vmm_pids, "same VMM");
+    ensure!(sandbox.host_pids() == vmm_pids, "same VMM");
     let c = sandbox.container("c1")?;
     let (status, out, exec_id) = exec(&c, &["sh", "-c", "echo restored; exit 5"]).await?;
     ensure!(
@@ -105,12 +105,12 @@ async fn round_trip(root: &Path, rootfs: &Path) -> Result<()> {
     drop(c);
     sandbox.detach().await?;
     let sandbox = Sandbox::restore(&dir).await?;
-    sandbox.hypervisor().pause().await?;
-    sandbox.hypervisor().resume().await?;
+    sandbox.pause().await?;
+    sandbox.resume().await?;
     let c = sandbox.container("c1")?;
-    c.kill(libc::SIGKILL).await?;
+    c.kill(kata_sandbox::Signal::KILL).await?;
     let status = c.wait().await?;
-    ensure!(status == 137, "SIGKILL gave {status}");
+    ensure!(status.signal() == Some(9), "SIGKILL gave {status}");
     c.delete().await?;
     ensure!(sandbox.container_ids().is_empty());
     sandbox.shutdown().await?;
@@ -122,7 +122,7 @@ async fn round_trip(root: &Path, rootfs: &Path) -> Result<()> {
     );
     for pid in vmm_pids {
         ensure!(
-            kata_sandbox::hypervisor::process::is_gone(pid),
+            kata_hypervisor::process::is_gone(pid),
             "VM process {pid} survived shutdown"
         );
     }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::types::task::Status;
-use kata_sandbox::{Container, Process, ProcessSpec};
+use kata_sandbox::{Container, Process, ProcessSpec, Signal};
 use tokio::sync::watch;
 
 use crate::io::{Stdio, StdioCopies};
@@ -173,7 +173,7 @@ impl Proc {
             return 255;
         };
         match r {
-            Ok(s) => s as u32,
+            Ok(s) => s.to_shell_status() as u32,
             Err(e) => {
                 tracing::warn!(container_id = %self.container_id, exec_id = %self.exec_id, error = %e, "waiting for the process failed");
                 255
@@ -182,7 +182,7 @@ impl Proc {
     }
 
     /// Sends a signal.
-    pub async fn signal(&self, signal: i32) -> kata_sandbox::Result<()> {
+    pub async fn signal(&self, signal: Signal) -> kata_sandbox::Result<()> {
         if let Some(c) = self.container() {
             c.kill(signal).await
         } else if let Some(p) = self.exec_process() {

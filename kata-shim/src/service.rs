@@ -27,9 +27,9 @@ use containerd_shim::protos::shim::shim::{
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, TtrpcContext, TtrpcResult};
-use kata_sandbox::{ContainerSpec, ProcessSpec, Sandbox};
+use kata_sandbox::{ContainerSpec, ExitStatus, ProcessSpec, RootfsMount, Sandbox, Signal};
 
-use crate::bundle::{self, Placement, RootfsMount};
+use crate::bundle::{self, Placement};
 use crate::error::{Error, Result};
 use crate::io::{self, Stdio};
 use crate::process::{timestamp, Exit, Handle, Proc};
@@ -38,16 +38,12 @@ use crate::process::{timestamp, Exit, Handle, Proc};
 pub mod metadata {
     /// The bundle directory.
     pub const BUNDLE: &str = "io.containerd.bundle";
-    /// The rootfs the shim mounted (to unmount after a crash).
-    pub const ROOTFS: &str = "io.containerd.rootfs";
     /// The stdout fifo or log URI (to reconnect the output after a shim restart).
     pub const STDOUT: &str = "io.containerd.stdout";
     /// The stderr fifo or log URI.
     pub const STDERR: &str = "io.containerd.stderr";
     /// `true` when the task has a terminal.
     pub const TERMINAL: &str = "io.containerd.terminal";
-    /// `running` once the task's first process was started.
-    pub const STATUS: &str = "io.containerd.status";
 }
 
 /// How long a process's exit waits for its output to be copied to the end.
@@ -56,8 +52,6 @@ const OUTPUT_COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// One task (container) of the sandbox.
 struct TaskEntry {
     bundle: PathBuf,
-    /// The rootfs this shim mounted from containerd's mounts (unmounted at delete).
-    mounted_rootfs: Option<PathBuf>,
     init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
 }
@@ -168,10 +162,11 @@ impl TaskService {
             })
     }
 
-    /// The VMM's pid: what containerd shows as the task's pid (as Kata does).
+    /// The sandbox's host pid (the VMM's): what containerd shows as the task's pid, as Kata
+    /// does.
     async fn vmm_pid(&self) -> u32 {
         match self.shared.sandbox.lock().await.as_ref() {
-            Some(s) => s.hypervisor().pids().first().copied().unwrap_or(0),
+            Some(s) => s.pid(),
             None => 0,
         }
     }
@@ -209,18 +204,15 @@ impl TaskService {
         Ok(sandbox)
     }
 
-    /// Publishes `TaskOOM` for every OOM kill the agent reports.
+    /// Publishes `TaskOOM` for every OOM kill the sandbox reports.
     fn watch_oom(&self, sandbox: &Arc<Sandbox>) {
-        let agent = sandbox.agent().clone();
+        use futures_util::StreamExt;
+        let mut events = sandbox.oom_events();
         let this = self.clone();
         tokio::spawn(async move {
-            use kata_sandbox::agent_client::protocol::agent::GetOOMEventRequest;
-            while let Ok(ev) = agent
-                .get_oom_event(&GetOOMEventRequest::default(), None)
-                .await
-            {
+            while let Some(container_id) = events.next().await {
                 this.publish(TaskOOM {
-                    container_id: ev.container_id,
+                    container_id,
                     ..Default::default()
                 })
                 .await;
@@ -250,41 +242,35 @@ impl TaskService {
         let _reservation = self.reserve(&id)?;
         let bundle = PathBuf::from(&req.bundle);
         let spec = bundle::load_spec(&bundle)?;
-        let placement = Placement::of(&spec, &id);
+        let placement = Placement::of(&spec, &id)?;
         let annotations = spec.annotations().clone().unwrap_or_default();
-        let rootfs = bundle::rootfs_dir(&bundle, &spec);
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
-            .map(|m| RootfsMount {
-                fs_type: m.type_.clone(),
-                source: m.source.clone(),
-                options: m.options.clone(),
-            })
+            .map(|m| RootfsMount::new(&m.type_, &m.source, m.options.clone()))
             .collect();
-        let mounted = {
-            let (m, r) = (mounts.clone(), rootfs.clone());
-            tokio::task::spawn_blocking(move || bundle::mount_rootfs(&m, &r))
-                .await
-                .map_err(|e| Error::Rootfs {
-                    target: rootfs.display().to_string(),
-                    reason: e.to_string(),
-                })??
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
         };
-        let unmount = |mounted: bool| {
-            if mounted {
-                if let Err(e) = bundle::unmount_rootfs(&rootfs) {
-                    tracing::warn!(error = %e, "unmounting the rootfs after a failed create");
-                }
-            }
-        };
+        // The sandbox mounts containerd's rootfs mounts itself (and unmounts them when the
+        // container is deleted); root.path must lie inside the bundle.
+        let cspec = ContainerSpec::from_bundle(&bundle, spec, mounts)?
+            .id(&id)
+            .terminal(stdio.terminal)
+            .stdin(!stdio.stdin.is_empty())
+            .metadata(metadata::BUNDLE, bundle.display().to_string())
+            .metadata(metadata::STDOUT, &stdio.stdout)
+            .metadata(metadata::STDERR, &stdio.stderr)
+            .metadata(metadata::TERMINAL, stdio.terminal.to_string());
 
         let mut slot = self.shared.sandbox.lock().await;
         let (sandbox, booted) = match (&placement, slot.as_ref()) {
             (_, Some(s)) => {
                 if let Placement::Join(sb) = &placement {
                     if sb != s.id() {
-                        unmount(mounted);
                         return Err(Error::NotFound {
                             kind: "sandbox",
                             id: sb.clone(),
@@ -294,36 +280,20 @@ impl TaskService {
                 (s.clone(), false)
             }
             (Placement::Join(sb), None) => {
-                unmount(mounted);
                 return Err(Error::NotFound {
                     kind: "sandbox",
                     id: sb.clone(),
                 });
             }
             (Placement::NewSandbox, None) => {
-                match self.boot(&id, req.options.as_ref(), annotations).await {
-                    Ok(s) => (s, true),
-                    Err(e) => {
-                        unmount(mounted);
-                        return Err(e);
-                    }
-                }
+                (self.boot(&id, req.options.as_ref(), annotations).await?, true)
             }
         };
 
-        let stdio = Stdio {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        let created = self
-            .create_container(&sandbox, &id, spec, &rootfs, &stdio, &bundle, mounted)
-            .await;
+        let created = self.create_container(&sandbox, &id, cspec, &stdio).await;
         let (container, copies) = match created {
             Ok(c) => c,
             Err(e) => {
-                unmount(mounted);
                 if booted {
                     stop_sandbox(sandbox).await;
                 }
@@ -341,7 +311,6 @@ impl TaskService {
             id.clone(),
             Arc::new(TaskEntry {
                 bundle: bundle.clone(),
-                mounted_rootfs: mounted.then(|| rootfs.clone()),
                 init,
                 execs: Mutex::new(HashMap::new()),
             }),
@@ -369,43 +338,17 @@ impl TaskService {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Creates the container in the sandbox and connects its stdio to containerd's.
     async fn create_container(
         &self,
         sandbox: &Sandbox,
         id: &str,
-        spec: oci_spec::runtime::Spec,
-        rootfs: &Path,
+        cspec: ContainerSpec,
         stdio: &Stdio,
-        bundle: &Path,
-        mounted: bool,
     ) -> Result<(kata_sandbox::Container, io::StdioCopies)> {
-        let cspec = ContainerSpec::from_oci(spec, rootfs)
-            .id(id)
-            .terminal(stdio.terminal)
-            .stdin(!stdio.stdin.is_empty());
         let mut container = sandbox.create_container(cspec).await?;
-        let connected = async {
-            sandbox.set_container_metadata(id, metadata::BUNDLE, &bundle.display().to_string())?;
-            sandbox.set_container_metadata(id, metadata::STDOUT, &stdio.stdout)?;
-            sandbox.set_container_metadata(id, metadata::STDERR, &stdio.stderr)?;
-            sandbox.set_container_metadata(
-                id,
-                metadata::TERMINAL,
-                if stdio.terminal { "true" } else { "false" },
-            )?;
-            if mounted {
-                sandbox.set_container_metadata(
-                    id,
-                    metadata::ROOTFS,
-                    &rootfs.display().to_string(),
-                )?;
-            }
-            let (i, o, e) = (container.stdin(), container.stdout(), container.stderr());
-            io::connect(stdio, id, &self.shared.namespace, i, o, e).await
-        }
-        .await;
-        match connected {
+        let (i, o, e) = (container.stdin(), container.stdout(), container.stderr());
+        match io::connect(stdio, id, &self.shared.namespace, i, o, e).await {
             Ok(copies) => Ok((container, copies)),
             Err(e) => {
                 if let Err(de) = container.delete().await {
@@ -451,13 +394,11 @@ impl TaskService {
             };
             let init = Proc::new(id, "", stdio, Handle::Init(Arc::new(container)));
             *init.copies.lock().await = copies;
-            let started = meta(metadata::STATUS) == "running";
-            let rootfs = meta(metadata::ROOTFS);
+            let started = c.started;
             self.shared.tasks.lock().unwrap().insert(
                 id.clone(),
                 Arc::new(TaskEntry {
                     bundle: PathBuf::from(meta(metadata::BUNDLE)),
-                    mounted_rootfs: (!rootfs.is_empty()).then(|| PathBuf::from(rootfs)),
                     init: init.clone(),
                     execs: Mutex::new(HashMap::new()),
                 }),
@@ -530,13 +471,6 @@ impl TaskService {
             let c = p.container().expect("first process has its container");
             c.start().await?;
             p.set_status(Status::RUNNING);
-            // For a restarted shim (`reconnect`): the task was started.
-            if let Ok(sandbox) = self.sandbox().await {
-                if let Err(e) = sandbox.set_container_metadata(&req.id, metadata::STATUS, "running")
-                {
-                    tracing::warn!(container_id = %req.id, error = %e, "recording the task status");
-                }
-            }
             self.publish(TaskStart {
                 container_id: req.id.clone(),
                 pid,
@@ -577,7 +511,7 @@ impl TaskService {
                 Err(e) => {
                     // It runs without its stdio: killed, and waited so its exit is recorded
                     // and published.
-                    if let Err(ke) = p.signal(libc::SIGKILL).await {
+                    if let Err(ke) = p.signal(Signal::KILL).await {
                         tracing::warn!(container_id = %req.id, exec_id = %req.exec_id, error = %ke, "killing an exec whose stdio failed");
                     }
                     self.spawn_waiter(p);
@@ -629,13 +563,8 @@ impl TaskService {
             for e in execs {
                 drop(e.copies.lock().await.take());
             }
-            // Execs still listed are ended with the container.
+            // Execs still listed are ended with the container; its rootfs mounts go with it.
             let deleted = self.sandbox().await?.delete_container(&req.id).await;
-            if let Some(rootfs) = &task.mounted_rootfs {
-                if let Err(e) = bundle::unmount_rootfs(rootfs) {
-                    tracing::warn!(container_id = %req.id, error = %e, "unmounting the rootfs");
-                }
-            }
             self.shared.tasks.lock().unwrap().remove(&req.id);
             match deleted {
                 Ok(()) | Err(kata_sandbox::Error::NotFound { .. }) => {}
@@ -722,7 +651,10 @@ impl TaskService {
 
     async fn do_kill(&self, req: KillRequest) -> Result<()> {
         let (task, p) = self.process(&req.id, &req.exec_id)?;
-        let signal = req.signal as i32;
+        let signal = Signal::try_from(req.signal).map_err(|e| Error::InvalidArgument {
+            field: "signal",
+            reason: e.to_string(),
+        })?;
         match p.status() {
             Status::STOPPED => {
                 return Err(Error::NotFound {
@@ -732,13 +664,14 @@ impl TaskService {
             }
             Status::CREATED => {
                 // Never started: nothing runs in the guest; it simply ends.
-                if p.set_exited(Exit::now(128 + signal as u32)) {
+                let status = ExitStatus::from_signal(signal).to_shell_status() as u32;
+                if p.set_exited(Exit::now(status)) {
                     let pid = self.vmm_pid().await;
                     self.publish(TaskExit {
                         container_id: req.id.clone(),
                         id: process_id(&req.id, &req.exec_id).to_string(),
                         pid,
-                        exit_status: 128 + signal as u32,
+                        exit_status: status,
                         exited_at: MessageField::some(timestamp(std::time::SystemTime::now())),
                         ..Default::default()
                     })

@@ -88,9 +88,9 @@ fn socket_answers(address: &str) -> bool {
 /// The sandbox id of container `id` from the bundle in `dir` (its own id when the bundle
 /// cannot be read).
 fn sandbox_id_of(dir: &Path, id: &str) -> String {
-    match bundle::load_spec(dir) {
-        Ok(spec) => Placement::of(&spec, id).sandbox_id(id).to_string(),
-        Err(_) => id.to_string(),
+    match bundle::load_spec(dir).map(|spec| Placement::of(&spec, id)) {
+        Ok(Ok(placement)) => placement.sandbox_id(id).to_string(),
+        _ => id.to_string(),
     }
 }
 
@@ -239,12 +239,10 @@ impl Shim for KataShim {
             let path = address.strip_prefix("unix://").unwrap_or(&address);
             let _ = std::fs::remove_file(path);
         }
-        if let Ok(spec) = bundle::load_spec(&bundle) {
-            let rootfs = bundle::rootfs_dir(&bundle, &spec);
-            if let Err(e) = bundle::unmount_rootfs(&rootfs) {
-                tracing::warn!(error = %e, "unmounting the bundle rootfs");
-            }
-        }
+        // The rootfs mounts the sandbox made are recorded in its state and removed by the
+        // cleanup above; containerd unmounts `<bundle>/rootfs` itself when it deletes the
+        // bundle (a shim that died between mounting and recording). Nothing else is
+        // unmounted here: never a path the spec names.
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: containerd_shim::protos::protobuf::MessageField::some(timestamp(

@@ -42,6 +42,36 @@ pub fn missing_root_or_tools(tools: &[&str]) -> Option<String> {
         .map(|tool| format!("{tool} is not installed"))
 }
 
+/// The `kata-agent` binary of this build, for the test backend (`[hypervisor.host-agent]`),
+/// which runs the real agent on the host: `$KATA_RS_AGENT_BIN` when set, else the one next to
+/// the running test's target directory (`target/<profile>/kata-agent`, which
+/// `cargo test --workspace` builds). The error says how to get one.
+pub fn agent_binary() -> Result<std::path::PathBuf, String> {
+    if let Some(p) = std::env::var_os("KATA_RS_AGENT_BIN").filter(|p| !p.is_empty()) {
+        let p = std::path::PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("$KATA_RS_AGENT_BIN = {}: no such file", p.display()))
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/kata-agent
+    let candidate = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("kata-agent"))
+        .ok_or_else(|| format!("cannot place {} in a target directory", exe.display()))?;
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        Err(format!(
+            "{} is missing: run `cargo build -p kata-agent` (or set KATA_RS_AGENT_BIN)",
+            candidate.display()
+        ))
+    }
+}
+
 /// Whether a file named `tool` is in a directory of `$PATH`.
 pub fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")

@@ -58,7 +58,9 @@ pub struct RuntimeConfig {
     pub enable_pprof: bool,
     /// Size the VM from the pod's resources before boot and never resize it. Default false.
     pub static_sandbox_resource_mgmt: bool,
-    /// Do not apply container seccomp profiles in the guest. Default true.
+    /// Do not apply container seccomp profiles in the guest. Default false: kata-rs's agent
+    /// applies the spec's profile as runc does (a deliberate deviation from Kata, whose
+    /// default is true).
     pub disable_guest_seccomp: bool,
     /// How emptyDir volumes are provided: `shared-fs` (default), `block-encrypted`,
     /// `block-plain`.
@@ -108,7 +110,7 @@ impl Default for RuntimeConfig {
             jaeger_password: String::new(),
             enable_pprof: false,
             static_sandbox_resource_mgmt: false,
-            disable_guest_seccomp: true,
+            disable_guest_seccomp: false,
             emptydir_mode: "shared-fs".into(),
             disable_guest_empty_dir: false,
             vfio_mode: "guest-kernel".into(),

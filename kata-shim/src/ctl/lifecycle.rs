@@ -9,12 +9,12 @@
 
 use std::path::{Path, PathBuf};
 
-use kata_sandbox::{ContainerSpec, ProcessSpec, Sandbox};
+use kata_sandbox::{ContainerSpec, ProcessSpec, Sandbox, Signal};
 use tokio::io::AsyncWriteExt;
 
 use super::{Options, EXIT_FAILED, EXIT_OK};
 
-/// The container metadata key holding its status as shim-ctl last saw it.
+/// The container metadata key set to `stopped` once shim-ctl saw its first process exit.
 const STATUS: &str = "shim-ctl.status";
 /// The container metadata key holding its bundle directory.
 const BUNDLE: &str = "shim-ctl.bundle";
@@ -54,8 +54,7 @@ where
 async fn restore(root: &Path, id: &str) -> Result<Sandbox, Failure> {
     let dir = root.join(id);
     // An id that is not a plain name never names a sandbox (and must not reach outside root).
-    let plain = !id.is_empty() && !id.contains('/') && !id.starts_with('.');
-    if !plain || !dir.join("state.json").is_file() {
+    if kata_sandbox::validate_id(id).is_err() || !dir.join("state.json").is_file() {
         return Err(format!(
             "no sandbox `{id}` in {} (create it first: shim-ctl create --bundle <DIR> {id})",
             root.display()
@@ -83,6 +82,7 @@ pub fn create(options: &Options, id: &str, bundle: &Path) -> i32 {
 
 async fn create_inner(options: &Options, id: &str, bundle: &Path) -> Result<i32, Failure> {
     let root = root(options);
+    kata_sandbox::validate_id(id).map_err(|e| e.to_string())?;
     if root.join(id).exists() {
         return Err(format!(
             "sandbox `{id}` exists already in {}",
@@ -93,14 +93,6 @@ async fn create_inner(options: &Options, id: &str, bundle: &Path) -> Result<i32,
         .canonicalize()
         .map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
     let spec = kata_shim::bundle::load_spec(&bundle).map_err(|e| e.to_string())?;
-    let rootfs = kata_shim::bundle::rootfs_dir(&bundle, &spec);
-    if !rootfs.is_dir() {
-        return Err(format!(
-            "invalid bundle {}: its rootfs {} is not a directory (config.json root.path)",
-            bundle.display(),
-            rootfs.display()
-        ));
-    }
     let mut annotations: Vec<(String, String)> = spec
         .annotations()
         .clone()
@@ -112,24 +104,19 @@ async fn create_inner(options: &Options, id: &str, bundle: &Path) -> Result<i32,
     let builder =
         kata_shim::runtime_options::sandbox_builder_from(options.config.as_deref(), annotations)
             .map_err(|e| e.to_string())?;
+    let cspec = ContainerSpec::from_bundle(&bundle, spec, Vec::new())
+        .map_err(|e| format!("invalid bundle {}: {e}", bundle.display()))?
+        .id(id)
+        .terminal(false)
+        .stdin(false)
+        .metadata(BUNDLE, bundle.display().to_string());
     let sandbox = builder
         .id(id)
         .root_dir(&root)
         .build()
         .await
         .map_err(|e| e.to_string())?;
-    let created = async {
-        let spec = ContainerSpec::from_oci(spec, &rootfs)
-            .id(id)
-            .terminal(false)
-            .stdin(false);
-        let container = sandbox.create_container(spec).await?;
-        sandbox.set_container_metadata(id, STATUS, "created")?;
-        sandbox.set_container_metadata(id, BUNDLE, &bundle.display().to_string())?;
-        drop(container);
-        Ok::<_, kata_sandbox::Error>(())
-    }
-    .await;
+    let created = sandbox.create_container(cspec).await.map(drop);
     if let Err(e) = created {
         if let Err(se) = sandbox.shutdown().await {
             tracing::warn!(error = %se, "stopping the sandbox of a container that failed to create");
@@ -155,13 +142,12 @@ async fn pump(
 pub fn start(options: &Options, id: &str, detach_after: bool) -> i32 {
     block_on("start", async {
         let sandbox = restore(&root(options), id).await?;
-        let status = sandbox
+        let started = sandbox
             .state()
             .containers
             .get(id)
-            .and_then(|c| c.metadata.get(STATUS).cloned())
-            .unwrap_or_default();
-        if status != "created" {
+            .is_none_or(|c| c.started);
+        if started {
             detach(sandbox).await?;
             return Err(format!("container `{id}` was started already"));
         }
@@ -169,7 +155,6 @@ pub fn start(options: &Options, id: &str, detach_after: bool) -> i32 {
             let mut c = sandbox.container(id)?;
             let (out, err) = (c.stdout(), c.stderr());
             c.start().await?;
-            sandbox.set_container_metadata(id, STATUS, "running")?;
             if detach_after {
                 return Ok(EXIT_OK);
             }
@@ -180,7 +165,7 @@ pub fn start(options: &Options, id: &str, detach_after: bool) -> i32 {
             );
             let status = status?;
             sandbox.set_container_metadata(id, STATUS, "stopped")?;
-            Ok::<_, kata_sandbox::Error>(status)
+            Ok::<_, kata_sandbox::Error>(status.to_shell_status())
         }
         .await;
         detach(sandbox).await?;
@@ -201,7 +186,7 @@ pub fn exec(options: &Options, id: &str, args: &[String]) -> i32 {
                 pump(err, tokio::io::stderr()),
                 p.wait()
             );
-            status
+            status.map(|s| s.to_shell_status())
         }
         .await;
         detach(sandbox).await?;
@@ -212,6 +197,7 @@ pub fn exec(options: &Options, id: &str, args: &[String]) -> i32 {
 /// `kill`.
 pub fn kill(options: &Options, id: &str, signal: i32) -> i32 {
     block_on("kill", async {
+        let signal = Signal::try_from(signal).map_err(|e| e.to_string())?;
         let sandbox = restore(&root(options), id).await?;
         let result = async { sandbox.container(id)?.kill(signal).await }.await;
         detach(sandbox).await?;
@@ -259,8 +245,7 @@ async fn running(sandbox: &Sandbox, id: &str) -> bool {
         .state()
         .containers
         .get(id)
-        .and_then(|c| c.metadata.get(STATUS).cloned())
-        .is_some_and(|s| s == "running");
+        .is_some_and(|c| c.started && c.metadata.get(STATUS).is_none());
     started
         && sandbox
             .container_pids(id)
@@ -278,18 +263,20 @@ pub fn state(options: &Options, id: &str) -> i32 {
             .get(id)
             .map(|c| c.metadata.clone())
             .unwrap_or_default();
+        let started = saved.containers.get(id).is_some_and(|c| c.started);
         let pids = sandbox.container_pids(id).await.unwrap_or_default();
-        let status = match meta.get(STATUS).map(String::as_str) {
-            Some("running") if pids.is_empty() => "stopped",
-            Some(s) => s,
-            None => "unknown",
+        let status = match (started, meta.get(STATUS).map(String::as_str)) {
+            (false, _) => "created",
+            (true, Some(s)) => s,
+            (true, None) if pids.is_empty() => "stopped",
+            (true, None) => "running",
         };
         let out = serde_json::json!({
             "id": id,
             "status": status,
             "bundle": meta.get(BUNDLE),
             "sandbox_dir": saved.dir,
-            "vmm_pids": sandbox.hypervisor().pids(),
+            "vmm_pids": sandbox.host_pids(),
             "pids": pids,
         });
         detach(sandbox).await?;

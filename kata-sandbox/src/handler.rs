@@ -1,0 +1,252 @@
+//! The runtime-handler seam: how a sandbox runs its containers.
+//!
+//! A [`Sandbox`](crate::Sandbox) keeps what every kind of sandbox has — the table of containers
+//! and their execs, the caller's metadata, `state.json` — and hands every operation on a
+//! container to its [`RuntimeHandler`]. Kata names three handlers (`[runtime] name`):
+//!
+//! | handler | runs containers | here |
+//! |---|---|---|
+//! | `virt_container` | in a micro-VM, through the guest agent | [`crate::virt::VirtContainer`] |
+//! | `linux_container` | on the host (libcontainer) | not yet (refused with its name) |
+//! | `wasm_container` | on the host (wasmtime) | not yet (refused with its name) |
+//!
+//! A new handler is one module next to `virt/` implementing this trait, one arm in
+//! [`RuntimeHandlerKind`]'s start and restore, and its own [`HandlerState`]; neither the
+//! [`Sandbox`](crate::Sandbox) nor the containerd shim changes.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures_core::Stream;
+use kata_agent_client::{ContainerStats, ExitStatus, Signal};
+use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::io::{InputWriter, OutputReader};
+
+/// The runtime handlers Kata names (`[runtime] name`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RuntimeHandlerKind {
+    /// Containers in a micro-VM, driven through the guest agent (Kata's default).
+    #[default]
+    VirtContainer,
+    /// Containers on the host, without a VM (not built yet).
+    LinuxContainer,
+    /// WebAssembly modules on the host (not built yet).
+    WasmContainer,
+}
+
+impl RuntimeHandlerKind {
+    /// Kata's name for it (`virt_container`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeHandlerKind::VirtContainer => "virt_container",
+            RuntimeHandlerKind::LinuxContainer => "linux_container",
+            RuntimeHandlerKind::WasmContainer => "wasm_container",
+        }
+    }
+
+    /// The handler `[runtime] name` selects. Unknown names and handlers this build does not
+    /// have are errors naming the key and what is allowed.
+    pub fn from_runtime_name(name: &str) -> Result<Self> {
+        match name {
+            "" | "virt_container" => Ok(RuntimeHandlerKind::VirtContainer),
+            "linux_container" | "wasm_container" => Err(Error::invalid(
+                "runtime.name",
+                format!(
+                    "\"{name}\": this kata-rs build has only the virt_container handler (the Linux and Wasm handlers are not implemented yet)"
+                ),
+            )),
+            other => Err(Error::invalid(
+                "runtime.name",
+                format!("\"{other}\": allowed virt_container, linux_container, wasm_container"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for RuntimeHandlerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a container's root filesystem comes from, once the sandbox has resolved it (an image
+/// is unpacked by then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RootfsInput {
+    /// A host directory.
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Shared as it is (writes reach it), read-only, or through an overlay (an image's
+        /// cached rootfs: writes go to a per-container upper directory).
+        mode: RootfsMode,
+    },
+    /// An OCI bundle's rootfs (its spec's `root.path`, inside the bundle), with containerd's
+    /// rootfs mounts to make there first.
+    Bundle {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// The spec's `root.path` (`None`: `rootfs`).
+        root_path: Option<PathBuf>,
+        /// containerd's mounts, bottom first (none: the directory is ready).
+        mounts: Vec<kata_resource::RootfsMount>,
+    },
+}
+
+/// Builds a container's OCI spec once its `root.path` (as the runtime sees it) is known.
+pub(crate) type SpecBuilder<'a> = dyn Fn(&str) -> Result<Spec> + Send + Sync + 'a;
+
+pub(crate) use kata_resource::share_fs::RootfsMode;
+
+/// How a process's standard streams are set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub(crate) struct StdioConfig {
+    /// A terminal: stderr is merged into stdout.
+    pub terminal: bool,
+    /// Stdin stays open for the caller (otherwise it is closed at once).
+    pub stdin: bool,
+}
+
+/// The caller's ends of a process's standard streams.
+#[derive(Debug, Default)]
+pub(crate) struct ProcessStreams {
+    pub stdin: Option<InputWriter>,
+    pub stdout: Option<OutputReader>,
+    pub stderr: Option<OutputReader>,
+}
+
+/// Ids of containers OOM-killed in the sandbox, as they happen. Ends when the sandbox does.
+pub type OomEvents = Pin<Box<dyn Stream<Item = String> + Send>>;
+
+/// A handler's own part of `state.json`, opaque above it (the VM and host resources of a
+/// `virt_container` sandbox).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandlerState {
+    /// Which handler wrote it.
+    pub kind: RuntimeHandlerKind,
+    /// Its state, in its own format.
+    pub(crate) state: serde_json::Value,
+}
+
+/// Runs the containers of one sandbox.
+///
+/// Ids are checked by the [`Sandbox`](crate::Sandbox) before they reach a handler (known
+/// container, valid id); a handler still never builds a host path from one without going
+/// through kata-resource's checked helpers.
+#[async_trait]
+pub(crate) trait RuntimeHandler: Send + Sync + fmt::Debug {
+    /// Which handler this is.
+    fn kind(&self) -> RuntimeHandlerKind;
+
+    /// Creates a container (its first process is not started): makes its rootfs available,
+    /// builds its spec with `spec` from `root.path` as the container runtime sees it, and
+    /// creates it. On error nothing of it is left.
+    async fn create_container(
+        &self,
+        container_id: &str,
+        rootfs: RootfsInput,
+        spec: &SpecBuilder<'_>,
+    ) -> Result<()>;
+
+    /// Starts the container's first process.
+    async fn start_container(&self, container_id: &str) -> Result<()>;
+
+    /// Starts another process in a running container.
+    async fn exec_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        process: &OciProcess,
+    ) -> Result<()>;
+
+    /// Attaches the caller to a process's standard streams (new readers each call: output
+    /// still buffered is read from where the previous reader stopped).
+    async fn attach_stdio(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        stdio: StdioConfig,
+    ) -> Result<ProcessStreams>;
+
+    /// Attaches output readers only (a restored sandbox: stdin is not re-attached).
+    fn reattach_output(&self, container_id: &str, exec_id: &str, terminal: bool)
+        -> ProcessStreams;
+
+    /// Sends a signal to a process.
+    async fn signal_process(&self, container_id: &str, exec_id: &str, signal: Signal)
+        -> Result<()>;
+
+    /// Waits for a process to exit.
+    async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<ExitStatus>;
+
+    /// Resizes a process's terminal.
+    async fn resize_tty(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        rows: u32,
+        columns: u32,
+    ) -> Result<()>;
+
+    /// Pids of a container's processes (as its runtime sees them).
+    async fn container_pids(&self, container_id: &str) -> Result<Vec<u32>>;
+
+    /// A container's resource usage.
+    async fn container_stats(&self, container_id: &str) -> Result<ContainerStats>;
+
+    /// Freezes a container's processes.
+    async fn pause_container(&self, container_id: &str) -> Result<()>;
+
+    /// Thaws a paused container.
+    async fn resume_container(&self, container_id: &str) -> Result<()>;
+
+    /// Applies new resource limits to a container.
+    async fn update_container(&self, container_id: &str, resources: &LinuxResources)
+        -> Result<()>;
+
+    /// Removes a container (its processes are killed) and releases what it holds on the host.
+    /// The host side is released even when the runtime side fails; the first error is returned.
+    async fn remove_container(&self, container_id: &str) -> Result<()>;
+
+    /// Releases what [`create_container`](Self::create_container) set up on the host for a
+    /// container whose create was abandoned half-way (the caller's future dropped).
+    /// Synchronous: it runs in `Drop`. Nothing to release is not an error.
+    fn release_container(&self, container_id: &str) -> Result<()>;
+
+    /// Pauses the whole sandbox (a VM's vCPUs).
+    async fn pause_sandbox(&self) -> Result<()>;
+
+    /// Resumes a paused sandbox.
+    async fn resume_sandbox(&self) -> Result<()>;
+
+    /// OOM kills as they happen.
+    fn oom_events(&self) -> OomEvents;
+
+    /// Stops everything and releases every host resource. Idempotent.
+    async fn shutdown(&self) -> Result<()>;
+
+    /// Emergency stop without a runtime (`Drop`): everything is stopped and released before
+    /// it returns (bounded waits).
+    fn stop_now(&self, why: &str);
+
+    /// Leaves the sandbox running without this handle, for [`restore`](crate::Sandbox::restore)
+    /// to take it over (in this process or another).
+    async fn detach(&self) -> Result<()>;
+
+    /// What `state.json` keeps of the handler.
+    fn state(&self) -> HandlerState;
+
+    /// The host processes that run the sandbox (for display and host cgroups; never killed
+    /// by pid from above).
+    fn host_pids(&self) -> Vec<u32>;
+
+    /// Facts about the sandbox for display (`hypervisor`, `accelerator`, ...).
+    fn describe(&self) -> Vec<(&'static str, String)>;
+}

@@ -1,0 +1,749 @@
+//! [`Sandbox`]: one sandbox and the containers in it, whatever runs them.
+//!
+//! The sandbox keeps the container table (ids, execs, stream setup, the caller's metadata) and
+//! `state.json`; every operation on a container goes to its [`RuntimeHandler`]
+//! (`virt_container`: a micro-VM through its agent). [`Container`] and [`Process`] handles hold
+//! the sandbox's core, so every operation is available on a handle and by id alike.
+
+mod restore;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kata_agent_client::{ContainerStats, ExitStatus, Signal};
+use oci_spec::runtime::{LinuxResources, Process as OciProcess};
+
+use crate::builder::{SandboxBuilder, SandboxConfig};
+use crate::container::{Container, Output, Process};
+use crate::error::{Error, Result};
+use crate::handler::{
+    OomEvents, RootfsInput, RootfsMode, RuntimeHandler, RuntimeHandlerKind, StdioConfig,
+};
+use crate::persist::{ContainerState, SandboxState};
+use crate::spec::{ContainerSpec, ProcessSpec, RootfsSource};
+
+/// Time taken by each step of starting a sandbox, for callers that report start-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BootTimings {
+    /// Until the VM was running (the hypervisor's start returned).
+    pub vm_started: Duration,
+    /// Until the agent answered (the guest has booted).
+    pub agent_connected: Duration,
+    /// Until the sandbox was ready for containers.
+    pub ready: Duration,
+}
+
+/// One container of the sandbox, as the sandbox tracks it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ContainerEntry {
+    /// Every process by exec id (the first process under the container id): how its streams
+    /// were set up.
+    pub processes: BTreeMap<String, StdioConfig>,
+    /// The caller's metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Its first process was started.
+    pub started: bool,
+    /// Created in the runtime (not only reserved).
+    pub created: bool,
+}
+
+impl ContainerEntry {
+    /// The next free `exec-<n>` id.
+    fn next_exec_id(&self) -> String {
+        let n = self
+            .processes
+            .keys()
+            .filter_map(|e| e.strip_prefix("exec-")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        format!("exec-{}", n + 1)
+    }
+}
+
+/// What a [`Sandbox`] and its [`Container`] and [`Process`] handles share.
+pub(crate) struct Core {
+    pub(crate) config: SandboxConfig,
+    pub(crate) dir: PathBuf,
+    pub(crate) handler: Arc<dyn RuntimeHandler>,
+    pub(crate) containers: Mutex<BTreeMap<String, ContainerEntry>>,
+    pub(crate) shut_down: AtomicBool,
+    pub(crate) timings: BootTimings,
+    /// Serialises `state.json` writes (and the shut-down flag against them).
+    pub(crate) persist_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("id", &self.config.id)
+            .field("dir", &self.dir)
+            .field("handler", &self.handler)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sandbox, ready to run containers.
+///
+/// Start one with [`Sandbox::builder`]; end it with [`Sandbox::shutdown`]. A sandbox dropped
+/// without `shutdown` stops at once (its VM killed, everything it created removed) and logs a
+/// warning.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub(crate) core: Arc<Core>,
+}
+
+impl Sandbox {
+    /// A builder with Kata's defaults.
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::new()
+    }
+
+    /// Starts a sandbox from a finished configuration ([`SandboxBuilder::finish`]). On error
+    /// nothing is left: no process, mount or directory.
+    pub async fn start(config: SandboxConfig) -> Result<Sandbox> {
+        let t0 = Instant::now();
+        for setting in config.inert_settings() {
+            tracing::warn!(sandbox_id = %config.id, "{setting}: the setting has no effect in this kata-rs build");
+        }
+        let dir = config.dir();
+        if dir.exists() {
+            return Err(Error::AlreadyExists {
+                kind: "sandbox",
+                id: config.id.clone(),
+            });
+        }
+        create_private_dir(&dir)?;
+        let mut guard = DirGuard(Some(dir.clone()));
+        let (handler, timings) = match config.handler {
+            RuntimeHandlerKind::VirtContainer => {
+                let (h, timings) = crate::virt::VirtContainer::start(&config, &dir, t0).await?;
+                (Arc::new(h) as Arc<dyn RuntimeHandler>, timings)
+            }
+            other => return Err(Error::invalid("runtime.name", format!("{other} is not built in"))),
+        };
+        guard.0 = None;
+        let sandbox = Sandbox {
+            core: Arc::new(Core {
+                dir,
+                handler,
+                containers: Mutex::new(BTreeMap::new()),
+                shut_down: AtomicBool::new(false),
+                timings,
+                persist_lock: Mutex::new(()),
+                config,
+            }),
+        };
+        tracing::info!(sandbox_id = %sandbox.id(), ready = ?timings.ready, "sandbox ready");
+        // Dropping the sandbox on error stops it: a sandbox nobody could find is not kept.
+        sandbox.core.persist()?;
+        Ok(sandbox)
+    }
+
+    /// The sandbox id.
+    pub fn id(&self) -> &str {
+        &self.core.config.id
+    }
+
+    /// The sandbox directory on the host (`<root>/<id>`).
+    pub fn dir(&self) -> &Path {
+        &self.core.dir
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.core.config
+    }
+
+    /// How long each start-up step took (zero for a restored sandbox).
+    pub fn boot_timings(&self) -> BootTimings {
+        self.core.timings
+    }
+
+    /// The host processes that run the sandbox (the VMM and its helpers for a VM), for
+    /// display and host cgroups. Empty when the VMM runs inside this process.
+    pub fn host_pids(&self) -> Vec<u32> {
+        self.core.handler.host_pids()
+    }
+
+    /// The host pid containerd shows as a task's pid (as Kata does: the VMM's; this process's
+    /// own when the sandbox has no process of its own).
+    pub fn pid(&self) -> u32 {
+        self.host_pids()
+            .first()
+            .copied()
+            .unwrap_or_else(std::process::id)
+    }
+
+    /// Facts for display: `handler`, `hypervisor`, `accelerator`, ...
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let mut facts = vec![("handler", self.core.handler.kind().to_string())];
+        facts.extend(self.core.handler.describe());
+        facts
+    }
+
+    /// Creates a container (its rootfs made available, its process not yet started).
+    pub async fn create_container(&self, spec: ContainerSpec) -> Result<Container> {
+        self.core.create_container(&self.core, spec).await
+    }
+
+    /// Runs a container to completion and returns its output; the container is deleted.
+    pub async fn run(&self, spec: ContainerSpec) -> Result<Output> {
+        self.create_container(spec).await?.output().await
+    }
+
+    /// The state `persist` keeps in `<dir>/state.json`, rewritten atomically on every change
+    /// (see [`crate::persist`]).
+    pub fn state(&self) -> SandboxState {
+        self.core.state()
+    }
+
+    /// The ids of the sandbox's containers.
+    pub fn container_ids(&self) -> Vec<String> {
+        self.core.containers.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// A container's metadata (given with [`ContainerSpec::metadata`]).
+    pub fn container_metadata(&self, id: &str) -> Result<BTreeMap<String, String>> {
+        self.core.container_metadata(id)
+    }
+
+    /// Sets one metadata key of a container after it was created (persisted at once). Give
+    /// what is known at creation with [`ContainerSpec::metadata`] instead: it is written
+    /// with the container, in one `state.json` write.
+    pub fn set_container_metadata(&self, id: &str, key: &str, value: &str) -> Result<()> {
+        self.core.entry(id)?;
+        if let Some(e) = self.core.containers.lock().unwrap().get_mut(id) {
+            e.metadata.insert(key.to_string(), value.to_string());
+        }
+        self.core.persist()
+    }
+
+    /// Starts a container's first process.
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        self.core.start_container(id).await
+    }
+
+    /// Sends a signal to a process (`exec_id` = the container id for its first process).
+    pub async fn signal_process(&self, id: &str, exec_id: &str, signal: Signal) -> Result<()> {
+        self.core.signal_process(id, exec_id, signal).await
+    }
+
+    /// Waits for a process (`exec_id` = the container id for its first process).
+    pub async fn wait_process(&self, id: &str, exec_id: &str) -> Result<ExitStatus> {
+        self.core.wait_process(id, exec_id).await
+    }
+
+    /// Removes a container (its processes are killed) and releases what it holds on the host.
+    /// Unknown id: [`Error::NotFound`].
+    pub async fn delete_container(&self, id: &str) -> Result<()> {
+        self.core.delete_container(id).await
+    }
+
+    /// The pids of a container's processes, as its runtime sees them.
+    pub async fn container_pids(&self, id: &str) -> Result<Vec<u32>> {
+        self.core.container_pids(id).await
+    }
+
+    /// Freezes every process of a container.
+    pub async fn pause_container(&self, id: &str) -> Result<()> {
+        self.core.pause_container(id).await
+    }
+
+    /// Thaws a paused container.
+    pub async fn resume_container(&self, id: &str) -> Result<()> {
+        self.core.resume_container(id).await
+    }
+
+    /// A container's resource usage.
+    pub async fn container_stats(&self, id: &str) -> Result<ContainerStats> {
+        self.core.container_stats(id).await
+    }
+
+    /// Changes a container's resource limits (CPU, memory, pids).
+    pub async fn update_container(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        self.core.update_container(id, resources).await
+    }
+
+    /// Pauses the whole sandbox (a VM's vCPUs stop).
+    pub async fn pause(&self) -> Result<()> {
+        self.core.alive()?;
+        self.core.handler.pause_sandbox().await
+    }
+
+    /// Resumes a paused sandbox.
+    pub async fn resume(&self) -> Result<()> {
+        self.core.alive()?;
+        self.core.handler.resume_sandbox().await
+    }
+
+    /// Ids of containers OOM-killed, as it happens; the stream ends with the sandbox.
+    pub fn oom_events(&self) -> OomEvents {
+        self.core.handler.oom_events()
+    }
+
+    /// Stops the sandbox and removes everything it created: its containers, the VM, every
+    /// mount and the sandbox directory. Idempotent; it takes `&self` so a sandbox shared
+    /// between tasks (`Arc<Sandbox>`) can be shut down by any of them. Later calls on the
+    /// sandbox or its containers fail with [`Error::ShutDown`].
+    pub async fn shutdown(&self) -> Result<()> {
+        let core = &self.core;
+        {
+            let _guard = core.persist_lock.lock().unwrap();
+            if core.shut_down.swap(true, Ordering::SeqCst) {
+                return Ok(());
+            }
+        }
+        let stopped = core.handler.shutdown().await;
+        core.containers.lock().unwrap().clear();
+        core.remove_dir();
+        stopped?;
+        tracing::info!(sandbox_id = %self.id(), "sandbox shut down");
+        Ok(())
+    }
+}
+
+impl Drop for Sandbox {
+    /// The owner handle is gone without [`Sandbox::shutdown`]: stop at once and release what
+    /// the sandbox holds on the host, even while [`Container`] handles still exist.
+    fn drop(&mut self) {
+        let core = &self.core;
+        {
+            let _guard = core.persist_lock.lock().unwrap();
+            if core.shut_down.swap(true, Ordering::SeqCst) {
+                return;
+            }
+        }
+        tracing::warn!(sandbox_id = %core.config.id, "sandbox dropped without shutdown(): stopping it now");
+        core.handler.stop_now("dropped without shutdown()");
+        core.containers.lock().unwrap().clear();
+        core.remove_dir();
+    }
+}
+
+impl Core {
+    pub(crate) fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// `Ok` while the sandbox runs.
+    pub(crate) fn alive(&self) -> Result<()> {
+        if self.shut_down.load(Ordering::SeqCst) {
+            Err(Error::ShutDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The entry of a container, or [`Error::NotFound`] (also for a container whose create
+    /// has not finished).
+    fn entry(&self, id: &str) -> Result<ContainerEntry> {
+        self.alive()?;
+        self.containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .filter(|e| e.created)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                kind: "container",
+                id: id.to_string(),
+            })
+    }
+
+    /// Checks that `exec_id` is a process of container `id`.
+    fn known_process(&self, id: &str, exec_id: &str) -> Result<StdioConfig> {
+        let entry = self.entry(id)?;
+        entry
+            .processes
+            .get(exec_id)
+            .copied()
+            .ok_or_else(|| Error::NotFound {
+                kind: "exec",
+                id: format!("{exec_id} in container {id}"),
+            })
+    }
+
+    async fn create_container(&self, this: &Arc<Core>, spec: ContainerSpec) -> Result<Container> {
+        self.alive()?;
+        let id = spec.id.clone().unwrap_or_else(random_id);
+        kata_resource::validate_container_id(&id)
+            .map_err(|e| Error::invalid("container id", e.to_string()))?;
+        {
+            let mut c = self.containers.lock().unwrap();
+            if c.contains_key(&id) {
+                return Err(Error::AlreadyExists {
+                    kind: "container",
+                    id,
+                });
+            }
+            c.insert(id.clone(), ContainerEntry::default());
+        }
+        // Released on error, and also if this future is dropped half-way (a caller's timeout):
+        // the id and the rootfs must not stay reserved until shutdown.
+        let mut reservation = Reservation {
+            core: self,
+            id: Some(id.clone()),
+        };
+        let created = self.create_container_inner(this, &id, spec).await;
+        if created.is_ok() {
+            reservation.id = None;
+        }
+        created
+    }
+
+    async fn create_container_inner(
+        &self,
+        this: &Arc<Core>,
+        id: &str,
+        mut spec: ContainerSpec,
+    ) -> Result<Container> {
+        let (rootfs, image_process) = match spec.rootfs.clone() {
+            RootfsSource::Dir(d) => {
+                if !d.is_dir() {
+                    return Err(Error::invalid(
+                        "rootfs",
+                        format!("{} is not a directory", d.display()),
+                    ));
+                }
+                (
+                    RootfsInput::Dir {
+                        path: d,
+                        mode: RootfsMode::ReadWrite,
+                    },
+                    None,
+                )
+            }
+            RootfsSource::Bundle { bundle, mounts } => {
+                let root_path = spec
+                    .oci
+                    .as_ref()
+                    .and_then(|s| s.root().as_ref())
+                    .map(|r| r.path().clone());
+                (
+                    RootfsInput::Bundle {
+                        bundle,
+                        root_path,
+                        mounts,
+                    },
+                    None,
+                )
+            }
+            RootfsSource::Image { path, reference } => {
+                let cache = self.config.image_cache.clone();
+                let (dir, process) = tokio::task::spawn_blocking(move || {
+                    crate::image::unpack(&path, reference.as_deref(), &cache)
+                })
+                .await
+                .map_err(|e| Error::io("unpacking image", std::io::Error::other(e)))??;
+                if !spec.process.args.is_empty() {
+                    // Docker semantics: arguments replace the image's Cmd, not its Entrypoint.
+                    let mut args = process.entrypoint.clone();
+                    args.append(&mut spec.process.args);
+                    spec.process.args = args;
+                }
+                // An unpacked image is a shared cache: containers write to an overlay on it.
+                (
+                    RootfsInput::Dir {
+                        path: dir,
+                        mode: RootfsMode::Overlay,
+                    },
+                    Some(process.oci),
+                )
+            }
+        };
+        let stdio = StdioConfig {
+            terminal: spec.process.terminal,
+            stdin: spec.process.stdin,
+        };
+        let runtime = &self.config.runtime;
+        let build = |guest_root: &str| spec.to_oci(id, guest_root, image_process.clone(), runtime);
+        self.handler.create_container(id, rootfs, &build).await?;
+        let streams = match self.handler.attach_stdio(id, id, stdio).await {
+            Ok(s) => s,
+            Err(e) => {
+                // The runtime has the container: remove it there too (this also releases
+                // the host side).
+                if let Err(re) = self.handler.remove_container(id).await {
+                    tracing::warn!(sandbox_id = %self.id(), container_id = %id, error = %re, "removing a container whose streams failed");
+                }
+                return Err(e);
+            }
+        };
+        if let Some(e) = self.containers.lock().unwrap().get_mut(id) {
+            e.processes.insert(id.to_string(), stdio);
+            e.metadata = spec.metadata.clone();
+            e.created = true;
+        }
+        self.persist_or_warn();
+        tracing::debug!(sandbox_id = %self.id(), container_id = %id, "container created");
+        Ok(Container {
+            id: id.to_string(),
+            sandbox: this.clone(),
+            init: Process {
+                container_id: id.to_string(),
+                exec_id: id.to_string(),
+                sandbox: this.clone(),
+                stdin: streams.stdin,
+                stdout: streams.stdout,
+                stderr: streams.stderr,
+            },
+        })
+    }
+
+    pub(crate) async fn start_container(&self, id: &str) -> Result<()> {
+        self.entry(id)?;
+        self.handler.start_container(id).await?;
+        let changed = match self.containers.lock().unwrap().get_mut(id) {
+            Some(e) if !e.started => {
+                e.started = true;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.persist_or_warn();
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn exec(
+        &self,
+        this: &Arc<Core>,
+        container_id: &str,
+        process: ProcessSpec,
+    ) -> Result<Process> {
+        self.entry(container_id)?;
+        let stdio = StdioConfig {
+            terminal: process.terminal,
+            stdin: process.stdin,
+        };
+        let exec_id = {
+            let mut c = self.containers.lock().unwrap();
+            let entry = c.get_mut(container_id).ok_or_else(|| Error::NotFound {
+                kind: "container",
+                id: container_id.to_string(),
+            })?;
+            let exec_id = entry.next_exec_id();
+            entry.processes.insert(exec_id.clone(), stdio);
+            exec_id
+        };
+        let oci = process.to_oci(OciProcess::default());
+        let started = async {
+            let oci = oci?;
+            self.handler
+                .exec_process(container_id, &exec_id, &oci)
+                .await?;
+            self.handler
+                .attach_stdio(container_id, &exec_id, stdio)
+                .await
+        }
+        .await;
+        match started {
+            Ok(streams) => {
+                self.persist_or_warn();
+                Ok(Process {
+                    container_id: container_id.to_string(),
+                    exec_id,
+                    sandbox: this.clone(),
+                    stdin: streams.stdin,
+                    stdout: streams.stdout,
+                    stderr: streams.stderr,
+                })
+            }
+            Err(e) => {
+                if let Some(entry) = self.containers.lock().unwrap().get_mut(container_id) {
+                    entry.processes.remove(&exec_id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) async fn signal_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: Signal,
+    ) -> Result<()> {
+        self.known_process(id, exec_id)?;
+        self.handler.signal_process(id, exec_id, signal).await
+    }
+
+    pub(crate) async fn wait_process(&self, id: &str, exec_id: &str) -> Result<ExitStatus> {
+        self.known_process(id, exec_id)?;
+        self.handler.wait_process(id, exec_id).await
+    }
+
+    pub(crate) async fn resize_tty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u32,
+        columns: u32,
+    ) -> Result<()> {
+        self.known_process(id, exec_id)?;
+        self.handler.resize_tty(id, exec_id, rows, columns).await
+    }
+
+    pub(crate) async fn container_pids(&self, id: &str) -> Result<Vec<u32>> {
+        self.entry(id)?;
+        self.handler.container_pids(id).await
+    }
+
+    pub(crate) async fn container_stats(&self, id: &str) -> Result<ContainerStats> {
+        self.entry(id)?;
+        self.handler.container_stats(id).await
+    }
+
+    pub(crate) async fn pause_container(&self, id: &str) -> Result<()> {
+        self.entry(id)?;
+        self.handler.pause_container(id).await
+    }
+
+    pub(crate) async fn resume_container(&self, id: &str) -> Result<()> {
+        self.entry(id)?;
+        self.handler.resume_container(id).await
+    }
+
+    pub(crate) async fn update_container(&self, id: &str, r: &LinuxResources) -> Result<()> {
+        self.entry(id)?;
+        self.handler.update_container(id, r).await
+    }
+
+    pub(crate) fn container_metadata(&self, id: &str) -> Result<BTreeMap<String, String>> {
+        Ok(self.entry(id)?.metadata)
+    }
+
+    pub(crate) async fn delete_container(&self, id: &str) -> Result<()> {
+        self.entry(id)?;
+        let removed = self.handler.remove_container(id).await;
+        self.containers.lock().unwrap().remove(id);
+        self.persist_or_warn();
+        removed
+    }
+
+    /// The state `persist` writes, derived from the live sandbox.
+    pub(crate) fn state(&self) -> SandboxState {
+        let containers = self
+            .containers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, e)| e.created)
+            .map(|(id, e)| {
+                (
+                    id.clone(),
+                    ContainerState {
+                        processes: e.processes.clone(),
+                        metadata: e.metadata.clone(),
+                        started: e.started,
+                    },
+                )
+            })
+            .collect();
+        SandboxState {
+            version: crate::persist::STATE_VERSION,
+            id: self.config.id.clone(),
+            dir: self.dir.clone(),
+            config: self.config.clone(),
+            handler: self.handler.state(),
+            containers,
+        }
+    }
+
+    /// Writes `state.json` (atomically) unless the sandbox is shut down.
+    pub(crate) fn persist(&self) -> Result<()> {
+        let _guard = self.persist_lock.lock().unwrap();
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.state().store()
+    }
+
+    pub(crate) fn persist_or_warn(&self) {
+        if let Err(e) = self.persist() {
+            tracing::warn!(sandbox_id = %self.id(), error = %e, "cannot write the sandbox state");
+        }
+    }
+
+    /// Removes `state.json` and the (then empty) sandbox directory.
+    fn remove_dir(&self) {
+        {
+            let _guard = self.persist_lock.lock().unwrap();
+            let _ = std::fs::remove_file(SandboxState::path(&self.dir));
+        }
+        // Non-recursive on purpose: if anything is still mounted below, it must not be deleted
+        // through the mount.
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove sandbox directory");
+            }
+        }
+    }
+}
+
+/// A container id reserved while its creation runs; released on drop unless disarmed.
+struct Reservation<'a> {
+    core: &'a Core,
+    id: Option<String>,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let created = self
+                .core
+                .containers
+                .lock()
+                .unwrap()
+                .remove(&id)
+                .is_some_and(|e| e.created);
+            if created {
+                return;
+            }
+            if let Err(e) = self.core.handler.release_container(&id) {
+                tracing::warn!(sandbox_id = %self.core.id(), container_id = %id, error = %e, "releasing a container that failed to create");
+            }
+        }
+    }
+}
+
+/// Removes a sandbox directory on drop unless disarmed (start-up error paths). The handler
+/// has removed what it made inside by then.
+struct DirGuard(Option<PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_file(SandboxState::path(&d));
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}
+
+/// Creates the sandbox directory, readable by root only.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating sandbox directory {}", dir.display()), e))
+}
+
+/// A random 128-bit id in hex, like container ids elsewhere.
+pub(crate) fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

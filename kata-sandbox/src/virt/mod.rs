@@ -1,0 +1,586 @@
+//! `virt_container`: containers in a micro-VM, driven through the guest agent.
+//!
+//! [`VirtContainer`] puts the three lower layers together and names none of their insides:
+//! the VM comes from kata-hypervisor's [`backend`] (whatever `HypervisorType` the
+//! configuration names) and is asked what it can do through its `Capabilities`; everything on
+//! the host (shared directory, container rootfs mounts, later volumes, network, cgroups,
+//! devices) is owned by kata-resource's [`SandboxResources`]; the guest is reached through
+//! kata-agent-client's typed [`Agent`].
+//!
+//! Start: host resources, then the VM with the devices they yield, wait until the guest's agent
+//! port answers (the backend's business), connect the agent, `CreateSandbox` with the storages
+//! the resources yield. Every step that fails undoes the ones before it.
+
+mod streams;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use kata_agent_client::{
+    Agent, AgentAddress, ConnectOptions, ContainerStats, ExitStatus, SandboxSetup, Signal,
+    Storage,
+};
+use kata_hypervisor::{backend, Capabilities, Hypervisor, HypervisorState, VsockAddress};
+use kata_resource::{GuestStorage, ResourcesState, RootfsSource, SandboxResources};
+use oci_spec::runtime::{LinuxResources, Process as OciProcess};
+use serde::{Deserialize, Serialize};
+
+use crate::builder::SandboxConfig;
+use crate::error::{Error, Result};
+use crate::handler::{
+    HandlerState, OomEvents, ProcessStreams, RootfsInput, RuntimeHandler, RuntimeHandlerKind,
+    SpecBuilder, StdioConfig,
+};
+use crate::sandbox::BootTimings;
+
+/// How long a restore waits for the agent of a VM that is already up.
+const RESTORE_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `DestroySandbox` may take at shutdown before the VM is stopped anyway.
+const DESTROY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the agent may take to kill a container's processes on `RemoveContainer`.
+const REMOVE_WAIT: Duration = Duration::from_secs(10);
+
+/// Console lines quoted in boot errors.
+const CONSOLE_LINES: usize = 20;
+
+/// The VM directory's name inside the sandbox directory.
+const VM_DIR: &str = "vm";
+
+/// What `state.json` keeps of a `virt_container` sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct VirtState {
+    /// The VM (its backend's own state inside, opaque here).
+    vm: HypervisorState,
+    /// The host resources.
+    resources: ResourcesState,
+}
+
+/// A sandbox whose containers run in a micro-VM.
+pub(crate) struct VirtContainer {
+    id: String,
+    vm: Arc<dyn Hypervisor>,
+    caps: Capabilities,
+    agent: Agent,
+    /// `None` once released or handed over.
+    resources: Arc<Mutex<Option<SandboxResources>>>,
+}
+
+impl std::fmt::Debug for VirtContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtContainer")
+            .field("id", &self.id)
+            .field("hypervisor", &self.vm.kind())
+            .field("agent", &self.agent.address())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The agent client's form of the address the hypervisor reports (kata-hypervisor and
+/// kata-agent-client do not depend on each other).
+fn agent_address(a: VsockAddress) -> AgentAddress {
+    match a {
+        VsockAddress::Vsock { cid, port } => AgentAddress::Vsock { cid, port },
+        VsockAddress::HybridVsock { uds, port } => AgentAddress::HybridVsock { uds, port },
+        VsockAddress::Unix { path } => AgentAddress::Unix(path),
+    }
+}
+
+/// The agent's form of a storage kata-resource describes.
+fn agent_storage(s: GuestStorage) -> Storage {
+    Storage::new(s.driver, s.source, s.mount_point)
+        .fstype(s.fstype)
+        .options(s.options)
+        .driver_options(s.driver_options)
+}
+
+/// Runs blocking resource work off the async worker.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::io(what, std::io::Error::other(e)))?
+}
+
+impl VirtContainer {
+    /// Starts the sandbox of `config` in `dir` (which exists): host resources, VM, agent.
+    pub(crate) async fn start(
+        config: &SandboxConfig,
+        dir: &Path,
+        t0: Instant,
+    ) -> Result<(VirtContainer, BootTimings)> {
+        let hv = &config.hypervisor;
+        let caps = backend::capabilities(config.hypervisor_type, hv)?;
+        let (sandbox_dir, fs, msize) = (dir.to_path_buf(), hv.shared_fs, hv.msize_9p.max(8192));
+        let resources =
+            blocking("setting up the sandbox's host resources", move || {
+                Ok(SandboxResources::new(&sandbox_dir, fs, msize)?)
+            })
+            .await?;
+        // From here on, dropping `resources` (an error) releases them.
+        let vm_dir = kata_resource::safe_child(dir, VM_DIR)?;
+        let vm = backend::create(config.hypervisor_type, &config.id, hv.clone(), &vm_dir)?;
+        let opts = config.agent.connect_options();
+        let booted = async {
+            vm.prepare(resources.devices()).await?;
+            vm.start().await?;
+            let vm_started = t0.elapsed();
+            vm.wait_ready(opts.dial_timeout.saturating_sub(t0.elapsed()))
+                .await
+                .map_err(|e| boot_error(e, opts.dial_timeout))?;
+            let remaining = opts
+                .dial_timeout
+                .saturating_sub(t0.elapsed())
+                .max(Duration::from_secs(1));
+            let agent = connect(&vm, ConnectOptions {
+                dial_timeout: remaining,
+                ..opts
+            })
+            .await?;
+            let agent_connected = t0.elapsed();
+            let storages = resources
+                .sandbox_storages(&caps)
+                .into_iter()
+                .map(agent_storage);
+            let setup = SandboxSetup::new(&config.id)
+                .hostname(config.id.chars().take(12).collect::<String>())
+                .storages(storages);
+            agent.create_sandbox(&setup).await?;
+            Ok::<_, Error>((agent, vm_started, agent_connected))
+        }
+        .await;
+        let (agent, vm_started, agent_connected) = match booted {
+            Ok(b) => b,
+            Err(e) => {
+                if let Err(se) = vm.stop().await {
+                    tracing::warn!(sandbox_id = %config.id, error = %se, "stopping the VM of a failed start");
+                }
+                return Err(e);
+            }
+        };
+        let timings = BootTimings {
+            vm_started,
+            agent_connected,
+            ready: t0.elapsed(),
+        };
+        Ok((
+            VirtContainer {
+                id: config.id.clone(),
+                vm,
+                caps,
+                agent,
+                resources: Arc::new(Mutex::new(Some(resources))),
+            },
+            timings,
+        ))
+    }
+
+    /// Takes over a running sandbox from its saved state: the VM (backend restore), the host
+    /// resources (adopted), the agent (reconnected). On error everything is handed back
+    /// untouched, for a later restore or a cleanup.
+    pub(crate) async fn restore(
+        config: &SandboxConfig,
+        dir: &Path,
+        saved: &HandlerState,
+    ) -> Result<VirtContainer> {
+        let state = parse_state(dir, saved)?;
+        let vm = backend::restore(&config.id, config.hypervisor.clone(), &state.vm).await?;
+        let adopted = {
+            let (d, s) = (dir.to_path_buf(), state.resources.clone());
+            blocking("adopting the sandbox's host resources", move || {
+                Ok(SandboxResources::adopt(&d, &s)?)
+            })
+            .await
+        };
+        let resources = match adopted {
+            Ok(r) => r,
+            Err(e) => {
+                give_back_vm(&vm).await;
+                return Err(e);
+            }
+        };
+        let opts = ConnectOptions {
+            dial_timeout: config
+                .agent
+                .connect_options()
+                .dial_timeout
+                .min(RESTORE_DIAL_TIMEOUT),
+            ..config.agent.connect_options()
+        };
+        let agent = async {
+            let agent = connect(&vm, opts).await?;
+            // The connection answers only once the agent does.
+            agent.check().await?;
+            Ok::<_, Error>(agent)
+        }
+        .await;
+        match agent {
+            Ok(agent) => Ok(VirtContainer {
+                id: config.id.clone(),
+                caps: vm.capabilities(),
+                vm,
+                agent,
+                resources: Arc::new(Mutex::new(Some(resources))),
+            }),
+            Err(e) => {
+                resources.detach();
+                give_back_vm(&vm).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Cleans up after a `virt_container` sandbox whose owner died: the VM's processes (the
+    /// backend decides how) and the host resources, from the saved state when there is one.
+    /// Returns the processes killed.
+    pub(crate) fn cleanup(dir: &Path, saved: Option<&HandlerState>) -> Result<Vec<u32>> {
+        let state = saved.and_then(|s| match parse_state(dir, s) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cleaning up without the VM state");
+                None
+            }
+        });
+        let default_vm_dir = kata_resource::safe_child(dir, VM_DIR)?;
+        // A state names its VM directory; one outside the sandbox directory is not ours to
+        // delete (a corrupt or edited file): the default place is used instead.
+        let vm_dir = state
+            .as_ref()
+            .map(|s| s.vm.vm_dir.clone())
+            .filter(|d| kata_resource::path_within(dir, d).is_ok_and(|p| &p == d))
+            .unwrap_or(default_vm_dir);
+        let vm_state = state.as_ref().map(|s| {
+            let mut vm = s.vm.clone();
+            vm.vm_dir = vm_dir.clone();
+            vm
+        });
+        let report = backend::cleanup(vm_state.as_ref(), &vm_dir)?;
+        SandboxResources::cleanup(dir, state.as_ref().map(|s| &s.resources))?;
+        Ok(report.killed)
+    }
+
+    /// A handle on the resources, or [`Error::ShutDown`] once they are released.
+    fn with_resources<T>(&self, f: impl FnOnce(&mut SandboxResources) -> Result<T>) -> Result<T> {
+        let mut guard = self.resources.lock().unwrap();
+        let r = guard.as_mut().ok_or(Error::ShutDown)?;
+        f(r)
+    }
+
+    /// Releases a container's host resources (off the async worker).
+    async fn release(&self, container_id: &str) -> Result<()> {
+        let (resources, id) = (self.resources.clone(), container_id.to_string());
+        blocking("releasing a container's host resources", move || {
+            if let Some(r) = resources.lock().unwrap().as_mut() {
+                r.remove_container(&id)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Releases every host resource (a stopped VM no longer uses them).
+    fn release_all(&self) -> Result<()> {
+        match self.resources.lock().unwrap().take() {
+            Some(r) => Ok(r.release()?),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Connects to the agent while watching the VM: a VM that exits (guest panic) ends the wait
+/// with the console's last lines.
+async fn connect(vm: &Arc<dyn Hypervisor>, opts: ConnectOptions) -> Result<Agent> {
+    let address = agent_address(vm.agent_address()?);
+    tokio::select! {
+        r = Agent::connect(&address, opts) => r.map_err(|e| Error::AgentTimeout {
+            after: opts.dial_timeout,
+            detail: e.to_string(),
+            console: vm.console_tail(CONSOLE_LINES),
+        }),
+        how = vm.wait_exit() => Err(Error::VmExited { how, console: vm.console_tail(CONSOLE_LINES) }),
+    }
+}
+
+/// The sandbox error for a VM whose agent port never answered, or that ended while booting.
+fn boot_error(e: kata_hypervisor::Error, total: Duration) -> Error {
+    match e {
+        kata_hypervisor::Error::VmExited { how, console } => Error::VmExited { how, console },
+        kata_hypervisor::Error::AgentNotReady {
+            detail, console, ..
+        } => Error::AgentTimeout {
+            after: total,
+            detail,
+            console,
+        },
+        other => other.into(),
+    }
+}
+
+/// Lets a VM taken over by a failed restore run on, as it was found.
+async fn give_back_vm(vm: &Arc<dyn Hypervisor>) {
+    if let Err(e) = vm.detach().await {
+        tracing::warn!(error = %e, "handing the VM back after a failed restore");
+    }
+}
+
+fn parse_state(dir: &Path, saved: &HandlerState) -> Result<VirtState> {
+    serde_json::from_value(saved.state.clone()).map_err(|e| Error::CorruptState {
+        path: crate::persist::SandboxState::path(dir),
+        reason: format!("the virt_container state: {e}"),
+    })
+}
+
+#[async_trait]
+impl RuntimeHandler for VirtContainer {
+    fn kind(&self) -> RuntimeHandlerKind {
+        RuntimeHandlerKind::VirtContainer
+    }
+
+    async fn create_container(
+        &self,
+        container_id: &str,
+        rootfs: RootfsInput,
+        spec: &SpecBuilder<'_>,
+    ) -> Result<()> {
+        let (source, mode) = match rootfs {
+            RootfsInput::Dir { path, mode } => (RootfsSource::Directory(path), mode),
+            RootfsInput::Bundle {
+                bundle,
+                root_path,
+                mounts,
+            } => (
+                RootfsSource::Bundle {
+                    bundle,
+                    root_path,
+                    mounts,
+                },
+                kata_resource::RootfsMode::ReadWrite,
+            ),
+        };
+        let guest = {
+            let (resources, id) = (self.resources.clone(), container_id.to_string());
+            blocking("setting up a container's rootfs", move || {
+                let mut guard = resources.lock().unwrap();
+                let r = guard.as_mut().ok_or(Error::ShutDown)?;
+                Ok(r.add_container(&id, source, mode)?)
+            })
+            .await?
+        };
+        let created = async {
+            let oci = spec(&guest.rootfs_path)?;
+            let storages: Vec<Storage> = guest.storages.into_iter().map(agent_storage).collect();
+            self.agent
+                .create_container(container_id, &oci, &storages)
+                .await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = created {
+            if let Err(re) = self.release(container_id).await {
+                tracing::warn!(sandbox_id = %self.id, container_id, error = %re, "releasing the rootfs of a container that failed to create");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn start_container(&self, container_id: &str) -> Result<()> {
+        Ok(self.agent.start_container(container_id).await?)
+    }
+
+    async fn exec_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        process: &OciProcess,
+    ) -> Result<()> {
+        Ok(self
+            .agent
+            .exec_process(container_id, exec_id, process)
+            .await?)
+    }
+
+    async fn attach_stdio(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        stdio: StdioConfig,
+    ) -> Result<ProcessStreams> {
+        let stdin = if stdio.stdin {
+            Some(streams::input(self.agent.clone(), container_id, exec_id))
+        } else {
+            self.agent.close_stdin(container_id, exec_id).await?;
+            None
+        };
+        Ok(ProcessStreams {
+            stdin,
+            ..streams::output(&self.agent, container_id, exec_id, stdio.terminal)
+        })
+    }
+
+    fn reattach_output(&self, container_id: &str, exec_id: &str, terminal: bool) -> ProcessStreams {
+        streams::output(&self.agent, container_id, exec_id, terminal)
+    }
+
+    async fn signal_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        signal: Signal,
+    ) -> Result<()> {
+        Ok(self
+            .agent
+            .signal_process(container_id, exec_id, signal)
+            .await?)
+    }
+
+    async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<ExitStatus> {
+        Ok(self.agent.wait_process(container_id, exec_id, None).await?)
+    }
+
+    async fn resize_tty(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        rows: u32,
+        columns: u32,
+    ) -> Result<()> {
+        Ok(self
+            .agent
+            .tty_win_resize(container_id, exec_id, rows, columns)
+            .await?)
+    }
+
+    async fn container_pids(&self, container_id: &str) -> Result<Vec<u32>> {
+        Ok(self.agent.container_pids(container_id).await?)
+    }
+
+    async fn container_stats(&self, container_id: &str) -> Result<ContainerStats> {
+        Ok(self.agent.stats(container_id).await?)
+    }
+
+    async fn pause_container(&self, container_id: &str) -> Result<()> {
+        Ok(self.agent.pause_container(container_id).await?)
+    }
+
+    async fn resume_container(&self, container_id: &str) -> Result<()> {
+        Ok(self.agent.resume_container(container_id).await?)
+    }
+
+    async fn update_container(
+        &self,
+        container_id: &str,
+        resources: &LinuxResources,
+    ) -> Result<()> {
+        Ok(self
+            .agent
+            .update_container(container_id, resources)
+            .await?)
+    }
+
+    async fn remove_container(&self, container_id: &str) -> Result<()> {
+        let removed = self
+            .agent
+            .remove_container(container_id, Some(REMOVE_WAIT))
+            .await;
+        let released = self.release(container_id).await;
+        removed?;
+        released
+    }
+
+    fn release_container(&self, container_id: &str) -> Result<()> {
+        let mut guard = self.resources.lock().unwrap();
+        if let Some(r) = guard.as_mut() {
+            r.remove_container(container_id)?;
+        }
+        Ok(())
+    }
+
+    async fn pause_sandbox(&self) -> Result<()> {
+        Ok(self.vm.pause().await?)
+    }
+
+    async fn resume_sandbox(&self) -> Result<()> {
+        Ok(self.vm.resume().await?)
+    }
+
+    fn oom_events(&self) -> OomEvents {
+        Box::pin(self.agent.oom_events())
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        match tokio::time::timeout(DESTROY_TIMEOUT, self.agent.destroy_sandbox()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(sandbox_id = %self.id, error = %e, "DestroySandbox failed; stopping the VM anyway")
+            }
+            Err(_) => {
+                tracing::warn!(sandbox_id = %self.id, after = ?DESTROY_TIMEOUT, "DestroySandbox did not answer; stopping the VM anyway")
+            }
+        }
+        let stopped = self.vm.stop().await;
+        let released = {
+            let resources = self.resources.clone();
+            blocking("releasing the sandbox's host resources", move || {
+                match resources.lock().unwrap().take() {
+                    Some(r) => Ok(r.release()?),
+                    None => Ok(()),
+                }
+            })
+            .await
+        };
+        stopped?;
+        released
+    }
+
+    fn stop_now(&self, why: &str) {
+        tracing::warn!(sandbox_id = %self.id, "stopping the VM now: {why}");
+        self.vm.stop_now();
+        if let Err(e) = self.release_all() {
+            tracing::warn!(sandbox_id = %self.id, error = %e, "releasing the sandbox's host resources");
+        }
+    }
+
+    async fn detach(&self) -> Result<()> {
+        self.vm.detach().await?;
+        if let Some(r) = self.resources.lock().unwrap().take() {
+            r.detach();
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> HandlerState {
+        let resources = self
+            .with_resources(|r| Ok(r.state()))
+            .unwrap_or_default();
+        let state = VirtState {
+            vm: self.vm.save_state(),
+            resources,
+        };
+        HandlerState {
+            kind: RuntimeHandlerKind::VirtContainer,
+            state: serde_json::to_value(state).unwrap_or_default(),
+        }
+    }
+
+    fn host_pids(&self) -> Vec<u32> {
+        self.vm.pids()
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        let mut facts = vec![("hypervisor", self.vm.kind().to_string())];
+        if let Some(a) = self.vm.accelerator() {
+            facts.push(("accelerator", format!("{a:?}").to_lowercase()));
+        }
+        facts.push(("agent", self.agent.address().to_string()));
+        if self.caps.guest_on_host {
+            facts.push(("vm", "none: the agent runs on this host (test backend)".into()));
+        }
+        facts
+    }
+}
