@@ -539,7 +539,7 @@ impl AgentService for AgentServer {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            details.supports_seccomp = false;
+            details.supports_seccomp = crate::runtime::seccomp::supported();
             let mut resp = agent::GuestDetailsResponse::new();
             if req.mem_block_size {
                 resp.mem_block_size_bytes = read_mem_block_size();
