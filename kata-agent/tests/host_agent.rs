@@ -1528,3 +1528,39 @@ async fn a_fifo_at_etc_passwd_is_refused_and_the_agent_stays_responsive() {
         .await
         .expect("Check after the failed create");
 }
+
+#[tokio::test]
+async fn a_paused_container_is_killed_and_removed() {
+    let h = Harness::start().await;
+    h.create("paused", &h.spec(&["sleep", "100"])).await;
+    h.start_container("paused").await;
+    let exec = ProcessBuilder::default()
+        .args(vec!["sleep".to_string(), "100".to_string()])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .build()
+        .unwrap();
+    h.exec("paused", "e1", exec).await;
+    let mut pause = PauseContainerRequest::new();
+    pause.container_id = "paused".into();
+    h.client
+        .pause_container(&pause)
+        .await
+        .expect("PauseContainer");
+    // SIGKILL to a frozen container: it must die without a ResumeContainer.
+    h.signal("paused", "", 9).await;
+    let status = tokio::time::timeout(Duration::from_secs(10), h.wait("paused", "paused"))
+        .await
+        .expect("a frozen init killed with SIGKILL exits");
+    assert_eq!(status, 137);
+    let mut req = RemoveContainerRequest::new();
+    req.container_id = "paused".into();
+    req.timeout = 10;
+    h.client
+        .remove_container(&req)
+        .await
+        .unwrap_or_else(|e| panic!("RemoveContainer of a paused container: {e}\n{}", h.log()));
+    for dir in cgroup_dirs("paused") {
+        assert!(!dir.exists(), "cgroup {} left behind", dir.display());
+    }
+}

@@ -554,6 +554,8 @@ impl Cgroup {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
+            // A frozen (paused) task only dies once thawed.
+            let _ = self.freeze(false);
             if Instant::now() >= deadline {
                 tracing::warn!(?pids, "processes still in cgroup after SIGKILL");
                 return;

@@ -201,7 +201,21 @@ impl Container {
                 }
             }
         }
+        if signal == libc::SIGKILL {
+            self.thaw();
+        }
         Ok(())
+    }
+
+    /// Thaws a paused container so that a SIGKILL sent to it takes effect: a task frozen by the
+    /// v1 freezer does not die until it is thawed (v2 lets fatal signals through, thawing is
+    /// harmless there).
+    fn thaw(&self) {
+        if let Some(cg) = &self.cgroup {
+            if let Err(e) = cg.freeze(false) {
+                tracing::debug!(container_id = %self.id, error = %e, "not thawed");
+            }
+        }
     }
 
     /// Kills every process of the container, waits for them (up to `timeout`, `None` for ever),
@@ -214,6 +228,7 @@ impl Container {
         for p in execs.iter().chain(std::iter::once(&self.init)) {
             p.signal(libc::SIGKILL)?;
         }
+        self.thaw();
         let wait_all = async {
             self.init.wait().await;
             for p in &execs {
