@@ -573,7 +573,10 @@ async fn container_lifecycle_calls_carry_typed_values() {
     // The spec arrives as `spec::to_grpc` encodes it (see the round trips in `spec`).
     assert_eq!(req.OCI.as_ref().unwrap(), &spec::to_grpc(&oci).unwrap());
     let back = spec::from_grpc(req.OCI.as_ref().unwrap()).unwrap();
-    assert_eq!((back.process(), back.hostname()), (oci.process(), oci.hostname()));
+    assert_eq!(
+        (back.process(), back.hostname()),
+        (oci.process(), oci.hostname())
+    );
     assert_eq!(req.storages[0].driver, "virtio-fs");
     assert_eq!(req.storages[0].fs_group.group_id, 1000);
     assert!(req.devices.is_empty() && !req.sandbox_pidns);

@@ -9,12 +9,12 @@
 //! [`Agent::read_output`], [`Agent::remove_container`], [`Agent::oom_events`]), which say
 //! theirs.
 //!
-//! - [`exit`](self::exit): [`ExitStatus`], [`Signal`];
-//! - [`stats`](self::stats): [`ContainerStats`] and its parts;
-//! - [`storage`](self::storage): [`Storage`], [`FsGroup`], [`Device`];
-//! - [`setup`](self::setup): [`SandboxSetup`], [`ContainerSetup`], [`KernelModule`];
-//! - [`guest`](self::guest): [`AgentVersion`], [`GuestDetails`], [`OnlineCpuMem`];
-//! - [`oom`](self::oom): [`OomEvents`].
+//! - [`exit`] has [`ExitStatus`], [`Signal`];
+//! - [`stats`] has [`ContainerStats`] and its parts;
+//! - [`storage`] has [`Storage`], [`FsGroup`], [`Device`];
+//! - [`setup`] has [`SandboxSetup`], [`ContainerSetup`], [`KernelModule`];
+//! - [`guest`] has [`AgentVersion`], [`GuestDetails`], [`OnlineCpuMem`];
+//! - [`oom`] has [`OomEvents`].
 
 pub mod exit;
 pub mod guest;
