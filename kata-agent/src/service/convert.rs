@@ -285,6 +285,53 @@ mod tests {
     }
 
     #[test]
+    fn seccomp_from_the_wire() {
+        let field = |e: AgentError| match e {
+            AgentError::InvalidArgument { field, .. } => field,
+            other => panic!("{other}"),
+        };
+        let mut s = grpc::LinuxSeccomp::new();
+        assert_eq!(seccomp(&s).unwrap(), None, "empty profile: no seccomp");
+        let mut rule = grpc::LinuxSyscall::new();
+        rule.Names = vec!["mkdir".into()];
+        rule.Action = "SCMP_ACT_ERRNO".into();
+        rule.ErrnoRet = Some(grpc::linux_syscall::ErrnoRet::Errnoret(38));
+        let mut arg = grpc::LinuxSeccompArg::new();
+        arg.Index = 1;
+        arg.Value = 0o700;
+        arg.ValueTwo = 0o700;
+        arg.Op = "SCMP_CMP_MASKED_EQ".into();
+        rule.Args = vec![arg];
+        s.Syscalls = vec![rule];
+        assert_eq!(
+            field(seccomp(&s).unwrap_err()),
+            "linux.seccomp.defaultAction"
+        );
+        s.DefaultAction = "SCMP_ACT_ALLOW".into();
+        s.Architectures = vec!["SCMP_ARCH_X86_64".into()];
+        s.Flags = vec!["SECCOMP_FILTER_FLAG_LOG".into()];
+        let p = seccomp(&s).unwrap().unwrap();
+        let r = &p.syscalls().as_ref().unwrap()[0];
+        assert_eq!(r.errno_ret(), Some(38));
+        assert_eq!(r.args().as_ref().unwrap()[0].value_two(), Some(0o700));
+
+        s.Flags = vec!["SECCOMP_FILTER_FLAG_BOGUS".into()];
+        assert_eq!(field(seccomp(&s).unwrap_err()), "linux.seccomp.flags[0]");
+        s.Flags.clear();
+        s.Architectures = vec!["SCMP_ARCH_PDP11".into()];
+        assert_eq!(
+            field(seccomp(&s).unwrap_err()),
+            "linux.seccomp.architectures[0]"
+        );
+        s.Architectures.clear();
+        s.Syscalls[0].Args[0].Op = "SCMP_CMP_ROUGHLY".into();
+        assert_eq!(
+            field(seccomp(&s).unwrap_err()),
+            "linux.seccomp.syscalls[0].args[0].op"
+        );
+    }
+
+    #[test]
     fn exec_process_converts() {
         let mut req = agent::ExecProcessRequest::new();
         assert_eq!(
