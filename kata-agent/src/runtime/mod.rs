@@ -313,9 +313,10 @@ impl Runtime {
     }
 }
 
-/// Runs `f` on tokio's blocking pool.
+/// Runs `f` on tokio's blocking pool, in the caller's span (its logs keep the request's ids).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| AgentError::Internal(format!("spec planning failed: {e}")))?
 }
