@@ -27,7 +27,8 @@
 //! `KILL`/`KILL_THREAD`, `KILL_PROCESS`, `TRAP`, `TRACE` (`errnoRet` is the tracer's data),
 //! `LOG`; argument operators `SCMP_CMP_EQ/NE/LT/LE/GT/GE/MASKED_EQ` on 64-bit values (as
 //! libseccomp compares on x86_64), ANDed within a rule; flags `SECCOMP_FILTER_FLAG_LOG`,
-//! `SPEC_ALLOW`, `TSYNC`. Rules whose action equals the default are skipped (runc does the
+//! `SPEC_ALLOW`, `TSYNC` (a profile without flags gets none: runc adds `SPEC_ALLOW` then, which
+//! turns the Speculative Store Bypass mitigation off; kata-rs keeps it on unless asked). Rules whose action equals the default are skipped (runc does the
 //! same); syscall names the table does not know are skipped with a debug log (runc skips names
 //! libseccomp does not know). **Refused**, naming the field: `SCMP_ACT_NOTIFY` and a
 //! `listenerPath` (no seccomp agent in the guest), `errnoRet` on other actions, an argument index
