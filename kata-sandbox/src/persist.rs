@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use kata_hypervisor::SharedFs;
 use kata_hypervisor::{HypervisorConfig, HypervisorState};
-use kata_resource::share_fs::{RootfsMode, ShareFsKind};
+use kata_resource::share_fs::RootfsMode;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -57,7 +58,7 @@ pub struct SandboxConfigState {
     /// The `[hypervisor.*]` section the VM runs with.
     pub hypervisor: HypervisorConfig,
     /// How the shared directory reaches the guest.
-    pub shared_fs: ShareFsKind,
+    pub shared_fs: SharedFs,
     /// The 9p `msize` the guest mounted it with.
     pub msize_9p: u32,
     /// Where unpacked OCI images are cached.
@@ -342,7 +343,7 @@ mod tests {
             containers,
             config: Some(SandboxConfigState {
                 hypervisor: HypervisorConfig::default(),
-                shared_fs: ShareFsKind::Virtio9p,
+                shared_fs: SharedFs::Virtio9p,
                 msize_9p: 8192,
                 image_cache: "/var/cache/kata-rs/images".into(),
                 agent_request_timeout_ms: 30_000,

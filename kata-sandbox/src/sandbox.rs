@@ -15,8 +15,9 @@ use kata_agent_client::protocol::agent::{
     UpdateContainerRequest,
 };
 use kata_agent_client::{AgentAddress, AgentClient, ConnectOptions, OutputStream};
+use kata_hypervisor::SharedFs;
 use kata_hypervisor::{DeviceConfig, Hypervisor, ShareFsDevice, VsockAddress};
-use kata_resource::share_fs::{RootfsMode, ShareFs, ShareFsKind, SharedRootfs};
+use kata_resource::share_fs::{RootfsMode, ShareFs, SharedRootfs};
 use oci_spec::runtime::Process as OciProcess;
 
 use crate::builder::SandboxBuilder;
@@ -271,8 +272,8 @@ impl Inner {
 
         let config = b.config.clone();
         let kind = match config.shared_fs.as_str() {
-            "virtio-9p" => ShareFsKind::Virtio9p,
-            "virtio-fs" => ShareFsKind::VirtioFs,
+            "virtio-9p" => SharedFs::Virtio9p,
+            "virtio-fs" => SharedFs::VirtioFs,
             other => {
                 return Err(Error::invalid(
                     "shared_fs",
@@ -295,10 +296,7 @@ impl Inner {
         let device = DeviceConfig::ShareFs(ShareFsDevice {
             mount_tag: share.mount_tag().to_string(),
             host_path: share.host_path().to_path_buf(),
-            kind: match kind {
-                ShareFsKind::Virtio9p => kata_hypervisor::ShareFsKind::Virtio9p,
-                ShareFsKind::VirtioFs => kata_hypervisor::ShareFsKind::VirtioFs,
-            },
+            kind,
         });
         // The agent gets `dial_timeout` in all. If it has not answered after the first third
         // while the VM still runs, the VM is booted once more: rust-vmm's vhost-device-vsock
