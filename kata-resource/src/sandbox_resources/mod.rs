@@ -75,9 +75,16 @@ pub struct ContainerGuestResources {
     pub storages: Vec<GuestStorage>,
 }
 
-/// Everything a sandbox and its containers hold on the host (see the [module
-/// docs](self)): the shared filesystem, each container's rootfs, and the slots of the resource
-/// kinds to come. Dropping it releases everything; errors are logged.
+/// Everything a sandbox and its containers hold on the host: the shared filesystem
+/// ([`crate::share_fs`]), each container's rootfs (a directory, or a bundle's with
+/// containerd's mounts: [`crate::rootfs`]), and the slots of the resource kinds to come
+/// (network, cgroups and devices per sandbox, volumes per container, empty today). Dropping
+/// it releases everything; errors are logged.
+///
+/// A new resource kind goes in three places: one module of this crate that owns it (set up,
+/// released on drop, detach/adopt, cleanup from its state), a slot field here (or per
+/// container) that the lifecycle methods call, and its state in [`ResourcesState`] (or
+/// [`ContainerResourcesState`]).
 ///
 /// Everything is synchronous and may block on mounts and disk I/O.
 ///

@@ -752,3 +752,10 @@ fn a_state_file_of_an_older_owner_still_loads() {
     assert_eq!(state.containers["c1"].rootfs.overlay_dir, None);
     assert_eq!(state.network, NetworkState::default());
 }
+
+#[test]
+fn the_owner_can_live_behind_a_mutex_in_an_async_runtime() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SandboxResources>();
+    send_sync::<ResourcesState>();
+}
