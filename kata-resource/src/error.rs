@@ -332,6 +332,32 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// Unpacking an image went past one of its
+    /// [`UnpackLimits`](crate::rootfs::image::UnpackLimits).
+    #[error(
+        "{subject}: {problem}; the limit is UnpackLimits::{limit} = {value} \
+         (raise it with OciImage::open_with_limits if the image is trusted)"
+    )]
+    UnpackLimit {
+        /// What went past the limit: "layer sha256:...", "image tarball /path".
+        subject: String,
+        /// By how much, in words.
+        problem: String,
+        /// The `UnpackLimits` field.
+        limit: &'static str,
+        /// Its value.
+        value: String,
+    },
+
+    /// The image cache directory is not safe to keep rootfses in.
+    #[error("image cache {}: {reason}", path.display())]
+    UnsafeImageCache {
+        /// The cache directory.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+
     /// The directory to unpack into already exists.
     #[error("cannot unpack into {}: it already exists", path.display())]
     DestinationExists {
