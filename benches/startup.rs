@@ -77,7 +77,7 @@ fn startup(c: &mut Criterion) {
 
     let kata = median(15, || rt.block_on(run_true()));
     let runc = median(15, &mut runc_once);
-    let accel = sandbox.hypervisor().save_state().accelerator;
+    let accel = sandbox.hypervisor().accelerator();
     println!(
         "\ncontainer true: kata-rs {:.1} ms, runc {:.1} ms, ratio {:.2}x (accelerator {:?}, medians of 15 in one run)",
         kata.as_secs_f64() * 1e3,

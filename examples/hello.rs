@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
 
     let sandbox = Sandbox::builder().vcpus(1).memory_mib(256).build().await?;
     steps.done("VM booted, agent ready");
-    let accel = sandbox.hypervisor().save_state().accelerator;
+    let accel = sandbox.hypervisor().accelerator();
 
     let mut container = sandbox
         .create_container(ContainerSpec::from_rootfs_dir(&rootfs).args(["uname", "-a"]))

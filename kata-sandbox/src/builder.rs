@@ -1,11 +1,10 @@
 //! [`SandboxBuilder`]: the options of a sandbox before it boots.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use kata_agent_client::ConnectOptions;
-use kata_hypervisor::{Hypervisor, HypervisorConfig};
+use kata_hypervisor::HypervisorConfig;
 
 use crate::config::{ConfigLoader, HypervisorType, KataConfig, LoadedConfig};
 use crate::error::{Error, Result};
@@ -17,14 +16,9 @@ const CONFIG_LABEL: &str = "configuration";
 /// Where sandbox directories go by default (`/run/kata/<sandbox-id>`, as Kata's persist does).
 pub const DEFAULT_ROOT_DIR: &str = "/run/kata";
 
-/// The VMM that runs the sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum HypervisorKind {
-    /// QEMU, an external process driven over QMP (feature `qemu`).
-    #[default]
-    Qemu,
-}
+/// The VMM that runs the sandbox: kata-hypervisor's type, whose backend
+/// [`kata_hypervisor::backend`] makes (the default is the one kata-rs boots today).
+pub type HypervisorKind = HypervisorType;
 
 /// Options for a sandbox; [`SandboxBuilder::build`] boots it.
 #[derive(Debug, Clone)]
@@ -44,16 +38,14 @@ impl Default for SandboxBuilder {
 }
 
 impl SandboxBuilder {
-    /// Kata's defaults, except the shared filesystem: virtio-9p, which needs no daemon.
+    /// [`HypervisorConfig::default`]: Kata's defaults, except the shared filesystem (virtio-9p,
+    /// which needs no daemon; see [`kata_hypervisor::SharedFs`]).
     pub fn new() -> Self {
         let cache = kata_hypervisor::config::cache_dir();
         SandboxBuilder {
             id: None,
-            hypervisor: HypervisorKind::Qemu,
-            config: HypervisorConfig {
-                shared_fs: "virtio-9p".into(),
-                ..Default::default()
-            },
+            hypervisor: HypervisorKind::default(),
+            config: HypervisorConfig::default(),
             agent_options: ConnectOptions::default(),
             root_dir: PathBuf::from(DEFAULT_ROOT_DIR),
             image_cache: cache.join("images"),
@@ -97,15 +89,10 @@ impl SandboxBuilder {
             .map_err(|issue| err(issue.to_string()))?;
         hv.validate_for(kind)
             .map_err(|e| err(format!("[hypervisor.{name}] {e}")))?;
+        // A type without a backend in this build is refused here, before anything starts.
+        kata_hypervisor::backend::capabilities(kind, hv).map_err(|e| err(e.to_string()))?;
         let mut b = Self::new();
-        b.hypervisor = match kind {
-            HypervisorType::Qemu => HypervisorKind::Qemu,
-            other => {
-                return Err(err(format!(
-                    "[hypervisor.{name}]: kata-rs cannot start a {other} VM yet; use [hypervisor.qemu] (config/configuration-qemu-runtime-rs.toml)"
-                )))
-            }
-        };
+        b.hypervisor = kind;
         b.config = hv.clone();
         // Without an [agent.kata] table the builder's own timeouts stay (Kata's 3 s default
         // is too short for a guest under TCG).
@@ -227,41 +214,14 @@ impl SandboxBuilder {
             ));
         }
         c.validate()?;
-        if self.hypervisor == HypervisorKind::Qemu && c.shared_fs == "virtio-fs" {
-            // Refused here, before a directory or process exists, rather than at VM start.
-            return Err(Error::invalid(
-                "shared_fs",
-                "virtio-fs is not wired to QEMU yet (no virtiofsd daemon management); use \"virtio-9p\"",
-            ));
-        }
+        // Refused here, before a directory or process exists, rather than at VM start.
+        kata_hypervisor::backend::capabilities(self.hypervisor, c)?.check_shared_fs(c.shared_fs)?;
         Ok(())
     }
 
     /// Boots the VM and waits for its agent.
     pub async fn build(self) -> Result<Sandbox> {
         Inner::boot(self).await
-    }
-
-    pub(crate) fn new_hypervisor(
-        &self,
-        id: &str,
-        config: HypervisorConfig,
-        vm_dir: PathBuf,
-    ) -> Result<Arc<dyn Hypervisor>> {
-        match self.hypervisor {
-            #[cfg(feature = "qemu")]
-            HypervisorKind::Qemu => Ok(Arc::new(kata_hypervisor::qemu::Qemu::new(
-                id, config, vm_dir,
-            )?)),
-            #[cfg(not(feature = "qemu"))]
-            HypervisorKind::Qemu => {
-                let _ = (id, config, vm_dir);
-                Err(Error::invalid(
-                    "hypervisor",
-                    "QEMU support is not built in: enable the `qemu` feature",
-                ))
-            }
-        }
     }
 }
 
@@ -284,7 +244,7 @@ mod tests {
             .to_string();
         assert!(e.contains("memory_mib"), "{e}");
         let mut c = SandboxBuilder::new().config().clone();
-        c.shared_fs = "virtio-fs".into();
+        c.shared_fs = kata_hypervisor::SharedFs::VirtioFs;
         let e = SandboxBuilder::new()
             .hypervisor_config(c)
             .validate()

@@ -196,10 +196,10 @@ pub struct CleanupReport {
 /// Cleans up after a sandbox whose owner died: kills its VMM and helper processes, unmounts
 /// and removes its shared directory and container rootfs mounts, removes the sandbox directory.
 ///
-/// Works from `state.json` when it is readable and, best effort, without it: processes are also
-/// found by their command line naming the sandbox's VM directory (QEMU's sockets and console,
-/// the vsock backend's sockets), and a pid from the state is only killed when its command line
-/// names that directory, so a recycled pid is never hit. Idempotent: a missing directory is a
+/// Works from `state.json` when it is readable and, best effort, without it: the VM's backend
+/// ([`kata_hypervisor::backend::cleanup`]) also finds processes by their command line naming
+/// the sandbox's VM directory, and kills a pid from the state only when its command line names
+/// that directory, so a recycled pid is never hit. Idempotent: a missing directory is a
 /// successful no-op.
 pub fn cleanup(dir: &Path) -> Result<CleanupReport> {
     let mut report = CleanupReport::default();
@@ -223,36 +223,11 @@ pub fn cleanup(dir: &Path) -> Result<CleanupReport> {
         // delete (a corrupt or edited file), so the default place is used instead.
         .filter(|d| d.starts_with(dir) && !d.components().any(|c| c.as_os_str() == ".."))
         .unwrap_or_else(|| dir.join("vm"));
-    let mut pids: Vec<u32> = report
-        .state
-        .as_ref()
-        .and_then(|s| s.hypervisor.as_ref().map(|h| h.pids.clone()))
-        .unwrap_or_default();
-    pids.extend(processes_naming(&vm_dir));
-    pids.sort_unstable();
-    pids.dedup();
-    for pid in pids {
-        if pid == 0 || !cmdline_names(pid, &vm_dir) {
-            continue;
-        }
-        // SIGKILL: the owner is gone, nobody will drive a graceful stop.
-        if nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .is_ok()
-        {
-            report.killed.push(pid);
-        }
-    }
-    for pid in &report.killed {
-        wait_gone(*pid);
-    }
+    // The backend kills what it left running (from its saved state, or by the VM directory
+    // on command lines) and removes the VM directory.
+    let saved_vm = report.state.as_ref().and_then(|s| s.hypervisor.as_ref());
+    report.killed = kata_hypervisor::backend::cleanup(saved_vm, &vm_dir)?.killed;
     kata_resource::share_fs::ShareFs::remove_stale(dir)?;
-    if vm_dir.exists() {
-        std::fs::remove_dir_all(&vm_dir)
-            .map_err(|e| Error::io(format!("removing {}", vm_dir.display()), e))?;
-    }
     let _ = std::fs::remove_file(SandboxState::path(dir));
     remove_temporaries(dir);
     match std::fs::remove_dir(dir) {
@@ -277,36 +252,6 @@ fn remove_temporaries(dir: &Path) {
             }
         }
     }
-}
-
-fn cmdline(pid: u32) -> Option<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
-}
-
-fn cmdline_names(pid: u32, vm_dir: &Path) -> bool {
-    let needle = vm_dir.display().to_string();
-    cmdline(pid).is_some_and(|c| c.contains(&needle))
-}
-
-/// Pids of processes whose command line names `vm_dir` (the VMM and its helpers).
-fn processes_naming(vm_dir: &Path) -> Vec<u32> {
-    let needle = format!("{}/", vm_dir.display());
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| cmdline(*pid).is_some_and(|c| c.contains(&needle)))
-        .collect()
-}
-
-/// Waits (up to 5 s) until `pid` is gone or a zombie.
-pub(crate) fn wait_gone(pid: u32) {
-    kata_hypervisor::process::wait_gone(pid, std::time::Duration::from_secs(5));
 }
 
 #[cfg(test)]
@@ -390,7 +335,7 @@ mod tests {
         let e = SandboxState::load(&dir).unwrap_err();
         assert!(matches!(e, Error::CorruptState { .. }), "{e}");
         assert!(e.to_string().contains("state.json"), "{e}");
-        // A process that names the VM directory (as QEMU does) is found without the state.
+        // A process that names the VM directory (as a VMM does) is found without the state.
         let vm_dir = dir.join("vm");
         let mut child = std::process::Command::new("sh")
             .arg("-c")
@@ -398,7 +343,7 @@ mod tests {
             .spawn()
             .unwrap();
         for _ in 0..100 {
-            if cmdline_names(child.id(), &vm_dir) {
+            if kata_hypervisor::process::processes_naming(&vm_dir).contains(&child.id()) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -423,12 +368,12 @@ mod tests {
             .unwrap();
         let mut s = sample(&dir);
         s.hypervisor = Some(HypervisorState {
-            backend: "qemu".into(),
+            backend: kata_hypervisor::HypervisorType::default(),
             vm_dir: dir.join("vm"),
-            pids: vec![other.id()],
-            api_socket: None,
             agent_address: None,
-            accelerator: None,
+            // Without the backend's own state only what names the VM directory is killed (the
+            // backend's tests cover pids from a state that do not name it).
+            backend_state: serde_json::Value::Null,
         });
         s.store().unwrap();
         let report = cleanup(&dir).unwrap();

@@ -32,7 +32,7 @@ use crate::spec::{ContainerSpec, ProcessSpec, RootfsSource};
 /// Time taken by each step of [`SandboxBuilder::build`], for callers that report start-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BootTimings {
-    /// Until the hypervisor's start returned (QEMU: the guest has started its vsock device).
+    /// Until the hypervisor's start returned (the VMM runs the guest).
     pub vm_started: Duration,
     /// Until the agent answered (the guest has booted).
     pub agent_connected: Duration,
@@ -298,53 +298,39 @@ impl Inner {
             host_path: share.host_path().to_path_buf(),
             kind,
         });
-        // The agent gets `dial_timeout` in all. If it has not answered after the first third
-        // while the VM still runs, the VM is booted once more: rust-vmm's vhost-device-vsock
-        // (the hybrid-vsock backend used when the host has no /dev/vhost-vsock) was seen to stop
-        // answering every CONNECT for good in about 1 boot of 20 on a loaded 2-core host, with
-        // the agent serving in the guest. A fresh VM and backend recover from that.
+        // Prepare, start, wait until the agent's port answers (the backend does what that
+        // takes: QEMU boots once more when its vsock backend is stuck), connect the agent:
+        // `dial_timeout` in all.
         let total = b.agent_options.dial_timeout;
-        let mut retried = false;
-        let (vm, agent, vm_started) = loop {
-            let vm: Arc<dyn Hypervisor> = b.new_hypervisor(&id, config.clone(), dir.join("vm"))?;
-            vm.prepare(vec![device.clone()]).await?;
-            vm.start().await?;
-            let vm_started = t0.elapsed();
-            let remaining = total.saturating_sub(t0.elapsed());
-            let mut opts = b.agent_options;
-            opts.dial_timeout = if retried {
-                remaining
-            } else {
-                (total / 3).min(remaining)
-            }
+        let vm = kata_hypervisor::backend::create(b.hypervisor, &id, config, &dir.join("vm"))?;
+        vm.prepare(vec![device]).await?;
+        vm.start().await?;
+        let vm_started = t0.elapsed();
+        if let Err(e) = vm.wait_ready(total.saturating_sub(t0.elapsed())).await {
+            let _ = vm.stop().await;
+            return Err(match e {
+                kata_hypervisor::Error::AgentNotReady {
+                    detail, console, ..
+                } => Error::AgentTimeout {
+                    after: total,
+                    detail,
+                    console,
+                },
+                kata_hypervisor::Error::VmExited { how, console } => {
+                    Error::VmExited { how, console }
+                }
+                other => other.into(),
+            });
+        }
+        let mut opts = b.agent_options;
+        opts.dial_timeout = total
+            .saturating_sub(t0.elapsed())
             .max(Duration::from_secs(1));
-            match Self::connect_agent(&vm, &opts, &share, &id).await {
-                Ok(a) => break (vm, a, vm_started),
-                Err(Error::AgentTimeout { detail, .. })
-                    if !retried && t0.elapsed() + Duration::from_secs(5) < total =>
-                {
-                    tracing::warn!(sandbox_id = %id, waited = ?t0.elapsed(), %detail, "the agent has not answered though the VM runs; booting the VM once more (the vsock backend may be stuck)");
-                    let _ = vm.stop().await;
-                    retried = true;
-                }
-                Err(e) => {
-                    let _ = vm.stop().await;
-                    drop(share);
-                    return Err(match e {
-                        Error::AgentTimeout {
-                            detail, console, ..
-                        } => Error::AgentTimeout {
-                            after: total,
-                            detail: if retried {
-                                format!("{detail}; the VM was booted twice")
-                            } else {
-                                detail
-                            },
-                            console,
-                        },
-                        other => other,
-                    });
-                }
+        let agent = match Self::connect_agent(&vm, &opts, &share, &id).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = vm.stop().await;
+                return Err(e);
             }
         };
         let agent_connected = t0.elapsed();
@@ -745,23 +731,16 @@ impl Drop for Sandbox {
 }
 
 impl Inner {
-    /// Emergency stop, callable without a runtime: SIGKILL the VMM's processes, wait (bounded)
-    /// until they are gone so no mount is still busy, then release the host side.
+    /// Emergency stop, callable without a runtime: the hypervisor stops the VM at once (and
+    /// waits, bounded, until it is gone so no mount is still busy), then the host side is
+    /// released.
     fn kill_now(&self, why: &str) {
         if self.shut_down.swap(true, Ordering::SeqCst) {
             return;
         }
         tracing::warn!(sandbox_id = %self.id, "sandbox {why}: killing its VM");
-        let pids: Vec<u32> = self.vm.pids().into_iter().filter(|p| *p > 0).collect();
-        for pid in &pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        for pid in pids {
-            crate::persist::wait_gone(pid);
-        }
+        // The backend's own "stop now": bounded, and done when it returns, so no mount is busy.
+        self.vm.stop_now();
         self.release_all();
     }
 }
@@ -801,6 +780,7 @@ pub(crate) fn agent_address(a: VsockAddress) -> AgentAddress {
     match a {
         VsockAddress::Vsock { cid, port } => AgentAddress::Vsock { cid, port },
         VsockAddress::HybridVsock { uds, port } => AgentAddress::HybridVsock { uds, port },
+        VsockAddress::Unix { path } => AgentAddress::Unix(path),
     }
 }
 

@@ -491,7 +491,7 @@ async fn run_all() -> u8 {
     println!(
         "booted sandbox in {:.1?} ({:?}): {:?}",
         t.elapsed(),
-        sandbox.hypervisor().save_state().accelerator,
+        sandbox.hypervisor().accelerator(),
         sandbox.boot_timings()
     );
     let env = Arc::new(Env {

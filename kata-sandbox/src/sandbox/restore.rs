@@ -56,8 +56,8 @@ impl Sandbox {
     }
 
     /// Takes over the sandbox whose directory is `dir` (`<root>/<sandbox-id>`) from its
-    /// `state.json`: adopts the running VM (QEMU and its vsock backend, checked by pid and
-    /// command line; QMP reconnected), the shared directory and every container's rootfs
+    /// `state.json`: adopts the running VM (through its backend: an external VMM's processes
+    /// are checked by pid and command line), the shared directory and every container's rootfs
     /// mount, reconnects to the agent and rebuilds the container table. The sandbox was
     /// [detached](Sandbox::detach), or its owner died.
     ///
@@ -238,23 +238,9 @@ impl Inner {
         config: &crate::persist::SandboxConfigState,
         adopted: &mut Adopted,
     ) -> Result<AgentClient> {
-        let vm: Arc<dyn Hypervisor> = match saved_vm.backend.as_str() {
-            #[cfg(feature = "qemu")]
-            "qemu" => Arc::new(
-                kata_hypervisor::qemu::Qemu::restore(
-                    &state.id,
-                    config.hypervisor.clone(),
-                    saved_vm,
-                )
-                .await?,
-            ),
-            other => {
-                return Err(Error::invalid(
-                    "hypervisor",
-                    format!("cannot restore a `{other}` VM (this build restores QEMU VMs)"),
-                ))
-            }
-        };
+        let vm: Arc<dyn Hypervisor> =
+            kata_hypervisor::backend::restore(&state.id, config.hypervisor.clone(), saved_vm)
+                .await?;
         adopted.vm = Some(vm.clone());
         let share = ShareFs::adopt(&state.dir, config.shared_fs)?.with_msize_9p(config.msize_9p);
         for (id, c) in &state.containers {
