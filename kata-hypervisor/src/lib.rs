@@ -31,11 +31,14 @@ pub mod config;
 pub mod console;
 pub mod device;
 pub mod error;
+#[cfg(feature = "test-backend")]
+pub mod host_agent;
 pub mod hypervisor;
 pub mod kvm;
 pub mod process;
 #[cfg(feature = "qemu")]
 pub mod qemu;
+#[cfg(any(feature = "qemu", feature = "test-backend"))]
 mod ready;
 
 pub use config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};

@@ -1,4 +1,6 @@
-//! Tier 2: our QMP client against a real QEMU (no guest needed: the VM is created paused).
+//! Tier 2: our QMP client and the QEMU backend's hand-over against a real QEMU (no guest
+//! needed: the VM is created paused).
+#![cfg(feature = "qemu")]
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -117,10 +119,8 @@ async fn qmp_negotiates_queries_hotplugs_and_quits() {
 }
 
 /// Killed on drop, so a failed assertion leaves no QEMU behind.
-#[cfg(feature = "qemu")]
 struct KillOnDrop(std::process::Child);
 
-#[cfg(feature = "qemu")]
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -130,7 +130,6 @@ impl Drop for KillOnDrop {
 
 /// A paused QEMU whose command line names `vm_dir` (as the backend's VMs do), with no
 /// inherited stdout, so a QEMU that outlived the test could not hold the test runner's pipe.
-#[cfg(feature = "qemu")]
 fn paused_qemu_in(vm_dir: &std::path::Path) -> KillOnDrop {
     std::fs::create_dir(vm_dir).unwrap();
     let sock = vm_dir.join("qmp.sock");
@@ -157,7 +156,6 @@ fn paused_qemu_in(vm_dir: &std::path::Path) -> KillOnDrop {
 }
 
 /// The state the QEMU backend would have saved for `pid` running in `vm_dir`.
-#[cfg(feature = "qemu")]
 fn saved_state(vm_dir: &std::path::Path, pid: u32) -> kata_hypervisor::HypervisorState {
     kata_hypervisor::qemu::QemuState {
         qemu_pid: pid,
@@ -178,7 +176,6 @@ fn saved_state(vm_dir: &std::path::Path, pid: u32) -> kata_hypervisor::Hyperviso
 
 /// A paused QEMU is adopted from a saved state through the backend boundary, handed over
 /// again with `detach`, re-adopted, and stopped.
-#[cfg(feature = "qemu")]
 #[tokio::test]
 async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
     use kata_hypervisor::{backend, HypervisorConfig, HypervisorState, HypervisorType, VmState};
@@ -263,7 +260,6 @@ async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
 
 /// `stop_now` kills an adopted QEMU synchronously, from a thread without a runtime, and
 /// removes the VM directory.
-#[cfg(feature = "qemu")]
 #[tokio::test]
 async fn stop_now_kills_an_adopted_qemu_without_a_runtime() {
     use kata_hypervisor::{backend, HypervisorConfig, VmState};
@@ -288,7 +284,6 @@ async fn stop_now_kills_an_adopted_qemu_without_a_runtime() {
 }
 
 /// `backend::cleanup` kills a QEMU left by a dead owner, from its state.
-#[cfg(feature = "qemu")]
 #[test]
 fn cleanup_kills_a_qemu_left_behind() {
     let tmp = tempfile::tempdir().unwrap();

@@ -129,6 +129,7 @@ pub(crate) enum KvmNeed {
     /// A VM cannot run without it.
     Required,
     /// The backend falls back to something slower; the text says to what.
+    #[cfg_attr(not(feature = "qemu"), allow(dead_code))]
     Fallback(&'static str),
     /// The backend does not use this host's KVM; the text says why.
     NotNeeded(&'static str),
