@@ -299,7 +299,7 @@ impl Inner {
             kind,
         });
         // Prepare, start, wait until the agent's port answers (the backend does what that
-        // takes: QEMU boots once more when its vsock backend is stuck), connect the agent:
+        // takes, e.g. a fresh boot when its vsock backend is stuck), connect the agent:
         // `dial_timeout` in all.
         let total = b.agent_options.dial_timeout;
         let vm = kata_hypervisor::backend::create(b.hypervisor, &id, config, &dir.join("vm"))?;
