@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::address::DEFAULT_AGENT_VSOCK_PORT;
+use crate::api::KernelModule;
 use crate::connect::ConnectOptions;
-use crate::protocol::agent::KernelModule;
 
 /// Kata's default port of the agent's log stream on vsock.
 pub const DEFAULT_AGENT_LOG_PORT: u32 = 1025;
@@ -298,18 +298,16 @@ impl AgentConfig {
         Duration::from_secs(self.create_container_timeout)
     }
 
-    /// `kernel_modules` as the `CreateSandbox` request carries them: the first
-    /// word is the module, the rest its parameters. Blank entries are skipped.
+    /// `kernel_modules` as [`SandboxSetup::kernel_modules`](crate::SandboxSetup::kernel_modules)
+    /// takes them: the first word is the module, the rest its parameters. Blank entries are
+    /// skipped.
     pub fn kernel_modules(&self) -> Vec<KernelModule> {
         self.kernel_modules
             .iter()
             .filter_map(|line| {
                 let mut words = line.split_whitespace();
                 let name = words.next()?;
-                let mut module = KernelModule::new();
-                module.name = name.to_string();
-                module.parameters = words.map(str::to_string).collect();
-                Some(module)
+                Some(KernelModule::new(name, words))
             })
             .collect()
     }

@@ -100,6 +100,31 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+
+    /// A value is not a signal the guest knows.
+    #[error(
+        "{value:?} is not a signal: give a number 1..=64 (real-time signals included) or a name such as SIGTERM"
+    )]
+    InvalidSignal {
+        /// The value as given.
+        value: String,
+    },
+
+    /// The agent answered with something the client cannot make sense of.
+    #[error("agent call {method} answered something unusable: {reason}")]
+    BadAnswer {
+        /// The protocol method name.
+        method: &'static str,
+        /// What is wrong with the answer.
+        reason: String,
+    },
+
+    /// The agent answered the health check, but does not serve requests.
+    #[error("the agent answered the health check with {status}: it does not serve requests")]
+    NotServing {
+        /// The status it answered (`NOT_SERVING`, `UNKNOWN`, ...).
+        status: String,
+    },
 }
 
 impl Error {
@@ -151,6 +176,21 @@ impl Error {
             } => true,
             _ => false,
         }
+    }
+
+    /// The connection to the agent is gone (closed by either side, or broken): no call on
+    /// it can succeed any more. Errors the agent answered are never this.
+    pub fn is_connection_closed(&self) -> bool {
+        matches!(
+            self,
+            Error::Transport {
+                source: ttrpc::Error::LocalClosed
+                    | ttrpc::Error::RemoteClosed
+                    | ttrpc::Error::Eof
+                    | ttrpc::Error::Socket(_),
+                ..
+            }
+        )
     }
 
     /// Maps a ttRPC error of `method` called with `timeout`.

@@ -181,7 +181,7 @@ fn opt_strings(v: &[String]) -> Option<Vec<String>> {
 
 // --- process ---
 
-fn process_to_grpc(p: &oci::Process) -> Result<grpc::Process> {
+pub(crate) fn process_to_grpc(p: &oci::Process) -> Result<grpc::Process> {
     let mut out = grpc::Process::new();
     out.Terminal = p.terminal().unwrap_or(false);
     if let Some(size) = p.console_size() {
@@ -226,7 +226,7 @@ fn process_to_grpc(p: &oci::Process) -> Result<grpc::Process> {
     Ok(out)
 }
 
-fn process_from_grpc(p: &grpc::Process) -> Result<oci::Process> {
+pub(crate) fn process_from_grpc(p: &grpc::Process) -> Result<oci::Process> {
     let mut out = oci::Process::default();
     out.set_terminal(Some(p.Terminal));
     out.set_console_size(

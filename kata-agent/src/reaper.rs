@@ -14,19 +14,68 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 use tokio::sync::watch;
 
-/// A shell-style exit status: the exit code, or 128 + the signal number when killed.
-pub type ExitCode = i32;
+/// How a tracked process ended: its shell-style status, and the signal that killed it.
+///
+/// `status` is what `WaitProcessResponse.status` carries (the exit code, or 128 + the signal
+/// number when killed); `signal` is what the kata-rs extension `WaitProcessResponse.signal`
+/// carries, so a host can tell `exit 137` from a SIGKILL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitCode {
+    /// The exit code, or 128 + the signal number.
+    pub status: i32,
+    /// The signal that killed the process; `None` if it exited.
+    pub signal: Option<i32>,
+}
 
-/// Converts a `waitpid` status into a shell-style exit code. `None` for stops and continues.
-pub fn exit_code(status: WaitStatus) -> Option<(i32, ExitCode)> {
-    match status {
-        WaitStatus::Exited(pid, code) => Some((pid.as_raw(), code)),
-        WaitStatus::Signaled(pid, sig, _) => Some((pid.as_raw(), 128 + sig as i32)),
-        _ => None,
+impl ExitCode {
+    /// A process that exited with `code`.
+    pub fn exited(code: i32) -> Self {
+        ExitCode {
+            status: code,
+            signal: None,
+        }
+    }
+
+    /// A process that signal `signal` killed.
+    pub fn killed(signal: i32) -> Self {
+        ExitCode {
+            status: 128 + signal,
+            signal: Some(signal),
+        }
+    }
+}
+
+/// Compares as the shell-style status: `exit == 0` is a success.
+impl PartialEq<i32> for ExitCode {
+    fn eq(&self, status: &i32) -> bool {
+        self.status == *status
+    }
+}
+
+/// The shell-style status, and the signal when killed: `3`, `137 (signal 9)`.
+impl std::fmt::Display for ExitCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.signal {
+            None => write!(f, "{}", self.status),
+            Some(signal) => write!(f, "{} (signal {signal})", self.status),
+        }
+    }
+}
+
+/// Decodes a raw `waitpid` status into how the process ended. `None` for stops and continues.
+///
+/// Raw rather than nix's `WaitStatus`, which has no real-time signals: nix fails with `EINVAL`
+/// on a child a real-time signal killed, after the kernel has already reaped it, so its
+/// status was lost and its waiter hung.
+pub fn exit_code(status: libc::c_int) -> Option<ExitCode> {
+    if libc::WIFEXITED(status) {
+        Some(ExitCode::exited(libc::WEXITSTATUS(status)))
+    } else if libc::WIFSIGNALED(status) {
+        Some(ExitCode::killed(libc::WTERMSIG(status)))
+    } else {
+        None
     }
 }
 
@@ -50,7 +99,7 @@ impl ExitWatch {
             if rx.changed().await.is_err() {
                 // The reaper dropped the sender without a status: it only does that when the
                 // agent shuts down. Report the process as killed.
-                return *rx.borrow().as_ref().unwrap_or(&(128 + libc::SIGKILL));
+                return rx.borrow().unwrap_or(ExitCode::killed(libc::SIGKILL));
             }
         }
     }
@@ -99,24 +148,33 @@ impl Reaper {
         let mut waiters = self.lock();
         let mut reaped = 0;
         loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => break,
-                Err(nix::Error::EINTR) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "waitpid failed");
-                    break;
-                }
-                Ok(status) => {
-                    let Some((pid, code)) = exit_code(status) else {
+            let mut status: libc::c_int = 0;
+            // SAFETY: waitpid(2) writes only the status integer, which lives on this stack.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            match pid {
+                // Children remain, none has exited.
+                0 => break,
+                -1 => match nix::Error::last() {
+                    nix::Error::ECHILD => break,
+                    nix::Error::EINTR => continue,
+                    e => {
+                        tracing::warn!(error = %e, "waitpid failed");
+                        break;
+                    }
+                },
+                pid => {
+                    let Some(code) = exit_code(status) else {
                         continue;
                     };
                     reaped += 1;
                     match waiters.remove(&pid) {
                         Some(tx) => {
-                            tracing::debug!(pid, code, "tracked process exited");
+                            tracing::debug!(pid, status = code.status, signal = ?code.signal, "tracked process exited");
                             tx.send_replace(Some(code));
                         }
-                        None => tracing::trace!(pid, code, "reaped untracked child"),
+                        None => {
+                            tracing::trace!(pid, status = code.status, "reaped untracked child")
+                        }
                     }
                 }
             }
@@ -146,20 +204,33 @@ impl Reaper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::signal::Signal;
 
     #[test]
     fn exit_codes_are_shell_style() {
-        let pid = Pid::from_raw(42);
-        assert_eq!(exit_code(WaitStatus::Exited(pid, 3)), Some((42, 3)));
+        let exited = |status| ExitCode {
+            status,
+            signal: None,
+        };
+        let killed = |status, signal| ExitCode {
+            status,
+            signal: Some(signal),
+        };
+        // Raw wait statuses as Linux encodes them: exit code << 8; the signal, | 0x80 with a
+        // core dump; stopped: 0x7f | signal << 8; continued: 0xffff.
+        assert_eq!(exit_code(3 << 8), Some(exited(3)));
+        // `exit 137` and a SIGKILL have the same shell status but differ in `signal`.
+        assert_eq!(exit_code(137 << 8), Some(exited(137)));
+        assert_eq!(exit_code(libc::SIGKILL), Some(killed(137, 9)));
+        assert_eq!(exit_code(libc::SIGSEGV | 0x80), Some(killed(139, 11)));
+        // Real-time signals, which nix's WaitStatus cannot represent.
+        assert_eq!(exit_code(40), Some(killed(168, 40)));
+        assert_eq!(exit_code(64), Some(killed(192, 64)));
+        assert_eq!(exit_code(0x7f | (libc::SIGSTOP << 8)), None);
+        assert_eq!(exit_code(0xffff), None);
+        assert!(exited(0) == 0 && exited(3) != 0 && killed(137, 9) == 137);
         assert_eq!(
-            exit_code(WaitStatus::Signaled(pid, Signal::SIGKILL, false)),
-            Some((42, 137))
+            (exited(3).to_string(), killed(137, 9).to_string()),
+            ("3".to_string(), "137 (signal 9)".to_string())
         );
-        assert_eq!(
-            exit_code(WaitStatus::Signaled(pid, Signal::SIGTERM, true)),
-            Some((42, 143))
-        );
-        assert_eq!(exit_code(WaitStatus::StillAlive), None);
     }
 }

@@ -107,7 +107,8 @@ impl Sandbox {
     /// A sandbox on `runtime`. `owns_guest`: the agent is the guest's init.
     pub fn new(runtime: Runtime, owns_guest: bool) -> Self {
         Sandbox {
-            runtime,
+            // As the guest's init, the agent's network namespace is the pod's.
+            runtime: runtime.with_pod_netns(owns_guest),
             owns_guest,
             state: Mutex::new(State::default()),
         }

@@ -1073,3 +1073,494 @@ async fn terminal_output_survives_the_process() {
     assert_eq!(out, "one\r\ntwo\r\n");
     h.remove("tty-early").await;
 }
+
+// --- Confinement inside the guest (issue 9): seccomp, capabilities, namespaces, sysctls, the
+// devices cgroup, hostile rootfs files. ---
+
+/// A seccomp rule for the wire spec.
+fn seccomp_rule(
+    names: &[&str],
+    action: &str,
+    errno_ret: Option<u32>,
+) -> kata_agent_client::protocol::oci::LinuxSyscall {
+    use kata_agent_client::protocol::oci::{linux_syscall::ErrnoRet, LinuxSyscall};
+    let mut r = LinuxSyscall::new();
+    r.Names = names.iter().map(|s| s.to_string()).collect();
+    r.Action = action.to_string();
+    r.ErrnoRet = errno_ret.map(ErrnoRet::Errnoret);
+    r
+}
+
+/// A seccomp profile for the wire spec.
+fn seccomp_profile(
+    default_action: &str,
+    rules: Vec<kata_agent_client::protocol::oci::LinuxSyscall>,
+) -> kata_agent_client::protocol::oci::LinuxSeccomp {
+    let mut s = kata_agent_client::protocol::oci::LinuxSeccomp::new();
+    s.DefaultAction = default_action.to_string();
+    s.Architectures = vec!["SCMP_ARCH_X86_64".into()];
+    s.Syscalls = rules;
+    s
+}
+
+impl Harness {
+    /// CreateContainer with `seccomp` set on the wire (whatever `spec::to_grpc` carries).
+    async fn try_create_with_seccomp(
+        &self,
+        id: &str,
+        spec: &Spec,
+        seccomp: kata_agent_client::protocol::oci::LinuxSeccomp,
+    ) -> kata_agent_client::Result<()> {
+        let mut wire = spec::to_grpc(spec).unwrap();
+        wire.Linux.mut_or_insert_default().Seccomp = MessageField::some(seccomp);
+        let mut req = CreateContainerRequest::new();
+        req.container_id = id.into();
+        req.exec_id = id.into();
+        req.OCI = MessageField::some(wire);
+        self.client.create_container(&req).await
+    }
+
+    /// Starts `id`, reads its output to the end, waits, removes it.
+    async fn finish(&self, id: &str) -> (String, String, i32) {
+        self.start_container(id).await;
+        let (out, err) = tokio::join!(
+            self.read_all(id, id, OutputStream::Stdout),
+            self.read_all(id, id, OutputStream::Stderr)
+        );
+        let status = self.wait(id, id).await;
+        self.remove(id).await;
+        (out, err, status)
+    }
+}
+
+#[tokio::test]
+async fn seccomp_denies_syscalls_with_their_errno() {
+    let h = Harness::start().await;
+    let spec = h.spec(&[
+        "sh",
+        "-c",
+        "grep Seccomp: /proc/self/status; mkdir /tmp/denied; echo mkdir=$?; cd /tmp && \
+         realpath .; echo realpath=$?; sleep 100",
+    ]);
+    let profile = seccomp_profile(
+        "SCMP_ACT_ALLOW",
+        vec![
+            seccomp_rule(&["mkdir", "mkdirat"], "SCMP_ACT_ERRNO", None),
+            seccomp_rule(&["getcwd"], "SCMP_ACT_ERRNO", Some(libc::ENOTSUP as u32)),
+            seccomp_rule(&["no_such_syscall_name"], "SCMP_ACT_ERRNO", None),
+        ],
+    );
+    if let Err(e) = h.try_create_with_seccomp("sec-deny", &spec, profile).await {
+        panic!("CreateContainer: {e}\n{}", h.log());
+    }
+    h.start_container("sec-deny").await;
+    // An exec'd process gets the container's profile too.
+    let exec = ProcessBuilder::default()
+        .args(vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            "mkdir /tmp/by-exec; echo exec-mkdir=$?".to_string(),
+        ])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .build()
+        .unwrap();
+    h.exec("sec-deny", "e1", exec).await;
+    let exec_out = h.read_all("sec-deny", "e1", OutputStream::Stdout).await;
+    let exec_err = h.read_all("sec-deny", "e1", OutputStream::Stderr).await;
+    assert_eq!(h.wait("sec-deny", "e1").await, 0);
+    assert!(exec_out.contains("exec-mkdir=1"), "{exec_out}");
+    assert!(exec_err.contains("Operation not permitted"), "{exec_err}");
+    h.signal("sec-deny", "", 9).await;
+    let (out, err) = tokio::join!(
+        h.read_all("sec-deny", "sec-deny", OutputStream::Stdout),
+        h.read_all("sec-deny", "sec-deny", OutputStream::Stderr)
+    );
+    h.wait("sec-deny", "sec-deny").await;
+    h.remove("sec-deny").await;
+    assert!(out.contains("Seccomp:\t2"), "filter mode: {out}");
+    assert!(out.contains("mkdir=1"), "{out}");
+    assert!(
+        err.contains("Operation not permitted"),
+        "mkdir fails with EPERM: {err}"
+    );
+    assert!(out.contains("realpath=1"), "getcwd fails: {out}");
+    assert!(
+        err.contains("Operation not supported"),
+        "getcwd fails with errnoRet (ENOTSUP): {err}"
+    );
+}
+
+#[tokio::test]
+async fn seccomp_default_deny_with_an_allow_list_and_default_allow_profiles_run() {
+    let h = Harness::start().await;
+    // Everything this table knows is allowed except mkdir/mkdirat; the default answers EPERM.
+    let allowed: Vec<&str> = kata_agent::runtime::seccomp::syscalls::X86_64
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !["mkdir", "mkdirat"].contains(n))
+        .collect();
+    let profile = seccomp_profile(
+        "SCMP_ACT_ERRNO",
+        vec![seccomp_rule(&allowed, "SCMP_ACT_ALLOW", None)],
+    );
+    let spec = h.spec(&["sh", "-c", "echo hello; mkdir /tmp/x; echo mkdir=$?"]);
+    h.try_create_with_seccomp("sec-list", &spec, profile)
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", h.log()));
+    let (out, err, status) = h.finish("sec-list").await;
+    assert_eq!(status, 0, "{out}{err}");
+    assert!(
+        out.starts_with("hello\n") && out.contains("mkdir=1"),
+        "{out}"
+    );
+    assert!(err.contains("Operation not permitted"), "{err}");
+
+    let allow_all = seccomp_profile("SCMP_ACT_ALLOW", vec![]);
+    let spec = h.spec(&[
+        "sh",
+        "-c",
+        "grep Seccomp: /proc/self/status; mkdir /tmp/y && echo made",
+    ]);
+    h.try_create_with_seccomp("sec-allow", &spec, allow_all)
+        .await
+        .unwrap();
+    let (out, _, status) = h.finish("sec-allow").await;
+    assert_eq!(status, 0);
+    assert!(out.contains("made"), "{out}");
+}
+
+#[tokio::test]
+async fn malformed_seccomp_profiles_are_refused_naming_the_field() {
+    let h = Harness::start().await;
+    let spec = h.spec(&["true"]);
+    let cases = [
+        (
+            "sec-notify",
+            seccomp_profile(
+                "SCMP_ACT_ALLOW",
+                vec![
+                    seccomp_rule(&["read"], "SCMP_ACT_ERRNO", None),
+                    seccomp_rule(&["write"], "SCMP_ACT_NOTIFY", None),
+                ],
+            ),
+            "linux.seccomp.syscalls[1].action",
+        ),
+        (
+            "sec-bogus",
+            seccomp_profile(
+                "SCMP_ACT_ALLOW",
+                vec![seccomp_rule(&["read"], "SCMP_ACT_BOGUS", None)],
+            ),
+            "linux.seccomp.syscalls[0].action",
+        ),
+        (
+            "sec-default",
+            seccomp_profile("SCMP_ACT_SOMETIMES", vec![]),
+            "linux.seccomp.defaultAction",
+        ),
+        (
+            "sec-errno",
+            seccomp_profile(
+                "SCMP_ACT_ALLOW",
+                vec![seccomp_rule(&["read"], "SCMP_ACT_KILL", Some(1))],
+            ),
+            "linux.seccomp.syscalls[0].errnoRet",
+        ),
+    ];
+    for (id, profile, field) in cases {
+        let err = h
+            .try_create_with_seccomp(id, &spec, profile)
+            .await
+            .unwrap_err();
+        assert_eq!(rpc_code(&err), Some(Code::INVALID_ARGUMENT), "{id}: {err}");
+        assert!(
+            err.message().unwrap().starts_with(field),
+            "{id}: {:?} should name {field}",
+            err.message()
+        );
+        for dir in cgroup_dirs(id) {
+            assert!(!dir.exists(), "{id}: cgroup {} left behind", dir.display());
+        }
+    }
+    assert!(h.agent_children().is_empty(), "no process left behind");
+}
+
+#[tokio::test]
+async fn guest_details_tell_whether_seccomp_is_supported() {
+    let h = Harness::start().await;
+    let details = h
+        .client
+        .get_guest_details(&GuestDetailsRequest::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        details.agent_details.supports_seccomp,
+        Path::new("/proc/sys/kernel/seccomp").exists()
+    );
+}
+
+#[tokio::test]
+async fn a_spec_without_capabilities_gets_none() {
+    let h = Harness::start().await;
+    let mut spec = h.spec(&["grep", "^Cap", "/proc/self/status"]);
+    spec.process_mut().as_mut().unwrap().set_capabilities(None);
+    let (out, _, status) = h.run("nocaps", &spec).await;
+    assert_eq!(status, 0);
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert!(
+            out.contains(&format!("{set}:\t0000000000000000")),
+            "{set} must be empty: {out}"
+        );
+    }
+    // With capabilities in the spec, exactly those.
+    let spec = h.spec(&["grep", "^CapEff", "/proc/self/status"]);
+    let (out, _, _) = h.run("defcaps", &spec).await;
+    // CAP_KILL (5), CAP_NET_BIND_SERVICE (10), CAP_AUDIT_WRITE (29): oci-spec's default.
+    assert_eq!(out, "CapEff:\t0000000020000420\n");
+}
+
+#[tokio::test]
+async fn user_and_time_namespaces_are_refused() {
+    use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType};
+    let h = Harness::start().await;
+    for (id, typ) in [
+        ("userns", LinuxNamespaceType::User),
+        ("timens", LinuxNamespaceType::Time),
+    ] {
+        let mut spec = h.spec(&["true"]);
+        spec.set_linux(Some(
+            LinuxBuilder::default()
+                .namespaces(vec![
+                    LinuxNamespaceBuilder::default()
+                        .typ(LinuxNamespaceType::Mount)
+                        .build()
+                        .unwrap(),
+                    LinuxNamespaceBuilder::default().typ(typ).build().unwrap(),
+                ])
+                .build()
+                .unwrap(),
+        ));
+        let err = h.try_create(id, &spec).await.unwrap_err();
+        assert_eq!(rpc_code(&err), Some(Code::INVALID_ARGUMENT), "{err}");
+        let msg = err.message().unwrap();
+        assert!(msg.starts_with("linux.namespaces[1]"), "{msg}");
+        let named = format!(
+            "linux.namespaces[{}]",
+            if id == "userns" { "user" } else { "time" }
+        );
+        assert!(msg.contains(&named), "{msg}");
+    }
+}
+
+#[tokio::test]
+async fn only_namespaced_sysctls_are_accepted() {
+    use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType};
+    let h = Harness::start().await;
+    let with = |id: &str, ns: &[LinuxNamespaceType], key: &str, value: &str| {
+        let mut spec = h.spec(&["cat", &format!("/proc/sys/{}", key.replace('.', "/"))]);
+        let _ = id;
+        let mut namespaces = vec![LinuxNamespaceType::Mount];
+        namespaces.extend_from_slice(ns);
+        spec.set_linux(Some(
+            LinuxBuilder::default()
+                .namespaces(
+                    namespaces
+                        .into_iter()
+                        .map(|t| LinuxNamespaceBuilder::default().typ(t).build().unwrap())
+                        .collect::<Vec<_>>(),
+                )
+                .sysctl(
+                    [(key.to_string(), value.to_string())]
+                        .into_iter()
+                        .collect::<std::collections::HashMap<_, _>>(),
+                )
+                .build()
+                .unwrap(),
+        ));
+        spec
+    };
+    let before = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    let spec = with(
+        "core",
+        &[LinuxNamespaceType::Ipc],
+        "kernel.core_pattern",
+        "|/tmp/pwn",
+    );
+    let err = h.try_create("sysctl-core", &spec).await.unwrap_err();
+    assert_eq!(rpc_code(&err), Some(Code::INVALID_ARGUMENT), "{err}");
+    assert!(
+        err.message()
+            .unwrap()
+            .starts_with("linux.sysctl.kernel.core_pattern"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        before
+    );
+
+    // net.* with the agent's (here: the host's) network namespace is refused.
+    let spec = with(
+        "net",
+        &[LinuxNamespaceType::Network],
+        "net.ipv4.ip_forward",
+        "1",
+    );
+    let err = h.try_create("sysctl-net", &spec).await.unwrap_err();
+    assert!(
+        err.message()
+            .unwrap()
+            .starts_with("linux.sysctl.net.ipv4.ip_forward"),
+        "{err}"
+    );
+    // An IPC sysctl needs the IPC namespace.
+    let spec = with("shm", &[], "kernel.shmmni", "1234");
+    let err = h.try_create("sysctl-shm0", &spec).await.unwrap_err();
+    assert!(
+        err.message()
+            .unwrap()
+            .starts_with("linux.sysctl.kernel.shmmni"),
+        "{err}"
+    );
+    let spec = with("shm", &[LinuxNamespaceType::Ipc], "kernel.shmmni", "1234");
+    let (out, err, status) = h.run("sysctl-shm", &spec).await;
+    assert_eq!((out.as_str(), status), ("1234\n", 0), "{err}");
+}
+
+#[tokio::test]
+async fn the_devices_cgroup_denies_what_the_spec_does_not_allow() {
+    use oci_spec::runtime::{
+        Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
+        LinuxDeviceType,
+    };
+    let h = Harness::start().await;
+    let run = |allow_tun: bool| {
+        let mut spec = h.spec(&[
+            "sh",
+            "-c",
+            "rm -f /tmp/tun; mknod /tmp/tun c 10 200 && echo made; \
+             echo x > /dev/null && echo null-ok; cat /tmp/tun 2>&1; true",
+        ]);
+        let caps: oci_spec::runtime::Capabilities = [Capability::Mknod].into_iter().collect();
+        spec.process_mut().as_mut().unwrap().set_capabilities(Some(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .inheritable(oci_spec::runtime::Capabilities::new())
+                .ambient(oci_spec::runtime::Capabilities::new())
+                .build()
+                .unwrap(),
+        ));
+        let mut rules = vec![LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .unwrap()];
+        if allow_tun {
+            rules.push(
+                LinuxDeviceCgroupBuilder::default()
+                    .allow(true)
+                    .typ(LinuxDeviceType::C)
+                    .major(10i64)
+                    .minor(200i64)
+                    .access("rw")
+                    .build()
+                    .unwrap(),
+            );
+        }
+        spec.set_linux(Some(
+            LinuxBuilder::default()
+                .resources(
+                    LinuxResourcesBuilder::default()
+                        .devices(rules)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        ));
+        spec
+    };
+    let (out, err, status) = h.run("dev-deny", &run(false)).await;
+    assert_eq!(status, 0, "{err}");
+    assert!(
+        out.contains("made"),
+        "mknod stays allowed (runc's defaults): {out}"
+    );
+    assert!(out.contains("null-ok"), "/dev/null stays allowed: {out}");
+    assert!(
+        out.contains("Operation not permitted"),
+        "opening a device the rules do not allow fails with EPERM: {out}"
+    );
+    let (out, _, _) = h.run("dev-allow", &run(true)).await;
+    assert!(
+        out.contains("made") && !out.contains("Operation not permitted"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_fifo_at_etc_passwd_is_refused_and_the_agent_stays_responsive() {
+    let h = Harness::start().await;
+    let passwd = h.rootfs.join("etc/passwd");
+    std::fs::remove_file(&passwd).unwrap();
+    nix::unistd::mkfifo(&passwd, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let spec = h.spec(&["true"]);
+    let (created, check) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(20), h.try_create("fifo-passwd", &spec)),
+        tokio::time::timeout(Duration::from_secs(5), h.client.check()),
+    );
+    check
+        .expect("Check answers while the bad create runs")
+        .expect("Check");
+    let err = created
+        .expect("CreateContainer must not hang on the FIFO")
+        .unwrap_err();
+    assert_eq!(rpc_code(&err), Some(Code::INVALID_ARGUMENT), "{err}");
+    let msg = err.message().unwrap();
+    assert!(msg.starts_with("process.user"), "{msg}");
+    assert!(msg.contains("/etc/passwd") && msg.contains("FIFO"), "{msg}");
+    // And afterwards too.
+    h.client
+        .check()
+        .await
+        .expect("Check after the failed create");
+}
+
+#[tokio::test]
+async fn a_paused_container_is_killed_and_removed() {
+    let h = Harness::start().await;
+    h.create("paused", &h.spec(&["sleep", "100"])).await;
+    h.start_container("paused").await;
+    let exec = ProcessBuilder::default()
+        .args(vec!["sleep".to_string(), "100".to_string()])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .build()
+        .unwrap();
+    h.exec("paused", "e1", exec).await;
+    let mut pause = PauseContainerRequest::new();
+    pause.container_id = "paused".into();
+    h.client
+        .pause_container(&pause)
+        .await
+        .expect("PauseContainer");
+    // SIGKILL to a frozen container: it must die without a ResumeContainer.
+    h.signal("paused", "", 9).await;
+    let status = tokio::time::timeout(Duration::from_secs(10), h.wait("paused", "paused"))
+        .await
+        .expect("a frozen init killed with SIGKILL exits");
+    assert_eq!(status, 137);
+    let mut req = RemoveContainerRequest::new();
+    req.container_id = "paused".into();
+    req.timeout = 10;
+    h.client
+        .remove_container(&req)
+        .await
+        .unwrap_or_else(|e| panic!("RemoveContainer of a paused container: {e}\n{}", h.log()));
+    for dir in cgroup_dirs("paused") {
+        assert!(!dir.exists(), "cgroup {} left behind", dir.display());
+    }
+}

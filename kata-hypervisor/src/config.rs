@@ -6,7 +6,10 @@
 //!
 //! 1. [`HypervisorType::from_section`] maps the table name (`qemu`, `dragonball`, `clh`,
 //!    `firecracker`, `remote`) to a VMM; [`HypervisorType::section_defaults`] are the keys whose
-//!    default differs per VMM (a loader puts them under the file's table).
+//!    default differs per VMM (a loader puts them under the file's table). Keys whose values
+//!    Kata fixes to a set of words are typed enums ([`SharedFs`], [`BlockDeviceDriver`], ...):
+//!    a value outside the set is refused while the table is read, naming the key, the value
+//!    and what is allowed.
 //! 2. [`HypervisorConfig::adjust`] applies Kata's documented load-time rules (0 vCPUs means 1,
 //!    more vCPUs than the host has means all of them, empty enum keys take their default, ...).
 //! 3. [`HypervisorConfig::validate_for`] checks ranges, enum values and incompatible
@@ -25,8 +28,13 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::device::PciePort;
 use crate::error::{Error, Result};
 
+mod kinds;
 mod validate;
 
+pub use kinds::{
+    BlockDeviceAio, BlockDeviceDriver, HugepageType, RootfsType, SharedFs, VirtioFsCache,
+    VmRootfsDriver,
+};
 pub use validate::{HostPathProblem, LOG_LEVELS};
 
 /// Smallest guest memory kata-rs accepts, in MiB (Kata's minimum for every VMM).
@@ -60,8 +68,13 @@ pub const DEFAULT_SNP_GUEST_POLICY: u32 = 0x30000;
 pub const DEFAULT_TDX_QGS_PORT: u32 = 4050;
 
 /// The VMM a `[hypervisor.<name>]` table configures.
+///
+/// Which of them kata-rs can run in this build is [`crate::backend`]'s business: a type without
+/// a backend is parsed and validated, and refused with an error naming what is missing when a
+/// VM is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum HypervisorType {
     /// QEMU (`[hypervisor.qemu]`).
     Qemu,
@@ -73,20 +86,28 @@ pub enum HypervisorType {
     Firecracker,
     /// A VM created by a remote service, e.g. peer pods (`[hypervisor.remote]`).
     Remote,
+    /// The test backend (`[hypervisor.host-agent]`, cargo feature `test-backend`): a fake for
+    /// tests of sandbox and shim logic. There is no VM: the real kata-agent runs on this host
+    /// in private namespaces (see [`crate::host_agent`]). Not a Kata section.
+    #[cfg(feature = "test-backend")]
+    HostAgent,
 }
 
 impl HypervisorType {
     /// Every type, in the order they are listed to users.
-    pub const ALL: [HypervisorType; 5] = [
+    pub const ALL: &'static [HypervisorType] = &[
         HypervisorType::Dragonball,
         HypervisorType::Qemu,
         HypervisorType::CloudHypervisor,
         HypervisorType::Firecracker,
         HypervisorType::Remote,
+        #[cfg(feature = "test-backend")]
+        HypervisorType::HostAgent,
     ];
 
     /// The type a section name selects (`qemu`, `dragonball`, `clh` or `cloud-hypervisor`,
-    /// `firecracker`, `remote`), or `None` for a name Kata does not know.
+    /// `firecracker`, `remote`; `host-agent` with the `test-backend` feature), or `None` for a
+    /// name kata-rs does not know.
     pub fn from_section(name: &str) -> Option<Self> {
         match name {
             "qemu" => Some(HypervisorType::Qemu),
@@ -94,13 +115,19 @@ impl HypervisorType {
             "clh" | "cloud-hypervisor" => Some(HypervisorType::CloudHypervisor),
             "firecracker" => Some(HypervisorType::Firecracker),
             "remote" => Some(HypervisorType::Remote),
+            #[cfg(feature = "test-backend")]
+            "host-agent" => Some(HypervisorType::HostAgent),
             _ => None,
         }
     }
 
     /// The section names accepted, for error messages.
     pub fn section_names() -> &'static str {
-        "dragonball, qemu, clh (or cloud-hypervisor), firecracker, remote"
+        if cfg!(feature = "test-backend") {
+            "dragonball, qemu, clh (or cloud-hypervisor), firecracker, remote, host-agent (test backend)"
+        } else {
+            "dragonball, qemu, clh (or cloud-hypervisor), firecracker, remote"
+        }
     }
 
     /// The canonical section name.
@@ -111,6 +138,8 @@ impl HypervisorType {
             HypervisorType::CloudHypervisor => "clh",
             HypervisorType::Firecracker => "firecracker",
             HypervisorType::Remote => "remote",
+            #[cfg(feature = "test-backend")]
+            HypervisorType::HostAgent => "host-agent",
         }
     }
 
@@ -125,8 +154,9 @@ impl HypervisorType {
     /// Keys whose default differs from [`HypervisorConfig::default`] for this VMM, as
     /// `(key, value)` pairs (every one a string). A loader puts the file's table over these, so
     /// a key the file leaves out gets the VMM's default: Firecracker and the built-in VMM attach
-    /// block devices over virtio-mmio, the built-in VMM serves virtio-fs itself, Firecracker and
-    /// remote VMs share no filesystem.
+    /// block devices over virtio-mmio, the built-in VMM serves virtio-fs itself, Cloud
+    /// Hypervisor has no virtio-9p (so it keeps Kata's virtio-fs), Firecracker and remote VMs
+    /// share no filesystem.
     pub fn section_defaults(self) -> &'static [(&'static str, &'static str)] {
         match self {
             HypervisorType::Qemu => &[],
@@ -135,14 +165,26 @@ impl HypervisorType {
                 ("block_device_driver", "virtio-blk-mmio"),
                 ("vm_rootfs_driver", "virtio-blk-mmio"),
             ],
-            HypervisorType::CloudHypervisor => &[("block_device_driver", "virtio-blk-pci")],
+            HypervisorType::CloudHypervisor => &[
+                ("shared_fs", "virtio-fs"),
+                ("block_device_driver", "virtio-blk-pci"),
+            ],
             HypervisorType::Firecracker => &[
                 ("shared_fs", "none"),
                 ("block_device_driver", "virtio-blk-mmio"),
                 ("vm_rootfs_driver", "virtio-blk-mmio"),
             ],
             HypervisorType::Remote => &[("shared_fs", "none")],
+            #[cfg(feature = "test-backend")]
+            HypervisorType::HostAgent => &[],
         }
+    }
+}
+
+impl Default for HypervisorType {
+    /// QEMU: the backend kata-rs boots today.
+    fn default() -> Self {
+        HypervisorType::Qemu
     }
 }
 
@@ -203,10 +245,10 @@ pub struct HypervisorConfig {
     /// Guest root disk image. Exclusive with `initrd`.
     pub image: String,
     /// Filesystem of `image`: `ext4` (default), `xfs`, `erofs`.
-    pub rootfs_type: String,
+    pub rootfs_type: RootfsType,
     /// How `image` is attached: `virtio-blk-pci` (default), `virtio-blk-mmio`, `virtio-blk-ccw`,
     /// `virtio-pmem`, `virtio-scsi`.
-    pub vm_rootfs_driver: String,
+    pub vm_rootfs_driver: VmRootfsDriver,
     /// Extra kernel command-line parameters, appended after kata-rs' own (so they win).
     pub kernel_params: String,
     /// dm-verity parameters of the root image (`root_hash=...,salt=...,...`). Empty: none.
@@ -258,7 +300,7 @@ pub struct HypervisorConfig {
     /// Back guest memory with huge pages. Default false.
     pub enable_hugepages: bool,
     /// Kind of huge pages: `hugetlbfs` (default) or `thp`.
-    pub hugepage_type: String,
+    pub hugepage_type: HugepageType,
     /// Directory for file-backed guest memory. Empty: anonymous memory.
     pub file_mem_backend: String,
     /// Glob patterns an annotation's `file_mem_backend` must match.
@@ -276,10 +318,11 @@ pub struct HypervisorConfig {
 
     // --- block devices ------------------------------------------------------------------------
     /// Block device driver: `virtio-scsi` (default), `virtio-blk` / `virtio-blk-pci`,
-    /// `virtio-blk-ccw`, `virtio-blk-mmio` (`virtio-mmio`), `virtio-pmem`, `nvdimm`.
-    pub block_device_driver: String,
+    /// `virtio-blk-ccw`, `virtio-blk-mmio` (`virtio-mmio`), `virtio-pmem`, `nvdimm`. An empty
+    /// value means `virtio-blk-pci`.
+    pub block_device_driver: BlockDeviceDriver,
     /// QEMU's I/O engine for block devices: `io_uring` (default), `native`, `threads`.
-    pub block_device_aio: String,
+    pub block_device_aio: BlockDeviceAio,
     /// Do not use block devices for the container rootfs. Default false.
     pub disable_block_device_use: bool,
     /// Set the cache options below on block devices. Default false.
@@ -320,17 +363,18 @@ pub struct HypervisorConfig {
     pub num_queues: u32,
 
     // --- shared filesystem --------------------------------------------------------------------
-    /// Shared filesystem: `virtio-fs` (default), `inline-virtio-fs` (built-in VMM),
-    /// `virtio-fs-nydus`, `virtio-9p` or `none`.
-    pub shared_fs: String,
+    /// Shared filesystem: `virtio-fs`, `inline-virtio-fs` (built-in VMM), `virtio-fs-nydus`,
+    /// `virtio-9p` or `none`. Default `virtio-9p`, unlike Kata (`virtio-fs`): see [`SharedFs`].
+    pub shared_fs: SharedFs,
     /// Path of the virtio-fs daemon (virtiofsd); needed when `shared_fs = "virtio-fs"`.
     pub virtio_fs_daemon: String,
     /// Glob patterns an annotation's `virtio_fs_daemon` must match.
     pub valid_virtio_fs_daemon_paths: Vec<String>,
     /// Extra arguments for the virtio-fs daemon.
     pub virtio_fs_extra_args: Vec<String>,
-    /// virtio-fs cache mode: `never` (default), `metadata`, `auto`, `always`.
-    pub virtio_fs_cache: String,
+    /// virtio-fs cache mode: `never` (default), `metadata`, `auto`, `always` (`none`, deprecated,
+    /// becomes `never`).
+    pub virtio_fs_cache: VirtioFsCache,
     /// DAX window size in MiB (0 disables DAX).
     pub virtio_fs_cache_size: u32,
     /// virtio-fs virtqueue size. Default 1024.
@@ -451,8 +495,8 @@ impl Default for HypervisorConfig {
             kernel: String::new(),
             initrd: String::new(),
             image: String::new(),
-            rootfs_type: "ext4".to_string(),
-            vm_rootfs_driver: "virtio-blk-pci".to_string(),
+            rootfs_type: RootfsType::Ext4,
+            vm_rootfs_driver: VmRootfsDriver::VirtioBlkPci,
             kernel_params: String::new(),
             kernel_verity_params: String::new(),
             firmware: String::new(),
@@ -474,7 +518,7 @@ impl Default for HypervisorConfig {
             enable_virtio_mem: false,
             enable_mem_prealloc: false,
             enable_hugepages: false,
-            hugepage_type: "hugetlbfs".to_string(),
+            hugepage_type: HugepageType::Hugetlbfs,
             file_mem_backend: String::new(),
             valid_file_mem_backends: Vec::new(),
             enable_guest_swap: false,
@@ -482,8 +526,8 @@ impl Default for HypervisorConfig {
             guest_swap_size_percent: 100,
             guest_swap_create_threshold_secs: 60,
             reclaim_guest_freed_memory: false,
-            block_device_driver: "virtio-scsi".to_string(),
-            block_device_aio: "io_uring".to_string(),
+            block_device_driver: BlockDeviceDriver::VirtioScsi,
+            block_device_aio: BlockDeviceAio::IoUring,
             disable_block_device_use: false,
             block_device_cache_set: false,
             block_device_cache_direct: false,
@@ -503,11 +547,11 @@ impl Default for HypervisorConfig {
             disk_rate_limiter_ops_one_time_burst: 0,
             queue_size: 128,
             num_queues: 1,
-            shared_fs: "virtio-fs".to_string(),
+            shared_fs: SharedFs::Virtio9p,
             virtio_fs_daemon: String::new(),
             valid_virtio_fs_daemon_paths: Vec::new(),
             virtio_fs_extra_args: Vec::new(),
-            virtio_fs_cache: "never".to_string(),
+            virtio_fs_cache: VirtioFsCache::Never,
             virtio_fs_cache_size: 0,
             virtio_fs_queue_size: 1024,
             virtio_fs_is_dax: false,
@@ -611,21 +655,6 @@ fn deserialize_vcpus<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u32
     d.deserialize_any(Vcpus)
 }
 
-/// The shared filesystem kind a VM exports to its guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SharedFs {
-    /// virtio-fs through an external daemon (virtiofsd).
-    VirtioFs,
-    /// virtio-fs served inside the VMM (the built-in VMM only).
-    InlineVirtioFs,
-    /// virtio-fs through nydusd (image lazy loading).
-    VirtioFsNydus,
-    /// QEMU's built-in virtio-9p.
-    Virtio9p,
-    /// No shared filesystem (block devices only).
-    None,
-}
-
 impl HypervisorConfig {
     /// The effective maximum vCPU count (`default_maxvcpus`, or the host's CPUs when 0).
     pub fn max_vcpus(&self) -> u32 {
@@ -633,22 +662,6 @@ impl HypervisorConfig {
             host_cpus().max(self.default_vcpus)
         } else {
             self.default_maxvcpus
-        }
-    }
-
-    /// Parses `shared_fs`.
-    pub fn shared_fs_kind(&self) -> Result<SharedFs> {
-        match self.shared_fs.as_str() {
-            "virtio-fs" => Ok(SharedFs::VirtioFs),
-            "inline-virtio-fs" => Ok(SharedFs::InlineVirtioFs),
-            "virtio-fs-nydus" => Ok(SharedFs::VirtioFsNydus),
-            "virtio-9p" => Ok(SharedFs::Virtio9p),
-            "none" | "" => Ok(SharedFs::None),
-            other => Err(validate::invalid(
-                "shared_fs",
-                format!("\"{other}\""),
-                "allowed: virtio-fs, inline-virtio-fs, virtio-fs-nydus, virtio-9p, none",
-            )),
         }
     }
 
@@ -660,8 +673,10 @@ impl HypervisorConfig {
     ///   that many.
     /// * `default_memory` 0 becomes 2048, `memory_slots` 0 becomes 10.
     /// * `default_bridges` above 5 becomes 5; `network_queues` is kept in 1..=256.
-    /// * Empty enum keys take their default (`shared_fs` `virtio-fs`, `virtio_fs_cache` `never`
-    ///   — the deprecated `none` too —, `block_device_aio` `io_uring`, ...).
+    /// * Empty keys take their default (`machine_type`, `entropy_source`, `log_level`, ...).
+    ///   Empty values of the typed keys (`shared_fs`, `block_device_driver`, ...) are turned
+    ///   into their default while the file is read (see [`SharedFs`] and its siblings).
+    /// * The deprecated `virtio_fs_cache = "none"` becomes `never`.
     /// * A non-zero `virtio_fs_cache_size` turns DAX on; DAX with size 0 gets 1024 MiB.
     /// * Spaces around commas in `cpu_features` and `machine_accelerators` are removed.
     ///
@@ -712,15 +727,8 @@ impl HypervisorConfig {
             }
         };
         fill(&mut self.machine_type, default_machine_type());
-        fill(&mut self.block_device_driver, "virtio-blk-pci");
-        fill(&mut self.block_device_aio, "io_uring");
-        fill(&mut self.vm_rootfs_driver, "virtio-blk-pci");
-        fill(&mut self.rootfs_type, "ext4");
-        fill(&mut self.shared_fs, "virtio-fs");
-        fill(&mut self.virtio_fs_cache, "never");
         fill(&mut self.entropy_source, "/dev/urandom");
         fill(&mut self.log_level, "info");
-        fill(&mut self.hugepage_type, "hugetlbfs");
         fill(&mut self.factory.template_path, DEFAULT_TEMPLATE_PATH);
         fill(
             &mut self.remote_hypervisor_socket,
@@ -729,11 +737,11 @@ impl HypervisorConfig {
         if self.remote_hypervisor_timeout == 0 {
             self.remote_hypervisor_timeout = DEFAULT_REMOTE_HYPERVISOR_TIMEOUT;
         }
-        if self.virtio_fs_cache == "none" {
+        if self.virtio_fs_cache == VirtioFsCache::None {
             notes.push(
                 "virtio_fs_cache = \"none\" is deprecated since Kata 2.5: using \"never\"".into(),
             );
-            self.virtio_fs_cache = "never".into();
+            self.virtio_fs_cache = VirtioFsCache::Never;
         }
         if self.virtio_fs_cache_size != 0 {
             self.virtio_fs_is_dax = true;
@@ -834,20 +842,23 @@ mod tests {
         assert_eq!(c.default_vcpus, 1);
         assert_eq!(c.default_memory, 2048);
         assert_eq!(c.memory_slots, 10);
-        assert_eq!(c.shared_fs, "virtio-fs");
+        assert_eq!(
+            c.shared_fs,
+            SharedFs::Virtio9p,
+            "kata-rs' documented deviation"
+        );
         assert_eq!(c.cold_plug_vfio, PciePort::NoPort);
         assert_eq!(c.snp_guest_policy, 0x30000);
         assert_eq!(c.tdx_quote_generation_service_socket_port, 4050);
         assert!(c.disable_guest_selinux);
         c.validate().unwrap();
-        for kind in HypervisorType::ALL {
+        for &kind in HypervisorType::ALL {
             let mut c = HypervisorConfig::default();
             for (k, v) in kind.section_defaults() {
-                let v = v.to_string();
                 match *k {
-                    "shared_fs" => c.shared_fs = v,
-                    "block_device_driver" => c.block_device_driver = v,
-                    "vm_rootfs_driver" => c.vm_rootfs_driver = v,
+                    "shared_fs" => c.shared_fs = v.parse().unwrap(),
+                    "block_device_driver" => c.block_device_driver = v.parse().unwrap(),
+                    "vm_rootfs_driver" => c.vm_rootfs_driver = v.parse().unwrap(),
                     other => panic!("unexpected per-VMM default {other}"),
                 }
             }
@@ -877,7 +888,7 @@ mod tests {
             default_maxvcpus: 0,
             default_memory: 0,
             default_bridges: 9,
-            virtio_fs_cache: "none".into(),
+            virtio_fs_cache: VirtioFsCache::None,
             cpu_features: " pmu=off , vmx=off".into(),
             ..Default::default()
         };
@@ -886,7 +897,7 @@ mod tests {
         assert_eq!(c.default_maxvcpus, host_cpus());
         assert_eq!(c.default_memory, 2048);
         assert_eq!(c.default_bridges, 5);
-        assert_eq!(c.virtio_fs_cache, "never");
+        assert_eq!(c.virtio_fs_cache, VirtioFsCache::Never);
         assert_eq!(c.cpu_features, "pmu=off,vmx=off");
         assert!(notes.iter().any(|n| n.contains("deprecated")), "{notes:?}");
         let mut c = HypervisorConfig {

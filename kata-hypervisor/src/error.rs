@@ -74,6 +74,61 @@ pub enum Error {
         /// Why not: gone, or another program now holds the pid.
         reason: String,
     },
+    /// Every PCIe port of the kind a device needs is held by another device.
+    #[error("no free {port} for device `{device}`: all {capacity} are in use; {hint}")]
+    NoFreePort {
+        /// The device that needed a port.
+        device: String,
+        /// The kind of port (`root-port`, ...).
+        port: crate::device::PciePort,
+        /// How many ports of the kind the VM has.
+        capacity: u32,
+        /// How to get more (`raise pcie_root_port`).
+        hint: String,
+    },
+    /// No backend for this hypervisor type is built into this binary.
+    #[error("[hypervisor.{kind}]: the {kind} backend is not built in; enable the `{feature}` cargo feature of kata-hypervisor (or of the crate that uses it)")]
+    BackendNotBuilt {
+        /// The configured type.
+        kind: crate::config::HypervisorType,
+        /// The cargo feature that adds its backend.
+        feature: &'static str,
+    },
+    /// kata-rs has no backend for this hypervisor type yet.
+    #[error("[hypervisor.{kind}]: kata-rs cannot start a {kind} VM yet; use [hypervisor.qemu] (config/configuration-qemu-runtime-rs.toml)")]
+    BackendNotImplemented {
+        /// The configured type.
+        kind: crate::config::HypervisorType,
+    },
+    /// The saved state belongs to another backend, or to an older format without the
+    /// backend's own state.
+    #[error("cannot restore the {backend} VM in {vm_dir}: {reason}")]
+    BadState {
+        /// The backend the state names.
+        backend: crate::config::HypervisorType,
+        /// The VM directory the state names.
+        vm_dir: PathBuf,
+        /// What is wrong, and what to do (usually: clean it up).
+        reason: String,
+    },
+    /// The VM exited before its agent answered.
+    #[error("the VM exited ({how}){}", crate::console::format_tail(.console))]
+    VmExited {
+        /// How the VMM exited.
+        how: String,
+        /// The last lines of the guest console.
+        console: Vec<String>,
+    },
+    /// The VM runs, but its agent's port did not answer in time.
+    #[error("the guest agent did not answer within {after:?} ({detail}){}", crate::console::format_tail(.console))]
+    AgentNotReady {
+        /// How long it was waited for.
+        after: std::time::Duration,
+        /// The last dial error, and what was tried (`the VM was booted twice`).
+        detail: String,
+        /// The last lines of the guest console.
+        console: Vec<String>,
+    },
     /// A timeout expired.
     #[error("timed out after {after:?} waiting for {what}")]
     Timeout {

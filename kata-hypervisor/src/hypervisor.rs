@@ -1,31 +1,80 @@
-//! The [`Hypervisor`] trait every backend implements.
+//! The [`Hypervisor`] trait every backend implements, what a backend can do
+//! ([`Capabilities`]) and what it saves of a running VM ([`HypervisorState`]).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{HypervisorType, SharedFs};
 use crate::device::{DeviceConfig, VsockAddress};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kvm::Accelerator;
 
-/// What a backend can do, so callers can decide before trying.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// What a backend can do, so callers decide on what it says instead of on its name. Known
+/// before a VM exists: [`crate::backend::capabilities`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Capabilities {
+    /// The backend these are of.
+    pub backend: Option<HypervisorType>,
     /// Block devices can be hot-plugged.
     pub block_hotplug: bool,
     /// vCPUs can be added and removed at run time.
     pub cpu_hotplug: bool,
     /// Memory can be added at run time.
     pub memory_hotplug: bool,
-    /// virtio-fs is supported.
-    pub virtio_fs: bool,
-    /// virtio-9p is supported.
-    pub virtio_9p: bool,
     /// VFIO devices can be passed through.
     pub vfio: bool,
     /// The agent is reached over hybrid vsock (a unix socket) rather than AF_VSOCK.
     pub hybrid_vsock: bool,
+    /// The shared filesystems the backend serves (`shared_fs` values).
+    pub shared_fs: Vec<SharedFs>,
+    /// Why the other shared filesystems are refused, and what to use instead (for the
+    /// `shared_fs` error).
+    pub shared_fs_note: String,
+    /// A running VM can be handed over to another process: [`Hypervisor::detach`] here,
+    /// [`crate::backend::restore`] there.
+    pub hand_over: bool,
+    /// There is no VM: the agent runs on this host (the test backend), and the shared
+    /// directory is visible to it at the guest path without a mount, so no shared-fs storage
+    /// is sent to it.
+    pub guest_on_host: bool,
+}
+
+impl Capabilities {
+    /// Whether the backend serves this shared filesystem.
+    pub fn supports_shared_fs(&self, fs: SharedFs) -> bool {
+        self.shared_fs.contains(&fs)
+    }
+
+    /// `Ok` if the backend serves `fs`, else the `shared_fs` configuration error that says why
+    /// not and what it serves.
+    pub fn check_shared_fs(&self, fs: SharedFs) -> Result<()> {
+        if self.supports_shared_fs(fs) {
+            return Ok(());
+        }
+        let served = self
+            .shared_fs
+            .iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let backend = self
+            .backend
+            .map(|b| format!("the {b} backend"))
+            .unwrap_or_else(|| "this backend".into());
+        let mut reason = format!("{backend} serves {served}");
+        if !self.shared_fs_note.is_empty() {
+            reason.push_str("; ");
+            reason.push_str(&self.shared_fs_note);
+        }
+        Err(Error::InvalidConfig {
+            key: "shared_fs",
+            value: format!("\"{fs}\""),
+            reason,
+        })
+    }
 }
 
 /// The lifecycle state of a VM.
@@ -55,31 +104,41 @@ impl std::fmt::Display for VmState {
     }
 }
 
-/// What `persist` saves of a running VM so a restarted runtime can find it again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What `persist` saves of a running VM so a restarted runtime can find it again
+/// ([`crate::backend::restore`]) or clean up after it ([`crate::backend::cleanup`]).
+///
+/// Everything a backend needs beyond the VM directory and the agent's address is its own
+/// business, kept opaque in `backend_state` (QEMU: its pids, QMP socket, accelerator, PCIe
+/// ports). A state without it (an older format) can still be cleaned up, not restored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HypervisorState {
-    /// Backend name (`qemu`, ...).
-    pub backend: String,
+    /// The backend that runs the VM.
+    pub backend: HypervisorType,
     /// The directory holding the VM's sockets and console log.
     pub vm_dir: PathBuf,
-    /// Pids of the VMM and its helper processes.
-    pub pids: Vec<u32>,
-    /// The QMP (or API) socket, if any.
-    pub api_socket: Option<PathBuf>,
     /// Where the agent is.
     pub agent_address: Option<VsockAddress>,
-    /// The accelerator the VM runs with.
-    pub accelerator: Option<Accelerator>,
+    /// The backend's own state (`null` when absent).
+    #[serde(default)]
+    pub backend_state: serde_json::Value,
 }
 
 /// A virtual machine monitor driving one VM.
 ///
 /// Methods take `&self` so a backend can be shared (`Arc<dyn Hypervisor>`) between the task that
-/// waits for the VM to exit and the ones that drive it.
+/// waits for the VM to exit and the ones that drive it. A VM is made by
+/// [`crate::backend::create`] (or taken over by [`crate::backend::restore`]), then:
+/// [`prepare`](Self::prepare), [`start`](Self::start), [`wait_ready`](Self::wait_ready), and the
+/// agent is connected to [`agent_address`](Self::agent_address).
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
-    /// The backend's name (`qemu`, `builtin`, ...).
-    fn name(&self) -> &'static str;
+    /// The backend's type.
+    fn kind(&self) -> HypervisorType;
+
+    /// The backend's name (its section name: `qemu`, ...).
+    fn name(&self) -> &'static str {
+        self.kind().section_name()
+    }
 
     /// Checks the configuration and files and records the devices to cold-plug at start.
     async fn prepare(&self, devices: Vec<DeviceConfig>) -> Result<()>;
@@ -88,9 +147,23 @@ pub trait Hypervisor: Send + Sync {
     /// On error nothing is left running.
     async fn start(&self) -> Result<()>;
 
+    /// Waits until the guest's agent port answers, `timeout` in all: whatever the backend needs
+    /// to deliver a guest whose agent can be dialled (QEMU with hybrid vsock boots the VM once
+    /// more if the agent stays silent for a third of the time while the VM runs). A VM that
+    /// exits ends the wait with [`Error::VmExited`]; one whose agent stays silent with
+    /// [`Error::AgentNotReady`] (the caller stops it).
+    async fn wait_ready(&self, timeout: Duration) -> Result<()>;
+
     /// Stops the VM, gracefully and then by force, and removes every process, socket and
     /// directory it created. Safe to call more than once.
     async fn stop(&self) -> Result<()>;
+
+    /// Stops the VM at once, from any context (a `Drop`, no runtime needed): what the backend
+    /// runs for the VM is killed and waited for (bounded), and its directory is removed. An
+    /// external VMM is killed through the pidfds it is supervised by, never by a bare pid; an
+    /// in-process VMM stops its vCPUs. Idempotent; [`stop`](Self::stop) after it does nothing
+    /// more. A detached VM is left alone.
+    fn stop_now(&self);
 
     /// Pauses the vCPUs.
     async fn pause(&self) -> Result<()>;
@@ -113,8 +186,14 @@ pub trait Hypervisor: Send + Sync {
     /// Where the guest agent listens.
     fn agent_address(&self) -> Result<VsockAddress>;
 
-    /// Pids of the VMM's processes (for host cgroups).
+    /// Pids of the processes that run the VM, for host cgroups and display only: nobody above
+    /// this crate kills them ([`stop_now`](Self::stop_now) does). Empty for an in-process VMM.
     fn pids(&self) -> Vec<u32>;
+
+    /// The accelerator the VM runs with, once started (`None` where it does not apply).
+    fn accelerator(&self) -> Option<Accelerator> {
+        None
+    }
 
     /// What the backend supports.
     fn capabilities(&self) -> Capabilities;
@@ -128,18 +207,58 @@ pub trait Hypervisor: Send + Sync {
     /// The last `n` lines of the guest console.
     fn console_tail(&self, n: usize) -> Vec<String>;
 
-    /// Resolves when the VMM process has exited, with how it exited.
+    /// Resolves when the VM has ended, with how it ended.
     async fn wait_exit(&self) -> String;
 
     /// Lets the VM run on without this handle: its processes are no longer supervised or
-    /// killed, its sockets and directory stay, and later calls to [`stop`](Self::stop) do
-    /// nothing. Another process (or a later handle) takes it over from
-    /// [`save_state`](Self::save_state) (QEMU: `Qemu::restore`). Backends that cannot hand a
-    /// VM over (an in-process VMM) answer [`Error::Unsupported`](crate::Error::Unsupported).
+    /// killed, its sockets and directory stay, and later calls to [`stop`](Self::stop) and
+    /// [`stop_now`](Self::stop_now) do nothing. Another process (or a later handle) takes it
+    /// over from [`save_state`](Self::save_state) with [`crate::backend::restore`]. Backends
+    /// that cannot hand a VM over (an in-process VMM; [`Capabilities::hand_over`] is false)
+    /// answer [`Error::Unsupported`].
     async fn detach(&self) -> Result<()> {
-        Err(crate::Error::Unsupported {
+        Err(Error::Unsupported {
             backend: self.name(),
             what: "handing a running VM over to another process".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_shared_fs_names_the_key_what_is_served_and_why() {
+        let caps = Capabilities {
+            backend: Some(HypervisorType::Qemu),
+            shared_fs: vec![SharedFs::Virtio9p, SharedFs::None],
+            shared_fs_note: "no virtiofsd yet".into(),
+            ..Default::default()
+        };
+        assert!(caps.supports_shared_fs(SharedFs::Virtio9p));
+        caps.check_shared_fs(SharedFs::None).unwrap();
+        let e = caps
+            .check_shared_fs(SharedFs::VirtioFs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("shared_fs = \"virtio-fs\"")
+                && e.contains("qemu backend serves virtio-9p, none")
+                && e.contains("no virtiofsd yet"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_state_of_the_older_format_still_reads() {
+        let old = serde_json::json!({
+            "backend": "qemu", "vm_dir": "/run/kata/sb/vm", "pids": [12, 13],
+            "api_socket": "/run/kata/sb/vm/qmp.sock", "agent_address": null,
+            "accelerator": "Tcg",
+        });
+        let s: HypervisorState = serde_json::from_value(old).unwrap();
+        assert_eq!(s.backend, HypervisorType::Qemu);
+        assert_eq!(s.backend_state, serde_json::Value::Null);
     }
 }

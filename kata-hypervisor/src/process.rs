@@ -5,8 +5,13 @@
 //! [`Supervised::detach`] lets it run on (a sandbox handed over to another process), and
 //! [`Supervised::adopt`] takes over a process this one did not start (a restarted runtime
 //! reconnecting to its VM), waited on through a pidfd since it is not our child.
+//!
+//! A [`Killer`] kills a supervised process from any context, without a runtime (a `Drop`,
+//! [`Hypervisor::stop_now`](crate::Hypervisor::stop_now)), through a pidfd, so only the process
+//! meant is ever hit. [`kill_processes_naming`] is the cleanup after a crashed owner: it finds
+//! a VM's processes by the VM directory on their command lines.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,6 +41,52 @@ pub struct Supervised {
     /// Shared with the task's [`KillGuard`]: cleared by `detach` at once, so a runtime that
     /// shuts down before the task sees the message does not kill a detached process.
     armed: Arc<AtomicBool>,
+    /// Pins the process, for [`Killer`]s (`None` only if the kernel has no pidfds).
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+/// Kills one supervised process from any context: synchronous, no runtime needed. Signals go
+/// through a pidfd, so a pid reused after the process is gone is never hit.
+#[derive(Debug, Clone)]
+pub struct Killer {
+    name: String,
+    pid: u32,
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl Killer {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends SIGKILL (nothing if the process is gone).
+    pub fn kill(&self) {
+        match &self.pidfd {
+            Some(fd) => {
+                let _ = pidfd_send_signal(fd, libc::SIGKILL);
+            }
+            None if self.pid != 0 && !is_gone(self.pid) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// Waits up to `timeout` until the process has exited; returns whether it has.
+    pub fn wait_gone(&self, timeout: Duration) -> bool {
+        let gone = match &self.pidfd {
+            Some(fd) => pidfd_wait(fd, timeout),
+            None => wait_gone(self.pid, timeout),
+        };
+        if !gone {
+            tracing::warn!(process = %self.name, pid = self.pid, ?timeout, "process still there after SIGKILL");
+        }
+        gone
+    }
 }
 
 /// Kills a pid when dropped while armed: the supervising task's future holds one, so a task
@@ -63,6 +114,11 @@ impl Supervised {
     pub fn new(name: impl Into<String>, mut child: Child) -> Self {
         let name = name.into();
         let pid = child.id().unwrap_or_default();
+        // Our child is not reaped before its task waits for it, so the pid is still its own.
+        let pidfd = (pid != 0)
+            .then(|| pidfd_open(pid).ok())
+            .flatten()
+            .map(Arc::new);
         let (control_tx, control_rx) = oneshot::channel::<Control>();
         let (exit_tx, exit_rx) = watch::channel(None);
         let task_name = name.clone();
@@ -103,6 +159,7 @@ impl Supervised {
             control: Some(control_tx),
             exit: exit_rx,
             armed,
+            pidfd,
         }
     }
 
@@ -138,6 +195,9 @@ impl Supervised {
                 cmdline.chars().take(200).collect::<String>()
             )));
         }
+        let killer_fd = pidfd
+            .try_clone()
+            .map_err(|e| refuse(format!("duplicating the pidfd: {e}")))?;
         // SAFETY: the OwnedFd is a valid, open pidfd that the AsyncFd owns from here on; an
         // OwnedFd always returns the same descriptor and closes it only when dropped.
         let fd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
@@ -174,7 +234,17 @@ impl Supervised {
             control: Some(control_tx),
             exit: exit_rx,
             armed: Arc::new(AtomicBool::new(false)),
+            pidfd: Some(Arc::new(killer_fd)),
         })
+    }
+
+    /// A handle that kills this process from any context (see [`Killer`]).
+    pub fn killer(&self) -> Killer {
+        Killer {
+            name: self.name.clone(),
+            pid: self.pid,
+            pidfd: self.pidfd.clone(),
+        }
     }
 
     /// Lets the process run on without supervision: it is neither killed nor waited for any
@@ -270,6 +340,79 @@ fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Waits until the pidfd's process has exited (the pidfd turns readable), up to `timeout`.
+fn pidfd_wait(pidfd: &OwnedFd, timeout: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::ZERO);
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) => return false,
+            Err(nix::errno::Errno::EINTR) if !left.is_zero() => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The command line of `pid`, its arguments joined by spaces (`None` if it cannot be read).
+pub fn cmdline(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
+}
+
+/// Pids of the processes whose command line names a path inside `dir` (`<dir>/...`), this
+/// process excepted: how a VM's processes are found without any saved state.
+pub fn processes_naming(dir: &Path) -> Vec<u32> {
+    let needle = format!("{}/", dir.display());
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| cmdline(*pid).is_some_and(|c| c.contains(&needle)))
+        .collect()
+}
+
+/// Kills what a crashed owner left of a VM: the `candidates` (pids from a saved state) and
+/// every process found by [`processes_naming`] `dir`. A pid is pinned with a pidfd and then
+/// killed only if its command line names `dir` (a recycled pid is never hit). Waits (up to
+/// `timeout` each) until they are gone. Returns the pids killed.
+pub fn kill_processes_naming(dir: &Path, candidates: &[u32], timeout: Duration) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    let mut pids: Vec<u32> = candidates.iter().copied().filter(|p| *p != 0).collect();
+    pids.extend(processes_naming(dir));
+    pids.sort_unstable();
+    pids.dedup();
+    let me = std::process::id();
+    let mut killed = Vec::new();
+    let mut pinned = Vec::new();
+    for pid in pids {
+        if pid == me || pid > i32::MAX as u32 {
+            continue;
+        }
+        let Ok(fd) = pidfd_open(pid) else { continue };
+        if is_gone(pid) || !cmdline(pid).is_some_and(|c| c.contains(&needle)) {
+            continue;
+        }
+        // SIGKILL: the owner is gone, nobody drives a graceful stop.
+        if pidfd_send_signal(&fd, libc::SIGKILL).is_ok() {
+            killed.push(pid);
+            pinned.push(fd);
+        }
+    }
+    for fd in &pinned {
+        pidfd_wait(fd, timeout);
+    }
+    killed
+}
+
 /// Whether `pid` has exited: no such process, or a zombie nobody reaped yet.
 pub fn is_gone(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -306,6 +449,7 @@ pub fn describe(status: std::process::ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
 
     #[tokio::test]
     async fn stop_kills_after_grace_and_reports_signal() {
@@ -415,6 +559,58 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("an owned child survived the end of its runtime");
+    }
+
+    #[tokio::test]
+    async fn a_killer_kills_without_a_runtime_and_waits() {
+        let child = tokio::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let s = Supervised::new("sleep", child);
+        let killer = s.killer();
+        let pid = killer.pid();
+        std::thread::spawn(move || {
+            killer.kill();
+            assert!(killer.wait_gone(Duration::from_secs(5)));
+            // Killing again is harmless.
+            killer.kill();
+        })
+        .join()
+        .unwrap();
+        assert!(is_gone(pid));
+        assert_eq!(s.wait().await, "killed by signal SIGKILL");
+    }
+
+    #[test]
+    fn processes_naming_a_directory_are_killed_and_others_are_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vm_dir = tmp.path().join("vm");
+        let mut named = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("sleep 100 # {}/qmp.sock", vm_dir.display()))
+            .spawn()
+            .unwrap();
+        let mut other = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if processes_naming(&vm_dir).contains(&named.id()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // `other` is offered as a candidate (a recycled pid from a saved state): refused.
+        let killed = kill_processes_naming(&vm_dir, &[other.id()], Duration::from_secs(5));
+        assert_eq!(killed, vec![named.id()]);
+        assert!(named.wait().unwrap().signal().is_some());
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "an unrelated process survives"
+        );
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 
     #[tokio::test]

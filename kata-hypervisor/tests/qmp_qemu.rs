@@ -1,5 +1,8 @@
-//! Tier 2: our QMP client against a real QEMU (no guest needed: the VM is created paused).
+//! Tier 2: our QMP client and the QEMU backend's hand-over against a real QEMU (no guest
+//! needed: the VM is created paused).
+#![cfg(feature = "qemu")]
 
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use kata_hypervisor::qemu::qmp::QmpClient;
@@ -115,28 +118,22 @@ async fn qmp_negotiates_queries_hotplugs_and_quits() {
     assert!(status.success(), "QEMU exits cleanly on quit: {status}");
 }
 
-/// A paused QEMU whose command line names `<tmp>/vm` (as the backend's VMs do) is adopted from
-/// a saved state, handed over again with `detach`, re-adopted, and stopped by pid.
-#[cfg(feature = "qemu")]
-#[tokio::test]
-async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
-    use kata_hypervisor::qemu::Qemu;
-    use kata_hypervisor::{Hypervisor, HypervisorConfig, HypervisorState, VmState, VsockAddress};
+/// Killed on drop, so a failed assertion leaves no QEMU behind.
+struct KillOnDrop(std::process::Child);
 
-    let tmp = tempfile::tempdir().unwrap();
-    let vm_dir = tmp.path().join("vm");
-    std::fs::create_dir(&vm_dir).unwrap();
-    let sock = vm_dir.join("qmp.sock");
-    // Killed on drop, so a failed assertion leaves no QEMU behind; no inherited stdout, so
-    // a QEMU that outlived the test could not hold the test runner's pipe either.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    let mut child = KillOnDrop(
+}
+
+/// A paused QEMU whose command line names `vm_dir` (as the backend's VMs do), with no
+/// inherited stdout, so a QEMU that outlived the test could not hold the test runner's pipe.
+fn paused_qemu_in(vm_dir: &std::path::Path) -> KillOnDrop {
+    std::fs::create_dir(vm_dir).unwrap();
+    let sock = vm_dir.join("qmp.sock");
+    let child = KillOnDrop(
         std::process::Command::new("qemu-system-x86_64")
             .args(["-machine", "q35", "-accel", "tcg", "-nodefaults"])
             .args(["-display", "none", "-S", "-m", "64M"])
@@ -155,21 +152,39 @@ async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let config = HypervisorConfig {
-        shared_fs: "virtio-9p".into(),
-        ..Default::default()
-    };
-    let saved = HypervisorState {
-        backend: "qemu".into(),
-        vm_dir: vm_dir.clone(),
-        pids: vec![child.0.id()],
-        api_socket: Some(sock.clone()),
-        agent_address: Some(VsockAddress::HybridVsock {
+    child
+}
+
+/// The state the QEMU backend would have saved for `pid` running in `vm_dir`.
+fn saved_state(vm_dir: &std::path::Path, pid: u32) -> kata_hypervisor::HypervisorState {
+    kata_hypervisor::qemu::QemuState {
+        qemu_pid: pid,
+        vsock_backend_pid: None,
+        qmp_socket: vm_dir.join("qmp.sock"),
+        accelerator: None,
+        cold_plugged: Vec::new(),
+        ports: Vec::new(),
+    }
+    .into_saved(
+        vm_dir,
+        Some(kata_hypervisor::VsockAddress::HybridVsock {
             uds: vm_dir.join("vsock.uds"),
             port: 1024,
         }),
-        accelerator: None,
-    };
+    )
+}
+
+/// A paused QEMU is adopted from a saved state through the backend boundary, handed over
+/// again with `detach`, re-adopted, and stopped.
+#[tokio::test]
+async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
+    use kata_hypervisor::{backend, HypervisorConfig, HypervisorState, HypervisorType, VmState};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let vm_dir = tmp.path().join("vm");
+    let mut child = paused_qemu_in(&vm_dir);
+    let config = HypervisorConfig::default();
+    let saved = saved_state(&vm_dir, child.0.id());
 
     // A pid now held by another program is refused, and that program is left alone.
     let mut other = std::process::Command::new("sleep")
@@ -185,38 +200,52 @@ async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let recycled = HypervisorState {
-        pids: vec![other.id()],
-        ..saved.clone()
-    };
-    let e = Qemu::restore("r", config.clone(), &recycled)
+    let recycled = saved_state(&vm_dir, other.id());
+    let e = backend::restore("r", config.clone(), &recycled)
         .await
-        .unwrap_err();
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("does not name"), "{e}");
     assert!(other.try_wait().unwrap().is_none());
     other.kill().unwrap();
     other.wait().unwrap();
+    // Another backend's state, and a state without the QEMU section, are refused by name.
     let wrong = HypervisorState {
-        backend: "firecracker".into(),
+        backend: HypervisorType::Firecracker,
         ..saved.clone()
     };
-    assert!(Qemu::restore("r", config.clone(), &wrong).await.is_err());
+    let e = backend::restore("r", config.clone(), &wrong)
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("firecracker"), "{e}");
+    let older = HypervisorState {
+        backend_state: serde_json::Value::Null,
+        ..saved.clone()
+    };
+    let e = backend::restore("r", config.clone(), &older)
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("older format"), "{e}");
 
-    let vm = Qemu::restore("r", config.clone(), &saved).await.unwrap();
+    let vm = backend::restore("r", config.clone(), &saved).await.unwrap();
     assert_eq!(vm.state(), VmState::Running);
     assert_eq!(vm.pids(), vec![child.0.id()]);
     assert!(vm.agent_address().is_ok());
-    assert_eq!(vm.save_state().pids, saved.pids);
+    assert_eq!(vm.save_state(), saved, "the state round-trips");
 
-    // Handed over again: QEMU runs on, QMP is free for the next owner.
+    // Handed over again: QEMU runs on, QMP is free for the next owner; stop and stop_now
+    // leave it alone.
     vm.detach().await.unwrap();
     vm.stop().await.unwrap();
+    vm.stop_now();
     assert!(
         child.0.try_wait().unwrap().is_none(),
         "detach leaves QEMU running"
     );
     drop(vm);
-    let vm = Qemu::restore("r", config, &saved).await.unwrap();
+    let vm = backend::restore("r", config, &saved).await.unwrap();
     vm.pause().await.unwrap();
     assert_eq!(vm.state(), VmState::Paused);
 
@@ -227,4 +256,42 @@ async fn restore_adopts_a_running_qemu_and_stop_kills_it() {
     assert!(!status.is_empty());
     assert!(child.0.wait().is_ok());
     assert!(!vm_dir.exists(), "stop removes the VM directory");
+}
+
+/// `stop_now` kills an adopted QEMU synchronously, from a thread without a runtime, and
+/// removes the VM directory.
+#[tokio::test]
+async fn stop_now_kills_an_adopted_qemu_without_a_runtime() {
+    use kata_hypervisor::{backend, HypervisorConfig, VmState};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let vm_dir = tmp.path().join("vm");
+    let mut child = paused_qemu_in(&vm_dir);
+    let saved = saved_state(&vm_dir, child.0.id());
+    let vm = backend::restore("r", HypervisorConfig::default(), &saved)
+        .await
+        .unwrap();
+    let vm2 = vm.clone();
+    std::thread::spawn(move || vm2.stop_now()).join().unwrap();
+    assert!(
+        child.0.try_wait().unwrap().is_some(),
+        "QEMU is gone when stop_now returns"
+    );
+    assert!(!vm_dir.exists());
+    assert!(matches!(vm.state(), VmState::Stopped(_)));
+    assert!(vm.pids().is_empty());
+    vm.stop().await.unwrap();
+}
+
+/// `backend::cleanup` kills a QEMU left by a dead owner, from its state.
+#[test]
+fn cleanup_kills_a_qemu_left_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vm_dir = tmp.path().join("vm");
+    let mut child = paused_qemu_in(&vm_dir);
+    let saved = saved_state(&vm_dir, child.0.id());
+    let report = kata_hypervisor::backend::cleanup(Some(&saved), &vm_dir).unwrap();
+    assert_eq!(report.killed, vec![child.0.id()]);
+    assert!(report.vm_dir_removed && !vm_dir.exists());
+    assert!(child.0.wait().unwrap().signal().is_some());
 }

@@ -18,29 +18,32 @@ const MAX_LEN: usize = 128;
 /// assert!(validate_container_id("../etc").is_err());
 /// ```
 pub fn validate_container_id(id: &str) -> Result<()> {
-    let invalid = |reason: &'static str| {
-        Err(Error::InvalidContainerId {
-            id: id.to_owned(),
-            reason,
-        })
+    check_name(id).map_err(|reason| Error::InvalidContainerId {
+        id: id.to_owned(),
+        reason,
+    })
+}
+
+/// The rule of [`validate_container_id`], for every name that becomes a host path component
+/// ([`crate::safe_child`]): `Err` says why `name` is refused.
+pub(crate) fn check_name(name: &str) -> std::result::Result<(), &'static str> {
+    let Some(first) = name.bytes().next() else {
+        return Err("it is empty");
     };
-    let Some(first) = id.bytes().next() else {
-        return invalid("it is empty");
-    };
-    if id.len() > MAX_LEN {
-        return invalid("it is longer than 128 bytes");
+    if name.len() > MAX_LEN {
+        return Err("it is longer than 128 bytes");
     }
     if !first.is_ascii_alphanumeric() {
-        return invalid("it must start with a letter or a digit");
+        return Err("it must start with a letter or a digit");
     }
-    if !id
+    if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
     {
-        return invalid("only letters, digits, `_`, `.` and `-` are allowed");
+        return Err("only letters, digits, `_`, `.` and `-` are allowed");
     }
-    if id.contains("..") {
-        return invalid("it contains `..`");
+    if name.contains("..") {
+        return Err("it contains `..`");
     }
     Ok(())
 }

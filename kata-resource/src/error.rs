@@ -34,11 +34,63 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// `shared_fs` names no shared filesystem kind this crate knows.
-    #[error("unknown shared filesystem {value:?} (expected \"virtio-9p\" or \"virtio-fs\")")]
-    UnknownShareFsKind {
-        /// The value given.
-        value: String,
+    /// A name that would become a host path component is refused (see [`crate::safe_child`]).
+    #[error("{name:?} cannot name an entry of {}: {reason}", root.display())]
+    InvalidPathComponent {
+        /// The refused name.
+        name: String,
+        /// The directory it would have named an entry of.
+        root: PathBuf,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// A path given by a caller or a spec leaves the directory it must stay in (see
+    /// [`crate::path_within`]).
+    #[error("{field} {} is refused: {reason} (it must be inside {})", path.display(), root.display())]
+    PathNotWithin {
+        /// Which setting the path comes from, e.g. `root.path`.
+        field: &'static str,
+        /// The refused path.
+        path: PathBuf,
+        /// The directory it must be inside.
+        root: PathBuf,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// `shared_fs` names a kind this crate cannot set up.
+    #[error(
+        "shared_fs = \"{shared_fs}\" is not supported by kata-resource \
+         (supported: \"virtio-9p\", \"virtio-fs\", \"none\")"
+    )]
+    UnsupportedSharedFs {
+        /// The configured kind, as Kata's configuration spells it.
+        shared_fs: String,
+    },
+
+    /// A container rootfs needs the shared filesystem, and the sandbox has none.
+    #[error(
+        "the rootfs of container {container_id} cannot reach the guest: shared_fs = \"none\" \
+         and block-device rootfs is not supported yet (set shared_fs to \"virtio-9p\" or \
+         \"virtio-fs\")"
+    )]
+    NoSharedFs {
+        /// The container.
+        container_id: String,
+    },
+
+    /// A rootfs mount from containerd that this crate refuses to perform.
+    #[error("rootfs mount `{fs_type}` of {mount_source:?} on {}: {reason}", target.display())]
+    RootfsMountRefused {
+        /// The mount's type (`overlay`, `bind`, ...).
+        fs_type: String,
+        /// The mount's source.
+        mount_source: String,
+        /// Where it was to be mounted.
+        target: PathBuf,
+        /// What is refused and what is supported.
+        reason: String,
     },
 
     /// The sandbox's shared directory already exists, probably left by a sandbox that crashed.
@@ -278,6 +330,32 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: io::Error,
+    },
+
+    /// Unpacking an image went past one of its
+    /// [`UnpackLimits`](crate::rootfs::image::UnpackLimits).
+    #[error(
+        "{subject}: {problem}; the limit is UnpackLimits::{limit} = {value} \
+         (raise it with OciImage::open_with_limits if the image is trusted)"
+    )]
+    UnpackLimit {
+        /// What went past the limit: "layer sha256:...", "image tarball /path".
+        subject: String,
+        /// By how much, in words.
+        problem: String,
+        /// The `UnpackLimits` field.
+        limit: &'static str,
+        /// Its value.
+        value: String,
+    },
+
+    /// The image cache directory is not safe to keep rootfses in.
+    #[error("image cache {}: {reason}", path.display())]
+    UnsafeImageCache {
+        /// The cache directory.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
     },
 
     /// The directory to unpack into already exists.

@@ -1,35 +1,44 @@
 //! Host-side resources of a kata-rs sandbox.
 //!
-//! A sandbox needs things on the host before and while its micro-VM runs. This crate owns them,
-//! and removes everything it creates on every exit path (explicit release, drop, error):
+//! A sandbox needs things on the host before and while its micro-VM runs. One owner,
+//! [`SandboxResources`], holds them all for a sandbox and its containers, yields the devices
+//! to attach and the guest storages to send, and removes everything it created on every exit
+//! path (explicit release, drop, error); it detaches, adopts and cleans up as one unit for a
+//! restarted runtime. The modules doing the work:
 //!
 //! - [`share_fs`]: the sandbox's shared directory (`<sandbox_dir>/shared/`), exported to the
 //!   guest under the mount tag `kataShared` over virtio-9p or virtio-fs, and the container
 //!   rootfs bind (or overlay) mounts inside it.
-//! - [`rootfs::image`]: OCI images without containerd: open an OCI image layout directory or
-//!   tarball, verify every blob, unpack the layers (whiteouts included, path traversal refused)
-//!   into a cache keyed by manifest digest.
+//! - [`rootfs`]: where a container rootfs comes from: an OCI bundle's `root.path` (checked to
+//!   stay inside the bundle) with containerd's rootfs mounts, which this crate mounts, or
+//!   [`rootfs::image`]: OCI images without containerd, verified and unpacked (whiteouts
+//!   included, path traversal refused) into a cache keyed by manifest digest.
+//! - [`safe_child`] and [`path_within`]: the checked path helpers every path built from an id,
+//!   an annotation or a spec goes through.
 //! - `testimage` (feature `test-image`): a busybox rootfs and OCI image built from Debian's
 //!   `busybox-static`, for tests and examples.
 //!
-//! Everything here is synchronous and may block on disk I/O; async callers run it with
-//! `tokio::task::spawn_blocking`.
+//! Every host mount this crate makes is `nosuid,nodev`. Everything here is synchronous and may
+//! block on disk I/O; async callers run it with `tokio::task::spawn_blocking`.
 //!
 //! ```no_run
+//! use kata_hypervisor::{Capabilities, SharedFs};
 //! use kata_resource::rootfs::image::{ImageCache, OciImage};
-//! use kata_resource::share_fs::{ShareFs, ShareFsKind};
+//! use kata_resource::{RootfsMode, RootfsSource, SandboxResources};
 //!
 //! # fn main() -> kata_resource::Result<()> {
 //! let image = OciImage::open("busybox.tar")?;
 //! let rootfs = ImageCache::new("/var/cache/kata-rs/images")?.rootfs(&image)?;
 //!
-//! let share_fs = ShareFs::new("/run/kata/sandbox-1", ShareFsKind::Virtio9p)?;
-//! let shared = share_fs.share_rootfs("container-1", &rootfs)?;
+//! let mut resources = SandboxResources::new("/run/kata/sandbox-1", SharedFs::Virtio9p, 8192)?;
+//! let _cold_plug = resources.devices();
+//! let _create_sandbox = resources.sandbox_storages(&Capabilities::default());
+//! let c1 = resources.add_container("container-1", RootfsSource::Directory(rootfs), RootfsMode::Overlay)?;
 //! assert_eq!(
-//!     shared.guest_path(),
+//!     c1.rootfs_path,
 //!     "/run/kata-containers/shared/containers/container-1/rootfs"
 //! );
-//! shared.release()?; // or drop it
+//! resources.release()?; // or drop it
 //! # Ok(())
 //! # }
 //! ```
@@ -38,16 +47,28 @@
 
 mod container_id;
 mod error;
+mod fail_point;
 #[cfg(any(test, feature = "test-image"))]
 mod layout_writer;
 mod mount;
+mod path;
 pub mod rootfs;
+mod sandbox_resources;
 pub mod share_fs;
+mod storage;
 #[cfg(feature = "test-image")]
 pub mod testimage;
 
 pub use container_id::validate_container_id;
 pub use error::{Error, Result};
+pub use path::{path_within, safe_child};
+pub use rootfs::RootfsMount;
+pub use sandbox_resources::{
+    CgroupsState, ContainerGuestResources, ContainerResourcesState, DevicesState, NetworkState,
+    ResourcesState, RootfsSource, RootfsSourceState, RootfsState, SandboxResources, VolumesState,
+};
+pub use share_fs::RootfsMode;
+pub use storage::GuestStorage;
 
 /// The README's example, compiled as a doc test.
 #[cfg(doctest)]

@@ -105,9 +105,11 @@ pub(crate) type SpecBuilder<'a> = dyn Fn(&str) -> Result<Spec> + Send + Sync + '
 
 pub(crate) use kata_resource::share_fs::RootfsMode;
 
-/// How a process's standard streams are set up.
+/// How a process's standard streams are set up (kept in `state.json` as
+/// [`ProcessState`](crate::persist::ProcessState)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub(crate) struct StdioConfig {
+#[non_exhaustive]
+pub struct StdioConfig {
     /// A terminal: stderr is merged into stdout.
     pub terminal: bool,
     /// Stdin stays open for the caller (otherwise it is closed at once).

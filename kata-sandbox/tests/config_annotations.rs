@@ -153,6 +153,29 @@ fn path_annotations_must_match_their_valid_paths() {
     );
 }
 
+/// `*` does not cross `/` and `..` never matches: Kata's matcher admitted both (issue 9 row 11).
+#[test]
+fn path_annotations_cannot_climb_out_of_their_valid_paths() {
+    let d = tempfile::tempdir().unwrap();
+    let path = config(d.path(), r#"enable_annotations = ["path"]"#);
+    for evil in [
+        "/usr/bin/qemu-system-x/../../../tmp/q",
+        "/usr/bin/qemu-system-x/evil",
+        "/opt/kata/bin/qemu-a/b",
+    ] {
+        let e = load(&path, &[(&key("path"), evil)]).unwrap_err();
+        assert!(
+            e.contains(evil) && e.contains("valid_hypervisor_paths"),
+            "{e}"
+        );
+    }
+    let loaded = load(&path, &[(&key("path"), "/usr/bin//qemu-system-aarch64")]).unwrap();
+    assert_eq!(
+        loaded.config.hypervisor["qemu"].path,
+        "/usr/bin//qemu-system-aarch64"
+    );
+}
+
 #[test]
 fn boot_file_annotations_must_exist() {
     let d = tempfile::tempdir().unwrap();

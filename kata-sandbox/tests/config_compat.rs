@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use kata_sandbox::config::{ConfigLoader, HypervisorType, LoadedConfig};
-use kata_sandbox::hypervisor::PciePort;
+use kata_hypervisor::PciePort;
 
 fn load(text: &str) -> LoadedConfig {
     let d = tempfile::tempdir().unwrap();
@@ -109,13 +109,13 @@ fn katas_runtime_rs_qemu_file() {
     assert_eq!(hv.hot_plug_vfio, PciePort::NoPort);
     assert_eq!(hv.pcie_root_port, 2);
     assert_eq!(hv.cpu_features, "pmu=off");
-    assert_eq!(hv.shared_fs, "virtio-fs");
-    assert_eq!(hv.virtio_fs_cache, "auto");
+    assert_eq!(hv.shared_fs.as_str(), "virtio-fs");
+    assert_eq!(hv.virtio_fs_cache.as_str(), "auto");
     assert_eq!(
         hv.virtio_fs_extra_args,
         ["--thread-pool-size=1", "--announce-submounts"]
     );
-    assert_eq!(hv.block_device_aio, "io_uring");
+    assert_eq!(hv.block_device_aio.as_str(), "io_uring");
     assert_eq!(hv.valid_entropy_sources.len(), 3);
     let agent = loaded.config.active_agent();
     assert_eq!(agent.create_container_timeout, 30);
@@ -242,7 +242,7 @@ static_sandbox_resource_mgmt=false
     );
     let (_, kind, hv) = db.config.active_hypervisor().unwrap();
     assert_eq!(kind, HypervisorType::Dragonball);
-    assert_eq!(hv.shared_fs, "inline-virtio-fs");
+    assert_eq!(hv.shared_fs.as_str(), "inline-virtio-fs");
     assert_eq!(db.config.active_agent().container_pipe_size, 1);
 
     let fc = load(
@@ -277,7 +277,7 @@ internetworking_model = "tcfilter"
     let (_, kind, hv) = fc.config.active_hypervisor().unwrap();
     assert_eq!(kind, HypervisorType::Firecracker);
     assert_eq!(hv.jailer_path, "/opt/kata/bin/jailer");
-    assert_eq!(hv.shared_fs, "none", "Firecracker's default");
+    assert_eq!(hv.shared_fs.as_str(), "none", "Firecracker's default");
     assert_eq!(hv.rx_rate_limiter_max_rate, 1_000_000);
     assert!(fc.warnings.is_empty(), "{:?}", fc.warnings);
 
@@ -287,7 +287,7 @@ internetworking_model = "tcfilter"
         ));
         let (_, kind, hv) = clh.config.active_hypervisor().unwrap();
         assert_eq!(kind, HypervisorType::CloudHypervisor);
-        assert_eq!(hv.block_device_driver, "virtio-blk-pci");
+        assert_eq!(hv.block_device_driver.as_str(), "virtio-blk-pci");
     }
 
     let remote = load(

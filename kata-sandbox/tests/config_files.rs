@@ -128,7 +128,7 @@ fn each_file_selects_its_vmm_and_features() {
     let (name, kind, hv, c) = active("qemu-runtime-rs");
     assert_eq!((name.as_str(), kind), ("qemu", HypervisorType::Qemu));
     assert_eq!(hv.path, "/usr/bin/qemu-system-x86_64");
-    assert_eq!(hv.shared_fs, "virtio-9p");
+    assert_eq!(hv.shared_fs.as_str(), "virtio-9p");
     assert!(
         hv.kernel.is_empty() && hv.initrd.is_empty(),
         "guest manifest"
@@ -137,19 +137,19 @@ fn each_file_selects_its_vmm_and_features() {
 
     let (_, kind, hv, _) = active("dragonball");
     assert_eq!(kind, HypervisorType::Dragonball);
-    assert_eq!(hv.shared_fs, "inline-virtio-fs");
-    assert_eq!(hv.block_device_driver, "virtio-blk-mmio");
+    assert_eq!(hv.shared_fs.as_str(), "inline-virtio-fs");
+    assert_eq!(hv.block_device_driver.as_str(), "virtio-blk-mmio");
 
     let (name, kind, hv, _) = active("clh-runtime-rs");
     assert_eq!(
         (name.as_str(), kind),
         ("clh", HypervisorType::CloudHypervisor)
     );
-    assert_eq!(hv.shared_fs, "virtio-fs");
+    assert_eq!(hv.shared_fs.as_str(), "virtio-fs");
 
     let (_, kind, hv, _) = active("rs-fc");
     assert_eq!(kind, HypervisorType::Firecracker);
-    assert_eq!(hv.shared_fs, "none");
+    assert_eq!(hv.shared_fs.as_str(), "none");
     assert_eq!(hv.jailer_path, "/usr/bin/jailer");
 
     let (_, kind, hv, c) = active("remote");
@@ -161,7 +161,7 @@ fn each_file_selects_its_vmm_and_features() {
     let (_, _, hv, c) = active("qemu-tdx-runtime-rs");
     assert!(hv.confidential_guest && !hv.sev_snp_guest);
     assert_eq!(hv.tdx_quote_generation_service_socket_port, 4050);
-    assert_eq!(hv.shared_fs, "none");
+    assert_eq!(hv.shared_fs.as_str(), "none");
     assert!(c.runtime.static_sandbox_resource_mgmt);
 
     let (_, _, hv, c) = active("qemu-snp-runtime-rs");
@@ -172,12 +172,12 @@ fn each_file_selects_its_vmm_and_features() {
     let (_, _, hv, _) = active("qemu-se-runtime-rs");
     assert!(hv.confidential_guest);
     assert_eq!(hv.machine_type, "s390-ccw-virtio");
-    assert_eq!(hv.vm_rootfs_driver, "virtio-blk-ccw");
+    assert_eq!(hv.vm_rootfs_driver.as_str(), "virtio-blk-ccw");
     assert_eq!(hv.path, "/usr/bin/qemu-system-s390x");
 
     let (_, _, hv, c) = active("qemu-coco-dev-runtime-rs");
     assert!(!hv.confidential_guest);
-    assert_eq!(hv.shared_fs, "none");
+    assert_eq!(hv.shared_fs.as_str(), "none");
     assert!(c.runtime.static_sandbox_resource_mgmt);
 }
 
@@ -201,7 +201,7 @@ fn a_builder_comes_from_the_qemu_file_and_not_from_the_others() {
     let qemu = file("qemu-runtime-rs");
     if Path::new("/usr/bin/qemu-system-x86_64").exists() {
         let b = SandboxBuilder::from_config_file(&qemu).unwrap();
-        assert_eq!(b.config().shared_fs, "virtio-9p");
+        assert_eq!(b.config().shared_fs.as_str(), "virtio-9p");
         assert_eq!(b.config().default_memory, 2048);
     }
     let e = SandboxBuilder::from_config_file(file("dragonball"))

@@ -437,7 +437,7 @@ fn kata_load_time_rules_apply() {
     assert_eq!(hv.default_vcpus, host);
     assert_eq!(hv.default_maxvcpus, host);
     assert_eq!(hv.default_bridges, 5);
-    assert_eq!(hv.virtio_fs_cache, "never");
+    assert_eq!(hv.virtio_fs_cache.as_str(), "never");
     assert_eq!(loaded.config.runtime.hypervisor_name, "qemu");
     assert!(
         loaded.notes.iter().any(|n| n.contains("default_bridges")),

@@ -359,7 +359,7 @@ async fn a_state_of_the_older_format_is_named_and_still_cleaned_up() {
     let e = Sandbox::restore(&dir).await.unwrap_err().to_string();
     assert!(e.contains("format version 1") && e.contains("older"), "{e}");
     let report = persist::cleanup(&dir).unwrap();
-    assert!(report.state_error.is_some_and(|e| e.contains("older")));
+    assert!(report.state_error.as_ref().is_some_and(|e| e.contains("older")));
     assert!(report.killed.contains(&vmm.id()), "{report:?}");
     assert!(report.removed, "{report:?}");
     let _ = vmm.wait();

@@ -6,7 +6,7 @@
 //! its output has been copied to the end and before `Wait` returns.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;

@@ -814,7 +814,7 @@ fn missing() -> Option<String> {
     if let Some(reason) = missing_root_or_tools(&["containerd", "ctr", "qemu-system-x86_64"]) {
         return Some(reason);
     }
-    if !kata_sandbox::hypervisor::GuestManifest::default_path().is_file() {
+    if !kata_hypervisor::GuestManifest::default_path().is_file() {
         return Some("no guest image (run `make guest`)".into());
     }
     None

@@ -82,14 +82,27 @@ pub struct CapSets {
 }
 
 impl CapSets {
-    /// Translates the spec's capabilities.
-    pub fn from_spec(caps: &LinuxCapabilities) -> Self {
+    /// No capability in any set: what a process without `process.capabilities` gets.
+    pub fn none() -> Self {
         CapSets {
-            bounding: caps.bounding().as_ref().map(to_mask),
-            effective: caps.effective().as_ref().map(to_mask),
-            permitted: caps.permitted().as_ref().map(to_mask),
-            inheritable: caps.inheritable().as_ref().map(to_mask),
-            ambient: caps.ambient().as_ref().map(to_mask),
+            bounding: Some(0),
+            effective: Some(0),
+            permitted: Some(0),
+            inheritable: Some(0),
+            ambient: Some(0),
+        }
+    }
+
+    /// Translates the spec's capabilities. A set the spec leaves out is empty, as runc reads it
+    /// (not "kept as inherited").
+    pub fn from_spec(caps: &LinuxCapabilities) -> Self {
+        let mask = |set: &Option<Capabilities>| Some(set.as_ref().map_or(0, to_mask));
+        CapSets {
+            bounding: mask(caps.bounding()),
+            effective: mask(caps.effective()),
+            permitted: mask(caps.permitted()),
+            inheritable: mask(caps.inheritable()),
+            ambient: mask(caps.ambient()),
         }
     }
 }
@@ -255,6 +268,17 @@ mod tests {
         let m = (1 << 29) | (1 << 5) | (1 << 10);
         assert_eq!(sets.bounding, Some(m));
         assert_eq!(sets.ambient, Some(m));
+    }
+
+    #[test]
+    fn missing_sets_are_empty_like_runc() {
+        let mut caps = LinuxCapabilities::default();
+        caps.set_inheritable(None);
+        caps.set_ambient(None);
+        let sets = CapSets::from_spec(&caps);
+        assert_eq!(sets.inheritable, Some(0));
+        assert_eq!(sets.ambient, Some(0));
+        assert_eq!(CapSets::none().bounding, Some(0));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Each container gets one cgroup (`linux.cgroupsPath`, or `kata-agent/<id>`) holding its init
 //! and exec processes. `linux.resources` is written into it (memory, cpu, cpuset, pids, and v2's
-//! `unified` map), its files answer StatsContainer and ListProcesses, and RemoveContainer kills
+//! `unified` map, and the device rules: [`super::devices`]), its files answer StatsContainer and
+//! ListProcesses, and RemoveContainer kills
 //! whatever is left in it and removes it. On v1 the cgroup is created under the agent's own
 //! cgroup of each controller, so an agent that is itself confined (host tests) stays confined.
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use oci_spec::runtime::LinuxResources;
 
+use super::devices::{self, DeviceRules};
 use crate::error::{AgentError, Result};
 
 /// The v1 controllers the agent places containers in.
@@ -264,6 +266,19 @@ impl Cgroup {
     /// Writes `linux.resources` into the cgroup.
     pub fn apply(&self, res: &LinuxResources) -> Result<()> {
         let field = |f: &str| format!("linux.resources.{f}");
+        let devices = res.devices().as_deref().unwrap_or_default();
+        if let Some(rules) = DeviceRules::from_spec(devices, &field("devices"))? {
+            match (self.v2, self.dir("devices")) {
+                (true, Some(dir)) => devices::apply_v2(dir, &rules)?,
+                (false, Some(dir)) => devices::apply_v1(dir, &rules)?,
+                (_, None) => {
+                    return Err(AgentError::invalid(
+                        field("devices"),
+                        "cannot be enforced: the guest has no devices cgroup controller",
+                    ))
+                }
+            }
+        }
         if let Some(mem) = res.memory() {
             if let Some(dir) = self.dir("memory") {
                 if self.v2 {
@@ -539,6 +554,8 @@ impl Cgroup {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
+            // A frozen (paused) task only dies once thawed.
+            let _ = self.freeze(false);
             if Instant::now() >= deadline {
                 tracing::warn!(?pids, "processes still in cgroup after SIGKILL");
                 return;

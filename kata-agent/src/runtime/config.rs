@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::caps::CapSets;
+use super::seccomp::SeccompProgram;
 use super::user::ResolvedUser;
 
 /// Everything the helper needs for one process.
@@ -57,6 +58,10 @@ pub struct ProcessConfig {
     pub terminal: bool,
     /// `process.oomScoreAdj`.
     pub oom_score_adj: Option<i32>,
+    /// The container's `linux.seccomp`, compiled. Installed right before `execve` (after
+    /// `no_new_privs`), or before the capabilities are dropped when `no_new_privileges` is off
+    /// (installing without it needs `CAP_SYS_ADMIN`).
+    pub seccomp: Option<SeccompProgram>,
 }
 
 /// How to build a new container.
@@ -87,8 +92,8 @@ pub struct ContainerSetup {
     pub hostname: Option<String>,
     /// Domain name (only with a new UTS namespace).
     pub domainname: Option<String>,
-    /// `linux.sysctl`.
-    pub sysctl: BTreeMap<String, String>,
+    /// `linux.sysctl`, checked against the allow-list: key → (`/proc/sys` file, value).
+    pub sysctl: BTreeMap<String, (PathBuf, String)>,
     /// `linux.maskedPaths`.
     pub masked_paths: Vec<PathBuf>,
     /// `linux.readonlyPaths`.

@@ -11,6 +11,7 @@ use tokio::net::UnixStream;
 use super::cgroup::{Cgroup, CgroupStats};
 use super::channel::{recv_async, send_async, FromHelper, ToHelper};
 use super::process::Process;
+use super::seccomp::SeccompProgram;
 use crate::error::{AgentError, Result};
 
 /// How long StartContainer waits for the init to report its exec.
@@ -41,6 +42,7 @@ pub struct Container {
     execs: Mutex<ExecTable>,
     cgroup: Option<Cgroup>,
     start: tokio::sync::Mutex<Option<UnixStream>>,
+    seccomp: Option<SeccompProgram>,
 }
 
 impl Container {
@@ -59,7 +61,19 @@ impl Container {
             execs: Mutex::new(HashMap::new()),
             cgroup,
             start: tokio::sync::Mutex::new(Some(start)),
+            seccomp: None,
         }
+    }
+
+    /// Records the container's compiled seccomp profile, which its exec'd processes get too.
+    pub fn with_seccomp(mut self, seccomp: Option<SeccompProgram>) -> Self {
+        self.seccomp = seccomp;
+        self
+    }
+
+    /// The container's compiled seccomp profile.
+    pub fn seccomp(&self) -> Option<&SeccompProgram> {
+        self.seccomp.as_ref()
     }
 
     fn execs(&self) -> std::sync::MutexGuard<'_, ExecTable> {
@@ -187,7 +201,21 @@ impl Container {
                 }
             }
         }
+        if signal == libc::SIGKILL {
+            self.thaw();
+        }
         Ok(())
+    }
+
+    /// Thaws a paused container so that a SIGKILL sent to it takes effect: a task frozen by the
+    /// v1 freezer does not die until it is thawed (v2 lets fatal signals through, thawing is
+    /// harmless there).
+    fn thaw(&self) {
+        if let Some(cg) = &self.cgroup {
+            if let Err(e) = cg.freeze(false) {
+                tracing::debug!(container_id = %self.id, error = %e, "not thawed");
+            }
+        }
     }
 
     /// Kills every process of the container, waits for them (up to `timeout`, `None` for ever),
@@ -200,6 +228,7 @@ impl Container {
         for p in execs.iter().chain(std::iter::once(&self.init)) {
             p.signal(libc::SIGKILL)?;
         }
+        self.thaw();
         let wait_all = async {
             self.init.wait().await;
             for p in &execs {

@@ -16,10 +16,13 @@ pub mod channel;
 pub mod child;
 pub mod config;
 pub mod container;
+pub mod devices;
 pub mod path;
 pub mod process;
+pub mod seccomp;
 pub mod spec;
 pub mod stdio;
+pub mod sysctl;
 pub mod user;
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -58,6 +61,7 @@ pub struct Runtime {
     filesystems: Filesystems,
     helper: PathBuf,
     no_pivot: bool,
+    pod_netns: bool,
 }
 
 /// A process that passed setup.
@@ -82,7 +86,16 @@ impl Runtime {
             filesystems: Filesystems::detect(),
             helper: PathBuf::from("/proc/self/exe"),
             no_pivot: false,
+            pod_netns: false,
         }
+    }
+
+    /// Whether the agent's own network namespace is the pod's (the agent is the guest's init):
+    /// then a container sharing it may set `net.*` sysctls. On a host it is the host's, and
+    /// they are refused.
+    pub fn with_pod_netns(mut self, pod_netns: bool) -> Self {
+        self.pod_netns = pod_netns;
+        self
     }
 
     /// Enters every container's root with `MS_MOVE` + `chroot` instead of `pivot_root` (runc's
@@ -104,7 +117,16 @@ impl Runtime {
     /// On failure nothing is left behind: no process, no cgroup (mounts live in the container's
     /// own mount namespace and go with its init).
     pub async fn create(&self, id: &str, exec_id: &str, spec: &Spec) -> Result<Container> {
-        let mut plan = plan_container(id, spec, &self.filesystems)?;
+        // Planning reads the image (`/etc/passwd`, stats on the shared rootfs): off the async
+        // worker, so a slow or hostile rootfs cannot stall other requests.
+        let (cid, owned, filesystems, pod_netns) = (
+            id.to_string(),
+            spec.clone(),
+            self.filesystems.clone(),
+            self.pod_netns,
+        );
+        let mut plan =
+            blocking(move || plan_container(&cid, &owned, &filesystems, pod_netns)).await?;
         if let Mode::Container(setup) = &mut plan.init.mode {
             setup.no_pivot = self.no_pivot;
         }
@@ -118,10 +140,11 @@ impl Runtime {
             .as_ref()
             .and_then(|p| p.console_size().as_ref().map(console_size))
             .unwrap_or((0, 0));
+        let seccomp = plan.init.process.seccomp.clone();
         match self.launch(plan.init, cgroup.as_ref(), size).await {
             Ok(l) => {
                 let init = Process::new(id, exec_id, l.pid, l.exit, l.stdio);
-                Ok(Container::new(id, plan.rootfs, init, cgroup, l.channel))
+                Ok(Container::new(id, plan.rootfs, init, cgroup, l.channel).with_seccomp(seccomp))
             }
             Err(e) => {
                 if let Some(cg) = cgroup {
@@ -146,9 +169,13 @@ impl Runtime {
                 container.status()
             )));
         }
+        let (owned, rootfs) = (process.clone(), container.rootfs.clone());
+        let mut process_cfg = blocking(move || plan_process(&owned, &rootfs, "process")).await?;
+        // An exec'd process runs under the container's profile, as with runc.
+        process_cfg.seccomp = container.seccomp().cloned();
         let cfg = InitConfig {
             id: format!("{}/{exec_id}", container.id),
-            process: plan_process(process, &container.rootfs, "process")?,
+            process: process_cfg,
             mode: Mode::Exec {
                 init_pid: container.init().pid,
             },
@@ -284,6 +311,14 @@ impl Runtime {
             .map_err(|_| timeout(id, "the init helper"))?
             .map_err(|e| AgentError::io(format!("read from the init of {id}"), e))
     }
+}
+
+/// Runs `f` on tokio's blocking pool, in the caller's span (its logs keep the request's ids).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .await
+        .map_err(|e| AgentError::Internal(format!("spec planning failed: {e}")))?
 }
 
 /// `process.consoleSize` as (rows, columns), clamped to what a terminal holds.

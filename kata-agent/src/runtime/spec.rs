@@ -16,6 +16,8 @@ use super::caps::CapSets;
 use super::config::{
     ContainerSetup, DeviceNode, InitConfig, Mode, MountKind, MountStep, ProcessConfig,
 };
+use super::seccomp;
+use super::sysctl::{self, PrivateNamespaces};
 use super::user::resolve_user;
 use crate::error::{AgentError, Result};
 use crate::mount::{parse_propagation, MountOptions};
@@ -181,28 +183,72 @@ pub fn plan_process(process: &Process, rootfs: &Path, field: &str) -> Result<Pro
         env,
         cwd: cwd.clone(),
         user,
-        caps: process.capabilities().as_ref().map(CapSets::from_spec),
+        // No capabilities in the spec means none, as runc reads it (not "keep the agent's").
+        caps: Some(
+            process
+                .capabilities()
+                .as_ref()
+                .map(CapSets::from_spec)
+                .unwrap_or_else(CapSets::none),
+        ),
         rlimits,
         no_new_privileges: process.no_new_privileges().unwrap_or(false),
         terminal: process.terminal().unwrap_or(false),
         oom_score_adj: process.oom_score_adj(),
+        seccomp: None,
     })
 }
 
-fn clone_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
-    Some(match t {
+/// The clone flag of a namespace type; user and time namespaces are refused, naming the entry.
+fn clone_flag(t: LinuxNamespaceType, i: usize) -> Result<CloneFlags> {
+    Ok(match t {
         LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
         LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
         LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
         LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
         LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
         LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
-        LinuxNamespaceType::User | LinuxNamespaceType::Time => return None,
+        // Mapping ids needs a uid/gid-map handshake between the helper and the agent, id-mapped
+        // (or chowned) rootfs shares from the host, and device nodes bound instead of created;
+        // until that exists a user namespace is refused, never silently dropped: the container
+        // would run as real root of the guest while its spec says otherwise.
+        LinuxNamespaceType::User => {
+            return Err(AgentError::invalid(
+                format!("linux.namespaces[{i}]"),
+                "user namespaces (linux.namespaces[user]) are not supported by kata-agent: \
+                 remove it (the VM is the isolation boundary) or run the pod with host users",
+            ))
+        }
+        LinuxNamespaceType::Time => {
+            return Err(AgentError::invalid(
+                format!("linux.namespaces[{i}]"),
+                "time namespaces (linux.namespaces[time]) are not supported by kata-agent",
+            ))
+        }
     })
 }
 
+/// Whether `path` names a namespace other than the agent's own of that kind (`kind` as in
+/// `/proc/self/ns/<kind>`).
+fn is_foreign_namespace(path: &Path, kind: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata(format!("/proc/self/ns/{kind}"));
+    match (std::fs::metadata(path), own) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) != (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
 /// Validates a container's spec and translates it into the helper's configuration.
-pub fn plan_container(id: &str, spec: &Spec, filesystems: &Filesystems) -> Result<ContainerPlan> {
+///
+/// `pod_netns`: the agent's own network namespace is the pod's (the agent is the guest's init),
+/// so `net.*` sysctls are allowed for a container that shares it.
+pub fn plan_container(
+    id: &str,
+    spec: &Spec,
+    filesystems: &Filesystems,
+    pod_netns: bool,
+) -> Result<ContainerPlan> {
     let process = spec
         .process()
         .as_ref()
@@ -227,7 +273,7 @@ pub fn plan_container(id: &str, spec: &Spec, filesystems: &Filesystems) -> Resul
             format!("{} is not a directory in the guest", rootfs.display()),
         ));
     }
-    let process_cfg = plan_process(process, &rootfs, "process")?;
+    let mut process_cfg = plan_process(process, &rootfs, "process")?;
 
     let linux = spec.linux().clone().unwrap_or_default();
 
@@ -236,16 +282,30 @@ pub fn plan_container(id: &str, spec: &Spec, filesystems: &Filesystems) -> Resul
     // not exist in the guest is never joined.
     let mut unshare = CloneFlags::CLONE_NEWNS;
     let mut join = Vec::new();
+    let mut private = PrivateNamespaces::default();
     for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
-        let Some(flag) = clone_flag(ns.typ()) else {
-            tracing::warn!(container_id = id, namespace = ?ns.typ(),
-                "namespace type not supported by kata-agent, ignored");
-            continue;
-        };
+        let flag = clone_flag(ns.typ(), i)?;
         if flag == CloneFlags::CLONE_NEWNS {
             continue;
         }
         let existing = ns.path().as_ref().filter(|p| p.exists());
+        let kind = match flag {
+            CloneFlags::CLONE_NEWIPC => "ipc",
+            CloneFlags::CLONE_NEWUTS => "uts",
+            CloneFlags::CLONE_NEWNET => "net",
+            _ => "",
+        };
+        let foreign = existing.is_none_or(|p| is_foreign_namespace(p, kind));
+        match flag {
+            CloneFlags::CLONE_NEWIPC => private.ipc = foreign,
+            CloneFlags::CLONE_NEWUTS => private.uts = foreign,
+            // No existing path: the container shares the agent's, which is the pod's only when
+            // the agent is the guest's init.
+            CloneFlags::CLONE_NEWNET => {
+                private.net = existing.is_some_and(|p| is_foreign_namespace(p, kind)) || pod_netns
+            }
+            _ => {}
+        }
         match (flag, existing) {
             (_, Some(path)) => join.push((flag.bits(), path.clone())),
             (CloneFlags::CLONE_NEWNET, None) => {
@@ -402,6 +462,16 @@ pub fn plan_container(id: &str, spec: &Spec, filesystems: &Filesystems) -> Resul
     }
     let domainname = spec.domainname().clone().filter(|h| !h.is_empty());
 
+    let mut sysctl = BTreeMap::new();
+    for (key, value) in linux.sysctl().iter().flatten() {
+        let path = sysctl::check(key, private)?;
+        sysctl.insert(key.clone(), (path, value.clone()));
+    }
+    process_cfg.seccomp = match linux.seccomp() {
+        Some(s) => seccomp::compile(s)?,
+        None => None,
+    };
+
     let setup = ContainerSetup {
         rootfs: rootfs.clone(),
         readonly_rootfs: root.readonly().unwrap_or(false),
@@ -415,12 +485,7 @@ pub fn plan_container(id: &str, spec: &Spec, filesystems: &Filesystems) -> Resul
         dev_symlinks: dev_mounted,
         hostname: hostname.filter(|_| new_uts),
         domainname: domainname.filter(|_| new_uts),
-        sysctl: linux
-            .sysctl()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect::<BTreeMap<_, _>>(),
+        sysctl,
         masked_paths: linux
             .masked_paths()
             .iter()
@@ -494,7 +559,7 @@ mod tests {
     #[test]
     fn default_spec_translates() {
         let dir = rootfs();
-        let plan = plan_container("c1", &spec_with(dir.path()), &fs()).unwrap();
+        let plan = plan_container("c1", &spec_with(dir.path()), &fs(), false).unwrap();
         let Mode::Container(setup) = &plan.init.mode else {
             panic!()
         };
@@ -529,13 +594,13 @@ mod tests {
         let mut spec = spec_with(dir.path());
         spec.set_process(None);
         assert_eq!(
-            invalid_field(plan_container("c", &spec, &fs()).unwrap_err()),
+            invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err()),
             "process"
         );
 
         let mut spec = spec_with(dir.path());
         spec.process_mut().as_mut().unwrap().set_args(Some(vec![]));
-        let err = plan_container("c", &spec, &fs()).unwrap_err();
+        let err = plan_container("c", &spec, &fs(), false).unwrap_err();
         assert_eq!(err.to_string(), "process.args is empty");
     }
 
@@ -548,7 +613,7 @@ mod tests {
                 .build()
                 .unwrap(),
         ));
-        let err = plan_container("c", &spec, &fs()).unwrap_err();
+        let err = plan_container("c", &spec, &fs(), false).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("root.path must be an absolute path"),
@@ -572,7 +637,7 @@ mod tests {
         );
         let idx = mounts.len() - 1;
         spec.set_mounts(Some(mounts));
-        let field = invalid_field(plan_container("c", &spec, &fs()).unwrap_err());
+        let field = invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err());
         assert_eq!(field, format!("mounts[{idx}].type"));
     }
 
@@ -588,7 +653,7 @@ mod tests {
             .build()
             .unwrap()]));
         assert_eq!(
-            invalid_field(plan_container("c", &spec, &fs()).unwrap_err()),
+            invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err()),
             "mounts[0].source"
         );
         spec.set_mounts(Some(vec![MountBuilder::default()
@@ -598,7 +663,7 @@ mod tests {
             .options(vec!["ro".to_string()])
             .build()
             .unwrap()]));
-        let plan = plan_container("c", &spec, &fs()).unwrap();
+        let plan = plan_container("c", &spec, &fs(), false).unwrap();
         let Mode::Container(setup) = plan.init.mode else {
             panic!()
         };
@@ -616,7 +681,7 @@ mod tests {
             .unwrap()
             .set_user(UserBuilder::default().username("ghost").build().unwrap());
         assert_eq!(
-            invalid_field(plan_container("c", &spec, &fs()).unwrap_err()),
+            invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err()),
             "process.user.username"
         );
     }
@@ -627,7 +692,7 @@ mod tests {
         let mut spec = spec_with(dir.path());
         spec.process_mut().as_mut().unwrap().set_cwd("tmp".into());
         assert_eq!(
-            invalid_field(plan_container("c", &spec, &fs()).unwrap_err()),
+            invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err()),
             "process.cwd"
         );
         let mut spec = spec_with(dir.path());
@@ -636,7 +701,7 @@ mod tests {
             .unwrap()
             .set_env(Some(vec!["PATH=/bin".into(), "BROKEN".into()]));
         assert_eq!(
-            invalid_field(plan_container("c", &spec, &fs()).unwrap_err()),
+            invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err()),
             "process.env[1]"
         );
     }
@@ -663,7 +728,7 @@ mod tests {
                 .build()
                 .unwrap(),
         ));
-        let plan = plan_container("c", &spec, &fs()).unwrap();
+        let plan = plan_container("c", &spec, &fs(), false).unwrap();
         let Mode::Container(setup) = plan.init.mode else {
             panic!()
         };
@@ -696,7 +761,7 @@ mod tests {
                 .unwrap(),
         ));
         assert_eq!(
-            invalid_field(plan_container("c", &spec, &fs()).unwrap_err()),
+            invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err()),
             "linux.rootfsPropagation"
         );
     }

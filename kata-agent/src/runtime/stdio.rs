@@ -6,9 +6,9 @@
 //! and neither is a dead process's last output.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -16,11 +16,6 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     let flags = fcntl(fd, FcntlArg::F_GETFL)?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
     fcntl(fd, FcntlArg::F_SETFL(flags))?;
-    Ok(())
-}
-
-fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     Ok(())
 }
 
@@ -136,30 +131,57 @@ pub fn pipes() -> io::Result<(ChildStdio, ParentStdio)> {
     ))
 }
 
+/// A pty master and slave, both opened close-on-exec in the same call (`openpty(3)` sets the
+/// flag afterwards, so a process spawned concurrently by another request could inherit another
+/// container's terminal).
+pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let master = nix::fcntl::open("/dev/ptmx", flags, nix::sys::stat::Mode::empty())?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from a valid reference; `master` is a ptmx fd we own.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TIOCGPTPEER takes open flags as its integer argument and returns a new fd.
+    let peer = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags.bits()) };
+    if peer >= 0 {
+        // SAFETY: the ioctl returned a fresh descriptor that nothing else owns.
+        return Ok((master, unsafe { OwnedFd::from_raw_fd(peer) }));
+    }
+    // Kernels before 4.13: open the slave by its number.
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int into `n`.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let slave = nix::fcntl::open(
+        format!("/dev/pts/{n}").as_str(),
+        flags,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    Ok((master, slave))
+}
+
 /// A pty of `rows` × `cols` (0 keeps the kernel's default): the slave on fds 0-2.
 pub fn pty(rows: u16, cols: u16) -> io::Result<(ChildStdio, ParentStdio)> {
-    let size = (rows > 0 && cols > 0).then_some(nix::pty::Winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    });
-    let pty = nix::pty::openpty(size.as_ref(), None)?;
-    set_cloexec(&pty.master)?;
-    set_cloexec(&pty.slave)?;
-    let reader = pty.master.try_clone()?;
-    let writer = pty.master.try_clone()?;
+    let (master, slave) = open_pty()?;
+    if rows > 0 && cols > 0 {
+        resize(&master, rows, cols)?;
+    }
+    // try_clone dups with F_DUPFD_CLOEXEC.
+    let reader = master.try_clone()?;
+    let writer = master.try_clone()?;
     Ok((
         ChildStdio {
-            stdin: pty.slave.try_clone()?,
-            stdout: pty.slave.try_clone()?,
-            stderr: pty.slave,
+            stdin: slave.try_clone()?,
+            stdout: slave.try_clone()?,
+            stderr: slave,
         },
         ParentStdio {
             stdin: Some(InputStream::new(writer)?),
             stdout: Some(OutputStream::new(reader)?),
             stderr: None,
-            tty: Some(pty.master),
+            tty: Some(master),
         },
     ))
 }
@@ -216,6 +238,60 @@ mod tests {
             .read_to_string(&mut s)
             .unwrap();
         assert_eq!(s, "abc");
+    }
+
+    fn is_cloexec(fd: &OwnedFd) -> bool {
+        let flags = fcntl(fd, FcntlArg::F_GETFD).unwrap();
+        nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC)
+    }
+
+    /// Every descriptor the agent keeps or hands to a helper is close-on-exec from its creation:
+    /// a process spawned at the same moment for another container inherits none of them (the
+    /// helper gets its stdio through `dup2` onto 0-2, which clears the flag on the copies only).
+    #[tokio::test]
+    async fn stdio_descriptors_are_close_on_exec() {
+        let (master, slave) = open_pty().unwrap();
+        assert!(is_cloexec(&master) && is_cloexec(&slave));
+        let (child, parent) = pty(24, 80).unwrap();
+        for fd in [&child.stdin, &child.stdout, &child.stderr] {
+            assert!(is_cloexec(fd));
+        }
+        assert!(is_cloexec(parent.tty.as_ref().unwrap()));
+        let (child, _parent) = pipes().unwrap();
+        for fd in [&child.stdin, &child.stdout, &child.stderr] {
+            assert!(is_cloexec(fd));
+        }
+    }
+
+    /// A process spawned while ptys are being opened never holds one.
+    #[test]
+    fn concurrent_spawns_inherit_no_pty() {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opener = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    held.push(open_pty().unwrap());
+                    if held.len() > 8 {
+                        held.clear();
+                    }
+                }
+            })
+        };
+        for _ in 0..30 {
+            let out = std::process::Command::new("/bin/sh")
+                .args(["-c", "ls -l /proc/$$/fd"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !text.contains("ptmx") && !text.contains("/dev/pts/"),
+                "{text}"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        opener.join().unwrap();
     }
 
     #[tokio::test]

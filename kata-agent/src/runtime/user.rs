@@ -11,7 +11,7 @@ use std::path::Path;
 use oci_spec::runtime::User;
 use serde::{Deserialize, Serialize};
 
-use super::path::resolve_in_root;
+use super::path::{read_file_in_root, ReadError};
 use crate::error::{AgentError, Result};
 
 /// One `/etc/passwd` line.
@@ -99,16 +99,28 @@ pub struct ResolvedUser {
     pub umask: Option<u32>,
 }
 
+/// The largest `/etc/passwd` or `/etc/group` the agent reads from an image.
+pub const MAX_USER_DB: u64 = 4 << 20;
+
+/// Reads `/etc/passwd` or `/etc/group` of the rootfs: `None` when absent; an error naming the
+/// file when it is not a regular file (a FIFO planted to hang the agent) or too large.
+fn read_user_db(rootfs: &Path, name: &str, field: &str) -> Result<Option<String>> {
+    match read_file_in_root(rootfs, Path::new(name), MAX_USER_DB) {
+        Ok(data) => Ok(Some(String::from_utf8_lossy(&data).into_owned())),
+        Err(ReadError::Missing) => Ok(None),
+        Err(e) => Err(AgentError::invalid(
+            field,
+            format!("cannot be resolved: {name} in the container's rootfs {e}"),
+        )),
+    }
+}
+
 /// Resolves the spec's user against the rootfs's `/etc/passwd` and `/etc/group`.
 ///
 /// `field` names the user in error messages (`process.user`).
 pub fn resolve_user(rootfs: &Path, user: &User, field: &str) -> Result<ResolvedUser> {
-    let read = |p: &str| -> Option<String> {
-        let path = resolve_in_root(rootfs, Path::new(p)).ok()?;
-        std::fs::read_to_string(path).ok()
-    };
-    let passwd = read("/etc/passwd").map(|t| parse_passwd(&t));
-    let groups = read("/etc/group")
+    let passwd = read_user_db(rootfs, "/etc/passwd", field)?.map(|t| parse_passwd(&t));
+    let groups = read_user_db(rootfs, "/etc/group", field)?
         .map(|t| parse_group(&t))
         .unwrap_or_default();
 
@@ -216,6 +228,25 @@ mod tests {
             err.to_string()
                 .starts_with("process.user.username \"ghost\""),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_fifo_at_etc_passwd_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        nix::unistd::mkfifo(
+            &dir.path().join("etc/passwd"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let user = UserBuilder::default().uid(0u32).build().unwrap();
+        let err = resolve_user(dir.path(), &user, "process.user").unwrap_err();
+        assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert_eq!(
+            err.to_string(),
+            "process.user cannot be resolved: /etc/passwd in the container's rootfs is a FIFO, \
+             not a regular file"
         );
     }
 

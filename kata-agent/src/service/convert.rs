@@ -69,7 +69,91 @@ pub fn container_spec(req: &agent::CreateContainerRequest) -> Result<oci_spec::r
     if let (Some(su), Some(p)) = (req.string_user.as_ref(), spec.process_mut().as_mut()) {
         apply_string_user(p, su)?;
     }
+    if let (Some(l), Some(linux)) = (wire.Linux.as_ref(), spec.linux_mut().as_mut()) {
+        linux.set_seccomp(l.Seccomp.as_ref().map(seccomp).transpose()?.flatten());
+    }
     Ok(spec)
+}
+
+/// Parses an OCI enum from its wire string, naming the field when it is not one.
+fn parse_enum<T: std::str::FromStr>(field: &str, value: &str, what: &str) -> Result<T> {
+    value
+        .parse()
+        .map_err(|_| AgentError::invalid(field, format!("{value:?} is not a seccomp {what}")))
+}
+
+/// The protocol's `LinuxSeccomp` as OCI's (`None`: no default action and no rules, which runc
+/// reads as "no seccomp"). Unknown action, operator, architecture or flag names are refused,
+/// naming the field.
+pub fn seccomp(s: &grpc::LinuxSeccomp) -> Result<Option<oci_spec::runtime::LinuxSeccomp>> {
+    use oci_spec::runtime::{
+        LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompOperator,
+        LinuxSyscall,
+    };
+    const F: &str = "linux.seccomp";
+    if s.DefaultAction.is_empty() && s.Syscalls.is_empty() {
+        return Ok(None);
+    }
+    if s.DefaultAction.is_empty() {
+        return Err(AgentError::invalid(
+            format!("{F}.defaultAction"),
+            "is missing (the profile has syscall rules)",
+        ));
+    }
+    let mut out = LinuxSeccomp::default();
+    out.set_default_action(parse_enum(
+        &format!("{F}.defaultAction"),
+        &s.DefaultAction,
+        "action",
+    )?);
+    let archs = s
+        .Architectures
+        .iter()
+        .enumerate()
+        .map(|(i, a)| parse_enum(&format!("{F}.architectures[{i}]"), a, "architecture"))
+        .collect::<Result<Vec<_>>>()?;
+    out.set_architectures((!archs.is_empty()).then_some(archs));
+    let flags = s
+        .Flags
+        .iter()
+        .enumerate()
+        .map(|(i, f)| parse_enum(&format!("{F}.flags[{i}]"), f, "filter flag"))
+        .collect::<Result<Vec<_>>>()?;
+    out.set_flags((!flags.is_empty()).then_some(flags));
+    let mut syscalls = Vec::with_capacity(s.Syscalls.len());
+    for (i, sc) in s.Syscalls.iter().enumerate() {
+        let field = format!("{F}.syscalls[{i}]");
+        let mut rule = LinuxSyscall::default();
+        rule.set_names(sc.Names.clone());
+        let action: LinuxSeccompAction =
+            parse_enum(&format!("{field}.action"), &sc.Action, "action")?;
+        rule.set_action(action);
+        rule.set_errno_ret(match sc.ErrnoRet.as_ref() {
+            Some(grpc::linux_syscall::ErrnoRet::Errnoret(n)) => Some(*n),
+            _ => None,
+        });
+        let mut args = Vec::with_capacity(sc.Args.len());
+        for (j, a) in sc.Args.iter().enumerate() {
+            let op: LinuxSeccompOperator =
+                parse_enum(&format!("{field}.args[{j}].op"), &a.Op, "operator")?;
+            let mut arg = LinuxSeccompArgBuilder::default()
+                .index(usize::try_from(a.Index).unwrap_or(usize::MAX))
+                .value(a.Value)
+                .op(op);
+            if a.ValueTwo != 0 {
+                arg = arg.value_two(a.ValueTwo);
+            }
+            args.push(
+                arg.build().map_err(|e| {
+                    AgentError::invalid(format!("{field}.args[{j}]"), e.to_string())
+                })?,
+            );
+        }
+        rule.set_args((!args.is_empty()).then_some(args));
+        syscalls.push(rule);
+    }
+    out.set_syscalls((!syscalls.is_empty()).then_some(syscalls));
+    Ok(Some(out))
 }
 
 /// The OCI process of an ExecProcess request.
@@ -198,6 +282,53 @@ mod tests {
         req.string_user = MessageField::some(su);
         let err = container_spec(&req).unwrap_err();
         assert!(err.to_string().starts_with("string_user.gid"), "{err}");
+    }
+
+    #[test]
+    fn seccomp_from_the_wire() {
+        let field = |e: AgentError| match e {
+            AgentError::InvalidArgument { field, .. } => field,
+            other => panic!("{other}"),
+        };
+        let mut s = grpc::LinuxSeccomp::new();
+        assert_eq!(seccomp(&s).unwrap(), None, "empty profile: no seccomp");
+        let mut rule = grpc::LinuxSyscall::new();
+        rule.Names = vec!["mkdir".into()];
+        rule.Action = "SCMP_ACT_ERRNO".into();
+        rule.ErrnoRet = Some(grpc::linux_syscall::ErrnoRet::Errnoret(38));
+        let mut arg = grpc::LinuxSeccompArg::new();
+        arg.Index = 1;
+        arg.Value = 0o700;
+        arg.ValueTwo = 0o700;
+        arg.Op = "SCMP_CMP_MASKED_EQ".into();
+        rule.Args = vec![arg];
+        s.Syscalls = vec![rule];
+        assert_eq!(
+            field(seccomp(&s).unwrap_err()),
+            "linux.seccomp.defaultAction"
+        );
+        s.DefaultAction = "SCMP_ACT_ALLOW".into();
+        s.Architectures = vec!["SCMP_ARCH_X86_64".into()];
+        s.Flags = vec!["SECCOMP_FILTER_FLAG_LOG".into()];
+        let p = seccomp(&s).unwrap().unwrap();
+        let r = &p.syscalls().as_ref().unwrap()[0];
+        assert_eq!(r.errno_ret(), Some(38));
+        assert_eq!(r.args().as_ref().unwrap()[0].value_two(), Some(0o700));
+
+        s.Flags = vec!["SECCOMP_FILTER_FLAG_BOGUS".into()];
+        assert_eq!(field(seccomp(&s).unwrap_err()), "linux.seccomp.flags[0]");
+        s.Flags.clear();
+        s.Architectures = vec!["SCMP_ARCH_PDP11".into()];
+        assert_eq!(
+            field(seccomp(&s).unwrap_err()),
+            "linux.seccomp.architectures[0]"
+        );
+        s.Architectures.clear();
+        s.Syscalls[0].Args[0].Op = "SCMP_CMP_ROUGHLY".into();
+        assert_eq!(
+            field(seccomp(&s).unwrap_err()),
+            "linux.seccomp.syscalls[0].args[0].op"
+        );
     }
 
     #[test]

@@ -328,11 +328,14 @@ impl AgentService for AgentServer {
             async move {
                 let c = sb.container(&req.container_id)?;
                 let p = c.process(&req.exec_id)?;
-                let status = p.wait().await;
+                let exit = p.wait().await;
                 c.forget_finished_execs();
-                tracing::info!(status, "process exited");
+                tracing::info!(status = exit.status, signal = ?exit.signal, "process exited");
                 let mut resp = agent::WaitProcessResponse::new();
-                resp.status = status;
+                resp.status = exit.status;
+                // kata-rs extension: always sent (0: it exited), so the host need not guess
+                // whether 128 + n was a kill.
+                resp.signal = Some(exit.signal.unwrap_or(0));
                 Ok(resp)
             },
         )
@@ -539,7 +542,7 @@ impl AgentService for AgentServer {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            details.supports_seccomp = false;
+            details.supports_seccomp = crate::runtime::seccomp::supported();
             let mut resp = agent::GuestDetailsResponse::new();
             if req.mem_block_size {
                 resp.mem_block_size_bytes = read_mem_block_size();

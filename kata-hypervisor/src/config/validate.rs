@@ -4,30 +4,12 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::{qemu_binary_name, HypervisorConfig, HypervisorType, SharedFs, MIN_MEMORY_MIB};
+use super::{
+    qemu_binary_name, BlockDeviceDriver, HypervisorConfig, HypervisorType, SharedFs,
+    VmRootfsDriver, MIN_MEMORY_MIB,
+};
 use crate::device::PciePort;
 use crate::error::{Error, Result};
-
-/// Block device drivers Kata accepts in `block_device_driver`.
-const BLOCK_DEVICE_DRIVERS: &[&str] = &[
-    "virtio-scsi",
-    "virtio-blk",
-    "virtio-blk-pci",
-    "virtio-blk-ccw",
-    "virtio-blk-mmio",
-    "virtio-mmio",
-    "virtio-pmem",
-    "nvdimm",
-];
-
-/// Drivers Kata accepts in `vm_rootfs_driver`.
-const VM_ROOTFS_DRIVERS: &[&str] = &[
-    "virtio-blk-pci",
-    "virtio-blk-ccw",
-    "virtio-blk-mmio",
-    "virtio-pmem",
-    "virtio-scsi",
-];
 
 /// Log levels Kata accepts.
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "critical"];
@@ -120,7 +102,7 @@ impl HypervisorConfig {
     pub fn validate_for(&self, kind: HypervisorType) -> Result<()> {
         self.validate_cpu_and_memory(kind.max_vcpus())?;
         self.validate()?;
-        let fs = self.shared_fs_kind()?;
+        let fs = self.shared_fs;
         match kind {
             HypervisorType::Qemu => {
                 if !self.jailer_path.is_empty() {
@@ -137,12 +119,7 @@ impl HypervisorConfig {
                         "QEMU has no jailer; leave valid_jailer_paths empty",
                     ));
                 }
-                if !self.disable_block_device_use
-                    && matches!(
-                        self.block_device_driver.as_str(),
-                        "virtio-blk-mmio" | "virtio-mmio"
-                    )
-                {
+                if !self.disable_block_device_use && self.block_device_driver.is_mmio() {
                     return Err(invalid(
                         "block_device_driver",
                         format!("\"{}\"", self.block_device_driver),
@@ -188,7 +165,8 @@ impl HypervisorConfig {
                         "inline-virtio-fs is served by the built-in VMM only; Cloud Hypervisor uses virtio-fs",
                     ));
                 }
-                if kind == HypervisorType::CloudHypervisor && self.vm_rootfs_driver == "virtio-pmem"
+                if kind == HypervisorType::CloudHypervisor
+                    && self.vm_rootfs_driver == VmRootfsDriver::VirtioPmem
                 {
                     return Err(invalid(
                         "vm_rootfs_driver",
@@ -227,6 +205,8 @@ impl HypervisorConfig {
                     ));
                 }
             }
+            #[cfg(feature = "test-backend")]
+            HypervisorType::HostAgent => {}
         }
         Ok(())
     }
@@ -290,7 +270,6 @@ impl HypervisorConfig {
                 "at least 1 (Kata's default is 10)",
             ));
         }
-        one_of("hugepage_type", &self.hugepage_type, &["hugetlbfs", "thp"])?;
         if self.enable_guest_swap && !(1..=100).contains(&self.guest_swap_size_percent) {
             return Err(invalid(
                 "guest_swap_size_percent",
@@ -312,12 +291,6 @@ impl HypervisorConfig {
                 ),
             ));
         }
-        one_of(
-            "vm_rootfs_driver",
-            &self.vm_rootfs_driver,
-            VM_ROOTFS_DRIVERS,
-        )?;
-        one_of("rootfs_type", &self.rootfs_type, &["ext4", "xfs", "erofs"])?;
         if !self.kernel_verity_params.trim().is_empty() {
             let mut keys = Vec::new();
             for field in self.kernel_verity_params.split(',').map(str::trim) {
@@ -362,18 +335,6 @@ impl HypervisorConfig {
     }
 
     fn validate_block(&self) -> Result<()> {
-        if !self.disable_block_device_use {
-            one_of(
-                "block_device_driver",
-                &self.block_device_driver,
-                BLOCK_DEVICE_DRIVERS,
-            )?;
-        }
-        one_of(
-            "block_device_aio",
-            &self.block_device_aio,
-            &["io_uring", "native", "threads"],
-        )?;
         for (key, size) in [
             (
                 "block_device_logical_sector_size",
@@ -414,13 +375,8 @@ impl HypervisorConfig {
     }
 
     fn validate_shared_fs(&self) -> Result<()> {
-        match self.shared_fs_kind()? {
+        match self.shared_fs {
             SharedFs::VirtioFs | SharedFs::InlineVirtioFs | SharedFs::VirtioFsNydus => {
-                one_of(
-                    "virtio_fs_cache",
-                    &self.virtio_fs_cache,
-                    &["never", "metadata", "auto", "always"],
-                )?;
                 if self.virtio_fs_is_dax && self.virtio_fs_cache_size == 0 {
                     return Err(invalid(
                         "virtio_fs_cache_size",
@@ -491,19 +447,18 @@ impl HypervisorConfig {
                     "s390-ccw-virtio has no PCIe ports; leave pcie_root_port and pcie_switch_port at 0",
                 ));
             }
-            for (key, driver) in [
-                ("vm_rootfs_driver", &self.vm_rootfs_driver),
-                ("block_device_driver", &self.block_device_driver),
-            ] {
-                let ok = driver.ends_with("-ccw") || driver == "virtio-scsi";
-                let unused = key == "block_device_driver" && self.disable_block_device_use;
-                if !ok && !unused {
-                    return Err(invalid(
-                        key,
-                        format!("\"{driver}\""),
-                        "s390-ccw-virtio attaches virtio devices over CCW: use virtio-blk-ccw (or virtio-scsi)",
-                    ));
-                }
+            let ccw = "s390-ccw-virtio attaches virtio devices over CCW: use virtio-blk-ccw (or virtio-scsi)";
+            if !self.vm_rootfs_driver.fits_s390() {
+                return Err(invalid(
+                    "vm_rootfs_driver",
+                    format!("\"{}\"", self.vm_rootfs_driver),
+                    ccw,
+                ));
+            }
+            let block = self.block_device_driver;
+            let block_fits = block.is_ccw() || block == BlockDeviceDriver::VirtioScsi;
+            if !(self.disable_block_device_use || block_fits) {
+                return Err(invalid("block_device_driver", format!("\"{block}\""), ccw));
             }
         }
         Ok(())
@@ -578,14 +533,14 @@ impl HypervisorConfig {
                 "confidential guests need q35 (TDX, SEV-SNP) or s390-ccw-virtio (IBM SE)",
             ));
         }
-        if self.block_device_driver == "nvdimm" {
+        if self.block_device_driver == BlockDeviceDriver::Nvdimm {
             return Err(invalid(
                 "block_device_driver",
                 "\"nvdimm\"",
                 "NVDIMM devices do not work with confidential_guest = true",
             ));
         }
-        if self.vm_rootfs_driver == "virtio-blk-mmio" {
+        if self.vm_rootfs_driver == VmRootfsDriver::VirtioBlkMmio {
             return Err(invalid(
                 "vm_rootfs_driver",
                 "\"virtio-blk-mmio\"",
@@ -660,10 +615,7 @@ impl HypervisorConfig {
                 "vhost-user store directory",
             );
         }
-        if matches!(
-            self.shared_fs_kind(),
-            Ok(SharedFs::VirtioFs | SharedFs::VirtioFsNydus)
-        ) {
+        if self.shared_fs.needs_daemon() {
             if self.virtio_fs_daemon.is_empty() {
                 problems.push(HostPathProblem {
                     key: "virtio_fs_daemon",
@@ -725,11 +677,6 @@ mod tests {
         };
         assert!(msg(&c).contains("default_memory"));
         let c = HypervisorConfig {
-            shared_fs: "nfs".into(),
-            ..Default::default()
-        };
-        assert!(msg(&c).contains("shared_fs"));
-        let c = HypervisorConfig {
             cold_plug_vfio: PciePort::RootPort,
             hot_plug_vfio: PciePort::SwitchPort,
             ..Default::default()
@@ -785,8 +732,8 @@ mod tests {
         let se = HypervisorConfig {
             confidential_guest: true,
             machine_type: "s390-ccw-virtio".into(),
-            vm_rootfs_driver: "virtio-blk-ccw".into(),
-            block_device_driver: "virtio-blk-ccw".into(),
+            vm_rootfs_driver: VmRootfsDriver::VirtioBlkCcw,
+            block_device_driver: BlockDeviceDriver::VirtioBlkCcw,
             ..Default::default()
         };
         se.validate_for(HypervisorType::Qemu).unwrap();
@@ -797,7 +744,7 @@ mod tests {
         assert!(msg(&se_pci).contains("no PCIe ports"));
         let mmio = HypervisorConfig {
             confidential_guest: true,
-            vm_rootfs_driver: "virtio-blk-mmio".into(),
+            vm_rootfs_driver: VmRootfsDriver::VirtioBlkMmio,
             ..Default::default()
         };
         assert!(msg(&mmio).contains("not hardened"));
@@ -815,7 +762,7 @@ mod tests {
             .to_string();
         assert!(e.contains("jailer_path"), "{e}");
         let c = HypervisorConfig {
-            shared_fs: "virtio-9p".into(),
+            shared_fs: SharedFs::Virtio9p,
             ..Default::default()
         };
         let e = c
@@ -843,7 +790,7 @@ mod tests {
     fn host_paths_are_checked_only_for_features_in_use() {
         let c = HypervisorConfig {
             path: "/nonexistent/qemu".into(),
-            shared_fs: "virtio-9p".into(),
+            shared_fs: SharedFs::Virtio9p,
             virtio_fs_daemon: "/nonexistent/virtiofsd".into(),
             ..Default::default()
         };
@@ -852,7 +799,7 @@ mod tests {
         assert_eq!(problems[0].key, "path");
         assert!(problems[0].error.to_string().contains("/nonexistent/qemu"));
         let c = HypervisorConfig {
-            shared_fs: "virtio-fs".into(),
+            shared_fs: SharedFs::VirtioFs,
             virtio_fs_daemon: "/nonexistent/virtiofsd".into(),
             path: "/bin/sh".into(),
             ..Default::default()

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::HypervisorConfig;
-use crate::device::{DeviceConfig, PciePort, ShareFsKind};
+use crate::config::{BlockDeviceDriver, HypervisorConfig, SharedFs};
+use crate::device::{DeviceConfig, PortAllocator, PortPlan};
 use crate::error::{Error, Result};
 use crate::kvm::Accelerator;
 
@@ -54,6 +54,9 @@ pub struct QemuLaunch<'a> {
     pub vsock: VsockDevice,
     /// Devices to cold-plug.
     pub devices: &'a [DeviceConfig],
+    /// The VM's PCIe ports, the cold-plugged VFIO devices already placed
+    /// ([`PortAllocator::for_vm`]).
+    pub ports: &'a PortAllocator,
     /// Host memory in MiB (for `maxmem`).
     pub host_memory_mib: u64,
 }
@@ -171,82 +174,17 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
             "vhost-user-vsock-pci,chardev=char-vsock0,id=vsock0",
         ]),
     }
-    a.extend(topology_args(c, l.devices)?);
+    a.extend(topology_args(l.ports.plan()));
+    let mut scsi_controller = false;
     for d in l.devices {
-        a.extend(device_args(c, d)?);
+        a.extend(device_args(c, d, &mut scsi_controller)?);
     }
-    a.extend(vfio_args(c, l.devices));
+    a.extend(vfio_args(l.devices, l.ports));
     Ok(a)
 }
 
-/// The PCIe ports of a VM: the cold-plugged VFIO devices take the first ports of their kind,
-/// the ports configured for hot-plug (`pcie_root_port`, `pcie_switch_port`) come after them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortPlan {
-    /// Root ports `rp0..`.
-    pub root_ports: u32,
-    /// Switch downstream ports `swdp0..` (behind one upstream port on root port `rp-sw0`).
-    pub switch_ports: u32,
-    /// Whether a PCIe-to-PCI bridge `pci-bridge0` exists.
-    pub bridge: bool,
-    /// How many VFIO devices are cold-plugged (on ports of `cold_plug_vfio`'s kind).
-    pub cold_vfio: u32,
-}
-
-/// Slots a PCI bridge offers (slot 0 is not used for devices).
-const BRIDGE_SLOTS: u32 = 31;
-
-impl PortPlan {
-    /// The plan for this configuration and these cold-plugged devices.
-    pub fn new(c: &HypervisorConfig, devices: &[DeviceConfig]) -> Self {
-        let vfio = devices
-            .iter()
-            .filter(|d| matches!(d, DeviceConfig::Vfio(_)))
-            .count() as u32;
-        let cold_vfio = if c.cold_plug_vfio == PciePort::NoPort {
-            0
-        } else {
-            vfio
-        };
-        let cold_on = |p: PciePort| if c.cold_plug_vfio == p { cold_vfio } else { 0 };
-        let uses = |p: PciePort| c.cold_plug_vfio == p || c.hot_plug_vfio == p;
-        PortPlan {
-            root_ports: cold_on(PciePort::RootPort) + c.pcie_root_port,
-            switch_ports: if uses(PciePort::SwitchPort) {
-                cold_on(PciePort::SwitchPort) + c.pcie_switch_port
-            } else {
-                0
-            },
-            bridge: uses(PciePort::BridgePort),
-            cold_vfio,
-        }
-    }
-
-    /// Bus (and address, on a bridge) of the `i`-th VFIO device plugged on `port`, counting
-    /// cold-plugged devices first: `i` = `cold_vfio + n` for the `n`-th hot-plug.
-    pub fn bus(&self, port: PciePort, i: u32) -> Result<Option<(String, Option<String>)>> {
-        let full = |key: &'static str, have: u32| Error::InvalidConfig {
-            key,
-            value: have.to_string(),
-            reason: format!("no free port for VFIO device number {}; raise {key}", i + 1),
-        };
-        Ok(match port {
-            PciePort::NoPort => None,
-            PciePort::RootPort if i < self.root_ports => Some((format!("rp{i}"), None)),
-            PciePort::RootPort => return Err(full("pcie_root_port", self.root_ports)),
-            PciePort::SwitchPort if i < self.switch_ports => Some((format!("swdp{i}"), None)),
-            PciePort::SwitchPort => return Err(full("pcie_switch_port", self.switch_ports)),
-            PciePort::BridgePort if i < BRIDGE_SLOTS => {
-                Some(("pci-bridge0".into(), Some(format!("{:#x}", i + 1))))
-            }
-            PciePort::BridgePort => return Err(full("cold_plug_vfio", BRIDGE_SLOTS)),
-        })
-    }
-}
-
-/// The `-device` arguments that create the ports of [`PortPlan`].
-pub fn topology_args(c: &HypervisorConfig, devices: &[DeviceConfig]) -> Result<Vec<String>> {
-    let plan = PortPlan::new(c, devices);
+/// The `-device` arguments that create the ports of a [`PortPlan`].
+pub fn topology_args(plan: &PortPlan) -> Vec<String> {
     let mut a = Vec::new();
     let mut dev = |s: String| {
         a.push("-device".to_string());
@@ -273,14 +211,18 @@ pub fn topology_args(c: &HypervisorConfig, devices: &[DeviceConfig]) -> Result<V
     if plan.bridge {
         dev("pcie-pci-bridge,id=pci-bridge0,bus=pcie.0".into());
     }
-    Ok(a)
+    a
 }
 
-fn device_args(c: &HypervisorConfig, d: &DeviceConfig) -> Result<Vec<String>> {
+fn device_args(
+    c: &HypervisorConfig,
+    d: &DeviceConfig,
+    scsi_controller: &mut bool,
+) -> Result<Vec<String>> {
     let s = |v: &[String]| v.to_vec();
     Ok(match d {
         DeviceConfig::ShareFs(fs) => match fs.kind {
-            ShareFsKind::Virtio9p => s(&[
+            SharedFs::Virtio9p => s(&[
                 "-fsdev".into(),
                 format!(
                     "local,id=fsdev-{tag},path={},security_model=none,multidevs=remap",
@@ -293,11 +235,13 @@ fn device_args(c: &HypervisorConfig, d: &DeviceConfig) -> Result<Vec<String>> {
                     tag = fs.mount_tag
                 ),
             ]),
-            ShareFsKind::VirtioFs => {
+            SharedFs::None => Vec::new(),
+            other => {
+                super::capabilities().check_shared_fs(other)?;
                 return Err(Error::Unsupported {
                     backend: "qemu",
-                    what: "virtio-fs yet (set shared_fs = \"virtio-9p\")".into(),
-                })
+                    what: format!("shared_fs = \"{other}\" devices"),
+                });
             }
         },
         DeviceConfig::Block(b) => {
@@ -307,12 +251,15 @@ fn device_args(c: &HypervisorConfig, d: &DeviceConfig) -> Result<Vec<String>> {
                 b.path.display(),
                 id = b.id
             );
-            let dev = match c.block_device_driver.as_str() {
-                "virtio-scsi" => format!("scsi-hd,drive=drive-{id},id={id},bus=scsi0.0", id = b.id),
-                _ => format!("virtio-blk-pci,drive=drive-{id},id={id}", id = b.id),
+            let scsi = c.block_device_driver == BlockDeviceDriver::VirtioScsi;
+            let dev = if scsi {
+                format!("scsi-hd,drive=drive-{id},id={id},bus=scsi0.0", id = b.id)
+            } else {
+                format!("virtio-blk-pci,drive=drive-{id},id={id}", id = b.id)
             };
             let mut v = vec!["-drive".to_string(), drive];
-            if c.block_device_driver == "virtio-scsi" {
+            if scsi && !*scsi_controller {
+                *scsi_controller = true;
                 v.extend([
                     "-device".to_string(),
                     "virtio-scsi-pci,id=scsi0".to_string(),
@@ -342,22 +289,22 @@ fn device_args(c: &HypervisorConfig, d: &DeviceConfig) -> Result<Vec<String>> {
     })
 }
 
-/// `-device vfio-pci` arguments for the cold-plugged VFIO devices, on their ports.
-pub fn vfio_args(c: &HypervisorConfig, devices: &[DeviceConfig]) -> Vec<String> {
+/// `-device vfio-pci` arguments for the cold-plugged VFIO devices, on the ports `ports` gave
+/// them. Devices without a port (`cold_plug_vfio = "no-port"`) are not cold-plugged: the VM
+/// hot-plugs them after boot.
+pub fn vfio_args(devices: &[DeviceConfig], ports: &PortAllocator) -> Vec<String> {
     let mut a = Vec::new();
-    let vfio = devices.iter().filter_map(|d| match d {
-        DeviceConfig::Vfio(v) => Some(v),
-        _ => None,
-    });
-    let plan = PortPlan::new(c, devices);
-    for (i, v) in vfio.enumerate() {
-        // Cold-plugged devices fit by construction of the plan.
-        if let Ok(Some((bus, addr))) = plan.bus(c.cold_plug_vfio, i as u32) {
-            let addr = addr.map(|a| format!(",addr={a}")).unwrap_or_default();
+    for d in devices {
+        let DeviceConfig::Vfio(v) = d else { continue };
+        if let Some(slot) = ports.slot_of(&v.id) {
+            let addr = slot
+                .addr
+                .map(|n| format!(",addr={n:#x}"))
+                .unwrap_or_default();
             a.push("-device".into());
             a.push(format!(
-                "vfio-pci,host={},id={},bus={bus}{addr}",
-                v.bdf, v.id
+                "vfio-pci,host={},id={},bus={}{addr}",
+                v.bdf, v.id, slot.bus
             ));
         }
     }
@@ -367,9 +314,13 @@ pub fn vfio_args(c: &HypervisorConfig, devices: &[DeviceConfig]) -> Vec<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::{ShareFsDevice, VfioDevice};
+    use crate::device::{BlockDevice, PciePort, ShareFsDevice, VfioDevice};
 
-    fn launch<'a>(c: &'a HypervisorConfig, devices: &'a [DeviceConfig]) -> QemuLaunch<'a> {
+    fn launch<'a>(
+        c: &'a HypervisorConfig,
+        devices: &'a [DeviceConfig],
+        ports: &'a PortAllocator,
+    ) -> QemuLaunch<'a> {
         QemuLaunch {
             config: c,
             name: "sb1",
@@ -383,12 +334,22 @@ mod tests {
                 socket: "/run/vm/vhost-vsock.sock".into(),
             },
             devices,
+            ports,
             host_memory_mib: 4096,
         }
     }
 
-    fn joined(a: &[String]) -> String {
-        a.join(" ")
+    fn args(c: &HypervisorConfig, devices: &[DeviceConfig]) -> Result<String> {
+        let ports = PortAllocator::for_vm(c, devices)?;
+        Ok(build_args(&launch(c, devices, &ports))?.join(" "))
+    }
+
+    fn share(kind: SharedFs) -> DeviceConfig {
+        DeviceConfig::ShareFs(ShareFsDevice {
+            mount_tag: "kataShared".into(),
+            host_path: "/run/sb/shared".into(),
+            kind,
+        })
     }
 
     #[test]
@@ -398,12 +359,7 @@ mod tests {
             default_maxvcpus: 2,
             ..Default::default()
         };
-        let devices = [DeviceConfig::ShareFs(ShareFsDevice {
-            mount_tag: "kataShared".into(),
-            host_path: "/run/sb/shared".into(),
-            kind: ShareFsKind::Virtio9p,
-        })];
-        let a = joined(&build_args(&launch(&c, &devices)).unwrap());
+        let a = args(&c, &[share(SharedFs::Virtio9p)]).unwrap();
         assert!(a.contains("-machine q35 -accel tcg -cpu max"), "{a}");
         assert!(
             a.contains("-smp 1,sockets=2,cores=1,threads=1,maxcpus=2"),
@@ -434,10 +390,11 @@ mod tests {
     #[test]
     fn kvm_uses_host_cpu_and_vhost_vsock() {
         let c = HypervisorConfig::default();
-        let mut l = launch(&c, &[]);
+        let ports = PortAllocator::for_vm(&c, &[]).unwrap();
+        let mut l = launch(&c, &[], &ports);
         l.accelerator = Accelerator::Kvm;
         l.vsock = VsockDevice::VhostVsock { cid: 42 };
-        let a = joined(&build_args(&l).unwrap());
+        let a = build_args(&l).unwrap().join(" ");
         assert!(a.contains("-accel kvm -cpu host"), "{a}");
         assert!(a.contains("vhost-vsock-pci,id=vsock0,guest-cid=42"), "{a}");
     }
@@ -451,6 +408,24 @@ mod tests {
         let k = kernel_cmdline(&c, false);
         assert!(k.starts_with("console=ttyS0"));
         assert!(k.ends_with("quiet agent.log=debug"), "{k}");
+    }
+
+    #[test]
+    fn block_devices_share_one_scsi_controller() {
+        let c = HypervisorConfig::default();
+        let disk = |id: &str| {
+            DeviceConfig::Block(BlockDevice {
+                id: id.into(),
+                path: format!("/img/{id}").into(),
+                read_only: false,
+            })
+        };
+        let a = args(&c, &[disk("d0"), disk("d1")]).unwrap();
+        assert_eq!(a.matches("virtio-scsi-pci").count(), 1, "{a}");
+        assert!(
+            a.contains("scsi-hd,drive=drive-d1,id=d1,bus=scsi0.0"),
+            "{a}"
+        );
     }
 
     fn vfio(n: usize) -> Vec<DeviceConfig> {
@@ -471,21 +446,19 @@ mod tests {
             pcie_root_port: 1,
             ..Default::default()
         };
-        let d = vfio(2);
-        let topo = joined(&topology_args(&c, &d).unwrap());
+        let a = args(&c, &vfio(2)).unwrap();
         assert_eq!(
-            topo.matches("pcie-root-port").count(),
+            a.matches("pcie-root-port").count(),
             3,
-            "2 cold + 1 for hot-plug: {topo}"
-        );
-        let v = joined(&vfio_args(&c, &d));
-        assert!(
-            v.contains("vfio-pci,host=0000:00:00.0,id=vfio0,bus=rp0"),
-            "{v}"
+            "2 cold + 1 for hot-plug: {a}"
         );
         assert!(
-            v.contains("vfio-pci,host=0000:01:00.0,id=vfio1,bus=rp1"),
-            "{v}"
+            a.contains("vfio-pci,host=0000:00:00.0,id=vfio0,bus=rp0"),
+            "{a}"
+        );
+        assert!(
+            a.contains("vfio-pci,host=0000:01:00.0,id=vfio1,bus=rp1"),
+            "{a}"
         );
     }
 
@@ -495,17 +468,10 @@ mod tests {
             cold_plug_vfio: PciePort::SwitchPort,
             ..Default::default()
         };
-        let d = vfio(1);
-        let topo = joined(&topology_args(&c, &d).unwrap());
-        assert!(
-            topo.contains("x3130-upstream,id=swup0,bus=rp-sw0"),
-            "{topo}"
-        );
-        assert!(
-            topo.contains("xio3130-downstream,id=swdp0,bus=swup0"),
-            "{topo}"
-        );
-        assert!(joined(&vfio_args(&c, &d)).contains("bus=swdp0"));
+        let a = args(&c, &vfio(1)).unwrap();
+        assert!(a.contains("x3130-upstream,id=swup0,bus=rp-sw0"), "{a}");
+        assert!(a.contains("xio3130-downstream,id=swdp0,bus=swup0"), "{a}");
+        assert!(a.contains("id=vfio0,bus=swdp0"), "{a}");
     }
 
     #[test]
@@ -514,29 +480,9 @@ mod tests {
             cold_plug_vfio: PciePort::BridgePort,
             ..Default::default()
         };
-        let d = vfio(1);
-        assert!(joined(&topology_args(&c, &d).unwrap()).contains("pcie-pci-bridge,id=pci-bridge0"));
-        assert!(joined(&vfio_args(&c, &d)).contains("bus=pci-bridge0,addr=0x1"));
-    }
-
-    #[test]
-    fn hotplug_ports_come_after_cold_plugged_ones() {
-        let c = HypervisorConfig {
-            cold_plug_vfio: PciePort::RootPort,
-            pcie_root_port: 2,
-            ..Default::default()
-        };
-        let d = vfio(2);
-        let plan = PortPlan::new(&c, &d);
-        assert_eq!(plan.root_ports, 4, "2 cold + 2 for hot-plug");
-        // The first hot-plug (index cold_vfio + 0) lands on rp2, not on a cold device's port.
-        let (bus, _) = plan
-            .bus(PciePort::RootPort, plan.cold_vfio)
-            .unwrap()
-            .unwrap();
-        assert_eq!(bus, "rp2");
-        let e = plan.bus(PciePort::RootPort, 4).unwrap_err().to_string();
-        assert!(e.contains("pcie_root_port"), "{e}");
+        let a = args(&c, &vfio(1)).unwrap();
+        assert!(a.contains("pcie-pci-bridge,id=pci-bridge0"), "{a}");
+        assert!(a.contains("bus=pci-bridge0,addr=0x1"), "{a}");
     }
 
     #[test]
@@ -546,13 +492,13 @@ mod tests {
             pcie_switch_port: 2,
             ..Default::default()
         };
-        let topo = joined(&topology_args(&c, &[]).unwrap());
-        assert_eq!(topo.matches("xio3130-downstream").count(), 2, "{topo}");
+        let a = args(&c, &[]).unwrap();
+        assert_eq!(a.matches("xio3130-downstream").count(), 2, "{a}");
         let c = HypervisorConfig {
             hot_plug_vfio: PciePort::BridgePort,
             ..Default::default()
         };
-        assert!(joined(&topology_args(&c, &[]).unwrap()).contains("pcie-pci-bridge"));
+        assert!(args(&c, &[]).unwrap().contains("pcie-pci-bridge"));
     }
 
     #[test]
@@ -562,25 +508,20 @@ mod tests {
             pcie_root_port: 3,
             ..Default::default()
         };
-        let d = vfio(1);
-        assert_eq!(
-            joined(&topology_args(&c, &d).unwrap())
-                .matches("pcie-root-port")
-                .count(),
-            3
-        );
-        assert!(vfio_args(&c, &d).is_empty());
+        let a = args(&c, &vfio(1)).unwrap();
+        assert_eq!(a.matches("pcie-root-port").count(), 3, "{a}");
+        assert!(!a.contains("vfio-pci"), "hot-plugged after boot: {a}");
     }
 
     #[test]
     fn virtio_fs_is_refused_clearly_for_now() {
         let c = HypervisorConfig::default();
-        let d = [DeviceConfig::ShareFs(ShareFsDevice {
-            mount_tag: "kataShared".into(),
-            host_path: "/x".into(),
-            kind: ShareFsKind::VirtioFs,
-        })];
-        let e = build_args(&launch(&c, &d)).unwrap_err().to_string();
-        assert!(e.contains("virtio-9p"), "{e}");
+        let e = args(&c, &[share(SharedFs::VirtioFs)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("shared_fs") && e.contains("virtiofsd") && e.contains("virtio-9p"),
+            "{e}"
+        );
     }
 }

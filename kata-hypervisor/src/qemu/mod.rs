@@ -4,12 +4,21 @@
 //! no `/dev/vhost-vsock`, launch QEMU with everything cold-plugged, then connect QMP. Every step
 //! that fails undoes the ones before it, so a failed start leaves no process, socket or directory.
 //!
+//! Readiness ([`Hypervisor::wait_ready`]): the agent's port is dialled until it answers; with
+//! hybrid vsock, a VM whose agent stays silent for a third of the time while it runs is booted
+//! once more (rust-vmm's vhost-device-vsock was seen to stop answering every `CONNECT` for good
+//! in about 1 boot of 20 on a loaded 2-core host, with the agent serving in the guest; a fresh
+//! VM and backend recover from that).
+//!
 //! Hand-over: [`Hypervisor::detach`] leaves QEMU and its vsock backend running, and
-//! [`Qemu::restore`] adopts them again from the saved [`HypervisorState`] (pids checked against
-//! their command lines and pinned with pidfds, QMP reconnected), in this process or another.
+//! [`Qemu::restore`] adopts them again from the saved [`QemuState`] (pids checked against their
+//! command lines and pinned with pidfds, QMP reconnected), in this process or another.
+//! [`cleanup`] kills what an owner that died left, with or without its state.
 
 pub mod cmdline;
+mod host;
 pub mod qmp;
+mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,15 +28,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Map};
 
-use crate::config::{GuestManifest, HypervisorConfig};
+use crate::config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};
 use crate::console::tail_lines;
-use crate::device::{DeviceConfig, PciePort, VsockAddress};
+use crate::device::{DeviceConfig, PciePort, PortAllocator, PortPlan, VsockAddress};
 use crate::error::{Error, Result};
 use crate::hypervisor::{Capabilities, Hypervisor, HypervisorState, VmState};
 use crate::kvm::{choose_accelerator, find_program, Accelerator};
-use crate::process::Supervised;
+use crate::process::{Killer, Supervised};
 use cmdline::{QemuLaunch, VsockDevice};
 use qmp::QmpClient;
+
+pub(crate) use host::host_checks;
+pub use state::{HeldPort, QemuState};
 
 /// The vsock port the agent listens on (Kata's default).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -36,9 +48,37 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long start waits for the guest to start its vsock device before giving up waiting.
 const VSOCK_START_WAIT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long [`Hypervisor::stop_now`] and [`cleanup`] wait for a killed process to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 const CONSOLE_LINES_KEPT: usize = 50;
+/// Console lines an error carries.
+const CONSOLE_LINES_IN_ERRORS: usize = 20;
 
 static TCG_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// What the QEMU backend can do. `virtio-fs` is not served yet: nothing starts virtiofsd.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        backend: Some(HypervisorType::Qemu),
+        block_hotplug: false,
+        cpu_hotplug: false,
+        memory_hotplug: false,
+        vfio: true,
+        hybrid_vsock: !Path::new("/dev/vhost-vsock").exists(),
+        shared_fs: vec![SharedFs::Virtio9p, SharedFs::None],
+        shared_fs_note: "virtio-fs is not wired to QEMU yet (kata-rs does not start virtiofsd); use \"virtio-9p\"".into(),
+        hand_over: true,
+        guest_on_host: false,
+    }
+}
+
+/// Kills what a QEMU VM whose owner died left: QEMU and its vsock backend from the saved state
+/// (each only if its command line names `vm_dir`) and any other process naming `vm_dir` (found
+/// without a readable state too). Returns the pids killed.
+pub(crate) fn cleanup(saved: Option<&QemuState>, vm_dir: &Path) -> Vec<u32> {
+    let candidates = saved.map(QemuState::pids).unwrap_or_default();
+    crate::process::kill_processes_naming(vm_dir, &candidates, KILL_WAIT)
+}
 
 /// Running processes and connections of a started VM.
 #[derive(Default)]
@@ -48,7 +88,10 @@ struct Running {
     qmp: Option<Arc<QmpClient>>,
     agent: Option<VsockAddress>,
     accelerator: Option<Accelerator>,
-    hotplugged_vfio: usize,
+    /// The VM's PCIe ports: who holds which.
+    ports: Option<PortAllocator>,
+    /// The devices cold-plugged at start.
+    cold_plugged: Vec<DeviceConfig>,
 }
 
 /// A VM run by QEMU.
@@ -59,7 +102,10 @@ pub struct Qemu {
     devices: Mutex<Vec<DeviceConfig>>,
     state: Mutex<VmState>,
     running: tokio::sync::Mutex<Running>,
+    /// Mirrors of `running` readable without awaiting its lock.
     pids: Mutex<Vec<u32>>,
+    killers: Mutex<Vec<Killer>>,
+    saved: Mutex<Option<QemuState>>,
     qmp: Mutex<Option<Arc<QmpClient>>>,
     exit: Mutex<Option<tokio::sync::watch::Receiver<Option<String>>>>,
     last_console: Mutex<Vec<String>>,
@@ -83,7 +129,8 @@ impl Qemu {
     /// A QEMU VM named `id` whose sockets and console log live in `vm_dir` (created at start,
     /// removed at stop). Checks the configuration values; files are checked at start.
     pub fn new(id: &str, config: HypervisorConfig, vm_dir: impl Into<PathBuf>) -> Result<Self> {
-        config.validate()?;
+        config.validate_for(HypervisorType::Qemu)?;
+        capabilities().check_shared_fs(config.shared_fs)?;
         Ok(Qemu {
             id: id.to_string(),
             config,
@@ -92,6 +139,8 @@ impl Qemu {
             state: Mutex::new(VmState::New),
             running: tokio::sync::Mutex::new(Running::default()),
             pids: Mutex::new(Vec::new()),
+            killers: Mutex::new(Vec::new()),
+            saved: Mutex::new(None),
             qmp: Mutex::new(None),
             exit: Mutex::new(None),
             last_console: Mutex::new(Vec::new()),
@@ -115,40 +164,33 @@ impl Qemu {
         config: HypervisorConfig,
         saved: &HypervisorState,
     ) -> Result<Self> {
-        if saved.backend != "qemu" {
-            return Err(Error::InvalidConfig {
-                key: "backend",
-                value: saved.backend.clone(),
-                reason: "the saved VM was not started by the QEMU backend".into(),
-            });
-        }
+        let qs = QemuState::from_saved(saved)?;
         let agent = saved.agent_address.clone().ok_or_else(|| Error::Adopt {
             what: "qemu".into(),
-            pid: saved.pids.first().copied().unwrap_or_default(),
+            pid: qs.qemu_pid,
             reason: "the saved state has no agent address".into(),
         })?;
         let vm = Qemu::new(id, config, saved.vm_dir.clone())?;
+        let mut ports = PortAllocator::new(PortPlan::new(&vm.config, &qs.cold_plugged));
+        for h in &qs.ports {
+            ports.hold(h.port, h.index, &h.device)?;
+        }
         let mut adopted: Vec<Supervised> = Vec::new();
         let result = async {
-            let qemu_pid = saved.pids.first().copied().unwrap_or_default();
-            adopted.push(Supervised::adopt("qemu", qemu_pid, &saved.vm_dir)?);
-            if let Some(&pid) = saved.pids.get(1) {
+            adopted.push(Supervised::adopt("qemu", qs.qemu_pid, &saved.vm_dir)?);
+            if let Some(pid) = qs.vsock_backend_pid {
                 adopted.push(Supervised::adopt("vhost-device-vsock", pid, &saved.vm_dir)?);
             }
-            let socket = saved
-                .api_socket
-                .clone()
-                .unwrap_or_else(|| saved.vm_dir.join("qmp.sock"));
             // QEMU's monitor serves one client at a time: a greeting that does not come means
             // another process holds it.
-            let qmp = QmpClient::connect(&socket, QMP_TIMEOUT)
+            let qmp = QmpClient::connect(&qs.qmp_socket, QMP_TIMEOUT)
                 .await
                 .map_err(|e| Error::Adopt {
                     what: "qemu".into(),
-                    pid: qemu_pid,
+                    pid: qs.qemu_pid,
                     reason: format!(
                         "its QMP monitor {} did not take us ({e}); is another process connected to it?",
-                        socket.display()
+                        qs.qmp_socket.display()
                     ),
                 })?;
             let status = qmp.query_status().await?;
@@ -169,23 +211,21 @@ impl Qemu {
         let qmp = Arc::new(qmp);
         {
             let mut run = vm.running.try_lock().expect("a new VM's lock is free");
-            *vm.exit.lock().unwrap() = qemu.as_ref().map(Supervised::exit_watch);
-            *vm.pids.lock().unwrap() = saved.pids.clone();
             run.qemu = qemu;
             run.vsock_backend = backend;
             run.qmp = Some(qmp.clone());
-            run.agent = Some(agent.clone());
-            run.accelerator = saved.accelerator;
+            run.agent = Some(agent);
+            run.accelerator = qs.accelerator;
+            run.ports = Some(ports);
+            run.cold_plugged = qs.cold_plugged.clone();
+            vm.publish(&run);
         }
-        *vm.qmp.lock().unwrap() = Some(qmp.clone());
-        *vm.agent.lock().unwrap() = Some(agent);
-        *vm.accelerator.lock().unwrap() = saved.accelerator;
         vm.set_state(if status == "paused" {
             VmState::Paused
         } else {
             VmState::Running
         });
-        tracing::info!(sandbox_id = %id, pids = ?saved.pids, %status, qemu_version = qmp.qemu_version(), "QEMU adopted");
+        tracing::info!(sandbox_id = %id, pids = ?qs.pids(), %status, qemu_version = qmp.qemu_version(), "QEMU adopted");
         Ok(vm)
     }
 
@@ -204,11 +244,6 @@ impl Qemu {
         self.qmp.lock().unwrap().clone()
     }
 
-    /// The accelerator the VM runs with, once started.
-    pub fn accelerator(&self) -> Option<Accelerator> {
-        *self.accelerator.lock().unwrap()
-    }
-
     fn set_state(&self, s: VmState) {
         *self.state.lock().unwrap() = s;
     }
@@ -216,6 +251,39 @@ impl Qemu {
     fn qmp_or_err(&self) -> Result<Arc<QmpClient>> {
         self.qmp()
             .ok_or_else(|| Error::NotRunning(self.state().to_string()))
+    }
+
+    /// Copies what `run` holds into the mirrors readable without its lock (pids, killers,
+    /// QMP, agent address, accelerator, the state `save_state` writes).
+    fn publish(&self, run: &Running) {
+        let procs = [run.qemu.as_ref(), run.vsock_backend.as_ref()];
+        *self.pids.lock().unwrap() = procs.iter().flatten().map(|p| p.pid()).collect();
+        *self.killers.lock().unwrap() = procs.iter().flatten().map(|p| p.killer()).collect();
+        *self.exit.lock().unwrap() = run.qemu.as_ref().map(Supervised::exit_watch);
+        *self.qmp.lock().unwrap() = run.qmp.clone();
+        *self.agent.lock().unwrap() = run.agent.clone();
+        *self.accelerator.lock().unwrap() = run.accelerator;
+        *self.saved.lock().unwrap() = run.qemu.as_ref().map(|q| QemuState {
+            qemu_pid: q.pid(),
+            vsock_backend_pid: run.vsock_backend.as_ref().map(Supervised::pid),
+            qmp_socket: self.vm_dir.join("qmp.sock"),
+            accelerator: run.accelerator,
+            cold_plugged: run.cold_plugged.clone(),
+            ports: run
+                .ports
+                .as_ref()
+                .map(|p| {
+                    p.holdings()
+                        .into_iter()
+                        .map(|(device, port, index)| HeldPort {
+                            device,
+                            port,
+                            index,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
     }
 
     /// Resolves kernel and initrd/image: the configuration, else the guest manifest.
@@ -264,13 +332,7 @@ impl Qemu {
     }
 
     fn qemu_binary(&self) -> Result<PathBuf> {
-        let name = if cfg!(target_arch = "s390x") {
-            "qemu-system-s390x"
-        } else if cfg!(target_arch = "aarch64") {
-            "qemu-system-aarch64"
-        } else {
-            "qemu-system-x86_64"
-        };
+        let name = crate::config::qemu_binary_name();
         find_program(name, &self.config.path, &[]).ok_or_else(|| Error::MissingProgram {
             program: if self.config.path.is_empty() {
                 name.to_string()
@@ -361,6 +423,8 @@ impl Qemu {
     async fn start_inner(&self, run: &mut Running) -> Result<()> {
         let (kernel, initrd, image) = self.guest_files()?;
         let qemu = self.qemu_binary()?;
+        let devices = self.devices.lock().unwrap().clone();
+        let ports = PortAllocator::for_vm(&self.config, &devices)?;
         create_private_dir(&self.vm_dir)?;
 
         let (accelerator, why) = choose_accelerator();
@@ -372,7 +436,6 @@ impl Qemu {
         let (vsock, agent) = self.start_vsock(run).await?;
         run.agent = Some(agent);
 
-        let devices = self.devices.lock().unwrap().clone();
         let qmp_socket = self.vm_dir.join("qmp.sock");
         let console_log = self.console_log();
         let launch = QemuLaunch {
@@ -386,9 +449,12 @@ impl Qemu {
             console_log: &console_log,
             vsock,
             devices: &devices,
+            ports: &ports,
             host_memory_mib: host_memory_mib(),
         };
         let args = cmdline::build_args(&launch)?;
+        run.ports = Some(ports);
+        run.cold_plugged = devices;
         tracing::debug!(sandbox_id = %self.id, qemu = %qemu.display(), args = %args.join(" "), "starting QEMU");
         let log_path = self.vm_dir.join("qemu.log");
         let log =
@@ -409,7 +475,7 @@ impl Qemu {
                     .unwrap_or_default()
                     .trim()
             ),
-            console: tail_lines(&console_log, 20),
+            console: tail_lines(&console_log, CONSOLE_LINES_IN_ERRORS),
         };
         // QEMU creates the QMP socket before it runs the guest.
         let deadline = tokio::time::Instant::now() + QMP_TIMEOUT;
@@ -435,9 +501,28 @@ impl Qemu {
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         tracing::info!(sandbox_id = %self.id, qemu_version = qmp.qemu_version(), pid = proc.pid(), ?accelerator, "QEMU started");
-        *self.exit.lock().unwrap() = Some(proc.exit_watch());
         run.qemu = Some(proc);
         run.qmp = Some(Arc::new(qmp));
+        Ok(())
+    }
+
+    /// Starts the VM with `run` locked: QEMU, the deferred hot-plugs, the wait for the vsock
+    /// device. On error everything started is stopped again.
+    async fn start_locked(&self, run: &mut Running) -> Result<()> {
+        let result = match self.start_inner(run).await {
+            Ok(()) => match self.hotplug_deferred(run).await {
+                Ok(()) => self.wait_vsock_started(run).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            self.cleanup(run).await;
+            self.set_state(VmState::Stopped(format!("start failed: {e}")));
+            return Err(e);
+        }
+        self.publish(run);
+        self.set_state(VmState::Running);
         Ok(())
     }
 
@@ -456,6 +541,16 @@ impl Qemu {
             b.signal(nix::sys::signal::Signal::SIGTERM);
             b.stop(Duration::from_secs(1)).await;
         }
+        run.ports = None;
+        self.remove_vm_dir();
+        self.pids.lock().unwrap().clear();
+        self.killers.lock().unwrap().clear();
+        *self.saved.lock().unwrap() = None;
+    }
+
+    /// Keeps the console's last lines (for errors after the directory is gone) and removes the
+    /// VM directory.
+    fn remove_vm_dir(&self) {
         let tail = tail_lines(&self.console_log(), CONSOLE_LINES_KEPT);
         if !tail.is_empty() {
             *self.last_console.lock().unwrap() = tail;
@@ -465,7 +560,6 @@ impl Qemu {
                 tracing::warn!(dir = %self.vm_dir.display(), error = %e, "cannot remove VM directory");
             }
         }
-        self.pids.lock().unwrap().clear();
     }
 
     /// Waits until the guest's driver has started the vsock device.
@@ -473,7 +567,7 @@ impl Qemu {
     /// vhost-device-vsock (the hybrid-vsock backend) was seen to stop answering every `CONNECT`
     /// in a few boots of a hundred under load, with the agent serving in the guest. Dialling
     /// only once the device runs was the first remedy tried; it did not remove the fault, which
-    /// kata-sandbox recovers from by booting once more (see its README). The wait stays because a
+    /// [`Hypervisor::wait_ready`] recovers from by booting once more. The wait stays because a
     /// dial before the device exists can only fail. Best effort: if QEMU cannot say (the query is
     /// experimental), or the device is not up within [`VSOCK_START_WAIT`], start goes on and the
     /// dial decides. A VM that exits meanwhile (guest panic) fails the start with its console.
@@ -535,43 +629,48 @@ impl Qemu {
             .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
         match device {
             DeviceConfig::Vfio(v) => {
+                let ports = run
+                    .ports
+                    .as_mut()
+                    .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
+                let slot = ports.allocate(self.config.hot_plug_vfio, &v.id)?;
                 let mut props = Map::new();
                 props.insert("host".into(), json!(v.bdf));
-                // Ports are not reused after an unplug: the n-th hot-plug takes the n-th free one.
-                let devices = self.devices.lock().unwrap().clone();
-                let plan = cmdline::PortPlan::new(&self.config, &devices);
-                let index = plan.cold_vfio + run.hotplugged_vfio as u32;
-                if let Some((bus, addr)) = plan.bus(self.config.hot_plug_vfio, index)? {
-                    props.insert("bus".into(), json!(bus));
-                    if let Some(addr) = addr {
-                        props.insert("addr".into(), json!(addr));
+                if let Some(slot) = &slot {
+                    props.insert("bus".into(), json!(slot.bus));
+                    if let Some(addr) = slot.addr {
+                        props.insert("addr".into(), json!(format!("{addr:#x}")));
                     }
                 }
-                qmp.device_add("vfio-pci", &v.id, props).await?;
-                run.hotplugged_vfio += 1;
+                if let Err(e) = qmp.device_add("vfio-pci", &v.id, props).await {
+                    ports.free(&v.id);
+                    return Err(e);
+                }
                 Ok(())
             }
             other => Err(Error::Unsupported {
                 backend: "qemu",
-                what: format!("hot-plugging {} devices yet", kind_name(&other)),
+                what: format!("hot-plugging {} devices yet", other.kind_name()),
             }),
         }
     }
-}
 
-fn kind_name(d: &DeviceConfig) -> &'static str {
-    match d {
-        DeviceConfig::Block(_) => "block",
-        DeviceConfig::Net(_) => "network",
-        DeviceConfig::ShareFs(_) => "shared filesystem",
-        DeviceConfig::Vfio(_) => "VFIO",
+    /// Boots the VM once more: stops QEMU and its vsock backend and starts fresh ones with the
+    /// same devices.
+    async fn reboot_fresh(&self) -> Result<()> {
+        let mut run = self.running.lock().await;
+        if self.detached.load(Ordering::SeqCst) {
+            return Err(Error::NotRunning(self.state().to_string()));
+        }
+        self.cleanup(&mut run).await;
+        self.start_locked(&mut run).await
     }
 }
 
 #[async_trait]
 impl Hypervisor for Qemu {
-    fn name(&self) -> &'static str {
-        "qemu"
+    fn kind(&self) -> HypervisorType {
+        HypervisorType::Qemu
     }
 
     async fn prepare(&self, devices: Vec<DeviceConfig>) -> Result<()> {
@@ -582,6 +681,12 @@ impl Hypervisor for Qemu {
                 value: state.to_string(),
                 reason: "devices can only be prepared before the VM starts".into(),
             });
+        }
+        let caps = capabilities();
+        for d in &devices {
+            if let DeviceConfig::ShareFs(fs) = d {
+                caps.check_shared_fs(fs.kind)?;
+            }
         }
         *self.devices.lock().unwrap() = devices;
         self.set_state(VmState::Prepared);
@@ -597,26 +702,52 @@ impl Hypervisor for Qemu {
                 reason: "the VM was already started".into(),
             });
         }
-        let result = match self.start_inner(&mut run).await {
-            Ok(()) => match self.hotplug_deferred(&mut run).await {
-                Ok(()) => self.wait_vsock_started(&run).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            self.cleanup(&mut run).await;
-            self.set_state(VmState::Stopped(format!("start failed: {e}")));
-            return Err(e);
+        self.start_locked(&mut run).await
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let t0 = tokio::time::Instant::now();
+        let mut rebooted = false;
+        loop {
+            let address = self.agent_address()?;
+            // Only the hybrid-vsock backend is known to get stuck: only it gets a second boot.
+            let may_reboot = !rebooted && matches!(address, VsockAddress::HybridVsock { .. });
+            let remaining = timeout.saturating_sub(t0.elapsed());
+            let budget = if may_reboot {
+                (timeout / 3).min(remaining)
+            } else {
+                remaining
+            }
+            .max(Duration::from_secs(1));
+            let answered = tokio::select! {
+                r = crate::ready::wait_answering(&address, budget) => r,
+                how = self.wait_exit() => {
+                    return Err(Error::VmExited { how, console: self.console_tail(CONSOLE_LINES_IN_ERRORS) });
+                }
+            };
+            let silent = match answered {
+                Ok(()) => {
+                    tracing::debug!(sandbox_id = %self.id, waited = ?t0.elapsed(), rebooted, "the agent's port answers");
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            if may_reboot && !silent.permanent && t0.elapsed() + Duration::from_secs(5) < timeout {
+                tracing::warn!(sandbox_id = %self.id, waited = ?t0.elapsed(), detail = %silent.detail, "the agent has not answered though the VM runs; booting the VM once more (the vsock backend may be stuck)");
+                self.reboot_fresh().await?;
+                rebooted = true;
+                continue;
+            }
+            return Err(Error::AgentNotReady {
+                after: timeout,
+                detail: if rebooted {
+                    format!("{}; the VM was booted twice", silent.detail)
+                } else {
+                    silent.detail
+                },
+                console: self.console_tail(CONSOLE_LINES_IN_ERRORS),
+            });
         }
-        let mut pids = vec![run.qemu.as_ref().map(Supervised::pid).unwrap_or_default()];
-        pids.extend(run.vsock_backend.as_ref().map(Supervised::pid));
-        *self.pids.lock().unwrap() = pids;
-        *self.qmp.lock().unwrap() = run.qmp.clone();
-        *self.agent.lock().unwrap() = run.agent.clone();
-        *self.accelerator.lock().unwrap() = run.accelerator;
-        self.set_state(VmState::Running);
-        Ok(())
     }
 
     async fn stop(&self) -> Result<()> {
@@ -628,6 +759,27 @@ impl Hypervisor for Qemu {
         self.cleanup(&mut run).await;
         self.set_state(VmState::Stopped(how.unwrap_or_else(|| "stopped".into())));
         Ok(())
+    }
+
+    fn stop_now(&self) {
+        if self.detached.load(Ordering::SeqCst) {
+            return;
+        }
+        let killers = std::mem::take(&mut *self.killers.lock().unwrap());
+        for k in &killers {
+            k.kill();
+        }
+        for k in &killers {
+            k.wait_gone(KILL_WAIT);
+        }
+        *self.qmp.lock().unwrap() = None;
+        self.remove_vm_dir();
+        self.pids.lock().unwrap().clear();
+        *self.saved.lock().unwrap() = None;
+        if !killers.is_empty() {
+            tracing::debug!(sandbox_id = %self.id, pids = ?killers.iter().map(Killer::pid).collect::<Vec<_>>(), "QEMU killed");
+        }
+        self.set_state(VmState::Stopped("killed".into()));
     }
 
     async fn pause(&self) -> Result<()> {
@@ -644,7 +796,9 @@ impl Hypervisor for Qemu {
 
     async fn add_device(&self, device: DeviceConfig) -> Result<()> {
         let mut run = self.running.lock().await;
-        self.hotplug(&mut run, device).await
+        let r = self.hotplug(&mut run, device).await;
+        self.publish(&run);
+        r
     }
 
     async fn remove_device(&self, device: &DeviceConfig) -> Result<()> {
@@ -652,11 +806,17 @@ impl Hypervisor for Qemu {
             DeviceConfig::Vfio(v) => {
                 self.qmp_or_err()?
                     .device_del(&v.id, Duration::from_secs(10))
-                    .await
+                    .await?;
+                let mut run = self.running.lock().await;
+                if let Some(ports) = run.ports.as_mut() {
+                    ports.free(&v.id);
+                }
+                self.publish(&run);
+                Ok(())
             }
             other => Err(Error::Unsupported {
                 backend: "qemu",
-                what: format!("hot-unplugging {} devices yet", kind_name(other)),
+                what: format!("hot-unplugging {} devices yet", other.kind_name()),
             }),
         }
     }
@@ -687,16 +847,12 @@ impl Hypervisor for Qemu {
         self.pids.lock().unwrap().clone()
     }
 
+    fn accelerator(&self) -> Option<Accelerator> {
+        *self.accelerator.lock().unwrap()
+    }
+
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            block_hotplug: false,
-            cpu_hotplug: false,
-            memory_hotplug: false,
-            virtio_fs: false,
-            virtio_9p: true,
-            vfio: true,
-            hybrid_vsock: !Path::new("/dev/vhost-vsock").exists(),
-        }
+        capabilities()
     }
 
     fn state(&self) -> VmState {
@@ -712,13 +868,15 @@ impl Hypervisor for Qemu {
     }
 
     fn save_state(&self) -> HypervisorState {
-        HypervisorState {
-            backend: "qemu".into(),
-            vm_dir: self.vm_dir.clone(),
-            pids: self.pids(),
-            api_socket: Some(self.vm_dir.join("qmp.sock")),
-            agent_address: self.agent.lock().unwrap().clone(),
-            accelerator: *self.accelerator.lock().unwrap(),
+        let agent = self.agent.lock().unwrap().clone();
+        match self.saved.lock().unwrap().clone() {
+            Some(qs) => qs.into_saved(&self.vm_dir, agent),
+            None => HypervisorState {
+                backend: HypervisorType::Qemu,
+                vm_dir: self.vm_dir.clone(),
+                agent_address: agent,
+                backend_state: serde_json::Value::Null,
+            },
         }
     }
 
@@ -739,6 +897,7 @@ impl Hypervisor for Qemu {
         // Dropping the QMP connection frees QEMU's monitor for the next owner.
         run.qmp = None;
         *self.qmp.lock().unwrap() = None;
+        self.killers.lock().unwrap().clear();
         if let Some(p) = run.qemu.take() {
             p.detach();
         }

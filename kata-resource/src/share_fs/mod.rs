@@ -6,6 +6,10 @@
 //! `<shared>/<container_id>/rootfs`, which the guest sees as
 //! `/run/kata-containers/shared/containers/<container_id>/rootfs`.
 //!
+//! The kind is [`kata_hypervisor::SharedFs`] (Kata's `shared_fs` key): `virtio-9p` and
+//! `virtio-fs` are set up here; `none` means the sandbox has no shared directory (see
+//! [`crate::SandboxResources`]); other kinds are refused with [`Error::UnsupportedSharedFs`].
+//!
 //! [`ShareFs`] owns the directory; [`SharedRootfs`] owns one container's mount. Ownership can
 //! be handed to another process: [`ShareFs::detach`] and [`SharedRootfs::detach`] leave the
 //! directory and mounts in place, [`ShareFs::adopt`] and [`ShareFs::adopt_rootfs`] take them
@@ -15,18 +19,16 @@
 
 mod rootfs;
 
-use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use kata_hypervisor::SharedFs;
 
 use crate::error::IoContext;
-use crate::{mount, Error, Result};
+use crate::{mount, Error, GuestStorage, Result};
 
 pub use rootfs::{RootfsMode, SharedRootfs};
 
@@ -46,76 +48,17 @@ const SHARED_DIR_NAME: &str = "shared";
 /// It is not under `shared/`, so the guest never sees it.
 const OVERLAY_DIR_NAME: &str = "rootfs-overlay";
 
-/// How the shared directory reaches the guest (Kata's `shared_fs` key).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ShareFsKind {
-    /// virtio-9p, built into QEMU (`shared_fs = "virtio-9p"`).
-    #[serde(rename = "virtio-9p")]
-    Virtio9p,
-    /// virtio-fs, served by a virtiofsd or an in-VMM device (`shared_fs = "virtio-fs"`).
-    #[serde(rename = "virtio-fs")]
-    VirtioFs,
-}
-
-impl ShareFsKind {
-    /// The value of Kata's `shared_fs` key for this kind.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ShareFsKind::Virtio9p => "virtio-9p",
-            ShareFsKind::VirtioFs => "virtio-fs",
-        }
-    }
-}
-
-impl fmt::Display for ShareFsKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ShareFsKind {
-    type Err = Error;
-
-    /// Parses Kata's `shared_fs` values `virtio-9p` and `virtio-fs`.
-    fn from_str(value: &str) -> Result<Self> {
-        match value {
-            "virtio-9p" => Ok(ShareFsKind::Virtio9p),
-            "virtio-fs" => Ok(ShareFsKind::VirtioFs),
-            _ => Err(Error::UnknownShareFsKind {
-                value: value.to_owned(),
-            }),
-        }
-    }
-}
-
-/// The guest mount of the shared directory, as the agent's `Storage` message describes it.
-///
-/// A plain struct so this crate does not depend on the agent protocol; `kata-sandbox` converts
-/// it to the protocol type.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShareFsStorage {
-    /// The agent's storage driver: `"9p"` or `"virtio-fs"`.
-    pub driver: String,
-    /// The mount source: the mount tag, [`MOUNT_TAG`].
-    pub source: String,
-    /// The filesystem type for mount(2): `"9p"` or `"virtiofs"`.
-    pub fstype: String,
-    /// Mount options, one per element.
-    pub options: Vec<String>,
-    /// Where the guest mounts it: [`GUEST_SHARED_DIR`].
-    pub mount_point: String,
-}
-
 /// The sandbox's shared directory, `<sandbox_dir>/shared/`.
 ///
 /// Created by [`ShareFs::new`], removed (with everything mounted under it) when the `ShareFs`
 /// and every [`SharedRootfs`] made from it are dropped.
 ///
 /// ```no_run
-/// use kata_resource::share_fs::{ShareFs, ShareFsKind};
+/// use kata_hypervisor::SharedFs;
+/// use kata_resource::share_fs::ShareFs;
 ///
 /// # fn main() -> kata_resource::Result<()> {
-/// let share_fs = ShareFs::new("/run/kata/sandbox-1", ShareFsKind::Virtio9p)?;
+/// let share_fs = ShareFs::new("/run/kata/sandbox-1", SharedFs::Virtio9p)?;
 /// assert_eq!(share_fs.mount_tag(), "kataShared");
 /// let storage = share_fs.storage(); // send this to the agent with CreateSandbox
 /// assert_eq!(storage.fstype, "9p");
@@ -125,16 +68,18 @@ pub struct ShareFsStorage {
 #[derive(Debug)]
 pub struct ShareFs {
     dirs: Arc<ShareFsDirs>,
-    kind: ShareFsKind,
+    kind: SharedFs,
     msize_9p: u32,
 }
 
 impl ShareFs {
     /// Creates `<sandbox_dir>/shared/` (and `sandbox_dir` if missing).
     ///
-    /// Fails with [`Error::ShareFsExists`] if the shared directory exists already: another
-    /// sandbox uses it, or one crashed ([`ShareFs::remove_stale`] cleans up after it).
-    pub fn new(sandbox_dir: impl AsRef<Path>, kind: ShareFsKind) -> Result<Self> {
+    /// Fails with [`Error::UnsupportedSharedFs`] for a kind other than `virtio-9p` and
+    /// `virtio-fs`, and with [`Error::ShareFsExists`] if the shared directory exists already:
+    /// another sandbox uses it, or one crashed ([`ShareFs::remove_stale`] cleans up after it).
+    pub fn new(sandbox_dir: impl AsRef<Path>, kind: SharedFs) -> Result<Self> {
+        check_kind(kind)?;
         let sandbox_dir = sandbox_dir.as_ref();
         fs::create_dir_all(sandbox_dir).at("create directory", sandbox_dir)?;
         // Canonical, so paths compare equal to those in /proc/self/mountinfo.
@@ -153,7 +98,7 @@ impl ShareFs {
         Ok(Self::owning(&sandbox_dir, kind))
     }
 
-    fn owning(sandbox_dir: &Path, kind: ShareFsKind) -> Self {
+    fn owning(sandbox_dir: &Path, kind: SharedFs) -> Self {
         ShareFs {
             dirs: Arc::new(ShareFsDirs {
                 shared: sandbox_dir.join(SHARED_DIR_NAME),
@@ -170,8 +115,10 @@ impl ShareFs {
     /// removes it, with everything mounted under it, when it and its [`SharedRootfs`]es are
     /// dropped. Container rootfs mounts are taken over with [`adopt_rootfs`](Self::adopt_rootfs).
     ///
-    /// Fails with [`Error::NotAdoptable`] if the directory does not exist.
-    pub fn adopt(sandbox_dir: impl AsRef<Path>, kind: ShareFsKind) -> Result<Self> {
+    /// Fails with [`Error::NotAdoptable`] if the directory does not exist, and with
+    /// [`Error::UnsupportedSharedFs`] for a kind [`ShareFs::new`] refuses.
+    pub fn adopt(sandbox_dir: impl AsRef<Path>, kind: SharedFs) -> Result<Self> {
+        check_kind(kind)?;
         let sandbox_dir = sandbox_dir.as_ref();
         let not_there = |reason: &str| Error::NotAdoptable {
             path: sandbox_dir.join(SHARED_DIR_NAME),
@@ -207,6 +154,20 @@ impl ShareFs {
     pub fn detach(self) {
         self.dirs.kept.store(true, Ordering::SeqCst);
         tracing::debug!(path = %self.dirs.shared.display(), "share-fs directory detached");
+    }
+
+    /// Removes the shared directory (and the overlay directories) now, with everything still
+    /// mounted under them, if no [`SharedRootfs`] made from this `ShareFs` is alive; otherwise
+    /// the last of them does it when dropped, as it would without this call.
+    pub fn release(self) -> Result<()> {
+        match Arc::try_unwrap(self.dirs) {
+            Ok(dirs) => {
+                // Done here, with its error returned, not again in the drop.
+                dirs.kept.store(true, Ordering::SeqCst);
+                dirs.remove()
+            }
+            Err(_still_shared) => Ok(()),
+        }
     }
 
     /// Sets the 9p `msize` the guest mounts with (Kata's `msize_9p`, default 8192).
@@ -245,15 +206,20 @@ impl ShareFs {
         GUEST_SHARED_DIR
     }
 
-    /// How the directory reaches the guest.
-    pub fn kind(&self) -> ShareFsKind {
+    /// How the directory reaches the guest: `virtio-9p` or `virtio-fs`.
+    pub fn kind(&self) -> SharedFs {
         self.kind
     }
 
+    /// The 9p `msize` the guest mounts with.
+    pub fn msize_9p(&self) -> u32 {
+        self.msize_9p
+    }
+
     /// The guest mount of the shared directory, as Kata's runtime sends it to the agent.
-    pub fn storage(&self) -> ShareFsStorage {
+    pub fn storage(&self) -> GuestStorage {
         let (driver, fstype, options) = match self.kind {
-            ShareFsKind::Virtio9p => (
+            SharedFs::Virtio9p => (
                 "9p",
                 "9p",
                 vec![
@@ -262,14 +228,16 @@ impl ShareFs {
                     format!("msize={}", self.msize_9p),
                 ],
             ),
-            ShareFsKind::VirtioFs => ("virtio-fs", "virtiofs", Vec::new()),
+            // `check_kind` lets only the two through.
+            _ => ("virtio-fs", "virtiofs", Vec::new()),
         };
-        ShareFsStorage {
+        GuestStorage {
             driver: driver.to_owned(),
             source: MOUNT_TAG.to_owned(),
             fstype: fstype.to_owned(),
             options,
             mount_point: GUEST_SHARED_DIR.to_owned(),
+            driver_options: Vec::new(),
         }
     }
 
@@ -305,16 +273,37 @@ struct ShareFsDirs {
     kept: AtomicBool,
 }
 
-impl Drop for ShareFsDirs {
-    fn drop(&mut self) {
-        if self.kept.load(Ordering::SeqCst) {
-            return;
-        }
+impl ShareFsDirs {
+    /// Unmounts and removes both directories; the first error is returned after trying both.
+    fn remove(&self) -> Result<()> {
+        let mut first = Ok(());
         for dir in [&self.shared, &self.overlay] {
             if let Err(e) = unmount_and_remove(dir) {
                 tracing::error!(dir = %dir.display(), "cannot remove share-fs directory: {e}");
+                if first.is_ok() {
+                    first = Err(e);
+                }
             }
         }
+        first
+    }
+}
+
+impl Drop for ShareFsDirs {
+    fn drop(&mut self) {
+        if !self.kept.load(Ordering::SeqCst) {
+            let _logged = self.remove();
+        }
+    }
+}
+
+/// The kinds a [`ShareFs`] can be: `virtio-9p` and `virtio-fs`.
+fn check_kind(kind: SharedFs) -> Result<()> {
+    match kind {
+        SharedFs::Virtio9p | SharedFs::VirtioFs => Ok(()),
+        other => Err(Error::UnsupportedSharedFs {
+            shared_fs: other.to_string(),
+        }),
     }
 }
 

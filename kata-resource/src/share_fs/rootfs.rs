@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use super::{ShareFsDirs, GUEST_SHARED_DIR};
 use crate::error::IoContext;
-use crate::{mount, validate_container_id, Error, Result};
+use crate::fail_point::{fail_point, Step};
+use crate::{mount, safe_child, validate_container_id, Error, Result};
 
 /// How a container's rootfs is mounted into the shared directory. Serialized as `read-write`,
 /// `read-only` and `overlay` (a sandbox's persisted state records it, to adopt the mount later).
@@ -57,16 +58,6 @@ struct Progress {
     mounted: bool,
 }
 
-/// The steps of setting up a shared rootfs, for injecting failures in tests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Step {
-    ContainerDir,
-    MountPoint,
-    OverlayDir,
-    Mount,
-    Done,
-}
-
 impl SharedRootfs {
     pub(super) fn new(
         dirs: Arc<ShareFsDirs>,
@@ -82,7 +73,7 @@ impl SharedRootfs {
                 path: source.to_owned(),
             });
         }
-        let container_dir = dirs.shared.join(container_id);
+        let container_dir = safe_child(&dirs.shared, container_id)?;
         let mut shared = SharedRootfs {
             container_id: container_id.to_owned(),
             mount_point: container_dir.join("rootfs"),
@@ -112,7 +103,7 @@ impl SharedRootfs {
         mode: RootfsMode,
     ) -> Result<Self> {
         validate_container_id(container_id)?;
-        let container_dir = dirs.shared.join(container_id);
+        let container_dir = safe_child(&dirs.shared, container_id)?;
         let mount_point = container_dir.join("rootfs");
         let mounted =
             mount::is_mount_point(&mount_point).at("read", Path::new("/proc/self/mountinfo"))?;
@@ -124,7 +115,7 @@ impl SharedRootfs {
         }
         let overlay_dir = match mode {
             RootfsMode::Overlay => {
-                let dir = dirs.overlay.join(container_id);
+                let dir = safe_child(&dirs.overlay, container_id)?;
                 if !dir.is_dir() {
                     return Err(Error::NotAdoptable {
                         path: dir,
@@ -156,7 +147,7 @@ impl SharedRootfs {
     }
 
     fn set_up(&mut self, dirs: &ShareFsDirs, source: &Path) -> Result<()> {
-        fail_point(Step::ContainerDir)?;
+        fail_point(Step::ShareContainerDir)?;
         match fs::create_dir(&self.container_dir) {
             Ok(()) => self.done.container_dir = true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -168,21 +159,21 @@ impl SharedRootfs {
             Err(e) => return Err(e).at("create directory", &self.container_dir),
         }
 
-        fail_point(Step::MountPoint)?;
+        fail_point(Step::ShareMountPoint)?;
         fs::create_dir(&self.mount_point).at("create directory", &self.mount_point)?;
         self.done.mount_point = true;
 
         match self.mode {
             RootfsMode::ReadWrite | RootfsMode::ReadOnly => {
-                fail_point(Step::Mount)?;
+                fail_point(Step::ShareMount)?;
                 let read_only = self.mode == RootfsMode::ReadOnly;
                 mount::bind_mount(source, &self.mount_point, read_only)?;
                 self.done.mounted = true;
             }
             RootfsMode::Overlay => {
-                fail_point(Step::OverlayDir)?;
+                fail_point(Step::ShareOverlayDir)?;
                 fs::create_dir_all(&dirs.overlay).at("create directory", &dirs.overlay)?;
-                let overlay_dir = dirs.overlay.join(&self.container_id);
+                let overlay_dir = safe_child(&dirs.overlay, &self.container_id)?;
                 fs::create_dir(&overlay_dir).at("create directory", &overlay_dir)?;
                 self.done.overlay_dir = true;
                 let (upper, work) = (overlay_dir.join("upper"), overlay_dir.join("work"));
@@ -191,12 +182,12 @@ impl SharedRootfs {
                     fs::create_dir(dir).at("create directory", dir)?;
                 }
 
-                fail_point(Step::Mount)?;
+                fail_point(Step::ShareMount)?;
                 mount::overlay_mount(source, &upper, &work, &self.mount_point)?;
                 self.done.mounted = true;
             }
         }
-        fail_point(Step::Done)
+        fail_point(Step::ShareDone)
     }
 
     /// The container this rootfs belongs to.
@@ -223,8 +214,20 @@ impl SharedRootfs {
         self.mode
     }
 
+    /// The directory of the overlay's upper and work dirs,
+    /// `<sandbox_dir>/rootfs-overlay/<container_id>`, in [`RootfsMode::Overlay`].
+    pub fn overlay_dir(&self) -> Option<&Path> {
+        self.overlay_dir.as_deref()
+    }
+
     /// Unmounts the rootfs and removes its directories (and its overlay upper dir).
     pub fn release(mut self) -> Result<()> {
+        self.tear_down()
+    }
+
+    /// [`release`](Self::release) in place: what fails stays recorded, so a later call (or the
+    /// drop) tries again.
+    pub(crate) fn release_in_place(&mut self) -> Result<()> {
         self.tear_down()
     }
 
@@ -236,10 +239,11 @@ impl SharedRootfs {
     }
 
     /// Undoes what `done` records, last step first. Stops at a failed unmount: removing
-    /// directories under a live mount would remove the source's files.
+    /// directories under a live mount would remove the source's files. Whatever is stacked on
+    /// the mount point (ours at the bottom) is unmounted.
     fn tear_down(&mut self) -> Result<()> {
         if self.done.mounted {
-            mount::unmount(&self.mount_point)?;
+            mount::unmount_all(&self.mount_point)?;
             self.done.mounted = false;
         }
         if self.done.mount_point {
@@ -280,34 +284,5 @@ fn remove_dir_if_present(dir: &Path) -> Result<()> {
     match fs::remove_dir(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).at("remove directory", dir),
         _ => Ok(()),
-    }
-}
-
-#[cfg(test)]
-thread_local! {
-    static FAIL_AT: std::cell::Cell<Option<Step>> = const { std::cell::Cell::new(None) };
-}
-
-/// In tests, fails the setup at `step` if [`fail_at`] asked for it on this thread.
-fn fail_point(step: Step) -> Result<()> {
-    #[cfg(test)]
-    if FAIL_AT.with(|at| at.get()) == Some(step) {
-        return Err(Error::Io {
-            action: "continue (injected failure)",
-            path: PathBuf::from(format!("{step:?}")),
-            source: io::Error::other("injected by a test"),
-        });
-    }
-    let _ = step;
-    Ok(())
-}
-
-#[cfg(test)]
-pub(super) mod test_support {
-    pub(in crate::share_fs) use super::Step;
-
-    /// Makes setups on this thread fail at `step` (None: never).
-    pub(in crate::share_fs) fn fail_at(step: Option<Step>) {
-        super::FAIL_AT.with(|at| at.set(step));
     }
 }

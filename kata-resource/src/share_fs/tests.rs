@@ -4,8 +4,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use super::rootfs::test_support::{fail_at, Step};
 use super::*;
+use crate::fail_point::{fail_at, Step};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -43,7 +43,7 @@ impl Fixture {
     }
 
     fn share_fs(&self) -> ShareFs {
-        ShareFs::new(self.sandbox_dir(), ShareFsKind::Virtio9p).unwrap()
+        ShareFs::new(self.sandbox_dir(), SharedFs::Virtio9p).unwrap()
     }
 
     /// Every mount under the temp dir (canonical), from /proc/self/mountinfo.
@@ -66,7 +66,7 @@ fn layout_and_storage_match_kata() {
     );
     assert_eq!(
         share_fs.storage(),
-        ShareFsStorage {
+        GuestStorage {
             driver: "9p".into(),
             source: "kataShared".into(),
             fstype: "9p".into(),
@@ -76,13 +76,14 @@ fn layout_and_storage_match_kata() {
                 "msize=524288".into()
             ],
             mount_point: "/run/kata-containers/shared/containers".into(),
+            driver_options: Vec::new(),
         }
     );
     drop(share_fs);
     assert!(!sandbox.join("shared").exists());
     assert!(sandbox.exists(), "the sandbox dir is not ours to remove");
 
-    let share_fs = ShareFs::new(fx.sandbox_dir(), ShareFsKind::VirtioFs).unwrap();
+    let share_fs = ShareFs::new(fx.sandbox_dir(), SharedFs::VirtioFs).unwrap();
     let storage = share_fs.storage();
     assert_eq!(
         (storage.driver.as_str(), storage.fstype.as_str()),
@@ -92,18 +93,24 @@ fn layout_and_storage_match_kata() {
 }
 
 #[test]
-fn kind_parses_kata_config_values() {
-    assert_eq!(
-        "virtio-9p".parse::<ShareFsKind>().unwrap(),
-        ShareFsKind::Virtio9p
-    );
-    assert_eq!(
-        "virtio-fs".parse::<ShareFsKind>().unwrap(),
-        ShareFsKind::VirtioFs
-    );
-    let err = "virtio-fs-nydus".parse::<ShareFsKind>().unwrap_err();
-    assert!(err.to_string().contains("virtio-fs-nydus"), "{err}");
-    assert_eq!(ShareFsKind::VirtioFs.to_string(), "virtio-fs");
+fn only_9p_and_virtio_fs_are_set_up() {
+    let fx = Fixture::new();
+    for kind in [
+        SharedFs::None,
+        SharedFs::InlineVirtioFs,
+        SharedFs::VirtioFsNydus,
+    ] {
+        let err = ShareFs::new(fx.sandbox_dir(), kind).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::UnsupportedSharedFs { .. }), "{text}");
+        assert!(
+            text.contains(&format!("shared_fs = \"{kind}\"")) && text.contains("virtio-9p"),
+            "{text}"
+        );
+        let err = ShareFs::adopt(fx.sandbox_dir(), kind).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedSharedFs { .. }), "{err}");
+    }
+    assert!(!fx.sandbox_dir().join("shared").exists());
 }
 
 #[test]
@@ -117,7 +124,7 @@ fn existing_shared_dir_is_refused_then_removed_by_remove_stale() {
     std::mem::forget(share_fs);
     assert_eq!(fx.mounts().len(), 1);
 
-    let err = ShareFs::new(fx.sandbox_dir(), ShareFsKind::Virtio9p).unwrap_err();
+    let err = ShareFs::new(fx.sandbox_dir(), SharedFs::Virtio9p).unwrap_err();
     assert!(matches!(err, Error::ShareFsExists { .. }), "{err}");
     assert!(err.to_string().contains("/sandbox/shared"), "{err}");
 
@@ -267,14 +274,14 @@ fn no_leak_when_any_step_fails() {
     let fx = Fixture::new();
     let share_fs = fx.share_fs();
     let steps = [
-        (RootfsMode::ReadWrite, Step::ContainerDir),
-        (RootfsMode::ReadWrite, Step::MountPoint),
-        (RootfsMode::ReadWrite, Step::Mount),
-        (RootfsMode::ReadWrite, Step::Done),
-        (RootfsMode::ReadOnly, Step::Done),
-        (RootfsMode::Overlay, Step::OverlayDir),
-        (RootfsMode::Overlay, Step::Mount),
-        (RootfsMode::Overlay, Step::Done),
+        (RootfsMode::ReadWrite, Step::ShareContainerDir),
+        (RootfsMode::ReadWrite, Step::ShareMountPoint),
+        (RootfsMode::ReadWrite, Step::ShareMount),
+        (RootfsMode::ReadWrite, Step::ShareDone),
+        (RootfsMode::ReadOnly, Step::ShareDone),
+        (RootfsMode::Overlay, Step::ShareOverlayDir),
+        (RootfsMode::Overlay, Step::ShareMount),
+        (RootfsMode::Overlay, Step::ShareDone),
     ];
     for (mode, step) in steps {
         fail_at(Some(step));
@@ -347,7 +354,7 @@ fn detached_shares_are_adopted_and_released_without_leaks() {
     assert_eq!(fx.mounts().len(), 2);
     assert!(shared_dir.join("c1/rootfs/etc/hostname").is_file());
 
-    let adopted = ShareFs::adopt(fx.sandbox_dir(), ShareFsKind::Virtio9p).unwrap();
+    let adopted = ShareFs::adopt(fx.sandbox_dir(), SharedFs::Virtio9p).unwrap();
     assert_eq!(adopted.host_path(), shared_dir);
     let e = adopted
         .adopt_rootfs("c3", RootfsMode::ReadWrite)
@@ -380,8 +387,8 @@ fn detached_shares_are_adopted_and_released_without_leaks() {
     );
 
     // Nothing to adopt.
-    let e = ShareFs::adopt(fx.sandbox_dir(), ShareFsKind::Virtio9p).unwrap_err();
+    let e = ShareFs::adopt(fx.sandbox_dir(), SharedFs::Virtio9p).unwrap_err();
     assert!(matches!(e, Error::NotAdoptable { .. }), "{e}");
-    let e = ShareFs::adopt(fx.tmp.path().join("none"), ShareFsKind::Virtio9p).unwrap_err();
+    let e = ShareFs::adopt(fx.tmp.path().join("none"), SharedFs::Virtio9p).unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
 }

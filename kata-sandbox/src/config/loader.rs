@@ -326,7 +326,9 @@ fn read_layer(path: &Path, label: &str) -> Result<Layer> {
     })
 }
 
-/// A TOML error as one line: `line L, column C (`the line`): message`.
+/// A TOML error as one line: `line L, column C in [table] (`the line`): message` (the table
+/// whose header precedes the line, when there is one: a typed key's error names the key but
+/// not its table).
 fn describe(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim();
     match e.span() {
@@ -336,7 +338,17 @@ fn describe(text: &str, e: &toml::de::Error) -> String {
             let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
             let column = text[line_start..start].chars().count() + 1;
             let line = text[line_start..].lines().next().unwrap_or("").trim();
-            format!("line {line_no}, column {column} (`{line}`): {message}")
+            let table = text[..line_start]
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| l.starts_with('['))
+                .and_then(|l| {
+                    let head = l.split('#').next().unwrap_or(l).trim_end();
+                    head.ends_with(']').then(|| format!(" in {head}"))
+                })
+                .unwrap_or_default();
+            format!("line {line_no}, column {column}{table} (`{line}`): {message}")
         }
         None => message.to_string(),
     }

@@ -481,14 +481,18 @@ name = "virt_container"
     #[test]
     fn per_vmm_defaults_apply_to_keys_left_out() {
         let c = KataConfig::parse("[hypervisor.firecracker]\n[hypervisor.dragonball]\n").unwrap();
-        assert_eq!(c.hypervisor["firecracker"].shared_fs, "none");
+        use kata_hypervisor::config::{BlockDeviceDriver, SharedFs};
+        assert_eq!(c.hypervisor["firecracker"].shared_fs, SharedFs::None);
         assert_eq!(
             c.hypervisor["firecracker"].block_device_driver,
-            "virtio-blk-mmio"
+            BlockDeviceDriver::VirtioBlkMmio
         );
-        assert_eq!(c.hypervisor["dragonball"].shared_fs, "inline-virtio-fs");
+        assert_eq!(
+            c.hypervisor["dragonball"].shared_fs,
+            SharedFs::InlineVirtioFs
+        );
         let c = KataConfig::parse("[hypervisor.firecracker]\nshared_fs = \"virtio-fs\"\n").unwrap();
-        assert_eq!(c.hypervisor["firecracker"].shared_fs, "virtio-fs");
+        assert_eq!(c.hypervisor["firecracker"].shared_fs, SharedFs::VirtioFs);
     }
 
     #[test]

@@ -55,8 +55,8 @@ const VM_DIR: &str = "vm";
 struct VirtState {
     /// The VM (its backend's own state inside, opaque here).
     vm: HypervisorState,
-    /// The host resources.
-    resources: ResourcesState,
+    /// The host resources (`None` once released or handed over).
+    resources: Option<ResourcesState>,
 }
 
 /// A sandbox whose containers run in a micro-VM.
@@ -190,8 +190,14 @@ impl VirtContainer {
     ) -> Result<VirtContainer> {
         let state = parse_state(dir, saved)?;
         let vm = backend::restore(&config.id, config.hypervisor.clone(), &state.vm).await?;
+        let Some(saved_resources) = state.resources.clone() else {
+            return Err(Error::CorruptState {
+                path: crate::persist::SandboxState::path(dir),
+                reason: "no host resources recorded: the sandbox was shut down".into(),
+            });
+        };
         let adopted = {
-            let (d, s) = (dir.to_path_buf(), state.resources.clone());
+            let (d, s) = (dir.to_path_buf(), saved_resources);
             blocking("adopting the sandbox's host resources", move || {
                 Ok(SandboxResources::adopt(&d, &s)?)
             })
@@ -260,7 +266,7 @@ impl VirtContainer {
             vm
         });
         let report = backend::cleanup(vm_state.as_ref(), &vm_dir)?;
-        SandboxResources::cleanup(dir, state.as_ref().map(|s| &s.resources))?;
+        SandboxResources::cleanup(dir, state.as_ref().and_then(|s| s.resources.as_ref()))?;
         Ok(report.killed)
     }
 
@@ -555,9 +561,7 @@ impl RuntimeHandler for VirtContainer {
     }
 
     fn state(&self) -> HandlerState {
-        let resources = self
-            .with_resources(|r| Ok(r.state()))
-            .unwrap_or_default();
+        let resources = self.with_resources(|r| Ok(r.state())).ok();
         let state = VirtState {
             vm: self.vm.save_state(),
             resources,

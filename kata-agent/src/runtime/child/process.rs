@@ -12,6 +12,7 @@ use nix::unistd::{chdir, execve, setgroups, setresgid, setresuid, Gid, Uid};
 use super::{ChildError, ChildResult};
 use crate::runtime::caps;
 use crate::runtime::config::ProcessConfig;
+use crate::runtime::seccomp::{self, SeccompProgram};
 
 /// The `PATH` used to find `args[0]` when the process's env has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -22,11 +23,19 @@ pub(super) struct PreparedExec {
     argv: Vec<CString>,
     envp: Vec<CString>,
     display: String,
+    /// The seccomp filters still to install (with `no_new_privs`: as late as possible).
+    seccomp: Option<SeccompProgram>,
 }
 
 impl PreparedExec {
-    /// Replaces this process. Returns only on failure.
+    /// Installs the seccomp filters if they are still due, then replaces this process. Returns
+    /// only on failure.
     pub(super) fn exec(self) -> ChildError {
+        if let Some(prog) = &self.seccomp {
+            if let Err(e) = seccomp::install(prog) {
+                return seccomp_error(e);
+            }
+        }
         match execve(&self.path, &self.argv, &self.envp) {
             Ok(never) => match never {},
             Err(e) => ChildError::field(
@@ -35,6 +44,10 @@ impl PreparedExec {
             ),
         }
     }
+}
+
+fn seccomp_error(e: std::io::Error) -> ChildError {
+    ChildError::field(seccomp::FIELD, format!("cannot be installed: {e}"))
 }
 
 fn cstring(s: &str, field: &str) -> ChildResult<CString> {
@@ -84,6 +97,11 @@ pub(super) fn prepare(p: &ProcessConfig) -> ChildResult<PreparedExec> {
     chdir(&p.cwd)
         .map_err(|e| ChildError::field("process.cwd", format!("{}: {e}", p.cwd.display())))?;
 
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it now, before the
+    // capabilities go (runc's order); the rest of the setup then runs under the filter.
+    if let (Some(prog), false) = (&p.seccomp, p.no_new_privileges) {
+        seccomp::install(prog).map_err(seccomp_error)?;
+    }
     let last = caps::last_cap();
     if let Some(sets) = &p.caps {
         if let Some(b) = sets.bounding {
@@ -162,6 +180,7 @@ pub(super) fn prepare(p: &ProcessConfig) -> ChildResult<PreparedExec> {
         argv,
         envp,
         display: exe.display().to_string(),
+        seccomp: p.seccomp.clone().filter(|_| p.no_new_privileges),
     })
 }
 

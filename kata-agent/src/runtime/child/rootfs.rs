@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -96,13 +96,9 @@ pub(super) fn setup(cfg: &ContainerSetup, terminal: bool) -> ChildResult<()> {
         .map_err(|e| ChildError::sys("make / rshared", e))?;
     }
 
-    for (key, value) in &cfg.sysctl {
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        fs::write(&path, value).map_err(|e| {
-            ChildError::field(
-                format!("linux.sysctl[{key:?}]"),
-                format!("cannot be set: {e}"),
-            )
+    for (key, (path, value)) in &cfg.sysctl {
+        fs::write(path, value).map_err(|e| {
+            ChildError::field(format!("linux.sysctl.{key}"), format!("cannot be set: {e}"))
         })?;
     }
     for p in &cfg.readonly_paths {

@@ -1,7 +1,12 @@
 //! The unpacked-image cache: one rootfs per manifest digest, `<cache_dir>/<alg>-<hex>/rootfs`.
+//!
+//! The rootfses hold the image's files with the image's owners (root among them), so the cache
+//! directory and its entries are 0700 and owned by the unpacker: no other host user reaches
+//! a file in them, whatever its mode.
 
-use std::fs;
+use std::fs::{self, DirBuilder, Permissions};
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::staging::{self, StagingDir};
@@ -16,6 +21,10 @@ use crate::Result;
 /// so its presence means it is whole; unfinished staging directories of dead processes are
 /// removed by [`ImageCache::new`]. Containers must not write into a cached rootfs: share it
 /// with [`RootfsMode::Overlay`](crate::share_fs::RootfsMode::Overlay) or read-only.
+///
+/// The cache directory is created 0700; an existing one owned by this process's user is
+/// tightened to 0700 (with its entries), one owned by another user is refused with
+/// [`Error::UnsafeImageCache`](crate::Error::UnsafeImageCache).
 ///
 /// ```no_run
 /// use kata_resource::rootfs::image::{ImageCache, OciImage};
@@ -37,10 +46,20 @@ impl ImageCache {
     /// A default location for the cache.
     pub const DEFAULT_DIR: &'static str = "/var/cache/kata-rs/images";
 
-    /// Opens (creating it if needed) the cache in `dir`, removing what crashed unpacks left.
+    /// Opens (creating it, 0700, if needed) the cache in `dir`, making it and its entries
+    /// private and removing what crashed unpacks left.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).at("create directory", &dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).at("create directory", parent)?;
+        }
+        match DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(e).at("create directory", &dir);
+            }
+            _ => {}
+        }
+        make_private(&dir)?;
         staging::remove_stale(&dir)?;
         Ok(ImageCache { dir })
     }
@@ -99,6 +118,53 @@ impl ImageCache {
     fn entry_path(&self, image: &OciImage) -> PathBuf {
         self.dir.join(entry_name(image))
     }
+}
+
+/// Checks the cache directory is ours and makes it and its entries 0700.
+fn make_private(dir: &Path) -> Result<()> {
+    let unsafe_cache = |reason: String| crate::Error::UnsafeImageCache {
+        path: dir.to_owned(),
+        reason,
+    };
+    let meta = fs::metadata(dir).at("inspect", dir)?;
+    if !meta.is_dir() {
+        return Err(unsafe_cache("not a directory".to_owned()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(unsafe_cache(format!(
+            "owned by uid {}, not by this process's uid {me}: that user could change the \
+             rootfses containers run from; chown it to uid {me} or choose another directory",
+            meta.uid()
+        )));
+    }
+    tighten(dir, meta.mode())?;
+    for entry in fs::read_dir(dir).at("read directory", dir)? {
+        let entry = entry.at("read directory", dir)?;
+        let path = entry.path();
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).at("inspect", &path),
+        };
+        if meta.is_dir() {
+            tighten(&path, meta.mode())?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets `dir` to 0700 if group or others have any access.
+fn tighten(dir: &Path, mode: u32) -> Result<()> {
+    if mode & 0o077 != 0 {
+        tracing::info!(
+            dir = %dir.display(),
+            mode = format_args!("{:o}", mode & 0o7777),
+            "making an image cache directory private (0700)"
+        );
+        fs::set_permissions(dir, Permissions::from_mode(0o700)).at("set the mode of", dir)?;
+    }
+    Ok(())
 }
 
 /// `sha256-<hex>`: the digest without a `:`, which some tools dislike in paths.

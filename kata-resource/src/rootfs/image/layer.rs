@@ -13,6 +13,15 @@
 //!
 //! The rootfs must be private to the unpacker while it runs (it is: a fresh staging directory),
 //! since paths are checked then used.
+//!
+//! The rootfs lives on the host, so nothing in it may give a host user more than the image's
+//! owner meant: character and block device nodes are skipped (the agent gives containers their
+//! `/dev`), setuid and setgid bits are cleared on everything but directories (where setgid only
+//! means group inheritance), and only `user.*` and POSIX ACL xattrs are applied — never
+//! `security.*` (file capabilities, SELinux labels) or `trusted.*` (overlayfs reads
+//! `trusted.overlay.*` when the rootfs is an overlay lower layer). There is no guest-only unpack
+//! yet that could keep them. The layer's stream is bounded by the unpack's
+//! [`Budget`](super::limits::Budget) while it is read.
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::{CString, OsStr, OsString};
@@ -23,10 +32,11 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use flate2::bufread::MultiGzDecoder;
-use nix::sys::stat::{makedev, mknod, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use tar::EntryType;
 
+use super::limits::{for_each_entry, Budget};
 use crate::{Error, Result};
 
 /// The whiteout prefix: `.wh.<name>` deletes `<name>`.
@@ -38,8 +48,18 @@ const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
 /// How many symlinks one path resolution may follow.
 const MAX_SYMLINKS: u32 = 40;
 
-/// Applies the layer read from `blob` to the rootfs at `root`. `layer` names it in errors.
-pub(crate) fn apply_layer(root: &Path, layer: &str, blob: impl Read) -> Result<()> {
+/// The set-user-ID and set-group-ID mode bits, cleared on everything but directories.
+const SET_ID_BITS: u32 = 0o6000;
+
+/// Applies the layer read from the verified `blob` (of `blob_size` bytes) to the rootfs at
+/// `root`, within `budget`. `layer` names it in errors.
+pub(crate) fn apply_layer(
+    root: &Path,
+    layer: &str,
+    blob: impl Read,
+    blob_size: u64,
+    budget: &mut Budget<'_>,
+) -> Result<()> {
     let read_error = |source| Error::LayerRead {
         layer: layer.to_owned(),
         source,
@@ -57,17 +77,19 @@ pub(crate) fn apply_layer(root: &Path, layer: &str, blob: impl Read) -> Result<(
     } else {
         Box::new(buffered)
     };
-    let mut archive = tar::Archive::new(stream);
+    let limit = budget.layer_stream(layer, blob_size);
     let mut applier = LayerApplier {
         root,
         layer,
         created: HashSet::new(),
+        skipped: HashSet::new(),
         dir_mtimes: Vec::new(),
     };
-    for entry in archive.entries().map_err(read_error)? {
-        let mut entry = entry.map_err(read_error)?;
-        applier.apply(&mut entry)?;
-    }
+    let read = for_each_entry(stream, limit, read_error, |entry| {
+        budget.count_entry(layer)?;
+        applier.apply(entry)
+    })?;
+    budget.add_bytes(read);
     applier.finish()
 }
 
@@ -77,6 +99,8 @@ struct LayerApplier<'a> {
     layer: &'a str,
     /// Paths this layer created or declared, which its own whiteouts must not remove.
     created: HashSet<PathBuf>,
+    /// Device nodes this layer skipped, so hardlinks to them are skipped too.
+    skipped: HashSet<PathBuf>,
     /// Directory mtimes, set once the layer is done (adding entries changes them).
     dir_mtimes: Vec<(PathBuf, u64)>,
 }
@@ -135,10 +159,30 @@ impl LayerApplier<'_> {
             };
         }
 
+        if matches!(kind, EntryType::Char | EntryType::Block) {
+            // Checked like any entry, then left out: a device node in a host directory is the
+            // host's device.
+            let parent = self.resolve_dir(&name, parents, true)?;
+            let target = parent.expect("created when missing").join(leaf);
+            self.remove_existing(&name, &target)?;
+            tracing::debug!(layer = self.layer, entry = %name, "skipping a device node");
+            self.skipped.insert(target);
+            return Ok(());
+        }
+
         let parent = self.resolve_dir(&name, parents, true)?;
         let parent = parent.expect("created when missing");
         let target = parent.join(leaf);
-        let meta = self.meta(entry, &name)?;
+        let mut meta = self.meta(entry, &name)?;
+        if kind != EntryType::Directory && meta.mode & SET_ID_BITS != 0 {
+            tracing::debug!(
+                layer = self.layer,
+                entry = %name,
+                mode = format_args!("{:o}", meta.mode),
+                "clearing setuid/setgid bits"
+            );
+            meta.mode &= !SET_ID_BITS;
+        }
         let xattrs = pax_xattrs(entry).map_err(|e| self.io(&name, "read PAX headers", e))?;
 
         match kind {
@@ -173,22 +217,22 @@ impl LayerApplier<'_> {
             }
             EntryType::Link => {
                 let link = self.link_name(entry, &name)?;
-                let source = self.hardlink_source(&name, &link)?;
+                let Some(source) = self.hardlink_source(&name, &link)? else {
+                    tracing::debug!(layer = self.layer, entry = %name, "skipping a hardlink to a skipped device node");
+                    self.remove_existing(&name, &target)?;
+                    self.skipped.insert(target);
+                    return Ok(());
+                };
                 if source != target {
                     self.remove_existing(&name, &target)?;
                     fs::hard_link(&source, &target)
                         .map_err(|e| self.io(&name, "create hardlink", e))?;
                 }
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let (flag, dev) = match kind {
-                    EntryType::Char => (SFlag::S_IFCHR, self.device(entry, &name)?),
-                    EntryType::Block => (SFlag::S_IFBLK, self.device(entry, &name)?),
-                    _ => (SFlag::S_IFIFO, 0),
-                };
+            EntryType::Fifo => {
                 self.remove_existing(&name, &target)?;
-                mknod(&target, flag, Mode::from_bits_truncate(0o600), dev)
-                    .map_err(|e| self.io(&name, "create device node", e.into()))?;
+                mknod(&target, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
+                    .map_err(|e| self.io(&name, "create fifo", e.into()))?;
                 self.set_metadata(&name, &target, &meta, true)?;
             }
             other => {
@@ -196,10 +240,15 @@ impl LayerApplier<'_> {
             }
         }
         for (key, value) in xattrs {
+            if !xattr_allowed(&key) {
+                tracing::debug!(layer = self.layer, entry = %name, xattr = %key, "skipping xattr");
+                continue;
+            }
             set_xattr(&target, &key, &value).unwrap_or_else(|e| {
                 tracing::warn!(layer = self.layer, entry = %name, xattr = %key, "cannot set xattr: {e}");
             });
         }
+        self.skipped.remove(&target);
         self.created.insert(target);
         Ok(())
     }
@@ -264,8 +313,9 @@ impl LayerApplier<'_> {
         Ok(())
     }
 
-    /// The existing file a hardlink entry links to, resolved inside the rootfs.
-    fn hardlink_source(&mut self, name: &str, link: &[u8]) -> Result<PathBuf> {
+    /// The existing file a hardlink entry links to, resolved inside the rootfs; `None` if it is
+    /// a device node this layer skipped.
+    fn hardlink_source(&mut self, name: &str, link: &[u8]) -> Result<Option<PathBuf>> {
         const MISSING: &str = "hardlink target does not exist in the rootfs";
         let components = relative_components(link)
             .map_err(|r| self.refuse(name, &format!("hardlink target: {r}")))?;
@@ -278,7 +328,8 @@ impl LayerApplier<'_> {
         let source = dir.join(leaf);
         match fs::symlink_metadata(&source) {
             Ok(meta) if meta.is_dir() => Err(self.refuse(name, "a hardlink to a directory")),
-            Ok(_) => Ok(source),
+            Ok(_) => Ok(Some(source)),
+            Err(_) if self.skipped.contains(&source) => Ok(None),
             Err(_) => Err(self.refuse(name, MISSING)),
         }
     }
@@ -445,14 +496,6 @@ impl LayerApplier<'_> {
         }
     }
 
-    fn device<R: Read>(&self, entry: &tar::Entry<R>, name: &str) -> Result<libc::dev_t> {
-        let header = entry.header();
-        let bad = |e: io::Error| self.io(name, "read tar header", e);
-        let major = header.device_major().map_err(bad)?.unwrap_or(0);
-        let minor = header.device_minor().map_err(bad)?.unwrap_or(0);
-        Ok(makedev(major.into(), minor.into()))
-    }
-
     /// Sets the deferred directory mtimes.
     fn finish(self) -> Result<()> {
         for (dir, mtime) in self.dir_mtimes.iter().rev() {
@@ -507,6 +550,13 @@ fn relative_components(raw: &[u8]) -> Result<Vec<OsString>, &'static str> {
         }
     }
     Ok(components)
+}
+
+/// Whether an image may set xattr `name` on the host: `user.*` and POSIX ACLs only.
+fn xattr_allowed(name: &str) -> bool {
+    name.starts_with("user.")
+        || name == "system.posix_acl_access"
+        || name == "system.posix_acl_default"
 }
 
 /// The `SCHILY.xattr.*` PAX records of an entry.

@@ -5,17 +5,27 @@
 //! reads the image config. [`OciImage::unpack`] applies the layers in order into a new
 //! directory; [`ImageCache::rootfs`] does so once per manifest digest and reuses the result.
 //!
-//! Every blob used is verified against its descriptor's digest and size. Layers are unpacked
-//! with the image-spec's whiteout rules, refusing entries that would leave the rootfs (see
-//! `layer.rs` for the exact rules), keeping modes, ownership, symlinks, hardlinks, device
-//! nodes and xattrs. Unpacking always happens in a staging directory that is renamed into place
-//! at the end, so a crash never leaves a half-unpacked rootfs under the final name.
+//! Images are hostile input: the rootfs is written on the host, by root.
+//! * Every blob used is verified against its descriptor's digest and size *before* it is used:
+//!   small blobs in memory, layers while they are copied into a private scratch file that is
+//!   then decompressed (`blobs.rs`). No blob is read past its descriptor's size, and small
+//!   blobs are size-capped before they are read.
+//! * Layers are unpacked with the image-spec's whiteout rules, refusing entries that would
+//!   leave the rootfs, keeping modes, ownership, symlinks, hardlinks, FIFOs and `user.*`/ACL
+//!   xattrs; device nodes, setuid/setgid bits and `security.*`/`trusted.*` xattrs are left
+//!   out (`layer.rs` has the exact rules).
+//! * Unpacking is bounded by [`UnpackLimits`]: bytes per layer and in total, entries and
+//!   compression ratio (`limits.rs`).
+//! * Unpacking always happens in a private (0700) staging directory that is renamed into
+//!   place at the end, so a crash never leaves a half-unpacked rootfs under the final name;
+//!   the [`ImageCache`] directory and its entries are 0700.
 //!
 //! [OCI image layout]: https://github.com/opencontainers/image-spec/blob/main/image-layout.md
 
 mod blobs;
 mod cache;
 mod layer;
+mod limits;
 mod staging;
 
 use std::path::{Path, PathBuf};
@@ -28,12 +38,14 @@ use oci_spec::image::{
 use serde::de::DeserializeOwned;
 
 use blobs::BlobStore;
+use limits::Budget;
 pub(crate) use staging::StagingDir;
 
 use crate::error::IoContext;
 use crate::{Error, Result};
 
 pub use cache::ImageCache;
+pub use limits::UnpackLimits;
 
 #[cfg(any(test, feature = "test-image"))]
 pub(crate) use blobs::sha256_digest;
@@ -76,6 +88,7 @@ pub struct OciImage {
     manifest: ImageManifest,
     config: ImageConfiguration,
     reference: Option<String>,
+    limits: UnpackLimits,
 }
 
 impl OciImage {
@@ -84,18 +97,29 @@ impl OciImage {
     /// Several images in one layout are an [`Error::AmbiguousManifest`]: use
     /// [`OciImage::open_ref`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::open_inner(path.as_ref(), None)
+        Self::open_with_limits(path, None, UnpackLimits::default())
     }
 
     /// Opens the image at `path` and picks the manifest whose
     /// `org.opencontainers.image.ref.name` (or containerd's `io.containerd.image.name`)
     /// annotation is `reference`.
     pub fn open_ref(path: impl AsRef<Path>, reference: &str) -> Result<Self> {
-        Self::open_inner(path.as_ref(), Some(reference))
+        Self::open_with_limits(path, Some(reference), UnpackLimits::default())
     }
 
-    fn open_inner(path: &Path, reference: Option<&str>) -> Result<Self> {
-        let opened = BlobStore::open(path)?;
+    /// Opens the image at `path` like [`OciImage::open`] (`reference: None`) or
+    /// [`OciImage::open_ref`], with other [`UnpackLimits`] than the defaults: they bound
+    /// reading a gzipped image tarball and every later unpack of this image.
+    pub fn open_with_limits(
+        path: impl AsRef<Path>,
+        reference: Option<&str>,
+        limits: UnpackLimits,
+    ) -> Result<Self> {
+        Self::open_inner(path.as_ref(), reference, limits)
+    }
+
+    fn open_inner(path: &Path, reference: Option<&str>, limits: UnpackLimits) -> Result<Self> {
+        let opened = BlobStore::open(path, &limits)?;
         let store = opened.store;
         let index: ImageIndex = parse_json(&store, "index.json", &opened.index_json)?;
         let chosen = select_manifest(&store, index.manifests(), reference)?;
@@ -133,7 +157,13 @@ impl OciImage {
             manifest,
             config,
             reference,
+            limits,
         })
+    }
+
+    /// The bounds on unpacking this image.
+    pub fn unpack_limits(&self) -> &UnpackLimits {
+        &self.limits
     }
 
     /// The layout directory or tarball the image was opened from.
@@ -162,7 +192,8 @@ impl OciImage {
     }
 
     /// Unpacks the layers into `dest`, which must not exist (its parent must). The rootfs is
-    /// built in a staging directory next to `dest` and renamed into place when complete.
+    /// built in a private staging directory next to `dest` and renamed into place when
+    /// complete; `dest` then has the mode the image gives its root (0755 if none).
     pub fn unpack(&self, dest: &Path) -> Result<()> {
         if dest.symlink_metadata().is_ok() {
             return Err(Error::DestinationExists {
@@ -194,14 +225,19 @@ impl OciImage {
         let rootfs = staging.path().join("rootfs");
         let scratch = staging.path().join("blobs");
         std::fs::create_dir(&rootfs).at("create directory", &rootfs)?;
-        let staged = self
-            .store
-            .stage_large_blobs(self.manifest.layers(), &scratch)?;
-        for desc in self.manifest.layers() {
-            let mut blob = self.store.open_blob(desc, &staged)?;
+        let layers = self.manifest.layers();
+        for desc in layers {
+            self.limits
+                .check_layer_blob(desc.digest().as_ref(), desc.size())?;
+        }
+        let staged = self.store.stage_large_blobs(layers, &scratch)?;
+        let mut budget = Budget::new(&self.limits);
+        for desc in layers {
+            let mut blob = self.store.verified_layer(desc, &staged, &scratch)?;
             tracing::debug!(layer = %desc.digest(), size = desc.size(), "applying layer");
-            layer::apply_layer(&rootfs, blob.digest().to_owned().as_str(), &mut blob)?;
-            blob.finish()?;
+            let digest = desc.digest().to_string();
+            layer::apply_layer(&rootfs, &digest, &mut blob, desc.size(), &mut budget)?;
+            blob.discard()?;
         }
         match std::fs::remove_dir_all(&scratch) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -1,8 +1,10 @@
 //! Staging directories: where a rootfs is built before it is renamed to its final name, so a
-//! crash leaves only a `.partial-*` directory, which the next run removes.
+//! crash leaves only a `.partial-*` directory, which the next run removes. They are created
+//! 0700: a rootfs being built, and a cache entry renamed from one, is the unpacker's alone.
 
-use std::fs;
+use std::fs::{self, DirBuilder};
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,12 +22,15 @@ pub(crate) struct StagingDir {
 }
 
 impl StagingDir {
-    /// Creates `<parent>/.partial-<label>-<pid>-<n>`, unique in this process.
+    /// Creates `<parent>/.partial-<label>-<pid>-<n>` (mode 0700), unique in this process.
     pub(crate) fn create(parent: &Path, label: &str) -> Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = parent.join(format!("{PREFIX}{label}-{}-{n}", std::process::id()));
-        fs::create_dir(&path).at("create staging directory", &path)?;
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .at("create staging directory", &path)?;
         Ok(StagingDir { path, moved: false })
     }
 
@@ -98,6 +103,15 @@ fn staging_pid(name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_dirs_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = StagingDir::create(tmp.path(), "x").unwrap();
+        let mode = fs::metadata(staging.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 
     #[test]
     fn staging_dirs_are_removed_unless_persisted() {

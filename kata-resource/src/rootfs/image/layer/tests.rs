@@ -1,13 +1,16 @@
-//! Layer application: metadata, whiteouts, opaque directories and hostile archives.
+//! Layer application: metadata, whiteouts, opaque directories, hostile archives and limits.
 
+use std::ffi::CString;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tar::EntryType;
 
 use super::apply_layer;
 use crate::layout_writer::{gzip, TarBuilder, FIXED_MTIME};
+use crate::rootfs::image::limits::{Budget, UnpackLimits, MAX_ENTRY_HEADER_BYTES};
 use crate::Error;
 
 /// A rootfs dir inside a temp dir, so escapes would land in the temp dir where tests see them.
@@ -27,7 +30,13 @@ impl Root {
     }
 
     fn apply(&self, layer: Vec<u8>) -> crate::Result<()> {
-        apply_layer(&self.path(), "sha256:test", layer.as_slice())
+        let limits = UnpackLimits::default();
+        self.apply_within(layer, &mut Budget::new(&limits))
+    }
+
+    fn apply_within(&self, layer: Vec<u8>, budget: &mut Budget<'_>) -> crate::Result<()> {
+        let size = layer.len() as u64;
+        apply_layer(&self.path(), "sha256:test", layer.as_slice(), size, budget)
     }
 
     fn exists(&self, rel: &str) -> bool {
@@ -73,7 +82,7 @@ fn files_dirs_links_keep_mode_owner_and_mtime() {
     let root = Root::new();
     root.apply(gzip(&tar(|t| {
         t.dir("home/user", 0o750, 1000, 1000)
-            .file("home/user/script", 0o4755, 1000, 1000, b"#!/bin/sh\n")
+            .file("home/user/script", 0o1755, 1000, 1000, b"#!/bin/sh\n")
             .file("etc/passwd", 0o644, 0, 0, b"root\n")
             .symlink("etc/motd", "/etc/passwd")
             .hardlink("etc/passwd-", "etc/passwd")
@@ -88,7 +97,7 @@ fn files_dirs_links_keep_mode_owner_and_mtime() {
     );
     assert_eq!(meta.mtime() as u64, FIXED_MTIME);
     let meta = fs::metadata(root.path().join("home/user/script")).unwrap();
-    assert_eq!(meta.mode() & 0o7777, 0o4755, "setuid kept after chown");
+    assert_eq!(meta.mode() & 0o7777, 0o1755, "sticky bit kept after chown");
     assert_eq!(meta.uid(), 1000);
     assert_eq!(meta.mtime() as u64, FIXED_MTIME);
     assert_eq!(
@@ -113,41 +122,344 @@ fn files_dirs_links_keep_mode_owner_and_mtime() {
     );
 }
 
+/// A tar entry of `kind` with device numbers, built by hand (TarBuilder has no devices).
+fn special(builder: &mut tar::Builder<Vec<u8>>, name: &str, kind: EntryType, mode: u32) {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(0);
+    header.set_device_major(8).unwrap();
+    header.set_device_minor(0).unwrap();
+    builder
+        .append_data(&mut header, name, std::io::empty())
+        .unwrap();
+}
+
 #[test]
-fn device_nodes_and_fifos() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: mknod needs root");
-        return;
-    }
+fn device_nodes_are_skipped_fifos_kept() {
     let root = Root::new();
-    let layer = tar(|t| {
-        t.dir("dev", 0o755, 0, 0);
-    });
-    root.apply(layer).unwrap();
+    root.apply(tar(|t| {
+        t.file("dev/sda", 0o644, 0, 0, b"lower layer file");
+    }))
+    .unwrap();
     let mut builder = tar::Builder::new(Vec::new());
-    for (name, kind) in [("dev/null", EntryType::Char), ("dev/fifo", EntryType::Fifo)] {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(kind);
-        header.set_mode(0o666);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_size(0);
-        header.set_device_major(1).unwrap();
-        header.set_device_minor(3).unwrap();
-        builder
-            .append_data(&mut header, name, std::io::empty())
-            .unwrap();
-    }
+    special(&mut builder, "dev/sda", EntryType::Block, 0o666);
+    special(&mut builder, "dev/mem", EntryType::Char, 0o666);
+    special(&mut builder, "dev/fifo", EntryType::Fifo, 0o620);
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(EntryType::Link);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(0);
+    builder
+        .append_link(&mut header, "disk-alias", "dev/sda")
+        .unwrap();
     root.apply(builder.into_inner().unwrap()).unwrap();
-    let meta = fs::metadata(root.path().join("dev/null")).unwrap();
-    assert_eq!(meta.rdev(), nix::sys::stat::makedev(1, 3));
-    assert_eq!(meta.mode() & 0o777, 0o666);
-    use std::os::unix::fs::FileTypeExt;
-    assert!(fs::metadata(root.path().join("dev/fifo"))
-        .unwrap()
-        .file_type()
-        .is_fifo());
+
+    assert!(
+        !root.exists("dev/sda"),
+        "a block device, and what it replaced"
+    );
+    assert!(!root.exists("dev/mem"), "a character device");
+    assert!(!root.exists("disk-alias"), "a hardlink to a skipped device");
+    let meta = fs::metadata(root.path().join("dev/fifo")).unwrap();
+    assert!(meta.file_type().is_fifo());
+    assert_eq!(meta.mode() & 0o777, 0o620);
+    // Nothing anywhere in the rootfs is a device.
+    let mut dirs = vec![root.path()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            assert!(
+                !kind.is_block_device() && !kind.is_char_device(),
+                "{}",
+                entry.path().display()
+            );
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+}
+
+#[test]
+fn setuid_and_setgid_bits_are_cleared_except_on_directories() {
+    let root = Root::new();
+    root.apply(tar(|t| {
+        t.file("usr/bin/su", 0o4755, 0, 0, b"su")
+            .file("usr/bin/wall", 0o2755, 0, 5, b"wall")
+            .file("usr/bin/both", 0o6777, 0, 0, b"both")
+            .dir("var/mail", 0o2775, 0, 8)
+            .dir("tmp", 0o1777, 0, 0)
+            .hardlink("usr/bin/su-again", "usr/bin/su");
+    }))
+    .unwrap();
+    let mode = |rel: &str| fs::metadata(root.path().join(rel)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("usr/bin/su"), 0o755);
+    assert_eq!(mode("usr/bin/su-again"), 0o755);
+    assert_eq!(mode("usr/bin/wall"), 0o755);
+    assert_eq!(mode("usr/bin/both"), 0o777);
+    assert_eq!(
+        mode("var/mail"),
+        0o2775,
+        "setgid on a directory is group inheritance"
+    );
+    assert_eq!(mode("tmp"), 0o1777);
+}
+
+/// A PAX extended header of `records` for the entry that follows.
+fn pax(builder: &mut tar::Builder<Vec<u8>>, records: &[(&str, &[u8])]) {
+    let mut data = Vec::new();
+    for (key, value) in records {
+        // "<len> <key>=<value>\n", where <len> counts itself.
+        let rest = key.len() + value.len() + 3;
+        let mut len = rest + rest.to_string().len();
+        if len.to_string().len() != rest.to_string().len() {
+            len += 1;
+        }
+        data.extend_from_slice(format!("{len} {key}=").as_bytes());
+        data.extend_from_slice(value);
+        data.push(b'\n');
+    }
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(EntryType::XHeader);
+    header.set_mode(0o644);
+    header.set_size(data.len() as u64);
+    header.set_path("PaxHeaders/x").unwrap();
+    header.set_cksum();
+    builder.append(&header, data.as_slice()).unwrap();
+}
+
+/// The value of xattr `name` of `path`, if set.
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated and outlive the call; `buf` is writable for
+    // `buf.len()` bytes.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+#[test]
+fn only_user_xattrs_and_acls_are_applied() {
+    let root = Root::new();
+    // A file capability (cap_setuid+ep, VFS_CAP_REVISION_2), an overlayfs marker and a label.
+    let capability: &[u8] = &[
+        0, 0, 0, 2, 0x80, 0, 0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let mut builder = tar::Builder::new(Vec::new());
+    pax(
+        &mut builder,
+        &[
+            ("SCHILY.xattr.security.capability", capability),
+            ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+            (
+                "SCHILY.xattr.security.selinux",
+                b"system_u:object_r:shadow_t:s0",
+            ),
+            ("SCHILY.xattr.user.note", b"kept"),
+        ],
+    );
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(EntryType::Regular);
+    header.set_mode(0o755);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(2);
+    builder
+        .append_data(&mut header, "usr/bin/ping", &b"ok"[..])
+        .unwrap();
+    root.apply(builder.into_inner().unwrap()).unwrap();
+
+    let ping = root.path().join("usr/bin/ping");
+    assert_eq!(root.read("usr/bin/ping"), "ok");
+    assert_eq!(xattr(&ping, "user.note").as_deref(), Some(&b"kept"[..]));
+    assert_eq!(xattr(&ping, "security.capability"), None);
+    assert_eq!(xattr(&ping, "trusted.overlay.opaque"), None);
+    assert_ne!(
+        xattr(&ping, "security.selinux").as_deref(),
+        Some(&b"system_u:object_r:shadow_t:s0"[..])
+    );
+}
+
+/// Small limits, so tests stay fast.
+fn small_limits() -> UnpackLimits {
+    UnpackLimits {
+        max_total_bytes: 3 << 20,
+        max_layer_bytes: 2 << 20,
+        max_entries: 50,
+        max_ratio: 10,
+        ratio_floor_bytes: 1 << 20,
+    }
+}
+
+fn limit_error(result: crate::Result<()>, limit: &str) -> String {
+    let err = result.unwrap_err();
+    match &err {
+        Error::UnpackLimit {
+            limit: got,
+            subject,
+            ..
+        } => {
+            assert_eq!(*got, limit, "{err}");
+            assert_eq!(subject, "layer sha256:test", "{err}");
+        }
+        other => panic!("expected the {limit} limit, got: {other}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("UnpackLimits::{limit}")),
+        "{message}"
+    );
+    assert!(message.contains("open_with_limits"), "{message}");
+    message
+}
+
+/// Bytes that do not compress.
+fn noise(len: usize, mut state: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_layer_over_max_layer_bytes_stops_at_the_limit() {
+    let root = Root::new();
+    let limits = small_limits();
+    let mut budget = Budget::new(&limits);
+    let message = limit_error(
+        root.apply_within(
+            tar(|t| {
+                t.file("big", 0o644, 0, 0, &noise(3 << 20, 1));
+            }),
+            &mut budget,
+        ),
+        "max_layer_bytes",
+    );
+    assert!(message.contains("2 MiB"), "{message}");
+    let written = fs::metadata(root.path().join("big")).map_or(0, |m| m.len());
+    assert!(written <= 2 << 20, "{written} bytes written past the limit");
+}
+
+#[test]
+fn layers_together_over_max_total_bytes_are_refused() {
+    let root = Root::new();
+    let limits = small_limits();
+    let mut budget = Budget::new(&limits);
+    for i in 0..2 {
+        root.apply_within(
+            tar(|t| {
+                t.file(&format!("f{i}"), 0o644, 0, 0, &noise(1 << 20, i));
+            }),
+            &mut budget,
+        )
+        .unwrap();
+    }
+    let message = limit_error(
+        root.apply_within(
+            tar(|t| {
+                t.file("f2", 0o644, 0, 0, &noise(1 << 20, 2));
+            }),
+            &mut budget,
+        ),
+        "max_total_bytes",
+    );
+    assert!(message.contains("3 MiB"), "{message}");
+}
+
+#[test]
+fn a_compression_bomb_is_stopped_by_the_ratio() {
+    let root = Root::new();
+    let limits = small_limits();
+    let bomb = gzip(&tar(|t| {
+        t.file("zeros", 0o644, 0, 0, &vec![0u8; 2 << 20]);
+    }));
+    assert!(bomb.len() < 20 << 10, "{}", bomb.len());
+    let message = limit_error(
+        root.apply_within(bomb, &mut Budget::new(&limits)),
+        "max_ratio",
+    );
+    assert!(
+        message.contains("10:1") && message.contains("1 MiB"),
+        "{message}"
+    );
+    // Under the floor, the ratio does not matter.
+    let small = gzip(&tar(|t| {
+        t.file("zeros", 0o644, 0, 0, &vec![0u8; 512 << 10]);
+    }));
+    Root::new()
+        .apply_within(small, &mut Budget::new(&limits))
+        .unwrap();
+}
+
+#[test]
+fn entries_over_max_entries_are_refused() {
+    let root = Root::new();
+    let limits = small_limits();
+    let mut budget = Budget::new(&limits);
+    root.apply_within(
+        tar(|t| {
+            for i in 0..30 {
+                t.file(&format!("a{i}"), 0o644, 0, 0, b"");
+            }
+        }),
+        &mut budget,
+    )
+    .unwrap();
+    let message = limit_error(
+        root.apply_within(
+            tar(|t| {
+                for i in 0..30 {
+                    t.file(&format!("b{i}"), 0o644, 0, 0, b"");
+                }
+            }),
+            &mut budget,
+        ),
+        "max_entries",
+    );
+    assert!(message.contains("more than 50 entries"), "{message}");
+}
+
+#[test]
+fn oversized_entry_headers_are_refused_before_they_are_held() {
+    let root = Root::new();
+    let mut builder = tar::Builder::new(Vec::new());
+    let long = vec![b'a'; MAX_ENTRY_HEADER_BYTES as usize + 1];
+    pax(&mut builder, &[("comment", &long)]);
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(0);
+    builder
+        .append_data(&mut header, "f", std::io::empty())
+        .unwrap();
+    let err = root.apply(builder.into_inner().unwrap()).unwrap_err();
+    assert!(matches!(err, Error::LayerRead { .. }), "{err}");
+    assert!(err.to_string().contains("headers"), "{err}");
+    assert!(!root.exists("f"));
 }
 
 #[test]

@@ -1,0 +1,19 @@
+//! Shared directories: a host directory the guest mounts by tag (virtio-9p or virtio-fs).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::SharedFs;
+
+/// A directory of the host shared with the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareFsDevice {
+    /// The mount tag the guest mounts it by (Kata: `kataShared`).
+    pub mount_tag: String,
+    /// The host directory.
+    pub host_path: PathBuf,
+    /// How it reaches the guest (the configuration's `shared_fs`). Which kinds a backend
+    /// serves is in its [`Capabilities`](crate::Capabilities).
+    pub kind: SharedFs,
+}

@@ -1,0 +1,134 @@
+//! What the QEMU backend needs of the host: KVM or TCG, vhost-vsock or vhost-device-vsock in
+//! its place, the QEMU binary, virtiofsd when the share needs it, the guest image.
+
+use crate::backend::host::{self, check, CheckStatus, HostCheck, HostProbe, KvmNeed};
+use crate::config::{qemu_binary_name, HypervisorConfig};
+use crate::kvm::find_program;
+
+/// The QEMU backend's host checks, in the order they are shown.
+pub(crate) fn host_checks(config: &HypervisorConfig, probe: &HostProbe) -> Vec<HostCheck> {
+    let mut out = vec![check(
+        "hypervisor",
+        CheckStatus::Ok,
+        "QEMU: kata-rs can run it",
+    )];
+    // A confidential guest needs KVM; an ordinary one falls back to TCG.
+    out.push(host::kvm(
+        probe,
+        if config.confidential_guest {
+            KvmNeed::Required
+        } else {
+            KvmNeed::Fallback("QEMU falls back to TCG (software emulation, much slower)")
+        },
+    ));
+    out.extend(host::tee(config, probe));
+    out.push(host::vhost_vsock(probe, "vhost-device-vsock"));
+
+    let vhost_vsock = probe.dev_vhost_vsock.exists();
+    let explicit = probe
+        .vhost_user_vsock
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let found = find_program("vhost-device-vsock", &explicit, &[probe.cache.join("bin")]);
+    out.push(match (found, vhost_vsock) {
+        (Some(p), false) => check(
+            "vhost-device-vsock",
+            CheckStatus::Ok,
+            p.display().to_string(),
+        ),
+        (Some(p), true) => check(
+            "vhost-device-vsock",
+            CheckStatus::NotNeeded,
+            format!("{} (not needed: /dev/vhost-vsock exists)", p.display()),
+        ),
+        (None, true) => check(
+            "vhost-device-vsock",
+            CheckStatus::NotNeeded,
+            "not found; not needed while /dev/vhost-vsock exists",
+        ),
+        (None, false) => check(
+            "vhost-device-vsock",
+            CheckStatus::Fail,
+            format!(
+                "not found on PATH, in {} or $KATA_RS_VHOST_USER_VSOCK, and this host has no /dev/vhost-vsock; run `make setup` (cargo install vhost-device-vsock)",
+                probe.cache.join("bin").display()
+            ),
+        ),
+    });
+
+    let qemu = find_program(qemu_binary_name(), &config.path, &[]);
+    let mut binary = match qemu {
+        Some(p) => check("QEMU", CheckStatus::Ok, p.display().to_string()),
+        None if config.path.is_empty() => check(
+            "QEMU",
+            CheckStatus::Fail,
+            format!(
+                "{} not found on PATH; apt-get install qemu-system-x86, or set `path` in [hypervisor.qemu]",
+                qemu_binary_name()
+            ),
+        ),
+        None => check(
+            "QEMU",
+            CheckStatus::Fail,
+            format!(
+                "`path` = \"{}\" in [hypervisor.qemu] is not a file",
+                config.path
+            ),
+        ),
+    };
+    binary.key = Some("path");
+    out.push(binary);
+    out.push(
+        match super::capabilities().check_shared_fs(config.shared_fs) {
+            Ok(()) => check(
+                "shared filesystem",
+                CheckStatus::Ok,
+                format!("shared_fs = \"{}\"", config.shared_fs),
+            ),
+            Err(e) => check("shared filesystem", CheckStatus::Fail, e.to_string()),
+        },
+    );
+    out.push(host::virtiofsd(config, probe, true));
+    out.push(host::guest_image(config, probe));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_qemu_binary_fails_and_covers_the_path_key() {
+        let config = HypervisorConfig {
+            path: "/nonexistent/qemu-system-x86_64".into(),
+            ..Default::default()
+        };
+        let checks = host_checks(&config, &HostProbe::default());
+        let qemu = checks.iter().find(|c| c.name == "QEMU").unwrap();
+        assert_eq!(qemu.status, CheckStatus::Fail);
+        assert_eq!(qemu.key, Some("path"));
+        assert!(qemu.detail.contains("/nonexistent/qemu-system-x86_64"));
+        assert_eq!(checks[0].name, "hypervisor");
+        let fs = checks
+            .iter()
+            .find(|c| c.name == "shared filesystem")
+            .unwrap();
+        assert_eq!(fs.status, CheckStatus::Ok, "virtio-9p by default");
+    }
+
+    #[test]
+    fn virtio_fs_is_not_served_yet() {
+        let config = HypervisorConfig {
+            shared_fs: crate::SharedFs::VirtioFs,
+            ..Default::default()
+        };
+        let checks = host_checks(&config, &HostProbe::default());
+        let fs = checks
+            .iter()
+            .find(|c| c.name == "shared filesystem")
+            .unwrap();
+        assert_eq!(fs.status, CheckStatus::Fail);
+        assert!(fs.detail.contains("virtiofsd"), "{}", fs.detail);
+    }
+}

@@ -1,0 +1,600 @@
+//! [`SandboxResources`]: the one owner of everything a sandbox and its containers hold on the
+//! host.
+//!
+//! What it owns, and which module does the work:
+//! - the shared filesystem ([`crate::share_fs`]): `<sandbox_dir>/shared`, which the VM exports
+//!   as the device [`SandboxResources::devices`] yields and the guest mounts from the storage
+//!   [`SandboxResources::sandbox_storages`] yields;
+//! - each container's rootfs: a host directory, or an OCI bundle's rootfs with containerd's
+//!   mounts, which it mounts itself ([`crate::rootfs`]), bind (or overlay) mounted into the
+//!   shared directory;
+//! - the slots the next resource kinds fill: network, cgroups and devices per sandbox, volumes
+//!   per container (`slots.rs`, empty today).
+//!
+//! Its lifecycle is one unit: made for a sandbox directory, containers added and removed,
+//! released on [`release`](SandboxResources::release) or drop. For a restarted runtime:
+//! [`state`](SandboxResources::state) is what persist writes, [`detach`](SandboxResources::detach)
+//! leaves everything in place, [`adopt`](SandboxResources::adopt) takes it over, and
+//! [`cleanup`](SandboxResources::cleanup) removes what a crashed owner left.
+//!
+//! A new resource kind goes in three places: one module of this crate that owns it (set up,
+//! released on drop, detach/adopt, cleanup from its state), a slot field here (per sandbox, or
+//! in `ContainerResources` per container) that the lifecycle methods below call, and its state
+//! in [`ResourcesState`] (or [`ContainerResourcesState`]).
+
+mod slots;
+mod state;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kata_hypervisor::{Capabilities, DeviceConfig, ShareFsDevice, SharedFs};
+
+use crate::error::IoContext;
+use crate::fail_point::{fail_point, Step};
+use crate::path::checked_absolute;
+use crate::rootfs::{BundleRootfs, RootfsMount};
+use crate::share_fs::{RootfsMode, ShareFs, SharedRootfs};
+use crate::{validate_container_id, Error, GuestStorage, Result};
+
+use slots::{CgroupsSlot, DevicesSlot, NetworkSlot, VolumesSlot};
+pub use state::{
+    CgroupsState, ContainerResourcesState, DevicesState, NetworkState, ResourcesState,
+    RootfsSourceState, RootfsState, VolumesState,
+};
+
+/// Where a container's rootfs comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootfsSource {
+    /// A host directory (absolute), shared as it is: an unpacked image, a directory the caller
+    /// made.
+    Directory(PathBuf),
+    /// An OCI bundle's rootfs: the spec's `root.path` resolved inside the bundle (an absolute
+    /// `root.path` is accepted only inside the bundle, and a symlink may not lead out of it),
+    /// with containerd's rootfs mounts (`CreateTaskRequest.rootfs`) mounted there first. No
+    /// mounts: the directory is used as it is.
+    Bundle {
+        /// The bundle directory (absolute).
+        bundle: PathBuf,
+        /// The spec's `root.path` (`None`: `rootfs`).
+        root_path: Option<PathBuf>,
+        /// containerd's rootfs mounts, bottom first.
+        mounts: Vec<RootfsMount>,
+    },
+}
+
+/// What the guest needs to know of a container's resources.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerGuestResources {
+    /// The rootfs as the guest sees it: the OCI spec's `root.path` for the agent,
+    /// `/run/kata-containers/shared/containers/<id>/rootfs`.
+    pub rootfs_path: String,
+    /// What the agent mounts for the container before creating it (none for a rootfs in the
+    /// shared directory).
+    pub storages: Vec<GuestStorage>,
+}
+
+/// Everything a sandbox and its containers hold on the host: the shared filesystem
+/// ([`crate::share_fs`]), each container's rootfs (a directory, or a bundle's with
+/// containerd's mounts: [`crate::rootfs`]), and the slots of the resource kinds to come
+/// (network, cgroups and devices per sandbox, volumes per container, empty today). Dropping
+/// it releases everything; errors are logged.
+///
+/// A new resource kind goes in three places: one module of this crate that owns it (set up,
+/// released on drop, detach/adopt, cleanup from its state), a slot field here (or per
+/// container) that the lifecycle methods call, and its state in [`ResourcesState`] (or
+/// [`ContainerResourcesState`]).
+///
+/// Everything is synchronous and may block on mounts and disk I/O.
+///
+/// ```no_run
+/// use kata_hypervisor::{Capabilities, SharedFs};
+/// use kata_resource::{RootfsMode, RootfsSource, SandboxResources};
+///
+/// # fn main() -> kata_resource::Result<()> {
+/// let mut resources = SandboxResources::new("/run/kata/sb-1", SharedFs::Virtio9p, 8192)?;
+/// let devices = resources.devices(); // cold-plug these into the VM
+/// let storages = resources.sandbox_storages(&Capabilities::default()); // CreateSandbox
+/// let c1 = resources.add_container(
+///     "c1",
+///     RootfsSource::Directory("/var/lib/images/busybox".into()),
+///     RootfsMode::Overlay,
+/// )?;
+/// assert_eq!(c1.rootfs_path, "/run/kata-containers/shared/containers/c1/rootfs");
+/// let saved = resources.state(); // persist it
+/// resources.remove_container("c1")?;
+/// resources.release()?;
+/// # let _ = (devices, storages, saved);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct SandboxResources {
+    /// Canonical.
+    sandbox_dir: PathBuf,
+    shared_fs: SharedFs,
+    msize_9p: u32,
+    /// `None` for `shared_fs = "none"` (and once released).
+    share: Option<ShareFs>,
+    containers: BTreeMap<String, ContainerResources>,
+    network: NetworkSlot,
+    cgroups: CgroupsSlot,
+    devices: DevicesSlot,
+}
+
+/// One container's resources. Released in field order: volumes, the shared rootfs, then what
+/// it was made from (the bundle mounts under it).
+#[derive(Debug)]
+struct ContainerResources {
+    volumes: VolumesSlot,
+    shared: SharedRootfs,
+    origin: Origin,
+}
+
+/// What a container's shared rootfs was made from.
+#[derive(Debug)]
+enum Origin {
+    /// A host directory: nothing to release but the share.
+    Directory(PathBuf),
+    /// A bundle's rootfs with the mounts made on it.
+    Bundle(BundleRootfs),
+}
+
+impl SandboxResources {
+    /// Sets up the resources of the sandbox whose directory is `sandbox_dir` (created if
+    /// missing; kept on release: it is the caller's): the shared directory
+    /// `<sandbox_dir>/shared` for `virtio-9p` (guest mount `msize=msize_9p`) and `virtio-fs`,
+    /// nothing for `none`.
+    ///
+    /// Fails with [`Error::UnsupportedSharedFs`] for any other kind, and with
+    /// [`Error::ShareFsExists`] if the shared directory exists already (a crashed owner's:
+    /// [`cleanup`](Self::cleanup) removes it).
+    pub fn new(sandbox_dir: impl AsRef<Path>, shared_fs: SharedFs, msize_9p: u32) -> Result<Self> {
+        if !matches!(
+            shared_fs,
+            SharedFs::Virtio9p | SharedFs::VirtioFs | SharedFs::None
+        ) {
+            return Err(Error::UnsupportedSharedFs {
+                shared_fs: shared_fs.to_string(),
+            });
+        }
+        let sandbox_dir = sandbox_dir.as_ref();
+        fs::create_dir_all(sandbox_dir).at("create directory", sandbox_dir)?;
+        // Canonical, so paths compare equal to those in /proc/self/mountinfo.
+        let sandbox_dir = sandbox_dir
+            .canonicalize()
+            .at("resolve directory", sandbox_dir)?;
+        let share = match shared_fs {
+            SharedFs::None => None,
+            kind => Some(ShareFs::new(&sandbox_dir, kind)?.with_msize_9p(msize_9p)),
+        };
+        tracing::debug!(sandbox_dir = %sandbox_dir.display(), %shared_fs, "sandbox resources set up");
+        Ok(SandboxResources {
+            sandbox_dir,
+            shared_fs,
+            msize_9p,
+            share,
+            containers: BTreeMap::new(),
+            network: NetworkSlot::default(),
+            cgroups: CgroupsSlot::default(),
+            devices: DevicesSlot::default(),
+        })
+    }
+
+    /// The sandbox directory (canonical).
+    pub fn sandbox_dir(&self) -> &Path {
+        &self.sandbox_dir
+    }
+
+    /// How the shared directory reaches the guest.
+    pub fn shared_fs(&self) -> SharedFs {
+        self.shared_fs
+    }
+
+    /// The shared filesystem, unless the sandbox has none.
+    pub fn share_fs(&self) -> Option<&ShareFs> {
+        self.share.as_ref()
+    }
+
+    /// The devices to cold-plug into the VM: the shared directory's.
+    pub fn devices(&self) -> Vec<DeviceConfig> {
+        self.share
+            .iter()
+            .map(|share| {
+                DeviceConfig::ShareFs(ShareFsDevice {
+                    mount_tag: share.mount_tag().to_owned(),
+                    host_path: share.host_path().to_owned(),
+                    kind: share.kind(),
+                })
+            })
+            .collect()
+    }
+
+    /// The storages to send with CreateSandbox: the shared directory's guest mount, unless the
+    /// backend runs the agent on this host (`caps.guest_on_host`), where the directory is
+    /// already visible at the guest path without a mount.
+    pub fn sandbox_storages(&self, caps: &Capabilities) -> Vec<GuestStorage> {
+        if caps.guest_on_host {
+            return Vec::new();
+        }
+        self.share.iter().map(ShareFs::storage).collect()
+    }
+
+    /// Sets up the resources of container `id`: its rootfs from `source`, mounted into the
+    /// shared directory in `mode`. Returns what the guest needs: the rootfs path for the OCI
+    /// spec and the storages to send with CreateContainer.
+    ///
+    /// The id is checked first ([`validate_container_id`]); a [`RootfsSource::Directory`]
+    /// must be absolute, a bundle's `root.path` inside the bundle. On any error nothing of the
+    /// container is left: no mount (the bundle's included), no directory.
+    pub fn add_container(
+        &mut self,
+        id: &str,
+        source: RootfsSource,
+        mode: RootfsMode,
+    ) -> Result<ContainerGuestResources> {
+        validate_container_id(id)?;
+        if let Some(c) = self.containers.get(id) {
+            return Err(Error::RootfsAlreadyShared {
+                container_id: id.to_owned(),
+                path: c.shared.host_path().to_owned(),
+            });
+        }
+        let Some(share) = &self.share else {
+            return Err(Error::NoSharedFs {
+                container_id: id.to_owned(),
+            });
+        };
+        let origin = match source {
+            RootfsSource::Directory(dir) => Origin::Directory(checked_absolute(&dir, "rootfs")?),
+            RootfsSource::Bundle {
+                bundle,
+                root_path,
+                mounts,
+            } => Origin::Bundle(BundleRootfs::mount(&bundle, root_path.as_deref(), mounts)?),
+        };
+        // On error `origin` is dropped here, which unmounts what it mounted.
+        let shared = share.share_rootfs_with(id, origin.path(), mode)?;
+        let container = ContainerResources {
+            volumes: VolumesSlot::default(),
+            shared,
+            origin,
+        };
+        fail_point(Step::ContainerDone)?;
+        let guest = ContainerGuestResources {
+            rootfs_path: container.shared.guest_path().to_owned(),
+            storages: Vec::new(),
+        };
+        self.containers.insert(id.to_owned(), container);
+        tracing::debug!(container_id = id, rootfs = %guest.rootfs_path, "container resources set up");
+        Ok(guest)
+    }
+
+    /// Whether container `id` has resources here.
+    pub fn contains_container(&self, id: &str) -> bool {
+        self.containers.contains_key(id)
+    }
+
+    /// Releases exactly what container `id` holds (its volumes, its rootfs mount in the shared
+    /// directory, the bundle mounts made for it). Returns whether it had anything here.
+    ///
+    /// On error what could not be released stays recorded (in [`state`](Self::state)) for a
+    /// later call, [`release`](Self::release) or drop to try again.
+    pub fn remove_container(&mut self, id: &str) -> Result<bool> {
+        validate_container_id(id)?;
+        let Some(container) = self.containers.get_mut(id) else {
+            return Ok(false);
+        };
+        container.release_in_place()?;
+        self.containers.remove(id);
+        tracing::debug!(container_id = id, "container resources released");
+        Ok(true)
+    }
+
+    /// What persist writes: enough for [`adopt`](Self::adopt) and [`cleanup`](Self::cleanup).
+    pub fn state(&self) -> ResourcesState {
+        ResourcesState {
+            shared_fs: self.shared_fs,
+            msize_9p: self.msize_9p,
+            shared_dir: self.share.as_ref().map(|s| s.host_path().to_owned()),
+            containers: self
+                .containers
+                .iter()
+                .map(|(id, c)| (id.clone(), c.state()))
+                .collect(),
+            network: self.network.state(),
+            cgroups: self.cgroups.state(),
+            devices: self.devices.state(),
+        }
+    }
+
+    /// Gives up ownership: every mount and directory stays, for [`adopt`](Self::adopt) in
+    /// this process or another. Returns the state to adopt from (the same as
+    /// [`state`](Self::state) just before).
+    pub fn detach(mut self) -> ResourcesState {
+        let state = self.state();
+        for (_, container) in std::mem::take(&mut self.containers) {
+            container.detach();
+        }
+        std::mem::take(&mut self.network).detach();
+        std::mem::take(&mut self.cgroups).detach();
+        std::mem::take(&mut self.devices).detach();
+        if let Some(share) = self.share.take() {
+            share.detach();
+        }
+        tracing::debug!(sandbox_dir = %self.sandbox_dir.display(), "sandbox resources detached");
+        state
+    }
+
+    /// Takes over the resources a [detached](Self::detach) owner left in `sandbox_dir`, as
+    /// `state` records them: from now on this one releases them.
+    ///
+    /// Every recorded mount must be there (else [`Error::NotAdoptable`]) and every recorded
+    /// path under the sandbox directory must be where this crate puts it. On error everything
+    /// is left as it was, for another try or [`cleanup`](Self::cleanup).
+    pub fn adopt(sandbox_dir: impl AsRef<Path>, state: &ResourcesState) -> Result<Self> {
+        let given = sandbox_dir.as_ref();
+        let sandbox_dir = given.canonicalize().map_err(|e| Error::NotAdoptable {
+            path: given.to_owned(),
+            reason: format!("the sandbox directory cannot be resolved: {e}"),
+        })?;
+        let mut adopted = SandboxResources {
+            sandbox_dir,
+            shared_fs: state.shared_fs,
+            msize_9p: state.msize_9p,
+            share: None,
+            containers: BTreeMap::new(),
+            network: NetworkSlot::default(),
+            cgroups: CgroupsSlot::default(),
+            devices: DevicesSlot::default(),
+        };
+        match adopted.adopt_parts(state) {
+            Ok(()) => {
+                tracing::debug!(
+                    sandbox_dir = %adopted.sandbox_dir.display(),
+                    containers = adopted.containers.len(),
+                    "sandbox resources adopted"
+                );
+                Ok(adopted)
+            }
+            Err(e) => {
+                // Hand everything back untouched.
+                adopted.detach();
+                Err(e)
+            }
+        }
+    }
+
+    /// The body of [`adopt`](Self::adopt): what it takes over is put in `self` at once, so
+    /// detaching `self` hands it back on error.
+    fn adopt_parts(&mut self, state: &ResourcesState) -> Result<()> {
+        let not_adoptable = |path: &Path, reason: String| Error::NotAdoptable {
+            path: path.to_owned(),
+            reason,
+        };
+        match state.shared_fs {
+            SharedFs::None => {
+                if let Some(id) = state.containers.keys().next() {
+                    return Err(not_adoptable(
+                        &self.sandbox_dir,
+                        format!("container {id} is recorded in a sandbox without a share"),
+                    ));
+                }
+            }
+            kind => {
+                let share = ShareFs::adopt(&self.sandbox_dir, kind)?.with_msize_9p(state.msize_9p);
+                let share = self.share.insert(share);
+                if state.shared_dir.as_deref() != Some(share.host_path()) {
+                    return Err(not_adoptable(
+                        share.host_path(),
+                        format!(
+                            "the state records the shared directory as {:?}",
+                            state.shared_dir
+                        ),
+                    ));
+                }
+            }
+        }
+        let Some(share) = &self.share else {
+            return self.adopt_slots(state);
+        };
+        for (id, saved) in &state.containers {
+            validate_container_id(id)?;
+            let rootfs = &saved.rootfs;
+            let shared = share.adopt_rootfs(id, rootfs.mode)?;
+            if shared.host_path() != rootfs.mount_point {
+                shared.detach();
+                return Err(not_adoptable(
+                    &rootfs.mount_point,
+                    format!("container {id}'s rootfs is not mounted where this crate puts it"),
+                ));
+            }
+            let origin = match &rootfs.source {
+                RootfsSourceState::Directory { path } => Origin::Directory(path.clone()),
+                RootfsSourceState::Bundle {
+                    bundle,
+                    target,
+                    mounts,
+                } => match BundleRootfs::adopt(bundle, target, mounts) {
+                    Ok(b) => Origin::Bundle(b),
+                    Err(e) => {
+                        shared.detach();
+                        return Err(e);
+                    }
+                },
+            };
+            let volumes = match VolumesSlot::adopt(&saved.volumes) {
+                Ok(v) => v,
+                Err(e) => {
+                    shared.detach();
+                    origin.detach();
+                    return Err(e);
+                }
+            };
+            self.containers.insert(
+                id.clone(),
+                ContainerResources {
+                    volumes,
+                    shared,
+                    origin,
+                },
+            );
+        }
+        self.adopt_slots(state)
+    }
+
+    fn adopt_slots(&mut self, state: &ResourcesState) -> Result<()> {
+        fail_point(Step::AdoptSlots)?;
+        self.network = NetworkSlot::adopt(&state.network)?;
+        self.cgroups = CgroupsSlot::adopt(&state.cgroups)?;
+        self.devices = DevicesSlot::adopt(&state.devices)?;
+        Ok(())
+    }
+
+    /// Removes what a crashed owner of the sandbox `sandbox_dir` left: everything mounted
+    /// under its shared and overlay directories and those directories
+    /// ([`ShareFs::remove_stale`]), and, if its `state` was saved, the slots' resources and the
+    /// bundle rootfs mounts it records. Never unmounts anything else: no path outside the
+    /// sandbox directory but a recorded bundle rootfs (inside its recorded bundle).
+    ///
+    /// Keeps going after an error and returns the first one. The sandbox directory itself
+    /// stays (it is the caller's).
+    pub fn cleanup(sandbox_dir: impl AsRef<Path>, state: Option<&ResourcesState>) -> Result<()> {
+        let sandbox_dir = sandbox_dir.as_ref();
+        let mut first: Result<()> = Ok(());
+        let mut note = |what: &str, result: Result<()>| {
+            if let Err(e) = result {
+                tracing::error!(sandbox_dir = %sandbox_dir.display(), "cleanup of {what}: {e}");
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        };
+        note("the shared directory", ShareFs::remove_stale(sandbox_dir));
+        if let Some(state) = state {
+            for (id, saved) in &state.containers {
+                note("volumes", VolumesSlot::cleanup(&saved.volumes));
+                if let RootfsSourceState::Bundle {
+                    bundle,
+                    target,
+                    mounts,
+                } = &saved.rootfs.source
+                {
+                    let unmounted = BundleRootfs::cleanup(bundle, target, mounts);
+                    if let Ok(n @ 1..) = unmounted {
+                        tracing::info!(container_id = %id, target = %target.display(), mounts = n, "unmounted a bundle rootfs left by a crashed owner");
+                    }
+                    note("a bundle rootfs", unmounted.map(drop));
+                }
+            }
+            note("devices", DevicesSlot::cleanup(&state.devices));
+            note("cgroups", CgroupsSlot::cleanup(&state.cgroups));
+            note("network", NetworkSlot::cleanup(&state.network));
+        }
+        first
+    }
+
+    /// Releases everything: each container's resources, the slots, then the shared directory.
+    /// Keeps going after an error and returns the first one (what failed was retried and
+    /// logged once more on the way).
+    pub fn release(mut self) -> Result<()> {
+        self.release_all()
+    }
+
+    fn release_all(&mut self) -> Result<()> {
+        let mut first: Result<()> = Ok(());
+        let mut note = |result: Result<()>| {
+            if let Err(e) = result {
+                tracing::error!("cannot release a sandbox resource: {e}");
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        };
+        for (_, mut container) in std::mem::take(&mut self.containers) {
+            note(container.release_in_place());
+        }
+        note(self.devices.release_in_place());
+        note(self.cgroups.release_in_place());
+        note(self.network.release_in_place());
+        if let Some(share) = self.share.take() {
+            note(share.release());
+        }
+        first
+    }
+}
+
+impl Drop for SandboxResources {
+    fn drop(&mut self) {
+        // Errors are logged by release_all.
+        let _logged = self.release_all();
+    }
+}
+
+impl ContainerResources {
+    fn state(&self) -> ContainerResourcesState {
+        ContainerResourcesState {
+            rootfs: RootfsState {
+                source: self.origin.state(),
+                mode: self.shared.mode(),
+                mount_point: self.shared.host_path().to_owned(),
+                guest_path: self.shared.guest_path().to_owned(),
+                overlay_dir: self.shared.overlay_dir().map(Path::to_owned),
+            },
+            volumes: self.volumes.state(),
+        }
+    }
+
+    /// Releases in order (volumes, the shared rootfs, the bundle mounts), keeping going after
+    /// an error; what failed stays recorded for the next try.
+    fn release_in_place(&mut self) -> Result<()> {
+        let volumes = self.volumes.release_in_place();
+        let shared = self.shared.release_in_place();
+        let origin = self.origin.release_in_place();
+        volumes.and(shared).and(origin)
+    }
+
+    fn detach(self) {
+        self.volumes.detach();
+        self.shared.detach();
+        self.origin.detach();
+    }
+}
+
+impl Origin {
+    /// The directory that is shared.
+    fn path(&self) -> &Path {
+        match self {
+            Origin::Directory(dir) => dir,
+            Origin::Bundle(b) => b.target(),
+        }
+    }
+
+    fn state(&self) -> RootfsSourceState {
+        match self {
+            Origin::Directory(dir) => RootfsSourceState::Directory { path: dir.clone() },
+            Origin::Bundle(b) => RootfsSourceState::Bundle {
+                bundle: b.bundle().to_owned(),
+                target: b.target().to_owned(),
+                mounts: b.mounts().to_vec(),
+            },
+        }
+    }
+
+    fn release_in_place(&mut self) -> Result<()> {
+        match self {
+            Origin::Directory(_) => Ok(()),
+            Origin::Bundle(b) => b.release_in_place(),
+        }
+    }
+
+    fn detach(self) {
+        if let Origin::Bundle(b) = self {
+            b.detach();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,83 @@
+//! The slots of the resource kinds the next issues fill: network, cgroups and devices per
+//! sandbox, volumes per container. Each is empty today and already sits where its owner will:
+//! [`SandboxResources`](super::SandboxResources) sets it up, releases it, detaches, adopts and
+//! cleans it up at the right moment, and its state is a field of
+//! [`ResourcesState`](super::ResourcesState) (an empty object in `state.json` now, read back
+//! with `#[serde(default)]` so files written before a slot existed still load).
+//!
+//! To fill one: replace its empty owner with one module of this crate that owns the resource
+//! (removed on drop; `detach` leaves it in place; `adopt` takes it over from its state;
+//! `cleanup` removes what a crashed owner left, from its state alone), and give its state the
+//! fields that `adopt` and `cleanup` need.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+macro_rules! empty_slot {
+    ($(#[$doc:meta])* $slot:ident, $(#[$state_doc:meta])* $state:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Default)]
+        pub(crate) struct $slot {}
+
+        $(#[$state_doc])*
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[non_exhaustive]
+        pub struct $state {}
+
+        impl $slot {
+            /// What persist records of it.
+            pub(crate) fn state(&self) -> $state {
+                $state {}
+            }
+
+            /// Takes over what a detached owner left, as `state` records it.
+            pub(crate) fn adopt(_state: &$state) -> Result<Self> {
+                Ok($slot {})
+            }
+
+            /// Removes what a crashed owner left, as `state` records it.
+            pub(crate) fn cleanup(_state: &$state) -> Result<()> {
+                Ok(())
+            }
+
+            /// Releases it; what fails stays recorded for the next try.
+            pub(crate) fn release_in_place(&mut self) -> Result<()> {
+                Ok(())
+            }
+
+            /// Gives up ownership: everything stays for [`adopt`](Self::adopt).
+            pub(crate) fn detach(self) {}
+        }
+    };
+}
+
+empty_slot!(
+    /// The sandbox's network on the host (the pod's network namespace, tap devices joined to
+    /// its veths): filled by the resources issue.
+    NetworkSlot,
+    /// What persist records of the sandbox's network: nothing yet.
+    NetworkState
+);
+
+empty_slot!(
+    /// The host cgroups of the VMM and its helpers: filled by the resources issue.
+    CgroupsSlot,
+    /// What persist records of the sandbox's host cgroups: nothing yet.
+    CgroupsState
+);
+
+empty_slot!(
+    /// Devices assigned to the sandbox (VFIO, CDI, block): filled by the resources issue.
+    DevicesSlot,
+    /// What persist records of the sandbox's devices: nothing yet.
+    DevicesState
+);
+
+empty_slot!(
+    /// A container's volumes (bind mounts, ephemeral and block volumes): filled by the
+    /// resources issue.
+    VolumesSlot,
+    /// What persist records of a container's volumes: nothing yet.
+    VolumesState
+);
