@@ -254,6 +254,8 @@ impl SandboxBuilder {
             .map_err(|issue| err(issue.to_string()))?;
         hv.validate_for(kind)
             .map_err(|e| err(format!("[hypervisor.{name}] {e}")))?;
+        // A type without a backend in this build is refused here, before anything starts.
+        kata_hypervisor::backend::capabilities(kind, hv).map_err(|e| err(e.to_string()))?;
         RuntimeHandlerKind::from_runtime_name(&config.runtime.name)
             .map_err(|e| err(format!("[runtime] {e}")))?;
         let mut b = Self::new();
@@ -357,7 +359,10 @@ impl SandboxBuilder {
         let handler = RuntimeHandlerKind::from_runtime_name(&self.runtime.name)?;
         self.hypervisor.validate_for(self.hypervisor_type)?;
         self.agent.validate().map_err(|e| {
-            Error::invalid(format!("agent.kata.{}", e.key), format!("{} ({})", e.value, e.reason))
+            Error::invalid(
+                format!("agent.kata.{}", e.key),
+                format!("{} ({})", e.value, e.reason),
+            )
         })?;
         let caps = kata_hypervisor::backend::capabilities(self.hypervisor_type, &self.hypervisor)?;
         if !caps.supports_shared_fs(self.hypervisor.shared_fs) {

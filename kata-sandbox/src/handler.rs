@@ -178,8 +178,7 @@ pub(crate) trait RuntimeHandler: Send + Sync + fmt::Debug {
     ) -> Result<ProcessStreams>;
 
     /// Attaches output readers only (a restored sandbox: stdin is not re-attached).
-    fn reattach_output(&self, container_id: &str, exec_id: &str, terminal: bool)
-        -> ProcessStreams;
+    fn reattach_output(&self, container_id: &str, exec_id: &str, terminal: bool) -> ProcessStreams;
 
     /// Sends a signal to a process.
     async fn signal_process(&self, container_id: &str, exec_id: &str, signal: Signal)
@@ -210,8 +209,7 @@ pub(crate) trait RuntimeHandler: Send + Sync + fmt::Debug {
     async fn resume_container(&self, container_id: &str) -> Result<()>;
 
     /// Applies new resource limits to a container.
-    async fn update_container(&self, container_id: &str, resources: &LinuxResources)
-        -> Result<()>;
+    async fn update_container(&self, container_id: &str, resources: &LinuxResources) -> Result<()>;
 
     /// Removes a container (its processes are killed) and releases what it holds on the host.
     /// The host side is released even when the runtime side fails; the first error is returned.

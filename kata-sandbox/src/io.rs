@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 
-
 /// A process's stdout or stderr.
 #[derive(Debug)]
 pub struct OutputReader {

@@ -199,10 +199,9 @@ pub fn cleanup(dir: &Path) -> Result<CleanupReport> {
         .map(|s| s.handler.kind)
         .unwrap_or_default();
     report.killed = match kind {
-        RuntimeHandlerKind::VirtContainer => crate::virt::VirtContainer::cleanup(
-            dir,
-            report.state.as_ref().map(|s| &s.handler),
-        )?,
+        RuntimeHandlerKind::VirtContainer => {
+            crate::virt::VirtContainer::cleanup(dir, report.state.as_ref().map(|s| &s.handler))?
+        }
         other => {
             return Err(Error::invalid(
                 "state.json handler",

@@ -224,7 +224,11 @@ impl ContainerSpec {
     /// directory is ready, as with `ctr run --rootfs`). `root.path` (relative to the bundle,
     /// or absolute) must lie inside the bundle: a spec naming `/` or `../x` is refused,
     /// naming `root.path`.
-    pub fn from_bundle(bundle: impl AsRef<Path>, spec: Spec, mounts: Vec<RootfsMount>) -> Result<Self> {
+    pub fn from_bundle(
+        bundle: impl AsRef<Path>,
+        spec: Spec,
+        mounts: Vec<RootfsMount>,
+    ) -> Result<Self> {
         let bundle = bundle.as_ref();
         // Checked here, before a sandbox is started for it; the owner of the mounts checks
         // again (symlinks resolved) before it mounts anything.
@@ -428,7 +432,9 @@ mod tests {
         );
         assert_eq!(root.readonly(), Some(true));
         let rw = ContainerSpec::from_rootfs_dir("/r").args(["true"]);
-        let rw = rw.to_oci("c", "/g", None, &RuntimeConfig::default()).unwrap();
+        let rw = rw
+            .to_oci("c", "/g", None, &RuntimeConfig::default())
+            .unwrap();
         assert_eq!(
             rw.root().as_ref().unwrap().readonly(),
             Some(false),
@@ -444,7 +450,9 @@ mod tests {
         let s = ContainerSpec::from_rootfs_dir("/r")
             .args(["true"])
             .env("PATH", "/bin");
-        let oci = s.to_oci("c", "/g", None, &RuntimeConfig::default()).unwrap();
+        let oci = s
+            .to_oci("c", "/g", None, &RuntimeConfig::default())
+            .unwrap();
         let env = oci.process().as_ref().unwrap().env().clone().unwrap();
         assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
         assert!(env.contains(&"PATH=/bin".to_string()));

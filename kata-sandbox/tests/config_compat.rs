@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use kata_sandbox::config::{ConfigLoader, HypervisorType, LoadedConfig};
 use kata_hypervisor::PciePort;
+use kata_sandbox::config::{ConfigLoader, HypervisorType, LoadedConfig};
 
 fn load(text: &str) -> LoadedConfig {
     let d = tempfile::tempdir().unwrap();

@@ -95,7 +95,11 @@ async fn output_and_exit_statuses_tell_codes_from_signals() {
     c.start().await.unwrap();
     c.kill(Signal::KILL).await.unwrap();
     let status = c.wait().await.unwrap();
-    assert_eq!((status.code(), status.signal()), (None, Some(9)), "{status}");
+    assert_eq!(
+        (status.code(), status.signal()),
+        (None, Some(9)),
+        "{status}"
+    );
     assert_eq!(status.to_shell_status(), 137);
     c.delete().await.unwrap();
     sb.shutdown().await.unwrap();
@@ -125,7 +129,10 @@ async fn stdin_exec_and_operations_by_handle_and_by_id() {
         .await
         .unwrap();
     sb.start_container("sleeper").await.unwrap();
-    let mut p = c.exec(ProcessSpec::new(["sh", "-c", "echo $((6*7))"])).await.unwrap();
+    let mut p = c
+        .exec(ProcessSpec::new(["sh", "-c", "echo $((6*7))"]))
+        .await
+        .unwrap();
     assert_eq!(p.exec_id(), "exec-1");
     let out = p.output().await.unwrap();
     assert_eq!(out.stdout_str(), "42\n");
@@ -136,14 +143,24 @@ async fn stdin_exec_and_operations_by_handle_and_by_id() {
     assert!(!sb.container_pids("sleeper").await.unwrap().is_empty());
     assert!(!c.pids().await.unwrap().is_empty());
     let stats = sb.container_stats("sleeper").await.unwrap();
-    assert!(stats.cgroup.pids.is_some() || stats.cgroup.memory.is_some(), "{stats:?}");
+    assert!(
+        stats.cgroup.pids.is_some() || stats.cgroup.memory.is_some(),
+        "{stats:?}"
+    );
     c.pause().await.unwrap();
     sb.resume_container("sleeper").await.unwrap();
-    sb.signal_process("sleeper", "sleeper", Signal::TERM)
+    // An exec (not the container's PID 1, which ignores signals it has no handler for).
+    let p3 = c.exec(ProcessSpec::new(["sleep", "60"])).await.unwrap();
+    sb.signal_process("sleeper", p3.exec_id(), Signal::TERM)
+        .await
+        .unwrap();
+    let status = sb.wait_process("sleeper", p3.exec_id()).await.unwrap();
+    assert_eq!(status.signal(), Some(15), "{status}");
+    sb.signal_process("sleeper", "sleeper", Signal::KILL)
         .await
         .unwrap();
     let status = sb.wait_process("sleeper", "sleeper").await.unwrap();
-    assert_eq!(status.signal(), Some(15), "{status}");
+    assert_eq!(status.signal(), Some(9), "{status}");
     assert!(matches!(
         sb.wait_process("sleeper", "exec-9").await,
         Err(Error::NotFound { .. })
@@ -184,7 +201,10 @@ async fn metadata_and_state_are_persisted_and_a_restore_takes_over() {
     assert!(SandboxState::load(&dir).unwrap().containers["c1"].started);
     sb.set_container_metadata("c1", "status", "seen").unwrap();
     let host_pids = sb.host_pids();
-    assert!(!host_pids.is_empty(), "the test backend's agent is a host process");
+    assert!(
+        !host_pids.is_empty(),
+        "the test backend's agent is a host process"
+    );
     drop(c);
     sb.detach().await.unwrap();
     // Detached: everything is still there.
@@ -196,7 +216,10 @@ async fn metadata_and_state_are_persisted_and_a_restore_takes_over() {
     assert_eq!(sb.host_pids(), host_pids, "the same agent process");
     assert_eq!(sb.container_ids(), ["c1"]);
     let meta = sb.container_metadata("c1").unwrap();
-    assert_eq!((meta["bundle"].as_str(), meta["status"].as_str()), ("/b/c1", "seen"));
+    assert_eq!(
+        (meta["bundle"].as_str(), meta["status"].as_str()),
+        ("/b/c1", "seen")
+    );
     let c = sb.container("c1").unwrap();
     let mut p = c.exec(ProcessSpec::new(["echo", "after"])).await.unwrap();
     assert_eq!(p.output().await.unwrap().stdout_str(), "after\n");
@@ -227,7 +250,12 @@ async fn a_sandbox_dropped_without_shutdown_is_stopped_at_once() {
 #[tokio::test]
 async fn bad_input_is_refused_by_name_and_leaves_nothing() {
     let f = Fixture::new();
-    let e = f.builder("../escape").build().await.unwrap_err().to_string();
+    let e = f
+        .builder("../escape")
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("id"), "{e}");
     let e = f
         .builder("memory")
@@ -258,7 +286,10 @@ async fn bad_input_is_refused_by_name_and_leaves_nothing() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("process.cwd"), "{e}");
-    let first = sb.create_container(f.spec(&["true"]).id("dup")).await.unwrap();
+    let first = sb
+        .create_container(f.spec(&["true"]).id("dup"))
+        .await
+        .unwrap();
     assert!(matches!(
         sb.create_container(f.spec(&["true"]).id("dup")).await,
         Err(Error::AlreadyExists { .. })
@@ -311,13 +342,21 @@ async fn a_bundle_with_containerd_mounts_is_mounted_and_unmounted_by_the_sandbox
         .args(["sh", "-c", "echo written > /marker; cat /marker"]);
     let c = sb.create_container(cspec).await.unwrap();
     assert!(
-        mounts_under(&bundle).iter().any(|m| Path::new(m) == bundle.join("rootfs")),
+        mounts_under(&bundle)
+            .iter()
+            .any(|m| Path::new(m) == bundle.join("rootfs")),
         "the sandbox mounted the bundle rootfs"
     );
     let out = c.output().await.unwrap();
     assert_eq!(out.stdout_str(), "written\n");
-    assert!(upper.join("marker").is_file(), "writes land in the overlay's upper dir");
-    assert!(mounts_under(&bundle).is_empty(), "deleted: the bundle rootfs is unmounted");
+    assert!(
+        upper.join("marker").is_file(),
+        "writes land in the overlay's upper dir"
+    );
+    assert!(
+        mounts_under(&bundle).is_empty(),
+        "deleted: the bundle rootfs is unmounted"
+    );
     sb.shutdown().await.unwrap();
     f.assert_nothing_left("bundle");
 }
@@ -340,8 +379,8 @@ async fn a_state_of_the_older_format_is_named_and_still_cleaned_up() {
         .status()
         .unwrap();
     assert!(status.success());
-    let fixture = include_str!("fixtures/state-v1.json")
-        .replace("@DIR@", &dir.display().to_string());
+    let fixture =
+        include_str!("fixtures/state-v1.json").replace("@DIR@", &dir.display().to_string());
     std::fs::write(SandboxState::path(&dir), fixture).unwrap();
     // Stands in for the QEMU of that sandbox: a process whose command line names the VM dir.
     let mut vmm = std::process::Command::new("sh")
@@ -359,7 +398,10 @@ async fn a_state_of_the_older_format_is_named_and_still_cleaned_up() {
     let e = Sandbox::restore(&dir).await.unwrap_err().to_string();
     assert!(e.contains("format version 1") && e.contains("older"), "{e}");
     let report = persist::cleanup(&dir).unwrap();
-    assert!(report.state_error.as_ref().is_some_and(|e| e.contains("older")));
+    assert!(report
+        .state_error
+        .as_ref()
+        .is_some_and(|e| e.contains("older")));
     assert!(report.killed.contains(&vmm.id()), "{report:?}");
     assert!(report.removed, "{report:?}");
     let _ = vmm.wait();
@@ -407,7 +449,10 @@ async fn reading_and_writing_streams_concurrently_does_not_mix_containers() {
     let sb = std::sync::Arc::new(f.sandbox("concurrent").await);
     let mut tasks = Vec::new();
     for i in 0..6 {
-        let (sb, spec) = (sb.clone(), f.spec(&["sh", "-c", &format!("echo job-{i}; exit {i}")]));
+        let (sb, spec) = (
+            sb.clone(),
+            f.spec(&["sh", "-c", &format!("echo job-{i}; exit {i}")]),
+        );
         tasks.push(tokio::spawn(async move { sb.run(spec).await }));
     }
     for (i, t) in tasks.into_iter().enumerate() {
@@ -415,7 +460,10 @@ async fn reading_and_writing_streams_concurrently_does_not_mix_containers() {
         assert_eq!(out.stdout_str(), format!("job-{i}\n"));
         assert_eq!(out.status.code(), Some(i as i32));
     }
-    let mut c = sb.create_container(f.spec(&["sh", "-c", "head -c 300000 /dev/zero"])).await.unwrap();
+    let mut c = sb
+        .create_container(f.spec(&["sh", "-c", "head -c 300000 /dev/zero"]))
+        .await
+        .unwrap();
     let mut stdout = c.stdout().unwrap();
     c.start().await.unwrap();
     let mut buf = Vec::new();

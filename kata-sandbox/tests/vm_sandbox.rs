@@ -40,12 +40,26 @@ fn case_agent_health_and_details(
         // The sandbox says what runs it; the agent answered CreateSandbox, and answers a
         // container's pids.
         let facts = env.sandbox.describe();
-        let fact = |k: &str| facts.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone());
-        ensure!(fact("handler").as_deref() == Some("virt_container"), "{facts:?}");
+        let fact = |k: &str| {
+            facts
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.clone())
+        };
+        ensure!(
+            fact("handler").as_deref() == Some("virt_container"),
+            "{facts:?}"
+        );
         ensure!(fact("hypervisor").as_deref() == Some("qemu"), "{facts:?}");
         ensure!(fact("accelerator").is_some(), "{facts:?}");
-        ensure!(!env.sandbox.host_pids().is_empty(), "QEMU is a host process");
-        let c = env.sandbox.create_container(spec(&env, &["sleep", "30"])).await?;
+        ensure!(
+            !env.sandbox.host_pids().is_empty(),
+            "QEMU is a host process"
+        );
+        let c = env
+            .sandbox
+            .create_container(spec(&env, &["sleep", "30"]))
+            .await?;
         c.start().await?;
         ensure!(!c.pids().await?.is_empty(), "no pids in the guest");
         c.kill(kata_sandbox::Signal::KILL).await?;
@@ -216,7 +230,10 @@ fn case_readonly_rootfs(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>
             .sandbox
             .run(spec(&env, &["touch", "/should-fail"]).readonly_rootfs(true))
             .await?;
-        ensure!(!out.status.success(), "touch on a read-only rootfs succeeded");
+        ensure!(
+            !out.status.success(),
+            "touch on a read-only rootfs succeeded"
+        );
         ensure!(!env.rootfs.join("should-fail").exists());
         Ok(())
     })
@@ -239,7 +256,11 @@ fn case_eight_concurrent(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()
                 "job {i}: {:?}",
                 out.stdout_str()
             );
-            ensure!(out.status.code() == Some(i as i32), "job {i}: status {}", out.status);
+            ensure!(
+                out.status.code() == Some(i as i32),
+                "job {i}: status {}",
+                out.status
+            );
         }
         Ok(())
     })
@@ -314,19 +335,19 @@ async fn expect_boot_failure(
 
 async fn bad_boots(root: PathBuf) -> Result<()> {
     use kata_sandbox::Sandbox as S;
-    expect_boot_failure(&root, "vcpus", S::builder().vcpus(0), &["vcpus"]).await?;
+    expect_boot_failure(&root, "vcpus", S::builder().vcpus(0), &["default_vcpus"]).await?;
     expect_boot_failure(
         &root,
         "memory",
         S::builder().memory_mib(32),
-        &["memory_mib"],
+        &["default_memory"],
     )
     .await?;
     expect_boot_failure(
         &root,
         "maxvcpus",
         S::builder().vcpus(3).max_vcpus(2),
-        &["max_vcpus"],
+        &["default_maxvcpus"],
     )
     .await?;
     expect_boot_failure(

@@ -285,9 +285,10 @@ impl TaskService {
                     id: sb.clone(),
                 });
             }
-            (Placement::NewSandbox, None) => {
-                (self.boot(&id, req.options.as_ref(), annotations).await?, true)
-            }
+            (Placement::NewSandbox, None) => (
+                self.boot(&id, req.options.as_ref(), annotations).await?,
+                true,
+            ),
         };
 
         let created = self.create_container(&sandbox, &id, cspec, &stdio).await;

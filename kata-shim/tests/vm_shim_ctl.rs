@@ -21,14 +21,12 @@ impl Env {
         self.tmp.path().join("sandboxes")
     }
 
-    fn rootfs(&self) -> PathBuf {
-        self.tmp.path().join("rootfs")
-    }
-
-    /// A bundle whose config.json runs `args`, its rootfs a symlink to the busybox rootfs.
+    /// A bundle whose config.json runs `args`, its rootfs a busybox rootfs inside it (a
+    /// `root.path` outside the bundle is refused).
     fn bundle(&self, name: &str, args: &[&str]) -> Result<PathBuf> {
         let dir = self.tmp.path().join(format!("bundle-{name}"));
         std::fs::create_dir_all(&dir)?;
+        kata_resource::testimage::busybox_rootfs(&dir.join("rootfs"))?;
         let mut spec = oci_spec::runtime::Spec::default();
         let mut process = spec.process().clone().unwrap_or_default();
         process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
@@ -36,7 +34,7 @@ impl Env {
         spec.set_process(Some(process));
         spec.set_root(Some(
             oci_spec::runtime::RootBuilder::default()
-                .path(self.rootfs())
+                .path("rootfs")
                 .readonly(false)
                 .build()?,
         ));
@@ -236,10 +234,6 @@ fn main() -> std::process::ExitCode {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let tmp = tempfile::tempdir().expect("tempdir");
     let env = Env { tmp };
-    if let Err(e) = kata_resource::testimage::busybox_rootfs(&env.rootfs()) {
-        eprintln!("cannot build the busybox rootfs: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
     let cases: [(&str, Case); 3] = [
         ("bad_input", case_bad_input),
         ("lifecycle", case_lifecycle),

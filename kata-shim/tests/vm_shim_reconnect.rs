@@ -209,16 +209,16 @@ fn main() -> std::process::ExitCode {
         socket: tmp.path().join("shim.sock"),
     };
     let prepared = (|| -> Result<std::os::unix::net::UnixListener> {
-        let rootfs = tmp.path().join("rootfs");
-        kata_resource::testimage::busybox_rootfs(&rootfs)?;
+        // The rootfs inside the bundle: a root.path outside it is refused.
         std::fs::create_dir_all(&p.bundle)?;
+        kata_resource::testimage::busybox_rootfs(&p.bundle.join("rootfs"))?;
         let mut spec = oci_spec::runtime::Spec::default();
         let mut process = spec.process().clone().unwrap_or_default();
         process.set_args(Some(vec!["sleep".into(), "1000".into()]));
         spec.set_process(Some(process));
         spec.set_root(Some(
             oci_spec::runtime::RootBuilder::default()
-                .path(&rootfs)
+                .path("rootfs")
                 .readonly(false)
                 .build()?,
         ));

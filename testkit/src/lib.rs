@@ -52,7 +52,10 @@ pub fn agent_binary() -> Result<std::path::PathBuf, String> {
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(format!("$KATA_RS_AGENT_BIN = {}: no such file", p.display()))
+            Err(format!(
+                "$KATA_RS_AGENT_BIN = {}: no such file",
+                p.display()
+            ))
         };
     }
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;

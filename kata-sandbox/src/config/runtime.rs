@@ -268,10 +268,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_katas() {
+    fn defaults_are_katas_but_guest_seccomp() {
         let r = RuntimeConfig::default();
         assert_eq!(r.internetworking_model, "tcfilter");
-        assert!(r.disable_guest_seccomp);
+        assert!(
+            !r.disable_guest_seccomp,
+            "kata-rs applies seccomp in the guest by default (Kata does not)"
+        );
         assert_eq!(r.vfio_mode, "guest-kernel");
         r.validate().unwrap();
     }

@@ -123,7 +123,12 @@ impl Sandbox {
                 let (h, timings) = crate::virt::VirtContainer::start(&config, &dir, t0).await?;
                 (Arc::new(h) as Arc<dyn RuntimeHandler>, timings)
             }
-            other => return Err(Error::invalid("runtime.name", format!("{other} is not built in"))),
+            other => {
+                return Err(Error::invalid(
+                    "runtime.name",
+                    format!("{other} is not built in"),
+                ))
+            }
         };
         guard.0 = None;
         let sandbox = Sandbox {
@@ -203,7 +208,13 @@ impl Sandbox {
 
     /// The ids of the sandbox's containers.
     pub fn container_ids(&self) -> Vec<String> {
-        self.core.containers.lock().unwrap().keys().cloned().collect()
+        self.core
+            .containers
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// A container's metadata (given with [`ContainerSpec::metadata`]).

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use kata_agent_client::{
-    Agent, AgentAddress, ConnectOptions, ContainerStats, ExitStatus, SandboxSetup, Signal,
-    Storage,
+    Agent, AgentAddress, ConnectOptions, ContainerStats, ExitStatus, SandboxSetup, Signal, Storage,
 };
 use kata_hypervisor::{backend, Capabilities, Hypervisor, HypervisorState, VsockAddress};
 use kata_resource::{GuestStorage, ResourcesState, RootfsSource, SandboxResources};
@@ -117,11 +116,10 @@ impl VirtContainer {
         let hv = &config.hypervisor;
         let caps = backend::capabilities(config.hypervisor_type, hv)?;
         let (sandbox_dir, fs, msize) = (dir.to_path_buf(), hv.shared_fs, hv.msize_9p.max(8192));
-        let resources =
-            blocking("setting up the sandbox's host resources", move || {
-                Ok(SandboxResources::new(&sandbox_dir, fs, msize)?)
-            })
-            .await?;
+        let resources = blocking("setting up the sandbox's host resources", move || {
+            Ok(SandboxResources::new(&sandbox_dir, fs, msize)?)
+        })
+        .await?;
         // From here on, dropping `resources` (an error) releases them.
         let vm_dir = kata_resource::safe_child(dir, VM_DIR)?;
         let vm = backend::create(config.hypervisor_type, &config.id, hv.clone(), &vm_dir)?;
@@ -137,10 +135,13 @@ impl VirtContainer {
                 .dial_timeout
                 .saturating_sub(t0.elapsed())
                 .max(Duration::from_secs(1));
-            let agent = connect(&vm, ConnectOptions {
-                dial_timeout: remaining,
-                ..opts
-            })
+            let agent = connect(
+                &vm,
+                ConnectOptions {
+                    dial_timeout: remaining,
+                    ..opts
+                },
+            )
             .await?;
             let agent_connected = t0.elapsed();
             let storages = resources
@@ -478,15 +479,8 @@ impl RuntimeHandler for VirtContainer {
         Ok(self.agent.resume_container(container_id).await?)
     }
 
-    async fn update_container(
-        &self,
-        container_id: &str,
-        resources: &LinuxResources,
-    ) -> Result<()> {
-        Ok(self
-            .agent
-            .update_container(container_id, resources)
-            .await?)
+    async fn update_container(&self, container_id: &str, resources: &LinuxResources) -> Result<()> {
+        Ok(self.agent.update_container(container_id, resources).await?)
     }
 
     async fn remove_container(&self, container_id: &str) -> Result<()> {
@@ -532,12 +526,13 @@ impl RuntimeHandler for VirtContainer {
         let stopped = self.vm.stop().await;
         let released = {
             let resources = self.resources.clone();
-            blocking("releasing the sandbox's host resources", move || {
-                match resources.lock().unwrap().take() {
+            blocking(
+                "releasing the sandbox's host resources",
+                move || match resources.lock().unwrap().take() {
                     Some(r) => Ok(r.release()?),
                     None => Ok(()),
-                }
-            })
+                },
+            )
             .await
         };
         stopped?;
@@ -583,7 +578,10 @@ impl RuntimeHandler for VirtContainer {
         }
         facts.push(("agent", self.agent.address().to_string()));
         if self.caps.guest_on_host {
-            facts.push(("vm", "none: the agent runs on this host (test backend)".into()));
+            facts.push((
+                "vm",
+                "none: the agent runs on this host (test backend)".into(),
+            ));
         }
         facts
     }

@@ -13,7 +13,12 @@ use crate::io::{input_pipe, output_pipe, InputWriter, OutputReader};
 const CHUNK: u32 = 32 * 1024;
 
 /// Output readers for a process (stderr too, unless it has a terminal).
-pub(super) fn output(agent: &Agent, container_id: &str, exec_id: &str, terminal: bool) -> ProcessStreams {
+pub(super) fn output(
+    agent: &Agent,
+    container_id: &str,
+    exec_id: &str,
+    terminal: bool,
+) -> ProcessStreams {
     ProcessStreams {
         stdin: None,
         stdout: Some(pump_output(
@@ -22,9 +27,8 @@ pub(super) fn output(agent: &Agent, container_id: &str, exec_id: &str, terminal:
             container_id,
             exec_id,
         )),
-        stderr: (!terminal).then(|| {
-            pump_output(agent.clone(), OutputStream::Stderr, container_id, exec_id)
-        }),
+        stderr: (!terminal)
+            .then(|| pump_output(agent.clone(), OutputStream::Stderr, container_id, exec_id)),
     }
 }
 

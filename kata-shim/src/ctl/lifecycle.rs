@@ -142,11 +142,7 @@ async fn pump(
 pub fn start(options: &Options, id: &str, detach_after: bool) -> i32 {
     block_on("start", async {
         let sandbox = restore(&root(options), id).await?;
-        let started = sandbox
-            .state()
-            .containers
-            .get(id)
-            .is_none_or(|c| c.started);
+        let started = sandbox.state().containers.get(id).is_none_or(|c| c.started);
         if started {
             detach(sandbox).await?;
             return Err(format!("container `{id}` was started already"));
