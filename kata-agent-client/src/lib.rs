@@ -4,36 +4,46 @@
 //!   out: `oci_spec` specs and processes, [`Storage`], [`SandboxSetup`], [`ExitStatus`],
 //!   [`Signal`], [`ContainerStats`], [`GuestDetails`], OOM kills as a stream
 //!   ([`OomEvents`]).
-//! - [`AgentClient`]: the protocol-level async client under [`Agent`], over AF_VSOCK, hybrid
-//!   vsock or a unix socket ([`AgentAddress`]), with retries while the guest boots
-//!   ([`ConnectOptions`]) and a deadline on every call.
-//! - [`protocol`]: the generated messages and ttRPC stubs of the agent API,
-//!   wire-compatible with Kata Containers' agent (`grpc.AgentService`, `grpc.Health`).
-//! - [`spec`]: conversion between `oci_spec::runtime::Spec` and the protocol's `grpc.Spec`.
+//! - [`AgentAddress`] and [`ConnectOptions`]: where the agent is (AF_VSOCK, hybrid vsock or
+//!   a unix socket) and how to reach it (retries while the guest boots, a deadline on every
+//!   call).
 //! - [`config`]: the `[agent.kata]` configuration section.
-//! - `server` (feature `server`): the traits the guest agent implements.
 //!
-//! # Where the public API is going
-//! The runtime is moving from [`AgentClient`] (generated protobuf requests in and out) to
-//! [`Agent`]. Once kata-sandbox and kata-shim call only [`Agent`], the protocol layer goes
-//! private: [`protocol`], [`spec`], [`AgentClient`]'s protobuf-typed methods and
-//! [`Agent::client`] are public only with feature `server` (which the guest agent and the
-//! agent's own host tests enable), and crate-private otherwise. What stays public without
-//! features is [`Agent`] and its types, [`AgentAddress`], [`ConnectOptions`], [`config`],
-//! [`Error`]/[`Code`] and [`OutputStream`].
+//! # The protocol layer (feature `server`)
+//! The generated protobuf messages and ttRPC stubs (wire-compatible with Kata Containers'
+//! agent: `grpc.AgentService`, `grpc.Health`), the protobuf-level client under [`Agent`]
+//! (`AgentClient`), the `oci_spec` ↔ `grpc.Spec` conversion (`spec`) and the server traits
+//! the guest agent implements (`server`) are public only with feature `server`, which the
+//! guest agent and protocol-level tests enable. Without it the crate's API is [`Agent`] and
+//! its types: nothing above it builds or reads a protobuf message.
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 pub mod address;
 pub mod api;
+#[cfg(feature = "server")]
 pub mod client;
+// Without `server` only the part the façade calls is used; the rest serves the agent.
+#[cfg(not(feature = "server"))]
+#[allow(dead_code)]
+mod client;
 pub mod config;
 pub mod connect;
 pub mod error;
+#[cfg(feature = "server")]
 pub mod protocol;
+// Without `server` only the part the façade calls is used; the rest serves the agent.
+#[cfg(not(feature = "server"))]
+#[allow(dead_code)]
+mod protocol;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod spec;
+// Without `server` only the part the façade calls is used; the rest serves the agent.
+#[cfg(not(feature = "server"))]
+#[allow(dead_code)]
+mod spec;
 
 pub use address::{AgentAddress, DEFAULT_AGENT_VSOCK_PORT};
 pub use api::{
@@ -42,11 +52,15 @@ pub use api::{
     FsGroupChangePolicy, GuestDetails, HugetlbStats, KernelModule, MemoryData, MemoryStats,
     NetworkStats, OnlineCpuMem, OomEvents, PidsStats, SandboxSetup, Signal, Storage,
 };
-pub use client::{AgentClient, OutputStream};
+#[cfg(feature = "server")]
+pub use client::AgentClient;
+pub use client::OutputStream;
 pub use connect::ConnectOptions;
 pub use error::{Code, Error, Result};
 
 /// The `protobuf` crate the generated messages are built on (same version).
+#[cfg(feature = "server")]
 pub use protobuf;
 /// The `ttrpc` crate the client and server stubs are built on (same version).
+#[cfg(feature = "server")]
 pub use ttrpc;

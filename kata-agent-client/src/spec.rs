@@ -529,13 +529,13 @@ fn seccomp_to_grpc(s: &oci::LinuxSeccomp) -> Result<grpc::LinuxSeccomp> {
     const F: &str = "linux.seccomp";
     if s.default_errno_ret().is_some() {
         return Err(Error::spec(
-            &format!("{F}.defaultErrnoRet"),
+            format!("{F}.defaultErrnoRet"),
             "the agent protocol cannot carry it: give the errno on each rule (errnoRet)",
         ));
     }
     if s.listener_path().is_some() || s.listener_metadata().is_some() {
         return Err(Error::spec(
-            &format!("{F}.listenerPath"),
+            format!("{F}.listenerPath"),
             "seccomp notify (SCMP_ACT_NOTIFY) is not supported in a VM sandbox",
         ));
     }
@@ -604,7 +604,7 @@ fn seccomp_from_grpc(s: &grpc::LinuxSeccomp) -> Result<Option<oci::LinuxSeccomp>
                     &a.Op,
                 )?)
                 .build()
-                .map_err(|e| Error::spec(&format!("{field}.args[{j}]"), e.to_string()))?;
+                .map_err(|e| Error::spec(format!("{field}.args[{j}]"), e.to_string()))?;
             args.push(arg);
         }
         sc.set_args(opt_vec(args));

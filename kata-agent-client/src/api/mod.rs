@@ -71,6 +71,7 @@ pub struct Agent {
     client: AgentClient,
 }
 
+#[cfg(feature = "server")]
 impl From<AgentClient> for Agent {
     fn from(client: AgentClient) -> Self {
         Agent { client }
@@ -81,13 +82,14 @@ impl Agent {
     /// Connects to the agent at `addr`, retrying while the guest boots (see
     /// [`AgentClient::connect`]).
     pub async fn connect(addr: &AgentAddress, opts: ConnectOptions) -> Result<Self> {
-        AgentClient::connect(addr, opts).await.map(Agent::from)
+        AgentClient::connect(addr, opts)
+            .await
+            .map(|client| Agent { client })
     }
 
-    /// The protocol-level client underneath (same connection).
-    ///
-    /// Transitional: it takes generated protobuf requests, and goes private to the crate
-    /// once the runtime speaks only [`Agent`] (see the crate docs).
+    /// The protocol-level client underneath (same connection), for protocol-level tests
+    /// (feature `server`).
+    #[cfg(feature = "server")]
     pub fn client(&self) -> &AgentClient {
         &self.client
     }

@@ -241,7 +241,7 @@ async fn running(sandbox: &Sandbox, id: &str) -> bool {
         .state()
         .containers
         .get(id)
-        .is_some_and(|c| c.started && c.metadata.get(STATUS).is_none());
+        .is_some_and(|c| c.started && !c.metadata.contains_key(STATUS));
     started
         && sandbox
             .container_pids(id)
