@@ -13,9 +13,11 @@
 //! block I/O, hugepage limits, network —, cgroups path, namespaces, devices,
 //! seccomp, rootfs propagation, masked and readonly paths, mount label).
 //!
-//! Seccomp fields the protocol cannot carry (`defaultErrnoRet`, `listenerPath`,
-//! `listenerMetadata`) are refused naming the field, never dropped: a profile
-//! must reach the guest whole or not at all.
+//! Seccomp goes one way: [`to_grpc`] carries it, and the guest agent converts it
+//! back itself (with the refusals of what it cannot enforce); [`from_grpc`]
+//! leaves it out. Seccomp fields the protocol cannot carry (`defaultErrnoRet`,
+//! `listenerPath`, `listenerMetadata`) are refused naming the field, never
+//! dropped: a profile reaches the guest whole or not at all.
 //!
 //! Not carried (the protocol has no field for them, or kata-rs does not use
 //! them yet): domainname, the OCI 1.1 hooks (createRuntime, createContainer,
@@ -519,12 +521,6 @@ fn oci_name<T: serde::Serialize>(field: &str, value: &T) -> Result<String> {
     }
 }
 
-/// An OCI enum value from its spec string.
-fn oci_value<T: serde::de::DeserializeOwned>(field: &str, name: &str) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(name.to_string()))
-        .map_err(|_| Error::spec(field, format!("unknown value {name:?}")))
-}
-
 fn seccomp_to_grpc(s: &oci::LinuxSeccomp) -> Result<grpc::LinuxSeccomp> {
     const F: &str = "linux.seccomp";
     if s.default_errno_ret().is_some() {
@@ -569,51 +565,6 @@ fn seccomp_to_grpc(s: &oci::LinuxSeccomp) -> Result<grpc::LinuxSeccomp> {
     Ok(out)
 }
 
-fn seccomp_from_grpc(s: &grpc::LinuxSeccomp) -> Result<Option<oci::LinuxSeccomp>> {
-    const F: &str = "linux.seccomp";
-    if s.DefaultAction.is_empty() && s.Syscalls.is_empty() {
-        return Ok(None);
-    }
-    let mut out = oci::LinuxSeccomp::default();
-    out.set_default_action(oci_value(&format!("{F}.defaultAction"), &s.DefaultAction)?);
-    let mut arches = Vec::new();
-    for (i, a) in s.Architectures.iter().enumerate() {
-        arches.push(oci_value(&format!("{F}.architectures[{i}]"), a)?);
-    }
-    out.set_architectures(opt_vec(arches));
-    let mut flags = Vec::new();
-    for (i, f) in s.Flags.iter().enumerate() {
-        flags.push(oci_value(&format!("{F}.flags[{i}]"), f)?);
-    }
-    out.set_flags(opt_vec(flags));
-    let mut syscalls = Vec::new();
-    for (i, rule) in s.Syscalls.iter().enumerate() {
-        let field = format!("{F}.syscalls[{i}]");
-        let mut sc = oci::LinuxSyscall::default();
-        sc.set_names(rule.Names.clone());
-        sc.set_action(oci_value(&format!("{field}.action"), &rule.Action)?);
-        sc.set_errno_ret(rule.has_errnoret().then(|| rule.errnoret()));
-        let mut args = Vec::new();
-        for (j, a) in rule.Args.iter().enumerate() {
-            let arg = oci::LinuxSeccompArgBuilder::default()
-                .index(a.Index as usize)
-                .value(a.Value)
-                .value_two(a.ValueTwo)
-                .op(oci_value::<oci::LinuxSeccompOperator>(
-                    &format!("{field}.args[{j}].op"),
-                    &a.Op,
-                )?)
-                .build()
-                .map_err(|e| Error::spec(format!("{field}.args[{j}]"), e.to_string()))?;
-            args.push(arg);
-        }
-        sc.set_args(opt_vec(args));
-        syscalls.push(sc);
-    }
-    out.set_syscalls(opt_vec(syscalls));
-    Ok(Some(out))
-}
-
 fn linux_from_grpc(l: &grpc::Linux) -> Result<oci::Linux> {
     let mut out = oci::Linux::default();
     out.set_net_devices(None);
@@ -656,10 +607,9 @@ fn linux_from_grpc(l: &grpc::Linux) -> Result<oci::Linux> {
         devices.push(dev);
     }
     out.set_devices(opt_vec(devices));
-    out.set_seccomp(match l.Seccomp.as_ref() {
-        Some(sc) => seccomp_from_grpc(sc)?,
-        None => None,
-    });
+    // Not converted back here: the guest agent converts `Linux.Seccomp` itself, with the
+    // refusals of what it cannot enforce (kata-agent's service/convert.rs).
+    out.set_seccomp(None);
     out.set_rootfs_propagation(non_empty(&l.RootfsPropagation));
     out.set_masked_paths(opt_strings(&l.MaskedPaths));
     out.set_readonly_paths(opt_strings(&l.ReadonlyPaths));
@@ -1040,7 +990,12 @@ mod tests {
         let decoded = grpc::Spec::parse_from_bytes(&bytes).unwrap();
         assert_eq!(decoded, wire);
         let back = from_grpc(&decoded).unwrap();
-        assert_eq!(back, original);
+        // Seccomp goes one way: the agent converts it from the wire itself.
+        let mut expected = original.clone();
+        let mut linux = expected.linux().clone().unwrap();
+        linux.set_seccomp(None);
+        expected.set_linux(Some(linux));
+        assert_eq!(back, expected);
     }
 
     #[test]

@@ -239,6 +239,52 @@ fn case_readonly_rootfs(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>
     })
 }
 
+/// The spec's seccomp profile reaches the guest and is enforced there (issue 9 row 5), and a
+/// spec without capabilities runs with none (row 6).
+fn case_seccomp_and_capabilities(
+    env: Arc<Env>,
+) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+    Box::pin(async move {
+        let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{ "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }]
+        }))?;
+        let mut oci = oci_spec::runtime::Spec::default();
+        let mut linux = oci.linux().clone().unwrap_or_default();
+        linux.set_seccomp(Some(profile));
+        oci.set_linux(Some(linux));
+        let script = "mkdir /tmp/x 2>&1; echo rc=$?; grep CapEff /proc/self/status";
+        let out = env
+            .sandbox
+            .run(ContainerSpec::from_oci(oci.clone(), &env.rootfs).args(["sh", "-c", script]))
+            .await?;
+        let text = out.stdout_str();
+        ensure!(
+            text.contains("Operation not permitted") && text.contains("rc=1"),
+            "mkdir under a profile denying it: {text:?}"
+        );
+        // Without capabilities in the spec: none at all, as runc does.
+        let mut process = oci.process().clone().unwrap_or_default();
+        process.set_capabilities(None);
+        oci.set_process(Some(process));
+        let out = env
+            .sandbox
+            .run(ContainerSpec::from_oci(oci, &env.rootfs).args([
+                "grep",
+                "CapEff",
+                "/proc/self/status",
+            ]))
+            .await?;
+        ensure!(
+            out.stdout_str().contains("0000000000000000"),
+            "capabilities of a spec without any: {:?}",
+            out.stdout_str()
+        );
+        Ok(())
+    })
+}
+
 fn case_eight_concurrent(env: Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
     Box::pin(async move {
         let mut tasks = Vec::new();
@@ -467,6 +513,7 @@ async fn run_all() -> u8 {
         ("two_containers", case_two_containers),
         ("env_cwd_uid_hostname", case_env_cwd_uid),
         ("readonly_rootfs", case_readonly_rootfs),
+        ("seccomp_and_capabilities", case_seccomp_and_capabilities),
         ("eight_concurrent_commands", case_eight_concurrent),
         ("bad_container_input", case_bad_container_input),
     ];
