@@ -199,7 +199,7 @@ impl Default for SandboxBuilder {
 }
 
 impl SandboxBuilder {
-    /// Kata's defaults for QEMU (`[hypervisor.qemu]`), with the agent given
+    /// Kata's defaults for the default VMM (`HypervisorType::default()`), with the agent given
     /// [`DEFAULT_AGENT_TIMEOUT`] to answer.
     pub fn new() -> Self {
         let agent = AgentConfig {
@@ -208,7 +208,7 @@ impl SandboxBuilder {
         };
         SandboxBuilder {
             id: None,
-            hypervisor_type: HypervisorType::Qemu,
+            hypervisor_type: HypervisorType::default(),
             hypervisor: HypervisorConfig::default(),
             agent,
             runtime: RuntimeConfig::default(),
