@@ -1,19 +1,28 @@
 //! Tier 3: handing a running sandbox over — `Sandbox::detach` leaves the VM, shares and
 //! `state.json` in place, `Sandbox::restore` takes them over again (QEMU adopted by pid, QMP and
-//! agent reconnected) — against a real guest. One boot; cases filter by name
-//! (`cargo test -p kata-sandbox --test vm_restore -- <filter>`). Nothing may be left after the
-//! run: no process naming the sandbox, no mount, no directory.
+//! agent reconnected) — against a real guest. One boot; cases run under
+//! `kata_testkit::harness` and filter by name
+//! (`cargo test -p kata-sandbox --test vm_restore -- <filter>`). Nothing may be left after a
+//! case: no process naming the sandbox, no mount, no directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use kata_sandbox::{ContainerSpec, ProcessSpec, Sandbox};
+use kata_testkit::harness::{booted, NoGuest, Suite};
 use kata_testkit::leaks::{mounts_under, processes_mentioning};
-use kata_testkit::record;
 use tokio::io::AsyncReadExt;
 
 const ID: &str = "vm-restore-tests";
+
+/// The sandboxes' root and a busybox rootfs.
+struct Env {
+    root: PathBuf,
+    rootfs: PathBuf,
+    _work: tempfile::TempDir,
+}
 
 /// Runs an exec to the end: (status, stdout).
 async fn exec(c: &kata_sandbox::Container, args: &[&str]) -> Result<(i32, String, String)> {
@@ -25,7 +34,8 @@ async fn exec(c: &kata_sandbox::Container, args: &[&str]) -> Result<(i32, String
 
 /// Boot, start a container, detach, restore, exec into the still-running container, detach
 /// and restore once more, kill/wait/delete it, shut down: nothing left.
-async fn round_trip(root: &Path, rootfs: &Path) -> Result<()> {
+async fn round_trip(env: Arc<Env>) -> Result<()> {
+    let (root, rootfs) = (env.root.as_path(), env.rootfs.as_path());
     let t = Instant::now();
     let sandbox = Sandbox::builder()
         .id(ID)
@@ -33,8 +43,8 @@ async fn round_trip(root: &Path, rootfs: &Path) -> Result<()> {
         .root_dir(root)
         .build()
         .await
-        .context("THIS VM TEST COULD NOT BOOT A GUEST")?;
-    record("booted vm_restore");
+        .context(NoGuest)?;
+    booted();
     println!("booted in {:.1?}", t.elapsed());
     let dir = sandbox.dir().to_path_buf();
     let mut c = sandbox
@@ -130,8 +140,8 @@ async fn round_trip(root: &Path, rootfs: &Path) -> Result<()> {
 }
 
 /// Restore without a sandbox: clear errors, nothing created.
-async fn bad_input(root: &Path) -> Result<()> {
-    let dir = root.join("no-such-sandbox");
+async fn bad_input(env: Arc<Env>) -> Result<()> {
+    let dir = env.root.join("no-such-sandbox");
     let e = Sandbox::restore(&dir).await.unwrap_err();
     ensure!(
         matches!(e, kata_sandbox::Error::NotFound { .. }),
@@ -150,60 +160,27 @@ async fn bad_input(root: &Path) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    std::process::ExitCode::from(rt.block_on(run_all()))
-}
-
-async fn run_all() -> u8 {
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let work = tempfile::tempdir().expect("tempdir");
-    let root: PathBuf = work.path().join("sandboxes");
-    let rootfs = work.path().join("rootfs");
-    if let Err(e) = kata_resource::testimage::busybox_rootfs(&rootfs) {
-        eprintln!("cannot build the busybox rootfs: {e}");
-        return 1;
-    }
-    let (mut passed, mut failed) = (0u32, 0u32);
-    for name in ["restore_bad_input", "detach_restore_exec_kill_delete"] {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        let t = Instant::now();
-        let fut = async {
-            match name {
-                "restore_bad_input" => bad_input(&root).await,
-                _ => round_trip(&root, &rootfs).await,
-            }
-        };
-        let r = match tokio::time::timeout(Duration::from_secs(180), fut).await {
-            Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!("timed out after 180 s")),
-        };
-        let r = r.and_then(|()| {
+    Suite::new("vm_restore")
+        .timeout(Duration::from_secs(180))
+        .case("restore_bad_input", bad_input)
+        .case("detach_restore_exec_kill_delete", round_trip)
+        .check_each(|_: &Env| {
             let left = processes_mentioning(ID, "vm_restore");
             ensure!(left.is_empty(), "processes left: {left:?}");
             Ok(())
-        });
-        match r {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.1?})", t.elapsed());
-            }
-            Err(e) => {
-                failed += 1;
-                if format!("{e:#}").contains("COULD NOT BOOT") {
-                    record(&format!("no-guest vm_restore: {e:#}"));
-                }
-                println!("test {name} ... FAILED ({:.1?})\n{e:?}", t.elapsed());
-                // A failed case must not leave a VM behind.
-                let _ = kata_sandbox::persist::cleanup(&root.join(ID));
-            }
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    u8::from(failed > 0)
+        })
+        // A failed case must not leave a VM behind.
+        .on_failure(|env: &Env| {
+            let _ = kata_sandbox::persist::cleanup(&env.root.join(ID));
+        })
+        .run_with(async {
+            let work = tempfile::tempdir()?;
+            let rootfs = work.path().join("rootfs");
+            kata_resource::testimage::busybox_rootfs(&rootfs).context("the busybox rootfs")?;
+            Ok(Env {
+                root: work.path().join("sandboxes"),
+                rootfs,
+                _work: work,
+            })
+        })
 }

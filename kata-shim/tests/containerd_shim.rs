@@ -2,11 +2,12 @@
 //!
 //! The harness starts a private containerd (its own root, state, socket and config) whose
 //! `PATH` starts with the directory of the shim binary cargo built, imports the busybox test
-//! image (an OCI layout tarball) with `ctr image import`, and runs the cases in order, each
-//! reported like libtest does. Cases that boot a VM append `booted <case>` to
-//! `$KATA_RS_VM_TEST_LOG`; the run ends with a line saying how many cases booted a guest.
-//! After the last case no QEMU, vsock backend or shim process, rootfs mount, shim socket or
-//! `/run/kata` sandbox directory of the run may remain.
+//! image (an OCI layout tarball) with `ctr image import`, and runs the cases in order under
+//! `kata_testkit::harness`, each reported like libtest does. Cases that boot a VM append
+//! `booted containerd_shim::<case>` to `$KATA_RS_VM_TEST_LOG`; the run ends with
+//! `containerd tests: N passed, M failed; K booted a guest`. After the last case no QEMU,
+//! vsock backend or shim process, rootfs mount, shim socket or `/run/kata` sandbox directory
+//! of the run may remain (`leak_check`).
 //!
 //! Run one case: `cargo test -p kata-shim --test containerd_shim -- <filter>`.
 
@@ -19,8 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use kata_resource::testimage;
 use kata_testkit::containerd::Containerd;
+use kata_testkit::harness::{booted, Suite};
 use kata_testkit::leaks::cmdlines;
-use kata_testkit::{missing_root_or_tools, record};
+use kata_testkit::missing_root_or_tools;
 
 const RUNTIME: &str = "io.containerd.kata.v2";
 const NS: &str = "kata-rs-test";
@@ -127,15 +129,15 @@ impl Drop for Events {
     }
 }
 
+/// The private containerd with the test image imported, and what was there before the cases.
 struct Env {
     ctr: Containerd,
     tmp: PathBuf,
+    baseline: Leftovers,
+    _work: tempfile::TempDir,
 }
 
-/// A case: returns how many VMs it booted.
-type Case = fn(&Env) -> Result<usize>;
-
-fn case_run_rm_echo_output_and_exit_codes(env: &Env) -> Result<usize> {
+fn case_run_rm_echo_output_and_exit_codes(env: &Env) -> Result<()> {
     let c = &env.ctr;
     let out = c.ctr(&run_args(
         &["--rm"],
@@ -151,6 +153,7 @@ fn case_run_rm_echo_output_and_exit_codes(env: &Env) -> Result<usize> {
     );
     ensure!(stdout == "hello from kata-rs\n", "stdout {stdout:?}");
     ensure!(stderr.contains("to-err"), "stderr {stderr:?}");
+    booted();
     let out = c.ctr(&run_args(&["--rm"], "kt-exit3", &["sh", "-c", "exit 3"]));
     ensure!(
         out.status.code() == Some(3),
@@ -158,15 +161,17 @@ fn case_run_rm_echo_output_and_exit_codes(env: &Env) -> Result<usize> {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(2)
+    booted();
+    Ok(())
 }
 
-fn case_detached_exec_ps_kill_delete(env: &Env) -> Result<usize> {
+fn case_detached_exec_ps_kill_delete(env: &Env) -> Result<()> {
     let c = &env.ctr;
     let id = "kt-detached";
     let events = Events::start(c, env.tmp.join("events-detached.txt"))?;
     let r = (|| {
         c.ok(&run_args(&["-d"], id, &["sleep", "1000"]))?;
+        booted();
         c.wait_status(id, "RUNNING", Duration::from_secs(10))?;
         let out = c.ok(&[
             "task",
@@ -247,10 +252,10 @@ fn case_detached_exec_ps_kill_delete(env: &Env) -> Result<usize> {
         c.force_remove(id);
     }
     drop(events);
-    r.map(|_| 1)
+    r
 }
 
-fn case_stdin_interactive_cat(env: &Env) -> Result<usize> {
+fn case_stdin_interactive_cat(env: &Env) -> Result<()> {
     use std::io::Write;
     let c = &env.ctr;
     let id = "kt-stdin";
@@ -271,6 +276,7 @@ fn case_stdin_interactive_cat(env: &Env) -> Result<usize> {
         c.force_remove(id);
         bail!("{e}; ctr: {}", String::from_utf8_lossy(&out.stderr));
     }
+    booted();
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(input.as_bytes());
     });
@@ -297,10 +303,10 @@ fn case_stdin_interactive_cat(env: &Env) -> Result<usize> {
         String::from_utf8_lossy(&out.stderr)
     );
     ensure!(stdout == input, "cat echoed {stdout:?}, not {input:?}");
-    Ok(1)
+    Ok(())
 }
 
-fn case_tty(env: &Env) -> Result<usize> {
+fn case_tty(env: &Env) -> Result<()> {
     let c = &env.ctr;
     let pty = nix::pty::openpty(
         Some(&nix::pty::Winsize {
@@ -352,16 +358,17 @@ fn case_tty(env: &Env) -> Result<usize> {
     let _ = fd;
     let out = reader.join().unwrap_or_default();
     ensure!(status.code() == Some(5), "exit {status:?}; output {out:?}");
+    booted();
     // The agent gives the process a pty as its controlling terminal, bound at /dev/console.
     ensure!(
         out.contains("/dev/pts/") || out.contains("/dev/console"),
         "no terminal in the container: {out:?}"
     );
     ensure!(out.contains("33 101"), "window size not passed: {out:?}");
-    Ok(1)
+    Ok(())
 }
 
-fn case_pod_of_two_containers_in_one_vm(env: &Env) -> Result<usize> {
+fn case_pod_of_two_containers_in_one_vm(env: &Env) -> Result<()> {
     let c = &env.ctr;
     let (pod, app) = ("kt-pod", "kt-pod-app");
     let before = leftovers(&env.tmp).qemu;
@@ -374,6 +381,7 @@ fn case_pod_of_two_containers_in_one_vm(env: &Env) -> Result<usize> {
             pod,
             &["sleep", "1000"],
         ))?;
+        booted();
         c.ok(&run_args(
             &["-d", "--annotation", &ct_type, "--annotation", &sb_id],
             app,
@@ -419,10 +427,10 @@ fn case_pod_of_two_containers_in_one_vm(env: &Env) -> Result<usize> {
         c.force_remove(app);
         c.force_remove(pod);
     }
-    r.map(|_| 1)
+    r
 }
 
-fn case_ttrpc_errors_not_found_and_already_exists(env: &Env) -> Result<usize> {
+fn case_ttrpc_errors_not_found_and_already_exists(env: &Env) -> Result<()> {
     use containerd_shim::protos::shim::shim::{CreateTaskRequest, KillRequest, StateRequest};
     use containerd_shim::protos::shim_async::{Client, TaskClient};
     use containerd_shim::protos::ttrpc::{context, Code, Error as TtrpcError};
@@ -430,6 +438,7 @@ fn case_ttrpc_errors_not_found_and_already_exists(env: &Env) -> Result<usize> {
     let id = "kt-errors";
     let r = (|| {
         c.ok(&run_args(&["-d"], id, &["sleep", "1000"]))?;
+        booted();
         let bundle = env
             .tmp
             .join("state/io.containerd.runtime.v2.task")
@@ -507,7 +516,7 @@ fn case_ttrpc_errors_not_found_and_already_exists(env: &Env) -> Result<usize> {
     if r.is_err() {
         c.force_remove(id);
     }
-    r.map(|_| 1)
+    r
 }
 
 type TaskClient = containerd_shim::protos::shim_async::TaskClient;
@@ -698,7 +707,7 @@ async fn concurrent_creates_of_one_id(task: &TaskClient, bundle: &Path, tmp: &Pa
     Ok(())
 }
 
-fn case_bad_config_and_missing_kernel_reach_ctr(env: &Env) -> Result<usize> {
+fn case_bad_config_and_missing_kernel_reach_ctr(env: &Env) -> Result<()> {
     let c = &env.ctr;
     let before = leftovers(&env.tmp);
     for (name, toml, expect) in [
@@ -745,14 +754,15 @@ fn case_bad_config_and_missing_kernel_reach_ctr(env: &Env) -> Result<usize> {
         after == before,
         "left behind: before {before:?}, after {after:?}"
     );
-    Ok(0)
+    Ok(())
 }
 
-fn case_shim_sigkill_then_delete_cleans_up(env: &Env) -> Result<usize> {
+fn case_shim_sigkill_then_delete_cleans_up(env: &Env) -> Result<()> {
     let c = &env.ctr;
     let id = "kt-crash";
     c.ok(&run_args(&["-d"], id, &["sleep", "1000"]))?;
     c.wait_status(id, "RUNNING", Duration::from_secs(10))?;
+    booted();
     let shim = cmdlines()
         .into_iter()
         .find(|(_, cmd)| {
@@ -785,23 +795,24 @@ fn case_shim_sigkill_then_delete_cleans_up(env: &Env) -> Result<usize> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(1)
+    Ok(())
 }
 
-fn case_ten_sequential_runs_leave_nothing(env: &Env) -> Result<usize> {
+fn case_ten_sequential_runs_leave_nothing(env: &Env) -> Result<()> {
     let c = &env.ctr;
     let before = leftovers(&env.tmp);
     for i in 0..10 {
         let id = format!("kt-seq-{i}");
         let out = c.ok(&run_args(&["--rm"], &id, &["echo", "run"]))?;
         ensure!(out == "run\n", "run {i}: {out:?}");
+        booted();
     }
     let t0 = Instant::now();
     loop {
         let after = leftovers(&env.tmp);
         if after == before {
             println!("    leftovers after 10 runs: {after:?} (same as before)");
-            return Ok(10);
+            return Ok(());
         }
         if t0.elapsed() > Duration::from_secs(5) {
             bail!("left behind: before {before:?}, after {after:?}");
@@ -820,107 +831,77 @@ fn missing() -> Option<String> {
     None
 }
 
-fn main() -> Result<()> {
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    if let Some(reason) = missing() {
-        // Loud, and counted: under `make test` the summary fails on a `no-guest` line.
-        println!("CONTAINERD TESTS COULD NOT RUN: {reason}");
-        record(&format!("no-guest containerd_shim: {reason}"));
-        return Ok(());
-    }
-    let cases: Vec<(&str, Case)> = vec![
-        (
+/// A private containerd whose `PATH` starts with the shim's directory, with the busybox
+/// test image imported.
+fn setup() -> Result<Env> {
+    let work = tempfile::Builder::new().prefix("kata-shim-ctd").tempdir()?;
+    let tmp = work.path().to_path_buf();
+    let image = testimage::busybox_image_tar(&tmp.join("busybox.tar"))?;
+    let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
+    let ctr = Containerd::start(&tmp, Some(NS), Some(shim.parent().unwrap()))?;
+    ctr.ok(&["image", "import", image.path.to_str().unwrap()])?;
+    let baseline = leftovers(&tmp);
+    Ok(Env {
+        ctr,
+        tmp,
+        baseline,
+        _work: work,
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    Suite::new("containerd_shim")
+        .label("containerd tests")
+        .requires(missing)
+        .timeout(Duration::from_secs(600))
+        .blocking_case(
             "run_rm_echo_output_and_exit_codes",
             case_run_rm_echo_output_and_exit_codes,
-        ),
-        (
+        )
+        .blocking_case(
             "detached_exec_ps_kill_delete",
             case_detached_exec_ps_kill_delete,
-        ),
-        ("tty", case_tty),
-        ("stdin_interactive_cat", case_stdin_interactive_cat),
-        (
+        )
+        .blocking_case("tty", case_tty)
+        .blocking_case("stdin_interactive_cat", case_stdin_interactive_cat)
+        .blocking_case(
             "pod_of_two_containers_in_one_vm",
             case_pod_of_two_containers_in_one_vm,
-        ),
-        (
+        )
+        .blocking_case(
             "ttrpc_errors_not_found_and_already_exists",
             case_ttrpc_errors_not_found_and_already_exists,
-        ),
-        (
+        )
+        .blocking_case(
             "bad_config_and_missing_kernel_reach_ctr",
             case_bad_config_and_missing_kernel_reach_ctr,
-        ),
-        (
+        )
+        .blocking_case(
             "shim_sigkill_then_delete_cleans_up",
             case_shim_sigkill_then_delete_cleans_up,
-        ),
-        (
+        )
+        .blocking_case(
             "ten_sequential_runs_leave_nothing",
             case_ten_sequential_runs_leave_nothing,
-        ),
-    ];
-    let selected: Vec<_> = cases
-        .into_iter()
-        .filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str())))
-        .collect();
-
-    let tmp = tempfile::Builder::new().prefix("kata-shim-ctd").tempdir()?;
-    let image = testimage::busybox_image_tar(&tmp.path().join("busybox.tar"))?;
-    let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
-    let env = Env {
-        ctr: Containerd::start(tmp.path(), Some(NS), Some(shim.parent().unwrap()))?,
-        tmp: tmp.path().to_path_buf(),
-    };
-    env.ctr
-        .ok(&["image", "import", image.path.to_str().unwrap()])?;
-    let baseline = leftovers(&env.tmp);
-
-    println!("\nrunning {} containerd tests", selected.len());
-    let (mut passed, mut failed, mut booted_cases) = (0, 0, 0);
-    for (name, case) in selected {
-        let t0 = Instant::now();
-        match case(&env) {
-            Ok(booted) => {
-                passed += 1;
-                if booted > 0 {
-                    booted_cases += 1;
-                    record(&format!("booted containerd_shim::{name}"));
-                }
-                println!(
-                    "test {name} ... ok ({:.1} s, {booted} VM boots)",
-                    t0.elapsed().as_secs_f64()
-                );
+        )
+        .leak_check(|env: &Env| {
+            let end = leftovers(&env.tmp);
+            ensure!(
+                end == env.baseline,
+                "before {:?}, after {end:?}",
+                env.baseline
+            );
+            Ok(())
+        })
+        .diagnostics(|env: &Env| {
+            let log = env.ctr.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let mut out = String::from("--- containerd log (last lines) ---");
+            for l in tail.into_iter().rev() {
+                out.push('\n');
+                out.push_str(l);
             }
-            Err(e) => {
-                failed += 1;
-                println!(
-                    "test {name} ... FAILED ({:.1} s)\n    {e:#}",
-                    t0.elapsed().as_secs_f64()
-                );
-            }
-        }
-    }
-    let end = leftovers(&env.tmp);
-    let leak = end != baseline;
-    if leak {
-        println!("leak check FAILED: before {baseline:?}, after {end:?}");
-    }
-    if failed > 0 || leak {
-        let log = env.ctr.log();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        println!("--- containerd log (last lines) ---");
-        for l in tail.into_iter().rev() {
-            println!("{l}");
-        }
-    }
-    println!("\ncontainerd tests: {passed} passed, {failed} failed; {booted_cases} booted a guest");
-    drop(env);
-    if failed > 0 || leak {
-        std::process::exit(1);
-    }
-    Ok(())
+            out
+        })
+        .run_with(async { setup() })
 }

@@ -1,16 +1,16 @@
 //! Tier 3: `shim-ctl create|start|exec|kill|delete|state` as a process, against a busybox
-//! bundle in a real guest, and its bad-input errors. Cases filter by name
-//! (`cargo test -p kata-shim --test vm_shim_ctl -- <filter>`); each booting case appends a
-//! `booted ...` line to `$KATA_RS_VM_TEST_LOG`. After each case nothing may be left: no process
-//! naming the sandbox root, no mount under it, no sandbox directory.
+//! bundle in a real guest, and its bad-input errors. Cases run under `kata_testkit::harness`
+//! and filter by name (`cargo test -p kata-shim --test vm_shim_ctl -- <filter>`); each booting
+//! case appends a `booted ...` line to `$KATA_RS_VM_TEST_LOG`. After each case nothing may be
+//! left: no process naming the sandbox root, no mount under it, no sandbox directory.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use kata_testkit::harness::{booted, Suite};
 use kata_testkit::leaks::{mounts_under, processes_mentioning};
-use kata_testkit::record;
 
 struct Env {
     tmp: tempfile::TempDir,
@@ -98,7 +98,7 @@ fn case_lifecycle(env: &Env) -> Result<()> {
     let b = bundle.display().to_string();
     let t = Instant::now();
     env.expect(&["create", "--bundle", &b, "life"], 0)?;
-    record("booted vm_shim_ctl lifecycle");
+    booted();
     println!("    create (boot) took {:.1?}", t.elapsed());
     let s = env.state("life")?;
     ensure!(s["status"] == "created", "after create: {s}");
@@ -171,7 +171,7 @@ fn case_start_attached(env: &Env) -> Result<()> {
         &["create", "--bundle", &bundle.display().to_string(), "att"],
         0,
     )?;
-    record("booted vm_shim_ctl start_attached");
+    booted();
     let (out, err) = env.expect(&["start", "att"], 3)?;
     ensure!(out == "out\n", "start stdout {out:?}");
     ensure!(err.contains("err"), "start stderr {err:?}");
@@ -227,27 +227,14 @@ fn case_bad_input(env: &Env) -> Result<()> {
     Ok(())
 }
 
-/// A test case.
-type Case = fn(&Env) -> Result<()>;
-
 fn main() -> std::process::ExitCode {
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let env = Env { tmp };
-    let cases: [(&str, Case); 3] = [
-        ("bad_input", case_bad_input),
-        ("lifecycle", case_lifecycle),
-        ("start_attached", case_start_attached),
-    ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, case) in cases {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        let t = Instant::now();
-        let r = case(&env);
-        if r.is_err() {
-            // Leave nothing behind a failed case either.
+    Suite::new("vm_shim_ctl")
+        .blocking_case("bad_input", case_bad_input)
+        .blocking_case("lifecycle", case_lifecycle)
+        .blocking_case("start_attached", case_start_attached)
+        .check_each(Env::nothing_left)
+        // Leave nothing behind a failed case either.
+        .on_failure(|env: &Env| {
             for e in std::fs::read_dir(env.root())
                 .into_iter()
                 .flatten()
@@ -255,23 +242,10 @@ fn main() -> std::process::ExitCode {
             {
                 let _ = kata_sandbox::persist::cleanup(&e.path());
             }
-        }
-        let r = r.and_then(|()| env.nothing_left());
-        match r {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.1?})", t.elapsed());
-            }
-            Err(e) => {
-                failed += 1;
-                println!("test {name} ... FAILED ({:.1?})\n{e:?}", t.elapsed());
-            }
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::ExitCode::FAILURE
-    } else {
-        std::process::ExitCode::SUCCESS
-    }
+        })
+        .run_with(async {
+            Ok(Env {
+                tmp: tempfile::tempdir()?,
+            })
+        })
 }

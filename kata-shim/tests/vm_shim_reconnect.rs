@@ -6,12 +6,14 @@
 //! listener standing in for containerd's event socket), drives the Task service over ttRPC,
 //! SIGKILLs the server with a container running, starts it again and checks that the new
 //! server serves the same task in the same VM: State, Pids, Kill, Wait (137), Delete,
-//! Shutdown; then that nothing is left. Appends `booted ...` to `$KATA_RS_VM_TEST_LOG`.
+//! Shutdown; then that nothing is left. Runs under `kata_testkit::harness`; appends
+//! `booted ...` to `$KATA_RS_VM_TEST_LOG`.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -22,8 +24,8 @@ use containerd_shim::protos::shim::shim::{
 use containerd_shim::protos::shim_async::{Client, TaskClient};
 use containerd_shim::protos::ttrpc::context;
 use containerd_shim::protos::types::task::Status;
+use kata_testkit::harness::{booted, Suite};
 use kata_testkit::leaks::{mounts_under, processes_mentioning};
-use kata_testkit::record;
 
 const NS: &str = "kata-rs-reconnect";
 const ID: &str = "kt-reconnect";
@@ -33,6 +35,7 @@ struct Paths {
     bundle: PathBuf,
     root: PathBuf,
     socket: PathBuf,
+    _work: tempfile::TempDir,
 }
 
 /// Starts the shim server as containerd's `start` would; returns once it listens.
@@ -87,7 +90,7 @@ async fn scenario(p: &Paths) -> Result<()> {
         )
         .await
         .context("Create")?;
-    record("booted vm_shim_reconnect");
+    booted();
     let vmm = created.pid;
     ensure!(vmm > 0, "no VMM pid");
     task.start(
@@ -195,93 +198,72 @@ async fn scenario(p: &Paths) -> Result<()> {
     Ok(())
 }
 
-fn main() -> std::process::ExitCode {
-    if !nix::unistd::geteuid().is_root() {
-        println!("VM TEST COULD NOT RUN: vm_shim_reconnect needs root");
-        record("no-guest vm_shim_reconnect: needs root");
-        return std::process::ExitCode::SUCCESS;
-    }
-    let tmp = tempfile::tempdir().expect("tempdir");
+/// The bundle (a busybox rootfs inside it, `sleep 1000`) and a listener standing in for
+/// containerd's event socket.
+fn prepare() -> Result<Paths> {
+    let work = tempfile::tempdir()?;
+    let tmp = work.path().to_path_buf();
     let p = Paths {
-        tmp: tmp.path().to_path_buf(),
-        bundle: tmp.path().join("bundle"),
-        root: tmp.path().join("sandboxes"),
-        socket: tmp.path().join("shim.sock"),
+        bundle: tmp.join("bundle"),
+        root: tmp.join("sandboxes"),
+        socket: tmp.join("shim.sock"),
+        tmp,
+        _work: work,
     };
-    let prepared = (|| -> Result<std::os::unix::net::UnixListener> {
-        // The rootfs inside the bundle: a root.path outside it is refused.
-        std::fs::create_dir_all(&p.bundle)?;
-        kata_resource::testimage::busybox_rootfs(&p.bundle.join("rootfs"))?;
-        let mut spec = oci_spec::runtime::Spec::default();
-        let mut process = spec.process().clone().unwrap_or_default();
-        process.set_args(Some(vec!["sleep".into(), "1000".into()]));
-        spec.set_process(Some(process));
-        spec.set_root(Some(
-            oci_spec::runtime::RootBuilder::default()
-                .path("rootfs")
-                .readonly(false)
-                .build()?,
-        ));
-        std::fs::write(p.bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
-        // Stands in for containerd's event socket: events queue in the shim, unanswered.
-        Ok(std::os::unix::net::UnixListener::bind(
-            tmp.path().join("containerd.sock.ttrpc"),
-        )?)
-    })();
-    let listener = match prepared {
-        Ok(l) => l,
-        Err(e) => {
-            println!("test restarted_shim_reconnects ... FAILED\n{e:?}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+    // The rootfs inside the bundle: a root.path outside it is refused.
+    std::fs::create_dir_all(&p.bundle)?;
+    kata_resource::testimage::busybox_rootfs(&p.bundle.join("rootfs"))?;
+    let mut spec = oci_spec::runtime::Spec::default();
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_args(Some(vec!["sleep".into(), "1000".into()]));
+    spec.set_process(Some(process));
+    spec.set_root(Some(
+        oci_spec::runtime::RootBuilder::default()
+            .path("rootfs")
+            .readonly(false)
+            .build()?,
+    ));
+    std::fs::write(p.bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+    // Stands in for containerd's event socket: events queue in the shim, unanswered.
+    let listener = std::os::unix::net::UnixListener::bind(p.tmp.join("containerd.sock.ttrpc"))?;
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for c in listener.incoming().flatten() {
             held.push(c);
         }
     });
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let t = Instant::now();
-    let r = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(180), scenario(&p))
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
-    });
-    let needle = p.root.display().to_string();
-    if r.is_err() {
-        for (pid, _) in processes_mentioning(&p.socket.display().to_string(), "vm_shim_reconnect") {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = kata_sandbox::persist::cleanup(&p.root.join(ID));
+    Ok(p)
+}
+
+/// Nothing of the run is left: no process naming the root, no sandbox directory, no mount.
+fn nothing_left(p: &Paths) -> Result<()> {
+    let left = processes_mentioning(&p.root.display().to_string(), "vm_shim_reconnect");
+    ensure!(left.is_empty(), "processes left: {left:?}");
+    ensure!(!p.root.join(ID).exists(), "sandbox directory left");
+    let mounts = mounts_under(&p.root);
+    ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+    Ok(())
+}
+
+/// After a failure: the shim servers killed, the sandbox cleaned up from its state.
+fn kill_and_clean_up(p: &Paths) {
+    for (pid, _) in processes_mentioning(&p.socket.display().to_string(), "vm_shim_reconnect") {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
-    let r = r.and_then(|()| {
-        let left = processes_mentioning(&needle, "vm_shim_reconnect");
-        ensure!(left.is_empty(), "processes left: {left:?}");
-        ensure!(!p.root.join(ID).exists(), "sandbox directory left");
-        let mounts = mounts_under(&p.root);
-        ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
-        Ok(())
-    });
-    match r {
-        Ok(()) => {
-            println!(
-                "test restarted_shim_reconnects ... ok ({:.1?})",
-                t.elapsed()
-            );
-            println!("1 passed, 0 failed");
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            println!(
-                "test restarted_shim_reconnects ... FAILED ({:.1?})\n{e:?}",
-                t.elapsed()
-            );
-            println!("0 passed, 1 failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let _ = kata_sandbox::persist::cleanup(&p.root.join(ID));
+}
+
+fn main() -> std::process::ExitCode {
+    Suite::new("vm_shim_reconnect")
+        .requires(|| (!nix::unistd::geteuid().is_root()).then(|| "needs root".to_string()))
+        .timeout(Duration::from_secs(180))
+        .case("restarted_shim_reconnects", |p: Arc<Paths>| async move {
+            scenario(&p).await
+        })
+        .check_each(nothing_left)
+        .on_failure(kill_and_clean_up)
+        .run_with(async { prepare() })
 }

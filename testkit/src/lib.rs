@@ -1,7 +1,10 @@
 //! Helpers shared by the slow-tier test binaries of kata-rs.
 //!
-//! - [`record`]: append a line (`booted <case>`, `no-guest <binary>: <reason>`) to the file
-//!   named by `$KATA_RS_VM_TEST_LOG`, which `make test` summarises.
+//! - [`harness`]: the one harness of the VM test binaries (`harness = false`): named cases,
+//!   the command line's filter, a timeout per case, the tally, leak checks, and the
+//!   `booted ...` / `no-guest ...` lines of `$KATA_RS_VM_TEST_LOG` that `make test`
+//!   summarises.
+//! - [`record`]: append a line to that log directly.
 //! - [`leaks`]: what a run may leave behind: processes naming something, mounts under a path.
 //! - [`containerd`]: a private containerd (its own root, state, socket and config) and `ctr`
 //!   against it.
@@ -11,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod containerd;
+pub mod harness;
 pub mod leaks;
 
 /// The environment variable naming the VM test log that [`record`] appends to.
