@@ -889,10 +889,38 @@ async fn resources_go_into_the_container_cgroup() {
     }
 }
 
+/// The directories the agent mounts over when it runs as PID 1 (in its own mount namespace;
+/// `GUEST_MOUNTS` in `kata-agent/src/init/mod.rs`): a test directory below one of them — its
+/// socket, its rootfs — is hidden from the agent.
+const INIT_MOUNT_TARGETS: &[&str] = &["/proc", "/sys", "/dev", "/run", "/tmp"];
+
+/// A directory for the test directory of an agent running as PID 1, outside every directory
+/// it mounts over: this build's `CARGO_TARGET_TMPDIR` when it is (the target dir may be under
+/// `/tmp`), else `/var/tmp`. Paths are compared canonical (`/var/tmp` may be a link into
+/// `/tmp`).
+fn outside_init_mounts() -> PathBuf {
+    let candidates = [
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        Path::new("/var/tmp"),
+    ];
+    candidates
+        .iter()
+        .filter_map(|dir| dir.canonicalize().ok())
+        .find(|dir| !INIT_MOUNT_TARGETS.iter().any(|t| dir.starts_with(t)))
+        .unwrap_or_else(|| {
+            panic!(
+                "no directory outside {INIT_MOUNT_TARGETS:?} among {candidates:?}: the agent as \
+                 PID 1 would hide the test's socket and rootfs"
+            )
+        })
+}
+
 #[tokio::test]
 async fn runs_as_pid1_of_a_pid_namespace() {
-    // As PID 1 the agent mounts a tmpfs on /tmp (in its private mount namespace): keep the test
-    // directory elsewhere.
+    // As PID 1 the agent mounts over /tmp, /run, /dev... in its private mount namespace: the
+    // test directory (socket, rootfs, log) is made outside all of them, wherever the target
+    // directory is.
+    let parent = outside_init_mounts();
     let mut h = Harness::start_with(
         &[
             "--mount",
@@ -905,7 +933,7 @@ async fn runs_as_pid1_of_a_pid_namespace() {
             "private",
         ],
         &[],
-        Some(Path::new(env!("CARGO_TARGET_TMPDIR"))),
+        Some(&parent),
     )
     .await;
     let details = h
