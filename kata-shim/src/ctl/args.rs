@@ -1,52 +1,65 @@
-//! Parsing `shim-ctl [OPTIONS] <COMMAND> [OPTIONS]`.
+//! Parsing `shim-ctl [OPTIONS] <COMMAND> [OPTIONS]` with clap's derive API.
+//!
+//! clap parses; [`ParseError`] keeps shim-ctl's own wording for every mistake (the messages a
+//! user and the tests see), and the help is generated from the doc comments below.
 
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
-/// The help text.
-pub const USAGE: &str = "\
-Usage: shim-ctl [OPTIONS] <COMMAND> [ARGS]
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
-Commands:
-  check   Check that this host can run sandboxes with the configuration: KVM (usable for an
-          ordinary guest?), vhost-vsock or vhost-device-vsock, QEMU, virtiofsd, the guest
-          image, and the paths the configuration names. Exits 1 when something needed is missing.
-  env     Print the effective configuration (after config.d drop-ins and annotations) as TOML,
-          with where it was loaded from.
+/// The whole command line, as clap sees it. Every command takes the shared [`Options`] too
+/// (flattened into each, not clap's `global`: a global option given on both sides of the
+/// command would keep only the command's values, and `-a` must add up).
+#[derive(Debug, Parser)]
+#[command(
+    name = "shim-ctl",
+    version,
+    about = "Look at and drive kata-rs without containerd.",
+    propagate_version = true,
+    // Like the hand-written parser before it: a repeated flag or option, the last one wins.
+    args_override_self = true,
+    after_help = "create, start, exec, kill, delete and state drive a sandbox per container, \
+                  from an OCI bundle, without containerd (for development)."
+)]
+struct Cli {
+    #[command(flatten)]
+    options: Options,
+    #[command(subcommand)]
+    command: CliCommand,
+}
 
-  A sandbox per container, from an OCI bundle, without containerd (for development):
-  create [--bundle <DIR>] <ID>   Boot a sandbox named ID and create the bundle's container in
-                                 it (not started). The sandbox runs on after shim-ctl exits.
-  start [--detach] <ID>          Start the container; print its output and exit with its
-                                 status (with --detach: return once it runs).
-  exec <ID> <CMD> [ARGS]...      Run a command in the running container; print its output and
-                                 exit with its status.
-  kill [--signal <SIG>] <ID>     Send a signal (number or name; default SIGTERM).
-  delete [--force] <ID>          Remove the container and stop its sandbox (--force: even if
-                                 it still runs).
-  state <ID>                     Print the container's state as JSON.
-
-Options:
-  -c, --config <PATH>              The configuration file (default: $KATA_CONF_FILE, else the
-                                   first existing of Kata's default paths)
-  -a, --annotation <KEY=VALUE>     A pod annotation to apply (io.katacontainers.config.*);
-                                   may be repeated
-  -r, --root <DIR>                 Where sandboxes live (default: $KATA_RS_ROOT_DIR, else
-                                   /run/kata)
-  -h, --help                       Print this help
-  -V, --version                    Print the version
-";
-
-/// Options shared by every command.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Options shared by every command (before or after it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
 pub struct Options {
-    /// `--config PATH`.
+    /// The configuration file (default: $KATA_CONF_FILE, else the first existing of Kata's
+    /// default paths).
+    #[arg(short, long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// `--annotation KEY=VALUE`, in order.
+    /// A pod annotation to apply (io.katacontainers.config.*); may be repeated.
+    #[arg(
+        short = 'a',
+        long = "annotation",
+        value_name = "KEY=VALUE",
+        value_parser = parse_annotation,
+        action = clap::ArgAction::Append
+    )]
     pub annotations: Vec<(String, String)>,
-    /// `--root DIR`.
+    /// Where sandboxes live (default: $KATA_RS_ROOT_DIR, else /run/kata).
+    #[arg(short, long, value_name = "DIR")]
     pub root: Option<PathBuf>,
+}
+
+impl Options {
+    /// `later` given after the command: its values win, its annotations come after.
+    fn then(mut self, later: Options) -> Options {
+        self.config = later.config.or(self.config);
+        self.root = later.root.or(self.root);
+        self.annotations.extend(later.annotations);
+        self
+    }
 }
 
 /// A subcommand.
@@ -98,14 +111,163 @@ pub enum Command {
     },
 }
 
+/// The subcommands as clap parses them; the doc comments are the help text.
+#[derive(Debug, Subcommand)]
+enum CliCommand {
+    /// Check that this host can run sandboxes with the configuration.
+    ///
+    /// KVM (usable for an ordinary guest?), vhost-vsock or vhost-device-vsock, QEMU,
+    /// virtiofsd, the guest image, and the paths the configuration names. Exits 1 when
+    /// something needed is missing.
+    Check {
+        #[command(flatten)]
+        options: Options,
+    },
+    /// Print the effective configuration as TOML.
+    ///
+    /// After config.d drop-ins and annotations, with where it was loaded from.
+    Env {
+        #[command(flatten)]
+        options: Options,
+    },
+    /// Boot a sandbox named ID and create the bundle's container in it (not started).
+    ///
+    /// The sandbox runs on after shim-ctl exits; its state is in <ROOT>/<ID>/state.json.
+    Create {
+        /// The container (and sandbox) id.
+        #[arg(value_name = "ID")]
+        id: String,
+        /// The OCI bundle directory.
+        #[arg(short, long, value_name = "DIR", default_value = ".")]
+        bundle: PathBuf,
+        #[command(flatten)]
+        options: Options,
+    },
+    /// Start the container; print its output and exit with its status.
+    ///
+    /// With --detach: return once it runs.
+    Start {
+        /// The container id.
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Return once it runs instead of printing its output until it exits.
+        #[arg(short, long)]
+        detach: bool,
+        #[command(flatten)]
+        options: Options,
+    },
+    /// Run a command in the running container; print its output and exit with its status.
+    ///
+    /// Everything after ID is the command, options included (`--` may separate them).
+    #[command(override_usage = "shim-ctl exec [OPTIONS] <ID> <CMD> [ARGS]...")]
+    Exec {
+        /// The container id, then the command and its arguments.
+        // One argument list: clap stops looking for options once the id is given.
+        #[arg(
+            value_names = ["ID", "CMD"],
+            required = true,
+            num_args = 1..,
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        words: Vec<String>,
+        #[command(flatten)]
+        options: Options,
+    },
+    /// Send a signal to the container (default SIGTERM).
+    Kill {
+        /// The container id.
+        #[arg(value_name = "ID")]
+        id: String,
+        /// The signal: a number 1-64 or a name (KILL, SIGKILL; case-insensitive).
+        #[arg(
+            short,
+            long,
+            value_name = "SIG",
+            value_parser = parse_signal,
+            default_value_t = libc::SIGTERM,
+            hide_default_value = true
+        )]
+        signal: i32,
+        #[command(flatten)]
+        options: Options,
+    },
+    /// Remove the container and stop its sandbox.
+    ///
+    /// With --force: even if it still runs, or its VM died.
+    Delete {
+        /// The container id.
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Even if it still runs, or its VM died.
+        #[arg(short, long)]
+        force: bool,
+        #[command(flatten)]
+        options: Options,
+    },
+    /// Print the container's state as JSON.
+    State {
+        /// The container id.
+        #[arg(value_name = "ID")]
+        id: String,
+        #[command(flatten)]
+        options: Options,
+    },
+}
+
+impl CliCommand {
+    /// The command and the options given after it.
+    fn split(self) -> Result<(Command, Options), ParseError> {
+        Ok(match self {
+            CliCommand::Check { options } => (Command::Check, options),
+            CliCommand::Env { options } => (Command::Env, options),
+            CliCommand::Create {
+                id,
+                bundle,
+                options,
+            } => (Command::Create { id, bundle }, options),
+            CliCommand::Start {
+                id,
+                detach,
+                options,
+            } => (Command::Start { id, detach }, options),
+            CliCommand::Exec { words, options } => {
+                let mut words = words.into_iter();
+                let id = words
+                    .next()
+                    .ok_or(ParseError::MissingArgument("exec", "a container id"))?;
+                let mut args: Vec<String> = words.collect();
+                // A `--` right after the id separates the command (one later is the command's).
+                if args.first().is_some_and(|a| a == "--") {
+                    args.remove(0);
+                }
+                if args.is_empty() {
+                    return Err(ParseError::MissingArgument("exec", "a command to run"));
+                }
+                (Command::Exec { id, args }, options)
+            }
+            CliCommand::Kill {
+                id,
+                signal,
+                options,
+            } => (Command::Kill { id, signal }, options),
+            CliCommand::Delete { id, force, options } => (Command::Delete { id, force }, options),
+            CliCommand::State { id, options } => (Command::State { id }, options),
+        })
+    }
+}
+
 /// The command words.
 const COMMANDS: &str = "check, env, create, start, exec, kill, delete or state";
+
+/// The options that take a value, as [`ParseError`] names them.
+const VALUE_OPTIONS: &[&str] = &["--config", "--annotation", "--root", "--bundle", "--signal"];
 
 /// Why the command line was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseError {
-    /// `--help` was asked for.
-    Help,
+    /// `--help` (or `help`) was asked for: the help text to print.
+    Help(String),
     /// `--version` was asked for.
     Version,
     /// No subcommand.
@@ -122,12 +284,14 @@ pub enum ParseError {
     MissingArgument(&'static str, &'static str),
     /// A second subcommand or a stray argument.
     Unexpected(String),
+    /// Any other mistake clap finds (e.g. an argument that is not UTF-8), in clap's words.
+    Other(String),
 }
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ParseError::Help => f.write_str("help requested"),
+            ParseError::Help(_) => f.write_str("help requested"),
             ParseError::Version => f.write_str("version requested"),
             ParseError::MissingCommand => write!(f, "a command is needed ({COMMANDS})"),
             ParseError::UnknownCommand(c) => write!(f, "unknown command `{c}` ({COMMANDS})"),
@@ -142,132 +306,113 @@ impl fmt::Display for ParseError {
             }
             ParseError::BadValue(o, v) => write!(f, "{o}: `{v}` is not KEY=VALUE"),
             ParseError::Unexpected(a) => write!(f, "unexpected argument `{a}`"),
+            ParseError::Other(message) => f.write_str(message),
         }
     }
+}
+
+/// The help text (what `shim-ctl --help` prints).
+pub fn usage() -> String {
+    Cli::command().render_help().to_string()
 }
 
 /// Parses the arguments (without the program name). Options may come before or after the
 /// command; `--opt=value` and `--opt value` are both accepted. For `exec`, everything after
 /// the id is the command (`--` may separate it).
 pub fn parse(args: &[OsString]) -> Result<(Options, Command), ParseError> {
-    let mut options = Options::default();
-    let mut command: Option<&'static str> = None;
-    let mut positionals: Vec<String> = Vec::new();
-    let mut bundle = None;
-    let (mut detach, mut force) = (false, false);
-    let mut signal = libc::SIGTERM;
-    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
-    while let Some(arg) = it.next() {
-        // exec: after the id, the rest is the command line.
-        if command == Some("exec") && !positionals.is_empty() {
-            if positionals.len() == 1 && arg == "--" {
-                continue;
-            }
-            positionals.push(arg);
-            positionals.extend(it.by_ref());
-            break;
+    let argv = std::iter::once(OsString::from("shim-ctl")).chain(args.iter().cloned());
+    let cli = Cli::try_parse_from(argv).map_err(|e| from_clap(&e, args))?;
+    let (command, later) = cli.command.split()?;
+    Ok((cli.options.then(later), command))
+}
+
+/// shim-ctl's error for what clap found.
+fn from_clap(e: &clap::Error, args: &[OsString]) -> ParseError {
+    let context = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => s.clone(),
+        Some(ContextValue::Strings(v)) => v.first().cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    // clap names an argument as `--signal <SIG>` or `<ID>`.
+    let option = || {
+        let arg = context(ContextKind::InvalidArg);
+        let flag = arg.split(' ').next().unwrap_or_default();
+        VALUE_OPTIONS.iter().copied().find(|o| *o == flag)
+    };
+    match e.kind() {
+        ErrorKind::DisplayHelp => ParseError::Help(e.render().to_string()),
+        ErrorKind::DisplayVersion => ParseError::Version,
+        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            ParseError::MissingCommand
         }
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |opt: &'static str| {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or(ParseError::MissingValue(opt))
-        };
-        let command_option = |allowed: &str| command == Some(allowed);
-        match name.as_str() {
-            "-h" | "--help" | "help" if positionals.is_empty() => return Err(ParseError::Help),
-            "-V" | "--version" => return Err(ParseError::Version),
-            "-c" | "--config" => options.config = Some(PathBuf::from(value("--config")?)),
-            "-r" | "--root" => options.root = Some(PathBuf::from(value("--root")?)),
-            "-a" | "--annotation" => {
-                let kv = value("--annotation")?;
-                let (k, v) = kv
-                    .split_once('=')
-                    .filter(|(k, _)| !k.is_empty())
-                    .ok_or_else(|| ParseError::BadValue("--annotation", kv.clone()))?;
-                options.annotations.push((k.to_string(), v.to_string()));
-            }
-            "-b" | "--bundle" if command_option("create") => {
-                bundle = Some(PathBuf::from(value("--bundle")?))
-            }
-            "-d" | "--detach" if command_option("start") => detach = true,
-            "-f" | "--force" if command_option("delete") => force = true,
-            "-s" | "--signal" if command_option("kill") => {
-                let v = value("--signal")?;
-                signal = parse_signal(&v).ok_or(ParseError::BadValue("--signal", v))?;
-            }
-            opt if opt.starts_with('-') && opt.len() > 1 => {
-                return Err(ParseError::UnknownOption(opt.to_string()))
-            }
-            word => match command {
-                None => {
-                    command = Some(match word {
-                        "check" => "check",
-                        "env" => "env",
-                        "create" => "create",
-                        "start" => "start",
-                        "exec" => "exec",
-                        "kill" => "kill",
-                        "delete" => "delete",
-                        "state" => "state",
-                        other => return Err(ParseError::UnknownCommand(other.to_string())),
-                    })
-                }
-                Some("check" | "env") => return Err(ParseError::Unexpected(word.to_string())),
-                Some(_) if !positionals.is_empty() => {
-                    return Err(ParseError::Unexpected(word.to_string()))
-                }
-                Some(_) => positionals.push(word.to_string()),
-            },
+        ErrorKind::InvalidSubcommand => {
+            ParseError::UnknownCommand(context(ContextKind::InvalidSubcommand))
         }
+        ErrorKind::UnknownArgument => {
+            let arg = context(ContextKind::InvalidArg);
+            if arg.starts_with('-') && arg.len() > 1 {
+                ParseError::UnknownOption(arg)
+            } else {
+                ParseError::Unexpected(arg)
+            }
+        }
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+            let value = context(ContextKind::InvalidValue);
+            match option() {
+                Some(o) if value.is_empty() && e.kind() == ErrorKind::InvalidValue => {
+                    ParseError::MissingValue(o)
+                }
+                Some(o) => ParseError::BadValue(o, value),
+                None => ParseError::Other(clap_message(e)),
+            }
+        }
+        ErrorKind::MissingRequiredArgument => {
+            let what = "a container id";
+            match subcommand(args) {
+                Some(c) => ParseError::MissingArgument(c, what),
+                None => ParseError::Other(clap_message(e)),
+            }
+        }
+        _ => ParseError::Other(clap_message(e)),
     }
-    let command = command.ok_or(ParseError::MissingCommand)?;
-    let mut positionals = positionals.into_iter();
-    let mut id = |c: &'static str| {
-        positionals
-            .next()
-            .ok_or(ParseError::MissingArgument(c, "a container id"))
-    };
-    let command = match command {
-        "check" => Command::Check,
-        "env" => Command::Env,
-        "create" => Command::Create {
-            id: id("create")?,
-            bundle: bundle.unwrap_or_else(|| PathBuf::from(".")),
-        },
-        "start" => Command::Start {
-            id: id("start")?,
-            detach,
-        },
-        "exec" => {
-            let id = id("exec")?;
-            let args: Vec<String> = positionals.collect();
-            if args.is_empty() {
-                return Err(ParseError::MissingArgument("exec", "a command to run"));
-            }
-            Command::Exec { id, args }
-        }
-        "kill" => Command::Kill {
-            id: id("kill")?,
-            signal,
-        },
-        "delete" => Command::Delete {
-            id: id("delete")?,
-            force,
-        },
-        _ => Command::State { id: id("state")? },
-    };
-    Ok((options, command))
+}
+
+/// The subcommand the arguments name, found by a parse that ignores the missing argument.
+fn subcommand(args: &[OsString]) -> Option<&'static str> {
+    let argv = std::iter::once(OsString::from("shim-ctl")).chain(args.iter().cloned());
+    let matches = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(argv)
+        .ok()?;
+    let name = matches.subcommand_name()?;
+    [
+        "check", "env", "create", "start", "exec", "kill", "delete", "state",
+    ]
+    .into_iter()
+    .find(|c| *c == name)
+}
+
+/// clap's own message, without its `error: ` prefix and its usage lines (shim-ctl prints the
+/// help after every mistake).
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
+/// `KEY=VALUE` with a non-empty key (the value may hold `=`).
+fn parse_annotation(kv: &str) -> Result<(String, String), String> {
+    kv.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{kv}` is not KEY=VALUE"))
 }
 
 /// A signal by number (`9`) or name (`KILL`, `SIGKILL`, case-insensitive).
-fn parse_signal(v: &str) -> Option<i32> {
+fn parse_signal(v: &str) -> Result<i32, String> {
+    let bad = || format!("`{v}` is not a signal (a number 1-64 or a name like TERM)");
     if let Ok(n) = v.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
+        return (1..=64).contains(&n).then_some(n).ok_or_else(bad);
     }
     let upper = v.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
@@ -276,8 +421,8 @@ fn parse_signal(v: &str) -> Option<i32> {
         format!("SIG{upper}")
     };
     name.parse::<nix::sys::signal::Signal>()
-        .ok()
         .map(|s| s as i32)
+        .map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -290,6 +435,11 @@ mod tests {
     }
 
     #[test]
+    fn the_clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
     fn options_before_and_after_the_command() {
         let (o, c) = p(&["--config", "/x.toml", "env", "-a", "k=v=w"]).unwrap();
         assert_eq!(c, Command::Env);
@@ -298,6 +448,28 @@ mod tests {
         let (o, c) = p(&["check", "--config=/y.toml"]).unwrap();
         assert_eq!(c, Command::Check);
         assert_eq!(o.config, Some(PathBuf::from("/y.toml")));
+    }
+
+    #[test]
+    fn repeated_annotations_keep_their_order_and_a_repeated_option_the_last_value() {
+        let (o, _) = p(&["-a", "a=1", "env", "--annotation=b=2", "-a", "a=3"]).unwrap();
+        assert_eq!(
+            o.annotations,
+            [
+                ("a".to_string(), "1".to_string()),
+                ("b".to_string(), "2".to_string()),
+                ("a".to_string(), "3".to_string())
+            ]
+        );
+        let (o, c) = p(&["-c", "/1", "start", "-d", "-c", "/2", "--detach", "c1"]).unwrap();
+        assert_eq!(o.config, Some(PathBuf::from("/2")));
+        assert_eq!(
+            c,
+            Command::Start {
+                id: "c1".into(),
+                detach: true
+            }
+        );
     }
 
     #[test]
@@ -369,6 +541,26 @@ mod tests {
     }
 
     #[test]
+    fn exec_takes_everything_after_the_id_as_the_command() {
+        // Words that are shim-ctl's own options (global ones too) belong to the command once
+        // the id is given; before it they are options. A later `--` is the command's.
+        let (o, c) = p(&[
+            "exec", "-c", "/x.toml", "c1", "-c", "-V", "--help", "--", "-a",
+        ])
+        .unwrap();
+        assert_eq!(o.config, Some(PathBuf::from("/x.toml")));
+        assert_eq!(
+            c,
+            Command::Exec {
+                id: "c1".into(),
+                args: ["-c", "-V", "--help", "--", "-a"]
+                    .map(String::from)
+                    .to_vec()
+            }
+        );
+    }
+
+    #[test]
     fn lifecycle_mistakes() {
         assert_eq!(
             p(&["start"]),
@@ -376,6 +568,10 @@ mod tests {
         );
         assert_eq!(
             p(&["exec", "c1"]),
+            Err(ParseError::MissingArgument("exec", "a command to run"))
+        );
+        assert_eq!(
+            p(&["exec", "c1", "--"]),
             Err(ParseError::MissingArgument("exec", "a command to run"))
         );
         assert_eq!(
@@ -400,6 +596,7 @@ mod tests {
     #[test]
     fn mistakes() {
         assert_eq!(p(&[]), Err(ParseError::MissingCommand));
+        assert_eq!(p(&["-c", "/x.toml"]), Err(ParseError::MissingCommand));
         assert_eq!(
             p(&["frobnicate"]),
             Err(ParseError::UnknownCommand("frobnicate".into()))
@@ -413,6 +610,10 @@ mod tests {
             ParseError::BadValue("--annotation", "novalue".into())
         );
         assert_eq!(
+            p(&["env", "-a", "=v"]).unwrap_err(),
+            ParseError::BadValue("--annotation", "=v".into())
+        );
+        assert_eq!(
             p(&["env", "--bogus"]),
             Err(ParseError::UnknownOption("--bogus".into()))
         );
@@ -420,6 +621,41 @@ mod tests {
             p(&["env", "check"]),
             Err(ParseError::Unexpected("check".into()))
         );
-        assert_eq!(p(&["--help"]), Err(ParseError::Help));
+        assert_eq!(p(&["--version"]), Err(ParseError::Version));
+        assert_eq!(p(&["state", "-V"]), Err(ParseError::Version));
+        // clap renders the help (the hand-written parser had it as a constant): the text to
+        // print travels in the error.
+        let Err(ParseError::Help(help)) = p(&["--help"]) else {
+            panic!("--help is not a help request");
+        };
+        assert!(help.contains("Usage: shim-ctl"), "{help}");
+        for command in [
+            "check", "env", "create", "start", "exec", "kill", "delete", "state",
+        ] {
+            assert!(help.contains(command), "`{command}` missing from:\n{help}");
+        }
+        assert_eq!(p(&["help"]), Err(ParseError::Help(help)));
+        let Err(ParseError::Help(kill)) = p(&["kill", "--help"]) else {
+            panic!("kill --help is not a help request");
+        };
+        assert!(kill.contains("--signal <SIG>"), "{kill}");
+    }
+
+    #[test]
+    fn error_texts() {
+        let texts = [
+            (vec![], "a command is needed (check, env, create, start, exec, kill, delete or state)"),
+            (vec!["frobnicate"], "unknown command `frobnicate` (check, env, create, start, exec, kill, delete or state)"),
+            (vec!["start"], "start needs a container id"),
+            (vec!["exec", "c1"], "exec needs a command to run"),
+            (vec!["env", "--bogus"], "unknown option `--bogus`"),
+            (vec!["env", "--root"], "--root needs a value"),
+            (vec!["kill", "-s", "x", "c1"], "--signal: `x` is not a signal (a number 1-64 or a name like TERM)"),
+            (vec!["env", "-a", "x"], "--annotation: `x` is not KEY=VALUE"),
+            (vec!["state", "a", "b"], "unexpected argument `b`"),
+        ];
+        for (args, text) in texts {
+            assert_eq!(p(&args).unwrap_err().to_string(), text, "{args:?}");
+        }
     }
 }

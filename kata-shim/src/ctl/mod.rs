@@ -1,8 +1,8 @@
 //! `shim-ctl`'s command line: options, subcommands, logging, exit codes.
 //!
-//! Arguments are parsed by hand (a few options, one subcommand): no parser dependency for the
-//! shim crate. `check` and `env` look at the configuration; `create`, `start`, `exec`, `kill`,
-//! `delete` and `state` drive a sandbox per container from an OCI bundle ([`lifecycle`]).
+//! Arguments are parsed by clap ([`args`], derive API) with shim-ctl's own error texts.
+//! `check` and `env` look at the configuration; `create`, `start`, `exec`, `kill`, `delete`
+//! and `state` drive a sandbox per container from an OCI bundle ([`lifecycle`]).
 
 mod args;
 mod check;
@@ -25,8 +25,8 @@ pub fn main(args: impl IntoIterator<Item = impl Into<OsString>>) -> i32 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let (options, command) = match parse(&args) {
         Ok(parsed) => parsed,
-        Err(ParseError::Help) => {
-            print!("{}", args::USAGE);
+        Err(ParseError::Help(help)) => {
+            print!("{help}");
             return EXIT_OK;
         }
         Err(ParseError::Version) => {
@@ -34,7 +34,7 @@ pub fn main(args: impl IntoIterator<Item = impl Into<OsString>>) -> i32 {
             return EXIT_OK;
         }
         Err(e) => {
-            eprintln!("shim-ctl: {e}\n\n{}", args::USAGE);
+            eprintln!("shim-ctl: {e}\n\n{}", args::usage());
             return EXIT_USAGE;
         }
     };
