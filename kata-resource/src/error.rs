@@ -365,6 +365,48 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The pod's network namespace, as the OCI spec names it, does not exist.
+    #[error(
+        "linux.namespaces[network].path {} does not exist: the pod's network namespace (made \
+         by CNI or the caller) must exist before the sandbox starts",
+        path.display()
+    )]
+    NetnsNotFound {
+        /// The path from the spec.
+        path: PathBuf,
+    },
+
+    /// The path the OCI spec gives as the pod's network namespace is not one.
+    #[error("linux.namespaces[network].path {} is not a network namespace: {reason}", path.display())]
+    NotANetns {
+        /// The path from the spec.
+        path: PathBuf,
+        /// What it is instead, or why it cannot be opened.
+        reason: String,
+    },
+
+    /// A network setting this crate refuses, or a combination Kata does not allow.
+    #[error("{key} = {value}: {reason}")]
+    NetworkSetting {
+        /// The configuration key, e.g. `internetworking_model`.
+        key: &'static str,
+        /// Its value, as the configuration spells it.
+        value: String,
+        /// What is wrong and what is supported.
+        reason: String,
+    },
+
+    /// Setting up or tearing down the sandbox's network in the pod's namespace failed.
+    #[error("network namespace {}: cannot {action}: {reason}", netns.display())]
+    Network {
+        /// The pod's network namespace.
+        netns: PathBuf,
+        /// What was being done, naming the interface or tap.
+        action: String,
+        /// The cause (a command's stderr, an errno) and, where known, the fix.
+        reason: String,
+    },
+
     /// A host program this crate needs is missing.
     #[error("{} not found: install Debian's {package} package", path.display())]
     MissingHostProgram {

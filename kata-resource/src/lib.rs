@@ -51,6 +51,7 @@ mod fail_point;
 #[cfg(any(test, feature = "test-image"))]
 mod layout_writer;
 mod mount;
+pub mod network;
 mod path;
 pub mod rootfs;
 mod sandbox_resources;

@@ -197,7 +197,8 @@ impl SandboxResources {
         self.share.as_ref()
     }
 
-    /// The devices to cold-plug into the VM: the shared directory's.
+    /// The devices to cold-plug into the VM: the shared directory's, then the network's NICs
+    /// (each a tap in the pod's namespace, with its open queues for the VMM).
     pub fn devices(&self) -> Vec<DeviceConfig> {
         self.share
             .iter()
@@ -208,7 +209,29 @@ impl SandboxResources {
                     kind: share.kind(),
                 })
             })
+            .chain(self.network.devices())
             .collect()
+    }
+
+    /// Sets up the sandbox's network from `config` (see [`crate::network`]): with
+    /// `internetworking_model = "tcfilter"` and a namespace path, a tap in the pod's
+    /// namespace for each of its interfaces, joined to it by tc redirect filters both ways; the
+    /// NICs then come with [`devices`](Self::devices) and what the guest is told with
+    /// [`guest_network`](Self::guest_network). No path, `none` or `disable_new_netns`: no
+    /// network. `macvtap` and `l3forwarding` are refused ([`Error::NetworkSetting`]), a path
+    /// that does not exist is [`Error::NetnsNotFound`]. Call it before the VM is made.
+    ///
+    /// On error nothing of the network is left (no tap, qdisc or filter); the namespace itself
+    /// is never changed otherwise, nor removed.
+    pub fn set_up_network(&mut self, config: &crate::network::NetworkConfig) -> Result<()> {
+        self.network.set_up(config)
+    }
+
+    /// What the guest is to be told of the pod's network: the interfaces (for
+    /// UpdateInterface), routes (UpdateRoutes) and ARP neighbours (AddARPNeighbors). Empty
+    /// without network.
+    pub fn guest_network(&self) -> &crate::network::PodNetwork {
+        self.network.guest()
     }
 
     /// The storages to send with CreateSandbox: the shared directory's guest mount, unless the

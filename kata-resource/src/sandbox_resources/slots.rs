@@ -1,5 +1,6 @@
 //! The slots of the resource kinds the next issues fill: network, cgroups and devices per
-//! sandbox, volumes per container. Each is empty today and already sits where its owner will:
+//! sandbox, volumes per container. The network's is filled ([`crate::network`]); each empty
+//! one already sits where its owner will:
 //! [`SandboxResources`](super::SandboxResources) sets it up, releases it, detaches, adopts and
 //! cleans it up at the right moment, and its state is a field of
 //! [`ResourcesState`](super::ResourcesState) (an empty object in `state.json` now, read back
@@ -13,6 +14,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
+
+/// The sandbox's network on the host (the pod's network namespace, a tap joined to each of its
+/// interfaces by tc filters): filled, owned by [`crate::network`].
+pub(crate) use crate::network::NetworkSlot;
+/// What persist records of the sandbox's network.
+pub use crate::network::NetworkState;
 
 macro_rules! empty_slot {
     ($(#[$doc:meta])* $slot:ident, $(#[$state_doc:meta])* $state:ident) => {
@@ -51,14 +58,6 @@ macro_rules! empty_slot {
         }
     };
 }
-
-empty_slot!(
-    /// The sandbox's network on the host (the pod's network namespace, tap devices joined to
-    /// its veths): filled by the resources issue.
-    NetworkSlot,
-    /// What persist records of the sandbox's network: nothing yet.
-    NetworkState
-);
 
 empty_slot!(
     /// The host cgroups of the VMM and its helpers: filled by the resources issue.
