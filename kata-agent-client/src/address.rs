@@ -31,6 +31,7 @@ pub const DEFAULT_AGENT_VSOCK_PORT: u32 = 1024;
 /// # Ok::<(), kata_agent_client::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum AgentAddress {
     /// AF_VSOCK: the guest's context id and the agent's port.
     Vsock {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// Errors from preparing, starting, driving or stopping a VM.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A configuration value is out of range or inconsistent.
     #[error("invalid hypervisor configuration: {key} = {value}: {reason}")]

@@ -7,6 +7,7 @@ use containerd_shim::protos::ttrpc::{self, Code};
 /// Errors of the shim's own steps (bundle, IO, configuration), before or around a
 /// kata-sandbox call.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The bundle's `config.json` is missing or invalid.
     #[error("invalid bundle {bundle}: {reason}")]

@@ -22,6 +22,7 @@ pub use vsock::VsockAddress;
 
 /// A device given to a VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum DeviceConfig {
     /// A block device.
     Block(BlockDevice),

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum PciePort {
     /// No port: not cold-plugged (for `cold_plug_vfio`), or plugged on the root bus.
     #[default]

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 /// The text forms (`vsock://3:1024`, `hvsock:///run/vm/vsock.uds:1024`, `unix:///run/a.sock`)
 /// are those of kata-agent-client's `AgentAddress`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum VsockAddress {
     /// Kernel AF_VSOCK (vhost-vsock): the guest's context id and port.
     Vsock {

@@ -46,6 +46,7 @@ pub use state::{
 
 /// Where a container's rootfs comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RootfsSource {
     /// A host directory (absolute), shared as it is: an unpacked image, a directory the caller
     /// made.

@@ -17,6 +17,7 @@ use crate::{mount, safe_child, validate_container_id, Error, Result};
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum RootfsMode {
     /// A read-write bind mount: the container writes into the source directory.
     #[default]

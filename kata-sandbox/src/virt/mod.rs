@@ -80,12 +80,19 @@ impl std::fmt::Debug for VirtContainer {
 
 /// The agent client's form of the address the hypervisor reports (kata-hypervisor and
 /// kata-agent-client do not depend on each other).
-fn agent_address(a: VsockAddress) -> AgentAddress {
-    match a {
+fn agent_address(a: VsockAddress) -> Result<AgentAddress> {
+    Ok(match a {
         VsockAddress::Vsock { cid, port } => AgentAddress::Vsock { cid, port },
         VsockAddress::HybridVsock { uds, port } => AgentAddress::HybridVsock { uds, port },
         VsockAddress::Unix { path } => AgentAddress::Unix(path),
-    }
+        // `VsockAddress` is non-exhaustive: a newer kata-hypervisor may report a new kind.
+        other => Err(kata_hypervisor::Error::Unsupported {
+            backend: "kata-sandbox",
+            what: format!(
+                "the agent address {other:?} (upgrade kata-sandbox with kata-hypervisor)"
+            ),
+        })?,
+    })
 }
 
 /// The agent's form of a storage kata-resource describes.
@@ -302,7 +309,7 @@ impl VirtContainer {
 /// Connects to the agent while watching the VM: a VM that exits (guest panic) ends the wait
 /// with the console's last lines.
 async fn connect(vm: &Arc<dyn Hypervisor>, opts: ConnectOptions) -> Result<Agent> {
-    let address = agent_address(vm.agent_address()?);
+    let address = agent_address(vm.agent_address()?)?;
     tokio::select! {
         r = Agent::connect(&address, opts) => r.map_err(|e| Error::AgentTimeout {
             after: opts.dial_timeout,
