@@ -10,7 +10,7 @@ pub fn busybox_rootfs() -> PathBuf {
     let dir = cache_dir().join("bench").join("busybox-rootfs");
     if !dir.join("bin").join("busybox").exists() {
         std::fs::create_dir_all(cache_dir().join("bench")).expect("bench cache dir");
-        kata_resource::testimage::busybox_rootfs(&dir).expect("busybox rootfs");
+        kata_testkit::image::busybox_rootfs(&dir).expect("busybox rootfs");
     }
     dir
 }

@@ -8,7 +8,7 @@ pub fn busybox_rootfs() -> anyhow::Result<PathBuf> {
     let dir = cache_dir().join("examples").join("busybox-rootfs");
     if !dir.join("bin").join("busybox").exists() {
         std::fs::create_dir_all(cache_dir().join("examples"))?;
-        kata_resource::testimage::busybox_rootfs(&dir)?;
+        kata_testkit::image::busybox_rootfs(&dir)?;
     }
     Ok(dir)
 }
@@ -18,7 +18,7 @@ pub fn busybox_image() -> anyhow::Result<PathBuf> {
     let path = cache_dir().join("examples").join("busybox-oci.tar");
     if !path.exists() {
         std::fs::create_dir_all(path.parent().unwrap_or(&path))?;
-        kata_resource::testimage::busybox_image_tar(&path)?;
+        kata_testkit::image::busybox_image_tar(&path)?;
     }
     Ok(path)
 }

@@ -15,8 +15,6 @@
 //!   included, path traversal refused) into a cache keyed by manifest digest.
 //! - [`safe_child`] and [`path_within`]: the checked path helpers every path built from an id,
 //!   an annotation or a spec goes through.
-//! - `testimage` (feature `test-image`): a busybox rootfs and OCI image built from Debian's
-//!   `busybox-static`, for tests and examples.
 //!
 //! Every host mount this crate makes is `nosuid,nodev`. Everything here is synchronous and may
 //! block on disk I/O; async callers run it with `tokio::task::spawn_blocking`.
@@ -48,8 +46,6 @@
 mod container_id;
 mod error;
 mod fail_point;
-#[cfg(any(test, feature = "test-image"))]
-mod layout_writer;
 mod mount;
 pub mod network;
 mod path;
@@ -57,8 +53,6 @@ pub mod rootfs;
 mod sandbox_resources;
 pub mod share_fs;
 mod storage;
-#[cfg(feature = "test-image")]
-pub mod testimage;
 
 pub use container_id::validate_container_id;
 pub use error::{Error, Result};

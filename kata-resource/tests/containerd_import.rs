@@ -3,8 +3,8 @@
 //! Starts a private containerd (its own root, state and socket in a temp dir) and stops it by
 //! pid. Skips with a message when not root or when containerd, ctr or runc is missing.
 
-use kata_resource::testimage;
 use kata_testkit::containerd::Containerd;
+use kata_testkit::image as testimage;
 
 #[test]
 fn containerd_imports_and_runs_the_busybox_image() {

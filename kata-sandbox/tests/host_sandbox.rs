@@ -33,7 +33,7 @@ impl Fixture {
         let agent = kata_testkit::agent_binary().unwrap_or_else(|e| panic!("{e}"));
         let tmp = tempfile::tempdir().unwrap();
         let rootfs = tmp.path().join("rootfs");
-        kata_resource::testimage::busybox_rootfs(&rootfs).expect("busybox rootfs");
+        kata_testkit::image::busybox_rootfs(&rootfs).expect("busybox rootfs");
         Fixture { tmp, rootfs, agent }
     }
 

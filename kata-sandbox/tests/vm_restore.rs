@@ -176,7 +176,7 @@ fn main() -> std::process::ExitCode {
         .run_with(async {
             let work = tempfile::tempdir()?;
             let rootfs = work.path().join("rootfs");
-            kata_resource::testimage::busybox_rootfs(&rootfs).context("the busybox rootfs")?;
+            kata_testkit::image::busybox_rootfs(&rootfs).context("the busybox rootfs")?;
             Ok(Env {
                 root: work.path().join("sandboxes"),
                 rootfs,

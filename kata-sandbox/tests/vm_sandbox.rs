@@ -476,7 +476,7 @@ async fn setup() -> Result<Env> {
     let work = tempfile::tempdir()?;
     let root_dir = work.path().join("sandboxes");
     let rootfs = work.path().join("rootfs");
-    kata_resource::testimage::busybox_rootfs(&rootfs).context("the busybox rootfs")?;
+    kata_testkit::image::busybox_rootfs(&rootfs).context("the busybox rootfs")?;
     let t = Instant::now();
     let sandbox = Sandbox::builder()
         .id("vm-sandbox-tests")

@@ -18,9 +18,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use kata_resource::testimage;
 use kata_testkit::containerd::Containerd;
 use kata_testkit::harness::{booted, Suite};
+use kata_testkit::image as testimage;
 use kata_testkit::leaks::cmdlines;
 use kata_testkit::missing_root_or_tools;
 

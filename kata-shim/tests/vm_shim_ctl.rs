@@ -26,7 +26,7 @@ impl Env {
     fn bundle(&self, name: &str, args: &[&str]) -> Result<PathBuf> {
         let dir = self.tmp.path().join(format!("bundle-{name}"));
         std::fs::create_dir_all(&dir)?;
-        kata_resource::testimage::busybox_rootfs(&dir.join("rootfs"))?;
+        kata_testkit::image::busybox_rootfs(&dir.join("rootfs"))?;
         let mut spec = oci_spec::runtime::Spec::default();
         let mut process = spec.process().clone().unwrap_or_default();
         process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));

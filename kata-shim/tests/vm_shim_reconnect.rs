@@ -212,7 +212,7 @@ fn prepare() -> Result<Paths> {
     };
     // The rootfs inside the bundle: a root.path outside it is refused.
     std::fs::create_dir_all(&p.bundle)?;
-    kata_resource::testimage::busybox_rootfs(&p.bundle.join("rootfs"))?;
+    kata_testkit::image::busybox_rootfs(&p.bundle.join("rootfs"))?;
     let mut spec = oci_spec::runtime::Spec::default();
     let mut process = spec.process().clone().unwrap_or_default();
     process.set_args(Some(vec!["sleep".into(), "1000".into()]));

@@ -1,20 +1,26 @@
-//! Helpers shared by the slow-tier test binaries of kata-rs.
+//! Helpers and fixtures shared by the tests, examples and benches of kata-rs.
 //!
 //! - [`harness`]: the one harness of the VM test binaries (`harness = false`): named cases,
 //!   the command line's filter, a timeout per case, the tally, leak checks, and the
 //!   `booted ...` / `no-guest ...` lines of `$KATA_RS_VM_TEST_LOG` that `make test`
 //!   summarises.
 //! - [`record`]: append a line to that log directly.
+//! - [`image`]: the busybox test rootfs and OCI image (from Debian's `busybox-static`), and
+//!   [`image::layout`], the deterministic OCI image layout writer kata-resource's image tests
+//!   craft their (hostile) images with. They live here, not in a published crate.
 //! - [`leaks`]: what a run may leave behind: processes naming something, mounts under a path.
 //! - [`containerd`]: a private containerd (its own root, state, socket and config) and `ctr`
 //!   against it.
 //!
-//! Not published: the crates use it as a path-only `[dev-dependencies]` entry.
+//! Not published: the library crates use it as a path-only `[dev-dependencies]` entry, the
+//! (unpublished) examples and benches as a dependency. It depends on no kata-rs crate, so that
+//! kata-resource's own tests can use it without a dependency cycle.
 
 #![warn(missing_docs)]
 
 pub mod containerd;
 pub mod harness;
+pub mod image;
 pub mod leaks;
 
 /// The environment variable naming the VM test log that [`record`] appends to.

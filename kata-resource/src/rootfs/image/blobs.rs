@@ -572,7 +572,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// `sha256:<hex>` of `data`.
-#[cfg(any(test, feature = "test-image"))]
+#[cfg(test)]
 pub(crate) fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(data)))
 }

@@ -47,9 +47,6 @@ use crate::{Error, Result};
 pub use cache::ImageCache;
 pub use limits::UnpackLimits;
 
-#[cfg(any(test, feature = "test-image"))]
-pub(crate) use blobs::sha256_digest;
-
 /// The annotation containerd puts the full image name in (`ctr image import` reads it).
 pub const ANNOTATION_CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::{Descriptor, MediaType, ANNOTATION_REF_NAME};
 
 use super::*;
-use crate::layout_writer::{AddedImage, ImageSpec, IndexEntry, LayoutWriter, TarBuilder};
+use kata_testkit::image::layout::{AddedImage, ImageSpec, IndexEntry, LayoutWriter, TarBuilder};
 
 fn base_layer() -> Vec<u8> {
     let mut t = TarBuilder::new();

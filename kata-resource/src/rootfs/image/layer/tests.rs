@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use tar::EntryType;
 
 use super::apply_layer;
-use crate::layout_writer::{gzip, TarBuilder, FIXED_MTIME};
 use crate::rootfs::image::limits::{Budget, UnpackLimits, MAX_ENTRY_HEADER_BYTES};
 use crate::Error;
+use kata_testkit::image::layout::{gzip, TarBuilder, FIXED_MTIME};
 
 /// A rootfs dir inside a temp dir, so escapes would land in the temp dir where tests see them.
 struct Root {

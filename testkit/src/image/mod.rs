@@ -1,23 +1,27 @@
-//! Test images built from Debian's `busybox-static`, for the tests and examples of kata-rs.
+//! Test images built from Debian's `busybox-static`, for the tests, examples and benches of
+//! kata-rs (the published crates do not carry them).
 //!
 //! [`busybox_rootfs`] writes a rootfs directory: `/bin/busybox`, a symlink in `/bin` for every
 //! applet `busybox --list` prints, `/etc/passwd` and `/etc/group` with `root` (0) and `user`
 //! (1000:1000), and the usual empty directories. [`busybox_image_tar`] writes the same tree as
 //! an OCI image layout tarball (one gzipped layer, `Cmd ["sh"]`, a `PATH`), which
-//! [`OciImage::open`](crate::rootfs::image::OciImage::open) and containerd's
-//! `ctr image import` both accept (named [`IMAGE_NAME`]). Everything is reproducible: fixed
-//! mtimes and owners, sorted entries, so the manifest digest depends only on the busybox binary.
+//! kata-resource's `OciImage::open` and containerd's `ctr image import` both accept (named
+//! [`IMAGE_NAME`]). Everything is reproducible: fixed mtimes and owners, sorted entries, so the
+//! manifest digest depends only on the busybox binary. [`layout`] writes the OCI image layouts
+//! (and crafted, hostile ones for kata-resource's tests).
 //!
 //! ```no_run
-//! use kata_resource::testimage;
+//! use kata_testkit::image;
 //!
-//! # fn main() -> kata_resource::Result<()> {
-//! testimage::busybox_rootfs("/tmp/busybox-rootfs".as_ref())?;
-//! let image = testimage::busybox_image_tar("/tmp/busybox.tar".as_ref())?;
+//! # fn main() -> Result<(), image::Error> {
+//! image::busybox_rootfs("/tmp/busybox-rootfs".as_ref())?;
+//! let image = image::busybox_image_tar("/tmp/busybox.tar".as_ref())?;
 //! println!("{} is {}", image.name, image.manifest_digest);
 //! # Ok(())
 //! # }
 //! ```
+
+pub mod layout;
 
 use std::fs::{self, OpenOptions, Permissions};
 use std::io::{Read, Write};
@@ -30,11 +34,10 @@ use nix::sys::time::TimeSpec;
 use oci_spec::image::ANNOTATION_REF_NAME;
 use serde::Serialize;
 
-use crate::error::IoContext;
-use crate::layout_writer::{ImageSpec, IndexEntry, LayoutWriter, TarBuilder, FIXED_MTIME};
-use crate::rootfs::image::{StagingDir, ANNOTATION_CONTAINERD_IMAGE_NAME};
-use crate::{Error, Result};
+use layout::{blob_path, ImageSpec, IndexEntry, LayoutWriter, TarBuilder, FIXED_MTIME};
 
+/// The annotation containerd puts the full image name in (`ctr image import` reads it).
+pub const ANNOTATION_CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
 /// Where Debian's `busybox-static` installs busybox.
 pub const BUSYBOX_PATH: &str = "/bin/busybox";
 /// The Debian package providing a static busybox.
@@ -48,6 +51,72 @@ pub const IMAGE_PATH_ENV: &str =
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// The uid and gid of the unprivileged `user` account of the rootfs.
 pub const USER_ID: u32 = 1000;
+
+/// Why a test image could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The destination exists already.
+    #[error("{}: exists already: remove it or choose another path", path.display())]
+    DestinationExists {
+        /// The destination.
+        path: PathBuf,
+    },
+    /// Busybox is not installed.
+    #[error("{}: not found: install Debian's {package} (apt-get install {package})", path.display())]
+    MissingBusybox {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// The Debian package providing it.
+        package: &'static str,
+    },
+    /// Busybox is there but cannot be used in an empty rootfs.
+    #[error("{}: {reason}: install Debian's {package} (a static busybox)", path.display())]
+    UnusableBusybox {
+        /// The binary.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+        /// The Debian package providing a usable one.
+        package: &'static str,
+    },
+    /// A command failed.
+    #[error("`{command}` failed: {reason}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its error or exit status and stderr.
+        reason: String,
+    },
+    /// A file operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was done (`create directory`, `write`, ...).
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The result of the image builders.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Names the action and path of an I/O error.
+trait IoContext<T> {
+    fn at(self, action: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, action: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
 
 /// A test image written by [`busybox_image_tar`] or [`busybox_image_layout`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,8 +215,7 @@ fn busybox_layout(dest: &Path) -> Result<(LayoutWriter, TestImage)> {
         repo_tags: Vec<String>,
         layers: Vec<String>,
     }
-    let blob =
-        |d: &oci_spec::image::Descriptor| crate::layout_writer::blob_path(d.digest().as_ref());
+    let blob = |d: &oci_spec::image::Descriptor| blob_path(d.digest().as_ref());
     let docker = [DockerManifest {
         config: blob(&added.config),
         repo_tags: vec![IMAGE_NAME.to_owned()],
@@ -166,7 +234,9 @@ fn busybox_layout(dest: &Path) -> Result<(LayoutWriter, TestImage)> {
     Ok((writer, image))
 }
 
-fn staging_next_to(dest: &Path) -> Result<StagingDir> {
+/// A private (0700) directory next to `dest`, removed on drop: what is built there is
+/// renamed into place, so `dest` never holds half an image.
+fn staging_next_to(dest: &Path) -> Result<tempfile::TempDir> {
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -175,7 +245,10 @@ fn staging_next_to(dest: &Path) -> Result<StagingDir> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    StagingDir::create(parent, &label)
+    tempfile::Builder::new()
+        .prefix(&format!(".{label}.staging-"))
+        .tempdir_in(parent)
+        .at("create a staging directory in", parent)
 }
 
 /// One node of the test rootfs.
@@ -284,14 +357,14 @@ fn read_static_busybox() -> Result<Vec<u8>> {
     match fs::File::open(path) {
         Ok(mut file) => file.read_to_end(&mut data).at("read", path)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::MissingHostProgram {
+            return Err(Error::MissingBusybox {
                 path: path.to_owned(),
                 package: BUSYBOX_PACKAGE,
             });
         }
         Err(e) => return Err(e).at("open", path),
     };
-    let unusable = |reason| Error::UnusableHostProgram {
+    let unusable = |reason| Error::UnusableBusybox {
         path: path.to_owned(),
         reason,
         package: BUSYBOX_PACKAGE,

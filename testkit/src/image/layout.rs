@@ -1,5 +1,26 @@
 //! Writing OCI image layouts, deterministically (fixed mtimes and owners, sorted entries, no
-//! hash maps in hashed documents): the test image and the crafted images of the tests.
+//! hash maps in hashed documents): the busybox test image and the crafted images of
+//! kata-resource's image tests (hostile archives, tampered and missing blobs, nested and
+//! multi-platform indexes).
+//!
+//! ```
+//! use kata_testkit::image::layout::{ImageSpec, IndexEntry, LayoutWriter, TarBuilder};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let mut layer = TarBuilder::new();
+//! layer.dir("bin", 0o755, 0, 0).file("bin/hello", 0o755, 0, 0, b"#!/bin/sh\necho hi\n");
+//! let mut writer = LayoutWriter::new();
+//! let image = writer.add_image(&ImageSpec {
+//!     layers: vec![layer.finish()],
+//!     gzip: true,
+//!     ..ImageSpec::default()
+//! });
+//! writer.add_index_entry(IndexEntry::new(&image.manifest, &[("org.opencontainers.image.ref.name", "v1")]));
+//! let dir = tempfile::tempdir()?;
+//! writer.write_tar(&dir.path().join("image.tar"), false)?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -8,33 +29,39 @@ use std::path::Path;
 
 use flate2::{Compression, GzBuilder};
 use oci_spec::image::{
-    ConfigBuilder, Descriptor, ImageConfigurationBuilder, ImageManifestBuilder, MediaType,
-    RootFsBuilder,
+    Arch, ConfigBuilder, Descriptor, ImageConfigurationBuilder, ImageManifestBuilder, MediaType,
+    Os, RootFsBuilder,
 };
 use serde::Serialize;
+use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 
-use crate::rootfs::image::host_platform;
-use crate::rootfs::image::sha256_digest;
-
 /// The mtime of every file the writers produce: 2020-01-01T00:00:00Z.
-pub(crate) const FIXED_MTIME: u64 = 1_577_836_800;
+pub const FIXED_MTIME: u64 = 1_577_836_800;
 /// The same instant for JSON documents.
 const FIXED_CREATED: &str = "2020-01-01T00:00:00Z";
 
 /// Builds a tar archive in memory with fixed mtimes.
-pub(crate) struct TarBuilder {
+pub struct TarBuilder {
     builder: tar::Builder<Vec<u8>>,
 }
 
+impl Default for TarBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TarBuilder {
-    pub(crate) fn new() -> Self {
+    /// An empty archive.
+    pub fn new() -> Self {
         TarBuilder {
             builder: tar::Builder::new(Vec::new()),
         }
     }
 
-    pub(crate) fn dir(&mut self, path: &str, mode: u32, uid: u64, gid: u64) -> &mut Self {
+    /// A directory (`path/`) with this mode and owner.
+    pub fn dir(&mut self, path: &str, mode: u32, uid: u64, gid: u64) -> &mut Self {
         let mut header = header(EntryType::Directory, mode, uid, gid, 0);
         let path = format!("{}/", path.trim_end_matches('/'));
         self.builder
@@ -43,14 +70,8 @@ impl TarBuilder {
         self
     }
 
-    pub(crate) fn file(
-        &mut self,
-        path: &str,
-        mode: u32,
-        uid: u64,
-        gid: u64,
-        data: &[u8],
-    ) -> &mut Self {
+    /// A regular file with this mode, owner and content.
+    pub fn file(&mut self, path: &str, mode: u32, uid: u64, gid: u64, data: &[u8]) -> &mut Self {
         let mut header = header(EntryType::Regular, mode, uid, gid, data.len() as u64);
         self.builder
             .append_data(&mut header, path, data)
@@ -58,7 +79,8 @@ impl TarBuilder {
         self
     }
 
-    pub(crate) fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
+    /// A symbolic link at `path` to `target`.
+    pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
         let mut header = header(EntryType::Symlink, 0o777, 0, 0, 0);
         self.builder
             .append_link(&mut header, path, target)
@@ -66,8 +88,8 @@ impl TarBuilder {
         self
     }
 
-    #[cfg(test)]
-    pub(crate) fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
+    /// A hard link at `path` to `target`.
+    pub fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
         let mut header = header(EntryType::Link, 0o644, 0, 0, 0);
         self.builder
             .append_link(&mut header, path, target)
@@ -76,14 +98,7 @@ impl TarBuilder {
     }
 
     /// An entry with exactly these name and link bytes, unchecked (for hostile archives).
-    #[cfg(test)]
-    pub(crate) fn raw(
-        &mut self,
-        kind: EntryType,
-        name: &[u8],
-        link: &[u8],
-        data: &[u8],
-    ) -> &mut Self {
+    pub fn raw(&mut self, kind: EntryType, name: &[u8], link: &[u8], data: &[u8]) -> &mut Self {
         let mut header = header(kind, 0o644, 0, 0, data.len() as u64);
         let old = header.as_old_mut();
         old.name[..name.len()].copy_from_slice(name);
@@ -95,7 +110,8 @@ impl TarBuilder {
         self
     }
 
-    pub(crate) fn finish(self) -> Vec<u8> {
+    /// The archive's bytes.
+    pub fn finish(self) -> Vec<u8> {
         self.builder.into_inner().expect("writing to memory")
     }
 }
@@ -112,7 +128,7 @@ fn header(kind: EntryType, mode: u32, uid: u64, gid: u64, size: u64) -> Header {
 }
 
 /// Gzips `data` reproducibly (no name, mtime 0).
-pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
+pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = GzBuilder::new()
         .mtime(0)
         .write(Vec::new(), Compression::default());
@@ -122,46 +138,58 @@ pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// What goes into an image besides its layers.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct ImageSpec {
+pub struct ImageSpec {
     /// Uncompressed layer tarballs, base first.
-    pub(crate) layers: Vec<Vec<u8>>,
+    pub layers: Vec<Vec<u8>>,
     /// Store the layers gzipped.
-    pub(crate) gzip: bool,
-    pub(crate) cmd: Vec<String>,
-    pub(crate) env: Vec<String>,
-    pub(crate) working_dir: Option<String>,
+    pub gzip: bool,
+    /// The config's `Cmd`.
+    pub cmd: Vec<String>,
+    /// The config's `Env` (`NAME=value`).
+    pub env: Vec<String>,
+    /// The config's `WorkingDir`.
+    pub working_dir: Option<String>,
     /// `(os, architecture)`; the host's if `None`.
-    pub(crate) platform: Option<(String, String)>,
+    pub platform: Option<(String, String)>,
 }
 
 /// The digests of an image added to a [`LayoutWriter`].
 #[derive(Clone, Debug)]
-pub(crate) struct AddedImage {
+pub struct AddedImage {
     /// The manifest's descriptor, with its platform, ready for an index.
-    pub(crate) manifest: Descriptor,
-    pub(crate) config: Descriptor,
-    pub(crate) layers: Vec<Descriptor>,
+    pub manifest: Descriptor,
+    /// The image config's descriptor.
+    pub config: Descriptor,
+    /// The layers' descriptors, base first.
+    pub layers: Vec<Descriptor>,
 }
 
 /// One `manifests` entry of index.json. A struct (not oci-spec's `Descriptor`, whose
 /// annotations are a `HashMap`) so index.json is byte-for-byte reproducible.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct IndexEntry {
-    pub(crate) media_type: String,
-    pub(crate) digest: String,
-    pub(crate) size: u64,
+pub struct IndexEntry {
+    /// The manifest's (or nested index's) media type.
+    pub media_type: String,
+    /// Its digest, `sha256:<hex>`.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its annotations (e.g. `org.opencontainers.image.ref.name`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub(crate) annotations: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Its platform, if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) platform: Option<PlatformEntry>,
+    pub platform: Option<PlatformEntry>,
 }
 
 /// The platform of an [`IndexEntry`].
 #[derive(Clone, Debug, Serialize)]
-pub(crate) struct PlatformEntry {
-    pub(crate) architecture: String,
-    pub(crate) os: String,
+pub struct PlatformEntry {
+    /// `amd64`, `arm64`, ...
+    pub architecture: String,
+    /// `linux`, ...
+    pub os: String,
 }
 
 #[derive(Serialize)]
@@ -174,7 +202,7 @@ struct IndexDocument<'a> {
 
 impl IndexEntry {
     /// An index entry for `desc` with the given annotations.
-    pub(crate) fn new(desc: &Descriptor, annotations: &[(&str, &str)]) -> Self {
+    pub fn new(desc: &Descriptor, annotations: &[(&str, &str)]) -> Self {
         IndexEntry {
             media_type: desc.media_type().to_string(),
             digest: desc.digest().to_string(),
@@ -193,7 +221,7 @@ impl IndexEntry {
 
 /// Collects blobs and index entries, then writes a layout directory or tarball.
 #[derive(Default)]
-pub(crate) struct LayoutWriter {
+pub struct LayoutWriter {
     /// By layout path, `blobs/sha256/<hex>`.
     blobs: BTreeMap<String, Vec<u8>>,
     index: Vec<IndexEntry>,
@@ -202,12 +230,13 @@ pub(crate) struct LayoutWriter {
 }
 
 impl LayoutWriter {
-    pub(crate) fn new() -> Self {
+    /// An empty layout.
+    pub fn new() -> Self {
         Self::default()
     }
 
     /// Adds a blob; returns its descriptor.
-    pub(crate) fn add_blob(&mut self, media_type: MediaType, data: Vec<u8>) -> Descriptor {
+    pub fn add_blob(&mut self, media_type: MediaType, data: Vec<u8>) -> Descriptor {
         let digest = sha256_digest(&data);
         let desc = Descriptor::new(
             media_type,
@@ -221,7 +250,7 @@ impl LayoutWriter {
     }
 
     /// Adds the layers, config and manifest of an image (not its index entry).
-    pub(crate) fn add_image(&mut self, spec: &ImageSpec) -> AddedImage {
+    pub fn add_image(&mut self, spec: &ImageSpec) -> AddedImage {
         let (os, arch) = spec.platform.clone().unwrap_or_else(|| {
             let (os, arch) = host_platform();
             (os.to_string(), arch.to_string())
@@ -290,39 +319,35 @@ impl LayoutWriter {
     }
 
     /// Adds a nested image index of `entries`; returns its descriptor.
-    #[cfg(test)]
-    pub(crate) fn add_nested_index(&mut self, entries: &[IndexEntry]) -> Descriptor {
+    pub fn add_nested_index(&mut self, entries: &[IndexEntry]) -> Descriptor {
         let data = index_json(entries);
         self.add_blob(MediaType::ImageIndex, data)
     }
 
     /// Adds an entry to the top-level index.json.
-    pub(crate) fn add_index_entry(&mut self, entry: IndexEntry) {
+    pub fn add_index_entry(&mut self, entry: IndexEntry) {
         self.index.push(entry);
     }
 
     /// Adds a top-level file besides the layout's own.
-    #[cfg_attr(not(feature = "test-image"), allow(dead_code))]
-    pub(crate) fn add_file(&mut self, name: &str, data: Vec<u8>) {
+    pub fn add_file(&mut self, name: &str, data: Vec<u8>) {
         self.extra_files.insert(name.to_owned(), data);
     }
 
     /// The stored bytes of a blob, to tamper with in tests.
-    #[cfg(test)]
-    pub(crate) fn blob_mut(&mut self, desc: &Descriptor) -> &mut Vec<u8> {
+    pub fn blob_mut(&mut self, desc: &Descriptor) -> &mut Vec<u8> {
         self.blobs
             .get_mut(&blob_path(desc.digest().as_ref()))
             .expect("blob was added")
     }
 
     /// Removes a blob, for tests of missing blobs.
-    #[cfg(test)]
-    pub(crate) fn remove_blob(&mut self, desc: &Descriptor) {
+    pub fn remove_blob(&mut self, desc: &Descriptor) {
         self.blobs.remove(&blob_path(desc.digest().as_ref()));
     }
 
     /// Writes the layout as a directory (which must not exist yet).
-    pub(crate) fn write_dir(&self, dir: &Path) -> io::Result<()> {
+    pub fn write_dir(&self, dir: &Path) -> io::Result<()> {
         fs::create_dir(dir)?;
         fs::create_dir_all(dir.join("blobs/sha256"))?;
         for (name, data) in self.files() {
@@ -332,7 +357,7 @@ impl LayoutWriter {
     }
 
     /// Writes the layout as a tarball, gzipped if asked.
-    pub(crate) fn write_tar(&self, path: &Path, gzip_it: bool) -> io::Result<()> {
+    pub fn write_tar(&self, path: &Path, gzip_it: bool) -> io::Result<()> {
         let mut tar = TarBuilder::new();
         let mut dirs_done = false;
         for (name, data) in self.files() {
@@ -372,6 +397,31 @@ fn index_json(entries: &[IndexEntry]) -> Vec<u8> {
 }
 
 /// `sha256:<hex>` → `blobs/sha256/<hex>`.
-pub(crate) fn blob_path(digest: &str) -> String {
+pub fn blob_path(digest: &str) -> String {
     format!("blobs/{}", digest.replacen(':', "/", 1))
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    use std::fmt::Write as _;
+    Sha256::digest(data)
+        .iter()
+        .fold(String::from("sha256:"), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+/// The OCI platform of this host, as kata-resource's image code names it (`kata_resource`'s
+/// `host_platform`, repeated here: testkit does not depend on kata-resource).
+pub fn host_platform() -> (Os, Arch) {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => Arch::Amd64,
+        "aarch64" => Arch::ARM64,
+        "s390x" => Arch::s390x,
+        "powerpc64" => Arch::PowerPC64le,
+        "riscv64" => Arch::RISCV64,
+        other => Arch::Other(other.to_owned()),
+    };
+    (Os::Linux, arch)
 }
