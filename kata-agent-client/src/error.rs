@@ -110,6 +110,16 @@ pub enum Error {
         value: String,
     },
 
+    /// A network value (an IP address or prefix, a MAC address, a route, an interface, an
+    /// ARP neighbour) is malformed or inconsistent.
+    #[error("{field} {reason}")]
+    InvalidNetwork {
+        /// What it is, as a path (`interface.IPAddresses[1].mask`, `routes[0].gateway`).
+        field: String,
+        /// What is wrong with it and what is expected.
+        reason: String,
+    },
+
     /// The agent answered with something the client cannot make sense of.
     #[error("agent call {method} answered something unusable: {reason}")]
     BadAnswer {

@@ -28,7 +28,11 @@ pub async fn serve(config: &AgentConfig, owns_guest: bool) -> Result<()> {
         signal(SignalKind::interrupt()).map_err(|e| AgentError::io("install SIGINT handler", e))?;
 
     let runtime = Runtime::new(reaper).with_no_pivot(config.no_pivot);
-    let sandbox = Arc::new(Sandbox::new(runtime, owns_guest));
+    let sandbox = Arc::new(Sandbox::new(
+        runtime,
+        owns_guest,
+        owns_guest || config.own_network,
+    ));
     if let Some(path) = config.listen.strip_prefix("unix://") {
         let path = Path::new(path);
         if let Some(dir) = path.parent() {

@@ -7,6 +7,7 @@
 //! | `--log <level>` | `agent.log=<level>` | `info` |
 //! | `--init` / `--no-init` | — | init when PID 1 |
 //! | `--no-pivot` | — | `pivot_root` (falls back to `MS_MOVE` + `chroot` on an initramfs) |
+//! | `--own-network` | — | the network is changed only as the guest's init |
 
 /// Kata's default: any CID, port 1024.
 pub const DEFAULT_LISTEN: &str = "vsock://-1:1024";
@@ -34,6 +35,10 @@ pub struct AgentConfig {
     pub init: InitMode,
     /// Enter containers with `MS_MOVE` + `chroot` instead of `pivot_root` (`--no-pivot`).
     pub no_pivot: bool,
+    /// The agent's network namespace is its own even though it is not the guest's init
+    /// (`--own-network`, for an agent started in `unshare --net`): UpdateInterface,
+    /// UpdateRoutes and AddARPNeighbors may change it, and it is the pod's.
+    pub own_network: bool,
     listen_from_flag: bool,
     log_from_flag: bool,
 }
@@ -45,6 +50,7 @@ impl Default for AgentConfig {
             log_level: "info".to_string(),
             init: InitMode::Auto,
             no_pivot: false,
+            own_network: false,
             listen_from_flag: false,
             log_from_flag: false,
         }
@@ -53,7 +59,7 @@ impl Default for AgentConfig {
 
 /// The usage text.
 pub const USAGE: &str =
-    "usage: kata-agent [--listen vsock://-1:1024|unix:///path] [--log LEVEL] [--init|--no-init] [--no-pivot]";
+    "usage: kata-agent [--listen vsock://-1:1024|unix:///path] [--log LEVEL] [--init|--no-init] [--no-pivot] [--own-network]";
 
 impl AgentConfig {
     /// Parses command-line arguments (without the program name).
@@ -87,6 +93,7 @@ impl AgentConfig {
                 "--init" => cfg.init = InitMode::Force,
                 "--no-init" => cfg.init = InitMode::Skip,
                 "--no-pivot" => cfg.no_pivot = true,
+                "--own-network" => cfg.own_network = true,
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
@@ -145,6 +152,12 @@ mod tests {
         assert_eq!(c.listen, "unix:///tmp/a.sock");
         assert_eq!(c.log_level, "debug");
         assert!(!c.runs_as_init(true));
+        assert!(!c.own_network);
+        assert!(
+            AgentConfig::from_args(["--own-network"])
+                .unwrap()
+                .own_network
+        );
         assert!(AgentConfig::from_args(["--listen"]).is_err());
         assert!(AgentConfig::from_args(["--bogus"]).is_err());
         assert!(AgentConfig::from_args(["--listen", "tcp://1.2.3.4:1"]).is_err());

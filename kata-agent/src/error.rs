@@ -70,6 +70,16 @@ pub enum AgentError {
         stream: &'static str,
     },
 
+    /// No network interface of the guest matches what a request names (UpdateInterface's
+    /// MAC address or name).
+    #[error("no network interface of the guest has {wanted} (it has: {present}): is the device attached and its driver in the guest kernel?")]
+    LinkNotFound {
+        /// What was looked for: `MAC address 02:..`, `the name "eth1"`.
+        wanted: String,
+        /// The interfaces the guest has, with their MAC addresses.
+        present: String,
+    },
+
     /// The method is part of Kata's protocol but this agent does not implement it.
     #[error("{0} is not implemented by kata-agent")]
     Unimplemented(String),
@@ -136,7 +146,9 @@ impl AgentError {
     pub fn code(&self) -> ttrpc::Code {
         use ttrpc::Code;
         match self {
-            AgentError::ContainerNotFound(_) | AgentError::ExecNotFound { .. } => Code::NOT_FOUND,
+            AgentError::ContainerNotFound(_)
+            | AgentError::ExecNotFound { .. }
+            | AgentError::LinkNotFound { .. } => Code::NOT_FOUND,
             AgentError::ContainerExists(_)
             | AgentError::ExecExists { .. }
             | AgentError::SandboxExists(_) => Code::ALREADY_EXISTS,

@@ -27,6 +27,7 @@ pub mod error;
 pub mod guest;
 pub mod init;
 pub mod mount;
+pub mod network;
 pub mod reaper;
 pub mod runtime;
 pub mod sandbox;

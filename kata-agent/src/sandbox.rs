@@ -1,20 +1,22 @@
-//! The sandbox: the guest-wide state the agent serves requests on — its storages and its
-//! containers, keyed by id.
+//! The sandbox: the guest-wide state the agent serves requests on — its storages (reference
+//! counted by mount point, see [`StorageTable`]), its network and its containers, keyed by id.
 //!
 //! A container id is reserved for the whole of CreateContainer, so a concurrent duplicate gets
 //! `ALREADY_EXISTS` and never half-creates anything.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oci_spec::runtime::Spec;
 
 use crate::error::{AgentError, Result};
+use crate::network::Network;
 use crate::runtime::container::Container;
 use crate::runtime::process::Process;
 use crate::runtime::Runtime;
-use crate::storage::{self, MountedStorage, StorageSpec};
+use crate::storage::{StorageSpec, StorageTable};
 
 /// How a sandbox is created (CreateSandbox).
 #[derive(Clone, Debug, Default)]
@@ -39,13 +41,15 @@ enum Slot {
 #[derive(Debug)]
 struct ContainerEntry {
     slot: Slot,
-    storages: Vec<MountedStorage>,
+    /// The container's uses of storages (mount points in the table).
+    storages: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     id: Option<String>,
-    storages: Vec<MountedStorage>,
+    /// The sandbox's uses of storages.
+    storages: Vec<PathBuf>,
     containers: HashMap<String, ContainerEntry>,
     /// OOM kills already reported, per container.
     oom_reported: HashMap<String, u64>,
@@ -58,6 +62,8 @@ pub struct Sandbox {
     /// Whether the agent owns the machine (PID 1 in a guest): only then does it change
     /// guest-wide settings (hostname, `/etc/resolv.conf`).
     owns_guest: bool,
+    storages: StorageTable,
+    network: Network,
     state: Mutex<State>,
 }
 
@@ -81,37 +87,28 @@ pub fn validate_container_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-fn unmount_all(storages: &[MountedStorage]) {
-    for s in storages.iter().rev() {
-        if let Err(e) = s.unmount() {
-            tracing::warn!(error = %e, "storage not unmounted");
-        }
-    }
-}
-
-fn mount_all(specs: &[StorageSpec]) -> Result<Vec<MountedStorage>> {
-    let mut mounted = Vec::new();
-    for (i, s) in specs.iter().enumerate() {
-        match storage::mount(s, &format!("storages[{i}]")) {
-            Ok(m) => mounted.push(m),
-            Err(e) => {
-                unmount_all(&mounted);
-                return Err(e);
-            }
-        }
-    }
-    Ok(mounted)
-}
-
 impl Sandbox {
-    /// A sandbox on `runtime`. `owns_guest`: the agent is the guest's init.
-    pub fn new(runtime: Runtime, owns_guest: bool) -> Self {
+    /// A sandbox on `runtime`. `owns_guest`: the agent is the guest's init; `owns_network`:
+    /// its network namespace is the pod's, which the network calls may change (true for the
+    /// guest's init, and for an agent started with `--own-network`).
+    pub fn new(runtime: Runtime, owns_guest: bool, owns_network: bool) -> Self {
         Sandbox {
-            // As the guest's init, the agent's network namespace is the pod's.
-            runtime: runtime.with_pod_netns(owns_guest),
+            runtime: runtime.with_pod_netns(owns_network),
             owns_guest,
+            storages: StorageTable::new(),
+            network: Network::new(owns_network),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// The guest's network.
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// The guest's storages.
+    pub fn storages(&self) -> &StorageTable {
+        &self.storages
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -151,11 +148,11 @@ impl Sandbox {
                 tracing::debug!("not the guest's init: /etc/resolv.conf left alone");
             }
         }
-        let mounted = mount_all(&cfg.storages)?;
+        let mounted = self.storages.acquire(&cfg.storages)?;
         let mut st = self.state();
         if let Some(id) = st.id.clone() {
             drop(st);
-            unmount_all(&mounted);
+            self.storages.release(&mounted);
             return Err(AgentError::SandboxExists(id));
         }
         st.id = Some(if cfg.id.is_empty() {
@@ -167,7 +164,7 @@ impl Sandbox {
         Ok(())
     }
 
-    /// DestroySandbox: removes every container and unmounts the storages.
+    /// DestroySandbox: removes every container and releases the sandbox's storages.
     pub async fn destroy(&self) -> Result<()> {
         let ids: Vec<String> = self.state().containers.keys().cloned().collect();
         let mut first_err = None;
@@ -187,7 +184,7 @@ impl Sandbox {
             st.id = None;
             std::mem::take(&mut st.storages)
         };
-        unmount_all(&storages);
+        self.storages.release(&storages);
         first_err.map_or(Ok(()), Err)
     }
 
@@ -214,11 +211,11 @@ impl Sandbox {
             );
         }
         let result = async {
-            let mounted = mount_all(storages)?;
+            let mounted = self.storages.acquire(storages)?;
             match self.runtime.create(id, exec_id, spec).await {
                 Ok(c) => Ok((c, mounted)),
                 Err(e) => {
-                    unmount_all(&mounted);
+                    self.storages.release(&mounted);
                     Err(e)
                 }
             }
@@ -314,7 +311,7 @@ impl Sandbox {
         }
     }
 
-    /// RemoveContainer: kills its processes, removes its cgroup, unmounts its storages.
+    /// RemoveContainer: kills its processes, removes its cgroup, releases its storages.
     pub async fn remove_container(&self, id: &str, timeout: Option<Duration>) -> Result<()> {
         let c = self.container(id)?;
         c.destroy(timeout).await?;
@@ -324,7 +321,7 @@ impl Sandbox {
             st.containers.remove(id)
         };
         if let Some(entry) = entry {
-            unmount_all(&entry.storages);
+            self.storages.release(&entry.storages);
         }
         Ok(())
     }

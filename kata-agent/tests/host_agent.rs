@@ -1592,3 +1592,635 @@ async fn a_paused_container_is_killed_and_removed() {
         assert!(!dir.exists(), "cgroup {} left behind", dir.display());
     }
 }
+
+/// Guest network calls (through the typed `Agent`) on an agent in a network namespace of its own,
+/// and the guest-side volume storages (`ephemeral`, `local`, binds of shared paths).
+mod network_and_storages {
+    use super::*;
+    use kata_agent_client::api::{
+        Agent, ArpNeighbor, FsGroup, FsGroupChangePolicy, Interface, MacAddress, Route, Storage,
+    };
+
+    const MAC: &str = "02:00:00:00:00:09";
+
+    impl Harness {
+        /// The agent in `unshare --net` (and private mount, UTS, IPC namespaces), `--no-init
+        /// --own-network`, with a veth pair `veth9` (MAC [`MAC`]) / `peer9` made inside that
+        /// namespace: nothing is created in the host's.
+        async fn start_in_netns() -> Self {
+            let h = Self::start_with(
+                &[
+                    "--net",
+                    "--mount",
+                    "--uts",
+                    "--ipc",
+                    "--propagation",
+                    "private",
+                ],
+                &["--no-init", "--own-network"],
+                None,
+            )
+            .await;
+            h.in_netns(&[
+                "ip", "link", "add", "veth9", "address", MAC, "type", "veth", "peer", "name",
+                "peer9",
+            ]);
+            h.in_netns(&["ip", "link", "set", "peer9", "up"]);
+            h
+        }
+
+        /// The typed agent API on the harness's connection.
+        fn agent(&self) -> Agent {
+            Agent::from(self.client.clone())
+        }
+
+        /// Runs a command in the agent's network namespace; its stdout (panics on failure).
+        fn in_netns(&self, args: &[&str]) -> String {
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/proc/{}/ns/net", self.pid()))
+                .args(args)
+                .output()
+                .expect("run nsenter");
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+
+        /// Gives eth0 (found by MAC) 10.99.0.2/24.
+        async fn eth0(&self) -> Interface {
+            self.agent()
+                .update_interface(
+                    &Interface::new("eth0")
+                        .hw_addr(MAC.parse().unwrap())
+                        .address("10.99.0.2/24".parse().unwrap()),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("UpdateInterface: {e}\n{}", self.log()))
+        }
+    }
+
+    fn host_has_link(name: &str) -> bool {
+        Command::new("ip")
+            .args(["link", "show", name])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    #[tokio::test]
+    async fn update_interface_by_mac_sets_name_addresses_mtu_and_up() {
+        let h = Harness::start_in_netns().await;
+        let agent = h.agent();
+        let mac: MacAddress = MAC.parse().unwrap();
+        let got = agent
+            .update_interface(
+                &Interface::new("eth0")
+                    .hw_addr(mac)
+                    .mtu(1400)
+                    .address("10.99.0.2/24".parse().unwrap())
+                    .address("fd00:99::2/64".parse().unwrap()),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("UpdateInterface: {e}\n{}", h.log()));
+        assert_eq!(
+            (got.name.as_str(), got.hw_addr, got.mtu),
+            ("eth0", Some(mac), 1400)
+        );
+        for a in ["10.99.0.2/24", "fd00:99::2/64"] {
+            assert!(
+                got.addresses.contains(&a.parse().unwrap()),
+                "{a} in {got:?}"
+            );
+        }
+        let link = h.in_netns(&["ip", "-o", "link", "show", "eth0"]);
+        assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
+        let addrs = h.in_netns(&["ip", "-o", "addr", "show", "dev", "eth0"]);
+        assert!(
+            addrs.contains("10.99.0.2/24") && addrs.contains("fd00:99::2/64"),
+            "{addrs}"
+        );
+
+        // A container (in the pod's network namespace, the agent's) sees the same interface.
+        let (out, err, status) = h
+            .run(
+                "ipaddr",
+                &h.spec(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"]),
+            )
+            .await;
+        assert_eq!(status, 0, "{err}");
+        assert!(out.contains("inet 10.99.0.2/24"), "{out}");
+
+        // Addresses are set, not added: a second call leaves only its own (and link-local).
+        let got = agent
+            .update_interface(
+                &Interface::new("eth0")
+                    .hw_addr(mac)
+                    .address("10.99.0.3/24".parse().unwrap()),
+            )
+            .await
+            .unwrap();
+        let ours: Vec<String> = got
+            .addresses
+            .iter()
+            .filter(|a| !a.to_string().starts_with("fe80:"))
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ours, vec!["10.99.0.3/24".to_string()]);
+        assert_eq!(got.mtu, 1400, "mtu 0 keeps the link's");
+
+        // ListInterfaces reports it; a MAC no link has is NOT_FOUND naming it and the links.
+        let listed = agent.list_interfaces().await.unwrap();
+        assert!(
+            listed
+                .iter()
+                .any(|i| i.name == "eth0" && i.hw_addr == Some(mac)),
+            "{listed:?}"
+        );
+        let err = agent
+            .update_interface(&Interface::new("eth1").hw_addr("02:00:00:00:00:77".parse().unwrap()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(Code::NOT_FOUND), "{err}");
+        let msg = err.message().unwrap();
+        assert!(
+            msg.contains("MAC address 02:00:00:00:00:77")
+                && msg.contains("eth0 (02:00:00:00:00:09)"),
+            "{msg}"
+        );
+        // Nothing of this exists in the host's namespace.
+        assert!(!host_has_link("veth9") && !host_has_link("peer9"));
+    }
+
+    #[tokio::test]
+    async fn a_rename_onto_a_taken_name_swaps_the_names() {
+        let h = Harness::start_in_netns().await;
+        // The guest probed the NICs the other way round: the host's eth0 is the guest's peer9.
+        let got = h
+            .agent()
+            .update_interface(&Interface::new("peer9").hw_addr(MAC.parse().unwrap()))
+            .await
+            .unwrap_or_else(|e| panic!("UpdateInterface: {e}\n{}", h.log()));
+        assert_eq!(got.name, "peer9");
+        let links = h.in_netns(&["ip", "-o", "link", "show"]);
+        assert!(links.contains(": peer9@veth9:"), "{links}");
+        assert!(
+            links.contains(": veth9@peer9:"),
+            "the other link got the old name: {links}"
+        );
+        let peer = h.in_netns(&["ip", "-o", "link", "show", "peer9"]);
+        assert!(
+            peer.contains(MAC),
+            "the link found by MAC has the name: {peer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn update_routes_then_list_routes_returns_them() {
+        let h = Harness::start_in_netns().await;
+        h.eth0().await;
+        let agent = h.agent();
+        let routes = vec![
+            Route::link("10.99.0.0/24".parse().unwrap(), "eth0")
+                .source("10.99.0.2".parse().unwrap()),
+            Route::default_via("10.99.0.1".parse().unwrap(), "eth0"),
+            Route::via(
+                "10.100.0.0/16".parse().unwrap(),
+                "10.99.0.254".parse().unwrap(),
+                "eth0",
+            ),
+        ];
+        let now = agent
+            .update_routes(&routes)
+            .await
+            .unwrap_or_else(|e| panic!("UpdateRoutes: {e}\n{}", h.log()));
+        for r in &routes {
+            assert!(now.contains(r), "{r} missing from {now:?}");
+        }
+        assert_eq!(agent.list_routes().await.unwrap(), now);
+        let table = h.in_netns(&["ip", "route"]);
+        assert!(table.contains("default via 10.99.0.1 dev eth0"), "{table}");
+        assert!(
+            table.contains("10.100.0.0/16 via 10.99.0.254 dev eth0"),
+            "{table}"
+        );
+
+        // Replaced, not added: the old default and 10.100/16 go, the subnet's route stays.
+        let now = agent
+            .update_routes(&[Route::default_via("10.99.0.254".parse().unwrap(), "eth0")])
+            .await
+            .unwrap_or_else(|e| panic!("UpdateRoutes: {e}\n{}", h.log()));
+        let shown: Vec<String> = now
+            .iter()
+            .filter(|r| r.family == kata_agent_client::api::IpFamily::V4)
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                "default via 10.99.0.254 dev eth0".to_string(),
+                "10.99.0.0/24 dev eth0 scope link src 10.99.0.2".to_string(),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gateway_outside_every_subnet_is_refused_and_nothing_changes() {
+        let h = Harness::start_in_netns().await;
+        h.eth0().await;
+        let agent = h.agent();
+        let before = agent
+            .update_routes(&[
+                Route::default_via("10.99.0.1".parse().unwrap(), "eth0"),
+                Route::via(
+                    "10.101.0.0/16".parse().unwrap(),
+                    "10.99.0.254".parse().unwrap(),
+                    "eth0",
+                ),
+            ])
+            .await
+            .unwrap();
+
+        let err = agent
+            .update_routes(&[Route::default_via("10.200.0.1".parse().unwrap(), "eth0")])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(Code::INVALID_ARGUMENT), "{err}");
+        let msg = err.message().unwrap();
+        assert!(
+            msg.starts_with("routes[0].gateway 10.200.0.1 of route default via 10.200.0.1 dev eth0 is outside every subnet of eth0 (10.99.0.2/24"),
+            "{msg}"
+        );
+        assert!(msg.contains("onlink"), "{msg}");
+        assert_eq!(agent.list_routes().await.unwrap(), before);
+
+        // The kernel refusing a route (a source address the guest does not have) after the
+        // old routes were removed: they are put back.
+        let err = agent
+            .update_routes(&[
+                Route::via(
+                    "10.102.0.0/16".parse().unwrap(),
+                    "10.99.0.254".parse().unwrap(),
+                    "eth0",
+                ),
+                Route::default_via("10.99.0.1".parse().unwrap(), "eth0")
+                    .source("10.50.0.9".parse().unwrap()),
+            ])
+            .await
+            .unwrap_err();
+        let msg = err.message().unwrap_or_default().to_string();
+        assert!(
+            msg.starts_with("add route default via 10.99.0.1 dev eth0 src 10.50.0.9: "),
+            "{err}"
+        );
+        assert_eq!(
+            agent.list_routes().await.unwrap(),
+            before,
+            "the old routes are back"
+        );
+
+        // The same gateway marked onlink is taken.
+        let now = agent
+            .update_routes(
+                &[Route::default_via("10.200.0.1".parse().unwrap(), "eth0").onlink(true)],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("UpdateRoutes onlink: {e}\n{}", h.log()));
+        assert!(
+            now.iter()
+                .any(|r| r.to_string() == "default via 10.200.0.1 dev eth0 onlink"),
+            "{now:?}"
+        );
+        // A device the guest does not have, and host bits in a destination.
+        let err = agent
+            .update_routes(&[Route::link("10.7.0.0/16".parse().unwrap(), "eth7")])
+            .await
+            .unwrap_err();
+        assert!(
+            err.message()
+                .unwrap()
+                .starts_with("routes[0].device \"eth7\""),
+            "{err}"
+        );
+        let err = agent
+            .update_routes(&[Route::link("10.7.0.1/16".parse().unwrap(), "eth0")])
+            .await
+            .unwrap_err();
+        assert!(
+            err.message()
+                .unwrap()
+                .contains("has host bits set: the subnet is 10.7.0.0/16"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn arp_neighbors_show_in_ip_neigh() {
+        let h = Harness::start_in_netns().await;
+        h.eth0().await;
+        let agent = h.agent();
+        agent
+            .add_arp_neighbors(&[
+                ArpNeighbor::new(
+                    "10.99.0.1".parse().unwrap(),
+                    "ee:ee:ee:ee:ee:ee".parse().unwrap(),
+                    "eth0",
+                ),
+                ArpNeighbor::new(
+                    "fd00:99::1".parse().unwrap(),
+                    "ee:ee:ee:ee:ee:01".parse().unwrap(),
+                    "eth0",
+                ),
+            ])
+            .await
+            .unwrap_or_else(|e| panic!("AddARPNeighbors: {e}\n{}", h.log()));
+        let neigh = h.in_netns(&["ip", "neigh", "show", "dev", "eth0"]);
+        assert!(
+            neigh.contains("10.99.0.1 lladdr ee:ee:ee:ee:ee:ee PERMANENT"),
+            "{neigh}"
+        );
+        assert!(
+            neigh.contains("fd00:99::1 lladdr ee:ee:ee:ee:ee:01 PERMANENT"),
+            "{neigh}"
+        );
+        let err = agent
+            .add_arp_neighbors(&[ArpNeighbor::new(
+                "10.99.0.7".parse().unwrap(),
+                "ee:ee:ee:ee:ee:07".parse().unwrap(),
+                "eth5",
+            )])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(Code::INVALID_ARGUMENT));
+        assert!(
+            err.message()
+                .unwrap()
+                .starts_with("neighbors[0].device \"eth5\""),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_does_not_own_its_network_changes_nothing() {
+        // No --net and no --own-network: the namespace is the host's.
+        let h = Harness::start().await;
+        let agent = h.agent();
+        let err = agent
+            .update_routes(&[Route::default_via("10.99.0.1".parse().unwrap(), "lo")])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(Code::FAILED_PRECONDITION), "{err}");
+        assert!(err.message().unwrap().contains("--own-network"), "{err}");
+        for r in [
+            agent
+                .update_interface(&Interface::new("lo").mtu(1280))
+                .await
+                .map(drop),
+            agent
+                .add_arp_neighbors(&[ArpNeighbor::new(
+                    "10.99.0.1".parse().unwrap(),
+                    MacAddress([2, 0, 0, 0, 0, 1]),
+                    "lo",
+                )])
+                .await,
+        ] {
+            assert_eq!(r.unwrap_err().code(), Some(Code::FAILED_PRECONDITION));
+        }
+        // Reading is harmless.
+        assert!(agent
+            .list_interfaces()
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.name == "lo"));
+        agent.list_routes().await.unwrap();
+    }
+
+    fn mounted(h: &Harness, path: &Path) -> bool {
+        kata_agent::mount::mount_points(&h.mountinfo())
+            .iter()
+            .any(|m| Path::new(m) == path)
+    }
+
+    fn mount_options(h: &Harness, path: &Path) -> String {
+        h.mountinfo()
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(&path.display().to_string()))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn bind(dest: &str, source: &Path, ro: bool) -> oci_spec::runtime::Mount {
+        let mut options = vec!["rbind".to_string()];
+        if ro {
+            options.push("ro".into());
+        }
+        MountBuilder::default()
+            .destination(dest)
+            .typ("bind")
+            .source(source)
+            .options(options)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn ephemeral_and_local_storages_live_with_their_last_user() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let h = Harness::start().await;
+        let agent = h.agent();
+        let sandbox_dir = h.dir.path().join("run/kata-containers/sandbox");
+        let shm = sandbox_dir.join("shm");
+        let eph = sandbox_dir.join("ephemeral/cache");
+        let local = sandbox_dir.join("local/scratch");
+        agent
+            .create_sandbox(
+                &kata_agent_client::api::SandboxSetup::new("sb").storage(
+                    Storage::new("ephemeral", "shm", shm.display().to_string())
+                        .fstype("tmpfs")
+                        .options(["noexec", "nosuid", "nodev", "mode=1777", "size=1048576"]),
+                ),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("CreateSandbox: {e}\n{}", h.log()));
+        assert!(
+            mount_options(&h, &shm).contains("size=1024k"),
+            "{}",
+            mount_options(&h, &shm)
+        );
+
+        let storages = [
+            Storage::new("ephemeral", "tmpfs", eph.display().to_string())
+                .fstype("tmpfs")
+                .options(["size=2m"]),
+            Storage::new("local", "local", local.display().to_string())
+                .options(["mode=0770"])
+                .fs_group(FsGroup {
+                    group_id: 100,
+                    change_policy: FsGroupChangePolicy::Always,
+                }),
+            // The sandbox's /dev/shm, also asked for by the container: shared.
+            Storage::new("ephemeral", "shm", shm.display().to_string())
+                .fstype("tmpfs")
+                .options(["noexec", "nosuid", "nodev", "mode=1777", "size=1048576"]),
+        ];
+        let mut spec = h.spec(&[
+            "sh",
+            "-c",
+            "echo in-tmpfs > /eph/f && echo on-disk > /loc/f && echo shm > /dev/shm/f && \
+             df -k /eph | tail -1 && stat -c '%a %g' /loc",
+        ]);
+        let mut mounts = spec.mounts().clone().unwrap();
+        mounts.push(bind("/eph", &eph, false));
+        mounts.push(bind("/loc", &local, false));
+        mounts.push(bind("/dev/shm", &shm, false));
+        spec.set_mounts(Some(mounts));
+        for id in ["c1", "c2"] {
+            agent
+                .create_container(id, &spec, &storages)
+                .await
+                .unwrap_or_else(|e| panic!("CreateContainer {id}: {e}\n{}", h.log()));
+        }
+        assert_eq!(
+            std::fs::metadata(&local).unwrap().permissions().mode() & 0o7777,
+            0o2770,
+            "mode with set-group-ID"
+        );
+        assert_eq!(std::fs::metadata(&local).unwrap().gid(), 100);
+
+        h.start_container("c1").await;
+        let (out, err) = tokio::join!(
+            h.read_all("c1", "c1", OutputStream::Stdout),
+            h.read_all("c1", "c1", OutputStream::Stderr)
+        );
+        assert_eq!(h.wait("c1", "c1").await, 0, "{err}");
+        let mut lines = out.lines();
+        let df: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(df.get(1), Some(&"2048"), "a 2 MiB tmpfs: {out}");
+        assert_eq!(lines.next(), Some("2770 100"), "{out}");
+        assert!(mounted(&h, &eph), "the container's volume is mounted");
+        // The local directory lives on the guest's disk (here the host's).
+        assert_eq!(
+            std::fs::read_to_string(local.join("f")).unwrap(),
+            "on-disk\n"
+        );
+
+        // c2 still uses both volumes: removing c1 keeps them.
+        h.remove("c1").await;
+        assert!(mounted(&h, &eph) && local.join("f").exists());
+        h.remove("c2").await;
+        assert!(!mounted(&h, &eph), "unmounted with its last user");
+        assert!(!eph.exists(), "its directory removed");
+        assert!(
+            !local.exists(),
+            "the local volume removed with its last user"
+        );
+        // The sandbox's /dev/shm stays until the sandbox goes.
+        assert!(mounted(&h, &shm));
+        agent.destroy_sandbox().await.unwrap();
+        assert!(
+            !mounted(&h, &shm) && !sandbox_dir.exists(),
+            "{}",
+            h.mountinfo()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ephemeral_with_a_bad_size_is_refused_naming_it() {
+        let h = Harness::start().await;
+        let agent = h.agent();
+        let good = h.dir.path().join("vols/good");
+        let bad = h.dir.path().join("vols/bad");
+        let storages = [
+            Storage::new("ephemeral", "tmpfs", good.display().to_string()).options(["size=1m"]),
+            Storage::new("ephemeral", "tmpfs", bad.display().to_string())
+                .options(["mode=1777", "size=12XB"]),
+        ];
+        let spec = h.spec(&["true"]);
+        let err = agent
+            .create_container("badsize", &spec, &storages)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(Code::INVALID_ARGUMENT), "{err}");
+        let msg = err.message().unwrap();
+        assert!(
+            msg.starts_with(&format!(
+                "storages[1].options[1] \"size=12XB\" of the ephemeral storage at {}: is not a size",
+                bad.display()
+            )),
+            "{msg}"
+        );
+        assert!(!mounted(&h, &good) && !good.exists() && !h.dir.path().join("vols").exists());
+        // Nothing half-made: the id is free and the good storage works.
+        agent
+            .create_container("badsize", &spec, &storages[..1])
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", h.log()));
+        assert!(mounted(&h, &good));
+        h.remove("badsize").await;
+        assert!(!mounted(&h, &good) && !good.exists());
+    }
+
+    #[tokio::test]
+    async fn binds_of_shared_files_and_directories_are_container_mounts() {
+        // The sandbox's shared directory (over share-fs in a VM; a bind storage here) holds a
+        // host file and a host directory, bind mounted by the host into the share.
+        let h = Harness::start().await;
+        h.create_sandbox().await;
+        let src = h.dir.path().join("shared-src");
+        std::fs::write(src.join("hosts"), "10.99.0.2 pod\n").unwrap();
+        std::fs::create_dir_all(src.join("data")).unwrap();
+        let shared = h.dir.path().join("shared");
+        // A storage bind of a single file gets a file to be mounted on.
+        let file_storage = h.dir.path().join("guest/c/resolv.conf");
+        std::fs::write(src.join("resolv.conf"), "nameserver 10.99.0.1\n").unwrap();
+        let storages = [Storage::new(
+            "bind",
+            src.join("resolv.conf").display().to_string(),
+            file_storage.display().to_string(),
+        )
+        .options(["ro"])];
+        let mut spec = h.spec(&[
+            "sh",
+            "-c",
+            "cat /etc/hosts /etc/resolv.conf; echo x >> /etc/hosts || echo ro-file; \
+             echo written > /data/new && echo rw-dir",
+        ]);
+        let mut mounts = spec.mounts().clone().unwrap();
+        mounts.push(bind("/etc/hosts", &shared.join("hosts"), true));
+        mounts.push(bind("/etc/resolv.conf", &file_storage, true));
+        mounts.push(bind("/data", &shared.join("data"), false));
+        spec.set_mounts(Some(mounts));
+        h.agent()
+            .create_container("binds", &spec, &storages)
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", h.log()));
+        h.start_container("binds").await;
+        let (out, err) = tokio::join!(
+            h.read_all("binds", "binds", OutputStream::Stdout),
+            h.read_all("binds", "binds", OutputStream::Stderr)
+        );
+        assert_eq!(h.wait("binds", "binds").await, 0, "{err}");
+        assert_eq!(
+            out, "10.99.0.2 pod\nnameserver 10.99.0.1\nro-file\nrw-dir\n",
+            "stderr: {err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(src.join("hosts")).unwrap(),
+            "10.99.0.2 pod\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(src.join("data/new")).unwrap(),
+            "written\n"
+        );
+        h.remove("binds").await;
+        assert!(!file_storage.exists() && !h.dir.path().join("guest").exists());
+    }
+}

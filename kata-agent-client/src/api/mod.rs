@@ -14,10 +14,13 @@
 //! - [`storage`] has [`Storage`], [`FsGroup`], [`Device`];
 //! - [`setup`] has [`SandboxSetup`], [`ContainerSetup`], [`KernelModule`];
 //! - [`guest`] has [`AgentVersion`], [`GuestDetails`], [`OnlineCpuMem`];
+//! - [`network`] has [`Interface`], [`IpAddress`], [`MacAddress`], [`Route`],
+//!   [`ArpNeighbor`];
 //! - [`oom`] has [`OomEvents`].
 
 pub mod exit;
 pub mod guest;
+pub mod network;
 pub mod oom;
 pub mod setup;
 pub mod stats;
@@ -36,6 +39,9 @@ use crate::protocol::health::health_check_response::ServingStatus;
 
 pub use exit::{ExitStatus, Signal};
 pub use guest::{AgentDetails, AgentVersion, GuestDetails, OnlineCpuMem};
+pub use network::{
+    ArpNeighbor, Interface, IpAddress, IpFamily, MacAddress, NeighborState, Route, RouteScope,
+};
 pub use oom::OomEvents;
 pub use setup::{ContainerSetup, KernelModule, SandboxSetup};
 pub use stats::{
@@ -169,6 +175,84 @@ impl Agent {
     /// closes (see [`OomEvents`]). Each call makes an independent stream.
     pub fn oom_events(&self) -> OomEvents {
         OomEvents::new(self.client.clone())
+    }
+
+    // --- network ---
+
+    /// `UpdateInterface`: configures the guest link found by `interface`'s MAC address (or
+    /// its device name, then its name): its name, MTU, addresses (they become its only ones,
+    /// IPv6 link-local aside), up. Returns the interface as the guest has it afterwards.
+    ///
+    /// With a [`pci_path`](Interface::pci_path) (a hot-plugged device) the agent waits a few
+    /// seconds for the link to appear; the request timeout should leave room for that.
+    pub async fn update_interface(&self, interface: &Interface) -> Result<Interface> {
+        let req = pb::UpdateInterfaceRequest {
+            interface: protobuf::MessageField::some(network::wire::interface_to_grpc(interface)),
+            ..Default::default()
+        };
+        let resp = self.client.update_interface(&req).await?;
+        network::wire::interface_from_grpc(&resp, "interface").map_err(|e| Error::BadAnswer {
+            method: "UpdateInterface",
+            reason: e.to_string(),
+        })
+    }
+
+    /// `UpdateRoutes`: makes `routes` the guest's routes (of the main table: the ones the
+    /// kernel made for the interfaces' addresses and those of `lo` stay) and returns the
+    /// guest's routes afterwards. Routes without a gateway are added first. On failure the
+    /// guest keeps the routes it had; a gateway that no subnet of its device holds (and that
+    /// is not `onlink`) is refused naming the route.
+    pub async fn update_routes(&self, routes: &[Route]) -> Result<Vec<Route>> {
+        let req = pb::UpdateRoutesRequest {
+            routes: protobuf::MessageField::some(pb::Routes {
+                Routes: routes.iter().map(network::wire::route_to_grpc).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let resp = self.client.update_routes(&req).await?;
+        decode_routes("UpdateRoutes", &resp)
+    }
+
+    /// `ListInterfaces`: the guest's links with their addresses.
+    pub async fn list_interfaces(&self) -> Result<Vec<Interface>> {
+        let resp = self
+            .client
+            .list_interfaces(&pb::ListInterfacesRequest::new())
+            .await?;
+        resp.Interfaces
+            .iter()
+            .enumerate()
+            .map(|(i, w)| network::wire::interface_from_grpc(w, &format!("Interfaces[{i}]")))
+            .collect::<Result<_>>()
+            .map_err(|e| Error::BadAnswer {
+                method: "ListInterfaces",
+                reason: e.to_string(),
+            })
+    }
+
+    /// `ListRoutes`: the guest's routes (main table, unicast).
+    pub async fn list_routes(&self) -> Result<Vec<Route>> {
+        let resp = self
+            .client
+            .list_routes(&pb::ListRoutesRequest::new())
+            .await?;
+        decode_routes("ListRoutes", &resp)
+    }
+
+    /// `AddARPNeighbors`: adds (or replaces) static neighbour entries.
+    pub async fn add_arp_neighbors(&self, neighbors: &[ArpNeighbor]) -> Result<()> {
+        let req = pb::AddARPNeighborsRequest {
+            neighbors: protobuf::MessageField::some(pb::ARPNeighbors {
+                ARPNeighbors: neighbors
+                    .iter()
+                    .map(network::wire::neighbor_to_grpc)
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.client.add_arp_neighbors(&req).await
     }
 
     // --- containers ---
@@ -407,6 +491,19 @@ impl Agent {
         };
         self.client.tty_win_resize(&req).await
     }
+}
+
+/// The routes of an answer, each decoded (an undecodable one is [`Error::BadAnswer`]).
+fn decode_routes(method: &'static str, resp: &pb::Routes) -> Result<Vec<Route>> {
+    resp.Routes
+        .iter()
+        .enumerate()
+        .map(|(i, w)| network::wire::route_from_grpc(w, &format!("Routes[{i}]")))
+        .collect::<Result<_>>()
+        .map_err(|e| Error::BadAnswer {
+            method,
+            reason: e.to_string(),
+        })
 }
 
 /// `RemoveContainer`'s wait in the protocol's unit: whole seconds, rounded up, at least one

@@ -1,6 +1,9 @@
-//! Protocol messages ⇄ the agent's own types: storages, specs, processes, statistics.
+//! Protocol messages ⇄ the agent's own types: storages, specs, processes, statistics, and the
+//! network's interfaces, routes and neighbours (`kata_agent_client`'s plain types).
 
-use kata_agent_client::protocol::{agent, oci as grpc};
+use kata_agent_client::api::network::wire;
+use kata_agent_client::api::{ArpNeighbor, Interface, Route};
+use kata_agent_client::protocol::{agent, oci as grpc, types};
 use kata_agent_client::spec::from_grpc;
 use protobuf::MessageField;
 
@@ -16,7 +19,70 @@ pub fn storage(s: &agent::Storage) -> StorageSpec {
         fstype: s.fstype.clone(),
         options: s.options.clone(),
         mount_point: s.mount_point.clone(),
+        // The change policy does not matter for the volumes it applies to (their root only).
+        fs_group: s.fs_group.as_ref().map(|g| g.group_id),
     }
+}
+
+/// A network value the client crate refused, as the agent's `INVALID_ARGUMENT`.
+fn network_error(e: kata_agent_client::Error) -> AgentError {
+    match e {
+        kata_agent_client::Error::InvalidNetwork { field, reason } => {
+            AgentError::invalid(field, reason)
+        }
+        other => AgentError::invalid("network", other.to_string()),
+    }
+}
+
+/// The interface of an UpdateInterface request.
+pub fn interface(req: &agent::UpdateInterfaceRequest) -> Result<Interface> {
+    let wire_interface = req
+        .interface
+        .as_ref()
+        .ok_or_else(|| AgentError::invalid("interface", "is missing"))?;
+    wire::interface_from_grpc(wire_interface, "interface").map_err(network_error)
+}
+
+/// An interface for an answer.
+pub fn interface_to_grpc(i: &Interface) -> types::Interface {
+    wire::interface_to_grpc(i)
+}
+
+/// The routes of an UpdateRoutes request (a request without its `routes` message is
+/// refused: an empty list is how the host asks for no routes).
+pub fn routes(req: &agent::UpdateRoutesRequest) -> Result<Vec<Route>> {
+    let list = req
+        .routes
+        .as_ref()
+        .ok_or_else(|| AgentError::invalid("routes", "is missing"))?;
+    list.Routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| wire::route_from_grpc(r, &format!("routes[{i}]")))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(network_error)
+}
+
+/// Routes for an answer.
+pub fn routes_to_grpc(routes: &[Route]) -> agent::Routes {
+    agent::Routes {
+        Routes: routes.iter().map(wire::route_to_grpc).collect(),
+        ..Default::default()
+    }
+}
+
+/// The neighbours of an AddARPNeighbors request.
+pub fn neighbors(req: &agent::AddARPNeighborsRequest) -> Result<Vec<ArpNeighbor>> {
+    let list = req
+        .neighbors
+        .as_ref()
+        .ok_or_else(|| AgentError::invalid("neighbors", "is missing"))?;
+    list.ARPNeighbors
+        .iter()
+        .enumerate()
+        .map(|(i, n)| wire::neighbor_from_grpc(n, &format!("neighbors[{i}]")))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(network_error)
 }
 
 /// Applies a `StringUser` (a user named by strings) to a process: a numeric uid/gid is used as

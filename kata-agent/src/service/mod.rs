@@ -560,17 +560,29 @@ impl AgentService for AgentServer {
     async fn update_interface(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::UpdateInterfaceRequest,
+        req: agent::UpdateInterfaceRequest,
     ) -> ttrpc::Result<types::Interface> {
-        unimplemented("UpdateInterface")
+        let sb = Arc::clone(&self.sandbox);
+        handle("UpdateInterface", OnCancel::Finish, "", "", async move {
+            let want = convert::interface(&req)?;
+            let got = sb.network().update_interface(&want).await?;
+            Ok(convert::interface_to_grpc(&got))
+        })
+        .await
     }
 
     async fn update_routes(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::UpdateRoutesRequest,
+        req: agent::UpdateRoutesRequest,
     ) -> ttrpc::Result<agent::Routes> {
-        unimplemented("UpdateRoutes")
+        let sb = Arc::clone(&self.sandbox);
+        handle("UpdateRoutes", OnCancel::Finish, "", "", async move {
+            let routes = convert::routes(&req)?;
+            let now = sb.network().update_routes(&routes).await?;
+            Ok(convert::routes_to_grpc(&now))
+        })
+        .await
     }
 
     async fn list_interfaces(
@@ -578,7 +590,15 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         _req: agent::ListInterfacesRequest,
     ) -> ttrpc::Result<agent::Interfaces> {
-        unimplemented("ListInterfaces")
+        let sb = Arc::clone(&self.sandbox);
+        handle("ListInterfaces", OnCancel::Abort, "", "", async move {
+            let list = sb.network().list_interfaces().await?;
+            Ok(agent::Interfaces {
+                Interfaces: list.iter().map(convert::interface_to_grpc).collect(),
+                ..Default::default()
+            })
+        })
+        .await
     }
 
     async fn list_routes(
@@ -586,15 +606,25 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         _req: agent::ListRoutesRequest,
     ) -> ttrpc::Result<agent::Routes> {
-        unimplemented("ListRoutes")
+        let sb = Arc::clone(&self.sandbox);
+        handle("ListRoutes", OnCancel::Abort, "", "", async move {
+            Ok(convert::routes_to_grpc(&sb.network().list_routes().await?))
+        })
+        .await
     }
 
     async fn add_arp_neighbors(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::AddARPNeighborsRequest,
+        req: agent::AddARPNeighborsRequest,
     ) -> ttrpc::Result<Empty> {
-        unimplemented("AddARPNeighbors")
+        let sb = Arc::clone(&self.sandbox);
+        handle("AddARPNeighbors", OnCancel::Finish, "", "", async move {
+            let neighbors = convert::neighbors(&req)?;
+            sb.network().add_arp_neighbors(&neighbors).await?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn online_cpu_mem(
