@@ -132,7 +132,8 @@ enum CliCommand {
     },
     /// Boot a sandbox named ID and create the bundle's container in it (not started).
     ///
-    /// The sandbox runs on after shim-ctl exits; its state is in <ROOT>/<ID>/state.json.
+    /// The sandbox runs on after shim-ctl exits; its state is kept in the root directory
+    /// (--root), in ID/state.json.
     Create {
         /// The container (and sandbox) id.
         #[arg(value_name = "ID")]
