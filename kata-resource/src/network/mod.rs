@@ -44,6 +44,7 @@ use crate::{Error, Result};
 /// How the VM joins the pod's network: Kata's `[runtime] internetworking_model`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum InternetworkingModel {
     /// A tap per interface, joined to it by tc redirect filters (Kata's default). Built.
     #[default]
