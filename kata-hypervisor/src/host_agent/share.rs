@@ -125,6 +125,17 @@ pub(crate) fn make_shared(dir: &Path) -> Result<Propagation> {
     }
     mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .map_err(|e| failed("binding", e))?;
+    // Like every mount kata-rs makes: nosuid,nodev (issue 9 row 1).
+    if let Err(e) = mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    ) {
+        let _ = umount2(dir, MntFlags::UMOUNT_NOFOLLOW);
+        return Err(failed("making nosuid,nodev the bind of", e));
+    }
     if let Err(e) = mount(
         None::<&str>,
         dir,

@@ -87,7 +87,10 @@ impl ShareFs {
             .canonicalize()
             .at("resolve directory", sandbox_dir)?;
         let shared = sandbox_dir.join(SHARED_DIR_NAME);
-        match fs::create_dir(&shared) {
+        // Root's only (issue 9 row 1): it holds every container's rootfs.
+        match std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+            .create(&shared)
+        {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(Error::ShareFsExists { path: shared });
