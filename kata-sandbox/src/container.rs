@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 use crate::io::{InputWriter, OutputReader};
 use crate::sandbox::Core;
 
+/// What [`Process::output`] collects of each of stdout and stderr unless the spec says
+/// otherwise ([`ProcessSpec::output_limit`](crate::ProcessSpec::output_limit)): 16 MiB.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 16 << 20;
+
 /// What a finished process left: its exit status and everything it wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
@@ -45,6 +49,8 @@ pub struct Process {
     pub(crate) stdin: Option<InputWriter>,
     pub(crate) stdout: Option<OutputReader>,
     pub(crate) stderr: Option<OutputReader>,
+    /// The most [`Process::output`] collects per stream.
+    pub(crate) output_limit: usize,
 }
 
 impl Process {
@@ -99,18 +105,48 @@ impl Process {
 
     /// Collects stdout and stderr to the end and waits for the exit status.
     /// The output readers must not have been taken.
+    ///
+    /// At most the spec's output limit ([`DEFAULT_OUTPUT_LIMIT`] unless
+    /// [`ProcessSpec::output_limit`](crate::ProcessSpec::output_limit) says otherwise) is
+    /// collected of each stream: a process that writes more is killed (`SIGKILL`) and this
+    /// fails with [`Error::OutputTooLarge`] naming the stream, so memory stays bounded
+    /// whatever the process writes.
     pub async fn output(&mut self) -> Result<Output> {
-        let read_all = |r: Option<OutputReader>| async move {
+        let limit = self.output_limit;
+        let (out, err) = (self.stdout.take(), self.stderr.take());
+        let this = &*self;
+        let collect = |r: Option<OutputReader>, stream: &'static str| async move {
             let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                r.read_to_end(&mut buf)
-                    .await
-                    .map_err(|e| Error::io("reading process output", e))?;
+            let Some(r) = r else {
+                return Ok(buf);
+            };
+            r.take(limit as u64 + 1)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| Error::io(format!("reading the {stream} of {}", this.exec_id), e))?;
+            if buf.len() > limit {
+                // The reader is dropped: the rest is discarded, and the process killed so the
+                // wait below ends.
+                if let Err(e) = this.kill(Signal::KILL).await {
+                    tracing::warn!(container_id = %this.container_id, exec_id = %this.exec_id, error = %e, "killing a process past its output limit");
+                }
+                return Err(Error::OutputTooLarge {
+                    stream,
+                    exec_id: this.exec_id.clone(),
+                    limit,
+                });
             }
             Ok::<_, Error>(buf)
         };
-        let (out, err) = (self.stdout.take(), self.stderr.take());
-        let (stdout, stderr, status) = tokio::join!(read_all(out), read_all(err), self.wait());
+        let (stdout, stderr, status) =
+            tokio::join!(collect(out, "stdout"), collect(err, "stderr"), this.wait());
+        // A broken stream is reported as what broke it (the sandbox died, ...), an overflow
+        // before the kill it caused.
+        let (stdout, stderr) = match (stdout, stderr) {
+            (Err(e @ Error::OutputTooLarge { .. }), _)
+            | (_, Err(e @ Error::OutputTooLarge { .. })) => return Err(e),
+            other => other,
+        };
         Ok(Output {
             status: status?,
             stdout: stdout?,

@@ -76,6 +76,34 @@ pub enum Error {
     /// The sandbox has been shut down.
     #[error("the sandbox is shut down")]
     ShutDown,
+    /// The sandbox died on its own (its VM exited, or its agent stopped answering health
+    /// checks); it has been torn down. Its containers and processes are gone: start a new
+    /// sandbox.
+    #[error("the sandbox died: {reason}; it was torn down (start a new one)")]
+    SandboxDead {
+        /// What happened (how the VM exited, or the failed health checks).
+        reason: String,
+    },
+    /// A process wrote more to one stream than [`Process::output`](crate::Process::output)
+    /// collects; it was killed.
+    #[error("{stream} of process {exec_id} passed the output limit of {limit} bytes: the process was killed (read its streams yourself, or raise the limit with `output_limit`)")]
+    OutputTooLarge {
+        /// `stdout` or `stderr`.
+        stream: &'static str,
+        /// The process (exec id; the container id for a container's first process).
+        exec_id: String,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// An OCI hook of a container's spec failed, or a kind of hook this build cannot run was
+    /// given (`hooks.createContainer`, `hooks.startContainer`).
+    #[error("{kind}: {reason}")]
+    Hook {
+        /// The hook, as a spec path (`hooks.prestart[0]`, `hooks.createContainer`).
+        kind: String,
+        /// What went wrong (exit status, timeout, its stderr) or why it is refused.
+        reason: String,
+    },
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {

@@ -249,4 +249,12 @@ pub(crate) trait RuntimeHandler: Send + Sync + fmt::Debug {
 
     /// Facts about the sandbox for display (`hypervisor`, `accelerator`, ...).
     fn describe(&self) -> Vec<(&'static str, String)>;
+
+    /// Resolves when the sandbox's runtime has died on its own, with why (a VM that exited,
+    /// an agent that failed its health checks); pending for as long as it is healthy. The
+    /// [`Sandbox`](crate::Sandbox) polls it from its monitor until the sandbox is shut down,
+    /// detached or dropped, then fails every waiter and tears the sandbox down. Once it has
+    /// resolved, the handler's own waiters (output streams, stdin) end with an error too, and
+    /// [`shutdown`](Self::shutdown) no longer asks the dead runtime for anything.
+    async fn wait_dead(&self) -> String;
 }

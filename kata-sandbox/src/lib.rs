@@ -40,7 +40,7 @@ mod spec;
 mod virt;
 
 pub use builder::{SandboxBuilder, SandboxConfig, DEFAULT_AGENT_TIMEOUT, DEFAULT_ROOT_DIR};
-pub use container::{Container, Output, Process};
+pub use container::{Container, Output, Process, DEFAULT_OUTPUT_LIMIT};
 pub use error::{Error, Result};
 pub use handler::{HandlerState, OomEvents, RuntimeHandlerKind};
 pub use io::{InputWriter, OutputReader};

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::builder::SandboxConfig;
 use crate::error::{Error, Result};
 use crate::handler::{HandlerState, RuntimeHandlerKind, StdioConfig};
+pub use crate::sandbox::hooks::HostHooks;
 
 /// The state file's name inside the sandbox directory.
 pub const STATE_FILE: &str = "state.json";
@@ -60,6 +61,9 @@ pub struct ContainerState {
     pub metadata: BTreeMap<String, String>,
     /// Its first process was started.
     pub started: bool,
+    /// Its host OCI hooks still to run (poststart, poststop), if it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<HostHooks>,
 }
 
 impl ContainerState {
@@ -137,7 +141,16 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     ));
     let ctx = |what: &str| format!("{what} {}", tmp.display());
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(ctx("creating"), e))?;
+        // Root's only, whatever the umask: it names the sandbox's processes and mounts.
+        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+            0o600,
+        )
+        .open(&tmp)
+        .map_err(|e| Error::io(ctx("creating"), e))?;
         f.write_all(bytes)
             .map_err(|e| Error::io(ctx("writing"), e))?;
         f.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;

@@ -52,6 +52,7 @@ pub struct ProcessSpec {
     pub(crate) terminal: bool,
     pub(crate) stdin: bool,
     pub(crate) base: Option<Process>,
+    pub(crate) output_limit: Option<usize>,
 }
 
 impl ProcessSpec {
@@ -112,6 +113,16 @@ impl ProcessSpec {
     /// process reading it sees EOF at once).
     pub fn stdin(mut self, open: bool) -> Self {
         self.stdin = open;
+        self
+    }
+
+    /// The most [`Process::output`](crate::Process::output) collects of each of stdout and
+    /// stderr (default [`DEFAULT_OUTPUT_LIMIT`](crate::DEFAULT_OUTPUT_LIMIT), 16 MiB). A process
+    /// that writes more is killed and `output` fails with
+    /// [`Error::OutputTooLarge`](crate::Error::OutputTooLarge); read the streams yourself to
+    /// take any amount.
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.output_limit = Some(bytes);
         self
     }
 
@@ -323,6 +334,14 @@ impl ContainerSpec {
         self
     }
 
+    /// The most [`Container::output`](crate::Container::output) (and
+    /// [`Sandbox::run`](crate::Sandbox::run)) collects of each of stdout and stderr; see
+    /// [`ProcessSpec::output_limit`].
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.process = self.process.output_limit(bytes);
+        self
+    }
+
     /// Sets the container's hostname.
     pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
         self.hostname = Some(hostname.into());
@@ -354,7 +373,11 @@ impl ContainerSpec {
         let base = image_process
             .or_else(|| spec.process().clone())
             .unwrap_or_default();
-        let process = if self.oci.is_some() && self.process == ProcessSpec::default() {
+        let only_limits = ProcessSpec {
+            output_limit: None,
+            ..self.process.clone()
+        } == ProcessSpec::default();
+        let process = if self.oci.is_some() && only_limits {
             let p = spec
                 .process()
                 .clone()
@@ -382,6 +405,9 @@ impl ContainerSpec {
             .or_else(|| spec.hostname().clone().filter(|h| h != "youki"))
             .unwrap_or_else(|| container_id.chars().take(12).collect());
         spec.set_hostname(Some(hostname));
+        // Host hooks are run by the sandbox on the host (`sandbox/hooks.rs`); their paths mean
+        // nothing in the guest, and the guest agent runs none.
+        spec.set_hooks(None);
         if let Some(linux) = spec.linux_mut() {
             // Containers share the sandbox's network namespace (the VM's), as in Kata.
             if let Some(ns) = linux.namespaces_mut() {
@@ -443,6 +469,25 @@ mod tests {
         let ns = oci.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
         assert!(ns.iter().all(|n| n.typ() != LinuxNamespaceType::Network));
         assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
+    }
+
+    #[test]
+    fn hooks_never_reach_the_guest_spec() {
+        let mut oci = Spec::default();
+        let mut hooks = oci_spec::runtime::Hooks::default();
+        let mut h = oci_spec::runtime::Hook::default();
+        h.set_path(PathBuf::from("/usr/bin/hook"));
+        hooks.set_poststop(Some(vec![h]));
+        oci.set_hooks(Some(hooks));
+        let s = ContainerSpec::from_oci(oci, "/r").output_limit(10);
+        let guest = s
+            .to_oci("c", "/g", None, &RuntimeConfig::default())
+            .unwrap();
+        assert!(guest.hooks().is_none());
+        assert!(
+            guest.process().as_ref().unwrap().args().is_some(),
+            "an output limit alone keeps the spec's own process"
+        );
     }
 
     #[test]

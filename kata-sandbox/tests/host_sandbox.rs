@@ -473,3 +473,441 @@ async fn reading_and_writing_streams_concurrently_does_not_mix_containers() {
     sb.shutdown().await.unwrap();
     f.assert_nothing_left("concurrent");
 }
+
+/// The agent's process (the test backend's "VM"): the last of the sandbox's host pids
+/// (`unshare`, then the agent it forked).
+fn agent_pid(sb: &Sandbox) -> nix::unistd::Pid {
+    let pids = sb.host_pids();
+    nix::unistd::Pid::from_raw(*pids.last().expect("the agent's pid") as i32)
+}
+
+/// Waits up to `within` for `cond`.
+async fn eventually(within: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cond()
+}
+
+/// Issue 9 row 10: the "VM" dies (the test backend's agent is killed, as QEMU would be): every
+/// waiter — a container's wait, an exec's wait, an output stream, OOM events — gets an error
+/// at once, the sandbox reports itself dead, and it tears itself down, leaving nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_vm_dies_every_waiter_fails_and_the_sandbox_is_torn_down() {
+    use futures_util::StreamExt;
+    let f = Fixture::new();
+    let sb = std::sync::Arc::new(f.sandbox("vm-dies").await);
+    let dir = sb.dir().to_path_buf();
+    let mut c = sb
+        .create_container(f.spec(&["sh", "-c", "echo up; sleep 600"]).id("dies-c1"))
+        .await
+        .unwrap();
+    let mut stdout = c.stdout().unwrap();
+    c.start().await.unwrap();
+    let mut up = [0u8; 3];
+    stdout.read_exact(&mut up).await.unwrap();
+    assert_eq!(&up, b"up\n");
+    let exec = c.exec(ProcessSpec::new(["sleep", "600"])).await.unwrap();
+    let _created = sb
+        .create_container(f.spec(&["true"]).id("never-started"))
+        .await
+        .unwrap();
+    let waiter = {
+        let sb = sb.clone();
+        tokio::spawn(async move { sb.wait_process("dies-c1", "dies-c1").await })
+    };
+    let exec_waiter = tokio::spawn(async move { exec.wait().await });
+    let reader = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        stdout.read_to_end(&mut rest).await
+    });
+    let mut oom = sb.oom_events();
+    let oom = tokio::spawn(async move { oom.next().await });
+    let died = sb.on_death();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "the container runs");
+    assert!(sb.death().is_none());
+
+    let t0 = std::time::Instant::now();
+    nix::sys::signal::kill(agent_pid(&sb), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let within = Duration::from_secs(5);
+    let e = tokio::time::timeout(within, waiter)
+        .await
+        .expect("the wait fails at once")
+        .unwrap();
+    assert!(matches!(e, Err(Error::SandboxDead { .. })), "{e:?}");
+    let e = tokio::time::timeout(within, exec_waiter)
+        .await
+        .expect("the exec's wait fails at once")
+        .unwrap();
+    assert!(matches!(e, Err(Error::SandboxDead { .. })), "{e:?}");
+    let e = tokio::time::timeout(within, reader)
+        .await
+        .expect("the stream ends at once")
+        .unwrap();
+    let e = e.expect_err("a dead sandbox's output ends in an error, not end of file");
+    assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    let ended = tokio::time::timeout(within, oom)
+        .await
+        .expect("OOM events end")
+        .unwrap();
+    assert_eq!(ended, None);
+    let why = tokio::time::timeout(within, died)
+        .await
+        .unwrap()
+        .expect("a death, not a shutdown");
+    assert!(why.contains("VM exited"), "{why}");
+    assert_eq!(sb.death().as_deref(), Some(why.as_str()));
+    assert!(t0.elapsed() < within, "{:?}", t0.elapsed());
+    // Every later call says so, naming why.
+    let e = sb.container_pids("dies-c1").await.unwrap_err();
+    assert!(
+        matches!(&e, Error::SandboxDead { reason } if *reason == why),
+        "{e}"
+    );
+    let e = sb.create_container(f.spec(&["true"])).await.unwrap_err();
+    assert!(matches!(e, Error::SandboxDead { .. }), "{e}");
+    // It tears itself down: no one has to call shutdown for the host to be clean.
+    assert!(
+        eventually(Duration::from_secs(10), || !dir.exists()).await,
+        "{} is left",
+        dir.display()
+    );
+    f.assert_nothing_left("vm-dies");
+    sb.shutdown()
+        .await
+        .expect("shutting a dead sandbox down succeeds");
+}
+
+/// Issue 9 row 10: a wedged agent (stopped with SIGSTOP: its socket stays open, nothing answers)
+/// fails its health checks and the sandbox is declared dead within the bound
+/// (3 checks × (3 s + `health_check_request_timeout_ms`)), then torn down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_agent_fails_its_health_checks_and_the_sandbox_dies_within_the_bound() {
+    let f = Fixture::new();
+    let mut config = f.builder("wedged").finish().unwrap();
+    config.agent.health_check_request_timeout_ms = 500;
+    let sb = Sandbox::start(config).await.unwrap();
+    let c = sb
+        .create_container(f.spec(&["sleep", "600"]).id("wedged-c1"))
+        .await
+        .unwrap();
+    c.start().await.unwrap();
+    // Healthy for longer than two check intervals: no false alarm.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(sb.death().is_none(), "{:?}", sb.death());
+
+    let agent = agent_pid(&sb);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let t0 = std::time::Instant::now();
+    let bound = (Duration::from_secs(3) + Duration::from_millis(500)) * 3;
+    let e = tokio::time::timeout(bound + Duration::from_secs(5), c.wait())
+        .await
+        .expect("the wait ends once the health checks fail")
+        .unwrap_err();
+    let took = t0.elapsed();
+    let Error::SandboxDead { reason } = &e else {
+        panic!("{e}")
+    };
+    assert!(reason.contains("health check"), "{reason}");
+    assert!(
+        took <= bound + Duration::from_secs(2),
+        "declared dead after {took:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || !f
+            .root()
+            .join("wedged")
+            .exists())
+        .await,
+        "the dead sandbox is torn down"
+    );
+    f.assert_nothing_left("wedged");
+    drop(c);
+    sb.shutdown().await.unwrap();
+}
+
+/// Issue 9 row 15: `output()` collects at most a limit per stream; past it the process is
+/// killed and the error names the stream (before, 17 MiB were collected in memory).
+#[tokio::test]
+async fn output_is_bounded_and_a_process_past_the_limit_is_killed() {
+    let f = Fixture::new();
+    let sb = f.sandbox("output-limit").await;
+    let t0 = std::time::Instant::now();
+    let e = sb
+        .run(f.spec(&["sh", "-c", "head -c 17825792 /dev/zero; sleep 600"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::OutputTooLarge { stream: "stdout", limit, .. } if *limit == kata_sandbox::DEFAULT_OUTPUT_LIMIT),
+        "{e}"
+    );
+    assert!(e.to_string().contains("output_limit"), "{e}");
+    let e = sb
+        .run(
+            f.spec(&["sh", "-c", "head -c 5000 /dev/zero >&2; sleep 600"])
+                .output_limit(4096),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::OutputTooLarge {
+                stream: "stderr",
+                limit: 4096,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "the processes were killed, not waited for"
+    );
+    let out = sb
+        .run(
+            f.spec(&["sh", "-c", "head -c 4096 /dev/zero"])
+                .output_limit(4096),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.len(), 4096, "exactly the limit is fine");
+    assert!(sb.container_ids().is_empty(), "each container was deleted");
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("output-limit");
+}
+
+/// A hook that appends `<name> <state JSON>` to `log` (and fails with `fail` if set).
+fn logging_hook(log: &Path, name: &str, fail: Option<&str>) -> oci_spec::runtime::Hook {
+    let script = match fail {
+        Some(msg) => format!("echo {msg} >&2; exit 3"),
+        None => format!("echo \"{name} $(cat)\" >> {}", log.display()),
+    };
+    let mut h = oci_spec::runtime::Hook::default();
+    h.set_path(PathBuf::from("/bin/sh"));
+    h.set_args(Some(vec!["sh".into(), "-c".into(), script]));
+    h.set_timeout(Some(10));
+    h
+}
+
+/// The hook lines of `log`: (name, state).
+fn hook_log(log: &Path) -> Vec<(String, serde_json::Value)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let (name, json) = l.split_once(' ').unwrap();
+            (name.to_string(), serde_json::from_str(json).unwrap())
+        })
+        .collect()
+}
+
+/// Issue 9 row 16: the host-side OCI hooks run on the host, in the lifecycle's order, with
+/// the state on stdin; poststop survives a hand-over; a failing createRuntime hook fails the
+/// create and leaves nothing; hooks that must run in the container are refused by name.
+#[tokio::test]
+async fn oci_hooks_run_on_the_host_in_order_and_failures_follow_the_spec() {
+    let f = Fixture::new();
+    let log = f.tmp.path().join("hooks.log");
+    let sb = f.sandbox("hooks").await;
+    let dir = sb.dir().to_path_buf();
+    let mut hooks = oci_spec::runtime::Hooks::default();
+    #[allow(deprecated)]
+    hooks.set_prestart(Some(vec![logging_hook(&log, "prestart", None)]));
+    hooks.set_create_runtime(Some(vec![logging_hook(&log, "createRuntime", None)]));
+    hooks.set_poststart(Some(vec![
+        logging_hook(&log, "poststart", Some("not fatal")),
+        logging_hook(&log, "poststart", None),
+    ]));
+    hooks.set_poststop(Some(vec![logging_hook(&log, "poststop", None)]));
+    let mut spec = oci_spec::runtime::Spec::default();
+    spec.set_hooks(Some(hooks.clone()));
+    spec.set_annotations(Some([("a".to_string(), "b".to_string())].into()));
+    let c = sb
+        .create_container(
+            ContainerSpec::from_oci(spec.clone(), &f.rootfs)
+                .id("hooks-c1")
+                .args(["sleep", "600"]),
+        )
+        .await
+        .unwrap();
+    let names = |log: &Path| -> Vec<String> { hook_log(log).into_iter().map(|(n, _)| n).collect() };
+    assert_eq!(
+        names(&log),
+        ["prestart", "createRuntime"],
+        "run at create, in order"
+    );
+    let (_, state) = &hook_log(&log)[0];
+    assert_eq!(state["id"], "hooks-c1");
+    assert_eq!(state["status"], "creating");
+    assert_eq!(state["pid"], sb.pid());
+    assert_eq!(state["annotations"]["a"], "b");
+    c.start()
+        .await
+        .expect("a failing poststart hook does not fail the start");
+    assert_eq!(names(&log), ["prestart", "createRuntime", "poststart"]);
+    assert_eq!(hook_log(&log)[2].1["status"], "running");
+    let saved = kata_sandbox::persist::SandboxState::load(&dir).unwrap();
+    assert_eq!(
+        saved.containers["hooks-c1"]
+            .hooks
+            .as_ref()
+            .map(|h| h.poststop.len()),
+        Some(1),
+        "state.json keeps the hooks still to run"
+    );
+    drop(c);
+    // Handed over (a restarted shim, the next shim-ctl command): poststop still runs.
+    sb.detach().await.unwrap();
+    let sb = Sandbox::restore(&dir).await.unwrap();
+    sb.signal_process("hooks-c1", "hooks-c1", Signal::KILL)
+        .await
+        .unwrap();
+    sb.wait_process("hooks-c1", "hooks-c1").await.unwrap();
+    sb.delete_container("hooks-c1").await.unwrap();
+    assert_eq!(
+        names(&log),
+        ["prestart", "createRuntime", "poststart", "poststop"]
+    );
+    assert_eq!(hook_log(&log)[3].1["status"], "stopped");
+
+    // A failing createRuntime hook fails the create, naming it, and leaves nothing.
+    let mut failing = oci_spec::runtime::Hooks::default();
+    failing.set_create_runtime(Some(vec![logging_hook(&log, "x", Some("no GPU here"))]));
+    spec.set_hooks(Some(failing));
+    let e = sb
+        .create_container(
+            ContainerSpec::from_oci(spec.clone(), &f.rootfs)
+                .id("hooks-c2")
+                .args(["true"]),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hooks.createRuntime[0]") && e.contains("no GPU here"),
+        "{e}"
+    );
+    assert!(sb.container_ids().is_empty());
+    assert!(
+        mounts_under(&dir.join("shared"))
+            .iter()
+            .all(|m| !m.contains("hooks-c2")),
+        "the failed container's rootfs is released"
+    );
+    // Hooks that run in the container's namespaces (the guest) are refused before anything.
+    let mut guest_side = oci_spec::runtime::Hooks::default();
+    guest_side.set_start_container(Some(vec![logging_hook(&log, "s", None)]));
+    spec.set_hooks(Some(guest_side));
+    let e = sb
+        .create_container(
+            ContainerSpec::from_oci(spec, &f.rootfs)
+                .id("hooks-c3")
+                .args(["true"]),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("hooks.startContainer"), "{e}");
+    assert_eq!(
+        names(&log).len(),
+        4,
+        "no hook ran for the refused containers"
+    );
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("hooks");
+}
+
+/// The options of each mount at or below `dir` (mount point, per-mount options), from
+/// `/proc/self/mountinfo`.
+fn mount_options_under(dir: &Path) -> Vec<(String, String)> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let (point, options) = (fields.get(4)?, fields.get(5)?);
+            point
+                .starts_with(&prefix)
+                .then(|| (point.to_string(), options.to_string()))
+        })
+        .collect()
+}
+
+/// Issue 9 row 1, mechanically: the sandbox's state directory, its shared directory and its
+/// `state.json` are private to root, and every mount kata-rs makes under the sandbox directory
+/// is `nosuid,nodev` (a bundle with containerd's overlay, and a plain directory rootfs).
+#[tokio::test]
+async fn the_sandbox_directory_is_private_and_every_mount_in_it_is_nosuid_nodev() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let sb = f.sandbox("private").await;
+    let dir = sb.dir().to_path_buf();
+    let bundle = f.tmp.path().join("bundle");
+    let (upper, work) = (f.tmp.path().join("upper"), f.tmp.path().join("work"));
+    for d in [&bundle, &upper, &work] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let overlay = RootfsMount::new(
+        "overlay",
+        "overlay",
+        vec![
+            format!("lowerdir={}", f.rootfs.display()),
+            format!("upperdir={}", upper.display()),
+            format!("workdir={}", work.display()),
+        ],
+    );
+    let mut spec = oci_spec::runtime::Spec::default();
+    let mut root = oci_spec::runtime::Root::default();
+    root.set_path(PathBuf::from("rootfs"));
+    root.set_readonly(Some(false));
+    spec.set_root(Some(root));
+    let _a = sb
+        .create_container(
+            ContainerSpec::from_bundle(&bundle, spec, vec![overlay])
+                .unwrap()
+                .id("from-bundle")
+                .args(["sleep", "600"]),
+        )
+        .await
+        .unwrap();
+    let _b = sb
+        .create_container(f.spec(&["sleep", "600"]).id("from-dir"))
+        .await
+        .unwrap();
+    for p in [dir.clone(), dir.join("shared"), SandboxState::path(&dir)] {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} is {:o}: readable by others",
+            p.display(),
+            mode & 0o777
+        );
+    }
+    let mounts = mount_options_under(&dir);
+    assert!(mounts.len() >= 2, "the two rootfs are mounted: {mounts:?}");
+    for (point, options) in &mounts {
+        let opts: Vec<&str> = options.split(',').collect();
+        assert!(
+            opts.contains(&"nosuid") && opts.contains(&"nodev"),
+            "{point} is mounted {options}"
+        );
+    }
+    let bundle_mounts = mount_options_under(&bundle);
+    assert!(!bundle_mounts.is_empty());
+    for (point, options) in &bundle_mounts {
+        assert!(
+            options.contains("nosuid") && options.contains("nodev"),
+            "{point} is mounted {options}"
+        );
+    }
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("private");
+}

@@ -4,26 +4,39 @@
 //! `state.json`; every operation on a container goes to its [`RuntimeHandler`]
 //! (`virt_container`: a micro-VM through its agent). [`Container`] and [`Process`] handles hold
 //! the sandbox's core, so every operation is available on a handle and by id alike.
+//!
+//! Liveness: a monitor task waits on the handler's [`RuntimeHandler::wait_dead`]. When the
+//! sandbox dies on its own (its VM exited, its agent stopped answering), every call in flight
+//! and every later one fails with [`Error::SandboxDead`], and the sandbox is torn down (its
+//! runtime stopped, every host resource released, its directory removed) without waiting for
+//! the owner. OCI hooks of a container's spec run on the host ([`hooks`]).
 
+pub(crate) mod hooks;
 mod restore;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_core::Stream;
 use kata_agent_client::{ContainerStats, ExitStatus, Signal};
 use oci_spec::runtime::{LinuxResources, Process as OciProcess};
+use tokio::sync::watch;
 
 use crate::builder::{SandboxBuilder, SandboxConfig};
-use crate::container::{Container, Output, Process};
+use crate::container::{Container, Output, Process, DEFAULT_OUTPUT_LIMIT};
 use crate::error::{Error, Result};
 use crate::handler::{
     OomEvents, RootfsInput, RootfsMode, RuntimeHandler, RuntimeHandlerKind, StdioConfig,
 };
 use crate::persist::{ContainerState, SandboxState};
 use crate::spec::{ContainerSpec, ProcessSpec, RootfsSource};
+use hooks::{HookStatus, HostHooks};
 
 /// Time taken by each step of starting a sandbox, for callers that report start-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,6 +62,8 @@ pub(crate) struct ContainerEntry {
     pub started: bool,
     /// Created in the runtime (not only reserved).
     pub created: bool,
+    /// Its host hooks still to run (poststart, poststop).
+    pub hooks: Option<HostHooks>,
 }
 
 impl ContainerEntry {
@@ -64,6 +79,21 @@ impl ContainerEntry {
     }
 }
 
+/// How long a call that lost its connection to the runtime waits for the monitor to report
+/// the sandbox's death (the usual cause) before it returns the connection error itself.
+const DEATH_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether a sandbox runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Life {
+    /// It runs.
+    Alive,
+    /// It died on its own, for this reason; it is being (or has been) torn down.
+    Dead(String),
+    /// It was shut down, detached or dropped by its owner.
+    Closed,
+}
+
 /// What a [`Sandbox`] and its [`Container`] and [`Process`] handles share.
 pub(crate) struct Core {
     pub(crate) config: SandboxConfig,
@@ -74,6 +104,10 @@ pub(crate) struct Core {
     pub(crate) timings: BootTimings,
     /// Serialises `state.json` writes (and the shut-down flag against them).
     pub(crate) persist_lock: Mutex<()>,
+    /// Alive, dead (why) or closed: every waiter watches it.
+    pub(crate) life: watch::Sender<Life>,
+    /// Held while the sandbox is torn down; `true` once it has been.
+    pub(crate) torn_down: tokio::sync::Mutex<bool>,
 }
 
 impl std::fmt::Debug for Core {
@@ -132,15 +166,7 @@ impl Sandbox {
         };
         guard.0 = None;
         let sandbox = Sandbox {
-            core: Arc::new(Core {
-                dir,
-                handler,
-                containers: Mutex::new(BTreeMap::new()),
-                shut_down: AtomicBool::new(false),
-                timings,
-                persist_lock: Mutex::new(()),
-                config,
-            }),
+            core: Core::new(config, dir, handler, BTreeMap::new(), timings),
         };
         tracing::info!(sandbox_id = %sandbox.id(), ready = ?timings.ready, "sandbox ready");
         // Dropping the sandbox on error stops it: a sandbox nobody could find is not kept.
@@ -282,38 +308,75 @@ impl Sandbox {
     /// Pauses the whole sandbox (a VM's vCPUs stop).
     pub async fn pause(&self) -> Result<()> {
         self.core.alive()?;
-        self.core.handler.pause_sandbox().await
+        self.core.guarded(self.core.handler.pause_sandbox()).await
     }
 
     /// Resumes a paused sandbox.
     pub async fn resume(&self) -> Result<()> {
         self.core.alive()?;
-        self.core.handler.resume_sandbox().await
+        self.core.guarded(self.core.handler.resume_sandbox()).await
     }
 
-    /// Ids of containers OOM-killed, as it happens; the stream ends with the sandbox.
+    /// Ids of containers OOM-killed, as it happens; the stream ends with the sandbox (shut
+    /// down, detached, dropped or dead).
     pub fn oom_events(&self) -> OomEvents {
-        self.core.handler.oom_events()
+        let mut life = self.core.life.subscribe();
+        let ended: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            let _ = life.wait_for(|l| *l != Life::Alive).await;
+        });
+        Box::pin(UntilEnded {
+            events: Some(self.core.handler.oom_events()),
+            ended,
+        })
+    }
+
+    /// Why the sandbox died, if it did: its VM exited or its agent failed its health checks
+    /// (see the crate's README). A dead sandbox has been, or is being, torn down; every call on
+    /// it fails with [`Error::SandboxDead`].
+    pub fn death(&self) -> Option<String> {
+        match &*self.core.life.borrow() {
+            Life::Dead(why) => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    /// Resolves with why the sandbox died when it does (see [`Sandbox::death`]), or with
+    /// `None` once it is shut down, detached or dropped instead. It holds no reference to the
+    /// sandbox: a task may await it without keeping the sandbox alive.
+    pub fn on_death(&self) -> impl Future<Output = Option<String>> + Send + 'static {
+        let mut life = self.core.life.subscribe();
+        async move {
+            match life.wait_for(|l| *l != Life::Alive).await {
+                Ok(l) => match &*l {
+                    Life::Dead(why) => Some(why.clone()),
+                    _ => None,
+                },
+                Err(_) => None,
+            }
+        }
     }
 
     /// Stops the sandbox and removes everything it created: its containers, the VM, every
     /// mount and the sandbox directory. Idempotent; it takes `&self` so a sandbox shared
     /// between tasks (`Arc<Sandbox>`) can be shut down by any of them. Later calls on the
     /// sandbox or its containers fail with [`Error::ShutDown`].
+    ///
+    /// A sandbox that died is torn down by itself; `shutdown` then waits for that to finish
+    /// and succeeds.
     pub async fn shutdown(&self) -> Result<()> {
         let core = &self.core;
         {
             let _guard = core.persist_lock.lock().unwrap();
-            if core.shut_down.swap(true, Ordering::SeqCst) {
-                return Ok(());
-            }
+            core.shut_down.store(true, Ordering::SeqCst);
+            core.life.send_if_modified(|l| {
+                let alive = *l == Life::Alive;
+                if alive {
+                    *l = Life::Closed;
+                }
+                alive
+            });
         }
-        let stopped = core.handler.shutdown().await;
-        core.containers.lock().unwrap().clear();
-        core.remove_dir();
-        stopped?;
-        tracing::info!(sandbox_id = %self.id(), "sandbox shut down");
-        Ok(())
+        core.tear_down().await
     }
 }
 
@@ -328,6 +391,7 @@ impl Drop for Sandbox {
                 return;
             }
         }
+        core.life.send_replace(Life::Closed);
         tracing::warn!(sandbox_id = %core.config.id, "sandbox dropped without shutdown(): stopping it now");
         core.handler.stop_now("dropped without shutdown()");
         core.containers.lock().unwrap().clear();
@@ -335,18 +399,181 @@ impl Drop for Sandbox {
     }
 }
 
+/// OOM events that end when the sandbox does.
+struct UntilEnded {
+    events: Option<OomEvents>,
+    ended: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Stream for UntilEnded {
+    type Item = String;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        if self.ended.as_mut().poll(cx).is_ready() {
+            self.events = None;
+        }
+        match self.events.as_mut() {
+            Some(events) => {
+                let next = events.as_mut().poll_next(cx);
+                if let Poll::Ready(None) = next {
+                    self.events = None;
+                }
+                next
+            }
+            None => Poll::Ready(None),
+        }
+    }
+}
+
 impl Core {
+    /// The core of a sandbox that runs (started or restored), with its monitor started.
+    pub(crate) fn new(
+        config: SandboxConfig,
+        dir: PathBuf,
+        handler: Arc<dyn RuntimeHandler>,
+        containers: BTreeMap<String, ContainerEntry>,
+        timings: BootTimings,
+    ) -> Arc<Core> {
+        let core = Arc::new(Core {
+            dir,
+            handler,
+            containers: Mutex::new(containers),
+            shut_down: AtomicBool::new(false),
+            timings,
+            persist_lock: Mutex::new(()),
+            config,
+            life: watch::channel(Life::Alive).0,
+            torn_down: tokio::sync::Mutex::new(false),
+        });
+        core.spawn_monitor();
+        core
+    }
+
     pub(crate) fn id(&self) -> &str {
         &self.config.id
     }
 
+    /// Watches the handler for the sandbox's death until its owner closes it.
+    fn spawn_monitor(self: &Arc<Self>) {
+        let handler = self.handler.clone();
+        let core = Arc::downgrade(self);
+        let mut life = self.life.subscribe();
+        tokio::spawn(async move {
+            let why = tokio::select! {
+                biased;
+                _ = life.wait_for(|l| *l != Life::Alive) => return,
+                why = handler.wait_dead() => why,
+            };
+            drop(handler);
+            if let Some(core) = core.upgrade() {
+                core.died(why).await;
+            }
+        });
+    }
+
+    /// The sandbox died on its own: every waiter fails, and it is torn down.
+    async fn died(&self, why: String) {
+        {
+            let _guard = self.persist_lock.lock().unwrap();
+            if self.shut_down.swap(true, Ordering::SeqCst) {
+                // Its owner is already shutting it down, detaching or dropping it.
+                return;
+            }
+            self.life.send_replace(Life::Dead(why.clone()));
+        }
+        tracing::error!(sandbox_id = %self.id(), reason = %why, "the sandbox died: failing its waiters and tearing it down");
+        if let Err(e) = self.tear_down().await {
+            tracing::warn!(sandbox_id = %self.id(), error = %e, "tearing down a dead sandbox");
+        }
+    }
+
+    /// Stops the runtime, runs what is left of the containers' poststop hooks, releases
+    /// everything and removes the directory; once (later calls wait for the first).
+    async fn tear_down(&self) -> Result<()> {
+        let mut done = self.torn_down.lock().await;
+        if *done {
+            return Ok(());
+        }
+        *done = true;
+        let stopped = self.handler.shutdown().await;
+        let left: Vec<(String, ContainerEntry)> =
+            std::mem::take(&mut *self.containers.lock().unwrap())
+                .into_iter()
+                .filter(|(_, e)| e.created)
+                .collect();
+        for (id, entry) in left {
+            self.run_poststop(&id, entry.hooks.as_ref()).await;
+        }
+        self.remove_dir();
+        stopped?;
+        tracing::info!(sandbox_id = %self.id(), "sandbox shut down");
+        Ok(())
+    }
+
     /// `Ok` while the sandbox runs.
     pub(crate) fn alive(&self) -> Result<()> {
+        if let Life::Dead(reason) = &*self.life.borrow() {
+            return Err(Error::SandboxDead {
+                reason: reason.clone(),
+            });
+        }
         if self.shut_down.load(Ordering::SeqCst) {
             Err(Error::ShutDown)
         } else {
             Ok(())
         }
+    }
+
+    /// Runs a call to the handler unless the sandbox dies or is closed first: then the call is
+    /// abandoned and its caller gets [`Error::SandboxDead`] (or [`Error::ShutDown`]) at once.
+    ///
+    /// A call that fails because the connection to the runtime closed is usually the first
+    /// sign of a death the monitor is about to report (the agent's socket closes as the VM
+    /// dies): the monitor is given [`DEATH_GRACE`] to say so, so the caller learns why.
+    async fn guarded<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+        let mut life = self.life.subscribe();
+        let r = tokio::select! {
+            r = call => r,
+            _ = life.wait_for(|l| *l != Life::Alive) => {
+                return Err(self.alive().err().unwrap_or(Error::ShutDown))
+            }
+        };
+        let e = match r {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let connection_lost = matches!(&e, Error::Agent(a) if a.is_connection_closed());
+        if connection_lost {
+            let _ = tokio::time::timeout(DEATH_GRACE, life.wait_for(|l| *l != Life::Alive)).await;
+        }
+        Err(match self.alive() {
+            Err(ended) => ended,
+            Ok(()) => e,
+        })
+    }
+
+    /// The host pid hooks are told: the sandbox's (the VMM's), else this process's.
+    fn hook_pid(&self) -> u32 {
+        self.handler
+            .host_pids()
+            .first()
+            .copied()
+            .unwrap_or_else(std::process::id)
+    }
+
+    async fn run_poststop(&self, id: &str, hooks: Option<&HostHooks>) {
+        let Some(h) = hooks.filter(|h| !h.poststop.is_empty()) else {
+            return;
+        };
+        let state = hooks::state_json(
+            id,
+            HookStatus::Stopped,
+            self.hook_pid(),
+            &h.oci_version,
+            &h.bundle,
+            &h.annotations,
+        );
+        hooks::run_all_logged("poststop", &h.poststop, &state, id).await;
     }
 
     /// The entry of a container, or [`Error::NotFound`] (also for a container whose create
@@ -412,6 +639,13 @@ impl Core {
         id: &str,
         mut spec: ContainerSpec,
     ) -> Result<Container> {
+        // Hooks are checked before anything of the container exists.
+        let hook_bundle = match &spec.rootfs {
+            RootfsSource::Bundle { bundle, .. } => bundle.clone(),
+            RootfsSource::Dir(d) => d.clone(),
+            RootfsSource::Image { path, .. } => path.clone(),
+        };
+        let planned = hooks::plan(spec.oci.as_ref(), &hook_bundle)?;
         let (rootfs, image_process) = match spec.rootfs.clone() {
             RootfsSource::Dir(d) => {
                 if !d.is_dir() {
@@ -472,14 +706,38 @@ impl Core {
         };
         let runtime = &self.config.runtime;
         let build = |guest_root: &str| spec.to_oci(id, guest_root, image_process.clone(), runtime);
-        self.handler.create_container(id, rootfs, &build).await?;
-        let streams = match self.handler.attach_stdio(id, id, stdio).await {
+        self.guarded(self.handler.create_container(id, rootfs, &build))
+            .await?;
+        let ready = async {
+            if !planned.create.is_empty() {
+                let oci_version = spec.oci.as_ref().map(|s| s.version().clone());
+                let annotations = spec
+                    .oci
+                    .as_ref()
+                    .and_then(|s| s.annotations().clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                let state = hooks::state_json(
+                    id,
+                    HookStatus::Creating,
+                    self.hook_pid(),
+                    oci_version.as_deref().unwrap_or_default(),
+                    &hook_bundle,
+                    &annotations,
+                );
+                self.guarded(hooks::run_all(&planned.create, &state))
+                    .await?;
+            }
+            self.guarded(self.handler.attach_stdio(id, id, stdio)).await
+        };
+        let streams = match ready.await {
             Ok(s) => s,
             Err(e) => {
                 // The runtime has the container: remove it there too (this also releases
                 // the host side).
                 if let Err(re) = self.handler.remove_container(id).await {
-                    tracing::warn!(sandbox_id = %self.id(), container_id = %id, error = %re, "removing a container whose streams failed");
+                    tracing::warn!(sandbox_id = %self.id(), container_id = %id, error = %re, "removing a container whose hooks or streams failed");
                 }
                 return Err(e);
             }
@@ -488,6 +746,7 @@ impl Core {
             e.processes.insert(id.to_string(), stdio);
             e.metadata = spec.metadata.clone();
             e.created = true;
+            e.hooks = planned.later;
         }
         self.persist_or_warn();
         tracing::debug!(sandbox_id = %self.id(), container_id = %id, "container created");
@@ -501,13 +760,25 @@ impl Core {
                 stdin: streams.stdin,
                 stdout: streams.stdout,
                 stderr: streams.stderr,
+                output_limit: spec.process.output_limit.unwrap_or(DEFAULT_OUTPUT_LIMIT),
             },
         })
     }
 
     pub(crate) async fn start_container(&self, id: &str) -> Result<()> {
-        self.entry(id)?;
-        self.handler.start_container(id).await?;
+        let entry = self.entry(id)?;
+        self.guarded(self.handler.start_container(id)).await?;
+        if let Some(h) = entry.hooks.as_ref().filter(|h| !h.poststart.is_empty()) {
+            let state = hooks::state_json(
+                id,
+                HookStatus::Running,
+                self.hook_pid(),
+                &h.oci_version,
+                &h.bundle,
+                &h.annotations,
+            );
+            hooks::run_all_logged("poststart", &h.poststart, &state, id).await;
+        }
         let changed = match self.containers.lock().unwrap().get_mut(id) {
             Some(e) if !e.started => {
                 e.started = true;
@@ -551,8 +822,8 @@ impl Core {
             self.handler
                 .attach_stdio(container_id, &exec_id, stdio)
                 .await
-        }
-        .await;
+        };
+        let started = self.guarded(started).await;
         match started {
             Ok(streams) => {
                 self.persist_or_warn();
@@ -563,6 +834,7 @@ impl Core {
                     stdin: streams.stdin,
                     stdout: streams.stdout,
                     stderr: streams.stderr,
+                    output_limit: process.output_limit.unwrap_or(DEFAULT_OUTPUT_LIMIT),
                 })
             }
             Err(e) => {
@@ -581,12 +853,13 @@ impl Core {
         signal: Signal,
     ) -> Result<()> {
         self.known_process(id, exec_id)?;
-        self.handler.signal_process(id, exec_id, signal).await
+        self.guarded(self.handler.signal_process(id, exec_id, signal))
+            .await
     }
 
     pub(crate) async fn wait_process(&self, id: &str, exec_id: &str) -> Result<ExitStatus> {
         self.known_process(id, exec_id)?;
-        self.handler.wait_process(id, exec_id).await
+        self.guarded(self.handler.wait_process(id, exec_id)).await
     }
 
     pub(crate) async fn resize_tty(
@@ -597,32 +870,33 @@ impl Core {
         columns: u32,
     ) -> Result<()> {
         self.known_process(id, exec_id)?;
-        self.handler.resize_tty(id, exec_id, rows, columns).await
+        self.guarded(self.handler.resize_tty(id, exec_id, rows, columns))
+            .await
     }
 
     pub(crate) async fn container_pids(&self, id: &str) -> Result<Vec<u32>> {
         self.entry(id)?;
-        self.handler.container_pids(id).await
+        self.guarded(self.handler.container_pids(id)).await
     }
 
     pub(crate) async fn container_stats(&self, id: &str) -> Result<ContainerStats> {
         self.entry(id)?;
-        self.handler.container_stats(id).await
+        self.guarded(self.handler.container_stats(id)).await
     }
 
     pub(crate) async fn pause_container(&self, id: &str) -> Result<()> {
         self.entry(id)?;
-        self.handler.pause_container(id).await
+        self.guarded(self.handler.pause_container(id)).await
     }
 
     pub(crate) async fn resume_container(&self, id: &str) -> Result<()> {
         self.entry(id)?;
-        self.handler.resume_container(id).await
+        self.guarded(self.handler.resume_container(id)).await
     }
 
     pub(crate) async fn update_container(&self, id: &str, r: &LinuxResources) -> Result<()> {
         self.entry(id)?;
-        self.handler.update_container(id, r).await
+        self.guarded(self.handler.update_container(id, r)).await
     }
 
     pub(crate) fn container_metadata(&self, id: &str) -> Result<BTreeMap<String, String>> {
@@ -630,10 +904,11 @@ impl Core {
     }
 
     pub(crate) async fn delete_container(&self, id: &str) -> Result<()> {
-        self.entry(id)?;
-        let removed = self.handler.remove_container(id).await;
+        let entry = self.entry(id)?;
+        let removed = self.guarded(self.handler.remove_container(id)).await;
         self.containers.lock().unwrap().remove(id);
         self.persist_or_warn();
+        self.run_poststop(id, entry.hooks.as_ref()).await;
         removed
     }
 
@@ -652,6 +927,7 @@ impl Core {
                         processes: e.processes.clone(),
                         metadata: e.metadata.clone(),
                         started: e.started,
+                        hooks: e.hooks.clone(),
                     },
                 )
             })

@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use super::{BootTimings, ContainerEntry, Core, Sandbox};
-use crate::container::{Container, Process};
+use super::{BootTimings, ContainerEntry, Core, Life, Sandbox};
+use crate::container::{Container, Process, DEFAULT_OUTPUT_LIMIT};
 use crate::error::{Error, Result};
 use crate::handler::{RuntimeHandler, RuntimeHandlerKind};
 use crate::persist::SandboxState;
@@ -31,6 +31,7 @@ impl Sandbox {
         {
             let _guard = core.persist_lock.lock().unwrap();
             core.shut_down.store(true, Ordering::SeqCst);
+            core.life.send_replace(Life::Closed);
         }
         core.containers.lock().unwrap().clear();
         tracing::info!(sandbox_id = %core.id(), dir = %core.dir.display(), "sandbox detached: it runs on");
@@ -73,19 +74,18 @@ impl Sandbox {
                         metadata: c.metadata.clone(),
                         started: c.started,
                         created: true,
+                        hooks: c.hooks.clone(),
                     },
                 )
             })
             .collect();
-        let core = Arc::new(Core {
-            dir: state.dir.clone(),
+        let core = Core::new(
+            state.config.clone(),
+            state.dir.clone(),
             handler,
-            containers: Mutex::new(containers),
-            shut_down: AtomicBool::new(false),
-            timings: BootTimings::default(),
-            persist_lock: Mutex::new(()),
-            config: state.config.clone(),
-        });
+            containers,
+            BootTimings::default(),
+        );
         core.persist_or_warn();
         tracing::info!(sandbox_id = %core.id(), containers = state.containers.len(), "sandbox restored");
         Ok(Sandbox { core })
@@ -122,6 +122,7 @@ impl Sandbox {
             stdin: None,
             stdout: streams.stdout,
             stderr: streams.stderr,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
         })
     }
 }

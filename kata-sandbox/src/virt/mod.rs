@@ -10,10 +10,16 @@
 //! Start: host resources, then the VM with the devices they yield, wait until the guest's agent
 //! port answers (the backend's business), connect the agent, `CreateSandbox` with the storages
 //! the resources yield. Every step that fails undoes the ones before it.
+//!
+//! Liveness ([`health`]): [`RuntimeHandler::wait_dead`] resolves when the VM exits or the agent
+//! fails its health checks; from then on the process streams end with an error and shutdown
+//! only stops the VM and releases the host side.
 
+mod health;
 mod streams;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +31,7 @@ use kata_hypervisor::{backend, Capabilities, Hypervisor, HypervisorState, VsockA
 use kata_resource::{GuestStorage, ResourcesState, RootfsSource, SandboxResources};
 use oci_spec::runtime::{LinuxResources, Process as OciProcess};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::builder::SandboxConfig;
 use crate::error::{Error, Result};
@@ -33,6 +40,7 @@ use crate::handler::{
     SpecBuilder, StdioConfig,
 };
 use crate::sandbox::BootTimings;
+use health::HealthCheck;
 
 /// How long a restore waits for the agent of a VM that is already up.
 const RESTORE_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,6 +74,12 @@ pub(crate) struct VirtContainer {
     agent: Agent,
     /// `None` once released or handed over.
     resources: Arc<Mutex<Option<SandboxResources>>>,
+    /// Why the sandbox died, once [`RuntimeHandler::wait_dead`] found it dead.
+    dead: watch::Sender<Option<String>>,
+    /// How the agent's health is checked.
+    health: HealthCheck,
+    /// The vCPUs are paused ([`RuntimeHandler::pause_sandbox`]): the agent cannot answer.
+    paused: AtomicBool,
 }
 
 impl std::fmt::Debug for VirtContainer {
@@ -183,6 +197,9 @@ impl VirtContainer {
                 caps,
                 agent,
                 resources: Arc::new(Mutex::new(Some(resources))),
+                dead: watch::channel(None).0,
+                health: HealthCheck::from_config(&config.agent),
+                paused: AtomicBool::new(false),
             },
             timings,
         ))
@@ -237,9 +254,13 @@ impl VirtContainer {
             Ok(agent) => Ok(VirtContainer {
                 id: config.id.clone(),
                 caps: vm.capabilities(),
+                // A sandbox detached while paused is taken over paused.
+                paused: AtomicBool::new(matches!(vm.state(), kata_hypervisor::VmState::Paused)),
                 vm,
                 agent,
                 resources: Arc::new(Mutex::new(Some(resources))),
+                dead: watch::channel(None).0,
+                health: HealthCheck::from_config(&config.agent),
             }),
             Err(e) => {
                 resources.detach();
@@ -425,20 +446,32 @@ impl RuntimeHandler for VirtContainer {
         exec_id: &str,
         stdio: StdioConfig,
     ) -> Result<ProcessStreams> {
+        let dead = self.dead.subscribe();
         let stdin = if stdio.stdin {
-            Some(streams::input(self.agent.clone(), container_id, exec_id))
+            Some(streams::input(
+                self.agent.clone(),
+                dead.clone(),
+                container_id,
+                exec_id,
+            ))
         } else {
             self.agent.close_stdin(container_id, exec_id).await?;
             None
         };
         Ok(ProcessStreams {
             stdin,
-            ..streams::output(&self.agent, container_id, exec_id, stdio.terminal)
+            ..streams::output(&self.agent, &dead, container_id, exec_id, stdio.terminal)
         })
     }
 
     fn reattach_output(&self, container_id: &str, exec_id: &str, terminal: bool) -> ProcessStreams {
-        streams::output(&self.agent, container_id, exec_id, terminal)
+        streams::output(
+            &self.agent,
+            &self.dead.subscribe(),
+            container_id,
+            exec_id,
+            terminal,
+        )
     }
 
     async fn signal_process(
@@ -509,11 +542,19 @@ impl RuntimeHandler for VirtContainer {
     }
 
     async fn pause_sandbox(&self) -> Result<()> {
-        Ok(self.vm.pause().await?)
+        // Set first: the health check must not count the agent's silence while paused.
+        self.paused.store(true, Ordering::SeqCst);
+        let paused = self.vm.pause().await;
+        if paused.is_err() {
+            self.paused.store(false, Ordering::SeqCst);
+        }
+        Ok(paused?)
     }
 
     async fn resume_sandbox(&self) -> Result<()> {
-        Ok(self.vm.resume().await?)
+        self.vm.resume().await?;
+        self.paused.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     fn oom_events(&self) -> OomEvents {
@@ -521,13 +562,18 @@ impl RuntimeHandler for VirtContainer {
     }
 
     async fn shutdown(&self) -> Result<()> {
-        match tokio::time::timeout(DESTROY_TIMEOUT, self.agent.destroy_sandbox()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(sandbox_id = %self.id, error = %e, "DestroySandbox failed; stopping the VM anyway")
-            }
-            Err(_) => {
-                tracing::warn!(sandbox_id = %self.id, after = ?DESTROY_TIMEOUT, "DestroySandbox did not answer; stopping the VM anyway")
+        let dead = self.dead.borrow().clone();
+        if let Some(why) = dead {
+            tracing::info!(sandbox_id = %self.id, reason = %why, "the sandbox died: stopping the VM without asking its agent");
+        } else {
+            match tokio::time::timeout(DESTROY_TIMEOUT, self.agent.destroy_sandbox()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(sandbox_id = %self.id, error = %e, "DestroySandbox failed; stopping the VM anyway")
+                }
+                Err(_) => {
+                    tracing::warn!(sandbox_id = %self.id, after = ?DESTROY_TIMEOUT, "DestroySandbox did not answer; stopping the VM anyway")
+                }
             }
         }
         let stopped = self.vm.stop().await;
@@ -576,6 +622,16 @@ impl RuntimeHandler for VirtContainer {
 
     fn host_pids(&self) -> Vec<u32> {
         self.vm.pids()
+    }
+
+    async fn wait_dead(&self) -> String {
+        let why = tokio::select! {
+            how = self.vm.wait_exit() => format!("the VM exited ({how})"),
+            why = self.health.watch(&self.agent, &self.paused, &self.id) => why,
+        };
+        tracing::error!(sandbox_id = %self.id, reason = %why, bound = ?self.health.bound(), "the sandbox died");
+        self.dead.send_replace(Some(why.clone()));
+        why
     }
 
     fn describe(&self) -> Vec<(&'static str, String)> {
