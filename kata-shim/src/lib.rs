@@ -12,11 +12,12 @@
 //! - [`runtime_options`]: the configuration a sandbox is built from (kata-sandbox's
 //!   `ConfigLoader`, with containerd's runtime options and the pod's annotations).
 //!
-//! The binary is three lines:
+//! The binary is a few lines:
 //!
 //! ```no_run
 //! #[tokio::main]
 //! async fn main() {
+//!     kata_shim::shim::set_private_umask(); // 0077: what the shim creates is root's only
 //!     containerd_shim::run::<kata_shim::KataShim>(kata_shim::RUNTIME_ID, Some(kata_shim::config())).await;
 //! }
 //! ```

@@ -72,6 +72,7 @@ pub struct Proc {
     /// Its stdio copies, once connected.
     pub copies: tokio::sync::Mutex<Option<StdioCopies>>,
     exit_tx: watch::Sender<Option<Exit>>,
+    exit_claimed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Proc {
@@ -95,6 +96,7 @@ impl Proc {
             status: Mutex::new(Status::CREATED),
             copies: tokio::sync::Mutex::new(None),
             exit_tx: watch::channel(None).0,
+            exit_claimed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -114,6 +116,14 @@ impl Proc {
     /// The exit, if it has exited.
     pub fn exit(&self) -> Option<Exit> {
         *self.exit_tx.borrow()
+    }
+
+    /// Claims the right to publish the exit: `true` for the first caller only (the exit event
+    /// is published, then [`set_exited`](Self::set_exited), so `Wait` answers after it).
+    pub fn claim_exit(&self) -> bool {
+        !self
+            .exit_claimed
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Records the exit (once); returns whether this call recorded it.

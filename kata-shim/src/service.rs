@@ -4,6 +4,11 @@
 //! Events are published in the order the shim contract requires: create, start, exec added,
 //! exec started, exit, delete, paused, resumed, OOM. A process's exit event is published after
 //! its output has been copied to the end and before `Wait` returns.
+//!
+//! No lock is held across a boot: the sandbox slot is read at once by every call; only a
+//! Create that needs the sandbox (boots it, or joins the one being booted) waits for the boot.
+//! When the sandbox dies (kata-sandbox's liveness monitor), every started process's wait fails
+//! and its exit (255) is published; processes never started get theirs from the death watch.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,7 +37,7 @@ use kata_sandbox::{ContainerSpec, ExitStatus, ProcessSpec, RootfsMount, Sandbox,
 use crate::bundle::{self, Placement};
 use crate::error::{Error, Result};
 use crate::io::{self, Stdio};
-use crate::process::{timestamp, Exit, Handle, Proc};
+use crate::process::{Exit, Handle, Proc};
 
 /// Metadata keys the shim keeps with each container in the sandbox's `state.json`.
 pub mod metadata {
@@ -45,6 +50,10 @@ pub mod metadata {
     /// `true` when the task has a terminal.
     pub const TERMINAL: &str = "io.containerd.terminal";
 }
+
+/// The exit status of a process whose sandbox died under it (its real one is lost with the
+/// VM), as the shim reports any process it could not wait for.
+const EXIT_SANDBOX_DIED: u32 = 255;
 
 /// How long a process's exit waits for its output to be copied to the end.
 const OUTPUT_COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -61,11 +70,18 @@ struct Shared {
     publisher: Option<RemotePublisher>,
     exit: Arc<ExitSignal>,
     root_dir: PathBuf,
-    sandbox: tokio::sync::Mutex<Option<Arc<Sandbox>>>,
+    /// The sandbox, once booted (read at once: never held across an await).
+    sandbox: Mutex<Option<Arc<Sandbox>>>,
+    /// Held by a Create that boots the sandbox, until its first container exists; a Create
+    /// that joins waits for it. Nothing else takes it.
+    boot: tokio::sync::Mutex<()>,
     tasks: Mutex<HashMap<String, Arc<TaskEntry>>>,
     /// Ids of tasks being created: reserved before anything is mounted, so a second Create
     /// with the same id answers AlreadyExists instead of sharing (and unmounting) the rootfs.
     creating: Mutex<std::collections::HashSet<String>>,
+    /// The events published, by topic, with their text (tests have no containerd).
+    #[cfg(test)]
+    published: Mutex<Vec<(String, String)>>,
 }
 
 /// A task id reserved while its Create runs; released when dropped.
@@ -111,9 +127,12 @@ impl TaskService {
                 publisher,
                 exit,
                 root_dir: root_dir.into(),
-                sandbox: tokio::sync::Mutex::new(None),
+                sandbox: Mutex::new(None),
+                boot: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(HashMap::new()),
                 creating: Mutex::new(Default::default()),
+                #[cfg(test)]
+                published: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -150,11 +169,11 @@ impl TaskService {
         Ok((task, p))
     }
 
-    async fn sandbox(&self) -> Result<Arc<Sandbox>> {
+    fn sandbox(&self) -> Result<Arc<Sandbox>> {
         self.shared
             .sandbox
             .lock()
-            .await
+            .unwrap()
             .clone()
             .ok_or_else(|| Error::NotFound {
                 kind: "sandbox",
@@ -164,8 +183,8 @@ impl TaskService {
 
     /// The sandbox's host pid (the VMM's): what containerd shows as the task's pid, as Kata
     /// does.
-    async fn vmm_pid(&self) -> u32 {
-        match self.shared.sandbox.lock().await.as_ref() {
+    fn vmm_pid(&self) -> u32 {
+        match self.shared.sandbox.lock().unwrap().as_ref() {
             Some(s) => s.pid(),
             None => 0,
         }
@@ -174,6 +193,12 @@ impl TaskService {
     async fn publish(&self, event: impl Event + Send + 'static) {
         let topic = event.topic();
         tracing::debug!(%topic, "event");
+        #[cfg(test)]
+        self.shared
+            .published
+            .lock()
+            .unwrap()
+            .push((topic.clone(), format!("{event:?}")));
         if let Some(p) = &self.shared.publisher {
             let boxed: Box<dyn MessageDyn> = Box::new(event);
             if let Err(e) = p
@@ -201,7 +226,57 @@ impl TaskService {
             .await?;
         let sandbox = Arc::new(sandbox);
         self.watch_oom(&sandbox);
+        self.watch_death(&sandbox);
         Ok(sandbox)
+    }
+
+    /// When the sandbox dies, ends the processes no waiter watches (created, never started):
+    /// their exit (255) is published and `Wait` answers. Started ones end through their
+    /// waiters, whose wait fails with the sandbox's death.
+    fn watch_death(&self, sandbox: &Arc<Sandbox>) {
+        let died = sandbox.on_death();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Some(why) = died.await else {
+                return;
+            };
+            tracing::error!(reason = %why, "the sandbox died: ending its tasks");
+            let tasks: Vec<Arc<TaskEntry>> = this
+                .shared
+                .tasks
+                .lock()
+                .unwrap()
+                .values()
+                .cloned()
+                .collect();
+            for task in tasks {
+                let execs: Vec<Arc<Proc>> = task.execs.lock().unwrap().values().cloned().collect();
+                for p in std::iter::once(task.init.clone()).chain(execs) {
+                    let never_started = matches!(*p.handle.lock().unwrap(), Handle::ExecPending(_))
+                        || (p.exec_id.is_empty() && p.status() == Status::CREATED);
+                    if never_started {
+                        this.publish_exit(&p, Exit::now(EXIT_SANDBOX_DIED)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Publishes a process's exit and records it (once).
+    async fn publish_exit(&self, p: &Proc, exit: Exit) {
+        if !p.claim_exit() {
+            return;
+        }
+        self.publish(TaskExit {
+            container_id: p.container_id.clone(),
+            id: process_id(&p.container_id, &p.exec_id).to_string(),
+            pid: self.vmm_pid(),
+            exit_status: exit.status,
+            exited_at: MessageField::some(exit.timestamp()),
+            ..Default::default()
+        })
+        .await;
+        p.set_exited(exit);
     }
 
     /// Publishes `TaskOOM` for every OOM kill the sandbox reports.
@@ -266,8 +341,11 @@ impl TaskService {
             .metadata(metadata::STDERR, &stdio.stderr)
             .metadata(metadata::TERMINAL, stdio.terminal.to_string());
 
-        let mut slot = self.shared.sandbox.lock().await;
-        let (sandbox, booted) = match (&placement, slot.as_ref()) {
+        // Only a Create waits for a boot in progress (it needs that sandbox); every other call
+        // reads the slot at once.
+        let boot = self.shared.boot.lock().await;
+        let current = self.shared.sandbox.lock().unwrap().clone();
+        let (sandbox, boot) = match (&placement, current) {
             (_, Some(s)) => {
                 if let Placement::Join(sb) = &placement {
                     if sb != s.id() {
@@ -277,7 +355,8 @@ impl TaskService {
                         });
                     }
                 }
-                (s.clone(), false)
+                drop(boot);
+                (s, None)
             }
             (Placement::Join(sb), None) => {
                 return Err(Error::NotFound {
@@ -285,9 +364,11 @@ impl TaskService {
                     id: sb.clone(),
                 });
             }
+            // The boot lock is kept until the first container exists: a Create joining this
+            // sandbox waits for it.
             (Placement::NewSandbox, None) => (
                 self.boot(&id, req.options.as_ref(), annotations).await?,
-                true,
+                Some(boot),
             ),
         };
 
@@ -295,16 +376,16 @@ impl TaskService {
         let (container, copies) = match created {
             Ok(c) => c,
             Err(e) => {
-                if booted {
+                if boot.is_some() {
                     stop_sandbox(sandbox).await;
                 }
                 return Err(e);
             }
         };
-        if booted {
-            *slot = Some(sandbox.clone());
+        if boot.is_some() {
+            *self.shared.sandbox.lock().unwrap() = Some(sandbox.clone());
         }
-        drop(slot);
+        drop(boot);
 
         let init = Proc::new(&id, "", stdio.clone(), Handle::Init(Arc::new(container)));
         *init.copies.lock().await = Some(copies);
@@ -316,7 +397,7 @@ impl TaskService {
                 execs: Mutex::new(HashMap::new()),
             }),
         );
-        let pid = self.vmm_pid().await;
+        let pid = self.vmm_pid();
         self.publish(TaskCreate {
             container_id: id.clone(),
             bundle: req.bundle.clone(),
@@ -374,7 +455,7 @@ impl TaskService {
         }
         let sandbox = Arc::new(Sandbox::restore(&dir).await?);
         let state = sandbox.state();
-        let mut slot = self.shared.sandbox.lock().await;
+        let _boot = self.shared.boot.lock().await;
         for (id, c) in &state.containers {
             let meta = |k: &str| c.metadata.get(k).cloned().unwrap_or_default();
             let stdio = Stdio {
@@ -410,7 +491,8 @@ impl TaskService {
             }
         }
         self.watch_oom(&sandbox);
-        *slot = Some(sandbox);
+        self.watch_death(&sandbox);
+        *self.shared.sandbox.lock().unwrap() = Some(sandbox);
         tracing::info!(%sandbox_id, tasks = state.containers.len(), "reconnected to a running sandbox");
         Ok(state.containers.len())
     }
@@ -441,18 +523,7 @@ impl TaskService {
                     tracing::warn!(container_id = %proc_.container_id, exec_id = %proc_.exec_id, timeout = ?OUTPUT_COPY_TIMEOUT, "the output was not copied to the end in time: publishing the exit anyway");
                 }
             }
-            let exit = Exit::now(status);
-            let pid = this.vmm_pid().await;
-            this.publish(TaskExit {
-                container_id: proc_.container_id.clone(),
-                id: process_id(&proc_.container_id, &proc_.exec_id).to_string(),
-                pid,
-                exit_status: exit.status,
-                exited_at: MessageField::some(exit.timestamp()),
-                ..Default::default()
-            })
-            .await;
-            proc_.set_exited(exit);
+            this.publish_exit(&proc_, Exit::now(status)).await;
             tracing::info!(container_id = %proc_.container_id, exec_id = %proc_.exec_id, status, "process exited");
         });
     }
@@ -467,7 +538,7 @@ impl TaskService {
                 p.status()
             )));
         }
-        let pid = self.vmm_pid().await;
+        let pid = self.vmm_pid();
         if req.exec_id.is_empty() {
             let c = p.container().expect("first process has its container");
             c.start().await?;
@@ -538,7 +609,7 @@ impl TaskService {
 
     async fn do_delete(&self, req: DeleteRequest) -> Result<api::DeleteResponse> {
         let (task, p) = self.process(&req.id, &req.exec_id)?;
-        let pid = self.vmm_pid().await;
+        let pid = self.vmm_pid();
         match p.status() {
             Status::RUNNING | Status::PAUSED | Status::PAUSING => {
                 return Err(Error::FailedPrecondition(format!(
@@ -565,19 +636,19 @@ impl TaskService {
                 drop(e.copies.lock().await.take());
             }
             // Execs still listed are ended with the container; its rootfs mounts go with it.
-            let deleted = self.sandbox().await?.delete_container(&req.id).await;
+            let deleted = self.sandbox()?.delete_container(&req.id).await;
             self.shared.tasks.lock().unwrap().remove(&req.id);
             match deleted {
-                Ok(()) | Err(kata_sandbox::Error::NotFound { .. }) => {}
+                Ok(())
+                | Err(kata_sandbox::Error::NotFound { .. })
+                | Err(kata_sandbox::Error::SandboxDead { .. }) => {}
                 Err(e) => {
                     tracing::warn!(container_id = %req.id, error = %e, "removing the container from the sandbox")
                 }
             }
-            if self.shared.tasks.lock().unwrap().is_empty() {
-                // The last container is gone: so is the sandbox.
-                if let Some(s) = self.shared.sandbox.lock().await.take() {
-                    stop_sandbox(s).await;
-                }
+            // The last container is gone (and none is being created): so is the sandbox.
+            if let Some(s) = self.take_sandbox_if_unused() {
+                stop_sandbox(s).await;
             }
         }
         self.publish(TaskDelete {
@@ -666,18 +737,7 @@ impl TaskService {
             Status::CREATED => {
                 // Never started: nothing runs in the guest; it simply ends.
                 let status = ExitStatus::from_signal(signal).to_shell_status() as u32;
-                if p.set_exited(Exit::now(status)) {
-                    let pid = self.vmm_pid().await;
-                    self.publish(TaskExit {
-                        container_id: req.id.clone(),
-                        id: process_id(&req.id, &req.exec_id).to_string(),
-                        pid,
-                        exit_status: status,
-                        exited_at: MessageField::some(timestamp(std::time::SystemTime::now())),
-                        ..Default::default()
-                    })
-                    .await;
-                }
+                self.publish_exit(&p, Exit::now(status)).await;
                 return Ok(());
             }
             _ => {}
@@ -701,7 +761,7 @@ impl TaskService {
             id: req.id.clone(),
             exec_id: req.exec_id.clone(),
             bundle: task.bundle.display().to_string(),
-            pid: self.vmm_pid().await,
+            pid: self.vmm_pid(),
             status: p.status().into(),
             stdin: p.stdio.stdin.clone(),
             stdout: p.stdio.stdout.clone(),
@@ -715,7 +775,7 @@ impl TaskService {
 
     async fn do_pause_resume(&self, id: &str, pause: bool) -> Result<()> {
         let task = self.task(id)?;
-        let sandbox = self.sandbox().await?;
+        let sandbox = self.sandbox()?;
         if pause {
             sandbox.pause_container(id).await?;
             task.init.set_status(Status::PAUSED);
@@ -738,7 +798,7 @@ impl TaskService {
 
     async fn do_stats(&self, id: &str) -> Result<StatsResponse> {
         self.task(id)?;
-        let stats = self.sandbox().await?.container_stats(id).await?;
+        let stats = self.sandbox()?.container_stats(id).await?;
         let metrics = crate::stats::to_cgroup_v1_metrics(&stats);
         let any = Any {
             type_url: "io.containerd.cgroups.v1.Metrics".into(),
@@ -767,11 +827,21 @@ impl TaskService {
                 field: "resources",
                 reason: e.to_string(),
             })?;
-        self.sandbox()
-            .await?
+        self.sandbox()?
             .update_container(&req.id, &resources)
             .await?;
         Ok(())
+    }
+
+    /// Takes the sandbox out of its slot when no task is left and none is being created
+    /// (checked under [`reserve`](Self::reserve)'s locks, so a Create cannot slip in).
+    fn take_sandbox_if_unused(&self) -> Option<Arc<Sandbox>> {
+        let tasks = self.shared.tasks.lock().unwrap();
+        let creating = self.shared.creating.lock().unwrap();
+        if !tasks.is_empty() || !creating.is_empty() {
+            return None;
+        }
+        self.shared.sandbox.lock().unwrap().take()
     }
 
     /// Stops the sandbox if no task is left, and lets the shim exit.
@@ -781,7 +851,7 @@ impl TaskService {
         {
             return Ok(());
         }
-        if let Some(s) = self.shared.sandbox.lock().await.take() {
+        if let Some(s) = self.take_sandbox_if_unused() {
             stop_sandbox(s).await;
         }
         self.shared.exit.signal();
@@ -873,7 +943,7 @@ impl containerd_shim::Task for TaskService {
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         let r = async {
             self.task(&req.id)?;
-            let pids = self.sandbox().await?.container_pids(&req.id).await?;
+            let pids = self.sandbox()?.container_pids(&req.id).await?;
             Ok(PidsResponse {
                 processes: pids
                     .into_iter()
@@ -918,7 +988,7 @@ impl containerd_shim::Task for TaskService {
         }
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
-            task_pid: self.vmm_pid().await,
+            task_pid: self.vmm_pid(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..Default::default()
         })
@@ -976,5 +1046,356 @@ impl containerd_shim::Task for TaskService {
                 "checkpoint is not supported by kata-rs: a VM sandbox cannot be checkpointed by CRIU",
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Tier 2 on the test backend (`[hypervisor.host-agent]`: the real agent on this host, no
+    //! VM). Needs root and the kata-agent binary (`cargo build -p kata-agent`).
+
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use containerd_shim::Task;
+
+    use super::*;
+
+    fn ctx() -> TtrpcContext {
+        TtrpcContext {
+            mh: Default::default(),
+            metadata: Default::default(),
+            timeout_nano: 0,
+        }
+    }
+
+    /// A shim service on a private root, with a configuration file for the test backend whose
+    /// agent starts after `agent_delay` (a slow boot).
+    struct Fixture {
+        tmp: tempfile::TempDir,
+        svc: TaskService,
+        options: Any,
+    }
+
+    impl Fixture {
+        fn new(agent_delay: &str) -> Fixture {
+            assert!(
+                nix::unistd::geteuid().is_root(),
+                "the test backend needs root (namespaces, mounts)"
+            );
+            let agent = kata_testkit::agent_binary().unwrap_or_else(|e| panic!("{e}"));
+            let tmp = tempfile::tempdir().unwrap();
+            let script = tmp.path().join("slow-agent");
+            std::fs::write(
+                &script,
+                format!(
+                    "#!/bin/sh\nsleep {agent_delay}\nexec {} \"$@\"\n",
+                    agent.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let config = tmp.path().join("configuration.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[hypervisor.host-agent]\npath = \"{}\"\n\n[agent.kata]\ndial_timeout = 30\nhealth_check_request_timeout_ms = 1000\n",
+                    script.display()
+                ),
+            )
+            .unwrap();
+            let rootfs = tmp.path().join("rootfs");
+            kata_testkit::image::busybox_rootfs(&rootfs).expect("busybox rootfs");
+            // runtimeoptions.v1.Options: config_path (field 2).
+            let path = config.display().to_string();
+            let mut value = vec![0x12, path.len() as u8];
+            value.extend_from_slice(path.as_bytes());
+            let options = Any {
+                type_url: "runtimeoptions.v1.Options".into(),
+                value,
+                ..Default::default()
+            };
+            let svc = TaskService::new(
+                "test",
+                None,
+                Arc::new(ExitSignal::default()),
+                tmp.path().join("run"),
+            );
+            Fixture { tmp, svc, options }
+        }
+
+        /// A bundle for task `id` running `args`; joining sandbox `join` if given; `hooks` is
+        /// the spec's `hooks` object.
+        fn bundle(
+            &self,
+            id: &str,
+            args: &[&str],
+            join: Option<&str>,
+            hooks: serde_json::Value,
+        ) -> PathBuf {
+            let bundle = self.tmp.path().join(format!("bundle-{id}"));
+            std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+            let mut annotations = serde_json::Map::new();
+            if let Some(sb) = join {
+                annotations.insert(
+                    "io.kubernetes.cri.container-type".into(),
+                    "container".into(),
+                );
+                annotations.insert("io.kubernetes.cri.sandbox-id".into(), sb.into());
+            }
+            let spec = serde_json::json!({
+                "ociVersion": "1.0.2",
+                "process": { "args": args, "cwd": "/", "env": ["PATH=/bin:/usr/bin"], "user": { "uid": 0, "gid": 0 } },
+                "root": { "path": "rootfs" },
+                "annotations": annotations,
+                "hooks": hooks,
+                "linux": { "namespaces": [ { "type": "pid" }, { "type": "mount" } ] }
+            });
+            std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+            bundle
+        }
+
+        fn create_request(&self, id: &str, bundle: &Path) -> CreateTaskRequest {
+            let rootfs = self.tmp.path().join("rootfs").display().to_string();
+            CreateTaskRequest {
+                id: id.into(),
+                bundle: bundle.display().to_string(),
+                rootfs: vec![containerd_shim::protos::types::mount::Mount {
+                    type_: "bind".into(),
+                    source: rootfs,
+                    options: vec!["rbind".into(), "ro".into()],
+                    ..Default::default()
+                }],
+                options: MessageField::some(self.options.clone()),
+                ..Default::default()
+            }
+        }
+
+        fn exits(&self) -> Vec<String> {
+            self.svc
+                .shared
+                .published
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(topic, _)| topic == "/tasks/exit")
+                .map(|(_, text)| text.clone())
+                .collect()
+        }
+    }
+
+    /// How long `call` takes, which must not fail with anything but `NotFound`.
+    async fn timed<T: std::fmt::Debug>(
+        call: impl std::future::Future<Output = TtrpcResult<T>>,
+    ) -> Duration {
+        let t0 = Instant::now();
+        let r = call.await;
+        if let Err(e) = &r {
+            assert!(format!("{e:?}").contains("NOT_FOUND"), "{e:?}");
+        }
+        t0.elapsed()
+    }
+
+    /// Issue 9 row 12: the shim held one mutex through a whole boot, so Connect, State and
+    /// Kill of every task waited for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_that_do_not_need_the_booting_sandbox_answer_at_once() {
+        let f = Fixture::new("3");
+        let a = f.bundle("a", &["sleep", "60"], None, serde_json::Value::Null);
+        let svc = f.svc.clone();
+        let req = f.create_request("a", &a);
+        let booting = tokio::spawn(async move { svc.create(&ctx(), req).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!booting.is_finished(), "the agent starts after 3 s");
+        let took = timed(f.svc.connect(&ctx(), ConnectRequest::default())).await;
+        assert!(
+            took < Duration::from_secs(1),
+            "Connect took {took:?} during a boot"
+        );
+        let took = timed(f.svc.state(
+            &ctx(),
+            StateRequest {
+                id: "other".into(),
+                ..Default::default()
+            },
+        ))
+        .await;
+        assert!(
+            took < Duration::from_secs(1),
+            "State took {took:?} during a boot"
+        );
+        let took = timed(f.svc.kill(
+            &ctx(),
+            KillRequest {
+                id: "other".into(),
+                signal: 9,
+                ..Default::default()
+            },
+        ))
+        .await;
+        assert!(
+            took < Duration::from_secs(1),
+            "Kill took {took:?} during a boot"
+        );
+        assert!(
+            !booting.is_finished(),
+            "still booting: the calls above did not wait for it"
+        );
+        booting
+            .await
+            .unwrap()
+            .expect("the task is created once the agent answers");
+
+        // A second container of the pod whose create is slow (a createRuntime hook that takes
+        // 2 s): the first task's State and Pids answer meanwhile.
+        let hooks = serde_json::json!({ "createRuntime": [ { "path": "/bin/sleep", "args": ["sleep", "2"] } ] });
+        let b = f.bundle("b", &["sleep", "60"], Some("a"), hooks);
+        let svc = f.svc.clone();
+        let req = f.create_request("b", &b);
+        let joining = tokio::spawn(async move { svc.create(&ctx(), req).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let took = timed(f.svc.state(
+            &ctx(),
+            StateRequest {
+                id: "a".into(),
+                ..Default::default()
+            },
+        ))
+        .await;
+        assert!(
+            took < Duration::from_secs(1),
+            "State(a) took {took:?} during Create(b)"
+        );
+        assert!(!joining.is_finished(), "Create(b) runs its 2 s hook");
+        joining.await.unwrap().expect("b joins the sandbox");
+
+        for id in ["b", "a"] {
+            f.svc
+                .delete(
+                    &ctx(),
+                    DeleteRequest {
+                        id: id.into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let root = f.tmp.path().join("run");
+        assert!(!root.join("a").exists(), "the sandbox directory is removed");
+        assert!(kata_testkit::leaks::mounts_under(&root).is_empty());
+    }
+
+    /// Issue 9 row 10 at the shim: the "VM" (the test backend's agent) is killed while a task
+    /// runs with an exec running and another created: every one of them gets its exit
+    /// published and Wait answers, within seconds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn when_the_sandbox_dies_every_process_gets_its_exit() {
+        let f = Fixture::new("0");
+        let a = f.bundle("a", &["sleep", "600"], None, serde_json::Value::Null);
+        f.svc
+            .create(&ctx(), f.create_request("a", &a))
+            .await
+            .unwrap();
+        f.svc
+            .start(
+                &ctx(),
+                StartRequest {
+                    id: "a".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let exec_spec = |args: &[&str]| {
+            let p = serde_json::json!({ "args": args, "cwd": "/", "env": ["PATH=/bin"], "user": { "uid": 0, "gid": 0 } });
+            MessageField::some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: p.to_string().into_bytes(),
+                ..Default::default()
+            })
+        };
+        for (exec_id, start) in [("running", true), ("created", false)] {
+            f.svc
+                .exec(
+                    &ctx(),
+                    ExecProcessRequest {
+                        id: "a".into(),
+                        exec_id: exec_id.into(),
+                        spec: exec_spec(&["sleep", "600"]),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            if start {
+                f.svc
+                    .start(
+                        &ctx(),
+                        StartRequest {
+                            id: "a".into(),
+                            exec_id: exec_id.into(),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let sandbox = f.svc.sandbox().unwrap();
+        let agent = *sandbox.host_pids().last().expect("the agent's pid");
+        drop(sandbox);
+        let t0 = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        for exec_id in ["", "running", "created"] {
+            let w = tokio::time::timeout(
+                Duration::from_secs(10),
+                f.svc.wait(
+                    &ctx(),
+                    WaitRequest {
+                        id: "a".into(),
+                        exec_id: exec_id.into(),
+                        ..Default::default()
+                    },
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("Wait({exec_id:?}) did not answer within 10 s of the death"))
+            .unwrap();
+            assert_eq!(w.exit_status, EXIT_SANDBOX_DIED, "{exec_id:?}");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        let exits = f.exits();
+        for id in [", id: \"a\"", ", id: \"running\"", ", id: \"created\""] {
+            assert_eq!(
+                exits.iter().filter(|e| e.contains(id)).count(),
+                1,
+                "{id} in {exits:?}"
+            );
+        }
+        for exec_id in ["running", "created", ""] {
+            f.svc
+                .delete(
+                    &ctx(),
+                    DeleteRequest {
+                        id: "a".into(),
+                        exec_id: exec_id.into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let root = f.tmp.path().join("run");
+        assert!(!root.join("a").exists(), "the sandbox directory is removed");
+        assert!(kata_testkit::leaks::mounts_under(&root).is_empty());
+        let procs =
+            kata_testkit::leaks::processes_mentioning(&root.display().to_string(), "kata_shim-");
+        assert!(procs.is_empty(), "{procs:?}");
     }
 }

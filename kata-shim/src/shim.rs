@@ -42,6 +42,17 @@ pub fn config() -> Config {
     }
 }
 
+/// The file mode creation mask the shim runs with: everything it creates (its socket and
+/// `address` file, sandbox state, what the VMM and its helpers create as its children) is
+/// its user's (root's) only.
+pub const UMASK: u32 = 0o077;
+
+/// Sets [`UMASK`] for the whole process; the binary's first call, before any thread or child
+/// exists. Returns the previous mask.
+pub fn set_private_umask() -> u32 {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(UMASK)).bits()
+}
+
 /// The root directory of sandbox directories.
 pub fn root_dir() -> PathBuf {
     std::env::var_os(ROOT_DIR_ENV)
@@ -313,6 +324,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("killed"), "{e}");
+    }
+
+    #[test]
+    fn the_umask_makes_what_the_shim_creates_private() {
+        let before = set_private_umask();
+        let tmp = tempfile::tempdir().unwrap();
+        let (f, d) = (tmp.path().join("f"), tmp.path().join("d"));
+        std::fs::write(&f, b"x").unwrap();
+        std::fs::create_dir(&d).unwrap();
+        let restored = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(before));
+        assert_eq!(restored.bits(), UMASK);
+        use std::os::unix::fs::PermissionsExt;
+        for p in [&f, &d] {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", p.display());
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 #[tokio::main]
 async fn main() {
+    // Before anything is created: what the shim and its children create is root's only.
+    kata_shim::shim::set_private_umask();
     containerd_shim::run::<kata_shim::KataShim>(kata_shim::RUNTIME_ID, Some(kata_shim::config()))
         .await;
 }

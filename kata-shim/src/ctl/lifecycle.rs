@@ -203,9 +203,12 @@ pub fn kill(options: &Options, id: &str, signal: i32) -> i32 {
 }
 
 /// `delete`: removes the container and shuts its sandbox down. A sandbox that cannot be
-/// restored (its VM died) is cleaned up from its state with `--force`.
+/// restored (its VM died) is cleaned up from its state with `--force`. An id that is not a
+/// plain name (`../x`) is refused before anything is touched: `--force` cleans up only a
+/// directory of the root.
 pub fn delete(options: &Options, id: &str, force: bool) -> i32 {
     block_on("delete", async {
+        kata_sandbox::validate_id(id).map_err(|e| e.to_string())?;
         let root = root(options);
         let dir = root.join(id);
         let sandbox = match restore(&root, id).await {
@@ -279,4 +282,29 @@ pub fn state(options: &Options, id: &str) -> i32 {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         Ok(EXIT_OK)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Issue 9 row 15: `delete --force ../x` cleaned up `<root>/../x`, a directory outside the
+    /// root (its processes killed, its mounts and state removed). It is refused, and the
+    /// directory is left alone.
+    #[test]
+    fn delete_force_of_an_id_that_leaves_the_root_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let outside = tmp.path().join("x");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("state.json"), "{}").unwrap();
+        let (root_arg, absolute) = (root.display().to_string(), outside.display().to_string());
+        for id in ["../x", absolute.as_str(), "a/b", ".."] {
+            let code = super::super::main(["--root", &root_arg, "delete", "--force", id]);
+            assert_eq!(code, super::EXIT_FAILED, "delete --force {id}");
+        }
+        assert!(
+            outside.join("state.json").is_file(),
+            "nothing outside the root is touched"
+        );
+    }
 }
