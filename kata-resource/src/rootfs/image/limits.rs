@@ -424,7 +424,7 @@ pub(crate) fn for_each_entry<R: Read>(
 /// `n` bytes for messages: `8 GiB`, `64 MiB`, `12 KiB` when exact, else `N bytes`.
 pub(crate) fn human(n: u64) -> String {
     for (unit, name) in [(GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
-        if n >= unit && n % unit == 0 {
+        if n >= unit && n.is_multiple_of(unit) {
             return format!("{} {name}", n / unit);
         }
     }
