@@ -32,10 +32,16 @@ demo: setup guest
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# As a crates.io user builds them: alone, without the workspace's feature unification
+	@# (which hides a missing tokio feature, or a protobuf type that needs the agent's `server`).
+	$(CARGO) clippy -q -p kata-shim --lib --bins -- -D warnings
+	$(CARGO) clippy -q -p kata-sandbox --no-default-features -- -D warnings
+	@if $(CARGO) tree -q -p kata-shim -e normal,features -i kata-agent-client | grep -q 'feature "server"'; then \
+	  echo "lint: kata-shim pulls kata-agent-client's feature server: a protobuf type is reachable above the typed Agent API"; exit 1; fi
 
 # Publishability of every library crate (no verify build: the workspace build covers it).
 package:
-	$(CARGO) package --workspace --no-verify --allow-dirty --exclude kata-examples --exclude kata-benches --exclude kata-testkit >/dev/null
+	$(CARGO) package --workspace --no-verify --allow-dirty --exclude kata-examples --exclude kata-benches --exclude kata-testkit --exclude kata-vmm >/dev/null
 	@echo "package: every publishable crate packages"
 
 # The whole suite: unit, host integration, VM (QEMU), in that order.

@@ -300,7 +300,10 @@ build_initrd() {
 
 # ---------------------------------------------------------------- agent ----
 
-TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+# Exported: the cargo build below must put the agent where this script then looks for it
+# (the checkout's .cargo/config.toml no longer names a target dir).
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+TARGET_DIR=$CARGO_TARGET_DIR
 AGENT_PROFILE=${KATA_RS_AGENT_PROFILE:-release}
 AGENT=${KATA_RS_AGENT:-$TARGET_DIR/$AGENT_PROFILE/kata-agent}
 
