@@ -127,7 +127,11 @@ impl Proc {
     }
 
     /// Records the exit (once); returns whether this call recorded it.
+    ///
+    /// The status is STOPPED before a waiter wakes: a `Delete` right after `Wait` answered
+    /// never finds the process still running.
     pub fn set_exited(&self, exit: Exit) -> bool {
+        let mut status = self.status.lock().unwrap();
         let mut first = false;
         self.exit_tx.send_if_modified(|e| {
             if e.is_none() {
@@ -137,7 +141,7 @@ impl Proc {
             first
         });
         if first {
-            *self.status.lock().unwrap() = Status::STOPPED;
+            *status = Status::STOPPED;
         }
         first
     }
@@ -210,6 +214,32 @@ impl Proc {
             p.resize_tty(rows, columns).await
         } else {
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waiter that wakes on the exit sees the process stopped: containerd deletes right
+    /// after Wait answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_woken_waiter_sees_the_process_stopped() {
+        for _ in 0..500 {
+            let p = Proc::new("c", "e", Stdio::default(), Handle::ExecStarting);
+            p.set_status(Status::RUNNING);
+            let waiter = {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    p.wait().await;
+                    p.status()
+                })
+            };
+            tokio::task::yield_now().await;
+            assert!(p.set_exited(Exit::now(0)));
+            assert_eq!(waiter.await.unwrap(), Status::STOPPED);
+            assert!(!p.set_exited(Exit::now(1)), "recorded once");
         }
     }
 }
