@@ -16,9 +16,13 @@
 //!    combinations without touching the disk; [`HypervisorConfig::check_host_paths`] checks the
 //!    paths the section's features need.
 //!
+//! 4. What the backend does with each key ([`SettingUse`]): acted on, refused until it is
+//!    implemented ([`HypervisorConfig::check_refused`]), or parsed without effect
+//!    ([`HypervisorConfig::inert_settings`]).
+//!
 //! The confidential-computing keys (`confidential_guest`, `sev_snp_guest`, `snp_*`,
 //! `tdx_quote_generation_service_socket_port`, machine `s390-ccw-virtio` for IBM SE) are parsed
-//! and validated; nothing in kata-rs has run them on TDX, SEV-SNP or SE hardware.
+//! and validated, and refused by the QEMU backend: it cannot start a confidential guest yet.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -29,12 +33,14 @@ use crate::device::PciePort;
 use crate::error::{Error, Result};
 
 mod kinds;
+mod settings;
 mod validate;
 
 pub use kinds::{
     BlockDeviceAio, BlockDeviceDriver, HugepageType, RootfsType, SharedFs, VirtioFsCache,
     VmRootfsDriver,
 };
+pub use settings::SettingUse;
 pub use validate::{HostPathProblem, LOG_LEVELS};
 
 /// Smallest guest memory kata-rs accepts, in MiB (Kata's minimum for every VMM).
@@ -66,6 +72,13 @@ pub const DEFAULT_SNP_GUEST_POLICY: u32 = 0x30000;
 
 /// Kata's default vsock port of the TDX Quote Generation Service.
 pub const DEFAULT_TDX_QGS_PORT: u32 = 4050;
+
+/// QEMU's seccomp sandbox when `seccomp_sandbox` is empty: on, with every group of system
+/// calls QEMU can deny denied (obsolete calls, `set*uid`/`set*gid`, `fork`/`execve`,
+/// affinity and scheduler changes). Kata ships this off (its example leaves out
+/// `elevateprivileges=deny`, which breaks QEMU's `-daemonize`; kata-rs never daemonizes QEMU).
+pub const DEFAULT_SECCOMP_SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// The VMM a `[hypervisor.<name>]` table configures.
 ///
@@ -417,11 +430,15 @@ pub struct HypervisorConfig {
     pub network_queues: u32,
 
     // --- security -----------------------------------------------------------------------------
-    /// Run the VMM as a random non-root user. Default false.
+    /// Run the VMM as a random non-root user. Default false. The QEMU backend refuses `true`
+    /// (not implemented: see the crate's README).
     pub rootless: bool,
     /// Turn off the VMM's own seccomp filter (Cloud Hypervisor, Firecracker, Dragonball).
     pub disable_seccomp: bool,
-    /// QEMU `-sandbox` options (comma separated). Empty: QEMU's seccomp sandbox is off.
+    /// QEMU's seccomp sandbox (`-sandbox`): `on` or `off`, then QEMU's sub-options
+    /// (`obsolete`, `elevateprivileges`, `spawn`, `resourcecontrol`). Empty (Kata's default,
+    /// which leaves QEMU unconfined): kata-rs' default, [`DEFAULT_SECCOMP_SANDBOX`], every
+    /// sub-option denied. `off` turns the filter off. See [`HypervisorConfig::qemu_sandbox`].
     #[serde(alias = "seccompsandbox")]
     pub seccomp_sandbox: String,
     /// Run a confidential guest (TDX, SEV/SEV-SNP or IBM SE, as the host offers). Default false.

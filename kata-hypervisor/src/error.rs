@@ -130,6 +130,19 @@ pub enum Error {
         /// The last lines of the guest console.
         console: Vec<String>,
     },
+    /// A setting the backend does not implement and will not ignore (`rootless`,
+    /// `confidential_guest`, `guest_hook_path`, ...).
+    #[error("[hypervisor.{backend}] {key} = {value}: {reason}")]
+    NotImplemented {
+        /// The backend that refuses it.
+        backend: crate::config::HypervisorType,
+        /// The key (`factory.<key>` for the factory table).
+        key: String,
+        /// The value, as TOML writes it.
+        value: String,
+        /// Why it is refused, and what to set instead.
+        reason: String,
+    },
     /// A timeout expired.
     #[error("timed out after {after:?} waiting for {what}")]
     Timeout {

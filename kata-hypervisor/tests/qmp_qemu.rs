@@ -46,12 +46,7 @@ fn start_paused_qemu() -> Paused {
         .stdin(std::process::Stdio::null())
         .spawn()
         .expect("qemu-system-x86_64 must be installed (apt-get install qemu-system-x86)");
-    for _ in 0..500 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_listening(&sock);
     Paused { child, dir }
 }
 
@@ -145,14 +140,19 @@ fn paused_qemu_in(vm_dir: &std::path::Path) -> KillOnDrop {
             .spawn()
             .unwrap(),
     );
-    // Generous: CI runs this on 2 busy cores.
+    wait_listening(&sock);
+    child
+}
+
+/// Waits until QEMU listens on `socket` (it exists a moment before it accepts). Generous: CI
+/// runs this on 2 busy cores.
+fn wait_listening(socket: &std::path::Path) {
     for _ in 0..3000 {
-        if sock.exists() {
-            break;
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    child
 }
 
 /// The state the QEMU backend would have saved for `pid` running in `vm_dir`.
@@ -294,4 +294,119 @@ fn cleanup_kills_a_qemu_left_behind() {
     assert_eq!(report.killed, vec![child.0.id()]);
     assert!(report.vm_dir_removed && !vm_dir.exists());
     assert!(child.0.wait().unwrap().signal().is_some());
+}
+
+/// A paused QEMU like the backend's VMs: QMP, and the serial port on a console socket that
+/// does not wait for its reader (the test connects through the backend later).
+fn paused_qemu_with_console_in(vm_dir: &std::path::Path) -> KillOnDrop {
+    std::fs::create_dir(vm_dir).unwrap();
+    let qmp = vm_dir.join("qmp.sock");
+    let console = vm_dir.join("console.sock");
+    let child = KillOnDrop(
+        std::process::Command::new("qemu-system-x86_64")
+            .args(["-machine", "q35", "-accel", "tcg", "-nodefaults"])
+            .args(["-display", "none", "-S", "-m", "64M"])
+            .arg("-sandbox")
+            .arg(kata_hypervisor::config::DEFAULT_SECCOMP_SANDBOX)
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=console0,path={},server=on,wait=off",
+                console.display()
+            ))
+            .args(["-serial", "chardev:console0"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&qmp);
+    wait_listening(&console);
+    child
+}
+
+/// Writes `text` to the VM's serial port (the 16550 at 0x3f8) through the monitor, as a guest
+/// would: no guest is needed.
+async fn write_serial(qmp: &QmpClient, text: &str) {
+    for b in text.bytes() {
+        qmp.execute(
+            "human-monitor-command",
+            Some(serde_json::json!({ "command-line": format!("o /b 0x3f8 {b}") })),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Polls the VM's console tail until a line is `want` (bounded).
+async fn console_shows(vm: &kata_hypervisor::qemu::Qemu, want: &str) -> Vec<String> {
+    use kata_hypervisor::Hypervisor;
+    let mut tail = Vec::new();
+    for _ in 0..200 {
+        tail = vm.console_tail(10);
+        if tail.iter().any(|l| l == want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tail
+}
+
+/// The console plumbing with a real QEMU and its seccomp sandbox: an adopted VM's serial port
+/// is read into the backend's ring; a detached VM's console is let go (QEMU drops what is
+/// written meanwhile, without blocking) and the next owner reads it again; the ring outlives
+/// the VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serial_console_is_read_into_a_ring_that_outlives_the_vm() {
+    use kata_hypervisor::qemu::Qemu;
+    use kata_hypervisor::{Hypervisor, HypervisorConfig};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let vm_dir = tmp.path().join("vm");
+    let mut child = paused_qemu_with_console_in(&vm_dir);
+    let saved = saved_state(&vm_dir, child.0.id());
+
+    let vm = Qemu::restore("c", HypervisorConfig::default(), &saved)
+        .await
+        .unwrap();
+    assert!(vm.console().is_empty());
+    write_serial(&vm.qmp().unwrap(), "hello from the serial port\n").await;
+    let tail = console_shows(&vm, "hello from the serial port").await;
+    assert_eq!(tail, ["hello from the serial port"]);
+    assert!(
+        !vm_dir.join("console.log").exists(),
+        "the console is never a file"
+    );
+
+    // Handed over: the console connection is closed; QEMU drops what the guest writes
+    // meanwhile, without stalling (every write returns).
+    vm.detach().await.unwrap();
+    drop(vm);
+    let qmp = QmpClient::connect(&vm_dir.join("qmp.sock"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    write_serial(&qmp, "written while nobody read\n").await;
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    drop(qmp);
+    let vm = Qemu::restore("c", HypervisorConfig::default(), &saved)
+        .await
+        .unwrap();
+    write_serial(&vm.qmp().unwrap(), "read by the next owner\n").await;
+    let tail = console_shows(&vm, "read by the next owner").await;
+    assert_eq!(tail, ["read by the next owner"]);
+
+    // After the VM is gone, its console is still there for the error that reports it.
+    vm.stop().await.unwrap();
+    assert!(child.0.wait().is_ok());
+    assert!(!vm_dir.exists());
+    assert!(
+        vm.console_tail(5)
+            .contains(&"read by the next owner".to_string()),
+        "{:?}",
+        vm.console_tail(5)
+    );
+    assert!(vm.console().total_bytes() > 0);
 }

@@ -124,15 +124,37 @@ pub fn cleanup(saved: Option<&HypervisorState>, vm_dir: &Path) -> Result<Cleanup
 const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the backend of `kind` can do with `config`, before a VM exists; an error for a type
-/// without a backend in this build.
+/// without a backend in this build, or for a setting of `config` the backend refuses
+/// ([`HypervisorConfig::check_refused`]: `rootless`, `confidential_guest`, ...).
 pub fn capabilities(kind: HypervisorType, config: &HypervisorConfig) -> Result<Capabilities> {
-    let _ = config;
-    match kind {
+    let caps = match kind {
         #[cfg(feature = "qemu")]
         HypervisorType::Qemu => Ok(crate::qemu::capabilities()),
         #[cfg(feature = "test-backend")]
         HypervisorType::HostAgent => Ok(crate::host_agent::capabilities()),
         other => Err(no_backend(other)),
+    }?;
+    config.check_refused(kind)?;
+    Ok(caps)
+}
+
+/// How the backend of `kind` treats one key of its section with `config`'s values (see
+/// [`crate::config::SettingUse`]); `None` for a key it does not know, or a type without a
+/// backend in this build.
+pub fn setting_use(
+    kind: HypervisorType,
+    key: &str,
+    config: &HypervisorConfig,
+) -> Option<crate::config::SettingUse> {
+    match kind {
+        #[cfg(feature = "qemu")]
+        HypervisorType::Qemu => crate::qemu::setting_use(key, config),
+        #[cfg(feature = "test-backend")]
+        HypervisorType::HostAgent => crate::host_agent::setting_use(key, config),
+        _ => {
+            let _ = (key, config);
+            None
+        }
     }
 }
 
@@ -216,6 +238,32 @@ mod tests {
             e.contains("shared_fs") && e.contains("virtiofsd") && e.contains("virtio-9p"),
             "{e}"
         );
+    }
+
+    #[cfg(feature = "qemu")]
+    #[test]
+    fn capabilities_refuse_what_the_backend_does_not_implement() {
+        let config = HypervisorConfig {
+            rootless: true,
+            ..Default::default()
+        };
+        let e = capabilities(HypervisorType::Qemu, &config)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rootless = true") && e.contains("not implemented"),
+            "{e}"
+        );
+        let e = create(
+            HypervisorType::Qemu,
+            "x",
+            config,
+            Path::new("/nonexistent/vm"),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("rootless"), "{e}");
     }
 
     #[test]

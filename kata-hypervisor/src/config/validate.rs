@@ -17,6 +17,14 @@ pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "cr
 /// QEMU machine types kata-rs knows (a `-<version>` suffix is allowed on versioned ones).
 const QEMU_MACHINES: &[&str] = &["q35", "pc", "microvm", "virt", "s390-ccw-virtio", "pseries"];
 
+/// QEMU's `-sandbox` sub-options and the values each takes (QEMU 7.2, `qemu-system-* -help`).
+const QEMU_SANDBOX_OPTIONS: &[(&str, &[&str])] = &[
+    ("obsolete", &["allow", "deny"]),
+    ("elevateprivileges", &["allow", "deny", "children"]),
+    ("spawn", &["allow", "deny"]),
+    ("resourcecontrol", &["allow", "deny"]),
+];
+
 pub(super) fn invalid(
     key: &'static str,
     value: impl fmt::Display,
@@ -52,7 +60,7 @@ fn is_q35_machine(machine: &str) -> bool {
 /// Decoded length of standard base64 text, or `None` when it is not base64.
 fn base64_len(text: &str) -> Option<usize> {
     let t: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if t.is_empty() || t.len() % 4 != 0 {
+    if t.is_empty() || t.len() & 3 != 0 {
         return None;
     }
     let pad = t.iter().rev().take_while(|&&b| b == b'=').count();
@@ -79,6 +87,83 @@ pub struct HostPathProblem {
 }
 
 impl HypervisorConfig {
+    /// The argument of QEMU's `-sandbox` for `seccomp_sandbox`, checked: `None` when it is
+    /// `off`; [`DEFAULT_SECCOMP_SANDBOX`](super::DEFAULT_SECCOMP_SANDBOX) when it is empty.
+    ///
+    /// The value must start with `on` or `off` (QEMU reads sub-options without `on` as a
+    /// sandbox that is off, so they would be ignored), followed by QEMU's sub-options, each
+    /// once, with one of its values: `obsolete=allow|deny`,
+    /// `elevateprivileges=allow|deny|children`, `spawn=allow|deny`,
+    /// `resourcecontrol=allow|deny`. `off` takes no sub-options.
+    ///
+    /// ```
+    /// use kata_hypervisor::HypervisorConfig;
+    ///
+    /// let c = HypervisorConfig { seccomp_sandbox: "on,spawn=deny".into(), ..Default::default() };
+    /// assert_eq!(c.qemu_sandbox().unwrap().as_deref(), Some("on,spawn=deny"));
+    /// let off = HypervisorConfig { seccomp_sandbox: "off".into(), ..Default::default() };
+    /// assert_eq!(off.qemu_sandbox().unwrap(), None);
+    /// ```
+    pub fn qemu_sandbox(&self) -> Result<Option<String>> {
+        let value = self.seccomp_sandbox.trim();
+        if value.is_empty() {
+            return Ok(Some(super::DEFAULT_SECCOMP_SANDBOX.to_string()));
+        }
+        let bad = |why: String| invalid("seccomp_sandbox", format!("\"{value}\""), why);
+        let items: Vec<&str> = value.split(',').map(str::trim).collect();
+        let on = match items[0] {
+            "on" | "enable=on" => true,
+            "off" | "enable=off" => false,
+            other => {
+                return Err(bad(format!(
+                    "starts with `{other}`: the value starts with `on` or `off` (QEMU would leave a sandbox without `on` off)"
+                )))
+            }
+        };
+        if !on {
+            return if items.len() == 1 {
+                Ok(None)
+            } else {
+                Err(bad(
+                    "`off` takes no sub-options; remove them, or start with `on`".into(),
+                ))
+            };
+        }
+        let allowed = || {
+            QEMU_SANDBOX_OPTIONS
+                .iter()
+                .map(|(k, vs)| format!("{k}={}", vs.join("|")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for item in &items[1..] {
+            let Some((key, val)) = item.split_once('=') else {
+                return Err(bad(format!(
+                    "`{item}` is not key=value; QEMU's sub-options are {}",
+                    allowed()
+                )));
+            };
+            let Some((_, values)) = QEMU_SANDBOX_OPTIONS.iter().find(|(k, _)| *k == key) else {
+                return Err(bad(format!(
+                    "`{key}` is not a sub-option of QEMU's -sandbox; allowed: {}",
+                    allowed()
+                )));
+            };
+            if !values.contains(&val) {
+                return Err(bad(format!(
+                    "`{key}={val}`: {key} takes {}",
+                    values.join(", ")
+                )));
+            }
+            if seen.contains(&key) {
+                return Err(bad(format!("`{key}` is given twice")));
+            }
+            seen.push(key);
+        }
+        Ok(Some(items.join(",")))
+    }
+
     /// Checks the values that need no I/O and hold for every VMM: ranges, enum values and
     /// incompatible combinations. [`HypervisorConfig::validate_for`] adds the VMM's own rules.
     pub fn validate(&self) -> Result<()> {
@@ -105,6 +190,7 @@ impl HypervisorConfig {
         let fs = self.shared_fs;
         match kind {
             HypervisorType::Qemu => {
+                self.qemu_sandbox()?;
                 if !self.jailer_path.is_empty() {
                     return Err(invalid(
                         "jailer_path",
@@ -784,6 +870,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("machine_type") && e.contains("q35"), "{e}");
+    }
+
+    #[test]
+    fn seccomp_sandbox_takes_only_qemus_sub_options() {
+        let sandbox = |v: &str| {
+            HypervisorConfig {
+                seccomp_sandbox: v.into(),
+                ..Default::default()
+            }
+            .qemu_sandbox()
+        };
+        assert_eq!(
+            sandbox("").unwrap().as_deref(),
+            Some(super::super::DEFAULT_SECCOMP_SANDBOX),
+            "empty means kata-rs' default: on"
+        );
+        assert_eq!(
+            sandbox(" on, obsolete=deny ,elevateprivileges=children")
+                .unwrap()
+                .as_deref(),
+            Some("on,obsolete=deny,elevateprivileges=children")
+        );
+        assert_eq!(sandbox("off").unwrap(), None);
+        assert_eq!(sandbox("enable=on").unwrap().as_deref(), Some("enable=on"));
+        for (value, needle) in [
+            ("obsolete=deny", "starts with `obsolete=deny`"),
+            ("on,spawn=maybe", "spawn takes allow, deny"),
+            ("on,network=deny", "`network` is not a sub-option"),
+            ("on,spawn", "not key=value"),
+            ("on,spawn=deny,spawn=allow", "given twice"),
+            ("off,spawn=deny", "`off` takes no sub-options"),
+            ("on,,spawn=deny", "not key=value"),
+        ] {
+            let e = sandbox(value).unwrap_err().to_string();
+            assert!(
+                e.contains("seccomp_sandbox") && e.contains(needle),
+                "{value}: {e}"
+            );
+        }
+        // Only QEMU reads the key.
+        let c = HypervisorConfig {
+            seccomp_sandbox: "on,bogus=1".into(),
+            ..Default::default()
+        };
+        assert!(c.validate_for(HypervisorType::Qemu).is_err());
+        c.validate_for(HypervisorType::Remote).unwrap();
     }
 
     #[test]

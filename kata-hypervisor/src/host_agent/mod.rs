@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::backend::host::{check, CheckStatus, HostCheck};
-use crate::config::{HypervisorConfig, HypervisorType, SharedFs};
+use crate::config::{HypervisorConfig, HypervisorType, SettingUse, SharedFs};
 use crate::console::tail_lines;
 use crate::device::{DeviceConfig, VsockAddress};
 use crate::error::{Error, Result};
@@ -113,6 +113,17 @@ fn unshare_binary() -> Result<PathBuf> {
         program: "unshare".into(),
         searched: "PATH".into(),
         install: "apt-get install util-linux".into(),
+    })
+}
+
+/// How the test backend treats `key`: it runs no VM, so only the agent binary (`path`),
+/// `shared_fs`, `enable_debug` and the loader's keys (annotations, `valid_*` globs) have an
+/// effect; everything else is inert.
+pub(crate) fn setting_use(key: &str, _config: &HypervisorConfig) -> Option<SettingUse> {
+    Some(match key {
+        "path" | "shared_fs" | "enable_debug" | "enable_annotations" => SettingUse::Acted,
+        k if k.starts_with("valid_") => SettingUse::Acted,
+        _ => SettingUse::Inert("the test backend runs no VM"),
     })
 }
 

@@ -1,9 +1,16 @@
 //! The QEMU command line, built as a pure function of the configuration so it is unit-tested
 //! without starting anything.
+//!
+//! What it confines: QEMU runs under its seccomp sandbox (`-sandbox`, see
+//! [`HypervisorConfig::qemu_sandbox`]); the 9p share stores the guest's ownership, modes,
+//! device numbers and symlinks in `user.virtfs.*` xattrs (`security_model=mapped-xattr`), so
+//! what the guest creates on the host is a plain file owned by QEMU's user, mode 0600 (0700
+//! for a directory), never a setuid file or a device node; the serial console is a socket the
+//! backend reads into a bounded ring, never a file.
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{BlockDeviceDriver, HypervisorConfig, SharedFs};
+use crate::config::{BlockDeviceDriver, HypervisorConfig, RootfsType, SharedFs};
 use crate::device::{DeviceConfig, PortAllocator, PortPlan};
 use crate::error::{Error, Result};
 use crate::kvm::Accelerator;
@@ -48,8 +55,8 @@ pub struct QemuLaunch<'a> {
     pub image: Option<&'a Path>,
     /// The QMP socket.
     pub qmp_socket: &'a Path,
-    /// The serial console log file.
-    pub console_log: &'a Path,
+    /// The serial console's socket (QEMU listens, the backend's console reader connects).
+    pub console_socket: &'a Path,
     /// The agent's vsock device.
     pub vsock: VsockDevice,
     /// Devices to cold-plug.
@@ -68,7 +75,13 @@ pub fn kernel_cmdline(config: &HypervisorConfig, has_image: bool) -> String {
         s.push_str(" quiet");
     }
     if has_image {
-        s.push_str(" root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4");
+        s.push_str(match config.rootfs_type {
+            RootfsType::Ext4 => {
+                " root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4"
+            }
+            RootfsType::Xfs => " root=/dev/vda1 rootflags=ro ro rootfstype=xfs",
+            RootfsType::Erofs => " root=/dev/vda1 rootflags=ro ro rootfstype=erofs",
+        });
     }
     if !config.kernel_params.trim().is_empty() {
         s.push(' ');
@@ -90,9 +103,21 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
     };
     push(&["-name", &format!("sandbox-{}", l.name)]);
     push(&["-machine", &machine]);
+    let cpu = match l.accelerator {
+        Accelerator::Kvm => "host",
+        Accelerator::Tcg => "max",
+    };
+    let cpu = if c.cpu_features.is_empty() {
+        cpu.to_string()
+    } else {
+        format!("{cpu},{}", c.cpu_features)
+    };
     match l.accelerator {
-        Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accelerator::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+        Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", &cpu]),
+        Accelerator::Tcg => push(&["-accel", "tcg", "-cpu", &cpu]),
+    }
+    if let Some(sandbox) = c.qemu_sandbox()? {
+        push(&["-sandbox", &sandbox]);
     }
     let maxcpus = c.max_vcpus();
     push(&[
@@ -103,7 +128,12 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
         ),
     ]);
     let mem = c.default_memory;
-    let maxmem = (l.host_memory_mib + c.memory_offset).max(u64::from(mem) + 1);
+    // `default_maxmemory` (0: the host's memory) plus the NVDIMM headroom.
+    let ceiling = match c.default_maxmemory {
+        0 => l.host_memory_mib,
+        max => u64::from(max).min(l.host_memory_mib),
+    };
+    let maxmem = (ceiling + c.memory_offset).max(u64::from(mem) + 1);
     if c.memory_slots > 0 {
         push(&[
             "-m",
@@ -132,7 +162,17 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
         "-vga",
         "none",
     ]);
-    push(&["-serial", &format!("file:{}", l.console_log.display())]);
+    // QEMU waits (`wait=on`) until the backend's console reader is connected, so nothing the
+    // guest writes is lost; the reader keeps the last bytes in a bounded ring.
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=console0,path={},server=on,wait=on",
+            l.console_socket.display()
+        ),
+        "-serial",
+        "chardev:console0",
+    ]);
     push(&[
         "-qmp",
         &format!("unix:{},server=on,wait=off", l.qmp_socket.display()),
@@ -225,7 +265,7 @@ fn device_args(
             SharedFs::Virtio9p => s(&[
                 "-fsdev".into(),
                 format!(
-                    "local,id=fsdev-{tag},path={},security_model=none,multidevs=remap",
+                    "local,id=fsdev-{tag},path={},security_model=mapped-xattr,fmode=0600,dmode=0700,multidevs=remap",
                     fs.host_path.display(),
                     tag = fs.mount_tag
                 ),
@@ -247,9 +287,10 @@ fn device_args(
         DeviceConfig::Block(b) => {
             let ro = if b.read_only { ",readonly=on" } else { "" };
             let drive = format!(
-                "file={},if=none,id=drive-{id},format=raw,cache=none,aio=threads{ro}",
+                "file={},if=none,id=drive-{id},format=raw,cache=none,aio={aio}{ro}",
                 b.path.display(),
-                id = b.id
+                id = b.id,
+                aio = c.block_device_aio
             );
             let scsi = c.block_device_driver == BlockDeviceDriver::VirtioScsi;
             let dev = if scsi {
@@ -329,7 +370,7 @@ mod tests {
             initrd: Some(Path::new("/k/initrd.img")),
             image: None,
             qmp_socket: Path::new("/run/vm/qmp.sock"),
-            console_log: Path::new("/run/vm/console.log"),
+            console_socket: Path::new("/run/vm/console.sock"),
             vsock: VsockDevice::VhostUser {
                 socket: "/run/vm/vhost-vsock.sock".into(),
             },
@@ -374,7 +415,16 @@ mod tests {
             a.contains("-qmp unix:/run/vm/qmp.sock,server=on,wait=off"),
             "{a}"
         );
-        assert!(a.contains("-serial file:/run/vm/console.log"), "{a}");
+        assert!(
+            a.contains(
+                "-chardev socket,id=console0,path=/run/vm/console.sock,server=on,wait=on \
+                 -serial chardev:console0"
+            ),
+            "the console is a socket, never a file: {a}"
+        );
+        assert!(!a.contains("file:"), "{a}");
+        // The console's chardev comes first: QEMU waits for its reader before it opens QMP.
+        assert!(a.find("console0") < a.find("-qmp"), "{a}");
         assert!(
             a.contains("vhost-user-vsock-pci,chardev=char-vsock0"),
             "{a}"
@@ -385,6 +435,89 @@ mod tests {
         );
         assert!(a.contains("-no-reboot"), "{a}");
         assert!(a.contains("panic=-1"), "{a}");
+    }
+
+    #[test]
+    fn the_9p_share_maps_ownership_and_modes_into_xattrs() {
+        let a = args(&HypervisorConfig::default(), &[share(SharedFs::Virtio9p)]).unwrap();
+        assert!(
+            a.contains(
+                "-fsdev local,id=fsdev-kataShared,path=/run/sb/shared,\
+                 security_model=mapped-xattr,fmode=0600,dmode=0700,multidevs=remap"
+            ),
+            "{a}"
+        );
+        assert!(!a.contains("security_model=none"), "{a}");
+        assert!(!a.contains("passthrough"), "{a}");
+    }
+
+    #[test]
+    fn qemu_runs_in_its_seccomp_sandbox_unless_told_otherwise() {
+        let a = args(&HypervisorConfig::default(), &[]).unwrap();
+        assert!(
+            a.contains(
+                "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+            ),
+            "on by default: {a}"
+        );
+        let c = HypervisorConfig {
+            seccomp_sandbox: "on,spawn=deny".into(),
+            ..Default::default()
+        };
+        assert!(args(&c, &[]).unwrap().contains("-sandbox on,spawn=deny "));
+        let c = HypervisorConfig {
+            seccomp_sandbox: "off".into(),
+            ..Default::default()
+        };
+        assert!(!args(&c, &[]).unwrap().contains("-sandbox"));
+        let c = HypervisorConfig {
+            seccomp_sandbox: "spawn=deny".into(),
+            ..Default::default()
+        };
+        let e = args(&c, &[]).unwrap_err().to_string();
+        assert!(e.contains("seccomp_sandbox"), "{e}");
+    }
+
+    #[test]
+    fn cpu_features_memory_ceiling_rootfs_type_and_aio_are_applied() {
+        let c = HypervisorConfig {
+            cpu_features: "pmu=off".into(),
+            default_memory: 512,
+            default_maxmemory: 1024,
+            memory_offset: 64,
+            block_device_aio: crate::config::BlockDeviceAio::Native,
+            ..Default::default()
+        };
+        let disk = DeviceConfig::Block(BlockDevice {
+            id: "d0".into(),
+            path: "/img/d0".into(),
+            read_only: true,
+        });
+        let a = args(&c, &[disk]).unwrap();
+        assert!(a.contains("-accel tcg -cpu max,pmu=off"), "{a}");
+        assert!(a.contains("-m 512M,slots=10,maxmem=1088M"), "{a}");
+        assert!(a.contains("cache=none,aio=native,readonly=on"), "{a}");
+        // Above the host's memory is the host's memory (4096 MiB here).
+        let c = HypervisorConfig {
+            default_maxmemory: 1 << 20,
+            ..Default::default()
+        };
+        assert!(args(&c, &[]).unwrap().contains("maxmem=4096M"));
+        for (fs, flags) in [
+            (
+                RootfsType::Ext4,
+                "rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4",
+            ),
+            (RootfsType::Xfs, "rootflags=ro ro rootfstype=xfs"),
+            (RootfsType::Erofs, "rootflags=ro ro rootfstype=erofs"),
+        ] {
+            let c = HypervisorConfig {
+                rootfs_type: fs,
+                ..Default::default()
+            };
+            assert!(kernel_cmdline(&c, true).contains(flags), "{fs}");
+            assert!(!kernel_cmdline(&c, false).contains("rootfstype"));
+        }
     }
 
     #[test]

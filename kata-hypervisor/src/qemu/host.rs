@@ -2,7 +2,7 @@
 //! its place, the QEMU binary, virtiofsd when the share needs it, the guest image.
 
 use crate::backend::host::{self, check, CheckStatus, HostCheck, HostProbe, KvmNeed};
-use crate::config::{qemu_binary_name, HypervisorConfig};
+use crate::config::{qemu_binary_name, HypervisorConfig, HypervisorType};
 use crate::kvm::find_program;
 
 /// The QEMU backend's host checks, in the order they are shown.
@@ -12,6 +12,23 @@ pub(crate) fn host_checks(config: &HypervisorConfig, probe: &HostProbe) -> Vec<H
         CheckStatus::Ok,
         "QEMU: kata-rs can run it",
     )];
+    // Settings the backend refuses: a sandbox cannot start with them.
+    for refused in config.refused_settings(HypervisorType::Qemu) {
+        out.push(check("setting", CheckStatus::Fail, refused.to_string()));
+    }
+    out.push(match config.qemu_sandbox() {
+        Ok(Some(args)) => check(
+            "QEMU sandbox",
+            CheckStatus::Ok,
+            format!("QEMU runs with -sandbox {args} (seccomp_sandbox)"),
+        ),
+        Ok(None) => check(
+            "QEMU sandbox",
+            CheckStatus::Warning,
+            "seccomp_sandbox = \"off\": QEMU runs as root without a syscall filter",
+        ),
+        Err(e) => check("QEMU sandbox", CheckStatus::Fail, e.to_string()),
+    });
     // A confidential guest needs KVM; an ordinary one falls back to TCG.
     out.push(host::kvm(
         probe,
@@ -115,6 +132,33 @@ mod tests {
             .find(|c| c.name == "shared filesystem")
             .unwrap();
         assert_eq!(fs.status, CheckStatus::Ok, "virtio-9p by default");
+    }
+
+    #[test]
+    fn refused_settings_fail_and_the_sandbox_is_reported() {
+        let config = HypervisorConfig {
+            rootless: true,
+            guest_hook_path: "/hooks".into(),
+            ..Default::default()
+        };
+        let checks = host_checks(&config, &HostProbe::default());
+        let refused: Vec<&HostCheck> = checks.iter().filter(|c| c.name == "setting").collect();
+        assert_eq!(refused.len(), 2, "{checks:?}");
+        assert!(refused.iter().all(|c| c.status == CheckStatus::Fail));
+        assert!(refused[0].detail.contains("guest_hook_path"), "{refused:?}");
+        assert!(refused[1].detail.contains("rootless"), "{refused:?}");
+        let sandbox = checks.iter().find(|c| c.name == "QEMU sandbox").unwrap();
+        assert_eq!(sandbox.status, CheckStatus::Ok);
+        assert!(sandbox.detail.contains("spawn=deny"), "{sandbox:?}");
+
+        let off = HypervisorConfig {
+            seccomp_sandbox: "off".into(),
+            ..Default::default()
+        };
+        let checks = host_checks(&off, &HostProbe::default());
+        let sandbox = checks.iter().find(|c| c.name == "QEMU sandbox").unwrap();
+        assert_eq!(sandbox.status, CheckStatus::Warning);
+        assert!(!checks.iter().any(|c| c.name == "setting"));
     }
 
     #[test]

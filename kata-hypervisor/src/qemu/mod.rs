@@ -12,12 +12,20 @@
 //!
 //! Hand-over: [`Hypervisor::detach`] leaves QEMU and its vsock backend running, and
 //! [`Qemu::restore`] adopts them again from the saved [`QemuState`] (pids checked against their
-//! command lines and pinned with pidfds, QMP reconnected), in this process or another.
-//! [`cleanup`] kills what an owner that died left, with or without its state.
+//! command lines and pinned with pidfds, QMP and the console reconnected), in this process or
+//! another. [`crate::backend::cleanup`] kills what an owner that died left, with or without its state.
+//!
+//! Confinement: QEMU runs under its seccomp sandbox (`seccomp_sandbox`, on by default), the
+//! 9p share maps the guest's ownership and modes into xattrs (`security_model=mapped-xattr`),
+//! and the guest console is a socket read into a bounded [`ConsoleRing`] that outlives the
+//! VM (so a dead VM's console still reaches the error). Settings the backend does not implement
+//! and must not ignore (`rootless`, `confidential_guest`, `guest_hook_path`, ...) are refused
+//! when the VM is made; see `settings.rs` for every key.
 
 pub mod cmdline;
 mod host;
 pub mod qmp;
+mod settings;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -29,7 +37,7 @@ use async_trait::async_trait;
 use serde_json::{json, Map};
 
 use crate::config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};
-use crate::console::tail_lines;
+use crate::console::{wait_drained, ConsoleReader, ConsoleRing, CONSOLE_RING_BYTES};
 use crate::device::{DeviceConfig, PciePort, PortAllocator, PortPlan, VsockAddress};
 use crate::error::{Error, Result};
 use crate::hypervisor::{Capabilities, Hypervisor, HypervisorState, VmState};
@@ -39,6 +47,7 @@ use cmdline::{QemuLaunch, VsockDevice};
 use qmp::QmpClient;
 
 pub(crate) use host::host_checks;
+pub(crate) use settings::setting_use;
 pub use state::{HeldPort, QemuState};
 
 /// The vsock port the agent listens on (Kata's default).
@@ -50,7 +59,8 @@ const VSOCK_START_WAIT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How long [`Hypervisor::stop_now`] and [`cleanup`] wait for a killed process to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-const CONSOLE_LINES_KEPT: usize = 50;
+/// How long an exited VM's console is given to be read to its end before its tail is taken.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(1);
 /// Console lines an error carries.
 const CONSOLE_LINES_IN_ERRORS: usize = 20;
 
@@ -85,6 +95,8 @@ pub(crate) fn cleanup(saved: Option<&QemuState>, vm_dir: &Path) -> Vec<u32> {
 struct Running {
     qemu: Option<Supervised>,
     vsock_backend: Option<Supervised>,
+    /// The task reading the guest console into the VM's ring.
+    console: Option<ConsoleReader>,
     qmp: Option<Arc<QmpClient>>,
     agent: Option<VsockAddress>,
     accelerator: Option<Accelerator>,
@@ -108,7 +120,10 @@ pub struct Qemu {
     saved: Mutex<Option<QemuState>>,
     qmp: Mutex<Option<Arc<QmpClient>>>,
     exit: Mutex<Option<tokio::sync::watch::Receiver<Option<String>>>>,
-    last_console: Mutex<Vec<String>>,
+    /// The guest console's last bytes; kept after the VM stops.
+    console: Arc<ConsoleRing>,
+    /// Turns true once the console of an exited QEMU is read to its end.
+    console_done: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
     agent: Mutex<Option<VsockAddress>>,
     accelerator: Mutex<Option<Accelerator>>,
     /// Set by `detach`: the VM belongs to someone else now; `stop` leaves it alone.
@@ -130,6 +145,7 @@ impl Qemu {
     /// removed at stop). Checks the configuration values; files are checked at start.
     pub fn new(id: &str, config: HypervisorConfig, vm_dir: impl Into<PathBuf>) -> Result<Self> {
         config.validate_for(HypervisorType::Qemu)?;
+        config.check_refused(HypervisorType::Qemu)?;
         capabilities().check_shared_fs(config.shared_fs)?;
         Ok(Qemu {
             id: id.to_string(),
@@ -143,7 +159,8 @@ impl Qemu {
             saved: Mutex::new(None),
             qmp: Mutex::new(None),
             exit: Mutex::new(None),
-            last_console: Mutex::new(Vec::new()),
+            console: ConsoleRing::new(CONSOLE_RING_BYTES),
+            console_done: Mutex::new(None),
             agent: Mutex::new(None),
             accelerator: Mutex::new(None),
             detached: AtomicBool::new(false),
@@ -197,6 +214,16 @@ impl Qemu {
             Ok::<_, Error>((qmp, status))
         }
         .await;
+        let console = match &result {
+            Ok((qmp, _)) => {
+                let console = vm.connect_console().await;
+                if console.is_some() {
+                    vm.wait_console_attached(qmp).await;
+                }
+                console
+            }
+            Err(_) => None,
+        };
         let (qmp, status) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -213,6 +240,7 @@ impl Qemu {
             let mut run = vm.running.try_lock().expect("a new VM's lock is free");
             run.qemu = qemu;
             run.vsock_backend = backend;
+            run.console = console;
             run.qmp = Some(qmp.clone());
             run.agent = Some(agent);
             run.accelerator = qs.accelerator;
@@ -234,9 +262,72 @@ impl Qemu {
         &self.vm_dir
     }
 
-    /// The serial console log of the guest.
-    pub fn console_log(&self) -> PathBuf {
-        self.vm_dir.join("console.log")
+    /// The socket QEMU serves the guest's serial console on.
+    pub fn console_socket(&self) -> PathBuf {
+        self.vm_dir.join("console.sock")
+    }
+
+    /// The guest console's last bytes (kept after the VM stops).
+    pub fn console(&self) -> &Arc<ConsoleRing> {
+        &self.console
+    }
+
+    /// Connects a reader to the console of an adopted QEMU, if it serves one (a VM started by
+    /// an older kata-rs has a console file instead, left as it is).
+    async fn connect_console(&self) -> Option<ConsoleReader> {
+        let socket = self.console_socket();
+        if !socket.exists() {
+            tracing::warn!(sandbox_id = %self.id, socket = %socket.display(), "the adopted VM has no console socket; its console is not read");
+            return None;
+        }
+        match ConsoleReader::connect(&socket, self.console.clone(), self.console_log_as()).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(sandbox_id = %self.id, socket = %socket.display(), error = %e, "cannot connect to the adopted VM's console; it is not read");
+                None
+            }
+        }
+    }
+
+    /// Waits (bounded) until QEMU has accepted the console reader's connection, so what the
+    /// guest writes next is not dropped (QEMU drops console output while no reader is
+    /// attached).
+    async fn wait_console_attached(&self, qmp: &QmpClient) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let Ok(serde_json::Value::Array(chardevs)) = qmp.execute("query-chardev", None).await
+            else {
+                return;
+            };
+            let attached = chardevs.iter().any(|c| {
+                c["label"] == "console0"
+                    && c["filename"]
+                        .as_str()
+                        .is_some_and(|f| !f.starts_with("disconnected:"))
+            });
+            if attached {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(sandbox_id = %self.id, "QEMU has not taken the console connection; early output may be lost");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The sandbox id console lines are logged under (`enable_debug`), or `None`.
+    fn console_log_as(&self) -> Option<String> {
+        self.config.enable_debug.then(|| self.id.clone())
+    }
+
+    /// Waits (bounded) until the console of an exited QEMU is read to its end, so its last
+    /// words (a panic) are in the ring.
+    async fn drain_console(&self) {
+        let done = self.console_done.lock().unwrap().clone();
+        if let Some(done) = done {
+            wait_drained(done, CONSOLE_DRAIN).await;
+        }
     }
 
     /// The QMP client, once started.
@@ -260,6 +351,7 @@ impl Qemu {
         *self.pids.lock().unwrap() = procs.iter().flatten().map(|p| p.pid()).collect();
         *self.killers.lock().unwrap() = procs.iter().flatten().map(|p| p.killer()).collect();
         *self.exit.lock().unwrap() = run.qemu.as_ref().map(Supervised::exit_watch);
+        *self.console_done.lock().unwrap() = run.console.as_ref().map(ConsoleReader::done_watch);
         *self.qmp.lock().unwrap() = run.qmp.clone();
         *self.agent.lock().unwrap() = run.agent.clone();
         *self.accelerator.lock().unwrap() = run.accelerator;
@@ -426,6 +518,13 @@ impl Qemu {
         let devices = self.devices.lock().unwrap().clone();
         let ports = PortAllocator::for_vm(&self.config, &devices)?;
         create_private_dir(&self.vm_dir)?;
+        for d in &devices {
+            if let DeviceConfig::ShareFs(fs) = d {
+                if fs.kind == SharedFs::Virtio9p {
+                    warn_without_user_xattrs(&self.id, &fs.host_path);
+                }
+            }
+        }
 
         let (accelerator, why) = choose_accelerator();
         if accelerator == Accelerator::Tcg && !TCG_WARNED.swap(true, Ordering::Relaxed) {
@@ -437,7 +536,7 @@ impl Qemu {
         run.agent = Some(agent);
 
         let qmp_socket = self.vm_dir.join("qmp.sock");
-        let console_log = self.console_log();
+        let console_socket = self.console_socket();
         let launch = QemuLaunch {
             config: &self.config,
             name: &self.id,
@@ -446,7 +545,7 @@ impl Qemu {
             initrd: initrd.as_deref(),
             image: image.as_deref(),
             qmp_socket: &qmp_socket,
-            console_log: &console_log,
+            console_socket: &console_socket,
             vsock,
             devices: &devices,
             ports: &ports,
@@ -471,17 +570,46 @@ impl Qemu {
             vmm: "qemu".into(),
             reason: format!(
                 "{how}: {}",
-                std::fs::read_to_string(&log_path)
-                    .unwrap_or_default()
-                    .trim()
+                crate::console::tail_lines(&log_path, CONSOLE_LINES_IN_ERRORS).join("\n")
             ),
-            console: tail_lines(&console_log, CONSOLE_LINES_IN_ERRORS),
+            console: self.console_tail(CONSOLE_LINES_IN_ERRORS),
         };
-        // QEMU creates the QMP socket before it runs the guest.
+        // QEMU creates the console socket first and waits until it is read (`wait=on`).
         let deadline = tokio::time::Instant::now() + QMP_TIMEOUT;
+        let console = loop {
+            if let Some(how) = proc.exited() {
+                run.qemu = Some(proc);
+                return Err(failed(how));
+            }
+            if console_socket.exists() {
+                match ConsoleReader::connect(
+                    &console_socket,
+                    self.console.clone(),
+                    self.console_log_as(),
+                )
+                .await
+                {
+                    Ok(r) => break r,
+                    Err(e) if tokio::time::Instant::now() > deadline => {
+                        run.qemu = Some(proc);
+                        return Err(failed(format!("cannot read the console: {e}")));
+                    }
+                    Err(_) => {}
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                run.qemu = Some(proc);
+                return Err(failed("no console socket".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        run.console = Some(console);
+        *self.console_done.lock().unwrap() = run.console.as_ref().map(ConsoleReader::done_watch);
+        // Then the QMP socket, before it runs the guest.
         let qmp = loop {
             if let Some(how) = proc.exited() {
                 run.qemu = Some(proc);
+                self.drain_console().await;
                 return Err(failed(how));
             }
             if qmp_socket.exists() {
@@ -537,6 +665,10 @@ impl Qemu {
             let how = p.stop(STOP_GRACE).await;
             tracing::debug!(sandbox_id = %self.id, %how, "QEMU stopped");
         }
+        if let Some(console) = run.console.take() {
+            // QEMU is gone: the reader gets the rest of the console, then the end of it.
+            wait_drained(console.done_watch(), CONSOLE_DRAIN).await;
+        }
         if let Some(mut b) = run.vsock_backend.take() {
             b.signal(nix::sys::signal::Signal::SIGTERM);
             b.stop(Duration::from_secs(1)).await;
@@ -548,13 +680,8 @@ impl Qemu {
         *self.saved.lock().unwrap() = None;
     }
 
-    /// Keeps the console's last lines (for errors after the directory is gone) and removes the
-    /// VM directory.
+    /// Removes the VM directory (the console ring stays, for errors after it is gone).
     fn remove_vm_dir(&self) {
-        let tail = tail_lines(&self.console_log(), CONSOLE_LINES_KEPT);
-        if !tail.is_empty() {
-            *self.last_console.lock().unwrap() = tail;
-        }
         if self.vm_dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&self.vm_dir) {
                 tracing::warn!(dir = %self.vm_dir.display(), error = %e, "cannot remove VM directory");
@@ -578,10 +705,11 @@ impl Qemu {
         let deadline = tokio::time::Instant::now() + VSOCK_START_WAIT;
         loop {
             if let Some(how) = qemu.exited() {
+                self.drain_console().await;
                 return Err(Error::StartFailed {
                     vmm: "qemu".into(),
                     reason: format!("the VM exited during boot ({how})"),
-                    console: tail_lines(&self.console_log(), 20),
+                    console: self.console_tail(CONSOLE_LINES_IN_ERRORS),
                 });
             }
             match qmp
@@ -663,6 +791,8 @@ impl Qemu {
             return Err(Error::NotRunning(self.state().to_string()));
         }
         self.cleanup(&mut run).await;
+        self.console
+            .push(b"\n--- kata-rs: the VM is booted once more ---\n");
         self.start_locked(&mut run).await
     }
 }
@@ -881,12 +1011,7 @@ impl Hypervisor for Qemu {
     }
 
     fn console_tail(&self, n: usize) -> Vec<String> {
-        let live = tail_lines(&self.console_log(), n);
-        if !live.is_empty() {
-            return live;
-        }
-        let kept = self.last_console.lock().unwrap();
-        kept[kept.len().saturating_sub(n)..].to_vec()
+        self.console.tail_lines(n)
     }
 
     async fn detach(&self) -> Result<()> {
@@ -904,6 +1029,10 @@ impl Hypervisor for Qemu {
         if let Some(b) = run.vsock_backend.take() {
             b.detach();
         }
+        // Closing the console connection frees it for the next owner; QEMU drops what the
+        // guest writes meanwhile.
+        run.console = None;
+        *self.console_done.lock().unwrap() = None;
         *self.exit.lock().unwrap() = None;
         tracing::info!(sandbox_id = %self.id, pids = ?self.pids(), "QEMU detached: it runs on");
         self.set_state(VmState::Stopped(
@@ -917,15 +1046,44 @@ impl Hypervisor for Qemu {
         let Some(mut rx) = rx else {
             return "never started".into();
         };
-        loop {
+        let how = loop {
             if let Some(how) = rx.borrow().clone() {
-                return how;
+                break how;
             }
             if rx.changed().await.is_err() {
-                return "VM stopped".into();
+                break "VM stopped".into();
             }
-        }
+        };
+        // Whoever reports the end reads the console next: let its last lines arrive.
+        self.drain_console().await;
+        how
     }
+}
+
+/// Warns when the 9p share at `path` cannot store `user.*` xattrs: with
+/// `security_model=mapped-xattr` QEMU keeps the guest's ownership and modes in them, so the
+/// guest could not create files there (tmpfs stores them from Linux 6.6 on).
+fn warn_without_user_xattrs(sandbox_id: &str, path: &Path) {
+    if let Err(e) = probe_user_xattr(path) {
+        tracing::warn!(%sandbox_id, share = %path.display(), error = %e, "the 9p share's filesystem does not store user.* xattrs: the guest cannot create files in it (security_model=mapped-xattr; tmpfs needs Linux 6.6 or later)");
+    }
+}
+
+/// Sets and removes a `user.*` xattr on `path`.
+fn probe_user_xattr(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let name = c"user.kata-rs.probe";
+    // SAFETY: both strings are NUL-terminated and outlive the call; the value is 1 byte read
+    // from a live buffer.
+    let set = unsafe { libc::setxattr(c_path.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above; removing the attribute just set.
+    unsafe { libc::removexattr(c_path.as_ptr(), name.as_ptr()) };
+    Ok(())
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {
