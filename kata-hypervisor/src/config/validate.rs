@@ -60,7 +60,7 @@ fn is_q35_machine(machine: &str) -> bool {
 /// Decoded length of standard base64 text, or `None` when it is not base64.
 fn base64_len(text: &str) -> Option<usize> {
     let t: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if t.is_empty() || t.len() & 3 != 0 {
+    if t.is_empty() || !t.len().is_multiple_of(4) {
         return None;
     }
     let pad = t.iter().rev().take_while(|&&b| b == b'=').count();
