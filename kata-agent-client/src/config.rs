@@ -298,6 +298,38 @@ impl AgentConfig {
         Duration::from_secs(self.create_container_timeout)
     }
 
+    /// Settings of this section kata-rs parses but does not act on, each as
+    /// `[agent.kata] key = value: why` (`mem_agent.<key>` for the memory agent's table). Only
+    /// values other than Kata's defaults are listed; the sandbox logs them and `shim-ctl
+    /// check` prints them.
+    ///
+    /// ```
+    /// use kata_agent_client::config::AgentConfig;
+    ///
+    /// let cfg = AgentConfig { debug_console_enabled: true, ..Default::default() };
+    /// assert_eq!(
+    ///     cfg.inert_settings(),
+    ///     ["[agent.kata] debug_console_enabled = true: the guest offers no debug console"]
+    /// );
+    /// ```
+    pub fn inert_settings(&self) -> Vec<String> {
+        let ours = flat_values(self);
+        let defaults = flat_values(&AgentConfig::default());
+        let mut keys: Vec<&String> = ours.keys().chain(defaults.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| ours.get(*k) != defaults.get(*k))
+            .filter_map(|k| {
+                let why = setting_effect(k)??;
+                let value = ours
+                    .get(k)
+                    .map_or_else(|| "(absent)".to_string(), ToString::to_string);
+                Some(format!("[agent.kata] {k} = {value}: {why}"))
+            })
+            .collect()
+    }
+
     /// `kernel_modules` as [`SandboxSetup::kernel_modules`](crate::SandboxSetup::kernel_modules)
     /// takes them: the first word is the module, the rest its parameters. Blank entries are
     /// skipped.
@@ -313,9 +345,155 @@ impl AgentConfig {
     }
 }
 
+/// The keys of `section` with their values, the memory agent's as `mem_agent.<key>` (absent
+/// optional keys are left out).
+fn flat_values(section: &AgentConfig) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(section) {
+        for (key, value) in map {
+            match value {
+                serde_json::Value::Object(table) => {
+                    for (sub, v) in table {
+                        out.insert(format!("{key}.{sub}"), v);
+                    }
+                }
+                v => {
+                    out.insert(key, v);
+                }
+            }
+        }
+    }
+    out
+}
+
+const NO_MEM_AGENT: &str = "the guest memory agent is not implemented";
+
+/// What kata-rs does with a key of `[agent.kata]`: `Some(None)` acts on it, `Some(Some(why))`
+/// parses it without effect, `None` is a key this table does not know. There is no
+/// catch-all: a key added to the section must be classified here (a unit test asks about
+/// every key).
+fn setting_effect(key: &str) -> Option<Option<&'static str>> {
+    Some(match key {
+        // How the runtime dials and calls the agent (`connect_options`, health checks).
+        "dial_timeout_ms"
+        | "reconnect_timeout_ms"
+        | "request_timeout_ms"
+        | "dial_timeout"
+        | "health_check_request_timeout_ms" => None,
+        "enable_debug" => Some("the agent's log level is set with kernel_params (agent.log=debug)"),
+        "enable_tracing" => Some("trace export is not implemented"),
+        "debug_console_enabled" => Some("the guest offers no debug console"),
+        "server_port" => Some("the agent listens on vsock port 1024, which the VMM backend dials"),
+        "log_port" => Some("the agent's log stream is not read"),
+        "kernel_modules" => Some("guest kernel modules are not loaded yet"),
+        "container_pipe_size" => Some("container stdio is copied through the agent's own pipes"),
+        "create_container_timeout" => {
+            Some("CreateContainer has the deadline of every call, request_timeout_ms")
+        }
+        "cdh_api_timeout_ms" => Some("there is no Confidential Data Hub in the guest"),
+        "mem_agent.mem_agent_enable"
+        | "mem_agent.memcg_disable"
+        | "mem_agent.memcg_swap"
+        | "mem_agent.memcg_swappiness_max"
+        | "mem_agent.memcg_period_secs"
+        | "mem_agent.memcg_period_psi_percent_limit"
+        | "mem_agent.memcg_eviction_psi_percent_limit"
+        | "mem_agent.memcg_eviction_run_aging_count_min"
+        | "mem_agent.compact_disable"
+        | "mem_agent.compact_period_secs"
+        | "mem_agent.compact_period_psi_percent_limit"
+        | "mem_agent.compact_psi_percent_limit"
+        | "mem_agent.compact_sec_max"
+        | "mem_agent.compact_order"
+        | "mem_agent.compact_threshold"
+        | "mem_agent.compact_force_times" => Some(NO_MEM_AGENT),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every key of the section, optional ones set: written without `..Default::default()`,
+    /// so a field added later does not compile until it is given here, and then must be
+    /// classified.
+    fn every_key_set() -> AgentConfig {
+        AgentConfig {
+            debug: true,
+            enable_tracing: true,
+            debug_console_enabled: true,
+            server_port: 1,
+            log_port: 2,
+            dial_timeout_ms: 3,
+            reconnect_timeout_ms: 4,
+            request_timeout_ms: 5,
+            health_check_request_timeout_ms: 6,
+            dial_timeout: Some(7),
+            kernel_modules: vec!["m".into()],
+            container_pipe_size: 8,
+            create_container_timeout: 9,
+            cdh_api_timeout_ms: 10,
+            mem_agent: MemAgentConfig {
+                mem_agent_enable: true,
+                memcg_disable: Some(true),
+                memcg_swap: Some(true),
+                memcg_swappiness_max: Some(1),
+                memcg_period_secs: Some(1),
+                memcg_period_psi_percent_limit: Some(1),
+                memcg_eviction_psi_percent_limit: Some(1),
+                memcg_eviction_run_aging_count_min: Some(1),
+                compact_disable: Some(true),
+                compact_period_secs: Some(1),
+                compact_period_psi_percent_limit: Some(1),
+                compact_psi_percent_limit: Some(1),
+                compact_sec_max: Some(1),
+                compact_order: Some(1),
+                compact_threshold: Some(1),
+                compact_force_times: Some(1),
+            },
+        }
+    }
+
+    #[test]
+    fn every_key_is_classified() {
+        let keys = flat_values(&every_key_set());
+        assert_eq!(keys.len(), 30, "{:?}", keys.keys());
+        let unknown: Vec<&String> = keys
+            .keys()
+            .filter(|k| setting_effect(k).is_none())
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "[agent.kata] keys nobody classified: {unknown:?}"
+        );
+    }
+
+    #[test]
+    fn inert_settings_list_non_default_values_without_effect() {
+        assert!(AgentConfig::default().inert_settings().is_empty());
+        let inert = every_key_set().inert_settings();
+        assert!(
+            inert.contains(
+                &"[agent.kata] kernel_modules = [\"m\"]: guest kernel modules are not loaded yet"
+                    .to_string()
+            ),
+            "{inert:?}"
+        );
+        assert!(
+            inert
+                .iter()
+                .any(|l| l.starts_with("[agent.kata] mem_agent.compact_force_times = 1: ")),
+            "{inert:?}"
+        );
+        for acted in ["dial_timeout", "request_timeout_ms", "reconnect_timeout_ms"] {
+            assert!(
+                !inert.iter().any(|l| l.contains(&format!(" {acted} = "))),
+                "{acted}: {inert:?}"
+            );
+        }
+        assert_eq!(inert.len(), 30 - 5);
+    }
 
     #[test]
     fn defaults_match_kata_runtime_rs() {
