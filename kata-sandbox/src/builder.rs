@@ -60,9 +60,10 @@ impl SandboxConfig {
         self.root_dir.join(&self.id)
     }
 
-    /// Settings this build parses but does not act on, each as `key = value: why`; a sandbox
-    /// logs them as warnings when it starts (`shim-ctl check` lists them). Only values that
-    /// differ from Kata's defaults are listed.
+    /// Settings this build parses but does not act on, each as `[section] key = value: why`:
+    /// `[runtime]`, the active `[hypervisor.*]` section (as its backend classifies it) and
+    /// `[agent.kata]`. A sandbox logs them as warnings when it starts (`shim-ctl check` lists
+    /// them). Only values that differ from Kata's defaults are listed.
     pub fn inert_settings(&self) -> Vec<String> {
         let d = RuntimeConfig::default();
         let r = &self.runtime;
@@ -176,6 +177,8 @@ impl SandboxConfig {
             format!("{:?}", r.experimental),
             "kata-rs has no experimental features",
         );
+        out.extend(self.hypervisor.inert_settings(self.hypervisor_type));
+        out.extend(self.agent.inert_settings());
         out
     }
 }

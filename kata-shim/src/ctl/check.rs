@@ -1,6 +1,8 @@
-//! `shim-ctl check`: can this host run sandboxes with the configuration?
+//! `shim-ctl check`: can this host run sandboxes with the configuration? It also lists the
+//! settings that are parsed but have no effect in this build.
 
-use kata_sandbox::config::{check_host, CheckStatus, HostProbe};
+use kata_sandbox::config::{check_host, CheckStatus, HostProbe, KataConfig};
+use kata_sandbox::SandboxBuilder;
 
 use super::{loader, Options, EXIT_FAILED, EXIT_OK};
 
@@ -36,20 +38,84 @@ pub fn run(options: &Options) -> i32 {
     for w in &loaded.warnings {
         println!("{:<5} {:<20} {w}", CheckStatus::Warning, "configuration");
     }
-    let failed = checks
+    let mut failed = checks
         .iter()
         .filter(|c| c.status == CheckStatus::Fail)
         .count();
+    let inert = match inert_settings(&loaded.config) {
+        Ok(inert) => inert,
+        Err(e) => {
+            // Said already when a check failed (a refused setting); otherwise it is news.
+            if failed == 0 {
+                println!("{:<5} {:<20} {e}", CheckStatus::Fail, "sandbox");
+                failed += 1;
+            }
+            Vec::new()
+        }
+    };
+    for setting in &inert {
+        println!(
+            "{:<5} {:<20} {setting} (no effect)",
+            CheckStatus::Warning,
+            "inert setting"
+        );
+    }
     let warned = checks
         .iter()
         .filter(|c| c.status == CheckStatus::Warning)
         .count()
-        + loaded.warnings.len();
+        + loaded.warnings.len()
+        + inert.len();
     if failed > 0 {
         println!("\nNOT READY: {failed} check(s) failed");
         EXIT_FAILED
     } else {
         println!("\nready ({warned} warning(s))");
         EXIT_OK
+    }
+}
+
+/// The settings of `config` that are parsed but have no effect in this build
+/// (`SandboxConfig::inert_settings`: `[runtime]`, the active `[hypervisor.*]`, `[agent.kata]`),
+/// or why no sandbox could be made from it.
+fn inert_settings(config: &KataConfig) -> Result<Vec<String>, String> {
+    SandboxBuilder::from_kata_config(config.clone())
+        .and_then(SandboxBuilder::finish)
+        .map(|c| c.inert_settings())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_without_effect_are_listed_from_every_section() {
+        let mut config = KataConfig::parse(
+            r#"
+[hypervisor.qemu]
+rx_rate_limiter_max_rate = 1000
+[agent.kata]
+debug_console_enabled = true
+[runtime]
+enable_pprof = true
+"#,
+        )
+        .unwrap();
+        config.adjust();
+        let inert = inert_settings(&config).unwrap();
+        for needle in [
+            "[hypervisor.qemu] rx_rate_limiter_max_rate = 1000: ",
+            "[agent.kata] debug_console_enabled = true: ",
+            "[runtime] enable_pprof = true: ",
+        ] {
+            assert!(
+                inert.iter().any(|l| l.starts_with(needle)),
+                "{needle}: {inert:?}"
+            );
+        }
+        let refused = KataConfig::parse("[hypervisor.qemu]\nrootless = true\n").unwrap();
+        let e = inert_settings(&refused).unwrap_err();
+        assert!(e.contains("rootless"), "{e}");
     }
 }
