@@ -467,6 +467,105 @@ async fn case_drop_without_shutdown(env: Arc<Env>) -> Result<()> {
     Ok(())
 }
 
+/// Issue 9 row 10 in a real VM: QEMU alone is killed while a container runs and its output
+/// is read. Every waiter fails at once with the sandbox's death, the sandbox tears itself
+/// down, and nothing of it is left (no process, mount or directory).
+async fn case_qemu_killed_fails_every_waiter_and_leaves_nothing(env: Arc<Env>) -> Result<()> {
+    let id = "qemu-killed";
+    let sandbox = Arc::new(
+        Sandbox::builder()
+            .id(id)
+            .memory_mib(256)
+            .root_dir(&env.root_dir)
+            .build()
+            .await
+            .context(NoGuest)?,
+    );
+    booted();
+    let dir = sandbox.dir().to_path_buf();
+    let mut c = sandbox
+        .create_container(ContainerSpec::from_rootfs_dir(&env.rootfs).args([
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo up; exec /bin/busybox sleep 600",
+        ]))
+        .await?;
+    let mut stdout = c.stdout().context("stdout")?;
+    c.start().await?;
+    let mut up = [0u8; 3];
+    stdout.read_exact(&mut up).await?;
+    let exec = c
+        .exec(ProcessSpec::new(["/bin/busybox", "sleep", "600"]))
+        .await?;
+    let waiter = {
+        let (sandbox, cid) = (sandbox.clone(), c.id().to_string());
+        tokio::spawn(async move { sandbox.wait_process(&cid, &cid).await })
+    };
+    let exec_waiter = tokio::spawn(async move { exec.wait().await });
+    let reader = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        stdout.read_to_end(&mut rest).await
+    });
+    let qemu = kata_testkit::leaks::cmdlines()
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("qemu-system") && cmd.contains(&dir.display().to_string()))
+        .map(|(pid, _)| pid)
+        .context("no QEMU process for the sandbox")?;
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let within = Duration::from_secs(10);
+    let r = tokio::time::timeout(within, waiter)
+        .await
+        .context("the wait still hangs")??;
+    ensure!(
+        matches!(r, Err(kata_sandbox::Error::SandboxDead { .. })),
+        "wait: {r:?}"
+    );
+    let r = tokio::time::timeout(within, exec_waiter)
+        .await
+        .context("the exec's wait still hangs")??;
+    ensure!(
+        matches!(r, Err(kata_sandbox::Error::SandboxDead { .. })),
+        "exec wait: {r:?}"
+    );
+    let r = tokio::time::timeout(within, reader)
+        .await
+        .context("the stream still hangs")??;
+    ensure!(r.is_err(), "the output ended without an error: {r:?}");
+    let why = sandbox
+        .death()
+        .context("the sandbox does not say it died")?;
+    ensure!(why.contains("VM exited"), "{why}");
+    println!(
+        "    every waiter failed {:.1?} after QEMU was killed: {why}",
+        t0.elapsed()
+    );
+    while dir.exists() || !processes_mentioning(id, "vm_sandbox").is_empty() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "not torn down: dir {} exists {}, processes {:?}, mounts {:?}",
+                dir.display(),
+                dir.exists(),
+                processes_mentioning(id, "vm_sandbox"),
+                mounts_under(&dir)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        mounts_under(&dir).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&dir)
+    );
+    drop(c);
+    sandbox.shutdown().await?;
+    Ok(())
+}
+
 async fn case_bad_boot_inputs(env: Arc<Env>) -> Result<()> {
     bad_boots(env.root_dir.clone()).await
 }
@@ -535,6 +634,11 @@ fn main() -> std::process::ExitCode {
             "drop_without_shutdown",
             Duration::from_secs(300),
             case_drop_without_shutdown,
+        )
+        .case_with_timeout(
+            "qemu_killed_fails_every_waiter_and_leaves_nothing",
+            Duration::from_secs(300),
+            case_qemu_killed_fails_every_waiter_and_leaves_nothing,
         )
         .case_with_timeout(
             "bad_boot_inputs",

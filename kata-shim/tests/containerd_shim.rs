@@ -798,6 +798,103 @@ fn case_shim_sigkill_then_delete_cleans_up(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// Issue 9 row 10 under containerd: QEMU alone is killed. An attached `ctr run` of a
+/// long-running container returns within 10 s, a `ctr run -d` task is STOPPED within 10 s,
+/// and after `ctr task delete` no process, mount or sandbox directory of either is left.
+fn case_qemu_killed_ends_the_task_and_leaves_nothing(env: &Env) -> Result<()> {
+    let c = &env.ctr;
+    let qemu_of = |id: &str| {
+        cmdlines()
+            .into_iter()
+            .find(|(_, cmd)| {
+                cmd.contains("qemu-system") && cmd.contains(&format!("/run/kata/{id}/"))
+            })
+            .map(|(pid, _)| pid)
+    };
+    let kill_qemu = |id: &str| -> Result<Instant> {
+        let pid = qemu_of(id).with_context(|| format!("no QEMU for {id}"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        Ok(Instant::now())
+    };
+    let gone = |id: &str| -> Result<()> {
+        let t0 = Instant::now();
+        loop {
+            let left = cmdlines()
+                .into_iter()
+                .filter(|(_, cmd)| cmd.contains(&format!("/run/kata/{id}/")))
+                .collect::<Vec<_>>();
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    l.contains(&format!("/run/kata/{id}/")) || l.contains(&format!("/{id}/rootfs"))
+                })
+                .count();
+            let dir = Path::new("/run/kata").join(id);
+            if left.is_empty() && mounts == 0 && !dir.exists() {
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(15) {
+                bail!(
+                    "{id}: processes {left:?}, {mounts} mounts, dir exists {}",
+                    dir.exists()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // Attached: `ctr run` returns.
+    let id = "kt-qemu-killed";
+    let mut run = c
+        .command(&run_args(&[], id, &["/bin/busybox", "sleep", "1000"]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    c.wait_status(id, "RUNNING", Duration::from_secs(120))?;
+    booted();
+    let t0 = kill_qemu(id)?;
+    let status = loop {
+        if let Some(status) = run.try_wait()? {
+            break status;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = run.kill();
+            let _ = run.wait();
+            bail!("`ctr run` still waits 10 s after QEMU was killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!(
+        "    ctr run returned {:.1?} after QEMU was killed: {status}",
+        t0.elapsed()
+    );
+    // `ctr run` deleted the task when it returned.
+    ensure!(c.task_status(id).is_none(), "{:?}", c.task_status(id));
+    c.ok(&["container", "rm", id])?;
+    gone(id)?;
+
+    // Detached: the task stops, and `ctr task delete` leaves nothing.
+    let id = "kt-qemu-killed-d";
+    c.ok(&run_args(&["-d"], id, &["/bin/busybox", "sleep", "1000"]))?;
+    c.wait_status(id, "RUNNING", Duration::from_secs(10))?;
+    booted();
+    let t0 = kill_qemu(id)?;
+    c.wait_status(id, "STOPPED", Duration::from_secs(10))
+        .context("the task is not STOPPED 10 s after QEMU was killed")?;
+    println!(
+        "    the -d task was STOPPED {:.1?} after QEMU was killed",
+        t0.elapsed()
+    );
+    c.ok(&["task", "delete", id])?;
+    c.ok(&["container", "rm", id])?;
+    gone(id)
+}
+
 fn case_ten_sequential_runs_leave_nothing(env: &Env) -> Result<()> {
     let c = &env.ctr;
     let before = leftovers(&env.tmp);
@@ -879,6 +976,10 @@ fn main() -> std::process::ExitCode {
         .blocking_case(
             "shim_sigkill_then_delete_cleans_up",
             case_shim_sigkill_then_delete_cleans_up,
+        )
+        .blocking_case(
+            "qemu_killed_ends_the_task_and_leaves_nothing",
+            case_qemu_killed_ends_the_task_and_leaves_nothing,
         )
         .blocking_case(
             "ten_sequential_runs_leave_nothing",
