@@ -1,7 +1,7 @@
 //! The guest's serial console, kept bounded.
 //!
 //! The guest controls what it writes to its console, so the host never stores it in something
-//! that grows: a VMM's serial port goes to a unix socket that a [`ConsoleReader`] (a task of
+//! that grows: a VMM's serial port goes to a unix socket that a [`ConsoleReader`] (a thread of
 //! the backend) reads into a [`ConsoleRing`], a byte ring of fixed size kept in memory. A guest
 //! that floods its console (`cat /dev/zero > /dev/ttyS0`) costs the host one ring and the CPU
 //! to copy what it writes; older output is overwritten. The ring outlives the VM, so the
@@ -16,7 +16,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use std::os::unix::net::UnixStream;
+
 use tokio::sync::watch;
 
 /// Bytes a VM's console ring keeps (256 KiB: some thousands of lines).
@@ -35,14 +36,17 @@ const LOG_LINE_BYTES: usize = 4096;
 /// The reader's buffer: what one read takes at most.
 const READ_BYTES: usize = 16 * 1024;
 
-/// After a read that found little, the reader waits this long before the next one, so a
+/// After a read that found little, the reader sleeps this long before the next one, so a
 /// console written a byte at a time (QEMU's serial port writes each byte on its own) wakes it
-/// at most 200 times a second instead of once a byte. What arrives meanwhile waits in the
-/// socket's buffer; when that is full, QEMU holds the guest's serial port and the guest's
-/// writer waits: nothing is lost, and a flooding guest is slowed to about 40 KiB/s (measured
-/// by `tests/vm_qemu.rs`; reading each byte as it came cost the host a third of a core and
-/// made the agent's median health check ten times slower).
-const READ_PAUSE: Duration = Duration::from_millis(5);
+/// at most 500 times a second instead of once a byte. What arrives meanwhile waits in the
+/// socket (room for some 270 one-byte writes); a guest writing faster than that is held by
+/// its serial port. Measured by `tests/vm_qemu.rs` under TCG: a flood runs at about
+/// 100 KiB/s and costs the reader under a tenth of a core, the agent answers as it did when
+/// the console was a file (median health check 5 ms flooding, 1 ms quiet), and bursts of
+/// kernel and user-space lines arrive whole. Reading each byte as it came cost a third of a
+/// core and doubled the agent's median latency; sleeping 5 ms lost bytes of bursts (the
+/// guest's serial driver gives up on a UART held that long).
+const READ_PAUSE: Duration = Duration::from_millis(2);
 
 /// The last bytes a guest wrote to its console: a ring of fixed capacity, shared between the
 /// reader task that fills it and whoever asks for its tail.
@@ -196,56 +200,46 @@ pub fn format_tail(lines: &[String]) -> String {
     }
 }
 
-/// A task reading a VMM's console socket into a [`ConsoleRing`] until the VMM closes it.
+/// A thread reading a VMM's console socket into a [`ConsoleRing`] until the VMM closes it.
 ///
-/// Dropping the reader stops the task and closes the connection (the VMM's console then
-/// discards output until someone connects again: a VM handed over to another process).
+/// A thread of its own rather than a task: it blocks in `read`, wakes only when there is
+/// something to read, and needs no runtime. Dropping the reader shuts the connection down,
+/// which ends the thread (the VMM's console then discards output until someone connects
+/// again: a VM handed over to another process).
 #[derive(Debug)]
 pub struct ConsoleReader {
-    task: tokio::task::JoinHandle<()>,
+    stream: Arc<UnixStream>,
     done: watch::Receiver<bool>,
 }
 
 impl ConsoleReader {
-    /// Connects to the console socket a VMM serves and starts reading it into `ring`, on the
-    /// current tokio runtime. With `log_as` (a sandbox id), every complete line is also logged
-    /// at debug level (`enable_debug`).
-    pub async fn connect(
+    /// Connects to the console socket a VMM serves and starts reading it into `ring`. With
+    /// `log_as` (a sandbox id), every complete line is also logged at debug level
+    /// (`enable_debug`).
+    pub fn connect(
         socket: &Path,
         ring: Arc<ConsoleRing>,
         log_as: Option<String>,
     ) -> std::io::Result<Self> {
-        let stream = tokio::net::UnixStream::connect(socket).await?;
-        Ok(Self::start(stream, ring, log_as))
+        Self::start(UnixStream::connect(socket)?, ring, log_as)
     }
 
     /// Starts reading a connected stream (a socket pair in tests).
     pub fn start(
-        mut stream: tokio::net::UnixStream,
+        stream: UnixStream,
         ring: Arc<ConsoleRing>,
         log_as: Option<String>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
+        let stream = Arc::new(stream);
         let (done_tx, done) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut buf = vec![0u8; READ_BYTES];
-            let mut line = Vec::new();
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        ring.push(&buf[..n]);
-                        if let Some(id) = &log_as {
-                            log_lines(id, &mut line, &buf[..n]);
-                        }
-                        if n < READ_BYTES / 2 {
-                            tokio::time::sleep(READ_PAUSE).await;
-                        }
-                    }
-                }
-            }
-            let _ = done_tx.send(true);
-        });
-        ConsoleReader { task, done }
+        let reader = stream.clone();
+        std::thread::Builder::new()
+            .name("vm-console".into())
+            .spawn(move || {
+                read_console(&reader, &ring, log_as.as_deref());
+                let _ = done_tx.send(true);
+            })?;
+        Ok(ConsoleReader { stream, done })
     }
 
     /// Whether the VMM closed the console (it exited) and everything it wrote is in the ring.
@@ -261,7 +255,30 @@ impl ConsoleReader {
 
 impl Drop for ConsoleReader {
     fn drop(&mut self) {
-        self.task.abort();
+        // The thread's `read` returns 0 and it ends.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// The reader thread: reads until the end of the stream (or its shutdown).
+fn read_console(mut stream: &UnixStream, ring: &ConsoleRing, log_as: Option<&str>) {
+    let mut buf = vec![0u8; READ_BYTES];
+    let mut line = Vec::new();
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                ring.push(&buf[..n]);
+                if let Some(id) = log_as {
+                    log_lines(id, &mut line, &buf[..n]);
+                }
+                if n < READ_BYTES / 2 {
+                    std::thread::sleep(READ_PAUSE);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
     }
 }
 
@@ -345,19 +362,19 @@ mod tests {
 
     /// A peer that floods the console socket (64 MiB without a newline, then a line) costs
     /// the reader its ring, allocated once, not what was written; the ring has the end of it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test]
     async fn a_flooding_peer_costs_one_ring() {
-        use tokio::io::AsyncWriteExt;
-        let (ours, mut peer) = tokio::net::UnixStream::pair().unwrap();
+        use std::io::Write;
+        let (ours, mut peer) = UnixStream::pair().unwrap();
         let ring = ConsoleRing::new(CONSOLE_RING_BYTES);
-        let reader = ConsoleReader::start(ours, ring.clone(), Some("flood".into()));
+        let reader = ConsoleReader::start(ours, ring.clone(), Some("flood".into())).unwrap();
         let allocated = || ring.inner.lock().unwrap().bytes.capacity();
         let before = allocated();
         let chunk = vec![0u8; 1 << 20];
         for _ in 0..64 {
-            peer.write_all(&chunk).await.unwrap();
+            peer.write_all(&chunk).unwrap();
         }
-        peer.write_all(b"\nthe guest's last words\n").await.unwrap();
+        peer.write_all(b"\nthe guest's last words\n").unwrap();
         drop(peer);
         wait_drained(reader.done_watch(), Duration::from_secs(30)).await;
         assert!(reader.is_done());

@@ -2,8 +2,8 @@
 //! sandbox layer: the guest runs a script of the test's own, appended to the guest image's
 //! busybox (or agent) initramfs as one more cpio archive.
 //!
-//! * The 9p share: what the guest makes setuid, or makes as a device node, is a plain file
-//!   mode 0600 on the host; the guest still sees what it made, and reads and writes the
+//! * The 9p share: the guest cannot leave a set-ID file or a device node on the host (QEMU is
+//!   confined: `qemu::confine`), while it reads, writes and follows the symlinks of the
 //!   root-owned files an unpacked image has.
 //! * The console: the guest floods its serial port for 10 s; the host keeps a bounded ring (no
 //!   file grows in the VM directory, this process does not grow) and the agent keeps
@@ -124,7 +124,7 @@ fn vm(dir: &Path, initrd: &Path) -> Qemu {
             .display()
             .to_string(),
         default_memory: 512,
-        kernel_params: "rdinit=/kata-test".into(),
+        kernel_params: "rdinit=/kata-test printk.devkmsg=on".into(),
         ..Default::default()
     };
     Qemu::new("vmtest", config, dir.join("vm")).unwrap()
@@ -140,9 +140,12 @@ fn share_device(path: &Path) -> DeviceConfig {
 
 /// The lines the guest's script reported (`KATA_TEST <what>`), from the console.
 fn reports(vm: &Qemu) -> Vec<String> {
-    vm.console_tail(500)
+    vm.console_tail(10_000)
         .into_iter()
-        .filter_map(|l| l.strip_prefix("KATA_TEST ").map(str::to_string))
+        .filter_map(|l| {
+            l.find("KATA_TEST ")
+                .map(|i| l[i + "KATA_TEST ".len()..].to_string())
+        })
         .collect()
 }
 
@@ -164,14 +167,16 @@ mount -t 9p -o trans=virtio,version=9p2000.L,access=any,msize=65536 kataShared /
 cd /mnt/share
 r "shadow $(cat image/etc/shadow) $(stat -c '%u:%g %a' image/etc/shadow)"
 r "tool $(stat -c '%u:%g %a' image/bin/tool)"
+r "link $(readlink image/bin/sh) $(cat image/bin/sh)"
 echo written >> image/etc/passwd && r "append $(tail -n 1 image/etc/passwd)"
-cp /bin/busybox suid && chown 0:0 suid && chmod 4755 suid && r "suid $(stat -c '%u %a' suid)"
-chmod 6755 image/bin/tool && r "tool-suid $(stat -c '%a' image/bin/tool)"
+cp /bin/busybox suid && chown 0:0 suid
+chmod 4755 suid 2>/dev/null; r "suid $(stat -c '%u %a' suid)"
+chmod 6755 image/bin/tool 2>/dev/null; r "tool-suid $(stat -c '%a' image/bin/tool)"
+echo appended >> image/bin/passwd && r "passwd $(stat -c '%a' image/bin/passwd)"
 echo hi > owned && chown 1000:1000 owned && r "chown $(stat -c '%u:%g' owned)"
-mknod cdev c 1 3 && r "cdev $(stat -c '%F %t:%T' cdev)"
-mknod bdev b 8 0 && r "bdev $(stat -c '%F %t:%T' bdev)"
-echo into-the-guest-device > cdev && r "cdev-write ok"
-ln -s /etc/passwd link && r "link $(readlink link)"
+if mknod cdev c 1 3 2>/dev/null; then r "cdev made"; else r "cdev refused"; fi
+if mknod bdev b 8 0 2>/dev/null; then r "bdev made"; else r "bdev refused"; fi
+ln -s /etc/passwd guest-link && r "guest-link $(readlink guest-link)"
 mkdir sticky && chmod 1777 sticky && r "sticky $(stat -c '%a' sticky)"
 r DONE
 cd /
@@ -197,10 +202,14 @@ async fn the_guest_cannot_make_setuid_files_or_device_nodes_on_the_host() {
     .unwrap();
     std::fs::write(share.join("image/etc/shadow"), "root:*:1::::::\n").unwrap();
     std::fs::write(share.join("image/bin/tool"), "#!/bin/sh\n").unwrap();
+    std::fs::write(share.join("image/bin/passwd"), "a setuid program\n").unwrap();
+    std::os::unix::fs::symlink("tool", share.join("image/bin/sh")).unwrap();
     for (f, mode) in [
         ("image/etc/passwd", 0o644),
         ("image/etc/shadow", 0o600),
         ("image/bin/tool", 0o755),
+        // What a containerd snapshot may hold (kata-rs' own unpacking strips it).
+        ("image/bin/passwd", 0o4755),
     ] {
         std::fs::set_permissions(share.join(f), std::fs::Permissions::from_mode(mode)).unwrap();
     }
@@ -240,27 +249,23 @@ async fn the_guest_cannot_make_setuid_files_or_device_nodes_on_the_host() {
         seen += 1;
     }
     assert!(seen >= 10, "{seen} entries");
-    // What the guest made is QEMU's plain file, unreadable by other host users; the guest's
-    // view lives in xattrs.
-    for made in ["suid", "cdev", "bdev", "owned", "link"] {
-        let meta = std::fs::symlink_metadata(share.join(made)).unwrap();
-        assert!(meta.file_type().is_file(), "{made}: {:?}", meta.file_type());
-        assert_eq!(meta.mode() & 0o7777, 0o600, "{made}: {:o}", meta.mode());
-        assert_eq!(meta.uid(), 0, "{made}");
-    }
-    // The guest: the image's files are root's, with their modes; what it made is what it
-    // asked for.
+    assert!(!share.join("cdev").exists() && !share.join("bdev").exists());
+    let owned = std::fs::symlink_metadata(share.join("owned")).unwrap();
+    assert_eq!(owned.uid(), 1000);
+    // The guest: the image's files are root's, with their modes, and its symlinks resolve;
+    // the set-ID bits and device nodes it asks for are refused; the rest works.
     for want in [
         "shadow root:*:1:::::: 0:0 600",
         "tool 0:0 755",
+        "link tool #!/bin/sh",
         "append written",
-        "suid 0 4755",
-        "tool-suid 6755",
+        "suid 0 755",
+        "tool-suid 755",
+        "passwd 755",
         "chown 1000:1000",
-        "cdev character special file 1:3",
-        "bdev block special file 8:0",
-        "cdev-write ok",
-        "link /etc/passwd",
+        "cdev refused",
+        "bdev refused",
+        "guest-link /etc/passwd",
         "sticky 1777",
     ] {
         assert!(
@@ -294,6 +299,57 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         out.push(p);
     }
     out
+}
+
+const BURST_SCRIPT: &str = r#"#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t devtmpfs devtmpfs /dev
+i=0
+while [ $i -lt 300 ]; do echo "<2>KATA_TEST kernel line $i" > /dev/kmsg; i=$((i+1)); done
+i=0
+while [ $i -lt 2000 ]; do echo "KATA_TEST user line $i"; i=$((i+1)); done > /dev/ttyS0
+echo "KATA_TEST DONE" > /dev/ttyS0
+poweroff -f
+"#;
+
+/// The console loses nothing that fits the ring: a burst of kernel messages (printed by the
+/// kernel's polling console driver, which gives up on a UART it finds busy for too long) and
+/// of user-space lines all arrive, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_bursts_arrive_whole() {
+    let _one = ONE_VM.lock().await;
+    let tmp = test_dir();
+    let initrd = initrd_with_script(tmp.path(), "initrd_busybox", BURST_SCRIPT);
+    let vm = vm(tmp.path(), &initrd);
+    vm.prepare(vec![]).await.unwrap();
+    vm.start().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(300), vm.wait_exit())
+        .await
+        .expect("the guest powers off");
+    let lines = reports(&vm);
+    vm.stop().await.unwrap();
+    let kernel: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("kernel line "))
+        .collect();
+    let user: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("user line "))
+        .collect();
+    let want_kernel: Vec<String> = (0..300).map(|i| format!("kernel line {i}")).collect();
+    let want_user: Vec<String> = (0..2000).map(|i| format!("user line {i}")).collect();
+    assert_eq!(
+        kernel,
+        want_kernel.iter().collect::<Vec<_>>(),
+        "kernel lines lost"
+    );
+    assert_eq!(
+        user,
+        want_user.iter().collect::<Vec<_>>(),
+        "user lines lost"
+    );
+    assert_eq!(lines.last().map(String::as_str), Some("DONE"));
 }
 
 const FLOOD_SCRIPT: &str = r#"#!/bin/sh

@@ -15,14 +15,16 @@
 //! command lines and pinned with pidfds, QMP and the console reconnected), in this process or
 //! another. [`crate::backend::cleanup`] kills what an owner that died left, with or without its state.
 //!
-//! Confinement: QEMU runs under its seccomp sandbox (`seccomp_sandbox`, on by default), the
-//! 9p share maps the guest's ownership and modes into xattrs (`security_model=mapped-xattr`),
-//! and the guest console is a socket read into a bounded [`ConsoleRing`] that outlives the
+//! Confinement: QEMU runs under its seccomp sandbox (`seccomp_sandbox`, on by default) and,
+//! from before it is executed, without the capabilities and system calls that would let the
+//! guest leave setuid files, file capabilities or device nodes on the host through the 9p
+//! share ([`confine`]); the guest console is a socket read into a bounded [`ConsoleRing`] that outlives the
 //! VM (so a dead VM's console still reaches the error). Settings the backend does not implement
 //! and must not ignore (`rootless`, `confidential_guest`, `guest_hook_path`, ...) are refused
 //! when the VM is made; see `settings.rs` for every key.
 
 pub mod cmdline;
+pub mod confine;
 mod host;
 pub mod qmp;
 mod settings;
@@ -216,7 +218,7 @@ impl Qemu {
         .await;
         let console = match &result {
             Ok((qmp, _)) => {
-                let console = vm.connect_console().await;
+                let console = vm.connect_console();
                 if console.is_some() {
                     vm.wait_console_attached(qmp).await;
                 }
@@ -274,13 +276,13 @@ impl Qemu {
 
     /// Connects a reader to the console of an adopted QEMU, if it serves one (a VM started by
     /// an older kata-rs has a console file instead, left as it is).
-    async fn connect_console(&self) -> Option<ConsoleReader> {
+    fn connect_console(&self) -> Option<ConsoleReader> {
         let socket = self.console_socket();
         if !socket.exists() {
             tracing::warn!(sandbox_id = %self.id, socket = %socket.display(), "the adopted VM has no console socket; its console is not read");
             return None;
         }
-        match ConsoleReader::connect(&socket, self.console.clone(), self.console_log_as()).await {
+        match ConsoleReader::connect(&socket, self.console.clone(), self.console_log_as()) {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!(sandbox_id = %self.id, socket = %socket.display(), error = %e, "cannot connect to the adopted VM's console; it is not read");
@@ -518,13 +520,6 @@ impl Qemu {
         let devices = self.devices.lock().unwrap().clone();
         let ports = PortAllocator::for_vm(&self.config, &devices)?;
         create_private_dir(&self.vm_dir)?;
-        for d in &devices {
-            if let DeviceConfig::ShareFs(fs) = d {
-                if fs.kind == SharedFs::Virtio9p {
-                    warn_without_user_xattrs(&self.id, &fs.host_path);
-                }
-            }
-        }
 
         let (accelerator, why) = choose_accelerator();
         if accelerator == Accelerator::Tcg && !TCG_WARNED.swap(true, Ordering::Relaxed) {
@@ -558,13 +553,21 @@ impl Qemu {
         let log_path = self.vm_dir.join("qemu.log");
         let log =
             std::fs::File::create(&log_path).map_err(|e| Error::io("creating qemu.log", e))?;
-        let child = tokio::process::Command::new(&qemu)
+        let confinement = confine::VmmConfinement::new()?;
+        let mut command = tokio::process::Command::new(&qemu);
+        command
             .args(&args)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().map_err(|e| Error::io("qemu.log", e))?)
-            .stderr(log)
+            .stderr(log);
+        // SAFETY: between fork and exec the closure only makes syscalls (prctl, seccomp) on a
+        // filter built before the fork; it allocates nothing and takes no lock.
+        unsafe {
+            command.pre_exec(move || confinement.apply());
+        }
+        let child = command
             .spawn()
-            .map_err(|e| Error::io(format!("starting {}", qemu.display()), e))?;
+            .map_err(|e| Error::io(format!("starting {} confined", qemu.display()), e))?;
         let proc = Supervised::new("qemu", child);
         let failed = |how: String| Error::StartFailed {
             vmm: "qemu".into(),
@@ -586,9 +589,7 @@ impl Qemu {
                     &console_socket,
                     self.console.clone(),
                     self.console_log_as(),
-                )
-                .await
-                {
+                ) {
                     Ok(r) => break r,
                     Err(e) if tokio::time::Instant::now() > deadline => {
                         run.qemu = Some(proc);
@@ -1058,32 +1059,6 @@ impl Hypervisor for Qemu {
         self.drain_console().await;
         how
     }
-}
-
-/// Warns when the 9p share at `path` cannot store `user.*` xattrs: with
-/// `security_model=mapped-xattr` QEMU keeps the guest's ownership and modes in them, so the
-/// guest could not create files there (tmpfs stores them from Linux 6.6 on).
-fn warn_without_user_xattrs(sandbox_id: &str, path: &Path) {
-    if let Err(e) = probe_user_xattr(path) {
-        tracing::warn!(%sandbox_id, share = %path.display(), error = %e, "the 9p share's filesystem does not store user.* xattrs: the guest cannot create files in it (security_model=mapped-xattr; tmpfs needs Linux 6.6 or later)");
-    }
-}
-
-/// Sets and removes a `user.*` xattr on `path`.
-fn probe_user_xattr(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let name = c"user.kata-rs.probe";
-    // SAFETY: both strings are NUL-terminated and outlive the call; the value is 1 byte read
-    // from a live buffer.
-    let set = unsafe { libc::setxattr(c_path.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
-    if set != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: as above; removing the attribute just set.
-    unsafe { libc::removexattr(c_path.as_ptr(), name.as_ptr()) };
-    Ok(())
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {

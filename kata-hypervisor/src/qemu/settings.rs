@@ -9,8 +9,8 @@ use SettingUse::{Acted, Inert, Refused};
 
 const ROOTLESS: &str = "running QEMU as an unprivileged user is not implemented yet (QEMU \
 serves the 9p share itself and would need an id-mapped view of the containers' root-owned \
-files; kata-rs creates no per-sandbox users); set rootless = false: QEMU runs as root under \
-its seccomp sandbox (seccomp_sandbox)";
+files; kata-rs creates no per-sandbox users); set rootless = false: QEMU runs as root, under \
+seccomp filters and without the capabilities that would let the guest reach the host";
 
 const CONFIDENTIAL: &str = "the QEMU backend cannot start a confidential guest yet (no TDX, \
 SEV-SNP or Secure Execution support): it would boot an ordinary VM; remove the confidential \
