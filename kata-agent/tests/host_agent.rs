@@ -118,9 +118,24 @@ impl Harness {
             dial_timeout: Duration::from_secs(20),
             ..ConnectOptions::default()
         };
-        let client = AgentClient::connect(&AgentAddress::Unix(sock), opts)
-            .await
-            .expect("connect to the agent");
+        let client = match AgentClient::connect(&AgentAddress::Unix(sock), opts).await {
+            Ok(client) => client,
+            Err(e) => {
+                // Leave no agent behind a failed start: forked into a PID namespace, it
+                // outlives `unshare` unless it is killed itself.
+                let mut agent = agent;
+                for (pid, _) in children_of(agent.id() as i32) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                let _ = agent.kill();
+                let _ = agent.wait();
+                let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+                panic!("connect to the agent: {e:?}\nagent log:\n{log}");
+            }
+        };
         Harness {
             dir,
             agent: Some(agent),
