@@ -454,7 +454,7 @@ impl Core {
     }
 
     /// Watches the handler for the sandbox's death until its owner closes it.
-    fn spawn_monitor(self: &Arc<Self>) {
+    pub(crate) fn spawn_monitor(self: &Arc<Self>) {
         let handler = self.handler.clone();
         let core = Arc::downgrade(self);
         let mut life = self.life.subscribe();

@@ -26,12 +26,18 @@ impl Sandbox {
         let core = &self.core;
         core.alive()?;
         core.persist()?;
-        core.handler.detach().await?;
+        // The monitor stops first: a VM handed over looks to it like a VM gone, and it must
+        // not tear down what is being handed over.
+        core.life.send_replace(Life::Closed);
+        if let Err(e) = core.handler.detach().await {
+            core.life.send_replace(Life::Alive);
+            core.spawn_monitor();
+            return Err(e);
+        }
         // From here on nothing is written or released by this process.
         {
             let _guard = core.persist_lock.lock().unwrap();
             core.shut_down.store(true, Ordering::SeqCst);
-            core.life.send_replace(Life::Closed);
         }
         core.containers.lock().unwrap().clear();
         tracing::info!(sandbox_id = %core.id(), dir = %core.dir.display(), "sandbox detached: it runs on");
