@@ -38,15 +38,15 @@ const READ_BYTES: usize = 16 * 1024;
 
 /// After a read that found little, the reader sleeps this long before the next one, so a
 /// console written a byte at a time (QEMU's serial port writes each byte on its own) wakes it
-/// at most 500 times a second instead of once a byte. What arrives meanwhile waits in the
+/// at most 200 times a second instead of once a byte. What arrives meanwhile waits in the
 /// socket (room for some 270 one-byte writes); a guest writing faster than that is held by
-/// its serial port. Measured by `tests/vm_qemu.rs` under TCG: a flood runs at about
-/// 100 KiB/s and costs the reader under a tenth of a core, the agent answers as it did when
-/// the console was a file (median health check 5 ms flooding, 1 ms quiet), and bursts of
-/// kernel and user-space lines arrive whole. Reading each byte as it came cost a third of a
-/// core and doubled the agent's median latency; sleeping 5 ms lost bytes of bursts (the
-/// guest's serial driver gives up on a UART held that long).
-const READ_PAUSE: Duration = Duration::from_millis(2);
+/// its serial port, whose drivers wait for it (the kernel's console polls up to 10 ms a
+/// character). Measured by `tests/vm_qemu.rs` under TCG: a flood runs at about 50 KiB/s and
+/// costs the reader about 5% of a core; the agent's median health check is 3 ms during it
+/// (1-2 ms quiet; 5 ms when the console was a file); bursts of kernel and user-space lines
+/// arrive whole. Reading each byte as it came cost a third of a core and made the agent's
+/// median 10 ms; 10 ms is as long as the kernel's console waits.
+const READ_PAUSE: Duration = Duration::from_millis(5);
 
 /// The last bytes a guest wrote to its console: a ring of fixed capacity, shared between the
 /// reader task that fills it and whoever asks for its tail.
