@@ -75,6 +75,16 @@ pub enum Error {
         /// Why not: gone, or another program now holds the pid.
         reason: String,
     },
+    /// A device cannot be given to the VM as it is described.
+    #[error("{kind} device `{id}`: {reason}")]
+    InvalidDevice {
+        /// The kind of device, in words (`network`, `block`, ...).
+        kind: &'static str,
+        /// The device's id and what names it on the host (`net0 (tap tap0_kata)`).
+        id: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// Every PCIe port of the kind a device needs is held by another device.
     #[error("no free {port} for device `{device}`: all {capacity} are in use; {hint}")]
     NoFreePort {

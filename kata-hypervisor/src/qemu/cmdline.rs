@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{BlockDeviceDriver, HypervisorConfig, RootfsType, SharedFs};
-use crate::device::{DeviceConfig, PortAllocator, PortPlan};
+use crate::device::{DeviceConfig, NetDevice, PortAllocator, PortPlan};
 use crate::error::{Error, Result};
 use crate::kvm::Accelerator;
 
@@ -67,6 +67,23 @@ pub struct QemuLaunch<'a> {
     pub ports: &'a PortAllocator,
     /// Host memory in MiB (for `maxmem`).
     pub host_memory_mib: u64,
+    /// Whether NICs use the kernel's vhost-net (`vhost=on`): `disable_vhost_net` is false and
+    /// the host has `/dev/vhost-net` ([`vhost_net_usable`]).
+    pub vhost_net: bool,
+}
+
+/// The kernel's vhost-net device, which QEMU opens itself for `vhost=on`.
+pub const VHOST_NET_DEVICE: &str = "/dev/vhost-net";
+
+/// Whether NICs get the kernel's vhost-net: `disable_vhost_net` is not set and the host has
+/// [`VHOST_NET_DEVICE`] (without it, `vhost=on` would fail QEMU's start).
+pub fn vhost_net_usable(config: &HypervisorConfig) -> bool {
+    vhost_net_usable_at(config, Path::new(VHOST_NET_DEVICE))
+}
+
+/// [`vhost_net_usable`] with the device at `device` (testable on a fixture).
+pub fn vhost_net_usable_at(config: &HypervisorConfig, device: &Path) -> bool {
+    !config.disable_vhost_net && device.exists()
 }
 
 /// The full kernel command line: kata-rs' base, then the configured params.
@@ -218,7 +235,7 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
     a.extend(topology_args(l.ports.plan()));
     let mut scsi_controller = false;
     for d in l.devices {
-        a.extend(device_args(c, d, &mut scsi_controller)?);
+        a.extend(device_args(c, d, l.vhost_net, &mut scsi_controller)?);
     }
     a.extend(vfio_args(l.devices, l.ports));
     Ok(a)
@@ -258,6 +275,7 @@ pub fn topology_args(plan: &PortPlan) -> Vec<String> {
 fn device_args(
     c: &HypervisorConfig,
     d: &DeviceConfig,
+    vhost_net: bool,
     scsi_controller: &mut bool,
 ) -> Result<Vec<String>> {
     let s = |v: &[String]| v.to_vec();
@@ -310,25 +328,67 @@ fn device_args(
             v.extend(["-device".to_string(), dev]);
             v
         }
-        DeviceConfig::Net(n) => {
-            let vhost = if c.disable_vhost_net { "off" } else { "on" };
-            s(&[
-                "-netdev".into(),
-                format!(
-                    "tap,id=netdev-{id},ifname={},script=no,downscript=no,vhost={vhost}",
-                    n.tap_name,
-                    id = n.id
-                ),
-                "-device".into(),
-                format!(
-                    "virtio-net-pci,netdev=netdev-{id},id={id},mac={}",
-                    n.mac,
-                    id = n.id
-                ),
-            ])
-        }
+        DeviceConfig::Net(n) => net_args(n, vhost_net)?,
         DeviceConfig::Vfio(_) => Vec::new(), // placed by `vfio_args`, which knows the index
     })
+}
+
+/// A NIC: `-netdev tap` on the tap's open queues, which QEMU inherits by number
+/// ([`NetDevice::tap_fds`]; the backend keeps them open across `execve`), and a
+/// `virtio-net-pci` with the pod interface's MAC, multi-queue when the tap has several queues.
+///
+/// Never `ifname=`: QEMU runs in the host's network namespace, where it would open or create
+/// a tap of that name; the tap lives in the pod's namespace. `romfile=` (none): the guest boots
+/// from `-kernel`, and the PXE ROM (`efi-virtio.rom`) is not installed everywhere.
+fn net_args(n: &NetDevice, vhost_net: bool) -> Result<Vec<String>> {
+    let refuse = |reason: String| Error::InvalidDevice {
+        kind: "network",
+        id: format!("{} (tap {})", n.id, n.tap_name),
+        reason,
+    };
+    let fds = n.raw_tap_fds();
+    if fds.is_empty() {
+        return Err(refuse(
+            "it carries no open tap queue: the QEMU backend passes a tap to QEMU only as an \
+             open file (kata-resource's set_up_network makes them), never by name"
+                .into(),
+        ));
+    }
+    if fds.len() != n.queues.max(1) as usize {
+        return Err(refuse(format!(
+            "it has {} queue pairs but {} open tap queues: each queue pair needs one",
+            n.queues,
+            fds.len()
+        )));
+    }
+    if let Some(fd) = fds.iter().find(|&&fd| fd <= 2) {
+        return Err(refuse(format!(
+            "tap queue fd {fd} would be QEMU's stdin, stdout or stderr: open the tap while \
+             fds 0-2 are open"
+        )));
+    }
+    let numbers: Vec<String> = fds.iter().map(|fd| fd.to_string()).collect();
+    let vhost = if vhost_net { "on" } else { "off" };
+    let mut device = format!(
+        "virtio-net-pci,netdev=netdev-{id},id={id},mac={mac},romfile=",
+        id = n.id,
+        mac = n.mac
+    );
+    if fds.len() > 1 {
+        // A vector per queue (rx and tx of each pair), one for config changes and one for
+        // the control queue, as Kata gives it.
+        device.push_str(&format!(",mq=on,vectors={}", 2 * fds.len() + 2));
+    }
+    Ok(vec![
+        "-netdev".into(),
+        format!(
+            "tap,id=netdev-{id},fds={fds},vhost={vhost}",
+            id = n.id,
+            fds = numbers.join(":")
+        ),
+        "-device".into(),
+        device,
+    ])
 }
 
 /// `-device vfio-pci` arguments for the cold-plugged VFIO devices, on the ports `ports` gave
@@ -356,7 +416,7 @@ pub fn vfio_args(devices: &[DeviceConfig], ports: &PortAllocator) -> Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::{BlockDevice, PciePort, ShareFsDevice, VfioDevice};
+    use crate::device::{BlockDevice, NetDevice, PciePort, ShareFsDevice, VfioDevice};
 
     fn launch<'a>(
         c: &'a HypervisorConfig,
@@ -378,6 +438,7 @@ mod tests {
             devices,
             ports,
             host_memory_mib: 4096,
+            vhost_net: false,
         }
     }
 
@@ -643,6 +704,110 @@ mod tests {
         let a = args(&c, &vfio(1)).unwrap();
         assert_eq!(a.matches("pcie-root-port").count(), 3, "{a}");
         assert!(!a.contains("vfio-pci"), "hot-plugged after boot: {a}");
+    }
+
+    /// A NIC whose tap queues are `fds` (open files of this process).
+    fn nic(fds: &[std::sync::Arc<std::os::fd::OwnedFd>]) -> DeviceConfig {
+        DeviceConfig::Net(NetDevice {
+            id: "net0".into(),
+            tap_name: "tap0_kata".into(),
+            mac: "02:42:ac:11:00:02".into(),
+            netns: Some("/run/netns/pod".into()),
+            queues: fds.len().max(1) as u32,
+            tap_fds: fds.to_vec(),
+        })
+    }
+
+    fn open_fds(n: usize) -> Vec<std::sync::Arc<std::os::fd::OwnedFd>> {
+        (0..n)
+            .map(|_| std::sync::Arc::new(std::fs::File::open("/dev/null").unwrap().into()))
+            .collect()
+    }
+
+    fn raw(fds: &[std::sync::Arc<std::os::fd::OwnedFd>]) -> Vec<String> {
+        use std::os::fd::AsRawFd;
+        fds.iter().map(|f| f.as_raw_fd().to_string()).collect()
+    }
+
+    #[test]
+    fn a_nic_is_given_its_open_tap_queue_by_number_never_a_tap_name() {
+        let fds = open_fds(1);
+        let a = args(&HypervisorConfig::default(), &[nic(&fds)]).unwrap();
+        assert!(
+            a.contains(&format!(
+                "-netdev tap,id=netdev-net0,fds={},vhost=off ",
+                raw(&fds)[0]
+            )),
+            "{a}"
+        );
+        // `ifname=` would make QEMU open (or create) a tap in its own, the host's, namespace.
+        assert!(!a.contains("ifname="), "{a}");
+        assert!(
+            !a.contains("script="),
+            "QEMU refuses script= with fds=: {a}"
+        );
+        assert!(
+            a.contains(
+                "-device virtio-net-pci,netdev=netdev-net0,id=net0,mac=02:42:ac:11:00:02,romfile="
+            ),
+            "{a}"
+        );
+        assert!(!a.contains("mq=on"), "one queue pair: {a}");
+    }
+
+    #[test]
+    fn several_queues_make_a_multi_queue_nic_and_vhost_follows_the_host() {
+        let fds = open_fds(2);
+        let c = HypervisorConfig::default();
+        let ports = PortAllocator::for_vm(&c, &[]).unwrap();
+        let devices = [nic(&fds)];
+        let mut l = launch(&c, &devices, &ports);
+        l.vhost_net = true;
+        let a = build_args(&l).unwrap().join(" ");
+        assert!(
+            a.contains(&format!(
+                "-netdev tap,id=netdev-net0,fds={},vhost=on ",
+                raw(&fds).join(":")
+            )),
+            "{a}"
+        );
+        // 2 queue pairs: 4 queue vectors, one for config changes, one for the control queue.
+        assert!(
+            a.contains("mac=02:42:ac:11:00:02,romfile=,mq=on,vectors=6"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn vhost_net_needs_the_device_and_no_disable_vhost_net() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("vhost-net");
+        let mut c = HypervisorConfig::default();
+        assert!(!vhost_net_usable_at(&c, &device), "no device");
+        std::fs::write(&device, "").unwrap();
+        assert!(vhost_net_usable_at(&c, &device));
+        c.disable_vhost_net = true;
+        assert!(!vhost_net_usable_at(&c, &device), "disable_vhost_net");
+    }
+
+    #[test]
+    fn a_nic_without_its_open_queues_is_refused_naming_it() {
+        let e = args(&HypervisorConfig::default(), &[nic(&[])])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("net0") && e.contains("tap0_kata"), "{e}");
+        let fds = open_fds(2);
+        let DeviceConfig::Net(mut n) = nic(&fds) else {
+            unreachable!()
+        };
+        n.queues = 4;
+        let e = args(&HypervisorConfig::default(), &[DeviceConfig::Net(n)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("net0") && e.contains('4') && e.contains('2'),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! What the QEMU process may not do to the host's filesystem, whatever the guest asks of it.
+//! What the QEMU process may not do to the host's filesystem and network, whatever the guest
+//! asks of it.
 //!
 //! QEMU runs as root and serves the 9p share itself: every file the guest creates, every mode
 //! it sets, is made on the host by QEMU. With `security_model=none` (the only 9p model under
@@ -11,8 +12,13 @@
 //!   `security.capability` xattrs: file capabilities), `CAP_FSETID` (writing to or chowning
 //!   a set-user-ID file clears its set-ID bits, as for an unprivileged writer) and
 //!   `CAP_SYS_ADMIN` (no `trusted.*` or other `security.*` xattrs, such as
-//!   `trusted.overlay.*` in an overlay's upper directory; no mounts). After `execve` root's
-//!   capabilities are the bounding set, so QEMU never has them;
+//!   `trusted.overlay.*` in an overlay's upper directory; no mounts), and `CAP_NET_ADMIN` and
+//!   `CAP_NET_RAW`: QEMU runs in the host's network namespace, where they would let it change
+//!   interfaces, routes and filters or read and forge any traffic, and it needs neither — its
+//!   NICs are tap queues it inherits open ([`inherit_across_exec`]), made in the pod's
+//!   namespace by kata-resource, and the `tun` and `vhost-net` ioctls on an open queue need
+//!   no capability. After `execve` root's capabilities are the bounding set, so QEMU never has
+//!   them;
 //! * gets a seccomp filter (kept across `execve`, on top of QEMU's own `-sandbox`) that answers
 //!   `EPERM` to `chmod`, `fchmod`, `fchmodat`, `fchmodat2` with a set-user-ID or set-group-ID
 //!   bit, to `open`/`openat`/`creat` creating a file with one, to `mknod`/`mknodat` of a
@@ -21,9 +27,10 @@
 //! What it costs the guest: a `chmod u+s`/`g+s` or a `mknod` of a device on the share fails
 //! with `EPERM`, and writing to a setuid file of the image clears its set-ID bits; `user.*`
 //! xattrs still work. Everything else QEMU needs keeps working (`CAP_DAC_OVERRIDE` and
-//! `CAP_CHOWN` for the share, `CAP_IPC_LOCK`, `CAP_NET_ADMIN`).
+//! `CAP_CHOWN` for the share, `CAP_IPC_LOCK`).
 
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -35,6 +42,8 @@ use crate::error::{Error, Result};
 /// The capabilities QEMU runs without (see the module documentation).
 pub const DROPPED_CAPABILITIES: &[(&str, u32)] = &[
     ("CAP_FSETID", 4),
+    ("CAP_NET_ADMIN", 12),
+    ("CAP_NET_RAW", 13),
     ("CAP_SYS_ADMIN", 21),
     ("CAP_MKNOD", 27),
     ("CAP_SETFCAP", 31),
@@ -162,6 +171,27 @@ impl VmmConfinement {
     }
 }
 
+/// Clears close-on-exec on `fds` in the calling process, so that the program it executes
+/// inherits them under the same numbers: how QEMU gets the tap queues its command line names
+/// (`-netdev tap,fds=N:M`), which kata-resource opened in the pod's namespace. Meant for the
+/// child between `fork` and `execve`, before [`VmmConfinement::apply`]: it only calls
+/// `fcntl` and allocates nothing. The flag belongs to the child's descriptor table: the
+/// parent's descriptors stay close-on-exec, so no other child inherits them.
+pub fn inherit_across_exec(fds: &[RawFd]) -> std::io::Result<()> {
+    for &fd in fds {
+        // SAFETY: fcntl with an integer descriptor and integer arguments, no pointers.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +275,44 @@ mod tests {
                 .unwrap_or_default();
             assert!(caps.trim().is_empty(), "file capabilities: {caps}");
         }
+    }
+
+    /// A descriptor opened close-on-exec (as Rust opens every file, and kata-resource the tap
+    /// queues) reaches the executed program only through `inherit_across_exec`, under its own
+    /// number, and stays close-on-exec in the parent.
+    #[test]
+    fn inherited_descriptors_keep_their_numbers_across_exec_and_only_there() {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = file.as_raw_fd();
+        let probe = format!("test -e /proc/self/fd/{fd} && echo inherited || echo closed");
+        let run = |inherit: bool| {
+            let mut cmd = std::process::Command::new("sh");
+            cmd.arg("-c").arg(&probe);
+            if inherit {
+                let fds = vec![fd];
+                let confinement = VmmConfinement::new().unwrap();
+                // SAFETY: fcntl, prctl and seccomp calls on data built before the fork.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        inherit_across_exec(&fds)?;
+                        confinement.apply()
+                    });
+                }
+            }
+            String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+        };
+        assert_eq!(run(false), "closed\n");
+        assert_eq!(run(true), "inherited\n", "under the confinement too");
+        // SAFETY: fcntl with an integer descriptor.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(
+            flags & libc::FD_CLOEXEC,
+            libc::FD_CLOEXEC,
+            "the parent's flag"
+        );
+        let e = inherit_across_exec(&[-1]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
     }
 
     #[test]

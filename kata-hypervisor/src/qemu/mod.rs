@@ -3,6 +3,9 @@
 //! Start-up: resolve the guest files, choose KVM or TCG, start the vsock backend if the host has
 //! no `/dev/vhost-vsock`, launch QEMU with everything cold-plugged, then connect QMP. Every step
 //! that fails undoes the ones before it, so a failed start leaves no process, socket or directory.
+//! NICs are taps in the pod's network namespace that QEMU, in the host's, could not open by
+//! name: it inherits their open queues under the numbers its command line gives
+//! (`-netdev tap,fds=`, see [`confine::inherit_across_exec`]).
 //!
 //! Readiness ([`Hypervisor::wait_ready`]): the agent's port is dialled until it answers; with
 //! hybrid vsock, a VM whose agent stays silent for a third of the time while it runs is booted
@@ -545,6 +548,7 @@ impl Qemu {
             devices: &devices,
             ports: &ports,
             host_memory_mib: host_memory_mib(),
+            vhost_net: cmdline::vhost_net_usable(&self.config),
         };
         let args = cmdline::build_args(&launch)?;
         run.ports = Some(ports);
@@ -554,16 +558,31 @@ impl Qemu {
         let log =
             std::fs::File::create(&log_path).map_err(|e| Error::io("creating qemu.log", e))?;
         let confinement = confine::VmmConfinement::new()?;
+        // The NICs' tap queues, which the command line names by number (kept open by the
+        // devices, which `self.devices` holds, until QEMU has them).
+        let tap_fds: Vec<std::os::fd::RawFd> = run
+            .cold_plugged
+            .iter()
+            .filter_map(|d| match d {
+                DeviceConfig::Net(n) => Some(n.raw_tap_fds()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
         let mut command = tokio::process::Command::new(&qemu);
         command
             .args(&args)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().map_err(|e| Error::io("qemu.log", e))?)
             .stderr(log);
-        // SAFETY: between fork and exec the closure only makes syscalls (prctl, seccomp) on a
-        // filter built before the fork; it allocates nothing and takes no lock.
+        // SAFETY: between fork and exec the closure only makes syscalls (fcntl on the tap
+        // queues, prctl, seccomp) on data built before the fork; it allocates nothing and
+        // takes no lock.
         unsafe {
-            command.pre_exec(move || confinement.apply());
+            command.pre_exec(move || {
+                confine::inherit_across_exec(&tap_fds)?;
+                confinement.apply()
+            });
         }
         let child = command
             .spawn()

@@ -114,11 +114,12 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
         "enable_iommu_platform" => Inert("virtio devices are created without iommu_platform"),
 
         // Network.
-        "disable_vhost_net" => Acted,
+        // vhost=on when not disabled and the host has /dev/vhost-net; a tap queue and a
+        // virtio-net queue pair per network_queues.
+        "disable_vhost_net" | "network_queues" => Acted,
         "rx_rate_limiter_max_rate" | "tx_rate_limiter_max_rate" => {
             Inert("network devices have no rate limiter")
         }
-        "network_queues" => Inert("network devices get one queue pair"),
 
         // Security.
         "seccomp_sandbox" | "enable_annotations" => Acted,
