@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use kata_agent_client::config::AgentConfig;
 use kata_hypervisor::{HypervisorConfig, HypervisorType};
+use kata_resource::network::NetworkConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigLoader, KataConfig, LoadedConfig, RuntimeConfig};
@@ -51,9 +52,28 @@ pub struct SandboxConfig {
     pub root_dir: PathBuf,
     /// Where unpacked OCI images are cached.
     pub image_cache: PathBuf,
+    /// The pod's network namespace (CNI's, `/run/netns/<name>`; a container runtime takes it
+    /// from the OCI spec's `linux.namespaces[network].path`). With `internetworking_model =
+    /// "tcfilter"` each of its interfaces gets a tap joined to it and a NIC in the VM, which
+    /// the guest configures with the interface's MAC, MTU, addresses, routes and neighbours.
+    /// `None`: the VM has no network but `lo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_namespace: Option<PathBuf>,
 }
 
 impl SandboxConfig {
+    /// What kata-resource sets the sandbox's network up from: the pod's namespace,
+    /// `[runtime] internetworking_model` and `disable_new_netns`, `[hypervisor.*]
+    /// network_queues`.
+    pub(crate) fn network_config(&self) -> Result<NetworkConfig> {
+        Ok(NetworkConfig {
+            netns_path: self.network_namespace.clone(),
+            model: self.runtime.internetworking_model.parse()?,
+            queues: self.hypervisor.network_queues,
+            disable_new_netns: self.runtime.disable_new_netns,
+        })
+    }
+
     /// The sandbox directory, `<root_dir>/<id>`.
     pub fn dir(&self) -> PathBuf {
         // The id was validated as one plain path component when the config was made.
@@ -73,20 +93,7 @@ impl SandboxConfig {
                 out.push(format!("[runtime] {key} = {value}: {why}"));
             }
         };
-        const NO_NET: &str = "kata-rs gives sandboxes no network yet";
         const NO_CGROUPS: &str = "kata-rs manages no host cgroups yet";
-        inert(
-            "internetworking_model",
-            r.internetworking_model != d.internetworking_model,
-            format!("\"{}\"", r.internetworking_model),
-            NO_NET,
-        );
-        inert(
-            "disable_new_netns",
-            r.disable_new_netns,
-            "true".into(),
-            NO_NET,
-        );
         inert(
             "sandbox_bind_mounts",
             !r.sandbox_bind_mounts.is_empty(),
@@ -193,6 +200,7 @@ pub struct SandboxBuilder {
     runtime: RuntimeConfig,
     root_dir: PathBuf,
     image_cache: PathBuf,
+    network_namespace: Option<PathBuf>,
 }
 
 impl Default for SandboxBuilder {
@@ -217,6 +225,7 @@ impl SandboxBuilder {
             runtime: RuntimeConfig::default(),
             root_dir: PathBuf::from(DEFAULT_ROOT_DIR),
             image_cache: kata_hypervisor::config::cache_dir().join("images"),
+            network_namespace: None,
         }
     }
 
@@ -334,6 +343,23 @@ impl SandboxBuilder {
         self
     }
 
+    /// Joins the VM to the pod's network namespace at `path` (CNI's `/run/netns/<name>`, an
+    /// absolute path; see [`SandboxConfig::network_namespace`]). Needs root, iproute2's `ip`
+    /// and `tc`, and a backend with a VM: the test backend refuses it. A path that does not
+    /// exist fails the start naming it, and leaves nothing.
+    ///
+    /// ```
+    /// let config = kata_sandbox::Sandbox::builder()
+    ///     .network_namespace("/run/netns/cni-1234")
+    ///     .finish()?;
+    /// assert_eq!(config.network_namespace.as_deref(), Some("/run/netns/cni-1234".as_ref()));
+    /// # Ok::<(), kata_sandbox::Error>(())
+    /// ```
+    pub fn network_namespace(mut self, path: impl AsRef<Path>) -> Self {
+        self.network_namespace = Some(path.as_ref().to_path_buf());
+        self
+    }
+
     /// How long to wait for the guest agent after the VM starts (default
     /// [`DEFAULT_AGENT_TIMEOUT`]), rounded up to whole seconds (`[agent.kata] dial_timeout`).
     pub fn agent_timeout(mut self, timeout: Duration) -> Self {
@@ -377,6 +403,32 @@ impl SandboxBuilder {
                 ),
             ));
         }
+        if let Some(ns) = &self.network_namespace {
+            if !ns.is_absolute() {
+                return Err(Error::invalid(
+                    "network_namespace",
+                    format!(
+                        "{} is not an absolute path (the pod's network namespace, such as \
+                         /run/netns/<name>)",
+                        ns.display()
+                    ),
+                ));
+            }
+            // Without a VM there is no NIC to give the pod's interfaces to: refused rather
+            // than a sandbox that silently has no network.
+            if caps.guest_on_host && self.runtime.internetworking_model != "none" {
+                return Err(Error::invalid(
+                    "network_namespace",
+                    format!(
+                        "{}: the {} backend runs the agent on this host, with no VM to give \
+                         the pod's network to; use a backend with a VM, or \
+                         internetworking_model = \"none\" to start without network",
+                        ns.display(),
+                        self.hypervisor_type
+                    ),
+                ));
+            }
+        }
         Ok(SandboxConfig {
             id,
             handler,
@@ -386,6 +438,7 @@ impl SandboxBuilder {
             runtime: self.runtime,
             root_dir: self.root_dir,
             image_cache: self.image_cache,
+            network_namespace: self.network_namespace,
         })
     }
 
@@ -397,5 +450,94 @@ impl SandboxBuilder {
     /// Starts the sandbox (for `virt_container`: boots the VM and waits for its agent).
     pub async fn build(self) -> Result<Sandbox> {
         Sandbox::start(self.finish()?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kata_resource::network::InternetworkingModel;
+
+    #[test]
+    fn the_network_settings_take_effect_and_are_not_listed_as_inert() {
+        let mut b = SandboxBuilder::new().network_namespace("/run/netns/pod");
+        b.runtime.internetworking_model = "none".into();
+        b.runtime.disable_new_netns = true;
+        b.hypervisor.network_queues = 2;
+        let config = b.finish().unwrap();
+        let inert = config.inert_settings();
+        assert!(
+            !inert
+                .iter()
+                .any(|s| s.contains("internetworking_model") || s.contains("disable_new_netns")),
+            "{inert:?}"
+        );
+        let net = config.network_config().unwrap();
+        assert_eq!(
+            net,
+            NetworkConfig {
+                netns_path: Some("/run/netns/pod".into()),
+                model: InternetworkingModel::None,
+                queues: 2,
+                disable_new_netns: true,
+            }
+        );
+        let config = SandboxBuilder::new().finish().unwrap();
+        assert_eq!(config.network_namespace, None);
+        let net = config.network_config().unwrap();
+        assert_eq!(
+            (net.netns_path, net.model),
+            (None, InternetworkingModel::TcFilter)
+        );
+    }
+
+    #[test]
+    fn the_network_namespace_is_kept_in_the_state_and_older_states_read_without_it() {
+        let config = SandboxBuilder::new()
+            .id("net")
+            .network_namespace("/run/netns/pod")
+            .finish()
+            .unwrap();
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["network_namespace"], "/run/netns/pod");
+        let back: SandboxConfig = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, config);
+        let mut older = json;
+        older.as_object_mut().unwrap().remove("network_namespace");
+        let back: SandboxConfig = serde_json::from_value(older).unwrap();
+        assert_eq!(back.network_namespace, None);
+    }
+
+    #[test]
+    fn a_relative_network_namespace_is_refused_naming_the_field() {
+        let e = SandboxBuilder::new()
+            .network_namespace("run/netns/pod")
+            .finish()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("network_namespace") && e.contains("run/netns/pod"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_test_backend_refuses_a_network_it_cannot_give_a_guest() {
+        let e = SandboxBuilder::new()
+            .hypervisor(HypervisorType::HostAgent)
+            .network_namespace("/run/netns/pod")
+            .finish()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("network_namespace") && e.contains("/run/netns/pod") && e.contains("no VM"),
+            "{e}"
+        );
+        // Without a network model the namespace is not looked at: nothing to refuse.
+        let mut b = SandboxBuilder::new()
+            .hypervisor(HypervisorType::HostAgent)
+            .network_namespace("/run/netns/pod");
+        b.runtime.internetworking_model = "none".into();
+        b.finish().unwrap();
     }
 }

@@ -311,6 +311,65 @@ async fn bad_input_is_refused_by_name_and_leaves_nothing() {
     f.assert_nothing_left("bad-input");
 }
 
+/// The network settings take effect (they were inert before the pod network was wired): a
+/// model kata-rs does not build is refused naming its key, and a network namespace is refused
+/// on the test backend, which has no VM to give it to; `none` starts without looking at it.
+/// Nothing is left by a refusal.
+#[tokio::test]
+async fn network_settings_take_effect_and_a_network_namespace_needs_a_vm() {
+    let f = Fixture::new();
+    let with_runtime = |id: &str, runtime: &str| {
+        let mut config = kata_sandbox::config::KataConfig::parse(&format!(
+            "[hypervisor.host-agent]\npath = \"{}\"\n[runtime]\n{runtime}\n",
+            f.agent.display()
+        ))
+        .unwrap();
+        config.adjust();
+        SandboxBuilder::from_kata_config(config)
+            .unwrap()
+            .id(id)
+            .root_dir(f.root())
+            .agent_timeout(Duration::from_secs(20))
+    };
+    let e = with_runtime("macvtap", "internetworking_model = \"macvtap\"")
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("internetworking_model") && e.contains("macvtap") && e.contains("tcfilter"),
+        "{e}"
+    );
+    f.assert_nothing_left("macvtap");
+
+    let e = f
+        .builder("netns")
+        .network_namespace("/run/netns/kata-rs-no-vm")
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("network_namespace")
+            && e.contains("/run/netns/kata-rs-no-vm")
+            && e.contains("no VM"),
+        "{e}"
+    );
+    f.assert_nothing_left("netns");
+
+    let sb = with_runtime(
+        "no-network",
+        "internetworking_model = \"none\"\ndisable_new_netns = true",
+    )
+    .network_namespace("/run/netns/kata-rs-not-looked-at")
+    .build()
+    .await
+    .unwrap();
+    assert!(sb.run(f.spec(&["true"])).await.unwrap().status.success());
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("no-network");
+}
+
 /// containerd's way: an overlay of the image's layers, handed over as mounts the runtime
 /// makes on the bundle's rootfs directory; deleting the container takes them off.
 #[tokio::test]

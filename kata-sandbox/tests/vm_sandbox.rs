@@ -376,6 +376,18 @@ async fn bad_boots(root: PathBuf) -> Result<()> {
         &["/nonexistent/bzImage", "make guest"],
     )
     .await?;
+    // A pod network namespace that does not exist: named, and nothing made.
+    expect_boot_failure(
+        &root,
+        "netns",
+        S::builder().network_namespace("/run/netns/kata-rs-no-such-namespace"),
+        &[
+            "/run/netns/kata-rs-no-such-namespace",
+            "linux.namespaces[network].path",
+            "does not exist",
+        ],
+    )
+    .await?;
     let mut no_qemu = S::builder().config().clone();
     no_qemu.path = "/nonexistent/qemu-system-x86_64".into();
     expect_boot_failure(
@@ -566,6 +578,504 @@ async fn case_qemu_killed_fails_every_waiter_and_leaves_nothing(env: Arc<Env>) -
     Ok(())
 }
 
+/// A network namespace this test made (`ip netns add`, a unique name), deleted on drop.
+struct TestNetns {
+    name: String,
+}
+
+impl TestNetns {
+    fn new(role: &str) -> Result<TestNetns> {
+        let name = format!("kata-rs-vm-{role}-{}", std::process::id());
+        sh("ip", &["netns", "add", &name])?;
+        Ok(TestNetns { name })
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Runs `ip -n <ns> args...` (or `tc`), failing with its stderr.
+    fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        sh(program, &all)
+    }
+
+    /// The names of the tun/tap devices in the namespace.
+    fn taps(&self) -> Result<Vec<String>> {
+        let links: serde_json::Value =
+            serde_json::from_str(&self.run("ip", &["-json", "-details", "link", "show"])?)?;
+        Ok(links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["linkinfo"]["info_kind"] == "tun")
+            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// What `tc` shows on `dev`'s ingress: qdiscs and filters.
+    fn ingress(&self, dev: &str) -> Result<String> {
+        Ok(self.run("tc", &["qdisc", "show", "dev", dev, "ingress"])?
+            + &self.run("tc", &["filter", "show", "dev", dev, "ingress"])?)
+    }
+
+    /// Runs `f` in the namespace ([`in_netns`]).
+    fn enter<T: Send>(&self, f: impl FnOnce() -> std::io::Result<T> + Send) -> Result<T> {
+        in_netns(&self.path(), f)
+    }
+}
+
+/// Runs `f` on a thread that has entered the network namespace at `ns`: sockets it makes live
+/// there, whichever thread uses them later.
+fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> std::io::Result<T> + Send) -> Result<T> {
+    let file = std::fs::File::open(ns)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread in {} panicked", ns.display()))?
+            .with_context(|| format!("in network namespace {}", ns.display()))
+    })
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn sh(program: &str, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(program).args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The pod's side of the test network: `eth0` of a veth pair as CNI's bridge plugin leaves it
+/// (address, MTU, default route via the gateway); the gateway is its peer, in a second
+/// namespace standing for the bridge. Nothing is made in the host's namespace.
+const POD_IP: &str = "10.213.0.2";
+const GATEWAY_IP: &str = "10.213.0.1";
+const POD_MTU: &str = "1400";
+
+struct PodNetwork {
+    pod: TestNetns,
+    peer: TestNetns,
+}
+
+impl PodNetwork {
+    fn new() -> Result<PodNetwork> {
+        let net = PodNetwork {
+            pod: TestNetns::new("pod")?,
+            peer: TestNetns::new("peer")?,
+        };
+        let (pod, peer) = (&net.pod, &net.peer);
+        pod.run(
+            "ip",
+            &[
+                "link", "add", "eth0", "mtu", POD_MTU, "type", "veth", "peer", "name", "peer0",
+                "mtu", POD_MTU, "netns", &peer.name,
+            ],
+        )?;
+        pod.run(
+            "ip",
+            &["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"],
+        )?;
+        pod.run("ip", &["link", "set", "eth0", "up"])?;
+        pod.run("ip", &["link", "set", "lo", "up"])?;
+        pod.run("ip", &["route", "add", "default", "via", GATEWAY_IP])?;
+        peer.run(
+            "ip",
+            &["addr", "add", &format!("{GATEWAY_IP}/24"), "dev", "peer0"],
+        )?;
+        peer.run("ip", &["link", "set", "peer0", "up"])?;
+        peer.run("ip", &["link", "set", "lo", "up"])?;
+        Ok(net)
+    }
+
+    /// Nothing of kata-rs in the pod's namespace: no tap, no qdisc or filter on `eth0`'s
+    /// ingress.
+    fn nothing_left(&self) -> Result<()> {
+        let taps = self.pod.taps()?;
+        ensure!(
+            taps.is_empty(),
+            "taps left in the pod's namespace: {taps:?}"
+        );
+        let ingress = self.pod.ingress("eth0")?;
+        ensure!(
+            ingress.trim().is_empty(),
+            "left on eth0's ingress:\n{ingress}"
+        );
+        Ok(())
+    }
+}
+
+/// Connects from the peer's namespace to `addr` until it answers (the server in the guest
+/// may not listen yet), within `within`.
+fn connect_from(ns: &Path, addr: &str, within: Duration) -> Result<std::net::TcpStream> {
+    let addr: std::net::SocketAddr = addr.parse()?;
+    let t0 = Instant::now();
+    loop {
+        match in_netns(ns, || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        }) {
+            Ok(s) => return Ok(s),
+            Err(e) if t0.elapsed() > within => return Err(e.context(format!("connect {addr}"))),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Accepts one connection on `listener` within `within`.
+fn accept_within(
+    listener: &std::net::TcpListener,
+    within: Duration,
+) -> Result<(std::net::TcpStream, std::net::SocketAddr)> {
+    listener.set_nonblocking(true)?;
+    let t0 = Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((s, from)) => {
+                s.set_nonblocking(false)?;
+                return Ok((s, from));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && t0.elapsed() < within => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).context("accept"),
+        }
+    }
+}
+
+/// Bytes sent for a throughput figure.
+const THROUGHPUT_BYTES: usize = 32 << 20;
+
+/// Sends [`THROUGHPUT_BYTES`] on `stream`, shuts its sending side and reads the answer to the
+/// end; returns the answer and MB/s.
+fn send_and_time(mut stream: std::net::TcpStream) -> Result<(String, f64)> {
+    use std::io::{Read, Write};
+    let chunk = vec![0x5au8; 1 << 16];
+    let t0 = Instant::now();
+    let mut sent = 0;
+    while sent < THROUGHPUT_BYTES {
+        stream.write_all(&chunk)?;
+        sent += chunk.len();
+    }
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let mbps = sent as f64 / 1e6 / t0.elapsed().as_secs_f64();
+    Ok((answer, mbps))
+}
+
+/// The veth-only baseline: the peer sends to a receiver in the pod's namespace itself (no
+/// VM, no tap, no tc), before the sandbox joins it.
+fn veth_baseline(net: &PodNetwork) -> Result<f64> {
+    let listener = net
+        .pod
+        .enter(|| std::net::TcpListener::bind(format!("{POD_IP}:0")))?;
+    let addr = listener.local_addr()?;
+    let receiver = std::thread::spawn(move || -> Result<()> {
+        use std::io::{Read, Write};
+        let (mut s, _) = accept_within(&listener, Duration::from_secs(20))?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0usize;
+        loop {
+            match s.read(&mut buf)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        writeln!(s, "{got}")?;
+        Ok(())
+    });
+    let (answer, mbps) = send_and_time(connect_from(
+        &net.peer.path(),
+        &addr.to_string(),
+        Duration::from_secs(10),
+    )?)?;
+    receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    ensure!(
+        answer.trim() == THROUGHPUT_BYTES.to_string(),
+        "baseline receiver got {answer:?}"
+    );
+    Ok(mbps)
+}
+
+/// Issue 10 item 4 end to end: a sandbox joined to a pod's network namespace (CNI's bridge
+/// plugin's layout, made by the test) gives its containers the pod's interface, address, MTU
+/// and routes, both directions of TCP work through the tap and the tc redirects, and nothing
+/// is left in the pod's namespace afterwards — nor by a start that fails once the taps are
+/// made.
+async fn case_pod_network_end_to_end(env: Arc<Env>) -> Result<()> {
+    if let Some(reason) = kata_testkit::missing_root_or_tools(&["ip", "tc"]) {
+        bail!("the pod network case {reason}");
+    }
+    let net = PodNetwork::new()?;
+    let baseline = veth_baseline(&net)?;
+    let pod_mac = {
+        let v: serde_json::Value =
+            serde_json::from_str(&net.pod.run("ip", &["-json", "link", "show", "eth0"])?)?;
+        v[0]["address"].as_str().context("eth0's MAC")?.to_owned()
+    };
+
+    // A start that fails after the taps were made (no kernel) removes them again.
+    let e = Sandbox::builder()
+        .id("pod-network-bad")
+        .root_dir(&env.root_dir)
+        .network_namespace(net.pod.path())
+        .kernel("/nonexistent/bzImage")
+        .build()
+        .await
+        .err()
+        .context("a sandbox without a kernel started")?;
+    ensure!(e.to_string().contains("/nonexistent/bzImage"), "{e}");
+    net.nothing_left()
+        .context("after a start that failed with the taps made")?;
+    ensure!(!env.root_dir.join("pod-network-bad").exists());
+
+    let id = "pod-network";
+    let sandbox = Sandbox::builder()
+        .id(id)
+        .memory_mib(256)
+        .root_dir(&env.root_dir)
+        .network_namespace(net.pod.path())
+        .build()
+        .await
+        .context(NoGuest)?;
+    booted();
+    let checked = pod_network_checks(&env, &sandbox, &net, &pod_mac, baseline).await;
+    let dir = sandbox.dir().to_path_buf();
+    let shut = sandbox.shutdown().await;
+    checked?;
+    shut?;
+    ensure!(!dir.exists(), "sandbox dir {} left", dir.display());
+    let left = processes_mentioning(&dir.display().to_string(), "vm_sandbox");
+    ensure!(left.is_empty(), "processes left: {left:?}");
+    net.nothing_left().context("after shutdown")?;
+    ensure!(
+        sh("ip", &["link", "show", "tap0_kata"]).is_err(),
+        "a tap in the host's namespace"
+    );
+
+    // network_queues = 2: a multi-queue tap, and a NIC with two queue pairs in a guest with
+    // two vCPUs to use them. Then handed over and taken back, as by a restarted shim: the tap
+    // stays (QEMU holds its queues), the new owner adopts it and removes it at shutdown.
+    let sandbox = Sandbox::builder()
+        .id("pod-network-mq")
+        .root_dir(&env.root_dir)
+        .hypervisor_config(kata_sandbox::HypervisorConfig {
+            network_queues: 2,
+            default_memory: 256,
+            default_vcpus: 2,
+            ..Sandbox::builder().config().clone()
+        })
+        .network_namespace(net.pod.path())
+        .build()
+        .await
+        .context(NoGuest)?;
+    booted();
+    let dir = sandbox.dir().to_path_buf();
+    let checked = async {
+        let tap = net
+            .pod
+            .run("ip", &["-details", "link", "show", "tap0_kata"])?;
+        ensure!(
+            tap.contains("multi_queue") && tap.contains("numqueues 2"),
+            "the tap: {tap}"
+        );
+        let out = sandbox
+            .run(ContainerSpec::from_rootfs_dir(&env.rootfs).args([
+                "sh",
+                "-c",
+                "ls /sys/class/net/eth0/queues; ip addr show eth0",
+            ]))
+            .await?;
+        let text = out.stdout_str();
+        ensure!(
+            text.contains("rx-1") && text.contains("tx-1") && text.contains(POD_IP),
+            "two queue pairs and the pod's address:\n{text}"
+        );
+        Ok(())
+    }
+    .await;
+    if let Err(e) = checked {
+        let _ = sandbox.shutdown().await;
+        return Err(e);
+    }
+    sandbox.detach().await?;
+    ensure!(
+        net.pod.taps()? == ["tap0_kata"],
+        "the tap went with the detach"
+    );
+    let sandbox = Sandbox::restore(&dir).await?;
+    let out = sandbox
+        .run(ContainerSpec::from_rootfs_dir(&env.rootfs).args(["ip", "addr", "show", "eth0"]))
+        .await;
+    let shut = sandbox.shutdown().await;
+    let text = out?.stdout_str();
+    shut?;
+    ensure!(
+        text.contains(&format!("inet {POD_IP}/24")),
+        "after the restore:\n{text}"
+    );
+    ensure!(!dir.exists(), "sandbox dir {} left", dir.display());
+    net.nothing_left()
+        .context("after the restored sandbox's shutdown")?;
+    Ok(())
+}
+
+async fn pod_network_checks(
+    env: &Env,
+    sandbox: &Sandbox,
+    net: &PodNetwork,
+    pod_mac: &str,
+    baseline: f64,
+) -> Result<()> {
+    let spec =
+        |args: &[&str]| ContainerSpec::from_rootfs_dir(&env.rootfs).args(args.iter().copied());
+
+    // The host side: a tap in the pod's namespace, joined to eth0 both ways.
+    let taps = net.pod.taps()?;
+    ensure!(
+        taps == ["tap0_kata"],
+        "taps in the pod's namespace: {taps:?}"
+    );
+    let ingress = net.pod.ingress("eth0")?;
+    ensure!(
+        ingress.contains("ingress") && ingress.contains("mirred") && ingress.contains("tap0_kata"),
+        "eth0's ingress:\n{ingress}"
+    );
+
+    // The container sees the pod's interface and routes.
+    let out = sandbox
+        .run(spec(&["sh", "-c", "ip addr show eth0; ip route"]))
+        .await?;
+    let text = out.stdout_str();
+    ensure!(out.status.success(), "{text}{}", out.stderr_str());
+    for want in [
+        format!("mtu {POD_MTU}"),
+        format!("inet {POD_IP}/24"),
+        format!("link/ether {pod_mac}"),
+        format!("default via {GATEWAY_IP} dev eth0"),
+    ] {
+        ensure!(text.contains(&want), "{want:?} not in:\n{text}");
+    }
+    println!("    the container's network:\n{}", text.trim_end());
+
+    // The container reaches a server on the pod's network (in the peer namespace).
+    let listener = net
+        .peer
+        .enter(|| std::net::TcpListener::bind(format!("{GATEWAY_IP}:0")))?;
+    let port = listener.local_addr()?.port();
+    let server = tokio::task::spawn_blocking(move || -> Result<(String, std::net::SocketAddr)> {
+        use std::io::Read;
+        let (mut s, from) = accept_within(&listener, Duration::from_secs(60))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut got = String::new();
+        s.read_to_string(&mut got)?;
+        Ok((got, from))
+    });
+    let out = sandbox
+        .run(spec(&[
+            "sh",
+            "-c",
+            &format!("echo hello-from-the-pod | nc {GATEWAY_IP} {port}"),
+        ]))
+        .await?;
+    ensure!(
+        out.status.success(),
+        "nc to the peer: {} {}",
+        out.stdout_str(),
+        out.stderr_str()
+    );
+    let (got, from) = server.await??;
+    ensure!(got == "hello-from-the-pod\n", "the peer got {got:?}");
+    ensure!(
+        from.ip().to_string() == POD_IP,
+        "the peer saw the connection from {from}"
+    );
+
+    // A server in the container is reachable from the pod's network at the pod's address.
+    let c = sandbox
+        .create_container(spec(&[
+            "nc",
+            "-l",
+            "-p",
+            "8080",
+            "-e",
+            "echo",
+            "hello-from-the-container",
+        ]))
+        .await?;
+    c.start().await?;
+    let peer = net.peer.path();
+    let reply = tokio::task::spawn_blocking(move || -> Result<String> {
+        use std::io::Read;
+        let mut s = connect_from(&peer, &format!("{POD_IP}:8080"), Duration::from_secs(60))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut got = String::new();
+        s.read_to_string(&mut got)?;
+        Ok(got)
+    })
+    .await??;
+    let status = c.wait().await?;
+    c.delete().await?;
+    ensure!(
+        reply == "hello-from-the-container\n",
+        "the peer read {reply:?}"
+    );
+    ensure!(status.success(), "nc -l: {status}");
+
+    // Figures: peer -> container throughput over tap + tc (the guest counts what it got).
+    let c = sandbox
+        .create_container(spec(&["nc", "-l", "-p", "5001", "-e", "wc", "-c"]))
+        .await?;
+    c.start().await?;
+    let peer = net.peer.path();
+    let sent = tokio::task::spawn_blocking(move || -> Result<(String, f64)> {
+        send_and_time(connect_from(
+            &peer,
+            &format!("{POD_IP}:5001"),
+            Duration::from_secs(60),
+        )?)
+    })
+    .await?;
+    let status = c.wait().await?;
+    c.delete().await?;
+    let (answer, mbps) = sent?;
+    ensure!(
+        answer.trim() == THROUGHPUT_BYTES.to_string(),
+        "the container counted {answer:?} bytes"
+    );
+    ensure!(status.success(), "nc -l -e wc: {status}");
+    println!(
+        "    TCP peer -> pod, {} MiB: veth only {baseline:.0} MB/s; tap + tc into the VM \
+         {mbps:.1} MB/s ({:.1}% of it; {:?} guest, bounded by its CPU)",
+        THROUGHPUT_BYTES >> 20,
+        100.0 * mbps / baseline,
+        sandbox
+            .describe()
+            .iter()
+            .find(|(k, _)| *k == "accelerator")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+    );
+    Ok(())
+}
+
 async fn case_bad_boot_inputs(env: Arc<Env>) -> Result<()> {
     bad_boots(env.root_dir.clone()).await
 }
@@ -639,6 +1149,11 @@ fn main() -> std::process::ExitCode {
             "qemu_killed_fails_every_waiter_and_leaves_nothing",
             Duration::from_secs(300),
             case_qemu_killed_fails_every_waiter_and_leaves_nothing,
+        )
+        .case_with_timeout(
+            "pod_network_end_to_end",
+            Duration::from_secs(600),
+            case_pod_network_end_to_end,
         )
         .case_with_timeout(
             "bad_boot_inputs",

@@ -7,15 +7,18 @@
 //! devices) is owned by kata-resource's [`SandboxResources`]; the guest is reached through
 //! kata-agent-client's typed [`Agent`].
 //!
-//! Start: host resources, then the VM with the devices they yield, wait until the guest's agent
-//! port answers (the backend's business), connect the agent, `CreateSandbox` with the storages
-//! the resources yield. Every step that fails undoes the ones before it.
+//! Start: host resources (the shared directory, and the pod's network joined to taps when the
+//! sandbox has a network namespace), then the VM with the devices they yield, wait until the
+//! guest's agent port answers (the backend's business), connect the agent, give the guest the
+//! pod's network ([`network`]: interfaces, neighbours, routes), `CreateSandbox` with the
+//! storages the resources yield. Every step that fails undoes the ones before it.
 //!
 //! Liveness ([`health`]): [`RuntimeHandler::wait_dead`] resolves when the VM exits or the agent
 //! fails its health checks; from then on the process streams end with an error and shutdown
 //! only stops the VM and releases the host side.
 
 mod health;
+mod network;
 mod streams;
 
 use std::path::Path;
@@ -137,8 +140,13 @@ impl VirtContainer {
         let hv = &config.hypervisor;
         let caps = backend::capabilities(config.hypervisor_type, hv)?;
         let (sandbox_dir, fs, msize) = (dir.to_path_buf(), hv.shared_fs, hv.msize_9p.max(8192));
+        let network = config.network_config()?;
         let resources = blocking("setting up the sandbox's host resources", move || {
-            Ok(SandboxResources::new(&sandbox_dir, fs, msize)?)
+            let mut resources = SandboxResources::new(&sandbox_dir, fs, msize)?;
+            // Before the VM is prepared: its NICs are among the devices the resources yield.
+            // On error `resources` is dropped, which releases the shared directory.
+            resources.set_up_network(&network)?;
+            Ok(resources)
         })
         .await?;
         // From here on, dropping `resources` (an error) releases them.
@@ -165,6 +173,8 @@ impl VirtContainer {
             )
             .await?;
             let agent_connected = t0.elapsed();
+            // The pod's network, before the sandbox is created (as Kata's runtime does).
+            network::configure_guest(&agent, resources.guest_network()).await?;
             let storages = resources
                 .sandbox_storages(&caps)
                 .into_iter()

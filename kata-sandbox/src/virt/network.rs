@@ -1,0 +1,158 @@
+//! The pod's network in the guest: what kata-resource found in the pod's network namespace
+//! (and gave the VM as taps) is told to the agent — interfaces first (each found by the MAC the
+//! VM's NIC has), then ARP neighbours, then routes, as Kata's runtime does.
+
+use kata_agent_client::api::network::{
+    ArpNeighbor, Interface, IpAddress, IpFamily, MacAddress, NeighborState, Route, RouteScope,
+};
+use kata_agent_client::Agent;
+use kata_resource::network::{self as host, PodNetwork};
+
+use crate::error::{Error, Result};
+
+/// Sends the pod's network to the guest. Nothing to send without a network.
+pub(super) async fn configure_guest(agent: &Agent, net: &PodNetwork) -> Result<()> {
+    for i in &net.interfaces {
+        agent.update_interface(&interface(i)?).await?;
+    }
+    let neighbors = net
+        .neighbors
+        .iter()
+        .map(neighbor)
+        .collect::<Result<Vec<_>>>()?;
+    if !neighbors.is_empty() {
+        agent.add_arp_neighbors(&neighbors).await?;
+    }
+    let routes = net.routes.iter().map(route).collect::<Result<Vec<_>>>()?;
+    if !routes.is_empty() {
+        agent.update_routes(&routes).await?;
+    }
+    Ok(())
+}
+
+fn bad(what: &str, reason: impl std::fmt::Display) -> Error {
+    Error::invalid("pod network", format!("{what}: {reason}"))
+}
+
+fn mac(device: &str, text: &str) -> Result<MacAddress> {
+    text.parse()
+        .map_err(|e| bad(&format!("{device}'s MAC {text}"), e))
+}
+
+fn address(device: &str, p: &host::IpPrefix) -> Result<IpAddress> {
+    IpAddress::new(p.address, p.prefix_len).map_err(|e| {
+        bad(
+            &format!("{device}'s address {}/{}", p.address, p.prefix_len),
+            e,
+        )
+    })
+}
+
+fn family(f: host::IpFamily) -> IpFamily {
+    match f {
+        host::IpFamily::V4 => IpFamily::V4,
+        host::IpFamily::V6 => IpFamily::V6,
+    }
+}
+
+/// The guest interface: the pod interface's name, MAC (the VM's NIC has it), MTU and
+/// addresses.
+fn interface(i: &host::Interface) -> Result<Interface> {
+    let addresses = i
+        .addresses
+        .iter()
+        .map(|p| address(&i.name, p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Interface::new(&i.name)
+        .device(&i.name)
+        .hw_addr(mac(&i.name, &i.mac)?)
+        .mtu(i.mtu)
+        .addresses(addresses)
+        .link_type(&i.kind)
+        .noarp(i.noarp))
+}
+
+fn route(r: &host::Route) -> Result<Route> {
+    let mut out = Route::default()
+        .family(family(r.family))
+        .scope(RouteScope::from(r.scope))
+        .onlink(r.onlink);
+    out.destination = r
+        .destination
+        .as_ref()
+        .map(|d| address(&r.device, d))
+        .transpose()?;
+    out.gateway = r.gateway;
+    out.device = r.device.clone();
+    out.source = r.source;
+    Ok(out)
+}
+
+fn neighbor(n: &host::ArpNeighbor) -> Result<ArpNeighbor> {
+    Ok(ArpNeighbor::new(n.ip, mac(&n.device, &n.mac)?, &n.device)
+        .state(NeighborState::from(n.state)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[test]
+    fn the_pod_network_becomes_the_agents_types() {
+        let prefix = |a: &str, l| host::IpPrefix {
+            address: a.parse::<IpAddr>().unwrap(),
+            prefix_len: l,
+        };
+        let mut i = host::Interface {
+            name: "eth0".into(),
+            mac: "02:42:ac:11:00:02".into(),
+            mtu: 1450,
+            addresses: vec![prefix("10.88.0.2", 16)],
+            kind: String::new(),
+            noarp: false,
+        };
+        let g = interface(&i).unwrap();
+        assert_eq!(g.name, "eth0");
+        assert_eq!(g.mtu, 1450);
+        assert_eq!(g.addresses[0].to_string(), "10.88.0.2/16");
+        i.mac = "not-a-mac".into();
+        let e = interface(&i).unwrap_err().to_string();
+        assert!(e.contains("eth0") && e.contains("not-a-mac"), "{e}");
+
+        let mut r = host::Route {
+            destination: None,
+            gateway: Some("10.88.0.1".parse().unwrap()),
+            source: None,
+            device: "eth0".into(),
+            scope: 0,
+            family: host::IpFamily::V4,
+            onlink: false,
+        };
+        let g = route(&r).unwrap();
+        assert_eq!(g.destination, None, "a default route");
+        assert_eq!(g.gateway, r.gateway);
+        r.destination = Some(prefix("10.90.0.0", 16));
+        assert_eq!(
+            route(&r).unwrap().destination.unwrap().to_string(),
+            "10.90.0.0/16"
+        );
+        // A host bit set is the agent's to refuse; a prefix longer than the family's is ours.
+        r.destination = Some(prefix("10.90.0.0", 33));
+        let e = route(&r).unwrap_err().to_string();
+        assert!(e.contains("eth0") && e.contains("10.90.0.0/33"), "{e}");
+
+        let mut n = host::ArpNeighbor {
+            device: "eth0".into(),
+            ip: "10.88.0.1".parse().unwrap(),
+            mac: "02:42:ac:11:00:01".into(),
+            state: 0x80,
+        };
+        let g = neighbor(&n).unwrap();
+        assert_eq!(g.to_string(), "10.88.0.1 lladdr 02:42:ac:11:00:01 dev eth0");
+        assert_eq!(g.state, NeighborState::Permanent);
+        n.mac = "02:42".into();
+        let e = neighbor(&n).unwrap_err().to_string();
+        assert!(e.contains("eth0") && e.contains("02:42"), "{e}");
+    }
+}
