@@ -2,9 +2,9 @@
 //! containers into one sandbox (VM). The rootfs mounts go to kata-sandbox
 //! ([`kata_sandbox::ContainerSpec::from_bundle`]), which mounts and unmounts them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{Error, Result};
 
@@ -51,6 +51,24 @@ impl Placement {
             Placement::Join(sb) => sb,
         }
     }
+}
+
+/// The pod's network namespace, for the sandbox a container starts: the path of its spec's
+/// `linux.namespaces` entry of type `network`. CRI's sandbox (pause) container names the
+/// namespace CNI set up (`/var/run/netns/cni-...`), and the VM gets its interfaces. `None`
+/// when the entry has no path — a new, empty namespace, as containerd gives a plain `ctr run`
+/// (only `lo` would be in it: the VM, which is one already, gets no network) — or when there
+/// is no entry (the host's network, which a VM cannot share: no network either).
+pub fn network_namespace(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|ns| ns.typ() == LinuxNamespaceType::Network)?
+        .path()
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty())
 }
 
 /// Reads and parses `<bundle>/config.json`. A value of the wrong type is reported with the
@@ -109,6 +127,30 @@ mod tests {
             let e = Placement::of(&s, "c").unwrap_err().to_string();
             assert!(e.contains("io.kubernetes.cri.sandbox-id"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn the_network_namespace_is_the_specs_path_if_it_names_one() {
+        let spec = |json: &str| -> Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion": "1.0.2", "linux": {{"namespaces": {json}}}}}"#
+            ))
+            .unwrap()
+        };
+        // CRI's pause container: the namespace CNI set up.
+        let cri = spec(r#"[{"type": "pid"}, {"type": "network", "path": "/var/run/netns/cni-1"}]"#);
+        assert_eq!(
+            network_namespace(&cri),
+            Some(PathBuf::from("/var/run/netns/cni-1"))
+        );
+        // `ctr run`: a new namespace (no path); `ctr run --net-host`: no entry at all.
+        let ctr = spec(r#"[{"type": "pid"}, {"type": "network"}, {"type": "mount"}]"#);
+        assert_eq!(network_namespace(&ctr), None);
+        let empty = spec(r#"[{"type": "network", "path": ""}]"#);
+        assert_eq!(network_namespace(&empty), None);
+        let host = spec(r#"[{"type": "pid"}]"#);
+        assert_eq!(network_namespace(&host), None);
+        assert_eq!(network_namespace(&Spec::default()), None);
     }
 
     #[test]

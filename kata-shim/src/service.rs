@@ -211,14 +211,26 @@ impl TaskService {
     }
 
     /// Boots the sandbox for the first container, from the configuration
-    /// [`crate::runtime_options::sandbox_builder`] finds, with the container's annotations.
+    /// [`crate::runtime_options::sandbox_builder`] finds, with the container's annotations
+    /// and network namespace ([`bundle::network_namespace`]).
     async fn boot(
         &self,
         sandbox_id: &str,
         options: Option<&Any>,
         annotations: std::collections::HashMap<String, String>,
+        network_namespace: Option<PathBuf>,
     ) -> Result<Arc<Sandbox>> {
-        let builder = crate::runtime_options::sandbox_builder(options, annotations)?;
+        let mut builder = crate::runtime_options::sandbox_builder(options, annotations)?;
+        match network_namespace {
+            Some(ns) => {
+                tracing::info!(sandbox_id, netns = %ns.display(), "the sandbox joins the pod's network namespace");
+                builder = builder.network_namespace(ns);
+            }
+            None => tracing::info!(
+                sandbox_id,
+                "no network namespace path in the spec: the VM gets no network"
+            ),
+        }
         let sandbox = builder
             .id(sandbox_id)
             .root_dir(&self.shared.root_dir)
@@ -319,6 +331,7 @@ impl TaskService {
         let spec = bundle::load_spec(&bundle)?;
         let placement = Placement::of(&spec, &id)?;
         let annotations = spec.annotations().clone().unwrap_or_default();
+        let network_namespace = bundle::network_namespace(&spec);
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
@@ -367,7 +380,8 @@ impl TaskService {
             // The boot lock is kept until the first container exists: a Create joining this
             // sandbox waits for it.
             (Placement::NewSandbox, None) => (
-                self.boot(&id, req.options.as_ref(), annotations).await?,
+                self.boot(&id, req.options.as_ref(), annotations, network_namespace)
+                    .await?,
                 Some(boot),
             ),
         };

@@ -101,9 +101,13 @@ async fn create_inner(options: &Options, id: &str, bundle: &Path) -> Result<i32,
         .collect();
     annotations.sort();
     annotations.extend(options.annotations.iter().cloned());
-    let builder =
+    let network_namespace = kata_shim::bundle::network_namespace(&spec);
+    let mut builder =
         kata_shim::runtime_options::sandbox_builder_from(options.config.as_deref(), annotations)
             .map_err(|e| e.to_string())?;
+    if let Some(ns) = network_namespace {
+        builder = builder.network_namespace(ns);
+    }
     let cspec = ContainerSpec::from_bundle(&bundle, spec, Vec::new())
         .map_err(|e| format!("invalid bundle {}: {e}", bundle.display()))?
         .id(id)
