@@ -1,15 +1,24 @@
-//! Mount options: turning fstab-style option lists into `mount(2)` flags and data.
+//! Mount options, and mounting onto a destination opened inside a root.
 //!
 //! Both the sandbox storages (`Storage.options`) and the OCI spec's mounts (`mounts[].options`)
 //! use the same vocabulary (`ro`, `nosuid`, `rbind`, `rslave`, `mode=755`, ...). [`MountOptions`]
 //! splits a list into the flags for the mount itself, the propagation change to apply after it,
 //! and the filesystem-specific data string.
+//!
+//! [`mount_on`] mounts onto a file a [`Root`] resolution opened ([`InRoot`]), never onto a path
+//! string: `mount(2)` gets `/proc/thread-self/fd/<n>`, which the kernel resolves to that inode
+//! however the tree was changed since. It then checks that the new mount sits on that inode,
+//! inside the root, and applies a bind mount's flags and the propagation through a descriptor
+//! of the new mount.
 
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 
 use crate::error::{AgentError, Result};
+use crate::runtime::path::{fd_path, fd_target, mount_id, InRoot, Root};
 
 /// A parsed mount option list.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,15 +157,7 @@ pub fn mount_with(
         mount(source, target, fstype, flags & !MsFlags::MS_RDONLY, data)
             .map_err(|e| AgentError::sys(ctx(), e))?;
         // A bind mount ignores most flags on the first call: apply them with a remount.
-        let extra = flags
-            & (MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC
-                | MsFlags::MS_NOATIME
-                | MsFlags::MS_NODIRATIME
-                | MsFlags::MS_RELATIME
-                | MsFlags::MS_STRICTATIME);
+        let extra = bind_remount_flags(flags);
         if !extra.is_empty() {
             remount_bind(target, extra).map_err(|e| AgentError::sys(ctx(), e))?;
         }
@@ -174,6 +175,185 @@ pub fn mount_with(
         .map_err(|e| AgentError::sys(format!("set propagation of {}", target.display()), e))?;
     }
     Ok(())
+}
+
+/// The flags a bind mount ignores on its first call and gets with a remount.
+fn bind_remount_flags(flags: MsFlags) -> MsFlags {
+    flags
+        & (MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC
+            | MsFlags::MS_NOATIME
+            | MsFlags::MS_NODIRATIME
+            | MsFlags::MS_RELATIME
+            | MsFlags::MS_STRICTATIME)
+}
+
+/// Mounts `source` on `dest`, a file or directory opened inside a root, through its descriptor:
+/// `mount(2)` resolves `/proc/thread-self/fd/<n>` to exactly that inode, so a directory swapped
+/// for a symlink since the resolution changes nothing. Only the first call: a bind mount's flags
+/// and the propagation come with [`settle`]. On error nothing was mounted.
+pub fn attach(
+    dest: &InRoot,
+    source: Option<&Path>,
+    fstype: Option<&str>,
+    opts: &MountOptions,
+) -> nix::Result<()> {
+    #[cfg(test)]
+    hook::before_attach();
+    let flags = if opts.is_bind() {
+        opts.flags & !MsFlags::MS_RDONLY
+    } else {
+        opts.flags
+    };
+    mount(source, &fd_path(dest.fd()), fstype, flags, opts.data())
+}
+
+/// After [`attach`]: opens what is now mounted on `dest` (its name in its directory, without
+/// following a symlink), checks that it is a new mount sitting on `dest`'s inode inside `root`,
+/// then remounts a bind mount with its flags and sets the propagation, both through that
+/// descriptor. A mount that is not where it was meant to go is an error naming both places.
+pub fn settle(root: &Root, dest: &InRoot, opts: &MountOptions) -> Result<()> {
+    #[cfg(test)]
+    hook::before_settle();
+    let ctx = || {
+        format!(
+            "mount on {} in {}",
+            dest.rel().display(),
+            root.path().display()
+        )
+    };
+    let mounted = match dest.reopen() {
+        Some(r) => r.map_err(|e| AgentError::io(ctx(), e))?,
+        None => {
+            return Err(AgentError::io(
+                ctx(),
+                io::Error::other("the destination is the root itself"),
+            ))
+        }
+    };
+    check_landed(root, dest, mounted.as_fd()).map_err(|e| AgentError::io(ctx(), e))?;
+    let target = fd_path(mounted.as_fd());
+    let extra = bind_remount_flags(opts.flags);
+    if opts.is_bind() && !extra.is_empty() {
+        remount_bind(&target, extra).map_err(|e| AgentError::sys(ctx(), e))?;
+    }
+    if !opts.propagation.is_empty() {
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            opts.propagation,
+            None::<&str>,
+        )
+        .map_err(|e| AgentError::sys(format!("set propagation of the {}", ctx()), e))?;
+    }
+    Ok(())
+}
+
+/// [`attach`] then [`settle`], with errors naming the source, the destination and the root.
+pub fn mount_on(
+    root: &Root,
+    dest: &InRoot,
+    source: Option<&Path>,
+    fstype: Option<&str>,
+    opts: &MountOptions,
+) -> Result<()> {
+    attach(dest, source, fstype, opts).map_err(|e| {
+        AgentError::sys(
+            format!(
+                "mount {} on {} in {} (type {}, options {:?})",
+                source.map(|s| s.display().to_string()).unwrap_or_default(),
+                dest.rel().display(),
+                root.path().display(),
+                fstype.unwrap_or("none"),
+                opts.data
+            ),
+            e,
+        )
+    })?;
+    settle(root, dest, opts)
+}
+
+/// Whether `mounted` is the root of a new mount whose parent is the mount `dest` is on, whose
+/// mount point is where `dest` is now, and that is inside `root`.
+fn check_landed(root: &Root, dest: &InRoot, mounted: BorrowedFd<'_>) -> io::Result<()> {
+    let below = mount_id(dest.fd())?;
+    let new = mount_id(mounted)?;
+    let expected = fd_target(dest.fd())?;
+    let root_at = fd_target(root.fd())?;
+    let info = std::fs::read_to_string("/proc/thread-self/mountinfo")?;
+    let entry = mountinfo_entry(&info, new);
+    let landed = new != below
+        && entry.as_ref().is_some_and(|(parent, mount_point)| {
+            *parent == below && Path::new(mount_point) == expected
+        })
+        && expected.starts_with(&root_at);
+    if landed {
+        return Ok(());
+    }
+    let found = match (new == below, entry) {
+        (true, _) => "nothing is mounted there now".to_string(),
+        (false, Some((_, mount_point))) => format!("what is there now is mounted on {mount_point}"),
+        (false, None) => "what is there now is not in this mount namespace".to_string(),
+    };
+    Err(io::Error::other(format!(
+        "the mount did not land on {} inside {}: {found} (something renamed it in the tree \
+         meanwhile)",
+        expected.display(),
+        root_at.display()
+    )))
+}
+
+/// The parent id and mount point (octal escapes decoded) of mount `id` in a mountinfo text.
+fn mountinfo_entry(mountinfo: &str, id: u64) -> Option<(u64, String)> {
+    mountinfo.lines().find_map(|l| {
+        let mut f = l.split(' ');
+        let this: u64 = f.next()?.parse().ok()?;
+        let parent: u64 = f.next()?.parse().ok()?;
+        let mount_point = f.nth(2)?;
+        (this == id).then(|| (parent, unescape_octal(mount_point)))
+    })
+}
+
+/// Test fail points: something to run between a destination's resolution and its mount
+/// ([`set_before_attach`](hook::set_before_attach)), or between the mount and the check of where
+/// it landed ([`set_before_settle`](hook::set_before_settle)). Per thread.
+#[cfg(test)]
+pub(crate) mod hook {
+    use std::cell::RefCell;
+
+    type Hook = RefCell<Option<Box<dyn FnOnce()>>>;
+
+    thread_local! {
+        static BEFORE_ATTACH: Hook = RefCell::new(None);
+        static BEFORE_SETTLE: Hook = RefCell::new(None);
+    }
+
+    /// Runs `f` right before the next [`super::attach`] of this thread calls `mount(2)`.
+    pub(crate) fn set_before_attach(f: impl FnOnce() + 'static) {
+        BEFORE_ATTACH.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+
+    /// Runs `f` at the start of the next [`super::settle`] of this thread.
+    pub(crate) fn set_before_settle(f: impl FnOnce() + 'static) {
+        BEFORE_SETTLE.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+
+    fn run(hook: &'static std::thread::LocalKey<Hook>) {
+        if let Some(f) = hook.with(|h| h.borrow_mut().take()) {
+            f();
+        }
+    }
+
+    pub(super) fn before_attach() {
+        run(&BEFORE_ATTACH);
+    }
+
+    pub(super) fn before_settle() {
+        run(&BEFORE_SETTLE);
+    }
 }
 
 /// Remounts a bind mount with `flags`, keeping the flags the kernel has locked on it
@@ -305,6 +485,18 @@ mod tests {
             Some(MsFlags::MS_SHARED | MsFlags::MS_REC)
         );
         assert_eq!(parse_propagation("bogus"), None);
+    }
+
+    #[test]
+    fn finds_a_mount_s_parent_and_mount_point() {
+        let info = "22 1 0:21 / / rw,relatime - ext4 /dev/vda rw\n\
+                    31 22 0:6 / /run/with\\040space rw - tmpfs tmpfs rw\n";
+        assert_eq!(
+            mountinfo_entry(info, 31),
+            Some((22, "/run/with space".to_string()))
+        );
+        assert_eq!(mountinfo_entry(info, 22), Some((1, "/".to_string())));
+        assert_eq!(mountinfo_entry(info, 3), None);
     }
 
     #[test]

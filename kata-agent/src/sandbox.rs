@@ -212,7 +212,10 @@ impl Sandbox {
         }
         let result = async {
             let mounted = self.storages.acquire(storages)?;
-            match self.runtime.create(id, exec_id, spec).await {
+            // Trees the pod's containers write: bind sources inside them are opened beneath.
+            let mut trees = self.storages.mount_points();
+            trees.extend(self.container_rootfs());
+            match self.runtime.create(id, exec_id, spec, &trees).await {
                 Ok(c) => Ok((c, mounted)),
                 Err(e) => {
                     self.storages.release(&mounted);
@@ -238,6 +241,18 @@ impl Sandbox {
                 Err(e)
             }
         }
+    }
+
+    /// The rootfs of the containers created so far.
+    fn container_rootfs(&self) -> Vec<PathBuf> {
+        self.state()
+            .containers
+            .values()
+            .filter_map(|e| match &e.slot {
+                Slot::Ready(c) => Some(c.rootfs.clone()),
+                Slot::Creating => None,
+            })
+            .collect()
     }
 
     /// The container `id`.

@@ -2239,3 +2239,185 @@ mod network_and_storages {
         assert!(!file_storage.exists() && !h.dir.path().join("guest").exists());
     }
 }
+
+/// Issue 9 row 14: mount destinations and bind sources in trees the pod's containers write are
+/// opened without leaving them (`runtime::path`), and mounted through the descriptor.
+mod mount_targets {
+    use super::*;
+    use kata_agent_client::api::{Agent, Storage};
+    use std::os::unix::fs::symlink;
+
+    /// Creates, starts and waits for `id`; its stdout, stderr and status (not removed).
+    async fn run_kept(
+        h: &Harness,
+        agent: &Agent,
+        id: &str,
+        spec: &Spec,
+        storages: &[Storage],
+    ) -> (String, String, i32) {
+        agent
+            .create_container(id, spec, storages)
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer {id}: {e}\n{}", h.log()));
+        h.start_container(id).await;
+        let (out, err) = tokio::join!(
+            h.read_all(id, id, OutputStream::Stdout),
+            h.read_all(id, id, OutputStream::Stderr)
+        );
+        (out, err, h.wait(id, id).await)
+    }
+
+    fn tmpfs(dest: &str) -> oci_spec::runtime::Mount {
+        MountBuilder::default()
+            .destination(dest)
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(vec!["nosuid".to_string()])
+            .build()
+            .unwrap()
+    }
+
+    fn bind(dest: &str, source: &Path) -> oci_spec::runtime::Mount {
+        MountBuilder::default()
+            .destination(dest)
+            .typ("bind")
+            .source(source)
+            .options(vec!["rbind".to_string(), "ro".to_string()])
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn destinations_behind_symlinks_to_the_host_stay_in_the_rootfs() {
+        let h = Harness::start().await;
+        let host_dir = h.dir.path().join("hostdir");
+        std::fs::create_dir(&host_dir).unwrap();
+        std::fs::write(host_dir.join("marker"), "host\n").unwrap();
+        // The image's links: to the host directory (absolute, and relative with more `..` than
+        // the rootfs is deep) and to `/`.
+        symlink(&host_dir, h.rootfs.join("abs")).unwrap();
+        let up = "../".repeat(h.rootfs.components().count() + 2);
+        let host_rel = host_dir.strip_prefix("/").unwrap();
+        symlink(format!("{up}{}", host_rel.display()), h.rootfs.join("rel")).unwrap();
+        symlink("/", h.rootfs.join("slash")).unwrap();
+        let mut spec = h.spec(&[
+            "sh",
+            "-c",
+            "echo a > /abs/m/f && echo b > /rel/n/f && echo c > /slash/tmp/o/f && ls /abs; \
+             cat /abs/marker 2>/dev/null || echo no-marker; \
+             awk '$5 ~ /\\/(m|n|o)$/ {print $5, $9}' /proc/self/mountinfo",
+        ]);
+        let mut mounts = spec.mounts().clone().unwrap();
+        mounts.extend([tmpfs("/abs/m"), tmpfs("/rel/n"), tmpfs("/slash/tmp/o")]);
+        spec.set_mounts(Some(mounts));
+        let (out, err, status) = h.run("links", &spec).await;
+        assert_eq!(status, 0, "stderr: {err}");
+        let inside = format!("/{}", host_rel.display());
+        assert_eq!(
+            out,
+            format!("m\nn\nno-marker\n{inside}/m tmpfs\n{inside}/n tmpfs\n/tmp/o tmpfs\n"),
+            "stderr: {err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&host_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["marker"], "the host directory is untouched");
+        assert!(h.rootfs.join(host_rel).join("m").is_dir());
+        assert!(!Path::new("/tmp/o").exists());
+
+        // A destination that is the root itself is refused, naming the mount.
+        let mut spec = h.spec(&["true"]);
+        let mut mounts = spec.mounts().clone().unwrap();
+        let index = mounts.len();
+        mounts.push(tmpfs("/slash"));
+        spec.set_mounts(Some(mounts));
+        let err = h.try_create("onroot", &spec).await.unwrap_err();
+        assert_eq!(rpc_code(&err), Some(Code::INVALID_ARGUMENT), "{err}");
+        let msg = err.message().unwrap().to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "mounts[{index}].destination /slash resolves to the container's root directory"
+            )),
+            "{msg}"
+        );
+        assert!(h.agent_children().is_empty(), "nothing left running");
+    }
+
+    #[tokio::test]
+    async fn a_bind_source_that_a_container_pointed_out_of_its_volume_is_refused() {
+        let h = Harness::start().await;
+        let agent = Agent::from(h.client.clone());
+        let secret = h.dir.path().join("secret");
+        std::fs::create_dir(&secret).unwrap();
+        std::fs::write(secret.join("marker"), "host secret\n").unwrap();
+        let vol = h.dir.path().join("run/sandbox/local/vol");
+        let storages = [Storage::new("local", "local", vol.display().to_string())];
+
+        // c1 has the volume and plants links in it: to its `/` (the guest's `/` for the agent)
+        // and up through more `..` than the volume is deep, and one that stays inside.
+        let mut spec = h.spec(&[
+            "sh",
+            "-c",
+            "ln -s / /data/root && ln -s ../../../../../../../../../../.. /data/up && \
+             mkdir /data/sub && echo in-volume > /data/sub/f && ln -s sub /data/ok",
+        ]);
+        let mut mounts = spec.mounts().clone().unwrap();
+        mounts.push(
+            MountBuilder::default()
+                .destination("/data")
+                .typ("bind")
+                .source(&vol)
+                .options(vec!["rbind".to_string()])
+                .build()
+                .unwrap(),
+        );
+        spec.set_mounts(Some(mounts));
+        let (_, err, status) = run_kept(&h, &agent, "c1", &spec, &storages).await;
+        assert_eq!(status, 0, "{err}");
+
+        // Another container of the pod binds what the links name: refused, naming the mount.
+        for (id, link) in [("c2", "root"), ("c3", "up")] {
+            let source = vol.join(link);
+            let mut spec = h.spec(&["cat", &format!("/mnt{}", secret.join("marker").display())]);
+            let mut mounts = spec.mounts().clone().unwrap();
+            let index = mounts.len();
+            mounts.push(bind("/mnt", &source));
+            spec.set_mounts(Some(mounts));
+            let err = match agent.create_container(id, &spec, &storages).await {
+                Err(e) => e,
+                Ok(()) => {
+                    h.start_container(id).await;
+                    let out = h.read_all(id, id, OutputStream::Stdout).await;
+                    panic!(
+                        "{id} was created with the bind of {}: it reads {out:?}",
+                        source.display()
+                    );
+                }
+            };
+            assert_eq!(err.code(), Some(Code::INVALID_ARGUMENT), "{err}");
+            let msg = err.message().unwrap().to_string();
+            assert!(
+                msg.starts_with(&format!(
+                    "mounts[{index}].source {} leaves {} (a tree the pod's containers write)",
+                    source.display(),
+                    vol.display()
+                )),
+                "{msg}"
+            );
+            assert!(h.agent_children().is_empty(), "nothing left running");
+        }
+
+        // A link that stays inside the volume is followed.
+        let mut spec = h.spec(&["cat", "/mnt/f"]);
+        let mut mounts = spec.mounts().clone().unwrap();
+        mounts.push(bind("/mnt", &vol.join("ok")));
+        spec.set_mounts(Some(mounts));
+        let (out, err, status) = run_kept(&h, &agent, "c4", &spec, &storages).await;
+        assert_eq!((out.as_str(), status), ("in-volume\n", 0), "{err}");
+        for id in ["c1", "c4"] {
+            h.remove(id).await;
+        }
+        assert!(!vol.exists(), "the volume went with its last user");
+    }
+}

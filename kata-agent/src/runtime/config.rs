@@ -103,6 +103,9 @@ pub struct ContainerSetup {
 /// One mount of the spec, classified.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountStep {
+    /// Its index in the spec's `mounts` (errors name `mounts[<index>]`; skipped mounts such as
+    /// `cgroup` make it differ from the position in [`ContainerSetup::mounts`]).
+    pub index: usize,
     /// Destination inside the container (absolute).
     pub destination: PathBuf,
     /// What to mount.
@@ -118,6 +121,10 @@ pub enum MountKind {
     Bind {
         /// Absolute source path.
         source: PathBuf,
+        /// The tree the pod's containers write that `source` lies in (a storage's mount point
+        /// or a container's rootfs), if any: the source is then opened beneath it, so a symlink
+        /// in it cannot lead outside.
+        within: Option<PathBuf>,
     },
     /// A filesystem mount (`proc`, `sysfs`, `tmpfs`, `devpts`, `mqueue`, ...).
     Filesystem {

@@ -112,21 +112,30 @@ impl Runtime {
     }
 
     /// Creates container `id` from `spec`: its init process is set up and waits for
-    /// [`Container::start`]. `exec_id` is the id its init process answers to.
+    /// [`Container::start`]. `exec_id` is the id its init process answers to. `pod_trees`: the
+    /// directories the pod's containers can write (storages' mount points, other containers'
+    /// rootfs), beneath which bind sources are opened (see [`spec::plan_container`]).
     ///
     /// On failure nothing is left behind: no process, no cgroup (mounts live in the container's
     /// own mount namespace and go with its init).
-    pub async fn create(&self, id: &str, exec_id: &str, spec: &Spec) -> Result<Container> {
+    pub async fn create(
+        &self,
+        id: &str,
+        exec_id: &str,
+        spec: &Spec,
+        pod_trees: &[PathBuf],
+    ) -> Result<Container> {
         // Planning reads the image (`/etc/passwd`, stats on the shared rootfs): off the async
         // worker, so a slow or hostile rootfs cannot stall other requests.
-        let (cid, owned, filesystems, pod_netns) = (
+        let (cid, owned, filesystems, pod_netns, trees) = (
             id.to_string(),
             spec.clone(),
             self.filesystems.clone(),
             self.pod_netns,
+            pod_trees.to_vec(),
         );
         let mut plan =
-            blocking(move || plan_container(&cid, &owned, &filesystems, pod_netns)).await?;
+            blocking(move || plan_container(&cid, &owned, &filesystems, pod_netns, &trees)).await?;
         if let Mode::Container(setup) = &mut plan.init.mode {
             setup.no_pivot = self.no_pivot;
         }

@@ -239,15 +239,27 @@ fn is_foreign_namespace(path: &Path, kind: &str) -> bool {
     }
 }
 
+/// The deepest of `trees` that `source` lies in (compared component by component).
+fn tree_of(source: &Path, trees: &[PathBuf]) -> Option<PathBuf> {
+    trees
+        .iter()
+        .filter(|t| source.starts_with(t))
+        .max_by_key(|t| t.components().count())
+        .cloned()
+}
+
 /// Validates a container's spec and translates it into the helper's configuration.
 ///
 /// `pod_netns`: the agent's own network namespace is the pod's (the agent is the guest's init),
-/// so `net.*` sysctls are allowed for a container that shares it.
+/// so `net.*` sysctls are allowed for a container that shares it. `pod_trees`: the directories
+/// the pod's containers can write (the storages' mount points, the other containers' rootfs;
+/// this container's rootfs is added here): a bind source inside one is opened beneath it.
 pub fn plan_container(
     id: &str,
     spec: &Spec,
     filesystems: &Filesystems,
     pod_netns: bool,
+    pod_trees: &[PathBuf],
 ) -> Result<ContainerPlan> {
     let process = spec
         .process()
@@ -327,6 +339,7 @@ pub fn plan_container(
     let new_uts = unshare.contains(CloneFlags::CLONE_NEWUTS);
 
     // Mounts.
+    let trees: Vec<PathBuf> = pod_trees.iter().cloned().chain([rootfs.clone()]).collect();
     let mut mounts = Vec::new();
     let mut dev_mounted = false;
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
@@ -357,7 +370,8 @@ pub fn plan_container(
                     format!("{} does not exist in the guest", source.display()),
                 ));
             }
-            MountKind::Bind { source }
+            let within = tree_of(&source, &trees);
+            MountKind::Bind { source, within }
         } else if typ.is_empty() {
             return Err(AgentError::invalid(
                 format!("mounts[{i}].type"),
@@ -390,6 +404,7 @@ pub fn plan_container(
             dev_mounted = true;
         }
         mounts.push(MountStep {
+            index: i,
             destination: dest.clone(),
             kind,
             options,
@@ -559,7 +574,7 @@ mod tests {
     #[test]
     fn default_spec_translates() {
         let dir = rootfs();
-        let plan = plan_container("c1", &spec_with(dir.path()), &fs(), false).unwrap();
+        let plan = plan_container("c1", &spec_with(dir.path()), &fs(), false, &[]).unwrap();
         let Mode::Container(setup) = &plan.init.mode else {
             panic!()
         };
@@ -589,18 +604,96 @@ mod tests {
     }
 
     #[test]
+    fn mount_steps_keep_their_index_in_the_spec() {
+        // Errors name `mounts[<index>]`: the cgroup mount is skipped, the index is the spec's.
+        let dir = rootfs();
+        let mut spec = spec_with(dir.path());
+        let mut mounts = spec.mounts().clone().unwrap();
+        let cgroup = mounts
+            .iter()
+            .position(|m| m.destination() == Path::new("/sys/fs/cgroup"))
+            .unwrap();
+        mounts.push(
+            MountBuilder::default()
+                .destination("/data")
+                .typ("tmpfs")
+                .source("tmpfs")
+                .build()
+                .unwrap(),
+        );
+        spec.set_mounts(Some(mounts.clone()));
+        let plan = plan_container("c", &spec, &fs(), false, &[]).unwrap();
+        let Mode::Container(setup) = plan.init.mode else {
+            panic!()
+        };
+        for m in &setup.mounts {
+            assert_eq!(mounts[m.index].destination(), &m.destination);
+        }
+        let last = setup.mounts.last().unwrap();
+        assert_eq!((last.index, cgroup < last.index), (mounts.len() - 1, true));
+    }
+
+    #[test]
+    fn bind_sources_in_a_pod_tree_are_opened_beneath_the_deepest() {
+        let dir = rootfs();
+        let vols = tempfile::tempdir().unwrap();
+        let shared = vols.path().join("shared");
+        let vol = shared.join("vol");
+        std::fs::create_dir_all(vol.join("sub")).unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let bind = |dest: &str, source: &Path| {
+            MountBuilder::default()
+                .destination(dest)
+                .typ("bind")
+                .source(source)
+                .build()
+                .unwrap()
+        };
+        let mut spec = spec_with(dir.path());
+        spec.set_mounts(Some(vec![
+            bind("/a", &vol.join("sub")),
+            bind("/b", &shared),
+            bind("/c", &dir.path().join("data")),
+            bind("/d", vols.path()),
+        ]));
+        let trees = [shared.clone(), vol.clone()];
+        let plan = plan_container("c", &spec, &fs(), false, &trees).unwrap();
+        let Mode::Container(setup) = plan.init.mode else {
+            panic!()
+        };
+        let within: Vec<_> = setup
+            .mounts
+            .iter()
+            .map(|m| match &m.kind {
+                MountKind::Bind { within, .. } => within.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // The volume inside the shared tree wins; the container's own rootfs is a tree too.
+        assert_eq!(
+            within,
+            [
+                Some(vol),
+                Some(shared),
+                Some(dir.path().to_path_buf()),
+                None
+            ]
+        );
+    }
+
+    #[test]
     fn missing_process_and_empty_args() {
         let dir = rootfs();
         let mut spec = spec_with(dir.path());
         spec.set_process(None);
         assert_eq!(
-            invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err()),
+            invalid_field(plan_container("c", &spec, &fs(), false, &[]).unwrap_err()),
             "process"
         );
 
         let mut spec = spec_with(dir.path());
         spec.process_mut().as_mut().unwrap().set_args(Some(vec![]));
-        let err = plan_container("c", &spec, &fs(), false).unwrap_err();
+        let err = plan_container("c", &spec, &fs(), false, &[]).unwrap_err();
         assert_eq!(err.to_string(), "process.args is empty");
     }
 
@@ -613,7 +706,7 @@ mod tests {
                 .build()
                 .unwrap(),
         ));
-        let err = plan_container("c", &spec, &fs(), false).unwrap_err();
+        let err = plan_container("c", &spec, &fs(), false, &[]).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("root.path must be an absolute path"),
@@ -637,7 +730,7 @@ mod tests {
         );
         let idx = mounts.len() - 1;
         spec.set_mounts(Some(mounts));
-        let field = invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err());
+        let field = invalid_field(plan_container("c", &spec, &fs(), false, &[]).unwrap_err());
         assert_eq!(field, format!("mounts[{idx}].type"));
     }
 
@@ -653,7 +746,7 @@ mod tests {
             .build()
             .unwrap()]));
         assert_eq!(
-            invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err()),
+            invalid_field(plan_container("c", &spec, &fs(), false, &[]).unwrap_err()),
             "mounts[0].source"
         );
         spec.set_mounts(Some(vec![MountBuilder::default()
@@ -663,7 +756,7 @@ mod tests {
             .options(vec!["ro".to_string()])
             .build()
             .unwrap()]));
-        let plan = plan_container("c", &spec, &fs(), false).unwrap();
+        let plan = plan_container("c", &spec, &fs(), false, &[]).unwrap();
         let Mode::Container(setup) = plan.init.mode else {
             panic!()
         };
@@ -681,7 +774,7 @@ mod tests {
             .unwrap()
             .set_user(UserBuilder::default().username("ghost").build().unwrap());
         assert_eq!(
-            invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err()),
+            invalid_field(plan_container("c", &spec, &fs(), false, &[]).unwrap_err()),
             "process.user.username"
         );
     }
@@ -692,7 +785,7 @@ mod tests {
         let mut spec = spec_with(dir.path());
         spec.process_mut().as_mut().unwrap().set_cwd("tmp".into());
         assert_eq!(
-            invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err()),
+            invalid_field(plan_container("c", &spec, &fs(), false, &[]).unwrap_err()),
             "process.cwd"
         );
         let mut spec = spec_with(dir.path());
@@ -701,7 +794,7 @@ mod tests {
             .unwrap()
             .set_env(Some(vec!["PATH=/bin".into(), "BROKEN".into()]));
         assert_eq!(
-            invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err()),
+            invalid_field(plan_container("c", &spec, &fs(), false, &[]).unwrap_err()),
             "process.env[1]"
         );
     }
@@ -728,7 +821,7 @@ mod tests {
                 .build()
                 .unwrap(),
         ));
-        let plan = plan_container("c", &spec, &fs(), false).unwrap();
+        let plan = plan_container("c", &spec, &fs(), false, &[]).unwrap();
         let Mode::Container(setup) = plan.init.mode else {
             panic!()
         };
@@ -761,7 +854,7 @@ mod tests {
                 .unwrap(),
         ));
         assert_eq!(
-            invalid_field(plan_container("c", &spec, &fs(), false).unwrap_err()),
+            invalid_field(plan_container("c", &spec, &fs(), false, &[]).unwrap_err()),
             "linux.rootfsPropagation"
         );
     }

@@ -94,6 +94,11 @@ impl StorageTable {
         release_locked(&mut self.lock(), keys);
     }
 
+    /// The mount points of the storages held now.
+    pub fn mount_points(&self) -> Vec<PathBuf> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// The number of users of the storage at `mount_point` (0: there is none).
     pub fn users(&self, mount_point: &std::path::Path) -> usize {
         self.lock().get(mount_point).map_or(0, |e| e.users)
