@@ -13,7 +13,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export KATA_RS_VM_TEST_LOG ?= $(KATA_RS_CACHE)/vm-tests.log
 CARGO ?= cargo
 
-.PHONY: all setup build demo test test-unit lint package bench clean-cache vm-summary
+.PHONY: all setup build demo test test-times test-unit lint package bench clean-cache vm-summary
 
 all: build
 
@@ -45,11 +45,25 @@ package:
 	@echo "package: every publishable crate packages"
 
 # The whole suite: unit, host integration, VM (QEMU), in that order.
-test: setup guest lint package
-	@rm -f $(KATA_RS_VM_TEST_LOG)
-	$(CARGO) test --workspace --all-targets --no-fail-fast
-	$(CARGO) test --workspace --doc
-	@$(MAKE) --no-print-directory vm-summary
+# Each step's wall time goes to $(TIMES); the slow suites add theirs (testkit harness) to the VM
+# test log. Both are printed at the end, so the budget of every tier stays visible.
+TIMES := $(KATA_RS_CACHE)/make-test-times.log
+timed = start=$$(date +%s); $(1) && echo "$(2) $$(( $$(date +%s) - start ))" >> $(TIMES)
+
+test:
+	@rm -f $(KATA_RS_VM_TEST_LOG) $(TIMES)
+	@$(call timed,$(MAKE) --no-print-directory setup,setup)
+	@$(call timed,$(MAKE) --no-print-directory guest,guest)
+	@$(call timed,$(MAKE) --no-print-directory lint,lint)
+	@$(call timed,$(MAKE) --no-print-directory package,package)
+	@$(call timed,$(CARGO) test --workspace --all-targets --no-fail-fast,cargo-test)
+	@$(call timed,$(CARGO) test --workspace --doc,doc-tests)
+	@$(MAKE) --no-print-directory vm-summary test-times
+
+test-times:
+	@echo "make test, wall time per step (the cargo-test step includes the suites below):"
+	@while read -r step secs; do printf '  %-22s %5s s\n' "$$step" "$$secs"; done < $(TIMES)
+	@grep '^time ' $(KATA_RS_VM_TEST_LOG) 2>/dev/null | while read -r _ suite secs; do printf '    %-20s %5s s\n' "$$suite" "$$secs"; done || true
 
 vm-summary:
 	@booted=$$(grep -c '^booted ' $(KATA_RS_VM_TEST_LOG) 2>/dev/null || true); \

@@ -392,10 +392,21 @@ impl<E: Send + Sync + 'static> Suite<E> {
                 return None;
             }
         }
+        let started = Instant::now();
         let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime for the cases");
+        let (label, name) = (
+            self.label.clone().unwrap_or_else(|| self.name.clone()),
+            self.name.clone(),
+        );
         let tally = runtime.block_on(self.run_cases(args, setup));
         // Whatever a timed-out case left running is not waited for.
         runtime.shutdown_timeout(Duration::from_secs(1));
+        // The suite's wall time, for the per-tier table `make test` prints.
+        let secs = started.elapsed().as_secs_f64();
+        println!("{label} took {secs:.0} s");
+        if let Some(log) = &log {
+            append_line(log, &format!("time {name} {secs:.0}"));
+        }
         Some(tally)
     }
 
