@@ -33,10 +33,12 @@ async fn boots_twice(_env: Arc<Env>) -> Result<()> {
     Ok(())
 }
 
+/// The log's `booted`/`no-guest` lines (the suite's `time` line, which varies, left out).
 fn log_lines(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
+        .filter(|l| !l.starts_with("time "))
         .map(str::to_string)
         .collect()
 }
@@ -131,6 +133,17 @@ fn a_run_counts_passes_failures_panics_and_timeouts_and_logs_boots() {
         log_lines(&log),
         ["booted suite_a", "booted suite_a::boots_twice"]
     );
+    // The suite's wall time, for the table `make test` prints.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let time = text.lines().find(|l| l.starts_with("time suite_a "));
+    let secs: u64 = time
+        .expect("a time line")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(secs < 60, "{secs}");
 }
 
 #[test]
