@@ -151,7 +151,9 @@ fn a_check_after_a_case_fails_it_and_cleanup_follows() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let cleaned = Arc::new(AtomicUsize::new(0));
     let c = cleaned.clone();
+    let tmp = tempfile::tempdir().unwrap();
     let tally = Suite::new("suite_b")
+        .log_to(tmp.path().join("vm-tests.log"))
         .case("leaks", passes)
         .check_each(|_: &Env| bail!("a mount is left"))
         .on_failure(move |_: &Env| {
@@ -226,6 +228,7 @@ fn a_missing_requirement_skips_loudly_and_nothing_selected_skips_the_setup() {
 
     let set_up = AtomicUsize::new(0);
     let tally = Suite::new("suite_f")
+        .log_to(&log)
         .case("one", passes)
         .run_args(&args(&["no-such-case"]), async {
             set_up.fetch_add(1, Ordering::SeqCst);
