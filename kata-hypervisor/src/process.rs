@@ -87,6 +87,17 @@ impl Killer {
         }
         gone
     }
+
+    /// Kills every one of `killers` at once, then waits (up to `timeout` each) until each is
+    /// gone: what a backend's `stop_now` does with the processes it runs for a VM.
+    pub fn kill_all(killers: &[Killer], timeout: Duration) {
+        for k in killers {
+            k.kill();
+        }
+        for k in killers {
+            k.wait_gone(timeout);
+        }
+    }
 }
 
 /// Kills a pid when dropped while armed: the supervising task's future holds one, so a task

@@ -517,12 +517,7 @@ impl Hypervisor for HostAgent {
             return;
         }
         let killers = std::mem::take(&mut *self.killers.lock().unwrap());
-        for k in &killers {
-            k.kill();
-        }
-        for k in &killers {
-            k.wait_gone(KILL_WAIT);
-        }
+        Killer::kill_all(&killers, KILL_WAIT);
         let done = self
             .saved
             .lock()

@@ -916,12 +916,7 @@ impl Hypervisor for Qemu {
             return;
         }
         let killers = std::mem::take(&mut *self.killers.lock().unwrap());
-        for k in &killers {
-            k.kill();
-        }
-        for k in &killers {
-            k.wait_gone(KILL_WAIT);
-        }
+        Killer::kill_all(&killers, KILL_WAIT);
         *self.qmp.lock().unwrap() = None;
         self.remove_vm_dir();
         self.pids.lock().unwrap().clear();
