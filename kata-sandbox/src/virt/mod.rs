@@ -309,31 +309,29 @@ impl VirtContainer {
         Ok(report.killed)
     }
 
-    /// A handle on the resources, or [`Error::ShutDown`] once they are released.
-    fn with_resources<T>(&self, f: impl FnOnce(&mut SandboxResources) -> Result<T>) -> Result<T> {
-        let mut guard = self.resources.lock().unwrap();
-        let r = guard.as_mut().ok_or(Error::ShutDown)?;
-        f(r)
-    }
-
     /// Releases a container's host resources (off the async worker).
     async fn release(&self, container_id: &str) -> Result<()> {
         let (resources, id) = (self.resources.clone(), container_id.to_string());
         blocking("releasing a container's host resources", move || {
-            if let Some(r) = resources.lock().unwrap().as_mut() {
-                r.remove_container(&id)?;
-            }
-            Ok(())
+            remove_container(&resources, &id)
         })
         .await
     }
+}
 
-    /// Releases every host resource (a stopped VM no longer uses them).
-    fn release_all(&self) -> Result<()> {
-        match self.resources.lock().unwrap().take() {
-            Some(r) => Ok(r.release()?),
-            None => Ok(()),
-        }
+/// Releases what container `id` holds on the host (nothing once everything is released).
+fn remove_container(resources: &Mutex<Option<SandboxResources>>, id: &str) -> Result<()> {
+    if let Some(r) = resources.lock().unwrap().as_mut() {
+        r.remove_container(id)?;
+    }
+    Ok(())
+}
+
+/// Releases every host resource (a stopped VM no longer uses them); later calls do nothing.
+fn release_all(resources: &Mutex<Option<SandboxResources>>) -> Result<()> {
+    match resources.lock().unwrap().take() {
+        Some(r) => Ok(r.release()?),
+        None => Ok(()),
     }
 }
 
@@ -544,11 +542,7 @@ impl RuntimeHandler for VirtContainer {
     }
 
     fn release_container(&self, container_id: &str) -> Result<()> {
-        let mut guard = self.resources.lock().unwrap();
-        if let Some(r) = guard.as_mut() {
-            r.remove_container(container_id)?;
-        }
-        Ok(())
+        remove_container(&self.resources, container_id)
     }
 
     async fn pause_sandbox(&self) -> Result<()> {
@@ -589,13 +583,9 @@ impl RuntimeHandler for VirtContainer {
         let stopped = self.vm.stop().await;
         let released = {
             let resources = self.resources.clone();
-            blocking(
-                "releasing the sandbox's host resources",
-                move || match resources.lock().unwrap().take() {
-                    Some(r) => Ok(r.release()?),
-                    None => Ok(()),
-                },
-            )
+            blocking("releasing the sandbox's host resources", move || {
+                release_all(&resources)
+            })
             .await
         };
         stopped?;
@@ -605,7 +595,7 @@ impl RuntimeHandler for VirtContainer {
     fn stop_now(&self, why: &str) {
         tracing::warn!(sandbox_id = %self.id, "stopping the VM now: {why}");
         self.vm.stop_now();
-        if let Err(e) = self.release_all() {
+        if let Err(e) = release_all(&self.resources) {
             tracing::warn!(sandbox_id = %self.id, error = %e, "releasing the sandbox's host resources");
         }
     }
@@ -619,7 +609,7 @@ impl RuntimeHandler for VirtContainer {
     }
 
     fn state(&self) -> HandlerState {
-        let resources = self.with_resources(|r| Ok(r.state())).ok();
+        let resources = self.resources.lock().unwrap().as_ref().map(|r| r.state());
         let state = VirtState {
             vm: self.vm.save_state(),
             resources,
