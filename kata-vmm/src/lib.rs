@@ -1,5 +1,27 @@
 //! # kata-vmm
 //!
-//! The built-in KVM virtual machine monitor of kata-rs. Not implemented yet: this crate only
-//! reserves its place in the workspace (see the README).
-#![warn(missing_docs)]
+//! The built-in virtual machine monitor of kata-rs, on the rust-vmm crates: guest memory
+//! ([`memory`]), the kernel loader ([`loader`]), the legacy devices ([`devices::legacy`]: the
+//! serial console and the i8042 reset line) and virtio-mmio devices ([`devices::virtio`]:
+//! block and vsock with a hybrid unix-socket backend).
+//!
+//! Every device works on any [`vm_memory::GuestMemory`], so it is tested over a
+//! [`vm_memory::GuestMemoryMmap`] with no VM at all. What the guest hands a device (descriptor
+//! chains, request headers, packet headers) is parsed into checked types at the edge; a
+//! malformed chain makes the device report an error or drop the request, never panic.
+//!
+//! What does not exist yet: the vCPU run loop on KVM ([`vstate`] has the register and CPUID
+//! setup only, never run on a real KVM here), interrupts through irqfd, notifications through
+//! ioeventfd, the event loop, net, inline virtio-fs, and the kata-hypervisor backend that uses
+//! this crate. See the README.
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod devices;
+pub mod error;
+pub mod layout;
+pub mod loader;
+pub mod memory;
+pub mod vstate;
+
+pub use error::{Error, Result};

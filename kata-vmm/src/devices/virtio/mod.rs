@@ -1,0 +1,132 @@
+//! Virtio devices on the virtio-mmio transport ([`mmio`]): [`block`] and [`vsock`].
+//!
+//! A device implements [`VirtioDevice`]: its id, features, configuration space and queues; the
+//! transport negotiates features and sets the queues up, then activates it. Queues are
+//! virtio-queue's split queues; every chain the guest hands a device goes through
+//! [`chain::read_chain`], which turns it into checked [`chain::Segment`]s or a
+//! [`chain::ChainError`] — a device never follows a guest pointer it has not checked.
+
+pub mod block;
+pub mod chain;
+pub mod mmio;
+pub mod vsock;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+
+use crate::devices::EventFdTrigger;
+use crate::memory::GuestMemory;
+
+/// Feature bit: the device conforms to virtio 1.x (required by this transport).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Bit of the interrupt status register: a used ring was updated.
+pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
+/// Bit of the interrupt status register: the configuration changed.
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x02;
+
+/// A device's interrupt: the status register the driver reads and acknowledges, and the line
+/// (an eventfd, registered as an irqfd with KVM).
+#[derive(Debug)]
+pub struct Interrupt {
+    status: AtomicU32,
+    line: EventFdTrigger,
+}
+
+impl Interrupt {
+    /// An interrupt raising `line`.
+    pub fn new(line: EventFdTrigger) -> Arc<Self> {
+        Arc::new(Interrupt {
+            status: AtomicU32::new(0),
+            line,
+        })
+    }
+
+    /// Tells the driver that a used ring changed.
+    pub fn signal_used_queue(&self) {
+        self.raise(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// Tells the driver that the configuration space changed.
+    pub fn signal_config_change(&self) {
+        self.raise(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.line.trigger() {
+            tracing::warn!(error = %e, "cannot raise a virtio interrupt");
+        }
+    }
+
+    /// The interrupt status register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The driver acknowledges the bits of `ack`.
+    pub fn acknowledge(&self, ack: u32) {
+        self.status.fetch_and(!ack, Ordering::SeqCst);
+    }
+
+    /// The line (to register as an irqfd, or to read in tests).
+    pub fn line(&self) -> &EventFdTrigger {
+        &self.line
+    }
+}
+
+/// Why a device refused to be activated (the transport then asks the driver for a reset).
+#[derive(Debug, thiserror::Error)]
+#[error("activating virtio device {device}: {reason}")]
+pub struct ActivateError {
+    /// The device.
+    pub device: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a virtio device is to the transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (2 block, 19 vsock).
+    fn device_type(&self) -> u32;
+    /// A short name for logs and errors.
+    fn name(&self) -> &'static str;
+    /// The largest size of each of its queues (the number of queues is its length).
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The features it offers ([`VIRTIO_F_VERSION_1`] included).
+    fn avail_features(&self) -> u64;
+    /// Reads its configuration space at `offset` into `data` (bytes past the end read 0).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// A driver write to its configuration space (ignored by default: read-only).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Starts the device with the negotiated features and the driver's queues.
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        acked_features: u64,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError>;
+    /// The driver notified queue `index` (an ioeventfd in a running VM).
+    fn queue_notify(&mut self, index: u16);
+    /// The driver reset the device: it drops its queues and may be activated again.
+    fn reset(&mut self);
+}
+
+/// Copies `config` (a device's configuration space) at `offset` into `data`; out of range
+/// bytes read 0.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(offset) = usize::try_from(offset) else {
+        return;
+    };
+    if offset < config.len() {
+        let n = data.len().min(config.len() - offset);
+        data[..n].copy_from_slice(&config[offset..offset + n]);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_utils;

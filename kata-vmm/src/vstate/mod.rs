@@ -1,0 +1,1 @@
+//! vCPU setup (not yet).
