@@ -13,6 +13,70 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The sandbox spec's `linux.cgroupsPath` cannot name the sandbox's cgroup.
+    #[error("linux.cgroupsPath {value:?} is refused: {reason}")]
+    CgroupsPath {
+        /// The refused value.
+        value: String,
+        /// Why, and what is allowed.
+        reason: String,
+    },
+
+    /// A cgroup controller the sandbox needs is missing on the host.
+    #[error(
+        "the host's cgroup controller {controller} is missing under {} for the sandbox's \
+         cgroup (linux.cgroupsPath): {reason}",
+        root.display()
+    )]
+    CgroupController {
+        /// The controller (`cpu`, `cpuset`, `memory`).
+        controller: String,
+        /// Where the cgroup filesystems were looked for.
+        root: PathBuf,
+        /// What was found instead.
+        reason: String,
+    },
+
+    /// An operation on the sandbox's host cgroup failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Cgroup {
+        /// What was being done, e.g. "move process 42 into".
+        action: String,
+        /// The cgroup directory or control file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The host refused a limit for the sandbox's cgroup.
+    #[error(
+        "the host refused {field} = {value:?} for the sandbox's cgroup ({}): {source}",
+        file.display()
+    )]
+    CgroupLimit {
+        /// The spec field the value comes from, e.g. `linux.resources.cpu.cpus`.
+        field: String,
+        /// The value written.
+        value: String,
+        /// The control file.
+        file: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A cpuset list (`0-3,6`) in a container's resources is malformed.
+    #[error("{field} {value:?} is refused: {reason} (a list such as \"0-3,6\")")]
+    CpusetList {
+        /// The spec field, e.g. `linux.resources.cpu.cpus`.
+        field: String,
+        /// The refused value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+
     /// A filesystem operation on `path` failed.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {

@@ -13,6 +13,8 @@
 //!   stay inside the bundle) with containerd's rootfs mounts, which this crate mounts, or
 //!   [`rootfs::image`]: OCI images without containerd, verified and unpacked (whiteouts
 //!   included, path traversal refused) into a cache keyed by manifest digest.
+//! - [`cgroups`]: the sandbox's cgroup on the host (from the spec's `linux.cgroupsPath`, v1
+//!   or v2), where the VMM and its helpers run as `sandbox_cgroup_only` says.
 //! - [`safe_child`] and [`path_within`]: the checked path helpers every path built from an id,
 //!   an annotation or a spec goes through.
 //!
@@ -43,6 +45,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cgroups;
 mod container_id;
 mod error;
 mod fail_point;

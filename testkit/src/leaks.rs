@@ -42,3 +42,40 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// The host cgroup directories named `rel` (a path relative to a hierarchy root, such as
+/// `kata_sandboxed_pod/<id>` or `default/<id>`) that exist under `/sys/fs/cgroup`: in each v1
+/// controller's hierarchy and in the unified one. A sandbox that is gone leaves none.
+pub fn cgroup_dirs(rel: &str) -> Vec<std::path::PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let rel = rel.trim_start_matches('/');
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join(rel))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    let unified = root.join(rel);
+    if unified.is_dir() {
+        found.push(unified);
+    }
+    found
+}
+
+/// The cgroup of process `pid` in the v1 hierarchy of `controller` (`memory`), as
+/// `/proc/<pid>/cgroup` names it (`/kata_sandboxed_pod/<id>`); `None` if it has none.
+pub fn cgroup_of(pid: u32, controller: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })
+}

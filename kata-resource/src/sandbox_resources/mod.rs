@@ -228,6 +228,33 @@ impl SandboxResources {
         self.network.set_up(config)
     }
 
+    /// Makes the sandbox's host cgroups from `config` ([`crate::cgroups`]): the sandbox cgroup
+    /// the spec's `linux.cgroupsPath` names (and, with `sandbox_cgroup_only = false`, the
+    /// overhead cgroup), with the ancestors it lacks. Call it before the VM starts, then
+    /// [`add_vmm_pids`](Self::add_vmm_pids). A path with `..` or leaving the hierarchy, or a
+    /// controller the host lacks, fails naming it and leaves nothing.
+    pub fn set_up_cgroups(&mut self, config: &crate::cgroups::CgroupsConfig) -> Result<()> {
+        self.cgroups.set_up(config)
+    }
+
+    /// Moves the VMM (`pids[0]`) and its helpers (the rest: vsock backend, virtiofsd) into
+    /// the sandbox's host cgroups as `sandbox_cgroup_only` says. Nothing without cgroups.
+    pub fn add_vmm_pids(&mut self, pids: &[u32]) -> Result<()> {
+        self.cgroups.add_vmm_pids(pids)
+    }
+
+    /// Records container `id`'s `linux.resources` (created or updated) for the host: the
+    /// sandbox cgroup is constrained to the union of the containers' cpusets, and vCPUs plugged
+    /// since are moved in. A cpuset the host refuses fails naming the field and changes
+    /// nothing.
+    pub fn update_container_cgroups(
+        &mut self,
+        id: &str,
+        resources: Option<&oci_spec::runtime::LinuxResources>,
+    ) -> Result<()> {
+        self.cgroups.update_container(id, resources)
+    }
+
     /// What the guest is to be told of the pod's network: the interfaces (for
     /// UpdateInterface), routes (UpdateRoutes) and ARP neighbours (AddARPNeighbors). Empty
     /// without network.
@@ -312,6 +339,9 @@ impl SandboxResources {
         };
         container.release_in_place()?;
         self.containers.remove(id);
+        if let Err(e) = self.cgroups.remove_container(id) {
+            tracing::warn!(container_id = id, "cannot widen the sandbox cgroup's cpuset again: {e}");
+        }
         tracing::debug!(container_id = id, "container resources released");
         Ok(true)
     }

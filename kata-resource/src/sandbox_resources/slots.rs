@@ -21,6 +21,11 @@ pub(crate) use crate::network::NetworkSlot;
 /// What persist records of the sandbox's network.
 pub use crate::network::NetworkState;
 
+/// The host cgroups of the VMM and its helpers: filled, owned by [`crate::cgroups`].
+pub(crate) use crate::cgroups::CgroupsSlot;
+/// What persist records of the sandbox's host cgroups.
+pub use crate::cgroups::CgroupsState;
+
 macro_rules! empty_slot {
     ($(#[$doc:meta])* $slot:ident, $(#[$state_doc:meta])* $state:ident) => {
         $(#[$doc])*
@@ -58,13 +63,6 @@ macro_rules! empty_slot {
         }
     };
 }
-
-empty_slot!(
-    /// The host cgroups of the VMM and its helpers: filled by the resources issue.
-    CgroupsSlot,
-    /// What persist records of the sandbox's host cgroups: nothing yet.
-    CgroupsState
-);
 
 empty_slot!(
     /// Devices assigned to the sandbox (VFIO, CDI, block): filled by the resources issue.
