@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{HypervisorType, SharedFs};
-use crate::device::{DeviceConfig, VsockAddress};
+use crate::device::{DeviceConfig, GuestAddress, VsockAddress};
 use crate::error::{Error, Result};
 use crate::kvm::Accelerator;
 
@@ -171,8 +171,9 @@ pub trait Hypervisor: Send + Sync {
     /// Resumes the vCPUs.
     async fn resume(&self) -> Result<()>;
 
-    /// Hot-plugs a device into the running VM.
-    async fn add_device(&self, device: DeviceConfig) -> Result<()>;
+    /// Hot-plugs a device into the running VM; returns where the guest finds it (a block
+    /// device's PCI path or SCSI address, for the agent's storage).
+    async fn add_device(&self, device: DeviceConfig) -> Result<GuestAddress>;
 
     /// Hot-unplugs a device.
     async fn remove_device(&self, device: &DeviceConfig) -> Result<()>;

@@ -43,7 +43,8 @@ mod ready;
 
 pub use config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};
 pub use device::{
-    BlockDevice, DeviceConfig, NetDevice, PciePort, ShareFsDevice, VfioDevice, VsockAddress,
+    BlockDevice, DeviceConfig, GuestAddress, NetDevice, PciPath, PciePort, ShareFsDevice,
+    VfioDevice, VsockAddress,
 };
 pub use error::{Error, Result};
 pub use hypervisor::{Capabilities, Hypervisor, HypervisorState, VmState};

@@ -163,6 +163,7 @@ fn saved_state(vm_dir: &std::path::Path, pid: u32) -> kata_hypervisor::Hyperviso
         qmp_socket: vm_dir.join("qmp.sock"),
         accelerator: None,
         cold_plugged: Vec::new(),
+        blocks: Vec::new(),
         ports: Vec::new(),
     }
     .into_saved(
@@ -409,4 +410,312 @@ async fn the_serial_console_is_read_into_a_ring_that_outlives_the_vm() {
         vm.console_tail(5)
     );
     assert!(vm.console().total_bytes() > 0);
+}
+
+/// A running QEMU (no guest: the firmware idles) with a free root port `rp1` and a
+/// virtio-scsi controller, as the backend's VMs have them.
+fn running_qemu_for_blocks(vm_dir: &std::path::Path) -> KillOnDrop {
+    std::fs::create_dir(vm_dir).unwrap();
+    let sock = vm_dir.join("qmp.sock");
+    let child = KillOnDrop(
+        std::process::Command::new("qemu-system-x86_64")
+            .args(["-machine", "q35", "-accel", "tcg", "-nodefaults"])
+            .args(["-display", "none", "-m", "64M"])
+            .args(["-device", "pcie-root-port,id=rp0,bus=pcie.0,chassis=1"])
+            .args(["-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=2"])
+            .args(["-device", "virtio-scsi-pci,id=scsi0"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&sock);
+    child
+}
+
+/// A 4 MiB raw image.
+fn raw_image(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::File::create(&p).unwrap().set_len(4 << 20).unwrap();
+    p
+}
+
+/// `blockdev-add` with the backend's options, `device_add` of a virtio-blk-pci on a root port
+/// (found at its PCI path in `query-pci`) and of a read-only scsi-hd, `device_del` of the SCSI
+/// disk (released without the guest), and `blockdev-del`: QEMU holds none of our nodes at the
+/// end. A node in use cannot be deleted; a missing file is refused by `blockdev-add`.
+#[tokio::test]
+async fn block_devices_are_added_placed_and_removed() {
+    use kata_hypervisor::qemu::hotplug;
+    use kata_hypervisor::{BlockDevice, HypervisorConfig};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let vm_dir = tmp.path().join("vm");
+    let _qemu = running_qemu_for_blocks(&vm_dir);
+    let qmp = QmpClient::connect(&vm_dir.join("qmp.sock"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let config = HypervisorConfig::default();
+    let dev = |id: &str, path: std::path::PathBuf, read_only| BlockDevice {
+        id: id.into(),
+        path,
+        read_only,
+    };
+    let ours = |nodes: Vec<(String, String)>| -> Vec<String> {
+        nodes
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("drive-"))
+            .map(|(n, _)| n)
+            .collect()
+    };
+
+    // virtio-blk-pci on rp1.
+    let pci = dev("blk0", raw_image(tmp.path(), "a.img"), false);
+    qmp.blockdev_add(hotplug::blockdev_options(&config, &pci))
+        .await
+        .unwrap();
+    qmp.device_add(
+        "virtio-blk-pci",
+        "blk0",
+        hotplug::virtio_blk_props(&pci, "rp1", None),
+    )
+    .await
+    .unwrap();
+    let mut path = None;
+    for _ in 0..100 {
+        let v = qmp.execute("query-pci", None).await.unwrap();
+        path = hotplug::pci_path_of(&v, "blk0");
+        if path.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v = qmp.execute("query-pci", None).await.unwrap();
+    let rp1 = hotplug::pci_path_of(&v, "rp1").expect("rp1 is on bus 0");
+    let path = path.expect("the disk is listed behind rp1");
+    assert_eq!(path.slots(), &[rp1.slots()[0], 0], "{path}");
+    let busy = qmp
+        .blockdev_del("drive-blk0")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(busy.contains("blockdev-del"), "{busy}");
+
+    // A read-only scsi-hd; the node's file is opened read-only.
+    let scsi = dev("blk1", raw_image(tmp.path(), "b.img"), true);
+    qmp.blockdev_add(hotplug::blockdev_options(&config, &scsi))
+        .await
+        .unwrap();
+    qmp.device_add("scsi-hd", "blk1", hotplug::scsi_hd_props(&scsi, 0, 1))
+        .await
+        .unwrap();
+    let blocks = qmp.execute("query-block", None).await.unwrap();
+    let ro = blocks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["inserted"]["node-name"] == "drive-blk1")
+        .map(|b| b["inserted"]["ro"].clone());
+    assert_eq!(ro, Some(serde_json::json!(true)), "{blocks}");
+    assert_eq!(
+        ours(qmp.query_block_nodes().await.unwrap()).len(),
+        4,
+        "raw and file nodes of both"
+    );
+    qmp.device_del("blk1", Duration::from_secs(10))
+        .await
+        .unwrap();
+    qmp.blockdev_del("drive-blk1").await.unwrap();
+
+    // A missing file: blockdev-add fails naming it, and nothing is added.
+    let gone = dev("blk2", tmp.path().join("missing.img"), false);
+    let e = qmp
+        .blockdev_add(hotplug::blockdev_options(&config, &gone))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.img"), "{e}");
+
+    let left = ours(qmp.query_block_nodes().await.unwrap());
+    assert_eq!(left.len(), 2, "only blk0's nodes: {left:?}");
+    assert!(left.iter().all(|n| n.starts_with("drive-blk0")), "{left:?}");
+}
+
+/// A paused guestless QEMU shaped as the backend starts VMs for hot-plug: one vCPU of four
+/// sockets, 128 MiB of shared (memfd) boot memory on NUMA node 0, two DIMM slots, 512 MiB
+/// maxmem.
+fn paused_resizable_qemu(dir: &std::path::Path) -> KillOnDrop {
+    let sock = dir.join("qmp.sock");
+    let child = KillOnDrop(
+        std::process::Command::new("qemu-system-x86_64")
+            .args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-nodefaults"])
+            .args(["-display", "none", "-S"])
+            .args(["-smp", "1,sockets=4,cores=1,threads=1,maxcpus=4"])
+            .args(["-m", "128M,slots=2,maxmem=512M"])
+            .args(["-object", "memory-backend-memfd,id=mem0,size=128M,share=on"])
+            .args(["-numa", "node,memdev=mem0"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&sock);
+    child
+}
+
+/// vCPU hot-plug: the free slots are filled with the slot's CPU type and topology ids, the
+/// count is bounded by maxcpus (default_maxvcpus), and a second call to the same size does
+/// nothing.
+#[tokio::test]
+async fn vcpus_are_hot_plugged_into_free_slots_up_to_maxcpus() {
+    use kata_hypervisor::qemu::resize::{resize_vcpus, ResizeState, VcpuLimits};
+    let dir = tempfile::tempdir().unwrap();
+    let _qemu = paused_resizable_qemu(dir.path());
+    let qmp = QmpClient::connect(&dir.path().join("qmp.sock"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let limits = VcpuLimits { boot: 1, max: 4 };
+    let mut state = ResizeState::default();
+
+    assert_eq!(resize_vcpus(&qmp, &mut state, limits, 3).await.unwrap(), 3);
+    assert_eq!(state.cpus, ["kata-vcpu-1-0-0-0", "kata-vcpu-2-0-0-0"]);
+    let slots = qmp.query_hotpluggable_cpus().await.unwrap();
+    let plugged: Vec<_> = slots.iter().filter_map(|s| s.qom_path.clone()).collect();
+    assert_eq!(plugged.len(), 3, "{slots:?}");
+    assert!(plugged.contains(&"/machine/peripheral/kata-vcpu-2-0-0-0".to_string()));
+    let cpus = qmp.execute("query-cpus-fast", None).await.unwrap();
+    assert_eq!(cpus.as_array().unwrap().len(), 3, "{cpus}");
+
+    // The same size again, or less than the boot vCPUs of a VM already there: nothing to do.
+    assert_eq!(resize_vcpus(&qmp, &mut state, limits, 3).await.unwrap(), 3);
+    assert_eq!(state.cpus.len(), 2);
+
+    let e = resize_vcpus(&qmp, &mut state, limits, 5)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("default_maxvcpus bounds it at 4"), "{e}");
+    assert_eq!(state.cpus.len(), 2, "a refused resize plugs nothing");
+
+    // A state that lost track (a restarted owner) is reconciled from QEMU.
+    let mut fresh = ResizeState::default();
+    assert_eq!(resize_vcpus(&qmp, &mut fresh, limits, 4).await.unwrap(), 4);
+    assert_eq!(
+        fresh.cpus,
+        ["kata-vcpu-1-0-0-0", "kata-vcpu-2-0-0-0", "kata-vcpu-3-0-0-0"]
+    );
+}
+
+/// Memory hot-plug: a shared memfd backend and a pc-dimm per growth, rounded to 128 MiB;
+/// never shrunk; bounded by maxmem (default_maxmemory) and the slots (memory_slots), and a
+/// refused DIMM leaves no backend behind.
+#[tokio::test]
+async fn memory_is_hot_plugged_as_shared_dimms_within_maxmem_and_slots() {
+    use kata_hypervisor::qemu::resize::{resize_memory, MemoryLimits, ResizeState};
+    let dir = tempfile::tempdir().unwrap();
+    let _qemu = paused_resizable_qemu(dir.path());
+    let qmp = QmpClient::connect(&dir.path().join("qmp.sock"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let limits = MemoryLimits {
+        boot_mib: 128,
+        max_mib: 512,
+        slots: 2,
+        hugepages: false,
+        prealloc: false,
+    };
+    let mut state = ResizeState::booted(512);
+    let objects = |v: serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["name"].as_str())
+            .filter(|n| n.starts_with("mem-"))
+            .map(str::to_string)
+            .collect()
+    };
+
+    assert_eq!(resize_memory(&qmp, &mut state, &limits, 200).await.unwrap(), 256);
+    let dimms = qmp.query_memory_devices().await.unwrap();
+    assert_eq!(dimms.len(), 1, "{dimms:?}");
+    assert_eq!((dimms[0].id.as_str(), dimms[0].size), ("kata-dimm0", 128 << 20));
+    let share = qmp
+        .execute(
+            "qom-get",
+            Some(serde_json::json!({"path": "/objects/mem-kata-dimm0", "property": "share"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(share, serde_json::json!(true), "vhost-user devices need shared memory");
+
+    // Never shrunk; the same size adds nothing.
+    assert_eq!(resize_memory(&qmp, &mut state, &limits, 128).await.unwrap(), 256);
+    assert_eq!(resize_memory(&qmp, &mut state, &limits, 256).await.unwrap(), 256);
+    assert_eq!(qmp.query_memory_devices().await.unwrap().len(), 1);
+
+    // Beyond maxmem: refused naming the key, nothing added.
+    let e = resize_memory(&qmp, &mut state, &limits, 600)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("default_maxmemory bounds it at 512 MiB"), "{e}");
+    let objs = objects(
+        qmp.execute("qom-list", Some(serde_json::json!({"path": "/objects"})))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(objs, ["mem-kata-dimm0"], "no backend left by a refused DIMM");
+
+    // The second slot, then no slot left.
+    assert_eq!(resize_memory(&qmp, &mut state, &limits, 384).await.unwrap(), 384);
+    let e = resize_memory(&qmp, &mut state, &limits, 500)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("memory_slots bounds it at 2 DIMMs"), "{e}");
+    assert_eq!(state.plugged_mib(), 256);
+}
+
+/// A DIMM QEMU refuses (its id is taken, here by a vCPU) takes its memory backend away again,
+/// and the state does not count it.
+#[tokio::test]
+async fn a_refused_dimm_leaves_no_memory_backend() {
+    use kata_hypervisor::qemu::resize::{resize_memory, MemoryLimits, ResizeState};
+    let dir = tempfile::tempdir().unwrap();
+    let _qemu = paused_resizable_qemu(dir.path());
+    let qmp = QmpClient::connect(&dir.path().join("qmp.sock"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let slot = qmp.query_hotpluggable_cpus().await.unwrap()[0].clone();
+    qmp.device_add(&slot.driver, "kata-dimm0", slot.props)
+        .await
+        .unwrap();
+    let limits = MemoryLimits {
+        boot_mib: 128,
+        max_mib: 512,
+        slots: 2,
+        hugepages: false,
+        prealloc: false,
+    };
+    let mut state = ResizeState::booted(512);
+    let e = resize_memory(&qmp, &mut state, &limits, 256)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("device_add") && e.contains("kata-dimm0"), "{e}");
+    assert!(state.dimms.is_empty());
+    let objs = qmp
+        .execute("qom-list", Some(serde_json::json!({"path": "/objects"})))
+        .await
+        .unwrap();
+    assert!(
+        !objs.to_string().contains("mem-kata-dimm0"),
+        "the backend was removed: {objs}"
+    );
 }

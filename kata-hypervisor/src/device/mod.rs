@@ -4,6 +4,7 @@
 //! turns a [`DeviceConfig`] into its own form (QEMU arguments or QMP `device_add`, a built-in
 //! VMM call). [`topology`] plans the PCIe ports a VM gets and hands them out to devices.
 
+mod address;
 mod block;
 mod net;
 mod share_fs;
@@ -13,6 +14,7 @@ mod vsock;
 
 use serde::{Deserialize, Serialize};
 
+pub use address::{GuestAddress, PciPath};
 pub use block::BlockDevice;
 pub use net::NetDevice;
 pub use share_fs::ShareFsDevice;

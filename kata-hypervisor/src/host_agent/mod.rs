@@ -539,7 +539,7 @@ impl Hypervisor for HostAgent {
         Err(self.unsupported("resuming vCPUs"))
     }
 
-    async fn add_device(&self, device: DeviceConfig) -> Result<()> {
+    async fn add_device(&self, device: DeviceConfig) -> Result<crate::device::GuestAddress> {
         Err(self.unsupported(&format!("hot-plugging {} devices", device.kind_name())))
     }
 

@@ -233,7 +233,14 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
         ]),
     }
     a.extend(topology_args(l.ports.plan()));
-    let mut scsi_controller = false;
+    // SCSI disks are hot-plugged onto a controller that exists from boot.
+    let mut scsi_controller = super::hotplug::wants_scsi_controller(c);
+    if scsi_controller {
+        a.extend([
+            "-device".to_string(),
+            format!("virtio-scsi-pci,id={}", super::hotplug::SCSI_CONTROLLER),
+        ]);
+    }
     for d in l.devices {
         a.extend(device_args(c, d, l.vhost_net, &mut scsi_controller)?);
     }

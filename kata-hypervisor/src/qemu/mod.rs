@@ -29,6 +29,7 @@
 pub mod cmdline;
 pub mod confine;
 mod host;
+pub mod hotplug;
 pub mod qmp;
 mod settings;
 mod state;
@@ -43,7 +44,7 @@ use serde_json::{json, Map};
 
 use crate::config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};
 use crate::console::{wait_drained, ConsoleReader, ConsoleRing, CONSOLE_RING_BYTES};
-use crate::device::{DeviceConfig, PciePort, PortAllocator, PortPlan, VsockAddress};
+use crate::device::{DeviceConfig, GuestAddress, PciePort, PortAllocator, PortPlan, VsockAddress};
 use crate::error::{Error, Result};
 use crate::hypervisor::{Capabilities, Hypervisor, HypervisorState, VmState};
 use crate::kvm::{choose_accelerator, find_program, Accelerator};
@@ -75,9 +76,9 @@ static TCG_WARNED: AtomicBool = AtomicBool::new(false);
 pub fn capabilities() -> Capabilities {
     Capabilities {
         backend: Some(HypervisorType::Qemu),
-        block_hotplug: false,
-        cpu_hotplug: false,
-        memory_hotplug: false,
+        block_hotplug: true,
+        cpu_hotplug: true,
+        memory_hotplug: true,
         vfio: true,
         hybrid_vsock: !Path::new("/dev/vhost-vsock").exists(),
         shared_fs: vec![SharedFs::Virtio9p, SharedFs::None],
@@ -110,6 +111,10 @@ struct Running {
     /// The devices cold-plugged at start.
     cold_plugged: Vec<DeviceConfig>,
 }
+    /// The block devices hot-plugged since ([`hotplug`]).
+    blocks: Vec<hotplug::AttachedBlock>,
+    /// The vCPUs and memory hot-plugged since ([`resize`]).
+    resize: resize::ResizeState,
 
 /// A VM run by QEMU.
 pub struct Qemu {
@@ -252,6 +257,8 @@ impl Qemu {
             run.ports = Some(ports);
             run.cold_plugged = qs.cold_plugged.clone();
             vm.publish(&run);
+            run.blocks = qs.blocks.clone();
+            run.resize = qs.resize.clone();
         }
         vm.set_state(if status == "paused" {
             VmState::Paused
@@ -367,6 +374,8 @@ impl Qemu {
             accelerator: run.accelerator,
             cold_plugged: run.cold_plugged.clone(),
             ports: run
+            blocks: run.blocks.clone(),
+            resize: run.resize.clone(),
                 .ports
                 .as_ref()
                 .map(|p| {
@@ -770,7 +779,7 @@ impl Qemu {
         Ok(())
     }
 
-    async fn hotplug(&self, run: &mut Running, device: DeviceConfig) -> Result<()> {
+    async fn hotplug(&self, run: &mut Running, device: DeviceConfig) -> Result<GuestAddress> {
         let qmp = run
             .qmp
             .clone()
@@ -794,7 +803,14 @@ impl Qemu {
                     ports.free(&v.id);
                     return Err(e);
                 }
-                Ok(())
+                Ok(GuestAddress::Unaddressed)
+            }
+            DeviceConfig::Block(b) => {
+                let ports = run
+                    .ports
+                    .as_mut()
+                    .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
+                hotplug::attach(&qmp, &self.config, ports, &mut run.blocks, b).await
             }
             other => Err(Error::Unsupported {
                 backend: "qemu",
@@ -939,7 +955,7 @@ impl Hypervisor for Qemu {
         Ok(())
     }
 
-    async fn add_device(&self, device: DeviceConfig) -> Result<()> {
+    async fn add_device(&self, device: DeviceConfig) -> Result<GuestAddress> {
         let mut run = self.running.lock().await;
         let r = self.hotplug(&mut run, device).await;
         self.publish(&run);
@@ -964,6 +980,18 @@ impl Hypervisor for Qemu {
                 what: format!("hot-unplugging {} devices yet", other.kind_name()),
             }),
         }
+            DeviceConfig::Block(b) => {
+                let qmp = self.qmp_or_err()?;
+                let mut run = self.running.lock().await;
+                let run = &mut *run;
+                let ports = run
+                    .ports
+                    .as_mut()
+                    .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
+                let r = hotplug::detach(&qmp, ports, &mut run.blocks, &b.id).await;
+                self.publish(run);
+                r
+            }
     }
 
     async fn resize_vcpus(&self, _vcpus: u32) -> Result<u32> {

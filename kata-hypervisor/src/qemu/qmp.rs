@@ -233,6 +233,38 @@ impl QmpClient {
         }
     }
 
+    /// `blockdev-add`: adds a block node graph (its top node named by `options["node-name"]`),
+    /// not yet attached to any device. See [`super::hotplug::blockdev_options`].
+    pub async fn blockdev_add(&self, options: Value) -> Result<()> {
+        self.execute("blockdev-add", Some(options)).await.map(drop)
+    }
+
+    /// `blockdev-del`: removes the block node `node_name` (which no device may use any more),
+    /// closing its file.
+    pub async fn blockdev_del(&self, node_name: &str) -> Result<()> {
+        self.execute("blockdev-del", Some(json!({ "node-name": node_name })))
+            .await
+            .map(drop)
+    }
+
+    /// `query-named-block-nodes`: the names of every block node QEMU holds (the image's
+    /// `-drive` and everything `blockdev-add` made), each with the file it opens.
+    pub async fn query_block_nodes(&self) -> Result<Vec<(String, String)>> {
+        let v = self
+            .execute("query-named-block-nodes", Some(json!({ "flat": true })))
+            .await?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                (
+                    n["node-name"].as_str().unwrap_or_default().to_string(),
+                    n["file"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect())
+    }
+
     /// Whether the guest driver has started a virtio device (`x-query-virtio-status`: the
     /// device is `started`, or its status has `DRIVER_OK`). `path` is the device's QOM path
     /// of its virtio backend, e.g. `/machine/peripheral/vsock0/virtio-backend`.
@@ -246,6 +278,38 @@ impl QmpClient {
             .flatten()
             .any(|s| s.as_str().is_some_and(|s| s.contains("DRIVER_OK")));
         Ok(v["started"].as_bool().unwrap_or(false) || driver_ok)
+    }
+
+    /// `query-hotpluggable-cpus`: every vCPU slot `-smp maxcpus` made, plugged or not.
+    pub async fn query_hotpluggable_cpus(&self) -> Result<Vec<HotpluggableCpu>> {
+        let v = self.execute("query-hotpluggable-cpus", None).await?;
+        Ok(parse_hotpluggable_cpus(&v))
+    }
+
+    /// `query-memory-devices`: the DIMMs plugged (cold or hot) as `(qdev id, size in bytes)`.
+    pub async fn query_memory_devices(&self) -> Result<Vec<MemoryDeviceInfo>> {
+        let v = self.execute("query-memory-devices", None).await?;
+        Ok(parse_memory_devices(&v))
+    }
+
+    /// `object-add` of a `qom_type` object named `id` with the given properties (QEMU 6.0's
+    /// flat form: the properties sit beside `qom-type` and `id`).
+    pub async fn object_add(
+        &self,
+        qom_type: &str,
+        id: &str,
+        props: Map<String, Value>,
+    ) -> Result<()> {
+        self.execute("object-add", Some(object_add_args(qom_type, id, props)))
+            .await
+            .map(drop)
+    }
+
+    /// `object-del`: removes an object nobody uses any more.
+    pub async fn object_del(&self, id: &str) -> Result<()> {
+        self.execute("object-del", Some(json!({ "id": id })))
+            .await
+            .map(drop)
     }
 
     /// `stop`: pauses the vCPUs.
@@ -305,5 +369,136 @@ fn collect_pci(bus: &Value, out: &mut Vec<PciDeviceInfo>) {
         if let Some(bridge) = dev.get("pci_bridge") {
             collect_pci(bridge, out);
         }
+    }
+}
+
+/// One vCPU slot as `query-hotpluggable-cpus` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HotpluggableCpu {
+    /// The device type that fills the slot (`max-x86_64-cpu`, `host-x86_64-cpu`, ...).
+    pub driver: String,
+    /// The slot's topology properties (`socket-id`, `core-id`, `thread-id`, `node-id`, ...),
+    /// which `device_add` takes as they are.
+    pub props: Map<String, Value>,
+    /// The plugged vCPU's QOM path (`None`: the slot is free). A vCPU plugged with an id lives
+    /// at `/machine/peripheral/<id>`; the boot vCPUs elsewhere.
+    pub qom_path: Option<String>,
+}
+
+impl HotpluggableCpu {
+    /// The slot's place as `(socket, die, core, thread)`, for a stable order.
+    pub fn position(&self) -> (u64, u64, u64, u64) {
+        let id = |k: &str| self.props.get(k).and_then(Value::as_u64).unwrap_or(0);
+        (
+            id("socket-id"),
+            id("die-id"),
+            id("core-id"),
+            id("thread-id"),
+        )
+    }
+
+    /// The qdev id of a vCPU plugged with one (`device_add ... id=<id>`).
+    pub fn qdev_id(&self) -> Option<&str> {
+        self.qom_path
+            .as_deref()
+            .and_then(|p| p.strip_prefix("/machine/peripheral/"))
+    }
+}
+
+/// One memory device as `query-memory-devices` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryDeviceInfo {
+    /// The device kind (`dimm`, `virtio-mem`, ...).
+    pub kind: String,
+    /// The qdev id (empty if none).
+    pub id: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Whether the guest may unplug it.
+    pub hotpluggable: bool,
+}
+
+fn parse_hotpluggable_cpus(v: &Value) -> Vec<HotpluggableCpu> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| HotpluggableCpu {
+            driver: c["type"].as_str().unwrap_or_default().to_string(),
+            props: c["props"].as_object().cloned().unwrap_or_default(),
+            qom_path: c["qom-path"].as_str().map(str::to_string),
+        })
+        .collect()
+}
+
+fn parse_memory_devices(v: &Value) -> Vec<MemoryDeviceInfo> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| MemoryDeviceInfo {
+            kind: d["type"].as_str().unwrap_or_default().to_string(),
+            id: d["data"]["id"].as_str().unwrap_or_default().to_string(),
+            size: d["data"]["size"].as_u64().unwrap_or_default(),
+            hotpluggable: d["data"]["hotpluggable"].as_bool().unwrap_or(false),
+        })
+        .collect()
+}
+
+fn object_add_args(qom_type: &str, id: &str, props: Map<String, Value>) -> Value {
+    let mut args = props;
+    args.insert("qom-type".into(), json!(qom_type));
+    args.insert("id".into(), json!(id));
+    Value::Object(args)
+}
+
+#[cfg(test)]
+mod resize_request_tests {
+    use super::*;
+
+    #[test]
+    fn hotpluggable_cpus_read_type_props_and_plugged_path() {
+        let reply = json!([
+            {"type": "max-x86_64-cpu", "vcpus-count": 1,
+             "props": {"socket-id": 2, "core-id": 0, "thread-id": 0, "node-id": 0}},
+            {"type": "max-x86_64-cpu", "vcpus-count": 1, "qom-path": "/machine/peripheral/cpu-1",
+             "props": {"socket-id": 1, "core-id": 0, "thread-id": 0, "node-id": 0}},
+            {"type": "max-x86_64-cpu", "vcpus-count": 1, "qom-path": "/machine/unattached/device[0]",
+             "props": {"socket-id": 0, "core-id": 0, "thread-id": 0, "node-id": 0}}
+        ]);
+        let cpus = parse_hotpluggable_cpus(&reply);
+        assert_eq!(cpus.len(), 3);
+        assert_eq!(cpus[0].driver, "max-x86_64-cpu");
+        assert_eq!(cpus[0].qom_path, None);
+        assert_eq!(cpus[0].position(), (2, 0, 0, 0));
+        assert_eq!(cpus[0].props["node-id"], json!(0));
+        assert_eq!(cpus[1].qdev_id(), Some("cpu-1"));
+        assert_eq!(cpus[2].qdev_id(), None, "a boot vCPU has no qdev id");
+    }
+
+    #[test]
+    fn memory_devices_read_kind_id_and_size() {
+        let reply = json!([{"type": "dimm", "data": {"id": "dimm0", "size": 134217728,
+            "hotpluggable": true, "hotplugged": true, "memdev": "/objects/mem-dimm0",
+            "addr": 4294967296u64, "slot": 0, "node": 0}}]);
+        assert_eq!(
+            parse_memory_devices(&reply),
+            vec![MemoryDeviceInfo {
+                kind: "dimm".into(),
+                id: "dimm0".into(),
+                size: 128 << 20,
+                hotpluggable: true
+            }]
+        );
+    }
+
+    #[test]
+    fn object_add_is_flat() {
+        let mut props = Map::new();
+        props.insert("size".into(), json!(128u64 << 20));
+        props.insert("share".into(), json!(true));
+        assert_eq!(
+            object_add_args("memory-backend-memfd", "mem-dimm0", props),
+            json!({"qom-type": "memory-backend-memfd", "id": "mem-dimm0",
+                   "size": 134217728u64, "share": true})
+        );
     }
 }

@@ -22,7 +22,6 @@ const STATIC_SIZING: &str =
 const NO_SWAP: &str = "guest swap is not implemented";
 const NO_VHOST_USER_BLOCK: &str = "vhost-user block devices are not implemented";
 const NO_DISK_LIMIT: &str = "block devices have no rate limiter";
-const BLOCK_CACHE: &str = "block devices always use cache=none (O_DIRECT, flushes honoured)";
 const REMOTE_ONLY: &str = "a key of the remote hypervisor";
 const NO_TEMPLATE: &str = "VM templating is not implemented";
 const NO_DUMP: &str = "a panicked guest's memory is not dumped";
@@ -75,12 +74,11 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
             | BlockDeviceDriver::VirtioBlkPci => Acted,
             _ => Inert("block devices are attached as virtio-scsi or virtio-blk-pci only"),
         },
-        "block_device_aio" => Acted,
-        "disable_block_device_use" => {
-            Inert("kata-rs never puts a container's rootfs on a block device")
-        }
+        // Hot-plugged block devices (`hotplug.rs`): a block rootfs or volume is refused
+        // when disabled; the cache keys set the file node's `cache`.
+        "block_device_aio" | "disable_block_device_use" => Acted,
         "block_device_cache_set" | "block_device_cache_direct" | "block_device_cache_noflush" => {
-            Inert(BLOCK_CACHE)
+            Acted
         }
         "block_device_logical_sector_size" | "block_device_physical_sector_size" => {
             Inert("block devices get QEMU's default sector sizes")

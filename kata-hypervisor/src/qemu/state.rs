@@ -27,6 +27,9 @@ pub struct QemuState {
     /// The devices cold-plugged at start (the PCIe port plan is derived from them).
     #[serde(default)]
     pub cold_plugged: Vec<DeviceConfig>,
+    /// The block devices hot-plugged into the VM, for a later owner to detach.
+    #[serde(default)]
+    pub blocks: Vec<super::hotplug::AttachedBlock>,
     /// Which device holds which PCIe port (cold- and hot-plugged).
     #[serde(default)]
     pub ports: Vec<HeldPort>,

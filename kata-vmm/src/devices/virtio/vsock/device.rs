@@ -1,0 +1,202 @@
+//! The virtio-vsock device: RX, TX and event queues, the guest's CID in the configuration
+//! space, and the pump between the queues and the [`Muxer`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+
+use super::packet;
+use super::unix::Muxer;
+use super::VIRTIO_ID_VSOCK;
+use crate::devices::virtio::chain::read_chain;
+use crate::devices::virtio::{
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+};
+use crate::error::{Error, Result};
+use crate::memory::GuestMemory;
+
+/// The queue size of every queue.
+const QUEUE_SIZE: u16 = 256;
+/// Queue indices.
+const RXQ: usize = 0;
+const TXQ: usize = 1;
+/// The most descriptors of one packet's chain.
+const MAX_SEGMENTS: usize = 32;
+
+/// How the vsock device is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's CID (3 or more; `[hypervisor.*]` guests use 3).
+    pub guest_cid: u64,
+    /// The host's unix socket (must not exist; removed when the device is dropped).
+    pub uds_path: PathBuf,
+}
+
+#[derive(Debug)]
+struct Active {
+    mem: GuestMemory,
+    queues: Vec<Queue>,
+    interrupt: Arc<Interrupt>,
+}
+
+/// A virtio-vsock device with the hybrid unix-socket backend.
+#[derive(Debug)]
+pub struct Vsock {
+    guest_cid: u64,
+    muxer: Muxer,
+    active: Option<Active>,
+}
+
+impl Vsock {
+    /// Checks the CID and binds the unix socket, before the VM starts.
+    pub fn new(config: &VsockConfig) -> Result<Vsock> {
+        let device = format!("virtio-vsock {}", config.uds_path.display());
+        if config.guest_cid < 3 || config.guest_cid >= u64::from(u32::MAX) {
+            return Err(Error::Device {
+                device,
+                reason: format!(
+                    "guest CID {} is reserved: use 3 or more, below 2^32 - 1",
+                    config.guest_cid
+                ),
+            });
+        }
+        Ok(Vsock {
+            guest_cid: config.guest_cid,
+            muxer: Muxer::new(&config.uds_path, config.guest_cid)?,
+            active: None,
+        })
+    }
+
+    /// The host's unix socket.
+    pub fn uds_path(&self) -> &std::path::Path {
+        self.muxer.path()
+    }
+
+    /// Moves everything that can move: new clients and their CONNECT lines, the guest's TX
+    /// packets to the clients, then packets for the guest into its RX buffers. Raises the
+    /// interrupt if a used ring changed. Returns whether anything was done for the guest.
+    pub fn process(&mut self, now: Instant) -> bool {
+        self.muxer.poll_host(now);
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let tx = process_tx(active, &mut self.muxer);
+        let rx = process_rx(active, &mut self.muxer, now);
+        if tx || rx {
+            active.interrupt.signal_used_queue();
+        }
+        tx || rx
+    }
+}
+
+/// Takes every TX chain: a valid packet goes to the muxer, a malformed one is dropped.
+fn process_tx(active: &mut Active, muxer: &mut Muxer) -> bool {
+    let mem = &active.mem;
+    let queue = &mut active.queues[TXQ];
+    let mut used = false;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        match read_chain(mem, chain, MAX_SEGMENTS).and_then(|s| packet::read_tx(mem, &s)) {
+            Ok(pkt) => muxer.send_pkt(pkt),
+            Err(e) => tracing::warn!(error = %e, "vsock: dropping a malformed TX packet"),
+        }
+        if let Err(e) = queue.add_used(mem, head, 0) {
+            tracing::warn!(error = %e, "vsock: cannot return a TX buffer");
+        }
+        used = true;
+    }
+    used
+}
+
+/// Fills RX buffers while the muxer has packets for the guest.
+fn process_rx(active: &mut Active, muxer: &mut Muxer, now: Instant) -> bool {
+    let mem = &active.mem;
+    let queue = &mut active.queues[RXQ];
+    let mut used = false;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let segments = read_chain(mem, chain, MAX_SEGMENTS);
+        let len = match segments.and_then(|s| packet::rx_capacity(&s).map(|c| (s, c))) {
+            Ok((segments, capacity)) => match muxer.recv_pkt(capacity, now) {
+                Some(pkt) => match packet::write_rx(mem, &segments, &pkt) {
+                    Ok(len) => len,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "vsock: cannot write an RX packet: dropped");
+                        0
+                    }
+                },
+                None => {
+                    // Nothing to send: the buffer stays with the device for later.
+                    queue.go_to_previous_position();
+                    break;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "vsock: dropping a malformed RX buffer");
+                0
+            }
+        };
+        if let Err(e) = queue.add_used(mem, head, len) {
+            tracing::warn!(error = %e, "vsock: cannot return an RX buffer");
+        }
+        used = true;
+    }
+    used
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn name(&self) -> &'static str {
+        "virtio-vsock"
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        _acked_features: u64,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> std::result::Result<(), ActivateError> {
+        if queues.len() != 3 {
+            return Err(ActivateError {
+                device: "virtio-vsock",
+                reason: format!("3 queues are needed, {} were given", queues.len()),
+            });
+        }
+        self.active = Some(Active {
+            mem,
+            queues,
+            interrupt,
+        });
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, _index: u16) {
+        self.process(Instant::now());
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;
