@@ -12,6 +12,8 @@ debs=(
   cpio xz-utils busybox-static kmod
   # containerd tier
   containerd runc
+  # Kubernetes tier (kata-shim/tests/cri.rs): CNI bridge, host-local, loopback in /usr/lib/cni
+  containernetworking-plugins
   # networking and namespaces
   iproute2 util-linux
 )

@@ -7,6 +7,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
+/// How [`Containerd::start_with`] starts containerd.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions<'a> {
+    /// Passed to every `ctr` (none: ctr's default).
+    pub namespace: Option<&'a str>,
+    /// Put in front of containerd's `PATH` (where it finds shims).
+    pub path_first: Option<&'a Path>,
+    /// The text of containerd's config.toml (none: `version = 2`, the defaults).
+    pub config: Option<&'a str>,
+    /// A network namespace to run containerd in (`/run/netns/<name>`).
+    pub netns: Option<&'a Path>,
+}
+
 /// A containerd of our own, stopped on drop (SIGTERM, then SIGKILL after 10 s).
 pub struct Containerd {
     child: Child,
@@ -20,12 +33,36 @@ impl Containerd {
     /// most) until `ctr version` answers. `namespace` is passed to every `ctr` (none: ctr's
     /// default); `path_first` is put in front of containerd's `PATH` (where it finds shims).
     pub fn start(dir: &Path, namespace: Option<&str>, path_first: Option<&Path>) -> Result<Self> {
+        Self::start_with(
+            dir,
+            &StartOptions {
+                namespace,
+                path_first,
+                ..StartOptions::default()
+            },
+        )
+    }
+
+    /// [`start`](Self::start) with a config of the caller's (`options.config`, else an empty
+    /// one) and, with `options.netns`, inside that network namespace (`nsenter --net=<path>`,
+    /// which, unlike `ip netns exec`, leaves `/sys` and the cgroup mounts as they are).
+    pub fn start_with(dir: &Path, options: &StartOptions<'_>) -> Result<Self> {
+        let (namespace, path_first) = (options.namespace, options.path_first);
         let socket = dir.join("containerd.sock");
-        // An empty config: defaults, without the host's /etc/containerd/config.toml.
+        // An empty config by default: without the host's /etc/containerd/config.toml.
         let config = dir.join("config.toml");
-        std::fs::write(&config, "version = 2\n")?;
+        std::fs::write(&config, options.config.unwrap_or("version = 2\n"))?;
         let log = std::fs::File::create(dir.join("containerd.log"))?;
-        let mut cmd = Command::new("containerd");
+        let mut cmd = match options.netns {
+            Some(netns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg("containerd");
+                cmd
+            }
+            None => Command::new("containerd"),
+        };
         cmd.arg("--config")
             .arg(&config)
             .arg("--root")
@@ -59,6 +96,11 @@ impl Containerd {
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(c)
+    }
+
+    /// The socket containerd serves (its `--address`; CRI clients connect here too).
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// containerd's log (its stderr) so far.

@@ -11,6 +11,9 @@
 //! - [`leaks`]: what a run may leave behind: processes naming something, mounts under a path.
 //! - [`containerd`]: a private containerd (its own root, state, socket and config) and `ctr`
 //!   against it.
+//! - [`cri`]: a CRI client (`runtime.v1`, gRPC over HTTP/2) and the environment it drives:
+//!   containerd's CRI plugin in a network namespace of its own, with CNI bridge networking and
+//!   a locally built pause image.
 //!
 //! Not published: the library crates use it as a path-only `[dev-dependencies]` entry, the
 //! (unpublished) examples and benches as a dependency. It depends on no kata-rs crate, so that
@@ -19,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod containerd;
+pub mod cri;
 pub mod harness;
 pub mod image;
 pub mod leaks;

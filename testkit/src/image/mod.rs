@@ -22,6 +22,7 @@
 //! ```
 
 pub mod layout;
+pub mod pause;
 
 use std::fs::{self, OpenOptions, Permissions};
 use std::io::{Read, Write};
