@@ -211,6 +211,8 @@ impl Sandbox {
             );
         }
         let result = async {
+            // Hot-plugged disks named by PCI path or SCSI address: their /dev nodes.
+            let storages = &crate::storage::resolve_devices(storages).await?;
             let mounted = self.storages.acquire(storages)?;
             // Trees the pod's containers write: bind sources inside them are opened beneath.
             let mut trees = self.storages.mount_points();

@@ -9,6 +9,7 @@
 //! contents). A request's storages are all checked before the first is mounted, and a failure
 //! releases what the request had taken.
 
+mod block;
 mod ephemeral;
 mod local;
 mod table;
@@ -21,6 +22,7 @@ use nix::mount::{umount2, MntFlags};
 use crate::error::{AgentError, Result};
 use crate::mount::{mount_with, MountOptions};
 
+pub use block::resolve_devices;
 pub use table::StorageTable;
 
 /// The drivers this agent handles, as named in `Storage.driver`.
@@ -138,15 +140,9 @@ pub fn plan(s: &StorageSpec, field: &str) -> Result<StoragePlan> {
             (Some(PathBuf::from(&s.source)), fstype("virtiofs"))
         }
         "blk" | "virtio-blk" | "virtio-blk-pci" | "virtio-blk-mmio" | "scsi" | "nvdimm" => {
-            if !s.source.starts_with("/dev/") {
-                return Err(AgentError::invalid(
-                    format!("{field}.source"),
-                    format!(
-                        "must be a device path under /dev for driver {:?}, got {:?}",
-                        s.driver, s.source
-                    ),
-                ));
-            }
+            // A PCI path or SCSI address is turned into the /dev node by
+            // `resolve_devices` before the mount.
+            block::address(&s.driver, &s.source, field)?;
             if s.fstype.is_empty() {
                 return Err(AgentError::invalid(format!("{field}.fstype"), "is empty"));
             }
@@ -398,8 +394,14 @@ mod tests {
 
     #[test]
     fn block_needs_a_device_path_and_fstype() {
-        let err = plan(&spec("blk", "02/00"), "storages[1]").unwrap_err();
+        let err = plan(&spec("blk", "02:00"), "storages[1]").unwrap_err();
         assert!(err.to_string().starts_with("storages[1].source"), "{err}");
+        let mut pci = spec("blk", "02/00");
+        pci.fstype = "ext4".into();
+        assert_eq!(
+            plan(&pci, "s").unwrap().source,
+            Some(PathBuf::from("02/00"))
+        );
         let err = plan(&spec("blk", "/dev/vdb"), "storages[1]").unwrap_err();
         assert!(err.to_string().starts_with("storages[1].fstype"), "{err}");
         let mut s = spec("blk", "/dev/vdb");
