@@ -168,6 +168,18 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A block device or image file meant for the guest (a block rootfs or volume) cannot be
+    /// used.
+    #[error("{field} {}: {reason}", path.display())]
+    BlockSource {
+        /// Where it was named (`rootfs mount source`, `mounts[2].source`, ...).
+        field: String,
+        /// The device or file.
+        path: PathBuf,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+
     /// The rootfs of this container is already shared in this sandbox.
     #[error("the rootfs of container {container_id} is already shared at {}", path.display())]
     RootfsAlreadyShared {

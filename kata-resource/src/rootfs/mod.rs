@@ -6,6 +6,7 @@
 //! Either way it reaches the guest through [`crate::share_fs`], owned by
 //! [`crate::SandboxResources`].
 
+pub mod block;
 mod bundle;
 pub mod image;
 mod mounts;

@@ -74,6 +74,10 @@ pub struct ContainerGuestResources {
     /// What the agent mounts for the container before creating it (none for a rootfs in the
     /// shared directory).
     pub storages: Vec<GuestStorage>,
+    /// Disks to hot-plug for the container (a block rootfs), each with the storage the agent
+    /// mounts once the VM says where the guest finds it
+    /// ([`BlockAttachment::storage_at`](crate::rootfs::block::BlockAttachment::storage_at)).
+    pub block_devices: Vec<crate::rootfs::block::BlockAttachment>,
 }
 
 /// Everything a sandbox and its containers hold on the host: the shared filesystem
@@ -129,7 +133,8 @@ pub struct SandboxResources {
 #[derive(Debug)]
 struct ContainerResources {
     volumes: VolumesSlot,
-    shared: SharedRootfs,
+    /// `None` for a block rootfs: the disk is the VM's, recorded in the devices slot.
+    shared: Option<SharedRootfs>,
     origin: Origin,
 }
 
@@ -140,6 +145,9 @@ enum Origin {
     Directory(PathBuf),
     /// A bundle's rootfs with the mounts made on it.
     Bundle(BundleRootfs),
+    /// A block device or image given to the VM as a disk ([`crate::rootfs::block`]): nothing
+    /// of it is on the host.
+    Block(PathBuf),
 }
 
 impl SandboxResources {
@@ -289,8 +297,19 @@ impl SandboxResources {
         if let Some(c) = self.containers.get(id) {
             return Err(Error::RootfsAlreadyShared {
                 container_id: id.to_owned(),
-                path: c.shared.host_path().to_owned(),
+                path: c
+                    .shared
+                    .as_ref()
+                    .map_or(c.origin.path(), |s| s.host_path())
+                    .to_owned(),
             });
+        }
+        if let RootfsSource::Bundle { mounts, .. } = &source {
+            if let Some(block) =
+                crate::rootfs::block::BlockSource::for_rootfs(mounts, &self.devices)?
+            {
+                return Ok(self.add_block_container(id, block));
+            }
         }
         let Some(share) = &self.share else {
             return Err(Error::NoSharedFs {
@@ -307,19 +326,59 @@ impl SandboxResources {
         };
         // On error `origin` is dropped here, which unmounts what it mounted.
         let shared = share.share_rootfs_with(id, origin.path(), mode)?;
+        let guest = ContainerGuestResources {
+            rootfs_path: shared.guest_path().to_owned(),
+            storages: Vec::new(),
+            block_devices: Vec::new(),
+        };
         let container = ContainerResources {
             volumes: VolumesSlot::default(),
-            shared,
+            shared: Some(shared),
             origin,
         };
         fail_point(Step::ContainerDone)?;
-        let guest = ContainerGuestResources {
-            rootfs_path: container.shared.guest_path().to_owned(),
-            storages: Vec::new(),
-        };
         self.containers.insert(id.to_owned(), container);
         tracing::debug!(container_id = id, rootfs = %guest.rootfs_path, "container resources set up");
         Ok(guest)
+    }
+
+    /// Container `id` with a block rootfs ([`crate::rootfs::block`]): the disk is recorded
+    /// and returned for the caller to hot-plug; nothing is mounted on the host.
+    fn add_block_container(
+        &mut self,
+        id: &str,
+        block: crate::rootfs::block::BlockSource,
+    ) -> ContainerGuestResources {
+        let rootfs_path = crate::rootfs::block::guest_rootfs_path(id);
+        let origin = Origin::Block(block.path.clone());
+        let attachment = self.devices.attach(id, block, rootfs_path.clone());
+        self.containers.insert(
+            id.to_owned(),
+            ContainerResources {
+                volumes: VolumesSlot::default(),
+                shared: None,
+                origin,
+            },
+        );
+        tracing::debug!(container_id = id, rootfs = %rootfs_path, device = %attachment.device.id, "container block rootfs recorded");
+        ContainerGuestResources {
+            rootfs_path,
+            storages: Vec::new(),
+            block_devices: vec![attachment],
+        }
+    }
+
+    /// Uses block devices for block rootfs (and volumes): on when the VM hot-plugs them and
+    /// `disable_block_device_use` is false. Off (the default), a rootfs on a block device is
+    /// refused as any host mount of a block filesystem is.
+    pub fn use_block_devices(&mut self, on: bool) {
+        self.devices.set_enabled(on);
+    }
+
+    /// The disks container `id` holds, to hot-unplug before
+    /// [`remove_container`](Self::remove_container).
+    pub fn container_block_devices(&self, id: &str) -> Vec<kata_hypervisor::BlockDevice> {
+        self.devices.container_devices(id)
     }
 
     /// Whether container `id` has resources here.
@@ -334,6 +393,8 @@ impl SandboxResources {
     /// later call, [`release`](Self::release) or drop to try again.
     pub fn remove_container(&mut self, id: &str) -> Result<bool> {
         validate_container_id(id)?;
+        // Its disks were unplugged by the caller (or go with the VM).
+        self.devices.remove_container(id);
         let Some(container) = self.containers.get_mut(id) else {
             return Ok(false);
         };
@@ -456,6 +517,19 @@ impl SandboxResources {
         for (id, saved) in &state.containers {
             validate_container_id(id)?;
             let rootfs = &saved.rootfs;
+            if let RootfsSourceState::Block { path } = &rootfs.source {
+                let volumes = VolumesSlot::adopt(&saved.volumes)?;
+                let origin = Origin::Block(path.clone());
+                self.containers.insert(
+                    id.clone(),
+                    ContainerResources {
+                        volumes,
+                        shared: None,
+                        origin,
+                    },
+                );
+                continue;
+            }
             let shared = share.adopt_rootfs(id, rootfs.mode)?;
             if shared.host_path() != rootfs.mount_point {
                 shared.detach();
@@ -466,6 +540,7 @@ impl SandboxResources {
             }
             let origin = match &rootfs.source {
                 RootfsSourceState::Directory { path } => Origin::Directory(path.clone()),
+                RootfsSourceState::Block { path } => Origin::Block(path.clone()),
                 RootfsSourceState::Bundle {
                     bundle,
                     target,
@@ -490,7 +565,7 @@ impl SandboxResources {
                 id.clone(),
                 ContainerResources {
                     volumes,
-                    shared,
+                    shared: Some(shared),
                     origin,
                 },
             );
@@ -589,12 +664,22 @@ impl Drop for SandboxResources {
 impl ContainerResources {
     fn state(&self) -> ContainerResourcesState {
         ContainerResourcesState {
-            rootfs: RootfsState {
-                source: self.origin.state(),
-                mode: self.shared.mode(),
-                mount_point: self.shared.host_path().to_owned(),
-                guest_path: self.shared.guest_path().to_owned(),
-                overlay_dir: self.shared.overlay_dir().map(Path::to_owned),
+            rootfs: match &self.shared {
+                Some(shared) => RootfsState {
+                    source: self.origin.state(),
+                    mode: shared.mode(),
+                    mount_point: shared.host_path().to_owned(),
+                    guest_path: shared.guest_path().to_owned(),
+                    overlay_dir: shared.overlay_dir().map(Path::to_owned),
+                },
+                // A block rootfs: nothing mounted on the host.
+                None => RootfsState {
+                    source: self.origin.state(),
+                    mode: RootfsMode::ReadWrite,
+                    mount_point: PathBuf::new(),
+                    guest_path: String::new(),
+                    overlay_dir: None,
+                },
             },
             volumes: self.volumes.state(),
         }
@@ -604,14 +689,19 @@ impl ContainerResources {
     /// an error; what failed stays recorded for the next try.
     fn release_in_place(&mut self) -> Result<()> {
         let volumes = self.volumes.release_in_place();
-        let shared = self.shared.release_in_place();
+        let shared = self
+            .shared
+            .as_mut()
+            .map_or(Ok(()), SharedRootfs::release_in_place);
         let origin = self.origin.release_in_place();
         volumes.and(shared).and(origin)
     }
 
     fn detach(self) {
         self.volumes.detach();
-        self.shared.detach();
+        if let Some(shared) = self.shared {
+            shared.detach();
+        }
         self.origin.detach();
     }
 }
@@ -620,7 +710,7 @@ impl Origin {
     /// The directory that is shared.
     fn path(&self) -> &Path {
         match self {
-            Origin::Directory(dir) => dir,
+            Origin::Directory(dir) | Origin::Block(dir) => dir,
             Origin::Bundle(b) => b.target(),
         }
     }
@@ -633,12 +723,13 @@ impl Origin {
                 target: b.target().to_owned(),
                 mounts: b.mounts().to_vec(),
             },
+            Origin::Block(path) => RootfsSourceState::Block { path: path.clone() },
         }
     }
 
     fn release_in_place(&mut self) -> Result<()> {
         match self {
-            Origin::Directory(_) => Ok(()),
+            Origin::Directory(_) | Origin::Block(_) => Ok(()),
             Origin::Bundle(b) => b.release_in_place(),
         }
     }

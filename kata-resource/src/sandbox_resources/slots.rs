@@ -64,12 +64,10 @@ macro_rules! empty_slot {
     };
 }
 
-empty_slot!(
-    /// Devices assigned to the sandbox (VFIO, CDI, block): filled by the resources issue.
-    DevicesSlot,
-    /// What persist records of the sandbox's devices: nothing yet.
-    DevicesState
-);
+/// The disks given to the sandbox's containers: filled, owned by [`crate::rootfs::block`].
+pub(crate) use crate::rootfs::block::DevicesSlot;
+/// What persist records of the sandbox's devices.
+pub use crate::rootfs::block::DevicesState;
 
 empty_slot!(
     /// A container's volumes (bind mounts, ephemeral and block volumes): filled by the

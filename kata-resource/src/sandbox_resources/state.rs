@@ -84,4 +84,10 @@ pub enum RootfsSourceState {
         /// containerd's mounts made on `target`, bottom first (none: nothing to unmount).
         mounts: Vec<RootfsMount>,
     },
+    /// A block device or image file given to the VM as a disk (the devices slot records
+    /// the disk); nothing of it is mounted on the host.
+    Block {
+        /// The block device or image file.
+        path: PathBuf,
+    },
 }

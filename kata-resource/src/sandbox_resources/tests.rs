@@ -167,6 +167,7 @@ fn two_containers_yield_devices_storages_and_release_separately() {
         ContainerGuestResources {
             rootfs_path: "/run/kata-containers/shared/containers/c1/rootfs".into(),
             storages: Vec::new(),
+            block_devices: Vec::new(),
         }
     );
     let overlay = fx.overlay_mounts();
