@@ -10,6 +10,8 @@ debs=(
   # the VMM and the guest-image build
   qemu-system-x86 linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev
   cpio xz-utils busybox-static kmod
+  # the block rootfs fixture (mkfs.ext4 -d)
+  e2fsprogs
   # containerd tier
   containerd runc
   # Kubernetes tier (kata-shim/tests/cri.rs): CNI bridge, host-local, loopback in /usr/lib/cni

@@ -17,6 +17,7 @@
 //! fails its health checks; from then on the process streams end with an error and shutdown
 //! only stops the VM and releases the host side.
 
+mod block;
 mod health;
 mod network;
 mod streams;
@@ -141,11 +142,13 @@ impl VirtContainer {
         let caps = backend::capabilities(config.hypervisor_type, hv)?;
         let (sandbox_dir, fs, msize) = (dir.to_path_buf(), hv.shared_fs, hv.msize_9p.max(8192));
         let network = config.network_config()?;
+        let use_blocks = block::in_use(&caps, hv);
         let resources = blocking("setting up the sandbox's host resources", move || {
             let mut resources = SandboxResources::new(&sandbox_dir, fs, msize)?;
             // Before the VM is prepared: its NICs are among the devices the resources yield.
             // On error `resources` is dropped, which releases the shared directory.
             resources.set_up_network(&network)?;
+            resources.use_block_devices(use_blocks);
             Ok(resources)
         })
         .await?;
@@ -233,8 +236,11 @@ impl VirtContainer {
         };
         let adopted = {
             let (d, s) = (dir.to_path_buf(), saved_resources);
+            let use_blocks = block::in_use(&vm.capabilities(), &config.hypervisor);
             blocking("adopting the sandbox's host resources", move || {
-                Ok(SandboxResources::adopt(&d, &s)?)
+                let mut r = SandboxResources::adopt(&d, &s)?;
+                r.use_block_devices(use_blocks);
+                Ok(r)
             })
             .await
         };
@@ -414,9 +420,18 @@ impl RuntimeHandler for VirtContainer {
             })
             .await?
         };
+        // Disks (a block rootfs) hot-plugged for the container, unplugged if it fails.
+        let mut disks = Vec::new();
         let created = async {
+            let disk_storages =
+                block::attach(&self.vm, container_id, guest.block_devices, &mut disks).await?;
             let oci = spec(&guest.rootfs_path)?;
-            let storages: Vec<Storage> = guest.storages.into_iter().map(agent_storage).collect();
+            let storages: Vec<Storage> = guest
+                .storages
+                .into_iter()
+                .map(agent_storage)
+                .chain(disk_storages)
+                .collect();
             self.agent
                 .create_container(container_id, &oci, &storages)
                 .await?;
@@ -424,6 +439,7 @@ impl RuntimeHandler for VirtContainer {
         }
         .await;
         if let Err(e) = created {
+            block::detach(&self.vm, container_id, &disks).await;
             if let Err(re) = self.release(container_id).await {
                 tracing::warn!(sandbox_id = %self.id, container_id, error = %re, "releasing the rootfs of a container that failed to create");
             }
@@ -536,6 +552,7 @@ impl RuntimeHandler for VirtContainer {
             .agent
             .remove_container(container_id, Some(REMOVE_WAIT))
             .await;
+        block::detach_container(&self.vm, &self.resources, container_id).await;
         let released = self.release(container_id).await;
         removed?;
         released

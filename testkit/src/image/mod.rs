@@ -21,6 +21,7 @@
 //! # }
 //! ```
 
+pub mod ext4;
 pub mod layout;
 pub mod pause;
 
