@@ -59,6 +59,12 @@ pub struct SandboxConfig {
     /// `None`: the VM has no network but `lo`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_namespace: Option<PathBuf>,
+    /// The sandbox's cgroup on the host, as the sandbox spec's `linux.cgroupsPath` names it
+    /// (cgroupfs `/kubepods/.../<id>` or systemd `slice:prefix:name`). `None`: Kata's
+    /// `kata_sandboxed_pod/<id>`. The VMM and its helpers run there as `[runtime]
+    /// sandbox_cgroup_only` says (see `kata_resource::cgroups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups_path: Option<String>,
 }
 
 impl SandboxConfig {
@@ -72,6 +78,17 @@ impl SandboxConfig {
             queues: self.hypervisor.network_queues,
             disable_new_netns: self.runtime.disable_new_netns,
         })
+    }
+
+    /// What kata-resource makes the sandbox's host cgroups from: the spec's
+    /// `linux.cgroupsPath` and `[runtime] sandbox_cgroup_only`.
+    pub(crate) fn cgroups_config(&self) -> kata_resource::cgroups::CgroupsConfig {
+        let config = kata_resource::cgroups::CgroupsConfig::new(&self.id)
+            .sandbox_cgroup_only(self.runtime.sandbox_cgroup_only);
+        match &self.cgroups_path {
+            Some(path) => config.cgroups_path(path),
+            None => config,
+        }
     }
 
     /// The sandbox directory, `<root_dir>/<id>`.
@@ -93,18 +110,12 @@ impl SandboxConfig {
                 out.push(format!("[runtime] {key} = {value}: {why}"));
             }
         };
-        const NO_CGROUPS: &str = "kata-rs manages no host cgroups yet";
+        const NO_CGROUPS: &str = "kata-rs does not pin vCPUs yet";
         inert(
             "sandbox_bind_mounts",
             !r.sandbox_bind_mounts.is_empty(),
             format!("{:?}", r.sandbox_bind_mounts),
             "volumes are not implemented yet",
-        );
-        inert(
-            "sandbox_cgroup_only",
-            r.sandbox_cgroup_only,
-            "true".into(),
-            NO_CGROUPS,
         );
         inert(
             "enable_vcpus_pinning",
@@ -201,6 +212,7 @@ pub struct SandboxBuilder {
     root_dir: PathBuf,
     image_cache: PathBuf,
     network_namespace: Option<PathBuf>,
+    cgroups_path: Option<String>,
 }
 
 impl Default for SandboxBuilder {
@@ -226,6 +238,7 @@ impl SandboxBuilder {
             root_dir: PathBuf::from(DEFAULT_ROOT_DIR),
             image_cache: kata_hypervisor::config::cache_dir().join("images"),
             network_namespace: None,
+            cgroups_path: None,
         }
     }
 
@@ -360,6 +373,30 @@ impl SandboxBuilder {
         self
     }
 
+    /// Puts the VM in the host cgroup `path` names: the sandbox spec's `linux.cgroupsPath`
+    /// (see [`SandboxConfig::cgroups_path`]). A path with `..` or that leaves the cgroup
+    /// hierarchy fails the start naming `linux.cgroupsPath`, and leaves nothing.
+    ///
+    /// ```
+    /// let config = kata_sandbox::Sandbox::builder()
+    ///     .cgroups_path("/kubepods/burstable/pod1/sb-1")
+    ///     .finish()?;
+    /// assert_eq!(config.cgroups_path.as_deref(), Some("/kubepods/burstable/pod1/sb-1"));
+    /// # Ok::<(), kata_sandbox::Error>(())
+    /// ```
+    pub fn cgroups_path(mut self, path: impl Into<String>) -> Self {
+        self.cgroups_path = Some(path.into());
+        self
+    }
+
+    /// Sets `[runtime] sandbox_cgroup_only`: `true` runs the VMM and its helpers in the
+    /// sandbox's host cgroup; `false` (Kata's default) only its vCPUs, the rest in an
+    /// unconstrained overhead cgroup (see `kata_resource::cgroups`).
+    pub fn sandbox_cgroup_only(mut self, only: bool) -> Self {
+        self.runtime.sandbox_cgroup_only = only;
+        self
+    }
+
     /// How long to wait for the guest agent after the VM starts (default
     /// [`DEFAULT_AGENT_TIMEOUT`]), rounded up to whole seconds (`[agent.kata] dial_timeout`).
     pub fn agent_timeout(mut self, timeout: Duration) -> Self {
@@ -439,6 +476,7 @@ impl SandboxBuilder {
             root_dir: self.root_dir,
             image_cache: self.image_cache,
             network_namespace: self.network_namespace,
+            cgroups_path: self.cgroups_path,
         })
     }
 

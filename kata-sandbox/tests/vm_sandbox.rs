@@ -1191,6 +1191,73 @@ async fn case_bad_boot_inputs(env: Arc<Env>) -> Result<()> {
 }
 
 /// Builds the busybox rootfs and boots the shared sandbox.
+/// Issue 10 item 5: the VMM runs in the sandbox's host cgroup while it runs, and the cgroup
+/// is gone after stop. The shared sandbox has Kata's defaults (`kata_sandboxed_pod/<id>`,
+/// `sandbox_cgroup_only = false`): QEMU in the overhead cgroup, its vCPU threads in the
+/// sandbox cgroup. A sandbox of its own with the spec's path and `sandbox_cgroup_only = true`:
+/// QEMU and its helpers all in that cgroup, and nothing of it after shutdown.
+async fn case_host_cgroups(env: Arc<Env>) -> Result<()> {
+    use kata_testkit::leaks::{cgroup_dirs, cgroup_of};
+    let qemu = *env.sandbox.host_pids().first().context("no VMM pid")?;
+    let overhead = cgroup_of(qemu, "memory");
+    ensure!(
+        overhead.as_deref() == Some("/kata_overhead/vm-sandbox-tests"),
+        "QEMU's own cgroup: {overhead:?}"
+    );
+    let vcpus: Vec<u32> = std::fs::read_dir(format!("/proc/{qemu}/task"))?
+        .flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            comm.starts_with("CPU ")
+                .then(|| t.file_name().to_str()?.parse().ok())?
+        })
+        .collect();
+    ensure!(!vcpus.is_empty(), "no thread of QEMU is named `CPU n/...`");
+    for tid in &vcpus {
+        let cg = cgroup_of(*tid, "cpu");
+        ensure!(
+            cg.as_deref() == Some("/kata_sandboxed_pod/vm-sandbox-tests"),
+            "vCPU thread {tid}'s cgroup: {cg:?}"
+        );
+    }
+
+    let path = "/kata-rs-vm-test/vm-cgroups";
+    let sandbox = Sandbox::builder()
+        .id("vm-cgroups")
+        .memory_mib(256)
+        .root_dir(&env.root_dir)
+        .cgroups_path(path)
+        .sandbox_cgroup_only(true)
+        .build()
+        .await
+        .context(NoGuest)?;
+    booted();
+    let pids = sandbox.host_pids();
+    ensure!(!pids.is_empty(), "no VMM pid");
+    for pid in &pids {
+        for controller in ["memory", "cpu", "cpuset"] {
+            let cg = cgroup_of(*pid, controller);
+            ensure!(
+                cg.as_deref() == Some(path),
+                "pid {pid} in {controller}: {cg:?}"
+            );
+        }
+    }
+    ensure!(!cgroup_dirs(path).is_empty(), "no cgroup dir for {path}");
+    sandbox.shutdown().await?;
+    ensure!(
+        cgroup_dirs(path).is_empty(),
+        "left: {:?}",
+        cgroup_dirs(path)
+    );
+    ensure!(
+        cgroup_dirs("/kata-rs-vm-test").is_empty(),
+        "the parent made for it is left: {:?}",
+        cgroup_dirs("/kata-rs-vm-test")
+    );
+    Ok(())
+}
+
 async fn setup() -> Result<Env> {
     let work = tempfile::tempdir()?;
     let root_dir = work.path().join("sandboxes");
@@ -1271,6 +1338,7 @@ fn main() -> std::process::ExitCode {
             Duration::from_secs(600),
             case_bad_boot_inputs,
         )
+        .case_with_timeout("host_cgroups", Duration::from_secs(300), case_host_cgroups)
         // Every case deletes what it creates: nothing may stay shared or mounted.
         .check_each(|env: &Env| no_container_leftovers(&env.sandbox))
         .teardown("shutdown_leaves_nothing", shutdown_leaves_nothing)

@@ -219,6 +219,7 @@ impl TaskService {
         options: Option<&Any>,
         annotations: std::collections::HashMap<String, String>,
         network_namespace: Option<PathBuf>,
+        cgroups_path: Option<String>,
     ) -> Result<Arc<Sandbox>> {
         let mut builder = crate::runtime_options::sandbox_builder(options, annotations)?;
         match network_namespace {
@@ -230,6 +231,12 @@ impl TaskService {
                 sandbox_id,
                 "no network namespace path in the spec: the VM gets no network"
             ),
+        }
+        // The sandbox's host cgroup: the one the spec starting it names (`/default/<id>` from
+        // `ctr`, the pod's from the kubelet).
+        if let Some(path) = cgroups_path {
+            tracing::info!(sandbox_id, cgroups_path = %path, "the VM runs in the spec's host cgroup");
+            builder = builder.cgroups_path(path);
         }
         let sandbox = builder
             .id(sandbox_id)
@@ -332,6 +339,11 @@ impl TaskService {
         let placement = Placement::of(&spec, &id)?;
         let annotations = spec.annotations().clone().unwrap_or_default();
         let network_namespace = bundle::network_namespace(&spec);
+        let cgroups_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned());
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
@@ -380,8 +392,14 @@ impl TaskService {
             // The boot lock is kept until the first container exists: a Create joining this
             // sandbox waits for it.
             (Placement::NewSandbox, None) => (
-                self.boot(&id, req.options.as_ref(), annotations, network_namespace)
-                    .await?,
+                self.boot(
+                    &id,
+                    req.options.as_ref(),
+                    annotations,
+                    network_namespace,
+                    cgroups_path,
+                )
+                .await?,
                 Some(boot),
             ),
         };

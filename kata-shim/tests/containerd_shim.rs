@@ -946,6 +946,76 @@ fn setup() -> Result<Env> {
     })
 }
 
+/// Issue 10 item 5 through containerd: `ctr task update` changes a running container's
+/// memory limit (in the guest, through the agent) and `ctr task metrics` reads the new one
+/// back; the VM runs in the host cgroup the spec names (`/default/<id>` from ctr), which is
+/// gone after the delete.
+fn case_task_update_memory_limit_and_metrics(env: &Env) -> Result<()> {
+    use kata_testkit::leaks::{cgroup_dirs, cgroup_of};
+    let c = &env.ctr;
+    let id = "kt-update";
+    let host_cgroup = format!("/default/{id}");
+    let limit = |metrics: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find(|l| l.trim_start().starts_with("memory.limit_in_bytes"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let r = (|| {
+        c.ok(&run_args(
+            &["-d", "--memory-limit", "268435456"],
+            id,
+            &["sleep", "1000"],
+        ))?;
+        booted();
+        c.wait_status(id, "RUNNING", Duration::from_secs(10))?;
+        let before = c.ok(&["task", "metrics", id])?;
+        ensure!(
+            limit(&before) == Some(268_435_456),
+            "limit at start: {before}"
+        );
+        c.ok(&["task", "update", "--memory-limit", "134217728", id])?;
+        let after = c.ok(&["task", "metrics", id])?;
+        ensure!(
+            limit(&after) == Some(134_217_728),
+            "limit after update: {after}"
+        );
+        // The VMM runs in the host cgroup the spec names (its vCPUs, by Kata's default).
+        let dirs = cgroup_dirs(&host_cgroup);
+        ensure!(!dirs.is_empty(), "no host cgroup {host_cgroup}");
+        let procs = std::fs::read_to_string(
+            std::path::Path::new("/sys/fs/cgroup/cpu")
+                .join(host_cgroup.trim_start_matches('/'))
+                .join("cgroup.procs"),
+        )?;
+        let vmm: u32 = procs
+            .split_whitespace()
+            .next()
+            .context("no process in the sandbox's host cgroup")?
+            .parse()?;
+        let cmdline = std::fs::read_to_string(format!("/proc/{vmm}/cmdline"))?;
+        ensure!(
+            cmdline.contains("qemu"),
+            "not the VMM in {host_cgroup}: {cmdline:?}"
+        );
+        ensure!(cgroup_of(vmm, "cpu").is_some());
+        c.ok(&["task", "kill", "-s", "KILL", id])?;
+        c.wait_status(id, "STOPPED", Duration::from_secs(10))?;
+        c.ok(&["task", "delete", id])?;
+        c.ok(&["container", "rm", id])?;
+        let left = cgroup_dirs(&host_cgroup);
+        ensure!(left.is_empty(), "host cgroup left: {left:?}");
+        Ok(())
+    })();
+    if r.is_err() {
+        c.force_remove(id);
+    }
+    r
+}
+
 fn main() -> std::process::ExitCode {
     Suite::new("containerd_shim")
         .label("containerd tests")
@@ -980,6 +1050,10 @@ fn main() -> std::process::ExitCode {
         .blocking_case(
             "qemu_killed_ends_the_task_and_leaves_nothing",
             case_qemu_killed_ends_the_task_and_leaves_nothing,
+        )
+        .blocking_case(
+            "task_update_memory_limit_and_metrics",
+            case_task_update_memory_limit_and_metrics,
         )
         .blocking_case(
             "ten_sequential_runs_leave_nothing",

@@ -119,7 +119,8 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
     } else {
         format!("{},{}", c.machine_type, c.machine_accelerators)
     };
-    push(&["-name", &format!("sandbox-{}", l.name)]);
+    // Named threads (`CPU 0/KVM`): the host cgroups find the vCPUs by them.
+    push(&["-name", &format!("sandbox-{},debug-threads=on", l.name)]);
     push(&["-machine", &machine]);
     let cpu = match l.accelerator {
         Accelerator::Kvm => "host",

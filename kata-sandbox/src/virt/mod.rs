@@ -142,12 +142,15 @@ impl VirtContainer {
         let caps = backend::capabilities(config.hypervisor_type, hv)?;
         let (sandbox_dir, fs, msize) = (dir.to_path_buf(), hv.shared_fs, hv.msize_9p.max(8192));
         let network = config.network_config()?;
+        let cgroups = config.cgroups_config();
         let use_blocks = block::in_use(&caps, hv);
-        let resources = blocking("setting up the sandbox's host resources", move || {
+        let mut resources = blocking("setting up the sandbox's host resources", move || {
             let mut resources = SandboxResources::new(&sandbox_dir, fs, msize)?;
             // Before the VM is prepared: its NICs are among the devices the resources yield.
             // On error `resources` is dropped, which releases the shared directory.
             resources.set_up_network(&network)?;
+            // The sandbox's host cgroup, before the VM is made (bad input leaves nothing).
+            resources.set_up_cgroups(&cgroups)?;
             resources.use_block_devices(use_blocks);
             Ok(resources)
         })
@@ -159,6 +162,8 @@ impl VirtContainer {
         let booted = async {
             vm.prepare(resources.devices()).await?;
             vm.start().await?;
+            // The VMM and its helpers into the sandbox's host cgroup as soon as they run.
+            resources.add_vmm_pids(&vm.pids())?;
             let vm_started = t0.elapsed();
             vm.wait_ready(opts.dial_timeout.saturating_sub(t0.elapsed()))
                 .await
@@ -333,6 +338,19 @@ fn remove_container(resources: &Mutex<Option<SandboxResources>>, id: &str) -> Re
     Ok(())
 }
 
+/// Records a container's `linux.resources` for the sandbox's host cgroup (its cpuset).
+fn update_host_cgroups(
+    resources: &Mutex<Option<SandboxResources>>,
+    id: &str,
+    oci: &oci_spec::runtime::Spec,
+) -> Result<()> {
+    let limits = oci.linux().as_ref().and_then(|l| l.resources().as_ref());
+    match resources.lock().unwrap().as_mut() {
+        Some(r) => Ok(r.update_container_cgroups(id, limits)?),
+        None => Err(Error::ShutDown),
+    }
+}
+
 /// Releases every host resource (a stopped VM no longer uses them); later calls do nothing.
 fn release_all(resources: &Mutex<Option<SandboxResources>>) -> Result<()> {
     match resources.lock().unwrap().take() {
@@ -432,6 +450,8 @@ impl RuntimeHandler for VirtContainer {
                 .map(agent_storage)
                 .chain(disk_storages)
                 .collect();
+            // The host cgroup first: a cpuset the host refuses leaves nothing in the guest.
+            update_host_cgroups(&self.resources, container_id, &oci)?;
             self.agent
                 .create_container(container_id, &oci, &storages)
                 .await?;
@@ -544,6 +564,9 @@ impl RuntimeHandler for VirtContainer {
     }
 
     async fn update_container(&self, container_id: &str, resources: &LinuxResources) -> Result<()> {
+        if let Some(r) = self.resources.lock().unwrap().as_mut() {
+            r.update_container_cgroups(container_id, Some(resources))?;
+        }
         Ok(self.agent.update_container(container_id, resources).await?)
     }
 
