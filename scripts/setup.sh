@@ -18,6 +18,8 @@ debs=(
   containernetworking-plugins
   # networking and namespaces
   iproute2 util-linux
+  # the Rust virtiofsd's build (its seccomp filter and capability handling)
+  libseccomp-dev libcap-ng-dev
 )
 missing=()
 for p in "${debs[@]}"; do
@@ -36,5 +38,12 @@ VSOCK_VER=${VHOST_DEVICE_VSOCK_VERSION:-0.3.0}
 if [ ! -x "$CACHE/bin/vhost-device-vsock" ] && [ ! -e /dev/vhost-vsock ]; then
   echo "setup: cargo install vhost-device-vsock $VSOCK_VER (about 3 minutes, once)"
   cargo install --locked --quiet --root "$CACHE" --version "$VSOCK_VER" vhost-device-vsock
+fi
+# virtio-fs, the default shared filesystem: the Rust virtiofsd, one per sandbox, run by
+# kata-resource from the cache (`virtio_fs_daemon` empty). A cold install takes about 80 s.
+VIRTIOFSD_VER=${VIRTIOFSD_VERSION:-1.14.0}
+if [ ! -x "$CACHE/bin/virtiofsd" ]; then
+  echo "setup: cargo install virtiofsd $VIRTIOFSD_VER (about 80 seconds, once)"
+  cargo install --locked --quiet --root "$CACHE" --version "$VIRTIOFSD_VER" virtiofsd
 fi
 echo "setup: ok"

@@ -377,9 +377,10 @@ pub struct HypervisorConfig {
 
     // --- shared filesystem --------------------------------------------------------------------
     /// Shared filesystem: `virtio-fs`, `inline-virtio-fs` (built-in VMM), `virtio-fs-nydus`,
-    /// `virtio-9p` or `none`. Default `virtio-9p`, unlike Kata (`virtio-fs`): see [`SharedFs`].
+    /// `virtio-9p` or `none`. Default `virtio-fs`, as Kata's.
     pub shared_fs: SharedFs,
-    /// Path of the virtio-fs daemon (virtiofsd); needed when `shared_fs = "virtio-fs"`.
+    /// Path of the virtio-fs daemon (virtiofsd) when `shared_fs = "virtio-fs"`; empty:
+    /// [`HypervisorConfig::virtio_fs_daemon_path`], the one `scripts/setup.sh` installs.
     pub virtio_fs_daemon: String,
     /// Glob patterns an annotation's `virtio_fs_daemon` must match.
     pub valid_virtio_fs_daemon_paths: Vec<String>,
@@ -564,7 +565,7 @@ impl Default for HypervisorConfig {
             disk_rate_limiter_ops_one_time_burst: 0,
             queue_size: 128,
             num_queues: 1,
-            shared_fs: SharedFs::Virtio9p,
+            shared_fs: SharedFs::VirtioFs,
             virtio_fs_daemon: String::new(),
             valid_virtio_fs_daemon_paths: Vec::new(),
             virtio_fs_extra_args: Vec::new(),
@@ -805,6 +806,18 @@ pub struct GuestManifest {
     pub kernel_version: String,
 }
 
+impl HypervisorConfig {
+    /// The virtio-fs daemon to run: `virtio_fs_daemon`, or when it is empty the Rust
+    /// virtiofsd `scripts/setup.sh` installs, `$KATA_RS_CACHE/bin/virtiofsd`.
+    pub fn virtio_fs_daemon_path(&self) -> PathBuf {
+        if self.virtio_fs_daemon.is_empty() {
+            cache_dir().join("bin").join("virtiofsd")
+        } else {
+            PathBuf::from(&self.virtio_fs_daemon)
+        }
+    }
+}
+
 /// kata-rs' cache directory: `$KATA_RS_CACHE`, default `/var/cache/kata-rs`. It holds the
 /// guest image and its manifest (`guest/`), helper binaries (`bin/`) and unpacked images.
 pub fn cache_dir() -> PathBuf {
@@ -859,11 +872,7 @@ mod tests {
         assert_eq!(c.default_vcpus, 1);
         assert_eq!(c.default_memory, 2048);
         assert_eq!(c.memory_slots, 10);
-        assert_eq!(
-            c.shared_fs,
-            SharedFs::Virtio9p,
-            "kata-rs' documented deviation"
-        );
+        assert_eq!(c.shared_fs, SharedFs::VirtioFs);
         assert_eq!(c.cold_plug_vfio, PciePort::NoPort);
         assert_eq!(c.snp_guest_policy, 0x30000);
         assert_eq!(c.tdx_quote_generation_service_socket_port, 4050);

@@ -320,6 +320,37 @@ impl Supervised {
     }
 }
 
+/// A pidfd: pins one process, so signals and waits reach it and never a later holder of its
+/// pid. For owners that supervise a process without a tokio runtime (kata-resource's virtiofsd).
+#[derive(Debug)]
+pub struct Pidfd(OwnedFd);
+
+impl Pidfd {
+    /// Pins the running process `pid` (`ESRCH` if there is none).
+    pub fn open(pid: u32) -> std::io::Result<Self> {
+        if pid == 0 || pid > i32::MAX as u32 {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        pidfd_open(pid).map(Pidfd)
+    }
+
+    /// Sends `signal` to exactly the pinned process.
+    pub fn send_signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
+        pidfd_send_signal(&self.0, signal as i32)
+    }
+
+    /// Waits up to `timeout` until the pinned process has exited; returns whether it has.
+    pub fn wait_gone(&self, timeout: Duration) -> bool {
+        pidfd_wait(&self.0, timeout)
+    }
+}
+
+impl AsFd for Pidfd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 /// `pidfd_open(2)`: a descriptor that pins the process `pid` (not a later holder of the pid).
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory

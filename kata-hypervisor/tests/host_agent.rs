@@ -78,6 +78,7 @@ impl Fixture {
             mount_tag: "kataShared".into(),
             host_path: self.shared(),
             kind: SharedFs::Virtio9p,
+            vhost_user_socket: None,
         })])
         .await
         .unwrap();

@@ -135,6 +135,7 @@ fn share_device(path: &Path) -> DeviceConfig {
         mount_tag: "kataShared".into(),
         host_path: path.to_path_buf(),
         kind: SharedFs::Virtio9p,
+        vhost_user_socket: None,
     })
 }
 

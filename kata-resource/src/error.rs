@@ -199,6 +199,11 @@ pub enum Error {
         reason: String,
     },
 
+    /// The sandbox's virtiofsd (`shared_fs = "virtio-fs"`) could not be configured or
+    /// started (see [`crate::share_fs::VirtiofsdError`]).
+    #[error(transparent)]
+    Virtiofsd(Box<crate::share_fs::VirtiofsdError>),
+
     /// The rootfs to share is not a directory.
     #[error("rootfs {} of container {container_id} is not a directory", path.display())]
     RootfsNotADirectory {

@@ -65,8 +65,9 @@ pub use sandbox_resources::{
     CgroupsState, ContainerGuestResources, ContainerResourcesState, DevicesState, NetworkState,
     ResourcesState, RootfsSource, RootfsSourceState, RootfsState, SandboxResources, VolumesState,
 };
-pub use share_fs::RootfsMode;
+pub use share_fs::{RootfsMode, ShareFsConfig};
 pub use storage::GuestStorage;
+pub use volume::{ContainerVolumes, VolumeOptions};
 
 /// The README's example, compiled as a doc test.
 #[cfg(doctest)]

@@ -128,7 +128,7 @@ fn each_file_selects_its_vmm_and_features() {
     let (name, kind, hv, c) = active("qemu-runtime-rs");
     assert_eq!((name.as_str(), kind), ("qemu", HypervisorType::Qemu));
     assert_eq!(hv.path, "/usr/bin/qemu-system-x86_64");
-    assert_eq!(hv.shared_fs.as_str(), "virtio-9p");
+    assert_eq!(hv.shared_fs.as_str(), "virtio-fs");
     assert!(
         hv.kernel.is_empty() && hv.initrd.is_empty(),
         "guest manifest"
@@ -201,7 +201,7 @@ fn a_builder_comes_from_the_qemu_file_and_not_from_the_others() {
     let qemu = file("qemu-runtime-rs");
     if Path::new("/usr/bin/qemu-system-x86_64").exists() {
         let b = SandboxBuilder::from_config_file(&qemu).unwrap();
-        assert_eq!(b.config().shared_fs.as_str(), "virtio-9p");
+        assert_eq!(b.config().shared_fs.as_str(), "virtio-fs");
         assert_eq!(b.config().default_memory, 2048);
     }
     let e = SandboxBuilder::from_config_file(file("dragonball"))

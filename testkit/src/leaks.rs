@@ -30,6 +30,25 @@ pub fn processes_mentioning(needle: &str, except: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// The helper processes kata-rs runs for a sandbox besides the VMM, by program name: a leak
+/// check looks for each of them naming the sandbox's directory.
+pub const SANDBOX_HELPERS: &[&str] = &["virtiofsd", "vhost-device-vsock"];
+
+/// The live helper processes ([`SANDBOX_HELPERS`]) whose command line names `dir`.
+pub fn helpers_naming(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.display().to_string();
+    cmdlines()
+        .into_iter()
+        .filter(|(_, cmdline)| {
+            let program = cmdline.split(' ').next().unwrap_or_default();
+            SANDBOX_HELPERS
+                .iter()
+                .any(|h| Path::new(program).file_name() == Some(std::ffi::OsStr::new(h)))
+                && cmdline.contains(&needle)
+        })
+        .collect()
+}
+
 /// The mount points at or below `dir` (by prefix of the path text), from
 /// `/proc/self/mountinfo`.
 pub fn mounts_under(dir: &Path) -> Vec<String> {

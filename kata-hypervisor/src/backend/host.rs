@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{GuestManifest, HypervisorConfig};
-use crate::kvm::{find_program, probe_kvm_at, KvmProbe};
+use crate::kvm::{probe_kvm_at, KvmProbe};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,13 +81,6 @@ impl Default for HostProbe {
         }
     }
 }
-
-/// Where Debian and Kata put virtiofsd.
-const VIRTIOFSD_PLACES: &[&str] = &[
-    "/usr/libexec/virtiofsd",
-    "/usr/lib/qemu/virtiofsd",
-    "/opt/kata/libexec/virtiofsd",
-];
 
 /// A check that covers no configuration key.
 pub(crate) fn check(name: &str, status: CheckStatus, detail: impl Into<String>) -> HostCheck {
@@ -219,13 +212,10 @@ pub(crate) fn vhost_vsock(probe: &HostProbe, backend: &str) -> HostCheck {
 pub(crate) fn virtiofsd(config: &HypervisorConfig, probe: &HostProbe, needed: bool) -> HostCheck {
     let fs = config.shared_fs;
     let needs = fs.needs_daemon() && needed;
+    // An empty `virtio_fs_daemon` is the Rust virtiofsd in the cache, which kata-resource runs
+    // (Debian's C virtiofsd takes other options).
     let found = if config.virtio_fs_daemon.is_empty() {
-        find_program("virtiofsd", "", &[probe.cache.join("bin")]).or_else(|| {
-            VIRTIOFSD_PLACES
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-        })
+        Some(probe.cache.join("bin").join("virtiofsd")).filter(|p| p.is_file())
     } else {
         Some(PathBuf::from(&config.virtio_fs_daemon)).filter(|p| p.is_file())
     };
@@ -245,12 +235,13 @@ pub(crate) fn virtiofsd(config: &HypervisorConfig, probe: &HostProbe, needed: bo
             "virtiofsd",
             CheckStatus::Fail,
             format!(
-                "shared_fs = \"{fs}\" needs virtiofsd{}; Debian's qemu-system-common ships /usr/lib/qemu/virtiofsd, crates.io has `virtiofsd`",
+                "shared_fs = \"{fs}\" needs virtiofsd{}; scripts/setup.sh installs the Rust virtiofsd (crates.io `virtiofsd`) into {}",
                 if config.virtio_fs_daemon.is_empty() {
                     String::new()
                 } else {
                     format!(" (virtio_fs_daemon = \"{}\" is not a file)", config.virtio_fs_daemon)
-                }
+                },
+                probe.cache.join("bin").display()
             ),
         ),
     }

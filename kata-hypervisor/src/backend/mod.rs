@@ -226,16 +226,18 @@ mod tests {
 
     #[cfg(feature = "qemu")]
     #[test]
-    fn qemu_serves_9p_not_virtio_fs_yet() {
+    fn qemu_serves_virtio_fs_and_9p_not_nydus() {
         let caps = capabilities(HypervisorType::Qemu, &HypervisorConfig::default()).unwrap();
+        assert!(caps.supports_shared_fs(crate::SharedFs::VirtioFs));
         assert!(caps.supports_shared_fs(crate::SharedFs::Virtio9p));
+        assert!(caps.supports_shared_fs(crate::SharedFs::None));
         assert!(caps.hand_over && !caps.guest_on_host);
         let e = caps
-            .check_shared_fs(crate::SharedFs::VirtioFs)
+            .check_shared_fs(crate::SharedFs::VirtioFsNydus)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("shared_fs") && e.contains("virtiofsd") && e.contains("virtio-9p"),
+            e.contains("shared_fs") && e.contains("virtio-fs") && e.contains("virtio-9p"),
             "{e}"
         );
     }

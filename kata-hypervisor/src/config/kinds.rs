@@ -113,14 +113,12 @@ kata_enum! {
     /// kata-rs, used by the configuration, the device model ([`crate::ShareFsDevice`]) and the
     /// resources above.
     ///
-    /// Default: `virtio-9p`. This is a deliberate deviation from Kata (whose default is
-    /// `virtio-fs`): 9p is the only share kata-rs boots today, since the QEMU backend does not
-    /// start virtiofsd yet. It flips to `virtio-fs` together with `config/*.toml` once that
-    /// works.
+    /// Default: `virtio-fs`, as in Kata (kata-resource runs one virtiofsd per sandbox).
+    /// `virtio-9p` stays an option; `none` is for block-only setups.
     pub enum SharedFs {
         key: "shared_fs",
-        default: Virtio9p,
-        empty: Virtio9p,
+        default: VirtioFs,
+        empty: VirtioFs,
         /// virtio-fs through an external daemon (virtiofsd).
         VirtioFs => "virtio-fs",
         /// virtio-fs served inside the VMM (the built-in VMM only).
@@ -305,7 +303,7 @@ mod tests {
 
     #[test]
     fn defaults_and_empty_values() {
-        assert_eq!(SharedFs::default(), SharedFs::Virtio9p);
+        assert_eq!(SharedFs::default(), SharedFs::VirtioFs);
         assert_eq!(BlockDeviceDriver::default(), BlockDeviceDriver::VirtioScsi);
         assert_eq!(
             "".parse::<BlockDeviceDriver>().unwrap(),

@@ -702,14 +702,18 @@ impl HypervisorConfig {
             );
         }
         if self.shared_fs.needs_daemon() {
-            if self.virtio_fs_daemon.is_empty() {
+            let daemon = self.virtio_fs_daemon_path();
+            if self.virtio_fs_daemon.is_empty() && !daemon.is_file() {
                 problems.push(HostPathProblem {
                     key: "virtio_fs_daemon",
-                    error: invalid(
-                        "virtio_fs_daemon",
-                        "\"\"",
-                        format!("shared_fs = \"{}\" needs the daemon's path", self.shared_fs),
-                    ),
+                    error: Error::MissingFile {
+                        what: "virtio-fs daemon",
+                        path: daemon,
+                        hint: format!(
+                            "shared_fs = \"{}\" runs virtiofsd: `scripts/setup.sh` installs it there, or set virtio_fs_daemon",
+                            self.shared_fs
+                        ),
+                    },
                 });
             } else {
                 must_exist(

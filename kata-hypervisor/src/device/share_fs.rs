@@ -1,4 +1,5 @@
-//! Shared directories: a host directory the guest mounts by tag (virtio-9p or virtio-fs).
+//! Shared directories: a host directory the guest mounts by tag (virtio-9p, served by the VMM,
+//! or virtio-fs, served by a vhost-user daemon whose socket the device names).
 
 use std::path::PathBuf;
 
@@ -16,4 +17,8 @@ pub struct ShareFsDevice {
     /// How it reaches the guest (the configuration's `shared_fs`). Which kinds a backend
     /// serves is in its [`Capabilities`](crate::Capabilities).
     pub kind: SharedFs,
+    /// The vhost-user socket of the daemon that serves it (`virtio-fs`: the sandbox's
+    /// virtiofsd, which kata-resource runs); `None` for kinds the VMM serves itself.
+    #[serde(default)]
+    pub vhost_user_socket: Option<PathBuf>,
 }

@@ -280,6 +280,40 @@ pub fn topology_args(plan: &PortPlan) -> Vec<String> {
     a
 }
 
+/// virtio-fs: a `vhost-user-fs-pci` device on the daemon's socket (guest memory is a shared
+/// memfd, which vhost-user needs). QEMU 7.2 has no DAX window (`cache-size`), so a non-zero
+/// `virtio_fs_cache_size` is refused rather than ignored.
+fn virtio_fs_args(c: &HypervisorConfig, fs: &crate::device::ShareFsDevice) -> Result<Vec<String>> {
+    if c.virtio_fs_cache_size != 0 || c.virtio_fs_is_dax {
+        return Err(Error::InvalidConfig {
+            key: "virtio_fs_cache_size",
+            value: c.virtio_fs_cache_size.to_string(),
+            reason: "QEMU 7.2's vhost-user-fs-pci has no DAX window (cache-size); set 0".into(),
+        });
+    }
+    let Some(socket) = &fs.vhost_user_socket else {
+        return Err(Error::InvalidConfig {
+            key: "shared_fs",
+            value: "\"virtio-fs\"".into(),
+            reason: format!(
+                "the share {} names no virtiofsd socket (kata-resource starts the daemon and \
+                 yields it with the device)",
+                fs.host_path.display()
+            ),
+        });
+    };
+    let tag = &fs.mount_tag;
+    Ok(vec![
+        "-chardev".into(),
+        format!("socket,id=char-{tag},path={}", socket.display()),
+        "-device".into(),
+        format!(
+            "vhost-user-fs-pci,chardev=char-{tag},tag={tag},queue-size={},id=fs-{tag}",
+            c.virtio_fs_queue_size
+        ),
+    ])
+}
+
 fn device_args(
     c: &HypervisorConfig,
     d: &DeviceConfig,
@@ -302,6 +336,7 @@ fn device_args(
                     tag = fs.mount_tag
                 ),
             ]),
+            SharedFs::VirtioFs => virtio_fs_args(c, fs)?,
             SharedFs::None => Vec::new(),
             other => {
                 super::capabilities().check_shared_fs(other)?;
@@ -460,6 +495,8 @@ mod tests {
             mount_tag: "kataShared".into(),
             host_path: "/run/sb/shared".into(),
             kind,
+            vhost_user_socket: (kind == SharedFs::VirtioFs)
+                .then(|| "/run/sb/virtiofsd.sock".into()),
         })
     }
 
@@ -819,13 +856,54 @@ mod tests {
     }
 
     #[test]
-    fn virtio_fs_is_refused_clearly_for_now() {
-        let c = HypervisorConfig::default();
-        let e = args(&c, &[share(SharedFs::VirtioFs)])
+    fn virtio_fs_is_a_vhost_user_fs_device_on_the_daemon_socket_with_shared_memory() {
+        let c = HypervisorConfig {
+            virtio_fs_queue_size: 512,
+            ..HypervisorConfig::default()
+        };
+        let a = args(&c, &[share(SharedFs::VirtioFs)]).unwrap();
+        assert!(
+            a.contains("-chardev socket,id=char-kataShared,path=/run/sb/virtiofsd.sock"),
+            "{a}"
+        );
+        assert!(
+            a.contains(
+                "vhost-user-fs-pci,chardev=char-kataShared,tag=kataShared,queue-size=512,id=fs-kataShared"
+            ),
+            "{a}"
+        );
+        assert!(
+            a.contains("memory-backend-memfd,id=mem0") && a.contains(",share=on"),
+            "{a}"
+        );
+        assert!(!a.contains("virtio-9p"), "{a}");
+    }
+
+    #[test]
+    fn virtio_fs_without_a_daemon_socket_or_with_a_dax_window_is_refused_naming_the_key() {
+        let DeviceConfig::ShareFs(mut no_socket) = share(SharedFs::VirtioFs) else {
+            unreachable!()
+        };
+        no_socket.vhost_user_socket = None;
+        let e = args(
+            &HypervisorConfig::default(),
+            &[DeviceConfig::ShareFs(no_socket)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("shared_fs") && e.contains("virtiofsd socket"),
+            "{e}"
+        );
+        let dax = HypervisorConfig {
+            virtio_fs_cache_size: 1024,
+            ..HypervisorConfig::default()
+        };
+        let e = args(&dax, &[share(SharedFs::VirtioFs)])
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("shared_fs") && e.contains("virtiofsd") && e.contains("virtio-9p"),
+            e.contains("virtio_fs_cache_size") && e.contains("DAX"),
             "{e}"
         );
     }

@@ -162,7 +162,7 @@ mod tests {
     }
 
     #[test]
-    fn virtio_fs_is_not_served_yet() {
+    fn virtio_fs_is_served_and_nydus_is_not() {
         let config = HypervisorConfig {
             shared_fs: crate::SharedFs::VirtioFs,
             ..Default::default()
@@ -172,7 +172,17 @@ mod tests {
             .iter()
             .find(|c| c.name == "shared filesystem")
             .unwrap();
+        assert_eq!(fs.status, CheckStatus::Ok, "{}", fs.detail);
+        let nydus = HypervisorConfig {
+            shared_fs: crate::SharedFs::VirtioFsNydus,
+            ..Default::default()
+        };
+        let checks = host_checks(&nydus, &HostProbe::default());
+        let fs = checks
+            .iter()
+            .find(|c| c.name == "shared filesystem")
+            .unwrap();
         assert_eq!(fs.status, CheckStatus::Fail);
-        assert!(fs.detail.contains("virtiofsd"), "{}", fs.detail);
+        assert!(fs.detail.contains("virtio-fs"), "{}", fs.detail);
     }
 }

@@ -81,8 +81,8 @@ pub fn capabilities() -> Capabilities {
         memory_hotplug: true,
         vfio: true,
         hybrid_vsock: !Path::new("/dev/vhost-vsock").exists(),
-        shared_fs: vec![SharedFs::Virtio9p, SharedFs::None],
-        shared_fs_note: "virtio-fs is not wired to QEMU yet (kata-rs does not start virtiofsd); use \"virtio-9p\"".into(),
+        shared_fs: vec![SharedFs::VirtioFs, SharedFs::Virtio9p, SharedFs::None],
+        shared_fs_note: "virtio-fs-nydus and inline-virtio-fs are not served by QEMU in kata-rs; use \"virtio-fs\" (virtiofsd, the default) or \"virtio-9p\"".into(),
         hand_over: true,
         guest_on_host: false,
     }

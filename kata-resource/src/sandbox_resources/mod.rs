@@ -29,13 +29,13 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use kata_hypervisor::{Capabilities, DeviceConfig, ShareFsDevice, SharedFs};
+use kata_hypervisor::{Capabilities, DeviceConfig, SharedFs};
 
 use crate::error::IoContext;
 use crate::fail_point::{fail_point, Step};
 use crate::path::checked_absolute;
 use crate::rootfs::{BundleRootfs, RootfsMount};
-use crate::share_fs::{RootfsMode, ShareFs, SharedRootfs};
+use crate::share_fs::{RootfsMode, ShareFs, ShareFsConfig, SharedRootfs};
 use crate::{validate_container_id, Error, GuestStorage, Result};
 
 use slots::{CgroupsSlot, DevicesSlot, NetworkSlot, VolumesSlot};
@@ -160,6 +160,14 @@ impl SandboxResources {
     /// [`Error::ShareFsExists`] if the shared directory exists already (a crashed owner's:
     /// [`cleanup`](Self::cleanup) removes it).
     pub fn new(sandbox_dir: impl AsRef<Path>, shared_fs: SharedFs, msize_9p: u32) -> Result<Self> {
+        Self::with_share_fs(sandbox_dir, &ShareFsConfig::new(shared_fs, msize_9p))
+    }
+
+    /// [`new`](Self::new) with the share's settings from the configuration
+    /// ([`ShareFsConfig::from_hypervisor`]): for `virtio-fs`, the sandbox's virtiofsd
+    /// ([`crate::share_fs::virtiofsd`]) is started here and stopped on release.
+    pub fn with_share_fs(sandbox_dir: impl AsRef<Path>, config: &ShareFsConfig) -> Result<Self> {
+        let (shared_fs, msize_9p) = (config.kind, config.msize_9p);
         if !matches!(
             shared_fs,
             SharedFs::Virtio9p | SharedFs::VirtioFs | SharedFs::None
@@ -176,7 +184,7 @@ impl SandboxResources {
             .at("resolve directory", sandbox_dir)?;
         let share = match shared_fs {
             SharedFs::None => None,
-            kind => Some(ShareFs::new(&sandbox_dir, kind)?.with_msize_9p(msize_9p)),
+            _ => Some(ShareFs::with_config(&sandbox_dir, config)?),
         };
         tracing::debug!(sandbox_dir = %sandbox_dir.display(), %shared_fs, "sandbox resources set up");
         Ok(SandboxResources {
@@ -211,13 +219,7 @@ impl SandboxResources {
     pub fn devices(&self) -> Vec<DeviceConfig> {
         self.share
             .iter()
-            .map(|share| {
-                DeviceConfig::ShareFs(ShareFsDevice {
-                    mount_tag: share.mount_tag().to_owned(),
-                    host_path: share.host_path().to_owned(),
-                    kind: share.kind(),
-                })
-            })
+            .map(|share| DeviceConfig::ShareFs(share.device()))
             .chain(self.network.devices())
             .collect()
     }
@@ -413,6 +415,11 @@ impl SandboxResources {
             shared_fs: self.shared_fs,
             msize_9p: self.msize_9p,
             shared_dir: self.share.as_ref().map(|s| s.host_path().to_owned()),
+            virtiofsd: self
+                .share
+                .as_ref()
+                .and_then(|s| s.daemon())
+                .map(|d| d.state()),
             containers: self
                 .containers
                 .iter()
@@ -598,6 +605,7 @@ impl SandboxResources {
                 if first.is_ok() {
                     first = Err(e);
                 }
+                share.adopt_daemon(state.virtiofsd.as_ref())?;
             }
         };
         note("the shared directory", ShareFs::remove_stale(sandbox_dir));

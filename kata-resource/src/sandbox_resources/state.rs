@@ -25,6 +25,9 @@ pub struct ResourcesState {
     pub msize_9p: u32,
     /// The shared directory, `<sandbox_dir>/shared`, when there is one.
     pub shared_dir: Option<PathBuf>,
+    /// The virtiofsd serving the share (`virtio-fs`).
+    #[serde(default)]
+    pub virtiofsd: Option<crate::share_fs::VirtiofsdState>,
     /// Each container's resources, by container id.
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerResourcesState>,

@@ -143,6 +143,7 @@ fn two_containers_yield_devices_storages_and_release_separately() {
             mount_tag: "kataShared".into(),
             host_path: shared.clone(),
             kind: SharedFs::Virtio9p,
+            vhost_user_socket: None,
         })]
     );
     let storages = r.sandbox_storages(&Capabilities::default());

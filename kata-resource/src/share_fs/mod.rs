@@ -10,6 +10,11 @@
 //! `virtio-fs` are set up here; `none` means the sandbox has no shared directory (see
 //! [`crate::SandboxResources`]); other kinds are refused with [`Error::UnsupportedSharedFs`].
 //!
+//! For `virtio-fs`, [`ShareFs::with_config`] also starts the sandbox's virtiofsd
+//! ([`virtiofsd`]: sandboxed, supervised, adopted after a restart, stopped on release), after
+//! making the shared directory a shared mount of its own so the rootfs mounts made in it later
+//! reach the daemon's private mount namespace.
+//!
 //! [`ShareFs`] owns the directory; [`SharedRootfs`] owns one container's mount. Ownership can
 //! be handed to another process: [`ShareFs::detach`] and [`SharedRootfs::detach`] leave the
 //! directory and mounts in place, [`ShareFs::adopt`] and [`ShareFs::adopt_rootfs`] take them
@@ -18,6 +23,7 @@
 //! side (the mount the agent performs) is described by [`ShareFs::storage`].
 
 mod rootfs;
+pub mod virtiofsd;
 
 use std::fs;
 use std::io;
@@ -25,12 +31,53 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use kata_hypervisor::SharedFs;
+use kata_hypervisor::{HypervisorConfig, ShareFsDevice, SharedFs};
 
 use crate::error::IoContext;
 use crate::{mount, Error, GuestStorage, Result};
 
 pub use rootfs::{RootfsMode, SharedRootfs};
+pub use virtiofsd::{DaemonExit, Virtiofsd, VirtiofsdConfig, VirtiofsdError, VirtiofsdState};
+
+/// How the sandbox's shared directory is exported: the kind and its settings (Kata's
+/// `shared_fs`, `msize_9p` and the `virtio_fs_*` keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareFsConfig {
+    /// `shared_fs`.
+    pub kind: SharedFs,
+    /// `msize_9p` (for `virtio-9p`).
+    pub msize_9p: u32,
+    /// How virtiofsd runs (for `virtio-fs`).
+    pub virtiofsd: VirtiofsdConfig,
+}
+
+impl ShareFsConfig {
+    /// `kind` with `msize_9p` and the default virtiofsd settings
+    /// ([`VirtiofsdConfig::default`]).
+    pub fn new(kind: SharedFs, msize_9p: u32) -> Self {
+        ShareFsConfig {
+            kind,
+            msize_9p,
+            virtiofsd: VirtiofsdConfig::default(),
+        }
+    }
+
+    /// The settings of a `[hypervisor.*]` section. For `virtio-fs` the virtiofsd settings are
+    /// checked ([`VirtiofsdConfig::from_hypervisor`]): what it cannot honour is refused,
+    /// naming the key; for other kinds they are not used.
+    pub fn from_hypervisor(hv: &HypervisorConfig) -> Result<Self> {
+        let virtiofsd = if hv.shared_fs == SharedFs::VirtioFs {
+            VirtiofsdConfig::from_hypervisor(hv)?
+        } else {
+            VirtiofsdConfig::default()
+        };
+        Ok(ShareFsConfig {
+            kind: hv.shared_fs,
+            msize_9p: hv.msize_9p,
+            virtiofsd,
+        })
+    }
+}
 
 /// The mount tag under which the shared directory is exported to the guest.
 pub const MOUNT_TAG: &str = "kataShared";
@@ -67,6 +114,8 @@ const OVERLAY_DIR_NAME: &str = "rootfs-overlay";
 /// ```
 #[derive(Debug)]
 pub struct ShareFs {
+    /// The virtiofsd serving the directory (`virtio-fs`); stopped before the directory goes.
+    daemon: Option<Virtiofsd>,
     dirs: Arc<ShareFsDirs>,
     kind: SharedFs,
     msize_9p: u32,
@@ -101,8 +150,73 @@ impl ShareFs {
         Ok(Self::owning(&sandbox_dir, kind))
     }
 
+    /// Creates the shared directory as [`new`](Self::new) does and, for `virtio-fs`, starts
+    /// its virtiofsd ([`start_daemon`](Self::start_daemon)). On error nothing is left.
+    pub fn with_config(sandbox_dir: impl AsRef<Path>, config: &ShareFsConfig) -> Result<Self> {
+        let mut share = ShareFs::new(sandbox_dir, config.kind)?.with_msize_9p(config.msize_9p);
+        if config.kind == SharedFs::VirtioFs {
+            // On error `share` is dropped: the directory (and its self-bind) go.
+            share.start_daemon(&config.virtiofsd)?;
+        }
+        Ok(share)
+    }
+
+    /// Starts the virtiofsd that serves this `virtio-fs` share, with its socket and log in the
+    /// sandbox directory. The shared directory is first made a shared mount (a bind of itself,
+    /// `nosuid,nodev`), so rootfs mounts made under it later reach the daemon's mount
+    /// namespace. On error the daemon is gone.
+    pub fn start_daemon(&mut self, config: &VirtiofsdConfig) -> Result<()> {
+        if self.kind != SharedFs::VirtioFs || self.daemon.is_some() {
+            return Ok(());
+        }
+        virtiofsd::make_shared_mount(&self.dirs.shared)?;
+        let sandbox_dir = self.sandbox_dir().to_owned();
+        self.daemon = Some(Virtiofsd::start(&sandbox_dir, &self.dirs.shared, config)?);
+        Ok(())
+    }
+
+    /// Takes over the virtiofsd a detached owner left for this `virtio-fs` share, as `state`
+    /// records it (see [`Virtiofsd::adopt`]). A `virtio-fs` share without a recorded daemon
+    /// is [`Error::NotAdoptable`]; other kinds have none.
+    pub fn adopt_daemon(&mut self, state: Option<&VirtiofsdState>) -> Result<()> {
+        if self.kind != SharedFs::VirtioFs {
+            return Ok(());
+        }
+        let Some(state) = state else {
+            return Err(Error::NotAdoptable {
+                path: self.dirs.shared.clone(),
+                reason: "the state records no virtiofsd for this virtio-fs share".into(),
+            });
+        };
+        let sandbox_dir = self.sandbox_dir().to_owned();
+        self.daemon = Some(Virtiofsd::adopt(&sandbox_dir, &self.dirs.shared, state)?);
+        Ok(())
+    }
+
+    /// The virtiofsd serving the share (`virtio-fs` only): its pid for the host cgroup, its
+    /// [exit](Virtiofsd::exit) for the liveness monitor.
+    pub fn daemon(&self) -> Option<&Virtiofsd> {
+        self.daemon.as_ref()
+    }
+
+    /// The device that exports the share to the VM: the tag, the directory, the kind and, for
+    /// `virtio-fs`, the daemon's vhost-user socket.
+    pub fn device(&self) -> ShareFsDevice {
+        ShareFsDevice {
+            mount_tag: MOUNT_TAG.to_owned(),
+            host_path: self.dirs.shared.clone(),
+            kind: self.kind,
+            vhost_user_socket: self.daemon.as_ref().map(|d| d.socket().to_owned()),
+        }
+    }
+
+    fn sandbox_dir(&self) -> &Path {
+        self.dirs.shared.parent().unwrap_or(Path::new("/"))
+    }
+
     fn owning(sandbox_dir: &Path, kind: SharedFs) -> Self {
         ShareFs {
+            daemon: None,
             dirs: Arc::new(ShareFsDirs {
                 shared: sandbox_dir.join(SHARED_DIR_NAME),
                 overlay: sandbox_dir.join(OVERLAY_DIR_NAME),
@@ -154,7 +268,10 @@ impl ShareFs {
     /// Gives up ownership: the shared directory and every mount under it stay when this
     /// `ShareFs` and its [`SharedRootfs`]es are dropped (detach those too, or their own mounts
     /// are still released), for [`ShareFs::adopt`] to take over in this process or another.
-    pub fn detach(self) {
+    pub fn detach(mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.detach();
+        }
         self.dirs.kept.store(true, Ordering::SeqCst);
         tracing::debug!(path = %self.dirs.shared.display(), "share-fs directory detached");
     }
@@ -162,8 +279,12 @@ impl ShareFs {
     /// Removes the shared directory (and the overlay directories) now, with everything still
     /// mounted under them, if no [`SharedRootfs`] made from this `ShareFs` is alive; otherwise
     /// the last of them does it when dropped, as it would without this call.
-    pub fn release(self) -> Result<()> {
-        match Arc::try_unwrap(self.dirs) {
+    pub fn release(mut self) -> Result<()> {
+        // The daemon first: it serves the directory.
+        let daemon = self.daemon.take().map_or(Ok(()), Virtiofsd::release);
+        let dirs = std::mem::replace(&mut self.dirs, Arc::new(ShareFsDirs::kept()));
+        daemon?;
+        match Arc::try_unwrap(dirs) {
             Ok(dirs) => {
                 // Done here, with its error returned, not again in the drop.
                 dirs.kept.store(true, Ordering::SeqCst);
@@ -179,8 +300,10 @@ impl ShareFs {
         self
     }
 
-    /// Unmounts and removes what a crashed sandbox left in `sandbox_dir`: the shared directory
-    /// and the overlay directories. Does nothing if there is nothing to remove.
+    /// Unmounts and removes what a crashed sandbox left in `sandbox_dir`: its virtiofsd (found
+    /// by its command line, see [`virtiofsd::remove_stale`]) with its socket and log, the
+    /// shared directory and the overlay directories. Does nothing if there is nothing to
+    /// remove.
     pub fn remove_stale(sandbox_dir: impl AsRef<Path>) -> Result<()> {
         let sandbox_dir = sandbox_dir.as_ref();
         let sandbox_dir = match sandbox_dir.canonicalize() {
@@ -188,6 +311,7 @@ impl ShareFs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e).at("resolve directory", sandbox_dir),
         };
+        virtiofsd::remove_stale(&sandbox_dir, &sandbox_dir.join(SHARED_DIR_NAME));
         for dir in [SHARED_DIR_NAME, OVERLAY_DIR_NAME] {
             unmount_and_remove(&sandbox_dir.join(dir))?;
         }
@@ -277,6 +401,15 @@ struct ShareFsDirs {
 }
 
 impl ShareFsDirs {
+    /// A placeholder that owns nothing (what a released [`ShareFs`] is left with).
+    fn kept() -> Self {
+        ShareFsDirs {
+            shared: PathBuf::new(),
+            overlay: PathBuf::new(),
+            kept: AtomicBool::new(true),
+        }
+    }
+
     /// Unmounts and removes both directories; the first error is returned after trying both.
     fn remove(&self) -> Result<()> {
         let mut first = Ok(());
@@ -315,7 +448,10 @@ fn check_kind(kind: SharedFs) -> Result<()> {
 fn unmount_and_remove(dir: &Path) -> Result<()> {
     let mounts = mount::mount_points_under(dir).at("read", Path::new("/proc/self/mountinfo"))?;
     for mount_point in &mounts {
-        tracing::warn!(mount = %mount_point.display(), "unmounting a leftover share-fs mount");
+        // The directory's own self-bind (virtio-fs) is expected; anything below is a leftover.
+        if mount_point != dir {
+            tracing::warn!(mount = %mount_point.display(), "unmounting a leftover share-fs mount");
+        }
         if let Err(e) = mount::unmount(mount_point) {
             tracing::error!("{e}");
         }

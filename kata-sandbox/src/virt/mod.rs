@@ -140,12 +140,15 @@ impl VirtContainer {
     ) -> Result<(VirtContainer, BootTimings)> {
         let hv = &config.hypervisor;
         let caps = backend::capabilities(config.hypervisor_type, hv)?;
-        let (sandbox_dir, fs, msize) = (dir.to_path_buf(), hv.shared_fs, hv.msize_9p.max(8192));
+        let mut share_fs = kata_resource::ShareFsConfig::from_hypervisor(hv)?;
+        share_fs.msize_9p = share_fs.msize_9p.max(8192);
+        let sandbox_dir = dir.to_path_buf();
         let network = config.network_config()?;
-        let cgroups = config.cgroups_config();
         let use_blocks = block::in_use(&caps, hv);
+        let cgroups = config.cgroups_config();
+        let bind_mounts = config.runtime.sandbox_bind_mounts.clone();
         let mut resources = blocking("setting up the sandbox's host resources", move || {
-            let mut resources = SandboxResources::new(&sandbox_dir, fs, msize)?;
+            let mut resources = SandboxResources::with_share_fs(&sandbox_dir, &share_fs)?;
             // Before the VM is prepared: its NICs are among the devices the resources yield.
             // On error `resources` is dropped, which releases the shared directory.
             resources.set_up_network(&network)?;
@@ -665,8 +668,22 @@ impl RuntimeHandler for VirtContainer {
     }
 
     async fn wait_dead(&self) -> String {
+        // The share's virtiofsd (virtio-fs) dying ends the sandbox as the VM's exit does.
+        let daemon = self
+            .resources
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|r| r.share_fs()?.daemon().map(|d| d.exit()));
+        let daemon_died = async move {
+            match daemon {
+                Some(exit) => exit.wait().await,
+                None => std::future::pending().await,
+            }
+        };
         let why = tokio::select! {
             how = self.vm.wait_exit() => format!("the VM exited ({how})"),
+            why = daemon_died => why,
             why = self.health.watch(&self.agent, &self.paused, &self.id) => why,
         };
         tracing::error!(sandbox_id = %self.id, reason = %why, bound = ?self.health.bound(), "the sandbox died");

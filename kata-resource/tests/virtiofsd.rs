@@ -1,0 +1,250 @@
+//! Tier 2: the sandbox's virtiofsd for real (the Rust virtiofsd `scripts/setup.sh` installs
+//! into the cache), against a temporary sandbox directory, no VM: started sandboxed, its death
+//! observed, released, detached and adopted, cleaned up after a crash, and bad daemons refused
+//! with nothing left behind.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kata_hypervisor::{DeviceConfig, SharedFs};
+use kata_resource::share_fs::{virtiofsd, VirtiofsdConfig};
+use kata_resource::{RootfsMode, RootfsSource, SandboxResources, ShareFsConfig};
+use kata_testkit::leaks::{helpers_naming, mounts_under};
+
+fn daemon() -> PathBuf {
+    let d = virtiofsd::default_daemon();
+    assert!(
+        d.is_file(),
+        "{} is missing: run scripts/setup.sh (it installs the Rust virtiofsd)",
+        d.display()
+    );
+    d
+}
+
+fn virtio_fs() -> ShareFsConfig {
+    let mut c = ShareFsConfig::new(SharedFs::VirtioFs, 8192);
+    c.virtiofsd = VirtiofsdConfig {
+        daemon: daemon(),
+        extra_args: vec!["--thread-pool-size=1".into()],
+        ..VirtiofsdConfig::default()
+    };
+    c
+}
+
+/// Waits until `f` holds (up to 5 s).
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_nothing_left(sandbox: &Path) {
+    eventually("no virtiofsd left", || helpers_naming(sandbox).is_empty());
+    assert!(
+        mounts_under(sandbox).is_empty(),
+        "{:?}",
+        mounts_under(sandbox)
+    );
+    // The sandbox directory is the caller's; everything in it is ours.
+    let left: Vec<_> = std::fs::read_dir(sandbox)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the sandbox directory: {left:?}");
+}
+
+fn kill(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+#[test]
+fn virtiofsd_serves_later_rootfs_mounts_from_its_sandbox_and_release_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = tmp.path().join("sb");
+    let image = tmp.path().join("image");
+    std::fs::create_dir_all(&image).unwrap();
+    std::fs::write(image.join("hello"), "from the host").unwrap();
+
+    let mut r = SandboxResources::with_share_fs(&sandbox, &virtio_fs()).unwrap();
+    let sandbox = sandbox.canonicalize().unwrap();
+    let d = r.share_fs().unwrap().daemon().unwrap();
+    let (pid, socket) = (d.pid(), d.socket().to_owned());
+    assert_eq!(socket, sandbox.join("virtiofsd.sock"));
+    let [DeviceConfig::ShareFs(dev)] = &r.devices()[..] else {
+        panic!("{:?}", r.devices())
+    };
+    assert_eq!(dev.vhost_user_socket.as_deref(), Some(socket.as_path()));
+    assert_eq!(dev.kind, SharedFs::VirtioFs);
+
+    // The daemon runs sandboxed: its child is in other mount, PID and network namespaces,
+    // with the shared directory as its root, under a seccomp filter.
+    let pids = d.pids();
+    assert_eq!(
+        pids.len(),
+        2,
+        "the daemon and its sandboxed child: {pids:?}"
+    );
+    let served = pids[1];
+    for ns in ["mnt", "pid", "net"] {
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let its = std::fs::read_link(format!("/proc/{served}/ns/{ns}")).unwrap();
+        assert_ne!(ours, its, "{ns} namespace");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{served}/status")).unwrap();
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.contains("--sandbox=namespace") && cmdline.contains("--seccomp=kill"));
+
+    // A rootfs mounted after the daemon started reaches it (the share is a shared mount).
+    r.add_container(
+        "c1",
+        RootfsSource::Directory(image.clone()),
+        RootfsMode::ReadOnly,
+    )
+    .unwrap();
+    let seen = std::fs::read_to_string(format!("/proc/{served}/root/c1/rootfs/hello"))
+        .expect("the rootfs mount propagates into the daemon's mount namespace");
+    assert_eq!(seen, "from the host");
+
+    assert_eq!(r.state().virtiofsd.unwrap().pid, pid);
+    r.release().unwrap();
+    assert_nothing_left(&sandbox);
+    assert!(
+        image.join("hello").exists(),
+        "the rootfs source is untouched"
+    );
+}
+
+#[test]
+fn a_killed_virtiofsd_is_observed_and_release_still_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = tmp.path().join("sb");
+    let r = SandboxResources::with_share_fs(&sandbox, &virtio_fs()).unwrap();
+    let sandbox = sandbox.canonicalize().unwrap();
+    let exit = r.share_fs().unwrap().daemon().unwrap().exit();
+    assert_eq!(exit.exited(), None);
+    kill(r.share_fs().unwrap().daemon().unwrap().pid());
+    eventually("the death is seen", || exit.exited().is_some());
+    let why = exit.exited().unwrap();
+    assert!(
+        why.contains("virtiofsd") && why.contains("SIGKILL") && why.contains("shared filesystem"),
+        "{why}"
+    );
+    drop(r);
+    assert_nothing_left(&sandbox);
+}
+
+#[test]
+fn a_detached_virtiofsd_is_adopted_checked_and_cleaned_up_after_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = tmp.path().join("sb");
+    let r = SandboxResources::with_share_fs(&sandbox, &virtio_fs()).unwrap();
+    let sandbox = sandbox.canonicalize().unwrap();
+    let pid = r.share_fs().unwrap().daemon().unwrap().pid();
+    let state = r.detach();
+    assert_eq!(helpers_naming(&sandbox).len(), 2, "still running");
+
+    // A pid that is not this sandbox's virtiofsd is refused, and nothing changes.
+    let mut wrong = state.clone();
+    wrong.virtiofsd.as_mut().unwrap().pid = std::process::id();
+    let e = SandboxResources::adopt(&sandbox, &wrong)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not this sandbox's virtiofsd"), "{e}");
+    assert_eq!(helpers_naming(&sandbox).len(), 2);
+
+    let adopted = SandboxResources::adopt(&sandbox, &state).unwrap();
+    let d = adopted.share_fs().unwrap().daemon().unwrap();
+    assert_eq!(d.pid(), pid);
+    let exit = d.exit();
+    // Detached again, then the owner "crashes": cleanup finds it by its command line alone.
+    let state = adopted.detach();
+    assert_eq!(
+        exit.exited(),
+        None,
+        "a detached daemon is not reported dead"
+    );
+    SandboxResources::cleanup(&sandbox, None).unwrap();
+    assert_nothing_left(&sandbox);
+    // Adopting what is gone is refused.
+    std::fs::create_dir(sandbox.join("shared")).unwrap();
+    let e = SandboxResources::adopt(&sandbox, &state)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("virtiofsd pid"), "{e}");
+    std::fs::remove_dir(sandbox.join("shared")).unwrap();
+}
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+fn a_daemon_that_is_missing_dies_at_start_or_never_gets_ready_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = tmp.path().join("sb");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let with = |daemon: PathBuf| {
+        let mut c = virtio_fs();
+        c.virtiofsd.daemon = daemon;
+        c
+    };
+
+    let e = SandboxResources::with_share_fs(&sandbox, &with(bin.join("nope")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("virtio_fs_daemon") && e.contains("setup.sh"),
+        "{e}"
+    );
+    assert_nothing_left(&sandbox);
+
+    let dies = script(&bin, "dies", "echo 'cannot sandbox: boom' >&2; exit 3");
+    let e = SandboxResources::with_share_fs(&sandbox, &with(dies))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("virtio_fs_daemon") && e.contains("exit code 3") && e.contains("boom"),
+        "{e}"
+    );
+    assert_nothing_left(&sandbox);
+
+    let mute = script(&bin, "mute", "exec sleep 60");
+    let e = SandboxResources::with_share_fs(&sandbox, &with(mute))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("did not get ready") && e.contains("killed"),
+        "{e}"
+    );
+    assert_nothing_left(&sandbox);
+    assert!(
+        kata_testkit::leaks::processes_mentioning(&bin.display().to_string(), "virtiofsd-")
+            .is_empty(),
+        "the mute daemon is killed"
+    );
+
+    // Settings the daemon cannot honour are refused before anything is made.
+    let mut dax = kata_hypervisor::HypervisorConfig::default();
+    dax.virtio_fs_cache_size = 512;
+    let e = ShareFsConfig::from_hypervisor(&dax)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("virtio_fs_cache_size"), "{e}");
+    let mut off = kata_hypervisor::HypervisorConfig::default();
+    off.virtio_fs_extra_args = vec!["--seccomp=none".into()];
+    let e = ShareFsConfig::from_hypervisor(&off)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("virtio_fs_extra_args"), "{e}");
+}
