@@ -440,9 +440,46 @@ fn pod_leftovers(env: &Env, ids: &PodIds) -> Vec<String> {
             left.push(format!("mount {line}"));
         }
     }
+    // containerd's bundles and CRI's directories of the pod and its containers.
+    for name in &names {
+        for dir in [
+            env.cri
+                .dir
+                .join("state/io.containerd.runtime.v2.task/k8s.io")
+                .join(name),
+            env.cri
+                .dir
+                .join("root/io.containerd.grpc.v1.cri/sandboxes")
+                .join(name),
+            env.cri
+                .dir
+                .join("state/io.containerd.grpc.v1.cri/sandboxes")
+                .join(name),
+            env.cri
+                .dir
+                .join("root/io.containerd.grpc.v1.cri/containers")
+                .join(name),
+        ] {
+            if dir.exists() {
+                left.push(format!("directory {}", dir.display()));
+            }
+        }
+    }
     let netns = cri_pod_netns();
     for ns in netns.iter().filter(|n| !env.baseline_pod_netns.contains(n)) {
-        left.push(format!("pod network namespace /run/netns/{ns}"));
+        // With its links: the veth end and, under kata, the taps the tc filters join.
+        let links = std::process::Command::new("ip")
+            .args(["-n", ns, "-o", "link", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let links: Vec<&str> = links
+            .lines()
+            .filter_map(|l| l.split(':').nth(1).map(str::trim))
+            .collect();
+        left.push(format!(
+            "pod network namespace /run/netns/{ns} (links {links:?})"
+        ));
     }
     for link in env.cri.netns.links() {
         if link != "lo" && link != CNI_BRIDGE {
