@@ -488,6 +488,40 @@ pub enum Error {
         reason: String,
     },
 
+    /// Volumes were asked for a container that has no resources in this sandbox.
+    #[error(
+        "container {container_id} has no resources in this sandbox: add it (add_container) \
+         before its volumes"
+    )]
+    UnknownContainer {
+        /// The container.
+        container_id: String,
+    },
+
+    /// A volume's host source does not exist (an OCI `mounts[i].source`).
+    #[error(
+        "{field} {} does not exist on the host: create it before the container, or fix the \
+         mount's source",
+        path.display()
+    )]
+    VolumeSourceNotFound {
+        /// The spec field, e.g. `mounts[3].source`.
+        field: String,
+        /// The path from the spec.
+        path: PathBuf,
+    },
+
+    /// A volume this crate refuses to share (an OCI mount, or a `sandbox_bind_mounts` entry).
+    #[error("{field} {} is refused: {reason}", path.display())]
+    VolumeRefused {
+        /// The spec field or setting, e.g. `mounts[3].source`, `sandbox_bind_mounts[0]`.
+        field: String,
+        /// The path it names.
+        path: PathBuf,
+        /// Why, and what is accepted.
+        reason: String,
+    },
+
     /// A host program this crate needs is missing.
     #[error("{} not found: install Debian's {package} package", path.display())]
     MissingHostProgram {

@@ -9,6 +9,9 @@
 //! - [`share_fs`]: the sandbox's shared directory (`<sandbox_dir>/shared/`), exported to the
 //!   guest under the mount tag `kataShared` over virtio-9p or virtio-fs, and the container
 //!   rootfs bind (or overlay) mounts inside it.
+//! - [`volume`]: a container's OCI mounts for the guest: host files and directories bound
+//!   through the shared directory, the pod's `/dev/shm` and emptyDirs made in the guest,
+//!   `sandbox_bind_mounts`.
 //! - [`rootfs`]: where a container rootfs comes from: an OCI bundle's `root.path` (checked to
 //!   stay inside the bundle) with containerd's rootfs mounts, which this crate mounts, or
 //!   [`rootfs::image`]: OCI images without containerd, verified and unpacked (whiteouts
@@ -56,6 +59,7 @@ pub mod rootfs;
 mod sandbox_resources;
 pub mod share_fs;
 mod storage;
+pub mod volume;
 
 pub use container_id::validate_container_id;
 pub use error::{Error, Result};

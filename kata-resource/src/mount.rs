@@ -59,6 +59,83 @@ pub(crate) fn bind_mount(source: &Path, target: &Path, read_only: bool) -> Resul
     Ok(())
 }
 
+/// Bind-mounts `source` on `target` so that the mount is `nosuid,nodev` (and read-only if
+/// asked) from the moment it appears, in every mount namespace it propagates to: `source` is
+/// first bound on `staging` (a slave of `source`'s peer group: host mount events under it still
+/// arrive, nothing goes back), remounted there with the flags, then bound from there on
+/// `target`, which copies the flags; `staging` is unmounted. A plain bind-then-remount would
+/// leave the peers of `target` (virtiofsd's or a host agent's namespace) with a writable copy.
+/// `recursive`: the mounts under `source` come along (`rbind`; they keep their own flags).
+///
+/// Either `target` is mounted and `staging` unmounted, or nothing is left mounted.
+pub(crate) fn bind_mount_staged(
+    source: &Path,
+    staging: &Path,
+    target: &Path,
+    read_only: bool,
+    recursive: bool,
+) -> Result<()> {
+    let what = || format!("bind of {}", source.display());
+    let failed = |at: &Path, errno| Error::Mount {
+        what: what(),
+        target: at.to_owned(),
+        errno,
+    };
+    let rec = if recursive {
+        MsFlags::MS_REC
+    } else {
+        MsFlags::empty()
+    };
+    mount(
+        Some(source),
+        staging,
+        None::<&str>,
+        MsFlags::MS_BIND | rec,
+        None::<&str>,
+    )
+    .map_err(|errno| failed(staging, errno))?;
+    let mut remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | HOST_MOUNT_FLAGS;
+    if read_only {
+        remount |= MsFlags::MS_RDONLY;
+    }
+    let staged = [MsFlags::MS_SLAVE | rec, remount]
+        .into_iter()
+        .try_for_each(|flags| mount(None::<&str>, staging, None::<&str>, flags, None::<&str>))
+        .map_err(|errno| failed(staging, errno))
+        .and_then(|()| {
+            mount(
+                Some(staging),
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND | rec,
+                None::<&str>,
+            )
+            .map_err(|errno| failed(target, errno))
+        });
+    // The staging mount goes whatever happened; detached, so its submounts go with it.
+    let unstaged = umount2(staging, MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH);
+    match (staged, unstaged) {
+        (Ok(()), Ok(())) => {}
+        // `target` is the last step: it is not mounted.
+        (Err(e), unstaged) => {
+            if let Err(errno) = unstaged {
+                tracing::error!(staging = %staging.display(), "cannot unmount a staging mount: {errno}");
+            }
+            return Err(e);
+        }
+        (Ok(()), Err(errno)) => {
+            if let Err(undo) = unmount_all(target) {
+                tracing::error!(target = %target.display(), "cannot undo a mount: {undo}");
+            }
+            return Err(Error::Unmount {
+                target: staging.to_owned(),
+                errno,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Mounts an overlay of `lower` (read-only) with `upper` and `work` on `target`, `nosuid,nodev`.
 pub(crate) fn overlay_mount(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<()> {
     for path in [lower, upper, work] {

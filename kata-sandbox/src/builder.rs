@@ -112,12 +112,6 @@ impl SandboxConfig {
         };
         const NO_CGROUPS: &str = "kata-rs does not pin vCPUs yet";
         inert(
-            "sandbox_bind_mounts",
-            !r.sandbox_bind_mounts.is_empty(),
-            format!("{:?}", r.sandbox_bind_mounts),
-            "volumes are not implemented yet",
-        );
-        inert(
             "enable_vcpus_pinning",
             r.enable_vcpus_pinning,
             "true".into(),
@@ -145,13 +139,7 @@ impl SandboxConfig {
             "emptydir_mode",
             r.emptydir_mode != d.emptydir_mode,
             format!("\"{}\"", r.emptydir_mode),
-            "volumes are not implemented yet",
-        );
-        inert(
-            "disable_guest_empty_dir",
-            r.disable_guest_empty_dir,
-            "true".into(),
-            "volumes are not implemented yet",
+            "block-backed emptyDirs are not implemented yet: emptyDirs are made in the guest",
         );
         inert(
             "vfio_mode",
@@ -169,7 +157,7 @@ impl SandboxConfig {
             "shared_mounts",
             !r.shared_mounts.is_empty(),
             format!("{} entries", r.shared_mounts.len()),
-            "volumes are not implemented yet",
+            "mounts shared between containers are not implemented yet",
         );
         inert(
             "use_passfd_io",

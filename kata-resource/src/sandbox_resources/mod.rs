@@ -126,6 +126,8 @@ pub struct SandboxResources {
     network: NetworkSlot,
     cgroups: CgroupsSlot,
     devices: DevicesSlot,
+    /// `sandbox_bind_mounts` ([`crate::volume::sandbox_mounts`]).
+    sandbox_mounts: VolumesSlot,
 }
 
 /// One container's resources. Released in field order: volumes, the shared rootfs, then what
@@ -196,6 +198,7 @@ impl SandboxResources {
             network: NetworkSlot::default(),
             cgroups: CgroupsSlot::default(),
             devices: DevicesSlot::default(),
+            sandbox_mounts: VolumesSlot::default(),
         })
     }
 
@@ -344,6 +347,58 @@ impl SandboxResources {
         Ok(guest)
     }
 
+    /// Sets up the volumes of container `id` (added before) from its spec's `mounts`
+    /// ([`crate::volume`]): host files and directories are bound into the shared directory,
+    /// the pod's `/dev/shm` and emptyDirs become guest storages, the rest is passed on.
+    /// Returns the mounts as the guest is to make them and the storages to send with
+    /// CreateContainer. The shares are the container's: released with it.
+    ///
+    /// Bad input is refused naming `mounts[i].source` ([`Error::VolumeSourceNotFound`],
+    /// [`Error::VolumeRefused`]); on any error nothing this call made is left.
+    pub fn add_volumes(
+        &mut self,
+        id: &str,
+        mounts: &[oci_spec::runtime::Mount],
+        options: &crate::VolumeOptions,
+    ) -> Result<crate::ContainerVolumes> {
+        let (Some(share), Some(container)) = (&self.share, self.containers.get_mut(id)) else {
+            return Err(Error::UnknownContainer {
+                container_id: id.to_owned(),
+            });
+        };
+        let dirs = crate::volume::ShareDirs {
+            shared: share.host_path(),
+            sandbox: &self.sandbox_dir,
+        };
+        container.volumes.add(dirs, id, mounts, options)
+    }
+
+    /// Shares `sandbox_bind_mounts` (`[runtime]`: `path[:ro|:rw]`, read-only by default) with
+    /// the guest at `/run/kata-containers/shared/containers/sandbox-mounts/<base name>`
+    /// ([`crate::volume::sandbox_mounts`]); released with the sandbox. An entry that does not
+    /// exist, is not a file or directory, or repeats a base name is refused naming
+    /// `sandbox_bind_mounts[i]`; on error nothing of them is left. Needs the shared directory.
+    pub fn set_up_sandbox_bind_mounts(&mut self, entries: &[String]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let Some(share) = &self.share else {
+            return Err(Error::VolumeRefused {
+                field: "sandbox_bind_mounts".into(),
+                path: PathBuf::from(&entries[0]),
+                reason: "shared_fs = \"none\": there is no shared directory to put it in".into(),
+            });
+        };
+        let dirs = crate::volume::ShareDirs {
+            shared: share.host_path(),
+            sandbox: &self.sandbox_dir,
+        };
+        let mut mounts = crate::volume::sandbox_mounts::set_up(dirs, entries)?;
+        std::mem::swap(&mut self.sandbox_mounts, &mut mounts);
+        // What was there before goes (a second call replaces the first).
+        mounts.release_in_place()
+    }
+
     /// Container `id` with a block rootfs ([`crate::rootfs::block`]): the disk is recorded
     /// and returned for the caller to hot-plug; nothing is mounted on the host.
     fn add_block_container(
@@ -428,6 +483,7 @@ impl SandboxResources {
             network: self.network.state(),
             cgroups: self.cgroups.state(),
             devices: self.devices.state(),
+            sandbox_bind_mounts: self.sandbox_mounts.state(),
         }
     }
 
@@ -442,6 +498,7 @@ impl SandboxResources {
         std::mem::take(&mut self.network).detach();
         std::mem::take(&mut self.cgroups).detach();
         std::mem::take(&mut self.devices).detach();
+        std::mem::take(&mut self.sandbox_mounts).detach();
         if let Some(share) = self.share.take() {
             share.detach();
         }
@@ -470,6 +527,7 @@ impl SandboxResources {
             network: NetworkSlot::default(),
             cgroups: CgroupsSlot::default(),
             devices: DevicesSlot::default(),
+            sandbox_mounts: VolumesSlot::default(),
         };
         match adopted.adopt_parts(state) {
             Ok(()) => {
@@ -516,16 +574,21 @@ impl SandboxResources {
                         ),
                     ));
                 }
+                share.adopt_daemon(state.virtiofsd.as_ref())?;
             }
         }
         let Some(share) = &self.share else {
             return self.adopt_slots(state);
         };
+        self.sandbox_mounts = VolumesSlot::adopt(
+            &crate::volume::sandbox_mounts::host_dir(share.host_path())?,
+            &state.sandbox_bind_mounts,
+        )?;
         for (id, saved) in &state.containers {
             validate_container_id(id)?;
             let rootfs = &saved.rootfs;
             if let RootfsSourceState::Block { path } = &rootfs.source {
-                let volumes = VolumesSlot::adopt(&saved.volumes)?;
+                let volumes = VolumesSlot::adopt(share.host_path(), &saved.volumes)?;
                 let origin = Origin::Block(path.clone());
                 self.containers.insert(
                     id.clone(),
@@ -560,7 +623,7 @@ impl SandboxResources {
                     }
                 },
             };
-            let volumes = match VolumesSlot::adopt(&saved.volumes) {
+            let volumes = match VolumesSlot::adopt(share.host_path(), &saved.volumes) {
                 Ok(v) => v,
                 Err(e) => {
                     shared.detach();
@@ -605,10 +668,10 @@ impl SandboxResources {
                 if first.is_ok() {
                     first = Err(e);
                 }
-                share.adopt_daemon(state.virtiofsd.as_ref())?;
             }
         };
         note("the shared directory", ShareFs::remove_stale(sandbox_dir));
+        note("volume staging", crate::volume::remove_staging(sandbox_dir));
         if let Some(state) = state {
             for (id, saved) in &state.containers {
                 note("volumes", VolumesSlot::cleanup(&saved.volumes));
@@ -653,6 +716,7 @@ impl SandboxResources {
             note(container.release_in_place());
         }
         note(self.devices.release_in_place());
+        note(self.sandbox_mounts.release_in_place());
         note(self.cgroups.release_in_place());
         note(self.network.release_in_place());
         if let Some(share) = self.share.take() {

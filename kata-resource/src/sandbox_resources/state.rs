@@ -40,6 +40,9 @@ pub struct ResourcesState {
     /// The sandbox's devices (slot, empty today).
     #[serde(default)]
     pub devices: DevicesState,
+    /// `sandbox_bind_mounts`: host paths shared with the guest for the whole sandbox.
+    #[serde(default)]
+    pub sandbox_bind_mounts: VolumesState,
 }
 
 /// One container's host resources.

@@ -21,6 +21,7 @@ mod block;
 mod health;
 mod network;
 mod streams;
+mod volumes;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,6 +85,8 @@ pub(crate) struct VirtContainer {
     health: HealthCheck,
     /// The vCPUs are paused ([`RuntimeHandler::pause_sandbox`]): the agent cannot answer.
     paused: AtomicBool,
+    /// How containers' volumes are made ([`volumes`]).
+    volumes: volumes::VolumeSettings,
 }
 
 impl std::fmt::Debug for VirtContainer {
@@ -144,6 +147,7 @@ impl VirtContainer {
         share_fs.msize_9p = share_fs.msize_9p.max(8192);
         let sandbox_dir = dir.to_path_buf();
         let network = config.network_config()?;
+        let bind_mounts = config.runtime.sandbox_bind_mounts.clone();
         let use_blocks = block::in_use(&caps, hv);
         let cgroups = config.cgroups_config();
         let bind_mounts = config.runtime.sandbox_bind_mounts.clone();
@@ -152,6 +156,7 @@ impl VirtContainer {
             // Before the VM is prepared: its NICs are among the devices the resources yield.
             // On error `resources` is dropped, which releases the shared directory.
             resources.set_up_network(&network)?;
+            resources.set_up_sandbox_bind_mounts(&bind_mounts)?;
             // The sandbox's host cgroup, before the VM is made (bad input leaves nothing).
             resources.set_up_cgroups(&cgroups)?;
             resources.use_block_devices(use_blocks);
@@ -221,6 +226,7 @@ impl VirtContainer {
                 dead: watch::channel(None).0,
                 health: HealthCheck::from_config(&config.agent),
                 paused: AtomicBool::new(false),
+                volumes: volumes::VolumeSettings::from_config(config),
             },
             timings,
         ))
@@ -276,6 +282,7 @@ impl VirtContainer {
         .await;
         match agent {
             Ok(agent) => Ok(VirtContainer {
+                volumes: volumes::VolumeSettings::from_config(config),
                 id: config.id.clone(),
                 caps: vm.capabilities(),
                 // A sandbox detached while paused is taken over paused.
@@ -447,11 +454,14 @@ impl RuntimeHandler for VirtContainer {
             let disk_storages =
                 block::attach(&self.vm, container_id, guest.block_devices, &mut disks).await?;
             let oci = spec(&guest.rootfs_path)?;
+            let (oci, volume_storages) =
+                volumes::set_up(&self.resources, &self.volumes, container_id, oci).await?;
             let storages: Vec<Storage> = guest
                 .storages
                 .into_iter()
                 .map(agent_storage)
                 .chain(disk_storages)
+                .chain(volume_storages)
                 .collect();
             // The host cgroup first: a cpuset the host refuses leaves nothing in the guest.
             update_host_cgroups(&self.resources, container_id, &oci)?;
