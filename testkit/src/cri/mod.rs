@@ -5,7 +5,7 @@
 //! - [`Client`]: `runtime.v1` RuntimeService and ImageService, the subset one pod's lifecycle
 //!   needs, as gRPC over HTTP/2 on containerd's unix socket (the `h2` crate directly);
 //! - [`proto`]: the messages, generated from `testkit/proto/cri.proto` (CRI's field numbers);
-//! - [`env`]: [`CriEnv`], the private containerd with its CRI config, network namespace,
+//! - [`env`](mod@env): [`CriEnv`], the private containerd with its CRI config, network namespace,
 //!   CNI network and images;
 //! - [`log`]: container logs in CRI's format.
 //!
