@@ -7,6 +7,8 @@
 //! when the driver sets DRIVER_OK; a driver that breaks the protocol gets DEVICE_NEEDS_RESET,
 //! not a panic.
 
+mod bus;
+
 use std::sync::Arc;
 
 use linux_loader::cmdline::Cmdline;
@@ -17,6 +19,8 @@ use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::error::{Error, Result};
 use crate::layout::{self, MMIO_WINDOW_SIZE};
 use crate::memory::GuestMemory;
+
+pub use bus::MmioBus;
 
 /// "virt", little endian.
 const MMIO_MAGIC: u32 = 0x7472_6976;

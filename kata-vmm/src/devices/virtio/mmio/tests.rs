@@ -257,3 +257,20 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn the_bus_routes_by_window() {
+    let (t, _, _) = transport();
+    let mut bus = MmioBus::default();
+    let slot = MmioSlot::nth(1).unwrap();
+    bus.insert(slot, Arc::new(std::sync::Mutex::new(t)));
+    let mut d = [0u8; 4];
+    assert!(bus.read(slot.base.0, &mut d));
+    assert_eq!(u32::from_le_bytes(d), 0x7472_6976);
+    assert!(bus.read(slot.base.0 + reg::DEVICE_ID, &mut d));
+    assert_eq!(u32::from_le_bytes(d), 42);
+    assert!(!bus.read(slot.base.0 - 4, &mut d), "below the window");
+    assert!(!bus.read(slot.base.0 + MMIO_WINDOW_SIZE, &mut d), "past it");
+    assert!(bus.write(slot.base.0 + reg::STATUS, &1u32.to_le_bytes()));
+    assert!(!bus.write(0, &[0; 4]));
+}

@@ -1,0 +1,110 @@
+//! The KVM VM: the in-kernel interrupt controllers and PIT, guest memory registered as memory
+//! slots, irqfds and ioeventfds (only compiled here: see the module above).
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VmFd};
+use vm_memory::{GuestMemory as _, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::error::{Error, Result};
+use crate::memory::GuestMemory;
+
+/// Where KVM puts the TSS (three pages below the identity map page, below 4 GiB).
+const TSS_ADDRESS: usize = 0xfffb_d000;
+/// KVM's identity map page for real mode on Intel.
+const IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// A VM with its memory registered.
+#[derive(Debug)]
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+    /// Kept so the mappings KVM was given outlive the VM.
+    memory: Option<GuestMemory>,
+}
+
+impl Vm {
+    /// Creates a VM with an in-kernel IOAPIC, PIC and PIT.
+    pub fn new() -> Result<Vm> {
+        let kvm_err = |what| move |source| Error::Kvm { what, source };
+        let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
+        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        fd.set_identity_map_address(IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        fd.set_tss_address(TSS_ADDRESS)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        fd.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        fd.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        Ok(Vm {
+            kvm,
+            fd,
+            memory: None,
+        })
+    }
+
+    /// The KVM system handle (for CPUID).
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// The VM's fd (to create vCPUs).
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// Registers every region of `memory` as a memory slot.
+    pub fn register_memory(&mut self, memory: &GuestMemory) -> Result<()> {
+        for (slot, region) in memory.iter().enumerate() {
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|e| Error::MemoryMap(e.to_string()))?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: `host` is the start of a live mapping of `region.len()` bytes owned by
+            // `memory`; a clone of `memory` is kept in `self` so the mapping outlives the VM
+            // that KVM lets write to it.
+            unsafe { self.fd.set_user_memory_region(r) }.map_err(|source| Error::Kvm {
+                what: "KVM_SET_USER_MEMORY_REGION",
+                source,
+            })?;
+        }
+        self.memory = Some(memory.clone());
+        Ok(())
+    }
+
+    /// Routes `irq` (an eventfd a device raises) to GSI `gsi`.
+    pub fn register_irqfd(&self, irq: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .register_irqfd(irq, gsi)
+            .map_err(|source| Error::Kvm {
+                what: "KVM_IRQFD",
+                source,
+            })
+    }
+
+    /// Signals `notify` when the guest writes the queue-notify register of the virtio-mmio
+    /// window at `base`.
+    pub fn register_queue_notify(&self, notify: &EventFd, base: u64) -> Result<()> {
+        const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+        self.fd
+            .register_ioevent(
+                notify,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                NoDatamatch,
+            )
+            .map_err(|source| Error::Kvm {
+                what: "KVM_IOEVENTFD",
+                source,
+            })
+    }
+}
