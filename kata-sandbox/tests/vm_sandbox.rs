@@ -1262,6 +1262,107 @@ async fn case_host_cgroups(env: Arc<Env>) -> Result<()> {
     Ok(())
 }
 
+/// A container of the shared sandbox with the default mounts and `extra` after them.
+fn with_volumes(env: &Env, extra: Vec<oci_spec::runtime::Mount>, script: &str) -> ContainerSpec {
+    let mut oci = oci_spec::runtime::Spec::default();
+    let mut mounts = oci.mounts().clone().unwrap_or_default();
+    mounts.extend(extra);
+    oci.set_mounts(Some(mounts));
+    ContainerSpec::from_oci(oci, &env.rootfs).args(["sh", "-c", script])
+}
+
+fn volume(typ: &str, source: &Path, destination: &str, options: &[&str]) -> oci_spec::runtime::Mount {
+    let mut m = oci_spec::runtime::Mount::default();
+    m.set_typ(Some(typ.into()));
+    m.set_source(Some(source.to_path_buf()));
+    m.set_destination(PathBuf::from(destination));
+    m.set_options(Some(options.iter().map(|o| o.to_string()).collect()));
+    m
+}
+
+/// Host volumes reach the guest through the shared directory: a read-only bind is read and
+/// not written, a read-write bind's writes are seen on the host, a single file is bound, a
+/// tmpfs volume works and `/dev/shm` is the pod's tmpfs of the spec's size (issue 10 item 3).
+async fn case_volumes_reach_the_guest(env: Arc<Env>) -> Result<()> {
+    let host = tempfile::tempdir()?;
+    let (ro, rw, single) = (
+        host.path().join("ro"),
+        host.path().join("rw"),
+        host.path().join("hosts"),
+    );
+    std::fs::create_dir(&ro)?;
+    std::fs::create_dir(&rw)?;
+    std::fs::write(ro.join("hello"), "read-only from the host\n")?;
+    std::fs::write(&single, "10.0.0.1 pod\n")?;
+    let script = "cat /ro/hello; \
+                  (echo x > /ro/new) 2>/dev/null && echo WROTE-RO; \
+                  echo from-the-guest > /rw/out; \
+                  cat /etc/hosts; \
+                  echo t > /scratch/t && cat /scratch/t; \
+                  grep -E ' /(scratch|dev/shm) ' /proc/mounts";
+    let out = env
+        .sandbox
+        .run(with_volumes(
+            &env,
+            vec![
+                volume("bind", &ro, "/ro", &["rbind", "ro"]),
+                volume("bind", &rw, "/rw", &["rbind", "rw"]),
+                volume("bind", &single, "/etc/hosts", &["bind", "ro"]),
+                volume("tmpfs", Path::new("tmpfs"), "/scratch", &["size=1m"]),
+            ],
+            script,
+        ))
+        .await?;
+    let text = out.stdout_str();
+    ensure!(out.status.success(), "{}: {text} {}", out.status, out.stderr_str());
+    ensure!(text.contains("read-only from the host\n"), "{text}");
+    ensure!(!text.contains("WROTE-RO"), "a read-only bind was written: {text}");
+    ensure!(!ro.join("new").exists());
+    ensure!(text.contains("10.0.0.1 pod\n"), "the single-file bind: {text}");
+    ensure!(text.contains("t\n"), "{text}");
+    ensure!(
+        text.lines().any(|l| l.contains(" /scratch tmpfs ")),
+        "the tmpfs volume: {text}"
+    );
+    ensure!(
+        text.lines()
+            .any(|l| l.contains(" /dev/shm tmpfs ") && l.contains("size=65536k")),
+        "/dev/shm is the pod's 64 MiB tmpfs: {text}"
+    );
+    ensure!(
+        std::fs::read_to_string(rw.join("out"))? == "from-the-guest\n",
+        "the guest's write is on the host"
+    );
+    Ok(())
+}
+
+/// A bind source that does not exist is refused naming `mounts[i].source` and the path, and
+/// leaves nothing (the harness checks the shared directory and mounts after the case).
+async fn case_volume_missing_source(env: Arc<Env>) -> Result<()> {
+    let host = tempfile::tempdir()?;
+    let missing = host.path().join("missing");
+    let index = oci_spec::runtime::Spec::default()
+        .mounts()
+        .as_ref()
+        .map_or(0, Vec::len);
+    let err = match env
+        .sandbox
+        .create_container(with_volumes(
+            &env,
+            vec![volume("bind", &missing, "/data", &["rbind"])],
+            "true",
+        ))
+        .await
+    {
+        Ok(_) => bail!("a container with a missing bind source was created"),
+        Err(e) => e.to_string(),
+    };
+    let field = format!("mounts[{index}].source {}", missing.display());
+    ensure!(err.contains(&field) && err.contains("does not exist"), "{err}");
+    ensure!(env.sandbox.container_ids().is_empty(), "the container is not kept");
+    Ok(())
+}
+
 async fn setup() -> Result<Env> {
     let work = tempfile::tempdir()?;
     let root_dir = work.path().join("sandboxes");
@@ -1321,6 +1422,8 @@ fn main() -> std::process::ExitCode {
         .case("seccomp_and_capabilities", case_seccomp_and_capabilities)
         .case("eight_concurrent_commands", case_eight_concurrent)
         .case("bad_container_input", case_bad_container_input)
+        .case("volumes_reach_the_guest", case_volumes_reach_the_guest)
+        .case("volume_missing_source", case_volume_missing_source)
         // These boot (or try to boot) sandboxes of their own next to the shared one.
         .case_with_timeout(
             "drop_without_shutdown",
