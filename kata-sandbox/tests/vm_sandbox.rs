@@ -1271,7 +1271,12 @@ fn with_volumes(env: &Env, extra: Vec<oci_spec::runtime::Mount>, script: &str) -
     ContainerSpec::from_oci(oci, &env.rootfs).args(["sh", "-c", script])
 }
 
-fn volume(typ: &str, source: &Path, destination: &str, options: &[&str]) -> oci_spec::runtime::Mount {
+fn volume(
+    typ: &str,
+    source: &Path,
+    destination: &str,
+    options: &[&str],
+) -> oci_spec::runtime::Mount {
     let mut m = oci_spec::runtime::Mount::default();
     m.set_typ(Some(typ.into()));
     m.set_source(Some(source.to_path_buf()));
@@ -1314,11 +1319,22 @@ async fn case_volumes_reach_the_guest(env: Arc<Env>) -> Result<()> {
         ))
         .await?;
     let text = out.stdout_str();
-    ensure!(out.status.success(), "{}: {text} {}", out.status, out.stderr_str());
+    ensure!(
+        out.status.success(),
+        "{}: {text} {}",
+        out.status,
+        out.stderr_str()
+    );
     ensure!(text.contains("read-only from the host\n"), "{text}");
-    ensure!(!text.contains("WROTE-RO"), "a read-only bind was written: {text}");
+    ensure!(
+        !text.contains("WROTE-RO"),
+        "a read-only bind was written: {text}"
+    );
     ensure!(!ro.join("new").exists());
-    ensure!(text.contains("10.0.0.1 pod\n"), "the single-file bind: {text}");
+    ensure!(
+        text.contains("10.0.0.1 pod\n"),
+        "the single-file bind: {text}"
+    );
     ensure!(text.contains("t\n"), "{text}");
     ensure!(
         text.lines().any(|l| l.contains(" /scratch tmpfs ")),
@@ -1358,8 +1374,14 @@ async fn case_volume_missing_source(env: Arc<Env>) -> Result<()> {
         Err(e) => e.to_string(),
     };
     let field = format!("mounts[{index}].source {}", missing.display());
-    ensure!(err.contains(&field) && err.contains("does not exist"), "{err}");
-    ensure!(env.sandbox.container_ids().is_empty(), "the container is not kept");
+    ensure!(
+        err.contains(&field) && err.contains("does not exist"),
+        "{err}"
+    );
+    ensure!(
+        env.sandbox.container_ids().is_empty(),
+        "the container is not kept"
+    );
     Ok(())
 }
 
