@@ -10,10 +10,11 @@
 //! chains, request headers, packet headers) is parsed into checked types at the edge; a
 //! malformed chain makes the device report an error or drop the request, never panic.
 //!
-//! What does not exist yet: the vCPU run loop on KVM ([`vstate`] has the register and CPUID
-//! setup only, never run on a real KVM here), interrupts through irqfd, notifications through
-//! ioeventfd, the event loop, net, inline virtio-fs, and the kata-hypervisor backend that uses
-//! this crate. See the README.
+//! What does not exist yet: the vCPU run loop and its threads ([`vstate`] sets a VM and its
+//! vCPUs up on kvm-ioctls, but that has never run: the development host's KVM is
+//! paravirtual), the event loop that drives the devices, interrupts and notifications wired
+//! through irqfd and ioeventfd at run time, net, inline virtio-fs, and the kata-hypervisor
+//! backend that uses this crate. See the README.
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -25,3 +26,8 @@ pub mod memory;
 pub mod vstate;
 
 pub use error::{Error, Result};
+
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
