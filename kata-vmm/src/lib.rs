@@ -3,7 +3,7 @@
 //! The built-in virtual machine monitor of kata-rs, on the rust-vmm crates: guest memory
 //! ([`memory`]), the kernel loader ([`loader`]), the legacy devices ([`devices::legacy`]: the
 //! serial console and the i8042 reset line) and virtio-mmio devices ([`devices::virtio`]:
-//! block and vsock with a hybrid unix-socket backend).
+//! block and vsock with a hybrid unix-socket backend), driven by an [`event_loop`].
 //!
 //! Every device works on any [`vm_memory::GuestMemory`], so it is tested over a
 //! [`vm_memory::GuestMemoryMmap`] with no VM at all. What the guest hands a device (descriptor
@@ -12,14 +12,15 @@
 //!
 //! What does not exist yet: the vCPU run loop and its threads ([`vstate`] sets a VM and its
 //! vCPUs up on kvm-ioctls, but that has never run: the development host's KVM is
-//! paravirtual), the event loop that drives the devices, interrupts and notifications wired
-//! through irqfd and ioeventfd at run time, net, inline virtio-fs, and the kata-hypervisor
+//! paravirtual), the VM assembled from these parts (the devices' eventfds registered with KVM
+//! as irqfds and ioeventfds), net, inline virtio-fs, and the kata-hypervisor
 //! backend that uses this crate. See the README.
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod devices;
 pub mod error;
+pub mod event_loop;
 pub mod layout;
 pub mod loader;
 pub mod memory;

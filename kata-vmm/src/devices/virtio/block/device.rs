@@ -2,13 +2,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, Request, RequestKind, DISCARD_RANGE_LEN, S_IOERR, S_OK, S_UNSUPP};
 use super::{ID_BYTES, SECTOR_SIZE, SEG_MAX, VIRTIO_ID_BLOCK};
@@ -17,6 +18,7 @@ use crate::devices::virtio::{
     read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::error::{Error, Result};
+use crate::event_loop::EventHandler;
 use crate::memory::GuestMemory;
 
 /// Feature: `seg_max` is valid.
@@ -73,6 +75,8 @@ pub struct Block {
     features: u64,
     config: Vec<u8>,
     active: Option<Active>,
+    /// Signalled when the driver notifies the queue (the ioeventfd KVM writes).
+    notify: EventFd,
 }
 
 impl Block {
@@ -124,7 +128,13 @@ impl Block {
         cfg[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
         cfg[40..44].copy_from_slice(&1u32.to_le_bytes());
         cfg[44..48].copy_from_slice(&1u32.to_le_bytes());
+        let notify = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::DeviceIo {
+            device: name.clone(),
+            what: "creating the notify eventfd".into(),
+            source,
+        })?;
         Ok(Block {
+            notify,
             name,
             disk: Disk {
                 file,
@@ -136,6 +146,11 @@ impl Block {
             config: cfg,
             active: None,
         })
+    }
+
+    /// The eventfd a queue notification signals (to register as the window's ioeventfd).
+    pub fn notify_evt(&self) -> &EventFd {
+        &self.notify
     }
 
     /// The disk size in bytes the guest sees.
@@ -347,6 +362,17 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+}
+
+impl EventHandler for Block {
+    fn watched(&self) -> Vec<(RawFd, u32)> {
+        vec![(self.notify.as_raw_fd(), 0)]
+    }
+
+    fn handle(&mut self, _token: u32) {
+        let _ = self.notify.read();
+        self.process_queue();
     }
 }
 

@@ -285,3 +285,32 @@ proptest! {
         prop_assert_eq!(h.file(), before);
     }
 }
+
+#[test]
+fn the_event_loop_runs_the_queue_on_notify() {
+    use crate::event_loop::EventLoop;
+    use std::sync::Mutex;
+    let mem = test_memory();
+    let mut h = Harness::new(&mem, true);
+    h.header(request::T_IN, 1);
+    h.submit(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
+    let dev = std::mem::replace(
+        &mut h.dev,
+        Block::new(&BlockConfig {
+            path: h.path.clone(),
+            read_only: true,
+            id: None,
+        })
+        .unwrap(),
+    );
+    let dev = Arc::new(Mutex::new(dev));
+    let mut lp = EventLoop::new().unwrap();
+    lp.add(dev.clone()).unwrap();
+    assert_eq!(lp.run_once(0).unwrap(), 0, "nothing before the notify");
+    dev.lock().unwrap().notify_evt().write(1).unwrap();
+    assert_eq!(lp.run_once(1000).unwrap(), 1);
+    assert_eq!(h.status(), S_OK);
+    let mut got = [0u8; 4];
+    mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(got, [1; 4]);
+}

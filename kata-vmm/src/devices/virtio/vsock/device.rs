@@ -1,11 +1,14 @@
 //! The virtio-vsock device: RX, TX and event queues, the guest's CID in the configuration
 //! space, and the pump between the queues and the [`Muxer`].
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::packet;
 use super::unix::Muxer;
@@ -15,6 +18,7 @@ use crate::devices::virtio::{
     read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::error::{Error, Result};
+use crate::event_loop::EventHandler;
 use crate::memory::GuestMemory;
 
 /// The queue size of every queue.
@@ -24,6 +28,8 @@ const RXQ: usize = 0;
 const TXQ: usize = 1;
 /// The most descriptors of one packet's chain.
 const MAX_SEGMENTS: usize = 32;
+/// How often timeouts are checked.
+const TIMER_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How the vsock device is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +53,10 @@ pub struct Vsock {
     guest_cid: u64,
     muxer: Muxer,
     active: Option<Active>,
+    /// Signalled when the driver notifies a queue (the ioeventfd KVM writes).
+    notify: EventFd,
+    /// Ticks while anything waits on a timeout (a CONNECT line, the guest's answer).
+    timer: TimerFd,
 }
 
 impl Vsock {
@@ -62,11 +72,33 @@ impl Vsock {
                 ),
             });
         }
+        let io_err = |what: &str| {
+            let device = device.clone();
+            let what = what.to_string();
+            move |source| Error::DeviceIo {
+                device,
+                what,
+                source,
+            }
+        };
+        let notify =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("creating the notify eventfd"))?;
+        let mut timer = TimerFd::new().map_err(|e| io_err("creating the timer")(e.into()))?;
+        timer
+            .reset(TIMER_TICK, Some(TIMER_TICK))
+            .map_err(|e| io_err("arming the timer")(e.into()))?;
         Ok(Vsock {
             guest_cid: config.guest_cid,
             muxer: Muxer::new(&config.uds_path, config.guest_cid)?,
             active: None,
+            notify,
+            timer,
         })
+    }
+
+    /// The eventfd a queue notification signals (to register as the window's ioeventfd).
+    pub fn notify_evt(&self) -> &EventFd {
+        &self.notify
     }
 
     /// The host's unix socket.
@@ -194,6 +226,37 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+}
+
+/// What woke the device.
+mod token {
+    pub const NOTIFY: u32 = 0;
+    pub const SOCKETS: u32 = 1;
+    pub const TIMER: u32 = 2;
+}
+
+impl EventHandler for Vsock {
+    fn watched(&self) -> Vec<(RawFd, u32)> {
+        vec![
+            (self.notify.as_raw_fd(), token::NOTIFY),
+            (self.muxer.epoll_fd(), token::SOCKETS),
+            (self.timer.as_raw_fd(), token::TIMER),
+        ]
+    }
+
+    fn handle(&mut self, token: u32) {
+        match token {
+            token::NOTIFY => {
+                let _ = self.notify.read();
+            }
+            token::SOCKETS => self.muxer.drain_events(),
+            token::TIMER => {
+                let _ = self.timer.wait();
+            }
+            _ => return,
+        }
+        self.process(Instant::now());
     }
 }
 

@@ -287,3 +287,54 @@ proptest! {
         g.received();
     }
 }
+
+/// The device in an event loop: a client's CONNECT wakes it through the muxer's sockets, a
+/// queue notification through its eventfd, and a silent guest is timed out by its timer.
+#[test]
+fn the_event_loop_drives_connect_and_timeouts() {
+    use crate::event_loop::EventLoop;
+    use std::sync::Mutex;
+    let mem = test_memory();
+    // The harness' rings, with a device of the loop's own on them (the harness' device is
+    // left idle).
+    let mut g = Guest::new(&mem);
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = Vsock::new(&VsockConfig {
+        guest_cid: 3,
+        uds_path: dir.path().join("loop.hvsock"),
+    })
+    .unwrap();
+    let queues = vec![
+        g.rx.vq.create_queue().unwrap(),
+        g.tx.vq.create_queue().unwrap(),
+        Ring::new(&mem, 0x2_0000).vq.create_queue().unwrap(),
+    ];
+    dev.activate(mem.clone(), VIRTIO_F_VERSION_1, queues, g.irq.clone())
+        .unwrap();
+    let uds = dev.uds_path().to_owned();
+    let dev = Arc::new(Mutex::new(dev));
+    let mut lp = EventLoop::new().unwrap();
+    lp.add(dev.clone()).unwrap();
+
+    let mut c = UnixStream::connect(&uds).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"CONNECT 1024\n").unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.is_empty() && start.elapsed() < Duration::from_secs(5) {
+        lp.run_once(100).unwrap();
+        got = g.received();
+    }
+    assert_eq!(got.len(), 1, "the CONNECT woke the device");
+    assert_eq!(got[0].0.op, op::REQUEST);
+    // The guest never answers: the timer ends the connection after the CONNECT timeout.
+    let start = Instant::now();
+    let mut reset = false;
+    while !reset && start.elapsed() < Duration::from_secs(5) {
+        lp.run_once(100).unwrap();
+        reset = g.received().iter().any(|(h, _)| h.op == op::RST);
+    }
+    assert!(reset, "the silent guest was sent a reset");
+    let mut b = [0u8; 8];
+    assert_eq!(c.read(&mut b).unwrap(), 0, "the client was closed");
+}

@@ -13,11 +13,13 @@ mod connection;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{ErrorKind, Read};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use connection::{Connection, State};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::packet::{op, Header, Packet, TYPE_STREAM};
 use super::VSOCK_HOST_CID;
@@ -47,6 +49,9 @@ pub struct Muxer {
     guest_cid: u64,
     path: PathBuf,
     listener: UnixListener,
+    /// Every socket of the muxer, edge-triggered: the device's event loop watches this one
+    /// descriptor, and every wake-up runs a whole pass over the connections.
+    epoll: Epoll,
     pending: Vec<Pending>,
     /// Keyed by (host port, guest port).
     conns: BTreeMap<(u32, u32), Connection>,
@@ -64,17 +69,33 @@ impl Muxer {
             what: "binding the hybrid vsock socket".into(),
             source,
         })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| Error::DeviceIo {
+        let io_err = |what: &str| {
+            let device = device.clone();
+            let what = what.to_string();
+            move |source| Error::DeviceIo {
                 device,
-                what: "making the socket non-blocking".into(),
+                what,
                 source,
-            })?;
+            }
+        };
+        let setup = || -> std::io::Result<Epoll> {
+            listener.set_nonblocking(true)?;
+            let epoll = Epoll::new()?;
+            watch(&epoll, listener.as_raw_fd())?;
+            Ok(epoll)
+        };
+        let epoll = match setup() {
+            Ok(epoll) => epoll,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(io_err("setting the socket up")(e));
+            }
+        };
         Ok(Muxer {
             guest_cid,
             path: path.to_owned(),
             listener,
+            epoll,
             pending: Vec::new(),
             conns: BTreeMap::new(),
             rxq: VecDeque::new(),
@@ -85,6 +106,21 @@ impl Muxer {
     /// The unix socket's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The descriptor that is readable when any socket of the muxer has news.
+    pub fn epoll_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    /// Consumes the news of the muxer's sockets (the pass that follows reads them all).
+    pub fn drain_events(&self) {
+        let mut events = [EpollEvent::default(); 64];
+        while let Ok(n) = self.epoll.wait(0, &mut events) {
+            if n < events.len() {
+                break;
+            }
+        }
     }
 
     /// How many connections are open (clients still sending CONNECT included).
@@ -99,6 +135,7 @@ impl Muxer {
                 Ok((stream, _)) => {
                     if self.connection_count() >= MAX_CONNECTIONS
                         || stream.set_nonblocking(true).is_err()
+                        || watch(&self.epoll, stream.as_raw_fd()).is_err()
                     {
                         tracing::warn!(path = %self.path.display(), "hybrid vsock: too many connections, refusing one");
                         continue;
@@ -350,6 +387,19 @@ impl Drop for Muxer {
         // The socket file is ours: leave nothing behind.
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Watches `fd` for input, output and hang-up, edge-triggered. A closed descriptor leaves the
+/// epoll set by itself.
+fn watch(epoll: &Epoll, fd: RawFd) -> std::io::Result<()> {
+    epoll.ctl(
+        ControlOperation::Add,
+        fd,
+        EpollEvent::new(
+            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED,
+            fd as u64,
+        ),
+    )
 }
 
 /// SHUTDOWN flags: the host will neither receive nor send.
