@@ -209,6 +209,16 @@ pub fn write_boot_params<M: GuestMemory>(
             reason: e.to_string(),
         }
     })?;
+    if let Some(hdr) = kernel.setup_header {
+        // Boot protocol 2.06 and later say how long a command line the kernel takes.
+        let max = hdr.cmdline_size as usize;
+        if hdr.version >= 0x0206 && max != 0 && cstr.as_bytes().len() > max {
+            return Err(Error::Cmdline(format!(
+                "{} bytes, the kernel takes at most {max}",
+                cstr.as_bytes().len()
+            )));
+        }
+    }
     let mut params = boot_params::default();
     if let Some(hdr) = kernel.setup_header {
         params.hdr = hdr;

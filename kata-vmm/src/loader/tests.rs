@@ -172,3 +172,13 @@ fn overlong_cmdline_is_an_error() {
     assert!(c.insert_str(&long).is_err());
     assert!(cmdline(&long).is_err());
 }
+
+#[test]
+fn a_cmdline_longer_than_the_kernel_takes_is_refused() {
+    let ram = GuestRam::new("t", 256).unwrap();
+    let k = load_kernel(ram.memory(), &guest_file("bzImage")).unwrap();
+    // 3000 bytes fit our buffer (4096) but not the x86 kernel's 2048.
+    let c = cmdline(&format!("console=ttyS0 x={}", "y".repeat(3000))).unwrap();
+    let e = write_boot_params(ram.memory(), &k, &c, None).unwrap_err();
+    assert!(e.to_string().contains("the kernel takes at most"), "{e}");
+}

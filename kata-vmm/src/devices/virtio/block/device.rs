@@ -126,7 +126,7 @@ impl Block {
         cfg[0..8].copy_from_slice(&(size / SECTOR_SIZE).to_le_bytes());
         cfg[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         cfg[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
-        cfg[40..44].copy_from_slice(&1u32.to_le_bytes());
+        cfg[40..44].copy_from_slice(&request::MAX_DISCARD_SEG.to_le_bytes());
         cfg[44..48].copy_from_slice(&1u32.to_le_bytes());
         let notify = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::DeviceIo {
             device: name.clone(),

@@ -28,6 +28,9 @@ pub const S_UNSUPP: u8 = 2;
 const HEADER_LEN: u32 = 16;
 /// A discard range (`struct virtio_blk_discard_write_zeroes`) is 16 bytes.
 pub const DISCARD_RANGE_LEN: u32 = 16;
+/// The most ranges one discard request may carry (advertised as `max_discard_seg`), so a
+/// request cannot keep the device busy with millions of ranges.
+pub const MAX_DISCARD_SEG: u32 = 1;
 
 /// What the request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +151,11 @@ pub fn parse<M: GuestMemory + ?Sized>(
                     "discard data is not a whole number of 16-byte ranges",
                 ));
             }
+            if data_len > u64::from(DISCARD_RANGE_LEN * MAX_DISCARD_SEG) {
+                return Err(ChainError::Malformed(
+                    "more discard ranges than max_discard_seg",
+                ));
+            }
         }
         RequestKind::Flush | RequestKind::Unsupported(_) => {}
     }
@@ -225,6 +233,10 @@ mod tests {
         // Partial sectors, no data at all.
         assert!(parse(&mem, &[h, seg(0x2000, 100, true), status]).is_err());
         assert!(parse(&mem, &[h, status]).is_err());
+        // More discard ranges than advertised.
+        let d = header(&mem, 0x1400, T_DISCARD, 0);
+        assert!(parse(&mem, &[d, seg(0x2000, 32, false), status]).is_err());
+        assert!(parse(&mem, &[d, seg(0x2000, 16, false), status]).is_ok());
         // GET_ID with a short buffer.
         let g = header(&mem, 0x1200, T_GET_ID, 0);
         assert!(parse(&mem, &[g, seg(0x2000, 8, true), status]).is_err());

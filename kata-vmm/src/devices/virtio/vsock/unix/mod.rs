@@ -162,8 +162,10 @@ impl Muxer {
         for conn in self.conns.values_mut() {
             conn.flush_to_host();
             if conn.needs_credit_update() {
-                self.rxq
-                    .push_back(control(self.guest_cid, conn, op::CREDIT_UPDATE, 0));
+                push_bounded(
+                    &mut self.rxq,
+                    control(self.guest_cid, conn, op::CREDIT_UPDATE, 0),
+                );
                 conn.credit_sent();
             }
         }
@@ -225,8 +227,10 @@ impl Muxer {
             return;
         };
         let conn = Connection::new(stream, local_port, guest_port, early, now);
-        self.rxq
-            .push_back(control(self.guest_cid, &conn, op::REQUEST, 0));
+        push_bounded(
+            &mut self.rxq,
+            control(self.guest_cid, &conn, op::REQUEST, 0),
+        );
         self.conns.insert((local_port, guest_port), conn);
     }
 
@@ -267,8 +271,7 @@ impl Muxer {
     fn reset(&mut self, key: (u32, u32)) {
         if let Some(conn) = self.conns.remove(&key) {
             if conn.state != State::Closed {
-                self.rxq
-                    .push_back(control(self.guest_cid, &conn, op::RST, 0));
+                push_bounded(&mut self.rxq, control(self.guest_cid, &conn, op::RST, 0));
             }
         }
     }
@@ -282,7 +285,8 @@ impl Muxer {
         }
         if h.type_ != TYPE_STREAM {
             if h.op != op::RST {
-                self.rxq.push_back(self.reset_reply(&h));
+                let rst = self.reset_reply(&h);
+                push_bounded(&mut self.rxq, rst);
             }
             return;
         }
@@ -291,7 +295,8 @@ impl Muxer {
             // Nothing listens on the host for the guest (not supported yet), or the
             // connection is gone.
             if h.op != op::RST {
-                self.rxq.push_back(self.reset_reply(&h));
+                let rst = self.reset_reply(&h);
+                push_bounded(&mut self.rxq, rst);
             }
             return;
         };
@@ -314,8 +319,10 @@ impl Muxer {
                     return;
                 }
                 if conn.needs_credit_update() {
-                    self.rxq
-                        .push_back(control(self.guest_cid, conn, op::CREDIT_UPDATE, 0));
+                    push_bounded(
+                        &mut self.rxq,
+                        control(self.guest_cid, conn, op::CREDIT_UPDATE, 0),
+                    );
                     conn.credit_sent();
                 }
             }
@@ -326,8 +333,10 @@ impl Muxer {
                 self.reset(key);
             }
             op::CREDIT_REQUEST => {
-                self.rxq
-                    .push_back(control(self.guest_cid, conn, op::CREDIT_UPDATE, 0));
+                push_bounded(
+                    &mut self.rxq,
+                    control(self.guest_cid, conn, op::CREDIT_UPDATE, 0),
+                );
                 conn.credit_sent();
             }
             op::CREDIT_UPDATE => {}
@@ -400,6 +409,23 @@ fn watch(epoll: &Epoll, fd: RawFd) -> std::io::Result<()> {
             fd as u64,
         ),
     )
+}
+
+/// The most packets waiting for the guest. A guest that sends without ever taking its RX
+/// buffers (each stray packet earns a reset) must not grow the VMM's memory: past the limit
+/// packets are dropped, and what depended on them times out.
+pub const RXQ_LIMIT: usize = 1024;
+
+/// Queues `pkt` for the guest unless [`RXQ_LIMIT`] packets already wait.
+fn push_bounded(rxq: &mut VecDeque<Packet>, pkt: Packet) {
+    if rxq.len() < RXQ_LIMIT {
+        rxq.push_back(pkt);
+    } else {
+        tracing::debug!(
+            op = pkt.header.op,
+            "vsock: RX queue full, packet for the guest dropped"
+        );
+    }
 }
 
 /// SHUTDOWN flags: the host will neither receive nor send.

@@ -264,3 +264,17 @@ fn the_socket_file_is_ours() {
     drop(m);
     assert!(!path.exists(), "removed on drop");
 }
+
+#[test]
+fn a_guest_flooding_strays_cannot_grow_the_rx_queue() {
+    let (_d, mut m) = muxer();
+    let now = Instant::now();
+    for port in 0..(RXQ_LIMIT as u32 * 4) {
+        m.send_pkt(from_guest(port, op::RW, b"x", 0, 0));
+    }
+    let mut n = 0;
+    while m.recv_pkt(4096, now).is_some() {
+        n += 1;
+    }
+    assert_eq!(n, RXQ_LIMIT);
+}
