@@ -20,6 +20,8 @@ debs=(
   iproute2 util-linux
   # the Rust virtiofsd's build (its seccomp filter and capability handling)
   libseccomp-dev libcap-ng-dev
+  # the nested lab's L1 kernel and its kvm-amd, vhost_vsock, vfio modules (lab/README.md)
+  linux-image-cloud-amd64
 )
 missing=()
 for p in "${debs[@]}"; do

@@ -1,0 +1,500 @@
+//! The host side: build L1's initramfs (`lab/build.sh`), export this host's root read-only
+//! over virtio-fs (virtiofsd), boot L1 under QEMU TCG with emulated SVM, an emulated IOMMU and
+//! the edu device, and collect what its console says until it powers off.
+//!
+//! Nothing outlives a run: virtiofsd and QEMU are children of the caller, killed (by the
+//! handles this module spawned them with) and reaped on every exit path, and the run's working
+//! directory (the virtiofsd socket, its log) is removed.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{parse_line, Check, Figure, Line, Vmm};
+
+/// What can go wrong before L1 runs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `lab/build.sh` failed.
+    #[error("building L1's initramfs with {script} failed: {reason}; run it by hand to see why (the cloud kernel comes from scripts/setup.sh)")]
+    Build {
+        /// The script.
+        script: PathBuf,
+        /// Its stderr or the spawn error.
+        reason: String,
+    },
+    /// A program could not be started.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// virtiofsd never made its socket.
+    #[error("virtiofsd did not create {socket} within 10 s (its log: {log})")]
+    NoSocket {
+        /// The socket it was to create.
+        socket: PathBuf,
+        /// What it logged.
+        log: String,
+    },
+    /// The runner's path cannot go on a kernel command line.
+    #[error("the runner path {0} has whitespace or a comma: it cannot go on L1's kernel command line; build into a target dir without them")]
+    RunnerPath(PathBuf),
+    /// The log filter cannot go on a kernel command line.
+    #[error("the log filter {0:?} has whitespace: it cannot go on L1's kernel command line")]
+    LogFilter(String),
+    /// A program the lab needs is missing.
+    #[error("{program} not found: {fix}")]
+    Missing {
+        /// The program.
+        program: String,
+        /// How to get it.
+        fix: String,
+    },
+    /// An I/O error on the run's working files.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// L1's kernel and initramfs, as `lab/build.sh` printed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L1Image {
+    /// Debian's cloud kernel (`/boot/vmlinuz-<version>`).
+    pub kernel: PathBuf,
+    /// The cached initramfs.
+    pub initrd: PathBuf,
+    /// The kernel's release.
+    pub kernel_version: String,
+    /// The cache key of the initramfs.
+    pub key: String,
+}
+
+/// `lab/build.sh`, next to this crate.
+pub fn build_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../build.sh")
+}
+
+/// Builds (or finds in the cache) L1's initramfs.
+pub fn build_image() -> Result<L1Image, Error> {
+    let script = build_script();
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Build {
+            script: script.clone(),
+            reason: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(Error::Build {
+            script,
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    parse_build_output(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| Error::Build {
+        script,
+        reason: format!(
+            "its output lacks kernel=, initrd=, kernel_version= or key=: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+    })
+}
+
+/// Reads `lab/build.sh`'s `key=value` lines.
+pub fn parse_build_output(out: &str) -> Option<L1Image> {
+    let get = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    Some(L1Image {
+        kernel: get("kernel")?.into(),
+        initrd: get("initrd")?.into(),
+        kernel_version: get("kernel_version")?,
+        key: get("key")?,
+    })
+}
+
+/// How to run L1.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The test program L1 runs (a path on this host: L1 sees the host's root).
+    pub runner: PathBuf,
+    /// The VMMs it drives.
+    pub vmms: Vec<Vmm>,
+    /// L1's memory (MiB).
+    pub memory_mib: u32,
+    /// L1's vCPUs.
+    pub cpus: u32,
+    /// The whole run's deadline: L1 is killed when it passes.
+    pub timeout: Duration,
+    /// Where to keep L1's whole console.
+    pub console_log: Option<PathBuf>,
+    /// Print the lab's own lines (`lab-...`) as they come.
+    pub echo: bool,
+    /// The runner's log filter in L1 (`KATA_LAB_LOG`, tracing's syntax; `warn` when unset).
+    pub log: Option<String>,
+}
+
+impl Options {
+    /// L1 with 2 GiB and 2 vCPUs, 20 minutes, echoing its lines.
+    pub fn new(runner: impl Into<PathBuf>, vmms: &[Vmm]) -> Self {
+        Options {
+            runner: runner.into(),
+            vmms: vmms.to_vec(),
+            memory_mib: 2048,
+            cpus: 2,
+            timeout: Duration::from_secs(1200),
+            console_log: None,
+            echo: true,
+            log: None,
+        }
+    }
+}
+
+/// What one L1 run said and how long it took.
+#[derive(Debug, Clone, Default)]
+pub struct Run {
+    /// Every console line with the time it arrived (from QEMU's start).
+    pub console: Vec<(Duration, String)>,
+    /// The checks reported.
+    pub checks: Vec<Check>,
+    /// The figures reported.
+    pub figures: Vec<Figure>,
+    /// From QEMU's start to L1's `/init` (host wall time).
+    pub l1_init: Option<Duration>,
+    /// From QEMU's start to the runner's start in L1 (modules loaded, L1 checks done).
+    pub runner_start: Option<Duration>,
+    /// From QEMU's start to QEMU's exit (or the kill at the deadline).
+    pub wall: Duration,
+    /// L1 ran past the deadline and was killed.
+    pub timed_out: bool,
+    /// QEMU's exit status (`None` when it was killed).
+    pub qemu_status: Option<ExitStatus>,
+    /// L1's `/init` said it finished (`lab-l1 done`) before powering off.
+    pub l1_done: bool,
+}
+
+impl Run {
+    /// The last `n` console lines, for an error message.
+    pub fn console_tail(&self, n: usize) -> String {
+        let skip = self.console.len().saturating_sub(n);
+        self.console[skip..]
+            .iter()
+            .map(|(t, l)| format!("{:7.1} {l}", t.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// virtiofsd: `$KATA_RS_CACHE/bin` (scripts/setup.sh installs it there), else `PATH`.
+pub fn virtiofsd() -> Result<PathBuf, Error> {
+    let cache = std::env::var_os("KATA_RS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/kata-rs".into());
+    kata_hypervisor::kvm::find_program("virtiofsd", "", &[cache.join("bin")]).ok_or_else(|| {
+        Error::Missing {
+            program: "virtiofsd".into(),
+            fix: "run scripts/setup.sh (cargo install virtiofsd)".into(),
+        }
+    })
+}
+
+/// L1's kernel command line.
+pub fn kernel_cmdline(opts: &Options) -> Result<String, Error> {
+    let runner = opts.runner.display().to_string();
+    if runner.contains(|c: char| c.is_whitespace() || c == ',') {
+        return Err(Error::RunnerPath(opts.runner.clone()));
+    }
+    let vmms: Vec<String> = opts
+        .vmms
+        .iter()
+        .flat_map(|v| ["--vmm".to_string(), v.name().to_string()])
+        .collect();
+    let mut cmdline = format!(
+        "console=ttyS0 panic=-1 intel_iommu=on loglevel=4 lab.runner={runner} lab.args={}",
+        vmms.join(",")
+    );
+    if let Some(log) = &opts.log {
+        if log.is_empty() || log.contains(char::is_whitespace) {
+            return Err(Error::LogFilter(log.clone()));
+        }
+        cmdline.push_str(&format!(" lab.log={log}"));
+    }
+    Ok(cmdline)
+}
+
+/// QEMU's arguments for L1: TCG with SVM (so L1 has KVM), q35 with an emulated IOMMU first
+/// (the edu device and every later PCI device sit behind it), guest memory in a shared memfd
+/// (virtio-fs needs it), the host's root over vhost-user-fs, the serial console on stdout.
+pub fn qemu_args(image: &L1Image, opts: &Options, socket: &Path) -> Result<Vec<String>, Error> {
+    let m = opts.memory_mib;
+    let args = [
+        "-M",
+        "q35",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max,+svm",
+        "-m",
+        &format!("{m}M"),
+        "-smp",
+        &opts.cpus.to_string(),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-device",
+        "intel-iommu",
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={m}M,share=on"),
+        "-numa",
+        "node,memdev=mem",
+        "-chardev",
+        &format!("socket,id=hostroot,path={}", socket.display()),
+        "-device",
+        "vhost-user-fs-pci,chardev=hostroot,tag=hostroot",
+        "-device",
+        "edu",
+        "-kernel",
+        &image.kernel.display().to_string(),
+        "-initrd",
+        &image.initrd.display().to_string(),
+        "-append",
+        &kernel_cmdline(opts)?,
+    ];
+    Ok(args.iter().map(|a| a.to_string()).collect())
+}
+
+/// A child killed and reaped when dropped (by its handle: never a pid looked up by name).
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Boots L1 and collects its console until it powers off or `opts.timeout` passes.
+pub fn run(image: &L1Image, opts: &Options) -> Result<Run, Error> {
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| Error::Io { what, source }
+    };
+    let work = tempfile::Builder::new()
+        .prefix("kata-lab.")
+        .tempdir()
+        .map_err(io("creating the run's directory"))?;
+    let socket = work.path().join("hostroot.sock");
+    let fs_log = work.path().join("virtiofsd.log");
+    let args = qemu_args(image, opts, &socket)?;
+
+    let program = virtiofsd()?;
+    let log = std::fs::File::create(&fs_log).map_err(io("creating virtiofsd's log"))?;
+    let _virtiofsd = Reaped(
+        Command::new(&program)
+            .arg(format!("--socket-path={}", socket.display()))
+            .args([
+                "--shared-dir=/",
+                "--readonly",
+                "--sandbox=namespace",
+                "--seccomp=kill",
+                "--cache=always",
+                "--log-level=warn",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                program: program.display().to_string(),
+                source,
+            })?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            return Err(Error::NoSocket {
+                socket,
+                log: std::fs::read_to_string(&fs_log).unwrap_or_default(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut console_file = match &opts.console_log {
+        Some(p) => Some(std::fs::File::create(p).map_err(io("creating the console log"))?),
+        None => None,
+    };
+    let started = Instant::now();
+    let mut qemu = Reaped(
+        Command::new("qemu-system-x86_64")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                program: "qemu-system-x86_64".into(),
+                source,
+            })?,
+    );
+    let (tx, rx) = mpsc::channel::<String>();
+    let readers: Vec<_> = [
+        qemu.0
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        qemu.0
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|out| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut out = BufReader::new(out);
+            let mut buf = Vec::new();
+            while matches!(out.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                buf.clear();
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        })
+    })
+    .collect();
+    drop(tx);
+
+    let mut run = Run::default();
+    let deadline = started + opts.timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let t = started.elapsed();
+                if let Some(f) = console_file.as_mut() {
+                    let _ = writeln!(f, "{:7.1} {line}", t.as_secs_f64());
+                }
+                if opts.echo && line.contains("lab-") {
+                    println!("  L1 {:6.1}s {line}", t.as_secs_f64());
+                }
+                if line.contains("lab-l1 init ") {
+                    run.l1_init.get_or_insert(t);
+                }
+                if line.contains("lab-l1 runner start") {
+                    run.runner_start.get_or_insert(t);
+                }
+                if line.contains("lab-l1 done") {
+                    run.l1_done = true;
+                }
+                match parse_line(&line) {
+                    Some(Line::Check(c)) => run.checks.push(c),
+                    Some(Line::Figure(f)) => run.figures.push(f),
+                    None => {}
+                }
+                run.console.push((t, line));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                run.timed_out = true;
+                let _ = qemu.0.kill();
+                break;
+            }
+        }
+    }
+    run.qemu_status = qemu.0.wait().ok().filter(|_| !run.timed_out);
+    run.wall = started.elapsed();
+    drop(qemu);
+    for r in readers {
+        let _ = r.join();
+    }
+    Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> L1Image {
+        parse_build_output(
+            "kernel=/boot/vmlinuz-6.1.0-57-cloud-amd64\ninitrd=/var/cache/kata-rs/lab/abc/l1-initrd.img\n\
+             kernel_version=6.1.0-57-cloud-amd64\nkey=abc\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn build_output_is_read_and_incomplete_output_refused() {
+        let i = image();
+        assert_eq!(i.kernel, Path::new("/boot/vmlinuz-6.1.0-57-cloud-amd64"));
+        assert_eq!(i.key, "abc");
+        assert_eq!(parse_build_output("kernel=/k\ninitrd=/i\nkey=k\n"), None);
+    }
+
+    #[test]
+    fn l1_has_svm_an_iommu_before_the_edu_device_and_the_host_root() {
+        let opts = Options::new("/t/debug/kata-lab", &[Vmm::Qemu]);
+        let a = qemu_args(&image(), &opts, Path::new("/run/x/hostroot.sock"))
+            .unwrap()
+            .join(" ");
+        assert!(
+            a.contains("-M q35 -accel tcg -cpu max,+svm -m 2048M -smp 2"),
+            "{a}"
+        );
+        let iommu = a.find("-device intel-iommu").expect("an IOMMU");
+        let edu = a.find("-device edu").expect("the edu device");
+        let fs = a.find("vhost-user-fs-pci").expect("the host root");
+        assert!(iommu < edu && iommu < fs, "the IOMMU must come first: {a}");
+        assert!(
+            a.contains("memory-backend-memfd,id=mem,size=2048M,share=on"),
+            "{a}"
+        );
+        assert!(a.contains("path=/run/x/hostroot.sock"), "{a}");
+        assert!(
+            a.contains("intel_iommu=on") && a.contains("lab.runner=/t/debug/kata-lab"),
+            "{a}"
+        );
+        assert!(a.contains("lab.args=--vmm,qemu"), "{a}");
+    }
+
+    #[test]
+    fn the_log_filter_goes_on_the_command_line_if_it_can() {
+        let mut opts = Options::new("/t/kata-lab", &[Vmm::Qemu]);
+        assert!(!kernel_cmdline(&opts).unwrap().contains("lab.log"));
+        opts.log = Some("kata_hypervisor=debug,info".into());
+        assert!(kernel_cmdline(&opts)
+            .unwrap()
+            .ends_with(" lab.log=kata_hypervisor=debug,info"));
+        opts.log = Some("a b".into());
+        assert!(matches!(kernel_cmdline(&opts), Err(Error::LogFilter(_))));
+    }
+
+    #[test]
+    fn a_runner_path_the_command_line_cannot_carry_is_refused() {
+        for p in ["/t a/kata-lab", "/t,a/kata-lab"] {
+            let opts = Options::new(p, &[Vmm::Qemu]);
+            assert!(
+                matches!(kernel_cmdline(&opts), Err(Error::RunnerPath(_))),
+                "{p}"
+            );
+        }
+    }
+}

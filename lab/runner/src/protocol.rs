@@ -1,0 +1,348 @@
+//! What L1 says on its serial console, and what the host expects it to say.
+//!
+//! Every check is one line, `lab-check <name> ok|fail <detail>`; a figure (a measurement, not
+//! a test) is `lab-figure <name> <value> <unit> <detail>`. The names are fixed here, so the
+//! host can tell a check that failed from one that never ran: the L1 checks of `lab/init.sh`
+//! ([`L1_CHECKS`]), the runner's own ([`RUNNER_CHECKS`]) and, for every VMM the runner drives,
+//! [`VMM_CHECKS`] prefixed with the VMM's name (`qemu-boot`).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The start of a check line.
+pub const CHECK_PREFIX: &str = "lab-check ";
+/// The start of a figure line.
+pub const FIGURE_PREFIX: &str = "lab-figure ";
+
+/// The checks `lab/init.sh` runs in L1 before the runner starts.
+pub const L1_CHECKS: &[&str] = &[
+    // The host's root, read-only over virtio-fs: the runner, QEMU, the L2 guest image.
+    "l1-hostroot",
+    // kvm-amd loaded on the emulated SVM: /dev/kvm.
+    "l1-kvm",
+    // vhost_vsock loaded: /dev/vhost-vsock (absent on this host).
+    "l1-vhost-vsock",
+    // QEMU's edu device behind the emulated IOMMU, bound to vfio-pci: /dev/vfio/<group>.
+    "l1-vfio-edu",
+];
+
+/// The checks the runner runs once, before any VMM.
+pub const RUNNER_CHECKS: &[&str] = &[
+    // kata-hypervisor's probe for the built-in VMM: L1's KVM answers the API version and every
+    // capability the built-in VMM needs (irqchip, irqfd, ioeventfd, ...).
+    "l1-kvm-caps",
+];
+
+/// The checks the runner runs with each VMM (as `<vmm>-<check>`).
+pub const VMM_CHECKS: &[&str] = &[
+    // kata-hypervisor's KVM probe finds L1's KVM usable (detection, not assumption).
+    "kvm-probe",
+    // A sandbox boots L2 with KVM and its agent answers.
+    "boot",
+    // The agent is reached over the kernel's vhost-vsock (not the hybrid-vsock backend).
+    "vhost-vsock",
+    // The agent's Health.Check answers SERVING.
+    "agent-check",
+    // A container's `uname -a`.
+    "uname",
+    // Exit codes reach the caller.
+    "exit-0",
+    "exit-3",
+    // stdin through `cat` and back.
+    "stdin-cat",
+    // A file written into the rootfs on L1, read in the container through the shared fs.
+    "shared-fs-read",
+    // The sandbox shuts down and leaves no process, mount or directory in L1.
+    "shutdown-clean",
+];
+
+/// A VMM the runner drives in L1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vmm {
+    /// kata-rs's QEMU backend, with KVM (L1's).
+    Qemu,
+}
+
+impl Vmm {
+    /// Every VMM the lab runs today. The built-in VMM joins when its backend exists.
+    pub const ALL: &'static [Vmm] = &[Vmm::Qemu];
+
+    /// Its name: the prefix of its checks and the runner's `--vmm` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Vmm::Qemu => "qemu",
+        }
+    }
+
+    /// What it is, for the summary line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Vmm::Qemu => "kata-rs's QEMU backend with KVM in L1",
+        }
+    }
+}
+
+impl fmt::Display for Vmm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A VMM name the lab does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown VMM {0:?}: the lab runs {known}", known = Vmm::ALL.iter().map(|v| v.name()).collect::<Vec<_>>().join(", "))]
+pub struct UnknownVmm(pub String);
+
+impl FromStr for Vmm {
+    type Err = UnknownVmm;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Vmm::ALL
+            .iter()
+            .copied()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| UnknownVmm(s.to_string()))
+    }
+}
+
+/// Every check a lab run with `vmms` must report, in the order they run.
+pub fn expected_checks(vmms: &[Vmm]) -> Vec<String> {
+    let mut out: Vec<String> = L1_CHECKS
+        .iter()
+        .chain(RUNNER_CHECKS)
+        .map(|c| c.to_string())
+        .collect();
+    for vmm in vmms {
+        out.extend(VMM_CHECKS.iter().map(|c| format!("{vmm}-{c}")));
+    }
+    out
+}
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Its name (`l1-kvm`, `qemu-boot`).
+    pub name: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What it saw, or why it failed.
+    pub detail: String,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figure {
+    /// Its name (`qemu-kvm-boot-to-agent-ready`).
+    pub name: String,
+    /// The value.
+    pub value: f64,
+    /// Its unit (`ms`).
+    pub unit: String,
+    /// How it was measured.
+    pub detail: String,
+}
+
+/// A line of L1's console that means something to the host.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    /// `lab-check ...`
+    Check(Check),
+    /// `lab-figure ...`
+    Figure(Figure),
+}
+
+/// Makes one line: `detail` loses its line breaks, so the line stays one line.
+pub fn check_line(name: &str, result: &Result<String, String>) -> String {
+    let (verdict, detail) = match result {
+        Ok(d) => ("ok", d),
+        Err(d) => ("fail", d),
+    };
+    format!("{CHECK_PREFIX}{name} {verdict} {}", one_line(detail))
+}
+
+/// Makes a figure line.
+pub fn figure_line(name: &str, value: f64, unit: &str, detail: &str) -> String {
+    format!(
+        "{FIGURE_PREFIX}{name} {value:.1} {unit} {}",
+        one_line(detail)
+    )
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Reads a console line. The prefix may come after other text: the kernel's own messages can
+/// land on the same console line as a user-space write.
+pub fn parse_line(line: &str) -> Option<Line> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if let Some(at) = line.find(CHECK_PREFIX) {
+        let mut words = line[at + CHECK_PREFIX.len()..].splitn(3, ' ');
+        let name = words.next().filter(|n| !n.is_empty())?;
+        let ok = match words.next()? {
+            "ok" => true,
+            "fail" => false,
+            _ => return None,
+        };
+        return Some(Line::Check(Check {
+            name: name.to_string(),
+            ok,
+            detail: words.next().unwrap_or("").trim().to_string(),
+        }));
+    }
+    if let Some(at) = line.find(FIGURE_PREFIX) {
+        let mut words = line[at + FIGURE_PREFIX.len()..].splitn(4, ' ');
+        let name = words.next().filter(|n| !n.is_empty())?;
+        let value = words.next()?.parse().ok()?;
+        let unit = words.next()?;
+        return Some(Line::Figure(Figure {
+            name: name.to_string(),
+            value,
+            unit: unit.to_string(),
+            detail: words.next().unwrap_or("").trim().to_string(),
+        }));
+    }
+    None
+}
+
+/// The checks of a run against the ones expected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Expected checks that passed.
+    pub passed: Vec<Check>,
+    /// Expected checks that failed (a check reported twice fails if either report did).
+    pub failed: Vec<Check>,
+    /// Expected checks never reported.
+    pub missing: Vec<String>,
+    /// Reported checks nobody expected (a new check not listed here yet): they fail the run
+    /// too, so the lists cannot drift apart.
+    pub unexpected: Vec<Check>,
+}
+
+impl Verdict {
+    /// Whether every expected check passed and nothing else was reported.
+    pub fn success(&self) -> bool {
+        self.failed.is_empty() && self.missing.is_empty() && self.unexpected.is_empty()
+    }
+
+    /// How many expected checks reported.
+    pub fn ran(&self) -> usize {
+        self.passed.len() + self.failed.len()
+    }
+}
+
+/// Compares the reported `checks` with the `expected` names.
+pub fn verdict(checks: &[Check], expected: &[String]) -> Verdict {
+    let mut v = Verdict::default();
+    for name in expected {
+        let reports: Vec<&Check> = checks.iter().filter(|c| &c.name == name).collect();
+        match reports.iter().find(|c| !c.ok).or(reports.first()) {
+            None => v.missing.push(name.clone()),
+            Some(c) if c.ok => v.passed.push((*c).clone()),
+            Some(c) => v.failed.push((*c).clone()),
+        }
+    }
+    v.unexpected = checks
+        .iter()
+        .filter(|c| !expected.contains(&c.name))
+        .cloned()
+        .collect();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_line_reads_back() {
+        let line = check_line("qemu-uname", &Ok("Linux (none)\n6.1.192 x86_64".into()));
+        assert_eq!(line, "lab-check qemu-uname ok Linux (none) 6.1.192 x86_64");
+        assert_eq!(
+            parse_line(&line),
+            Some(Line::Check(Check {
+                name: "qemu-uname".into(),
+                ok: true,
+                detail: "Linux (none) 6.1.192 x86_64".into()
+            }))
+        );
+        let line = check_line("l1-kvm", &Err("no /dev/kvm".into()));
+        let Some(Line::Check(c)) = parse_line(&line) else {
+            panic!("{line}")
+        };
+        assert!(!c.ok);
+        assert_eq!(c.detail, "no /dev/kvm");
+    }
+
+    #[test]
+    fn a_check_after_kernel_text_on_the_same_line_is_found() {
+        let got = parse_line("[   12.3] kvm: Unhandled WRMSR lab-check l1-kvm ok /dev/kvm\r");
+        assert!(matches!(got, Some(Line::Check(c)) if c.name == "l1-kvm" && c.ok));
+    }
+
+    #[test]
+    fn malformed_lines_are_not_checks() {
+        for l in [
+            "lab-check",
+            "lab-check ",
+            "lab-check name maybe detail",
+            "lab-checker x ok",
+            "lab-figure x notanumber ms",
+            "booting...",
+        ] {
+            assert_eq!(parse_line(l), None, "{l}");
+        }
+    }
+
+    #[test]
+    fn a_figure_line_reads_back() {
+        let line = figure_line("qemu-kvm-boot-to-agent-ready", 4321.04, "ms", "vm 1 ms");
+        let Some(Line::Figure(f)) = parse_line(&line) else {
+            panic!("{line}")
+        };
+        assert_eq!(f.name, "qemu-kvm-boot-to-agent-ready");
+        assert!((f.value - 4321.0).abs() < 0.01);
+        assert_eq!((f.unit.as_str(), f.detail.as_str()), ("ms", "vm 1 ms"));
+    }
+
+    fn check(name: &str, ok: bool) -> Check {
+        Check {
+            name: name.into(),
+            ok,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn missing_failed_and_unexpected_checks_fail_the_verdict() {
+        let expected = expected_checks(&[Vmm::Qemu]);
+        assert_eq!(
+            expected.len(),
+            L1_CHECKS.len() + RUNNER_CHECKS.len() + VMM_CHECKS.len()
+        );
+        assert!(expected.contains(&"qemu-boot".to_string()));
+        let all: Vec<Check> = expected.iter().map(|n| check(n, true)).collect();
+        let v = verdict(&all, &expected);
+        assert!(v.success());
+        assert_eq!(v.ran(), expected.len());
+
+        let mut some = all.clone();
+        some.retain(|c| c.name != "qemu-exit-3");
+        some.push(check("qemu-uname", false));
+        some.push(check("qemu-new", true));
+        let v = verdict(&some, &expected);
+        assert!(!v.success());
+        assert_eq!(v.missing, vec!["qemu-exit-3".to_string()]);
+        assert_eq!(v.failed.len(), 1, "{v:?}");
+        assert_eq!(v.failed[0].name, "qemu-uname");
+        assert_eq!(v.unexpected.len(), 1);
+        assert_eq!(v.ran(), expected.len() - 1);
+    }
+
+    #[test]
+    fn vmm_names() {
+        assert_eq!("qemu".parse::<Vmm>(), Ok(Vmm::Qemu));
+        let e = "firecracker".parse::<Vmm>().unwrap_err();
+        assert!(e.to_string().contains("qemu"), "{e}");
+    }
+}

@@ -1,0 +1,178 @@
+//! Tier 4, the nested lab (lab/README.md): boots L1 under QEMU TCG with emulated SVM, lets it
+//! run `kata-lab` (this crate's binary) against KVM inside it, and turns every check line of
+//! its console into a case here: a check that failed or never reported fails by name.
+//!
+//! One L1 run (the setup) serves every case; `cargo test -p kata-lab --test lab` runs it
+//! (minutes, CPU-heavy). L1's whole console is kept in `$KATA_RS_CACHE/lab/console.log`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use kata_lab::l1::{self, L1Image, Options, Run};
+use kata_lab::{expected_checks, verdict, Vmm};
+use kata_testkit::harness::{booted, NoGuest, Suite};
+
+/// The whole L1 run's deadline. A warm run takes a few minutes; this leaves room for a loaded
+/// machine without letting a hung L1 eat the CI budget.
+const L1_TIMEOUT: Duration = Duration::from_secs(1200);
+
+struct Env {
+    run: Run,
+    expected: Vec<String>,
+    vmms: Vec<Vmm>,
+    console_log: PathBuf,
+}
+
+fn cache() -> PathBuf {
+    std::env::var_os("KATA_RS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/kata-rs".into())
+}
+
+async fn setup() -> Result<Env> {
+    let vmms = Vmm::ALL.to_vec();
+    let t = Instant::now();
+    let image: L1Image = tokio::task::spawn_blocking(l1::build_image)
+        .await?
+        .context(NoGuest)?;
+    println!(
+        "L1 image: {} + {} ({}), ready in {:.1?}",
+        image.kernel.display(),
+        image.initrd.display(),
+        image.kernel_version,
+        t.elapsed()
+    );
+    let console_log = cache().join("lab/console.log");
+    let mut opts = Options::new(env!("CARGO_BIN_EXE_kata-lab"), &vmms);
+    opts.timeout = L1_TIMEOUT;
+    opts.console_log = Some(console_log.clone());
+    // The runner's log in L1 (tracing's filter syntax), e.g. KATA_LAB_LOG=kata_hypervisor=debug.
+    opts.log = std::env::var("KATA_LAB_LOG").ok().filter(|l| !l.is_empty());
+    let run = {
+        let (image, opts) = (image.clone(), opts.clone());
+        tokio::task::spawn_blocking(move || l1::run(&image, &opts))
+            .await?
+            .context(NoGuest)?
+    };
+    let Some(l1_init) = run.l1_init else {
+        return Err(anyhow!(
+            "L1 never reached its /init ({:.0?}, timed out: {}); console tail:\n{}",
+            run.wall,
+            run.timed_out,
+            run.console_tail(40)
+        ))
+        .context(NoGuest);
+    };
+    booted();
+    println!(
+        "L1: /init after {:.1?}, runner started after {:.1?}, powered off after {:.1?}{}",
+        l1_init,
+        run.runner_start.unwrap_or_default(),
+        run.wall,
+        if run.timed_out {
+            " (KILLED at the deadline)"
+        } else {
+            ""
+        }
+    );
+    for f in &run.figures {
+        println!(
+            "figure {}: {:.0} {} ({})",
+            f.name, f.value, f.unit, f.detail
+        );
+    }
+    let expected = expected_checks(&vmms);
+    Ok(Env {
+        run,
+        expected,
+        vmms,
+        console_log,
+    })
+}
+
+fn check_case(name: String) -> impl Fn(&Env) -> Result<()> + Send + Sync + 'static {
+    move |env: &Env| {
+        let reports: Vec<_> = env.run.checks.iter().filter(|c| c.name == name).collect();
+        match reports.iter().find(|c| !c.ok).or(reports.first()) {
+            Some(c) if c.ok => {
+                println!("  {name}: {}", c.detail);
+                Ok(())
+            }
+            Some(c) => bail!("{name} failed in L1: {}", c.detail),
+            None => bail!(
+                "{name} never reported (L1 {}); console tail:\n{}",
+                if env.run.timed_out {
+                    "was killed at the deadline"
+                } else {
+                    "powered off"
+                },
+                env.run.console_tail(30)
+            ),
+        }
+    }
+}
+
+/// Every check reported, none unknown, L1 finished and powered off: the summary line.
+fn all_reported(env: &Env) -> Result<()> {
+    let v = verdict(&env.run.checks, &env.expected);
+    let vmms: Vec<&str> = env.vmms.iter().map(|v| v.describe()).collect();
+    println!(
+        "lab: {} of {} checks ran, {} passed, {} failed, {} missing (L2 VMM: {}); L1 run {:.0?}",
+        v.ran(),
+        env.expected.len(),
+        v.passed.len(),
+        v.failed.len(),
+        v.missing.len(),
+        vmms.join(", "),
+        env.run.wall
+    );
+    kata_testkit::record(&format!(
+        "lab {} checks ran, {} passed ({})",
+        v.ran(),
+        v.passed.len(),
+        vmms.join(", ")
+    ));
+    if !v.unexpected.is_empty() {
+        bail!(
+            "checks not in kata_lab::protocol's lists: {:?}",
+            v.unexpected
+        );
+    }
+    if env.run.timed_out || !env.run.l1_done {
+        bail!(
+            "L1 did not finish (timed out: {}, QEMU status {:?}); console: {}",
+            env.run.timed_out,
+            env.run.qemu_status,
+            env.console_log.display()
+        );
+    }
+    if !v.success() {
+        bail!(
+            "failed: {:?}, missing: {:?}",
+            v.failed.iter().map(|c| &c.name).collect::<Vec<_>>(),
+            v.missing
+        );
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let mut suite = Suite::new("lab")
+        .label("nested lab")
+        .requires(|| kata_testkit::missing_root_or_tools(&["qemu-system-x86_64", "cpio"]))
+        .requires(|| l1::virtiofsd().err().map(|e| e.to_string()));
+    for name in expected_checks(Vmm::ALL) {
+        suite = suite.blocking_case(&name.clone(), check_case(name));
+    }
+    suite
+        .blocking_case("all_checks_reported", all_reported)
+        .diagnostics(|env: &Env| {
+            format!(
+                "L1 console (last 60 lines; all of it in {}):\n{}",
+                env.console_log.display(),
+                env.run.console_tail(60)
+            )
+        })
+        .run_with(setup())
+}
