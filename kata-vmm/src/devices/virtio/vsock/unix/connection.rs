@@ -117,12 +117,14 @@ impl Connection {
             ));
         }
         self.to_host.extend(data);
-        self.flush_to_host();
-        Ok(())
+        self.flush_to_host()
     }
 
-    /// Writes what the client takes of the buffered bytes.
-    pub(super) fn flush_to_host(&mut self) {
+    /// Writes what the client takes of the buffered bytes; an error other than "would block"
+    /// means the client is gone (the connection is then reset). A client that closed makes
+    /// the write fail with EPIPE: Rust programs ignore SIGPIPE, so it is an error, not a
+    /// signal.
+    pub(super) fn flush_to_host(&mut self) -> std::io::Result<()> {
         while !self.to_host.is_empty() {
             let (front, _) = self.to_host.as_slices();
             match self.stream.write(front) {
@@ -132,9 +134,11 @@ impl Connection {
                     self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
 
     /// Whether the guest should be told of freed room: when what it believes free is below

@@ -158,9 +158,14 @@ impl Muxer {
         for p in pending {
             self.read_connect_line(p, now);
         }
-        // Bytes from the guest that a client could not take at once.
-        for conn in self.conns.values_mut() {
-            conn.flush_to_host();
+        // Bytes from the guest that a client could not take at once; a client that is gone
+        // is reset.
+        let mut gone = Vec::new();
+        for (key, conn) in self.conns.iter_mut() {
+            if conn.flush_to_host().is_err() {
+                gone.push(*key);
+                continue;
+            }
             if conn.needs_credit_update() {
                 push_bounded(
                     &mut self.rxq,
@@ -170,13 +175,13 @@ impl Muxer {
             }
         }
         // Connections the guest did not answer in time, or that did not finish closing.
-        let expired: Vec<(u32, u32)> = self
+        let expired = self
             .conns
             .iter()
             .filter(|(_, c)| c.expired(now))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in expired {
+            .map(|(k, _)| *k);
+        gone.extend(expired);
+        for key in gone {
             self.reset(key);
         }
     }
@@ -329,7 +334,7 @@ impl Muxer {
             op::SHUTDOWN => {
                 // The guest closes its side: flush what can be, close the client, and answer
                 // with a reset that ends the connection for the guest.
-                conn.flush_to_host();
+                let _ = conn.flush_to_host();
                 self.reset(key);
             }
             op::CREDIT_REQUEST => {

@@ -278,3 +278,20 @@ fn a_guest_flooding_strays_cannot_grow_the_rx_queue() {
     }
     assert_eq!(n, RXQ_LIMIT);
 }
+
+#[test]
+fn a_client_that_went_away_is_reset() {
+    let (_d, mut m) = muxer();
+    let now = Instant::now();
+    let (c, local) = established(&mut m, now);
+    drop(c);
+    // The guest writes to a client that is gone: the write fails (EPIPE, not a signal) and
+    // the connection is reset rather than buffered until the credit runs out.
+    m.send_pkt(from_guest(local, op::RW, b"hello", 65536, 0));
+    let mut ops = Vec::new();
+    while let Some(p) = m.recv_pkt(4096, now) {
+        ops.push(p.header.op);
+    }
+    assert!(ops.contains(&op::RST), "{ops:?}");
+    assert_eq!(m.connection_count(), 0);
+}
