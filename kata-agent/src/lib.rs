@@ -28,6 +28,7 @@ pub mod guest;
 pub mod init;
 pub mod mount;
 pub mod network;
+pub mod online;
 pub mod reaper;
 pub mod runtime;
 pub mod sandbox;

@@ -153,6 +153,20 @@ pub enum Error {
         /// Why it is refused, and what to set instead.
         reason: String,
     },
+    /// A resize asked for more vCPUs or memory than the VM was started to take.
+    #[error("cannot grow the VM's {what} to {requested}: {key} bounds it at {limit}; {fix}")]
+    ResizeBeyond {
+        /// What was resized (`vCPUs`, `memory`).
+        what: &'static str,
+        /// What was asked for, with its unit.
+        requested: String,
+        /// The configuration key that bounds it (`default_maxvcpus`, `memory_slots`, ...).
+        key: &'static str,
+        /// The bound, with its unit.
+        limit: String,
+        /// How to get more.
+        fix: String,
+    },
     /// A timeout expired.
     #[error("timed out after {after:?} waiting for {what}")]
     Timeout {

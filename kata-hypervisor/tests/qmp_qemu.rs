@@ -165,6 +165,7 @@ fn saved_state(vm_dir: &std::path::Path, pid: u32) -> kata_hypervisor::Hyperviso
         cold_plugged: Vec::new(),
         blocks: Vec::new(),
         ports: Vec::new(),
+        resize: Default::default(),
     }
     .into_saved(
         vm_dir,
@@ -551,7 +552,15 @@ fn paused_resizable_qemu(dir: &std::path::Path) -> KillOnDrop {
     let sock = dir.join("qmp.sock");
     let child = KillOnDrop(
         std::process::Command::new("qemu-system-x86_64")
-            .args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-nodefaults"])
+            .args([
+                "-machine",
+                "q35",
+                "-accel",
+                "tcg",
+                "-cpu",
+                "max",
+                "-nodefaults",
+            ])
             .args(["-display", "none", "-S"])
             .args(["-smp", "1,sockets=4,cores=1,threads=1,maxcpus=4"])
             .args(["-m", "128M,slots=2,maxmem=512M"])
@@ -608,7 +617,11 @@ async fn vcpus_are_hot_plugged_into_free_slots_up_to_maxcpus() {
     assert_eq!(resize_vcpus(&qmp, &mut fresh, limits, 4).await.unwrap(), 4);
     assert_eq!(
         fresh.cpus,
-        ["kata-vcpu-1-0-0-0", "kata-vcpu-2-0-0-0", "kata-vcpu-3-0-0-0"]
+        [
+            "kata-vcpu-1-0-0-0",
+            "kata-vcpu-2-0-0-0",
+            "kata-vcpu-3-0-0-0"
+        ]
     );
 }
 
@@ -629,6 +642,7 @@ async fn memory_is_hot_plugged_as_shared_dimms_within_maxmem_and_slots() {
         slots: 2,
         hugepages: false,
         prealloc: false,
+        tcg_unplug_bug: false,
     };
     let mut state = ResizeState::booted(512);
     let objects = |v: serde_json::Value| -> Vec<String> {
@@ -641,10 +655,16 @@ async fn memory_is_hot_plugged_as_shared_dimms_within_maxmem_and_slots() {
             .collect()
     };
 
-    assert_eq!(resize_memory(&qmp, &mut state, &limits, 200).await.unwrap(), 256);
+    assert_eq!(
+        resize_memory(&qmp, &mut state, &limits, 200).await.unwrap(),
+        256
+    );
     let dimms = qmp.query_memory_devices().await.unwrap();
     assert_eq!(dimms.len(), 1, "{dimms:?}");
-    assert_eq!((dimms[0].id.as_str(), dimms[0].size), ("kata-dimm0", 128 << 20));
+    assert_eq!(
+        (dimms[0].id.as_str(), dimms[0].size),
+        ("kata-dimm0", 128 << 20)
+    );
     let share = qmp
         .execute(
             "qom-get",
@@ -652,11 +672,21 @@ async fn memory_is_hot_plugged_as_shared_dimms_within_maxmem_and_slots() {
         )
         .await
         .unwrap();
-    assert_eq!(share, serde_json::json!(true), "vhost-user devices need shared memory");
+    assert_eq!(
+        share,
+        serde_json::json!(true),
+        "vhost-user devices need shared memory"
+    );
 
     // Never shrunk; the same size adds nothing.
-    assert_eq!(resize_memory(&qmp, &mut state, &limits, 128).await.unwrap(), 256);
-    assert_eq!(resize_memory(&qmp, &mut state, &limits, 256).await.unwrap(), 256);
+    assert_eq!(
+        resize_memory(&qmp, &mut state, &limits, 128).await.unwrap(),
+        256
+    );
+    assert_eq!(
+        resize_memory(&qmp, &mut state, &limits, 256).await.unwrap(),
+        256
+    );
     assert_eq!(qmp.query_memory_devices().await.unwrap().len(), 1);
 
     // Beyond maxmem: refused naming the key, nothing added.
@@ -670,10 +700,17 @@ async fn memory_is_hot_plugged_as_shared_dimms_within_maxmem_and_slots() {
             .await
             .unwrap(),
     );
-    assert_eq!(objs, ["mem-kata-dimm0"], "no backend left by a refused DIMM");
+    assert_eq!(
+        objs,
+        ["mem-kata-dimm0"],
+        "no backend left by a refused DIMM"
+    );
 
     // The second slot, then no slot left.
-    assert_eq!(resize_memory(&qmp, &mut state, &limits, 384).await.unwrap(), 384);
+    assert_eq!(
+        resize_memory(&qmp, &mut state, &limits, 384).await.unwrap(),
+        384
+    );
     let e = resize_memory(&qmp, &mut state, &limits, 500)
         .await
         .unwrap_err()
@@ -702,6 +739,7 @@ async fn a_refused_dimm_leaves_no_memory_backend() {
         slots: 2,
         hugepages: false,
         prealloc: false,
+        tcg_unplug_bug: false,
     };
     let mut state = ResizeState::booted(512);
     let e = resize_memory(&qmp, &mut state, &limits, 256)

@@ -130,12 +130,6 @@ impl SandboxConfig {
             "there is no profiling endpoint",
         );
         inert(
-            "static_sandbox_resource_mgmt",
-            r.static_sandbox_resource_mgmt,
-            "true".into(),
-            "the VM is always sized from default_vcpus/default_memory",
-        );
-        inert(
             "emptydir_mode",
             r.emptydir_mode != d.emptydir_mode,
             format!("\"{}\"", r.emptydir_mode),
@@ -201,6 +195,7 @@ pub struct SandboxBuilder {
     image_cache: PathBuf,
     network_namespace: Option<PathBuf>,
     cgroups_path: Option<String>,
+    workload: Option<crate::WorkloadSize>,
 }
 
 impl Default for SandboxBuilder {
@@ -227,6 +222,7 @@ impl SandboxBuilder {
             image_cache: kata_hypervisor::config::cache_dir().join("images"),
             network_namespace: None,
             cgroups_path: None,
+            workload: None,
         }
     }
 
@@ -377,6 +373,15 @@ impl SandboxBuilder {
         self
     }
 
+    /// The workload the sandbox starts for ([`crate::WorkloadSize::of_spec`]). With
+    /// `static_sandbox_resource_mgmt = true` the VM is sized for it before boot
+    /// (`default_vcpus` and `default_memory` grow by it) and never hot-plugged; otherwise it
+    /// is not used (the VM grows as containers come).
+    pub fn workload(mut self, workload: crate::WorkloadSize) -> Self {
+        self.workload = Some(workload);
+        self
+    }
+
     /// Sets `[runtime] sandbox_cgroup_only`: `true` runs the VMM and its helpers in the
     /// sandbox's host cgroup; `false` (Kata's default) only its vCPUs, the rest in an
     /// unconstrained overhead cgroup (see `kata_resource::cgroups`).
@@ -406,7 +411,12 @@ impl SandboxBuilder {
 
     /// Checks every value and returns the configuration a sandbox starts from; nothing is
     /// started or created. Errors name the key (Kata's name), the value and what is allowed.
-    pub fn finish(self) -> Result<SandboxConfig> {
+    pub fn finish(mut self) -> Result<SandboxConfig> {
+        if self.runtime.static_sandbox_resource_mgmt {
+            if let Some(w) = self.workload.take() {
+                w.apply(&mut self.hypervisor);
+            }
+        }
         let id = self.id.unwrap_or_else(crate::sandbox::random_id);
         kata_resource::validate_container_id(&id)
             .map_err(|e| Error::invalid("id", e.to_string()))?;

@@ -46,6 +46,7 @@ pub use handler::{HandlerState, OomEvents, RuntimeHandlerKind};
 pub use io::{InputWriter, OutputReader};
 pub use sandbox::{BootTimings, Sandbox};
 pub use spec::{ContainerSpec, ProcessSpec, RootfsSource, DEFAULT_PATH};
+pub use virt::resize::WorkloadSize;
 
 /// How a process exited, its signals and a container's resource usage: the agent client's
 /// types, which every runtime handler uses.

@@ -1190,6 +1190,187 @@ async fn case_block_rootfs(env: Arc<Env>) -> Result<()> {
     Ok(())
 }
 
+/// An OCI spec whose `linux.resources` has a CPU quota (`quota` per 100 ms), a cpuset and a
+/// memory limit, each when given (the spec's other resources, its device rules, are kept).
+fn limited(quota: Option<i64>, cpus: Option<&str>, memory: Option<i64>) -> oci_spec::runtime::Spec {
+    let mut oci = oci_spec::runtime::Spec::default();
+    let mut linux = oci.linux().clone().unwrap_or_default();
+    let mut res = linux.resources().clone().unwrap_or_default();
+    let mut cpu = oci_spec::runtime::LinuxCpu::default();
+    cpu.set_period(Some(100_000));
+    cpu.set_quota(quota);
+    cpu.set_cpus(cpus.map(str::to_string));
+    res.set_cpu(Some(cpu));
+    if let Some(limit) = memory {
+        let mut mem = oci_spec::runtime::LinuxMemory::default();
+        mem.set_limit(Some(limit));
+        res.set_memory(Some(mem));
+    }
+    linux.set_resources(Some(res));
+    oci.set_linux(Some(linux));
+    oci
+}
+
+/// The guest's CPUs as a container sees them: `nproc` (its affinity) and the online CPUs.
+async fn cpus_seen(
+    sb: &Sandbox,
+    env: &Env,
+    oci: Option<oci_spec::runtime::Spec>,
+) -> Result<String> {
+    let script = "nproc; grep -c ^processor /proc/cpuinfo";
+    let spec = match oci {
+        Some(oci) => ContainerSpec::from_oci(oci, &env.rootfs).args(["sh", "-c", script]),
+        None => spec(env, &["sh", "-c", script]),
+    };
+    let out = sb.run(spec).await?;
+    ensure!(out.status.success(), "{}: {}", out.status, out.stderr_str());
+    Ok(out
+        .stdout_str()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+async fn case_cpu_quota_hot_plugs_vcpus(env: Arc<Env>) -> Result<()> {
+    // A sandbox of its own: default_vcpus 1, default_maxvcpus 4.
+    let sb = Sandbox::builder()
+        .id("vm-sandbox-vcpus")
+        .memory_mib(256)
+        .vcpus(1)
+        .max_vcpus(4)
+        .root_dir(&env.root_dir)
+        .build()
+        .await?;
+    let checked = cpu_quota_checks(&sb, &env).await;
+    sb.shutdown().await?;
+    checked
+}
+
+async fn cpu_quota_checks(sb: &Sandbox, env: &Env) -> Result<()> {
+    let before = cpus_seen(sb, env, None).await?;
+    ensure!(before == "1 1", "before: nproc, online CPUs = {before}");
+    // 2 CPUs of quota: the VM grows to 1 + 2 vCPUs before the container is created.
+    let t = Instant::now();
+    let during = cpus_seen(sb, env, Some(limited(Some(200_000), None, None))).await?;
+    ensure!(
+        during == "3 3",
+        "with 2 CPUs of quota: nproc, online CPUs = {during}"
+    );
+    println!("vCPU hot-plug and run: {:.1?}", t.elapsed());
+    // Removing the container unplugged its vCPUs.
+    let after = cpus_seen(sb, env, None).await?;
+    ensure!(
+        after == "1 1",
+        "after the container: nproc, online CPUs = {after}"
+    );
+    // A cpuset outside the VM's vCPUs is refused naming the field; nothing is plugged.
+    let e = sb
+        .run(ContainerSpec::from_oci(limited(None, Some("7"), None), &env.rootfs).args(["true"]))
+        .await
+        .expect_err("CPU 7 of a VM of at most 2 vCPUs for it");
+    let e = e.to_string();
+    ensure!(
+        e.contains("linux.resources.cpu.cpus") && e.contains("CPU 7"),
+        "{e}"
+    );
+    let after = cpus_seen(sb, env, None).await?;
+    ensure!(after == "1 1", "after a refused cpuset: {after}");
+    // A memory limit after a vCPU unplug: QEMU before 8.2 under TCG would crash on the DIMM
+    // (the backend does not plug it there); the container runs either way.
+    let out = sb
+        .run(
+            ContainerSpec::from_oci(limited(None, None, Some(128 << 20)), &env.rootfs)
+                .args(["true"]),
+        )
+        .await?;
+    ensure!(
+        out.status.success(),
+        "after an unplug, a memory limit: {}",
+        out.status
+    );
+    ensure!(sb.death().is_none(), "the sandbox died: {:?}", sb.death());
+    Ok(())
+}
+
+/// MemTotal in the guest, in KiB.
+async fn mem_total_kib(env: &Env, oci: Option<oci_spec::runtime::Spec>) -> Result<u64> {
+    let args = ["grep", "MemTotal", "/proc/meminfo"];
+    let spec = match oci {
+        Some(oci) => ContainerSpec::from_oci(oci, &env.rootfs).args(args),
+        None => spec(env, &args),
+    };
+    let out = env.sandbox.run(spec).await?;
+    let text = out.stdout_str();
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("MemTotal in {text:?}"))
+}
+
+async fn case_memory_limit_hot_plugs_memory(env: Arc<Env>) -> Result<()> {
+    // The VM's vsock is vhost-user here (hybrid vsock, no /dev/vhost-vsock): it maps guest
+    // memory, so the DIMM must be shared memory; the agent answering over it after the
+    // hot-plug (the container's output) shows it is.
+    let before = mem_total_kib(&env, None).await?;
+    let during = mem_total_kib(&env, Some(limited(None, None, Some(256 << 20)))).await?;
+    ensure!(
+        during >= before + 250 * 1024,
+        "MemTotal {before} KiB grew to {during} KiB for a 256 MiB limit"
+    );
+    // Memory is never shrunk.
+    let after = mem_total_kib(&env, None).await?;
+    ensure!(
+        after == during,
+        "MemTotal after the container: {after} KiB, was {during} KiB"
+    );
+    // A limit beyond what the VM can take: refused naming the field and the bounding key.
+    let e = env
+        .sandbox
+        .run(
+            ContainerSpec::from_oci(limited(None, None, Some(1 << 50)), &env.rootfs).args(["true"]),
+        )
+        .await
+        .expect_err("a 1 PiB limit")
+        .to_string();
+    ensure!(
+        e.contains("linux.resources.memory.limit") && e.contains("default_maxmemory"),
+        "{e}"
+    );
+    ensure!(
+        mem_total_kib(&env, None).await? == after,
+        "a refused limit plugs nothing"
+    );
+    Ok(())
+}
+
+async fn case_oom_killed_container(env: Arc<Env>) -> Result<()> {
+    use futures_util::StreamExt;
+    let mut oom = env.sandbox.oom_events();
+    // dd's 128 MiB buffer, filled from /dev/zero, under a 64 MiB limit.
+    let c = env
+        .sandbox
+        .create_container(
+            ContainerSpec::from_oci(limited(None, None, Some(64 << 20)), &env.rootfs)
+                .id("oom-64m")
+                .args(["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]),
+        )
+        .await?;
+    c.start().await?;
+    let status = tokio::time::timeout(Duration::from_secs(60), c.wait())
+        .await
+        .context("the OOM kill within 60 s")??;
+    ensure!(
+        status.to_shell_status() == 137 && status.signal() == Some(9),
+        "exit {status}"
+    );
+    let event = tokio::time::timeout(Duration::from_secs(30), oom.next())
+        .await
+        .context("an OOM event within 30 s")?;
+    ensure!(event.as_deref() == Some("oom-64m"), "OOM event {event:?}");
+    c.delete().await?;
+    Ok(())
+}
+
 async fn case_bad_boot_inputs(env: Arc<Env>) -> Result<()> {
     bad_boots(env.root_dir.clone()).await
 }
@@ -1444,6 +1625,12 @@ fn main() -> std::process::ExitCode {
         .case("seccomp_and_capabilities", case_seccomp_and_capabilities)
         .case("eight_concurrent_commands", case_eight_concurrent)
         .case("bad_container_input", case_bad_container_input)
+        .case("cpu_quota_hot_plugs_vcpus", case_cpu_quota_hot_plugs_vcpus)
+        .case(
+            "memory_limit_hot_plugs_memory",
+            case_memory_limit_hot_plugs_memory,
+        )
+        .case("oom_killed_container_exits_137", case_oom_killed_container)
         .case("volumes_reach_the_guest", case_volumes_reach_the_guest)
         .case("volume_missing_source", case_volume_missing_source)
         // These boot (or try to boot) sandboxes of their own next to the shared one.

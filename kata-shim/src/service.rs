@@ -219,9 +219,11 @@ impl TaskService {
         options: Option<&Any>,
         annotations: std::collections::HashMap<String, String>,
         network_namespace: Option<PathBuf>,
+        workload: kata_sandbox::WorkloadSize,
         cgroups_path: Option<String>,
     ) -> Result<Arc<Sandbox>> {
-        let mut builder = crate::runtime_options::sandbox_builder(options, annotations)?;
+        let mut builder =
+            crate::runtime_options::sandbox_builder(options, annotations)?.workload(workload);
         match network_namespace {
             Some(ns) => {
                 tracing::info!(sandbox_id, netns = %ns.display(), "the sandbox joins the pod's network namespace");
@@ -344,6 +346,8 @@ impl TaskService {
             .as_ref()
             .and_then(|l| l.cgroups_path().as_ref())
             .map(|p| p.to_string_lossy().into_owned());
+        // What `static_sandbox_resource_mgmt` sizes a new sandbox's VM for.
+        let workload = kata_sandbox::WorkloadSize::of_spec(&spec);
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
@@ -397,6 +401,7 @@ impl TaskService {
                     req.options.as_ref(),
                     annotations,
                     network_namespace,
+                    workload,
                     cgroups_path,
                 )
                 .await?,

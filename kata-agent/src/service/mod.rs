@@ -635,7 +635,12 @@ impl AgentService for AgentServer {
         let sb = Arc::clone(&self.sandbox);
         handle("OnlineCPUMem", OnCancel::Finish, "", "", async move {
             if sb.owns_guest() {
-                crate::guest::online_cpu_mem(req.wait, req.nb_cpus, req.cpu_only).await?;
+                let what = crate::online::OnlineRequest {
+                    wait: req.wait,
+                    nb_cpus: req.nb_cpus,
+                    cpu_only: req.cpu_only,
+                };
+                crate::online::online_cpu_mem(sb, what).await?;
             } else {
                 tracing::debug!("not the guest's init: CPUs and memory left alone");
             }

@@ -147,12 +147,9 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
         ),
     ]);
     let mem = c.default_memory;
-    // `default_maxmemory` (0: the host's memory) plus the NVDIMM headroom.
-    let ceiling = match c.default_maxmemory {
-        0 => l.host_memory_mib,
-        max => u64::from(max).min(l.host_memory_mib),
-    };
-    let maxmem = (ceiling + c.memory_offset).max(u64::from(mem) + 1);
+    // `default_maxmemory` (0: the host's memory) plus the NVDIMM headroom; memory hot-plug
+    // bounds itself by the same figure.
+    let maxmem = super::resize::max_memory_mib(c, l.host_memory_mib);
     if c.memory_slots > 0 {
         push(&[
             "-m",

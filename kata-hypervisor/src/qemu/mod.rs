@@ -31,6 +31,7 @@ pub mod confine;
 mod host;
 pub mod hotplug;
 pub mod qmp;
+pub mod resize;
 mod settings;
 mod state;
 
@@ -110,11 +111,11 @@ struct Running {
     ports: Option<PortAllocator>,
     /// The devices cold-plugged at start.
     cold_plugged: Vec<DeviceConfig>,
-}
     /// The block devices hot-plugged since ([`hotplug`]).
     blocks: Vec<hotplug::AttachedBlock>,
     /// The vCPUs and memory hot-plugged since ([`resize`]).
     resize: resize::ResizeState,
+}
 
 /// A VM run by QEMU.
 pub struct Qemu {
@@ -256,9 +257,9 @@ impl Qemu {
             run.accelerator = qs.accelerator;
             run.ports = Some(ports);
             run.cold_plugged = qs.cold_plugged.clone();
-            vm.publish(&run);
             run.blocks = qs.blocks.clone();
             run.resize = qs.resize.clone();
+            vm.publish(&run);
         }
         vm.set_state(if status == "paused" {
             VmState::Paused
@@ -373,9 +374,9 @@ impl Qemu {
             qmp_socket: self.vm_dir.join("qmp.sock"),
             accelerator: run.accelerator,
             cold_plugged: run.cold_plugged.clone(),
-            ports: run
             blocks: run.blocks.clone(),
             resize: run.resize.clone(),
+            ports: run
                 .ports
                 .as_ref()
                 .map(|p| {
@@ -560,6 +561,10 @@ impl Qemu {
             vhost_net: cmdline::vhost_net_usable(&self.config),
         };
         let args = cmdline::build_args(&launch)?;
+        run.resize = resize::ResizeState::booted(resize::max_memory_mib(
+            &self.config,
+            launch.host_memory_mib,
+        ));
         run.ports = Some(ports);
         run.cold_plugged = devices;
         tracing::debug!(sandbox_id = %self.id, qemu = %qemu.display(), args = %args.join(" "), "starting QEMU");
@@ -975,11 +980,6 @@ impl Hypervisor for Qemu {
                 self.publish(&run);
                 Ok(())
             }
-            other => Err(Error::Unsupported {
-                backend: "qemu",
-                what: format!("hot-unplugging {} devices yet", other.kind_name()),
-            }),
-        }
             DeviceConfig::Block(b) => {
                 let qmp = self.qmp_or_err()?;
                 let mut run = self.running.lock().await;
@@ -992,20 +992,45 @@ impl Hypervisor for Qemu {
                 self.publish(run);
                 r
             }
+            other => Err(Error::Unsupported {
+                backend: "qemu",
+                what: format!("hot-unplugging {} devices yet", other.kind_name()),
+            }),
+        }
     }
 
-    async fn resize_vcpus(&self, _vcpus: u32) -> Result<u32> {
-        Err(Error::Unsupported {
-            backend: "qemu",
-            what: "vCPU hot-plug yet".into(),
-        })
+    async fn resize_vcpus(&self, vcpus: u32) -> Result<u32> {
+        let mut run = self.running.lock().await;
+        let qmp = run
+            .qmp
+            .clone()
+            .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
+        let limits = resize::VcpuLimits::for_config(&self.config);
+        let r = resize::resize_vcpus(&qmp, &mut run.resize, limits, vcpus).await;
+        self.publish(&run);
+        r
     }
 
-    async fn resize_memory(&self, _mib: u32) -> Result<u32> {
-        Err(Error::Unsupported {
-            backend: "qemu",
-            what: "memory hot-plug yet".into(),
-        })
+    async fn resize_memory(&self, mib: u32) -> Result<u32> {
+        let mut run = self.running.lock().await;
+        let qmp = run
+            .qmp
+            .clone()
+            .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
+        let max = match run.resize.max_memory_mib {
+            0 => resize::max_memory_mib(&self.config, host_memory_mib()),
+            max => max,
+        };
+        let limits = resize::MemoryLimits {
+            tcg_unplug_bug: resize::tcg_unplug_bug(
+                run.accelerator == Some(Accelerator::Tcg),
+                qmp.qemu_version(),
+            ),
+            ..resize::MemoryLimits::new(&self.config, max)
+        };
+        let r = resize::resize_memory(&qmp, &mut run.resize, &limits, mib).await;
+        self.publish(&run);
+        r
     }
 
     fn agent_address(&self) -> Result<VsockAddress> {

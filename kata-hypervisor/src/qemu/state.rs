@@ -33,6 +33,9 @@ pub struct QemuState {
     /// Which device holds which PCIe port (cold- and hot-plugged).
     #[serde(default)]
     pub ports: Vec<HeldPort>,
+    /// The vCPUs and memory hot-plugged, and `maxmem` (so a restored VM knows its size).
+    #[serde(default)]
+    pub resize: super::resize::ResizeState,
 }
 
 /// One PCIe port a device holds.

@@ -20,6 +20,7 @@
 mod block;
 mod health;
 mod network;
+pub(crate) mod resize;
 mod streams;
 mod volumes;
 
@@ -69,6 +70,9 @@ struct VirtState {
     vm: HypervisorState,
     /// The host resources (`None` once released or handed over).
     resources: Option<ResourcesState>,
+    /// The VM's size and the containers' demands ([`resize`]).
+    #[serde(default)]
+    sizing: resize::SizingState,
 }
 
 /// A sandbox whose containers run in a micro-VM.
@@ -87,6 +91,8 @@ pub(crate) struct VirtContainer {
     paused: AtomicBool,
     /// How containers' volumes are made ([`volumes`]).
     volumes: volumes::VolumeSettings,
+    /// The VM's size following the containers' limits.
+    sizing: resize::Sizing,
 }
 
 impl std::fmt::Debug for VirtContainer {
@@ -211,6 +217,12 @@ impl VirtContainer {
                 return Err(e);
             }
         };
+        let sizing = resize::Sizing::new(
+            hv,
+            &caps,
+            config.runtime.static_sandbox_resource_mgmt,
+            Default::default(),
+        );
         let timings = BootTimings {
             vm_started,
             agent_connected,
@@ -227,6 +239,7 @@ impl VirtContainer {
                 health: HealthCheck::from_config(&config.agent),
                 paused: AtomicBool::new(false),
                 volumes: volumes::VolumeSettings::from_config(config),
+                sizing,
             },
             timings,
         ))
@@ -280,9 +293,16 @@ impl VirtContainer {
             Ok::<_, Error>(agent)
         }
         .await;
+        let sizing = resize::Sizing::new(
+            &config.hypervisor,
+            &vm.capabilities(),
+            config.runtime.static_sandbox_resource_mgmt,
+            state.sizing.clone(),
+        );
         match agent {
             Ok(agent) => Ok(VirtContainer {
                 volumes: volumes::VolumeSettings::from_config(config),
+                sizing,
                 id: config.id.clone(),
                 caps: vm.capabilities(),
                 // A sandbox detached while paused is taken over paused.
@@ -456,6 +476,11 @@ impl RuntimeHandler for VirtContainer {
             let oci = spec(&guest.rootfs_path)?;
             let (oci, volume_storages) =
                 volumes::set_up(&self.resources, &self.volumes, container_id, oci).await?;
+            // The VM grows for the container's limits before the container exists.
+            let limits = oci.linux().as_ref().and_then(|l| l.resources().as_ref());
+            self.sizing
+                .grow(container_id, limits, &*self.vm, &self.agent)
+                .await?;
             let storages: Vec<Storage> = guest
                 .storages
                 .into_iter()
@@ -473,6 +498,9 @@ impl RuntimeHandler for VirtContainer {
         .await;
         if let Err(e) = created {
             block::detach(&self.vm, container_id, &disks).await;
+            if let Err(se) = self.sizing.shrink(container_id, &*self.vm).await {
+                tracing::warn!(sandbox_id = %self.id, container_id, error = %se, "unplugging the vCPUs of a container that failed to create");
+            }
             if let Err(re) = self.release(container_id).await {
                 tracing::warn!(sandbox_id = %self.id, container_id, error = %re, "releasing the rootfs of a container that failed to create");
             }
@@ -590,6 +618,11 @@ impl RuntimeHandler for VirtContainer {
             .await;
         block::detach_container(&self.vm, &self.resources, container_id).await;
         let released = self.release(container_id).await;
+        if removed.is_ok() {
+            if let Err(e) = self.sizing.shrink(container_id, &*self.vm).await {
+                tracing::warn!(sandbox_id = %self.id, container_id, error = %e, "unplugging the vCPUs of a removed container; they stay");
+            }
+        }
         removed?;
         released
     }
@@ -666,6 +699,7 @@ impl RuntimeHandler for VirtContainer {
         let state = VirtState {
             vm: self.vm.save_state(),
             resources,
+            sizing: self.sizing.state(),
         };
         HandlerState {
             kind: RuntimeHandlerKind::VirtContainer,

@@ -1,0 +1,619 @@
+//! The VM's size follows its containers' limits.
+//!
+//! Each container's `linux.resources` makes a demand ([`Demand`]): vCPUs from its CFS quota
+//! (`ceil(quota / period)`), or the CPUs of its cpuset when no container of the sandbox has a
+//! quota, and MiB from its memory limit. The VM is to have
+//! `default_vcpus + the demands' vCPUs` (at most `default_maxvcpus`) and
+//! `default_memory + the demands' MiB` — the sizes runtime-rs's resource manager computes.
+//!
+//! Dynamic sizing (the default): before `CreateContainer` the VM grows by hot-plug (memory
+//! first, then vCPUs), and the agent onlines what came (`OnlineCPUMem`, waiting until the vCPUs
+//! are online, so the container's cgroup is made with them); removing a container unplugs the
+//! vCPUs the others no longer need. **Memory is never shrunk** (the backend keeps its DIMMs):
+//! the next container's growth is measured against the memory the VM has.
+//!
+//! `static_sandbox_resource_mgmt = true`: the VM is sized before boot from the workload
+//! ([`WorkloadSize`]: containerd's sandbox sizing annotations, else the first container's
+//! spec) and nothing is hot-plugged; a backend without hot-plug (the test backend) is sized
+//! the same way, never grown.
+//!
+//! Bad input is refused before anything is plugged: a memory limit the VM cannot take names
+//! `linux.resources.memory.limit` and the key that bounds it, a cpuset outside the VM's vCPUs
+//! names `linux.resources.cpu.cpus`. A grow that fails midway unplugs the vCPUs it added; what
+//! stays plugged (memory) is in [`SizingState`], saved in `state.json`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use kata_agent_client::{Agent, OnlineCpuMem};
+use kata_hypervisor::{Capabilities, Hypervisor, HypervisorConfig};
+use oci_spec::runtime::{LinuxResources, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// containerd's annotation saying what a spec starts (`sandbox` or `container`).
+const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// containerd's pod sizing annotations (the pod's summed limits), on the sandbox's spec.
+const CRI_SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+const CRI_SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
+const CRI_SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+
+/// What one container's limits ask of the VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Demand {
+    /// `ceil(quota / period)` (0 without a quota).
+    pub vcpus: u32,
+    /// The guest CPUs of its cpuset (`linux.resources.cpu.cpus`).
+    pub cpuset: BTreeSet<u32>,
+    /// Its memory limit in MiB, rounded up (0 without one).
+    pub memory_mib: u32,
+}
+
+impl Demand {
+    /// The demand of `resources`; a cpuset that does not parse is refused naming the field.
+    pub(crate) fn of(resources: Option<&LinuxResources>) -> Result<Demand> {
+        let Some(r) = resources else {
+            return Ok(Demand::default());
+        };
+        let mut d = Demand::default();
+        if let Some(cpu) = r.cpu() {
+            d.vcpus = vcpus_of_quota(cpu.quota(), cpu.period());
+            if let Some(set) = cpu.cpus().as_deref().filter(|s| !s.trim().is_empty()) {
+                d.cpuset = parse_cpuset(set).map_err(|reason| Error::InvalidArgument {
+                    field: "linux.resources.cpu.cpus".into(),
+                    reason: format!("{set:?}: {reason}"),
+                })?;
+            }
+        }
+        if let Some(limit) = r.memory().as_ref().and_then(|m| m.limit()) {
+            d.memory_mib = mib_of_bytes(limit);
+        }
+        Ok(d)
+    }
+}
+
+/// `ceil(quota / period)`, 0 unless both are positive.
+fn vcpus_of_quota(quota: Option<i64>, period: Option<u64>) -> u32 {
+    match (quota, period) {
+        (Some(q), Some(p)) if q > 0 && p > 0 => {
+            (q as u64).div_ceil(p).min(u64::from(u32::MAX)) as u32
+        }
+        _ => 0,
+    }
+}
+
+/// Bytes to MiB, rounded up; 0 for no limit (negative: unlimited).
+fn mib_of_bytes(bytes: i64) -> u32 {
+    if bytes <= 0 {
+        return 0;
+    }
+    (bytes as u64).div_ceil(1 << 20).min(u64::from(u32::MAX)) as u32
+}
+
+/// Parses a cpuset list (`0-2,4`).
+fn parse_cpuset(s: &str) -> std::result::Result<BTreeSet<u32>, String> {
+    let mut set = BTreeSet::new();
+    for part in s.split(',').map(str::trim) {
+        let num = |t: &str| {
+            t.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{t:?} is not a CPU number"))
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    return Err(format!("the range {part:?} runs backwards"));
+                }
+                if b - a > 4096 {
+                    return Err(format!("the range {part:?} is larger than any VM"));
+                }
+                set.extend(a..=b);
+            }
+            None => {
+                set.insert(num(part)?);
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// The size the VM is to have for a set of demands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    vcpus: u32,
+    memory_mib: u32,
+}
+
+/// The bounds and base of the sizing, from the `[hypervisor.*]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Base {
+    vcpus: u32,
+    max_vcpus: u32,
+    memory_mib: u32,
+}
+
+impl Base {
+    fn of(hv: &HypervisorConfig) -> Base {
+        Base {
+            vcpus: hv.default_vcpus.max(1),
+            max_vcpus: hv.max_vcpus(),
+            memory_mib: hv.default_memory,
+        }
+    }
+
+    /// `default_vcpus + vCPUs asked` (the quotas' sum; without any quota, the CPUs of the
+    /// cpusets) capped at `default_maxvcpus`, and `default_memory + the limits`.
+    fn target<'a>(&self, demands: impl IntoIterator<Item = &'a Demand>) -> Target {
+        let mut quota = 0u32;
+        let mut cpuset = BTreeSet::new();
+        let mut memory = 0u32;
+        for d in demands {
+            quota = quota.saturating_add(d.vcpus);
+            cpuset.extend(d.cpuset.iter().copied());
+            memory = memory.saturating_add(d.memory_mib);
+        }
+        let asked = if quota == 0 {
+            cpuset.len() as u32
+        } else {
+            quota
+        };
+        Target {
+            vcpus: self
+                .vcpus
+                .saturating_add(asked)
+                .min(self.max_vcpus.max(self.vcpus)),
+            memory_mib: self.memory_mib.saturating_add(memory),
+        }
+    }
+}
+
+/// What `state.json` keeps of the sizing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SizingState {
+    /// Each container's demand, by id.
+    #[serde(default)]
+    pub containers: BTreeMap<String, Demand>,
+    /// The VM's vCPUs now (0: never resized, the boot size).
+    #[serde(default)]
+    pub vcpus: u32,
+    /// The VM's memory now in MiB (0: never resized, the boot size).
+    #[serde(default)]
+    pub memory_mib: u32,
+}
+
+/// The sizing of one sandbox's VM.
+#[derive(Debug)]
+pub(crate) struct Sizing {
+    base: Base,
+    /// Hot-plug CPUs / memory (dynamic sizing on a backend that can).
+    cpu_hotplug: bool,
+    memory_hotplug: bool,
+    state: Mutex<SizingState>,
+    /// Serialises grows and shrinks (each spans several awaits).
+    op: tokio::sync::Mutex<()>,
+}
+
+impl Sizing {
+    /// The sizing of a VM started from `hv`, as `state` left it (default: just booted).
+    pub(crate) fn new(
+        hv: &HypervisorConfig,
+        caps: &Capabilities,
+        static_sizing: bool,
+        state: SizingState,
+    ) -> Sizing {
+        let base = Base::of(hv);
+        let mut state = state;
+        if state.vcpus == 0 {
+            state.vcpus = base.vcpus;
+        }
+        if state.memory_mib == 0 {
+            state.memory_mib = base.memory_mib;
+        }
+        Sizing {
+            base,
+            cpu_hotplug: !static_sizing && caps.cpu_hotplug,
+            memory_hotplug: !static_sizing && caps.memory_hotplug,
+            state: Mutex::new(state),
+            op: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// What `state.json` keeps.
+    pub(crate) fn state(&self) -> SizingState {
+        self.state.lock().unwrap().clone()
+    }
+
+    /// Grows the VM for container `id` with `resources` before it is created: checks the
+    /// demand, hot-plugs memory then vCPUs, and has the agent online them. On error the
+    /// container is not counted and the vCPUs this call added are unplugged again.
+    pub(crate) async fn grow(
+        &self,
+        id: &str,
+        resources: Option<&LinuxResources>,
+        vm: &dyn Hypervisor,
+        agent: &Agent,
+    ) -> Result<()> {
+        let demand = Demand::of(resources)?;
+        let _op = self.op.lock().await;
+        let (current, target) = {
+            let st = self.state.lock().unwrap();
+            let others = st
+                .containers
+                .iter()
+                .filter(|(c, _)| *c != id)
+                .map(|(_, d)| d);
+            (
+                Target {
+                    vcpus: st.vcpus,
+                    memory_mib: st.memory_mib,
+                },
+                self.base.target(others.chain(std::iter::once(&demand))),
+            )
+        };
+        let vcpus_after = if self.cpu_hotplug {
+            target.vcpus.max(current.vcpus)
+        } else {
+            current.vcpus
+        };
+        if let Some(&cpu) = demand.cpuset.iter().find(|&&c| c >= vcpus_after) {
+            return Err(Error::InvalidArgument {
+                field: "linux.resources.cpu.cpus".into(),
+                reason: format!(
+                    "container {id} asks for CPU {cpu}, outside the VM's vCPUs 0-{} \
+                     (default_vcpus = {}, default_maxvcpus = {}{}); name guest CPUs below {vcpus_after}",
+                    vcpus_after - 1,
+                    self.base.vcpus,
+                    self.base.max_vcpus,
+                    if self.cpu_hotplug { "" } else { ", no vCPU hot-plug" },
+                ),
+            });
+        }
+        let mut grown = current;
+        // What the backend cannot do (`Unsupported`) is skipped with a warning: the container
+        // still gets its limits in the guest, in a VM that did not grow for them.
+        if self.memory_hotplug && target.memory_mib > current.memory_mib {
+            match vm.resize_memory(target.memory_mib).await {
+                Ok(mib) => {
+                    grown.memory_mib = mib;
+                    self.state.lock().unwrap().memory_mib = mib;
+                }
+                Err(e @ kata_hypervisor::Error::Unsupported { .. }) => {
+                    tracing::warn!(container_id = id, error = %e, "the VM's memory does not grow for the container")
+                }
+                Err(e) => return Err(memory_error(id, &demand, e)),
+            }
+        }
+        if self.cpu_hotplug && target.vcpus > current.vcpus {
+            match vm.resize_vcpus(target.vcpus).await {
+                Ok(n) => {
+                    grown.vcpus = n;
+                    self.state.lock().unwrap().vcpus = n;
+                }
+                Err(e @ kata_hypervisor::Error::Unsupported { .. }) => {
+                    tracing::warn!(container_id = id, error = %e, "the VM's vCPUs do not grow for the container")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if grown != current {
+            let online = if grown.memory_mib > current.memory_mib {
+                OnlineCpuMem::cpus_and_memory(grown.vcpus)
+            } else {
+                OnlineCpuMem::cpus(grown.vcpus)
+            };
+            if let Err(e) = agent.online_cpu_mem(online.wait(true)).await {
+                if grown.vcpus > current.vcpus {
+                    self.set_vcpus(vm, current.vcpus).await;
+                }
+                return Err(e.into());
+            }
+            tracing::info!(
+                container_id = id,
+                vcpus = grown.vcpus,
+                memory_mib = grown.memory_mib,
+                "the VM grew for the container"
+            );
+        }
+        self.state
+            .lock()
+            .unwrap()
+            .containers
+            .insert(id.to_string(), demand);
+        Ok(())
+    }
+
+    /// Forgets container `id` (removed, or failed to create) and unplugs the vCPUs the
+    /// others do not need. Memory stays.
+    pub(crate) async fn shrink(&self, id: &str, vm: &dyn Hypervisor) -> Result<()> {
+        let _op = self.op.lock().await;
+        let (current, target) = {
+            let mut st = self.state.lock().unwrap();
+            st.containers.remove(id);
+            (st.vcpus, self.base.target(st.containers.values()))
+        };
+        if self.cpu_hotplug && target.vcpus < current {
+            let now = vm.resize_vcpus(target.vcpus).await?;
+            self.state.lock().unwrap().vcpus = now;
+            tracing::info!(
+                container_id = id,
+                vcpus = now,
+                "vCPUs unplugged after the container"
+            );
+        }
+        Ok(())
+    }
+
+    /// Resizes the vCPUs back after a failed grow; what it cannot undo stays counted.
+    async fn set_vcpus(&self, vm: &dyn Hypervisor, vcpus: u32) {
+        match vm.resize_vcpus(vcpus).await {
+            Ok(now) => self.state.lock().unwrap().vcpus = now,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot unplug the vCPUs of a failed grow; they stay")
+            }
+        }
+    }
+}
+
+/// The error for a memory limit the VM cannot take: names the spec field, then why (the
+/// backend's error names the key that bounds it).
+fn memory_error(id: &str, demand: &Demand, e: kata_hypervisor::Error) -> Error {
+    match e {
+        e @ kata_hypervisor::Error::ResizeBeyond { .. } => Error::InvalidArgument {
+            field: "linux.resources.memory.limit".into(),
+            reason: format!(
+                "container {id} asks for {} MiB more memory than the VM can take: {e}",
+                demand.memory_mib
+            ),
+        },
+        other => other.into(),
+    }
+}
+
+/// The size a workload asks of a VM sized before boot (`static_sandbox_resource_mgmt`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSize {
+    /// vCPUs (`ceil(quota / period)`).
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+}
+
+impl WorkloadSize {
+    /// The workload of the spec that starts a sandbox: for a pod's sandbox (containerd's
+    /// `io.kubernetes.cri.container-type = sandbox`), the pod's limits containerd passes in
+    /// `io.kubernetes.cri.sandbox-cpu-quota`/`-cpu-period`/`-memory`; else the spec's own
+    /// `linux.resources` (a single container, as `ctr run` starts).
+    pub fn of_spec(spec: &Spec) -> WorkloadSize {
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        if annotations.get(CRI_CONTAINER_TYPE).map(String::as_str) == Some("sandbox") {
+            let get = |k: &str| {
+                annotations
+                    .get(k)
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+            };
+            return WorkloadSize {
+                vcpus: vcpus_of_quota(
+                    get(CRI_SANDBOX_CPU_QUOTA),
+                    get(CRI_SANDBOX_CPU_PERIOD).and_then(|p| u64::try_from(p).ok()),
+                ),
+                memory_mib: get(CRI_SANDBOX_MEMORY).map(mib_of_bytes).unwrap_or(0),
+            };
+        }
+        let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+        let r = resources;
+        WorkloadSize {
+            vcpus: r
+                .and_then(|r| r.cpu().as_ref())
+                .map(|c| vcpus_of_quota(c.quota(), c.period()))
+                .unwrap_or(0),
+            memory_mib: r
+                .and_then(|r| r.memory().as_ref())
+                .and_then(|m| m.limit())
+                .map(mib_of_bytes)
+                .unwrap_or(0),
+        }
+    }
+
+    /// Sizes `hv` for the workload: `default_vcpus` grows by its vCPUs (at most
+    /// `default_maxvcpus`), `default_memory` by its memory (added, not replaced, as Kata does:
+    /// the guest's own use stays covered).
+    pub fn apply(&self, hv: &mut HypervisorConfig) {
+        let base = Base::of(hv);
+        hv.default_vcpus = base
+            .vcpus
+            .saturating_add(self.vcpus)
+            .min(base.max_vcpus.max(base.vcpus));
+        hv.default_memory = hv.default_memory.saturating_add(self.memory_mib);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{
+        LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, SpecBuilder,
+    };
+
+    fn resources(quota: Option<i64>, cpus: Option<&str>, memory: Option<i64>) -> LinuxResources {
+        let mut cpu = LinuxCpuBuilder::default().period(100_000u64);
+        if let Some(q) = quota {
+            cpu = cpu.quota(q);
+        }
+        if let Some(c) = cpus {
+            cpu = cpu.cpus(c);
+        }
+        let mut r = LinuxResourcesBuilder::default().cpu(cpu.build().unwrap());
+        if let Some(m) = memory {
+            r = r.memory(LinuxMemoryBuilder::default().limit(m).build().unwrap());
+        }
+        r.build().unwrap()
+    }
+
+    fn base() -> Base {
+        Base {
+            vcpus: 1,
+            max_vcpus: 4,
+            memory_mib: 256,
+        }
+    }
+
+    #[test]
+    fn a_demand_rounds_quota_and_memory_up() {
+        let d = Demand::of(Some(&resources(Some(150_000), None, Some(64 << 20)))).unwrap();
+        assert_eq!((d.vcpus, d.memory_mib), (2, 64));
+        let d = Demand::of(Some(&resources(
+            Some(200_000),
+            Some("0-1,3"),
+            Some((64 << 20) + 1),
+        )))
+        .unwrap();
+        assert_eq!((d.vcpus, d.memory_mib), (2, 65));
+        assert_eq!(d.cpuset, BTreeSet::from([0, 1, 3]));
+        let d = Demand::of(Some(&resources(Some(-1), None, Some(-1)))).unwrap();
+        assert_eq!(d, Demand::default(), "unlimited asks nothing");
+        assert_eq!(Demand::of(None).unwrap(), Demand::default());
+    }
+
+    #[test]
+    fn a_cpuset_that_does_not_parse_names_the_field() {
+        for bad in ["a", "3-1", "0-", "0-100000"] {
+            let e = Demand::of(Some(&resources(None, Some(bad), None)))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("linux.resources.cpu.cpus"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_target_adds_quotas_and_limits_to_the_defaults_capped_at_maxvcpus() {
+        let two = Demand {
+            vcpus: 2,
+            memory_mib: 64,
+            ..Default::default()
+        };
+        assert_eq!(
+            base().target([&two]),
+            Target {
+                vcpus: 3,
+                memory_mib: 320
+            }
+        );
+        assert_eq!(
+            base().target([&two, &two]).vcpus,
+            4,
+            "capped at default_maxvcpus"
+        );
+        assert_eq!(base().target([&two, &two]).memory_mib, 384);
+        assert_eq!(
+            base().target([]),
+            Target {
+                vcpus: 1,
+                memory_mib: 256
+            }
+        );
+    }
+
+    #[test]
+    fn cpusets_count_only_without_any_quota() {
+        let pinned = Demand {
+            cpuset: BTreeSet::from([0, 1]),
+            ..Default::default()
+        };
+        let pinned2 = Demand {
+            cpuset: BTreeSet::from([1, 2]),
+            ..Default::default()
+        };
+        assert_eq!(
+            base().target([&pinned, &pinned2]).vcpus,
+            4,
+            "1 + |{{0,1,2}}|"
+        );
+        let quota = Demand {
+            vcpus: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            base().target([&pinned, &quota]).vcpus,
+            2,
+            "the quota decides"
+        );
+    }
+
+    #[test]
+    fn a_workload_comes_from_the_pods_annotations_or_the_containers_spec() {
+        let pod = SpecBuilder::default()
+            .annotations(std::collections::HashMap::from([
+                (CRI_CONTAINER_TYPE.to_string(), "sandbox".to_string()),
+                (CRI_SANDBOX_CPU_QUOTA.to_string(), "220000".to_string()),
+                (CRI_SANDBOX_CPU_PERIOD.to_string(), "100000".to_string()),
+                (CRI_SANDBOX_MEMORY.to_string(), (512i64 << 20).to_string()),
+            ]))
+            .build()
+            .unwrap();
+        assert_eq!(
+            WorkloadSize::of_spec(&pod),
+            WorkloadSize {
+                vcpus: 3,
+                memory_mib: 512
+            }
+        );
+        let single = SpecBuilder::default()
+            .linux(
+                LinuxBuilder::default()
+                    .resources(resources(Some(100_000), None, Some(128 << 20)))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(
+            WorkloadSize::of_spec(&single),
+            WorkloadSize {
+                vcpus: 1,
+                memory_mib: 128
+            }
+        );
+        let mut hv = HypervisorConfig {
+            default_vcpus: 1,
+            default_maxvcpus: 2,
+            default_memory: 256,
+            ..Default::default()
+        };
+        WorkloadSize::of_spec(&pod).apply(&mut hv);
+        assert_eq!((hv.default_vcpus, hv.default_memory), (2, 768));
+    }
+
+    #[test]
+    fn static_sizing_grows_the_boot_size_and_dynamic_sizing_leaves_it() {
+        let toml = |on: bool| {
+            format!(
+                "[hypervisor.qemu]\ndefault_vcpus = 1\ndefault_maxvcpus = 4\ndefault_memory = 256\n\
+                 [runtime]\nstatic_sandbox_resource_mgmt = {on}\n"
+            )
+        };
+        let workload = WorkloadSize {
+            vcpus: 2,
+            memory_mib: 128,
+        };
+        let built = |on: bool| {
+            let config = crate::config::KataConfig::parse(&toml(on)).unwrap();
+            crate::SandboxBuilder::from_kata_config(config)
+                .unwrap()
+                .workload(workload)
+                .finish()
+                .unwrap()
+        };
+        let c = built(true);
+        assert_eq!(
+            (c.hypervisor.default_vcpus, c.hypervisor.default_memory),
+            (3, 384)
+        );
+        let c = built(false);
+        assert_eq!(
+            (c.hypervisor.default_vcpus, c.hypervisor.default_memory),
+            (1, 256)
+        );
+    }
+}
