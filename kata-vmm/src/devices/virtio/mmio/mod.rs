@@ -69,6 +69,8 @@ mod reg {
     pub const QUEUE_AVAIL_HIGH: u64 = 0x094;
     pub const QUEUE_USED_LOW: u64 = 0x0a0;
     pub const QUEUE_USED_HIGH: u64 = 0x0a4;
+    pub const SHM_LEN_LOW: u64 = 0x0b0;
+    pub const SHM_BASE_HIGH: u64 = 0x0bc;
     pub const CONFIG_GENERATION: u64 = 0x0fc;
     pub const CONFIG: u64 = 0x100;
 }
@@ -224,6 +226,8 @@ impl MmioTransport {
             reg::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
             reg::STATUS => self.device_status,
+            // No shared memory region: its length and base read as all ones.
+            reg::SHM_LEN_LOW..=reg::SHM_BASE_HIGH => u32::MAX,
             reg::CONFIG_GENERATION => self.config_generation,
             _ => 0,
         };

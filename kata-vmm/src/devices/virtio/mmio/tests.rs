@@ -112,6 +112,9 @@ fn identity_registers() {
     assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
     w(&mut t, reg::QUEUE_SEL, 7);
     assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 0);
+    // No shared memory regions (Linux checks for a length of all ones).
+    assert_eq!(r(&mut t, reg::SHM_LEN_LOW), u32::MAX);
+    assert_eq!(r(&mut t, reg::SHM_LEN_LOW + 4), u32::MAX);
     let mut cfg = [0u8; 4];
     t.read(reg::CONFIG + 6, &mut cfg);
     assert_eq!(&cfg, b"gh\0\0");
