@@ -506,12 +506,14 @@ async fn wait_nothing_left(env: &Env, ids: &PodIds, timeout: Duration) -> Result
     }
 }
 
-/// The kata-rs sandbox directories, `/run/kata/<id>`.
+/// The kata-rs sandbox directories of CRI pods, `/run/kata/<id>` (CRI's ids are 64 hex
+/// digits; other tests' sandboxes, if any run meanwhile, are named otherwise).
 fn kata_dirs() -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir("/run/kata")
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
                 .collect()
         })
         .unwrap_or_default();
