@@ -1566,6 +1566,421 @@ async fn case_volume_missing_source(env: Arc<Env>) -> Result<()> {
     Ok(())
 }
 
+/// The guest's block devices (`/sys/block`), as a container of `sandbox` lists them.
+async fn guest_disks(sandbox: &Sandbox, rootfs: &Path) -> Result<String> {
+    let out = sandbox
+        .run(ContainerSpec::from_rootfs_dir(rootfs).args(["ls", "/sys/block"]))
+        .await?;
+    ensure!(out.status.success(), "ls /sys/block: {out:?}");
+    Ok(out.stdout_str().to_string())
+}
+
+/// A loop device over `image`, detached on drop.
+struct LoopDevice(PathBuf);
+
+impl LoopDevice {
+    fn over(image: &Path) -> Result<LoopDevice> {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(image)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(LoopDevice(PathBuf::from(
+            String::from_utf8_lossy(&out.stdout).trim(),
+        )))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Block volumes (issue 10 item 3) in `sandbox`: an ext4 image mounted as a volume is read
+/// and written (the write reaches the image), a read-only one refuses writes, a bind of a
+/// host block device (a loop device over the image) is the disk; the disks go with their
+/// containers (`/sys/block` as before); a missing image or a directory is refused naming
+/// `mounts[i].source` and attaches nothing. Returns the disks the guest had while the first
+/// container ran that it has not otherwise (its volume's).
+async fn block_volume_checks(sandbox: &Sandbox, rootfs: &Path) -> Result<Vec<String>> {
+    use kata_testkit::image::ext4;
+    let work = tempfile::tempdir()?;
+    let image = work.path().join("volume.ext4");
+    ext4::busybox_ext4(&image).context("the ext4 fixture")?;
+    let first = oci_spec::runtime::Spec::default()
+        .mounts()
+        .as_ref()
+        .map_or(0, Vec::len);
+    let with = |m: oci_spec::runtime::Mount, script: &str| {
+        let mut oci = oci_spec::runtime::Spec::default();
+        let mut mounts = oci.mounts().clone().unwrap_or_default();
+        mounts.push(m);
+        oci.set_mounts(Some(mounts));
+        ContainerSpec::from_oci(oci, rootfs).args(["sh", "-c", script])
+    };
+    let before = guest_disks(sandbox, rootfs).await?;
+
+    let marker = format!("/disk{}", ext4::MARKER_PATH);
+    let out = sandbox
+        .run(with(
+            volume("ext4", &image, "/disk", &[]),
+            &format!(
+                "cat {marker}; echo on-volume > /disk/written; grep ' /disk ' /proc/mounts; \
+                 ls /sys/block"
+            ),
+        ))
+        .await?;
+    let text = out.stdout_str();
+    ensure!(out.status.success(), "rw block volume: {out:?}");
+    ensure!(text.starts_with(ext4::MARKER), "the marker: {text:?}");
+    ensure!(
+        text.contains(" ext4 "),
+        "/disk is not the ext4 disk: {text:?}"
+    );
+    let added: Vec<String> = text
+        .lines()
+        .filter(|l| !l.contains(' ') && !before.lines().any(|b| b == *l))
+        .map(str::to_owned)
+        .collect();
+    ensure!(
+        guest_disks(sandbox, rootfs).await? == before,
+        "a disk stayed after delete"
+    );
+    let written = std::process::Command::new("debugfs")
+        .args(["-R", "cat /written"])
+        .arg(&image)
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&written.stdout) == "on-volume\n",
+        "the write did not reach the image"
+    );
+
+    let out = sandbox
+        .run(with(
+            volume("ext4", &image, "/disk", &["ro"]),
+            &format!("cat {marker}; touch /disk/x"),
+        ))
+        .await?;
+    ensure!(
+        !out.status.success() && out.stdout_str() == ext4::MARKER,
+        "a read-only block volume: {out:?}"
+    );
+    ensure!(
+        out.stderr_str().contains("Read-only"),
+        "{:?}",
+        out.stderr_str()
+    );
+    ensure!(
+        guest_disks(sandbox, rootfs).await? == before,
+        "a disk stayed after delete"
+    );
+
+    let device = LoopDevice::over(&image)?;
+    let out = sandbox
+        .run(with(
+            volume("bind", &device.0, "/dev-disk", &["rbind", "ro"]),
+            "cat /dev-disk/written; touch /dev-disk/x",
+        ))
+        .await?;
+    ensure!(
+        !out.status.success() && out.stdout_str() == "on-volume\n",
+        "a read-only bind of a host block device: {out:?}"
+    );
+    drop(device);
+    ensure!(
+        guest_disks(sandbox, rootfs).await? == before,
+        "a disk stayed after delete"
+    );
+
+    let dir = work.path().join("dir");
+    std::fs::create_dir(&dir)?;
+    for (source, why) in [
+        (work.path().join("missing.ext4"), "exist"),
+        (dir, "neither a block device nor a regular file"),
+    ] {
+        let err = match sandbox
+            .create_container(with(volume("ext4", &source, "/disk", &[]), "true"))
+            .await
+        {
+            Ok(_) => bail!(
+                "a container with block volume {} was created",
+                source.display()
+            ),
+            Err(e) => e.to_string(),
+        };
+        let field = format!("mounts[{first}].source {}", source.display());
+        ensure!(err.contains(&field) && err.contains(why), "{err}");
+        ensure!(sandbox.container_ids().is_empty(), "the container is kept");
+    }
+    ensure!(
+        guest_disks(sandbox, rootfs).await? == before,
+        "a disk was attached for bad input"
+    );
+    ensure!(mounts_under(work.path()).is_empty(), "host mounts left");
+    Ok(added)
+}
+
+/// Block volumes on the default `virtio-scsi` controller of the shared sandbox.
+async fn case_block_volumes(env: Arc<Env>) -> Result<()> {
+    let added = block_volume_checks(&env.sandbox, &env.rootfs).await?;
+    ensure!(
+        matches!(&added[..], [d] if d.starts_with("sd")),
+        "the volume is not one SCSI disk: {added:?}"
+    );
+    Ok(())
+}
+
+/// `block_device_driver = "virtio-blk"` with PCIe root ports, through a guest: block volumes
+/// hot-plugged as virtio-blk-pci on the ports and found by the agent at their PCI paths,
+/// unplugged with their containers.
+async fn case_virtio_blk_pci_volumes(env: Arc<Env>) -> Result<()> {
+    let builder = Sandbox::builder()
+        .id("vm-virtio-blk")
+        .memory_mib(256)
+        .root_dir(&env.root_dir);
+    let mut hv = builder.config().clone();
+    hv.block_device_driver = kata_hypervisor::config::BlockDeviceDriver::VirtioBlk;
+    hv.pcie_root_port = 2;
+    let sandbox = builder
+        .hypervisor_config(hv)
+        .build()
+        .await
+        .context(NoGuest)?;
+    booted();
+    let checked = block_volume_checks(&sandbox, &env.rootfs).await;
+    sandbox.shutdown().await?;
+    let added = checked?;
+    ensure!(
+        matches!(&added[..], [d] if d.starts_with("vd")),
+        "the volume is not one virtio-blk disk: {added:?}"
+    );
+    Ok(())
+}
+
+/// The md5 of the busybox binary in the test rootfs, as the host reads it.
+fn host_busybox_md5(env: &Env) -> Result<String> {
+    let out = sh("md5sum", &[&env.rootfs.join("bin/busybox").display().to_string()])?;
+    Ok(out.split_whitespace().next().unwrap_or_default().to_owned())
+}
+
+/// Runs a container in `sb` that reads its rootfs: the filesystem type of `/` and the md5 of
+/// its busybox, which must be the host's.
+async fn rootfs_read_through_share(sb: &Sandbox, env: &Env, fstype: &str) -> Result<()> {
+    let out = sb
+        .run(
+            ContainerSpec::from_rootfs_dir(&env.rootfs).args([
+                "/bin/busybox",
+                "sh",
+                "-c",
+                "/bin/busybox awk '$2 == \"/\" { print $3 }' /proc/mounts; /bin/busybox md5sum /bin/busybox",
+            ]),
+        )
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "exit {:?}: {text} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        text.lines().next() == Some(fstype),
+        "the rootfs is not on {fstype}: {text}"
+    );
+    let md5 = host_busybox_md5(env)?;
+    ensure!(text.contains(&md5), "the guest read other bytes than the host's ({md5}): {text}");
+    Ok(())
+}
+
+/// A sandbox `id` with `shared_fs` set, next to the shared one.
+async fn sandbox_with_shared_fs(
+    env: &Env,
+    id: &str,
+    shared_fs: kata_hypervisor::SharedFs,
+    agent_timeout: Duration,
+) -> Result<Sandbox> {
+    let builder = Sandbox::builder()
+        .id(id)
+        .memory_mib(256)
+        .root_dir(&env.root_dir)
+        .agent_timeout(agent_timeout);
+    let mut hv = builder.config().clone();
+    hv.shared_fs = shared_fs;
+    let sb = builder
+        .hypervisor_config(hv)
+        .build()
+        .await
+        .context(NoGuest)?;
+    booted();
+    Ok(sb)
+}
+
+/// Shuts `sb` down and checks nothing of sandbox `id` is left: no QEMU, virtiofsd or vsock
+/// backend, no mount, no directory (with the sockets in it).
+async fn shut_down_leaving_nothing(sb: Sandbox, id: &str) -> Result<()> {
+    let dir = sb.dir().to_path_buf();
+    sb.shutdown().await?;
+    let left = processes_mentioning(id, "vm_sandbox");
+    ensure!(left.is_empty(), "processes left: {left:?}");
+    ensure!(mounts_under(&dir).is_empty(), "mounts left: {:?}", mounts_under(&dir));
+    ensure!(!dir.exists(), "sandbox dir {} left", dir.display());
+    Ok(())
+}
+
+/// `shared_fs = "virtio-9p"` stays an option: a container runs and reads its rootfs over 9p.
+async fn case_virtio_9p_still_serves_a_rootfs(env: Arc<Env>) -> Result<()> {
+    let id = "share-9p";
+    let sb = sandbox_with_shared_fs(
+        &env,
+        id,
+        kata_hypervisor::SharedFs::Virtio9p,
+        Duration::from_secs(120),
+    )
+    .await?;
+    ensure!(
+        !sb.dir().join("virtiofsd.sock").exists()
+            && processes_mentioning(id, "vm_sandbox")
+                .iter()
+                .all(|(_, cmd)| !cmd.contains("virtiofsd")),
+        "a virtio-9p sandbox runs no virtiofsd"
+    );
+    let checked = rootfs_read_through_share(&sb, &env, "9p").await;
+    shut_down_leaving_nothing(sb, id).await?;
+    checked?;
+    // The shared sandbox is on virtio-fs, the default.
+    rootfs_read_through_share(&env.sandbox, &env, "virtiofs").await
+}
+
+/// QEMU's second boot (the stuck-vsock recovery, forced by the backend's fault hook) with
+/// virtio-fs: the first QEMU's virtiofsd exits with it, kata-resource starts a fresh one on the
+/// same socket before the second QEMU, and the sandbox serves its rootfs; its teardown leaves
+/// nothing of either daemon.
+async fn case_second_boot_restarts_virtiofsd(env: Arc<Env>) -> Result<()> {
+    let id = "share-reboot";
+    kata_hypervisor::qemu::fault::silence_first_boot(id);
+    let t0 = Instant::now();
+    let sb = sandbox_with_shared_fs(
+        &env,
+        id,
+        kata_hypervisor::SharedFs::VirtioFs,
+        Duration::from_secs(240),
+    )
+    .await?;
+    let log = std::fs::read_to_string(sb.dir().join("virtiofsd.log")).unwrap_or_default();
+    let checks = async {
+        ensure!(
+            log.contains("restarted for a new VMM"),
+            "the VM was not booted twice, or virtiofsd was not restarted: {log}"
+        );
+        println!("    booted twice in {:.1?}", t0.elapsed());
+        // The second QEMU is in the sandbox's host cgroups as the first was, its vCPUs too.
+        let dir = sb.dir().display().to_string();
+        let qemu = kata_testkit::leaks::cmdlines()
+            .into_iter()
+            .find(|(_, cmd)| cmd.contains("qemu-system") && cmd.contains(&dir))
+            .map(|(pid, _)| pid)
+            .context("no QEMU for the sandbox")?;
+        let cg = kata_testkit::leaks::cgroup_of(qemu, "memory");
+        ensure!(
+            cg.as_deref() == Some(&*format!("/kata_overhead/{id}")),
+            "the second QEMU's cgroup: {cg:?}"
+        );
+        let vcpus: Vec<u32> = std::fs::read_dir(format!("/proc/{qemu}/task"))?
+            .flatten()
+            .filter_map(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                comm.starts_with("CPU ")
+                    .then(|| t.file_name().to_str()?.parse().ok())?
+            })
+            .collect();
+        ensure!(!vcpus.is_empty(), "no thread of QEMU is named `CPU n/...`");
+        for tid in &vcpus {
+            let cg = kata_testkit::leaks::cgroup_of(*tid, "cpu");
+            ensure!(
+                cg.as_deref() == Some(&*format!("/kata_sandboxed_pod/{id}")),
+                "the second QEMU's vCPU thread {tid}'s cgroup: {cg:?}"
+            );
+        }
+        rootfs_read_through_share(&sb, &env, "virtiofs").await
+    }
+    .await;
+    shut_down_leaving_nothing(sb, id).await?;
+    checks
+}
+
+/// virtiofsd killed while a container runs: the sandbox reports its death naming virtiofsd,
+/// every waiter fails, and the teardown leaves no QEMU, virtiofsd, socket, mount or directory.
+async fn case_virtiofsd_killed_kills_the_sandbox_and_leaves_nothing(env: Arc<Env>) -> Result<()> {
+    let id = "virtiofsd-killed";
+    let sandbox = Arc::new(
+        sandbox_with_shared_fs(
+            &env,
+            id,
+            kata_hypervisor::SharedFs::VirtioFs,
+            Duration::from_secs(120),
+        )
+        .await?,
+    );
+    let dir = sandbox.dir().to_path_buf();
+    let c = sandbox
+        .create_container(ContainerSpec::from_rootfs_dir(&env.rootfs).args([
+            "/bin/busybox",
+            "sleep",
+            "600",
+        ]))
+        .await?;
+    c.start().await?;
+    let waiter = {
+        let (sandbox, cid) = (sandbox.clone(), c.id().to_string());
+        tokio::spawn(async move { sandbox.wait_process(&cid, &cid).await })
+    };
+    let socket = format!("--socket-path={}", dir.join("virtiofsd.sock").display());
+    let daemon = kata_testkit::leaks::cmdlines()
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("virtiofsd") && cmd.contains(&socket))
+        .map(|(pid, _)| pid)
+        .min()
+        .context("no virtiofsd for the sandbox")?;
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let r = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .context("the wait still hangs after virtiofsd died")??;
+    ensure!(
+        matches!(r, Err(kata_sandbox::Error::SandboxDead { .. })),
+        "wait: {r:?}"
+    );
+    let why = sandbox.death().context("the sandbox does not say it died")?;
+    ensure!(why.contains("virtiofsd"), "the death does not name virtiofsd: {why}");
+    println!(
+        "    the sandbox died {:.1?} after virtiofsd was killed: {}",
+        t0.elapsed(),
+        why.lines().next().unwrap_or_default()
+    );
+    while dir.exists() || !processes_mentioning(id, "vm_sandbox").is_empty() {
+        if t0.elapsed() > Duration::from_secs(40) {
+            bail!(
+                "not torn down: dir {} exists {}, processes {:?}, mounts {:?}",
+                dir.display(),
+                dir.exists(),
+                processes_mentioning(id, "vm_sandbox"),
+                mounts_under(&dir)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(mounts_under(&dir).is_empty(), "mounts left: {:?}", mounts_under(&dir));
+    drop(c);
+    sandbox.shutdown().await?;
+    Ok(())
+}
+
 async fn setup() -> Result<Env> {
     let work = tempfile::tempdir()?;
     let root_dir = work.path().join("sandboxes");
@@ -1603,7 +2018,8 @@ async fn shutdown_leaves_nothing(env: Env) -> Result<()> {
         "sandbox dir {} left",
         sandbox_dir.display()
     );
-    let left = processes_mentioning("vm-sandbox-tests", "vm_sandbox");
+    // By this run's directory: another run's sandbox of the same id is not this one's leak.
+    let left = processes_mentioning(&env.root_dir.display().to_string(), "vm_sandbox");
     ensure!(left.is_empty(), "processes left after shutdown: {left:?}");
     let mounts = mounts_under(&env.root_dir);
     ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
@@ -1633,6 +2049,11 @@ fn main() -> std::process::ExitCode {
         .case("oom_killed_container_exits_137", case_oom_killed_container)
         .case("volumes_reach_the_guest", case_volumes_reach_the_guest)
         .case("volume_missing_source", case_volume_missing_source)
+        .case_with_timeout(
+            "block_volumes",
+            Duration::from_secs(300),
+            case_block_volumes,
+        )
         // These boot (or try to boot) sandboxes of their own next to the shared one.
         .case_with_timeout(
             "drop_without_shutdown",
@@ -1655,6 +2076,11 @@ fn main() -> std::process::ExitCode {
             case_bad_boot_inputs,
         )
         .case_with_timeout("host_cgroups", Duration::from_secs(300), case_host_cgroups)
+        .case_with_timeout(
+            "virtio_blk_pci_volumes",
+            Duration::from_secs(600),
+            case_virtio_blk_pci_volumes,
+        )
         // Every case deletes what it creates: nothing may stay shared or mounted.
         .check_each(|env: &Env| no_container_leftovers(&env.sandbox))
         .teardown("shutdown_leaves_nothing", shutdown_leaves_nothing)

@@ -11,6 +11,7 @@
 //! hot-plugged disk appears a moment after the host's `device_add`). The mount itself is the
 //! common storage path: the storage's `fstype` and options (`ro` honoured).
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -156,7 +157,14 @@ pub(super) fn find_now(sysfs: &Path, dev: &Path, address: &DiskAddress) -> Optio
         DiskAddress::Scsi(t, l) => scsi_device_dir(sysfs, *t, *l)?,
     };
     let node = dev.join(block_name_under(&dir)?);
-    node.exists().then_some(node)
+    // The node appears while the kernel is still adding the disk, which cannot be opened
+    // (ENXIO) until it is live: a disk is found once it opens.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&node)
+        .is_ok()
+        .then_some(node)
 }
 
 /// Waits (bounded by `wait`) until the disk at `address` has its `/dev` node.

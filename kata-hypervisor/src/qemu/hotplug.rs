@@ -97,9 +97,9 @@ pub fn wants_scsi_controller(c: &HypervisorConfig) -> bool {
     uses_scsi(c) && !c.disable_block_device_use
 }
 
-/// The `blockdev-add` arguments for `dev`: a `raw` node named [`node_name`] over a `file`
-/// node (a regular file or a block device: QEMU's `file` driver opens both; `host_device`
-/// would refuse an image file). `read-only` on both nodes when the device is; the file node's
+/// The `blockdev-add` arguments for `dev`: a `raw` node named [`node_name`] over a protocol
+/// node: `host_device` for a host block device, `file` for an image file (QEMU's `file` driver
+/// refuses a block device, `host_device` a regular file). `read-only` on both nodes when the device is; the file node's
 /// `aio` from `block_device_aio` and its cache from `block_device_cache_*` (QEMU's `cache=none`,
 /// O_DIRECT with flushes honoured, unless `block_device_cache_set`). `native` AIO needs
 /// O_DIRECT: without it the node uses `threads`.
@@ -113,12 +113,14 @@ pub fn blockdev_options(c: &HypervisorConfig, dev: &BlockDevice) -> Value {
         BlockDeviceAio::Native if !direct => BlockDeviceAio::Threads,
         aio => aio,
     };
+    let is_block_device = std::fs::metadata(&dev.path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
     json!({
         "driver": "raw",
         "node-name": node_name(&dev.id),
         "read-only": dev.read_only,
         "file": {
-            "driver": "file",
+            "driver": if is_block_device { "host_device" } else { "file" },
             "node-name": format!("{}-file", node_name(&dev.id)),
             "filename": dev.path,
             "read-only": dev.read_only,
@@ -438,6 +440,30 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(blockdev_options(&c, &dev(false))["file"]["aio"], "native");
+    }
+
+    #[test]
+    fn a_host_block_device_is_opened_with_host_device() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to mknod");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("disk");
+        nix::sys::stat::mknod(
+            &path,
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::S_IRUSR,
+            nix::sys::stat::makedev(7, 200),
+        )
+        .unwrap();
+        let d = BlockDevice {
+            id: "blk-c1".into(),
+            path,
+            read_only: false,
+        };
+        let o = blockdev_options(&HypervisorConfig::default(), &d);
+        assert_eq!(o["file"]["driver"], "host_device");
     }
 
     #[test]

@@ -351,10 +351,14 @@ impl SandboxResources {
     /// ([`crate::volume`]): host files and directories are bound into the shared directory,
     /// the pod's `/dev/shm` and emptyDirs become guest storages, the rest is passed on.
     /// Returns the mounts as the guest is to make them and the storages to send with
-    /// CreateContainer. The shares are the container's: released with it.
+    /// CreateContainer. The shares are the container's: released with it. Block volumes (a
+    /// bind of a host block device, a disk filesystem mounted from an image file) are recorded
+    /// in the devices slot as the container's disks and returned in `block_devices` for the
+    /// caller to hot-plug (and unplug with the container).
     ///
     /// Bad input is refused naming `mounts[i].source` ([`Error::VolumeSourceNotFound`],
-    /// [`Error::VolumeRefused`]); on any error nothing this call made is left.
+    /// [`Error::VolumeRefused`], [`Error::BlockSource`]); on any error nothing this call made
+    /// is left, and no disk is recorded.
     pub fn add_volumes(
         &mut self,
         id: &str,
@@ -370,7 +374,15 @@ impl SandboxResources {
             shared: share.host_path(),
             sandbox: &self.sandbox_dir,
         };
-        container.volumes.add(dirs, id, mounts, options)
+        let (mut volumes, blocks) =
+            container
+                .volumes
+                .add(dirs, id, mounts, options, self.devices.enabled())?;
+        volumes.block_devices = blocks
+            .into_iter()
+            .map(|b| self.devices.attach(id, b.source, b.mount_point))
+            .collect();
+        Ok(volumes)
     }
 
     /// Shares `sandbox_bind_mounts` (`[runtime]`: `path[:ro|:rw]`, read-only by default) with

@@ -4,9 +4,11 @@
 //! For each mount, in order:
 //! - **`/dev/shm`** (a bind of the pod's shm, or a tmpfs): the pod's shm, one guest tmpfs at
 //!   [`GUEST_SHM_DIR`] shared by the pod's containers (an `ephemeral` storage, `noexec,nosuid,
-//!   nodev,mode=1777`), sized from the bind source's filesystem (containerd's CRI makes a tmpfs
-//!   per pod), a tmpfs mount's own `size=`, or Kata's default of 64 MiB; the mount becomes a bind
-//!   of it.
+//!   nodev,mode=1777`), sized in bytes from the bind source's filesystem (containerd's CRI makes
+//!   a tmpfs per pod), a tmpfs mount's own `size=`, or Kata's default of 64 MiB; the mount
+//!   becomes a bind of it. Where a spec names `/dev/shm` more than once (CRI's pause container:
+//!   containerd's default tmpfs, then the bind of the pod's shm), the bind wins (else the last)
+//!   and the others are dropped, so every container of the pod asks for the same storage.
 //! - **emptyDir** (a bind whose source is in a `kubernetes.io~empty-dir` directory, or a mount
 //!   Kata marks `ephemeral`/`local`): made in the guest, shared by the pod's containers by name.
 //!   A source on a tmpfs (medium Memory) becomes an `ephemeral` tmpfs at
@@ -50,7 +52,9 @@ use crate::share_fs::GUEST_SHARED_DIR;
 use crate::{Error, GuestStorage, Result};
 
 use host_bind::SharedVolume;
-use plan::{classify, guest_bind, Plan, EPHEMERAL_TYPE, LOCAL_TYPE};
+use plan::{block_bind, classify, guest_bind, Plan, EPHEMERAL_TYPE, LOCAL_TYPE};
+
+use crate::rootfs::block::{BlockAttachment, BlockSource};
 
 pub(crate) use host_bind::STAGING_DIR_NAME;
 pub use state::{SharedVolumeState, VolumesState};
@@ -66,6 +70,10 @@ pub const GUEST_EPHEMERAL_DIR: &str = "/run/kata-containers/sandbox/ephemeral";
 
 /// Where the guest makes disk-backed emptyDir volumes.
 pub const GUEST_LOCAL_DIR: &str = "/run/kata-containers/sandbox/local";
+
+/// Where the guest mounts block volumes: `<this>/<container_id>-<16 hex>-<base name of the
+/// destination>` (Kata's `kata_guest_sandbox_dir/storage`).
+pub const GUEST_BLOCK_VOLUME_DIR: &str = "/run/kata-containers/sandbox/storage";
 
 /// Kata's shm size when nothing says otherwise: 64 MiB.
 pub const DEFAULT_SHM_SIZE: u64 = 64 << 20;
@@ -94,9 +102,70 @@ pub struct ContainerVolumes {
     pub mounts: Vec<Mount>,
     /// What the agent mounts first (send with CreateContainer, after the rootfs's).
     pub storages: Vec<GuestStorage>,
+    /// Block volumes: disks to hot-plug for the container, each with the storage the agent
+    /// mounts once the VM says where the guest finds it
+    /// ([`BlockAttachment::storage_at`]); the spec's mount binds its mount point.
+    pub block_devices: Vec<BlockAttachment>,
 }
 
-/// The pod's shm: an `ephemeral` tmpfs of `size` (bytes or a tmpfs size, e.g. `65536k`).
+/// A block volume decided by [`VolumesSlot::add`]: the disk and where the guest mounts it,
+/// recorded in the devices slot by the caller once every volume is set up.
+#[derive(Debug)]
+pub(crate) struct PendingBlock {
+    /// The checked device or image file.
+    pub source: BlockSource,
+    /// Its guest mount point, under [`GUEST_BLOCK_VOLUME_DIR`].
+    pub mount_point: String,
+}
+
+/// The size of a tmpfs `size=` value in bytes (`65536k`, `64m`, `67108864`; tmpfs's suffixes
+/// k, m, g, t, p, e in either case). `None` for a percentage of memory or anything else that is
+/// not a plain size, which is passed on as written.
+fn tmpfs_size_bytes(value: &str) -> Option<u64> {
+    let (digits, shift) = match value.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_lowercase() {
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                'p' => 50,
+                'e' => 60,
+                _ => return None,
+            };
+            (&value[..i], shift)
+        }
+        _ => (value, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
+/// Which of a spec's `/dev/shm` mounts (by index) makes the pod's shm: a spec can name it more
+/// than once (containerd's CRI gives the pause container its default tmpfs, then the bind of
+/// the pod's shm). The bind of the pod's shm wins over a tmpfs, as in the container, where it
+/// is mounted over it; among equals the last, which shadows the others. Every container of a
+/// pod then asks for the same storage (the bind's source is the same pod shm for all).
+fn shm_mount_index(mounts: &[Mount]) -> Option<usize> {
+    let shm: Vec<(usize, bool)> = mounts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| match classify(i, m) {
+            Ok(Plan::Shm { size_from, .. }) => Some((i, size_from.is_some())),
+            _ => None,
+        })
+        .collect();
+    shm.iter()
+        .rev()
+        .find(|(_, bind)| *bind)
+        .or(shm.last())
+        .map(|(i, _)| *i)
+}
+
+/// The pod's shm: an `ephemeral` tmpfs of `size` (bytes, or a tmpfs size that is not a plain
+/// one, e.g. `50%`).
 fn shm_storage(size: &str) -> GuestStorage {
     GuestStorage {
         driver: EPHEMERAL_TYPE.into(),
@@ -215,22 +284,28 @@ pub(crate) struct VolumesSlot {
 
 impl VolumesSlot {
     /// Sets up the volumes of `mounts` (the spec of container `container_id`) and returns what
-    /// the guest needs. On error what this call made is released.
+    /// the guest needs, with the block volumes for the caller to record (`block_devices`
+    /// left empty): refused when `block_enabled` is off. On error what this call made is
+    /// released.
     pub(crate) fn add(
         &mut self,
         dirs: ShareDirs<'_>,
         container_id: &str,
         mounts: &[Mount],
         options: &VolumeOptions,
-    ) -> Result<ContainerVolumes> {
+        block_enabled: bool,
+    ) -> Result<(ContainerVolumes, Vec<PendingBlock>)> {
         let staging = crate::safe_child(dirs.sandbox, STAGING_DIR_NAME)?;
         // Dropped on error: released.
         let mut made: Vec<SharedVolume> = Vec::new();
         let mut out = ContainerVolumes {
             mounts: Vec::with_capacity(mounts.len()),
             storages: Vec::new(),
+            block_devices: Vec::new(),
         };
+        let mut blocks = Vec::new();
         let mut storage_points = BTreeSet::new();
+        let shm_index = shm_mount_index(mounts);
         let mut add_storage = |out: &mut ContainerVolumes, s: GuestStorage| {
             if storage_points.insert(s.mount_point.clone()) {
                 out.storages.push(s);
@@ -252,13 +327,17 @@ impl VolumesSlot {
             };
             match classify(i, m)? {
                 Plan::GuestOnly => out.mounts.push(m.clone()),
+                // Shadowed by the pod's shm mount that wins: not asked for at all.
+                Plan::Shm { .. } if shm_index != Some(i) => {}
                 Plan::Shm {
                     size_from,
                     size_option,
                 } => {
+                    // In bytes, however it was written: every container asks for it identically.
                     let size = match (size_from, size_option) {
                         (Some(source), _) => filesystem_size(&field, &source)?.to_string(),
-                        (None, Some(size)) => size,
+                        (None, Some(size)) => tmpfs_size_bytes(&size)
+                            .map_or(size, |bytes| bytes.to_string()),
                         (None, None) => DEFAULT_SHM_SIZE.to_string(),
                     };
                     add_storage(&mut out, shm_storage(&size));
@@ -298,6 +377,32 @@ impl VolumesSlot {
                     out.mounts.push(guest_bind(m, share.guest_path()));
                     made.push(share);
                 }
+                Plan::Block {
+                    source,
+                    fs_type,
+                    options,
+                    read_only,
+                } => {
+                    let source = BlockSource::new(&field, &source, &fs_type, &options)?;
+                    if !block_enabled {
+                        return Err(Error::VolumeRefused {
+                            field,
+                            path: source.path,
+                            reason: "it is a block volume (a block device or a disk image), \
+                                     and this sandbox gives no disks to its VM: the \
+                                     hypervisor cannot hot-plug them or \
+                                     disable_block_device_use is set"
+                                .into(),
+                        });
+                    }
+                    let name = name::share_name(container_id, m.destination())?;
+                    let mount_point = format!("{GUEST_BLOCK_VOLUME_DIR}/{name}");
+                    out.mounts.push(block_bind(m, &mount_point, read_only));
+                    blocks.push(PendingBlock {
+                        source,
+                        mount_point,
+                    });
+                }
             }
         }
         if !made.is_empty() {
@@ -309,7 +414,7 @@ impl VolumesSlot {
             );
         }
         self.shares.extend(made);
-        Ok(out)
+        Ok((out, blocks))
     }
 
     /// What persist records of it.

@@ -19,6 +19,31 @@ pub(crate) const EPHEMERAL_TYPE: &str = "ephemeral";
 /// Kata's mount type for a directory made in the guest (a disk-backed emptyDir).
 pub(crate) const LOCAL_TYPE: &str = "local";
 
+/// Filesystems that live on a disk: a mount of one of these from an absolute host path is a
+/// block volume (the path is a block device or a raw image file given to the VM).
+pub(crate) const DISK_FILESYSTEMS: &[&str] = &[
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "exfat", "f2fs", "squashfs", "erofs", "iso9660",
+];
+
+/// Options of a block volume's mount that are not the disk filesystem's: `ro`/`rw` (given as
+/// one `ro`) and propagation, which the bind in the container carries.
+const BIND_ONLY_OPTIONS: &[&str] = &[
+    "ro",
+    "rw",
+    "private",
+    "rprivate",
+    "slave",
+    "rslave",
+    "shared",
+    "rshared",
+    "unbindable",
+    "runbindable",
+];
+
+/// The filesystem a bind of a host block device is mounted with in the guest (runtime-rs's
+/// `DEFAULT_VOLUME_FS_TYPE`): a bind does not say.
+pub(crate) const DEFAULT_BLOCK_FS_TYPE: &str = "ext4";
+
 /// Host paths whose binds mean the guest's own (`/proc/...`, `/sys/...`): never shared.
 const SYSTEM_PREFIXES: [&str; 2] = ["/proc", "/sys"];
 
@@ -55,6 +80,27 @@ pub(crate) enum Plan {
         /// `rbind`: the mounts under the source come along.
         recursive: bool,
     },
+    /// A block volume: a host block device (a bind of one) or a raw image file (a mount of a
+    /// disk filesystem from it), given to the VM as a disk and mounted by the agent.
+    Block {
+        /// The device or image file (absolute, `..`-free; checked when it is attached).
+        source: PathBuf,
+        /// The filesystem on it.
+        fs_type: String,
+        /// The guest mount's options (`ro` when read-only).
+        options: Vec<String>,
+        /// `ro` in the options (the last of `ro`/`rw` wins).
+        read_only: bool,
+    },
+}
+
+/// Whether `options` say read-only: the last of `ro`/`rw` wins.
+fn read_only(options: &[String]) -> bool {
+    options
+        .iter()
+        .rev()
+        .find(|o| *o == "ro" || *o == "rw")
+        .is_some_and(|o| o == "ro")
 }
 
 /// Whether the options ask for a bind (`bind`/`rbind`).
@@ -115,6 +161,21 @@ pub(crate) fn classify(index: usize, m: &Mount) -> Result<Plan> {
         _ => None,
     };
     if !is_bind && forced.is_none() {
+        if DISK_FILESYSTEMS.contains(&typ) && m.source().as_deref().is_some_and(Path::is_absolute) {
+            // An image file or block device of the host holding that filesystem.
+            let ro = read_only(&options);
+            return Ok(Plan::Block {
+                source: source()?,
+                fs_type: typ.to_owned(),
+                options: options
+                    .iter()
+                    .filter(|o| !BIND_ONLY_OPTIONS.contains(&o.as_str()))
+                    .cloned()
+                    .chain(ro.then(|| "ro".to_owned()))
+                    .collect(),
+                read_only: ro,
+            });
+        }
         return Ok(Plan::GuestOnly);
     }
     let source = source()?;
@@ -150,16 +211,58 @@ pub(crate) fn classify(index: usize, m: &Mount) -> Result<Plan> {
     if under_dev && !source.is_file() {
         return Ok(Plan::GuestOnly);
     }
-    let read_only = options
-        .iter()
-        .rev()
-        .find(|o| *o == "ro" || *o == "rw")
-        .is_some_and(|o| o == "ro");
+    let read_only = read_only(&options);
+    // A bind of a host block device: the disk itself goes to the VM (runtime-rs's
+    // `is_block_volume`), mounted with the default filesystem.
+    let is_block_device = std::fs::metadata(&source)
+        .is_ok_and(|meta| std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()));
+    if is_block_device {
+        return Ok(Plan::Block {
+            source,
+            fs_type: DEFAULT_BLOCK_FS_TYPE.to_owned(),
+            options: read_only.then(|| "ro".to_owned()).into_iter().collect(),
+            read_only,
+        });
+    }
     Ok(Plan::HostBind {
         source,
         read_only,
         recursive: options.iter().any(|o| o == "rbind"),
     })
+}
+
+/// The guest form of a block volume mounted at `guest_source`: a bind of it, read-only when
+/// the volume is, with the spec's propagation and `nosuid`/`nodev`/`noexec` kept (a disk
+/// filesystem's own options went to the guest's mount of the disk).
+pub(crate) fn block_bind(m: &Mount, guest_source: &str, read_only: bool) -> Mount {
+    let options: Vec<String> = std::iter::once("rbind".to_owned())
+        .chain(read_only.then(|| "ro".to_owned()))
+        .chain(
+            m.options()
+                .iter()
+                .flatten()
+                .filter(|o| {
+                    matches!(
+                        o.as_str(),
+                        "nosuid"
+                            | "nodev"
+                            | "noexec"
+                            | "private"
+                            | "rprivate"
+                            | "slave"
+                            | "rslave"
+                            | "shared"
+                            | "rshared"
+                    )
+                })
+                .cloned(),
+        )
+        .collect();
+    let mut out = m.clone();
+    out.set_typ(Some("bind".into()));
+    out.set_source(Some(PathBuf::from(guest_source)));
+    out.set_options(Some(options));
+    out
 }
 
 /// The guest form of a bind the guest resolves at `guest_source`: the spec's options kept

@@ -202,8 +202,15 @@ fn host_binds_are_shared_read_only_or_writable_and_released() {
     ];
     let mut slot = VolumesSlot::default();
     let out = slot
-        .add(d.share_dirs(), "c1", &mounts, &VolumeOptions::default())
-        .unwrap();
+        .add(
+            d.share_dirs(),
+            "c1",
+            &mounts,
+            &VolumeOptions::default(),
+            false,
+        )
+        .unwrap()
+        .0;
     assert!(out.storages.is_empty());
     assert_eq!(out.mounts[3], mounts[3], "tmpfs passed through");
     let state = slot.state();
@@ -300,7 +307,13 @@ fn bad_host_sources_are_refused_and_leave_nothing() {
         ];
         let mut slot = VolumesSlot::default();
         let err = slot
-            .add(d.share_dirs(), "c1", &mounts, &VolumeOptions::default())
+            .add(
+                d.share_dirs(),
+                "c1",
+                &mounts,
+                &VolumeOptions::default(),
+                false,
+            )
             .unwrap_err();
         let text = err.to_string();
         assert!(
@@ -319,8 +332,10 @@ fn bad_host_sources_are_refused_and_leave_nothing() {
             "c1",
             &[mount("bind", &s(&links.join("inside")), "/t", &["bind"])],
             &VolumeOptions::default(),
+            false,
         )
-        .unwrap();
+        .unwrap()
+        .0;
     assert_eq!(slot.state().shares[0].source, links.join("target"));
     assert_eq!(out.mounts.len(), 1);
     slot.release_in_place().unwrap();
@@ -375,8 +390,15 @@ fn shm_and_empty_dirs_become_guest_storages() {
     ];
     let mut slot = VolumesSlot::default();
     let out = slot
-        .add(d.share_dirs(), "c1", &mounts, &VolumeOptions::default())
-        .unwrap();
+        .add(
+            d.share_dirs(),
+            "c1",
+            &mounts,
+            &VolumeOptions::default(),
+            false,
+        )
+        .unwrap()
+        .0;
     assert!(
         slot.state().shares.is_empty(),
         "nothing shared from the host"
@@ -422,8 +444,10 @@ fn shm_and_empty_dirs_become_guest_storages() {
             "c2",
             &mounts[1..2],
             &VolumeOptions::default().disable_guest_empty_dir(true),
+            false,
         )
-        .unwrap();
+        .unwrap()
+        .0;
     assert!(out.storages.is_empty());
     assert_eq!(slot.state().shares.len(), 1);
     // A missing shm source is refused naming it.
@@ -438,6 +462,7 @@ fn shm_and_empty_dirs_become_guest_storages() {
                 &["rbind"],
             )],
             &VolumeOptions::default(),
+            false,
         )
         .unwrap_err();
     assert!(
@@ -498,4 +523,226 @@ fn sandbox_bind_mounts_are_shared_read_only_by_default() {
         assert!(err.to_string().contains(why), "{why}: {err}");
         assert!(mount_points_under(&d.sandbox).unwrap().is_empty());
     }
+}
+
+#[test]
+fn block_devices_and_disk_images_are_block_volumes() {
+    let plan = |m: &Mount| classify(1, m).unwrap();
+    // A disk filesystem mounted from a host path: the path is an image file or a device.
+    assert_eq!(
+        plan(&mount(
+            "ext4",
+            "/images/data.ext4",
+            "/data",
+            &["rw", "noatime", "ro"]
+        )),
+        Plan::Block {
+            source: PathBuf::from("/images/data.ext4"),
+            fs_type: "ext4".into(),
+            options: vec!["noatime".into(), "ro".into()],
+            read_only: true,
+        }
+    );
+    // ... but not one whose source the guest names (no host path).
+    assert_eq!(plan(&mount("ext4", "data", "/data", &[])), Plan::GuestOnly);
+    assert_eq!(
+        plan(&mount("bind", "/images/data.ext4", "/data", &["rbind"])),
+        Plan::HostBind {
+            source: PathBuf::from("/images/data.ext4"),
+            read_only: false,
+            recursive: true,
+        },
+        "a bind of an image file is the file itself"
+    );
+    if !is_root() {
+        eprintln!("skipped the block-device half: needs root to mknod");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = tmp.path().join("disk");
+    nix::sys::stat::mknod(
+        &dev,
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::S_IRUSR,
+        nix::sys::stat::makedev(7, 200),
+    )
+    .unwrap();
+    let s = dev.to_str().unwrap();
+    assert_eq!(
+        plan(&mount("bind", s, "/data", &["rbind", "ro"])),
+        Plan::Block {
+            source: dev.clone(),
+            fs_type: "ext4".into(),
+            options: vec!["ro".into()],
+            read_only: true,
+        },
+        "a bind of a block device: the disk, with runtime-rs's default filesystem"
+    );
+    assert_eq!(
+        plan(&mount("bind", s, "/dev/xvda", &["bind"])),
+        Plan::GuestOnly,
+        "a device under /dev is the guest's own"
+    );
+}
+
+#[test]
+fn block_volumes_are_bound_from_their_guest_mount_point_or_refused() {
+    let d = Dirs::new();
+    let image = d.host.join("data.ext4");
+    std::fs::write(&image, b"").unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let mounts = [
+        mount("tmpfs", "tmpfs", "/tmp", &[]),
+        mount("ext4", &s(&image), "/data", &["ro", "rslave", "noatime"]),
+    ];
+    let mut slot = VolumesSlot::default();
+    let (out, blocks) = slot
+        .add(
+            d.share_dirs(),
+            "c1",
+            &mounts,
+            &VolumeOptions::default(),
+            true,
+        )
+        .unwrap();
+    assert!(out.storages.is_empty() && out.block_devices.is_empty());
+    let [b] = &blocks[..] else {
+        panic!("{blocks:?}")
+    };
+    assert!(b.source.read_only);
+    assert_eq!(b.source.path, image);
+    assert_eq!(b.source.options, ["ro", "noatime"].map(String::from));
+    assert!(
+        b.mount_point
+            .starts_with("/run/kata-containers/sandbox/storage/c1-")
+            && b.mount_point.ends_with("-data"),
+        "{}",
+        b.mount_point
+    );
+    let m = &out.mounts[1];
+    assert_eq!(m.typ().as_deref(), Some("bind"));
+    assert_eq!(m.source().as_deref(), Some(Path::new(&b.mount_point)));
+    assert_eq!(
+        m.options().clone().unwrap(),
+        ["rbind", "ro", "rslave"].map(String::from)
+    );
+    assert!(slot.state().shares.is_empty(), "nothing on the host");
+
+    // Bad input names the field; nothing is left, and nothing is returned to attach.
+    let dir = d.host.join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    for (source, enabled, why) in [
+        (s(&d.host.join("missing.ext4")), true, "exist"),
+        (s(&dir), true, "neither a block device nor a regular file"),
+        (s(&image), false, "gives no disks to its VM"),
+    ] {
+        let mounts = [
+            mount("ext4", &s(&image), "/ok", &[]),
+            mount("ext4", &source, "/data", &[]),
+        ];
+        let err = slot
+            .add(
+                d.share_dirs(),
+                "c2",
+                &mounts,
+                &VolumeOptions::default(),
+                enabled,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "mounts[{}].source {source}",
+                if enabled { 1 } else { 0 }
+            )),
+            "{err}"
+        );
+        assert!(err.contains(why), "{why}: {err}");
+    }
+    assert!(slot.state().shares.is_empty());
+    d.assert_empty();
+}
+
+#[test]
+fn tmpfs_sizes_are_read_in_bytes() {
+    assert_eq!(tmpfs_size_bytes("65536k"), Some(64 << 20));
+    assert_eq!(tmpfs_size_bytes("64M"), Some(64 << 20));
+    assert_eq!(tmpfs_size_bytes("67108864"), Some(64 << 20));
+    assert_eq!(tmpfs_size_bytes("1g"), Some(1 << 30));
+    for odd in ["50%", "", "k", "12q", "1.5m", "-1", "99999999999999999999e"] {
+        assert_eq!(tmpfs_size_bytes(odd), None, "{odd:?}");
+    }
+}
+
+/// containerd's CRI: the pause container has the default `/dev/shm` tmpfs (`size=65536k`) and
+/// then the bind of the pod's shm (a 64 MiB tmpfs); an app container has only the bind. Both
+/// must ask for the pod's shm identically, or the agent refuses the second.
+#[test]
+fn the_pause_and_app_containers_ask_for_the_pods_shm_identically() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount");
+        return;
+    }
+    let d = Dirs::new();
+    let shm = d.host.join("shm");
+    std::fs::create_dir(&shm).unwrap();
+    nix::mount::mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=65536k"),
+    )
+    .unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = crate::mount::unmount_all(&self.0);
+        }
+    }
+    let _shm = Unmount(shm.clone());
+    let shm_src = shm.to_str().unwrap();
+    let default_tmpfs = mount(
+        "tmpfs",
+        "shm",
+        "/dev/shm",
+        &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+    );
+    let pod_bind = mount("bind", shm_src, "/dev/shm", &["rbind", "ro", "nosuid"]);
+    let add = |id: &str, mounts: &[Mount]| {
+        let mut slot = VolumesSlot::default();
+        let out = slot
+            .add(
+                d.share_dirs(),
+                id,
+                mounts,
+                &VolumeOptions::default(),
+                false,
+            )
+            .unwrap()
+            .0;
+        slot.release_in_place().unwrap();
+        out
+    };
+    let pause = add("pause", &[default_tmpfs.clone(), pod_bind.clone()]);
+    let app = add("app", std::slice::from_ref(&pod_bind));
+    assert_eq!(pause.storages, app.storages, "the pod's shm asked for twice");
+    assert_eq!(pause.storages.len(), 1);
+    assert!(
+        pause.storages[0]
+            .options
+            .contains(&format!("size={}", 64u64 << 20)),
+        "{:?}",
+        pause.storages[0].options
+    );
+    // One /dev/shm in the container: the bind of the pod's, with the bind's flags.
+    assert_eq!(pause.mounts, app.mounts);
+    assert_eq!(
+        pause.mounts[0].options().clone().unwrap(),
+        ["rbind", "ro", "nosuid"]
+    );
+    // A tmpfs alone is the pod's shm, its size in bytes.
+    let alone = add("solo", &[default_tmpfs]);
+    assert_eq!(alone.storages, app.storages);
+    d.assert_empty();
 }

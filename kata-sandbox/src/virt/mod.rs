@@ -474,8 +474,15 @@ impl RuntimeHandler for VirtContainer {
             let disk_storages =
                 block::attach(&self.vm, container_id, guest.block_devices, &mut disks).await?;
             let oci = spec(&guest.rootfs_path)?;
-            let (oci, volume_storages) =
-                volumes::set_up(&self.resources, &self.volumes, container_id, oci).await?;
+            let (oci, volume_storages) = volumes::set_up(
+                &self.resources,
+                &self.volumes,
+                &self.vm,
+                container_id,
+                oci,
+                &mut disks,
+            )
+            .await?;
             // The VM grows for the container's limits before the container exists.
             let limits = oci.linux().as_ref().and_then(|l| l.resources().as_ref());
             self.sizing

@@ -190,6 +190,9 @@ pub(crate) struct Sizing {
     /// Hot-plug CPUs / memory (dynamic sizing on a backend that can).
     cpu_hotplug: bool,
     memory_hotplug: bool,
+    /// Cpusets name the VM's vCPUs (not so without a VM: the test backend's agent runs on the
+    /// host's CPUs).
+    check_cpusets: bool,
     state: Mutex<SizingState>,
     /// Serialises grows and shrinks (each spans several awaits).
     op: tokio::sync::Mutex<()>,
@@ -215,6 +218,7 @@ impl Sizing {
             base,
             cpu_hotplug: !static_sizing && caps.cpu_hotplug,
             memory_hotplug: !static_sizing && caps.memory_hotplug,
+            check_cpusets: !caps.guest_on_host,
             state: Mutex::new(state),
             op: tokio::sync::Mutex::new(()),
         }
@@ -257,7 +261,8 @@ impl Sizing {
         } else {
             current.vcpus
         };
-        if let Some(&cpu) = demand.cpuset.iter().find(|&&c| c >= vcpus_after) {
+        let outside = demand.cpuset.iter().find(|&&c| c >= vcpus_after);
+        if let Some(&cpu) = outside.filter(|_| self.check_cpusets) {
             return Err(Error::InvalidArgument {
                 field: "linux.resources.cpu.cpus".into(),
                 reason: format!(
@@ -615,5 +620,41 @@ mod tests {
             (c.hypervisor.default_vcpus, c.hypervisor.default_memory),
             (1, 256)
         );
+    }
+
+    #[test]
+    fn a_restored_sizing_keeps_the_saved_size_and_demands() {
+        let hv = HypervisorConfig {
+            default_vcpus: 1,
+            default_maxvcpus: 4,
+            default_memory: 256,
+            ..Default::default()
+        };
+        let caps = Capabilities {
+            cpu_hotplug: true,
+            memory_hotplug: true,
+            ..Default::default()
+        };
+        let fresh = Sizing::new(&hv, &caps, false, SizingState::default()).state();
+        assert_eq!((fresh.vcpus, fresh.memory_mib), (1, 256), "just booted");
+        let saved = SizingState {
+            containers: BTreeMap::from([(
+                "c1".to_string(),
+                Demand {
+                    vcpus: 2,
+                    memory_mib: 128,
+                    ..Default::default()
+                },
+            )]),
+            vcpus: 3,
+            memory_mib: 384,
+        };
+        let json = serde_json::to_value(&saved).unwrap();
+        let back: SizingState = serde_json::from_value(json).unwrap();
+        let restored = Sizing::new(&hv, &caps, false, back);
+        assert_eq!(restored.state(), saved);
+        // A state written before sizing existed reads as "never resized".
+        let old: SizingState = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(old, SizingState::default());
     }
 }
