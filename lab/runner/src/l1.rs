@@ -182,6 +182,9 @@ pub struct Run {
     pub qemu_status: Option<ExitStatus>,
     /// L1's `/init` said it finished (`lab-l1 done`) before powering off.
     pub l1_done: bool,
+    /// The run's working directory (virtiofsd's socket and log), removed when the run ends: a
+    /// leak check looks for processes naming it.
+    pub work_dir: PathBuf,
 }
 
 impl Run {
@@ -280,7 +283,24 @@ pub fn qemu_args(image: &L1Image, opts: &Options, socket: &Path) -> Result<Vec<S
 }
 
 /// A child killed and reaped when dropped (by its handle: never a pid looked up by name).
+/// Spawned with [`die_with_parent`], it also dies if the test process is killed outright.
 struct Reaped(Child);
+
+/// Makes `cmd`'s child get SIGKILL when the thread that spawned it ends: [`run`] spawns and
+/// waits on the same thread, so a test process killed by a CI timeout leaves no L1 running.
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl, which
+    // is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -306,7 +326,7 @@ pub fn run(image: &L1Image, opts: &Options) -> Result<Run, Error> {
     let program = virtiofsd()?;
     let log = std::fs::File::create(&fs_log).map_err(io("creating virtiofsd's log"))?;
     let _virtiofsd = Reaped(
-        Command::new(&program)
+        die_with_parent(&mut Command::new(&program))
             .arg(format!("--socket-path={}", socket.display()))
             .args([
                 "--shared-dir=/",
@@ -342,7 +362,7 @@ pub fn run(image: &L1Image, opts: &Options) -> Result<Run, Error> {
     };
     let started = Instant::now();
     let mut qemu = Reaped(
-        Command::new("qemu-system-x86_64")
+        die_with_parent(&mut Command::new("qemu-system-x86_64"))
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -383,7 +403,10 @@ pub fn run(image: &L1Image, opts: &Options) -> Result<Run, Error> {
     .collect();
     drop(tx);
 
-    let mut run = Run::default();
+    let mut run = Run {
+        work_dir: work.path().to_path_buf(),
+        ..Run::default()
+    };
     let deadline = started + opts.timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -426,6 +449,8 @@ pub fn run(image: &L1Image, opts: &Options) -> Result<Run, Error> {
     for r in readers {
         let _ = r.join();
     }
+    drop(_virtiofsd);
+    drop(work);
     Ok(run)
 }
 

@@ -13,9 +13,9 @@ use kata_lab::l1::{self, L1Image, Options, Run};
 use kata_lab::{expected_checks, verdict, Vmm};
 use kata_testkit::harness::{booted, NoGuest, Suite};
 
-/// The whole L1 run's deadline. A warm run takes a few minutes; this leaves room for a loaded
-/// machine without letting a hung L1 eat the CI budget.
-const L1_TIMEOUT: Duration = Duration::from_secs(1200);
+/// The whole L1 run's deadline. A warm run took about a minute here; this leaves room for a
+/// loaded machine without letting a hung L1 eat the CI budget.
+const L1_TIMEOUT: Duration = Duration::from_secs(900);
 
 struct Env {
     run: Run,
@@ -157,6 +157,23 @@ fn all_reported(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// Nothing of the run is left on this host: no process naming its directory (virtiofsd,
+/// QEMU), and the directory gone.
+fn nothing_left(env: &Env) -> Result<()> {
+    let dir = env.run.work_dir.display().to_string();
+    let left: Vec<_> = kata_testkit::leaks::cmdlines()
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(&dir))
+        .collect();
+    if !left.is_empty() {
+        bail!("processes of the L1 run left: {left:?}");
+    }
+    if env.run.work_dir.exists() {
+        bail!("{dir} left");
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let mut suite = Suite::new("lab")
         .label("nested lab")
@@ -167,6 +184,7 @@ fn main() -> std::process::ExitCode {
     }
     suite
         .blocking_case("all_checks_reported", all_reported)
+        .leak_check(nothing_left)
         .diagnostics(|env: &Env| {
             format!(
                 "L1 console (last 60 lines; all of it in {}):\n{}",
