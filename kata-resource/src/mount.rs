@@ -21,8 +21,11 @@ pub(crate) const HOST_MOUNT_FLAGS: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::M
 const MAX_STACKED: usize = 256;
 
 /// Bind-mounts `source` on `target` as a private, `nosuid,nodev` mount, read-only if asked.
+/// Tests only: a bind remounted afterwards reaches the target's peers writable and without the
+/// flags; shares use [`bind_mount_staged`].
 ///
 /// Either the mount is fully set up or nothing is left mounted.
+#[cfg(test)]
 pub(crate) fn bind_mount(source: &Path, target: &Path, read_only: bool) -> Result<()> {
     let what = || format!("bind of {}", source.display());
     mount(

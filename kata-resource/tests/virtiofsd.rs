@@ -248,3 +248,65 @@ fn a_daemon_that_is_missing_dies_at_start_or_never_gets_ready_leaves_nothing() {
         .to_string();
     assert!(e.contains("virtio_fs_extra_args"), "{e}");
 }
+
+/// The mount options virtiofsd's sandboxed child sees at `/<path>` (its root is the shared
+/// directory), from its mountinfo.
+fn daemon_mount_options(served: u32, path: &str) -> Option<String> {
+    let info = std::fs::read_to_string(format!("/proc/{served}/mountinfo")).unwrap();
+    info.lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .rfind(|f| f.len() > 5 && f[4] == path)
+        .map(|f| f[5].to_owned())
+}
+
+#[test]
+fn a_read_only_rootfs_is_read_only_and_nosuid_in_the_daemons_namespace_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = tmp.path().join("sb");
+    let image = tmp.path().join("image");
+    std::fs::create_dir_all(&image).unwrap();
+    std::fs::write(image.join("hello"), "from the host").unwrap();
+    let mut r = SandboxResources::with_share_fs(&sandbox, &virtio_fs()).unwrap();
+    let sandbox = sandbox.canonicalize().unwrap();
+    let served = r.share_fs().unwrap().daemon().unwrap().pids()[1];
+
+    for (id, mode) in [("ro", RootfsMode::ReadOnly), ("rw", RootfsMode::ReadWrite)] {
+        r.add_container(id, RootfsSource::Directory(image.clone()), mode)
+            .unwrap();
+        let opts = daemon_mount_options(served, &format!("/{id}/rootfs"))
+            .expect("the rootfs mount reaches the daemon's namespace");
+        let opts: Vec<&str> = opts.split(',').collect();
+        assert!(
+            opts.contains(&"nosuid") && opts.contains(&"nodev"),
+            "{id}: {opts:?}"
+        );
+        assert_eq!(
+            opts[0],
+            if mode == RootfsMode::ReadOnly {
+                "ro"
+            } else {
+                "rw"
+            },
+            "{id}: the daemon's copy of the mount"
+        );
+        // Writing through the daemon's view: refused for the read-only rootfs.
+        let through = format!("/proc/{served}/root/{id}/rootfs/written");
+        let wrote = std::fs::write(&through, "x");
+        match mode {
+            RootfsMode::ReadOnly => assert_eq!(
+                wrote.unwrap_err().raw_os_error(),
+                Some(nix::libc::EROFS),
+                "a writable copy of a read-only rootfs in the daemon's namespace"
+            ),
+            _ => {
+                wrote.unwrap();
+                std::fs::remove_file(image.join("written")).unwrap();
+            }
+        }
+        // No staging mount or directory stays.
+        assert!(!sandbox.join("volume-staging").exists());
+    }
+    assert!(!image.join("written").exists());
+    r.release().unwrap();
+    assert_nothing_left(&sandbox);
+}

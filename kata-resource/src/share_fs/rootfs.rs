@@ -168,7 +168,13 @@ impl SharedRootfs {
             RootfsMode::ReadWrite | RootfsMode::ReadOnly => {
                 fail_point(Step::ShareMount)?;
                 let read_only = self.mode == RootfsMode::ReadOnly;
-                mount::bind_mount(source, &self.mount_point, read_only)?;
+                staged_bind(
+                    dirs,
+                    &self.container_id,
+                    source,
+                    &self.mount_point,
+                    read_only,
+                )?;
                 self.done.mounted = true;
             }
             RootfsMode::Overlay => {
@@ -279,6 +285,46 @@ impl Drop for SharedRootfs {
             );
         }
     }
+}
+
+/// Binds `source` on `mount_point` (in the shared directory) through a staging mount in
+/// `<sandbox_dir>/volume-staging/rootfs-<container_id>` ([`mount::bind_mount_staged`]), so the
+/// rootfs is `nosuid,nodev`, and read-only if asked, in every mount namespace it reaches from
+/// the first moment: virtiofsd's namespace (the shared directory is a shared mount, so its
+/// copy appears with ours) never sees a writable copy, as a bind remounted afterwards would
+/// leave it. The staging mount point is removed whatever happens; a crash in between leaves
+/// it to [`crate::volume::remove_staging`].
+fn staged_bind(
+    dirs: &ShareFsDirs,
+    container_id: &str,
+    source: &Path,
+    mount_point: &Path,
+    read_only: bool,
+) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let sandbox_dir = dirs.shared.parent().unwrap_or(Path::new("/"));
+    let staging_dir = safe_child(sandbox_dir, crate::volume::STAGING_DIR_NAME)?;
+    match fs::DirBuilder::new().mode(0o700).create(&staging_dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(e).at("create directory", &staging_dir)
+        }
+        _ => {}
+    }
+    let staging = safe_child(&staging_dir, &format!("rootfs-{container_id}"))?;
+    let made = fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .at("create directory", &staging)
+        .and_then(|()| {
+            let mounted = mount::bind_mount_staged(source, &staging, mount_point, read_only, false);
+            if let Err(e) = fs::remove_dir(&staging) {
+                tracing::warn!(staging = %staging.display(), "cannot remove a staging mount point: {e}");
+            }
+            mounted
+        });
+    // Removed when empty; a volume being set up keeps it.
+    let _ = fs::remove_dir(&staging_dir);
+    made
 }
 
 fn remove_dir_if_present(dir: &Path) -> Result<()> {
