@@ -123,6 +123,11 @@ pub struct HypervisorState {
     pub backend_state: serde_json::Value,
 }
 
+/// What a backend runs before it boots the VM once more (see [`Hypervisor::set_reboot_hook`]):
+/// it restarts the vhost-user daemons the caller owns, which exit with the VMM they served (a
+/// sandbox's virtiofsd). An error (a sentence naming the daemon) fails the start.
+pub type RebootHook = std::sync::Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
+
 /// A virtual machine monitor driving one VM.
 ///
 /// Methods take `&self` so a backend can be shared (`Arc<dyn Hypervisor>`) between the task that
@@ -153,6 +158,15 @@ pub trait Hypervisor: Send + Sync {
     /// exits ends the wait with [`Error::VmExited`]; one whose agent stays silent with
     /// [`Error::AgentNotReady`] (the caller stops it).
     async fn wait_ready(&self, timeout: Duration) -> Result<()>;
+
+    /// Sets what runs before [`wait_ready`](Self::wait_ready) boots the VM once more, between
+    /// the old VMM's exit and the new one's start: the caller restarts the vhost-user daemons
+    /// it owns there (virtiofsd exits when its VMM disconnects, and a second VMM could not
+    /// connect to it). Blocking work is fine: the backend runs it off its async workers.
+    /// Backends that never boot a VM twice ignore it.
+    fn set_reboot_hook(&self, hook: RebootHook) {
+        let _ = hook;
+    }
 
     /// Stops the VM, gracefully and then by force, and removes every process, socket and
     /// directory it created. Safe to call more than once.

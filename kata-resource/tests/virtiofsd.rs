@@ -235,18 +235,220 @@ fn a_daemon_that_is_missing_dies_at_start_or_never_gets_ready_leaves_nothing() {
     );
 
     // Settings the daemon cannot honour are refused before anything is made.
-    let mut dax = kata_hypervisor::HypervisorConfig::default();
-    dax.virtio_fs_cache_size = 512;
+    let dax = kata_hypervisor::HypervisorConfig {
+        virtio_fs_cache_size: 512,
+        ..Default::default()
+    };
     let e = ShareFsConfig::from_hypervisor(&dax)
         .unwrap_err()
         .to_string();
     assert!(e.contains("virtio_fs_cache_size"), "{e}");
-    let mut off = kata_hypervisor::HypervisorConfig::default();
-    off.virtio_fs_extra_args = vec!["--seccomp=none".into()];
+    let off = kata_hypervisor::HypervisorConfig {
+        virtio_fs_extra_args: vec!["--seccomp=none".into()],
+        ..Default::default()
+    };
     let e = ShareFsConfig::from_hypervisor(&off)
         .unwrap_err()
         .to_string();
     assert!(e.contains("virtio_fs_extra_args"), "{e}");
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaped yet).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+#[test]
+fn virtiofsd_restarts_on_its_socket_for_a_second_vmm_and_stays_supervised() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = tmp.path().join("sb");
+    let image = tmp.path().join("image");
+    std::fs::create_dir_all(&image).unwrap();
+    std::fs::write(image.join("hello"), "from the host").unwrap();
+    let mut r = SandboxResources::with_share_fs(&sandbox, &virtio_fs()).unwrap();
+    let sandbox = sandbox.canonicalize().unwrap();
+    let share = r.share_fs().unwrap();
+    let (old, socket) = {
+        let d = share.daemon().unwrap();
+        (d.pid(), d.socket().to_owned())
+    };
+    // Armed before the restart, as a monitor would be: it follows the daemon that runs.
+    let exit = share.daemon().unwrap().exit();
+    let restarter = share.daemon_restarter().unwrap();
+
+    // A VMM connects and goes away (QEMU killed for a second boot): virtiofsd serves one
+    // connection and exits after it, so the next VMM would find no socket.
+    drop(std::os::unix::net::UnixStream::connect(&socket).unwrap());
+    eventually("the daemon exits with its VMM", || gone(old));
+
+    restarter.restart().unwrap();
+    let d = r.share_fs().unwrap().daemon().unwrap();
+    let new = d.pid();
+    assert_ne!(new, old);
+    assert!(gone(old));
+    assert_eq!(d.socket(), socket, "the VMM's device keeps its socket");
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(
+        &std::fs::symlink_metadata(&socket).unwrap().file_type()
+    ));
+    assert_eq!(d.pids().len(), 2, "sandboxed again: {:?}", d.pids());
+    assert_eq!(
+        exit.exited(),
+        None,
+        "neither the old daemon's exit nor its restart is the sandbox's death"
+    );
+    assert_eq!(r.state().virtiofsd.unwrap().pid, new, "persisted");
+    let log = std::fs::read_to_string(d.log()).unwrap();
+    assert!(
+        log.contains(&format!("virtiofsd (pid {old}) restarted")),
+        "{log}"
+    );
+
+    // The new daemon serves rootfs mounts made after it started, like the first.
+    r.add_container("c1", RootfsSource::Directory(image), RootfsMode::ReadOnly)
+        .unwrap();
+    let served = r.share_fs().unwrap().daemon().unwrap().pids()[1];
+    let seen = std::fs::read_to_string(format!("/proc/{served}/root/c1/rootfs/hello")).unwrap();
+    assert_eq!(seen, "from the host");
+
+    // Its death is the sandbox's, seen by the monitor armed before the restart.
+    kill(new);
+    eventually("the new daemon's death is seen", || exit.exited().is_some());
+    let why = exit.exited().unwrap();
+    assert!(why.contains(&format!("virtiofsd (pid {new})")), "{why}");
+
+    r.release().unwrap();
+    assert_nothing_left(&sandbox);
+    // A released daemon is not brought back.
+    let e = restarter.restart().unwrap_err().to_string();
+    assert!(e.contains("restart virtiofsd"), "{e}");
+    assert_nothing_left(&sandbox);
+}
+
+#[test]
+fn a_restart_whose_new_daemon_fails_leaves_no_daemon_and_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = tmp.path().join("sb");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    // The real daemon the first time, then one that dies at start.
+    let wrapper = script(
+        &bin,
+        "virtiofsd",
+        &format!(
+            "if [ -e {flag} ]; then echo 'second start: boom' >&2; exit 4; fi\ntouch {flag}\nexec {real} \"$@\"",
+            flag = bin.join("started").display(),
+            real = daemon().display()
+        ),
+    );
+    let mut c = virtio_fs();
+    c.virtiofsd.daemon = wrapper;
+    let r = SandboxResources::with_share_fs(&sandbox, &c).unwrap();
+    let sandbox = sandbox.canonicalize().unwrap();
+    let d = r.share_fs().unwrap().daemon().unwrap();
+    let exit = d.exit();
+    let e = r
+        .share_fs()
+        .unwrap()
+        .restart_daemon()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("virtio_fs_daemon") && e.contains("exit code 4") && e.contains("boom"),
+        "{e}"
+    );
+    assert!(
+        helpers_naming(&sandbox).is_empty(),
+        "{:?}",
+        helpers_naming(&sandbox)
+    );
+    let why = exit.exited().expect("no daemon serves the share: reported");
+    assert!(why.contains("did not start"), "{why}");
+    drop(r);
+    assert_nothing_left(&sandbox);
+}
+
+/// A `tracing` writer into a shared buffer, to see what a call logs.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[test]
+fn removing_a_rootfs_virtiofsd_holds_is_quiet_and_takes_it_out_of_the_daemons_namespace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = tmp.path().join("sb");
+    let image = tmp.path().join("image");
+    std::fs::create_dir_all(&image).unwrap();
+    std::fs::write(image.join("hello"), "from the host").unwrap();
+    let mut r = SandboxResources::with_share_fs(&sandbox, &virtio_fs()).unwrap();
+    let sandbox = sandbox.canonicalize().unwrap();
+    r.add_container(
+        "c1",
+        RootfsSource::Directory(image.clone()),
+        RootfsMode::ReadOnly,
+    )
+    .unwrap();
+    let served = r.share_fs().unwrap().daemon().unwrap().pids()[1];
+    // A descriptor open in the daemon's copy of the mount, as virtiofsd holds one for each
+    // inode the guest looked up: a plain umount of ours is refused (EBUSY) while it is open.
+    let held = std::fs::File::open(format!("/proc/{served}/root/c1/rootfs/hello")).unwrap();
+    let in_daemon_ns = || {
+        std::fs::read_to_string(format!("/proc/{served}/mountinfo"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("/c1/rootfs"))
+            .count()
+    };
+    assert_eq!(in_daemon_ns(), 1);
+
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .finish();
+    let removed = tracing::subscriber::with_default(subscriber, || r.remove_container("c1"));
+    assert!(removed.unwrap());
+    assert_eq!(logs.text(), "", "removal logged at info or above");
+    assert_eq!(in_daemon_ns(), 0, "the daemon's copy goes with ours");
+    assert!(
+        mounts_under(&sandbox).iter().all(|m| !m.contains("c1")),
+        "{:?}",
+        mounts_under(&sandbox)
+    );
+    assert!(!sandbox.join("shared/c1").exists());
+    // The open file still reads: the detached mount lives until the daemon lets go.
+    drop(held);
+    r.release().unwrap();
+    assert_nothing_left(&sandbox);
+    assert_eq!(
+        std::fs::read_to_string(image.join("hello")).unwrap(),
+        "from the host"
+    );
 }
 
 /// The mount options virtiofsd's sandboxed child sees at `/<path>` (its root is the shared

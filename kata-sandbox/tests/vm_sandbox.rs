@@ -1767,7 +1767,10 @@ async fn case_virtio_blk_pci_volumes(env: Arc<Env>) -> Result<()> {
 
 /// The md5 of the busybox binary in the test rootfs, as the host reads it.
 fn host_busybox_md5(env: &Env) -> Result<String> {
-    let out = sh("md5sum", &[&env.rootfs.join("bin/busybox").display().to_string()])?;
+    let out = sh(
+        "md5sum",
+        &[&env.rootfs.join("bin/busybox").display().to_string()],
+    )?;
     Ok(out.split_whitespace().next().unwrap_or_default().to_owned())
 }
 
@@ -1785,13 +1788,21 @@ async fn rootfs_read_through_share(sb: &Sandbox, env: &Env, fstype: &str) -> Res
         )
         .await?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(out.status.success(), "exit {:?}: {text} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "exit {:?}: {text} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(
         text.lines().next() == Some(fstype),
         "the rootfs is not on {fstype}: {text}"
     );
     let md5 = host_busybox_md5(env)?;
-    ensure!(text.contains(&md5), "the guest read other bytes than the host's ({md5}): {text}");
+    ensure!(
+        text.contains(&md5),
+        "the guest read other bytes than the host's ({md5}): {text}"
+    );
     Ok(())
 }
 
@@ -1825,7 +1836,11 @@ async fn shut_down_leaving_nothing(sb: Sandbox, id: &str) -> Result<()> {
     sb.shutdown().await?;
     let left = processes_mentioning(id, "vm_sandbox");
     ensure!(left.is_empty(), "processes left: {left:?}");
-    ensure!(mounts_under(&dir).is_empty(), "mounts left: {:?}", mounts_under(&dir));
+    ensure!(
+        mounts_under(&dir).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&dir)
+    );
     ensure!(!dir.exists(), "sandbox dir {} left", dir.display());
     Ok(())
 }
@@ -1956,8 +1971,13 @@ async fn case_virtiofsd_killed_kills_the_sandbox_and_leaves_nothing(env: Arc<Env
         matches!(r, Err(kata_sandbox::Error::SandboxDead { .. })),
         "wait: {r:?}"
     );
-    let why = sandbox.death().context("the sandbox does not say it died")?;
-    ensure!(why.contains("virtiofsd"), "the death does not name virtiofsd: {why}");
+    let why = sandbox
+        .death()
+        .context("the sandbox does not say it died")?;
+    ensure!(
+        why.contains("virtiofsd"),
+        "the death does not name virtiofsd: {why}"
+    );
     println!(
         "    the sandbox died {:.1?} after virtiofsd was killed: {}",
         t0.elapsed(),
@@ -1975,7 +1995,11 @@ async fn case_virtiofsd_killed_kills_the_sandbox_and_leaves_nothing(env: Arc<Env
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    ensure!(mounts_under(&dir).is_empty(), "mounts left: {:?}", mounts_under(&dir));
+    ensure!(
+        mounts_under(&dir).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&dir)
+    );
     drop(c);
     sandbox.shutdown().await?;
     Ok(())
@@ -2080,6 +2104,21 @@ fn main() -> std::process::ExitCode {
             "virtio_blk_pci_volumes",
             Duration::from_secs(600),
             case_virtio_blk_pci_volumes,
+        )
+        .case_with_timeout(
+            "virtio_9p_still_serves_a_rootfs",
+            Duration::from_secs(300),
+            case_virtio_9p_still_serves_a_rootfs,
+        )
+        .case_with_timeout(
+            "second_boot_restarts_virtiofsd",
+            Duration::from_secs(400),
+            case_second_boot_restarts_virtiofsd,
+        )
+        .case_with_timeout(
+            "virtiofsd_killed_kills_the_sandbox_and_leaves_nothing",
+            Duration::from_secs(300),
+            case_virtiofsd_killed_kills_the_sandbox_and_leaves_nothing,
         )
         // Every case deletes what it creates: nothing may stay shared or mounted.
         .check_each(|env: &Env| no_container_leftovers(&env.sandbox))

@@ -28,6 +28,7 @@
 
 pub mod cmdline;
 pub mod confine;
+pub mod fault;
 mod host;
 pub mod hotplug;
 pub mod qmp;
@@ -139,6 +140,8 @@ pub struct Qemu {
     accelerator: Mutex<Option<Accelerator>>,
     /// Set by `detach`: the VM belongs to someone else now; `stop` leaves it alone.
     detached: AtomicBool,
+    /// Run before a second boot (`set_reboot_hook`): the caller's vhost-user daemons restarted.
+    reboot_hook: Mutex<Option<crate::hypervisor::RebootHook>>,
 }
 
 impl std::fmt::Debug for Qemu {
@@ -175,6 +178,7 @@ impl Qemu {
             agent: Mutex::new(None),
             accelerator: Mutex::new(None),
             detached: AtomicBool::new(false),
+            reboot_hook: Mutex::new(None),
         })
     }
 
@@ -834,6 +838,24 @@ impl Qemu {
         self.cleanup(&mut run).await;
         self.console
             .push(b"\n--- kata-rs: the VM is booted once more ---\n");
+        // The old QEMU is gone, and with it the vhost-user daemons that served it (virtiofsd
+        // exits when its VMM disconnects): the caller starts fresh ones on the same sockets.
+        let hook = self.reboot_hook.lock().unwrap().clone();
+        if let Some(hook) = hook {
+            let restarted = tokio::task::spawn_blocking(move || hook())
+                .await
+                .unwrap_or_else(|e| Err(format!("the reboot hook panicked: {e}")));
+            if let Err(reason) = restarted {
+                self.set_state(VmState::Stopped("not booted again".into()));
+                return Err(Error::StartFailed {
+                    vmm: "qemu".into(),
+                    reason: format!(
+                        "before booting the VM once more (its vsock backend was stuck): {reason}"
+                    ),
+                    console: self.console_tail(CONSOLE_LINES_IN_ERRORS),
+                });
+            }
+        }
         self.start_locked(&mut run).await
     }
 }
@@ -896,6 +918,16 @@ impl Hypervisor for Qemu {
                     return Err(Error::VmExited { how, console: self.console_tail(CONSOLE_LINES_IN_ERRORS) });
                 }
             };
+            let answered = match answered {
+                // A test's fault: the first boot's agent counts as silent (forces the retry).
+                Ok(()) if may_reboot && fault::take_silent_boot(&self.id) => {
+                    Err(crate::ready::NotAnswering {
+                        detail: "silent by a test's fault injection".into(),
+                        permanent: false,
+                    })
+                }
+                other => other,
+            };
             let silent = match answered {
                 Ok(()) => {
                     tracing::debug!(sandbox_id = %self.id, waited = ?t0.elapsed(), rebooted, "the agent's port answers");
@@ -919,6 +951,10 @@ impl Hypervisor for Qemu {
                 console: self.console_tail(CONSOLE_LINES_IN_ERRORS),
             });
         }
+    }
+
+    fn set_reboot_hook(&self, hook: crate::hypervisor::RebootHook) {
+        *self.reboot_hook.lock().unwrap() = Some(hook);
     }
 
     async fn stop(&self) -> Result<()> {

@@ -186,7 +186,10 @@ impl CgroupsSlot {
             None => a.hier.add_procs(&a.sandbox, pids)?,
             Some(overhead) => a.hier.add_procs(overhead, pids)?,
         }
-        if a.vmm_pid.is_none() {
+        // A VMM booted once more (QEMU's second boot) replaces the one that is gone.
+        if a.vmm_pid
+            .is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists())
+        {
             a.vmm_pid = pids.first().copied();
         }
         a.constrain_vcpus()

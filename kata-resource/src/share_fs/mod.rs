@@ -37,7 +37,9 @@ use crate::error::IoContext;
 use crate::{mount, Error, GuestStorage, Result};
 
 pub use rootfs::{RootfsMode, SharedRootfs};
-pub use virtiofsd::{DaemonExit, Virtiofsd, VirtiofsdConfig, VirtiofsdError, VirtiofsdState};
+pub use virtiofsd::{
+    DaemonExit, Virtiofsd, VirtiofsdConfig, VirtiofsdError, VirtiofsdRestarter, VirtiofsdState,
+};
 
 /// How the sandbox's shared directory is exported: the kind and its settings (Kata's
 /// `shared_fs`, `msize_9p` and the `virtio_fs_*` keys).
@@ -172,6 +174,7 @@ impl ShareFs {
         virtiofsd::make_shared_mount(&self.dirs.shared)?;
         let sandbox_dir = self.sandbox_dir().to_owned();
         self.daemon = Some(Virtiofsd::start(&sandbox_dir, &self.dirs.shared, config)?);
+        self.dirs.daemon_copies.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -190,6 +193,7 @@ impl ShareFs {
         };
         let sandbox_dir = self.sandbox_dir().to_owned();
         self.daemon = Some(Virtiofsd::adopt(&sandbox_dir, &self.dirs.shared, state)?);
+        self.dirs.daemon_copies.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -197,6 +201,19 @@ impl ShareFs {
     /// [exit](Virtiofsd::exit) for the liveness monitor.
     pub fn daemon(&self) -> Option<&Virtiofsd> {
         self.daemon.as_ref()
+    }
+
+    /// Restarts the share's virtiofsd on the same socket ([`Virtiofsd::restart`]): what a
+    /// second boot of the VMM needs, since the daemon exits with the VMM it served. Does
+    /// nothing for the kinds without a daemon.
+    pub fn restart_daemon(&self) -> Result<()> {
+        self.daemon.as_ref().map_or(Ok(()), Virtiofsd::restart)
+    }
+
+    /// A handle that restarts the share's virtiofsd from elsewhere (a hypervisor's reboot
+    /// hook) without keeping it alive; `None` for the kinds without a daemon.
+    pub fn daemon_restarter(&self) -> Option<VirtiofsdRestarter> {
+        self.daemon.as_ref().map(Virtiofsd::restarter)
     }
 
     /// The device that exports the share to the VM: the tag, the directory, the kind and, for
@@ -221,6 +238,7 @@ impl ShareFs {
                 shared: sandbox_dir.join(SHARED_DIR_NAME),
                 overlay: sandbox_dir.join(OVERLAY_DIR_NAME),
                 kept: AtomicBool::new(false),
+                daemon_copies: AtomicBool::new(false),
             }),
             kind,
             msize_9p: DEFAULT_MSIZE_9P,
@@ -398,6 +416,9 @@ struct ShareFsDirs {
     overlay: PathBuf,
     /// Set by [`ShareFs::detach`]: the directories outlive their owners.
     kept: AtomicBool,
+    /// Set once a virtiofsd serves the directory: its mount namespace holds copies of the
+    /// mounts made here, so they are detached on release (see `rootfs::unmount_stack`).
+    daemon_copies: AtomicBool,
 }
 
 impl ShareFsDirs {
@@ -407,6 +428,7 @@ impl ShareFsDirs {
             shared: PathBuf::new(),
             overlay: PathBuf::new(),
             kept: AtomicBool::new(true),
+            daemon_copies: AtomicBool::new(false),
         }
     }
 

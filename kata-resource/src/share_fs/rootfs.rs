@@ -4,6 +4,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{ShareFsDirs, GUEST_SHARED_DIR};
@@ -250,7 +251,10 @@ impl SharedRootfs {
     /// the mount point (ours at the bottom) is unmounted.
     fn tear_down(&mut self) -> Result<()> {
         if self.done.mounted {
-            mount::unmount_all(&self.mount_point)?;
+            unmount_stack(
+                &self.mount_point,
+                self._dirs.daemon_copies.load(Ordering::SeqCst),
+            )?;
             self.done.mounted = false;
         }
         if self.done.mount_point {
@@ -325,6 +329,53 @@ fn staged_bind(
     // Removed when empty; a volume being set up keeps it.
     let _ = fs::remove_dir(&staging_dir);
     made
+}
+
+/// How many mounts stacked on one mount point are taken off before giving up.
+const MAX_STACKED: usize = 16;
+
+/// Unmounts everything stacked on `mount_point`, top first (none there is not an error).
+///
+/// `daemon_copies` (virtio-fs): virtiofsd's own mount namespace holds a slave copy of every
+/// mount made in the shared directory (that is how a rootfs mounted after the daemon started
+/// reaches it), and the daemon keeps descriptors open in that copy for what the guest has
+/// looked up, until the guest forgets those inodes, which it does when its caches shrink, not
+/// when a container goes. The kernel refuses to unmount a mount while any of its propagated
+/// copies is busy (`EBUSY`), so there a plain unmount fails in the ordinary case, whatever the
+/// order of the guest's and the host's unmounts. The mount is then detached (`MNT_DETACH`),
+/// which takes it out of every namespace at once (the daemon's copy goes with ours) and frees
+/// it when the daemon lets go; Kata's runtime detaches every shared mount the same way. That
+/// is expected, so it is logged at debug level. Without a daemon (virtio-9p: QEMU serves the
+/// share from our namespace) a busy mount is an anomaly and keeps its warning.
+fn unmount_stack(mount_point: &Path, daemon_copies: bool) -> Result<()> {
+    use nix::errno::Errno;
+    use nix::mount::{umount2, MntFlags};
+    if !daemon_copies {
+        return mount::unmount_all(mount_point).map(drop);
+    }
+    let flags = MntFlags::UMOUNT_NOFOLLOW;
+    let failed = |errno| Error::Unmount {
+        target: mount_point.to_owned(),
+        errno,
+    };
+    for _ in 0..MAX_STACKED {
+        match umount2(mount_point, flags) {
+            Ok(()) => {}
+            Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
+            Err(Errno::EBUSY) => {
+                tracing::debug!(
+                    target = %mount_point.display(),
+                    "virtiofsd's copy of the mount is in use: detaching it"
+                );
+                umount2(mount_point, flags | MntFlags::MNT_DETACH).map_err(failed)?;
+            }
+            Err(errno) => return Err(failed(errno)),
+        }
+    }
+    Err(Error::MountsRemain {
+        dir: mount_point.to_owned(),
+        mounts: vec![mount_point.to_owned()],
+    })
 }
 
 fn remove_dir_if_present(dir: &Path) -> Result<()> {

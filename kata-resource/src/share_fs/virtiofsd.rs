@@ -23,7 +23,8 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use kata_hypervisor::config::VirtioFsCache;
@@ -394,24 +395,29 @@ pub struct VirtiofsdState {
 }
 
 /// Resolves when the daemon exits: how it ended, with its log's last lines.
+///
+/// It follows the sandbox's daemon across [restarts](Virtiofsd::restart): a deliberate stop
+/// (restart, release) is not an exit; the death of whichever daemon runs is.
 #[derive(Debug, Clone)]
 pub struct DaemonExit {
-    rx: watch::Receiver<Option<String>>,
-    pid: u32,
+    rx: watch::Receiver<Option<(u32, String)>>,
     log: PathBuf,
 }
 
 impl DaemonExit {
     /// How the daemon exited, if it has.
     pub fn exited(&self) -> Option<String> {
-        self.rx.borrow().clone().map(|how| self.describe(&how))
+        self.rx
+            .borrow()
+            .clone()
+            .map(|(pid, how)| self.describe(pid, &how))
     }
 
     /// Waits until the daemon exits; returns a sentence for the sandbox's error.
     pub async fn wait(mut self) -> String {
         loop {
-            if let Some(how) = self.rx.borrow().clone() {
-                return self.describe(&how);
+            if let Some((pid, how)) = self.rx.borrow().clone() {
+                return self.describe(pid, &how);
             }
             if self.rx.changed().await.is_err() {
                 // The supervisor is gone without a word: the owner released it.
@@ -420,10 +426,9 @@ impl DaemonExit {
         }
     }
 
-    fn describe(&self, how: &str) -> String {
+    fn describe(&self, pid: u32, how: &str) -> String {
         format!(
-            "virtiofsd (pid {}), which serves the shared filesystem, exited ({how}); its log {}:\n{}",
-            self.pid,
+            "virtiofsd (pid {pid}), which serves the shared filesystem, exited ({how}); its log {}:\n{}",
             self.log.display(),
             log_tail(&self.log)
         )
@@ -431,17 +436,58 @@ impl DaemonExit {
 }
 
 /// A running virtiofsd, killed (with its sandboxed child) when released or dropped, unless
-/// detached.
+/// detached. It can be [restarted](Self::restart) on the same socket (a second VMM boot).
 #[derive(Debug)]
 pub struct Virtiofsd {
-    pid: u32,
-    pidfd: Arc<Pidfd>,
+    inner: Arc<Inner>,
+}
+
+/// What stays the same across restarts.
+#[derive(Debug)]
+struct Inner {
     daemon: PathBuf,
+    shared_dir: PathBuf,
     socket: PathBuf,
     log: PathBuf,
-    exit: watch::Receiver<Option<String>>,
-    /// Set by [`detach`](Self::detach) and once released: nothing is done on drop.
+    /// The settings it was started with (`None`: adopted, cannot be restarted).
+    config: Option<VirtiofsdConfig>,
+    /// The exit of the running daemon, for every [`DaemonExit`].
+    exit: watch::Sender<Option<(u32, String)>>,
+    proc: Mutex<Proc>,
+}
+
+/// The running process.
+#[derive(Debug)]
+struct Proc {
+    pid: u32,
+    /// `None` in the placeholder before a process runs.
+    pidfd: Option<Arc<Pidfd>>,
+    /// Set before a deliberate kill, so its waiter does not report an exit.
+    stopping: Arc<AtomicBool>,
+    /// Set by [`Virtiofsd::detach`] and once released: nothing is done on drop, no restart.
     done: bool,
+}
+
+/// Hands a [`Virtiofsd`]'s restart to whoever boots the VMM again (a backend's reboot hook):
+/// it does not keep the daemon alive, and restarting a released one is refused.
+#[derive(Clone, Debug)]
+pub struct VirtiofsdRestarter {
+    inner: Weak<Inner>,
+    socket: PathBuf,
+}
+
+impl VirtiofsdRestarter {
+    /// [`Virtiofsd::restart`]s the daemon, if it has not been released.
+    pub fn restart(&self) -> Result<()> {
+        match self.inner.upgrade() {
+            Some(inner) => inner.restart(),
+            None => Err(Error::Io {
+                action: "restart virtiofsd (it was released with its sandbox) on",
+                path: self.socket.clone(),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            }),
+        }
+    }
 }
 
 impl Virtiofsd {
@@ -454,152 +500,27 @@ impl Virtiofsd {
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(VirtiofsdError::SocketPathTooLong { path: socket }.into());
         }
-        let args = config.args(&socket, shared_dir)?;
-        let executable = fs::metadata(&config.daemon)
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-        if !executable {
-            return Err(VirtiofsdError::DaemonMissing {
-                path: config.daemon.clone(),
-            }
-            .into());
-        }
-        if fs::symlink_metadata(&socket).is_ok() {
-            return Err(Error::Io {
-                action: "create the virtiofsd socket (it exists: another daemon serves this sandbox, or a crashed one left it)",
-                path: socket,
-                source: io::Error::from(io::ErrorKind::AlreadyExists),
-            });
-        }
-        let log_file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&log)
-            .map_err(|source| Error::Io {
-                action: "create",
-                path: log.clone(),
-                source,
-            })?;
-        let stderr = log_file.try_clone().map_err(|source| Error::Io {
-            action: "duplicate the descriptor of",
-            path: log.clone(),
-            source,
-        });
-        let spawned = stderr.and_then(|stderr| {
-            Command::new(&config.daemon)
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(log_file)
-                .stderr(stderr)
-                .spawn()
-                .map_err(|source| {
-                    VirtiofsdError::Spawn {
-                        path: config.daemon.clone(),
-                        source,
-                    }
-                    .into()
-                })
-        });
-        let mut child = match spawned {
-            Ok(c) => c,
-            Err(e) => {
-                remove_file(&log);
-                return Err(e);
-            }
-        };
-        let pid = child.id();
-        // Our child, not reaped before the waiter below does it: the pid is still its own.
-        let pidfd = match Pidfd::open(pid) {
-            Ok(fd) => Arc::new(fd),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                remove_file(&log);
-                return Err(Error::Io {
-                    action: "pin the virtiofsd process (pidfd_open) of",
-                    path: config.daemon.clone(),
-                    source: e,
-                });
-            }
-        };
-        let (tx, exit) = watch::channel(None);
-        let spawned = std::thread::Builder::new()
-            .name(format!("virtiofsd-{pid}"))
-            .spawn(move || {
-                let how = match child.wait() {
-                    Ok(status) => describe(status),
-                    Err(e) => format!("wait failed: {e}"),
-                };
-                tracing::debug!(pid, %how, "virtiofsd exited");
-                let _ = tx.send(Some(how));
-            });
-        let mut daemon = Virtiofsd {
-            pid,
-            pidfd,
+        let inner = Arc::new(Inner {
             daemon: config.daemon.clone(),
+            shared_dir: shared_dir.to_owned(),
             socket,
             log,
-            exit,
-            done: false,
-        };
-        if let Err(e) = spawned {
-            // Without its waiter the child would stay a zombie: kill and leave it to init.
-            daemon.stop();
-            return Err(Error::Io {
-                action: "start the thread that waits for virtiofsd",
-                path: daemon.daemon.clone(),
-                source: e,
-            });
-        }
-        match daemon.wait_ready() {
-            Ok(()) => {
-                tracing::debug!(pid, socket = %daemon.socket.display(), "virtiofsd ready");
-                Ok(daemon)
-            }
-            Err(e) => {
-                daemon.stop();
-                Err(e)
-            }
-        }
-    }
-
-    /// Waits until the daemon logs that it waits for the VMM, with its socket there.
-    fn wait_ready(&self) -> Result<()> {
-        let t0 = Instant::now();
-        loop {
-            if let Some(how) = self.exit.borrow().clone() {
-                return Err(VirtiofsdError::DiedAtStart {
-                    path: self.daemon.clone(),
-                    how,
-                    log: self.log.clone(),
-                    tail: log_tail(&self.log),
-                }
-                .into());
-            }
-            let listening =
-                fs::symlink_metadata(&self.socket).is_ok_and(|m| m.file_type().is_socket());
-            if listening && read_log(&self.log).contains(READY_LINE) {
-                return Ok(());
-            }
-            if t0.elapsed() >= START_TIMEOUT {
-                return Err(VirtiofsdError::NotReady {
-                    path: self.daemon.clone(),
-                    socket: self.socket.clone(),
-                    after: START_TIMEOUT,
-                    tail: log_tail(&self.log),
-                }
-                .into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            config: Some(config.clone()),
+            exit: watch::channel(None).0,
+            // Replaced below once the process runs.
+            proc: Mutex::new(Proc::none()),
+        });
+        let proc = inner.spawn(config, false)?;
+        *inner.proc.lock().unwrap() = proc;
+        Ok(Virtiofsd { inner })
     }
 
     /// Takes over the daemon a [detached](Self::detach) owner left, as `state` records it,
     /// after checking it is that daemon: its socket is `<sandbox_dir>/virtiofsd.sock`, and the
     /// process `state.pid` (pinned with a pidfd first) runs `state.daemon` on that socket and
     /// `shared_dir`. A recycled pid or a dead daemon is [`Error::NotAdoptable`]; nothing is
-    /// changed then.
+    /// changed then. An adopted daemon cannot be [restarted](Self::restart) (its settings are
+    /// not recorded): a restarted runtime takes over a VM that has booted.
     pub fn adopt(sandbox_dir: &Path, shared_dir: &Path, state: &VirtiofsdState) -> Result<Self> {
         let not_adoptable = |reason: String| Error::NotAdoptable {
             path: state.socket.clone(),
@@ -629,112 +550,397 @@ impl Virtiofsd {
                 line.chars().take(200).collect::<String>()
             )));
         }
+        let inner = Arc::new(Inner {
+            daemon: state.daemon.clone(),
+            shared_dir: shared_dir.to_owned(),
+            socket: socket.clone(),
+            log: sandbox_dir.join(LOG_NAME),
+            config: None,
+            exit: watch::channel(None).0,
+            proc: Mutex::new(Proc::none()),
+        });
         let pidfd = Arc::new(pidfd);
-        let (tx, exit) = watch::channel(None);
+        let stopping = Arc::new(AtomicBool::new(false));
         let waited = Arc::clone(&pidfd);
-        let pid = state.pid;
+        let (weak, flag, pid) = (Arc::downgrade(&inner), Arc::clone(&stopping), state.pid);
         std::thread::Builder::new()
             .name(format!("virtiofsd-{pid}"))
             .spawn(move || {
                 while !waited.wait_gone(Duration::from_secs(3600)) {}
                 tracing::debug!(pid, "adopted virtiofsd exited");
-                let _ = tx.send(Some("exited".into()));
+                report_exit(&weak, &flag, pid, "exited".into());
             })
             .map_err(|e| {
                 not_adoptable(format!("cannot start the thread that waits for it: {e}"))
             })?;
-        tracing::debug!(pid, socket = %socket.display(), "virtiofsd adopted");
-        Ok(Virtiofsd {
+        *inner.proc.lock().unwrap() = Proc {
             pid,
-            pidfd,
-            daemon: state.daemon.clone(),
-            log: sandbox_dir.join(LOG_NAME),
-            socket,
-            exit,
+            pidfd: Some(pidfd),
+            stopping,
             done: false,
-        })
+        };
+        tracing::debug!(pid, socket = %socket.display(), "virtiofsd adopted");
+        Ok(Virtiofsd { inner })
     }
 
     /// The daemon's process id (the one kata-rs started): for the sandbox's host cgroup.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.inner.proc.lock().unwrap().pid
     }
 
     /// The daemon's processes: the one kata-rs started and its sandboxed child.
     pub fn pids(&self) -> Vec<u32> {
-        let mut pids = vec![self.pid];
-        pids.extend(descendants(self.pid));
+        let pid = self.pid();
+        let mut pids = vec![pid];
+        pids.extend(descendants(pid));
         pids
     }
 
     /// The vhost-user socket, for the VMM.
     pub fn socket(&self) -> &Path {
-        &self.socket
+        &self.inner.socket
     }
 
     /// The daemon's log file.
     pub fn log(&self) -> &Path {
-        &self.log
+        &self.inner.log
     }
 
-    /// Resolves when the daemon exits.
+    /// Resolves when the daemon exits (whichever runs: it follows restarts).
     pub fn exit(&self) -> DaemonExit {
         DaemonExit {
-            rx: self.exit.clone(),
-            pid: self.pid,
-            log: self.log.clone(),
+            rx: self.inner.exit.subscribe(),
+            log: self.inner.log.clone(),
         }
     }
 
     /// What persist records of it.
     pub fn state(&self) -> VirtiofsdState {
         VirtiofsdState {
-            pid: self.pid,
-            daemon: self.daemon.clone(),
-            socket: self.socket.clone(),
+            pid: self.pid(),
+            daemon: self.inner.daemon.clone(),
+            socket: self.inner.socket.clone(),
+        }
+    }
+
+    /// Stops the daemon and starts a fresh one with the same settings on the same socket and
+    /// shared directory, and waits until it is ready: what a second boot of the VMM needs,
+    /// since virtiofsd serves one VMM connection and exits when it ends. Neither the stop nor
+    /// the old daemon's own exit when its VMM went away is reported by [`DaemonExit`] once the
+    /// new daemon runs (a restart belongs before the sandbox's liveness is watched: a
+    /// [`DaemonExit::wait`] that already resolved stays resolved); the new daemon's death is.
+    /// The log is kept (appended to).
+    ///
+    /// Fails for an [adopted](Self::adopt), detached or released daemon, and when the new
+    /// one does not start (its error names virtiofsd and quotes its log); no daemon runs then.
+    pub fn restart(&self) -> Result<()> {
+        self.inner.restart()
+    }
+
+    /// A handle that restarts this daemon from elsewhere (a reboot hook), without keeping it
+    /// alive.
+    pub fn restarter(&self) -> VirtiofsdRestarter {
+        VirtiofsdRestarter {
+            inner: Arc::downgrade(&self.inner),
+            socket: self.inner.socket.clone(),
         }
     }
 
     /// Gives up ownership: the daemon runs on with its socket and log, for
     /// [`adopt`](Self::adopt).
-    pub fn detach(mut self) {
-        self.done = true;
-        tracing::debug!(pid = self.pid, "virtiofsd detached");
+    pub fn detach(self) {
+        let mut proc = self.inner.proc.lock().unwrap();
+        proc.done = true;
+        tracing::debug!(pid = proc.pid, "virtiofsd detached");
     }
 
     /// Kills the daemon (and its sandboxed child), waits until they are gone, and removes the
     /// socket and the log.
-    pub fn release(mut self) -> Result<()> {
-        self.stop();
+    pub fn release(self) -> Result<()> {
+        self.inner.stop(true);
         Ok(())
-    }
-
-    fn stop(&mut self) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
-        }
-        let mut family: Vec<Pidfd> = descendants(self.pid)
-            .into_iter()
-            .filter_map(|pid| Pidfd::open(pid).ok())
-            .collect();
-        let _ = self.pidfd.send_signal(Signal::SIGKILL);
-        for child in &family {
-            let _ = child.send_signal(Signal::SIGKILL);
-        }
-        if !self.pidfd.wait_gone(STOP_TIMEOUT) {
-            tracing::warn!(pid = self.pid, "virtiofsd still there after SIGKILL");
-        }
-        for child in family.drain(..) {
-            child.wait_gone(STOP_TIMEOUT);
-        }
-        remove_files(self.socket.parent().unwrap_or(Path::new("/")));
-        tracing::debug!(pid = self.pid, "virtiofsd stopped");
     }
 }
 
 impl Drop for Virtiofsd {
     fn drop(&mut self) {
-        self.stop();
+        self.inner.stop(true);
+    }
+}
+
+impl Proc {
+    /// A placeholder before the process runs: already done.
+    fn none() -> Self {
+        Proc {
+            pid: 0,
+            pidfd: None,
+            stopping: Arc::new(AtomicBool::new(true)),
+            done: true,
+        }
+    }
+
+    /// Kills the process and its sandboxed child (its waiter reports nothing) and waits until
+    /// they are gone.
+    fn kill(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let Some(pidfd) = &self.pidfd else {
+            return;
+        };
+        let family: Vec<Pidfd> = descendants(self.pid)
+            .into_iter()
+            .filter_map(|pid| Pidfd::open(pid).ok())
+            .collect();
+        let _ = pidfd.send_signal(Signal::SIGKILL);
+        for child in &family {
+            let _ = child.send_signal(Signal::SIGKILL);
+        }
+        if !pidfd.wait_gone(STOP_TIMEOUT) {
+            tracing::warn!(pid = self.pid, "virtiofsd still there after SIGKILL");
+        }
+        for child in &family {
+            child.wait_gone(STOP_TIMEOUT);
+        }
+    }
+}
+
+/// Sends a daemon's exit to the [`DaemonExit`]s, unless it was stopped on purpose or its owner
+/// is gone. Under the process lock, so a restart or a release either sees the exit reported
+/// before it or has marked the process as stopped on purpose.
+fn report_exit(inner: &Weak<Inner>, stopping: &AtomicBool, pid: u32, how: String) {
+    let Some(inner) = inner.upgrade() else {
+        return;
+    };
+    let _proc = inner.proc.lock().unwrap_or_else(|e| e.into_inner());
+    if !stopping.load(Ordering::SeqCst) {
+        inner.exit.send_replace(Some((pid, how)));
+    }
+}
+
+impl Inner {
+    /// Runs the daemon with `config` and waits until it is ready. The log is truncated, or
+    /// appended to (`append`, a restart). On error nothing is left but the log when appended.
+    fn spawn(self: &Arc<Self>, config: &VirtiofsdConfig, append: bool) -> Result<Proc> {
+        let args = config.args(&self.socket, &self.shared_dir)?;
+        let executable = fs::metadata(&config.daemon)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if !executable {
+            return Err(VirtiofsdError::DaemonMissing {
+                path: config.daemon.clone(),
+            }
+            .into());
+        }
+        if fs::symlink_metadata(&self.socket).is_ok() {
+            return Err(Error::Io {
+                action: "create the virtiofsd socket (it exists: another daemon serves this sandbox, or a crashed one left it)",
+                path: self.socket.clone(),
+                source: io::Error::from(io::ErrorKind::AlreadyExists),
+            });
+        }
+        let log = &self.log;
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(!append)
+            .append(append)
+            .write(true)
+            .mode(0o600)
+            .open(log)
+            .map_err(|source| Error::Io {
+                action: "create",
+                path: log.clone(),
+                source,
+            })?;
+        // Readiness is read from what this daemon logs, after the earlier ones' lines.
+        let log_from = log_file.metadata().map(|m| m.len()).unwrap_or(0);
+        let forget_log = || {
+            if !append {
+                remove_file(log);
+            }
+        };
+        let stderr = log_file.try_clone().map_err(|source| Error::Io {
+            action: "duplicate the descriptor of",
+            path: log.clone(),
+            source,
+        });
+        let spawned = stderr.and_then(|stderr| {
+            Command::new(&config.daemon)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(log_file)
+                .stderr(stderr)
+                .spawn()
+                .map_err(|source| {
+                    VirtiofsdError::Spawn {
+                        path: config.daemon.clone(),
+                        source,
+                    }
+                    .into()
+                })
+        });
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                forget_log();
+                return Err(e);
+            }
+        };
+        let pid = child.id();
+        // Our child, not reaped before the waiter below does it: the pid is still its own.
+        let pidfd = match Pidfd::open(pid) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                forget_log();
+                return Err(Error::Io {
+                    action: "pin the virtiofsd process (pidfd_open) of",
+                    path: config.daemon.clone(),
+                    source: e,
+                });
+            }
+        };
+        let stopping = Arc::new(AtomicBool::new(false));
+        // The waiter's own view of this process's exit, for the readiness wait.
+        let (tx, this_exit) = watch::channel(None::<String>);
+        let (weak, flag) = (Arc::downgrade(self), Arc::clone(&stopping));
+        let spawned = std::thread::Builder::new()
+            .name(format!("virtiofsd-{pid}"))
+            .spawn(move || {
+                let how = match child.wait() {
+                    Ok(status) => describe(status),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                tracing::debug!(pid, %how, "virtiofsd exited");
+                let _ = tx.send(Some(how.clone()));
+                report_exit(&weak, &flag, pid, how);
+            });
+        let proc = Proc {
+            pid,
+            pidfd: Some(pidfd),
+            stopping,
+            done: false,
+        };
+        let failed = |proc: Proc, e: Error| {
+            proc.kill();
+            remove_runtime_files(&self.socket);
+            forget_log();
+            Err(e)
+        };
+        if let Err(e) = spawned {
+            // Without its waiter the child would stay a zombie: kill and leave it to init.
+            let e = Error::Io {
+                action: "start the thread that waits for virtiofsd",
+                path: config.daemon.clone(),
+                source: e,
+            };
+            return failed(proc, e);
+        }
+        match self.wait_ready(&this_exit, log_from) {
+            Ok(()) => {
+                tracing::debug!(pid, socket = %self.socket.display(), "virtiofsd ready");
+                Ok(proc)
+            }
+            Err(e) => failed(proc, e),
+        }
+    }
+
+    /// Waits until the daemon logs (after `log_from`) that it waits for the VMM, with its
+    /// socket there.
+    fn wait_ready(&self, exit: &watch::Receiver<Option<String>>, log_from: u64) -> Result<()> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(how) = exit.borrow().clone() {
+                return Err(VirtiofsdError::DiedAtStart {
+                    path: self.daemon.clone(),
+                    how,
+                    log: self.log.clone(),
+                    tail: log_tail(&self.log),
+                }
+                .into());
+            }
+            let listening =
+                fs::symlink_metadata(&self.socket).is_ok_and(|m| m.file_type().is_socket());
+            if listening && read_log_from(&self.log, log_from).contains(READY_LINE) {
+                return Ok(());
+            }
+            if t0.elapsed() >= START_TIMEOUT {
+                return Err(VirtiofsdError::NotReady {
+                    path: self.daemon.clone(),
+                    socket: self.socket.clone(),
+                    after: START_TIMEOUT,
+                    tail: log_tail(&self.log),
+                }
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// See [`Virtiofsd::restart`].
+    fn restart(self: &Arc<Self>) -> Result<()> {
+        let mut proc = self.proc.lock().unwrap();
+        let refused = |why: &'static str| Error::Io {
+            action: why,
+            path: self.socket.clone(),
+            source: io::Error::from(io::ErrorKind::Unsupported),
+        };
+        if proc.done {
+            return Err(refused(
+                "restart virtiofsd (it was released or handed to another owner) on",
+            ));
+        }
+        let Some(config) = self.config.clone() else {
+            return Err(refused(
+                "restart an adopted virtiofsd (its settings are not recorded) on",
+            ));
+        };
+        let old = proc.pid;
+        proc.kill();
+        remove_runtime_files(&self.socket);
+        let _ = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .and_then(|mut f| {
+                io::Write::write_all(
+                    &mut f,
+                    format!("--- kata-rs: virtiofsd (pid {old}) restarted for a new VMM ---\n")
+                        .as_bytes(),
+                )
+            });
+        match self.spawn(&config, true) {
+            Ok(new) => {
+                tracing::info!(old, new = new.pid, socket = %self.socket.display(), "virtiofsd restarted for a second boot of the VMM");
+                *proc = new;
+                // The old daemon's own exit (its VMM went away) belongs to the old VMM: the
+                // sandbox lives on with the new one.
+                self.exit.send_replace(None);
+                Ok(())
+            }
+            Err(e) => {
+                // No daemon runs: the sandbox cannot use its share, and says so.
+                *proc = Proc::none();
+                proc.done = false;
+                self.exit.send_replace(Some((
+                    old,
+                    "killed for a restart, and the new one did not start".into(),
+                )));
+                Err(e)
+            }
+        }
+    }
+
+    /// Kills the daemon unless done (detached, released); with `files`, removes its socket,
+    /// pid file and log.
+    fn stop(&self, files: bool) {
+        let mut proc = self.proc.lock().unwrap();
+        if std::mem::replace(&mut proc.done, true) {
+            return;
+        }
+        proc.kill();
+        if files {
+            remove_runtime_files(&self.socket);
+            remove_file(&self.log);
+        }
+        tracing::debug!(pid = proc.pid, "virtiofsd stopped");
     }
 }
 
@@ -860,6 +1066,14 @@ fn remove_files(sandbox_dir: &Path) {
     }
 }
 
+/// Removes what a daemon leaves next to its log: its socket and pid file.
+fn remove_runtime_files(socket: &Path) {
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    for name in [SOCKET_NAME, PID_FILE_NAME] {
+        remove_file(&dir.join(name));
+    }
+}
+
 fn remove_file(path: &Path) {
     if let Err(e) = fs::remove_file(path) {
         if e.kind() != io::ErrorKind::NotFound {
@@ -870,11 +1084,16 @@ fn remove_file(path: &Path) {
 
 /// The log's text (its last 64 KiB at most).
 fn read_log(log: &Path) -> String {
+    read_log_from(log, 0)
+}
+
+/// The log's text from byte `from` on (its last 64 KiB at most).
+fn read_log_from(log: &Path, from: u64) -> String {
     let Ok(mut f) = fs::File::open(log) else {
         return String::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024).max(from)));
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()

@@ -172,16 +172,29 @@ impl VirtContainer {
         // From here on, dropping `resources` (an error) releases them.
         let vm_dir = kata_resource::safe_child(dir, VM_DIR)?;
         let vm = backend::create(config.hypervisor_type, &config.id, hv.clone(), &vm_dir)?;
+        // A second boot (QEMU's stuck vsock backend) needs a fresh virtiofsd on the same socket:
+        // the first exits with the QEMU it served.
+        if let Some(restarter) = resources.share_fs().and_then(|s| s.daemon_restarter()) {
+            vm.set_reboot_hook(std::sync::Arc::new(move || {
+                restarter.restart().map_err(|e| e.to_string())
+            }));
+        }
         let opts = config.agent.connect_options();
         let booted = async {
             vm.prepare(resources.devices()).await?;
             vm.start().await?;
             // The VMM and its helpers into the sandbox's host cgroup as soon as they run.
-            resources.add_vmm_pids(&vm.pids())?;
+            let first_pids = vm.pids();
+            resources.add_vmm_pids(&first_pids)?;
             let vm_started = t0.elapsed();
             vm.wait_ready(opts.dial_timeout.saturating_sub(t0.elapsed()))
                 .await
                 .map_err(|e| boot_error(e, opts.dial_timeout))?;
+            // A second boot (the reboot hook above) runs a new VMM: into the cgroup as well.
+            let pids = vm.pids();
+            if pids != first_pids {
+                resources.add_vmm_pids(&pids)?;
+            }
             let remaining = opts
                 .dial_timeout
                 .saturating_sub(t0.elapsed())
