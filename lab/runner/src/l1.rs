@@ -501,6 +501,32 @@ mod tests {
     }
 
     #[test]
+    fn a_child_dies_with_the_thread_that_spawned_it() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = std::thread::spawn(|| {
+            die_with_parent(&mut Command::new("sleep"))
+                .arg("30")
+                .spawn()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the child outlived the thread that spawned it");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    }
+
+    #[test]
     fn the_log_filter_goes_on_the_command_line_if_it_can() {
         let mut opts = Options::new("/t/kata-lab", &[Vmm::Qemu]);
         assert!(!kernel_cmdline(&opts).unwrap().contains("lab.log"));
