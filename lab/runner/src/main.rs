@@ -138,7 +138,7 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
             "ms",
             &format!(
                 "VM started {:.0} ms, agent connected {:.0} ms, sandbox ready {:.0} ms, build() {:.0} ms; \
-                 L2 {} MiB 1 vCPU, guest image of /var/cache/kata-rs/guest",
+                 L2 {} MiB 1 vCPU, the guest manifest's kernel and initramfs",
                 timings.vm_started.as_secs_f64() * 1000.0,
                 timings.agent_connected.as_secs_f64() * 1000.0,
                 timings.ready.as_secs_f64() * 1000.0,
