@@ -24,6 +24,7 @@ pub mod event_loop;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod vm;
 pub mod vstate;
 
 pub use error::{Error, Result};

@@ -10,6 +10,7 @@
 pub mod cpuid;
 pub mod exit;
 pub mod gdt;
+pub mod mptable;
 pub mod regs;
 pub mod vcpu;
 pub mod vm;

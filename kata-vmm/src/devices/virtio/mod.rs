@@ -113,6 +113,13 @@ pub trait VirtioDevice: Send {
     fn queue_notify(&mut self, index: u16);
     /// The driver reset the device: it drops its queues and may be activated again.
     fn reset(&mut self);
+    /// The descriptors the event loop watches for it (its queue-notify eventfd, host
+    /// sockets, timers), each with a token of its choosing; none by default.
+    fn watched(&self) -> Vec<(std::os::fd::RawFd, u32)> {
+        Vec::new()
+    }
+    /// One of [`VirtioDevice::watched`]'s descriptors is readable.
+    fn handle_event(&mut self, _token: u32) {}
 }
 
 /// Copies `config` (a device's configuration space) at `offset` into `data`; out of range

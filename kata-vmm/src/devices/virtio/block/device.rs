@@ -363,6 +363,14 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
     }
+
+    fn watched(&self) -> Vec<(RawFd, u32)> {
+        EventHandler::watched(self)
+    }
+
+    fn handle_event(&mut self, token: u32) {
+        EventHandler::handle(self, token);
+    }
 }
 
 impl EventHandler for Block {

@@ -134,6 +134,18 @@ pub struct MmioTransport {
     activated: bool,
 }
 
+/// The event loop drives the device behind the window: the transport and the vCPUs share one
+/// lock, so a register access and a queue run never interleave.
+impl crate::event_loop::EventHandler for MmioTransport {
+    fn watched(&self) -> Vec<(std::os::fd::RawFd, u32)> {
+        self.device.watched()
+    }
+
+    fn handle(&mut self, token: u32) {
+        self.device.handle_event(token);
+    }
+}
+
 impl std::fmt::Debug for MmioTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MmioTransport")

@@ -1,0 +1,350 @@
+//! A VM assembled from the parts: [`VmBuilder`] checks the configuration and lays the guest
+//! out (memory, kernel, initramfs, command line, MP table, devices) with no KVM at all, then
+//! [`VmBuilder::start`] creates the KVM VM and runs it: one thread per vCPU (`kata-vcpu-N`)
+//! and the event loop thread (`kata-vmm-events`).
+//!
+//! The VM ends when the guest resets (i8042, `reboot=k`) or triple-faults, when KVM fails, when
+//! a vCPU or device thread panics (the panic is caught at the thread's edge and becomes the
+//! VM's [`VmExit::Failed`], never the process's end) or when [`Vm::stop`] is called. Ending
+//! joins every thread and closes every descriptor (KVM, devices, the vsock socket).
+//!
+//! ```no_run
+//! use kata_vmm::vm::VmBuilder;
+//! # fn main() -> kata_vmm::Result<()> {
+//! let mut vm = VmBuilder::new("/var/cache/kata-rs/guest/current/vmlinuz")
+//!     .initramfs("/var/cache/kata-rs/guest/current/initrd.img")
+//!     .memory_mib(256)
+//!     .cmdline("console=ttyS0 quiet")
+//!     .vsock("/run/vm/kata.hvsock")
+//!     .start()?;
+//! let exit = vm.wait_exit(Some(std::time::Duration::from_secs(30)));
+//! println!("{exit:?}: {}", String::from_utf8_lossy(&vm.console()));
+//! vm.stop();
+//! # Ok(())
+//! # }
+//! ```
+
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use run::{ExitWatcher, Vm, VmExit};
+
+use crate::devices::legacy::{ConsoleSink, ExitEvent, LegacyBus, SerialConsole, I8042};
+use crate::devices::virtio::block::{Block, BlockConfig};
+use crate::devices::virtio::mmio::{MmioSlot, MmioTransport};
+use crate::devices::virtio::vsock::{Vsock, VsockConfig};
+use crate::devices::virtio::{Interrupt, VirtioDevice};
+use crate::devices::EventFdTrigger;
+use crate::error::{Error, Result};
+use crate::loader;
+use crate::memory::GuestRam;
+use crate::vstate::mptable::{self, MAX_VCPUS};
+use crate::vstate::regs::{write_descriptor_tables, write_page_tables};
+use vmm_sys_util::eventfd::EventFd;
+
+/// What the VMM puts at the front of every command line: the i8042 reset ends the VM
+/// (`reboot=k`), a panic reboots (and so ends it), no PCI bus is probed, and the i8042 driver
+/// does not probe what the VMM does not emulate.
+pub const BASE_CMDLINE: &str =
+    "reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// The guest CID given to the vsock device.
+pub const GUEST_CID: u64 = 3;
+
+/// The console bytes kept by default (the last 64 KiB).
+pub const DEFAULT_CONSOLE_CAPACITY: usize = 64 << 10;
+
+/// Everything a VM is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// A name for logs and the memfd (`/proc/<pid>/maps`).
+    pub name: String,
+    /// vCPUs (1 to [`MAX_VCPUS`]).
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// The kernel: a bzImage or an ELF vmlinux.
+    pub kernel: PathBuf,
+    /// The initramfs, if any.
+    pub initramfs: Option<PathBuf>,
+    /// The kernel command line after [`BASE_CMDLINE`] (the virtio-mmio devices are appended).
+    pub cmdline: String,
+    /// Disks, in the order the guest sees them (`vda`, `vdb`, ...).
+    pub block: Vec<BlockConfig>,
+    /// The hybrid vsock's host unix socket (the guest is CID [`GUEST_CID`]).
+    pub vsock_uds: Option<PathBuf>,
+    /// How many bytes of the serial console are kept.
+    pub console_capacity: usize,
+}
+
+/// Builds a [`VmConfig`] and starts the VM.
+#[derive(Debug, Clone)]
+pub struct VmBuilder {
+    config: VmConfig,
+}
+
+impl VmBuilder {
+    /// A VM booting `kernel`, with one vCPU and 128 MiB.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmBuilder {
+            config: VmConfig {
+                name: "kata-vm".into(),
+                vcpus: 1,
+                memory_mib: 128,
+                kernel: kernel.into(),
+                initramfs: None,
+                cmdline: "console=ttyS0".into(),
+                block: Vec::new(),
+                vsock_uds: None,
+                console_capacity: DEFAULT_CONSOLE_CAPACITY,
+            },
+        }
+    }
+
+    /// From a whole configuration.
+    pub fn from_config(config: VmConfig) -> Self {
+        VmBuilder { config }
+    }
+
+    /// The name (logs, memfd).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// The number of vCPUs.
+    pub fn vcpus(mut self, vcpus: u8) -> Self {
+        self.config.vcpus = vcpus;
+        self
+    }
+
+    /// Guest memory in MiB.
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.config.memory_mib = mib;
+        self
+    }
+
+    /// The initramfs.
+    pub fn initramfs(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.initramfs = Some(path.into());
+        self
+    }
+
+    /// The kernel command line (after [`BASE_CMDLINE`]).
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.config.cmdline = cmdline.into();
+        self
+    }
+
+    /// Adds a disk.
+    pub fn block(mut self, disk: BlockConfig) -> Self {
+        self.config.block.push(disk);
+        self
+    }
+
+    /// The hybrid vsock's unix socket.
+    pub fn vsock(mut self, uds: impl Into<PathBuf>) -> Self {
+        self.config.vsock_uds = Some(uds.into());
+        self
+    }
+
+    /// How many console bytes are kept.
+    pub fn console_capacity(mut self, bytes: usize) -> Self {
+        self.config.console_capacity = bytes;
+        self
+    }
+
+    /// The configuration so far.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Checks the configuration and lays the guest out, without KVM: every bad input (too
+    /// little memory, a file that is no kernel, a missing disk, a vsock socket that cannot be
+    /// bound) fails here, before a VM exists, and leaves nothing behind.
+    pub fn prepare(self) -> Result<PreparedVm> {
+        let c = self.config;
+        if c.vcpus == 0 || c.vcpus > MAX_VCPUS {
+            return Err(Error::Device {
+                device: format!("VM {}", c.name),
+                reason: format!(
+                    "{} vCPUs: the built-in VMM boots 1 to {MAX_VCPUS} (default_vcpus)",
+                    c.vcpus
+                ),
+            });
+        }
+        let ram = GuestRam::new(&c.name, c.memory_mib)?;
+        let mem = ram.memory();
+        let kernel = loader::load_kernel(mem, &c.kernel)?;
+        let initrd = c
+            .initramfs
+            .as_deref()
+            .map(|p| loader::load_initrd(mem, &kernel, p))
+            .transpose()?;
+
+        // Devices: disks first (vda...), then vsock; each in the next virtio-mmio slot.
+        // The queue-notify eventfd is duplicated: KVM signals the same eventfd the device reads.
+        let mut devices: Vec<(MmioSlot, Box<dyn VirtioDevice>, EventFd)> = Vec::new();
+        for disk in &c.block {
+            let slot = MmioSlot::nth(devices.len() as u32)?;
+            let dev = Block::new(disk)?;
+            let notify = dup_notify(dev.notify_evt())?;
+            devices.push((slot, Box::new(dev), notify));
+        }
+        if let Some(uds) = &c.vsock_uds {
+            let slot = MmioSlot::nth(devices.len() as u32)?;
+            let dev = Vsock::new(&VsockConfig {
+                guest_cid: GUEST_CID,
+                uds_path: uds.clone(),
+            })?;
+            let notify = dup_notify(dev.notify_evt())?;
+            devices.push((slot, Box::new(dev), notify));
+        }
+
+        let mut cmdline = loader::cmdline(BASE_CMDLINE)?;
+        if !c.cmdline.is_empty() {
+            cmdline
+                .insert_str(&c.cmdline)
+                .map_err(|e| Error::Cmdline(e.to_string()))?;
+        }
+        for (slot, _, _) in &devices {
+            slot.add_to_cmdline(&mut cmdline)?;
+        }
+        loader::write_boot_params(mem, &kernel, &cmdline, initrd.as_ref())?;
+        write_descriptor_tables(mem)?;
+        write_page_tables(mem)?;
+        mptable::write_mptable(mem, c.vcpus)?;
+
+        let console = ConsoleSink::new(c.console_capacity);
+        let exit_evt = ExitEvent::new().map_err(io_err("the VM exit eventfd"))?;
+        let serial_irq =
+            EventFdTrigger::new_nonblocking().map_err(io_err("the serial port's irq eventfd"))?;
+        let serial_irq_fd = serial_irq
+            .eventfd()
+            .try_clone()
+            .map_err(io_err("the serial port's irq eventfd"))?;
+        let legacy = LegacyBus {
+            serial: SerialConsole::new(serial_irq, console.clone()),
+            i8042: I8042::new(&exit_evt).map_err(io_err("the i8042's reset eventfd"))?,
+        };
+
+        let mut transports = Vec::new();
+        for (slot, device, notify) in devices {
+            let line = EventFdTrigger::new_nonblocking()
+                .map_err(io_err("a virtio device's irq eventfd"))?;
+            let irq_fd = line
+                .eventfd()
+                .try_clone()
+                .map_err(io_err("a virtio device's irq eventfd"))?;
+            let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(line))?;
+            transports.push(PreparedDevice {
+                slot,
+                irq_fd,
+                notify,
+                transport: Arc::new(Mutex::new(transport)),
+            });
+        }
+
+        let cmdline_text = cmdline
+            .as_cstring()
+            .map_err(|e| Error::Cmdline(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        Ok(PreparedVm {
+            name: c.name,
+            vcpus: c.vcpus,
+            ram,
+            entry: kernel.entry,
+            cmdline: cmdline_text,
+            console,
+            exit_evt,
+            serial_irq_fd,
+            legacy,
+            devices: transports,
+            vsock_uds: c.vsock_uds,
+        })
+    }
+
+    /// [`VmBuilder::prepare`], then [`PreparedVm::start`].
+    pub fn start(self) -> Result<Vm> {
+        self.prepare()?.start()
+    }
+}
+
+/// A device behind its window, with the descriptors KVM is to be given.
+pub(crate) struct PreparedDevice {
+    pub(crate) slot: MmioSlot,
+    /// Registered as the irqfd of `slot.irq`.
+    pub(crate) irq_fd: vmm_sys_util::eventfd::EventFd,
+    /// The device's queue-notify eventfd (a duplicate), registered as the ioeventfd of the
+    /// window's QueueNotify register.
+    pub(crate) notify: EventFd,
+    pub(crate) transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// A guest laid out in memory with its devices, not running: [`PreparedVm::start`] makes it a
+/// KVM VM.
+pub struct PreparedVm {
+    pub(crate) name: String,
+    pub(crate) vcpus: u8,
+    pub(crate) ram: GuestRam,
+    pub(crate) entry: vm_memory::GuestAddress,
+    pub(crate) cmdline: String,
+    pub(crate) console: ConsoleSink,
+    pub(crate) exit_evt: ExitEvent,
+    pub(crate) serial_irq_fd: vmm_sys_util::eventfd::EventFd,
+    pub(crate) legacy: LegacyBus,
+    pub(crate) devices: Vec<PreparedDevice>,
+    pub(crate) vsock_uds: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for PreparedVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedVm")
+            .field("name", &self.name)
+            .field("vcpus", &self.vcpus)
+            .field("cmdline", &self.cmdline)
+            .field("devices", &self.devices.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedVm {
+    /// The kernel command line as written into guest memory.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// The vsock's host socket, if any.
+    pub fn vsock_uds(&self) -> Option<&Path> {
+        self.vsock_uds.as_deref()
+    }
+
+    /// The guest entry point.
+    pub fn entry(&self) -> u64 {
+        self.entry.0
+    }
+
+    /// Creates the KVM VM and starts the vCPU and event loop threads.
+    pub fn start(self) -> Result<Vm> {
+        run::start(self)
+    }
+}
+
+fn dup_notify(evt: &EventFd) -> Result<EventFd> {
+    evt.try_clone()
+        .map_err(io_err("duplicating a queue-notify eventfd"))
+}
+
+fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |source| Error::DeviceIo {
+        device: "VM".into(),
+        what: what.into(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests;

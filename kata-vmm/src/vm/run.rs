@@ -1,0 +1,429 @@
+//! A running VM: the KVM VM, its vCPU threads and its event loop thread, and how it ends.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::VcpuFd;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use super::PreparedVm;
+use crate::devices::legacy::{ConsoleSink, LegacyBus};
+use crate::devices::virtio::mmio::MmioBus;
+use crate::error::{Error, Result};
+use crate::event_loop::{EventHandler, EventLoop};
+use crate::layout::COM1_IRQ;
+use crate::memory::GuestRam;
+use crate::vstate::exit::{handle_exit, ExitAction, StopReason};
+use crate::vstate::{vcpu, vm};
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest reset (i8042, `reboot=k`), powered off or triple-faulted.
+    Shutdown,
+    /// [`Vm::stop`] ended it.
+    Stopped,
+    /// KVM could not run it on, or a vCPU or device thread failed or panicked.
+    Failed(String),
+}
+
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmExit::Shutdown => f.write_str("the guest shut down"),
+            VmExit::Stopped => f.write_str("the VM was stopped"),
+            VmExit::Failed(why) => write!(f, "the VM failed: {why}"),
+        }
+    }
+}
+
+/// What the threads of one VM share: how it ended (the first reason wins) and the flag that
+/// tells every thread to return.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    exit: Mutex<Option<VmExit>>,
+    ended: Condvar,
+    stop: AtomicBool,
+    /// Wakes the event loop thread.
+    stop_evt: EventFd,
+}
+
+impl Shared {
+    pub(crate) fn new() -> std::io::Result<Arc<Shared>> {
+        Ok(Arc::new(Shared {
+            exit: Mutex::new(None),
+            ended: Condvar::new(),
+            stop: AtomicBool::new(false),
+            stop_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+        }))
+    }
+
+    /// Ends the VM for `why` (ignored if it has already ended).
+    pub(crate) fn finish(&self, why: VmExit) {
+        let mut exit = self.exit.lock().unwrap_or_else(PoisonError::into_inner);
+        if exit.is_none() {
+            tracing::info!(exit = %why, "built-in VMM: VM ends");
+            *exit = Some(why);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.stop_evt.write(1);
+        self.ended.notify_all();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Option<VmExit> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut exit = self.exit.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(e) = exit.as_ref() {
+                return Some(e.clone());
+            }
+            exit = match deadline {
+                None => self
+                    .ended
+                    .wait(exit)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let left = d.checked_duration_since(Instant::now())?;
+                    self.ended
+                        .wait_timeout(exit, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+}
+
+/// Waits for a VM's end from another thread (it does not keep the VM alive).
+#[derive(Debug, Clone)]
+pub struct ExitWatcher(pub(crate) Arc<Shared>);
+
+impl ExitWatcher {
+    /// Blocks until the VM ends (or `timeout` passes: `None`).
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<VmExit> {
+        self.0.wait(timeout)
+    }
+
+    /// How it ended, if it has.
+    pub fn exit(&self) -> Option<VmExit> {
+        self.0.wait(Some(Duration::ZERO))
+    }
+}
+
+/// A running VM. Dropping it stops it.
+pub struct Vm {
+    name: String,
+    shared: Arc<Shared>,
+    console: ConsoleSink,
+    vcpu_threads: Vec<JoinHandle<()>>,
+    event_thread: Option<JoinHandle<()>>,
+    /// Closed (with the devices, the memory and the vsock socket) once the threads are joined.
+    resources: Option<Resources>,
+}
+
+/// What the VM holds besides its threads.
+#[allow(dead_code)] // held for its descriptors and mappings
+struct Resources {
+    kvm: vm::Vm,
+    ram: GuestRam,
+    legacy: Arc<Mutex<LegacyBus>>,
+    mmio: Arc<MmioBus>,
+    serial_irq: EventFd,
+    /// The irqfds and ioeventfds given to KVM.
+    device_fds: Vec<EventFd>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("name", &self.name)
+            .field("vcpus", &self.vcpu_threads.len())
+            .field("exit", &self.shared.wait(Some(Duration::ZERO)))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn noop_signal_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn install_kick_handler() -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), noop_signal_handler).map_err(|source| {
+            Error::Kvm {
+                what: "installing the vCPU kick signal handler",
+                source,
+            }
+        });
+    });
+    result
+}
+
+pub(super) fn start(p: PreparedVm) -> Result<Vm> {
+    install_kick_handler()?;
+    let mut kvm = vm::Vm::new()?;
+    kvm.register_memory(p.ram.memory())?;
+    kvm.register_irqfd(&p.serial_irq_fd, COM1_IRQ)?;
+    let mut mmio = MmioBus::default();
+    let mut device_irqs = Vec::new();
+    let mut handlers = Vec::new();
+    for d in p.devices {
+        kvm.register_irqfd(&d.irq_fd, d.slot.irq)?;
+        kvm.register_queue_notify(&d.notify, d.slot.base.0)?;
+        mmio.insert(d.slot, d.transport.clone());
+        handlers.push(d.transport);
+        device_irqs.push(d.irq_fd);
+        device_irqs.push(d.notify);
+    }
+    let mmio = Arc::new(mmio);
+    let legacy = Arc::new(Mutex::new(p.legacy));
+    let shared = Shared::new().map_err(|source| Error::DeviceIo {
+        device: "VM".into(),
+        what: "creating the stop eventfd".into(),
+        source,
+    })?;
+
+    // Every vCPU is created and configured before any runs.
+    let mut vcpus = Vec::new();
+    for id in 0..p.vcpus {
+        let fd = kvm
+            .fd()
+            .create_vcpu(u64::from(id))
+            .map_err(|source| Error::Kvm {
+                what: "KVM_CREATE_VCPU",
+                source,
+            })?;
+        vcpu::configure(kvm.kvm(), &fd, id, p.vcpus, p.entry)?;
+        vcpus.push(fd);
+    }
+
+    let mut event_loop = EventLoop::new().map_err(|source| Error::DeviceIo {
+        device: "VM".into(),
+        what: "creating the event loop".into(),
+        source,
+    })?;
+    let control = Arc::new(Mutex::new(Control {
+        exit_evt: p.exit_evt,
+        shared: shared.clone(),
+    }));
+    let add_err = |source| Error::DeviceIo {
+        device: "VM".into(),
+        what: "watching a device's descriptors".into(),
+        source,
+    };
+    event_loop.add(control).map_err(add_err)?;
+    for h in handlers {
+        event_loop.add(h).map_err(add_err)?;
+    }
+
+    let mut vm = Vm {
+        name: p.name.clone(),
+        shared: shared.clone(),
+        console: p.console,
+        vcpu_threads: Vec::new(),
+        event_thread: None,
+        resources: Some(Resources {
+            kvm,
+            ram: p.ram,
+            legacy: legacy.clone(),
+            mmio: mmio.clone(),
+            serial_irq: p.serial_irq_fd,
+            device_fds: device_irqs,
+        }),
+    };
+    let spawn_err = |source| Error::DeviceIo {
+        device: "VM".into(),
+        what: "spawning a thread".into(),
+        source,
+    };
+    let s = shared.clone();
+    vm.event_thread = Some(
+        std::thread::Builder::new()
+            .name("kata-vmm-events".into())
+            .spawn(move || event_thread(event_loop, s))
+            .map_err(spawn_err)?,
+    );
+    for (id, fd) in vcpus.into_iter().enumerate() {
+        let (s, legacy, mmio) = (shared.clone(), legacy.clone(), mmio.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("kata-vcpu-{id}"))
+            .spawn(move || vcpu_thread(id, fd, legacy, mmio, s))
+            .map_err(spawn_err);
+        match handle {
+            Ok(h) => vm.vcpu_threads.push(h),
+            Err(e) => {
+                // `vm` is dropped: the threads already started are stopped and joined.
+                return Err(e);
+            }
+        }
+    }
+    tracing::info!(name = %p.name, vcpus = p.vcpus, cmdline = %p.cmdline, "built-in VMM: VM started");
+    Ok(vm)
+}
+
+impl Vm {
+    /// The VM's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The serial console's last bytes.
+    pub fn console(&self) -> Vec<u8> {
+        self.console.contents()
+    }
+
+    /// The console sink (shared: it keeps filling while the VM runs).
+    pub fn console_sink(&self) -> ConsoleSink {
+        self.console.clone()
+    }
+
+    /// A handle that waits for the VM's end from another thread.
+    pub fn exit_watcher(&self) -> ExitWatcher {
+        ExitWatcher(self.shared.clone())
+    }
+
+    /// Blocks until the VM ends (or `timeout` passes: `None`). Does not release it: call
+    /// [`Vm::stop`] (or drop it) to join its threads and close its descriptors.
+    pub fn wait_exit(&self, timeout: Option<Duration>) -> Option<VmExit> {
+        self.shared.wait(timeout)
+    }
+
+    /// The names of the VM's threads that are still running.
+    pub fn running_threads(&self) -> Vec<String> {
+        self.vcpu_threads
+            .iter()
+            .chain(self.event_thread.iter())
+            .filter(|h| !h.is_finished())
+            .filter_map(|h| h.thread().name().map(str::to_string))
+            .collect()
+    }
+
+    /// Ends the VM (if it has not ended), joins every thread and closes every descriptor.
+    /// Returns how it ended: [`VmExit::Stopped`] unless it had ended before.
+    pub fn stop(&mut self) -> VmExit {
+        self.shared.finish(VmExit::Stopped);
+        for h in &self.vcpu_threads {
+            // A vCPU in KVM_RUN returns on the signal; one between its check of the flag and
+            // KVM_RUN misses it, so it is kicked again until it has returned.
+            while !h.is_finished() {
+                let _ = h.kill(kick_signal());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        for h in self.vcpu_threads.drain(..) {
+            let _ = h.join();
+        }
+        if let Some(h) = self.event_thread.take() {
+            let _ = h.join();
+        }
+        self.resources = None;
+        self.shared
+            .wait(Some(Duration::ZERO))
+            .unwrap_or(VmExit::Stopped)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The event loop's own handler: the i8042 reset and the stop request.
+struct Control {
+    exit_evt: crate::devices::legacy::ExitEvent,
+    shared: Arc<Shared>,
+}
+
+impl EventHandler for Control {
+    fn watched(&self) -> Vec<(RawFd, u32)> {
+        vec![
+            (self.exit_evt.eventfd().as_raw_fd(), 0),
+            (self.shared.stop_evt.as_raw_fd(), 1),
+        ]
+    }
+
+    fn handle(&mut self, token: u32) {
+        match token {
+            0 if self.exit_evt.is_signalled() => self.shared.finish(VmExit::Shutdown),
+            _ => {
+                let _ = self.shared.stop_evt.read();
+            }
+        }
+    }
+}
+
+/// A panic's message.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+pub(crate) fn event_thread(mut event_loop: EventLoop, shared: Arc<Shared>) {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        while !shared.stopping() {
+            event_loop.run_once(-1)?;
+        }
+        Ok::<(), std::io::Error>(())
+    }));
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => shared.finish(VmExit::Failed(format!("the device event loop failed: {e}"))),
+        Err(p) => shared.finish(VmExit::Failed(format!(
+            "a device panicked (thread kata-vmm-events): {}",
+            panic_message(p.as_ref())
+        ))),
+    }
+}
+
+fn vcpu_thread(
+    id: usize,
+    mut fd: VcpuFd,
+    legacy: Arc<Mutex<LegacyBus>>,
+    mmio: Arc<MmioBus>,
+    shared: Arc<Shared>,
+) {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        while !shared.stopping() {
+            match fd.run() {
+                Ok(exit) => {
+                    let mut legacy = legacy.lock().unwrap_or_else(PoisonError::into_inner);
+                    match handle_exit(exit, &mut legacy, &mmio) {
+                        ExitAction::Continue => {}
+                        ExitAction::Stop(StopReason::Shutdown) => return VmExit::Shutdown,
+                        ExitAction::Stop(StopReason::Failed(why)) => {
+                            return VmExit::Failed(format!("vCPU {id}: {why}"))
+                        }
+                    }
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => return VmExit::Failed(format!("vCPU {id}: KVM_RUN: {e}")),
+            }
+        }
+        VmExit::Stopped
+    }));
+    match result {
+        Ok(exit) => shared.finish(exit),
+        Err(p) => shared.finish(VmExit::Failed(format!(
+            "vCPU {id} panicked (thread kata-vcpu-{id}): {}",
+            panic_message(p.as_ref())
+        ))),
+    }
+}

@@ -1,0 +1,166 @@
+//! What runs without KVM: the layout, bad input refused before a VM exists, the end of a VM.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vm_memory::{Bytes, GuestAddress};
+
+use super::run::{event_thread, Shared};
+use super::*;
+use crate::event_loop::{EventHandler, EventLoop};
+
+/// The guest kernel and initramfs `make guest` builds, if they are there.
+fn guest_image() -> Option<(PathBuf, PathBuf)> {
+    let dir = PathBuf::from(
+        std::env::var("KATA_RS_GUEST_DIR")
+            .unwrap_or_else(|_| "/var/cache/kata-rs/guest/current".into()),
+    );
+    let k = dir.join("vmlinuz");
+    let i = dir.join("initrd.img");
+    if k.exists() && i.exists() {
+        Some((k, i))
+    } else {
+        eprintln!("SKIPPED: no guest image in {} (make guest)", dir.display());
+        None
+    }
+}
+
+#[test]
+fn a_guest_is_laid_out_with_its_devices_on_the_command_line() {
+    let Some((kernel, initrd)) = guest_image() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let sock = dir.path().join("vsock.uds");
+    let p = VmBuilder::new(&kernel)
+        .initramfs(&initrd)
+        .vcpus(2)
+        .memory_mib(128)
+        .cmdline("console=ttyS0 quiet")
+        .block(BlockConfig {
+            path: disk,
+            read_only: true,
+            id: None,
+        })
+        .vsock(&sock)
+        .prepare()
+        .unwrap();
+    assert!(p.cmdline().starts_with(BASE_CMDLINE), "{}", p.cmdline());
+    assert!(
+        p.cmdline().ends_with(
+            "console=ttyS0 quiet virtio_mmio.device=4K@0xd0000000:5 \
+             virtio_mmio.device=4K@0xd0001000:6"
+        ),
+        "{}",
+        p.cmdline()
+    );
+    assert!(
+        sock.exists(),
+        "the vsock socket is bound before the VM runs"
+    );
+    let mut sig = [0u8; 4];
+    p.ram
+        .memory()
+        .read_slice(
+            &mut sig,
+            GuestAddress(crate::vstate::mptable::MPTABLE_START),
+        )
+        .unwrap();
+    assert_eq!(&sig, b"_MP_");
+    assert_eq!(p.devices.len(), 2);
+    drop(p);
+    assert!(!sock.exists(), "dropped before it ran: the socket is gone");
+}
+
+#[test]
+fn bad_input_fails_before_a_vm_exists_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vsock.uds");
+    let no_kernel = VmBuilder::new("/proc/version").vsock(&sock).prepare();
+    assert!(no_kernel
+        .unwrap_err()
+        .to_string()
+        .contains("neither a bzImage nor an ELF"),);
+    let e = VmBuilder::new("/proc/version")
+        .vcpus(0)
+        .prepare()
+        .unwrap_err();
+    assert!(e.to_string().contains("1 to 32"), "{e}");
+    let e = VmBuilder::new("/proc/version")
+        .memory_mib(16)
+        .prepare()
+        .unwrap_err();
+    assert!(e.to_string().contains("too small"), "{e}");
+    if let Some((kernel, _)) = guest_image() {
+        let e = VmBuilder::new(&kernel)
+            .block(BlockConfig {
+                path: dir.path().join("missing.img"),
+                read_only: false,
+                id: None,
+            })
+            .vsock(&sock)
+            .prepare()
+            .unwrap_err();
+        assert!(e.to_string().contains("missing.img"), "{e}");
+        let e = VmBuilder::new(&kernel)
+            .initramfs(dir.path().join("nope.img"))
+            .prepare()
+            .unwrap_err();
+        assert!(e.to_string().contains("nope.img"), "{e}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing left"
+    );
+}
+
+#[test]
+fn the_first_reason_wins_and_waiters_wake() {
+    let shared = Shared::new().unwrap();
+    let w = ExitWatcher(shared.clone());
+    assert_eq!(w.wait(Some(Duration::from_millis(10))), None);
+    let s = shared.clone();
+    let t = std::thread::spawn(move || w.wait(None));
+    std::thread::sleep(Duration::from_millis(20));
+    shared.finish(VmExit::Shutdown);
+    shared.finish(VmExit::Failed("later".into()));
+    assert_eq!(t.join().unwrap(), Some(VmExit::Shutdown));
+    assert_eq!(ExitWatcher(s).exit(), Some(VmExit::Shutdown));
+}
+
+struct Panicker(vmm_sys_util::eventfd::EventFd);
+
+impl EventHandler for Panicker {
+    fn watched(&self) -> Vec<(std::os::fd::RawFd, u32)> {
+        use std::os::fd::AsRawFd;
+        vec![(self.0.as_raw_fd(), 0)]
+    }
+    fn handle(&mut self, _: u32) {
+        panic!("device exploded");
+    }
+}
+
+#[test]
+fn a_panicking_device_ends_its_vm_not_the_process() {
+    let shared = Shared::new().unwrap();
+    let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    evt.write(1).unwrap();
+    let mut lp = EventLoop::new().unwrap();
+    lp.add(Arc::new(Mutex::new(Panicker(evt)))).unwrap();
+    let s = shared.clone();
+    std::thread::Builder::new()
+        .name("kata-vmm-events".into())
+        .spawn(move || event_thread(lp, s))
+        .unwrap()
+        .join()
+        .expect("the panic is caught at the thread's edge");
+    let exit = ExitWatcher(shared).exit().unwrap();
+    assert!(
+        matches!(&exit, VmExit::Failed(m) if m.contains("device exploded") && m.contains("kata-vmm-events")),
+        "{exit:?}"
+    );
+}
