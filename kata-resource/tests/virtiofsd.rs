@@ -509,6 +509,16 @@ fn a_read_only_rootfs_is_read_only_and_nosuid_in_the_daemons_namespace_too() {
         assert!(!sandbox.join("volume-staging").exists());
     }
     assert!(!image.join("written").exists());
+    // The leak check sees the daemon's copies, and a removed container takes its copy along.
+    let in_daemon = || -> Vec<String> {
+        kata_testkit::leaks::helper_namespace_mounts(&sandbox)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect()
+    };
+    assert_eq!(in_daemon(), ["/ro/rootfs", "/rw/rootfs"]);
+    r.remove_container("ro").unwrap();
+    assert_eq!(in_daemon(), ["/rw/rootfs"]);
     r.release().unwrap();
     assert_nothing_left(&sandbox);
 }

@@ -427,7 +427,9 @@ async fn bad_boots(root: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// No container directory under the sandbox's shared dir, and no mount below the sandbox dir.
+/// No container directory under the sandbox's shared dir, no mount below the sandbox dir (the
+/// share's own self-bind aside), no volume staging directory, and no copy of a container's
+/// mount left in virtiofsd's mount namespace (its root is the shared directory).
 fn no_container_leftovers(sandbox: &Sandbox) -> Result<()> {
     let shared = sandbox.dir().join("shared");
     let left: Vec<_> = std::fs::read_dir(&shared)?
@@ -441,6 +443,13 @@ fn no_container_leftovers(sandbox: &Sandbox) -> Result<()> {
         .filter(|m| Path::new(m) != shared)
         .collect();
     ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+    let staging = sandbox.dir().join("volume-staging");
+    ensure!(!staging.exists(), "{} left", staging.display());
+    let in_daemon = kata_testkit::leaks::helper_namespace_mounts(sandbox.dir());
+    ensure!(
+        in_daemon.is_empty(),
+        "mounts left in virtiofsd's namespace: {in_daemon:?}"
+    );
     Ok(())
 }
 

@@ -49,17 +49,77 @@ pub fn helpers_naming(dir: &Path) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// The mount points at or below `dir` (by prefix of the path text), from
-/// `/proc/self/mountinfo`.
+/// The mount points at or below `dir` (whole path components: `/a/sb` is not under `/a/s`),
+/// from `/proc/self/mountinfo`.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mount_points(&text)
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect()
+}
+
+/// The mount points of a mountinfo text, unescaped (`\040` is a space, ...).
+fn mount_points(mountinfo: &str) -> impl Iterator<Item = String> + '_ {
+    mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .map(str::to_string)
-        .collect()
+        .map(unescape_octal)
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What the sandbox helpers naming `dir` hold in mount namespaces of their own (virtiofsd with
+/// `--sandbox=namespace`, whose root is the shared directory): every mount point there other
+/// than that root, as `(pid, mount point as the helper sees it)`, one namespace once. The
+/// host's mounts in the shared directory reach that namespace as copies; a copy the host's
+/// release did not take out with it is a leak this process's mountinfo does not show.
+pub fn helper_namespace_mounts(dir: &Path) -> Vec<(u32, String)> {
+    let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for (pid, _) in helpers_naming(dir) {
+        let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/mnt")) else {
+            continue;
+        };
+        if Some(&ns) == ours.as_ref() || seen.contains(&ns) {
+            continue;
+        }
+        seen.push(ns);
+        let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        out.extend(mount_points(&text).filter(|m| m != "/").map(|m| (pid, m)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mount_points_are_unescaped_and_matched_by_component() {
+        let info = "36 25 0:32 / /tmp/a\\040b rw - tmpfs t rw\n37 25 0:33 / /tmp/sb2 rw - x y rw\n";
+        let points: Vec<String> = super::mount_points(info).collect();
+        assert_eq!(points, ["/tmp/a b", "/tmp/sb2"]);
+        assert!(!std::path::Path::new(&points[1]).starts_with("/tmp/sb"));
+    }
 }
 
 /// The host cgroup directories named `rel` (a path relative to a hierarchy root, such as
