@@ -41,6 +41,7 @@ pub use kinds::{
     VmRootfsDriver,
 };
 pub use settings::SettingUse;
+pub(crate) use validate::is_s390_machine;
 pub use validate::{HostPathProblem, LOG_LEVELS};
 
 /// Smallest guest memory kata-rs accepts, in MiB (Kata's minimum for every VMM).

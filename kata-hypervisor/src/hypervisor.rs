@@ -192,6 +192,15 @@ pub trait Hypervisor: Send + Sync {
     /// Hot-unplugs a device.
     async fn remove_device(&self, device: &DeviceConfig) -> Result<()>;
 
+    /// Where the guest finds device `id` of the running VM (a cold-plugged VFIO function's PCI
+    /// path, for the agent). Backends without addressable devices answer `Unsupported`.
+    async fn device_address(&self, id: &str) -> Result<GuestAddress> {
+        Err(crate::error::Error::Unsupported {
+            backend: self.name(),
+            what: format!("telling where the guest finds device {id}"),
+        })
+    }
+
     /// Sets the number of online vCPUs; returns the new count.
     async fn resize_vcpus(&self, vcpus: u32) -> Result<u32>;
 

@@ -49,7 +49,8 @@ fn one_of(key: &'static str, value: &str, allowed: &[&str]) -> Result<()> {
     }
 }
 
-fn is_s390_machine(machine: &str) -> bool {
+/// Whether `machine` is s390x's `s390-ccw-virtio` (no PCIe: VFIO-AP devices need no port).
+pub(crate) fn is_s390_machine(machine: &str) -> bool {
     machine == "s390-ccw-virtio" || machine.starts_with("s390-ccw-virtio-")
 }
 
@@ -513,18 +514,46 @@ impl HypervisorConfig {
                 ),
             ));
         }
-        if is_s390_machine(&self.machine_type) {
-            for (key, port) in [
-                ("cold_plug_vfio", self.cold_plug_vfio),
-                ("hot_plug_vfio", self.hot_plug_vfio),
+        let s390 = is_s390_machine(&self.machine_type);
+        if !s390 {
+            for (port, count, key) in [
+                (PciePort::RootPort, self.pcie_root_port, "pcie_root_port"),
+                (
+                    PciePort::SwitchPort,
+                    self.pcie_switch_port,
+                    "pcie_switch_port",
+                ),
             ] {
-                if port != PciePort::NoPort {
+                if self.hot_plug_vfio == port && count == 0 {
                     return Err(invalid(
-                        key,
+                        "hot_plug_vfio",
                         port,
-                        "s390-ccw-virtio has no PCIe ports (VFIO-AP devices need none); use no-port",
+                        format!(
+                            "hot-plugging onto {port}s needs spare ports; set {key} to the \
+                             number of devices to hot-plug"
+                        ),
                     ));
                 }
+            }
+        }
+        if s390 {
+            // An AP device has no PCI port: `cold_plug_vfio` other than no-port only says
+            // "cold-plug" (vfio-ap on the command line), as upstream's SE file has it.
+            if self.cold_plug_vfio != PciePort::NoPort && self.cold_plug_vfio != PciePort::RootPort
+            {
+                return Err(invalid(
+                    "cold_plug_vfio",
+                    self.cold_plug_vfio,
+                    "s390-ccw-virtio has no PCIe ports: VFIO-AP devices are cold-plugged with \
+                     root-port (on the command line, no port) or hot-plugged with no-port",
+                ));
+            }
+            if self.hot_plug_vfio != PciePort::NoPort {
+                return Err(invalid(
+                    "hot_plug_vfio",
+                    self.hot_plug_vfio,
+                    "s390-ccw-virtio has no PCIe ports (VFIO-AP devices need none); use no-port",
+                ));
             }
             if self.pcie_root_port > 0 || self.pcie_switch_port > 0 {
                 return Err(invalid(
@@ -778,6 +807,24 @@ mod tests {
             ..Default::default()
         };
         assert!(msg(&c).contains("pcie_switch_port"));
+        for (port, key) in [
+            (PciePort::RootPort, "pcie_root_port"),
+            (PciePort::SwitchPort, "pcie_switch_port"),
+        ] {
+            let c = HypervisorConfig {
+                hot_plug_vfio: port,
+                ..Default::default()
+            };
+            let m = msg(&c);
+            assert!(m.contains("hot_plug_vfio") && m.contains(key), "{m}");
+        }
+        HypervisorConfig {
+            hot_plug_vfio: PciePort::RootPort,
+            pcie_root_port: 1,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
         let c = HypervisorConfig {
             block_device_logical_sector_size: 1000,
             ..Default::default()
@@ -827,11 +874,22 @@ mod tests {
             ..Default::default()
         };
         se.validate_for(HypervisorType::Qemu).unwrap();
-        let se_pci = HypervisorConfig {
+        // Upstream's SE file: cold-plug (vfio-ap on the command line) says root-port.
+        let se_cold = HypervisorConfig {
             cold_plug_vfio: PciePort::RootPort,
             ..se.clone()
         };
-        assert!(msg(&se_pci).contains("no PCIe ports"));
+        se_cold.validate_for(HypervisorType::Qemu).unwrap();
+        let se_switch = HypervisorConfig {
+            cold_plug_vfio: PciePort::SwitchPort,
+            ..se.clone()
+        };
+        assert!(msg(&se_switch).contains("no PCIe ports"));
+        let se_hot = HypervisorConfig {
+            hot_plug_vfio: PciePort::RootPort,
+            ..se.clone()
+        };
+        assert!(msg(&se_hot).contains("hot_plug_vfio"));
         let mmio = HypervisorConfig {
             confidential_guest: true,
             vm_rootfs_driver: VmRootfsDriver::VirtioBlkMmio,

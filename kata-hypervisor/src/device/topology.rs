@@ -83,6 +83,15 @@ pub struct PortPlan {
 impl PortPlan {
     /// The plan for this configuration and these cold-plugged devices.
     pub fn new(c: &HypervisorConfig, devices: &[DeviceConfig]) -> Self {
+        if crate::config::is_s390_machine(&c.machine_type) {
+            // s390-ccw-virtio has no PCIe: AP devices need no port.
+            return PortPlan {
+                root_ports: 0,
+                switch_ports: 0,
+                bridge: false,
+                cold_vfio: 0,
+            };
+        }
         let vfio = devices
             .iter()
             .filter(|d| matches!(d, DeviceConfig::Vfio(_)))
@@ -173,7 +182,9 @@ impl PortAllocator {
     /// are hot-plugged after boot.
     pub fn for_vm(config: &HypervisorConfig, devices: &[DeviceConfig]) -> Result<Self> {
         let mut ports = PortAllocator::new(PortPlan::new(config, devices));
-        if config.cold_plug_vfio != PciePort::NoPort {
+        if config.cold_plug_vfio != PciePort::NoPort
+            && !crate::config::is_s390_machine(&config.machine_type)
+        {
             for d in devices {
                 if let DeviceConfig::Vfio(v) = d {
                     ports.allocate(config.cold_plug_vfio, &v.id)?;
@@ -435,6 +446,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unique"), "{e}");
+    }
+
+    #[test]
+    fn s390_plans_no_pcie_ports_for_cold_plugged_devices() {
+        let c = HypervisorConfig {
+            machine_type: "s390-ccw-virtio".into(),
+            cold_plug_vfio: PciePort::RootPort,
+            ..Default::default()
+        };
+        let ports = PortAllocator::for_vm(&c, &vfio(1)).unwrap();
+        assert_eq!(ports.plan().root_ports, 0);
+        assert_eq!(ports.slot_of("vfio0"), None);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Block devices hot-plugged into a running QEMU over QMP.
+//! Block and VFIO devices hot-plugged into a running QEMU over QMP.
 //!
 //! Attach: `blockdev-add` opens the host file or block device as a `raw` node (read-only
 //! honoured, `block_device_aio` and the `block_device_cache_*` keys applied to its `file`
@@ -11,6 +11,10 @@
 //! Detach: `device_del`, the wait for the guest to release it (`DEVICE_DELETED`), then
 //! `blockdev-del`, which closes the file. What is attached ([`AttachedBlock`]) is kept in the
 //! VM's saved state, so a VM taken over by another process can detach it too.
+//!
+//! VFIO ([`attach_vfio`], [`detach_vfio`]): `device_add vfio-pci,host=<bdf>` on the lowest
+//! free port of `hot_plug_vfio`'s kind (a root port for `no-port`: never q35's `pcie.0`),
+//! its PCI path read back; `device_del` and `DEVICE_DELETED` on removal, the port freed.
 
 use std::time::Duration;
 
@@ -19,7 +23,7 @@ use serde_json::{json, Map, Value};
 
 use super::qmp::QmpClient;
 use crate::config::{BlockDeviceAio, BlockDeviceDriver, HypervisorConfig};
-use crate::device::{BlockDevice, GuestAddress, PciPath, PciePort, PortAllocator};
+use crate::device::{BlockDevice, GuestAddress, PciPath, PciePort, PortAllocator, VfioDevice};
 use crate::error::{Error, Result};
 
 /// The id of the virtio-scsi controller block devices go on (`block_device_driver =
@@ -392,6 +396,96 @@ pub(super) async fn detach(
     Ok(())
 }
 
+/// The kind of port a VFIO device hot-plugged into a running VM goes on: `hot_plug_vfio`, or a
+/// root port when it says `no-port` (q35's root bus `pcie.0` cannot take a hot-plugged device,
+/// so "no port" never means the root bus here).
+pub fn vfio_hotplug_port(c: &HypervisorConfig) -> PciePort {
+    match c.hot_plug_vfio {
+        PciePort::NoPort => PciePort::RootPort,
+        other => other,
+    }
+}
+
+/// The `device_add` properties of a `vfio-pci` device for host function `dev` on `bus`.
+pub fn vfio_props(dev: &VfioDevice, bus: &str, addr: Option<u32>) -> Map<String, Value> {
+    let mut p = Map::new();
+    p.insert("host".into(), json!(dev.bdf));
+    p.insert("bus".into(), json!(bus));
+    if let Some(addr) = addr {
+        p.insert("addr".into(), json!(format!("{addr:#x}")));
+    }
+    p
+}
+
+/// Hot-plugs VFIO function `dev`: the lowest free port of [`vfio_hotplug_port`]'s kind,
+/// `device_add vfio-pci,host=<bdf>,bus=<port>`, and its guest PCI path read back from
+/// `query-pci`. On error nothing of it is left in QEMU or `ports` (an exhausted kind is
+/// [`Error::NoFreePort`], naming the key that adds ports).
+pub(super) async fn attach_vfio(
+    qmp: &QmpClient,
+    c: &HypervisorConfig,
+    ports: &mut PortAllocator,
+    dev: &VfioDevice,
+) -> Result<GuestAddress> {
+    let kind = vfio_hotplug_port(c);
+    let slot = ports
+        .allocate(kind, &dev.id)?
+        .ok_or_else(|| Error::InvalidDevice {
+            kind: "VFIO",
+            id: format!("{} ({})", dev.id, dev.bdf),
+            reason: format!("no {kind} to plug it on"),
+        })?;
+    let result = async {
+        qmp.device_add("vfio-pci", &dev.id, vfio_props(dev, &slot.bus, slot.addr))
+            .await?;
+        match find_pci_path(qmp, &dev.id, &slot.bus).await {
+            Ok(path) => Ok(path),
+            Err(e) => {
+                let _ = qmp.device_del(&dev.id, UNPLUG_WAIT).await;
+                Err(e)
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(path) => {
+            tracing::info!(device = %dev.id, host = %dev.bdf, port = %slot.bus, %path, "VFIO device attached");
+            Ok(GuestAddress::Pci { path })
+        }
+        Err(e) => {
+            ports.free(&dev.id);
+            Err(e)
+        }
+    }
+}
+
+/// Hot-unplugs VFIO device `id`: `device_del`, then the wait for the guest to release it
+/// (`DEVICE_DELETED`, at most [`UNPLUG_WAIT`]); its port is freed once it is gone. A device
+/// the guest does not release keeps its port (it is still there).
+pub(super) async fn detach_vfio(
+    qmp: &QmpClient,
+    ports: &mut PortAllocator,
+    id: &str,
+) -> Result<()> {
+    qmp.device_del(id, UNPLUG_WAIT).await?;
+    let freed = ports.free(id);
+    tracing::info!(device = %id, port = ?freed.map(|s| s.bus), "VFIO device detached");
+    Ok(())
+}
+
+/// Where the guest finds the device `id` (cold-plugged or hot-plugged on a PCI port), from
+/// `query-pci`.
+pub(super) async fn pci_address(qmp: &QmpClient, id: &str) -> Result<GuestAddress> {
+    let pci = qmp.execute("query-pci", None).await?;
+    pci_path_of(&pci, id)
+        .map(|path| GuestAddress::Pci { path })
+        .ok_or_else(|| Error::InvalidDevice {
+            kind: "PCI",
+            id: id.to_string(),
+            reason: "QEMU lists no PCI device with this id (query-pci)".into(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,6 +606,27 @@ mod tests {
         assert_eq!(pci_path_of(&q, "rng0").unwrap().to_string(), "01");
         assert_eq!(pci_path_of(&q, "missing"), None);
         assert_eq!(pci_path_of(&json!({}), "blk-c1"), None);
+    }
+
+    #[test]
+    fn vfio_hot_plug_never_targets_the_root_bus() {
+        let c = HypervisorConfig::default();
+        assert_eq!(c.hot_plug_vfio, PciePort::NoPort);
+        assert_eq!(vfio_hotplug_port(&c), PciePort::RootPort);
+        let c = HypervisorConfig {
+            hot_plug_vfio: PciePort::SwitchPort,
+            ..Default::default()
+        };
+        assert_eq!(vfio_hotplug_port(&c), PciePort::SwitchPort);
+        let d = VfioDevice {
+            id: "vfio-2-0".into(),
+            bdf: "0000:00:02.0".into(),
+        };
+        assert_eq!(
+            Value::Object(vfio_props(&d, "rp1", None)),
+            json!({"host": "0000:00:02.0", "bus": "rp1"})
+        );
+        assert_eq!(vfio_props(&d, "pci-bridge0", Some(2))["addr"], "0x2");
     }
 
     #[test]

@@ -42,7 +42,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::{json, Map};
 
 use crate::config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};
 use crate::console::{wait_drained, ConsoleReader, ConsoleRing, CONSOLE_RING_BYTES};
@@ -799,20 +798,7 @@ impl Qemu {
                     .ports
                     .as_mut()
                     .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
-                let slot = ports.allocate(self.config.hot_plug_vfio, &v.id)?;
-                let mut props = Map::new();
-                props.insert("host".into(), json!(v.bdf));
-                if let Some(slot) = &slot {
-                    props.insert("bus".into(), json!(slot.bus));
-                    if let Some(addr) = slot.addr {
-                        props.insert("addr".into(), json!(format!("{addr:#x}")));
-                    }
-                }
-                if let Err(e) = qmp.device_add("vfio-pci", &v.id, props).await {
-                    ports.free(&v.id);
-                    return Err(e);
-                }
-                Ok(GuestAddress::Unaddressed)
+                hotplug::attach_vfio(&qmp, &self.config, ports, &v).await
             }
             DeviceConfig::Block(b) => {
                 let ports = run
@@ -1003,18 +989,22 @@ impl Hypervisor for Qemu {
         r
     }
 
+    async fn device_address(&self, id: &str) -> Result<GuestAddress> {
+        hotplug::pci_address(&*self.qmp_or_err()?, id).await
+    }
+
     async fn remove_device(&self, device: &DeviceConfig) -> Result<()> {
         match device {
             DeviceConfig::Vfio(v) => {
-                self.qmp_or_err()?
-                    .device_del(&v.id, Duration::from_secs(10))
-                    .await?;
+                let qmp = self.qmp_or_err()?;
                 let mut run = self.running.lock().await;
-                if let Some(ports) = run.ports.as_mut() {
-                    ports.free(&v.id);
-                }
+                let ports = run
+                    .ports
+                    .as_mut()
+                    .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
+                let r = hotplug::detach_vfio(&qmp, ports, &v.id).await;
                 self.publish(&run);
-                Ok(())
+                r
             }
             DeviceConfig::Block(b) => {
                 let qmp = self.qmp_or_err()?;
