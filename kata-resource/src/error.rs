@@ -550,6 +550,15 @@ pub enum Error {
         /// Its exit status and stderr, or the spawn error.
         reason: String,
     },
+
+    /// A VFIO device a container names cannot be passed through.
+    #[error("VFIO device {}: {reason}", path.display())]
+    Vfio {
+        /// The node the spec names (`/dev/vfio/<group>`).
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
 }
 
 fn join_paths(paths: &[PathBuf]) -> String {

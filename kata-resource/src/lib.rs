@@ -59,6 +59,7 @@ pub mod rootfs;
 mod sandbox_resources;
 pub mod share_fs;
 mod storage;
+pub mod vfio;
 pub mod volume;
 
 pub use container_id::validate_container_id;
