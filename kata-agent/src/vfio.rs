@@ -1,0 +1,407 @@
+//! VFIO devices of a container (`CreateContainer`'s `devices` of Kata's types `vfio-pci` and
+//! `vfio-pci-gk`): each option `"<host_bdf>=<guest_pci_path>"` names one function the VM was
+//! given and where the guest finds it (`"0000:00:02.0=02/00"`).
+//!
+//! The agent waits (bounded, [`DEVICE_WAIT`]) until every function is under
+//! `/sys/devices/pci0000:00/...` at its path. With `vfio-pci-gk` (`vfio_mode =
+//! "guest-kernel"`) that is all: the guest kernel's driver, or a privileged container, uses it.
+//! With `vfio-pci` (`vfio_mode = "vfio"`) each function is bound to the guest's `vfio-pci`
+//! (`driver_override`, then `drivers_probe`) and the container gets `/dev/vfio/vfio` and the
+//! guest's `/dev/vfio/<group>`; a guest kernel without `vfio-pci` or without an IOMMU group
+//! for the device is refused naming what it lacks.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kata_agent_client::protocol::agent;
+use oci_spec::runtime::{LinuxDeviceBuilder, LinuxDeviceType, Spec};
+
+use crate::error::{AgentError, Result};
+
+/// How long the agent waits for a device the host says it plugged.
+pub const DEVICE_WAIT: Duration = Duration::from_secs(20);
+/// How often it looks.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Kata's device type of a VFIO PCI function in `vfio` mode.
+pub const TYPE_VFIO: &str = "vfio-pci";
+/// Kata's device type of a VFIO PCI function in `guest-kernel` mode.
+pub const TYPE_VFIO_GK: &str = "vfio-pci-gk";
+
+/// One function of a VFIO device: its host address and its path in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfioFunction {
+    /// The host's BDF (for messages).
+    pub host_bdf: String,
+    /// The guest PCI path's slots, root bus first.
+    pub slots: Vec<u8>,
+}
+
+/// A VFIO device of the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfioRequest {
+    /// Whether the container gets `/dev/vfio` nodes (`vfio-pci`) or not (`vfio-pci-gk`).
+    pub vfio_mode: bool,
+    /// Where the container sees it (for messages).
+    pub container_path: String,
+    /// Its functions.
+    pub functions: Vec<VfioFunction>,
+}
+
+fn parse_slots(s: &str) -> Option<Vec<u8>> {
+    let slots = s
+        .split('/')
+        .map(|p| {
+            (p.len() == 2)
+                .then(|| u8::from_str_radix(p, 16).ok())
+                .flatten()
+                .filter(|v| *v < 32)
+        })
+        .collect::<Option<Vec<_>>>()?;
+    (!slots.is_empty()).then_some(slots)
+}
+
+/// The VFIO devices among `devices` (others are left to their own handlers), checked.
+pub fn requests(devices: &[agent::Device]) -> Result<Vec<VfioRequest>> {
+    let mut out = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        let vfio_mode = match d.type_.as_str() {
+            TYPE_VFIO => true,
+            TYPE_VFIO_GK => false,
+            _ => continue,
+        };
+        if d.options.is_empty() {
+            return Err(AgentError::invalid(
+                format!("devices[{i}].options"),
+                format!("a {} device names its functions as \"<host_bdf>=<guest_pci_path>\"; none given", d.type_),
+            ));
+        }
+        let functions = d
+            .options
+            .iter()
+            .enumerate()
+            .map(|(j, o)| {
+                let field = format!("devices[{i}].options[{j}]");
+                let (bdf, path) = o.split_once('=').ok_or_else(|| {
+                    AgentError::invalid(
+                        &field,
+                        format!("{o:?} is not \"<host_bdf>=<guest_pci_path>\""),
+                    )
+                })?;
+                let slots = parse_slots(path).ok_or_else(|| {
+                    AgentError::invalid(&field, format!("{path:?} is not a PCI path (\"02/00\")"))
+                })?;
+                Ok(VfioFunction {
+                    host_bdf: bdf.to_string(),
+                    slots,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push(VfioRequest {
+            vfio_mode,
+            container_path: d.container_path.clone(),
+            functions,
+        });
+    }
+    Ok(out)
+}
+
+/// The sysfs directory of the PCI function at `slots` under `sysfs`, if it is there now (each
+/// bridge's secondary bus from its `pci_bus/` entry).
+pub fn pci_device_dir(sysfs: &Path, slots: &[u8]) -> Option<PathBuf> {
+    let mut dir = sysfs.join("devices/pci0000:00");
+    let mut bus = "0000:00".to_string();
+    for (i, slot) in slots.iter().enumerate() {
+        dir = dir.join(format!("{bus}:{slot:02x}.0"));
+        if !dir.is_dir() {
+            return None;
+        }
+        if i + 1 < slots.len() {
+            bus = std::fs::read_dir(dir.join("pci_bus"))
+                .ok()?
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .min()?;
+        }
+    }
+    Some(dir)
+}
+
+fn path_string(slots: &[u8]) -> String {
+    slots
+        .iter()
+        .map(|s| format!("{s:02x}"))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Waits (at most `wait`) for function `f` of the device at `container_path`; returns its
+/// sysfs directory.
+pub async fn wait_for(
+    sysfs: &Path,
+    f: &VfioFunction,
+    container_path: &str,
+    wait: Duration,
+) -> Result<PathBuf> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(dir) = pci_device_dir(sysfs, &f.slots) {
+            return Ok(dir);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AgentError::Timeout {
+                what: format!(
+                    "VFIO device {container_path}: host function {} never appeared at guest PCI \
+                     path {} (was it plugged on the port the host said?)",
+                    f.host_bdf,
+                    path_string(&f.slots)
+                ),
+                seconds: wait.as_secs(),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn name_of(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Binds the function at `dir` to the guest's `vfio-pci`; returns its IOMMU group.
+fn bind_vfio(sysfs: &Path, dir: &Path, f: &VfioFunction, container_path: &str) -> Result<String> {
+    let fail = |reason: String| AgentError::invalid(format!("device {container_path}"), reason);
+    let bdf = name_of(dir);
+    let driver_dir = sysfs.join("bus/pci/drivers/vfio-pci");
+    if !driver_dir.is_dir() {
+        return Err(fail(format!(
+            "host function {} (guest {bdf}): the guest kernel has no vfio-pci driver \
+             (CONFIG_VFIO_PCI); use vfio_mode = \"guest-kernel\" or a guest kernel with VFIO",
+            f.host_bdf
+        )));
+    }
+    let group = std::fs::read_link(dir.join("iommu_group"))
+        .map(|t| name_of(&t))
+        .map_err(|_| {
+            fail(format!(
+                "host function {} (guest {bdf}) has no IOMMU group in the guest: VFIO in the \
+                 guest needs a vIOMMU or CONFIG_VFIO_NOIOMMU; use vfio_mode = \"guest-kernel\"",
+                f.host_bdf
+            ))
+        })?;
+    let current = std::fs::read_link(dir.join("driver"))
+        .ok()
+        .map(|t| name_of(&t));
+    if current.as_deref() != Some("vfio-pci") {
+        let write = |p: PathBuf, v: &str| {
+            std::fs::write(&p, v)
+                .map_err(|e| fail(format!("writing {v:?} to {}: {e}", p.display())))
+        };
+        write(dir.join("driver_override"), "vfio-pci")?;
+        if current.is_some() {
+            write(dir.join("driver/unbind"), &bdf)?;
+        }
+        write(sysfs.join("bus/pci/drivers_probe"), &bdf)?;
+    }
+    Ok(group)
+}
+
+/// Makes the container's VFIO devices ready (see the [module docs](self)) and, in `vfio`
+/// mode, adds their guest nodes to `spec`'s `linux.devices`.
+pub async fn prepare(devices: &[agent::Device], spec: &mut Spec) -> Result<()> {
+    prepare_in(
+        devices,
+        spec,
+        Path::new("/sys"),
+        Path::new("/dev"),
+        DEVICE_WAIT,
+    )
+    .await
+}
+
+/// [`prepare`] with sysfs and /dev elsewhere (tests).
+pub async fn prepare_in(
+    devices: &[agent::Device],
+    spec: &mut Spec,
+    sysfs: &Path,
+    dev: &Path,
+    wait: Duration,
+) -> Result<()> {
+    let requests = requests(devices)?;
+    let mut nodes: Vec<PathBuf> = Vec::new();
+    for r in &requests {
+        for f in &r.functions {
+            let dir = wait_for(sysfs, f, &r.container_path, wait).await?;
+            tracing::info!(device = %r.container_path, host = %f.host_bdf, guest = %name_of(&dir), "VFIO function present in the guest");
+            if r.vfio_mode {
+                let group = bind_vfio(sysfs, &dir, f, &r.container_path)?;
+                let node = dev.join("vfio").join(&group);
+                let deadline = tokio::time::Instant::now() + wait;
+                while !node.exists() {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(AgentError::Timeout {
+                            what: format!(
+                                "VFIO device {}: the guest's {}",
+                                r.container_path,
+                                node.display()
+                            ),
+                            seconds: wait.as_secs(),
+                        });
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+                if !nodes.contains(&node) {
+                    nodes.push(node);
+                }
+            }
+        }
+    }
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    nodes.insert(0, dev.join("vfio/vfio"));
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut list = linux.devices().clone().unwrap_or_default();
+    for node in nodes {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&node)
+            .map_err(|e| AgentError::invalid("devices", format!("{}: {e}", node.display())))?;
+        let rdev = meta.rdev();
+        let in_container = Path::new("/dev").join(node.strip_prefix(dev).unwrap_or(&node));
+        list.retain(|d| d.path() != &in_container);
+        list.push(
+            LinuxDeviceBuilder::default()
+                .path(in_container)
+                .typ(LinuxDeviceType::C)
+                .major(nix::sys::stat::major(rdev) as i64)
+                .minor(nix::sys::stat::minor(rdev) as i64)
+                .file_mode(0o666u32)
+                .build()
+                .map_err(|e| AgentError::invalid("devices", e.to_string()))?,
+        );
+    }
+    linux.set_devices(Some(list));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(typ: &str, options: &[&str]) -> agent::Device {
+        agent::Device {
+            id: "2".into(),
+            type_: typ.into(),
+            container_path: "/dev/vfio/2".into(),
+            options: options.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A guest sysfs with a root port in slot 2 and, behind it on bus 01, the function.
+    fn sysfs_with_function(root: &Path) -> PathBuf {
+        let port = root.join("devices/pci0000:00/0000:00:02.0");
+        std::fs::create_dir_all(port.join("pci_bus/0000:01")).unwrap();
+        let f = port.join("0000:01:00.0");
+        std::fs::create_dir_all(&f).unwrap();
+        f
+    }
+
+    #[test]
+    fn options_name_host_functions_and_guest_paths() {
+        let r = requests(&[
+            device("vfio-pci-gk", &["0000:00:02.0=02/00"]),
+            device("blk", &[]),
+        ])
+        .unwrap();
+        assert_eq!(r.len(), 1);
+        assert!(!r[0].vfio_mode);
+        assert_eq!(r[0].functions[0].host_bdf, "0000:00:02.0");
+        assert_eq!(r[0].functions[0].slots, vec![2, 0]);
+        for bad in [&[][..], &["0000:00:02.0"], &["0000:00:02.0=2/0"], &["x=40"]] {
+            let e = requests(&[device("vfio-pci", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("devices[0].options"), "{bad:?}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn guest_kernel_mode_waits_for_the_function_and_changes_no_spec() {
+        let tmp = tempfile::tempdir().unwrap();
+        sysfs_with_function(tmp.path());
+        let mut spec = Spec::default();
+        let before = spec.clone();
+        prepare_in(
+            &[device("vfio-pci-gk", &["0000:00:02.0=02/00"])],
+            &mut spec,
+            tmp.path(),
+            tmp.path(),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+        assert_eq!(spec, before);
+        let e = prepare_in(
+            &[device("vfio-pci-gk", &["0000:00:02.0=03/00"])],
+            &mut spec,
+            tmp.path(),
+            tmp.path(),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("0000:00:02.0") && e.contains("03/00") && e.contains("/dev/vfio/2"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn vfio_mode_without_vfio_in_the_guest_is_refused_naming_what_is_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = sysfs_with_function(tmp.path());
+        let mut spec = Spec::default();
+        let run = |spec: &mut Spec| {
+            let mut s = spec.clone();
+            let root = tmp.path().to_path_buf();
+            async move {
+                prepare_in(
+                    &[device("vfio-pci", &["0000:00:02.0=02/00"])],
+                    &mut s,
+                    &root,
+                    &root,
+                    Duration::from_millis(200),
+                )
+                .await
+                .unwrap_err()
+                .to_string()
+            }
+        };
+        let e = run(&mut spec).await;
+        assert!(
+            e.contains("CONFIG_VFIO_PCI") && e.contains("guest-kernel"),
+            "{e}"
+        );
+        std::fs::create_dir_all(tmp.path().join("bus/pci/drivers/vfio-pci")).unwrap();
+        let e = run(&mut spec).await;
+        assert!(e.contains("IOMMU group") && e.contains("vIOMMU"), "{e}");
+        // With a group, the function is bound through driver_override and drivers_probe.
+        let g = tmp.path().join("kernel/iommu_groups/0");
+        std::fs::create_dir_all(&g).unwrap();
+        std::os::unix::fs::symlink(&g, f.join("iommu_group")).unwrap();
+        let e = run(&mut spec).await;
+        assert!(e.contains("vfio/0"), "waits for the guest's node: {e}");
+        assert_eq!(
+            std::fs::read_to_string(f.join("driver_override")).unwrap(),
+            "vfio-pci"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("bus/pci/drivers_probe")).unwrap(),
+            "0000:01:00.0"
+        );
+    }
+}
