@@ -29,12 +29,12 @@ pub mod init;
 pub mod mount;
 pub mod network;
 pub mod online;
+pub mod pod_namespaces;
 pub mod reaper;
 pub mod runtime;
 pub mod sandbox;
 pub mod service;
 pub mod storage;
-pub mod vfio;
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

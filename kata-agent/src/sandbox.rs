@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{AgentError, Result};
 use crate::network::Network;
+use crate::pod_namespaces::PodNamespaces;
 use crate::runtime::container::Container;
 use crate::runtime::process::Process;
 use crate::runtime::Runtime;
@@ -53,6 +54,11 @@ struct State {
     containers: HashMap<String, ContainerEntry>,
     /// OOM kills already reported, per container.
     oom_reported: HashMap<String, u64>,
+    /// The pod's IPC and UTS namespaces, from CreateSandbox to DestroySandbox.
+    pod_namespaces: Option<Arc<PodNamespaces>>,
+    /// The init pid of the pod's first container (the infra container): its PID namespace is
+    /// the one a container asking for `sandbox_pidns` joins.
+    first_init: Option<i32>,
 }
 
 /// The agent's sandbox.
@@ -148,6 +154,8 @@ impl Sandbox {
                 tracing::debug!("not the guest's init: /etc/resolv.conf left alone");
             }
         }
+        // The pod's IPC and UTS namespaces (Kata's `setup_shared_namespaces`), with its hostname.
+        let namespaces = PodNamespaces::new(&cfg.hostname)?;
         let mounted = self.storages.acquire(&cfg.storages)?;
         let mut st = self.state();
         if let Some(id) = st.id.clone() {
@@ -155,6 +163,7 @@ impl Sandbox {
             self.storages.release(&mounted);
             return Err(AgentError::SandboxExists(id));
         }
+        st.pod_namespaces = Some(Arc::new(namespaces));
         st.id = Some(if cfg.id.is_empty() {
             "sandbox".to_string()
         } else {
@@ -182,21 +191,82 @@ impl Sandbox {
         let storages = {
             let mut st = self.state();
             st.id = None;
+            st.pod_namespaces = None;
+            st.first_init = None;
             std::mem::take(&mut st.storages)
         };
         self.storages.release(&storages);
         first_err.map_or(Ok(()), Err)
     }
 
+    /// The spec with the container placed in the pod's namespaces, as Kata's agent does
+    /// (`update_container_namespaces`): its IPC and UTS namespaces are the pod's (a container
+    /// whose spec asks for a hostname other than the pod's gets a UTS namespace of its own with
+    /// it); its PID namespace is the pod's first container's when `sandbox_pidns`, else a new
+    /// one. A path the spec gave (a host's `/proc/<pid>/ns/...`) is never joined. Without a
+    /// sandbox (no CreateSandbox) the spec is used as it is.
+    fn in_pod_namespaces(&self, spec: &Spec, sandbox_pidns: bool) -> Result<Spec> {
+        let (namespaces, first_init) = {
+            let st = self.state();
+            (st.pod_namespaces.clone(), st.first_init)
+        };
+        let mut spec = spec.clone();
+        let Some(pod) = namespaces else {
+            if sandbox_pidns {
+                return Err(AgentError::FailedPrecondition(
+                    "sandbox_pidns: there is no sandbox (CreateSandbox first) whose PID namespace \
+                     the container could join"
+                        .into(),
+                ));
+            }
+            return Ok(spec);
+        };
+        let own_hostname = spec
+            .hostname()
+            .as_deref()
+            .is_some_and(|h| !h.is_empty() && h != pod.hostname());
+        let pid_path = match (sandbox_pidns, first_init) {
+            (false, _) => None,
+            (true, Some(pid)) => Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))),
+            (true, None) => {
+                return Err(AgentError::FailedPrecondition(
+                    "sandbox_pidns: the sandbox has no container yet whose PID namespace the \
+                     container could join (create the pod's infra container first)"
+                        .into(),
+                ))
+            }
+        };
+        if let Some(nss) = spec
+            .linux_mut()
+            .as_mut()
+            .and_then(|l| l.namespaces_mut().as_mut())
+        {
+            for ns in nss.iter_mut() {
+                let path = match ns.typ() {
+                    LinuxNamespaceType::Ipc => Some(pod.ipc_path()),
+                    LinuxNamespaceType::Uts if !own_hostname => Some(pod.uts_path()),
+                    LinuxNamespaceType::Uts => None,
+                    LinuxNamespaceType::Pid => pid_path.clone(),
+                    _ => continue,
+                };
+                ns.set_path(path);
+            }
+        }
+        Ok(spec)
+    }
+
     /// CreateContainer: mounts the container's storages and creates it, blocked before exec.
+    /// `sandbox_pidns`: the container joins the PID namespace of the pod's first container.
     pub async fn create_container(
         &self,
         id: &str,
         exec_id: &str,
         storages: &[StorageSpec],
         spec: &Spec,
+        sandbox_pidns: bool,
     ) -> Result<()> {
         validate_container_id(id)?;
+        let spec = &self.in_pod_namespaces(spec, sandbox_pidns)?;
         {
             let mut st = self.state();
             if st.containers.contains_key(id) {
@@ -229,6 +299,9 @@ impl Sandbox {
         let mut st = self.state();
         match result {
             Ok((c, mounted)) => {
+                if st.pod_namespaces.is_some() && st.first_init.is_none() {
+                    st.first_init = Some(c.init().pid);
+                }
                 st.containers.insert(
                     id.to_string(),
                     ContainerEntry {
@@ -356,5 +429,101 @@ mod tests {
             assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT, "{bad:?}");
             assert!(err.to_string().starts_with("container_id"));
         }
+    }
+
+    fn spec_with(hostname: Option<&str>, pid_path: Option<&str>) -> Spec {
+        use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder};
+        let ns = |t, p: Option<&str>| {
+            let mut b = LinuxNamespaceBuilder::default().typ(t);
+            if let Some(p) = p {
+                b = b.path(p);
+            }
+            b.build().unwrap()
+        };
+        let mut spec = Spec::default();
+        spec.set_hostname(hostname.map(str::to_owned));
+        spec.set_linux(Some(
+            LinuxBuilder::default()
+                .namespaces(vec![
+                    ns(LinuxNamespaceType::Pid, pid_path),
+                    ns(LinuxNamespaceType::Ipc, Some("/proc/1/ns/ipc")),
+                    ns(LinuxNamespaceType::Uts, None),
+                    ns(LinuxNamespaceType::Mount, None),
+                ])
+                .build()
+                .unwrap(),
+        ));
+        spec
+    }
+
+    fn paths(spec: &Spec) -> Vec<(LinuxNamespaceType, Option<PathBuf>)> {
+        let linux = spec.linux().as_ref().unwrap();
+        linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .map(|n| (n.typ(), n.path().clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn containers_are_placed_in_the_pods_namespaces() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to unshare");
+            return;
+        }
+        let sb = Sandbox::new(Runtime::new(crate::reaper::Reaper::new()), false, false);
+        // No sandbox: the spec as it is, and no pod PID namespace to join.
+        let alone = spec_with(None, None);
+        assert_eq!(sb.in_pod_namespaces(&alone, false).unwrap(), alone);
+        assert!(sb.in_pod_namespaces(&alone, true).is_err());
+        sb.create(&SandboxConfig {
+            id: "sb".into(),
+            hostname: "kt-pod".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let pod = sb.state().pod_namespaces.clone().unwrap();
+        let (ipc, uts) = (Some(pod.ipc_path()), Some(pod.uts_path()));
+        // No hostname, or the pod's: the pod's IPC and UTS namespaces, a new PID one (the host
+        // path in the spec is never joined).
+        for hostname in [None, Some(""), Some("kt-pod")] {
+            let placed = sb
+                .in_pod_namespaces(&spec_with(hostname, Some("/proc/1/ns/pid")), false)
+                .unwrap();
+            assert_eq!(
+                paths(&placed),
+                [
+                    (LinuxNamespaceType::Pid, None),
+                    (LinuxNamespaceType::Ipc, ipc.clone()),
+                    (LinuxNamespaceType::Uts, uts.clone()),
+                    (LinuxNamespaceType::Mount, None),
+                ],
+                "{hostname:?}"
+            );
+        }
+        // A hostname of its own: a UTS namespace of its own, the pod's IPC.
+        let own = sb
+            .in_pod_namespaces(&spec_with(Some("other"), None), false)
+            .unwrap();
+        assert_eq!(
+            paths(&own)[1..3],
+            [
+                (LinuxNamespaceType::Ipc, ipc.clone()),
+                (LinuxNamespaceType::Uts, None)
+            ]
+        );
+        // sandbox_pidns before the pod has a first container: refused, naming the field.
+        let e = sb.in_pod_namespaces(&alone, true).unwrap_err();
+        assert!(e.to_string().contains("sandbox_pidns"), "{e}");
+        sb.state().first_init = Some(4242);
+        let shared = sb.in_pod_namespaces(&alone, true).unwrap();
+        assert_eq!(
+            paths(&shared)[0],
+            (LinuxNamespaceType::Pid, Some("/proc/4242/ns/pid".into()))
+        );
+        sb.destroy().await.unwrap();
+        assert!(sb.state().pod_namespaces.is_none());
+        assert_eq!(sb.in_pod_namespaces(&alone, false).unwrap(), alone);
     }
 }

@@ -221,12 +221,16 @@ impl AgentService for AgentServer {
             req.container_id.clone(),
             exec_id.clone(),
             async move {
-                let mut spec = convert::container_spec(&req)?;
-                // VFIO functions the host plugged: waited for, bound as vfio_mode says.
-                crate::vfio::prepare(&req.devices, &mut spec).await?;
+                let spec = convert::container_spec(&req)?;
                 let storages: Vec<_> = req.storages.iter().map(convert::storage).collect();
-                sb.create_container(&req.container_id, &exec_id, &storages, &spec)
-                    .await?;
+                sb.create_container(
+                    &req.container_id,
+                    &exec_id,
+                    &storages,
+                    &spec,
+                    req.sandbox_pidns,
+                )
+                .await?;
                 tracing::info!("container created");
                 Ok(Empty::new())
             },
