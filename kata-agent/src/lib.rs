@@ -35,6 +35,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod service;
 pub mod storage;
+pub mod vfio;
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

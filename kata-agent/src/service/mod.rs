@@ -221,7 +221,9 @@ impl AgentService for AgentServer {
             req.container_id.clone(),
             exec_id.clone(),
             async move {
-                let spec = convert::container_spec(&req)?;
+                let mut spec = convert::container_spec(&req)?;
+                // VFIO functions the host plugged: waited for, bound as vfio_mode says.
+                crate::vfio::prepare(&req.devices, &mut spec).await?;
                 let storages: Vec<_> = req.storages.iter().map(convert::storage).collect();
                 sb.create_container(
                     &req.container_id,
