@@ -111,17 +111,6 @@ pub fn helper_namespace_mounts(dir: &Path) -> Vec<(u32, String)> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn mount_points_are_unescaped_and_matched_by_component() {
-        let info = "36 25 0:32 / /tmp/a\\040b rw - tmpfs t rw\n37 25 0:33 / /tmp/sb2 rw - x y rw\n";
-        let points: Vec<String> = super::mount_points(info).collect();
-        assert_eq!(points, ["/tmp/a b", "/tmp/sb2"]);
-        assert!(!std::path::Path::new(&points[1]).starts_with("/tmp/sb"));
-    }
-}
-
 /// The host cgroup directories named `rel` (a path relative to a hierarchy root, such as
 /// `kata_sandboxed_pod/<id>` or `default/<id>`) that exist under `/sys/fs/cgroup`: in each v1
 /// controller's hierarchy and in the unified one. A sandbox that is gone leaves none.
@@ -157,4 +146,15 @@ pub fn cgroup_of(pid: u32, controller: &str) -> Option<String> {
                 .any(|c| c == controller)
                 .then(|| path.to_string())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mount_points_are_unescaped_and_matched_by_component() {
+        let info = "36 25 0:32 / /tmp/a\\040b rw - tmpfs t rw\n37 25 0:33 / /tmp/sb2 rw - x y rw\n";
+        let points: Vec<String> = super::mount_points(info).collect();
+        assert_eq!(points, ["/tmp/a b", "/tmp/sb2"]);
+        assert!(!std::path::Path::new(&points[1]).starts_with("/tmp/sb"));
+    }
 }
