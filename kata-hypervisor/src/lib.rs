@@ -27,6 +27,8 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "builtin")]
+pub mod builtin;
 pub mod config;
 pub mod console;
 pub mod device;

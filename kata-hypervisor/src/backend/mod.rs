@@ -7,7 +7,8 @@
 //! |---|---|---|
 //! | `qemu` | [`crate::qemu`]: an external QEMU driven over QMP | `qemu` (default) |
 //! | `host-agent` | [`crate::host_agent`]: a test fake, no VM | `test-backend` |
-//! | `dragonball`, `clh`, `firecracker`, `remote` | none yet | — |
+//! | `dragonball` | `crate::builtin`: the built-in VMM (kata-vmm) in this process | `builtin` |
+//! | `clh`, `firecracker`, `remote` | none yet | — |
 //!
 //! A new backend (Firecracker, say) is one folder next to `qemu/` and one arm in each function
 //! below; nothing outside this crate changes.
@@ -59,6 +60,10 @@ pub fn create(
         HypervisorType::HostAgent => Ok(Arc::new(crate::host_agent::HostAgent::new(
             id, config, vm_dir,
         )?)),
+        #[cfg(feature = "builtin")]
+        HypervisorType::Dragonball => {
+            Ok(Arc::new(crate::builtin::Builtin::new(id, config, vm_dir)?))
+        }
         other => {
             let _ = (id, config, vm_dir);
             Err(no_backend(other))
@@ -83,6 +88,11 @@ pub async fn restore(
         HypervisorType::HostAgent => Ok(Arc::new(
             crate::host_agent::HostAgent::restore(id, config, saved).await?,
         )),
+        #[cfg(feature = "builtin")]
+        HypervisorType::Dragonball => {
+            let _ = (id, config);
+            Err(crate::builtin::restore_refused(saved))
+        }
         other => {
             let _ = (id, config);
             Err(no_backend(other))
@@ -105,6 +115,9 @@ pub fn cleanup(saved: Option<&HypervisorState>, vm_dir: &Path) -> Result<Cleanup
         }
         #[cfg(feature = "test-backend")]
         Some(HypervisorType::HostAgent) => crate::host_agent::cleanup(saved, vm_dir),
+        // In-process: its threads ended with the runtime; nothing to kill.
+        #[cfg(feature = "builtin")]
+        Some(HypervisorType::Dragonball) => Vec::new(),
         // No state, or a backend this build does not have: what names the VM directory.
         _ => crate::process::kill_processes_naming(vm_dir, &[], KILL_WAIT),
     };
@@ -132,6 +145,8 @@ pub fn capabilities(kind: HypervisorType, config: &HypervisorConfig) -> Result<C
         HypervisorType::Qemu => Ok(crate::qemu::capabilities()),
         #[cfg(feature = "test-backend")]
         HypervisorType::HostAgent => Ok(crate::host_agent::capabilities()),
+        #[cfg(feature = "builtin")]
+        HypervisorType::Dragonball => Ok(crate::builtin::capabilities()),
         other => Err(no_backend(other)),
     }?;
     config.check_refused(kind)?;
@@ -151,6 +166,8 @@ pub fn setting_use(
         HypervisorType::Qemu => crate::qemu::setting_use(key, config),
         #[cfg(feature = "test-backend")]
         HypervisorType::HostAgent => crate::host_agent::setting_use(key, config),
+        #[cfg(feature = "builtin")]
+        HypervisorType::Dragonball => crate::builtin::setting_use(key, config),
         _ => {
             let _ = (key, config);
             None
@@ -172,6 +189,8 @@ pub fn host_checks(
         HypervisorType::Qemu => crate::qemu::host_checks(config, probe),
         #[cfg(feature = "test-backend")]
         HypervisorType::HostAgent => crate::host_agent::host_checks(config),
+        #[cfg(feature = "builtin")]
+        HypervisorType::Dragonball => crate::builtin::host_checks(config, probe),
         other => {
             // Parsed and validated, but not runnable: say so, and what the VM would need.
             let mut out = vec![check(
@@ -205,7 +224,7 @@ mod tests {
     #[test]
     fn types_without_a_backend_say_so() {
         let e = create(
-            HypervisorType::Dragonball,
+            HypervisorType::Firecracker,
             "x",
             HypervisorConfig::default(),
             Path::new("/nonexistent/vm"),
@@ -213,7 +232,7 @@ mod tests {
         .err()
         .unwrap()
         .to_string();
-        assert!(e.contains("cannot start a dragonball VM"), "{e}");
+        assert!(e.contains("cannot start a firecracker VM"), "{e}");
         assert!(capabilities(HypervisorType::Firecracker, &HypervisorConfig::default()).is_err());
         let checks = host_checks(
             HypervisorType::CloudHypervisor,

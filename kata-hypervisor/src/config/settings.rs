@@ -259,7 +259,7 @@ mod tests {
             rx_rate_limiter_max_rate: 1000,
             ..Default::default()
         };
-        assert!(c.inert_settings(HypervisorType::Dragonball).is_empty());
-        assert_eq!(c.setting_use(HypervisorType::Dragonball, "path"), None);
+        assert!(c.inert_settings(HypervisorType::Firecracker).is_empty());
+        assert_eq!(c.setting_use(HypervisorType::Firecracker, "path"), None);
     }
 }

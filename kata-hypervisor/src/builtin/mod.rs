@@ -1,0 +1,462 @@
+//! The built-in backend (`[hypervisor.dragonball]`, cargo feature `builtin`): the VM runs inside
+//! this process on [`kata_vmm`] — no VMM process, nothing to kill by pid. [`Hypervisor::stop`]
+//! and [`Hypervisor::stop_now`] end the VM's vCPU and device threads and join them.
+//!
+//! What it does today: boots the configured (or `make guest`'s) kernel and initramfs with
+//! `default_vcpus` and `default_memory`, `kernel_params` appended; cold-plugs the block devices
+//! given to [`Hypervisor::prepare`] as virtio-blk (virtio-mmio); serves the agent over hybrid
+//! vsock on `<vm_dir>/kata.hvsock` (the agent client's `CONNECT`/`OK`). What it does not: a
+//! shared filesystem (inline virtio-fs is not built yet: `shared_fs = "none"` only, a
+//! virtio-fs share is refused), networking, VFIO, hot-plug, pause, hand-over to another
+//! process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
+//! cannot run it, with the probe's reason.
+
+mod settings;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kata_vmm::devices::legacy::ConsoleSink;
+use kata_vmm::devices::virtio::block::BlockConfig;
+use kata_vmm::vm::{ExitWatcher, Vm, VmBuilder};
+
+use crate::backend::host::{check, CheckStatus, HostCheck, HostProbe};
+use crate::config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};
+use crate::console::printable_lines;
+use crate::device::{DeviceConfig, GuestAddress, VsockAddress};
+use crate::error::{Error, Result};
+use crate::hypervisor::{Capabilities, Hypervisor, HypervisorState, VmState};
+use crate::kvm::Accelerator;
+
+pub(crate) use settings::setting_use;
+
+/// The agent's vsock port.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// The hybrid vsock socket's name in the VM directory.
+pub const VSOCK_SOCKET: &str = "kata.hvsock";
+/// The kernel parameters the backend passes before `kernel_params` (the VMM adds its own
+/// `reboot=k panic=1 pci=off` and the virtio-mmio devices).
+pub const BASE_KERNEL_PARAMS: &str = "console=ttyS0 tsc=reliable no_timer_check \
+rcupdate.rcu_expedited=1 cryptomgr.notests net.ifnames=0";
+const NAME: &str = "dragonball";
+const LOG_LINES_IN_ERRORS: usize = 20;
+
+/// What the built-in backend can do.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        backend: Some(HypervisorType::Dragonball),
+        block_hotplug: false,
+        cpu_hotplug: false,
+        memory_hotplug: false,
+        vfio: false,
+        hybrid_vsock: true,
+        shared_fs: vec![SharedFs::None],
+        shared_fs_note: "the built-in VMM has no inline virtio-fs yet: set shared_fs = \"none\" \
+                         (containers then need a block rootfs), or use [hypervisor.qemu]"
+            .into(),
+        hand_over: false,
+        guest_on_host: false,
+    }
+}
+
+/// The built-in backend's host checks: the KVM probe and the guest image.
+pub(crate) fn host_checks(config: &HypervisorConfig, probe: &HostProbe) -> Vec<HostCheck> {
+    let kvm = crate::kvm::probe_builtin_vmm();
+    vec![
+        check(
+            "hypervisor",
+            CheckStatus::Ok,
+            "dragonball: the built-in VMM (kata-vmm, in this process)",
+        ),
+        check(
+            "built-in VMM",
+            if kvm.usable {
+                CheckStatus::Ok
+            } else {
+                CheckStatus::Fail
+            },
+            kvm.reason,
+        ),
+        crate::backend::host::guest_image(config, probe),
+    ]
+}
+
+/// A VM of the built-in VMM.
+pub struct Builtin {
+    id: String,
+    config: HypervisorConfig,
+    vm_dir: PathBuf,
+    disks: Mutex<Vec<BlockConfig>>,
+    vm: Mutex<Option<Vm>>,
+    watcher: Mutex<Option<ExitWatcher>>,
+    console: Mutex<Option<ConsoleSink>>,
+    state: Mutex<VmState>,
+}
+
+impl std::fmt::Debug for Builtin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builtin")
+            .field("id", &self.id)
+            .field("vm_dir", &self.vm_dir)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Builtin {
+    /// A VM named `id` whose socket lives in `vm_dir`. Refuses settings it cannot honour.
+    pub fn new(id: &str, config: HypervisorConfig, vm_dir: &Path) -> Result<Builtin> {
+        config.check_refused(HypervisorType::Dragonball)?;
+        capabilities().check_shared_fs(config.shared_fs)?;
+        if config.default_vcpus == 0 || config.default_vcpus > 32 {
+            return Err(Error::InvalidConfig {
+                key: "default_vcpus",
+                value: config.default_vcpus.to_string(),
+                reason: "the built-in VMM boots 1 to 32 vCPUs".into(),
+            });
+        }
+        Ok(Builtin {
+            id: id.to_string(),
+            config,
+            vm_dir: vm_dir.to_path_buf(),
+            disks: Mutex::new(Vec::new()),
+            vm: Mutex::new(None),
+            watcher: Mutex::new(None),
+            console: Mutex::new(None),
+            state: Mutex::new(VmState::New),
+        })
+    }
+
+    fn uds(&self) -> PathBuf {
+        self.vm_dir.join(VSOCK_SOCKET)
+    }
+
+    /// The kernel and initramfs: the configuration, else the guest manifest.
+    fn guest_files(&self) -> Result<(PathBuf, Option<PathBuf>)> {
+        let c = &self.config;
+        let manifest = if c.kernel.is_empty() || c.initrd.is_empty() {
+            Some(GuestManifest::load_default()?)
+        } else {
+            None
+        };
+        let pick = |configured: &str, from: fn(&GuestManifest) -> PathBuf| {
+            if configured.is_empty() {
+                manifest.as_ref().map(from).unwrap_or_default()
+            } else {
+                PathBuf::from(configured)
+            }
+        };
+        let kernel = pick(&c.kernel, |m| m.kernel.clone());
+        let initrd = pick(&c.initrd, |m| m.initrd.clone());
+        for (what, p) in [("guest kernel", &kernel), ("guest initrd", &initrd)] {
+            if !p.is_file() {
+                return Err(Error::MissingFile {
+                    what,
+                    path: p.clone(),
+                    hint: "run `make guest` to build the guest image, or fix the path in \
+                           [hypervisor.dragonball]"
+                        .into(),
+                });
+            }
+        }
+        Ok((kernel, Some(initrd)))
+    }
+
+    /// The kernel command line after the VMM's own parameters.
+    pub fn kernel_cmdline(config: &HypervisorConfig) -> String {
+        let mut s = String::from(BASE_KERNEL_PARAMS);
+        if !config.enable_debug {
+            s.push_str(" quiet");
+        }
+        if !config.kernel_params.trim().is_empty() {
+            s.push(' ');
+            s.push_str(config.kernel_params.trim());
+        }
+        s
+    }
+
+    fn builder(&self) -> Result<VmBuilder> {
+        let (kernel, initrd) = self.guest_files()?;
+        let mut b = VmBuilder::new(kernel)
+            .name(format!("kata-{}", self.id))
+            .vcpus(self.config.default_vcpus as u8)
+            .memory_mib(u64::from(self.config.default_memory))
+            .cmdline(Self::kernel_cmdline(&self.config))
+            .vsock(self.uds());
+        if let Some(i) = initrd {
+            b = b.initramfs(i);
+        }
+        for d in lock(&self.disks).iter() {
+            b = b.block(d.clone());
+        }
+        Ok(b)
+    }
+
+    fn set_state(&self, s: VmState) {
+        *lock(&self.state) = s;
+    }
+
+    fn remove_vm_dir(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.vm_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.vm_dir.display(), error = %e, "removing the VM directory");
+            }
+        }
+    }
+
+    /// Ends the VM's threads (joined) and removes its directory.
+    fn end(&self) -> Option<String> {
+        let vm = lock(&self.vm).take();
+        let how = vm.map(|mut vm| vm.stop().to_string());
+        self.remove_vm_dir();
+        how
+    }
+
+    fn stopped(&self, how: Option<String>) {
+        self.set_state(VmState::Stopped(how.unwrap_or_else(|| "stopped".into())));
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Builtin {
+    fn kind(&self) -> HypervisorType {
+        HypervisorType::Dragonball
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn prepare(&self, devices: Vec<DeviceConfig>) -> Result<()> {
+        let mut disks = Vec::new();
+        for d in devices {
+            match d {
+                DeviceConfig::Block(b) => disks.push(BlockConfig {
+                    path: b.path.clone(),
+                    read_only: b.read_only,
+                    id: Some(b.id.chars().take(20).collect()),
+                }),
+                DeviceConfig::ShareFs(s) => {
+                    return Err(Error::Unsupported {
+                        backend: NAME,
+                        what: format!(
+                            "the shared filesystem {} ({}): the built-in VMM has no inline \
+                             virtio-fs yet; set shared_fs = \"none\" or use [hypervisor.qemu]",
+                            s.mount_tag, s.kind
+                        ),
+                    })
+                }
+                other => {
+                    return Err(Error::Unsupported {
+                        backend: NAME,
+                        what: format!(
+                            "device {} (only block devices are built in: no network, no VFIO)",
+                            other.id()
+                        ),
+                    })
+                }
+            }
+        }
+        *lock(&self.disks) = disks;
+        self.set_state(VmState::Prepared);
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<()> {
+        let probe = crate::kvm::probe_builtin_vmm();
+        if !probe.usable {
+            return Err(Error::StartFailed {
+                vmm: "the built-in VMM".into(),
+                reason: probe.reason,
+                console: Vec::new(),
+            });
+        }
+        let builder = self.builder()?;
+        std::fs::create_dir_all(&self.vm_dir)
+            .map_err(|e| Error::io(format!("creating {}", self.vm_dir.display()), e))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&self.vm_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(format!("restricting {}", self.vm_dir.display()), e))?;
+        }
+        let started = tokio::task::spawn_blocking(move || builder.start())
+            .await
+            .map_err(|e| Error::StartFailed {
+                vmm: "the built-in VMM".into(),
+                reason: format!("the start task failed: {e}"),
+                console: Vec::new(),
+            })?;
+        let vm = match started {
+            Ok(vm) => vm,
+            Err(e) => {
+                self.remove_vm_dir();
+                return Err(Error::StartFailed {
+                    vmm: "the built-in VMM".into(),
+                    reason: e.to_string(),
+                    console: Vec::new(),
+                });
+            }
+        };
+        *lock(&self.watcher) = Some(vm.exit_watcher());
+        *lock(&self.console) = Some(vm.console_sink());
+        *lock(&self.vm) = Some(vm);
+        self.set_state(VmState::Running);
+        Ok(())
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let address = self.agent_address()?;
+        let answered = tokio::select! {
+            r = crate::ready::wait_answering(&address, timeout) => r,
+            how = self.wait_exit() => {
+                return Err(Error::VmExited { how, console: self.console_tail(LOG_LINES_IN_ERRORS) });
+            }
+        };
+        answered.map_err(|e| Error::AgentNotReady {
+            after: timeout,
+            detail: e.detail,
+            console: self.console_tail(LOG_LINES_IN_ERRORS),
+        })
+    }
+
+    async fn stop(&self) -> Result<()> {
+        // Joining the threads blocks (briefly): off the async worker.
+        let vm = lock(&self.vm).take();
+        let how = match vm {
+            Some(mut vm) => tokio::task::spawn_blocking(move || vm.stop().to_string())
+                .await
+                .ok(),
+            None => None,
+        };
+        self.remove_vm_dir();
+        self.stopped(how);
+        Ok(())
+    }
+
+    fn stop_now(&self) {
+        let how = self.end();
+        self.stopped(how);
+    }
+
+    async fn pause(&self) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: NAME,
+            what: "pausing the VM".into(),
+        })
+    }
+
+    async fn resume(&self) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: NAME,
+            what: "resuming the VM".into(),
+        })
+    }
+
+    async fn add_device(&self, device: DeviceConfig) -> Result<GuestAddress> {
+        Err(Error::Unsupported {
+            backend: NAME,
+            what: format!("hot-plugging device {}", device.id()),
+        })
+    }
+
+    async fn remove_device(&self, device: &DeviceConfig) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: NAME,
+            what: format!("hot-unplugging device {}", device.id()),
+        })
+    }
+
+    async fn resize_vcpus(&self, vcpus: u32) -> Result<u32> {
+        if vcpus <= self.config.default_vcpus {
+            return Ok(self.config.default_vcpus);
+        }
+        Err(Error::Unsupported {
+            backend: NAME,
+            what: format!("growing the VM to {vcpus} vCPUs (no CPU hot-plug)"),
+        })
+    }
+
+    async fn resize_memory(&self, mib: u32) -> Result<u32> {
+        if mib <= self.config.default_memory {
+            return Ok(self.config.default_memory);
+        }
+        Err(Error::Unsupported {
+            backend: NAME,
+            what: format!("growing the VM's memory to {mib} MiB (no memory hot-plug)"),
+        })
+    }
+
+    fn agent_address(&self) -> Result<VsockAddress> {
+        Ok(VsockAddress::HybridVsock {
+            uds: self.uds(),
+            port: AGENT_VSOCK_PORT,
+        })
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        // In-process: no VMM process of its own, and the runtime's own pid must never be put
+        // in (or killed with) a sandbox's cgroup.
+        Vec::new()
+    }
+
+    fn accelerator(&self) -> Option<Accelerator> {
+        Some(Accelerator::Kvm)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    fn state(&self) -> VmState {
+        lock(&self.state).clone()
+    }
+
+    fn save_state(&self) -> HypervisorState {
+        HypervisorState {
+            backend: HypervisorType::Dragonball,
+            vm_dir: self.vm_dir.clone(),
+            agent_address: self.agent_address().ok(),
+            backend_state: serde_json::json!({ "in_process": true, "pid": std::process::id() }),
+        }
+    }
+
+    fn console_tail(&self, n: usize) -> Vec<String> {
+        lock(&self.console)
+            .as_ref()
+            .map(|c| printable_lines(&c.contents(), n))
+            .unwrap_or_default()
+    }
+
+    async fn wait_exit(&self) -> String {
+        let watcher = lock(&self.watcher).clone();
+        match watcher {
+            Some(w) => tokio::task::spawn_blocking(move || w.wait(None))
+                .await
+                .ok()
+                .flatten()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "the VM's exit could not be awaited".into()),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// An in-process VM ends with the process that ran it: there is nothing to take over.
+pub(crate) fn restore_refused(saved: &HypervisorState) -> Error {
+    Error::BadState {
+        backend: HypervisorType::Dragonball,
+        vm_dir: saved.vm_dir.clone(),
+        reason: "the built-in VMM ran inside the runtime that started it and ended with it; \
+                 nothing is left to take over: clean it up"
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
