@@ -65,6 +65,11 @@ pub struct SandboxConfig {
     /// sandbox_cgroup_only` says (see `kata_resource::cgroups`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroups_path: Option<String>,
+    /// The pod's hostname (the sandbox spec's `hostname`; the kubelet's pod hostname), which
+    /// the guest's shared UTS namespace holds and every container of the pod without a
+    /// hostname of its own sees. `None`: the first 12 characters of the sandbox id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 impl SandboxConfig {
@@ -195,6 +200,7 @@ pub struct SandboxBuilder {
     image_cache: PathBuf,
     network_namespace: Option<PathBuf>,
     cgroups_path: Option<String>,
+    hostname: Option<String>,
     workload: Option<crate::WorkloadSize>,
 }
 
@@ -222,6 +228,7 @@ impl SandboxBuilder {
             image_cache: kata_hypervisor::config::cache_dir().join("images"),
             network_namespace: None,
             cgroups_path: None,
+            hostname: None,
             workload: None,
         }
     }
@@ -373,6 +380,20 @@ impl SandboxBuilder {
         self
     }
 
+    /// The pod's hostname (see [`SandboxConfig::hostname`]): the sandbox spec's `hostname`.
+    /// Empty is none; one longer than 64 bytes fails [`finish`](Self::finish) naming
+    /// `hostname`.
+    ///
+    /// ```
+    /// let config = kata_sandbox::Sandbox::builder().hostname("web-0").finish()?;
+    /// assert_eq!(config.hostname.as_deref(), Some("web-0"));
+    /// # Ok::<(), kata_sandbox::Error>(())
+    /// ```
+    pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
+        self.hostname = Some(hostname.into()).filter(|h: &String| !h.is_empty());
+        self
+    }
+
     /// The workload the sandbox starts for ([`crate::WorkloadSize::of_spec`]). With
     /// `static_sandbox_resource_mgmt = true` the VM is sized for it before boot
     /// (`default_vcpus` and `default_memory` grow by it) and never hot-plugged; otherwise it
@@ -464,6 +485,16 @@ impl SandboxBuilder {
                 ));
             }
         }
+        if let Some(h) = &self.hostname {
+            if h.len() > 64 || h.contains('\0') {
+                return Err(Error::invalid(
+                    "hostname",
+                    format!(
+                        "{h:?} is not a hostname the guest can take (at most 64 bytes, no NUL)"
+                    ),
+                ));
+            }
+        }
         Ok(SandboxConfig {
             id,
             handler,
@@ -475,6 +506,7 @@ impl SandboxBuilder {
             image_cache: self.image_cache,
             network_namespace: self.network_namespace,
             cgroups_path: self.cgroups_path,
+            hostname: self.hostname,
         })
     }
 

@@ -399,19 +399,28 @@ impl ContainerSpec {
             .unwrap_or(false);
         root.set_readonly(Some(self.readonly_rootfs || oci_readonly));
         spec.set_root(Some(root));
+        // None: the container sees the pod's hostname (the sandbox's, which the guest agent's
+        // shared UTS namespace holds): what a CRI app container, whose spec has no hostname of
+        // its own, must see.
         let hostname = self
             .hostname
             .clone()
             .or_else(|| spec.hostname().clone().filter(|h| h != "youki"))
-            .unwrap_or_else(|| container_id.chars().take(12).collect());
-        spec.set_hostname(Some(hostname));
+            .filter(|h| !h.is_empty());
+        spec.set_hostname(hostname);
         // Host hooks are run by the sandbox on the host (`sandbox/hooks.rs`); their paths mean
         // nothing in the guest, and the guest agent runs none.
         spec.set_hooks(None);
         if let Some(linux) = spec.linux_mut() {
-            // Containers share the sandbox's network namespace (the VM's), as in Kata.
+            // Containers share the sandbox's network namespace (the VM's), as in Kata. A host
+            // path means nothing in the guest (runtime-rs's `amend_spec`): the guest agent puts
+            // the container in the pod's IPC and UTS namespaces; the PID namespace's path is
+            // kept for [`take_pod_pid_namespace`], which turns it into `sandbox_pidns`.
             if let Some(ns) = linux.namespaces_mut() {
                 ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
+                for n in ns.iter_mut().filter(|n| n.typ() != LinuxNamespaceType::Pid) {
+                    n.set_path(None);
+                }
             }
             if runtime.disable_guest_seccomp && linux.seccomp().is_some() {
                 tracing::debug!(container_id, "[runtime] disable_guest_seccomp = true: the spec's seccomp profile is not applied in the guest");
@@ -420,6 +429,26 @@ impl ContainerSpec {
         }
         Ok(spec)
     }
+}
+
+/// Whether the guest spec's container shares the pod's PID namespace: its
+/// `linux.namespaces[pid]` names one (containerd's CRI names the pause container's for a pod
+/// with `shareProcessNamespace`). The path, a host's, is cleared; the answer is
+/// CreateContainer's `sandbox_pidns` (the guest agent joins the PID namespace of the pod's
+/// first container), as Kata's runtimes do.
+pub(crate) fn take_pod_pid_namespace(spec: &mut Spec) -> bool {
+    let mut shared = false;
+    if let Some(ns) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut())
+    {
+        for n in ns.iter_mut().filter(|n| n.typ() == LinuxNamespaceType::Pid) {
+            shared |= n.path().as_ref().is_some_and(|p| !p.as_os_str().is_empty());
+            n.set_path(None);
+        }
+    }
+    shared
 }
 
 #[cfg(test)]
@@ -523,5 +552,85 @@ mod tests {
             .env("=x", "")
             .to_oci(Process::default());
         assert!(e.is_err());
+    }
+
+    /// containerd's CRI app container: no hostname of its own, the pause container's IPC, UTS
+    /// and PID namespaces named by host paths.
+    fn cri_app_spec(pid_path: Option<&str>) -> Spec {
+        let ns = |t, p: Option<&str>| {
+            let mut b = oci_spec::runtime::LinuxNamespaceBuilder::default().typ(t);
+            if let Some(p) = p {
+                b = b.path(p);
+            }
+            b.build().unwrap()
+        };
+        let mut spec = Spec::default();
+        spec.set_hostname(None);
+        spec.set_linux(Some(
+            oci_spec::runtime::LinuxBuilder::default()
+                .namespaces(vec![
+                    ns(LinuxNamespaceType::Pid, pid_path),
+                    ns(LinuxNamespaceType::Ipc, Some("/proc/4242/ns/ipc")),
+                    ns(LinuxNamespaceType::Uts, Some("/proc/4242/ns/uts")),
+                    ns(LinuxNamespaceType::Mount, None),
+                    ns(LinuxNamespaceType::Network, Some("/var/run/netns/cni-1")),
+                ])
+                .build()
+                .unwrap(),
+        ));
+        spec
+    }
+
+    #[test]
+    fn a_pod_container_keeps_the_pods_hostname_and_no_host_namespace_path() {
+        let oci = ContainerSpec::from_oci(cri_app_spec(None), "/r")
+            .to_oci("0123456789abcdef", "/g", None, &RuntimeConfig::default())
+            .unwrap();
+        assert_eq!(
+            oci.hostname(),
+            &None,
+            "no hostname invented: the pod's is seen"
+        );
+        let ns = oci.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let types: Vec<_> = ns.iter().map(|n| n.typ()).collect();
+        assert_eq!(
+            types,
+            [
+                LinuxNamespaceType::Pid,
+                LinuxNamespaceType::Ipc,
+                LinuxNamespaceType::Uts,
+                LinuxNamespaceType::Mount
+            ]
+        );
+        assert!(ns.iter().all(|n| n.path().is_none()), "{ns:?}");
+        // A spec's own hostname is kept.
+        let mut named = cri_app_spec(None);
+        named.set_hostname(Some("kt-pod".into()));
+        let oci = ContainerSpec::from_oci(named, "/r")
+            .to_oci("c", "/g", None, &RuntimeConfig::default())
+            .unwrap();
+        assert_eq!(oci.hostname().as_deref(), Some("kt-pod"));
+    }
+
+    #[test]
+    fn a_named_pid_namespace_becomes_sandbox_pidns() {
+        let mut shared = ContainerSpec::from_oci(cri_app_spec(Some("/proc/4242/ns/pid")), "/r")
+            .to_oci("c", "/g", None, &RuntimeConfig::default())
+            .unwrap();
+        assert!(take_pod_pid_namespace(&mut shared));
+        let ns = shared
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .clone()
+            .unwrap();
+        assert!(ns.iter().all(|n| n.path().is_none()), "{ns:?}");
+        assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
+        let mut own = ContainerSpec::from_oci(cri_app_spec(None), "/r")
+            .to_oci("c", "/g", None, &RuntimeConfig::default())
+            .unwrap();
+        assert!(!take_pod_pid_namespace(&mut own));
+        assert!(!take_pod_pid_namespace(&mut Spec::default()));
     }
 }

@@ -111,6 +111,15 @@ pub struct TaskService {
     shared: Arc<Shared>,
 }
 
+/// What of the spec starting a sandbox shapes the sandbox: the pod's network namespace, the
+/// workload, the host cgroup and the pod's hostname.
+struct FromSpec {
+    network_namespace: Option<PathBuf>,
+    workload: kata_sandbox::WorkloadSize,
+    cgroups_path: Option<String>,
+    hostname: Option<String>,
+}
+
 impl TaskService {
     /// A service publishing events to containerd through `publisher` (`None`: events are only
     /// logged, for tests without containerd). `exit` is signalled when containerd shuts the
@@ -218,12 +227,20 @@ impl TaskService {
         sandbox_id: &str,
         options: Option<&Any>,
         annotations: std::collections::HashMap<String, String>,
-        network_namespace: Option<PathBuf>,
-        workload: kata_sandbox::WorkloadSize,
-        cgroups_path: Option<String>,
+        from_spec: FromSpec,
     ) -> Result<Arc<Sandbox>> {
+        let FromSpec {
+            network_namespace,
+            workload,
+            cgroups_path,
+            hostname,
+        } = from_spec;
         let mut builder =
             crate::runtime_options::sandbox_builder(options, annotations)?.workload(workload);
+        // The pod's hostname: the spec starting the sandbox names it (CRI's pause container).
+        if let Some(h) = hostname {
+            builder = builder.hostname(h);
+        }
         match network_namespace {
             Some(ns) => {
                 tracing::info!(sandbox_id, netns = %ns.display(), "the sandbox joins the pod's network namespace");
@@ -348,6 +365,7 @@ impl TaskService {
             .map(|p| p.to_string_lossy().into_owned());
         // What `static_sandbox_resource_mgmt` sizes a new sandbox's VM for.
         let workload = kata_sandbox::WorkloadSize::of_spec(&spec);
+        let hostname = spec.hostname().clone();
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
@@ -400,9 +418,12 @@ impl TaskService {
                     &id,
                     req.options.as_ref(),
                     annotations,
-                    network_namespace,
-                    workload,
-                    cgroups_path,
+                    FromSpec {
+                        network_namespace,
+                        workload,
+                        cgroups_path,
+                        hostname,
+                    },
                 )
                 .await?,
                 Some(boot),

@@ -215,7 +215,12 @@ impl VirtContainer {
                 .into_iter()
                 .map(agent_storage);
             let setup = SandboxSetup::new(&config.id)
-                .hostname(config.id.chars().take(12).collect::<String>())
+                .hostname(
+                    config
+                        .hostname
+                        .clone()
+                        .unwrap_or_else(|| config.id.chars().take(12).collect()),
+                )
                 .storages(storages);
             agent.create_sandbox(&setup).await?;
             Ok::<_, Error>((agent, vm_started, agent_connected))
@@ -510,8 +515,14 @@ impl RuntimeHandler for VirtContainer {
                 .collect();
             // The host cgroup first: a cpuset the host refuses leaves nothing in the guest.
             update_host_cgroups(&self.resources, container_id, &oci)?;
+            let mut oci = oci;
+            let sandbox_pidns = crate::spec::take_pod_pid_namespace(&mut oci);
             self.agent
-                .create_container(container_id, &oci, &storages)
+                .create_container_with(
+                    &kata_agent_client::ContainerSetup::new(container_id, &oci)
+                        .storages(&storages)
+                        .sandbox_pidns(sandbox_pidns),
+                )
                 .await?;
             Ok::<_, Error>(())
         }

@@ -108,6 +108,9 @@ async fn create_inner(options: &Options, id: &str, bundle: &Path) -> Result<i32,
     if let Some(ns) = network_namespace {
         builder = builder.network_namespace(ns);
     }
+    if let Some(h) = spec.hostname().clone() {
+        builder = builder.hostname(h);
+    }
     let cspec = ContainerSpec::from_bundle(&bundle, spec, Vec::new())
         .map_err(|e| format!("invalid bundle {}: {e}", bundle.display()))?
         .id(id)
