@@ -2056,6 +2056,17 @@ async fn shutdown_leaves_nothing(env: Env) -> Result<()> {
     ensure!(left.is_empty(), "processes left after shutdown: {left:?}");
     let mounts = mounts_under(&env.root_dir);
     ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+    // The sandbox's host cgroups (Kata's default paths, sandbox_cgroup_only = false) are gone,
+    // unless another run's sandbox of the same id holds them now.
+    if processes_mentioning("vm-sandbox-tests", "vm_sandbox").is_empty() {
+        for rel in [
+            "kata_sandboxed_pod/vm-sandbox-tests",
+            "kata_overhead/vm-sandbox-tests",
+        ] {
+            let left = kata_testkit::leaks::cgroup_dirs(rel);
+            ensure!(left.is_empty(), "host cgroups left: {left:?}");
+        }
+    }
     Ok(())
 }
 
