@@ -42,10 +42,13 @@ fn run_args<'a>(extra: &[&'a str], id: &'a str, cmd: &[&'a str]) -> Vec<&'a str>
 struct Leftovers {
     qemu: usize,
     vsock_backends: usize,
+    virtiofsd: usize,
     shims: usize,
     kata_mounts: usize,
     shim_sockets: usize,
     sandbox_dirs: Vec<String>,
+    /// The host cgroup directories under ctr's parent (`/<namespace>`), in any hierarchy.
+    cgroups: Vec<PathBuf>,
 }
 
 fn leftovers(containerd_dir: &Path) -> Leftovers {
@@ -78,10 +81,15 @@ fn leftovers(containerd_dir: &Path) -> Leftovers {
             .iter()
             .filter(|(_, c)| c.contains("vhost-device-vsock") && c.contains("/run/kata/kt-"))
             .count(),
+        virtiofsd: procs
+            .iter()
+            .filter(|(_, c)| c.contains("virtiofsd") && c.contains("/run/kata/kt-"))
+            .count(),
         shims: count("containerd-shim-kata-v2"),
         kata_mounts,
         shim_sockets,
         sandbox_dirs,
+        cgroups: kata_testkit::leaks::cgroup_dirs(NS),
     }
 }
 
