@@ -712,13 +712,7 @@ fn the_pause_and_app_containers_ask_for_the_pods_shm_identically() {
     let add = |id: &str, mounts: &[Mount]| {
         let mut slot = VolumesSlot::default();
         let out = slot
-            .add(
-                d.share_dirs(),
-                id,
-                mounts,
-                &VolumeOptions::default(),
-                false,
-            )
+            .add(d.share_dirs(), id, mounts, &VolumeOptions::default(), false)
             .unwrap()
             .0;
         slot.release_in_place().unwrap();
@@ -726,7 +720,10 @@ fn the_pause_and_app_containers_ask_for_the_pods_shm_identically() {
     };
     let pause = add("pause", &[default_tmpfs.clone(), pod_bind.clone()]);
     let app = add("app", std::slice::from_ref(&pod_bind));
-    assert_eq!(pause.storages, app.storages, "the pod's shm asked for twice");
+    assert_eq!(
+        pause.storages, app.storages,
+        "the pod's shm asked for twice"
+    );
     assert_eq!(pause.storages.len(), 1);
     assert!(
         pause.storages[0]
@@ -745,4 +742,58 @@ fn the_pause_and_app_containers_ask_for_the_pods_shm_identically() {
     let alone = add("solo", &[default_tmpfs]);
     assert_eq!(alone.storages, app.storages);
     d.assert_empty();
+}
+
+#[test]
+fn block_volumes_are_the_containers_disks_in_the_devices_slot() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount the shared directory");
+        return;
+    }
+    use kata_hypervisor::SharedFs;
+    let tmp = tempfile::tempdir().unwrap();
+    let (sandbox, rootfs) = (tmp.path().join("sb"), tmp.path().join("rootfs"));
+    std::fs::create_dir(&rootfs).unwrap();
+    let image = tmp.path().join("data.ext4");
+    std::fs::write(&image, b"").unwrap();
+    let mut r = crate::SandboxResources::new(&sandbox, SharedFs::Virtio9p, 8192).unwrap();
+    let add = |r: &mut crate::SandboxResources, id: &str| {
+        r.add_container(
+            id,
+            crate::RootfsSource::Directory(rootfs.clone()),
+            crate::RootfsMode::ReadOnly,
+        )
+        .unwrap();
+        r.add_volumes(
+            id,
+            &[mount("ext4", image.to_str().unwrap(), "/data", &["ro"])],
+            &VolumeOptions::default(),
+        )
+    };
+    // Block devices off (the default): refused, nothing recorded.
+    let err = add(&mut r, "c1").unwrap_err().to_string();
+    assert!(
+        err.starts_with("mounts[0].source ") && err.contains("no disks"),
+        "{err}"
+    );
+    assert!(r.container_block_devices("c1").is_empty());
+    r.remove_container("c1").unwrap();
+
+    r.use_block_devices(true);
+    let out = add(&mut r, "c1").unwrap();
+    let [a] = &out.block_devices[..] else {
+        panic!("{out:?}")
+    };
+    assert!(a.device.read_only);
+    assert_eq!(a.device.path, image);
+    assert_eq!(r.container_block_devices("c1"), vec![a.device.clone()]);
+    assert_eq!(r.state().devices.block["c1"], vec![a.device.clone()]);
+    assert_eq!(
+        out.mounts[0].source().as_deref(),
+        Some(Path::new(&a.mount_point))
+    );
+    r.remove_container("c1").unwrap();
+    assert!(r.container_block_devices("c1").is_empty());
+    assert!(r.state().devices.block.is_empty());
+    r.release().unwrap();
 }
