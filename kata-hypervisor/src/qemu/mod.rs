@@ -61,6 +61,9 @@ pub use state::{HeldPort, QemuState};
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer QEMU may take to answer QMP per cold-plugged VFIO device: it maps (pins)
+/// all guest memory for the device's DMA before its monitor runs (in the nested lab, over 10 s).
+const COLD_VFIO_QMP_WAIT: Duration = Duration::from_secs(60);
 /// How long start waits for the guest to start its vsock device before giving up waiting.
 const VSOCK_START_WAIT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -535,6 +538,7 @@ impl Qemu {
         let qemu = self.qemu_binary()?;
         let devices = self.devices.lock().unwrap().clone();
         let ports = PortAllocator::for_vm(&self.config, &devices)?;
+        let qmp_wait = QMP_TIMEOUT + COLD_VFIO_QMP_WAIT * ports.plan().cold_vfio;
         create_private_dir(&self.vm_dir)?;
 
         let (accelerator, why) = choose_accelerator();
@@ -650,7 +654,7 @@ impl Qemu {
                 return Err(failed(how));
             }
             if qmp_socket.exists() {
-                match QmpClient::connect(&qmp_socket, QMP_TIMEOUT).await {
+                match QmpClient::connect(&qmp_socket, qmp_wait).await {
                     Ok(q) => break q,
                     Err(e) if tokio::time::Instant::now() > deadline => {
                         run.qemu = Some(proc);
