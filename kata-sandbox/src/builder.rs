@@ -65,6 +65,11 @@ pub struct SandboxConfig {
     /// sandbox_cgroup_only` says (see `kata_resource::cgroups`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroups_path: Option<String>,
+    /// The VFIO devices the sandbox is created with (`/dev/vfio/<group>`, the sandbox
+    /// container's `linux.devices`): cold-plugged at boot when `cold_plug_vfio` names a port
+    /// kind, else hot-plugged for each container that names them (see `virt/vfio.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vfio_devices: Vec<PathBuf>,
     /// The pod's hostname (the sandbox spec's `hostname`; the kubelet's pod hostname), which
     /// the guest's shared UTS namespace holds and every container of the pod without a
     /// hostname of its own sees. `None`: the first 12 characters of the sandbox id.
@@ -200,6 +205,7 @@ pub struct SandboxBuilder {
     image_cache: PathBuf,
     network_namespace: Option<PathBuf>,
     cgroups_path: Option<String>,
+    vfio_devices: Vec<PathBuf>,
     hostname: Option<String>,
     workload: Option<crate::WorkloadSize>,
 }
@@ -228,6 +234,7 @@ impl SandboxBuilder {
             image_cache: kata_hypervisor::config::cache_dir().join("images"),
             network_namespace: None,
             cgroups_path: None,
+            vfio_devices: Vec::new(),
             hostname: None,
             workload: None,
         }
@@ -380,6 +387,19 @@ impl SandboxBuilder {
         self
     }
 
+    /// A VFIO device the sandbox is created with (see [`SandboxConfig::vfio_devices`]):
+    /// `/dev/vfio/<group>` or `/dev/vfio/devices/vfio<N>`.
+    ///
+    /// ```
+    /// let config = kata_sandbox::Sandbox::builder().vfio_device("/dev/vfio/2").finish()?;
+    /// assert_eq!(config.vfio_devices, [std::path::PathBuf::from("/dev/vfio/2")]);
+    /// # Ok::<(), kata_sandbox::Error>(())
+    /// ```
+    pub fn vfio_device(mut self, path: impl AsRef<Path>) -> Self {
+        self.vfio_devices.push(path.as_ref().to_path_buf());
+        self
+    }
+
     /// The pod's hostname (see [`SandboxConfig::hostname`]): the sandbox spec's `hostname`.
     /// Empty is none; one longer than 64 bytes fails [`finish`](Self::finish) naming
     /// `hostname`.
@@ -506,6 +526,7 @@ impl SandboxBuilder {
             image_cache: self.image_cache,
             network_namespace: self.network_namespace,
             cgroups_path: self.cgroups_path,
+            vfio_devices: self.vfio_devices,
             hostname: self.hostname,
         })
     }

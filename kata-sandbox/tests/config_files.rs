@@ -169,11 +169,14 @@ fn each_file_selects_its_vmm_and_features() {
     assert_eq!(hv.snp_guest_policy, 0x30000);
     assert!(c.runtime.static_sandbox_resource_mgmt);
 
-    let (_, _, hv, _) = active("qemu-se-runtime-rs");
+    let (_, _, hv, c) = active("qemu-se-runtime-rs");
     assert!(hv.confidential_guest);
     assert_eq!(hv.machine_type, "s390-ccw-virtio");
     assert_eq!(hv.vm_rootfs_driver.as_str(), "virtio-blk-ccw");
     assert_eq!(hv.path, "/usr/bin/qemu-system-s390x");
+    // As upstream's: cold-plug (an AP device on the command line), VFIO in the guest.
+    assert_eq!(hv.cold_plug_vfio.to_string(), "root-port");
+    assert_eq!(c.runtime.vfio_mode, "vfio");
 
     let (_, _, hv, c) = active("qemu-coco-dev-runtime-rs");
     assert!(!hv.confidential_guest);

@@ -22,6 +22,7 @@ mod health;
 mod network;
 pub(crate) mod resize;
 mod streams;
+mod vfio;
 mod volumes;
 
 use std::path::Path;
@@ -93,6 +94,8 @@ pub(crate) struct VirtContainer {
     volumes: volumes::VolumeSettings,
     /// The VM's size following the containers' limits.
     sizing: resize::Sizing,
+    /// VFIO devices: cold-plugged at boot, or hot-plugged per container ([`vfio`]).
+    vfio: vfio::VfioDevices,
 }
 
 impl std::fmt::Debug for VirtContainer {
@@ -180,8 +183,11 @@ impl VirtContainer {
             }));
         }
         let opts = config.agent.connect_options();
+        let vfio = vfio::VfioDevices::for_sandbox(config)?;
         let booted = async {
-            vm.prepare(resources.devices()).await?;
+            let mut devices = resources.devices();
+            devices.extend(vfio.boot_devices());
+            vm.prepare(devices).await?;
             vm.start().await?;
             // The VMM and its helpers into the sandbox's host cgroup as soon as they run.
             let first_pids = vm.pids();
@@ -258,6 +264,7 @@ impl VirtContainer {
                 paused: AtomicBool::new(false),
                 volumes: volumes::VolumeSettings::from_config(config),
                 sizing,
+                vfio,
             },
             timings,
         ))
@@ -321,6 +328,7 @@ impl VirtContainer {
             Ok(agent) => Ok(VirtContainer {
                 volumes: volumes::VolumeSettings::from_config(config),
                 sizing,
+                vfio: vfio::VfioDevices::restored(config),
                 id: config.id.clone(),
                 caps: vm.capabilities(),
                 // A sandbox detached while paused is taken over paused.
@@ -491,7 +499,8 @@ impl RuntimeHandler for VirtContainer {
         let created = async {
             let disk_storages =
                 block::attach(&self.vm, container_id, guest.block_devices, &mut disks).await?;
-            let oci = spec(&guest.rootfs_path)?;
+            let mut oci = spec(&guest.rootfs_path)?;
+            let vfio_devices = self.vfio.attach(&self.vm, container_id, &mut oci).await?;
             let (oci, volume_storages) = volumes::set_up(
                 &self.resources,
                 &self.volumes,
@@ -521,6 +530,7 @@ impl RuntimeHandler for VirtContainer {
                 .create_container_with(
                     &kata_agent_client::ContainerSetup::new(container_id, &oci)
                         .storages(&storages)
+                        .devices(&vfio_devices)
                         .sandbox_pidns(sandbox_pidns),
                 )
                 .await?;
@@ -529,6 +539,7 @@ impl RuntimeHandler for VirtContainer {
         .await;
         if let Err(e) = created {
             block::detach(&self.vm, container_id, &disks).await;
+            self.vfio.detach_container(&self.vm, container_id).await;
             if let Err(se) = self.sizing.shrink(container_id, &*self.vm).await {
                 tracing::warn!(sandbox_id = %self.id, container_id, error = %se, "unplugging the vCPUs of a container that failed to create");
             }
@@ -648,6 +659,7 @@ impl RuntimeHandler for VirtContainer {
             .remove_container(container_id, Some(REMOVE_WAIT))
             .await;
         block::detach_container(&self.vm, &self.resources, container_id).await;
+        self.vfio.detach_container(&self.vm, container_id).await;
         let released = self.release(container_id).await;
         if removed.is_ok() {
             if let Err(e) = self.sizing.shrink(container_id, &*self.vm).await {

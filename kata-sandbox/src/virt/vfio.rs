@@ -1,0 +1,222 @@
+//! VFIO devices of a `virt_container` sandbox (issue 12): a container whose OCI spec names
+//! `/dev/vfio/<group>` (or iommufd's `/dev/vfio/devices/vfio<N>`) in `linux.devices` gets the
+//! group's PCI functions, found by `kata_resource::vfio`.
+//!
+//! - **Cold-plugged**: the groups the sandbox was built with
+//!   ([`SandboxConfig::vfio_devices`](crate::SandboxConfig::vfio_devices)) go on the VM's
+//!   command line when `cold_plug_vfio` names a port kind; a container naming one of them is
+//!   told where the guest has it ([`Hypervisor::device_address`]); they stay with the VM.
+//! - **Hot-plugged** otherwise: plugged when the container is created
+//!   ([`Hypervisor::add_device`]), unplugged when it is removed (or fails to be created).
+//!
+//! The spec's entry is taken out (the host's major and minor mean nothing in the guest); the
+//! agent gets Kata's device (`vfio-pci`, `vfio-pci-gk` for `vfio_mode = "guest-kernel"`, with
+//! options `"<host_bdf>=<guest_pci_path>"`), waits for the functions and, in `vfio` mode,
+//! gives the container the guest's own `/dev/vfio` nodes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use kata_agent_client::Device;
+use kata_hypervisor::{DeviceConfig, GuestAddress, Hypervisor, PciePort, VfioDevice};
+use kata_resource::vfio::{VfioDiscovery, VfioGroup, VfioNode};
+use oci_spec::runtime::Spec;
+
+use crate::error::{Error, Result};
+use crate::SandboxConfig;
+
+/// The VFIO devices of one sandbox: the cold-plugged groups and what each container holds.
+#[derive(Debug, Default)]
+pub(super) struct VfioDevices {
+    /// `vfio_mode = "vfio"` (else `guest-kernel`).
+    vfio_mode: bool,
+    /// Groups cold-plugged at boot.
+    cold: Vec<VfioGroup>,
+    /// Hot-plugged devices by container.
+    attached: Mutex<HashMap<String, Vec<VfioDevice>>>,
+    /// Where sysfs is (`/sys`).
+    discovery: VfioDiscovery,
+}
+
+fn vfio_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::invalid(
+        "linux.devices",
+        format!("VFIO device {}: {e}", path.display()),
+    )
+}
+
+impl VfioDevices {
+    /// The sandbox's VFIO devices: with `cold_plug_vfio` naming a port kind, the groups of
+    /// `config.vfio_devices` are discovered now (a bad group fails the start before any VM);
+    /// with `no-port` they are hot-plugged for the containers that name them.
+    pub(super) fn for_sandbox(config: &SandboxConfig) -> Result<Self> {
+        let discovery = VfioDiscovery::default();
+        let cold = if config.hypervisor.cold_plug_vfio == PciePort::NoPort {
+            Vec::new()
+        } else {
+            config
+                .vfio_devices
+                .iter()
+                .map(|p| discovery.group(p))
+                .collect::<std::result::Result<Vec<_>, _>>()?
+        };
+        Ok(VfioDevices {
+            vfio_mode: config.runtime.vfio_mode == "vfio",
+            cold,
+            attached: Mutex::default(),
+            discovery,
+        })
+    }
+
+    /// The VFIO devices of a sandbox taken over from its saved state: the cold-plugged groups
+    /// found again (a group that no longer checks out is left out, with a warning). What
+    /// containers had hot-plugged is not in the saved state: it stays with the VM.
+    pub(super) fn restored(config: &SandboxConfig) -> Self {
+        Self::for_sandbox(config).unwrap_or_else(|e| {
+            tracing::warn!(sandbox_id = %config.id, error = %e, "the sandbox's cold-plugged VFIO devices cannot be found again");
+            VfioDevices {
+                vfio_mode: config.runtime.vfio_mode == "vfio",
+                ..Default::default()
+            }
+        })
+    }
+
+    /// The devices to cold-plug at boot.
+    pub(super) fn boot_devices(&self) -> Vec<DeviceConfig> {
+        self.cold
+            .iter()
+            .flat_map(|g| g.devices())
+            .map(DeviceConfig::Vfio)
+            .collect()
+    }
+
+    fn device_type(&self) -> &'static str {
+        if self.vfio_mode {
+            "vfio-pci"
+        } else {
+            "vfio-pci-gk"
+        }
+    }
+
+    /// Gives container `container_id` the VFIO devices its spec names (see the [module
+    /// docs](self)): takes them out of `spec`'s `linux.devices`, hot-plugs those not
+    /// cold-plugged, and returns the agent's devices. On error what this call plugged is
+    /// unplugged again.
+    pub(super) async fn attach(
+        &self,
+        vm: &Arc<dyn Hypervisor>,
+        container_id: &str,
+        spec: &mut Spec,
+    ) -> Result<Vec<Device>> {
+        let paths: Vec<PathBuf> = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.devices().as_ref())
+            .into_iter()
+            .flatten()
+            .map(|d| d.path().clone())
+            .filter(|p| VfioNode::parse(p).is_some())
+            .collect();
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(linux) = spec.linux_mut().as_mut() {
+            let rest: Vec<_> = linux
+                .devices()
+                .iter()
+                .flatten()
+                .filter(|d| VfioNode::parse(d.path()).is_none())
+                .cloned()
+                .collect();
+            linux.set_devices(Some(rest).filter(|r| !r.is_empty()));
+        }
+        let mut plugged = Vec::new();
+        let result = self
+            .attach_paths(vm, container_id, &paths, &mut plugged)
+            .await;
+        if result.is_err() {
+            detach(vm, container_id, &plugged).await;
+        } else if !plugged.is_empty() {
+            self.attached
+                .lock()
+                .unwrap()
+                .entry(container_id.to_string())
+                .or_default()
+                .extend(plugged);
+        }
+        result
+    }
+
+    async fn attach_paths(
+        &self,
+        vm: &Arc<dyn Hypervisor>,
+        container_id: &str,
+        paths: &[PathBuf],
+        plugged: &mut Vec<VfioDevice>,
+    ) -> Result<Vec<Device>> {
+        let mut out = Vec::new();
+        for path in paths {
+            let cold = self.cold.iter().find(|g| &g.path == path);
+            let group = match cold {
+                Some(g) => g.clone(),
+                None => self.discovery.group(path)?,
+            };
+            let mut options = Vec::new();
+            for (f, dev) in group.functions.iter().zip(group.devices()) {
+                let address = if cold.is_some() {
+                    vm.device_address(&dev.id).await?
+                } else {
+                    let a = vm.add_device(DeviceConfig::Vfio(dev.clone())).await?;
+                    plugged.push(dev.clone());
+                    a
+                };
+                let GuestAddress::Pci { path: guest } = &address else {
+                    return Err(vfio_error(
+                        path,
+                        format!("the VM reports no PCI path for {} ({address})", f.bdf),
+                    ));
+                };
+                tracing::info!(container_id, device = %path.display(), host = %f.bdf,
+                    vendor = format!("{:04x}", f.vendor), id = format!("{:04x}", f.device),
+                    guest_pci_path = %guest, cold = cold.is_some(), "VFIO function given to the container");
+                options.push(format!("{}={guest}", f.bdf));
+            }
+            out.push(
+                Device::new(
+                    &group.group,
+                    self.device_type(),
+                    "",
+                    path.to_string_lossy().into_owned(),
+                )
+                .options(options),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Hot-unplugs what container `container_id` holds (best effort: a failure is logged;
+    /// the device goes with the VM at the latest).
+    pub(super) async fn detach_container(&self, vm: &Arc<dyn Hypervisor>, container_id: &str) {
+        let held = self
+            .attached
+            .lock()
+            .unwrap()
+            .remove(container_id)
+            .unwrap_or_default();
+        detach(vm, container_id, &held).await;
+    }
+}
+
+async fn detach(vm: &Arc<dyn Hypervisor>, container_id: &str, devices: &[VfioDevice]) {
+    for d in devices.iter().rev() {
+        match vm.remove_device(&DeviceConfig::Vfio(d.clone())).await {
+            Ok(()) => {
+                tracing::info!(container_id, device = %d.id, host = %d.bdf, "VFIO device unplugged")
+            }
+            Err(e) => {
+                tracing::warn!(container_id, device = %d.id, host = %d.bdf, error = %e, "cannot unplug a container's VFIO device; it stays until the VM stops")
+            }
+        }
+    }
+}
