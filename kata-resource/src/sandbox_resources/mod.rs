@@ -365,13 +365,15 @@ impl SandboxResources {
         mounts: &[oci_spec::runtime::Mount],
         options: &crate::VolumeOptions,
     ) -> Result<crate::ContainerVolumes> {
-        let (Some(share), Some(container)) = (&self.share, self.containers.get_mut(id)) else {
+        let Some(container) = self.containers.get_mut(id) else {
             return Err(Error::UnknownContainer {
                 container_id: id.to_owned(),
             });
         };
+        // Without a shared directory (`shared_fs = "none"`) host binds are refused; block and
+        // guest volumes need none.
         let dirs = crate::volume::ShareDirs {
-            shared: share.host_path(),
+            shared: self.share.as_ref().map(ShareFs::host_path),
             sandbox: &self.sandbox_dir,
         };
         let (mut volumes, blocks) =
@@ -402,7 +404,7 @@ impl SandboxResources {
             });
         };
         let dirs = crate::volume::ShareDirs {
-            shared: share.host_path(),
+            shared: Some(share.host_path()),
             sandbox: &self.sandbox_dir,
         };
         let mut mounts = crate::volume::sandbox_mounts::set_up(dirs, entries)?;

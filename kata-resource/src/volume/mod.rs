@@ -269,8 +269,8 @@ fn guest_volume_storage(
 /// Where a container's host shares are made.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ShareDirs<'a> {
-    /// `<sandbox_dir>/shared`.
-    pub shared: &'a Path,
+    /// `<sandbox_dir>/shared`; `None` with `shared_fs = "none"` (host binds are refused).
+    pub shared: Option<&'a Path>,
     /// `<sandbox_dir>` (its staging directory is made there).
     pub sandbox: &'a Path,
 }
@@ -314,10 +314,17 @@ impl VolumesSlot {
         for (i, m) in mounts.iter().enumerate() {
             let field = format!("mounts[{i}].source");
             let host_bind = |source: &Path, read_only, recursive| -> Result<SharedVolume> {
+                let shared = dirs.shared.ok_or_else(|| Error::VolumeRefused {
+                    field: field.clone(),
+                    path: source.to_owned(),
+                    reason: "shared_fs = \"none\": there is no shared directory to bind a host \
+                             path through (a disk image or block device can be a block volume)"
+                        .into(),
+                })?;
                 let checked = host_bind::check_source(&field, source)?;
                 let name = name::share_name(container_id, m.destination())?;
                 SharedVolume::share(
-                    (dirs.shared, GUEST_SHARED_DIR),
+                    (shared, GUEST_SHARED_DIR),
                     &staging,
                     &name,
                     &checked,
@@ -336,8 +343,9 @@ impl VolumesSlot {
                     // In bytes, however it was written: every container asks for it identically.
                     let size = match (size_from, size_option) {
                         (Some(source), _) => filesystem_size(&field, &source)?.to_string(),
-                        (None, Some(size)) => tmpfs_size_bytes(&size)
-                            .map_or(size, |bytes| bytes.to_string()),
+                        (None, Some(size)) => {
+                            tmpfs_size_bytes(&size).map_or(size, |bytes| bytes.to_string())
+                        }
                         (None, None) => DEFAULT_SHM_SIZE.to_string(),
                     };
                     add_storage(&mut out, shm_storage(&size));

@@ -41,7 +41,14 @@ pub(crate) fn set_up(dirs: ShareDirs<'_>, entries: &[String]) -> Result<VolumesS
     if entries.is_empty() {
         return Ok(slot);
     }
-    let dir = host_dir(dirs.shared)?;
+    let Some(shared) = dirs.shared else {
+        return Err(crate::Error::VolumeRefused {
+            field: "sandbox_bind_mounts".into(),
+            path: entries[0].clone().into(),
+            reason: "shared_fs = \"none\": there is no shared directory to put it in".into(),
+        });
+    };
+    let dir = host_dir(shared)?;
     std::fs::create_dir_all(&dir).at("create directory", &dir)?;
     let guest_dir = format!("{GUEST_SHARED_DIR}/{SANDBOX_MOUNTS_DIR}");
     let staging = safe_child(dirs.sandbox, STAGING_DIR_NAME)?;

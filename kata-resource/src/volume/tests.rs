@@ -169,7 +169,7 @@ impl Dirs {
 
     fn share_dirs(&self) -> ShareDirs<'_> {
         ShareDirs {
-            shared: &self.shared,
+            shared: Some(&self.shared),
             sandbox: &self.sandbox,
         }
     }
@@ -795,5 +795,62 @@ fn block_volumes_are_the_containers_disks_in_the_devices_slot() {
     r.remove_container("c1").unwrap();
     assert!(r.container_block_devices("c1").is_empty());
     assert!(r.state().devices.block.is_empty());
+    r.release().unwrap();
+}
+
+#[test]
+fn without_a_shared_directory_block_and_guest_volumes_work_and_host_binds_are_refused() {
+    use kata_hypervisor::SharedFs;
+    let tmp = tempfile::tempdir().unwrap();
+    let (sandbox, bundle) = (tmp.path().join("sb"), tmp.path().join("bundle"));
+    std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    let (rootfs_image, volume_image) = (tmp.path().join("root.ext4"), tmp.path().join("v.ext4"));
+    std::fs::write(&rootfs_image, b"").unwrap();
+    std::fs::write(&volume_image, b"").unwrap();
+    let mut r = crate::SandboxResources::new(&sandbox, SharedFs::None, 8192).unwrap();
+    r.use_block_devices(true);
+    r.add_container(
+        "c1",
+        crate::RootfsSource::Bundle {
+            bundle: bundle.clone(),
+            root_path: None,
+            mounts: vec![crate::RootfsMount::new(
+                "ext4",
+                rootfs_image.to_str().unwrap(),
+                Vec::<String>::new(),
+            )],
+        },
+        crate::RootfsMode::ReadWrite,
+    )
+    .unwrap();
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    let volumes = [
+        mount("tmpfs", "tmpfs", "/tmp", &[]),
+        mount("ext4", volume_image.to_str().unwrap(), "/data", &[]),
+    ];
+    let out = r
+        .add_volumes("c1", &volumes, &VolumeOptions::default())
+        .unwrap();
+    assert_eq!(out.block_devices.len(), 1);
+    assert_eq!(
+        r.container_block_devices("c1").len(),
+        2,
+        "the rootfs and the volume"
+    );
+    let err = r
+        .add_volumes(
+            "c1",
+            &[mount("bind", host.to_str().unwrap(), "/h", &["rbind"])],
+            &VolumeOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("mounts[0].source ") && err.contains("shared_fs"),
+        "{err}"
+    );
+    r.remove_container("c1").unwrap();
+    assert!(r.container_block_devices("c1").is_empty());
     r.release().unwrap();
 }
