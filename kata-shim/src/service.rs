@@ -118,6 +118,9 @@ struct FromSpec {
     workload: kata_sandbox::WorkloadSize,
     cgroups_path: Option<String>,
     hostname: Option<String>,
+    /// The VFIO devices (`/dev/vfio/...`) the spec names: the sandbox is built with them
+    /// (cold-plugged when `cold_plug_vfio` says so).
+    vfio_devices: Vec<PathBuf>,
 }
 
 impl TaskService {
@@ -234,12 +237,16 @@ impl TaskService {
             workload,
             cgroups_path,
             hostname,
+            vfio_devices,
         } = from_spec;
         let mut builder =
             crate::runtime_options::sandbox_builder(options, annotations)?.workload(workload);
         // The pod's hostname: the spec starting the sandbox names it (CRI's pause container).
         if let Some(h) = hostname {
             builder = builder.hostname(h);
+        }
+        for d in vfio_devices {
+            builder = builder.vfio_device(d);
         }
         match network_namespace {
             Some(ns) => {
@@ -366,6 +373,15 @@ impl TaskService {
         // What `static_sandbox_resource_mgmt` sizes a new sandbox's VM for.
         let workload = kata_sandbox::WorkloadSize::of_spec(&spec);
         let hostname = spec.hostname().clone();
+        let vfio_devices: Vec<PathBuf> = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.devices().as_ref())
+            .into_iter()
+            .flatten()
+            .map(|d| d.path().clone())
+            .filter(|p| p.starts_with("/dev/vfio/"))
+            .collect();
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
@@ -423,6 +439,7 @@ impl TaskService {
                         workload,
                         cgroups_path,
                         hostname,
+                        vfio_devices,
                     },
                 )
                 .await?,
