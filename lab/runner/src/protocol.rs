@@ -56,6 +56,17 @@ pub const VMM_CHECKS: &[&str] = &[
     "shutdown-clean",
 ];
 
+/// The VFIO checks (issue 12), run with the QEMU backend after its [`VMM_CHECKS`] (each
+/// reported as `qemu-<name>`): L1's edu device cold-plugged on a root port and seen in L2,
+/// its BAR0 read and written in `guest-kernel` mode, hot-plugged onto a free root port, and
+/// hot-unplugged (gone from L2, the port free again).
+pub const VFIO_CHECKS: &[&str] = &[
+    "vfio-cold-root-port",
+    "vfio-bar0-guest-kernel",
+    "vfio-hot-root-port",
+    "vfio-hot-unplug",
+];
+
 /// A VMM the runner drives in L1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vmm {
@@ -114,6 +125,9 @@ pub fn expected_checks(vmms: &[Vmm]) -> Vec<String> {
         .collect();
     for vmm in vmms {
         out.extend(VMM_CHECKS.iter().map(|c| format!("{vmm}-{c}")));
+        if *vmm == Vmm::Qemu {
+            out.extend(VFIO_CHECKS.iter().map(|c| format!("{vmm}-{c}")));
+        }
     }
     out
 }

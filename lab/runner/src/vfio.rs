@@ -1,0 +1,366 @@
+//! The VFIO checks (issue 12) with the QEMU backend: L1's edu device (1234:11e8), bound to
+//! `vfio-pci` by `lab/init.sh`, given to L2 containers through kata-sandbox.
+//!
+//! - `vfio-cold-root-port`: a sandbox built with the device and `cold_plug_vfio =
+//!   "root-port"`; a container naming `/dev/vfio/<group>` sees the edu behind a root port;
+//! - `vfio-bar0-guest-kernel`: in that container (`vfio_mode = "guest-kernel"`, `/dev/mem`,
+//!   `CAP_SYS_RAWIO`), BAR0+0 reads the edu's identification `0x010000ed` and a value written
+//!   at BAR0+4 reads back inverted;
+//! - `vfio-hot-root-port`: a sandbox with `cold_plug_vfio = "no-port"` and one spare root port;
+//!   a container naming the device gets it hot-plugged and sees it;
+//! - `vfio-hot-unplug`: once that container is deleted the edu is gone from L2, and the port is
+//!   free again: a second container gets the device on the same (only) port.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use kata_hypervisor::PciePort;
+use kata_lab::protocol::{check_line, figure_line};
+use kata_sandbox::oci_spec::runtime::{
+    Capability, LinuxCapabilitiesBuilder, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder,
+    LinuxDeviceType, Mount, Spec,
+};
+use kata_sandbox::{ContainerSpec, Sandbox};
+
+/// The edu device's ids.
+const EDU: (&str, &str) = ("0x1234", "0x11e8");
+/// A container's listing of the edu functions it sees: `edu <sysfs path>` per function.
+const LIST_EDU: &str = "for d in /sys/bus/pci/devices/*; do \
+    if [ \"$(cat $d/vendor)\" = 0x1234 ] && [ \"$(cat $d/device)\" = 0x11e8 ]; then \
+    echo \"edu $(readlink -f $d)\"; fi; done; true";
+/// BAR0 through /dev/mem: identification, then liveness (BAR0+4 reads back inverted).
+const BAR0: &str = "d=$(for d in /sys/bus/pci/devices/*; do \
+    [ \"$(cat $d/vendor)\" = 0x1234 ] && [ \"$(cat $d/device)\" = 0x11e8 ] && echo $d; done); \
+    [ -n \"$d\" ] || { echo no edu; exit 1; }; \
+    echo 1 > $d/enable || echo enable failed; \
+    bar=$(head -n1 $d/resource | cut -d' ' -f1); \
+    a=$(printf '0x%x' $((bar + 4))); \
+    id=$(busybox devmem $bar 32); busybox devmem $a 32 0x12345678; inv=$(busybox devmem $a 32); \
+    echo \"bar0=$bar id=$id inv=$inv\"";
+
+/// One check's result line, counted.
+struct Report {
+    ran: usize,
+    passed: usize,
+}
+
+impl Report {
+    fn line(&mut self, name: &str, result: Result<String>) {
+        let result = result.map_err(|e| format!("{e:#}"));
+        self.ran += 1;
+        self.passed += usize::from(result.is_ok());
+        println!("{}", check_line(&format!("qemu-{name}"), &result));
+    }
+}
+
+/// The edu's IOMMU group in L1 (`/dev/vfio/<group>`).
+fn edu_group() -> Result<PathBuf> {
+    for e in std::fs::read_dir("/sys/bus/pci/devices")? {
+        let d = e?.path();
+        let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
+        if read("vendor").trim() == EDU.0 && read("device").trim() == EDU.1 {
+            let g = std::fs::read_link(d.join("iommu_group")).context("the edu's iommu_group")?;
+            let g = g.file_name().context("a group name")?.to_owned();
+            return Ok(Path::new("/dev/vfio").join(g));
+        }
+    }
+    bail!("no edu device (1234:11e8) in L1")
+}
+
+/// A spec for a container given `vfio` (and, with `raw`, `/dev/mem`, CAP_SYS_RAWIO and a
+/// writable /sys).
+fn vfio_spec(vfio: &Path, raw: bool) -> Result<Spec> {
+    let mut spec = Spec::default();
+    let mut devices = vec![LinuxDeviceBuilder::default()
+        .path(vfio)
+        .typ(LinuxDeviceType::C)
+        .major(0i64)
+        .minor(0i64)
+        .build()?];
+    if raw {
+        devices.push(
+            LinuxDeviceBuilder::default()
+                .path("/dev/mem")
+                .typ(LinuxDeviceType::C)
+                .major(1i64)
+                .minor(1i64)
+                .file_mode(0o600u32)
+                .build()?,
+        );
+    }
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .context("a default linux section")?;
+    linux.set_devices(Some(devices));
+    if raw {
+        let mut res = linux.resources().clone().unwrap_or_default();
+        res.set_devices(Some(vec![LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .access("rwm")
+            .build()?]));
+        linux.set_resources(Some(res));
+        linux.set_masked_paths(None);
+        linux.set_readonly_paths(None);
+        let mounts: Vec<Mount> = spec
+            .mounts()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut m| {
+                if m.destination() == Path::new("/sys") {
+                    let opts = m
+                        .options()
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|o| o != "ro")
+                        .collect();
+                    m.set_options(Some(opts));
+                }
+                m
+            })
+            .collect();
+        spec.set_mounts(Some(mounts));
+        let caps: std::collections::HashSet<Capability> = [
+            Capability::SysRawio,
+            Capability::SysAdmin,
+            Capability::Kill,
+            Capability::AuditWrite,
+        ]
+        .into();
+        let mut p = spec.process().clone().unwrap_or_default();
+        p.set_capabilities(Some(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps.clone())
+                // Given, not left out: the agent keeps its own inheritable set for a spec
+                // without one, which capset(2) then refuses under the smaller bounding set.
+                .inheritable(std::collections::HashSet::new())
+                .ambient(std::collections::HashSet::new())
+                .build()?,
+        ));
+        spec.set_process(Some(p));
+    }
+    Ok(spec)
+}
+
+async fn run_in(
+    sandbox: &Sandbox,
+    rootfs: &Path,
+    vfio: &Path,
+    raw: bool,
+    script: &str,
+) -> Result<String> {
+    let spec = ContainerSpec::from_oci(vfio_spec(vfio, raw)?, rootfs).args(["sh", "-c", script]);
+    let out = sandbox.run(spec).await?;
+    ensure!(
+        out.status.success(),
+        "status {}, stdout {:?}, stderr {:?}",
+        out.status,
+        out.stdout_str(),
+        out.stderr_str()
+    );
+    Ok(out.stdout_str().trim().to_string())
+}
+
+/// The guest PCI path of a sysfs device path (`/sys/devices/pci0000:00/0000:00:02.0/0000:01:00.0`
+/// → `02/00`).
+fn guest_pci_path(sysfs: &str) -> String {
+    sysfs
+        .split('/')
+        .filter(|c| c.len() == 12 && c.as_bytes()[4] == b':' && c.ends_with(".0"))
+        .map(|c| c[8..10].to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The edu as a container lists it: one function behind a port, its guest PCI path.
+fn seen_behind_a_port(listing: &str) -> Result<String> {
+    let lines: Vec<&str> = listing.lines().filter(|l| l.starts_with("edu ")).collect();
+    ensure!(
+        lines.len() == 1,
+        "the container lists {lines:?} for 1234:11e8"
+    );
+    let path = guest_pci_path(&lines[0][4..]);
+    ensure!(
+        path.split('/').count() == 2,
+        "the edu is at {path} ({}), not behind a port",
+        &lines[0][4..]
+    );
+    Ok(path)
+}
+
+async fn build(cold: bool, vfio: &Path, root_dir: &str) -> Result<Sandbox> {
+    let mut b = Sandbox::builder()
+        .id(if cold {
+            "lab-vfio-cold"
+        } else {
+            "lab-vfio-hot"
+        })
+        .memory_mib(256)
+        .vcpus(1)
+        .root_dir(root_dir)
+        // QEMU pins L2's memory for the device's DMA before it boots it: slow under TCG.
+        .agent_timeout(Duration::from_secs(150));
+    let mut hv = b.config().clone();
+    if cold {
+        hv.cold_plug_vfio = PciePort::RootPort;
+        b = b.vfio_device(vfio);
+    } else {
+        hv.cold_plug_vfio = PciePort::NoPort;
+        hv.pcie_root_port = 1;
+    }
+    b = b.hypervisor_config(hv);
+    Ok(tokio::time::timeout(Duration::from_secs(300), b.build())
+        .await
+        .context("no sandbox after 300 s")??)
+}
+
+/// Runs the VFIO checks; returns (ran, passed).
+pub async fn run(rootfs: &Path, root_dir: &str) -> (usize, usize) {
+    let mut r = Report { ran: 0, passed: 0 };
+    let limit = Duration::from_secs(180);
+    let vfio = match edu_group() {
+        Ok(v) => v,
+        Err(e) => {
+            for n in kata_lab::protocol::VFIO_CHECKS {
+                r.line(n, Err(anyhow::anyhow!("not run: {e:#}")));
+            }
+            return (r.ran, r.passed);
+        }
+    };
+
+    // Cold-plug on a root port, guest-kernel mode.
+    let t = Instant::now();
+    match build(true, &vfio, root_dir).await {
+        Ok(sb) => {
+            let booted = t.elapsed();
+            let agent = sb.boot_timings().agent_connected;
+            println!(
+                "{}",
+                figure_line(
+                    "qemu-vfio-cold-boot-to-agent-ready",
+                    agent.as_secs_f64() * 1000.0,
+                    "ms",
+                    "one edu cold-plugged on a root port (QEMU pins L2's 256 MiB for its DMA first); \
+                     compare qemu-kvm-boot-to-agent-ready, without a device"
+                )
+            );
+            let seen =
+                tokio::time::timeout(limit, run_in(&sb, rootfs, &vfio, false, LIST_EDU)).await;
+            r.line(
+                "vfio-cold-root-port",
+                seen.context("timed out").and_then(|s| s).and_then(|l| seen_behind_a_port(&l)).map(|p| {
+                    format!("{} cold-plugged (root-port): 1234:11e8 at guest PCI path {p}; sandbox with it booted in {booted:.1?}", vfio.display())
+                }),
+            );
+            let bar = tokio::time::timeout(limit, run_in(&sb, rootfs, &vfio, true, BAR0)).await;
+            r.line(
+                "vfio-bar0-guest-kernel",
+                bar.context("timed out").and_then(|s| s).and_then(|out| {
+                    let lower = out.to_lowercase();
+                    ensure!(lower.contains("id=0x010000ed"), "identification: {out}");
+                    ensure!(
+                        lower.contains("inv=0xedcba987"),
+                        "liveness (0x12345678 inverted): {out}"
+                    );
+                    Ok(format!("vfio_mode guest-kernel: {out}"))
+                }),
+            );
+            if let Err(e) = sb.shutdown().await {
+                eprintln!("kata-lab: shutting the cold-plug sandbox down: {e:#}");
+            }
+        }
+        Err(e) => {
+            r.line(
+                "vfio-cold-root-port",
+                Err(e.context("the sandbox with the device did not start")),
+            );
+            r.line(
+                "vfio-bar0-guest-kernel",
+                Err(anyhow::anyhow!("not run: no sandbox")),
+            );
+        }
+    }
+
+    // Hot-plug onto the one spare root port, unplug, plug again.
+    match build(false, &vfio, root_dir).await {
+        Ok(sb) => {
+            let hot = tokio::time::timeout(limit, async {
+                let t = Instant::now();
+                let p = seen_behind_a_port(&run_in(&sb, rootfs, &vfio, false, LIST_EDU).await?)?;
+                println!(
+                    "{}",
+                    figure_line(
+                        "qemu-vfio-hotplug-container-run",
+                        t.elapsed().as_secs_f64() * 1000.0,
+                        "ms",
+                        "a container run with the edu hot-plugged: device_add, the agent's wait \
+                         for it in L2, the container, its delete with device_del"
+                    )
+                );
+                Ok::<_, anyhow::Error>(format!(
+                    "{} hot-plugged (no-port → a free root port): 1234:11e8 at guest PCI path {p}; container created, ran and deleted in {:.1?}",
+                    vfio.display(),
+                    t.elapsed()
+                ))
+            })
+            .await;
+            let hot_ok = matches!(hot, Ok(Ok(_)));
+            r.line(
+                "vfio-hot-root-port",
+                hot.context("timed out").and_then(|s| s),
+            );
+            let unplug = tokio::time::timeout(limit, async {
+                ensure!(hot_ok, "not run: the hot-plug failed");
+                let plain = ContainerSpec::from_rootfs_dir(rootfs).args(["sh", "-c", LIST_EDU]);
+                let out = sb.run(plain).await?;
+                let gone = out.stdout_str();
+                ensure!(!gone.contains("edu "), "after the container's delete L2 still has {gone:?}");
+                let again = seen_behind_a_port(&run_in(&sb, rootfs, &vfio, false, LIST_EDU).await?)?;
+                Ok(format!("gone from L2 after the container's delete; plugged again on the only root port (pcie_root_port = 1) at {again}: the port was freed"))
+            })
+            .await;
+            r.line(
+                "vfio-hot-unplug",
+                unplug.context("timed out").and_then(|s| s),
+            );
+            if let Err(e) = sb.shutdown().await {
+                eprintln!("kata-lab: shutting the hot-plug sandbox down: {e:#}");
+            }
+        }
+        Err(e) => {
+            r.line(
+                "vfio-hot-root-port",
+                Err(e.context("the sandbox did not start")),
+            );
+            r.line(
+                "vfio-hot-unplug",
+                Err(anyhow::anyhow!("not run: no sandbox")),
+            );
+        }
+    }
+    (r.ran, r.passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_paths_from_sysfs_paths() {
+        assert_eq!(
+            guest_pci_path("/sys/devices/pci0000:00/0000:00:02.0/0000:01:00.0"),
+            "02/00"
+        );
+        assert_eq!(
+            seen_behind_a_port("edu /sys/devices/pci0000:00/0000:00:03.0/0000:02:00.0\n").unwrap(),
+            "03/00"
+        );
+        assert!(seen_behind_a_port("edu /sys/devices/pci0000:00/0000:00:04.0").is_err());
+        assert!(seen_behind_a_port("").is_err());
+    }
+}
