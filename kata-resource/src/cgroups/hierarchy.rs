@@ -340,22 +340,41 @@ impl Hierarchy {
     /// gone is fine.
     pub(crate) fn remove(&self, cgroup: &Cgroup) -> Result<()> {
         for ((_, dir), (_, base)) in cgroup.dirs.iter().zip(&self.bases) {
-            if !dir.exists() {
-                continue;
+            if dir.exists() {
+                self.remove_tree(dir, base, 0)?;
             }
-            for pid in read_words(&dir.join("cgroup.procs")).unwrap_or_default() {
-                if let Ok(pid) = pid.parse::<u32>() {
-                    tracing::warn!(pid, cgroup = %dir.display(), "a process is still in the sandbox's cgroup: moved to the root cgroup");
-                    self.move_in(&base.join("cgroup.procs"), pid, "process")?;
-                }
-            }
-            self.rmdir(dir).map_err(|e| Error::Cgroup {
-                action: "remove the cgroup".into(),
-                path: dir.clone(),
-                source: e,
-            })?;
         }
         Ok(())
+    }
+
+    /// Removes `dir` and the cgroups below it (a VMM's or an agent's own sub-cgroups; at
+    /// most 16 levels, deepest first), moving their processes to `base` first.
+    fn remove_tree(&self, dir: &Path, base: &Path, depth: usize) -> Result<()> {
+        if depth < 16 {
+            let children: Vec<PathBuf> = fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for child in children {
+                self.remove_tree(&child, base, depth + 1)?;
+            }
+        }
+        for pid in read_words(&dir.join("cgroup.procs")).unwrap_or_default() {
+            if let Ok(pid) = pid.parse::<u32>() {
+                tracing::warn!(pid, cgroup = %dir.display(), "a process is still in the sandbox's cgroup: moved to the root cgroup");
+                self.move_in(&base.join("cgroup.procs"), pid, "process")?;
+            }
+        }
+        self.rmdir(dir).map_err(|e| Error::Cgroup {
+            action: "remove the cgroup".into(),
+            path: dir.to_owned(),
+            source: e,
+        })
     }
 
     /// Removes an empty cgroup directory, retrying a few times on `EBUSY` (the kernel still

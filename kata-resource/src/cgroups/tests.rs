@@ -114,6 +114,33 @@ fn v1_sandbox_cgroup_only_holds_the_vmm_and_its_helpers() {
 }
 
 #[test]
+fn cgroups_made_below_the_sandbox_by_what_runs_in_it_are_removed_too() {
+    // What runs inside (an agent on the host, a VMM with its own sub-cgroups) may make
+    // cgroups below ours; the kernel refuses to remove a cgroup with children (before: the
+    // release failed with EBUSY and left kata_overhead/<id>/kata-agent behind).
+    let tmp = v1_root();
+    let root = tmp.path();
+    let before = tree(root);
+    let mut slot = set_up(&config(root, None, false)).unwrap();
+    slot.add_vmm_pids(&[4242, 4343]).unwrap();
+    for c in V1 {
+        let nested = root.join(c).join("kata_overhead/sb1/kata-agent/c1");
+        fs::create_dir_all(&nested).unwrap();
+        fs::write(nested.join("cgroup.procs"), "77\n").unwrap();
+        fs::write(nested.parent().unwrap().join("cgroup.procs"), "").unwrap();
+    }
+    slot.release_in_place().unwrap();
+    for c in V1 {
+        let root_procs = procs(root.join(c));
+        assert!(root_procs.lines().any(|p| p == "77"), "{c}: {root_procs}");
+        fs::write(root.join(c).join("cgroup.procs"), "").unwrap();
+    }
+    let mut after = tree(root);
+    after.retain(|p| !before.contains(p));
+    assert!(after.is_empty(), "left behind: {after:?}");
+}
+
+#[test]
 fn v1_overhead_cgroup_holds_the_helpers_and_the_sandbox_cgroup_the_vmm() {
     let tmp = v1_root();
     let root = tmp.path();
