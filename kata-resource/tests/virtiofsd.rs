@@ -97,6 +97,14 @@ fn virtiofsd_serves_later_rootfs_mounts_from_its_sandbox_and_release_leaves_noth
     }
     let status = std::fs::read_to_string(format!("/proc/{served}/status")).unwrap();
     assert!(status.contains("Seccomp:\t2"), "{status}");
+    // No device nodes, no file capabilities from the guest: CAP_MKNOD and CAP_SETFCAP dropped.
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(cap_eff & (1 << 27 | 1 << 31), 0, "CapEff {cap_eff:#x}");
+    assert_ne!(cap_eff & 1, 0, "CAP_CHOWN kept: {cap_eff:#x}");
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(cmdline.contains("--sandbox=namespace") && cmdline.contains("--seccomp=kill"));
 

@@ -167,6 +167,8 @@ fn each_file_selects_its_vmm_and_features() {
     let (_, _, hv, c) = active("qemu-snp-runtime-rs");
     assert!(hv.confidential_guest && hv.sev_snp_guest);
     assert_eq!(hv.snp_guest_policy, 0x30000);
+    // The TEE files share nothing with the host, as upstream's (a guest pulls its images).
+    assert_eq!(hv.shared_fs.as_str(), "none");
     assert!(c.runtime.static_sandbox_resource_mgmt);
 
     let (_, _, hv, c) = active("qemu-se-runtime-rs");
@@ -174,6 +176,7 @@ fn each_file_selects_its_vmm_and_features() {
     assert_eq!(hv.machine_type, "s390-ccw-virtio");
     assert_eq!(hv.vm_rootfs_driver.as_str(), "virtio-blk-ccw");
     assert_eq!(hv.path, "/usr/bin/qemu-system-s390x");
+    assert_eq!(hv.shared_fs.as_str(), "none");
     // As upstream's: cold-plug (an AP device on the command line), VFIO in the guest.
     assert_eq!(hv.cold_plug_vfio.to_string(), "root-port");
     assert_eq!(c.runtime.vfio_mode, "vfio");

@@ -4,8 +4,9 @@
 //! `scripts/setup.sh` installs into `$KATA_RS_CACHE/bin`) on `<sandbox>/shared`, listening on
 //! the vhost-user socket `<sandbox>/virtiofsd.sock` that QEMU's `vhost-user-fs-pci` connects
 //! to. It always runs sandboxed: `--sandbox=namespace` (its own mount, PID and network
-//! namespaces, the shared directory as its root) and `--seccomp=kill`; `virtio_fs_extra_args`
-//! may tune it but never turn either off ([`VirtiofsdConfig::from_hypervisor`] refuses such
+//! namespaces, the shared directory as its root), `--seccomp=kill` and without the
+//! capabilities to make device nodes or set file capabilities (`--modcaps=-mknod:-setfcap`);
+//! `virtio_fs_extra_args` may tune it but never turn any of that off ([`VirtiofsdConfig::from_hypervisor`] refuses such
 //! arguments, naming the key). Its output goes to `<sandbox>/virtiofsd.log`, which errors
 //! quote.
 //!
@@ -222,6 +223,9 @@ impl VirtiofsdConfig {
             join("--shared-dir=", shared_dir),
             "--sandbox=namespace".into(),
             "--seccomp=kill".into(),
+            // As QEMU's 9p is confined: the guest leaves no device node and no file capability
+            // in the host's share (xattrs are off as well).
+            DROPPED_CAPS.into(),
             format!("--cache={}", cache_arg(self.cache)?).into(),
         ];
         args.extend(self.extra_args.iter().map(OsString::from));
@@ -253,6 +257,10 @@ pub fn cache_arg(cache: VirtioFsCache) -> Result<&'static str, VirtiofsdError> {
         }
     })
 }
+
+/// The capabilities the served daemon gives up (of its default set): creating device nodes
+/// and setting file capabilities.
+const DROPPED_CAPS: &str = "--modcaps=-mknod:-setfcap";
 
 /// Options virtiofsd takes that need a value (`--name=value` or `--name value`).
 const WITH_VALUE: &[&str] = &[
@@ -1142,6 +1150,7 @@ mod tests {
                 "--shared-dir=/run/sb/shared",
                 "--sandbox=namespace",
                 "--seccomp=kill",
+                "--modcaps=-mknod:-setfcap",
                 "--cache=auto",
                 "--thread-pool-size=4",
                 "--announce-submounts"
