@@ -33,6 +33,8 @@ pub use run::{ExitWatcher, Vm, VmExit};
 
 use crate::devices::legacy::{ConsoleSink, ExitEvent, LegacyBus, SerialConsole, I8042};
 use crate::devices::virtio::block::{Block, BlockConfig};
+use crate::devices::virtio::fs::Fs;
+pub use crate::devices::virtio::fs::FsConfig;
 use crate::devices::virtio::mmio::{MmioSlot, MmioTransport};
 use crate::devices::virtio::vsock::{Vsock, VsockConfig};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -75,6 +77,8 @@ pub struct VmConfig {
     pub block: Vec<BlockConfig>,
     /// The hybrid vsock's host unix socket (the guest is CID [`GUEST_CID`]).
     pub vsock_uds: Option<PathBuf>,
+    /// Directories shared by inline virtio-fs.
+    pub fs: Vec<FsConfig>,
     /// How many bytes of the serial console are kept.
     pub console_capacity: usize,
 }
@@ -98,6 +102,7 @@ impl VmBuilder {
                 cmdline: "console=ttyS0".into(),
                 block: Vec::new(),
                 vsock_uds: None,
+                fs: Vec::new(),
                 console_capacity: DEFAULT_CONSOLE_CAPACITY,
             },
         }
@@ -150,6 +155,15 @@ impl VmBuilder {
         self
     }
 
+    /// Shares `dir` with the guest by inline virtio-fs under `tag`.
+    pub fn fs(mut self, tag: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        self.config.fs.push(FsConfig {
+            tag: tag.into(),
+            shared_dir: dir.into(),
+        });
+        self
+    }
+
     /// How many console bytes are kept.
     pub fn console_capacity(mut self, bytes: usize) -> Self {
         self.config.console_capacity = bytes;
@@ -184,12 +198,18 @@ impl VmBuilder {
             .map(|p| loader::load_initrd(mem, &kernel, p))
             .transpose()?;
 
-        // Devices: disks first (vda...), then vsock; each in the next virtio-mmio slot.
+        // Devices: disks first (vda...), then shares, then vsock; each in the next slot.
         // The queue-notify eventfd is duplicated: KVM signals the same eventfd the device reads.
         let mut devices: Vec<(MmioSlot, Box<dyn VirtioDevice>, EventFd)> = Vec::new();
         for disk in &c.block {
             let slot = MmioSlot::nth(devices.len() as u32)?;
             let dev = Block::new(disk)?;
+            let notify = dup_notify(dev.notify_evt())?;
+            devices.push((slot, Box::new(dev), notify));
+        }
+        for share in &c.fs {
+            let slot = MmioSlot::nth(devices.len() as u32)?;
+            let dev = Fs::new(share)?;
             let notify = dup_notify(dev.notify_evt())?;
             devices.push((slot, Box::new(dev), notify));
         }

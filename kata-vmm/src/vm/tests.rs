@@ -45,6 +45,7 @@ fn a_guest_is_laid_out_with_its_devices_on_the_command_line() {
             read_only: true,
             id: None,
         })
+        .fs("kataShared", dir.path())
         .vsock(&sock)
         .prepare()
         .unwrap();
@@ -52,7 +53,7 @@ fn a_guest_is_laid_out_with_its_devices_on_the_command_line() {
     assert!(
         p.cmdline().ends_with(
             "console=ttyS0 quiet virtio_mmio.device=4K@0xd0000000:5 \
-             virtio_mmio.device=4K@0xd0001000:6"
+             virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7"
         ),
         "{}",
         p.cmdline()
@@ -70,7 +71,7 @@ fn a_guest_is_laid_out_with_its_devices_on_the_command_line() {
         )
         .unwrap();
     assert_eq!(&sig, b"_MP_");
-    assert_eq!(p.devices.len(), 2);
+    assert_eq!(p.devices.len(), 3);
     drop(p);
     assert!(!sock.exists(), "dropped before it ran: the socket is gone");
 }
@@ -110,6 +111,12 @@ fn bad_input_fails_before_a_vm_exists_and_leaves_nothing() {
             .prepare()
             .unwrap_err();
         assert!(e.to_string().contains("nope.img"), "{e}");
+        let e = VmBuilder::new(&kernel)
+            .fs("kataShared", dir.path().join("no-share"))
+            .vsock(&sock)
+            .prepare()
+            .unwrap_err();
+        assert!(e.to_string().contains("no-share"), "{e}");
     }
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),

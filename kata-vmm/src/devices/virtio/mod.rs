@@ -1,4 +1,5 @@
-//! Virtio devices on the virtio-mmio transport ([`mmio`]): [`block`] and [`vsock`].
+//! Virtio devices on the virtio-mmio transport ([`mmio`]): [`block`], [`vsock`] and [`fs`]
+//! (inline virtio-fs).
 //!
 //! A device implements [`VirtioDevice`]: its id, features, configuration space and queues; the
 //! transport negotiates features and sets the queues up, then activates it. Queues are
@@ -8,6 +9,7 @@
 
 pub mod block;
 pub mod chain;
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 
