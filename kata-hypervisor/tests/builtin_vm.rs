@@ -48,7 +48,9 @@ fn thread_names() -> Vec<String> {
 }
 
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// The busybox initramfs: reaches /init, prints KATA_RS_INIT_DONE and reboots, which the

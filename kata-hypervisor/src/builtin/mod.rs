@@ -5,10 +5,10 @@
 //! What it does today: boots the configured (or `make guest`'s) kernel and initramfs with
 //! `default_vcpus` and `default_memory`, `kernel_params` appended; cold-plugs the block devices
 //! given to [`Hypervisor::prepare`] as virtio-blk (virtio-mmio); serves the agent over hybrid
-//! vsock on `<vm_dir>/kata.hvsock` (the agent client's `CONNECT`/`OK`). What it does not: a
-//! shared filesystem (inline virtio-fs is not built yet: `shared_fs = "none"` only, a
-//! virtio-fs share is refused), networking, VFIO, hot-plug, pause, hand-over to another
-//! process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
+//! vsock on `<vm_dir>/kata.hvsock` (the agent client's `CONNECT`/`OK`); serves the share
+//! itself with inline virtio-fs (`shared_fs = "inline-virtio-fs"`, Kata's default for this
+//! section: fuse-backend-rs' passthrough filesystem in this process, no virtiofsd). What it does
+//! not: networking, VFIO, hot-plug, pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
 //! cannot run it, with the probe's reason.
 
 mod settings;
@@ -52,9 +52,9 @@ pub fn capabilities() -> Capabilities {
         memory_hotplug: false,
         vfio: false,
         hybrid_vsock: true,
-        shared_fs: vec![SharedFs::None],
-        shared_fs_note: "the built-in VMM has no inline virtio-fs yet: set shared_fs = \"none\" \
-                         (containers then need a block rootfs), or use [hypervisor.qemu]"
+        shared_fs: vec![SharedFs::InlineVirtioFs, SharedFs::None],
+        shared_fs_note: "the built-in VMM serves the share itself (inline virtio-fs, no \
+                         virtiofsd); for virtio-fs with a virtiofsd use [hypervisor.qemu]"
             .into(),
         hand_over: false,
         guest_on_host: false,
@@ -89,6 +89,7 @@ pub struct Builtin {
     config: HypervisorConfig,
     vm_dir: PathBuf,
     disks: Mutex<Vec<BlockConfig>>,
+    shares: Mutex<Vec<(String, PathBuf)>>,
     vm: Mutex<Option<Vm>>,
     watcher: Mutex<Option<ExitWatcher>>,
     console: Mutex<Option<ConsoleSink>>,
@@ -126,6 +127,7 @@ impl Builtin {
             config,
             vm_dir: vm_dir.to_path_buf(),
             disks: Mutex::new(Vec::new()),
+            shares: Mutex::new(Vec::new()),
             vm: Mutex::new(None),
             watcher: Mutex::new(None),
             console: Mutex::new(None),
@@ -195,6 +197,9 @@ impl Builtin {
         for d in lock(&self.disks).iter() {
             b = b.block(d.clone());
         }
+        for (tag, dir) in lock(&self.shares).iter() {
+            b = b.fs(tag.clone(), dir.clone());
+        }
         Ok(b)
     }
 
@@ -235,6 +240,7 @@ impl Hypervisor for Builtin {
 
     async fn prepare(&self, devices: Vec<DeviceConfig>) -> Result<()> {
         let mut disks = Vec::new();
+        let mut shares = Vec::new();
         for d in devices {
             match d {
                 DeviceConfig::Block(b) => disks.push(BlockConfig {
@@ -242,12 +248,16 @@ impl Hypervisor for Builtin {
                     read_only: b.read_only,
                     id: Some(b.id.chars().take(20).collect()),
                 }),
+                DeviceConfig::ShareFs(s) if s.kind == SharedFs::InlineVirtioFs => {
+                    shares.push((s.mount_tag.clone(), s.host_path.clone()))
+                }
                 DeviceConfig::ShareFs(s) => {
                     return Err(Error::Unsupported {
                         backend: NAME,
                         what: format!(
-                            "the shared filesystem {} ({}): the built-in VMM has no inline \
-                             virtio-fs yet; set shared_fs = \"none\" or use [hypervisor.qemu]",
+                            "the shared filesystem {} ({}): the built-in VMM serves only \
+                             inline-virtio-fs (set shared_fs = \"inline-virtio-fs\") or use \
+                             [hypervisor.qemu]",
                             s.mount_tag, s.kind
                         ),
                     })
@@ -264,6 +274,7 @@ impl Hypervisor for Builtin {
             }
         }
         *lock(&self.disks) = disks;
+        *lock(&self.shares) = shares;
         self.set_state(VmState::Prepared);
         Ok(())
     }

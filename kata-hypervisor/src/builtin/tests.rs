@@ -11,7 +11,7 @@ fn config() -> HypervisorConfig {
 }
 
 #[test]
-fn a_virtio_fs_share_is_refused_naming_the_missing_inline_virtio_fs() {
+fn inline_virtio_fs_and_none_are_served_virtio_fs_with_a_daemon_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let c = HypervisorConfig::defaults_for(HypervisorType::Dragonball);
     assert_eq!(
@@ -19,23 +19,23 @@ fn a_virtio_fs_share_is_refused_naming_the_missing_inline_virtio_fs() {
         SharedFs::InlineVirtioFs,
         "Kata's dragonball default"
     );
-    let e = Builtin::new("x", c, &dir.path().join("vm"))
+    Builtin::new("x", c, &dir.path().join("vm")).unwrap();
+    let vfs = HypervisorConfig {
+        shared_fs: SharedFs::VirtioFs,
+        ..config()
+    };
+    let e = Builtin::new("x", vfs, &dir.path().join("vm"))
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("shared_fs") && e.contains("inline virtio-fs"),
         "{e}"
     );
-    let vfs = HypervisorConfig {
-        shared_fs: SharedFs::VirtioFs,
-        ..config()
-    };
-    assert!(Builtin::new("x", vfs, &dir.path().join("vm")).is_err());
     Builtin::new("x", config(), &dir.path().join("vm")).unwrap();
 }
 
 #[tokio::test]
-async fn only_block_devices_are_prepared() {
+async fn disks_and_inline_shares_are_prepared_other_devices_refused() {
     let dir = tempfile::tempdir().unwrap();
     let b = Builtin::new("x", config(), &dir.path().join("vm")).unwrap();
     let share = DeviceConfig::ShareFs(ShareFsDevice {
@@ -45,7 +45,18 @@ async fn only_block_devices_are_prepared() {
         vhost_user_socket: None,
     });
     let e = b.prepare(vec![share]).await.unwrap_err().to_string();
-    assert!(e.contains("inline") && e.contains("kataShared"), "{e}");
+    assert!(
+        e.contains("inline-virtio-fs") && e.contains("kataShared"),
+        "{e}"
+    );
+    let inline = DeviceConfig::ShareFs(ShareFsDevice {
+        mount_tag: "kataShared".into(),
+        host_path: dir.path().into(),
+        kind: SharedFs::InlineVirtioFs,
+        vhost_user_socket: None,
+    });
+    b.prepare(vec![inline]).await.unwrap();
+    assert_eq!(lock(&b.shares).len(), 1);
     let disk = BlockDevice {
         id: "disk0".into(),
         path: "/tmp/disk.img".into(),
