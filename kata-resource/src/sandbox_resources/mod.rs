@@ -172,7 +172,7 @@ impl SandboxResources {
         let (shared_fs, msize_9p) = (config.kind, config.msize_9p);
         if !matches!(
             shared_fs,
-            SharedFs::Virtio9p | SharedFs::VirtioFs | SharedFs::None
+            SharedFs::Virtio9p | SharedFs::VirtioFs | SharedFs::InlineVirtioFs | SharedFs::None
         ) {
             return Err(Error::UnsupportedSharedFs {
                 shared_fs: shared_fs.to_string(),

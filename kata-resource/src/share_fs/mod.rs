@@ -373,7 +373,7 @@ impl ShareFs {
                     format!("msize={}", self.msize_9p),
                 ],
             ),
-            // `check_kind` lets only the two through.
+            // virtio-fs and inline-virtio-fs: the guest mounts virtiofs by tag either way.
             _ => ("virtio-fs", "virtiofs", Vec::new()),
         };
         GuestStorage {
@@ -455,10 +455,12 @@ impl Drop for ShareFsDirs {
     }
 }
 
-/// The kinds a [`ShareFs`] can be: `virtio-9p` and `virtio-fs`.
+/// The kinds a [`ShareFs`] can be: `virtio-9p`, `virtio-fs` and `inline-virtio-fs` (served by
+/// the built-in VMM itself: no daemon is started here).
 fn check_kind(kind: SharedFs) -> Result<()> {
     match kind {
-        SharedFs::Virtio9p | SharedFs::VirtioFs => Ok(()),
+        // `inline-virtio-fs`: the VMM serves the directory itself (no daemon here).
+        SharedFs::Virtio9p | SharedFs::VirtioFs | SharedFs::InlineVirtioFs => Ok(()),
         other => Err(Error::UnsupportedSharedFs {
             shared_fs: other.to_string(),
         }),

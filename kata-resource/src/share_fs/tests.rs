@@ -93,13 +93,23 @@ fn layout_and_storage_match_kata() {
 }
 
 #[test]
-fn only_9p_and_virtio_fs_are_set_up() {
+fn an_inline_virtio_fs_share_has_no_daemon_and_mounts_as_virtiofs() {
     let fx = Fixture::new();
-    for kind in [
-        SharedFs::None,
-        SharedFs::InlineVirtioFs,
-        SharedFs::VirtioFsNydus,
-    ] {
+    let share = ShareFs::new(fx.sandbox_dir(), SharedFs::InlineVirtioFs).unwrap();
+    let dev = share.device();
+    assert_eq!(dev.kind, SharedFs::InlineVirtioFs);
+    assert_eq!(dev.vhost_user_socket, None, "the VMM serves it: no virtiofsd");
+    let storage = share.storage();
+    assert_eq!(
+        (storage.driver.as_str(), storage.fstype.as_str()),
+        ("virtio-fs", "virtiofs")
+    );
+}
+
+#[test]
+fn only_9p_virtio_fs_and_inline_virtio_fs_are_set_up() {
+    let fx = Fixture::new();
+    for kind in [SharedFs::None, SharedFs::VirtioFsNydus] {
         let err = ShareFs::new(fx.sandbox_dir(), kind).unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, Error::UnsupportedSharedFs { .. }), "{text}");
