@@ -694,10 +694,16 @@ impl Proc {
         let Some(pidfd) = &self.pidfd else {
             return;
         };
-        let family: Vec<Pidfd> = descendants(self.pid)
-            .into_iter()
-            .filter_map(|pid| Pidfd::open(pid).ok())
-            .collect();
+        // Children are looked up only while the daemon lives: once it has exited (its VMM went
+        // away before a restart) its pid may be reaped and reused by an unrelated process.
+        let family: Vec<Pidfd> = if pidfd.wait_gone(Duration::ZERO) {
+            Vec::new()
+        } else {
+            descendants(self.pid)
+                .into_iter()
+                .filter_map(|pid| Pidfd::open(pid).ok())
+                .collect()
+        };
         let _ = pidfd.send_signal(Signal::SIGKILL);
         for child in &family {
             let _ = child.send_signal(Signal::SIGKILL);
