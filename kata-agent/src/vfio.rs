@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kata_agent_client::protocol::agent;
-use oci_spec::runtime::{LinuxDeviceBuilder, LinuxDeviceType, Spec};
+use oci_spec::runtime::{LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, Spec};
 
 use crate::error::{AgentError, Result};
 
@@ -281,6 +281,27 @@ pub async fn prepare_in(
                 .map_err(|e| AgentError::invalid("devices", e.to_string()))?,
         );
     }
+    // A spec that restricts devices (`linux.resources.devices`) must allow the nodes it gets.
+    if let Some(mut res) = linux.resources().clone() {
+        if let Some(mut rules) = res.devices().clone() {
+            for d in &list {
+                if d.path().starts_with("/dev/vfio") {
+                    rules.push(
+                        LinuxDeviceCgroupBuilder::default()
+                            .allow(true)
+                            .typ(LinuxDeviceType::C)
+                            .major(d.major())
+                            .minor(d.minor())
+                            .access("rwm")
+                            .build()
+                            .map_err(|e| AgentError::invalid("devices", e.to_string()))?,
+                    );
+                }
+            }
+            res.set_devices(Some(rules));
+            linux.set_resources(Some(res));
+        }
+    }
     linux.set_devices(Some(list));
     spec.set_linux(Some(linux));
     Ok(())
@@ -402,6 +423,49 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(tmp.path().join("bus/pci/drivers_probe")).unwrap(),
             "0000:01:00.0"
+        );
+        // Once the guest's nodes are there (here: /dev/null standing in for them), the
+        // container gets them, and a spec restricting devices allows them.
+        let vfio_dir = tmp.path().join("vfio");
+        std::fs::create_dir_all(&vfio_dir).unwrap();
+        std::os::unix::fs::symlink("/dev/null", vfio_dir.join("0")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", vfio_dir.join("vfio")).unwrap();
+        let mut spec = Spec::default();
+        prepare_in(
+            &[device("vfio-pci", &["0000:00:02.0=02/00"])],
+            &mut spec,
+            tmp.path(),
+            tmp.path(),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let paths: Vec<_> = linux
+            .devices()
+            .iter()
+            .flatten()
+            .map(|d| (d.path().display().to_string(), d.major(), d.minor()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("/dev/vfio/vfio".to_string(), 1, 3),
+                ("/dev/vfio/0".to_string(), 1, 3)
+            ]
+        );
+        let rules = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .clone()
+            .unwrap();
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.allow() && r.major() == Some(1) && r.minor() == Some(3)),
+            "{rules:?}"
         );
     }
 }
