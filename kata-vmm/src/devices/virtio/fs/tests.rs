@@ -114,6 +114,12 @@ fn a_file_of_the_shared_directory_is_found_and_a_missing_one_is_not() {
     assert_eq!((error, unique), (0, 2), "used {len}");
     let (_, error, _) = h.request(FUSE_LOOKUP, 3, 1, b"missing\0");
     assert_eq!(error, -libc::ENOENT);
+    // `..` of the shared directory is the shared directory: the guest cannot walk out.
+    let (_, error, _) = h.request(FUSE_LOOKUP, 4, 1, b"..\0");
+    let nodeid: u64 = h.mem.read_obj(GuestAddress(OUT + 16)).unwrap();
+    assert_eq!((error, nodeid), (0, 1));
+    let (_, error, _) = h.request(FUSE_LOOKUP, 5, 1, b"../etc\0");
+    assert_eq!(error, -libc::EINVAL, "a name with a slash");
 }
 
 #[test]
