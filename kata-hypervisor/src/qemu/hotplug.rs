@@ -396,6 +396,10 @@ pub(super) async fn detach(
     Ok(())
 }
 
+/// How long a VFIO `device_add` may take: QEMU maps (pins) all guest memory for the device's
+/// DMA before it answers (in the nested lab, over 10 s for 256 MiB).
+pub const VFIO_ADD_WAIT: Duration = Duration::from_secs(60);
+
 /// The kind of port a VFIO device hot-plugged into a running VM goes on: `hot_plug_vfio`, or a
 /// root port when it says `no-port` (q35's root bus `pcie.0` cannot take a hot-plugged device,
 /// so "no port" never means the root bus here).
@@ -436,7 +440,10 @@ pub(super) async fn attach_vfio(
             reason: format!("no {kind} to plug it on"),
         })?;
     let result = async {
-        qmp.device_add("vfio-pci", &dev.id, vfio_props(dev, &slot.bus, slot.addr))
+        let mut args = vfio_props(dev, &slot.bus, slot.addr);
+        args.insert("driver".into(), json!("vfio-pci"));
+        args.insert("id".into(), json!(dev.id));
+        qmp.execute_within("device_add", Some(Value::Object(args)), VFIO_ADD_WAIT)
             .await?;
         match find_pci_path(qmp, &dev.id, &slot.bus).await {
             Ok(path) => Ok(path),

@@ -134,6 +134,17 @@ impl QmpClient {
 
     /// Runs one command and returns its `return` value.
     pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value> {
+        self.execute_within(command, arguments, self.timeout).await
+    }
+
+    /// [`execute`](Self::execute), waiting at most `timeout` for the reply (a command QEMU
+    /// takes long over, such as a VFIO `device_add`, which pins guest memory first).
+    pub async fn execute_within(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut msg = Map::new();
         msg.insert("execute".into(), json!(command));
@@ -154,7 +165,7 @@ impl QmpClient {
                 reason: e.to_string(),
             });
         }
-        match tokio::time::timeout(self.timeout, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(reason))) => Err(Error::Qmp {
                 command: command.into(),
@@ -168,7 +179,7 @@ impl QmpClient {
                 self.pending.lock().unwrap().remove(&id);
                 Err(Error::Timeout {
                     what: format!("QMP {command}"),
-                    after: self.timeout,
+                    after: timeout,
                 })
             }
         }
