@@ -129,6 +129,20 @@ fn virtiofsd_serves_later_rootfs_mounts_from_its_sandbox_and_release_leaves_noth
 }
 
 #[test]
+fn the_callers_rust_log_does_not_reach_the_daemon() {
+    // virtiofsd reads RUST_LOG over --log-level: with `warn` inherited it never logged the
+    // line its readiness is read from, and every start failed after 10 s (found in the lab).
+    std::env::set_var("RUST_LOG", "warn");
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = tmp.path().join("sb");
+    let r = SandboxResources::with_share_fs(&sandbox, &virtio_fs())
+        .expect("virtiofsd gets ready with RUST_LOG=warn in the caller's environment");
+    let sandbox = sandbox.canonicalize().unwrap();
+    drop(r);
+    assert_nothing_left(&sandbox);
+}
+
+#[test]
 fn a_killed_virtiofsd_is_observed_and_release_still_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
     let sandbox = tmp.path().join("sb");

@@ -778,6 +778,9 @@ impl Inner {
         let spawned = stderr.and_then(|stderr| {
             Command::new(&config.daemon)
                 .args(&args)
+                // virtiofsd's RUST_LOG overrides --log-level: a caller's RUST_LOG=warn would
+                // hide the info line its readiness is read from.
+                .env_remove("RUST_LOG")
                 .stdin(Stdio::null())
                 .stdout(log_file)
                 .stderr(stderr)
