@@ -899,6 +899,29 @@ fn mount_options_under(dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The VMM's helpers go into the sandbox's host cgroups with it: virtiofsd (the one kata-rs
+/// started and its sandboxed child) lands in the overhead cgroup (`sandbox_cgroup_only` off).
+#[tokio::test]
+async fn virtiofsd_joins_the_sandboxs_host_cgroup() {
+    let f = Fixture::new();
+    let sb = f.sandbox("cg-helpers").await;
+    let daemons: Vec<u32> = kata_testkit::leaks::helpers_naming(sb.dir())
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains("virtiofsd"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert!(!daemons.is_empty(), "a virtiofsd serves the sandbox");
+    for pid in daemons {
+        assert_eq!(
+            kata_testkit::leaks::cgroup_of(pid, "cpu").as_deref(),
+            Some("/kata_overhead/cg-helpers"),
+            "virtiofsd {pid}"
+        );
+    }
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("cg-helpers");
+}
+
 /// Issue 9 row 1, mechanically: the sandbox's state directory, its shared directory and its
 /// `state.json` are private to root, and every mount kata-rs makes under the sandbox directory
 /// is `nosuid,nodev` (a bundle with containerd's overlay, and a plain directory rootfs).

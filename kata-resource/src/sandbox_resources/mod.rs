@@ -253,7 +253,13 @@ impl SandboxResources {
     /// Moves the VMM (`pids[0]`) and its helpers (the rest: vsock backend, virtiofsd) into
     /// the sandbox's host cgroups as `sandbox_cgroup_only` says. Nothing without cgroups.
     pub fn add_vmm_pids(&mut self, pids: &[u32]) -> Result<()> {
-        self.cgroups.add_vmm_pids(pids)
+        // The share's daemon (and its sandboxed child) is a helper of the VMM too; a daemon
+        // restarted for a second boot is found again on the next call.
+        let mut all = pids.to_vec();
+        if let Some(daemon) = self.share_fs().and_then(|s| s.daemon()) {
+            all.extend(daemon.pids().into_iter().filter(|p| !pids.contains(p)));
+        }
+        self.cgroups.add_vmm_pids(&all)
     }
 
     /// Records container `id`'s `linux.resources` (created or updated) for the host: the
@@ -472,7 +478,10 @@ impl SandboxResources {
         container.release_in_place()?;
         self.containers.remove(id);
         if let Err(e) = self.cgroups.remove_container(id) {
-            tracing::warn!(container_id = id, "cannot widen the sandbox cgroup's cpuset again: {e}");
+            tracing::warn!(
+                container_id = id,
+                "cannot widen the sandbox cgroup's cpuset again: {e}"
+            );
         }
         tracing::debug!(container_id = id, "container resources released");
         Ok(true)
