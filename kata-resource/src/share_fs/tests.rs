@@ -98,7 +98,10 @@ fn an_inline_virtio_fs_share_has_no_daemon_and_mounts_as_virtiofs() {
     let share = ShareFs::new(fx.sandbox_dir(), SharedFs::InlineVirtioFs).unwrap();
     let dev = share.device();
     assert_eq!(dev.kind, SharedFs::InlineVirtioFs);
-    assert_eq!(dev.vhost_user_socket, None, "the VMM serves it: no virtiofsd");
+    assert_eq!(
+        dev.vhost_user_socket, None,
+        "the VMM serves it: no virtiofsd"
+    );
     let storage = share.storage();
     assert_eq!(
         (storage.driver.as_str(), storage.fstype.as_str()),
