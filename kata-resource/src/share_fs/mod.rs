@@ -23,6 +23,7 @@
 //! side (the mount the agent performs) is described by [`ShareFs::storage`].
 
 mod rootfs;
+pub(crate) use rootfs::unmount_stack;
 pub mod virtiofsd;
 
 use std::fs;

@@ -347,7 +347,7 @@ const MAX_STACKED: usize = 16;
 /// it when the daemon lets go; Kata's runtime detaches every shared mount the same way. That
 /// is expected, so it is logged at debug level. Without a daemon (virtio-9p: QEMU serves the
 /// share from our namespace) a busy mount is an anomaly and keeps its warning.
-fn unmount_stack(mount_point: &Path, daemon_copies: bool) -> Result<()> {
+pub(crate) fn unmount_stack(mount_point: &Path, daemon_copies: bool) -> Result<()> {
     use nix::errno::Errno;
     use nix::mount::{umount2, MntFlags};
     if !daemon_copies {

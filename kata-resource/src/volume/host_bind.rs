@@ -249,7 +249,9 @@ impl SharedVolume {
     /// Unmounts it and removes its mount point; what fails stays recorded for the next try.
     pub(crate) fn release_in_place(&mut self) -> Result<()> {
         if self.mounted {
-            mount::unmount_all(&self.state.host_path)?;
+            // A share virtiofsd has looked into stays busy in its namespace until the guest
+            // forgets the inodes: detached then, quietly, as a rootfs is (see unmount_stack).
+            crate::share_fs::unmount_stack(&self.state.host_path, true)?;
             self.mounted = false;
         }
         if self.created {
