@@ -57,14 +57,18 @@ pub const VMM_CHECKS: &[&str] = &[
 ];
 
 /// The VFIO checks (issue 12), run with the QEMU backend after its [`VMM_CHECKS`] (each
-/// reported as `qemu-<name>`): L1's edu device cold-plugged on a root port and seen in L2,
-/// its BAR0 read and written in `guest-kernel` mode, hot-plugged onto a free root port, and
-/// hot-unplugged (gone from L2, the port free again).
+/// reported as `qemu-<name>`): L1's edu device cold-plugged on a root port, a switch's
+/// downstream port and a PCI bridge and seen in L2, its BAR0 read and written in
+/// `guest-kernel` mode, hot-plugged onto a free root port and switch port, and hot-unplugged
+/// (gone from L2, the port free again).
 pub const VFIO_CHECKS: &[&str] = &[
     "vfio-cold-root-port",
     "vfio-bar0-guest-kernel",
+    "vfio-cold-switch-port",
+    "vfio-cold-bridge-port",
     "vfio-hot-root-port",
     "vfio-hot-unplug",
+    "vfio-hot-switch-port",
 ];
 
 /// A VMM the runner drives in L1.
@@ -332,9 +336,10 @@ mod tests {
         let expected = expected_checks(&[Vmm::Qemu]);
         assert_eq!(
             expected.len(),
-            L1_CHECKS.len() + RUNNER_CHECKS.len() + VMM_CHECKS.len()
+            L1_CHECKS.len() + RUNNER_CHECKS.len() + VMM_CHECKS.len() + VFIO_CHECKS.len()
         );
         assert!(expected.contains(&"qemu-boot".to_string()));
+        assert!(expected.contains(&"qemu-vfio-hot-unplug".to_string()));
         let all: Vec<Check> = expected.iter().map(|n| check(n, true)).collect();
         let v = verdict(&all, &expected);
         assert!(v.success());

@@ -177,8 +177,9 @@ fn guest_pci_path(sysfs: &str) -> String {
         .join("/")
 }
 
-/// The edu as a container lists it: one function behind a port, its guest PCI path.
-fn seen_behind_a_port(listing: &str) -> Result<String> {
+/// The edu as a container lists it: one function, `depth` slots from the root bus (2 behind a
+/// root port or on the bridge, 4 behind a switch's downstream port); its guest PCI path.
+fn seen_at_depth(listing: &str, depth: usize) -> Result<String> {
     let lines: Vec<&str> = listing.lines().filter(|l| l.starts_with("edu ")).collect();
     ensure!(
         lines.len() == 1,
@@ -186,32 +187,46 @@ fn seen_behind_a_port(listing: &str) -> Result<String> {
     );
     let path = guest_pci_path(&lines[0][4..]);
     ensure!(
-        path.split('/').count() == 2,
-        "the edu is at {path} ({}), not behind a port",
+        path.split('/').count() == depth,
+        "the edu is at {path} ({}), not {depth} slots from the root bus",
         &lines[0][4..]
     );
     Ok(path)
 }
 
-async fn build(cold: bool, vfio: &Path, root_dir: &str) -> Result<Sandbox> {
+/// How deep the edu sits behind a port of this kind.
+fn depth(port: PciePort) -> usize {
+    match port {
+        PciePort::SwitchPort => 4,
+        _ => 2,
+    }
+}
+
+/// A sandbox for one setup: `cold` plugs the edu at boot on a `port`; otherwise one spare
+/// port of kind `port` waits for the hot-plug.
+async fn build(port: PciePort, cold: bool, vfio: &Path, root_dir: &str) -> Result<Sandbox> {
+    let id = format!("lab-vfio-{}-{port}", if cold { "cold" } else { "hot" });
     let mut b = Sandbox::builder()
-        .id(if cold {
-            "lab-vfio-cold"
-        } else {
-            "lab-vfio-hot"
-        })
+        .id(&id)
         .memory_mib(256)
         .vcpus(1)
         .root_dir(root_dir)
         // QEMU pins L2's memory for the device's DMA before it boots it: slow under TCG.
         .agent_timeout(Duration::from_secs(150));
     let mut hv = b.config().clone();
+    // L2's kernel without `quiet`: a boot that hangs with the device shows where in the
+    // check's error (the console's last lines).
+    hv.enable_debug = true;
     if cold {
-        hv.cold_plug_vfio = PciePort::RootPort;
+        hv.cold_plug_vfio = port;
         b = b.vfio_device(vfio);
     } else {
         hv.cold_plug_vfio = PciePort::NoPort;
-        hv.pcie_root_port = 1;
+        hv.hot_plug_vfio = port;
+        match port {
+            PciePort::SwitchPort => hv.pcie_switch_port = 1,
+            _ => hv.pcie_root_port = 1,
+        }
     }
     b = b.hypervisor_config(hv);
     Ok(tokio::time::timeout(Duration::from_secs(300), b.build())
@@ -219,10 +234,147 @@ async fn build(cold: bool, vfio: &Path, root_dir: &str) -> Result<Sandbox> {
         .context("no sandbox after 300 s")??)
 }
 
+/// Cold-plug on `port`: the edu is seen at its depth; on a root port, also BAR0 (`bar0`).
+async fn cold_case(r: &mut Report, port: PciePort, vfio: &Path, rootfs: &Path, root_dir: &str) {
+    let name = format!("vfio-cold-{port}");
+    let limit = Duration::from_secs(180);
+    let bar0 = port == PciePort::RootPort;
+    let t = Instant::now();
+    let sb = match build(port, true, vfio, root_dir).await {
+        Ok(sb) => sb,
+        Err(e) => {
+            r.line(
+                &name,
+                Err(e.context("the sandbox with the device did not start")),
+            );
+            if bar0 {
+                r.line(
+                    "vfio-bar0-guest-kernel",
+                    Err(anyhow::anyhow!("not run: no sandbox")),
+                );
+            }
+            return;
+        }
+    };
+    let booted = t.elapsed();
+    if bar0 {
+        let agent = sb.boot_timings().agent_connected;
+        println!(
+            "{}",
+            figure_line(
+                "qemu-vfio-cold-boot-to-agent-ready",
+                agent.as_secs_f64() * 1000.0,
+                "ms",
+                "one edu cold-plugged on a root port (QEMU pins L2's 256 MiB for its DMA first); \
+                 compare qemu-kvm-boot-to-agent-ready, without a device"
+            )
+        );
+    }
+    let seen = tokio::time::timeout(limit, run_in(&sb, rootfs, vfio, false, LIST_EDU)).await;
+    r.line(
+        &name,
+        seen.context("timed out")
+            .and_then(|s| s)
+            .and_then(|l| seen_at_depth(&l, depth(port)))
+            .map(|p| {
+                format!(
+                    "{} cold-plugged ({port}): 1234:11e8 at guest PCI path {p}; sandbox with it booted in {booted:.1?}",
+                    vfio.display()
+                )
+            }),
+    );
+    if bar0 {
+        let bar = tokio::time::timeout(limit, run_in(&sb, rootfs, vfio, true, BAR0)).await;
+        r.line(
+            "vfio-bar0-guest-kernel",
+            bar.context("timed out").and_then(|s| s).and_then(|out| {
+                let lower = out.to_lowercase();
+                ensure!(lower.contains("id=0x010000ed"), "identification: {out}");
+                ensure!(
+                    lower.contains("inv=0xedcba987"),
+                    "liveness (0x12345678 inverted): {out}"
+                );
+                Ok(format!("vfio_mode guest-kernel: {out}"))
+            }),
+        );
+    }
+    if let Err(e) = sb.shutdown().await {
+        eprintln!("kata-lab: shutting the {name} sandbox down: {e:#}");
+    }
+}
+
+/// Hot-plug onto the one spare port of kind `port`, then (`unplug`) the unplug check: gone
+/// after the container's delete, plugged again on the freed port.
+async fn hot_case(r: &mut Report, port: PciePort, vfio: &Path, rootfs: &Path, root_dir: &str) {
+    let name = format!("vfio-hot-{port}");
+    let unplug_name = (port == PciePort::RootPort).then_some("vfio-hot-unplug");
+    let limit = Duration::from_secs(180);
+    let sb = match build(port, false, vfio, root_dir).await {
+        Ok(sb) => sb,
+        Err(e) => {
+            r.line(&name, Err(e.context("the sandbox did not start")));
+            if let Some(u) = unplug_name {
+                r.line(u, Err(anyhow::anyhow!("not run: no sandbox")));
+            }
+            return;
+        }
+    };
+    let hot = tokio::time::timeout(limit, async {
+        let t = Instant::now();
+        let p = seen_at_depth(
+            &run_in(&sb, rootfs, vfio, false, LIST_EDU).await?,
+            depth(port),
+        )?;
+        println!(
+            "{}",
+            figure_line(
+                &format!("qemu-vfio-hotplug-{port}-container-run"),
+                t.elapsed().as_secs_f64() * 1000.0,
+                "ms",
+                "a container run with the edu hot-plugged: device_add, the agent's wait for it \
+                 in L2, the container, its delete with device_del"
+            )
+        );
+        Ok::<_, anyhow::Error>(format!(
+            "{} hot-plugged ({} → a free {port}): 1234:11e8 at guest PCI path {p}; container created, ran and deleted in {:.1?}",
+            vfio.display(),
+            if port == PciePort::RootPort { "no-port" } else { "hot_plug_vfio" },
+            t.elapsed()
+        ))
+    })
+    .await;
+    let hot_ok = matches!(hot, Ok(Ok(_)));
+    r.line(&name, hot.context("timed out").and_then(|s| s));
+    if let Some(u) = unplug_name {
+        let unplug = tokio::time::timeout(limit, async {
+            ensure!(hot_ok, "not run: the hot-plug failed");
+            let plain = ContainerSpec::from_rootfs_dir(rootfs).args(["sh", "-c", LIST_EDU]);
+            let out = sb.run(plain).await?;
+            let gone = out.stdout_str();
+            ensure!(
+                !gone.contains("edu "),
+                "after the container's delete L2 still has {gone:?}"
+            );
+            let again = seen_at_depth(
+                &run_in(&sb, rootfs, vfio, false, LIST_EDU).await?,
+                depth(port),
+            )?;
+            Ok(format!(
+                "gone from L2 after the container's delete; plugged again on the only {port} \
+                 (pcie_root_port = 1) at {again}: the port was freed"
+            ))
+        })
+        .await;
+        r.line(u, unplug.context("timed out").and_then(|s| s));
+    }
+    if let Err(e) = sb.shutdown().await {
+        eprintln!("kata-lab: shutting the {name} sandbox down: {e:#}");
+    }
+}
+
 /// Runs the VFIO checks; returns (ran, passed).
 pub async fn run(rootfs: &Path, root_dir: &str) -> (usize, usize) {
     let mut r = Report { ran: 0, passed: 0 };
-    let limit = Duration::from_secs(180);
     let vfio = match edu_group() {
         Ok(v) => v,
         Err(e) => {
@@ -232,116 +384,15 @@ pub async fn run(rootfs: &Path, root_dir: &str) -> (usize, usize) {
             return (r.ran, r.passed);
         }
     };
-
-    // Cold-plug on a root port, guest-kernel mode.
-    let t = Instant::now();
-    match build(true, &vfio, root_dir).await {
-        Ok(sb) => {
-            let booted = t.elapsed();
-            let agent = sb.boot_timings().agent_connected;
-            println!(
-                "{}",
-                figure_line(
-                    "qemu-vfio-cold-boot-to-agent-ready",
-                    agent.as_secs_f64() * 1000.0,
-                    "ms",
-                    "one edu cold-plugged on a root port (QEMU pins L2's 256 MiB for its DMA first); \
-                     compare qemu-kvm-boot-to-agent-ready, without a device"
-                )
-            );
-            let seen =
-                tokio::time::timeout(limit, run_in(&sb, rootfs, &vfio, false, LIST_EDU)).await;
-            r.line(
-                "vfio-cold-root-port",
-                seen.context("timed out").and_then(|s| s).and_then(|l| seen_behind_a_port(&l)).map(|p| {
-                    format!("{} cold-plugged (root-port): 1234:11e8 at guest PCI path {p}; sandbox with it booted in {booted:.1?}", vfio.display())
-                }),
-            );
-            let bar = tokio::time::timeout(limit, run_in(&sb, rootfs, &vfio, true, BAR0)).await;
-            r.line(
-                "vfio-bar0-guest-kernel",
-                bar.context("timed out").and_then(|s| s).and_then(|out| {
-                    let lower = out.to_lowercase();
-                    ensure!(lower.contains("id=0x010000ed"), "identification: {out}");
-                    ensure!(
-                        lower.contains("inv=0xedcba987"),
-                        "liveness (0x12345678 inverted): {out}"
-                    );
-                    Ok(format!("vfio_mode guest-kernel: {out}"))
-                }),
-            );
-            if let Err(e) = sb.shutdown().await {
-                eprintln!("kata-lab: shutting the cold-plug sandbox down: {e:#}");
-            }
-        }
-        Err(e) => {
-            r.line(
-                "vfio-cold-root-port",
-                Err(e.context("the sandbox with the device did not start")),
-            );
-            r.line(
-                "vfio-bar0-guest-kernel",
-                Err(anyhow::anyhow!("not run: no sandbox")),
-            );
-        }
+    for port in [
+        PciePort::RootPort,
+        PciePort::SwitchPort,
+        PciePort::BridgePort,
+    ] {
+        cold_case(&mut r, port, &vfio, rootfs, root_dir).await;
     }
-
-    // Hot-plug onto the one spare root port, unplug, plug again.
-    match build(false, &vfio, root_dir).await {
-        Ok(sb) => {
-            let hot = tokio::time::timeout(limit, async {
-                let t = Instant::now();
-                let p = seen_behind_a_port(&run_in(&sb, rootfs, &vfio, false, LIST_EDU).await?)?;
-                println!(
-                    "{}",
-                    figure_line(
-                        "qemu-vfio-hotplug-container-run",
-                        t.elapsed().as_secs_f64() * 1000.0,
-                        "ms",
-                        "a container run with the edu hot-plugged: device_add, the agent's wait \
-                         for it in L2, the container, its delete with device_del"
-                    )
-                );
-                Ok::<_, anyhow::Error>(format!(
-                    "{} hot-plugged (no-port → a free root port): 1234:11e8 at guest PCI path {p}; container created, ran and deleted in {:.1?}",
-                    vfio.display(),
-                    t.elapsed()
-                ))
-            })
-            .await;
-            let hot_ok = matches!(hot, Ok(Ok(_)));
-            r.line(
-                "vfio-hot-root-port",
-                hot.context("timed out").and_then(|s| s),
-            );
-            let unplug = tokio::time::timeout(limit, async {
-                ensure!(hot_ok, "not run: the hot-plug failed");
-                let plain = ContainerSpec::from_rootfs_dir(rootfs).args(["sh", "-c", LIST_EDU]);
-                let out = sb.run(plain).await?;
-                let gone = out.stdout_str();
-                ensure!(!gone.contains("edu "), "after the container's delete L2 still has {gone:?}");
-                let again = seen_behind_a_port(&run_in(&sb, rootfs, &vfio, false, LIST_EDU).await?)?;
-                Ok(format!("gone from L2 after the container's delete; plugged again on the only root port (pcie_root_port = 1) at {again}: the port was freed"))
-            })
-            .await;
-            r.line(
-                "vfio-hot-unplug",
-                unplug.context("timed out").and_then(|s| s),
-            );
-            if let Err(e) = sb.shutdown().await {
-                eprintln!("kata-lab: shutting the hot-plug sandbox down: {e:#}");
-            }
-        }
-        Err(e) => {
-            r.line(
-                "vfio-hot-root-port",
-                Err(e.context("the sandbox did not start")),
-            );
-            r.line(
-                "vfio-hot-unplug",
-                Err(anyhow::anyhow!("not run: no sandbox")),
-            );
-        }
+    for port in [PciePort::RootPort, PciePort::SwitchPort] {
+        hot_case(&mut r, port, &vfio, rootfs, root_dir).await;
     }
     (r.ran, r.passed)
 }
@@ -357,10 +408,14 @@ mod tests {
             "02/00"
         );
         assert_eq!(
-            seen_behind_a_port("edu /sys/devices/pci0000:00/0000:00:03.0/0000:02:00.0\n").unwrap(),
+            seen_at_depth("edu /sys/devices/pci0000:00/0000:00:03.0/0000:02:00.0\n", 2).unwrap(),
             "03/00"
         );
-        assert!(seen_behind_a_port("edu /sys/devices/pci0000:00/0000:00:04.0").is_err());
-        assert!(seen_behind_a_port("").is_err());
+        let switch =
+            "edu /sys/devices/pci0000:00/0000:00:04.0/0000:01:00.0/0000:02:00.0/0000:03:00.0";
+        assert_eq!(seen_at_depth(switch, 4).unwrap(), "04/00/00/00");
+        assert!(seen_at_depth(switch, 2).is_err());
+        assert!(seen_at_depth("edu /sys/devices/pci0000:00/0000:00:04.0", 2).is_err());
+        assert!(seen_at_depth("", 2).is_err());
     }
 }
