@@ -156,7 +156,6 @@ impl VirtContainer {
         share_fs.msize_9p = share_fs.msize_9p.max(8192);
         let sandbox_dir = dir.to_path_buf();
         let network = config.network_config()?;
-        let bind_mounts = config.runtime.sandbox_bind_mounts.clone();
         let use_blocks = block::in_use(&caps, hv);
         let cgroups = config.cgroups_config();
         let bind_mounts = config.runtime.sandbox_bind_mounts.clone();
@@ -165,10 +164,10 @@ impl VirtContainer {
             // Before the VM is prepared: its NICs are among the devices the resources yield.
             // On error `resources` is dropped, which releases the shared directory.
             resources.set_up_network(&network)?;
-            resources.set_up_sandbox_bind_mounts(&bind_mounts)?;
+            resources.use_block_devices(use_blocks);
             // The sandbox's host cgroup, before the VM is made (bad input leaves nothing).
             resources.set_up_cgroups(&cgroups)?;
-            resources.use_block_devices(use_blocks);
+            resources.set_up_sandbox_bind_mounts(&bind_mounts)?;
             Ok(resources)
         })
         .await?;
