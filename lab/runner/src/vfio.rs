@@ -214,9 +214,6 @@ async fn build(port: PciePort, cold: bool, vfio: &Path, root_dir: &str) -> Resul
         // QEMU pins L2's memory for the device's DMA before it boots it: slow under TCG.
         .agent_timeout(Duration::from_secs(150));
     let mut hv = b.config().clone();
-    // L2's kernel without `quiet`: a boot that hangs with the device shows where in the
-    // check's error (the console's last lines).
-    hv.enable_debug = true;
     if cold {
         hv.cold_plug_vfio = port;
         b = b.vfio_device(vfio);
