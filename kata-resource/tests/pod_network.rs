@@ -463,6 +463,84 @@ fn a_failure_on_the_second_interface_removes_the_first_ones_tap_and_filters() {
     );
 }
 
+#[test]
+fn a_rescan_joins_an_interface_added_after_set_up_and_release_removes_it_too() {
+    if skip() {
+        return;
+    }
+    let pod = Pod::new();
+    let (_dir, mut r) = resources();
+    r.set_up_network(&pod.config(1)).unwrap();
+    let none = r.rescan_network().unwrap();
+    assert!(none.devices.is_empty() && none.interfaces.is_empty());
+
+    pod.pod.ip(&[
+        "link",
+        "add",
+        "name",
+        "eth1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer1",
+        "netns",
+        &pod.bridge.name,
+    ]);
+    pod.pod
+        .ip(&["addr", "add", "198.51.100.2/24", "dev", "eth1"]);
+    pod.pod.ip(&["link", "set", "eth1", "up"]);
+    let found = r.rescan_network().unwrap();
+    let names: Vec<&str> = found.interfaces.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["eth1"]);
+    assert_eq!(found.interfaces[0].mac, pod.pod.mac("eth1"));
+    let [DeviceConfig::Net(nic)] = &found.devices[..] else {
+        panic!("one NIC to hot-plug: {:?}", found.devices);
+    };
+    assert_eq!(nic.id, "net1", "a device id the boot's NIC does not have");
+    assert_eq!(nic.tap_name, "tap1_kata");
+    assert_eq!(nic.tap_fds.len(), 1, "its open queue, for the VMM");
+    // eth1's subnet route is the guest kernel's to make (with the address): not sent.
+    assert!(found.network.routes.iter().all(|r| r.device == "eth0"));
+    let ingress = pod.pod.ingress("eth1");
+    assert!(
+        ingress.contains("mirred") && ingress.contains("tap1_kata"),
+        "{ingress}"
+    );
+    // Recorded: both NICs in the state, the guest's view with both interfaces.
+    assert_eq!(r.state().network.endpoints.len(), 2);
+    assert_eq!(r.guest_network().interfaces.len(), 2);
+    assert!(
+        r.rescan_network().unwrap().devices.is_empty(),
+        "nothing new the second time"
+    );
+
+    // eth1 goes: the next rescan lists its NIC as removed; forgetting it removes its tap.
+    pod.pod.ip(&["link", "del", "eth1"]);
+    let gone = r.rescan_network().unwrap();
+    assert!(gone.devices.is_empty());
+    let [(name, DeviceConfig::Net(nic))] = &gone.removed[..] else {
+        panic!("one NIC to unplug: {:?}", gone.removed);
+    };
+    assert_eq!((name.as_str(), nic.id.as_str()), ("eth1", "net1"));
+    assert!(pod.pod.has_link("tap1_kata"), "kept until the VM let it go");
+    r.forget_network_device("net1").unwrap();
+    assert!(!pod.pod.has_link("tap1_kata"));
+    assert_eq!(r.state().network.endpoints.len(), 1);
+    let e = r.forget_network_device("net1").unwrap_err().to_string();
+    assert!(e.contains("net1") && e.contains("no such NIC"), "{e}");
+
+    drop(r);
+    pod.assert_clean();
+}
+
+#[test]
+fn a_rescan_without_a_pod_network_is_refused_naming_it() {
+    let (_dir, mut r) = resources();
+    let e = r.rescan_network().unwrap_err().to_string();
+    assert!(e.contains("no pod network namespace"), "{e}");
+}
+
 // --- frames ------------------------------------------------------------------------------------
 
 const BROADCAST: &[u8; 6] = &[0xff; 6];

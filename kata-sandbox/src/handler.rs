@@ -137,6 +137,17 @@ pub struct HandlerState {
     pub(crate) state: serde_json::Value,
 }
 
+/// What [`Sandbox::rescan_network`](crate::Sandbox::rescan_network) changed: the pod
+/// interfaces joined to the sandbox and those let go, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NetworkChanges {
+    /// Interfaces added to the namespace since boot (or the last rescan), now in the guest.
+    pub added: Vec<String>,
+    /// Interfaces gone from the namespace, whose NICs were unplugged and taps removed.
+    pub removed: Vec<String>,
+}
+
 /// Runs the containers of one sandbox.
 ///
 /// Ids are checked by the [`Sandbox`](crate::Sandbox) before they reach a handler (known
@@ -239,6 +250,20 @@ pub(crate) trait RuntimeHandler: Send + Sync + fmt::Debug {
     /// Leaves the sandbox running without this handle, for [`restore`](crate::Sandbox::restore)
     /// to take it over (in this process or another).
     async fn detach(&self) -> Result<()>;
+
+    /// Joins the interfaces added to the pod's network namespace since boot to the sandbox
+    /// (a VM: a tap each, hot-plugged as a NIC, the guest told its addresses and the routes)
+    /// and lets go of those that are gone; says which. A handler without a pod network
+    /// refuses it.
+    async fn rescan_network(&self) -> Result<NetworkChanges> {
+        Err(crate::Error::invalid(
+            "network",
+            format!(
+                "the {} runtime handler cannot add interfaces after boot",
+                self.kind()
+            ),
+        ))
+    }
 
     /// What `state.json` keeps of the handler.
     fn state(&self) -> HandlerState;

@@ -42,7 +42,7 @@ mod virt;
 pub use builder::{SandboxBuilder, SandboxConfig, DEFAULT_AGENT_TIMEOUT, DEFAULT_ROOT_DIR};
 pub use container::{Container, Output, Process, DEFAULT_OUTPUT_LIMIT};
 pub use error::{Error, Result};
-pub use handler::{HandlerState, OomEvents, RuntimeHandlerKind};
+pub use handler::{HandlerState, NetworkChanges, OomEvents, RuntimeHandlerKind};
 pub use io::{InputWriter, OutputReader};
 pub use sandbox::{BootTimings, Sandbox};
 pub use spec::{ContainerSpec, ProcessSpec, RootfsSource, DEFAULT_PATH};

@@ -950,6 +950,154 @@ async fn case_pod_network_end_to_end(env: Arc<Env>) -> Result<()> {
     Ok(())
 }
 
+/// Issue 10 item 4, NIC hot-plug: an interface added to the pod's namespace after boot (a
+/// second veth, as a second CNI network would add) is joined by `rescan_network` (a tap and
+/// tc filters of its own, a virtio-net NIC hot-plugged on a PCIe root port, the guest told its
+/// address); the container sees it and a TCP connection over it works. Deleted again, a
+/// rescan unplugs the NIC (the guest loses the link) and removes its tap. A rescan with
+/// nothing new changes nothing; after shutdown no tap or filter is left.
+async fn case_pod_network_hot_plug(env: Arc<Env>) -> Result<()> {
+    if let Some(reason) = kata_testkit::missing_root_or_tools(&["ip", "tc"]) {
+        bail!("the NIC hot-plug case {reason}");
+    }
+    const SECOND_IP: &str = "10.215.0.2";
+    const SECOND_PEER_IP: &str = "10.215.0.1";
+    let net = PodNetwork::new()?;
+    // A NIC is hot-plugged on a free PCIe root port: the VM gets one.
+    let sandbox = Sandbox::builder()
+        .id("pod-network-hotplug")
+        .root_dir(&env.root_dir)
+        .hypervisor_config(kata_sandbox::HypervisorConfig {
+            pcie_root_port: 1,
+            default_memory: 256,
+            ..Sandbox::builder().config().clone()
+        })
+        .network_namespace(net.pod.path())
+        .build()
+        .await
+        .context(NoGuest)?;
+    booted();
+    let dir = sandbox.dir().to_path_buf();
+    let checked = async {
+        let none = sandbox.rescan_network().await?;
+        ensure!(
+            none == kata_sandbox::NetworkChanges::default(),
+            "a rescan with nothing new changed {none:?}"
+        );
+        net.pod.run(
+            "ip",
+            &[
+                "link",
+                "add",
+                "eth1",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "peer1",
+                "netns",
+                &net.peer.name,
+            ],
+        )?;
+        net.pod.run(
+            "ip",
+            &["addr", "add", &format!("{SECOND_IP}/24"), "dev", "eth1"],
+        )?;
+        net.pod.run("ip", &["link", "set", "eth1", "up"])?;
+        net.peer.run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{SECOND_PEER_IP}/24"),
+                "dev",
+                "peer1",
+            ],
+        )?;
+        net.peer.run("ip", &["link", "set", "peer1", "up"])?;
+        let changes = sandbox.rescan_network().await?;
+        ensure!(
+            changes.added == ["eth1"] && changes.removed.is_empty(),
+            "the rescan: {changes:?}"
+        );
+        let mut taps = net.pod.taps()?;
+        taps.sort();
+        ensure!(taps == ["tap0_kata", "tap1_kata"], "taps: {taps:?}");
+        let ingress = net.pod.ingress("eth1")?;
+        ensure!(
+            ingress.contains("mirred") && ingress.contains("tap1_kata"),
+            "eth1's ingress:\n{ingress}"
+        );
+        let out = sandbox
+            .run(ContainerSpec::from_rootfs_dir(&env.rootfs).args([
+                "sh",
+                "-c",
+                "ip addr show eth1; ip route",
+            ]))
+            .await?;
+        let text = out.stdout_str();
+        ensure!(
+            text.contains(&format!("inet {SECOND_IP}/24"))
+                && text.contains("10.215.0.0/24 dev eth1"),
+            "the container's second interface:\n{text}{}",
+            out.stderr_str()
+        );
+        println!("    after the hot-plug:\n{}", text.trim_end());
+        let c = sandbox
+            .create_container(ContainerSpec::from_rootfs_dir(&env.rootfs).args([
+                "nc",
+                "-l",
+                "-p",
+                "8081",
+                "-e",
+                "echo",
+                "hello-over-eth1",
+            ]))
+            .await?;
+        c.start().await?;
+        let peer = net.peer.path();
+        let reply = tokio::task::spawn_blocking(move || -> Result<String> {
+            use std::io::Read;
+            let mut s = connect_from(&peer, &format!("{SECOND_IP}:8081"), Duration::from_secs(60))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            let mut got = String::new();
+            s.read_to_string(&mut got)?;
+            Ok(got)
+        })
+        .await?;
+        let status = c.wait().await?;
+        c.delete().await?;
+        ensure!(reply? == "hello-over-eth1\n", "the reply over eth1");
+        ensure!(status.success(), "nc -l: {status}");
+
+        // The interface goes (its veth deleted): the NIC is unplugged, its tap removed.
+        net.pod.run("ip", &["link", "del", "eth1"])?;
+        let changes = sandbox.rescan_network().await?;
+        ensure!(
+            changes.removed == ["eth1"] && changes.added.is_empty(),
+            "the rescan after eth1 went: {changes:?}"
+        );
+        let taps = net.pod.taps()?;
+        ensure!(taps == ["tap0_kata"], "taps after the unplug: {taps:?}");
+        let out = sandbox
+            .run(ContainerSpec::from_rootfs_dir(&env.rootfs).args(["ls", "/sys/class/net"]))
+            .await?;
+        let links = out.stdout_str();
+        ensure!(
+            !links.contains("eth1") && links.contains("eth0"),
+            "the guest's links after the unplug: {links}"
+        );
+        Ok(())
+    }
+    .await;
+    let shut = sandbox.shutdown().await;
+    checked?;
+    shut?;
+    ensure!(!dir.exists(), "sandbox dir {} left", dir.display());
+    net.nothing_left().context("after shutdown")?;
+    Ok(())
+}
+
 async fn pod_network_checks(
     env: &Env,
     sandbox: &Sandbox,
@@ -2113,6 +2261,11 @@ fn main() -> std::process::ExitCode {
             "pod_network_end_to_end",
             Duration::from_secs(600),
             case_pod_network_end_to_end,
+        )
+        .case_with_timeout(
+            "pod_network_hot_plug",
+            Duration::from_secs(600),
+            case_pod_network_hot_plug,
         )
         .case_with_timeout(
             "bad_boot_inputs",

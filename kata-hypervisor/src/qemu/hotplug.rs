@@ -15,6 +15,11 @@
 //! VFIO ([`attach_vfio`], [`detach_vfio`]): `device_add vfio-pci,host=<bdf>` on the lowest
 //! free port of `hot_plug_vfio`'s kind (a root port for `no-port`: never q35's `pcie.0`),
 //! its PCI path read back; `device_del` and `DEVICE_DELETED` on removal, the port freed.
+//!
+//! NICs ([`attach_net`], [`detach_net`]): each of the tap's open queues is handed to QEMU over
+//! the QMP socket (`getfd`, the file as `SCM_RIGHTS`), `netdev_add tap,fds=<names>` takes
+//! them, `device_add virtio-net-pci` on the lowest free PCIe root port; removal is
+//! `device_del`, `DEVICE_DELETED`, `netdev_del` (which closes QEMU's copies of the queues).
 
 use std::time::Duration;
 
@@ -23,7 +28,9 @@ use serde_json::{json, Map, Value};
 
 use super::qmp::QmpClient;
 use crate::config::{BlockDeviceAio, BlockDeviceDriver, HypervisorConfig};
-use crate::device::{BlockDevice, GuestAddress, PciPath, PciePort, PortAllocator, VfioDevice};
+use crate::device::{
+    BlockDevice, GuestAddress, NetDevice, PciPath, PciePort, PortAllocator, VfioDevice,
+};
 use crate::error::{Error, Result};
 
 /// The id of the virtio-scsi controller block devices go on (`block_device_driver =
@@ -480,6 +487,149 @@ pub(super) async fn detach_vfio(
     Ok(())
 }
 
+/// The QMP names of NIC `dev`'s tap queues while they are passed (`getfd`).
+fn net_fd_names(dev: &NetDevice) -> Vec<String> {
+    (0..dev.tap_fds.len())
+        .map(|i| format!("fd-{}-{i}", dev.id))
+        .collect()
+}
+
+/// `netdev_add`'s arguments for NIC `dev` whose queues QEMU holds as `fd_names`, as the
+/// command line's `-netdev tap,id=netdev-<id>,fds=...,vhost=...`.
+pub fn netdev_args(dev: &NetDevice, fd_names: &[String], vhost: bool) -> Value {
+    json!({
+        "type": "tap",
+        "id": format!("netdev-{}", dev.id),
+        "fds": fd_names.join(":"),
+        "vhost": vhost,
+    })
+}
+
+/// `device_add`'s properties for NIC `dev` on `bus` (the command line's `virtio-net-pci`).
+pub fn virtio_net_props(dev: &NetDevice, bus: &str, addr: Option<u32>) -> Map<String, Value> {
+    let mut p = Map::new();
+    p.insert("netdev".into(), json!(format!("netdev-{}", dev.id)));
+    p.insert("mac".into(), json!(dev.mac));
+    p.insert("romfile".into(), json!(""));
+    p.insert("bus".into(), json!(bus));
+    if let Some(addr) = addr {
+        p.insert("addr".into(), json!(format!("{addr:#x}")));
+    }
+    if dev.tap_fds.len() > 1 {
+        p.insert("mq".into(), json!(true));
+        p.insert("vectors".into(), json!(2 * dev.tap_fds.len() + 2));
+    }
+    p
+}
+
+/// Hot-plugs NIC `dev`: its tap's queues passed to QEMU (`getfd`), `netdev_add`, then
+/// `device_add virtio-net-pci` on the lowest free PCIe root port, and its guest PCI path read
+/// back. On error nothing of it is left in QEMU or `ports`. A NIC without open queues (an
+/// adopted one) cannot be plugged: [`Error::InvalidDevice`].
+pub(super) async fn attach_net(
+    qmp: &QmpClient,
+    c: &HypervisorConfig,
+    ports: &mut PortAllocator,
+    dev: &NetDevice,
+) -> Result<GuestAddress> {
+    let refuse = |reason: String| Error::InvalidDevice {
+        kind: "network",
+        id: format!("{} (tap {})", dev.id, dev.tap_name),
+        reason,
+    };
+    if dev.tap_fds.is_empty() || dev.tap_fds.len() != dev.queues.max(1) as usize {
+        return Err(refuse(format!(
+            "it has {} queue pairs but {} open tap queues: hot-plug needs one open queue each \
+             (kata-resource's network rescan makes them)",
+            dev.queues.max(1),
+            dev.tap_fds.len()
+        )));
+    }
+    let slot = ports
+        .allocate(PciePort::RootPort, &dev.id)?
+        .ok_or_else(|| refuse("no free PCIe root port to plug it on (pcie_root_port)".into()))?;
+    let names = net_fd_names(dev);
+    let netdev = format!("netdev-{}", dev.id);
+    let result = async {
+        let mut passed = Vec::new();
+        let mut r = Ok(());
+        for (name, fd) in names.iter().zip(&dev.tap_fds) {
+            use std::os::fd::AsFd;
+            r = qmp.getfd(name, fd.as_fd()).await;
+            if r.is_err() {
+                break;
+            }
+            passed.push(name.clone());
+        }
+        if r.is_ok() {
+            r = qmp
+                .execute(
+                    "netdev_add",
+                    Some(netdev_args(
+                        dev,
+                        &names,
+                        super::cmdline::vhost_net_usable(c),
+                    )),
+                )
+                .await
+                .map(drop);
+        }
+        if let Err(e) = r {
+            for name in passed {
+                let _ = qmp.closefd(&name).await;
+            }
+            return Err(e);
+        }
+        // netdev_add took the queues out of the monitor's list: from here, netdev_del.
+        let added = qmp
+            .device_add(
+                "virtio-net-pci",
+                &dev.id,
+                virtio_net_props(dev, &slot.bus, slot.addr),
+            )
+            .await;
+        let path = match added {
+            Ok(()) => match find_pci_path(qmp, &dev.id, &slot.bus).await {
+                Ok(path) => Ok(path),
+                Err(e) => {
+                    let _ = qmp.device_del(&dev.id, UNPLUG_WAIT).await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        if path.is_err() {
+            let _ = qmp
+                .execute("netdev_del", Some(json!({ "id": netdev })))
+                .await;
+        }
+        path
+    }
+    .await;
+    match result {
+        Ok(path) => {
+            tracing::info!(device = %dev.id, tap = %dev.tap_name, port = %slot.bus, %path, "NIC attached");
+            Ok(GuestAddress::Pci { path })
+        }
+        Err(e) => {
+            ports.free(&dev.id);
+            Err(e)
+        }
+    }
+}
+
+/// Hot-unplugs NIC `id`: `device_del`, the wait for the guest to release it
+/// (`DEVICE_DELETED`, at most [`UNPLUG_WAIT`]), then `netdev_del`, which closes QEMU's copies
+/// of the tap's queues; its port is freed. A NIC the guest does not release keeps its port.
+pub(super) async fn detach_net(qmp: &QmpClient, ports: &mut PortAllocator, id: &str) -> Result<()> {
+    qmp.device_del(id, UNPLUG_WAIT).await?;
+    let freed = ports.free(id);
+    qmp.execute("netdev_del", Some(json!({ "id": format!("netdev-{id}") })))
+        .await?;
+    tracing::info!(device = %id, port = ?freed.map(|s| s.bus), "NIC detached");
+    Ok(())
+}
+
 /// Where the guest finds the device `id` (cold-plugged or hot-plugged on a PCI port), from
 /// `query-pci`.
 pub(super) async fn pci_address(qmp: &QmpClient, id: &str) -> Result<GuestAddress> {
@@ -581,6 +731,39 @@ mod tests {
             Value::Object(p),
             json!({"drive": "drive-blk-c1", "bus": "scsi0.0", "channel": 0, "scsi-id": 0, "lun": 2})
         );
+    }
+
+    #[test]
+    fn a_hot_plugged_nic_is_the_command_lines_nic() {
+        use std::os::fd::OwnedFd;
+        use std::sync::Arc;
+        let fds: Vec<Arc<OwnedFd>> = (0..2)
+            .map(|_| Arc::new(OwnedFd::from(tempfile::tempfile().unwrap())))
+            .collect();
+        let mut nic = NetDevice {
+            id: "net1".into(),
+            tap_name: "tap1_kata".into(),
+            mac: "02:00:00:00:00:01".into(),
+            netns: None,
+            queues: 2,
+            tap_fds: fds,
+        };
+        let names = net_fd_names(&nic);
+        assert_eq!(names, ["fd-net1-0", "fd-net1-1"]);
+        assert_eq!(
+            netdev_args(&nic, &names, true),
+            json!({"type": "tap", "id": "netdev-net1", "fds": "fd-net1-0:fd-net1-1", "vhost": true})
+        );
+        let p = virtio_net_props(&nic, "rp1", None);
+        assert_eq!(p["netdev"], "netdev-net1");
+        assert_eq!(p["mac"], "02:00:00:00:00:01");
+        assert_eq!(p["bus"], "rp1");
+        assert_eq!(
+            (p["mq"].clone(), p["vectors"].clone()),
+            (json!(true), json!(6))
+        );
+        nic.tap_fds.truncate(1);
+        assert!(!virtio_net_props(&nic, "rp1", None).contains_key("mq"));
     }
 
     #[test]

@@ -811,6 +811,13 @@ impl Qemu {
                     .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
                 hotplug::attach(&qmp, &self.config, ports, &mut run.blocks, b).await
             }
+            DeviceConfig::Net(n) => {
+                let ports = run
+                    .ports
+                    .as_mut()
+                    .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
+                hotplug::attach_net(&qmp, &self.config, ports, &n).await
+            }
             other => Err(Error::Unsupported {
                 backend: "qemu",
                 what: format!("hot-plugging {} devices yet", other.kind_name()),
@@ -1020,6 +1027,17 @@ impl Hypervisor for Qemu {
                     .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
                 let r = hotplug::detach(&qmp, ports, &mut run.blocks, &b.id).await;
                 self.publish(run);
+                r
+            }
+            DeviceConfig::Net(n) => {
+                let qmp = self.qmp_or_err()?;
+                let mut run = self.running.lock().await;
+                let ports = run
+                    .ports
+                    .as_mut()
+                    .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
+                let r = hotplug::detach_net(&qmp, ports, &n.id).await;
+                self.publish(&run);
                 r
             }
             other => Err(Error::Unsupported {

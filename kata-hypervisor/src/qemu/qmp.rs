@@ -145,6 +145,42 @@ impl QmpClient {
         arguments: Option<Value>,
         timeout: Duration,
     ) -> Result<Value> {
+        self.execute_with_fd(command, arguments, None, timeout)
+            .await
+    }
+
+    /// `getfd`: hands QEMU an open file (`fd`, sent with the command as `SCM_RIGHTS`) under
+    /// `name`, for a later command to name (`netdev_add tap,fds=<name>:...`, which takes it
+    /// out of the monitor's list). A name already in use is replaced by QEMU.
+    pub async fn getfd(&self, name: &str, fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        self.execute_with_fd(
+            "getfd",
+            Some(json!({ "fdname": name })),
+            Some(fd.as_raw_fd()),
+            self.timeout,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `closefd`: closes the file QEMU holds under `name` (from [`getfd`](Self::getfd)) that
+    /// no command took.
+    pub async fn closefd(&self, name: &str) -> Result<()> {
+        self.execute("closefd", Some(json!({ "fdname": name })))
+            .await
+            .map(drop)
+    }
+
+    /// Sends one command (with `fd` as `SCM_RIGHTS` on its first byte when given) and waits
+    /// at most `timeout` for its reply.
+    async fn execute_with_fd(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: Option<std::os::fd::RawFd>,
+        timeout: Duration,
+    ) -> Result<Value> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut msg = Map::new();
         msg.insert("execute".into(), json!(command));
@@ -157,7 +193,13 @@ impl QmpClient {
 
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id, tx);
-        let written = self.writer.lock().await.write_all(line.as_bytes()).await;
+        let written = {
+            let mut writer = self.writer.lock().await;
+            match fd {
+                None => writer.write_all(line.as_bytes()).await,
+                Some(fd) => send_with_fd(&writer, line.as_bytes(), fd).await,
+            }
+        };
         if let Err(e) = written {
             self.pending.lock().unwrap().remove(&id);
             return Err(Error::Qmp {
@@ -365,6 +407,42 @@ pub struct PciDeviceInfo {
     pub device_id: u64,
 }
 
+/// Writes `bytes` on the QMP socket with `fd` attached (`SCM_RIGHTS`) to the first `sendmsg`;
+/// the rest, if the socket takes only part, follows plainly.
+async fn send_with_fd(
+    writer: &OwnedWriteHalf,
+    bytes: &[u8],
+    fd: std::os::fd::RawFd,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let stream: &UnixStream = writer.as_ref();
+    let mut sent = 0;
+    while sent < bytes.len() {
+        stream.writable().await?;
+        let fds = [fd];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let r = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            let iov = [std::io::IoSlice::new(&bytes[sent..])];
+            let cmsgs: &[ControlMessage] = if sent == 0 { &cmsg } else { &[] };
+            sendmsg::<UnixAddr>(
+                stream.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match r {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn collect_pci(bus: &Value, out: &mut Vec<PciDeviceInfo>) {
     // A bus is `{"bus": n, "devices": [...]}`; a bridge device carries
     // `"pci_bridge": {"bus": {"secondary": n, ...}, "devices": [...]}`.
@@ -511,5 +589,77 @@ mod resize_request_tests {
             json!({"qom-type": "memory-backend-memfd", "id": "mem-dimm0",
                    "size": 134217728u64, "share": true})
         );
+    }
+}
+
+#[cfg(test)]
+mod fd_tests {
+    use super::*;
+
+    /// `getfd` carries the file itself: a fake QEMU receives it with the command (SCM_RIGHTS)
+    /// and can write through it.
+    #[tokio::test]
+    async fn getfd_passes_the_file_with_the_command() {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("qmp.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let server = std::thread::spawn(move || -> (String, OwnedFd) {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"major\": 7, \"minor\": 2, \"micro\": 0}}}}\n")
+                .unwrap();
+            let mut got = String::new();
+            let mut fd = None;
+            // Line by line: the capabilities, then getfd with its file.
+            for _ in 0..2 {
+                let mut line = Vec::new();
+                loop {
+                    let mut buf = [0u8; 1];
+                    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+                    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                    let msg = recvmsg::<UnixAddr>(
+                        s.as_raw_fd(),
+                        &mut iov,
+                        Some(&mut space),
+                        MsgFlags::empty(),
+                    )
+                    .unwrap();
+                    for c in msg.cmsgs().unwrap() {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            fd = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+                        }
+                    }
+                    assert_eq!(msg.bytes, 1);
+                    if buf[0] == b'\n' {
+                        break;
+                    }
+                    line.push(buf[0]);
+                }
+                let v: Value = serde_json::from_slice(&line).unwrap();
+                got.push_str(&format!("{} {};", v["execute"], v["arguments"]));
+                s.write_all(format!("{{\"return\": {{}}, \"id\": {}}}\n", v["id"]).as_bytes())
+                    .unwrap();
+            }
+            (got, fd.expect("no file came with the commands"))
+        });
+        let client = QmpClient::connect(&sock, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        client.getfd("fd-net1-0", file.as_fd()).await.unwrap();
+        let (got, fd) = server.join().unwrap();
+        assert_eq!(
+            got,
+            "\"qmp_capabilities\" null;\"getfd\" {\"fdname\":\"fd-net1-0\"};"
+        );
+        std::fs::File::from(fd)
+            .write_all(b"through QEMU's copy")
+            .unwrap();
+        let mut back = String::new();
+        file.rewind().unwrap();
+        file.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "through QEMU's copy");
     }
 }

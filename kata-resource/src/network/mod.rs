@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use discover::{ArpNeighbor, Interface, IpFamily, IpPrefix, PodNetwork, Route};
 pub(crate) use slot::NetworkSlot;
+pub use slot::Rescanned;
 pub use state::{EndpointState, NetworkState};
 
 use crate::{Error, Result};

@@ -120,17 +120,102 @@ impl NetworkSlot {
         joined
             .endpoints
             .iter()
-            .map(|e| {
-                DeviceConfig::Net(NetDevice {
-                    id: e.device_id.clone(),
-                    tap_name: e.tap.clone(),
-                    mac: e.mac.clone(),
-                    netns: Some(joined.netns.path.clone()),
-                    queues: e.queues,
-                    tap_fds: e.fds.clone(),
-                })
-            })
+            .map(|e| e.device(&joined.netns.path))
             .collect()
+    }
+
+    /// Joins the interfaces that appeared in the pod's namespace since it was set up (or last
+    /// rescanned) to taps of their own, as at set-up, and returns them: the NICs to hot-plug
+    /// (in the order of [`Rescanned::interfaces`]) and what the guest is to be told, and the
+    /// NICs of interfaces that are gone (still recorded until [`forget`](Self::forget)). The
+    /// guest's view ([`guest`](Self::guest)) becomes the namespace's as found now. Nothing
+    /// new: empty. Without a joined namespace: [`Error::Network`]. On error nothing new is
+    /// left (no tap, qdisc or filter).
+    pub(crate) fn rescan(&mut self) -> Result<Rescanned> {
+        let Some(joined) = &mut self.joined else {
+            return Err(Error::Network {
+                netns: PathBuf::new(),
+                action: "rescan the sandbox's network".into(),
+                reason: "the sandbox has no pod network namespace joined (none in its spec, \
+                         internetworking_model = \"none\", or disable_new_netns)"
+                    .into(),
+            });
+        };
+        let Some(ns) = NetNs::reopen(&joined.netns)? else {
+            return Err(Error::Network {
+                netns: joined.netns.path.clone(),
+                action: "rescan the sandbox's network".into(),
+                reason: "the namespace is gone, or its path names another one now".into(),
+            });
+        };
+        let queues = joined.endpoints.first().map_or(1, |e| e.queues);
+        let known: Vec<String> = joined
+            .endpoints
+            .iter()
+            .map(|e| e.interface.clone())
+            .collect();
+        let used: Vec<String> = joined
+            .endpoints
+            .iter()
+            .map(|e| e.device_id.clone())
+            .collect();
+        let (guest, added) = ns.run(|| join_new(ns.path(), &known, &used, queues))?;
+        // Interfaces gone from the namespace: their NICs to unplug, then `forget`.
+        let removed = joined
+            .endpoints
+            .iter()
+            .filter(|e| !guest.interfaces.iter().any(|i| i.name == e.interface))
+            .map(|e| (e.interface.clone(), e.device(&joined.netns.path)))
+            .collect();
+        let interfaces: Vec<super::Interface> = added
+            .iter()
+            .filter_map(|e| guest.interfaces.iter().find(|i| i.name == e.interface))
+            .cloned()
+            .collect();
+        let devices = added.iter().map(|e| e.device(&joined.netns.path)).collect();
+        tracing::info!(netns = %joined.netns.path.display(), added = added.len(), "pod network rescanned");
+        joined.endpoints.extend(added);
+        joined.guest = guest.clone();
+        Ok(Rescanned {
+            devices,
+            interfaces,
+            removed,
+            network: guest,
+        })
+    }
+
+    /// Removes the endpoint of NIC `device_id` (one [`Rescanned::removed`] named, once the VM
+    /// has let it go): its tap and, if its interface is still there, the interface's ingress
+    /// qdisc and filter; this process's queues are closed. An unknown id is
+    /// [`Error::Network`] naming it. What fails stays recorded for release to retry.
+    pub(crate) fn forget(&mut self, device_id: &str) -> Result<()> {
+        let Some(joined) = &mut self.joined else {
+            return Err(Error::Network {
+                netns: PathBuf::new(),
+                action: format!("remove NIC {device_id}"),
+                reason: "the sandbox has no pod network".into(),
+            });
+        };
+        let Some(at) = joined
+            .endpoints
+            .iter()
+            .position(|e| e.device_id == device_id)
+        else {
+            return Err(Error::Network {
+                netns: joined.netns.path.clone(),
+                action: format!("remove NIC {device_id}"),
+                reason: "no such NIC was joined".into(),
+            });
+        };
+        let e = &joined.endpoints[at];
+        let pair = [(e.interface.clone(), e.tap.clone())];
+        if let Some(ns) = NetNs::reopen(&joined.netns)? {
+            if let Some((_, err)) = ns.run(|| Ok(tear_down(ns.path(), &pair)))?.pop() {
+                return Err(err);
+            }
+        }
+        joined.endpoints.remove(at);
+        Ok(())
     }
 
     /// What the guest is to be told: interfaces, routes, neighbours (empty without network).
@@ -278,7 +363,34 @@ impl Drop for NetworkSlot {
     }
 }
 
+/// What a [`NetworkSlot::rescan`] joined.
+#[derive(Debug)]
+pub struct Rescanned {
+    /// The NICs to hot-plug, one per new interface, with their taps' open queues.
+    pub devices: Vec<DeviceConfig>,
+    /// The new interfaces, in the order of [`devices`](Self::devices).
+    pub interfaces: Vec<super::Interface>,
+    /// The NICs whose interface is gone from the namespace, with the interface's name: to
+    /// unplug, then to forget ([`SandboxResources::forget_network_device`](
+    /// crate::SandboxResources::forget_network_device)), which removes their taps.
+    pub removed: Vec<(String, DeviceConfig)>,
+    /// The whole pod network as found now: every interface, route and neighbour.
+    pub network: PodNetwork,
+}
+
 impl Endpoint {
+    /// The NIC that gives this endpoint's tap to the VM.
+    fn device(&self, netns: &Path) -> DeviceConfig {
+        DeviceConfig::Net(NetDevice {
+            id: self.device_id.clone(),
+            tap_name: self.tap.clone(),
+            mac: self.mac.clone(),
+            netns: Some(netns.to_path_buf()),
+            queues: self.queues,
+            tap_fds: self.fds.clone(),
+        })
+    }
+
     fn state(&self) -> EndpointState {
         EndpointState {
             device_id: self.device_id.clone(),
@@ -326,6 +438,47 @@ fn join_all(netns: &Path, queues: u32) -> Result<(PodNetwork, Vec<Endpoint>)> {
         }
     }
     // The guest is told of the interfaces that got a tap: all of them.
+    Ok((guest, endpoints))
+}
+
+/// In the namespace (calling thread): discovers the pod's network and joins a tap to each
+/// interface not in `known`, with device ids not in `used`. On error, undoes what it did.
+fn join_new(
+    netns: &Path,
+    known: &[String],
+    used: &[String],
+    queues: u32,
+) -> Result<(PodNetwork, Vec<Endpoint>)> {
+    let (guest, links) = discover::discover_here(netns)?;
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    let mut next = 0;
+    for interface in guest.interfaces.iter().filter(|i| !known.contains(&i.name)) {
+        while used.contains(&format!("net{next}")) {
+            next += 1;
+        }
+        match join_one(
+            netns,
+            &links,
+            next,
+            &interface.name,
+            &interface.mac,
+            interface.mtu,
+            queues,
+        ) {
+            Ok(e) => endpoints.push(e),
+            Err(e) => {
+                let done: Vec<(String, String)> = endpoints
+                    .iter()
+                    .map(|e| (e.interface.clone(), e.tap.clone()))
+                    .collect();
+                for (tap, undo) in tear_down(netns, &done) {
+                    tracing::error!(netns = %netns.display(), %tap, "cannot undo a partial network rescan: {undo}");
+                }
+                return Err(e);
+            }
+        }
+        next += 1;
+    }
     Ok((guest, endpoints))
 }
 

@@ -274,6 +274,22 @@ impl SandboxResources {
         self.cgroups.update_container(id, resources)
     }
 
+    /// Joins interfaces added to the pod's network namespace since set-up to taps of their
+    /// own (see [`crate::network`]) and returns the NICs to hot-plug and what the guest is to
+    /// be told, and the NICs of interfaces that are gone ([`Rescanned`](
+    /// crate::network::Rescanned)); nothing new: empty. On error
+    /// nothing new is left.
+    pub fn rescan_network(&mut self) -> Result<crate::network::Rescanned> {
+        self.network.rescan()
+    }
+
+    /// Removes NIC `device_id`'s tap (and its interface's filters, if the interface is still
+    /// there), once the VM has let the NIC go: one a rescan listed as
+    /// [`removed`](crate::network::Rescanned::removed).
+    pub fn forget_network_device(&mut self, device_id: &str) -> Result<()> {
+        self.network.forget(device_id)
+    }
+
     /// What the guest is to be told of the pod's network: the interfaces (for
     /// UpdateInterface), routes (UpdateRoutes) and ARP neighbours (AddARPNeighbors). Empty
     /// without network.

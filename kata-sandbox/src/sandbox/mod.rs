@@ -311,6 +311,20 @@ impl Sandbox {
         self.core.guarded(self.core.handler.pause_sandbox()).await
     }
 
+    /// Joins interfaces added to the pod's network namespace since the sandbox started (a
+    /// CNI plugin run again, a second network attached): each gets a tap joined to it by tc
+    /// filters, hot-plugged into the VM as a NIC, and the guest is told its addresses and the
+    /// pod's routes and neighbours. Interfaces gone from the namespace have their NICs
+    /// unplugged (`device_del`, the guest's release) and their taps removed. Says which were
+    /// added and removed. A sandbox without a pod network namespace refuses it, naming
+    /// `network`.
+    pub async fn rescan_network(&self) -> Result<crate::NetworkChanges> {
+        self.core.alive()?;
+        let added = self.core.guarded(self.core.handler.rescan_network()).await;
+        self.core.persist_or_warn();
+        added
+    }
+
     /// Resumes a paused sandbox.
     pub async fn resume(&self) -> Result<()> {
         self.core.alive()?;

@@ -736,6 +736,10 @@ impl RuntimeHandler for VirtContainer {
         Ok(())
     }
 
+    async fn rescan_network(&self) -> Result<crate::NetworkChanges> {
+        network::rescan(&self.vm, &self.agent, &self.resources).await
+    }
+
     fn state(&self) -> HandlerState {
         let resources = self.resources.lock().unwrap().as_ref().map(|r| r.state());
         let state = VirtState {

@@ -5,10 +5,15 @@
 use kata_agent_client::api::network::{
     ArpNeighbor, Interface, IpAddress, IpFamily, MacAddress, NeighborState, Route, RouteScope,
 };
+use std::sync::{Arc, Mutex};
+
 use kata_agent_client::Agent;
+use kata_hypervisor::{GuestAddress, Hypervisor};
 use kata_resource::network::{self as host, PodNetwork};
+use kata_resource::SandboxResources;
 
 use crate::error::{Error, Result};
+use crate::NetworkChanges;
 
 /// Sends the pod's network to the guest. Nothing to send without a network.
 pub(super) async fn configure_guest(agent: &Agent, net: &PodNetwork) -> Result<()> {
@@ -28,6 +33,78 @@ pub(super) async fn configure_guest(agent: &Agent, net: &PodNetwork) -> Result<(
         agent.update_routes(&routes).await?;
     }
     Ok(())
+}
+
+/// Joins the interfaces added to the pod's namespace since boot: a tap each (kata-resource),
+/// hot-plugged as a NIC, the guest told each interface (with the NIC's PCI path, so the agent
+/// waits for it to appear), then the new interfaces' neighbours and the pod's routes as found
+/// now. First, the NICs of interfaces gone from the namespace are unplugged and their taps
+/// removed. A NIC that cannot be plugged fails the rescan; its tap stays recorded and goes
+/// with the others at shutdown.
+pub(super) async fn rescan(
+    vm: &Arc<dyn Hypervisor>,
+    agent: &Agent,
+    resources: &Arc<Mutex<Option<SandboxResources>>>,
+) -> Result<NetworkChanges> {
+    let owner = resources.clone();
+    let found = blocking_resources(owner, |r| Ok(r.rescan_network()?)).await?;
+    let mut changes = NetworkChanges::default();
+    for (name, device) in found.removed {
+        vm.remove_device(&device).await?;
+        let id = device.id().to_owned();
+        blocking_resources(
+            resources.clone(),
+            move |r| Ok(r.forget_network_device(&id)?),
+        )
+        .await?;
+        changes.removed.push(name);
+    }
+    for (device, i) in found.devices.into_iter().zip(&found.interfaces) {
+        let address = vm.add_device(device).await?;
+        let mut guest = interface(i)?;
+        if let GuestAddress::Pci { path } = address {
+            guest = guest.pci_path(path.to_string());
+        }
+        agent.update_interface(&guest).await?;
+        changes.added.push(i.name.clone());
+    }
+    if changes.added.is_empty() {
+        return Ok(changes);
+    }
+    let neighbors = found
+        .network
+        .neighbors
+        .iter()
+        .filter(|n| changes.added.contains(&n.device))
+        .map(neighbor)
+        .collect::<Result<Vec<_>>>()?;
+    if !neighbors.is_empty() {
+        agent.add_arp_neighbors(&neighbors).await?;
+    }
+    let routes = found
+        .network
+        .routes
+        .iter()
+        .map(route)
+        .collect::<Result<Vec<_>>>()?;
+    agent.update_routes(&routes).await?;
+    Ok(changes)
+}
+
+/// Runs `f` on the sandbox's host resources, off the async worker.
+async fn blocking_resources<T: Send + 'static>(
+    resources: Arc<Mutex<Option<SandboxResources>>>,
+    f: impl FnOnce(&mut SandboxResources) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(move || {
+        let mut guard = resources.lock().unwrap();
+        let r = guard.as_mut().ok_or_else(|| {
+            Error::invalid("network", "the sandbox's host resources are released")
+        })?;
+        f(r)
+    })
+    .await
+    .map_err(|e| Error::invalid("network", format!("the network rescan panicked: {e}")))?
 }
 
 fn bad(what: &str, reason: impl std::fmt::Display) -> Error {
