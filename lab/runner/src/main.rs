@@ -2,11 +2,12 @@
 //! host's root, read-only, with tmpfs on /run and /tmp).
 //!
 //! First [`kata_lab::protocol::RUNNER_CHECKS`] (KVM's capabilities, as the built-in VMM's probe
-//! asks them); then, for each VMM (`--vmm qemu`, repeatable; all by default), it boots one L2
-//! sandbox through kata-sandbox and runs [`kata_lab::protocol::VMM_CHECKS`], printing one line
-//! per check on stdout (L1's serial console) and the boot figure; then a summary. It exits non-zero when a
-//! check failed. Every check runs under its own deadline, so a hung one fails by name and the
-//! rest still report.
+//! asks them); then, for each VMM (`--vmm qemu`, `--vmm builtin`, repeatable; all by default),
+//! it boots one L2 sandbox through kata-sandbox and runs that VMM's share of
+//! [`kata_lab::protocol::VMM_CHECKS`] ([`Vmm::checks`]), printing one line per check on stdout
+//! (L1's serial console) and the boot figure; then the two VMMs' boot ratio and a summary. It
+//! exits non-zero when a check failed. Every check runs under its own deadline, so a hung one
+//! fails by name and the rest still report.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use kata_lab::protocol::{check_line, figure_line, RUNNER_CHECKS, VMM_CHECKS};
+use kata_hypervisor::config::{HypervisorConfig, HypervisorType};
+use kata_lab::protocol::{
+    check_line, figure_line, BOOT_RATIO_FIGURE, BOOT_RATIO_TARGET, RUNNER_CHECKS,
+};
 use kata_lab::Vmm;
 use kata_sandbox::{ContainerSpec, Sandbox};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,19 +31,34 @@ const ROOT_DIR: &str = "/run/kata-lab";
 const TOKEN_FILE: &str = "lab-token";
 /// Processes a sandbox may leave behind if its shutdown is broken.
 const VM_PROGRAMS: &[&str] = &["qemu-system-x86_64", "virtiofsd", "vhost-device-vsock"];
+/// The name prefixes of the built-in VMM's threads (`kata-vcpu-N`, `kata-vmm-events`), which
+/// must all be gone from the runner's process after its sandbox's shutdown.
+const VMM_THREADS: &[&str] = &["kata-vcpu", "kata-vmm"];
 
 /// Counts and prints the checks of one VMM.
 struct Checks {
     vmm: Vmm,
     ran: usize,
     passed: usize,
+    /// The sandbox's boot to agent-ready time, when it booted.
+    boot: Option<Duration>,
 }
 
 impl Checks {
+    fn new(vmm: Vmm) -> Self {
+        Checks {
+            vmm,
+            ran: 0,
+            passed: 0,
+            boot: None,
+        }
+    }
+
     fn report(&mut self, name: &str, result: Result<String>) -> bool {
         assert!(
-            VMM_CHECKS.contains(&name),
-            "check {name} is not in VMM_CHECKS"
+            self.vmm.checks().contains(&name),
+            "check {name} is not one of {}'s checks",
+            self.vmm
         );
         let ok = result.is_ok();
         let result = result.map_err(|e| format!("{e:#}"));
@@ -65,8 +84,9 @@ impl Checks {
 
     /// Reports every check from `from` on as not run.
     fn not_run(&mut self, from: &str, why: &str) {
-        let start = VMM_CHECKS.iter().position(|c| *c == from).unwrap_or(0);
-        for name in &VMM_CHECKS[start..] {
+        let checks = self.vmm.checks();
+        let start = checks.iter().position(|c| *c == from).unwrap_or(0);
+        for name in &checks[start..] {
             self.report(name, Err(anyhow::anyhow!("not run: {why}")));
         }
     }
@@ -77,27 +97,35 @@ fn spec(rootfs: &Path, args: &[&str]) -> ContainerSpec {
 }
 
 async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
-    let mut checks = Checks {
-        vmm,
-        ran: 0,
-        passed: 0,
+    let mut checks = Checks::new(vmm);
+    // Each backend's own probe: the one that decides whether it starts.
+    let (usable, reason) = match vmm {
+        Vmm::Qemu => {
+            let p = kata_hypervisor::kvm::probe_kvm();
+            (p.usable, p.reason)
+        }
+        Vmm::Builtin => {
+            let p = kata_hypervisor::kvm::probe_builtin_vmm();
+            (p.usable, p.reason)
+        }
     };
-    let probe = kata_hypervisor::kvm::probe_kvm();
     checks.report(
         "kvm-probe",
-        if probe.usable {
-            Ok(probe.reason)
+        if usable {
+            Ok(reason)
         } else {
-            Err(anyhow::anyhow!("{}", probe.reason))
+            Err(anyhow::anyhow!("{reason}"))
         },
     );
 
     let id = format!("lab-{vmm}");
-    let mut builder = Sandbox::builder()
-        .id(&id)
-        .memory_mib(256)
-        .vcpus(1)
-        .root_dir(ROOT_DIR);
+    let kind = hypervisor_type(vmm);
+    let mut builder = Sandbox::builder().id(&id).hypervisor(kind);
+    if vmm == Vmm::Builtin {
+        // The section's own defaults (its share: inline virtio-fs).
+        builder = builder.hypervisor_config(HypervisorConfig::defaults_for(kind));
+    }
+    let mut builder = builder.memory_mib(256).vcpus(1).root_dir(ROOT_DIR);
     if l2_console_logged() {
         let mut hv = builder.config().clone();
         hv.enable_debug = true;
@@ -112,12 +140,12 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
                 "boot",
                 Err(anyhow::Error::new(e).context("the sandbox did not start")),
             );
-            checks.not_run("vhost-vsock", "the sandbox did not boot");
+            checks.not_run(vmm.checks()[2], "the sandbox did not boot");
             return checks;
         }
         Err(_) => {
             checks.report("boot", Err(anyhow::anyhow!("no sandbox after 300 s")));
-            checks.not_run("vhost-vsock", "the sandbox did not boot");
+            checks.not_run(vmm.checks()[2], "the sandbox did not boot");
             return checks;
         }
     };
@@ -132,6 +160,7 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
             .unwrap_or_default()
     };
     let accel = fact("accelerator");
+    checks.boot = Some(timings.agent_connected);
     println!(
         "{}",
         figure_line(
@@ -149,28 +178,35 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
             ),
         )
     );
+    let backend = fact("hypervisor");
     checks.report(
         "boot",
-        if accel == "kvm" {
-            Ok(format!("{facts:?} in {wall:.1?}"))
-        } else {
+        if accel != "kvm" {
             Err(anyhow::anyhow!(
                 "the sandbox booted with accelerator {accel:?}, not KVM: {facts:?}"
             ))
+        } else if backend != kind.to_string() {
+            Err(anyhow::anyhow!(
+                "the sandbox booted on {backend:?}, not {kind}: {facts:?}"
+            ))
+        } else {
+            Ok(format!("{facts:?} in {wall:.1?}"))
         },
     );
 
     let agent = fact("agent");
-    checks.report(
-        "vhost-vsock",
-        if agent.starts_with("vsock://") {
-            Ok(format!("agent at {agent}"))
-        } else {
-            Err(anyhow::anyhow!(
-                "agent at {agent:?}: not the kernel's vhost-vsock"
-            ))
-        },
-    );
+    if vmm == Vmm::Qemu {
+        checks.report(
+            "vhost-vsock",
+            if agent.starts_with("vsock://") {
+                Ok(format!("agent at {agent}"))
+            } else {
+                Err(anyhow::anyhow!(
+                    "agent at {agent:?}: not the kernel's vhost-vsock"
+                ))
+            },
+        );
+    }
 
     let limit = Duration::from_secs(120);
     checks
@@ -262,10 +298,91 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
                 })
                 .collect();
             ensure!(left.is_empty(), "processes left: {left:?}");
+            if vmm == Vmm::Builtin {
+                let threads = vmm_threads_gone().await?;
+                return Ok(format!(
+                    "no process, mount, sandbox directory or VMM thread left ({threads})"
+                ));
+            }
             Ok("no process, mount or sandbox directory left".to_string())
         })
         .await;
     checks
+}
+
+/// The backend a lab VMM is.
+fn hypervisor_type(vmm: Vmm) -> HypervisorType {
+    match vmm {
+        Vmm::Qemu => HypervisorType::Qemu,
+        Vmm::Builtin => HypervisorType::Dragonball,
+    }
+}
+
+/// The names of this process's threads.
+fn thread_names() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").context("/proc/self/task")? {
+        // A thread that ended between the listing and the read is no thread.
+        if let Ok(comm) = std::fs::read_to_string(task?.path().join("comm")) {
+            names.push(comm.trim_end().to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// The built-in VMM's threads named in [`VMM_THREADS`] that are still in this process.
+fn vmm_threads() -> Result<Vec<String>> {
+    Ok(thread_names()?
+        .into_iter()
+        .filter(|n| VMM_THREADS.iter().any(|p| n.starts_with(p)))
+        .collect())
+}
+
+/// Waits (1 s at most: a joined thread can linger in /proc for a moment) until no built-in
+/// VMM thread is left in this process; says how many threads the process has.
+async fn vmm_threads_gone() -> Result<String> {
+    let t = Instant::now();
+    loop {
+        let left = vmm_threads()?;
+        if left.is_empty() {
+            return Ok(format!(
+                "{} threads in the runner, none of the VMM's",
+                thread_names()?.len()
+            ));
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(1),
+            "the built-in VMM's threads are still running in the runner after its shutdown: \
+             {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The built-in VMM's boot-to-agent-ready time over QEMU's (issue 11's figure), when both
+/// booted.
+fn boot_ratio_line(qemu: Option<Duration>, builtin: Option<Duration>) -> Option<String> {
+    let (q, b) = (qemu?, builtin?);
+    if q.is_zero() {
+        return None;
+    }
+    let ratio = b.as_secs_f64() / q.as_secs_f64();
+    Some(figure_line(
+        BOOT_RATIO_FIGURE,
+        ratio,
+        "ratio",
+        &format!(
+            "built-in {:.0} ms / QEMU {:.0} ms, boot to agent-ready in the same L1 run \
+             (issue 11's target: <= {BOOT_RATIO_TARGET}; {})",
+            b.as_secs_f64() * 1000.0,
+            q.as_secs_f64() * 1000.0,
+            if ratio <= BOOT_RATIO_TARGET {
+                "met"
+            } else {
+                "not met"
+            }
+        ),
+    ))
 }
 
 /// Whether L2's console is logged (the hypervisor's `enable_debug`: its lines at debug level
@@ -285,7 +402,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Vec<Vmm>> {
                 let v = args.next().context("--vmm needs a value")?;
                 vmms.push(v.parse()?);
             }
-            other => bail!("unknown argument {other:?}; usage: kata-lab [--vmm qemu]..."),
+            other => {
+                bail!("unknown argument {other:?}; usage: kata-lab [--vmm qemu|builtin]...")
+            }
         }
     }
     if vmms.is_empty() {
@@ -330,15 +449,12 @@ fn main() -> ExitCode {
         check_line(RUNNER_CHECKS[0], &Err(caps.reason))
     };
     println!("{caps_line}");
+    let mut boots = Vec::new();
     for vmm in vmms {
         let c = match &rootfs {
             Ok(rootfs) => runtime.block_on(run_vmm(vmm, rootfs, &token)),
             Err(e) => {
-                let mut c = Checks {
-                    vmm,
-                    ran: 0,
-                    passed: 0,
-                };
+                let mut c = Checks::new(vmm);
                 c.not_run("kvm-probe", &format!("{e:#}"));
                 c
             }
@@ -351,6 +467,7 @@ fn main() -> ExitCode {
         );
         ran += c.ran;
         passed += c.passed;
+        boots.push((vmm, c.boot));
         // Issue 12: the edu device through the QEMU backend (its own sandboxes).
         if let (Vmm::Qemu, Ok(rootfs)) = (vmm, &rootfs) {
             let (r, p) = runtime.block_on(vfio::run(rootfs, ROOT_DIR));
@@ -358,6 +475,10 @@ fn main() -> ExitCode {
             ran += r;
             passed += p;
         }
+    }
+    let boot = |v: Vmm| boots.iter().find(|(b, _)| *b == v).and_then(|(_, d)| *d);
+    if let Some(line) = boot_ratio_line(boot(Vmm::Qemu), boot(Vmm::Builtin)) {
+        println!("{line}");
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     println!("lab-summary runner: {passed} of {ran} checks passed");
@@ -377,8 +498,58 @@ mod tests {
         let args = |a: &[&str]| parse_args(a.iter().map(|s| s.to_string()));
         assert_eq!(args(&[]).unwrap(), Vmm::ALL.to_vec());
         assert_eq!(args(&["--vmm", "qemu"]).unwrap(), vec![Vmm::Qemu]);
+        assert_eq!(
+            args(&["--vmm", "builtin", "--vmm", "qemu"]).unwrap(),
+            vec![Vmm::Builtin, Vmm::Qemu]
+        );
         assert!(args(&["--vmm"]).is_err());
         assert!(args(&["--vmm", "xen"]).is_err());
         assert!(args(&["qemu"]).is_err());
+    }
+
+    #[test]
+    fn the_boot_ratio_is_printed_only_when_both_vmms_booted() {
+        let s = Duration::from_secs;
+        let line = boot_ratio_line(Some(s(20)), Some(s(8))).unwrap();
+        let Some(kata_lab::Line::Figure(f)) = kata_lab::protocol::parse_line(&line) else {
+            panic!("{line}")
+        };
+        assert_eq!(f.name, BOOT_RATIO_FIGURE);
+        assert!((f.value - 0.4).abs() < 1e-9, "{line}");
+        assert!(f.detail.contains("8000 ms / QEMU 20000 ms") && f.detail.contains("met"));
+        assert!(boot_ratio_line(Some(s(10)), Some(s(6)))
+            .unwrap()
+            .contains("not met"));
+        assert_eq!(boot_ratio_line(None, Some(s(8))), None);
+        assert_eq!(boot_ratio_line(Some(s(8)), None), None);
+        assert_eq!(boot_ratio_line(Some(Duration::ZERO), Some(s(1))), None);
+    }
+
+    #[test]
+    fn the_runners_threads_are_seen_by_name() {
+        let names = thread_names().unwrap();
+        assert!(!names.is_empty());
+        // A thread named like the VMM's is found, and gone once joined.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("kata-vcpu-7".into())
+            .spawn(move || {
+                // The name is set before this runs.
+                started_tx.send(()).unwrap();
+                rx.recv().unwrap()
+            })
+            .unwrap();
+        started.recv().unwrap();
+        assert!(vmm_threads().unwrap().contains(&"kata-vcpu-7".to_string()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let e = rt.block_on(vmm_threads_gone()).unwrap_err().to_string();
+        assert!(e.contains("kata-vcpu-7"), "{e}");
+        tx.send(()).unwrap();
+        t.join().unwrap();
+        rt.block_on(vmm_threads_gone()).unwrap();
     }
 }

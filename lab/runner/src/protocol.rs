@@ -4,7 +4,8 @@
 //! a test) is `lab-figure <name> <value> <unit> <detail>`. The names are fixed here, so the
 //! host can tell a check that failed from one that never ran: the L1 checks of `lab/init.sh`
 //! ([`L1_CHECKS`]), the runner's own ([`RUNNER_CHECKS`]) and, for every VMM the runner drives,
-//! [`VMM_CHECKS`] prefixed with the VMM's name (`qemu-boot`).
+//! [`VMM_CHECKS`] prefixed with the VMM's name (`qemu-boot`, `builtin-boot`) less the ones that
+//! VMM does not have ([`Vmm::checks`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -39,7 +40,8 @@ pub const VMM_CHECKS: &[&str] = &[
     "kvm-probe",
     // A sandbox boots L2 with KVM and its agent answers.
     "boot",
-    // The agent is reached over the kernel's vhost-vsock (not the hybrid-vsock backend).
+    // The agent is reached over the kernel's vhost-vsock (not the hybrid-vsock backend). QEMU
+    // only: the built-in VMM's agent is on a hybrid vsock (`hvsock://`).
     "vhost-vsock",
     // The agent's Health.Check answers SERVING.
     "agent-check",
@@ -52,9 +54,20 @@ pub const VMM_CHECKS: &[&str] = &[
     "stdin-cat",
     // A file written into the rootfs on L1, read in the container through the shared fs.
     "shared-fs-read",
-    // The sandbox shuts down and leaves no process, mount or directory in L1.
+    // The sandbox shuts down and leaves no process, mount or directory in L1 (and, for the
+    // in-process built-in VMM, no `kata-vcpu-*`/`kata-vmm-*` thread in the runner).
     "shutdown-clean",
 ];
+
+/// The [`VMM_CHECKS`] only the QEMU backend runs.
+pub const QEMU_ONLY_CHECKS: &[&str] = &["vhost-vsock"];
+
+/// The figure comparing the two VMMs' boot-to-agent-ready times (built-in / QEMU, issue 11's
+/// target: at most [`BOOT_RATIO_TARGET`]).
+pub const BOOT_RATIO_FIGURE: &str = "builtin-vs-qemu-boot-to-agent-ready";
+
+/// Issue 11's target for [`BOOT_RATIO_FIGURE`].
+pub const BOOT_RATIO_TARGET: f64 = 0.5;
 
 /// The VFIO checks (issue 12), run with the QEMU backend after its [`VMM_CHECKS`] (each
 /// reported as `qemu-<name>`): L1's edu device cold-plugged on a root port, a switch's
@@ -76,16 +89,25 @@ pub const VFIO_CHECKS: &[&str] = &[
 pub enum Vmm {
     /// kata-rs's QEMU backend, with KVM (L1's).
     Qemu,
+    /// The built-in VMM (kata-vmm in the runner's process, `[hypervisor.dragonball]`), with
+    /// KVM (L1's).
+    Builtin,
 }
 
 impl Vmm {
-    /// Every VMM the lab runs today. The built-in VMM joins when its backend exists.
+    /// Every VMM the runner knows (`--vmm`), in the order it runs them.
+    pub const KNOWN: &'static [Vmm] = &[Vmm::Qemu, Vmm::Builtin];
+
+    /// The VMMs a lab run (the host test, and the runner without `--vmm`) runs and requires.
+    /// The built-in VMM joins once an L1 run has passed its checks (two runs here hung L1 in
+    /// QEMU's L2 boot, before it: lab/README.md).
     pub const ALL: &'static [Vmm] = &[Vmm::Qemu];
 
     /// Its name: the prefix of its checks and the runner's `--vmm` value.
     pub fn name(self) -> &'static str {
         match self {
             Vmm::Qemu => "qemu",
+            Vmm::Builtin => "builtin",
         }
     }
 
@@ -93,7 +115,17 @@ impl Vmm {
     pub fn describe(self) -> &'static str {
         match self {
             Vmm::Qemu => "kata-rs's QEMU backend with KVM in L1",
+            Vmm::Builtin => "the built-in VMM (kata-vmm, in-process) with KVM in L1",
         }
+    }
+
+    /// The [`VMM_CHECKS`] this VMM runs, in order (without its name's prefix).
+    pub fn checks(self) -> Vec<&'static str> {
+        VMM_CHECKS
+            .iter()
+            .copied()
+            .filter(|c| self == Vmm::Qemu || !QEMU_ONLY_CHECKS.contains(c))
+            .collect()
     }
 }
 
@@ -105,14 +137,14 @@ impl fmt::Display for Vmm {
 
 /// A VMM name the lab does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown VMM {0:?}: the lab runs {known}", known = Vmm::ALL.iter().map(|v| v.name()).collect::<Vec<_>>().join(", "))]
+#[error("unknown VMM {0:?}: the lab runs {known}", known = Vmm::KNOWN.iter().map(|v| v.name()).collect::<Vec<_>>().join(", "))]
 pub struct UnknownVmm(pub String);
 
 impl FromStr for Vmm {
     type Err = UnknownVmm;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Vmm::ALL
+        Vmm::KNOWN
             .iter()
             .copied()
             .find(|v| v.name() == s)
@@ -128,7 +160,7 @@ pub fn expected_checks(vmms: &[Vmm]) -> Vec<String> {
         .map(|c| c.to_string())
         .collect();
     for vmm in vmms {
-        out.extend(VMM_CHECKS.iter().map(|c| format!("{vmm}-{c}")));
+        out.extend(vmm.checks().iter().map(|c| format!("{vmm}-{c}")));
         if *vmm == Vmm::Qemu {
             out.extend(VFIO_CHECKS.iter().map(|c| format!("{vmm}-{c}")));
         }
@@ -178,10 +210,11 @@ pub fn check_line(name: &str, result: &Result<String, String>) -> String {
     format!("{CHECK_PREFIX}{name} {verdict} {}", one_line(detail))
 }
 
-/// Makes a figure line.
+/// Makes a figure line: one decimal, three below 10 (a ratio such as `0.412`).
 pub fn figure_line(name: &str, value: f64, unit: &str, detail: &str) -> String {
+    let precision = if value.abs() < 10.0 { 3 } else { 1 };
     format!(
-        "{FIGURE_PREFIX}{name} {value:.1} {unit} {}",
+        "{FIGURE_PREFIX}{name} {value:.precision$} {unit} {}",
         one_line(detail)
     )
 }
@@ -321,6 +354,12 @@ mod tests {
         assert_eq!(f.name, "qemu-kvm-boot-to-agent-ready");
         assert!((f.value - 4321.0).abs() < 0.01);
         assert_eq!((f.unit.as_str(), f.detail.as_str()), ("ms", "vm 1 ms"));
+        let line = figure_line(BOOT_RATIO_FIGURE, 0.41234, "ratio", "target <= 0.5");
+        assert!(line.contains(" 0.412 ratio "), "{line}");
+        let Some(Line::Figure(f)) = parse_line(&line) else {
+            panic!("{line}")
+        };
+        assert!((f.value - 0.412).abs() < 1e-9);
     }
 
     fn check(name: &str, ok: bool) -> Check {
@@ -359,9 +398,36 @@ mod tests {
     }
 
     #[test]
+    fn the_built_in_vmm_runs_every_vmm_check_but_vhost_vsock() {
+        let expected = expected_checks(Vmm::KNOWN);
+        assert_eq!(
+            expected.len(),
+            L1_CHECKS.len() + RUNNER_CHECKS.len() + 2 * VMM_CHECKS.len() + VFIO_CHECKS.len()
+                - QEMU_ONLY_CHECKS.len()
+        );
+        for c in [
+            "builtin-boot",
+            "builtin-agent-check",
+            "builtin-shared-fs-read",
+        ] {
+            assert!(expected.contains(&c.to_string()), "{c}");
+        }
+        assert!(expected.contains(&"builtin-shutdown-clean".to_string()));
+        assert!(expected.contains(&"qemu-vhost-vsock".to_string()));
+        assert!(!expected.contains(&"builtin-vhost-vsock".to_string()));
+        assert!(!expected.iter().any(|c| c.starts_with("builtin-vfio")));
+        assert_eq!(Vmm::Qemu.checks(), VMM_CHECKS.to_vec());
+        assert_eq!(Vmm::Builtin.checks().len(), VMM_CHECKS.len() - 1);
+    }
+
+    #[test]
     fn vmm_names() {
         assert_eq!("qemu".parse::<Vmm>(), Ok(Vmm::Qemu));
+        assert_eq!("builtin".parse::<Vmm>(), Ok(Vmm::Builtin));
+        for v in Vmm::KNOWN {
+            assert_eq!(v.name().parse::<Vmm>(), Ok(*v));
+        }
         let e = "firecracker".parse::<Vmm>().unwrap_err();
-        assert!(e.to_string().contains("qemu"), "{e}");
+        assert!(e.to_string().contains("qemu, builtin"), "{e}");
     }
 }

@@ -76,9 +76,11 @@ async fn setup() -> Result<Env> {
             ""
         }
     );
+    // Both VMMs' boot-to-agent-ready and their ratio (issue 11's figure).
     for f in &run.figures {
+        let precision = if f.value.abs() < 10.0 { 3 } else { 0 };
         println!(
-            "figure {}: {:.0} {} ({})",
+            "figure {}: {:.precision$} {} ({})",
             f.name, f.value, f.unit, f.detail
         );
     }
