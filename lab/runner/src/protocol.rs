@@ -280,6 +280,30 @@ impl Verdict {
     pub fn ran(&self) -> usize {
         self.passed.len() + self.failed.len()
     }
+
+    /// Why L1 deserves one more run, or `None`. Nested SVM under TCG now and then resets or
+    /// hangs L1 mid-run (lab/README.md): the run then ends early (a reset, or the deadline)
+    /// with checks never reported but none failed. That fault is the emulator's, so the lab
+    /// runs L1 once more and says so. A failed or unknown check is never retried, nor is a
+    /// run that finished normally.
+    pub fn rerun_reason(&self, l1_finished: bool, timed_out: bool) -> Option<String> {
+        if l1_finished || !self.failed.is_empty() || !self.unexpected.is_empty() {
+            return None;
+        }
+        if self.missing.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "L1 {} with {} of {} checks never reported and none failed",
+            if timed_out {
+                "hung until the deadline"
+            } else {
+                "ended early (a reset)"
+            },
+            self.missing.len(),
+            self.missing.len() + self.passed.len()
+        ))
+    }
 }
 
 /// Compares the reported `checks` with the `expected` names.
@@ -304,6 +328,39 @@ pub fn verdict(checks: &[Check], expected: &[String]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_early_end_without_failures_is_run_again() {
+        let expected: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let ok = |n: &str| Check {
+            name: n.into(),
+            ok: true,
+            detail: String::new(),
+        };
+        let bad = Check {
+            ok: false,
+            ..ok("b")
+        };
+        let early = verdict(&[ok("a")], &expected);
+        assert!(early.rerun_reason(false, false).unwrap().contains("reset"));
+        assert!(early
+            .rerun_reason(false, true)
+            .unwrap()
+            .contains("deadline"));
+        // L1 finished normally: a missing check is the runner's fault, not the emulator's.
+        assert_eq!(early.rerun_reason(true, false), None);
+        // A failed check is never retried away.
+        assert_eq!(
+            verdict(&[ok("a"), bad], &expected).rerun_reason(false, false),
+            None
+        );
+        let unknown = verdict(&[ok("a"), ok("zz")], &expected);
+        assert_eq!(unknown.rerun_reason(false, false), None);
+        assert_eq!(
+            verdict(&[ok("a"), ok("b")], &expected).rerun_reason(false, false),
+            None
+        );
+    }
 
     #[test]
     fn a_check_line_reads_back() {
