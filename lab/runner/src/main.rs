@@ -132,7 +132,13 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
         builder = builder.hypervisor_config(hv);
     }
     let t = Instant::now();
-    let built = tokio::time::timeout(Duration::from_secs(300), builder.build()).await;
+    let mut built = tokio::time::timeout(Duration::from_secs(300), builder.clone().build()).await;
+    if let Ok(Err(e)) = &built {
+        if kata_lab::protocol::l2_reset_in_firmware(&format!("{e:#}")) {
+            println!("kata-lab: L2 reset inside its firmware ({e:#}); building it once more");
+            built = tokio::time::timeout(Duration::from_secs(300), builder.build()).await;
+        }
+    }
     let sandbox = match built {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
