@@ -1367,17 +1367,19 @@ mod tests {
     /// published and Wait answers, within seconds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn when_the_sandbox_dies_every_process_gets_its_exit() {
+        // Its own sandbox id: the sandboxes of concurrent tests share the host's cgroup tree
+        // (kata_sandboxed_pod/<id>), so two tests with one id removed each other's cgroup.
         let f = Fixture::new("0");
-        let a = f.bundle("a", &["sleep", "600"], None, serde_json::Value::Null);
+        let a = f.bundle("dies", &["sleep", "600"], None, serde_json::Value::Null);
         f.svc
-            .create(&ctx(), f.create_request("a", &a))
+            .create(&ctx(), f.create_request("dies", &a))
             .await
             .unwrap();
         f.svc
             .start(
                 &ctx(),
                 StartRequest {
-                    id: "a".into(),
+                    id: "dies".into(),
                     ..Default::default()
                 },
             )
@@ -1396,7 +1398,7 @@ mod tests {
                 .exec(
                     &ctx(),
                     ExecProcessRequest {
-                        id: "a".into(),
+                        id: "dies".into(),
                         exec_id: exec_id.into(),
                         spec: exec_spec(&["sleep", "600"]),
                         ..Default::default()
@@ -1409,7 +1411,7 @@ mod tests {
                     .start(
                         &ctx(),
                         StartRequest {
-                            id: "a".into(),
+                            id: "dies".into(),
                             exec_id: exec_id.into(),
                             ..Default::default()
                         },
@@ -1433,7 +1435,7 @@ mod tests {
                 f.svc.wait(
                     &ctx(),
                     WaitRequest {
-                        id: "a".into(),
+                        id: "dies".into(),
                         exec_id: exec_id.into(),
                         ..Default::default()
                     },
@@ -1446,7 +1448,7 @@ mod tests {
         }
         assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
         let exits = f.exits();
-        for id in [", id: \"a\"", ", id: \"running\"", ", id: \"created\""] {
+        for id in [", id: \"dies\"", ", id: \"running\"", ", id: \"created\""] {
             assert_eq!(
                 exits.iter().filter(|e| e.contains(id)).count(),
                 1,
@@ -1458,7 +1460,7 @@ mod tests {
                 .delete(
                     &ctx(),
                     DeleteRequest {
-                        id: "a".into(),
+                        id: "dies".into(),
                         exec_id: exec_id.into(),
                         ..Default::default()
                     },
@@ -1467,7 +1469,10 @@ mod tests {
                 .unwrap();
         }
         let root = f.tmp.path().join("run");
-        assert!(!root.join("a").exists(), "the sandbox directory is removed");
+        assert!(
+            !root.join("dies").exists(),
+            "the sandbox directory is removed"
+        );
         assert!(kata_testkit::leaks::mounts_under(&root).is_empty());
         let procs =
             kata_testkit::leaks::processes_mentioning(&root.display().to_string(), "kata_shim-");
