@@ -205,12 +205,16 @@ fn depth(port: PciePort) -> usize {
 /// A sandbox for one setup: `cold` plugs the edu at boot on a `port`; otherwise one spare
 /// port of kind `port` waits for the hot-plug.
 async fn build(port: PciePort, cold: bool, vfio: &Path, root_dir: &str) -> Result<Sandbox> {
-    match build_once(port, cold, vfio, root_dir).await {
-        Err(e) if kata_lab::protocol::l2_reset_in_firmware(&format!("{e:#}")) => {
-            println!("kata-lab: L2 reset inside its firmware ({e:#}); building it once more");
-            build_once(port, cold, vfio, root_dir).await
+    // At most three tries: an L2 that resets inside SeaBIOS never ran our code.
+    let mut tries = 1;
+    loop {
+        match build_once(port, cold, vfio, root_dir).await {
+            Err(e) if tries < 3 && kata_lab::protocol::l2_reset_in_firmware(&format!("{e:#}")) => {
+                println!("kata-lab: L2 reset inside its firmware ({e:#}); building it once more");
+                tries += 1;
+            }
+            other => return other,
         }
-        other => other,
     }
 }
 
