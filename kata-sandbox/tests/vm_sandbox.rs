@@ -569,23 +569,7 @@ async fn case_qemu_killed_fails_every_waiter_and_leaves_nothing(env: Arc<Env>) -
         "    every waiter failed {:.1?} after QEMU was killed: {why}",
         t0.elapsed()
     );
-    while dir.exists() || !processes_mentioning(id, "vm_sandbox").is_empty() {
-        if t0.elapsed() > Duration::from_secs(30) {
-            bail!(
-                "not torn down: dir {} exists {}, processes {:?}, mounts {:?}",
-                dir.display(),
-                dir.exists(),
-                processes_mentioning(id, "vm_sandbox"),
-                mounts_under(&dir)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    ensure!(
-        mounts_under(&dir).is_empty(),
-        "mounts left: {:?}",
-        mounts_under(&dir)
-    );
+    torn_down(id, &dir, t0, Duration::from_secs(30)).await?;
     drop(c);
     sandbox.shutdown().await?;
     Ok(())
@@ -2140,23 +2124,7 @@ async fn case_virtiofsd_killed_kills_the_sandbox_and_leaves_nothing(env: Arc<Env
         t0.elapsed(),
         why.lines().next().unwrap_or_default()
     );
-    while dir.exists() || !processes_mentioning(id, "vm_sandbox").is_empty() {
-        if t0.elapsed() > Duration::from_secs(40) {
-            bail!(
-                "not torn down: dir {} exists {}, processes {:?}, mounts {:?}",
-                dir.display(),
-                dir.exists(),
-                processes_mentioning(id, "vm_sandbox"),
-                mounts_under(&dir)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    ensure!(
-        mounts_under(&dir).is_empty(),
-        "mounts left: {:?}",
-        mounts_under(&dir)
-    );
+    torn_down(id, &dir, t0, Duration::from_secs(40)).await?;
     drop(c);
     sandbox.shutdown().await?;
     Ok(())
@@ -2297,4 +2265,27 @@ fn main() -> std::process::ExitCode {
         .check_each(|env: &Env| no_container_leftovers(&env.sandbox))
         .teardown("shutdown_leaves_nothing", shutdown_leaves_nothing)
         .run_with(setup())
+}
+
+/// Waits (until `limit` after `t0`) for a dead sandbox's teardown: its directory and every
+/// process naming it gone, then no mount left under it.
+async fn torn_down(id: &str, dir: &Path, t0: Instant, limit: Duration) -> Result<()> {
+    while dir.exists() || !processes_mentioning(id, "vm_sandbox").is_empty() {
+        if t0.elapsed() > limit {
+            bail!(
+                "not torn down: dir {} exists {}, processes {:?}, mounts {:?}",
+                dir.display(),
+                dir.exists(),
+                processes_mentioning(id, "vm_sandbox"),
+                mounts_under(dir)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        mounts_under(dir).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(dir)
+    );
+    Ok(())
 }
