@@ -108,7 +108,25 @@ impl AgentClient {
     /// Must be called inside a tokio runtime: the connection's reader runs as
     /// a spawned task.
     pub async fn connect(addr: &AgentAddress, opts: ConnectOptions) -> Result<Self> {
-        let socket = dial(addr, &opts).await?;
+        Self::connect_gated(addr, opts, None).await
+    }
+
+    /// [`connect`](Self::connect) with every write of the connection passing `gate`: while
+    /// it is held, requests wait in the client (see [`WriteGate`](crate::WriteGate)).
+    pub async fn connect_with_gate(
+        addr: &AgentAddress,
+        opts: ConnectOptions,
+        gate: &crate::WriteGate,
+    ) -> Result<Self> {
+        Self::connect_gated(addr, opts, Some(gate)).await
+    }
+
+    async fn connect_gated(
+        addr: &AgentAddress,
+        opts: ConnectOptions,
+        gate: Option<&crate::WriteGate>,
+    ) -> Result<Self> {
+        let socket = dial(addr, &opts, gate).await?;
         let client = ttrpc::r#async::Client::new(socket);
         Ok(AgentClient {
             agent: AgentServiceClient::new(client.clone()),

@@ -19,6 +19,7 @@ use ttrpc::r#async::transport::Socket;
 
 use crate::address::AgentAddress;
 use crate::error::{Error, Result};
+use crate::gate::{Gated, WriteGate};
 
 /// Longest line a hybrid-vsock backend may answer with (`OK 4294967295\n` is 14).
 const MAX_HANDSHAKE_LINE: usize = 64;
@@ -61,8 +62,13 @@ impl Default for ConnectOptions {
 /// The longest one connection attempt (connect plus hybrid-vsock handshake) may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Dials `addr` until it answers or `opts.dial_timeout` has passed.
-pub(crate) async fn dial(addr: &AgentAddress, opts: &ConnectOptions) -> Result<Socket> {
+/// Dials `addr` until it answers or `opts.dial_timeout` has passed. With a `gate`, every
+/// write of the connection (the hybrid-vsock handshake too) waits while it is held.
+pub(crate) async fn dial(
+    addr: &AgentAddress,
+    opts: &ConnectOptions,
+    gate: Option<&WriteGate>,
+) -> Result<Socket> {
     let start = Instant::now();
     let deadline = start + opts.dial_timeout;
     let mut attempts = 0u32;
@@ -73,7 +79,7 @@ pub(crate) async fn dial(addr: &AgentAddress, opts: &ConnectOptions) -> Result<S
         // guest's vsock driver is up can stay unanswered for ever, so it is abandoned and
         // retried rather than waited on.
         let budget = remaining.min(ATTEMPT_TIMEOUT).max(Duration::from_millis(1));
-        let attempt = tokio::time::timeout(budget, dial_once(addr)).await;
+        let attempt = tokio::time::timeout(budget, dial_once(addr, gate)).await;
         let err = match attempt {
             Ok(Ok(socket)) => {
                 tracing::debug!(address = %addr, attempts, elapsed = ?start.elapsed(), "connected to the agent");
@@ -102,17 +108,19 @@ pub(crate) async fn dial(addr: &AgentAddress, opts: &ConnectOptions) -> Result<S
 }
 
 /// One connection attempt, with the handshake for hybrid vsock.
-async fn dial_once(addr: &AgentAddress) -> Result<Socket> {
+async fn dial_once(addr: &AgentAddress, gate: Option<&WriteGate>) -> Result<Socket> {
+    let gate = gate.cloned();
     match addr {
         AgentAddress::Vsock { cid, port } => Socket::connect(format!("vsock://{cid}:{port}"))
             .await
+            .map(|socket| Socket::new(Gated::new(socket, gate)))
             .map_err(|e| Error::io(format!("connecting to vsock cid {cid} port {port}"), e)),
         AgentAddress::Unix(path) => {
             let stream = connect_unix(path).await?;
-            Ok(Socket::new(stream))
+            Ok(Socket::new(Gated::new(stream, gate)))
         }
         AgentAddress::HybridVsock { uds, port } => {
-            let mut stream = connect_unix(uds).await?;
+            let mut stream = Gated::new(connect_unix(uds).await?, gate);
             hybrid_handshake(&mut stream, uds, *port).await?;
             Ok(Socket::new(stream))
         }
@@ -129,7 +137,7 @@ async fn connect_unix(path: &Path) -> Result<UnixStream> {
 ///
 /// Reads one byte at a time so nothing after the newline is consumed: the rest
 /// of the stream belongs to ttRPC.
-async fn hybrid_handshake(stream: &mut UnixStream, uds: &Path, port: u32) -> Result<()> {
+async fn hybrid_handshake(stream: &mut Gated<UnixStream>, uds: &Path, port: u32) -> Result<()> {
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .await

@@ -30,6 +30,7 @@ mod client;
 pub mod config;
 pub mod connect;
 pub mod error;
+pub mod gate;
 #[cfg(feature = "server")]
 pub mod protocol;
 // Without `server` only the part the façade calls is used; the rest serves the agent.
@@ -57,6 +58,7 @@ pub use client::AgentClient;
 pub use client::OutputStream;
 pub use connect::ConnectOptions;
 pub use error::{Code, Error, Result};
+pub use gate::WriteGate;
 
 /// The `protobuf` crate the generated messages are built on (same version).
 #[cfg(feature = "server")]

@@ -287,6 +287,57 @@ async fn case_eight_concurrent(env: Arc<Env>) -> Result<()> {
     Ok(())
 }
 
+/// Pausing and resuming while agent calls are in flight: every call is answered after the
+/// resume. (With the hybrid-vsock backend here, vhost-device-vsock, a request that reached it
+/// while QEMU had its rings stopped ended its ring thread and every agent call after that
+/// timed out, within a handful of cycles: a CI failure of vm_restore.)
+async fn case_pause_resume_under_traffic(env: Arc<Env>) -> Result<()> {
+    let c = Arc::new(
+        env.sandbox
+            .create_container(spec(&env, &["sleep", "1000"]).id("pause-traffic"))
+            .await?,
+    );
+    c.start().await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (c, stop) = (c.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut answered = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::timeout(Duration::from_secs(20), c.pids())
+                    .await
+                    .with_context(|| format!("a call got no answer after {answered} answered"))??;
+                answered += 1;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            Ok::<_, anyhow::Error>(answered)
+        })
+    };
+    for cycle in 0..30 {
+        env.sandbox.pause().await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        env.sandbox.resume().await?;
+        let pids = tokio::time::timeout(Duration::from_secs(10), c.pids())
+            .await
+            .with_context(|| format!("no answer after resume, cycle {cycle}"))??;
+        ensure!(pids.len() == 1, "cycle {cycle}: pids {pids:?}");
+        ensure!(
+            !traffic.is_finished(),
+            "the traffic task ended: cycle {cycle}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answered = traffic.await??;
+    ensure!(answered > 0, "no call was made beside the pauses");
+    c.kill(kata_sandbox::Signal::KILL).await?;
+    c.wait().await?;
+    Arc::try_unwrap(c)
+        .map_err(|_| anyhow::anyhow!("container still shared"))?
+        .delete()
+        .await?;
+    Ok(())
+}
+
 async fn case_bad_container_input(env: Arc<Env>) -> Result<()> {
     let e = env
         .sandbox
@@ -2200,6 +2251,10 @@ fn main() -> std::process::ExitCode {
         .case("block_rootfs", case_block_rootfs)
         .case("seccomp_and_capabilities", case_seccomp_and_capabilities)
         .case("eight_concurrent_commands", case_eight_concurrent)
+        .case(
+            "pause_resume_under_traffic",
+            case_pause_resume_under_traffic,
+        )
         .case("bad_container_input", case_bad_container_input)
         .case("cpu_quota_hot_plugs_vcpus", case_cpu_quota_hot_plugs_vcpus)
         .case(

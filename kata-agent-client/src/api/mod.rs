@@ -93,6 +93,19 @@ impl Agent {
             .map(|client| Agent { client })
     }
 
+    /// [`connect`](Self::connect) with the connection's writes passing `gate`: a VM's owner
+    /// holds it while the VM is paused, so nothing reaches a vsock backend whose rings are
+    /// stopped (see [`WriteGate`](crate::WriteGate)).
+    pub async fn connect_with_gate(
+        addr: &AgentAddress,
+        opts: ConnectOptions,
+        gate: &crate::WriteGate,
+    ) -> Result<Self> {
+        AgentClient::connect_with_gate(addr, opts, gate)
+            .await
+            .map(|client| Agent { client })
+    }
+
     /// The protocol-level client underneath (same connection), for protocol-level tests
     /// (feature `server`).
     #[cfg(feature = "server")]

@@ -67,6 +67,13 @@ const COLD_VFIO_QMP_WAIT: Duration = Duration::from_secs(60);
 /// How long start waits for the guest to start its vsock device before giving up waiting.
 const VSOCK_START_WAIT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(3);
+/// With a vhost-user vsock backend (vhost-device-vsock), the time given to its threads on
+/// either side of a pause: before `stop`, to take the last bytes the agent's connections
+/// wrote; after `cont`, to apply the ring setup QEMU sent without waiting for it. A host
+/// write that reaches vhost-device-vsock 0.3 while its rings are stopped ends its ring thread
+/// and with it every vsock connection of the VM; the sandbox holds the agent's writes during
+/// the pause (kata-agent-client's `WriteGate`), and these margins cover the edges.
+const VHOST_USER_SETTLE: Duration = Duration::from_millis(20);
 /// How long [`Hypervisor::stop_now`] and [`cleanup`] wait for a killed process to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How long an exited VM's console is given to be read to its end before its tail is taken.
@@ -356,6 +363,14 @@ impl Qemu {
 
     fn set_state(&self, s: VmState) {
         *self.state.lock().unwrap() = s;
+    }
+
+    /// The agent is reached through vhost-device-vsock (hybrid vsock), not vhost-vsock.
+    fn vhost_user_vsock(&self) -> bool {
+        matches!(
+            *self.agent.lock().unwrap(),
+            Some(VsockAddress::HybridVsock { .. })
+        )
     }
 
     fn qmp_or_err(&self) -> Result<Arc<QmpClient>> {
@@ -982,13 +997,24 @@ impl Hypervisor for Qemu {
     }
 
     async fn pause(&self) -> Result<()> {
-        self.qmp_or_err()?.stop().await?;
+        let qmp = self.qmp_or_err()?;
+        if self.vhost_user_vsock() {
+            // What the agent's connections wrote last reaches the backend's ring thread
+            // before QEMU stops the rings (see VHOST_USER_SETTLE).
+            tokio::time::sleep(VHOST_USER_SETTLE).await;
+        }
+        qmp.stop().await?;
         self.set_state(VmState::Paused);
         Ok(())
     }
 
     async fn resume(&self) -> Result<()> {
         self.qmp_or_err()?.cont().await?;
+        if self.vhost_user_vsock() {
+            // QEMU answers `cont` once it has sent the ring setup, not once the backend has
+            // applied it: host traffic before that is fatal to the backend's ring thread.
+            tokio::time::sleep(VHOST_USER_SETTLE).await;
+        }
         self.set_state(VmState::Running);
         Ok(())
     }

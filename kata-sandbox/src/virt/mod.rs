@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use kata_agent_client::{
     Agent, AgentAddress, ConnectOptions, ContainerStats, ExitStatus, SandboxSetup, Signal, Storage,
+    WriteGate,
 };
 use kata_hypervisor::{backend, Capabilities, Hypervisor, HypervisorState, VsockAddress};
 use kata_resource::{GuestStorage, ResourcesState, RootfsSource, SandboxResources};
@@ -90,6 +91,9 @@ pub(crate) struct VirtContainer {
     health: HealthCheck,
     /// The vCPUs are paused ([`RuntimeHandler::pause_sandbox`]): the agent cannot answer.
     paused: AtomicBool,
+    /// Held while the VM is paused: the agent connections' writes wait in this process (a
+    /// vhost-user vsock backend must see no host traffic while QEMU has its rings stopped).
+    gate: WriteGate,
     /// How containers' volumes are made ([`volumes`]).
     volumes: volumes::VolumeSettings,
     /// The VM's size following the containers' limits.
@@ -183,6 +187,7 @@ impl VirtContainer {
         }
         let opts = config.agent.connect_options();
         let vfio = vfio::VfioDevices::for_sandbox(config)?;
+        let gate = WriteGate::new();
         let booted = async {
             let mut devices = resources.devices();
             devices.extend(vfio.boot_devices());
@@ -210,6 +215,7 @@ impl VirtContainer {
                     dial_timeout: remaining,
                     ..opts
                 },
+                &gate,
             )
             .await?;
             let agent_connected = t0.elapsed();
@@ -261,6 +267,7 @@ impl VirtContainer {
                 dead: watch::channel(None).0,
                 health: HealthCheck::from_config(&config.agent),
                 paused: AtomicBool::new(false),
+                gate,
                 volumes: volumes::VolumeSettings::from_config(config),
                 sizing,
                 vfio,
@@ -310,8 +317,14 @@ impl VirtContainer {
                 .min(RESTORE_DIAL_TIMEOUT),
             ..config.agent.connect_options()
         };
+        // A sandbox detached while paused is taken over paused: nothing is sent until resumed.
+        let paused = matches!(vm.state(), kata_hypervisor::VmState::Paused);
+        let gate = WriteGate::new();
+        if paused {
+            gate.hold();
+        }
         let agent = async {
-            let agent = connect(&vm, opts).await?;
+            let agent = connect(&vm, opts, &gate).await?;
             // The connection answers only once the agent does.
             agent.check().await?;
             Ok::<_, Error>(agent)
@@ -330,8 +343,8 @@ impl VirtContainer {
                 vfio: vfio::VfioDevices::restored(config),
                 id: config.id.clone(),
                 caps: vm.capabilities(),
-                // A sandbox detached while paused is taken over paused.
-                paused: AtomicBool::new(matches!(vm.state(), kata_hypervisor::VmState::Paused)),
+                paused: AtomicBool::new(paused),
+                gate,
                 vm,
                 agent,
                 resources: Arc::new(Mutex::new(Some(resources))),
@@ -416,10 +429,14 @@ fn release_all(resources: &Mutex<Option<SandboxResources>>) -> Result<()> {
 
 /// Connects to the agent while watching the VM: a VM that exits (guest panic) ends the wait
 /// with the console's last lines.
-async fn connect(vm: &Arc<dyn Hypervisor>, opts: ConnectOptions) -> Result<Agent> {
+async fn connect(
+    vm: &Arc<dyn Hypervisor>,
+    opts: ConnectOptions,
+    gate: &WriteGate,
+) -> Result<Agent> {
     let address = agent_address(vm.agent_address()?)?;
     tokio::select! {
-        r = Agent::connect(&address, opts) => r.map_err(|e| Error::AgentTimeout {
+        r = Agent::connect_with_gate(&address, opts, gate) => r.map_err(|e| Error::AgentTimeout {
             after: opts.dial_timeout,
             detail: e.to_string(),
             console: vm.console_tail(CONSOLE_LINES),
@@ -674,10 +691,13 @@ impl RuntimeHandler for VirtContainer {
     }
 
     async fn pause_sandbox(&self) -> Result<()> {
-        // Set first: the health check must not count the agent's silence while paused.
+        // Set first: the health check must not count the agent's silence while paused. The
+        // gate is held before the VM stops and released once it runs again.
         self.paused.store(true, Ordering::SeqCst);
+        self.gate.hold();
         let paused = self.vm.pause().await;
         if paused.is_err() {
+            self.gate.release();
             self.paused.store(false, Ordering::SeqCst);
         }
         Ok(paused?)
@@ -685,6 +705,7 @@ impl RuntimeHandler for VirtContainer {
 
     async fn resume_sandbox(&self) -> Result<()> {
         self.vm.resume().await?;
+        self.gate.release();
         self.paused.store(false, Ordering::SeqCst);
         Ok(())
     }
