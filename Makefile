@@ -73,6 +73,13 @@ vm-summary:
 	 if [ "$${failed:-0}" != "0" ]; then grep '^no-guest ' $(KATA_RS_VM_TEST_LOG); exit 1; fi; \
 	 if [ "$${booted:-0}" = "0" ]; then echo "no VM test booted a guest: failing"; exit 1; fi
 
+# Create/run/shutdown in a loop for DURATION seconds with leak accounting per iteration
+# (kata-sandbox/tests/vm_many.rs); make test runs 3 iterations of it and 8 sandboxes at once.
+DURATION ?= 300
+.PHONY: soak
+soak: setup guest
+	KATA_RS_SOAK_SECS=$(DURATION) $(CARGO) test -p kata-sandbox --test vm_many -- soak_create_run_shutdown
+
 bench: setup guest
 	$(CARGO) build --release -p kata-agent
 	$(CARGO) bench -p kata-benches
