@@ -19,14 +19,15 @@ use crate::connect::{dial, ConnectOptions};
 use crate::error::{Error, Result};
 use crate::protocol::agent::{
     AddARPNeighborsRequest, CloseStdinRequest, CopyFileRequest, CreateContainerRequest,
-    CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest, GetOOMEventRequest,
-    GuestDetailsRequest, GuestDetailsResponse, Interfaces, ListInterfacesRequest,
-    ListProcessesRequest, ListProcessesResponse, ListRoutesRequest, OOMEvent, OnlineCPUMemRequest,
-    PauseContainerRequest, ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest,
-    ReseedRandomDevRequest, ResumeContainerRequest, Routes, SetGuestDateTimeRequest,
-    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse,
-    TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
-    WaitProcessRequest, WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
+    CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest, GetMetricsRequest,
+    GetOOMEventRequest, GuestDetailsRequest, GuestDetailsResponse, Interfaces,
+    ListInterfacesRequest, ListProcessesRequest, ListProcessesResponse, ListRoutesRequest, Metrics,
+    OOMEvent, OnlineCPUMemRequest, PauseContainerRequest, ReadStreamRequest, ReadStreamResponse,
+    RemoveContainerRequest, ReseedRandomDevRequest, ResumeContainerRequest, Routes,
+    SetGuestDateTimeRequest, SignalProcessRequest, StartContainerRequest, StatsContainerRequest,
+    StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest,
+    UpdateRoutesRequest, WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
+    WriteStreamResponse,
 };
 use crate::protocol::agent_ttrpc::AgentServiceClient;
 use crate::protocol::health::{CheckRequest, HealthCheckResponse, VersionCheckResponse};
@@ -233,6 +234,10 @@ impl AgentClient {
     unary_call!(
         /// `CopyFile`: writes (a chunk of) a file under the guest's `/run`.
         copy_file, "CopyFile", CopyFileRequest => ()
+    );
+    unary_call!(
+        /// `GetMetrics`: the guest's figures as Prometheus text.
+        get_metrics, "GetMetrics", GetMetricsRequest => Metrics
     );
 
     /// `GetOOMEvent`: blocks until a container of the sandbox is OOM-killed.

@@ -50,8 +50,8 @@ pub use address::{AgentAddress, DEFAULT_AGENT_VSOCK_PORT};
 pub use api::{
     Agent, AgentDetails, AgentVersion, BlkioEntry, BlkioStats, CgroupStats, ContainerSetup,
     ContainerStats, CpuStats, CpuThrottling, CpuUsage, Device, ExitStatus, FsGroup,
-    FsGroupChangePolicy, GuestDetails, HugetlbStats, KernelModule, MemoryData, MemoryStats,
-    NetworkStats, OnlineCpuMem, OomEvents, PidsStats, SandboxSetup, Signal, Storage,
+    FsGroupChangePolicy, GuestDetails, GuestMetrics, HugetlbStats, KernelModule, MemoryData,
+    MemoryStats, NetworkStats, OnlineCpuMem, OomEvents, PidsStats, SandboxSetup, Signal, Storage,
 };
 #[cfg(feature = "server")]
 pub use client::AgentClient;

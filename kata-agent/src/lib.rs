@@ -26,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod guest;
 pub mod init;
+pub mod metrics;
 pub mod mount;
 pub mod network;
 pub mod online;

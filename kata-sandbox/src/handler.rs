@@ -265,6 +265,19 @@ pub(crate) trait RuntimeHandler: Send + Sync + fmt::Debug {
         ))
     }
 
+    /// The guest's own figures (`GetMetrics` for a VM), within `timeout`. A handler without
+    /// a guest refuses it.
+    async fn guest_metrics(
+        &self,
+        _timeout: std::time::Duration,
+    ) -> Result<kata_agent_client::GuestMetrics> {
+        Err(Error::Unimplemented {
+            handler: self.kind(),
+            operation: "guest metrics",
+            reason: "it has no guest of its own".into(),
+        })
+    }
+
     /// What `state.json` keeps of the handler.
     fn state(&self) -> HandlerState;
 

@@ -34,6 +34,7 @@ mod error;
 mod handler;
 mod image;
 mod io;
+pub mod metrics;
 pub mod persist;
 mod sandbox;
 mod spec;

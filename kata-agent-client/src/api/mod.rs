@@ -16,10 +16,12 @@
 //! - [`guest`] has [`AgentVersion`], [`GuestDetails`], [`OnlineCpuMem`];
 //! - [`network`] has [`Interface`], [`IpAddress`], [`MacAddress`], [`Route`],
 //!   [`ArpNeighbor`];
-//! - [`oom`] has [`OomEvents`].
+//! - [`oom`] has [`OomEvents`];
+//! - [`metrics`] has [`GuestMetrics`] and Prometheus text.
 
 pub mod exit;
 pub mod guest;
+pub mod metrics;
 pub mod network;
 pub mod oom;
 pub mod setup;
@@ -39,6 +41,7 @@ use crate::protocol::health::health_check_response::ServingStatus;
 
 pub use exit::{ExitStatus, Signal};
 pub use guest::{AgentDetails, AgentVersion, GuestDetails, OnlineCpuMem};
+pub use metrics::GuestMetrics;
 pub use network::{
     ArpNeighbor, Interface, IpAddress, IpFamily, MacAddress, NeighborState, Route, RouteScope,
 };
@@ -163,6 +166,16 @@ impl Agent {
         Ok(GuestDetails::from(
             &self.client.get_guest_details(&req).await?,
         ))
+    }
+
+    /// `GetMetrics`: the guest's figures (memory, CPU, load, network, block), checked at the
+    /// edge: only well-formed lines of the guest's own families are kept ([`GuestMetrics`]).
+    pub async fn get_metrics(&self) -> Result<GuestMetrics> {
+        let resp = self
+            .client
+            .get_metrics(&pb::GetMetricsRequest::new())
+            .await?;
+        Ok(GuestMetrics::from_guest_text(&resp.metrics))
     }
 
     // --- sandbox ---

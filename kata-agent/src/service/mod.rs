@@ -709,6 +709,22 @@ impl AgentService for AgentServer {
         })
         .await
     }
+
+    async fn get_metrics(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::GetMetricsRequest,
+    ) -> ttrpc::Result<agent::Metrics> {
+        handle("GetMetrics", OnCancel::Abort, "", "", async move {
+            let text = tokio::task::spawn_blocking(crate::metrics::collect)
+                .await
+                .map_err(|e| AgentError::Internal(format!("collecting metrics: {e}")))?;
+            let mut resp = agent::Metrics::new();
+            resp.metrics = text;
+            Ok(resp)
+        })
+        .await
+    }
 }
 
 #[async_trait]

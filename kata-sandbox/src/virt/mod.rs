@@ -778,6 +778,10 @@ impl RuntimeHandler for VirtContainer {
         self.vm.pids()
     }
 
+    async fn guest_metrics(&self, timeout: Duration) -> Result<kata_agent_client::GuestMetrics> {
+        crate::metrics::guest_metrics(&self.agent, &self.paused, timeout).await
+    }
+
     async fn wait_dead(&self) -> String {
         // The share's virtiofsd (virtio-fs) dying ends the sandbox as the VM's exit does.
         let daemon = self
