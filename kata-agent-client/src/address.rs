@@ -54,12 +54,44 @@ pub enum AgentAddress {
 }
 
 impl AgentAddress {
+    /// The same guest reached on another port: the agent's log stream (1025) or debug console
+    /// (1026) beside its ttRPC server. A vsock or hybrid-vsock address changes its port; a
+    /// unix socket `P` (an agent on the host) is `P.<port>`, where the agent listens for
+    /// that port.
+    ///
+    /// ```
+    /// use kata_agent_client::AgentAddress;
+    ///
+    /// let agent: AgentAddress = "hvsock:///run/vm/vsock.uds:1024".parse()?;
+    /// assert_eq!(agent.on_port(1025).to_string(), "hvsock:///run/vm/vsock.uds:1025");
+    /// let host: AgentAddress = "unix:///run/vm/agent.sock".parse()?;
+    /// assert_eq!(host.on_port(1026).to_string(), "unix:///run/vm/agent.sock.1026");
+    /// # Ok::<(), kata_agent_client::Error>(())
+    /// ```
+    pub fn on_port(&self, port: u32) -> AgentAddress {
+        match self {
+            AgentAddress::Vsock { cid, .. } => AgentAddress::Vsock { cid: *cid, port },
+            AgentAddress::HybridVsock { uds, .. } => AgentAddress::HybridVsock {
+                uds: uds.clone(),
+                port,
+            },
+            AgentAddress::Unix(path) => AgentAddress::Unix(unix_port_path(path, port)),
+        }
+    }
+
     fn invalid(address: &str, reason: impl Into<String>) -> Error {
         Error::InvalidAddress {
             address: address.to_string(),
             reason: reason.into(),
         }
     }
+}
+
+/// Where an agent listening on unix socket `path` serves `port`: `<path>.<port>`.
+pub fn unix_port_path(path: &std::path::Path, port: u32) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{port}"));
+    PathBuf::from(p)
 }
 
 fn parse_u32(address: &str, what: &str, text: &str) -> Result<u32, Error> {

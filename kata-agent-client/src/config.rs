@@ -190,6 +190,13 @@ impl AgentConfig {
                 return Err(bad(key, "0".into(), "a vsock port, 1..=4294967295"));
             }
         }
+        if self.log_port == crate::debug_console::DEFAULT_DEBUG_CONSOLE_PORT {
+            return Err(bad(
+                "log_port",
+                self.log_port.to_string(),
+                "must differ from the debug console's port, 1026",
+            ));
+        }
         if self.server_port == self.log_port {
             return Err(bad(
                 "log_port",
@@ -306,10 +313,10 @@ impl AgentConfig {
     /// ```
     /// use kata_agent_client::config::AgentConfig;
     ///
-    /// let cfg = AgentConfig { debug_console_enabled: true, ..Default::default() };
+    /// let cfg = AgentConfig { container_pipe_size: 65536, ..Default::default() };
     /// assert_eq!(
     ///     cfg.inert_settings(),
-    ///     ["[agent.kata] debug_console_enabled = true: the guest offers no debug console"]
+    ///     ["[agent.kata] container_pipe_size = 65536: container stdio is copied through the agent's own pipes"]
     /// );
     /// ```
     pub fn inert_settings(&self) -> Vec<String> {
@@ -328,6 +335,37 @@ impl AgentConfig {
                 Some(format!("[agent.kata] {k} = {value}: {why}"))
             })
             .collect()
+    }
+
+    /// The guest kernel parameters this section asks for, as Kata's agent reads them:
+    /// `agent.log=debug` with `enable_debug`, `agent.log_vport=<log_port>` (the agent streams
+    /// its log there and the sandbox reads it), and `agent.debug_console
+    /// agent.debug_console_vport=1026` with `debug_console_enabled`.
+    ///
+    /// ```
+    /// use kata_agent_client::config::AgentConfig;
+    ///
+    /// assert_eq!(AgentConfig::default().guest_kernel_params(), "agent.log_vport=1025");
+    /// let cfg = AgentConfig { debug: true, debug_console_enabled: true, ..Default::default() };
+    /// assert_eq!(
+    ///     cfg.guest_kernel_params(),
+    ///     "agent.log=debug agent.log_vport=1025 agent.debug_console agent.debug_console_vport=1026"
+    /// );
+    /// ```
+    pub fn guest_kernel_params(&self) -> String {
+        let mut params = Vec::new();
+        if self.debug {
+            params.push("agent.log=debug".to_string());
+        }
+        params.push(format!("agent.log_vport={}", self.log_port));
+        if self.debug_console_enabled {
+            params.push("agent.debug_console".to_string());
+            params.push(format!(
+                "agent.debug_console_vport={}",
+                crate::debug_console::DEFAULT_DEBUG_CONSOLE_PORT
+            ));
+        }
+        params.join(" ")
     }
 
     /// `kernel_modules` as [`SandboxSetup::kernel_modules`](crate::SandboxSetup::kernel_modules)
@@ -380,11 +418,11 @@ fn setting_effect(key: &str) -> Option<Option<&'static str>> {
         | "request_timeout_ms"
         | "dial_timeout"
         | "health_check_request_timeout_ms" => None,
-        "enable_debug" => Some("the agent's log level is set with kernel_params (agent.log=debug)"),
+        // The guest's kernel parameters (`guest_kernel_params`): the agent's log level, its
+        // log stream's port (read by the sandbox), its debug console.
+        "enable_debug" | "debug_console_enabled" | "log_port" => None,
         "enable_tracing" => Some("trace export is not implemented"),
-        "debug_console_enabled" => Some("the guest offers no debug console"),
         "server_port" => Some("the agent listens on vsock port 1024, which the VMM backend dials"),
-        "log_port" => Some("the agent's log stream is not read"),
         "kernel_modules" => Some("guest kernel modules are not loaded yet"),
         "container_pipe_size" => Some("container stdio is copied through the agent's own pipes"),
         "create_container_timeout" => {
@@ -492,7 +530,32 @@ mod tests {
                 "{acted}: {inert:?}"
             );
         }
-        assert_eq!(inert.len(), 30 - 5);
+        assert_eq!(inert.len(), 30 - 8);
+    }
+
+    #[test]
+    fn debug_console_and_agent_debug_take_effect() {
+        let cfg = AgentConfig {
+            debug: true,
+            debug_console_enabled: true,
+            log_port: 2000,
+            ..Default::default()
+        };
+        assert!(cfg.inert_settings().is_empty(), "{:?}", cfg.inert_settings());
+        let params = cfg.guest_kernel_params();
+        for word in [
+            "agent.log=debug",
+            "agent.log_vport=2000",
+            "agent.debug_console",
+            "agent.debug_console_vport=1026",
+        ] {
+            assert!(params.split(' ').any(|w| w == word), "{word}: {params}");
+        }
+        let cfg = AgentConfig {
+            log_port: 1026,
+            ..Default::default()
+        };
+        assert!(cfg.validate().unwrap_err().to_string().contains("debug console"));
     }
 
     #[test]

@@ -107,6 +107,73 @@ pub(crate) async fn dial(
     }
 }
 
+/// A raw byte stream to a port of the guest beside the agent's ttRPC server (the agent's log
+/// stream, the debug console), from [`dial_port`]. Its writes pass the sandbox's
+/// [`WriteGate`].
+pub struct GuestStream(Socket);
+
+impl std::fmt::Debug for GuestStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuestStream")
+    }
+}
+
+impl tokio::io::AsyncRead for GuestStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Dials `port` of the guest whose agent is at `agent` ([`AgentAddress::on_port`]), through
+/// `gate` (every write, the hybrid-vsock `CONNECT` line too, waits while it is held), retrying
+/// as [`ConnectOptions`] say. For the agent's side streams: its log (Kata's port 1025) and its
+/// debug console (1026).
+///
+/// ```no_run
+/// # async fn f(agent: kata_agent_client::AgentAddress, gate: kata_agent_client::WriteGate) -> kata_agent_client::Result<()> {
+/// use kata_agent_client::{config::DEFAULT_AGENT_LOG_PORT, connect, ConnectOptions};
+/// let log = connect::dial_port(&agent, DEFAULT_AGENT_LOG_PORT, &ConnectOptions::default(), &gate).await?;
+/// # drop(log); Ok(()) }
+/// ```
+pub async fn dial_port(
+    agent: &AgentAddress,
+    port: u32,
+    opts: &ConnectOptions,
+    gate: &WriteGate,
+) -> Result<GuestStream> {
+    dial(&agent.on_port(port), opts, Some(gate))
+        .await
+        .map(GuestStream)
+}
+
 /// One connection attempt, with the handshake for hybrid vsock.
 async fn dial_once(addr: &AgentAddress, gate: Option<&WriteGate>) -> Result<Socket> {
     let gate = gate.cloned();

@@ -29,6 +29,7 @@ pub mod client;
 mod client;
 pub mod config;
 pub mod connect;
+pub mod debug_console;
 pub mod error;
 pub mod gate;
 #[cfg(feature = "server")]

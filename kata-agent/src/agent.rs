@@ -48,6 +48,8 @@ pub async fn serve(config: &AgentConfig, owns_guest: bool) -> Result<()> {
             std::io::Error::other(e.to_string()),
         )
     };
+    // Before the ttRPC server: a host that reached the agent finds its side ports listening.
+    let _side_ports = crate::side_ports(config);
     let mut server = ttrpc::r#async::Server::new()
         .bind(&config.listen)
         .map_err(|e| ttrpc_err("listen on", e))?

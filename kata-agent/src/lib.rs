@@ -23,9 +23,11 @@
 
 pub mod agent;
 pub mod config;
+pub mod debug_console;
 pub mod error;
 pub mod guest;
 pub mod init;
+pub mod logport;
 pub mod metrics;
 pub mod mount;
 pub mod network;
@@ -35,8 +37,28 @@ pub mod reaper;
 pub mod runtime;
 pub mod sandbox;
 pub mod service;
+pub mod side_port;
 pub mod storage;
 pub mod vfio;
+
+/// Starts the side ports `config` asks for: the log stream ([`logport`]) and the debug
+/// console ([`debug_console`]). They listen until the returned listeners are dropped; one
+/// that cannot listen is logged and left out (the agent serves on without it).
+pub fn side_ports(config: &config::AgentConfig) -> Vec<std::sync::Arc<side_port::PortListener>> {
+    let mut out = Vec::new();
+    let ports = [
+        (config.log_vport, "log stream", logport::serve as fn(&str, u32) -> _),
+        (config.debug_console_vport, "debug console", debug_console::serve),
+    ];
+    for (port, what, serve) in ports {
+        let Some(port) = port else { continue };
+        match serve(&config.listen, port) {
+            Ok(l) => out.push(l),
+            Err(e) => tracing::warn!(port, error = %e, "cannot serve the {what}"),
+        }
+    }
+    out
+}
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

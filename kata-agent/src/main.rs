@@ -31,7 +31,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_new(&config.log_level)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // The console and, once the host connects, the log port (`logport`).
+        .with_writer(kata_agent::logport::writer)
         .with_ansi(false)
         .init();
     if let Some(report) = report {

@@ -105,7 +105,7 @@ mod tests {
 [hypervisor.qemu]
 rx_rate_limiter_max_rate = 1000
 [agent.kata]
-debug_console_enabled = true
+container_pipe_size = 65536
 [runtime]
 enable_pprof = true
 "#,
@@ -115,7 +115,7 @@ enable_pprof = true
         let inert = inert_settings(&config).unwrap();
         for needle in [
             "[hypervisor.qemu] rx_rate_limiter_max_rate = 1000: ",
-            "[agent.kata] debug_console_enabled = true: ",
+            "[agent.kata] container_pipe_size = 65536: ",
             "[runtime] enable_pprof = true: ",
         ] {
             assert!(
