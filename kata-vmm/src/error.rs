@@ -126,4 +126,9 @@ pub enum Error {
         #[source]
         source: vmm_sys_util::errno::Error,
     },
+    /// The seccomp filter of the VMM's threads could not be built or installed.
+    #[error(
+        "cannot confine the VMM's threads with seccomp: {0} (the kernel needs CONFIG_SECCOMP_FILTER)"
+    )]
+    Confinement(String),
 }

@@ -24,11 +24,13 @@
 //! # }
 //! ```
 
+mod confine;
 mod run;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+pub use confine::ThreadConfinement;
 pub use run::{ExitWatcher, Vm, VmExit};
 
 use crate::devices::legacy::{ConsoleSink, ExitEvent, LegacyBus, SerialConsole, I8042};

@@ -11,7 +11,7 @@ use kvm_ioctls::VcpuFd;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use super::PreparedVm;
+use super::{PreparedVm, ThreadConfinement};
 use crate::devices::legacy::{ConsoleSink, LegacyBus};
 use crate::devices::virtio::mmio::MmioBus;
 use crate::error::{Error, Result};
@@ -175,6 +175,8 @@ fn install_kick_handler() -> Result<()> {
 
 pub(super) fn start(p: PreparedVm) -> Result<Vm> {
     install_kick_handler()?;
+    // Built before any thread starts: a kernel without seccomp fails the start, not a thread.
+    let confinement = ThreadConfinement::new()?;
     let mut kvm = vm::Vm::new()?;
     kvm.register_memory(p.ram.memory())?;
     kvm.register_irqfd(&p.serial_irq_fd, COM1_IRQ)?;
@@ -250,18 +252,28 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         what: "spawning a thread".into(),
         source,
     };
-    let s = shared.clone();
+    let (s, c) = (shared.clone(), confinement.clone());
     vm.event_thread = Some(
         std::thread::Builder::new()
             .name("kata-vmm-events".into())
-            .spawn(move || event_thread(event_loop, s))
+            .spawn(move || {
+                confined("kata-vmm-events", &c, &s, || {
+                    event_thread(event_loop, s.clone())
+                })
+            })
             .map_err(spawn_err)?,
     );
     for (id, fd) in vcpus.into_iter().enumerate() {
         let (s, legacy, mmio) = (shared.clone(), legacy.clone(), mmio.clone());
+        let c = confinement.clone();
+        let name = format!("kata-vcpu-{id}");
         let handle = std::thread::Builder::new()
-            .name(format!("kata-vcpu-{id}"))
-            .spawn(move || vcpu_thread(id, fd, legacy, mmio, s))
+            .name(name.clone())
+            .spawn(move || {
+                confined(&name, &c, &s, || {
+                    vcpu_thread(id, fd, legacy, mmio, s.clone())
+                })
+            })
             .map_err(spawn_err);
         match handle {
             Ok(h) => vm.vcpu_threads.push(h),
@@ -364,6 +376,15 @@ impl EventHandler for Control {
                 let _ = self.shared.stop_evt.read();
             }
         }
+    }
+}
+
+/// Confines the calling thread (`vm/confine.rs`), then runs `body`; a thread that cannot be
+/// confined ends the VM with the reason instead of running unconfined.
+fn confined(name: &str, c: &ThreadConfinement, shared: &Shared, body: impl FnOnce()) {
+    match c.apply_to_this_thread() {
+        Ok(()) => body(),
+        Err(e) => shared.finish(VmExit::Failed(format!("thread {name}: {e}"))),
     }
 }
 

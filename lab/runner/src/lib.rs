@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod l1;
+pub mod overhead;
 pub mod protocol;
 
 pub use protocol::{expected_checks, verdict, Check, Figure, Line, Verdict, Vmm};
