@@ -64,7 +64,7 @@ pub mod volume;
 
 pub use container_id::validate_container_id;
 pub use error::{Error, Result};
-pub use path::{path_within, safe_child};
+pub use path::{open_in_root, path_within, safe_child};
 pub use rootfs::RootfsMount;
 pub use sandbox_resources::{
     CgroupsState, ContainerGuestResources, ContainerResourcesState, DevicesState, NetworkState,

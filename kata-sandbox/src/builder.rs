@@ -252,7 +252,12 @@ impl SandboxBuilder {
     /// Builder from a configuration [`ConfigLoader`] loaded (with its drop-ins and pod
     /// annotations); the host paths its active hypervisor section needs must exist.
     pub fn from_loaded_config(loaded: &LoadedConfig) -> Result<Self> {
-        if let Some(e) = loaded.check_host_paths().into_iter().next() {
+        // Only a VM needs the hypervisor section's binaries and images on this host.
+        let vm = matches!(
+            RuntimeHandlerKind::from_runtime_name(&loaded.config.runtime.name),
+            Ok(RuntimeHandlerKind::VirtContainer)
+        );
+        if let Some(e) = loaded.check_host_paths().into_iter().next().filter(|_| vm) {
             return Err(e);
         }
         Self::from_kata_config(loaded.config.clone()).map_err(|e| match e {
@@ -420,6 +425,27 @@ impl SandboxBuilder {
     /// is not used (the VM grows as containers come).
     pub fn workload(mut self, workload: crate::WorkloadSize) -> Self {
         self.workload = Some(workload);
+        self
+    }
+
+    /// The runtime handler that runs the containers (`[runtime] name`; default
+    /// `virt_container`). A handler this build lacks fails [`finish`](Self::finish) naming the
+    /// cargo feature that brings it.
+    ///
+    /// ```
+    /// use kata_sandbox::{RuntimeHandlerKind, Sandbox};
+    ///
+    /// let built = Sandbox::builder()
+    ///     .runtime_handler(RuntimeHandlerKind::WasmContainer)
+    ///     .finish();
+    /// match built {
+    ///     Ok(config) => assert_eq!(config.handler, RuntimeHandlerKind::WasmContainer),
+    ///     Err(e) => assert!(e.to_string().contains("feature `wasm`"), "{e}"),
+    /// }
+    /// # Ok::<(), kata_sandbox::Error>(())
+    /// ```
+    pub fn runtime_handler(mut self, kind: RuntimeHandlerKind) -> Self {
+        self.runtime.name = kind.as_str().to_string();
         self
     }
 

@@ -104,6 +104,17 @@ pub enum Error {
         /// What went wrong (exit status, timeout, its stderr) or why it is refused.
         reason: String,
     },
+    /// The sandbox's runtime handler cannot do this: exec into a WebAssembly module, detach
+    /// a sandbox whose workloads run in this process, ...
+    #[error("the {handler} runtime handler does not implement {operation}: {reason}")]
+    Unimplemented {
+        /// The handler (`wasm_container`, ...).
+        handler: crate::RuntimeHandlerKind,
+        /// What was asked (`exec`, `detach`, ...).
+        operation: &'static str,
+        /// Why it cannot, and what to do instead.
+        reason: String,
+    },
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {

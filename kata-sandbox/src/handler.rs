@@ -6,9 +6,14 @@
 //!
 //! | handler | runs containers | here |
 //! |---|---|---|
-//! | `virt_container` | in a micro-VM, through the guest agent | [`crate::virt::VirtContainer`] |
-//! | `linux_container` | on the host (libcontainer) | not yet (refused with its name) |
-//! | `wasm_container` | on the host (wasmtime) | not yet (refused with its name) |
+//! | `virt_container` | in a micro-VM, through the guest agent | `crate::virt::VirtContainer` |
+//! | `linux_container` | on the host (libcontainer) | not implemented yet (refused with its name) |
+//! | `wasm_container` | WASI modules on the host (wasmtime) | `crate::wasm::WasmContainer`, cargo feature `wasm` |
+//!
+//! The handler is chosen by [`SandboxBuilder::runtime_handler`](crate::SandboxBuilder::runtime_handler)
+//! or `[runtime] name` in the configuration (the shim's per runtime class: containerd's
+//! runtime options name the configuration file). Above this trait nothing knows which one
+//! runs. A handler this build was compiled without is refused naming the cargo feature.
 //!
 //! A new handler is one module next to `virt/` implementing this trait, one arm in
 //! [`RuntimeHandlerKind`]'s start and restore, and its own [`HandlerState`]; neither the
@@ -35,9 +40,9 @@ pub enum RuntimeHandlerKind {
     /// Containers in a micro-VM, driven through the guest agent (Kata's default).
     #[default]
     VirtContainer,
-    /// Containers on the host, without a VM (not built yet).
+    /// Containers on the host, without a VM (not implemented yet).
     LinuxContainer,
-    /// WebAssembly modules on the host (not built yet).
+    /// WebAssembly (WASI preview 1) modules on the host, on wasmtime (cargo feature `wasm`).
     WasmContainer,
 }
 
@@ -52,19 +57,39 @@ impl RuntimeHandlerKind {
     }
 
     /// The handler `[runtime] name` selects. Unknown names and handlers this build does not
-    /// have are errors naming the key and what is allowed.
+    /// have are errors naming the key and what is allowed (for a handler left out at build
+    /// time, the cargo feature that brings it).
     pub fn from_runtime_name(name: &str) -> Result<Self> {
-        match name {
-            "" | "virt_container" => Ok(RuntimeHandlerKind::VirtContainer),
-            "linux_container" | "wasm_container" => Err(Error::invalid(
+        let kind = match name {
+            "" | "virt_container" => RuntimeHandlerKind::VirtContainer,
+            "linux_container" => RuntimeHandlerKind::LinuxContainer,
+            "wasm_container" => RuntimeHandlerKind::WasmContainer,
+            other => {
+                return Err(Error::invalid(
+                    "runtime.name",
+                    format!("\"{other}\": allowed virt_container, linux_container, wasm_container"),
+                ))
+            }
+        };
+        kind.check_built_in()?;
+        Ok(kind)
+    }
+
+    /// `Ok` when this build has the handler; otherwise the error names what is missing: the
+    /// cargo feature to build it with, or that it is not implemented yet.
+    pub fn check_built_in(self) -> Result<()> {
+        match self {
+            RuntimeHandlerKind::VirtContainer => Ok(()),
+            RuntimeHandlerKind::WasmContainer if cfg!(feature = "wasm") => Ok(()),
+            RuntimeHandlerKind::WasmContainer => Err(Error::invalid(
                 "runtime.name",
-                format!(
-                    "\"{name}\": this kata-rs build has only the virt_container handler (the Linux and Wasm handlers are not implemented yet)"
-                ),
+                "\"wasm_container\": this build has no wasm handler: build kata-sandbox with its \
+                 cargo feature `wasm` (the shim: kata-shim's feature `wasm`)",
             )),
-            other => Err(Error::invalid(
+            RuntimeHandlerKind::LinuxContainer => Err(Error::invalid(
                 "runtime.name",
-                format!("\"{other}\": allowed virt_container, linux_container, wasm_container"),
+                "\"linux_container\": the Linux container handler is not implemented yet; use \
+                 virt_container or wasm_container",
             )),
         }
     }

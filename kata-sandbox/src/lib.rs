@@ -41,6 +41,8 @@ mod spec;
 mod virt;
 
 pub use builder::{SandboxBuilder, SandboxConfig, DEFAULT_AGENT_TIMEOUT, DEFAULT_ROOT_DIR};
+#[cfg(feature = "wasm")]
+mod wasm;
 pub use container::{Container, Output, Process, DEFAULT_OUTPUT_LIMIT};
 pub use error::{Error, Result};
 pub use handler::{HandlerState, NetworkChanges, OomEvents, RuntimeHandlerKind};

@@ -215,6 +215,10 @@ pub fn cleanup(dir: &Path) -> Result<CleanupReport> {
         RuntimeHandlerKind::VirtContainer => {
             crate::virt::VirtContainer::cleanup(dir, report.state.as_ref().map(|s| &s.handler))?
         }
+        #[cfg(feature = "wasm")]
+        RuntimeHandlerKind::WasmContainer => {
+            crate::wasm::WasmContainer::cleanup(dir, report.state.as_ref().map(|s| &s.handler))?
+        }
         other => {
             return Err(Error::invalid(
                 "state.json handler",

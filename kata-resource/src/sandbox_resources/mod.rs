@@ -474,6 +474,17 @@ impl SandboxResources {
         self.devices.container_devices(id)
     }
 
+    /// Where container `id`'s rootfs is on the host: its mount in the shared directory (what
+    /// a runtime handler that runs the container on the host uses as its root). `None` for an
+    /// unknown container or a block rootfs (a disk of the VM).
+    pub fn container_rootfs_host_path(&self, id: &str) -> Option<&Path> {
+        self.containers
+            .get(id)?
+            .shared
+            .as_ref()
+            .map(|s| s.host_path())
+    }
+
     /// Whether container `id` has resources here.
     pub fn contains_container(&self, id: &str) -> bool {
         self.containers.contains_key(id)

@@ -157,11 +157,17 @@ impl Sandbox {
                 let (h, timings) = crate::virt::VirtContainer::start(&config, &dir, t0).await?;
                 (Arc::new(h) as Arc<dyn RuntimeHandler>, timings)
             }
+            #[cfg(feature = "wasm")]
+            RuntimeHandlerKind::WasmContainer => {
+                let (h, timings) = crate::wasm::WasmContainer::start(&config, &dir, t0).await?;
+                (Arc::new(h) as Arc<dyn RuntimeHandler>, timings)
+            }
             other => {
+                other.check_built_in()?;
                 return Err(Error::invalid(
                     "runtime.name",
                     format!("{other} is not built in"),
-                ))
+                ));
             }
         };
         guard.0 = None;

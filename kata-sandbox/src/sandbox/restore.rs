@@ -60,6 +60,15 @@ impl Sandbox {
             RuntimeHandlerKind::VirtContainer => Arc::new(
                 crate::virt::VirtContainer::restore(&state.config, dir, &state.handler).await?,
             ),
+            RuntimeHandlerKind::WasmContainer => {
+                return Err(Error::Unimplemented {
+                    handler: RuntimeHandlerKind::WasmContainer,
+                    operation: "restore",
+                    reason: "its modules ran in the process that started it and ended with it; \
+                             `persist::cleanup` removes what is left"
+                        .into(),
+                })
+            }
             other => {
                 return Err(Error::CorruptState {
                     path: SandboxState::path(dir),

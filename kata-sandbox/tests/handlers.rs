@@ -1,0 +1,636 @@
+//! One behavioural suite run against every runtime handler of this build: output and exit
+//! codes, stdin, env and args, kill, exec (or its clear `Unimplemented`), cleanup.
+//!
+//! A case is written once against [`Handler`]: `wasm_container` runs WebAssembly modules built
+//! here from WAT (the `wasm32-wasip1` target cannot be installed here); `virt_container` runs
+//! the same behaviour with busybox through the test backend (`[hypervisor.host-agent]`: the
+//! real agent on this host, no VM). The wasm-only cases (memory limit, trap, CPU quota, pause,
+//! bad module files) follow.
+//!
+//! Needs root (rootfs bind mounts; the agent's namespaces) and, for `virt_container`, the
+//! kata-agent binary of this build (`kata_testkit::agent_binary`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kata_sandbox::oci_spec::runtime::{
+    LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec,
+};
+use kata_sandbox::{
+    ContainerSpec, Error, ExitStatus, HypervisorConfig, HypervisorType, ProcessSpec,
+    RuntimeHandlerKind, Sandbox, Signal,
+};
+use kata_testkit::leaks::mounts_under;
+use tokio::io::AsyncWriteExt;
+
+/// The handler a case runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handler {
+    Wasm,
+    Virt,
+}
+
+/// What a case asks a container to do; each handler has its own way of doing it.
+#[derive(Debug, Clone, Copy)]
+enum Program {
+    /// Writes `out` to stdout and `err` to stderr, exits with `code`.
+    Print {
+        out: &'static str,
+        err: &'static str,
+        code: i32,
+    },
+    /// Copies stdin to stdout.
+    Cat,
+    /// Prints its arguments (after the program) and its environment.
+    ArgsAndEnv,
+    /// Runs until killed.
+    Loop,
+}
+
+/// A sandbox root and a rootfs for one test.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    rootfs: PathBuf,
+    handler: Handler,
+}
+
+impl Fixture {
+    fn new(handler: Handler) -> Fixture {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the handlers' tests need root (rootfs mounts)"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = tmp.path().join("rootfs");
+        match handler {
+            Handler::Wasm => std::fs::create_dir(&rootfs).unwrap(),
+            Handler::Virt => kata_testkit::image::busybox_rootfs(&rootfs).expect("busybox rootfs"),
+        }
+        Fixture {
+            tmp,
+            rootfs,
+            handler,
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.tmp.path().join("run")
+    }
+
+    async fn sandbox(&self, id: &str) -> Sandbox {
+        let b = Sandbox::builder().id(id).root_dir(self.root());
+        let b = match self.handler {
+            Handler::Wasm => b.runtime_handler(RuntimeHandlerKind::WasmContainer),
+            Handler::Virt => {
+                let agent = kata_testkit::agent_binary().unwrap_or_else(|e| panic!("{e}"));
+                b.hypervisor(HypervisorType::HostAgent)
+                    .hypervisor_config(HypervisorConfig {
+                        path: agent.display().to_string(),
+                        ..HypervisorConfig::default()
+                    })
+                    .agent_timeout(Duration::from_secs(20))
+            }
+        };
+        b.build().await.expect("sandbox starts")
+    }
+
+    /// A module from `wat` at `/<name>` in the rootfs.
+    fn module(&self, name: &str, wat: &str) -> String {
+        let bytes = wat::parse_str(wat).unwrap_or_else(|e| panic!("{name}: {e}"));
+        std::fs::write(self.rootfs.join(name), bytes).unwrap();
+        format!("/{name}")
+    }
+
+    /// The spec that runs `program` with `args` after it.
+    fn spec(&self, program: Program, args: &[&str]) -> ContainerSpec {
+        let mut argv: Vec<String> = match (self.handler, program) {
+            (Handler::Wasm, Program::Print { out, err, code }) => {
+                vec![self.module("print.wasm", &print_wat(out, err, code))]
+            }
+            (Handler::Wasm, Program::Cat) => vec![self.module("cat.wasm", CAT_WAT)],
+            (Handler::Wasm, Program::ArgsAndEnv) => {
+                vec![self.module("args.wasm", ARGS_AND_ENV_WAT)]
+            }
+            (Handler::Wasm, Program::Loop) => vec![self.module("loop.wasm", LOOP_WAT)],
+            (Handler::Virt, Program::Print { out, err, code }) => {
+                sh(&format!("printf '{out}'; printf '{err}' >&2; exit {code}"))
+            }
+            (Handler::Virt, Program::Cat) => vec!["cat".into()],
+            (Handler::Virt, Program::ArgsAndEnv) => sh("echo \"$@\"; env"),
+            (Handler::Virt, Program::Loop) => sh("while :; do :; done"),
+        };
+        argv.extend(args.iter().map(|a| a.to_string()));
+        ContainerSpec::from_rootfs_dir(&self.rootfs).args(argv)
+    }
+
+    /// Nothing of sandbox `id` is left: no directory, no mount under the root.
+    fn assert_nothing_left(&self, id: &str) {
+        let dir = self.root().join(id);
+        assert!(!dir.exists(), "{} is left", dir.display());
+        let mounts = mounts_under(&self.root());
+        assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    }
+}
+
+/// `sh -c script` (with `sh` as `$0`, so extra args are `$1`...).
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into(), "sh".into()]
+}
+
+/// A WAT string literal of `s`.
+fn wat_bytes(s: &str) -> String {
+    s.bytes().map(|b| format!("\\{b:02x}")).collect()
+}
+
+/// A module that writes `out` and `err` and exits with `code` (`_start` returns for 0).
+fn print_wat(out: &str, err: &str, code: i32) -> String {
+    let exit = if code == 0 {
+        String::new()
+    } else {
+        format!("(call $proc_exit (i32.const {code}))")
+    };
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "{out_bytes}")
+  (data (i32.const 4096) "{err_bytes}")
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_start")
+    (call $write (i32.const 1) (i32.const 1024) (i32.const {out_len}))
+    (call $write (i32.const 2) (i32.const 4096) (i32.const {err_len}))
+    {exit}))"#,
+        out_bytes = wat_bytes(out),
+        err_bytes = wat_bytes(err),
+        out_len = out.len(),
+        err_len = err.len(),
+    )
+}
+
+/// `cat`: stdin to stdout until end of file.
+const CAT_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (loop $copy
+      (i32.store (i32.const 0) (i32.const 1024))
+      (i32.store (i32.const 4) (i32.const 4096))
+      (if (i32.ne (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)) (i32.const 0))
+        (then (return)))
+      (if (i32.eqz (i32.load (i32.const 8))) (then (return)))
+      (i32.store (i32.const 16) (i32.const 1024))
+      (i32.store (i32.const 20) (i32.load (i32.const 8)))
+      (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 24)))
+      (br $copy))))"#;
+
+/// Writes its argument strings, a newline, and its environment strings (NUL-separated).
+const ARGS_AND_ENV_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $environ_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 60) "\0a")
+  (func $write (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 32) (local.get $ptr))
+    (i32.store (i32.const 36) (local.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 32) (i32.const 1) (i32.const 40))))
+  (func (export "_start")
+    (drop (call $args_sizes_get (i32.const 0) (i32.const 4)))
+    (drop (call $args_get (i32.const 1024) (i32.const 8192)))
+    (call $write (i32.const 8192) (i32.load (i32.const 4)))
+    (call $write (i32.const 60) (i32.const 1))
+    (drop (call $environ_sizes_get (i32.const 0) (i32.const 4)))
+    (drop (call $environ_get (i32.const 1024) (i32.const 65536)))
+    (call $write (i32.const 65536) (i32.load (i32.const 4)))))"#;
+
+/// Runs until killed.
+const LOOP_WAT: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start") (loop $forever (br $forever))))"#;
+
+/// Grows its memory by 100 pages (6.25 MiB): exits 12 if refused, 0 if granted.
+const GROW_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1))
+      (then (call $proc_exit (i32.const 12))))))"#;
+
+/// Starts with 64 pages (4 MiB) of memory.
+const BIG_WAT: &str = r#"(module
+  (memory (export "memory") 64)
+  (func (export "_start")))"#;
+
+/// Traps at once.
+const TRAP_WAT: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start") unreachable))"#;
+
+// ---- the suite, once per handler ----
+
+async fn output_and_exit_codes(h: Handler) {
+    let f = Fixture::new(h);
+    let sb = f.sandbox("codes").await;
+    let p = Program::Print {
+        out: "to-out\n",
+        err: "to-err\n",
+        code: 3,
+    };
+    let out = sb.run(f.spec(p, &[])).await.unwrap();
+    assert_eq!(out.stdout_str(), "to-out\n");
+    assert_eq!(out.stderr_str(), "to-err\n");
+    assert_eq!(out.status, ExitStatus::from_code(3));
+    let p = Program::Print {
+        out: "ok\n",
+        err: "",
+        code: 0,
+    };
+    let out = sb.run(f.spec(p, &[])).await.unwrap();
+    assert_eq!(
+        (out.stdout_str().as_str(), out.status),
+        ("ok\n", ExitStatus::from_code(0))
+    );
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("codes");
+}
+
+async fn stdin_reaches_the_process(h: Handler) {
+    let f = Fixture::new(h);
+    let sb = f.sandbox("stdin").await;
+    let mut cat = sb
+        .create_container(f.spec(Program::Cat, &[]).stdin(true))
+        .await
+        .unwrap();
+    cat.start().await.unwrap();
+    let mut stdin = cat.stdin().expect("stdin open");
+    stdin.write_all(b"through stdin\n").await.unwrap();
+    stdin.shutdown().await.unwrap();
+    drop(stdin);
+    let out = cat.process().output().await.unwrap();
+    assert_eq!(out.stdout_str(), "through stdin\n");
+    assert_eq!(out.status, ExitStatus::from_code(0));
+    cat.delete().await.unwrap();
+    // Without stdin the process reads end of file at once.
+    let out = sb.run(f.spec(Program::Cat, &[])).await.unwrap();
+    assert_eq!(
+        (out.stdout.len(), out.status),
+        (0, ExitStatus::from_code(0))
+    );
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("stdin");
+}
+
+async fn args_and_env_reach_the_process(h: Handler) {
+    let f = Fixture::new(h);
+    let sb = f.sandbox("argsenv").await;
+    let out = sb
+        .run(
+            f.spec(Program::ArgsAndEnv, &["first", "second"])
+                .env("GREETING", "hi"),
+        )
+        .await
+        .unwrap();
+    let text = out.stdout_str().replace('\0', " ");
+    assert!(text.contains("first second"), "{text:?}");
+    assert!(text.contains("GREETING=hi"), "{text:?}");
+    assert_eq!(out.status, ExitStatus::from_code(0));
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("argsenv");
+}
+
+async fn kill_ends_an_endless_loop(h: Handler) {
+    let f = Fixture::new(h);
+    let sb = f.sandbox("kill").await;
+    let c = sb
+        .create_container(f.spec(Program::Loop, &[]))
+        .await
+        .unwrap();
+    c.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = Instant::now();
+    c.kill(Signal::KILL).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), c.wait())
+        .await
+        .expect("the kill ends it")
+        .unwrap();
+    assert_eq!(
+        (status.code(), status.signal()),
+        (None, Some(9)),
+        "{status}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    c.delete().await.unwrap();
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("kill");
+}
+
+async fn exec_runs_or_is_unimplemented(h: Handler) {
+    let f = Fixture::new(h);
+    let sb = f.sandbox("exec").await;
+    let cat = sb
+        .create_container(f.spec(Program::Cat, &[]).stdin(true))
+        .await
+        .unwrap();
+    cat.start().await.unwrap();
+    let exec = cat.exec(ProcessSpec::new(["echo", "exec"])).await;
+    match h {
+        Handler::Virt => {
+            let out = exec.unwrap().output().await.unwrap();
+            assert_eq!(out.stdout_str(), "exec\n");
+        }
+        Handler::Wasm => {
+            let e = exec.unwrap_err();
+            assert!(
+                matches!(
+                    &e,
+                    Error::Unimplemented {
+                        handler: RuntimeHandlerKind::WasmContainer,
+                        operation: "exec",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains("does not implement exec"), "{e}");
+        }
+    }
+    cat.delete().await.unwrap();
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("exec");
+}
+
+/// Each case of the suite, as a test per handler.
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod wasm_container {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Handler::Wasm).await
+            })*
+        }
+        mod virt_container {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Handler::Virt).await
+            })*
+        }
+    };
+}
+
+suite!(
+    output_and_exit_codes,
+    stdin_reaches_the_process,
+    args_and_env_reach_the_process,
+    kill_ends_an_endless_loop,
+    exec_runs_or_is_unimplemented,
+);
+
+// ---- wasm_container only ----
+
+/// A spec with `linux.resources` (memory limit, CPU quota/period).
+fn spec_with_limits(memory: Option<i64>, cpu: Option<(i64, u64)>) -> Spec {
+    let mut r = LinuxResourcesBuilder::default();
+    if let Some(limit) = memory {
+        r = r.memory(LinuxMemoryBuilder::default().limit(limit).build().unwrap());
+    }
+    if let Some((quota, period)) = cpu {
+        r = r.cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(period)
+                .build()
+                .unwrap(),
+        );
+    }
+    let mut spec = Spec::default();
+    spec.set_linux(Some(
+        LinuxBuilder::default()
+            .resources(r.build().unwrap())
+            .build()
+            .unwrap(),
+    ));
+    spec
+}
+
+#[tokio::test]
+async fn wasm_memory_limit_refuses_growth_and_too_large_a_start() {
+    let f = Fixture::new(Handler::Wasm);
+    let sb = f.sandbox("memory").await;
+    let grow = f.module("grow.wasm", GROW_WAT);
+    let limited = |spec| ContainerSpec::from_oci(spec, &f.rootfs).args([grow.clone()]);
+    let out = sb
+        .run(limited(spec_with_limits(Some(2 << 20), None)))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status,
+        ExitStatus::from_code(12),
+        "memory.grow past 2 MiB is refused"
+    );
+    let out = sb.run(limited(spec_with_limits(None, None))).await.unwrap();
+    assert_eq!(
+        out.status,
+        ExitStatus::from_code(0),
+        "without a limit it grows"
+    );
+    // A module whose memory starts above the limit is refused at create, naming the limit.
+    let big = f.module("big.wasm", BIG_WAT);
+    let e = sb
+        .create_container(
+            ContainerSpec::from_oci(spec_with_limits(Some(2 << 20), None), &f.rootfs).args([big]),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("linux.resources.memory.limit") && e.contains("2097152"),
+        "{e}"
+    );
+    assert!(sb.container_ids().is_empty());
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("memory");
+}
+
+#[tokio::test]
+async fn wasm_a_trap_is_an_abort_with_the_trap_on_stderr() {
+    let f = Fixture::new(Handler::Wasm);
+    let sb = f.sandbox("trap").await;
+    let trap = f.module("trap.wasm", TRAP_WAT);
+    let out = sb
+        .run(ContainerSpec::from_rootfs_dir(&f.rootfs).args([trap]))
+        .await
+        .unwrap();
+    assert_eq!(out.status, ExitStatus::from_signal(Signal::ABRT));
+    assert_eq!(out.status.to_shell_status(), 134);
+    assert!(
+        out.stderr_str().contains("trapped") && out.stderr_str().contains("unreachable"),
+        "{:?}",
+        out.stderr_str()
+    );
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("trap");
+}
+
+#[tokio::test]
+async fn wasm_bad_module_paths_and_files_are_clear_errors_that_leave_nothing() {
+    let f = Fixture::new(Handler::Wasm);
+    let sb = f.sandbox("badmod").await;
+    let create = |args: Vec<String>| async {
+        let e = sb
+            .create_container(ContainerSpec::from_rootfs_dir(&f.rootfs).args(args))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        println!("refused: {e}");
+        Err::<(), _>(e)
+    };
+    // Not a wasm module.
+    std::fs::write(f.rootfs.join("script.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    let e = create(vec!["/script.sh".into()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("process.args[0]") && e.contains("is not a WebAssembly module"),
+        "{e}"
+    );
+    // Missing.
+    let e = create(vec!["/missing.wasm".into()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("process.args[0]") && e.contains("missing.wasm") && e.contains("No such file"),
+        "{e}"
+    );
+    // A symlink out of the rootfs to a real module on the host is not followed out.
+    let outside = f.tmp.path().join("outside.wasm");
+    std::fs::write(&outside, wat::parse_str(LOOP_WAT).unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside, f.rootfs.join("escape.wasm")).unwrap();
+    let e = create(vec!["/escape.wasm".into()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("process.args[0]") && e.contains("No such file"),
+        "{e}"
+    );
+    let e = create(vec!["../outside.wasm".into()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("process.args[0]") && e.contains("No such file"),
+        "{e}"
+    );
+    // A directory.
+    let e = create(vec!["/".into()]).await.unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    assert!(sb.container_ids().is_empty());
+    // Nothing of the refused containers is mounted.
+    let mounts = mounts_under(sb.dir());
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("badmod");
+}
+
+#[tokio::test]
+async fn wasm_cpu_quota_throttles_and_pause_stops_the_module() {
+    let f = Fixture::new(Handler::Wasm);
+    let sb = f.sandbox("cpu").await;
+    let looping = f.module("loop.wasm", LOOP_WAT);
+    // 10 ms of CPU per 100 ms.
+    let c = sb
+        .create_container(
+            ContainerSpec::from_oci(spec_with_limits(None, Some((10_000, 100_000))), &f.rootfs)
+                .args([looping.clone()]),
+        )
+        .await
+        .unwrap();
+    c.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let cpu = |s: kata_sandbox::ContainerStats| s.cgroup.cpu.unwrap().usage.total_ns;
+    let used = Duration::from_nanos(cpu(c.stats().await.unwrap()));
+    // Six periods of 10 ms, each overrun by at most a tick (10 ms): far below 600 ms.
+    assert!(
+        used < Duration::from_millis(200),
+        "{used:?} of CPU in 600 ms"
+    );
+    c.kill(Signal::KILL).await.unwrap();
+    c.wait().await.unwrap();
+    c.delete().await.unwrap();
+
+    // Pause: the CPU time stands still until resumed.
+    let c = sb
+        .create_container(ContainerSpec::from_rootfs_dir(&f.rootfs).args([looping]))
+        .await
+        .unwrap();
+    c.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.pause().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let paused_at = cpu(c.stats().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        cpu(c.stats().await.unwrap()),
+        paused_at,
+        "no CPU while paused"
+    );
+    c.resume().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(cpu(c.stats().await.unwrap()) > paused_at, "it runs again");
+    // Killed while paused: the kill ends the pause.
+    c.pause().await.unwrap();
+    c.kill(Signal::TERM).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), c.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.signal(), Some(15));
+    c.delete().await.unwrap();
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("cpu");
+}
+
+#[tokio::test]
+async fn wasm_sandbox_cannot_be_detached_and_dropping_it_stops_its_modules() {
+    let f = Fixture::new(Handler::Wasm);
+    let sb = f.sandbox("drop").await;
+    let looping = f.module("loop.wasm", LOOP_WAT);
+    let c = sb
+        .create_container(ContainerSpec::from_rootfs_dir(&f.rootfs).args([looping]))
+        .await
+        .unwrap();
+    c.start().await.unwrap();
+    assert_eq!(
+        sb.describe().first().map(|(_, v)| v.as_str()),
+        Some("wasm_container")
+    );
+    let dir = sb.dir().to_path_buf();
+    let e = sb.detach().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Unimplemented {
+                operation: "detach",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // The failed detach dropped the sandbox: the module is stopped, the rootfs released.
+    drop(c);
+    assert!(!dir.exists());
+    f.assert_nothing_left("drop");
+    assert!(
+        Path::new(&f.rootfs).join("loop.wasm").exists(),
+        "the rootfs itself is kept"
+    );
+}
