@@ -1563,6 +1563,74 @@ async fn case_oom_killed_container(env: Arc<Env>) -> Result<()> {
     Ok(())
 }
 
+/// The first sample named `name` whose labels include `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    use kata_sandbox::metrics::{parse, Line};
+    let lines = parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    lines
+        .iter()
+        .find_map(|l| match l {
+            Line::Sample {
+                name: n,
+                labels: have,
+                value,
+            } if n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v)) =>
+            {
+                Some(*value)
+            }
+            _ => None,
+        })
+        .with_context(|| format!("no {name} {labels:?} in the metrics:\n{text}"))
+}
+
+/// Issue 16: the sandbox's Prometheus text has the guest's figures (GetMetrics) and the VMM's,
+/// and they move when a container fills 64 MiB of the guest's tmpfs.
+async fn case_metrics_follow_a_container_allocating_memory(env: Arc<Env>) -> Result<()> {
+    let qemu = env.sandbox.pid().to_string();
+    let before = env.sandbox.metrics().await;
+    ensure!(metric(&before, "kata_guest_up", &[])? == 1.0, "{before}");
+    let used_before = metric(&before, "kata_guest_memory_used_bytes", &[])?;
+    let cpu_before = metric(&before, "kata_hypervisor_cpu_seconds_total", &[("pid", &qemu)])?;
+    ensure!(metric(&before, "kata_hypervisor_resident_memory_bytes", &[("pid", &qemu)])? > 0.0);
+    ensure!(metric(&before, "kata_hypervisor_threads", &[("pid", &qemu)])? >= 2.0);
+    metric(&before, "kata_guest_cpu_seconds_total", &[("cpu", "cpu0"), ("mode", "idle")])?;
+    metric(&before, "kata_guest_load", &[("period", "1m")])?;
+    metric(&before, "kata_guest_disk_total", &[])
+        .or_else(|_| metric(&before, "kata_guest_network_total", &[("interface", "lo")]))?;
+    ensure!(metric(&before, "kata_sandbox_boot_seconds", &[("step", "agent_connected")])? > 0.0);
+
+    let c = env
+        .sandbox
+        .create_container(spec(
+            &env,
+            &["sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=64 && sleep 600"],
+        ))
+        .await?;
+    c.start().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (used, text) = loop {
+        let text = env.sandbox.metrics().await;
+        let used = metric(&text, "kata_guest_memory_used_bytes", &[])?;
+        if used - used_before >= (48 << 20) as f64 || Instant::now() > deadline {
+            break (used, text);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    c.kill(kata_sandbox::Signal::KILL).await?;
+    c.wait().await?;
+    c.delete().await?;
+    ensure!(
+        used - used_before >= (48 << 20) as f64,
+        "guest memory in use went from {used_before} to {used} only"
+    );
+    let cpu = metric(&text, "kata_hypervisor_cpu_seconds_total", &[("pid", &qemu)])?;
+    ensure!(cpu > cpu_before, "the VMM's CPU time did not move: {cpu_before} -> {cpu}");
+    Ok(())
+}
+
 async fn case_bad_boot_inputs(env: Arc<Env>) -> Result<()> {
     bad_boots(env.root_dir.clone()).await
 }
@@ -2262,6 +2330,10 @@ fn main() -> std::process::ExitCode {
             case_memory_limit_hot_plugs_memory,
         )
         .case("oom_killed_container_exits_137", case_oom_killed_container)
+        .case(
+            "metrics_follow_a_container_allocating_memory",
+            case_metrics_follow_a_container_allocating_memory,
+        )
         .case("volumes_reach_the_guest", case_volumes_reach_the_guest)
         .case("volume_missing_source", case_volume_missing_source)
         .case_with_timeout(

@@ -272,6 +272,7 @@ impl TaskService {
         let sandbox = Arc::new(sandbox);
         self.watch_oom(&sandbox);
         self.watch_death(&sandbox);
+        crate::monitor::serve(&sandbox);
         Ok(sandbox)
     }
 
@@ -529,6 +530,7 @@ impl TaskService {
             return Ok(0);
         }
         let sandbox = Arc::new(Sandbox::restore(&dir).await?);
+        crate::monitor::serve(&sandbox);
         let state = sandbox.state();
         let _boot = self.shared.boot.lock().await;
         for (id, c) in &state.containers {

@@ -109,6 +109,11 @@ pub enum Command {
         /// The container id.
         id: String,
     },
+    /// `metrics SANDBOX`.
+    Metrics {
+        /// The sandbox id.
+        sandbox: String,
+    },
 }
 
 /// The subcommands as clap parses them; the doc comments are the help text.
@@ -214,6 +219,16 @@ enum CliCommand {
         #[command(flatten)]
         options: Options,
     },
+    /// Print a sandbox's metrics (Prometheus text) from its shim's management socket.
+    ///
+    /// <root>/<SANDBOX>/shim-monitor.sock: the runtime's, the VMM's and the guest's figures.
+    Metrics {
+        /// The sandbox id.
+        #[arg(value_name = "SANDBOX")]
+        sandbox: String,
+        #[command(flatten)]
+        options: Options,
+    },
 }
 
 impl CliCommand {
@@ -254,12 +269,13 @@ impl CliCommand {
             } => (Command::Kill { id, signal }, options),
             CliCommand::Delete { id, force, options } => (Command::Delete { id, force }, options),
             CliCommand::State { id, options } => (Command::State { id }, options),
+            CliCommand::Metrics { sandbox, options } => (Command::Metrics { sandbox }, options),
         })
     }
 }
 
 /// The command words.
-const COMMANDS: &str = "check, env, create, start, exec, kill, delete or state";
+const COMMANDS: &str = "check, env, create, start, exec, kill, delete, state or metrics";
 
 /// The options that take a value, as [`ParseError`] names them.
 const VALUE_OPTIONS: &[&str] = &["--config", "--annotation", "--root", "--bundle", "--signal"];
@@ -645,8 +661,8 @@ mod tests {
     #[test]
     fn error_texts() {
         let texts = [
-            (vec![], "a command is needed (check, env, create, start, exec, kill, delete or state)"),
-            (vec!["frobnicate"], "unknown command `frobnicate` (check, env, create, start, exec, kill, delete or state)"),
+            (vec![], "a command is needed (check, env, create, start, exec, kill, delete, state or metrics)"),
+            (vec!["frobnicate"], "unknown command `frobnicate` (check, env, create, start, exec, kill, delete, state or metrics)"),
             (vec!["start"], "start needs a container id"),
             (vec!["exec", "c1"], "exec needs a command to run"),
             (vec!["env", "--bogus"], "unknown option `--bogus`"),

@@ -8,6 +8,7 @@ mod args;
 mod check;
 mod env;
 mod lifecycle;
+mod metrics;
 
 use std::ffi::OsString;
 
@@ -53,6 +54,7 @@ pub fn run(options: &Options, command: Command) -> i32 {
         Command::Kill { id, signal } => lifecycle::kill(options, &id, signal),
         Command::Delete { id, force } => lifecycle::delete(options, &id, force),
         Command::State { id } => lifecycle::state(options, &id),
+        Command::Metrics { sandbox } => metrics::run(options, &sandbox),
     }
 }
 
