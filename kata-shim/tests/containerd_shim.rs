@@ -1128,6 +1128,78 @@ fn case_task_update_memory_limit_and_metrics(env: &Env) -> Result<()> {
     r
 }
 
+/// Issue 16: while a task runs, its shim serves `shim-monitor.sock` in the sandbox's directory
+/// (`GET /metrics`: Prometheus text with the VMM's and the guest's figures), `shim-ctl metrics`
+/// prints the same, and the socket goes with the sandbox.
+fn case_shim_monitor_socket_serves_metrics(env: &Env) -> Result<()> {
+    let c = &env.ctr;
+    let id = "kt-metrics";
+    let socket = Path::new("/run/kata").join(id).join("shim-monitor.sock");
+    let r = (|| {
+        c.ok(&run_args(&["-d"], id, &["sleep", "1000"]))?;
+        booted();
+        c.wait_status(id, "RUNNING", Duration::from_secs(10))?;
+        ensure!(socket.exists(), "no {}", socket.display());
+        // Plain HTTP/1.1 over the unix socket, as a Prometheus scraper sends it.
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket)?;
+        std::io::Write::write_all(
+            &mut stream,
+            b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        let (head, body) = answer.split_once("\r\n\r\n").context("an HTTP answer")?;
+        ensure!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        ensure!(
+            head.contains("Content-Type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        let lines = kata_sandbox::metrics::parse(body).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let has = |name: &str| {
+            lines.iter().any(
+                |l| matches!(l, kata_sandbox::metrics::Line::Sample { name: n, .. } if n == name),
+            )
+        };
+        for name in [
+            "kata_shim_resident_memory_bytes",
+            "kata_hypervisor_cpu_seconds_total",
+            "kata_guest_memory_used_bytes",
+            "kata_guest_cpu_seconds_total",
+            "kata_sandbox_boot_seconds",
+        ] {
+            ensure!(has(name), "no {name} in:\n{body}");
+        }
+        ensure!(body.contains("\nkata_guest_up 1\n"), "{body}");
+        // shim-ctl reads the same socket.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shim-ctl"))
+            .args(["metrics", id])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && text.contains("kata_guest_up 1"),
+            "shim-ctl metrics: {:?} {text} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A request that is not GET /metrics is refused.
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket)?;
+        std::io::Write::write_all(&mut stream, b"DELETE /metrics HTTP/1.1\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        ensure!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+        c.ok(&["task", "kill", "-s", "KILL", id])?;
+        c.wait_status(id, "STOPPED", Duration::from_secs(10))?;
+        c.ok(&["task", "delete", id])?;
+        c.ok(&["container", "rm", id])?;
+        ensure!(!socket.exists(), "{} is left", socket.display());
+        Ok(())
+    })();
+    if r.is_err() {
+        c.force_remove(id);
+    }
+    r
+}
+
 fn main() -> std::process::ExitCode {
     Suite::new("containerd_shim")
         .label("containerd tests")
@@ -1170,6 +1242,10 @@ fn main() -> std::process::ExitCode {
         .blocking_case(
             "task_update_memory_limit_and_metrics",
             case_task_update_memory_limit_and_metrics,
+        )
+        .blocking_case(
+            "shim_monitor_socket_serves_metrics",
+            case_shim_monitor_socket_serves_metrics,
         )
         .blocking_case(
             "ten_sequential_runs_leave_nothing",
