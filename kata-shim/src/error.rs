@@ -84,6 +84,7 @@ impl Error {
                 S::NotFound { .. } => Code::NOT_FOUND,
                 S::AlreadyExists { .. } => Code::ALREADY_EXISTS,
                 S::ShutDown => Code::FAILED_PRECONDITION,
+                S::Unimplemented { .. } => Code::UNIMPLEMENTED,
                 S::Agent(a) => match a.code() {
                     Some(c) => c,
                     None => Code::UNAVAILABLE,
@@ -123,5 +124,15 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn what_a_runtime_handler_cannot_do_is_unimplemented() {
+        let e = Error::from(kata_sandbox::Error::Unimplemented {
+            handler: kata_sandbox::RuntimeHandlerKind::WasmContainer,
+            operation: "exec",
+            reason: "a module is one process".into(),
+        });
+        assert_eq!(e.code(), Code::UNIMPLEMENTED);
     }
 }
