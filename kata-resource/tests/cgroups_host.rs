@@ -140,6 +140,32 @@ fn the_overhead_cgroup_takes_the_helpers_and_is_removed_after_the_process_exits(
     assert_eq!(cgroup_dirs(&overhead), Vec::<std::path::PathBuf>::new());
 }
 
+/// An owner that dies after the host side is set up and before it wrote any state of its own
+/// (the crash matrix's `boot` cell: the shim killed before `state.json`): the early record
+/// lets cleanup find the cgroups, which lie outside the sandbox directory.
+#[test]
+fn cleanup_without_a_state_finds_the_cgroups_in_the_early_record() {
+    if skip() {
+        return;
+    }
+    let id = unique("sb");
+    let (dir, mut r) = resources();
+    r.set_up_cgroups(&CgroupsConfig::new(&id)).unwrap();
+    r.record_early().unwrap();
+    let sandbox = format!("/kata_sandboxed_pod/{id}");
+    let overhead = format!("/kata_overhead/{id}");
+    assert!(!cgroup_dirs(&sandbox).is_empty());
+    // A crash: nothing released, no state.
+    std::mem::forget(r);
+    SandboxResources::cleanup(dir.path(), None).unwrap();
+    assert_eq!(cgroup_dirs(&sandbox), Vec::<std::path::PathBuf>::new());
+    assert_eq!(cgroup_dirs(&overhead), Vec::<std::path::PathBuf>::new());
+    assert!(
+        !dir.path().join("resources.json").exists(),
+        "the early record outlived its cleanup"
+    );
+}
+
 #[test]
 fn bad_input_names_the_field_and_leaves_no_cgroup() {
     if skip() {

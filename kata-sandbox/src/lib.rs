@@ -30,6 +30,7 @@
 mod builder;
 pub mod config;
 mod container;
+pub mod crash;
 mod error;
 mod handler;
 mod image;

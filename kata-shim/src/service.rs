@@ -33,6 +33,7 @@ use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, TtrpcContext, TtrpcResult};
 use kata_sandbox::{ContainerSpec, ExitStatus, ProcessSpec, RootfsMount, Sandbox, Signal};
+use kata_sandbox::crash::CrashStep;
 
 use crate::bundle::{self, Placement};
 use crate::error::{Error, Result};
@@ -179,6 +180,13 @@ impl TaskService {
                 id: format!("{exec_id} in task {id}"),
             })?;
         Ok((task, p))
+    }
+
+    /// A crash point (kata-sandbox's feature `crash-points`, for the crash matrix's tests;
+    /// nothing otherwise) with this shim's sandbox, if it has one.
+    fn crash_point(&self, step: CrashStep) {
+        let sandbox = self.sandbox().ok();
+        kata_sandbox::crash::crash_point(step, sandbox.as_ref().map(|s| s.dir()));
     }
 
     fn sandbox(&self) -> Result<Arc<Sandbox>> {
@@ -973,10 +981,15 @@ impl containerd_shim::Task for TaskService {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         let id = req.id.clone();
-        log_result("Create", &id, self.do_create(req).await)
+        let created = self.do_create(req).await;
+        if created.is_ok() {
+            self.crash_point(CrashStep::Create);
+        }
+        log_result("Create", &id, created)
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        self.crash_point(CrashStep::Start);
         let id = req.id.clone();
         log_result("Start", &id, self.do_start(req).await)
     }
@@ -986,11 +999,13 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
+        self.crash_point(CrashStep::Delete);
         let id = req.id.clone();
         log_result("Delete", &id, self.do_delete(req).await)
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        self.crash_point(CrashStep::Exec);
         let id = req.id.clone();
         log_result("Exec", &id, self.do_exec(req).await).map(|_| api::Empty::new())
     }
@@ -1072,6 +1087,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<api::Empty> {
+        self.crash_point(CrashStep::Shutdown);
         log_result("Shutdown", &req.id, self.do_shutdown().await).map(|_| api::Empty::new())
     }
 

@@ -239,6 +239,9 @@ impl Shim for KataShim {
             tracing::info!(container_id = %self.id, %sandbox_id, "the sandbox's shim still serves: leaving the sandbox alone");
         } else {
             let dir = root_dir().join(&sandbox_id);
+            // The dead shim's own file in the sandbox directory (the crash matrix found it
+            // keeping the directory after every kill of the shim).
+            let _ = std::fs::remove_file(dir.join(crate::monitor::MONITOR_SOCKET));
             match kata_sandbox::persist::cleanup(&dir) {
                 Ok(r) => {
                     tracing::info!(%sandbox_id, killed = ?r.killed, removed = r.removed, state_error = ?r.state_error, "cleaned up after a dead shim")

@@ -18,6 +18,8 @@ pub struct StartOptions<'a> {
     pub config: Option<&'a str>,
     /// A network namespace to run containerd in (`/run/netns/<name>`).
     pub netns: Option<&'a Path>,
+    /// More environment for containerd, which its shims inherit.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 /// A containerd of our own, stopped on drop (SIGTERM, then SIGKILL after 10 s).
@@ -81,6 +83,7 @@ impl Containerd {
             );
             cmd.env("PATH", path);
         }
+        cmd.envs(options.env.iter().copied());
         let child = cmd.spawn().context("spawn containerd")?;
         let c = Containerd {
             child,

@@ -711,6 +711,13 @@ impl SandboxResources {
     /// stays (it is the caller's).
     pub fn cleanup(sandbox_dir: impl AsRef<Path>, state: Option<&ResourcesState>) -> Result<()> {
         let sandbox_dir = sandbox_dir.as_ref();
+        // Without the owner's state (it died before writing one), the record made before the
+        // VM started names what lies outside the sandbox directory: cgroups, taps.
+        let early = match state {
+            Some(_) => None,
+            None => read_early_record(sandbox_dir),
+        };
+        let state = state.or(early.as_ref());
         let mut first: Result<()> = Ok(());
         let mut note = |what: &str, result: Result<()>| {
             if let Err(e) = result {
@@ -742,7 +749,41 @@ impl SandboxResources {
             note("cgroups", CgroupsSlot::cleanup(&state.cgroups));
             note("network", NetworkSlot::cleanup(&state.network));
         }
+        remove_early_record(sandbox_dir);
         first
+    }
+
+    /// Writes what is set up so far to `<sandbox dir>/resources.json` (private, replaced
+    /// atomically), for [`cleanup`](Self::cleanup) to find if the owner dies before it has a
+    /// state of its own (`state.json`): the host cgroups and taps are outside the sandbox
+    /// directory. Call it after the host side is set up and before the VM starts; it is removed
+    /// when the resources are released or cleaned up.
+    pub fn record_early(&self) -> Result<()> {
+        let path = self.sandbox_dir.join(EARLY_RECORD);
+        let tmp = self.sandbox_dir.join(format!(".{EARLY_RECORD}.tmp"));
+        let json = serde_json::to_vec(&self.state()).map_err(|e| Error::Io {
+            action: "serialising the early resources record",
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|source| Error::Io {
+            action: "writing the early resources record",
+            path,
+            source,
+        })
     }
 
     /// Releases everything: each container's resources, the slots, then the shared directory.
@@ -772,7 +813,31 @@ impl SandboxResources {
         if let Some(share) = self.share.take() {
             note(share.release());
         }
+        remove_early_record(&self.sandbox_dir);
         first
+    }
+}
+
+/// The file [`SandboxResources::record_early`] writes in the sandbox directory.
+const EARLY_RECORD: &str = "resources.json";
+
+/// The early record of `sandbox_dir`, if there is a readable one (a corrupt one is logged and
+/// ignored: cleanup then goes on with what the directory itself shows).
+fn read_early_record(sandbox_dir: &Path) -> Option<ResourcesState> {
+    let path = sandbox_dir.join(EARLY_RECORD);
+    let bytes = std::fs::read(&path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(state) => Some(state),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "early resources record unusable; ignored");
+            None
+        }
+    }
+}
+
+fn remove_early_record(sandbox_dir: &Path) {
+    for name in [EARLY_RECORD.to_string(), format!(".{EARLY_RECORD}.tmp")] {
+        let _ = std::fs::remove_file(sandbox_dir.join(name));
     }
 }
 

@@ -175,6 +175,7 @@ impl Sandbox {
             core: Core::new(config, dir, handler, BTreeMap::new(), timings),
         };
         tracing::info!(sandbox_id = %sandbox.id(), ready = ?timings.ready, "sandbox ready");
+        crate::crash::crash_point(crate::crash::CrashStep::Boot, Some(sandbox.dir()));
         // Dropping the sandbox on error stops it: a sandbox nobody could find is not kept.
         sandbox.core.persist()?;
         Ok(sandbox)

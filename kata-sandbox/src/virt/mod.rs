@@ -65,6 +65,9 @@ const CONSOLE_LINES: usize = 20;
 /// The VM directory's name inside the sandbox directory.
 const VM_DIR: &str = "vm";
 
+/// How long a virtiofsd's exit waits for its VM's, to report the VM's end as the cause.
+const DAEMON_CAUSE_GRACE: Duration = Duration::from_millis(500);
+
 /// What `state.json` keeps of a `virt_container` sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct VirtState {
@@ -192,6 +195,9 @@ impl VirtContainer {
             let mut devices = resources.devices();
             devices.extend(vfio.boot_devices());
             vm.prepare(devices).await?;
+            // What lies outside the sandbox directory (cgroups, taps), for a cleanup after a
+            // crash before state.json exists.
+            resources.record_early()?;
             vm.start().await?;
             // The VMM and its helpers into the sandbox's host cgroup as soon as they run.
             let first_pids = vm.pids();
@@ -798,7 +804,14 @@ impl RuntimeHandler for VirtContainer {
         };
         let why = tokio::select! {
             how = self.vm.wait_exit() => format!("the VM exited ({how})"),
-            why = daemon_died => why,
+            why = daemon_died => {
+                // virtiofsd also ends when its VM is killed ("client disconnected"), and may
+                // be seen first: the VM's end, if it follows at once, is the cause to report.
+                match tokio::time::timeout(DAEMON_CAUSE_GRACE, self.vm.wait_exit()).await {
+                    Ok(how) => format!("the VM exited ({how})"),
+                    Err(_) => why,
+                }
+            }
             why = self.health.watch(&self.agent, &self.paused, &self.id) => why,
         };
         tracing::error!(sandbox_id = %self.id, reason = %why, bound = ?self.health.bound(), "the sandbox died");

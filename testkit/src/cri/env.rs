@@ -186,6 +186,7 @@ impl CriEnv {
                 path_first: options.path_first.as_deref(),
                 config: Some(&config),
                 netns: Some(netns.path()),
+                env: &[],
             },
         )?;
         for image in [&pause, &busybox] {
