@@ -84,11 +84,19 @@ bench: setup guest
 	$(CARGO) build --release -p kata-agent
 	$(CARGO) bench -p kata-benches
 
-# containerd-shim-kata-v2 in /usr/local/bin (containerd finds `io.containerd.kata.v2` there)
-# and the default configuration where Kata's search path ends. DESTDIR for packaging.
-.PHONY: install
+# kata-rs for containerd (scripts/install.sh; README "Install"): the shim and shim-ctl in
+# $(PREFIX)/bin, the guest image `make guest` built, and the default configuration pointing at
+# it, under Kata's names (containerd-shim-kata-v2, io.containerd.kata.v2,
+# /usr/share/defaults/kata-containers/runtime-rs/configuration.toml) or, with
+# KATA_RS_NAMES=own, kata-rs' own beside an installed Kata. DESTDIR for packaging; BIN_DIR=
+# installs binaries built elsewhere (no cargo build). `make uninstall` (same PREFIX, DESTDIR
+# and KATA_RS_NAMES) removes exactly what the install's manifest lists.
+PREFIX ?= /usr/local
+KATA_RS_NAMES ?= kata
+.PHONY: install uninstall
 install:
-	$(CARGO) build --release -p kata-shim --bin containerd-shim-kata-v2
-	install -D -m 0755 $(CARGO_TARGET_DIR)/release/containerd-shim-kata-v2 $(DESTDIR)/usr/local/bin/containerd-shim-kata-v2
-	install -D -m 0644 config/configuration-qemu-runtime-rs.toml $(DESTDIR)/usr/share/defaults/kata-containers/configuration.toml
-	@echo "installed: $(DESTDIR)/usr/local/bin/containerd-shim-kata-v2, $(DESTDIR)/usr/share/defaults/kata-containers/configuration.toml"
+	$(if $(BIN_DIR),,$(CARGO) build --release -p kata-shim --bin containerd-shim-kata-v2 --bin shim-ctl)
+	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' KATA_RS_NAMES='$(KATA_RS_NAMES)' BIN_DIR='$(or $(BIN_DIR),$(CARGO_TARGET_DIR)/release)' bash scripts/install.sh install
+
+uninstall:
+	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' KATA_RS_NAMES='$(KATA_RS_NAMES)' bash scripts/install.sh uninstall

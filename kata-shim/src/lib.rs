@@ -27,6 +27,7 @@ pub mod bundle;
 pub mod error;
 pub mod io;
 pub mod monitor;
+pub mod names;
 pub mod process;
 pub mod runtime_options;
 pub mod service;

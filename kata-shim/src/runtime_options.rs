@@ -31,7 +31,8 @@ pub fn sandbox_builder_from(
     config_path: Option<&Path>,
     annotations: impl IntoIterator<Item = (String, String)>,
 ) -> Result<SandboxBuilder> {
-    let mut loader = ConfigLoader::new();
+    let mut loader =
+        ConfigLoader::new().search_paths(crate::names::NameSet::current().config_search_paths());
     if let Some(p) = config_path {
         loader = loader.path(p);
     }

@@ -53,11 +53,12 @@ pub fn set_private_umask() -> u32 {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(UMASK)).bits()
 }
 
-/// The root directory of sandbox directories.
+/// The root directory of sandbox directories: `$KATA_RS_ROOT_DIR`, else the name set's
+/// (`/run/kata`, or `/run/kata-rs` under kata-rs' own names: [`crate::names`]).
 pub fn root_dir() -> PathBuf {
     std::env::var_os(ROOT_DIR_ENV)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(kata_sandbox::DEFAULT_ROOT_DIR))
+        .unwrap_or_else(|| crate::names::NameSet::current().root_dir())
 }
 
 /// The shim: one per sandbox.

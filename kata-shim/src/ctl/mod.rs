@@ -74,7 +74,8 @@ fn init_logging() {
 /// The loader for the options: `--config` (else `$KATA_CONF_FILE`, else Kata's search paths)
 /// and `--annotation`s.
 fn loader(options: &Options) -> kata_sandbox::config::ConfigLoader {
-    let mut loader = kata_sandbox::config::ConfigLoader::new();
+    let mut loader = kata_sandbox::config::ConfigLoader::new()
+        .search_paths(kata_shim::names::NameSet::current().config_search_paths());
     if let Some(path) = &options.config {
         loader = loader.path(path);
     }
