@@ -12,6 +12,10 @@ use std::path::Path;
 pub struct Resident {
     /// The whole process (`VmRSS`).
     pub rss_kib: u64,
+    /// Its anonymous part (`RssAnon`: heap, stacks).
+    pub anon_kib: u64,
+    /// Its file-backed part (`RssFile`: the program's and libraries' pages in use).
+    pub file_kib: u64,
     /// The guest memory's mappings (`Rss:` of the mappings named by the memfd).
     pub guest_kib: u64,
 }
@@ -52,9 +56,14 @@ fn read(path: &Path) -> Result<String, Error> {
 
 /// `VmRSS` from a `/proc/<pid>/status` text, in KiB.
 pub fn vm_rss_kib(status: &str) -> Option<u64> {
+    status_kib(status, "VmRSS")
+}
+
+/// A `<field>: <n> kB` line of a `/proc/<pid>/status` text, in KiB.
+pub fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
@@ -95,23 +104,38 @@ fn is_range(s: &str) -> bool {
 /// `memfd`). `pid` is `"self"` for this process.
 pub fn resident(pid: &str, memfd: &str) -> Result<Resident, Error> {
     let status = Path::new("/proc").join(pid).join("status");
-    let rss_kib = vm_rss_kib(&read(&status)?).ok_or_else(|| Error::NoRss {
+    let status_text = read(&status)?;
+    let rss_kib = vm_rss_kib(&status_text).ok_or_else(|| Error::NoRss {
         path: status.display().to_string(),
     })?;
+    let anon_kib = status_kib(&status_text, "RssAnon").unwrap_or(0);
+    let file_kib = status_kib(&status_text, "RssFile").unwrap_or(0);
     let smaps = Path::new("/proc").join(pid).join("smaps");
     let guest_kib =
         mapping_rss_kib(&read(&smaps)?, memfd).ok_or_else(|| Error::NoGuestMapping {
             path: smaps.display().to_string(),
             memfd: memfd.to_string(),
         })?;
-    Ok(Resident { rss_kib, guest_kib })
+    Ok(Resident {
+        rss_kib,
+        anon_kib,
+        file_kib,
+        guest_kib,
+    })
 }
 
-/// This process's RSS (KiB).
-pub fn self_rss_kib() -> Result<u64, Error> {
+/// This process's RSS and its anonymous and file-backed parts (no guest memory yet: its
+/// `guest_kib` is 0).
+pub fn self_rss() -> Result<Resident, Error> {
     let status = Path::new("/proc/self/status");
-    vm_rss_kib(&read(status)?).ok_or_else(|| Error::NoRss {
-        path: status.display().to_string(),
+    let text = read(status)?;
+    Ok(Resident {
+        rss_kib: vm_rss_kib(&text).ok_or_else(|| Error::NoRss {
+            path: status.display().to_string(),
+        })?,
+        anon_kib: status_kib(&text, "RssAnon").unwrap_or(0),
+        file_kib: status_kib(&text, "RssFile").unwrap_or(0),
+        guest_kib: 0,
     })
 }
 
@@ -122,6 +146,16 @@ pub fn in_process_overhead_kib(before_rss_kib: u64, after: Resident) -> u64 {
         .rss_kib
         .saturating_sub(before_rss_kib)
         .saturating_sub(after.guest_kib)
+}
+
+/// How `after` grew over `before` in anonymous and file-backed pages (KiB, signed), for the
+/// figure's detail: heap and stacks versus the program's code paged in.
+pub fn growth_kib(before: Resident, after: Resident) -> (i64, i64) {
+    let d = |a: u64, b: u64| a as i64 - b as i64;
+    (
+        d(after.anon_kib, before.anon_kib),
+        d(after.file_kib, before.file_kib),
+    )
 }
 
 /// A VMM process's overhead (KiB): its RSS less the guest pages touched.
@@ -164,6 +198,10 @@ Rss:                1024 kB
     fn vm_rss_is_read_from_status() {
         let status = "Name:\tqemu\nVmPeak:\t  999 kB\nVmRSS:\t   51234 kB\nRssAnon:\t 100 kB\n";
         assert_eq!(vm_rss_kib(status), Some(51234));
+        assert_eq!(status_kib(status, "RssAnon"), Some(100));
+        assert_eq!(status_kib(status, "RssFile"), None);
+        // A field is matched whole: VmRSS is not Vm.
+        assert_eq!(status_kib(status, "Vm"), None);
         assert_eq!(vm_rss_kib("Name:\tkthreadd\n"), None);
     }
 
@@ -172,6 +210,7 @@ Rss:                1024 kB
         let after = Resident {
             rss_kib: 100_000,
             guest_kib: 30_000,
+            ..Resident::default()
         };
         assert_eq!(in_process_overhead_kib(60_000, after), 10_000);
         // Memory the process gave back during the boot never makes it negative.
@@ -181,7 +220,11 @@ Rss:                1024 kB
 
     #[test]
     fn this_process_is_read_and_a_missing_memfd_named() {
-        assert!(self_rss_kib().unwrap() > 0);
+        let me = self_rss().unwrap();
+        assert!(
+            me.rss_kib > 0 && me.rss_kib >= me.anon_kib + me.file_kib,
+            "{me:?}"
+        );
         let e = resident("self", "memfd:no-such-guest").unwrap_err();
         assert!(e.to_string().contains("memfd:no-such-guest"), "{e}");
         // A real memfd mapping of this process is found and its touched pages counted.
