@@ -465,6 +465,20 @@ impl SandboxBuilder {
         self
     }
 
+    /// Offers a debug console, a root shell in the guest reached with
+    /// [`Sandbox::debug_console`] (`[agent.kata] debug_console_enabled`; default off).
+    pub fn debug_console(mut self, enabled: bool) -> Self {
+        self.agent.debug_console_enabled = enabled;
+        self
+    }
+
+    /// The guest agent logs at debug level (`[agent.kata] enable_debug`; default off). Its
+    /// lines reach the host's trace as target `kata_agent`.
+    pub fn agent_debug(mut self, enabled: bool) -> Self {
+        self.agent.debug = enabled;
+        self
+    }
+
     /// Replaces the whole `[hypervisor.*]` section.
     pub fn hypervisor_config(mut self, config: HypervisorConfig) -> Self {
         self.hypervisor = config;

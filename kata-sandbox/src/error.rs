@@ -115,6 +115,14 @@ pub enum Error {
         /// Why it cannot, and what to do instead.
         reason: String,
     },
+    /// The sandbox offers no debug console.
+    #[error("sandbox `{sandbox_id}` offers no debug console ({detail}): start it with `[agent.kata] debug_console_enabled = true` (a root shell in the guest; off by default)")]
+    DebugConsoleDisabled {
+        /// The sandbox.
+        sandbox_id: String,
+        /// Why: started without it, or the guest did not answer on the console's port.
+        detail: String,
+    },
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {

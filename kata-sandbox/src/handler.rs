@@ -303,6 +303,21 @@ pub(crate) trait RuntimeHandler: Send + Sync + fmt::Debug {
         })
     }
 
+    /// The guest console's last `n` lines, oldest first (empty when there is none).
+    fn console_tail(&self, _n: usize) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// A connection to the guest's debug console (see `crate::debug_console`). A handler
+    /// without a guest refuses it.
+    async fn debug_console(&self) -> Result<kata_agent_client::connect::GuestStream> {
+        Err(Error::Unimplemented {
+            handler: self.kind(),
+            operation: "debug console",
+            reason: "it has no guest of its own".into(),
+        })
+    }
+
     /// What `state.json` keeps of the handler.
     fn state(&self) -> HandlerState;
 

@@ -30,6 +30,7 @@
 mod builder;
 pub mod config;
 mod container;
+mod debug_console;
 pub mod crash;
 mod error;
 mod handler;
@@ -45,6 +46,7 @@ pub use builder::{SandboxBuilder, SandboxConfig, DEFAULT_AGENT_TIMEOUT, DEFAULT_
 #[cfg(feature = "wasm")]
 mod wasm;
 pub use container::{Container, Output, Process, DEFAULT_OUTPUT_LIMIT};
+pub use debug_console::{DebugConsole, DebugConsoleInput, DebugConsoleOutput};
 pub use error::{Error, Result};
 pub use handler::{HandlerState, NetworkChanges, OomEvents, RuntimeHandlerKind};
 pub use io::{InputWriter, OutputReader};

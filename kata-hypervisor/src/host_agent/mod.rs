@@ -117,11 +117,13 @@ fn unshare_binary() -> Result<PathBuf> {
 }
 
 /// How the test backend treats `key`: it runs no VM, so only the agent binary (`path`),
-/// `shared_fs`, `enable_debug` and the loader's keys (annotations, `valid_*` globs) have an
-/// effect; everything else is inert.
+/// `shared_fs`, `enable_debug`, `kernel_params` (its `agent.*` words reach the agent) and
+/// the loader's keys (annotations, `valid_*` globs) have an effect; everything else is inert.
 pub(crate) fn setting_use(key: &str, _config: &HypervisorConfig) -> Option<SettingUse> {
     Some(match key {
-        "path" | "shared_fs" | "enable_debug" | "enable_annotations" => SettingUse::Acted,
+        "path" | "shared_fs" | "enable_debug" | "enable_annotations" | "kernel_params" => {
+            SettingUse::Acted
+        }
         k if k.starts_with("valid_") => SettingUse::Acted,
         _ => SettingUse::Inert("the test backend runs no VM"),
     })
@@ -348,9 +350,15 @@ impl HostAgent {
             &vm_dir.join("agent.sock"),
             level,
         ))
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().map_err(|e| Error::io("agent log", e))?)
-        .stderr(log);
+        .stdin(std::process::Stdio::null());
+        // The agent reads its `agent.*` words (log port, debug console) as from a kernel
+        // command line.
+        if !self.config.kernel_params.trim().is_empty() {
+            cmd.arg("--kernel-params")
+                .arg(self.config.kernel_params.trim());
+        }
+        cmd.stdout(log.try_clone().map_err(|e| Error::io("agent log", e))?)
+            .stderr(log);
         // SAFETY: `Plan::enter` only makes system calls on data prepared before the fork.
         unsafe {
             cmd.pre_exec(move || plan.enter());

@@ -17,6 +17,7 @@
 //! fails its health checks; from then on the process streams end with an error and shutdown
 //! only stops the VM and releases the host side.
 
+mod agent_log;
 mod block;
 mod health;
 mod network;
@@ -103,6 +104,8 @@ pub(crate) struct VirtContainer {
     sizing: resize::Sizing,
     /// VFIO devices: cold-plugged at boot, or hot-plugged per container ([`vfio`]).
     vfio: vfio::VfioDevices,
+    /// The agent's log, re-emitted as `kata_agent` events ([`agent_log`]).
+    agent_log: agent_log::AgentLog,
 }
 
 impl std::fmt::Debug for VirtContainer {
@@ -180,7 +183,12 @@ impl VirtContainer {
         .await?;
         // From here on, dropping `resources` (an error) releases them.
         let vm_dir = kata_resource::safe_child(dir, VM_DIR)?;
-        let vm = backend::create(config.hypervisor_type, &config.id, hv.clone(), &vm_dir)?;
+        let vm = backend::create(
+            config.hypervisor_type,
+            &config.id,
+            agent_log::with_agent_params(hv, &config.agent),
+            &vm_dir,
+        )?;
         // A second boot (QEMU's stuck vsock backend) needs a fresh virtiofsd on the same socket:
         // the first exits with the QEMU it served.
         if let Some(restarter) = resources.share_fs().and_then(|s| s.daemon_restarter()) {
@@ -258,6 +266,12 @@ impl VirtContainer {
             config.runtime.static_sandbox_resource_mgmt,
             Default::default(),
         );
+        let agent_log = agent_log::AgentLog::start(
+            &config.id,
+            agent.address().clone(),
+            config.agent.log_port,
+            gate.clone(),
+        );
         let timings = BootTimings {
             vm_started,
             agent_connected,
@@ -277,6 +291,7 @@ impl VirtContainer {
                 volumes: volumes::VolumeSettings::from_config(config),
                 sizing,
                 vfio,
+                agent_log,
             },
             timings,
         ))
@@ -344,6 +359,12 @@ impl VirtContainer {
         );
         match agent {
             Ok(agent) => Ok(VirtContainer {
+                agent_log: agent_log::AgentLog::start(
+                    &config.id,
+                    agent.address().clone(),
+                    config.agent.log_port,
+                    gate.clone(),
+                ),
                 volumes: volumes::VolumeSettings::from_config(config),
                 sizing,
                 vfio: vfio::VfioDevices::restored(config),
@@ -735,6 +756,7 @@ impl RuntimeHandler for VirtContainer {
                 }
             }
         }
+        self.agent_log.stop();
         let stopped = self.vm.stop().await;
         let released = {
             let resources = self.resources.clone();
@@ -749,6 +771,7 @@ impl RuntimeHandler for VirtContainer {
 
     fn stop_now(&self, why: &str) {
         tracing::warn!(sandbox_id = %self.id, "stopping the VM now: {why}");
+        self.agent_log.stop();
         self.vm.stop_now();
         if let Err(e) = release_all(&self.resources) {
             tracing::warn!(sandbox_id = %self.id, error = %e, "releasing the sandbox's host resources");
@@ -756,6 +779,8 @@ impl RuntimeHandler for VirtContainer {
     }
 
     async fn detach(&self) -> Result<()> {
+        // The next owner reads the agent's log.
+        self.agent_log.stop();
         self.vm.detach().await?;
         if let Some(r) = self.resources.lock().unwrap().take() {
             r.detach();
@@ -765,6 +790,14 @@ impl RuntimeHandler for VirtContainer {
 
     async fn rescan_network(&self) -> Result<crate::NetworkChanges> {
         network::rescan(&self.vm, &self.agent, &self.resources).await
+    }
+
+    fn console_tail(&self, n: usize) -> Vec<String> {
+        self.vm.console_tail(n)
+    }
+
+    async fn debug_console(&self) -> Result<kata_agent_client::connect::GuestStream> {
+        agent_log::dial_debug_console(&self.id, self.agent.address(), &self.gate).await
     }
 
     fn state(&self) -> HandlerState {

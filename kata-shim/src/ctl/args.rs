@@ -114,6 +114,11 @@ pub enum Command {
         /// The sandbox id.
         sandbox: String,
     },
+    /// `console SANDBOX`.
+    Console {
+        /// The sandbox id.
+        sandbox: String,
+    },
 }
 
 /// The subcommands as clap parses them; the doc comments are the help text.
@@ -229,6 +234,17 @@ enum CliCommand {
         #[command(flatten)]
         options: Options,
     },
+    /// Open a root shell in a sandbox's guest (its debug console), with this terminal.
+    ///
+    /// Only for a sandbox started with `[agent.kata] debug_console_enabled = true`; the
+    /// terminal is put in raw mode until the shell exits.
+    Console {
+        /// The sandbox id.
+        #[arg(value_name = "SANDBOX")]
+        sandbox: String,
+        #[command(flatten)]
+        options: Options,
+    },
 }
 
 impl CliCommand {
@@ -270,12 +286,13 @@ impl CliCommand {
             CliCommand::Delete { id, force, options } => (Command::Delete { id, force }, options),
             CliCommand::State { id, options } => (Command::State { id }, options),
             CliCommand::Metrics { sandbox, options } => (Command::Metrics { sandbox }, options),
+            CliCommand::Console { sandbox, options } => (Command::Console { sandbox }, options),
         })
     }
 }
 
 /// The command words.
-const COMMANDS: &str = "check, env, create, start, exec, kill, delete, state or metrics";
+const COMMANDS: &str = "check, env, create, start, exec, kill, delete, state, metrics or console";
 
 /// The options that take a value, as [`ParseError`] names them.
 const VALUE_OPTIONS: &[&str] = &["--config", "--annotation", "--root", "--bundle", "--signal"];
@@ -661,8 +678,8 @@ mod tests {
     #[test]
     fn error_texts() {
         let texts = [
-            (vec![], "a command is needed (check, env, create, start, exec, kill, delete, state or metrics)"),
-            (vec!["frobnicate"], "unknown command `frobnicate` (check, env, create, start, exec, kill, delete, state or metrics)"),
+            (vec![], "a command is needed (check, env, create, start, exec, kill, delete, state, metrics or console)"),
+            (vec!["frobnicate"], "unknown command `frobnicate` (check, env, create, start, exec, kill, delete, state, metrics or console)"),
             (vec!["start"], "start needs a container id"),
             (vec!["exec", "c1"], "exec needs a command to run"),
             (vec!["env", "--bogus"], "unknown option `--bogus`"),

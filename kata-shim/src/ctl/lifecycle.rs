@@ -22,7 +22,7 @@ const BUNDLE: &str = "shim-ctl.bundle";
 /// An error for the user: printed as `shim-ctl <command>: <message>`.
 type Failure = String;
 
-fn root(options: &Options) -> PathBuf {
+pub(super) fn root(options: &Options) -> PathBuf {
     options
         .root
         .clone()
@@ -30,7 +30,7 @@ fn root(options: &Options) -> PathBuf {
 }
 
 /// Runs `f` on a fresh runtime; prints its error and maps it to [`EXIT_FAILED`].
-fn block_on<F>(command: &str, f: F) -> i32
+pub(super) fn block_on<F>(command: &str, f: F) -> i32
 where
     F: std::future::Future<Output = Result<i32, Failure>>,
 {
@@ -51,7 +51,7 @@ where
 }
 
 /// Restores sandbox `id`, with an error that names the id and the root when there is none.
-async fn restore(root: &Path, id: &str) -> Result<Sandbox, Failure> {
+pub(super) async fn restore(root: &Path, id: &str) -> Result<Sandbox, Failure> {
     let dir = root.join(id);
     // An id that is not a plain name never names a sandbox (and must not reach outside root).
     if kata_sandbox::validate_id(id).is_err() || !dir.join("state.json").is_file() {
@@ -68,7 +68,7 @@ async fn restore(root: &Path, id: &str) -> Result<Sandbox, Failure> {
 }
 
 /// Detaches the sandbox again (the VM runs on).
-async fn detach(sandbox: Sandbox) -> Result<(), Failure> {
+pub(super) async fn detach(sandbox: Sandbox) -> Result<(), Failure> {
     sandbox
         .detach()
         .await

@@ -6,6 +6,7 @@
 
 mod args;
 mod check;
+mod console;
 mod env;
 mod lifecycle;
 mod metrics;
@@ -55,6 +56,7 @@ pub fn run(options: &Options, command: Command) -> i32 {
         Command::Delete { id, force } => lifecycle::delete(options, &id, force),
         Command::State { id } => lifecycle::state(options, &id),
         Command::Metrics { sandbox } => metrics::run(options, &sandbox),
+        Command::Console { sandbox } => console::run(options, &sandbox),
     }
 }
 
