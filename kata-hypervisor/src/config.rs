@@ -819,6 +819,19 @@ impl HypervisorConfig {
     }
 }
 
+/// The one command that builds the default guest image into the cache for a program that
+/// depends on kata-rs from crates.io (no checkout of its repository): the repository's
+/// `make setup guest` (Debian 12 or Ubuntu; Rust installed; a few minutes, once).
+pub const BUILD_GUEST_COMMAND: &str = "git clone --depth 1 https://github.com/kata-rs/kata-rs /tmp/kata-rs && sudo env \"PATH=$PATH\" make -C /tmp/kata-rs setup guest";
+
+/// How to get the default guest image, for errors that find none: `make guest` in a
+/// checkout, else [`BUILD_GUEST_COMMAND`].
+pub fn guest_image_hint() -> String {
+    format!(
+        "build the guest image with `make guest` in a kata-rs checkout, or from anywhere with `{BUILD_GUEST_COMMAND}`"
+    )
+}
+
 /// kata-rs' cache directory: `$KATA_RS_CACHE`, default `/var/cache/kata-rs`. It holds the
 /// guest image and its manifest (`guest/`), helper binaries (`bin/`) and unpacked images.
 pub fn cache_dir() -> PathBuf {
@@ -849,7 +862,7 @@ impl GuestManifest {
                 Error::MissingFile {
                     what: "guest image manifest",
                     path: path.to_path_buf(),
-                    hint: "run `make guest` to build the guest kernel and initramfs".into(),
+                    hint: guest_image_hint(),
                 }
             } else {
                 Error::io(format!("reading {}", path.display()), e)
@@ -858,7 +871,7 @@ impl GuestManifest {
         serde_json::from_str(&text).map_err(|e| Error::InvalidConfig {
             key: "guest manifest",
             value: path.display().to_string(),
-            reason: format!("not a valid manifest ({e}); rebuild it with `make guest`"),
+            reason: format!("not a valid manifest ({e}); {}", guest_image_hint()),
         })
     }
 }
@@ -954,5 +967,7 @@ mod tests {
         let e =
             GuestManifest::load(std::path::Path::new("/nonexistent/manifest.json")).unwrap_err();
         assert!(e.to_string().contains("make guest"), "{e}");
+        // A crates.io user, without a checkout, is given the one command.
+        assert!(e.to_string().contains(BUILD_GUEST_COMMAND), "{e}");
     }
 }

@@ -288,9 +288,10 @@ pub(crate) fn guest_image(config: &HypervisorConfig, probe: &HostProbe) -> HostC
                     "guest image",
                     CheckStatus::Fail,
                     format!(
-                        "{} names files that do not exist: {}; run `make guest`",
+                        "{} names files that do not exist: {}; {}",
                         probe.guest_manifest.display(),
-                        missing.join(", ")
+                        missing.join(", "),
+                        crate::config::guest_image_hint()
                     ),
                 )
             }

@@ -161,9 +161,10 @@ impl Builtin {
                 return Err(Error::MissingFile {
                     what,
                     path: p.clone(),
-                    hint: "run `make guest` to build the guest image, or fix the path in \
-                           [hypervisor.dragonball]"
-                        .into(),
+                    hint: format!(
+                        "{}; or fix the path in [hypervisor.dragonball]",
+                        crate::config::guest_image_hint()
+                    ),
                 });
             }
         }

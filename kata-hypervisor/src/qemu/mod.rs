@@ -445,7 +445,10 @@ impl Qemu {
                 Err(Error::MissingFile {
                     what,
                     path: p.to_path_buf(),
-                    hint: "run `make guest` to build the guest image, or fix the path in the configuration".into(),
+                    hint: format!(
+                        "{}; or fix the path in the configuration",
+                        crate::config::guest_image_hint()
+                    ),
                 })
             }
         };
