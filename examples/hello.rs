@@ -7,7 +7,8 @@ use kata_sandbox::{ContainerSpec, Sandbox};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        // KATA_RS_LOG (RUST_LOG syntax): the filter of every kata-rs host program.
+        .with_env_filter(std::env::var("KATA_RS_LOG").unwrap_or_else(|_| "warn".into()))
         .init();
     let mut steps = Steps::new();
     println!("kata-rs hello: a container in a micro-VM");

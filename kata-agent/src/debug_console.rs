@@ -43,7 +43,11 @@ pub fn serve(listen: &str, port: u32) -> io::Result<Arc<PortListener>> {
                 }
             }
         })?;
-    tracing::warn!(port = listener.name(), shell = SHELL, "debug console listening: a root shell for the host");
+    tracing::warn!(
+        port = listener.name(),
+        shell = SHELL,
+        "debug console listening: a root shell for the host"
+    );
     Ok(listener)
 }
 
@@ -51,7 +55,18 @@ pub fn serve(listen: &str, port: u32) -> io::Result<Arc<PortListener>> {
 fn session(conn: File) -> io::Result<()> {
     let (master, slave) = open_pty()?;
     resize(&master, 24, 80)?;
-    let shell = spawn_shell(slave)?;
+    let shell = match spawn_shell(slave) {
+        Ok(s) => s,
+        Err(e) => {
+            // Said to the host before the connection closes: an image without a shell.
+            let mut conn = conn;
+            let _ = writeln!(
+                conn,
+                "kata-agent: debug console: cannot start {SHELL}: {e} (the guest image has no shell: use one with busybox, e.g. the debug initrd)\r"
+            );
+            return Err(e);
+        }
+    };
     let pid = shell.id() as i32;
     tracing::info!(pid, "debug console: shell started");
     // The shell's output to the host, on its own thread.
@@ -114,7 +129,10 @@ fn spawn_shell(slave: OwnedFd) -> io::Result<std::process::Child> {
     cmd.arg("-i")
         .current_dir("/")
         .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("HOME", "/")
         .env("TERM", "xterm")
         .stdin(slave.try_clone()?)

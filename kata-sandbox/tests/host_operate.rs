@@ -6,84 +6,20 @@
 //! Needs root and the kata-agent binary of this build (see `kata_testkit::agent_binary`).
 
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use kata_sandbox::{
     ContainerSpec, Error, HypervisorConfig, HypervisorType, Sandbox, SandboxBuilder,
 };
 use tokio::io::AsyncReadExt;
-use tracing_subscriber::layer::SubscriberExt;
-
-/// One `kata_agent` event the host emitted: sandbox id, level, message.
-type Seen = (String, tracing::Level, String);
-
-/// Every `kata_agent` event of this test binary (one global subscriber: the log task runs on
-/// the runtime's threads).
-fn seen() -> &'static Mutex<Vec<Seen>> {
-    static SEEN: OnceLock<Mutex<Vec<Seen>>> = OnceLock::new();
-    SEEN.get_or_init(|| {
-        let subscriber = tracing_subscriber::registry().with(Capture);
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
-        Mutex::new(Vec::new())
-    })
-}
-
-struct Capture;
-
-#[derive(Default)]
-struct Fields {
-    sandbox_id: String,
-    message: String,
-}
-
-impl tracing::field::Visit for Fields {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        if field.name() == "sandbox_id" {
-            self.sandbox_id = value.to_string();
-        }
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        match field.name() {
-            "message" => self.message = format!("{value:?}"),
-            "sandbox_id" => self.sandbox_id = format!("{value:?}"),
-            _ => {}
-        }
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if event.metadata().target() != "kata_agent" {
-            return;
-        }
-        let mut f = Fields::default();
-        event.record(&mut f);
-        seen()
-            .lock()
-            .unwrap()
-            .push((f.sandbox_id, *event.metadata().level(), f.message));
-    }
-}
+#[path = "support/agent_trace.rs"]
+mod agent_trace;
 
 /// Waits until sandbox `id` re-emitted `count` agent lines containing `needle`.
-async fn wait_for_agent_line(id: &str, needle: &str, count: usize) -> Vec<Seen> {
-    for _ in 0..200 {
-        let lines: Vec<Seen> = seen()
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(sb, _, m)| sb == id && m.contains(needle))
-            .cloned()
-            .collect();
-        if lines.len() >= count {
-            return lines;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let all: Vec<Seen> = seen().lock().unwrap().clone();
-    panic!("no agent line {needle:?} (x{count}) for sandbox {id}; seen: {all:?}");
+async fn wait_for_agent_line(id: &str, needle: &str, count: usize) -> Vec<agent_trace::Seen> {
+    agent_trace::wait_for(id, needle, count, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 struct Fixture {
@@ -98,7 +34,7 @@ impl Fixture {
             nix::unistd::geteuid().is_root(),
             "the test backend needs root"
         );
-        seen();
+        agent_trace::install();
         let agent = kata_testkit::agent_binary().unwrap_or_else(|e| panic!("{e}"));
         let tmp = tempfile::tempdir().unwrap();
         let rootfs = tmp.path().join("rootfs");

@@ -16,6 +16,9 @@ use kata_testkit::harness::{booted, NoGuest, Suite};
 use kata_testkit::leaks::{mounts_under, processes_mentioning};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "support/agent_trace.rs"]
+mod agent_trace;
+
 /// What the cases share: the booted sandbox, a busybox rootfs, the sandboxes' root.
 struct Env {
     sandbox: Sandbox,
@@ -2306,6 +2309,8 @@ async fn shutdown_leaves_nothing(env: Env) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before the harness's own subscriber: the agent log case reads the host's trace.
+    agent_trace::install();
     Suite::new("vm_sandbox")
         .timeout(Duration::from_secs(120))
         .case("agent_health_and_details", case_agent_health_and_details)
@@ -2324,6 +2329,16 @@ fn main() -> std::process::ExitCode {
             case_pause_resume_under_traffic,
         )
         .case("bad_container_input", case_bad_container_input)
+        .case("agent_log_in_the_host_trace", case_agent_log_in_the_host_trace)
+        .case(
+            "debug_console_refused_when_disabled",
+            case_debug_console_refused_when_disabled,
+        )
+        .case_with_timeout(
+            "debug_console_runs_uname_in_the_guest",
+            Duration::from_secs(300),
+            case_debug_console_runs_uname_in_the_guest,
+        )
         .case("cpu_quota_hot_plugs_vcpus", case_cpu_quota_hot_plugs_vcpus)
         .case(
             "memory_limit_hot_plugs_memory",
@@ -2392,6 +2407,73 @@ fn main() -> std::process::ExitCode {
         .check_each(|env: &Env| no_container_leftovers(&env.sandbox))
         .teardown("shutdown_leaves_nothing", shutdown_leaves_nothing)
         .run_with(setup())
+}
+
+/// The agent's log reaches the host's trace: its boot line (logged before the host
+/// connected) and a container's, as `kata_agent` events with the sandbox id.
+async fn case_agent_log_in_the_host_trace(env: Arc<Env>) -> Result<()> {
+    let id = env.sandbox.id();
+    let limit = Duration::from_secs(20);
+    agent_trace::wait_for(id, "kata-agent serving", 1, limit)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let before = agent_trace::wait_for(id, "container created", 0, limit)
+        .await
+        .map_err(anyhow::Error::msg)?
+        .len();
+    run(&env, &["true"]).await?;
+    agent_trace::wait_for(id, "container created", before + 1, limit)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+/// The debug console is refused naming the key on a sandbox started without it.
+async fn case_debug_console_refused_when_disabled(env: Arc<Env>) -> Result<()> {
+    let e = env.sandbox.debug_console().await.unwrap_err();
+    ensure!(
+        e.to_string().contains("debug_console_enabled = true"),
+        "{e}"
+    );
+    Ok(())
+}
+
+/// With `debug_console_enabled` (and an image with a shell: the debug initrd), the console
+/// is a shell in the guest: `uname -r` answers the guest kernel's release.
+async fn case_debug_console_runs_uname_in_the_guest(env: Arc<Env>) -> Result<()> {
+    let manifest = kata_hypervisor::GuestManifest::load_default()?;
+    let initrd = manifest
+        .initrd_debug
+        .clone()
+        .context("the guest manifest has no debug initrd (with a shell)")?;
+    let sb = Sandbox::builder()
+        .id("vm-console")
+        .memory_mib(256)
+        .root_dir(&env.root_dir)
+        .initrd(&initrd)
+        .debug_console(true)
+        .build()
+        .await?;
+    let result = async {
+        let (mut output, mut input) = sb.debug_console().await?.split();
+        input.resize(40, 120).await?;
+        input.write(b"echo K=$(uname -r)=; stty size; exit\n").await?;
+        let mut text = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), output.read_to_end(&mut text))
+            .await
+            .context("the console's shell did not exit")??;
+        let text = String::from_utf8_lossy(&text).into_owned();
+        ensure!(
+            text.contains(&format!("K={}", manifest.kernel_version)),
+            "not the guest kernel {}: {text}",
+            manifest.kernel_version
+        );
+        ensure!(text.contains("40 120"), "window size: {text}");
+        Ok(())
+    }
+    .await;
+    sb.shutdown().await?;
+    result
 }
 
 /// Waits (until `limit` after `t0`) for a dead sandbox's teardown: its directory and every

@@ -60,9 +60,10 @@ pub fn run(options: &Options, command: Command) -> i32 {
     }
 }
 
-/// Warnings (unknown keys, ignored annotations) and errors go to stderr; `RUST_LOG` overrides.
+/// Warnings (unknown keys, ignored annotations) and errors go to stderr; `KATA_RS_LOG`
+/// (`RUST_LOG` syntax, the one filter of every kata-rs host program) overrides.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KATA_RS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
