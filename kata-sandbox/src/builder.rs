@@ -651,6 +651,34 @@ mod tests {
     }
 
     #[test]
+    fn the_handler_comes_from_the_builder_or_the_configuration_and_only_a_vm_needs_its_files() {
+        let config = SandboxBuilder::new()
+            .runtime_handler(RuntimeHandlerKind::WasmContainer)
+            .finish()
+            .unwrap();
+        assert_eq!(config.handler, RuntimeHandlerKind::WasmContainer);
+        assert_eq!(config.runtime.name, "wasm_container");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("configuration.toml");
+        let toml = |name: &str| {
+            format!(
+                "[hypervisor.qemu]\nkernel = \"/nonexistent/vmlinux\"\n\n[runtime]\nname = \"{name}\"\n"
+            )
+        };
+        std::fs::write(&file, toml("wasm_container")).unwrap();
+        let config = SandboxBuilder::from_config_file(&file)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(config.handler, RuntimeHandlerKind::WasmContainer);
+        std::fs::write(&file, toml("virt_container")).unwrap();
+        let e = SandboxBuilder::from_config_file(&file)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/vmlinux"), "{e}");
+    }
+
+    #[test]
     fn the_test_backend_refuses_a_network_it_cannot_give_a_guest() {
         let e = SandboxBuilder::new()
             .hypervisor(HypervisorType::HostAgent)

@@ -336,3 +336,35 @@ pub(crate) trait RuntimeHandler: Send + Sync + fmt::Debug {
     /// [`shutdown`](Self::shutdown) no longer asks the dead runtime for anything.
     async fn wait_dead(&self) -> String;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_names_choose_a_handler_or_name_what_is_missing() {
+        use RuntimeHandlerKind::*;
+        for (name, kind) in [
+            ("", VirtContainer),
+            ("virt_container", VirtContainer),
+            // The crate's tests build it with feature `wasm`.
+            ("wasm_container", WasmContainer),
+        ] {
+            assert_eq!(RuntimeHandlerKind::from_runtime_name(name).unwrap(), kind);
+        }
+        let e = RuntimeHandlerKind::from_runtime_name("linux_container")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("runtime.name") && e.contains("not implemented yet"),
+            "{e}"
+        );
+        let e = RuntimeHandlerKind::from_runtime_name("runc")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"runc\"") && e.contains("wasm_container"),
+            "{e}"
+        );
+    }
+}

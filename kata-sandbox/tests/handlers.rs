@@ -546,26 +546,36 @@ async fn wasm_cpu_quota_throttles_and_pause_stops_the_module() {
     let f = Fixture::new(Handler::Wasm);
     let sb = f.sandbox("cpu").await;
     let looping = f.module("loop.wasm", LOOP_WAT);
-    // 10 ms of CPU per 100 ms.
-    let c = sb
+    // 5 ms of CPU per 100 ms, beside the same loop without a quota (under the same load).
+    let throttled = sb
         .create_container(
-            ContainerSpec::from_oci(spec_with_limits(None, Some((10_000, 100_000))), &f.rootfs)
+            ContainerSpec::from_oci(spec_with_limits(None, Some((5_000, 100_000))), &f.rootfs)
                 .args([looping.clone()]),
         )
         .await
         .unwrap();
-    c.start().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let free = sb
+        .create_container(ContainerSpec::from_rootfs_dir(&f.rootfs).args([looping.clone()]))
+        .await
+        .unwrap();
+    throttled.start().await.unwrap();
+    free.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let cpu = |s: kata_sandbox::ContainerStats| s.cgroup.cpu.unwrap().usage.total_ns;
-    let used = Duration::from_nanos(cpu(c.stats().await.unwrap()));
-    // Six periods of 10 ms, each overrun by at most a tick (10 ms): far below 600 ms.
+    let used = Duration::from_nanos(cpu(throttled.stats().await.unwrap()));
+    let free_used = Duration::from_nanos(cpu(free.stats().await.unwrap()));
+    println!("CPU in 1 s: {used:?} with 5 ms per 100 ms, {free_used:?} without a quota");
+    // Ten periods of 5 ms, each overrun by at most a tick (10 ms).
+    assert!(used < Duration::from_millis(200), "{used:?} of CPU in 1 s");
     assert!(
-        used < Duration::from_millis(200),
-        "{used:?} of CPU in 600 ms"
+        used * 2 < free_used,
+        "{used:?} throttled, {free_used:?} free"
     );
-    c.kill(Signal::KILL).await.unwrap();
-    c.wait().await.unwrap();
-    c.delete().await.unwrap();
+    for c in [throttled, free] {
+        c.kill(Signal::KILL).await.unwrap();
+        c.wait().await.unwrap();
+        c.delete().await.unwrap();
+    }
 
     // Pause: the CPU time stands still until resumed.
     let c = sb
