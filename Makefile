@@ -80,6 +80,13 @@ DURATION ?= 300
 soak: setup guest
 	KATA_RS_SOAK_SECS=$(DURATION) $(CARGO) test -p kata-sandbox --test vm_many -- soak_create_run_shutdown
 
+# Coverage-guided fuzzing (fuzz/README.md): every target for FUZZ_SECS seconds, instrumented
+# into its own target dir; `make test` replays the committed corpora (fuzz/tests/replay.rs).
+FUZZ_SECS ?= 60
+.PHONY: fuzz
+fuzz:
+	bash fuzz/run.sh $(FUZZ_SECS) $(FUZZ_TARGETS)
+
 bench: setup guest
 	$(CARGO) build --release -p kata-agent
 	$(CARGO) bench -p kata-benches

@@ -21,6 +21,10 @@ use crate::address::AgentAddress;
 use crate::error::{Error, Result};
 use crate::gate::{Gated, WriteGate};
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// Longest line a hybrid-vsock backend may answer with (`OK 4294967295\n` is 14).
 const MAX_HANDSHAKE_LINE: usize = 64;
 

@@ -20,6 +20,9 @@
 //! - [`metrics`] has [`GuestMetrics`] and Prometheus text.
 
 pub mod exit;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guest;
 pub mod metrics;
 pub mod network;

@@ -24,6 +24,9 @@
 
 mod blobs;
 mod cache;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod layer;
 mod limits;
 mod staging;

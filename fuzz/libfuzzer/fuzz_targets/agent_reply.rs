@@ -1,0 +1,8 @@
+//! libFuzzer entry point of the `agent_reply` target (its body: `kata_fuzz::TARGETS`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    (kata_fuzz::target("agent_reply")
+        .expect("a known target")
+        .run)(data)
+});
