@@ -14,6 +14,8 @@
 //! - [`cri`]: a CRI client (`runtime.v1`, gRPC over HTTP/2) and the environment it drives:
 //!   containerd's CRI plugin in a network namespace of its own, with CNI bridge networking and
 //!   a locally built pause image.
+//! - [`fake_agent`]: a fake agent that misbehaves on purpose (garbage, oversized frames,
+//!   silence, a connection cut mid-reply, floods), to test the runtime against a hostile guest.
 //!
 //! Not published: the library crates use it as a path-only `[dev-dependencies]` entry, the
 //! (unpublished) examples and benches as a dependency. It depends on no kata-rs crate, so that
@@ -23,6 +25,7 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod fake_agent;
 pub mod harness;
 pub mod image;
 pub mod leaks;
