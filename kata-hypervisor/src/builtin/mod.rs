@@ -42,6 +42,8 @@ pub const BASE_KERNEL_PARAMS: &str = "console=ttyS0 tsc=reliable no_timer_check 
 rcupdate.rcu_expedited=1 cryptomgr.notests net.ifnames=0";
 const NAME: &str = "dragonball";
 const LOG_LINES_IN_ERRORS: usize = 20;
+/// The most guest console lines logged at agent-ready with `enable_debug`.
+const CONSOLE_LINES_LOGGED: usize = 400;
 
 /// What the built-in backend can do.
 pub fn capabilities() -> Capabilities {
@@ -330,11 +332,20 @@ impl Hypervisor for Builtin {
                 return Err(Error::VmExited { how, console: self.console_tail(LOG_LINES_IN_ERRORS) });
             }
         };
-        answered.map_err(|e| Error::AgentNotReady {
+        let answered = answered.map_err(|e| Error::AgentNotReady {
             after: timeout,
             detail: e.detail,
             console: self.console_tail(LOG_LINES_IN_ERRORS),
-        })
+        });
+        // With `enable_debug` the guest's boot log (kernel timestamps included) is logged once
+        // the agent answers, as QEMU's console lines are: the console is a ring in memory,
+        // not a stream, so it comes in one go.
+        if answered.is_ok() && self.config.enable_debug {
+            for line in self.console_tail(CONSOLE_LINES_LOGGED) {
+                tracing::debug!(sandbox_id = %self.id, "console: {line}");
+            }
+        }
+        answered
     }
 
     async fn stop(&self) -> Result<()> {

@@ -139,7 +139,9 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
     for _ in 0..2 {
         match &built {
             Ok(Err(e)) if kata_lab::protocol::l2_reset_in_firmware(&format!("{e:#}")) => {
-                println!("kata-lab: L2 reset inside its firmware ({e:#}); building it once more");
+                println!(
+                    "kata-lab: L2 reset or hung inside its firmware ({e:#}); building it once more"
+                );
                 built =
                     tokio::time::timeout(Duration::from_secs(300), builder.clone().build()).await;
             }

@@ -210,7 +210,9 @@ async fn build(port: PciePort, cold: bool, vfio: &Path, root_dir: &str) -> Resul
     loop {
         match build_once(port, cold, vfio, root_dir).await {
             Err(e) if tries < 3 && kata_lab::protocol::l2_reset_in_firmware(&format!("{e:#}")) => {
-                println!("kata-lab: L2 reset inside its firmware ({e:#}); building it once more");
+                println!(
+                    "kata-lab: L2 reset or hung inside its firmware ({e:#}); building it once more"
+                );
                 tries += 1;
             }
             other => return other,
