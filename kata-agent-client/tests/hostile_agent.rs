@@ -262,3 +262,23 @@ async fn a_flood_of_unsolicited_replies_is_dropped_in_bounded_memory() {
     assert!(answered > 10, "only {answered} checks answered in 3 s");
     assert!(grew < RSS_BOUND_KIB, "grew {grew} KiB under the flood");
 }
+
+#[tokio::test]
+async fn an_agent_claiming_more_stdin_than_it_was_sent_is_refused() {
+    // WriteStreamResponse { len: u32::MAX } for a 3-byte write.
+    let fake = FakeAgent::start([(
+        "WriteStdin",
+        Fault::GarbageReply(vec![0x08, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+    )])
+    .unwrap();
+    let agent = connect(&fake).await;
+    let err = ends_within(PROMPT, agent.write_stdin("c1", "", b"abc"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("WriteStdin") && text.contains("4294967295") && text.contains("3"),
+        "{text}"
+    );
+    still_answers(&agent).await;
+}

@@ -490,7 +490,18 @@ impl Agent {
             data: data.to_vec(),
             ..Default::default()
         };
-        Ok(self.client.write_stdin(&req).await?.len as usize)
+        let taken = self.client.write_stdin(&req).await?.len as usize;
+        // A guest that claims more than it was sent would make the caller skip input.
+        if taken > data.len() {
+            return Err(Error::BadAnswer {
+                method: "WriteStdin",
+                reason: format!(
+                    "the agent took {taken} bytes of a {}-byte write",
+                    data.len()
+                ),
+            });
+        }
+        Ok(taken)
     }
 
     /// `CloseStdin`: closes the process's stdin (it reads end of file).
