@@ -97,6 +97,7 @@ impl Victim {
     ];
 
     /// The start of the program's name in `/proc/<pid>/comm` (15 bytes at most there).
+    #[cfg_attr(not(feature = "crash-points"), allow(dead_code))]
     fn comm_prefix(self) -> &'static str {
         match self {
             Victim::Runtime => "",
