@@ -41,7 +41,8 @@ for t in "${targets[@]}"; do
   mkdir -p "$corpus" "$artifacts"
   log=$cache/fuzz/$t.log
   # Each input is bounded (-timeout, -rss_limit_mb) and so is the run (-max_total_time).
-  if $cargo fuzz run -s none -O --fuzz-dir fuzz/libfuzzer "$t" "$corpus" "fuzz/corpus/$t" -- \
+  # The binary built above, run directly: `cargo fuzz run` would rebuild on every source change.
+  if "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/$t" "$corpus" "fuzz/corpus/$t" \
       -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
       -artifact_prefix="$artifacts/" -print_final_stats=1 >"$log" 2>&1; then
     runs=$(grep -o 'Done [0-9]* runs' "$log" | tail -n 1 | grep -o '[0-9]*' || echo '?')
