@@ -271,20 +271,24 @@ impl<'a> LineEmitter<'a> {
     }
 }
 
-/// Re-emits one agent line as a `kata_agent` event.
+/// Re-emits one agent line as a `kata_agent` event (`truncated` only on a cut line).
 fn emit_event(sandbox_id: &str, line: &AgentLine) {
-    let (m, t) = (&line.message, line.truncated);
+    let (m, t) = (&line.message, line.truncated.then_some(true));
     match line.level {
         Level::ERROR => {
-            tracing::error!(target: "kata_agent", sandbox_id, truncated = t, "{m}")
+            tracing::error!(target: "kata_agent", sandbox_id = %sandbox_id, truncated = t, "{m}")
         }
-        Level::WARN => tracing::warn!(target: "kata_agent", sandbox_id, truncated = t, "{m}"),
-        Level::INFO => tracing::info!(target: "kata_agent", sandbox_id, truncated = t, "{m}"),
+        Level::WARN => {
+            tracing::warn!(target: "kata_agent", sandbox_id = %sandbox_id, truncated = t, "{m}")
+        }
+        Level::INFO => {
+            tracing::info!(target: "kata_agent", sandbox_id = %sandbox_id, truncated = t, "{m}")
+        }
         Level::DEBUG => {
-            tracing::debug!(target: "kata_agent", sandbox_id, truncated = t, "{m}")
+            tracing::debug!(target: "kata_agent", sandbox_id = %sandbox_id, truncated = t, "{m}")
         }
         Level::TRACE => {
-            tracing::trace!(target: "kata_agent", sandbox_id, truncated = t, "{m}")
+            tracing::trace!(target: "kata_agent", sandbox_id = %sandbox_id, truncated = t, "{m}")
         }
     }
 }

@@ -507,6 +507,19 @@ mod tests {
     }
 
     #[test]
+    fn console_names_a_sandbox() {
+        let (o, c) = p(&["console", "sb1", "--root", "/r"]).unwrap();
+        assert_eq!(o.root, Some(PathBuf::from("/r")));
+        assert_eq!(
+            c,
+            Command::Console {
+                sandbox: "sb1".into()
+            }
+        );
+        assert!(p(&["console"]).is_err());
+    }
+
+    #[test]
     fn lifecycle_commands() {
         let (o, c) = p(&["--root", "/r", "create", "--bundle", "/b", "c1"]).unwrap();
         assert_eq!(o.root, Some(PathBuf::from("/r")));
