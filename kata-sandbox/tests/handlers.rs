@@ -228,6 +228,16 @@ const BIG_WAT: &str = r#"(module
   (memory (export "memory") 64)
   (func (export "_start")))"#;
 
+/// Sleeps 60 s in `poll_oneoff` (a host call a kill cannot interrupt).
+const SLEEP_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 60000000000))
+    (drop (call $poll_oneoff (i32.const 0) (i32.const 100) (i32.const 1) (i32.const 200)))))"#;
+
 /// Traps at once.
 const TRAP_WAT: &str = r#"(module
   (memory (export "memory") 1)
@@ -607,6 +617,30 @@ async fn wasm_cpu_quota_throttles_and_pause_stops_the_module() {
     c.delete().await.unwrap();
     sb.shutdown().await.unwrap();
     f.assert_nothing_left("cpu");
+}
+
+#[tokio::test]
+async fn wasm_a_kill_ends_a_module_asleep_in_a_host_call() {
+    let f = Fixture::new(Handler::Wasm);
+    let sb = f.sandbox("asleep").await;
+    let sleeping = f.module("sleep.wasm", SLEEP_WAT);
+    let c = sb
+        .create_container(ContainerSpec::from_rootfs_dir(&f.rootfs).args([sleeping]))
+        .await
+        .unwrap();
+    c.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    c.kill(Signal::TERM).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), c.wait())
+        .await
+        .expect("the kill is reported though the module sleeps on")
+        .unwrap();
+    assert_eq!(status.signal(), Some(15), "{status}");
+    c.delete().await.unwrap();
+    sb.shutdown().await.unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    f.assert_nothing_left("asleep");
 }
 
 #[tokio::test]

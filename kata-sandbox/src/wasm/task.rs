@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kata_agent_client::{ExitStatus, Signal};
 use oci_spec::runtime::Spec;
@@ -17,6 +18,10 @@ use super::control::{Control, CpuBudget, Killed, MemoryLimiter, MemoryUse, Ticke
 use super::stdio;
 use crate::error::{Error, Result};
 use crate::handler::ProcessStreams;
+
+/// How long a killed module may take to end before its exit is published without it (it is
+/// blocked in a host call that the kill cannot interrupt).
+pub(super) const KILL_GRACE: Duration = Duration::from_secs(1);
 
 /// The largest module file read (a bound on what a rootfs can make this process read).
 const MAX_MODULE_BYTES: u64 = 512 << 20;
@@ -273,7 +278,13 @@ impl WasmTask {
 
     /// Sends `signal`: a terminating one kills the module (before its start, it never runs),
     /// `STOP`/`CONT` pause and resume it; `0` and those ignored by default do nothing.
-    pub(super) fn signal(&self, signal: Signal) {
+    ///
+    /// A kill ends the module at its next epoch deadline, or through its streams when it is
+    /// blocked reading or writing them. One blocked in another host call (a `poll_oneoff`
+    /// sleep) cannot be interrupted: after [`KILL_GRACE`] its exit is published anyway (its
+    /// waiters and the container's delete go on) and its thread ends on its own once the call
+    /// returns.
+    pub(super) fn signal(self: &Arc<Self>, signal: Signal) {
         let n = signal.number();
         if n == libc::SIGSTOP || n == libc::SIGTSTP || n == libc::SIGTTIN || n == libc::SIGTTOU {
             self.control.set_paused(true);
@@ -285,6 +296,25 @@ impl WasmTask {
             if self.ready.lock().unwrap().take().is_some() {
                 self.exit
                     .send_replace(Some(ExitStatus::from_signal(signal)));
+            } else if self.exit.borrow().is_none() {
+                let this = Arc::downgrade(self);
+                let _ = std::thread::Builder::new()
+                    .name("wasm-kill".into())
+                    .spawn(move || {
+                        std::thread::sleep(KILL_GRACE);
+                        let Some(task) = this.upgrade() else { return };
+                        task.exit.send_if_modified(|exit| {
+                            if exit.is_some() {
+                                return false;
+                            }
+                            tracing::warn!(
+                                "a killed wasm module is blocked in a host call: its exit is \
+                                 published now, its thread ends when the call returns"
+                            );
+                            *exit = Some(ExitStatus::from_signal(signal));
+                            true
+                        });
+                    });
             }
         }
     }
@@ -304,14 +334,28 @@ impl WasmTask {
         self.thread.lock().unwrap().is_some() && self.exit.borrow().is_none()
     }
 
-    /// Kills it (if it runs) and joins its thread. Blocking, bounded by the next epoch
-    /// deadline (a host call it is blocked in ends with the kill of its streams).
-    pub(super) fn stop(&self) {
+    /// Kills it (if it runs) and joins its thread. Blocking, bounded by [`KILL_GRACE`]: a
+    /// thread still blocked in a host call then is left to end on its own.
+    pub(super) fn stop(self: &Arc<Self>) {
         if self.exit.borrow().is_none() {
             self.signal(Signal::KILL);
         }
-        if let Some(t) = self.thread.lock().unwrap().take() {
-            let _ = t.join();
+        let deadline = std::time::Instant::now() + KILL_GRACE + Duration::from_millis(200);
+        while self.exit.borrow().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let thread = self.thread.lock().unwrap().take();
+        if let Some(t) = thread {
+            // A status the thread published is a moment from its end.
+            for _ in 0..100 {
+                if t.is_finished() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }
