@@ -41,10 +41,10 @@ pub mod persist;
 mod sandbox;
 mod spec;
 mod virt;
-
-pub use builder::{SandboxBuilder, SandboxConfig, DEFAULT_AGENT_TIMEOUT, DEFAULT_ROOT_DIR};
 #[cfg(feature = "wasm")]
 mod wasm;
+
+pub use builder::{SandboxBuilder, SandboxConfig, DEFAULT_AGENT_TIMEOUT, DEFAULT_ROOT_DIR};
 pub use container::{Container, Output, Process, DEFAULT_OUTPUT_LIMIT};
 pub use debug_console::{DebugConsole, DebugConsoleInput, DebugConsoleOutput};
 pub use error::{Error, Result};
