@@ -541,7 +541,11 @@ mod tests {
             log_port: 2000,
             ..Default::default()
         };
-        assert!(cfg.inert_settings().is_empty(), "{:?}", cfg.inert_settings());
+        assert!(
+            cfg.inert_settings().is_empty(),
+            "{:?}",
+            cfg.inert_settings()
+        );
         let params = cfg.guest_kernel_params();
         for word in [
             "agent.log=debug",
@@ -555,7 +559,11 @@ mod tests {
             log_port: 1026,
             ..Default::default()
         };
-        assert!(cfg.validate().unwrap_err().to_string().contains("debug console"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("debug console"));
     }
 
     #[test]

@@ -214,7 +214,10 @@ mod tests {
     fn log_port_and_debug_console_come_from_kata_kernel_params() {
         let mut c = AgentConfig::default();
         c.apply_kernel_cmdline("agent.log_vport=1025 agent.debug_console quiet");
-        assert_eq!((c.log_vport, c.debug_console_vport), (Some(1025), Some(1026)));
+        assert_eq!(
+            (c.log_vport, c.debug_console_vport),
+            (Some(1025), Some(1026))
+        );
         let mut c = AgentConfig::default();
         c.apply_kernel_cmdline("agent.debug_console_vport=2000 agent.log_vport=x");
         assert_eq!((c.log_vport, c.debug_console_vport), (None, None));
@@ -225,6 +228,9 @@ mod tests {
             "agent.log=debug agent.debug_console agent.debug_console_vport=2000",
         ])
         .unwrap();
-        assert_eq!((c.log_level.as_str(), c.debug_console_vport), ("warn", Some(2000)));
+        assert_eq!(
+            (c.log_level.as_str(), c.debug_console_vport),
+            ("warn", Some(2000))
+        );
     }
 }

@@ -47,8 +47,16 @@ pub mod vfio;
 pub fn side_ports(config: &config::AgentConfig) -> Vec<std::sync::Arc<side_port::PortListener>> {
     let mut out = Vec::new();
     let ports = [
-        (config.log_vport, "log stream", logport::serve as fn(&str, u32) -> _),
-        (config.debug_console_vport, "debug console", debug_console::serve),
+        (
+            config.log_vport,
+            "log stream",
+            logport::serve as fn(&str, u32) -> _,
+        ),
+        (
+            config.debug_console_vport,
+            "debug console",
+            debug_console::serve,
+        ),
     ];
     for (port, what, serve) in ports {
         let Some(port) = port else { continue };

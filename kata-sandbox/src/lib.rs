@@ -30,8 +30,8 @@
 mod builder;
 pub mod config;
 mod container;
-mod debug_console;
 pub mod crash;
+mod debug_console;
 mod error;
 mod handler;
 mod image;

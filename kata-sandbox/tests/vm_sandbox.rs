@@ -1596,20 +1596,44 @@ async fn case_metrics_follow_a_container_allocating_memory(env: Arc<Env>) -> Res
     let before = env.sandbox.metrics().await;
     ensure!(metric(&before, "kata_guest_up", &[])? == 1.0, "{before}");
     let used_before = metric(&before, "kata_guest_memory_used_bytes", &[])?;
-    let cpu_before = metric(&before, "kata_hypervisor_cpu_seconds_total", &[("pid", &qemu)])?;
-    ensure!(metric(&before, "kata_hypervisor_resident_memory_bytes", &[("pid", &qemu)])? > 0.0);
+    let cpu_before = metric(
+        &before,
+        "kata_hypervisor_cpu_seconds_total",
+        &[("pid", &qemu)],
+    )?;
+    ensure!(
+        metric(
+            &before,
+            "kata_hypervisor_resident_memory_bytes",
+            &[("pid", &qemu)]
+        )? > 0.0
+    );
     ensure!(metric(&before, "kata_hypervisor_threads", &[("pid", &qemu)])? >= 2.0);
-    metric(&before, "kata_guest_cpu_seconds_total", &[("cpu", "cpu0"), ("mode", "idle")])?;
+    metric(
+        &before,
+        "kata_guest_cpu_seconds_total",
+        &[("cpu", "cpu0"), ("mode", "idle")],
+    )?;
     metric(&before, "kata_guest_load", &[("period", "1m")])?;
     metric(&before, "kata_guest_disk_total", &[])
         .or_else(|_| metric(&before, "kata_guest_network_total", &[("interface", "lo")]))?;
-    ensure!(metric(&before, "kata_sandbox_boot_seconds", &[("step", "agent_connected")])? > 0.0);
+    ensure!(
+        metric(
+            &before,
+            "kata_sandbox_boot_seconds",
+            &[("step", "agent_connected")]
+        )? > 0.0
+    );
 
     let c = env
         .sandbox
         .create_container(spec(
             &env,
-            &["sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=64 && sleep 600"],
+            &[
+                "sh",
+                "-c",
+                "dd if=/dev/zero of=/dev/shm/fill bs=1M count=64 && sleep 600",
+            ],
         ))
         .await?;
     c.start().await?;
@@ -1629,8 +1653,15 @@ async fn case_metrics_follow_a_container_allocating_memory(env: Arc<Env>) -> Res
         used - used_before >= (48 << 20) as f64,
         "guest memory in use went from {used_before} to {used} only"
     );
-    let cpu = metric(&text, "kata_hypervisor_cpu_seconds_total", &[("pid", &qemu)])?;
-    ensure!(cpu > cpu_before, "the VMM's CPU time did not move: {cpu_before} -> {cpu}");
+    let cpu = metric(
+        &text,
+        "kata_hypervisor_cpu_seconds_total",
+        &[("pid", &qemu)],
+    )?;
+    ensure!(
+        cpu > cpu_before,
+        "the VMM's CPU time did not move: {cpu_before} -> {cpu}"
+    );
     Ok(())
 }
 
@@ -2329,7 +2360,10 @@ fn main() -> std::process::ExitCode {
             case_pause_resume_under_traffic,
         )
         .case("bad_container_input", case_bad_container_input)
-        .case("agent_log_in_the_host_trace", case_agent_log_in_the_host_trace)
+        .case(
+            "agent_log_in_the_host_trace",
+            case_agent_log_in_the_host_trace,
+        )
         .case(
             "debug_console_refused_when_disabled",
             case_debug_console_refused_when_disabled,
@@ -2457,7 +2491,9 @@ async fn case_debug_console_runs_uname_in_the_guest(env: Arc<Env>) -> Result<()>
     let result = async {
         let (mut output, mut input) = sb.debug_console().await?.split();
         input.resize(40, 120).await?;
-        input.write(b"echo K=$(uname -r)=; stty size; exit\n").await?;
+        input
+            .write(b"echo K=$(uname -r)=; stty size; exit\n")
+            .await?;
         let mut text = Vec::new();
         tokio::time::timeout(Duration::from_secs(60), output.read_to_end(&mut text))
             .await

@@ -32,8 +32,8 @@ use containerd_shim::protos::shim::shim::{
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, TtrpcContext, TtrpcResult};
-use kata_sandbox::{ContainerSpec, ExitStatus, ProcessSpec, RootfsMount, Sandbox, Signal};
 use kata_sandbox::crash::CrashStep;
+use kata_sandbox::{ContainerSpec, ExitStatus, ProcessSpec, RootfsMount, Sandbox, Signal};
 
 use crate::bundle::{self, Placement};
 use crate::error::{Error, Result};
