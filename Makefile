@@ -41,7 +41,7 @@ lint:
 
 # Publishability of every library crate (no verify build: the workspace build covers it).
 package:
-	$(CARGO) package --workspace --no-verify --allow-dirty --exclude kata-examples --exclude kata-benches --exclude kata-testkit --exclude kata-lab >/dev/null
+	$(CARGO) package --workspace --no-verify --allow-dirty --exclude kata-examples --exclude kata-benches --exclude kata-testkit --exclude kata-fuzz --exclude kata-lab >/dev/null
 	@echo "package: every publishable crate packages"
 
 # The whole suite: unit, host integration, VM (QEMU), in that order.
