@@ -122,6 +122,12 @@ pub(super) fn write_after_exit(stderr: &AsyncStdoutStream, message: &str) {
     let line = format!("{message}\n");
     wasmtime_wasi::runtime::in_tokio(async move {
         let _ = w.write_all(line.as_bytes()).await;
+        // WASI's stream only starts a flush and answers; the stream's worker, which writes to
+        // the pipe, is aborted when the stream is dropped. A second flush first waits until
+        // the stream is ready again, that is until the first one is done: the line is in the
+        // pipe before the stream ends. (Without it the line was lost now and then: the trap
+        // test failed in a CI run with an empty stderr.)
+        let _ = w.flush().await;
         let _ = w.flush().await;
     });
 }
