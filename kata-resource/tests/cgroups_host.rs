@@ -148,7 +148,9 @@ fn cleanup_without_a_state_finds_the_cgroups_in_the_early_record() {
     if skip() {
         return;
     }
-    let id = unique("sb");
+    // Its own id: the tests of this binary run at once, and another one's "sb" cgroups are
+    // not this one's to remove (they collided in a CI run).
+    let id = unique("early");
     let (dir, mut r) = resources();
     r.set_up_cgroups(&CgroupsConfig::new(&id)).unwrap();
     r.record_early().unwrap();
