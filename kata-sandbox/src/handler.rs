@@ -125,6 +125,28 @@ pub(crate) enum RootfsInput {
     },
 }
 
+impl RootfsInput {
+    /// What kata-resource's `add_container` takes for it: the source, and how it is shared (a
+    /// bundle's rootfs is read-write; the spec's `root.readonly` is applied later).
+    pub(crate) fn into_source(self) -> (kata_resource::RootfsSource, RootfsMode) {
+        match self {
+            RootfsInput::Dir { path, mode } => (kata_resource::RootfsSource::Directory(path), mode),
+            RootfsInput::Bundle {
+                bundle,
+                root_path,
+                mounts,
+            } => (
+                kata_resource::RootfsSource::Bundle {
+                    bundle,
+                    root_path,
+                    mounts,
+                },
+                RootfsMode::ReadWrite,
+            ),
+        }
+    }
+}
+
 /// Builds a container's OCI spec once its `root.path` (as the runtime sees it) is known.
 pub(crate) type SpecBuilder<'a> = dyn Fn(&str) -> Result<Spec> + Send + Sync + 'a;
 

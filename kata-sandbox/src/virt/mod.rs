@@ -37,7 +37,7 @@ use kata_agent_client::{
     WriteGate,
 };
 use kata_hypervisor::{backend, Capabilities, Hypervisor, HypervisorState, VsockAddress};
-use kata_resource::{GuestStorage, ResourcesState, RootfsSource, SandboxResources};
+use kata_resource::{GuestStorage, ResourcesState, SandboxResources};
 use oci_spec::runtime::{LinuxResources, Process as OciProcess};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -513,21 +513,7 @@ impl RuntimeHandler for VirtContainer {
         rootfs: RootfsInput,
         spec: &SpecBuilder<'_>,
     ) -> Result<()> {
-        let (source, mode) = match rootfs {
-            RootfsInput::Dir { path, mode } => (RootfsSource::Directory(path), mode),
-            RootfsInput::Bundle {
-                bundle,
-                root_path,
-                mounts,
-            } => (
-                RootfsSource::Bundle {
-                    bundle,
-                    root_path,
-                    mounts,
-                },
-                kata_resource::RootfsMode::ReadWrite,
-            ),
-        };
+        let (source, mode) = rootfs.into_source();
         let guest = {
             let (resources, id) = (self.resources.clone(), container_id.to_string());
             blocking("setting up a container's rootfs", move || {

@@ -34,7 +34,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use kata_agent_client::{ContainerStats, ExitStatus, Signal};
 use kata_hypervisor::SharedFs;
-use kata_resource::{ResourcesState, RootfsSource, SandboxResources};
+use kata_resource::{ResourcesState, SandboxResources};
 use oci_spec::runtime::{LinuxResources, Process as OciProcess};
 use serde::{Deserialize, Serialize};
 
@@ -248,21 +248,7 @@ impl RuntimeHandler for WasmContainer {
         rootfs: RootfsInput,
         spec: &SpecBuilder<'_>,
     ) -> Result<()> {
-        let (source, mode) = match rootfs {
-            RootfsInput::Dir { path, mode } => (RootfsSource::Directory(path), mode),
-            RootfsInput::Bundle {
-                bundle,
-                root_path,
-                mounts,
-            } => (
-                RootfsSource::Bundle {
-                    bundle,
-                    root_path,
-                    mounts,
-                },
-                kata_resource::RootfsMode::ReadWrite,
-            ),
-        };
+        let (source, mode) = rootfs.into_source();
         let host_root: PathBuf = {
             let (resources, id) = (self.resources.clone(), container_id.to_string());
             blocking("setting up a container's rootfs", move || {
