@@ -449,6 +449,15 @@ impl SandboxBuilder {
         self
     }
 
+    /// Sets `[runtime] static_sandbox_resource_mgmt`: `true` sizes the VM before boot for the
+    /// [`workload`](Self::workload) (added to `default_vcpus` and `default_memory`) and never
+    /// hot-plugs vCPUs or memory; `false` (the default) grows the VM as containers with limits
+    /// come. A confidential guest needs `true`.
+    pub fn static_resources(mut self, on: bool) -> Self {
+        self.runtime.static_sandbox_resource_mgmt = on;
+        self
+    }
+
     /// Sets `[runtime] sandbox_cgroup_only`: `true` runs the VMM and its helpers in the
     /// sandbox's host cgroup; `false` (Kata's default) only its vCPUs, the rest in an
     /// unconstrained overhead cgroup (see `kata_resource::cgroups`).

@@ -1487,14 +1487,67 @@ async fn cpu_quota_checks(sb: &Sandbox, env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// `static_sandbox_resource_mgmt = true`: the VM boots at its defaults plus the workload (1 + 2
+/// vCPUs, 256 + 128 MiB), and a container with limits plugs nothing.
+async fn case_static_sizing_boots_the_vm_at_the_workload_size(env: Arc<Env>) -> Result<()> {
+    let id = "vm-sandbox-static";
+    let sb = Sandbox::builder()
+        .id(id)
+        .memory_mib(256)
+        .vcpus(1)
+        .max_vcpus(4)
+        .static_resources(true)
+        .workload(kata_sandbox::WorkloadSize {
+            vcpus: 2,
+            memory_mib: 128,
+        })
+        .root_dir(&env.root_dir)
+        .build()
+        .await?;
+    let checked = async {
+        let at_boot = cpus_seen(&sb, &env, None).await?;
+        ensure!(at_boot == "3 3", "at boot: nproc, online CPUs = {at_boot}");
+        let mem = mem_total_kib_of(&sb, &env, None).await?;
+        // MemTotal is the VM's memory less what the kernel keeps: between 256 and 384 MiB
+        // means the workload's 128 MiB were added (a 256 MiB VM shows about 220 MiB).
+        ensure!(
+            mem > 300 * 1024 && mem <= 384 * 1024,
+            "MemTotal {mem} KiB in a VM of 256 + 128 MiB"
+        );
+        // Limits inside the boot size: nothing is plugged.
+        let limited_spec = limited(Some(200_000), None, Some(64 << 20));
+        let during = cpus_seen(&sb, &env, Some(limited_spec.clone())).await?;
+        ensure!(during == "3 3", "with 2 CPUs of quota: {during}");
+        let mem_during = mem_total_kib_of(&sb, &env, Some(limited_spec)).await?;
+        ensure!(
+            mem_during == mem,
+            "MemTotal {mem_during} KiB with a 64 MiB limit, {mem} KiB at boot"
+        );
+        ensure!(sb.death().is_none(), "the sandbox died: {:?}", sb.death());
+        Ok(())
+    }
+    .await;
+    sb.shutdown().await?;
+    checked
+}
+
 /// MemTotal in the guest, in KiB.
 async fn mem_total_kib(env: &Env, oci: Option<oci_spec::runtime::Spec>) -> Result<u64> {
+    mem_total_kib_of(&env.sandbox, env, oci).await
+}
+
+/// MemTotal in the guest of `sb`, in KiB.
+async fn mem_total_kib_of(
+    sb: &Sandbox,
+    env: &Env,
+    oci: Option<oci_spec::runtime::Spec>,
+) -> Result<u64> {
     let args = ["grep", "MemTotal", "/proc/meminfo"];
     let spec = match oci {
         Some(oci) => ContainerSpec::from_oci(oci, &env.rootfs).args(args),
         None => spec(env, &args),
     };
-    let out = env.sandbox.run(spec).await?;
+    let out = sb.run(spec).await?;
     let text = out.stdout_str();
     text.split_whitespace()
         .nth(1)
@@ -2374,6 +2427,10 @@ fn main() -> std::process::ExitCode {
             case_debug_console_runs_uname_in_the_guest,
         )
         .case("cpu_quota_hot_plugs_vcpus", case_cpu_quota_hot_plugs_vcpus)
+        .case(
+            "static_sizing_boots_the_vm_at_the_workload_size",
+            case_static_sizing_boots_the_vm_at_the_workload_size,
+        )
         .case(
             "memory_limit_hot_plugs_memory",
             case_memory_limit_hot_plugs_memory,
