@@ -87,6 +87,12 @@ FUZZ_SECS ?= 60
 fuzz:
 	bash fuzz/run.sh $(FUZZ_SECS) $(FUZZ_TARGETS)
 
+# Minimizes what `make fuzz` grew into the committed corpora (fuzz/cmin.sh: libFuzzer's merge,
+# seeds kept), which `make test` replays; commit fuzz/corpus/ after it.
+.PHONY: fuzz-cmin
+fuzz-cmin:
+	bash fuzz/cmin.sh $(FUZZ_TARGETS)
+
 bench: setup guest
 	$(CARGO) build --release -p kata-agent
 	$(CARGO) bench -p kata-benches
