@@ -167,15 +167,24 @@ impl AgentClient {
         Fut: Future<Output = ttrpc::Result<T>> + 'a,
     {
         tracing::trace!(method, address = %self.address, ?timeout, "agent call");
-        let result = match timeout {
-            Some(timeout) => {
-                let fut = call(ttrpc::context::with_duration(timeout));
-                tokio::time::timeout(timeout + LOCAL_DEADLINE_GRACE, fut)
-                    .await
-                    .map_err(|_| Error::Timeout { method, timeout })?
-            }
-            None => call(ttrpc::context::Context::default()).await,
-        };
+        // One span per call, exported as `agent.<Method>` (`otel.name`) with `[runtime]
+        // enable_tracing`; a child of the caller's span (the sandbox's, the shim's RPC).
+        let span = tracing::info_span!("agent.call", otel.name = %format_args!("agent.{method}"), rpc.method = method);
+        let result = tracing::Instrument::instrument(
+            async {
+                match timeout {
+                    Some(timeout) => {
+                        let fut = call(ttrpc::context::with_duration(timeout));
+                        tokio::time::timeout(timeout + LOCAL_DEADLINE_GRACE, fut)
+                            .await
+                            .map_err(|_| Error::Timeout { method, timeout })
+                    }
+                    None => Ok(call(ttrpc::context::Context::default()).await),
+                }
+            },
+            span,
+        )
+        .await?;
         result.map_err(|err| {
             let err = Error::from_ttrpc(method, timeout, err);
             tracing::debug!(method, address = %self.address, error = %err, "agent call failed");

@@ -128,12 +128,6 @@ impl SandboxConfig {
             NO_CGROUPS,
         );
         inert(
-            "enable_tracing",
-            r.enable_tracing,
-            "true".into(),
-            "tracing export is not implemented yet",
-        );
-        inert(
             "enable_pprof",
             r.enable_pprof,
             "true".into(),
@@ -488,6 +482,16 @@ impl SandboxBuilder {
         self
     }
 
+    /// Exports the sandbox's spans over OTLP/HTTP to `endpoint` (`[runtime] enable_tracing`
+    /// and `jaeger_endpoint`; `None`: the `OTEL_EXPORTER_OTLP_*` variables, else
+    /// `http://localhost:4318/v1/traces`). Needs the cargo feature `otel`; see
+    /// [`crate::telemetry`].
+    pub fn tracing(mut self, endpoint: Option<&str>) -> Self {
+        self.runtime.enable_tracing = true;
+        self.runtime.jaeger_endpoint = endpoint.unwrap_or_default().to_string();
+        self
+    }
+
     /// Replaces the whole `[hypervisor.*]` section.
     pub fn hypervisor_config(mut self, config: HypervisorConfig) -> Self {
         self.hypervisor = config;
@@ -518,6 +522,8 @@ impl SandboxBuilder {
                 format!("{} ({})", e.value, e.reason),
             )
         })?;
+        // enable_tracing: refused without the feature `otel`, its endpoint checked with it.
+        crate::telemetry::check(&self.runtime)?;
         let caps = kata_hypervisor::backend::capabilities(self.hypervisor_type, &self.hypervisor)?;
         if !caps.supports_shared_fs(self.hypervisor.shared_fs) {
             return Err(Error::invalid(

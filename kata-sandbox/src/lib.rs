@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod persist;
 mod sandbox;
 mod spec;
+pub mod telemetry;
 mod virt;
 #[cfg(feature = "wasm")]
 mod wasm;

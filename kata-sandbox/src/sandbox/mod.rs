@@ -139,6 +139,13 @@ impl Sandbox {
     /// Starts a sandbox from a finished configuration ([`SandboxBuilder::finish`]). On error
     /// nothing is left: no process, mount or directory.
     pub async fn start(config: SandboxConfig) -> Result<Sandbox> {
+        // enable_tracing: the exporter runs before the first span (crate::telemetry).
+        crate::telemetry::activate(&config)?;
+        let span = tracing::info_span!("sandbox.start", sandbox_id = %config.id);
+        tracing::Instrument::instrument(Self::start_in_span(config), span).await
+    }
+
+    async fn start_in_span(config: SandboxConfig) -> Result<Sandbox> {
         let t0 = Instant::now();
         for setting in config.inert_settings() {
             tracing::warn!(sandbox_id = %config.id, "{setting}: the setting has no effect in this kata-rs build");
@@ -224,6 +231,7 @@ impl Sandbox {
     }
 
     /// Creates a container (its rootfs made available, its process not yet started).
+    #[tracing::instrument(name = "sandbox.create_container", skip_all, fields(sandbox_id = %self.id(), container_id = spec.id.as_deref().unwrap_or("")))]
     pub async fn create_container(&self, spec: ContainerSpec) -> Result<Container> {
         self.core.create_container(&self.core, spec).await
     }
@@ -397,7 +405,11 @@ impl Sandbox {
                 alive
             });
         }
-        core.tear_down().await
+        let span = tracing::info_span!("sandbox.shutdown", sandbox_id = %core.config.id);
+        let result = tracing::Instrument::instrument(core.tear_down(), span).await;
+        // enable_tracing: this sandbox's spans are sent before shutdown returns.
+        crate::telemetry::flush().await;
+        result
     }
 }
 
@@ -786,6 +798,7 @@ impl Core {
         })
     }
 
+    #[tracing::instrument(name = "sandbox.start_container", skip_all, fields(sandbox_id = %self.config.id, container_id = id))]
     pub(crate) async fn start_container(&self, id: &str) -> Result<()> {
         let entry = self.entry(id)?;
         self.guarded(self.handler.start_container(id)).await?;

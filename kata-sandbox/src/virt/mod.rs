@@ -41,6 +41,7 @@ use kata_resource::{GuestStorage, ResourcesState, SandboxResources};
 use oci_spec::runtime::{LinuxResources, Process as OciProcess};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::builder::SandboxConfig;
 use crate::error::{Error, Result};
@@ -180,6 +181,7 @@ impl VirtContainer {
             resources.set_up_sandbox_bind_mounts(&bind_mounts)?;
             Ok(resources)
         })
+        .instrument(tracing::info_span!("sandbox.host_resources", sandbox_id = %config.id))
         .await?;
         // From here on, dropping `resources` (an error) releases them.
         let vm_dir = kata_resource::safe_child(dir, VM_DIR)?;
@@ -202,16 +204,21 @@ impl VirtContainer {
         let booted = async {
             let mut devices = resources.devices();
             devices.extend(vfio.boot_devices());
-            vm.prepare(devices).await?;
+            vm.prepare(devices)
+                .instrument(tracing::info_span!("vm.prepare", sandbox_id = %config.id))
+                .await?;
             // What lies outside the sandbox directory (cgroups, taps), for a cleanup after a
             // crash before state.json exists.
             resources.record_early()?;
-            vm.start().await?;
+            vm.start()
+                .instrument(tracing::info_span!("vm.start", sandbox_id = %config.id))
+                .await?;
             // The VMM and its helpers into the sandbox's host cgroup as soon as they run.
             let first_pids = vm.pids();
             resources.add_vmm_pids(&first_pids)?;
             let vm_started = t0.elapsed();
             vm.wait_ready(opts.dial_timeout.saturating_sub(t0.elapsed()))
+                .instrument(tracing::info_span!("vm.wait_ready", sandbox_id = %config.id))
                 .await
                 .map_err(|e| boot_error(e, opts.dial_timeout))?;
             // A second boot (the reboot hook above) runs a new VMM: into the cgroup as well.
@@ -231,10 +238,13 @@ impl VirtContainer {
                 },
                 &gate,
             )
+            .instrument(tracing::info_span!("agent.connect", sandbox_id = %config.id))
             .await?;
             let agent_connected = t0.elapsed();
             // The pod's network, before the sandbox is created (as Kata's runtime does).
-            network::configure_guest(&agent, resources.guest_network()).await?;
+            network::configure_guest(&agent, resources.guest_network())
+                .instrument(tracing::info_span!("guest.network", sandbox_id = %config.id))
+                .await?;
             let storages = resources
                 .sandbox_storages(&caps)
                 .into_iter()
