@@ -166,6 +166,7 @@ fn saved_state(vm_dir: &std::path::Path, pid: u32) -> kata_hypervisor::Hyperviso
         blocks: Vec::new(),
         ports: Vec::new(),
         resize: Default::default(),
+        rootless: None,
     }
     .into_saved(
         vm_dir,
@@ -589,7 +590,11 @@ async fn vcpus_are_hot_plugged_into_free_slots_up_to_maxcpus() {
     let qmp = QmpClient::connect(&dir.path().join("qmp.sock"), Duration::from_secs(10))
         .await
         .unwrap();
-    let limits = VcpuLimits { boot: 1, max: 4 };
+    let limits = VcpuLimits {
+        boot: 1,
+        max: 4,
+        tcg_unplug_bug: false,
+    };
     let mut state = ResizeState::default();
 
     assert_eq!(resize_vcpus(&qmp, &mut state, limits, 3).await.unwrap(), 3);
@@ -611,6 +616,24 @@ async fn vcpus_are_hot_plugged_into_free_slots_up_to_maxcpus() {
         .to_string();
     assert!(e.contains("default_maxvcpus bounds it at 4"), "{e}");
     assert_eq!(state.cpus.len(), 2, "a refused resize plugs nothing");
+
+    // A TCG QEMU before 8.2 after an unplug: refused as unsupported, nothing plugged.
+    let buggy = VcpuLimits {
+        tcg_unplug_bug: true,
+        ..limits
+    };
+    let mut unplugged_once = ResizeState {
+        cpus_unplugged: 1,
+        ..state.clone()
+    };
+    let e = resize_vcpus(&qmp, &mut unplugged_once, buggy, 4)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, kata_hypervisor::Error::Unsupported { .. }) && e.to_string().contains("8.2"),
+        "{e}"
+    );
+    assert_eq!(unplugged_once.cpus.len(), 2, "nothing plugged");
 
     // A state that lost track (a restarted owner) is reconciled from QEMU.
     let mut fresh = ResizeState::default();

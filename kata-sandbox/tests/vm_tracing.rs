@@ -104,6 +104,21 @@ async fn case_container_start_spans_reach_the_receiver(env: Arc<Env>) -> Result<
 }
 
 fn main() -> std::process::ExitCode {
+    // As an embedder with its own logging does: the export layer composed beside the log
+    // layer, whose filter is its own (the harness's `RUST_LOG`, default `warn`).
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(filter),
+        )
+        .with(kata_sandbox::telemetry::layer())
+        .init();
     Suite::new("vm_tracing")
         .timeout(Duration::from_secs(600))
         .case(

@@ -1082,7 +1082,13 @@ impl Hypervisor for Qemu {
             .qmp
             .clone()
             .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
-        let limits = resize::VcpuLimits::for_config(&self.config);
+        let limits = resize::VcpuLimits {
+            tcg_unplug_bug: resize::tcg_unplug_bug(
+                run.accelerator == Some(Accelerator::Tcg),
+                qmp.qemu_version(),
+            ),
+            ..resize::VcpuLimits::for_config(&self.config)
+        };
         let r = resize::resize_vcpus(&qmp, &mut run.resize, limits, vcpus).await;
         self.publish(&run);
         r

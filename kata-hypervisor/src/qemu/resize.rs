@@ -107,6 +107,11 @@ pub struct VcpuLimits {
     pub boot: u32,
     /// `maxcpus` (`default_maxvcpus`, resolved).
     pub max: u32,
+    /// QEMU aborts when a vCPU is hot-plugged after one was unplugged, under TCG before QEMU
+    /// 8.2 (the same stale address space as [`MemoryLimits::tcg_unplug_bug`]; seen here: a
+    /// container raising its quota after another's vCPUs were unplugged killed the VM with
+    /// SIGABRT). Then no vCPU is hot-plugged once one was unplugged.
+    pub tcg_unplug_bug: bool,
 }
 
 impl VcpuLimits {
@@ -115,6 +120,7 @@ impl VcpuLimits {
         VcpuLimits {
             boot: config.default_vcpus.max(1),
             max: config.max_vcpus(),
+            tcg_unplug_bug: false,
         }
     }
 }
@@ -185,6 +191,16 @@ pub async fn resize_vcpus(
     reconcile_cpus(state, &slots);
     let plugged = slots.iter().filter(|s| s.qom_path.is_some()).count() as u32;
     let now = if target > plugged {
+        if limits.tcg_unplug_bug && state.cpus_unplugged > 0 {
+            return Err(Error::Unsupported {
+                backend: "qemu",
+                what: format!(
+                    "hot-plugging a vCPU after one was unplugged with this QEMU under TCG (QEMU \
+                     before 8.2 keeps the unplugged vCPU's address space and aborts); the VM \
+                     keeps {plugged} vCPUs (use KVM or QEMU 8.2 or later)"
+                ),
+            });
+        }
         let free = free_slots(&slots, (target - plugged) as usize);
         if free.len() < (target - plugged) as usize {
             return Err(Error::ResizeBeyond {

@@ -233,7 +233,9 @@ impl Sandbox {
     /// Creates a container (its rootfs made available, its process not yet started).
     #[tracing::instrument(name = "sandbox.create_container", skip_all, fields(sandbox_id = %self.id(), container_id = spec.id.as_deref().unwrap_or("")))]
     pub async fn create_container(&self, spec: ContainerSpec) -> Result<Container> {
-        self.core.create_container(&self.core, spec).await
+        // Boxed: the creation's future is tens of KiB, and a caller's future holding it by
+        // value (several awaits deep) outgrew a 2 MiB tokio worker stack in debug builds.
+        Box::pin(self.core.create_container(&self.core, spec)).await
     }
 
     /// Runs a container to completion and returns its output; the container is deleted.

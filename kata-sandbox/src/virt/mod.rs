@@ -686,10 +686,27 @@ impl RuntimeHandler for VirtContainer {
     }
 
     async fn update_container(&self, container_id: &str, resources: &LinuxResources) -> Result<()> {
-        if let Some(r) = self.resources.lock().unwrap().as_mut() {
-            r.update_container_cgroups(container_id, Some(resources))?;
+        // The VM grows for the new limits before the guest applies them (a cpuset may name a
+        // vCPU plugged now) and sheds the vCPUs a lowered quota frees after.
+        let before = self.sizing.demand_of(container_id);
+        let demand = resize::Demand::updated(before.as_ref(), resources)?;
+        self.sizing
+            .grow_for(container_id, demand, &*self.vm, &self.agent)
+            .await?;
+        let updated = async {
+            if let Some(r) = self.resources.lock().unwrap().as_mut() {
+                r.update_container_cgroups(container_id, Some(resources))?;
+            }
+            Ok::<_, Error>(self.agent.update_container(container_id, resources).await?)
         }
-        Ok(self.agent.update_container(container_id, resources).await?)
+        .await;
+        if updated.is_err() {
+            self.sizing.restore(container_id, before);
+        }
+        if let Err(e) = self.sizing.trim(container_id, &*self.vm).await {
+            tracing::warn!(sandbox_id = %self.id, container_id, error = %e, "unplugging the vCPUs an update freed; they stay");
+        }
+        updated
     }
 
     async fn remove_container(&self, container_id: &str) -> Result<()> {

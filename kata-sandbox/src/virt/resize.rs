@@ -71,6 +71,27 @@ impl Demand {
         }
         Ok(d)
     }
+
+    /// The demand after an update with `resources`: a section the update leaves out (no
+    /// `cpu`, no memory limit) keeps what `before` asked, as the guest keeps those limits.
+    pub(crate) fn updated(before: Option<&Demand>, resources: &LinuxResources) -> Result<Demand> {
+        let mut d = Demand::of(Some(resources))?;
+        if let Some(old) = before {
+            if resources.cpu().is_none() {
+                d.vcpus = old.vcpus;
+                d.cpuset = old.cpuset.clone();
+            }
+            if resources
+                .memory()
+                .as_ref()
+                .and_then(|m| m.limit())
+                .is_none()
+            {
+                d.memory_mib = old.memory_mib;
+            }
+        }
+        Ok(d)
+    }
 }
 
 /// `ceil(quota / period)`, 0 unless both are positive.
@@ -239,7 +260,17 @@ impl Sizing {
         vm: &dyn Hypervisor,
         agent: &Agent,
     ) -> Result<()> {
-        let demand = Demand::of(resources)?;
+        self.grow_for(id, Demand::of(resources)?, vm, agent).await
+    }
+
+    /// [`grow`](Self::grow) for a demand already computed (an update's).
+    pub(crate) async fn grow_for(
+        &self,
+        id: &str,
+        demand: Demand,
+        vm: &dyn Hypervisor,
+        agent: &Agent,
+    ) -> Result<()> {
         let _op = self.op.lock().await;
         let (current, target) = {
             let st = self.state.lock().unwrap();
@@ -332,10 +363,30 @@ impl Sizing {
     /// Forgets container `id` (removed, or failed to create) and unplugs the vCPUs the
     /// others do not need. Memory stays.
     pub(crate) async fn shrink(&self, id: &str, vm: &dyn Hypervisor) -> Result<()> {
+        self.state.lock().unwrap().containers.remove(id);
+        self.trim(id, vm).await
+    }
+
+    /// What container `id` counts for now (`None`: nothing).
+    pub(crate) fn demand_of(&self, id: &str) -> Option<Demand> {
+        self.state.lock().unwrap().containers.get(id).cloned()
+    }
+
+    /// Container `id` counts for `demand` again (an update the agent refused), or for nothing.
+    pub(crate) fn restore(&self, id: &str, demand: Option<Demand>) {
+        let mut st = self.state.lock().unwrap();
+        match demand {
+            Some(d) => st.containers.insert(id.to_string(), d),
+            None => st.containers.remove(id),
+        };
+    }
+
+    /// Unplugs the vCPUs the counted containers no longer need (after a removal, or an update
+    /// that lowered a quota; `id` names the cause in the log). Memory stays.
+    pub(crate) async fn trim(&self, id: &str, vm: &dyn Hypervisor) -> Result<()> {
         let _op = self.op.lock().await;
         let (current, target) = {
-            let mut st = self.state.lock().unwrap();
-            st.containers.remove(id);
+            let st = self.state.lock().unwrap();
             (st.vcpus, self.base.target(st.containers.values()))
         };
         if self.cpu_hotplug && target.vcpus < current {
@@ -344,7 +395,7 @@ impl Sizing {
             tracing::info!(
                 container_id = id,
                 vcpus = now,
-                "vCPUs unplugged after the container"
+                "vCPUs unplugged: the containers need fewer"
             );
         }
         Ok(())
@@ -588,6 +639,31 @@ mod tests {
         };
         WorkloadSize::of_spec(&pod).apply(&mut hv);
         assert_eq!((hv.default_vcpus, hv.default_memory), (2, 768));
+    }
+
+    #[test]
+    fn an_update_keeps_what_it_leaves_out() {
+        let before =
+            Demand::of(Some(&resources(Some(200_000), Some("0-1"), Some(64 << 20)))).unwrap();
+        let memory_only = resources(None, None, Some(128 << 20));
+        let mut memory_only = memory_only;
+        memory_only.set_cpu(None);
+        let d = Demand::updated(Some(&before), &memory_only).unwrap();
+        assert_eq!((d.vcpus, d.memory_mib), (2, 128));
+        assert_eq!(d.cpuset, before.cpuset);
+        let cpu_only = {
+            let mut r = resources(Some(100_000), None, None);
+            r.set_memory(None);
+            r
+        };
+        let d = Demand::updated(Some(&before), &cpu_only).unwrap();
+        assert_eq!((d.vcpus, d.memory_mib), (1, 64));
+        assert!(
+            d.cpuset.is_empty(),
+            "a cpu section without cpus clears the cpuset"
+        );
+        let d = Demand::updated(None, &cpu_only).unwrap();
+        assert_eq!((d.vcpus, d.memory_mib), (1, 0));
     }
 
     #[test]
