@@ -33,6 +33,7 @@ pub mod runtime_options;
 pub mod service;
 pub mod shim;
 pub mod stats;
+pub mod telemetry;
 
 pub use error::{Error, Result};
 pub use service::TaskService;

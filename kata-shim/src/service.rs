@@ -975,6 +975,7 @@ fn log_result<T>(call: &str, id: &str, r: Result<T>) -> TtrpcResult<T> {
 
 #[async_trait]
 impl containerd_shim::Task for TaskService {
+    #[tracing::instrument(name = "task.Create", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn create(
         &self,
         _ctx: &TtrpcContext,
@@ -988,12 +989,14 @@ impl containerd_shim::Task for TaskService {
         log_result("Create", &id, created)
     }
 
+    #[tracing::instrument(name = "task.Start", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         self.crash_point(CrashStep::Start);
         let id = req.id.clone();
         log_result("Start", &id, self.do_start(req).await)
     }
 
+    #[tracing::instrument(name = "task.Delete", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn delete(
         &self,
         _ctx: &TtrpcContext,
@@ -1004,12 +1007,14 @@ impl containerd_shim::Task for TaskService {
         log_result("Delete", &id, self.do_delete(req).await)
     }
 
+    #[tracing::instrument(name = "task.Exec", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<api::Empty> {
         self.crash_point(CrashStep::Exec);
         let id = req.id.clone();
         log_result("Exec", &id, self.do_exec(req).await).map(|_| api::Empty::new())
     }
 
+    #[tracing::instrument(name = "task.ResizePty", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn resize_pty(
         &self,
         _ctx: &TtrpcContext,
@@ -1024,6 +1029,7 @@ impl containerd_shim::Task for TaskService {
         log_result("ResizePty", &req.id, r).map(|_| api::Empty::new())
     }
 
+    #[tracing::instrument(name = "task.State", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
         let id = req.id.clone();
         self.do_state(req).await.map_err(|e| {
@@ -1032,6 +1038,7 @@ impl containerd_shim::Task for TaskService {
         })
     }
 
+    #[tracing::instrument(name = "task.Pids", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         let r = async {
             self.task(&req.id)?;
@@ -1051,11 +1058,13 @@ impl containerd_shim::Task for TaskService {
         log_result("Pids", &req.id, r)
     }
 
+    #[tracing::instrument(name = "task.Kill", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<api::Empty> {
         let id = req.id.clone();
         log_result("Kill", &id, self.do_kill(req).await).map(|_| api::Empty::new())
     }
 
+    #[tracing::instrument(name = "task.Wait", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
         let (_, p) = log_result("Wait", &req.id, self.process(&req.id, &req.exec_id))?;
         let exit = p.wait().await;
@@ -1066,10 +1075,12 @@ impl containerd_shim::Task for TaskService {
         })
     }
 
+    #[tracing::instrument(name = "task.Stats", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
         log_result("Stats", &req.id, self.do_stats(&req.id).await)
     }
 
+    #[tracing::instrument(name = "task.Connect", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn connect(
         &self,
         _ctx: &TtrpcContext,
@@ -1086,11 +1097,13 @@ impl containerd_shim::Task for TaskService {
         })
     }
 
+    #[tracing::instrument(name = "task.Shutdown", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id()))]
     async fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<api::Empty> {
         self.crash_point(CrashStep::Shutdown);
         log_result("Shutdown", &req.id, self.do_shutdown().await).map(|_| api::Empty::new())
     }
 
+    #[tracing::instrument(name = "task.CloseIO", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn close_io(
         &self,
         _ctx: &TtrpcContext,
@@ -1105,16 +1118,19 @@ impl containerd_shim::Task for TaskService {
         Ok(api::Empty::new())
     }
 
+    #[tracing::instrument(name = "task.Update", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<api::Empty> {
         let id = req.id.clone();
         log_result("Update", &id, self.do_update(req).await).map(|_| api::Empty::new())
     }
 
+    #[tracing::instrument(name = "task.Pause", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         log_result("Pause", &req.id, self.do_pause_resume(&req.id, true).await)
             .map(|_| api::Empty::new())
     }
 
+    #[tracing::instrument(name = "task.Resume", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id(), container_id = %req.id))]
     async fn resume(
         &self,
         _ctx: &TtrpcContext,
@@ -1128,6 +1144,7 @@ impl containerd_shim::Task for TaskService {
         .map(|_| api::Empty::new())
     }
 
+    #[tracing::instrument(name = "task.Checkpoint", skip_all, fields(sandbox_id = crate::telemetry::sandbox_id()))]
     async fn checkpoint(
         &self,
         _ctx: &TtrpcContext,

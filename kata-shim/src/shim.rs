@@ -212,6 +212,7 @@ impl Shim for KataShim {
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         init_logging(args);
+        crate::telemetry::set_sandbox_id(&args.id);
         KataShim {
             id: args.id.clone(),
             namespace: args.namespace.clone(),

@@ -6,4 +6,6 @@ async fn main() {
     kata_shim::shim::set_private_umask();
     containerd_shim::run::<kata_shim::KataShim>(kata_shim::RUNTIME_ID, Some(kata_shim::config()))
         .await;
+    // enable_tracing: the last spans (Shutdown's) are sent before the process ends.
+    kata_shim::telemetry::shutdown();
 }
