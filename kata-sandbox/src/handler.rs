@@ -7,7 +7,7 @@
 //! | handler | runs containers | here |
 //! |---|---|---|
 //! | `virt_container` | in a micro-VM, through the guest agent | `crate::virt::VirtContainer` |
-//! | `linux_container` | on the host (libcontainer) | not implemented yet (refused with its name) |
+//! | `linux_container` | on the host (libcontainer), no VM | `crate::linux::LinuxContainer`, cargo feature `linux` |
 //! | `wasm_container` | WASI modules on the host (wasmtime) | `crate::wasm::WasmContainer`, cargo feature `wasm` |
 //!
 //! The handler is chosen by [`SandboxBuilder::runtime_handler`](crate::SandboxBuilder::runtime_handler)
@@ -40,7 +40,7 @@ pub enum RuntimeHandlerKind {
     /// Containers in a micro-VM, driven through the guest agent (Kata's default).
     #[default]
     VirtContainer,
-    /// Containers on the host, without a VM (not implemented yet).
+    /// Containers on the host, without a VM, by libcontainer (cargo feature `linux`).
     LinuxContainer,
     /// WebAssembly (WASI preview 1) modules on the host, on wasmtime (cargo feature `wasm`).
     WasmContainer,
@@ -86,10 +86,11 @@ impl RuntimeHandlerKind {
                 "\"wasm_container\": this build has no wasm handler: build kata-sandbox with its \
                  cargo feature `wasm` (the shim: kata-shim's feature `wasm`)",
             )),
+            RuntimeHandlerKind::LinuxContainer if cfg!(feature = "linux") => Ok(()),
             RuntimeHandlerKind::LinuxContainer => Err(Error::invalid(
                 "runtime.name",
-                "\"linux_container\": the Linux container handler is not implemented yet; use \
-                 virt_container or wasm_container",
+                "\"linux_container\": this build has no linux handler: build kata-sandbox with \
+                 its cargo feature `linux` (the shim: kata-shim's feature `linux`)",
             )),
         }
     }
@@ -369,18 +370,12 @@ mod tests {
         for (name, kind) in [
             ("", VirtContainer),
             ("virt_container", VirtContainer),
-            // The crate's tests build it with feature `wasm`.
+            // The crate's tests build it with features `wasm` and `linux`.
             ("wasm_container", WasmContainer),
+            ("linux_container", LinuxContainer),
         ] {
             assert_eq!(RuntimeHandlerKind::from_runtime_name(name).unwrap(), kind);
         }
-        let e = RuntimeHandlerKind::from_runtime_name("linux_container")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("runtime.name") && e.contains("not implemented yet"),
-            "{e}"
-        );
         let e = RuntimeHandlerKind::from_runtime_name("runc")
             .unwrap_err()
             .to_string();

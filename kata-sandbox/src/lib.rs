@@ -44,6 +44,8 @@ pub mod telemetry;
 mod virt;
 #[cfg(feature = "wasm")]
 mod wasm;
+#[cfg(feature = "linux")]
+mod linux;
 
 pub use builder::{SandboxBuilder, SandboxConfig, DEFAULT_AGENT_TIMEOUT, DEFAULT_ROOT_DIR};
 pub use container::{Container, Output, Process, DEFAULT_OUTPUT_LIMIT};
@@ -77,6 +79,14 @@ pub use oci_spec;
 /// anything but `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}` (and `..`) is refused, naming the id.
 pub fn validate_id(id: &str) -> Result<()> {
     kata_resource::validate_container_id(id).map_err(|e| Error::invalid("id", e.to_string()))
+}
+
+/// The `kata-linux-container` helper program's main (feature `linux`): the binary is only
+/// this call. Not for other use.
+#[cfg(feature = "linux")]
+#[doc(hidden)]
+pub fn linux_container_helper() -> i32 {
+    linux::helper::main()
 }
 
 /// The README's examples, compiled as doc tests.

@@ -219,6 +219,12 @@ pub fn cleanup(dir: &Path) -> Result<CleanupReport> {
         RuntimeHandlerKind::WasmContainer => {
             crate::wasm::WasmContainer::cleanup(dir, report.state.as_ref().map(|s| &s.handler))?
         }
+        #[cfg(feature = "linux")]
+        RuntimeHandlerKind::LinuxContainer => {
+            crate::linux::LinuxContainer::cleanup(dir, report.state.as_ref().map(|s| &s.handler))?
+        }
+        // A handler whose cargo feature is off.
+        #[allow(unreachable_patterns)]
         other => {
             return Err(Error::invalid(
                 "state.json handler",

@@ -411,7 +411,10 @@ impl ContainerSpec {
         // Host hooks are run by the sandbox on the host (`sandbox/hooks.rs`); their paths mean
         // nothing in the guest, and the guest agent runs none.
         spec.set_hooks(None);
-        if let Some(linux) = spec.linux_mut() {
+        // A host container (`linux_container`) keeps its namespaces and seccomp profile as
+        // the spec says: they are what isolates it.
+        let guest = runtime.name != "linux_container";
+        if let Some(linux) = spec.linux_mut().as_mut().filter(|_| guest) {
             // Containers share the sandbox's network namespace (the VM's), as in Kata. A host
             // path means nothing in the guest (runtime-rs's `amend_spec`): the guest agent puts
             // the container in the pod's IPC and UTS namespaces; the PID namespace's path is

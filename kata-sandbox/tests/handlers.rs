@@ -28,6 +28,7 @@ use tokio::io::AsyncWriteExt;
 enum Handler {
     Wasm,
     Virt,
+    Linux,
 }
 
 /// What a case asks a container to do; each handler has its own way of doing it.
@@ -64,7 +65,9 @@ impl Fixture {
         let rootfs = tmp.path().join("rootfs");
         match handler {
             Handler::Wasm => std::fs::create_dir(&rootfs).unwrap(),
-            Handler::Virt => kata_testkit::image::busybox_rootfs(&rootfs).expect("busybox rootfs"),
+            Handler::Virt | Handler::Linux => {
+                kata_testkit::image::busybox_rootfs(&rootfs).expect("busybox rootfs")
+            }
         }
         Fixture {
             tmp,
@@ -81,6 +84,7 @@ impl Fixture {
         let b = Sandbox::builder().id(id).root_dir(self.root());
         let b = match self.handler {
             Handler::Wasm => b.runtime_handler(RuntimeHandlerKind::WasmContainer),
+            Handler::Linux => b.runtime_handler(RuntimeHandlerKind::LinuxContainer),
             Handler::Virt => {
                 let agent = kata_testkit::agent_binary().unwrap_or_else(|e| panic!("{e}"));
                 b.hypervisor(HypervisorType::HostAgent)
@@ -112,23 +116,30 @@ impl Fixture {
                 vec![self.module("args.wasm", ARGS_AND_ENV_WAT)]
             }
             (Handler::Wasm, Program::Loop) => vec![self.module("loop.wasm", LOOP_WAT)],
-            (Handler::Virt, Program::Print { out, err, code }) => {
+            (_, Program::Print { out, err, code }) => {
                 sh(&format!("printf '{out}'; printf '{err}' >&2; exit {code}"))
             }
-            (Handler::Virt, Program::Cat) => vec!["cat".into()],
-            (Handler::Virt, Program::ArgsAndEnv) => sh("echo \"$@\"; env"),
-            (Handler::Virt, Program::Loop) => sh("while :; do :; done"),
+            (_, Program::Cat) => vec!["cat".into()],
+            (_, Program::ArgsAndEnv) => sh("echo \"$@\"; env"),
+            (_, Program::Loop) => sh("while :; do :; done"),
         };
         argv.extend(args.iter().map(|a| a.to_string()));
         ContainerSpec::from_rootfs_dir(&self.rootfs).args(argv)
     }
 
-    /// Nothing of sandbox `id` is left: no directory, no mount under the root.
+    /// Nothing of sandbox `id` is left: no directory, no mount under the root, no process
+    /// naming its directory, no cgroup of the linux handler's.
     fn assert_nothing_left(&self, id: &str) {
         let dir = self.root().join(id);
         assert!(!dir.exists(), "{} is left", dir.display());
         let mounts = mounts_under(&self.root());
         assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+        let procs = kata_testkit::leaks::processes_mentioning(&dir.display().to_string(), "\0");
+        assert!(procs.is_empty(), "processes left: {procs:?}");
+        if self.handler == Handler::Linux {
+            let cgroups = kata_testkit::leaks::cgroup_dirs(&format!("kata_linux/{id}"));
+            assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+        }
     }
 }
 
@@ -351,7 +362,7 @@ async fn exec_runs_or_is_unimplemented(h: Handler) {
     cat.start().await.unwrap();
     let exec = cat.exec(ProcessSpec::new(["echo", "exec"])).await;
     match h {
-        Handler::Virt => {
+        Handler::Virt | Handler::Linux => {
             let out = exec.unwrap().output().await.unwrap();
             assert_eq!(out.stdout_str(), "exec\n");
         }
@@ -389,6 +400,12 @@ macro_rules! suite {
             $(#[tokio::test]
             async fn $case() {
                 super::$case(super::Handler::Virt).await
+            })*
+        }
+        mod linux_container {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Handler::Linux).await
             })*
         }
     };
@@ -677,4 +694,253 @@ async fn wasm_sandbox_cannot_be_detached_and_dropping_it_stops_its_modules() {
         Path::new(&f.rootfs).join("loop.wasm").exists(),
         "the rootfs itself is kept"
     );
+}
+
+// ---- linux_container only ----
+
+/// The cgroup directory of container `cid` of sandbox `sb` in the v1 `controller` hierarchy (or
+/// the unified one).
+fn linux_cgroup(controller: &str, sb: &str, cid: &str) -> PathBuf {
+    let v1 = Path::new("/sys/fs/cgroup").join(controller);
+    let base = if v1.is_dir() {
+        v1
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    };
+    base.join("kata_linux").join(sb).join(cid)
+}
+
+#[tokio::test]
+async fn linux_the_container_has_its_own_namespaces_rootfs_and_cgroup() {
+    let f = Fixture::new(Handler::Linux);
+    let sb = f.sandbox("isolated").await;
+    let out = sb
+        .run(
+            f.spec(
+                Program::Print {
+                    out: "",
+                    err: "",
+                    code: 0,
+                },
+                &[],
+            )
+            .args(sh(
+                "echo pid=$$; ls /sys/class/net | tr '\\n' ' '; echo; cat /proc/self/cgroup; ls /",
+            ))
+            .id("c1"),
+        )
+        .await
+        .unwrap();
+    let text = out.stdout_str();
+    assert_eq!(
+        out.status,
+        ExitStatus::from_code(0),
+        "{text} {}",
+        out.stderr_str()
+    );
+    // Its own PID namespace: the shell is PID 1.
+    assert!(text.contains("pid=1\n"), "{text}");
+    // Its own network namespace: only a loopback (the host's eth0 is not there).
+    assert!(text.contains("\nlo \n"), "{text}");
+    // Its own cgroup namespace: its cgroup (`kata_linux/isolated/c1`, see the pause case) is
+    // its root.
+    assert!(text.contains("pids:/\n"), "{text}");
+    // The rootfs is the busybox one, not the host's.
+    assert!(text.contains("bin\n") && !text.contains("work\n"), "{text}");
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("isolated");
+}
+
+#[tokio::test]
+async fn linux_a_controller_the_host_lacks_is_a_clear_error_that_leaves_nothing() {
+    let f = Fixture::new(Handler::Linux);
+    let sb = f.sandbox("nohuge").await;
+    let mut spec = Spec::default();
+    spec.set_linux(Some(
+        LinuxBuilder::default()
+            .resources(
+                LinuxResourcesBuilder::default()
+                    .hugepage_limits(vec![
+                        kata_sandbox::oci_spec::runtime::LinuxHugepageLimitBuilder::default()
+                            .page_size("2MB")
+                            .limit(1 << 21)
+                            .build()
+                            .unwrap(),
+                    ])
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap(),
+    ));
+    let hugetlb = Path::new("/sys/fs/cgroup/hugetlb").is_dir();
+    let r = sb
+        .create_container(ContainerSpec::from_oci(spec, &f.rootfs).args(["true"]))
+        .await;
+    if hugetlb {
+        // A host with the controller: nothing to refuse.
+        r.unwrap().delete().await.unwrap();
+    } else {
+        let e = r.map(|_| ()).unwrap_err().to_string();
+        println!("refused: {e}");
+        assert!(
+            e.contains("linux.resources.hugepageLimits") && e.contains("`hugetlb`"),
+            "{e}"
+        );
+    }
+    assert!(sb.container_ids().is_empty());
+    let mounts = mounts_under(sb.dir());
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    let cgroups = kata_testkit::leaks::cgroup_dirs("kata_linux/nohuge");
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("nohuge");
+}
+
+#[tokio::test]
+async fn linux_pause_resume_stats_update_and_pids() {
+    let f = Fixture::new(Handler::Linux);
+    let sb = f.sandbox("operate").await;
+    let c = sb
+        .create_container(f.spec(Program::Loop, &[]).id("spin"))
+        .await
+        .unwrap();
+    c.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu = |s: kata_sandbox::ContainerStats| s.cgroup.cpu.unwrap().usage.total_ns;
+    assert!(cpu(c.stats().await.unwrap()) > 0, "it used CPU");
+    assert!(!c.pids().await.unwrap().is_empty());
+    c.pause().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let paused_at = cpu(c.stats().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        cpu(c.stats().await.unwrap()),
+        paused_at,
+        "no CPU while paused"
+    );
+    c.resume().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(cpu(c.stats().await.unwrap()) > paused_at, "it runs again");
+    // A new memory limit reaches the container's cgroup.
+    let limit = 64 << 20;
+    c.update(
+        &LinuxResourcesBuilder::default()
+            .memory(LinuxMemoryBuilder::default().limit(limit).build().unwrap())
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let v1 = linux_cgroup("memory", "operate", "spin").join("memory.limit_in_bytes");
+    let v2 = linux_cgroup("memory", "operate", "spin").join("memory.max");
+    let set = std::fs::read_to_string(&v1)
+        .or_else(|_| std::fs::read_to_string(&v2))
+        .unwrap();
+    assert_eq!(set.trim(), limit.to_string());
+    let mem = c.stats().await.unwrap().cgroup.memory.unwrap();
+    assert_eq!(mem.usage.limit, limit as u64);
+    // Killed while paused: the kill ends it all the same once deleted.
+    c.pause().await.unwrap();
+    c.kill(Signal::KILL).await.unwrap();
+    c.delete().await.unwrap();
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("operate");
+}
+
+#[tokio::test]
+async fn linux_a_kill_ends_the_containers_other_processes_and_execs_too() {
+    let f = Fixture::new(Handler::Linux);
+    let sb = f.sandbox("family").await;
+    let c = sb
+        .create_container(
+            f.spec(
+                Program::Print {
+                    out: "",
+                    err: "",
+                    code: 0,
+                },
+                &[],
+            )
+            .args(sh("sleep 1000 & sleep 1000 & wait"))
+            .id("parent"),
+        )
+        .await
+        .unwrap();
+    c.start().await.unwrap();
+    let exec = c.exec(ProcessSpec::new(["sleep", "999"])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sleeping = |arg: &str| {
+        let cmdline = format!("sleep {arg}");
+        kata_testkit::leaks::cmdlines()
+            .into_iter()
+            .filter(|(_, c)| c.trim_end() == cmdline)
+            .count()
+    };
+    assert_eq!((sleeping("1000"), sleeping("999")), (2, 1));
+    c.kill(Signal::KILL).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), c.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.signal(), Some(9));
+    // The PID namespace's init is gone: every process in it is killed, the exec too.
+    let status = tokio::time::timeout(Duration::from_secs(10), exec.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.signal(), Some(9));
+    assert_eq!((sleeping("1000"), sleeping("999")), (0, 0));
+    c.delete().await.unwrap();
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("family");
+}
+
+#[tokio::test]
+async fn linux_dropping_the_sandbox_ends_its_containers_and_terminals_are_refused() {
+    let f = Fixture::new(Handler::Linux);
+    let sb = f.sandbox("dropped").await;
+    let e = sb
+        .create_container(f.spec(Program::Cat, &[]).terminal(true))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::Unimplemented {
+                handler: RuntimeHandlerKind::LinuxContainer,
+                operation: "terminal",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let c = sb
+        .create_container(f.spec(Program::Loop, &[]).id("looping"))
+        .await
+        .unwrap();
+    c.start().await.unwrap();
+    let pids = c.pids().await.unwrap();
+    assert!(!pids.is_empty());
+    let e = sb.detach().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Unimplemented {
+                operation: "detach",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // The failed detach dropped the sandbox: its container is killed, everything released.
+    drop(c);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} of the dropped sandbox is alive"
+        );
+    }
+    f.assert_nothing_left("dropped");
 }

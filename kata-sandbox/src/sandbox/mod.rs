@@ -169,6 +169,13 @@ impl Sandbox {
                 let (h, timings) = crate::wasm::WasmContainer::start(&config, &dir, t0).await?;
                 (Arc::new(h) as Arc<dyn RuntimeHandler>, timings)
             }
+            #[cfg(feature = "linux")]
+            RuntimeHandlerKind::LinuxContainer => {
+                let (h, timings) = crate::linux::LinuxContainer::start(&config, &dir, t0).await?;
+                (Arc::new(h) as Arc<dyn RuntimeHandler>, timings)
+            }
+            // A handler whose cargo feature is off.
+            #[allow(unreachable_patterns)]
             other => {
                 other.check_built_in()?;
                 return Err(Error::invalid(

@@ -60,6 +60,15 @@ impl Sandbox {
             RuntimeHandlerKind::VirtContainer => Arc::new(
                 crate::virt::VirtContainer::restore(&state.config, dir, &state.handler).await?,
             ),
+            RuntimeHandlerKind::LinuxContainer => {
+                return Err(Error::Unimplemented {
+                    handler: RuntimeHandlerKind::LinuxContainer,
+                    operation: "restore",
+                    reason: "each container's helper process ended it with the process that \
+                             started it; `persist::cleanup` removes what is left"
+                        .into(),
+                })
+            }
             RuntimeHandlerKind::WasmContainer => {
                 return Err(Error::Unimplemented {
                     handler: RuntimeHandlerKind::WasmContainer,
@@ -67,12 +76,6 @@ impl Sandbox {
                     reason: "its modules ran in the process that started it and ended with it; \
                              `persist::cleanup` removes what is left"
                         .into(),
-                })
-            }
-            other => {
-                return Err(Error::CorruptState {
-                    path: SandboxState::path(dir),
-                    reason: format!("cannot restore a {other} sandbox: not built in"),
                 })
             }
         };
