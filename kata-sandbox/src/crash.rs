@@ -17,11 +17,15 @@
 //! |---|---|
 //! | `runtime` | this process (the shim) |
 //! | `qemu`, `vsock`, `virtiofsd` | the sandbox's QEMU, vhost-device-vsock or virtiofsd: every process whose command line names the sandbox's directory and whose name is that program's |
+//! | `enospc` | nobody: the fault is a full disk. The filesystem of the state root (the sandbox directory's parent) is filled by a file [`ENOSPC_FILL`] in that root, written until `ENOSPC`, so every later write there fails as on a full disk; the test frees the space by removing the file |
 
 use std::path::Path;
 
 /// The environment variable that arms a crash point (feature `crash-points`).
 pub const CRASH_ENV: &str = "KATA_RS_CRASH_AT";
+
+/// The file an `enospc` crash point fills the state root's filesystem with, in that root.
+pub const ENOSPC_FILL: &str = ".kata-rs-enospc-fill";
 
 /// A step a crash point marks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +79,8 @@ pub enum Victim {
     Vsock,
     /// The sandbox's virtiofsd.
     Virtiofsd,
+    /// Nobody is killed: the state root's filesystem is filled (see [`ENOSPC_FILL`]).
+    Enospc,
 }
 
 impl Victim {
@@ -85,10 +91,14 @@ impl Victim {
             Victim::Qemu => "qemu",
             Victim::Vsock => "vsock",
             Victim::Virtiofsd => "virtiofsd",
+            Victim::Enospc => "enospc",
         }
     }
 
-    /// Every victim.
+    /// The faults that kill no process: a full state directory.
+    pub const FAULTS: [Victim; 1] = [Victim::Enospc];
+
+    /// Every victim that is killed.
     pub const ALL: [Victim; 4] = [
         Victim::Runtime,
         Victim::Qemu,
@@ -100,7 +110,7 @@ impl Victim {
     #[cfg_attr(not(feature = "crash-points"), allow(dead_code))]
     fn comm_prefix(self) -> &'static str {
         match self {
-            Victim::Runtime => "",
+            Victim::Runtime | Victim::Enospc => "",
             Victim::Qemu => "qemu-system",
             Victim::Vsock => "vhost-device-vs",
             Victim::Virtiofsd => "virtiofsd",
@@ -112,7 +122,10 @@ impl Victim {
 pub fn parse(spec: &str) -> Option<(CrashStep, Victim)> {
     let (step, victim) = spec.trim().split_once(':')?;
     let step = CrashStep::ALL.into_iter().find(|s| s.name() == step)?;
-    let victim = Victim::ALL.into_iter().find(|v| v.name() == victim)?;
+    let victim = Victim::ALL
+        .into_iter()
+        .chain(Victim::FAULTS)
+        .find(|v| v.name() == victim)?;
     Some((step, victim))
 }
 
@@ -173,6 +186,12 @@ mod armed {
             );
             return;
         };
+        if victim == Victim::Enospc {
+            let root = dir.parent().unwrap_or(dir);
+            let filled = fill(&root.join(ENOSPC_FILL));
+            tracing::warn!(step = step.name(), root = %root.display(), filled, "crash point: state root filled");
+            return;
+        }
         let needle = format!("{}/", dir.display());
         let victims: Vec<i32> = std::fs::read_dir("/proc")
             .into_iter()
@@ -200,6 +219,31 @@ mod armed {
             std::thread::sleep(Duration::from_millis(10));
         }
         tracing::warn!(step = step.name(), victim = victim.name(), killed = ?victims, "crash point: killed");
+    }
+
+    /// Writes `file` until its filesystem is full; the bytes written.
+    pub(super) fn fill(file: &Path) -> u64 {
+        use std::io::Write;
+        let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+        else {
+            return 0;
+        };
+        let mut written = 0u64;
+        // Big chunks first, then single pages and bytes: nothing is left for anyone.
+        for chunk in [1 << 20, 4096, 1] {
+            let buf = vec![0xa5u8; chunk];
+            while let Ok(n) = f.write(&buf) {
+                if n == 0 {
+                    break;
+                }
+                written += n as u64;
+            }
+        }
+        let _ = f.sync_all();
+        written
     }
 
     fn zombie(pid: i32) -> bool {
@@ -236,11 +280,12 @@ mod tests {
             "bot:qemu",
             "boot:qemux",
             "boot:qemu:x",
+            "boot:enospc:x",
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
         for s in CrashStep::ALL {
-            for v in Victim::ALL {
+            for v in Victim::ALL.into_iter().chain(Victim::FAULTS) {
                 assert_eq!(parse(&format!("{}:{}", s.name(), v.name())), Some((s, v)));
             }
         }
@@ -260,5 +305,37 @@ mod tests {
         armed::fire(CrashStep::Exec, None);
         assert!(!file.exists(), "the file was not consumed");
         std::env::remove_var(CRASH_ENV);
+    }
+
+    #[cfg(feature = "crash-points")]
+    #[test]
+    fn enospc_fills_the_state_root_until_writes_fail() {
+        use std::io::Write;
+        let root = tempfile::tempdir().unwrap();
+        if nix::mount::mount(
+            Some("tmpfs"),
+            root.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=256k"),
+        )
+        .is_err()
+        {
+            assert!(!nix::unistd::geteuid().is_root(), "root could not mount");
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        }
+        let sandbox = root.path().join("sb");
+        std::fs::create_dir(&sandbox).unwrap();
+        let filled = armed::fill(&root.path().join(ENOSPC_FILL));
+        let e = std::fs::File::create(sandbox.join("state.json"))
+            .and_then(|mut f| f.write_all(&[b'x'; 8192]).and_then(|()| f.sync_all()));
+        let _ = nix::mount::umount2(root.path(), nix::mount::MntFlags::MNT_DETACH);
+        assert!(filled > 128 << 10, "only {filled} bytes filled");
+        assert_eq!(
+            e.expect_err("a write after the fill succeeded")
+                .raw_os_error(),
+            Some(libc::ENOSPC)
+        );
     }
 }

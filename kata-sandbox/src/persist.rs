@@ -139,7 +139,15 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
         std::process::id()
     ));
-    let ctx = |what: &str| format!("{what} {}", tmp.display());
+    // The error names the file being replaced (and the temporary written for it): a full
+    // state directory must say which file it could not write.
+    let ctx = |what: &str| {
+        format!(
+            "{what} {}, the new {} (which is left as it was)",
+            tmp.display(),
+            path.display()
+        )
+    };
     let result = (|| {
         // Root's only, whatever the umask: it names the sandbox's processes and mounts.
         let mut f = std::os::unix::fs::OpenOptionsExt::mode(
@@ -255,5 +263,72 @@ fn remove_temporaries(dir: &Path) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small tmpfs of its own (root only): `None` when this process may not mount.
+    struct SmallFs(tempfile::TempDir);
+
+    impl SmallFs {
+        fn mount(size: &str) -> Option<SmallFs> {
+            let dir = tempfile::tempdir().ok()?;
+            nix::mount::mount(
+                Some("tmpfs"),
+                dir.path(),
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some(format!("size={size},mode=0700").as_str()),
+            )
+            .ok()?;
+            Some(SmallFs(dir))
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn a_full_filesystem_keeps_the_old_state_and_names_the_file() {
+        let Some(fs) = SmallFs::mount("64k") else {
+            assert!(
+                !nix::unistd::geteuid().is_root(),
+                "root could not mount a tmpfs"
+            );
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        };
+        let path = fs.0.path().join(STATE_FILE);
+        write_atomically(&path, b"{\"version\": 2, \"old\": true}").unwrap();
+        // Fill the rest, then try to replace the file with something larger than what is left.
+        let mut filler = std::fs::File::create(fs.0.path().join("filler")).unwrap();
+        while filler.write(&[0u8; 4096]).is_ok_and(|n| n > 0) {}
+        drop(filler);
+        let big = vec![b' '; 32 << 10];
+        let e = write_atomically(&path, &big).expect_err("no space left").to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("No space left on device"),
+            "the error names neither the state file nor the cause: {e}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"{\"version\": 2, \"old\": true}",
+            "the old state is not intact"
+        );
+        let names: Vec<String> = std::fs::read_dir(fs.0.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.contains(".tmp-")),
+            "a temporary is left: {names:?}"
+        );
     }
 }

@@ -18,11 +18,10 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use kata_testkit::containerd::Containerd;
+use kata_testkit::containerd::{self, Containerd, ShimContainerd, StartOptions};
 use kata_testkit::harness::{booted, Suite};
 use kata_testkit::image as testimage;
 use kata_testkit::leaks::cmdlines;
-use kata_testkit::missing_root_or_tools;
 
 const RUNTIME: &str = "io.containerd.kata.v2";
 const NS: &str = "kata-rs-test";
@@ -141,10 +140,10 @@ impl Drop for Events {
 
 /// The private containerd with the test image imported, and what was there before the cases.
 struct Env {
-    ctr: Containerd,
+    ctr: ShimContainerd,
+    /// containerd's directory (its root, state, socket and log), also the cases' own.
     tmp: PathBuf,
     baseline: Leftovers,
-    _work: tempfile::TempDir,
 }
 
 fn case_run_rm_echo_output_and_exit_codes(env: &Env) -> Result<()> {
@@ -929,31 +928,28 @@ fn case_ten_sequential_runs_leave_nothing(env: &Env) -> Result<()> {
 }
 
 fn missing() -> Option<String> {
-    if let Some(reason) = missing_root_or_tools(&["containerd", "ctr", "qemu-system-x86_64"]) {
-        return Some(reason);
-    }
-    if !kata_hypervisor::GuestManifest::default_path().is_file() {
-        return Some("no guest image (run `make guest`)".into());
-    }
-    None
+    containerd::missing(
+        &["qemu-system-x86_64"],
+        Some(&kata_hypervisor::GuestManifest::default_path()),
+    )
 }
 
 /// A private containerd whose `PATH` starts with the shim's directory, with the busybox
 /// test image imported.
 fn setup() -> Result<Env> {
-    let work = tempfile::Builder::new().prefix("kata-shim-ctd").tempdir()?;
-    let tmp = work.path().to_path_buf();
-    let image = testimage::busybox_image_tar(&tmp.join("busybox.tar"))?;
     let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
-    let ctr = Containerd::start(&tmp, Some(NS), Some(shim.parent().unwrap()))?;
-    ctr.ok(&["image", "import", image.path.to_str().unwrap()])?;
+    let ctr = ShimContainerd::start(
+        "kata-shim-ctd",
+        &shim,
+        &StartOptions {
+            namespace: Some(NS),
+            ..StartOptions::default()
+        },
+    )?;
+    ctr.import_busybox()?;
+    let tmp = ctr.dir().to_path_buf();
     let baseline = leftovers(&tmp);
-    Ok(Env {
-        ctr,
-        tmp,
-        baseline,
-        _work: work,
-    })
+    Ok(Env { ctr, tmp, baseline })
 }
 
 /// Issue 10 item 3 through containerd: `ctr run --mount type=bind,...` of a host directory:
@@ -1260,15 +1256,6 @@ fn main() -> std::process::ExitCode {
             );
             Ok(())
         })
-        .diagnostics(|env: &Env| {
-            let log = env.ctr.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            let mut out = String::from("--- containerd log (last lines) ---");
-            for l in tail.into_iter().rev() {
-                out.push('\n');
-                out.push_str(l);
-            }
-            out
-        })
+        .diagnostics(|env: &Env| env.ctr.log_tail(40))
         .run_with(async { setup() })
 }

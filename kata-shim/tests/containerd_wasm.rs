@@ -13,11 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use kata_testkit::containerd::Containerd;
+use kata_testkit::containerd::{self, ShimContainerd, StartOptions};
 use kata_testkit::harness::Suite;
 use kata_testkit::image::layout::{ImageSpec, IndexEntry, LayoutWriter, TarBuilder};
 use kata_testkit::leaks::cmdlines;
-use kata_testkit::missing_root_or_tools;
 
 const RUNTIME: &str = "io.containerd.kata.v2";
 const NS: &str = "kata-rs-wasm";
@@ -62,9 +61,8 @@ const EXIT3_WAT: &str = r#"(module
 
 /// The private containerd with the module image imported.
 struct Env {
-    ctr: Containerd,
+    ctr: ShimContainerd,
     config: PathBuf,
-    _work: tempfile::TempDir,
 }
 
 /// What a run may leave: shim processes, mounts of kata sandboxes, our sandbox directories.
@@ -148,17 +146,19 @@ fn case_a_missing_module_is_a_clear_error(env: &Env) -> Result<()> {
     Ok(())
 }
 
-fn missing() -> Option<String> {
-    missing_root_or_tools(&["containerd", "ctr"])
-}
-
 /// The image: one layer with the modules, imported into a private containerd whose `PATH`
 /// starts with the shim cargo built.
 fn setup() -> Result<Env> {
-    let work = tempfile::Builder::new()
-        .prefix("kata-shim-wasm")
-        .tempdir()?;
-    let tmp = work.path().to_path_buf();
+    let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
+    let ctr = ShimContainerd::start(
+        "kata-shim-wasm",
+        &shim,
+        &StartOptions {
+            namespace: Some(NS),
+            ..StartOptions::default()
+        },
+    )?;
+    let tmp = ctr.dir().to_path_buf();
     let mut layer = TarBuilder::new();
     layer.file("hello.wasm", 0o644, 0, 0, &wat::parse_str(HELLO_WAT)?);
     layer.file("exit3.wasm", 0o644, 0, 0, &wat::parse_str(EXIT3_WAT)?);
@@ -184,20 +184,14 @@ fn setup() -> Result<Env> {
         &config,
         "[hypervisor.qemu]\n\n[runtime]\nname = \"wasm_container\"\n",
     )?;
-    let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
-    let ctr = Containerd::start(&tmp, Some(NS), Some(shim.parent().unwrap()))?;
-    ctr.ok(&["image", "import", image.to_str().unwrap()])?;
-    Ok(Env {
-        ctr,
-        config,
-        _work: work,
-    })
+    ctr.import(&image)?;
+    Ok(Env { ctr, config })
 }
 
 fn main() -> std::process::ExitCode {
     Suite::new("containerd_wasm")
         .label("containerd wasm tests")
-        .requires(missing)
+        .requires(|| containerd::missing(&[], None))
         .timeout(Duration::from_secs(120))
         .blocking_case(
             "output_and_exit_codes_come_back",
@@ -209,29 +203,13 @@ fn main() -> std::process::ExitCode {
         )
         .leak_check(|env: &Env| {
             std::thread::sleep(Duration::from_millis(300));
-            let left = leftovers(&env.ctr_dir());
+            let left = leftovers(env.ctr.dir());
             ensure!(
                 left == (0, 0, Vec::new()),
                 "left behind (shims, mounts, dirs): {left:?}"
             );
             Ok(())
         })
-        .diagnostics(|env: &Env| {
-            let log = env.ctr.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            let mut out = String::from("--- containerd log (last lines) ---");
-            for l in tail.into_iter().rev() {
-                out.push('\n');
-                out.push_str(l);
-            }
-            out
-        })
+        .diagnostics(|env: &Env| env.ctr.log_tail(40))
         .run_with(async { setup() })
-}
-
-impl Env {
-    /// containerd's directory (its root, state and socket).
-    fn ctr_dir(&self) -> PathBuf {
-        self._work.path().to_path_buf()
-    }
 }

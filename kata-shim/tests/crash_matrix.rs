@@ -14,18 +14,28 @@
 //! sandbox directory, shim socket or host cgroup, and no task or container in containerd.
 //! One output line per cell. The image-unpack step of the issue has no cell: the shim never
 //! unpacks an image (containerd does; kata-rs's unpacker serves the Rust API).
+//!
+//! One more fault, `enospc` (case `full_state_dir_at_every_step`): a second containerd whose
+//! shims keep their sandboxes under a 16 MiB tmpfs (`$KATA_RS_ROOT_DIR`), filled at the step
+//! (boot before `state.json`, Create, Start, Exec, Delete) and left full through the user's
+//! cleanup. containerd must get an error naming `state.json` and "No space left on device"
+//! (at the step, or at the next one that writes the state; Delete writes none that matters),
+//! every `state.json` seen must parse (it is replaced by rename, never truncated), and nothing
+//! may be left.
+//!
+//! One cell at a time: `KATA_RS_CRASH_CELLS=exec:qemu,boot:enospc` (a comma list of
+//! `<step>:<victim>`) runs only those.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use kata_sandbox::crash::{CrashStep, Victim, CRASH_ENV};
-use kata_testkit::containerd::{Containerd, StartOptions};
+use anyhow::{ensure, Result};
+use kata_sandbox::crash::{CrashStep, Victim, CRASH_ENV, ENOSPC_FILL};
+use kata_sandbox::persist::SandboxState;
+use kata_testkit::containerd::{self, Containerd, ShimContainerd, StartOptions};
 use kata_testkit::harness::{booted, Suite};
 use kata_testkit::image as testimage;
 use kata_testkit::leaks::{cgroup_dirs, cmdlines};
-use kata_testkit::missing_root_or_tools;
 
 const RUNTIME: &str = "io.containerd.kata.v2";
 const NS: &str = "kata-rs-crash";
@@ -33,42 +43,34 @@ const NS: &str = "kata-rs-crash";
 const CTR_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Env {
-    ctr: Containerd,
+    ctr: ShimContainerd,
     /// The file `KATA_RS_CRASH_AT` points at.
     crash_file: PathBuf,
-    _work: tempfile::TempDir,
+    _crash_dir: tempfile::TempDir,
 }
+
+/// The state root of the kill cells' shims (the default).
+const DEFAULT_ROOT: &str = "/run/kata";
 
 /// One `ctr` call, killed after [`CTR_TIMEOUT`]: (succeeded, stderr). A hang is an error.
 fn ctr(c: &Containerd, args: &[&str]) -> Result<(bool, String)> {
-    let mut cmd: Command = c.command(args);
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn()?;
-    let t0 = Instant::now();
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        if t0.elapsed() > CTR_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("`ctr {}` hung for {CTR_TIMEOUT:?}", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out: Output = child.wait_with_output()?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    ))
+    c.ctr_within(args, CTR_TIMEOUT)
 }
 
-/// What is left of sandbox `id`: processes naming its directory or shim, its mounts, its
-/// directory, its host cgroups, containerd's task and container.
-fn left_of(c: &Containerd, id: &str) -> Vec<String> {
-    let dir = format!("/run/kata/{id}/");
+/// Whether `KATA_RS_CRASH_CELLS` (a comma list of `<step>:<victim>`) selects the cell; all
+/// cells without it.
+fn selected(step: CrashStep, victim: Victim) -> bool {
+    let name = format!("{}:{}", step.name(), victim.name());
+    match std::env::var("KATA_RS_CRASH_CELLS") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').any(|c| c.trim() == name),
+        _ => true,
+    }
+}
+
+/// What is left of sandbox `id` under the state root `root`: processes naming its directory
+/// or shim, its mounts, its directory, its host cgroups, containerd's task and container.
+fn left_of(c: &Containerd, root: &Path, id: &str) -> Vec<String> {
+    let dir = format!("{}/{id}/", root.display());
     let mut left: Vec<String> = cmdlines()
         .into_iter()
         .filter(|(_, cmd)| {
@@ -98,12 +100,8 @@ fn left_of(c: &Containerd, id: &str) -> Vec<String> {
                 .map(|d| format!("cgroup {}", d.display())),
         );
     }
-    for (what, args) in [("task", ["task", "ls"]), ("container", ["container", "ls"])] {
-        let listed = c.ctr(&args);
-        if String::from_utf8_lossy(&listed.stdout)
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(id))
-        {
+    for what in ["task", "container"] {
+        if c.lists(what, id) {
             left.push(format!("containerd still lists {what} {id}"));
         }
     }
@@ -169,7 +167,7 @@ fn cell(env: &Env, step: CrashStep, victim: Victim) -> Result<String> {
     // Cleanup may take a moment (containerd runs the shim's `delete` for a dead shim).
     let t0 = Instant::now();
     let left = loop {
-        let left = left_of(c, &id);
+        let left = left_of(c, Path::new(DEFAULT_ROOT), &id);
         if left.is_empty() || t0.elapsed() > Duration::from_secs(20) {
             break left;
         }
@@ -203,6 +201,9 @@ fn case_matrix(env: &Env) -> Result<()> {
     let mut cells = 0;
     for victim in Victim::ALL {
         for step in CrashStep::ALL {
+            if !selected(step, victim) {
+                continue;
+            }
             cells += 1;
             match cell(env, step, victim) {
                 Ok(line) => println!("    {line}"),
@@ -228,41 +229,223 @@ fn case_matrix(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// A tmpfs of `size` on a temporary directory, unmounted (lazily) and removed on drop.
+struct SmallTmpfs(tempfile::TempDir);
+
+impl SmallTmpfs {
+    fn mount(size: &str) -> Result<SmallTmpfs> {
+        let dir = tempfile::Builder::new().prefix("kata-enospc").tempdir()?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0711")])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "mount tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(SmallTmpfs(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Every `state.json` under `root/id` must parse, and no temporary may stay beside it.
+fn check_state(root: &Path, id: &str, when: &str, torn: &mut Vec<String>) {
+    let dir = root.join(id);
+    if SandboxState::path(&dir).exists() {
+        if let Err(e) = SandboxState::load(&dir) {
+            if !matches!(e, kata_sandbox::Error::NotFound { .. }) {
+                torn.push(format!("after {when}: {e}"));
+            }
+        }
+    }
+}
+
+/// One ENOSPC cell: the state root fills at `step` and stays full through the user's
+/// cleanup; then the space is freed.
+fn enospc_cell(c: &Containerd, root: &Path, crash_file: &Path, step: CrashStep) -> Result<String> {
+    let id = format!("kc-{}-enospc", step.name());
+    std::fs::write(crash_file, format!("{}:enospc", step.name()))?;
+    let fill = root.join(ENOSPC_FILL);
+    let mut said = Vec::new();
+    let mut errors = Vec::new();
+    let mut torn = Vec::new();
+    let mut call = |what: &str, args: &[&str], torn: &mut Vec<String>| -> Result<bool> {
+        let (ok, err) = ctr(c, args)?;
+        said.push(if ok {
+            format!("{what} ok")
+        } else {
+            format!("{what} error")
+        });
+        if !ok {
+            errors.push(format!("{what}: {err}"));
+        }
+        check_state(root, &id, what, torn);
+        Ok(ok)
+    };
+    let ran = call(
+        "run",
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            testimage::IMAGE_NAME,
+            &id,
+            "sleep",
+            "1000",
+        ],
+        &mut torn,
+    )?;
+    if ran {
+        booted();
+        call(
+            "exec",
+            &["task", "exec", "--exec-id", "e1", &id, "true"],
+            &mut torn,
+        )?;
+    }
+    if call("kill", &["task", "kill", "-s", "KILL", &id], &mut torn)? {
+        let _ = c.wait_status(&id, "STOPPED", Duration::from_secs(15));
+    }
+    call("delete", &["task", "delete", &id], &mut torn)?;
+    // The user's cleanup, the disk still full.
+    let _ = ctr(c, &["task", "delete", "-f", &id])?;
+    let _ = ctr(c, &["container", "rm", &id])?;
+    let fired = !crash_file.exists();
+    let _ = std::fs::remove_file(crash_file);
+    let t0 = Instant::now();
+    let left = loop {
+        let left = left_of(c, root, &id);
+        if left.is_empty() || t0.elapsed() > Duration::from_secs(20) {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let was_full = fill.exists();
+    let _ = std::fs::remove_file(&fill);
+    ensure!(fired && was_full, "{id}: the fault never fired ({said:?})");
+    ensure!(torn.is_empty(), "{id}: state.json unreadable: {torn:#?}");
+    ensure!(
+        left.is_empty(),
+        "{id}: left after cleanup ({said:?}): {left:#?}"
+    );
+    // containerd must hear which file and why, except at Delete (which writes no state that
+    // a cleanup needs: the container is gone either way).
+    let told = errors
+        .iter()
+        .find(|e| e.contains("state.json") && e.contains("No space left on device"));
+    ensure!(
+        told.is_some() || step == CrashStep::Delete,
+        "{id}: containerd never heard that state.json could not be written: {said:?} {errors:#?}"
+    );
+    Ok(format!(
+        "crash {:>8} x {:<9} {}{} -> clean in {:.1?}",
+        step.name(),
+        Victim::Enospc.name(),
+        said.join(", "),
+        told.map(|e| format!(" [{}]", e.lines().next().unwrap_or("")))
+            .unwrap_or_default(),
+        t0.elapsed()
+    ))
+}
+
+/// The ENOSPC cells, under a containerd of their own whose shims keep their state on a small
+/// tmpfs.
+fn case_full_state_dir(env: &Env) -> Result<()> {
+    let fs = SmallTmpfs::mount("16m")?;
+    let root = fs.path().to_path_buf();
+    let crash_file = env.crash_file.with_file_name("crash-at-enospc");
+    let crash_env = format!("@{}", crash_file.display());
+    let root_env = root.display().to_string();
+    let ctd = ShimContainerd::start(
+        "kata-crash-enospc",
+        &shim(),
+        &StartOptions {
+            namespace: Some(NS),
+            env: &[
+                (CRASH_ENV, &crash_env),
+                (kata_shim::shim::ROOT_DIR_ENV, &root_env),
+            ],
+            ..StartOptions::default()
+        },
+    )?;
+    ctd.import(&env.ctr.dir().join("busybox.tar"))?;
+    let mut failures = Vec::new();
+    let mut cells = 0;
+    for step in [
+        CrashStep::Boot,
+        CrashStep::Create,
+        CrashStep::Start,
+        CrashStep::Exec,
+        CrashStep::Delete,
+    ] {
+        if !selected(step, Victim::Enospc) {
+            continue;
+        }
+        cells += 1;
+        match enospc_cell(&ctd, &root, &crash_file, step) {
+            Ok(line) => println!("    {line}"),
+            Err(e) => {
+                println!("    crash {} x enospc: FAILED {e:#}", step.name());
+                failures.push(format!("{}:enospc: {e:#}", step.name()));
+                let _ = std::fs::remove_file(root.join(ENOSPC_FILL));
+                ctd.force_remove(&format!("kc-{}-enospc", step.name()));
+            }
+        }
+    }
+    println!(
+        "    full state directory: {} of {cells} cells passed",
+        cells - failures.len()
+    );
+    drop(ctd);
+    ensure!(failures.is_empty(), "{failures:#?}");
+    Ok(())
+}
+
 fn missing() -> Option<String> {
-    if let Some(reason) = missing_root_or_tools(&["containerd", "ctr", "qemu-system-x86_64"]) {
-        return Some(reason);
-    }
-    if !kata_hypervisor::GuestManifest::default_path().is_file() {
-        return Some("no guest image (run `make guest`)".into());
-    }
-    None
+    containerd::missing(
+        &["qemu-system-x86_64"],
+        Some(&kata_hypervisor::GuestManifest::default_path()),
+    )
+}
+
+fn shim() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"))
 }
 
 fn setup() -> Result<Env> {
-    let work = tempfile::Builder::new().prefix("kata-crash").tempdir()?;
-    let tmp = work.path().to_path_buf();
-    let image = testimage::busybox_image_tar(&tmp.join("busybox.tar"))?;
-    let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
-    let crash_file = tmp.join("crash-at");
+    // The crash file's name is known before containerd starts: it is in containerd's env.
+    let crash_dir = tempfile::Builder::new().prefix("kata-crash-at").tempdir()?;
+    let crash_file = crash_dir.path().join("crash-at");
     let crash_env = format!("@{}", crash_file.display());
-    let ctr = Containerd::start_with(
-        &tmp,
+    let ctr = ShimContainerd::start(
+        "kata-crash",
+        &shim(),
         &StartOptions {
             namespace: Some(NS),
-            path_first: shim.parent(),
             env: &[(CRASH_ENV, &crash_env)],
             ..StartOptions::default()
         },
     )?;
-    ctr.ok(&[
-        "image",
-        "import",
-        image.path.to_str().context("image path")?,
-    ])?;
+    ctr.import_busybox()?;
     Ok(Env {
         ctr,
         crash_file,
-        _work: work,
+        _crash_dir: crash_dir,
     })
 }
 
@@ -272,5 +455,6 @@ fn main() -> std::process::ExitCode {
         .requires(missing)
         .timeout(Duration::from_secs(1500))
         .blocking_case("kill_9_at_every_step", case_matrix)
+        .blocking_case("full_state_dir_at_every_step", case_full_state_dir)
         .run_with(async { setup() })
 }

@@ -1,11 +1,94 @@
 //! A private containerd: its own root, state, socket and (empty) config in a directory of the
 //! test's, so that the host's containerd and its configuration play no part; `ctr` against it.
+//!
+//! The shim's containerd suites (kata-shim's `containerd_*.rs`, `crash_matrix.rs`) start theirs
+//! with [`ShimContainerd`] (a temporary directory of its own, `PATH` starting with the shim
+//! cargo built, images imported) and check what they need with [`missing`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+
+/// Why a containerd suite cannot run here, if it cannot: not root, a program of `tools`
+/// (beyond `containerd` and `ctr`, which are always needed) not on `PATH`, or, with
+/// `guest_manifest`, no guest image there (`make guest` builds it).
+pub fn missing(tools: &[&str], guest_manifest: Option<&Path>) -> Option<String> {
+    let mut all = vec!["containerd", "ctr"];
+    all.extend_from_slice(tools);
+    if let Some(reason) = crate::missing_root_or_tools(&all) {
+        return Some(reason);
+    }
+    match guest_manifest {
+        Some(m) if !m.is_file() => Some(format!(
+            "no guest image ({} is missing: run `make guest`)",
+            m.display()
+        )),
+        _ => None,
+    }
+}
+
+/// A [`Containerd`] in a temporary directory of its own (removed on drop, after containerd has
+/// stopped), whose `PATH` starts with the directory of the shim under test: the setup of every
+/// containerd suite of the shim. Derefs to the [`Containerd`].
+pub struct ShimContainerd {
+    ctr: Containerd,
+    work: tempfile::TempDir,
+}
+
+impl ShimContainerd {
+    /// Starts containerd in a fresh temporary directory named `<prefix>...` with `options`,
+    /// its `PATH` starting with `shim`'s directory (`options.path_first` is ignored).
+    pub fn start(prefix: &str, shim: &Path, options: &StartOptions<'_>) -> Result<Self> {
+        let work = tempfile::Builder::new().prefix(prefix).tempdir()?;
+        let shim_dir = shim
+            .parent()
+            .with_context(|| format!("the shim {} has no directory", shim.display()))?;
+        let ctr = Containerd::start_with(
+            work.path(),
+            &StartOptions {
+                path_first: Some(shim_dir),
+                ..*options
+            },
+        )?;
+        Ok(ShimContainerd { ctr, work })
+    }
+
+    /// The temporary directory: containerd's root, state, socket and log, and the test's files.
+    pub fn dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// The containerd.
+    pub fn containerd(&self) -> &Containerd {
+        &self.ctr
+    }
+
+    /// `ctr image import` of an image tarball.
+    pub fn import(&self, tar: &Path) -> Result<()> {
+        let tar = tar
+            .to_str()
+            .with_context(|| format!("image path {} is not UTF-8", tar.display()))?;
+        self.ctr.ok(&["image", "import", tar])?;
+        Ok(())
+    }
+
+    /// Builds the busybox test image ([`crate::image::busybox_image_tar`],
+    /// [`crate::image::IMAGE_NAME`]) in [`dir`](Self::dir) and imports it.
+    pub fn import_busybox(&self) -> Result<()> {
+        let image = crate::image::busybox_image_tar(&self.dir().join("busybox.tar"))?;
+        self.import(&image.path)
+    }
+}
+
+impl std::ops::Deref for ShimContainerd {
+    type Target = Containerd;
+
+    fn deref(&self) -> &Containerd {
+        &self.ctr
+    }
+}
 
 /// How [`Containerd::start_with`] starts containerd.
 #[derive(Debug, Clone, Copy, Default)]
@@ -109,6 +192,51 @@ impl Containerd {
     /// containerd's log (its stderr) so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// The last `n` lines of containerd's log under a heading, for a suite's diagnostics.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let mut out = String::from("--- containerd log (last lines) ---");
+        for l in &lines[lines.len().saturating_sub(n)..] {
+            out.push('\n');
+            out.push_str(l);
+        }
+        out
+    }
+
+    /// Runs `ctr args`, killed after `timeout`: whether it succeeded, and its stderr (trimmed).
+    /// A `ctr` still running after `timeout` is an error naming the call.
+    pub fn ctr_within(&self, args: &[&str], timeout: Duration) -> Result<(bool, String)> {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("run ctr")?;
+        let t0 = Instant::now();
+        while child.try_wait()?.is_none() {
+            if t0.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("`ctr {}` hung for {timeout:?}", args.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+
+    /// Whether `ctr <what> ls` (`task`, `container`) lists `id`.
+    pub fn lists(&self, what: &str, id: &str) -> bool {
+        let listed = self.ctr(&[what, "ls"]);
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(id))
     }
 
     /// A `ctr` command against this containerd (address and namespace set, stdin null).

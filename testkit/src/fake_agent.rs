@@ -64,7 +64,7 @@ pub enum Fault {
 /// A running fake agent; stops (and removes its socket) when dropped.
 #[derive(Debug)]
 pub struct FakeAgent {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     socket: PathBuf,
     counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
@@ -80,14 +80,26 @@ impl FakeAgent {
     /// Starts serving on a fresh socket, answering each named method (the ttRPC method name:
     /// `WaitProcess`, `ReadStdout`, `Check`, ...) with its fault. Must run in a tokio runtime.
     pub fn start<'a>(faults: impl IntoIterator<Item = (&'a str, Fault)>) -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut fake = Self::start_at(&dir.path().join("fake-agent.sock"), faults)?;
+        fake._dir = Some(dir);
+        Ok(fake)
+    }
+
+    /// [`start`](Self::start) on the socket `socket` (which must not exist): where a runtime
+    /// expects its agent, e.g. the test backend's `<vm_dir>/agent.sock` when the fake runs as
+    /// that backend's agent program.
+    pub fn start_at<'a>(
+        socket: &Path,
+        faults: impl IntoIterator<Item = (&'a str, Fault)>,
+    ) -> std::io::Result<Self> {
         let faults: Arc<HashMap<String, Fault>> = Arc::new(
             faults
                 .into_iter()
                 .map(|(m, f)| (m.to_string(), f))
                 .collect(),
         );
-        let dir = tempfile::tempdir()?;
-        let socket = dir.path().join("fake-agent.sock");
+        let socket = socket.to_path_buf();
         let listener = UnixListener::bind(&socket)?;
         let counters = Arc::new(Counters::default());
         let task_counters = counters.clone();
@@ -98,7 +110,7 @@ impl FakeAgent {
             }
         });
         Ok(FakeAgent {
-            _dir: dir,
+            _dir: None,
             socket,
             counters,
             task,

@@ -790,7 +790,14 @@ impl Core {
             e.created = true;
             e.hooks = planned.later;
         }
-        self.persist_or_warn();
+        if let Err(e) = self.persist() {
+            // A container `state.json` does not name would be missed by a cleanup after a
+            // crash: it is removed again and Create fails (a full state directory).
+            if let Err(re) = self.handler.remove_container(id).await {
+                tracing::warn!(sandbox_id = %self.id(), container_id = %id, error = %re, "removing a container whose state could not be written");
+            }
+            return Err(e);
+        }
         tracing::debug!(sandbox_id = %self.id(), container_id = %id, "container created");
         Ok(Container {
             id: id.to_string(),
@@ -830,7 +837,8 @@ impl Core {
             _ => false,
         };
         if changed {
-            self.persist_or_warn();
+            // Kata's answer: the start stands, and its caller hears that it is not recorded.
+            self.persist()?;
         }
         Ok(())
     }
@@ -867,9 +875,25 @@ impl Core {
                 .await
         };
         let started = self.guarded(started).await;
+        let started = match started {
+            Ok(streams) => match self.persist() {
+                Ok(()) => Ok(streams),
+                Err(e) => {
+                    // Not recorded, so not kept: nobody gets a handle to wait for it. Killed
+                    // and reaped, so the runtime forgets it and its exec id is free again.
+                    let _ = self
+                        .handler
+                        .signal_process(container_id, &exec_id, Signal::KILL)
+                        .await;
+                    let reaped = self.handler.wait_process(container_id, &exec_id);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), reaped).await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
         match started {
             Ok(streams) => {
-                self.persist_or_warn();
                 Ok(Process {
                     container_id: container_id.to_string(),
                     exec_id,
