@@ -81,6 +81,10 @@ pub const DEFAULT_TDX_QGS_PORT: u32 = 4050;
 pub const DEFAULT_SECCOMP_SANDBOX: &str =
     "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
+/// The default `rootless_uid_range`: 65536 ids at the start of the range systemd leaves unused
+/// (1879048192, 0x70000000: above systemd-nspawn's container ranges, below 2^31).
+pub const DEFAULT_ROOTLESS_UID_RANGE: &str = "1879048192-1879113727";
+
 /// The VMM a `[hypervisor.<name>]` table configures.
 ///
 /// Which of them kata-rs can run in this build is [`crate::backend`]'s business: a type without
@@ -432,9 +436,13 @@ pub struct HypervisorConfig {
     pub network_queues: u32,
 
     // --- security -----------------------------------------------------------------------------
-    /// Run the VMM as a random non-root user. Default false. The QEMU backend refuses `true`
-    /// (not implemented: see the crate's README).
+    /// Run the VMM as an unprivileged per-sandbox user. Default false. The QEMU backend runs
+    /// QEMU as a uid of `rootless_uid_range` in a mount namespace of its own (`qemu/rootless.rs`);
+    /// the built-in VMM refuses `true`.
     pub rootless: bool,
+    /// kata-rs only: the uids (`FIRST-LAST`) a rootless QEMU runs as, one per sandbox, with no
+    /// `/etc/passwd` entry. Default `1879048192-1879113727`.
+    pub rootless_uid_range: String,
     /// Turn off the VMM's own seccomp filter (Cloud Hypervisor, Firecracker, Dragonball).
     pub disable_seccomp: bool,
     /// QEMU's seccomp sandbox (`-sandbox`): `on` or `off`, then QEMU's sub-options
@@ -588,6 +596,7 @@ impl Default for HypervisorConfig {
             tx_rate_limiter_max_rate: 0,
             network_queues: 1,
             rootless: false,
+            rootless_uid_range: crate::config::DEFAULT_ROOTLESS_UID_RANGE.into(),
             disable_seccomp: false,
             seccomp_sandbox: String::new(),
             confidential_guest: false,

@@ -119,7 +119,13 @@ pub fn cleanup(saved: Option<&HypervisorState>, vm_dir: &Path) -> Result<Cleanup
         #[cfg(feature = "builtin")]
         Some(HypervisorType::Dragonball) => Vec::new(),
         // No state, or a backend this build does not have: what names the VM directory.
-        _ => crate::process::kill_processes_naming(vm_dir, &[], KILL_WAIT),
+        _ => {
+            let killed = crate::process::kill_processes_naming(vm_dir, &[], KILL_WAIT);
+            // A rootless QEMU's uid: the claims naming the VM directory.
+            #[cfg(feature = "qemu")]
+            crate::qemu::release_uids_left(None, vm_dir);
+            killed
+        }
     };
     let mut report = CleanupReport {
         killed,
@@ -264,8 +270,15 @@ mod tests {
     #[cfg(feature = "qemu")]
     #[test]
     fn capabilities_refuse_what_the_backend_does_not_implement() {
+        // Rootless QEMU is implemented with virtio-fs, not with the 9p share.
+        let rootless = HypervisorConfig {
+            rootless: true,
+            ..Default::default()
+        };
+        capabilities(HypervisorType::Qemu, &rootless).unwrap();
         let config = HypervisorConfig {
             rootless: true,
+            shared_fs: crate::SharedFs::Virtio9p,
             ..Default::default()
         };
         let e = capabilities(HypervisorType::Qemu, &config)

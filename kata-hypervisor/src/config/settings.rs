@@ -204,6 +204,7 @@ mod tests {
             (
                 HypervisorConfig {
                     rootless: true,
+                    shared_fs: crate::SharedFs::Virtio9p,
                     ..Default::default()
                 },
                 "rootless = true",
@@ -251,6 +252,30 @@ mod tests {
             let e = c.check_refused(kind).unwrap_err().to_string();
             assert!(e.contains("not implemented") || e.contains("yet"), "{e}");
         }
+        // Rootless QEMU with virtio-fs (the default) or no share is implemented; the range is
+        // acted on only with it.
+        for shared_fs in [crate::SharedFs::VirtioFs, crate::SharedFs::None] {
+            let c = HypervisorConfig {
+                rootless: true,
+                rootless_uid_range: "100000-100099".into(),
+                shared_fs,
+                ..Default::default()
+            };
+            c.check_refused(kind).unwrap();
+            assert!(
+                c.inert_settings(kind).is_empty(),
+                "{:?}",
+                c.inert_settings(kind)
+            );
+        }
+        let range_only = HypervisorConfig {
+            rootless_uid_range: "100000-100099".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            range_only.inert_settings(kind),
+            ["[hypervisor.qemu] rootless_uid_range = \"100000-100099\": QEMU runs as root: rootless = false"]
+        );
     }
 
     #[test]

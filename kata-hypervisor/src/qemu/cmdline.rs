@@ -70,6 +70,9 @@ pub struct QemuLaunch<'a> {
     /// Whether NICs use the kernel's vhost-net (`vhost=on`): `disable_vhost_net` is false and
     /// the host has `/dev/vhost-net` ([`vhost_net_usable`]).
     pub vhost_net: bool,
+    /// For a rootless QEMU: the sockets it gets as descriptors instead of paths
+    /// ([`super::rootless::HandedFds`]).
+    pub handed: Option<&'a super::rootless::HandedFds>,
 }
 
 /// The kernel's vhost-net device, which QEMU opens itself for `vhost=on`.
@@ -183,16 +186,32 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
     push(&[
         "-chardev",
         &format!(
-            "socket,id=console0,path={},server=on,wait=on",
-            l.console_socket.display()
+            "socket,id=console0,{},server=on,wait=on",
+            socket_address(l.handed, l.console_socket)
         ),
         "-serial",
         "chardev:console0",
     ]);
-    push(&[
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", l.qmp_socket.display()),
-    ]);
+    match l.handed {
+        // Rootless: the monitor listens on the socket the runtime bound.
+        Some(h) => push(&[
+            "-chardev",
+            &format!(
+                "socket,id=qmp0,{},server=on,wait=off",
+                socket_address(Some(h), l.qmp_socket)
+            ),
+            "-mon",
+            "chardev=qmp0,mode=control",
+        ]),
+        None => push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", l.qmp_socket.display()),
+        ]),
+    }
+    if let Some(h) = l.handed {
+        a.extend(h.marker_args());
+    }
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     if !c.firmware.is_empty() {
         push(&["-bios", &c.firmware]);
     }
@@ -225,7 +244,7 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
         ]),
         VsockDevice::VhostUser { socket } => push(&[
             "-chardev",
-            &format!("socket,id=char-vsock0,path={}", socket.display()),
+            &format!("socket,id=char-vsock0,{}", socket_address(l.handed, socket)),
             "-device",
             "vhost-user-vsock-pci,chardev=char-vsock0,id=vsock0",
         ]),
@@ -240,10 +259,25 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
         ]);
     }
     for d in l.devices {
-        a.extend(device_args(c, d, l.vhost_net, &mut scsi_controller)?);
+        a.extend(device_args(
+            c,
+            d,
+            l.vhost_net,
+            &mut scsi_controller,
+            l.handed,
+        )?);
     }
     a.extend(vfio_args(l.devices, l.ports));
     Ok(a)
+}
+
+/// A socket chardev's address: `fd=N` when the socket is handed to a rootless QEMU as a
+/// descriptor, else `path=`.
+fn socket_address(handed: Option<&super::rootless::HandedFds>, path: &Path) -> String {
+    match handed.and_then(|h| h.fd_for(path)) {
+        Some(fd) => format!("fd={fd}"),
+        None => format!("path={}", path.display()),
+    }
 }
 
 /// The `-device` arguments that create the ports of a [`PortPlan`].
@@ -280,7 +314,11 @@ pub fn topology_args(plan: &PortPlan) -> Vec<String> {
 /// virtio-fs: a `vhost-user-fs-pci` device on the daemon's socket (guest memory is a shared
 /// memfd, which vhost-user needs). QEMU 7.2 has no DAX window (`cache-size`), so a non-zero
 /// `virtio_fs_cache_size` is refused rather than ignored.
-fn virtio_fs_args(c: &HypervisorConfig, fs: &crate::device::ShareFsDevice) -> Result<Vec<String>> {
+fn virtio_fs_args(
+    c: &HypervisorConfig,
+    fs: &crate::device::ShareFsDevice,
+    handed: Option<&super::rootless::HandedFds>,
+) -> Result<Vec<String>> {
     if c.virtio_fs_cache_size != 0 || c.virtio_fs_is_dax {
         return Err(Error::InvalidConfig {
             key: "virtio_fs_cache_size",
@@ -302,7 +340,7 @@ fn virtio_fs_args(c: &HypervisorConfig, fs: &crate::device::ShareFsDevice) -> Re
     let tag = &fs.mount_tag;
     Ok(vec![
         "-chardev".into(),
-        format!("socket,id=char-{tag},path={}", socket.display()),
+        format!("socket,id=char-{tag},{}", socket_address(handed, socket)),
         "-device".into(),
         format!(
             "vhost-user-fs-pci,chardev=char-{tag},tag={tag},queue-size={},id=fs-{tag}",
@@ -316,6 +354,7 @@ fn device_args(
     d: &DeviceConfig,
     vhost_net: bool,
     scsi_controller: &mut bool,
+    handed: Option<&super::rootless::HandedFds>,
 ) -> Result<Vec<String>> {
     let s = |v: &[String]| v.to_vec();
     Ok(match d {
@@ -333,7 +372,7 @@ fn device_args(
                     tag = fs.mount_tag
                 ),
             ]),
-            SharedFs::VirtioFs => virtio_fs_args(c, fs)?,
+            SharedFs::VirtioFs => virtio_fs_args(c, fs, handed)?,
             SharedFs::None => Vec::new(),
             other => {
                 super::capabilities().check_shared_fs(other)?;
@@ -479,7 +518,63 @@ mod tests {
             ports,
             host_memory_mib: 4096,
             vhost_net: false,
+            handed: None,
         }
+    }
+
+    /// Rootless: every socket QEMU would open or bind by path is a handed descriptor, the
+    /// monitor is a `-mon` on the bound socket, and the command line still names the VM
+    /// directory (adoption and cleanup find QEMU by it).
+    #[test]
+    fn a_rootless_qemu_gets_its_sockets_as_descriptors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vm = tmp.path().join("vm");
+        std::fs::create_dir(&vm).unwrap();
+        let (qmp, console) = (vm.join("qmp.sock"), vm.join("console.sock"));
+        let (vsock, vfs) = (vm.join("vhost-vsock.sock"), vm.join("virtiofsd.sock"));
+        let _daemons = [
+            std::os::unix::net::UnixListener::bind(&vsock).unwrap(),
+            std::os::unix::net::UnixListener::bind(&vfs).unwrap(),
+        ];
+        let handed =
+            crate::qemu::rootless::HandedFds::open(&vm, &[&qmp, &console], &[&vsock, &vfs])
+                .unwrap();
+        let c = HypervisorConfig {
+            rootless: true,
+            ..Default::default()
+        };
+        let devices = [DeviceConfig::ShareFs(ShareFsDevice {
+            mount_tag: "kataShared".into(),
+            host_path: "/run/sb/shared".into(),
+            kind: SharedFs::VirtioFs,
+            vhost_user_socket: Some(vfs.clone()),
+        })];
+        let ports = PortAllocator::for_vm(&c, &devices).unwrap();
+        let l = QemuLaunch {
+            qmp_socket: &qmp,
+            console_socket: &console,
+            vsock: VsockDevice::VhostUser {
+                socket: vsock.clone(),
+            },
+            handed: Some(&handed),
+            ..launch(&c, &devices, &ports)
+        };
+        let a = build_args(&l).unwrap().join(" ");
+        let fd = |p: &Path| handed.fd_for(p).unwrap();
+        for want in [
+            format!("socket,id=console0,fd={},server=on,wait=on", fd(&console)),
+            format!(
+                "-chardev socket,id=qmp0,fd={},server=on,wait=off -mon chardev=qmp0,mode=control",
+                fd(&qmp)
+            ),
+            format!("socket,id=char-vsock0,fd={}", fd(&vsock)),
+            format!("socket,id=char-kataShared,fd={}", fd(&vfs)),
+            format!("opaque=kata-rs-vm-dir:{}/", vm.display()),
+        ] {
+            assert!(a.contains(&want), "`{want}` not in {a}");
+        }
+        assert!(!a.contains("path=") && !a.contains("-qmp"), "{a}");
+        assert_eq!(handed.raw_fds().len(), 5);
     }
 
     fn args(c: &HypervisorConfig, devices: &[DeviceConfig]) -> Result<String> {

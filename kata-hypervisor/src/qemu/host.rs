@@ -29,6 +29,24 @@ pub(crate) fn host_checks(config: &HypervisorConfig, probe: &HostProbe) -> Vec<H
         ),
         Err(e) => check("QEMU sandbox", CheckStatus::Fail, e.to_string()),
     });
+    if config.rootless {
+        out.push(
+            match super::rootless::UidRange::parse(&config.rootless_uid_range) {
+                Ok(r) => check(
+                    "rootless",
+                    CheckStatus::Ok,
+                    format!(
+                        "QEMU runs as one of {} uids of rootless_uid_range ({}-{}), without \
+                     capabilities, in its own mount namespace",
+                        r.len(),
+                        r.first,
+                        r.last
+                    ),
+                ),
+                Err(e) => check("rootless", CheckStatus::Fail, e.to_string()),
+            },
+        );
+    }
     // A confidential guest needs KVM; an ordinary one falls back to TCG.
     out.push(host::kvm(
         probe,
@@ -138,6 +156,7 @@ mod tests {
     fn refused_settings_fail_and_the_sandbox_is_reported() {
         let config = HypervisorConfig {
             rootless: true,
+            shared_fs: crate::SharedFs::Virtio9p,
             guest_hook_path: "/hooks".into(),
             ..Default::default()
         };
@@ -159,6 +178,32 @@ mod tests {
         let sandbox = checks.iter().find(|c| c.name == "QEMU sandbox").unwrap();
         assert_eq!(sandbox.status, CheckStatus::Warning);
         assert!(!checks.iter().any(|c| c.name == "setting"));
+    }
+
+    #[test]
+    fn a_rootless_range_is_reported_and_a_bad_one_fails_naming_the_key() {
+        let good = HypervisorConfig {
+            rootless: true,
+            ..Default::default()
+        };
+        let checks = host_checks(&good, &HostProbe::default());
+        let r = checks.iter().find(|c| c.name == "rootless").unwrap();
+        assert_eq!(r.status, CheckStatus::Ok, "{r:?}");
+        assert!(r.detail.contains("65536 uids"), "{r:?}");
+        let bad = HypervisorConfig {
+            rootless: true,
+            rootless_uid_range: "10-5".into(),
+            ..Default::default()
+        };
+        let checks = host_checks(&bad, &HostProbe::default());
+        let r = checks.iter().find(|c| c.name == "rootless").unwrap();
+        assert_eq!(r.status, CheckStatus::Fail);
+        assert!(r.detail.contains("rootless_uid_range"), "{r:?}");
+        assert!(
+            !host_checks(&HypervisorConfig::default(), &HostProbe::default())
+                .iter()
+                .any(|c| c.name == "rootless")
+        );
     }
 
     #[test]

@@ -22,9 +22,11 @@
 //! from before it is executed, without the capabilities and system calls that would let the
 //! guest leave setuid files, file capabilities or device nodes on the host through the 9p
 //! share ([`confine`]); the guest console is a socket read into a bounded [`ConsoleRing`] that outlives the
-//! VM (so a dead VM's console still reaches the error). Settings the backend does not implement
-//! and must not ignore (`rootless`, `confidential_guest`, `guest_hook_path`, ...) are refused
-//! when the VM is made; see `settings.rs` for every key.
+//! VM (so a dead VM's console still reaches the error). With `rootless = true` QEMU runs as an
+//! unprivileged uid of its own in a mount namespace of its own, handed its sockets as
+//! descriptors ([`rootless`]). Settings the backend does not implement and must not ignore
+//! (`confidential_guest`, `guest_hook_path`, ...) are refused when the VM is made; see
+//! `settings.rs` for every key.
 
 pub mod cmdline;
 pub mod confine;
@@ -33,6 +35,7 @@ mod host;
 pub mod hotplug;
 pub mod qmp;
 pub mod resize;
+pub mod rootless;
 mod settings;
 mod state;
 
@@ -104,7 +107,20 @@ pub fn capabilities() -> Capabilities {
 /// without a readable state too). Returns the pids killed.
 pub(crate) fn cleanup(saved: Option<&QemuState>, vm_dir: &Path) -> Vec<u32> {
     let candidates = saved.map(QemuState::pids).unwrap_or_default();
-    crate::process::kill_processes_naming(vm_dir, &candidates, KILL_WAIT)
+    let killed = crate::process::kill_processes_naming(vm_dir, &candidates, KILL_WAIT);
+    release_uids_left(saved, vm_dir);
+    killed
+}
+
+/// Releases the uid a rootless QEMU of `vm_dir` ran as, once its processes are killed: the
+/// state's, and any claim naming `vm_dir` (a crash before the state was written).
+pub(crate) fn release_uids_left(saved: Option<&QemuState>, vm_dir: &Path) {
+    if let Some(user) = saved.and_then(|s| s.rootless.as_ref()) {
+        if let Err(e) = rootless::release(user, vm_dir) {
+            tracing::warn!(vm_dir = %vm_dir.display(), error = %e, "a crashed QEMU's uid is not released");
+        }
+    }
+    rootless::release_naming(Path::new(rootless::CLAIMS_DIR), vm_dir);
 }
 
 /// Running processes and connections of a started VM.
@@ -151,6 +167,8 @@ pub struct Qemu {
     detached: AtomicBool,
     /// Run before a second boot (`set_reboot_hook`): the caller's vhost-user daemons restarted.
     reboot_hook: Mutex<Option<crate::hypervisor::RebootHook>>,
+    /// The uid a rootless QEMU runs as, claimed at start, released once QEMU is gone.
+    rootless: Mutex<Option<rootless::RootlessState>>,
 }
 
 impl std::fmt::Debug for Qemu {
@@ -163,12 +181,26 @@ impl std::fmt::Debug for Qemu {
     }
 }
 
+impl Drop for Qemu {
+    /// A handle dropped without `stop`: its QEMU is killed (as its supervision would kill it)
+    /// before a rootless QEMU's uid is released, so the uid is never left claimed.
+    fn drop(&mut self) {
+        if self.detached.load(Ordering::SeqCst) || self.rootless.lock().unwrap().is_none() {
+            return;
+        }
+        let killers = std::mem::take(&mut *self.killers.lock().unwrap());
+        Killer::kill_all(&killers, KILL_WAIT);
+        self.release_rootless();
+    }
+}
+
 impl Qemu {
     /// A QEMU VM named `id` whose sockets and console log live in `vm_dir` (created at start,
     /// removed at stop). Checks the configuration values; files are checked at start.
     pub fn new(id: &str, config: HypervisorConfig, vm_dir: impl Into<PathBuf>) -> Result<Self> {
         config.validate_for(HypervisorType::Qemu)?;
         config.check_refused(HypervisorType::Qemu)?;
+        rootless::check_config(&config)?;
         capabilities().check_shared_fs(config.shared_fs)?;
         Ok(Qemu {
             id: id.to_string(),
@@ -188,6 +220,7 @@ impl Qemu {
             accelerator: Mutex::new(None),
             detached: AtomicBool::new(false),
             reboot_hook: Mutex::new(None),
+            rootless: Mutex::new(None),
         })
     }
 
@@ -272,6 +305,7 @@ impl Qemu {
             run.cold_plugged = qs.cold_plugged.clone();
             run.blocks = qs.blocks.clone();
             run.resize = qs.resize.clone();
+            *vm.rootless.lock().unwrap() = qs.rootless.clone();
             vm.publish(&run);
         }
         vm.set_state(if status == "paused" {
@@ -397,6 +431,7 @@ impl Qemu {
             cold_plugged: run.cold_plugged.clone(),
             blocks: run.blocks.clone(),
             resize: run.resize.clone(),
+            rootless: self.rootless.lock().unwrap().clone(),
             ports: run
                 .ports
                 .as_ref()
@@ -553,6 +588,7 @@ impl Qemu {
 
     async fn start_inner(&self, run: &mut Running) -> Result<()> {
         let (kernel, initrd, image) = self.guest_files()?;
+        let user = self.claim_rootless(&kernel, initrd.as_deref(), image.as_deref())?;
         let qemu = self.qemu_binary()?;
         let devices = self.devices.lock().unwrap().clone();
         let ports = PortAllocator::for_vm(&self.config, &devices)?;
@@ -570,6 +606,23 @@ impl Qemu {
 
         let qmp_socket = self.vm_dir.join("qmp.sock");
         let console_socket = self.console_socket();
+        let vhost_net = cmdline::vhost_net_usable(&self.config);
+        // Rootless: the sockets as descriptors, the devices as private nodes.
+        let (handed, unprivileged) = match &user {
+            Some(user) => {
+                let (handed, launch) = rootless_launch(
+                    user,
+                    &self.vm_dir,
+                    [&qmp_socket, &console_socket],
+                    &vsock,
+                    &devices,
+                    accelerator,
+                    vhost_net,
+                )?;
+                (Some(handed), Some(launch))
+            }
+            None => (None, None),
+        };
         let launch = QemuLaunch {
             config: &self.config,
             name: &self.id,
@@ -583,7 +636,8 @@ impl Qemu {
             devices: &devices,
             ports: &ports,
             host_memory_mib: host_memory_mib(),
-            vhost_net: cmdline::vhost_net_usable(&self.config),
+            vhost_net,
+            handed: handed.as_ref(),
         };
         let args = cmdline::build_args(&launch)?;
         run.resize = resize::ResizeState::booted(resize::max_memory_mib(
@@ -599,7 +653,7 @@ impl Qemu {
         let confinement = confine::VmmConfinement::new()?;
         // The NICs' tap queues, which the command line names by number (kept open by the
         // devices, which `self.devices` holds, until QEMU has them).
-        let tap_fds: Vec<std::os::fd::RawFd> = run
+        let mut tap_fds: Vec<std::os::fd::RawFd> = run
             .cold_plugged
             .iter()
             .filter_map(|d| match d {
@@ -608,6 +662,7 @@ impl Qemu {
             })
             .flatten()
             .collect();
+        tap_fds.extend(handed.iter().flat_map(|h| h.raw_fds()));
         let mut command = tokio::process::Command::new(&qemu);
         command
             .args(&args)
@@ -615,17 +670,27 @@ impl Qemu {
             .stdout(log.try_clone().map_err(|e| Error::io("qemu.log", e))?)
             .stderr(log);
         // SAFETY: between fork and exec the closure only makes syscalls (fcntl on the tap
-        // queues, prctl, seccomp) on data built before the fork; it allocates nothing and
-        // takes no lock.
+        // queues and handed sockets; unshare, mount, mknod, chown, set*id for a rootless
+        // QEMU; prctl, seccomp) on data built before the fork; it allocates nothing and takes
+        // no lock.
         unsafe {
             command.pre_exec(move || {
                 confine::inherit_across_exec(&tap_fds)?;
-                confinement.apply()
+                if let Some(u) = &unprivileged {
+                    u.enter_namespace()?;
+                }
+                confinement.apply()?;
+                if let Some(u) = &unprivileged {
+                    u.drop_privileges()?;
+                }
+                Ok(())
             });
         }
         let child = command
             .spawn()
             .map_err(|e| Error::io(format!("starting {} confined", qemu.display()), e))?;
+        // QEMU holds the handed sockets now; ours close.
+        drop(handed);
         let proc = Supervised::new("qemu", child);
         let failed = |how: String| Error::StartFailed {
             vmm: "qemu".into(),
@@ -733,10 +798,69 @@ impl Qemu {
             b.stop(Duration::from_secs(1)).await;
         }
         run.ports = None;
+        self.release_rootless();
         self.remove_vm_dir();
         self.pids.lock().unwrap().clear();
         self.killers.lock().unwrap().clear();
         *self.saved.lock().unwrap() = None;
+    }
+
+    /// With `rootless`: claims QEMU's uid (kept across a second boot's start) after checking
+    /// that it can read the guest files it opens by path.
+    fn claim_rootless(
+        &self,
+        kernel: &Path,
+        initrd: Option<&Path>,
+        image: Option<&Path>,
+    ) -> Result<Option<rootless::RootlessState>> {
+        if !self.config.rootless {
+            return Ok(None);
+        }
+        rootless::check_readable_by_others("guest kernel", kernel)?;
+        for (what, file) in [("guest initrd", initrd), ("guest image", image)] {
+            if let Some(file) = file {
+                rootless::check_readable_by_others(what, file)?;
+            }
+        }
+        let mut held = self.rootless.lock().unwrap();
+        if held.is_none() {
+            let user = rootless::claim(&self.config, &self.vm_dir, &self.id)?;
+            tracing::info!(sandbox_id = %self.id, uid = user.uid, claim = %user.claim.display(), "QEMU runs rootless");
+            *held = Some(user);
+        }
+        Ok(held.clone())
+    }
+
+    /// Releases a rootless QEMU's uid once QEMU is gone (a uid some process still runs as stays
+    /// claimed, with a warning).
+    fn release_rootless(&self) {
+        let user = self.rootless.lock().unwrap().take();
+        if let Some(user) = user {
+            if let Err(e) = rootless::release(&user, &self.vm_dir) {
+                tracing::warn!(sandbox_id = %self.id, error = %e, "QEMU's uid is not released");
+            }
+        }
+    }
+
+    /// A rootless QEMU opens no host file or device by path: block devices and VFIO are
+    /// refused, naming `rootless`.
+    fn check_rootless_device(&self, device: &DeviceConfig) -> Result<()> {
+        let what = match device {
+            DeviceConfig::Block(b) => format!("the block device {} ({})", b.id, b.path.display()),
+            DeviceConfig::Vfio(v) => format!("the VFIO device {} ({})", v.id, v.bdf),
+            _ => return Ok(()),
+        };
+        if !self.config.rootless {
+            return Ok(());
+        }
+        Err(Error::Unsupported {
+            backend: "qemu",
+            what: format!(
+                "{what} with rootless = true: QEMU would open it by path as its unprivileged \
+                 user (not implemented yet); set rootless = false, or use a shared rootfs \
+                 (disable_block_device_use = true)"
+            ),
+        })
     }
 
     /// Removes the VM directory (the console ring stays, for errors after it is gone).
@@ -810,6 +934,7 @@ impl Qemu {
     }
 
     async fn hotplug(&self, run: &mut Running, device: DeviceConfig) -> Result<GuestAddress> {
+        self.check_rootless_device(&device)?;
         let qmp = run
             .qmp
             .clone()
@@ -895,6 +1020,7 @@ impl Hypervisor for Qemu {
             if let DeviceConfig::ShareFs(fs) = d {
                 caps.check_shared_fs(fs.kind)?;
             }
+            self.check_rootless_device(d)?;
         }
         *self.devices.lock().unwrap() = devices;
         self.set_state(VmState::Prepared);
@@ -990,6 +1116,7 @@ impl Hypervisor for Qemu {
         let killers = std::mem::take(&mut *self.killers.lock().unwrap());
         Killer::kill_all(&killers, KILL_WAIT);
         *self.qmp.lock().unwrap() = None;
+        self.release_rootless();
         self.remove_vm_dir();
         self.pids.lock().unwrap().clear();
         *self.saved.lock().unwrap() = None;
@@ -1172,6 +1299,8 @@ impl Hypervisor for Qemu {
         }
         // Dropping the QMP connection frees QEMU's monitor for the next owner.
         run.qmp = None;
+        // The uid stays claimed: the next owner's state names it.
+        *self.rootless.lock().unwrap() = None;
         *self.qmp.lock().unwrap() = None;
         self.killers.lock().unwrap().clear();
         if let Some(p) = run.qemu.take() {
@@ -1209,6 +1338,43 @@ impl Hypervisor for Qemu {
         self.drain_console().await;
         how
     }
+}
+
+/// What a rootless QEMU is handed and how its child drops to `user`: the `listen` sockets
+/// bound, the vhost-user sockets (vsock backend, virtiofsd) connected; private nodes for the
+/// devices QEMU opens itself — `/dev/kvm` when the detected accelerator is KVM, vhost-net when
+/// NICs use it, vhost-vsock when the guest's vsock is the kernel's.
+fn rootless_launch(
+    user: &rootless::RootlessState,
+    vm_dir: &Path,
+    listen: [&Path; 2],
+    vsock: &VsockDevice,
+    devices: &[DeviceConfig],
+    accelerator: Accelerator,
+    vhost_net: bool,
+) -> Result<(rootless::HandedFds, rootless::RootlessLaunch)> {
+    let mut connect: Vec<&Path> = Vec::new();
+    let mut nodes: Vec<&Path> = Vec::new();
+    match vsock {
+        VsockDevice::VhostUser { socket } => connect.push(socket),
+        VsockDevice::VhostVsock { .. } => nodes.push(Path::new("/dev/vhost-vsock")),
+    }
+    for d in devices {
+        if let DeviceConfig::ShareFs(fs) = d {
+            if let Some(socket) = &fs.vhost_user_socket {
+                connect.push(socket);
+            }
+        }
+    }
+    if accelerator == Accelerator::Kvm {
+        nodes.push(Path::new("/dev/kvm"));
+    }
+    if vhost_net {
+        nodes.push(Path::new(cmdline::VHOST_NET_DEVICE));
+    }
+    let handed = rootless::HandedFds::open(vm_dir, &listen, &connect)?;
+    let launch = rootless::RootlessLaunch::new(user, vm_dir, &nodes)?;
+    Ok((handed, launch))
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {

@@ -3,14 +3,13 @@
 //! implemented, or parsed without effect (see [`crate::config::SettingUse`]). There is no
 //! catch-all arm: a key added to the section must be classified here.
 
-use crate::config::{BlockDeviceDriver, HypervisorConfig, SettingUse};
+use crate::config::{BlockDeviceDriver, HypervisorConfig, SettingUse, SharedFs};
 
 use SettingUse::{Acted, Inert, Refused};
 
-const ROOTLESS: &str = "running QEMU as an unprivileged user is not implemented yet (QEMU \
-serves the 9p share itself and would need an id-mapped view of the containers' root-owned \
-files; kata-rs creates no per-sandbox users); set rootless = false: QEMU runs as root, under \
-seccomp filters and without the capabilities that would let the guest reach the host";
+const ROOTLESS_9P: &str = "serving the virtio-9p share from a rootless QEMU is not \
+implemented: QEMU would serve the containers' root-owned files as its unprivileged user; use \
+shared_fs = \"virtio-fs\" (virtiofsd serves the share) or set rootless = false";
 
 const CONFIDENTIAL: &str = "the QEMU backend cannot start a confidential guest yet (no TDX, \
 SEV-SNP or Secure Execution support): it would boot an ordinary VM; remove the confidential \
@@ -121,7 +120,13 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
 
         // Security.
         "seccomp_sandbox" | "enable_annotations" => Acted,
-        "rootless" => Refused(ROOTLESS),
+        // `rootless.rs`: QEMU as a uid of the range, in its own mount namespace.
+        "rootless" => match c.shared_fs {
+            SharedFs::Virtio9p => Refused(ROOTLESS_9P),
+            _ => Acted,
+        },
+        "rootless_uid_range" if c.rootless => Acted,
+        "rootless_uid_range" => Inert("QEMU runs as root: rootless = false"),
         "disable_seccomp" => Inert("QEMU's syscall filter is set by seccomp_sandbox"),
         "confidential_guest"
         | "sev_snp_guest"

@@ -36,6 +36,10 @@ pub struct QemuState {
     /// The vCPUs and memory hot-plugged, and `maxmem` (so a restored VM knows its size).
     #[serde(default)]
     pub resize: super::resize::ResizeState,
+    /// The unprivileged user a rootless QEMU runs as, and the claim holding its uid: cleanup
+    /// after a crash releases it ([`super::rootless`]).
+    #[serde(default)]
+    pub rootless: Option<super::rootless::RootlessState>,
 }
 
 /// One PCIe port a device holds.
@@ -94,5 +98,45 @@ impl QemuState {
             agent_address,
             backend_state: serde_json::to_value(self).unwrap_or_default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(rootless: Option<super::super::rootless::RootlessState>) -> QemuState {
+        QemuState {
+            qemu_pid: 42,
+            vsock_backend_pid: None,
+            qmp_socket: "/run/kata/sb/vm/qmp.sock".into(),
+            accelerator: None,
+            cold_plugged: Vec::new(),
+            blocks: Vec::new(),
+            ports: Vec::new(),
+            resize: Default::default(),
+            rootless,
+        }
+    }
+
+    #[test]
+    fn the_rootless_user_is_saved_and_an_older_state_reads_without_one() {
+        let user = super::super::rootless::RootlessState {
+            uid: 1879048200,
+            gid: 1879048200,
+            claim: "/run/kata-rs-rootless/1879048200".into(),
+        };
+        let vm_dir = Path::new("/run/kata/sb/vm");
+        let saved = state(Some(user.clone())).into_saved(vm_dir, None);
+        assert_eq!(saved.backend_state["rootless"]["uid"], 1879048200);
+        let back = QemuState::from_saved(&saved).unwrap();
+        assert_eq!(back.rootless, Some(user));
+        let mut older = state(None).into_saved(vm_dir, None);
+        older
+            .backend_state
+            .as_object_mut()
+            .unwrap()
+            .remove("rootless");
+        assert_eq!(QemuState::from_saved(&older).unwrap().rootless, None);
     }
 }

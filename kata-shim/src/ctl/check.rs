@@ -123,8 +123,9 @@ enable_pprof = true
                 "{needle}: {inert:?}"
             );
         }
-        let refused = KataConfig::parse("[hypervisor.qemu]\nrootless = true\n").unwrap();
+        let refused =
+            KataConfig::parse("[hypervisor.qemu]\nguest_hook_path = \"/hooks\"\n").unwrap();
         let e = inert_settings(&refused).unwrap_err();
-        assert!(e.contains("rootless"), "{e}");
+        assert!(e.contains("guest_hook_path"), "{e}");
     }
 }
