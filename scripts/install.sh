@@ -18,7 +18,7 @@
 #
 # Both name sets install `shim-ctl` in $PREFIX/bin and the guest kernel and initramfs (from the
 # guest manifest `make guest` writes) in $PREFIX/share/kata-rs/<names>/, and the Rust virtiofsd
-# (from $KATA_RS_CACHE/bin, if there) in $PREFIX/libexec/kata-rs/. The configuration is
+# and vhost-device-vsock (from $KATA_RS_CACHE/bin, if there) in $PREFIX/libexec/kata-rs/. The configuration is
 # config/configuration-qemu-runtime-rs.toml with `kernel`, `initrd` and `virtio_fs_daemon`
 # pointing at the installed files. Every file installed, and every directory the install
 # made, is listed in $PREFIX/share/kata-rs/<names>/install-manifest; `uninstall` removes
@@ -101,6 +101,11 @@ do_install() {
   put 0644 "$kernel" "$DATA/vmlinuz"
   put 0644 "$initrd" "$DATA/initrd.img"
   local virtiofsd=""
+  # The vsock backend where the host has no /dev/vhost-vsock; the shim finds it beside itself
+  # (kata-shim/src/installed.rs: $KATA_RS_VHOST_USER_VSOCK unless set).
+  if [ -x "$CACHE/bin/vhost-device-vsock" ]; then
+    put 0755 "$CACHE/bin/vhost-device-vsock" "$PREFIX/libexec/kata-rs/vhost-device-vsock"
+  fi
   if [ -x "$CACHE/bin/virtiofsd" ]; then
     put 0755 "$CACHE/bin/virtiofsd" "$PREFIX/libexec/kata-rs/virtiofsd"
     virtiofsd=$PREFIX/libexec/kata-rs/virtiofsd

@@ -25,8 +25,11 @@
 
 pub mod bundle;
 pub mod error;
+pub mod installed;
 pub mod io;
+pub mod logfmt;
 pub mod monitor;
+pub mod monitor_console;
 pub mod names;
 pub mod process;
 pub mod runtime_options;

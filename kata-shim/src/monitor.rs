@@ -1,7 +1,8 @@
 //! The shim's management socket: `shim-monitor.sock` in the sandbox's directory, HTTP/1.1 over
 //! a unix socket, as Kata's shim serves it. `GET /metrics` answers the sandbox's figures in
 //! Prometheus text ([`kata_sandbox::Sandbox::metrics`]); it is what `shim-ctl metrics` and a
-//! `kata-monitor`-style aggregator read.
+//! `kata-monitor`-style aggregator read. `GET /console` with an upgrade opens the guest's debug
+//! console ([`crate::monitor_console`]; `shim-ctl console`).
 //!
 //! A deliberately small HTTP server: one request per connection (`Connection: close`), the
 //! request head bounded ([`MAX_HEAD`]) and read within [`HEAD_TIMEOUT`], `GET` and `HEAD` only.
@@ -117,39 +118,58 @@ pub fn parse_head(head: &[u8], complete: bool) -> Request {
     }
 }
 
-/// Reads the head from `stream`: up to the empty line, at most [`MAX_HEAD`] bytes.
-async fn read_head(stream: &mut UnixStream) -> std::io::Result<(Vec<u8>, bool)> {
+/// Reads the head from `stream`: up to the empty line, at most [`MAX_HEAD`] bytes. Returns
+/// the head, whether it was complete, and what was read after it (a client's first bytes of
+/// an upgraded connection).
+async fn read_head(stream: &mut UnixStream) -> std::io::Result<(Vec<u8>, bool, Vec<u8>)> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     loop {
-        if let Some(end) = find_end(&head) {
+        if let Some((end, after)) = find_end(&head) {
+            let rest = head.split_off(after);
             head.truncate(end);
-            return Ok((head, true));
+            return Ok((head, true, rest));
         }
         if head.len() >= MAX_HEAD {
-            return Ok((head, false));
+            return Ok((head, false, Vec::new()));
         }
         let room = (MAX_HEAD - head.len()).min(buf.len());
         let n = stream.read(&mut buf[..room]).await?;
         if n == 0 {
-            return Ok((head, false));
+            return Ok((head, false, Vec::new()));
         }
         head.extend_from_slice(&buf[..n]);
     }
 }
 
-fn find_end(head: &[u8]) -> Option<usize> {
+/// Where the head ends and where what follows it starts.
+fn find_end(head: &[u8]) -> Option<(usize, usize)> {
     head.windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .or_else(|| head.windows(2).position(|w| w == b"\n\n"))
+        .map(|p| (p, p + 4))
+        .or_else(|| {
+            head.windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|p| (p, p + 2))
+        })
 }
 
 async fn answer(mut stream: UnixStream, sandbox: Weak<Sandbox>) -> std::io::Result<()> {
-    let request = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok((head, complete))) => parse_head(&head, complete),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => Request::Refused(408, "Request Timeout"),
-    };
+    let (request, head, rest) =
+        match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
+            Ok(Ok((head, complete, rest))) => (parse_head(&head, complete), head, rest),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => (
+                Request::Refused(408, "Request Timeout"),
+                Vec::new(),
+                Vec::new(),
+            ),
+        };
+    // `GET /console`: the debug console, on a connection upgraded to it (monitor_console).
+    if matches!(&request, Request::Get { path, head_only: false } if path == crate::monitor_console::PATH)
+    {
+        return crate::monitor_console::answer(stream, &head, rest, sandbox).await;
+    }
     let (status, reason, content_type, body, head_only) = match request {
         Request::Refused(status, reason) => {
             (status, reason, "text/plain", format!("{reason}\n"), false)
@@ -178,7 +198,7 @@ async fn answer(mut stream: UnixStream, sandbox: Weak<Sandbox>) -> std::io::Resu
             404,
             "Not Found",
             "text/plain",
-            "not found: this socket serves /metrics\n".into(),
+            "not found: this socket serves /metrics and /console\n".into(),
             head_only,
         ),
     };
@@ -282,7 +302,7 @@ mod tests {
                 }
             }
         });
-        let (head, complete) = read_head(&mut b).await.unwrap();
+        let (head, complete, _) = read_head(&mut b).await.unwrap();
         assert!(!complete);
         assert!(head.len() <= MAX_HEAD);
         drop(b);

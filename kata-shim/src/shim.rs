@@ -70,21 +70,32 @@ pub struct KataShim {
 }
 
 /// Logs to containerd's `log` fifo in the bundle directory (serving mode) or to stderr
-/// (`start`, `delete`: containerd shows it when they fail).
+/// (`start`, `delete`: containerd shows it when they fail), in logfmt as containerd's own
+/// lines ([`crate::logfmt`]): a server's lines carry `sandbox=<id>`, `start`'s and `delete`'s
+/// `id=<container id>`, all `namespace` and `pid`.
 fn init_logging(flags: &Flags) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let default = if flags.debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_env("KATA_RS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false);
-    if flags.action.is_empty() {
-        if let Ok(f) = std::fs::OpenOptions::new().write(true).open("log") {
-            let _ = builder.with_writer(std::sync::Mutex::new(f)).try_init();
-            return;
-        }
-    }
-    let _ = builder.with_writer(std::io::stderr).try_init();
+    let serving = flags.action.is_empty();
+    let fixed = crate::logfmt::Logfmt::new()
+        .field(if serving { "sandbox" } else { "id" }, &flags.id)
+        .field("namespace", &flags.namespace)
+        .field("pid", std::process::id());
+    let fifo = serving
+        .then(|| std::fs::OpenOptions::new().write(true).open("log").ok())
+        .flatten();
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match fifo {
+        Some(f) => registry
+            .with(crate::logfmt::layer(fixed, std::sync::Mutex::new(f)))
+            .try_init(),
+        None => registry
+            .with(crate::logfmt::layer(fixed, std::io::stderr))
+            .try_init(),
+    };
 }
 
 fn other(msg: impl std::fmt::Display) -> containerd_shim::Error {

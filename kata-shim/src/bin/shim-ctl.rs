@@ -9,5 +9,7 @@
 mod ctl;
 
 fn main() {
+    // Before any thread: the helpers `make install` put beside shim-ctl (libexec/kata-rs).
+    kata_shim::installed::use_installed_helpers();
     std::process::exit(ctl::main(std::env::args().skip(1)));
 }
