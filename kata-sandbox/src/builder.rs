@@ -290,6 +290,11 @@ impl SandboxBuilder {
         Ok(b)
     }
 
+    /// Whether [`id`](Self::id) was set (a pool's template must leave it to the pool).
+    pub(crate) fn has_id(&self) -> bool {
+        self.id.is_some()
+    }
+
     /// Sets the sandbox id (default: random).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
