@@ -944,3 +944,98 @@ async fn linux_dropping_the_sandbox_ends_its_containers_and_terminals_are_refuse
     }
     f.assert_nothing_left("dropped");
 }
+
+#[tokio::test]
+async fn linux_a_killed_helper_takes_its_container_with_it() {
+    let f = Fixture::new(Handler::Linux);
+    let sb = f.sandbox("orphan").await;
+    let c = sb
+        .create_container(f.spec(Program::Loop, &[]).id("spin"))
+        .await
+        .unwrap();
+    c.start().await.unwrap();
+    let pids = c.pids().await.unwrap();
+    assert!(!pids.is_empty());
+    // The helper of the container's first process: the parent of its pid 1.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pids[0])).unwrap();
+    let ppid: i32 = stat
+        .rsplit(") ")
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let helper = std::fs::read_to_string(format!("/proc/{ppid}/cmdline")).unwrap();
+    assert!(helper.contains("kata-linux-container"), "{helper:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ppid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), c.wait())
+        .await
+        .expect("the helper's loss is an exit")
+        .unwrap();
+    assert_eq!(status.signal(), Some(9));
+    // Gone, or a zombie the host's init has not reaped yet.
+    let alive = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.rsplit(") ").next().unwrap_or("").starts_with('Z'))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(alive) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<&u32> = pids.iter().filter(|p| alive(p)).collect();
+    assert!(left.is_empty(), "processes outlived their helper: {left:?}");
+    c.delete().await.unwrap();
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("orphan");
+}
+
+#[tokio::test]
+async fn linux_the_specs_seccomp_profile_is_applied() {
+    use kata_sandbox::oci_spec::runtime::{
+        LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder,
+    };
+    let f = Fixture::new(Handler::Linux);
+    let sb = f.sandbox("seccomp").await;
+    let mut spec = Spec::default();
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_seccomp(Some(
+        LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .syscalls(vec![LinuxSyscallBuilder::default()
+                .names(vec!["mkdir".to_string(), "mkdirat".to_string()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(1u32)
+                .build()
+                .unwrap()])
+            .build()
+            .unwrap(),
+    ));
+    spec.set_linux(Some(linux));
+    let out = sb
+        .run(ContainerSpec::from_oci(spec, &f.rootfs).args(sh("mkdir /tmp/x && echo made")))
+        .await
+        .unwrap();
+    assert_ne!(out.status, ExitStatus::from_code(0), "{}", out.stdout_str());
+    assert!(
+        out.stderr_str().contains("Operation not permitted"),
+        "{:?}",
+        out.stderr_str()
+    );
+    // Without the profile the same command succeeds.
+    let out = sb
+        .run(
+            f.spec(Program::Cat, &[])
+                .args(sh("mkdir /tmp/x && echo made")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_str(), "made\n");
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("seccomp");
+}

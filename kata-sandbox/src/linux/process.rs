@@ -58,6 +58,16 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; this is its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
     // SAFETY: fcntl on a descriptor this process owns.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
@@ -145,10 +155,14 @@ impl HelperProcess {
                 ));
             }
         };
+        // Pinned now, while the helper has not reaped it: if the helper dies, the process is
+        // killed through it (never by a pid that may have been reused).
+        let pidfd = pidfd_open(pid).ok();
         let (exit_tx, exit) = watch::channel(None);
         let (gone_tx, gone) = watch::channel(false);
         let pending: PendingReply = Default::default();
         tokio::spawn(read_messages(
+            pidfd,
             lines,
             child,
             exit_tx,
@@ -244,6 +258,7 @@ impl HelperProcess {
 
 /// Reads the helper's messages until its socket closes, then reaps it.
 async fn read_messages(
+    pidfd: Option<OwnedFd>,
     mut lines: BufReader<OwnedReadHalf>,
     mut child: tokio::process::Child,
     exit: watch::Sender<Option<ExitStatus>>,
@@ -284,8 +299,23 @@ async fn read_messages(
             }
         }
     }
-    // The helper is gone: a process it did not report is lost (the helper kills it when its
-    // socket closes, and it dies with the helper's namespace otherwise).
+    // The helper is gone. A process it did not report exiting (the helper was killed) is
+    // killed here: nothing of a container outlives its helper. A PID namespace's first process
+    // takes the rest of the namespace with it.
+    if exit.borrow().is_none() {
+        if let Some(fd) = &pidfd {
+            // SAFETY: pidfd_send_signal on a pidfd this process owns, no siginfo, no flags.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        }
+    }
     exit.send_if_modified(|e| {
         if e.is_none() {
             *e = Some(ExitStatus::from_signal(Signal::KILL));
