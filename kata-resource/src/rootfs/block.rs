@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use kata_hypervisor::{BlockDevice, GuestAddress};
+use kata_hypervisor::{BlockDevice, GuestAddress, VfioDevice};
 use serde::{Deserialize, Serialize};
 
 use super::RootfsMount;
@@ -183,6 +183,10 @@ pub struct DevicesState {
     /// The block devices each container holds, by container id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub block: BTreeMap<String, Vec<BlockDevice>>,
+    /// The VFIO devices hot-plugged for each container, by container id (a restored runtime
+    /// unplugs them when the container is removed; the cold-plugged ones stay with the VM).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vfio: BTreeMap<String, Vec<VfioDevice>>,
 }
 
 /// The disks given to the sandbox's containers (see the [module docs](self)). Nothing of it
@@ -194,6 +198,8 @@ pub(crate) struct DevicesSlot {
     /// hot-plugs them).
     enabled: bool,
     block: BTreeMap<String, Vec<BlockDevice>>,
+    /// VFIO devices hot-plugged per container ([`crate::vfio`]).
+    vfio: BTreeMap<String, Vec<VfioDevice>>,
 }
 
 impl DevicesSlot {
@@ -246,15 +252,29 @@ impl DevicesSlot {
         self.block.get(id).cloned().unwrap_or_default()
     }
 
-    /// Forgets container `id`'s disks (unplugged by the caller, or going with the VM).
+    /// Forgets container `id`'s disks and VFIO devices (unplugged by the caller, or going
+    /// with the VM); returns the disks.
     pub(crate) fn remove_container(&mut self, id: &str) -> Vec<BlockDevice> {
+        self.vfio.remove(id);
         self.block.remove(id).unwrap_or_default()
+    }
+
+    /// Records VFIO device `device` as hot-plugged for container `id`.
+    pub(crate) fn record_vfio(&mut self, id: &str, device: VfioDevice) {
+        self.vfio.entry(id.to_owned()).or_default().push(device);
+    }
+
+    /// The VFIO devices hot-plugged for container `id`, forgotten here (the caller unplugs
+    /// them).
+    pub(crate) fn take_vfio(&mut self, id: &str) -> Vec<VfioDevice> {
+        self.vfio.remove(id).unwrap_or_default()
     }
 
     /// What persist records of it.
     pub(crate) fn state(&self) -> DevicesState {
         DevicesState {
             block: self.block.clone(),
+            vfio: self.vfio.clone(),
         }
     }
 
@@ -264,17 +284,26 @@ impl DevicesSlot {
         Ok(DevicesSlot {
             enabled: false,
             block: state.block.clone(),
+            vfio: state.vfio.clone(),
         })
     }
 
-    /// Nothing on the host to remove: the disks went with the VM.
-    pub(crate) fn cleanup(_state: &DevicesState) -> Result<()> {
+    /// Nothing on the host to remove: the disks went with the VM, and a hot-plugged VFIO
+    /// device went back to the host when the VM's process that held its group was killed (it
+    /// stays bound to `vfio-pci`, as it was before the sandbox).
+    pub(crate) fn cleanup(state: &DevicesState) -> Result<()> {
+        for (container_id, devices) in &state.vfio {
+            for d in devices {
+                tracing::info!(container_id, device = %d.id, host = %d.bdf, "VFIO device released with the VM");
+            }
+        }
         Ok(())
     }
 
-    /// Forgets every disk (the VM is stopped or going).
+    /// Forgets every disk and VFIO device (the VM is stopped or going).
     pub(crate) fn release_in_place(&mut self) -> Result<()> {
         self.block.clear();
+        self.vfio.clear();
         Ok(())
     }
 

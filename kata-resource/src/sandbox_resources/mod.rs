@@ -262,6 +262,15 @@ impl SandboxResources {
         self.cgroups.add_vmm_pids(&all)
     }
 
+    /// Moves an in-process VMM's threads (the built-in VMM's `vcpus` and `devices` threads,
+    /// threads of this process) into the sandbox's host cgroups: on cgroup v1 each thread
+    /// alone (vCPUs into the sandbox cgroup, device threads into the overhead one unless
+    /// `sandbox_cgroup_only`), on v2, where a process's threads share one cgroup, this whole
+    /// process into the sandbox cgroup. Put back on release. Nothing without cgroups.
+    pub fn add_vmm_threads(&mut self, vcpus: &[u32], devices: &[u32]) -> Result<()> {
+        self.cgroups.add_vmm_threads(vcpus, devices)
+    }
+
     /// Records container `id`'s `linux.resources` (created or updated) for the host: the
     /// sandbox cgroup is constrained to the union of the containers' cpusets, and vCPUs plugged
     /// since are moved in. A cpuset the host refuses fails naming the field and changes
@@ -472,6 +481,18 @@ impl SandboxResources {
     /// [`remove_container`](Self::remove_container).
     pub fn container_block_devices(&self, id: &str) -> Vec<kata_hypervisor::BlockDevice> {
         self.devices.container_devices(id)
+    }
+
+    /// Records VFIO device `device` as hot-plugged for container `id`, so that
+    /// [`state`](Self::state) keeps it: a runtime that [adopts](Self::adopt) the sandbox
+    /// unplugs it when the container is removed ([`take_container_vfio`](Self::take_container_vfio)).
+    pub fn record_container_vfio(&mut self, id: &str, device: kata_hypervisor::VfioDevice) {
+        self.devices.record_vfio(id, device);
+    }
+
+    /// The VFIO devices hot-plugged for container `id`, to unplug; forgotten here.
+    pub fn take_container_vfio(&mut self, id: &str) -> Vec<kata_hypervisor::VfioDevice> {
+        self.devices.take_vfio(id)
     }
 
     /// Where container `id`'s rootfs is on the host: its mount in the shared directory (what

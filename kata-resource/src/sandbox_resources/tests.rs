@@ -760,3 +760,37 @@ fn the_owner_can_live_behind_a_mutex_in_an_async_runtime() {
     send_sync::<SandboxResources>();
     send_sync::<ResourcesState>();
 }
+
+#[test]
+fn hot_plugged_vfio_devices_are_kept_in_the_state_for_the_next_owner() {
+    let fx = Fixture::new();
+    let mut r = SandboxResources::new(fx.sandbox_dir(), SharedFs::None, 8192).unwrap();
+    let edu = kata_hypervisor::VfioDevice {
+        id: "vfio-2-0".into(),
+        bdf: "0000:00:02.0".into(),
+    };
+    r.record_container_vfio("c1", edu.clone());
+    // What state.json keeps, written and read back.
+    let state: ResourcesState =
+        serde_json::from_str(&serde_json::to_string(&r.detach()).unwrap()).unwrap();
+    assert_eq!(state.devices.vfio["c1"], vec![edu.clone()]);
+
+    // A restarted runtime knows it: removing the container unplugs it once.
+    let mut adopted = SandboxResources::adopt(fx.sandbox_dir(), &state).unwrap();
+    assert_eq!(adopted.take_container_vfio("c1"), vec![edu.clone()]);
+    assert!(adopted.take_container_vfio("c1").is_empty());
+    assert!(adopted.state().devices.vfio.is_empty());
+    // Removing the container forgets what it held.
+    adopted.record_container_vfio("c2", edu);
+    adopted.remove_container("c2").unwrap();
+    assert!(adopted.state().devices.vfio.is_empty());
+    adopted.release().unwrap();
+
+    // Cleanup without a live runtime: the device went with the VM; the state is accepted.
+    SandboxResources::cleanup(fx.sandbox_dir(), Some(&state)).unwrap();
+    // A state written before the field existed still loads, with none.
+    let mut older = serde_json::to_value(&state).unwrap();
+    older["devices"].as_object_mut().unwrap().remove("vfio");
+    let older: ResourcesState = serde_json::from_value(older).unwrap();
+    assert!(older.devices.vfio.is_empty());
+}

@@ -216,6 +216,11 @@ impl VirtContainer {
             // The VMM and its helpers into the sandbox's host cgroup as soon as they run.
             let first_pids = vm.pids();
             resources.add_vmm_pids(&first_pids)?;
+            // The built-in VMM runs as threads of this process: those go in one by one.
+            let (vcpus, devices) = vm.in_process_threads();
+            if !vcpus.is_empty() {
+                resources.add_vmm_threads(&vcpus, &devices)?;
+            }
             let vm_started = t0.elapsed();
             vm.wait_ready(opts.dial_timeout.saturating_sub(t0.elapsed()))
                 .instrument(tracing::info_span!("vm.wait_ready", sandbox_id = %config.id))
@@ -539,7 +544,10 @@ impl RuntimeHandler for VirtContainer {
             let disk_storages =
                 block::attach(&self.vm, container_id, guest.block_devices, &mut disks).await?;
             let mut oci = spec(&guest.rootfs_path)?;
-            let vfio_devices = self.vfio.attach(&self.vm, container_id, &mut oci).await?;
+            let vfio_devices = self
+                .vfio
+                .attach(&self.vm, &self.resources, container_id, &mut oci)
+                .await?;
             let (oci, volume_storages) = volumes::set_up(
                 &self.resources,
                 &self.volumes,
@@ -578,7 +586,9 @@ impl RuntimeHandler for VirtContainer {
         .await;
         if let Err(e) = created {
             block::detach(&self.vm, container_id, &disks).await;
-            self.vfio.detach_container(&self.vm, container_id).await;
+            self.vfio
+                .detach_container(&self.vm, &self.resources, container_id)
+                .await;
             if let Err(se) = self.sizing.shrink(container_id, &*self.vm).await {
                 tracing::warn!(sandbox_id = %self.id, container_id, error = %se, "unplugging the vCPUs of a container that failed to create");
             }
@@ -715,7 +725,9 @@ impl RuntimeHandler for VirtContainer {
             .remove_container(container_id, Some(REMOVE_WAIT))
             .await;
         block::detach_container(&self.vm, &self.resources, container_id).await;
-        self.vfio.detach_container(&self.vm, container_id).await;
+        self.vfio
+            .detach_container(&self.vm, &self.resources, container_id)
+            .await;
         let released = self.release(container_id).await;
         if removed.is_ok() {
             if let Err(e) = self.sizing.shrink(container_id, &*self.vm).await {

@@ -8,19 +8,23 @@
 //!   told where the guest has it ([`Hypervisor::device_address`]); they stay with the VM.
 //! - **Hot-plugged** otherwise: plugged when the container is created
 //!   ([`Hypervisor::add_device`]), unplugged when it is removed (or fails to be created).
+//!   Each one is recorded in kata-resource's devices slot as it is plugged
+//!   ([`SandboxResources::record_container_vfio`]), so `state.json` keeps it: a restarted
+//!   runtime that takes the sandbox over unplugs it when the container is removed, and cleanup
+//!   without a live runtime finds it (it went back to the host with the VM).
 //!
 //! The spec's entry is taken out (the host's major and minor mean nothing in the guest); the
 //! agent gets Kata's device (`vfio-pci`, `vfio-pci-gk` for `vfio_mode = "guest-kernel"`, with
 //! options `"<host_bdf>=<guest_pci_path>"`), waits for the functions and, in `vfio` mode,
 //! gives the container the guest's own `/dev/vfio` nodes.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kata_agent_client::Device;
 use kata_hypervisor::{DeviceConfig, GuestAddress, Hypervisor, PciePort, VfioDevice};
 use kata_resource::vfio::{VfioDiscovery, VfioGroup, VfioNode};
+use kata_resource::SandboxResources;
 use oci_spec::runtime::Spec;
 
 use crate::error::{Error, Result};
@@ -33,8 +37,6 @@ pub(super) struct VfioDevices {
     vfio_mode: bool,
     /// Groups cold-plugged at boot.
     cold: Vec<VfioGroup>,
-    /// Hot-plugged devices by container.
-    attached: Mutex<HashMap<String, Vec<VfioDevice>>>,
     /// Where sysfs is (`/sys`).
     discovery: VfioDiscovery,
 }
@@ -64,14 +66,13 @@ impl VfioDevices {
         Ok(VfioDevices {
             vfio_mode: config.runtime.vfio_mode == "vfio",
             cold,
-            attached: Mutex::default(),
             discovery,
         })
     }
 
     /// The VFIO devices of a sandbox taken over from its saved state: the cold-plugged groups
     /// found again (a group that no longer checks out is left out, with a warning). What
-    /// containers had hot-plugged is not in the saved state: it stays with the VM.
+    /// containers had hot-plugged is in the adopted resources' devices slot.
     pub(super) fn restored(config: &SandboxConfig) -> Self {
         Self::for_sandbox(config).unwrap_or_else(|e| {
             tracing::warn!(sandbox_id = %config.id, error = %e, "the sandbox's cold-plugged VFIO devices cannot be found again");
@@ -101,11 +102,12 @@ impl VfioDevices {
 
     /// Gives container `container_id` the VFIO devices its spec names (see the [module
     /// docs](self)): takes them out of `spec`'s `linux.devices`, hot-plugs those not
-    /// cold-plugged, and returns the agent's devices. On error what this call plugged is
-    /// unplugged again.
+    /// cold-plugged (each recorded in `resources` as it is plugged), and returns the agent's
+    /// devices. On error what this call plugged is unplugged again.
     pub(super) async fn attach(
         &self,
         vm: &Arc<dyn Hypervisor>,
+        resources: &Mutex<Option<SandboxResources>>,
         container_id: &str,
         spec: &mut Spec,
     ) -> Result<Vec<Device>> {
@@ -131,19 +133,9 @@ impl VfioDevices {
                 .collect();
             linux.set_devices(Some(rest).filter(|r| !r.is_empty()));
         }
-        let mut plugged = Vec::new();
-        let result = self
-            .attach_paths(vm, container_id, &paths, &mut plugged)
-            .await;
+        let result = self.attach_paths(vm, resources, container_id, &paths).await;
         if result.is_err() {
-            detach(vm, container_id, &plugged).await;
-        } else if !plugged.is_empty() {
-            self.attached
-                .lock()
-                .unwrap()
-                .entry(container_id.to_string())
-                .or_default()
-                .extend(plugged);
+            self.detach_container(vm, resources, container_id).await;
         }
         result
     }
@@ -151,9 +143,9 @@ impl VfioDevices {
     async fn attach_paths(
         &self,
         vm: &Arc<dyn Hypervisor>,
+        resources: &Mutex<Option<SandboxResources>>,
         container_id: &str,
         paths: &[PathBuf],
-        plugged: &mut Vec<VfioDevice>,
     ) -> Result<Vec<Device>> {
         let mut out = Vec::new();
         for path in paths {
@@ -168,7 +160,7 @@ impl VfioDevices {
                     vm.device_address(&dev.id).await?
                 } else {
                     let a = vm.add_device(DeviceConfig::Vfio(dev.clone())).await?;
-                    plugged.push(dev.clone());
+                    record(resources, container_id, dev.clone());
                     a
                 };
                 let GuestAddress::Pci { path: guest } = &address else {
@@ -197,14 +189,27 @@ impl VfioDevices {
 
     /// Hot-unplugs what container `container_id` holds (best effort: a failure is logged;
     /// the device goes with the VM at the latest).
-    pub(super) async fn detach_container(&self, vm: &Arc<dyn Hypervisor>, container_id: &str) {
-        let held = self
-            .attached
+    pub(super) async fn detach_container(
+        &self,
+        vm: &Arc<dyn Hypervisor>,
+        resources: &Mutex<Option<SandboxResources>>,
+        container_id: &str,
+    ) {
+        let held = resources
             .lock()
             .unwrap()
-            .remove(container_id)
+            .as_mut()
+            .map(|r| r.take_container_vfio(container_id))
             .unwrap_or_default();
         detach(vm, container_id, &held).await;
+    }
+}
+
+/// Records `device` as hot-plugged for `container_id` (resources gone: the sandbox is shutting
+/// down, and the device goes with the VM).
+fn record(resources: &Mutex<Option<SandboxResources>>, container_id: &str, device: VfioDevice) {
+    if let Some(r) = resources.lock().unwrap().as_mut() {
+        r.record_container_vfio(container_id, device);
     }
 }
 
