@@ -8,11 +8,17 @@
 //! * `handlers/virt_container_host_agent_warm`: `true` (busybox) through the guest agent of a
 //!   running `virt_container` sandbox on the test backend (the agent on this host, no VM: the
 //!   handler's own cost; a VM's is `startup`'s `container/true_in_warm_sandbox`).
+//! * `handlers/linux_container_warm`: `true` (busybox) on the host by libcontainer in a running
+//!   `linux_container` sandbox (a helper process per container; no VM).
+//! * `handlers/linux_container_cold`: the same with the sandbox started and shut down around it.
 //! * `handlers/runc_true`: `true` with runc directly on the host.
 //!
 //! At the end of `cargo bench -p kata-benches --bench handlers` it prints the medians of 15
 //! runs of each, measured in this one run (under `cargo test` each case runs once). Needs root;
-//! the `virt_container` row needs the kata-agent binary of this build.
+//! the `virt_container` row needs the kata-agent binary of this build, the `linux_container`
+//! rows kata-sandbox's `kata-linux-container` helper beside the bench's target directory
+//! (`cargo build --release -p kata-sandbox --features linux --bin kata-linux-container` before
+//! `cargo bench`; a workspace build makes it for `cargo test`).
 
 use std::time::Duration;
 
@@ -77,6 +83,23 @@ fn handlers(c: &mut Criterion) {
         rt.block_on(b.build()).unwrap()
     });
     let virt_spec = || ContainerSpec::from_rootfs_dir(&rootfs).args(["true"]);
+    let linux_builder = || {
+        Sandbox::builder()
+            .runtime_handler(RuntimeHandlerKind::LinuxContainer)
+            .root_dir(root.path())
+    };
+    let linux = match rt.block_on(linux_builder().build()) {
+        Ok(sb) => Some(sb),
+        Err(e) => {
+            eprintln!("handlers: no linux_container row: {e}");
+            None
+        }
+    };
+    let linux_cold = || async {
+        let sb = linux_builder().build().await.unwrap();
+        run_ok(&sb, virt_spec()).await;
+        sb.shutdown().await.unwrap();
+    };
     let bundle = root.path().join("runc-bundle");
     let runc = runc_bundle(&bundle, &rootfs, &["true"]).is_ok();
     let mut n = 0u64;
@@ -97,6 +120,12 @@ fn handlers(c: &mut Criterion) {
             b.to_async(&rt).iter(|| run_ok(sb, virt_spec()))
         });
     }
+    if let Some(sb) = &linux {
+        g.bench_function("linux_container_warm", |b| {
+            b.to_async(&rt).iter(|| run_ok(sb, virt_spec()))
+        });
+        g.bench_function("linux_container_cold", |b| b.to_async(&rt).iter(linux_cold));
+    }
     if runc {
         g.bench_function("runc_true", |b| b.iter(&mut runc_once));
     }
@@ -107,6 +136,9 @@ fn handlers(c: &mut Criterion) {
     if !std::env::args().any(|a| a == "--bench") {
         rt.block_on(wasm.shutdown()).unwrap();
         if let Some(sb) = virt {
+            rt.block_on(sb.shutdown()).unwrap();
+        }
+        if let Some(sb) = linux {
             rt.block_on(sb.shutdown()).unwrap();
         }
         return;
@@ -124,12 +156,22 @@ fn handlers(c: &mut Criterion) {
             ms(t)
         ));
     }
+    if let Some(sb) = &linux {
+        line.push_str(&format!(
+            ", linux_container warm {:.2} ms, cold {:.2} ms",
+            ms(median(15, || rt.block_on(run_ok(sb, virt_spec())))),
+            ms(median(15, || rt.block_on(linux_cold()))),
+        ));
+    }
     if runc {
         line.push_str(&format!(", runc {:.2} ms", ms(median(15, &mut runc_once))));
     }
     println!("{line}");
     rt.block_on(wasm.shutdown()).unwrap();
     if let Some(sb) = virt {
+        rt.block_on(sb.shutdown()).unwrap();
+    }
+    if let Some(sb) = linux {
         rt.block_on(sb.shutdown()).unwrap();
     }
 }
