@@ -421,7 +421,9 @@ fn setting_effect(key: &str) -> Option<Option<&'static str>> {
         // The guest's kernel parameters (`guest_kernel_params`): the agent's log level, its
         // log stream's port (read by the sandbox), its debug console.
         "enable_debug" | "debug_console_enabled" | "log_port" => None,
-        "enable_tracing" => Some("trace export is not implemented"),
+        "enable_tracing" => {
+            Some("the guest agent exports no spans (the runtime's are: [runtime] enable_tracing)")
+        }
         "server_port" => Some("the agent listens on vsock port 1024, which the VMM backend dials"),
         "kernel_modules" => Some("guest kernel modules are not loaded yet"),
         "container_pipe_size" => Some("container stdio is copied through the agent's own pipes"),

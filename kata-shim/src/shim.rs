@@ -87,13 +87,16 @@ fn init_logging(flags: &Flags) {
     let fifo = serving
         .then(|| std::fs::OpenOptions::new().write(true).open("log").ok())
         .flatten();
-    let registry = tracing_subscriber::registry().with(filter);
+    // The log's filter is the log layer's own: the trace export (`enable_tracing`, feature
+    // `otel`) sees kata-rs's INFO spans whatever KATA_RS_LOG says.
+    use tracing_subscriber::Layer as _;
+    let registry = tracing_subscriber::registry().with(crate::telemetry::layer());
     let _ = match fifo {
         Some(f) => registry
-            .with(crate::logfmt::layer(fixed, std::sync::Mutex::new(f)))
+            .with(crate::logfmt::layer(fixed, std::sync::Mutex::new(f)).with_filter(filter))
             .try_init(),
         None => registry
-            .with(crate::logfmt::layer(fixed, std::io::stderr))
+            .with(crate::logfmt::layer(fixed, std::io::stderr).with_filter(filter))
             .try_init(),
     };
 }

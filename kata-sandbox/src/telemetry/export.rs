@@ -119,13 +119,17 @@ pub(super) fn active() -> bool {
 
 /// Starts the exporter for sandbox `sandbox_id` with `settings`, unless it runs.
 pub(super) fn activate(sandbox_id: &str, settings: &ExportSettings) -> Result<()> {
+    // Nothing is logged while the lock is held: a subscriber may call the tracer, which reads
+    // it.
     let mut slot = EXPORTER.write().unwrap_or_else(|e| e.into_inner());
     if let Some(running) = slot.as_ref() {
-        if running.endpoint != settings.endpoint {
+        let elsewhere = (running.endpoint != settings.endpoint).then(|| running.endpoint.clone());
+        drop(slot);
+        if let Some(exporting_to) = elsewhere {
             tracing::warn!(
                 sandbox_id,
                 endpoint = %settings.endpoint,
-                exporting_to = %running.endpoint,
+                %exporting_to,
                 "enable_tracing: this process already exports spans elsewhere; this sandbox's go there too"
             );
         }
@@ -173,12 +177,13 @@ pub(super) fn activate(sandbox_id: &str, settings: &ExportSettings) -> Result<()
         .with_resource(resource.build())
         .build();
     let tracer = BoxedTracer::new(Box::new(provider.tracer("kata-rs")));
-    tracing::info!(sandbox_id, endpoint = %settings.endpoint, source = settings.source, "enable_tracing: exporting spans over OTLP/HTTP");
     *slot = Some(Exporter {
         provider,
         tracer: Arc::new(tracer),
         endpoint: settings.endpoint.clone(),
     });
+    drop(slot);
+    tracing::info!(sandbox_id, endpoint = %settings.endpoint, source = settings.source, "enable_tracing: exporting spans over OTLP/HTTP");
     Ok(())
 }
 

@@ -334,6 +334,32 @@ mod tests {
     }
 
     #[test]
+    fn a_finished_configuration_is_checked() {
+        // The builder's finish() asks check(): Kata's Jaeger endpoint is refused there,
+        // before anything starts; an OTLP one passes (this build has the feature).
+        let e = crate::SandboxBuilder::new()
+            .tracing(Some("http://jaeger:14268/api/traces"))
+            .finish()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("runtime.jaeger_endpoint") && e.contains(":4318/v1/traces"),
+            "{e}"
+        );
+        if BUILT_WITH_OTEL {
+            let config = crate::SandboxBuilder::new()
+                .tracing(Some("http://collector:4318/v1/traces"))
+                .finish()
+                .unwrap();
+            assert!(config.runtime.enable_tracing);
+            assert!(!config
+                .inert_settings()
+                .iter()
+                .any(|s| s.contains("enable_tracing")));
+        }
+    }
+
+    #[test]
     fn jaeger_credentials_become_basic_authentication() {
         let r = RuntimeConfig {
             jaeger_user: "Aladdin".into(),

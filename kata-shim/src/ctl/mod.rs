@@ -41,7 +41,10 @@ pub fn main(args: impl IntoIterator<Item = impl Into<OsString>>) -> i32 {
         }
     };
     init_logging();
-    run(&options, command)
+    let code = run(&options, command);
+    // enable_tracing: the spans of this command are sent before it exits.
+    kata_shim::telemetry::shutdown();
+    code
 }
 
 /// Runs one parsed command.
@@ -63,14 +66,21 @@ pub fn run(options: &Options, command: Command) -> i32 {
 /// Warnings (unknown keys, ignored annotations) and errors go to stderr; `KATA_RS_LOG`
 /// (`RUST_LOG` syntax, the one filter of every kata-rs host program) overrides.
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("KATA_RS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .with_target(false)
+        .with_filter(filter);
+    // The trace export (`enable_tracing`, feature `otel`) beside the log, with its own filter.
+    let _ = tracing_subscriber::registry()
+        .with(kata_shim::telemetry::layer())
+        .with(log)
         .try_init();
 }
 
