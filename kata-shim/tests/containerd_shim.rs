@@ -18,7 +18,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use kata_testkit::containerd::{self, Containerd, ShimContainerd, StartOptions};
+use kata_testkit::containerd::{self, Containerd, ShimContainerd};
 use kata_testkit::harness::{booted, Suite};
 use kata_testkit::image as testimage;
 use kata_testkit::leaks::cmdlines;
@@ -442,7 +442,7 @@ fn case_pod_of_two_containers_in_one_vm(env: &Env) -> Result<()> {
 fn case_ttrpc_errors_not_found_and_already_exists(env: &Env) -> Result<()> {
     use containerd_shim::protos::shim::shim::{CreateTaskRequest, KillRequest, StateRequest};
     use containerd_shim::protos::shim_async::{Client, TaskClient};
-    use containerd_shim::protos::ttrpc::{context, Code, Error as TtrpcError};
+    use containerd_shim::protos::ttrpc::{context, Code};
     let c = &env.ctr;
     let id = "kt-errors";
     let r = (|| {
@@ -460,10 +460,6 @@ fn case_ttrpc_errors_not_found_and_already_exists(env: &Env) -> Result<()> {
         rt.block_on(async {
             let client = Client::connect(&address).await?;
             let task = TaskClient::new(client);
-            let code = |r: std::result::Result<(), TtrpcError>| match r {
-                Err(TtrpcError::RpcStatus(s)) => Some((s.code(), s.message().to_string())),
-                _ => None,
-            };
             let ctx = || context::with_timeout(Duration::from_secs(10).as_nanos() as i64);
             let r = task
                 .kill(
@@ -474,13 +470,8 @@ fn case_ttrpc_errors_not_found_and_already_exists(env: &Env) -> Result<()> {
                         ..Default::default()
                     },
                 )
-                .await
-                .map(|_| ());
-            let got = code(r);
-            ensure!(
-                matches!(got, Some((Code::NOT_FOUND, _))),
-                "kill unknown: {got:?}"
-            );
+                .await;
+            expect_code(r, Code::NOT_FOUND, "kill unknown")?;
             let r = task
                 .state(
                     ctx(),
@@ -489,13 +480,8 @@ fn case_ttrpc_errors_not_found_and_already_exists(env: &Env) -> Result<()> {
                         ..Default::default()
                     },
                 )
-                .await
-                .map(|_| ());
-            let got = code(r);
-            ensure!(
-                matches!(got, Some((Code::NOT_FOUND, _))),
-                "state unknown: {got:?}"
-            );
+                .await;
+            expect_code(r, Code::NOT_FOUND, "state unknown")?;
             let r = task
                 .create(
                     ctx(),
@@ -505,16 +491,11 @@ fn case_ttrpc_errors_not_found_and_already_exists(env: &Env) -> Result<()> {
                         ..Default::default()
                     },
                 )
-                .await
-                .map(|_| ());
-            let got = code(r);
-            ensure!(
-                matches!(got, Some((Code::ALREADY_EXISTS, _))),
-                "second create: {got:?}"
-            );
+                .await;
+            expect_code(r, Code::ALREADY_EXISTS, "second create")?;
             exec_start_failures(&task, id).await?;
             concurrent_creates_of_one_id(&task, &bundle, &env.tmp).await?;
-            Ok(())
+            Ok::<_, anyhow::Error>(())
         })?;
         c.ok(&["task", "kill", "-s", "KILL", id])?;
         c.wait_status(id, "STOPPED", Duration::from_secs(10))?;
@@ -532,6 +513,20 @@ type TaskClient = containerd_shim::protos::shim_async::TaskClient;
 
 fn ttrpc_ctx() -> containerd_shim::protos::ttrpc::context::Context {
     containerd_shim::protos::ttrpc::context::with_timeout(Duration::from_secs(20).as_nanos() as i64)
+}
+
+/// Fails naming `what` unless `r` is a ttRPC error with `code`.
+fn expect_code<T>(
+    r: std::result::Result<T, containerd_shim::protos::ttrpc::Error>,
+    code: containerd_shim::protos::ttrpc::Code,
+    what: &str,
+) -> Result<()> {
+    let got = rpc_error(r);
+    ensure!(
+        matches!(&got, Some((c, _)) if *c == code),
+        "{what}: {got:?}"
+    );
+    Ok(())
 }
 
 /// The code and message of a failed ttRPC call.
@@ -938,15 +933,7 @@ fn missing() -> Option<String> {
 /// test image imported.
 fn setup() -> Result<Env> {
     let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
-    let ctr = ShimContainerd::start(
-        "kata-shim-ctd",
-        &shim,
-        &StartOptions {
-            namespace: Some(NS),
-            ..StartOptions::default()
-        },
-    )?;
-    ctr.import_busybox()?;
+    let ctr = ShimContainerd::start_with_busybox("kata-shim-ctd", &shim, NS)?;
     let tmp = ctr.dir().to_path_buf();
     let baseline = leftovers(&tmp);
     Ok(Env { ctr, tmp, baseline })

@@ -9,14 +9,13 @@
 //!
 //! Run one case: `cargo test -p kata-shim --test containerd_wasm -- <filter>`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use kata_testkit::containerd::{self, ShimContainerd, StartOptions};
 use kata_testkit::harness::Suite;
 use kata_testkit::image::layout::{ImageSpec, IndexEntry, LayoutWriter, TarBuilder};
-use kata_testkit::leaks::cmdlines;
 
 const RUNTIME: &str = "io.containerd.kata.v2";
 const NS: &str = "kata-rs-wasm";
@@ -63,30 +62,6 @@ const EXIT3_WAT: &str = r#"(module
 struct Env {
     ctr: ShimContainerd,
     config: PathBuf,
-}
-
-/// What a run may leave: shim processes, mounts of kata sandboxes, our sandbox directories.
-fn leftovers(containerd_dir: &Path) -> (usize, usize, Vec<String>) {
-    let shims = cmdlines()
-        .iter()
-        .filter(|(_, c)| c.contains("containerd-shim-kata-v2") && c.contains(NS))
-        .count();
-    let state = containerd_dir.join("state").display().to_string();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("/run/kata/kt-wasm") || l.contains(&state))
-        .count();
-    let mut dirs: Vec<String> = std::fs::read_dir("/run/kata")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("kt-wasm"))
-                .collect()
-        })
-        .unwrap_or_default();
-    dirs.sort();
-    (shims, mounts, dirs)
 }
 
 /// `ctr run --rm` of `module` with `args` under the wasm configuration.
@@ -203,11 +178,9 @@ fn main() -> std::process::ExitCode {
         )
         .leak_check(|env: &Env| {
             std::thread::sleep(Duration::from_millis(300));
-            let left = leftovers(env.ctr.dir());
-            ensure!(
-                left == (0, 0, Vec::new()),
-                "left behind (shims, mounts, dirs): {left:?}"
-            );
+            // Shim processes, mounts of our sandboxes, our sandbox directories.
+            let left = env.ctr.leftovers("kt-wasm");
+            ensure!(left.is_empty(), "left behind: {left:?}");
             Ok(())
         })
         .diagnostics(|env: &Env| env.ctr.log_tail(40))

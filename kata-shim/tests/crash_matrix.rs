@@ -108,6 +108,33 @@ fn left_of(c: &Containerd, root: &Path, id: &str) -> Vec<String> {
     left
 }
 
+/// `ctr run -d` of a `sleep 1000` container `id` under the kata runtime.
+fn run_detached(id: &str) -> [&str; 8] {
+    [
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        testimage::IMAGE_NAME,
+        id,
+        "sleep",
+        "1000",
+    ]
+}
+
+/// [`left_of`] once it is empty, or as it is after 20 s (cleanup may take a moment:
+/// containerd runs the shim's `delete` for a dead shim).
+fn left_after_cleanup(c: &Containerd, root: &Path, id: &str) -> Vec<String> {
+    let t0 = Instant::now();
+    loop {
+        let left = left_of(c, root, id);
+        if left.is_empty() || t0.elapsed() > Duration::from_secs(20) {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// One cell: arm the crash point, run the user's sequence, clean up as a user, check.
 fn cell(env: &Env, step: CrashStep, victim: Victim) -> Result<String> {
     let c = &env.ctr;
@@ -127,19 +154,7 @@ fn cell(env: &Env, step: CrashStep, victim: Victim) -> Result<String> {
         });
         ok
     };
-    let run = ctr(
-        c,
-        &[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            testimage::IMAGE_NAME,
-            &id,
-            "sleep",
-            "1000",
-        ],
-    )?;
+    let run = ctr(c, &run_detached(&id))?;
     let ran = note("run", run);
     if ran {
         booted();
@@ -166,13 +181,7 @@ fn cell(env: &Env, step: CrashStep, victim: Victim) -> Result<String> {
     );
     // Cleanup may take a moment (containerd runs the shim's `delete` for a dead shim).
     let t0 = Instant::now();
-    let left = loop {
-        let left = left_of(c, Path::new(DEFAULT_ROOT), &id);
-        if left.is_empty() || t0.elapsed() > Duration::from_secs(20) {
-            break left;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let left = left_after_cleanup(c, Path::new(DEFAULT_ROOT), &id);
     ensure!(
         left.is_empty(),
         "{id}: left after cleanup ({said:?}): {left:#?}"
@@ -296,20 +305,7 @@ fn enospc_cell(c: &Containerd, root: &Path, crash_file: &Path, step: CrashStep) 
         check_state(root, &id, what, torn);
         Ok(ok)
     };
-    let ran = call(
-        "run",
-        &[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            testimage::IMAGE_NAME,
-            &id,
-            "sleep",
-            "1000",
-        ],
-        &mut torn,
-    )?;
+    let ran = call("run", &run_detached(&id), &mut torn)?;
     if ran {
         booted();
         call(
@@ -328,13 +324,7 @@ fn enospc_cell(c: &Containerd, root: &Path, crash_file: &Path, step: CrashStep) 
     let fired = !crash_file.exists();
     let _ = std::fs::remove_file(crash_file);
     let t0 = Instant::now();
-    let left = loop {
-        let left = left_of(c, root, &id);
-        if left.is_empty() || t0.elapsed() > Duration::from_secs(20) {
-            break left;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let left = left_after_cleanup(c, root, &id);
     let was_full = fill.exists();
     let _ = std::fs::remove_file(&fill);
     ensure!(fired && was_full, "{id}: the fault never fired ({said:?})");

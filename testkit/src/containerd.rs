@@ -34,6 +34,9 @@ pub fn missing(tools: &[&str], guest_manifest: Option<&Path>) -> Option<String> 
 /// containerd suite of the shim. Derefs to the [`Containerd`].
 pub struct ShimContainerd {
     ctr: Containerd,
+    /// The shim's file name and `ctr`'s namespace (what [`ShimLeftovers`] looks for).
+    shim_name: String,
+    namespace: String,
     work: tempfile::TempDir,
 }
 
@@ -52,12 +55,47 @@ impl ShimContainerd {
                 ..*options
             },
         )?;
-        Ok(ShimContainerd { ctr, work })
+        Ok(ShimContainerd {
+            ctr,
+            shim_name: shim
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            namespace: options.namespace.unwrap_or("default").to_string(),
+            work,
+        })
+    }
+
+    /// [`start`](Self::start) with only a namespace for `ctr`, and the busybox test image
+    /// imported ([`import_busybox`](Self::import_busybox)): what most suites need.
+    pub fn start_with_busybox(prefix: &str, shim: &Path, namespace: &str) -> Result<Self> {
+        let ctr = Self::start(
+            prefix,
+            shim,
+            &StartOptions {
+                namespace: Some(namespace),
+                ..StartOptions::default()
+            },
+        )?;
+        ctr.import_busybox()?;
+        Ok(ctr)
     }
 
     /// The temporary directory: containerd's root, state, socket and log, and the test's files.
     pub fn dir(&self) -> &Path {
         self.work.path()
+    }
+
+    /// What is left now of this suite's shims (its shim binary in its namespace) and of the
+    /// sandboxes under `/run/kata` whose ids start with `prefix` ([`ShimLeftovers::now`]).
+    pub fn leftovers(&self, prefix: &str) -> ShimLeftovers {
+        ShimLeftovers::now(
+            &self.shim_name,
+            &self.namespace,
+            self.dir(),
+            Path::new("/run/kata"),
+            prefix,
+        )
     }
 
     /// The containerd.
@@ -87,6 +125,63 @@ impl std::ops::Deref for ShimContainerd {
 
     fn deref(&self) -> &Containerd {
         &self.ctr
+    }
+}
+
+/// What a containerd suite of the shim may leave behind, counted: the shim processes of its
+/// namespace, the mounts of its sandboxes (named by their id prefix) and of containerd's
+/// state, and its sandbox directories. Compare one taken before the cases with one after.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShimLeftovers {
+    /// Shim processes whose command line names the namespace.
+    pub shims: usize,
+    /// Mounts under `<root>/<prefix>...` or containerd's state directory.
+    pub mounts: usize,
+    /// The directories `<root>/<prefix>...`, sorted.
+    pub sandbox_dirs: Vec<String>,
+}
+
+impl ShimLeftovers {
+    /// What is there now of the shims in `namespace` (their binary named `shim`) and of the
+    /// sandboxes whose ids start with `prefix` under the state root `root` (`/run/kata`), for
+    /// the containerd in `containerd_dir`.
+    pub fn now(
+        shim: &str,
+        namespace: &str,
+        containerd_dir: &Path,
+        root: &Path,
+        prefix: &str,
+    ) -> ShimLeftovers {
+        let shims = crate::leaks::cmdlines()
+            .iter()
+            .filter(|(_, c)| c.contains(shim) && c.contains(namespace))
+            .count();
+        let state = containerd_dir.join("state").display().to_string();
+        let ours = format!("{}/{prefix}", root.display());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&ours) || l.contains(&state))
+            .count();
+        let mut sandbox_dirs: Vec<String> = std::fs::read_dir(root)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        sandbox_dirs.sort();
+        ShimLeftovers {
+            shims,
+            mounts,
+            sandbox_dirs,
+        }
+    }
+
+    /// Nothing at all.
+    pub fn is_empty(&self) -> bool {
+        *self == ShimLeftovers::default()
     }
 }
 
