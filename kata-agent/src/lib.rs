@@ -40,6 +40,7 @@ pub mod service;
 pub mod side_port;
 pub mod storage;
 pub mod vfio;
+pub mod vfio_ap;
 
 /// Starts the side ports `config` asks for: the log stream ([`logport`]) and the debug
 /// console ([`debug_console`]). They listen until the returned listeners are dropped; one

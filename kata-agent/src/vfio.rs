@@ -228,6 +228,8 @@ pub async fn prepare_in(
     dev: &Path,
     wait: Duration,
 ) -> Result<()> {
+    // s390x crypto queues (vfio-ap, vfio-ap-cold): waited for on the AP bus.
+    crate::vfio_ap::prepare_in(devices, sysfs, wait).await?;
     let requests = requests(devices)?;
     let mut nodes: Vec<PathBuf> = Vec::new();
     for r in &requests {

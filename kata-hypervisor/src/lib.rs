@@ -46,7 +46,7 @@ mod ready;
 pub use config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};
 pub use device::{
     BlockDevice, DeviceConfig, GuestAddress, NetDevice, PciPath, PciePort, ShareFsDevice,
-    VfioDevice, VsockAddress,
+    VfioApDevice, VfioDevice, VsockAddress,
 };
 pub use error::{Error, Result};
 pub use hypervisor::{Capabilities, Hypervisor, HypervisorState, VmState};

@@ -60,6 +60,7 @@ mod sandbox_resources;
 pub mod share_fs;
 mod storage;
 pub mod vfio;
+pub mod vfio_ap;
 pub mod volume;
 
 pub use container_id::validate_container_id;

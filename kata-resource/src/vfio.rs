@@ -178,6 +178,11 @@ impl VfioDiscovery {
         })
     }
 
+    /// The sysfs root discovery reads.
+    pub(crate) fn sysfs(&self) -> &Path {
+        &self.sysfs
+    }
+
     fn pci_dir(&self, bdf: &str) -> PathBuf {
         self.sysfs.join("bus/pci/devices").join(bdf)
     }

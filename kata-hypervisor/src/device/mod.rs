@@ -19,7 +19,7 @@ pub use block::BlockDevice;
 pub use net::NetDevice;
 pub use share_fs::ShareFsDevice;
 pub use topology::{PciePort, PortAllocator, PortPlan, PortSlot};
-pub use vfio::VfioDevice;
+pub use vfio::{VfioApDevice, VfioDevice};
 pub use vsock::VsockAddress;
 
 /// A device given to a VM.
@@ -34,6 +34,8 @@ pub enum DeviceConfig {
     ShareFs(ShareFsDevice),
     /// A VFIO PCI device.
     Vfio(VfioDevice),
+    /// An s390x VFIO-AP mediated device (no PCI port).
+    VfioAp(VfioApDevice),
 }
 
 impl DeviceConfig {
@@ -44,6 +46,7 @@ impl DeviceConfig {
             DeviceConfig::Net(n) => &n.id,
             DeviceConfig::ShareFs(s) => &s.mount_tag,
             DeviceConfig::Vfio(v) => &v.id,
+            DeviceConfig::VfioAp(a) => &a.id,
         }
     }
 
@@ -54,6 +57,7 @@ impl DeviceConfig {
             DeviceConfig::Net(_) => "network",
             DeviceConfig::ShareFs(_) => "shared filesystem",
             DeviceConfig::Vfio(_) => "VFIO",
+            DeviceConfig::VfioAp(_) => "VFIO-AP",
         }
     }
 }

@@ -268,6 +268,7 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
         )?);
     }
     a.extend(vfio_args(l.devices, l.ports));
+    a.extend(super::vfio_ap::args(c, l.devices)?);
     Ok(a)
 }
 
@@ -409,6 +410,7 @@ fn device_args(
         }
         DeviceConfig::Net(n) => net_args(n, vhost_net)?,
         DeviceConfig::Vfio(_) => Vec::new(), // placed by `vfio_args`, which knows the index
+        DeviceConfig::VfioAp(_) => Vec::new(), // placed by `vfio_ap::args` (no port)
     })
 }
 

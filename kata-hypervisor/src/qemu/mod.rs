@@ -38,6 +38,7 @@ pub mod resize;
 pub mod rootless;
 mod settings;
 mod state;
+pub mod vfio_ap;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -848,6 +849,9 @@ impl Qemu {
         let what = match device {
             DeviceConfig::Block(b) => format!("the block device {} ({})", b.id, b.path.display()),
             DeviceConfig::Vfio(v) => format!("the VFIO device {} ({})", v.id, v.bdf),
+            DeviceConfig::VfioAp(a) => {
+                format!("the VFIO-AP device {} ({})", a.id, a.sysfsdev.display())
+            }
             _ => return Ok(()),
         };
         if !self.config.rootless {
@@ -924,7 +928,7 @@ impl Qemu {
             .lock()
             .unwrap()
             .iter()
-            .filter(|d| matches!(d, DeviceConfig::Vfio(_)))
+            .filter(|d| matches!(d, DeviceConfig::Vfio(_) | DeviceConfig::VfioAp(_)))
             .cloned()
             .collect();
         for d in vfio {
@@ -947,6 +951,7 @@ impl Qemu {
                     .ok_or_else(|| Error::NotRunning(self.state().to_string()))?;
                 hotplug::attach_vfio(&qmp, &self.config, ports, &v).await
             }
+            DeviceConfig::VfioAp(a) => vfio_ap::attach(&qmp, &self.config, &a).await,
             DeviceConfig::Block(b) => {
                 let ports = run
                     .ports
@@ -1173,6 +1178,7 @@ impl Hypervisor for Qemu {
                 self.publish(&run);
                 r
             }
+            DeviceConfig::VfioAp(a) => vfio_ap::detach(&*self.qmp_or_err()?, &a.id).await,
             DeviceConfig::Block(b) => {
                 let qmp = self.qmp_or_err()?;
                 let mut run = self.running.lock().await;

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use kata_hypervisor::{BlockDevice, GuestAddress, VfioDevice};
+use kata_hypervisor::{BlockDevice, DeviceConfig, GuestAddress};
 use serde::{Deserialize, Serialize};
 
 use super::RootfsMount;
@@ -183,10 +183,11 @@ pub struct DevicesState {
     /// The block devices each container holds, by container id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub block: BTreeMap<String, Vec<BlockDevice>>,
-    /// The VFIO devices hot-plugged for each container, by container id (a restored runtime
-    /// unplugs them when the container is removed; the cold-plugged ones stay with the VM).
+    /// The VFIO devices (PCI functions, s390x AP matrix devices) hot-plugged for each
+    /// container, by container id (a restored runtime unplugs them when the container is
+    /// removed; the cold-plugged ones stay with the VM).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub vfio: BTreeMap<String, Vec<VfioDevice>>,
+    pub vfio: BTreeMap<String, Vec<DeviceConfig>>,
 }
 
 /// The disks given to the sandbox's containers (see the [module docs](self)). Nothing of it
@@ -199,7 +200,7 @@ pub(crate) struct DevicesSlot {
     enabled: bool,
     block: BTreeMap<String, Vec<BlockDevice>>,
     /// VFIO devices hot-plugged per container ([`crate::vfio`]).
-    vfio: BTreeMap<String, Vec<VfioDevice>>,
+    vfio: BTreeMap<String, Vec<DeviceConfig>>,
 }
 
 impl DevicesSlot {
@@ -260,13 +261,13 @@ impl DevicesSlot {
     }
 
     /// Records VFIO device `device` as hot-plugged for container `id`.
-    pub(crate) fn record_vfio(&mut self, id: &str, device: VfioDevice) {
+    pub(crate) fn record_vfio(&mut self, id: &str, device: DeviceConfig) {
         self.vfio.entry(id.to_owned()).or_default().push(device);
     }
 
     /// The VFIO devices hot-plugged for container `id`, forgotten here (the caller unplugs
     /// them).
-    pub(crate) fn take_vfio(&mut self, id: &str) -> Vec<VfioDevice> {
+    pub(crate) fn take_vfio(&mut self, id: &str) -> Vec<DeviceConfig> {
         self.vfio.remove(id).unwrap_or_default()
     }
 
@@ -294,7 +295,7 @@ impl DevicesSlot {
     pub(crate) fn cleanup(state: &DevicesState) -> Result<()> {
         for (container_id, devices) in &state.vfio {
             for d in devices {
-                tracing::info!(container_id, device = %d.id, host = %d.bdf, "VFIO device released with the VM");
+                tracing::info!(container_id, device = %d.id(), "VFIO device released with the VM");
             }
         }
         Ok(())

@@ -477,12 +477,12 @@ impl SandboxResources {
     /// Records VFIO device `device` as hot-plugged for container `id`, so that
     /// [`state`](Self::state) keeps it: a runtime that [adopts](Self::adopt) the sandbox
     /// unplugs it when the container is removed ([`take_container_vfio`](Self::take_container_vfio)).
-    pub fn record_container_vfio(&mut self, id: &str, device: kata_hypervisor::VfioDevice) {
+    pub fn record_container_vfio(&mut self, id: &str, device: DeviceConfig) {
         self.devices.record_vfio(id, device);
     }
 
     /// The VFIO devices hot-plugged for container `id`, to unplug; forgotten here.
-    pub fn take_container_vfio(&mut self, id: &str) -> Vec<kata_hypervisor::VfioDevice> {
+    pub fn take_container_vfio(&mut self, id: &str) -> Vec<DeviceConfig> {
         self.devices.take_vfio(id)
     }
 

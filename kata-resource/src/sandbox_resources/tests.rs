@@ -765,10 +765,10 @@ fn the_owner_can_live_behind_a_mutex_in_an_async_runtime() {
 fn hot_plugged_vfio_devices_are_kept_in_the_state_for_the_next_owner() {
     let fx = Fixture::new();
     let mut r = SandboxResources::new(fx.sandbox_dir(), SharedFs::None, 8192).unwrap();
-    let edu = kata_hypervisor::VfioDevice {
+    let edu = DeviceConfig::Vfio(kata_hypervisor::VfioDevice {
         id: "vfio-2-0".into(),
         bdf: "0000:00:02.0".into(),
-    };
+    });
     r.record_container_vfio("c1", edu.clone());
     // What state.json keeps, written and read back.
     let state: ResourcesState =

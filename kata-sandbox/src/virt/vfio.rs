@@ -13,6 +13,11 @@
 //!   runtime that takes the sandbox over unplugs it when the container is removed, and cleanup
 //!   without a live runtime finds it (it went back to the host with the VM).
 //!
+//! - **s390x VFIO-AP**: a group whose member is a mediated crypto matrix device
+//!   (`kata_resource::vfio_ap`) goes to the VM as `vfio-ap` (on the command line when
+//!   cold-plugged, `device_add` otherwise) and to the agent as `vfio-ap-cold` / `vfio-ap` with
+//!   its queues (`card.domain`) as options.
+//!
 //! The spec's entry is taken out (the host's major and minor mean nothing in the guest); the
 //! agent gets Kata's device (`vfio-pci`, `vfio-pci-gk` for `vfio_mode = "guest-kernel"`, with
 //! options `"<host_bdf>=<guest_pci_path>"`), waits for the functions and, in `vfio` mode,
@@ -22,8 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kata_agent_client::Device;
-use kata_hypervisor::{DeviceConfig, GuestAddress, Hypervisor, PciePort, VfioDevice};
+use kata_hypervisor::{DeviceConfig, GuestAddress, Hypervisor, PciePort};
 use kata_resource::vfio::{VfioDiscovery, VfioGroup, VfioNode};
+use kata_resource::vfio_ap::ApMatrixDevice;
 use kata_resource::SandboxResources;
 use oci_spec::runtime::Spec;
 
@@ -37,6 +43,8 @@ pub(super) struct VfioDevices {
     vfio_mode: bool,
     /// Groups cold-plugged at boot.
     cold: Vec<VfioGroup>,
+    /// s390x VFIO-AP matrix devices cold-plugged at boot (`vfio-ap` on QEMU's command line).
+    cold_ap: Vec<ApMatrixDevice>,
     /// Where sysfs is (`/sys`).
     discovery: VfioDiscovery,
 }
@@ -54,18 +62,19 @@ impl VfioDevices {
     /// with `no-port` they are hot-plugged for the containers that name them.
     pub(super) fn for_sandbox(config: &SandboxConfig) -> Result<Self> {
         let discovery = VfioDiscovery::default();
-        let cold = if config.hypervisor.cold_plug_vfio == PciePort::NoPort {
-            Vec::new()
-        } else {
-            config
-                .vfio_devices
-                .iter()
-                .map(|p| discovery.group(p))
-                .collect::<std::result::Result<Vec<_>, _>>()?
-        };
+        let (mut cold, mut cold_ap) = (Vec::new(), Vec::new());
+        if config.hypervisor.cold_plug_vfio != PciePort::NoPort {
+            for p in &config.vfio_devices {
+                match discovery.ap_device(p)? {
+                    Some(ap) => cold_ap.push(ap),
+                    None => cold.push(discovery.group(p)?),
+                }
+            }
+        }
         Ok(VfioDevices {
             vfio_mode: config.runtime.vfio_mode == "vfio",
             cold,
+            cold_ap,
             discovery,
         })
     }
@@ -89,7 +98,39 @@ impl VfioDevices {
             .iter()
             .flat_map(|g| g.devices())
             .map(DeviceConfig::Vfio)
+            .chain(
+                self.cold_ap
+                    .iter()
+                    .map(|a| DeviceConfig::VfioAp(a.device())),
+            )
             .collect()
+    }
+
+    /// Gives the container the VFIO-AP matrix device `dev` (hot-plugged unless `cold`):
+    /// Kata's `vfio-ap` / `vfio-ap-cold` device with the queues (`card.domain`) as options.
+    async fn attach_ap(
+        &self,
+        vm: &Arc<dyn Hypervisor>,
+        resources: &Mutex<Option<SandboxResources>>,
+        container_id: &str,
+        dev: &ApMatrixDevice,
+        cold: bool,
+    ) -> Result<Device> {
+        if !cold {
+            let d = DeviceConfig::VfioAp(dev.device());
+            vm.add_device(d.clone()).await?;
+            record(resources, container_id, d);
+        }
+        tracing::info!(container_id, device = %dev.path.display(), mdev = %dev.uuid,
+            apqns = ?dev.apqn_options(), cold, "VFIO-AP device given to the container");
+        let kind = if cold { "vfio-ap-cold" } else { "vfio-ap" };
+        Ok(Device::new(
+            &dev.group,
+            kind,
+            "",
+            dev.path.to_string_lossy().into_owned(),
+        )
+        .options(dev.apqn_options()))
     }
 
     fn device_type(&self) -> &'static str {
@@ -149,6 +190,19 @@ impl VfioDevices {
     ) -> Result<Vec<Device>> {
         let mut out = Vec::new();
         for path in paths {
+            let cold_ap = self.cold_ap.iter().find(|a| &a.path == path);
+            let ap = match cold_ap {
+                Some(a) => Some(a.clone()),
+                None => self.discovery.ap_device(path)?,
+            };
+            if let Some(ap) = ap {
+                let cold = cold_ap.is_some();
+                out.push(
+                    self.attach_ap(vm, resources, container_id, &ap, cold)
+                        .await?,
+                );
+                continue;
+            }
             let cold = self.cold.iter().find(|g| &g.path == path);
             let group = match cold {
                 Some(g) => g.clone(),
@@ -160,7 +214,7 @@ impl VfioDevices {
                     vm.device_address(&dev.id).await?
                 } else {
                     let a = vm.add_device(DeviceConfig::Vfio(dev.clone())).await?;
-                    record(resources, container_id, dev.clone());
+                    record(resources, container_id, DeviceConfig::Vfio(dev.clone()));
                     a
                 };
                 let GuestAddress::Pci { path: guest } = &address else {
@@ -207,20 +261,20 @@ impl VfioDevices {
 
 /// Records `device` as hot-plugged for `container_id` (resources gone: the sandbox is shutting
 /// down, and the device goes with the VM).
-fn record(resources: &Mutex<Option<SandboxResources>>, container_id: &str, device: VfioDevice) {
+fn record(resources: &Mutex<Option<SandboxResources>>, container_id: &str, device: DeviceConfig) {
     if let Some(r) = resources.lock().unwrap().as_mut() {
         r.record_container_vfio(container_id, device);
     }
 }
 
-async fn detach(vm: &Arc<dyn Hypervisor>, container_id: &str, devices: &[VfioDevice]) {
+async fn detach(vm: &Arc<dyn Hypervisor>, container_id: &str, devices: &[DeviceConfig]) {
     for d in devices.iter().rev() {
-        match vm.remove_device(&DeviceConfig::Vfio(d.clone())).await {
+        match vm.remove_device(d).await {
             Ok(()) => {
-                tracing::info!(container_id, device = %d.id, host = %d.bdf, "VFIO device unplugged")
+                tracing::info!(container_id, device = %d.id(), kind = d.kind_name(), "VFIO device unplugged")
             }
             Err(e) => {
-                tracing::warn!(container_id, device = %d.id, host = %d.bdf, error = %e, "cannot unplug a container's VFIO device; it stays until the VM stops")
+                tracing::warn!(container_id, device = %d.id(), kind = d.kind_name(), error = %e, "cannot unplug a container's VFIO device; it stays until the VM stops")
             }
         }
     }
