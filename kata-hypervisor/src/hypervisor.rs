@@ -214,6 +214,12 @@ pub trait Hypervisor: Send + Sync {
     /// this crate kills them ([`stop_now`](Self::stop_now) does). Empty for an in-process VMM.
     fn pids(&self) -> Vec<u32>;
 
+    /// An in-process VMM's thread ids, `(vCPU threads, device threads)`, for the host's
+    /// cgroups (its [`pids`](Self::pids) is empty). Empty for a VMM that runs as a process.
+    fn in_process_threads(&self) -> (Vec<u32>, Vec<u32>) {
+        (Vec::new(), Vec::new())
+    }
+
     /// The accelerator the VM runs with, once started (`None` where it does not apply).
     fn accelerator(&self) -> Option<Accelerator> {
         None

@@ -7,8 +7,10 @@
 //! given to [`Hypervisor::prepare`] as virtio-blk (virtio-mmio); serves the agent over hybrid
 //! vsock on `<vm_dir>/kata.hvsock` (the agent client's `CONNECT`/`OK`); serves the share
 //! itself with inline virtio-fs (`shared_fs = "inline-virtio-fs"`, Kata's default for this
-//! section: fuse-backend-rs' passthrough filesystem in this process, no virtiofsd). What it does
-//! not: networking, VFIO, hot-plug, pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
+//! section: fuse-backend-rs' passthrough filesystem in this process, no virtiofsd); takes the
+//! pod network as virtio-net NICs on the taps kata-resource made (their open queues); puts its
+//! vCPU and device threads in the sandbox's host cgroup ([`Hypervisor::in_process_threads`]).
+//! What it does not: VFIO, hot-plug, pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
 //! cannot run it, with the probe's reason.
 
 mod settings;
@@ -426,6 +428,16 @@ impl Hypervisor for Builtin {
         // In-process: no VMM process of its own, and the runtime's own pid must never be put
         // in (or killed with) a sandbox's cgroup.
         Vec::new()
+    }
+
+    fn in_process_threads(&self) -> (Vec<u32>, Vec<u32>) {
+        lock(&self.vm)
+            .as_ref()
+            .map(|vm| {
+                let ids = vm.thread_ids();
+                (ids.vcpus, ids.devices)
+            })
+            .unwrap_or_default()
     }
 
     fn accelerator(&self) -> Option<Accelerator> {

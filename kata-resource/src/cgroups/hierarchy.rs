@@ -156,6 +156,11 @@ impl Hierarchy {
         &self.root
     }
 
+    /// `(controller, base directory)`: a directory per controller on v1, the root on v2.
+    pub(crate) fn bases(&self) -> &[(String, PathBuf)] {
+        &self.bases
+    }
+
     /// Its version.
     pub(crate) fn version(&self) -> CgroupVersion {
         self.version

@@ -29,6 +29,7 @@
 
 mod cpuset;
 mod hierarchy;
+mod in_process;
 mod path;
 mod state;
 #[cfg(test)]
@@ -120,6 +121,8 @@ struct Active {
     made: Vec<PathBuf>,
     vmm_pid: Option<u32>,
     containers: BTreeMap<String, ContainerCpuset>,
+    /// An in-process VMM's threads moved in (`in_process.rs`), to put back on release.
+    in_process: Vec<in_process::InProcess>,
 }
 
 impl CgroupsSlot {
@@ -172,6 +175,7 @@ impl CgroupsSlot {
             made,
             vmm_pid: None,
             containers: BTreeMap::new(),
+            in_process: Vec::new(),
         });
         Ok(())
     }
@@ -193,6 +197,43 @@ impl CgroupsSlot {
             a.vmm_pid = pids.first().copied();
         }
         a.constrain_vcpus()
+    }
+
+    /// Moves an in-process VMM's threads in (this process's `vcpus` and device threads); see
+    /// [`SandboxResources::add_vmm_threads`](crate::SandboxResources::add_vmm_threads).
+    pub(crate) fn add_vmm_threads(&mut self, vcpus: &[u32], devices: &[u32]) -> Result<()> {
+        let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| Error::Cgroup {
+            action: "read this process's cgroups from".into(),
+            path: PathBuf::from("/proc/self/cgroup"),
+            source: e,
+        })?;
+        self.add_vmm_threads_of(std::process::id(), &text, vcpus, devices)
+    }
+
+    /// [`add_vmm_threads`](Self::add_vmm_threads) for process `pid` whose
+    /// `/proc/<pid>/cgroup` reads `proc_cgroup`.
+    fn add_vmm_threads_of(
+        &mut self,
+        pid: u32,
+        proc_cgroup: &str,
+        vcpus: &[u32],
+        devices: &[u32],
+    ) -> Result<()> {
+        let Some(a) = &mut self.active else {
+            return Ok(());
+        };
+        let home = in_process::home_dirs(&a.hier, proc_cgroup)?;
+        let moved = in_process::move_in(
+            &a.hier,
+            &a.sandbox,
+            a.overhead.as_ref(),
+            pid,
+            home,
+            vcpus,
+            devices,
+        )?;
+        a.in_process.push(moved);
+        Ok(())
     }
 
     /// Records container `id`'s cpuset and constrains the sandbox cgroup to the union; see
@@ -301,6 +342,7 @@ impl CgroupsSlot {
                 made: state.made.clone(),
                 vmm_pid: state.vmm_pid,
                 containers: state.containers.clone(),
+                in_process: Vec::new(),
             }),
         })
     }
@@ -340,9 +382,16 @@ impl CgroupsSlot {
     /// Releases it: processes still in the cgroups moved to the root cgroup, the cgroups and
     /// the ancestors made (when empty) removed. What fails stays recorded for the next try.
     pub(crate) fn release_in_place(&mut self) -> Result<()> {
-        let Some(a) = &self.active else {
+        let Some(a) = &mut self.active else {
             return Ok(());
         };
+        // An in-process VMM's threads (or, on v2, this process) back where they came from
+        // first: the removal below would move them to the root cgroup.
+        while let Some(moved) = a.in_process.last() {
+            in_process::move_out(&a.hier, moved)?;
+            a.in_process.pop();
+        }
+        let a = &*a;
         if let Some(o) = &a.overhead {
             a.hier.remove(o)?;
         }

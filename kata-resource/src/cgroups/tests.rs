@@ -363,3 +363,105 @@ fn a_recorded_state_cannot_name_directories_outside_the_root() {
     let err = CgroupsSlot::cleanup_on(&state, Fs::Fixture).unwrap_err();
     assert!(err.to_string().contains("linux.cgroupsPath"), "{err}");
 }
+
+fn tasks(dir: impl AsRef<Path>) -> String {
+    read(dir.as_ref().join("tasks"))
+}
+
+#[test]
+fn v1_an_in_process_vmm_s_vcpu_threads_go_in_alone_and_back_home() {
+    let tmp = v1_root();
+    let root = tmp.path();
+    // The runtime's process sits in /runtime in each hierarchy.
+    for c in V1 {
+        let dir = root.join(c).join("runtime");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cgroup.procs"), "").unwrap();
+        fs::write(dir.join("tasks"), "900\n901\n902\n903\n").unwrap();
+    }
+    let proc_cgroup = "5:pids:/runtime\n4:memory:/runtime\n3:cpuset:/runtime\n\
+                       2:cpu,cpuacct:/runtime\n1:name=systemd:/runtime\n";
+    let mut slot = set_up(&config(root, None, false)).unwrap();
+    slot.add_vmm_threads_of(900, proc_cgroup, &[901, 902], &[903])
+        .unwrap();
+    let sandbox = Path::new("kata_sandboxed_pod/sb1");
+    for c in V1 {
+        assert_eq!(
+            tasks(root.join(c).join(sandbox)),
+            "901\n902",
+            "{c}: the vCPUs"
+        );
+        assert_eq!(
+            tasks(root.join(c).join("kata_overhead/sb1")),
+            "903",
+            "{c}: the device thread"
+        );
+        assert_eq!(
+            tasks(root.join(c).join("runtime")),
+            "900",
+            "{c}: the rest stays"
+        );
+    }
+    slot.release_in_place().unwrap();
+    for c in V1 {
+        assert_eq!(
+            tasks(root.join(c).join("runtime")),
+            "900\n901\n902\n903",
+            "{c}: back home, not in the root cgroup"
+        );
+        assert_eq!(tasks(root.join(c)), "", "{c}");
+        assert!(!root.join(c).join(sandbox).exists());
+    }
+}
+
+#[test]
+fn v1_sandbox_cgroup_only_takes_the_device_threads_too() {
+    let tmp = v1_root();
+    let root = tmp.path();
+    let mut slot = set_up(&config(root, Some("/default/sb1"), true)).unwrap();
+    slot.add_vmm_threads_of(900, "1:cpu,cpuacct,cpuset,memory,pids:/\n", &[901], &[903])
+        .unwrap();
+    for c in V1 {
+        assert_eq!(tasks(root.join(c).join("default/sb1")), "901\n903", "{c}");
+    }
+    slot.release_in_place().unwrap();
+    assert_eq!(tasks(root.join("memory")), "901\n903");
+}
+
+#[test]
+fn v2_an_in_process_vmm_s_process_joins_the_sandbox_cgroup_and_goes_back() {
+    let tmp = v2_root();
+    let root = tmp.path();
+    fs::create_dir_all(root.join("runtime")).unwrap();
+    fs::write(root.join("runtime/cgroup.procs"), "910\n").unwrap();
+    let mut slot = set_up(&config(root, None, false)).unwrap();
+    slot.add_vmm_threads_of(910, "0::/runtime\n", &[911], &[912])
+        .unwrap();
+    assert_eq!(procs(root.join("kata_sandboxed_pod/sb1/sandbox")), "910");
+    assert_eq!(procs(root.join("runtime")), "");
+    // A second in-process sandbox of the same process leaves it where the first put it.
+    let mut other = set_up(&CgroupsConfig::new("sb2").root(root)).unwrap();
+    other
+        .add_vmm_threads_of(910, "0::/kata_sandboxed_pod/sb1/sandbox\n", &[913], &[914])
+        .unwrap();
+    assert_eq!(procs(root.join("kata_sandboxed_pod/sb2/sandbox")), "");
+    other.release_in_place().unwrap();
+    assert_eq!(procs(root.join("kata_sandboxed_pod/sb1/sandbox")), "910");
+    slot.release_in_place().unwrap();
+    assert_eq!(procs(root.join("runtime")), "910", "back home");
+    assert_eq!(procs(root), "", "not to the root cgroup");
+    assert!(!root.join("kata_sandboxed_pod").exists());
+}
+
+#[test]
+fn a_process_cgroup_file_without_the_hierarchy_fails_naming_it_and_moves_nothing() {
+    let tmp = v1_root();
+    let root = tmp.path();
+    let mut slot = set_up(&config(root, None, true)).unwrap();
+    let err = slot
+        .add_vmm_threads_of(900, "0::/\n", &[901], &[])
+        .unwrap_err();
+    assert!(err.to_string().contains("/proc/self/cgroup"), "{err}");
+    assert_eq!(tasks(root.join("cpu/kata_sandboxed_pod/sb1")), "");
+    slot.release_in_place().unwrap();
+}

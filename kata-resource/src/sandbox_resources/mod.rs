@@ -262,6 +262,15 @@ impl SandboxResources {
         self.cgroups.add_vmm_pids(&all)
     }
 
+    /// Moves an in-process VMM's threads (the built-in VMM's `vcpus` and `devices` threads,
+    /// threads of this process) into the sandbox's host cgroups: on cgroup v1 each thread
+    /// alone (vCPUs into the sandbox cgroup, device threads into the overhead one unless
+    /// `sandbox_cgroup_only`), on v2, where a process's threads share one cgroup, this whole
+    /// process into the sandbox cgroup. Put back on release. Nothing without cgroups.
+    pub fn add_vmm_threads(&mut self, vcpus: &[u32], devices: &[u32]) -> Result<()> {
+        self.cgroups.add_vmm_threads(vcpus, devices)
+    }
+
     /// Records container `id`'s `linux.resources` (created or updated) for the host: the
     /// sandbox cgroup is constrained to the union of the containers' cpusets, and vCPUs plugged
     /// since are moved in. A cpuset the host refuses fails naming the field and changes

@@ -216,6 +216,11 @@ impl VirtContainer {
             // The VMM and its helpers into the sandbox's host cgroup as soon as they run.
             let first_pids = vm.pids();
             resources.add_vmm_pids(&first_pids)?;
+            // The built-in VMM runs as threads of this process: those go in one by one.
+            let (vcpus, devices) = vm.in_process_threads();
+            if !vcpus.is_empty() {
+                resources.add_vmm_threads(&vcpus, &devices)?;
+            }
             let vm_started = t0.elapsed();
             vm.wait_ready(opts.dial_timeout.saturating_sub(t0.elapsed()))
                 .instrument(tracing::info_span!("vm.wait_ready", sandbox_id = %config.id))

@@ -119,9 +119,30 @@ impl ExitWatcher {
     }
 }
 
+/// The kernel thread ids of a VM's threads, for the host's cgroups: an in-process VMM has no
+/// pid of its own, so its threads are placed one by one (as QEMU's vCPU threads are).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmThreadIds {
+    /// `kata-vcpu-N`, in vCPU order.
+    pub vcpus: Vec<u32>,
+    /// The device threads (`kata-vmm-events`).
+    pub devices: Vec<u32>,
+}
+
+/// How long [`start`] waits for each new thread to report its id.
+const THREAD_ID_WAIT: Duration = Duration::from_secs(5);
+
+/// The calling thread's kernel id.
+pub(crate) fn gettid() -> u32 {
+    // SAFETY: gettid takes no argument, cannot fail and touches no memory.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    u32::try_from(tid).unwrap_or(0)
+}
+
 /// A running VM. Dropping it stops it.
 pub struct Vm {
     name: String,
+    thread_ids: VmThreadIds,
     shared: Arc<Shared>,
     console: ConsoleSink,
     vcpu_threads: Vec<JoinHandle<()>>,
@@ -234,6 +255,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
 
     let mut vm = Vm {
         name: p.name.clone(),
+        thread_ids: VmThreadIds::default(),
         shared: shared.clone(),
         console: p.console,
         vcpu_threads: Vec::new(),
@@ -252,11 +274,15 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         what: "spawning a thread".into(),
         source,
     };
-    let (s, c) = (shared.clone(), confinement.clone());
+    // Each thread reports its kernel id first thing (`None`: the event loop thread).
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel::<(Option<usize>, u32)>();
+    let (s, c, tx) = (shared.clone(), confinement.clone(), tid_tx.clone());
     vm.event_thread = Some(
         std::thread::Builder::new()
             .name("kata-vmm-events".into())
             .spawn(move || {
+                let _ = tx.send((None, gettid()));
+                drop(tx);
                 confined("kata-vmm-events", &c, &s, || {
                     event_thread(event_loop, s.clone())
                 })
@@ -265,11 +291,13 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
     );
     for (id, fd) in vcpus.into_iter().enumerate() {
         let (s, legacy, mmio) = (shared.clone(), legacy.clone(), mmio.clone());
-        let c = confinement.clone();
+        let (c, tx) = (confinement.clone(), tid_tx.clone());
         let name = format!("kata-vcpu-{id}");
         let handle = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
+                let _ = tx.send((Some(id), gettid()));
+                drop(tx);
                 confined(&name, &c, &s, || {
                     vcpu_thread(id, fd, legacy, mmio, s.clone())
                 })
@@ -283,8 +311,40 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
             }
         }
     }
-    tracing::info!(name = %p.name, vcpus = p.vcpus, cmdline = %p.cmdline, "built-in VMM: VM started");
+    drop(tid_tx);
+    vm.thread_ids = collect_thread_ids(&tid_rx, usize::from(p.vcpus), THREAD_ID_WAIT)?;
+    tracing::info!(name = %p.name, vcpus = p.vcpus, cmdline = %p.cmdline, threads = ?vm.thread_ids, "built-in VMM: VM started");
     Ok(vm)
+}
+
+/// The ids the `vcpus` vCPU threads and the event loop thread report, vCPUs in order. A thread
+/// that does not report within `wait` fails the start (the caller drops the VM:
+/// the others are stopped and joined).
+pub(crate) fn collect_thread_ids(
+    rx: &std::sync::mpsc::Receiver<(Option<usize>, u32)>,
+    vcpus: usize,
+    wait: Duration,
+) -> Result<VmThreadIds> {
+    let mut ids = VmThreadIds {
+        vcpus: vec![0; vcpus],
+        devices: Vec::new(),
+    };
+    for _ in 0..=vcpus {
+        let (which, tid) = rx.recv_timeout(wait).map_err(|e| Error::DeviceIo {
+            device: "VM".into(),
+            what: format!(
+                "waiting {wait:?} for a new thread's id ({e}); {} of {} reported",
+                ids.vcpus.iter().filter(|t| **t != 0).count() + ids.devices.len(),
+                vcpus + 1
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+        })?;
+        match which {
+            Some(i) if i < vcpus => ids.vcpus[i] = tid,
+            _ => ids.devices.push(tid),
+        }
+    }
+    Ok(ids)
 }
 
 impl Vm {
@@ -312,6 +372,11 @@ impl Vm {
     /// [`Vm::stop`] (or drop it) to join its threads and close its descriptors.
     pub fn wait_exit(&self, timeout: Option<Duration>) -> Option<VmExit> {
         self.shared.wait(timeout)
+    }
+
+    /// The kernel ids of the VM's vCPU and device threads (for the host's cgroups).
+    pub fn thread_ids(&self) -> VmThreadIds {
+        self.thread_ids.clone()
     }
 
     /// The names of the VM's threads that are still running.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::run::{event_thread, Shared};
+use super::run::{collect_thread_ids, event_thread, gettid, Shared};
 use super::*;
 use crate::event_loop::{EventHandler, EventLoop};
 
@@ -170,4 +170,37 @@ fn a_panicking_device_ends_its_vm_not_the_process() {
         matches!(&exit, VmExit::Failed(m) if m.contains("device exploded") && m.contains("kata-vmm-events")),
         "{exit:?}"
     );
+}
+
+#[test]
+fn each_thread_reports_its_kernel_id_in_vcpu_order() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::new();
+    // Reported out of order: vCPU 1, the event loop, vCPU 0.
+    for which in [Some(1), None, Some(0)] {
+        let tx = tx.clone();
+        let h = std::thread::spawn(move || {
+            let tid = gettid();
+            tx.send((which, tid)).unwrap();
+            tid
+        });
+        handles.push((which, h.join().unwrap()));
+    }
+    let ids = collect_thread_ids(&rx, 2, Duration::from_secs(5)).unwrap();
+    let tid_of = |w| handles.iter().find(|(x, _)| *x == w).unwrap().1;
+    assert_eq!(ids.vcpus, vec![tid_of(Some(0)), tid_of(Some(1))]);
+    assert_eq!(ids.devices, vec![tid_of(None)]);
+    assert!(
+        ids.vcpus.iter().all(|t| *t != gettid()),
+        "another thread's id"
+    );
+}
+
+#[test]
+fn a_thread_that_never_reports_fails_the_start_naming_the_count() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    tx.send((Some(0), 41)).unwrap();
+    let err = collect_thread_ids(&rx, 2, Duration::from_millis(50)).unwrap_err();
+    assert!(err.to_string().contains("1 of 3 reported"), "{err}");
+    drop(tx);
 }

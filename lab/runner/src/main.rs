@@ -298,6 +298,10 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
         .await;
     if vmm == Vmm::Builtin {
         checks.report("threads-confined", vmm_threads_confined());
+        checks.report(
+            "threads-cgroup",
+            vcpu_threads_in_sandbox_cgroup(sandbox.id()),
+        );
     }
     let dir = sandbox.dir().to_path_buf();
     checks
@@ -319,6 +323,11 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
             ensure!(left.is_empty(), "processes left: {left:?}");
             if vmm == Vmm::Builtin {
                 let threads = vmm_threads_gone().await?;
+                let own = std::fs::read_to_string("/proc/self/cgroup")?;
+                ensure!(
+                    !own.contains(SANDBOX_CGROUP_PARENT),
+                    "the runner's process was left in a sandbox cgroup: {own:?}"
+                );
                 return Ok(format!(
                     "no process, mount, sandbox directory or VMM thread left ({threads})"
                 ));
@@ -514,6 +523,56 @@ fn status_field(status: &str, field: &str) -> Option<String> {
             .strip_prefix(':')
             .map(|v| v.trim().to_string())
     })
+}
+
+/// Where kata-resource puts a sandbox's cgroup without a `cgroupsPath` (Kata's default).
+const SANDBOX_CGROUP_PARENT: &str = "kata_sandboxed_pod/";
+
+/// Every `kata-vcpu-*` thread of this process is in sandbox `id`'s host cgroup
+/// (`kata_sandboxed_pod/<id>` on v1, its `sandbox` child on v2), read from
+/// `/proc/self/task/<tid>/cgroup`.
+fn vcpu_threads_in_sandbox_cgroup(id: &str) -> Result<String> {
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let want = match v2 {
+        true => format!("/{SANDBOX_CGROUP_PARENT}{id}/sandbox"),
+        false => format!("/{SANDBOX_CGROUP_PARENT}{id}"),
+    };
+    let mut seen = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").context("/proc/self/task")? {
+        let task = task?;
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue;
+        };
+        let comm = comm.trim_end().to_string();
+        if !comm.starts_with("kata-vcpu") {
+            continue;
+        }
+        let cgroup = std::fs::read_to_string(task.path().join("cgroup"))
+            .with_context(|| format!("the cgroup of thread {comm}"))?;
+        // v2: `0::<path>`; v1: the cpu controller's line.
+        let line = cgroup.lines().find(|l| match v2 {
+            true => l.starts_with("0::"),
+            false => l
+                .split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == "cpu")),
+        });
+        let path = line
+            .and_then(|l| l.splitn(3, ':').nth(2))
+            .unwrap_or_default();
+        ensure!(
+            path == want,
+            "thread {comm} ({}) is in cgroup {path:?}, not the sandbox's {want:?}",
+            task.file_name().to_string_lossy()
+        );
+        seen.push(comm);
+    }
+    ensure!(!seen.is_empty(), "no kata-vcpu thread found");
+    Ok(format!(
+        "{} in {want} (cgroup {})",
+        seen.join(", "),
+        if v2 { "v2" } else { "v1" }
+    ))
 }
 
 /// Every built-in VMM thread of this process runs under a seccomp filter with `no_new_privs`;

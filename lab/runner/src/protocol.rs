@@ -57,6 +57,9 @@ pub const VMM_CHECKS: &[&str] = &[
     // Built-in only: every vCPU and device thread of the in-process VMM runs under its seccomp
     // filter (`Seccomp: 2`, `NoNewPrivs: 1`), the runner's own main thread does not.
     "threads-confined",
+    // Built-in only: every vCPU thread of the in-process VMM is in the sandbox's host cgroup
+    // (`/proc/self/task/<tid>/cgroup`), as QEMU's vCPU threads are.
+    "threads-cgroup",
     // The sandbox shuts down and leaves no process, mount or directory in L1 (and, for the
     // in-process built-in VMM, no `kata-vcpu-*`/`kata-vmm-*` thread in the runner).
     "shutdown-clean",
@@ -67,7 +70,7 @@ pub const QEMU_ONLY_CHECKS: &[&str] = &["vhost-vsock"];
 
 /// The [`VMM_CHECKS`] only the built-in VMM runs (QEMU's confinement is a filter on its whole
 /// process, tested in kata-hypervisor).
-pub const BUILTIN_ONLY_CHECKS: &[&str] = &["threads-confined"];
+pub const BUILTIN_ONLY_CHECKS: &[&str] = &["threads-confined", "threads-cgroup"];
 
 /// The figure comparing the two VMMs' boot-to-agent-ready times (built-in / QEMU, issue 11's
 /// target: at most [`BOOT_RATIO_TARGET`]).
@@ -524,7 +527,11 @@ mod tests {
         assert!(!expected.iter().any(|c| c.starts_with("builtin-vfio")));
         assert!(expected.contains(&"builtin-threads-confined".to_string()));
         assert!(!expected.contains(&"qemu-threads-confined".to_string()));
-        assert_eq!(Vmm::Qemu.checks().len(), VMM_CHECKS.len() - 1);
+        assert!(expected.contains(&"builtin-threads-cgroup".to_string()));
+        assert_eq!(
+            Vmm::Qemu.checks().len(),
+            VMM_CHECKS.len() - BUILTIN_ONLY_CHECKS.len()
+        );
         assert_eq!(Vmm::Builtin.checks().len(), VMM_CHECKS.len() - 1);
         // The check after boot is the first one that needs the sandbox (`not_run` from it).
         for v in Vmm::KNOWN {
