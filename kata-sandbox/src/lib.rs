@@ -36,6 +36,8 @@ mod error;
 mod handler;
 mod image;
 mod io;
+#[cfg(feature = "linux")]
+mod linux;
 pub mod metrics;
 pub mod persist;
 pub mod pool;
@@ -45,8 +47,6 @@ pub mod telemetry;
 mod virt;
 #[cfg(feature = "wasm")]
 mod wasm;
-#[cfg(feature = "linux")]
-mod linux;
 
 pub use builder::{SandboxBuilder, SandboxConfig, DEFAULT_AGENT_TIMEOUT, DEFAULT_ROOT_DIR};
 pub use container::{Container, Output, Process, DEFAULT_OUTPUT_LIMIT};

@@ -311,7 +311,9 @@ mod tests {
         while filler.write(&[0u8; 4096]).is_ok_and(|n| n > 0) {}
         drop(filler);
         let big = vec![b' '; 32 << 10];
-        let e = write_atomically(&path, &big).expect_err("no space left").to_string();
+        let e = write_atomically(&path, &big)
+            .expect_err("no space left")
+            .to_string();
         assert!(
             e.contains(&path.display().to_string()) && e.contains("No space left on device"),
             "the error names neither the state file nor the cause: {e}"

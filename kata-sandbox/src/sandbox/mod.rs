@@ -893,17 +893,15 @@ impl Core {
             Err(e) => Err(e),
         };
         match started {
-            Ok(streams) => {
-                Ok(Process {
-                    container_id: container_id.to_string(),
-                    exec_id,
-                    sandbox: this.clone(),
-                    stdin: streams.stdin,
-                    stdout: streams.stdout,
-                    stderr: streams.stderr,
-                    output_limit: process.output_limit.unwrap_or(DEFAULT_OUTPUT_LIMIT),
-                })
-            }
+            Ok(streams) => Ok(Process {
+                container_id: container_id.to_string(),
+                exec_id,
+                sandbox: this.clone(),
+                stdin: streams.stdin,
+                stdout: streams.stdout,
+                stderr: streams.stderr,
+                output_limit: process.output_limit.unwrap_or(DEFAULT_OUTPUT_LIMIT),
+            }),
             Err(e) => {
                 if let Some(entry) = self.containers.lock().unwrap().get_mut(container_id) {
                     entry.processes.remove(&exec_id);
