@@ -559,6 +559,15 @@ pub enum Error {
         /// What is wrong and how to fix it.
         reason: String,
     },
+
+    /// A CDI device a container names by annotation cannot be resolved ([`crate::cdi`]).
+    #[error("CDI device of {what}: {reason}")]
+    Cdi {
+        /// The annotation (and, once found, the device and its spec file).
+        what: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
 }
 
 fn join_paths(paths: &[PathBuf]) -> String {

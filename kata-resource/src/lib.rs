@@ -59,6 +59,7 @@ pub mod rootfs;
 mod sandbox_resources;
 pub mod share_fs;
 mod storage;
+pub mod cdi;
 pub mod vfio;
 pub mod vfio_ap;
 pub mod volume;

@@ -109,3 +109,31 @@ async fn a_sandbox_built_with_a_missing_group_does_not_start_and_leaves_nothing(
     assert!(!f.root().join("vfio-cold-missing").exists());
     assert!(mounts_under(&f.root()).is_empty());
 }
+
+#[tokio::test]
+async fn a_container_naming_an_undefined_cdi_device_is_refused_naming_the_annotation() {
+    let f = Fixture::new();
+    let sb = f
+        .builder("vfio-cdi-missing", PciePort::NoPort)
+        .build()
+        .await
+        .expect("sandbox starts");
+    let mut spec = Spec::default();
+    spec.set_annotations(Some(
+        [(
+            "cdi.k8s.io/kata-rs-test".to_string(),
+            "kata-rs.test/none=absent".to_string(),
+        )]
+        .into(),
+    ));
+    let spec = ContainerSpec::from_oci(spec, &f.rootfs).args(["true"]);
+    let e = sb.run(spec).await.unwrap_err().to_string();
+    assert!(
+        e.contains("annotation cdi.k8s.io/kata-rs-test")
+            && e.contains("kata-rs.test/none=absent")
+            && e.contains("/etc/cdi"),
+        "{e}"
+    );
+    assert!(sb.container_ids().is_empty(), "no container is left");
+    sb.shutdown().await.unwrap();
+}

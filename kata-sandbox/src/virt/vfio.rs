@@ -18,6 +18,10 @@
 //!   cold-plugged, `device_add` otherwise) and to the agent as `vfio-ap-cold` / `vfio-ap` with
 //!   its queues (`card.domain`) as options.
 //!
+//! - **CDI**: devices named by `cdi.k8s.io/<key>` annotations (`vendor.com/class=name`) are
+//!   resolved against the CDI spec files (`kata_resource::cdi`) to their VFIO nodes, then
+//!   handled as if `linux.devices` named them.
+//!
 //! The spec's entry is taken out (the host's major and minor mean nothing in the guest); the
 //! agent gets Kata's device (`vfio-pci`, `vfio-pci-gk` for `vfio_mode = "guest-kernel"`, with
 //! options `"<host_bdf>=<guest_pci_path>"`), waits for the functions and, in `vfio` mode,
@@ -28,6 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use kata_agent_client::Device;
 use kata_hypervisor::{DeviceConfig, GuestAddress, Hypervisor, PciePort};
+use kata_resource::cdi::CdiRegistry;
 use kata_resource::vfio::{VfioDiscovery, VfioGroup, VfioNode};
 use kata_resource::vfio_ap::ApMatrixDevice;
 use kata_resource::SandboxResources;
@@ -47,6 +52,8 @@ pub(super) struct VfioDevices {
     cold_ap: Vec<ApMatrixDevice>,
     /// Where sysfs is (`/sys`).
     discovery: VfioDiscovery,
+    /// Where CDI spec files are (`/etc/cdi`, `/var/run/cdi`).
+    cdi: CdiRegistry,
 }
 
 fn vfio_error(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -76,6 +83,7 @@ impl VfioDevices {
             cold,
             cold_ap,
             discovery,
+            cdi: CdiRegistry::default(),
         })
     }
 
@@ -133,6 +141,23 @@ impl VfioDevices {
         .options(dev.apqn_options()))
     }
 
+    /// The host VFIO nodes of the CDI devices `spec`'s annotations name (none without a
+    /// `cdi.k8s.io/` annotation); an error names the annotation and the spec file.
+    fn cdi_nodes(&self, spec: &Spec) -> Result<Vec<PathBuf>> {
+        let annotations: std::collections::BTreeMap<String, String> = spec
+            .annotations()
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let devices = self.cdi.resolve(&annotations)?;
+        for d in &devices {
+            tracing::info!(annotation = %d.annotation, device = %d.name, spec = %d.spec_file.display(),
+                nodes = ?d.vfio_nodes, "CDI device resolved");
+        }
+        Ok(devices.into_iter().flat_map(|d| d.vfio_nodes).collect())
+    }
+
     fn device_type(&self) -> &'static str {
         if self.vfio_mode {
             "vfio-pci"
@@ -152,7 +177,7 @@ impl VfioDevices {
         container_id: &str,
         spec: &mut Spec,
     ) -> Result<Vec<Device>> {
-        let paths: Vec<PathBuf> = spec
+        let mut paths: Vec<PathBuf> = spec
             .linux()
             .as_ref()
             .and_then(|l| l.devices().as_ref())
@@ -161,6 +186,12 @@ impl VfioDevices {
             .map(|d| d.path().clone())
             .filter(|p| VfioNode::parse(p).is_some())
             .collect();
+        // CDI devices named by annotation (cdi.k8s.io/<key>), resolved to their VFIO nodes.
+        for node in self.cdi_nodes(spec)? {
+            if !paths.contains(&node) {
+                paths.push(node);
+            }
+        }
         if paths.is_empty() {
             return Ok(Vec::new());
         }
