@@ -143,6 +143,42 @@ mod tests {
         );
     }
 
+    /// QEMU's whole command line carries the cold-plugged device (the launch's hook).
+    #[test]
+    fn the_launch_command_line_carries_a_cold_plugged_ap_device() {
+        use super::super::cmdline::{build_args, QemuLaunch, VsockDevice};
+        use crate::device::PortAllocator;
+        use crate::kvm::Accelerator;
+        use std::path::Path;
+        let c = s390(PciePort::RootPort);
+        let devices = [DeviceConfig::VfioAp(ap())];
+        let ports = PortAllocator::for_vm(&c, &devices).unwrap();
+        let l = QemuLaunch {
+            config: &c,
+            name: "sb1",
+            accelerator: Accelerator::Tcg,
+            kernel: Path::new("/k/vmlinuz"),
+            initrd: Some(Path::new("/k/initrd.img")),
+            image: None,
+            qmp_socket: Path::new("/run/vm/qmp.sock"),
+            console_socket: Path::new("/run/vm/console.sock"),
+            vsock: VsockDevice::VhostUser {
+                socket: "/run/vm/vhost-vsock.sock".into(),
+            },
+            devices: &devices,
+            ports: &ports,
+            host_memory_mib: 4096,
+            vhost_net: false,
+            handed: None,
+        };
+        let a = build_args(&l).unwrap().join(" ");
+        assert!(
+            a.contains("-device vfio-ap,id=vfio-ap-0,sysfsdev=/sys/devices/vfio_ap/matrix/"),
+            "{a}"
+        );
+        assert!(!a.contains("pcie-root-port"), "no PCI port for AP: {a}");
+    }
+
     /// A fake QEMU monitor: greets, answers every command, and after `device_del` sends
     /// `DEVICE_DELETED` for its id. Returns the commands it got.
     fn fake_qmp(sock: &std::path::Path) -> std::thread::JoinHandle<Vec<Value>> {
