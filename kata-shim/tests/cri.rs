@@ -51,6 +51,10 @@ const PORT: u16 = 8080;
 /// (the guest image `make guest` built).
 const KATA_CONFIG: &str =
     "# kata-rs configuration for the CRI tests' `kata` handler.\n[hypervisor.qemu]\n";
+/// A kata-rs configuration for the `kata-linux` handler (a RuntimeClass selecting the
+/// `linux_container` runtime handler: the pod's containers on the host, no VM).
+const LINUX_CONFIG: &str = "# kata-rs configuration for the CRI tests' `kata-linux` handler.\n\
+     [hypervisor.qemu]\n[runtime]\nname = \"linux_container\"\n";
 
 /// The environment and what was there before the cases.
 struct Env {
@@ -549,6 +553,8 @@ async fn setup() -> Result<Env> {
     let dir = work.path().to_path_buf();
     let kata_config = dir.join("kata-rs.toml");
     std::fs::write(&kata_config, KATA_CONFIG)?;
+    let linux_config = dir.join("kata-rs-linux.toml");
+    std::fs::write(&linux_config, LINUX_CONFIG)?;
     let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
     let options = CriOptions {
         handlers: vec![
@@ -561,6 +567,11 @@ async fn setup() -> Result<Env> {
                 name: "kata".into(),
                 runtime_type: "io.containerd.kata.v2".into(),
                 config_path: Some(kata_config),
+            },
+            Handler {
+                name: "kata-linux".into(),
+                runtime_type: "io.containerd.kata.v2".into(),
+                config_path: Some(linux_config),
             },
         ],
         subnet: SUBNET.into(),
@@ -604,6 +615,7 @@ fn main() -> std::process::ExitCode {
         .timeout(Duration::from_secs(600))
         .case("runc_pod_reference", |env| pod_case(env, "runc"))
         .case("kata_pod", |env| pod_case(env, "kata"))
+        .case("kata_linux_pod", |env| pod_case(env, "kata-linux"))
         .leak_check(|env: &Env| {
             let left = pod_leftovers(env, &PodIds::default());
             ensure!(left.is_empty(), "left: {left:?}");
