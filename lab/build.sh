@@ -28,7 +28,7 @@ MODULE_GROUPS=(
   "kvm:kvm-amd"
   "vsock:vhost_vsock"
   "vfio:vfio-pci vfio_iommu_type1"
-  "net:tun overlay"
+  "net:tun overlay veth sch_ingress act_mirred cls_u32"
 )
 
 die() { echo "lab: error: $*" >&2; exit 1; }

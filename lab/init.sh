@@ -78,7 +78,7 @@ if out=$(vfio_edu 2>&1); then
 else
   check l1-vfio-edu fail "$(echo "$out" | tr '\n' ' ')"
 fi
-load net >/dev/null 2>&1 || echo "lab-l1 warning: tun/overlay did not load"
+load net >/dev/null 2>&1 || echo "lab-l1 warning: tun/overlay/veth/tc did not load"
 
 # The test program runs in the host's root with writable tmpfs where it writes.
 run_in_host_root() {

@@ -22,12 +22,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kata_vmm::devices::legacy::ConsoleSink;
 use kata_vmm::devices::virtio::block::BlockConfig;
+use kata_vmm::devices::virtio::net::device::parse_mac;
+use kata_vmm::devices::virtio::net::NetConfig;
 use kata_vmm::vm::{ExitWatcher, Vm, VmBuilder};
 
 use crate::backend::host::{check, CheckStatus, HostCheck, HostProbe};
 use crate::config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};
 use crate::console::printable_lines;
-use crate::device::{DeviceConfig, GuestAddress, VsockAddress};
+use crate::device::{DeviceConfig, GuestAddress, NetDevice, VsockAddress};
 use crate::error::{Error, Result};
 use crate::hypervisor::{Capabilities, Hypervisor, HypervisorState, VmState};
 use crate::kvm::Accelerator;
@@ -93,6 +95,7 @@ pub struct Builtin {
     config: HypervisorConfig,
     vm_dir: PathBuf,
     disks: Mutex<Vec<BlockConfig>>,
+    nics: Mutex<Vec<NetConfig>>,
     shares: Mutex<Vec<(String, PathBuf)>>,
     vm: Mutex<Option<Vm>>,
     watcher: Mutex<Option<ExitWatcher>>,
@@ -131,6 +134,7 @@ impl Builtin {
             config,
             vm_dir: vm_dir.to_path_buf(),
             disks: Mutex::new(Vec::new()),
+            nics: Mutex::new(Vec::new()),
             shares: Mutex::new(Vec::new()),
             vm: Mutex::new(None),
             watcher: Mutex::new(None),
@@ -205,6 +209,9 @@ impl Builtin {
         for (tag, dir) in lock(&self.shares).iter() {
             b = b.fs(tag.clone(), dir.clone());
         }
+        for nic in lock(&self.nics).iter() {
+            b = b.net(nic.clone());
+        }
         Ok(b)
     }
 
@@ -245,6 +252,7 @@ impl Hypervisor for Builtin {
 
     async fn prepare(&self, devices: Vec<DeviceConfig>) -> Result<()> {
         let mut disks = Vec::new();
+        let mut nics = Vec::new();
         let mut shares = Vec::new();
         for d in devices {
             match d {
@@ -253,6 +261,7 @@ impl Hypervisor for Builtin {
                     read_only: b.read_only,
                     id: Some(b.id.chars().take(20).collect()),
                 }),
+                DeviceConfig::Net(n) => nics.push(net_config(&n)?),
                 DeviceConfig::ShareFs(s) if s.kind == SharedFs::InlineVirtioFs => {
                     shares.push((s.mount_tag.clone(), s.host_path.clone()))
                 }
@@ -271,7 +280,7 @@ impl Hypervisor for Builtin {
                     return Err(Error::Unsupported {
                         backend: NAME,
                         what: format!(
-                            "device {} (only block devices are built in: no network, no VFIO)",
+                            "device {} (block devices, NICs and shares are built in: no VFIO)",
                             other.id()
                         ),
                     })
@@ -279,6 +288,7 @@ impl Hypervisor for Builtin {
             }
         }
         *lock(&self.disks) = disks;
+        *lock(&self.nics) = nics;
         *lock(&self.shares) = shares;
         self.set_state(VmState::Prepared);
         Ok(())
@@ -480,6 +490,39 @@ impl Hypervisor for Builtin {
             None => std::future::pending().await,
         }
     }
+}
+
+/// A pod NIC as the VMM takes it: the tap's one open queue (kata-resource made the tap in the
+/// pod's namespace; this process holds its queue) and the MAC. A NIC without an open queue
+/// (the VMM cannot open a tap in another namespace by name), with several, or with a MAC that
+/// does not parse is refused naming it.
+fn net_config(n: &NetDevice) -> Result<NetConfig> {
+    let refuse = |why: String| Error::Unsupported {
+        backend: NAME,
+        what: format!("NIC {} (tap {}): {why}", n.id, n.tap_name),
+    };
+    let tap = match n.tap_fds.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            return Err(refuse(
+                "no open tap queue was handed over: the built-in VMM takes the tap's                  descriptor from kata-resource and never opens a tap by name"
+                    .into(),
+            ))
+        }
+        many => {
+            return Err(refuse(format!(
+                "{} tap queues: the built-in VMM's virtio-net has one queue pair; set                  network_queues = 1",
+                many.len()
+            )))
+        }
+    };
+    let mac = parse_mac(&n.mac)
+        .ok_or_else(|| refuse(format!("the MAC {:?} is not aa:bb:cc:dd:ee:ff", n.mac)))?;
+    Ok(NetConfig {
+        name: n.tap_name.clone(),
+        tap,
+        mac,
+    })
 }
 
 /// An in-process VM ends with the process that ran it: there is nothing to take over.

@@ -63,9 +63,14 @@ pub(crate) fn setting_use(key: &str, _c: &HypervisorConfig) -> Option<SettingUse
         "disable_guest_selinux" => {
             Refused("the guest has no SELinux policy to enforce; keep disable_guest_selinux = true")
         }
-        "disable_seccomp" | "seccomp_sandbox" => {
-            Inert("the built-in VMM's threads run under no seccomp filter yet")
+        // The pod network: virtio-net on the tap's one queue, in this process.
+        "network_queues" => {
+            Refused("the built-in VMM's virtio-net has one queue pair; set network_queues = 1")
         }
+        "disable_vhost_net" => Inert("the built-in VMM's virtio-net runs in this process"),
+        "disable_seccomp" | "seccomp_sandbox" => Inert(
+            "the built-in VMM's vCPU and device threads always confine themselves with seccomp",
+        ),
         _ => Inert(NOT_BUILT),
     })
 }

@@ -1,7 +1,7 @@
 //! What runs without a usable KVM: configuration, refusals, the probe's refusal at start.
 
 use super::*;
-use crate::device::{BlockDevice, ShareFsDevice};
+use crate::device::{BlockDevice, NetDevice, ShareFsDevice};
 
 fn config() -> HypervisorConfig {
     HypervisorConfig {
@@ -110,4 +110,56 @@ fn the_agent_is_on_the_vms_hybrid_vsock_and_params_follow_ours() {
     let s = b.save_state();
     assert_eq!(s.backend, HypervisorType::Dragonball);
     assert!(matches!(restore_refused(&s), Error::BadState { .. }));
+}
+
+fn nic(fds: usize, mac: &str) -> NetDevice {
+    NetDevice {
+        id: "net0".into(),
+        tap_name: "tap0_kata".into(),
+        mac: mac.into(),
+        netns: Some("/run/netns/pod".into()),
+        queues: fds.max(1) as u32,
+        tap_fds: (0..fds)
+            .map(|_| {
+                std::sync::Arc::new(std::os::fd::OwnedFd::from(
+                    std::fs::File::open("/dev/null").unwrap(),
+                ))
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_pod_nic_is_taken_on_its_open_tap_queue_and_refused_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Builtin::new("x", config(), &dir.path().join("vm")).unwrap();
+    let good = nic(1, "02:42:ac:11:00:02");
+    b.prepare(vec![DeviceConfig::Net(good.clone())])
+        .await
+        .unwrap();
+    let nics = lock(&b.nics).clone();
+    assert_eq!(nics.len(), 1);
+    assert_eq!(nics[0].mac, [0x02, 0x42, 0xac, 0x11, 0x00, 0x02]);
+    assert!(std::sync::Arc::ptr_eq(&nics[0].tap, &good.tap_fds[0]));
+    for (bad, says) in [
+        (nic(0, "02:42:ac:11:00:02"), "no open tap queue"),
+        (nic(2, "02:42:ac:11:00:02"), "network_queues = 1"),
+        (nic(1, "02:42:ac:11:00"), "is not aa:bb:cc:dd:ee:ff"),
+    ] {
+        let e = b
+            .prepare(vec![DeviceConfig::Net(bad)])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says) && e.contains("tap0_kata"), "{e}");
+    }
+    let mq = HypervisorConfig {
+        network_queues: 2,
+        ..config()
+    };
+    let e = mq
+        .check_refused(HypervisorType::Dragonball)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("network_queues"), "{e}");
 }

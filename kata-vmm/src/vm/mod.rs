@@ -31,13 +31,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use confine::ThreadConfinement;
-pub use run::{ExitWatcher, Vm, VmExit};
+pub use run::{ExitWatcher, Vm, VmExit, VmThreadIds};
 
 use crate::devices::legacy::{ConsoleSink, ExitEvent, LegacyBus, SerialConsole, I8042};
 use crate::devices::virtio::block::{Block, BlockConfig};
 use crate::devices::virtio::fs::Fs;
 pub use crate::devices::virtio::fs::FsConfig;
 use crate::devices::virtio::mmio::{MmioSlot, MmioTransport};
+use crate::devices::virtio::net::Net;
+pub use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::vsock::{Vsock, VsockConfig};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::EventFdTrigger;
@@ -81,6 +83,8 @@ pub struct VmConfig {
     pub vsock_uds: Option<PathBuf>,
     /// Directories shared by inline virtio-fs.
     pub fs: Vec<FsConfig>,
+    /// NICs on host taps (virtio-net), in the order the guest sees them (`eth0`, ...).
+    pub net: Vec<NetConfig>,
     /// How many bytes of the serial console are kept.
     pub console_capacity: usize,
 }
@@ -105,6 +109,7 @@ impl VmBuilder {
                 block: Vec::new(),
                 vsock_uds: None,
                 fs: Vec::new(),
+                net: Vec::new(),
                 console_capacity: DEFAULT_CONSOLE_CAPACITY,
             },
         }
@@ -166,6 +171,12 @@ impl VmBuilder {
         self
     }
 
+    /// Adds a NIC on an open tap queue (virtio-net).
+    pub fn net(mut self, nic: NetConfig) -> Self {
+        self.config.net.push(nic);
+        self
+    }
+
     /// How many console bytes are kept.
     pub fn console_capacity(mut self, bytes: usize) -> Self {
         self.config.console_capacity = bytes;
@@ -200,7 +211,7 @@ impl VmBuilder {
             .map(|p| loader::load_initrd(mem, &kernel, p))
             .transpose()?;
 
-        // Devices: disks first (vda...), then shares, then vsock; each in the next slot.
+        // Devices: disks first (vda...), then shares, NICs (eth0...), vsock; each in the next slot.
         // The queue-notify eventfd is duplicated: KVM signals the same eventfd the device reads.
         let mut devices: Vec<(MmioSlot, Box<dyn VirtioDevice>, EventFd)> = Vec::new();
         for disk in &c.block {
@@ -212,6 +223,12 @@ impl VmBuilder {
         for share in &c.fs {
             let slot = MmioSlot::nth(devices.len() as u32)?;
             let dev = Fs::new(share)?;
+            let notify = dup_notify(dev.notify_evt())?;
+            devices.push((slot, Box::new(dev), notify));
+        }
+        for nic in &c.net {
+            let slot = MmioSlot::nth(devices.len() as u32)?;
+            let dev = Net::new(nic)?;
             let notify = dup_notify(dev.notify_evt())?;
             devices.push((slot, Box::new(dev), notify));
         }

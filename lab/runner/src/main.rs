@@ -23,6 +23,7 @@ use kata_lab::Vmm;
 use kata_sandbox::{ContainerSpec, Sandbox};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod pod_net;
 mod vfio;
 
 /// Where the sandboxes' directories go (a tmpfs in L1).
@@ -335,6 +336,15 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
             Ok("no process, mount or sandbox directory left".to_string())
         })
         .await;
+    if vmm == Vmm::Builtin {
+        checks
+            .run(
+                "pod-network",
+                Duration::from_secs(360),
+                pod_net::builtin_pod_network(rootfs, ROOT_DIR),
+            )
+            .await;
+    }
     checks
 }
 

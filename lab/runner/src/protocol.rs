@@ -63,6 +63,9 @@ pub const VMM_CHECKS: &[&str] = &[
     // The sandbox shuts down and leaves no process, mount or directory in L1 (and, for the
     // in-process built-in VMM, no `kata-vcpu-*`/`kata-vmm-*` thread in the runner).
     "shutdown-clean",
+    // Built-in only: a container in a VM on a pod network (a veth pair's `eth0` in a pod
+    // namespace, joined to a tap by tc) reaches the peer end: kata-vmm's virtio-net.
+    "pod-network",
 ];
 
 /// The [`VMM_CHECKS`] only the QEMU backend runs.
@@ -70,7 +73,7 @@ pub const QEMU_ONLY_CHECKS: &[&str] = &["vhost-vsock"];
 
 /// The [`VMM_CHECKS`] only the built-in VMM runs (QEMU's confinement is a filter on its whole
 /// process, tested in kata-hypervisor).
-pub const BUILTIN_ONLY_CHECKS: &[&str] = &["threads-confined", "threads-cgroup"];
+pub const BUILTIN_ONLY_CHECKS: &[&str] = &["threads-confined", "threads-cgroup", "pod-network"];
 
 /// The figure comparing the two VMMs' boot-to-agent-ready times (built-in / QEMU, issue 11's
 /// target: at most [`BOOT_RATIO_TARGET`]).
