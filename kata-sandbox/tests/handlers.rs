@@ -660,6 +660,45 @@ async fn wasm_a_kill_ends_a_module_asleep_in_a_host_call() {
     f.assert_nothing_left("asleep");
 }
 
+/// A pod's sandbox container under CRI (its image is the pause image, a native program) runs
+/// the handler's own waiting module until it is killed.
+#[tokio::test]
+async fn wasm_a_pod_sandbox_container_waits_until_killed() {
+    let f = Fixture::new(Handler::Wasm);
+    let sb = f.sandbox("pod-pause").await;
+    let mut oci = oci_spec::runtime::Spec::default();
+    oci.set_annotations(Some(
+        [(
+            "io.kubernetes.cri.container-type".to_string(),
+            "sandbox".to_string(),
+        )]
+        .into_iter()
+        .collect(),
+    ));
+    let c = sb
+        .create_container(ContainerSpec::from_oci(oci, &f.rootfs).args(["/pause"]))
+        .await
+        .expect("the pause container of a pod is not a module file of its rootfs");
+    c.start().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), c.wait())
+            .await
+            .is_err(),
+        "the pause module waits"
+    );
+    let t0 = Instant::now();
+    c.kill(Signal::TERM).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), c.wait())
+        .await
+        .expect("killed within a tick of its wait")
+        .unwrap();
+    assert_eq!(status.signal(), Some(15), "{status}");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    c.delete().await.unwrap();
+    sb.shutdown().await.unwrap();
+    f.assert_nothing_left("pod-pause");
+}
+
 #[tokio::test]
 async fn wasm_sandbox_cannot_be_detached_and_dropping_it_stops_its_modules() {
     let f = Fixture::new(Handler::Wasm);

@@ -66,6 +66,42 @@ impl std::fmt::Debug for WasmTask {
 }
 
 /// Where the module is: `process.args[0]` of `spec`, in `rootfs`.
+/// What a pod's sandbox container runs under CRI (`io.kubernetes.cri.container-type =
+/// sandbox`: its image is the pause image, a native program): a module that waits, 100 ms at
+/// a time in `poll_oneoff` (no CPU; killable within a tick after each wait), until it is
+/// killed. Assembled from this WAT (the `wat` crate is not a dependency of the handler; the
+/// tests check the bytes against it):
+///
+/// ```text
+/// (module
+///   (import "wasi_snapshot_preview1" "poll_oneoff" (func (param i32 i32 i32 i32) (result i32)))
+///   (memory (export "memory") 1)
+///   (func (export "_start")
+///     (i32.store (i32.const 16) (i32.const 1))             ;; clock id: monotonic
+///     (i64.store (i32.const 24) (i64.const 100000000))     ;; timeout: 100 ms
+///     (loop (drop (call 0 (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+///           (br 0))))
+/// ```
+pub(super) const POD_PAUSE_MODULE: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x02, 0x60, 0x04, 0x7f, 0x7f, 0x7f,
+    0x7f, 0x01, 0x7f, 0x60, 0x00, 0x00, 0x02, 0x26, 0x01, 0x16, 0x77, 0x61, 0x73, 0x69, 0x5f, 0x73,
+    0x6e, 0x61, 0x70, 0x73, 0x68, 0x6f, 0x74, 0x5f, 0x70, 0x72, 0x65, 0x76, 0x69, 0x65, 0x77, 0x31,
+    0x0b, 0x70, 0x6f, 0x6c, 0x6c, 0x5f, 0x6f, 0x6e, 0x65, 0x6f, 0x66, 0x66, 0x00, 0x00, 0x03, 0x02,
+    0x01, 0x01, 0x05, 0x03, 0x01, 0x00, 0x01, 0x07, 0x13, 0x02, 0x06, 0x6d, 0x65, 0x6d, 0x6f, 0x72,
+    0x79, 0x02, 0x00, 0x06, 0x5f, 0x73, 0x74, 0x61, 0x72, 0x74, 0x00, 0x01, 0x0a, 0x27, 0x01, 0x25,
+    0x00, 0x41, 0x10, 0x41, 0x01, 0x36, 0x02, 0x00, 0x41, 0x18, 0x42, 0x80, 0xc2, 0xd7, 0x2f, 0x37,
+    0x03, 0x00, 0x03, 0x40, 0x41, 0x00, 0x41, 0xc0, 0x00, 0x41, 0x01, 0x41, 0x80, 0x01, 0x10, 0x00,
+    0x1a, 0x0c, 0x00, 0x0b, 0x0b,
+];
+
+/// Whether `spec` is a pod's sandbox (pause) container, as containerd's CRI plugin marks it.
+fn pod_sandbox(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get("io.kubernetes.cri.container-type"))
+        .is_some_and(|t| t == "sandbox")
+}
+
 fn read_module(rootfs: &Path, spec: &Spec) -> Result<(Vec<String>, Vec<u8>)> {
     let args = spec
         .process()
@@ -120,7 +156,11 @@ pub(super) fn prepare(
     spec: &Spec,
     sandbox_paused: bool,
 ) -> Result<(WasmTask, ProcessStreams)> {
-    let (args, bytes) = read_module(rootfs, spec)?;
+    let (args, bytes) = if pod_sandbox(spec) {
+        (vec!["pause".to_string()], POD_PAUSE_MODULE.to_vec())
+    } else {
+        read_module(rootfs, spec)?
+    };
     let module = Module::from_binary(engine, &bytes).map_err(|e| {
         Error::invalid(
             "process.args[0]",
@@ -395,4 +435,20 @@ fn run(ready: Ready, control: &Control) -> ExitStatus {
     drop(stderr);
     drop(store);
     status
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pod_pause_module_is_its_wat() {
+        let wat = r#"(module
+          (import "wasi_snapshot_preview1" "poll_oneoff" (func (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "_start")
+            (i32.store (i32.const 16) (i32.const 1))
+            (i64.store (i32.const 24) (i64.const 100000000))
+            (loop (drop (call 0 (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+                  (br 0))))"#;
+        assert_eq!(wat::parse_str(wat).unwrap(), super::POD_PAUSE_MODULE);
+    }
 }
