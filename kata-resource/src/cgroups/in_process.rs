@@ -100,10 +100,19 @@ pub(crate) fn move_in(
     };
     match hier.version() {
         CgroupVersion::V1 => {
-            hier.add_threads(sandbox, vcpus)?;
             moved.tids.extend_from_slice(vcpus);
-            hier.add_threads(overhead.unwrap_or(sandbox), devices)?;
             moved.tids.extend_from_slice(devices);
+            let placed = hier
+                .add_threads(sandbox, vcpus)
+                .and_then(|()| hier.add_threads(overhead.unwrap_or(sandbox), devices));
+            if let Err(e) = placed {
+                // Whatever moved goes back: a failed move leaves nothing in the sandbox's
+                // cgroups.
+                if let Err(back) = move_out(hier, &moved) {
+                    tracing::error!(error = %back, "cannot put the built-in VMM's threads back");
+                }
+                return Err(e);
+            }
             tracing::debug!(?vcpus, ?devices, cgroup = %sandbox.rel.display(), "the built-in VMM's threads are in the sandbox's cgroups");
         }
         CgroupVersion::V2 => {

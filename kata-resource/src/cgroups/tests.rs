@@ -465,3 +465,33 @@ fn a_process_cgroup_file_without_the_hierarchy_fails_naming_it_and_moves_nothing
     assert_eq!(tasks(root.join("cpu/kata_sandboxed_pod/sb1")), "");
     slot.release_in_place().unwrap();
 }
+
+#[test]
+fn v1_a_thread_move_that_fails_halfway_puts_the_moved_threads_back() {
+    let tmp = v1_root();
+    let root = tmp.path();
+    for c in V1 {
+        let dir = root.join(c).join("runtime");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cgroup.procs"), "").unwrap();
+        fs::write(dir.join("tasks"), "901\n903\n").unwrap();
+    }
+    let proc_cgroup = "1:cpu,cpuacct,cpuset,memory,pids:/runtime\n";
+    let mut slot = set_up(&config(root, None, false)).unwrap();
+    // The overhead cgroup's memory `tasks` refuses the device thread.
+    fs::remove_file(root.join("memory/kata_overhead/sb1/tasks")).unwrap();
+    let err = slot
+        .add_vmm_threads_of(900, proc_cgroup, &[901], &[903])
+        .unwrap_err();
+    assert!(err.to_string().contains("move thread 903"), "{err}");
+    for c in V1 {
+        assert_eq!(
+            tasks(root.join(c).join("kata_sandboxed_pod/sb1")),
+            "",
+            "{c}: the vCPU went back"
+        );
+        assert_eq!(tasks(root.join(c).join("runtime")), "901\n903", "{c}");
+    }
+    fs::write(root.join("memory/kata_overhead/sb1/tasks"), "").unwrap();
+    slot.release_in_place().unwrap();
+}
