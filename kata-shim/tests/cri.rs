@@ -56,6 +56,25 @@ const KATA_CONFIG: &str =
 const LINUX_CONFIG: &str = "# kata-rs configuration for the CRI tests' `kata-linux` handler.\n\
      [hypervisor.qemu]\n[runtime]\nname = \"linux_container\"\n";
 
+/// A kata-rs configuration for the `kata-wasm` handler (`wasm_container`: WASI modules).
+const WASM_CONFIG: &str = "# kata-rs configuration for the CRI tests' `kata-wasm` handler.\n\
+     [hypervisor.qemu]\n[runtime]\nname = \"wasm_container\"\n";
+/// The wasm image CRI pulls nothing for: imported by the test, one layer with `/hello.wasm`.
+const WASM_IMAGE: &str = "localhost/kata-rs/cri-wasm:latest";
+/// Writes "hello from wasm" to stdout and "to-err" to stderr, then exits 0.
+const HELLO_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "hello from wasm\0a")
+  (data (i32.const 200) "to-err\0a")
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_start")
+    (call $write (i32.const 1) (i32.const 100) (i32.const 16))
+    (call $write (i32.const 2) (i32.const 200) (i32.const 7))))"#;
+
 /// The environment and what was there before the cases.
 struct Env {
     cri: CriEnv,
@@ -555,6 +574,8 @@ async fn setup() -> Result<Env> {
     std::fs::write(&kata_config, KATA_CONFIG)?;
     let linux_config = dir.join("kata-rs-linux.toml");
     std::fs::write(&linux_config, LINUX_CONFIG)?;
+    let wasm_config = dir.join("kata-rs-wasm.toml");
+    std::fs::write(&wasm_config, WASM_CONFIG)?;
     let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
     let options = CriOptions {
         handlers: vec![
@@ -572,6 +593,11 @@ async fn setup() -> Result<Env> {
                 name: "kata-linux".into(),
                 runtime_type: "io.containerd.kata.v2".into(),
                 config_path: Some(linux_config),
+            },
+            Handler {
+                name: "kata-wasm".into(),
+                runtime_type: "io.containerd.kata.v2".into(),
+                config_path: Some(wasm_config),
             },
         ],
         subnet: SUBNET.into(),
@@ -600,12 +626,123 @@ async fn setup() -> Result<Env> {
     }
     let listed = client.list_images().await?;
     ensure!(listed.len() >= 2, "ListImages: {listed:?}");
+    import_wasm_image(&cri, &dir)?;
     Ok(Env {
         cri,
         baseline_pod_netns,
         baseline_kata_dirs,
         _work: work,
     })
+}
+
+/// Builds the wasm image (one layer: `/hello.wasm`) and imports it for CRI.
+fn import_wasm_image(cri: &CriEnv, dir: &Path) -> Result<()> {
+    use kata_testkit::image::layout::{ImageSpec as Layout, IndexEntry, LayoutWriter, TarBuilder};
+    let mut layer = TarBuilder::new();
+    layer.file("hello.wasm", 0o644, 0, 0, &wat::parse_str(HELLO_WAT)?);
+    let mut writer = LayoutWriter::new();
+    let added = writer.add_image(&Layout {
+        layers: vec![layer.finish()],
+        gzip: true,
+        cmd: vec!["/hello.wasm".to_owned()],
+        ..Layout::default()
+    });
+    writer.add_index_entry(IndexEntry::new(
+        &added.manifest,
+        &[
+            ("io.containerd.image.name", WASM_IMAGE),
+            ("org.opencontainers.image.ref.name", "latest"),
+        ],
+    ));
+    let tar = dir.join("wasm-image.tar");
+    writer.write_tar(&tar, false)?;
+    cri.containerd
+        .ok(&["image", "import", &tar.display().to_string()])?;
+    Ok(())
+}
+
+/// A RuntimeClass selecting `wasm_container`: the pod's sandbox container is the handler's own
+/// waiting module, its container a WASI module from an image; its output reaches CRI's log,
+/// its exit code the container status; stop and remove leave nothing.
+async fn wasm_pod_case(env: Arc<Env>) -> Result<()> {
+    let cri = env.cri.client().await?;
+    let mut ids = PodIds::default();
+    let r = wasm_pod_lifecycle(&env, &cri, &mut ids).await;
+    if r.is_err() && !ids.pod.is_empty() {
+        let _ = cri.stop_pod_sandbox(&ids.pod).await;
+        let _ = cri.remove_pod_sandbox(&ids.pod).await;
+    }
+    let left = wait_nothing_left(&env, &ids, Duration::from_secs(20)).await;
+    match (r, left) {
+        (Err(e), Err(left)) => Err(e.context(format!("and after cleanup: {left:#}"))),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(()), left) => left.context("after RemovePodSandbox"),
+    }
+}
+
+async fn wasm_pod_lifecycle(env: &Env, cri: &Client, ids: &mut PodIds) -> Result<()> {
+    let handler = "kata-wasm";
+    let config = sandbox_config(env, handler)?;
+    ids.pod = cri
+        .run_pod_sandbox(&config, handler)
+        .await
+        .with_context(|| format!("RunPodSandbox with runtime_handler {handler}"))?;
+    let pod = ids.pod.clone();
+    let status = cri.pod_sandbox_status(&pod).await?;
+    ensure!(
+        status.state.enum_value() == Ok(PodSandboxState::SANDBOX_READY)
+            && status.runtime_handler == handler,
+        "pod {:?} under {:?}",
+        status.state,
+        status.runtime_handler
+    );
+    let cfg = ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: "hello".into(),
+            attempt: 0,
+            ..Default::default()
+        })
+        .into(),
+        image: Some(ImageSpec {
+            image: WASM_IMAGE.into(),
+            ..Default::default()
+        })
+        .into(),
+        log_path: "hello.log".into(),
+        ..Default::default()
+    };
+    let id = cri
+        .create_container(&pod, &cfg, &config)
+        .await
+        .context("CreateContainer hello (wasm)")?;
+    ids.containers.push(id.clone());
+    cri.start_container(&id).await.context("StartContainer")?;
+    let t0 = Instant::now();
+    let exited = loop {
+        let s = cri.container_status(&id).await?;
+        if s.state.enum_value() == Ok(ContainerState::CONTAINER_EXITED) {
+            break s;
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the module did not exit within 30 s: {:?}",
+            s.state
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(exited.exit_code == 0, "exit code {}", exited.exit_code);
+    let log_dir = env.cri.dir.join("logs").join(handler);
+    check_log(
+        &log_dir.join("hello.log"),
+        &[("stdout", "hello from wasm"), ("stderr", "to-err")],
+    )
+    .await?;
+    cri.remove_container(&id).await.context("RemoveContainer")?;
+    cri.stop_pod_sandbox(&pod).await.context("StopPodSandbox")?;
+    cri.remove_pod_sandbox(&pod)
+        .await
+        .context("RemovePodSandbox")?;
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -616,6 +753,7 @@ fn main() -> std::process::ExitCode {
         .case("runc_pod_reference", |env| pod_case(env, "runc"))
         .case("kata_pod", |env| pod_case(env, "kata"))
         .case("kata_linux_pod", |env| pod_case(env, "kata-linux"))
+        .case("kata_wasm_pod", wasm_pod_case)
         .leak_check(|env: &Env| {
             let left = pod_leftovers(env, &PodIds::default());
             ensure!(left.is_empty(), "left: {left:?}");
