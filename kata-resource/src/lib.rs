@@ -48,6 +48,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cdi;
 pub mod cgroups;
 mod container_id;
 mod error;
@@ -59,7 +60,6 @@ pub mod rootfs;
 mod sandbox_resources;
 pub mod share_fs;
 mod storage;
-pub mod cdi;
 pub mod vfio;
 pub mod vfio_ap;
 pub mod volume;
