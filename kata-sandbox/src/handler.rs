@@ -148,6 +148,48 @@ impl RootfsInput {
     }
 }
 
+/// Runs blocking resource work off the async workers (every handler's host-side steps).
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::io(what, std::io::Error::other(e)))?
+}
+
+/// The rootfs of a container a handler runs on the host (wasm, linux): made by `resources` as
+/// a VM's would be, and where it is on the host. A block-device rootfs is a disk for a VM: it
+/// is refused naming `handler`, and nothing of it is kept.
+pub(crate) async fn host_rootfs(
+    resources: &std::sync::Arc<std::sync::Mutex<Option<kata_resource::SandboxResources>>>,
+    container_id: &str,
+    rootfs: RootfsInput,
+    handler: RuntimeHandlerKind,
+) -> Result<PathBuf> {
+    let (source, mode) = rootfs.into_source();
+    let (resources, id) = (resources.clone(), container_id.to_string());
+    blocking("setting up a container's rootfs", move || {
+        let mut guard = resources.lock().unwrap();
+        let r = guard.as_mut().ok_or(Error::ShutDown)?;
+        r.add_container(&id, source, mode)?;
+        match r.container_rootfs_host_path(&id) {
+            Some(p) => Ok(p.to_path_buf()),
+            None => {
+                let _ = r.remove_container(&id);
+                Err(Error::invalid(
+                    "rootfs",
+                    format!(
+                        "a block-device rootfs needs a VM; the {handler} handler runs \
+                         containers from a directory rootfs"
+                    ),
+                ))
+            }
+        }
+    })
+    .await
+}
+
 /// Builds a container's OCI spec once its `root.path` (as the runtime sees it) is known.
 pub(crate) type SpecBuilder<'a> = dyn Fn(&str) -> Result<Spec> + Send + Sync + 'a;
 

@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::builder::SandboxConfig;
 use crate::error::{Error, Result};
+use crate::handler::blocking;
 use crate::handler::{
     HandlerState, OomEvents, ProcessStreams, RootfsInput, RuntimeHandler, RuntimeHandlerKind,
     SpecBuilder, StdioConfig,
@@ -106,16 +107,6 @@ impl std::fmt::Debug for LinuxContainer {
             .field("id", &self.id)
             .finish_non_exhaustive()
     }
-}
-
-/// Runs blocking host work off the async worker.
-async fn blocking<T: Send + 'static>(
-    what: &'static str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::io(what, std::io::Error::other(e)))?
 }
 
 /// The helper program: `$KATA_RS_LINUX_HELPER`, else next to this program (or one directory
@@ -459,27 +450,8 @@ impl RuntimeHandler for LinuxContainer {
         rootfs: RootfsInput,
         spec: &SpecBuilder<'_>,
     ) -> Result<()> {
-        let (source, mode) = rootfs.into_source();
-        let host_root: PathBuf = {
-            let (resources, id) = (self.resources.clone(), container_id.to_string());
-            blocking("setting up a container's rootfs", move || {
-                let mut guard = resources.lock().unwrap();
-                let r = guard.as_mut().ok_or(Error::ShutDown)?;
-                r.add_container(&id, source, mode)?;
-                match r.container_rootfs_host_path(&id) {
-                    Some(p) => Ok(p.to_path_buf()),
-                    None => {
-                        let _ = r.remove_container(&id);
-                        Err(Error::invalid(
-                            "rootfs",
-                            "a block-device rootfs needs a VM; the linux_container handler \
-                             runs containers from a directory rootfs",
-                        ))
-                    }
-                }
-            })
-            .await?
-        };
+        let host_root: PathBuf =
+            crate::handler::host_rootfs(&self.resources, container_id, rootfs, self.kind()).await?;
         match self.create_on(container_id, &host_root, spec).await {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -45,6 +45,7 @@ use tracing::Instrument as _;
 
 use crate::builder::SandboxConfig;
 use crate::error::{Error, Result};
+use crate::handler::blocking;
 use crate::handler::{
     HandlerState, OomEvents, ProcessStreams, RootfsInput, RuntimeHandler, RuntimeHandlerKind,
     SpecBuilder, StdioConfig,
@@ -142,16 +143,6 @@ fn agent_storage(s: GuestStorage) -> Storage {
         .fstype(s.fstype)
         .options(s.options)
         .driver_options(s.driver_options)
-}
-
-/// Runs blocking resource work off the async worker.
-async fn blocking<T: Send + 'static>(
-    what: &'static str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::io(what, std::io::Error::other(e)))?
 }
 
 impl VirtContainer {

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::builder::SandboxConfig;
 use crate::error::{Error, Result};
+use crate::handler::blocking;
 use crate::handler::{
     HandlerState, OomEvents, ProcessStreams, RootfsInput, RuntimeHandler, RuntimeHandlerKind,
     SpecBuilder, StdioConfig,
@@ -95,16 +96,6 @@ async fn on_thread<T: Send + 'static>(
         .map_err(|e| Error::io(what, e))?;
     rx.await
         .map_err(|_| Error::io(what, std::io::Error::other("the thread panicked")))?
-}
-
-/// Runs blocking resource work off the async worker.
-async fn blocking<T: Send + 'static>(
-    what: &'static str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::io(what, std::io::Error::other(e)))?
 }
 
 /// The engine of a sandbox: Cranelift, with epoch interruption for kill, pause and quota.
@@ -248,28 +239,8 @@ impl RuntimeHandler for WasmContainer {
         rootfs: RootfsInput,
         spec: &SpecBuilder<'_>,
     ) -> Result<()> {
-        let (source, mode) = rootfs.into_source();
-        let host_root: PathBuf = {
-            let (resources, id) = (self.resources.clone(), container_id.to_string());
-            blocking("setting up a container's rootfs", move || {
-                let mut guard = resources.lock().unwrap();
-                let r = guard.as_mut().ok_or(Error::ShutDown)?;
-                r.add_container(&id, source, mode)?;
-                match r.container_rootfs_host_path(&id) {
-                    Some(p) => Ok(p.to_path_buf()),
-                    None => {
-                        // A block rootfs is a disk for a VM: there is none here.
-                        let _ = r.remove_container(&id);
-                        Err(Error::invalid(
-                            "rootfs",
-                            "a block-device rootfs needs a VM; the wasm_container handler \
-                             runs modules from a directory rootfs",
-                        ))
-                    }
-                }
-            })
-            .await?
-        };
+        let host_root: PathBuf =
+            crate::handler::host_rootfs(&self.resources, container_id, rootfs, self.kind()).await?;
         let prepared = async {
             let oci = spec(&host_root.display().to_string())?;
             let (engine, root) = (self.engine.clone(), host_root.clone());
