@@ -126,7 +126,22 @@ fn v1_controllers(mountinfo: &str) -> BTreeSet<String> {
             parts.next()
         })
         .flat_map(|opts| opts.split(',').map(str::to_string).collect::<Vec<_>>())
-        .filter(|o| !o.contains('=') && !matches!(o.as_str(), "rw" | "ro"))
+        // Super options that are not controllers: access, named hierarchies (`name=`), and
+        // cgroup v1's own flags.
+        .filter(|o| {
+            !o.contains('=')
+                && !matches!(
+                    o.as_str(),
+                    "rw" | "ro"
+                        | "xattr"
+                        | "noprefix"
+                        | "clone_children"
+                        | "cpuset_v2_mode"
+                        | "favordynmods"
+                        | "all"
+                        | "none"
+                )
+        })
         .collect()
 }
 
