@@ -161,6 +161,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// The rootfs of a container a handler runs on the host (wasm, linux): made by `resources` as
 /// a VM's would be, and where it is on the host. A block-device rootfs is a disk for a VM: it
 /// is refused naming `handler`, and nothing of it is kept.
+#[cfg(any(feature = "wasm", feature = "linux"))]
 pub(crate) async fn host_rootfs(
     resources: &std::sync::Arc<std::sync::Mutex<Option<kata_resource::SandboxResources>>>,
     container_id: &str,
