@@ -21,6 +21,7 @@ include guest/guest.mk
 
 setup:
 	bash scripts/setup.sh
+	@bash scripts/target-gc.sh
 
 build: setup
 	$(CARGO) build --workspace --all-targets
