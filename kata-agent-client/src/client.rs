@@ -2,7 +2,7 @@
 //!
 //! One method per protocol method, named in snake_case, taking the generated
 //! request type by reference. Every call carries a deadline (the ttRPC context
-//! timeout, which the agent also enforces) of
+//! timeout; the host keeps it, the agent only gets a generous backstop) of
 //! [`ConnectOptions::request_timeout`], except the calls that wait for the
 //! guest by design — [`AgentClient::wait_process`], [`AgentClient::read_stdout`],
 //! [`AgentClient::read_stderr`] and [`AgentClient::get_oom_event`] — which take
@@ -37,6 +37,16 @@ use crate::protocol::types::Interface;
 /// Extra time the client waits past a call's deadline for the agent's own
 /// `DEADLINE_EXCEEDED` answer before it gives up locally.
 const LOCAL_DEADLINE_GRACE: Duration = Duration::from_millis(100);
+
+/// How much longer than the caller's deadline the agent is told to keep working.
+///
+/// The caller's deadline is kept by the host's clock (a tokio timer here). The
+/// agent enforces the ttRPC context's `timeout_nano` with the guest's clock, and
+/// a guest clock cannot be trusted to keep pace with the host's: under emulation
+/// with eight guests booting at once, an agent answered `DEADLINE_EXCEEDED` to a
+/// 30 s call after 19 s of host time. The agent's deadline is therefore only a
+/// backstop that ends work nobody waits for any more.
+const GUEST_DEADLINE_FACTOR: u32 = 4;
 
 /// Which output stream of a process to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,7 +184,8 @@ impl AgentClient {
             async {
                 match timeout {
                     Some(timeout) => {
-                        let fut = call(ttrpc::context::with_duration(timeout));
+                        let guest = timeout.saturating_mul(GUEST_DEADLINE_FACTOR);
+                        let fut = call(ttrpc::context::with_duration(guest));
                         tokio::time::timeout(timeout + LOCAL_DEADLINE_GRACE, fut)
                             .await
                             .map_err(|_| Error::Timeout { method, timeout })

@@ -42,9 +42,16 @@ fn status(code: Code, msg: impl Into<String>) -> ttrpc::Error {
 impl agent_ttrpc::AgentService for MockAgent {
     async fn create_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
+        // Echoes the deadline the client gave the agent (the ttRPC context's timeout_nano).
+        if req.container_id == "deadline-probe" {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("timeout_nano={}", ctx.timeout_nano),
+            ));
+        }
         let mut created = self.created.lock().unwrap();
         if created.contains(&req.container_id) {
             return Err(status(
@@ -263,6 +270,33 @@ async fn unix_round_trip_health_and_agent_calls() {
     );
     let eof = agent.read_stdout(&read, None).await.unwrap_err();
     assert!(eof.is_eof(), "{eof}");
+}
+
+/// The caller's deadline is the host's: the agent, whose clock may run ahead of the host's in an
+/// emulated guest, gets a multiple of it as a backstop. Given exactly the caller's deadline, a
+/// guest agent under load answered DEADLINE_EXCEEDED to a 30 s call after 19 s of host time.
+#[tokio::test]
+async fn the_agent_gets_a_backstop_deadline_longer_than_the_callers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let _server = start_mock_agent(&sock).await;
+    let agent = AgentClient::connect(&AgentAddress::Unix(sock), quick_options())
+        .await
+        .unwrap();
+
+    let mut create = CreateContainerRequest::new();
+    create.container_id = "deadline-probe".into();
+    let err = agent.create_container(&create).await.unwrap_err();
+    let message = err.message().unwrap().to_string();
+    let nanos: i64 = message
+        .strip_prefix("timeout_nano=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("mock's answer: {message}"));
+    let caller = quick_options().request_timeout.as_nanos() as i64;
+    assert!(
+        nanos >= 4 * caller,
+        "the agent was given {nanos} ns for a {caller} ns call"
+    );
 }
 
 #[tokio::test]
