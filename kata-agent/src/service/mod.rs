@@ -69,7 +69,9 @@ impl AgentServer {
     }
 }
 
-/// Reads the next chunk of a process's output; the end of the stream is [`AgentError::Eof`].
+/// Reads the next chunk of a process's output. The end of the stream is an empty chunk, as
+/// Kata's agent answers it (Kata's runtime takes an empty answer for the end of the stream;
+/// kata-rs's client takes either that or the `read meet eof` error older agents sent).
 async fn read(sandbox: &Sandbox, req: agent::ReadStreamRequest, stream: Stream) -> Result<Vec<u8>> {
     let c = sandbox.container(&req.container_id)?;
     let p = c.process(&req.exec_id)?;
@@ -81,14 +83,8 @@ async fn read(sandbox: &Sandbox, req: agent::ReadStreamRequest, stream: Stream) 
         Some(data) => Ok(data),
         None => {
             c.forget_finished_execs();
-            Err(AgentError::Eof {
-                container_id: req.container_id.clone(),
-                exec_id: p.exec_id.clone(),
-                stream: match stream {
-                    Stream::Stdout => "stdout",
-                    Stream::Stderr => "stderr",
-                },
-            })
+            tracing::debug!(?stream, "end of stream");
+            Ok(Vec::new())
         }
     }
 }
@@ -465,7 +461,14 @@ impl AgentService for AgentServer {
             req.exec_id.clone(),
             async move {
                 let p = sb.process(&req.container_id, &req.exec_id)?;
-                let n = p.write_stdin(&req.data).await?;
+                // No data is the end of stdin, as in Kata's agent: Kata's runtime closes a
+                // process's stdin this way and never calls CloseStdin.
+                let n = if req.data.is_empty() {
+                    p.close_stdin().await?;
+                    0
+                } else {
+                    p.write_stdin(&req.data).await?
+                };
                 let mut resp = agent::WriteStreamResponse::new();
                 resp.len = u32::try_from(n).unwrap_or(u32::MAX);
                 Ok(resp)

@@ -1,8 +1,8 @@
-//! Block storages named by where the VM put the disk: a `blk` storage (also `virtio-blk`,
-//! `virtio-blk-pci`) whose source is Kata's PCI path (`"02/00"`: the slot of each bridge or
-//! port from the root bus, then the device's), a `scsi` storage whose source is
-//! `"<target>:<lun>"` on the VM's virtio-scsi controller. A source that is already a `/dev`
-//! path is used as it is.
+//! Block storages named by where the VM put the disk: a `blk` storage whose source is Kata's
+//! PCI path (`"02/00"`: the slot of each bridge or port from the root bus, then the
+//! device's), a `scsi` storage whose source is `"<target>:<lun>"` on the VM's virtio-scsi
+//! controller. A source that is already a `/dev` path is used as it is (`mmioblk`, `nvdimm`
+//! and any of them).
 //!
 //! [`resolve_devices`] turns those sources into the disk's `/dev` node before the storage is
 //! planned and mounted: the device is found under sysfs (`/sys/devices/pci0000:00/...` for a
@@ -25,7 +25,7 @@ pub const DEVICE_WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(50);
 
 /// The drivers whose source is a PCI path (or a `/dev` path).
-const PCI_DRIVERS: &[&str] = &["blk", "virtio-blk", "virtio-blk-pci"];
+const PCI_DRIVERS: &[&str] = &["blk"];
 
 /// Where a block storage's disk is, as its source says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,7 +239,7 @@ mod tests {
             DiskAddress::Pci(vec![2, 0])
         );
         assert_eq!(
-            address("virtio-blk-pci", "/dev/vdb", "s").unwrap(),
+            address("mmioblk", "/dev/vdb", "s").unwrap(),
             DiskAddress::Dev("/dev/vdb".into())
         );
         assert_eq!(

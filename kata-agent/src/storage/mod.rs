@@ -25,25 +25,38 @@ use crate::mount::{mount_with, MountOptions};
 pub use block::resolve_devices;
 pub use table::StorageTable;
 
-/// The drivers this agent handles, as named in `Storage.driver`.
+/// The drivers this agent handles, as named in `Storage.driver` (and listed in
+/// GetGuestDetails' `storage_handlers`).
+///
+/// Kata's names first (its agent's storage handlers): `blk` (virtio-blk on PCI, source a PCI
+/// path), `mmioblk` (virtio-blk on MMIO, source the `/dev` node), `scsi`, `nvdimm`,
+/// `virtio-fs`, `local`, `ephemeral`. Then two kata-rs extensions that Kata's agent refuses:
+/// `9p` (sent only when the runtime is configured with `shared_fs = "virtio-9p"`, which Kata
+/// has removed) and `bind` (a bind mount of a guest path: the host-tier tests' stand-in for
+/// the shared directory; no runtime sends it). See `kata-agent/INTEROP.md`.
 pub const DRIVERS: &[&str] = &[
-    "9p",
-    "virtio-fs",
     "blk",
-    "virtio-blk",
-    "virtio-blk-pci",
-    "virtio-blk-mmio",
+    "mmioblk",
     "scsi",
     "nvdimm",
+    "virtio-fs",
     "local",
     "ephemeral",
+    "9p",
     "bind",
+];
+
+/// Block driver names kata-rs's agent once took that are not Kata's, with Kata's name to use.
+const FORMER_BLOCK_ALIASES: &[(&str, &str)] = &[
+    ("virtio-blk", "blk"),
+    ("virtio-blk-pci", "blk"),
+    ("virtio-blk-mmio", "mmioblk"),
 ];
 
 /// One storage request (the protocol's `Storage`, transport-neutral).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StorageSpec {
-    /// How it reaches the guest: `9p`, `virtio-fs`, `blk`, `local`, `ephemeral`, `bind`.
+    /// How it reaches the guest: one of [`DRIVERS`].
     pub driver: String,
     /// A mount tag, a device path or a guest path, depending on the driver.
     pub source: String,
@@ -139,7 +152,7 @@ pub fn plan(s: &StorageSpec, field: &str) -> Result<StoragePlan> {
             need_source()?;
             (Some(PathBuf::from(&s.source)), fstype("virtiofs"))
         }
-        "blk" | "virtio-blk" | "virtio-blk-pci" | "virtio-blk-mmio" | "scsi" | "nvdimm" => {
+        "blk" | "mmioblk" | "scsi" | "nvdimm" => {
             // A PCI path or SCSI address is turned into the /dev node by
             // `resolve_devices` before the mount.
             block::address(&s.driver, &s.source, field)?;
@@ -188,10 +201,15 @@ pub fn plan(s: &StorageSpec, field: &str) -> Result<StoragePlan> {
             (Some(PathBuf::from(&s.source)), None)
         }
         other => {
+            let hint = FORMER_BLOCK_ALIASES
+                .iter()
+                .find(|(alias, _)| *alias == other)
+                .map(|(_, kata)| format!(" (Kata's agent names this driver {kata:?})"))
+                .unwrap_or_default();
             return Err(AgentError::invalid(
                 format!("{field}.driver"),
-                format!("{other:?} is not one of {DRIVERS:?}"),
-            ))
+                format!("{other:?} is not one of {DRIVERS:?}{hint}"),
+            ));
         }
     };
     Ok(StoragePlan {
@@ -423,6 +441,25 @@ mod tests {
                     .to_string()
                     .starts_with("s.mount_point"),
                 "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn kata_block_names_are_taken_and_former_aliases_refused_naming_kata_s() {
+        let mut s = spec("mmioblk", "/dev/vdc");
+        s.fstype = "ext4".into();
+        assert_eq!(
+            plan(&s, "s").unwrap().source,
+            Some(PathBuf::from("/dev/vdc"))
+        );
+        for (alias, kata) in FORMER_BLOCK_ALIASES {
+            s.driver = (*alias).into();
+            let err = plan(&s, "storages[0]").unwrap_err().to_string();
+            assert!(
+                err.starts_with("storages[0].driver")
+                    && err.contains(&format!("Kata's agent names this driver {kata:?}")),
+                "{err}"
             );
         }
     }
