@@ -382,15 +382,9 @@ impl TaskService {
         // What `static_sandbox_resource_mgmt` sizes a new sandbox's VM for.
         let workload = kata_sandbox::WorkloadSize::of_spec(&spec);
         let hostname = spec.hostname().clone();
-        let vfio_devices: Vec<PathBuf> = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.devices().as_ref())
-            .into_iter()
-            .flatten()
-            .map(|d| d.path().clone())
-            .filter(|p| p.starts_with("/dev/vfio/"))
-            .collect();
+        // VFIO devices (linux.devices, CDI annotations) of a container creating the sandbox,
+        // resolved before any VM boots (crate::vfio).
+        let vfio_devices = crate::vfio::sandbox_devices(&placement, &spec, &Default::default())?;
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
