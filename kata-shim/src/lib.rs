@@ -37,7 +37,6 @@ pub mod service;
 pub mod shim;
 pub mod stats;
 pub mod telemetry;
-pub mod vm_cache;
 pub mod vfio;
 
 pub use error::{Error, Result};
