@@ -1,30 +1,38 @@
-//! What the VMM's own threads may not do, whatever the guest makes their devices do.
+//! What the VMM's own threads may do: an allow-list per thread kind, `EPERM` for the rest.
 //!
 //! The built-in VMM runs inside the runtime's process, as the runtime's user, so a guest that
-//! took over a device's code (a parser bug in virtio-fs, vsock or block) would act with the
-//! runtime's rights. Each vCPU thread (`kata-vcpu-N`) and the device thread (`kata-vmm-events`)
-//! therefore installs a seccomp filter on itself when it starts (`no_new_privs` first, as
-//! seccomp requires; both are attributes of the thread, so the runtime's other threads are not
-//! confined) that answers `EPERM` to what none of these threads ever does:
+//! took over a device's code (a parser bug in virtio-fs, vsock, net or block) would act with
+//! the runtime's rights. Each thread therefore installs a seccomp filter on itself when it
+//! starts (`no_new_privs` first, as seccomp requires; both are attributes of the thread, so the
+//! runtime's other threads are not confined). The filter lists what the thread does and
+//! answers `EPERM` to every other system call, as Firecracker and Cloud Hypervisor filter
+//! theirs (their lists were read for which calls a vCPU and a device loop make; these are our
+//! own, for our threads):
 //!
-//! * running a program or making a process: `execve`, `execveat`, `fork`, `vfork`, `clone`
-//!   without `CLONE_THREAD`; `clone3`, whose flags a filter cannot read, answers `ENOSYS`,
-//!   so that the C library falls back to `clone` (threads still start, processes do not);
-//! * reaching into other processes: `ptrace`, `process_vm_readv`, `process_vm_writev`,
-//!   `pidfd_getfd`, `kcmp`;
-//! * changing the host: mounts (`mount`, `umount2`, `pivot_root`, `chroot`, `move_mount`,
-//!   `open_tree`, `fsopen`, `fsconfig`, `fsmount`, `fspick`, `mount_setattr`), namespaces
-//!   (`setns`, `unshare`), kernel modules, `kexec_*`, `reboot`, `swapon`/`swapoff`, the
-//!   clock (`settimeofday`, `clock_settime`, `adjtimex`, `clock_adjtime`), `sethostname`,
-//!   `setdomainname`, `acct`, `quotactl`, `syslog`, `iopl`/`ioperm`;
-//! * kernel surfaces no device needs: `bpf`, `perf_event_open`, `userfaultfd`,
-//!   `io_uring_setup`, the keyring (`add_key`, `request_key`, `keyctl`), and sockets of any
-//!   family but `AF_UNIX` (the hybrid vsock's socket is bound before the VM starts).
+//! * **both kinds** ([`ThreadKind`]): memory (`brk`, `munmap`, `mremap`, `madvise`; `mmap` and
+//!   `mprotect` never executable), locks and time (`futex`, `sched_yield`, sleeps, clocks),
+//!   signal returns and masks (the vCPU kick), `read`/`write`/`readv`/`writev`/`close` on
+//!   descriptors already open (eventfds, the log), `fcntl`, `getrandom`, the ids of this
+//!   process, `tgkill` of this process only, `exit`; `clone` of a thread only (`clone3`,
+//!   whose flags a filter cannot read, answers `ENOSYS`, so the C library falls back to
+//!   `clone`);
+//! * **a vCPU thread** (`kata-vcpu-N`) besides: `ioctl(KVM_RUN)` and no other ioctl. It opens
+//!   nothing, makes no socket and touches no path;
+//! * **the device thread** (`kata-vmm-events`) besides: the event loop (`epoll_*`), the hybrid
+//!   vsock's unix sockets (`accept4`, send and receive, `shutdown`; `socket` of `AF_UNIX`
+//!   only), `ioctl(FIONBIO)`, and the file system calls inline virtio-fs (fuse-backend-rs'
+//!   passthrough) and virtio-blk make: the `*at` family, stat, read and write at offsets,
+//!   `getdents64`, `fsync`, `fallocate`, `ftruncate`, `setresuid`/`setresgid` (the passthrough
+//!   switches this thread's credentials while it creates a file). Even there: `mknod`/`mknodat`
+//!   make regular files, fifos and sockets only (no device node), and `open`/`openat` creating
+//!   a file, `fchmod`/`fchmodat` and `mknodat` never set a set-user-ID or set-group-ID bit — the
+//!   rules the QEMU backend's filter enforces on QEMU's 9p share.
 //!
-//! Everything else is allowed: the device thread serves inline virtio-fs with the host's
-//! file system calls (fuse-backend-rs' passthrough, which also switches the thread's
-//! credentials while it creates a file), so an allow-list is future work; this list closes the
-//! ways out of the process (a new program, another process, the host's mounts and kernel).
+//! Not on either list, so refused: running a program (`execve`), a process (`fork`, `clone`
+//! without `CLONE_THREAD`), `ptrace` and cross-process memory, mounts, namespaces, modules,
+//! `kexec`, `reboot`, the clock, `bpf`, `perf_event_open`, `userfaultfd`, `io_uring`, keyrings,
+//! `open_by_handle_at`/`name_to_handle_at`, `openat2` (whose mode a filter cannot see), network
+//! sockets, extended attributes (the share runs without them), and any ioctl but the listed.
 
 use std::collections::BTreeMap;
 
@@ -35,64 +43,127 @@ use seccompiler::{
 
 use crate::error::{Error, Result};
 
-/// Denied outright, on every architecture.
-const DENIED: &[i64] = &[
-    libc::SYS_execve,
-    libc::SYS_execveat,
-    libc::SYS_ptrace,
-    libc::SYS_process_vm_readv,
-    libc::SYS_process_vm_writev,
-    libc::SYS_pidfd_getfd,
-    libc::SYS_kcmp,
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
-    libc::SYS_chroot,
-    libc::SYS_move_mount,
-    libc::SYS_open_tree,
-    libc::SYS_fsopen,
-    libc::SYS_fsconfig,
-    libc::SYS_fsmount,
-    libc::SYS_fspick,
-    libc::SYS_mount_setattr,
-    libc::SYS_setns,
-    libc::SYS_unshare,
-    libc::SYS_init_module,
-    libc::SYS_finit_module,
-    libc::SYS_delete_module,
-    libc::SYS_kexec_load,
-    libc::SYS_kexec_file_load,
-    libc::SYS_reboot,
-    libc::SYS_swapon,
-    libc::SYS_swapoff,
-    libc::SYS_settimeofday,
-    libc::SYS_clock_settime,
-    libc::SYS_adjtimex,
-    libc::SYS_clock_adjtime,
-    libc::SYS_sethostname,
-    libc::SYS_setdomainname,
-    libc::SYS_acct,
-    libc::SYS_quotactl,
-    libc::SYS_syslog,
-    libc::SYS_bpf,
-    libc::SYS_perf_event_open,
-    libc::SYS_userfaultfd,
-    libc::SYS_io_uring_setup,
-    libc::SYS_add_key,
-    libc::SYS_request_key,
-    libc::SYS_keyctl,
+/// The kind of VMM thread a filter is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// A vCPU thread (`kata-vcpu-N`): `KVM_RUN` and the exit handling.
+    Vcpu,
+    /// The device thread (`kata-vmm-events`): the event loop and every device behind it.
+    Device,
+}
+
+/// `KVM_RUN`: `_IO(KVMIO, 0x80)`.
+const KVM_RUN: u64 = 0xae80;
+
+/// Allowed to every VMM thread, unconditionally.
+const COMMON: &[i64] = &[
+    libc::SYS_brk,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_futex,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_sched_yield,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_getres,
+    libc::SYS_gettimeofday,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_fcntl,
+    libc::SYS_getrandom,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    // Decided by the second filter (ENOSYS), see `no_clone3`.
+    libc::SYS_clone3,
 ];
 
-/// Denied outright on x86_64 only (other architectures have no such calls).
+/// Allowed to the device thread, unconditionally.
+const DEVICE: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_shutdown,
+    libc::SYS_connect,
+    libc::SYS_getsockopt,
+    // Files: inline virtio-fs (fuse-backend-rs' passthrough) and virtio-blk.
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_fstatfs,
+    libc::SYS_statfs,
+    libc::SYS_lseek,
+    libc::SYS_getdents64,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+    libc::SYS_ftruncate,
+    libc::SYS_mkdirat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat2,
+    libc::SYS_linkat,
+    libc::SYS_symlinkat,
+    libc::SYS_readlinkat,
+    libc::SYS_fchownat,
+    libc::SYS_fchown,
+    libc::SYS_utimensat,
+    libc::SYS_copy_file_range,
+    libc::SYS_flock,
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
+];
+
+/// Allowed to the device thread on x86_64 only: the path calls Rust's std makes there
+/// (`std::fs`), each one an `*at` call above with the current directory.
 #[cfg(target_arch = "x86_64")]
-const DENIED_X86_64: &[i64] = &[
-    libc::SYS_fork,
-    libc::SYS_vfork,
-    libc::SYS_iopl,
-    libc::SYS_ioperm,
+const DEVICE_X86_64: &[i64] = &[
+    libc::SYS_unlink,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_mkdir,
+    libc::SYS_rmdir,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_readlink,
 ];
 #[cfg(not(target_arch = "x86_64"))]
-const DENIED_X86_64: &[i64] = &[];
+const DEVICE_X86_64: &[i64] = &[];
+
+/// The ioctls the device thread makes: `FIONBIO` (a new vsock connection made non-blocking),
+/// `FIOCLEX`/`FIONCLEX`.
+const DEVICE_IOCTLS: &[u64] = &[libc::FIONBIO, libc::FIOCLEX, libc::FIONCLEX];
+
+/// `fchmodat2` (Linux 6.6), the same number on every architecture kata-rs builds for.
+const SYS_FCHMODAT2: i64 = 452;
+
+const SET_ID_BITS: u64 = (libc::S_ISUID | libc::S_ISGID) as u64;
 
 fn filter_error(e: impl std::fmt::Display) -> Error {
     Error::Confinement(e.to_string())
@@ -111,146 +182,380 @@ fn arch() -> Result<TargetArch> {
     }
 }
 
-/// The seccomp filter of the VMM's threads (see the module documentation), built once per VM
+/// `arg & mask == value`.
+fn masked(arg: u8, len: SeccompCmpArgLen, mask: u64, value: u64) -> Result<SeccompCondition> {
+    SeccompCondition::new(arg, len, SeccompCmpOp::MaskedEq(mask), value).map_err(filter_error)
+}
+
+/// `arg == value`.
+fn equals(arg: u8, len: SeccompCmpArgLen, value: u64) -> Result<SeccompCondition> {
+    SeccompCondition::new(arg, len, SeccompCmpOp::Eq, value).map_err(filter_error)
+}
+
+fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule> {
+    SeccompRule::new(conditions).map_err(filter_error)
+}
+
+/// Rules allowing a mode argument (`arg`) without a set-ID bit.
+fn no_set_id(arg: u8) -> Result<Vec<SeccompRule>> {
+    Ok(vec![rule(vec![masked(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SET_ID_BITS,
+        0,
+    )?])?])
+}
+
+/// Rules allowing an open whose flags (`flags`) create nothing, or whose mode (`mode`) has no
+/// set-ID bit.
+fn open_rules(flags: u8, mode: u8) -> Result<Vec<SeccompRule>> {
+    let creating = (libc::O_CREAT | libc::O_TMPFILE) as u64 & !(libc::O_DIRECTORY as u64);
+    Ok(vec![
+        rule(vec![masked(flags, SeccompCmpArgLen::Dword, creating, 0)?])?,
+        rule(vec![masked(mode, SeccompCmpArgLen::Dword, SET_ID_BITS, 0)?])?,
+    ])
+}
+
+/// Rules allowing `mknod`'s mode (`arg`) to make a regular file, a fifo or a socket without a
+/// set-ID bit: never a device node.
+fn mknod_rules(arg: u8) -> Result<Vec<SeccompRule>> {
+    let kind = libc::S_IFMT as u64;
+    [libc::S_IFREG, libc::S_IFIFO, libc::S_IFSOCK]
+        .iter()
+        .map(|&t| {
+            rule(vec![
+                masked(arg, SeccompCmpArgLen::Dword, kind, t as u64)?,
+                masked(arg, SeccompCmpArgLen::Dword, SET_ID_BITS, 0)?,
+            ])
+        })
+        .collect()
+}
+
+/// The allow-list of one thread kind (see the module documentation).
+fn allow_list(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for &nr in COMMON {
+        rules.insert(nr, Vec::new());
+    }
+    let not_exec = || -> Result<Vec<SeccompRule>> {
+        Ok(vec![rule(vec![masked(
+            2,
+            SeccompCmpArgLen::Dword,
+            libc::PROT_EXEC as u64,
+            0,
+        )?])?])
+    };
+    rules.insert(libc::SYS_mmap, not_exec()?);
+    rules.insert(libc::SYS_mprotect, not_exec()?);
+    // A thread, never a process: clone with CLONE_THREAD (the flags are argument 0).
+    let thread = libc::CLONE_THREAD as u64;
+    rules.insert(
+        libc::SYS_clone,
+        vec![rule(vec![masked(
+            0,
+            SeccompCmpArgLen::Qword,
+            thread,
+            thread,
+        )?])?],
+    );
+    // Signals to this process's own threads only (abort, a panic while panicking).
+    rules.insert(
+        libc::SYS_tgkill,
+        vec![rule(vec![equals(
+            0,
+            SeccompCmpArgLen::Dword,
+            u64::from(std::process::id()),
+        )?])?],
+    );
+    match kind {
+        ThreadKind::Vcpu => {
+            rules.insert(
+                libc::SYS_ioctl,
+                vec![rule(vec![equals(1, SeccompCmpArgLen::Dword, KVM_RUN)?])?],
+            );
+        }
+        ThreadKind::Device => {
+            for &nr in DEVICE.iter().chain(DEVICE_X86_64) {
+                rules.insert(nr, Vec::new());
+            }
+            rules.insert(
+                libc::SYS_ioctl,
+                DEVICE_IOCTLS
+                    .iter()
+                    .map(|&r| rule(vec![equals(1, SeccompCmpArgLen::Dword, r)?]))
+                    .collect::<Result<_>>()?,
+            );
+            rules.insert(
+                libc::SYS_socket,
+                vec![rule(vec![equals(
+                    0,
+                    SeccompCmpArgLen::Dword,
+                    libc::AF_UNIX as u64,
+                )?])?],
+            );
+            rules.insert(libc::SYS_openat, open_rules(2, 3)?);
+            rules.insert(libc::SYS_mknodat, mknod_rules(2)?);
+            rules.insert(libc::SYS_fchmod, no_set_id(1)?);
+            rules.insert(libc::SYS_fchmodat, no_set_id(2)?);
+            rules.insert(SYS_FCHMODAT2, no_set_id(2)?);
+            #[cfg(target_arch = "x86_64")]
+            {
+                rules.insert(libc::SYS_open, open_rules(1, 2)?);
+                rules.insert(libc::SYS_mknod, mknod_rules(1)?);
+                rules.insert(libc::SYS_chmod, no_set_id(1)?);
+                rules.insert(libc::SYS_creat, no_set_id(1)?);
+            }
+        }
+    }
+    Ok(rules)
+}
+
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram> {
+    SeccompFilter::new(rules, mismatch, matched, arch()?)
+        .map_err(filter_error)?
+        .try_into()
+        .map_err(filter_error)
+}
+
+/// The seccomp filters of the VMM's threads (see the module documentation), built once per VM
 /// and applied by each thread to itself.
 #[derive(Debug, Clone)]
 pub struct ThreadConfinement {
-    /// `clone3` answers ENOSYS.
+    /// `clone3` answers ENOSYS (installed first: for the same action the newest filter's
+    /// answer wins, and the allow-lists let `clone3` through to it).
     no_clone3: BpfProgram,
-    /// The rest answers EPERM.
-    filter: BpfProgram,
+    /// A vCPU thread's allow-list; the rest answers EPERM.
+    vcpu: BpfProgram,
+    /// The device thread's allow-list; the rest answers EPERM.
+    device: BpfProgram,
 }
 
 impl ThreadConfinement {
-    /// Builds the filter for this architecture.
+    /// Builds the filters for this architecture.
     pub fn new() -> Result<Self> {
-        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-        for &nr in DENIED.iter().chain(DENIED_X86_64) {
-            rules.insert(nr, Vec::new());
-        }
-        // A process, not a thread: clone without CLONE_THREAD (the flags are argument 0).
-        let thread = libc::CLONE_THREAD as u64;
-        rules.insert(
-            libc::SYS_clone,
-            vec![SeccompRule::new(vec![SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(thread),
-                0,
-            )
-            .map_err(filter_error)?])
-            .map_err(filter_error)?],
-        );
-        // Any socket but a unix one (the domain is argument 0).
-        rules.insert(
-            libc::SYS_socket,
-            vec![SeccompRule::new(vec![SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Ne,
-                libc::AF_UNIX as u64,
-            )
-            .map_err(filter_error)?])
-            .map_err(filter_error)?],
-        );
-        let filter = SeccompFilter::new(
-            rules,
-            SeccompAction::Allow,
-            SeccompAction::Errno(libc::EPERM as u32),
-            arch()?,
-        )
-        .map_err(filter_error)?;
-        let no_clone3 = SeccompFilter::new(
-            BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-            SeccompAction::Allow,
-            SeccompAction::Errno(libc::ENOSYS as u32),
-            arch()?,
-        )
-        .map_err(filter_error)?;
+        let deny = SeccompAction::Errno(libc::EPERM as u32);
         Ok(ThreadConfinement {
-            no_clone3: no_clone3.try_into().map_err(filter_error)?,
-            filter: filter.try_into().map_err(filter_error)?,
+            no_clone3: compile(
+                BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::ENOSYS as u32),
+            )?,
+            vcpu: compile(
+                allow_list(ThreadKind::Vcpu)?,
+                deny.clone(),
+                SeccompAction::Allow,
+            )?,
+            device: compile(allow_list(ThreadKind::Device)?, deny, SeccompAction::Allow)?,
         })
     }
 
-    /// Confines the calling thread (and any thread it would start): `no_new_privs` and the
-    /// filter. The process's other threads are untouched.
-    pub fn apply_to_this_thread(&self) -> Result<()> {
+    /// Confines the calling thread (and any thread it would start) as a `kind` thread:
+    /// `no_new_privs` and the filters. The process's other threads are untouched.
+    pub fn apply_to_this_thread(&self, kind: ThreadKind) -> Result<()> {
         seccompiler::apply_filter(&self.no_clone3).map_err(filter_error)?;
-        seccompiler::apply_filter(&self.filter).map_err(filter_error)
+        let list = match kind {
+            ThreadKind::Vcpu => &self.vcpu,
+            ThreadKind::Device => &self.device,
+        };
+        seccompiler::apply_filter(list).map_err(filter_error)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
     use std::process::Command;
 
     fn errno() -> i32 {
         std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
     }
 
-    /// Runs `f` on a new thread confined by the filter.
-    fn confined<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    /// A system call's result with its errno (`(-1, errno)` on failure).
+    fn call(r: libc::c_long) -> (libc::c_long, i32) {
+        if r < 0 {
+            (r, errno())
+        } else {
+            (r, 0)
+        }
+    }
+
+    /// Runs `f` on a new thread confined as a `kind` thread.
+    fn confined<T: Send + 'static>(kind: ThreadKind, f: impl FnOnce() -> T + Send + 'static) -> T {
         let c = ThreadConfinement::new().unwrap();
         std::thread::spawn(move || {
-            c.apply_to_this_thread().unwrap();
+            c.apply_to_this_thread(kind).unwrap();
             f()
         })
         .join()
         .unwrap()
     }
 
+    fn uname() -> (libc::c_long, i32) {
+        let mut u = std::mem::MaybeUninit::<libc::utsname>::uninit();
+        // SAFETY: uname(2) writes one `utsname` into the buffer it is given.
+        call(unsafe { libc::uname(u.as_mut_ptr()) }.into())
+    }
+
+    fn socket(domain: libc::c_int) -> (libc::c_long, i32) {
+        // SAFETY: socket(2) with integer arguments; a returned descriptor is closed at once.
+        let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM, 0) };
+        let r = call(fd.into());
+        if fd >= 0 {
+            // SAFETY: `fd` came from socket(2) above and is closed once.
+            unsafe { libc::close(fd) };
+        }
+        r
+    }
+
+    fn mknod(path: &std::path::Path, mode: libc::mode_t, dev: libc::dev_t) -> (libc::c_long, i32) {
+        let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mknodat(2) with a NUL-terminated path that outlives the call.
+        call(unsafe { libc::mknodat(libc::AT_FDCWD, p.as_ptr(), mode, dev) }.into())
+    }
+
     #[test]
-    fn a_confined_thread_cannot_start_a_program() {
-        let err = confined(|| Command::new("/bin/true").status().unwrap_err());
-        assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
-        // The rest of the process is not confined.
+    fn no_thread_kind_can_start_a_program_and_the_rest_of_the_process_can() {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Device] {
+            let err = confined(kind, || Command::new("/bin/true").status().unwrap_err());
+            assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{kind:?}: {err}");
+        }
         assert!(Command::new("/bin/true").status().unwrap().success());
     }
 
     #[test]
-    fn a_confined_thread_keeps_threads_unix_sockets_and_files_but_no_network() {
-        let (unix, inet, netlink, thread, file) = confined(|| {
-            // SAFETY: socket(2) with integer arguments; a returned descriptor is closed below.
-            let socket = |domain| unsafe { libc::socket(domain, libc::SOCK_STREAM, 0) };
-            let unix = socket(libc::AF_UNIX);
-            let inet = (socket(libc::AF_INET), errno());
-            // SAFETY: as above.
-            let netlink = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, 0) };
-            // SAFETY: `unix` came from socket(2) above and is closed once.
-            unsafe { libc::close(unix) };
-            let thread = std::thread::spawn(|| 7).join().unwrap();
-            let file = std::fs::read_to_string("/proc/self/status").is_ok();
-            (unix, inet, netlink, thread, file)
-        });
-        assert!(unix >= 0, "a unix socket was refused");
-        assert_eq!(inet, (-1, libc::EPERM));
-        assert_eq!(netlink, -1);
+    fn a_call_on_no_list_is_refused_where_the_deny_list_let_it_through() {
+        // uname is harmless and was never on the deny-list: only an allow-list refuses it.
+        assert_eq!(uname().1, 0);
+        for kind in [ThreadKind::Vcpu, ThreadKind::Device] {
+            assert_eq!(confined(kind, uname), (-1, libc::EPERM), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_vcpu_thread_opens_nothing_makes_no_socket_and_no_ioctl_but_kvm_run() {
+        let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let fd = evt.as_raw_fd();
+        let (open, unix, ioctl, kvm_run, signalled, thread) =
+            confined(ThreadKind::Vcpu, move || {
+                let open = std::fs::File::open("/proc/self/status").map_err(|e| e.raw_os_error());
+                let mut n: libc::c_int = 0;
+                // SAFETY: FIONREAD writes one int into `n`.
+                let ioctl = call(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) }.into());
+                // KVM_RUN passes the filter and reaches the kernel, which refuses it on an eventfd.
+                // SAFETY: KVM_RUN takes no argument; on a non-KVM descriptor the kernel fails it.
+                let kvm_run = call(unsafe { libc::ioctl(fd, KVM_RUN as _, 0) }.into());
+                // SAFETY: write(2) of 8 bytes from a live u64 to an eventfd.
+                let w = unsafe { libc::write(fd, (&1u64 as *const u64).cast(), 8) };
+                let thread = std::thread::spawn(|| 7).join().unwrap();
+                (open, socket(libc::AF_UNIX), ioctl, kvm_run, w == 8, thread)
+            });
+        assert_eq!(open.unwrap_err(), Some(libc::EPERM));
+        assert_eq!(unix, (-1, libc::EPERM));
+        assert_eq!(ioctl, (-1, libc::EPERM));
+        assert_eq!(kvm_run.0, -1);
+        assert_ne!(kvm_run.1, libc::EPERM, "KVM_RUN must pass the filter");
+        assert!(signalled, "a vCPU thread must still write its eventfds");
         assert_eq!(
             thread, 7,
             "threads must still start (clone with CLONE_THREAD)"
         );
-        assert!(file);
+        assert_eq!(evt.read().unwrap(), 1);
     }
 
     #[test]
-    fn a_confined_thread_cannot_unshare_or_load_bpf() {
+    fn the_device_thread_keeps_unix_sockets_and_files_but_no_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let (unix, inet, netlink, files, fifo) = confined(ThreadKind::Device, move || {
+            // SAFETY: as in `socket`.
+            let netlink = call(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, 0) }.into());
+            let files = (|| -> std::io::Result<String> {
+                std::fs::create_dir(d.join("sub"))?;
+                std::fs::write(d.join("sub/f"), b"data")?;
+                std::fs::rename(d.join("sub/f"), d.join("g"))?;
+                let names: Vec<_> = std::fs::read_dir(&d)?.collect::<std::io::Result<_>>()?;
+                std::fs::remove_dir(d.join("sub"))?;
+                let s = std::fs::read_to_string(d.join("g"))?;
+                std::fs::remove_file(d.join("g"))?;
+                Ok(format!("{s} {}", names.len()))
+            })();
+            let fifo = mknod(&d.join("fifo"), libc::S_IFIFO | 0o600, 0);
+            (
+                socket(libc::AF_UNIX),
+                socket(libc::AF_INET),
+                netlink,
+                files,
+                fifo,
+            )
+        });
+        assert_eq!(unix.1, 0, "a unix socket was refused");
+        assert_eq!(inet, (-1, libc::EPERM));
+        assert_eq!(netlink, (-1, libc::EPERM));
+        assert_eq!(files.unwrap(), "data 2");
+        assert_eq!(fifo, (0, 0));
+    }
+
+    #[test]
+    fn the_device_thread_makes_no_device_node_and_no_set_id_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        std::fs::write(d.join("plain"), b"").unwrap();
+        let (chr, suid_create, suid_chmod, gid_mknod, plain_chmod) =
+            confined(ThreadKind::Device, move || {
+                use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+                let chr = mknod(&d.join("null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3));
+                let suid_create = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o4755)
+                    .open(d.join("suid"))
+                    .map(|_| ())
+                    .map_err(|e| e.raw_os_error());
+                let chmod = |mode| {
+                    std::fs::set_permissions(d.join("plain"), std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| e.raw_os_error())
+                };
+                let gid_mknod = mknod(&d.join("sgid"), libc::S_IFREG | libc::S_ISGID | 0o755, 0);
+                (chr, suid_create, chmod(0o4755), gid_mknod, chmod(0o755))
+            });
+        assert_eq!(chr, (-1, libc::EPERM), "a character device was made");
+        assert_eq!(suid_create, Err(Some(libc::EPERM)));
+        assert_eq!(suid_chmod, Err(Some(libc::EPERM)));
+        assert_eq!(gid_mknod, (-1, libc::EPERM));
+        assert_eq!(plain_chmod, Ok(()));
+        assert!(!dir.path().join("null").exists() && !dir.path().join("suid").exists());
+    }
+
+    #[test]
+    fn no_thread_kind_can_unshare_load_bpf_or_open_by_handle() {
         let bpf = |cmd: libc::c_long| {
             // SAFETY: bpf(2) with an unknown command and no attribute pointer: the kernel
             // answers EINVAL (or EPERM when filtered) without reading memory.
-            let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, 0usize, 0usize) };
-            (r, errno())
+            call(unsafe { libc::syscall(libc::SYS_bpf, cmd, 0usize, 0usize) })
         };
         // Unconfined, the same call reaches the kernel (not EPERM).
         assert_ne!(bpf(-1), (-1, libc::EPERM));
-        let (unshare, filtered) = confined(move || {
-            // SAFETY: unshare(2) with a flag; refused by the filter before it acts (it would
-            // only move this short-lived thread into a new UTS namespace otherwise).
-            let u = unsafe { libc::unshare(libc::CLONE_NEWUTS) };
-            ((u, errno()), bpf(-1))
-        });
-        assert_eq!(unshare, (-1, libc::EPERM));
-        assert_eq!(filtered, (-1, libc::EPERM));
+        for kind in [ThreadKind::Vcpu, ThreadKind::Device] {
+            let (unshare, filtered, by_handle) = confined(kind, move || {
+                // SAFETY: unshare(2) with a flag; refused by the filter before it acts (it
+                // would only move this short-lived thread into a new UTS namespace otherwise).
+                let u = call(unsafe { libc::unshare(libc::CLONE_NEWUTS) }.into());
+                // SAFETY: open_by_handle_at(2) with a null handle: refused by the filter before
+                // the kernel reads it (EFAULT otherwise).
+                let h = call(unsafe {
+                    libc::syscall(libc::SYS_open_by_handle_at, libc::AT_FDCWD, 0usize, 0)
+                });
+                (u, bpf(-1), h)
+            });
+            assert_eq!(unshare, (-1, libc::EPERM), "{kind:?}");
+            assert_eq!(filtered, (-1, libc::EPERM), "{kind:?}");
+            assert_eq!(by_handle, (-1, libc::EPERM), "{kind:?}");
+        }
     }
 }

@@ -30,7 +30,7 @@ mod run;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use confine::ThreadConfinement;
+pub use confine::{ThreadConfinement, ThreadKind};
 pub use run::{ExitWatcher, Vm, VmExit, VmThreadIds};
 
 use crate::devices::legacy::{ConsoleSink, ExitEvent, LegacyBus, SerialConsole, I8042};

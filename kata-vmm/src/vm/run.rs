@@ -11,7 +11,7 @@ use kvm_ioctls::VcpuFd;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use super::{PreparedVm, ThreadConfinement};
+use super::{PreparedVm, ThreadConfinement, ThreadKind};
 use crate::devices::legacy::{ConsoleSink, LegacyBus};
 use crate::devices::virtio::mmio::MmioBus;
 use crate::error::{Error, Result};
@@ -283,7 +283,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
             .spawn(move || {
                 let _ = tx.send((None, gettid()));
                 drop(tx);
-                confined("kata-vmm-events", &c, &s, || {
+                confined("kata-vmm-events", ThreadKind::Device, &c, &s, || {
                     event_thread(event_loop, s.clone())
                 })
             })
@@ -298,7 +298,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
             .spawn(move || {
                 let _ = tx.send((Some(id), gettid()));
                 drop(tx);
-                confined(&name, &c, &s, || {
+                confined(&name, ThreadKind::Vcpu, &c, &s, || {
                     vcpu_thread(id, fd, legacy, mmio, s.clone())
                 })
             })
@@ -444,10 +444,16 @@ impl EventHandler for Control {
     }
 }
 
-/// Confines the calling thread (`vm/confine.rs`), then runs `body`; a thread that cannot be
+/// Confines the calling thread as a `kind` thread (`vm/confine.rs`), then runs `body`; a thread that cannot be
 /// confined ends the VM with the reason instead of running unconfined.
-fn confined(name: &str, c: &ThreadConfinement, shared: &Shared, body: impl FnOnce()) {
-    match c.apply_to_this_thread() {
+fn confined(
+    name: &str,
+    kind: ThreadKind,
+    c: &ThreadConfinement,
+    shared: &Shared,
+    body: impl FnOnce(),
+) {
+    match c.apply_to_this_thread(kind) {
         Ok(()) => body(),
         Err(e) => shared.finish(VmExit::Failed(format!("thread {name}: {e}"))),
     }

@@ -23,6 +23,7 @@ use kata_lab::Vmm;
 use kata_sandbox::{ContainerSpec, Sandbox};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod allow_list;
 mod pod_net;
 mod vfio;
 
@@ -299,6 +300,7 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
         .await;
     if vmm == Vmm::Builtin {
         checks.report("threads-confined", vmm_threads_confined());
+        checks.report("threads-allow-list", allow_list::vmm_threads_refuse());
         checks.report(
             "threads-cgroup",
             vcpu_threads_in_sandbox_cgroup(sandbox.id()),

@@ -57,6 +57,9 @@ pub const VMM_CHECKS: &[&str] = &[
     // Built-in only: every vCPU and device thread of the in-process VMM runs under its seccomp
     // filter (`Seccomp: 2`, `NoNewPrivs: 1`), the runner's own main thread does not.
     "threads-confined",
+    // Built-in only: a thread confined as a vCPU or the device thread (the same filters) gets
+    // EPERM for execve, socket(AF_INET), a device node and uname, which no allow-list names.
+    "threads-allow-list",
     // Built-in only: every vCPU thread of the in-process VMM is in the sandbox's host cgroup
     // (`/proc/self/task/<tid>/cgroup`), as QEMU's vCPU threads are.
     "threads-cgroup",
@@ -73,7 +76,12 @@ pub const QEMU_ONLY_CHECKS: &[&str] = &["vhost-vsock"];
 
 /// The [`VMM_CHECKS`] only the built-in VMM runs (QEMU's confinement is a filter on its whole
 /// process, tested in kata-hypervisor).
-pub const BUILTIN_ONLY_CHECKS: &[&str] = &["threads-confined", "threads-cgroup", "pod-network"];
+pub const BUILTIN_ONLY_CHECKS: &[&str] = &[
+    "threads-confined",
+    "threads-allow-list",
+    "threads-cgroup",
+    "pod-network",
+];
 
 /// The figure comparing the two VMMs' boot-to-agent-ready times (built-in / QEMU, issue 11's
 /// target: at most [`BOOT_RATIO_TARGET`]).

@@ -18,6 +18,10 @@ const REQ: u64 = 0x10_0000;
 const OUT: u64 = 0x20_0000;
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_INIT: u32 = 26;
+const FUSE_MKNOD: u32 = 8;
+const FUSE_MKDIR: u32 = 9;
+const FUSE_OPEN: u32 = 14;
+const FUSE_READ: u32 = 15;
 
 struct Harness<'a> {
     mem: &'a GuestMemory,
@@ -120,6 +124,81 @@ fn a_file_of_the_shared_directory_is_found_and_a_missing_one_is_not() {
     assert_eq!((error, nodeid), (0, 1));
     let (_, error, _) = h.request(FUSE_LOOKUP, 5, 1, b"../etc\0");
     assert_eq!(error, -libc::EINVAL, "a name with a slash");
+}
+
+fn le(fields: &[u32]) -> Vec<u8> {
+    fields.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The device serves the guest's file system requests on the device thread's seccomp
+/// allow-list (`vm/confine.rs`): lookups, open and read, mkdir and a fifo pass, while a device
+/// node or a set-user-ID file the guest asks for is refused with EPERM and never made.
+#[test]
+fn requests_are_served_under_the_device_threads_allow_list() {
+    use crate::vm::{ThreadConfinement, ThreadKind};
+    let confinement = ThreadConfinement::new().unwrap();
+    // Set up unconfined (as `VmBuilder::prepare` does), served confined.
+    let answers = std::thread::spawn(move || {
+        let mem = test_memory();
+        let mut h = Harness::new(&mem);
+        confinement
+            .apply_to_this_thread(ThreadKind::Device)
+            .unwrap();
+        h.init();
+        let (_, lookup, _) = h.request(FUSE_LOOKUP, 2, 1, b"hello\0");
+        let node: u64 = h.mem.read_obj(GuestAddress(OUT + 16)).unwrap();
+        let (_, open, _) = h.request(FUSE_OPEN, 3, node, &le(&[libc::O_RDONLY as u32, 0]));
+        let fh: u64 = h.mem.read_obj(GuestAddress(OUT + 16)).unwrap();
+        let mut read_in = fh.to_le_bytes().to_vec();
+        read_in.extend_from_slice(&0u64.to_le_bytes());
+        read_in.extend_from_slice(&le(&[2, 0, 0, 0, 0, 0]));
+        let (len, read, _) = h.request(FUSE_READ, 4, node, &read_in);
+        let mut data = [0u8; 2];
+        h.mem.read_slice(&mut data, GuestAddress(OUT + 16)).unwrap();
+        let mut mkdir_in = le(&[0o755, 0]);
+        mkdir_in.extend_from_slice(b"dir\0");
+        let (_, mkdir, _) = h.request(FUSE_MKDIR, 5, 1, &mkdir_in);
+        let mknod = |h: &mut Harness, unique, mode: u32, rdev: u32, name: &[u8]| {
+            let mut body = le(&[mode, rdev, 0, 0]);
+            body.extend_from_slice(name);
+            h.request(FUSE_MKNOD, unique, 1, &body).1
+        };
+        let fifo = mknod(&mut h, 6, libc::S_IFIFO | 0o600, 0, b"fifo\0");
+        let chr = mknod(&mut h, 7, libc::S_IFCHR | 0o666, 0x103, b"null\0");
+        let suid = mknod(
+            &mut h,
+            8,
+            libc::S_IFREG | libc::S_ISUID | 0o755,
+            0,
+            b"suid\0",
+        );
+        let d = h._dir.path();
+        let made = [d.join("dir").is_dir(), d.join("fifo").exists()];
+        let refused = [d.join("null").exists(), d.join("suid").exists()];
+        (
+            lookup,
+            open,
+            (read, len, data),
+            mkdir,
+            fifo,
+            chr,
+            suid,
+            made,
+            refused,
+        )
+    })
+    .join()
+    .unwrap();
+    let (lookup, open, read, mkdir, fifo, chr, suid, made, refused) = answers;
+    assert_eq!((lookup, open, mkdir, fifo), (0, 0, 0, 0));
+    assert_eq!(read, (0, 18, *b"hi"), "READ: error, used length, data");
+    assert_eq!((chr, suid), (-libc::EPERM, -libc::EPERM));
+    assert_eq!(made, [true, true], "the directory and the fifo");
+    assert_eq!(
+        refused,
+        [false, false],
+        "the device node and the set-user-ID file"
+    );
 }
 
 #[test]
