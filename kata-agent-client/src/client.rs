@@ -2,7 +2,7 @@
 //!
 //! One method per protocol method, named in snake_case, taking the generated
 //! request type by reference. Every call carries a deadline (the ttRPC context
-//! timeout; the host keeps it, the agent only gets a generous backstop) of
+//! timeout is not sent: the host keeps the deadline, see [`AgentClient`]) of
 //! [`ConnectOptions::request_timeout`], except the calls that wait for the
 //! guest by design — [`AgentClient::wait_process`], [`AgentClient::read_stdout`],
 //! [`AgentClient::read_stderr`] and [`AgentClient::get_oom_event`] — which take
@@ -34,20 +34,6 @@ use crate::protocol::health::{CheckRequest, HealthCheckResponse, VersionCheckRes
 use crate::protocol::health_ttrpc::HealthClient;
 use crate::protocol::types::Interface;
 
-/// Extra time the client waits past a call's deadline for the agent's own
-/// `DEADLINE_EXCEEDED` answer before it gives up locally.
-const LOCAL_DEADLINE_GRACE: Duration = Duration::from_millis(100);
-
-/// How much longer than the caller's deadline the agent is told to keep working.
-///
-/// The caller's deadline is kept by the host's clock (a tokio timer here). The
-/// agent enforces the ttRPC context's `timeout_nano` with the guest's clock, and
-/// a guest clock cannot be trusted to keep pace with the host's: under emulation
-/// with eight guests booting at once, an agent answered `DEADLINE_EXCEEDED` to a
-/// 30 s call after 19 s of host time. The agent's deadline is therefore only a
-/// backstop that ends work nobody waits for any more.
-const GUEST_DEADLINE_FACTOR: u32 = 4;
-
 /// Which output stream of a process to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutputStream {
@@ -70,6 +56,13 @@ pub enum OutputStream {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # Deadlines
+/// A call's deadline is kept by the host alone (a tokio timer); the ttRPC context
+/// carries none (`timeout_nano` 0). The agent would enforce one with the guest's
+/// clock, and a guest's clock cannot be trusted: with eight emulated guests
+/// booting at once, an agent answered `DEADLINE_EXCEEDED` to a 30 s
+/// `CreateContainer` (and again with 120 s) after a few seconds of host time.
 #[derive(Clone)]
 pub struct AgentClient {
     agent: AgentServiceClient,
@@ -184,9 +177,11 @@ impl AgentClient {
             async {
                 match timeout {
                     Some(timeout) => {
-                        let guest = timeout.saturating_mul(GUEST_DEADLINE_FACTOR);
-                        let fut = call(ttrpc::context::with_duration(guest));
-                        tokio::time::timeout(timeout + LOCAL_DEADLINE_GRACE, fut)
+                        // The deadline is the host's alone: the ttRPC context's `timeout_nano`
+                        // would be enforced by the agent with the guest's clock, which cannot
+                        // be trusted (see Deadlines on [`AgentClient`]).
+                        let fut = call(ttrpc::context::Context::default());
+                        tokio::time::timeout(timeout, fut)
                             .await
                             .map_err(|_| Error::Timeout { method, timeout })
                     }

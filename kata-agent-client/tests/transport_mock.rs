@@ -272,11 +272,11 @@ async fn unix_round_trip_health_and_agent_calls() {
     assert!(eof.is_eof(), "{eof}");
 }
 
-/// The caller's deadline is the host's: the agent, whose clock may run ahead of the host's in an
-/// emulated guest, gets a multiple of it as a backstop. Given exactly the caller's deadline, a
-/// guest agent under load answered DEADLINE_EXCEEDED to a 30 s call after 19 s of host time.
+/// The caller's deadline is the host's alone: the agent, whose clock cannot be trusted in an
+/// emulated guest under load, is given none. Given the caller's deadline, a guest agent answered
+/// DEADLINE_EXCEEDED to a 30 s call after a few seconds of host time.
 #[tokio::test]
-async fn the_agent_gets_a_backstop_deadline_longer_than_the_callers() {
+async fn the_agent_is_given_no_deadline_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("agent.sock");
     let _server = start_mock_agent(&sock).await;
@@ -292,11 +292,7 @@ async fn the_agent_gets_a_backstop_deadline_longer_than_the_callers() {
         .strip_prefix("timeout_nano=")
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("mock's answer: {message}"));
-    let caller = quick_options().request_timeout.as_nanos() as i64;
-    assert!(
-        nanos >= 4 * caller,
-        "the agent was given {nanos} ns for a {caller} ns call"
-    );
+    assert_eq!(nanos, 0, "the agent was given a deadline of {nanos} ns");
 }
 
 #[tokio::test]
