@@ -342,6 +342,16 @@ pub(crate) trait RuntimeHandler: Send + Sync + fmt::Debug {
     /// to take it over (in this process or another).
     async fn detach(&self) -> Result<()>;
 
+    /// Tells the guest of a sandbox taken over under a new id who it is now (the VM cache's
+    /// hand-over, [`crate::sandbox::handover`]). A handler that cannot refuses it.
+    async fn rekey(&self, _rekey: &crate::sandbox::handover::Rekey) -> Result<()> {
+        Err(crate::Error::Unimplemented {
+            handler: self.kind(),
+            operation: "rekey",
+            reason: "only a VM sandbox is handed over by the VM cache".into(),
+        })
+    }
+
     /// Joins the interfaces added to the pod's network namespace since boot to the sandbox
     /// (a VM: a tap each, hot-plugged as a NIC, the guest told its addresses and the routes)
     /// and lets go of those that are gone; says which. A handler without a pod network

@@ -55,6 +55,8 @@ pub use error::{Error, Result};
 pub use handler::{HandlerState, NetworkChanges, OomEvents, RuntimeHandlerKind};
 pub use io::{InputWriter, OutputReader};
 pub use pool::SandboxPool;
+/// Taking over a detached sandbox under a new id (kata-shim's VM cache).
+pub use sandbox::handover;
 pub use sandbox::{BootTimings, Sandbox};
 pub use spec::{ContainerSpec, ProcessSpec, RootfsSource, DEFAULT_PATH};
 pub use virt::resize::WorkloadSize;

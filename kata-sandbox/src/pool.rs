@@ -53,6 +53,8 @@ pub struct SandboxPool {
 #[derive(Debug)]
 struct Inner {
     template: SandboxBuilder,
+    /// What each pooled sandbox's id starts with.
+    id_prefix: String,
     size: usize,
     ready: Mutex<VecDeque<Sandbox>>,
     /// Wakes the refill task (a take, or shutdown).
@@ -68,6 +70,21 @@ impl SandboxPool {
     /// pooled sandbox gets its own. The template is checked now ([`SandboxBuilder::finish`]),
     /// so a bad setting fails here, not in the refill task.
     pub fn new(template: SandboxBuilder, size: usize) -> Result<SandboxPool> {
+        SandboxPool::with_id_prefix(template, size, "")
+    }
+
+    /// [`SandboxPool::new`], each pooled sandbox's id being `prefix` followed by a random
+    /// one (kata-shim's VM cache marks its sandboxes `vmcache-`). The prefix must be made of
+    /// what a sandbox id may hold.
+    pub fn with_id_prefix(
+        template: SandboxBuilder,
+        size: usize,
+        prefix: &str,
+    ) -> Result<SandboxPool> {
+        if !prefix.is_empty() {
+            kata_resource::validate_container_id(prefix)
+                .map_err(|e| Error::invalid("id prefix", e.to_string()))?;
+        }
         if size == 0 {
             return Err(Error::invalid(
                 "size",
@@ -84,6 +101,7 @@ impl SandboxPool {
         template.clone().finish()?;
         let inner = Arc::new(Inner {
             template,
+            id_prefix: prefix.to_string(),
             size,
             ready: Mutex::new(VecDeque::with_capacity(size)),
             wanted: Notify::new(),
@@ -129,6 +147,17 @@ impl SandboxPool {
     /// is empty, one booted now. Pooled sandboxes that died while they waited are shut down
     /// and skipped.
     pub async fn take(&self) -> Result<Sandbox> {
+        match self.try_take().await? {
+            Some(sb) => Ok(sb),
+            None => self.inner.boot().await,
+        }
+    }
+
+    /// A booted sandbox from the pool (which then boots a replacement), or `None` when the
+    /// pool is empty: the caller decides what to do instead of waiting for a boot (the shim's
+    /// VM cache answers "empty" and the shim boots its own). Pooled sandboxes that died
+    /// while they waited are shut down and skipped.
+    pub async fn try_take(&self) -> Result<Option<Sandbox>> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::ShutDown);
         }
@@ -138,13 +167,13 @@ impl SandboxPool {
             self.inner.wanted.notify_one();
             match next {
                 Some(sb) => match sb.death() {
-                    None => return Ok(sb),
+                    None => return Ok(Some(sb)),
                     Some(why) => {
                         tracing::warn!(sandbox_id = %sb.id(), reason = %why, "a pooled sandbox died while it waited; skipped");
                         let _ = sb.shutdown().await;
                     }
                 },
-                None => return self.inner.boot().await,
+                None => return Ok(None),
             }
         }
     }
@@ -183,7 +212,7 @@ impl Inner {
     async fn boot(&self) -> Result<Sandbox> {
         self.template
             .clone()
-            .id(crate::sandbox::random_id())
+            .id(format!("{}{}", self.id_prefix, crate::sandbox::random_id()))
             .build()
             .await
     }
@@ -239,6 +268,8 @@ mod tests {
         assert!(e.to_string().contains("id"), "{e}");
         let e = SandboxPool::new(Sandbox::builder(), 0).unwrap_err();
         assert!(e.to_string().contains("size"), "{e}");
+        let e = SandboxPool::with_id_prefix(Sandbox::builder(), 1, "../x").unwrap_err();
+        assert!(e.to_string().contains("id prefix"), "{e}");
     }
 
     #[tokio::test]

@@ -37,6 +37,7 @@ pub mod service;
 pub mod shim;
 pub mod stats;
 pub mod telemetry;
+pub mod vm_cache;
 pub mod vfio;
 
 pub use error::{Error, Result};

@@ -240,6 +240,23 @@ impl TaskService {
         annotations: std::collections::HashMap<String, String>,
         from_spec: FromSpec,
     ) -> Result<Arc<Sandbox>> {
+        // `[factory] vm_cache_number`: a VM from kata-vm-cache when it has one that fits.
+        let pod = crate::vm_cache::PodNeeds {
+            sandbox_id: sandbox_id.to_string(),
+            hostname: from_spec.hostname.clone(),
+            network_namespace: from_spec.network_namespace.is_some(),
+            vfio_devices: !from_spec.vfio_devices.is_empty(),
+            cgroups_path: from_spec.cgroups_path.is_some(),
+            config_annotations: crate::vm_cache::config_annotations(&annotations),
+        };
+        if let Some(sb) = crate::vm_cache::take_for_pod(&self.shared.root_dir, options, &pod).await
+        {
+            let sandbox = Arc::new(sb);
+            self.watch_oom(&sandbox);
+            self.watch_death(&sandbox);
+            crate::monitor::serve(&sandbox);
+            return Ok(sandbox);
+        }
         let FromSpec {
             network_namespace,
             workload,
@@ -527,7 +544,7 @@ impl TaskService {
     /// Returns how many tasks were taken over (0: no state). A sandbox that cannot be
     /// restored is an error and is left for `delete` to clean up.
     pub async fn reconnect(&self, sandbox_id: &str) -> Result<usize> {
-        let dir = self.shared.root_dir.join(sandbox_id);
+        let dir = crate::vm_cache::sandbox_dir(&self.shared.root_dir, sandbox_id);
         if !kata_sandbox::persist::SandboxState::path(&dir).is_file() {
             return Ok(0);
         }

@@ -254,7 +254,7 @@ impl Shim for KataShim {
         if socket_answers(&address) {
             tracing::info!(container_id = %self.id, %sandbox_id, "the sandbox's shim still serves: leaving the sandbox alone");
         } else {
-            let dir = root_dir().join(&sandbox_id);
+            let dir = crate::vm_cache::sandbox_dir(&root_dir(), &sandbox_id);
             // The dead shim's own file in the sandbox directory (the crash matrix found it
             // keeping the directory after every kill of the shim).
             let _ = std::fs::remove_file(dir.join(crate::monitor::MONITOR_SOCKET));

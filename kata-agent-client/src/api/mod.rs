@@ -195,6 +195,14 @@ impl Agent {
             .await
     }
 
+    /// `ReseedRandomDev`: mixes `entropy` (host randomness) into the guest's random pool, so
+    /// that a VM booted ahead of need (the VM cache) does not share its pool's history.
+    pub async fn reseed_random_dev(&self, entropy: &[u8]) -> Result<()> {
+        let mut req = pb::ReseedRandomDevRequest::new();
+        req.data = entropy.to_vec();
+        self.client.reseed_random_dev(&req).await
+    }
+
     /// `OnlineCPUMem`: onlines hot-plugged vCPUs (and memory).
     pub async fn online_cpu_mem(&self, what: OnlineCpuMem) -> Result<()> {
         self.client.online_cpu_mem(&what.to_grpc()).await

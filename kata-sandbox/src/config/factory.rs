@@ -2,8 +2,9 @@
 //!
 //! runtime-rs keeps templating in `[hypervisor.<name>.factory]`
 //! ([`kata_hypervisor::config::HypervisorFactory`]); Kata's QEMU files still carry this table,
-//! so it is read too. kata-rs creates every VM from scratch today: the keys are parsed and
-//! validated, and turning templating on only changes how fast a VM could start.
+//! so it is read too. `vm_cache_number` and `vm_cache_endpoint` are served by kata-shim's
+//! `kata-vm-cache` (VMs booted ahead, handed to the shim over the endpoint). VM templating
+//! is not implemented: `enable_template = true` is refused, naming the key.
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,14 @@ impl FactoryConfig {
                 ),
             ));
         }
+        if self.enable_template {
+            return Err(ConfigIssue::new(
+                "factory",
+                "enable_template",
+                "enable_template = true: VM templating is not implemented by kata-rs; set it \
+                 false (vm_cache_number > 0 with kata-vm-cache keeps VMs booted ahead instead)",
+            ));
+        }
         if self.vm_cache_number > 0 && !self.vm_cache_endpoint.starts_with('/') {
             return Err(ConfigIssue::new(
                 "factory",
@@ -61,5 +70,32 @@ impl FactoryConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enable_template_is_refused_naming_it_and_the_cache_needs_an_absolute_endpoint() {
+        let f = FactoryConfig {
+            enable_template: true,
+            ..Default::default()
+        };
+        let e = f.validate().unwrap_err().to_string();
+        assert!(e.contains("enable_template"), "{e}");
+        let f = FactoryConfig {
+            vm_cache_number: 2,
+            vm_cache_endpoint: "cache.sock".into(),
+            ..Default::default()
+        };
+        let e = f.validate().unwrap_err().to_string();
+        assert!(e.contains("vm_cache_endpoint"), "{e}");
+        let f = FactoryConfig {
+            vm_cache_number: 2,
+            ..Default::default()
+        };
+        assert!(f.validate().is_ok());
     }
 }

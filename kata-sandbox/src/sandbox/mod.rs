@@ -11,6 +11,7 @@
 //! runtime stopped, every host resource released, its directory removed) without waiting for
 //! the owner. OCI hooks of a container's spec run on the host ([`hooks`]).
 
+pub mod handover;
 pub(crate) mod hooks;
 mod restore;
 

@@ -19,6 +19,7 @@
 
 mod agent_log;
 mod block;
+mod handover;
 mod health;
 mod network;
 pub(crate) mod resize;
@@ -792,6 +793,10 @@ impl RuntimeHandler for VirtContainer {
         if let Err(e) = release_all(&self.resources) {
             tracing::warn!(sandbox_id = %self.id, error = %e, "releasing the sandbox's host resources");
         }
+    }
+
+    async fn rekey(&self, rekey: &crate::sandbox::handover::Rekey) -> Result<()> {
+        handover::rekey(self, rekey).await
     }
 
     async fn detach(&self) -> Result<()> {

@@ -1,0 +1,110 @@
+//! Taking over a sandbox booted ahead of need under another id (the shim's VM cache):
+//! [`Sandbox::take_over_as`].
+//!
+//! A VM cache boots sandboxes with ids of its own, detaches one on request and hands its
+//! directory over. The taker re-keys it: `state.json` names the new id and hostname, the
+//! sandbox is [restored](Sandbox::restore), and the guest is told its new identity — the
+//! agent's sandbox is destroyed and created again with the new id, hostname and the shared
+//! storages (so the pod's UTS namespace carries its own hostname), and its random pool is
+//! reseeded with host entropy. The host directory keeps the name the cache gave it: the
+//! VMM's command line and sockets name it.
+
+use std::path::Path;
+
+use super::Sandbox;
+use crate::error::{Error, Result};
+use crate::handler::RuntimeHandlerKind;
+use crate::persist::SandboxState;
+
+/// How many bytes of host entropy a handed-over guest gets (Kata's agent takes what it is
+/// given; 512 bytes is the size of the kernel's input pool).
+pub const RESEED_BYTES: usize = 512;
+
+/// Who the sandbox becomes when it is taken over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rekey {
+    /// The new sandbox id (the pod's).
+    pub id: String,
+    /// The guest's hostname; `None`: the first 12 characters of the id, as a fresh boot.
+    pub hostname: Option<String>,
+    /// Host entropy for the guest's random pool.
+    pub entropy: Vec<u8>,
+}
+
+impl Rekey {
+    /// A re-keying to `id`, with fresh entropy from the host's `/dev/urandom`.
+    pub fn new(id: impl Into<String>) -> Result<Rekey> {
+        let mut entropy = vec![0u8; RESEED_BYTES];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))
+            .map_err(|e| Error::io("reading /dev/urandom for the guest's reseed", e))?;
+        Ok(Rekey {
+            id: id.into(),
+            hostname: None,
+            entropy,
+        })
+    }
+
+    /// The guest's hostname (the pod's, from the spec that starts the sandbox).
+    pub fn hostname(mut self, hostname: impl Into<String>) -> Rekey {
+        self.hostname = Some(hostname.into());
+        self
+    }
+
+    /// The hostname the guest gets.
+    pub(crate) fn guest_hostname(&self) -> String {
+        self.hostname
+            .clone()
+            .unwrap_or_else(|| self.id.chars().take(12).collect())
+    }
+}
+
+impl Sandbox {
+    /// Takes over the detached sandbox in `dir` as `rekey.id` (see the [module](self) docs).
+    /// The sandbox must have no container and run in a VM.
+    ///
+    /// Errors: the id is not a valid sandbox id, the state is missing or unusable, the
+    /// sandbox has containers or is not a VM ([`Error::InvalidArgument`]), the restore or the
+    /// agent's re-keying fails. A sandbox restored whose re-keying failed is shut down (its
+    /// directory removed): a half-renamed guest is never handed on.
+    pub async fn take_over_as(dir: impl AsRef<Path>, rekey: Rekey) -> Result<Sandbox> {
+        let dir = dir.as_ref();
+        kata_resource::validate_container_id(&rekey.id)
+            .map_err(|e| Error::invalid("sandbox id", e.to_string()))?;
+        let mut state = SandboxState::load(dir)?;
+        if !state.containers.is_empty() {
+            return Err(Error::invalid(
+                "sandbox",
+                format!(
+                    "{} has containers ({}): only an unused sandbox is handed over",
+                    state.id,
+                    state.containers.len()
+                ),
+            ));
+        }
+        if state.handler.kind != RuntimeHandlerKind::VirtContainer {
+            return Err(Error::invalid(
+                "sandbox",
+                format!(
+                    "{} is a {} sandbox: only a VM is handed over",
+                    state.id, state.handler.kind
+                ),
+            ));
+        }
+        tracing::info!(from = %state.id, to = %rekey.id, dir = %dir.display(), "taking over a sandbox under a new id");
+        state.id = rekey.id.clone();
+        state.config.id = rekey.id.clone();
+        state.config.hostname = Some(rekey.guest_hostname());
+        state.store()?;
+        let sandbox = Sandbox::restore(dir).await?;
+        if let Err(e) = sandbox.core.handler.rekey(&rekey).await {
+            tracing::warn!(sandbox_id = %rekey.id, error = %e, "re-keying a handed-over sandbox failed: shutting it down");
+            if let Err(se) = sandbox.shutdown().await {
+                tracing::warn!(sandbox_id = %rekey.id, error = %se, "shutting down a sandbox whose re-keying failed");
+            }
+            return Err(e);
+        }
+        Ok(sandbox)
+    }
+}

@@ -1,0 +1,39 @@
+//! The guest's side of a VM cache hand-over ([`crate::sandbox::handover`]): the agent's
+//! sandbox is created again under the new id and hostname, and the random pool reseeded.
+
+use kata_agent_client::SandboxSetup;
+use tracing::Instrument as _;
+
+use super::{agent_storage, VirtContainer};
+use crate::error::Result;
+use crate::sandbox::handover::Rekey;
+
+/// Re-keys the guest of `vc` (which has no container): `DestroySandbox` (the agent forgets
+/// the cache's id and releases the shared storages), `CreateSandbox` with the new id, its
+/// hostname and the same storages (a fresh pod UTS/IPC namespace), then `ReseedRandomDev`.
+pub(super) async fn rekey(vc: &VirtContainer, rekey: &Rekey) -> Result<()> {
+    let span = tracing::info_span!("sandbox.rekey", sandbox_id = %rekey.id);
+    async {
+        vc.agent.destroy_sandbox().await?;
+        let storages = vc
+            .resources
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|r| r.sandbox_storages(&vc.caps))
+            .unwrap_or_default();
+        let setup = SandboxSetup::new(&rekey.id)
+            .hostname(rekey.guest_hostname())
+            .storages(storages.into_iter().map(agent_storage));
+        vc.agent.create_sandbox(&setup).await?;
+        vc.agent.reseed_random_dev(&rekey.entropy).await?;
+        tracing::info!(
+            bytes = rekey.entropy.len(),
+            hostname = %rekey.guest_hostname(),
+            "sandbox re-keyed: the guest's random pool reseeded"
+        );
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
