@@ -648,3 +648,35 @@ async fn rpcs_kata_has_and_kata_rs_does_not_are_unimplemented() {
         }
     }
 }
+
+/// SignalProcess SIGTERM to a container's init that does not handle SIGTERM (PID 1 of its
+/// namespace, which the kernel would spare) is delivered as SIGKILL, as Kata's agent does:
+/// `sleep` ends at once (137) rather than after the runtime's grace period.
+#[tokio::test]
+async fn sigterm_to_an_init_without_a_handler_ends_it() {
+    require_host_agent!();
+    let a = HostAgent::start().await;
+    a.create_sandbox(Vec::new()).await.expect("CreateSandbox");
+    a.create_container("c1", &["sleep", "300"]).await;
+    a.start_container("c1").await;
+    let mut sig = SignalProcessRequest::new();
+    sig.container_id = "c1".into();
+    sig.signal = libc::SIGTERM as u32;
+    a.client.signal_process(&sig).await.expect("SignalProcess");
+    let status = tokio::time::timeout(Duration::from_secs(10), a.wait("c1", ""))
+        .await
+        .ok()
+        .map(|r| r.expect("WaitProcess"));
+    if status.is_none() {
+        sig.signal = libc::SIGKILL as u32;
+        let _ = a.client.signal_process(&sig).await;
+        let _ = a.wait("c1", "").await;
+    }
+    a.remove("c1").await;
+    a.destroy().await;
+    assert_eq!(
+        status,
+        Some(137),
+        "SIGTERM left an init without a handler running"
+    );
+}

@@ -6,6 +6,7 @@
 //! `UNIMPLEMENTED` naming the method.
 
 pub mod convert;
+pub mod signals;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -310,7 +311,15 @@ impl AgentService for AgentServer {
             req.exec_id.clone(),
             async move {
                 let c = sb.container(&req.container_id)?;
-                let signal = parse_signal(req.signal)?;
+                let mut signal = parse_signal(req.signal)?;
+                let p = c.process(&req.exec_id)?;
+                if Arc::ptr_eq(&p, c.init()) {
+                    signal = signals::effective_signal(
+                        signal,
+                        true,
+                        signals::proc_status(p.pid).as_deref(),
+                    );
+                }
                 c.signal(&req.exec_id, signal)?;
                 Ok(Empty::new())
             },
