@@ -6,7 +6,7 @@
 //! DURATION=<seconds>` runs it for that long instead (`KATA_RS_SOAK_SECS`) and prints the
 //! figures the README quotes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,11 +16,9 @@ use kata_testkit::harness::{booted, NoGuest, Suite};
 use kata_testkit::leaks::{cgroup_dirs, mounts_under, processes_mentioning};
 
 /// A run's sandboxes' root and a busybox rootfs.
-struct Env {
-    root: PathBuf,
-    rootfs: PathBuf,
-    _work: tempfile::TempDir,
-}
+#[path = "support/busybox_root.rs"]
+mod busybox_root;
+use busybox_root::Env;
 
 fn env_number(name: &str, default: u64) -> Result<u64> {
     match std::env::var(name) {
@@ -265,23 +263,6 @@ fn main() -> std::process::ExitCode {
             case_soak,
         )
         // A failed case must not leave VMs behind.
-        .on_failure(|env: &Env| {
-            if let Ok(dirs) = std::fs::read_dir(&env.root) {
-                for d in dirs.flatten() {
-                    let _ = kata_sandbox::persist::cleanup(&d.path());
-                }
-            }
-        })
-        .run_with(async {
-            let work = tempfile::tempdir()?;
-            let rootfs = work.path().join("rootfs");
-            kata_testkit::image::busybox_rootfs(&rootfs).context("the busybox rootfs")?;
-            let root = work.path().join("sandboxes");
-            std::fs::create_dir_all(&root)?;
-            Ok(Env {
-                root,
-                rootfs,
-                _work: work,
-            })
-        })
+        .on_failure(Env::cleanup_all)
+        .run_with(Env::setup())
 }

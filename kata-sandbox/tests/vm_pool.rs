@@ -13,11 +13,9 @@ use kata_sandbox::{ContainerSpec, Sandbox, SandboxPool};
 use kata_testkit::harness::{booted, NoGuest, Suite};
 use kata_testkit::leaks::{mounts_under, processes_mentioning};
 
-struct Env {
-    root: PathBuf,
-    rootfs: PathBuf,
-    _work: tempfile::TempDir,
-}
+#[path = "support/busybox_root.rs"]
+mod busybox_root;
+use busybox_root::Env;
 
 fn template(env: &Env) -> kata_sandbox::SandboxBuilder {
     Sandbox::builder()
@@ -149,23 +147,6 @@ fn main() -> std::process::ExitCode {
             "a_dead_pooled_sandbox_is_skipped",
             case_a_dead_pooled_sandbox_is_skipped,
         )
-        .on_failure(|env: &Env| {
-            if let Ok(dirs) = std::fs::read_dir(&env.root) {
-                for d in dirs.flatten() {
-                    let _ = kata_sandbox::persist::cleanup(&d.path());
-                }
-            }
-        })
-        .run_with(async {
-            let work = tempfile::tempdir()?;
-            let rootfs = work.path().join("rootfs");
-            kata_testkit::image::busybox_rootfs(&rootfs).context("the busybox rootfs")?;
-            let root = work.path().join("sandboxes");
-            std::fs::create_dir_all(&root)?;
-            Ok(Env {
-                root,
-                rootfs,
-                _work: work,
-            })
-        })
+        .on_failure(Env::cleanup_all)
+        .run_with(Env::setup())
 }

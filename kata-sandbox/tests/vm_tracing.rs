@@ -6,7 +6,6 @@
 //!
 //! [`SandboxBuilder::tracing`]: kata_sandbox::SandboxBuilder::tracing
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +17,9 @@ use kata_testkit::harness::{booted, NoGuest, Suite};
 mod otlp;
 
 /// A busybox rootfs and the sandboxes' root.
-struct Env {
-    root: PathBuf,
-    rootfs: PathBuf,
-    _work: tempfile::TempDir,
-}
+#[path = "support/busybox_root.rs"]
+mod busybox_root;
+use busybox_root::Env;
 
 async fn case_container_start_spans_reach_the_receiver(env: Arc<Env>) -> Result<()> {
     let receiver = otlp::Receiver::start();
@@ -126,23 +123,6 @@ fn main() -> std::process::ExitCode {
             case_container_start_spans_reach_the_receiver,
         )
         // A failed case must not leave its VM behind.
-        .on_failure(|env: &Env| {
-            if let Ok(dirs) = std::fs::read_dir(&env.root) {
-                for d in dirs.flatten() {
-                    let _ = kata_sandbox::persist::cleanup(&d.path());
-                }
-            }
-        })
-        .run_with(async {
-            let work = tempfile::tempdir()?;
-            let rootfs = work.path().join("rootfs");
-            kata_testkit::image::busybox_rootfs(&rootfs).context("the busybox rootfs")?;
-            let root = work.path().join("sandboxes");
-            std::fs::create_dir_all(&root)?;
-            Ok(Env {
-                root,
-                rootfs,
-                _work: work,
-            })
-        })
+        .on_failure(Env::cleanup_all)
+        .run_with(Env::setup())
 }
