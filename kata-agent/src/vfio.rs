@@ -7,8 +7,11 @@
 //! "guest-kernel"`) that is all: the guest kernel's driver, or a privileged container, uses it.
 //! With `vfio-pci` (`vfio_mode = "vfio"`) each function is bound to the guest's `vfio-pci`
 //! (`driver_override`, then `drivers_probe`) and the container gets `/dev/vfio/vfio` and the
-//! guest's `/dev/vfio/<group>`; a guest kernel without `vfio-pci` or without an IOMMU group
-//! for the device is refused naming what it lacks.
+//! guest's `/dev/vfio/<group>`. A guest without a (v)IOMMU (kata-rs's guest: QEMU gives it
+//! none) drives the function through VFIO's no-IOMMU mode, which the agent turns on: the node
+//! is `/dev/vfio/noiommu-<N>`, and the container needs `CAP_SYS_RAWIO` to open it. A guest
+//! kernel without `vfio-pci`, or without an IOMMU group for the device and without
+//! `CONFIG_VFIO_NOIOMMU`, is refused naming what it lacks.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -169,8 +172,29 @@ fn name_of(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Binds the function at `dir` to the guest's `vfio-pci`; returns its IOMMU group.
-fn bind_vfio(sysfs: &Path, dir: &Path, f: &VfioFunction, container_path: &str) -> Result<String> {
+/// The guest kernel's switch for VFIO without an IOMMU (`CONFIG_VFIO_NOIOMMU`).
+const NOIOMMU_PARAM: &str = "module/vfio/parameters/enable_unsafe_noiommu_mode";
+
+/// The IOMMU group of the function at `dir`, if it has one.
+fn iommu_group(dir: &Path) -> Option<String> {
+    std::fs::read_link(dir.join("iommu_group"))
+        .ok()
+        .map(|t| name_of(&t))
+}
+
+/// Binds the function at `dir` to the guest's `vfio-pci`; returns the name of its group's
+/// node under `/dev/vfio`: the group's number, or `noiommu-<N>` when the guest has no
+/// (v)IOMMU and the function is driven through VFIO's no-IOMMU mode, which the agent turns on
+/// (`vfio.enable_unsafe_noiommu_mode`; the guest kernel is tainted, the host is not: the
+/// host's IOMMU still confines the device's DMA to the VM's memory). Binding a function
+/// without a group creates its no-IOMMU group; the agent waits for it up to `wait`.
+async fn bind_vfio(
+    sysfs: &Path,
+    dir: &Path,
+    f: &VfioFunction,
+    container_path: &str,
+    wait: Duration,
+) -> Result<String> {
     let fail = |reason: String| AgentError::invalid(format!("device {container_path}"), reason);
     let bdf = name_of(dir);
     let driver_dir = sysfs.join("bus/pci/drivers/vfio-pci");
@@ -181,30 +205,51 @@ fn bind_vfio(sysfs: &Path, dir: &Path, f: &VfioFunction, container_path: &str) -
             f.host_bdf
         )));
     }
-    let group = std::fs::read_link(dir.join("iommu_group"))
-        .map(|t| name_of(&t))
-        .map_err(|_| {
-            fail(format!(
+    let write = |p: PathBuf, v: &str| {
+        std::fs::write(&p, v).map_err(|e| fail(format!("writing {v:?} to {}: {e}", p.display())))
+    };
+    let noiommu = iommu_group(dir).is_none();
+    if noiommu {
+        let param = sysfs.join(NOIOMMU_PARAM);
+        if !param.is_file() {
+            return Err(fail(format!(
                 "host function {} (guest {bdf}) has no IOMMU group in the guest: VFIO in the \
                  guest needs a vIOMMU or CONFIG_VFIO_NOIOMMU; use vfio_mode = \"guest-kernel\"",
                 f.host_bdf
-            ))
-        })?;
+            )));
+        }
+        let on = std::fs::read_to_string(&param).unwrap_or_default();
+        if on.trim() != "Y" {
+            write(param, "Y")?;
+            tracing::warn!(device = %container_path, guest = %bdf,
+                "no IOMMU in the guest: VFIO's no-IOMMU mode turned on (the guest kernel is tainted)");
+        }
+    }
     let current = std::fs::read_link(dir.join("driver"))
         .ok()
         .map(|t| name_of(&t));
     if current.as_deref() != Some("vfio-pci") {
-        let write = |p: PathBuf, v: &str| {
-            std::fs::write(&p, v)
-                .map_err(|e| fail(format!("writing {v:?} to {}: {e}", p.display())))
-        };
         write(dir.join("driver_override"), "vfio-pci")?;
         if current.is_some() {
             write(dir.join("driver/unbind"), &bdf)?;
         }
         write(sysfs.join("bus/pci/drivers_probe"), &bdf)?;
     }
-    Ok(group)
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(g) = iommu_group(dir) {
+            return Ok(if noiommu { format!("noiommu-{g}") } else { g });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(fail(format!(
+                "host function {} (guest {bdf}): bound to vfio-pci, but no no-IOMMU group \
+                 appeared within {} s (is CONFIG_VFIO_NOIOMMU on?)",
+                f.host_bdf,
+                wait.as_secs()
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// Makes the container's VFIO devices ready (see the [module docs](self)) and, in `vfio`
@@ -237,7 +282,7 @@ pub async fn prepare_in(
             let dir = wait_for(sysfs, f, &r.container_path, wait).await?;
             tracing::info!(device = %r.container_path, host = %f.host_bdf, guest = %name_of(&dir), "VFIO function present in the guest");
             if r.vfio_mode {
-                let group = bind_vfio(sysfs, &dir, f, &r.container_path)?;
+                let group = bind_vfio(sysfs, &dir, f, &r.container_path, wait).await?;
                 let node = dev.join("vfio").join(&group);
                 let deadline = tokio::time::Instant::now() + wait;
                 while !node.exists() {
@@ -469,5 +514,61 @@ mod tests {
                 .any(|r| r.allow() && r.major() == Some(1) && r.minor() == Some(3)),
             "{rules:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn vfio_mode_without_an_iommu_binds_through_noiommu_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let f = sysfs_with_function(&root);
+        std::fs::create_dir_all(root.join("bus/pci/drivers/vfio-pci")).unwrap();
+        let param = root.join(NOIOMMU_PARAM);
+        std::fs::create_dir_all(param.parent().unwrap()).unwrap();
+        std::fs::write(&param, "N\n").unwrap();
+        // The "kernel": once drivers_probe names the function, it gets a no-IOMMU group 0 and
+        // the guest has /dev/vfio/noiommu-0 (here: /dev/null standing in for the nodes).
+        let kernel = {
+            let root = root.clone();
+            let f = f.clone();
+            tokio::spawn(async move {
+                let probe = root.join("bus/pci/drivers_probe");
+                while std::fs::read_to_string(&probe).unwrap_or_default() != "0000:01:00.0" {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let g = root.join("kernel/iommu_groups/0");
+                std::fs::create_dir_all(&g).unwrap();
+                std::os::unix::fs::symlink(&g, f.join("iommu_group")).unwrap();
+                let vfio = root.join("vfio");
+                std::fs::create_dir_all(&vfio).unwrap();
+                std::os::unix::fs::symlink("/dev/null", vfio.join("noiommu-0")).unwrap();
+                std::os::unix::fs::symlink("/dev/null", vfio.join("vfio")).unwrap();
+            })
+        };
+        let mut spec = Spec::default();
+        prepare_in(
+            &[device("vfio-pci", &["0000:00:02.0=02/00"])],
+            &mut spec,
+            &root,
+            &root,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        kernel.await.unwrap();
+        assert_eq!(std::fs::read_to_string(&param).unwrap(), "Y");
+        assert_eq!(
+            std::fs::read_to_string(f.join("driver_override")).unwrap(),
+            "vfio-pci"
+        );
+        let paths: Vec<_> = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .iter()
+            .flatten()
+            .map(|d| d.path().display().to_string())
+            .collect();
+        assert_eq!(paths, ["/dev/vfio/vfio", "/dev/vfio/noiommu-0"]);
     }
 }
