@@ -98,6 +98,14 @@ bench: setup guest
 	$(CARGO) build --release -p kata-agent
 	$(CARGO) bench -p kata-benches
 
+# One self-contained HTML file of the figures (scripts/bench_report.py draws inline SVG from the
+# boot_phases and density benches' JSON): start latency kata-rs vs runc, boot phases, PSS per
+# pod, starts/s. Written to benches/report.html, which the README links.
+.PHONY: bench-report
+bench-report: setup guest
+	$(CARGO) bench -p kata-benches --bench boot_phases --bench density
+	python3 scripts/bench_report.py --out benches/report.html
+
 # kata-rs for containerd (scripts/install.sh; README "Install"): the shim and shim-ctl in
 # $(PREFIX)/bin, the guest image `make guest` built, and the default configuration pointing at
 # it, under Kata's names (containerd-shim-kata-v2, io.containerd.kata.v2,

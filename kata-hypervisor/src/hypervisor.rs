@@ -128,6 +128,30 @@ pub struct HypervisorState {
 /// sandbox's virtiofsd). An error (a sentence naming the daemon) fails the start.
 pub type RebootHook = std::sync::Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
 
+/// When a VMM's start reached its host-side milestones ([`Hypervisor::start_marks`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StartMarks {
+    /// Its helper processes (a vhost-user vsock backend) were ready; `None` when it started
+    /// none.
+    pub helpers_ready: Option<std::time::Instant>,
+    /// The VMM process ran and answered on its control socket: the guest runs from here on.
+    pub vmm_running: Option<std::time::Instant>,
+}
+
+impl StartMarks {
+    /// Marks at the given instants.
+    pub fn new(
+        helpers_ready: Option<std::time::Instant>,
+        vmm_running: Option<std::time::Instant>,
+    ) -> Self {
+        StartMarks {
+            helpers_ready,
+            vmm_running,
+        }
+    }
+}
+
 /// A virtual machine monitor driving one VM.
 ///
 /// Methods take `&self` so a backend can be shared (`Arc<dyn Hypervisor>`) between the task that
@@ -223,6 +247,12 @@ pub trait Hypervisor: Send + Sync {
     /// The accelerator the VM runs with, once started (`None` where it does not apply).
     fn accelerator(&self) -> Option<Accelerator> {
         None
+    }
+
+    /// When the last start reached its host-side milestones, for boot timings (`None` for a
+    /// milestone the backend does not observe).
+    fn start_marks(&self) -> StartMarks {
+        StartMarks::default()
     }
 
     /// What the backend supports.

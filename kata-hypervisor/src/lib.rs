@@ -49,7 +49,7 @@ pub use device::{
     VfioApDevice, VfioDevice, VsockAddress,
 };
 pub use error::{Error, Result};
-pub use hypervisor::{Capabilities, Hypervisor, HypervisorState, VmState};
+pub use hypervisor::{Capabilities, Hypervisor, HypervisorState, StartMarks, VmState};
 pub use kvm::{probe_kvm, Accelerator, KvmProbe};
 
 /// The README's examples, compiled as doc tests.

@@ -598,7 +598,9 @@ impl SandboxBuilder {
 
     /// Starts the sandbox (for `virt_container`: boots the VM and waits for its agent).
     pub async fn build(self) -> Result<Sandbox> {
-        Sandbox::start(self.finish()?).await
+        let t = std::time::Instant::now();
+        let config = self.finish()?;
+        crate::boot_timings::with_validation(t.elapsed(), Sandbox::start(config)).await
     }
 }
 

@@ -27,6 +27,7 @@
 //! kata-resource, the guest agent through kata-agent-client).
 #![warn(missing_docs)]
 
+pub mod boot_timings;
 mod builder;
 pub mod config;
 mod container;

@@ -223,10 +223,15 @@ impl Sandbox {
         out.family(
             "kata_sandbox_boot_seconds",
             MetricKind::Gauge,
-            "Time from the start of the sandbox to each boot step (0 for a restored sandbox).",
+            "Time from the start of the sandbox to each boot step (0 for a restored sandbox; validation: before the start).",
         );
         for (step, d) in [
+            ("validation", timings.validation),
+            ("host_resources", timings.host_resources),
+            ("helpers_started", timings.helpers_started),
+            ("vmm_running", timings.vmm_running),
             ("vm_started", timings.vm_started),
+            ("guest_answering", timings.guest_answering),
             ("agent_connected", timings.agent_connected),
             ("ready", timings.ready),
         ] {

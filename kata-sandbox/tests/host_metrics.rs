@@ -102,6 +102,25 @@ async fn metrics_have_the_runtime_the_vm_processes_the_guest_and_boot_timings() 
     assert!(get("kata_agent_threads", &[]) >= 1.0);
     // Boot timings and the container count.
     assert!(get("kata_sandbox_boot_seconds", &[("step", "ready")]) > 0.0);
+    // Every phase boundary, in order (the host-agent backend starts no vsock helper).
+    let steps = [
+        "host_resources",
+        "helpers_started",
+        "vmm_running",
+        "vm_started",
+        "guest_answering",
+        "agent_connected",
+        "ready",
+    ]
+    .map(|step| get("kata_sandbox_boot_seconds", &[("step", step)]));
+    assert!(steps[0] > 0.0, "{steps:?}");
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
+    assert_eq!(steps[1], steps[0], "no helper: {steps:?}");
+    // build() validated the configuration before the start's clock ran.
+    assert!(get("kata_sandbox_boot_seconds", &[("step", "validation")]) > 0.0);
+    let phases = sb.boot_timings().phases();
+    let sum: std::time::Duration = phases.iter().map(|p| p.1).sum();
+    assert_eq!(sum, sb.boot_timings().total(), "{phases:?}");
     assert_eq!(get("kata_sandbox_containers", &[]), 1.0);
     // Every sample's family is typed before it.
     let mut typed = std::collections::HashSet::new();

@@ -170,6 +170,9 @@ pub struct Qemu {
     reboot_hook: Mutex<Option<crate::hypervisor::RebootHook>>,
     /// The uid a rootless QEMU runs as, claimed at start, released once QEMU is gone.
     rootless: Mutex<Option<rootless::RootlessState>>,
+    /// When the last start's vsock backend was ready (none with vhost-vsock) and QEMU answered
+    /// on QMP, for boot timings.
+    start_marks: Mutex<crate::hypervisor::StartMarks>,
 }
 
 impl std::fmt::Debug for Qemu {
@@ -222,6 +225,7 @@ impl Qemu {
             detached: AtomicBool::new(false),
             reboot_hook: Mutex::new(None),
             rootless: Mutex::new(None),
+            start_marks: Mutex::new(Default::default()),
         })
     }
 
@@ -604,6 +608,8 @@ impl Qemu {
 
         let (vsock, agent) = self.start_vsock(run).await?;
         run.agent = Some(agent);
+        let helpers_ready = run.vsock_backend.is_some().then(std::time::Instant::now);
+        *self.start_marks.lock().unwrap() = crate::hypervisor::StartMarks::new(helpers_ready, None);
 
         let qmp_socket = self.vm_dir.join("qmp.sock");
         let console_socket = self.console_socket();
@@ -756,6 +762,7 @@ impl Qemu {
         tracing::info!(sandbox_id = %self.id, qemu_version = qmp.qemu_version(), pid = proc.pid(), ?accelerator, "QEMU started");
         run.qemu = Some(proc);
         run.qmp = Some(Arc::new(qmp));
+        self.start_marks.lock().unwrap().vmm_running = Some(std::time::Instant::now());
         Ok(())
     }
 
@@ -1009,6 +1016,10 @@ impl Qemu {
 impl Hypervisor for Qemu {
     fn kind(&self) -> HypervisorType {
         HypervisorType::Qemu
+    }
+
+    fn start_marks(&self) -> crate::hypervisor::StartMarks {
+        *self.start_marks.lock().unwrap()
     }
 
     async fn prepare(&self, devices: Vec<DeviceConfig>) -> Result<()> {

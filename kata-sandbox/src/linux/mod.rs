@@ -179,11 +179,7 @@ impl LinuxContainer {
                 tasks: Mutex::new(BTreeMap::new()),
                 cgroups: Mutex::new(LinuxState::default()),
             },
-            BootTimings {
-                vm_started: ready,
-                agent_connected: ready,
-                ready,
-            },
+            BootTimings::without_vm(ready),
         ))
     }
 

@@ -39,17 +39,7 @@ use crate::persist::{ContainerState, SandboxState};
 use crate::spec::{ContainerSpec, ProcessSpec, RootfsSource};
 use hooks::{HookStatus, HostHooks};
 
-/// Time taken by each step of starting a sandbox, for callers that report start-up.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BootTimings {
-    /// Until the VM was running (the hypervisor's start returned).
-    pub vm_started: Duration,
-    /// Until the agent answered (the guest has booted).
-    pub agent_connected: Duration,
-    /// Until the sandbox was ready for containers.
-    pub ready: Duration,
-}
+pub use crate::boot_timings::BootTimings;
 
 /// One container of the sandbox, as the sandbox tracks it.
 #[derive(Debug, Clone, Default)]

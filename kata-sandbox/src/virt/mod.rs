@@ -175,6 +175,7 @@ impl VirtContainer {
         })
         .instrument(tracing::info_span!("sandbox.host_resources", sandbox_id = %config.id))
         .await?;
+        let host_resources = t0.elapsed();
         // From here on, dropping `resources` (an error) releases them.
         let vm_dir = kata_resource::safe_child(dir, VM_DIR)?;
         let vm = backend::create(
@@ -218,6 +219,7 @@ impl VirtContainer {
                 .instrument(tracing::info_span!("vm.wait_ready", sandbox_id = %config.id))
                 .await
                 .map_err(|e| boot_error(e, opts.dial_timeout))?;
+            let guest_answering = t0.elapsed();
             // A second boot (the reboot hook above) runs a new VMM: into the cgroup as well.
             let pids = vm.pids();
             if pids != first_pids {
@@ -255,10 +257,10 @@ impl VirtContainer {
                 )
                 .storages(storages);
             agent.create_sandbox(&setup).await?;
-            Ok::<_, Error>((agent, vm_started, agent_connected))
+            Ok::<_, Error>((agent, vm_started, guest_answering, agent_connected))
         }
         .await;
-        let (agent, vm_started, agent_connected) = match booted {
+        let (agent, vm_started, guest_answering, agent_connected) = match booted {
             Ok(b) => b,
             Err(e) => {
                 if let Err(se) = vm.stop().await {
@@ -279,8 +281,18 @@ impl VirtContainer {
             config.agent.log_port,
             gate.clone(),
         );
+        let marks = vm.start_marks();
         let timings = BootTimings {
+            validation: crate::boot_timings::validation(),
+            host_resources,
+            helpers_started: marks
+                .helpers_ready
+                .map_or(host_resources, |at| at.saturating_duration_since(t0)),
+            vmm_running: marks
+                .vmm_running
+                .map_or(vm_started, |at| at.saturating_duration_since(t0)),
             vm_started,
+            guest_answering,
             agent_connected,
             ready: t0.elapsed(),
         };

@@ -140,11 +140,7 @@ impl WasmContainer {
                 tasks: Mutex::new(BTreeMap::new()),
                 paused: AtomicBool::new(false),
             },
-            BootTimings {
-                vm_started: ready,
-                agent_connected: ready,
-                ready,
-            },
+            BootTimings::without_vm(ready),
         ))
     }
 

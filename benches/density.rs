@@ -1,0 +1,277 @@
+//! Memory per pod and starts per second (issue 15 items 3 and 4), measured in one run.
+//!
+//! * **Memory**: `KATA_RS_DENSITY_PODS` (default `1,20`) busybox sandboxes of 256 MiB started
+//!   one after another and left idle `KATA_RS_DENSITY_SETTLE_S` seconds (default 3); then the
+//!   host PSS (`/proc/<pid>/smaps_rollup`) of every process whose command line names a
+//!   sandbox's directory (QEMU, vhost-device-vsock, virtiofsd) plus this process (the runtime,
+//!   which holds every sandbox here) divided by the pod count; and the VMM's own overhead:
+//!   QEMU's RSS minus the resident part of its guest RAM mapping (what the guest touched).
+//! * **Starts per second**: for each N of `KATA_RS_STARTS_N` (default `1,2,4,8,16`, capped at
+//!   `KATA_RS_STARTS_MAX`, default 8: TCG guests on a shared 2-core host), N `build()`s at
+//!   once; starts/s = N / time until the last is ready, p50/p99 of the N latencies, and the
+//!   ratio to `min(N, cores)` × the single-start rate (the issue's target is 0.8). N = 1 runs
+//!   `KATA_RS_STARTS_SINGLE` times (default 5): the kata-rs start latency distribution.
+//! * **runc reference**: `KATA_RS_RUNC_RUNS` (default 20) `runc run` of `true` in the same
+//!   rootfs, timed the same way.
+//!
+//! `cargo bench -p kata-benches --bench density`; prints the figures and writes
+//! `density.json` for `make bench-report`. `cargo test --benches` runs one pod and N = 1.
+
+#[path = "bench_out.rs"]
+mod bench_out;
+
+use std::time::{Duration, Instant};
+
+use bench_out::{
+    env_usize, exec_anon_rss_kib, guest_ram_rss_kib, host_load, ms, percentile, pss_rss_kib,
+    sandbox_processes, write_json,
+};
+use kata_benches::{busybox_rootfs, runc_bundle, runc_run};
+use kata_sandbox::Sandbox;
+
+const GUEST_MIB: u32 = 256;
+
+fn list(key: &str, default: &str) -> Vec<usize> {
+    std::env::var(key)
+        .unwrap_or_else(|_| default.to_string())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .collect()
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs();
+    let load_before = host_load();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let pods = list("KATA_RS_DENSITY_PODS", if quick { "1" } else { "1,20" });
+    let settle = Duration::from_secs(env_usize("KATA_RS_DENSITY_SETTLE_S", 3) as u64);
+    let mut memory = Vec::new();
+    for &n in &pods {
+        let m = rt.block_on(memory_at(n, root.path(), settle));
+        println!(
+            "density: {n} pod(s): per-pod PSS {:.1} MiB (VMM {:.1}, vsock helper {:.1}, virtiofsd {:.1}, runtime {:.1}); QEMU overhead (RSS - guest RAM touched) {:.1} MiB (TCG's translated code {:.1} of it), guest RAM touched {:.1} MiB",
+            m["per_pod_pss_mib"].as_f64().unwrap(),
+            m["per_pod_by_process_mib"]["qemu"].as_f64().unwrap_or(0.0),
+            m["per_pod_by_process_mib"]["vsock"].as_f64().unwrap_or(0.0),
+            m["per_pod_by_process_mib"]["virtiofsd"].as_f64().unwrap_or(0.0),
+            m["per_pod_by_process_mib"]["runtime"].as_f64().unwrap_or(0.0),
+            m["vmm_overhead_mib"].as_f64().unwrap(),
+            m["tcg_code_mib"].as_f64().unwrap(),
+            m["guest_touched_mib"].as_f64().unwrap(),
+        );
+        memory.push(m);
+    }
+
+    let max = env_usize("KATA_RS_STARTS_MAX", 8);
+    let wanted = list("KATA_RS_STARTS_N", if quick { "1" } else { "1,2,4,8,16" });
+    let ns: Vec<usize> = wanted.iter().copied().filter(|n| *n <= max).collect();
+    let skipped: Vec<usize> = wanted.iter().copied().filter(|n| *n > max).collect();
+    if !skipped.is_empty() {
+        println!("density: N = {skipped:?} not run (KATA_RS_STARTS_MAX = {max})");
+    }
+    let singles = env_usize("KATA_RS_STARTS_SINGLE", if quick { 1 } else { 5 });
+    let mut starts = Vec::new();
+    let mut single_rate = 0.0;
+    let mut kata_single = Vec::new();
+    for &n in &ns {
+        let rounds = if n == 1 { singles } else { 1 };
+        let mut lat = Vec::new();
+        let mut walls = Vec::new();
+        let mut cpus = Vec::new();
+        for _ in 0..rounds {
+            let (l, wall, cpu) = rt.block_on(concurrent_starts(n, root.path()));
+            lat.extend(l);
+            walls.push(wall);
+            cpus.push(cpu);
+        }
+        cpus.sort_by(f64::total_cmp);
+        let cpu = cpus[cpus.len() / 2];
+        walls.sort();
+        let wall = walls[walls.len() / 2];
+        let rate = n as f64 / wall.as_secs_f64();
+        if n == 1 {
+            single_rate = 1.0 / percentile(&mut lat, 50.0).as_secs_f64();
+            kata_single = lat.iter().map(|d| ms(*d)).collect();
+        }
+        let ideal = n.min(cores) as f64 * single_rate;
+        let (p50, p99) = (percentile(&mut lat, 50.0), percentile(&mut lat, 99.0));
+        println!(
+            "density: {n} concurrent start(s): {rate:.2} starts/s ({:.2}/s per core), p50 {:.0} ms, p99 {:.0} ms; {:.2} x min(N, cores) x the single-start rate (target >= 0.8); {cpu:.2} CPU-s per start (at most {:.2} starts/s on {cores} idle cores)",
+            rate / cores as f64,
+            ms(p50),
+            ms(p99),
+            rate / ideal.max(1e-9),
+            cores as f64 / cpu.max(1e-9)
+        );
+        starts.push(serde_json::json!({
+            "n": n,
+            "starts_per_s": rate,
+            "p50_ms": ms(p50),
+            "p99_ms": ms(p99),
+            "latencies_ms": lat.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "vs_ideal": rate / ideal.max(1e-9),
+            "cpu_s_per_start": cpu,
+        }));
+    }
+
+    let runs = env_usize("KATA_RS_RUNC_RUNS", if quick { 3 } else { 20 });
+    let bundle = root.path().join("runc-bundle");
+    runc_bundle(&bundle, &rootfs, &["true"]).expect("a runc bundle");
+    let runc: Vec<f64> = (0..runs)
+        .map(|i| {
+            let t = Instant::now();
+            runc_run(
+                &bundle,
+                &format!("kata-rs-density-{}-{i}", std::process::id()),
+            );
+            ms(t.elapsed())
+        })
+        .collect();
+    let mut r = runc.clone();
+    r.sort_by(f64::total_cmp);
+    println!(
+        "density: runc run true: median {:.1} ms over {runs}",
+        r[r.len() / 2]
+    );
+
+    write_json(
+        "density",
+        &serde_json::json!({
+            "guest_mib": GUEST_MIB,
+            "memory": memory,
+            "starts": starts,
+            "starts_not_run": skipped,
+            "kata_start_ms": kata_single,
+            "runc_true_ms": runc,
+            "cores": cores,
+            "host_before": load_before,
+            "host_after": host_load(),
+        }),
+    );
+}
+
+/// Starts `n` sandboxes one after another, lets them idle, measures their host memory,
+/// shuts them down.
+async fn memory_at(n: usize, root: &std::path::Path, settle: Duration) -> serde_json::Value {
+    let mut sandboxes = Vec::new();
+    for _ in 0..n {
+        let sb = Sandbox::builder()
+            .memory_mib(GUEST_MIB)
+            .root_dir(root)
+            .build()
+            .await
+            .expect("a sandbox");
+        sandboxes.push(sb);
+    }
+    tokio::time::sleep(settle).await;
+    let (mut qemu, mut vsock, mut fsd, mut other) = (0u64, 0u64, 0u64, 0u64);
+    let (mut overhead, mut touched, mut vmms, mut tcg) = (0u64, 0u64, 0u64, 0u64);
+    for sb in &sandboxes {
+        for (pid, comm) in sandbox_processes(sb.dir()) {
+            let Some((pss, rss)) = pss_rss_kib(pid) else {
+                continue;
+            };
+            if comm.starts_with("qemu") {
+                qemu += pss;
+                let ram = guest_ram_rss_kib(pid, GUEST_MIB as u64 * 1024).unwrap_or(0);
+                overhead += rss.saturating_sub(ram);
+                touched += ram;
+                tcg += exec_anon_rss_kib(pid);
+                vmms += 1;
+            } else if comm.starts_with("vhost-device") {
+                vsock += pss;
+            } else if comm.contains("virtiofsd") {
+                fsd += pss;
+            } else {
+                other += pss;
+            }
+        }
+    }
+    let runtime = pss_rss_kib(std::process::id()).map_or(0, |p| p.0);
+    for sb in sandboxes {
+        sb.shutdown().await.unwrap();
+    }
+    let mib = |kib: u64| kib as f64 / 1024.0 / n as f64;
+    let total = qemu + vsock + fsd + other + runtime;
+    serde_json::json!({
+        "pods": n,
+        "per_pod_pss_mib": mib(total),
+        "per_pod_by_process_mib": {
+            "qemu": mib(qemu), "vsock": mib(vsock), "virtiofsd": mib(fsd),
+            "other": mib(other), "runtime": mib(runtime),
+        },
+        "vmm_overhead_mib": overhead as f64 / 1024.0 / vmms.max(1) as f64,
+        "guest_touched_mib": touched as f64 / 1024.0 / vmms.max(1) as f64,
+        "tcg_code_mib": tcg as f64 / 1024.0 / vmms.max(1) as f64,
+    })
+}
+
+/// `n` builds at once: each one's latency and the time until the last was ready. Every
+/// sandbox is shut down afterwards (outside the measurement).
+async fn concurrent_starts(n: usize, root: &std::path::Path) -> (Vec<Duration>, Duration, f64) {
+    let runtime_cpu = cpu_seconds(std::process::id());
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let root = root.to_path_buf();
+        set.spawn(async move {
+            let s = Instant::now();
+            let sb = Sandbox::builder()
+                .memory_mib(GUEST_MIB)
+                .root_dir(&root)
+                .build()
+                .await;
+            (s.elapsed(), sb)
+        });
+    }
+    let mut lat = Vec::new();
+    let mut sandboxes = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r.expect("a start task") {
+            (d, Ok(sb)) => {
+                lat.push(d);
+                sandboxes.push(sb);
+            }
+            // A start that fails (an overloaded host: the agent's timeout) is reported and
+            // left out of the latencies; what it started it has cleaned up.
+            (d, Err(e)) => println!("density: a start failed after {d:.1?}: {e}"),
+        }
+    }
+    assert!(!lat.is_empty(), "every one of {n} starts failed");
+    let wall = t.elapsed();
+    // CPU spent on the starts: every sandbox's host processes so far, and this runtime's.
+    let mut cpu = cpu_seconds(std::process::id()) - runtime_cpu;
+    for sb in &sandboxes {
+        for (pid, _) in sandbox_processes(sb.dir()) {
+            cpu += cpu_seconds(pid);
+        }
+    }
+    for sb in sandboxes {
+        sb.shutdown().await.unwrap();
+    }
+    (lat, wall, cpu / n as f64)
+}
+
+/// User + system CPU seconds `pid` has used (`/proc/<pid>/stat`), 0 once it is gone.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // After the command name's closing parenthesis: state is field 3; utime, stime 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
