@@ -680,3 +680,105 @@ async fn sigterm_to_an_init_without_a_handler_ends_it() {
         "SIGTERM left an init without a handler running"
     );
 }
+
+/// `watchable-bind`, as runtime-rs sends it for a configmap with virtio-fs: the source in the
+/// shared directory is mirrored into a tmpfs at the mount point (in the `watchable`
+/// directory), the container bind mounts that, and an update of the source reaches the
+/// container within a few seconds. RemoveContainer removes the copy and the tmpfs.
+#[tokio::test]
+async fn watchable_bind_mirrors_updates_into_the_container() {
+    require_host_agent!();
+    let a = HostAgent::start().await;
+    a.create_sandbox(Vec::new()).await.expect("CreateSandbox");
+    let shared = a.dir.path().join("shared");
+    let source = shared.join("c1-cm");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("key"), "old\n").unwrap();
+    let root = shared.join("watchable");
+    std::fs::create_dir_all(&root).unwrap();
+    let target = root.join("c1-cm");
+
+    let mut spec = a.spec(&[
+        "sh",
+        "-c",
+        "cat /etc/cfg/key; i=0; while [ $i -lt 50 ]; do \
+         if [ \"$(cat /etc/cfg/key)\" = new ]; then echo updated; exit 0; fi; \
+         sleep 0.2; i=$((i+1)); done; exit 1",
+    ]);
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(
+        oci_spec::runtime::MountBuilder::default()
+            .destination("/etc/cfg")
+            .typ("bind")
+            .source(&target)
+            .options(vec!["rbind".to_string(), "ro".to_string()])
+            .build()
+            .unwrap(),
+    );
+    spec.set_mounts(Some(mounts));
+    let mut req = CreateContainerRequest::new();
+    req.container_id = "c1".into();
+    req.OCI = MessageField::some(spec::to_grpc(&spec).unwrap());
+    req.storages = vec![storage(
+        "watchable-bind",
+        &source.display().to_string(),
+        "bind",
+        target.display().to_string(),
+    )];
+    if let Err(e) = a.client.create_container(&req).await {
+        panic!(
+            "CreateContainer with a watchable-bind: {e}\nagent log:\n{}",
+            a.log()
+        );
+    }
+    a.start_container("c1").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(source.join("key"), "new\n").unwrap();
+    let out = a.read_to_kata_eof("c1", "", OutputStream::Stdout).await;
+    let status = a.wait("c1", "").await.expect("WaitProcess");
+    a.remove("c1").await;
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", a.agent.id())).unwrap_or_default();
+    a.destroy().await;
+    assert_eq!((out.as_str(), status), ("old\nupdated\n", 0));
+    assert!(
+        !mountinfo.contains(&format!("{} ", root.display())),
+        "the watchable tmpfs is unmounted with its last storage:\n{mountinfo}"
+    );
+    assert!(!target.exists(), "the copy is removed");
+}
+
+/// CreateSandbox's `kernel_modules` and `guest_hook_path`, which Kata's agent applies
+/// (modprobe; OCI hooks found in the guest), are refused naming them (a documented
+/// difference) rather than ignored; the sandbox can then be created without them.
+#[tokio::test]
+async fn create_sandbox_refuses_kernel_modules_and_guest_hooks_naming_them() {
+    require_host_agent!();
+    let a = HostAgent::start().await;
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = "sb".into();
+    let mut module = kata_agent_client::protocol::agent::KernelModule::new();
+    module.name = "nf_tables".into();
+    req.kernel_modules = vec![module];
+    let err = a
+        .client
+        .create_sandbox(&req)
+        .await
+        .expect_err("kernel_modules");
+    assert!(
+        err.to_string().contains("kernel_modules") && err.to_string().contains("nf_tables"),
+        "{err}"
+    );
+    req.kernel_modules.clear();
+    req.guest_hook_path = "/usr/share/oci/hooks".into();
+    let err = a
+        .client
+        .create_sandbox(&req)
+        .await
+        .expect_err("guest_hook_path");
+    assert!(err.to_string().contains("guest_hook_path"), "{err}");
+    a.create_sandbox(Vec::new())
+        .await
+        .expect("CreateSandbox without them");
+    a.destroy().await;
+}

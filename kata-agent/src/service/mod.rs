@@ -160,6 +160,32 @@ fn parse_signal(n: u32) -> Result<i32> {
         })
 }
 
+/// CreateSandbox settings Kata's agent applies and this one does not: refused naming them,
+/// rather than a sandbox that silently lacks them.
+fn refuse_unsupported_sandbox_settings(req: &agent::CreateSandboxRequest) -> Result<()> {
+    if !req.kernel_modules.is_empty() {
+        let names: Vec<&str> = req.kernel_modules.iter().map(|m| m.name.as_str()).collect();
+        return Err(AgentError::invalid(
+            "kernel_modules",
+            format!(
+                "{names:?}: kata-rs's agent loads no kernel modules; build them into the guest \
+                 kernel and remove them from [agent.kata] kernel_modules"
+            ),
+        ));
+    }
+    if !req.guest_hook_path.is_empty() {
+        return Err(AgentError::invalid(
+            "guest_hook_path",
+            format!(
+                "{:?}: kata-rs's agent runs no OCI hooks found in the guest; set the \
+                 hypervisor's guest_hook_path to \"\"",
+                req.guest_hook_path
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn read_mem_block_size() -> u64 {
     std::fs::read_to_string("/sys/devices/system/memory/block_size_bytes")
         .ok()
@@ -176,6 +202,7 @@ impl AgentService for AgentServer {
     ) -> ttrpc::Result<Empty> {
         let sb = Arc::clone(&self.sandbox);
         handle("CreateSandbox", OnCancel::Finish, "", "", async move {
+            refuse_unsupported_sandbox_settings(&req)?;
             let cfg = SandboxConfig {
                 id: req.sandbox_id.clone(),
                 hostname: req.hostname.clone(),

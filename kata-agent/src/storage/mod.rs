@@ -13,6 +13,7 @@ mod block;
 mod ephemeral;
 mod local;
 mod table;
+mod watchable;
 
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
@@ -30,7 +31,8 @@ pub use table::StorageTable;
 ///
 /// Kata's names first (its agent's storage handlers): `blk` (virtio-blk on PCI, source a PCI
 /// path), `mmioblk` (virtio-blk on MMIO, source the `/dev` node), `scsi`, `nvdimm`,
-/// `virtio-fs`, `local`, `ephemeral`. Then two kata-rs extensions that Kata's agent refuses:
+/// `virtio-fs`, `local`, `ephemeral`, `watchable-bind` ([`watchable`]). Then two kata-rs
+/// extensions that Kata's agent refuses:
 /// `9p` (sent only when the runtime is configured with `shared_fs = "virtio-9p"`, which Kata
 /// has removed) and `bind` (a bind mount of a guest path: the host-tier tests' stand-in for
 /// the shared directory; no runtime sends it). See `kata-agent/INTEROP.md`.
@@ -42,6 +44,7 @@ pub const DRIVERS: &[&str] = &[
     "virtio-fs",
     "local",
     "ephemeral",
+    "watchable-bind",
     "9p",
     "bind",
 ];
@@ -188,6 +191,11 @@ pub fn plan(s: &StorageSpec, field: &str) -> Result<StoragePlan> {
             };
             (Some(PathBuf::from(source)), Some("tmpfs".to_string()))
         }
+        "watchable-bind" => {
+            watchable::check(&s.source, &mount_point, field)?;
+            options.clear();
+            (Some(PathBuf::from(&s.source)), None)
+        }
         "bind" => {
             if !Path::new(&s.source).is_absolute() {
                 return Err(AgentError::invalid(
@@ -235,6 +243,8 @@ pub struct MountedStorage {
     created: Vec<PathBuf>,
     /// The mount point is the volume itself (`local`): its contents go with it.
     owns_contents: bool,
+    /// A `watchable-bind` storage's mirror.
+    watch: Option<watchable::Watch>,
 }
 
 /// Creates `path` (a directory, or an empty file when `file`) and the missing directories
@@ -316,6 +326,12 @@ fn has_mounts_below(dir: &Path) -> bool {
 impl MountedStorage {
     /// Unmounts the storage (lazily if it is busy) and removes what the agent created for it.
     pub fn release(&self) -> Result<()> {
+        if let Some(watch) = &self.watch {
+            watch.release();
+            tracing::info!(driver = %self.driver, mount_point = %self.mount_point.display(),
+                "storage released");
+            return Ok(());
+        }
         if self.mounted {
             match umount2(&self.mount_point, MntFlags::empty()) {
                 Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
@@ -341,6 +357,21 @@ impl MountedStorage {
 /// Mounts (or makes) a storage; on failure leaves nothing behind.
 pub fn mount(s: &StorageSpec, field: &str) -> Result<MountedStorage> {
     let p = plan(s, field)?;
+    if s.driver == "watchable-bind" {
+        let source = PathBuf::from(&s.source);
+        let root = watchable::check(&s.source, &p.mount_point, field)?;
+        let watch = watchable::start(&source, &p.mount_point, &root, field)?;
+        tracing::info!(driver = %s.driver, source = %s.source, mount_point = %s.mount_point,
+            "storage mirrored");
+        return Ok(MountedStorage {
+            mount_point: p.mount_point,
+            driver: s.driver.clone(),
+            mounted: false,
+            created: Vec::new(),
+            owns_contents: false,
+            watch: Some(watch),
+        });
+    }
     // A bind of a file is mounted on a file.
     let file = p.fstype.is_none()
         && p.source
@@ -375,6 +406,7 @@ pub fn mount(s: &StorageSpec, field: &str) -> Result<MountedStorage> {
         // A local directory that existed is the host's to keep; one the agent made goes.
         owns_contents: s.driver == "local" && !created.is_empty(),
         created,
+        watch: None,
     })
 }
 
