@@ -140,12 +140,6 @@ impl SandboxConfig {
             "block-backed emptyDirs are not implemented yet: emptyDirs are made in the guest",
         );
         inert(
-            "vfio_mode",
-            r.vfio_mode != d.vfio_mode,
-            format!("\"{}\"", r.vfio_mode),
-            "devices are not implemented yet",
-        );
-        inert(
             "keep_abnormal",
             r.keep_abnormal,
             "true".into(),
@@ -608,6 +602,38 @@ impl SandboxBuilder {
 mod tests {
     use super::*;
     use kata_resource::network::InternetworkingModel;
+
+    #[test]
+    fn the_default_vmm_follows_the_probe_and_a_chosen_vmm_gets_its_own_defaults() {
+        use kata_hypervisor::config::SharedFs;
+        let b = SandboxBuilder::new();
+        assert_eq!(
+            b.hypervisor_type,
+            kata_hypervisor::kvm::default_hypervisor().kind
+        );
+        // An untouched section follows the VMM chosen: the built-in VMM's own share.
+        let b = b.hypervisor(HypervisorType::Dragonball);
+        assert_eq!(b.config().shared_fs, SharedFs::InlineVirtioFs);
+        let b = b.hypervisor(HypervisorType::Qemu);
+        assert_eq!(b.config(), &HypervisorConfig::default());
+        // A section set by the caller keeps what was set.
+        let b = SandboxBuilder::new()
+            .hypervisor(HypervisorType::Qemu)
+            .vcpus(2)
+            .hypervisor(HypervisorType::Dragonball);
+        assert_eq!(
+            (b.config().default_vcpus, b.config().shared_fs),
+            (2, SharedFs::VirtioFs)
+        );
+    }
+
+    #[test]
+    fn vfio_mode_takes_effect_and_is_not_listed_as_inert() {
+        let mut b = SandboxBuilder::new();
+        b.runtime.vfio_mode = "vfio".into();
+        let inert = b.finish().unwrap().inert_settings();
+        assert!(!inert.iter().any(|s| s.contains("vfio_mode")), "{inert:?}");
+    }
 
     #[test]
     fn the_network_settings_take_effect_and_are_not_listed_as_inert() {

@@ -103,6 +103,8 @@ pub const VFIO_CHECKS: &[&str] = &[
     "vfio-hot-root-port",
     "vfio-hot-unplug",
     "vfio-hot-switch-port",
+    "vfio-mode-cold-root-port",
+    "vfio-mode-hot-root-port",
 ];
 
 /// A VMM the runner drives in L1.
@@ -340,8 +342,13 @@ impl Verdict {
 /// so. A guest that reached its kernel (a panic reboots too; a kernel that hangs has printed)
 /// is not matched, nor is any other failure.
 pub fn l2_reset_in_firmware(error: &str) -> bool {
+    let end = error.trim_end();
+    // Or a hang in SeaBIOS before it printed anything after its banner (the console's only
+    // line: seen in a lab run of 2026-11-30, vfio-mode-cold-root-port).
+    let banner_only = end.contains("--- last 1 guest console lines --- SeaBIOS (version ")
+        && end.ends_with(')');
     (error.contains("exited (exit code 0)") || error.contains("agent did not answer within"))
-        && error.trim_end().ends_with("Booting from ROM...")
+        && (end.ends_with("Booting from ROM...") || banner_only)
 }
 
 /// Compares the reported `checks` with the `expected` names.
@@ -384,6 +391,12 @@ mod tests {
                     was stopped --- last 2 guest console lines --- SeaBIOS (version \
                     1.16.2-debian-1.16.2-1) Booting from ROM...";
         assert!(l2_reset_in_firmware(hang));
+        // A hang right after SeaBIOS's banner (verbatim from a lab run).
+        assert!(l2_reset_in_firmware(
+            "the sandbox did not start: the guest agent did not answer within 150s (dialing \
+             vsock://3498936264:1024: no answer within 2s); the VM was stopped --- last 1 guest \
+             console lines --- SeaBIOS (version 1.16.2-debian-1.16.2-1)"
+        ));
         assert!(!l2_reset_in_firmware(
             "the guest agent did not answer within 150s; the VM was stopped --- last 2 guest \
              console lines --- Run /init as init process"

@@ -10,6 +10,12 @@
 //!   a container naming the device gets it hot-plugged and sees it;
 //! - `vfio-hot-unplug`: once that container is deleted the edu is gone from L2, and the port is
 //!   free again: a second container gets the device on the same (only) port.
+//! - `vfio-mode-cold-root-port`, `vfio-mode-hot-root-port` (`vfio_mode = "vfio"`): the agent
+//!   binds the edu to L2's `vfio-pci` (no-IOMMU mode: L2 has no vIOMMU) and the container gets
+//!   `/dev/vfio/vfio` and `/dev/vfio/noiommu-N`; the proof program (`vfio_proof.c`, built
+//!   static by the runner with L1's `cc`, which is the host's) maps BAR0 through VFIO, reads
+//!   the identification `0x010000ed` and computes 5! = `0x78` in the edu's registers. Cold: the
+//!   device stays with the VM after the container's delete; hot: it is gone from L2.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -38,6 +44,66 @@ const BAR0: &str = "d=$(for d in /sys/bus/pci/devices/*; do \
     a=$(printf '0x%x' $((bar + 4))); \
     id=$(busybox devmem $bar 32); busybox devmem $a 32 0x12345678; inv=$(busybox devmem $a 32); \
     echo \"bar0=$bar id=$id inv=$inv\"";
+
+/// The proof program of `vfio` mode (see the module docs), C, built static.
+const PROOF_C: &str = include_str!("vfio_proof.c");
+/// Where the proof program is in the container's rootfs.
+const PROOF: &str = "vfio-proof";
+
+/// Builds the proof program into `rootfs` with L1's `cc` (the host's, read-only under L1's
+/// chroot; it writes only in /tmp and the rootfs).
+fn build_proof(rootfs: &Path) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let src = dir.path().join("vfio_proof.c");
+    std::fs::write(&src, PROOF_C)?;
+    let out = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(rootfs.join(PROOF))
+        .arg(&src)
+        .output()
+        .context("running cc for the VFIO proof program")?;
+    ensure!(
+        out.status.success(),
+        "cc -static vfio_proof.c: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A spec for a `vfio` mode container given `vfio`: `CAP_SYS_RAWIO` (a no-IOMMU group needs
+/// it to be opened), nothing else beyond the defaults.
+fn vfio_mode_spec(vfio: &Path) -> Result<Spec> {
+    let mut spec = vfio_spec(vfio, false)?;
+    let caps: std::collections::HashSet<Capability> = [
+        Capability::SysRawio,
+        Capability::Kill,
+        Capability::AuditWrite,
+    ]
+    .into();
+    let mut p = spec.process().clone().unwrap_or_default();
+    p.set_capabilities(Some(
+        LinuxCapabilitiesBuilder::default()
+            .bounding(caps.clone())
+            .effective(caps.clone())
+            .permitted(caps)
+            .inheritable(std::collections::HashSet::new())
+            .ambient(std::collections::HashSet::new())
+            .build()?,
+    ));
+    spec.set_process(Some(p));
+    Ok(spec)
+}
+
+/// The proof program's line, checked: identification and factorial.
+fn proof_ok(out: &str) -> Result<String> {
+    let lower = out.to_lowercase();
+    ensure!(
+        lower.contains("id=0x010000ed") && lower.contains("fact5=0x78"),
+        "the proof program says {out:?}"
+    );
+    ensure!(lower.contains("/dev/vfio/"), "no VFIO group named: {out:?}");
+    Ok(out.trim().to_string())
+}
 
 /// One check's result line, counted.
 struct Report {
@@ -204,11 +270,17 @@ fn depth(port: PciePort) -> usize {
 
 /// A sandbox for one setup: `cold` plugs the edu at boot on a `port`; otherwise one spare
 /// port of kind `port` waits for the hot-plug.
-async fn build(port: PciePort, cold: bool, vfio: &Path, root_dir: &str) -> Result<Sandbox> {
+async fn build(
+    port: PciePort,
+    cold: bool,
+    vfio_mode: bool,
+    vfio: &Path,
+    root_dir: &str,
+) -> Result<Sandbox> {
     // At most three tries: an L2 that resets inside SeaBIOS never ran our code.
     let mut tries = 1;
     loop {
-        match build_once(port, cold, vfio, root_dir).await {
+        match build_once(port, cold, vfio_mode, vfio, root_dir).await {
             Err(e) if tries < 3 && kata_lab::protocol::l2_reset_in_firmware(&format!("{e:#}")) => {
                 println!(
                     "kata-lab: L2 reset or hung inside its firmware ({e:#}); building it once more"
@@ -220,9 +292,28 @@ async fn build(port: PciePort, cold: bool, vfio: &Path, root_dir: &str) -> Resul
     }
 }
 
-async fn build_once(port: PciePort, cold: bool, vfio: &Path, root_dir: &str) -> Result<Sandbox> {
-    let id = format!("lab-vfio-{}-{port}", if cold { "cold" } else { "hot" });
-    let mut b = Sandbox::builder()
+async fn build_once(
+    port: PciePort,
+    cold: bool,
+    vfio_mode: bool,
+    vfio: &Path,
+    root_dir: &str,
+) -> Result<Sandbox> {
+    let id = format!(
+        "lab-vfio-{}-{port}{}",
+        if cold { "cold" } else { "hot" },
+        if vfio_mode { "-vfio" } else { "" }
+    );
+    // QEMU whatever the default VMM is (the built-in VMM has no passthrough yet).
+    let mut b = Sandbox::builder().hypervisor(kata_sandbox::HypervisorType::Qemu);
+    if vfio_mode {
+        // `[runtime] vfio_mode = "vfio"`, with the same QEMU section.
+        let mut config = kata_sandbox::config::KataConfig::default();
+        config.hypervisor.insert("qemu".into(), b.config().clone());
+        config.runtime.vfio_mode = "vfio".into();
+        b = kata_sandbox::SandboxBuilder::from_kata_config(config)?;
+    }
+    let mut b = b
         .id(&id)
         .memory_mib(256)
         .vcpus(1)
@@ -253,7 +344,7 @@ async fn cold_case(r: &mut Report, port: PciePort, vfio: &Path, rootfs: &Path, r
     let limit = Duration::from_secs(180);
     let bar0 = port == PciePort::RootPort;
     let t = Instant::now();
-    let sb = match build(port, true, vfio, root_dir).await {
+    let sb = match build(port, true, false, vfio, root_dir).await {
         Ok(sb) => sb,
         Err(e) => {
             r.line(
@@ -322,7 +413,7 @@ async fn hot_case(r: &mut Report, port: PciePort, vfio: &Path, rootfs: &Path, ro
     let name = format!("vfio-hot-{port}");
     let unplug_name = (port == PciePort::RootPort).then_some("vfio-hot-unplug");
     let limit = Duration::from_secs(180);
-    let sb = match build(port, false, vfio, root_dir).await {
+    let sb = match build(port, false, false, vfio, root_dir).await {
         Ok(sb) => sb,
         Err(e) => {
             r.line(&name, Err(e.context("the sandbox did not start")));
@@ -385,6 +476,53 @@ async fn hot_case(r: &mut Report, port: PciePort, vfio: &Path, rootfs: &Path, ro
     }
 }
 
+/// `vfio_mode = "vfio"` on a root port, cold- or hot-plugged: the proof program drives the
+/// edu through /dev/vfio; then, after the container's delete, the edu stays with the VM (cold)
+/// or is gone from L2 (hot).
+async fn vfio_mode_case(r: &mut Report, cold: bool, vfio: &Path, rootfs: &Path, root_dir: &str) {
+    let port = PciePort::RootPort;
+    let name = format!("vfio-mode-{}-{port}", if cold { "cold" } else { "hot" });
+    let limit = Duration::from_secs(180);
+    let sb = match build(port, cold, true, vfio, root_dir).await {
+        Ok(sb) => sb,
+        Err(e) => {
+            r.line(&name, Err(e.context("the sandbox did not start")));
+            return;
+        }
+    };
+    let result = tokio::time::timeout(limit, async {
+        let t = Instant::now();
+        let spec =
+            ContainerSpec::from_oci(vfio_mode_spec(vfio)?, rootfs).args([format!("/{PROOF}")]);
+        let out = sb.run(spec).await?;
+        let said = format!("{}{}", out.stdout_str(), out.stderr_str());
+        ensure!(out.status.success(), "status {}: {said:?}", out.status);
+        let proof = proof_ok(&said)?;
+        let ran = t.elapsed();
+        let plain = ContainerSpec::from_rootfs_dir(rootfs).args(["sh", "-c", LIST_EDU]);
+        let after = sb.run(plain).await?.stdout_str();
+        let after_delete = if cold {
+            seen_at_depth(&after, depth(port))
+                .map(|p| format!("stays with the VM after the delete (cold-plugged, at {p})"))?
+        } else {
+            ensure!(
+                !after.contains("edu "),
+                "after the container's delete L2 still has {after:?}"
+            );
+            "gone from L2 after the delete (device_del)".to_string()
+        };
+        Ok::<_, anyhow::Error>(format!(
+            "vfio_mode vfio, {} on a {port}: {proof} (container ran in {ran:.1?}); {after_delete}",
+            if cold { "cold-plugged" } else { "hot-plugged" }
+        ))
+    })
+    .await;
+    r.line(&name, result.context("timed out").and_then(|s| s));
+    if let Err(e) = sb.shutdown().await {
+        eprintln!("kata-lab: shutting the {name} sandbox down: {e:#}");
+    }
+}
+
 /// Runs the VFIO checks; returns (ran, passed).
 pub async fn run(rootfs: &Path, root_dir: &str) -> (usize, usize) {
     let mut r = Report { ran: 0, passed: 0 };
@@ -407,12 +545,33 @@ pub async fn run(rootfs: &Path, root_dir: &str) -> (usize, usize) {
     for port in [PciePort::RootPort, PciePort::SwitchPort] {
         hot_case(&mut r, port, &vfio, rootfs, root_dir).await;
     }
+    match build_proof(rootfs) {
+        Ok(()) => {
+            for cold in [true, false] {
+                vfio_mode_case(&mut r, cold, &vfio, rootfs, root_dir).await;
+            }
+        }
+        Err(e) => {
+            for n in ["vfio-mode-cold-root-port", "vfio-mode-hot-root-port"] {
+                r.line(n, Err(anyhow::anyhow!("not run: {e:#}")));
+            }
+        }
+    }
     (r.ran, r.passed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proof_needs_the_identification_and_the_factorial() {
+        let good = "group=/dev/vfio/noiommu-0 device=0000:01:00.0 bar0_size=0x100000 id=0x010000ed fact5=0x78";
+        assert!(proof_ok(good).is_ok());
+        assert!(proof_ok(&good.replace("fact5=0x78", "fact5=0x5")).is_err());
+        assert!(proof_ok(&good.replace("0x010000ed", "0xffffffff")).is_err());
+        assert!(proof_ok("FAIL open /dev/vfio/vfio: No such file or directory").is_err());
+    }
 
     #[test]
     fn guest_paths_from_sysfs_paths() {
