@@ -604,30 +604,6 @@ mod tests {
     use kata_resource::network::InternetworkingModel;
 
     #[test]
-    fn the_default_vmm_follows_the_probe_and_a_chosen_vmm_gets_its_own_defaults() {
-        use kata_hypervisor::config::SharedFs;
-        let b = SandboxBuilder::new();
-        assert_eq!(
-            b.hypervisor_type,
-            kata_hypervisor::kvm::default_hypervisor().kind
-        );
-        // An untouched section follows the VMM chosen: the built-in VMM's own share.
-        let b = b.hypervisor(HypervisorType::Dragonball);
-        assert_eq!(b.config().shared_fs, SharedFs::InlineVirtioFs);
-        let b = b.hypervisor(HypervisorType::Qemu);
-        assert_eq!(b.config(), &HypervisorConfig::default());
-        // A section set by the caller keeps what was set.
-        let b = SandboxBuilder::new()
-            .hypervisor(HypervisorType::Qemu)
-            .vcpus(2)
-            .hypervisor(HypervisorType::Dragonball);
-        assert_eq!(
-            (b.config().default_vcpus, b.config().shared_fs),
-            (2, SharedFs::VirtioFs)
-        );
-    }
-
-    #[test]
     fn vfio_mode_takes_effect_and_is_not_listed_as_inert() {
         let mut b = SandboxBuilder::new();
         b.runtime.vfio_mode = "vfio".into();
