@@ -247,6 +247,7 @@ pub fn config_annotations(annotations: &std::collections::HashMap<String, String
 /// empty, or its VMs do not fit the pod; or the hand-over failed (what was handed over is
 /// cleaned up).
 pub async fn take_for_pod(root: &Path, options: Option<&Any>, pod: &PodNeeds) -> Option<Sandbox> {
+    let t0 = std::time::Instant::now();
     let factory = match factory_config(options) {
         Ok(f) => f,
         Err(e) => {
@@ -283,7 +284,7 @@ pub async fn take_for_pod(root: &Path, options: Option<&Any>, pod: &PodNeeds) ->
     };
     match take_over(root, &dir_name, pod).await {
         Ok(sb) => {
-            tracing::info!(sandbox_id, from = %dir_name, dir = %sb.dir().display(), "sandbox taken from the VM cache");
+            tracing::info!(sandbox_id, from = %dir_name, dir = %sb.dir().display(), took = ?t0.elapsed(), "sandbox taken from the VM cache");
             Some(sb)
         }
         Err(e) => {
