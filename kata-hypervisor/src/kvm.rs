@@ -8,9 +8,15 @@
 //! QEMU falls back to TCG; the built-in VMM cannot. [`probe_builtin_vmm`] adds what it needs of
 //! the KVM API (`KVM_GET_API_VERSION`, then `KVM_CHECK_EXTENSION` for each of
 //! [`BUILTIN_VMM_CAPS`]) and gives the reason the built-in backend refuses to start with.
+//!
+//! [`default_hypervisor`] decides the VMM used where no configuration names one: the built-in
+//! VMM (`[hypervisor.dragonball]`) where this build has it and its probe passes, QEMU
+//! otherwise; the choice and its reason are logged once per process.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use crate::config::{HypervisorConfig, HypervisorType};
 
 /// The accelerator a VM runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -282,6 +288,70 @@ pub fn find_program(name: &str, explicit: &str, extra: &[PathBuf]) -> Option<Pat
         .find(|p| p.is_file())
 }
 
+/// The hypervisor used where no configuration names one, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultHypervisor {
+    /// The backend: [`HypervisorType::Dragonball`] (the built-in VMM) or
+    /// [`HypervisorType::Qemu`].
+    pub kind: HypervisorType,
+    /// Why: the probe's verdict, or that this build has no built-in VMM.
+    pub reason: String,
+}
+
+/// The default hypervisor of this process: [`choose_default_hypervisor`] over this build and
+/// this host's [`probe_builtin_vmm`], probed and logged once (the host's KVM does not change
+/// under a running runtime).
+pub fn default_hypervisor() -> DefaultHypervisor {
+    static CHOSEN: std::sync::OnceLock<DefaultHypervisor> = std::sync::OnceLock::new();
+    CHOSEN
+        .get_or_init(|| {
+            let chosen =
+                choose_default_hypervisor(cfg!(feature = "builtin"), &probe_builtin_vmm());
+            tracing::info!(hypervisor = %chosen.kind, reason = %chosen.reason, "default hypervisor");
+            chosen
+        })
+        .clone()
+}
+
+impl DefaultHypervisor {
+    /// The section a builder starts `kind` from when nothing is configured: Kata's defaults
+    /// ([`HypervisorConfig::default`]) for a VMM without defaults of its own (QEMU), else the
+    /// section's ([`HypervisorConfig::defaults_for`]: the built-in VMM's inline virtio-fs and
+    /// mmio block devices).
+    pub fn section(kind: HypervisorType) -> HypervisorConfig {
+        if kind.section_defaults().is_empty() {
+            HypervisorConfig::default()
+        } else {
+            HypervisorConfig::defaults_for(kind)
+        }
+    }
+}
+
+/// The decision behind [`default_hypervisor`] (pure, for tests): the built-in VMM where
+/// `builtin_built` (cargo feature `builtin`) and `probe` passed, QEMU otherwise.
+pub fn choose_default_hypervisor(
+    builtin_built: bool,
+    probe: &BuiltinVmmProbe,
+) -> DefaultHypervisor {
+    match (builtin_built, probe.usable) {
+        (true, true) => DefaultHypervisor {
+            kind: HypervisorType::Dragonball,
+            reason: format!("the built-in VMM can run here: {}", probe.reason),
+        },
+        (true, false) => DefaultHypervisor {
+            kind: HypervisorType::Qemu,
+            reason: probe.reason.clone(),
+        },
+        (false, _) => DefaultHypervisor {
+            kind: HypervisorType::Qemu,
+            reason: format!(
+                "this build has no built-in VMM (cargo feature `builtin`); its probe: {}",
+                probe.reason
+            ),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,5 +500,54 @@ mod tests {
         let p = probe_kvm_at(&d.path().join("nokvm"), &d.path().join("module"));
         assert!(!p.usable);
         assert!(p.reason.contains("does not exist"));
+    }
+
+    /// A probe result made up for the test (named so: this host's KVM is paravirtual and
+    /// fails the real probe).
+    fn fake_probe(usable: bool) -> BuiltinVmmProbe {
+        BuiltinVmmProbe {
+            usable,
+            reason: if usable {
+                "FAKE probe: hardware KVM (kvm_amd), KVM API 12".into()
+            } else {
+                "FAKE probe: the built-in VMM cannot run here: paravirtual KVM".into()
+            },
+            missing: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_builtin_vmm_is_the_default_only_where_it_is_built_and_its_probe_passes() {
+        let chosen = choose_default_hypervisor(true, &fake_probe(true));
+        assert_eq!(chosen.kind, HypervisorType::Dragonball);
+        assert!(
+            chosen.reason.contains("FAKE probe: hardware KVM"),
+            "{}",
+            chosen.reason
+        );
+        let chosen = choose_default_hypervisor(true, &fake_probe(false));
+        assert_eq!(chosen.kind, HypervisorType::Qemu);
+        assert!(chosen.reason.contains("paravirtual"), "{}", chosen.reason);
+        for usable in [true, false] {
+            let chosen = choose_default_hypervisor(false, &fake_probe(usable));
+            assert_eq!(chosen.kind, HypervisorType::Qemu);
+            assert!(
+                chosen.reason.contains("feature `builtin`"),
+                "{}",
+                chosen.reason
+            );
+        }
+    }
+
+    #[test]
+    fn this_hosts_default_follows_its_own_probe() {
+        let chosen = default_hypervisor();
+        let probe = probe_builtin_vmm();
+        let expected = if cfg!(feature = "builtin") && probe.usable {
+            HypervisorType::Dragonball
+        } else {
+            HypervisorType::Qemu
+        };
+        assert_eq!(chosen.kind, expected, "{}", chosen.reason);
     }
 }

@@ -205,17 +205,20 @@ impl Default for SandboxBuilder {
 }
 
 impl SandboxBuilder {
-    /// Kata's defaults for the default VMM (`HypervisorType::default()`), with the agent given
+    /// Kata's defaults for the default VMM (`kata_hypervisor::kvm::default_hypervisor`: the
+    /// built-in VMM where it is built and KVM passes its probe, else QEMU), with the agent given
     /// [`DEFAULT_AGENT_TIMEOUT`] to answer.
     pub fn new() -> Self {
         let agent = AgentConfig {
             dial_timeout: Some(DEFAULT_AGENT_TIMEOUT.as_secs() as u32),
             ..AgentConfig::default()
         };
+        // The built-in VMM where this build has it and KVM passes its probe, else QEMU.
+        let default_vmm = kata_hypervisor::kvm::default_hypervisor().kind;
         SandboxBuilder {
             id: None,
-            hypervisor_type: HypervisorType::default(),
-            hypervisor: HypervisorConfig::default(),
+            hypervisor_type: default_vmm,
+            hypervisor: kata_hypervisor::kvm::DefaultHypervisor::section(default_vmm),
             agent,
             runtime: RuntimeConfig::default(),
             root_dir: PathBuf::from(DEFAULT_ROOT_DIR),
@@ -295,8 +298,14 @@ impl SandboxBuilder {
         self
     }
 
-    /// Chooses the VMM; its `[hypervisor.*]` section keeps the values set so far.
+    /// Chooses the VMM; its `[hypervisor.*]` section keeps the values set so far (a section
+    /// still at the previous VMM's defaults takes the new VMM's).
     pub fn hypervisor(mut self, kind: HypervisorType) -> Self {
+        // A section still at the previous VMM's defaults takes the new one's.
+        use kata_hypervisor::kvm::DefaultHypervisor;
+        if self.hypervisor == DefaultHypervisor::section(self.hypervisor_type) {
+            self.hypervisor = DefaultHypervisor::section(kind);
+        }
         self.hypervisor_type = kind;
         self
     }
@@ -602,6 +611,30 @@ impl SandboxBuilder {
 mod tests {
     use super::*;
     use kata_resource::network::InternetworkingModel;
+
+    #[test]
+    fn the_default_vmm_follows_the_probe_and_a_chosen_vmm_gets_its_own_defaults() {
+        use kata_hypervisor::config::SharedFs;
+        let b = SandboxBuilder::new();
+        assert_eq!(
+            b.hypervisor_type,
+            kata_hypervisor::kvm::default_hypervisor().kind
+        );
+        // An untouched section follows the VMM chosen: the built-in VMM's own share.
+        let b = b.hypervisor(HypervisorType::Dragonball);
+        assert_eq!(b.config().shared_fs, SharedFs::InlineVirtioFs);
+        let b = b.hypervisor(HypervisorType::Qemu);
+        assert_eq!(b.config(), &HypervisorConfig::default());
+        // A section set by the caller keeps what was set.
+        let b = SandboxBuilder::new()
+            .hypervisor(HypervisorType::Qemu)
+            .vcpus(2)
+            .hypervisor(HypervisorType::Dragonball);
+        assert_eq!(
+            (b.config().default_vcpus, b.config().shared_fs),
+            (2, SharedFs::VirtioFs)
+        );
+    }
 
     #[test]
     fn vfio_mode_takes_effect_and_is_not_listed_as_inert() {

@@ -178,6 +178,7 @@ fn check_passes_when_everything_needed_is_there() {
         "virtiofsd",
         "guest image",
         "ready",
+        "default hypervisor",
     ] {
         assert!(stdout.contains(needle), "`{needle}` missing:\n{stdout}");
     }

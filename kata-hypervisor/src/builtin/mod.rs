@@ -9,7 +9,9 @@
 //! itself with inline virtio-fs (`shared_fs = "inline-virtio-fs"`, Kata's default for this
 //! section: fuse-backend-rs' passthrough filesystem in this process, no virtiofsd); takes the
 //! pod network as virtio-net NICs on the taps kata-resource made (their open queues); puts its
-//! vCPU and device threads in the sandbox's host cgroup ([`Hypervisor::in_process_threads`]).
+//! vCPU and device threads in the sandbox's host cgroup ([`Hypervisor::in_process_threads`]);
+//! gives the guest a virtio console (`console=hvc0`, the agent's stdio) beside the serial port,
+//! and [`Hypervisor::console_tail`] reads it.
 //! What it does not: VFIO, hot-plug, pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
 //! cannot run it, with the probe's reason.
 
@@ -41,8 +43,11 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// The hybrid vsock socket's name in the VM directory.
 pub const VSOCK_SOCKET: &str = "kata.hvsock";
 /// The kernel parameters the backend passes before `kernel_params` (the VMM adds its own
-/// `reboot=k panic=1 pci=off` and the virtio-mmio devices).
-pub const BASE_KERNEL_PARAMS: &str = "console=ttyS0 tsc=reliable no_timer_check \
+/// `reboot=k panic=1 pci=off` and the virtio-mmio devices). The kernel prints on both consoles
+/// and `/dev/console` (the agent's stdio, its log lines) is the last, `hvc0`: the virtio
+/// console, whose output costs no VM exit per byte; the serial port keeps the boot's first
+/// lines in case the virtio console never comes up.
+pub const BASE_KERNEL_PARAMS: &str = "console=ttyS0 console=hvc0 tsc=reliable no_timer_check \
 rcupdate.rcu_expedited=1 cryptomgr.notests net.ifnames=0";
 const NAME: &str = "dragonball";
 const LOG_LINES_IN_ERRORS: usize = 20;
@@ -100,6 +105,8 @@ pub struct Builtin {
     vm: Mutex<Option<Vm>>,
     watcher: Mutex<Option<ExitWatcher>>,
     console: Mutex<Option<ConsoleSink>>,
+    /// The virtio console's (`hvc0`): the guest's console once its driver is up.
+    hvc: Mutex<Option<ConsoleSink>>,
     state: Mutex<VmState>,
 }
 
@@ -139,6 +146,7 @@ impl Builtin {
             vm: Mutex::new(None),
             watcher: Mutex::new(None),
             console: Mutex::new(None),
+            hvc: Mutex::new(None),
             state: Mutex::new(VmState::New),
         })
     }
@@ -199,7 +207,8 @@ impl Builtin {
             .vcpus(self.config.default_vcpus as u8)
             .memory_mib(u64::from(self.config.default_memory))
             .cmdline(Self::kernel_cmdline(&self.config))
-            .vsock(self.uds());
+            .vsock(self.uds())
+            .virtio_console(true);
         if let Some(i) = initrd {
             b = b.initramfs(i);
         }
@@ -331,6 +340,7 @@ impl Hypervisor for Builtin {
         };
         *lock(&self.watcher) = Some(vm.exit_watcher());
         *lock(&self.console) = Some(vm.console_sink());
+        *lock(&self.hvc) = vm.virtio_console();
         *lock(&self.vm) = Some(vm);
         self.set_state(VmState::Running);
         Ok(())
@@ -472,10 +482,14 @@ impl Hypervisor for Builtin {
     }
 
     fn console_tail(&self, n: usize) -> Vec<String> {
-        lock(&self.console)
+        // The virtio console once the guest wrote on it (it has the kernel's log from the start,
+        // replayed when `hvc0` registers, and the agent's lines), else the serial port's.
+        let hvc = lock(&self.hvc)
             .as_ref()
-            .map(|c| printable_lines(&c.contents(), n))
-            .unwrap_or_default()
+            .map(|c| c.contents())
+            .filter(|bytes| !bytes.is_empty());
+        let bytes = hvc.or_else(|| lock(&self.console).as_ref().map(|c| c.contents()));
+        bytes.map(|b| printable_lines(&b, n)).unwrap_or_default()
     }
 
     async fn wait_exit(&self) -> String {

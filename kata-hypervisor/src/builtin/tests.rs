@@ -103,7 +103,7 @@ fn the_agent_is_on_the_vms_hybrid_vsock_and_params_follow_ours() {
     );
     let line = Builtin::kernel_cmdline(&c);
     assert!(
-        line.starts_with("console=ttyS0") && line.ends_with("quiet agent.log=debug"),
+        line.starts_with("console=ttyS0 console=hvc0") && line.ends_with("quiet agent.log=debug"),
         "{line}"
     );
     assert!(b.pids().is_empty(), "in-process: no pid to move or kill");
@@ -162,4 +162,33 @@ async fn a_pod_nic_is_taken_on_its_open_tap_queue_and_refused_without_one() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("network_queues"), "{e}");
+}
+
+#[test]
+fn the_console_tail_is_the_virtio_consoles_once_the_guest_wrote_on_it() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Builtin::new(
+        "x",
+        HypervisorConfig::defaults_for(HypervisorType::Dragonball),
+        dir.path(),
+    )
+    .unwrap();
+    assert!(b.console_tail(5).is_empty(), "no VM: no console");
+    let (mut serial, mut hvc) = (ConsoleSink::new(4096), ConsoleSink::new(4096));
+    *lock(&b.console) = Some(serial.clone());
+    *lock(&b.hvc) = Some(hvc.clone());
+    serial.write_all(b"early boot line\n").unwrap();
+    assert_eq!(
+        b.console_tail(5),
+        vec!["early boot line"],
+        "hvc0 not up yet"
+    );
+    hvc.write_all(b"early boot line\nkata-agent serving\n")
+        .unwrap();
+    assert_eq!(
+        b.console_tail(1),
+        vec!["kata-agent serving"],
+        "the agent's line is on hvc0 only"
+    );
 }

@@ -52,7 +52,9 @@ use std::path::Path;
 pub use kata_agent_client::config::{AgentConfig, MemAgentConfig, AGENT_SECTION_NAMES};
 pub use kata_hypervisor::config::{HypervisorConfig, HypervisorType};
 /// Whether the built-in VMM can run on this host (for `shim-ctl check`).
-pub use kata_hypervisor::kvm::{probe_builtin_vmm, BuiltinVmmProbe};
+pub use kata_hypervisor::kvm::{
+    default_hypervisor, probe_builtin_vmm, BuiltinVmmProbe, DefaultHypervisor,
+};
 use serde::{Deserialize, Serialize};
 
 pub use annotations::{IgnoredAnnotation, ANNOTATION_PREFIX};

@@ -35,6 +35,7 @@ pub use run::{ExitWatcher, Vm, VmExit, VmThreadIds};
 
 use crate::devices::legacy::{ConsoleSink, ExitEvent, LegacyBus, SerialConsole, I8042};
 use crate::devices::virtio::block::{Block, BlockConfig};
+use crate::devices::virtio::console::Console;
 use crate::devices::virtio::fs::Fs;
 pub use crate::devices::virtio::fs::FsConfig;
 use crate::devices::virtio::mmio::{MmioSlot, MmioTransport};
@@ -85,8 +86,11 @@ pub struct VmConfig {
     pub fs: Vec<FsConfig>,
     /// NICs on host taps (virtio-net), in the order the guest sees them (`eth0`, ...).
     pub net: Vec<NetConfig>,
-    /// How many bytes of the serial console are kept.
+    /// How many bytes of the serial console (and of the virtio console) are kept.
     pub console_capacity: usize,
+    /// A virtio console (the guest's `hvc0`, for `console=hvc0`), written into a sink of its
+    /// own ([`Vm::virtio_console`]).
+    pub virtio_console: bool,
 }
 
 /// Builds a [`VmConfig`] and starts the VM.
@@ -111,6 +115,7 @@ impl VmBuilder {
                 fs: Vec::new(),
                 net: Vec::new(),
                 console_capacity: DEFAULT_CONSOLE_CAPACITY,
+                virtio_console: false,
             },
         }
     }
@@ -174,6 +179,13 @@ impl VmBuilder {
     /// Adds a NIC on an open tap queue (virtio-net).
     pub fn net(mut self, nic: NetConfig) -> Self {
         self.config.net.push(nic);
+        self
+    }
+
+    /// Adds a virtio console (the guest's `hvc0`); the command line chooses the console
+    /// (`console=hvc0`).
+    pub fn virtio_console(mut self, on: bool) -> Self {
+        self.config.virtio_console = on;
         self
     }
 
@@ -241,6 +253,17 @@ impl VmBuilder {
             let notify = dup_notify(dev.notify_evt())?;
             devices.push((slot, Box::new(dev), notify));
         }
+        // The virtio console last: the other devices keep their windows with or without it.
+        let hvc = if c.virtio_console {
+            let sink = ConsoleSink::new(c.console_capacity);
+            let slot = MmioSlot::nth(devices.len() as u32)?;
+            let dev = Console::new(sink.clone())?;
+            let notify = dup_notify(dev.notify_evt())?;
+            devices.push((slot, Box::new(dev), notify));
+            Some(sink)
+        } else {
+            None
+        };
 
         let mut cmdline = loader::cmdline(BASE_CMDLINE)?;
         if !c.cmdline.is_empty() {
@@ -298,6 +321,7 @@ impl VmBuilder {
             entry: kernel.entry,
             cmdline: cmdline_text,
             console,
+            hvc,
             exit_evt,
             serial_irq_fd,
             legacy,
@@ -332,6 +356,7 @@ pub struct PreparedVm {
     pub(crate) entry: vm_memory::GuestAddress,
     pub(crate) cmdline: String,
     pub(crate) console: ConsoleSink,
+    pub(crate) hvc: Option<ConsoleSink>,
     pub(crate) exit_evt: ExitEvent,
     pub(crate) serial_irq_fd: vmm_sys_util::eventfd::EventFd,
     pub(crate) legacy: LegacyBus,

@@ -145,6 +145,7 @@ pub struct Vm {
     thread_ids: VmThreadIds,
     shared: Arc<Shared>,
     console: ConsoleSink,
+    hvc: Option<ConsoleSink>,
     vcpu_threads: Vec<JoinHandle<()>>,
     event_thread: Option<JoinHandle<()>>,
     /// Closed (with the devices, the memory and the vsock socket) once the threads are joined.
@@ -258,6 +259,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         thread_ids: VmThreadIds::default(),
         shared: shared.clone(),
         console: p.console,
+        hvc: p.hvc,
         vcpu_threads: Vec::new(),
         event_thread: None,
         resources: Some(Resources {
@@ -361,6 +363,12 @@ impl Vm {
     /// The console sink (shared: it keeps filling while the VM runs).
     pub fn console_sink(&self) -> ConsoleSink {
         self.console.clone()
+    }
+
+    /// The virtio console's sink (the guest's `hvc0`), when the VM has one
+    /// ([`super::VmBuilder::virtio_console`]).
+    pub fn virtio_console(&self) -> Option<ConsoleSink> {
+        self.hvc.clone()
     }
 
     /// A handle that waits for the VM's end from another thread.

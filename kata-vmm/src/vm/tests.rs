@@ -77,6 +77,47 @@ fn a_guest_is_laid_out_with_its_devices_on_the_command_line() {
 }
 
 #[test]
+fn a_virtio_console_comes_last_with_a_sink_of_its_own() {
+    let Some((kernel, initrd)) = guest_image() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = VmBuilder::new(&kernel)
+        .initramfs(&initrd)
+        .cmdline("console=hvc0")
+        .vsock(dir.path().join("vsock.uds"))
+        .virtio_console(true)
+        .prepare()
+        .unwrap();
+    assert!(
+        p.cmdline().ends_with(
+            "console=hvc0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        ),
+        "{}",
+        p.cmdline()
+    );
+    let mut id = [0u8; 4];
+    // The DeviceID register of the last window.
+    p.devices
+        .last()
+        .unwrap()
+        .transport
+        .lock()
+        .unwrap()
+        .read(0x8, &mut id);
+    assert_eq!(
+        u32::from_le_bytes(id),
+        crate::devices::virtio::console::VIRTIO_ID_CONSOLE
+    );
+    assert!(p.hvc.is_some());
+    let p = VmBuilder::new(&kernel)
+        .initramfs(&initrd)
+        .prepare()
+        .unwrap();
+    assert!(p.hvc.is_none() && p.devices.is_empty());
+}
+
+#[test]
 fn bad_input_fails_before_a_vm_exists_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vsock.uds");

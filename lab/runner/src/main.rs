@@ -24,6 +24,8 @@ use kata_sandbox::{ContainerSpec, Sandbox};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod allow_list;
+mod console;
+mod default_vmm;
 mod pod_net;
 mod vfio;
 
@@ -299,6 +301,13 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
         })
         .await;
     if vmm == Vmm::Builtin {
+        checks
+            .run(
+                "console",
+                limit,
+                console::guest_line_on_the_virtio_console(&sandbox, rootfs),
+            )
+            .await;
         checks.report("threads-confined", vmm_threads_confined());
         checks.report("threads-allow-list", allow_list::vmm_threads_refuse());
         checks.report(
@@ -344,6 +353,14 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
                 "pod-network",
                 Duration::from_secs(360),
                 pod_net::builtin_pod_network(rootfs, ROOT_DIR),
+            )
+            .await;
+        checks.report("default-vmm", default_vmm::builtin_is_the_default());
+        checks
+            .run(
+                "dragonball-config",
+                Duration::from_secs(360),
+                default_vmm::dragonball_config_runs(rootfs, ROOT_DIR),
             )
             .await;
     }

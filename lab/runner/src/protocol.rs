@@ -54,6 +54,9 @@ pub const VMM_CHECKS: &[&str] = &[
     "stdin-cat",
     // A file written into the rootfs on L1, read in the container through the shared fs.
     "shared-fs-read",
+    // Built-in only: the agent's line, printed on the guest's /dev/console (hvc0), is read
+    // back through kata-vmm's virtio console.
+    "console",
     // Built-in only: every vCPU and device thread of the in-process VMM runs under its seccomp
     // filter (`Seccomp: 2`, `NoNewPrivs: 1`), the runner's own main thread does not.
     "threads-confined",
@@ -69,6 +72,12 @@ pub const VMM_CHECKS: &[&str] = &[
     // Built-in only: a container in a VM on a pod network (a veth pair's `eth0` in a pod
     // namespace, joined to a tap by tc) reaches the peer end: kata-vmm's virtio-net.
     "pod-network",
+    // Built-in only: where KVM passes the built-in VMM's probe it is the default hypervisor
+    // (a builder with nothing configured starts from [hypervisor.dragonball]).
+    "default-vmm",
+    // Built-in only: a sandbox from config/configuration-dragonball.toml as shipped boots and
+    // runs a container that sees the file's default_memory.
+    "dragonball-config",
 ];
 
 /// The [`VMM_CHECKS`] only the QEMU backend runs.
@@ -77,10 +86,13 @@ pub const QEMU_ONLY_CHECKS: &[&str] = &["vhost-vsock"];
 /// The [`VMM_CHECKS`] only the built-in VMM runs (QEMU's confinement is a filter on its whole
 /// process, tested in kata-hypervisor).
 pub const BUILTIN_ONLY_CHECKS: &[&str] = &[
+    "console",
     "threads-confined",
     "threads-allow-list",
     "threads-cgroup",
     "pod-network",
+    "default-vmm",
+    "dragonball-config",
 ];
 
 /// The figure comparing the two VMMs' boot-to-agent-ready times (built-in / QEMU, issue 11's

@@ -9,6 +9,7 @@
 
 pub mod block;
 pub mod chain;
+pub mod console;
 pub mod fs;
 pub mod mmio;
 pub mod net;
