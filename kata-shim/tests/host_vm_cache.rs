@@ -360,3 +360,57 @@ async fn a_cache_that_is_down_or_a_pod_it_does_not_fit_means_a_fresh_boot() {
     );
     f.assert_nothing_left();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cache_cleans_up_the_cached_sandboxes_a_dead_one_left_not_taken_ones() {
+    let f = Fixture::new(1);
+    // What a cache SIGKILLed leaves: a detached cached sandbox (its agent runs on), and one
+    // a shim took over (it names the pod's id).
+    let builder = || {
+        kata_shim::runtime_options::sandbox_builder_from(Some(&f.config), [])
+            .unwrap()
+            .root_dir(f.root())
+    };
+    let orphan = builder().id("vmcache-orphan").build().await.unwrap();
+    let orphan_pids = orphan.host_pids();
+    orphan.detach().await.unwrap();
+    let taken = builder().id("vmcache-taken").build().await.unwrap();
+    taken.detach().await.unwrap();
+    let taken = kata_sandbox::Sandbox::take_over_as(
+        f.root().join("vmcache-taken"),
+        kata_sandbox::handover::Rekey::new("some-pod").unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(!orphan_pids.is_empty());
+
+    let cache = f.cache(1);
+    assert!(
+        !f.root().join("vmcache-orphan").exists(),
+        "the orphan's directory is left"
+    );
+    for pid in &orphan_pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "the orphan's process {pid} runs on"
+        );
+    }
+    assert!(taken.death().is_none(), "the taken sandbox was touched");
+    assert_eq!(
+        sandbox_dir(&f.root(), "some-pod"),
+        f.root().join("vmcache-taken")
+    );
+    taken.shutdown().await.unwrap();
+    cache.wait_filled().await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tx.send(()).unwrap();
+    cache
+        .serve(async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    f.assert_nothing_left();
+}

@@ -56,6 +56,13 @@ impl VmCache {
             what: format!("creating the sandbox root {}", root.display()),
             source: e,
         })?;
+        let reaped = reap_orphans(root);
+        if !reaped.is_empty() {
+            tracing::warn!(
+                ?reaped,
+                "cleaned up the cached VMs a previous kata-vm-cache left"
+            );
+        }
         let pool =
             SandboxPool::with_id_prefix(template.root_dir(root), number as usize, ID_PREFIX)?;
         Ok(VmCache {
@@ -176,6 +183,40 @@ impl VmCache {
             },
         }
     }
+}
+
+/// Cleans up what a cache that died (SIGKILL, a crash) left under `root`: each `vmcache-*`
+/// directory whose `state.json` still names a `vmcache-` id (never handed over) or is
+/// unreadable (a boot cut short), with its VMM and helpers ([`kata_sandbox::persist::cleanup`]
+/// kills only processes whose command line names the directory). A sandbox taken over by a
+/// shim names the pod's id and is left alone. One cache serves a root. Returns the names
+/// cleaned up.
+pub fn reap_orphans(root: &Path) -> Vec<String> {
+    let mut reaped = Vec::new();
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(ID_PREFIX) {
+            continue;
+        }
+        let Ok(dir) = kata_resource::safe_child(root, name) else {
+            continue;
+        };
+        let orphan = match kata_sandbox::persist::SandboxState::load(&dir) {
+            Ok(state) => state.id.starts_with(ID_PREFIX),
+            Err(_) => true,
+        };
+        if !orphan {
+            continue;
+        }
+        match kata_sandbox::persist::cleanup(&dir) {
+            Ok(_) => reaped.push(name.to_string()),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cleaning up a cached VM left by a previous cache")
+            }
+        }
+    }
+    reaped
 }
 
 /// Binds the endpoint 0600: a stale socket (nobody answers) is replaced, a live one refused.
