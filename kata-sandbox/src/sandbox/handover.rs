@@ -108,3 +108,34 @@ impl Sandbox {
         Ok(sandbox)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bad_id_or_a_directory_without_state_is_refused_touching_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vmcache-x");
+        std::fs::create_dir(&dir).unwrap();
+        let e = Sandbox::take_over_as(&dir, Rekey::new("../pod").unwrap())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("sandbox id"), "{e}");
+        let e = Sandbox::take_over_as(&dir, Rekey::new("pod").unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::NotFound { .. }), "{e}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_guest_hostname_is_the_pods_or_the_ids_first_12_characters() {
+        let r = Rekey::new("0123456789abcdef").unwrap();
+        assert_eq!(r.entropy.len(), RESEED_BYTES);
+        assert_eq!(r.guest_hostname(), "0123456789ab");
+        assert_eq!(r.clone().hostname("web").guest_hostname(), "web");
+        // Fresh entropy each time.
+        assert_ne!(r.entropy, Rekey::new("x").unwrap().entropy);
+    }
+}
