@@ -6,17 +6,17 @@
 //! resources with virtiofsd, the vsock helper, VMM spawn, agent connect, CreateSandbox). The
 //! guest boot (VMM running to the agent's port answering) is split with the guest's own clock:
 //!
-//! * **firmware**: VMM running (QMP answers) to the kernel's clock start. The kernel's start
-//!   in host time is the host time of a `GetMetrics` answer minus the guest's uptime in it:
-//!   CPU 0's time in every mode of `/proc/stat` (10 ms ticks), corrected by the offset between
-//!   `/proc/uptime` and that sum read together in a container afterwards (CPU time is
-//!   accounted from later in the boot than the clock runs). Error: the call's half round
-//!   trip, a tick, and the gap between the kernel log's clock and uptime (tens of ms).
 //! * **kernel to /init**: the kernel log's timestamp of `Run /init as init process` (read
-//!   with `dmesg` in a container; the guest kernel does not restrict dmesg).
-//! * **/init to agent**: from there to the host's first successful dial of the agent port.
+//!   with `dmesg` in a container; the guest kernel does not restrict dmesg). Exact, on the
+//!   guest's clock.
+//! * **firmware + agent start**: the rest of the guest boot (VMM running to the host's first
+//!   successful dial of the agent port, which polls every 50 ms): SeaBIOS, the kernel's
+//!   decompression, and `/init` (the agent) until it serves. The host cannot place the
+//!   kernel's start on its clock precisely enough to split these two (the guest's uptime read
+//!   back through a container or `GetMetrics` was off by hundreds of ms under load).
 //!
-//! `KATA_RS_PHASE_DMESG=1` prints each boot's kernel log too.
+//! `KATA_RS_PHASE_DMESG=1` prints each boot's kernel log too; `KATA_RS_PHASE_KERNEL_PARAMS`
+//! appends guest kernel parameters (to compare command lines, or `initcall_debug`).
 //!
 //! `cargo bench -p kata-benches --bench boot_phases`; prints the split and writes
 //! `boot_phases.json` for `make bench-report`.
@@ -31,14 +31,13 @@ use kata_benches::busybox_rootfs;
 use kata_sandbox::{ContainerSpec, Sandbox};
 
 /// The phases of one boot, in milliseconds, in order.
-const PHASES: [&str; 9] = [
+const PHASES: [&str; 8] = [
     "config and validation",
     "host resources",
     "helpers",
     "VMM spawn",
-    "firmware",
+    "firmware + agent start",
     "kernel to /init",
-    "/init to agent",
     "agent connect",
     "CreateSandbox",
 ];
@@ -49,6 +48,9 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let rootfs = busybox_rootfs();
     let root = tempfile::tempdir().unwrap();
+    // Extra guest kernel parameters, to compare command lines (`initcall_debug` puts every
+    // initcall's duration in the kernel log `KATA_RS_PHASE_DMESG` prints).
+    let kernel_params = std::env::var("KATA_RS_PHASE_KERNEL_PARAMS").unwrap_or_default();
     let load_before = host_load();
     let mut all: Vec<Vec<f64>> = Vec::new();
     let mut totals = Vec::new();
@@ -58,28 +60,16 @@ fn main() {
             let sb = Sandbox::builder()
                 .memory_mib(256)
                 .root_dir(root.path())
+                .kernel_params(&kernel_params)
                 .build()
                 .await
                 .expect("a sandbox");
             let total = t.elapsed();
             let bt = sb.boot_timings();
-            let h0 = t.elapsed();
-            let metrics = sb.metrics().await;
-            let h1 = t.elapsed();
-            let cpu0 = cpu0_seconds(&metrics).expect("the guest's CPU time in GetMetrics");
             let out = sb
-                .run(ContainerSpec::from_rootfs_dir(&rootfs).args([
-                    "sh",
-                    "-c",
-                    "cat /proc/uptime /proc/stat; dmesg",
-                ]))
+                .run(ContainerSpec::from_rootfs_dir(&rootfs).args(["dmesg"]))
                 .await
-                .expect("uptime, stat and dmesg in the sandbox");
-            // CPU 0's accounted time starts later than the kernel's clock: the offset, read
-            // in one `cat` (both files within microseconds), corrects the GetMetrics figure.
-            let offset = uptime_offset(&out.stdout_str()).unwrap_or(0.0);
-            let uptime = cpu0 + offset;
-            let kernel_start = (h0 + h1) / 2 - Duration::from_secs_f64(uptime);
+                .expect("dmesg in the sandbox");
             let init_at = run_init_timestamp(&out.stdout_str());
             if std::env::var_os("KATA_RS_PHASE_DMESG").is_some() {
                 println!("{}", out.stdout_str());
@@ -90,19 +80,18 @@ fn main() {
             let v = |d: Duration| ms(d);
             let vmm_running = bt.validation + bt.vmm_running;
             let answering = bt.validation + bt.guest_answering;
-            let firmware = ms(kernel_start) - ms(vmm_running);
-            let (to_init, init_to_agent) = match init_at {
-                Some(s) => (s * 1e3, ms(answering) - ms(kernel_start) - s * 1e3),
-                None => (f64::NAN, ms(answering) - ms(kernel_start)),
-            };
+            // VMM running to the agent's port answering (host clock) less kernel to /init
+            // (the guest's clock): firmware, kernel decompression and the agent's start.
+            let guest = ms(answering) - ms(vmm_running);
+            let to_init = init_at.map_or(f64::NAN, |s| s * 1e3);
+            let rest = guest - to_init.max(0.0);
             let row = vec![
                 v(host[0].1),
                 v(host[1].1),
                 v(host[2].1),
                 v(host[3].1),
-                firmware,
+                rest,
                 to_init,
-                init_to_agent,
                 v(host[5].1),
                 v(host[6].1),
             ];
@@ -149,56 +138,9 @@ fn main() {
             "host_before": load_before,
             "host_after": host_load(),
             "memory_mib": 256,
+            "extra_kernel_params": kernel_params,
         }),
     );
-}
-
-/// The guest's uptime in seconds: CPU 0's time in every mode (`guest` modes are inside
-/// `user` already) from the `kata_guest_cpu_seconds_total` lines of the metrics text.
-fn cpu0_seconds(metrics: &str) -> Option<f64> {
-    const MODES: [&str; 8] = [
-        "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
-    ];
-    let mut sum = 0.0;
-    let mut seen = false;
-    for line in metrics.lines() {
-        let Some(rest) = line.strip_prefix("kata_guest_cpu_seconds_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.split_once('}') else {
-            continue;
-        };
-        if !labels.contains("cpu=\"cpu0\"") {
-            continue;
-        }
-        if MODES
-            .iter()
-            .any(|m| labels.contains(&format!("mode=\"{m}\"")))
-        {
-            sum += value.trim().parse::<f64>().ok()?;
-            seen = true;
-        }
-    }
-    seen.then_some(sum)
-}
-
-/// `/proc/uptime` minus CPU 0's time in `/proc/stat` (USER_HZ = 100), from one `cat` of both.
-fn uptime_offset(text: &str) -> Option<f64> {
-    let uptime: f64 = text
-        .lines()
-        .next()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let cpu0 = text.lines().find(|l| l.starts_with("cpu0 "))?;
-    let ticks: f64 = cpu0
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|v| v.parse::<f64>().ok())
-        .sum();
-    Some(uptime - ticks / 100.0)
 }
 
 /// The kernel log's timestamp (seconds since the kernel's clock start) of starting `/init`.

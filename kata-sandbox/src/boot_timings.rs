@@ -10,15 +10,15 @@
 //! | helpers | the VMM's helper processes are ready (vhost-device-vsock created its socket; zero with the kernel's vhost-vsock) |
 //! | VMM spawn | the VMM runs and answers on its control socket (QEMU: QMP after the console reader attached; the guest runs from here) |
 //! | guest boot | the guest agent's port first accepts a connection (firmware, kernel, `/init`, agent start) |
-//!
-//! `vm_started` (the hypervisor's start returned) lies inside the guest boot: QEMU's start
-//! also waits for the guest driver to start the vsock device.
 //! | agent connect | the ttRPC connection is made and answers |
 //! | CreateSandbox | the pod network is in the guest and `CreateSandbox` returned |
 //!
-//! The guest boot phase cannot be split from the host alone; `benches/boot_phases.rs` splits it
-//! into firmware, kernel to `/init` and `/init` to agent with the guest's own clock (its uptime
-//! at a known host time and the kernel log's timestamp of starting `/init`).
+//! `vm_started` (the hypervisor's start returned) lies inside the guest boot: QEMU's start
+//! also waits for the guest driver to start the vsock device.
+//!
+//! The guest boot phase cannot be split from the host alone; `benches/boot_phases.rs` takes
+//! kernel to `/init` out of it with the guest's own clock (the kernel log's timestamp of
+//! starting `/init`), leaving firmware and the agent's start.
 
 use std::time::Duration;
 
