@@ -17,12 +17,18 @@
 //! directory).
 
 use std::collections::HashMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
+use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::mount::{umount2, MntFlags};
+use nix::sys::stat::{fchmod, mkdirat, Mode};
+use nix::unistd::{fchown, fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
 use crate::error::{AgentError, Result};
 use crate::mount::{mount_with, MountOptions};
@@ -126,22 +132,117 @@ fn scan(source: &Path) -> std::result::Result<HashMap<PathBuf, Seen>, ScanError>
     Ok(out)
 }
 
-/// Copies one entry (not a directory) from `from` to `to`: a file rewritten in place, a
-/// symlink made again; owner and mode as the source's.
-fn copy_entry(from: &Path, to: &Path) -> std::io::Result<()> {
-    let meta = std::fs::symlink_metadata(from)?;
-    if meta.file_type().is_symlink() {
-        match std::fs::remove_file(to) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)?;
-    } else {
-        std::fs::copy(from, to)?;
-        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+/// Opens directory `rel` below `base` (empty: `base` itself) one component at a time, never
+/// following a symlink: a container that can write in its copy cannot make the agent write
+/// or delete outside it by planting a link.
+fn open_dir_nofollow(base: &Path, rel: &Path) -> std::io::Result<OwnedFd> {
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
+    let mut fd = nix::fcntl::open(base, flags, Mode::empty())?;
+    for c in rel.components() {
+        let Component::Normal(name) = c else {
+            return Err(std::io::Error::other(format!(
+                "{} is not a plain relative path",
+                rel.display()
+            )));
+        };
+        fd = openat(fd.as_fd(), name, flags, Mode::empty())?;
     }
-    std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))
+    Ok(fd)
+}
+
+/// Where an entry of the copy is: its directory (opened without following links) and its
+/// name. `rel` empty: the copy itself, in the tmpfs root.
+fn place(target: &Path, rel: &Path) -> std::io::Result<(OwnedFd, OsString)> {
+    let (base, parent, name) = if rel.as_os_str().is_empty() {
+        (
+            target.parent().unwrap_or(Path::new("/")),
+            Path::new(""),
+            target.file_name(),
+        )
+    } else {
+        (
+            target,
+            rel.parent().unwrap_or(Path::new("")),
+            rel.file_name(),
+        )
+    };
+    let name = name
+        .ok_or_else(|| std::io::Error::other(format!("{} has no name", rel.display())))?
+        .to_os_string();
+    Ok((open_dir_nofollow(base, parent)?, name))
+}
+
+/// Copies one entry from `from` to its place in the copy: a directory made, a file rewritten
+/// in place (a bind of it sees the new content), a symlink made again; owner and mode as the
+/// source's. Nothing is followed on the copy's side.
+fn copy_entry(from: &Path, target: &Path, rel: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(from)?;
+    let (dir, name) = place(target, rel)?;
+    let (uid, gid) = (
+        Some(Uid::from_raw(meta.uid())),
+        Some(Gid::from_raw(meta.gid())),
+    );
+    let mode = Mode::from_bits_truncate(meta.mode() & 0o7777);
+    if meta.file_type().is_symlink() {
+        match unlinkat(dir.as_fd(), name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        symlinkat(&std::fs::read_link(from)?, dir.as_fd(), name.as_os_str())?;
+        fchownat(
+            dir.as_fd(),
+            name.as_os_str(),
+            uid,
+            gid,
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        return Ok(());
+    }
+    if meta.is_dir() {
+        match mkdirat(dir.as_fd(), name.as_os_str(), mode) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let made = openat(
+            dir.as_fd(),
+            name.as_os_str(),
+            OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
+            Mode::empty(),
+        )?;
+        fchmod(made.as_fd(), mode)?;
+        fchown(made.as_fd(), uid, gid)?;
+        return Ok(());
+    }
+    let mut src = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(from)?;
+    let dst = openat(
+        dir.as_fd(),
+        name.as_os_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        mode,
+    )?;
+    let mut dst = std::fs::File::from(dst);
+    std::io::copy(&mut src, &mut dst)?;
+    fchmod(dst.as_fd(), mode)?;
+    fchown(dst.as_fd(), uid, gid)?;
+    Ok(())
+}
+
+/// Removes an entry (a directory with its contents) from the copy, following no link.
+fn remove_entry(target: &Path, rel: &Path) -> std::io::Result<()> {
+    let (dir, name) = place(target, rel)?;
+    match unlinkat(dir.as_fd(), name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::EISDIR) => {
+            // The directory is pinned by its descriptor: no link in the path is followed,
+            // and `remove_dir_all` does not follow links inside it.
+            let pinned = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+            std::fs::remove_dir_all(pinned.join(&name))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `base` joined with `rel`, `base` itself for the empty path (a join would add a `/`, which
@@ -173,12 +274,10 @@ impl Mirror {
         };
         for (rel, old) in &self.seen {
             if now.get(rel).map(|n| n.dir) != Some(old.dir) {
-                let t = self.target_of(rel);
-                let _ = if old.dir {
-                    std::fs::remove_dir_all(&t)
-                } else {
-                    std::fs::remove_file(&t)
-                };
+                if let Err(e) = remove_entry(&self.target, rel) {
+                    tracing::warn!(entry = %self.target_of(rel).display(), error = %e,
+                        "watchable storage: entry not removed");
+                }
             }
         }
         // Parents before children: shorter relative paths first.
@@ -187,19 +286,15 @@ impl Mirror {
             .filter(|(rel, n)| self.seen.get(*rel) != Some(*n))
             .collect();
         changed.sort_by_key(|(rel, _)| rel.components().count());
-        for (rel, n) in changed {
-            let (from, to) = (under(&self.source, rel), self.target_of(rel));
-            let r = if n.dir {
-                std::fs::create_dir_all(&to).and_then(|()| {
-                    let mode = std::fs::metadata(&from)?.mode() & 0o7777;
-                    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))
-                })
-            } else {
-                copy_entry(&from, &to)
-            };
-            if let Err(e) = r {
+        for (rel, _) in changed {
+            let from = under(&self.source, rel);
+            if let Err(e) = copy_entry(&from, &self.target, rel) {
                 return Err(AgentError::io(
-                    format!("mirror {} to {}", from.display(), to.display()),
+                    format!(
+                        "mirror {} to {}",
+                        from.display(),
+                        self.target_of(rel).display()
+                    ),
                     e,
                 ));
             }
@@ -458,6 +553,41 @@ mod tests {
 
         m.release();
         assert!(!dst.exists());
+    }
+
+    #[test]
+    fn links_planted_in_the_copy_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst, outside) = (
+            dir.path().join("src"),
+            dir.path().join("dst"),
+            dir.path().join("outside"),
+        );
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(src.join("sub/x"), "1").unwrap();
+        std::fs::write(outside.join("x"), "keep").unwrap();
+        let mut m = mirror(&src, &dst);
+        m.sync().unwrap();
+        // A writer of the copy swaps `sub` for a link to a directory outside it.
+        std::fs::remove_dir_all(dst.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&outside, dst.join("sub")).unwrap();
+        std::fs::write(src.join("sub/x"), "changed").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(src.join("sub/x"))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert!(m.sync().is_err(), "the link is refused, not followed");
+        std::fs::remove_dir_all(src.join("sub")).unwrap();
+        let _ = m.sync();
+        assert_eq!(
+            std::fs::read_to_string(outside.join("x")).unwrap(),
+            "keep",
+            "nothing outside the copy is written or removed"
+        );
     }
 
     #[test]
