@@ -128,6 +128,11 @@ fn main() {
             .join(", "),
         t[t.len() / 2]
     );
+    // `cargo test --benches` (one quick round) leaves a real run's figures alone.
+    if quick {
+        println!("boot_phases: a quick run (no --bench): figures not written");
+        return;
+    }
     write_json(
         "boot_phases",
         &serde_json::json!({

@@ -142,6 +142,11 @@ fn main() {
         r[r.len() / 2]
     );
 
+    // `cargo test --benches` (one quick round) leaves a real run's figures alone.
+    if quick {
+        println!("density: a quick run (no --bench): figures not written");
+        return;
+    }
     write_json(
         "density",
         &serde_json::json!({
