@@ -402,19 +402,20 @@ async fn guest_details_list_kata_storage_drivers() {
 /// stream ends with an empty answer, not an error; WaitProcess gives the exit code.
 #[tokio::test]
 async fn init_process_by_empty_exec_id_and_streams_end_empty() {
+    const CID: &str = "kc-init-process-by-empty-exec-id";
     require_host_agent!();
     let a = HostAgent::start().await;
     a.create_sandbox(Vec::new()).await.expect("CreateSandbox");
-    a.create_container("c1", &["sh", "-c", "echo out; echo err >&2; exit 3"])
+    a.create_container(CID, &["sh", "-c", "echo out; echo err >&2; exit 3"])
         .await;
-    a.start_container("c1").await;
+    a.start_container(CID).await;
     let (out, err) = tokio::join!(
-        a.read_to_kata_eof("c1", "", OutputStream::Stdout),
-        a.read_to_kata_eof("c1", "c1", OutputStream::Stderr)
+        a.read_to_kata_eof(CID, "", OutputStream::Stdout),
+        a.read_to_kata_eof(CID, CID, OutputStream::Stderr)
     );
     assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
-    assert_eq!(a.wait("c1", "").await.expect("WaitProcess"), 3);
-    a.remove("c1").await;
+    assert_eq!(a.wait(CID, "").await.expect("WaitProcess"), 3);
+    a.remove(CID).await;
     a.destroy().await;
 }
 
@@ -422,13 +423,14 @@ async fn init_process_by_empty_exec_id_and_streams_end_empty() {
 /// CloseStdin) and answers `len` 0.
 #[tokio::test]
 async fn write_stdin_with_no_data_closes_stdin() {
+    const CID: &str = "kc-write-stdin-with-no-data-closes-stdin";
     require_host_agent!();
     let a = HostAgent::start().await;
     a.create_sandbox(Vec::new()).await.expect("CreateSandbox");
-    a.create_container("c1", &["cat"]).await;
-    a.start_container("c1").await;
+    a.create_container(CID, &["cat"]).await;
+    a.start_container(CID).await;
     let mut w = WriteStreamRequest::new();
-    w.container_id = "c1".into();
+    w.container_id = CID.into();
     w.data = b"hello\n".to_vec();
     let resp = a.client.write_stdin(&w).await.expect("WriteStdin");
     assert_eq!(resp.len, 6);
@@ -439,14 +441,14 @@ async fn write_stdin_with_no_data_closes_stdin() {
         .await
         .expect("WriteStdin of nothing");
     assert_eq!(resp.len, 0);
-    let out = a.read_to_kata_eof("c1", "", OutputStream::Stdout).await;
+    let out = a.read_to_kata_eof(CID, "", OutputStream::Stdout).await;
     assert_eq!(out, "hello\n");
-    let status = tokio::time::timeout(Duration::from_secs(10), a.wait("c1", ""))
+    let status = tokio::time::timeout(Duration::from_secs(10), a.wait(CID, ""))
         .await
         .expect("cat saw the end of its stdin and exited")
         .expect("WaitProcess");
     assert_eq!(status, 0);
-    a.remove("c1").await;
+    a.remove(CID).await;
     a.destroy().await;
 }
 
@@ -455,15 +457,16 @@ async fn write_stdin_with_no_data_closes_stdin() {
 /// An unknown container is refused too.
 #[tokio::test]
 async fn exec_lifecycle_and_unknown_ids() {
+    const CID: &str = "kc-exec-lifecycle-and-unknown-ids";
     require_host_agent!();
     let a = HostAgent::start().await;
     a.create_sandbox(Vec::new()).await.expect("CreateSandbox");
-    a.create_container("c1", &["sleep", "30"]).await;
-    a.start_container("c1").await;
+    a.create_container(CID, &["sleep", "30"]).await;
+    a.start_container(CID).await;
 
     let err = a
         .client
-        .read_stdout(&HostAgent::read_req("c1", "e1"), None)
+        .read_stdout(&HostAgent::read_req(CID, "e1"), None)
         .await
         .expect_err("ReadStdout of an exec not launched yet");
     assert_eq!(code(&err), Some(Code::NOT_FOUND), "{err}");
@@ -482,15 +485,15 @@ async fn exec_lifecycle_and_unknown_ids() {
             .unwrap(),
     ));
     let mut req = ExecProcessRequest::new();
-    req.container_id = "c1".into();
+    req.container_id = CID.into();
     req.exec_id = "e1".into();
     req.process = spec::to_grpc(&holder).unwrap().Process;
     a.client.exec_process(&req).await.expect("ExecProcess");
-    let out = a.read_to_kata_eof("c1", "e1", OutputStream::Stdout).await;
+    let out = a.read_to_kata_eof(CID, "e1", OutputStream::Stdout).await;
     assert_eq!(out, "exec\n");
-    let _ = a.read_to_kata_eof("c1", "e1", OutputStream::Stderr).await;
-    assert_eq!(a.wait("c1", "e1").await.expect("WaitProcess"), 7);
-    let err = a.wait("c1", "e1").await.expect_err("a reaped exec is gone");
+    let _ = a.read_to_kata_eof(CID, "e1", OutputStream::Stderr).await;
+    assert_eq!(a.wait(CID, "e1").await.expect("WaitProcess"), 7);
+    let err = a.wait(CID, "e1").await.expect_err("a reaped exec is gone");
     assert_eq!(code(&err), Some(Code::NOT_FOUND), "{err}");
 
     // An unknown container: Kata answers INVALID_ARGUMENT ("invalid container id") for the
@@ -501,11 +504,11 @@ async fn exec_lifecycle_and_unknown_ids() {
 
     // SignalProcess with exec_id "" and SIGKILL: every process of the container.
     let mut sig = SignalProcessRequest::new();
-    sig.container_id = "c1".into();
+    sig.container_id = CID.into();
     sig.signal = libc::SIGKILL as u32;
     a.client.signal_process(&sig).await.expect("SignalProcess");
-    assert_eq!(a.wait("c1", "").await.expect("WaitProcess"), 137);
-    a.remove("c1").await;
+    assert_eq!(a.wait(CID, "").await.expect("WaitProcess"), 137);
+    a.remove(CID).await;
     a.destroy().await;
 }
 
@@ -514,13 +517,14 @@ async fn exec_lifecycle_and_unknown_ids() {
 /// `FAILED_PRECONDITION`, a documented difference).
 #[tokio::test]
 async fn stats_pause_resume_and_resize() {
+    const CID: &str = "kc-stats-pause-resume-and-resize";
     require_host_agent!();
     let a = HostAgent::start().await;
     a.create_sandbox(Vec::new()).await.expect("CreateSandbox");
-    a.create_container("c1", &["sleep", "30"]).await;
-    a.start_container("c1").await;
+    a.create_container(CID, &["sleep", "30"]).await;
+    a.start_container(CID).await;
     let mut stats = StatsContainerRequest::new();
-    stats.container_id = "c1".into();
+    stats.container_id = CID.into();
     let s = a
         .client
         .stats_container(&stats)
@@ -528,29 +532,29 @@ async fn stats_pause_resume_and_resize() {
         .expect("StatsContainer");
     assert!(s.cgroup_stats.is_some(), "cgroup stats are answered");
     let mut pause = PauseContainerRequest::new();
-    pause.container_id = "c1".into();
+    pause.container_id = CID.into();
     a.client
         .pause_container(&pause)
         .await
         .expect("PauseContainer");
     let mut resume = ResumeContainerRequest::new();
-    resume.container_id = "c1".into();
+    resume.container_id = CID.into();
     a.client
         .resume_container(&resume)
         .await
         .expect("ResumeContainer");
     let mut resize = TtyWinResizeRequest::new();
-    resize.container_id = "c1".into();
+    resize.container_id = CID.into();
     resize.row = 24;
     resize.column = 80;
     let err = a.client.tty_win_resize(&resize).await.expect_err("no tty");
     assert_eq!(code(&err), Some(Code::FAILED_PRECONDITION), "{err}");
     let mut sig = SignalProcessRequest::new();
-    sig.container_id = "c1".into();
+    sig.container_id = CID.into();
     sig.signal = libc::SIGKILL as u32;
     a.client.signal_process(&sig).await.expect("SignalProcess");
-    a.wait("c1", "").await.expect("WaitProcess");
-    a.remove("c1").await;
+    a.wait(CID, "").await.expect("WaitProcess");
+    a.remove(CID).await;
     a.destroy().await;
 }
 
@@ -654,25 +658,26 @@ async fn rpcs_kata_has_and_kata_rs_does_not_are_unimplemented() {
 /// `sleep` ends at once (137) rather than after the runtime's grace period.
 #[tokio::test]
 async fn sigterm_to_an_init_without_a_handler_ends_it() {
+    const CID: &str = "kc-sigterm-to-an-init-without-a-handler";
     require_host_agent!();
     let a = HostAgent::start().await;
     a.create_sandbox(Vec::new()).await.expect("CreateSandbox");
-    a.create_container("c1", &["sleep", "300"]).await;
-    a.start_container("c1").await;
+    a.create_container(CID, &["sleep", "300"]).await;
+    a.start_container(CID).await;
     let mut sig = SignalProcessRequest::new();
-    sig.container_id = "c1".into();
+    sig.container_id = CID.into();
     sig.signal = libc::SIGTERM as u32;
     a.client.signal_process(&sig).await.expect("SignalProcess");
-    let status = tokio::time::timeout(Duration::from_secs(10), a.wait("c1", ""))
+    let status = tokio::time::timeout(Duration::from_secs(10), a.wait(CID, ""))
         .await
         .ok()
         .map(|r| r.expect("WaitProcess"));
     if status.is_none() {
         sig.signal = libc::SIGKILL as u32;
         let _ = a.client.signal_process(&sig).await;
-        let _ = a.wait("c1", "").await;
+        let _ = a.wait(CID, "").await;
     }
-    a.remove("c1").await;
+    a.remove(CID).await;
     a.destroy().await;
     assert_eq!(
         status,
@@ -687,6 +692,7 @@ async fn sigterm_to_an_init_without_a_handler_ends_it() {
 /// container within a few seconds. RemoveContainer removes the copy and the tmpfs.
 #[tokio::test]
 async fn watchable_bind_mirrors_updates_into_the_container() {
+    const CID: &str = "kc-watchable-bind-mirrors-updates";
     require_host_agent!();
     let a = HostAgent::start().await;
     a.create_sandbox(Vec::new()).await.expect("CreateSandbox");
@@ -717,7 +723,7 @@ async fn watchable_bind_mirrors_updates_into_the_container() {
     );
     spec.set_mounts(Some(mounts));
     let mut req = CreateContainerRequest::new();
-    req.container_id = "c1".into();
+    req.container_id = CID.into();
     req.OCI = MessageField::some(spec::to_grpc(&spec).unwrap());
     req.storages = vec![storage(
         "watchable-bind",
@@ -731,12 +737,12 @@ async fn watchable_bind_mirrors_updates_into_the_container() {
             a.log()
         );
     }
-    a.start_container("c1").await;
+    a.start_container(CID).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     std::fs::write(source.join("key"), "new\n").unwrap();
-    let out = a.read_to_kata_eof("c1", "", OutputStream::Stdout).await;
-    let status = a.wait("c1", "").await.expect("WaitProcess");
-    a.remove("c1").await;
+    let out = a.read_to_kata_eof(CID, "", OutputStream::Stdout).await;
+    let status = a.wait(CID, "").await.expect("WaitProcess");
+    a.remove(CID).await;
     let mountinfo =
         std::fs::read_to_string(format!("/proc/{}/mountinfo", a.agent.id())).unwrap_or_default();
     a.destroy().await;
@@ -781,4 +787,70 @@ async fn create_sandbox_refuses_kernel_modules_and_guest_hooks_naming_them() {
         .await
         .expect("CreateSandbox without them");
     a.destroy().await;
+}
+
+/// A `watchable-bind` source past Kata's limits (more than 16 files) is bind mounted instead
+/// of copied, as Kata's agent does: the container sees every file, and RemoveContainer
+/// unmounts it.
+#[tokio::test]
+async fn a_large_watchable_bind_is_bind_mounted() {
+    const CID: &str = "kc-a-large-watchable-bind-is-bind-mounted";
+    require_host_agent!();
+    let a = HostAgent::start().await;
+    a.create_sandbox(Vec::new()).await.expect("CreateSandbox");
+    let shared = a.dir.path().join("shared");
+    let source = shared.join("c1-big");
+    std::fs::create_dir_all(&source).unwrap();
+    for i in 0..20 {
+        std::fs::write(source.join(format!("f{i}")), "x").unwrap();
+    }
+    let root = shared.join("watchable");
+    std::fs::create_dir_all(&root).unwrap();
+    let target = root.join("c1-big");
+    let mut spec = a.spec(&["sh", "-c", "ls /etc/big | wc -l"]);
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(
+        oci_spec::runtime::MountBuilder::default()
+            .destination("/etc/big")
+            .typ("bind")
+            .source(&target)
+            .options(vec!["rbind".to_string(), "ro".to_string()])
+            .build()
+            .unwrap(),
+    );
+    spec.set_mounts(Some(mounts));
+    let mut req = CreateContainerRequest::new();
+    req.container_id = CID.into();
+    req.OCI = MessageField::some(spec::to_grpc(&spec).unwrap());
+    req.storages = vec![storage(
+        "watchable-bind",
+        &source.display().to_string(),
+        "bind",
+        target.display().to_string(),
+    )];
+    if let Err(e) = a.client.create_container(&req).await {
+        panic!(
+            "CreateContainer with a large watchable-bind: {e}\nagent log:\n{}",
+            a.log()
+        );
+    }
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", a.agent.id())).unwrap_or_default();
+    a.start_container(CID).await;
+    let out = a.read_to_kata_eof(CID, "", OutputStream::Stdout).await;
+    a.wait(CID, "").await.expect("WaitProcess");
+    a.remove(CID).await;
+    let after =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", a.agent.id())).unwrap_or_default();
+    a.destroy().await;
+    assert_eq!(out.trim(), "20");
+    assert!(
+        mountinfo.contains(&format!("{} ", target.display())),
+        "bind mounted, not copied:\n{mountinfo}"
+    );
+    assert!(
+        !after.contains(&format!("{} ", target.display()))
+            && !after.contains(&format!("{} ", root.display())),
+        "unmounted with the container:\n{after}"
+    );
 }
