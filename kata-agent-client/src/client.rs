@@ -34,6 +34,10 @@ use crate::protocol::health::{CheckRequest, HealthCheckResponse, VersionCheckRes
 use crate::protocol::health_ttrpc::HealthClient;
 use crate::protocol::types::Interface;
 
+/// Extra time the host waits past a waiting call's deadline for the agent's own
+/// `DEADLINE_EXCEEDED` answer before it gives up locally.
+const LOCAL_DEADLINE_GRACE: Duration = Duration::from_millis(100);
+
 /// Which output stream of a process to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutputStream {
@@ -58,11 +62,20 @@ pub enum OutputStream {
 /// ```
 ///
 /// # Deadlines
-/// A call's deadline is kept by the host alone (a tokio timer); the ttRPC context
-/// carries none (`timeout_nano` 0). The agent would enforce one with the guest's
-/// clock, and a guest's clock cannot be trusted: with eight emulated guests
-/// booting at once, an agent answered `DEADLINE_EXCEEDED` to a 30 s
-/// `CreateContainer` (and again with 120 s) after a few seconds of host time.
+/// A call that acts (creates, starts, signals, ...) has its deadline kept by the
+/// host alone (a tokio timer); its ttRPC context carries none (`timeout_nano` 0).
+/// The agent would enforce one with the guest's clock, and cut the work half
+/// done when that clock leaps: with eight emulated guests booting at once, an
+/// agent answered `DEADLINE_EXCEEDED` to a 30 s `CreateContainer` (and again
+/// with 120 s) after a few seconds of host time.
+///
+/// A call that only waits (`ReadStdout`, `ReadStderr`, `WaitProcess`,
+/// `GetOOMEvent`) with a deadline shares it with the agent as well, so that
+/// the agent stops waiting when the caller does: a read the caller gave up on
+/// must not go on in the guest and take output nobody receives. The host waits
+/// 100 ms longer for the agent's own `DEADLINE_EXCEEDED`;
+/// a guest clock that leaps only ends such a wait early, which the caller
+/// sees as a timeout and may retry.
 #[derive(Clone)]
 pub struct AgentClient {
     agent: AgentServiceClient,
@@ -158,11 +171,40 @@ impl AgentClient {
         }
     }
 
-    /// Runs one call with an optional deadline and maps its error.
+    /// Runs one call that acts, with an optional deadline kept by the host (see
+    /// Deadlines on [`AgentClient`]), and maps its error.
     async fn call<'a, T, F, Fut>(
         &'a self,
         method: &'static str,
         timeout: Option<Duration>,
+        call: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(ttrpc::context::Context) -> Fut,
+        Fut: Future<Output = ttrpc::Result<T>> + 'a,
+    {
+        self.call_with(method, timeout, false, call).await
+    }
+
+    /// Runs one call that only waits; a deadline is shared with the agent.
+    async fn wait_call<'a, T, F, Fut>(
+        &'a self,
+        method: &'static str,
+        timeout: Option<Duration>,
+        call: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(ttrpc::context::Context) -> Fut,
+        Fut: Future<Output = ttrpc::Result<T>> + 'a,
+    {
+        self.call_with(method, timeout, true, call).await
+    }
+
+    async fn call_with<'a, T, F, Fut>(
+        &'a self,
+        method: &'static str,
+        timeout: Option<Duration>,
+        shared: bool,
         call: F,
     ) -> Result<T>
     where
@@ -176,10 +218,14 @@ impl AgentClient {
         let result = tracing::Instrument::instrument(
             async {
                 match timeout {
+                    Some(timeout) if shared => {
+                        let fut = call(ttrpc::context::with_duration(timeout));
+                        tokio::time::timeout(timeout + LOCAL_DEADLINE_GRACE, fut)
+                            .await
+                            .map_err(|_| Error::Timeout { method, timeout })
+                    }
                     Some(timeout) => {
-                        // The deadline is the host's alone: the ttRPC context's `timeout_nano`
-                        // would be enforced by the agent with the guest's clock, which cannot
-                        // be trusted (see Deadlines on [`AgentClient`]).
+                        // The host's alone: see Deadlines on [`AgentClient`].
                         let fut = call(ttrpc::context::Context::default());
                         tokio::time::timeout(timeout, fut)
                             .await
@@ -263,7 +309,7 @@ impl AgentClient {
         req: &GetOOMEventRequest,
         timeout: Option<Duration>,
     ) -> Result<OOMEvent> {
-        self.call("GetOOMEvent", timeout, |ctx| {
+        self.wait_call("GetOOMEvent", timeout, |ctx| {
             self.agent.get_oom_event(ctx, req)
         })
         .await
@@ -339,7 +385,7 @@ impl AgentClient {
         req: &WaitProcessRequest,
         timeout: Option<Duration>,
     ) -> Result<WaitProcessResponse> {
-        self.call("WaitProcess", timeout, |ctx| {
+        self.wait_call("WaitProcess", timeout, |ctx| {
             self.agent.wait_process(ctx, req)
         })
         .await
@@ -371,7 +417,7 @@ impl AgentClient {
         req: &ReadStreamRequest,
         timeout: Option<Duration>,
     ) -> Result<ReadStreamResponse> {
-        self.call("ReadStdout", timeout, |ctx| {
+        self.wait_call("ReadStdout", timeout, |ctx| {
             self.agent.read_stdout(ctx, req)
         })
         .await
@@ -383,7 +429,7 @@ impl AgentClient {
         req: &ReadStreamRequest,
         timeout: Option<Duration>,
     ) -> Result<ReadStreamResponse> {
-        self.call("ReadStderr", timeout, |ctx| {
+        self.wait_call("ReadStderr", timeout, |ctx| {
             self.agent.read_stderr(ctx, req)
         })
         .await

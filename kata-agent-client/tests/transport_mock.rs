@@ -272,11 +272,12 @@ async fn unix_round_trip_health_and_agent_calls() {
     assert!(eof.is_eof(), "{eof}");
 }
 
-/// The caller's deadline is the host's alone: the agent, whose clock cannot be trusted in an
-/// emulated guest under load, is given none. Given the caller's deadline, a guest agent answered
-/// DEADLINE_EXCEEDED to a 30 s call after a few seconds of host time.
+/// A call that acts keeps its deadline on the host: the agent, whose clock cannot be trusted in
+/// an emulated guest under load, is given none. Given the caller's deadline, a guest agent
+/// answered DEADLINE_EXCEEDED to a 30 s CreateContainer after a few seconds of host time.
+/// (Waiting calls share theirs: kata-agent's host_agent `a_read_that_times_out_loses_nothing`.)
 #[tokio::test]
-async fn the_agent_is_given_no_deadline_of_its_own() {
+async fn an_acting_call_gives_the_agent_no_deadline_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("agent.sock");
     let _server = start_mock_agent(&sock).await;
