@@ -83,6 +83,7 @@ pub const BOOT_PHASES: [&str; 7] = [
 
 impl BootTimings {
     /// Marks for a handler that starts no VM: every mark at `ready`.
+    #[cfg_attr(not(any(feature = "wasm", feature = "linux")), allow(dead_code))]
     pub(crate) fn without_vm(ready: Duration) -> Self {
         BootTimings {
             validation: validation(),

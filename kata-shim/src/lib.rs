@@ -37,8 +37,8 @@ pub mod service;
 pub mod shim;
 pub mod stats;
 pub mod telemetry;
-pub mod vm_cache;
 pub mod vfio;
+pub mod vm_cache;
 
 pub use error::{Error, Result};
 pub use service::TaskService;

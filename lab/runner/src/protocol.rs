@@ -357,8 +357,8 @@ pub fn l2_reset_in_firmware(error: &str) -> bool {
     let end = error.trim_end();
     // Or a hang in SeaBIOS before it printed anything after its banner (the console's only
     // line: seen in a lab run of 2026-11-30, vfio-mode-cold-root-port).
-    let banner_only = end.contains("--- last 1 guest console lines --- SeaBIOS (version ")
-        && end.ends_with(')');
+    let banner_only =
+        end.contains("--- last 1 guest console lines --- SeaBIOS (version ") && end.ends_with(')');
     (error.contains("exited (exit code 0)") || error.contains("agent did not answer within"))
         && (end.ends_with("Booting from ROM...") || banner_only)
 }
