@@ -357,8 +357,10 @@ pub fn l2_reset_in_firmware(error: &str) -> bool {
     let end = error.trim_end();
     // Or a hang in SeaBIOS before it printed anything after its banner (the console's only
     // line: seen in a lab run of 2026-11-30, vfio-mode-cold-root-port).
-    let banner_only =
-        end.contains("--- last 1 guest console lines --- SeaBIOS (version ") && end.ends_with(')');
+    let last = end.rsplit("---").next().unwrap_or_default().trim();
+    let banner_only = end.contains("last 1 guest console lines")
+        && last.starts_with("SeaBIOS (version ")
+        && last.ends_with(')');
     (error.contains("exited (exit code 0)") || error.contains("agent did not answer within"))
         && (end.ends_with("Booting from ROM...") || banner_only)
 }
@@ -408,6 +410,15 @@ mod tests {
             "the sandbox did not start: the guest agent did not answer within 150s (dialing \
              vsock://3498936264:1024: no answer within 2s); the VM was stopped --- last 1 guest \
              console lines --- SeaBIOS (version 1.16.2-debian-1.16.2-1)"
+        ));
+        // As the error carries it: the console's lines after a line break.
+        assert!(l2_reset_in_firmware(
+            "the guest agent did not answer within 150s; the VM was stopped --- last 1 guest \
+             console lines ---\nSeaBIOS (version 1.16.2-debian-1.16.2-1)\n"
+        ));
+        assert!(!l2_reset_in_firmware(
+            "the guest agent did not answer within 150s --- last 2 guest console lines ---\n\
+             SeaBIOS (version 1.16.2-debian-1.16.2-1)\nLinux version 6.1.192"
         ));
         assert!(!l2_reset_in_firmware(
             "the guest agent did not answer within 150s; the VM was stopped --- last 2 guest \
