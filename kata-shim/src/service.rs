@@ -106,6 +106,21 @@ fn process_id<'a>(container_id: &'a str, exec_id: &'a str) -> &'a str {
     }
 }
 
+/// The pids of a container for `Pids` (`ctr task ps`): the guest's, from the agent's
+/// `ListProcesses`. Kata's agent no longer serves that method (`UNIMPLEMENTED`); under it the
+/// answer is what Kata's runtime-rs gives for every container, the shim's own pid.
+fn pids_or_the_shims(pids: kata_sandbox::Result<Vec<u32>>) -> Result<Vec<u32>> {
+    match pids {
+        Err(kata_sandbox::Error::Agent(e))
+            if e.code() == Some(kata_agent_client::Code::UNIMPLEMENTED) =>
+        {
+            tracing::info!(error = %e, "the agent lists no processes (Kata's agent): Pids answers the shim's pid, as Kata's runtime does");
+            Ok(vec![std::process::id()])
+        }
+        other => Ok(other?),
+    }
+}
+
 /// The Task service of one shim (one sandbox).
 #[derive(Clone)]
 pub struct TaskService {
@@ -1053,7 +1068,7 @@ impl containerd_shim::Task for TaskService {
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         let r = async {
             self.task(&req.id)?;
-            let pids = self.sandbox()?.container_pids(&req.id).await?;
+            let pids = pids_or_the_shims(self.sandbox()?.container_pids(&req.id).await)?;
             Ok(PidsResponse {
                 processes: pids
                     .into_iter()
@@ -1189,6 +1204,25 @@ mod tests {
             metadata: Default::default(),
             timeout_nano: 0,
         }
+    }
+
+    #[test]
+    fn pids_under_an_agent_without_list_processes_are_the_shims() {
+        let rpc = |code| {
+            Err(kata_sandbox::Error::Agent(kata_agent_client::Error::Rpc {
+                method: "ListProcesses",
+                code,
+                message: "/grpc.AgentService/ListProcesses is not supported".into(),
+            }))
+        };
+        assert_eq!(
+            pids_or_the_shims(rpc(kata_agent_client::Code::UNIMPLEMENTED)).unwrap(),
+            vec![std::process::id()]
+        );
+        // Any other failure stays one.
+        let e = pids_or_the_shims(rpc(kata_agent_client::Code::NOT_FOUND)).unwrap_err();
+        assert!(e.to_string().contains("ListProcesses"), "{e}");
+        assert_eq!(pids_or_the_shims(Ok(vec![1, 7])).unwrap(), vec![1, 7]);
     }
 
     /// A shim service on a private root, with a configuration file for the test backend whose
