@@ -44,6 +44,8 @@ required=(
   "CONFIG_VFIO_PCI=y|vfio_mode = \"vfio\" (the agent binds the function to vfio-pci)"
   "CONFIG_VFIO_NOIOMMU=y|vfio_mode = \"vfio\" in a guest without a vIOMMU (/dev/vfio/noiommu-N)"
   "CONFIG_VFIO_PCI_MMAP=y|vfio_mode = \"vfio\" (a BAR mapped into the container's memory)"
+  "CONFIG_VIRTIO_BALLOON=y|reclaim_guest_freed_memory (the balloon's free page reporting)"
+  "CONFIG_PAGE_REPORTING=y|reclaim_guest_freed_memory (freed pages reported to the host)"
 )
 for entry in "${required[@]}"; do
   line=${entry%%|*}

@@ -1593,6 +1593,92 @@ async fn case_static_sizing_boots_the_vm_at_the_workload_size(env: Arc<Env>) -> 
     checked
 }
 
+/// The resident set of a process, in MiB (`VmRSS`: for QEMU, with the guest's memfd pages).
+fn rss_mib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kib / 1024)
+}
+
+/// `reclaim_guest_freed_memory`: memory a guest process touched and freed goes back to the
+/// host (the balloon's free page reporting), so QEMU's resident set falls back. Without the
+/// key QEMU keeps every page the guest ever touched.
+async fn case_reclaim_guest_freed_memory_gives_memory_back(env: Arc<Env>) -> Result<()> {
+    let id = "vm-sandbox-reclaim";
+    let mut hv = Sandbox::builder().config().clone();
+    hv.reclaim_guest_freed_memory = true;
+    let sb = Sandbox::builder()
+        .hypervisor_config(hv)
+        .id(id)
+        .memory_mib(512)
+        .vcpus(1)
+        .root_dir(&env.root_dir)
+        .build()
+        .await?;
+    let checked = async {
+        let dir = env.root_dir.join(id);
+        let qemu = kata_testkit::leaks::cmdlines()
+            .into_iter()
+            .find(|(_, cmd)| {
+                cmd.contains("qemu-system") && cmd.contains(&dir.display().to_string())
+            })
+            .map(|(pid, _)| pid)
+            .context("no QEMU process for the sandbox")?;
+        let cmd = std::fs::read(format!("/proc/{qemu}/cmdline"))?;
+        ensure!(
+            String::from_utf8_lossy(&cmd).contains("free-page-reporting=on"),
+            "QEMU has no reporting balloon"
+        );
+        let before = rss_mib(qemu)?;
+        // dd fills a 192 MiB buffer from /dev/zero and blocks writing it to a pipe nobody
+        // reads: the guest holds 192 MiB until the container is killed.
+        let c = sb
+            .create_container(ContainerSpec::from_rootfs_dir(&env.rootfs).id("hog").args([
+                "sh",
+                "-c",
+                "dd if=/dev/zero bs=192M count=1 | sleep 600",
+            ]))
+            .await?;
+        c.start().await?;
+        let poll = |what: &'static str, done: Box<dyn Fn(u64) -> bool + Send>| async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let now = rss_mib(qemu)?;
+                if done(now) {
+                    return Ok::<u64, anyhow::Error>(now);
+                }
+                if Instant::now() > deadline {
+                    bail!("{what}: QEMU's RSS {now} MiB after 60 s ({before} MiB at boot)");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        let held = poll(
+            "the guest's 192 MiB never became resident",
+            Box::new(move |now| now >= before + 128),
+        )
+        .await?;
+        c.kill(kata_sandbox::Signal::KILL).await?;
+        c.wait().await?;
+        c.delete().await?;
+        // Freed in the guest; reported in 2 MiB blocks every 2 s once enough have gathered.
+        let after = poll(
+            "QEMU kept the guest's freed memory",
+            Box::new(move |now| now + 96 <= held),
+        )
+        .await?;
+        println!("QEMU RSS: {before} MiB at boot, {held} MiB holding 192 MiB, {after} MiB after its release");
+        Ok(())
+    }
+    .await;
+    sb.shutdown().await?;
+    checked
+}
+
 /// MemTotal in the guest, in KiB.
 async fn mem_total_kib(env: &Env, oci: Option<oci_spec::runtime::Spec>) -> Result<u64> {
     mem_total_kib_of(&env.sandbox, env, oci).await
@@ -2498,6 +2584,10 @@ fn main() -> std::process::ExitCode {
             case_memory_limit_hot_plugs_memory,
         )
         .case("oom_killed_container_exits_137", case_oom_killed_container)
+        .case(
+            "reclaim_guest_freed_memory_gives_memory_back",
+            case_reclaim_guest_freed_memory_gives_memory_back,
+        )
         .case(
             "metrics_follow_a_container_allocating_memory",
             case_metrics_follow_a_container_allocating_memory,

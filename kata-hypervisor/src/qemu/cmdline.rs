@@ -241,6 +241,15 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
         "-device",
         "virtio-rng-pci,rng=rng0",
     ]);
+    // reclaim_guest_freed_memory: a balloon that is never inflated, for its free page
+    // reporting: pages the guest frees are reported and QEMU discards them (for the memfd that
+    // backs guest memory, a hole punched in it), so an idle guest gives memory back.
+    if c.reclaim_guest_freed_memory {
+        push(&[
+            "-device",
+            "virtio-balloon-pci,id=balloon0,free-page-reporting=on",
+        ]);
+    }
     match &l.vsock {
         VsockDevice::VhostVsock { cid } => push(&[
             "-device",
@@ -748,6 +757,26 @@ mod tests {
         assert!(
             k.find("scsi_mod.scan=async") > k.find("scsi_mod.scan=manual"),
             "{k}"
+        );
+    }
+
+    #[test]
+    fn reclaim_guest_freed_memory_adds_a_reporting_balloon() {
+        let mut c = HypervisorConfig::default();
+        let balloon = |c: &HypervisorConfig| {
+            let ports = PortAllocator::for_vm(c, &[]).unwrap();
+            build_args(&launch(c, &[], &ports))
+                .unwrap()
+                .iter()
+                .filter(|a| a.starts_with("virtio-balloon-pci"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert!(balloon(&c).is_empty());
+        c.reclaim_guest_freed_memory = true;
+        assert_eq!(
+            balloon(&c),
+            ["virtio-balloon-pci,id=balloon0,free-page-reporting=on"]
         );
     }
 

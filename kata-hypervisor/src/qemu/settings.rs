@@ -64,7 +64,7 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
         | "guest_swap_path"
         | "guest_swap_size_percent"
         | "guest_swap_create_threshold_secs" => Inert(NO_SWAP),
-        "reclaim_guest_freed_memory" => Inert("the VM has no balloon device"),
+        "reclaim_guest_freed_memory" => Acted,
 
         // Block devices.
         "block_device_driver" => match c.block_device_driver {
