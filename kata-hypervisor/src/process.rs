@@ -491,7 +491,7 @@ pub fn describe(status: std::process::ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::ExitStatusExt;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
 
     #[tokio::test]
     async fn stop_kills_after_grace_and_reports_signal() {
@@ -628,9 +628,12 @@ mod tests {
     fn processes_naming_a_directory_are_killed_and_others_are_not() {
         let tmp = tempfile::tempdir().unwrap();
         let vm_dir = tmp.path().join("vm");
-        let mut named = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("sleep 100 # {}/qmp.sock", vm_dir.display()))
+        // One process whose command line names the directory (its argv[0]), and no child: a
+        // shell's child, between its fork and exec, names the directory too (a CI run under
+        // load killed two processes here).
+        let mut named = std::process::Command::new("sleep")
+            .arg0(format!("{}/qmp.sock", vm_dir.display()))
+            .arg("100")
             .spawn()
             .unwrap();
         let mut other = std::process::Command::new("sleep")
