@@ -15,9 +15,19 @@ use anyhow::{ensure, Context, Result};
 use kata_hypervisor::config::{HypervisorType, SharedFs};
 use kata_sandbox::{ContainerSpec, Sandbox};
 
-/// The shipped configuration file (the workspace's, read in L1 through the host's root).
-pub fn dragonball_toml() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/configuration-dragonball.toml")
+/// The shipped configuration file, as built into the runner: L1 sees the host's root, but with
+/// a tmpfs on `/tmp`, so a checkout under `/tmp` (a CI clone) is not there to read.
+const DRAGONBALL_TOML: &str = include_str!("../../../config/configuration-dragonball.toml");
+
+/// Writes the shipped configuration file into a fresh directory under `$TMPDIR` (L1's tmpfs)
+/// and returns its path.
+pub fn dragonball_toml() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("kata-lab-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join("configuration-dragonball.toml");
+    std::fs::write(&file, DRAGONBALL_TOML)
+        .with_context(|| format!("writing {}", file.display()))?;
+    Ok(file)
 }
 
 /// `builtin-default-vmm`.
@@ -48,7 +58,7 @@ pub fn builtin_is_the_default() -> Result<String> {
 
 /// `builtin-dragonball-config`.
 pub async fn dragonball_config_runs(rootfs: &Path, root_dir: &str) -> Result<String> {
-    let file = dragonball_toml();
+    let file = dragonball_toml()?;
     let builder = kata_sandbox::SandboxBuilder::from_config_file(&file)
         .with_context(|| format!("loading {}", file.display()))?;
     let config = builder
