@@ -186,20 +186,8 @@ impl AgentClient {
         self.call_with(method, timeout, false, call).await
     }
 
-    /// Runs one call that only waits; a deadline is shared with the agent.
-    async fn wait_call<'a, T, F, Fut>(
-        &'a self,
-        method: &'static str,
-        timeout: Option<Duration>,
-        call: F,
-    ) -> Result<T>
-    where
-        F: FnOnce(ttrpc::context::Context) -> Fut,
-        Fut: Future<Output = ttrpc::Result<T>> + 'a,
-    {
-        self.call_with(method, timeout, true, call).await
-    }
-
+    /// Runs one call; `shared`: the call only waits, and its deadline is shared with the
+    /// agent (see Deadlines on [`AgentClient`]).
     async fn call_with<'a, T, F, Fut>(
         &'a self,
         method: &'static str,
@@ -309,7 +297,7 @@ impl AgentClient {
         req: &GetOOMEventRequest,
         timeout: Option<Duration>,
     ) -> Result<OOMEvent> {
-        self.wait_call("GetOOMEvent", timeout, |ctx| {
+        self.call_with("GetOOMEvent", timeout, true, |ctx| {
             self.agent.get_oom_event(ctx, req)
         })
         .await
@@ -385,7 +373,7 @@ impl AgentClient {
         req: &WaitProcessRequest,
         timeout: Option<Duration>,
     ) -> Result<WaitProcessResponse> {
-        self.wait_call("WaitProcess", timeout, |ctx| {
+        self.call_with("WaitProcess", timeout, true, |ctx| {
             self.agent.wait_process(ctx, req)
         })
         .await
@@ -417,7 +405,7 @@ impl AgentClient {
         req: &ReadStreamRequest,
         timeout: Option<Duration>,
     ) -> Result<ReadStreamResponse> {
-        self.wait_call("ReadStdout", timeout, |ctx| {
+        self.call_with("ReadStdout", timeout, true, |ctx| {
             self.agent.read_stdout(ctx, req)
         })
         .await
@@ -429,7 +417,7 @@ impl AgentClient {
         req: &ReadStreamRequest,
         timeout: Option<Duration>,
     ) -> Result<ReadStreamResponse> {
-        self.wait_call("ReadStderr", timeout, |ctx| {
+        self.call_with("ReadStderr", timeout, true, |ctx| {
             self.agent.read_stderr(ctx, req)
         })
         .await
