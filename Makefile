@@ -58,7 +58,7 @@ test:
 	@$(call timed,$(MAKE) --no-print-directory lint,lint)
 	@$(call timed,$(MAKE) --no-print-directory package,package)
 	@$(call timed,$(CARGO) test --workspace --all-targets --no-fail-fast,cargo-test)
-	@$(call timed,$(CARGO) test --workspace --doc,doc-tests)
+	@$(call timed,$(CARGO) test --workspace --doc --no-fail-fast,doc-tests)
 	@$(MAKE) --no-print-directory vm-summary test-times
 
 test-times:

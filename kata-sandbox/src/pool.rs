@@ -20,7 +20,7 @@
 //! pool.wait_filled().await?;
 //! let sandbox = pool.take().await?; // already booted
 //! let out = sandbox
-//!     .run(ContainerSpec::new("/srv/rootfs").args(["echo", "hi"]))
+//!     .run(ContainerSpec::from_rootfs_dir("/srv/rootfs").args(["echo", "hi"]))
 //!     .await?;
 //! sandbox.shutdown().await?;
 //! pool.shutdown().await?; // the sandboxes still in the pool
