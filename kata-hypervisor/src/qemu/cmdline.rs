@@ -95,7 +95,19 @@ pub fn vhost_net_usable_at(config: &HypervisorConfig, device: &Path) -> bool {
 
 /// The full kernel command line: kata-rs' base, then the configured params.
 pub fn kernel_cmdline(config: &HypervisorConfig, has_image: bool) -> String {
+    kernel_cmdline_for(config, has_image, false)
+}
+
+/// [`kernel_cmdline`] for a guest under `tcg` software emulation: its clock is read from the
+/// HPET (QEMU's clock, the host's) instead of the TSC, whose frequency the guest calibrates
+/// at boot. With eight emulated guests booting at once on two cores, a guest's clock ran
+/// ahead of the host's (an agent timeout of 60 s fired after about 10 s): a calibration taken
+/// while the vCPU thread was starved. A configured `clocksource=` in `kernel_params` wins.
+pub fn kernel_cmdline_for(config: &HypervisorConfig, has_image: bool, tcg: bool) -> String {
     let mut s = String::from(BASE_KERNEL_PARAMS);
+    if tcg {
+        s.push_str(" clocksource=hpet");
+    }
     if !config.enable_debug {
         s.push_str(" quiet");
     }
@@ -234,7 +246,8 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
             "virtio-blk-pci,drive=image0,id=image0-dev",
         ]);
     }
-    push(&["-append", &kernel_cmdline(c, l.image.is_some())]);
+    let tcg = l.accelerator == Accelerator::Tcg;
+    push(&["-append", &kernel_cmdline_for(c, l.image.is_some(), tcg)]);
     push(&[
         "-object",
         &format!("rng-random,id=rng0,filename={}", c.entropy_source),
@@ -756,6 +769,32 @@ mod tests {
         // The kernel takes the last value: the configured one.
         assert!(
             k.find("scsi_mod.scan=async") > k.find("scsi_mod.scan=manual"),
+            "{k}"
+        );
+    }
+
+    #[test]
+    fn an_emulated_guest_reads_its_clock_from_the_hpet_unless_configured() {
+        let c = HypervisorConfig::default();
+        let ports = PortAllocator::for_vm(&c, &[]).unwrap();
+        let append = |l: &QemuLaunch<'_>| {
+            let a = build_args(l).unwrap();
+            let i = a.iter().position(|x| x == "-append").unwrap();
+            a[i + 1].clone()
+        };
+        let mut l = launch(&c, &[], &ports);
+        l.accelerator = Accelerator::Tcg;
+        assert!(append(&l).contains(" clocksource=hpet"), "{}", append(&l));
+        l.accelerator = Accelerator::Kvm;
+        assert!(!append(&l).contains("clocksource"), "{}", append(&l));
+        // A configured clocksource comes after ours: the kernel takes the last one.
+        let mine = HypervisorConfig {
+            kernel_params: "clocksource=tsc".into(),
+            ..Default::default()
+        };
+        let k = kernel_cmdline_for(&mine, false, true);
+        assert!(
+            k.find("clocksource=hpet").unwrap() < k.find("clocksource=tsc").unwrap(),
             "{k}"
         );
     }
