@@ -354,17 +354,43 @@ impl Verdict {
 /// so. A guest that reached its kernel (a panic reboots too; a kernel that hangs has printed)
 /// is not matched, nor is any other failure.
 pub fn l2_reset_in_firmware(error: &str) -> bool {
-    let end = error.trim_end();
-    // Or a hang in SeaBIOS before it printed anything after its banner (the console's only
-    // line: seen in a lab run of 2026-11-30, vfio-mode-cold-root-port).
-    let last = end.rsplit("---").next().unwrap_or_default().trim();
-    let banner_only = end.contains("last 1 guest console lines")
-        && last.starts_with("SeaBIOS (version ")
-        && last.ends_with(')');
-    // The reset can come while SeaBIOS prints its dots ("Booting from ROM.." in a CI run).
-    let booting = end.trim_end_matches('.').ends_with("Booting from ROM");
-    (error.contains("exited (exit code 0)") || error.contains("agent did not answer within"))
-        && (booting || banner_only)
+    let Some((head, console)) = error.rsplit_once("---") else {
+        return false;
+    };
+    head.contains("guest console")
+        && (head.contains("exited (exit code 0)") || head.contains("agent did not answer within"))
+        && firmware_only(console)
+}
+
+/// Whether a console excerpt holds SeaBIOS's own output and nothing else: its banner, "Booting
+/// from ROM" and its dots, any of them cut where L2 stopped (a hang in the middle of the banner,
+/// "SeaBIOS (version 1.16.2-debi", was seen in a CI run of 2026-11-30).
+fn firmware_only(console: &str) -> bool {
+    const BANNER: &str = "SeaBIOS (version ";
+    const BOOTING: &str = "Booting from ROM";
+    let mut rest = console.trim();
+    if rest.is_empty() {
+        return false;
+    }
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return true;
+        }
+        if let Some(r) = rest.strip_prefix(BANNER) {
+            match r.find(')') {
+                Some(i) if !r[..i].contains(char::is_whitespace) => rest = &r[i + 1..],
+                Some(_) => return false,
+                // Cut inside the version: nothing else can follow.
+                None => return !r.contains(char::is_whitespace),
+            }
+        } else if let Some(r) = rest.strip_prefix(BOOTING) {
+            rest = r.trim_start_matches('.');
+        } else {
+            // Cut inside one of the two.
+            return BANNER.starts_with(rest) || BOOTING.starts_with(rest);
+        }
+    }
 }
 
 /// Compares the reported `checks` with the `expected` names.
@@ -429,6 +455,31 @@ mod tests {
         assert!(!l2_reset_in_firmware(
             "the guest agent did not answer within 150s; the VM was stopped --- last 2 guest \
              console lines --- Run /init as init process"
+        ));
+        // A hang in the middle of the banner (verbatim from CI: qemu-vfio-hot-root-port).
+        assert!(l2_reset_in_firmware(
+            "the sandbox did not start: the guest agent did not answer within 150s (dialing \
+             vsock://42681891:1024: no answer within 2s); the VM was stopped --- last 1 guest \
+             console lines --- SeaBIOS (version 1.16.2-debi"
+        ));
+        assert!(l2_reset_in_firmware(
+            "the guest agent did not answer within 150s --- last 2 guest console lines --- \
+             SeaBIOS (version 1.16.2-debian-1.16.2-1) Boot"
+        ));
+        // An empty console, or anything after the firmware, is not the firmware's.
+        assert!(!l2_reset_in_firmware(
+            "the guest agent did not answer within 150s --- last 0 guest console lines --- "
+        ));
+        assert!(!l2_reset_in_firmware(
+            "the guest agent did not answer within 150s --- last 2 guest console lines --- \
+             SeaBIOS (version 1.16.2-debian-1.16.2-1) Booting from ROM.. [    0.000000] Linux"
+        ));
+        assert!(!l2_reset_in_firmware(
+            "the guest agent did not answer within 150s --- last 1 guest console lines --- \
+             SeaBIOS (version 1.16.2 is broken"
+        ));
+        assert!(!l2_reset_in_firmware(
+            "the VM exited (exit code 1) --- last 1 guest console lines --- SeaBIOS (version 1.16"
         ));
     }
 
