@@ -11,11 +11,15 @@
 //! pod network as virtio-net NICs on the taps kata-resource made (their open queues); puts its
 //! vCPU and device threads in the sandbox's host cgroup ([`Hypervisor::in_process_threads`]);
 //! gives the guest a virtio console (`console=hvc0`, the agent's stdio) beside the serial port,
-//! and [`Hypervisor::console_tail`] reads it.
-//! What it does not: VFIO, hot-plug, pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
+//! and [`Hypervisor::console_tail`] reads it; cold-plugs VFIO PCI functions (`cold_plug_vfio`
+//! other than `no-port`) onto the VMM's own PCI root bus, the first at `00:01.0`
+//! ([`Hypervisor::device_address`] tells the agent), see `kata_vmm::devices::vfio`.
+//! What it does not: hot-plug (VFIO included: refused naming the device), VFIO interrupts,
+//! pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
 //! cannot run it, with the probe's reason.
 
 mod settings;
+mod vfio;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -26,12 +30,12 @@ use kata_vmm::devices::legacy::ConsoleSink;
 use kata_vmm::devices::virtio::block::BlockConfig;
 use kata_vmm::devices::virtio::net::device::parse_mac;
 use kata_vmm::devices::virtio::net::NetConfig;
-use kata_vmm::vm::{ExitWatcher, Vm, VmBuilder};
+use kata_vmm::vm::{ExitWatcher, VfioConfig, Vm, VmBuilder};
 
 use crate::backend::host::{check, CheckStatus, HostCheck, HostProbe};
 use crate::config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};
 use crate::console::printable_lines;
-use crate::device::{DeviceConfig, GuestAddress, NetDevice, VsockAddress};
+use crate::device::{DeviceConfig, GuestAddress, NetDevice, VfioDevice, VsockAddress};
 use crate::error::{Error, Result};
 use crate::hypervisor::{Capabilities, Hypervisor, HypervisorState, VmState};
 use crate::kvm::Accelerator;
@@ -61,7 +65,7 @@ pub fn capabilities() -> Capabilities {
         block_hotplug: false,
         cpu_hotplug: false,
         memory_hotplug: false,
-        vfio: false,
+        vfio: true,
         hybrid_vsock: true,
         shared_fs: vec![SharedFs::InlineVirtioFs, SharedFs::None],
         shared_fs_note: "the built-in VMM serves the share itself (inline virtio-fs, no \
@@ -101,6 +105,8 @@ pub struct Builtin {
     vm_dir: PathBuf,
     disks: Mutex<Vec<BlockConfig>>,
     nics: Mutex<Vec<NetConfig>>,
+    /// Cold-plugged VFIO functions, in slot order (`00:01.0`, ...).
+    vfio: Mutex<Vec<VfioDevice>>,
     shares: Mutex<Vec<(String, PathBuf)>>,
     vm: Mutex<Option<Vm>>,
     watcher: Mutex<Option<ExitWatcher>>,
@@ -129,6 +135,7 @@ impl Builtin {
     pub fn new(id: &str, config: HypervisorConfig, vm_dir: &Path) -> Result<Builtin> {
         config.check_refused(HypervisorType::Dragonball)?;
         capabilities().check_shared_fs(config.shared_fs)?;
+        vfio::check_ports(&config)?;
         if config.default_vcpus == 0 || config.default_vcpus > 32 {
             return Err(Error::InvalidConfig {
                 key: "default_vcpus",
@@ -142,6 +149,7 @@ impl Builtin {
             vm_dir: vm_dir.to_path_buf(),
             disks: Mutex::new(Vec::new()),
             nics: Mutex::new(Vec::new()),
+            vfio: Mutex::new(Vec::new()),
             shares: Mutex::new(Vec::new()),
             vm: Mutex::new(None),
             watcher: Mutex::new(None),
@@ -221,6 +229,9 @@ impl Builtin {
         for nic in lock(&self.nics).iter() {
             b = b.net(nic.clone());
         }
+        for v in lock(&self.vfio).iter() {
+            b = b.vfio(VfioConfig::new(&v.bdf));
+        }
         Ok(b)
     }
 
@@ -263,6 +274,7 @@ impl Hypervisor for Builtin {
         let mut disks = Vec::new();
         let mut nics = Vec::new();
         let mut shares = Vec::new();
+        let mut functions = Vec::new();
         for d in devices {
             match d {
                 DeviceConfig::Block(b) => disks.push(BlockConfig {
@@ -271,6 +283,7 @@ impl Hypervisor for Builtin {
                     id: Some(b.id.chars().take(20).collect()),
                 }),
                 DeviceConfig::Net(n) => nics.push(net_config(&n)?),
+                DeviceConfig::Vfio(v) => functions.push(v),
                 DeviceConfig::ShareFs(s) if s.kind == SharedFs::InlineVirtioFs => {
                     shares.push((s.mount_tag.clone(), s.host_path.clone()))
                 }
@@ -289,7 +302,8 @@ impl Hypervisor for Builtin {
                     return Err(Error::Unsupported {
                         backend: NAME,
                         what: format!(
-                            "device {} (block devices, NICs and shares are built in: no VFIO)",
+                            "device {} (block devices, NICs, shares and VFIO PCI functions are \
+                             built in: no VFIO-AP)",
                             other.id()
                         ),
                     })
@@ -299,6 +313,7 @@ impl Hypervisor for Builtin {
         *lock(&self.disks) = disks;
         *lock(&self.nics) = nics;
         *lock(&self.shares) = shares;
+        *lock(&self.vfio) = functions;
         self.set_state(VmState::Prepared);
         Ok(())
     }
@@ -404,6 +419,9 @@ impl Hypervisor for Builtin {
     }
 
     async fn add_device(&self, device: DeviceConfig) -> Result<GuestAddress> {
+        if let DeviceConfig::Vfio(v) = &device {
+            return Err(vfio::hot_plug_refused(v));
+        }
         Err(Error::Unsupported {
             backend: NAME,
             what: format!("hot-plugging device {}", device.id()),
@@ -415,6 +433,10 @@ impl Hypervisor for Builtin {
             backend: NAME,
             what: format!("hot-unplugging device {}", device.id()),
         })
+    }
+
+    async fn device_address(&self, id: &str) -> Result<GuestAddress> {
+        vfio::address(&lock(&self.vfio), id)
     }
 
     async fn resize_vcpus(&self, vcpus: u32) -> Result<u32> {

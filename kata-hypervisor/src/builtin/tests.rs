@@ -1,7 +1,7 @@
 //! What runs without a usable KVM: configuration, refusals, the probe's refusal at start.
 
 use super::*;
-use crate::device::{BlockDevice, NetDevice, ShareFsDevice};
+use crate::device::{BlockDevice, NetDevice, PciePort, ShareFsDevice};
 
 fn config() -> HypervisorConfig {
     HypervisorConfig {
@@ -191,4 +191,88 @@ fn the_console_tail_is_the_virtio_consoles_once_the_guest_wrote_on_it() {
         vec!["kata-agent serving"],
         "the agent's line is on hvc0 only"
     );
+}
+
+fn function(id: &str, bdf: &str) -> DeviceConfig {
+    DeviceConfig::Vfio(crate::device::VfioDevice {
+        id: id.into(),
+        bdf: bdf.into(),
+    })
+}
+
+#[tokio::test]
+async fn vfio_functions_are_cold_plugged_on_the_root_bus_in_order() {
+    assert!(capabilities().vfio, "cold-plug");
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, initrd) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
+    std::fs::write(&kernel, b"k").unwrap();
+    std::fs::write(&initrd, b"i").unwrap();
+    let c = HypervisorConfig {
+        cold_plug_vfio: PciePort::RootPort,
+        kernel: kernel.display().to_string(),
+        initrd: initrd.display().to_string(),
+        ..config()
+    };
+    let b = Builtin::new("x", c, &dir.path().join("vm")).unwrap();
+    b.prepare(vec![
+        function("vfio-a", "0000:00:03.0"),
+        function("vfio-b", "0000:00:04.0"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        b.device_address("vfio-a").await.unwrap().to_string(),
+        GuestAddress::Pci {
+            path: "01".parse().unwrap()
+        }
+        .to_string()
+    );
+    assert!(matches!(
+        b.device_address("vfio-b").await.unwrap(),
+        GuestAddress::Pci { path } if path.to_string() == "02"
+    ));
+    let e = b.device_address("other").await.unwrap_err().to_string();
+    assert!(e.contains("other") && e.contains("not cold-plugged"), "{e}");
+    // They reach the VM's configuration.
+    let vm = b.builder().unwrap();
+    let bdfs: Vec<_> = vm.config().vfio.iter().map(|v| v.bdf.clone()).collect();
+    assert_eq!(bdfs, ["0000:00:03.0", "0000:00:04.0"]);
+}
+
+#[tokio::test]
+async fn vfio_hot_plug_is_refused_naming_the_device_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Builtin::new("x", config(), &dir.path().join("vm")).unwrap();
+    let e = b
+        .add_device(function("vfio-hot", "0000:00:05.0"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("vfio-hot")
+            && e.contains("0000:00:05.0")
+            && e.contains("cold_plug_vfio")
+            && e.contains("[hypervisor.qemu]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn switch_bridge_and_hot_plug_ports_are_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (cold, hot, key) in [
+        (PciePort::SwitchPort, PciePort::NoPort, "cold_plug_vfio"),
+        (PciePort::BridgePort, PciePort::NoPort, "cold_plug_vfio"),
+        (PciePort::NoPort, PciePort::RootPort, "hot_plug_vfio"),
+    ] {
+        let c = HypervisorConfig {
+            cold_plug_vfio: cold,
+            hot_plug_vfio: hot,
+            ..config()
+        };
+        let e = Builtin::new("x", c, &dir.path().join("vm"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{cold}/{hot}: {e}");
+    }
 }

@@ -1,7 +1,9 @@
-//! The devices of the built-in VMM: [`legacy`] port-I/O devices (serial console, i8042) and
-//! [`virtio`] devices on the virtio-mmio transport.
+//! The devices of the built-in VMM: [`legacy`] port-I/O devices (serial console, i8042),
+//! [`virtio`] devices on the virtio-mmio transport, and [`vfio`] passthrough on a [`pci`] bus.
 
 pub mod legacy;
+pub mod pci;
+pub mod vfio;
 pub mod virtio;
 
 use vmm_sys_util::eventfd::EventFd;

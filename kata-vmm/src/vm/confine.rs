@@ -16,8 +16,10 @@
 //!   process, `tgkill` of this process only, `exit`; `clone` of a thread only (`clone3`,
 //!   whose flags a filter cannot read, answers `ENOSYS`, so the C library falls back to
 //!   `clone`);
-//! * **a vCPU thread** (`kata-vcpu-N`) besides: `ioctl(KVM_RUN)` and no other ioctl. It opens
-//!   nothing, makes no socket and touches no path;
+//! * **a vCPU thread** (`kata-vcpu-N`) besides: `ioctl(KVM_RUN)` and no other ioctl, and
+//!   `pread64`/`pwrite64` on descriptors already open (a passed-through VFIO function's config
+//!   space and BARs, answered on the vCPU's own MMIO and port exits). It opens nothing, makes
+//!   no socket and touches no path;
 //! * **the device thread** (`kata-vmm-events`) besides: the event loop (`epoll_*`), the hybrid
 //!   vsock's unix sockets (`accept4`, send and receive, `shutdown`; `socket` of `AF_UNIX`
 //!   only), `ioctl(FIONBIO)`, and the file system calls inline virtio-fs (fuse-backend-rs'
@@ -269,6 +271,9 @@ fn allow_list(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
     );
     match kind {
         ThreadKind::Vcpu => {
+            // VFIO: the config region and trapped BAR accesses, at offsets of the device fd.
+            rules.insert(libc::SYS_pread64, Vec::new());
+            rules.insert(libc::SYS_pwrite64, Vec::new());
             rules.insert(
                 libc::SYS_ioctl,
                 vec![rule(vec![equals(1, SeccompCmpArgLen::Dword, KVM_RUN)?])?],
@@ -466,6 +471,34 @@ mod tests {
             "threads must still start (clone with CLONE_THREAD)"
         );
         assert_eq!(evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_vcpu_thread_reads_and_writes_an_open_vfio_region_at_offsets_only() {
+        use std::os::unix::fs::FileExt;
+        let f = tempfile::tempfile().unwrap();
+        f.write_all_at(&0x0100_00edu32.to_le_bytes(), 0x1000)
+            .unwrap();
+        let (read, wrote, open) = confined(ThreadKind::Vcpu, move || {
+            let mut id = [0u8; 4];
+            let read = f
+                .read_exact_at(&mut id, 0x1000)
+                .map(|_| u32::from_le_bytes(id));
+            let wrote = f.write_all_at(&5u32.to_le_bytes(), 0x1008);
+            let open = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|e| e.raw_os_error());
+            (
+                read.map_err(|e| e.raw_os_error()),
+                wrote.map_err(|e| e.raw_os_error()),
+                open,
+            )
+        });
+        assert_eq!(read, Ok(0x0100_00ed), "pread64 on an open region");
+        assert_eq!(wrote, Ok(()), "pwrite64 on an open region");
+        assert_eq!(open.unwrap_err(), Some(libc::EPERM), "still opens nothing");
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub use confine::{ThreadConfinement, ThreadKind};
 pub use run::{ExitWatcher, Vm, VmExit, VmThreadIds};
 
 use crate::devices::legacy::{ConsoleSink, ExitEvent, LegacyBus, SerialConsole, I8042};
+use crate::devices::pci::PciBus;
+pub use crate::devices::vfio::VfioConfig;
+use crate::devices::vfio::VfioSet;
 use crate::devices::virtio::block::{Block, BlockConfig};
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::fs::Fs;
@@ -52,7 +55,8 @@ use crate::vstate::regs::{write_descriptor_tables, write_page_tables};
 use vmm_sys_util::eventfd::EventFd;
 
 /// What the VMM puts at the front of every command line: the i8042 reset ends the VM
-/// (`reboot=k`), a panic reboots (and so ends it), no PCI bus is probed, and the i8042 driver
+/// (`reboot=k`), a panic reboots (and so ends it), no PCI bus is probed (unless VFIO functions
+/// are passed through: then `pci=off` is left out), and the i8042 driver
 /// does not probe what the VMM does not emulate.
 pub const BASE_CMDLINE: &str =
     "reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
@@ -91,6 +95,8 @@ pub struct VmConfig {
     /// A virtio console (the guest's `hvc0`, for `console=hvc0`), written into a sink of its
     /// own ([`Vm::virtio_console`]).
     pub virtio_console: bool,
+    /// Host PCI functions passed through (VFIO, cold-plugged on a PCI bus at `00:01.0`, ...).
+    pub vfio: Vec<VfioConfig>,
 }
 
 /// Builds a [`VmConfig`] and starts the VM.
@@ -116,6 +122,7 @@ impl VmBuilder {
                 net: Vec::new(),
                 console_capacity: DEFAULT_CONSOLE_CAPACITY,
                 virtio_console: false,
+                vfio: Vec::new(),
             },
         }
     }
@@ -186,6 +193,13 @@ impl VmBuilder {
     /// (`console=hvc0`).
     pub fn virtio_console(mut self, on: bool) -> Self {
         self.config.virtio_console = on;
+        self
+    }
+
+    /// Passes the host PCI function `device` through (VFIO, cold-plugged: the guest finds it
+    /// at `00:01.0` for the first, `00:02.0` for the next, ...).
+    pub fn vfio(mut self, device: VfioConfig) -> Self {
+        self.config.vfio.push(device);
         self
     }
 
@@ -265,7 +279,14 @@ impl VmBuilder {
             None
         };
 
-        let mut cmdline = loader::cmdline(BASE_CMDLINE)?;
+        // VFIO functions on a PCI bus (opened and DMA-mapped now); the guest probes PCI then.
+        let pci = crate::devices::vfio::build_bus(&c.vfio, mem)?;
+        let base = if pci.is_some() {
+            BASE_CMDLINE.replace(" pci=off", "")
+        } else {
+            BASE_CMDLINE.to_string()
+        };
+        let mut cmdline = loader::cmdline(&base)?;
         if !c.cmdline.is_empty() {
             cmdline
                 .insert_str(&c.cmdline)
@@ -327,6 +348,7 @@ impl VmBuilder {
             legacy,
             devices: transports,
             vsock_uds: c.vsock_uds,
+            pci: pci.map(|(bus, set)| (Arc::new(Mutex::new(bus)), set)),
         })
     }
 
@@ -362,6 +384,8 @@ pub struct PreparedVm {
     pub(crate) legacy: LegacyBus,
     pub(crate) devices: Vec<PreparedDevice>,
     pub(crate) vsock_uds: Option<PathBuf>,
+    /// The PCI bus of the VFIO functions, with their container and groups.
+    pub(crate) pci: Option<(Arc<Mutex<PciBus>>, VfioSet)>,
 }
 
 impl std::fmt::Debug for PreparedVm {

@@ -13,6 +13,8 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::{PreparedVm, ThreadConfinement, ThreadKind};
 use crate::devices::legacy::{ConsoleSink, LegacyBus};
+use crate::devices::pci::{self, PciBus};
+use crate::devices::vfio::VfioSet;
 use crate::devices::virtio::mmio::MmioBus;
 use crate::error::{Error, Result};
 use crate::event_loop::{EventHandler, EventLoop};
@@ -155,6 +157,9 @@ pub struct Vm {
 /// What the VM holds besides its threads.
 #[allow(dead_code)] // held for its descriptors and mappings
 struct Resources {
+    /// The VFIO functions' bus, container and groups: closed first (the container unmaps the
+    /// DMA of guest RAM), before the memory.
+    pci: Option<(Arc<Mutex<PciBus>>, VfioSet)>,
     kvm: vm::Vm,
     ram: GuestRam,
     legacy: Arc<Mutex<LegacyBus>>,
@@ -263,6 +268,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         vcpu_threads: Vec::new(),
         event_thread: None,
         resources: Some(Resources {
+            pci: p.pci,
             kvm,
             ram: p.ram,
             legacy: legacy.clone(),
@@ -291,8 +297,14 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
             })
             .map_err(spawn_err)?,
     );
+    let pci = vm
+        .resources
+        .as_ref()
+        .and_then(|r| r.pci.as_ref())
+        .map(|(bus, _)| bus.clone());
     for (id, fd) in vcpus.into_iter().enumerate() {
         let (s, legacy, mmio) = (shared.clone(), legacy.clone(), mmio.clone());
+        let pci = pci.clone();
         let (c, tx) = (confinement.clone(), tid_tx.clone());
         let name = format!("kata-vcpu-{id}");
         let handle = std::thread::Builder::new()
@@ -301,7 +313,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
                 let _ = tx.send((Some(id), gettid()));
                 drop(tx);
                 confined(&name, ThreadKind::Vcpu, &c, &s, || {
-                    vcpu_thread(id, fd, legacy, mmio, s.clone())
+                    vcpu_thread(id, fd, legacy, mmio, pci, s.clone())
                 })
             })
             .map_err(spawn_err);
@@ -498,12 +510,21 @@ fn vcpu_thread(
     mut fd: VcpuFd,
     legacy: Arc<Mutex<LegacyBus>>,
     mmio: Arc<MmioBus>,
+    pci: Option<Arc<Mutex<PciBus>>>,
     shared: Arc<Shared>,
 ) {
     let result = catch_unwind(AssertUnwindSafe(|| {
         while !shared.stopping() {
             match fd.run() {
                 Ok(exit) => {
+                    // The PCI bus's ports and BARs first (VFIO), the rest as before.
+                    let exit = match &pci {
+                        Some(bus) => match pci::handle_exit(bus, exit) {
+                            Some(other) => other,
+                            None => continue,
+                        },
+                        None => exit,
+                    };
                     let mut legacy = legacy.lock().unwrap_or_else(PoisonError::into_inner);
                     match handle_exit(exit, &mut legacy, &mmio) {
                         ExitAction::Continue => {}

@@ -1,0 +1,438 @@
+//! VFIO PCI passthrough, cold-plugged: a host PCI function bound to `vfio-pci` appears on the
+//! VM's [`PciBus`](crate::devices::pci::PciBus).
+//!
+//! - **Opening** ([`VfioSet::open`]): sysfs first ([`sysfs::viable_group`]: the group, every
+//!   member on vfio-pci or the member is named), then the container (`/dev/vfio/vfio`, type1
+//!   IOMMU; one per VM), the group (`/dev/vfio/<N>`, viable, added once however many of its
+//!   functions the VM takes) and the device fd; all guest RAM is mapped for the device's DMA
+//!   (`VFIO_IOMMU_MAP_DMA`, guest physical address = IOVA).
+//! - **Configuration space** ([`VfioPci`]): read from the device's config region; the BARs are
+//!   emulated (sizing, the guest-programmed address; the VMM places them first), the command
+//!   register is forwarded, the expansion ROM is hidden and so is the capability list (no MSI,
+//!   MSI-X or PCIe capability: this slice has no interrupts, see below); other writes are
+//!   dropped.
+//! - **BARs**: memory BARs are trapped: a guest access is a KVM MMIO exit, answered by a
+//!   `pread`/`pwrite` at the BAR's region of the device fd (edu's 1 MiB BAR0 needs no more).
+//!   I/O-port BARs are not exposed (they read as unimplemented).
+//! - **Not built**: interrupts (INTx, MSI, MSI-X): the interrupt pin reads 0, so the guest's
+//!   driver polls or fails clearly; mmapping BARs into KVM memory slots; hot-plug.
+
+pub mod sysfs;
+pub mod uapi;
+
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use vm_memory::{GuestMemory as _, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::devices::pci::{BarAllocator, PciBus, PciDevice};
+use crate::error::{Error, Result};
+use crate::memory::GuestMemory;
+pub use uapi::RegionInfo;
+
+/// A VFIO PCI function to pass through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfioConfig {
+    /// Its host PCI address (`0000:01:00.0`).
+    pub bdf: String,
+    /// Where sysfs is (`/sys`).
+    pub sysfs: PathBuf,
+    /// Where the VFIO nodes are (`/dev/vfio`).
+    pub dev_vfio: PathBuf,
+}
+
+impl VfioConfig {
+    /// The function at `bdf`, with the host's `/sys` and `/dev/vfio`.
+    pub fn new(bdf: impl Into<String>) -> Self {
+        VfioConfig {
+            bdf: bdf.into(),
+            sysfs: "/sys".into(),
+            dev_vfio: "/dev/vfio".into(),
+        }
+    }
+}
+
+/// The VFIO state of one VM: the container and its groups, which live as long as the devices.
+#[derive(Debug, Default)]
+pub struct VfioSet {
+    container: Option<uapi::Container>,
+    groups: BTreeMap<u32, File>,
+    bars: BarAllocator,
+}
+
+impl VfioSet {
+    /// Opens `c`'s function (its group and the container on first use), maps `mem` for its DMA
+    /// once per VM, and places its BARs.
+    pub fn open(&mut self, c: &VfioConfig, mem: &GuestMemory) -> Result<VfioPci> {
+        let group = sysfs::viable_group(&c.sysfs, &c.bdf)?;
+        let first = self.container.is_none();
+        if first {
+            self.container = Some(uapi::Container::open(&c.dev_vfio)?);
+        }
+        let Some(container) = self.container.as_mut() else {
+            unreachable!("set above")
+        };
+        if let Entry::Vacant(e) = self.groups.entry(group) {
+            let file = uapi::open_group(&c.dev_vfio, group)?;
+            container.add_group(&file, &format!("VFIO group {group} (device {})", c.bdf))?;
+            e.insert(file);
+        }
+        if first {
+            for region in mem.iter() {
+                let host = region
+                    .get_host_address(MemoryRegionAddress(0))
+                    .map_err(|e| Error::MemoryMap(e.to_string()))?;
+                // SAFETY: the region is a live mapping of guest RAM owned by the VM, which
+                // holds this set (and so the container) until after the RAM's last use: the
+                // VM's resources drop the devices before the memory.
+                unsafe { container.map_dma(region.start_addr().0, region.len(), host as u64)? };
+            }
+        }
+        let Some(g) = self.groups.get(&group) else {
+            unreachable!("inserted above")
+        };
+        let device = uapi::device_fd(g, &c.bdf)?;
+        let config = uapi::region_info(&device, &c.bdf, uapi::VFIO_PCI_CONFIG_REGION_INDEX)?;
+        let mut bars = [RegionInfo::default(); 6];
+        for (i, b) in bars.iter_mut().enumerate() {
+            *b = uapi::region_info(&device, &c.bdf, i as u32)?;
+        }
+        VfioPci::new(&c.bdf, Arc::new(device), config, bars, &mut self.bars)
+    }
+}
+
+/// One emulated BAR.
+#[derive(Debug, Clone, Copy)]
+struct Bar {
+    /// Where the BAR's region is in the device fd.
+    region_offset: u64,
+    /// Its size (a power of two).
+    size: u64,
+    /// The low flag bits of the register (memory type, prefetchable).
+    flags: u32,
+    /// The address the guest (or the VMM) programmed.
+    addr: u64,
+}
+
+/// What a BAR register index holds.
+#[derive(Debug, Clone, Copy)]
+enum BarReg {
+    /// The low dword of BAR `n`.
+    Low(usize),
+    /// The upper dword of the 64-bit BAR `n`.
+    High(usize),
+    /// Nothing (absent, I/O, or hidden).
+    None,
+}
+
+/// A passed-through PCI function, as the guest sees it.
+pub struct VfioPci {
+    bdf: String,
+    device: Arc<File>,
+    config: RegionInfo,
+    bars: [Option<Bar>; 6],
+    regs: [BarReg; 6],
+    /// The command register as the guest last wrote it: memory decoding (bit 1) gates the BARs.
+    command: u16,
+    /// The interrupt line register (scratch for the guest; no interrupt is wired).
+    line: u8,
+}
+
+impl std::fmt::Debug for VfioPci {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioPci")
+            .field("bdf", &self.bdf)
+            .field("bars", &self.bars)
+            .finish_non_exhaustive()
+    }
+}
+
+const COMMAND_MEMORY: u16 = 1 << 1;
+/// Status register's "capabilities list" bit, in the dword at 0x04.
+const STATUS_CAP_LIST: u32 = 1 << (16 + 4);
+
+impl VfioPci {
+    /// A function over `device` (the VFIO device fd, or a file standing in for it) whose
+    /// config space is the `config` region and whose BARs are `bars`; its memory BARs are
+    /// placed by `alloc`.
+    pub fn new(
+        bdf: &str,
+        device: Arc<File>,
+        config: RegionInfo,
+        bars: [RegionInfo; 6],
+        alloc: &mut BarAllocator,
+    ) -> Result<VfioPci> {
+        let who = || format!("VFIO device {bdf}");
+        if config.size < 0x40 {
+            return Err(Error::Device {
+                device: who(),
+                reason: format!(
+                    "its config region is {} bytes, less than a header",
+                    config.size
+                ),
+            });
+        }
+        let mut dev = VfioPci {
+            bdf: bdf.to_string(),
+            device,
+            config,
+            bars: [None; 6],
+            regs: [BarReg::None; 6],
+            command: 0,
+            line: 0,
+        };
+        let header = dev.raw_read(3) >> 16 & 0x7f;
+        if header != 0 {
+            return Err(Error::Device {
+                device: who(),
+                reason: format!(
+                    "header type {header:#x}: only endpoints (type 0) pass through, not bridges"
+                ),
+            });
+        }
+        dev.command = dev.raw_read(1) as u16;
+        let mut i = 0;
+        while i < 6 {
+            let raw = dev.raw_read(4 + i);
+            let region = bars[i];
+            if region.size == 0 {
+                i += 1;
+                continue;
+            }
+            if raw & 1 == 1 {
+                tracing::warn!(
+                    bdf,
+                    bar = i,
+                    "VFIO: an I/O-port BAR is not exposed to the guest"
+                );
+                i += 1;
+                continue;
+            }
+            let wide = raw & 0b110 == 0b100;
+            if !region.size.is_power_of_two() {
+                return Err(Error::Device {
+                    device: who(),
+                    reason: format!("BAR{i} size {:#x} is not a power of two", region.size),
+                });
+            }
+            let addr = alloc.allocate(region.size).ok_or_else(|| Error::Device {
+                device: who(),
+                reason: format!(
+                    "BAR{i} ({:#x} bytes) does not fit the built-in VMM's 32-bit PCI window \
+                     ({:#x}..{:#x}); pass it through with [hypervisor.qemu]",
+                    region.size,
+                    crate::devices::pci::PCI_MMIO_START,
+                    crate::devices::pci::PCI_MMIO_END
+                ),
+            })?;
+            dev.bars[i] = Some(Bar {
+                region_offset: region.offset,
+                size: region.size,
+                flags: raw & 0xf,
+                addr,
+            });
+            dev.regs[i] = BarReg::Low(i);
+            if wide && i + 1 < 6 {
+                dev.regs[i + 1] = BarReg::High(i);
+                i += 2;
+            } else {
+                i += 1;
+            }
+        }
+        Ok(dev)
+    }
+
+    /// The host address.
+    pub fn bdf(&self) -> &str {
+        &self.bdf
+    }
+
+    /// The guest physical address of each memory BAR, as now programmed.
+    pub fn bar_addresses(&self) -> Vec<(usize, u64, u64)> {
+        self.bars
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.map(|b| (i, b.addr, b.size)))
+            .collect()
+    }
+
+    /// Dword `reg` of the device's own config space (all ones on a failed read).
+    fn raw_read(&self, reg: usize) -> u32 {
+        let mut b = [0xff; 4];
+        let off = (reg * 4) as u64;
+        if off + 4 <= self.config.size
+            && self
+                .device
+                .read_exact_at(&mut b, self.config.offset + off)
+                .is_err()
+        {
+            b = [0xff; 4];
+        }
+        u32::from_le_bytes(b)
+    }
+
+    fn raw_write(&self, offset: usize, data: &[u8]) {
+        if let Err(e) = self
+            .device
+            .write_all_at(data, self.config.offset + offset as u64)
+        {
+            tracing::debug!(bdf = %self.bdf, offset, error = %e, "VFIO: config write failed");
+        }
+    }
+
+    fn bar_read(&self, reg: BarReg) -> u32 {
+        match reg {
+            BarReg::Low(n) => self.bars[n].map_or(0, |b| {
+                (b.addr as u32 & !(b.size.wrapping_sub(1) as u32) & !0xf) | b.flags
+            }),
+            BarReg::High(n) => self.bars[n].map_or(0, |b| {
+                ((b.addr >> 32) as u32) & !((b.size.wrapping_sub(1) >> 32) as u32)
+            }),
+            BarReg::None => 0,
+        }
+    }
+
+    fn bar_write(&mut self, reg: BarReg, value: u32) {
+        match reg {
+            BarReg::Low(n) => {
+                if let Some(b) = self.bars[n].as_mut() {
+                    let mask = !(b.size - 1) & 0xffff_fff0;
+                    b.addr = (b.addr & !0xffff_ffff) | u64::from(value & mask as u32);
+                }
+            }
+            BarReg::High(n) => {
+                if let Some(b) = self.bars[n].as_mut() {
+                    let mask = !((b.size - 1) >> 32) as u32;
+                    b.addr = (b.addr & 0xffff_ffff) | (u64::from(value & mask) << 32);
+                }
+            }
+            BarReg::None => {}
+        }
+    }
+
+    /// The BAR decoding `[addr, addr+len)` and the offset in it, with memory decoding on.
+    fn decode(&self, addr: u64, len: usize) -> Option<u64> {
+        if self.command & COMMAND_MEMORY == 0 {
+            return None;
+        }
+        self.bars.iter().flatten().find_map(|b| {
+            let off = addr.checked_sub(b.addr)?;
+            (off + len as u64 <= b.size && b.addr != 0).then_some(b.region_offset + off)
+        })
+    }
+}
+
+impl PciDevice for VfioPci {
+    fn config_read(&mut self, reg: usize) -> u32 {
+        match reg {
+            // Command and status: the device's, without the capability list.
+            1 => self.raw_read(1) & !STATUS_CAP_LIST,
+            // Header type: one function here, whatever the host's.
+            3 => self.raw_read(3) & !(0x80 << 16),
+            4..=9 => self.bar_read(self.regs[reg - 4]),
+            // Expansion ROM and the capability pointer: hidden.
+            12 | 13 => 0,
+            // Interrupt pin 0 (no INTx wired), the line as the guest wrote it.
+            15 => (self.raw_read(15) & 0xffff_0000) | u32::from(self.line),
+            r if r < 64 => self.raw_read(r),
+            _ => 0xffff_ffff,
+        }
+    }
+
+    fn config_write(&mut self, offset: usize, data: &[u8]) {
+        let reg = offset / 4;
+        let within = offset % 4;
+        if data.is_empty() || within + data.len() > 4 {
+            return;
+        }
+        match reg {
+            1 => {
+                // The command register (bytes 0-1) is forwarded; the status (2-3) is not.
+                let mut cmd = self.command.to_le_bytes();
+                for (i, b) in data.iter().enumerate() {
+                    if let Some(c) = cmd.get_mut(within + i) {
+                        *c = *b;
+                    }
+                }
+                self.command = u16::from_le_bytes(cmd);
+                if within < 2 {
+                    let end = (within + data.len()).min(2);
+                    self.raw_write(4 + within, &cmd[within..end]);
+                }
+            }
+            4..=9 => {
+                let r = self.regs[reg - 4];
+                let mut v = self.bar_read(r).to_le_bytes();
+                v[within..within + data.len()].copy_from_slice(data);
+                self.bar_write(r, u32::from_le_bytes(v));
+            }
+            15 if within == 0 => self.line = data[0],
+            _ => {
+                tracing::debug!(bdf = %self.bdf, offset, len = data.len(), "VFIO: config write dropped")
+            }
+        }
+    }
+
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
+        let Some(at) = self.decode(addr, data.len()) else {
+            return false;
+        };
+        if self.device.read_exact_at(data, at).is_err() {
+            data.fill(0xff);
+        }
+        true
+    }
+
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
+        let Some(at) = self.decode(addr, data.len()) else {
+            return false;
+        };
+        if let Err(e) = self.device.write_all_at(data, at) {
+            tracing::debug!(bdf = %self.bdf, addr, error = %e, "VFIO: BAR write failed");
+        }
+        true
+    }
+}
+
+/// The PCI bus of a VM passing `devices` through, with the VFIO state that must live as long
+/// (`None` without devices: the VM keeps `pci=off`). Every device is opened, checked and its
+/// DMA mapped here, before the VM exists; an error closes whatever was opened.
+pub fn build_bus(devices: &[VfioConfig], mem: &GuestMemory) -> Result<Option<(PciBus, VfioSet)>> {
+    if devices.is_empty() {
+        return Ok(None);
+    }
+    let mut set = VfioSet::default();
+    let mut bus = PciBus::new();
+    for c in devices {
+        if devices.iter().filter(|o| o.bdf == c.bdf).count() > 1 {
+            return Err(Error::Device {
+                device: format!("VFIO device {}", c.bdf),
+                reason: "given twice: pass each PCI function once".into(),
+            });
+        }
+        let d = set.open(c, mem)?;
+        let slot = bus.add(Arc::new(Mutex::new(d)));
+        match slot {
+            Some(slot) => {
+                tracing::info!(bdf = %c.bdf, slot, "VFIO: cold-plugged at 00:{slot:02x}.0")
+            }
+            None => {
+                return Err(Error::Device {
+                    device: format!("VFIO device {}", c.bdf),
+                    reason: format!(
+                        "the built-in VMM's PCI bus has {} slots for devices",
+                        crate::devices::pci::PCI_SLOTS - 1
+                    ),
+                })
+            }
+        }
+    }
+    Ok(Some((bus, set)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,217 @@
+//! The emulated configuration space and BARs over a fake device: a temp file whose first 256
+//! bytes are the config region and whose BAR regions follow.
+
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::devices::pci::{PciBus, PCI_MMIO_START};
+
+const BAR0_OFFSET: u64 = 0x10_0000;
+const BAR0_SIZE: u64 = 0x10_0000;
+const BAR2_OFFSET: u64 = 0x20_0000;
+const BAR2_SIZE: u64 = 0x4000;
+
+/// An edu-like function: 1234:11e8, header type 0x80 (multi-function), a capability list at
+/// 0x40, interrupt pin A; BAR0 32-bit memory (1 MiB), BAR2/3 a 64-bit prefetchable BAR
+/// (16 KiB), BAR4 an I/O BAR (32 bytes).
+fn fake() -> (tempfile::NamedTempFile, [RegionInfo; 6], RegionInfo) {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let mut cfg = [0u8; 256];
+    cfg[0..4].copy_from_slice(&0x11e8_1234u32.to_le_bytes());
+    cfg[4..8].copy_from_slice(&0x0010_0000u32.to_le_bytes()); // status: capability list
+    cfg[8..12].copy_from_slice(&0x00ff_0010u32.to_le_bytes());
+    cfg[14] = 0x80;
+    cfg[0x10..0x14].copy_from_slice(&0u32.to_le_bytes());
+    cfg[0x18..0x1c].copy_from_slice(&0xcu32.to_le_bytes());
+    cfg[0x20..0x24].copy_from_slice(&1u32.to_le_bytes());
+    cfg[0x30..0x34].copy_from_slice(&0xfffe_0000u32.to_le_bytes());
+    cfg[0x34] = 0x40;
+    cfg[0x3d] = 1;
+    f.as_file().write_all_at(&cfg, 0).unwrap();
+    f.as_file().set_len(BAR2_OFFSET + BAR2_SIZE).unwrap();
+    f.as_file()
+        .write_all_at(&0x0100_00edu32.to_le_bytes(), BAR0_OFFSET)
+        .unwrap();
+    let mut bars = [RegionInfo::default(); 6];
+    bars[0] = RegionInfo {
+        offset: BAR0_OFFSET,
+        size: BAR0_SIZE,
+    };
+    bars[2] = RegionInfo {
+        offset: BAR2_OFFSET,
+        size: BAR2_SIZE,
+    };
+    bars[4] = RegionInfo {
+        offset: 0x30_0000,
+        size: 0x20,
+    };
+    let config = RegionInfo {
+        offset: 0,
+        size: 256,
+    };
+    (f, bars, config)
+}
+
+fn device(f: &tempfile::NamedTempFile, bars: [RegionInfo; 6], config: RegionInfo) -> VfioPci {
+    let file = Arc::new(f.reopen().unwrap());
+    VfioPci::new(
+        "0000:00:03.0",
+        file,
+        config,
+        bars,
+        &mut BarAllocator::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_header_passes_through_with_capabilities_rom_and_interrupts_hidden() {
+    let (f, bars, config) = fake();
+    let mut d = device(&f, bars, config);
+    assert_eq!(d.config_read(0), 0x11e8_1234);
+    assert_eq!(
+        d.config_read(1) & STATUS_CAP_LIST,
+        0,
+        "capability list hidden"
+    );
+    assert_eq!(d.config_read(3) >> 16 & 0xff, 0, "single function");
+    assert_eq!(d.config_read(12), 0, "no expansion ROM");
+    assert_eq!(d.config_read(13), 0, "no capability pointer");
+    assert_eq!(d.config_read(15) >> 8 & 0xff, 0, "no interrupt pin");
+    d.config_write(0x3c, &[11]);
+    assert_eq!(
+        d.config_read(15) & 0xff,
+        11,
+        "the line is scratch for the guest"
+    );
+    assert_eq!(d.config_read(64), 0xffff_ffff, "past the header");
+}
+
+#[test]
+fn bars_are_placed_sized_and_programmed() {
+    let (f, bars, config) = fake();
+    let mut d = device(&f, bars, config);
+    // Placed by the VMM: BAR0 at the window's start, BAR2 after it, naturally aligned.
+    assert_eq!(d.config_read(4), PCI_MMIO_START as u32);
+    let bar2 = d.config_read(6);
+    assert_eq!(bar2 & 0xf, 0xc, "64-bit prefetchable flags kept");
+    assert_eq!(u64::from(bar2 & !0xf) % BAR2_SIZE, 0);
+    assert_eq!(d.config_read(7), 0, "upper half below 4 GiB");
+    assert_eq!(d.config_read(8), 0, "the I/O BAR is not exposed");
+    // Sizing: all ones reads back the size mask with the flags.
+    d.config_write(0x10, &0xffff_ffffu32.to_le_bytes());
+    assert_eq!(d.config_read(4), !(BAR0_SIZE as u32 - 1));
+    d.config_write(0x18, &0xffff_ffffu32.to_le_bytes());
+    d.config_write(0x1c, &0xffff_ffffu32.to_le_bytes());
+    assert_eq!(d.config_read(6), !(BAR2_SIZE as u32 - 1) | 0xc);
+    assert_eq!(d.config_read(7), 0xffff_ffff);
+    d.config_write(0x20, &0xffff_ffffu32.to_le_bytes());
+    assert_eq!(d.config_read(8), 0);
+    // Programming: the guest's address, low bits masked; a byte write merges.
+    d.config_write(0x10, &0xe120_0123u32.to_le_bytes());
+    assert_eq!(d.config_read(4), 0xe120_0000);
+    d.config_write(0x13, &[0xe3]);
+    assert_eq!(d.config_read(4), 0xe320_0000);
+    d.config_write(0x1c, &1u32.to_le_bytes());
+    d.config_write(0x18, &0x4000u32.to_le_bytes());
+    assert_eq!(d.bar_addresses()[1].1, 0x1_0000_4000);
+    // Nothing reached the device's own BAR registers.
+    let mut raw = [0u8; 4];
+    f.as_file().read_exact_at(&mut raw, 0x10).unwrap();
+    assert_eq!(raw, [0; 4]);
+}
+
+#[test]
+fn bar_accesses_reach_the_region_only_with_memory_decoding_on() {
+    let (f, bars, config) = fake();
+    let mut d = device(&f, bars, config);
+    let bar0 = PCI_MMIO_START;
+    let mut id = [0u8; 4];
+    assert!(!d.mmio_read(bar0, &mut id), "decoding off");
+    // The command register is forwarded to the device.
+    d.config_write(4, &[0x06]);
+    let mut cmd = [0u8; 2];
+    f.as_file().read_exact_at(&mut cmd, 4).unwrap();
+    assert_eq!(cmd, [0x06, 0]);
+    assert!(d.mmio_read(bar0, &mut id));
+    assert_eq!(u32::from_le_bytes(id), 0x0100_00ed);
+    assert!(d.mmio_write(bar0 + 8, &5u32.to_le_bytes()));
+    let mut v = [0u8; 4];
+    f.as_file().read_exact_at(&mut v, BAR0_OFFSET + 8).unwrap();
+    assert_eq!(u32::from_le_bytes(v), 5);
+    // Past the BAR's end, or straddling it: not this device's.
+    // (BAR2 sits right after BAR0.)
+    assert!(!d.mmio_read(bar0 + BAR0_SIZE + BAR2_SIZE, &mut id));
+    assert!(!d.mmio_read(bar0 + BAR0_SIZE - 2, &mut id));
+    // Moved by the guest: the old address is free, the new one decodes.
+    d.config_write(0x10, &0xe800_0000u32.to_le_bytes());
+    assert!(!d.mmio_read(bar0, &mut id));
+    assert!(d.mmio_read(0xe800_0000, &mut id));
+}
+
+#[test]
+fn on_the_bus_the_guest_finds_the_bridge_and_the_device() {
+    let (f, bars, config) = fake();
+    let d = device(&f, bars, config);
+    let mut bus = PciBus::new();
+    assert_eq!(bus.add(Arc::new(Mutex::new(d))), Some(1));
+    let read = |bus: &mut PciBus, slot: u32, reg: u32| {
+        bus.pio_write(0xcf8, &(0x8000_0000 | slot << 11 | reg << 2).to_le_bytes());
+        let mut d = [0u8; 4];
+        bus.pio_read(0xcfc, &mut d);
+        u32::from_le_bytes(d)
+    };
+    assert_eq!(read(&mut bus, 0, 2) >> 16, 0x0600, "host bridge class");
+    assert_eq!(read(&mut bus, 1, 0), 0x11e8_1234);
+    assert_eq!(read(&mut bus, 2, 0), 0xffff_ffff, "empty slot");
+    // Enable memory decoding through the bus (a 16-bit write), then a BAR read.
+    bus.pio_write(0xcf8, &(0x8000_0000u32 | 1 << 11 | 4).to_le_bytes());
+    bus.pio_write(0xcfc, &2u16.to_le_bytes());
+    let mut id = [0u8; 4];
+    assert!(bus.mmio_read(PCI_MMIO_START, &mut id));
+    assert_eq!(u32::from_le_bytes(id), 0x0100_00ed);
+    assert!(!bus.mmio_read(0xd000_0000, &mut id));
+}
+
+#[test]
+fn bridges_tiny_config_regions_and_oversized_bars_are_refused() {
+    let (f, bars, config) = fake();
+    let file = Arc::new(f.reopen().unwrap());
+    let e = VfioPci::new(
+        "0000:00:03.0",
+        file.clone(),
+        RegionInfo {
+            offset: 0,
+            size: 16,
+        },
+        bars,
+        &mut BarAllocator::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("0000:00:03.0") && e.contains("header"), "{e}");
+    let mut huge = bars;
+    huge[0].size = 1 << 30;
+    let e = VfioPci::new(
+        "0000:00:03.0",
+        file.clone(),
+        config,
+        huge,
+        &mut BarAllocator::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("BAR0") && e.contains("[hypervisor.qemu]"), "{e}");
+    f.as_file().write_all_at(&[0x01], 14).unwrap();
+    let e = VfioPci::new(
+        "0000:00:03.0",
+        file,
+        config,
+        bars,
+        &mut BarAllocator::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("bridges"), "{e}");
+}
