@@ -21,6 +21,7 @@
 #   $CACHE/kernel/src-<pkgver>/linux-source-6.1     extracted once per package version
 #   $CACHE/kernel/<pkgver>-<frag16>/{bzImage,vmlinux,config,kernel_version,build.log}
 #   $CACHE/guest/initrd/<inputs16>/<name>.img        content-keyed initramfs files
+#   $CACHE/guest/image/<inputs16>/kata-containers.img the rootfs image (guest/image.sh)
 #   $CACHE/guest/manifest.json, $CACHE/guest/current/ symlinks
 set -euo pipefail
 
@@ -330,7 +331,7 @@ link() {
 }
 
 write_manifest() {
-  local initrd=$1 initrd_debug=$2 initrd_busybox=$3 agent_sha=$4
+  local initrd=$1 initrd_debug=$2 initrd_busybox=$3 agent_sha=$4 image=${5:-}
   mkdir -p "$CACHE/guest/current"
   local m=$CACHE/guest/manifest.json
   {
@@ -340,6 +341,7 @@ write_manifest() {
     printf '  "initrd": %s,\n' "$(json_str "$initrd")"
     printf '  "initrd_debug": %s,\n' "$(json_str "$initrd_debug")"
     printf '  "initrd_busybox": %s,\n' "$(json_str "$initrd_busybox")"
+    printf '  "image": %s,\n' "$(json_str "$image")"
     printf '  "kernel_version": %s,\n' "$(json_str "$(cat "$KDIR/kernel_version")")"
     printf '  "kernel_source": %s,\n' "$(json_str "$SRC_PKG $PKG_VERSION")"
     printf '  "agent_sha256": %s,\n' "$(json_str "$agent_sha")"
@@ -353,6 +355,7 @@ write_manifest() {
   link initrd.img "$initrd"
   link initrd-debug.img "$initrd_debug"
   link initrd-busybox.img "$initrd_busybox"
+  link kata-containers.img "$image"
   link manifest.json "$m"
   log "manifest: $m"
 }
@@ -385,17 +388,19 @@ main() {
   exec 9>"$CACHE/guest/.lock"
   flock 9
   ensure_gen_cpio
-  local initrd= initrd_debug= agent_sha= initrd_busybox
+  local initrd= initrd_debug= agent_sha= initrd_busybox image=
   initrd_busybox=$(build_initrd initrd-busybox busybox)
   [ "$mode" = full ] && build_agent
   if [ -x "$AGENT" ]; then
     agent_sha=$(sha256 "$AGENT")
     initrd=$(build_initrd initrd agent "$AGENT")
     initrd_debug=$(build_initrd initrd-debug agent-debug "$AGENT")
+    # Kata's rootfs image layout (guest/image.sh): the root on an NVDIMM or a virtio-blk disk.
+    image=$("$GUEST_DIR/image.sh" "$AGENT")
   else
     log "no agent binary at $AGENT: manifest has initrd = null"
   fi
-  write_manifest "$initrd" "$initrd_debug" "$initrd_busybox" "$agent_sha"
+  write_manifest "$initrd" "$initrd_debug" "$initrd_busybox" "$agent_sha" "$image"
   prune_initrds
   log "done in $((SECONDS - t0))s"
 }

@@ -1,6 +1,7 @@
 # guest/guest.mk — guest image targets; the top Makefile does `include guest/guest.mk`.
 #
 #   make guest          kernel + busybox initrd + agent initrds (cargo build -p kata-agent)
+#                       + Kata's rootfs image layout (guest/image.sh: checked with e2fsck)
 #   make guest-busybox  kernel + busybox initrd only (no cargo; for when the agent doesn't build)
 #   make guest-smoke    boot checks under TCG: /init, ACPI power-off, vsock, 9p (PCI and MMIO)
 #   make guest-bench    boot time of the busybox /init (BENCH_RUNS=3)

@@ -811,6 +811,10 @@ pub struct GuestManifest {
     /// The debug initramfs (agent plus busybox).
     #[serde(default)]
     pub initrd_debug: Option<PathBuf>,
+    /// Kata's rootfs image layout with the agent as `/sbin/init` (`guest/image.sh`), for the
+    /// `image` key; absent in manifests written before it existed.
+    #[serde(default)]
+    pub image: Option<PathBuf>,
     /// The kernel version string.
     #[serde(default)]
     pub kernel_version: String,

@@ -26,6 +26,16 @@ pub enum Error {
         /// How to get it (e.g. "run `make guest`").
         hint: String,
     },
+    /// The guest image (`image`) is not an image the guest can boot from.
+    #[error("guest image {path} cannot be booted: {reason}; {fix}")]
+    BadGuestImage {
+        /// The image file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// How to get a good one.
+        fix: String,
+    },
     /// An external program (QEMU, a vhost-user backend) is not installed.
     #[error("{program} not found (looked in {searched}); install it with: {install}")]
     MissingProgram {

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{BlockDeviceDriver, HypervisorConfig, RootfsType, SharedFs};
+use crate::config::{BlockDeviceDriver, HypervisorConfig, SharedFs};
 use crate::device::{DeviceConfig, NetDevice, PortAllocator, PortPlan};
 use crate::error::{Error, Result};
 use crate::kvm::Accelerator;
@@ -56,8 +56,9 @@ pub struct QemuLaunch<'a> {
     pub kernel: &'a Path,
     /// Resolved initrd path, if booting from an initramfs.
     pub initrd: Option<&'a Path>,
-    /// Resolved root image, if booting from a disk image.
-    pub image: Option<&'a Path>,
+    /// The checked root image, if booting from a disk image ([`super::image`]: an NVDIMM or
+    /// a virtio-blk disk).
+    pub image: Option<&'a super::image::GuestImage>,
     /// The QMP socket.
     pub qmp_socket: &'a Path,
     /// The serial console's socket (QEMU listens, the backend's console reader connects).
@@ -112,13 +113,8 @@ pub fn kernel_cmdline_for(config: &HypervisorConfig, has_image: bool, tcg: bool)
         s.push_str(" quiet");
     }
     if has_image {
-        s.push_str(match config.rootfs_type {
-            RootfsType::Ext4 => {
-                " root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4"
-            }
-            RootfsType::Xfs => " root=/dev/vda1 rootflags=ro ro rootfstype=xfs",
-            RootfsType::Erofs => " root=/dev/vda1 rootflags=ro ro rootfstype=erofs",
-        });
+        s.push(' ');
+        s.push_str(super::image::root_params(config));
     }
     if !config.kernel_params.trim().is_empty() {
         s.push(' ');
@@ -133,11 +129,19 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
 
-    let machine = if c.machine_accelerators.is_empty() {
+    let mut machine = if c.machine_accelerators.is_empty() {
         c.machine_type.clone()
     } else {
         format!("{},{}", c.machine_type, c.machine_accelerators)
     };
+    // The image as an NVDIMM: the machine's NVDIMM support, a memory slot of its own and its
+    // size on top of `maxmem` (hot-plug keeps `memory_slots` and its bound).
+    let nvdimm = l
+        .image
+        .filter(|_| super::image::attachment(c) == super::image::ImageAttachment::Nvdimm);
+    if nvdimm.is_some() && !machine.split(',').any(|o| o.starts_with("nvdimm")) {
+        machine.push_str(",nvdimm=on");
+    }
     // Named threads (`CPU 0/KVM`): the host cgroups find the vCPUs by them.
     push(&["-name", &format!("sandbox-{},debug-threads=on", l.name)]);
     push(&["-machine", &machine]);
@@ -169,7 +173,16 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
     // `default_maxmemory` (0: the host's memory) plus the NVDIMM headroom; memory hot-plug
     // bounds itself by the same figure.
     let maxmem = super::resize::max_memory_mib(c, l.host_memory_mib);
-    if c.memory_slots > 0 {
+    if let Some(image) = nvdimm {
+        push(&[
+            "-m",
+            &format!(
+                "{mem}M,slots={},maxmem={}M",
+                c.memory_slots + 1,
+                maxmem + image.size_mib()
+            ),
+        ]);
+    } else if c.memory_slots > 0 {
         push(&[
             "-m",
             &format!("{mem}M,slots={},maxmem={maxmem}M", c.memory_slots),
@@ -236,16 +249,9 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
         push(&["-initrd", &initrd.display().to_string()]);
     }
     if let Some(image) = l.image {
-        push(&[
-            "-drive",
-            &format!(
-                "file={},if=none,id=image0,format=raw,readonly=on",
-                image.display()
-            ),
-            "-device",
-            "virtio-blk-pci,drive=image0,id=image0-dev",
-        ]);
+        a.extend(super::image::args(c, image));
     }
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     let tcg = l.accelerator == Accelerator::Tcg;
     push(&["-append", &kernel_cmdline_for(c, l.image.is_some(), tcg)]);
     push(&[
@@ -523,6 +529,7 @@ pub fn vfio_args(devices: &[DeviceConfig], ports: &PortAllocator) -> Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RootfsType;
     use crate::device::{BlockDevice, NetDevice, PciePort, ShareFsDevice, VfioDevice};
 
     fn launch<'a>(
@@ -738,11 +745,62 @@ mod tests {
         ] {
             let c = HypervisorConfig {
                 rootfs_type: fs,
+                disable_image_nvdimm: true,
                 ..Default::default()
             };
             assert!(kernel_cmdline(&c, true).contains(flags), "{fs}");
             assert!(!kernel_cmdline(&c, false).contains("rootfstype"));
         }
+    }
+
+    /// Kata's default with QEMU: the image is an NVDIMM (q35 with `nvdimm=on`, a slot and
+    /// its size on top of the hot-plug ones) mounted with DAX from `/dev/pmem0p1`; with
+    /// `disable_image_nvdimm` a read-only virtio-blk disk and `/dev/vda1`. No initrd either way.
+    #[test]
+    fn an_image_boots_from_an_nvdimm_with_dax_unless_disabled() {
+        let image = super::super::image::GuestImage {
+            path: "/g/kata-containers.img".into(),
+            size: 18 << 20,
+        };
+        let c = HypervisorConfig::default();
+        let ports = PortAllocator::for_vm(&c, &[]).unwrap();
+        let l = QemuLaunch {
+            initrd: None,
+            image: Some(&image),
+            ..launch(&c, &[], &ports)
+        };
+        let a = build_args(&l).unwrap().join(" ");
+        for want in [
+            "-machine q35,nvdimm=on ",
+            "-m 2048M,slots=11,maxmem=4114M ",
+            "-object memory-backend-file,id=image0-mem,mem-path=/g/kata-containers.img,\
+             size=18874368,readonly=on,share=on -device nvdimm,id=image0,memdev=image0-mem,unarmed=on",
+            " root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4",
+        ] {
+            assert!(a.contains(want), "{want} not in {a}");
+        }
+        assert!(!a.contains("-initrd") && !a.contains("virtio-blk"), "{a}");
+
+        let c = HypervisorConfig {
+            disable_image_nvdimm: true,
+            ..Default::default()
+        };
+        let l = QemuLaunch {
+            initrd: None,
+            image: Some(&image),
+            ..launch(&c, &[], &ports)
+        };
+        let a = build_args(&l).unwrap().join(" ");
+        for want in [
+            "-machine q35 ",
+            "-m 2048M,slots=10,maxmem=4096M ",
+            "-drive file=/g/kata-containers.img,if=none,id=image0,format=raw,readonly=on \
+             -device virtio-blk-pci,drive=image0,id=image0-dev",
+            " root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4",
+        ] {
+            assert!(a.contains(want), "{want} not in {a}");
+        }
+        assert!(!a.contains("nvdimm") && !a.contains("pmem"), "{a}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod confine;
 pub mod fault;
 mod host;
 pub mod hotplug;
+pub mod image;
 pub mod qmp;
 pub mod resize;
 pub mod rootless;
@@ -454,8 +455,9 @@ impl Qemu {
         });
     }
 
-    /// Resolves kernel and initrd/image: the configuration, else the guest manifest.
-    fn guest_files(&self) -> Result<(PathBuf, Option<PathBuf>, Option<PathBuf>)> {
+    /// Resolves kernel and initrd/image: the configuration, else the guest manifest. An image
+    /// is checked ([`image::GuestImage::probe`]) before anything starts.
+    fn guest_files(&self) -> Result<(PathBuf, Option<PathBuf>, Option<image::GuestImage>)> {
         let c = &self.config;
         let need_manifest = c.kernel.is_empty() || (c.initrd.is_empty() && c.image.is_empty());
         let manifest = if need_manifest {
@@ -496,9 +498,10 @@ impl Qemu {
         if let Some(i) = &initrd {
             check("guest initrd", i)?;
         }
-        if let Some(i) = &image {
-            check("guest image", i)?;
-        }
+        let image = match image {
+            Some(i) => Some(image::GuestImage::probe(&i, c)?),
+            None => None,
+        };
         Ok((kernel, initrd, image))
     }
 
@@ -593,7 +596,8 @@ impl Qemu {
 
     async fn start_inner(&self, run: &mut Running) -> Result<()> {
         let (kernel, initrd, image) = self.guest_files()?;
-        let user = self.claim_rootless(&kernel, initrd.as_deref(), image.as_deref())?;
+        let image_path = image.as_ref().map(|i| i.path.as_path());
+        let user = self.claim_rootless(&kernel, initrd.as_deref(), image_path)?;
         let qemu = self.qemu_binary()?;
         let devices = self.devices.lock().unwrap().clone();
         let ports = PortAllocator::for_vm(&self.config, &devices)?;
@@ -636,7 +640,7 @@ impl Qemu {
             accelerator,
             kernel: &kernel,
             initrd: initrd.as_deref(),
-            image: image.as_deref(),
+            image: image.as_ref(),
             qmp_socket: &qmp_socket,
             console_socket: &console_socket,
             vsock,

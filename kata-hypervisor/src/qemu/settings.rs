@@ -39,7 +39,9 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
 
         // Guest boot.
         "kernel" | "initrd" | "image" | "rootfs_type" | "kernel_params" | "firmware" => Acted,
-        "vm_rootfs_driver" => Inert("the guest image is always attached as virtio-blk-pci"),
+        "vm_rootfs_driver" => Inert(
+            "the guest image is an NVDIMM, or virtio-blk-pci with disable_image_nvdimm = true",
+        ),
         "kernel_verity_params" => Refused(
             "dm-verity of the guest image is not implemented yet: the image would boot \
              unverified; leave kernel_verity_params empty",
@@ -82,7 +84,8 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
         "block_device_logical_sector_size" | "block_device_physical_sector_size" => {
             Inert("block devices get QEMU's default sector sizes")
         }
-        "disable_image_nvdimm" => Inert("the guest image is never attached as an NVDIMM"),
+        // `image.rs`: an NVDIMM with DAX on q35/pc, else (or when set) virtio-blk-pci.
+        "disable_image_nvdimm" => Acted,
         "enable_iothreads" | "indep_iothreads" => Inert("the QEMU backend creates no IO threads"),
         "enable_vhost_user_store"
         | "vhost_user_store_path"
