@@ -91,20 +91,35 @@ struct HostAgent {
 
 impl HostAgent {
     async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// With `private_run`, the agent gets a tmpfs of its own on `/run` (in its mount namespace):
+    /// guest paths such as `/run/kata-containers/shared/containers` can then be written without
+    /// touching the host's `/run`. The test reads them through `/proc/<agent>/root`.
+    async fn start_with(private_run: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("rootfs");
         build_rootfs(&rootfs);
         let sock = dir.path().join("agent.sock");
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let agent = Command::new("unshare")
-            .args([
-                "--mount",
-                "--uts",
-                "--ipc",
-                "--net",
-                "--propagation",
-                "private",
-            ])
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--propagation",
+            "private",
+        ]);
+        if private_run {
+            cmd.args([
+                "sh",
+                "-c",
+                "mount -t tmpfs -o mode=0755 kata-conformance-run /run && exec \"$0\" \"$@\"",
+            ]);
+        }
+        let agent = cmd
             .arg(kata_testkit::agent_binary().unwrap())
             .args(["--no-init", "--log", "debug", "--listen"])
             .arg(format!("unix://{}", sock.display()))
@@ -134,6 +149,11 @@ impl HostAgent {
             sock,
             rootfs,
         }
+    }
+
+    /// A path as the agent sees it (its mount namespace), from the test.
+    fn agent_view(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{path}", self.agent.id()))
     }
 
     fn log(&self) -> String {
@@ -754,27 +774,31 @@ async fn watchable_bind_mirrors_updates_into_the_container() {
     assert!(!target.exists(), "the copy is removed");
 }
 
-/// CreateSandbox's `kernel_modules` and `guest_hook_path`, which Kata's agent applies
-/// (modprobe; OCI hooks found in the guest), are refused naming them (a documented
-/// difference) rather than ignored; the sandbox can then be created without them.
+/// CreateSandbox's `kernel_modules` are loaded with modprobe as Kata's agent loads them, and a
+/// module that cannot be loaded fails the request `INTERNAL` naming it (as Kata's). On the host
+/// the agent only dry-runs modprobe. `guest_hook_path` (OCI hooks found in the guest) is still
+/// refused naming it (a documented difference) rather than ignored; the sandbox can then be
+/// created without them.
 #[tokio::test]
-async fn create_sandbox_refuses_kernel_modules_and_guest_hooks_naming_them() {
+async fn create_sandbox_loads_kernel_modules_and_refuses_guest_hooks() {
     require_host_agent!();
     let a = HostAgent::start().await;
     let mut req = CreateSandboxRequest::new();
     req.sandbox_id = "sb".into();
     let mut module = kata_agent_client::protocol::agent::KernelModule::new();
-    module.name = "nf_tables".into();
+    module.name = "kata_rs_no_such_module".into();
+    module.parameters = vec!["debug=1".into()];
     req.kernel_modules = vec![module];
     let err = a
         .client
         .create_sandbox(&req)
         .await
-        .expect_err("kernel_modules");
+        .expect_err("a module that does not exist");
     assert!(
-        err.to_string().contains("kernel_modules") && err.to_string().contains("nf_tables"),
-        "{err}"
+        err.to_string().contains("kata_rs_no_such_module"),
+        "the error names the module: {err}"
     );
+    assert_eq!(code(&err), Some(Code::INTERNAL), "Kata's code: {err}");
     req.kernel_modules.clear();
     req.guest_hook_path = "/usr/share/oci/hooks".into();
     let err = a
@@ -787,6 +811,151 @@ async fn create_sandbox_refuses_kernel_modules_and_guest_hooks_naming_them() {
         .await
         .expect("CreateSandbox without them");
     a.destroy().await;
+}
+
+/// A storage marked `shared` (Kata's block-backed emptyDir) outlives the container that asked
+/// for it: RemoveContainer keeps it, DestroySandbox releases it, as Kata's agent does.
+#[tokio::test]
+async fn a_shared_storage_is_kept_until_the_sandbox_ends() {
+    const CID: &str = "kc-a-shared-storage-is-kept";
+    require_host_agent!();
+    let a = HostAgent::start().await;
+    a.create_sandbox(Vec::new()).await.expect("CreateSandbox");
+    let vol = a.guest_path("local/shared-vol");
+    let mut st = storage("local", "local", "local", vol.clone());
+    st.shared = true;
+    let mut req = CreateContainerRequest::new();
+    req.container_id = CID.into();
+    req.OCI = MessageField::some(spec::to_grpc(&a.spec(&["true"])).unwrap());
+    req.storages = vec![st];
+    if let Err(e) = a.client.create_container(&req).await {
+        panic!(
+            "CreateContainer with a shared storage: {e}\nagent log:\n{}",
+            a.log()
+        );
+    }
+    a.start_container(CID).await;
+    a.wait(CID, "").await.expect("WaitProcess");
+    a.remove(CID).await;
+    let kept = Path::new(&vol).is_dir();
+    a.destroy().await;
+    assert!(kept, "a shared storage was released with its container");
+    assert!(!Path::new(&vol).exists(), "released with the sandbox");
+}
+
+/// Kata's shared directory for containers, where CopyFile writes.
+const SHARED: &str = "/run/kata-containers/shared/containers";
+
+fn copy_req(
+    path: &str,
+    mode: u32,
+    data: &[u8],
+) -> kata_agent_client::protocol::agent::CopyFileRequest {
+    let mut r = kata_agent_client::protocol::agent::CopyFileRequest::new();
+    r.path = path.into();
+    r.file_mode = mode;
+    r.dir_mode = 0o750;
+    r.file_size = data.len() as i64;
+    r.data = data.to_vec();
+    r.uid = -1;
+    r.gid = -1;
+    r
+}
+
+/// CopyFile as runtime-rs sends it without a shared filesystem (`shared_fs = "none"`): a
+/// regular file in chunks at offsets (complete, with its mode and owner, only after the last),
+/// a directory and a symlink chosen by `file_mode`'s type bits, the parent made with
+/// `dir_mode`. A destination outside the shared directory is refused `INTERNAL`, as Kata's
+/// agent refuses one outside its base; unlike Kata's, a `..` or a symlink the host planted
+/// does not take a write out of it.
+#[tokio::test]
+async fn copy_file_writes_into_the_shared_directory_only() {
+    require_host_agent!();
+    let a = HostAgent::start_with(true).await;
+    a.create_sandbox(Vec::new()).await.expect("CreateSandbox");
+    let dest = format!("{SHARED}/sb-1234-hosts/etc/hosts");
+    let mut first = copy_req(&dest, libc::S_IFREG | 0o640, b"127.0.0.1 ");
+    first.file_size = 20;
+    (first.uid, first.gid) = (1000, 1001);
+    let mut second = first.clone();
+    second.offset = 10;
+    second.data = b"localhost\n".to_vec();
+    if let Err(e) = a.client.copy_file(&first).await {
+        panic!("CopyFile (first chunk): {e}\nagent log:\n{}", a.log());
+    }
+    assert!(
+        !a.agent_view(&dest).exists(),
+        "not complete after the first chunk"
+    );
+    a.client
+        .copy_file(&second)
+        .await
+        .expect("CopyFile (last chunk)");
+    let seen = a.agent_view(&dest);
+    assert_eq!(std::fs::read(&seen).unwrap(), b"127.0.0.1 localhost\n");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&seen).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o640, 1000, 1001)
+    );
+    let parent = std::fs::metadata(seen.parent().unwrap()).unwrap();
+    assert_eq!(
+        parent.mode() & 0o7777,
+        0o750,
+        "the parent it made has dir_mode"
+    );
+
+    let dir = format!("{SHARED}/sb-1234-secret/..2026_11_30");
+    a.client
+        .copy_file(&copy_req(&dir, libc::S_IFDIR | 0o755, b""))
+        .await
+        .expect("CopyFile of a directory");
+    assert!(a.agent_view(&dir).is_dir());
+    let link = format!("{SHARED}/sb-1234-secret/..data");
+    a.client
+        .copy_file(&copy_req(&link, libc::S_IFLNK | 0o777, b"..2026_11_30"))
+        .await
+        .expect("CopyFile of a symlink");
+    assert_eq!(
+        std::fs::read_link(a.agent_view(&link)).unwrap(),
+        Path::new("..2026_11_30")
+    );
+
+    // Outside: by name, by `..`, through a symlink the host planted.
+    for bad in [
+        "/run/kata-rs-outside/x".to_string(),
+        format!("{SHARED}/../../../kata-rs-outside/y"),
+    ] {
+        let err = a
+            .client
+            .copy_file(&copy_req(&bad, libc::S_IFREG | 0o644, b"x"))
+            .await
+            .expect_err("outside the shared directory");
+        assert_eq!(code(&err), Some(Code::INTERNAL), "Kata's code: {err}");
+        assert!(err.to_string().contains("CopyFile"), "{err}");
+    }
+    let planted = format!("{SHARED}/planted");
+    a.client
+        .copy_file(&copy_req(
+            &planted,
+            libc::S_IFLNK | 0o777,
+            b"/run/kata-rs-outside",
+        ))
+        .await
+        .expect("a symlink pointing out is only text");
+    a.client
+        .copy_file(&copy_req(
+            &format!("{planted}/z"),
+            libc::S_IFREG | 0o644,
+            b"x",
+        ))
+        .await
+        .expect("written inside, where the link resolves within the directory");
+    let outside = a.agent_view("/run/kata-rs-outside");
+    let leaked = outside.exists();
+    a.destroy().await;
+    assert!(!leaked, "a write left the shared directory");
 }
 
 /// A `watchable-bind` source past Kata's limits (more than 16 files) is bind mounted instead

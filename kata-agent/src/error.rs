@@ -102,6 +102,26 @@ pub enum AgentError {
         seconds: u64,
     },
 
+    /// A CopyFile request the agent will not carry out (a destination outside the shared
+    /// directory, a bad offset). `INTERNAL`, as Kata's agent answers it.
+    #[error("CopyFile {path:?} refused: {reason}")]
+    CopyFileRefused {
+        /// The destination the host asked for.
+        path: String,
+        /// Why, and what is allowed.
+        reason: String,
+    },
+
+    /// A kernel module of CreateSandbox could not be loaded (`modprobe` failed).
+    /// `INTERNAL`, as Kata's agent answers it.
+    #[error("kernel module {module:?}: {reason}")]
+    KernelModule {
+        /// The module's name.
+        module: String,
+        /// What modprobe said, or why it did not run.
+        reason: String,
+    },
+
     /// A bug: something that cannot happen did (a request handler panicked).
     #[error("internal error: {0}")]
     Internal(String),
@@ -157,6 +177,8 @@ impl AgentError {
             AgentError::Unimplemented(_) => Code::UNIMPLEMENTED,
             AgentError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
             AgentError::ContainerSetup { .. }
+            | AgentError::CopyFileRefused { .. }
+            | AgentError::KernelModule { .. }
             | AgentError::Io { .. }
             | AgentError::Eof { .. }
             | AgentError::Internal(_) => Code::INTERNAL,

@@ -23,10 +23,12 @@
 
 pub mod agent;
 pub mod config;
+pub mod copy_file;
 pub mod debug_console;
 pub mod error;
 pub mod guest;
 pub mod init;
+pub mod kernel_modules;
 pub mod logport;
 pub mod metrics;
 pub mod mount;

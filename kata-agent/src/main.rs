@@ -19,11 +19,12 @@ fn main() -> ExitCode {
     };
     let as_init = config.runs_as_init(kata_agent::init::is_pid1());
     let mut report = None;
+    let mut cmdline_error = None;
     if as_init {
         report = Some(kata_agent::init::mount_guest_filesystems());
         kata_agent::init::console_stdio();
         if let Ok(cmdline) = std::fs::read_to_string("/proc/cmdline") {
-            config.apply_kernel_cmdline(&cmdline);
+            cmdline_error = config.apply_kernel_cmdline(&cmdline).err();
         }
     }
     tracing_subscriber::fmt()
@@ -41,6 +42,16 @@ fn main() -> ExitCode {
             tracing::warn!(error = %e, "cannot bring up lo");
         }
     }
+    if let Some(e) = cmdline_error {
+        // As Kata's agent, which does not start with a bad option either.
+        tracing::error!("kernel command line: {e}: kata-agent does not start");
+        if kata_agent::init::is_pid1() {
+            kata_agent::init::power_off();
+        }
+        return ExitCode::FAILURE;
+    }
+    config.tunables.log_unserved();
+    kata_agent::config::set_tunables(config.tunables.clone());
     if let Err(e) = kata_agent::init::become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper: orphans will not be reaped");
     }

@@ -196,6 +196,8 @@ impl Sandbox {
             std::mem::take(&mut st.storages)
         };
         self.storages.release(&storages);
+        // Kata's `shared` storages: kept past their containers, released with the sandbox.
+        self.storages.release_shared();
         first_err.map_or(Ok(()), Err)
     }
 

@@ -21,8 +21,9 @@ use oci_spec::runtime::{LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDevic
 
 use crate::error::{AgentError, Result};
 
-/// How long the agent waits for a device the host says it plugged.
-pub const DEVICE_WAIT: Duration = Duration::from_secs(20);
+/// How long the agent waits for a device the host says it plugged, unless
+/// `agent.hotplug_timeout` says otherwise ([`crate::config::Tunables`]).
+pub const DEVICE_WAIT: Duration = crate::config::DEFAULT_HOTPLUG_TIMEOUT;
 /// How often it looks.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -260,7 +261,7 @@ pub async fn prepare(devices: &[agent::Device], spec: &mut Spec) -> Result<()> {
         spec,
         Path::new("/sys"),
         Path::new("/dev"),
-        DEVICE_WAIT,
+        crate::config::tunables().hotplug_timeout,
     )
     .await
 }

@@ -110,12 +110,23 @@ pub struct ParentStdio {
     pub tty: Option<OwnedFd>,
 }
 
-/// Three pipes.
+/// Three pipes, of the size `agent.container_pipe_size` gives.
 pub fn pipes() -> io::Result<(ChildStdio, ParentStdio)> {
+    pipes_sized(crate::config::tunables().container_pipe_size)
+}
+
+/// Three pipes of `size` bytes each (0: the kernel's default).
+pub fn pipes_sized(size: u32) -> io::Result<(ChildStdio, ParentStdio)> {
     let flags = OFlag::O_CLOEXEC;
     let (in_r, in_w) = nix::unistd::pipe2(flags)?;
     let (out_r, out_w) = nix::unistd::pipe2(flags)?;
     let (err_r, err_w) = nix::unistd::pipe2(flags)?;
+    if size > 0 {
+        // `agent.container_pipe_size`, as Kata's agent applies it to each stdio pipe.
+        for fd in [&in_w, &out_w, &err_w] {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size as i32))?;
+        }
+    }
     Ok((
         ChildStdio {
             stdin: in_r,
@@ -207,6 +218,21 @@ pub fn resize(master: &OwnedFd, rows: u16, cols: u16) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[tokio::test]
+    async fn pipe_size_is_applied_to_each_pipe() {
+        use std::os::fd::AsFd;
+        let (child, parent) = pipes_sized(1 << 20).unwrap();
+        for fd in [
+            child.stdin.as_fd(),
+            child.stdout.as_fd(),
+            child.stderr.as_fd(),
+        ] {
+            let n = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
+            assert_eq!(n, 1 << 20);
+        }
+        drop(parent);
+    }
 
     #[tokio::test]
     async fn pipe_output_then_eof() {

@@ -21,7 +21,35 @@ pub fn storage(s: &agent::Storage) -> StorageSpec {
         mount_point: s.mount_point.clone(),
         // The change policy does not matter for the volumes it applies to (their root only).
         fs_group: s.fs_group.as_ref().map(|g| g.group_id),
+        shared: s.shared,
     }
+}
+
+/// A CopyFile request, as the agent's own type.
+pub fn copy_request(req: agent::CopyFileRequest) -> crate::copy_file::CopyRequest {
+    crate::copy_file::CopyRequest {
+        path: req.path,
+        file_size: req.file_size,
+        file_mode: req.file_mode,
+        dir_mode: req.dir_mode,
+        uid: req.uid,
+        gid: req.gid,
+        offset: req.offset,
+        data: req.data,
+    }
+}
+
+/// CreateSandbox's kernel modules, as the agent's own type.
+pub fn kernel_modules(
+    req: &agent::CreateSandboxRequest,
+) -> Vec<crate::kernel_modules::KernelModule> {
+    req.kernel_modules
+        .iter()
+        .map(|m| crate::kernel_modules::KernelModule {
+            name: m.name.clone(),
+            parameters: m.parameters.clone(),
+        })
+        .collect()
 }
 
 /// A network value the client crate refused, as the agent's `INVALID_ARGUMENT`.

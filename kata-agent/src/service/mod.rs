@@ -143,10 +143,6 @@ async fn handle<T: Send + 'static>(
     }
 }
 
-fn unimplemented<T>(method: &str) -> ttrpc::Result<T> {
-    Err(AgentError::Unimplemented(format!("/grpc.AgentService/{method}")).into())
-}
-
 /// A signal number from the wire: 1 up to SIGRTMAX, real-time signals included.
 fn parse_signal(n: u32) -> Result<i32> {
     i32::try_from(n)
@@ -160,19 +156,10 @@ fn parse_signal(n: u32) -> Result<i32> {
         })
 }
 
-/// CreateSandbox settings Kata's agent applies and this one does not: refused naming them,
-/// rather than a sandbox that silently lacks them.
+/// CreateSandbox's `guest_hook_path`, which Kata's agent applies (OCI hooks found in the guest,
+/// added to every container's spec) and this one does not: refused naming it, rather than a
+/// sandbox that silently lacks them.
 fn refuse_unsupported_sandbox_settings(req: &agent::CreateSandboxRequest) -> Result<()> {
-    if !req.kernel_modules.is_empty() {
-        let names: Vec<&str> = req.kernel_modules.iter().map(|m| m.name.as_str()).collect();
-        return Err(AgentError::invalid(
-            "kernel_modules",
-            format!(
-                "{names:?}: kata-rs's agent loads no kernel modules; build them into the guest \
-                 kernel and remove them from [agent.kata] kernel_modules"
-            ),
-        ));
-    }
     if !req.guest_hook_path.is_empty() {
         return Err(AgentError::invalid(
             "guest_hook_path",
@@ -203,6 +190,8 @@ impl AgentService for AgentServer {
         let sb = Arc::clone(&self.sandbox);
         handle("CreateSandbox", OnCancel::Finish, "", "", async move {
             refuse_unsupported_sandbox_settings(&req)?;
+            // Before the storages, as Kata's agent loads them.
+            crate::kernel_modules::load(&convert::kernel_modules(&req), sb.owns_guest())?;
             let cfg = SandboxConfig {
                 id: req.sandbox_id.clone(),
                 hostname: req.hostname.clone(),
@@ -729,9 +718,21 @@ impl AgentService for AgentServer {
     async fn copy_file(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::CopyFileRequest,
+        req: agent::CopyFileRequest,
     ) -> ttrpc::Result<Empty> {
-        unimplemented("CopyFile")
+        handle("CopyFile", OnCancel::Finish, "", "", async move {
+            let req = convert::copy_request(req);
+            tokio::task::spawn_blocking(move || {
+                crate::copy_file::copy_file(
+                    std::path::Path::new(crate::copy_file::SHARED_CONTAINERS_DIR),
+                    &req,
+                )
+            })
+            .await
+            .map_err(|e| AgentError::Internal(format!("CopyFile: {e}")))??;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn get_oom_event(
@@ -808,17 +809,5 @@ mod tests {
         assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT);
         assert!(err.to_string().starts_with("signal "));
         assert!(parse_signal(0).is_err());
-    }
-
-    #[test]
-    fn unimplemented_names_the_method() {
-        let Err(ttrpc::Error::RpcStatus(s)) = unimplemented::<()>("CopyFile") else {
-            panic!()
-        };
-        assert_eq!(s.code(), ttrpc::Code::UNIMPLEMENTED);
-        assert_eq!(
-            s.message(),
-            "/grpc.AgentService/CopyFile is not implemented by kata-agent"
-        );
     }
 }

@@ -7,8 +7,8 @@
 //! [`resolve_devices`] turns those sources into the disk's `/dev` node before the storage is
 //! planned and mounted: the device is found under sysfs (`/sys/devices/pci0000:00/...` for a
 //! PCI path, `/sys/bus/scsi/devices/<host>:0:<target>:<lun>` for SCSI, after asking every SCSI
-//! host to scan that address) and waited for, polling, for at most [`DEVICE_WAIT`] (a
-//! hot-plugged disk appears a moment after the host's `device_add`). The mount itself is the
+//! host to scan that address) and waited for, polling, for at most `agent.hotplug_timeout`
+//! (20 s by default; a hot-plugged disk appears a moment after the host's `device_add`). The mount itself is the
 //! common storage path: the storage's `fstype` and options (`ro` honoured).
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -17,9 +17,6 @@ use std::time::Duration;
 
 use super::StorageSpec;
 use crate::error::{AgentError, Result};
-
-/// How long a hot-plugged disk is waited for.
-pub const DEVICE_WAIT: Duration = Duration::from_secs(20);
 
 /// How often sysfs is looked at while waiting.
 const POLL: Duration = Duration::from_millis(50);
@@ -197,7 +194,7 @@ pub(super) async fn wait_for(
 }
 
 /// The storages with each block source that names a PCI path or SCSI address replaced by the
-/// disk's `/dev` node, waiting for hot-plugged disks to appear ([`DEVICE_WAIT`]). Other
+/// disk's `/dev` node, waiting for hot-plugged disks to appear (`agent.hotplug_timeout`, 20 s by default). Other
 /// storages are returned as they are.
 pub async fn resolve_devices(specs: &[StorageSpec]) -> Result<Vec<StorageSpec>> {
     let mut out = specs.to_vec();
@@ -218,7 +215,7 @@ pub async fn resolve_devices(specs: &[StorageSpec]) -> Result<Vec<StorageSpec>> 
             Path::new("/sys"),
             Path::new("/dev"),
             &address,
-            DEVICE_WAIT,
+            crate::config::tunables().hotplug_timeout,
             &what,
         )
         .await?;

@@ -71,6 +71,9 @@ pub struct StorageSpec {
     pub mount_point: String,
     /// The group to own the volume's root (Kubernetes fsGroup): `ephemeral` and `local` only.
     pub fs_group: Option<u32>,
+    /// Kata's `shared`: the storage outlives the containers that use it and is released when
+    /// the sandbox ends (DestroySandbox), as Kata's agent keeps a block-backed emptyDir.
+    pub shared: bool,
 }
 
 /// What a storage turns into.

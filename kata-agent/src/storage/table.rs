@@ -12,6 +12,8 @@ struct Entry {
     spec: StorageSpec,
     storage: MountedStorage,
     users: usize,
+    /// A `shared` storage: the sandbox holds one use of it until DestroySandbox.
+    pinned: bool,
 }
 
 /// The storages of the guest, by mount point, each with the number of its users (the
@@ -61,9 +63,16 @@ impl StorageTable {
             keys.push(planned.mount_point);
         }
         let mut taken: Vec<PathBuf> = Vec::new();
+        // `shared` storages this request pinned: unpinned again if it fails.
+        let mut pinned: Vec<PathBuf> = Vec::new();
         for (i, (s, key)) in specs.iter().zip(&keys).enumerate() {
             if let Some(e) = entries.get_mut(key) {
                 e.users += 1;
+                if s.shared && !e.pinned {
+                    e.pinned = true;
+                    e.users += 1;
+                    pinned.push(key.clone());
+                }
                 taken.push(key.clone());
                 continue;
             }
@@ -74,12 +83,22 @@ impl StorageTable {
                         Entry {
                             spec: s.clone(),
                             storage,
-                            users: 1,
+                            users: if s.shared { 2 } else { 1 },
+                            pinned: s.shared,
                         },
                     );
                     taken.push(key.clone());
+                    if s.shared {
+                        pinned.push(key.clone());
+                    }
                 }
                 Err(e) => {
+                    for k in &pinned {
+                        if let Some(e) = entries.get_mut(k) {
+                            e.pinned = false;
+                        }
+                    }
+                    release_locked(&mut entries, &pinned);
                     release_locked(&mut entries, &taken);
                     return Err(e);
                 }
@@ -92,6 +111,21 @@ impl StorageTable {
     /// was is unmounted and its directories removed.
     pub fn release(&self, keys: &[PathBuf]) {
         release_locked(&mut self.lock(), keys);
+    }
+
+    /// DestroySandbox: gives back the use the sandbox holds of each `shared` storage, so that
+    /// those no container uses any more are released.
+    pub fn release_shared(&self) {
+        let mut entries = self.lock();
+        let keys: Vec<PathBuf> = entries
+            .iter_mut()
+            .filter(|(_, e)| e.pinned)
+            .map(|(k, e)| {
+                e.pinned = false;
+                k.clone()
+            })
+            .collect();
+        release_locked(&mut entries, &keys);
     }
 
     /// The mount points of the storages held now.
@@ -149,6 +183,37 @@ mod tests {
             options: vec!["mode=0750".into()],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_kata_shared_storage_outlives_its_containers_until_the_sandbox_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = StorageTable::new();
+        let mut a = local(dir.path(), "blk-emptydir");
+        a.shared = true;
+        let c1 = table.acquire(std::slice::from_ref(&a)).unwrap();
+        let c2 = table.acquire(std::slice::from_ref(&a)).unwrap();
+        std::fs::write(dir.path().join("blk-emptydir/data"), "kept").unwrap();
+        table.release(&c1);
+        table.release(&c2);
+        assert!(
+            dir.path().join("blk-emptydir/data").exists(),
+            "kept after its last container"
+        );
+        assert_eq!(table.users(&c1[0]), 1, "the sandbox's use");
+        table.release_shared();
+        assert!(
+            !dir.path().join("blk-emptydir").exists(),
+            "released with the sandbox"
+        );
+        assert_eq!(table.users(&c1[0]), 0);
+        // Not shared: released with its last user, untouched by release_shared.
+        let b = local(dir.path(), "plain");
+        let c3 = table.acquire(std::slice::from_ref(&b)).unwrap();
+        table.release_shared();
+        assert!(dir.path().join("plain").exists());
+        table.release(&c3);
+        assert!(!dir.path().join("plain").exists());
     }
 
     #[test]
