@@ -511,6 +511,12 @@ impl SandboxBuilder {
         &self.hypervisor
     }
 
+    /// The backend chosen so far (the configuration's `[hypervisor.*]` section, or the
+    /// default hypervisor).
+    pub fn hypervisor_type(&self) -> HypervisorType {
+        self.hypervisor_type
+    }
+
     /// Checks every value and returns the configuration a sandbox starts from; nothing is
     /// started or created. Errors name the key (Kata's name), the value and what is allowed.
     pub fn finish(mut self) -> Result<SandboxConfig> {

@@ -259,9 +259,9 @@ impl TaskService {
         let pod = crate::vm_cache::PodNeeds {
             sandbox_id: sandbox_id.to_string(),
             hostname: from_spec.hostname.clone(),
-            network_namespace: from_spec.network_namespace.is_some(),
+            network_namespace: from_spec.network_namespace.clone(),
             vfio_devices: !from_spec.vfio_devices.is_empty(),
-            cgroups_path: from_spec.cgroups_path.is_some(),
+            cgroups_path: from_spec.cgroups_path.clone(),
             config_annotations: crate::vm_cache::config_annotations(&annotations),
         };
         if let Some(sb) = crate::vm_cache::take_for_pod(&self.shared.root_dir, options, &pod).await

@@ -5,8 +5,11 @@
 //! in a VM from the cache (the cache's `status` counts one hand-over, its log names the VM,
 //! the pod's directory is a `vmcache-` one), the guest was re-keyed (the app sees the pod's
 //! hostname) and reseeded (the shim logs the agent's answer), the cache refills, and after
-//! SIGTERM to the cache nothing is left (processes, mounts, sockets, directories). Then the
-//! same pod with the cache stopped boots a VM itself (logged). Prints the pod's Create time
+//! SIGTERM to the cache nothing is left (processes, mounts, sockets, directories). A second
+//! pod has a network namespace (a veth pair as CNI leaves it) and a host cgroup of its own,
+//! as every CRI pod has: it runs in a VM from the cache too, its app sees the pod's address
+//! on a hot-plugged NIC, QEMU runs in the pod's cgroup, and after it no tap, filter or cgroup
+//! is left. Then the same pod with the cache stopped boots a VM itself (logged). Prints the pod's Create time
 //! from the cache and from a fresh boot, and their ratio (one run). Runs under
 //! `kata_testkit::harness`; appends `booted ...` to `$KATA_RS_VM_TEST_LOG`.
 
@@ -59,6 +62,7 @@ fn bundle(
     script: &str,
     hostname: Option<&str>,
     annotations: &[(&str, &str)],
+    pod: Option<&PodHost>,
 ) -> Result<PathBuf> {
     let dir = p.bundle(id);
     std::fs::create_dir_all(&dir)?;
@@ -81,8 +85,127 @@ fn bundle(
             .readonly(false)
             .build()?,
     ));
+    if let Some(pod) = pod {
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+        namespaces.retain(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Network);
+        namespaces.push(
+            oci_spec::runtime::LinuxNamespaceBuilder::default()
+                .typ(oci_spec::runtime::LinuxNamespaceType::Network)
+                .path(pod.netns.path())
+                .build()?,
+        );
+        linux.set_namespaces(Some(namespaces));
+        linux.set_cgroups_path(Some(PathBuf::from(&pod.cgroups_path)));
+        spec.set_linux(Some(linux));
+    }
     std::fs::write(dir.join("config.json"), serde_json::to_vec(&spec)?)?;
     Ok(dir)
+}
+
+/// A pod's own host side, as the kubelet and CNI leave it: a network namespace whose `eth0`
+/// (a veth, `POD_IP`, default route via its peer in a second namespace) the VM is to join,
+/// and a `linux.cgroupsPath`.
+struct PodHost {
+    netns: TestNetns,
+    _peer: TestNetns,
+    cgroups_path: String,
+}
+
+const POD_IP: &str = "10.214.0.2";
+const GATEWAY_IP: &str = "10.214.0.1";
+/// The pod's cgroup parent (made by the runtime, removed with the pod).
+const CGROUP_PARENT: &str = "kata-rs-vm-cache-test";
+
+impl PodHost {
+    fn new() -> Result<PodHost> {
+        let netns = TestNetns::new("pod")?;
+        let peer = TestNetns::new("peer")?;
+        netns.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", "netns", &peer.name,
+        ])?;
+        netns.ip(&["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        netns.ip(&["route", "add", "default", "via", GATEWAY_IP])?;
+        peer.ip(&["addr", "add", &format!("{GATEWAY_IP}/24"), "dev", "peer0"])?;
+        peer.ip(&["link", "set", "peer0", "up"])?;
+        Ok(PodHost {
+            netns,
+            _peer: peer,
+            cgroups_path: format!("/{CGROUP_PARENT}/pod-net-{}", std::process::id()),
+        })
+    }
+
+    /// Nothing of kata-rs left on the pod's side: no tap in its namespace, nothing on
+    /// `eth0`'s ingress, no cgroup under the test's parent.
+    fn nothing_left(&self) -> Result<()> {
+        let links = self.netns.ip(&["-details", "link", "show"])?;
+        ensure!(
+            !links.contains("tun "),
+            "a tap is left in the pod's namespace:\n{links}"
+        );
+        let ingress = self
+            .netns
+            .ip_tool("tc", &["filter", "show", "dev", "eth0", "ingress"])?;
+        ensure!(
+            ingress.trim().is_empty(),
+            "left on eth0's ingress:\n{ingress}"
+        );
+        let mut cgroups = kata_testkit::leaks::cgroup_dirs(CGROUP_PARENT);
+        cgroups.extend(kata_testkit::leaks::cgroup_dirs("kata_overhead/pod-net"));
+        ensure!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+        Ok(())
+    }
+}
+
+/// A network namespace of this test (`ip netns add`, a unique name), deleted on drop.
+struct TestNetns {
+    name: String,
+}
+
+impl TestNetns {
+    fn new(role: &str) -> Result<TestNetns> {
+        let name = format!("kata-rs-vmcache-{role}-{}", std::process::id());
+        let out = Command::new("ip").args(["netns", "add", &name]).output()?;
+        ensure!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(TestNetns { name })
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<String> {
+        self.ip_tool("ip", args)
+    }
+
+    /// `program -n <namespace> args...`, failing with its stderr.
+    fn ip_tool(&self, program: &str, args: &[&str]) -> Result<String> {
+        let out = Command::new(program)
+            .args(["-n", self.name.as_str()])
+            .args(args)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{program} -n {} {}: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
 }
 
 /// Starts the shim server of sandbox `id` as containerd's `start` would (its log in
@@ -180,10 +303,18 @@ struct PodRun {
     shim_log: String,
 }
 
-/// A pod as the kubelet makes it: the sandbox container (`true`, hostname `hostname`), then
-/// an app joining it that runs `hostname`; each Created, Started, Waited for (exit 0),
-/// Deleted; then Shutdown, and the shim server exits.
-async fn run_pod(p: &Paths, id: &str, hostname: &str) -> Result<PodRun> {
+/// A pod as the kubelet makes it: the sandbox container (`true`, hostname `hostname`, the
+/// host side of `pod` if any), then an app joining it that runs `hostname` (and with `pod`,
+/// shows the guest's IPv4 addresses and routes); each Created, Started, Waited for (exit
+/// 0); `running` checks the host while the pod is up; Deleted; then Shutdown, and the shim
+/// server exits.
+async fn run_pod(
+    p: &Paths,
+    id: &str,
+    hostname: &str,
+    pod: Option<&PodHost>,
+    running: impl Fn() -> Result<()>,
+) -> Result<PodRun> {
     let app = format!("{id}-app");
     bundle(
         p,
@@ -191,13 +322,19 @@ async fn run_pod(p: &Paths, id: &str, hostname: &str) -> Result<PodRun> {
         "true",
         Some(hostname),
         &[(CONTAINER_TYPE, "sandbox")],
+        pod,
     )?;
+    let script = match pod {
+        Some(_) => "hostname; ip -o -4 addr show; ip route show",
+        None => "hostname",
+    };
     bundle(
         p,
         &app,
-        "hostname",
+        script,
         None,
         &[(CONTAINER_TYPE, "container"), (SANDBOX_ID, id)],
+        None,
     )?;
     let mut server = start_shim(p, id)?;
     let c = Client::connect(&format!("unix://{}", p.socket(id).display()))
@@ -252,6 +389,10 @@ async fn run_pod(p: &Paths, id: &str, hostname: &str) -> Result<PodRun> {
             waited.exit_status
         );
     }
+    if let Err(e) = running() {
+        let log = std::fs::read_to_string(p.bundle(id).join("log")).unwrap_or_default();
+        return Err(e.context(format!("the shim's log:\n{log}")));
+    }
     for cid in [app.as_str(), id] {
         task.delete(
             ctx(),
@@ -297,7 +438,7 @@ async fn scenario(p: &Paths) -> Result<()> {
             "status {:?}",
             (ready, size, handed)
         );
-        let cached = run_pod(p, "pod-cached", "vm-cached-pod").await?;
+        let cached = run_pod(p, "pod-cached", "vm-cached-pod", None, || Ok(())).await?;
         // From the cache: one hand-over, logged by both sides.
         let (_, _, handed) = status(p).await?;
         ensure!(handed == 1, "hand-overs: {handed}");
@@ -329,6 +470,64 @@ async fn scenario(p: &Paths) -> Result<()> {
             "no reseed in the shim's log:\n{}",
             cached.shim_log
         );
+        // The cache refills.
+        wait_ready(p, &mut cache, 2).await?;
+        // A pod with a network namespace and a host cgroup of its own, as CRI makes them.
+        let host = PodHost::new()?;
+        let in_pod_cgroup = || -> Result<()> {
+            let dir = kata_shim::vm_cache::sandbox_dir(&p.root, "pod-net");
+            ensure!(
+                dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with(ID_PREFIX)),
+                "pod-net's directory is not the cache's: {}",
+                dir.display()
+            );
+            let qemu: Vec<(u32, String)> = processes_mentioning(&dir.display().to_string(), SELF)
+                .into_iter()
+                .filter(|(_, c)| c.contains("qemu-system"))
+                .collect();
+            ensure!(qemu.len() == 1, "QEMU of pod-net: {qemu:?}");
+            // The pod's sandbox cgroup, or on cgroup v1 with `sandbox_cgroup_only = false`
+            // (Kata's default) its overhead cgroup, as a fresh boot of the pod puts it.
+            let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", qemu[0].0))?;
+            let cpu = cgroup
+                .lines()
+                .find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "cpu")))
+                .or_else(|| cgroup.lines().find(|l| l.starts_with("0::")))
+                .unwrap_or_default();
+            ensure!(
+                cpu.ends_with(&host.cgroups_path) || cpu.ends_with(":/kata_overhead/pod-net"),
+                "QEMU of pod-net is not in the pod's cgroups ({}):\n{cgroup}",
+                host.cgroups_path
+            );
+            let cache_cgroups = kata_testkit::leaks::cgroup_dirs("kata_sandboxed_pod")
+                .into_iter()
+                .chain(kata_testkit::leaks::cgroup_dirs("kata_overhead"))
+                .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(ID_PREFIX))
+                .map(|e| e.path())
+                .collect::<Vec<_>>();
+            ensure!(
+                !cache_cgroups.iter().any(|c| dir.ends_with(c.file_name().unwrap_or_default())),
+                "the cache's cgroups of pod-net's VM are left: {cache_cgroups:?}"
+            );
+            Ok(())
+        };
+        let net = run_pod(p, "pod-net", "vm-net-pod", Some(&host), in_pod_cgroup).await?;
+        let (_, _, handed) = status(p).await?;
+        ensure!(handed == 2, "hand-overs after the networked pod: {handed}");
+        ensure!(
+            net.shim_log.contains("sandbox taken from the VM cache"),
+            "the networked pod did not take a VM from the cache:\n{}",
+            net.shim_log
+        );
+        ensure!(
+            net.output.contains(&format!("inet {POD_IP}/24"))
+                && net.output.contains(&format!("default via {GATEWAY_IP}")),
+            "the app did not see the pod's address and route:\n{}\n{}",
+            net.output,
+            net.shim_log
+        );
+        host.nothing_left()?;
         // The cache refills, then stops on SIGTERM leaving nothing.
         wait_ready(p, &mut cache, 2).await?;
         nix::sys::signal::kill(
@@ -350,7 +549,7 @@ async fn scenario(p: &Paths) -> Result<()> {
         nothing_left(p)?;
 
         // The cache down: the same pod boots its own VM.
-        let fresh = run_pod(p, "pod-fresh", "vm-fresh-pod").await?;
+        let fresh = run_pod(p, "pod-fresh", "vm-fresh-pod", None, || Ok(())).await?;
         ensure!(
             fresh.output == "vm-fresh-pod\n",
             "fresh: {:?}",

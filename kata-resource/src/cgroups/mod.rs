@@ -199,6 +199,75 @@ impl CgroupsSlot {
         a.constrain_vcpus()
     }
 
+    /// Moves the sandbox into the cgroups of `config` (a running VM taken over by a pod): makes
+    /// them, moves the VMM and its helpers (`pids`) in, then removes the cgroups it ran in.
+    /// On error the VMM stays in its old cgroups and nothing new is left. A VMM in this
+    /// process (threads moved in one by one) is refused: it is never handed over.
+    pub(crate) fn move_to(&mut self, config: &CgroupsConfig, pids: &[u32]) -> Result<()> {
+        self.move_to_on(config, pids, Fs::Kernel)
+    }
+
+    fn move_to_on(&mut self, config: &CgroupsConfig, pids: &[u32], fs: Fs) -> Result<()> {
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| !a.in_process.is_empty())
+        {
+            return Err(Error::CgroupsPath {
+                value: config.cgroups_path.clone().unwrap_or_default(),
+                reason: "the sandbox's VMM runs in this process: its threads cannot move to \
+                         another sandbox's cgroups"
+                    .into(),
+            });
+        }
+        let mut old = CgroupsSlot::default();
+        old.active = self.active.take();
+        if let Err(e) = self.set_up_on(config, fs) {
+            self.active = old.active.take();
+            return Err(e);
+        }
+        if let Err(e) = self.add_vmm_pids(pids) {
+            if let Err(back) = old.add_vmm_pids(pids) {
+                tracing::error!("cannot move the VMM back into its cgroups: {back}");
+            }
+            if let Err(undo) = self.release_in_place() {
+                tracing::error!("cannot remove the cgroups the VMM did not move into: {undo}");
+            }
+            self.active = old.active.take();
+            return Err(e);
+        }
+        let old_made = old
+            .active
+            .as_ref()
+            .map(|a| a.made.clone())
+            .unwrap_or_default();
+        if let Some(a) = &old.active {
+            tracing::info!(from = %a.sandbox.rel.display(), "the VMM moved to the pod's cgroups");
+        }
+        // Dropping `old` would try once more and log; say it here, with the cause.
+        if let Err(e) = old.release_in_place() {
+            tracing::warn!("cannot remove the cgroups the VMM ran in before: {e}");
+        }
+        // Ancestors the old cgroups made that the new ones share (`kata_overhead`) stayed,
+        // not empty: they are the new cgroups' to remove now.
+        if let Some(a) = &mut self.active {
+            let leaves: Vec<PathBuf> = a
+                .sandbox
+                .dirs
+                .iter()
+                .chain(a.overhead.iter().flat_map(|o| &o.dirs))
+                .map(|(_, d)| d.clone())
+                .collect();
+            let shared: Vec<PathBuf> = old_made
+                .into_iter()
+                .filter(|d| d.is_dir() && !a.made.contains(d))
+                .filter(|d| leaves.iter().any(|l| l.starts_with(d)))
+                .collect();
+            a.made.splice(0..0, shared);
+        }
+        Ok(())
+    }
+
     /// Moves an in-process VMM's threads in (this process's `vcpus` and device threads); see
     /// [`SandboxResources::add_vmm_threads`](crate::SandboxResources::add_vmm_threads).
     pub(crate) fn add_vmm_threads(&mut self, vcpus: &[u32], devices: &[u32]) -> Result<()> {

@@ -170,6 +170,47 @@ fn v1_overhead_cgroup_holds_the_helpers_and_the_sandbox_cgroup_the_vmm() {
 }
 
 #[test]
+fn v1_a_handed_over_vmm_moves_to_the_pods_cgroups_and_the_old_ones_go() {
+    let tmp = v1_root();
+    let root = tmp.path();
+    let before = tree(root);
+    // The VM cache's sandbox, in Kata's default cgroups for its id.
+    let mut slot = set_up(&config(root, None, false)).unwrap();
+    slot.add_vmm_pids(&[4242, 4343]).unwrap();
+    // A bad path for the pod: refused, the VMM stays where it was, nothing new is made.
+    let bad = CgroupsConfig::new("pod")
+        .root(root)
+        .cgroups_path("/k8s/../../pod");
+    let e = slot
+        .move_to_on(&bad, &[4242, 4343], Fs::Fixture)
+        .unwrap_err();
+    assert!(e.to_string().contains(".."), "{e}");
+    assert_eq!(procs(root.join("memory/kata_sandboxed_pod/sb1")), "4242");
+    assert_eq!(procs(root.join("memory/kata_overhead/sb1")), "4343");
+    assert!(!root.join("memory/k8s").exists());
+    // The pod's: made, the VMM and its helper moved in, the cache's removed.
+    let pod = CgroupsConfig::new("pod")
+        .root(root)
+        .cgroups_path("/k8s/pod");
+    slot.move_to_on(&pod, &[4242, 4343], Fs::Fixture).unwrap();
+    for c in V1 {
+        assert!(!root.join(c).join("kata_sandboxed_pod/sb1").exists(), "{c}");
+        assert!(!root.join(c).join("kata_overhead/sb1").exists(), "{c}");
+    }
+    assert_eq!(procs(root.join("memory/k8s/pod")), "4242");
+    assert_eq!(procs(root.join("memory/kata_overhead/pod")), "4343");
+    assert_eq!(slot.state().sandbox, Path::new("k8s/pod"));
+    for c in V1 {
+        fs::write(root.join(c).join("k8s/pod/cgroup.procs"), "").unwrap();
+        fs::write(root.join(c).join("kata_overhead/pod/cgroup.procs"), "").unwrap();
+    }
+    drop(slot);
+    let mut after = tree(root);
+    after.retain(|p| !before.contains(p));
+    assert!(after.is_empty(), "left behind: {after:?}");
+}
+
+#[test]
 fn v2_systemd_path_is_expanded_and_controllers_are_delegated() {
     let tmp = v2_root();
     let root = tmp.path();

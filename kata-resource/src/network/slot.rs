@@ -112,6 +112,34 @@ impl NetworkSlot {
         Ok(())
     }
 
+    /// [`set_up`](Self::set_up) for a VM that runs already: every NIC is to be hot-plugged,
+    /// listed as a [`rescan`](Self::rescan) lists the new ones.
+    pub(crate) fn join_running(&mut self, config: &NetworkConfig) -> Result<Rescanned> {
+        self.set_up(config)?;
+        let mut joining = Rescanned {
+            devices: Vec::new(),
+            interfaces: Vec::new(),
+            removed: Vec::new(),
+            network: PodNetwork::default(),
+        };
+        let Some(joined) = &self.joined else {
+            return Ok(joining);
+        };
+        for e in &joined.endpoints {
+            if let Some(i) = joined
+                .guest
+                .interfaces
+                .iter()
+                .find(|i| i.name == e.interface)
+            {
+                joining.devices.push(e.device(&joined.netns.path));
+                joining.interfaces.push(i.clone());
+            }
+        }
+        joining.network = joined.guest.clone();
+        Ok(joining)
+    }
+
     /// The NICs to cold-plug: one per tap, with its open queues (none once adopted).
     pub(crate) fn devices(&self) -> Vec<DeviceConfig> {
         let Some(joined) = &self.joined else {

@@ -253,13 +253,44 @@ impl SandboxResources {
     /// Moves the VMM (`pids[0]`) and its helpers (the rest: vsock backend, virtiofsd) into
     /// the sandbox's host cgroups as `sandbox_cgroup_only` says. Nothing without cgroups.
     pub fn add_vmm_pids(&mut self, pids: &[u32]) -> Result<()> {
-        // The share's daemon (and its sandboxed child) is a helper of the VMM too; a daemon
-        // restarted for a second boot is found again on the next call.
+        let all = self.with_helpers(pids);
+        self.cgroups.add_vmm_pids(&all)
+    }
+
+    /// `pids` and the share's daemon (and its sandboxed child): a helper of the VMM too; a
+    /// daemon restarted for a second boot is found again on the next call.
+    fn with_helpers(&self, pids: &[u32]) -> Vec<u32> {
         let mut all = pids.to_vec();
         if let Some(daemon) = self.share_fs().and_then(|s| s.daemon()) {
             all.extend(daemon.pids().into_iter().filter(|p| !pids.contains(p)));
         }
-        self.cgroups.add_vmm_pids(&all)
+        all
+    }
+
+    /// Moves a running sandbox (a VM handed over to a pod) into the host cgroups `config`
+    /// names: they are made, the VMM (`pids[0]`), its helpers and the share's daemon move in,
+    /// and the cgroups the VMM ran in are removed. On error the VMM stays where it was and
+    /// nothing new is left. Without cgroups before, it is [`set_up_cgroups`](
+    /// Self::set_up_cgroups) and [`add_vmm_pids`](Self::add_vmm_pids).
+    pub fn move_cgroups(
+        &mut self,
+        config: &crate::cgroups::CgroupsConfig,
+        pids: &[u32],
+    ) -> Result<()> {
+        let all = self.with_helpers(pids);
+        self.cgroups.move_to(config, &all)
+    }
+
+    /// Joins a running sandbox (a VM handed over to a pod, booted without network) to the
+    /// pod's network `config` names, as [`set_up_network`](Self::set_up_network) does at
+    /// boot, and returns every NIC to hot-plug and what the guest is to be told ([`Rescanned`](
+    /// crate::network::Rescanned), nothing removed). A sandbox with a network already is
+    /// refused; on error nothing of the network is left.
+    pub fn join_network(
+        &mut self,
+        config: &crate::network::NetworkConfig,
+    ) -> Result<crate::network::Rescanned> {
+        self.network.join_running(config)
     }
 
     /// Moves an in-process VMM's threads (the built-in VMM's `vcpus` and `devices` threads,

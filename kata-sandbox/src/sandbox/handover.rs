@@ -8,8 +8,15 @@
 //! storages (so the pod's UTS namespace carries its own hostname), and its random pool is
 //! reseeded with host entropy. The host directory keeps the name the cache gave it: the
 //! VMM's command line and sockets name it.
+//!
+//! A cached VM boots without network, in host cgroups named after the cache's id. The pod's
+//! own go with the re-keying: the VMM and its helpers move into the cgroups the pod's spec
+//! names (or Kata's default path for the pod's id), and with a network namespace
+//! ([`Rekey::network_namespace`]) each of its interfaces gets a tap, hot-plugged as a NIC,
+//! and the guest is told its addresses, routes and neighbours before the agent's sandbox is
+//! created again — what a fresh boot of the pod would have.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::Sandbox;
 use crate::error::{Error, Result};
@@ -30,6 +37,21 @@ pub struct Rekey {
     pub hostname: Option<String>,
     /// Host entropy for the guest's random pool.
     pub entropy: Vec<u8>,
+    /// The pod's network namespace (the spec's): the VM joins it.
+    pub network_namespace: Option<PathBuf>,
+    /// The pod's `linux.cgroupsPath` (the spec's); `None`: Kata's default path for the id.
+    pub cgroups_path: Option<String>,
+    /// What the sandbox joins, from its configuration ([`Sandbox::take_over_as`] fills it).
+    pub(crate) join: Option<Join>,
+}
+
+/// The pod's host resources a handed-over VM joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Join {
+    /// The pod's network (a namespace, or none).
+    pub(crate) network: kata_resource::network::NetworkConfig,
+    /// The pod's host cgroups.
+    pub(crate) cgroups: kata_resource::cgroups::CgroupsConfig,
 }
 
 impl Rekey {
@@ -43,7 +65,22 @@ impl Rekey {
             id: id.into(),
             hostname: None,
             entropy,
+            network_namespace: None,
+            cgroups_path: None,
+            join: None,
         })
+    }
+
+    /// The pod's network namespace: the VM joins it (a NIC per interface, hot-plugged).
+    pub fn network_namespace(mut self, path: impl Into<PathBuf>) -> Rekey {
+        self.network_namespace = Some(path.into());
+        self
+    }
+
+    /// The pod's `linux.cgroupsPath`: the VMM and its helpers move into those cgroups.
+    pub fn cgroups_path(mut self, path: impl Into<String>) -> Rekey {
+        self.cgroups_path = Some(path.into());
+        self
     }
 
     /// The guest's hostname (the pod's, from the spec that starts the sandbox).
@@ -96,9 +133,29 @@ impl Sandbox {
         state.id = rekey.id.clone();
         state.config.id = rekey.id.clone();
         state.config.hostname = Some(rekey.guest_hostname());
+        if state.config.network_namespace.is_some() {
+            return Err(Error::invalid(
+                "sandbox",
+                format!(
+                    "{} joined a network namespace already: only a VM booted without one is \
+                     handed over",
+                    state.id
+                ),
+            ));
+        }
+        state.config.network_namespace = rekey.network_namespace.clone();
+        state.config.cgroups_path = rekey.cgroups_path.clone();
+        let mut rekey = rekey;
+        rekey.join = Some(Join {
+            network: state.config.network_config()?,
+            cgroups: state.config.cgroups_config(),
+        });
         state.store()?;
         let sandbox = Sandbox::restore(dir).await?;
-        if let Err(e) = sandbox.core.handler.rekey(&rekey).await {
+        let rekeyed = sandbox.core.handler.rekey(&rekey).await;
+        // The pod's network and cgroups, if joined, are the sandbox's to release now.
+        sandbox.core.persist_or_warn();
+        if let Err(e) = rekeyed {
             tracing::warn!(sandbox_id = %rekey.id, error = %e, "re-keying a handed-over sandbox failed: shutting it down");
             if let Err(se) = sandbox.shutdown().await {
                 tracing::warn!(sandbox_id = %rekey.id, error = %se, "shutting down a sandbox whose re-keying failed");

@@ -48,6 +48,35 @@ pub(super) async fn rescan(
 ) -> Result<NetworkChanges> {
     let owner = resources.clone();
     let found = blocking_resources(owner, |r| Ok(r.rescan_network()?)).await?;
+    apply(vm, agent, resources, found).await
+}
+
+/// Joins a running VM booted without network (one handed over by the VM cache) to the pod's
+/// network `config` names: a tap per interface (kata-resource), each hot-plugged as a NIC and
+/// told to the guest, then the neighbours and routes — as a rescan adds interfaces new since
+/// boot. Without a namespace in `config`, nothing. A NIC that cannot be plugged fails the
+/// join; the taps stay recorded and go with the sandbox.
+pub(super) async fn join(
+    vm: &Arc<dyn Hypervisor>,
+    agent: &Agent,
+    resources: &Arc<Mutex<Option<SandboxResources>>>,
+    config: &kata_resource::network::NetworkConfig,
+) -> Result<NetworkChanges> {
+    let config = config.clone();
+    let found =
+        blocking_resources(resources.clone(), move |r| Ok(r.join_network(&config)?)).await?;
+    apply(vm, agent, resources, found).await
+}
+
+/// Applies what kata-resource joined or found gone: NICs of gone interfaces unplugged and
+/// their taps removed, new NICs hot-plugged and the guest told of each, then the new
+/// interfaces' neighbours and the pod's routes.
+async fn apply(
+    vm: &Arc<dyn Hypervisor>,
+    agent: &Agent,
+    resources: &Arc<Mutex<Option<SandboxResources>>>,
+    found: kata_resource::network::Rescanned,
+) -> Result<NetworkChanges> {
     let mut changes = NetworkChanges::default();
     for (name, device) in found.removed {
         vm.remove_device(&device).await?;
@@ -92,7 +121,7 @@ pub(super) async fn rescan(
 }
 
 /// Runs `f` on the sandbox's host resources, off the async worker.
-async fn blocking_resources<T: Send + 'static>(
+pub(super) async fn blocking_resources<T: Send + 'static>(
     resources: Arc<Mutex<Option<SandboxResources>>>,
     f: impl FnOnce(&mut SandboxResources) -> Result<T> + Send + 'static,
 ) -> Result<T> {

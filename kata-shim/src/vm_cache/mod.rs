@@ -16,10 +16,12 @@
 //! pod's ([`Sandbox::take_over_as`]): the pod's sandbox id and hostname, the agent's sandbox
 //! created again, the guest's random pool reseeded with host entropy. The host directory
 //! keeps the cache's name (the VMM's command line names it); [`sandbox_dir`] finds a pod's
-//! sandbox by the id in its `state.json`. Whenever the cache cannot serve the pod (off, down,
-//! empty, or a pod the cached VMs do not fit: a network namespace, VFIO devices, a host
-//! cgroup of its own, `io.katacontainers.config.*` annotations) the shim boots a VM itself
-//! and logs why.
+//! sandbox by the id in its `state.json`. The pod's network namespace and host cgroups are
+//! joined at the take-over (the VMM moves into the pod's cgroups, a NIC is hot-plugged per
+//! interface of the namespace). Whenever the cache cannot serve the pod (off, down, empty,
+//! or a pod the cached VMs do not fit: VFIO devices, `io.katacontainers.config.*`
+//! annotations; or the hand-over failed, e.g. no free port for a NIC) the shim boots a VM
+//! itself and logs why.
 //!
 //! [`SandboxPool`]: kata_sandbox::SandboxPool
 
@@ -195,12 +197,13 @@ pub struct PodNeeds {
     pub sandbox_id: String,
     /// The pod's hostname (the spec's).
     pub hostname: Option<String>,
-    /// The spec names a network namespace (a cached VM was booted without one).
-    pub network_namespace: bool,
+    /// The spec's network namespace: a cached VM (booted without one) joins it, a NIC
+    /// hot-plugged per interface.
+    pub network_namespace: Option<PathBuf>,
     /// The spec passes VFIO devices through (cold-plugged at boot).
     pub vfio_devices: bool,
-    /// The spec names a host cgroup (the cached VM runs in the cache's).
-    pub cgroups_path: bool,
+    /// The spec's `linux.cgroupsPath`: a cached VM's VMM and helpers move into it.
+    pub cgroups_path: Option<String>,
     /// `io.katacontainers.config.*` annotations (the cached VM was built without them).
     pub config_annotations: Vec<String>,
 }
@@ -208,18 +211,8 @@ pub struct PodNeeds {
 impl PodNeeds {
     /// Why a cached VM does not fit this pod, if it does not.
     pub fn misfit(&self) -> Option<String> {
-        if self.network_namespace {
-            return Some(
-                "the pod has a network namespace (cached VMs boot without a network)".into(),
-            );
-        }
         if self.vfio_devices {
             return Some("the pod passes VFIO devices through (cold-plugged at boot)".into());
-        }
-        if self.cgroups_path {
-            return Some(
-                "the pod names a host cgroup (a cached VM runs in the cache's cgroup)".into(),
-            );
         }
         if !self.config_annotations.is_empty() {
             return Some(format!(
@@ -308,6 +301,12 @@ async fn take_over(root: &Path, dir_name: &str, pod: &PodNeeds) -> Result<Sandbo
     if let Some(h) = &pod.hostname {
         rekey = rekey.hostname(h);
     }
+    if let Some(netns) = &pod.network_namespace {
+        rekey = rekey.network_namespace(netns);
+    }
+    if let Some(cgroups) = &pod.cgroups_path {
+        rekey = rekey.cgroups_path(cgroups);
+    }
     match Sandbox::take_over_as(&dir, rekey).await {
         Ok(sb) => Ok(sb),
         Err(e) => {
@@ -381,9 +380,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(pod.misfit(), None);
-        pod.network_namespace = true;
-        assert!(pod.misfit().unwrap().contains("network namespace"));
-        pod.network_namespace = false;
+        // A network namespace and a host cgroup are joined at the hand-over.
+        pod.network_namespace = Some("/var/run/netns/p".into());
+        pod.cgroups_path = Some("/kubepods/p".into());
+        assert_eq!(pod.misfit(), None);
+        pod.vfio_devices = true;
+        assert!(pod.misfit().unwrap().contains("VFIO"));
+        pod.vfio_devices = false;
         pod.config_annotations = vec!["io.katacontainers.config.hypervisor.default_memory".into()];
         assert!(pod.misfit().unwrap().contains("default_memory"));
     }

@@ -63,6 +63,7 @@ impl VmCache {
                 "cleaned up the cached VMs a previous kata-vm-cache left"
             );
         }
+        let template = reserve_nic_ports(template);
         let pool =
             SandboxPool::with_id_prefix(template.root_dir(root), number as usize, ID_PREFIX)?;
         Ok(VmCache {
@@ -251,9 +252,61 @@ fn bind(endpoint: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// How many PCIe root ports a cached QEMU VM keeps free for the NICs of the pod that takes
+/// it, when the configuration reserves none.
+pub const NIC_PORTS: u32 = 2;
+
+/// A cached VM boots without network and is given the pod's NICs by hot-plug: on QEMU's q35
+/// each needs a free root port. Where the configuration reserves none (`pcie_root_port` and
+/// `pcie_switch_port` are 0, Kata's defaults), the cache's VMs get [`NIC_PORTS`], logged; a
+/// configuration that reserves ports keeps its own number (a pod with more interfaces than
+/// free ports boots a VM of its own, the shim says why).
+fn reserve_nic_ports(template: SandboxBuilder) -> SandboxBuilder {
+    let hv = template.config();
+    let q35 = template.hypervisor_type() == kata_sandbox::config::HypervisorType::Qemu
+        && hv.machine_type == "q35";
+    if !q35 || hv.pcie_root_port > 0 || hv.pcie_switch_port > 0 {
+        return template;
+    }
+    let mut hv = hv.clone();
+    hv.pcie_root_port = NIC_PORTS;
+    tracing::info!(
+        pcie_root_port = NIC_PORTS,
+        "cached VMs keep root ports free for the NICs of the pods that take them (the \
+         configuration reserves none)"
+    );
+    template.hypervisor_config(hv)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q35_cached_vms_keep_ports_for_nics_unless_the_configuration_has_its_own() {
+        use kata_sandbox::config::HypervisorType;
+        let qemu = kata_sandbox::Sandbox::builder().hypervisor(HypervisorType::Qemu);
+        assert_eq!(qemu.config().pcie_root_port, 0);
+        assert_eq!(
+            reserve_nic_ports(qemu.clone()).config().pcie_root_port,
+            NIC_PORTS
+        );
+        let mut own = qemu.config().clone();
+        own.pcie_root_port = 5;
+        let b = reserve_nic_ports(qemu.clone().hypervisor_config(own));
+        assert_eq!(b.config().pcie_root_port, 5);
+        let mut switch = qemu.config().clone();
+        switch.pcie_switch_port = 3;
+        let b = reserve_nic_ports(qemu.clone().hypervisor_config(switch));
+        assert_eq!(
+            (b.config().pcie_root_port, b.config().pcie_switch_port),
+            (0, 3)
+        );
+        let mut microvm = qemu.config().clone();
+        microvm.machine_type = "microvm".into();
+        let b = reserve_nic_ports(qemu.hypervisor_config(microvm));
+        assert_eq!(b.config().pcie_root_port, 0);
+    }
 
     #[tokio::test]
     async fn a_cache_of_zero_or_a_relative_endpoint_is_refused_naming_the_key() {
