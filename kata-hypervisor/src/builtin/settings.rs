@@ -68,6 +68,12 @@ pub(crate) fn setting_use(key: &str, _c: &HypervisorConfig) -> Option<SettingUse
             Refused("the built-in VMM's virtio-net has one queue pair; set network_queues = 1")
         }
         "disable_vhost_net" => Inert("the built-in VMM's virtio-net runs in this process"),
+        // VFIO: cold-plug onto the VMM's PCI root bus; the rest refused in `vfio::check_ports`.
+        "cold_plug_vfio" | "hot_plug_vfio" => Acted,
+        "pcie_root_port" | "pcie_switch_port" => Inert(
+            "the built-in VMM has no PCIe ports: cold-plugged VFIO functions sit on its root bus \
+             and nothing is hot-plugged",
+        ),
         "disable_seccomp" | "seccomp_sandbox" => Inert(
             "the built-in VMM's vCPU and device threads always confine themselves with seccomp",
         ),
@@ -113,6 +119,15 @@ mod tests {
             memory_slots: 3,
             ..HypervisorConfig::defaults_for(kind)
         };
+        let vfio = HypervisorConfig {
+            cold_plug_vfio: crate::device::PciePort::RootPort,
+            ..HypervisorConfig::defaults_for(kind)
+        };
+        assert!(
+            vfio.inert_settings(kind).is_empty(),
+            "cold_plug_vfio is acted on: {:?}",
+            vfio.inert_settings(kind)
+        );
         let inert = hp.inert_settings(kind);
         assert!(
             inert
