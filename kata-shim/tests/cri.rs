@@ -20,6 +20,12 @@
 //! virtiofsd, sandbox directory, mount, pod network namespace — with it its taps and tc
 //! filters —, veth, address).
 //!
+//! The `kata-cache` handler runs the same pod from the VM cache: `kata-vm-cache` (started by
+//! the setup with that handler's configuration, `[factory] vm_cache_number = 1`) keeps a VM
+//! booted without network; the pod's shim takes it over and joins the pod's network namespace
+//! (the NIC hot-plugged) and cgroups. Checked besides the pod's own checks: the cache counted
+//! the hand-over, and the handed-over VM's directory is gone after RemovePodSandbox.
+//!
 //! Run one handler: `cargo test -p kata-shim --test cri -- kata`.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -75,9 +81,50 @@ const HELLO_WAT: &str = r#"(module
     (call $write (i32.const 1) (i32.const 100) (i32.const 16))
     (call $write (i32.const 2) (i32.const 200) (i32.const 7))))"#;
 
+/// `kata-vm-cache` for the `kata-cache` handler: stopped (SIGTERM: its VMs shut down, its
+/// endpoint removed) on drop.
+struct VmCacheProc {
+    child: std::process::Child,
+    endpoint: PathBuf,
+    log: PathBuf,
+}
+
+impl VmCacheProc {
+    /// The cache's (ready, hand-overs), once it answers.
+    async fn status(&self) -> Result<(usize, u64)> {
+        use kata_shim::vm_cache::{ask, Answer, Request};
+        match ask(&self.endpoint, &Request::Status, Duration::from_secs(5)).await? {
+            Answer::Status {
+                ready, handed_over, ..
+            } => Ok((ready, handed_over)),
+            other => bail!("the VM cache's status answered {other:?}"),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for VmCacheProc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let t0 = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) && t0.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The environment and what was there before the cases.
 struct Env {
     cri: CriEnv,
+    vm_cache: VmCacheProc,
     baseline_pod_netns: Vec<String>,
     baseline_kata_dirs: Vec<String>,
     _work: tempfile::TempDir,
@@ -177,7 +224,7 @@ async fn pod_lifecycle(env: &Env, cri: &Client, handler: &str, ids: &mut PodIds)
         .await
         .with_context(|| format!("RunPodSandbox with runtime_handler {handler}"))?;
     let pod = ids.pod.clone();
-    if handler == "kata" {
+    if matches!(handler, "kata" | "kata-cache") {
         booted();
     }
     println!(
@@ -576,6 +623,16 @@ async fn setup() -> Result<Env> {
     std::fs::write(&linux_config, LINUX_CONFIG)?;
     let wasm_config = dir.join("kata-rs-wasm.toml");
     std::fs::write(&wasm_config, WASM_CONFIG)?;
+    let cache_config = dir.join("kata-rs-cache.toml");
+    let cache_endpoint = dir.join("vm-cache.sock");
+    std::fs::write(
+        &cache_config,
+        format!(
+            "# kata-rs configuration for the CRI tests' `kata-cache` handler.\n\
+             [hypervisor.qemu]\n[factory]\nvm_cache_number = 1\nvm_cache_endpoint = \"{}\"\n",
+            cache_endpoint.display()
+        ),
+    )?;
     let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
     let options = CriOptions {
         handlers: vec![
@@ -598,6 +655,11 @@ async fn setup() -> Result<Env> {
                 name: "kata-wasm".into(),
                 runtime_type: "io.containerd.kata.v2".into(),
                 config_path: Some(wasm_config),
+            },
+            Handler {
+                name: "kata-cache".into(),
+                runtime_type: "io.containerd.kata.v2".into(),
+                config_path: Some(cache_config.clone()),
             },
         ],
         subnet: SUBNET.into(),
@@ -627,12 +689,74 @@ async fn setup() -> Result<Env> {
     let listed = client.list_images().await?;
     ensure!(listed.len() >= 2, "ListImages: {listed:?}");
     import_wasm_image(&cri, &dir)?;
+    // The VM cache boots its VM while the other cases run; the shims' root is its root.
+    let log = dir.join("vm-cache.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kata-vm-cache"))
+        .arg("--config")
+        .arg(&cache_config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("spawning kata-vm-cache")?;
+    let vm_cache = VmCacheProc {
+        child,
+        endpoint: cache_endpoint,
+        log,
+    };
     Ok(Env {
         cri,
+        vm_cache,
         baseline_pod_netns,
         baseline_kata_dirs,
         _work: work,
     })
+}
+
+/// The pod under the `kata-cache` handler: its VM from `kata-vm-cache`, the pod's network
+/// and cgroups joined at the hand-over; all of [`pod_case`]'s checks, and the hand-over's.
+async fn cached_pod_case(env: Arc<Env>) -> Result<()> {
+    let cache = &env.vm_cache;
+    let t0 = Instant::now();
+    let handed_before = loop {
+        match cache.status().await {
+            Ok((ready, handed)) if ready >= 1 => break handed,
+            _ if t0.elapsed() > Duration::from_secs(240) => {
+                bail!("the VM cache did not fill:\n{}", cache.log())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
+    pod_case(env.clone(), "kata-cache")
+        .await
+        .map_err(|e| e.context(format!("the VM cache's log:\n{}", cache.log())))?;
+    let (_, handed) = cache.status().await?;
+    ensure!(
+        handed == handed_before + 1,
+        "the pod did not run in a VM from the cache (hand-overs {handed_before} -> {handed})"
+    );
+    // The handed-over VM's directory (it keeps the cache's name) went with the pod.
+    let log = cache.log();
+    let dir = log
+        .lines()
+        .filter(|l| l.contains("VM handed over"))
+        .filter_map(|l| l.split(kata_shim::vm_cache::ID_PREFIX).nth(1))
+        .map(|rest| {
+            let id: String = rest
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            format!("{}{id}", kata_shim::vm_cache::ID_PREFIX)
+        })
+        .last()
+        .with_context(|| format!("no hand-over in the VM cache's log:\n{log}"))?;
+    let path = Path::new("/run/kata").join(&dir);
+    ensure!(
+        !path.exists(),
+        "the handed-over VM's directory {} is left",
+        path.display()
+    );
+    Ok(())
 }
 
 /// Builds the wasm image (one layer: `/hello.wasm`) and imports it for CRI.
@@ -754,6 +878,7 @@ fn main() -> std::process::ExitCode {
         .case("kata_pod", |env| pod_case(env, "kata"))
         .case("kata_linux_pod", |env| pod_case(env, "kata-linux"))
         .case("kata_wasm_pod", wasm_pod_case)
+        .case("kata_pod_from_the_vm_cache", cached_pod_case)
         .leak_check(|env: &Env| {
             let left = pod_leftovers(env, &PodIds::default());
             ensure!(left.is_empty(), "left: {left:?}");
