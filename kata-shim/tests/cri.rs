@@ -748,7 +748,7 @@ async fn cached_pod_case(env: Arc<Env>) -> Result<()> {
                 .collect();
             format!("{}{id}", kata_shim::vm_cache::ID_PREFIX)
         })
-        .last()
+        .next_back()
         .with_context(|| format!("no hand-over in the VM cache's log:\n{log}"))?;
     let path = Path::new("/run/kata").join(&dir);
     ensure!(
