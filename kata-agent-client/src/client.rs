@@ -26,8 +26,8 @@ use crate::protocol::agent::{
     RemoveContainerRequest, ReseedRandomDevRequest, ResumeContainerRequest, Routes,
     SetGuestDateTimeRequest, SignalProcessRequest, StartContainerRequest, StatsContainerRequest,
     StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest,
-    UpdateRoutesRequest, WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
-    WriteStreamResponse,
+    UpdateRoutesRequest, VolumeStatsRequest, VolumeStatsResponse, WaitProcessRequest,
+    WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
 };
 use crate::protocol::agent_ttrpc::AgentServiceClient;
 use crate::protocol::health::{CheckRequest, HealthCheckResponse, VersionCheckResponse};
@@ -287,6 +287,10 @@ impl AgentClient {
     unary_call!(
         /// `GetMetrics`: the guest's figures as Prometheus text.
         get_metrics, "GetMetrics", GetMetricsRequest => Metrics
+    );
+    unary_call!(
+        /// `GetVolumeStats`: bytes and inodes of a volume's filesystem in the guest.
+        get_volume_stats, "GetVolumeStats", VolumeStatsRequest => VolumeStatsResponse
     );
 
     /// `GetOOMEvent`: blocks until a container of the sandbox is OOM-killed.

@@ -655,7 +655,6 @@ async fn rpcs_kata_has_and_kata_rs_does_not_are_unimplemented() {
         "MemHotplugByProbe",
         "AddSwap",
         "AddSwapPath",
-        "GetVolumeStats",
         "ResizeVolume",
         "UpdateEphemeralMounts",
         "RemoveStaleVirtiofsShareMounts",
@@ -841,6 +840,46 @@ async fn a_shared_storage_is_kept_until_the_sandbox_ends() {
     a.destroy().await;
     assert!(kept, "a shared storage was released with its container");
     assert!(!Path::new(&vol).exists(), "released with the sandbox");
+}
+
+/// GetVolumeStats of a volume's guest path: bytes, then inodes, of its filesystem (`statfs`),
+/// the condition "OK", as Kata's agent answers; a path that does not exist is `INTERNAL`.
+#[tokio::test]
+async fn volume_stats_of_a_tmpfs_volume() {
+    require_host_agent!();
+    let a = HostAgent::start().await;
+    let vol = a.guest_path("sandbox/emptydir-mem");
+    let mut eph = storage("ephemeral", "tmpfs", "tmpfs", vol.clone());
+    eph.options = vec!["size=8m".into(), "nr_inodes=500".into()];
+    a.create_sandbox(vec![eph]).await.expect("CreateSandbox");
+    let mut req = kata_agent_client::protocol::agent::VolumeStatsRequest::new();
+    req.volume_guest_path = vol.clone();
+    let resp = a.client.get_volume_stats(&req).await;
+    let mut missing = req.clone();
+    missing.volume_guest_path = a.guest_path("no-such-volume");
+    let err = a.client.get_volume_stats(&missing).await;
+    a.destroy().await;
+    let resp = resp.unwrap_or_else(|e| panic!("GetVolumeStats: {e}"));
+    use kata_agent_client::protocol::agent::volume_usage::Unit;
+    let units: Vec<_> = resp
+        .usage
+        .iter()
+        .map(|u| u.unit.enum_value_or_default())
+        .collect();
+    assert_eq!(units, vec![Unit::BYTES, Unit::INODES]);
+    let (bytes, inodes) = (&resp.usage[0], &resp.usage[1]);
+    assert_eq!(bytes.total, 8 << 20);
+    assert_eq!(bytes.used, bytes.total - bytes.available);
+    assert_eq!(inodes.total, 500);
+    let cond = resp
+        .volume_condition
+        .into_option()
+        .expect("volume_condition");
+    assert!(!cond.abnormal);
+    assert_eq!(cond.message, "OK");
+    let err = err.expect_err("a path that does not exist");
+    assert_eq!(code(&err), Some(Code::INTERNAL), "Kata's code: {err}");
+    assert!(err.to_string().contains("no-such-volume"), "{err}");
 }
 
 /// Kata's shared directory for containers, where CopyFile writes.

@@ -43,6 +43,7 @@ pub mod side_port;
 pub mod storage;
 pub mod vfio;
 pub mod vfio_ap;
+pub mod volume_stats;
 
 /// Starts the side ports `config` asks for: the log stream ([`logport`]) and the debug
 /// console ([`debug_console`]). They listen until the returned listeners are dropped; one

@@ -39,6 +39,39 @@ pub fn copy_request(req: agent::CopyFileRequest) -> crate::copy_file::CopyReques
     }
 }
 
+/// GetVolumeStats's answer, as Kata's agent gives it: bytes, then inodes; the condition "OK".
+pub fn volume_stats(st: &crate::volume_stats::VolumeStats) -> agent::VolumeStatsResponse {
+    use agent::volume_usage::Unit;
+    let usage = |total: u64, available: u64, used: u64, unit: Unit| agent::VolumeUsage {
+        total,
+        available,
+        used,
+        unit: unit.into(),
+        ..Default::default()
+    };
+    let mut condition = agent::VolumeCondition::new();
+    condition.abnormal = false;
+    condition.message = "OK".to_string();
+    agent::VolumeStatsResponse {
+        usage: vec![
+            usage(
+                st.bytes_total,
+                st.bytes_available,
+                st.bytes_used(),
+                Unit::BYTES,
+            ),
+            usage(
+                st.inodes_total,
+                st.inodes_available,
+                st.inodes_used(),
+                Unit::INODES,
+            ),
+        ],
+        volume_condition: Some(condition).into(),
+        ..Default::default()
+    }
+}
+
 /// CreateSandbox's kernel modules, as the agent's own type.
 pub fn kernel_modules(
     req: &agent::CreateSandboxRequest,

@@ -750,6 +750,21 @@ impl AgentService for AgentServer {
         .await
     }
 
+    async fn get_volume_stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::VolumeStatsRequest,
+    ) -> ttrpc::Result<agent::VolumeStatsResponse> {
+        handle("GetVolumeStats", OnCancel::Abort, "", "", async move {
+            let path = std::path::PathBuf::from(&req.volume_guest_path);
+            let st = tokio::task::spawn_blocking(move || crate::volume_stats::volume_stats(&path))
+                .await
+                .map_err(|e| AgentError::Internal(format!("GetVolumeStats: {e}")))??;
+            Ok(convert::volume_stats(&st))
+        })
+        .await
+    }
+
     async fn get_metrics(
         &self,
         _ctx: &TtrpcContext,
