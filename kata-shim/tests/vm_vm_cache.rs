@@ -27,6 +27,7 @@ use containerd_shim::protos::shim::shim::{
 use containerd_shim::protos::shim_async::{Client, TaskClient};
 use containerd_shim::protos::ttrpc::context;
 use kata_shim::vm_cache::{ask, Answer, Request, ID_PREFIX};
+use kata_testkit::cri::env::NetNs;
 use kata_testkit::harness::{booted, Suite};
 use kata_testkit::leaks::{mounts_under, processes_mentioning};
 
@@ -107,8 +108,8 @@ fn bundle(
 /// (a veth, `POD_IP`, default route via its peer in a second namespace) the VM is to join,
 /// and a `linux.cgroupsPath`.
 struct PodHost {
-    netns: TestNetns,
-    _peer: TestNetns,
+    netns: NetNs,
+    _peer: NetNs,
     cgroups_path: String,
 }
 
@@ -119,16 +120,35 @@ const CGROUP_PARENT: &str = "kata-rs-vm-cache-test";
 
 impl PodHost {
     fn new() -> Result<PodHost> {
-        let netns = TestNetns::new("pod")?;
-        let peer = TestNetns::new("peer")?;
-        netns.ip(&[
-            "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", "netns", &peer.name,
-        ])?;
-        netns.ip(&["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"])?;
-        netns.ip(&["link", "set", "eth0", "up"])?;
-        netns.ip(&["route", "add", "default", "via", GATEWAY_IP])?;
-        peer.ip(&["addr", "add", &format!("{GATEWAY_IP}/24"), "dev", "peer0"])?;
-        peer.ip(&["link", "set", "peer0", "up"])?;
+        let pid = std::process::id();
+        let netns = NetNs::add(&format!("kata-rs-vmcache-pod-{pid}"), true)?;
+        let peer = NetNs::add(&format!("kata-rs-vmcache-peer-{pid}"), true)?;
+        netns.exec(
+            "ip",
+            &[
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "peer0",
+                "netns",
+                peer.name(),
+            ],
+        )?;
+        netns.exec(
+            "ip",
+            &["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"],
+        )?;
+        netns.exec("ip", &["link", "set", "eth0", "up"])?;
+        netns.exec("ip", &["route", "add", "default", "via", GATEWAY_IP])?;
+        peer.exec(
+            "ip",
+            &["addr", "add", &format!("{GATEWAY_IP}/24"), "dev", "peer0"],
+        )?;
+        peer.exec("ip", &["link", "set", "peer0", "up"])?;
         Ok(PodHost {
             netns,
             _peer: peer,
@@ -139,14 +159,14 @@ impl PodHost {
     /// Nothing of kata-rs left on the pod's side: no tap in its namespace, nothing on
     /// `eth0`'s ingress, no cgroup under the test's parent.
     fn nothing_left(&self) -> Result<()> {
-        let links = self.netns.ip(&["-details", "link", "show"])?;
+        let links = self.netns.exec("ip", &["-details", "link", "show"])?;
         ensure!(
             !links.contains("tun "),
             "a tap is left in the pod's namespace:\n{links}"
         );
         let ingress = self
             .netns
-            .ip_tool("tc", &["filter", "show", "dev", "eth0", "ingress"])?;
+            .exec("tc", &["filter", "show", "dev", "eth0", "ingress"])?;
         ensure!(
             ingress.trim().is_empty(),
             "left on eth0's ingress:\n{ingress}"
@@ -155,56 +175,6 @@ impl PodHost {
         cgroups.extend(kata_testkit::leaks::cgroup_dirs("kata_overhead/pod-net"));
         ensure!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
         Ok(())
-    }
-}
-
-/// A network namespace of this test (`ip netns add`, a unique name), deleted on drop.
-struct TestNetns {
-    name: String,
-}
-
-impl TestNetns {
-    fn new(role: &str) -> Result<TestNetns> {
-        let name = format!("kata-rs-vmcache-{role}-{}", std::process::id());
-        let out = Command::new("ip").args(["netns", "add", &name]).output()?;
-        ensure!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(TestNetns { name })
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    fn ip(&self, args: &[&str]) -> Result<String> {
-        self.ip_tool("ip", args)
-    }
-
-    /// `program -n <namespace> args...`, failing with its stderr.
-    fn ip_tool(&self, program: &str, args: &[&str]) -> Result<String> {
-        let out = Command::new(program)
-            .args(["-n", self.name.as_str()])
-            .args(args)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "{program} -n {} {}: {}",
-            self.name,
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 

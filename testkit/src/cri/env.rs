@@ -107,6 +107,24 @@ impl NetNs {
             .collect()
     }
 
+    /// Runs `program -n <name> args...` (`ip`, `tc`) and returns its stdout, failing with its
+    /// stderr.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let out = Command::new(program)
+            .args(["-n", self.name.as_str()])
+            .args(args)
+            .output()
+            .with_context(|| format!("running {program}"))?;
+        ensure!(
+            out.status.success(),
+            "{program} -n {} {}: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Runs `f` on a thread of its own that joined this namespace (only that thread moves).
     pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let path = self.path.clone();
