@@ -15,6 +15,11 @@
 //! One output line per cell. The image-unpack step of the issue has no cell: the shim never
 //! unpacks an image (containerd does; kata-rs's unpacker serves the Rust API).
 //!
+//! The fifth row, {the shim while a built-in VM runs in it} × the same six steps, needs a real
+//! KVM: it runs in the nested lab (`lab/runner/src/crash.rs`, checks `builtin-crash-<step>`),
+//! under a containerd in L1, with these cells' checks and, since the VM dies with the shim's
+//! process, a check that no process holds a KVM descriptor after the cleanup.
+//!
 //! One more fault, `enospc` (case `full_state_dir_at_every_step`): a second containerd whose
 //! shims keep their sandboxes under a 16 MiB tmpfs (`$KATA_RS_ROOT_DIR`), filled at the step
 //! (boot before `state.json`, Create, Start, Exec, Delete) and left full through the user's

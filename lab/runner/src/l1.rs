@@ -143,6 +143,10 @@ pub struct Options {
     pub echo: bool,
     /// The runner's log filter in L1 (`KATA_LAB_LOG`, tracing's syntax; `warn` when unset).
     pub log: Option<String>,
+    /// Only the crash row's cells of these steps (`all`, or `boot,exec`): the runner's
+    /// `--crash-only`, from the host's `KATA_LAB_CRASH` (for working on the row; the other
+    /// checks then never report).
+    pub crash_only: Option<String>,
 }
 
 impl Options {
@@ -157,6 +161,9 @@ impl Options {
             console_log: None,
             echo: true,
             log: None,
+            crash_only: std::env::var("KATA_LAB_CRASH")
+                .ok()
+                .filter(|c| !c.trim().is_empty()),
         }
     }
 }
@@ -227,6 +234,10 @@ pub fn kernel_cmdline(opts: &Options) -> Result<String, Error> {
         "console=ttyS0 panic=-1 intel_iommu=on loglevel=4 lab.runner={runner} lab.args={}",
         vmms.join(",")
     );
+    if let Some(cells) = &opts.crash_only {
+        let cells: String = cells.chars().filter(|c| !c.is_whitespace()).collect();
+        cmdline.push_str(&format!(",--crash-only,{}", cells.replace(',', ":")));
+    }
     if let Some(log) = &opts.log {
         if log.is_empty() || log.contains(char::is_whitespace) {
             return Err(Error::LogFilter(log.clone()));
@@ -536,6 +547,17 @@ mod tests {
             .ends_with(" lab.log=kata_hypervisor=debug,info"));
         opts.log = Some("a b".into());
         assert!(matches!(kernel_cmdline(&opts), Err(Error::LogFilter(_))));
+    }
+
+    #[test]
+    fn the_crash_row_alone_goes_to_the_runner() {
+        let mut opts = Options::new("/t/kata-lab", &[Vmm::Builtin]);
+        opts.crash_only = None;
+        assert!(!kernel_cmdline(&opts).unwrap().contains("--crash-only"));
+        opts.crash_only = Some("boot, exec".into());
+        assert!(kernel_cmdline(&opts)
+            .unwrap()
+            .contains(" lab.args=--vmm,builtin,--crash-only,boot:exec"));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod allow_list;
 mod console;
+mod crash;
 mod default_vmm;
 mod pod_net;
 mod vfio;
@@ -704,6 +705,7 @@ fn l2_console_logged() -> bool {
 /// The VMMs named by `--vmm` (all when none is).
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Vec<Vmm>> {
     let mut vmms = Vec::new();
+    let mut crash_only = false;
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -711,12 +713,20 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Vec<Vmm>> {
                 let v = args.next().context("--vmm needs a value")?;
                 vmms.push(v.parse()?);
             }
+            // The crash row alone (`crash::crash_only`, the host's KATA_LAB_CRASH): no VMM set.
+            "--crash-only" => {
+                let cells = args.next().context("--crash-only needs a value")?;
+                crash::parse_cells(&cells)?;
+                crash_only = true;
+            }
             other => {
                 bail!("unknown argument {other:?}; usage: kata-lab [--vmm qemu|builtin]...")
             }
         }
     }
-    if vmms.is_empty() {
+    if crash_only {
+        vmms.clear();
+    } else if vmms.is_empty() {
         vmms = Vmm::ALL.to_vec();
     }
     Ok(vmms)
@@ -790,6 +800,20 @@ fn main() -> ExitCode {
         ran += r;
         passed += p;
     }
+    // Issue 14: the crash row (the shim with a built-in VM in it, under L1's containerd), last.
+    let crash_steps = match crash::crash_only(std::env::args().skip(1)) {
+        Some(steps) => steps,
+        None if boots.iter().any(|(v, _)| *v == Vmm::Builtin) => {
+            kata_sandbox::crash::CrashStep::ALL.to_vec()
+        }
+        None => Vec::new(),
+    };
+    if !crash_steps.is_empty() {
+        let (r, p) = crash::run(&crash_steps);
+        println!("lab-summary builtin-crash: {p} of {r} checks passed");
+        ran += r;
+        passed += p;
+    }
     let boot = |v: Vmm| boots.iter().find(|(b, _)| *b == v).and_then(|(_, d)| *d);
     if let Some(line) = boot_ratio_line(boot(Vmm::Qemu), boot(Vmm::Builtin)) {
         println!("{line}");
@@ -819,6 +843,11 @@ mod tests {
         assert!(args(&["--vmm"]).is_err());
         assert!(args(&["--vmm", "xen"]).is_err());
         assert!(args(&["qemu"]).is_err());
+        // The crash row alone: no VMM set.
+        assert!(args(&["--vmm", "builtin", "--crash-only", "exec"])
+            .unwrap()
+            .is_empty());
+        assert!(args(&["--crash-only", "unpack"]).is_err());
     }
 
     #[test]

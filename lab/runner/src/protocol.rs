@@ -119,6 +119,19 @@ pub const VFIO_CHECKS: &[&str] = &[
     "vfio-mode-hot-root-port",
 ];
 
+/// The crash matrix's last row (issue 14, `src/crash.rs`), reported as `builtin-<name>`: the
+/// shim, running a built-in VM in its own process under L1's containerd, `kill -9`ed at each
+/// step; containerd hears of it and nothing is left (no process, mount, directory, shim
+/// socket, cgroup or KVM descriptor). Run after every other set when the built-in VMM's is.
+pub const BUILTIN_CRASH_CHECKS: &[&str] = &[
+    "crash-boot",
+    "crash-create",
+    "crash-start",
+    "crash-exec",
+    "crash-delete",
+    "crash-shutdown",
+];
+
 /// A VMM the runner drives in L1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vmm {
@@ -204,6 +217,10 @@ pub fn expected_checks(vmms: &[Vmm]) -> Vec<String> {
     // VFIO runs after every VMM's set (with the QEMU backend).
     if vmms.contains(&Vmm::Qemu) {
         out.extend(VFIO_CHECKS.iter().map(|c| format!("qemu-{c}")));
+    }
+    // The crash row runs last (its containerd and shims after every sandbox of the runner's).
+    if vmms.contains(&Vmm::Builtin) {
+        out.extend(BUILTIN_CRASH_CHECKS.iter().map(|c| format!("builtin-{c}")));
     }
     out
 }
@@ -615,9 +632,14 @@ mod tests {
         assert_eq!(
             expected.len(),
             L1_CHECKS.len() + RUNNER_CHECKS.len() + 2 * VMM_CHECKS.len() + VFIO_CHECKS.len()
+                + BUILTIN_CRASH_CHECKS.len()
                 - QEMU_ONLY_CHECKS.len()
                 - BUILTIN_ONLY_CHECKS.len()
         );
+        assert!(expected.contains(&"builtin-crash-boot".to_string()));
+        assert!(!expected_checks(&[Vmm::Qemu])
+            .iter()
+            .any(|c| c.contains("crash")));
         for c in [
             "builtin-boot",
             "builtin-agent-check",
