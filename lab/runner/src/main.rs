@@ -772,7 +772,9 @@ fn main() -> ExitCode {
         println!("kata-lab: {}", warm_qemu());
     }
     let mut boots = Vec::new();
-    for vmm in vmms {
+    // `lab.vfio=builtin`: the built-in VMM's VFIO checks alone, no VMM set.
+    let vfio_alone = vfio::builtin_alone();
+    for vmm in vmms.into_iter().filter(|_| !vfio_alone) {
         let c = match &rootfs {
             Ok(rootfs) => runtime.block_on(run_vmm(vmm, rootfs, &token)),
             Err(e) => {
@@ -790,6 +792,14 @@ fn main() -> ExitCode {
         ran += c.ran;
         passed += c.passed;
         boots.push((vmm, c.boot));
+    }
+    // Issue 12 with the built-in VMM (cold-plug on kata-vmm's PCI bus), after every VMM's set.
+    let builtin = vfio_alone || boots.iter().any(|(v, _)| *v == Vmm::Builtin);
+    if let (true, Ok(rootfs)) = (builtin, &rootfs) {
+        let (r, p) = runtime.block_on(vfio::run_builtin(rootfs, ROOT_DIR));
+        println!("lab-summary builtin-vfio: {p} of {r} checks passed");
+        ran += r;
+        passed += p;
     }
     // Issue 12: the edu device through the QEMU backend (its own sandboxes), after every VMM's
     // set: the VMMs' boots come one right after the other (their ratio compares like with

@@ -95,6 +95,17 @@ pub const BUILTIN_ONLY_CHECKS: &[&str] = &[
     "dragonball-config",
 ];
 
+/// The VFIO checks with the built-in VMM (issue 12, `src/vfio.rs`), reported as
+/// `builtin-<name>`: cold-plug on kata-vmm's PCI root bus, BAR0 in `guest-kernel` mode, the
+/// proof program in `vfio` mode, the hot-plug refusal. Run after every VMM's set, before the
+/// crash row.
+pub const BUILTIN_VFIO_CHECKS: &[&str] = &[
+    "vfio-cold",
+    "vfio-bar0-guest-kernel",
+    "vfio-mode-cold",
+    "vfio-hot-refused",
+];
+
 /// The figure comparing the two VMMs' boot-to-agent-ready times (built-in / QEMU, issue 11's
 /// target: at most [`BOOT_RATIO_TARGET`]).
 pub const BOOT_RATIO_FIGURE: &str = "builtin-vs-qemu-boot-to-agent-ready";
@@ -211,6 +222,10 @@ pub fn expected_checks(vmms: &[Vmm]) -> Vec<String> {
         .chain(RUNNER_CHECKS)
         .map(|c| c.to_string())
         .collect();
+    // The built-in VMM's VFIO checks (they run after every VMM's set, before QEMU's VFIO).
+    if vmms.contains(&Vmm::Builtin) {
+        out.extend(BUILTIN_VFIO_CHECKS.iter().map(|c| format!("builtin-{c}")));
+    }
     for vmm in vmms {
         out.extend(vmm.checks().iter().map(|c| format!("{vmm}-{c}")));
     }
@@ -631,8 +646,12 @@ mod tests {
         let expected = expected_checks(Vmm::KNOWN);
         assert_eq!(
             expected.len(),
-            L1_CHECKS.len() + RUNNER_CHECKS.len() + 2 * VMM_CHECKS.len() + VFIO_CHECKS.len()
+            L1_CHECKS.len()
+                + RUNNER_CHECKS.len()
+                + 2 * VMM_CHECKS.len()
+                + VFIO_CHECKS.len()
                 + BUILTIN_CRASH_CHECKS.len()
+                + BUILTIN_VFIO_CHECKS.len()
                 - QEMU_ONLY_CHECKS.len()
                 - BUILTIN_ONLY_CHECKS.len()
         );
@@ -650,7 +669,12 @@ mod tests {
         assert!(expected.contains(&"builtin-shutdown-clean".to_string()));
         assert!(expected.contains(&"qemu-vhost-vsock".to_string()));
         assert!(!expected.contains(&"builtin-vhost-vsock".to_string()));
-        assert!(!expected.iter().any(|c| c.starts_with("builtin-vfio")));
+        // The built-in VMM's VFIO checks are its own (cold-plug only), not QEMU's list.
+        assert!(expected.contains(&"builtin-vfio-cold".to_string()));
+        assert!(!expected.contains(&"builtin-vfio-hot-root-port".to_string()));
+        assert!(!expected_checks(&[Vmm::Qemu])
+            .iter()
+            .any(|c| c.starts_with("builtin-vfio")));
         assert!(expected.contains(&"builtin-threads-confined".to_string()));
         assert!(!expected.contains(&"qemu-threads-confined".to_string()));
         assert!(expected.contains(&"builtin-threads-cgroup".to_string()));

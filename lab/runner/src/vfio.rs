@@ -16,6 +16,19 @@
 //!   static by the runner with L1's `cc`, which is the host's) maps BAR0 through VFIO, reads
 //!   the identification `0x010000ed` and computes 5! = `0x78` in the edu's registers. Cold: the
 //!   device stays with the VM after the container's delete; hot: it is gone from L2.
+//!
+//! With the built-in VMM ([`run_builtin`], reported as `builtin-<name>`, names in
+//! [`kata_lab::protocol::BUILTIN_VFIO_CHECKS`]): kata-vmm's own PCI root bus, cold-plug only,
+//! BARs trapped, no interrupts.
+//!
+//! - `vfio-cold`: a sandbox built with the device (`cold_plug_vfio = "root-port"`); a container
+//!   naming the group sees the edu on L2's root bus at `00:01.0` (guest PCI path `01`);
+//! - `vfio-bar0-guest-kernel`: in that container BAR0+0 reads `0x010000ed` and BAR0+4 reads a
+//!   written value back inverted (`/dev/mem`, each access a KVM MMIO exit in the runner);
+//! - `vfio-mode-cold` (`vfio_mode = "vfio"`): the proof program through L2's no-IOMMU VFIO;
+//! - `vfio-hot-refused`: a sandbox without cold-plug; a container naming the device fails to
+//!   be created with the backend's refusal (naming the device and the fix), and the sandbox
+//!   runs the next container.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -109,6 +122,8 @@ fn proof_ok(out: &str) -> Result<String> {
 struct Report {
     ran: usize,
     passed: usize,
+    /// `qemu` or `builtin`.
+    vmm: &'static str,
 }
 
 impl Report {
@@ -116,7 +131,7 @@ impl Report {
         let result = result.map_err(|e| format!("{e:#}"));
         self.ran += 1;
         self.passed += usize::from(result.is_ok());
-        println!("{}", check_line(&format!("qemu-{name}"), &result));
+        println!("{}", check_line(&format!("{}-{name}", self.vmm), &result));
     }
 }
 
@@ -565,7 +580,11 @@ async fn hotplug_latency(sb: &Sandbox, rootfs: &Path, vfio: &Path) -> Result<()>
 
 /// Runs the VFIO checks; returns (ran, passed).
 pub async fn run(rootfs: &Path, root_dir: &str) -> (usize, usize) {
-    let mut r = Report { ran: 0, passed: 0 };
+    let mut r = Report {
+        ran: 0,
+        passed: 0,
+        vmm: "qemu",
+    };
     let vfio = match edu_group() {
         Ok(v) => v,
         Err(e) => {
@@ -600,6 +619,215 @@ pub async fn run(rootfs: &Path, root_dir: &str) -> (usize, usize) {
     (r.ran, r.passed)
 }
 
+/// A built-in VMM sandbox: `cold` with the edu cold-plugged (else no cold-plug at all), in
+/// `vfio_mode = "vfio"` with `vfio_mode`.
+async fn build_builtin(
+    cold: bool,
+    vfio_mode: bool,
+    vfio: &Path,
+    root_dir: &str,
+) -> Result<Sandbox> {
+    use kata_sandbox::HypervisorType;
+    let id = format!(
+        "lab-builtin-vfio-{}{}",
+        if cold { "cold" } else { "none" },
+        if vfio_mode { "-vfio" } else { "" }
+    );
+    let mut hv = kata_hypervisor::HypervisorConfig::defaults_for(HypervisorType::Dragonball);
+    hv.cold_plug_vfio = if cold {
+        PciePort::RootPort
+    } else {
+        PciePort::NoPort
+    };
+    let mut b = if vfio_mode {
+        let mut config = kata_sandbox::config::KataConfig::default();
+        config.hypervisor.insert("dragonball".into(), hv.clone());
+        config.runtime.vfio_mode = "vfio".into();
+        kata_sandbox::SandboxBuilder::from_kata_config(config)?
+    } else {
+        Sandbox::builder().hypervisor(HypervisorType::Dragonball)
+    };
+    b = b
+        .hypervisor_config(hv)
+        .id(&id)
+        .memory_mib(256)
+        .vcpus(1)
+        .root_dir(root_dir)
+        // The device's DMA mapping pins L2's memory in L1 (emulated IOMMU) before boot.
+        .agent_timeout(Duration::from_secs(150));
+    if cold {
+        b = b.vfio_device(vfio);
+    }
+    Ok(tokio::time::timeout(Duration::from_secs(300), b.build())
+        .await
+        .context("no sandbox after 300 s")??)
+}
+
+/// `builtin-vfio-cold` and `builtin-vfio-bar0-guest-kernel`.
+async fn builtin_cold_case(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir: &str) {
+    let limit = Duration::from_secs(180);
+    let t = Instant::now();
+    let sb = match build_builtin(true, false, vfio, root_dir).await {
+        Ok(sb) => sb,
+        Err(e) => {
+            r.line(
+                "vfio-cold",
+                Err(e.context("the sandbox with the device did not start")),
+            );
+            r.line(
+                "vfio-bar0-guest-kernel",
+                Err(anyhow::anyhow!("not run: no sandbox")),
+            );
+            return;
+        }
+    };
+    let booted = t.elapsed();
+    println!(
+        "{}",
+        figure_line(
+            "builtin-vfio-cold-boot-to-agent-ready",
+            sb.boot_timings().agent_connected.as_secs_f64() * 1000.0,
+            "ms",
+            "one edu cold-plugged on the built-in VMM's PCI root bus (its DMA mapping pins \
+             L2's 256 MiB first); compare builtin-boot-to-agent-ready, without a device"
+        )
+    );
+    let seen = tokio::time::timeout(limit, run_in(&sb, rootfs, vfio, false, LIST_EDU)).await;
+    r.line(
+        "vfio-cold",
+        seen.context("timed out")
+            .and_then(|s| s)
+            .and_then(|l| seen_at_depth(&l, 1))
+            .map(|p| {
+                format!(
+                    "{} cold-plugged on the built-in VMM's root bus: 1234:11e8 at guest PCI \
+                     path {p}; sandbox with it booted in {booted:.1?}",
+                    vfio.display()
+                )
+            }),
+    );
+    let bar = tokio::time::timeout(limit, run_in(&sb, rootfs, vfio, true, BAR0)).await;
+    r.line(
+        "vfio-bar0-guest-kernel",
+        bar.context("timed out").and_then(|s| s).and_then(|out| {
+            let lower = out.to_lowercase();
+            ensure!(lower.contains("id=0x010000ed"), "identification: {out}");
+            ensure!(
+                lower.contains("inv=0xedcba987"),
+                "liveness (0x12345678 inverted): {out}"
+            );
+            Ok(format!(
+                "vfio_mode guest-kernel, BAR0 trapped by the built-in VMM: {out}"
+            ))
+        }),
+    );
+    if let Err(e) = sb.shutdown().await {
+        eprintln!("kata-lab: shutting the builtin vfio-cold sandbox down: {e:#}");
+    }
+}
+
+/// `builtin-vfio-mode-cold`: the proof program through L2's own VFIO (no-IOMMU).
+async fn builtin_vfio_mode_case(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir: &str) {
+    let name = "vfio-mode-cold";
+    let sb = match build_builtin(true, true, vfio, root_dir).await {
+        Ok(sb) => sb,
+        Err(e) => {
+            r.line(name, Err(e.context("the sandbox did not start")));
+            return;
+        }
+    };
+    let result = tokio::time::timeout(Duration::from_secs(180), async {
+        let t = Instant::now();
+        let spec =
+            ContainerSpec::from_oci(vfio_mode_spec(vfio)?, rootfs).args([format!("/{PROOF}")]);
+        let out = sb.run(spec).await?;
+        let said = format!("{}{}", out.stdout_str(), out.stderr_str());
+        ensure!(out.status.success(), "status {}: {said:?}", out.status);
+        let proof = proof_ok(&said)?;
+        Ok::<_, anyhow::Error>(format!(
+            "vfio_mode vfio, cold-plugged on the built-in VMM: {proof} (container ran in {:.1?})",
+            t.elapsed()
+        ))
+    })
+    .await;
+    r.line(name, result.context("timed out").and_then(|s| s));
+    if let Err(e) = sb.shutdown().await {
+        eprintln!("kata-lab: shutting the builtin {name} sandbox down: {e:#}");
+    }
+}
+
+/// `builtin-vfio-hot-refused`: no cold-plug, so a container naming the device would need a
+/// hot-plug, which the built-in VMM refuses; the sandbox runs on.
+async fn builtin_hot_refused_case(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir: &str) {
+    let name = "vfio-hot-refused";
+    let sb = match build_builtin(false, false, vfio, root_dir).await {
+        Ok(sb) => sb,
+        Err(e) => {
+            r.line(name, Err(e.context("the sandbox did not start")));
+            return;
+        }
+    };
+    let result = tokio::time::timeout(Duration::from_secs(180), async {
+        let refused = match run_in(&sb, rootfs, vfio, false, LIST_EDU).await {
+            Ok(out) => bail!("the container ran with the device: {out:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            refused.contains("cold-plugs VFIO only") && refused.contains("[hypervisor.qemu]"),
+            "not the built-in VMM's refusal: {refused}"
+        );
+        let plain = ContainerSpec::from_rootfs_dir(rootfs).args(["sh", "-c", LIST_EDU]);
+        let after = sb.run(plain).await?;
+        ensure!(
+            after.status.success() && !after.stdout_str().contains("edu "),
+            "the next container: status {}, {:?}",
+            after.status,
+            after.stdout_str()
+        );
+        Ok::<_, anyhow::Error>(format!(
+            "refused: {}; the sandbox ran the next container",
+            refused.lines().next().unwrap_or_default()
+        ))
+    })
+    .await;
+    r.line(name, result.context("timed out").and_then(|s| s));
+    if let Err(e) = sb.shutdown().await {
+        eprintln!("kata-lab: shutting the builtin {name} sandbox down: {e:#}");
+    }
+}
+
+/// Whether L1's kernel command line says `lab.vfio=builtin` (the host's `KATA_LAB_VFIO`): the
+/// built-in VMM's VFIO checks alone.
+pub fn builtin_alone() -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .is_ok_and(|c| c.split_whitespace().any(|w| w == "lab.vfio=builtin"))
+}
+
+/// Runs the built-in VMM's VFIO checks; returns (ran, passed).
+pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
+    let mut r = Report {
+        ran: 0,
+        passed: 0,
+        vmm: "builtin",
+    };
+    let vfio = match edu_group() {
+        Ok(v) => v,
+        Err(e) => {
+            for n in kata_lab::protocol::BUILTIN_VFIO_CHECKS {
+                r.line(n, Err(anyhow::anyhow!("not run: {e:#}")));
+            }
+            return (r.ran, r.passed);
+        }
+    };
+    builtin_cold_case(&mut r, &vfio, rootfs, root_dir).await;
+    match build_proof(rootfs) {
+        Ok(()) => builtin_vfio_mode_case(&mut r, &vfio, rootfs, root_dir).await,
+        Err(e) => r.line("vfio-mode-cold", Err(anyhow::anyhow!("not run: {e:#}"))),
+    }
+    builtin_hot_refused_case(&mut r, &vfio, rootfs, root_dir).await;
+    (r.ran, r.passed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,5 +857,10 @@ mod tests {
         assert!(seen_at_depth(switch, 2).is_err());
         assert!(seen_at_depth("edu /sys/devices/pci0000:00/0000:00:04.0", 2).is_err());
         assert!(seen_at_depth("", 2).is_err());
+        // The built-in VMM's root bus: one slot.
+        assert_eq!(
+            seen_at_depth("edu /sys/devices/pci0000:00/0000:00:01.0\n", 1).unwrap(),
+            "01"
+        );
     }
 }
