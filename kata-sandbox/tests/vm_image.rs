@@ -30,9 +30,19 @@ fn manifest_image() -> Result<PathBuf> {
         .context("the guest manifest has no `image`: run `make guest` (guest/image.sh builds it)")
 }
 
-/// A builder for sandbox `id` booting `image` (no initrd), with the image as an NVDIMM unless
-/// `nvdimm` is false.
-fn from_image(env: &Env, id: &str, image: &Path, nvdimm: bool) -> kata_sandbox::SandboxBuilder {
+/// How a case asks for the image to be attached.
+#[derive(Clone, Copy, PartialEq)]
+enum Attach {
+    /// The default: an NVDIMM.
+    Nvdimm,
+    /// `vm_rootfs_driver = "virtio-pmem"`.
+    VirtioPmem,
+    /// `disable_image_nvdimm = true`: virtio-blk.
+    VirtioBlk,
+}
+
+/// A builder for sandbox `id` booting `image` (no initrd), attached as `attach` says.
+fn from_image(env: &Env, id: &str, image: &Path, attach: Attach) -> kata_sandbox::SandboxBuilder {
     let builder = Sandbox::builder()
         .id(id)
         .memory_mib(256)
@@ -40,7 +50,10 @@ fn from_image(env: &Env, id: &str, image: &Path, nvdimm: bool) -> kata_sandbox::
     let mut hv = builder.config().clone();
     hv.image = image.display().to_string();
     hv.initrd.clear();
-    hv.disable_image_nvdimm = !nvdimm;
+    hv.disable_image_nvdimm = attach == Attach::VirtioBlk;
+    if attach == Attach::VirtioPmem {
+        hv.vm_rootfs_driver = kata_hypervisor::config::VmRootfsDriver::VirtioPmem;
+    }
     builder.hypervisor_config(hv)
 }
 
@@ -103,9 +116,9 @@ fn options(root: &str) -> Vec<String> {
 
 /// Boots from the image (`nvdimm` or not), runs a container (exit code and output), reads the
 /// guest's root mount and QEMU's command line, shuts down and checks nothing is left.
-async fn boot_and_check(env: &Env, id: &str, nvdimm: bool) -> Result<((String, String), String)> {
+async fn boot_and_check(env: &Env, id: &str, attach: Attach) -> Result<((String, String), String)> {
     let image = manifest_image()?;
-    let sandbox = from_image(env, id, &image, nvdimm)
+    let sandbox = from_image(env, id, &image, attach)
         .build()
         .await
         .context(NoGuest)?;
@@ -154,7 +167,7 @@ async fn boot_and_check(env: &Env, id: &str, nvdimm: bool) -> Result<((String, S
 /// Kata's default with QEMU: the image is a read-only, unarmed NVDIMM and the guest's root is
 /// `/dev/pmem0p1`, ext4, read-only, mounted with `dax`.
 async fn case_image_on_nvdimm_runs_a_container_from_a_dax_root(env: Arc<Env>) -> Result<()> {
-    let ((root, dev), cmdline) = boot_and_check(&env, "image-nvdimm", true).await?;
+    let ((root, dev), cmdline) = boot_and_check(&env, "image-nvdimm", Attach::Nvdimm).await?;
     println!("guest root: {dev}: {root}");
     ensure!(
         dev == "pmem0p1" && root.split_whitespace().nth(2) == Some("ext4"),
@@ -177,7 +190,7 @@ async fn case_image_on_nvdimm_runs_a_container_from_a_dax_root(env: Arc<Env>) ->
 
 /// `disable_image_nvdimm = true`: a read-only virtio-blk disk, root `/dev/vda1` without DAX.
 async fn case_image_on_virtio_blk_when_nvdimm_is_disabled(env: Arc<Env>) -> Result<()> {
-    let ((root, dev), cmdline) = boot_and_check(&env, "image-blk", false).await?;
+    let ((root, dev), cmdline) = boot_and_check(&env, "image-blk", Attach::VirtioBlk).await?;
     println!("guest root: {dev}: {root}");
     ensure!(
         dev == "vda1" && root.split_whitespace().nth(2) == Some("ext4"),
@@ -191,6 +204,29 @@ async fn case_image_on_virtio_blk_when_nvdimm_is_disabled(env: Arc<Env>) -> Resu
     ensure!(
         cmdline.contains("virtio-blk-pci,drive=image0") && !cmdline.contains("nvdimm"),
         "not a virtio-blk image: {cmdline}"
+    );
+    Ok(())
+}
+
+/// `vm_rootfs_driver = "virtio-pmem"` (runtime-rs's key): a read-only virtio-pmem device, the
+/// same `/dev/pmem0p1` root with DAX, no NVDIMM on the machine.
+async fn case_image_on_virtio_pmem_when_the_driver_asks(env: Arc<Env>) -> Result<()> {
+    let ((root, dev), cmdline) = boot_and_check(&env, "image-vpmem", Attach::VirtioPmem).await?;
+    println!("guest root: {dev}: {root}");
+    ensure!(
+        dev == "pmem0p1" && root.split_whitespace().nth(2) == Some("ext4"),
+        "the root is not ext4 on pmem0p1: {dev}: {root}"
+    );
+    let opts = options(&root);
+    ensure!(
+        opts.iter().any(|o| o == "ro") && opts.iter().any(|o| o == "dax" || o == "dax=always"),
+        "the root is not mounted ro with dax: {root}"
+    );
+    ensure!(
+        cmdline.contains("virtio-pmem-pci,id=image0,memdev=image0-mem")
+            && cmdline.contains("readonly=on")
+            && !cmdline.contains("nvdimm"),
+        "not a read-only virtio-pmem image: {cmdline}"
     );
     Ok(())
 }
@@ -225,7 +261,7 @@ async fn expect_refused(
 async fn case_bad_images_are_refused_before_the_vm_starts(env: Arc<Env>) -> Result<()> {
     let manifest = GuestManifest::load_default().context(NoGuest)?;
     let cpio = manifest.initrd.display().to_string();
-    let r = from_image(&env, "image-cpio", &manifest.initrd, true)
+    let r = from_image(&env, "image-cpio", &manifest.initrd, Attach::Nvdimm)
         .build()
         .await;
     expect_refused(
@@ -237,7 +273,9 @@ async fn case_bad_images_are_refused_before_the_vm_starts(env: Arc<Env>) -> Resu
     .await?;
 
     let none = env.root.join("no-such.img");
-    let r = from_image(&env, "image-none", &none, true).build().await;
+    let r = from_image(&env, "image-none", &none, Attach::Nvdimm)
+        .build()
+        .await;
     let none_s = none.display().to_string();
     expect_refused(&env, "image-none", r, &["guest image not found", &none_s]).await?;
 
@@ -247,14 +285,14 @@ async fn case_bad_images_are_refused_before_the_vm_starts(env: Arc<Env>) -> Resu
     let mut bytes = std::fs::read(manifest_image()?)?;
     bytes[(3 << 20) + 1024..(3 << 20) + 2048].fill(0);
     std::fs::write(&broken, bytes)?;
-    let r = from_image(&env, "image-noext4", &broken, true)
+    let r = from_image(&env, "image-noext4", &broken, Attach::Nvdimm)
         .build()
         .await;
     let checked = expect_refused(&env, "image-noext4", r, &["holds no ext4 filesystem"]).await;
     std::fs::remove_file(&broken)?;
     checked?;
 
-    let builder = from_image(&env, "image-both", &manifest_image()?, true);
+    let builder = from_image(&env, "image-both", &manifest_image()?, Attach::Nvdimm);
     let mut hv = builder.config().clone();
     hv.initrd = cpio.clone();
     let r = builder.hypervisor_config(hv).build().await;
@@ -271,6 +309,10 @@ fn main() -> std::process::ExitCode {
         .case(
             "image_on_virtio_blk_when_nvdimm_is_disabled",
             case_image_on_virtio_blk_when_nvdimm_is_disabled,
+        )
+        .case(
+            "image_on_virtio_pmem_when_the_driver_asks",
+            case_image_on_virtio_pmem_when_the_driver_asks,
         )
         .case(
             "bad_images_are_refused_before_the_vm_starts",

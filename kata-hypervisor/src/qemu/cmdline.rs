@@ -136,10 +136,12 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
     };
     // The image as an NVDIMM: the machine's NVDIMM support, a memory slot of its own and its
     // size on top of `maxmem` (hot-plug keeps `memory_slots` and its bound).
-    let nvdimm = l
-        .image
-        .filter(|_| super::image::attachment(c) == super::image::ImageAttachment::Nvdimm);
-    if nvdimm.is_some() && !machine.split(',').any(|o| o.starts_with("nvdimm")) {
+    let attachment = super::image::attachment(c);
+    let nvdimm = l.image.filter(|_| attachment.is_pmem());
+    if nvdimm.is_some()
+        && attachment == super::image::ImageAttachment::Nvdimm
+        && !machine.split(',').any(|o| o.starts_with("nvdimm"))
+    {
         machine.push_str(",nvdimm=on");
     }
     // Named threads (`CPU 0/KVM`): the host cgroups find the vCPUs by them.

@@ -18,7 +18,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::config::{HypervisorConfig, RootfsType};
+use crate::config::{HypervisorConfig, RootfsType, VmRootfsDriver};
 use crate::error::{Error, Result};
 
 /// QEMU's id of the image's NVDIMM device (its memory backend is `image0-mem`).
@@ -45,14 +45,28 @@ instead";
 pub enum ImageAttachment {
     /// An NVDIMM backed by the image file, read-only (`unarmed`): root on `/dev/pmem0p1`, DAX.
     Nvdimm,
+    /// A virtio-pmem-pci device backed by the image file, read-only (`vm_rootfs_driver =
+    /// "virtio-pmem"`): root on `/dev/pmem0p1`, DAX, as with the NVDIMM.
+    VirtioPmem,
     /// A read-only virtio-blk-pci disk: root on `/dev/vda1`.
     VirtioBlk,
 }
 
-/// How `config` attaches its image: an NVDIMM unless `disable_image_nvdimm` is set or the
-/// machine has no ACPI NVDIMM support (only q35 and pc do).
+impl ImageAttachment {
+    /// Whether the image is guest memory (an NVDIMM or virtio-pmem: DAX, a memory slot).
+    pub fn is_pmem(self) -> bool {
+        self != ImageAttachment::VirtioBlk
+    }
+}
+
+/// How `config` attaches its image. On q35 and pc (the machines with memory devices and ACPI
+/// NVDIMM support): virtio-pmem when `vm_rootfs_driver = "virtio-pmem"`, else an NVDIMM unless
+/// `disable_image_nvdimm` is set. Otherwise, and with `disable_image_nvdimm`, virtio-blk.
 pub fn attachment(config: &HypervisorConfig) -> ImageAttachment {
-    if !config.disable_image_nvdimm && matches!(config.machine_type.as_str(), "q35" | "pc") {
+    let memory_devices = matches!(config.machine_type.as_str(), "q35" | "pc");
+    if memory_devices && config.vm_rootfs_driver == VmRootfsDriver::VirtioPmem {
+        ImageAttachment::VirtioPmem
+    } else if memory_devices && !config.disable_image_nvdimm {
         ImageAttachment::Nvdimm
     } else {
         ImageAttachment::VirtioBlk
@@ -93,7 +107,7 @@ impl GuestImage {
             return Err(bad("it is not a regular file".into()));
         }
         let size = meta.len();
-        let nvdimm = attachment(config) == ImageAttachment::Nvdimm;
+        let nvdimm = attachment(config).is_pmem();
         // As an NVDIMM the guest's pmem device starts after the DAX info block's `dataoff`.
         let base = if nvdimm {
             let mut info = [0u8; 64];
@@ -217,6 +231,15 @@ pub fn args(config: &HypervisorConfig, image: &GuestImage) -> Vec<String> {
             "-device".into(),
             format!("nvdimm,id={NVDIMM_ID},memdev={NVDIMM_ID}-mem,unarmed=on"),
         ],
+        ImageAttachment::VirtioPmem => vec![
+            "-object".into(),
+            format!(
+                "memory-backend-file,id={NVDIMM_ID}-mem,mem-path={path},size={},readonly=on,share=on",
+                image.size
+            ),
+            "-device".into(),
+            format!("virtio-pmem-pci,id={NVDIMM_ID},memdev={NVDIMM_ID}-mem"),
+        ],
         ImageAttachment::VirtioBlk => vec![
             "-drive".into(),
             format!("file={path},if=none,id=image0,format=raw,readonly=on"),
@@ -228,25 +251,18 @@ pub fn args(config: &HypervisorConfig, image: &GuestImage) -> Vec<String> {
 
 /// The kernel parameters that mount the image as the root (Kata's, per `rootfs_type`).
 pub fn root_params(config: &HypervisorConfig) -> &'static str {
-    match (attachment(config), config.rootfs_type) {
-        (ImageAttachment::Nvdimm, RootfsType::Ext4) => {
+    let pmem = attachment(config).is_pmem();
+    match (pmem, config.rootfs_type) {
+        (true, RootfsType::Ext4) => {
             "root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4"
         }
-        (ImageAttachment::Nvdimm, RootfsType::Xfs) => {
-            "root=/dev/pmem0p1 rootflags=dax ro rootfstype=xfs"
-        }
-        (ImageAttachment::Nvdimm, RootfsType::Erofs) => {
-            "root=/dev/pmem0p1 rootflags=dax ro rootfstype=erofs"
-        }
-        (ImageAttachment::VirtioBlk, RootfsType::Ext4) => {
+        (true, RootfsType::Xfs) => "root=/dev/pmem0p1 rootflags=dax ro rootfstype=xfs",
+        (true, RootfsType::Erofs) => "root=/dev/pmem0p1 rootflags=dax ro rootfstype=erofs",
+        (false, RootfsType::Ext4) => {
             "root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4"
         }
-        (ImageAttachment::VirtioBlk, RootfsType::Xfs) => {
-            "root=/dev/vda1 rootflags=ro ro rootfstype=xfs"
-        }
-        (ImageAttachment::VirtioBlk, RootfsType::Erofs) => {
-            "root=/dev/vda1 rootflags=ro ro rootfstype=erofs"
-        }
+        (false, RootfsType::Xfs) => "root=/dev/vda1 rootflags=ro ro rootfstype=xfs",
+        (false, RootfsType::Erofs) => "root=/dev/vda1 rootflags=ro ro rootfstype=erofs",
     }
 }
 
@@ -294,6 +310,12 @@ mod tests {
         c.disable_image_nvdimm = false;
         c.machine_type = "microvm".into();
         assert_eq!(attachment(&c), ImageAttachment::VirtioBlk);
+        c.vm_rootfs_driver = VmRootfsDriver::VirtioPmem;
+        assert_eq!(attachment(&c), ImageAttachment::VirtioBlk);
+        c.machine_type = "q35".into();
+        assert_eq!(attachment(&c), ImageAttachment::VirtioPmem);
+        c.disable_image_nvdimm = true;
+        assert_eq!(attachment(&c), ImageAttachment::VirtioPmem);
     }
 
     #[test]
@@ -370,5 +392,15 @@ mod tests {
              -device virtio-blk-pci,drive=image0,id=image0-dev"
         );
         assert!(root_params(&c).starts_with("root=/dev/vda1 "));
+        let c = HypervisorConfig {
+            vm_rootfs_driver: VmRootfsDriver::VirtioPmem,
+            ..Default::default()
+        };
+        assert_eq!(
+            args(&c, &img).join(" "),
+            "-object memory-backend-file,id=image0-mem,mem-path=/i/a,,b.img,size=18874368,\
+             readonly=on,share=on -device virtio-pmem-pci,id=image0,memdev=image0-mem"
+        );
+        assert!(root_params(&c).starts_with("root=/dev/pmem0p1 rootflags=dax,"));
     }
 }

@@ -3,7 +3,7 @@
 //! implemented, or parsed without effect (see [`crate::config::SettingUse`]). There is no
 //! catch-all arm: a key added to the section must be classified here.
 
-use crate::config::{BlockDeviceDriver, HypervisorConfig, SettingUse, SharedFs};
+use crate::config::{BlockDeviceDriver, HypervisorConfig, SettingUse, SharedFs, VmRootfsDriver};
 
 use SettingUse::{Acted, Inert, Refused};
 
@@ -39,9 +39,14 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
 
         // Guest boot.
         "kernel" | "initrd" | "image" | "rootfs_type" | "kernel_params" | "firmware" => Acted,
-        "vm_rootfs_driver" => Inert(
-            "the guest image is an NVDIMM, or virtio-blk-pci with disable_image_nvdimm = true",
-        ),
+        // `image.rs`: virtio-pmem when asked, else an NVDIMM or virtio-blk-pci.
+        "vm_rootfs_driver" => match c.vm_rootfs_driver {
+            VmRootfsDriver::VirtioPmem | VmRootfsDriver::VirtioBlkPci => Acted,
+            _ => Inert(
+                "the guest image is an NVDIMM, virtio-pmem (vm_rootfs_driver = \"virtio-pmem\") \
+                 or virtio-blk-pci (disable_image_nvdimm = true)",
+            ),
+        },
         "kernel_verity_params" => Refused(
             "dm-verity of the guest image is not implemented yet: the image would boot \
              unverified; leave kernel_verity_params empty",
