@@ -766,13 +766,14 @@ async fn bad_input_is_rejected_and_leaves_nothing_behind() {
         "only the real container's init: {children:?}"
     );
 
-    // A method we do not implement says so.
+    // A CopyFile with no destination is refused (INTERNAL, as Kata's agent) before anything is
+    // made.
     let err = h
         .client
         .copy_file(&CopyFileRequest::new())
         .await
         .unwrap_err();
-    assert_eq!(rpc_code(&err), Some(Code::UNIMPLEMENTED));
+    assert_eq!(rpc_code(&err), Some(Code::INTERNAL));
     assert!(err.message().unwrap().contains("CopyFile"));
 
     // Starting twice is refused; the agent is still healthy.
