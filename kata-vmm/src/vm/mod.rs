@@ -236,6 +236,9 @@ impl VmBuilder {
             .as_deref()
             .map(|p| loader::load_initrd(mem, &kernel, p))
             .transpose()?;
+        // VFIO functions on a PCI bus (opened and DMA-mapped now, before any socket is bound);
+        // the guest probes PCI then.
+        let pci = crate::devices::vfio::build_bus(&c.vfio, mem)?;
 
         // Devices: disks first (vda...), then shares, NICs (eth0...), vsock; each in the next slot.
         // The queue-notify eventfd is duplicated: KVM signals the same eventfd the device reads.
@@ -279,8 +282,6 @@ impl VmBuilder {
             None
         };
 
-        // VFIO functions on a PCI bus (opened and DMA-mapped now); the guest probes PCI then.
-        let pci = crate::devices::vfio::build_bus(&c.vfio, mem)?;
         let base = if pci.is_some() {
             BASE_CMDLINE.replace(" pci=off", "")
         } else {

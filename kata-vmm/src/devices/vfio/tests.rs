@@ -215,3 +215,70 @@ fn bridges_tiny_config_regions_and_oversized_bars_are_refused() {
     .to_string();
     assert!(e.contains("bridges"), "{e}");
 }
+
+#[test]
+fn a_vm_given_an_unusable_function_fails_before_anything_is_bound() {
+    let dir = std::path::PathBuf::from(
+        std::env::var("KATA_RS_GUEST_DIR")
+            .unwrap_or_else(|_| "/var/cache/kata-rs/guest/current".into()),
+    );
+    let kernel = dir.join("vmlinuz");
+    if !kernel.exists() {
+        eprintln!("SKIPPED: no guest kernel in {} (make guest)", dir.display());
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    // sysfs: 0000:00:03.0 in group 4 with a member still on a host driver.
+    let s = t.path().join("sys");
+    let g = s.join("kernel/iommu_groups/4/devices");
+    std::fs::create_dir_all(&g).unwrap();
+    for (bdf, drv) in [("0000:00:03.0", "vfio-pci"), ("0000:00:04.0", "e1000e")] {
+        let d = s.join("devices").join(bdf);
+        std::fs::create_dir_all(&d).unwrap();
+        std::os::unix::fs::symlink(s.join("kernel/iommu_groups/4"), d.join("iommu_group")).unwrap();
+        let dd = s.join("bus/pci/drivers").join(drv);
+        std::fs::create_dir_all(&dd).unwrap();
+        std::os::unix::fs::symlink(&dd, d.join("driver")).unwrap();
+        std::fs::create_dir_all(s.join("bus/pci/devices")).unwrap();
+        std::os::unix::fs::symlink(&d, s.join("bus/pci/devices").join(bdf)).unwrap();
+        std::os::unix::fs::symlink(&d, g.join(bdf)).unwrap();
+    }
+    let sock = t.path().join("vsock.uds");
+    let e = crate::vm::VmBuilder::new(&kernel)
+        .memory_mib(128)
+        .vsock(&sock)
+        .vfio(VfioConfig {
+            bdf: "0000:00:03.0".into(),
+            sysfs: s.clone(),
+            dev_vfio: t.path().join("dev-vfio"),
+        })
+        .prepare()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("0000:00:04.0") && e.contains("e1000e"), "{e}");
+    assert!(
+        !sock.exists(),
+        "the vsock socket was bound before the refusal"
+    );
+    // All members on vfio-pci: sysfs passes, the missing container is named.
+    std::fs::remove_file(s.join("devices/0000:00:04.0/driver")).unwrap();
+    std::os::unix::fs::symlink(
+        s.join("bus/pci/drivers/vfio-pci"),
+        s.join("devices/0000:00:04.0/driver"),
+    )
+    .unwrap();
+    let e = crate::vm::VmBuilder::new(&kernel)
+        .memory_mib(128)
+        .vfio(VfioConfig {
+            bdf: "0000:00:03.0".into(),
+            sysfs: s,
+            dev_vfio: t.path().join("dev-vfio"),
+        })
+        .prepare()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("VFIO container") && e.contains("dev-vfio/vfio"),
+        "{e}"
+    );
+}
