@@ -102,6 +102,16 @@ pub enum AgentError {
         seconds: u64,
     },
 
+    /// TtyWinResize of a process that has no terminal. `UNAVAILABLE`, as Kata's agent answers
+    /// it ("no tty").
+    #[error("exec {exec_id} in container {container_id} has no terminal (no tty): only a process created with terminal: true can be resized")]
+    NoTerminal {
+        /// The container.
+        container_id: String,
+        /// The process.
+        exec_id: String,
+    },
+
     /// A CopyFile request the agent will not carry out (a destination outside the shared
     /// directory, a bad offset). `INTERNAL`, as Kata's agent answers it.
     #[error("CopyFile {path:?} refused: {reason}")]
@@ -176,6 +186,7 @@ impl AgentError {
             AgentError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             AgentError::Unimplemented(_) => Code::UNIMPLEMENTED,
             AgentError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
+            AgentError::NoTerminal { .. } => Code::UNAVAILABLE,
             AgentError::ContainerSetup { .. }
             | AgentError::CopyFileRefused { .. }
             | AgentError::KernelModule { .. }
@@ -228,6 +239,13 @@ mod tests {
             (
                 AgentError::io("mount /x", io::Error::other("boom")),
                 Code::INTERNAL,
+            ),
+            (
+                AgentError::NoTerminal {
+                    container_id: "c1".into(),
+                    exec_id: "e1".into(),
+                },
+                Code::UNAVAILABLE,
             ),
         ];
         for (err, code) in cases {

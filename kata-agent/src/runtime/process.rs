@@ -175,10 +175,10 @@ impl Process {
     /// Resizes the terminal.
     pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
         let Some(tty) = &self.tty else {
-            return Err(AgentError::FailedPrecondition(format!(
-                "exec {} in container {} has no terminal",
-                self.exec_id, self.container_id
-            )));
+            return Err(AgentError::NoTerminal {
+                container_id: self.container_id.clone(),
+                exec_id: self.exec_id.clone(),
+            });
         };
         stdio::resize(tty, rows, cols)
             .map_err(|e| AgentError::io(format!("resize terminal of exec {}", self.exec_id), e))
