@@ -40,7 +40,7 @@ use kata_sandbox::persist::SandboxState;
 use kata_testkit::containerd::{self, Containerd, ShimContainerd, StartOptions};
 use kata_testkit::harness::{booted, Suite};
 use kata_testkit::image as testimage;
-use kata_testkit::leaks::{cgroup_dirs, cmdlines};
+use kata_testkit::leaks::sandbox_leftovers;
 
 const RUNTIME: &str = "io.containerd.kata.v2";
 const NS: &str = "kata-rs-crash";
@@ -72,45 +72,10 @@ fn selected(step: CrashStep, victim: Victim) -> bool {
     }
 }
 
-/// What is left of sandbox `id` under the state root `root`: processes naming its directory
-/// or shim, its mounts, its directory, its host cgroups, containerd's task and container.
+/// What is left of sandbox `id` under the state root `root`
+/// ([`kata_testkit::leaks::sandbox_leftovers`]).
 fn left_of(c: &Containerd, root: &Path, id: &str) -> Vec<String> {
-    let dir = format!("{}/{id}/", root.display());
-    let mut left: Vec<String> = cmdlines()
-        .into_iter()
-        .filter(|(_, cmd)| {
-            cmd.contains(&dir)
-                || (cmd.contains("containerd-shim-kata-v2") && cmd.contains(&format!("-id {id}")))
-        })
-        .map(|(pid, cmd)| format!("process {pid}: {cmd}"))
-        .collect();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    left.extend(
-        mountinfo
-            .lines()
-            .filter(|l| l.contains(&dir) || l.contains(&format!("/{id}/rootfs")))
-            .map(|l| format!("mount {l}")),
-    );
-    if Path::new(&dir).exists() {
-        left.push(format!("directory {dir}"));
-    }
-    for rel in [
-        format!("kata_sandboxed_pod/{id}"),
-        format!("kata_overhead/{id}"),
-        format!("{NS}/{id}"),
-    ] {
-        left.extend(
-            cgroup_dirs(&rel)
-                .into_iter()
-                .map(|d| format!("cgroup {}", d.display())),
-        );
-    }
-    for what in ["task", "container"] {
-        if c.lists(what, id) {
-            left.push(format!("containerd still lists {what} {id}"));
-        }
-    }
-    left
+    sandbox_leftovers(c, root, "containerd-shim-kata-v2", NS, id)
 }
 
 /// `ctr run -d` of a `sleep 1000` container `id` under the kata runtime.

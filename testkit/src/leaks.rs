@@ -148,6 +148,56 @@ pub fn cgroup_of(pid: u32, controller: &str) -> Option<String> {
         })
 }
 
+/// What is left of containerd sandbox `id` whose runtime keeps its directory under `root` and
+/// whose shim program is `shim`, in containerd namespace `namespace` (the cgroup parent of
+/// `ctr run`): processes naming the sandbox directory or the shim of `id`, mounts of the
+/// directory or the container's rootfs, the directory, the host cgroups Kata's layout and
+/// `ctr` give it, and containerd's task and container. One line per thing left; empty when
+/// clean. The crash matrices (host and lab) add what they know more of.
+pub fn sandbox_leftovers(
+    c: &crate::containerd::Containerd,
+    root: &Path,
+    shim: &str,
+    namespace: &str,
+    id: &str,
+) -> Vec<String> {
+    let dir = format!("{}/{id}/", root.display());
+    let mut left: Vec<String> = cmdlines()
+        .into_iter()
+        .filter(|(_, cmd)| {
+            cmd.contains(&dir) || (cmd.contains(shim) && cmd.contains(&format!("-id {id}")))
+        })
+        .map(|(pid, cmd)| format!("process {pid}: {cmd}"))
+        .collect();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    left.extend(
+        mountinfo
+            .lines()
+            .filter(|l| l.contains(&dir) || l.contains(&format!("/{id}/rootfs")))
+            .map(|l| format!("mount {l}")),
+    );
+    if Path::new(&dir).exists() {
+        left.push(format!("directory {dir}"));
+    }
+    for rel in [
+        format!("kata_sandboxed_pod/{id}"),
+        format!("kata_overhead/{id}"),
+        format!("{namespace}/{id}"),
+    ] {
+        left.extend(
+            cgroup_dirs(&rel)
+                .into_iter()
+                .map(|d| format!("cgroup {}", d.display())),
+        );
+    }
+    for what in ["task", "container"] {
+        if c.lists(what, id) {
+            left.push(format!("containerd still lists {what} {id}"));
+        }
+    }
+    left
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -28,7 +28,7 @@ use anyhow::{ensure, Context, Result};
 use kata_lab::protocol::{check_line, BUILTIN_CRASH_CHECKS};
 use kata_sandbox::crash::{CrashStep, CRASH_ENV};
 use kata_testkit::containerd::{Containerd, ShimContainerd, StartOptions};
-use kata_testkit::leaks::{cgroup_dirs, cmdlines};
+use kata_testkit::leaks::{cmdlines, sandbox_leftovers};
 
 /// The shim's program name, beside this runner.
 pub const SHIM: &str = "containerd-shim-katalab-v2";
@@ -264,25 +264,7 @@ fn left_of(
     sockets_before: &BTreeSet<String>,
     kvm_before: &BTreeSet<String>,
 ) -> Vec<String> {
-    let dir = format!("{STATE_ROOT}/{id}");
-    let mut left: Vec<String> = cmdlines()
-        .into_iter()
-        .filter(|(_, cmd)| {
-            cmd.contains(&format!("{dir}/"))
-                || (cmd.contains(SHIM) && cmd.contains(&format!("-id {id}")))
-        })
-        .map(|(pid, cmd)| format!("process {pid}: {cmd}"))
-        .collect();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    left.extend(
-        mountinfo
-            .lines()
-            .filter(|l| l.contains(&format!("{dir}/")) || l.contains(&format!("/{id}/rootfs")))
-            .map(|l| format!("mount {l}")),
-    );
-    if Path::new(&dir).exists() {
-        left.push(format!("directory {dir}"));
-    }
+    let mut left = sandbox_leftovers(c, Path::new(STATE_ROOT), SHIM, NS, id);
     left.extend(
         shim_sockets()
             .difference(sockets_before)
@@ -293,22 +275,6 @@ fn left_of(
             .difference(kvm_before)
             .map(|f| format!("KVM descriptor of process {f}")),
     );
-    for rel in [
-        format!("kata_sandboxed_pod/{id}"),
-        format!("kata_overhead/{id}"),
-        format!("{NS}/{id}"),
-    ] {
-        left.extend(
-            cgroup_dirs(&rel)
-                .into_iter()
-                .map(|d| format!("cgroup {}", d.display())),
-        );
-    }
-    for what in ["task", "container"] {
-        if c.lists(what, id) {
-            left.push(format!("containerd still lists {what} {id}"));
-        }
-    }
     left
 }
 
