@@ -356,24 +356,40 @@ impl Verdict {
     /// Why L1 deserves one more run, or `None`. Nested SVM under TCG now and then resets or
     /// hangs L1 mid-run (lab/README.md): the run then ends early (a reset, or the deadline)
     /// with checks never reported but none failed. That fault is the emulator's, so the lab
-    /// runs L1 once more and says so. A failed or unknown check is never retried, nor is a
-    /// run that finished normally.
+    /// runs L1 once more and says so. One more case: L1 reset (not a hang) and the only
+    /// failures are L2 VMs that died under it ("the sandbox died", "the VM exited") — a CI
+    /// run of 2026-11-30 had an L2 shut down and L1 reset 13 s later with no message — so
+    /// what failed died with the machine it ran on; the rerun must pass it. Any other failed
+    /// check, an unknown check, or a run that finished normally is never retried.
     pub fn rerun_reason(&self, l1_finished: bool, timed_out: bool) -> Option<String> {
-        if l1_finished || !self.failed.is_empty() || !self.unexpected.is_empty() {
+        if l1_finished || !self.unexpected.is_empty() || self.missing.is_empty() {
             return None;
         }
-        if self.missing.is_empty() {
+        let vm_deaths =
+            |c: &Check| c.detail.contains("the sandbox died") || c.detail.contains("the VM exited");
+        if !self.failed.is_empty() && (timed_out || !self.failed.iter().all(vm_deaths)) {
             return None;
         }
+        let failed = match self.failed.is_empty() {
+            true => "none failed".to_string(),
+            false => format!(
+                "the only failures L2 VMs that died before it ({})",
+                self.failed
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         Some(format!(
-            "L1 {} with {} of {} checks never reported and none failed",
+            "L1 {} with {} of {} checks never reported and {failed}",
             if timed_out {
                 "hung until the deadline"
             } else {
                 "ended early (a reset)"
             },
             self.missing.len(),
-            self.missing.len() + self.passed.len()
+            self.missing.len() + self.passed.len() + self.failed.len()
         ))
     }
 }
@@ -535,9 +551,38 @@ mod tests {
             .contains("deadline"));
         // L1 finished normally: a missing check is the runner's fault, not the emulator's.
         assert_eq!(early.rerun_reason(true, false), None);
-        // A failed check is never retried away.
+        // A failed check is never retried away...
         assert_eq!(
-            verdict(&[ok("a"), bad], &expected).rerun_reason(false, false),
+            verdict(&[ok("a"), bad.clone()], &expected).rerun_reason(false, false),
+            None
+        );
+        // ...but an L2 that died in a run L1 did not survive either is (verbatim from CI).
+        let three: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let died = Check {
+            detail: "the sandbox died: the VM exited (the guest shut down); it was torn down \
+                     (start a new one)"
+                .into(),
+            ..bad.clone()
+        };
+        let reason = verdict(&[ok("a"), died.clone()], &three)
+            .rerun_reason(false, false)
+            .unwrap();
+        assert!(reason.contains("died") && reason.contains('b'), "{reason}");
+        // Not after a hang, not when L1 finished, not with another failure beside it.
+        assert_eq!(
+            verdict(&[ok("a"), died.clone()], &three).rerun_reason(false, true),
+            None
+        );
+        assert_eq!(
+            verdict(&[ok("a"), died.clone()], &three).rerun_reason(true, false),
+            None
+        );
+        let other = Check {
+            name: "a".into(),
+            ..bad.clone()
+        };
+        assert_eq!(
+            verdict(&[other, died], &three).rerun_reason(false, false),
             None
         );
         let unknown = verdict(&[ok("a"), ok("zz")], &expected);
