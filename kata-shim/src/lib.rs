@@ -43,3 +43,18 @@ pub mod vm_cache;
 pub use error::{Error, Result};
 pub use service::TaskService;
 pub use shim::{config, KataShim, RUNTIME_ID};
+
+/// The whole life of a shim process, as `containerd-shim-kata-v2`'s `main` runs it (and any
+/// other binary built from this crate, such as the nested lab's): the private umask before
+/// anything is created, the helpers `make install` put beside the shim, containerd's shim
+/// protocol until it ends, then the last trace spans sent.
+pub async fn run() {
+    // Before anything is created: what the shim and its children create is root's only.
+    shim::set_private_umask();
+    // The helpers `make install` put beside the shim (libexec/kata-rs); first, while nothing
+    // else runs (the runtime's workers are idle: nothing is spawned yet).
+    installed::use_installed_helpers();
+    containerd_shim::run::<KataShim>(RUNTIME_ID, Some(config())).await;
+    // enable_tracing: the last spans (Shutdown's) are sent before the process ends.
+    telemetry::shutdown();
+}

@@ -5,9 +5,5 @@
 
 #[tokio::main]
 async fn main() {
-    kata_shim::shim::set_private_umask();
-    kata_shim::installed::use_installed_helpers();
-    containerd_shim::run::<kata_shim::KataShim>(kata_shim::RUNTIME_ID, Some(kata_shim::config()))
-        .await;
-    kata_shim::telemetry::shutdown();
+    kata_shim::run().await;
 }
