@@ -145,7 +145,7 @@ pub enum Error {
     AgentNotReady {
         /// How long it was waited for.
         after: std::time::Duration,
-        /// The last dial error, and what was tried (`the VM was booted twice`).
+        /// The last dial error, and what was tried (`the VM was booted 3 times`).
         detail: String,
         /// The last lines of the guest console.
         console: Vec<String>,
