@@ -33,16 +33,16 @@ use kata_testkit::leaks::{cmdlines, sandbox_leftovers};
 /// The shim's program name, beside this runner.
 pub const SHIM: &str = "containerd-shim-katalab-v2";
 /// The runtime name containerd resolves to [`SHIM`] on its `PATH`.
-const RUNTIME: &str = "io.containerd.katalab.v2";
+pub(crate) const RUNTIME: &str = "io.containerd.katalab.v2";
 /// `ctr`'s namespace (and the name of the shims' cgroup parent under containerd).
 const NS: &str = "kata-lab-crash";
 /// Where the shims keep their sandboxes (`KATA_RS_ROOT_DIR`; L1's tmpfs on `/run`).
 pub const STATE_ROOT: &str = "/run/kata-lab-crash";
 /// Where containerd's shims put their sockets (containerd-shim's `SOCKET_ROOT`).
-const SHIM_SOCKETS: &str = "/run/containerd/s";
+pub(crate) const SHIM_SOCKETS: &str = "/run/containerd/s";
 /// The longest a `ctr` call may take before the cell fails as hung (an L2 boot under nested
 /// SVM takes 10-30 s).
-const CTR_TIMEOUT: Duration = Duration::from_secs(150);
+pub(crate) const CTR_TIMEOUT: Duration = Duration::from_secs(150);
 /// The guest's memory in the crash row's sandboxes (the shipped file says 2048).
 const GUEST_MIB: u32 = 256;
 
@@ -113,6 +113,30 @@ fn config_file(dir: &Path) -> Result<PathBuf> {
 }
 
 fn setup() -> Result<Env> {
+    let dir = tempfile::Builder::new()
+        .prefix("kata-lab-crash")
+        .tempdir()?;
+    let crash_file = dir.path().join("crash-at");
+    let crash_env = format!("@{}", crash_file.display());
+    let ctr = lab_containerd(dir.path(), NS, &Ok, &[(CRASH_ENV, &crash_env)])?;
+    Ok(Env {
+        ctr,
+        crash_file,
+        _dir: dir,
+    })
+}
+
+/// A containerd in L1 (namespace `ns`) running the lab's shim ([`SHIM`], as [`RUNTIME`]) on
+/// the shipped `configuration-dragonball.toml` with a [`GUEST_MIB`] guest and `edit` applied
+/// to its text (written into `dir`, which must outlive containerd), sandboxes under
+/// [`STATE_ROOT`], `env` added to the shim's environment, the busybox image imported. The
+/// crash row's, and the containerd VFIO case's (`src/vfio_ctr.rs`).
+pub(crate) fn lab_containerd(
+    dir: &Path,
+    ns: &str,
+    edit: &dyn Fn(String) -> Result<String>,
+    env: &[(&str, &str)],
+) -> Result<ShimContainerd> {
     let shim = std::env::current_exe()
         .context("the runner's own path")?
         .with_file_name(SHIM);
@@ -122,34 +146,26 @@ fn setup() -> Result<Env> {
          crate builds it with the crash points)",
         shim.display()
     );
-    let dir = tempfile::Builder::new()
-        .prefix("kata-lab-crash")
-        .tempdir()?;
-    let crash_file = dir.path().join("crash-at");
-    let crash_env = format!("@{}", crash_file.display());
-    let config = config_file(dir.path())?;
+    let config = config_file(dir)?;
+    std::fs::write(&config, edit(std::fs::read_to_string(&config)?)?)
+        .with_context(|| format!("writing {}", config.display()))?;
     let config = config.display().to_string();
+    let mut env = env.to_vec();
+    env.push((kata_sandbox::config::KATA_CONF_FILE, &config));
+    env.push((kata_shim::shim::ROOT_DIR_ENV, STATE_ROOT));
     let ctr = ShimContainerd::start(
         "kata-lab-containerd",
         &shim,
         &StartOptions {
-            namespace: Some(NS),
-            env: &[
-                (CRASH_ENV, &crash_env),
-                (kata_sandbox::config::KATA_CONF_FILE, &config),
-                (kata_shim::shim::ROOT_DIR_ENV, STATE_ROOT),
-            ],
+            namespace: Some(ns),
+            env: &env,
             ..StartOptions::default()
         },
     )
     .context("starting containerd in L1")?;
     ctr.import_busybox()
         .context("importing the busybox image into L1's containerd")?;
-    Ok(Env {
-        ctr,
-        crash_file,
-        _dir: dir,
-    })
+    Ok(ctr)
 }
 
 /// The descriptors of process `pid` that are KVM's: `/dev/kvm`, a VM (`anon_inode:kvm-vm`), a
@@ -171,7 +187,7 @@ fn is_kvm(link: &str) -> bool {
 }
 
 /// Every KVM descriptor of every process, as `<pid> <link>`.
-fn all_kvm_fds() -> BTreeSet<String> {
+pub(crate) fn all_kvm_fds() -> BTreeSet<String> {
     cmdlines()
         .into_iter()
         .flat_map(|(pid, _)| kvm_fds(pid).into_iter().map(move |l| format!("{pid} {l}")))
@@ -246,7 +262,7 @@ impl Drop for Sampler {
 }
 
 /// The entries of the shim socket directory.
-fn shim_sockets() -> BTreeSet<String> {
+pub(crate) fn shim_sockets() -> BTreeSet<String> {
     std::fs::read_dir(SHIM_SOCKETS)
         .into_iter()
         .flatten()

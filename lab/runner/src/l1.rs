@@ -291,12 +291,18 @@ pub fn qemu_args(image: &L1Image, opts: &Options, socket: &Path) -> Result<Vec<S
         &format!(
             "{}{}",
             kernel_cmdline(opts)?,
-            // The built-in VMM's VFIO checks alone (the host's KATA_LAB_VFIO=builtin; the
-            // runner then runs no VMM set and the other checks never report).
-            if std::env::var("KATA_LAB_VFIO").is_ok_and(|v| v.trim() == "builtin") {
-                " lab.vfio=builtin"
-            } else {
-                ""
+            // VFIO cases alone (the host's KATA_LAB_VFIO: `builtin`, `ctr` or QEMU's check
+            // names, comma-separated; the runner then runs no VMM set, the other checks never
+            // report, and it refuses a name it does not know).
+            match std::env::var("KATA_LAB_VFIO") {
+                Ok(v) if !v.trim().is_empty() => format!(
+                    " lab.vfio={}",
+                    v.chars()
+                        .filter(|c| !c.is_whitespace())
+                        .collect::<String>()
+                        .replace(',', ":")
+                ),
+                _ => String::new(),
             }
         ),
     ];

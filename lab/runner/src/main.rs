@@ -29,6 +29,7 @@ mod crash;
 mod default_vmm;
 mod pod_net;
 mod vfio;
+mod vfio_ctr;
 
 /// Where the sandboxes' directories go (a tmpfs in L1).
 const ROOT_DIR: &str = "/run/kata-lab";
@@ -772,8 +773,16 @@ fn main() -> ExitCode {
         println!("kata-lab: {}", warm_qemu());
     }
     let mut boots = Vec::new();
-    // `lab.vfio=builtin`: the built-in VMM's VFIO checks alone, no VMM set.
-    let vfio_alone = vfio::builtin_alone();
+    // `lab.vfio=<names>`: those VFIO cases alone, no VMM set (`vfio::only`).
+    let vfio_only = match vfio::only() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("kata-lab: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let vfio_alone = vfio_only.is_some();
+    let vfio_named = |n: &str| vfio_only.as_ref().is_some_and(|o| o.iter().any(|w| w == n));
     for vmm in vmms.into_iter().filter(|_| !vfio_alone) {
         let c = match &rootfs {
             Ok(rootfs) => runtime.block_on(run_vmm(vmm, rootfs, &token)),
@@ -794,7 +803,7 @@ fn main() -> ExitCode {
         boots.push((vmm, c.boot));
     }
     // Issue 12 with the built-in VMM (cold-plug on kata-vmm's PCI bus), after every VMM's set.
-    let builtin = vfio_alone || boots.iter().any(|(v, _)| *v == Vmm::Builtin);
+    let builtin = vfio_named("builtin") || boots.iter().any(|(v, _)| *v == Vmm::Builtin);
     if let (true, Ok(rootfs)) = (builtin, &rootfs) {
         let (r, p) = runtime.block_on(vfio::run_builtin(rootfs, ROOT_DIR));
         println!("lab-summary builtin-vfio: {p} of {r} checks passed");
@@ -804,9 +813,27 @@ fn main() -> ExitCode {
     // Issue 12: the edu device through the QEMU backend (its own sandboxes), after every VMM's
     // set: the VMMs' boots come one right after the other (their ratio compares like with
     // like), and VFIO's slow L2 boots cannot push another VMM's checks past L1's deadline.
-    if let (true, Ok(rootfs)) = (boots.iter().any(|(v, _)| *v == Vmm::Qemu), &rootfs) {
-        let (r, p) = runtime.block_on(vfio::run(rootfs, ROOT_DIR));
+    let qemu_named: Option<Vec<String>> = vfio_only.as_ref().map(|o| {
+        o.iter()
+            .filter(|n| kata_lab::protocol::VFIO_CHECKS.contains(&n.as_str()))
+            .cloned()
+            .collect()
+    });
+    let qemu_vfio = match &qemu_named {
+        Some(named) => !named.is_empty(),
+        None => boots.iter().any(|(v, _)| *v == Vmm::Qemu),
+    };
+    if let (true, Ok(rootfs)) = (qemu_vfio, &rootfs) {
+        let (r, p) = runtime.block_on(vfio::run(rootfs, ROOT_DIR, qemu_named.as_deref()));
         println!("lab-summary qemu-vfio: {p} of {r} checks passed");
+        ran += r;
+        passed += p;
+    }
+    // Issue 12: a real device cold-plugged through L1's containerd and the lab's shim (the
+    // built-in VMM), before the crash row's containerd.
+    if vfio_named("ctr") || (!vfio_alone && boots.iter().any(|(v, _)| *v == Vmm::Builtin)) {
+        let (r, p) = vfio_ctr::run();
+        println!("lab-summary builtin-vfio-ctr: {p} of {r} checks passed");
         ran += r;
         passed += p;
     }

@@ -128,7 +128,19 @@ pub const VFIO_CHECKS: &[&str] = &[
     "vfio-hot-switch-port",
     "vfio-mode-cold-root-port",
     "vfio-mode-hot-root-port",
+    // `vfio` mode behind a switch's downstream port and the PCIe-to-PCI bridge (cold), and
+    // hot-plugged onto a switch port: the proof program through L2's VFIO there too.
+    "vfio-mode-cold-switch-port",
+    "vfio-mode-cold-bridge-port",
+    "vfio-mode-hot-switch-port",
 ];
+
+/// The positive VFIO cold-plug through containerd (issue 12, `src/vfio_ctr.rs`), reported as
+/// `builtin-<name>`: L1's containerd runs the lab's shim on the built-in VMM with
+/// `cold_plug_vfio = "root-port"`; `ctr run --device /dev/vfio/<group>` gives a container the
+/// edu, which it sees; after `ctr task rm` and `ctr container rm` nothing is left. Run before
+/// the crash row when the built-in VMM's set is.
+pub const BUILTIN_VFIO_CTR_CHECKS: &[&str] = &["vfio-ctr-cold"];
 
 /// The crash matrix's last row (issue 14, `src/crash.rs`), reported as `builtin-<name>`: the
 /// shim, running a built-in VM in its own process under L1's containerd, `kill -9`ed at each
@@ -233,8 +245,14 @@ pub fn expected_checks(vmms: &[Vmm]) -> Vec<String> {
     if vmms.contains(&Vmm::Qemu) {
         out.extend(VFIO_CHECKS.iter().map(|c| format!("qemu-{c}")));
     }
-    // The crash row runs last (its containerd and shims after every sandbox of the runner's).
+    // The containerd VFIO case, then the crash row, last (their containerd and shims after
+    // every sandbox of the runner's).
     if vmms.contains(&Vmm::Builtin) {
+        out.extend(
+            BUILTIN_VFIO_CTR_CHECKS
+                .iter()
+                .map(|c| format!("builtin-{c}")),
+        );
         out.extend(BUILTIN_CRASH_CHECKS.iter().map(|c| format!("builtin-{c}")));
     }
     out
@@ -697,10 +715,13 @@ mod tests {
                 + VFIO_CHECKS.len()
                 + BUILTIN_CRASH_CHECKS.len()
                 + BUILTIN_VFIO_CHECKS.len()
+                + BUILTIN_VFIO_CTR_CHECKS.len()
                 - QEMU_ONLY_CHECKS.len()
                 - BUILTIN_ONLY_CHECKS.len()
         );
         assert!(expected.contains(&"builtin-crash-boot".to_string()));
+        assert!(expected.contains(&"builtin-vfio-ctr-cold".to_string()));
+        assert!(expected.contains(&"qemu-vfio-mode-cold-bridge-port".to_string()));
         assert!(!expected_checks(&[Vmm::Qemu])
             .iter()
             .any(|c| c.contains("crash")));

@@ -16,6 +16,9 @@
 //!   static by the runner with L1's `cc`, which is the host's) maps BAR0 through VFIO, reads
 //!   the identification `0x010000ed` and computes 5! = `0x78` in the edu's registers. Cold: the
 //!   device stays with the VM after the container's delete; hot: it is gone from L2.
+//! - `vfio-mode-cold-switch-port`, `vfio-mode-cold-bridge-port`, `vfio-mode-hot-switch-port`:
+//!   the same proof with the edu behind a switch's downstream port (4 slots deep) and on the
+//!   PCIe-to-PCI bridge, cold, and hot-plugged onto a switch's downstream port.
 //!
 //! With the built-in VMM ([`run_builtin`], reported as `builtin-<name>`, names in
 //! [`kata_lab::protocol::BUILTIN_VFIO_CHECKS`]): kata-vmm's own PCI root bus, cold-plug only,
@@ -45,7 +48,7 @@ use kata_sandbox::{ContainerSpec, Sandbox};
 /// The edu device's ids.
 const EDU: (&str, &str) = ("0x1234", "0x11e8");
 /// A container's listing of the edu functions it sees: `edu <sysfs path>` per function.
-const LIST_EDU: &str = "for d in /sys/bus/pci/devices/*; do \
+pub(crate) const LIST_EDU: &str = "for d in /sys/bus/pci/devices/*; do \
     if [ \"$(cat $d/vendor)\" = 0x1234 ] && [ \"$(cat $d/device)\" = 0x11e8 ]; then \
     echo \"edu $(readlink -f $d)\"; fi; done; true";
 /// BAR0 through /dev/mem: identification, then liveness (BAR0+4 reads back inverted).
@@ -136,7 +139,7 @@ impl Report {
 }
 
 /// The edu's IOMMU group in L1 (`/dev/vfio/<group>`).
-fn edu_group() -> Result<PathBuf> {
+pub(crate) fn edu_group() -> Result<PathBuf> {
     for e in std::fs::read_dir("/sys/bus/pci/devices")? {
         let d = e?.path();
         let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
@@ -260,7 +263,7 @@ fn guest_pci_path(sysfs: &str) -> String {
 
 /// The edu as a container lists it: one function, `depth` slots from the root bus (2 behind a
 /// root port or on the bridge, 4 behind a switch's downstream port); its guest PCI path.
-fn seen_at_depth(listing: &str, depth: usize) -> Result<String> {
+pub(crate) fn seen_at_depth(listing: &str, depth: usize) -> Result<String> {
     let lines: Vec<&str> = listing.lines().filter(|l| l.starts_with("edu ")).collect();
     ensure!(
         lines.len() == 1,
@@ -498,12 +501,18 @@ async fn hot_case(r: &mut Report, port: PciePort, vfio: &Path, rootfs: &Path, ro
     }
 }
 
-/// `vfio_mode = "vfio"` on a root port, cold- or hot-plugged: the proof program drives the
-/// edu through /dev/vfio; then, after the container's delete, the edu stays with the VM (cold)
-/// or is gone from L2 (hot).
-async fn vfio_mode_case(r: &mut Report, cold: bool, vfio: &Path, rootfs: &Path, root_dir: &str) {
-    let port = PciePort::RootPort;
-    let name = format!("vfio-mode-{}-{port}", if cold { "cold" } else { "hot" });
+/// `vfio_mode = "vfio"` on a `port`, cold- or hot-plugged: the proof program drives the edu
+/// through /dev/vfio; then, after the container's delete, the edu stays with the VM (cold) or
+/// is gone from L2 (hot).
+async fn vfio_mode_case(
+    r: &mut Report,
+    port: PciePort,
+    cold: bool,
+    vfio: &Path,
+    rootfs: &Path,
+    root_dir: &str,
+) {
+    let name = vfio_mode_name(port, cold);
     let limit = Duration::from_secs(180);
     let sb = match build(port, cold, true, vfio, root_dir).await {
         Ok(sb) => sb,
@@ -578,17 +587,33 @@ async fn hotplug_latency(sb: &Sandbox, rootfs: &Path, vfio: &Path) -> Result<()>
     Ok(())
 }
 
-/// Runs the VFIO checks; returns (ran, passed).
-pub async fn run(rootfs: &Path, root_dir: &str) -> (usize, usize) {
+/// The `vfio` mode check of a port kind and plug (`vfio-mode-cold-switch-port`).
+fn vfio_mode_name(port: PciePort, cold: bool) -> String {
+    format!("vfio-mode-{}-{port}", if cold { "cold" } else { "hot" })
+}
+
+/// The `vfio` mode cases, in the order they run: cold on every port kind, hot on a root port
+/// and a switch's downstream port.
+const VFIO_MODE_CASES: [(PciePort, bool); 5] = [
+    (PciePort::RootPort, true),
+    (PciePort::RootPort, false),
+    (PciePort::SwitchPort, true),
+    (PciePort::BridgePort, true),
+    (PciePort::SwitchPort, false),
+];
+
+/// Runs the VFIO checks (those `only` names, else all); returns (ran, passed).
+pub async fn run(rootfs: &Path, root_dir: &str, only: Option<&[String]>) -> (usize, usize) {
     let mut r = Report {
         ran: 0,
         passed: 0,
         vmm: "qemu",
     };
+    let wanted = |n: &str| only.is_none_or(|o| o.iter().any(|w| w == n));
     let vfio = match edu_group() {
         Ok(v) => v,
         Err(e) => {
-            for n in kata_lab::protocol::VFIO_CHECKS {
+            for n in kata_lab::protocol::VFIO_CHECKS.iter().filter(|n| wanted(n)) {
                 r.line(n, Err(anyhow::anyhow!("not run: {e:#}")));
             }
             return (r.ran, r.passed);
@@ -599,20 +624,34 @@ pub async fn run(rootfs: &Path, root_dir: &str) -> (usize, usize) {
         PciePort::SwitchPort,
         PciePort::BridgePort,
     ] {
-        cold_case(&mut r, port, &vfio, rootfs, root_dir).await;
+        if wanted(&format!("vfio-cold-{port}")) {
+            cold_case(&mut r, port, &vfio, rootfs, root_dir).await;
+        }
     }
     for port in [PciePort::RootPort, PciePort::SwitchPort] {
-        hot_case(&mut r, port, &vfio, rootfs, root_dir).await;
+        if wanted(&format!("vfio-hot-{port}")) {
+            hot_case(&mut r, port, &vfio, rootfs, root_dir).await;
+        }
+    }
+    let modes: Vec<(PciePort, bool)> = VFIO_MODE_CASES
+        .into_iter()
+        .filter(|(p, c)| wanted(&vfio_mode_name(*p, *c)))
+        .collect();
+    if modes.is_empty() {
+        return (r.ran, r.passed);
     }
     match build_proof(rootfs) {
         Ok(()) => {
-            for cold in [true, false] {
-                vfio_mode_case(&mut r, cold, &vfio, rootfs, root_dir).await;
+            for (port, cold) in modes {
+                vfio_mode_case(&mut r, port, cold, &vfio, rootfs, root_dir).await;
             }
         }
         Err(e) => {
-            for n in ["vfio-mode-cold-root-port", "vfio-mode-hot-root-port"] {
-                r.line(n, Err(anyhow::anyhow!("not run: {e:#}")));
+            for (port, cold) in modes {
+                r.line(
+                    &vfio_mode_name(port, cold),
+                    Err(anyhow::anyhow!("not run: {e:#}")),
+                );
             }
         }
     }
@@ -796,11 +835,36 @@ async fn builtin_hot_refused_case(r: &mut Report, vfio: &Path, rootfs: &Path, ro
     }
 }
 
-/// Whether L1's kernel command line says `lab.vfio=builtin` (the host's `KATA_LAB_VFIO`): the
-/// built-in VMM's VFIO checks alone.
-pub fn builtin_alone() -> bool {
-    std::fs::read_to_string("/proc/cmdline")
-        .is_ok_and(|c| c.split_whitespace().any(|w| w == "lab.vfio=builtin"))
+/// The VFIO cases L1's kernel command line selects with `lab.vfio=<name>:<name>` (the host's
+/// `KATA_LAB_VFIO`, comma-separated): `builtin` (the built-in VMM's VFIO checks), `ctr` (the
+/// containerd case, `src/vfio_ctr.rs`) and QEMU's checks by name (`vfio-mode-cold-switch-port`).
+/// With a selection the runner runs those alone, no VMM set; `None` without one.
+pub fn only() -> Result<Option<Vec<String>>> {
+    parse_only(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+}
+
+/// [`only`] from a kernel command line: an unknown name is refused, naming the known ones.
+fn parse_only(cmdline: &str) -> Result<Option<Vec<String>>> {
+    let Some(list) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("lab.vfio="))
+    else {
+        return Ok(None);
+    };
+    let known =
+        |n: &str| ["builtin", "ctr"].contains(&n) || kata_lab::protocol::VFIO_CHECKS.contains(&n);
+    let names: Vec<String> = list
+        .split([':', ','])
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(bad) = names.iter().find(|n| !known(n)) {
+        bail!(
+            "KATA_LAB_VFIO names {bad:?}: the lab knows builtin, ctr and {}",
+            kata_lab::protocol::VFIO_CHECKS.join(", ")
+        );
+    }
+    Ok(Some(names))
 }
 
 /// Runs the built-in VMM's VFIO checks; returns (ran, passed).
@@ -839,6 +903,34 @@ mod tests {
         assert!(proof_ok(&good.replace("fact5=0x78", "fact5=0x5")).is_err());
         assert!(proof_ok(&good.replace("0x010000ed", "0xffffffff")).is_err());
         assert!(proof_ok("FAIL open /dev/vfio/vfio: No such file or directory").is_err());
+    }
+
+    #[test]
+    fn the_vfio_selection_names_known_cases_only() {
+        assert_eq!(
+            parse_only("console=ttyS0 lab.args=--vmm,qemu").unwrap(),
+            None
+        );
+        assert_eq!(
+            parse_only("x lab.vfio=builtin y").unwrap(),
+            Some(vec!["builtin".to_string()])
+        );
+        assert_eq!(
+            parse_only("lab.vfio=ctr:vfio-mode-cold-bridge-port").unwrap(),
+            Some(vec!["ctr".into(), "vfio-mode-cold-bridge-port".into()])
+        );
+        let e = parse_only("lab.vfio=vfio-mode-cold-brige-port").unwrap_err();
+        assert!(
+            e.to_string().contains("brige") && e.to_string().contains("vfio-mode-cold-bridge-port"),
+            "{e}"
+        );
+        // Every `vfio` mode case is a listed check.
+        for (port, cold) in VFIO_MODE_CASES {
+            assert!(
+                kata_lab::protocol::VFIO_CHECKS.contains(&vfio_mode_name(port, cold).as_str()),
+                "{port} {cold}"
+            );
+        }
     }
 
     #[test]
