@@ -152,7 +152,7 @@ pub fn capabilities(kind: HypervisorType, config: &HypervisorConfig) -> Result<C
         #[cfg(feature = "test-backend")]
         HypervisorType::HostAgent => Ok(crate::host_agent::capabilities()),
         #[cfg(feature = "builtin")]
-        HypervisorType::Dragonball => Ok(crate::builtin::capabilities()),
+        HypervisorType::Dragonball => Ok(crate::builtin::capabilities(config)),
         other => Err(no_backend(other)),
     }?;
     config.check_refused(kind)?;

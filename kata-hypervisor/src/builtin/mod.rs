@@ -14,10 +14,13 @@
 //! and [`Hypervisor::console_tail`] reads it; cold-plugs VFIO PCI functions (`cold_plug_vfio`
 //! other than `no-port`) onto the VMM's own PCI root bus, the first at `00:01.0`
 //! ([`Hypervisor::device_address`] tells the agent), see `kata_vmm::devices::vfio`.
-//! What it does not: hot-plug (VFIO included: refused naming the device), VFIO interrupts,
-//! pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
+//! With `enable_virtio_mem = true` the VM grows (and shrinks) its memory through a virtio-mem
+//! device up to `default_maxmemory` ([`Hypervisor::resize_memory`], see `resize`).
+//! What it does not: device hot-plug (VFIO included: refused naming the device), vCPU
+//! hot-plug (no ACPI), VFIO interrupts, pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
 //! cannot run it, with the probe's reason.
 
+mod resize;
 mod settings;
 mod vfio;
 
@@ -58,13 +61,14 @@ const LOG_LINES_IN_ERRORS: usize = 20;
 /// The most guest console lines logged at agent-ready with `enable_debug`.
 const CONSOLE_LINES_LOGGED: usize = 400;
 
-/// What the built-in backend can do.
-pub fn capabilities() -> Capabilities {
+/// What the built-in backend can do with `config`: memory hot-plug when it gives the VM a
+/// virtio-mem device (`enable_virtio_mem`, `default_maxmemory` above `default_memory`).
+pub fn capabilities(config: &HypervisorConfig) -> Capabilities {
     Capabilities {
         backend: Some(HypervisorType::Dragonball),
         block_hotplug: false,
         cpu_hotplug: false,
-        memory_hotplug: false,
+        memory_hotplug: resize::hotplug_mib(config, resize::host_memory_mib()) > 0,
         vfio: true,
         hybrid_vsock: true,
         shared_fs: vec![SharedFs::InlineVirtioFs, SharedFs::None],
@@ -134,7 +138,7 @@ impl Builtin {
     /// A VM named `id` whose socket lives in `vm_dir`. Refuses settings it cannot honour.
     pub fn new(id: &str, config: HypervisorConfig, vm_dir: &Path) -> Result<Builtin> {
         config.check_refused(HypervisorType::Dragonball)?;
-        capabilities().check_shared_fs(config.shared_fs)?;
+        capabilities(&config).check_shared_fs(config.shared_fs)?;
         vfio::check_ports(&config)?;
         if config.default_vcpus == 0 || config.default_vcpus > 32 {
             return Err(Error::InvalidConfig {
@@ -216,7 +220,8 @@ impl Builtin {
             .memory_mib(u64::from(self.config.default_memory))
             .cmdline(Self::kernel_cmdline(&self.config))
             .vsock(self.uds())
-            .virtio_console(true);
+            .virtio_console(true)
+            .hotplug_memory_mib(resize::hotplug_mib(&self.config, resize::host_memory_mib()));
         if let Some(i) = initrd {
             b = b.initramfs(i);
         }
@@ -443,20 +448,16 @@ impl Hypervisor for Builtin {
         if vcpus <= self.config.default_vcpus {
             return Ok(self.config.default_vcpus);
         }
-        Err(Error::Unsupported {
-            backend: NAME,
-            what: format!("growing the VM to {vcpus} vCPUs (no CPU hot-plug)"),
-        })
+        Err(resize::vcpus_refused(vcpus))
     }
 
     async fn resize_memory(&self, mib: u32) -> Result<u32> {
-        if mib <= self.config.default_memory {
-            return Ok(self.config.default_memory);
-        }
-        Err(Error::Unsupported {
-            backend: NAME,
-            what: format!("growing the VM's memory to {mib} MiB (no memory hot-plug)"),
-        })
+        let handle = match lock(&self.vm).as_ref() {
+            Some(vm) => vm.memory_hotplug(),
+            None if mib <= self.config.default_memory => return Ok(self.config.default_memory),
+            None => return Err(Error::NotRunning(self.state().to_string())),
+        };
+        resize::resize_memory(handle, &self.config, mib, resize::PLUG_WAIT).await
     }
 
     fn agent_address(&self) -> Result<VsockAddress> {
@@ -487,7 +488,7 @@ impl Hypervisor for Builtin {
     }
 
     fn capabilities(&self) -> Capabilities {
-        capabilities()
+        capabilities(&self.config)
     }
 
     fn state(&self) -> VmState {

@@ -8,14 +8,16 @@ use crate::config::{HypervisorConfig, SettingUse};
 use SettingUse::{Acted, Inert, Refused};
 
 const NOT_BUILT: &str = "not implemented by the built-in VMM yet";
-const NO_HOTPLUG: &str = "the built-in VMM has no hot-plug: the VM keeps its boot size";
+const NO_HOTPLUG: &str =
+    "the built-in VMM grows memory through virtio-mem (enable_virtio_mem, default_maxmemory) \
+     only: no vCPU or DIMM hot-plug";
 const CONFIDENTIAL: &str =
     "the built-in VMM runs no confidential guests; use [hypervisor.qemu] with a TEE-capable \
      build when that lands";
 
 /// The use of `key` (every key of the section is classified; `None` never happens for a key
 /// of [`HypervisorConfig`]).
-pub(crate) fn setting_use(key: &str, _c: &HypervisorConfig) -> Option<SettingUse> {
+pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse> {
     Some(match key {
         // Guest boot and size.
         "kernel" | "initrd" | "kernel_params" | "default_vcpus" | "default_memory" => Acted,
@@ -26,10 +28,14 @@ pub(crate) fn setting_use(key: &str, _c: &HypervisorConfig) -> Option<SettingUse
         "kernel_verity_params" => Refused(
             "dm-verity of the guest image is not implemented: leave kernel_verity_params empty",
         ),
-        "default_maxvcpus" | "default_maxmemory" | "memory_slots" | "memory_offset" => {
-            Inert(NO_HOTPLUG)
-        }
-        "enable_virtio_mem" | "reclaim_guest_freed_memory" => Inert(NO_HOTPLUG),
+        // Memory hot-plug through virtio-mem, up to default_maxmemory.
+        "enable_virtio_mem" => Acted,
+        "default_maxmemory" if c.enable_virtio_mem => Acted,
+        "default_maxmemory" => Inert(
+            "the built-in VMM grows memory only through virtio-mem: set enable_virtio_mem = true",
+        ),
+        "default_maxvcpus" | "memory_slots" | "memory_offset" => Inert(NO_HOTPLUG),
+        "reclaim_guest_freed_memory" => Inert("the built-in VMM has no virtio-balloon yet"),
         // No VMM binary: it runs in this process.
         "path" | "ctlpath" => Inert("the built-in VMM runs inside the runtime: no binary"),
         "jailer_path" | "valid_jailer_paths" => Refused(

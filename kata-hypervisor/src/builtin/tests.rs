@@ -202,7 +202,7 @@ fn function(id: &str, bdf: &str) -> DeviceConfig {
 
 #[tokio::test]
 async fn vfio_functions_are_cold_plugged_on_the_root_bus_in_order() {
-    assert!(capabilities().vfio, "cold-plug");
+    assert!(capabilities(&config()).vfio, "cold-plug");
     let dir = tempfile::tempdir().unwrap();
     let (kernel, initrd) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
     std::fs::write(&kernel, b"k").unwrap();
@@ -275,4 +275,134 @@ fn switch_bridge_and_hot_plug_ports_are_refused_by_key() {
             .to_string();
         assert!(e.contains(key), "{cold}/{hot}: {e}");
     }
+}
+
+fn growable(max: u32) -> HypervisorConfig {
+    HypervisorConfig {
+        enable_virtio_mem: true,
+        default_memory: 512,
+        default_maxmemory: max,
+        ..config()
+    }
+}
+
+/// A virtio-mem device's handle with no guest behind it (nothing ever plugs).
+fn idle_device(region_mib: u64) -> kata_vmm::devices::virtio::mem::MemHandle {
+    kata_vmm::devices::virtio::mem::Mem::new(kata_vmm::devices::virtio::mem::MemConfig {
+        addr: 4 << 30,
+        size: region_mib << 20,
+        backing: None,
+    })
+    .unwrap()
+    .handle()
+}
+
+#[test]
+fn memory_hotplug_is_a_capability_only_with_virtio_mem_and_room_to_grow() {
+    assert!(!capabilities(&config()).memory_hotplug, "off by default");
+    assert!(capabilities(&growable(2048)).memory_hotplug);
+    assert!(!capabilities(&growable(512)).memory_hotplug, "no room");
+    assert!(!capabilities(&config()).cpu_hotplug);
+    assert_eq!(resize::hotplug_mib(&growable(2048), 8192), 1536);
+    assert_eq!(
+        resize::hotplug_mib(&growable(0), 8192),
+        8192 - 512,
+        "0: the host's"
+    );
+    assert_eq!(resize::hotplug_mib(&config(), 8192), 0);
+    let kind = HypervisorType::Dragonball;
+    assert!(
+        growable(2048).inert_settings(kind).is_empty(),
+        "{:?}",
+        growable(2048).inert_settings(kind)
+    );
+    let without = HypervisorConfig {
+        default_maxmemory: 2048,
+        ..config()
+    };
+    let inert = without.inert_settings(kind);
+    assert!(
+        inert
+            .iter()
+            .any(|l| l.contains("default_maxmemory") && l.contains("enable_virtio_mem")),
+        "{inert:?}"
+    );
+}
+
+#[test]
+fn the_plug_target_rounds_to_blocks_and_stops_at_default_maxmemory() {
+    let c = growable(1024);
+    let region = 512 << 20;
+    assert_eq!(
+        resize::plug_target(&c, region, 256).unwrap(),
+        0,
+        "below boot"
+    );
+    assert_eq!(resize::plug_target(&c, region, 512).unwrap(), 0);
+    assert_eq!(resize::plug_target(&c, region, 513).unwrap(), 2 << 20);
+    assert_eq!(resize::plug_target(&c, region, 1024).unwrap(), 512 << 20);
+    let e = resize::plug_target(&c, region, 1025)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("default_maxmemory") && e.contains("1025 MiB") && e.contains("1024 MiB"),
+        "{e}"
+    );
+    // The region is whole 128 MiB blocks: 600 MiB of room is a 640 MiB region, 600 usable.
+    let c = growable(1112);
+    assert!(resize::plug_target(&c, 640 << 20, 1112).is_ok());
+    assert!(resize::plug_target(&c, 640 << 20, 1113).is_err());
+}
+
+#[tokio::test]
+async fn growing_waits_for_the_guest_and_times_out_naming_the_device() {
+    let c = growable(1024);
+    let handle = idle_device(512);
+    let t = std::time::Instant::now();
+    let e = resize::resize_memory(Some(handle.clone()), &c, 768, Duration::from_millis(100))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    assert!(
+        e.contains("virtio-mem") && e.contains("256 MiB") && e.contains("plugged 0 MiB"),
+        "{e}"
+    );
+    assert_eq!(handle.requested_size(), 256 << 20, "the guest was asked");
+    // Shrinking back: nothing to give back, the boot size at once.
+    let mib = resize::resize_memory(Some(handle.clone()), &c, 512, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(mib, 512);
+    assert_eq!(handle.requested_size(), 0);
+    // Beyond the maximum: refused before the guest is asked anything.
+    let e = resize::resize_memory(Some(handle.clone()), &c, 4096, Duration::from_secs(5))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("default_maxmemory"), "{e}");
+    assert_eq!(handle.requested_size(), 0);
+}
+
+#[tokio::test]
+async fn without_virtio_mem_growing_is_refused_with_the_fix_and_vcpus_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = resize::resize_memory(None, &config(), 8192, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    assert!(e.to_string().contains("enable_virtio_mem"), "{e}");
+    assert_eq!(
+        resize::resize_memory(None, &config(), 128, Duration::from_secs(1))
+            .await
+            .unwrap(),
+        config().default_memory
+    );
+    let b = Builtin::new("x", growable(2048), &dir.path().join("vm")).unwrap();
+    assert!(matches!(
+        b.resize_memory(1024).await.unwrap_err(),
+        Error::NotRunning(_)
+    ));
+    let e = b.resize_vcpus(8).await.unwrap_err().to_string();
+    assert!(e.contains("ACPI") && e.contains("default_vcpus"), "{e}");
 }

@@ -591,4 +591,34 @@ mod tests {
             assert_eq!(by_handle, (-1, libc::EPERM), "{kind:?}");
         }
     }
+
+    #[test]
+    fn the_device_thread_gives_unplugged_memory_back_and_a_vcpu_thread_cannot() {
+        // virtio-mem's unplug: fallocate(PUNCH_HOLE) on the guest's memfd (no new syscall).
+        let punch = |file: &std::fs::File| {
+            // SAFETY: fallocate(2) on an open descriptor with integer arguments.
+            call(
+                unsafe {
+                    libc::fallocate(
+                        file.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        0,
+                        2 << 20,
+                    )
+                }
+                .into(),
+            )
+        };
+        let memfd = crate::memory::GuestRam::new("confine-hotplug", 64)
+            .unwrap()
+            .memfd()
+            .try_clone()
+            .unwrap();
+        let f = memfd.try_clone().unwrap();
+        assert_eq!(confined(ThreadKind::Device, move || punch(&f)), (0, 0));
+        assert_eq!(
+            confined(ThreadKind::Vcpu, move || punch(&memfd)),
+            (-1, libc::EPERM)
+        );
+    }
 }

@@ -40,6 +40,7 @@ use crate::devices::vfio::VfioSet;
 use crate::devices::virtio::block::{Block, BlockConfig};
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::fs::Fs;
+use crate::devices::virtio::mem::{Mem, MemConfig, MemHandle};
 pub use crate::devices::virtio::fs::FsConfig;
 use crate::devices::virtio::mmio::{MmioSlot, MmioTransport};
 use crate::devices::virtio::net::Net;
@@ -97,6 +98,8 @@ pub struct VmConfig {
     pub virtio_console: bool,
     /// Host PCI functions passed through (VFIO, cold-plugged on a PCI bus at `00:01.0`, ...).
     pub vfio: Vec<VfioConfig>,
+    /// MiB of memory the guest can grow by through virtio-mem (0: no hotplug device).
+    pub hotplug_memory_mib: u64,
 }
 
 /// Builds a [`VmConfig`] and starts the VM.
@@ -123,6 +126,7 @@ impl VmBuilder {
                 console_capacity: DEFAULT_CONSOLE_CAPACITY,
                 virtio_console: false,
                 vfio: Vec::new(),
+                hotplug_memory_mib: 0,
             },
         }
     }
@@ -203,6 +207,13 @@ impl VmBuilder {
         self
     }
 
+    /// Lets the guest grow by up to `mib` MiB through a virtio-mem device (its hotplug region
+    /// is rounded up to whole 128 MiB memory blocks); [`Vm::memory_hotplug`] is its handle.
+    pub fn hotplug_memory_mib(mut self, mib: u64) -> Self {
+        self.config.hotplug_memory_mib = mib;
+        self
+    }
+
     /// How many console bytes are kept.
     pub fn console_capacity(mut self, bytes: usize) -> Self {
         self.config.console_capacity = bytes;
@@ -228,7 +239,16 @@ impl VmBuilder {
                 ),
             });
         }
-        let ram = GuestRam::new(&c.name, c.memory_mib)?;
+        if c.hotplug_memory_mib > 0 && !c.vfio.is_empty() {
+            return Err(Error::Device {
+                device: format!("VM {}", c.name),
+                reason: "memory hotplug (virtio-mem) with VFIO functions: plugged memory would \
+                         not be mapped for the functions' DMA; set enable_virtio_mem = false or \
+                         pass no VFIO device"
+                    .into(),
+            });
+        }
+        let ram = GuestRam::with_hotplug(&c.name, c.memory_mib, c.hotplug_memory_mib)?;
         let mem = ram.memory();
         let kernel = loader::load_kernel(mem, &c.kernel)?;
         let initrd = c
@@ -281,6 +301,26 @@ impl VmBuilder {
         } else {
             None
         };
+        // The hotplug device after everything else: the other windows do not move.
+        let hotplug = match ram.hotplug() {
+            Some(region) => {
+                let slot = MmioSlot::nth(devices.len() as u32)?;
+                let backing = ram.memfd().try_clone().map_err(|source| Error::Memory {
+                    what: "duplicating the memfd for virtio-mem",
+                    source,
+                })?;
+                let dev = Mem::new(MemConfig {
+                    addr: region.addr,
+                    size: region.size,
+                    backing: Some((backing, region.file_offset)),
+                })?;
+                let handle = dev.handle();
+                let notify = dup_notify(dev.notify_evt())?;
+                devices.push((slot, Box::new(dev), notify));
+                Some(handle)
+            }
+            None => None,
+        };
 
         let base = if pci.is_some() {
             BASE_CMDLINE.replace(" pci=off", "")
@@ -322,7 +362,9 @@ impl VmBuilder {
                 .eventfd()
                 .try_clone()
                 .map_err(io_err("a virtio device's irq eventfd"))?;
-            let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(line))?;
+            // Devices see plugged memory too: the guest may hand them buffers there.
+            let transport =
+                MmioTransport::new(device, ram.all_memory().clone(), Interrupt::new(line))?;
             transports.push(PreparedDevice {
                 slot,
                 irq_fd,
@@ -350,6 +392,7 @@ impl VmBuilder {
             devices: transports,
             vsock_uds: c.vsock_uds,
             pci: pci.map(|(bus, set)| (Arc::new(Mutex::new(bus)), set)),
+            hotplug,
         })
     }
 
@@ -387,6 +430,8 @@ pub struct PreparedVm {
     pub(crate) vsock_uds: Option<PathBuf>,
     /// The PCI bus of the VFIO functions, with their container and groups.
     pub(crate) pci: Option<(Arc<Mutex<PciBus>>, VfioSet)>,
+    /// The virtio-mem device's handle, when the VM can grow.
+    pub(crate) hotplug: Option<MemHandle>,
 }
 
 impl std::fmt::Debug for PreparedVm {
@@ -414,6 +459,11 @@ impl PreparedVm {
     /// The guest entry point.
     pub fn entry(&self) -> u64 {
         self.entry.0
+    }
+
+    /// The virtio-mem device's handle, when the VM can grow.
+    pub fn memory_hotplug(&self) -> Option<MemHandle> {
+        self.hotplug.clone()
     }
 
     /// Creates the KVM VM and starts the vCPU and event loop threads.

@@ -152,6 +152,8 @@ pub struct Vm {
     event_thread: Option<JoinHandle<()>>,
     /// Closed (with the devices, the memory and the vsock socket) once the threads are joined.
     resources: Option<Resources>,
+    /// The virtio-mem device's handle (memory hotplug), when the VM can grow.
+    hotplug: Option<crate::devices::virtio::mem::MemHandle>,
 }
 
 /// What the VM holds besides its threads.
@@ -205,7 +207,8 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
     // Built before any thread starts: a kernel without seccomp fails the start, not a thread.
     let confinement = ThreadConfinement::new()?;
     let mut kvm = vm::Vm::new()?;
-    kvm.register_memory(p.ram.memory())?;
+    // RAM and the hotplug region (the guest only uses what virtio-mem plugs of the latter).
+    kvm.register_memory(p.ram.all_memory())?;
     kvm.register_irqfd(&p.serial_irq_fd, COM1_IRQ)?;
     let mut mmio = MmioBus::default();
     let mut device_irqs = Vec::new();
@@ -267,6 +270,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         hvc: p.hvc,
         vcpu_threads: Vec::new(),
         event_thread: None,
+        hotplug: p.hotplug.clone(),
         resources: Some(Resources {
             pci: p.pci,
             kvm,
@@ -381,6 +385,12 @@ impl Vm {
     /// ([`super::VmBuilder::virtio_console`]).
     pub fn virtio_console(&self) -> Option<ConsoleSink> {
         self.hvc.clone()
+    }
+
+    /// The virtio-mem device's handle (memory hotplug), when the VM was built with
+    /// [`super::VmBuilder::hotplug_memory_mib`].
+    pub fn memory_hotplug(&self) -> Option<crate::devices::virtio::mem::MemHandle> {
+        self.hotplug.clone()
     }
 
     /// A handle that waits for the VM's end from another thread.

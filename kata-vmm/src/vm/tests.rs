@@ -118,6 +118,71 @@ fn a_virtio_console_comes_last_with_a_sink_of_its_own() {
 }
 
 #[test]
+fn a_vm_that_can_grow_has_virtio_mem_last_over_a_region_the_e820_map_leaves_out() {
+    let Some((kernel, initrd)) = guest_image() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = VmBuilder::new(&kernel)
+        .initramfs(&initrd)
+        .cmdline("console=hvc0")
+        .vsock(dir.path().join("vsock.uds"))
+        .virtio_console(true)
+        .hotplug_memory_mib(256)
+        .prepare()
+        .unwrap();
+    assert!(
+        p.cmdline().ends_with(
+            "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
+             virtio_mmio.device=4K@0xd0002000:7"
+        ),
+        "the other windows do not move: {}",
+        p.cmdline()
+    );
+    let mut t = p.devices.last().unwrap().transport.lock().unwrap();
+    let mut word = [0u8; 4];
+    t.read(0x8, &mut word);
+    assert_eq!(
+        u32::from_le_bytes(word),
+        crate::devices::virtio::mem::VIRTIO_ID_MEM
+    );
+    // The config's addr (offset 16) and region size (24), through the window.
+    t.read(0x100 + 16 + 4, &mut word);
+    assert_eq!(u32::from_le_bytes(word), 1, "the region starts at 4 GiB");
+    t.read(0x100 + 24, &mut word);
+    assert_eq!(u32::from_le_bytes(word), 256 << 20);
+    drop(t);
+    let region = p.ram.hotplug().unwrap();
+    let e820 = crate::loader::e820_map(p.ram.memory());
+    assert!(
+        e820.iter()
+            .all(|e| e.addr + e.size <= region.addr || e.addr >= region.addr + region.size),
+        "the hotplug region is not RAM to the guest at boot"
+    );
+    assert_eq!(p.memory_hotplug().unwrap().region_size(), 256 << 20);
+    assert!(VmBuilder::new(&kernel)
+        .initramfs(&initrd)
+        .prepare()
+        .unwrap()
+        .memory_hotplug()
+        .is_none());
+}
+
+#[test]
+fn memory_hotplug_with_vfio_is_refused_before_anything_is_opened() {
+    let e = VmBuilder::new("/nonexistent/vmlinuz")
+        .hotplug_memory_mib(128)
+        .vfio(VfioConfig::new("0000:01:00.0"))
+        .prepare()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("virtio-mem") && e.contains("VFIO") && e.contains("enable_virtio_mem"),
+        "{e}"
+    );
+}
+
+#[test]
 fn bad_input_fails_before_a_vm_exists_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vsock.uds");

@@ -1,5 +1,5 @@
-//! Virtio devices on the virtio-mmio transport ([`mmio`]): [`block`], [`net`], [`vsock`] and
-//! [`fs`] (inline virtio-fs).
+//! Virtio devices on the virtio-mmio transport ([`mmio`]): [`block`], [`net`], [`vsock`],
+//! [`fs`] (inline virtio-fs) and [`mem`] (virtio-mem memory hot-plug).
 //!
 //! A device implements [`VirtioDevice`]: its id, features, configuration space and queues; the
 //! transport negotiates features and sets the queues up, then activates it. Queues are
@@ -11,6 +11,7 @@ pub mod block;
 pub mod chain;
 pub mod console;
 pub mod fs;
+pub mod mem;
 pub mod mmio;
 pub mod net;
 pub mod vsock;
