@@ -187,6 +187,36 @@ fn check_passes_when_everything_needed_is_there() {
     assert!(!stdout.contains("FAIL"), "{stdout}");
 }
 
+/// The shipped shim has the built-in VMM (kata-sandbox's default feature `builtin`): with the
+/// shipped `configuration-dragonball.toml`, `check` reports kata-vmm's own probe — it passes,
+/// or it names why this host's KVM cannot run it — never a build without the VMM.
+#[test]
+fn check_reaches_the_built_in_vmm_of_the_shipped_shim() {
+    let dir = TempDir::new();
+    let config =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/configuration-dragonball.toml");
+    let out = shim_ctl(&dir, &["check", "--config", config.to_str().unwrap()], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        stdout.contains("dragonball: the built-in VMM (kata-vmm, in this process)"),
+        "{stdout}\n{stderr}"
+    );
+    let vmm = stdout
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("built-in"))
+        .unwrap_or_else(|| panic!("no built-in VMM line:\n{stdout}"));
+    assert!(!vmm.contains("no built-in VMM"), "{vmm}");
+    assert!(
+        vmm.starts_with("ok") || vmm.contains("cannot run here: "),
+        "neither the probe's pass nor its reason: {vmm}"
+    );
+    let default = stdout
+        .lines()
+        .find(|l| l.contains("default hypervisor"))
+        .unwrap_or_else(|| panic!("no default hypervisor line:\n{stdout}"));
+    assert!(!default.contains("feature `builtin`"), "{default}");
+}
+
 #[test]
 fn check_fails_and_names_what_is_missing() {
     let dir = TempDir::new();

@@ -40,6 +40,11 @@ fn no_backend(kind: HypervisorType) -> Error {
             kind,
             feature: "qemu",
         },
+        // A build without the default feature `builtin` (the backend exists).
+        HypervisorType::Dragonball => Error::BackendNotBuilt {
+            kind,
+            feature: "builtin",
+        },
         _ => Error::BackendNotImplemented { kind },
     }
 }
@@ -247,6 +252,16 @@ mod tests {
         );
         assert_eq!(checks[0].status, CheckStatus::Fail);
         assert!(checks[0].detail.contains("clh"), "{:?}", checks[0]);
+    }
+
+    /// A build without a backend names the feature that adds it (the built-in VMM's is on by
+    /// default, but a `default-features = false` user can leave it out).
+    #[test]
+    fn a_backend_left_out_of_the_build_names_its_feature() {
+        let e = no_backend(HypervisorType::Dragonball).to_string();
+        assert!(e.contains("`builtin` cargo feature"), "{e}");
+        let e = no_backend(HypervisorType::Qemu).to_string();
+        assert!(e.contains("`qemu` cargo feature"), "{e}");
     }
 
     #[cfg(feature = "qemu")]
