@@ -103,7 +103,7 @@ bench: setup guest
 # pod, starts/s. Written to benches/report.html, which the README links.
 .PHONY: bench-report
 bench-report: setup guest
-	$(CARGO) bench -p kata-benches --bench boot_phases --bench density
+	$(CARGO) bench -p kata-benches --bench boot_phases --bench density --bench image_pss
 	python3 scripts/bench_report.py --out benches/report.html
 
 # kata-rs for containerd (scripts/install.sh; README "Install"): the shim and shim-ctl in

@@ -4,14 +4,16 @@
     scripts/bench_report.py [--in DIR] [--out FILE]
 
 Reads what the benches wrote (DIR, default $KATA_RS_BENCH_OUT, else
-$CARGO_TARGET_DIR/bench-report, else target/bench-report: boot_phases.json and
-density.json from `cargo bench -p kata-benches --bench boot_phases|density`) and draws, as
+$CARGO_TARGET_DIR/bench-report, else target/bench-report: boot_phases.json, density.json
+and image_pss.json from `cargo bench -p kata-benches --bench boot_phases|density|image_pss`)
+and draws, as
 inline SVG (python3 standard library only; no plotting package):
 
   * start latency, kata-rs against runc, every sample and its median and p99;
   * the boot phases, as a stacked bar of their medians;
   * host PSS per pod against the pod count (stacked by process), with the issue's target;
-  * starts per second against concurrency, with min(N, cores) x the single-start rate.
+  * starts per second against concurrency, with min(N, cores) x the single-start rate;
+  * QEMU's PSS per VM booted from the initramfs and from Kata's image on DAX.
 
 Writes FILE (default DIR/index.html). A missing input leaves its figure out and says so.
 """
@@ -197,6 +199,35 @@ def bars(groups, keys, ylabel, target=None, target_label=None, line=None, line_l
     return svg(w, h + 6, body)
 
 
+def image_section(image):
+    """QEMU's PSS per VM, initramfs against Kata's image on DAX (benches/image_pss.rs): the
+    median of each kind's runs, split into the image mapping and the rest."""
+    kinds = []
+    for kind in ("initramfs", "image (nvdimm, dax)"):
+        runs = [r for r in image["runs"] if r.get("guest") == kind]
+        if not runs:
+            continue
+        pss = median([r["qemu_pss_mib"] for r in runs])
+        mapping = median([r["image_mapping_pss_mib"] for r in runs])
+        kinds.append((kind, {"image mapping": mapping, "rest of QEMU": max(pss - mapping, 0.0)},
+                      pss, median([r["guest_ram_touched_mib"] for r in runs])))
+    if not kinds:
+        return None
+    chart = bars([(k, v) for k, v, _, _ in kinds], ["rest of QEMU", "image mapping"],
+                 "QEMU PSS per VM (MiB)")
+    rows = "".join(f"<tr><td>{esc(k)}</td><td>{p:.1f}</td><td>{v['image mapping']:.1f}</td>"
+                   f"<td>{t:.1f}</td></tr>" for k, v, p, t in kinds)
+    ratio = ""
+    if len(kinds) == 2 and kinds[0][2] > 0:
+        ratio = f" Image on DAX over initramfs: {kinds[1][2] / kinds[0][2]:.2f}&times;."
+    return ("Guest image: initramfs and Kata's image on DAX",
+            f"<p>{image.get('n', '?')} VMs of each kind (guest {image.get('guest_mib', '?')} "
+            "MiB) side by side; QEMU's PSS per VM, its image mapping's share (DAX pages from "
+            f"the host's page cache, shared by every VM) and the guest RAM it touched.{ratio}</p>"
+            "<table><tr><th>guest</th><th>QEMU PSS MiB</th><th>image mapping PSS MiB</th>"
+            f"<th>guest RAM touched MiB</th></tr>{rows}</table>", chart)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -208,6 +239,7 @@ def main():
     out = a.out or os.path.join(a.inp, "index.html")
     phases = load(os.path.join(a.inp, "boot_phases.json"))
     density = load(os.path.join(a.inp, "density.json"))
+    image = load(os.path.join(a.inp, "image_pss.json"))
     sections, missing = [], []
 
     if density:
@@ -280,7 +312,14 @@ def main():
                          "and the runtime's CPU time per start; cores / it bounds starts/s.</p>",
                          chart))
 
-    host = (density or phases or {}).get("host_before", {})
+    if image and image.get("runs"):
+        section = image_section(image)
+        if section:
+            sections.append(section)
+    else:
+        missing.append("image_pss.json (cargo bench -p kata-benches --bench image_pss)")
+
+    host = (density or phases or image or {}).get("host_before", {})
     parts = [f"<h2>{esc(t)}</h2>{p}{c}" for t, p, c in sections]
     if missing:
         parts.append("<p><b>Not measured in this report:</b> " + esc("; ".join(missing)) + "</p>")
