@@ -138,9 +138,11 @@ pub const VFIO_CHECKS: &[&str] = &[
 /// The positive VFIO cold-plug through containerd (issue 12, `src/vfio_ctr.rs`), reported as
 /// `builtin-<name>`: L1's containerd runs the lab's shim on the built-in VMM with
 /// `cold_plug_vfio = "root-port"`; `ctr run --device /dev/vfio/<group>` gives a container the
-/// edu, which it sees; after `ctr task rm` and `ctr container rm` nothing is left. Run before
-/// the crash row when the built-in VMM's set is.
-pub const BUILTIN_VFIO_CTR_CHECKS: &[&str] = &["vfio-ctr-cold"];
+/// edu, which it sees (`guest-kernel` mode), and a CDI annotation with `vfio_mode = "vfio"` by
+/// annotation gives another the edu through L2's VFIO (the proof program); after `ctr task
+/// rm` and `ctr container rm` nothing is left. Run before the crash row when the built-in
+/// VMM's set is.
+pub const BUILTIN_VFIO_CTR_CHECKS: &[&str] = &["vfio-ctr-cold", "vfio-ctr-cdi-vfio-mode"];
 
 /// The crash matrix's last row (issue 14, `src/crash.rs`), reported as `builtin-<name>`: the
 /// shim, running a built-in VM in its own process under L1's containerd, `kill -9`ed at each

@@ -64,11 +64,11 @@ const BAR0: &str = "d=$(for d in /sys/bus/pci/devices/*; do \
 /// The proof program of `vfio` mode (see the module docs), C, built static.
 const PROOF_C: &str = include_str!("vfio_proof.c");
 /// Where the proof program is in the container's rootfs.
-const PROOF: &str = "vfio-proof";
+pub(crate) const PROOF: &str = "vfio-proof";
 
 /// Builds the proof program into `rootfs` with L1's `cc` (the host's, read-only under L1's
 /// chroot; it writes only in /tmp and the rootfs).
-fn build_proof(rootfs: &Path) -> Result<()> {
+pub(crate) fn build_proof(rootfs: &Path) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let src = dir.path().join("vfio_proof.c");
     std::fs::write(&src, PROOF_C)?;
@@ -111,7 +111,7 @@ fn vfio_mode_spec(vfio: &Path) -> Result<Spec> {
 }
 
 /// The proof program's line, checked: identification and factorial.
-fn proof_ok(out: &str) -> Result<String> {
+pub(crate) fn proof_ok(out: &str) -> Result<String> {
     let lower = out.to_lowercase();
     ensure!(
         lower.contains("id=0x010000ed") && lower.contains("fact5=0x78"),
