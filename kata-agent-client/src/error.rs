@@ -160,6 +160,25 @@ impl Error {
         self.code() == Some(Code::NOT_FOUND)
     }
 
+    /// The agent does not know the container the call named: `NOT_FOUND` (kata-rs's agents
+    /// before they answered as Kata's), or Kata's answers — `INVALID_ARGUMENT` or `INTERNAL`
+    /// with "invalid container id" (any case, `InvalidContainerId` included) in the message.
+    pub fn is_unknown_container(&self) -> bool {
+        match self {
+            Error::Rpc { code, message, .. } => {
+                let squashed: String = message
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric())
+                    .map(|c| c.to_ascii_lowercase())
+                    .collect();
+                *code == Code::NOT_FOUND
+                    || (matches!(code, Code::INVALID_ARGUMENT | Code::INTERNAL)
+                        && squashed.contains("invalidcontainerid"))
+            }
+            _ => false,
+        }
+    }
+
     /// The agent answered `ALREADY_EXISTS` (a duplicate container or exec id).
     pub fn is_already_exists(&self) -> bool {
         self.code() == Some(Code::ALREADY_EXISTS)
@@ -242,5 +261,38 @@ impl Error {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rpc(code: Code, message: &str) -> Error {
+        Error::Rpc {
+            method: "WaitProcess",
+            code,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn an_unknown_container_is_recognised_as_either_agent_answers_it() {
+        // kata-rs's agent before, then Kata's three answers (rpc.rs: Debug of SandboxError,
+        // anyhow's "Invalid container id", the quoted str of UpdateContainer and the like).
+        for (code, message) in [
+            (Code::NOT_FOUND, "container ghost not found"),
+            (Code::INVALID_ARGUMENT, "InvalidContainerId"),
+            (Code::INTERNAL, "Invalid container id"),
+            (Code::INVALID_ARGUMENT, "\"invalid container id\""),
+            (
+                Code::INVALID_ARGUMENT,
+                "invalid container id ghost: no container with this id in the sandbox",
+            ),
+        ] {
+            assert!(rpc(code, message).is_unknown_container(), "{code:?} {message}");
+        }
+        assert!(!rpc(Code::INTERNAL, "mount failed").is_unknown_container());
+        assert!(!rpc(Code::UNAVAILABLE, "invalid container id").is_unknown_container());
     }
 }

@@ -13,8 +13,10 @@ pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 /// Everything that can go wrong while serving a request.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// No container with this id exists in the sandbox.
-    #[error("container {0} not found")]
+    /// No container with this id exists in the sandbox. `INVALID_ARGUMENT` ("invalid
+    /// container id"), as Kata's agent answers most calls; `INTERNAL` for the calls where
+    /// Kata's does (see [`crate::service::codes`]).
+    #[error("invalid container id {0}: no container with this id in the sandbox")]
     ContainerNotFound(String),
 
     /// The container exists but has no process with this exec id.
@@ -122,6 +124,20 @@ pub enum AgentError {
         reason: String,
     },
 
+    /// A storage names a driver this agent has no handler for. `INTERNAL` with Kata's
+    /// message ("Failed to find the storage handler X"), as Kata's agent answers it.
+    #[error("Failed to find the storage handler {driver} ({field}.driver): kata-agent handles {known}{hint}")]
+    UnknownStorageDriver {
+        /// The storage's field, e.g. `storages[0]`.
+        field: String,
+        /// The driver asked for.
+        driver: String,
+        /// The drivers this agent handles.
+        known: String,
+        /// Kata's name for a former alias, or empty.
+        hint: String,
+    },
+
     /// A kernel module of CreateSandbox could not be loaded (`modprobe` failed).
     /// `INTERNAL`, as Kata's agent answers it.
     #[error("kernel module {module:?}: {reason}")]
@@ -129,6 +145,16 @@ pub enum AgentError {
         /// The module's name.
         module: String,
         /// What modprobe said, or why it did not run.
+        reason: String,
+    },
+
+    /// A call Kata's agent answers `INTERNAL` when it fails could not be carried out (a tool
+    /// it runs failed, a swap disk is not a PCI path, a feature is not there).
+    #[error("{method}: {reason}")]
+    Failed {
+        /// The method, e.g. `SetIPTables`.
+        method: &'static str,
+        /// What failed and why, naming the object.
         reason: String,
     },
 
@@ -176,9 +202,8 @@ impl AgentError {
     pub fn code(&self) -> ttrpc::Code {
         use ttrpc::Code;
         match self {
-            AgentError::ContainerNotFound(_)
-            | AgentError::ExecNotFound { .. }
-            | AgentError::LinkNotFound { .. } => Code::NOT_FOUND,
+            AgentError::ContainerNotFound(_) => Code::INVALID_ARGUMENT,
+            AgentError::ExecNotFound { .. } | AgentError::LinkNotFound { .. } => Code::NOT_FOUND,
             AgentError::ContainerExists(_)
             | AgentError::ExecExists { .. }
             | AgentError::SandboxExists(_) => Code::ALREADY_EXISTS,
@@ -190,6 +215,8 @@ impl AgentError {
             AgentError::ContainerSetup { .. }
             | AgentError::CopyFileRefused { .. }
             | AgentError::KernelModule { .. }
+            | AgentError::UnknownStorageDriver { .. }
+            | AgentError::Failed { .. }
             | AgentError::Io { .. }
             | AgentError::Eof { .. }
             | AgentError::Internal(_) => Code::INTERNAL,
@@ -216,7 +243,10 @@ mod tests {
     #[test]
     fn codes_match_kata_semantics() {
         let cases = [
-            (AgentError::ContainerNotFound("c1".into()), Code::NOT_FOUND),
+            (
+                AgentError::ContainerNotFound("c1".into()),
+                Code::INVALID_ARGUMENT,
+            ),
             (
                 AgentError::ExecNotFound {
                     container_id: "c1".into(),
@@ -268,8 +298,9 @@ mod tests {
             "exec e9 not found in container c1"
         );
         let status = AgentError::ContainerNotFound("abc".into()).to_status();
-        assert_eq!(status.code(), Code::NOT_FOUND);
+        assert_eq!(status.code(), Code::INVALID_ARGUMENT);
         assert!(status.message().contains("abc"));
+        assert!(status.message().starts_with("invalid container id"));
     }
 
     #[test]

@@ -290,7 +290,10 @@ impl Sandbox {
             let mut trees = self.storages.mount_points();
             trees.extend(self.container_rootfs());
             match self.runtime.create(id, exec_id, spec, &trees).await {
-                Ok(c) => Ok((c, mounted)),
+                Ok(c) => Ok((
+                    c.with_termination_log(crate::diagnostic::termination_log_source(spec)),
+                    mounted,
+                )),
                 Err(e) => {
                     self.storages.release(&mounted);
                     Err(e)

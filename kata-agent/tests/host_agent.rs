@@ -662,13 +662,16 @@ async fn bad_input_is_rejected_and_leaves_nothing_behind() {
     // Unknown ids.
     let mut start = StartContainerRequest::new();
     start.container_id = "ghost".into();
+    // Kata's codes: INTERNAL for StartContainer, INVALID_ARGUMENT for the process calls.
     let err = h.client.start_container(&start).await.unwrap_err();
-    assert_eq!(rpc_code(&err), Some(Code::NOT_FOUND));
+    assert_eq!(rpc_code(&err), Some(Code::INTERNAL));
     assert!(err.message().unwrap().contains("ghost"), "{err}");
+    assert!(err.is_unknown_container(), "{err}");
     let mut wait = WaitProcessRequest::new();
     wait.container_id = "ghost".into();
     let err = h.client.wait_process(&wait, None).await.unwrap_err();
-    assert_eq!(rpc_code(&err), Some(Code::NOT_FOUND));
+    assert_eq!(rpc_code(&err), Some(Code::INVALID_ARGUMENT));
+    assert!(err.is_unknown_container(), "{err}");
 
     h.create("real", &h.spec(&["sleep", "100"])).await;
     let mut read = ReadStreamRequest::new();
@@ -750,7 +753,7 @@ async fn bad_input_is_rejected_and_leaves_nothing_behind() {
         start.container_id = id.into();
         assert_eq!(
             rpc_code(&h.client.start_container(&start).await.unwrap_err()),
-            Some(Code::NOT_FOUND)
+            Some(Code::INTERNAL)
         );
     }
     // A failed container leaves no mount in the agent's namespace and no process.
@@ -821,7 +824,7 @@ async fn destroy_sandbox_then_clean_exit() {
         w.container_id = id.into();
         assert_eq!(
             rpc_code(&h.client.wait_process(&w, None).await.unwrap_err()),
-            Some(Code::NOT_FOUND)
+            Some(Code::INVALID_ARGUMENT)
         );
         for dir in cgroup_dirs(id) {
             assert!(!dir.exists(), "{} left behind", dir.display());

@@ -85,6 +85,8 @@ impl Error {
                 S::AlreadyExists { .. } => Code::ALREADY_EXISTS,
                 S::ShutDown => Code::FAILED_PRECONDITION,
                 S::Unimplemented { .. } => Code::UNIMPLEMENTED,
+                // Kata's agent answers INVALID_ARGUMENT or INTERNAL; containerd wants NOT_FOUND.
+                S::Agent(a) if a.is_unknown_container() => Code::NOT_FOUND,
                 S::Agent(a) => match a.code() {
                     Some(c) => c,
                     None => Code::UNAVAILABLE,
@@ -124,6 +126,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_container_the_agent_does_not_know_is_not_found_whichever_agent_says_so() {
+        for (code, message) in [
+            (Code::NOT_FOUND, "container c not found"),
+            (Code::INVALID_ARGUMENT, "InvalidContainerId"),
+            (Code::INTERNAL, "Invalid container id"),
+        ] {
+            let e = Error::from(kata_sandbox::Error::Agent(kata_agent_client::Error::Rpc {
+                method: "SignalProcess",
+                code,
+                message: message.into(),
+            }));
+            assert_eq!(e.code(), Code::NOT_FOUND, "{message}");
+        }
+        let e = Error::from(kata_sandbox::Error::Agent(kata_agent_client::Error::Rpc {
+            method: "StartContainer",
+            code: Code::INTERNAL,
+            message: "mount failed".into(),
+        }));
+        assert_eq!(e.code(), Code::INTERNAL);
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub struct Container {
     cgroup: Option<Cgroup>,
     start: tokio::sync::Mutex<Option<UnixStream>>,
     seccomp: Option<SeccompProgram>,
+    termination_log: std::result::Result<PathBuf, String>,
 }
 
 impl Container {
@@ -62,7 +63,20 @@ impl Container {
             cgroup,
             start: tokio::sync::Mutex::new(Some(start)),
             seccomp: None,
+            termination_log: Err("no termination log was recorded".into()),
         }
+    }
+
+    /// Records where the container's termination log is in the guest (or why it has none):
+    /// GetDiagnosticData reads it ([`crate::diagnostic`]).
+    pub fn with_termination_log(mut self, log: std::result::Result<PathBuf, String>) -> Self {
+        self.termination_log = log;
+        self
+    }
+
+    /// Where the container's termination log is in the guest, or why it has none.
+    pub fn termination_log(&self) -> &std::result::Result<PathBuf, String> {
+        &self.termination_log
     }
 
     /// Records the container's compiled seccomp profile, which its exec'd processes get too.

@@ -5,6 +5,7 @@
 //! ([`AgentError::code`]). Methods of the protocol this agent does not implement answer
 //! `UNIMPLEMENTED` naming the method.
 
+pub mod codes;
 pub mod convert;
 pub mod signals;
 
@@ -24,8 +25,9 @@ use crate::sandbox::{Sandbox, SandboxConfig};
 /// The agent's version, as reported by Version and GetGuestDetails.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The protocol version reported by Version.
-pub const PROTOCOL_VERSION: &str = "kata-rs/1";
+/// The protocol version reported by Version: Kata's agent's `API_VERSION`, as kata-rs speaks
+/// its protocol.
+pub const PROTOCOL_VERSION: &str = "0.0.1";
 
 /// Default and largest chunk a ReadStdout/ReadStderr returns.
 const DEFAULT_READ_LEN: usize = 32 * 1024;
@@ -127,7 +129,9 @@ async fn handle<T: Send + 'static>(
             match &result {
                 Ok(_) => {}
                 Err(e @ AgentError::Eof { .. }) => tracing::debug!(error = %e, "end of stream"),
-                Err(e) => tracing::warn!(error = %e, code = ?e.code(), "request failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, code = ?codes::code(method, e), "request failed")
+                }
             }
             result
         }
@@ -135,7 +139,7 @@ async fn handle<T: Send + 'static>(
     );
     let _guard = (on_cancel == OnCancel::Abort).then(|| AbortOnDrop(task.abort_handle()));
     match task.await {
-        Ok(result) => result.map_err(Into::into),
+        Ok(result) => result.map_err(|e| codes::status(method, &e)),
         Err(e) => {
             tracing::error!(method, error = %e, "request handler panicked");
             Err(AgentError::Internal(format!("{method} failed: {e}")).into())
@@ -171,6 +175,25 @@ fn refuse_unsupported_sandbox_settings(req: &agent::CreateSandboxRequest) -> Res
         ));
     }
     Ok(())
+}
+
+/// GetGuestDetails' `extra_features`: the features of Kata's agent this one has — `seccomp`
+/// where it has a syscall table; never `agent-policy` (SetPolicy is not served).
+fn extra_features() -> Vec<String> {
+    let mut features = Vec::new();
+    if cfg!(target_arch = "x86_64") {
+        features.push("seccomp".to_string());
+    }
+    features
+}
+
+/// MemAgentMemcgSet / MemAgentCompactSet: Kata's agent without its memory agent started
+/// answers `INTERNAL` "mem-agent is disabled"; this agent has none.
+fn mem_agent_disabled(method: &'static str) -> AgentError {
+    AgentError::Failed {
+        method,
+        reason: "mem-agent is disabled (kata-agent runs no memory agent)".into(),
+    }
 }
 
 fn read_mem_block_size() -> u64 {
@@ -320,8 +343,14 @@ impl AgentService for AgentServer {
         req: agent::SignalProcessRequest,
     ) -> ttrpc::Result<Empty> {
         let sb = Arc::clone(&self.sandbox);
+        // Every process of the container (exec id "" and SIGKILL), as Kata's agent reads it.
+        let all = req.exec_id.is_empty() && req.signal == libc::SIGKILL as u32;
         handle(
-            "SignalProcess",
+            if all {
+                codes::SIGNAL_ALL
+            } else {
+                "SignalProcess"
+            },
             OnCancel::Finish,
             req.container_id.clone(),
             req.exec_id.clone(),
@@ -579,6 +608,8 @@ impl AgentService for AgentServer {
                 .map(|s| s.to_string())
                 .collect();
             details.supports_seccomp = crate::runtime::seccomp::supported();
+            // Kata's agent lists its build features here (`agent-policy`, `seccomp`).
+            details.extra_features = extra_features();
             let mut resp = agent::GuestDetailsResponse::new();
             if req.mem_block_size {
                 resp.mem_block_size_bytes = read_mem_block_size();
@@ -763,6 +794,195 @@ impl AgentService for AgentServer {
             Ok(convert::volume_stats(&st))
         })
         .await
+    }
+
+    async fn update_ephemeral_mounts(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateEphemeralMountsRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle(
+            "UpdateEphemeralMounts",
+            OnCancel::Finish,
+            "",
+            "",
+            async move {
+                let storages: Vec<_> = req.storages.iter().map(convert::storage).collect();
+                crate::storage::update::update_ephemeral_mounts(&storages)?;
+                Ok(Empty::new())
+            },
+        )
+        .await
+    }
+
+    async fn remove_stale_virtiofs_share_mounts(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::RemoveStaleVirtiofsShareMountsRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle(
+            "RemoveStaleVirtiofsShareMounts",
+            OnCancel::Finish,
+            "",
+            "",
+            async move {
+                let info = std::fs::read_to_string("/proc/self/mountinfo")
+                    .map_err(|e| AgentError::io("read /proc/self/mountinfo", e))?;
+                let n = tokio::task::spawn_blocking(move || {
+                    crate::storage::update::touch_share_mounts(&info)
+                })
+                .await
+                .map_err(|e| {
+                    AgentError::Internal(format!("RemoveStaleVirtiofsShareMounts: {e}"))
+                })?;
+                tracing::info!(mounts = n, "share mounts looked up");
+                Ok(Empty::new())
+            },
+        )
+        .await
+    }
+
+    async fn get_diagnostic_data(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::GetDiagnosticDataRequest,
+    ) -> ttrpc::Result<agent::GetDiagnosticDataResponse> {
+        let sb = Arc::clone(&self.sandbox);
+        let cid = req.container_id.clone();
+        handle("GetDiagnosticData", OnCancel::Abort, cid, "", async move {
+            // Kata's agent: INTERNAL "Invalid container id: <id>".
+            let c = sb
+                .container(&req.container_id)
+                .map_err(|e| AgentError::Failed {
+                    method: "GetDiagnosticData",
+                    reason: e.to_string(),
+                })?;
+            let data = tokio::task::spawn_blocking(move || {
+                crate::diagnostic::read(&req.log_type, &c.id, c.termination_log())
+            })
+            .await
+            .map_err(|e| AgentError::Internal(format!("GetDiagnosticData: {e}")))??;
+            let mut resp = agent::GetDiagnosticDataResponse::new();
+            resp.data = data;
+            Ok(resp)
+        })
+        .await
+    }
+
+    async fn get_ip_tables(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::GetIPTablesRequest,
+    ) -> ttrpc::Result<agent::GetIPTablesResponse> {
+        handle("GetIPTables", OnCancel::Finish, "", "", async move {
+            let data = tokio::task::spawn_blocking(move || crate::iptables::save(req.is_ipv6))
+                .await
+                .map_err(|e| AgentError::Internal(format!("GetIPTables: {e}")))??;
+            let mut resp = agent::GetIPTablesResponse::new();
+            resp.data = data;
+            Ok(resp)
+        })
+        .await
+    }
+
+    async fn set_ip_tables(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::SetIPTablesRequest,
+    ) -> ttrpc::Result<agent::SetIPTablesResponse> {
+        handle("SetIPTables", OnCancel::Finish, "", "", async move {
+            let data = tokio::task::spawn_blocking(move || {
+                crate::iptables::restore(req.is_ipv6, &req.data)
+            })
+            .await
+            .map_err(|e| AgentError::Internal(format!("SetIPTables: {e}")))??;
+            let mut resp = agent::SetIPTablesResponse::new();
+            resp.data = data;
+            Ok(resp)
+        })
+        .await
+    }
+
+    async fn mem_agent_memcg_set(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::MemAgentMemcgConfig,
+    ) -> ttrpc::Result<Empty> {
+        handle("MemAgentMemcgSet", OnCancel::Finish, "", "", async move {
+            Err::<Empty, _>(mem_agent_disabled("MemAgentMemcgSet"))
+        })
+        .await
+    }
+
+    async fn mem_agent_compact_set(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::MemAgentCompactConfig,
+    ) -> ttrpc::Result<Empty> {
+        handle("MemAgentCompactSet", OnCancel::Finish, "", "", async move {
+            Err::<Empty, _>(mem_agent_disabled("MemAgentCompactSet"))
+        })
+        .await
+    }
+
+    async fn mem_hotplug_by_probe(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::MemHotplugByProbeRequest,
+    ) -> ttrpc::Result<Empty> {
+        let sb = Arc::clone(&self.sandbox);
+        handle("MemHotplugByProbe", OnCancel::Finish, "", "", async move {
+            crate::mem_probe::hotplug_by_probe(&req.memHotplugProbeAddr, sb.owns_guest())?;
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn add_swap(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::AddSwapRequest,
+    ) -> ttrpc::Result<Empty> {
+        let sb = Arc::clone(&self.sandbox);
+        handle("AddSwap", OnCancel::Finish, "", "", async move {
+            crate::swap::add_swap(&req.PCIPath, sb.owns_guest()).await?;
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn add_swap_path(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::AddSwapPathRequest,
+    ) -> ttrpc::Result<Empty> {
+        let sb = Arc::clone(&self.sandbox);
+        handle("AddSwapPath", OnCancel::Finish, "", "", async move {
+            let owns = sb.owns_guest();
+            tokio::task::spawn_blocking(move || crate::swap::add_swap_path(&req.path, owns))
+                .await
+                .map_err(|e| AgentError::Internal(format!("AddSwapPath: {e}")))??;
+            Ok(Empty::new())
+        })
+        .await
+    }
+
+    async fn set_policy(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::SetPolicyRequest,
+    ) -> ttrpc::Result<Empty> {
+        // Kata's agent built without `agent-policy` (its default) answers with the generated
+        // default: NOT_FOUND "/grpc.AgentService/SetPolicy is not supported".
+        tracing::warn!(
+            method = "SetPolicy",
+            "refused: kata-agent enforces no agent policy"
+        );
+        Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+            ttrpc::Code::NOT_FOUND,
+            "/grpc.AgentService/SetPolicy is not supported: kata-agent enforces no agent policy \
+             (as Kata's agent built without agent-policy); configure the runtime without one",
+        )))
     }
 
     async fn get_metrics(

@@ -13,6 +13,7 @@ mod block;
 mod ephemeral;
 mod local;
 mod table;
+pub mod update;
 mod watchable;
 
 use std::io::ErrorKind;
@@ -217,10 +218,12 @@ pub fn plan(s: &StorageSpec, field: &str) -> Result<StoragePlan> {
                 .find(|(alias, _)| *alias == other)
                 .map(|(_, kata)| format!(" (Kata's agent names this driver {kata:?})"))
                 .unwrap_or_default();
-            return Err(AgentError::invalid(
-                format!("{field}.driver"),
-                format!("{other:?} is not one of {DRIVERS:?}{hint}"),
-            ));
+            return Err(AgentError::UnknownStorageDriver {
+                field: field.to_string(),
+                driver: other.to_string(),
+                known: format!("{DRIVERS:?}"),
+                hint,
+            });
         }
     };
     Ok(StoragePlan {
@@ -465,8 +468,13 @@ mod tests {
     #[test]
     fn unknown_driver_and_bad_mount_points() {
         let err = plan(&spec("floppy", "x"), "storages[2]").unwrap_err();
-        assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT);
-        assert!(err.to_string().starts_with("storages[2].driver"));
+        assert_eq!(err.code(), ttrpc::Code::INTERNAL, "Kata's code: {err}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("Failed to find the storage handler floppy")
+                && msg.contains("storages[2].driver"),
+            "{msg}"
+        );
         for bad in ["relative", "/", "/run/../etc", "/run/x/..", ""] {
             let mut s = spec("virtio-fs", "tag");
             s.mount_point = bad.into();
@@ -490,9 +498,12 @@ mod tests {
         );
         for (alias, kata) in FORMER_BLOCK_ALIASES {
             s.driver = (*alias).into();
-            let err = plan(&s, "storages[0]").unwrap_err().to_string();
+            let err = plan(&s, "storages[0]").unwrap_err();
+            assert_eq!(err.code(), ttrpc::Code::INTERNAL, "Kata's code: {err}");
+            let err = err.to_string();
             assert!(
-                err.starts_with("storages[0].driver")
+                err.starts_with(&format!("Failed to find the storage handler {alias}"))
+                    && err.contains("storages[0].driver")
                     && err.contains(&format!("Kata's agent names this driver {kata:?}")),
                 "{err}"
             );
