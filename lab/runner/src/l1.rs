@@ -238,6 +238,10 @@ pub fn kernel_cmdline(opts: &Options) -> Result<String, Error> {
         let cells: String = cells.chars().filter(|c| !c.is_whitespace()).collect();
         cmdline.push_str(&format!(",--crash-only,{}", cells.replace(',', ":")));
     }
+    // builtin-memory-hotplug alone (the host's KATA_LAB_MEM; src/mem_hotplug.rs).
+    if std::env::var("KATA_LAB_MEM").is_ok_and(|v| !v.trim().is_empty()) {
+        cmdline.push_str(" lab.mem");
+    }
     if let Some(log) = &opts.log {
         if log.is_empty() || log.contains(char::is_whitespace) {
             return Err(Error::LogFilter(log.clone()));

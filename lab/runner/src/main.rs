@@ -27,6 +27,7 @@ mod allow_list;
 mod console;
 mod crash;
 mod default_vmm;
+mod mem_hotplug;
 mod pod_net;
 mod vfio;
 mod vfio_ctr;
@@ -364,6 +365,10 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
                 Duration::from_secs(360),
                 default_vmm::dragonball_config_runs(rootfs, ROOT_DIR),
             )
+            .await;
+        let grows = mem_hotplug::builtin_memory_grows(rootfs, ROOT_DIR);
+        checks
+            .run(mem_hotplug::CHECK, Duration::from_secs(360), grows)
             .await;
     }
     checks
@@ -703,6 +708,30 @@ fn l2_console_logged() -> bool {
     std::env::var("KATA_LAB_LOG").is_ok_and(|f| f != "warn")
 }
 
+/// `builtin-memory-hotplug` alone when L1's command line says `lab.mem` (then true: no VMM set
+/// runs); counted into `ran` and `passed`.
+fn mem_hotplug_alone(
+    runtime: &tokio::runtime::Runtime,
+    rootfs: &Result<PathBuf>,
+    ran: &mut usize,
+    passed: &mut usize,
+) -> bool {
+    if !mem_hotplug::only() {
+        return false;
+    }
+    let mut c = Checks::new(Vmm::Builtin);
+    match rootfs {
+        Ok(rootfs) => {
+            let grows = mem_hotplug::builtin_memory_grows(rootfs, ROOT_DIR);
+            runtime.block_on(c.run(mem_hotplug::CHECK, Duration::from_secs(360), grows));
+        }
+        Err(e) => c.not_run(mem_hotplug::CHECK, &format!("{e:#}")),
+    }
+    *ran += c.ran;
+    *passed += c.passed;
+    true
+}
+
 /// The VMMs named by `--vmm` (all when none is).
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Vec<Vmm>> {
     let mut vmms = Vec::new();
@@ -781,7 +810,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let vfio_alone = vfio_only.is_some();
+    // `lab.mem` (the host's KATA_LAB_MEM): builtin-memory-hotplug alone, no VMM set.
+    let mem_alone = mem_hotplug_alone(&runtime, &rootfs, &mut ran, &mut passed);
+    let vfio_alone = vfio_only.is_some() || mem_alone;
     let vfio_named = |n: &str| vfio_only.as_ref().is_some_and(|o| o.iter().any(|w| w == n));
     for vmm in vmms.into_iter().filter(|_| !vfio_alone) {
         let c = match &rootfs {

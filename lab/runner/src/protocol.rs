@@ -78,6 +78,9 @@ pub const VMM_CHECKS: &[&str] = &[
     // Built-in only: a sandbox from config/configuration-dragonball.toml as shipped boots and
     // runs a container that sees the file's default_memory.
     "dragonball-config",
+    // Built-in only: a container's memory limit grows the VM through kata-vmm's virtio-mem
+    // (`enable_virtio_mem`): the guest's MemTotal grows by what was plugged (src/mem_hotplug.rs).
+    "memory-hotplug",
 ];
 
 /// The [`VMM_CHECKS`] only the QEMU backend runs.
@@ -86,6 +89,7 @@ pub const QEMU_ONLY_CHECKS: &[&str] = &["vhost-vsock"];
 /// The [`VMM_CHECKS`] only the built-in VMM runs (QEMU's confinement is a filter on its whole
 /// process, tested in kata-hypervisor).
 pub const BUILTIN_ONLY_CHECKS: &[&str] = &[
+    "memory-hotplug",
     "console",
     "threads-confined",
     "threads-allow-list",
