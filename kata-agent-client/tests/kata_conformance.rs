@@ -776,11 +776,9 @@ async fn watchable_bind_mirrors_updates_into_the_container() {
 
 /// CreateSandbox's `kernel_modules` are loaded with modprobe as Kata's agent loads them, and a
 /// module that cannot be loaded fails the request `INTERNAL` naming it (as Kata's). On the host
-/// the agent only dry-runs modprobe. `guest_hook_path` (OCI hooks found in the guest) is still
-/// refused naming it (a documented difference) rather than ignored; the sandbox can then be
-/// created without them.
+/// the agent only dry-runs modprobe. The sandbox can then be created without them.
 #[tokio::test]
-async fn create_sandbox_loads_kernel_modules_and_refuses_guest_hooks() {
+async fn create_sandbox_loads_kernel_modules() {
     require_host_agent!();
     let a = HostAgent::start().await;
     let mut req = CreateSandboxRequest::new();
@@ -799,18 +797,113 @@ async fn create_sandbox_loads_kernel_modules_and_refuses_guest_hooks() {
         "the error names the module: {err}"
     );
     assert_eq!(code(&err), Some(Code::INTERNAL), "Kata's code: {err}");
-    req.kernel_modules.clear();
-    req.guest_hook_path = "/usr/share/oci/hooks".into();
-    let err = a
-        .client
-        .create_sandbox(&req)
-        .await
-        .expect_err("guest_hook_path");
-    assert!(err.to_string().contains("guest_hook_path"), "{err}");
     a.create_sandbox(Vec::new())
         .await
         .expect("CreateSandbox without them");
     a.destroy().await;
+}
+
+/// An executable hook script at `dir/<stage>/<name>` that records its arguments and the
+/// state it is given in `out/<stage>`.
+fn hook_script(dir: &Path, stage: &str, name: &str, out: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(stage).join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let body = format!(
+        "#!/bin/sh\necho \"${{0##*/}} $1\" > {0}/{stage}.tmp; cat >> {0}/{stage}.tmp; mv {0}/{stage}.tmp {0}/{stage}\n",
+        out.display()
+    );
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// CreateSandbox's `guest_hook_path`, as Kata's agent applies it: the executables in its
+/// `prestart`, `poststart` and `poststop` directories run for every container, in the agent's
+/// namespaces, with `argv` `[<name>, <stage>]` and the container's OCI state on stdin —
+/// prestart at CreateContainer (`created`), poststart at StartContainer (`running`), poststop
+/// at RemoveContainer (`stopped`). A hook that fails changes nothing (Kata only logs it); a
+/// file without an execute bit is not a hook.
+#[tokio::test]
+async fn guest_hooks_run_at_each_stage_of_a_container() {
+    const CID: &str = "kc-guest-hooks-run-at-each-stage";
+    require_host_agent!();
+    let a = HostAgent::start().await;
+    let hooks = a.dir.path().join("hooks");
+    let out = a.dir.path().join("hook-out");
+    std::fs::create_dir_all(&out).unwrap();
+    for stage in ["prestart", "poststart", "poststop"] {
+        hook_script(&hooks, stage, "record", &out, 0o755);
+    }
+    hook_script(
+        &hooks,
+        "prestart",
+        "not-a-hook",
+        &a.dir.path().join("nowhere"),
+        0o644,
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let failing = hooks.join("poststart/00-fails");
+        std::fs::write(&failing, "#!/bin/sh\necho failing >&2\nexit 1\n").unwrap();
+        std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = "sb".into();
+    req.guest_hook_path = hooks.display().to_string();
+    if let Err(e) = a.client.create_sandbox(&req).await {
+        panic!(
+            "CreateSandbox with guest_hook_path: {e}\nagent log:\n{}",
+            a.log()
+        );
+    }
+    let mut spec = a.spec(&["true"]);
+    spec.set_annotations(Some(
+        [("io.kata-rs.conformance".to_string(), "hooks".to_string())].into(),
+    ));
+    let mut creq = CreateContainerRequest::new();
+    creq.container_id = CID.into();
+    creq.OCI = MessageField::some(spec::to_grpc(&spec).unwrap());
+    if let Err(e) = a.client.create_container(&creq).await {
+        panic!("CreateContainer: {e}\nagent log:\n{}", a.log());
+    }
+    let prestart = std::fs::read_to_string(out.join("prestart"));
+    let poststart_before_start = out.join("poststart").exists();
+    a.start_container(CID).await;
+    let poststart = std::fs::read_to_string(out.join("poststart"));
+    a.wait(CID, "").await.expect("WaitProcess");
+    a.remove(CID).await;
+    let poststop = std::fs::read_to_string(out.join("poststop"));
+    a.destroy().await;
+    let log = a.log();
+    let prestart = prestart.unwrap_or_else(|e| panic!("no prestart hook ran: {e}\n{log}"));
+    assert!(prestart.starts_with("record prestart\n"), "{prestart}");
+    let state: serde_json::Value =
+        serde_json::from_str(prestart.lines().nth(1).unwrap_or_default()).unwrap();
+    assert_eq!(state["id"], CID, "{state}");
+    assert_eq!(state["status"], "created", "{state}");
+    assert!(state["pid"].as_i64().unwrap_or(0) > 0, "{state}");
+    assert_eq!(
+        state["annotations"]["io.kata-rs.conformance"], "hooks",
+        "{state}"
+    );
+    assert!(
+        !poststart_before_start,
+        "poststart ran before StartContainer"
+    );
+    let poststart = poststart.unwrap_or_else(|e| panic!("no poststart hook ran: {e}\n{log}"));
+    assert!(poststart.starts_with("record poststart\n"), "{poststart}");
+    assert!(poststart.contains("\"status\":\"running\""), "{poststart}");
+    let poststop = poststop.unwrap_or_else(|e| panic!("no poststop hook ran: {e}\n{log}"));
+    assert!(poststop.starts_with("record poststop\n"), "{poststop}");
+    assert!(poststop.contains("\"status\":\"stopped\""), "{poststop}");
+    assert!(
+        !a.dir.path().join("nowhere").exists(),
+        "a file without x ran"
+    );
+    assert!(
+        log.contains("guest hook failed"),
+        "the failing hook is logged:\n{log}"
+    );
 }
 
 /// A storage marked `shared` (Kata's block-backed emptyDir) outlives the container that asked

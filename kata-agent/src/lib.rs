@@ -22,12 +22,14 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
+pub mod command;
 pub mod config;
 pub mod copy_file;
 pub mod debug_console;
 pub mod diagnostic;
 pub mod error;
 pub mod guest;
+pub mod hooks;
 pub mod init;
 pub mod iptables;
 pub mod kernel_modules;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{AgentError, Result};
+use crate::hooks::{GuestHooks, HookState, Stage};
 use crate::network::Network;
 use crate::pod_namespaces::PodNamespaces;
 use crate::runtime::container::Container;
@@ -71,6 +72,8 @@ pub struct Sandbox {
     storages: StorageTable,
     network: Network,
     state: Mutex<State>,
+    /// The guest hooks CreateSandbox's `guest_hook_path` named ([`crate::hooks`]).
+    guest_hooks: Mutex<Arc<GuestHooks>>,
 }
 
 /// Container ids name cgroups and appear in paths: keep them to a safe alphabet.
@@ -104,7 +107,24 @@ impl Sandbox {
             storages: StorageTable::new(),
             network: Network::new(owns_network),
             state: Mutex::new(State::default()),
+            guest_hooks: Mutex::new(Arc::new(GuestHooks::default())),
         }
+    }
+
+    /// Sets the guest hooks every container gets (CreateSandbox's `guest_hook_path`).
+    pub fn set_guest_hooks(&self, hooks: GuestHooks) {
+        *self.guest_hooks.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(hooks);
+    }
+
+    /// The guest hooks every container gets.
+    pub fn guest_hooks(&self) -> Arc<GuestHooks> {
+        Arc::clone(&self.guest_hooks.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Runs the guest hooks of `stage` for a container whose state is `state`.
+    pub async fn run_guest_hooks(&self, stage: Stage, state: &HookState) {
+        let hooks = self.guest_hooks();
+        crate::hooks::run(self.runtime.reaper(), hooks.stage(stage), stage, state).await;
     }
 
     /// The guest's network.
@@ -291,7 +311,12 @@ impl Sandbox {
             trees.extend(self.container_rootfs());
             match self.runtime.create(id, exec_id, spec, &trees).await {
                 Ok(c) => Ok((
-                    c.with_termination_log(crate::diagnostic::termination_log_source(spec)),
+                    c.with_termination_log(crate::diagnostic::termination_log_source(spec))
+                        .with_hook_state(crate::hooks::HookState {
+                            oci_version: spec.version().clone(),
+                            annotations: spec.annotations().clone().unwrap_or_default(),
+                            ..Default::default()
+                        }),
                     mounted,
                 )),
                 Err(e) => {

@@ -44,6 +44,7 @@ pub struct Container {
     start: tokio::sync::Mutex<Option<UnixStream>>,
     seccomp: Option<SeccompProgram>,
     termination_log: std::result::Result<PathBuf, String>,
+    hook_state: crate::hooks::HookState,
 }
 
 impl Container {
@@ -64,7 +65,28 @@ impl Container {
             start: tokio::sync::Mutex::new(Some(start)),
             seccomp: None,
             termination_log: Err("no termination log was recorded".into()),
+            hook_state: crate::hooks::HookState::default(),
         }
+    }
+
+    /// Records what guest hooks are told about the container (its spec's OCI version and
+    /// annotations); the id, init pid and bundle are the container's.
+    pub fn with_hook_state(mut self, mut state: crate::hooks::HookState) -> Self {
+        state.id = self.id.clone();
+        state.pid = self.init.pid;
+        state.bundle = self
+            .rootfs
+            .parent()
+            .unwrap_or(&self.rootfs)
+            .display()
+            .to_string();
+        self.hook_state = state;
+        self
+    }
+
+    /// The container's OCI state for its guest hooks.
+    pub fn hook_state(&self) -> &crate::hooks::HookState {
+        &self.hook_state
     }
 
     /// Records where the container's termination log is in the guest (or why it has none):

@@ -160,23 +160,6 @@ fn parse_signal(n: u32) -> Result<i32> {
         })
 }
 
-/// CreateSandbox's `guest_hook_path`, which Kata's agent applies (OCI hooks found in the guest,
-/// added to every container's spec) and this one does not: refused naming it, rather than a
-/// sandbox that silently lacks them.
-fn refuse_unsupported_sandbox_settings(req: &agent::CreateSandboxRequest) -> Result<()> {
-    if !req.guest_hook_path.is_empty() {
-        return Err(AgentError::invalid(
-            "guest_hook_path",
-            format!(
-                "{:?}: kata-rs's agent runs no OCI hooks found in the guest; set the \
-                 hypervisor's guest_hook_path to \"\"",
-                req.guest_hook_path
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// GetGuestDetails' `extra_features`: the features of Kata's agent this one has — `seccomp`
 /// where it has a syscall table; never `agent-policy` (SetPolicy is not served).
 fn extra_features() -> Vec<String> {
@@ -212,7 +195,18 @@ impl AgentService for AgentServer {
     ) -> ttrpc::Result<Empty> {
         let sb = Arc::clone(&self.sandbox);
         handle("CreateSandbox", OnCancel::Finish, "", "", async move {
-            refuse_unsupported_sandbox_settings(&req)?;
+            // Kata's agent finds them now and only logs what it cannot read.
+            if !req.guest_hook_path.is_empty() {
+                let dir = std::path::PathBuf::from(&req.guest_hook_path);
+                let hooks =
+                    tokio::task::spawn_blocking(move || crate::hooks::GuestHooks::find(&dir))
+                        .await
+                        .map_err(|e| AgentError::Internal(format!("CreateSandbox: {e}")))?;
+                if hooks.is_empty() {
+                    tracing::warn!(guest_hook_path = %req.guest_hook_path, "no guest hooks there");
+                }
+                sb.set_guest_hooks(hooks);
+            }
             // Before the storages, as Kata's agent loads them.
             crate::kernel_modules::load(&convert::kernel_modules(&req), sb.owns_guest())?;
             let cfg = SandboxConfig {
@@ -234,7 +228,19 @@ impl AgentService for AgentServer {
     ) -> ttrpc::Result<Empty> {
         let sb = Arc::clone(&self.sandbox);
         handle("DestroySandbox", OnCancel::Finish, "", "", async move {
-            sb.destroy().await?;
+            let states: Vec<_> = sb
+                .container_ids()
+                .iter()
+                .filter_map(|id| sb.container(id).ok())
+                .map(|c| c.hook_state().clone())
+                .collect();
+            let destroyed = sb.destroy().await;
+            for state in &states {
+                sb.run_guest_hooks(crate::hooks::Stage::Poststop, state)
+                    .await;
+            }
+            sb.set_guest_hooks(crate::hooks::GuestHooks::default());
+            destroyed?;
             Ok(Empty::new())
         })
         .await
@@ -270,6 +276,9 @@ impl AgentService for AgentServer {
                 )
                 .await?;
                 tracing::info!("container created");
+                let state = sb.container(&req.container_id)?.hook_state().clone();
+                sb.run_guest_hooks(crate::hooks::Stage::Prestart, &state)
+                    .await;
                 Ok(Empty::new())
             },
         )
@@ -288,8 +297,11 @@ impl AgentService for AgentServer {
             req.container_id.clone(),
             "",
             async move {
-                sb.container(&req.container_id)?.start().await?;
+                let c = sb.container(&req.container_id)?;
+                c.start().await?;
                 tracing::info!("container started");
+                sb.run_guest_hooks(crate::hooks::Stage::Poststart, c.hook_state())
+                    .await;
                 Ok(Empty::new())
             },
         )
@@ -309,8 +321,11 @@ impl AgentService for AgentServer {
             "",
             async move {
                 let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout.into()));
+                let state = sb.container(&req.container_id)?.hook_state().clone();
                 sb.remove_container(&req.container_id, timeout).await?;
                 tracing::info!("container removed");
+                sb.run_guest_hooks(crate::hooks::Stage::Poststop, &state)
+                    .await;
                 Ok(Empty::new())
             },
         )
@@ -874,10 +889,9 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::GetIPTablesRequest,
     ) -> ttrpc::Result<agent::GetIPTablesResponse> {
+        let sb = Arc::clone(&self.sandbox);
         handle("GetIPTables", OnCancel::Finish, "", "", async move {
-            let data = tokio::task::spawn_blocking(move || crate::iptables::save(req.is_ipv6))
-                .await
-                .map_err(|e| AgentError::Internal(format!("GetIPTables: {e}")))??;
+            let data = crate::iptables::save(sb.runtime().reaper(), req.is_ipv6).await?;
             let mut resp = agent::GetIPTablesResponse::new();
             resp.data = data;
             Ok(resp)
@@ -890,12 +904,10 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::SetIPTablesRequest,
     ) -> ttrpc::Result<agent::SetIPTablesResponse> {
+        let sb = Arc::clone(&self.sandbox);
         handle("SetIPTables", OnCancel::Finish, "", "", async move {
-            let data = tokio::task::spawn_blocking(move || {
-                crate::iptables::restore(req.is_ipv6, &req.data)
-            })
-            .await
-            .map_err(|e| AgentError::Internal(format!("SetIPTables: {e}")))??;
+            let data =
+                crate::iptables::restore(sb.runtime().reaper(), req.is_ipv6, &req.data).await?;
             let mut resp = agent::SetIPTablesResponse::new();
             resp.data = data;
             Ok(resp)
