@@ -16,10 +16,12 @@
 //!   process, `tgkill` of this process only, `exit`; `clone` of a thread only (`clone3`,
 //!   whose flags a filter cannot read, answers `ENOSYS`, so the C library falls back to
 //!   `clone`);
-//! * **a vCPU thread** (`kata-vcpu-N`) besides: `ioctl(KVM_RUN)` and no other ioctl, and
-//!   `pread64`/`pwrite64` on descriptors already open (a passed-through VFIO function's config
-//!   space and BARs, answered on the vCPU's own MMIO and port exits). It opens nothing, makes
-//!   no socket and touches no path;
+//! * **a vCPU thread** (`kata-vcpu-N`) besides: `ioctl(KVM_RUN)`, `pread64`/`pwrite64` on
+//!   descriptors already open (a passed-through VFIO function's config space and BARs,
+//!   answered on the vCPU's own MMIO and port exits) and, when the guest programs a VFIO
+//!   function's MSI capability, `ioctl(KVM_SET_GSI_ROUTING)` and
+//!   `ioctl(VFIO_DEVICE_SET_IRQS)` (no other ioctl). It opens nothing, makes no socket and
+//!   touches no path;
 //! * **the device thread** (`kata-vmm-events`) besides: the event loop (`epoll_*`), the hybrid
 //!   vsock's unix sockets (`accept4`, send and receive, `shutdown`; `socket` of `AF_UNIX`
 //!   only), `ioctl(FIONBIO)`, and the file system calls inline virtio-fs (fuse-backend-rs'
@@ -56,6 +58,14 @@ pub enum ThreadKind {
 
 /// `KVM_RUN`: `_IO(KVMIO, 0x80)`.
 const KVM_RUN: u64 = 0xae80;
+
+/// The ioctls a vCPU thread makes: running, and the guest's MSI programming of a VFIO
+/// function (its routes, the device's MSI on or off).
+const VCPU_IOCTLS: &[u64] = &[
+    KVM_RUN,
+    crate::devices::vfio::irq::KVM_SET_GSI_ROUTING,
+    crate::devices::vfio::uapi::VFIO_DEVICE_SET_IRQS,
+];
 
 /// Allowed to every VMM thread, unconditionally.
 const COMMON: &[i64] = &[
@@ -276,7 +286,10 @@ fn allow_list(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
             rules.insert(libc::SYS_pwrite64, Vec::new());
             rules.insert(
                 libc::SYS_ioctl,
-                vec![rule(vec![equals(1, SeccompCmpArgLen::Dword, KVM_RUN)?])?],
+                VCPU_IOCTLS
+                    .iter()
+                    .map(|&r| rule(vec![equals(1, SeccompCmpArgLen::Dword, r)?]))
+                    .collect::<Result<_>>()?,
             );
         }
         ThreadKind::Device => {
@@ -471,6 +484,31 @@ mod tests {
             "threads must still start (clone with CLONE_THREAD)"
         );
         assert_eq!(evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_vcpu_thread_may_route_msi_and_set_vfio_irqs_and_no_other_ioctl() {
+        let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let fd = evt.as_raw_fd();
+        let results = confined(ThreadKind::Vcpu, move || {
+            [
+                crate::devices::vfio::irq::KVM_SET_GSI_ROUTING,
+                crate::devices::vfio::uapi::VFIO_DEVICE_SET_IRQS,
+                // VFIO_DEVICE_GET_IRQ_INFO and KVM_IRQFD: made before the threads start.
+                0x3b6d,
+                0x4020_ae76,
+            ]
+            .map(|r| {
+                // SAFETY: on an eventfd the kernel refuses every one of these requests
+                // (ENOTTY) before reading the null argument; the filter answers EPERM first.
+                call(unsafe { libc::ioctl(fd, r as _, 0usize) }.into())
+            })
+        });
+        assert_eq!(results[0].0, -1);
+        assert_ne!(results[0].1, libc::EPERM, "KVM_SET_GSI_ROUTING must pass");
+        assert_ne!(results[1].1, libc::EPERM, "VFIO_DEVICE_SET_IRQS must pass");
+        assert_eq!(results[2], (-1, libc::EPERM), "VFIO_DEVICE_GET_IRQ_INFO passed");
+        assert_eq!(results[3], (-1, libc::EPERM), "KVM_IRQFD passed");
     }
 
     #[test]

@@ -229,6 +229,12 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         source,
     })?;
 
+    // VFIO MSI: a GSI and an irqfd per vector, routed when the guest enables MSI.
+    if let Some((_, set)) = &p.pci {
+        let router = Arc::new(crate::devices::vfio::irq::GsiRouter::new(kvm.shared_fd()));
+        set.wire_msi(kvm.fd(), &router)?;
+    }
+
     // Every vCPU is created and configured before any runs.
     let mut vcpus = Vec::new();
     for id in 0..p.vcpus {

@@ -18,7 +18,8 @@ const IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 #[derive(Debug)]
 pub struct Vm {
     kvm: Kvm,
-    fd: VmFd,
+    /// Shared with the VFIO functions' MSI routing (`devices::vfio::irq`).
+    fd: std::sync::Arc<VmFd>,
     /// Kept so the mappings KVM was given outlive the VM.
     memory: Option<GuestMemory>,
 }
@@ -42,7 +43,7 @@ impl Vm {
         .map_err(kvm_err("KVM_CREATE_PIT2"))?;
         Ok(Vm {
             kvm,
-            fd,
+            fd: std::sync::Arc::new(fd),
             memory: None,
         })
     }
@@ -55,6 +56,11 @@ impl Vm {
     /// The VM's fd (to create vCPUs).
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// The VM's fd, shared (the GSI routing table's owner writes it from the vCPU threads).
+    pub fn shared_fd(&self) -> std::sync::Arc<VmFd> {
+        self.fd.clone()
     }
 
     /// Registers every region of `memory` as a memory slot.

@@ -867,6 +867,10 @@ fn parse_only(cmdline: &str) -> Result<Option<Vec<String>>> {
     Ok(Some(names))
 }
 
+/// `builtin-vfio-msi`, in its own file.
+#[path = "vfio_irq.rs"]
+mod vfio_irq;
+
 /// Runs the built-in VMM's VFIO checks; returns (ran, passed).
 pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
     let mut r = Report {
@@ -888,6 +892,7 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
         Ok(()) => builtin_vfio_mode_case(&mut r, &vfio, rootfs, root_dir).await,
         Err(e) => r.line("vfio-mode-cold", Err(anyhow::anyhow!("not run: {e:#}"))),
     }
+    vfio_irq::run(&mut r, &vfio, rootfs, root_dir).await;
     builtin_hot_refused_case(&mut r, &vfio, rootfs, root_dir).await;
     (r.ran, r.passed)
 }

@@ -8,15 +8,23 @@
 //!   (`VFIO_IOMMU_MAP_DMA`, guest physical address = IOVA).
 //! - **Configuration space** ([`VfioPci`]): read from the device's config region; the BARs are
 //!   emulated (sizing, the guest-programmed address; the VMM places them first), the command
-//!   register is forwarded, the expansion ROM is hidden and so is the capability list (no MSI,
-//!   MSI-X or PCIe capability: this slice has no interrupts, see below); other writes are
-//!   dropped.
+//!   register is forwarded, the expansion ROM is hidden and so is the capability list but for
+//!   MSI (no MSI-X, PCIe or power management capability); other writes are dropped.
+//! - **MSI** ([`msi`], [`irq`]): when the host's VFIO grants the function MSI vectors, its MSI
+//!   capability is the only one the guest sees, emulated (control, address, data, mask);
+//!   enabling it routes one GSI per vector to the guest's message (`KVM_SET_GSI_ROUTING`) and
+//!   turns the device's MSI on with the GSIs' irqfds as its eventfds
+//!   (`VFIO_DEVICE_SET_IRQS`): the device interrupts the guest with no VMM thread on the path.
 //! - **BARs**: memory BARs are trapped: a guest access is a KVM MMIO exit, answered by a
 //!   `pread`/`pwrite` at the BAR's region of the device fd (edu's 1 MiB BAR0 needs no more).
 //!   I/O-port BARs are not exposed (they read as unimplemented).
-//! - **Not built**: interrupts (INTx, MSI, MSI-X): the interrupt pin reads 0, so the guest's
-//!   driver polls or fails clearly; mmapping BARs into KVM memory slots; hot-plug.
+//! - **Not built**: INTx (the interrupt pin reads 0: the VMM has no ACPI and its MP table no
+//!   PCI interrupt entry to tell the guest which line it would be) and MSI-X (hidden): a
+//!   function with neither MSI nor polling gets no interrupt; mmapping BARs into KVM memory
+//!   slots; hot-plug.
 
+pub mod irq;
+pub mod msi;
 pub mod sysfs;
 pub mod uapi;
 
@@ -32,6 +40,8 @@ use vm_memory::{GuestMemory as _, GuestMemoryRegion, MemoryRegionAddress};
 use crate::devices::pci::{BarAllocator, PciBus, PciDevice};
 use crate::error::{Error, Result};
 use crate::memory::GuestMemory;
+use irq::MsiWiring;
+use msi::{MsiCap, MsiState};
 pub use uapi::RegionInfo;
 
 /// A VFIO PCI function to pass through.
@@ -62,6 +72,8 @@ pub struct VfioSet {
     container: Option<uapi::Container>,
     groups: BTreeMap<u32, File>,
     bars: BarAllocator,
+    /// The functions opened, for their MSI wiring when the VM starts.
+    devices: Vec<Arc<Mutex<VfioPci>>>,
 }
 
 impl VfioSet {
@@ -101,7 +113,24 @@ impl VfioSet {
         for (i, b) in bars.iter_mut().enumerate() {
             *b = uapi::region_info(&device, &c.bdf, i as u32)?;
         }
-        VfioPci::new(&c.bdf, Arc::new(device), config, bars, &mut self.bars)
+        let msi_vectors = uapi::irq_count(&device, &c.bdf, uapi::VFIO_PCI_MSI_IRQ_INDEX)?;
+        let mut d = VfioPci::new(&c.bdf, Arc::new(device), config, bars, &mut self.bars)?;
+        d.host_msi_vectors = msi_vectors;
+        Ok(d)
+    }
+
+    /// Wires the MSI of every function whose host grants it (see [`irq`]) on the VM `vm`,
+    /// before any vCPU runs; a function without MSI keeps its capability list hidden.
+    pub fn wire_msi(&self, vm: &kvm_ioctls::VmFd, router: &Arc<irq::GsiRouter>) -> Result<()> {
+        for d in &self.devices {
+            let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if d.msi_found.is_none() || d.host_msi_vectors == 0 {
+                continue;
+            }
+            let wiring = irq::wire(vm, router, d.device.clone(), &d.bdf, d.host_msi_vectors)?;
+            d.attach_msi(Box::new(wiring));
+        }
+        Ok(())
     }
 }
 
@@ -138,8 +167,18 @@ pub struct VfioPci {
     regs: [BarReg; 6],
     /// The command register as the guest last wrote it: memory decoding (bit 1) gates the BARs.
     command: u16,
-    /// The interrupt line register (scratch for the guest; no interrupt is wired).
+    /// The interrupt line register (scratch for the guest; no INTx is wired).
     line: u8,
+    /// The device's MSI capability (offset, message control), if it has one.
+    msi_found: Option<(usize, u16)>,
+    /// The MSI vectors the host's VFIO grants (0: none).
+    host_msi_vectors: u32,
+    /// The emulated MSI capability, once wired ([`VfioPci::attach_msi`]); hidden before.
+    msi: Option<MsiCap>,
+    /// What carries out the guest's MSI programming.
+    wiring: Option<Box<dyn MsiWiring>>,
+    /// The MSI state last carried out.
+    msi_applied: MsiState,
 }
 
 impl std::fmt::Debug for VfioPci {
@@ -184,6 +223,11 @@ impl VfioPci {
             regs: [BarReg::None; 6],
             command: 0,
             line: 0,
+            msi_found: None,
+            host_msi_vectors: 0,
+            msi: None,
+            wiring: None,
+            msi_applied: MsiState::default(),
         };
         let header = dev.raw_read(3) >> 16 & 0x7f;
         if header != 0 {
@@ -195,6 +239,9 @@ impl VfioPci {
             });
         }
         dev.command = dev.raw_read(1) as u16;
+        if dev.raw_read(1) & STATUS_CAP_LIST != 0 {
+            dev.msi_found = msi::find(|r| dev.raw_read(r));
+        }
         let mut i = 0;
         while i < 6 {
             let raw = dev.raw_read(4 + i);
@@ -258,6 +305,51 @@ impl VfioPci {
             .enumerate()
             .filter_map(|(i, b)| b.map(|b| (i, b.addr, b.size)))
             .collect()
+    }
+
+    /// Shows the guest the function's MSI capability, carried out by `wiring` (nothing when the
+    /// function has none).
+    pub fn attach_msi(&mut self, wiring: Box<dyn MsiWiring>) {
+        let Some((offset, control)) = self.msi_found else {
+            return;
+        };
+        let vectors = u32::try_from(wiring.max_vectors()).unwrap_or(u32::MAX);
+        if let Some(cap) = MsiCap::new(offset, control, vectors) {
+            self.msi = Some(cap);
+            self.wiring = Some(wiring);
+        }
+    }
+
+    /// Carries out what the guest's last MSI write changed: the routes, and the device's MSI
+    /// on or off. A host refusal is logged (the guest's driver sees no interrupt), never a
+    /// panic.
+    fn apply_msi(&mut self) {
+        let (Some(cap), Some(w)) = (&self.msi, self.wiring.as_mut()) else {
+            return;
+        };
+        let new = cap.state();
+        if new == self.msi_applied {
+            return;
+        }
+        let old = std::mem::replace(&mut self.msi_applied, new.clone());
+        let bdf = &self.bdf;
+        let restart = old.enabled && (!new.enabled || old.vectors != new.vectors);
+        if restart {
+            if let Err(e) = w.trigger(0) {
+                tracing::warn!(%bdf, error = %e, "VFIO: turning MSI off failed");
+            }
+        }
+        if let Err(e) = w.route(&new.routes) {
+            tracing::warn!(%bdf, error = %e, "VFIO: KVM_SET_GSI_ROUTING for MSI failed");
+        }
+        if new.enabled && (!old.enabled || restart) {
+            match w.trigger(new.vectors) {
+                Ok(()) => tracing::debug!(%bdf, vectors = new.vectors, "VFIO: MSI on"),
+                Err(e) => {
+                    tracing::warn!(%bdf, vectors = new.vectors, error = %e, "VFIO: turning MSI on failed")
+                }
+            }
+        }
     }
 
     /// Dword `reg` of the device's own config space (all ones on a failed read).
@@ -328,14 +420,20 @@ impl VfioPci {
 
 impl PciDevice for VfioPci {
     fn config_read(&mut self, reg: usize) -> u32 {
+        if let Some(m) = self.msi.as_ref().filter(|m| m.contains(reg * 4)) {
+            return m.read(reg * 4);
+        }
         match reg {
-            // Command and status: the device's, without the capability list.
+            // Command and status: the device's, with a capability list only for MSI.
+            1 if self.msi.is_some() => self.raw_read(1) | STATUS_CAP_LIST,
             1 => self.raw_read(1) & !STATUS_CAP_LIST,
+            // The capability pointer: MSI's, or none.
+            13 => self.msi.as_ref().map_or(0, |m| m.offset() as u32),
             // Header type: one function here, whatever the host's.
             3 => self.raw_read(3) & !(0x80 << 16),
             4..=9 => self.bar_read(self.regs[reg - 4]),
-            // Expansion ROM and the capability pointer: hidden.
-            12 | 13 => 0,
+            // Expansion ROM: hidden.
+            12 => 0,
             // Interrupt pin 0 (no INTx wired), the line as the guest wrote it.
             15 => (self.raw_read(15) & 0xffff_0000) | u32::from(self.line),
             r if r < 64 => self.raw_read(r),
@@ -347,6 +445,11 @@ impl PciDevice for VfioPci {
         let reg = offset / 4;
         let within = offset % 4;
         if data.is_empty() || within + data.len() > 4 {
+            return;
+        }
+        if let Some(m) = self.msi.as_mut().filter(|m| m.contains(offset)) {
+            m.write(offset, data);
+            self.apply_msi();
             return;
         }
         match reg {
@@ -414,8 +517,9 @@ pub fn build_bus(devices: &[VfioConfig], mem: &GuestMemory) -> Result<Option<(Pc
                 reason: "given twice: pass each PCI function once".into(),
             });
         }
-        let d = set.open(c, mem)?;
-        let slot = bus.add(Arc::new(Mutex::new(d)));
+        let d = Arc::new(Mutex::new(set.open(c, mem)?));
+        set.devices.push(d.clone());
+        let slot = bus.add(d);
         match slot {
             Some(slot) => {
                 tracing::info!(bdf = %c.bdf, slot, "VFIO: cold-plugged at 00:{slot:02x}.0")

@@ -282,3 +282,133 @@ fn a_vm_given_an_unusable_function_fails_before_anything_is_bound() {
         "{e}"
     );
 }
+
+/// What the fake wiring was asked, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    Route(Vec<Option<msi::MsiMessage>>),
+    Trigger(usize),
+}
+
+#[derive(Clone, Default)]
+struct FakeWiring(Arc<Mutex<Vec<Call>>>, usize);
+
+impl MsiWiring for FakeWiring {
+    fn max_vectors(&self) -> usize {
+        self.1
+    }
+    fn route(&mut self, routes: &[Option<msi::MsiMessage>]) -> std::io::Result<()> {
+        self.0.lock().unwrap().push(Call::Route(routes.to_vec()));
+        Ok(())
+    }
+    fn trigger(&mut self, vectors: usize) -> std::io::Result<()> {
+        self.0.lock().unwrap().push(Call::Trigger(vectors));
+        Ok(())
+    }
+}
+
+/// The fake function with a PM capability at 0x40 and edu's MSI (64-bit, 1 vector) at 0x50.
+fn with_msi() -> (tempfile::NamedTempFile, VfioPci, FakeWiring) {
+    let (f, bars, config) = fake();
+    f.as_file()
+        .write_all_at(&0x0003_5001u32.to_le_bytes(), 0x40)
+        .unwrap();
+    f.as_file()
+        .write_all_at(&0x0080_0005u32.to_le_bytes(), 0x50)
+        .unwrap();
+    let d = device(&f, bars, config);
+    let w = FakeWiring(Arc::default(), 1);
+    (f, d, w)
+}
+
+#[test]
+fn without_wiring_msi_stays_hidden() {
+    let (_f, mut d, _w) = with_msi();
+    assert_eq!(d.config_read(1) & STATUS_CAP_LIST, 0);
+    assert_eq!(d.config_read(13), 0);
+    // A write where the capability is reaches nothing.
+    d.config_write(0x52, &[1]);
+    assert_eq!(d.config_read(0x50 / 4), 0x0080_0005, "raw, unlinked");
+}
+
+#[test]
+fn msi_alone_is_shown_and_enable_routes_then_triggers_and_disable_tears_down() {
+    let (f, mut d, w) = with_msi();
+    d.attach_msi(Box::new(w.clone()));
+    assert_ne!(d.config_read(1) & STATUS_CAP_LIST, 0, "a capability list");
+    assert_eq!(d.config_read(13), 0x50, "pointing at MSI, PM skipped");
+    assert_eq!(d.config_read(0x50 / 4), 0x0080_0005, "next pointer 0");
+    // Linux's sequence: address, data, then the enable bit.
+    d.config_write(0x54, &0xfee0_0000u32.to_le_bytes());
+    d.config_write(0x58, &0u32.to_le_bytes());
+    d.config_write(0x5c, &0x0041u16.to_le_bytes());
+    assert!(w.0.lock().unwrap().is_empty(), "nothing before the enable");
+    d.config_write(0x52, &1u16.to_le_bytes());
+    let msg = msi::MsiMessage {
+        address: 0xfee0_0000,
+        data: 0x41,
+    };
+    assert_eq!(
+        *w.0.lock().unwrap(),
+        [Call::Route(vec![Some(msg)]), Call::Trigger(1)],
+        "routed before the device may fire"
+    );
+    // A new vector while enabled: the route only.
+    d.config_write(0x5c, &0x0042u16.to_le_bytes());
+    let moved = msi::MsiMessage { data: 0x42, ..msg };
+    assert_eq!(w.0.lock().unwrap()[2], Call::Route(vec![Some(moved)]));
+    // The same value again: nothing.
+    d.config_write(0x5c, &0x0042u16.to_le_bytes());
+    assert_eq!(w.0.lock().unwrap().len(), 3);
+    d.config_write(0x52, &0u16.to_le_bytes());
+    assert_eq!(
+        w.0.lock().unwrap()[3..],
+        [Call::Trigger(0), Call::Route(vec![])]
+    );
+    // None of it reached the device's own capability.
+    let mut raw = [0u8; 16];
+    f.as_file().read_exact_at(&mut raw, 0x50).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(raw[0..4].try_into().unwrap()),
+        0x0080_0005
+    );
+    assert_eq!(&raw[4..], &[0; 12]);
+}
+
+#[test]
+fn a_function_without_msi_or_a_capability_list_ignores_the_wiring() {
+    let (f, bars, config) = fake();
+    // Status says no capability list: the pointer is not followed.
+    f.as_file().write_all_at(&0u32.to_le_bytes(), 4).unwrap();
+    f.as_file()
+        .write_all_at(&0x0080_0005u32.to_le_bytes(), 0x40)
+        .unwrap();
+    let mut d = device(&f, bars, config);
+    d.attach_msi(Box::new(FakeWiring(Arc::default(), 1)));
+    assert_eq!(d.config_read(13), 0);
+    assert_eq!(d.config_read(1) & STATUS_CAP_LIST, 0);
+}
+
+proptest::proptest! {
+    #[test]
+    fn guest_garbage_in_config_space_never_panics(
+        writes in proptest::collection::vec(
+            (0usize..0x110, proptest::collection::vec(proptest::num::u8::ANY, 0..6)), 0..60),
+    ) {
+        let (_f, mut d, w) = with_msi();
+        d.attach_msi(Box::new(w.clone()));
+        for (off, data) in &writes {
+            d.config_write(*off, data);
+            for r in 0..70 {
+                let _ = d.config_read(r);
+            }
+        }
+        // Whatever happened, every trigger asked for 0 or 1 vector and the routes fit.
+        for c in w.0.lock().unwrap().iter() {
+            match c {
+                Call::Trigger(n) => proptest::prop_assert!(*n <= 1),
+                Call::Route(r) => proptest::prop_assert!(r.len() <= 1),
+            }
+        }
+    }
+}

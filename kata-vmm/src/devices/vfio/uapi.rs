@@ -1,6 +1,7 @@
 //! The few VFIO ioctls the VMM makes (`linux/vfio.h`), raw through `libc`: the container
 //! (`/dev/vfio/vfio`, type1 IOMMU), the group (`/dev/vfio/<N>`), the device fd, its regions and
-//! the DMA mapping of guest RAM.
+//! the DMA mapping of guest RAM, and the device's MSI (`VFIO_DEVICE_GET_IRQ_INFO`,
+//! `VFIO_DEVICE_SET_IRQS`).
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -21,6 +22,10 @@ const VFIO_GROUP_SET_CONTAINER: u64 = io(104);
 const VFIO_GROUP_GET_DEVICE_FD: u64 = io(106);
 const VFIO_DEVICE_GET_INFO: u64 = io(107);
 const VFIO_DEVICE_GET_REGION_INFO: u64 = io(108);
+const VFIO_DEVICE_GET_IRQ_INFO: u64 = io(109);
+/// `VFIO_DEVICE_SET_IRQS`: the one VFIO ioctl a vCPU thread makes (the guest enabling or
+/// disabling MSI), hence public for the seccomp allow-list.
+pub const VFIO_DEVICE_SET_IRQS: u64 = io(110);
 const VFIO_IOMMU_MAP_DMA: u64 = io(113);
 
 const VFIO_API_VERSION: i32 = 0;
@@ -32,6 +37,13 @@ const VFIO_DMA_MAP_FLAG_READ: u32 = 1;
 const VFIO_DMA_MAP_FLAG_WRITE: u32 = 2;
 /// The region index of a PCI function's configuration space.
 pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
+/// The interrupt index of a PCI function's MSI.
+pub const VFIO_PCI_MSI_IRQ_INDEX: u32 = 1;
+const VFIO_IRQ_SET_DATA_NONE: u32 = 1;
+const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+/// The most vectors MSI has (multiple message capable is at most 32).
+pub const MSI_MAX_VECTORS: usize = 32;
 /// `VFIO_REGION_INFO_FLAG_READ | WRITE`.
 const REGION_RW: u32 = 0b11;
 
@@ -70,6 +82,26 @@ struct DmaMap {
     vaddr: u64,
     iova: u64,
     size: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct IrqInfo {
+    argsz: u32,
+    flags: u32,
+    index: u32,
+    count: u32,
+}
+
+/// `vfio_irq_set` with room for every MSI vector's eventfd.
+#[repr(C)]
+struct IrqSet {
+    argsz: u32,
+    flags: u32,
+    index: u32,
+    start: u32,
+    count: u32,
+    fds: [i32; MSI_MAX_VECTORS],
 }
 
 /// A region of a VFIO device: where it is in the device fd and how large.
@@ -305,6 +337,59 @@ pub fn region_info(device: &File, bdf: &str, index: u32) -> Result<RegionInfo> {
     })
 }
 
+/// How many interrupts of `index` `device` has (0: none, e.g. no MSI capability).
+pub fn irq_count(device: &File, bdf: &str, index: u32) -> Result<u32> {
+    let mut info = IrqInfo {
+        argsz: std::mem::size_of::<IrqInfo>() as u32,
+        index,
+        ..Default::default()
+    };
+    // SAFETY: VFIO_DEVICE_GET_IRQ_INFO writes one `vfio_irq_info` into `info`.
+    check(unsafe {
+        libc::ioctl(
+            device.as_raw_fd(),
+            VFIO_DEVICE_GET_IRQ_INFO as _,
+            &mut info as *mut IrqInfo,
+        )
+    })
+    .map_err(io_error(
+        &format!("VFIO device {bdf}"),
+        format!("VFIO_DEVICE_GET_IRQ_INFO {index}"),
+    ))?;
+    Ok(info.count)
+}
+
+/// Turns `device`'s MSI on with one vector per eventfd in `fds` (vector `i` signals `fds[i]`),
+/// or off when `fds` is empty (`VFIO_DEVICE_SET_IRQS`, index MSI, action trigger).
+pub fn set_msi_trigger(device: &impl AsRawFd, fds: &[i32]) -> std::io::Result<()> {
+    if fds.len() > MSI_MAX_VECTORS {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut set = IrqSet {
+        argsz: (std::mem::size_of::<IrqSet>() - 4 * (MSI_MAX_VECTORS - fds.len())) as u32,
+        flags: if fds.is_empty() {
+            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER
+        } else {
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER
+        },
+        index: VFIO_PCI_MSI_IRQ_INDEX,
+        start: 0,
+        count: fds.len() as u32,
+        fds: [-1; MSI_MAX_VECTORS],
+    };
+    set.fds[..fds.len()].copy_from_slice(fds);
+    // SAFETY: VFIO_DEVICE_SET_IRQS reads `argsz` bytes of `set`: its header and `count` fds,
+    // all within the struct.
+    check(unsafe {
+        libc::ioctl(
+            device.as_raw_fd(),
+            VFIO_DEVICE_SET_IRQS as _,
+            &set as *const IrqSet,
+        )
+    })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +400,11 @@ mod tests {
         assert_eq!(VFIO_GET_API_VERSION, 0x3b64);
         assert_eq!(VFIO_GROUP_GET_DEVICE_FD, 0x3b6a);
         assert_eq!(VFIO_IOMMU_MAP_DMA, 0x3b71);
+        assert_eq!(VFIO_DEVICE_GET_IRQ_INFO, 0x3b6d);
+        assert_eq!(VFIO_DEVICE_SET_IRQS, 0x3b6e);
+        assert_eq!(std::mem::size_of::<IrqInfo>(), 16);
+        // The header of `vfio_irq_set` is 20 bytes, the eventfds follow.
+        assert_eq!(std::mem::size_of::<IrqSet>(), 20 + 4 * MSI_MAX_VECTORS);
         assert_eq!(std::mem::size_of::<RegionInfoRaw>(), 32);
         assert_eq!(std::mem::size_of::<DmaMap>(), 32);
     }

@@ -1,0 +1,346 @@
+//! How a passed-through function's MSI reaches the guest: one eventfd per vector, given to the
+//! host device (`VFIO_DEVICE_SET_IRQS`, index MSI, trigger) and to KVM as the irqfd of a GSI
+//! the VMM owns; the GSI's route (`KVM_SET_GSI_ROUTING`, type MSI) carries the address and
+//! data the guest programmed. The device's interrupt never passes through a VMM thread.
+//!
+//! The irqfds are registered once, when the VM starts ([`wire`]), on GSIs with no route: an
+//! interrupt there is dropped. Enabling MSI routes them and turns the device's MSI on;
+//! disabling turns it off and drops the routes; the guest moving a vector (new address or
+//! data) or masking it changes only the route.
+//!
+//! `KVM_SET_GSI_ROUTING` replaces the whole table, so [`GsiRouter`] owns it: KVM's defaults for
+//! the in-kernel irqchip (GSIs 0-23 to the IOAPIC's pins, 0-15 also to the PICs: the serial
+//! port's and the virtio-mmio devices' lines) and every MSI route, rewritten whole on each
+//! change.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use kvm_bindings::{
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::msi::MsiMessage;
+use super::uapi;
+use crate::error::{Error, Result};
+
+/// The first GSI for MSI: 0-23 are the IOAPIC's pins.
+pub const FIRST_MSI_GSI: u32 = 24;
+/// The GSIs the VMM hands out for MSI (KVM allows 4096 routes; a VM's devices need far fewer).
+pub const MSI_GSIS: u32 = 1024;
+
+/// `KVM_SET_GSI_ROUTING`: `_IOW(KVMIO, 0x6a, struct kvm_irq_routing)`, the one KVM ioctl
+/// besides `KVM_RUN` a vCPU thread makes (for the seccomp allow-list).
+pub const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
+
+/// KVM's default routes for the in-kernel irqchip (`default_routing` in
+/// `arch/x86/kvm/irq_comm.c`): GSI n to IOAPIC pin n (0-23), and GSIs 0-15 also to the PICs.
+pub fn irqchip_routes() -> Vec<kvm_irq_routing_entry> {
+    let entry = |gsi: u32, chip: u32, pin: u32| {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        e.u.irqchip.irqchip = chip;
+        e.u.irqchip.pin = pin;
+        e
+    };
+    let mut out = Vec::new();
+    for gsi in 0..24 {
+        out.push(entry(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+        if gsi < 16 {
+            let pic = if gsi < 8 {
+                KVM_IRQCHIP_PIC_MASTER
+            } else {
+                KVM_IRQCHIP_PIC_SLAVE
+            };
+            out.push(entry(gsi, pic, gsi % 8));
+        }
+    }
+    out
+}
+
+/// The MSI route of `gsi` to `msg`.
+pub fn msi_route(gsi: u32, msg: MsiMessage) -> kvm_irq_routing_entry {
+    let mut e = kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_MSI,
+        ..Default::default()
+    };
+    e.u.msi.address_lo = msg.address as u32;
+    e.u.msi.address_hi = (msg.address >> 32) as u32;
+    e.u.msi.data = msg.data;
+    e
+}
+
+/// The whole routing table: the irqchip's defaults, then `msi` by GSI.
+pub fn routing_table(msi: &BTreeMap<u32, MsiMessage>) -> Vec<kvm_irq_routing_entry> {
+    let mut table = irqchip_routes();
+    table.extend(msi.iter().map(|(&gsi, &m)| msi_route(gsi, m)));
+    table
+}
+
+/// Where the routing table goes (KVM; a recorder in tests).
+pub trait RouteSink: Send + Sync {
+    /// Replaces the VM's whole routing table with `table`.
+    fn set_routes(&self, table: &[kvm_irq_routing_entry]) -> std::io::Result<()>;
+}
+
+impl RouteSink for VmFd {
+    fn set_routes(&self, table: &[kvm_irq_routing_entry]) -> std::io::Result<()> {
+        let routing = KvmIrqRouting::from_entries(table)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::E2BIG))?;
+        self.set_gsi_routing(&routing).map_err(std::io::Error::from)
+    }
+}
+
+#[derive(Debug, Default)]
+struct RouterState {
+    /// The next GSI to hand out.
+    next: u32,
+    /// The MSI routes now in KVM's table.
+    msi: BTreeMap<u32, MsiMessage>,
+}
+
+/// The VM's GSI routing table (see the module documentation), shared by its devices.
+pub struct GsiRouter {
+    sink: Arc<dyn RouteSink>,
+    state: Mutex<RouterState>,
+}
+
+impl std::fmt::Debug for GsiRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GsiRouter")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GsiRouter {
+    /// A router writing its table to `sink` (the VM's fd), with no MSI route yet.
+    pub fn new(sink: Arc<dyn RouteSink>) -> Self {
+        GsiRouter {
+            sink,
+            state: Mutex::new(RouterState {
+                next: FIRST_MSI_GSI,
+                msi: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// `n` GSIs of the VM's own, for MSI vectors; `None` when [`MSI_GSIS`] are used up.
+    pub fn allocate(&self, n: usize) -> Option<Vec<u32>> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let end = s.next.checked_add(u32::try_from(n).ok()?)?;
+        if end > FIRST_MSI_GSI + MSI_GSIS {
+            return None;
+        }
+        let gsis = (s.next..end).collect();
+        s.next = end;
+        Some(gsis)
+    }
+
+    /// Routes each `(gsi, message)` (`None`: no route), then writes the table if it changed.
+    /// A GSI this router did not hand out is ignored.
+    pub fn set(&self, routes: &[(u32, Option<MsiMessage>)]) -> std::io::Result<()> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut msi = s.msi.clone();
+        for &(gsi, m) in routes {
+            if !(FIRST_MSI_GSI..s.next).contains(&gsi) {
+                continue;
+            }
+            match m {
+                Some(m) => msi.insert(gsi, m),
+                None => msi.remove(&gsi),
+            };
+        }
+        if msi == s.msi {
+            return Ok(());
+        }
+        self.sink.set_routes(&routing_table(&msi))?;
+        s.msi = msi;
+        Ok(())
+    }
+}
+
+/// What a function's emulated MSI capability asks of the host.
+pub trait MsiWiring: Send {
+    /// How many vectors the host can give (1 to 32).
+    fn max_vectors(&self) -> usize;
+    /// Routes vector `i` to `routes[i]` (`None`: dropped); vectors past the slice lose their
+    /// routes.
+    fn route(&mut self, routes: &[Option<MsiMessage>]) -> std::io::Result<()>;
+    /// Turns the device's MSI on with `vectors` vectors (0: off).
+    fn trigger(&mut self, vectors: usize) -> std::io::Result<()>;
+}
+
+/// A VFIO function's MSI through KVM: an eventfd and a GSI per vector, the eventfds registered
+/// as irqfds.
+pub struct VfioMsi {
+    device: Arc<File>,
+    router: Arc<GsiRouter>,
+    /// `(gsi, eventfd)` per vector the host grants.
+    vectors: Vec<(u32, EventFd)>,
+}
+
+impl std::fmt::Debug for VfioMsi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioMsi")
+            .field(
+                "gsis",
+                &self.vectors.iter().map(|v| v.0).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl MsiWiring for VfioMsi {
+    fn max_vectors(&self) -> usize {
+        self.vectors.len()
+    }
+
+    fn route(&mut self, routes: &[Option<MsiMessage>]) -> std::io::Result<()> {
+        let all: Vec<_> = self
+            .vectors
+            .iter()
+            .enumerate()
+            .map(|(i, (gsi, _))| (*gsi, routes.get(i).copied().flatten()))
+            .collect();
+        self.router.set(&all)
+    }
+
+    fn trigger(&mut self, vectors: usize) -> std::io::Result<()> {
+        let fds: Vec<i32> = self
+            .vectors
+            .iter()
+            .take(vectors)
+            .map(|(_, e)| e.as_raw_fd())
+            .collect();
+        uapi::set_msi_trigger(&*self.device, &fds)
+    }
+}
+
+/// Gives `device` (`bdf`, granting `host_vectors` MSI vectors) its wiring on `vm`: a GSI and
+/// an eventfd per vector, each eventfd KVM's irqfd for its GSI (no route yet). Called when the
+/// VM starts, before any vCPU runs.
+pub fn wire(
+    vm: &VmFd,
+    router: &Arc<GsiRouter>,
+    device: Arc<File>,
+    bdf: &str,
+    host_vectors: u32,
+) -> Result<VfioMsi> {
+    let n = (host_vectors as usize).min(uapi::MSI_MAX_VECTORS);
+    let gsis = router.allocate(n).ok_or_else(|| Error::Device {
+        device: format!("VFIO device {bdf}"),
+        reason: format!(
+            "no GSI left for its {n} MSI vectors (the built-in VMM hands out {MSI_GSIS}); \
+             pass fewer functions through"
+        ),
+    })?;
+    let mut vectors = Vec::with_capacity(n);
+    for gsi in gsis {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::DeviceIo {
+            device: format!("VFIO device {bdf}"),
+            what: "creating an MSI vector's eventfd".into(),
+            source,
+        })?;
+        vm.register_irqfd(&evt, gsi).map_err(|source| Error::Kvm {
+            what: "KVM_IRQFD (a VFIO function's MSI vector)",
+            source,
+        })?;
+        vectors.push((gsi, evt));
+    }
+    Ok(VfioMsi {
+        device,
+        router: router.clone(),
+        vectors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records every table written.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Vec<kvm_irq_routing_entry>>>);
+
+    impl RouteSink for Recorder {
+        fn set_routes(&self, table: &[kvm_irq_routing_entry]) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(table.to_vec());
+            Ok(())
+        }
+    }
+
+    fn msi_of(table: &[kvm_irq_routing_entry]) -> Vec<(u32, u32, u32, u32)> {
+        table
+            .iter()
+            .filter(|e| e.type_ == KVM_IRQ_ROUTING_MSI)
+            // SAFETY: an MSI entry's union holds `msi`.
+            .map(|e| unsafe { (e.gsi, e.u.msi.address_lo, e.u.msi.address_hi, e.u.msi.data) })
+            .collect()
+    }
+
+    #[test]
+    fn the_table_keeps_kvm_s_irqchip_defaults() {
+        let t = irqchip_routes();
+        assert_eq!(t.len(), 24 + 16, "24 IOAPIC pins, 16 PIC lines");
+        // SAFETY: irqchip entries' unions hold `irqchip`.
+        let chip = |e: &kvm_irq_routing_entry| unsafe { (e.u.irqchip.irqchip, e.u.irqchip.pin) };
+        let serial: Vec<_> = t.iter().filter(|e| e.gsi == 4).map(chip).collect();
+        assert_eq!(
+            serial,
+            [(KVM_IRQCHIP_IOAPIC, 4), (KVM_IRQCHIP_PIC_MASTER, 4)]
+        );
+        let ten: Vec<_> = t.iter().filter(|e| e.gsi == 10).map(chip).collect();
+        assert_eq!(ten, [(KVM_IRQCHIP_IOAPIC, 10), (KVM_IRQCHIP_PIC_SLAVE, 2)]);
+        let high: Vec<_> = t.iter().filter(|e| e.gsi == 23).map(chip).collect();
+        assert_eq!(high, [(KVM_IRQCHIP_IOAPIC, 23)]);
+        assert!(t.iter().all(|e| e.type_ == KVM_IRQ_ROUTING_IRQCHIP));
+    }
+
+    #[test]
+    fn routes_are_written_whole_only_when_they_change_and_only_for_own_gsis() {
+        let rec = Arc::new(Recorder::default());
+        let r = GsiRouter::new(rec.clone());
+        let gsis = r.allocate(2).unwrap();
+        assert_eq!(gsis, [24, 25]);
+        let m = MsiMessage {
+            address: 0x1_fee0_0000,
+            data: 0x41,
+        };
+        r.set(&[(24, Some(m)), (25, None), (4, Some(m)), (30, Some(m))])
+            .unwrap();
+        r.set(&[(24, Some(m))]).unwrap();
+        let tables = rec.0.lock().unwrap().clone();
+        assert_eq!(tables.len(), 1, "an unchanged table is not written again");
+        assert_eq!(tables[0].len(), 24 + 16 + 1, "the irqchip routes are kept");
+        assert_eq!(msi_of(&tables[0]), [(24, 0xfee0_0000, 1, 0x41)]);
+        r.set(&[(24, None)]).unwrap();
+        assert!(msi_of(&rec.0.lock().unwrap()[1]).is_empty());
+        assert!(r.allocate(MSI_GSIS as usize).is_none(), "past the range");
+        assert_eq!(r.allocate(1).unwrap(), [26]);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_table_as_it_was() {
+        struct Refuses;
+        impl RouteSink for Refuses {
+            fn set_routes(&self, _: &[kvm_irq_routing_entry]) -> std::io::Result<()> {
+                Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+            }
+        }
+        let r = GsiRouter::new(Arc::new(Refuses));
+        r.allocate(1).unwrap();
+        let m = MsiMessage::default();
+        assert!(r.set(&[(24, Some(m))]).is_err());
+        assert!(r.state.lock().unwrap().msi.is_empty());
+    }
+}
