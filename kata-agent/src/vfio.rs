@@ -183,6 +183,17 @@ fn iommu_group(dir: &Path) -> Option<String> {
         .map(|t| name_of(&t))
 }
 
+/// The name the kernel gives a no-IOMMU group (its sysfs `name`).
+const NOIOMMU_GROUP_NAME: &str = "vfio-noiommu";
+
+/// Whether the function at `dir` is in a no-IOMMU group (VFIO made it when the function was
+/// bound without an IOMMU: a second container naming a cold-plugged device finds it bound
+/// already, so whether it had a group before the bind cannot tell).
+fn is_noiommu_group(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("iommu_group/name"))
+        .is_ok_and(|n| n.trim() == NOIOMMU_GROUP_NAME)
+}
+
 /// Binds the function at `dir` to the guest's `vfio-pci`; returns the name of its group's
 /// node under `/dev/vfio`: the group's number, or `noiommu-<N>` when the guest has no
 /// (v)IOMMU and the function is driven through VFIO's no-IOMMU mode, which the agent turns on
@@ -239,7 +250,11 @@ async fn bind_vfio(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         if let Some(g) = iommu_group(dir) {
-            return Ok(if noiommu { format!("noiommu-{g}") } else { g });
+            return Ok(if noiommu || is_noiommu_group(dir) {
+                format!("noiommu-{g}")
+            } else {
+                g
+            });
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(fail(format!(
@@ -515,6 +530,163 @@ mod tests {
                 .any(|r| r.allow() && r.major() == Some(1) && r.minor() == Some(3)),
             "{rules:?}"
         );
+    }
+
+    /// Makes `path` (relative to `root`) a directory with `bus` as its `pci_bus/` entry.
+    fn bridge(root: &Path, path: &str, bus: &str) -> PathBuf {
+        let dir = root.join(path);
+        std::fs::create_dir_all(dir.join("pci_bus").join(bus)).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn multi_hop_paths_behind_a_switch_and_a_bridge_are_followed() {
+        // Issue 12's switch and bridge ports, as the lab's L2 has them: a root port in slot 3,
+        // the switch's upstream port on bus 01, two downstream ports on bus 02 (the function
+        // behind the first, on bus 03; the second, on bus 04, a decoy); and a PCIe-to-PCI
+        // bridge in slot 5 (bus 05) with the function in slot 1 and another device in slot 0.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let d = "devices/pci0000:00/0000:00:03.0";
+        bridge(root, d, "0000:01");
+        let up = format!("{d}/0000:01:00.0");
+        bridge(root, &up, "0000:02");
+        let down = format!("{up}/0000:02:00.0");
+        bridge(root, &down, "0000:03");
+        bridge(root, &format!("{up}/0000:02:01.0"), "0000:04");
+        let behind_switch = root.join(format!("{down}/0000:03:00.0"));
+        std::fs::create_dir_all(&behind_switch).unwrap();
+        std::fs::create_dir_all(root.join(format!("{up}/0000:02:01.0/0000:04:00.0"))).unwrap();
+        let b = "devices/pci0000:00/0000:00:05.0";
+        bridge(root, b, "0000:05");
+        let on_bridge = root.join(format!("{b}/0000:05:01.0"));
+        std::fs::create_dir_all(&on_bridge).unwrap();
+        std::fs::create_dir_all(root.join(format!("{b}/0000:05:00.0"))).unwrap();
+
+        assert_eq!(
+            pci_device_dir(root, &[3, 0, 0, 0]),
+            Some(behind_switch.clone())
+        );
+        assert_eq!(pci_device_dir(root, &[5, 1]), Some(on_bridge.clone()));
+        // A slot the topology does not have is not found (the agent's wait then names it).
+        assert_eq!(pci_device_dir(root, &[3, 0, 2, 0]), None);
+        assert_eq!(pci_device_dir(root, &[5, 2]), None);
+
+        // `vfio` mode binds the function at the end of the path, not a bridge on the way.
+        std::fs::create_dir_all(root.join("bus/pci/drivers/vfio-pci")).unwrap();
+        for (f, path, bdf, group) in [
+            (&behind_switch, "03/00/00/00", "0000:03:00.0", "7"),
+            (&on_bridge, "05/01", "0000:05:01.0", "9"),
+        ] {
+            let g = root.join(format!("kernel/iommu_groups/{group}"));
+            std::fs::create_dir_all(&g).unwrap();
+            std::os::unix::fs::symlink(&g, f.join("iommu_group")).unwrap();
+            let vfio = root.join("vfio");
+            std::fs::create_dir_all(&vfio).unwrap();
+            let _ = std::os::unix::fs::symlink("/dev/null", vfio.join("vfio"));
+            std::os::unix::fs::symlink("/dev/null", vfio.join(group)).unwrap();
+            let mut spec = Spec::default();
+            prepare_in(
+                &[device("vfio-pci", &[&format!("0000:00:02.0={path}")])],
+                &mut spec,
+                root,
+                root,
+                Duration::from_millis(500),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                std::fs::read_to_string(f.join("driver_override")).unwrap(),
+                "vfio-pci",
+                "{path}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(root.join("bus/pci/drivers_probe")).unwrap(),
+                bdf
+            );
+            let nodes: Vec<_> = spec
+                .linux()
+                .as_ref()
+                .unwrap()
+                .devices()
+                .iter()
+                .flatten()
+                .map(|d| d.path().display().to_string())
+                .collect();
+            assert_eq!(
+                nodes,
+                ["/dev/vfio/vfio".to_string(), format!("/dev/vfio/{group}")]
+            );
+        }
+        for bridge_dir in [root.join(d), root.join(&up), root.join(&down), root.join(b)] {
+            assert!(
+                !bridge_dir.join("driver_override").exists(),
+                "{}",
+                bridge_dir.display()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_function_already_bound_in_a_noiommu_group_keeps_its_noiommu_node() {
+        // A second container naming a cold-plugged device in `vfio` mode: the first one's
+        // prepare bound it to vfio-pci, and VFIO made its no-IOMMU group (sysfs name
+        // "vfio-noiommu", node /dev/vfio/noiommu-0; there is no /dev/vfio/0). The lab saw the
+        // agent wait for /dev/vfio/0 until CreateContainer timed out.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let f = sysfs_with_function(root);
+        let drv = root.join("bus/pci/drivers/vfio-pci");
+        std::fs::create_dir_all(&drv).unwrap();
+        std::os::unix::fs::symlink(&drv, f.join("driver")).unwrap();
+        let g = root.join("kernel/iommu_groups/0");
+        std::fs::create_dir_all(&g).unwrap();
+        std::fs::write(g.join("name"), "vfio-noiommu\n").unwrap();
+        std::os::unix::fs::symlink(&g, f.join("iommu_group")).unwrap();
+        let param = root.join(NOIOMMU_PARAM);
+        std::fs::create_dir_all(param.parent().unwrap()).unwrap();
+        std::fs::write(&param, "Y\n").unwrap();
+        let vfio = root.join("vfio");
+        std::fs::create_dir_all(&vfio).unwrap();
+        std::os::unix::fs::symlink("/dev/null", vfio.join("noiommu-0")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", vfio.join("vfio")).unwrap();
+        let mut spec = Spec::default();
+        prepare_in(
+            &[device("vfio-pci", &["0000:00:02.0=02/00"])],
+            &mut spec,
+            root,
+            root,
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+        let nodes: Vec<_> = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .iter()
+            .flatten()
+            .map(|d| d.path().display().to_string())
+            .collect();
+        assert_eq!(nodes, ["/dev/vfio/vfio", "/dev/vfio/noiommu-0"]);
+        // Bound already: not probed again.
+        assert!(!root.join("bus/pci/drivers_probe").exists());
+        // A real IOMMU group of a bound function is still its number.
+        std::fs::write(g.join("name"), "").unwrap();
+        std::os::unix::fs::symlink("/dev/null", vfio.join("0")).unwrap();
+        let mut spec = Spec::default();
+        prepare_in(
+            &[device("vfio-pci", &["0000:00:02.0=02/00"])],
+            &mut spec,
+            root,
+            root,
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+        let last = spec.linux().as_ref().unwrap().devices().clone().unwrap();
+        assert_eq!(last[1].path(), Path::new("/dev/vfio/0"));
     }
 
     #[tokio::test]
