@@ -39,6 +39,8 @@ const KATA_DRIVERS: &[&str] = &[
     "virtio-fs",
     "ephemeral",
     "local",
+    "watchable-bind",
+    "overlayfs",
 ];
 
 /// The skip reason when this machine cannot run the suite (not root, no busybox, no agent).
@@ -1504,4 +1506,57 @@ async fn diagnostic_data_is_the_termination_log() {
     let (c, msg) = status_of(ghost);
     assert_eq!(c, Code::INTERNAL, "{msg}");
     assert!(msg.contains("kc-ghost"), "{msg}");
+}
+
+/// An `overlayfs` storage as runtime-rs sends one for a nydus rootfs: the layers as
+/// `lowerdir=`, `upperdir=` and `workdir=` in the guest, the upper and work directories made
+/// first as its `driver_options` ask (`io.katacontainers.volume.overlayfs.create_directory`).
+/// The overlay is mounted (a file of the lower layer is seen through it); DestroySandbox
+/// unmounts it. Kata's `io.katacontainers.fs-opt.overlay-rw` is refused naming it.
+#[tokio::test]
+async fn overlayfs_storage_mounts_the_layers() {
+    require_host_agent!();
+    let a = HostAgent::start().await;
+    let lower = a.dir.path().join("layers/lower");
+    std::fs::create_dir_all(&lower).unwrap();
+    std::fs::write(lower.join("from-the-image"), "layer\n").unwrap();
+    let upper = a.guest_path("overlay/upper");
+    let work = a.guest_path("overlay/work");
+    let mp = a.guest_path("overlay/rootfs");
+    let mut st = storage("overlayfs", "overlay", "overlay", mp.clone());
+    st.options = vec![
+        format!("lowerdir={}", lower.display()),
+        format!("upperdir={upper}"),
+        format!("workdir={work}"),
+    ];
+    st.driver_options = vec![
+        format!("io.katacontainers.volume.overlayfs.create_directory={upper}"),
+        format!("io.katacontainers.volume.overlayfs.create_directory={work}"),
+    ];
+    let mut rw = st.clone();
+    rw.options
+        .push("io.katacontainers.fs-opt.overlay-rw".into());
+    let err = a
+        .create_sandbox(vec![rw])
+        .await
+        .expect_err("overlay-rw is not made by this agent");
+    assert!(err.to_string().contains("overlay-rw"), "{err}");
+    if let Err(e) = a.create_sandbox(vec![st]).await {
+        panic!(
+            "CreateSandbox with an overlayfs storage: {e}\nagent log:\n{}",
+            a.log()
+        );
+    }
+    let seen = std::fs::read_to_string(a.agent_view(&format!("{mp}/from-the-image")));
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", a.agent.id())).unwrap_or_default();
+    a.destroy().await;
+    let after =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", a.agent.id())).unwrap_or_default();
+    assert!(
+        mountinfo.contains(&format!("{mp} ")) && mountinfo.contains(" - overlay "),
+        "the overlay is mounted:\n{mountinfo}"
+    );
+    assert_eq!(seen.expect("the lower layer's file"), "layer\n");
+    assert!(!after.contains(&format!("{mp} ")), "unmounted:\n{after}");
 }

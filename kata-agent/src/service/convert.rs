@@ -18,6 +18,7 @@ pub fn storage(s: &agent::Storage) -> StorageSpec {
         source: s.source.clone(),
         fstype: s.fstype.clone(),
         options: s.options.clone(),
+        driver_options: s.driver_options.clone(),
         mount_point: s.mount_point.clone(),
         // The change policy does not matter for the volumes it applies to (their root only).
         fs_group: s.fs_group.as_ref().map(|g| g.group_id),

@@ -12,6 +12,7 @@
 mod block;
 mod ephemeral;
 mod local;
+mod overlay;
 mod table;
 pub mod update;
 mod watchable;
@@ -32,7 +33,8 @@ pub use table::StorageTable;
 ///
 /// Kata's names first (its agent's storage handlers): `blk` (virtio-blk on PCI, source a PCI
 /// path), `mmioblk` (virtio-blk on MMIO, source the `/dev` node), `scsi`, `nvdimm`,
-/// `virtio-fs`, `local`, `ephemeral`, `watchable-bind` ([`watchable`]). Then two kata-rs
+/// `virtio-fs`, `local`, `ephemeral`, `watchable-bind` ([`watchable`]), `overlayfs` (an overlay
+/// the runtime describes, [`overlay`]). Then two kata-rs
 /// extensions that Kata's agent refuses:
 /// `9p` (sent only when the runtime is configured with `shared_fs = "virtio-9p"`, which Kata
 /// has removed) and `bind` (a bind mount of a guest path: the host-tier tests' stand-in for
@@ -46,6 +48,7 @@ pub const DRIVERS: &[&str] = &[
     "local",
     "ephemeral",
     "watchable-bind",
+    "overlayfs",
     "9p",
     "bind",
 ];
@@ -72,6 +75,8 @@ pub struct StorageSpec {
     pub mount_point: String,
     /// The group to own the volume's root (Kubernetes fsGroup): `ephemeral` and `local` only.
     pub fs_group: Option<u32>,
+    /// Options for the driver (`overlayfs`: Kata's `...overlayfs.create_directory=<dir>`).
+    pub driver_options: Vec<String>,
     /// Kata's `shared`: the storage outlives the containers that use it and is released when
     /// the sandbox ends (DestroySandbox), as Kata's agent keeps a block-backed emptyDir.
     pub shared: bool,
@@ -167,6 +172,21 @@ pub fn plan(s: &StorageSpec, field: &str) -> Result<StoragePlan> {
                 return Err(AgentError::invalid(format!("{field}.fstype"), "is empty"));
             }
             (Some(PathBuf::from(&s.source)), fstype(""))
+        }
+        "overlayfs" => {
+            if !s.fstype.is_empty() && s.fstype != "overlay" {
+                return Err(AgentError::invalid(
+                    format!("{field}.fstype"),
+                    format!("{:?}: an overlayfs storage is an overlay", s.fstype),
+                ));
+            }
+            options = overlay::check(&s.options, &s.driver_options, field)?.options;
+            let source = if s.source.is_empty() {
+                "overlay"
+            } else {
+                &s.source
+            };
+            (Some(PathBuf::from(source)), Some("overlay".to_string()))
         }
         "local" => {
             let dir = local::check(&s.options, field, &s.mount_point)?;
@@ -383,6 +403,9 @@ pub fn mount(s: &StorageSpec, field: &str) -> Result<MountedStorage> {
         && p.source
             .as_deref()
             .is_some_and(|src| src.exists() && !src.is_dir());
+    if s.driver == "overlayfs" {
+        overlay::create_dirs(&overlay::check(&s.options, &s.driver_options, field)?.create)?;
+    }
     let created = create_path(&p.mount_point, file)
         .map_err(|e| AgentError::io(format!("create {}", p.mount_point.display()), e))?;
     let what = format!("{field} ({} at {})", s.driver, s.mount_point);
