@@ -824,13 +824,15 @@ fn hook_script(dir: &Path, stage: &str, name: &str, out: &Path, mode: u32) {
 /// namespaces, with `argv` `[<name>, <stage>]` and the container's OCI state on stdin —
 /// prestart at CreateContainer (`created`), poststart at StartContainer (`running`), poststop
 /// at RemoveContainer (`stopped`). A hook that fails changes nothing (Kata only logs it); a
-/// file without an execute bit is not a hook.
+/// file without an execute bit is not a hook. The hooks are found after CreateSandbox's
+/// storages are mounted, as Kata's agent finds them: here the hook directory is one (a bind
+/// of the test's directory; under a Kata runtime, the shared directory).
 #[tokio::test]
 async fn guest_hooks_run_at_each_stage_of_a_container() {
     const CID: &str = "kc-guest-hooks-run-at-each-stage";
     require_host_agent!();
     let a = HostAgent::start().await;
-    let hooks = a.dir.path().join("hooks");
+    let hooks = a.dir.path().join("hooks-on-the-host");
     let out = a.dir.path().join("hook-out");
     std::fs::create_dir_all(&out).unwrap();
     for stage in ["prestart", "poststart", "poststop"] {
@@ -849,9 +851,16 @@ async fn guest_hooks_run_at_each_stage_of_a_container() {
         std::fs::write(&failing, "#!/bin/sh\necho failing >&2\nexit 1\n").unwrap();
         std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
+    let hook_path = a.guest_path("hooks");
     let mut req = CreateSandboxRequest::new();
     req.sandbox_id = "sb".into();
-    req.guest_hook_path = hooks.display().to_string();
+    req.storages = vec![storage(
+        "bind",
+        &hooks.display().to_string(),
+        "",
+        hook_path.clone(),
+    )];
+    req.guest_hook_path = hook_path;
     if let Err(e) = a.client.create_sandbox(&req).await {
         panic!(
             "CreateSandbox with guest_hook_path: {e}\nagent log:\n{}",

@@ -9,7 +9,8 @@
 //! `poststart` once it runs (StartContainer); `poststop` once it is removed
 //! (RemoveContainer, DestroySandbox). As in Kata's agent, a hook that fails, times out or
 //! cannot be run is logged and changes nothing else; so does a `guest_hook_path` without hooks.
-//! The files are found once, at CreateSandbox, in name order (Kata's: directory order).
+//! The files are found once, at CreateSandbox once its storages are mounted (the directory may
+//! be on one), in name order (Kata's: directory order).
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;

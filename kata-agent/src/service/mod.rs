@@ -195,18 +195,6 @@ impl AgentService for AgentServer {
     ) -> ttrpc::Result<Empty> {
         let sb = Arc::clone(&self.sandbox);
         handle("CreateSandbox", OnCancel::Finish, "", "", async move {
-            // Kata's agent finds them now and only logs what it cannot read.
-            if !req.guest_hook_path.is_empty() {
-                let dir = std::path::PathBuf::from(&req.guest_hook_path);
-                let hooks =
-                    tokio::task::spawn_blocking(move || crate::hooks::GuestHooks::find(&dir))
-                        .await
-                        .map_err(|e| AgentError::Internal(format!("CreateSandbox: {e}")))?;
-                if hooks.is_empty() {
-                    tracing::warn!(guest_hook_path = %req.guest_hook_path, "no guest hooks there");
-                }
-                sb.set_guest_hooks(hooks);
-            }
             // Before the storages, as Kata's agent loads them.
             crate::kernel_modules::load(&convert::kernel_modules(&req), sb.owns_guest())?;
             let cfg = SandboxConfig {
@@ -216,6 +204,16 @@ impl AgentService for AgentServer {
                 storages: req.storages.iter().map(convert::storage).collect(),
             };
             sb.create(&cfg)?;
+            // After the storages, as Kata's agent finds them (a hook directory may be on one); what
+            // cannot be read is only logged.
+            if !req.guest_hook_path.is_empty() {
+                let hooks =
+                    crate::hooks::GuestHooks::find(std::path::Path::new(&req.guest_hook_path));
+                if hooks.is_empty() {
+                    tracing::warn!(guest_hook_path = %req.guest_hook_path, "no guest hooks there");
+                }
+                sb.set_guest_hooks(hooks);
+            }
             Ok(Empty::new())
         })
         .await
