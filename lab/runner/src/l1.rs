@@ -298,19 +298,25 @@ pub fn qemu_args(image: &L1Image, opts: &Options, socket: &Path) -> Result<Vec<S
             // VFIO cases alone (the host's KATA_LAB_VFIO: `builtin`, `ctr` or QEMU's check
             // names, comma-separated; the runner then runs no VMM set, the other checks never
             // report, and it refuses a name it does not know).
-            match std::env::var("KATA_LAB_VFIO") {
-                Ok(v) if !v.trim().is_empty() => format!(
-                    " lab.vfio={}",
-                    v.chars()
-                        .filter(|c| !c.is_whitespace())
-                        .collect::<String>()
-                        .replace(',', ":")
-                ),
-                _ => String::new(),
-            }
+            vfio_arg(std::env::var("KATA_LAB_VFIO").ok().as_deref())
         ),
     ];
     Ok(args.iter().map(|a| a.to_string()).collect())
+}
+
+/// L1's ` lab.vfio=<names>` for the host's `KATA_LAB_VFIO` (commas become colons, the
+/// kernel's command line keeps no whitespace in a value); empty when unset or blank.
+fn vfio_arg(value: Option<&str>) -> String {
+    match value {
+        Some(v) if !v.trim().is_empty() => format!(
+            " lab.vfio={}",
+            v.chars()
+                .filter(|c| !c.is_whitespace())
+                .collect::<String>()
+                .replace(',', ":")
+        ),
+        _ => String::new(),
+    }
 }
 
 /// A child killed and reaped when dropped (by its handle: never a pid looked up by name).
@@ -495,6 +501,17 @@ mod tests {
              kernel_version=6.1.0-57-cloud-amd64\nkey=abc\n",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_vfio_selection_goes_to_l1_without_commas_or_spaces() {
+        assert_eq!(vfio_arg(None), "");
+        assert_eq!(vfio_arg(Some(" ")), "");
+        assert_eq!(vfio_arg(Some("builtin")), " lab.vfio=builtin");
+        assert_eq!(
+            vfio_arg(Some("ctr, vfio-mode-cold-bridge-port")),
+            " lab.vfio=ctr:vfio-mode-cold-bridge-port"
+        );
     }
 
     #[test]
