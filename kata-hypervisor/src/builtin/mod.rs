@@ -15,7 +15,9 @@
 //! other than `no-port`) onto the VMM's own PCI root bus, the first at `00:01.0`
 //! ([`Hypervisor::device_address`] tells the agent), see `kata_vmm::devices::vfio`.
 //! With `enable_virtio_mem = true` the VM grows (and shrinks) its memory through a virtio-mem
-//! device up to `default_maxmemory` ([`Hypervisor::resize_memory`], see `resize`).
+//! device up to `default_maxmemory` ([`Hypervisor::resize_memory`], see `resize`). With
+//! `reclaim_guest_freed_memory = true` it has a virtio-balloon with free page reporting: the
+//! pages the guest frees go back to the host.
 //! What it does not: device hot-plug (VFIO included: refused naming the device), vCPU
 //! hot-plug (no ACPI), VFIO interrupts, pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
 //! cannot run it, with the probe's reason.
@@ -33,7 +35,7 @@ use kata_vmm::devices::legacy::ConsoleSink;
 use kata_vmm::devices::virtio::block::BlockConfig;
 use kata_vmm::devices::virtio::net::device::parse_mac;
 use kata_vmm::devices::virtio::net::NetConfig;
-use kata_vmm::vm::{ExitWatcher, VfioConfig, Vm, VmBuilder};
+use kata_vmm::vm::{BalloonConfig, ExitWatcher, VfioConfig, Vm, VmBuilder};
 
 use crate::backend::host::{check, CheckStatus, HostCheck, HostProbe};
 use crate::config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};
@@ -224,6 +226,11 @@ impl Builtin {
             .hotplug_memory_mib(resize::hotplug_mib(&self.config, resize::host_memory_mib()));
         if let Some(i) = initrd {
             b = b.initramfs(i);
+        }
+        if self.config.reclaim_guest_freed_memory {
+            b = b.balloon(BalloonConfig {
+                free_page_reporting: true,
+            });
         }
         for d in lock(&self.disks).iter() {
             b = b.block(d.clone());

@@ -35,7 +35,8 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
             "the built-in VMM grows memory only through virtio-mem: set enable_virtio_mem = true",
         ),
         "default_maxvcpus" | "memory_slots" | "memory_offset" => Inert(NO_HOTPLUG),
-        "reclaim_guest_freed_memory" => Inert("the built-in VMM has no virtio-balloon yet"),
+        // A virtio-balloon with free page reporting.
+        "reclaim_guest_freed_memory" => Acted,
         // No VMM binary: it runs in this process.
         "path" | "ctlpath" => Inert("the built-in VMM runs inside the runtime: no binary"),
         "jailer_path" | "valid_jailer_paths" => Refused(

@@ -406,3 +406,39 @@ async fn without_virtio_mem_growing_is_refused_with_the_fix_and_vcpus_say_why() 
     let e = b.resize_vcpus(8).await.unwrap_err().to_string();
     assert!(e.contains("ACPI") && e.contains("default_vcpus"), "{e}");
 }
+
+#[test]
+fn the_vm_gets_virtio_mem_and_a_reporting_balloon_as_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, initrd) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
+    std::fs::write(&kernel, b"k").unwrap();
+    std::fs::write(&initrd, b"i").unwrap();
+    let files = |c: HypervisorConfig| HypervisorConfig {
+        kernel: kernel.display().to_string(),
+        initrd: initrd.display().to_string(),
+        ..c
+    };
+    let plain = Builtin::new("x", files(config()), &dir.path().join("vm")).unwrap();
+    let b = plain.builder().unwrap();
+    assert_eq!(b.config().hotplug_memory_mib, 0);
+    assert_eq!(b.config().balloon, None);
+    let c = HypervisorConfig {
+        reclaim_guest_freed_memory: true,
+        ..files(growable(1536))
+    };
+    let kind = HypervisorType::Dragonball;
+    assert!(
+        c.inert_settings(kind).is_empty(),
+        "{:?}",
+        c.inert_settings(kind)
+    );
+    let grows = Builtin::new("x", c, &dir.path().join("vm")).unwrap();
+    let b = grows.builder().unwrap();
+    assert_eq!(b.config().hotplug_memory_mib, 1024);
+    assert_eq!(
+        b.config().balloon,
+        Some(BalloonConfig {
+            free_page_reporting: true
+        })
+    );
+}

@@ -37,6 +37,8 @@ use crate::devices::legacy::{ConsoleSink, ExitEvent, LegacyBus, SerialConsole, I
 use crate::devices::pci::PciBus;
 pub use crate::devices::vfio::VfioConfig;
 use crate::devices::vfio::VfioSet;
+pub use crate::devices::virtio::balloon::BalloonConfig;
+use crate::devices::virtio::balloon::{Balloon, BalloonHandle};
 use crate::devices::virtio::block::{Block, BlockConfig};
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::fs::Fs;
@@ -100,6 +102,8 @@ pub struct VmConfig {
     pub vfio: Vec<VfioConfig>,
     /// MiB of memory the guest can grow by through virtio-mem (0: no hotplug device).
     pub hotplug_memory_mib: u64,
+    /// A virtio-balloon (last of the devices), with or without free page reporting.
+    pub balloon: Option<BalloonConfig>,
 }
 
 /// Builds a [`VmConfig`] and starts the VM.
@@ -127,6 +131,7 @@ impl VmBuilder {
                 virtio_console: false,
                 vfio: Vec::new(),
                 hotplug_memory_mib: 0,
+                balloon: None,
             },
         }
     }
@@ -211,6 +216,12 @@ impl VmBuilder {
     /// is rounded up to whole 128 MiB memory blocks); [`Vm::memory_hotplug`] is its handle.
     pub fn hotplug_memory_mib(mut self, mib: u64) -> Self {
         self.config.hotplug_memory_mib = mib;
+        self
+    }
+
+    /// Adds a virtio-balloon (the last device); [`Vm::balloon`] is its handle.
+    pub fn balloon(mut self, balloon: BalloonConfig) -> Self {
+        self.config.balloon = Some(balloon);
         self
     }
 
@@ -321,6 +332,18 @@ impl VmBuilder {
             }
             None => None,
         };
+        // The balloon last of all.
+        let balloon = match c.balloon {
+            Some(config) => {
+                let slot = MmioSlot::nth(devices.len() as u32)?;
+                let dev = Balloon::new(config)?;
+                let handle = dev.handle();
+                let notify = dup_notify(dev.notify_evt())?;
+                devices.push((slot, Box::new(dev), notify));
+                Some(handle)
+            }
+            None => None,
+        };
 
         let base = if pci.is_some() {
             BASE_CMDLINE.replace(" pci=off", "")
@@ -393,6 +416,7 @@ impl VmBuilder {
             vsock_uds: c.vsock_uds,
             pci: pci.map(|(bus, set)| (Arc::new(Mutex::new(bus)), set)),
             hotplug,
+            balloon,
         })
     }
 
@@ -432,6 +456,8 @@ pub struct PreparedVm {
     pub(crate) pci: Option<(Arc<Mutex<PciBus>>, VfioSet)>,
     /// The virtio-mem device's handle, when the VM can grow.
     pub(crate) hotplug: Option<MemHandle>,
+    /// The balloon's handle, when the VM has one.
+    pub(crate) balloon: Option<BalloonHandle>,
 }
 
 impl std::fmt::Debug for PreparedVm {
@@ -464,6 +490,11 @@ impl PreparedVm {
     /// The virtio-mem device's handle, when the VM can grow.
     pub fn memory_hotplug(&self) -> Option<MemHandle> {
         self.hotplug.clone()
+    }
+
+    /// The balloon's handle, when the VM has one.
+    pub fn balloon(&self) -> Option<BalloonHandle> {
+        self.balloon.clone()
     }
 
     /// Creates the KVM VM and starts the vCPU and event loop threads.

@@ -154,6 +154,8 @@ pub struct Vm {
     resources: Option<Resources>,
     /// The virtio-mem device's handle (memory hotplug), when the VM can grow.
     hotplug: Option<crate::devices::virtio::mem::MemHandle>,
+    /// The balloon's handle, when the VM has one.
+    balloon: Option<crate::devices::virtio::balloon::BalloonHandle>,
 }
 
 /// What the VM holds besides its threads.
@@ -277,6 +279,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         vcpu_threads: Vec::new(),
         event_thread: None,
         hotplug: p.hotplug.clone(),
+        balloon: p.balloon.clone(),
         resources: Some(Resources {
             pci: p.pci,
             kvm,
@@ -397,6 +400,11 @@ impl Vm {
     /// [`super::VmBuilder::hotplug_memory_mib`].
     pub fn memory_hotplug(&self) -> Option<crate::devices::virtio::mem::MemHandle> {
         self.hotplug.clone()
+    }
+
+    /// The balloon's handle, when the VM was built with [`super::VmBuilder::balloon`].
+    pub fn balloon(&self) -> Option<crate::devices::virtio::balloon::BalloonHandle> {
+        self.balloon.clone()
     }
 
     /// A handle that waits for the VM's end from another thread.

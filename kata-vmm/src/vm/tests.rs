@@ -169,6 +169,41 @@ fn a_vm_that_can_grow_has_virtio_mem_last_over_a_region_the_e820_map_leaves_out(
 }
 
 #[test]
+fn a_balloon_comes_after_every_other_device() {
+    let Some((kernel, initrd)) = guest_image() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = VmBuilder::new(&kernel)
+        .initramfs(&initrd)
+        .vsock(dir.path().join("vsock.uds"))
+        .hotplug_memory_mib(128)
+        .balloon(BalloonConfig {
+            free_page_reporting: true,
+        })
+        .prepare()
+        .unwrap();
+    let ids: Vec<u32> = p
+        .devices
+        .iter()
+        .map(|d| {
+            let mut id = [0u8; 4];
+            d.transport.lock().unwrap().read(0x8, &mut id);
+            u32::from_le_bytes(id)
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            19,
+            crate::devices::virtio::mem::VIRTIO_ID_MEM,
+            crate::devices::virtio::balloon::VIRTIO_ID_BALLOON
+        ]
+    );
+    assert!(p.balloon().is_some());
+}
+
+#[test]
 fn memory_hotplug_with_vfio_is_refused_before_anything_is_opened() {
     let e = VmBuilder::new("/nonexistent/vmlinuz")
         .hotplug_memory_mib(128)

@@ -370,6 +370,14 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
         checks
             .run(mem_hotplug::CHECK, Duration::from_secs(360), grows)
             .await;
+        let reclaims = mem_hotplug::builtin_balloon_reclaims(rootfs, ROOT_DIR);
+        checks
+            .run(
+                mem_hotplug::BALLOON_CHECK,
+                Duration::from_secs(360),
+                reclaims,
+            )
+            .await;
     }
     checks
 }
@@ -708,8 +716,8 @@ fn l2_console_logged() -> bool {
     std::env::var("KATA_LAB_LOG").is_ok_and(|f| f != "warn")
 }
 
-/// `builtin-memory-hotplug` alone when L1's command line says `lab.mem` (then true: no VMM set
-/// runs); counted into `ran` and `passed`.
+/// `builtin-memory-hotplug` and `builtin-balloon-reporting` alone when L1's command line says
+/// `lab.mem` (then true: no VMM set runs); counted into `ran` and `passed`.
 fn mem_hotplug_alone(
     runtime: &tokio::runtime::Runtime,
     rootfs: &Result<PathBuf>,
@@ -724,6 +732,9 @@ fn mem_hotplug_alone(
         Ok(rootfs) => {
             let grows = mem_hotplug::builtin_memory_grows(rootfs, ROOT_DIR);
             runtime.block_on(c.run(mem_hotplug::CHECK, Duration::from_secs(360), grows));
+            let reclaims = mem_hotplug::builtin_balloon_reclaims(rootfs, ROOT_DIR);
+            let balloon = mem_hotplug::BALLOON_CHECK;
+            runtime.block_on(c.run(balloon, Duration::from_secs(360), reclaims));
         }
         Err(e) => c.not_run(mem_hotplug::CHECK, &format!("{e:#}")),
     }

@@ -1,5 +1,6 @@
-//! `builtin-memory-hotplug` (issue 11): the built-in VMM grows a sandbox's memory through
-//! kata-vmm's virtio-mem device, in L1 where KVM works.
+//! `builtin-memory-hotplug` and `builtin-balloon-reporting` (issue 11): the built-in VMM
+//! grows a sandbox's memory through kata-vmm's virtio-mem device, and takes back what the
+//! guest frees through its virtio-balloon, in L1 where KVM works.
 //!
 //! A sandbox on the built-in VMM with `enable_virtio_mem = true` boots with [`BOOT_MIB`] and
 //! room up to [`MAX_MIB`]; a container with a [`LIMIT_MIB`] memory limit makes kata-sandbox grow
@@ -8,11 +9,17 @@
 //! container is gone, a last container reads `MemTotal` again: kata-sandbox keeps the memory
 //! (its sizing never shrinks memory, on any backend), which the check reports.
 //!
-//! `KATA_LAB_MEM=1` on the host runs this check alone (`lab.mem` on L1's command line; the
+//! `builtin-balloon-reporting`: a sandbox with `reclaim_guest_freed_memory = true` (a balloon
+//! with free page reporting); a container fills [`WRITE_MIB`] MiB of its memory (`dd`'s
+//! buffer) and exits; the pages the guest then reports free are punched out of the VM's memfd, so
+//! the memfd's allocated size comes back near where it was before the container.
+//!
+//! `KATA_LAB_MEM=1` on the host runs these checks alone (`lab.mem` on L1's command line; the
 //! runner then runs no VMM set and the other checks never report).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use kata_hypervisor::config::{HypervisorConfig, HypervisorType};
@@ -27,6 +34,13 @@ pub const BOOT_MIB: u32 = 256;
 pub const MAX_MIB: u32 = 768;
 /// The container's memory limit: the VM grows by this much.
 pub const LIMIT_MIB: u32 = 256;
+
+/// The balloon check's name without the VMM's prefix.
+pub const BALLOON_CHECK: &str = "balloon-reporting";
+/// MiB the balloon check's container writes into the guest's memory and frees.
+pub const WRITE_MIB: u64 = 128;
+/// How far above its size before the container the memfd may stay once the guest reported.
+pub const RECLAIM_SLACK_MIB: u64 = 32;
 
 /// Whether L1's command line asks for this check alone (`lab.mem`, the host's `KATA_LAB_MEM`).
 pub fn only() -> bool {
@@ -110,6 +124,90 @@ pub async fn builtin_memory_grows(rootfs: &Path, root_dir: &str) -> Result<Strin
             "MemTotal {before} kB at boot ({BOOT_MIB} MiB), {during} kB (+{grown} kB) with a \
              {LIMIT_MIB} MiB container: plugged through virtio-mem; {after} kB once it is gone \
              (kata-sandbox keeps grown memory)"
+        ))
+    }
+    .await;
+    let shut = sandbox.shutdown().await;
+    let detail = checked?;
+    shut?;
+    ensure!(!dir.exists(), "{} left", dir.display());
+    Ok(detail)
+}
+
+/// The bytes allocated to the guest memfd of sandbox `id` (`memfd:kata-vmm:kata-<id>`, held
+/// open by this process: the built-in VMM runs in it).
+fn memfd_bytes(id: &str) -> Result<u64> {
+    let name = format!("memfd:kata-vmm:kata-{id} ");
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let path = entry?.path();
+        let Ok(link) = std::fs::read_link(&path) else {
+            continue;
+        };
+        if link.to_string_lossy().contains(&name) {
+            return Ok(std::fs::metadata(&path)?.blocks() * 512);
+        }
+    }
+    anyhow::bail!("no descriptor of this process is the memfd {name:?}")
+}
+
+/// `builtin-balloon-reporting`.
+pub async fn builtin_balloon_reclaims(rootfs: &Path, root_dir: &str) -> Result<String> {
+    let kind = HypervisorType::Dragonball;
+    let id = "lab-balloon";
+    let hv = HypervisorConfig {
+        reclaim_guest_freed_memory: true,
+        ..HypervisorConfig::defaults_for(kind)
+    };
+    let builder = Sandbox::builder()
+        .id(id)
+        .hypervisor(kind)
+        .hypervisor_config(hv)
+        .memory_mib(512)
+        .vcpus(1)
+        .root_dir(root_dir);
+    let sandbox = tokio::time::timeout(Duration::from_secs(300), builder.build())
+        .await
+        .context("no sandbox after 300 s")?
+        .context("the sandbox with a balloon did not start")?;
+    let dir = sandbox.dir().to_path_buf();
+    let checked = async {
+        const MIB: u64 = 1 << 20;
+        let before = memfd_bytes(id)?;
+        // dd's buffer: WRITE_MIB MiB of anonymous memory filled from /dev/zero, freed at exit.
+        let bs = format!("bs={}", WRITE_MIB * MIB);
+        let args = ["dd", "if=/dev/zero", "of=/dev/null", &bs, "count=1"];
+        let out = sandbox
+            .run(ContainerSpec::from_rootfs_dir(rootfs).args(args))
+            .await?;
+        ensure!(
+            out.stderr_str().contains("1+0 records out"),
+            "the container did not write {WRITE_MIB} MiB: {} {}",
+            out.stdout_str(),
+            out.stderr_str()
+        );
+        let written = memfd_bytes(id)?;
+        let t = Instant::now();
+        let mut now = written;
+        while now > before + RECLAIM_SLACK_MIB * MIB && t.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            now = memfd_bytes(id)?;
+        }
+        ensure!(
+            now <= before + RECLAIM_SLACK_MIB * MIB,
+            "the VM's memfd held {} MiB before the container filled and freed {WRITE_MIB} MiB, \
+             {} MiB right after, still {} MiB after {:.0?}: the freed pages were not given back",
+            before / MIB,
+            written / MIB,
+            now / MIB,
+            t.elapsed()
+        );
+        Ok(format!(
+            "the VM's memfd: {} MiB before a container filled and freed {WRITE_MIB} MiB, {} MiB \
+             right after, {} MiB {:.1?} later (free page reporting)",
+            before / MIB,
+            written / MIB,
+            now / MIB,
+            t.elapsed()
         ))
     }
     .await;

@@ -81,6 +81,9 @@ pub const VMM_CHECKS: &[&str] = &[
     // Built-in only: a container's memory limit grows the VM through kata-vmm's virtio-mem
     // (`enable_virtio_mem`): the guest's MemTotal grows by what was plugged (src/mem_hotplug.rs).
     "memory-hotplug",
+    // Built-in only: with `reclaim_guest_freed_memory` the pages a container wrote and freed
+    // go back to the host through the balloon's free page reporting (the VM's memfd shrinks).
+    "balloon-reporting",
 ];
 
 /// The [`VMM_CHECKS`] only the QEMU backend runs.
@@ -90,6 +93,7 @@ pub const QEMU_ONLY_CHECKS: &[&str] = &["vhost-vsock"];
 /// process, tested in kata-hypervisor).
 pub const BUILTIN_ONLY_CHECKS: &[&str] = &[
     "memory-hotplug",
+    "balloon-reporting",
     "console",
     "threads-confined",
     "threads-allow-list",

@@ -1,5 +1,5 @@
 //! Virtio devices on the virtio-mmio transport ([`mmio`]): [`block`], [`net`], [`vsock`],
-//! [`fs`] (inline virtio-fs) and [`mem`] (virtio-mem memory hot-plug).
+//! [`fs`] (inline virtio-fs), [`mem`] (virtio-mem memory hot-plug) and [`balloon`].
 //!
 //! A device implements [`VirtioDevice`]: its id, features, configuration space and queues; the
 //! transport negotiates features and sets the queues up, then activates it. Queues are
@@ -7,6 +7,7 @@
 //! [`chain::read_chain`], which turns it into checked [`chain::Segment`]s or a
 //! [`chain::ChainError`] — a device never follows a guest pointer it has not checked.
 
+pub mod balloon;
 pub mod block;
 pub mod chain;
 pub mod console;
