@@ -362,7 +362,15 @@ impl VmBuilder {
         loader::write_boot_params(mem, &kernel, &cmdline, initrd.as_ref())?;
         write_descriptor_tables(mem)?;
         write_page_tables(mem)?;
-        mptable::write_mptable(mem, c.vcpus)?;
+        // VFIO INTx: the MP table names each function's pin; no virtio line may take one.
+        let intx = match &pci {
+            Some((_, set)) => {
+                set.check_lines(devices.iter().map(|d| d.0.irq))?;
+                set.intx_lines()
+            }
+            None => Vec::new(),
+        };
+        mptable::write_mptable_with_pci(mem, c.vcpus, &intx)?;
 
         let console = ConsoleSink::new(c.console_capacity);
         let exit_evt = ExitEvent::new().map_err(io_err("the VM exit eventfd"))?;

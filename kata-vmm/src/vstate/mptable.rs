@@ -1,6 +1,12 @@
 //! The Intel MultiProcessor table (MP spec 1.4): how a guest without ACPI tables finds its
 //! vCPUs, the IOAPIC and how the ISA IRQs reach it. Linux scans the last KiB of base memory
 //! (639 KiB, [`MPTABLE_START`]) for the floating pointer; the configuration table follows it.
+//!
+//! With passed-through PCI functions ([`mptable_bytes_with_pci`]) the table also names PCI bus
+//! 0 and, per function, which IOAPIC pin its INTA# is (level-triggered, active high): how a
+//! guest without ACPI finds a PCI function's INTx line (`IO_APIC_get_PCI_irq_vector`). Linux
+//! matches the MP bus id against the PCI bus number, so PCI is bus 0 and ISA moves to bus 1
+//! then; the ISA entries of the pins PCI takes are left out. Without PCI the table is as before.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
@@ -20,6 +26,11 @@ const IOAPIC_PINS: u8 = 24;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
 const ISA_BUS: u8 = 0;
+/// The ISA bus's id when PCI is bus 0.
+const ISA_BUS_BESIDE_PCI: u8 = 1;
+const PCI_BUS: u8 = 0;
+/// An I/O interrupt entry's flags for PCI: level-triggered (`0b11 << 2`), active high (`0b01`).
+const PCI_INT_FLAGS: u8 = 0x0d;
 /// Entry types.
 const MP_PROCESSOR: u8 = 0;
 const MP_BUS: u8 = 1;
@@ -37,6 +48,38 @@ const CPU_BOOTPROCESSOR: u8 = 2;
 /// The bytes of the MP floating pointer and configuration table for `vcpus` vCPUs; the
 /// configuration table is expected right after the 16-byte floating pointer at `base`.
 pub fn mptable_bytes(vcpus: u8, base: u32) -> Result<Vec<u8>> {
+    mptable_bytes_with_pci(vcpus, base, &[])
+}
+
+/// A PCI function's INTA#, as the MP table tells it: the function's slot on bus 0 and the
+/// IOAPIC pin it raises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciIntx {
+    /// The slot (device number) on bus 0.
+    pub slot: u8,
+    /// The IOAPIC pin (the GSI of KVM's default routing).
+    pub pin: u8,
+}
+
+/// [`mptable_bytes`] with PCI bus 0 and an I/O interrupt entry per function of `pci` (none:
+/// exactly [`mptable_bytes`]' table).
+pub fn mptable_bytes_with_pci(vcpus: u8, base: u32, pci: &[PciIntx]) -> Result<Vec<u8>> {
+    if let Some(bad) = pci.iter().find(|p| p.pin >= IOAPIC_PINS || p.slot >= 32) {
+        return Err(Error::Device {
+            device: "MP table".into(),
+            reason: format!(
+                "PCI slot {} on IOAPIC pin {}: slots are 0-31, pins 0-{}",
+                bad.slot,
+                bad.pin,
+                IOAPIC_PINS - 1
+            ),
+        });
+    }
+    let isa = if pci.is_empty() {
+        ISA_BUS
+    } else {
+        ISA_BUS_BESIDE_PCI
+    };
     if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(Error::Device {
             device: "MP table".into(),
@@ -53,19 +96,41 @@ pub fn mptable_bytes(vcpus: u8, base: u32) -> Result<Vec<u8>> {
         entries.extend_from_slice(&0x201u32.to_le_bytes());
         entries.extend_from_slice(&[0; 8]);
     }
-    entries.extend_from_slice(&[MP_BUS, ISA_BUS]);
+    let mut count = u16::from(vcpus) + 2;
+    if !pci.is_empty() {
+        entries.extend_from_slice(&[MP_BUS, PCI_BUS]);
+        entries.extend_from_slice(b"PCI   ");
+        count += 1;
+    }
+    entries.extend_from_slice(&[MP_BUS, isa]);
     entries.extend_from_slice(b"ISA   ");
     entries.extend_from_slice(&[MP_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&IO_APIC_DEFAULT_PHYS_BASE.to_le_bytes());
-    let mut count = u16::from(vcpus) + 2;
     for pin in 0..IOAPIC_PINS {
+        if pci.iter().any(|p| p.pin == pin) {
+            continue;
+        }
         // ISA IRQ `pin` to IOAPIC pin `pin`, polarity and trigger as the bus says (edge, high).
-        entries.extend_from_slice(&[MP_INTSRC, MP_INT, 0, 0, ISA_BUS, pin, ioapic_id, pin]);
+        entries.extend_from_slice(&[MP_INTSRC, MP_INT, 0, 0, isa, pin, ioapic_id, pin]);
+        count += 1;
+    }
+    for p in pci {
+        // Source bus IRQ: the slot in bits 2-6, INTA# (0) in bits 0-1.
+        entries.extend_from_slice(&[
+            MP_INTSRC,
+            MP_INT,
+            PCI_INT_FLAGS,
+            0,
+            PCI_BUS,
+            p.slot << 2,
+            ioapic_id,
+            p.pin,
+        ]);
         count += 1;
     }
     // LINT0 as ExtINT (the PIC), LINT1 as NMI, on every LAPIC.
-    entries.extend_from_slice(&[MP_LINTSRC, MP_EXTINT, 0, 0, ISA_BUS, 0, 0xff, 0]);
-    entries.extend_from_slice(&[MP_LINTSRC, MP_NMI, 0, 0, ISA_BUS, 0, 0xff, 1]);
+    entries.extend_from_slice(&[MP_LINTSRC, MP_EXTINT, 0, 0, isa, 0, 0xff, 0]);
+    entries.extend_from_slice(&[MP_LINTSRC, MP_NMI, 0, 0, isa, 0, 0xff, 1]);
     count += 2;
 
     let table_len = 44 + entries.len();
@@ -95,7 +160,12 @@ pub fn mptable_bytes(vcpus: u8, base: u32) -> Result<Vec<u8>> {
 
 /// Writes the MP table for `vcpus` vCPUs at [`MPTABLE_START`].
 pub fn write_mptable<M: GuestMemory>(mem: &M, vcpus: u8) -> Result<()> {
-    let bytes = mptable_bytes(vcpus, MPTABLE_START as u32)?;
+    write_mptable_with_pci(mem, vcpus, &[])
+}
+
+/// Writes [`mptable_bytes_with_pci`] at [`MPTABLE_START`].
+pub fn write_mptable_with_pci<M: GuestMemory>(mem: &M, vcpus: u8, pci: &[PciIntx]) -> Result<()> {
+    let bytes = mptable_bytes_with_pci(vcpus, MPTABLE_START as u32, pci)?;
     mem.write_slice(&bytes, GuestAddress(MPTABLE_START))
         .map_err(|e| Error::BootSetup {
             what: "the MP table",
@@ -135,6 +205,66 @@ mod tests {
             assert_eq!((t[44], t[45], t[47]), (MP_PROCESSOR, 0, 3));
             assert!(b.len() <= 1024, "fits the KiB Linux scans: {}", b.len());
         }
+    }
+
+    /// The table's entries after the header (processor entries are 20 bytes, the rest 8).
+    fn entries(b: &[u8]) -> Vec<&[u8]> {
+        let t = &b[16..];
+        let mut at = 44;
+        let mut out = Vec::new();
+        while at < t.len() {
+            let len = if t[at] == MP_PROCESSOR { 20 } else { 8 };
+            out.push(&t[at..at + len]);
+            at += len;
+        }
+        out
+    }
+
+    #[test]
+    fn pci_functions_get_bus_0_and_a_level_triggered_pin_each() {
+        let pci = [PciIntx { slot: 1, pin: 23 }, PciIntx { slot: 2, pin: 22 }];
+        let b = mptable_bytes_with_pci(2, 0x9fc00, &pci).unwrap();
+        let t = &b[16..];
+        assert_eq!(sum(t), 0);
+        let e = entries(&b);
+        let count = u16::from_le_bytes([t[34], t[35]]) as usize;
+        assert_eq!(count, e.len());
+        let buses: Vec<_> = e
+            .iter()
+            .filter(|e| e[0] == MP_BUS)
+            .map(|e| (e[1], &e[2..8]))
+            .collect();
+        assert_eq!(buses, [(0, &b"PCI   "[..]), (1, &b"ISA   "[..])]);
+        let ints: Vec<_> = e.iter().filter(|e| e[0] == MP_INTSRC).collect();
+        assert_eq!(ints.len(), 24, "22 ISA pins and 2 PCI ones");
+        let pci_ints: Vec<_> = ints
+            .iter()
+            .filter(|e| e[4] == PCI_BUS)
+            .map(|e| (e[2], e[5], e[7]))
+            .collect();
+        assert_eq!(pci_ints, [(0x0d, 1 << 2, 23), (0x0d, 2 << 2, 22)]);
+        assert!(
+            ints.iter()
+                .filter(|e| e[4] == 1)
+                .all(|e| e[7] != 23 && e[7] != 22),
+            "no ISA entry on a PCI pin"
+        );
+        // The serial port's pin stays ISA IRQ 4; LINT entries name the ISA bus.
+        assert!(ints.iter().any(|e| e[4] == 1 && e[5] == 4 && e[7] == 4));
+        assert!(e.iter().filter(|e| e[0] == MP_LINTSRC).all(|e| e[4] == 1));
+        let big = mptable_bytes_with_pci(MAX_VCPUS, 0, &pci).unwrap();
+        assert!(big.len() <= 1024, "fits the KiB Linux scans: {}", big.len());
+        // Without PCI: the table of before (ISA is bus 0, no PCI bus).
+        let plain = mptable_bytes(2, 0x9fc00).unwrap();
+        let buses: Vec<_> = entries(&plain)
+            .into_iter()
+            .filter(|e| e[0] == MP_BUS)
+            .map(|e| e[1])
+            .collect();
+        assert_eq!(buses, [0]);
+        // A pin or slot out of range.
+        assert!(mptable_bytes_with_pci(1, 0, &[PciIntx { slot: 1, pin: 24 }]).is_err());
+        assert!(mptable_bytes_with_pci(1, 0, &[PciIntx { slot: 32, pin: 20 }]).is_err());
     }
 
     #[test]

@@ -105,13 +105,14 @@ pub const BUILTIN_ONLY_CHECKS: &[&str] = &[
 
 /// The VFIO checks with the built-in VMM (issue 12, `src/vfio.rs`), reported as
 /// `builtin-<name>`: cold-plug on kata-vmm's PCI root bus, BAR0 in `guest-kernel` mode, the
-/// proof program in `vfio` mode, its MSI (`vfio-msi`), the hot-plug refusal. Run after every
-/// VMM's set, before the crash row.
+/// proof program in `vfio` mode, its MSI and INTx (`vfio-msi`, `vfio-intx`), the hot-plug
+/// refusal. Run after every VMM's set, before the crash row.
 pub const BUILTIN_VFIO_CHECKS: &[&str] = &[
     "vfio-cold",
     "vfio-bar0-guest-kernel",
     "vfio-mode-cold",
     "vfio-msi",
+    "vfio-intx",
     "vfio-hot-refused",
 ];
 

@@ -1,4 +1,5 @@
-//! `builtin-vfio-msi` (issue 12): a passed-through function's MSI through the built-in VMM.
+//! `builtin-vfio-msi` and `builtin-vfio-intx` (issue 12): a passed-through function's
+//! interrupts through the built-in VMM.
 //!
 //! A sandbox on the built-in VMM with the edu cold-plugged and `vfio_mode = "vfio"`; in a
 //! container the proof program (`vfio_proof irq`) turns the edu's MSI on through L2's
@@ -6,21 +7,25 @@
 //! eventfd (5 s), acknowledges, raises one more by hand and prints the count. Each interrupt
 //! crosses every layer: the edu in L1's QEMU, L1's vfio-pci, the eventfd the runner's kata-vmm
 //! gave it, KVM's irqfd and the MSI route L2's kernel programmed through the emulated
-//! capability, L2's vfio-pci, the container's eventfd.
+//! capability, L2's vfio-pci, the container's eventfd. Then, in a second container of the same
+//! sandbox (MSI off again, so INTx back on), `vfio_proof intx` does the same through INTx: the
+//! IOAPIC pin the MP table names for slot 1, level-triggered, unmasked by KVM's resample.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use kata_sandbox::ContainerSpec;
+use kata_sandbox::{ContainerSpec, Sandbox};
 
 use super::{build_builtin, vfio_mode_spec, Report, PROOF};
 
-/// The check's name (in [`kata_lab::protocol::BUILTIN_VFIO_CHECKS`]).
-const NAME: &str = "vfio-msi";
+/// The checks' names (in [`kata_lab::protocol::BUILTIN_VFIO_CHECKS`]).
+const MSI: &str = "vfio-msi";
+const INTX: &str = "vfio-intx";
 
-/// The proof program's `irq` line, checked: identification, factorial, two interrupts.
-fn irq_ok(out: &str) -> Result<String> {
+/// The proof program's `irq`/`intx` line, checked: identification, factorial, two interrupts
+/// of `kind` (`msi`, `intx`).
+fn irq_ok(out: &str, kind: &str) -> Result<String> {
     let lower = out.to_lowercase();
     ensure!(
         lower.contains("id=0x010000ed") && lower.contains("fact5=0x78"),
@@ -31,43 +36,72 @@ fn irq_ok(out: &str) -> Result<String> {
         .find_map(|w| w.strip_prefix("count="))
         .and_then(|c| c.parse::<u64>().ok());
     ensure!(
-        lower.contains("irq=msi") && count.is_some_and(|c| c >= 2),
-        "no MSI counted: {out:?}"
+        lower.contains(&format!("irq={kind} ")) && count.is_some_and(|c| c >= 2),
+        "no {kind} interrupt counted: {out:?}"
     );
     Ok(out.trim().to_string())
 }
 
-/// Runs `builtin-vfio-msi` (the proof program must be in `rootfs`: `run_builtin` built it).
+/// Runs the proof program with `arg` in a container of `sb`.
+async fn proof(sb: &Sandbox, vfio: &Path, rootfs: &Path, arg: &str, what: &str) -> Result<String> {
+    let run = async {
+        let t = Instant::now();
+        let spec = ContainerSpec::from_oci(vfio_mode_spec(vfio)?, rootfs)
+            .args([format!("/{PROOF}"), arg.to_string()]);
+        let out = sb.run(spec).await?;
+        let said = format!("{}{}", out.stdout_str(), out.stderr_str());
+        ensure!(out.status.success(), "status {}: {said:?}", out.status);
+        let kind = if arg == "irq" { "msi" } else { arg };
+        let proof = irq_ok(&said, kind)?;
+        Ok::<_, anyhow::Error>(format!(
+            "{what}: {proof} (container ran in {:.1?})",
+            t.elapsed()
+        ))
+    };
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .context("timed out")
+        .and_then(|s| s)
+}
+
+/// Runs `builtin-vfio-msi` and `builtin-vfio-intx` (the proof program must be in `rootfs`:
+/// `run_builtin` built it).
 pub(super) async fn run(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir: &str) {
     if !rootfs.join(PROOF).exists() {
-        r.line(NAME, Err(anyhow::anyhow!("not run: no proof program")));
+        for n in [MSI, INTX] {
+            r.line(n, Err(anyhow::anyhow!("not run: no proof program")));
+        }
         return;
     }
     let sb = match build_builtin(true, true, vfio, root_dir).await {
         Ok(sb) => sb,
         Err(e) => {
-            r.line(NAME, Err(e.context("the sandbox did not start")));
+            r.line(MSI, Err(e.context("the sandbox did not start")));
+            r.line(INTX, Err(anyhow::anyhow!("not run: no sandbox")));
             return;
         }
     };
-    let result = tokio::time::timeout(Duration::from_secs(180), async {
-        let t = Instant::now();
-        let spec = ContainerSpec::from_oci(vfio_mode_spec(vfio)?, rootfs)
-            .args([format!("/{PROOF}"), "irq".to_string()]);
-        let out = sb.run(spec).await?;
-        let said = format!("{}{}", out.stdout_str(), out.stderr_str());
-        ensure!(out.status.success(), "status {}: {said:?}", out.status);
-        let proof = irq_ok(&said)?;
-        Ok::<_, anyhow::Error>(format!(
-            "MSI through the built-in VMM (emulated capability, KVM MSI route, irqfd): {proof} \
-             (container ran in {:.1?})",
-            t.elapsed()
-        ))
-    })
+    let msi = proof(
+        &sb,
+        vfio,
+        rootfs,
+        "irq",
+        "MSI through the built-in VMM (emulated capability, KVM MSI route, irqfd)",
+    )
     .await;
-    r.line(NAME, result.context("timed out").and_then(|s| s));
+    r.line(MSI, msi);
+    let intx = proof(
+        &sb,
+        vfio,
+        rootfs,
+        "intx",
+        "INTx through the built-in VMM (INTA# on the MP table's IOAPIC pin, irqfd with \
+         resample), after MSI was turned off",
+    )
+    .await;
+    r.line(INTX, intx);
     if let Err(e) = sb.shutdown().await {
-        eprintln!("kata-lab: shutting the builtin {NAME} sandbox down: {e:#}");
+        eprintln!("kata-lab: shutting the builtin {MSI} sandbox down: {e:#}");
     }
 }
 
@@ -79,12 +113,16 @@ mod tests {
     fn the_irq_proof_needs_the_factorial_and_two_interrupts() {
         let good = "group=/dev/vfio/noiommu-0 device=0000:00:01.0 id=0x010000ed fact5=0x78 \
                     irq=msi vectors=1 status=0x1 raised=0x100 count=2";
-        assert!(irq_ok(good).is_ok());
-        assert!(irq_ok(&good.replace("count=2", "count=1")).is_err());
-        assert!(irq_ok(&good.replace("irq=msi ", "")).is_err());
-        assert!(irq_ok(&good.replace("fact5=0x78", "fact5=0x0")).is_err());
-        assert!(
-            irq_ok("FAIL no MSI within 5 s of the factorial (irq status 0x1 fact5=0x78)").is_err()
-        );
+        assert!(irq_ok(good, "msi").is_ok());
+        assert!(irq_ok(good, "intx").is_err(), "the kind asked for");
+        assert!(irq_ok(&good.replace("irq=msi vectors=1", "irq=intx"), "intx").is_ok());
+        assert!(irq_ok(&good.replace("count=2", "count=1"), "msi").is_err());
+        assert!(irq_ok(&good.replace("irq=msi ", ""), "msi").is_err());
+        assert!(irq_ok(&good.replace("fact5=0x78", "fact5=0x0"), "msi").is_err());
+        assert!(irq_ok(
+            "FAIL no MSI within 5 s of the factorial (irq status 0x1 fact5=0x78)",
+            "msi"
+        )
+        .is_err());
     }
 }

@@ -3,7 +3,9 @@
  * `vfio_proof irq`: the same through MSI: the device's MSI on with an eventfd
  * (VFIO_DEVICE_SET_IRQS), 5! started with edu's raise-interrupt bit (status 0x20 bit 0x80),
  * the eventfd waited for (poll, 5 s), the interrupt acknowledged (0x24 read, written to 0x64);
- * then one more through edu's raise register (0x60); prints the count. */
+ * then one more through edu's raise register (0x60); prints the count.
+ * `vfio_proof intx`: the same through INTx (VFIO masks the line at each interrupt: unmasked
+ * after each acknowledgement). */
 #include <dirent.h>
 #include <poll.h>
 #include <errno.h>
@@ -84,8 +86,50 @@ static int irq_proof(int dev, volatile uint32_t *bar, const char *group, const c
     return ident == 0x010000ed && fact == 0x78 && status == 1 && second && status2 == 0x100 ? 0 : 1;
 }
 
+/* VFIO_DEVICE_SET_IRQS of INTx with no data: `action` (unmask, or trigger off). */
+static int intx_action(int dev, uint32_t action, uint32_t count) {
+    struct vfio_irq_set s = {.argsz = sizeof s, .flags = VFIO_IRQ_SET_DATA_NONE | action,
+                             .index = VFIO_PCI_INTX_IRQ_INDEX, .start = 0, .count = count};
+    return ioctl(dev, VFIO_DEVICE_SET_IRQS, &s);
+}
+
+/* The INTx proof (see the top). */
+static int intx_proof(int dev, volatile uint32_t *bar, const char *group, const char *bdf) {
+    struct vfio_irq_info ii = {.argsz = sizeof ii, .index = VFIO_PCI_INTX_IRQ_INDEX};
+    if (ioctl(dev, VFIO_DEVICE_GET_IRQ_INFO, &ii)) return fail("VFIO_DEVICE_GET_IRQ_INFO INTx");
+    if (ii.count < 1) { printf("FAIL the device offers no INTx (interrupt pin 0)\n"); return 1; }
+    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd < 0) return fail("eventfd");
+    struct { struct vfio_irq_set s; int32_t fd; } set = {
+        .s = {.argsz = sizeof set, .flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+              .index = VFIO_PCI_INTX_IRQ_INDEX, .start = 0, .count = 1},
+        .fd = efd};
+    if (ioctl(dev, VFIO_DEVICE_SET_IRQS, &set)) return fail("VFIO_DEVICE_SET_IRQS (INTx on)");
+    uint32_t ident = bar[0];
+    bar[0x20 / 4] = 0x80;
+    bar[0x08 / 4] = 5;
+    uint64_t first = wait_irq(efd);
+    uint32_t status = bar[0x24 / 4], fact = bar[0x08 / 4];
+    bar[0x64 / 4] = status;
+    if (!first) {
+        printf("FAIL no INTx within 5 s of the factorial (irq status 0x%x fact5=0x%x)\n", status, fact);
+        return 1;
+    }
+    if (intx_action(dev, VFIO_IRQ_SET_ACTION_UNMASK, 1)) return fail("VFIO_DEVICE_SET_IRQS (INTx unmask)");
+    bar[0x60 / 4] = 0x100;
+    uint64_t second = wait_irq(efd);
+    uint32_t status2 = bar[0x24 / 4];
+    bar[0x64 / 4] = status2;
+    if (intx_action(dev, VFIO_IRQ_SET_ACTION_UNMASK, 1)) return fail("VFIO_DEVICE_SET_IRQS (INTx unmask)");
+    if (intx_action(dev, VFIO_IRQ_SET_ACTION_TRIGGER, 0)) return fail("VFIO_DEVICE_SET_IRQS (INTx off)");
+    printf("group=%s device=%s id=0x%08x fact5=0x%x irq=intx status=0x%x raised=0x%x count=%llu\n",
+           group, bdf, ident, fact, status, status2, (unsigned long long)(first + second));
+    return ident == 0x010000ed && fact == 0x78 && status == 1 && second && status2 == 0x100 ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     int irq = argc > 1 && !strcmp(argv[1], "irq");
+    int intx = argc > 1 && !strcmp(argv[1], "intx");
     char bdf[300] = "", group[300] = "";
     DIR *d = opendir("/sys/bus/pci/devices");
     struct dirent *e;
@@ -121,6 +165,7 @@ int main(int argc, char **argv) {
     volatile uint32_t *bar = mmap(NULL, ri.size, PROT_READ | PROT_WRITE, MAP_SHARED, dev, ri.offset);
     if (bar == MAP_FAILED) return fail("mmap BAR0");
     if (irq) return irq_proof(dev, bar, group, bdf);
+    if (intx) return intx_proof(dev, bar, group, bdf);
     uint32_t ident = bar[0];
     bar[0x08 / 4] = 5;
     for (int i = 0; i < 5000 && (bar[0x20 / 4] & 1); i++) {

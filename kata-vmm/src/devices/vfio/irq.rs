@@ -8,6 +8,12 @@
 //! disabling turns it off and drops the routes; the guest moving a vector (new address or
 //! data) or masking it changes only the route.
 //!
+//! **INTx** (a function with an interrupt pin, when the host's VFIO grants it): the function's
+//! INTA# is IOAPIC pin [`intx_pin`] of its slot (23 for slot 1, 22 for slot 2, ...; the MP
+//! table tells the guest, level-triggered), an irqfd with a resample eventfd on that GSI: VFIO
+//! masks the line at each interrupt and KVM's resample (the guest's EOI) unmasks it. INTx is on
+//! from the start and off while MSI is (VFIO takes one or the other, as a PCI function does).
+//!
 //! `KVM_SET_GSI_ROUTING` replaces the whole table, so [`GsiRouter`] owns it: KVM's defaults for
 //! the in-kernel irqchip (GSIs 0-23 to the IOAPIC's pins, 0-15 also to the PICs: the serial
 //! port's and the virtio-mmio devices' lines) and every MSI route, rewritten whole on each
@@ -37,6 +43,12 @@ pub const MSI_GSIS: u32 = 1024;
 /// `KVM_SET_GSI_ROUTING`: `_IOW(KVMIO, 0x6a, struct kvm_irq_routing)`, the one KVM ioctl
 /// besides `KVM_RUN` a vCPU thread makes (for the seccomp allow-list).
 pub const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
+
+/// The IOAPIC pin of the INTA# of the function in PCI `slot` (1 to 31): 24 - slot, counting
+/// down from the top pin so the virtio-mmio lines (5 up) and these meet last.
+pub fn intx_pin(slot: u8) -> Option<u8> {
+    (1..=18).contains(&slot).then(|| 24 - slot)
+}
 
 /// KVM's default routes for the in-kernel irqchip (`default_routing` in
 /// `arch/x86/kvm/irq_comm.c`): GSI n to IOAPIC pin n (0-23), and GSIs 0-15 also to the PICs.
@@ -176,8 +188,20 @@ pub trait MsiWiring: Send {
     /// Routes vector `i` to `routes[i]` (`None`: dropped); vectors past the slice lose their
     /// routes.
     fn route(&mut self, routes: &[Option<MsiMessage>]) -> std::io::Result<()>;
-    /// Turns the device's MSI on with `vectors` vectors (0: off).
+    /// Turns the device's MSI on with `vectors` vectors (0: off; INTx, if wired, is on
+    /// exactly while MSI is off).
     fn trigger(&mut self, vectors: usize) -> std::io::Result<()>;
+    /// Whether the function's INTx is wired (its interrupt pin is shown).
+    fn intx(&self) -> bool {
+        false
+    }
+}
+
+/// A function's INTx: the trigger eventfd (KVM's irqfd on the pin's GSI) and the resample
+/// eventfd (VFIO's unmask).
+struct Intx {
+    trigger: EventFd,
+    resample: EventFd,
 }
 
 /// A VFIO function's MSI through KVM: an eventfd and a GSI per vector, the eventfds registered
@@ -187,6 +211,19 @@ pub struct VfioMsi {
     router: Arc<GsiRouter>,
     /// `(gsi, eventfd)` per vector the host grants.
     vectors: Vec<(u32, EventFd)>,
+    intx: Option<Intx>,
+}
+
+impl VfioMsi {
+    fn intx_on(&self, on: bool) -> std::io::Result<()> {
+        match &self.intx {
+            Some(i) => uapi::set_intx(
+                &*self.device,
+                on.then(|| (i.trigger.as_raw_fd(), i.resample.as_raw_fd())),
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 impl std::fmt::Debug for VfioMsi {
@@ -222,12 +259,23 @@ impl MsiWiring for VfioMsi {
             .take(vectors)
             .map(|(_, e)| e.as_raw_fd())
             .collect();
-        uapi::set_msi_trigger(&*self.device, &fds)
+        if fds.is_empty() {
+            uapi::set_msi_trigger(&*self.device, &[])?;
+            self.intx_on(true)
+        } else {
+            self.intx_on(false)?;
+            uapi::set_msi_trigger(&*self.device, &fds)
+        }
+    }
+
+    fn intx(&self) -> bool {
+        self.intx.is_some()
     }
 }
 
 /// Gives `device` (`bdf`, granting `host_vectors` MSI vectors) its wiring on `vm`: a GSI and
-/// an eventfd per vector, each eventfd KVM's irqfd for its GSI (no route yet). Called when the
+/// an eventfd per vector, each eventfd KVM's irqfd for its GSI (no route yet); with
+/// `intx_pin`, its INTx on that IOAPIC pin (irqfd with resample) turned on. Called when the
 /// VM starts, before any vCPU runs.
 pub fn wire(
     vm: &VmFd,
@@ -235,6 +283,7 @@ pub fn wire(
     device: Arc<File>,
     bdf: &str,
     host_vectors: u32,
+    intx_pin: Option<u8>,
 ) -> Result<VfioMsi> {
     let n = (host_vectors as usize).min(uapi::MSI_MAX_VECTORS);
     let gsis = router.allocate(n).ok_or_else(|| Error::Device {
@@ -257,11 +306,38 @@ pub fn wire(
         })?;
         vectors.push((gsi, evt));
     }
-    Ok(VfioMsi {
+    let mut intx = None;
+    if let Some(pin) = intx_pin {
+        let evt = || {
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::DeviceIo {
+                device: format!("VFIO device {bdf}"),
+                what: "creating its INTx eventfds".into(),
+                source,
+            })
+        };
+        let i = Intx {
+            trigger: evt()?,
+            resample: evt()?,
+        };
+        vm.register_irqfd_with_resample(&i.trigger, &i.resample, u32::from(pin))
+            .map_err(|source| Error::Kvm {
+                what: "KVM_IRQFD with resample (a VFIO function's INTx)",
+                source,
+            })?;
+        intx = Some(i);
+    }
+    let w = VfioMsi {
         device,
         router: router.clone(),
         vectors,
-    })
+        intx,
+    };
+    w.intx_on(true).map_err(|source| Error::DeviceIo {
+        device: format!("VFIO device {bdf}"),
+        what: "VFIO_DEVICE_SET_IRQS (INTx on)".into(),
+        source,
+    })?;
+    Ok(w)
 }
 
 #[cfg(test)]

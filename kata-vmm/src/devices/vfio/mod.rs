@@ -18,10 +18,12 @@
 //! - **BARs**: memory BARs are trapped: a guest access is a KVM MMIO exit, answered by a
 //!   `pread`/`pwrite` at the BAR's region of the device fd (edu's 1 MiB BAR0 needs no more).
 //!   I/O-port BARs are not exposed (they read as unimplemented).
-//! - **Not built**: INTx (the interrupt pin reads 0: the VMM has no ACPI and its MP table no
-//!   PCI interrupt entry to tell the guest which line it would be) and MSI-X (hidden): a
-//!   function with neither MSI nor polling gets no interrupt; mmapping BARs into KVM memory
-//!   slots; hot-plug.
+//! - **INTx** ([`irq`]): a function with an interrupt pin whose host grants INTx shows pin
+//!   INTA#, wired to IOAPIC pin [`irq::intx_pin`] of its slot, which the MP table names for the
+//!   guest (no ACPI): level-triggered through an irqfd with KVM's resample unmasking VFIO's
+//!   line; off while MSI is on.
+//! - **Not built**: MSI-X (hidden): a function with only MSI-X gets INTx or polls; mmapping
+//!   BARs into KVM memory slots; hot-plug.
 
 pub mod irq;
 pub mod msi;
@@ -114,8 +116,10 @@ impl VfioSet {
             *b = uapi::region_info(&device, &c.bdf, i as u32)?;
         }
         let msi_vectors = uapi::irq_count(&device, &c.bdf, uapi::VFIO_PCI_MSI_IRQ_INDEX)?;
+        let intx = uapi::irq_count(&device, &c.bdf, uapi::VFIO_PCI_INTX_IRQ_INDEX)?;
         let mut d = VfioPci::new(&c.bdf, Arc::new(device), config, bars, &mut self.bars)?;
         d.host_msi_vectors = msi_vectors;
+        d.host_intx = intx > 0 && (d.raw_read(15) >> 8) & 0xff != 0;
         Ok(d)
     }
 
@@ -124,13 +128,46 @@ impl VfioSet {
     pub fn wire_msi(&self, vm: &kvm_ioctls::VmFd, router: &Arc<irq::GsiRouter>) -> Result<()> {
         for d in &self.devices {
             let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if d.msi_found.is_none() || d.host_msi_vectors == 0 {
+            let msi = if d.msi_found.is_some() {
+                d.host_msi_vectors
+            } else {
+                0
+            };
+            if msi == 0 && d.intx_pin.is_none() {
                 continue;
             }
-            let wiring = irq::wire(vm, router, d.device.clone(), &d.bdf, d.host_msi_vectors)?;
+            let wiring = irq::wire(vm, router, d.device.clone(), &d.bdf, msi, d.intx_pin)?;
             d.attach_msi(Box::new(wiring));
         }
         Ok(())
+    }
+
+    /// The INTx lines of the functions that have one, for the MP table.
+    pub fn intx_lines(&self) -> Vec<crate::vstate::mptable::PciIntx> {
+        self.devices
+            .iter()
+            .filter_map(|d| {
+                let d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                Some(crate::vstate::mptable::PciIntx {
+                    slot: d.slot?,
+                    pin: d.intx_pin?,
+                })
+            })
+            .collect()
+    }
+
+    /// Refuses a VM whose virtio-mmio lines (`virtio_irqs`) reach a VFIO function's INTx pin.
+    pub fn check_lines(&self, virtio_irqs: impl IntoIterator<Item = u32>) -> Result<()> {
+        let pins: Vec<u32> = self.intx_lines().iter().map(|l| u32::from(l.pin)).collect();
+        match virtio_irqs.into_iter().find(|i| pins.contains(i)) {
+            Some(irq) => Err(Error::Device {
+                device: format!("virtio-mmio line {irq}"),
+                reason: format!(
+                    "the VFIO functions' INTx takes IOAPIC pins {pins:?}: give the VM fewer                      devices"
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -173,6 +210,12 @@ pub struct VfioPci {
     msi_found: Option<(usize, u16)>,
     /// The MSI vectors the host's VFIO grants (0: none).
     host_msi_vectors: u32,
+    /// The IOAPIC pin of its INTx, when it has a pin and the host grants INTx.
+    intx_pin: Option<u8>,
+    /// Whether the host grants INTx and the device has an interrupt pin.
+    host_intx: bool,
+    /// Its slot on the bus.
+    slot: Option<u8>,
     /// The emulated MSI capability, once wired ([`VfioPci::attach_msi`]); hidden before.
     msi: Option<MsiCap>,
     /// What carries out the guest's MSI programming.
@@ -225,6 +268,9 @@ impl VfioPci {
             line: 0,
             msi_found: None,
             host_msi_vectors: 0,
+            intx_pin: None,
+            host_intx: false,
+            slot: None,
             msi: None,
             wiring: None,
             msi_applied: MsiState::default(),
@@ -310,14 +356,18 @@ impl VfioPci {
     /// Shows the guest the function's MSI capability, carried out by `wiring` (nothing when the
     /// function has none).
     pub fn attach_msi(&mut self, wiring: Box<dyn MsiWiring>) {
-        let Some((offset, control)) = self.msi_found else {
-            return;
-        };
         let vectors = u32::try_from(wiring.max_vectors()).unwrap_or(u32::MAX);
-        if let Some(cap) = MsiCap::new(offset, control, vectors) {
-            self.msi = Some(cap);
+        self.msi = self
+            .msi_found
+            .and_then(|(offset, control)| MsiCap::new(offset, control, vectors));
+        if self.msi.is_some() || wiring.intx() {
             self.wiring = Some(wiring);
         }
+    }
+
+    /// Whether the guest sees an interrupt pin (INTA#).
+    fn shows_pin(&self) -> bool {
+        self.wiring.as_ref().is_some_and(|w| w.intx())
     }
 
     /// Carries out what the guest's last MSI write changed: the routes, and the device's MSI
@@ -434,8 +484,12 @@ impl PciDevice for VfioPci {
             4..=9 => self.bar_read(self.regs[reg - 4]),
             // Expansion ROM: hidden.
             12 => 0,
-            // Interrupt pin 0 (no INTx wired), the line as the guest wrote it.
-            15 => (self.raw_read(15) & 0xffff_0000) | u32::from(self.line),
+            // Interrupt pin: INTA# when INTx is wired, else 0; the line as the guest wrote it.
+            15 => {
+                (self.raw_read(15) & 0xffff_0000)
+                    | u32::from(self.shows_pin()) << 8
+                    | u32::from(self.line)
+            }
             r if r < 64 => self.raw_read(r),
             _ => 0xffff_ffff,
         }
@@ -519,9 +573,12 @@ pub fn build_bus(devices: &[VfioConfig], mem: &GuestMemory) -> Result<Option<(Pc
         }
         let d = Arc::new(Mutex::new(set.open(c, mem)?));
         set.devices.push(d.clone());
-        let slot = bus.add(d);
+        let slot = bus.add(d.clone());
         match slot {
             Some(slot) => {
+                let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                d.slot = Some(slot);
+                d.intx_pin = irq::intx_pin(slot).filter(|_| d.host_intx);
                 tracing::info!(bdf = %c.bdf, slot, "VFIO: cold-plugged at 00:{slot:02x}.0")
             }
             None => {

@@ -291,7 +291,7 @@ enum Call {
 }
 
 #[derive(Clone, Default)]
-struct FakeWiring(Arc<Mutex<Vec<Call>>>, usize);
+struct FakeWiring(Arc<Mutex<Vec<Call>>>, usize, bool);
 
 impl MsiWiring for FakeWiring {
     fn max_vectors(&self) -> usize {
@@ -305,6 +305,9 @@ impl MsiWiring for FakeWiring {
         self.0.lock().unwrap().push(Call::Trigger(vectors));
         Ok(())
     }
+    fn intx(&self) -> bool {
+        self.2
+    }
 }
 
 /// The fake function with a PM capability at 0x40 and edu's MSI (64-bit, 1 vector) at 0x50.
@@ -317,7 +320,7 @@ fn with_msi() -> (tempfile::NamedTempFile, VfioPci, FakeWiring) {
         .write_all_at(&0x0080_0005u32.to_le_bytes(), 0x50)
         .unwrap();
     let d = device(&f, bars, config);
-    let w = FakeWiring(Arc::default(), 1);
+    let w = FakeWiring(Arc::default(), 1, false);
     (f, d, w)
 }
 
@@ -384,7 +387,7 @@ fn a_function_without_msi_or_a_capability_list_ignores_the_wiring() {
         .write_all_at(&0x0080_0005u32.to_le_bytes(), 0x40)
         .unwrap();
     let mut d = device(&f, bars, config);
-    d.attach_msi(Box::new(FakeWiring(Arc::default(), 1)));
+    d.attach_msi(Box::new(FakeWiring(Arc::default(), 1, false)));
     assert_eq!(d.config_read(13), 0);
     assert_eq!(d.config_read(1) & STATUS_CAP_LIST, 0);
 }
@@ -411,4 +414,47 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn intx_shows_pin_inta_only_when_wired() {
+    let (_f, mut d, _w) = with_msi();
+    assert_eq!(d.config_read(15) >> 8 & 0xff, 0);
+    d.attach_msi(Box::new(FakeWiring(Arc::default(), 1, true)));
+    assert_eq!(d.config_read(15) >> 8 & 0xff, 1, "INTA#");
+    d.config_write(0x3c, &[23]);
+    assert_eq!(d.config_read(15) & 0xffff, 0x0117);
+    // INTx alone (no MSI granted): the pin, and no capability list.
+    let (_f, mut d, _w) = with_msi();
+    d.attach_msi(Box::new(FakeWiring(Arc::default(), 0, true)));
+    assert_eq!(d.config_read(15) >> 8 & 0xff, 1);
+    assert_eq!(d.config_read(13), 0);
+    assert_eq!(d.config_read(1) & STATUS_CAP_LIST, 0);
+}
+
+#[test]
+fn intx_pins_count_down_from_the_top_and_virtio_lines_may_not_meet_them() {
+    assert_eq!(irq::intx_pin(1), Some(23));
+    assert_eq!(irq::intx_pin(2), Some(22));
+    assert_eq!(irq::intx_pin(18), Some(6));
+    assert_eq!(irq::intx_pin(0), None, "the host bridge");
+    assert_eq!(
+        irq::intx_pin(19),
+        None,
+        "would meet the serial port and virtio lines"
+    );
+    let (_f, mut d, _w) = with_msi();
+    d.slot = Some(1);
+    d.intx_pin = irq::intx_pin(1);
+    let set = VfioSet {
+        devices: vec![Arc::new(Mutex::new(d))],
+        ..Default::default()
+    };
+    assert_eq!(
+        set.intx_lines(),
+        [crate::vstate::mptable::PciIntx { slot: 1, pin: 23 }]
+    );
+    assert!(set.check_lines(5..=22).is_ok());
+    let e = set.check_lines(5..=23).unwrap_err().to_string();
+    assert!(e.contains("line 23") && e.contains("fewer"), "{e}");
 }

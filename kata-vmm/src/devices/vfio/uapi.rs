@@ -37,10 +37,13 @@ const VFIO_DMA_MAP_FLAG_READ: u32 = 1;
 const VFIO_DMA_MAP_FLAG_WRITE: u32 = 2;
 /// The region index of a PCI function's configuration space.
 pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
+/// The interrupt index of a PCI function's INTx.
+pub const VFIO_PCI_INTX_IRQ_INDEX: u32 = 0;
 /// The interrupt index of a PCI function's MSI.
 pub const VFIO_PCI_MSI_IRQ_INDEX: u32 = 1;
 const VFIO_IRQ_SET_DATA_NONE: u32 = 1;
 const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+const VFIO_IRQ_SET_ACTION_UNMASK: u32 = 1 << 4;
 const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
 /// The most vectors MSI has (multiple message capable is at most 32).
 pub const MSI_MAX_VECTORS: usize = 32;
@@ -362,17 +365,54 @@ pub fn irq_count(device: &File, bdf: &str, index: u32) -> Result<u32> {
 /// Turns `device`'s MSI on with one vector per eventfd in `fds` (vector `i` signals `fds[i]`),
 /// or off when `fds` is empty (`VFIO_DEVICE_SET_IRQS`, index MSI, action trigger).
 pub fn set_msi_trigger(device: &impl AsRawFd, fds: &[i32]) -> std::io::Result<()> {
+    set_irqs(
+        device,
+        VFIO_PCI_MSI_IRQ_INDEX,
+        VFIO_IRQ_SET_ACTION_TRIGGER,
+        fds,
+    )
+}
+
+/// Turns `device`'s INTx on, signalling `trigger` (the device's INTx is masked by VFIO at each
+/// interrupt) and unmasked when `unmask` is signalled (KVM's resample eventfd); or off
+/// (`None`).
+pub fn set_intx(device: &impl AsRawFd, fds: Option<(i32, i32)>) -> std::io::Result<()> {
+    let Some((trigger, unmask)) = fds else {
+        return set_irqs(
+            device,
+            VFIO_PCI_INTX_IRQ_INDEX,
+            VFIO_IRQ_SET_ACTION_TRIGGER,
+            &[],
+        );
+    };
+    set_irqs(
+        device,
+        VFIO_PCI_INTX_IRQ_INDEX,
+        VFIO_IRQ_SET_ACTION_TRIGGER,
+        &[trigger],
+    )?;
+    set_irqs(
+        device,
+        VFIO_PCI_INTX_IRQ_INDEX,
+        VFIO_IRQ_SET_ACTION_UNMASK,
+        &[unmask],
+    )
+}
+
+/// `VFIO_DEVICE_SET_IRQS` of interrupt `index`, `action`, with an eventfd per interrupt from 0
+/// (`fds`), or with no data and count 0 when `fds` is empty (off).
+fn set_irqs(device: &impl AsRawFd, index: u32, action: u32, fds: &[i32]) -> std::io::Result<()> {
     if fds.len() > MSI_MAX_VECTORS {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
     let mut set = IrqSet {
         argsz: (std::mem::size_of::<IrqSet>() - 4 * (MSI_MAX_VECTORS - fds.len())) as u32,
         flags: if fds.is_empty() {
-            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER
+            VFIO_IRQ_SET_DATA_NONE | action
         } else {
-            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER
+            VFIO_IRQ_SET_DATA_EVENTFD | action
         },
-        index: VFIO_PCI_MSI_IRQ_INDEX,
+        index,
         start: 0,
         count: fds.len() as u32,
         fds: [-1; MSI_MAX_VECTORS],
