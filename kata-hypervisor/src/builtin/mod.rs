@@ -19,7 +19,7 @@
 //! `reclaim_guest_freed_memory = true` it has a virtio-balloon with free page reporting: the
 //! pages the guest frees go back to the host.
 //! What it does not: device hot-plug (VFIO included: refused naming the device), vCPU
-//! hot-plug (no ACPI), VFIO interrupts, pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
+//! hot-plug (no ACPI), VFIO MSI-X (MSI and INTx work), pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
 //! cannot run it, with the probe's reason.
 
 mod resize;

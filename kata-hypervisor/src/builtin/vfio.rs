@@ -4,7 +4,9 @@
 //! `00:01.0`, `00:02.0`, ... in the order the sandbox gave them, so the guest PCI path of the
 //! n-th is `0n`. `cold_plug_vfio = "root-port"` (or `no-port` with no device) is accepted;
 //! switch and bridge ports and any `hot_plug_vfio` are refused naming the key, and a hot-plug
-//! into a running VM is refused naming the device.
+//! into a running VM is refused naming the device. The functions' interrupts are kata-vmm's
+//! (`kata_vmm::devices::vfio::irq`): MSI through KVM MSI routes, INTx on the IOAPIC pin the MP
+//! table names; MSI-X is not offered (hidden).
 
 use crate::config::HypervisorConfig;
 use crate::device::{GuestAddress, PciPath, PciePort, VfioDevice};
