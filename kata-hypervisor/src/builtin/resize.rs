@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 
 /// How long a resize waits for the guest to plug (or unplug) what was asked.
 pub const PLUG_WAIT: Duration = Duration::from_secs(60);
+/// A shrink ends once the guest has given nothing back for this long (Linux's `virtio_mem`
+/// retries a failed unplug only after about 50 s).
+pub const UNPLUG_STALL: Duration = Duration::from_secs(5);
 
 const MIB: u64 = 1 << 20;
 
@@ -78,7 +81,8 @@ fn hotplug_limit_mib(config: &HypervisorConfig, region_size: u64) -> u64 {
 /// Sets the VM's memory to `mib` MiB through its virtio-mem device: asks the guest to plug (or
 /// unplug) the difference to `default_memory` and waits for it. Growing that the guest has not
 /// finished within [`PLUG_WAIT`] is an error naming the device and what was plugged; shrinking
-/// returns what the guest gave back (it may keep memory it cannot offline). Returns the VM's
+/// returns what the guest gave back once it gives no more for [`UNPLUG_STALL`] (it may keep
+/// memory it cannot offline). Returns the VM's
 /// memory in MiB now.
 pub async fn resize_memory(
     handle: Option<MemHandle>,
@@ -111,7 +115,11 @@ pub async fn resize_memory(
     let grow = target > before;
     let h = handle.clone();
     let plugged = tokio::task::spawn_blocking(move || {
-        h.wait_plugged(wait, |p| if grow { p >= target } else { p <= target })
+        if grow {
+            h.wait_plugged(wait, |p| p >= target)
+        } else {
+            h.wait_settled(wait, UNPLUG_STALL, |p| p <= target)
+        }
     })
     .await
     .map_err(|e| Error::Timeout {

@@ -125,6 +125,30 @@ impl MemHandle {
         Ok(())
     }
 
+    /// Blocks until the plugged size satisfies `done`, or `timeout` passes, or it has not
+    /// changed for `stall` (a guest that gave what it could: Linux retries a failed unplug only
+    /// after tens of seconds); returns the plugged size then.
+    pub fn wait_settled(
+        &self,
+        timeout: Duration,
+        stall: Duration,
+        done: impl Fn(u64) -> bool,
+    ) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut last = self.plugged_size();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if done(last) || left.is_zero() {
+                return last;
+            }
+            let now = self.wait_plugged(left.min(stall), |p| p != last || done(p));
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// Blocks until the plugged size satisfies `done`, or `timeout` passes; returns the plugged
     /// size then.
     pub fn wait_plugged(&self, timeout: Duration, done: impl Fn(u64) -> bool) -> u64 {

@@ -287,6 +287,46 @@ fn the_handle_waits_for_the_guest_to_plug() {
 }
 
 #[test]
+fn a_shrink_wait_ends_once_the_guest_stops_giving_back() {
+    let mem = test_memory();
+    let mut h = Harness::new(&mem);
+    h.handle.set_requested_size(4 * BLOCK_SIZE).unwrap();
+    assert_eq!(h.request(REQ_PLUG, REGION, 4).0, RESP_ACK);
+    h.handle.set_requested_size(0).unwrap();
+    let handle = h.handle.clone();
+    let waiter = std::thread::spawn(move || {
+        let t = Instant::now();
+        let p = handle.wait_settled(Duration::from_secs(30), Duration::from_millis(300), |p| {
+            p == 0
+        });
+        (p, t.elapsed())
+    });
+    // The guest gives two blocks back, one at a time, then no more.
+    for b in 0..2 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            h.request(REQ_UNPLUG, REGION + b * BLOCK_SIZE, 1).0,
+            RESP_ACK
+        );
+    }
+    let (plugged, took) = waiter.join().unwrap();
+    assert_eq!(plugged, 2 * BLOCK_SIZE);
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "{took:?}: the wait ends a stall after the last change, not at the timeout"
+    );
+    // Reached at once: no wait.
+    let t = Instant::now();
+    assert_eq!(
+        h.handle
+            .wait_settled(Duration::from_secs(30), Duration::from_secs(10), |p| p
+                <= 2 * BLOCK_SIZE),
+        2 * BLOCK_SIZE
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
 fn malformed_chains_change_nothing_and_get_an_error_where_they_can() {
     let mem = test_memory();
     let mut h = Harness::new(&mem);
