@@ -143,6 +143,10 @@ pub const VFIO_CHECKS: &[&str] = &[
     "vfio-mode-cold-switch-port",
     "vfio-mode-cold-bridge-port",
     "vfio-mode-hot-switch-port",
+    // The same edu's MSI and INTx through QEMU's vfio-pci (`src/vfio_irq.rs`, `vfio_proof irq`
+    // and `intx`), cold-plugged on a root port.
+    "vfio-msi-cold-root-port",
+    "vfio-intx-cold-root-port",
 ];
 
 /// The positive VFIO cold-plug through containerd (issue 12, `src/vfio_ctr.rs`), reported as

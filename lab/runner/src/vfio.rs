@@ -694,6 +694,7 @@ pub async fn run(rootfs: &Path, root_dir: &str, only: Option<&[String]>) -> (usi
             }
         }
     }
+    vfio_irq::run_qemu(&mut r, &vfio, rootfs, root_dir, &wanted).await;
     (r.ran, r.passed)
 }
 

@@ -10,6 +10,10 @@
 //! capability, L2's vfio-pci, the container's eventfd. Then, in a second container of the same
 //! sandbox (MSI off again, so INTx back on), `vfio_proof intx` does the same through INTx: the
 //! IOAPIC pin the MP table names for slot 1, level-triggered, unmasked by KVM's resample.
+//!
+//! The QEMU backend runs the same two proofs ([`run_qemu`], `qemu-vfio-msi-cold-root-port`,
+//! `qemu-vfio-intx-cold-root-port`): the edu cold-plugged on a root port, QEMU's own vfio-pci
+//! and its KVM irqfds on the path instead of kata-vmm's.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,11 +21,15 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use kata_sandbox::{ContainerSpec, Sandbox};
 
-use super::{build_builtin, vfio_mode_spec, Report, PROOF};
+use super::{build, build_builtin, build_proof, vfio_mode_spec, Report, PROOF};
+use kata_hypervisor::PciePort;
 
 /// The checks' names (in [`kata_lab::protocol::BUILTIN_VFIO_CHECKS`]).
 const MSI: &str = "vfio-msi";
 const INTX: &str = "vfio-intx";
+/// The QEMU backend's (in [`kata_lab::protocol::VFIO_CHECKS`]).
+const QEMU_MSI: &str = "vfio-msi-cold-root-port";
+const QEMU_INTX: &str = "vfio-intx-cold-root-port";
 
 /// The proof program's `irq`/`intx` line, checked: identification, factorial, two interrupts
 /// of `kind` (`msi`, `intx`).
@@ -102,6 +110,65 @@ pub(super) async fn run(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir: &s
     r.line(INTX, intx);
     if let Err(e) = sb.shutdown().await {
         eprintln!("kata-lab: shutting the builtin {MSI} sandbox down: {e:#}");
+    }
+}
+
+/// Runs `qemu-vfio-msi-cold-root-port` and `qemu-vfio-intx-cold-root-port` where `wanted`
+/// (the QEMU backend's VFIO set; builds the proof program if no case before did).
+pub(super) async fn run_qemu(
+    r: &mut Report,
+    vfio: &Path,
+    rootfs: &Path,
+    root_dir: &str,
+    wanted: &dyn Fn(&str) -> bool,
+) {
+    let names: Vec<&str> = [QEMU_MSI, QEMU_INTX]
+        .into_iter()
+        .filter(|n| wanted(n))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let built = if rootfs.join(PROOF).exists() {
+        Ok(())
+    } else {
+        build_proof(rootfs)
+    };
+    if let Err(e) = built {
+        for n in names {
+            r.line(n, Err(anyhow::anyhow!("not run: {e:#}")));
+        }
+        return;
+    }
+    let sb = match build(PciePort::RootPort, true, true, vfio, root_dir).await {
+        Ok(sb) => sb,
+        Err(e) => {
+            let e = format!("{:#}", e.context("the sandbox did not start"));
+            for n in names {
+                r.line(n, Err(anyhow::anyhow!("{e}")));
+            }
+            return;
+        }
+    };
+    for (n, arg, what) in [
+        (
+            QEMU_MSI,
+            "irq",
+            "MSI through QEMU's vfio-pci (KVM irqfd), on a root port",
+        ),
+        (
+            QEMU_INTX,
+            "intx",
+            "INTx through QEMU's vfio-pci (KVM irqfd with resample), on a root port",
+        ),
+    ] {
+        if names.contains(&n) {
+            let result = proof(&sb, vfio, rootfs, arg, what).await;
+            r.line(n, result);
+        }
+    }
+    if let Err(e) = sb.shutdown().await {
+        eprintln!("kata-lab: shutting the qemu {QEMU_MSI} sandbox down: {e:#}");
     }
 }
 
