@@ -231,10 +231,11 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         source,
     })?;
 
-    // VFIO MSI: a GSI and an irqfd per vector, routed when the guest enables MSI.
+    // VFIO MSI and INTx: a GSI and an irqfd per vector, routed when the guest enables MSI;
+    // the INTx pins' irqfds with resample.
     if let Some((_, set)) = &p.pci {
         let router = Arc::new(crate::devices::vfio::irq::GsiRouter::new(kvm.shared_fd()));
-        set.wire_msi(kvm.fd(), &router)?;
+        set.wire_irqs(kvm.fd(), &router)?;
     }
 
     // Every vCPU is created and configured before any runs.

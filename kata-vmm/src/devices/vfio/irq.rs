@@ -181,8 +181,8 @@ impl GsiRouter {
     }
 }
 
-/// What a function's emulated MSI capability asks of the host.
-pub trait MsiWiring: Send {
+/// What a function's emulated MSI capability (and its INTx) asks of the host.
+pub trait IrqWiring: Send {
     /// How many vectors the host can give (1 to 32).
     fn max_vectors(&self) -> usize;
     /// Routes vector `i` to `routes[i]` (`None`: dropped); vectors past the slice lose their
@@ -204,9 +204,9 @@ struct Intx {
     resample: EventFd,
 }
 
-/// A VFIO function's MSI through KVM: an eventfd and a GSI per vector, the eventfds registered
-/// as irqfds.
-pub struct VfioMsi {
+/// A VFIO function's interrupts through KVM: an eventfd and a GSI per MSI vector, the
+/// eventfds registered as irqfds; its INTx line, if wired.
+pub struct VfioIrqs {
     device: Arc<File>,
     router: Arc<GsiRouter>,
     /// `(gsi, eventfd)` per vector the host grants.
@@ -214,7 +214,7 @@ pub struct VfioMsi {
     intx: Option<Intx>,
 }
 
-impl VfioMsi {
+impl VfioIrqs {
     fn intx_on(&self, on: bool) -> std::io::Result<()> {
         match &self.intx {
             Some(i) => uapi::set_intx(
@@ -226,9 +226,9 @@ impl VfioMsi {
     }
 }
 
-impl std::fmt::Debug for VfioMsi {
+impl std::fmt::Debug for VfioIrqs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VfioMsi")
+        f.debug_struct("VfioIrqs")
             .field(
                 "gsis",
                 &self.vectors.iter().map(|v| v.0).collect::<Vec<_>>(),
@@ -237,7 +237,7 @@ impl std::fmt::Debug for VfioMsi {
     }
 }
 
-impl MsiWiring for VfioMsi {
+impl IrqWiring for VfioIrqs {
     fn max_vectors(&self) -> usize {
         self.vectors.len()
     }
@@ -284,7 +284,7 @@ pub fn wire(
     bdf: &str,
     host_vectors: u32,
     intx_pin: Option<u8>,
-) -> Result<VfioMsi> {
+) -> Result<VfioIrqs> {
     let n = (host_vectors as usize).min(uapi::MSI_MAX_VECTORS);
     let gsis = router.allocate(n).ok_or_else(|| Error::Device {
         device: format!("VFIO device {bdf}"),
@@ -326,7 +326,7 @@ pub fn wire(
             })?;
         intx = Some(i);
     }
-    let w = VfioMsi {
+    let w = VfioIrqs {
         device,
         router: router.clone(),
         vectors,

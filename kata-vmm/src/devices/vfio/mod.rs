@@ -42,7 +42,7 @@ use vm_memory::{GuestMemory as _, GuestMemoryRegion, MemoryRegionAddress};
 use crate::devices::pci::{BarAllocator, PciBus, PciDevice};
 use crate::error::{Error, Result};
 use crate::memory::GuestMemory;
-use irq::MsiWiring;
+use irq::IrqWiring;
 use msi::{MsiCap, MsiState};
 pub use uapi::RegionInfo;
 
@@ -123,9 +123,10 @@ impl VfioSet {
         Ok(d)
     }
 
-    /// Wires the MSI of every function whose host grants it (see [`irq`]) on the VM `vm`,
-    /// before any vCPU runs; a function without MSI keeps its capability list hidden.
-    pub fn wire_msi(&self, vm: &kvm_ioctls::VmFd, router: &Arc<irq::GsiRouter>) -> Result<()> {
+    /// Wires the MSI and INTx of every function whose host grants them (see [`irq`]) on the VM
+    /// `vm`, before any vCPU runs; a function without MSI keeps its capability list hidden, one
+    /// without INTx its pin 0.
+    pub fn wire_irqs(&self, vm: &kvm_ioctls::VmFd, router: &Arc<irq::GsiRouter>) -> Result<()> {
         for d in &self.devices {
             let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let msi = if d.msi_found.is_some() {
@@ -137,7 +138,7 @@ impl VfioSet {
                 continue;
             }
             let wiring = irq::wire(vm, router, d.device.clone(), &d.bdf, msi, d.intx_pin)?;
-            d.attach_msi(Box::new(wiring));
+            d.attach_irqs(Box::new(wiring));
         }
         Ok(())
     }
@@ -216,10 +217,10 @@ pub struct VfioPci {
     host_intx: bool,
     /// Its slot on the bus.
     slot: Option<u8>,
-    /// The emulated MSI capability, once wired ([`VfioPci::attach_msi`]); hidden before.
+    /// The emulated MSI capability, once wired ([`VfioPci::attach_irqs`]); hidden before.
     msi: Option<MsiCap>,
     /// What carries out the guest's MSI programming.
-    wiring: Option<Box<dyn MsiWiring>>,
+    wiring: Option<Box<dyn IrqWiring>>,
     /// The MSI state last carried out.
     msi_applied: MsiState,
 }
@@ -353,9 +354,9 @@ impl VfioPci {
             .collect()
     }
 
-    /// Shows the guest the function's MSI capability, carried out by `wiring` (nothing when the
-    /// function has none).
-    pub fn attach_msi(&mut self, wiring: Box<dyn MsiWiring>) {
+    /// Shows the guest the function's MSI capability and INTx pin, carried out by `wiring` (the
+    /// capability only when the function has one, the pin only when `wiring` has INTx).
+    pub fn attach_irqs(&mut self, wiring: Box<dyn IrqWiring>) {
         let vectors = u32::try_from(wiring.max_vectors()).unwrap_or(u32::MAX);
         self.msi = self
             .msi_found

@@ -2,7 +2,7 @@
 //! control, address, data and (with per-vector masking) mask registers here, never on the
 //! device; what it means for the host (which vectors are on, where each one is delivered) is
 //! computed by [`MsiCap::state`] and acted on by [`super::VfioPci`] through its
-//! [`super::irq::MsiWiring`].
+//! [`super::irq::IrqWiring`].
 //!
 //! Layout (PCI Local Bus 3.0, 6.8.1), at the capability's offset:
 //!

@@ -293,7 +293,7 @@ enum Call {
 #[derive(Clone, Default)]
 struct FakeWiring(Arc<Mutex<Vec<Call>>>, usize, bool);
 
-impl MsiWiring for FakeWiring {
+impl IrqWiring for FakeWiring {
     fn max_vectors(&self) -> usize {
         self.1
     }
@@ -337,7 +337,7 @@ fn without_wiring_msi_stays_hidden() {
 #[test]
 fn msi_alone_is_shown_and_enable_routes_then_triggers_and_disable_tears_down() {
     let (f, mut d, w) = with_msi();
-    d.attach_msi(Box::new(w.clone()));
+    d.attach_irqs(Box::new(w.clone()));
     assert_ne!(d.config_read(1) & STATUS_CAP_LIST, 0, "a capability list");
     assert_eq!(d.config_read(13), 0x50, "pointing at MSI, PM skipped");
     assert_eq!(d.config_read(0x50 / 4), 0x0080_0005, "next pointer 0");
@@ -387,7 +387,7 @@ fn a_function_without_msi_or_a_capability_list_ignores_the_wiring() {
         .write_all_at(&0x0080_0005u32.to_le_bytes(), 0x40)
         .unwrap();
     let mut d = device(&f, bars, config);
-    d.attach_msi(Box::new(FakeWiring(Arc::default(), 1, false)));
+    d.attach_irqs(Box::new(FakeWiring(Arc::default(), 1, false)));
     assert_eq!(d.config_read(13), 0);
     assert_eq!(d.config_read(1) & STATUS_CAP_LIST, 0);
 }
@@ -399,7 +399,7 @@ proptest::proptest! {
             (0usize..0x110, proptest::collection::vec(proptest::num::u8::ANY, 0..6)), 0..60),
     ) {
         let (_f, mut d, w) = with_msi();
-        d.attach_msi(Box::new(w.clone()));
+        d.attach_irqs(Box::new(w.clone()));
         for (off, data) in &writes {
             d.config_write(*off, data);
             for r in 0..70 {
@@ -420,13 +420,13 @@ proptest::proptest! {
 fn intx_shows_pin_inta_only_when_wired() {
     let (_f, mut d, _w) = with_msi();
     assert_eq!(d.config_read(15) >> 8 & 0xff, 0);
-    d.attach_msi(Box::new(FakeWiring(Arc::default(), 1, true)));
+    d.attach_irqs(Box::new(FakeWiring(Arc::default(), 1, true)));
     assert_eq!(d.config_read(15) >> 8 & 0xff, 1, "INTA#");
     d.config_write(0x3c, &[23]);
     assert_eq!(d.config_read(15) & 0xffff, 0x0117);
     // INTx alone (no MSI granted): the pin, and no capability list.
     let (_f, mut d, _w) = with_msi();
-    d.attach_msi(Box::new(FakeWiring(Arc::default(), 0, true)));
+    d.attach_irqs(Box::new(FakeWiring(Arc::default(), 0, true)));
     assert_eq!(d.config_read(15) >> 8 & 0xff, 1);
     assert_eq!(d.config_read(13), 0);
     assert_eq!(d.config_read(1) & STATUS_CAP_LIST, 0);
