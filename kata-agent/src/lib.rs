@@ -40,6 +40,7 @@ pub mod mount;
 pub mod network;
 pub mod online;
 pub mod pod_namespaces;
+pub mod random;
 pub mod reaper;
 pub mod runtime;
 pub mod sandbox;

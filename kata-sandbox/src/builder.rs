@@ -280,6 +280,7 @@ impl SandboxBuilder {
         let mut b = Self::new();
         b.hypervisor_type = kind;
         b.hypervisor = hv.clone();
+        config.factory.apply_to(&mut b.hypervisor);
         if !config.agent.is_empty() {
             b.agent = config.active_agent();
         }
@@ -530,6 +531,9 @@ impl SandboxBuilder {
             .map_err(|e| Error::invalid("id", e.to_string()))?;
         let handler = RuntimeHandlerKind::from_runtime_name(&self.runtime.name)?;
         self.hypervisor.validate_for(self.hypervisor_type)?;
+        crate::config::FactoryConfig::default()
+            .check_backend(self.hypervisor_type, &self.hypervisor)
+            .map_err(|e| Error::invalid("factory.enable_template", e.to_string()))?;
         self.agent.validate().map_err(|e| {
             Error::invalid(
                 format!("agent.kata.{}", e.key),

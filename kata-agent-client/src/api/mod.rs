@@ -203,6 +203,18 @@ impl Agent {
         self.client.reseed_random_dev(&req).await
     }
 
+    /// `SetGuestDateTime`: sets the guest's clock to `time` (a VM restored from a template
+    /// wakes with the template's clock).
+    pub async fn set_guest_date_time(&self, time: std::time::SystemTime) -> Result<()> {
+        let since = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut req = pb::SetGuestDateTimeRequest::new();
+        req.Sec = since.as_secs() as i64;
+        req.Usec = i64::from(since.subsec_micros());
+        self.client.set_guest_date_time(&req).await
+    }
+
     /// `OnlineCPUMem`: onlines hot-plugged vCPUs (and memory).
     pub async fn online_cpu_mem(&self, what: OnlineCpuMem) -> Result<()> {
         self.client.online_cpu_mem(&what.to_grpc()).await

@@ -734,9 +734,9 @@ impl AgentService for AgentServer {
         _ctx: &TtrpcContext,
         req: agent::ReseedRandomDevRequest,
     ) -> ttrpc::Result<Empty> {
+        let owns_guest = self.sandbox.owns_guest();
         handle("ReseedRandomDev", OnCancel::Finish, "", "", async move {
-            std::fs::write("/dev/urandom", &req.data)
-                .map_err(|e| AgentError::io("write /dev/urandom", e))?;
+            crate::random::reseed(&req.data, owns_guest)?;
             Ok(Empty::new())
         })
         .await

@@ -39,6 +39,7 @@ pub mod resize;
 pub mod rootless;
 mod settings;
 mod state;
+pub mod template;
 pub mod vfio_ap;
 
 use std::path::{Path, PathBuf};
@@ -177,6 +178,8 @@ pub struct Qemu {
     /// When the last start's vsock backend was ready (none with vhost-vsock) and QEMU answered
     /// on QMP, for boot timings.
     start_marks: Mutex<crate::hypervisor::StartMarks>,
+    /// VM templating: an ordinary VM, the template being made, or a clone ([`template`]).
+    role: template::Role,
 }
 
 impl std::fmt::Debug for Qemu {
@@ -210,7 +213,9 @@ impl Qemu {
         config.check_refused(HypervisorType::Qemu)?;
         rootless::check_config(&config)?;
         capabilities().check_shared_fs(config.shared_fs)?;
+        template::check_config(&config)?;
         Ok(Qemu {
+            role: template::Role::for_config(&config),
             id: id.to_string(),
             config,
             vm_dir: vm_dir.into(),
@@ -615,6 +620,25 @@ impl Qemu {
 
         let (vsock, agent) = self.start_vsock(run).await?;
         run.agent = Some(agent);
+        let template = match self.role {
+            template::Role::None => None,
+            _ => Some(template::check_start(&vsock, &devices)),
+        }
+        .transpose()?;
+        let template = match (self.role, template) {
+            (template::Role::Clone, Some(())) => {
+                let m = template::TemplateManifest::new(
+                    &self.config,
+                    &kernel,
+                    initrd.as_deref(),
+                    accelerator,
+                    &qemu,
+                    &devices,
+                );
+                Some(template::ensure(self, &m, &devices).await?)
+            }
+            _ => None,
+        };
         let helpers_ready = run.vsock_backend.is_some().then(std::time::Instant::now);
         *self.start_marks.lock().unwrap() = crate::hypervisor::StartMarks::new(helpers_ready, None);
 
@@ -653,7 +677,9 @@ impl Qemu {
             vhost_net,
             handed: handed.as_ref(),
         };
-        let args = cmdline::build_args(&launch)?;
+        let mut args = cmdline::build_args(&launch)?;
+        let template_dir = Path::new(&self.config.factory.template_path);
+        template::adjust_args(self.role, template_dir, &mut args)?;
         run.resize = resize::ResizeState::booted(resize::max_memory_mib(
             &self.config,
             launch.host_memory_mib,
@@ -769,6 +795,9 @@ impl Qemu {
         tracing::info!(sandbox_id = %self.id, qemu_version = qmp.qemu_version(), pid = proc.pid(), ?accelerator, "QEMU started");
         run.qemu = Some(proc);
         run.qmp = Some(Arc::new(qmp));
+        if let (Some((dir, _lock)), Some(qmp)) = (&template, &run.qmp) {
+            template::load(qmp, dir, &self.vm_dir.join("incoming.sock")).await?;
+        }
         self.start_marks.lock().unwrap().vmm_running = Some(std::time::Instant::now());
         Ok(())
     }

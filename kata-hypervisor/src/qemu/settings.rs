@@ -22,7 +22,6 @@ const NO_SWAP: &str = "guest swap is not implemented";
 const NO_VHOST_USER_BLOCK: &str = "vhost-user block devices are not implemented";
 const NO_DISK_LIMIT: &str = "block devices have no rate limiter";
 const REMOTE_ONLY: &str = "a key of the remote hypervisor";
-const NO_TEMPLATE: &str = "VM templating is not implemented";
 const NO_DUMP: &str = "a panicked guest's memory is not dumped";
 
 /// How the QEMU backend treats `key` with the values of `c`; `None` for a key it does not
@@ -166,7 +165,8 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
         | "remote_hypervisor_timeout"
         | "default_gpus"
         | "default_gpu_model" => Inert(REMOTE_ONLY),
-        "factory.enable_template" | "factory.template_path" => Inert(NO_TEMPLATE),
+        // `template.rs`: clones of a saved VM (kernel vhost-vsock and virtio-9p or no share).
+        "factory.enable_template" | "factory.template_path" => Acted,
         "prefetch_list_path" => Inert("nydus image prefetch is not implemented"),
         _ => return None,
     })

@@ -2,10 +2,13 @@
 //!
 //! runtime-rs keeps templating in `[hypervisor.<name>.factory]`
 //! ([`kata_hypervisor::config::HypervisorFactory`]); Kata's QEMU files still carry this table,
-//! so it is read too. `vm_cache_number` and `vm_cache_endpoint` are served by kata-shim's
-//! `kata-vm-cache` (VMs booted ahead, handed to the shim over the endpoint). VM templating
-//! is not implemented: `enable_template = true` is refused, naming the key.
+//! so it is read too (copied into the active hypervisor's table by [`FactoryConfig::apply_to`]).
+//! `vm_cache_number` and `vm_cache_endpoint` are served by kata-shim's `kata-vm-cache` (VMs
+//! booted ahead, handed to the shim over the endpoint). VM templating (`enable_template`) is
+//! done by the QEMU backend (kata-hypervisor's `qemu::template`: sandboxes start as clones of
+//! a saved VM); with any other hypervisor it is refused, naming the key ([`FactoryConfig::check_backend`]).
 
+use kata_hypervisor::config::{HypervisorConfig, HypervisorType};
 use serde::{Deserialize, Serialize};
 
 use super::ConfigIssue;
@@ -51,14 +54,6 @@ impl FactoryConfig {
                 ),
             ));
         }
-        if self.enable_template {
-            return Err(ConfigIssue::new(
-                "factory",
-                "enable_template",
-                "enable_template = true: VM templating is not implemented by kata-rs; set it \
-                 false (vm_cache_number > 0 with kata-vm-cache keeps VMs booted ahead instead)",
-            ));
-        }
         if self.vm_cache_number > 0 && !self.vm_cache_endpoint.starts_with('/') {
             return Err(ConfigIssue::new(
                 "factory",
@@ -73,18 +68,77 @@ impl FactoryConfig {
     }
 }
 
+impl FactoryConfig {
+    /// Copies the templating keys into the active hypervisor's table (runtime-rs' place,
+    /// which the backend reads) when `enable_template` is set here.
+    pub fn apply_to(&self, hv: &mut HypervisorConfig) {
+        if self.enable_template {
+            hv.factory.enable_template = true;
+            hv.factory.template_path = self.template_path.clone();
+        }
+    }
+
+    /// Refuses templating (here or in `hv`'s factory table) with a hypervisor that cannot
+    /// template (all but QEMU), naming the key.
+    pub fn check_backend(
+        &self,
+        kind: HypervisorType,
+        hv: &HypervisorConfig,
+    ) -> Result<(), ConfigIssue> {
+        if (self.enable_template || hv.factory.enable_template) && kind != HypervisorType::Qemu {
+            return Err(ConfigIssue::new(
+                "factory",
+                "enable_template",
+                format!(
+                    "enable_template = true: VM templating is implemented for QEMU only, not \
+                     for [hypervisor.{}]; set it false (vm_cache_number > 0 with kata-vm-cache \
+                     keeps VMs booted ahead instead)",
+                    kind.section_name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn enable_template_is_refused_naming_it_and_the_cache_needs_an_absolute_endpoint() {
+    fn enable_template_is_refused_but_for_qemu_and_the_cache_needs_an_absolute_endpoint() {
         let f = FactoryConfig {
             enable_template: true,
             ..Default::default()
         };
+        assert!(f.validate().is_ok());
+        let hv = HypervisorConfig::default();
+        assert!(f.check_backend(HypervisorType::Qemu, &hv).is_ok());
+        let e = f
+            .check_backend(HypervisorType::Dragonball, &hv)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("enable_template") && e.contains("QEMU only"),
+            "{e}"
+        );
+        let mut copied = HypervisorConfig::default();
+        f.apply_to(&mut copied);
+        assert!(copied.factory.enable_template);
+        assert_eq!(copied.factory.template_path, f.template_path);
+        let mut runtime_rs = HypervisorConfig::default();
+        runtime_rs.factory.enable_template = true;
+        let off = FactoryConfig::default();
+        assert!(off
+            .check_backend(HypervisorType::Dragonball, &runtime_rs)
+            .is_err());
+        let f = FactoryConfig {
+            enable_template: true,
+            template_path: "template".into(),
+            ..Default::default()
+        };
         let e = f.validate().unwrap_err().to_string();
-        assert!(e.contains("enable_template"), "{e}");
+        assert!(e.contains("template_path"), "{e}");
         let f = FactoryConfig {
             vm_cache_number: 2,
             vm_cache_endpoint: "cache.sock".into(),

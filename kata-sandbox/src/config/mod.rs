@@ -360,6 +360,7 @@ impl KataConfig {
                 ),
             ));
         }
+        self.factory.check_backend(active_kind, active)?;
         if self.factory.enable_template && !active.image.is_empty() {
             return Err(ConfigIssue::new(
                 "factory",

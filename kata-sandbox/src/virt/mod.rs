@@ -24,6 +24,7 @@ mod health;
 mod network;
 pub(crate) mod resize;
 mod streams;
+mod template;
 mod vfio;
 mod volumes;
 
@@ -240,6 +241,9 @@ impl VirtContainer {
             .instrument(tracing::info_span!("agent.connect", sandbox_id = %config.id))
             .await?;
             let agent_connected = t0.elapsed();
+            if template::is_clone(hv) {
+                template::freshen(&agent).await?;
+            }
             // The pod's network, before the sandbox is created (as Kata's runtime does).
             network::configure_guest(&agent, resources.guest_network())
                 .instrument(tracing::info_span!("guest.network", sandbox_id = %config.id))

@@ -1,0 +1,768 @@
+//! VM templating (Kata's `[factory] enable_template`): sandboxes start as clones of one saved VM.
+//!
+//! **The template.** The first sandbox of a configuration with `enable_template = true` finds
+//! no template in `template_path` and makes one (under a lock, so concurrent sandboxes make
+//! one between them): a VM with the sandbox's boot devices whose guest memory is the file
+//! `<template_path>/memory` mapped shared (`memory-backend-file,share=on`), booted until its
+//! agent answers, then paused, and its device state (without the memory: QEMU's
+//! `x-ignore-shared` capability leaves shared memory out of the stream) saved to
+//! `<template_path>/state` over a socket QEMU connects to; QEMU then quits. The memory file
+//! keeps the guest's memory. `template.json` beside them records what the template was made
+//! from ([`TemplateManifest`]).
+//!
+//! **A clone.** The same device set, the memory file mapped private (`share=off`: the pages
+//! are shared with the page cache, and so with every other clone, until a clone writes one,
+//! which then is its own copy), `-incoming defer -S`, the capability, the state streamed in
+//! (`migrate-incoming`), `cont`. The guest does not boot: its agent is running already. Each
+//! clone has its own kernel vhost-vsock guest CID: QEMU's vhost-vsock sends the guest a
+//! transport reset after the state is loaded, and the guest's driver reads its CID again from
+//! the device (the agent keeps listening; a connection of the template's is reset). The
+//! runtime then gives the guest fresh entropy and the host's time before `CreateSandbox`
+//! (kata-sandbox), as Kata's runtime does for a VM from its factory.
+//!
+//! **What cannot be templated** is refused when the VM is made or started, naming the key
+//! ([`check_config`], [`check_start`]): vhost-user devices cannot be migrated by QEMU 7.2 and
+//! cannot work on a clone's private memory (hybrid vsock, so a host without `/dev/vhost-vsock`;
+//! virtio-fs), VFIO devices cold-plugged at boot, NICs at boot (the guest would keep the
+//! template's MAC), a rootless QEMU, hugepages, and a template made for another memory size,
+//! vCPU count, kernel, initrd, kernel command line, machine, accelerator, QEMU or device set.
+//!
+//! **Removal.** The template files stay until removed: `rm -r <template_path>` (with no clone
+//! running: a clone maps the memory file; removing it while clones run is safe for them — the
+//! mapping holds the pages — but the next sandbox makes a new template). A template whose
+//! manifest does not match the configuration is refused with that fix.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::cmdline::VsockDevice;
+use super::qmp::QmpClient;
+use crate::config::{HypervisorConfig, SharedFs};
+use crate::device::DeviceConfig;
+use crate::error::{Error, Result};
+use crate::kvm::Accelerator;
+
+/// The template's guest memory, in `template_path`.
+pub const MEMORY_FILE: &str = "memory";
+/// The template's device state (QEMU's migration stream without the memory).
+pub const STATE_FILE: &str = "state";
+/// What the template was made from ([`TemplateManifest`]).
+pub const MANIFEST_FILE: &str = "template.json";
+/// Taken while a template is made or read.
+const LOCK_FILE: &str = "lock";
+/// How long a sandbox waits for another one that is making the template.
+const LOCK_WAIT: Duration = Duration::from_secs(600);
+/// How long saving or loading the device state may take.
+const MIGRATE_WAIT: Duration = Duration::from_secs(120);
+
+/// What a VM is in templating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Templating is off: an ordinary VM.
+    #[default]
+    None,
+    /// The VM that is booted to become the template.
+    Template,
+    /// A VM started from the template.
+    Clone,
+}
+
+impl Role {
+    /// The role of a VM made with `config`: a clone when templating is on.
+    pub fn for_config(config: &HypervisorConfig) -> Role {
+        if config.factory.enable_template {
+            Role::Clone
+        } else {
+            Role::None
+        }
+    }
+}
+
+/// What a template was made from; a clone's must be equal, or its guest would not match the
+/// saved devices and memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateManifest {
+    /// `default_memory`, MiB.
+    pub memory_mib: u32,
+    /// `default_vcpus`.
+    pub vcpus: u32,
+    /// The vCPU ceiling (`default_maxvcpus`, resolved).
+    pub max_vcpus: u32,
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The guest initrd.
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line.
+    pub kernel_cmdline: String,
+    /// `machine_type` with `machine_accelerators`.
+    pub machine: String,
+    /// KVM or TCG.
+    pub accelerator: Accelerator,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// The boot devices, as `kind:id` in order.
+    pub devices: Vec<String>,
+}
+
+impl TemplateManifest {
+    /// The manifest of a VM booted with these values.
+    pub fn new(
+        config: &HypervisorConfig,
+        kernel: &Path,
+        initrd: Option<&Path>,
+        accelerator: Accelerator,
+        qemu: &Path,
+        devices: &[DeviceConfig],
+    ) -> TemplateManifest {
+        TemplateManifest {
+            memory_mib: config.default_memory,
+            vcpus: config.default_vcpus,
+            max_vcpus: config.max_vcpus(),
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.map(Path::to_path_buf),
+            kernel_cmdline: super::cmdline::kernel_cmdline_for(
+                config,
+                false,
+                accelerator == Accelerator::Tcg,
+            ),
+            machine: if config.machine_accelerators.is_empty() {
+                config.machine_type.clone()
+            } else {
+                format!("{},{}", config.machine_type, config.machine_accelerators)
+            },
+            accelerator,
+            qemu: qemu.to_path_buf(),
+            devices: devices
+                .iter()
+                .map(|d| format!("{}:{}", d.kind_name(), d.id()))
+                .collect(),
+        }
+    }
+
+    /// The first difference from `saved` (the template's), as `what: template's vs ours`.
+    pub fn difference(&self, saved: &TemplateManifest) -> Option<String> {
+        let pairs: [(&str, String, String); 10] = [
+            (
+                "default_memory",
+                saved.memory_mib.to_string(),
+                self.memory_mib.to_string(),
+            ),
+            (
+                "default_vcpus",
+                saved.vcpus.to_string(),
+                self.vcpus.to_string(),
+            ),
+            (
+                "default_maxvcpus",
+                saved.max_vcpus.to_string(),
+                self.max_vcpus.to_string(),
+            ),
+            (
+                "kernel",
+                saved.kernel.display().to_string(),
+                self.kernel.display().to_string(),
+            ),
+            (
+                "initrd",
+                format!("{:?}", saved.initrd),
+                format!("{:?}", self.initrd),
+            ),
+            (
+                "kernel_params",
+                saved.kernel_cmdline.clone(),
+                self.kernel_cmdline.clone(),
+            ),
+            ("machine_type", saved.machine.clone(), self.machine.clone()),
+            (
+                "the accelerator",
+                format!("{:?}", saved.accelerator),
+                format!("{:?}", self.accelerator),
+            ),
+            (
+                "path",
+                saved.qemu.display().to_string(),
+                self.qemu.display().to_string(),
+            ),
+            (
+                "the boot devices",
+                saved.devices.join(","),
+                self.devices.join(","),
+            ),
+        ];
+        pairs
+            .into_iter()
+            .find(|(_, a, b)| a != b)
+            .map(|(what, a, b)| format!("{what}: the template's is {a}, this sandbox's is {b}"))
+    }
+}
+
+fn refused(what: String) -> Error {
+    Error::Unsupported {
+        backend: "qemu",
+        what,
+    }
+}
+
+/// Refuses a configuration that cannot be templated (checked when the VM is made), naming the
+/// key and the fix. `Ok` when templating is off.
+pub fn check_config(c: &HypervisorConfig) -> Result<()> {
+    if !c.factory.enable_template {
+        return Ok(());
+    }
+    let off = "or set factory.enable_template = false";
+    if !c.factory.template_path.starts_with('/') {
+        return Err(Error::InvalidConfig {
+            key: "factory.template_path",
+            value: c.factory.template_path.clone(),
+            reason: "an absolute directory is needed when enable_template = true".into(),
+        });
+    }
+    if c.shared_fs == SharedFs::VirtioFs {
+        return Err(refused(format!(
+            "VM templating with shared_fs = \"virtio-fs\": virtio-fs is a vhost-user device, \
+             which QEMU cannot migrate and which cannot serve a clone's private memory; set \
+             shared_fs = \"virtio-9p\" or \"none\", {off}"
+        )));
+    }
+    if c.rootless {
+        return Err(refused(format!(
+            "VM templating with rootless = true: a rootless QEMU cannot map the template's \
+             memory file; set rootless = false, {off}"
+        )));
+    }
+    if c.enable_hugepages {
+        return Err(refused(format!(
+            "VM templating with enable_hugepages = true: the template's memory is a file of \
+             ordinary pages; set enable_hugepages = false, {off}"
+        )));
+    }
+    if !c.image.is_empty() {
+        return Err(refused(format!(
+            "VM templating with image = \"{}\": a template boots from initrd; set image = \"\" \
+             and initrd, {off}",
+            c.image
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses what the start of a templated VM finds that cannot be templated: the vsock device
+/// (hybrid vsock when the host has no `/dev/vhost-vsock`) and the boot devices.
+pub fn check_start(vsock: &VsockDevice, devices: &[DeviceConfig]) -> Result<()> {
+    let off = "or set factory.enable_template = false";
+    if let VsockDevice::VhostUser { .. } = vsock {
+        return Err(refused(format!(
+            "VM templating with hybrid vsock (vhost-user-vsock, used because this host has no \
+             /dev/vhost-vsock): QEMU cannot migrate a vhost-user device, and it cannot work on \
+             a clone's private memory; load the kernel's vhost-vsock (modprobe vhost_vsock), \
+             {off}"
+        )));
+    }
+    for d in devices {
+        match d {
+            DeviceConfig::Vfio(_) | DeviceConfig::VfioAp(_) => {
+                return Err(refused(format!(
+                    "VM templating with the VFIO device {} cold-plugged at boot: a VFIO device \
+                     cannot be migrated; set cold_plug_vfio = \"no-port\" (hot-plugged after \
+                     start) or remove it, {off}",
+                    d.id()
+                )))
+            }
+            DeviceConfig::Net(_) => {
+                return Err(refused(format!(
+                    "VM templating with the network device {} at boot: every clone would keep \
+                     the template's MAC address; start the sandbox without a network \
+                     namespace (internetworking_model = \"none\"), {off}",
+                    d.id()
+                )))
+            }
+            DeviceConfig::ShareFs(s) if s.kind == SharedFs::VirtioFs => {
+                return Err(refused(format!(
+                    "VM templating with the virtio-fs share {}: set shared_fs = \"virtio-9p\", \
+                     {off}",
+                    d.id()
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites the command line of a VM in `role` (from [`super::cmdline::build_args`]): guest
+/// memory from the template's file (shared for the template, private for a clone), and a
+/// clone waits for its state (`-incoming defer`) paused (`-S`).
+pub fn adjust_args(role: Role, template_dir: &Path, args: &mut Vec<String>) -> Result<()> {
+    let share = match role {
+        Role::None => return Ok(()),
+        Role::Template => "on",
+        Role::Clone => "off",
+    };
+    let backend = args
+        .iter_mut()
+        .find(|a| a.starts_with("memory-backend-memfd,id=mem0,"))
+        .ok_or_else(|| {
+            refused("VM templating: no memory backend mem0 on the command line".into())
+        })?;
+    let size = backend
+        .split(',')
+        .find(|o| o.starts_with("size="))
+        .unwrap_or("size=0M")
+        .to_string();
+    let prealloc = if backend.contains("prealloc=on") {
+        ",prealloc=on"
+    } else {
+        ""
+    };
+    *backend = format!(
+        "memory-backend-file,id=mem0,{size},mem-path={},share={share}{prealloc}",
+        template_dir.join(MEMORY_FILE).display()
+    );
+    if role == Role::Clone {
+        args.extend(["-incoming".into(), "defer".into(), "-S".into()]);
+    }
+    Ok(())
+}
+
+/// The template directory's files, and its lock.
+#[derive(Debug, Clone)]
+pub struct TemplateDir {
+    dir: PathBuf,
+}
+
+/// The template directory, locked (released when dropped).
+#[derive(Debug)]
+pub struct TemplateLock {
+    _file: std::fs::File,
+}
+
+impl TemplateDir {
+    /// The template kept in `dir` (`factory.template_path`).
+    pub fn new(dir: impl Into<PathBuf>) -> TemplateDir {
+        TemplateDir { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The saved device state.
+    pub fn state(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// Whether a complete template is there (its manifest is written last).
+    pub fn exists(&self) -> bool {
+        self.dir.join(MANIFEST_FILE).is_file()
+            && self.state().is_file()
+            && self.dir.join(MEMORY_FILE).is_file()
+    }
+
+    /// The template's manifest.
+    pub fn manifest(&self) -> Result<TemplateManifest> {
+        let path = self.dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        serde_json::from_str(&text).map_err(|e| Error::InvalidConfig {
+            key: "factory.template_path",
+            value: self.dir.display().to_string(),
+            reason: format!(
+                "{} is unreadable ({e}); remove the template (rm -r {}) and a new one is made",
+                path.display(),
+                self.dir.display()
+            ),
+        })
+    }
+
+    /// Refuses a template made from another configuration than `ours`, naming the
+    /// difference and the fix.
+    pub fn check_matches(&self, ours: &TemplateManifest) -> Result<()> {
+        let saved = self.manifest()?;
+        match ours.difference(&saved) {
+            None => Ok(()),
+            Some(diff) => Err(Error::InvalidConfig {
+                key: "factory.template_path",
+                value: self.dir.display().to_string(),
+                reason: format!(
+                    "the template there was made for another VM ({diff}); remove it (rm -r {}) \
+                     so the next sandbox makes a new one, or give this configuration its own \
+                     template_path",
+                    self.dir.display()
+                ),
+            }),
+        }
+    }
+
+    /// Writes the manifest, last: a template is complete once it is there.
+    pub fn write_manifest(&self, m: &TemplateManifest) -> Result<()> {
+        let path = self.dir.join(MANIFEST_FILE);
+        let tmp = self.dir.join(format!("{MANIFEST_FILE}.tmp"));
+        let text = serde_json::to_string_pretty(m).expect("a manifest serializes");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Removes what an unfinished template left (memory, state, manifest), keeping the lock.
+    pub fn remove_partial(&self) {
+        for f in [MEMORY_FILE, STATE_FILE, MANIFEST_FILE] {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+    }
+
+    /// Creates the directory (0700) and takes its lock, waiting for a sandbox that is making
+    /// the template.
+    pub async fn lock(&self) -> Result<TemplateLock> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
+        check_private(&self.dir)?;
+        let path = self.dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(TemplateLock { _file: file });
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Timeout {
+                    what: format!("the template lock {}", path.display()),
+                    after: LOCK_WAIT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Refuses a template directory another user owns or others may write: whoever writes the
+/// memory or state file there writes the guest every clone runs.
+fn check_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid || meta.mode() & 0o022 != 0 {
+        return Err(Error::InvalidConfig {
+            key: "factory.template_path",
+            value: dir.display().to_string(),
+            reason: format!(
+                "the directory is owned by uid {} with mode {:o}: a template directory must be \
+                 owned by uid {euid} and writable by it alone (whoever writes there writes the \
+                 guest of every clone); chmod go-w it, or choose another template_path",
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Turns on QEMU's `x-ignore-shared` migration capability (shared memory is left out of the
+/// stream), on the template before the save and on a clone before the load.
+async fn ignore_shared(qmp: &QmpClient) -> Result<()> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(serde_json::json!({
+            "capabilities": [{ "capability": "x-ignore-shared", "state": true }]
+        })),
+    )
+    .await
+    .map(drop)
+}
+
+/// Waits until `query-migrate` reports the migration completed.
+async fn wait_migrated(qmp: &QmpClient, what: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + MIGRATE_WAIT;
+    loop {
+        let r = qmp.execute("query-migrate", None).await?;
+        match r.get("status").and_then(|s| s.as_str()).unwrap_or("") {
+            "completed" => return Ok(()),
+            "failed" | "cancelled" => {
+                return Err(Error::Qmp {
+                    command: "migrate".into(),
+                    reason: format!(
+                        "{what} failed: {}",
+                        r.get("error-desc").and_then(|s| s.as_str()).unwrap_or("")
+                    ),
+                })
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Timeout {
+                what: what.into(),
+                after: MIGRATE_WAIT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Saves a booted template VM: pause, the capability, its device state streamed over
+/// `socket` (QEMU connects, we write what comes to the state file), then QEMU quits.
+pub async fn save(qmp: &QmpClient, dir: &TemplateDir, socket: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)
+        .map_err(|e| Error::io(format!("binding {}", socket.display()), e))?;
+    let state = dir.state();
+    qmp.stop().await?;
+    ignore_shared(qmp).await?;
+    qmp.execute(
+        "migrate",
+        Some(serde_json::json!({ "uri": format!("unix:{}", socket.display()) })),
+    )
+    .await?;
+    let (mut conn, _) = tokio::time::timeout(MIGRATE_WAIT, listener.accept())
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "QEMU to connect to save the template".into(),
+            after: MIGRATE_WAIT,
+        })?
+        .map_err(|e| Error::io("accepting QEMU's migration stream", e))?;
+    // The stream holds the device state only (memory is left out): small enough to hold.
+    let mut stream = Vec::new();
+    conn.read_to_end(&mut stream)
+        .await
+        .map_err(|e| Error::io("reading QEMU's migration stream", e))?;
+    std::fs::write(&state, &stream)
+        .map_err(|e| Error::io(format!("writing {}", state.display()), e))?;
+    wait_migrated(qmp, "saving the template").await?;
+    let _ = std::fs::remove_file(socket);
+    qmp.quit().await
+}
+
+/// Loads the template's device state into a clone started with `-incoming defer -S`: the
+/// capability, `migrate-incoming` on `socket` (QEMU listens, we stream the state file), then
+/// `cont`.
+pub async fn load(qmp: &QmpClient, dir: &TemplateDir, socket: &Path) -> Result<()> {
+    ignore_shared(qmp).await?;
+    let _ = std::fs::remove_file(socket);
+    qmp.execute(
+        "migrate-incoming",
+        Some(serde_json::json!({ "uri": format!("unix:{}", socket.display()) })),
+    )
+    .await?;
+    let state = dir.state();
+    let stream =
+        std::fs::read(&state).map_err(|e| Error::io(format!("reading {}", state.display()), e))?;
+    let mut conn = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| Error::io(format!("connecting to {}", socket.display()), e))?;
+    conn.write_all(&stream)
+        .await
+        .map_err(|e| Error::io("streaming the template's state to QEMU", e))?;
+    conn.shutdown()
+        .await
+        .map_err(|e| Error::io("streaming the template's state to QEMU", e))?;
+    wait_migrated(qmp, "loading the template").await?;
+    let _ = std::fs::remove_file(socket);
+    qmp.cont().await
+}
+
+/// How long the template VM may take to boot until its agent answers.
+const TEMPLATE_BOOT_WAIT: Duration = Duration::from_secs(180);
+
+/// For a clone of `vm` about to start: takes the template lock, checks the template against
+/// this VM's manifest, or makes the template when there is none (a VM booted with `vm`'s
+/// configuration and `devices`, saved, quit). The lock is held until the clone has loaded
+/// the state (a template is never replaced under a clone that is loading it).
+pub(super) async fn ensure(
+    vm: &super::Qemu,
+    ours: &TemplateManifest,
+    devices: &[DeviceConfig],
+) -> Result<(TemplateDir, TemplateLock)> {
+    use crate::hypervisor::Hypervisor as _;
+    let dir = TemplateDir::new(&vm.config.factory.template_path);
+    let lock = dir.lock().await?;
+    if dir.exists() {
+        dir.check_matches(ours)?;
+        return Ok((dir, lock));
+    }
+    dir.remove_partial();
+    let t0 = std::time::Instant::now();
+    let mut maker = super::Qemu::new(
+        &format!("{}-template", vm.id),
+        vm.config.clone(),
+        dir.path().join("vm"),
+    )?;
+    maker.role = Role::Template;
+    let made = async {
+        maker.prepare(devices.to_vec()).await?;
+        maker.start().await?;
+        maker.wait_ready(TEMPLATE_BOOT_WAIT).await?;
+        let qmp = maker
+            .qmp()
+            .ok_or_else(|| Error::NotRunning(maker.state().to_string()))?;
+        save(&qmp, &dir, &dir.path().join("save.sock")).await
+    }
+    .await;
+    if let Err(e) = maker.stop().await {
+        tracing::debug!(error = %e, "stopping the template VM");
+    }
+    match made {
+        Ok(()) => {
+            dir.write_manifest(ours)?;
+            tracing::info!(sandbox_id = %vm.id, dir = %dir.path().display(), took = ?t0.elapsed(), "VM template made");
+            Ok((dir, lock))
+        }
+        Err(e) => {
+            dir.remove_partial();
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> HypervisorConfig {
+        let mut c = HypervisorConfig::default();
+        c.factory.enable_template = true;
+        c.factory.template_path = "/run/vc/vm/template".into();
+        c.shared_fs = SharedFs::Virtio9p;
+        c
+    }
+
+    fn args() -> Vec<String> {
+        [
+            "-m",
+            "256M",
+            "-object",
+            "memory-backend-memfd,id=mem0,size=256M,share=on",
+            "-numa",
+            "node,memdev=mem0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    #[test]
+    fn the_template_maps_its_memory_file_shared_and_a_clone_private_waiting_for_its_state() {
+        let dir = Path::new("/run/vc/vm/template");
+        let mut t = args();
+        adjust_args(Role::Template, dir, &mut t).unwrap();
+        assert_eq!(
+            t[3],
+            "memory-backend-file,id=mem0,size=256M,mem-path=/run/vc/vm/template/memory,share=on"
+        );
+        assert!(!t.contains(&"-incoming".to_string()), "{t:?}");
+        let mut c = args();
+        adjust_args(Role::Clone, dir, &mut c).unwrap();
+        assert_eq!(
+            c[3],
+            "memory-backend-file,id=mem0,size=256M,mem-path=/run/vc/vm/template/memory,share=off"
+        );
+        assert_eq!(&c[6..], ["-incoming", "defer", "-S"]);
+        let mut n = args();
+        adjust_args(Role::None, dir, &mut n).unwrap();
+        assert_eq!(n, args());
+    }
+
+    #[test]
+    fn hybrid_vsock_virtio_fs_rootless_vfio_and_nics_are_refused_naming_them() {
+        let e = check_start(
+            &VsockDevice::VhostUser {
+                socket: "/x/vhost-vsock.sock".into(),
+            },
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("vhost-user-vsock") && e.contains("modprobe vhost_vsock"),
+            "{e}"
+        );
+        assert!(check_start(&VsockDevice::VhostVsock { cid: 7 }, &[]).is_ok());
+        let mut c = config();
+        c.shared_fs = SharedFs::VirtioFs;
+        let e = check_config(&c).unwrap_err().to_string();
+        assert!(e.contains("shared_fs = \"virtio-fs\""), "{e}");
+        let mut c = config();
+        c.rootless = true;
+        let e = check_config(&c).unwrap_err().to_string();
+        assert!(e.contains("rootless = true"), "{e}");
+        let mut c = config();
+        c.factory.template_path = "template".into();
+        let e = check_config(&c).unwrap_err().to_string();
+        assert!(e.contains("factory.template_path"), "{e}");
+        assert!(check_config(&config()).is_ok());
+        let mut off = config();
+        off.factory.enable_template = false;
+        off.shared_fs = SharedFs::VirtioFs;
+        assert!(check_config(&off).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_template_directory_others_can_write_is_refused_naming_the_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = TemplateDir::new(tmp.path().join("t"));
+        drop(dir.lock().await.unwrap());
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = dir.lock().await.unwrap_err().to_string();
+        assert!(
+            e.contains("factory.template_path") && e.contains("777"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_template_made_for_another_vm_is_refused_naming_the_difference_and_the_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = TemplateDir::new(tmp.path());
+        let c = config();
+        let ours = TemplateManifest::new(
+            &c,
+            Path::new("/g/vmlinux"),
+            Some(Path::new("/g/initrd")),
+            Accelerator::Kvm,
+            Path::new("/usr/bin/qemu-system-x86_64"),
+            &[],
+        );
+        assert!(!dir.exists());
+        dir.write_manifest(&ours).unwrap();
+        dir.check_matches(&ours).unwrap();
+        let mut bigger = c.clone();
+        bigger.default_memory += 256;
+        let theirs = TemplateManifest::new(
+            &bigger,
+            Path::new("/g/vmlinux"),
+            Some(Path::new("/g/initrd")),
+            Accelerator::Kvm,
+            Path::new("/usr/bin/qemu-system-x86_64"),
+            &[],
+        );
+        let e = dir.check_matches(&theirs).unwrap_err().to_string();
+        assert!(
+            e.contains("default_memory") && e.contains("rm -r") && e.contains("template_path"),
+            "{e}"
+        );
+        let other_kernel = TemplateManifest::new(
+            &c,
+            Path::new("/g/other"),
+            Some(Path::new("/g/initrd")),
+            Accelerator::Kvm,
+            Path::new("/usr/bin/qemu-system-x86_64"),
+            &[],
+        );
+        let e = dir.check_matches(&other_kernel).unwrap_err().to_string();
+        assert!(e.contains("kernel: "), "{e}");
+    }
+}

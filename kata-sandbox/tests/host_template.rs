@@ -1,0 +1,56 @@
+//! VM templating (`enable_template`) refusals on this host, without a guest: the QEMU
+//! backend templates only with the kernel's vhost-vsock (the nested lab proves the clones:
+//! lab check `qemu-template`), and every other hypervisor refuses the key.
+
+use kata_hypervisor::config::{HypervisorType, SharedFs};
+use kata_sandbox::Sandbox;
+
+/// A templating builder (virtio-9p, which a template can carry) rooted in `root`.
+fn templating(root: &std::path::Path, template: &std::path::Path) -> kata_sandbox::SandboxBuilder {
+    let builder = Sandbox::builder().memory_mib(256).root_dir(root);
+    let mut hv = builder.config().clone();
+    hv.shared_fs = SharedFs::Virtio9p;
+    hv.factory.enable_template = true;
+    hv.factory.template_path = template.display().to_string();
+    builder.hypervisor_config(hv)
+}
+
+#[test]
+fn a_hypervisor_other_than_qemu_refuses_enable_template_naming_it() {
+    let b = Sandbox::builder().hypervisor(HypervisorType::Dragonball);
+    assert!(b.clone().finish().is_ok());
+    let mut hv = b.config().clone();
+    hv.factory.enable_template = true;
+    let e = b.hypervisor_config(hv).finish().unwrap_err().to_string();
+    assert!(
+        e.contains("enable_template") && e.contains("QEMU only"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_without_kernel_vhost_vsock_refuses_the_template_naming_hybrid_vsock() {
+    if std::path::Path::new("/dev/vhost-vsock").exists() {
+        eprintln!("this host has /dev/vhost-vsock: the refusal is for hosts without it; skipped");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let template = work.path().join("template");
+    let e = templating(&root, &template)
+        .id("template-refused")
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("vhost-user-vsock") && e.contains("modprobe vhost_vsock"),
+        "{e}"
+    );
+    // Nothing left: no sandbox directory, no template made.
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!template.exists(), "a template directory was made");
+}
