@@ -18,9 +18,10 @@
 //!   device stays with the VM after the container's delete; hot: it is gone from L2.
 //! - `vfio-mode-cold-switch-port`, `vfio-mode-cold-bridge-port`, `vfio-mode-hot-switch-port`:
 //!   the same proof with the edu behind a switch's downstream port (4 slots deep) and on the
-//!   PCIe-to-PCI bridge, cold, and hot-plugged onto a switch's downstream port. The cold ones
-//!   share their sandbox with `vfio-cold-switch-port` / `vfio-cold-bridge-port` (one L2 boot
-//!   each), so the proof container is the second container naming the cold-plugged device.
+//!   PCIe-to-PCI bridge, cold, and hot-plugged onto a switch's downstream port. They share
+//!   their sandbox with `vfio-cold-switch-port`, `vfio-cold-bridge-port` and
+//!   `vfio-hot-switch-port` (one L2 boot each), so the proof container is the second container
+//!   naming the device (cold: bound already; hot: plugged again on the freed port).
 //!
 //! With the built-in VMM ([`run_builtin`], reported as `builtin-<name>`, names in
 //! [`kata_lab::protocol::BUILTIN_VFIO_CHECKS`]): kata-vmm's own PCI root bus, cold-plug only,
@@ -505,10 +506,12 @@ async fn hot_case(r: &mut Report, port: PciePort, vfio: &Path, rootfs: &Path, ro
 
 /// `vfio_mode = "vfio"` on a `port`, cold- or hot-plugged: the proof program drives the edu
 /// through /dev/vfio; then, after the container's delete, the edu stays with the VM (cold) or
-/// is gone from L2 (hot). Cold on a switch's downstream port or the bridge ([`SHARED_BOOT`])
-/// the same sandbox first answers `vfio-cold-<port>`: a container naming the group sees the
-/// edu at its depth. One L2 boot for both (each boot with the edu pins L2's memory for its
-/// DMA: about 35 s here), which keeps the whole lab inside L1's deadline.
+/// is gone from L2 (hot). Cold on a switch's downstream port or the bridge, and hot on a
+/// switch's downstream port ([`SHARED_BOOT`]), the same sandbox first answers
+/// `vfio-cold-<port>` / `vfio-hot-<port>`: a container naming the group sees the edu at its
+/// depth (hot: plugged for it, unplugged at its delete, so the proof's plug finds the port
+/// free again). One L2 boot for both (each boot with the edu pins L2's memory for its DMA:
+/// about 35 s here), which keeps the whole lab inside L1's deadline.
 async fn vfio_mode_case(
     r: &mut Report,
     port: PciePort,
@@ -519,7 +522,9 @@ async fn vfio_mode_case(
 ) {
     let name = vfio_mode_name(port, cold);
     let limit = Duration::from_secs(180);
-    let listed = (cold && SHARED_BOOT.contains(&port)).then(|| format!("vfio-cold-{port}"));
+    let listed = SHARED_BOOT
+        .contains(&(port, cold))
+        .then(|| plain_name(port, cold));
     let t = Instant::now();
     let sb = match build(port, cold, true, vfio, root_dir).await {
         Ok(sb) => sb,
@@ -533,18 +538,39 @@ async fn vfio_mode_case(
     };
     if let Some(l) = &listed {
         let booted = t.elapsed();
+        let t = Instant::now();
         let seen = tokio::time::timeout(limit, run_in(&sb, rootfs, vfio, false, LIST_EDU)).await;
+        let ran = t.elapsed();
+        if !cold && matches!(seen, Ok(Ok(_))) {
+            println!(
+                "{}",
+                figure_line(
+                    &format!("qemu-vfio-hotplug-{port}-container-run"),
+                    ran.as_secs_f64() * 1000.0,
+                    "ms",
+                    "a container run with the edu hot-plugged: device_add, the agent's wait for \
+                     it in L2 and its bind to vfio-pci (vfio_mode vfio), the container, its \
+                     delete with device_del"
+                )
+            );
+        }
         r.line(
             l,
             seen.context("timed out")
                 .and_then(|s| s)
                 .and_then(|l| seen_at_depth(&l, depth(port)))
-                .map(|p| {
-                    format!(
+                .map(|p| match cold {
+                    true => format!(
                         "{} cold-plugged ({port}, vfio_mode vfio): 1234:11e8 at guest PCI path \
                          {p}; sandbox with it booted in {booted:.1?}",
                         vfio.display()
-                    )
+                    ),
+                    false => format!(
+                        "{} hot-plugged (hot_plug_vfio → a free {port}, vfio_mode vfio): \
+                         1234:11e8 at guest PCI path {p}; container created, ran and deleted \
+                         in {ran:.1?}",
+                        vfio.display()
+                    ),
                 }),
         );
     }
@@ -619,9 +645,20 @@ fn vfio_mode_name(port: PciePort, cold: bool) -> String {
     format!("vfio-mode-{}-{port}", if cold { "cold" } else { "hot" })
 }
 
-/// The port kinds whose cold-plug listing (`vfio-cold-<port>`) runs in the `vfio` mode
-/// case's sandbox ([`vfio_mode_case`]) when the proof program could be built.
-const SHARED_BOOT: [PciePort; 2] = [PciePort::SwitchPort, PciePort::BridgePort];
+/// The port kinds and plugs whose listing check (`vfio-cold-<port>`, `vfio-hot-<port>`) runs
+/// in the `vfio` mode case's sandbox ([`vfio_mode_case`]) when the proof program could be
+/// built. The root port's keep sandboxes of their own: `guest-kernel` mode's BAR0 check, the
+/// unplug check and the hot-plug latency figure run there.
+const SHARED_BOOT: [(PciePort, bool); 3] = [
+    (PciePort::SwitchPort, true),
+    (PciePort::BridgePort, true),
+    (PciePort::SwitchPort, false),
+];
+
+/// The listing check of a port kind and plug (`vfio-hot-switch-port`).
+fn plain_name(port: PciePort, cold: bool) -> String {
+    format!("vfio-{}-{port}", if cold { "cold" } else { "hot" })
+}
 
 /// The `vfio` mode cases, in the order they run: cold on every port kind, hot on a root port
 /// and a switch's downstream port.
@@ -650,14 +687,14 @@ pub async fn run(rootfs: &Path, root_dir: &str, only: Option<&[String]>) -> (usi
             return (r.ran, r.passed);
         }
     };
-    // A cold listing behind a switch or the bridge shares the `vfio` mode case's sandbox.
-    let shared = |port: PciePort| {
-        SHARED_BOOT.contains(&port)
-            && (wanted(&format!("vfio-cold-{port}")) || wanted(&vfio_mode_name(port, true)))
+    // A listing of SHARED_BOOT shares the `vfio` mode case's sandbox.
+    let shared = |port: PciePort, cold: bool| {
+        SHARED_BOOT.contains(&(port, cold))
+            && (wanted(&plain_name(port, cold)) || wanted(&vfio_mode_name(port, cold)))
     };
     let modes: Vec<(PciePort, bool)> = VFIO_MODE_CASES
         .into_iter()
-        .filter(|(p, c)| wanted(&vfio_mode_name(*p, *c)) || (*c && shared(*p)))
+        .filter(|(p, c)| wanted(&vfio_mode_name(*p, *c)) || shared(*p, *c))
         .collect();
     let proof = match modes.is_empty() {
         true => Ok(()),
@@ -669,13 +706,14 @@ pub async fn run(rootfs: &Path, root_dir: &str, only: Option<&[String]>) -> (usi
         PciePort::BridgePort,
     ] {
         // Without the proof program the listing runs on its own (guest-kernel mode).
-        let alone = !shared(port) || proof.is_err();
-        if alone && wanted(&format!("vfio-cold-{port}")) {
+        let alone = !shared(port, true) || proof.is_err();
+        if alone && wanted(&plain_name(port, true)) {
             cold_case(&mut r, port, &vfio, rootfs, root_dir).await;
         }
     }
     for port in [PciePort::RootPort, PciePort::SwitchPort] {
-        if wanted(&format!("vfio-hot-{port}")) {
+        let alone = !shared(port, false) || proof.is_err();
+        if alone && wanted(&plain_name(port, false)) {
             hot_case(&mut r, port, &vfio, rootfs, root_dir).await;
         }
     }
@@ -969,10 +1007,17 @@ mod tests {
             e.to_string().contains("brige") && e.to_string().contains("vfio-mode-cold-bridge-port"),
             "{e}"
         );
-        // Every `vfio` mode case is a listed check.
+        // Every `vfio` mode case is a listed check, and so is every listing sharing its boot.
         for (port, cold) in VFIO_MODE_CASES {
             assert!(
                 kata_lab::protocol::VFIO_CHECKS.contains(&vfio_mode_name(port, cold).as_str()),
+                "{port} {cold}"
+            );
+        }
+        for (port, cold) in SHARED_BOOT {
+            assert!(VFIO_MODE_CASES.contains(&(port, cold)), "{port} {cold}");
+            assert!(
+                kata_lab::protocol::VFIO_CHECKS.contains(&plain_name(port, cold).as_str()),
                 "{port} {cold}"
             );
         }
