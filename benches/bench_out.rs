@@ -157,3 +157,22 @@ pub fn env_usize(key: &str, default: usize) -> usize {
         .filter(|n| *n > 0)
         .unwrap_or(default)
 }
+
+/// `builder` with the benches' start settings from the environment, for a before/after in one
+/// run: `KATA_RS_BENCH_FIRMWARE` sets `firmware` (`/usr/share/seabios/bios-256k.bin`: the
+/// SeaBIOS reference; unset: kata-rs' own choice, `kata_hypervisor::qemu::firmware`) and
+/// `KATA_RS_BENCH_AGENT_TIMEOUT_S` the agent timeout (unset: the builder's default; many TCG
+/// guests booting at once on a few cores need longer than it).
+pub fn with_bench_settings(builder: kata_sandbox::SandboxBuilder) -> kata_sandbox::SandboxBuilder {
+    let mut builder = builder;
+    if let Some(firmware) = std::env::var_os("KATA_RS_BENCH_FIRMWARE") {
+        let mut hv = builder.config().clone();
+        hv.firmware = firmware.to_string_lossy().into_owned();
+        builder = builder.hypervisor_config(hv);
+    }
+    let timeout = env_usize("KATA_RS_BENCH_AGENT_TIMEOUT_S", 0);
+    if timeout > 0 {
+        builder = builder.agent_timeout(Duration::from_secs(timeout as u64));
+    }
+    builder
+}

@@ -18,6 +18,9 @@
 //! `KATA_RS_PHASE_DMESG=1` prints each boot's kernel log too; `KATA_RS_PHASE_KERNEL_PARAMS`
 //! appends guest kernel parameters (to compare command lines, or `initcall_debug`).
 //!
+//! `KATA_RS_BENCH_FIRMWARE=/usr/share/seabios/bios-256k.bin` boots SeaBIOS (the reference for
+//! kata-rs' qboot choice, `kata_hypervisor::qemu::firmware`).
+//!
 //! `cargo bench -p kata-benches --bench boot_phases`; prints the split and writes
 //! `boot_phases.json` for `make bench-report`.
 
@@ -26,7 +29,7 @@ mod bench_out;
 
 use std::time::{Duration, Instant};
 
-use bench_out::{env_usize, host_load, ms, write_json};
+use bench_out::{env_usize, host_load, ms, with_bench_settings, write_json};
 use kata_benches::busybox_rootfs;
 use kata_sandbox::{ContainerSpec, Sandbox};
 
@@ -57,13 +60,15 @@ fn main() {
     rt.block_on(async {
         for round in 0..rounds {
             let t = Instant::now();
-            let sb = Sandbox::builder()
-                .memory_mib(256)
-                .root_dir(root.path())
-                .kernel_params(&kernel_params)
-                .build()
-                .await
-                .expect("a sandbox");
+            let sb = with_bench_settings(
+                Sandbox::builder()
+                    .memory_mib(256)
+                    .root_dir(root.path())
+                    .kernel_params(&kernel_params),
+            )
+            .build()
+            .await
+            .expect("a sandbox");
             let total = t.elapsed();
             let bt = sb.boot_timings();
             let out = sb

@@ -14,6 +14,9 @@
 //! * **runc reference**: `KATA_RS_RUNC_RUNS` (default 20) `runc run` of `true` in the same
 //!   rootfs, timed the same way.
 //!
+//! `KATA_RS_BENCH_FIRMWARE` and `KATA_RS_BENCH_AGENT_TIMEOUT_S` set the sandboxes' firmware and
+//! agent timeout (`bench_out::with_bench_settings`).
+//!
 //! `cargo bench -p kata-benches --bench density`; prints the figures and writes
 //! `density.json` for `make bench-report`. `cargo test --benches` runs one pod and N = 1.
 
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bench_out::{
     env_usize, exec_anon_rss_kib, guest_ram_rss_kib, host_load, ms, percentile, pss_rss_kib,
-    sandbox_processes, write_json,
+    sandbox_processes, with_bench_settings, write_json,
 };
 use kata_benches::{busybox_rootfs, runc_bundle, runc_run};
 use kata_sandbox::Sandbox;
@@ -168,9 +171,7 @@ fn main() {
 async fn memory_at(n: usize, root: &std::path::Path, settle: Duration) -> serde_json::Value {
     let mut sandboxes = Vec::new();
     for _ in 0..n {
-        let sb = Sandbox::builder()
-            .memory_mib(GUEST_MIB)
-            .root_dir(root)
+        let sb = with_bench_settings(Sandbox::builder().memory_mib(GUEST_MIB).root_dir(root))
             .build()
             .await
             .expect("a sandbox");
@@ -229,9 +230,7 @@ async fn concurrent_starts(n: usize, root: &std::path::Path) -> (Vec<Duration>, 
         let root = root.to_path_buf();
         set.spawn(async move {
             let s = Instant::now();
-            let sb = Sandbox::builder()
-                .memory_mib(GUEST_MIB)
-                .root_dir(&root)
+            let sb = with_bench_settings(Sandbox::builder().memory_mib(GUEST_MIB).root_dir(&root))
                 .build()
                 .await;
             (s.elapsed(), sb)

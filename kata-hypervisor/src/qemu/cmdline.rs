@@ -243,8 +243,9 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
         a.extend(h.marker_args());
     }
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-    if !c.firmware.is_empty() {
-        push(&["-bios", &c.firmware]);
+    // The configured firmware, else qboot where the VM needs nothing only SeaBIOS does.
+    if let Some(bios) = super::firmware::choose(c, l.ports.plan(), l.devices).bios() {
+        push(&["-bios", &bios.display().to_string()]);
     }
     push(&["-kernel", &l.kernel.display().to_string()]);
     if let Some(initrd) = l.initrd {
@@ -876,6 +877,34 @@ mod tests {
         assert_eq!(
             balloon(&c),
             ["virtio-balloon-pci,id=balloon0,free-page-reporting=on"]
+        );
+    }
+
+    #[test]
+    fn firmware_is_qboot_only_for_a_vm_without_ports() {
+        use crate::qemu::firmware::QBOOT_ROM;
+        let host_has_qboot = Path::new(QBOOT_ROM).is_file();
+        let c = HypervisorConfig {
+            default_memory: 256,
+            ..Default::default()
+        };
+        let a = args(&c, &[]).unwrap();
+        let qboot = format!("-bios {QBOOT_ROM} -kernel ");
+        assert_eq!(a.contains(&qboot), host_has_qboot, "{a}");
+        let ported = HypervisorConfig {
+            pcie_root_port: 1,
+            ..c.clone()
+        };
+        let a = args(&ported, &[]).unwrap();
+        assert!(!a.contains("-bios"), "root ports need SeaBIOS: {a}");
+        let seabios = HypervisorConfig {
+            firmware: "/usr/share/seabios/bios-256k.bin".into(),
+            ..c
+        };
+        let a = args(&seabios, &[]).unwrap();
+        assert!(
+            a.contains("-bios /usr/share/seabios/bios-256k.bin -kernel "),
+            "{a}"
         );
     }
 

@@ -31,6 +31,7 @@
 pub mod cmdline;
 pub mod confine;
 pub mod fault;
+pub mod firmware;
 mod host;
 pub mod hotplug;
 pub mod image;
