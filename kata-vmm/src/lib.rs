@@ -2,10 +2,11 @@
 //!
 //! The built-in virtual machine monitor of kata-rs, on the rust-vmm crates: guest memory
 //! ([`memory`]), the kernel loader ([`loader`]), the legacy devices ([`devices::legacy`]: the
-//! serial console and the i8042 reset line) and virtio-mmio devices ([`devices::virtio`]:
-//! block, vsock with a hybrid unix-socket backend, inline virtio-fs), driven by an
-//! [`event_loop`]; [`vm`] assembles them into a KVM VM whose vCPU and device threads confine
-//! themselves with seccomp.
+//! serial console and the i8042 reset line), virtio-mmio devices ([`devices::virtio`]:
+//! block, net, console, vsock with a hybrid unix-socket backend, inline virtio-fs, virtio-mem
+//! memory hot-plug, balloon) driven by an [`event_loop`], and a PCI root bus
+//! ([`devices::pci`]) for VFIO passthrough ([`devices::vfio`], with MSI and INTx); [`vm`]
+//! assembles them into a KVM VM whose vCPU and device threads confine themselves with seccomp.
 //!
 //! Every device works on any [`vm_memory::GuestMemory`], so it is tested over a
 //! [`vm_memory::GuestMemoryMmap`] with no VM at all. What the guest hands a device (descriptor
@@ -13,8 +14,8 @@
 //! malformed chain makes the device report an error or drop the request, never panic.
 //!
 //! The development host's KVM is paravirtual and cannot run a guest: the VM is proven in the
-//! nested lab (`lab/`), where every check of the built-in set passes. Not built yet: net,
-//! console, balloon, hot-plug, pause and snapshots. See the README.
+//! nested lab (`lab/`), where every check of the built-in set passes. Not built yet: CPU
+//! hot-plug (no ACPI), device hot-plug (VFIO included), pause and snapshots. See the README.
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
