@@ -290,7 +290,10 @@ mod tests {
                 "invalid container id ghost: no container with this id in the sandbox",
             ),
         ] {
-            assert!(rpc(code, message).is_unknown_container(), "{code:?} {message}");
+            assert!(
+                rpc(code, message).is_unknown_container(),
+                "{code:?} {message}"
+            );
         }
         assert!(!rpc(Code::INTERNAL, "mount failed").is_unknown_container());
         assert!(!rpc(Code::UNAVAILABLE, "invalid container id").is_unknown_container());

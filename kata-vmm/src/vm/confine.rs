@@ -507,7 +507,11 @@ mod tests {
         assert_eq!(results[0].0, -1);
         assert_ne!(results[0].1, libc::EPERM, "KVM_SET_GSI_ROUTING must pass");
         assert_ne!(results[1].1, libc::EPERM, "VFIO_DEVICE_SET_IRQS must pass");
-        assert_eq!(results[2], (-1, libc::EPERM), "VFIO_DEVICE_GET_IRQ_INFO passed");
+        assert_eq!(
+            results[2],
+            (-1, libc::EPERM),
+            "VFIO_DEVICE_GET_IRQ_INFO passed"
+        );
         assert_eq!(results[3], (-1, libc::EPERM), "KVM_IRQFD passed");
     }
 
