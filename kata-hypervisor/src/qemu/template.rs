@@ -415,9 +415,8 @@ impl TemplateDir {
     }
 
     /// Creates the directory (0700) and takes its lock, waiting for a sandbox that is making
-    /// the template.
-    pub async fn lock(&self) -> Result<TemplateLock> {
-        use std::os::fd::AsRawFd;
+    /// the template: `exclusive` to make it, shared to read it (clones start side by side).
+    pub async fn lock(&self, exclusive: bool) -> Result<TemplateLock> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -433,10 +432,10 @@ impl TemplateDir {
             .open(&path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        let lock = TemplateLock { _file: file };
         loop {
-            // SAFETY: flock on a descriptor this function owns.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(TemplateLock { _file: file });
+            if lock.set(exclusive) {
+                return Ok(lock);
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(Error::Timeout {
@@ -446,6 +445,20 @@ impl TemplateDir {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl TemplateLock {
+    /// Takes (or converts to) the exclusive or the shared lock, without waiting.
+    fn set(&self, exclusive: bool) -> bool {
+        use std::os::fd::AsRawFd;
+        let how = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        // SAFETY: flock on a descriptor this lock owns.
+        unsafe { libc::flock(self._file.as_raw_fd(), how | libc::LOCK_NB) == 0 }
     }
 }
 
@@ -536,8 +549,12 @@ pub async fn save(qmp: &QmpClient, dir: &TemplateDir, socket: &Path) -> Result<(
         .map_err(|e| Error::io("accepting QEMU's migration stream", e))?;
     // The stream holds the device state only (memory is left out): small enough to hold.
     let mut stream = Vec::new();
-    conn.read_to_end(&mut stream)
+    tokio::time::timeout(MIGRATE_WAIT, conn.read_to_end(&mut stream))
         .await
+        .map_err(|_| Error::Timeout {
+            what: "QEMU's migration stream of the template to end".into(),
+            after: MIGRATE_WAIT,
+        })?
         .map_err(|e| Error::io("reading QEMU's migration stream", e))?;
     std::fs::write(&state, &stream)
         .map_err(|e| Error::io(format!("writing {}", state.display()), e))?;
@@ -563,8 +580,12 @@ pub async fn load(qmp: &QmpClient, dir: &TemplateDir, socket: &Path) -> Result<(
     let mut conn = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| Error::io(format!("connecting to {}", socket.display()), e))?;
-    conn.write_all(&stream)
+    tokio::time::timeout(MIGRATE_WAIT, conn.write_all(&stream))
         .await
+        .map_err(|_| Error::Timeout {
+            what: "QEMU to take the template's state".into(),
+            after: MIGRATE_WAIT,
+        })?
         .map_err(|e| Error::io("streaming the template's state to QEMU", e))?;
     conn.shutdown()
         .await
@@ -579,8 +600,9 @@ const TEMPLATE_BOOT_WAIT: Duration = Duration::from_secs(180);
 
 /// For a clone of `vm` about to start: takes the template lock, checks the template against
 /// this VM's manifest, or makes the template when there is none (a VM booted with `vm`'s
-/// configuration and `devices`, saved, quit). The lock is held until the clone has loaded
-/// the state (a template is never replaced under a clone that is loading it).
+/// configuration and `devices`, saved, quit). A shared lock is held until the clone has
+/// loaded the state (a template is never made anew under a clone that is loading it; clones
+/// load side by side); making takes it exclusive.
 pub(super) async fn ensure(
     vm: &super::Qemu,
     ours: &TemplateManifest,
@@ -588,8 +610,16 @@ pub(super) async fn ensure(
 ) -> Result<(TemplateDir, TemplateLock)> {
     use crate::hypervisor::Hypervisor as _;
     let dir = TemplateDir::new(&vm.config.factory.template_path);
-    let lock = dir.lock().await?;
+    // A template there: read it under the shared lock (clones start side by side).
+    let lock = dir.lock(false).await?;
     if dir.exists() {
+        dir.check_matches(ours)?;
+        return Ok((dir, lock));
+    }
+    drop(lock);
+    let lock = dir.lock(true).await?;
+    if dir.exists() {
+        // Made meanwhile by another sandbox.
         dir.check_matches(ours)?;
         return Ok((dir, lock));
     }
@@ -617,6 +647,8 @@ pub(super) async fn ensure(
     match made {
         Ok(()) => {
             dir.write_manifest(ours)?;
+            // Shared again: the next clones need not wait for this one's load.
+            lock.set(false);
             tracing::info!(sandbox_id = %vm.id, dir = %dir.path().display(), took = ?t0.elapsed(), "VM template made");
             Ok((dir, lock))
         }
@@ -714,9 +746,17 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let dir = TemplateDir::new(tmp.path().join("t"));
-        drop(dir.lock().await.unwrap());
+        let shared = dir.lock(false).await.unwrap();
+        let other = dir.lock(false).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(200), dir.lock(true)).await;
+        assert!(
+            waited.is_err(),
+            "the exclusive lock was taken beside shared ones"
+        );
+        drop((shared, other));
+        drop(dir.lock(true).await.unwrap());
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = dir.lock().await.unwrap_err().to_string();
+        let e = dir.lock(false).await.unwrap_err().to_string();
         assert!(
             e.contains("factory.template_path") && e.contains("777"),
             "{e}"

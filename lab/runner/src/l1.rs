@@ -242,6 +242,10 @@ pub fn kernel_cmdline(opts: &Options) -> Result<String, Error> {
     if std::env::var("KATA_LAB_MEM").is_ok_and(|v| !v.trim().is_empty()) {
         cmdline.push_str(" lab.mem");
     }
+    // qemu-template alone (the host's KATA_LAB_TEMPLATE; src/template.rs).
+    if std::env::var("KATA_LAB_TEMPLATE").is_ok_and(|v| !v.trim().is_empty()) {
+        cmdline.push_str(" lab.template");
+    }
     if let Some(log) = &opts.log {
         if log.is_empty() || log.contains(char::is_whitespace) {
             return Err(Error::LogFilter(log.clone()));

@@ -29,6 +29,7 @@ mod crash;
 mod default_vmm;
 mod mem_hotplug;
 mod pod_net;
+mod template;
 mod vfio;
 mod vfio_ctr;
 
@@ -377,6 +378,12 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
                 Duration::from_secs(360),
                 reclaims,
             )
+            .await;
+    }
+    if vmm == Vmm::Qemu {
+        let check = template::qemu_template(rootfs, ROOT_DIR);
+        checks
+            .run(template::CHECK, Duration::from_secs(900), check)
             .await;
     }
     checks
@@ -743,6 +750,30 @@ fn mem_hotplug_alone(
     true
 }
 
+/// `qemu-template` alone when L1's command line says `lab.template` (then true: no VMM set
+/// runs); counted into `ran` and `passed`.
+fn template_alone(
+    runtime: &tokio::runtime::Runtime,
+    rootfs: &Result<PathBuf>,
+    ran: &mut usize,
+    passed: &mut usize,
+) -> bool {
+    if !template::only() {
+        return false;
+    }
+    let mut c = Checks::new(Vmm::Qemu);
+    match rootfs {
+        Ok(rootfs) => {
+            let check = template::qemu_template(rootfs, ROOT_DIR);
+            runtime.block_on(c.run(template::CHECK, Duration::from_secs(900), check));
+        }
+        Err(e) => c.not_run(template::CHECK, &format!("{e:#}")),
+    }
+    *ran += c.ran;
+    *passed += c.passed;
+    true
+}
+
 /// The VMMs named by `--vmm` (all when none is).
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Vec<Vmm>> {
     let mut vmms = Vec::new();
@@ -823,6 +854,8 @@ fn main() -> ExitCode {
     };
     // `lab.mem` (the host's KATA_LAB_MEM): builtin-memory-hotplug alone, no VMM set.
     let mem_alone = mem_hotplug_alone(&runtime, &rootfs, &mut ran, &mut passed);
+    // `lab.template` (the host's KATA_LAB_TEMPLATE): qemu-template alone, no VMM set.
+    let mem_alone = mem_alone || template_alone(&runtime, &rootfs, &mut ran, &mut passed);
     let vfio_alone = vfio_only.is_some() || mem_alone;
     let vfio_named = |n: &str| vfio_only.as_ref().is_some_and(|o| o.iter().any(|w| w == n));
     for vmm in vmms.into_iter().filter(|_| !vfio_alone) {

@@ -1,0 +1,296 @@
+//! `qemu-template` (issue 15): VM templating with QEMU (`enable_template`), in L1 where KVM
+//! and the kernel's vhost-vsock work.
+//!
+//! A fresh sandbox (no template, virtio-9p) boots first as the reference. Then three sandboxes
+//! with `enable_template = true` and a template directory of their own ([`TEMPLATE_DIR`],
+//! emptied first): the first finds no template, so it makes one (a VM booted to its agent,
+//! saved, quit) and starts as its first clone; the other two start as clones. Each clone runs a
+//! container. The check holds when every clone's QEMU was started from the template (its
+//! command line maps the template's memory private and waits for the state: `-incoming
+//! defer`), every clone's agent answers at a guest CID of its own (the guest took the clone's
+//! CID: the agent is dialled at it), the clones' random streams differ (16 bytes of
+//! `/dev/urandom` and the kernel's `boot_id`, made from the CRNG on its first read: without the
+//! agent's CRNG reseed two clones read the same `boot_id` — seen in the first lab run), each
+//! clone's clock is the host's (`SetGuestDateTime`: without it a clone's clock is the
+//! template's when it was saved), and after the shutdowns no QEMU, mount or sandbox directory
+//! is left while the template stays (memory, state, manifest; no VM directory or socket of the
+//! template VM). It then removes the template (`rm -r`, the documented removal).
+//!
+//! Figures (not asserted): `build()` wall time of a clone against the fresh boot, and QEMU's
+//! PSS per clone (two clones sharing the template's pages) against the fresh VM's.
+//!
+//! `KATA_LAB_TEMPLATE=only` on the host runs this check alone (`lab.template` on L1's command
+//! line; the runner then runs no VMM set and the other checks never report).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use kata_hypervisor::config::SharedFs;
+use kata_sandbox::{ContainerSpec, Sandbox};
+
+/// The check's name without the VMM's prefix.
+pub const CHECK: &str = "template";
+/// The template directory (L1's `/run` is a tmpfs).
+pub const TEMPLATE_DIR: &str = "/run/kata-lab-template";
+/// How far a clone's clock may be from the host's.
+const CLOCK_SLACK_S: i64 = 5;
+
+/// Whether L1's command line asks for this check alone (`lab.template`).
+pub fn only() -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|w| w == "lab.template")
+}
+
+/// A 256 MiB, 1 vCPU QEMU sandbox on virtio-9p (which a template can carry), templated or not.
+fn builder(id: &str, root_dir: &str, template: bool) -> kata_sandbox::SandboxBuilder {
+    let b = Sandbox::builder()
+        .id(id)
+        .hypervisor(kata_hypervisor::config::HypervisorType::Qemu)
+        .memory_mib(256)
+        .vcpus(1)
+        .root_dir(root_dir);
+    let mut hv = b.config().clone();
+    hv.shared_fs = SharedFs::Virtio9p;
+    hv.factory.enable_template = template;
+    hv.factory.template_path = TEMPLATE_DIR.into();
+    b.hypervisor_config(hv)
+}
+
+/// What one sandbox showed.
+struct Seen {
+    build: Duration,
+    /// The boot phases (`BootTimings`), for the figure.
+    phases: String,
+    agent: String,
+    boot_id: String,
+    random: String,
+    qemu_cmdline: String,
+    clock_skew_s: i64,
+    pss_kib: u64,
+}
+
+/// The sandbox's QEMU process.
+fn qemu_pid(sandbox: &Sandbox) -> Result<u32> {
+    sandbox
+        .host_pids()
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("qemu-system"))
+        })
+        .context("no qemu-system process among the sandbox's host pids")
+}
+
+/// QEMU's proportional set size (`Pss` of `smaps_rollup`), KiB.
+fn qemu_pss_kib(sandbox: &Sandbox) -> Result<u64> {
+    let pid = qemu_pid(sandbox)?;
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no Pss in smaps_rollup")
+}
+
+/// Builds `id`, runs a container that prints the guest's boot id and clock, measures QEMU.
+async fn start(id: &str, rootfs: &Path, root_dir: &str, template: bool) -> Result<(Sandbox, Seen)> {
+    let t = Instant::now();
+    let sandbox = tokio::time::timeout(
+        Duration::from_secs(400),
+        builder(id, root_dir, template).build(),
+    )
+    .await
+    .with_context(|| format!("no sandbox {id} after 400 s"))?
+    .with_context(|| format!("the sandbox {id} did not start"))?;
+    let build = t.elapsed();
+    let b = sandbox.boot_timings();
+    let phases = format!(
+        "VMM running {:.0} ms, VM started {:.0} ms, agent connected {:.0} ms, ready {:.0} ms",
+        b.vmm_running.as_secs_f64() * 1000.0,
+        b.vm_started.as_secs_f64() * 1000.0,
+        b.agent_connected.as_secs_f64() * 1000.0,
+        b.ready.as_secs_f64() * 1000.0
+    );
+    let seen = async {
+        let out = sandbox
+            .run(ContainerSpec::from_rootfs_dir(rootfs).args([
+                "sh",
+                "-c",
+                "cat /proc/sys/kernel/random/boot_id; date +%s; \
+                 od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'",
+            ]))
+            .await?;
+        let host_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64;
+        let text = out.stdout_str();
+        let mut lines = text.lines();
+        let boot_id = lines.next().unwrap_or_default().trim().to_string();
+        let guest_now: i64 = lines
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .with_context(|| format!("no clock in {text:?} ({})", out.stderr_str()))?;
+        let random = lines.next().unwrap_or_default().trim().to_string();
+        let qemu_cmdline = std::fs::read(format!("/proc/{}/cmdline", qemu_pid(&sandbox)?))?
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let agent = sandbox
+            .describe()
+            .into_iter()
+            .find(|(k, _)| *k == "agent")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        Ok::<_, anyhow::Error>(Seen {
+            build,
+            phases: phases.clone(),
+            agent,
+            boot_id,
+            random,
+            qemu_cmdline,
+            clock_skew_s: guest_now - host_now,
+            pss_kib: qemu_pss_kib(&sandbox)?,
+        })
+    }
+    .await;
+    match seen {
+        Ok(s) => Ok((sandbox, s)),
+        Err(e) => {
+            let _ = sandbox.shutdown().await;
+            Err(e)
+        }
+    }
+}
+
+/// `qemu-template`.
+pub async fn qemu_template(rootfs: &Path, root_dir: &str) -> Result<String> {
+    let _ = std::fs::remove_dir_all(TEMPLATE_DIR);
+    let (fresh, f) = start("lab-tpl-fresh", rootfs, root_dir, false).await?;
+    fresh.shutdown().await?;
+    let mut clones = Vec::new();
+    let mut seen = Vec::new();
+    let mut failed = None;
+    for i in 1..=3 {
+        match start(&format!("lab-tpl-{i}"), rootfs, root_dir, true).await {
+            Ok((s, v)) => {
+                clones.push(s);
+                seen.push(v);
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    // PSS once every clone runs (the template's pages shared between them).
+    let pss: Vec<u64> = clones.iter().filter_map(|s| qemu_pss_kib(s).ok()).collect();
+    let dirs: Vec<_> = clones.iter().map(|s| s.dir().to_path_buf()).collect();
+    for s in clones {
+        s.shutdown().await?;
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mib = |k: u64| k as f64 / 1024.0;
+    let clone_build = seen[1..].iter().map(|s| ms(s.build)).sum::<f64>() / 2.0;
+    let clone_pss = pss[1..].iter().sum::<u64>() / 2;
+    println!(
+        "{}",
+        kata_lab::protocol::figure_line(
+            "qemu-template-clone-vs-fresh-start",
+            clone_build / ms(f.build),
+            "ratio",
+            &format!(
+                "build() of a clone {clone_build:.0} ms (mean of 2; the last: {}) / fresh boot \
+                 {:.0} ms ({}); the first templated sandbox (template made, then cloned) {:.0} ms",
+                seen[2].phases,
+                ms(f.build),
+                f.phases,
+                ms(seen[0].build)
+            ),
+        )
+    );
+    println!(
+        "{}",
+        kata_lab::protocol::figure_line(
+            "qemu-template-clone-vs-fresh-pss",
+            clone_pss as f64 / f.pss_kib as f64,
+            "ratio",
+            &format!(
+                "QEMU PSS per clone {:.1} MiB (mean of the last 2 of 3 running clones: {:?} kB) / \
+                 fresh VM {:.1} MiB (after one container each, 256 MiB guests)",
+                mib(clone_pss),
+                pss,
+                mib(f.pss_kib)
+            ),
+        )
+    );
+    let agents: Vec<&str> = seen.iter().map(|s| s.agent.as_str()).collect();
+    let mut distinct = agents.clone();
+    distinct.sort();
+    distinct.dedup();
+    ensure!(
+        distinct.len() == 3 && agents.iter().all(|a| a.starts_with("vsock://")),
+        "the clones' agents are not at three distinct vhost-vsock CIDs: {agents:?}"
+    );
+    let memory = format!("mem-path={TEMPLATE_DIR}/memory,share=off");
+    for s in &seen {
+        ensure!(
+            s.qemu_cmdline.contains(&memory) && s.qemu_cmdline.contains("-incoming defer"),
+            "a clone's QEMU was not started from the template ({memory}, -incoming defer): {}",
+            s.qemu_cmdline
+        );
+    }
+    let distinct = |v: Vec<&str>| {
+        let mut d = v.clone();
+        d.sort();
+        d.dedup();
+        d.len() == v.len() && v.iter().all(|x| !x.is_empty())
+    };
+    let boot_ids: Vec<&str> = seen.iter().map(|s| s.boot_id.as_str()).collect();
+    let randoms: Vec<&str> = seen.iter().map(|s| s.random.as_str()).collect();
+    ensure!(
+        distinct(boot_ids.clone()) && distinct(randoms.clone()),
+        "the clones' random streams are not their own: boot ids {boot_ids:?}, /dev/urandom \
+         {randoms:?} (the CRNG state of the template, not reseeded?)"
+    );
+    let skews: Vec<i64> = seen.iter().map(|s| s.clock_skew_s).collect();
+    ensure!(
+        skews.iter().all(|s| s.abs() <= CLOCK_SLACK_S),
+        "the clones' clocks are off the host's by {skews:?} s (SetGuestDateTime not applied?)"
+    );
+    // Nothing left but the template.
+    for d in &dirs {
+        ensure!(!d.exists(), "{} left", d.display());
+    }
+    let mounts = kata_testkit::leaks::mounts_under(Path::new(root_dir));
+    ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+    let left: Vec<_> = kata_testkit::leaks::cmdlines()
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("qemu-system") && cmd.contains("lab-tpl"))
+        .collect();
+    ensure!(left.is_empty(), "processes left: {left:?}");
+    let mut kept: Vec<String> = std::fs::read_dir(TEMPLATE_DIR)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    ensure!(
+        kept == ["lock", "memory", "state", "template.json"],
+        "the template directory holds {kept:?}: want the lock, memory, state and manifest only"
+    );
+    let state_kib = std::fs::metadata(Path::new(TEMPLATE_DIR).join("state"))?.len() / 1024;
+    std::fs::remove_dir_all(TEMPLATE_DIR).context("removing the template (rm -r)")?;
+    Ok(format!(
+        "3 clones at {agents:?} from the template ({memory}, -incoming defer), each with its own \
+         random stream (boot ids {boot_ids:?}), clocks {skews:?} s off the host's; build() \
+         clone {clone_build:.0} ms vs fresh {:.0} ms; state {state_kib} KiB; nothing left after \
+         shutdown, the template kept {kept:?} until removed",
+        ms(f.build)
+    ))
+}
