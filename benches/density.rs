@@ -9,8 +9,10 @@
 //! * **Starts per second**: for each N of `KATA_RS_STARTS_N` (default `1,2,4,8,16`, capped at
 //!   `KATA_RS_STARTS_MAX`, default 8: TCG guests on a shared 2-core host), N `build()`s at
 //!   once; starts/s = N / time until the last is ready, p50/p99 of the N latencies, and the
-//!   ratio to `min(N, cores)` × the single-start rate (the target is 0.8). N = 1 runs
-//!   `KATA_RS_STARTS_SINGLE` times (default 5): the kata-rs start latency distribution.
+//!   ratio to `min(N, cores)` × the single-start rate (the target is 0.8); the CPU
+//!   seconds per start, in all and by process (QEMU, vhost-device-vsock, virtiofsd, the
+//!   runtime). N = 1 runs `KATA_RS_STARTS_SINGLE` times (default 5): the kata-rs start
+//!   latency distribution.
 //! * **runc reference**: `KATA_RS_RUNC_RUNS` (default 20) `runc run` of `true` in the same
 //!   rootfs, timed the same way.
 //!
@@ -95,8 +97,10 @@ fn main() {
             walls.push(wall);
             cpus.push(cpu);
         }
-        cpus.sort_by(f64::total_cmp);
-        let cpu = cpus[cpus.len() / 2];
+        // The round with the median CPU, and its split by process.
+        cpus.sort_by(|a, b| a.total.total_cmp(&b.total));
+        let by_process = cpus[cpus.len() / 2].by_process.clone();
+        let cpu = cpus[cpus.len() / 2].total;
         walls.sort();
         let wall = walls[walls.len() / 2];
         let rate = n as f64 / wall.as_secs_f64();
@@ -114,6 +118,14 @@ fn main() {
             rate / ideal.max(1e-9),
             cores as f64 / cpu.max(1e-9)
         );
+        println!(
+            "density: {n} concurrent start(s): CPU-s per start by process: {}",
+            by_process
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         starts.push(serde_json::json!({
             "n": n,
             "starts_per_s": rate,
@@ -122,6 +134,7 @@ fn main() {
             "latencies_ms": lat.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             "vs_ideal": rate / ideal.max(1e-9),
             "cpu_s_per_start": cpu,
+            "cpu_s_per_start_by_process": by_process,
         }));
     }
 
@@ -222,7 +235,10 @@ async fn memory_at(n: usize, root: &std::path::Path, settle: Duration) -> serde_
 
 /// `n` builds at once: each one's latency and the time until the last was ready. Every
 /// sandbox is shut down afterwards (outside the measurement).
-async fn concurrent_starts(n: usize, root: &std::path::Path) -> (Vec<Duration>, Duration, f64) {
+async fn concurrent_starts(
+    n: usize,
+    root: &std::path::Path,
+) -> (Vec<Duration>, Duration, StartCpu) {
     let runtime_cpu = cpu_seconds(std::process::id());
     let t = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -252,16 +268,31 @@ async fn concurrent_starts(n: usize, root: &std::path::Path) -> (Vec<Duration>, 
     assert!(!lat.is_empty(), "every one of {n} starts failed");
     let wall = t.elapsed();
     // CPU spent on the starts: every sandbox's host processes so far, and this runtime's.
-    let mut cpu = cpu_seconds(std::process::id()) - runtime_cpu;
+    // (A VM booted once more counts only its last QEMU: the first one's CPU is gone with it.)
+    let mut by_process = std::collections::BTreeMap::new();
+    by_process.insert(
+        "runtime".to_string(),
+        cpu_seconds(std::process::id()) - runtime_cpu,
+    );
     for sb in &sandboxes {
-        for (pid, _) in sandbox_processes(sb.dir()) {
-            cpu += cpu_seconds(pid);
+        for (pid, name) in sandbox_processes(sb.dir()) {
+            *by_process.entry(name).or_insert(0.0) += cpu_seconds(pid);
         }
     }
     for sb in sandboxes {
         sb.shutdown().await.unwrap();
     }
-    (lat, wall, cpu / n as f64)
+    for v in by_process.values_mut() {
+        *v /= n as f64;
+    }
+    let total = by_process.values().sum();
+    (lat, wall, StartCpu { total, by_process })
+}
+
+/// CPU seconds per start: in all, and by process name (`comm`; `runtime` is this process).
+struct StartCpu {
+    total: f64,
+    by_process: std::collections::BTreeMap<String, f64>,
 }
 
 /// User + system CPU seconds `pid` has used (`/proc/<pid>/stat`), 0 once it is gone.

@@ -6,8 +6,9 @@
 //! then loads the kernel from fw_cfg. kata-rs always boots `-kernel` (never a disk's boot
 //! sector), so a guest without ports needs none of that: qboot (`/usr/share/qemu/qboot.rom`,
 //! shipped with Debian's QEMU) hands the kernel QEMU's own ACPI tables and jumps to it, and
-//! Linux assigns the root bus's BARs itself. Under TCG that is 0.05-0.07 CPU-s and 0.1-0.3 s
-//! less per boot (`benches/boot_phases.rs`, `benches/density.rs`).
+//! Linux assigns the root bus's BARs itself. Under TCG a start costs 9% less CPU alone and 13%
+//! less with 16 at once (2.1 -> 1.9 and 3.3 -> 2.9 CPU-s, `benches/density.rs` with
+//! `KATA_RS_BENCH_FIRMWARE` for SeaBIOS).
 //!
 //! What qboot does not do, and so where it is never chosen: reserve windows behind PCIe ports
 //! (any `pcie_root_port`, `pcie_switch_port`, or a bridge for VFIO: hot-plug onto them needs
