@@ -28,6 +28,7 @@
 //! (`confidential_guest`, `guest_hook_path`, ...) are refused when the VM is made; see
 //! `settings.rs` for every key.
 
+mod busy;
 pub mod cmdline;
 pub mod confine;
 pub mod fault;
@@ -88,7 +89,8 @@ const CONSOLE_DRAIN: Duration = Duration::from_secs(1);
 /// Console lines an error carries.
 const CONSOLE_LINES_IN_ERRORS: usize = 20;
 /// How many times `wait_ready` boots a VM whose hybrid-vsock backend relays nothing: the
-/// first boot and up to two more, each waited on for a third of the agent timeout.
+/// first boot and up to two more, each after a third of the agent timeout if the guest then
+/// idles (`busy`: a guest still working or waiting for a CPU is waited on, not rebooted).
 const MAX_BOOTS: u32 = 3;
 
 static TCG_WARNED: AtomicBool = AtomicBool::new(false);
@@ -1134,6 +1136,15 @@ impl Hypervisor for Qemu {
                 Err(e) => e,
             };
             if may_reboot && !silent.permanent && t0.elapsed() + Duration::from_secs(5) < timeout {
+                // Only a guest that idles gains from a fresh boot (a stuck backend); one that
+                // runs or waits for a CPU is still booting on a loaded host: wait on.
+                let qemu = self.pids().first().copied();
+                if let Some(pid) = qemu {
+                    if busy::watch(pid).await == Some(false) {
+                        tracing::info!(sandbox_id = %self.id, waited = ?t0.elapsed(), boots, detail = %silent.detail, "the agent has not answered yet; the guest is still working or waiting for a CPU, so it is not booted again");
+                        continue;
+                    }
+                }
                 tracing::warn!(sandbox_id = %self.id, waited = ?t0.elapsed(), boots, detail = %silent.detail, "the agent has not answered though the VM runs; booting the VM once more (the vsock backend may be stuck)");
                 self.reboot_fresh().await?;
                 boots += 1;
