@@ -54,17 +54,23 @@ pub(crate) struct Join {
     pub(crate) cgroups: kata_resource::cgroups::CgroupsConfig,
 }
 
+/// [`RESEED_BYTES`] of the host's `/dev/urandom`, for a guest that must not keep the random
+/// state it woke with (a VM handed over from the cache, a clone of a template).
+pub(crate) fn host_entropy() -> Result<Vec<u8>> {
+    let mut entropy = vec![0u8; RESEED_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))
+        .map_err(|e| Error::io("reading /dev/urandom for the guest's reseed", e))?;
+    Ok(entropy)
+}
+
 impl Rekey {
     /// A re-keying to `id`, with fresh entropy from the host's `/dev/urandom`.
     pub fn new(id: impl Into<String>) -> Result<Rekey> {
-        let mut entropy = vec![0u8; RESEED_BYTES];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))
-            .map_err(|e| Error::io("reading /dev/urandom for the guest's reseed", e))?;
         Ok(Rekey {
             id: id.into(),
             hostname: None,
-            entropy,
+            entropy: host_entropy()?,
             network_namespace: None,
             cgroups_path: None,
             join: None,

@@ -8,8 +8,8 @@
 use kata_agent_client::Agent;
 use kata_hypervisor::config::HypervisorConfig;
 
-use crate::error::{Error, Result};
-use crate::sandbox::handover::RESEED_BYTES;
+use crate::error::Result;
+use crate::sandbox::handover::host_entropy;
 
 /// Whether a sandbox with `hv` starts from a template (QEMU's clones).
 pub(super) fn is_clone(hv: &HypervisorConfig) -> bool {
@@ -18,10 +18,7 @@ pub(super) fn is_clone(hv: &HypervisorConfig) -> bool {
 
 /// Gives the clone's guest fresh entropy and the host's time (see the [module](self) docs).
 pub(super) async fn freshen(agent: &Agent) -> Result<()> {
-    let mut entropy = vec![0u8; RESEED_BYTES];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))
-        .map_err(|e| Error::io("reading /dev/urandom for a clone's reseed", e))?;
+    let entropy = host_entropy()?;
     agent.reseed_random_dev(&entropy).await?;
     agent
         .set_guest_date_time(std::time::SystemTime::now())
