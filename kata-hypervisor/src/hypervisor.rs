@@ -24,6 +24,12 @@ pub struct Capabilities {
     pub cpu_hotplug: bool,
     /// Memory can be added at run time.
     pub memory_hotplug: bool,
+    /// Memory added at run time can be taken back ([`Hypervisor::resize_memory`] to a smaller
+    /// size asks the guest to give it back and answers with the size reached): true with a
+    /// virtio-mem device, false with DIMMs (which the guest cannot be made to give back). The
+    /// sandbox shrinks the VM when a container leaves only where this is true.
+    #[serde(default)]
+    pub memory_shrink: bool,
     /// VFIO devices can be passed through.
     pub vfio: bool,
     /// The agent is reached over hybrid vsock (a unix socket) rather than AF_VSOCK.

@@ -63,14 +63,17 @@ const LOG_LINES_IN_ERRORS: usize = 20;
 /// The most guest console lines logged at agent-ready with `enable_debug`.
 const CONSOLE_LINES_LOGGED: usize = 400;
 
-/// What the built-in backend can do with `config`: memory hot-plug when it gives the VM a
-/// virtio-mem device (`enable_virtio_mem`, `default_maxmemory` above `default_memory`).
+/// What the built-in backend can do with `config`: memory hot-plug, and giving memory back,
+/// when it gives the VM a virtio-mem device (`enable_virtio_mem`, `default_maxmemory` above
+/// `default_memory`).
 pub fn capabilities(config: &HypervisorConfig) -> Capabilities {
+    let virtio_mem = resize::hotplug_mib(config, resize::host_memory_mib()) > 0;
     Capabilities {
         backend: Some(HypervisorType::Dragonball),
         block_hotplug: false,
         cpu_hotplug: false,
-        memory_hotplug: resize::hotplug_mib(config, resize::host_memory_mib()) > 0,
+        memory_hotplug: virtio_mem,
+        memory_shrink: virtio_mem,
         vfio: true,
         hybrid_vsock: true,
         shared_fs: vec![SharedFs::InlineVirtioFs, SharedFs::None],

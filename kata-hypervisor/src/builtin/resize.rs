@@ -3,6 +3,11 @@
 //! ([`hotplug_mib`]); [`resize_memory`] sets the size the guest is asked to plug and waits,
 //! bounded by [`PLUG_WAIT`], for its `virtio_mem` driver to plug (or unplug) it.
 //!
+//! Memory goes both ways: a smaller size asks the guest to unplug, and the answer is the size
+//! it reached (it keeps blocks it cannot offline, e.g. holding kernel allocations). So the
+//! backend says [`Capabilities::memory_shrink`](crate::Capabilities::memory_shrink) with the
+//! device, and kata-sandbox gives memory back when a container leaves.
+//!
 //! vCPUs are not hot-plugged: the VMM describes its CPUs with an MP table, without ACPI, so the
 //! guest has no way to be told of a new one ([`vcpus_refused`]).
 
@@ -161,5 +166,40 @@ pub fn vcpus_refused(vcpus: u32) -> Error {
             "growing the VM to {vcpus} vCPUs (the built-in VMM has no ACPI, so no CPU \
              hot-plug: set default_vcpus to what the pod needs)"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(virtio_mem: bool, max: u32) -> HypervisorConfig {
+        HypervisorConfig {
+            enable_virtio_mem: virtio_mem,
+            default_memory: 512,
+            default_maxmemory: max,
+            ..HypervisorConfig::defaults_for(crate::HypervisorType::Dragonball)
+        }
+    }
+
+    #[test]
+    fn memory_is_given_back_only_with_a_virtio_mem_device() {
+        let caps = super::super::capabilities(&config(true, 2048));
+        assert!(caps.memory_hotplug && caps.memory_shrink);
+        let caps = super::super::capabilities(&config(false, 2048));
+        assert!(!caps.memory_hotplug && !caps.memory_shrink, "no device");
+        let caps = super::super::capabilities(&config(true, 512));
+        assert!(!caps.memory_shrink, "no room: no device");
+    }
+
+    #[test]
+    fn a_shrink_target_is_whole_blocks_above_boot_memory() {
+        let c = config(true, 2048);
+        let region = 1536 << 20;
+        assert_eq!(plug_target(&c, region, 512).unwrap(), 0, "back to boot");
+        assert_eq!(plug_target(&c, region, 300).unwrap(), 0, "never below boot");
+        let t = plug_target(&c, region, 512 + 256).unwrap();
+        assert_eq!(t, 256 << 20);
+        assert_eq!(t % BLOCK_SIZE, 0);
     }
 }

@@ -54,6 +54,7 @@ pub fn capabilities() -> Capabilities {
         block_hotplug: false,
         cpu_hotplug: false,
         memory_hotplug: false,
+        memory_shrink: false,
         vfio: false,
         hybrid_vsock: false,
         shared_fs: vec![

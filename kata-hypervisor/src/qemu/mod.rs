@@ -102,6 +102,7 @@ pub fn capabilities() -> Capabilities {
         block_hotplug: true,
         cpu_hotplug: true,
         memory_hotplug: true,
+        memory_shrink: false,
         vfio: true,
         hybrid_vsock: !Path::new("/dev/vhost-vsock").exists(),
         shared_fs: vec![SharedFs::VirtioFs, SharedFs::Virtio9p, SharedFs::None],

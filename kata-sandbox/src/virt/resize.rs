@@ -8,9 +8,15 @@
 //!
 //! Dynamic sizing (the default): before `CreateContainer` the VM grows by hot-plug (memory
 //! first, then vCPUs), and the agent onlines what came (`OnlineCPUMem`, waiting until the vCPUs
-//! are online, so the container's cgroup is made with them); removing a container unplugs the
-//! vCPUs the others no longer need. **Memory is never shrunk** (the backend keeps its DIMMs):
-//! the next container's growth is measured against the memory the VM has.
+//! are online, so the container's cgroup is made with them); removing a container (or an
+//! update that lowers a limit) recomputes the target from the containers left and unplugs the
+//! vCPUs the others no longer need, and gives memory back where the backend can
+//! ([`Capabilities::memory_shrink`]: a virtio-mem device, in the built-in VMM or QEMU with
+//! `enable_virtio_mem`). The backend answers with the size the guest reached: memory the guest
+//! could not offline (kernel allocations in a block) stays, is logged and counted in
+//! [`SizingState`], never an error for the container's removal. With DIMMs (QEMU without
+//! virtio-mem) memory is never shrunk; the next container's growth is measured against the
+//! memory the VM has.
 //!
 //! `static_sandbox_resource_mgmt = true`: the VM is sized before boot from the workload
 //! ([`WorkloadSize`]: containerd's sandbox sizing annotations, else the first container's
@@ -211,6 +217,8 @@ pub(crate) struct Sizing {
     /// Hot-plug CPUs / memory (dynamic sizing on a backend that can).
     cpu_hotplug: bool,
     memory_hotplug: bool,
+    /// Give memory back when the containers need less (a backend that can take it back).
+    memory_shrink: bool,
     /// Cpusets name the VM's vCPUs (not so without a VM: the test backend's agent runs on the
     /// host's CPUs).
     check_cpusets: bool,
@@ -239,6 +247,7 @@ impl Sizing {
             base,
             cpu_hotplug: !static_sizing && caps.cpu_hotplug,
             memory_hotplug: !static_sizing && caps.memory_hotplug,
+            memory_shrink: !static_sizing && caps.memory_hotplug && caps.memory_shrink,
             check_cpusets: !caps.guest_on_host,
             state: Mutex::new(state),
             op: tokio::sync::Mutex::new(()),
@@ -360,8 +369,8 @@ impl Sizing {
         Ok(())
     }
 
-    /// Forgets container `id` (removed, or failed to create) and unplugs the vCPUs the
-    /// others do not need. Memory stays.
+    /// Forgets container `id` (removed, or failed to create), unplugs the vCPUs the others do
+    /// not need and gives back the memory they do not need (see [`trim`](Self::trim)).
     pub(crate) async fn shrink(&self, id: &str, vm: &dyn Hypervisor) -> Result<()> {
         self.state.lock().unwrap().containers.remove(id);
         self.trim(id, vm).await
@@ -381,15 +390,55 @@ impl Sizing {
         };
     }
 
-    /// Unplugs the vCPUs the counted containers no longer need (after a removal, or an update
-    /// that lowered a quota; `id` names the cause in the log). Memory stays.
+    /// Shrinks the VM to what the counted containers need (after a removal, or an update that
+    /// lowered a limit; `id` names the cause in the log): gives memory back where the backend
+    /// can ([`Capabilities::memory_shrink`]), then unplugs the vCPUs no longer needed. Memory
+    /// the guest keeps, or a backend error while shrinking memory, is logged and counted, not
+    /// returned; the error is a vCPU unplug's.
     pub(crate) async fn trim(&self, id: &str, vm: &dyn Hypervisor) -> Result<()> {
         let _op = self.op.lock().await;
         let (current, target) = {
             let st = self.state.lock().unwrap();
-            (st.vcpus, self.base.target(st.containers.values()))
+            (
+                Target {
+                    vcpus: st.vcpus,
+                    memory_mib: st.memory_mib,
+                },
+                self.base.target(st.containers.values()),
+            )
         };
-        if self.cpu_hotplug && target.vcpus < current {
+        if let Some(mib) = memory_to_give_back(self.memory_shrink, current.memory_mib, target) {
+            match vm.resize_memory(mib).await {
+                Ok(now) => {
+                    self.state.lock().unwrap().memory_mib = now;
+                    if now > mib {
+                        tracing::info!(
+                            container_id = id,
+                            from_mib = current.memory_mib,
+                            to_mib = now,
+                            target_mib = mib,
+                            kept_mib = now - mib,
+                            "memory given back: the guest kept what it could not offline"
+                        );
+                    } else {
+                        tracing::info!(
+                            container_id = id,
+                            from_mib = current.memory_mib,
+                            to_mib = now,
+                            "memory given back: the containers need less"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    container_id = id,
+                    memory_mib = current.memory_mib,
+                    target_mib = mib,
+                    error = %e,
+                    "the VM's memory is not shrunk; it keeps its size"
+                ),
+            }
+        }
+        if self.cpu_hotplug && target.vcpus < current.vcpus {
             let now = vm.resize_vcpus(target.vcpus).await?;
             self.state.lock().unwrap().vcpus = now;
             tracing::info!(
@@ -410,6 +459,13 @@ impl Sizing {
             }
         }
     }
+}
+
+/// The memory in MiB to shrink a VM of `current_mib` to for `target`, if it is to shrink: only
+/// where the backend can take memory back (`can_shrink`), and never below the target (which
+/// is never below `default_memory`).
+fn memory_to_give_back(can_shrink: bool, current_mib: u32, target: Target) -> Option<u32> {
+    (can_shrink && target.memory_mib < current_mib).then_some(target.memory_mib)
 }
 
 /// The error for a memory limit the VM cannot take: names the spec field, then why (the
@@ -732,5 +788,253 @@ mod tests {
         // A state written before sizing existed reads as "never resized".
         let old: SizingState = serde_json::from_value(serde_json::json!({})).unwrap();
         assert_eq!(old, SizingState::default());
+    }
+
+    #[test]
+    fn memory_is_given_back_only_down_to_the_target_and_where_the_backend_can() {
+        let target = base().target([]);
+        assert_eq!(memory_to_give_back(true, 512, target), Some(256));
+        assert_eq!(memory_to_give_back(false, 512, target), None, "DIMMs");
+        assert_eq!(
+            memory_to_give_back(true, 256, target),
+            None,
+            "nothing to give"
+        );
+        let one = Demand {
+            memory_mib: 128,
+            ..Default::default()
+        };
+        assert_eq!(
+            memory_to_give_back(true, 640, base().target([&one])),
+            Some(384),
+            "default_memory + what the remaining containers ask"
+        );
+        assert_eq!(memory_to_give_back(true, 300, base().target([&one])), None);
+    }
+
+    /// A fake backend for the sizing logic: it records the sizes asked and answers as a guest
+    /// that cannot give back memory below `floor_mib` (or fails every resize with `fail`).
+    struct FakeVm {
+        caps: Capabilities,
+        floor_mib: u32,
+        fail: bool,
+        memory_asked: Mutex<Vec<u32>>,
+        vcpus_asked: Mutex<Vec<u32>>,
+    }
+
+    impl FakeVm {
+        fn new(memory_shrink: bool, floor_mib: u32) -> FakeVm {
+            FakeVm {
+                caps: Capabilities {
+                    cpu_hotplug: true,
+                    memory_hotplug: true,
+                    memory_shrink,
+                    ..Default::default()
+                },
+                floor_mib,
+                fail: false,
+                memory_asked: Mutex::new(Vec::new()),
+                vcpus_asked: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn fake_error() -> kata_hypervisor::Error {
+            kata_hypervisor::Error::Unsupported {
+                backend: "fake",
+                what: "resizing (the fake was told to fail)".into(),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Hypervisor for FakeVm {
+        fn kind(&self) -> kata_hypervisor::HypervisorType {
+            kata_hypervisor::HypervisorType::Qemu
+        }
+        async fn prepare(
+            &self,
+            _: Vec<kata_hypervisor::DeviceConfig>,
+        ) -> kata_hypervisor::Result<()> {
+            Ok(())
+        }
+        async fn start(&self) -> kata_hypervisor::Result<()> {
+            Ok(())
+        }
+        async fn wait_ready(&self, _: std::time::Duration) -> kata_hypervisor::Result<()> {
+            Ok(())
+        }
+        async fn stop(&self) -> kata_hypervisor::Result<()> {
+            Ok(())
+        }
+        fn stop_now(&self) {}
+        async fn pause(&self) -> kata_hypervisor::Result<()> {
+            Ok(())
+        }
+        async fn resume(&self) -> kata_hypervisor::Result<()> {
+            Ok(())
+        }
+        async fn add_device(
+            &self,
+            _: kata_hypervisor::DeviceConfig,
+        ) -> kata_hypervisor::Result<kata_hypervisor::GuestAddress> {
+            Err(FakeVm::fake_error())
+        }
+        async fn remove_device(
+            &self,
+            _: &kata_hypervisor::DeviceConfig,
+        ) -> kata_hypervisor::Result<()> {
+            Err(FakeVm::fake_error())
+        }
+        async fn resize_vcpus(&self, vcpus: u32) -> kata_hypervisor::Result<u32> {
+            self.vcpus_asked.lock().unwrap().push(vcpus);
+            Ok(vcpus)
+        }
+        async fn resize_memory(&self, mib: u32) -> kata_hypervisor::Result<u32> {
+            self.memory_asked.lock().unwrap().push(mib);
+            if self.fail {
+                return Err(FakeVm::fake_error());
+            }
+            Ok(mib.max(self.floor_mib))
+        }
+        fn agent_address(&self) -> kata_hypervisor::Result<kata_hypervisor::VsockAddress> {
+            Err(FakeVm::fake_error())
+        }
+        fn pids(&self) -> Vec<u32> {
+            Vec::new()
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.caps.clone()
+        }
+        fn state(&self) -> kata_hypervisor::VmState {
+            kata_hypervisor::VmState::Running
+        }
+        fn save_state(&self) -> kata_hypervisor::HypervisorState {
+            kata_hypervisor::HypervisorState {
+                backend: kata_hypervisor::HypervisorType::Qemu,
+                vm_dir: std::path::PathBuf::new(),
+                agent_address: None,
+                backend_state: serde_json::Value::Null,
+            }
+        }
+        fn console_tail(&self, _: usize) -> Vec<String> {
+            Vec::new()
+        }
+        async fn wait_exit(&self) -> String {
+            std::future::pending().await
+        }
+    }
+
+    /// A sizing grown for two containers (`c1`: 2 vCPUs and 128 MiB, `c2`: 256 MiB): the VM at
+    /// 3 vCPUs and 640 MiB.
+    fn grown_for_two(vm: &FakeVm) -> Sizing {
+        let hv = HypervisorConfig {
+            default_vcpus: 1,
+            default_maxvcpus: 4,
+            default_memory: 256,
+            ..Default::default()
+        };
+        let demand = |vcpus, memory_mib| Demand {
+            vcpus,
+            memory_mib,
+            ..Default::default()
+        };
+        Sizing::new(
+            &hv,
+            &vm.capabilities(),
+            false,
+            SizingState {
+                containers: BTreeMap::from([
+                    ("c1".to_string(), demand(2, 128)),
+                    ("c2".to_string(), demand(0, 256)),
+                ]),
+                vcpus: 3,
+                memory_mib: 640,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_container_leaving_shrinks_memory_where_the_backend_can_take_it_back() {
+        let vm = FakeVm::new(true, 0);
+        let sizing = grown_for_two(&vm);
+        sizing.shrink("c2", &vm).await.unwrap();
+        assert_eq!(*vm.memory_asked.lock().unwrap(), [384]);
+        assert!(
+            vm.vcpus_asked.lock().unwrap().is_empty(),
+            "c1 keeps its vCPUs"
+        );
+        assert_eq!((sizing.state().vcpus, sizing.state().memory_mib), (3, 384));
+        sizing.shrink("c1", &vm).await.unwrap();
+        assert_eq!(*vm.memory_asked.lock().unwrap(), [384, 256]);
+        assert_eq!(*vm.vcpus_asked.lock().unwrap(), [1]);
+        let st = sizing.state();
+        assert_eq!((st.vcpus, st.memory_mib), (1, 256));
+        assert!(st.containers.is_empty());
+        // Nothing left to give back: the backend is not asked again.
+        sizing.trim("c1", &vm).await.unwrap();
+        assert_eq!(vm.memory_asked.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn dimms_are_kept_when_a_container_leaves() {
+        let vm = FakeVm::new(false, 0);
+        let sizing = grown_for_two(&vm);
+        sizing.shrink("c1", &vm).await.unwrap();
+        assert!(vm.memory_asked.lock().unwrap().is_empty(), "never asked");
+        assert_eq!(
+            *vm.vcpus_asked.lock().unwrap(),
+            [1],
+            "vCPUs still unplugged"
+        );
+        assert_eq!(sizing.state().memory_mib, 640);
+    }
+
+    #[tokio::test]
+    async fn static_sizing_never_shrinks() {
+        let vm = FakeVm::new(true, 0);
+        let hv = HypervisorConfig {
+            default_memory: 640,
+            ..Default::default()
+        };
+        let sizing = Sizing::new(&hv, &vm.capabilities(), true, SizingState::default());
+        sizing.restore("c1", Some(Demand::default()));
+        sizing.shrink("c1", &vm).await.unwrap();
+        assert!(vm.memory_asked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn memory_the_guest_keeps_is_counted_and_a_failed_shrink_is_no_error() {
+        let vm = FakeVm::new(true, 500);
+        let sizing = grown_for_two(&vm);
+        sizing.shrink("c2", &vm).await.unwrap();
+        assert_eq!(*vm.memory_asked.lock().unwrap(), [384]);
+        assert_eq!(sizing.state().memory_mib, 500, "what the guest reached");
+        // Saved and restored, the size reached stays the VM's.
+        let json = serde_json::to_value(sizing.state()).unwrap();
+        let back: SizingState = serde_json::from_value(json).unwrap();
+        let restored = Sizing::new(
+            &HypervisorConfig {
+                default_vcpus: 1,
+                default_maxvcpus: 4,
+                default_memory: 256,
+                ..Default::default()
+            },
+            &vm.capabilities(),
+            false,
+            back,
+        );
+        assert_eq!(restored.state(), sizing.state());
+        let failing = FakeVm {
+            fail: true,
+            ..FakeVm::new(true, 0)
+        };
+        restored.shrink("c1", &failing).await.unwrap();
+        assert_eq!(*failing.memory_asked.lock().unwrap(), [256]);
+        assert_eq!(
+            restored.state().memory_mib,
+            500,
+            "a failed shrink keeps the size counted"
+        );
+        assert_eq!(*failing.vcpus_asked.lock().unwrap(), [1]);
     }
 }
