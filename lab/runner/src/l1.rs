@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{parse_line, Check, Figure, Line, Vmm};
+use crate::protocol::{parse_line, Check, Figure, L1End, Line, Vmm, SILENCE_LIMIT};
 
 /// What can go wrong before L1 runs.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +137,9 @@ pub struct Options {
     pub cpus: u32,
     /// The whole run's deadline: L1 is killed when it passes.
     pub timeout: Duration,
+    /// L1 is killed as frozen when its console stays silent this long once the runner has
+    /// started (whose heartbeat speaks every 30 s): [`SILENCE_LIMIT`].
+    pub silence_limit: Duration,
     /// Where to keep L1's whole console.
     pub console_log: Option<PathBuf>,
     /// Print the lab's own lines (`lab-...`) as they come.
@@ -158,6 +161,7 @@ impl Options {
             memory_mib: 2048,
             cpus: 2,
             timeout: Duration::from_secs(1200),
+            silence_limit: SILENCE_LIMIT,
             console_log: None,
             echo: true,
             log: None,
@@ -183,8 +187,11 @@ pub struct Run {
     pub runner_start: Option<Duration>,
     /// From QEMU's start to QEMU's exit (or the kill at the deadline).
     pub wall: Duration,
-    /// L1 ran past the deadline and was killed.
+    /// L1 ran past the deadline, or went silent, and was killed.
     pub timed_out: bool,
+    /// It was killed for silence: no console line for [`SILENCE_LIMIT`] once the runner had
+    /// started (the runner's heartbeat stopped: L1 froze).
+    pub froze: bool,
     /// QEMU's exit status (`None` when it was killed).
     pub qemu_status: Option<ExitStatus>,
     /// L1's `/init` said it finished (`lab-l1 done`) before powering off.
@@ -195,6 +202,16 @@ pub struct Run {
 }
 
 impl Run {
+    /// How the run ended.
+    pub fn end(&self) -> L1End {
+        match (self.l1_done, self.froze, self.timed_out) {
+            (true, _, _) => L1End::Finished,
+            (false, true, _) => L1End::Froze,
+            (false, false, true) => L1End::Deadline,
+            (false, false, false) => L1End::Reset,
+        }
+    }
+
     /// The last `n` console lines, for an error message.
     pub fn console_tail(&self, n: usize) -> String {
         let skip = self.console.len().saturating_sub(n);
@@ -203,6 +220,33 @@ impl Run {
             .map(|(t, l)| format!("{:7.1} {l}", t.as_secs_f64()))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// What the run loop waits for: the next console line, until the deadline or, once the
+/// runner has started (its heartbeat speaks every 30 s), until the console has been silent
+/// for the limit.
+#[derive(Debug, Clone, Copy)]
+struct Wait {
+    deadline: Instant,
+    last_line: Instant,
+    runner_started: bool,
+    silence_limit: Duration,
+}
+
+impl Wait {
+    /// How long to wait for a line from `now`.
+    fn at_most(&self, now: Instant) -> Duration {
+        let left = self.deadline.saturating_duration_since(now);
+        match self.runner_started {
+            true => left.min((self.last_line + self.silence_limit).saturating_duration_since(now)),
+            false => left,
+        }
+    }
+
+    /// Whether a wait that ran out at `now` ran out for silence (L1 froze), not the deadline.
+    fn froze(&self, now: Instant) -> bool {
+        self.runner_started && now < self.deadline
     }
 }
 
@@ -449,10 +493,17 @@ pub fn run(image: &L1Image, opts: &Options) -> Result<Run, Error> {
         ..Run::default()
     };
     let deadline = started + opts.timeout;
+    let mut last_line = Instant::now();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        let wait = Wait {
+            deadline,
+            last_line,
+            runner_started: run.runner_start.is_some(),
+            silence_limit: opts.silence_limit,
+        };
+        match rx.recv_timeout(wait.at_most(Instant::now())) {
             Ok(line) => {
+                last_line = Instant::now();
                 let t = started.elapsed();
                 if let Some(f) = console_file.as_mut() {
                     let _ = writeln!(f, "{:7.1} {line}", t.as_secs_f64());
@@ -479,6 +530,7 @@ pub fn run(image: &L1Image, opts: &Options) -> Result<Run, Error> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 run.timed_out = true;
+                run.froze = wait.froze(Instant::now());
                 let _ = qemu.0.kill();
                 break;
             }
@@ -505,6 +557,35 @@ mod tests {
              kernel_version=6.1.0-57-cloud-amd64\nkey=abc\n",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn silence_ends_the_wait_only_once_the_runner_beats() {
+        let now = Instant::now();
+        let w = Wait {
+            deadline: now + Duration::from_secs(1000),
+            last_line: now - Duration::from_secs(100),
+            runner_started: false,
+            silence_limit: Duration::from_secs(180),
+        };
+        // Before the runner: the deadline alone (L1's boot and module loads may be quiet).
+        assert_eq!(w.at_most(now), Duration::from_secs(1000));
+        assert!(!w.froze(now + Duration::from_secs(1000)));
+        let w = Wait {
+            runner_started: true,
+            ..w
+        };
+        assert_eq!(w.at_most(now), Duration::from_secs(80));
+        assert!(w.froze(now + Duration::from_secs(80)));
+        // Silent past the limit already: no wait at all.
+        assert_eq!(w.at_most(now + Duration::from_secs(500)), Duration::ZERO);
+        // The deadline comes first: that is a deadline, not a freeze.
+        let w = Wait {
+            deadline: now + Duration::from_secs(10),
+            ..w
+        };
+        assert_eq!(w.at_most(now), Duration::from_secs(10));
+        assert!(!w.froze(now + Duration::from_secs(10)));
     }
 
     #[test]

@@ -27,6 +27,8 @@ mod allow_list;
 mod console;
 mod crash;
 mod default_vmm;
+mod heartbeat;
+mod l2_boot;
 mod mem_hotplug;
 mod pod_net;
 mod template;
@@ -142,32 +144,17 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
     // The in-process VMM's overhead is this process's growth over the boot.
     let rss_before = kata_lab::overhead::self_rss();
     let t = Instant::now();
-    let mut built = tokio::time::timeout(Duration::from_secs(300), builder.clone().build()).await;
-    // At most three tries: an L2 that resets inside SeaBIOS never ran our code.
-    for _ in 0..2 {
-        match &built {
-            Ok(Err(e)) if kata_lab::protocol::l2_reset_in_firmware(&format!("{e:#}")) => {
-                println!(
-                    "kata-lab: L2 reset or hung inside its firmware ({e:#}); building it once more"
-                );
-                built =
-                    tokio::time::timeout(Duration::from_secs(300), builder.clone().build()).await;
-            }
-            _ => break,
+    let built = l2_boot::past_firmware(|| async {
+        match tokio::time::timeout(Duration::from_secs(300), builder.clone().build()).await {
+            Ok(r) => r.map_err(|e| anyhow::Error::new(e).context("the sandbox did not start")),
+            Err(_) => Err(anyhow::anyhow!("no sandbox after 300 s")),
         }
-    }
+    })
+    .await;
     let sandbox = match built {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            checks.report(
-                "boot",
-                Err(anyhow::Error::new(e).context("the sandbox did not start")),
-            );
-            checks.not_run(vmm.checks()[2], "the sandbox did not boot");
-            return checks;
-        }
-        Err(_) => {
-            checks.report("boot", Err(anyhow::anyhow!("no sandbox after 300 s")));
+        Ok(s) => s,
+        Err(e) => {
+            checks.report("boot", Err(e));
             checks.not_run(vmm.checks()[2], "the sandbox did not boot");
             return checks;
         }
@@ -827,6 +814,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    heartbeat::start();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let work = tempfile::tempdir().expect("a directory in /tmp");
     let token = format!("lab token {}\n", std::process::id());

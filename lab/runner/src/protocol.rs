@@ -9,6 +9,9 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// The start of a check line.
 pub const CHECK_PREFIX: &str = "lab-check ";
@@ -310,8 +313,69 @@ pub enum Line {
     Figure(Figure),
 }
 
-/// Makes one line: `detail` loses its line breaks, so the line stays one line.
+/// The runner's heartbeat (`lab-alive <seconds since the runner started>`), printed every
+/// [`HEARTBEAT_EVERY`] by a thread of its own whatever the checks do: while it comes, L1 and its
+/// kernel run. The host takes a console silent for [`SILENCE_LIMIT`] after the runner started
+/// as L1 frozen (nested SVM under TCG: a CI run of 2026-11-30 printed nothing for 1000 s until
+/// the deadline) and ends the run then, instead of at the deadline.
+pub const ALIVE_PREFIX: &str = "lab-alive ";
+
+/// How often the runner's heartbeat comes.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+
+/// How long L1's console may stay silent, once the runner started, before the host calls L1
+/// frozen: six heartbeats missed.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(180);
+
+/// A runner that printed no check line for this long says what its processes wait in
+/// (`lab-stall ...`): a hang of our own code, told from a frozen L1 by the heartbeat.
+pub const STALL_AFTER: Duration = Duration::from_secs(300);
+
+/// When something last happened, shared between threads.
+struct Progress {
+    /// The origin of `last_ms`.
+    epoch: OnceLock<Instant>,
+    /// Milliseconds from `epoch` to the last [`mark`](Self::mark).
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    const fn new() -> Progress {
+        Progress {
+            epoch: OnceLock::new(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn epoch(&self) -> Instant {
+        *self.epoch.get_or_init(Instant::now)
+    }
+
+    fn mark(&self) {
+        let ms = self.epoch().elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Since the last mark (or the first call).
+    fn since(&self) -> Duration {
+        let epoch = self.epoch();
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// The runner's last check line.
+static LAST_CHECK: Progress = Progress::new();
+
+/// How long ago this process made its last check line (or first asked).
+pub fn since_last_check() -> Duration {
+    LAST_CHECK.since()
+}
+
+/// Makes one line: `detail` loses its line breaks, so the line stays one line. Also notes the
+/// time ([`since_last_check`]): every check the runner prints is made here.
 pub fn check_line(name: &str, result: &Result<String, String>) -> String {
+    LAST_CHECK.mark();
     let (verdict, detail) = match result {
         Ok(d) => ("ok", d),
         Err(d) => ("fail", d),
@@ -390,21 +454,25 @@ impl Verdict {
         self.passed.len() + self.failed.len()
     }
 
-    /// Why L1 deserves one more run, or `None`. Nested SVM under TCG now and then resets or
-    /// hangs L1 mid-run (lab/README.md): the run then ends early (a reset, or the deadline)
-    /// with checks never reported but none failed. That fault is the emulator's, so the lab
-    /// runs L1 once more and says so. One more case: L1 reset (not a hang) and the only
-    /// failures are L2 VMs that died under it ("the sandbox died", "the VM exited") — a CI
-    /// run of 2026-11-30 had an L2 shut down and L1 reset 13 s later with no message — so
-    /// what failed died with the machine it ran on; the rerun must pass it. Any other failed
-    /// check, an unknown check, or a run that finished normally is never retried.
-    pub fn rerun_reason(&self, l1_finished: bool, timed_out: bool) -> Option<String> {
-        if l1_finished || !self.unexpected.is_empty() || self.missing.is_empty() {
+    /// Why L1 deserves one more run, or `None`. Nested SVM under TCG now and then resets,
+    /// hangs or freezes L1 mid-run (lab/README.md): the run then ends early with checks never
+    /// reported. That fault is the emulator's, so the lab runs L1 once more and says so:
+    /// - none failed, and L1 reset, froze or hung until the deadline;
+    /// - L1 reset or froze (not a hang of a runner still alive: its heartbeat came) and the
+    ///   only failures are L2 VMs that died under it ("the sandbox died", "the VM exited") —
+    ///   a CI run of 2026-11-30 had an L2 shut down and L1 reset 13 s later with no message,
+    ///   another an L2 exit and L1 silent from then on: what failed died with the machine it
+    ///   ran on; the rerun must pass it.
+    ///
+    /// Any other failed check, an unknown check, or a run that finished is never retried.
+    pub fn rerun_reason(&self, end: L1End) -> Option<String> {
+        if end == L1End::Finished || !self.unexpected.is_empty() || self.missing.is_empty() {
             return None;
         }
         let vm_deaths =
             |c: &Check| c.detail.contains("the sandbox died") || c.detail.contains("the VM exited");
-        if !self.failed.is_empty() && (timed_out || !self.failed.iter().all(vm_deaths)) {
+        if !self.failed.is_empty() && (end == L1End::Deadline || !self.failed.iter().all(vm_deaths))
+        {
             return None;
         }
         let failed = match self.failed.is_empty() {
@@ -419,15 +487,36 @@ impl Verdict {
             ),
         };
         Some(format!(
-            "L1 {} with {} of {} checks never reported and {failed}",
-            if timed_out {
-                "hung until the deadline"
-            } else {
-                "ended early (a reset)"
-            },
+            "L1 {end} with {} of {} checks never reported and {failed}",
             self.missing.len(),
             self.missing.len() + self.passed.len() + self.failed.len()
         ))
+    }
+}
+
+/// How an L1 run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L1End {
+    /// Its `/init` said it finished (`lab-l1 done`).
+    Finished,
+    /// QEMU exited before that (L1 reset: `-no-reboot` makes a reset an exit).
+    Reset,
+    /// Killed at the deadline while the console still spoke (the runner's heartbeat came: a
+    /// hang in the runner, or in what it waits for).
+    Deadline,
+    /// Killed after [`SILENCE_LIMIT`] without a console line once the runner had started: L1
+    /// itself stopped (no heartbeat, no kernel message).
+    Froze,
+}
+
+impl fmt::Display for L1End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            L1End::Finished => "finished",
+            L1End::Reset => "ended early (a reset)",
+            L1End::Deadline => "hung until the deadline",
+            L1End::Froze => "froze (its console silent, the runner's heartbeat gone)",
+        })
     }
 }
 
@@ -438,9 +527,15 @@ impl Verdict {
 /// does both now and then (lab/README.md); the runner builds such a sandbox once more, saying
 /// so. A guest that reached its kernel (a panic reboots too; a kernel that hangs has printed)
 /// is not matched, nor is any other failure.
+///
+/// One more: QEMU exited with status 0 and the console is empty. qboot (the firmware of a
+/// sandbox without PCIe ports) prints nothing and the guest kernel runs `quiet`, but a panic
+/// prints even then (its lines are KERN_EMERG): an L2 that reset with nothing on its console
+/// reset before its kernel could say anything. Seen in a CI run of 2026-11-30
+/// (`qemu-template`'s fresh sandbox: "the VM exited (exit code 0)").
 pub fn l2_reset_in_firmware(error: &str) -> bool {
     let Some((head, console)) = error.rsplit_once("---") else {
-        return false;
+        return error.trim_end().ends_with("the VM exited (exit code 0)");
     };
     head.contains("guest console")
         && (head.contains("exited (exit code 0)") || head.contains("agent did not answer within"))
@@ -566,6 +661,16 @@ mod tests {
         assert!(!l2_reset_in_firmware(
             "the VM exited (exit code 1) --- last 1 guest console lines --- SeaBIOS (version 1.16"
         ));
+        // A reset with nothing on the console (verbatim from CI: qemu-template, qboot).
+        assert!(l2_reset_in_firmware(
+            "the sandbox lab-tpl-fresh did not start: the VM exited (exit code 0)"
+        ));
+        assert!(!l2_reset_in_firmware(
+            "the sandbox did not start: the VM exited (exit code 1)"
+        ));
+        assert!(!l2_reset_in_firmware(
+            "the sandbox died: the VM exited (exit code 0); it was torn down"
+        ));
     }
 
     #[test]
@@ -581,18 +686,21 @@ mod tests {
             ..ok("b")
         };
         let early = verdict(&[ok("a")], &expected);
-        assert!(early.rerun_reason(false, false).unwrap().contains("reset"));
+        assert!(early.rerun_reason(L1End::Reset).unwrap().contains("reset"));
         assert!(early
-            .rerun_reason(false, true)
+            .rerun_reason(L1End::Deadline)
             .unwrap()
             .contains("deadline"));
+        assert!(early.rerun_reason(L1End::Froze).unwrap().contains("froze"));
         // L1 finished normally: a missing check is the runner's fault, not the emulator's.
-        assert_eq!(early.rerun_reason(true, false), None);
+        assert_eq!(early.rerun_reason(L1End::Finished), None);
         // A failed check is never retried away...
-        assert_eq!(
-            verdict(&[ok("a"), bad.clone()], &expected).rerun_reason(false, false),
-            None
-        );
+        for end in [L1End::Reset, L1End::Froze, L1End::Deadline] {
+            assert_eq!(
+                verdict(&[ok("a"), bad.clone()], &expected).rerun_reason(end),
+                None
+            );
+        }
         // ...but an L2 that died in a run L1 did not survive either is (verbatim from CI).
         let three: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let died = Check {
@@ -602,16 +710,27 @@ mod tests {
             ..bad.clone()
         };
         let reason = verdict(&[ok("a"), died.clone()], &three)
-            .rerun_reason(false, false)
+            .rerun_reason(L1End::Reset)
             .unwrap();
         assert!(reason.contains("died") && reason.contains('b'), "{reason}");
-        // Not after a hang, not when L1 finished, not with another failure beside it.
+        // L1 silent after an L2 exit (CI, 2026-11-30: qemu-template's VM exited, then nothing
+        // for 1000 s): the same.
+        let exited = Check {
+            detail: "the sandbox lab-tpl-fresh did not start: the VM exited (exit code 0)".into(),
+            ..bad.clone()
+        };
+        let reason = verdict(&[ok("a"), exited], &three)
+            .rerun_reason(L1End::Froze)
+            .unwrap();
+        assert!(reason.contains("froze") && reason.contains('b'), "{reason}");
+        // Not after a hang of a runner still alive, not when L1 finished, not with another
+        // failure beside it.
         assert_eq!(
-            verdict(&[ok("a"), died.clone()], &three).rerun_reason(false, true),
+            verdict(&[ok("a"), died.clone()], &three).rerun_reason(L1End::Deadline),
             None
         );
         assert_eq!(
-            verdict(&[ok("a"), died.clone()], &three).rerun_reason(true, false),
+            verdict(&[ok("a"), died.clone()], &three).rerun_reason(L1End::Finished),
             None
         );
         let other = Check {
@@ -619,15 +738,26 @@ mod tests {
             ..bad.clone()
         };
         assert_eq!(
-            verdict(&[other, died], &three).rerun_reason(false, false),
+            verdict(&[other, died], &three).rerun_reason(L1End::Froze),
             None
         );
         let unknown = verdict(&[ok("a"), ok("zz")], &expected);
-        assert_eq!(unknown.rerun_reason(false, false), None);
+        assert_eq!(unknown.rerun_reason(L1End::Froze), None);
         assert_eq!(
-            verdict(&[ok("a"), ok("b")], &expected).rerun_reason(false, false),
+            verdict(&[ok("a"), ok("b")], &expected).rerun_reason(L1End::Reset),
             None
         );
+    }
+
+    #[test]
+    fn progress_counts_from_the_last_mark() {
+        let p = Progress::new();
+        let _ = p.since();
+        std::thread::sleep(Duration::from_millis(200));
+        let before = p.since();
+        assert!(before >= Duration::from_millis(200), "{before:?}");
+        p.mark();
+        assert!(p.since() < before);
     }
 
     #[test]

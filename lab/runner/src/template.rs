@@ -169,7 +169,10 @@ async fn start(id: &str, rootfs: &Path, root_dir: &str, template: bool) -> Resul
 /// `qemu-template`.
 pub async fn qemu_template(rootfs: &Path, root_dir: &str) -> Result<String> {
     let _ = std::fs::remove_dir_all(TEMPLATE_DIR);
-    let (fresh, f) = start("lab-tpl-fresh", rootfs, root_dir, false).await?;
+    // The fresh boot alone goes past a firmware reset: a clone starts from the template's
+    // state, never from its firmware.
+    let (fresh, f) =
+        crate::l2_boot::past_firmware(|| start("lab-tpl-fresh", rootfs, root_dir, false)).await?;
     fresh.shutdown().await?;
     let mut clones = Vec::new();
     let mut seen = Vec::new();

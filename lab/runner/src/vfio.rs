@@ -298,19 +298,7 @@ async fn build(
     vfio: &Path,
     root_dir: &str,
 ) -> Result<Sandbox> {
-    // At most three tries: an L2 that resets inside SeaBIOS never ran our code.
-    let mut tries = 1;
-    loop {
-        match build_once(port, cold, vfio_mode, vfio, root_dir).await {
-            Err(e) if tries < 3 && kata_lab::protocol::l2_reset_in_firmware(&format!("{e:#}")) => {
-                println!(
-                    "kata-lab: L2 reset or hung inside its firmware ({e:#}); building it once more"
-                );
-                tries += 1;
-            }
-            other => return other,
-        }
-    }
+    crate::l2_boot::past_firmware(|| build_once(port, cold, vfio_mode, vfio, root_dir)).await
 }
 
 async fn build_once(

@@ -76,7 +76,7 @@ async fn setup() -> Result<Env> {
     // At most two more runs: nested SVM under TCG resets L1 now and then (see rerun_reason).
     for _ in 0..2 {
         let v = verdict(&run.checks, &expected);
-        let Some(why) = v.rerun_reason(run.l1_done, run.timed_out) else {
+        let Some(why) = v.rerun_reason(run.end()) else {
             break;
         };
         // Said loudly and recorded: a lab that needs its second run is visible in CI's log.
@@ -106,10 +106,10 @@ async fn setup() -> Result<Env> {
         l1_init,
         run.runner_start.unwrap_or_default(),
         run.wall,
-        if run.timed_out {
-            " (KILLED at the deadline)"
-        } else {
-            ""
+        match run.end() {
+            kata_lab::protocol::L1End::Froze => " (KILLED: its console went silent)",
+            kata_lab::protocol::L1End::Deadline => " (KILLED at the deadline)",
+            _ => "",
         }
     );
     // Both VMMs' boot-to-agent-ready and their ratio (issue 11's figure).
@@ -139,11 +139,7 @@ fn check_case(name: String) -> impl Fn(&Env) -> Result<()> + Send + Sync + 'stat
             Some(c) => bail!("{name} failed in L1: {}", c.detail),
             None => bail!(
                 "{name} never reported (L1 {}); console tail:\n{}",
-                if env.run.timed_out {
-                    "was killed at the deadline"
-                } else {
-                    "powered off"
-                },
+                env.run.end(),
                 env.run.console_tail(30)
             ),
         }
@@ -178,8 +174,8 @@ fn all_reported(env: &Env) -> Result<()> {
     }
     if env.run.timed_out || !env.run.l1_done {
         bail!(
-            "L1 did not finish (timed out: {}, QEMU status {:?}); console: {}",
-            env.run.timed_out,
+            "L1 did not finish (it {}, QEMU status {:?}); console: {}",
+            env.run.end(),
             env.run.qemu_status,
             env.console_log.display()
         );

@@ -1,0 +1,85 @@
+//! Building an L2 sandbox past a fault of the emulator under it.
+//!
+//! Nested SVM under TCG now and then resets or hangs an L2 inside its firmware, before our
+//! kernel, agent or VMM code ran ([`kata_lab::protocol::l2_reset_in_firmware`] tells that
+//! error apart). Every lab case that boots L2 builds through [`past_firmware`], which builds
+//! once more after such an error, at most [`TRIES`] times in all, and says so on the console.
+
+use std::fmt::Display;
+use std::future::Future;
+
+/// How many builds of one sandbox at most.
+pub(crate) const TRIES: usize = 3;
+
+/// `build()`, again after an error of an L2 lost in its firmware (at most [`TRIES`] builds in
+/// all); any other result is returned as it came.
+pub(crate) async fn past_firmware<T, E, F, Fut>(mut build: F) -> Result<T, E>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut tries = 1;
+    loop {
+        match build().await {
+            Err(e)
+                if tries < TRIES && kata_lab::protocol::l2_reset_in_firmware(&format!("{e:#}")) =>
+            {
+                println!(
+                    "kata-lab: L2 reset or hung inside its firmware ({e:#}); building it once more"
+                );
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    const RESET: &str = "the sandbox did not start: the VM exited (exit code 0)";
+
+    #[test]
+    fn a_firmware_reset_is_built_again_at_most_twice() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let calls = Cell::new(0);
+        let r: Result<(), String> = rt.block_on(past_firmware(|| {
+            calls.set(calls.get() + 1);
+            async { Err(RESET.to_string()) }
+        }));
+        assert_eq!(r.unwrap_err(), RESET);
+        assert_eq!(calls.get(), TRIES);
+
+        calls.set(0);
+        let r: Result<u8, String> = rt.block_on(past_firmware(|| {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                match n {
+                    1 => Err(RESET.to_string()),
+                    _ => Ok(7),
+                }
+            }
+        }));
+        assert_eq!((r, calls.get()), (Ok(7), 2));
+    }
+
+    #[test]
+    fn any_other_error_is_returned_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let calls = Cell::new(0);
+        let r: Result<(), String> = rt.block_on(past_firmware(|| {
+            calls.set(calls.get() + 1);
+            async { Err("the VM exited (exit code 1)".to_string()) }
+        }));
+        assert!(r.is_err());
+        assert_eq!(calls.get(), 1);
+    }
+}
