@@ -8,6 +8,14 @@
 //! disabling turns it off and drops the routes; the guest moving a vector (new address or
 //! data) or masking it changes only the route.
 //!
+//! **MSI-X** the same way, a GSI and an irqfd per vector shown, with one more eventfd per
+//! vector, `hold`, that no irqfd listens on: enabling MSI-X gives VFIO every vector at once
+//! (`VFIO_PCI_MSIX_IRQ_INDEX`, `fire` for an unmasked vector, `hold` for a masked one), and
+//! the guest masking or unmasking a vector (or the whole function) re-sets just the block of
+//! vectors that changed. An interrupt of a masked vector is counted by `hold`, read as its
+//! pending bit, and delivered once (`fire` written) when the guest unmasks the vector, as
+//! PCI's MSI-X masking has it. A vector's route follows its table entry whether masked or not.
+//!
 //! **INTx** (a function with an interrupt pin, when the host's VFIO grants it): the function's
 //! INTA# is IOAPIC pin [`intx_pin`] of its slot (23 for slot 1, 22 for slot 2, ...; the MP
 //! table tells the guest, level-triggered), an irqfd with a resample eventfd on that GSI: VFIO
@@ -195,6 +203,52 @@ pub trait IrqWiring: Send {
     fn intx(&self) -> bool {
         false
     }
+    /// How many MSI-X vectors the host can give (0: none, the capability stays hidden).
+    fn max_msix_vectors(&self) -> usize {
+        0
+    }
+    /// Routes MSI-X vector `i` to `routes[i]` (`None`: dropped); vectors past the slice lose
+    /// their routes.
+    fn msix_route(&mut self, _routes: &[Option<MsiMessage>]) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// Turns the device's MSI-X on with `held.len()` vectors, vector `i` held (masked: its
+    /// interrupts kept back, not delivered) when `held[i]`; off when `held` is empty (INTx,
+    /// if wired, is on exactly while neither MSI nor MSI-X is).
+    fn msix_trigger(&mut self, _held: &[bool]) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// Vectors `first..first + held.len()` of the enabled MSI-X now held or delivered as
+    /// `held` says; a vector released with an interrupt held back delivers it.
+    fn msix_hold(&mut self, _first: usize, _held: &[bool]) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// Whether MSI-X vector `v` is held with an interrupt kept back (its pending bit).
+    fn msix_pending(&mut self, _v: usize) -> bool {
+        false
+    }
+}
+
+/// One MSI-X vector: a GSI, the eventfd KVM's irqfd listens on (`fire`) and the eventfd
+/// VFIO signals instead while the guest masks the vector (`hold`, no irqfd: its count is the
+/// pending bit).
+struct MsixVector {
+    gsi: u32,
+    fire: EventFd,
+    hold: EventFd,
+    /// VFIO signals `hold` (the guest masked the vector).
+    held: bool,
+    /// An interrupt was taken from `hold` and not yet delivered.
+    pending: bool,
+}
+
+impl MsixVector {
+    /// Moves what `hold` counted into `pending`.
+    fn drain(&mut self) {
+        if self.hold.read().is_ok_and(|n| n > 0) {
+            self.pending = true;
+        }
+    }
 }
 
 /// A function's INTx: the trigger eventfd (KVM's irqfd on the pin's GSI) and the resample
@@ -211,10 +265,20 @@ pub struct VfioIrqs {
     router: Arc<GsiRouter>,
     /// `(gsi, eventfd)` per vector the host grants.
     vectors: Vec<(u32, EventFd)>,
+    /// Per MSI-X vector shown.
+    msix: Vec<MsixVector>,
     intx: Option<Intx>,
+    /// Whether the device's MSI, its MSI-X, is on (INTx is on while neither is).
+    msi_on: bool,
+    msix_on: bool,
 }
 
 impl VfioIrqs {
+    /// INTx on when neither MSI nor MSI-X is.
+    fn intx_follow(&self) -> std::io::Result<()> {
+        self.intx_on(!self.msi_on && !self.msix_on)
+    }
+
     fn intx_on(&self, on: bool) -> std::io::Result<()> {
         match &self.intx {
             Some(i) => uapi::set_intx(
@@ -261,15 +325,90 @@ impl IrqWiring for VfioIrqs {
             .collect();
         if fds.is_empty() {
             uapi::set_msi_trigger(&*self.device, &[])?;
-            self.intx_on(true)
+            self.msi_on = false;
+            self.intx_follow()
         } else {
             self.intx_on(false)?;
-            uapi::set_msi_trigger(&*self.device, &fds)
+            uapi::set_msi_trigger(&*self.device, &fds)?;
+            self.msi_on = true;
+            Ok(())
         }
     }
 
     fn intx(&self) -> bool {
         self.intx.is_some()
+    }
+
+    fn max_msix_vectors(&self) -> usize {
+        self.msix.len()
+    }
+
+    fn msix_route(&mut self, routes: &[Option<MsiMessage>]) -> std::io::Result<()> {
+        let all: Vec<_> = self
+            .msix
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.gsi, routes.get(i).copied().flatten()))
+            .collect();
+        self.router.set(&all)
+    }
+
+    fn msix_trigger(&mut self, held: &[bool]) -> std::io::Result<()> {
+        if held.is_empty() {
+            uapi::set_msix_trigger(&*self.device, 0, &[])?;
+            self.msix_on = false;
+            for v in &mut self.msix {
+                v.drain();
+                v.held = false;
+                v.pending = false;
+            }
+            return self.intx_follow();
+        }
+        self.intx_on(false)?;
+        let n = held.len().min(self.msix.len());
+        for (v, &h) in self.msix.iter_mut().zip(held) {
+            v.held = h;
+            v.pending = false;
+        }
+        let fds: Vec<i32> = self.msix[..n]
+            .iter()
+            .map(|v| (if v.held { &v.hold } else { &v.fire }).as_raw_fd())
+            .collect();
+        uapi::set_msix_trigger(&*self.device, 0, &fds)?;
+        self.msix_on = true;
+        Ok(())
+    }
+
+    fn msix_hold(&mut self, first: usize, held: &[bool]) -> std::io::Result<()> {
+        let Some(block) = self.msix.get_mut(first..first.saturating_add(held.len())) else {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let fds: Vec<i32> = block
+            .iter()
+            .zip(held)
+            .map(|(v, &h)| (if h { &v.hold } else { &v.fire }).as_raw_fd())
+            .collect();
+        uapi::set_msix_trigger(&*self.device, first as u32, &fds)?;
+        for (v, &h) in block.iter_mut().zip(held) {
+            if v.held && !h {
+                // VFIO now signals `fire`: what `hold` counted before is delivered once.
+                v.drain();
+                if std::mem::take(&mut v.pending) {
+                    v.fire.write(1)?;
+                }
+            }
+            v.held = h;
+        }
+        Ok(())
+    }
+
+    fn msix_pending(&mut self, v: usize) -> bool {
+        self.msix.get_mut(v).is_some_and(|v| {
+            if v.held {
+                v.drain();
+            }
+            v.held && v.pending
+        })
     }
 }
 
@@ -283,16 +422,20 @@ pub fn wire(
     device: Arc<File>,
     bdf: &str,
     host_vectors: u32,
+    msix_vectors: usize,
     intx_pin: Option<u8>,
 ) -> Result<VfioIrqs> {
     let n = (host_vectors as usize).min(uapi::MSI_MAX_VECTORS);
-    let gsis = router.allocate(n).ok_or_else(|| Error::Device {
+    let m = msix_vectors.min(super::msix::MSIX_MAX_VECTORS);
+    let no_gsi = |what: &str, n: usize| Error::Device {
         device: format!("VFIO device {bdf}"),
         reason: format!(
-            "no GSI left for its {n} MSI vectors (the built-in VMM hands out {MSI_GSIS}); \
+            "no GSI left for its {n} {what} vectors (the built-in VMM hands out {MSI_GSIS}); \
              pass fewer functions through"
         ),
-    })?;
+    };
+    let gsis = router.allocate(n).ok_or_else(|| no_gsi("MSI", n))?;
+    let msix_gsis = router.allocate(m).ok_or_else(|| no_gsi("MSI-X", m))?;
     let mut vectors = Vec::with_capacity(n);
     for gsi in gsis {
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::DeviceIo {
@@ -305,6 +448,28 @@ pub fn wire(
             source,
         })?;
         vectors.push((gsi, evt));
+    }
+    let mut msix = Vec::with_capacity(m);
+    for gsi in msix_gsis {
+        let evt = || {
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::DeviceIo {
+                device: format!("VFIO device {bdf}"),
+                what: "creating an MSI-X vector's eventfds".into(),
+                source,
+            })
+        };
+        let (fire, hold) = (evt()?, evt()?);
+        vm.register_irqfd(&fire, gsi).map_err(|source| Error::Kvm {
+            what: "KVM_IRQFD (a VFIO function's MSI-X vector)",
+            source,
+        })?;
+        msix.push(MsixVector {
+            gsi,
+            fire,
+            hold,
+            held: false,
+            pending: false,
+        });
     }
     let mut intx = None;
     if let Some(pin) = intx_pin {
@@ -330,7 +495,10 @@ pub fn wire(
         device,
         router: router.clone(),
         vectors,
+        msix,
         intx,
+        msi_on: false,
+        msix_on: false,
     };
     w.intx_on(true).map_err(|source| Error::DeviceIo {
         device: format!("VFIO device {bdf}"),

@@ -9,12 +9,19 @@
 //! - **Configuration space** ([`VfioPci`]): read from the device's config region; the BARs are
 //!   emulated (sizing, the guest-programmed address; the VMM places them first), the command
 //!   register is forwarded, the expansion ROM is hidden and so is the capability list but for
-//!   MSI (no MSI-X, PCIe or power management capability); other writes are dropped.
+//!   MSI, MSI-X and the vendor-specific capabilities (read-only; virtio's modern transport is
+//!   described by them), relinked in the device's order (no PCIe or power management
+//!   capability); other writes are dropped.
 //! - **MSI** ([`msi`], [`irq`]): when the host's VFIO grants the function MSI vectors, its MSI
 //!   capability is the only one the guest sees, emulated (control, address, data, mask);
 //!   enabling it routes one GSI per vector to the guest's message (`KVM_SET_GSI_ROUTING`) and
 //!   turns the device's MSI on with the GSIs' irqfds as its eventfds
 //!   (`VFIO_DEVICE_SET_IRQS`): the device interrupts the guest with no VMM thread on the path.
+//! - **MSI-X** ([`msix`], [`irq`]): when the host's VFIO grants MSI-X vectors, the capability
+//!   and the vector table are emulated (at most [`msix::MSIX_MAX_VECTORS`] vectors shown):
+//!   the table and the pending bit array, inside whatever BAR the device puts them, are
+//!   answered here and never reach the device; enabling routes a GSI per vector and gives
+//!   VFIO every vector's eventfd at once; masks hold interrupts back (see [`irq`]).
 //! - **BARs**: memory BARs are trapped: a guest access is a KVM MMIO exit, answered by a
 //!   `pread`/`pwrite` at the BAR's region of the device fd (edu's 1 MiB BAR0 needs no more).
 //!   I/O-port BARs are not exposed (they read as unimplemented).
@@ -22,11 +29,12 @@
 //!   INTA#, wired to IOAPIC pin [`irq::intx_pin`] of its slot, which the MP table names for the
 //!   guest (no ACPI): level-triggered through an irqfd with KVM's resample unmasking VFIO's
 //!   line; off while MSI is on.
-//! - **Not built**: MSI-X (hidden): a function with only MSI-X gets INTx or polls; mmapping
-//!   BARs into KVM memory slots; hot-plug.
+//! - **Not built**: mmapping BARs into KVM memory slots (every BAR access is an exit, the
+//!   MSI-X table's too); hot-plug.
 
 pub mod irq;
 pub mod msi;
+pub mod msix;
 pub mod sysfs;
 pub mod uapi;
 
@@ -44,6 +52,7 @@ use crate::error::{Error, Result};
 use crate::memory::GuestMemory;
 use irq::IrqWiring;
 use msi::{MsiCap, MsiState};
+use msix::{MsixCap, MsixState};
 pub use uapi::RegionInfo;
 
 /// A VFIO PCI function to pass through.
@@ -116,14 +125,16 @@ impl VfioSet {
             *b = uapi::region_info(&device, &c.bdf, i as u32)?;
         }
         let msi_vectors = uapi::irq_count(&device, &c.bdf, uapi::VFIO_PCI_MSI_IRQ_INDEX)?;
+        let msix_vectors = uapi::irq_count(&device, &c.bdf, uapi::VFIO_PCI_MSIX_IRQ_INDEX)?;
         let intx = uapi::irq_count(&device, &c.bdf, uapi::VFIO_PCI_INTX_IRQ_INDEX)?;
         let mut d = VfioPci::new(&c.bdf, Arc::new(device), config, bars, &mut self.bars)?;
         d.host_msi_vectors = msi_vectors;
+        d.host_msix_vectors = msix_vectors;
         d.host_intx = intx > 0 && (d.raw_read(15) >> 8) & 0xff != 0;
         Ok(d)
     }
 
-    /// Wires the MSI and INTx of every function whose host grants them (see [`irq`]) on the VM
+    /// Wires the MSI, MSI-X and INTx of every function whose host grants them (see [`irq`]) on the VM
     /// `vm`, before any vCPU runs; a function without MSI keeps its capability list hidden, one
     /// without INTx its pin 0.
     pub fn wire_irqs(&self, vm: &kvm_ioctls::VmFd, router: &Arc<irq::GsiRouter>) -> Result<()> {
@@ -134,10 +145,14 @@ impl VfioSet {
             } else {
                 0
             };
-            if msi == 0 && d.intx_pin.is_none() {
+            let msix = d
+                .msix
+                .as_ref()
+                .map_or(0, |m| m.vectors().min(d.host_msix_vectors as usize));
+            if msi == 0 && msix == 0 && d.intx_pin.is_none() {
                 continue;
             }
-            let wiring = irq::wire(vm, router, d.device.clone(), &d.bdf, msi, d.intx_pin)?;
+            let wiring = irq::wire(vm, router, d.device.clone(), &d.bdf, msi, msix, d.intx_pin)?;
             d.attach_irqs(Box::new(wiring));
         }
         Ok(())
@@ -223,6 +238,19 @@ pub struct VfioPci {
     wiring: Option<Box<dyn IrqWiring>>,
     /// The MSI state last carried out.
     msi_applied: MsiState,
+    /// The device's capabilities, in list order: offset and id.
+    caps: Vec<(usize, u8)>,
+    /// The capabilities the guest sees, in list order (their offsets).
+    chain: Vec<usize>,
+    /// The MSI-X vectors the host's VFIO grants (0: none).
+    host_msix_vectors: u32,
+    /// The device's MSI-X capability and table, emulated: trapped from the start (the table
+    /// never reaches the device), shown once wired ([`VfioPci::attach_irqs`]).
+    msix: Option<MsixCap>,
+    /// Whether the guest sees the MSI-X capability.
+    msix_shown: bool,
+    /// The MSI-X state last carried out.
+    msix_applied: MsixState,
 }
 
 impl std::fmt::Debug for VfioPci {
@@ -235,6 +263,25 @@ impl std::fmt::Debug for VfioPci {
 }
 
 const COMMAND_MEMORY: u16 = 1 << 1;
+/// The capability id of a vendor-specific capability (virtio's transport structures).
+const VENDOR_CAP_ID: u8 = 0x09;
+
+/// The capabilities of a configuration space whose dwords `read` returns, in list order:
+/// offset and id. The walk starts at the pointer at 0x34 and stops at 48 steps, at an offset
+/// outside 0x40..0x100 or one seen before (a looping or wild list ends it).
+pub fn caps(read: impl Fn(usize) -> u32) -> Vec<(usize, u8)> {
+    let mut out: Vec<(usize, u8)> = Vec::new();
+    let mut at = (read(0x34 / 4) & 0xfc) as usize;
+    for _ in 0..48 {
+        if !(0x40..0x100).contains(&at) || out.iter().any(|(o, _)| *o == at) {
+            break;
+        }
+        let head = read(at / 4);
+        out.push((at, head as u8));
+        at = ((head >> 8) & 0xfc) as usize;
+    }
+    out
+}
 /// Status register's "capabilities list" bit, in the dword at 0x04.
 const STATUS_CAP_LIST: u32 = 1 << (16 + 4);
 
@@ -275,6 +322,12 @@ impl VfioPci {
             msi: None,
             wiring: None,
             msi_applied: MsiState::default(),
+            caps: Vec::new(),
+            chain: Vec::new(),
+            host_msix_vectors: 0,
+            msix: None,
+            msix_shown: false,
+            msix_applied: MsixState::default(),
         };
         let header = dev.raw_read(3) >> 16 & 0x7f;
         if header != 0 {
@@ -286,9 +339,13 @@ impl VfioPci {
             });
         }
         dev.command = dev.raw_read(1) as u16;
-        if dev.raw_read(1) & STATUS_CAP_LIST != 0 {
+        let msix_found = if dev.raw_read(1) & STATUS_CAP_LIST != 0 {
             dev.msi_found = msi::find(|r| dev.raw_read(r));
-        }
+            dev.caps = caps(|r| dev.raw_read(r));
+            msix::find(|r| dev.raw_read(r))
+        } else {
+            None
+        };
         let mut i = 0;
         while i < 6 {
             let raw = dev.raw_read(4 + i);
@@ -337,7 +394,53 @@ impl VfioPci {
                 i += 1;
             }
         }
+        // The table is trapped however many vectors the host grants (u32::MAX: the device's
+        // size); a table or array outside an exposed memory BAR hides the capability.
+        dev.msix = msix_found
+            .and_then(|(o, c, t, p)| MsixCap::new(o, c, t, p, u32::MAX))
+            .filter(|m| {
+                let fits = |r: msix::BarRange| dev.bars[r.bar].is_some_and(|b| r.fits(b.size));
+                let ok = fits(m.table()) && fits(m.pba());
+                if !ok {
+                    tracing::warn!(
+                        bdf,
+                        "VFIO: the MSI-X table or pending bit array is outside a memory BAR: \
+                         MSI-X hidden"
+                    );
+                }
+                ok
+            });
+        dev.relink();
         Ok(dev)
+    }
+
+    /// Recomputes the capability list the guest sees: vendor-specific capabilities, and MSI
+    /// and MSI-X when shown, in the device's order.
+    fn relink(&mut self) {
+        let msi = self.msi.as_ref().map(MsiCap::offset);
+        let msix = self
+            .msix
+            .as_ref()
+            .filter(|_| self.msix_shown)
+            .map(MsixCap::offset);
+        self.chain = self
+            .caps
+            .iter()
+            .filter(|(at, id)| *id == VENDOR_CAP_ID || Some(*at) == msi || Some(*at) == msix)
+            .map(|(at, _)| *at)
+            .collect();
+    }
+
+    /// `value`, the dword `reg` as read, with its next pointer relinked when a shown
+    /// capability starts there.
+    fn link(&self, reg: usize, value: u32) -> u32 {
+        match self.chain.iter().position(|&at| at == reg * 4) {
+            Some(i) => {
+                let next = self.chain.get(i + 1).copied().unwrap_or(0) as u32;
+                (value & !0xff00) | next << 8
+            }
+            None => value,
+        }
     }
 
     /// The host address.
@@ -361,8 +464,72 @@ impl VfioPci {
         self.msi = self
             .msi_found
             .and_then(|(offset, control)| MsiCap::new(offset, control, vectors));
-        if self.msi.is_some() || wiring.intx() {
+        let msix_vectors = u32::try_from(wiring.max_msix_vectors()).unwrap_or(u32::MAX);
+        if let Some(m) = self.msix.as_ref().filter(|_| msix_vectors > 0) {
+            let (o, t, p) = (m.offset(), m.table(), m.pba());
+            // The device's control and registers again, the size capped by the wiring.
+            let control = (self.raw_read(o / 4) >> 16) as u16;
+            let reg = |r: msix::BarRange| r.offset as u32 | r.bar as u32;
+            if let Some(m) = MsixCap::new(o, control, reg(t), reg(p), msix_vectors) {
+                self.msix = Some(m);
+                self.msix_shown = true;
+            }
+        }
+        if self.msi.is_some() || self.msix_shown || wiring.intx() {
             self.wiring = Some(wiring);
+        }
+        self.relink();
+    }
+
+    /// Carries out what the guest's last MSI-X write (capability or table) changed: MSI-X on
+    /// or off, the routes, the vectors held or delivered. A host refusal is logged (the
+    /// guest's driver sees no interrupt), never a panic.
+    fn apply_msix(&mut self) {
+        let (Some(cap), Some(w)) = (
+            self.msix.as_ref().filter(|_| self.msix_shown),
+            self.wiring.as_mut(),
+        ) else {
+            return;
+        };
+        let new = cap.state();
+        if new == self.msix_applied {
+            return;
+        }
+        let old = std::mem::replace(&mut self.msix_applied, new.clone());
+        let bdf = &self.bdf;
+        if !new.enabled {
+            if let Err(e) = w.msix_trigger(&[]) {
+                tracing::warn!(%bdf, error = %e, "VFIO: turning MSI-X off failed");
+            }
+            if let Err(e) = w.msix_route(&[]) {
+                tracing::warn!(%bdf, error = %e, "VFIO: KVM_SET_GSI_ROUTING for MSI-X failed");
+            }
+            return;
+        }
+        // Routed before any vector may fire or a held interrupt is delivered.
+        if new.routes != old.routes {
+            if let Err(e) = w.msix_route(&new.routes) {
+                tracing::warn!(%bdf, error = %e, "VFIO: KVM_SET_GSI_ROUTING for MSI-X failed");
+            }
+        }
+        if !old.enabled {
+            match w.msix_trigger(&new.masked) {
+                Ok(()) => {
+                    tracing::debug!(%bdf, vectors = new.masked.len(), "VFIO: MSI-X on")
+                }
+                Err(e) => tracing::warn!(
+                    %bdf, vectors = new.masked.len(), error = %e, "VFIO: turning MSI-X on failed"
+                ),
+            }
+            return;
+        }
+        let changed: Vec<usize> = (0..new.masked.len())
+            .filter(|&i| old.masked.get(i) != new.masked.get(i))
+            .collect();
+        if let (Some(&first), Some(&last)) = (changed.first(), changed.last()) {
+            if let Err(e) = w.msix_hold(first, &new.masked[first..=last]) {
+                tracing::warn!(%bdf, first, last, error = %e, "VFIO: MSI-X (un)masking failed");
+            }
         }
     }
 
@@ -457,14 +624,20 @@ impl VfioPci {
         }
     }
 
-    /// The BAR decoding `[addr, addr+len)` and the offset in it, with memory decoding on.
-    fn decode(&self, addr: u64, len: usize) -> Option<u64> {
+    /// The BAR decoding `[addr, addr+len)` with memory decoding on: its index, the offset in
+    /// it and the offset in the device fd.
+    fn decode(&self, addr: u64, len: usize) -> Option<(usize, u64, u64)> {
         if self.command & COMMAND_MEMORY == 0 {
             return None;
         }
-        self.bars.iter().flatten().find_map(|b| {
+        self.bars.iter().enumerate().find_map(|(i, b)| {
+            let b = (*b)?;
             let off = addr.checked_sub(b.addr)?;
-            (off + len as u64 <= b.size && b.addr != 0).then_some(b.region_offset + off)
+            (off.checked_add(len as u64)? <= b.size && b.addr != 0).then_some((
+                i,
+                off,
+                b.region_offset + off,
+            ))
         })
     }
 }
@@ -472,14 +645,21 @@ impl VfioPci {
 impl PciDevice for VfioPci {
     fn config_read(&mut self, reg: usize) -> u32 {
         if let Some(m) = self.msi.as_ref().filter(|m| m.contains(reg * 4)) {
-            return m.read(reg * 4);
+            return self.link(reg, m.read(reg * 4));
+        }
+        if let Some(m) = self
+            .msix
+            .as_ref()
+            .filter(|m| self.msix_shown && m.contains(reg * 4))
+        {
+            return self.link(reg, m.read(reg * 4));
         }
         match reg {
-            // Command and status: the device's, with a capability list only for MSI.
-            1 if self.msi.is_some() => self.raw_read(1) | STATUS_CAP_LIST,
+            // Command and status: the device's, with a capability list only for what is shown.
+            1 if !self.chain.is_empty() => self.raw_read(1) | STATUS_CAP_LIST,
             1 => self.raw_read(1) & !STATUS_CAP_LIST,
-            // The capability pointer: MSI's, or none.
-            13 => self.msi.as_ref().map_or(0, |m| m.offset() as u32),
+            // The capability pointer: the first shown, or none.
+            13 => self.chain.first().map_or(0, |&at| at as u32),
             // Header type: one function here, whatever the host's.
             3 => self.raw_read(3) & !(0x80 << 16),
             4..=9 => self.bar_read(self.regs[reg - 4]),
@@ -491,7 +671,7 @@ impl PciDevice for VfioPci {
                     | u32::from(self.shows_pin()) << 8
                     | u32::from(self.line)
             }
-            r if r < 64 => self.raw_read(r),
+            r if r < 64 => self.link(r, self.raw_read(r)),
             _ => 0xffff_ffff,
         }
     }
@@ -505,6 +685,15 @@ impl PciDevice for VfioPci {
         if let Some(m) = self.msi.as_mut().filter(|m| m.contains(offset)) {
             m.write(offset, data);
             self.apply_msi();
+            return;
+        }
+        if let Some(m) = self
+            .msix
+            .as_mut()
+            .filter(|m| self.msix_shown && m.contains(offset))
+        {
+            m.write(offset, data);
+            self.apply_msix();
             return;
         }
         match reg {
@@ -536,9 +725,22 @@ impl PciDevice for VfioPci {
     }
 
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
-        let Some(at) = self.decode(addr, data.len()) else {
+        let Some((bar, off, at)) = self.decode(addr, data.len()) else {
             return false;
         };
+        if let Some(m) = &self.msix {
+            // The pending bits, asked of the wiring only for a read of the array.
+            let pending: Vec<bool> = match self.wiring.as_mut() {
+                Some(w) if m.pba().overlaps(bar, off, data.len() as u64) => {
+                    (0..m.vectors()).map(|v| w.msix_pending(v)).collect()
+                }
+                _ => Vec::new(),
+            };
+            let p = |v: usize| pending.get(v).copied().unwrap_or(false);
+            if m.bar_read(bar, off, data, p) {
+                return true;
+            }
+        }
         if self.device.read_exact_at(data, at).is_err() {
             data.fill(0xff);
         }
@@ -546,9 +748,15 @@ impl PciDevice for VfioPci {
     }
 
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
-        let Some(at) = self.decode(addr, data.len()) else {
+        let Some((bar, off, at)) = self.decode(addr, data.len()) else {
             return false;
         };
+        if let Some(m) = self.msix.as_mut() {
+            if m.bar_write(bar, off, data) {
+                self.apply_msix();
+                return true;
+            }
+        }
         if let Err(e) = self.device.write_all_at(data, at) {
             tracing::debug!(bdf = %self.bdf, addr, error = %e, "VFIO: BAR write failed");
         }

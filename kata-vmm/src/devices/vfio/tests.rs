@@ -288,10 +288,13 @@ fn a_vm_given_an_unusable_function_fails_before_anything_is_bound() {
 enum Call {
     Route(Vec<Option<msi::MsiMessage>>),
     Trigger(usize),
+    MsixRoute(Vec<Option<msi::MsiMessage>>),
+    MsixTrigger(Vec<bool>),
+    MsixHold(usize, Vec<bool>),
 }
 
 #[derive(Clone, Default)]
-struct FakeWiring(Arc<Mutex<Vec<Call>>>, usize, bool);
+struct FakeWiring(Arc<Mutex<Vec<Call>>>, usize, bool, usize);
 
 impl IrqWiring for FakeWiring {
     fn max_vectors(&self) -> usize {
@@ -308,6 +311,34 @@ impl IrqWiring for FakeWiring {
     fn intx(&self) -> bool {
         self.2
     }
+    fn max_msix_vectors(&self) -> usize {
+        self.3
+    }
+    fn msix_route(&mut self, routes: &[Option<msi::MsiMessage>]) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Call::MsixRoute(routes.to_vec()));
+        Ok(())
+    }
+    fn msix_trigger(&mut self, held: &[bool]) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Call::MsixTrigger(held.to_vec()));
+        Ok(())
+    }
+    fn msix_hold(&mut self, first: usize, held: &[bool]) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Call::MsixHold(first, held.to_vec()));
+        Ok(())
+    }
+    /// Vector 1 has an interrupt held back.
+    fn msix_pending(&mut self, v: usize) -> bool {
+        v == 1
+    }
 }
 
 /// The fake function with a PM capability at 0x40 and edu's MSI (64-bit, 1 vector) at 0x50.
@@ -320,7 +351,7 @@ fn with_msi() -> (tempfile::NamedTempFile, VfioPci, FakeWiring) {
         .write_all_at(&0x0080_0005u32.to_le_bytes(), 0x50)
         .unwrap();
     let d = device(&f, bars, config);
-    let w = FakeWiring(Arc::default(), 1, false);
+    let w = FakeWiring(Arc::default(), 1, false, 0);
     (f, d, w)
 }
 
@@ -387,7 +418,7 @@ fn a_function_without_msi_or_a_capability_list_ignores_the_wiring() {
         .write_all_at(&0x0080_0005u32.to_le_bytes(), 0x40)
         .unwrap();
     let mut d = device(&f, bars, config);
-    d.attach_irqs(Box::new(FakeWiring(Arc::default(), 1, false)));
+    d.attach_irqs(Box::new(FakeWiring(Arc::default(), 1, false, 0)));
     assert_eq!(d.config_read(13), 0);
     assert_eq!(d.config_read(1) & STATUS_CAP_LIST, 0);
 }
@@ -411,6 +442,9 @@ proptest::proptest! {
             match c {
                 Call::Trigger(n) => proptest::prop_assert!(*n <= 1),
                 Call::Route(r) => proptest::prop_assert!(r.len() <= 1),
+                Call::MsixRoute(_) | Call::MsixTrigger(_) | Call::MsixHold(..) => {
+                    proptest::prop_assert!(false, "no MSI-X here: {c:?}")
+                }
             }
         }
     }
@@ -420,13 +454,13 @@ proptest::proptest! {
 fn intx_shows_pin_inta_only_when_wired() {
     let (_f, mut d, _w) = with_msi();
     assert_eq!(d.config_read(15) >> 8 & 0xff, 0);
-    d.attach_irqs(Box::new(FakeWiring(Arc::default(), 1, true)));
+    d.attach_irqs(Box::new(FakeWiring(Arc::default(), 1, true, 0)));
     assert_eq!(d.config_read(15) >> 8 & 0xff, 1, "INTA#");
     d.config_write(0x3c, &[23]);
     assert_eq!(d.config_read(15) & 0xffff, 0x0117);
     // INTx alone (no MSI granted): the pin, and no capability list.
     let (_f, mut d, _w) = with_msi();
-    d.attach_irqs(Box::new(FakeWiring(Arc::default(), 0, true)));
+    d.attach_irqs(Box::new(FakeWiring(Arc::default(), 0, true, 0)));
     assert_eq!(d.config_read(15) >> 8 & 0xff, 1);
     assert_eq!(d.config_read(13), 0);
     assert_eq!(d.config_read(1) & STATUS_CAP_LIST, 0);
@@ -457,4 +491,178 @@ fn intx_pins_count_down_from_the_top_and_virtio_lines_may_not_meet_them() {
     assert!(set.check_lines(5..=22).is_ok());
     let e = set.check_lines(5..=23).unwrap_err().to_string();
     assert!(e.contains("line 23") && e.contains("fewer"), "{e}");
+}
+
+/// A virtio-like function: a vendor-specific capability at 0x40 (next 0x50), power
+/// management at 0x50 (next 0x60), MSI-X at 0x60 with 3 vectors, its table at BAR2 offset 0
+/// and its pending bit array at BAR2 offset 0x800; the device's own table bytes are 0xee.
+fn with_msix() -> (tempfile::NamedTempFile, VfioPci) {
+    let (f, bars, config) = fake();
+    let w = |v: u32, at: u64| f.as_file().write_all_at(&v.to_le_bytes(), at).unwrap();
+    w(0x1001_5009, 0x40);
+    w(0x0003_6001, 0x50);
+    w(0x0002_0011, 0x60);
+    w(2, 0x64);
+    w(0x802, 0x68);
+    f.as_file()
+        .write_all_at(&[0xee; 0x30], BAR2_OFFSET)
+        .unwrap();
+    let d = device(&f, bars, config);
+    (f, d)
+}
+
+/// BAR2's guest address with memory decoding on.
+fn bar2(d: &mut VfioPci) -> u64 {
+    d.config_write(4, &[0x02]);
+    d.bar_addresses()[1].1
+}
+
+#[test]
+fn the_msix_table_is_trapped_before_and_after_wiring_and_vendor_capabilities_are_shown() {
+    let (f, mut d) = with_msix();
+    // Unwired: the vendor capability alone, unlinked from what follows it.
+    assert_ne!(d.config_read(1) & STATUS_CAP_LIST, 0);
+    assert_eq!(d.config_read(13), 0x40);
+    assert_eq!(d.config_read(0x40 / 4), 0x1001_0009, "next 0");
+    assert_eq!(d.config_read(0x60 / 4), 0x0002_0011, "raw, unlinked");
+    let t = bar2(&mut d);
+    let mut b = [0u8; 4];
+    assert!(d.mmio_read(t, &mut b));
+    assert_eq!(b, [0; 4], "the device's table is never read");
+    assert!(d.mmio_write(t + 0xc, &0u32.to_le_bytes()));
+    let mut raw = [0u8; 0x30];
+    f.as_file().read_exact_at(&mut raw, BAR2_OFFSET).unwrap();
+    assert_eq!(raw, [0xee; 0x30], "nor written");
+    // Past the table and the array: the device's BAR as before.
+    assert!(d.mmio_write(t + 0x100, &7u32.to_le_bytes()));
+    f.as_file()
+        .read_exact_at(&mut b, BAR2_OFFSET + 0x100)
+        .unwrap();
+    assert_eq!(u32::from_le_bytes(b), 7);
+    // Wired with 2 vectors: vendor -> MSI-X, power management skipped; the size is 2.
+    let w = FakeWiring(Arc::default(), 0, false, 2);
+    d.attach_irqs(Box::new(w.clone()));
+    assert_eq!(d.config_read(13), 0x40);
+    assert_eq!(d.config_read(0x40 / 4), 0x1001_6009);
+    assert_eq!(d.config_read(0x60 / 4), 0x0001_0011);
+    assert_eq!(d.config_read(0x64 / 4), 2);
+    assert_eq!(d.config_read(0x68 / 4), 0x802);
+    assert!(w.0.lock().unwrap().is_empty());
+}
+
+#[test]
+fn linux_s_msix_sequence_enables_routes_unmasks_and_tears_down() {
+    let (f, mut d) = with_msix();
+    let w = FakeWiring(Arc::default(), 0, false, 2);
+    d.attach_irqs(Box::new(w.clone()));
+    let t = bar2(&mut d);
+    let calls = || w.0.lock().unwrap().clone();
+    // Enable with the function masked (msix_capability_init), all vectors held.
+    d.config_write(0x62, &0xc001u16.to_le_bytes());
+    assert_eq!(
+        calls(),
+        [
+            Call::MsixRoute(vec![None, None]),
+            Call::MsixTrigger(vec![true, true])
+        ]
+    );
+    // Program both vectors: the routes follow, nothing is delivered yet.
+    for (v, data) in [(0u64, 0x41u32), (1, 0x51)] {
+        d.mmio_write(t + v * 16, &0xfee0_0000u32.to_le_bytes());
+        d.mmio_write(t + v * 16 + 4, &0u32.to_le_bytes());
+        d.mmio_write(t + v * 16 + 8, &data.to_le_bytes());
+    }
+    let msg = |data| {
+        Some(msi::MsiMessage {
+            address: 0xfee0_0000,
+            data,
+        })
+    };
+    assert_eq!(
+        calls().last(),
+        Some(&Call::MsixRoute(vec![msg(0x41), msg(0x51)]))
+    );
+    let n = calls().len();
+    // The function unmasked, the vectors still masked: nothing.
+    d.config_write(0x63, &[0x80]);
+    assert_eq!(calls().len(), n);
+    // request_irq of vector 1, then vector 0: each its own block.
+    d.mmio_write(t + 0x1c, &0u32.to_le_bytes());
+    d.mmio_write(t + 0xc, &0u32.to_le_bytes());
+    assert_eq!(
+        calls()[n..],
+        [
+            Call::MsixHold(1, vec![false]),
+            Call::MsixHold(0, vec![false])
+        ]
+    );
+    // The pending bit array asks the wiring.
+    let mut pba = [0u8; 8];
+    assert!(d.mmio_read(t + 0x800, &mut pba));
+    assert_eq!(u64::from_le_bytes(pba), 0b10);
+    // The function mask holds both in one block; disabling turns MSI-X off and unroutes.
+    d.config_write(0x63, &[0xc0]);
+    assert_eq!(calls()[n + 2], Call::MsixHold(0, vec![true, true]));
+    d.config_write(0x60, &0x0000_0011u32.to_le_bytes());
+    assert_eq!(
+        calls()[n + 3..],
+        [Call::MsixTrigger(vec![]), Call::MsixRoute(vec![])]
+    );
+    // None of it reached the device's table.
+    let mut raw = [0u8; 0x30];
+    f.as_file().read_exact_at(&mut raw, BAR2_OFFSET).unwrap();
+    assert_eq!(raw, [0xee; 0x30]);
+}
+
+#[test]
+fn a_table_outside_its_bar_hides_msix() {
+    let (f, bars, config) = fake();
+    let w = |v: u32, at: u64| f.as_file().write_all_at(&v.to_le_bytes(), at).unwrap();
+    w(0x0002_0011, 0x40);
+    // The table at BAR2 offset 0x3ff8: 48 bytes do not fit its 16 KiB.
+    w(0x3ffa, 0x44);
+    w(0x802, 0x48);
+    let mut d = device(&f, bars, config);
+    d.attach_irqs(Box::new(FakeWiring(Arc::default(), 0, false, 2)));
+    assert_eq!(d.config_read(13), 0);
+    // In the I/O BAR (BAR4, not exposed): hidden too.
+    w(0x4, 0x44);
+    let mut d = device(&f, bars, config);
+    d.attach_irqs(Box::new(FakeWiring(Arc::default(), 0, false, 2)));
+    assert_eq!(d.config_read(13), 0);
+}
+
+proptest::proptest! {
+    #[test]
+    fn guest_garbage_in_config_space_and_the_msix_bar_never_panics(
+        ops in proptest::collection::vec(
+            (proptest::bool::ANY, 0u64..0x1000, proptest::collection::vec(proptest::num::u8::ANY, 0..9)),
+            0..60),
+    ) {
+        let (_f, mut d) = with_msix();
+        let w = FakeWiring(Arc::default(), 0, false, 2);
+        d.attach_irqs(Box::new(w.clone()));
+        let t = bar2(&mut d);
+        for (config, off, data) in &ops {
+            if *config {
+                d.config_write(0x5c + (*off as usize % 0x20), data);
+            } else if off % 2 == 0 {
+                d.mmio_write(t + off, data);
+            } else {
+                let mut buf = data.clone();
+                d.mmio_read(t + off, &mut buf);
+            }
+            for r in 0..70 {
+                let _ = d.config_read(r);
+            }
+        }
+        for c in w.0.lock().unwrap().iter() {
+            match c {
+                Call::MsixTrigger(h) => proptest::prop_assert!(h.is_empty() || h.len() == 2),
+                Call::MsixRoute(r) => proptest::prop_assert!(r.len() <= 2),
+                Call::MsixHold(first, h) => proptest::prop_assert!(!h.is_empty() && first + h.len() <= 2),
+                c => proptest::prop_assert!(false, "no MSI here: {c:?}"),
+            }
+        }
+    }
 }

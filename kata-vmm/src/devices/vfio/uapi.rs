@@ -41,6 +41,8 @@ pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
 pub const VFIO_PCI_INTX_IRQ_INDEX: u32 = 0;
 /// The interrupt index of a PCI function's MSI.
 pub const VFIO_PCI_MSI_IRQ_INDEX: u32 = 1;
+/// The interrupt index of a PCI function's MSI-X.
+pub const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
 const VFIO_IRQ_SET_DATA_NONE: u32 = 1;
 const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
 const VFIO_IRQ_SET_ACTION_UNMASK: u32 = 1 << 4;
@@ -96,7 +98,11 @@ struct IrqInfo {
     count: u32,
 }
 
-/// `vfio_irq_set` with room for every MSI vector's eventfd.
+/// The most eventfds one `VFIO_DEVICE_SET_IRQS` carries (MSI-X vectors shown to a guest are
+/// capped at as many: [`super::msix::MSIX_MAX_VECTORS`]).
+const SET_MAX_FDS: usize = 64;
+
+/// `vfio_irq_set` with room for every MSI or shown MSI-X vector's eventfd.
 #[repr(C)]
 struct IrqSet {
     argsz: u32,
@@ -104,7 +110,7 @@ struct IrqSet {
     index: u32,
     start: u32,
     count: u32,
-    fds: [i32; MSI_MAX_VECTORS],
+    fds: [i32; SET_MAX_FDS],
 }
 
 /// A region of a VFIO device: where it is in the device fd and how large.
@@ -373,6 +379,18 @@ pub fn set_msi_trigger(device: &impl AsRawFd, fds: &[i32]) -> std::io::Result<()
     )
 }
 
+/// Sets the MSI-X vectors of `device` from `start` to signal `fds` (VFIO turns MSI-X on with
+/// that many vectors when it was off), or turns MSI-X off (`fds` empty).
+pub fn set_msix_trigger(device: &impl AsRawFd, start: u32, fds: &[i32]) -> std::io::Result<()> {
+    set_irqs_from(
+        device,
+        VFIO_PCI_MSIX_IRQ_INDEX,
+        VFIO_IRQ_SET_ACTION_TRIGGER,
+        start,
+        fds,
+    )
+}
+
 /// Turns `device`'s INTx on, signalling `trigger` (the device's INTx is masked by VFIO at each
 /// interrupt) and unmasked when `unmask` is signalled (KVM's resample eventfd); or off
 /// (`None`).
@@ -402,20 +420,32 @@ pub fn set_intx(device: &impl AsRawFd, fds: Option<(i32, i32)>) -> std::io::Resu
 /// `VFIO_DEVICE_SET_IRQS` of interrupt `index`, `action`, with an eventfd per interrupt from 0
 /// (`fds`), or with no data and count 0 when `fds` is empty (off).
 fn set_irqs(device: &impl AsRawFd, index: u32, action: u32, fds: &[i32]) -> std::io::Result<()> {
-    if fds.len() > MSI_MAX_VECTORS {
+    set_irqs_from(device, index, action, 0, fds)
+}
+
+/// [`set_irqs`] from interrupt `start` (a block of an enabled MSI-X: its vectors change
+/// eventfds, the others keep theirs).
+fn set_irqs_from(
+    device: &impl AsRawFd,
+    index: u32,
+    action: u32,
+    start: u32,
+    fds: &[i32],
+) -> std::io::Result<()> {
+    if fds.len() > SET_MAX_FDS {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
     let mut set = IrqSet {
-        argsz: (std::mem::size_of::<IrqSet>() - 4 * (MSI_MAX_VECTORS - fds.len())) as u32,
+        argsz: (std::mem::size_of::<IrqSet>() - 4 * (SET_MAX_FDS - fds.len())) as u32,
         flags: if fds.is_empty() {
             VFIO_IRQ_SET_DATA_NONE | action
         } else {
             VFIO_IRQ_SET_DATA_EVENTFD | action
         },
         index,
-        start: 0,
+        start: if fds.is_empty() { 0 } else { start },
         count: fds.len() as u32,
-        fds: [-1; MSI_MAX_VECTORS],
+        fds: [-1; SET_MAX_FDS],
     };
     set.fds[..fds.len()].copy_from_slice(fds);
     // SAFETY: VFIO_DEVICE_SET_IRQS reads `argsz` bytes of `set`: its header and `count` fds,
@@ -444,7 +474,7 @@ mod tests {
         assert_eq!(VFIO_DEVICE_SET_IRQS, 0x3b6e);
         assert_eq!(std::mem::size_of::<IrqInfo>(), 16);
         // The header of `vfio_irq_set` is 20 bytes, the eventfds follow.
-        assert_eq!(std::mem::size_of::<IrqSet>(), 20 + 4 * MSI_MAX_VECTORS);
+        assert_eq!(std::mem::size_of::<IrqSet>(), 20 + 4 * SET_MAX_FDS);
         assert_eq!(std::mem::size_of::<RegionInfoRaw>(), 32);
         assert_eq!(std::mem::size_of::<DmaMap>(), 32);
     }
