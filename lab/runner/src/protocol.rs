@@ -132,8 +132,9 @@ pub const BOOT_RATIO_TARGET: f64 = 0.5;
 /// The VFIO checks (issue 12), run with the QEMU backend after its [`VMM_CHECKS`] (each
 /// reported as `qemu-<name>`): L1's edu device cold-plugged on a root port, a switch's
 /// downstream port and a PCI bridge and seen in L2, its BAR0 read and written in
-/// `guest-kernel` mode, hot-plugged onto a free root port and switch port, and hot-unplugged
-/// (gone from L2, the port free again).
+/// `guest-kernel` mode, hot-plugged onto a free root port, switch port and bridge slot, and
+/// hot-unplugged (gone from L2, the port free again); and through containerd
+/// (`vfio-ctr-hot`, `vfio-ctr-cold`: the lab's shim on the shipped QEMU configuration).
 pub const VFIO_CHECKS: &[&str] = &[
     "vfio-cold-root-port",
     "vfio-bar0-guest-kernel",
@@ -142,6 +143,8 @@ pub const VFIO_CHECKS: &[&str] = &[
     "vfio-hot-root-port",
     "vfio-hot-unplug",
     "vfio-hot-switch-port",
+    // Hot-plugged onto a free slot of the PCIe-to-PCI bridge, unplugged, the slot free again.
+    "vfio-hot-bridge-port",
     "vfio-mode-cold-root-port",
     "vfio-mode-hot-root-port",
     // `vfio` mode behind a switch's downstream port and the PCIe-to-PCI bridge (cold), and
@@ -153,6 +156,11 @@ pub const VFIO_CHECKS: &[&str] = &[
     // and `intx`), cold-plugged on a root port.
     "vfio-msi-cold-root-port",
     "vfio-intx-cold-root-port",
+    // Through L1's containerd and the lab's shim on the shipped configuration-qemu-runtime-rs
+    // (`src/vfio_ctr.rs`): hot-plugged into a pod's container and unplugged at its removal,
+    // and cold-plugged with a single `ctr run`; nothing left after `ctr task rm`.
+    "vfio-ctr-hot",
+    "vfio-ctr-cold",
 ];
 
 /// The positive VFIO cold-plug through containerd (issue 12, `src/vfio_ctr.rs`), reported as

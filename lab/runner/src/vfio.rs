@@ -23,6 +23,13 @@
 //!   `vfio-hot-switch-port` (one L2 boot each), so the proof container is the second container
 //!   naming the device (cold: bound already; hot: plugged again on the freed port).
 //!
+//! - `vfio-hot-bridge-port`: a sandbox with `hot_plug_vfio = "bridge-port"` (the PCIe-to-PCI
+//!   bridge `pci-bridge0` and its SHPC slots, no port to add); a container naming the device
+//!   gets it at the bridge's first slot (`<bridge>/01`), after its delete the edu is gone from
+//!   L2, and a second container gets it at the same slot (freed);
+//! - `vfio-ctr-hot`, `vfio-ctr-cold`: through L1's containerd on the shipped QEMU
+//!   configuration (`src/vfio_ctr.rs`).
+//!
 //! With the built-in VMM ([`run_builtin`], reported as `builtin-<name>`, names in
 //! [`kata_lab::protocol::BUILTIN_VFIO_CHECKS`]): kata-vmm's own PCI root bus, cold-plug only,
 //! BARs trapped, no interrupts.
@@ -338,6 +345,8 @@ async fn build_once(
         hv.hot_plug_vfio = port;
         match port {
             PciePort::SwitchPort => hv.pcie_switch_port = 1,
+            // The PCIe-to-PCI bridge's own slots (SHPC): no port to add.
+            PciePort::BridgePort => {}
             _ => hv.pcie_root_port = 1,
         }
     }
@@ -416,8 +425,11 @@ async fn cold_case(r: &mut Report, port: PciePort, vfio: &Path, rootfs: &Path, r
     }
 }
 
-/// Hot-plug onto the one spare port of kind `port`, then (`unplug`) the unplug check: gone
-/// after the container's delete, plugged again on the freed port.
+/// Hot-plug onto the one spare port of kind `port` (on the bridge: its first free SHPC slot),
+/// then the unplug check: gone after the container's delete, plugged again at the same place
+/// (the port or slot was freed). A root port reports that as `vfio-hot-unplug`, the bridge in
+/// its own line (`vfio-hot-bridge-port`); a switch port not at all (its `vfio` mode case
+/// replugs it).
 async fn hot_case(r: &mut Report, port: PciePort, vfio: &Path, rootfs: &Path, root_dir: &str) {
     let name = format!("vfio-hot-{port}");
     let unplug_name = (port == PciePort::RootPort).then_some("vfio-hot-unplug");
@@ -432,12 +444,15 @@ async fn hot_case(r: &mut Report, port: PciePort, vfio: &Path, rootfs: &Path, ro
             return;
         }
     };
+    let mut first_path = None;
     let hot = tokio::time::timeout(limit, async {
         let t = Instant::now();
         let p = seen_at_depth(
             &run_in(&sb, rootfs, vfio, false, LIST_EDU).await?,
             depth(port),
         )?;
+        on_its_port(port, &p)?;
+        first_path = Some(p.clone());
         println!(
             "{}",
             figure_line(
@@ -455,41 +470,90 @@ async fn hot_case(r: &mut Report, port: PciePort, vfio: &Path, rootfs: &Path, ro
             t.elapsed()
         ))
     })
-    .await;
-    let hot_ok = matches!(hot, Ok(Ok(_)));
-    r.line(&name, hot.context("timed out").and_then(|s| s));
-    if let Some(u) = unplug_name {
-        let unplug = tokio::time::timeout(limit, async {
-            ensure!(hot_ok, "not run: the hot-plug failed");
-            let plain = ContainerSpec::from_rootfs_dir(rootfs).args(["sh", "-c", LIST_EDU]);
-            let out = sb.run(plain).await?;
-            let gone = out.stdout_str();
-            ensure!(
-                !gone.contains("edu "),
-                "after the container's delete L2 still has {gone:?}"
-            );
-            let again = seen_at_depth(
-                &run_in(&sb, rootfs, vfio, false, LIST_EDU).await?,
-                depth(port),
-            )?;
-            Ok(format!(
-                "gone from L2 after the container's delete; plugged again on the only {port} \
-                 (pcie_root_port = 1) at {again}: the port was freed"
-            ))
-        })
-        .await;
-        r.line(u, unplug.context("timed out").and_then(|s| s));
-        if hot_ok {
-            match tokio::time::timeout(limit, hotplug_latency(&sb, rootfs, vfio)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("kata-lab: the hot-plug latency figure: {e:#}"),
-                Err(_) => eprintln!("kata-lab: the hot-plug latency figure timed out"),
-            }
+    .await
+    .context("timed out")
+    .and_then(|s| s);
+    let unplug = match (&first_path, port) {
+        (Some(first), PciePort::RootPort | PciePort::BridgePort) => Some(
+            tokio::time::timeout(limit, unplugged_then_again(&sb, rootfs, vfio, port, first))
+                .await
+                .context("timed out")
+                .and_then(|s| s),
+        ),
+        _ => None,
+    };
+    let hot_ok = hot.is_ok();
+    match (unplug_name, unplug) {
+        (Some(u), unplug) => {
+            r.line(&name, hot);
+            let unplug =
+                unplug.unwrap_or_else(|| Err(anyhow::anyhow!("not run: the hot-plug failed")));
+            r.line(u, unplug);
+        }
+        (None, Some(unplug)) => r.line(&name, hot.and_then(|h| Ok(format!("{h}; {}", unplug?)))),
+        (None, None) => r.line(&name, hot),
+    }
+    if hot_ok && port == PciePort::RootPort {
+        match tokio::time::timeout(limit, hotplug_latency(&sb, rootfs, vfio)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("kata-lab: the hot-plug latency figure: {e:#}"),
+            Err(_) => eprintln!("kata-lab: the hot-plug latency figure timed out"),
         }
     }
     if let Err(e) = sb.shutdown().await {
         eprintln!("kata-lab: shutting the {name} sandbox down: {e:#}");
     }
+}
+
+/// Checks a hot-plugged edu's guest PCI path says it is where `port` puts it: on the bridge
+/// at the first SHPC slot it hands out (`<bridge>/01`), behind a port at slot 0.
+fn on_its_port(port: PciePort, path: &str) -> Result<()> {
+    let last = path.rsplit('/').next().unwrap_or_default();
+    let want = if port == PciePort::BridgePort {
+        "01"
+    } else {
+        "00"
+    };
+    ensure!(
+        last == want,
+        "the edu is at {path}: not at slot {want} of a {port}"
+    );
+    Ok(())
+}
+
+/// After the hot-plugging container's delete: a plain container lists no edu in L2 (unplugged),
+/// then a container naming the device again sees it at `first`, the place the first plug had
+/// (the only root port, or the bridge's lowest slot: freed by the unplug).
+async fn unplugged_then_again(
+    sb: &Sandbox,
+    rootfs: &Path,
+    vfio: &Path,
+    port: PciePort,
+    first: &str,
+) -> Result<String> {
+    let plain = ContainerSpec::from_rootfs_dir(rootfs).args(["sh", "-c", LIST_EDU]);
+    let out = sb.run(plain).await?;
+    let gone = out.stdout_str();
+    ensure!(
+        !gone.contains("edu "),
+        "after the container's delete L2 still has {gone:?}"
+    );
+    let again = seen_at_depth(
+        &run_in(sb, rootfs, vfio, false, LIST_EDU).await?,
+        depth(port),
+    )?;
+    ensure!(
+        again == first,
+        "plugged again at {again}, not at {first}: the first plug's place was not freed"
+    );
+    let freed = match port {
+        PciePort::BridgePort => "the bridge's slot",
+        _ => "the only root port (pcie_root_port = 1)",
+    };
+    Ok(format!(
+        "gone from L2 after the container's delete (device_del, DEVICE_DELETED); plugged again \
+         at {again}: {freed} was freed"
+    ))
 }
 
 /// `vfio_mode = "vfio"` on a `port`, cold- or hot-plugged: the proof program drives the edu
@@ -699,7 +763,11 @@ pub async fn run(rootfs: &Path, root_dir: &str, only: Option<&[String]>) -> (usi
             cold_case(&mut r, port, &vfio, rootfs, root_dir).await;
         }
     }
-    for port in [PciePort::RootPort, PciePort::SwitchPort] {
+    for port in [
+        PciePort::RootPort,
+        PciePort::SwitchPort,
+        PciePort::BridgePort,
+    ] {
         let alone = !shared(port, false) || proof.is_err();
         if alone && wanted(&plain_name(port, false)) {
             hot_case(&mut r, port, &vfio, rootfs, root_dir).await;
@@ -721,6 +789,12 @@ pub async fn run(rootfs: &Path, root_dir: &str, only: Option<&[String]>) -> (usi
         }
     }
     vfio_irq::run_qemu(&mut r, &vfio, rootfs, root_dir, &wanted).await;
+    // Through containerd and the lab's shim (blocking `ctr` calls: a thread outside tokio's).
+    let (ran, passed) =
+        std::thread::scope(|s| s.spawn(|| crate::vfio_ctr::run_qemu(&wanted)).join())
+            .unwrap_or((1, 0));
+    r.ran += ran;
+    r.passed += passed;
     (r.ran, r.passed)
 }
 
@@ -1009,6 +1083,18 @@ mod tests {
                 "{port} {cold}"
             );
         }
+    }
+
+    #[test]
+    fn a_hot_plug_is_where_its_port_kind_puts_it() {
+        on_its_port(PciePort::BridgePort, "03/01").unwrap();
+        on_its_port(PciePort::RootPort, "03/00").unwrap();
+        on_its_port(PciePort::SwitchPort, "04/00/00/00").unwrap();
+        // A root port's device on the bridge's slot, or the reverse, is not where it belongs.
+        let e = on_its_port(PciePort::BridgePort, "03/00").unwrap_err();
+        assert!(e.to_string().contains("bridge-port"), "{e}");
+        assert!(on_its_port(PciePort::RootPort, "03/01").is_err());
+        assert!(kata_lab::protocol::VFIO_CHECKS.contains(&"vfio-hot-bridge-port"));
     }
 
     #[test]
