@@ -153,7 +153,7 @@ const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub fn capabilities(kind: HypervisorType, config: &HypervisorConfig) -> Result<Capabilities> {
     let caps = match kind {
         #[cfg(feature = "qemu")]
-        HypervisorType::Qemu => Ok(crate::qemu::capabilities()),
+        HypervisorType::Qemu => Ok(crate::qemu::capabilities_for(config)),
         #[cfg(feature = "test-backend")]
         HypervisorType::HostAgent => Ok(crate::host_agent::capabilities()),
         #[cfg(feature = "builtin")]

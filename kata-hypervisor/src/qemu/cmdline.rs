@@ -175,6 +175,19 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
     // `default_maxmemory` (0: the host's memory) plus the NVDIMM headroom; memory hot-plug
     // bounds itself by the same figure.
     let maxmem = super::resize::max_memory_mib(c, l.host_memory_mib);
+    // virtio-mem: its region takes the room above `default_memory` (`virtio_mem.rs`).
+    let virtio_mem_mib = super::virtio_mem::region_mib(c, maxmem);
+    if c.enable_virtio_mem && virtio_mem_mib == 0 {
+        return Err(Error::InvalidConfig {
+            key: "default_maxmemory",
+            value: c.default_maxmemory.to_string(),
+            reason: format!(
+                "enable_virtio_mem needs room for at least one 128 MiB memory block above \
+                 default_memory = {} (maxmem would be {maxmem} MiB)",
+                c.default_memory
+            ),
+        });
+    }
     if let Some(image) = nvdimm {
         push(&[
             "-m",
@@ -184,7 +197,7 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
                 maxmem + image.size_mib()
             ),
         ]);
-    } else if c.memory_slots > 0 {
+    } else if c.memory_slots > 0 || c.enable_virtio_mem {
         push(&[
             "-m",
             &format!("{mem}M,slots={},maxmem={maxmem}M", c.memory_slots),
@@ -272,6 +285,8 @@ pub fn build_args(l: &QemuLaunch<'_>) -> Result<Vec<String>> {
             "virtio-balloon-pci,id=balloon0,free-page-reporting=on",
         ]);
     }
+    a.extend(super::virtio_mem::args(c, virtio_mem_mib));
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     match &l.vsock {
         VsockDevice::VhostVsock { cid } => push(&[
             "-device",
@@ -1175,6 +1190,43 @@ mod tests {
             .to_string();
         assert!(
             e.contains("virtio_fs_cache_size") && e.contains("DAX"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn virtio_mem_adds_its_region_and_device_and_needs_room() {
+        let c = HypervisorConfig {
+            default_memory: 256,
+            default_maxmemory: 1024,
+            memory_slots: 0,
+            enable_virtio_mem: true,
+            ..Default::default()
+        };
+        let a = args(&c, &[]).unwrap();
+        assert!(
+            a.contains("-m 256M,slots=0,maxmem=1024M "),
+            "maxmem without slots: {a}"
+        );
+        assert!(
+            a.contains(
+                "-object memory-backend-memfd,id=vmem0-mem,size=768M,share=on \
+                 -device virtio-mem-pci,id=vmem0,memdev=vmem0-mem,requested-size=0"
+            ),
+            "{a}"
+        );
+        let off = HypervisorConfig {
+            enable_virtio_mem: false,
+            ..c.clone()
+        };
+        assert!(!args(&off, &[]).unwrap().contains("virtio-mem"));
+        let no_room = HypervisorConfig {
+            default_maxmemory: 300,
+            ..c
+        };
+        let e = args(&no_room, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("default_maxmemory") && e.contains("enable_virtio_mem"),
             "{e}"
         );
     }

@@ -43,6 +43,7 @@ mod settings;
 mod state;
 pub mod template;
 pub mod vfio_ap;
+pub mod virtio_mem;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,6 +110,15 @@ pub fn capabilities() -> Capabilities {
         shared_fs_note: "virtio-fs-nydus and inline-virtio-fs are not served by QEMU in kata-rs; use \"virtio-fs\" (virtiofsd, the default) or \"virtio-9p\"".into(),
         hand_over: true,
         guest_on_host: false,
+    }
+}
+
+/// What the QEMU backend can do with `config`: [`capabilities`], and memory given back
+/// (`memory_shrink`) with a virtio-mem device (`enable_virtio_mem`, [`virtio_mem`]).
+pub fn capabilities_for(config: &HypervisorConfig) -> Capabilities {
+    Capabilities {
+        memory_shrink: config.enable_virtio_mem,
+        ..capabilities()
     }
 }
 
@@ -1301,6 +1311,11 @@ impl Hypervisor for Qemu {
             0 => resize::max_memory_mib(&self.config, host_memory_mib()),
             max => max,
         };
+        if self.config.enable_virtio_mem {
+            let region = virtio_mem::region_mib(&self.config, max);
+            let r = virtio_mem::resize(&qmp, &self.config, region, mib, virtio_mem::PLUG_WAIT);
+            return r.await;
+        }
         let limits = resize::MemoryLimits {
             tcg_unplug_bug: resize::tcg_unplug_bug(
                 run.accelerator == Some(Accelerator::Tcg),
@@ -1330,7 +1345,7 @@ impl Hypervisor for Qemu {
     }
 
     fn capabilities(&self) -> Capabilities {
-        capabilities()
+        capabilities_for(&self.config)
     }
 
     fn state(&self) -> VmState {

@@ -16,11 +16,15 @@
 //! break them. The guest kernel onlines hot-added memory itself
 //! (`CONFIG_MEMORY_HOTPLUG_DEFAULT_ONLINE`).
 //!
-//! **Memory is never shrunk.** A smaller size than the current one is answered with the current
-//! size: taking a DIMM back needs the guest to migrate every page off it first, which
+//! **DIMMs are never taken back.** A smaller size than the current one is answered with the
+//! current size: taking a DIMM back needs the guest to migrate every page off it first, which
 //! Linux refuses for kernel allocations and which Kata does not do with DIMMs either. A
 //! container removed leaves the VM's memory as it was; the sandbox's next growth is measured
-//! against it.
+//! against it (`Capabilities::memory_shrink` is false).
+//!
+//! With `enable_virtio_mem = true` memory goes through a virtio-mem device instead, both ways
+//! ([`super::virtio_mem`]): no DIMM is plugged, a smaller size asks the guest to unplug and is
+//! answered with the size it reached, and the backend says `memory_shrink`.
 //!
 //! What was plugged is kept in [`ResizeState`], saved with the VM's state so a restored
 //! sandbox knows its size; each call first reconciles it with what QEMU reports, so a plug or

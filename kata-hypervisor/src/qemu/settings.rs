@@ -63,7 +63,11 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
         // Memory.
         "default_memory" | "default_maxmemory" | "memory_slots" | "memory_offset" => Acted,
         "enable_mem_prealloc" | "enable_hugepages" | "valid_file_mem_backends" => Acted,
-        "enable_virtio_mem" => Inert("memory hot-plug is not implemented in the QEMU backend"),
+        // `virtio_mem.rs`: a virtio-mem-pci device; refused where it cannot work.
+        "enable_virtio_mem" => match super::virtio_mem::refusal(c) {
+            Some(why) => Refused(why),
+            None => Acted,
+        },
         "hugepage_type" => Inert("enable_hugepages always uses hugetlbfs pages"),
         "file_mem_backend" => Inert("guest memory is always memfd-backed"),
         "enable_guest_swap"

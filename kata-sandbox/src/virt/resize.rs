@@ -223,6 +223,10 @@ pub(crate) struct Sizing {
     /// host's CPUs).
     check_cpusets: bool,
     state: Mutex<SizingState>,
+    /// The last shrink the guest did not finish: `(MiB asked, MiB reached)`. The guest's driver
+    /// keeps working on the request by itself, so a later trim to no smaller target from the
+    /// same size does not ask (and wait) again; a growth clears it.
+    short_shrink: Mutex<Option<(u32, u32)>>,
     /// Serialises grows and shrinks (each spans several awaits).
     op: tokio::sync::Mutex<()>,
 }
@@ -250,6 +254,7 @@ impl Sizing {
             memory_shrink: !static_sizing && caps.memory_hotplug && caps.memory_shrink,
             check_cpusets: !caps.guest_on_host,
             state: Mutex::new(state),
+            short_shrink: Mutex::new(None),
             op: tokio::sync::Mutex::new(()),
         }
     }
@@ -321,6 +326,7 @@ impl Sizing {
         if self.memory_hotplug && target.memory_mib > current.memory_mib {
             match vm.resize_memory(target.memory_mib).await {
                 Ok(mib) => {
+                    *self.short_shrink.lock().unwrap() = None;
                     grown.memory_mib = mib;
                     self.state.lock().unwrap().memory_mib = mib;
                 }
@@ -407,10 +413,14 @@ impl Sizing {
                 self.base.target(st.containers.values()),
             )
         };
-        if let Some(mib) = memory_to_give_back(self.memory_shrink, current.memory_mib, target) {
+        let asked_before = *self.short_shrink.lock().unwrap();
+        let give_back = memory_to_give_back(self.memory_shrink, current.memory_mib, target)
+            .filter(|&mib| !already_asked(asked_before, current.memory_mib, mib));
+        if let Some(mib) = give_back {
             match vm.resize_memory(mib).await {
                 Ok(now) => {
                     self.state.lock().unwrap().memory_mib = now;
+                    *self.short_shrink.lock().unwrap() = (now > mib).then_some((mib, now));
                     if now > mib {
                         tracing::info!(
                             container_id = id,
@@ -466,6 +476,12 @@ impl Sizing {
 /// is never below `default_memory`).
 fn memory_to_give_back(can_shrink: bool, current_mib: u32, target: Target) -> Option<u32> {
     (can_shrink && target.memory_mib < current_mib).then_some(target.memory_mib)
+}
+
+/// Whether a shrink to `mib` from `current_mib` was already asked and left to the guest: the
+/// last unfinished shrink asked for no more than `mib` and the VM is still where it stopped.
+fn already_asked(short_shrink: Option<(u32, u32)>, current_mib: u32, mib: u32) -> bool {
+    short_shrink.is_some_and(|(asked, reached)| asked <= mib && reached == current_mib)
 }
 
 /// The error for a memory limit the VM cannot take: names the spec field, then why (the
@@ -1009,6 +1025,16 @@ mod tests {
         sizing.shrink("c2", &vm).await.unwrap();
         assert_eq!(*vm.memory_asked.lock().unwrap(), [384]);
         assert_eq!(sizing.state().memory_mib, 500, "what the guest reached");
+        // The guest keeps working on it: the same target is not asked (and waited for) again.
+        sizing.trim("c2", &vm).await.unwrap();
+        assert_eq!(vm.memory_asked.lock().unwrap().len(), 1, "not asked again");
+        assert!(already_asked(Some((384, 500)), 500, 384));
+        assert!(
+            !already_asked(Some((384, 500)), 500, 256),
+            "a smaller target"
+        );
+        assert!(!already_asked(Some((384, 500)), 520, 384), "the VM moved");
+        assert!(!already_asked(None, 500, 384));
         // Saved and restored, the size reached stays the VM's.
         let json = serde_json::to_value(sizing.state()).unwrap();
         let back: SizingState = serde_json::from_value(json).unwrap();
