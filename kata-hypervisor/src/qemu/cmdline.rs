@@ -1210,7 +1210,7 @@ mod tests {
         );
         assert!(
             a.contains(
-                "-object memory-backend-memfd,id=vmem0-mem,size=768M,share=on \
+                "-object memory-backend-memfd,id=vmem0-mem,size=768M,share=on,reserve=off \
                  -device virtio-mem-pci,id=vmem0,memdev=vmem0-mem,requested-size=0"
             ),
             "{a}"

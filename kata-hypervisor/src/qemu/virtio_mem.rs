@@ -2,7 +2,7 @@
 //! (`enable_virtio_mem = true`).
 //!
 //! The VM starts with a `virtio-mem-pci` device ([`DEVICE_ID`]) over a region of its own: a
-//! `memory-backend-memfd` with `share=on` (every vhost-user device, the vsock backend and
+//! `memory-backend-memfd` with `share=on` and `reserve=off` (every vhost-user device, the vsock backend and
 //! virtiofsd, maps guest memory, so the region must be shareable like boot memory) of
 //! `maxmem - default_memory` MiB rounded down to the guest's 128 MiB memory blocks
 //! ([`region_mib`]). Nothing is plugged at boot (`requested-size=0`). [`resize`] sets the
@@ -82,8 +82,9 @@ fn pci_machine(machine_type: &str) -> bool {
 }
 
 /// The command line's arguments for the device over a region of `region_mib` MiB (none for
-/// 0): its memfd backend (`share=on`, huge pages as configured) and the device, nothing
-/// plugged. `enable_mem_prealloc` preallocates each block as it is plugged (the device's
+/// 0): its memfd backend (`share=on`, huge pages as configured, `reserve=off`: no swap or huge
+/// pages are reserved for the whole region, only plugged blocks are ever touched) and the
+/// device, nothing plugged. `enable_mem_prealloc` preallocates each block as it is plugged (the device's
 /// `prealloc`), never the whole region.
 pub fn args(config: &HypervisorConfig, region_mib: u64) -> Vec<String> {
     if !config.enable_virtio_mem || region_mib == 0 {
@@ -101,7 +102,9 @@ pub fn args(config: &HypervisorConfig, region_mib: u64) -> Vec<String> {
     };
     vec![
         "-object".into(),
-        format!("memory-backend-memfd,id={BACKEND_ID},size={region_mib}M,share=on{hugetlb}"),
+        format!(
+            "memory-backend-memfd,id={BACKEND_ID},size={region_mib}M,share=on,reserve=off{hugetlb}"
+        ),
         "-device".into(),
         format!("virtio-mem-pci,id={DEVICE_ID},memdev={BACKEND_ID},requested-size=0{prealloc}"),
     ]
@@ -282,7 +285,7 @@ mod tests {
             args(&config(), 768),
             [
                 "-object",
-                "memory-backend-memfd,id=vmem0-mem,size=768M,share=on",
+                "memory-backend-memfd,id=vmem0-mem,size=768M,share=on,reserve=off",
                 "-device",
                 "virtio-mem-pci,id=vmem0,memdev=vmem0-mem,requested-size=0",
             ]
@@ -293,7 +296,10 @@ mod tests {
             ..config()
         };
         let a = args(&c, 768).join(" ");
-        assert!(a.contains("size=768M,share=on,hugetlb=on "), "{a}");
+        assert!(
+            a.contains("size=768M,share=on,reserve=off,hugetlb=on "),
+            "{a}"
+        );
         assert!(
             a.ends_with("requested-size=0,prealloc=on"),
             "blocks preallocated as plugged, not the region: {a}"
