@@ -78,6 +78,23 @@ if out=$(vfio_edu 2>&1); then
 else
   check l1-vfio-edu fail "$(echo "$out" | tr '\n' ' ')"
 fi
+# builtin-vfio-msix: the virtio-rng (1af4:1044, modern only, behind the IOMMU) taken from
+# virtio-pci (if L1 bound it) onto vfio-pci; the runner checks its group and driver.
+vfio_rng() {
+  local d bdf=
+  for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1044 ] && bdf=${d##*/}
+  done
+  [ -n "$bdf" ] || { echo "no virtio-rng (1af4:1044) on the PCI bus"; return 1; }
+  d=/sys/bus/pci/devices/$bdf
+  [ -d /sys/bus/pci/drivers/vfio-pci ] || { echo "no vfio-pci driver"; return 1; }
+  echo vfio-pci >"$d/driver_override" || return 1
+  if [ -e "$d/driver" ]; then echo "$bdf" >"$d/driver/unbind" || return 1; fi
+  echo "$bdf" >/sys/bus/pci/drivers_probe
+  [ "$(basename "$(readlink "$d/driver")")" = vfio-pci ] || { echo "virtio-rng $bdf not bound to vfio-pci"; return 1; }
+  echo "virtio-rng $bdf in IOMMU group $(basename "$(readlink "$d/iommu_group")") bound to vfio-pci"
+}
+echo "lab-l1 vfio-rng: $(vfio_rng 2>&1 | tr '\n' ' ')"
 load net >/dev/null 2>&1 || echo "lab-l1 warning: tun/overlay/veth/tc did not load"
 
 # The test program runs in the host's root with writable tmpfs where it writes.

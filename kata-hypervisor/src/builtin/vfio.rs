@@ -5,8 +5,8 @@
 //! n-th is `0n`. `cold_plug_vfio = "root-port"` (or `no-port` with no device) is accepted;
 //! switch and bridge ports and any `hot_plug_vfio` are refused naming the key, and a hot-plug
 //! into a running VM is refused naming the device. The functions' interrupts are kata-vmm's
-//! (`kata_vmm::devices::vfio::irq`): MSI through KVM MSI routes, INTx on the IOAPIC pin the MP
-//! table names; MSI-X is not offered (hidden).
+//! (`kata_vmm::devices::vfio::irq`): MSI and MSI-X through KVM MSI routes (MSI-X's table
+//! emulated and trapped in its BAR), INTx on the IOAPIC pin the MP table names.
 
 use crate::config::HypervisorConfig;
 use crate::device::{GuestAddress, PciPath, PciePort, VfioDevice};

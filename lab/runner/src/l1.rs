@@ -335,6 +335,11 @@ pub fn qemu_args(image: &L1Image, opts: &Options, socket: &Path) -> Result<Vec<S
         "vhost-user-fs-pci,chardev=hostroot,tag=hostroot",
         "-device",
         "edu",
+        // builtin-vfio-msix: a device whose driver needs MSI-X, bound to vfio-pci by L1's init.
+        // Modern only (virtio-pci's MSI-X with vendor capabilities) and through the IOMMU
+        // (iommu_platform: its DMA is translated like the edu's).
+        "-device",
+        "virtio-rng-pci,iommu_platform=on,disable-legacy=on",
         "-kernel",
         &image.kernel.display().to_string(),
         "-initrd",
@@ -621,6 +626,10 @@ mod tests {
         let edu = a.find("-device edu").expect("the edu device");
         let fs = a.find("vhost-user-fs-pci").expect("the host root");
         assert!(iommu < edu && iommu < fs, "the IOMMU must come first: {a}");
+        let rng = a
+            .find("-device virtio-rng-pci,iommu_platform=on,disable-legacy=on")
+            .expect("the MSI-X device, modern and behind the IOMMU");
+        assert!(edu < rng, "added after the edu, which keeps its address: {a}");
         assert!(
             a.contains("memory-backend-memfd,id=mem,size=2048M,share=on"),
             "{a}"

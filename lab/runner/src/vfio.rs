@@ -1011,6 +1011,10 @@ fn parse_only(cmdline: &str) -> Result<Option<Vec<String>>> {
 #[path = "vfio_irq.rs"]
 mod vfio_irq;
 
+/// `builtin-vfio-msix`, in its own file.
+#[path = "vfio_msix.rs"]
+mod vfio_msix;
+
 /// Runs the built-in VMM's VFIO checks; returns (ran, passed).
 pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
     let mut r = Report {
@@ -1033,6 +1037,7 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
         Err(e) => r.line("vfio-mode-cold", Err(anyhow::anyhow!("not run: {e:#}"))),
     }
     vfio_irq::run(&mut r, &vfio, rootfs, root_dir).await;
+    vfio_msix::run(&mut r, rootfs, root_dir).await;
     builtin_hot_refused_case(&mut r, &vfio, rootfs, root_dir).await;
     (r.ran, r.passed)
 }
