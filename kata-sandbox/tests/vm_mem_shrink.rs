@@ -99,6 +99,12 @@ async fn case_a_leaving_container_gives_memory_back(env: Arc<Env>) -> Result<()>
             qemu.iter().any(|c| c.contains("virtio-mem-pci,id=vmem0")),
             "QEMU has no virtio-mem device: {qemu:?}"
         );
+        // The firmware the VM booted (the device works under qboot and SeaBIOS alike).
+        let firmware = if qemu.iter().any(|c| c.contains("qboot")) {
+            "qboot"
+        } else {
+            "QEMU's default firmware"
+        };
         let before = mem_total(&sb, &env, None, 0).await?;
         let want = u64::from(LIMIT_MIB) * 1024;
         let t = Instant::now();
@@ -120,7 +126,7 @@ async fn case_a_leaving_container_gives_memory_back(env: Arc<Env>) -> Result<()>
             "vm_mem_shrink: MemTotal {before} kB at boot ({BOOT_MIB} MiB), {during} kB (+{grown} \
              kB) with a {LIMIT_MIB} MiB container, {after} kB once it was removed (given back \
              {} kB, kept {} kB); the limited container's run (grow, create, read, remove, \
-             shrink) took {:.1?}",
+             shrink) took {:.1?}; booted with {firmware}",
             during - after,
             after.saturating_sub(before),
             grown_and_removed
