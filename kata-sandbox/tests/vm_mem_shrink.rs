@@ -7,12 +7,16 @@
 //! it; once it is removed kata-sandbox shrinks the VM back (`Capabilities::memory_shrink`) and
 //! the next container's `MemTotal` is lower again. The figures are printed; the test asserts
 //! the growth and that memory went down (what the guest could not offline may stay).
+//!
+//! Across a hand-over: a sandbox grown for a running container is detached and restored (a
+//! restarted shim); the restored sandbox knows the VM's size and the container's demand from
+//! `state.json`, so removing the container there shrinks the VM too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use kata_sandbox::{ContainerSpec, HypervisorConfig, HypervisorType, Sandbox};
+use kata_sandbox::{ContainerSpec, HypervisorConfig, HypervisorType, ProcessSpec, Sandbox};
 use kata_testkit::harness::{booted, NoGuest, Suite};
 use kata_testkit::leaks::{mounts_under, processes_mentioning};
 
@@ -145,12 +149,111 @@ async fn case_a_leaving_container_gives_memory_back(env: Arc<Env>) -> Result<()>
     Ok(())
 }
 
+/// The VM's memory in MiB as `state.json` in `dir` keeps it (the `sizing` section).
+fn saved_memory_mib(dir: &std::path::Path) -> Result<u64> {
+    fn find(v: &serde_json::Value) -> Option<u64> {
+        match v {
+            serde_json::Value::Object(m) => m
+                .get("sizing")
+                .and_then(|s| s.get("memory_mib"))
+                .and_then(serde_json::Value::as_u64)
+                .or_else(|| m.values().find_map(find)),
+            serde_json::Value::Array(a) => a.iter().find_map(find),
+            _ => None,
+        }
+    }
+    let text = std::fs::read_to_string(dir.join("state.json"))?;
+    find(&serde_json::from_str(&text)?).context("no sizing.memory_mib in state.json")
+}
+
+async fn case_a_restored_sandbox_gives_memory_back(env: Arc<Env>) -> Result<()> {
+    let kind = HypervisorType::Qemu;
+    let hv = HypervisorConfig {
+        enable_virtio_mem: true,
+        default_maxmemory: MAX_MIB,
+        ..Sandbox::builder().hypervisor(kind).config().clone()
+    };
+    let sb = Sandbox::builder()
+        .id("vm-mem-restore")
+        .hypervisor(kind)
+        .hypervisor_config(hv)
+        .memory_mib(BOOT_MIB)
+        .vcpus(1)
+        .static_resources(false)
+        .root_dir(&env.root)
+        .build()
+        .await
+        .context(NoGuest)?;
+    booted();
+    let dir = sb.dir().to_path_buf();
+    let before = mem_total(&sb, &env, None, 0).await?;
+    let want = u64::from(LIMIT_MIB) * 1024;
+    let c = sb
+        .create_container(
+            ContainerSpec::from_oci(limited(LIMIT_MIB), &env.rootfs)
+                .id("c1")
+                .args(["sleep", "1000"]),
+        )
+        .await?;
+    c.start().await?;
+    let script = mem_total_script(before + want - 4096);
+    let out = c
+        .exec(ProcessSpec::new(["sh", "-c", script.as_str()]))
+        .await?
+        .output()
+        .await?;
+    let during: u64 = out.stdout_str().trim().parse().context("MemTotal in c1")?;
+    drop(c);
+    let saved_grown = saved_memory_mib(&dir)?;
+    sb.detach().await?;
+    let sb = Sandbox::restore(&dir).await?;
+    let checked = async {
+        let c = sb.container("c1")?;
+        c.kill(kata_sandbox::Signal::KILL).await?;
+        c.wait().await?;
+        c.delete().await?;
+        let saved_shrunk = saved_memory_mib(&dir)?;
+        let after = mem_total(&sb, &env, None, 0).await?;
+        ensure!(
+            during >= before + want - 4096,
+            "MemTotal {before} kB at boot, {during} kB with c1 limited to {LIMIT_MIB} MiB: the VM \
+             did not grow"
+        );
+        ensure!(
+            saved_grown == u64::from(BOOT_MIB + LIMIT_MIB),
+            "state.json kept {saved_grown} MiB for the grown VM"
+        );
+        ensure!(
+            after < during && saved_shrunk < saved_grown,
+            "after the hand-over, removing c1 left MemTotal at {after} kB ({during} kB with it) and \
+             state.json at {saved_shrunk} MiB: the restored sandbox did not shrink the VM"
+        );
+        println!(
+            "vm_mem_shrink (restored): MemTotal {before} kB at boot, {during} kB with c1 ({LIMIT_MIB} \
+             MiB), state.json {saved_grown} MiB; c1 removed by the restored sandbox: {after} kB, \
+             state.json {saved_shrunk} MiB"
+        );
+        Ok(())
+    }
+    .await;
+    sb.shutdown().await?;
+    checked?;
+    ensure!(!dir.exists(), "{} left", dir.display());
+    let mounts = mounts_under(&env.root);
+    ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     Suite::new("vm_mem_shrink")
         .timeout(Duration::from_secs(600))
         .case(
             "a_leaving_container_gives_memory_back",
             case_a_leaving_container_gives_memory_back,
+        )
+        .case(
+            "a_restored_sandbox_gives_memory_back",
+            case_a_restored_sandbox_gives_memory_back,
         )
         .on_failure(Env::cleanup_all)
         .run_with(Env::setup())
