@@ -150,11 +150,12 @@ pub const VFIO_CHECKS: &[&str] = &[
     "vfio-hot-bridge-port",
     "vfio-mode-cold-root-port",
     "vfio-mode-hot-root-port",
-    // `vfio` mode behind a switch's downstream port and the PCIe-to-PCI bridge (cold), and
-    // hot-plugged onto a switch port: the proof program through L2's VFIO there too.
+    // `vfio` mode behind a switch's downstream port and the PCIe-to-PCI bridge, cold and
+    // hot-plugged: the proof program through L2's VFIO there too.
     "vfio-mode-cold-switch-port",
     "vfio-mode-cold-bridge-port",
     "vfio-mode-hot-switch-port",
+    "vfio-mode-hot-bridge-port",
     // The same edu's MSI and INTx through QEMU's vfio-pci (`src/vfio_irq.rs`, `vfio_proof irq`
     // and `intx`), cold-plugged on a root port.
     "vfio-msi-cold-root-port",

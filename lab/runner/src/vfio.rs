@@ -16,17 +16,17 @@
 //!   static by the runner with L1's `cc`, which is the host's) maps BAR0 through VFIO, reads
 //!   the identification `0x010000ed` and computes 5! = `0x78` in the edu's registers. Cold: the
 //!   device stays with the VM after the container's delete; hot: it is gone from L2.
-//! - `vfio-mode-cold-switch-port`, `vfio-mode-cold-bridge-port`, `vfio-mode-hot-switch-port`:
-//!   the same proof with the edu behind a switch's downstream port (4 slots deep) and on the
-//!   PCIe-to-PCI bridge, cold, and hot-plugged onto a switch's downstream port. They share
-//!   their sandbox with `vfio-cold-switch-port`, `vfio-cold-bridge-port` and
-//!   `vfio-hot-switch-port` (one L2 boot each), so the proof container is the second container
-//!   naming the device (cold: bound already; hot: plugged again on the freed port).
-//!
 //! - `vfio-hot-bridge-port`: a sandbox with `hot_plug_vfio = "bridge-port"` (the PCIe-to-PCI
-//!   bridge `pci-bridge0` and its SHPC slots, no port to add); a container naming the device
-//!   gets it at the bridge's first slot (`<bridge>/01`), after its delete the edu is gone from
-//!   L2, and a second container gets it at the same slot (freed);
+//!   bridge `pci-bridge0` and its slots, no port to add); a container naming the device gets
+//!   it at the bridge's first slot (`<bridge>/01`), after its delete the edu is gone from L2,
+//!   and a second container gets it at the same slot (freed);
+//! - `vfio-mode-cold-switch-port`, `vfio-mode-cold-bridge-port`, `vfio-mode-hot-switch-port`,
+//!   `vfio-mode-hot-bridge-port`: the same proof with the edu behind a switch's downstream
+//!   port (4 slots deep) and on the PCIe-to-PCI bridge, cold and hot-plugged. They share
+//!   their sandbox with `vfio-cold-switch-port`, `vfio-cold-bridge-port`,
+//!   `vfio-hot-switch-port` and `vfio-hot-bridge-port` (one L2 boot each), so the proof
+//!   container is the last container naming the device (cold: bound already; hot: plugged
+//!   again on the freed port);
 //! - `vfio-ctr-hot`, `vfio-ctr-cold`: through L1's containerd on the shipped QEMU
 //!   configuration (`src/vfio_ctr.rs`).
 //!
@@ -558,11 +558,11 @@ async fn unplugged_then_again(
 
 /// `vfio_mode = "vfio"` on a `port`, cold- or hot-plugged: the proof program drives the edu
 /// through /dev/vfio; then, after the container's delete, the edu stays with the VM (cold) or
-/// is gone from L2 (hot). Cold on a switch's downstream port or the bridge, and hot on a
-/// switch's downstream port ([`SHARED_BOOT`]), the same sandbox first answers
-/// `vfio-cold-<port>` / `vfio-hot-<port>`: a container naming the group sees the edu at its
-/// depth (hot: plugged for it, unplugged at its delete, so the proof's plug finds the port
-/// free again). One L2 boot for both (each boot with the edu pins L2's memory for its DMA:
+/// is gone from L2 (hot). On a switch's downstream port or the bridge ([`SHARED_BOOT`]), the
+/// same sandbox first answers `vfio-cold-<port>` / `vfio-hot-<port>`: a container naming the
+/// group sees the edu at its depth (hot: plugged for it, unplugged at its delete, so the
+/// proof's plug finds the port free again; on the bridge a second listing checks the unplug
+/// and the replug at the same slot first). One L2 boot for both (each boot with the edu pins L2's memory for its DMA:
 /// about 35 s here), which keeps the whole lab inside L1's deadline.
 async fn vfio_mode_case(
     r: &mut Report,
@@ -606,25 +606,42 @@ async fn vfio_mode_case(
                 )
             );
         }
-        r.line(
-            l,
-            seen.context("timed out")
-                .and_then(|s| s)
-                .and_then(|l| seen_at_depth(&l, depth(port)))
-                .map(|p| match cold {
-                    true => format!(
-                        "{} cold-plugged ({port}, vfio_mode vfio): 1234:11e8 at guest PCI path \
-                         {p}; sandbox with it booted in {booted:.1?}",
-                        vfio.display()
-                    ),
-                    false => format!(
-                        "{} hot-plugged (hot_plug_vfio → a free {port}, vfio_mode vfio): \
-                         1234:11e8 at guest PCI path {p}; container created, ran and deleted \
-                         in {ran:.1?}",
-                        vfio.display()
-                    ),
-                }),
-        );
+        let seen = seen
+            .context("timed out")
+            .and_then(|s| s)
+            .and_then(|l| seen_at_depth(&l, depth(port)))
+            .and_then(|p| match cold {
+                true => Ok(p),
+                false => on_its_port(port, &p).map(|()| p),
+            });
+        let line = match seen {
+            Ok(p) if cold => Ok(format!(
+                "{} cold-plugged ({port}, vfio_mode vfio): 1234:11e8 at guest PCI path {p}; \
+                 sandbox with it booted in {booted:.1?}",
+                vfio.display()
+            )),
+            Ok(p) => {
+                let hot = format!(
+                    "{} hot-plugged (hot_plug_vfio → a free {port}, vfio_mode vfio): 1234:11e8 \
+                     at guest PCI path {p}; container created, ran and deleted in {ran:.1?}",
+                    vfio.display()
+                );
+                // The bridge's check also unplugs and replugs (the switch's proof replugs).
+                match port {
+                    PciePort::BridgePort => tokio::time::timeout(
+                        limit,
+                        unplugged_then_again(&sb, rootfs, vfio, port, &p),
+                    )
+                    .await
+                    .context("timed out")
+                    .and_then(|s| s)
+                    .map(|again| format!("{hot}; {again}")),
+                    _ => Ok(hot),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        r.line(l, line);
     }
     let result = tokio::time::timeout(limit, async {
         let t = Instant::now();
@@ -701,10 +718,11 @@ fn vfio_mode_name(port: PciePort, cold: bool) -> String {
 /// in the `vfio` mode case's sandbox ([`vfio_mode_case`]) when the proof program could be
 /// built. The root port's keep sandboxes of their own: `guest-kernel` mode's BAR0 check, the
 /// unplug check and the hot-plug latency figure run there.
-const SHARED_BOOT: [(PciePort, bool); 3] = [
+const SHARED_BOOT: [(PciePort, bool); 4] = [
     (PciePort::SwitchPort, true),
     (PciePort::BridgePort, true),
     (PciePort::SwitchPort, false),
+    (PciePort::BridgePort, false),
 ];
 
 /// The listing check of a port kind and plug (`vfio-hot-switch-port`).
@@ -712,14 +730,14 @@ fn plain_name(port: PciePort, cold: bool) -> String {
     format!("vfio-{}-{port}", if cold { "cold" } else { "hot" })
 }
 
-/// The `vfio` mode cases, in the order they run: cold on every port kind, hot on a root port
-/// and a switch's downstream port.
-const VFIO_MODE_CASES: [(PciePort, bool); 5] = [
+/// The `vfio` mode cases, in the order they run: cold and hot on every port kind.
+const VFIO_MODE_CASES: [(PciePort, bool); 6] = [
     (PciePort::RootPort, true),
     (PciePort::RootPort, false),
     (PciePort::SwitchPort, true),
     (PciePort::BridgePort, true),
     (PciePort::SwitchPort, false),
+    (PciePort::BridgePort, false),
 ];
 
 /// Runs the VFIO checks (those `only` names, else all); returns (ran, passed).
