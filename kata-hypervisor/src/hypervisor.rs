@@ -234,7 +234,9 @@ pub trait Hypervisor: Send + Sync {
     /// Sets the number of online vCPUs; returns the new count.
     async fn resize_vcpus(&self, vcpus: u32) -> Result<u32>;
 
-    /// Sets the guest memory size in MiB; returns the new size.
+    /// Sets the guest memory size in MiB; returns the size the VM has now. A smaller size asks
+    /// the guest to give memory back where [`Capabilities::memory_shrink`] says so (the answer
+    /// may stay above `mib`: what the guest could not offline); other backends keep their size.
     async fn resize_memory(&self, mib: u32) -> Result<u32>;
 
     /// Where the guest agent listens.

@@ -1,5 +1,6 @@
-//! vCPU and memory hot-plug for the QEMU backend ([`Hypervisor::resize_vcpus`],
-//! [`Hypervisor::resize_memory`]).
+//! vCPU and memory hot-plug for the QEMU backend
+//! ([`Hypervisor::resize_vcpus`](crate::Hypervisor::resize_vcpus),
+//! [`Hypervisor::resize_memory`](crate::Hypervisor::resize_memory)).
 //!
 //! vCPUs: QEMU starts with `-smp <default_vcpus>,maxcpus=<default_maxvcpus>`, one vCPU per
 //! socket, so every slot above the boot vCPUs can be filled and emptied on its own.
