@@ -124,6 +124,21 @@ pub fn parse_build_output(out: &str) -> Option<L1Image> {
     })
 }
 
+/// L1's memory in the density mode (MiB): N QEMU pods of ~110 MiB each beside L1's own.
+pub const DENSITY_MEMORY_MIB: u32 = 6144;
+/// L1's deadline in the density mode: 2N L2 boots, two at a time.
+pub const DENSITY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The pod count of the density mode (`src/density.rs`), from the host's `KATA_LAB_DENSITY`
+/// (whitespace dropped; the runner refuses a value that is not a count, naming the variable):
+/// `None` when unset or empty.
+pub fn density_pods() -> Option<String> {
+    std::env::var("KATA_LAB_DENSITY")
+        .ok()
+        .map(|v| v.chars().filter(|c| !c.is_whitespace()).collect::<String>())
+        .filter(|v| !v.is_empty())
+}
+
 /// How to run L1.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -158,7 +173,10 @@ impl Options {
         Options {
             runner: runner.into(),
             vmms: vmms.to_vec(),
-            memory_mib: 2048,
+            memory_mib: match density_pods() {
+                Some(_) => DENSITY_MEMORY_MIB,
+                None => 2048,
+            },
             cpus: 2,
             timeout: Duration::from_secs(1200),
             silence_limit: SILENCE_LIMIT,
@@ -289,6 +307,10 @@ pub fn kernel_cmdline(opts: &Options) -> Result<String, Error> {
     // qemu-template alone (the host's KATA_LAB_TEMPLATE; src/template.rs).
     if std::env::var("KATA_LAB_TEMPLATE").is_ok_and(|v| !v.trim().is_empty()) {
         cmdline.push_str(" lab.template");
+    }
+    // The density figures alone (the host's KATA_LAB_DENSITY; src/density.rs).
+    if let Some(pods) = density_pods() {
+        cmdline.push_str(&format!(" lab.density={pods}"));
     }
     if let Some(log) = &opts.log {
         if log.is_empty() || log.contains(char::is_whitespace) {

@@ -27,6 +27,7 @@ mod allow_list;
 mod console;
 mod crash;
 mod default_vmm;
+mod density;
 mod heartbeat;
 mod l2_boot;
 mod mem_hotplug;
@@ -761,6 +762,40 @@ fn template_alone(
     true
 }
 
+/// `density` alone when L1's command line says `lab.density[=N]` (then true: no VMM set runs;
+/// src/density.rs); counted into `ran` and `passed`.
+fn density_alone(
+    runtime: &tokio::runtime::Runtime,
+    rootfs: &Result<PathBuf>,
+    ran: &mut usize,
+    passed: &mut usize,
+) -> bool {
+    let Some(pods) = density::only() else {
+        return false;
+    };
+    let t = Instant::now();
+    let result = match (pods, rootfs) {
+        (Ok(n), Ok(rootfs)) => runtime
+            .block_on(async {
+                let limit = Duration::from_secs(3000);
+                match tokio::time::timeout(limit, density::density(n, rootfs, ROOT_DIR)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(anyhow::anyhow!("timed out after {limit:?}")),
+                }
+            })
+            .map(|d| format!("{d} ({:.1?})", t.elapsed())),
+        (Err(e), _) => Err(e),
+        (_, Err(e)) => Err(anyhow::anyhow!("not run: {e:#}")),
+    };
+    *ran += 1;
+    *passed += usize::from(result.is_ok());
+    println!(
+        "{}",
+        check_line(density::CHECK, &result.map_err(|e| format!("{e:#}")))
+    );
+    true
+}
+
 /// The VMMs named by `--vmm` (all when none is).
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Vec<Vmm>> {
     let mut vmms = Vec::new();
@@ -844,6 +879,8 @@ fn main() -> ExitCode {
     let mem_alone = mem_hotplug_alone(&runtime, &rootfs, &mut ran, &mut passed);
     // `lab.template` (the host's KATA_LAB_TEMPLATE): qemu-template alone, no VMM set.
     let mem_alone = mem_alone || template_alone(&runtime, &rootfs, &mut ran, &mut passed);
+    // `lab.density=<N>` (the host's KATA_LAB_DENSITY): the density figures alone, no VMM set.
+    let mem_alone = mem_alone || density_alone(&runtime, &rootfs, &mut ran, &mut passed);
     let vfio_alone = vfio_only.is_some() || mem_alone;
     let vfio_named = |n: &str| vfio_only.as_ref().is_some_and(|o| o.iter().any(|w| w == n));
     for vmm in vmms.into_iter().filter(|_| !vfio_alone) {

@@ -261,6 +261,10 @@ impl FromStr for Vmm {
     }
 }
 
+/// The density mode's one check (`src/density.rs`; the host's `KATA_LAB_DENSITY`, which adds
+/// it to the expected list in place of the others): every pod ran its container, nothing left.
+pub const DENSITY_CHECK: &str = "density";
+
 /// Every check a lab run with `vmms` must report, in the order they run.
 pub fn expected_checks(vmms: &[Vmm]) -> Vec<String> {
     let mut out: Vec<String> = L1_CHECKS

@@ -66,7 +66,12 @@ async fn setup() -> Result<Env> {
     opts.console_log = Some(console_log.clone());
     // The runner's log in L1 (tracing's filter syntax), e.g. KATA_LAB_LOG=kata_hypervisor=debug.
     opts.log = std::env::var("KATA_LAB_LOG").ok().filter(|l| !l.is_empty());
-    let expected = expected_checks(&vmms);
+    let mut expected = expected_checks(&vmms);
+    // The density mode (KATA_LAB_DENSITY): its figure run reports `density` (src/density.rs).
+    if l1::density_pods().is_some() {
+        opts.timeout = l1::DENSITY_TIMEOUT;
+        expected.push(kata_lab::protocol::DENSITY_CHECK.into());
+    }
     let mut run = {
         let (image, opts) = (image.clone(), opts.clone());
         tokio::task::spawn_blocking(move || l1::run(&image, &opts))

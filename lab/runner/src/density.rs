@@ -1,0 +1,418 @@
+//! `density` (issues 15 and 11): memory per pod under KVM, N pods at once, in L1.
+//!
+//! A figure run, not part of the default lab: the host's `KATA_LAB_DENSITY=<N>` puts
+//! `lab.density=<N>` on L1's command line (and gives L1 `l1::DENSITY_MEMORY_MIB` and `l1::DENSITY_TIMEOUT`), and the runner then
+//! runs only this. For each backend in turn — the built-in VMM first (its figure is the runner's
+//! growth, taken before any other sandbox grew the heap), then QEMU — it starts N busybox
+//! sandboxes ([`GUEST_MIB`] MiB, 1 vCPU; two builds at a time), each running a container, and
+//! reads the pods' proportional set size (`Pss:` of `/proc/<pid>/smaps_rollup`):
+//!
+//! - QEMU: every host process of the pod (`Sandbox::host_pids`: QEMU and virtiofsd; the
+//!   kernel's vhost-vsock has no process). The guest memory's share is the `Pss:` of QEMU's
+//!   `memfd:memory-backend-memfd` mappings; the VMM's overhead is the pod's PSS less it.
+//! - The built-in VMM: it lives in the runner's process, so a pod's PSS is the runner's PSS
+//!   growth over the boots divided by the pods; the guest memory's share is the `Pss:` of the
+//!   runner's `memfd:kata-vmm:` mappings. In a shim (one VM per `containerd-shim-kata-v2`
+//!   process) each pod would also carry the shim's own runtime (tokio, the agent client,
+//!   kata-sandbox) and its share of the binary's pages: N shims share the file-backed code
+//!   through the page cache (PSS divides it by N), but each has its own heap and stacks, which
+//!   one runner holding N VMs counts once.
+//!
+//! Figures (printed, not asserted): per-pod PSS at 1 pod and at N, and the VMM overhead per VM
+//! (PSS less the guest memory's PSS), per backend. The check passes when every pod ran its
+//! container and, after the shutdowns, no VM process, mount under the root directory, sandbox
+//! directory or built-in VMM thread is left.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use kata_hypervisor::config::HypervisorConfig;
+use kata_lab::protocol::figure_line;
+use kata_lab::Vmm;
+use kata_sandbox::Sandbox;
+
+/// The check's name (no VMM prefix: it covers both).
+pub const CHECK: &str = kata_lab::protocol::DENSITY_CHECK;
+/// Pods when `lab.density` names no number.
+pub const DEFAULT_PODS: usize = 20;
+/// Each L2's memory (MiB): the size every other lab case boots.
+pub const GUEST_MIB: u32 = 256;
+/// The most pods one run takes (L1's memory and the deadline).
+const MAX_PODS: usize = 64;
+/// Builds at a time (L1 has two vCPUs).
+const AT_ONCE: usize = 2;
+
+/// The pods `lab.density[=N]` on a kernel command line asks for: `None` without the word,
+/// `Some(Err)` for a count that is not 1..=[`MAX_PODS`].
+pub fn pods_from_cmdline(cmdline: &str) -> Option<Result<usize>> {
+    let word = cmdline
+        .split_whitespace()
+        .find(|w| *w == "lab.density" || w.starts_with("lab.density="))?;
+    let Some(n) = word.strip_prefix("lab.density=") else {
+        return Some(Ok(DEFAULT_PODS));
+    };
+    Some(match n.parse::<usize>() {
+        Ok(n) if (1..=MAX_PODS).contains(&n) => Ok(n),
+        _ => Err(anyhow::anyhow!(
+            "lab.density={n:?} on L1's command line (the host's KATA_LAB_DENSITY): not a pod \
+             count from 1 to {MAX_PODS}; set KATA_LAB_DENSITY to one"
+        )),
+    })
+}
+
+/// What L1's command line asks for (`lab.density`).
+pub fn only() -> Option<Result<usize>> {
+    pods_from_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+}
+
+/// The summed `<field>` (KiB) of the mappings in a `/proc/<pid>/smaps` text whose path contains
+/// `memfd`; 0 when none names it.
+pub fn mapping_kib(smaps: &str, memfd: &str, field: &str) -> u64 {
+    let mut total = 0;
+    let mut in_match = false;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range perms offset dev inode [path].
+            in_match = fields.skip(4).collect::<Vec<_>>().join(" ").contains(memfd);
+        } else if in_match && first == field {
+            total += fields
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// The `Pss:` (KiB) of a `/proc/<pid>/smaps_rollup` text.
+pub fn rollup_pss_kib(rollup: &str) -> Option<u64> {
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+fn pss_kib(pid: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    rollup_pss_kib(&text).with_context(|| format!("no Pss: line in {path}"))
+}
+
+fn guest_pss_kib(pid: &str, memfd: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/smaps");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    Ok(mapping_kib(&text, memfd, "Pss:"))
+}
+
+/// One memory reading: the pods' PSS and the guest memory's share of it, summed (KiB).
+#[derive(Debug, Clone, Copy, Default)]
+struct Reading {
+    pods: usize,
+    pss_kib: u64,
+    guest_kib: u64,
+}
+
+impl Reading {
+    fn per_pod_mib(&self, kib: u64) -> f64 {
+        kib as f64 / 1024.0 / self.pods.max(1) as f64
+    }
+}
+
+/// The pods' memory now: QEMU's per process, the built-in VMM's as the runner's growth.
+fn read(vmm: Vmm, pods: &[Sandbox], runner_before_kib: u64) -> Result<Reading> {
+    let mut r = Reading {
+        pods: pods.len(),
+        ..Reading::default()
+    };
+    match vmm {
+        Vmm::Builtin => {
+            r.pss_kib = pss_kib("self")?.saturating_sub(runner_before_kib);
+            r.guest_kib = guest_pss_kib("self", "memfd:kata-vmm:")?;
+        }
+        Vmm::Qemu => {
+            for pod in pods {
+                let pids = pod.host_pids();
+                ensure!(!pids.is_empty(), "the pod {} has no host process", pod.id());
+                for pid in pids {
+                    let pid = pid.to_string();
+                    r.pss_kib += pss_kib(&pid)?;
+                    r.guest_kib += guest_pss_kib(&pid, "memfd:memory-backend-memfd")?;
+                }
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// The figure lines of one reading (`<vmm>-density-pss-per-pod-<n>` and
+/// `<vmm>-density-vmm-overhead-per-vm-<n>`).
+fn figure_lines(vmm: Vmm, r: &Reading) -> [String; 2] {
+    let n = r.pods;
+    let pss = r.per_pod_mib(r.pss_kib);
+    let guest = r.per_pod_mib(r.guest_kib);
+    let how = match vmm {
+        Vmm::Builtin => "the runner's PSS growth over the boots / pods (the VMM is in-process)",
+        Vmm::Qemu => "QEMU + virtiofsd PSS (vhost-vsock: the kernel's)",
+    };
+    [
+        figure_line(
+            &format!("{vmm}-density-pss-per-pod-{n}"),
+            pss,
+            "MiB",
+            &format!(
+                "{n} pods of {GUEST_MIB} MiB, 1 vCPU, busybox, under KVM in L1: {how}; guest \
+                 memory {guest:.1} MiB of it (issue 15's target: <= 60 MB at 20 pods)"
+            ),
+        ),
+        figure_line(
+            &format!("{vmm}-density-vmm-overhead-per-vm-{n}"),
+            pss - guest,
+            "MiB",
+            &format!(
+                "per-pod PSS {pss:.1} MiB less the guest memory's PSS {guest:.1} MiB, {n} pods \
+                 (issue 11's target for the built-in VMM: <= 4 MiB)"
+            ),
+        ),
+    ]
+}
+
+/// Builds pod `i` of `vmm` and runs its container.
+async fn pod(vmm: Vmm, i: usize, rootfs: &Path, root_dir: &str) -> Result<Sandbox> {
+    let kind = super::hypervisor_type(vmm);
+    let id = format!("density-{vmm}-{i}");
+    let mut builder = Sandbox::builder().id(&id).hypervisor(kind);
+    if vmm == Vmm::Builtin {
+        builder = builder.hypervisor_config(HypervisorConfig::defaults_for(kind));
+    }
+    let builder = builder.memory_mib(GUEST_MIB).vcpus(1).root_dir(root_dir);
+    let sandbox = super::l2_boot::past_firmware(|| async {
+        match tokio::time::timeout(Duration::from_secs(300), builder.clone().build()).await {
+            Ok(r) => r.map_err(|e| anyhow::Error::new(e).context("the sandbox did not start")),
+            Err(_) => Err(anyhow::anyhow!("no sandbox after 300 s")),
+        }
+    })
+    .await
+    .with_context(|| format!("pod {id}"))?;
+    let word = format!("pod-{i}");
+    let ran = async {
+        let out = sandbox
+            .run(super::spec(rootfs, &["echo", &word]))
+            .await
+            .context("its container")?;
+        ensure!(
+            out.status.success() && out.stdout_str().trim() == word,
+            "its container gave status {}, stdout {:?}",
+            out.status,
+            out.stdout_str()
+        );
+        Ok(())
+    }
+    .await;
+    match ran {
+        Ok(()) => Ok(sandbox),
+        Err(e) => {
+            let _ = sandbox.shutdown().await;
+            Err(e.context(format!("pod {id}")))
+        }
+    }
+}
+
+/// Shuts every pod down and checks nothing is left.
+async fn tear_down(vmm: Vmm, pods: Vec<Sandbox>, root_dir: &str) -> Result<String> {
+    let mut errors = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for p in pods {
+        dirs.push(p.dir().to_path_buf());
+        match tokio::time::timeout(Duration::from_secs(120), p.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(format!("{}: {e:#}", p.id())),
+            Err(_) => errors.push(format!("{}: no shutdown after 120 s", p.id())),
+        }
+    }
+    let left: Vec<_> = dirs.iter().filter(|d| d.exists()).collect();
+    ensure!(left.is_empty(), "sandbox directories left: {left:?}");
+    let mounts = kata_testkit::leaks::mounts_under(Path::new(root_dir));
+    ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+    let procs: Vec<_> = kata_testkit::leaks::cmdlines()
+        .into_iter()
+        .filter(|(_, cmd)| {
+            let program = cmd.split(' ').next().unwrap_or_default();
+            super::VM_PROGRAMS
+                .iter()
+                .any(|p| Path::new(program).file_name() == Some(p.as_ref()))
+        })
+        .collect();
+    ensure!(procs.is_empty(), "processes left: {procs:?}");
+    ensure!(errors.is_empty(), "shutdowns failed: {}", errors.join("; "));
+    if vmm == Vmm::Builtin {
+        super::vmm_threads_gone().await?;
+    }
+    Ok(format!("{} pods torn down, nothing left", dirs.len()))
+}
+
+/// One backend's N pods: figures at 1 and at N, then the teardown.
+async fn backend(vmm: Vmm, n: usize, rootfs: &Path, root_dir: &str) -> Result<String> {
+    let t = Instant::now();
+    let before = pss_kib("self")?;
+    let mut pods: Vec<Sandbox> = Vec::new();
+    let mut failed = None;
+    // Pod 1 alone, measured alone.
+    match pod(vmm, 0, rootfs, root_dir).await {
+        Ok(p) => pods.push(p),
+        Err(e) => failed = Some(e),
+    }
+    let mut at_one = None;
+    if failed.is_none() {
+        let r = read(vmm, &pods, before)?;
+        for line in figure_lines(vmm, &r) {
+            println!("{line}");
+        }
+        at_one = Some(r);
+    }
+    let mut i = 1;
+    while failed.is_none() && i < n {
+        let (a, b) = if i + 1 < n && AT_ONCE > 1 {
+            let (a, b) = tokio::join!(
+                pod(vmm, i, rootfs, root_dir),
+                pod(vmm, i + 1, rootfs, root_dir)
+            );
+            (a, Some(b))
+        } else {
+            (pod(vmm, i, rootfs, root_dir).await, None)
+        };
+        for r in std::iter::once(a).chain(b) {
+            match r {
+                Ok(p) => pods.push(p),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        i += 2;
+        println!(
+            "kata-lab: density {vmm}: {} of {n} pods up after {:.0?}",
+            pods.len(),
+            t.elapsed()
+        );
+    }
+    let at_n = match pods.len() {
+        0 | 1 => None,
+        _ => match read(vmm, &pods, before) {
+            Ok(r) => {
+                for line in figure_lines(vmm, &r) {
+                    println!("{line}");
+                }
+                Some(r)
+            }
+            Err(e) => {
+                failed = failed.or(Some(e));
+                None
+            }
+        },
+    };
+    let up = pods.len();
+    let down = tear_down(vmm, pods, root_dir).await;
+    if let Some(e) = failed {
+        bail!(
+            "{vmm}: {up} of {n} pods ran their container, then: {e:#} (teardown: {})",
+            match down {
+                Ok(d) => d,
+                Err(e) => format!("{e:#}"),
+            }
+        );
+    }
+    let down = down.with_context(|| format!("{vmm}: after {n} pods"))?;
+    let mib = |r: Option<Reading>| match r {
+        Some(r) => format!("{:.1} MiB", r.per_pod_mib(r.pss_kib)),
+        None => "-".into(),
+    };
+    Ok(format!(
+        "{vmm}: {n} of {n} pods ran their container, PSS per pod {} at 1, {} at {n}; {down} \
+         ({:.0?})",
+        mib(at_one),
+        mib(at_n),
+        t.elapsed()
+    ))
+}
+
+/// The check: the built-in VMM's N pods, then QEMU's.
+pub async fn density(n: usize, rootfs: &Path, root_dir: &str) -> Result<String> {
+    let builtin = backend(Vmm::Builtin, n, rootfs, root_dir).await;
+    let qemu = backend(Vmm::Qemu, n, rootfs, root_dir).await;
+    match (builtin, qemu) {
+        (Ok(b), Ok(q)) => Ok(format!("{b}; {q}")),
+        (b, q) => {
+            let say = |r: Result<String>| match r {
+                Ok(d) => d,
+                Err(e) => format!("FAILED {e:#}"),
+            };
+            bail!("{}; {}", say(b), say(q))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_count_comes_from_the_command_line() {
+        assert!(pods_from_cmdline("console=ttyS0 lab.template").is_none());
+        assert_eq!(
+            pods_from_cmdline("console=ttyS0 lab.density")
+                .unwrap()
+                .unwrap(),
+            DEFAULT_PODS
+        );
+        assert_eq!(
+            pods_from_cmdline("lab.density=7 quiet").unwrap().unwrap(),
+            7
+        );
+        for bad in ["lab.density=0", "lab.density=x", "lab.density=65"] {
+            let e = pods_from_cmdline(bad).unwrap().unwrap_err().to_string();
+            assert!(e.contains("KATA_LAB_DENSITY"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_guest_memorys_pss_is_read_from_its_mappings() {
+        let smaps = "\
+7f0000000000-7f0010000000 rw-s 00000000 00:01 1234                       /memfd:memory-backend-memfd (deleted)
+Size:             262144 kB
+Rss:               50000 kB
+Pss:               40000 kB
+7f0010000000-7f0010001000 r-xp 00000000 08:01 99                         /usr/bin/qemu-system-x86_64
+Size:                  4 kB
+Pss:                   2 kB
+7f0020000000-7f0020100000 rw-s 00000000 00:01 1235                       /memfd:memory-backend-memfd (deleted)
+Pss:                1000 kB
+";
+        assert_eq!(
+            mapping_kib(smaps, "memfd:memory-backend-memfd", "Pss:"),
+            41000
+        );
+        assert_eq!(mapping_kib(smaps, "memfd:kata-vmm:", "Pss:"), 0);
+        assert_eq!(rollup_pss_kib("Rss: 9 kB\nPss:   1234 kB\n"), Some(1234));
+        assert_eq!(rollup_pss_kib("Rss: 9 kB\n"), None);
+    }
+
+    #[test]
+    fn the_figures_divide_by_the_pods() {
+        let r = Reading {
+            pods: 4,
+            pss_kib: 4 * 100 * 1024,
+            guest_kib: 4 * 60 * 1024,
+        };
+        let [pss, overhead] = figure_lines(Vmm::Qemu, &r);
+        let parse = |l: &str| match kata_lab::protocol::parse_line(l) {
+            Some(kata_lab::Line::Figure(f)) => f,
+            other => panic!("{l}: {other:?}"),
+        };
+        let (pss, overhead) = (parse(&pss), parse(&overhead));
+        assert_eq!(pss.name, "qemu-density-pss-per-pod-4");
+        assert!((pss.value - 100.0).abs() < 1e-9);
+        assert_eq!(overhead.name, "qemu-density-vmm-overhead-per-vm-4");
+        assert!((overhead.value - 40.0).abs() < 1e-9);
+    }
+}
