@@ -31,7 +31,7 @@
 //!    (`container-type=container`, `io.kubernetes.cri.sandbox-id`) with `--device`: the shim
 //!    hot-plugs the edu (QMP `device_add` onto the root port) when the container is created;
 //! 2. `ctr task exec`: a listing of `/sys/bus/pci/devices` sees 1234:11e8 in L2 at its guest
-//!    PCI path (`01` on kata-vmm's root bus, `<port>/00` behind QEMU's root port); in the
+//!    PCI path (`<port>/00` behind kata-vmm's or QEMU's root port); in the
 //!    CDI cell the proof program reads the edu's identification through L2's VFIO and
 //!    computes 5! in its registers;
 //! 3. `ctr task kill`, `ctr task rm`, `ctr container rm`. Hot-plug: after the joined
@@ -386,15 +386,29 @@ const CDI_NAME: &str = "kata-lab.io/edu=edu";
 /// Where the shim reads it (`/var/run/cdi`, L1's tmpfs).
 const CDI_FILE: &str = "/var/run/cdi/kata-lab-edu.json";
 
+/// The cells' lines, each printed as its cell ends (a later cell that hangs L1 cannot hide
+/// it), counted.
+struct Lines {
+    vmm: Vmm,
+    ran: usize,
+    passed: usize,
+}
+
+impl Lines {
+    /// Prints `<vmm>-<name>`'s line.
+    fn line(&mut self, name: &str, result: Result<String>) {
+        self.ran += 1;
+        self.passed += usize::from(result.is_ok());
+        let result = result.map_err(|e| format!("{e:#}"));
+        println!("{}", check_line(&format!("{}-{name}", self.vmm), &result));
+    }
+}
+
 /// The built-in VMM's cells, each its own sandbox under one containerd.
-fn builtin_cells(
-    c: &Containerd,
-    group: &Path,
-    proof_dir: &Path,
-) -> Vec<(&'static str, Result<String>)> {
+fn builtin_cells(c: &Containerd, group: &Path, proof_dir: &Path, lines: &mut Lines) {
     let device = group.display().to_string();
     let list = |out: &str| {
-        crate::vfio::seen_at_depth(out, 1).map(|p| {
+        crate::vfio::seen_at_depth(out, 2).map(|p| {
             format!("vfio_mode guest-kernel: the container sees 1234:11e8 at guest PCI path {p}")
         })
     };
@@ -432,7 +446,7 @@ fn builtin_cells(
         judge: &proof,
         setup: SETUP,
     };
-    run_cells(c, group, [by_device, by_cdi])
+    run_cells(c, group, [by_device, by_cdi], lines);
 }
 
 /// The QEMU backend's cells ([`QEMU_CELLS`] that `wanted` names), their configuration files
@@ -442,7 +456,8 @@ fn qemu_cells(
     group: &Path,
     dir: &Path,
     wanted: &dyn Fn(&str) -> bool,
-) -> Vec<(&'static str, Result<String>)> {
+    lines: &mut Lines,
+) {
     let device = group.display().to_string();
     // Behind a root port: the port's slot, then the device at slot 0 of its bus.
     let list = |out: &str| {
@@ -456,7 +471,6 @@ fn qemu_cells(
             ))
         })
     };
-    let mut out = Vec::new();
     let mut cells = Vec::new();
     for (name, hot) in [(QEMU_CELLS[0], true), (QEMU_CELLS[1], false)] {
         if !wanted(name) {
@@ -474,7 +488,7 @@ fn qemu_cells(
         let file = match file {
             Ok(f) => f,
             Err(e) => {
-                out.push((name, Err(e)));
+                lines.line(name, Err(e));
                 continue;
             }
         };
@@ -493,8 +507,7 @@ fn qemu_cells(
             },
         });
     }
-    out.extend(run_cells(c, group, cells));
-    out
+    run_cells(c, group, cells, lines);
 }
 
 /// Runs `cells` one after the other; a failed one is force-removed.
@@ -502,16 +515,15 @@ fn run_cells<'a>(
     c: &Containerd,
     group: &Path,
     cells: impl IntoIterator<Item = Cell<'a>>,
-) -> Vec<(&'static str, Result<String>)> {
-    let mut out = Vec::new();
+    lines: &mut Lines,
+) {
     for cell_ in cells {
         let result = cell(c, group, &cell_);
         if result.is_err() {
             c.force_remove(cell_.name);
         }
-        out.push((cell_.name, result));
+        lines.line(cell_.name, result);
     }
-    out
 }
 
 /// Runs the built-in VMM's cells (one `builtin-vfio-ctr-*` line each); returns (ran, passed).
@@ -560,27 +572,26 @@ fn run_for(vmm: Vmm, wanted: &dyn Fn(&str) -> bool) -> (usize, usize) {
         );
         Ok::<_, anyhow::Error>((group, dir, proof_dir, ctr))
     })();
-    let results = match setup {
-        Ok((group, dir, proof_dir, ctr)) => match vmm {
-            Vmm::Builtin => builtin_cells(&ctr, &group, &proof_dir),
-            Vmm::Qemu => qemu_cells(&ctr, &group, dir.path(), wanted),
-        },
-        Err(e) => names
-            .iter()
-            .map(|n| (*n, Err(anyhow::anyhow!("not run: {e:#}"))))
-            .collect(),
+    let mut lines = Lines {
+        vmm,
+        ran: 0,
+        passed: 0,
     };
+    match setup {
+        Ok((group, dir, proof_dir, ctr)) => match vmm {
+            Vmm::Builtin => builtin_cells(&ctr, &group, &proof_dir, &mut lines),
+            Vmm::Qemu => qemu_cells(&ctr, &group, dir.path(), wanted, &mut lines),
+        },
+        Err(e) => {
+            for n in names {
+                lines.line(n, Err(anyhow::anyhow!("not run: {e:#}")));
+            }
+        }
+    }
     if vmm == Vmm::Builtin {
         let _ = std::fs::remove_file(CDI_FILE);
     }
-    let mut passed = 0;
-    let ran = results.len();
-    for (name, result) in results {
-        passed += usize::from(result.is_ok());
-        let result = result.map_err(|e| format!("{e:#}"));
-        println!("{}", check_line(&format!("{vmm}-{name}"), &result));
-    }
-    (ran, passed)
+    (lines.ran, lines.passed)
 }
 
 #[cfg(test)]
