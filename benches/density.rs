@@ -17,7 +17,10 @@
 //!   rootfs, timed the same way.
 //!
 //! `KATA_RS_BENCH_FIRMWARE` and `KATA_RS_BENCH_AGENT_TIMEOUT_S` set the sandboxes' firmware and
-//! agent timeout (`bench_out::with_bench_settings`).
+//! agent timeout (`bench_out::with_bench_settings`). The runtime's boot admission (kata-sandbox:
+//! at most `KATA_RS_BOOT_SLOTS` guests booting at once, the CPU count under TCG) applies as in
+//! production; `KATA_RS_BOOT_SLOTS=0` is the reference without it (every start boots at once).
+//! QEMU's CPU is split into its vCPU threads and the rest (main loop, RCU, I/O).
 //!
 //! `cargo bench -p kata-benches --bench density`; prints the figures and writes
 //! `density.json` for `make bench-report`. `cargo test --benches` runs one pod and N = 1.
@@ -276,7 +279,15 @@ async fn concurrent_starts(
     );
     for sb in &sandboxes {
         for (pid, name) in sandbox_processes(sb.dir()) {
-            *by_process.entry(name).or_insert(0.0) += cpu_seconds(pid);
+            if name.starts_with("qemu") {
+                // QEMU by thread: the TCG/KVM vCPU threads (`CPU <n>/TCG`) and the rest
+                // (main loop, I/O, RCU, the vhost-user and QMP handling).
+                let (vcpu, other) = qemu_thread_split(pid);
+                *by_process.entry(format!("{name} vCPU")).or_insert(0.0) += vcpu;
+                *by_process.entry(format!("{name} other")).or_insert(0.0) += other;
+            } else {
+                *by_process.entry(name).or_insert(0.0) += cpu_seconds(pid);
+            }
         }
     }
     for sb in sandboxes {
@@ -295,9 +306,35 @@ struct StartCpu {
     by_process: std::collections::BTreeMap<String, f64>,
 }
 
+/// The CPU seconds of `pid`'s vCPU threads (named `CPU <n>/...` by QEMU) and of its other
+/// threads, from `/proc/<pid>/task/*/stat`.
+fn qemu_thread_split(pid: u32) -> (f64, f64) {
+    let (mut vcpu, mut other) = (0.0, 0.0);
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    for task in tasks.flatten() {
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue;
+        };
+        let cpu = stat_cpu_seconds(&task.path().join("stat"));
+        if comm.starts_with("CPU ") {
+            vcpu += cpu;
+        } else {
+            other += cpu;
+        }
+    }
+    (vcpu, other)
+}
+
 /// User + system CPU seconds `pid` has used (`/proc/<pid>/stat`), 0 once it is gone.
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    stat_cpu_seconds(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// User + system CPU seconds from a `/proc` `stat` file (a process's or a thread's).
+fn stat_cpu_seconds(path: &std::path::Path) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0.0;
     };
     // After the command name's closing parenthesis: state is field 3; utime, stime 14 and 15.

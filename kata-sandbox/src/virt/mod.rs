@@ -19,6 +19,7 @@
 
 mod agent_log;
 mod block;
+mod boot_slots;
 mod handover;
 mod health;
 mod network;
@@ -156,6 +157,11 @@ impl VirtContainer {
     ) -> Result<(VirtContainer, BootTimings)> {
         let hv = &config.hypervisor;
         let caps = backend::capabilities(config.hypervisor_type, hv)?;
+        // boot_slots: at most a few guests boot at once on this host; the wait for a slot is
+        // not the boot's (its timings and agent timeout start once admitted).
+        let admission_bound = config.agent.connect_options().dial_timeout;
+        let (_boot_slot, admission) = boot_slots::admit(&config.id, &caps, admission_bound).await;
+        let t0 = t0 + admission;
         let mut share_fs = kata_resource::ShareFsConfig::from_hypervisor(hv)?;
         share_fs.msize_9p = share_fs.msize_9p.max(8192);
         let sandbox_dir = dir.to_path_buf();
