@@ -40,6 +40,8 @@ pub const DEFAULT_PODS: usize = 20;
 pub const GUEST_MIB: u32 = 256;
 /// The most pods one run takes (L1's memory and the deadline).
 const MAX_PODS: usize = 64;
+/// The agent's dial limit of each pod (the default is 45 s).
+const AGENT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Builds at a time (L1 has two vCPUs).
 const AT_ONCE: usize = 2;
 
@@ -122,7 +124,10 @@ impl Reading {
 }
 
 /// The pods' memory now: QEMU's per process, the built-in VMM's as the runner's growth.
+/// Pods whose VM died after their container ran (an L2 that shut itself down, as nested SVM
+/// under TCG does now and then) are not counted: their memory is gone.
 fn read(vmm: Vmm, pods: &[Sandbox], runner_before_kib: u64) -> Result<Reading> {
+    let pods: Vec<&Sandbox> = pods.iter().filter(|p| p.death().is_none()).collect();
     let mut r = Reading {
         pods: pods.len(),
         ..Reading::default()
@@ -187,7 +192,13 @@ async fn pod(vmm: Vmm, i: usize, rootfs: &Path, root_dir: &str) -> Result<Sandbo
     if vmm == Vmm::Builtin {
         builder = builder.hypervisor_config(HypervisorConfig::defaults_for(kind));
     }
-    let builder = builder.memory_mib(GUEST_MIB).vcpus(1).root_dir(root_dir);
+    // Two L2 boots at a time under nested SVM on a loaded host outran the default 45 s agent
+    // dial (first run: pods 7 and 2 lost in their kernel's PCI probe at 45 s).
+    let builder = builder
+        .memory_mib(GUEST_MIB)
+        .vcpus(1)
+        .root_dir(root_dir)
+        .agent_timeout(AGENT_TIMEOUT);
     let sandbox = super::l2_boot::past_firmware(|| async {
         match tokio::time::timeout(Duration::from_secs(300), builder.clone().build()).await {
             Ok(r) => r.map_err(|e| anyhow::Error::new(e).context("the sandbox did not start")),
@@ -253,27 +264,36 @@ async fn tear_down(vmm: Vmm, pods: Vec<Sandbox>, root_dir: &str) -> Result<Strin
     Ok(format!("{} pods torn down, nothing left", dirs.len()))
 }
 
-/// One backend's N pods: figures at 1 and at N, then the teardown.
+/// Pods that failed (to boot or to run their container) before a backend gives up.
+const MAX_FAILURES: usize = 3;
+
+/// One backend's N pods: figures at 1 and at N, then the teardown. A pod that fails does not
+/// stop the others (up to [`MAX_FAILURES`]) but fails the check; one whose VM died after its
+/// container ran is named and left out of the figures.
 async fn backend(vmm: Vmm, n: usize, rootfs: &Path, root_dir: &str) -> Result<String> {
     let t = Instant::now();
     let before = pss_kib("self")?;
     let mut pods: Vec<Sandbox> = Vec::new();
-    let mut failed = None;
+    let mut failed: Vec<String> = Vec::new();
     // Pod 1 alone, measured alone.
     match pod(vmm, 0, rootfs, root_dir).await {
         Ok(p) => pods.push(p),
-        Err(e) => failed = Some(e),
+        Err(e) => failed.push(format!("{e:#}")),
     }
     let mut at_one = None;
-    if failed.is_none() {
-        let r = read(vmm, &pods, before)?;
-        for line in figure_lines(vmm, &r) {
-            println!("{line}");
+    if pods.len() == 1 {
+        match read(vmm, &pods, before) {
+            Ok(r) => {
+                for line in figure_lines(vmm, &r) {
+                    println!("{line}");
+                }
+                at_one = Some(r);
+            }
+            Err(e) => failed.push(format!("reading pod 1: {e:#}")),
         }
-        at_one = Some(r);
     }
     let mut i = 1;
-    while failed.is_none() && i < n {
+    while i < n && failed.len() < MAX_FAILURES {
         let (a, b) = if i + 1 < n && AT_ONCE > 1 {
             let (a, b) = tokio::join!(
                 pod(vmm, i, rootfs, root_dir),
@@ -286,54 +306,64 @@ async fn backend(vmm: Vmm, n: usize, rootfs: &Path, root_dir: &str) -> Result<St
         for r in std::iter::once(a).chain(b) {
             match r {
                 Ok(p) => pods.push(p),
-                Err(e) => failed = failed.or(Some(e)),
+                Err(e) => failed.push(format!("{e:#}")),
             }
         }
-        i += 2;
+        i += AT_ONCE;
         println!(
             "kata-lab: density {vmm}: {} of {n} pods up after {:.0?}",
             pods.len(),
             t.elapsed()
         );
     }
-    let at_n = match pods.len() {
-        0 | 1 => None,
-        _ => match read(vmm, &pods, before) {
+    let lost: Vec<String> = pods
+        .iter()
+        .filter_map(|p| Some(format!("{} ({})", p.id(), p.death()?)))
+        .collect();
+    let mut at_n = None;
+    if pods.len() > 1 {
+        match read(vmm, &pods, before) {
             Ok(r) => {
                 for line in figure_lines(vmm, &r) {
                     println!("{line}");
                 }
-                Some(r)
+                at_n = Some(r);
             }
-            Err(e) => {
-                failed = failed.or(Some(e));
-                None
-            }
-        },
-    };
-    let up = pods.len();
+            Err(e) => failed.push(format!("reading {} pods: {e:#}", pods.len())),
+        }
+    }
+    let ran = pods.len();
     let down = tear_down(vmm, pods, root_dir).await;
-    if let Some(e) = failed {
-        bail!(
-            "{vmm}: {up} of {n} pods ran their container, then: {e:#} (teardown: {})",
+    let mib = |r: Option<Reading>| match r {
+        Some(r) => format!("{:.1} MiB at {}", r.per_pod_mib(r.pss_kib), r.pods),
+        None => "-".into(),
+    };
+    let lost = match lost.is_empty() {
+        true => String::new(),
+        false => format!(
+            "; VMs that died after their container ran, left out of the figures: {}",
+            lost.join(", ")
+        ),
+    };
+    let said = format!(
+        "{vmm}: {ran} of {n} pods ran their container{lost}; PSS per pod {}, {}",
+        mib(at_one),
+        mib(at_n),
+    );
+    match (failed.is_empty(), down) {
+        (true, Ok(d)) => Ok(format!("{said}; {d} ({:.0?})", t.elapsed())),
+        (_, down) => bail!(
+            "{said}; failed: {}; teardown: {}",
+            match failed.is_empty() {
+                true => "none".to_string(),
+                false => failed.join("; "),
+            },
             match down {
                 Ok(d) => d,
                 Err(e) => format!("{e:#}"),
             }
-        );
+        ),
     }
-    let down = down.with_context(|| format!("{vmm}: after {n} pods"))?;
-    let mib = |r: Option<Reading>| match r {
-        Some(r) => format!("{:.1} MiB", r.per_pod_mib(r.pss_kib)),
-        None => "-".into(),
-    };
-    Ok(format!(
-        "{vmm}: {n} of {n} pods ran their container, PSS per pod {} at 1, {} at {n}; {down} \
-         ({:.0?})",
-        mib(at_one),
-        mib(at_n),
-        t.elapsed()
-    ))
 }
 
 /// The check: the built-in VMM's N pods, then QEMU's.
