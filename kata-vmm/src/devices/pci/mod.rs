@@ -7,6 +7,10 @@
 //! the [`PCI_MMIO_START`]..[`PCI_MMIO_END`] window before boot, so the kernel claims them as
 //! they are; a guest that reprograms a BAR moves it (its accesses follow the register).
 //!
+//! PCI Express root ports ([`root_port`]) may sit on bus 0 too: configuration cycles for a
+//! port's secondary bus reach the function in its slot (device 0 only), and its memory window
+//! forwards that function's BARs, which the VMM placed inside it.
+//!
 //! Only function 0 of each slot exists; every other address reads as all ones, and a bad or
 //! odd access (a width the port does not take, a disabled address, a register past the header)
 //! is answered as on a PC, never a panic.
@@ -14,6 +18,10 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_ioctls::VcpuExit;
+
+pub mod root_port;
+
+use root_port::RootPort;
 
 /// The address register of configuration mechanism #1.
 pub const CONFIG_ADDRESS: u16 = 0xcf8;
@@ -71,6 +79,8 @@ pub struct PciBus {
     address: u32,
     /// `(slot, device)`, slot 0 the host bridge.
     devices: Vec<(u8, SharedPciDevice)>,
+    /// The root ports among the devices, by slot.
+    ports: Vec<(u8, Arc<Mutex<RootPort>>)>,
 }
 
 impl std::fmt::Debug for PciBus {
@@ -102,7 +112,27 @@ impl PciBus {
         PciBus {
             address: 0,
             devices: vec![(0, bridge)],
+            ports: Vec::new(),
         }
+    }
+
+    /// The slot [`PciBus::add`] would give next, `None` when the bus is full.
+    pub fn next_slot(&self) -> Option<u8> {
+        let slot = self.devices.len() as u8;
+        (slot < PCI_SLOTS).then_some(slot)
+    }
+
+    /// Puts a root port in the next free slot (its physical slot number the slot, its
+    /// secondary bus given by the caller); returns the slot, or `None` when the bus is full.
+    pub fn add_root_port(&mut self, port: Arc<Mutex<RootPort>>) -> Option<u8> {
+        let slot = self.add(port.clone())?;
+        self.ports.push((slot, port));
+        Some(slot)
+    }
+
+    /// The root ports, with their slots on bus 0.
+    pub fn root_ports(&self) -> &[(u8, Arc<Mutex<RootPort>>)] {
+        &self.ports
     }
 
     /// Puts `device` in the next free slot; returns the slot, or `None` when the bus is full.
@@ -121,7 +151,7 @@ impl PciBus {
     }
 
     /// The device the address register selects, and the dword it names.
-    fn selected(&self) -> Option<(&SharedPciDevice, usize)> {
+    fn selected(&self) -> Option<(SharedPciDevice, usize)> {
         let a = self.address;
         if a & 0x8000_0000 == 0 {
             return None;
@@ -130,13 +160,26 @@ impl PciBus {
         let slot = ((a >> 11) & 0x1f) as u8;
         let function = (a >> 8) & 0x7;
         let reg = ((a & 0xfc) >> 2) as usize;
-        if bus != 0 || function != 0 {
+        if function != 0 {
             return None;
+        }
+        if bus != 0 {
+            // Below a port only device 0 exists (a PCIe link has one device).
+            if slot != 0 {
+                return None;
+            }
+            return self.ports.iter().find_map(|(_, p)| {
+                let p = p.lock().unwrap_or_else(PoisonError::into_inner);
+                (u32::from(p.buses().0) == bus)
+                    .then(|| p.child().cloned())
+                    .flatten()
+                    .map(|d| (d, reg))
+            });
         }
         self.devices
             .iter()
             .find(|(s, _)| *s == slot)
-            .map(|(_, d)| (d, reg))
+            .map(|(_, d)| (d.clone(), reg))
     }
 
     /// A guest read at `port` (one of [`PciBus::handles_port`]'s); nothing there reads as all
@@ -154,7 +197,7 @@ impl PciBus {
             return;
         }
         if let Some((d, reg)) = self.selected() {
-            let value = lock(d).config_read(reg).to_le_bytes();
+            let value = lock(&d).config_read(reg).to_le_bytes();
             data.copy_from_slice(&value[offset..offset + data.len()]);
         }
     }
@@ -174,7 +217,7 @@ impl PciBus {
             return;
         }
         if let Some((d, reg)) = self.selected() {
-            lock(d).config_write(reg * 4 + offset, data);
+            lock(&d).config_write(reg * 4 + offset, data);
         }
     }
 
@@ -193,21 +236,34 @@ impl PciBus {
     }
 }
 
-/// Places BARs in the [`PCI_MMIO_START`]..[`PCI_MMIO_END`] window, each naturally aligned.
+/// Places BARs in a window ([`PCI_MMIO_START`]..[`PCI_MMIO_END`] by default, or a root port's),
+/// each naturally aligned.
 #[derive(Debug, Clone)]
 pub struct BarAllocator {
     next: u64,
+    end: u64,
 }
 
 impl Default for BarAllocator {
     fn default() -> Self {
         BarAllocator {
             next: PCI_MMIO_START,
+            end: PCI_MMIO_END,
         }
     }
 }
 
 impl BarAllocator {
+    /// An allocator over `start..end` (a root port's window).
+    pub fn within(start: u64, end: u64) -> Self {
+        BarAllocator { next: start, end }
+    }
+
+    /// The part of the window not yet given out (start, end exclusive).
+    pub fn free(&self) -> (u64, u64) {
+        (self.next, self.end)
+    }
+
     /// The address for a BAR of `size` bytes (a power of two), or `None` when the window is
     /// full.
     pub fn allocate(&mut self, size: u64) -> Option<u64> {
@@ -217,7 +273,7 @@ impl BarAllocator {
         let align = size.max(0x1000);
         let start = self.next.checked_add(align - 1)? & !(align - 1);
         let end = start.checked_add(size)?;
-        if end > PCI_MMIO_END {
+        if end > self.end {
             return None;
         }
         self.next = end;

@@ -29,6 +29,9 @@
 //!   INTA#, wired to IOAPIC pin [`irq::intx_pin`] of its slot, which the MP table names for the
 //!   guest (no ACPI): level-triggered through an irqfd with KVM's resample unmasking VFIO's
 //!   line; off while MSI is on.
+//! - **Behind a root port** ([`VfioConfig::behind_root_port`]): the function is device 0 of
+//!   its own PCIe root port's secondary bus, its BARs placed in the port's
+//!   [`ROOT_PORT_WINDOW`] (see [`crate::devices::pci::root_port`]).
 //! - **Not built**: mmapping BARs into KVM memory slots (every BAR access is an exit, the
 //!   MSI-X table's too); hot-plug.
 
@@ -47,6 +50,7 @@ use std::sync::{Arc, Mutex};
 
 use vm_memory::{GuestMemory as _, GuestMemoryRegion, MemoryRegionAddress};
 
+use crate::devices::pci::root_port::RootPort;
 use crate::devices::pci::{BarAllocator, PciBus, PciDevice};
 use crate::error::{Error, Result};
 use crate::memory::GuestMemory;
@@ -64,6 +68,9 @@ pub struct VfioConfig {
     pub sysfs: PathBuf,
     /// Where the VFIO nodes are (`/dev/vfio`).
     pub dev_vfio: PathBuf,
+    /// Behind a PCIe root port of its own (the guest finds it at `<port>:00.0`, the port on
+    /// the root bus) rather than on the root bus itself.
+    pub behind_root_port: bool,
 }
 
 impl VfioConfig {
@@ -73,9 +80,19 @@ impl VfioConfig {
             bdf: bdf.into(),
             sysfs: "/sys".into(),
             dev_vfio: "/dev/vfio".into(),
+            behind_root_port: false,
         }
     }
+
+    /// The same function behind a root port of its own (see [`VfioConfig::behind_root_port`]).
+    pub fn behind_root_port(mut self) -> Self {
+        self.behind_root_port = true;
+        self
+    }
 }
+
+/// The memory window the VMM gives each root port (its function's BARs are placed in it).
+pub const ROOT_PORT_WINDOW: u64 = 32 << 20;
 
 /// The VFIO state of one VM: the container and its groups, which live as long as the devices.
 #[derive(Debug, Default)]
@@ -91,6 +108,19 @@ impl VfioSet {
     /// Opens `c`'s function (its group and the container on first use), maps `mem` for its DMA
     /// once per VM, and places its BARs.
     pub fn open(&mut self, c: &VfioConfig, mem: &GuestMemory) -> Result<VfioPci> {
+        let mut bars = std::mem::take(&mut self.bars);
+        let d = self.open_in(c, mem, &mut bars);
+        self.bars = bars;
+        d
+    }
+
+    /// [`VfioSet::open`] with the BARs placed by `alloc` (a root port's window).
+    pub fn open_in(
+        &mut self,
+        c: &VfioConfig,
+        mem: &GuestMemory,
+        alloc: &mut BarAllocator,
+    ) -> Result<VfioPci> {
         let group = sysfs::viable_group(&c.sysfs, &c.bdf)?;
         let first = self.container.is_none();
         if first {
@@ -127,7 +157,7 @@ impl VfioSet {
         let msi_vectors = uapi::irq_count(&device, &c.bdf, uapi::VFIO_PCI_MSI_IRQ_INDEX)?;
         let msix_vectors = uapi::irq_count(&device, &c.bdf, uapi::VFIO_PCI_MSIX_IRQ_INDEX)?;
         let intx = uapi::irq_count(&device, &c.bdf, uapi::VFIO_PCI_INTX_IRQ_INDEX)?;
-        let mut d = VfioPci::new(&c.bdf, Arc::new(device), config, bars, &mut self.bars)?;
+        let mut d = VfioPci::new(&c.bdf, Arc::new(device), config, bars, alloc)?;
         d.host_msi_vectors = msi_vectors;
         d.host_msix_vectors = msix_vectors;
         d.host_intx = intx > 0 && (d.raw_read(15) >> 8) & 0xff != 0;
@@ -370,14 +400,15 @@ impl VfioPci {
                     reason: format!("BAR{i} size {:#x} is not a power of two", region.size),
                 });
             }
+            let (free_start, free_end) = alloc.free();
             let addr = alloc.allocate(region.size).ok_or_else(|| Error::Device {
                 device: who(),
                 reason: format!(
-                    "BAR{i} ({:#x} bytes) does not fit the built-in VMM's 32-bit PCI window \
-                     ({:#x}..{:#x}); pass it through with [hypervisor.qemu]",
+                    "BAR{i} ({:#x} bytes) does not fit what is left of its 32-bit PCI window \
+                     ({free_start:#x}..{free_end:#x}: the built-in VMM's, or the {} MiB of a \
+                     root port); pass it through with [hypervisor.qemu]",
                     region.size,
-                    crate::devices::pci::PCI_MMIO_START,
-                    crate::devices::pci::PCI_MMIO_END
+                    ROOT_PORT_WINDOW >> 20
                 ),
             })?;
             dev.bars[i] = Some(Bar {
@@ -780,26 +811,49 @@ pub fn build_bus(devices: &[VfioConfig], mem: &GuestMemory) -> Result<Option<(Pc
                 reason: "given twice: pass each PCI function once".into(),
             });
         }
+        let full = || Error::Device {
+            device: format!("VFIO device {}", c.bdf),
+            reason: format!(
+                "the built-in VMM's PCI bus has {} slots for devices and root ports, and \
+                 {:#x}..{:#x} for their memory ({} MiB a root port)",
+                crate::devices::pci::PCI_SLOTS - 1,
+                crate::devices::pci::PCI_MMIO_START,
+                crate::devices::pci::PCI_MMIO_END,
+                ROOT_PORT_WINDOW >> 20
+            ),
+        };
+        if c.behind_root_port {
+            let start = set.bars.allocate(ROOT_PORT_WINDOW).ok_or_else(full)?;
+            let window = (start, start + ROOT_PORT_WINDOW);
+            let mut alloc = BarAllocator::within(window.0, window.1);
+            let d = Arc::new(Mutex::new(set.open_in(c, mem, &mut alloc)?));
+            // The port's slot is the next one; its secondary bus the next free number.
+            let slot = bus.next_slot().ok_or_else(full)?;
+            let secondary = bus.root_ports().len() as u8 + 1;
+            let port = Arc::new(Mutex::new(RootPort::new(slot, secondary, window)));
+            port.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .cold_plug(d.clone());
+            bus.add_root_port(port).ok_or_else(full)?;
+            set.devices.push(d.clone());
+            let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // INTx: the MP table lists bus 0 only, so the guest swizzles the pin through the
+            // port to the port's slot (device 0's INTA# is the port's INTA#).
+            d.slot = Some(slot);
+            d.intx_pin = irq::intx_pin(slot).filter(|_| d.host_intx);
+            tracing::info!(
+                bdf = %c.bdf, slot, secondary,
+                "VFIO: cold-plugged at {secondary:02x}:00.0 behind root port 00:{slot:02x}.0"
+            );
+            continue;
+        }
         let d = Arc::new(Mutex::new(set.open(c, mem)?));
         set.devices.push(d.clone());
-        let slot = bus.add(d.clone());
-        match slot {
-            Some(slot) => {
-                let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                d.slot = Some(slot);
-                d.intx_pin = irq::intx_pin(slot).filter(|_| d.host_intx);
-                tracing::info!(bdf = %c.bdf, slot, "VFIO: cold-plugged at 00:{slot:02x}.0")
-            }
-            None => {
-                return Err(Error::Device {
-                    device: format!("VFIO device {}", c.bdf),
-                    reason: format!(
-                        "the built-in VMM's PCI bus has {} slots for devices",
-                        crate::devices::pci::PCI_SLOTS - 1
-                    ),
-                })
-            }
-        }
+        let slot = bus.add(d.clone()).ok_or_else(full)?;
+        let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        d.slot = Some(slot);
+        d.intx_pin = irq::intx_pin(slot).filter(|_| d.host_intx);
+        tracing::info!(bdf = %c.bdf, slot, "VFIO: cold-plugged at 00:{slot:02x}.0");
     }
     Ok(Some((bus, set)))
 }

@@ -175,6 +175,66 @@ fn on_the_bus_the_guest_finds_the_bridge_and_the_device() {
 }
 
 #[test]
+fn behind_a_root_port_the_function_is_01_00_with_its_bars_in_the_ports_window() {
+    use crate::devices::pci::root_port::RootPort;
+    let (f, bars, config) = fake();
+    let window = (0xe200_0000, 0xe200_0000 + ROOT_PORT_WINDOW);
+    let mut alloc = BarAllocator::within(window.0, window.1);
+    let d = VfioPci::new(
+        "0000:00:03.0",
+        Arc::new(f.reopen().unwrap()),
+        config,
+        bars,
+        &mut alloc,
+    )
+    .unwrap();
+    let mut bus = PciBus::new();
+    let port = Arc::new(Mutex::new(RootPort::new(1, 1, window)));
+    port.lock().unwrap().cold_plug(Arc::new(Mutex::new(d)));
+    assert_eq!(bus.add_root_port(port), Some(1));
+    let read = |bus: &mut PciBus, b: u32, slot: u32, reg: u32| {
+        bus.pio_write(
+            0xcf8,
+            &(0x8000_0000 | b << 16 | slot << 11 | reg << 2).to_le_bytes(),
+        );
+        let mut d = [0u8; 4];
+        bus.pio_read(0xcfc, &mut d);
+        u32::from_le_bytes(d)
+    };
+    assert_eq!(read(&mut bus, 0, 1, 2) >> 16, 0x0604, "the port");
+    assert_eq!(
+        read(&mut bus, 1, 0, 0),
+        0x11e8_1234,
+        "the function at 01:00.0"
+    );
+    assert_eq!(read(&mut bus, 0, 2, 0), 0xffff_ffff);
+    let bar0 = read(&mut bus, 1, 0, 4) & !0xf;
+    assert_eq!(u64::from(bar0), window.0, "BAR0 first in the window");
+    // Memory decoding on at the function: the BAR answers through the port's window.
+    bus.pio_write(0xcf8, &(0x8001_0000u32 | 4).to_le_bytes());
+    bus.pio_write(0xcfc, &2u16.to_le_bytes());
+    let mut id = [0u8; 4];
+    assert!(bus.mmio_read(window.0, &mut id));
+    assert_eq!(u32::from_le_bytes(id), 0x0100_00ed);
+    // A BAR bigger than the window is refused naming the window.
+    let mut huge = bars;
+    huge[0].size = ROOT_PORT_WINDOW * 2;
+    let e = VfioPci::new(
+        "0000:00:03.0",
+        Arc::new(f.reopen().unwrap()),
+        config,
+        huge,
+        &mut BarAllocator::within(window.0, window.1),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("BAR0") && e.contains("0xe2000000..0xe4000000"),
+        "{e}"
+    );
+}
+
+#[test]
 fn bridges_tiny_config_regions_and_oversized_bars_are_refused() {
     let (f, bars, config) = fake();
     let file = Arc::new(f.reopen().unwrap());
@@ -251,6 +311,7 @@ fn a_vm_given_an_unusable_function_fails_before_anything_is_bound() {
             bdf: "0000:00:03.0".into(),
             sysfs: s.clone(),
             dev_vfio: t.path().join("dev-vfio"),
+            behind_root_port: false,
         })
         .prepare()
         .unwrap_err()
@@ -273,6 +334,7 @@ fn a_vm_given_an_unusable_function_fails_before_anything_is_bound() {
             bdf: "0000:00:03.0".into(),
             sysfs: s,
             dev_vfio: t.path().join("dev-vfio"),
+            behind_root_port: false,
         })
         .prepare()
         .unwrap_err()

@@ -1,0 +1,475 @@
+//! An emulated PCI Express root port: a type-1 header on the root bus with a hot-plug capable
+//! slot, whose secondary bus holds at most one function (device 0, as below any PCIe port).
+//!
+//! - **Header**: the bus numbers (primary, secondary, subordinate) and the memory window
+//!   (memory base and limit, 1 MiB granular) are the guest's to program; the VMM presets them
+//!   as firmware would (the secondary bus, the window it placed the function's BARs in) and
+//!   the bus routes by what the registers say now. No I/O or prefetchable window (their
+//!   registers read 0 and keep nothing, which tells Linux the port has none).
+//! - **MSI** at `0x40`: one vector, 64-bit, the port's hot-plug interrupt.
+//! - **PCI Express capability** at `0x60` (version 2, root port, slot implemented): the link
+//!   reports data link layer active (capable, active while a function is present and the slot
+//!   powered); the slot has an attention button, a power controller, attention and power
+//!   indicators, is hot-plug capable and completes commands at once (no command completed
+//!   events: "no command completed support"). Slot status: presence detect state, presence
+//!   detect changed, data link layer state changed, attention button pressed (write 1 to
+//!   clear).
+//! - **Events**: [`RootPort::plug`] puts a function in the slot (presence and link up, both
+//!   changes flagged), [`RootPort::press_attention`] asks the guest to release it; the guest
+//!   turning the slot's power off (the power controller control bit) is what
+//!   [`RootPort::powered_off`] reports, and [`RootPort::unplug`] takes the function out. A
+//!   status bit newly set while its event and hot-plug interrupts are enabled raises the
+//!   port's MSI once (through the signal the VM gives [`RootPort::set_signal`]), as the PCIe
+//!   specification's edge for MSI.
+//!
+//! Every access width and offset is accepted: a register the port does not have reads 0, a
+//! write to it is dropped, and nothing panics.
+
+use crate::devices::vfio::msi::{MsiCap, MsiMessage};
+
+use super::{lock, PciDevice, SharedPciDevice};
+
+/// Red Hat's vendor id and the id of QEMU's generic PCIe root port, which Linux binds its
+/// port services (pciehp) to with no quirk.
+const VENDOR_DEVICE: u32 = 0x000c_1b36;
+/// Class 0x06 (bridge), subclass 0x04 (PCI-to-PCI), revision 0.
+const CLASS: u32 = 0x0604_0000;
+/// The MSI capability's offset.
+pub const MSI_OFFSET: usize = 0x40;
+/// The PCI Express capability's offset.
+pub const PCIE_OFFSET: usize = 0x60;
+/// The PCI Express capability's length (version 2).
+const PCIE_LEN: usize = 0x3c;
+
+/// Command register bits the guest may set: I/O, memory, bus master, parity, SERR, INTx off.
+const COMMAND_WRITABLE: u16 = 0x0547;
+/// Command: memory space decoding (the window is forwarded only with it).
+pub const COMMAND_MEMORY: u16 = 1 << 1;
+/// Status: capabilities list.
+const STATUS_CAP_LIST: u16 = 1 << 4;
+/// Bridge control bits kept: parity, SERR, ISA, VGA, secondary bus reset.
+const BRIDGE_CONTROL_WRITABLE: u16 = 0x004f;
+
+/// PCIe capabilities: version 2, device/port type 4 (root port), slot implemented.
+const PCIE_CAPS: u16 = 2 | (4 << 4) | (1 << 8);
+/// Device capabilities: 128-byte payload, role-based error reporting.
+const DEVICE_CAPS: u32 = 1 << 15;
+/// Link capabilities: 2.5 GT/s, x1, data link layer link active reporting capable.
+const LINK_CAPS: u32 = 1 | (1 << 4) | (1 << 20);
+/// Link status: 2.5 GT/s, x1.
+const LINK_STATUS: u16 = 1 | (1 << 4);
+/// Link status: data link layer link active.
+const LINK_STATUS_DLLLA: u16 = 1 << 13;
+/// Slot capabilities: attention button, power controller, attention and power indicators,
+/// hot-plug capable, no command completed support (the physical slot number is added).
+const SLOT_CAPS: u32 = 1 | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 18);
+/// Slot control bits the guest may set: button, presence and link events, the indicators,
+/// power controller control, the hot-plug interrupt (everything but command completed
+/// events, bit 4, and the electromechanical interlock, bit 11).
+const SLOT_CONTROL_WRITABLE: u16 = 0x17ef;
+/// Slot control: attention button pressed enable.
+const SLOT_CONTROL_ABPE: u16 = 1;
+/// Slot control: presence detect changed enable.
+const SLOT_CONTROL_PDCE: u16 = 1 << 3;
+/// Slot control: hot-plug interrupt enable.
+const SLOT_CONTROL_HPIE: u16 = 1 << 5;
+/// Slot control: power controller control (1: power off).
+pub const SLOT_CONTROL_PCC: u16 = 1 << 10;
+/// Slot control: data link layer state changed enable.
+const SLOT_CONTROL_DLLSCE: u16 = 1 << 12;
+/// Slot status: attention button pressed.
+pub const SLOT_STATUS_ABP: u16 = 1;
+/// Slot status: presence detect changed.
+pub const SLOT_STATUS_PDC: u16 = 1 << 3;
+/// Slot status: presence detect state.
+pub const SLOT_STATUS_PDS: u16 = 1 << 6;
+/// Slot status: data link layer state changed.
+pub const SLOT_STATUS_DLLSC: u16 = 1 << 8;
+/// The slot status bits the guest clears by writing 1 (the events this port raises).
+const SLOT_STATUS_EVENTS: u16 = SLOT_STATUS_ABP | SLOT_STATUS_PDC | SLOT_STATUS_DLLSC;
+/// Link capabilities 2: 2.5 GT/s supported.
+const LINK_CAPS2: u32 = 1 << 1;
+
+/// How the port raises its MSI: the message the guest programmed.
+pub type MsiSignal = Box<dyn Fn(MsiMessage) + Send>;
+
+/// One root port: its registers and the function in its slot.
+pub struct RootPort {
+    /// Its physical slot number (what pciehp names the slot), 1 and up.
+    slot_number: u8,
+    command: u16,
+    line: u8,
+    bridge_control: u16,
+    primary: u8,
+    secondary: u8,
+    subordinate: u8,
+    /// Memory base and limit registers (bits 15:4 are address bits 31:20).
+    memory_base: u16,
+    memory_limit: u16,
+    msi: MsiCap,
+    device_control: u16,
+    link_control: u16,
+    slot_control: u16,
+    slot_status: u16,
+    device_control2: u16,
+    link_control2: u16,
+    child: Option<SharedPciDevice>,
+    /// Whether the port's interrupt condition was asserted after the last change.
+    asserted: bool,
+    signal: Option<MsiSignal>,
+}
+
+impl std::fmt::Debug for RootPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootPort")
+            .field("slot_number", &self.slot_number)
+            .field("secondary", &self.secondary)
+            .field("window", &self.window())
+            .field("slot_control", &format_args!("{:#x}", self.slot_control))
+            .field("slot_status", &format_args!("{:#x}", self.slot_status))
+            .field("occupied", &self.child.is_some())
+            .finish()
+    }
+}
+
+impl RootPort {
+    /// An empty, powered-off port with physical slot number `slot_number` whose secondary
+    /// (and subordinate) bus is `secondary` and whose memory window is `window` (start and
+    /// end exclusive, 1 MiB aligned; an empty or unaligned window leaves the window closed).
+    pub fn new(slot_number: u8, secondary: u8, window: (u64, u64)) -> RootPort {
+        let (base, limit) = match window {
+            (s, e) if s < e && s % (1 << 20) == 0 && e % (1 << 20) == 0 && e <= 1 << 32 => {
+                ((s >> 16) as u16 & 0xfff0, ((e - 1) >> 16) as u16 & 0xfff0)
+            }
+            _ => (0xfff0, 0),
+        };
+        let Some(msi) = MsiCap::new(MSI_OFFSET, 1 << 7, 1) else {
+            unreachable!("a one-vector 64-bit MSI capability fits at 0x40")
+        };
+        RootPort {
+            slot_number,
+            // Memory decoding on, as firmware leaves a port whose window it programmed.
+            command: COMMAND_MEMORY,
+            line: 0,
+            bridge_control: 0,
+            primary: 0,
+            secondary,
+            subordinate: secondary,
+            memory_base: base,
+            memory_limit: limit,
+            msi,
+            device_control: 0,
+            link_control: 0,
+            slot_control: SLOT_CONTROL_PCC,
+            slot_status: 0,
+            device_control2: 0,
+            link_control2: 1,
+            child: None,
+            asserted: false,
+            signal: None,
+        }
+    }
+
+    /// Where the port raises its MSI (the VM's message injection).
+    pub fn set_signal(&mut self, signal: MsiSignal) {
+        self.signal = Some(signal);
+    }
+
+    /// Its secondary and subordinate bus numbers, as the guest last programmed them.
+    pub fn buses(&self) -> (u8, u8) {
+        (self.secondary, self.subordinate)
+    }
+
+    /// The memory window it forwards now (start, end exclusive), `None` when closed or
+    /// memory decoding is off.
+    pub fn window(&self) -> Option<(u64, u64)> {
+        if self.command & COMMAND_MEMORY == 0 {
+            return None;
+        }
+        let base = u64::from(self.memory_base & 0xfff0) << 16;
+        let end = (u64::from(self.memory_limit & 0xfff0) << 16) + (1 << 20);
+        (base < end).then_some((base, end))
+    }
+
+    /// The function in its slot.
+    pub fn child(&self) -> Option<&SharedPciDevice> {
+        self.child.as_ref()
+    }
+
+    /// Whether a function is in its slot.
+    pub fn is_occupied(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Whether the slot is powered (the guest has not turned the power controller off).
+    pub fn is_powered(&self) -> bool {
+        self.slot_control & SLOT_CONTROL_PCC == 0
+    }
+
+    /// Whether the guest has turned off the power of an occupied slot: the function may be
+    /// taken out ([`RootPort::unplug`]).
+    pub fn powered_off(&self) -> bool {
+        self.is_occupied() && !self.is_powered()
+    }
+
+    /// Puts `device` in the slot as present at boot (cold-plug): presence and link up, no
+    /// event, the slot powered.
+    pub fn cold_plug(&mut self, device: SharedPciDevice) {
+        self.child = Some(device);
+        self.slot_control &= !SLOT_CONTROL_PCC;
+        self.slot_status |= SLOT_STATUS_PDS;
+    }
+
+    /// Puts `device` in the empty slot at runtime: presence detected and changed, and the link
+    /// changes once the guest powers the slot; the port's interrupt if enabled. Gives the
+    /// device back when the slot is occupied.
+    pub fn plug(&mut self, device: SharedPciDevice) -> Result<(), SharedPciDevice> {
+        if self.child.is_some() {
+            return Err(device);
+        }
+        self.child = Some(device);
+        self.slot_status |= SLOT_STATUS_PDS | SLOT_STATUS_PDC;
+        if self.is_powered() {
+            self.slot_status |= SLOT_STATUS_DLLSC;
+        }
+        self.update_interrupt();
+        Ok(())
+    }
+
+    /// Presses the slot's attention button: the guest's request to release the function.
+    pub fn press_attention(&mut self) {
+        self.slot_status |= SLOT_STATUS_ABP;
+        self.update_interrupt();
+    }
+
+    /// Takes the function out of the slot: presence and link down, both changes flagged.
+    pub fn unplug(&mut self) -> Option<SharedPciDevice> {
+        let child = self.child.take()?;
+        let link_was_up = self.is_powered();
+        self.slot_status &= !SLOT_STATUS_PDS;
+        self.slot_status |= SLOT_STATUS_PDC;
+        if link_was_up {
+            self.slot_status |= SLOT_STATUS_DLLSC;
+        }
+        self.update_interrupt();
+        Some(child)
+    }
+
+    fn link_active(&self) -> bool {
+        self.is_occupied() && self.is_powered()
+    }
+
+    /// The events whose interrupts the guest enabled.
+    fn enabled_events(&self) -> u16 {
+        let c = self.slot_control;
+        let mut e = 0;
+        if c & SLOT_CONTROL_ABPE != 0 {
+            e |= SLOT_STATUS_ABP;
+        }
+        if c & SLOT_CONTROL_PDCE != 0 {
+            e |= SLOT_STATUS_PDC;
+        }
+        if c & SLOT_CONTROL_DLLSCE != 0 {
+            e |= SLOT_STATUS_DLLSC;
+        }
+        e
+    }
+
+    /// Raises the MSI on the rising edge of "an enabled event is pending".
+    fn update_interrupt(&mut self) {
+        let now = self.slot_control & SLOT_CONTROL_HPIE != 0
+            && self.slot_status & self.enabled_events() != 0;
+        let rising = now && !self.asserted;
+        self.asserted = now;
+        if !rising {
+            return;
+        }
+        let state = self.msi.state();
+        match (state.routes.first().copied().flatten(), &self.signal) {
+            (Some(msg), Some(signal)) if state.enabled => signal(msg),
+            _ => tracing::debug!(
+                slot = self.slot_number,
+                "root port: hot-plug event with MSI off (the guest polls or has not bound pciehp)"
+            ),
+        }
+    }
+
+    fn pcie_read(&self, at: usize) -> u32 {
+        match at {
+            0x00 => 0x10 | u32::from(PCIE_CAPS) << 16,
+            0x04 => DEVICE_CAPS,
+            0x08 => u32::from(self.device_control),
+            0x0c => LINK_CAPS | u32::from(self.slot_number) << 24,
+            0x10 => {
+                let status = LINK_STATUS
+                    | if self.link_active() {
+                        LINK_STATUS_DLLLA
+                    } else {
+                        0
+                    };
+                u32::from(self.link_control) | u32::from(status) << 16
+            }
+            0x14 => SLOT_CAPS | u32::from(self.slot_number) << 19,
+            0x18 => u32::from(self.slot_control) | u32::from(self.slot_status) << 16,
+            0x28 => u32::from(self.device_control2),
+            0x2c => LINK_CAPS2,
+            0x30 => u32::from(self.link_control2),
+            _ => 0,
+        }
+    }
+
+    fn pcie_write(&mut self, at: usize, v: u32, written: impl Fn(usize, usize) -> bool) {
+        match at {
+            0x08 if written(0, 2) => self.device_control = v as u16,
+            0x10 if written(0, 2) => self.link_control = v as u16 & 0x0fff,
+            0x18 => {
+                if written(2, 4) {
+                    // Write 1 to clear: only bits set in the bytes written.
+                    let clear = (v >> 16) as u16 & SLOT_STATUS_EVENTS;
+                    self.slot_status &= !clear;
+                }
+                if written(0, 2) {
+                    let was_powered = self.is_powered();
+                    self.slot_control = v as u16 & SLOT_CONTROL_WRITABLE;
+                    // Powering an occupied slot brings its link up.
+                    if !was_powered && self.is_powered() && self.is_occupied() {
+                        self.slot_status |= SLOT_STATUS_DLLSC;
+                    }
+                    if was_powered && !self.is_powered() && self.is_occupied() {
+                        self.slot_status |= SLOT_STATUS_DLLSC;
+                    }
+                }
+                self.update_interrupt();
+            }
+            0x28 if written(0, 2) => self.device_control2 = v as u16,
+            0x30 if written(0, 2) => self.link_control2 = v as u16,
+            _ => {}
+        }
+    }
+
+    /// The 32-bit configuration register `reg` (dword index; past the space reads as 0s).
+    pub fn read(&self, reg: usize) -> u32 {
+        let off = reg.wrapping_mul(4);
+        if off == MSI_OFFSET {
+            // The capability's next pointer is the port's: the PCI Express capability.
+            return self.msi.read(off) & !0xff00 | (PCIE_OFFSET as u32) << 8;
+        }
+        if self.msi.contains(off) {
+            return self.msi.read(off);
+        }
+        if (PCIE_OFFSET..PCIE_OFFSET + PCIE_LEN).contains(&off) {
+            return self.pcie_read(off - PCIE_OFFSET);
+        }
+        match reg {
+            0 => VENDOR_DEVICE,
+            1 => u32::from(self.command) | u32::from(STATUS_CAP_LIST) << 16,
+            2 => CLASS,
+            // Header type 1, one function.
+            3 => 0x0001_0000,
+            6 => {
+                u32::from(self.primary)
+                    | u32::from(self.secondary) << 8
+                    | u32::from(self.subordinate) << 16
+            }
+            8 => u32::from(self.memory_base) | u32::from(self.memory_limit) << 16,
+            13 => MSI_OFFSET as u32,
+            15 => u32::from(self.line) | u32::from(self.bridge_control) << 16,
+            _ => 0,
+        }
+    }
+
+    /// A guest write of `data` (1 to 4 bytes within one dword) at byte `offset`; read-only
+    /// bits keep their values and anything odd is dropped.
+    pub fn write(&mut self, offset: usize, data: &[u8]) {
+        let within = offset % 4;
+        if data.is_empty() || within + data.len() > 4 || offset >= 0x1000 {
+            return;
+        }
+        if self.msi.contains(offset) {
+            // The next pointer is this port's, not the capability's: only the control and
+            // message registers are the guest's.
+            self.msi.write(offset, data);
+            return;
+        }
+        let dword = offset - within;
+        let mut v = self.read(dword / 4).to_le_bytes();
+        v[within..within + data.len()].copy_from_slice(data);
+        let v = u32::from_le_bytes(v);
+        let written = |lo: usize, hi: usize| within < hi && within + data.len() > lo;
+        if (PCIE_OFFSET..PCIE_OFFSET + PCIE_LEN).contains(&dword) {
+            self.pcie_write(dword - PCIE_OFFSET, v, written);
+            return;
+        }
+        match dword {
+            0x04 if written(0, 2) => self.command = v as u16 & COMMAND_WRITABLE,
+            0x18 => {
+                if written(0, 1) {
+                    self.primary = v as u8;
+                }
+                if written(1, 2) {
+                    self.secondary = (v >> 8) as u8;
+                }
+                if written(2, 3) {
+                    self.subordinate = (v >> 16) as u8;
+                }
+            }
+            0x20 => {
+                if written(0, 2) {
+                    self.memory_base = v as u16 & 0xfff0;
+                }
+                if written(2, 4) {
+                    self.memory_limit = (v >> 16) as u16 & 0xfff0;
+                }
+            }
+            0x3c => {
+                if written(0, 1) {
+                    self.line = v as u8;
+                }
+                if written(2, 4) {
+                    self.bridge_control = (v >> 16) as u16 & BRIDGE_CONTROL_WRITABLE;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A read at `addr` forwarded to the function if the window holds it.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match (self.forwards(addr, data.len()), &self.child) {
+            (true, Some(c)) => lock(c).mmio_read(addr, data),
+            _ => false,
+        }
+    }
+
+    /// A write at `addr` forwarded to the function if the window holds it.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        match (self.forwards(addr, data.len()), &self.child) {
+            (true, Some(c)) => lock(c).mmio_write(addr, data),
+            _ => false,
+        }
+    }
+
+    fn forwards(&self, addr: u64, len: usize) -> bool {
+        self.window().is_some_and(|(s, e)| {
+            addr >= s && addr.checked_add(len as u64).is_some_and(|end| end <= e)
+        })
+    }
+}
+
+impl PciDevice for RootPort {
+    fn config_read(&mut self, reg: usize) -> u32 {
+        self.read(reg)
+    }
+    fn config_write(&mut self, offset: usize, data: &[u8]) {
+        self.write(offset, data)
+    }
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
+        RootPort::mmio_read(self, addr, data)
+    }
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
+        RootPort::mmio_write(self, addr, data)
+    }
+}
+
+#[cfg(test)]
+mod tests;
