@@ -13,8 +13,8 @@
 //! embedder, and each of containerd's shims, one per pod). `KATA_RS_BOOT_SLOTS` sets the number
 //! (`0`: no admission control); unset, it is the host's CPU count where guests run under TCG
 //! (no usable KVM: `kata_hypervisor::kvm::choose_accelerator`), and no limit with KVM (a KVM
-//! boot mostly waits, and was not measured to gain). A host where the directory cannot be used (an unprivileged embedder) starts without
-//! admission control rather than failing the start.
+//! boot mostly waits, and was not measured to gain). A host where the directory cannot be used
+//! (an unprivileged embedder) starts without admission control rather than failing the start.
 //!
 //! The wait for a slot is not part of the agent timeout nor of [`crate::BootTimings`]: the
 //! boot's budget starts once it may run. A start waits at most `max_wait` (the agent's dial
