@@ -11,9 +11,10 @@
 //! pod network as virtio-net NICs on the taps kata-resource made (their open queues); puts its
 //! vCPU and device threads in the sandbox's host cgroup ([`Hypervisor::in_process_threads`]);
 //! gives the guest a virtio console (`console=hvc0`, the agent's stdio) beside the serial port,
-//! and [`Hypervisor::console_tail`] reads it; cold-plugs VFIO PCI functions (`cold_plug_vfio`
-//! other than `no-port`) onto the VMM's own PCI root bus, the first at `00:01.0`
-//! ([`Hypervisor::device_address`] tells the agent), see `kata_vmm::devices::vfio`.
+//! and [`Hypervisor::console_tail`] reads it; cold-plugs VFIO PCI functions, each behind a PCIe
+//! root port of its own with `cold_plug_vfio = "root-port"` (the first at guest path `01/00`)
+//! or on the VMM's PCI root bus (`01`) ([`Hypervisor::device_address`] tells the agent), see
+//! `kata_vmm::devices::vfio`.
 //! With `enable_virtio_mem = true` the VM grows (and shrinks) its memory through a virtio-mem
 //! device up to `default_maxmemory` ([`Hypervisor::resize_memory`], see `resize`). With
 //! `reclaim_guest_freed_memory = true` it has a virtio-balloon with free page reporting: the
@@ -35,7 +36,7 @@ use kata_vmm::devices::legacy::ConsoleSink;
 use kata_vmm::devices::virtio::block::BlockConfig;
 use kata_vmm::devices::virtio::net::device::parse_mac;
 use kata_vmm::devices::virtio::net::NetConfig;
-use kata_vmm::vm::{BalloonConfig, ExitWatcher, VfioConfig, Vm, VmBuilder};
+use kata_vmm::vm::{BalloonConfig, ExitWatcher, Vm, VmBuilder};
 
 use crate::backend::host::{check, CheckStatus, HostCheck, HostProbe};
 use crate::config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};
@@ -245,7 +246,7 @@ impl Builtin {
             b = b.net(nic.clone());
         }
         for v in lock(&self.vfio).iter() {
-            b = b.vfio(VfioConfig::new(&v.bdf));
+            b = b.vfio(vfio::vmm_config(&self.config, v));
         }
         Ok(b)
     }
@@ -451,7 +452,7 @@ impl Hypervisor for Builtin {
     }
 
     async fn device_address(&self, id: &str) -> Result<GuestAddress> {
-        vfio::address(&lock(&self.vfio), id)
+        vfio::address(&self.config, &lock(&self.vfio), id)
     }
 
     async fn resize_vcpus(&self, vcpus: u32) -> Result<u32> {

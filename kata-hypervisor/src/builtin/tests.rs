@@ -223,13 +223,13 @@ async fn vfio_functions_are_cold_plugged_on_the_root_bus_in_order() {
     assert_eq!(
         b.device_address("vfio-a").await.unwrap().to_string(),
         GuestAddress::Pci {
-            path: "01".parse().unwrap()
+            path: "01/00".parse().unwrap()
         }
         .to_string()
     );
     assert!(matches!(
         b.device_address("vfio-b").await.unwrap(),
-        GuestAddress::Pci { path } if path.to_string() == "02"
+        GuestAddress::Pci { path } if path.to_string() == "02/00"
     ));
     let e = b.device_address("other").await.unwrap_err().to_string();
     assert!(e.contains("other") && e.contains("not cold-plugged"), "{e}");
@@ -237,6 +237,7 @@ async fn vfio_functions_are_cold_plugged_on_the_root_bus_in_order() {
     let vm = b.builder().unwrap();
     let bdfs: Vec<_> = vm.config().vfio.iter().map(|v| v.bdf.clone()).collect();
     assert_eq!(bdfs, ["0000:00:03.0", "0000:00:04.0"]);
+    assert!(vm.config().vfio.iter().all(|v| v.behind_root_port), "root-port: behind ports");
 }
 
 #[tokio::test]

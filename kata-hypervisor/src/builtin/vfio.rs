@@ -1,16 +1,19 @@
-//! VFIO with the built-in VMM: cold-plug only, on the VMM's own PCI root bus.
+//! VFIO with the built-in VMM: cold-plug only, behind PCIe root ports or on the root bus.
 //!
-//! The VMM has one conventional PCI bus and no ports: the functions given at boot sit at
-//! `00:01.0`, `00:02.0`, ... in the order the sandbox gave them, so the guest PCI path of the
-//! n-th is `0n`. `cold_plug_vfio = "root-port"` (or `no-port` with no device) is accepted;
-//! switch and bridge ports and any `hot_plug_vfio` are refused naming the key, and a hot-plug
-//! into a running VM is refused naming the device. The functions' interrupts are kata-vmm's
+//! With `cold_plug_vfio = "root-port"` each function given at boot gets a PCIe root port of
+//! its own (kata-vmm's `devices::pci::root_port`, a hot-plug capable slot), the ports at
+//! `00:01.0`, `00:02.0`, ... in the order the sandbox gave the functions and each function
+//! device 0 of its port's bus: the guest PCI path of the n-th is `0n/00`. With `no-port` they
+//! sit on the root bus itself (`0n`). Switch and bridge ports and any `hot_plug_vfio` are
+//! refused naming the key, and a hot-plug into a running VM is refused naming the device. The functions' interrupts are kata-vmm's
 //! (`kata_vmm::devices::vfio::irq`): MSI and MSI-X through KVM MSI routes (MSI-X's table
 //! emulated and trapped in its BAR), INTx on the IOAPIC pin the MP table names.
 
 use crate::config::HypervisorConfig;
 use crate::device::{GuestAddress, PciPath, PciePort, VfioDevice};
 use crate::error::{Error, Result};
+
+use kata_vmm::vm::VfioConfig;
 
 use super::NAME;
 
@@ -23,9 +26,9 @@ pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
         return Err(Error::InvalidConfig {
             key: "cold_plug_vfio",
             value: c.cold_plug_vfio.to_string(),
-            reason: "the built-in VMM has one PCI root bus and no switch or bridge: set \
-                     cold_plug_vfio = \"root-port\" (the device goes on the root bus), or use \
-                     [hypervisor.qemu]"
+            reason: "the built-in VMM has PCIe root ports and no switch or bridge: set \
+                     cold_plug_vfio = \"root-port\" (each device behind a root port of its \
+                     own), or use [hypervisor.qemu]"
                 .into(),
         });
     }
@@ -41,8 +44,24 @@ pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
     Ok(())
 }
 
-/// Where the guest finds cold-plugged function `id`: slot `index + 1` of the root bus.
-pub(super) fn address(functions: &[VfioDevice], id: &str) -> Result<GuestAddress> {
+/// The VMM's view of cold-plugged function `v`: behind a root port of its own with
+/// `cold_plug_vfio = "root-port"`.
+pub(super) fn vmm_config(c: &HypervisorConfig, v: &VfioDevice) -> VfioConfig {
+    let f = VfioConfig::new(&v.bdf);
+    if c.cold_plug_vfio == PciePort::RootPort {
+        f.behind_root_port()
+    } else {
+        f
+    }
+}
+
+/// Where the guest finds cold-plugged function `id`: slot `index + 1` of the root bus, or
+/// device 0 behind the root port there with `cold_plug_vfio = "root-port"`.
+pub(super) fn address(
+    c: &HypervisorConfig,
+    functions: &[VfioDevice],
+    id: &str,
+) -> Result<GuestAddress> {
     let index = functions
         .iter()
         .position(|f| f.id == id)
@@ -54,7 +73,12 @@ pub(super) fn address(functions: &[VfioDevice], id: &str) -> Result<GuestAddress
             ),
         })?;
     let slot = u8::try_from(index + 1).unwrap_or(u8::MAX);
-    let path = PciPath::new(vec![slot]).map_err(|e| Error::Unsupported {
+    let slots = if c.cold_plug_vfio == PciePort::RootPort {
+        vec![slot, 0]
+    } else {
+        vec![slot]
+    };
+    let path = PciPath::new(slots).map_err(|e| Error::Unsupported {
         backend: NAME,
         what: format!("device {id}: {e}"),
     })?;
@@ -71,5 +95,52 @@ pub(super) fn hot_plug_refused(v: &VfioDevice) -> Error {
              cold_plug_vfio = \"root-port\", or use [hypervisor.qemu] to hot-plug it",
             v.id, v.bdf
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HypervisorType;
+
+    fn functions() -> Vec<VfioDevice> {
+        ["0000:00:03.0", "0000:00:04.0"]
+            .iter()
+            .enumerate()
+            .map(|(i, bdf)| VfioDevice {
+                id: format!("vfio-{i}"),
+                bdf: bdf.to_string(),
+            })
+            .collect()
+    }
+
+    fn with(cold: PciePort) -> HypervisorConfig {
+        HypervisorConfig {
+            cold_plug_vfio: cold,
+            ..HypervisorConfig::defaults_for(HypervisorType::Dragonball)
+        }
+    }
+
+    #[test]
+    fn root_port_puts_each_function_behind_a_port_no_port_on_the_root_bus() {
+        let f = functions();
+        let root = with(PciePort::RootPort);
+        assert_eq!(
+            address(&root, &f, "vfio-1").unwrap().to_string(),
+            GuestAddress::Pci {
+                path: "02/00".parse().unwrap()
+            }
+            .to_string()
+        );
+        assert!(vmm_config(&root, &f[0]).behind_root_port);
+        let none = with(PciePort::NoPort);
+        assert_eq!(
+            address(&none, &f, "vfio-0").unwrap().to_string(),
+            GuestAddress::Pci {
+                path: "01".parse().unwrap()
+            }
+            .to_string()
+        );
+        assert!(!vmm_config(&none, &f[0]).behind_root_port);
     }
 }

@@ -61,6 +61,27 @@ const EDU: (&str, &str) = ("0x1234", "0x11e8");
 pub(crate) const LIST_EDU: &str = "for d in /sys/bus/pci/devices/*; do \
     if [ \"$(cat $d/vendor)\" = 0x1234 ] && [ \"$(cat $d/device)\" = 0x11e8 ]; then \
     echo \"edu $(readlink -f $d)\"; fi; done; true";
+/// The hot-plug slots L2 registered (only a hot-plug driver, pciehp here, registers them):
+/// `slot <name> <bus address>` each.
+const HOTPLUG_SLOTS: &str = "for s in /sys/bus/pci/slots/*; do \
+    [ -f $s/address ] && echo \"slot ${s##*/} $(cat $s/address)\"; done; true";
+
+/// The built-in VMM's root port as L2 sees it: a hot-plug slot pciehp registered whose bus is
+/// the edu's (`0000:01:00`: device 0 behind the first port).
+fn pciehp_slot(listing: &str) -> Result<String> {
+    listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("slot "))
+        .find(|l| l.ends_with(" 0000:01:00"))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no hot-plug slot at 0000:01:00 in L2 (pciehp did not bind the root port): \
+                 {listing:?}"
+            )
+        })
+}
+
 /// BAR0 through /dev/mem: identification, then liveness (BAR0+4 reads back inverted).
 const BAR0: &str = "d=$(for d in /sys/bus/pci/devices/*; do \
     [ \"$(cat $d/vendor)\" = 0x1234 ] && [ \"$(cat $d/device)\" = 0x11e8 ] && echo $d; done); \
@@ -885,20 +906,22 @@ async fn builtin_cold_case(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir:
             "builtin-vfio-cold-boot-to-agent-ready",
             sb.boot_timings().agent_connected.as_secs_f64() * 1000.0,
             "ms",
-            "one edu cold-plugged on the built-in VMM's PCI root bus (its DMA mapping pins \
+            "one edu cold-plugged behind a root port of the built-in VMM (its DMA mapping pins \
              L2's 256 MiB first); compare builtin-boot-to-agent-ready, without a device"
         )
     );
-    let seen = tokio::time::timeout(limit, run_in(&sb, rootfs, vfio, false, LIST_EDU)).await;
+    let script = format!("{LIST_EDU}; {HOTPLUG_SLOTS}");
+    let seen = tokio::time::timeout(limit, run_in(&sb, rootfs, vfio, false, &script)).await;
     r.line(
         "vfio-cold",
         seen.context("timed out")
             .and_then(|s| s)
-            .and_then(|l| seen_at_depth(&l, 1))
-            .map(|p| {
+            .and_then(|l| Ok((seen_at_depth(&l, 2)?, pciehp_slot(&l)?)))
+            .map(|(p, slot)| {
                 format!(
-                    "{} cold-plugged on the built-in VMM's root bus: 1234:11e8 at guest PCI \
-                     path {p}; sandbox with it booted in {booted:.1?}",
+                    "{} cold-plugged behind the built-in VMM's root port: 1234:11e8 at guest PCI \
+                     path {p}, the port's slot {slot} registered by L2's pciehp; sandbox with it \
+                     booted in {booted:.1?}",
                     vfio.display()
                 )
             }),
@@ -1063,6 +1086,16 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_builtin_cold_case_needs_the_edu_behind_a_port_with_a_pciehp_slot() {
+        let l = "edu /sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0\nslot 1 0000:01:00\n";
+        assert_eq!(seen_at_depth(l, 2).unwrap(), "01/00");
+        assert_eq!(pciehp_slot(l).unwrap(), "1 0000:01:00");
+        let root_bus = "edu /sys/devices/pci0000:00/0000:00:01.0\n";
+        assert!(seen_at_depth(root_bus, 2).is_err());
+        assert!(pciehp_slot(root_bus).unwrap_err().to_string().contains("pciehp"));
+    }
 
     #[test]
     fn the_proof_needs_the_identification_and_the_factorial() {
