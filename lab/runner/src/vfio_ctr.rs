@@ -83,8 +83,8 @@ fn edit(text: &str, file: &str, lines: &[(&str, &str)]) -> Result<String> {
     Ok(text)
 }
 
-/// The shipped dragonball configuration's text with cold-plug on a root port (the built-in
-/// VMM's root bus).
+/// The shipped dragonball configuration's text with cold-plug on a root port (on the built-in
+/// VMM, an emulated PCIe root port per function: the edu at `01/00`).
 fn cold_plug_config(text: String) -> Result<String> {
     edit(
         &text,
