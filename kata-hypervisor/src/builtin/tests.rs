@@ -201,7 +201,7 @@ fn function(id: &str, bdf: &str) -> DeviceConfig {
 }
 
 #[tokio::test]
-async fn vfio_functions_are_cold_plugged_on_the_root_bus_in_order() {
+async fn vfio_functions_are_cold_plugged_behind_root_ports_in_order() {
     assert!(capabilities(&config()).vfio, "cold-plug");
     let dir = tempfile::tempdir().unwrap();
     let (kernel, initrd) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
