@@ -97,7 +97,13 @@ async fn admit_in(
     let files = match open_slots(dir, n) {
         Ok(files) => files,
         Err(e) => {
-            tracing::debug!(sandbox_id, dir = %dir.display(), error = %e, "no boot admission control: the slot directory cannot be used");
+            // An unprivileged embedder cannot make it: expected, quiet. Anything else (a
+            // symlink, another user's directory) is worth a warning.
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                tracing::debug!(sandbox_id, dir = %dir.display(), error = %e, "no boot admission control: the slot directory cannot be used");
+            } else {
+                tracing::warn!(sandbox_id, dir = %dir.display(), error = %e, "no boot admission control: the slot directory cannot be used");
+            }
             return (None, Duration::ZERO);
         }
     };
@@ -136,8 +142,30 @@ async fn admit_in(
 }
 
 /// Opens (creating them if needed) the `n` slot files in `dir`.
+///
+/// `flock` needs only a descriptor, and any user who can open a slot file, even read-only,
+/// could hold a slot and delay every start on the host. So `dir` is this user's own directory
+/// with mode 0700 (made so, or tightened when this user owns it; a symlink or another user's
+/// directory is refused), and the files are 0600, opened without following a symlink.
 fn open_slots(dir: &Path, n: usize) -> std::io::Result<Vec<File>> {
-    std::fs::create_dir_all(dir)?;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory of uid {me} (a symlink, a file or uid {}'s): remove it",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     (0..n)
         .map(|i| {
             let path: PathBuf = dir.join(i.to_string());
@@ -146,6 +174,8 @@ fn open_slots(dir: &Path, n: usize) -> std::io::Result<Vec<File>> {
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
         })
         .collect()
@@ -206,6 +236,34 @@ mod tests {
         let (slot, waited) = admit_in(dir.path(), 1, "b", Duration::from_millis(100)).await;
         assert!(slot.is_none());
         assert!(waited >= Duration::from_millis(100), "{waited:?}");
+    }
+
+    #[test]
+    fn the_slots_are_private_to_their_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = base.path().join("slots");
+        open_slots(&dir, 2).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("0")), 0o600);
+        // A directory of an earlier version (0755) is tightened.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        open_slots(&dir, 2).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        // A symlink in its place is refused, and so is a slot file that is a symlink.
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let e = open_slots(&link, 1).unwrap_err().to_string();
+        assert!(
+            e.contains("not a directory") && e.contains("remove it"),
+            "{e}"
+        );
+        let other = base.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::os::unix::fs::symlink(base.path().join("elsewhere"), other.join("0")).unwrap();
+        assert!(open_slots(&other, 1).is_err());
+        assert!(!base.path().join("elsewhere").exists());
     }
 
     #[tokio::test]
