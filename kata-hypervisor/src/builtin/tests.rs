@@ -237,7 +237,10 @@ async fn vfio_functions_are_cold_plugged_behind_root_ports_in_order() {
     let vm = b.builder().unwrap();
     let bdfs: Vec<_> = vm.config().vfio.iter().map(|v| v.bdf.clone()).collect();
     assert_eq!(bdfs, ["0000:00:03.0", "0000:00:04.0"]);
-    assert!(vm.config().vfio.iter().all(|v| v.behind_root_port), "root-port: behind ports");
+    assert!(
+        vm.config().vfio.iter().all(|v| v.behind_root_port),
+        "root-port: behind ports"
+    );
 }
 
 #[tokio::test]
