@@ -479,14 +479,24 @@ mod tests {
                 let w2 = unsafe { libc::write(fd, (&held as *const u64).cast(), 8) };
                 let thread = std::thread::spawn(|| 7).join().unwrap();
                 let signalled = w == 8 && r == 8 && held == 1 && w2 == 8;
-                (open, socket(libc::AF_UNIX), ioctl, kvm_run, signalled, thread)
+                (
+                    open,
+                    socket(libc::AF_UNIX),
+                    ioctl,
+                    kvm_run,
+                    signalled,
+                    thread,
+                )
             });
         assert_eq!(open.unwrap_err(), Some(libc::EPERM));
         assert_eq!(unix, (-1, libc::EPERM));
         assert_eq!(ioctl, (-1, libc::EPERM));
         assert_eq!(kvm_run.0, -1);
         assert_ne!(kvm_run.1, libc::EPERM, "KVM_RUN must pass the filter");
-        assert!(signalled, "a vCPU thread must still read and write its eventfds");
+        assert!(
+            signalled,
+            "a vCPU thread must still read and write its eventfds"
+        );
         assert_eq!(
             thread, 7,
             "threads must still start (clone with CLONE_THREAD)"

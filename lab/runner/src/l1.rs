@@ -651,7 +651,10 @@ mod tests {
         let rng = a
             .find("-device virtio-rng-pci,iommu_platform=on,disable-legacy=on")
             .expect("the MSI-X device, modern and behind the IOMMU");
-        assert!(edu < rng, "added after the edu, which keeps its address: {a}");
+        assert!(
+            edu < rng,
+            "added after the edu, which keeps its address: {a}"
+        );
         assert!(
             a.contains("memory-backend-memfd,id=mem,size=2048M,share=on"),
             "{a}"

@@ -1094,7 +1094,10 @@ mod tests {
         assert_eq!(pciehp_slot(l).unwrap(), "1 0000:01:00");
         let root_bus = "edu /sys/devices/pci0000:00/0000:00:01.0\n";
         assert!(seen_at_depth(root_bus, 2).is_err());
-        assert!(pciehp_slot(root_bus).unwrap_err().to_string().contains("pciehp"));
+        assert!(pciehp_slot(root_bus)
+            .unwrap_err()
+            .to_string()
+            .contains("pciehp"));
     }
 
     #[test]
