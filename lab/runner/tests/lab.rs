@@ -66,13 +66,9 @@ async fn setup() -> Result<Env> {
     opts.console_log = Some(console_log.clone());
     // The runner's log in L1 (tracing's filter syntax), e.g. KATA_LAB_LOG=kata_hypervisor=debug.
     opts.log = std::env::var("KATA_LAB_LOG").ok().filter(|l| !l.is_empty());
-    let mut expected = expected_checks(&vmms);
-    // The density mode (KATA_LAB_DENSITY): its figure run reports `density` (src/density.rs).
-    // It runs alone: L1's and the runner's own checks, then it.
+    let expected = expected(&vmms);
     if l1::density_pods().is_some() {
         opts.timeout = l1::DENSITY_TIMEOUT;
-        expected = expected_checks(&[]);
-        expected.push(kata_lab::protocol::DENSITY_CHECK.into());
     }
     let mut run = {
         let (image, opts) = (image.clone(), opts.clone());
@@ -214,13 +210,24 @@ fn nothing_left(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// The checks this run must report: the VMMs' (`expected_checks`), or in the density mode
+/// (KATA_LAB_DENSITY, src/density.rs), which runs alone, L1's and the runner's own and `density`.
+fn expected(vmms: &[Vmm]) -> Vec<String> {
+    if l1::density_pods().is_none() {
+        return expected_checks(vmms);
+    }
+    let mut expected = expected_checks(&[]);
+    expected.push(kata_lab::protocol::DENSITY_CHECK.into());
+    expected
+}
+
 fn main() -> std::process::ExitCode {
     let mut suite = Suite::new("lab")
         .label("nested lab")
         .requires(|| kata_testkit::missing_root_or_tools(&["qemu-system-x86_64", "cpio"]))
         .requires(|| l1::virtiofsd().err().map(|e| e.to_string()));
     // A bad KATA_LAB_VMMS fails in setup, naming it.
-    for name in expected_checks(&vmms().unwrap_or_else(|_| Vmm::ALL.to_vec())) {
+    for name in expected(&vmms().unwrap_or_else(|_| Vmm::ALL.to_vec())) {
         suite = suite.blocking_case(&name.clone(), check_case(name));
     }
     suite
