@@ -4,6 +4,8 @@
 //! kernel, agent or VMM code ran ([`kata_lab::protocol::l2_reset_in_firmware`] tells that
 //! error apart). Every lab case that boots L2 builds through [`past_firmware`], which builds
 //! once more after such an error, at most [`TRIES`] times in all, and says so on the console.
+//! The same for a built-in VMM's L2 that shut down in its kernel's first second
+//! ([`kata_lab::protocol::l2_shut_down_in_early_boot`]).
 
 use std::fmt::Display;
 use std::future::Future;
@@ -23,10 +25,12 @@ where
     loop {
         match build().await {
             Err(e)
-                if tries < TRIES && kata_lab::protocol::l2_reset_in_firmware(&format!("{e:#}")) =>
+                if tries < TRIES
+                    && kata_lab::protocol::l2_lost_before_our_code(&format!("{e:#}")) =>
             {
                 println!(
-                    "kata-lab: L2 reset or hung inside its firmware ({e:#}); building it once more"
+                    "kata-lab: L2 reset or hung inside its firmware, or shut down in its kernel's \
+                     first second ({e:#}); building it once more"
                 );
                 tries += 1;
             }

@@ -558,6 +558,44 @@ pub fn l2_reset_in_firmware(error: &str) -> bool {
         && firmware_only(console)
 }
 
+/// Whether a sandbox's boot error is a built-in VMM's L2 that shut down (reset or triple
+/// fault: kata-vmm's "the guest shut down") in the first second of its kernel, before any
+/// line but the kernel's own quiet-boot messages: no `/init`, no panic or oops. Seen in a
+/// rehearsal of 2026-11-30 (`builtin-vfio-msi`: shut down at 0.012 s, right after the kernel's
+/// "no RSDP" line, which every kata-vmm guest prints) and in earlier lab runs (a density pod,
+/// `builtin-vfio-hot-refused`), each passing when built again: nested SVM under TCG, as the
+/// firmware resets of QEMU's L2. A kernel that panics prints it (its lines are KERN_EMERG even
+/// under `quiet`) and is not matched, nor is a later shutdown or any other failure.
+pub fn l2_shut_down_in_early_boot(error: &str) -> bool {
+    let Some((head, console)) = error.rsplit_once("---") else {
+        return false;
+    };
+    let early = |line: &str| {
+        let Some(rest) = line.trim().strip_prefix('[') else {
+            return false;
+        };
+        let Some((stamp, text)) = rest.split_once(']') else {
+            return false;
+        };
+        let lower = text.to_ascii_lowercase();
+        stamp.trim().parse::<f64>().is_ok_and(|s| s < 1.0)
+            && !["panic", "oops", "bug:", "/init"]
+                .iter()
+                .any(|w| lower.contains(w))
+    };
+    !head.contains("the sandbox died")
+        && head.contains("the VM exited (the guest shut down)")
+        && head.contains("guest console")
+        && !console.trim().is_empty()
+        && console.lines().filter(|l| !l.trim().is_empty()).all(early)
+}
+
+/// Whether a sandbox's boot error is one of L2's faults that never reached our code and is
+/// built again: [`l2_reset_in_firmware`] or [`l2_shut_down_in_early_boot`].
+pub fn l2_lost_before_our_code(error: &str) -> bool {
+    l2_reset_in_firmware(error) || l2_shut_down_in_early_boot(error)
+}
+
 /// Whether a console excerpt holds SeaBIOS's own output and nothing else: its banner, "Booting
 /// from ROM" and its dots, any of them cut where L2 stopped (a hang in the middle of the banner,
 /// "SeaBIOS (version 1.16.2-debi", was seen in a CI run of 2026-11-30).
@@ -687,6 +725,38 @@ mod tests {
         assert!(!l2_reset_in_firmware(
             "the sandbox died: the VM exited (exit code 0); it was torn down"
         ));
+    }
+
+    #[test]
+    fn only_an_early_shutdown_of_the_kernel_is_built_again() {
+        // Verbatim from the rehearsal of 2026-11-30 (builtin-vfio-msi).
+        let early = "the sandbox did not start: the VM exited (the guest shut down) --- last 1 \
+                     guest console lines ---\n[    0.012387] ACPI BIOS Error (bug): A valid RSDP \
+                     was not found (20220331/tbxfroot-210)";
+        assert!(l2_shut_down_in_early_boot(early));
+        assert!(l2_lost_before_our_code(early));
+        // As build() returns it, before a case adds its context.
+        assert!(l2_shut_down_in_early_boot(
+            "the VM exited (the guest shut down)\n--- last 1 guest console lines ---\n[    \
+             0.012387] ACPI BIOS Error (bug): A valid RSDP was not found (20220331/tbxfroot-210)"
+        ));
+        assert!(!l2_reset_in_firmware(early));
+        // A panic, a later line, /init reached, a died sandbox, an empty console: not matched.
+        for not in [
+            "the sandbox did not start: the VM exited (the guest shut down) --- last 2 guest \
+             console lines ---\n[    0.012387] x\n[    0.300000] Kernel panic - not syncing: VFS",
+            "the sandbox did not start: the VM exited (the guest shut down) --- last 1 guest \
+             console lines ---\n[    1.402000] virtio_mem: oh no",
+            "the sandbox did not start: the VM exited (the guest shut down) --- last 1 guest \
+             console lines ---\n[    0.900000] Run /init as init process",
+            "the sandbox died: the VM exited (the guest shut down) --- last 1 guest console \
+             lines ---\n[    0.012387] ACPI BIOS Error (bug): A valid RSDP was not found",
+            "the sandbox did not start: the VM exited (the guest shut down)",
+            "the sandbox did not start: the VM failed: KVM_RUN --- last 1 guest console lines \
+             ---\n[    0.012387] ACPI BIOS Error",
+        ] {
+            assert!(!l2_shut_down_in_early_boot(not), "{not}");
+        }
     }
 
     #[test]

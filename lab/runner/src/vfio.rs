@@ -845,6 +845,15 @@ async fn build_builtin(
     vfio: &Path,
     root_dir: &str,
 ) -> Result<Sandbox> {
+    crate::l2_boot::past_firmware(|| build_builtin_once(cold, vfio_mode, vfio, root_dir)).await
+}
+
+async fn build_builtin_once(
+    cold: bool,
+    vfio_mode: bool,
+    vfio: &Path,
+    root_dir: &str,
+) -> Result<Sandbox> {
     use kata_sandbox::HypervisorType;
     let id = format!(
         "lab-builtin-vfio-{}{}",

@@ -141,8 +141,13 @@ fn msix_ok(out: &str) -> Result<String> {
     Ok(format!("{} (rising: {})", out.trim(), rose.join(", ")))
 }
 
-/// A built-in VMM sandbox in `guest-kernel` mode with `group` cold-plugged.
+/// A built-in VMM sandbox in `guest-kernel` mode with `group` cold-plugged (built again after
+/// an L2 lost before our code: `l2_boot`).
 async fn build(group: &Path, root_dir: &str) -> Result<Sandbox> {
+    crate::l2_boot::past_firmware(|| build_once(group, root_dir)).await
+}
+
+async fn build_once(group: &Path, root_dir: &str) -> Result<Sandbox> {
     use kata_sandbox::HypervisorType;
     let mut hv = kata_hypervisor::HypervisorConfig::defaults_for(HypervisorType::Dragonball);
     hv.cold_plug_vfio = PciePort::RootPort;
