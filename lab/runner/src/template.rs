@@ -169,8 +169,9 @@ async fn start(id: &str, rootfs: &Path, root_dir: &str, template: bool) -> Resul
 /// `qemu-template`.
 pub async fn qemu_template(rootfs: &Path, root_dir: &str) -> Result<String> {
     let _ = std::fs::remove_dir_all(TEMPLATE_DIR);
-    // The fresh boot alone goes past a firmware reset: a clone starts from the template's
-    // state, never from its firmware.
+    // The fresh boot and the first templated start (which boots the template VM through its
+    // firmware: a rehearsal of 2026-11-30 lost it to an exit 0 with an empty console) go past
+    // a firmware reset; a clone starts from the template's state, never from its firmware.
     let (fresh, f) =
         crate::l2_boot::past_firmware(|| start("lab-tpl-fresh", rootfs, root_dir, false)).await?;
     fresh.shutdown().await?;
@@ -178,7 +179,12 @@ pub async fn qemu_template(rootfs: &Path, root_dir: &str) -> Result<String> {
     let mut seen = Vec::new();
     let mut failed = None;
     for i in 1..=3 {
-        match start(&format!("lab-tpl-{i}"), rootfs, root_dir, true).await {
+        let id = format!("lab-tpl-{i}");
+        let started = match i {
+            1 => crate::l2_boot::past_firmware(|| start(&id, rootfs, root_dir, true)).await,
+            _ => start(&id, rootfs, root_dir, true).await,
+        };
+        match started {
             Ok((s, v)) => {
                 clones.push(s);
                 seen.push(v);
