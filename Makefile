@@ -70,7 +70,7 @@ vm-summary:
 	@booted=$$(grep -c '^booted ' $(KATA_RS_VM_TEST_LOG) 2>/dev/null || true); \
 	 failed=$$(grep -c '^no-guest ' $(KATA_RS_VM_TEST_LOG) 2>/dev/null || true); \
 	 echo "VM tests: $${booted:-0} booted a real guest, $${failed:-0} could not boot one"; \
-	 grep '^lab-rerun ' $(KATA_RS_VM_TEST_LOG) 2>/dev/null | sed 's/^/  the nested lab needed its second L1 run: /' || true; \
+	 grep '^lab-rerun ' $(KATA_RS_VM_TEST_LOG) 2>/dev/null | sed 's/^/  the nested lab needed another L1 run: /' || true; \
 	 if [ "$${failed:-0}" != "0" ]; then grep '^no-guest ' $(KATA_RS_VM_TEST_LOG); exit 1; fi; \
 	 if [ "$${booted:-0}" = "0" ]; then echo "no VM test booted a guest: failing"; exit 1; fi
 
