@@ -40,8 +40,10 @@ pub mod kvm;
 pub mod process;
 #[cfg(feature = "qemu")]
 pub mod qemu;
-#[cfg(any(feature = "qemu", feature = "test-backend"))]
+#[cfg(any(feature = "qemu", feature = "test-backend", feature = "builtin"))]
 mod ready;
+#[cfg(any(feature = "qemu", feature = "builtin"))]
+mod virtio_mem;
 
 pub use config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};
 pub use device::{

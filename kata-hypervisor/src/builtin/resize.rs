@@ -131,31 +131,14 @@ pub async fn resize_memory(
         what: format!("the virtio-mem wait task ({e})"),
         after: wait,
     })?;
-    let now = |plugged: u64| u32::try_from(u64::from(boot) + plugged / MIB).unwrap_or(u32::MAX);
-    if grow && plugged < target {
-        return Err(Error::Timeout {
-            what: format!(
-                "the guest to plug {} MiB of virtio-mem memory (it plugged {} MiB; is its \
-                 virtio_mem driver loaded? CONFIG_VIRTIO_MEM)",
-                target / MIB,
-                plugged / MIB
-            ),
-            after: wait,
-        });
+    crate::virtio_mem::Outcome {
+        boot_mib: boot,
+        requested: target,
+        before,
+        reached: plugged,
+        wait,
     }
-    if !grow && plugged > target {
-        tracing::warn!(
-            requested_mib = target / MIB,
-            plugged_mib = plugged / MIB,
-            "the guest kept virtio-mem memory it could not unplug"
-        );
-    }
-    tracing::info!(
-        from_mib = u64::from(boot) + before / MIB,
-        to_mib = now(plugged),
-        "built-in VMM: memory resized through virtio-mem"
-    );
-    Ok(now(plugged))
+    .judge("built-in VMM")
 }
 
 /// Why vCPUs are not hot-plugged into a built-in VM of `vcpus`.

@@ -212,7 +212,7 @@ pub async fn resize(
     let grow = requested > before;
     let start = tokio::time::Instant::now();
     let (mut size, mut changed) = (before, start);
-    let end = loop {
+    loop {
         let read = plugged_bytes(qmp).await?;
         if read != size {
             size = read;
@@ -227,34 +227,17 @@ pub async fn resize(
             wait,
         ) {
             Wait::Go => tokio::time::sleep(POLL).await,
-            done => break done,
+            _ => break,
         }
-    };
-    if grow && end != Wait::Reached {
-        return Err(Error::Timeout {
-            what: format!(
-                "the guest to plug {} MiB of virtio-mem memory (it plugged {} MiB; is its \
-                 virtio_mem driver there? CONFIG_VIRTIO_MEM)",
-                requested / MIB,
-                size / MIB
-            ),
-            after: wait,
-        });
     }
-    if !grow && size > requested {
-        tracing::warn!(
-            requested_mib = requested / MIB,
-            plugged_mib = size / MIB,
-            "the guest kept virtio-mem memory it could not unplug"
-        );
+    crate::virtio_mem::Outcome {
+        boot_mib: config.default_memory,
+        requested,
+        before,
+        reached: size,
+        wait,
     }
-    tracing::info!(
-        from_mib = now_mib(before),
-        to_mib = now_mib(size),
-        after_ms = start.elapsed().as_millis() as u64,
-        "QEMU: memory resized through virtio-mem"
-    );
-    Ok(now_mib(size))
+    .judge("QEMU")
 }
 
 #[cfg(test)]
