@@ -74,7 +74,8 @@ fn limited(mib: u32) -> oci_spec::runtime::Spec {
     oci
 }
 
-async fn case_a_leaving_container_gives_memory_back(env: Arc<Env>) -> Result<()> {
+/// A QEMU sandbox `id` of [`BOOT_MIB`] with virtio-mem up to [`MAX_MIB`], dynamically sized.
+async fn boot(env: &Env, id: &str) -> Result<Sandbox> {
     let kind = HypervisorType::Qemu;
     let hv = HypervisorConfig {
         enable_virtio_mem: true,
@@ -82,7 +83,7 @@ async fn case_a_leaving_container_gives_memory_back(env: Arc<Env>) -> Result<()>
         ..Sandbox::builder().hypervisor(kind).config().clone()
     };
     let sb = Sandbox::builder()
-        .id("vm-mem-shrink")
+        .id(id)
         .hypervisor(kind)
         .hypervisor_config(hv)
         .memory_mib(BOOT_MIB)
@@ -93,6 +94,11 @@ async fn case_a_leaving_container_gives_memory_back(env: Arc<Env>) -> Result<()>
         .await
         .context(NoGuest)?;
     booted();
+    Ok(sb)
+}
+
+async fn case_a_leaving_container_gives_memory_back(env: Arc<Env>) -> Result<()> {
+    let sb = boot(&env, "vm-mem-shrink").await?;
     let checked = async {
         let qemu: Vec<String> = processes_mentioning(&sb.dir().display().to_string(), "vm_mem")
             .into_iter()
@@ -167,24 +173,7 @@ fn saved_memory_mib(dir: &std::path::Path) -> Result<u64> {
 }
 
 async fn case_a_restored_sandbox_gives_memory_back(env: Arc<Env>) -> Result<()> {
-    let kind = HypervisorType::Qemu;
-    let hv = HypervisorConfig {
-        enable_virtio_mem: true,
-        default_maxmemory: MAX_MIB,
-        ..Sandbox::builder().hypervisor(kind).config().clone()
-    };
-    let sb = Sandbox::builder()
-        .id("vm-mem-restore")
-        .hypervisor(kind)
-        .hypervisor_config(hv)
-        .memory_mib(BOOT_MIB)
-        .vcpus(1)
-        .static_resources(false)
-        .root_dir(&env.root)
-        .build()
-        .await
-        .context(NoGuest)?;
-    booted();
+    let sb = boot(&env, "vm-mem-restore").await?;
     let dir = sb.dir().to_path_buf();
     let before = mem_total(&sb, &env, None, 0).await?;
     let want = u64::from(LIMIT_MIB) * 1024;
