@@ -7,9 +7,13 @@
 //! sandboxes ([`GUEST_MIB`] MiB, 1 vCPU; one build at a time: [`AT_ONCE`]), each running a
 //! container, and reads the pods' proportional set size (`Pss:` of `/proc/<pid>/smaps_rollup`):
 //!
-//! - QEMU: every host process of the pod (`Sandbox::host_pids`: QEMU and virtiofsd; the
-//!   kernel's vhost-vsock has no process). The guest memory's share is the `Pss:` of QEMU's
-//!   `memfd:memory-backend-memfd` mappings; the VMM's overhead is the pod's PSS less it.
+//! - QEMU: every host process of the pod: `Sandbox::host_pids` (QEMU; the kernel's vhost-vsock
+//!   has no process) and the pod's virtiofsd (the daemon kata-rs started and its sandboxed
+//!   child, found by their `--socket-path=<sandbox dir>/virtiofsd.sock`: `host_pids` does not
+//!   name them). The guest memory's share is the `Pss:` of QEMU's `memfd:memory-backend-memfd`
+//!   mappings; the VMM's overhead is the pod's PSS less it. Each of QEMU's and virtiofsd's PSS
+//!   is also split into `Pss_Anon`, `Pss_File` and `Pss_Shmem` (`smaps_rollup`), per pod, so
+//!   the overhead is attributed.
 //! - The built-in VMM: it lives in the runner's process, so a pod's PSS is the runner's PSS
 //!   growth over the boots divided by the pods; the guest memory's share is the `Pss:` of the
 //!   runner's `memfd:kata-vmm:` mappings. In a shim (one VM per `containerd-shim-kata-v2`
@@ -19,9 +23,12 @@
 //!   one runner holding N VMs counts once.
 //!
 //! Figures (printed, not asserted): per-pod PSS at 1 pod and at N, and the VMM overhead per VM
-//! (PSS less the guest memory's PSS), per backend. The check passes when every pod ran its
-//! container and, after the shutdowns, no VM process, mount under the root directory, sandbox
-//! directory or built-in VMM thread is left.
+//! (PSS less the guest memory's PSS), per backend; QEMU's split by process and kind. The check
+//! passes when every pod ran its container and, after the shutdowns, no VM process, mount under
+//! the root directory, sandbox directory or built-in VMM thread is left.
+//!
+//! A pod whose L2 was lost before its kernel said anything is built again, at most
+//! [`REBUILDS`] times ([`lost_before_its_kernel`]); the summary names the pods rebuilt.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -46,6 +53,26 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(180);
 /// L1 runs of four (a stack overflow in an interrupt, a corrupted stack end in the scheduler:
 /// nested SVM under TCG); one at a time is the mode's default.
 const AT_ONCE: usize = 1;
+
+/// How many times one pod is built again after [`lost_before_its_kernel`] (3 builds in all).
+pub const REBUILDS: usize = 2;
+
+/// Whether a pod's build error is an L2 lost before its kernel, and the pod is built again:
+/// the lab's rule ([`kata_lab::protocol::l2_lost_before_our_code`]: a reset or hang inside
+/// SeaBIOS, a built-in VMM's shutdown in its kernel's first second), or an agent that did not
+/// answer within the pod's whole dial limit ([`AGENT_TIMEOUT`]) with nothing at all on the
+/// guest console. The last is the density mode's own: QEMU's pods boot through qboot, which
+/// prints nothing, and the guest kernel runs `quiet`, so an L2 that hung in its firmware
+/// leaves an empty console (QEMU's fifth pod of the `KATA_LAB_DENSITY=10` run of 2026-11-30:
+/// its vsock device never started). An empty console cannot tell that from a kernel or agent
+/// of ours that hangs without a word (a panic would print: its lines are KERN_EMERG), so the
+/// rebuilds are bounded and counted in the check's summary: a fault that hangs every boot still
+/// fails its pod after [`REBUILDS`] rebuilds.
+pub fn lost_before_its_kernel(error: &str) -> bool {
+    kata_lab::protocol::l2_lost_before_our_code(error)
+        || (error.contains("the guest agent did not answer within")
+            && !error.contains("guest console lines"))
+}
 
 /// The pods `lab.density[=N]` on a kernel command line asks for: `None` without the word,
 /// `Some(Err)` for a count that is not 1..=[`MAX_PODS`].
@@ -93,16 +120,51 @@ pub fn mapping_kib(smaps: &str, memfd: &str, field: &str) -> u64 {
 
 /// The `Pss:` (KiB) of a `/proc/<pid>/smaps_rollup` text.
 pub fn rollup_pss_kib(rollup: &str) -> Option<u64> {
+    rollup_kib(rollup, "Pss:")
+}
+
+/// The `<field>` (KiB; `field` with its colon) of a `/proc/<pid>/smaps_rollup` text.
+pub fn rollup_kib(rollup: &str, field: &str) -> Option<u64> {
     rollup
         .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-fn pss_kib(pid: &str) -> Result<u64> {
+/// The kinds a process's PSS is split into: name and `smaps_rollup` field (Linux 5.9+).
+const KINDS: [(&str, &str); 3] = [
+    ("anon", "Pss_Anon:"),
+    ("file", "Pss_File:"),
+    ("shmem", "Pss_Shmem:"),
+];
+
+/// A process's PSS split into [`KINDS`] (KiB), summed over the processes added.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Split {
+    procs: usize,
+    kib: [u64; 3],
+}
+
+impl Split {
+    /// Adds one process's `smaps_rollup` text.
+    fn add(&mut self, rollup: &str) -> Result<()> {
+        for (i, (_, field)) in KINDS.iter().enumerate() {
+            self.kib[i] += rollup_kib(rollup, field)
+                .with_context(|| format!("no {field} line in smaps_rollup (Linux 5.9+)"))?;
+        }
+        self.procs += 1;
+        Ok(())
+    }
+}
+
+fn rollup(pid: &str) -> Result<String> {
     let path = format!("/proc/{pid}/smaps_rollup");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    rollup_pss_kib(&text).with_context(|| format!("no Pss: line in {path}"))
+    std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))
+}
+
+fn pss_kib(pid: &str) -> Result<u64> {
+    rollup_pss_kib(&rollup(pid)?)
+        .with_context(|| format!("no Pss: line in /proc/{pid}/smaps_rollup"))
 }
 
 fn guest_pss_kib(pid: &str, memfd: &str) -> Result<u64> {
@@ -111,12 +173,15 @@ fn guest_pss_kib(pid: &str, memfd: &str) -> Result<u64> {
     Ok(mapping_kib(&text, memfd, "Pss:"))
 }
 
-/// One memory reading: the pods' PSS and the guest memory's share of it, summed (KiB).
+/// One memory reading: the pods' PSS and the guest memory's share of it, summed (KiB); for
+/// QEMU also QEMU's and virtiofsd's PSS split by kind.
 #[derive(Debug, Clone, Copy, Default)]
 struct Reading {
     pods: usize,
     pss_kib: u64,
     guest_kib: u64,
+    qemu: Split,
+    virtiofsd: Split,
 }
 
 impl Reading {
@@ -140,18 +205,73 @@ fn read(vmm: Vmm, pods: &[Sandbox], runner_before_kib: u64) -> Result<Reading> {
             r.guest_kib = guest_pss_kib("self", "memfd:kata-vmm:")?;
         }
         Vmm::Qemu => {
+            let procs = kata_testkit::leaks::cmdlines();
             for pod in pods {
                 let pids = pod.host_pids();
                 ensure!(!pids.is_empty(), "the pod {} has no host process", pod.id());
                 for pid in pids {
                     let pid = pid.to_string();
-                    r.pss_kib += pss_kib(&pid)?;
+                    let text = rollup(&pid)?;
+                    r.pss_kib += rollup_pss_kib(&text)
+                        .with_context(|| format!("no Pss: line in /proc/{pid}/smaps_rollup"))?;
                     r.guest_kib += guest_pss_kib(&pid, "memfd:memory-backend-memfd")?;
+                    r.qemu
+                        .add(&text)
+                        .with_context(|| format!("QEMU, pid {pid}"))?;
+                }
+                for pid in virtiofsd_pids(&procs, pod.dir()) {
+                    let pid = pid.to_string();
+                    let text = rollup(&pid)?;
+                    r.pss_kib += rollup_pss_kib(&text)
+                        .with_context(|| format!("no Pss: line in /proc/{pid}/smaps_rollup"))?;
+                    r.virtiofsd
+                        .add(&text)
+                        .with_context(|| format!("virtiofsd, pid {pid}"))?;
                 }
             }
         }
     }
     Ok(r)
+}
+
+/// The pod's virtiofsd processes among `procs` (pid, command line): the daemon kata-rs started
+/// in `sandbox_dir` and its sandboxed child, which both carry its socket path
+/// (kata-resource's `<sandbox>/virtiofsd.sock`).
+fn virtiofsd_pids(procs: &[(u32, String)], sandbox_dir: &Path) -> Vec<u32> {
+    let socket = format!(
+        "--socket-path={} ",
+        sandbox_dir.join("virtiofsd.sock").display()
+    );
+    procs
+        .iter()
+        .filter(|(_, cmd)| format!("{cmd} ").contains(&socket))
+        .map(|(pid, _)| *pid)
+        .collect()
+}
+
+/// The figure lines of QEMU's split (`qemu-density-<qemu|virtiofsd>-<kind>-per-pod-<n>`);
+/// none for the built-in VMM.
+fn split_lines(vmm: Vmm, r: &Reading) -> Vec<String> {
+    if vmm != Vmm::Qemu {
+        return Vec::new();
+    }
+    let n = r.pods;
+    let mut lines = Vec::new();
+    for (who, split) in [("qemu", &r.qemu), ("virtiofsd", &r.virtiofsd)] {
+        for (i, (kind, field)) in KINDS.iter().enumerate() {
+            lines.push(figure_line(
+                &format!("{vmm}-density-{who}-{kind}-per-pod-{n}"),
+                r.per_pod_mib(split.kib[i]),
+                "MiB",
+                &format!(
+                    "{field} of smaps_rollup summed over the {} {who} processes of {n} pods, \
+                     per pod",
+                    split.procs
+                ),
+            ));
+        }
+    }
+    lines
 }
 
 /// The figure lines of one reading (`<vmm>-density-pss-per-pod-<n>` and
@@ -186,8 +306,18 @@ fn figure_lines(vmm: Vmm, r: &Reading) -> [String; 2] {
     ]
 }
 
-/// Builds pod `i` of `vmm` and runs its container.
-async fn pod(vmm: Vmm, i: usize, rootfs: &Path, root_dir: &str) -> Result<Sandbox> {
+/// Builds pod `i` of `vmm` and runs its container; also says how many times it was built
+/// again ([`lost_before_its_kernel`]).
+async fn pod(vmm: Vmm, i: usize, rootfs: &Path, root_dir: &str) -> (Result<Sandbox>, usize) {
+    let (r, rebuilt) = super::l2_boot::past(REBUILDS + 1, lost_before_its_kernel, || {
+        built(vmm, i, root_dir)
+    })
+    .await;
+    (run_in(r, i, rootfs).await, rebuilt)
+}
+
+/// Builds pod `i` of `vmm` once.
+async fn built(vmm: Vmm, i: usize, root_dir: &str) -> Result<Sandbox> {
     let kind = super::hypervisor_type(vmm);
     let id = format!("density-{vmm}-{i}");
     let mut builder = Sandbox::builder().id(&id).hypervisor(kind);
@@ -201,14 +331,17 @@ async fn pod(vmm: Vmm, i: usize, rootfs: &Path, root_dir: &str) -> Result<Sandbo
         .vcpus(1)
         .root_dir(root_dir)
         .agent_timeout(AGENT_TIMEOUT);
-    let sandbox = super::l2_boot::past_firmware(|| async {
-        match tokio::time::timeout(Duration::from_secs(300), builder.clone().build()).await {
-            Ok(r) => r.map_err(|e| anyhow::Error::new(e).context("the sandbox did not start")),
-            Err(_) => Err(anyhow::anyhow!("no sandbox after 300 s")),
-        }
-    })
-    .await
-    .with_context(|| format!("pod {id}"))?;
+    match tokio::time::timeout(Duration::from_secs(300), builder.build()).await {
+        Ok(r) => r.map_err(|e| anyhow::Error::new(e).context("the sandbox did not start")),
+        Err(_) => Err(anyhow::anyhow!("no sandbox after 300 s")),
+    }
+    .with_context(|| format!("pod {id}"))
+}
+
+/// Runs pod `i`'s container in the sandbox built; shuts it down if that fails.
+async fn run_in(sandbox: Result<Sandbox>, i: usize, rootfs: &Path) -> Result<Sandbox> {
+    let sandbox = sandbox?;
+    let id = sandbox.id().to_string();
     let word = format!("pod-{i}");
     let ran = async {
         let out = sandbox
@@ -277,8 +410,16 @@ async fn backend(vmm: Vmm, n: usize, rootfs: &Path, root_dir: &str) -> Result<St
     let before = pss_kib("self")?;
     let mut pods: Vec<Sandbox> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
+    // The pods built again, each with how many times.
+    let mut rebuilt: Vec<String> = Vec::new();
+    let mut took = |(r, again): (Result<Sandbox>, usize), i: usize| {
+        if again > 0 {
+            rebuilt.push(format!("density-{vmm}-{i} x{again}"));
+        }
+        r
+    };
     // Pod 1 alone, measured alone.
-    match pod(vmm, 0, rootfs, root_dir).await {
+    match took(pod(vmm, 0, rootfs, root_dir).await, 0) {
         Ok(p) => pods.push(p),
         Err(e) => failed.push(format!("{e:#}")),
     }
@@ -286,7 +427,10 @@ async fn backend(vmm: Vmm, n: usize, rootfs: &Path, root_dir: &str) -> Result<St
     if pods.len() == 1 {
         match read(vmm, &pods, before) {
             Ok(r) => {
-                for line in figure_lines(vmm, &r) {
+                for line in figure_lines(vmm, &r)
+                    .into_iter()
+                    .chain(split_lines(vmm, &r))
+                {
                     println!("{line}");
                 }
                 at_one = Some(r);
@@ -301,9 +445,9 @@ async fn backend(vmm: Vmm, n: usize, rootfs: &Path, root_dir: &str) -> Result<St
                 pod(vmm, i, rootfs, root_dir),
                 pod(vmm, i + 1, rootfs, root_dir)
             );
-            (a, Some(b))
+            (took(a, i), Some(took(b, i + 1)))
         } else {
-            (pod(vmm, i, rootfs, root_dir).await, None)
+            (took(pod(vmm, i, rootfs, root_dir).await, i), None)
         };
         for r in std::iter::once(a).chain(b) {
             match r {
@@ -326,7 +470,10 @@ async fn backend(vmm: Vmm, n: usize, rootfs: &Path, root_dir: &str) -> Result<St
     if pods.len() > 1 {
         match read(vmm, &pods, before) {
             Ok(r) => {
-                for line in figure_lines(vmm, &r) {
+                for line in figure_lines(vmm, &r)
+                    .into_iter()
+                    .chain(split_lines(vmm, &r))
+                {
                     println!("{line}");
                 }
                 at_n = Some(r);
@@ -347,8 +494,16 @@ async fn backend(vmm: Vmm, n: usize, rootfs: &Path, root_dir: &str) -> Result<St
             lost.join(", ")
         ),
     };
+    let rebuilt = match rebuilt.is_empty() {
+        true => format!("; no pod rebuilt (an L2 lost before its kernel: up to {REBUILDS} each)"),
+        false => format!(
+            "; {} pods rebuilt after an L2 lost before its kernel: {}",
+            rebuilt.len(),
+            rebuilt.join(", ")
+        ),
+    };
     let said = format!(
-        "{vmm}: {ran} of {n} pods ran their container{lost}; PSS per pod {}, {}",
+        "{vmm}: {ran} of {n} pods ran their container{lost}{rebuilt}; PSS per pod {}, {}",
         mib(at_one),
         mib(at_n),
     );
@@ -435,6 +590,7 @@ Pss:                1000 kB
             pods: 4,
             pss_kib: 4 * 100 * 1024,
             guest_kib: 4 * 60 * 1024,
+            ..Reading::default()
         };
         let [pss, overhead] = figure_lines(Vmm::Qemu, &r);
         let parse = |l: &str| match kata_lab::protocol::parse_line(l) {
@@ -446,5 +602,174 @@ Pss:                1000 kB
         assert!((pss.value - 100.0).abs() < 1e-9);
         assert_eq!(overhead.name, "qemu-density-vmm-overhead-per-vm-4");
         assert!((overhead.value - 40.0).abs() < 1e-9);
+    }
+
+    /// As `pod` makes them: the pod's context, `build()`'s error (kata-sandbox's wording).
+    const SILENT: &str = "pod density-qemu-4: the sandbox did not start: the guest agent did \
+                          not answer within 180s (connecting to vsock 7:1024: connection reset \
+                          by peer); the VM was stopped";
+
+    #[test]
+    fn a_pod_lost_before_its_kernel_is_built_again() {
+        // An agent silent for the whole dial with nothing on the console: the density rule.
+        assert!(lost_before_its_kernel(SILENT));
+        assert!(!kata_lab::protocol::l2_lost_before_our_code(SILENT));
+        // The lab's rule still applies (a reset inside SeaBIOS, an exit 0 with no console).
+        assert!(lost_before_its_kernel(
+            "pod density-qemu-2: the sandbox did not start: the VM exited (exit code 0)"
+        ));
+        // Anything the guest's kernel or agent said, and any other failure: not built again.
+        for not in [
+            "pod density-qemu-4: the sandbox did not start: the guest agent did not answer \
+             within 180s (x); the VM was stopped\n--- last 1 guest console lines ---\n[    \
+             2.100000] Kernel panic - not syncing: VFS",
+            "pod density-qemu-4: the sandbox did not start: the guest agent did not answer \
+             within 180s (x); the VM was stopped\n--- last 1 guest console lines ---\n\
+             kata-agent: listening",
+            "pod density-qemu-4: no sandbox after 300 s",
+            "pod density-qemu-4: the sandbox did not start: the VM exited (exit code 1)",
+            "pod density-qemu-4: its container: the agent answered: no such file",
+        ] {
+            assert!(!lost_before_its_kernel(not), "{not}");
+        }
+    }
+
+    #[test]
+    fn a_pod_is_built_again_at_most_twice_and_counted() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let calls = std::cell::Cell::new(0);
+        // Lost every time: 1 + REBUILDS builds, the last error returned.
+        let (r, rebuilt): (Result<(), String>, usize) = rt.block_on(super::super::l2_boot::past(
+            REBUILDS + 1,
+            lost_before_its_kernel,
+            || {
+                calls.set(calls.get() + 1);
+                async { Err(SILENT.to_string()) }
+            },
+        ));
+        assert_eq!(
+            (r.unwrap_err(), rebuilt, calls.get()),
+            (SILENT.into(), 2, 3)
+        );
+        // Lost once, then up: one rebuild.
+        calls.set(0);
+        let (r, rebuilt) = rt.block_on(super::super::l2_boot::past(
+            REBUILDS + 1,
+            lost_before_its_kernel,
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    match n {
+                        1 => Err(SILENT.to_string()),
+                        _ => Ok(n),
+                    }
+                }
+            },
+        ));
+        assert_eq!((r, rebuilt), (Ok(2), 1));
+        // Without the density rule (the lab's own), the same error is not built again.
+        calls.set(0);
+        let (r, rebuilt): (Result<(), String>, usize) = rt.block_on(super::super::l2_boot::past(
+            REBUILDS + 1,
+            kata_lab::protocol::l2_lost_before_our_code,
+            || {
+                calls.set(calls.get() + 1);
+                async { Err(SILENT.to_string()) }
+            },
+        ));
+        assert!(r.is_err());
+        assert_eq!((rebuilt, calls.get()), (0, 1));
+    }
+
+    #[test]
+    fn qemus_and_virtiofsds_pss_is_split_by_kind() {
+        // Linux 6.1's smaps_rollup, cut.
+        let rollup = "\
+55d000000000-7ffc00000000 ---p 00000000 00:00 0                          [rollup]
+Rss:              110000 kB
+Pss:              100000 kB
+Pss_Dirty:         60000 kB
+Pss_Anon:          20000 kB
+Pss_File:          30000 kB
+Pss_Shmem:         50000 kB
+";
+        let mut split = Split::default();
+        split.add(rollup).unwrap();
+        split.add(rollup).unwrap();
+        assert_eq!(split.procs, 2);
+        assert_eq!(split.kib, [40000, 60000, 100000]);
+        assert_eq!(rollup_kib(rollup, "Pss:"), Some(100000));
+        let e = Split::default().add("Pss: 1 kB\n").unwrap_err().to_string();
+        assert!(e.contains("Pss_Anon:"), "{e}");
+
+        let r = Reading {
+            pods: 2,
+            qemu: split,
+            virtiofsd: Split {
+                procs: 4,
+                kib: [2048, 4096, 0],
+            },
+            ..Reading::default()
+        };
+        let lines = split_lines(Vmm::Qemu, &r);
+        let figures: Vec<(String, f64)> = lines
+            .iter()
+            .map(|l| match kata_lab::protocol::parse_line(l) {
+                Some(kata_lab::Line::Figure(f)) => (f.name, f.value),
+                other => panic!("{l}: {other:?}"),
+            })
+            .collect();
+        let want = [
+            ("qemu-density-qemu-anon-per-pod-2", 40000.0 / 1024.0 / 2.0),
+            ("qemu-density-qemu-file-per-pod-2", 60000.0 / 1024.0 / 2.0),
+            ("qemu-density-qemu-shmem-per-pod-2", 100000.0 / 1024.0 / 2.0),
+            ("qemu-density-virtiofsd-anon-per-pod-2", 1.0),
+            ("qemu-density-virtiofsd-file-per-pod-2", 2.0),
+            ("qemu-density-virtiofsd-shmem-per-pod-2", 0.0),
+        ];
+        assert_eq!(figures.len(), want.len());
+        for ((name, value), (want_name, want_value)) in figures.iter().zip(want) {
+            assert_eq!(name, want_name);
+            assert!((value - want_value).abs() < 0.05, "{name}: {value}");
+        }
+        assert!(split_lines(Vmm::Builtin, &r).is_empty());
+    }
+
+    #[test]
+    fn a_pods_virtiofsd_is_found_by_its_socket() {
+        let procs = vec![
+            (
+                10,
+                "/usr/bin/qemu-system-x86_64 -name sandbox-a".to_string(),
+            ),
+            (
+                11,
+                "/usr/libexec/virtiofsd --socket-path=/run/kata/a/virtiofsd.sock \
+                 --shared-dir=/run/kata/a/shared --sandbox=namespace"
+                    .to_string(),
+            ),
+            (
+                12,
+                "/usr/libexec/virtiofsd --socket-path=/run/kata/a/virtiofsd.sock \
+                 --shared-dir=/run/kata/a/shared --sandbox=namespace"
+                    .to_string(),
+            ),
+            (
+                13,
+                "/usr/libexec/virtiofsd --socket-path=/run/kata/ab/virtiofsd.sock".to_string(),
+            ),
+            (
+                14,
+                "/usr/libexec/virtiofsd --socket-path=/run/kata/a/virtiofsd.sock".to_string(),
+            ),
+        ];
+        assert_eq!(
+            virtiofsd_pids(&procs, Path::new("/run/kata/a")),
+            vec![11, 12, 14]
+        );
+        assert!(virtiofsd_pids(&procs, Path::new("/run/kata/b")).is_empty());
     }
 }

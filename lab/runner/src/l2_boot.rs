@@ -15,26 +15,42 @@ pub(crate) const TRIES: usize = 3;
 
 /// `build()`, again after an error of an L2 lost in its firmware (at most [`TRIES`] builds in
 /// all); any other result is returned as it came.
-pub(crate) async fn past_firmware<T, E, F, Fut>(mut build: F) -> Result<T, E>
+pub(crate) async fn past_firmware<T, E, F, Fut>(build: F) -> Result<T, E>
 where
     E: Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut tries = 1;
+    past(TRIES, kata_lab::protocol::l2_lost_before_our_code, build)
+        .await
+        .0
+}
+
+/// `build()`, again after an error that `lost` (given the error's text with its causes) calls
+/// an L2 lost before our code, at most `tries` builds in all; any other result is returned as
+/// it came. Also returns how many builds were made again. [`past_firmware`] is this with the
+/// lab's rule; a mode that knows more about its L2s (src/density.rs) passes its own.
+pub(crate) async fn past<T, E, F, Fut>(
+    tries: usize,
+    lost: impl Fn(&str) -> bool,
+    mut build: F,
+) -> (Result<T, E>, usize)
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut rebuilt = 0;
     loop {
         match build().await {
-            Err(e)
-                if tries < TRIES
-                    && kata_lab::protocol::l2_lost_before_our_code(&format!("{e:#}")) =>
-            {
+            Err(e) if rebuilt + 1 < tries && lost(&format!("{e:#}")) => {
                 println!(
                     "kata-lab: L2 reset or hung inside its firmware, or shut down in its kernel's \
                      first second ({e:#}); building it once more"
                 );
-                tries += 1;
+                rebuilt += 1;
             }
-            other => return other,
+            other => return (other, rebuilt),
         }
     }
 }
