@@ -131,4 +131,8 @@ pub enum Error {
         "cannot confine the VMM's threads with seccomp: {0} (the kernel needs CONFIG_SECCOMP_FILTER)"
     )]
     Confinement(String),
+    /// A VMM thread's namespace sandbox failed half-way (`vm/namespace.rs`): its root changed,
+    /// a later step did not, and it must not run on.
+    #[error("cannot put a VMM thread in its own namespaces: {0}")]
+    Sandbox(String),
 }

@@ -33,6 +33,11 @@
 //!   a file, `fchmod`/`fchmodat` and `mknodat` never set a set-user-ID or set-group-ID bit — the
 //!   rules the QEMU backend's filter enforces on QEMU's 9p share.
 //!
+//! What those calls can reach is the namespace sandbox's part (`vm/namespace.rs`), which
+//! [`ThreadConfinement::confine_this_thread`] enters before the filter: the thread's own
+//! mount namespace with an empty root, the device thread's own network namespace, and only
+//! the capabilities the thread needs.
+//!
 //! Not on either list, so refused: running a program (`execve`), a process (`fork`, `clone`
 //! without `CLONE_THREAD`), `ptrace` and cross-process memory, mounts, namespaces, modules,
 //! `kexec`, `reboot`, the clock, `bpf`, `perf_event_open`, `userfaultfd`, `io_uring`, keyrings,
@@ -46,7 +51,9 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
+use super::namespace::{Sandboxed, ThreadSandbox};
 use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The kind of VMM thread a filter is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,10 +347,17 @@ fn compile(
         .map_err(filter_error)
 }
 
-/// The seccomp filters of the VMM's threads (see the module documentation), built once per VM
-/// and applied by each thread to itself.
+/// Whether the "no namespace sandbox" warning was given (once per process).
+static SANDBOX_SKIP_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The seccomp filters of the VMM's threads (see the module documentation) and their namespace
+/// sandboxes (`vm/namespace.rs`), built once per VM and applied by each thread to itself.
 #[derive(Debug, Clone)]
 pub struct ThreadConfinement {
+    /// A vCPU thread's namespaces and capabilities.
+    vcpu_sandbox: ThreadSandbox,
+    /// The device thread's.
+    device_sandbox: ThreadSandbox,
     /// `clone3` answers ENOSYS (installed first: for the same action the newest filter's
     /// answer wins, and the allow-lists let `clone3` through to it).
     no_clone3: BpfProgram,
@@ -358,6 +372,8 @@ impl ThreadConfinement {
     pub fn new() -> Result<Self> {
         let deny = SeccompAction::Errno(libc::EPERM as u32);
         Ok(ThreadConfinement {
+            vcpu_sandbox: ThreadSandbox::vcpu(),
+            device_sandbox: ThreadSandbox::device(),
             no_clone3: compile(
                 BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
                 SeccompAction::Allow,
@@ -370,6 +386,27 @@ impl ThreadConfinement {
             )?,
             device: compile(allow_list(ThreadKind::Device)?, deny, SeccompAction::Allow)?,
         })
+    }
+
+    /// Confines the calling thread as a `kind` thread, fully: its namespace sandbox and
+    /// capabilities (`vm/namespace.rs`) first, then [`Self::apply_to_this_thread`]. Without
+    /// `CAP_SYS_ADMIN` the namespace steps are skipped with one warning per process and the
+    /// rest applies; an error means the thread must not run on.
+    pub fn confine_this_thread(&self, kind: ThreadKind) -> Result<Sandboxed> {
+        let sandbox = match kind {
+            ThreadKind::Vcpu => &self.vcpu_sandbox,
+            ThreadKind::Device => &self.device_sandbox,
+        };
+        let outcome = sandbox.enter()?;
+        if let Sandboxed::Skipped(why) = &outcome {
+            if !SANDBOX_SKIP_WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(reason = %why, "built-in VMM: threads run without their namespace sandbox");
+            } else {
+                tracing::debug!(reason = %why, ?kind, "built-in VMM: thread without its namespace sandbox");
+            }
+        }
+        self.apply_to_this_thread(kind)?;
+        Ok(outcome)
     }
 
     /// Confines the calling thread (and any thread it would start) as a `kind` thread:

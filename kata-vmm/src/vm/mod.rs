@@ -25,12 +25,14 @@
 //! ```
 
 mod confine;
+mod namespace;
 mod run;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use confine::{ThreadConfinement, ThreadKind};
+pub use namespace::{Sandboxed, ThreadSandbox, DEVICE_CAPABILITIES};
 pub use run::{ExitWatcher, Vm, VmExit, VmThreadIds};
 
 use crate::devices::legacy::{ConsoleSink, ExitEvent, LegacyBus, SerialConsole, I8042};

@@ -489,7 +489,7 @@ impl EventHandler for Control {
     }
 }
 
-/// Confines the calling thread as a `kind` thread (`vm/confine.rs`), then runs `body`; a thread that cannot be
+/// Confines the calling thread as a `kind` thread (`vm/namespace.rs`, `vm/confine.rs`), then runs `body`; a thread that cannot be
 /// confined ends the VM with the reason instead of running unconfined.
 fn confined(
     name: &str,
@@ -498,8 +498,8 @@ fn confined(
     shared: &Shared,
     body: impl FnOnce(),
 ) {
-    match c.apply_to_this_thread(kind) {
-        Ok(()) => body(),
+    match c.confine_this_thread(kind) {
+        Ok(_) => body(),
         Err(e) => shared.finish(VmExit::Failed(format!("thread {name}: {e}"))),
     }
 }

@@ -6,8 +6,10 @@
 //! descriptor against guest memory and whose chain iterator stops on loops; a chain it refuses
 //! is returned to the guest with nothing written. The server runs on the event loop thread.
 //!
-//! The passthrough filesystem runs with the runtime's privileges, in its mount namespace (so
-//! mounts made later under the shared directory reach the guest, as a container rootfs must):
+//! The passthrough filesystem runs on the device thread, in that thread's namespace sandbox
+//! (`vm/namespace.rs`: its own root, six capabilities), but through a handle of the shared
+//! directory opened before, in the runtime's mount namespace (so mounts made later
+//! under the shared directory reach the guest, as a container rootfs must):
 //! it opens every inode relative to the shared directory, by handle, never by a path the guest
 //! controls; symlinks are returned to the guest, not followed on the host.
 
@@ -56,6 +58,8 @@ pub struct Fs {
     server: Arc<Server<PassthroughFs>>,
     active: Option<Active>,
     notify: EventFd,
+    /// The shared directory, held open for the passthrough's root path (see [`root_path`]).
+    _root: std::fs::File,
 }
 
 impl std::fmt::Debug for Fs {
@@ -83,13 +87,24 @@ impl Fs {
                 reason: "the shared directory does not exist or is not a directory".into(),
             });
         }
-        let fs = PassthroughFs::new(passthrough_config(&config.shared_dir)).map_err(|source| {
-            Error::DeviceIo {
+        let root = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(&config.shared_dir)
+                .map_err(|source| Error::DeviceIo {
+                    device: name.clone(),
+                    what: "opening the shared directory".into(),
+                    source,
+                })?
+        };
+        let fs = PassthroughFs::new(passthrough_config(&root_path(&root, &config.shared_dir)))
+            .map_err(|source| Error::DeviceIo {
                 device: name.clone(),
                 what: "setting up the passthrough filesystem".into(),
                 source,
-            }
-        })?;
+            })?;
         fs.import().map_err(|source| Error::DeviceIo {
             device: name.clone(),
             what: "opening the shared directory".into(),
@@ -110,6 +125,7 @@ impl Fs {
             server: Arc::new(Server::new(fs)),
             active: None,
             notify,
+            _root: root,
         })
     }
 
@@ -171,6 +187,25 @@ fn serve(
             tracing::debug!(device = %name, error = %e, "FUSE request failed");
             0
         }
+    }
+}
+
+/// The path the passthrough opens its root by, here and again at the guest's `FUSE_INIT` (on
+/// the device thread, whose root holds none of the host's paths: `vm/namespace.rs`):
+/// `/proc/<pid>/fd/<root>/.`, the directory held open by `root` reached through its `/proc`
+/// link (bound into the device thread's root), so it is the directory of the runtime's mount
+/// namespace, where later mounts under it (container rootfs) are. `dir` itself where `/proc`
+/// does not show it.
+fn root_path(root: &std::fs::File, dir: &Path) -> PathBuf {
+    let by_fd = PathBuf::from(format!(
+        "/proc/{}/fd/{}/.",
+        std::process::id(),
+        root.as_raw_fd()
+    ));
+    if by_fd.is_dir() {
+        by_fd
+    } else {
+        dir.to_owned()
     }
 }
 

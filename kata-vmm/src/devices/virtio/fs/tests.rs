@@ -28,7 +28,10 @@ struct Harness<'a> {
     request_q: MockSplitQueue<'a, GuestMemory>,
     dev: Fs,
     next_desc: u16,
-    _dir: tempfile::TempDir,
+    /// The uid and gid of the guest's process in each request's header.
+    creds: [u32; 2],
+    /// The shared directory (taken out by a test whose thread cannot remove it).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl<'a> Harness<'a> {
@@ -58,7 +61,8 @@ impl<'a> Harness<'a> {
             request_q,
             dev,
             next_desc: 0,
-            _dir: dir,
+            creds: [0, 0],
+            _dir: Some(dir),
         }
     }
 
@@ -70,7 +74,9 @@ impl<'a> Harness<'a> {
         msg.extend_from_slice(&opcode.to_le_bytes());
         msg.extend_from_slice(&unique.to_le_bytes());
         msg.extend_from_slice(&nodeid.to_le_bytes());
-        msg.extend_from_slice(&[0; 16]); // uid, gid, pid, extlen + padding
+        msg.extend_from_slice(&self.creds[0].to_le_bytes());
+        msg.extend_from_slice(&self.creds[1].to_le_bytes());
+        msg.extend_from_slice(&[0; 8]); // pid, extlen + padding
         msg.extend_from_slice(body);
         self.mem.write_slice(&msg, GuestAddress(REQ)).unwrap();
         let head = self.next_desc;
@@ -172,7 +178,7 @@ fn requests_are_served_under_the_device_threads_allow_list() {
             0,
             b"suid\0",
         );
-        let d = h._dir.path();
+        let d = h._dir.as_ref().unwrap().path();
         let made = [d.join("dir").is_dir(), d.join("fifo").exists()];
         let refused = [d.join("null").exists(), d.join("suid").exists()];
         (
@@ -199,6 +205,65 @@ fn requests_are_served_under_the_device_threads_allow_list() {
         [false, false],
         "the device node and the set-user-ID file"
     );
+}
+
+/// The device serves the guest in the device thread's whole confinement (`vm/namespace.rs`:
+/// an empty root, its own namespaces, six capabilities; then the filter), as root: through the
+/// share's handle opened before it reads a file and, acting for the guest's user 1000, makes a
+/// directory and a fifo that user owns (`SETUID`, `SETGID` kept).
+#[test]
+fn requests_are_served_in_the_device_threads_sandbox() {
+    use crate::vm::{Sandboxed, ThreadConfinement, ThreadKind};
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid(2) has no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the namespace sandbox needs root");
+        return;
+    }
+    let confinement = ThreadConfinement::new().unwrap();
+    let answers = std::thread::spawn(move || {
+        let mem = test_memory();
+        // Set up unconfined (as `VmBuilder::prepare` does), served confined.
+        let mut h = Harness::new(&mem);
+        let sandboxed = confinement.confine_this_thread(ThreadKind::Device).unwrap();
+        let etc = std::fs::metadata("/etc").is_ok();
+        h.init();
+        let (_, lookup, _) = h.request(FUSE_LOOKUP, 2, 1, b"hello\0");
+        let node: u64 = h.mem.read_obj(GuestAddress(OUT + 16)).unwrap();
+        let (_, open, _) = h.request(FUSE_OPEN, 3, node, &le(&[libc::O_RDONLY as u32, 0]));
+        let fh: u64 = h.mem.read_obj(GuestAddress(OUT + 16)).unwrap();
+        let mut read_in = fh.to_le_bytes().to_vec();
+        read_in.extend_from_slice(&0u64.to_le_bytes());
+        read_in.extend_from_slice(&le(&[2, 0, 0, 0, 0, 0]));
+        let (_, read, _) = h.request(FUSE_READ, 4, node, &read_in);
+        let mut data = [0u8; 2];
+        h.mem.read_slice(&mut data, GuestAddress(OUT + 16)).unwrap();
+        h.creds = [1000, 1000];
+        let mut mkdir_in = le(&[0o755, 0]);
+        mkdir_in.extend_from_slice(b"dir\0");
+        let (_, mkdir, _) = h.request(FUSE_MKDIR, 5, 1, &mkdir_in);
+        let mut mknod_in = le(&[libc::S_IFIFO | 0o600, 0, 0, 0]);
+        mknod_in.extend_from_slice(b"fifo\0");
+        let (_, fifo, _) = h.request(FUSE_MKNOD, 6, 1, &mknod_in);
+        // Removed by this thread, whose root holds no such path.
+        let dir = h._dir.take().unwrap();
+        (dir, (sandboxed, etc, lookup, open, read, data, mkdir, fifo))
+    })
+    .join()
+    .unwrap();
+    let (dir, (sandboxed, etc, lookup, open, read, data, mkdir, fifo)) = answers;
+    assert_eq!(sandboxed, Sandboxed::Yes);
+    assert!(
+        !etc,
+        "the host's /etc must be out of the device thread's reach"
+    );
+    assert_eq!((lookup, open, read, &data), (0, 0, 0, b"hi"));
+    assert_eq!((mkdir, fifo), (0, 0));
+    let d = dir.path();
+    for made in [d.join("dir"), d.join("fifo")] {
+        let m = std::fs::metadata(&made).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1000, 1000), "{}", made.display());
+    }
 }
 
 #[test]
