@@ -15,6 +15,10 @@
 //! root port of its own with `cold_plug_vfio = "root-port"` (the first at guest path `01/00`)
 //! or on the VMM's PCI root bus (`01`) ([`Hypervisor::device_address`] tells the agent), see
 //! `kata_vmm::devices::vfio`.
+//! With `hot_plug_vfio = "root-port"` it has `pcie_root_port` spare root ports and hot-plugs
+//! VFIO functions into them while the VM runs ([`Hypervisor::add_device`], guest path
+//! `0n/00`; [`Hypervisor::remove_device`] waits for the guest's pciehp to release the slot),
+//! see `hotplug`.
 //! With `enable_virtio_mem = true` the VM grows (and shrinks) its memory through a virtio-mem
 //! device up to `default_maxmemory` ([`Hypervisor::resize_memory`], see `resize`). With
 //! `reclaim_guest_freed_memory = true` it has a virtio-balloon with free page reporting: the
@@ -27,6 +31,7 @@ mod resize;
 mod settings;
 mod vfio;
 
+mod hotplug;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -121,6 +126,8 @@ pub struct Builtin {
     vm: Mutex<Option<Vm>>,
     watcher: Mutex<Option<ExitWatcher>>,
     console: Mutex<Option<ConsoleSink>>,
+    /// VFIO functions hot-plugged into spare root ports, with their ports' slots.
+    hot_vfio: Mutex<Vec<hotplug::HotPlugged>>,
     /// The virtio console's (`hvc0`): the guest's console once its driver is up.
     hvc: Mutex<Option<ConsoleSink>>,
     state: Mutex<VmState>,
@@ -168,6 +175,7 @@ impl Builtin {
             state: Mutex::new(VmState::New),
         })
     }
+            hot_vfio: Mutex::new(Vec::new()),
 
     fn uds(&self) -> PathBuf {
         self.vm_dir.join(VSOCK_SOCKET)
@@ -259,6 +267,7 @@ impl Builtin {
         if let Err(e) = std::fs::remove_dir_all(&self.vm_dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %self.vm_dir.display(), error = %e, "removing the VM directory");
+        b = b.spare_root_ports(hotplug::spare_ports(&self.config));
             }
         }
     }
@@ -436,7 +445,14 @@ impl Hypervisor for Builtin {
 
     async fn add_device(&self, device: DeviceConfig) -> Result<GuestAddress> {
         if let DeviceConfig::Vfio(v) = &device {
-            return Err(vfio::hot_plug_refused(v));
+            let handle = lock(&self.vm).as_ref().and_then(|vm| vm.vfio_hotplug());
+            if handle.is_none() && hotplug::spare_ports(&self.config) > 0 {
+                return Err(Error::NotRunning(self.state().to_string()));
+            }
+            let plugged = hotplug::add(&self.config, handle, v).await?;
+            let address = hotplug::guest_path(&v.id, plugged.port_slot)?;
+            lock(&self.hot_vfio).push(plugged);
+            return Ok(address);
         }
         Err(Error::Unsupported {
             backend: NAME,
@@ -461,6 +477,15 @@ impl Hypervisor for Builtin {
         }
         Err(resize::vcpus_refused(vcpus))
     }
+        if let DeviceConfig::Vfio(v) = device {
+            let hot = lock(&self.hot_vfio).iter().any(|h| h.device.id == v.id);
+            let handle = lock(&self.vm).as_ref().and_then(|vm| vm.vfio_hotplug());
+            if let (true, Some(handle)) = (hot, handle) {
+                hotplug::remove(handle, v, hotplug::UNPLUG_WAIT).await?;
+                lock(&self.hot_vfio).retain(|h| h.device.id != v.id);
+                return Ok(());
+            }
+        }
 
     async fn resize_memory(&self, mib: u32) -> Result<u32> {
         let handle = match lock(&self.vm).as_ref() {
@@ -468,6 +493,13 @@ impl Hypervisor for Builtin {
             None if mib <= self.config.default_memory => return Ok(self.config.default_memory),
             None => return Err(Error::NotRunning(self.state().to_string())),
         };
+        let hot = lock(&self.hot_vfio)
+            .iter()
+            .find(|h| h.device.id == id)
+            .map(|h| h.port_slot);
+        if let Some(slot) = hot {
+            return hotplug::guest_path(id, slot);
+        }
         resize::resize_memory(handle, &self.config, mib, resize::PLUG_WAIT).await
     }
 

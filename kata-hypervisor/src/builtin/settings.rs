@@ -77,12 +77,16 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
         "disable_vhost_net" => Inert("the built-in VMM's virtio-net runs in this process"),
         // VFIO: cold-plug onto the VMM's PCI root bus; the rest refused in `vfio::check_ports`.
         "cold_plug_vfio" | "hot_plug_vfio" => Acted,
-        "pcie_root_port" | "pcie_switch_port" => Inert(
-            "the built-in VMM has no PCIe ports: cold-plugged VFIO functions sit on its root bus \
-             and nothing is hot-plugged",
+        // Spare root ports for VFIO hot-plug (`hotplug::spare_ports`); no switch (refused in
+        // `vfio::check_ports`).
+        "pcie_root_port" if c.hot_plug_vfio == crate::device::PciePort::RootPort => Acted,
+        "pcie_root_port" => Inert(
+            "the built-in VMM makes spare root ports only for hot_plug_vfio = \"root-port\" \
+             (cold-plugged functions get a port each with cold_plug_vfio = \"root-port\")",
         ),
         "disable_seccomp" | "seccomp_sandbox" => Inert(
             "the built-in VMM's vCPU and device threads always confine themselves with seccomp",
+        "pcie_switch_port" => Acted,
         ),
         _ => Inert(NOT_BUILT),
     })

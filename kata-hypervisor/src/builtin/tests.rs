@@ -263,22 +263,42 @@ async fn vfio_hot_plug_is_refused_naming_the_device_and_the_fix() {
 
 #[test]
 fn switch_bridge_and_hot_plug_ports_are_refused_by_key() {
+    use crate::device::PciePort::{BridgePort, NoPort, RootPort, SwitchPort};
     let dir = tempfile::tempdir().unwrap();
-    for (cold, hot, key) in [
-        (PciePort::SwitchPort, PciePort::NoPort, "cold_plug_vfio"),
-        (PciePort::BridgePort, PciePort::NoPort, "cold_plug_vfio"),
-        (PciePort::NoPort, PciePort::RootPort, "hot_plug_vfio"),
+    for (cold, hot, root_ports, switch_ports, key) in [
+        (SwitchPort, NoPort, 0, 0, "cold_plug_vfio"),
+        (BridgePort, NoPort, 0, 0, "cold_plug_vfio"),
+        (NoPort, RootPort, 0, 0, "pcie_root_port"),
+        (NoPort, RootPort, 16, 0, "pcie_root_port"),
+        (RootPort, RootPort, 1, 0, "hot_plug_vfio"),
+        (NoPort, SwitchPort, 1, 0, "hot_plug_vfio"),
+        (NoPort, BridgePort, 1, 0, "hot_plug_vfio"),
+        (NoPort, NoPort, 0, 1, "pcie_switch_port"),
     ] {
         let c = HypervisorConfig {
             cold_plug_vfio: cold,
             hot_plug_vfio: hot,
+            pcie_root_port: root_ports,
+            pcie_switch_port: switch_ports,
             ..config()
         };
         let e = Builtin::new("x", c, &dir.path().join("vm"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains(key), "{cold}/{hot}: {e}");
+        assert!(e.contains(key), "{cold}/{hot}/{root_ports}: {e}");
     }
+    // Root-port hot-plug with spare ports is taken, and acted on.
+    let c = HypervisorConfig {
+        hot_plug_vfio: PciePort::RootPort,
+        pcie_root_port: 2,
+        ..config()
+    };
+    assert!(
+        c.inert_settings(HypervisorType::Dragonball).is_empty(),
+        "{:?}",
+        c.inert_settings(HypervisorType::Dragonball)
+    );
+    Builtin::new("x", c, &dir.path().join("vm")).unwrap();
 }
 
 fn growable(max: u32) -> HypervisorConfig {

@@ -1,11 +1,14 @@
-//! VFIO with the built-in VMM: cold-plug only, behind PCIe root ports or on the root bus.
+//! VFIO with the built-in VMM: cold-plug behind PCIe root ports or on the root bus; hot-plug
+//! onto spare root ports is `hotplug`'s.
 //!
 //! With `cold_plug_vfio = "root-port"` each function given at boot gets a PCIe root port of
 //! its own (kata-vmm's `devices::pci::root_port`, a hot-plug capable slot), the ports at
 //! `00:01.0`, `00:02.0`, ... in the order the sandbox gave the functions and each function
 //! device 0 of its port's bus: the guest PCI path of the n-th is `0n/00`. With `no-port` they
-//! sit on the root bus itself (`0n`). Switch and bridge ports and any `hot_plug_vfio` are
-//! refused naming the key, and a hot-plug into a running VM is refused naming the device. The functions' interrupts are kata-vmm's
+//! sit on the root bus itself (`0n`). With `hot_plug_vfio = "root-port"` (and `cold_plug_vfio
+//! = "no-port"`) the VM gets `pcie_root_port` spare root ports for hot-plug (see `hotplug`);
+//! switch and bridge ports are refused naming the key, and so is a hot-plug into a VM without
+//! spare ports (naming the device and the keys). The functions' interrupts are kata-vmm's
 //! (`kata_vmm::devices::vfio::irq`): MSI and MSI-X through KVM MSI routes (MSI-X's table
 //! emulated and trapped in its BAR), INTx on the IOAPIC pin the MP table names.
 
@@ -16,6 +19,10 @@ use crate::error::{Error, Result};
 use kata_vmm::vm::VfioConfig;
 
 use super::NAME;
+
+/// The most spare root ports: the MMIO window (`0xe000_0000..0xfec0_0000`) holds 15 windows
+/// of 32 MiB, some of which cold-plugged functions may take (then the VM's start says so).
+const MAX_SPARE_PORTS: u32 = 15;
 
 /// Refuses the port settings the built-in VMM cannot honour.
 pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
@@ -32,12 +39,56 @@ pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
                 .into(),
         });
     }
-    if c.hot_plug_vfio != PciePort::NoPort {
+    match c.hot_plug_vfio {
+        PciePort::NoPort => {}
+        PciePort::RootPort if c.cold_plug_vfio != PciePort::NoPort => {
+            return Err(Error::InvalidConfig {
+                key: "hot_plug_vfio",
+                value: c.hot_plug_vfio.to_string(),
+                reason: format!(
+                    "cold_plug_vfio (\"{}\") and hot_plug_vfio cannot both be enabled; set one \
+                     to no-port",
+                    c.cold_plug_vfio
+                ),
+            })
+        }
+        PciePort::RootPort if c.pcie_root_port == 0 => {
+            return Err(Error::InvalidConfig {
+                key: "pcie_root_port",
+                value: c.pcie_root_port.to_string(),
+                reason: "hot_plug_vfio = \"root-port\" needs spare root ports to plug into: \
+                         set pcie_root_port to the most VFIO functions plugged at once"
+                    .into(),
+            })
+        }
+        PciePort::RootPort if c.pcie_root_port > MAX_SPARE_PORTS => {
+            return Err(Error::InvalidConfig {
+                key: "pcie_root_port",
+                value: c.pcie_root_port.to_string(),
+                reason: format!(
+                    "the built-in VMM's PCI bus has room for {MAX_SPARE_PORTS} root ports \
+                     (32 MiB of its MMIO window each): lower pcie_root_port"
+                ),
+            })
+        }
+        PciePort::RootPort => {}
+        other => {
+            return Err(Error::InvalidConfig {
+                key: "hot_plug_vfio",
+                value: other.to_string(),
+                reason: "the built-in VMM hot-plugs behind PCIe root ports only (no switch or \
+                         bridge): set hot_plug_vfio = \"root-port\" with pcie_root_port, or \
+                         use [hypervisor.qemu]"
+                    .into(),
+            })
+        }
+    }
+    if c.pcie_switch_port > 0 {
         return Err(Error::InvalidConfig {
-            key: "hot_plug_vfio",
-            value: c.hot_plug_vfio.to_string(),
-            reason: "the built-in VMM cannot hot-plug VFIO devices: set hot_plug_vfio = \
-                     \"no-port\" and cold_plug_vfio = \"root-port\", or use [hypervisor.qemu]"
+            key: "pcie_switch_port",
+            value: c.pcie_switch_port.to_string(),
+            reason: "the built-in VMM has no PCIe switch: leave pcie_switch_port at 0 (spare \
+                     root ports are pcie_root_port)"
                 .into(),
         });
     }
@@ -85,14 +136,15 @@ pub(super) fn address(
     Ok(GuestAddress::Pci { path })
 }
 
-/// The error for a VFIO hot-plug into a running built-in VM.
+/// The error for a VFIO hot-plug into a running built-in VM without spare root ports.
 pub(super) fn hot_plug_refused(v: &VfioDevice) -> Error {
     Error::Unsupported {
         backend: NAME,
         what: format!(
-            "hot-plugging VFIO device {} (host {}) into a running VM: the built-in VMM \
-             cold-plugs VFIO only. Give the device to the sandbox when it is created with \
-             cold_plug_vfio = \"root-port\", or use [hypervisor.qemu] to hot-plug it",
+            "hot-plugging VFIO device {} (host {}) into a running VM: with hot_plug_vfio = \
+             \"no-port\" the built-in VMM cold-plugs VFIO only. Set hot_plug_vfio = \
+             \"root-port\" and pcie_root_port = <spare ports>, give the device to the sandbox \
+             when it is created with cold_plug_vfio = \"root-port\", or use [hypervisor.qemu]",
             v.id, v.bdf
         ),
     }

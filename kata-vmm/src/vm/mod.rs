@@ -107,6 +107,9 @@ pub struct VmConfig {
     /// A virtio-balloon (last of the devices), with or without free page reporting.
     pub balloon: Option<BalloonConfig>,
 }
+    /// Empty PCIe root ports for VFIO hot-plug (after the cold-plugged functions' slots);
+    /// [`Vm::vfio_hotplug`] plugs into them.
+    pub spare_root_ports: u8,
 
 /// Builds a [`VmConfig`] and starts the VM.
 #[derive(Debug, Clone)]
@@ -138,6 +141,7 @@ impl VmBuilder {
         }
     }
 
+                spare_root_ports: 0,
     /// From a whole configuration.
     pub fn from_config(config: VmConfig) -> Self {
         VmBuilder { config }
@@ -227,6 +231,13 @@ impl VmBuilder {
         self
     }
 
+    /// Gives the VM `n` empty PCIe root ports (hot-plug capable slots, after the cold-plugged
+    /// functions) for VFIO hot-plug through [`Vm::vfio_hotplug`].
+    pub fn spare_root_ports(mut self, n: u8) -> Self {
+        self.config.spare_root_ports = n;
+        self
+    }
+
     /// How many console bytes are kept.
     pub fn console_capacity(mut self, bytes: usize) -> Self {
         self.config.console_capacity = bytes;
@@ -271,10 +282,19 @@ impl VmBuilder {
             .transpose()?;
         // VFIO functions on a PCI bus (opened and DMA-mapped now, before any socket is bound);
         // the guest probes PCI then.
-        let pci = crate::devices::vfio::build_bus(&c.vfio, mem)?;
+        let pci = crate::devices::vfio::build_bus(&c.vfio, c.spare_root_ports, mem)?;
 
         // Devices: disks first (vda...), then shares, NICs (eth0...), vsock; each in the next slot.
         // The queue-notify eventfd is duplicated: KVM signals the same eventfd the device reads.
+        if c.hotplug_memory_mib > 0 && c.spare_root_ports > 0 {
+            return Err(Error::Device {
+                device: format!("VM {}", c.name),
+                reason: "memory hotplug (virtio-mem) with spare root ports for VFIO hot-plug: \
+                         plugged memory would not be mapped for the functions' DMA; set \
+                         enable_virtio_mem = false or pcie_root_port = 0"
+                    .into(),
+            });
+        }
         let mut devices: Vec<(MmioSlot, Box<dyn VirtioDevice>, EventFd)> = Vec::new();
         for disk in &c.block {
             let slot = MmioSlot::nth(devices.len() as u32)?;
@@ -447,6 +467,7 @@ pub(crate) struct PreparedDevice {
     pub(crate) transport: Arc<Mutex<MmioTransport>>,
 }
 
+            spare_root_ports: c.spare_root_ports,
 /// A guest laid out in memory with its devices, not running: [`PreparedVm::start`] makes it a
 /// KVM VM.
 pub struct PreparedVm {
@@ -488,6 +509,8 @@ impl PreparedVm {
     }
 
     /// The vsock's host socket, if any.
+    /// How many of the bus's root ports are spare (for VFIO hot-plug).
+    pub(crate) spare_root_ports: u8,
     pub fn vsock_uds(&self) -> Option<&Path> {
         self.vsock_uds.as_deref()
     }

@@ -156,14 +156,19 @@ pub struct Vm {
     hotplug: Option<crate::devices::virtio::mem::MemHandle>,
     /// The balloon's handle, when the VM has one.
     balloon: Option<crate::devices::virtio::balloon::BalloonHandle>,
+    /// VFIO hot-plug onto the spare root ports, when the VM has some.
+    vfio_hotplug: Option<crate::devices::vfio::hotplug::VfioHotplug>,
 }
+
+/// The VFIO state, shared with the hot-plug handle.
+type SharedVfioSet = Arc<Mutex<VfioSet>>;
 
 /// What the VM holds besides its threads.
 #[allow(dead_code)] // held for its descriptors and mappings
 struct Resources {
     /// The VFIO functions' bus, container and groups: closed first (the container unmaps the
     /// DMA of guest RAM), before the memory.
-    pci: Option<(Arc<Mutex<PciBus>>, VfioSet)>,
+    pci: Option<(Arc<Mutex<PciBus>>, SharedVfioSet)>,
     kvm: vm::Vm,
     ram: GuestRam,
     legacy: Arc<Mutex<LegacyBus>>,
@@ -233,10 +238,39 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
 
     // VFIO MSI and INTx: a GSI and an irqfd per vector, routed when the guest enables MSI;
     // the INTx pins' irqfds with resample.
-    if let Some((_, set)) = &p.pci {
-        let router = Arc::new(crate::devices::vfio::irq::GsiRouter::new(kvm.shared_fd()));
-        set.wire_irqs(kvm.fd(), &router)?;
-    }
+    // The root ports' hot-plug MSI the same way; spare ports make a VFIO hot-plug handle.
+    let mut vfio_hotplug = None;
+    let pci = match p.pci {
+        Some((bus, set)) => {
+            let router = Arc::new(crate::devices::vfio::irq::GsiRouter::new(kvm.shared_fd()));
+            set.wire_irqs(kvm.fd(), &router)?;
+            let ports: Vec<_> = bus
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .root_ports()
+                .iter()
+                .map(|(_, port)| port.clone())
+                .collect();
+            for port in &ports {
+                let mut port = port
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                crate::devices::vfio::hotplug::wire_port_msi(&mut port, kvm.fd(), &router)?;
+            }
+            let set = Arc::new(Mutex::new(set));
+            if p.spare_root_ports > 0 {
+                vfio_hotplug = Some(crate::devices::vfio::hotplug::VfioHotplug::new(
+                    bus.clone(),
+                    set.clone(),
+                    p.ram.memory().clone(),
+                    kvm.shared_fd(),
+                    router,
+                ));
+            }
+            Some((bus, set))
+        }
+        None => None,
+    };
 
     // Every vCPU is created and configured before any runs.
     let mut vcpus = Vec::new();
@@ -282,7 +316,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         hotplug: p.hotplug.clone(),
         balloon: p.balloon.clone(),
         resources: Some(Resources {
-            pci: p.pci,
+            pci,
             kvm,
             ram: p.ram,
             legacy: legacy.clone(),
@@ -293,6 +327,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
     };
     let spawn_err = |source| Error::DeviceIo {
         device: "VM".into(),
+        vfio_hotplug,
         what: "spawning a thread".into(),
         source,
     };
@@ -420,6 +455,12 @@ impl Vm {
     }
 
     /// The kernel ids of the VM's vCPU and device threads (for the host's cgroups).
+    /// VFIO hot-plug onto the VM's spare root ports, when it was built with
+    /// [`super::VmBuilder::spare_root_ports`] (see [`crate::devices::vfio::hotplug`]).
+    pub fn vfio_hotplug(&self) -> Option<crate::devices::vfio::hotplug::VfioHotplug> {
+        self.vfio_hotplug.clone()
+    }
+
     pub fn thread_ids(&self) -> VmThreadIds {
         self.thread_ids.clone()
     }
@@ -464,6 +505,7 @@ impl Drop for Vm {
         self.stop();
     }
 }
+        self.vfio_hotplug = None;
 
 /// The event loop's own handler: the i8042 reset and the stop request.
 struct Control {

@@ -114,6 +114,8 @@ pub struct RootPort {
     device_control2: u16,
     link_control2: u16,
     child: Option<SharedPciDevice>,
+    /// The window the VMM gave the port (start, end exclusive).
+    preset: (u64, u64),
     /// Whether the port's interrupt condition was asserted after the last change.
     asserted: bool,
     signal: Option<MsiSignal>,
@@ -165,6 +167,7 @@ impl RootPort {
             device_control2: 0,
             link_control2: 1,
             child: None,
+            preset: window,
             asserted: false,
             signal: None,
         }
@@ -189,6 +192,12 @@ impl RootPort {
         let base = u64::from(self.memory_base & 0xfff0) << 16;
         let end = (u64::from(self.memory_limit & 0xfff0) << 16) + (1 << 20);
         (base < end).then_some((base, end))
+    }
+
+    /// The window the VMM gave the port when it made it (start, end exclusive), whatever the
+    /// guest programmed since: where a hot-plugged function's BARs are first placed.
+    pub fn preset_window(&self) -> (u64, u64) {
+        self.preset
     }
 
     /// The function in its slot.

@@ -32,9 +32,12 @@
 //! - **Behind a root port** ([`VfioConfig::behind_root_port`]): the function is device 0 of
 //!   its own PCIe root port's secondary bus, its BARs placed in the port's
 //!   [`ROOT_PORT_WINDOW`] (see [`crate::devices::pci::root_port`]).
+//! - **Hot-plug** ([`hotplug`]): spare root ports made at boot take functions while the VM
+//!   runs, through their slots' events and the guest's pciehp.
 //! - **Not built**: mmapping BARs into KVM memory slots (every BAR access is an exit, the
-//!   MSI-X table's too); hot-plug.
+//!   MSI-X table's too).
 
+pub mod hotplug;
 pub mod irq;
 pub mod msi;
 pub mod msix;
@@ -170,20 +173,7 @@ impl VfioSet {
     pub fn wire_irqs(&self, vm: &kvm_ioctls::VmFd, router: &Arc<irq::GsiRouter>) -> Result<()> {
         for d in &self.devices {
             let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let msi = if d.msi_found.is_some() {
-                d.host_msi_vectors
-            } else {
-                0
-            };
-            let msix = d
-                .msix
-                .as_ref()
-                .map_or(0, |m| m.vectors().min(d.host_msix_vectors as usize));
-            if msi == 0 && msix == 0 && d.intx_pin.is_none() {
-                continue;
-            }
-            let wiring = irq::wire(vm, router, d.device.clone(), &d.bdf, msi, msix, d.intx_pin)?;
-            d.attach_irqs(Box::new(wiring));
+            wire_one(&mut d, vm, router)?;
         }
         Ok(())
     }
@@ -215,6 +205,25 @@ impl VfioSet {
             None => Ok(()),
         }
     }
+}
+
+/// Wires function `d`'s MSI, MSI-X and INTx (what its host grants) on `vm`.
+fn wire_one(d: &mut VfioPci, vm: &kvm_ioctls::VmFd, router: &Arc<irq::GsiRouter>) -> Result<()> {
+    let msi = if d.msi_found.is_some() {
+        d.host_msi_vectors
+    } else {
+        0
+    };
+    let msix = d
+        .msix
+        .as_ref()
+        .map_or(0, |m| m.vectors().min(d.host_msix_vectors as usize));
+    if msi == 0 && msix == 0 && d.intx_pin.is_none() {
+        return Ok(());
+    }
+    let wiring = irq::wire(vm, router, d.device.clone(), &d.bdf, msi, msix, d.intx_pin)?;
+    d.attach_irqs(Box::new(wiring));
+    Ok(())
 }
 
 /// One emulated BAR.
@@ -795,11 +804,16 @@ impl PciDevice for VfioPci {
     }
 }
 
-/// The PCI bus of a VM passing `devices` through, with the VFIO state that must live as long
-/// (`None` without devices: the VM keeps `pci=off`). Every device is opened, checked and its
+/// The PCI bus of a VM passing `devices` through, with `spare_ports` empty root ports for
+/// hot-plug ([`hotplug`]) after them, and the VFIO state that must live as long (`None`
+/// without devices or ports: the VM keeps `pci=off`). Every device is opened, checked and its
 /// DMA mapped here, before the VM exists; an error closes whatever was opened.
-pub fn build_bus(devices: &[VfioConfig], mem: &GuestMemory) -> Result<Option<(PciBus, VfioSet)>> {
-    if devices.is_empty() {
+pub fn build_bus(
+    devices: &[VfioConfig],
+    spare_ports: u8,
+    mem: &GuestMemory,
+) -> Result<Option<(PciBus, VfioSet)>> {
+    if devices.is_empty() && spare_ports == 0 {
         return Ok(None);
     }
     let mut set = VfioSet::default();
@@ -854,6 +868,30 @@ pub fn build_bus(devices: &[VfioConfig], mem: &GuestMemory) -> Result<Option<(Pc
         d.slot = Some(slot);
         d.intx_pin = irq::intx_pin(slot).filter(|_| d.host_intx);
         tracing::info!(bdf = %c.bdf, slot, "VFIO: cold-plugged at 00:{slot:02x}.0");
+    }
+    for n in 0..spare_ports {
+        let full = || Error::Device {
+            device: format!("spare root port {}", n + 1),
+            reason: format!(
+                "the built-in VMM's PCI bus has {} slots for devices and root ports, and \
+                 {:#x}..{:#x} for their memory ({} MiB a root port): lower pcie_root_port",
+                crate::devices::pci::PCI_SLOTS - 1,
+                crate::devices::pci::PCI_MMIO_START,
+                crate::devices::pci::PCI_MMIO_END,
+                ROOT_PORT_WINDOW >> 20
+            ),
+        };
+        let start = set.bars.allocate(ROOT_PORT_WINDOW).ok_or_else(full)?;
+        let slot = bus.next_slot().ok_or_else(full)?;
+        let secondary = bus.root_ports().len() as u8 + 1;
+        let port = RootPort::new(slot, secondary, (start, start + ROOT_PORT_WINDOW));
+        bus.add_root_port(Arc::new(Mutex::new(port)))
+            .ok_or_else(full)?;
+        tracing::info!(
+            slot,
+            secondary,
+            "VFIO: spare root port at 00:{slot:02x}.0 for hot-plug"
+        );
     }
     Ok(Some((bus, set)))
 }

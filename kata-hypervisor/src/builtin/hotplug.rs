@@ -1,0 +1,149 @@
+//! VFIO hot-plug on the built-in VMM: with `hot_plug_vfio = "root-port"` the VM is built with
+//! `pcie_root_port` empty PCIe root ports after the cold-plugged functions' slots, and
+//! [`Hypervisor::add_device`](crate::hypervisor::Hypervisor::add_device) puts a VFIO function
+//! behind the first free one while the VM runs (kata-vmm's `devices::vfio::hotplug`: the slot
+//! reports presence and raises the port's MSI, the guest's pciehp brings the function up).
+//! The guest PCI path is `<port slot>/00`. Removing it presses the slot's attention button
+//! and waits (at most [`UNPLUG_WAIT`]) for the guest to power the slot off; then the function
+//! is closed and the port is free for the next device.
+//!
+//! The work runs on a blocking thread of the caller (opening the group and mapping guest RAM
+//! for DMA on first use, waiting for the guest), never on a vCPU or device thread.
+
+use std::time::Duration;
+
+use kata_vmm::devices::vfio::hotplug::VfioHotplug;
+use kata_vmm::vm::VfioConfig;
+
+use crate::config::HypervisorConfig;
+use crate::device::{GuestAddress, PciPath, PciePort, VfioDevice};
+use crate::error::{Error, Result};
+
+use super::NAME;
+
+/// How long an unplug waits for the guest to release the slot: pciehp waits 5 s after the
+/// attention button (the user's chance to cancel) before it unbinds the driver and powers the
+/// slot off.
+pub(super) const UNPLUG_WAIT: Duration = Duration::from_secs(20);
+
+/// A function hot-plugged into a running VM.
+#[derive(Debug, Clone)]
+pub(super) struct HotPlugged {
+    pub(super) device: VfioDevice,
+    /// Its root port's slot on the root bus.
+    pub(super) port_slot: u8,
+}
+
+/// The spare root ports `c` asks for (`pcie_root_port` with `hot_plug_vfio = "root-port"`,
+/// none otherwise).
+pub(super) fn spare_ports(c: &HypervisorConfig) -> u8 {
+    if c.hot_plug_vfio == PciePort::RootPort {
+        u8::try_from(c.pcie_root_port).unwrap_or(u8::MAX)
+    } else {
+        0
+    }
+}
+
+/// The guest PCI path of the function behind the root port in `port_slot`.
+pub(super) fn guest_path(id: &str, port_slot: u8) -> Result<GuestAddress> {
+    let path = PciPath::new(vec![port_slot, 0]).map_err(|e| Error::Unsupported {
+        backend: NAME,
+        what: format!("device {id}: {e}"),
+    })?;
+    Ok(GuestAddress::Pci { path })
+}
+
+fn invalid(v: &VfioDevice, e: impl std::fmt::Display) -> Error {
+    Error::InvalidDevice {
+        kind: "VFIO",
+        id: format!("{} (host {})", v.id, v.bdf),
+        reason: e.to_string(),
+    }
+}
+
+/// Hot-plugs `v` through `handle` (the running VM's; `None` without spare root ports: the
+/// refusal names the keys).
+pub(super) async fn add(
+    c: &HypervisorConfig,
+    handle: Option<VfioHotplug>,
+    v: &VfioDevice,
+) -> Result<HotPlugged> {
+    let Some(handle) = handle else {
+        return Err(super::vfio::hot_plug_refused(v));
+    };
+    if handle.free_ports() == 0 {
+        return Err(Error::NoFreePort {
+            device: v.id.clone(),
+            port: PciePort::RootPort,
+            capacity: c.pcie_root_port,
+            hint: "raise pcie_root_port in [hypervisor.dragonball] (the spare root ports the \
+                   VM is built with), or remove another container's device first"
+                .into(),
+        });
+    }
+    let config = VfioConfig::new(&v.bdf).behind_root_port();
+    let plugged = tokio::task::spawn_blocking(move || handle.plug(&config))
+        .await
+        .map_err(|e| invalid(v, format!("the hot-plug task failed: {e}")))?
+        .map_err(|e| invalid(v, e))?;
+    Ok(HotPlugged {
+        device: v.clone(),
+        port_slot: plugged.port_slot,
+    })
+}
+
+/// Hot-unplugs `v` through `handle`, waiting up to `wait` for the guest to release it.
+pub(super) async fn remove(handle: VfioHotplug, v: &VfioDevice, wait: Duration) -> Result<()> {
+    let bdf = v.bdf.clone();
+    tokio::task::spawn_blocking(move || handle.unplug(&bdf, wait))
+        .await
+        .map_err(|e| invalid(v, format!("the hot-unplug task failed: {e}")))?
+        .map(|_| ())
+        .map_err(|e| invalid(v, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HypervisorType;
+
+    fn with(hot: PciePort, ports: u32) -> HypervisorConfig {
+        HypervisorConfig {
+            hot_plug_vfio: hot,
+            pcie_root_port: ports,
+            ..HypervisorConfig::defaults_for(HypervisorType::Dragonball)
+        }
+    }
+
+    #[test]
+    fn spare_ports_only_with_root_port_hot_plug() {
+        assert_eq!(spare_ports(&with(PciePort::RootPort, 2)), 2);
+        assert_eq!(spare_ports(&with(PciePort::NoPort, 2)), 0);
+        assert_eq!(spare_ports(&with(PciePort::RootPort, 300)), u8::MAX);
+    }
+
+    #[test]
+    fn a_hot_plugged_function_is_device_0_behind_its_port() {
+        assert_eq!(guest_path("v", 3).unwrap().to_string(), {
+            let p: PciPath = "03/00".parse().unwrap();
+            GuestAddress::Pci { path: p }.to_string()
+        });
+        assert!(guest_path("v", 40).is_err());
+    }
+
+    #[tokio::test]
+    async fn without_spare_ports_the_refusal_names_the_keys() {
+        let v = VfioDevice {
+            id: "vfio-0".into(),
+            bdf: "0000:00:03.0".into(),
+        };
+        let e = add(&with(PciePort::NoPort, 0), None, &v)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vfio-0") && e.contains("hot_plug_vfio") && e.contains("pcie_root_port"),
+            "{e}"
+        );
+    }
+}

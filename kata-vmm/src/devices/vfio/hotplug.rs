@@ -1,0 +1,312 @@
+//! VFIO hot-plug onto the spare PCIe root ports a VM was built with
+//! ([`crate::vm::VmBuilder::spare_root_ports`]), while the VM runs.
+//!
+//! - **Plug** ([`VfioHotplug::plug`]): the first root port with an empty slot is chosen; the
+//!   function is opened as at boot ([`VfioSet::open_in`]: sysfs first, so a function whose
+//!   group is not all on `vfio-pci` is refused before anything is opened; the container and
+//!   its DMA mapping of guest RAM on first use), its BARs placed in the port's window, its MSI
+//!   and MSI-X wired ([`irq::wire`]; no INTx: the MP table, written at boot, names no pin for
+//!   a hot-plugged function); then the port's slot reports presence ([`RootPort::plug`]) and
+//!   raises the port's MSI, and the guest's pciehp powers the slot, scans the bus below and
+//!   assigns the BARs.
+//! - **Unplug** ([`VfioHotplug::unplug`]): the slot's attention button is pressed; pciehp
+//!   waits its 5 s, unbinds the driver and turns the slot's power off; once it has (bounded
+//!   wait, an error naming the slot otherwise, the function left plugged) the function is
+//!   taken out ([`RootPort::unplug`]) and closed (its device descriptor, with its interrupts),
+//!   and the port is free for the next plug. The container and groups stay open for the VM's
+//!   life (a group opened once is reused).
+//! - **Interrupts of the ports** ([`wire_port_msi`]): each port's MSI is a GSI of the VM's
+//!   [`GsiRouter`] with an irqfd: raising it routes the GSI to the message the guest programmed
+//!   (`KVM_SET_GSI_ROUTING`, allowed to the vCPU threads) and writes the eventfd, from
+//!   whichever thread changed the slot (the caller's for a plug, a vCPU's for a guest write).
+//!
+//! Locks are taken in one order, the bus before a port before a function, and none is held
+//! while waiting for the guest: the vCPU threads keep answering configuration cycles (the bus
+//! lock, then the port's) while a plug or an unplug is in progress.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::irq::{self, GsiRouter};
+use super::{VfioConfig, VfioPci, VfioSet};
+use crate::devices::pci::root_port::RootPort;
+use crate::devices::pci::{BarAllocator, PciBus};
+use crate::error::{Error, Result};
+use crate::memory::GuestMemory;
+
+/// How often [`VfioHotplug::unplug`] looks at the slot while the guest releases it.
+const POLL: Duration = Duration::from_millis(50);
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A root port shared with the bus.
+type SharedPort = Arc<Mutex<RootPort>>;
+
+/// Where a hot-plugged function is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plugged {
+    /// Its root port's slot on the root bus (the first element of the guest PCI path).
+    pub port_slot: u8,
+    /// The port's secondary bus, where the function is device 0.
+    pub secondary: u8,
+}
+
+/// A function in a port's slot.
+struct InSlot {
+    bdf: String,
+    port: Arc<Mutex<RootPort>>,
+    port_slot: u8,
+    device: Arc<Mutex<VfioPci>>,
+}
+
+/// The VM's VFIO hot-plug: its PCI bus (with the spare root ports), its VFIO container, its
+/// memory (for the DMA mapping) and its interrupt routing. Cloned handles share the state.
+#[derive(Clone)]
+pub struct VfioHotplug {
+    bus: Arc<Mutex<PciBus>>,
+    set: Arc<Mutex<VfioSet>>,
+    /// Declared after `set`: the mapping outlives the container's DMA mapping of it.
+    mem: GuestMemory,
+    vm: Arc<VmFd>,
+    router: Arc<GsiRouter>,
+    plugged: Arc<Mutex<Vec<InSlot>>>,
+}
+
+impl std::fmt::Debug for VfioHotplug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioHotplug")
+            .field("free_ports", &self.free_ports())
+            .field(
+                "plugged",
+                &lock(&self.plugged)
+                    .iter()
+                    .map(|p| p.bdf.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first root port of `bus` whose slot is empty, with its slot on the root bus.
+pub fn free_port(bus: &PciBus) -> Option<(u8, Arc<Mutex<RootPort>>)> {
+    bus.root_ports()
+        .iter()
+        .find(|(_, p)| !lock(p).is_occupied())
+        .map(|(s, p)| (*s, p.clone()))
+}
+
+/// The error for a plug with every port taken.
+fn no_port(bdf: &str, ports: usize) -> Error {
+    Error::Device {
+        device: format!("VFIO device {bdf}"),
+        reason: format!(
+            "no free PCIe root port to hot-plug it into: the VM has {ports} root port(s), all \
+             taken; raise pcie_root_port (the spare root ports made at boot) or unplug a device \
+             first"
+        ),
+    }
+}
+
+/// Puts the function `c` into the first free root port of `bus`: opened through `set` (DMA
+/// mapping `mem` on the container's first use), its BARs in the port's window, `wire` given
+/// it before the slot reports it. Any error leaves the port empty and the function closed.
+pub(crate) fn plug_into(
+    bus: &Mutex<PciBus>,
+    set: &Mutex<VfioSet>,
+    mem: &GuestMemory,
+    c: &VfioConfig,
+    wire: impl FnOnce(&mut VfioPci) -> Result<()>,
+) -> Result<(Plugged, SharedPort, Arc<Mutex<VfioPci>>)> {
+    let mut set = lock(set);
+    if set
+        .devices
+        .iter()
+        .any(|d| lock(d).bdf.eq_ignore_ascii_case(&c.bdf))
+    {
+        return Err(Error::Device {
+            device: format!("VFIO device {}", c.bdf),
+            reason: "already passed through to this VM: pass each PCI function once".into(),
+        });
+    }
+    let (port_slot, port) = {
+        let bus = lock(bus);
+        free_port(&bus).ok_or_else(|| no_port(&c.bdf, bus.root_ports().len()))?
+    };
+    let (secondary, window) = {
+        let p = lock(&port);
+        (p.buses().0, p.window().unwrap_or_else(|| p.preset_window()))
+    };
+    let mut alloc = BarAllocator::within(window.0, window.1);
+    let mut d = set.open_in(c, mem, &mut alloc)?;
+    d.slot = Some(port_slot);
+    d.intx_pin = None;
+    wire(&mut d)?;
+    let d = Arc::new(Mutex::new(d));
+    if lock(&port).plug(d.clone()).is_err() {
+        // Only this function's caller plugs (the set's lock is held): never taken meanwhile.
+        return Err(no_port(&c.bdf, 0));
+    }
+    set.devices.push(d.clone());
+    Ok((
+        Plugged {
+            port_slot,
+            secondary,
+        },
+        port,
+        d,
+    ))
+}
+
+/// Asks the guest to release the function in `port` (its attention button) and waits up to
+/// `timeout` for the guest to turn the slot's power off, then takes the function out (an
+/// empty port is left as it is). On a timeout the function stays in the slot.
+pub fn release(port: &Mutex<RootPort>, what: &str, timeout: Duration) -> Result<()> {
+    {
+        let mut p = lock(port);
+        if !p.is_occupied() {
+            return Ok(());
+        }
+        if !p.powered_off() {
+            p.press_attention();
+        }
+    }
+    let t = Instant::now();
+    loop {
+        {
+            let mut p = lock(port);
+            if p.powered_off() {
+                p.unplug();
+                return Ok(());
+            }
+        }
+        if t.elapsed() >= timeout {
+            return Err(Error::Device {
+                device: what.to_string(),
+                reason: format!(
+                    "the guest did not power its slot off within {timeout:?} of the attention \
+                     button (pciehp not bound, or the device still in use); it stays plugged: \
+                     retry the removal or stop the VM"
+                ),
+            });
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+impl VfioHotplug {
+    pub(crate) fn new(
+        bus: Arc<Mutex<PciBus>>,
+        set: Arc<Mutex<VfioSet>>,
+        mem: GuestMemory,
+        vm: Arc<VmFd>,
+        router: Arc<GsiRouter>,
+    ) -> Self {
+        VfioHotplug {
+            bus,
+            set,
+            mem,
+            vm,
+            router,
+            plugged: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The root ports with an empty slot.
+    pub fn free_ports(&self) -> usize {
+        lock(&self.bus)
+            .root_ports()
+            .iter()
+            .filter(|(_, p)| !lock(p).is_occupied())
+            .count()
+    }
+
+    /// Hot-plugs the function `c` into the first free root port (see the module
+    /// documentation); returns where the guest finds it. Returns as soon as the slot reported
+    /// it: the guest's pciehp then brings it up.
+    pub fn plug(&self, c: &VfioConfig) -> Result<Plugged> {
+        let (vm, router) = (&self.vm, &self.router);
+        let (at, port, device) = plug_into(&self.bus, &self.set, &self.mem, c, |d| {
+            super::wire_one(d, vm, router)
+        })?;
+        tracing::info!(
+            bdf = %c.bdf, slot = at.port_slot, secondary = at.secondary,
+            "VFIO: hot-plugged at {:02x}:00.0 behind root port 00:{:02x}.0",
+            at.secondary, at.port_slot
+        );
+        lock(&self.plugged).push(InSlot {
+            bdf: c.bdf.clone(),
+            port,
+            port_slot: at.port_slot,
+            device,
+        });
+        Ok(at)
+    }
+
+    /// Hot-unplugs the function at host address `bdf` (see the module documentation),
+    /// waiting up to `timeout` for the guest to release it; returns its port's slot, free
+    /// again.
+    pub fn unplug(&self, bdf: &str, timeout: Duration) -> Result<u8> {
+        let (port, port_slot, device) = lock(&self.plugged)
+            .iter()
+            .find(|p| p.bdf.eq_ignore_ascii_case(bdf))
+            .map(|p| (p.port.clone(), p.port_slot, p.device.clone()))
+            .ok_or_else(|| Error::Device {
+                device: format!("VFIO device {bdf}"),
+                reason: "not hot-plugged into this VM".into(),
+            })?;
+        release(
+            &port,
+            &format!("VFIO device {bdf} (root port 00:{port_slot:02x}.0)"),
+            timeout,
+        )?;
+        lock(&self.plugged).retain(|p| !Arc::ptr_eq(&p.device, &device));
+        lock(&self.set).devices.retain(|d| !Arc::ptr_eq(d, &device));
+        // The last reference: the device descriptor (and its interrupts' eventfds) close.
+        drop(device);
+        tracing::info!(bdf, slot = port_slot, "VFIO: hot-unplugged; root port free");
+        Ok(port_slot)
+    }
+}
+
+/// Gives `port` its MSI: a GSI of `router` with an irqfd on `vm`; raising it routes the GSI to
+/// the guest's message and signals the irqfd.
+pub(crate) fn wire_port_msi(port: &mut RootPort, vm: &VmFd, router: &Arc<GsiRouter>) -> Result<()> {
+    let gsi = router
+        .allocate(1)
+        .and_then(|g| g.first().copied())
+        .ok_or_else(|| Error::Device {
+            device: "PCIe root port".into(),
+            reason: format!(
+                "no GSI left for its hot-plug interrupt (the built-in VMM hands out {})",
+                irq::MSI_GSIS
+            ),
+        })?;
+    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::DeviceIo {
+        device: "PCIe root port".into(),
+        what: "creating its MSI eventfd".into(),
+        source,
+    })?;
+    vm.register_irqfd(&evt, gsi).map_err(|source| Error::Kvm {
+        what: "KVM_IRQFD (a root port's hot-plug MSI)",
+        source,
+    })?;
+    let router = router.clone();
+    port.set_signal(Box::new(move |msg| {
+        if let Err(e) = router.set(&[(gsi, Some(msg))]) {
+            tracing::warn!(gsi, error = %e, "root port: routing its MSI");
+            return;
+        }
+        if let Err(e) = evt.write(1) {
+            tracing::warn!(gsi, error = %e, "root port: signalling its MSI");
+        }
+    }));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,317 @@
+//! Hot-plug without KVM or a host device: the spare ports [`super::super::build_bus`] makes,
+//! the choice of a free port and its reuse, the slot's plug and release sequence as pciehp
+//! drives it (a guest thread writing the slot control register through the bus), and the
+//! refusals that leave nothing behind.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use super::*;
+use crate::devices::pci::root_port::{
+    PCIE_OFFSET, SLOT_CONTROL_PCC, SLOT_STATUS_ABP, SLOT_STATUS_DLLSC, SLOT_STATUS_PDC,
+    SLOT_STATUS_PDS,
+};
+use crate::devices::pci::{PciDevice, CONFIG_ADDRESS, CONFIG_DATA};
+use crate::devices::vfio::msi::MsiMessage;
+
+fn mem() -> GuestMemory {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+}
+
+/// A function that is nothing but present.
+struct Card;
+
+impl PciDevice for Card {
+    fn config_read(&mut self, _reg: usize) -> u32 {
+        0x11e8_1234
+    }
+    fn config_write(&mut self, _offset: usize, _data: &[u8]) {}
+    fn mmio_read(&mut self, _addr: u64, _data: &mut [u8]) -> bool {
+        false
+    }
+    fn mmio_write(&mut self, _addr: u64, _data: &[u8]) -> bool {
+        false
+    }
+}
+
+fn card() -> crate::devices::pci::SharedPciDevice {
+    Arc::new(Mutex::new(Card))
+}
+
+/// The bus with `n` spare ports and no function.
+fn spare_bus(n: u8) -> PciBus {
+    let Some((bus, set)) = super::super::build_bus(&[], n, &mem()).unwrap() else {
+        panic!("spare ports make a bus")
+    };
+    assert!(set.container.is_none(), "no VFIO opened for empty ports");
+    bus
+}
+
+/// A configuration cycle of 4 bytes at `reg`'s byte offset of `00:slot.0`, as the guest makes.
+fn cfg_addr(slot: u8, offset: usize) -> [u8; 4] {
+    (0x8000_0000u32 | u32::from(slot) << 11 | (offset as u32 & 0xfc)).to_le_bytes()
+}
+
+fn guest_read(bus: &Mutex<PciBus>, slot: u8, offset: usize) -> u32 {
+    let mut b = lock(bus);
+    b.pio_write(CONFIG_ADDRESS, &cfg_addr(slot, offset));
+    let mut v = [0u8; 4];
+    b.pio_read(CONFIG_DATA, &mut v);
+    u32::from_le_bytes(v)
+}
+
+fn guest_write(bus: &Mutex<PciBus>, slot: u8, offset: usize, value: u32) {
+    let mut b = lock(bus);
+    b.pio_write(CONFIG_ADDRESS, &cfg_addr(slot, offset));
+    b.pio_write(CONFIG_DATA, &value.to_le_bytes());
+}
+
+/// Slot control with every event pciehp enables: attention button, presence, link, the
+/// hot-plug interrupt; power as `on` says.
+fn pciehp_control(on: bool) -> u32 {
+    let c = 1 | (1 << 3) | (1 << 5) | (1 << 12);
+    if on {
+        c
+    } else {
+        c | u32::from(SLOT_CONTROL_PCC)
+    }
+}
+
+/// The guest's MSI programming of the port at `slot` (enable, 64-bit address, data).
+fn enable_msi(bus: &Mutex<PciBus>, slot: u8) {
+    guest_write(bus, slot, 0x44, 0xfee0_0000);
+    guest_write(bus, slot, 0x48, 0);
+    guest_write(bus, slot, 0x4c, 0x41);
+    let control = guest_read(bus, slot, 0x40);
+    guest_write(bus, slot, 0x40, control | 1 << 16);
+}
+
+#[test]
+fn spare_ports_are_empty_hot_plug_slots_with_their_own_buses_and_windows() {
+    let bus = spare_bus(2);
+    let ports = bus.root_ports();
+    assert_eq!(ports.len(), 2);
+    let (a, b) = (lock(&ports[0].1), lock(&ports[1].1));
+    assert_eq!((ports[0].0, ports[1].0), (1, 2));
+    assert_eq!((a.buses().0, b.buses().0), (1, 2));
+    assert!(!a.is_occupied() && !b.is_occupied() && !a.is_powered());
+    let (wa, wb) = (a.preset_window(), b.preset_window());
+    assert_eq!(wa.1 - wa.0, super::super::ROOT_PORT_WINDOW);
+    assert!(wa.1 <= wb.0, "windows overlap: {wa:x?} {wb:x?}");
+    assert!(super::super::build_bus(&[], 0, &mem()).unwrap().is_none());
+}
+
+#[test]
+fn too_many_spare_ports_are_refused_naming_pcie_root_port() {
+    let e = super::super::build_bus(&[], 40, &mem())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pcie_root_port"), "{e}");
+}
+
+#[test]
+fn the_first_free_port_is_taken_and_freed_ports_are_reused() {
+    let bus = spare_bus(2);
+    let (slot, first) = free_port(&bus).unwrap();
+    assert_eq!(slot, 1);
+    assert!(lock(&first).plug(card()).is_ok());
+    let (slot, second) = free_port(&bus).unwrap();
+    assert_eq!(slot, 2);
+    assert!(lock(&second).plug(card()).is_ok());
+    assert!(free_port(&bus).is_none());
+    // The guest released the first (powered it off): taken out, free again.
+    lock(&first).write(PCIE_OFFSET + 0x18, &(SLOT_CONTROL_PCC).to_le_bytes());
+    release(&first, "card", Duration::from_secs(1)).unwrap();
+    assert_eq!(free_port(&bus).map(|p| p.0), Some(1));
+}
+
+#[test]
+fn a_plug_and_a_release_run_the_slot_sequence_pciehp_expects() {
+    let bus = Arc::new(Mutex::new(spare_bus(1)));
+    let port = lock(&bus).root_ports()[0].1.clone();
+    let signalled = Arc::new(AtomicUsize::new(0));
+    let s = signalled.clone();
+    let last = Arc::new(Mutex::new(None::<MsiMessage>));
+    let l = last.clone();
+    lock(&port).set_signal(Box::new(move |m| {
+        s.fetch_add(1, Ordering::SeqCst);
+        *lock(&l) = Some(m);
+    }));
+    // pciehp binds: MSI on, every event enabled, the empty slot's power off.
+    enable_msi(&bus, 1);
+    guest_write(&bus, 1, PCIE_OFFSET + 0x18, pciehp_control(false));
+    assert_eq!(signalled.load(Ordering::SeqCst), 0);
+    // Plug: presence detected and changed, one MSI with the guest's message.
+    assert!(lock(&port).plug(card()).is_ok());
+    let status = guest_read(&bus, 1, PCIE_OFFSET + 0x18) >> 16;
+    assert_eq!(
+        status as u16 & (SLOT_STATUS_PDS | SLOT_STATUS_PDC),
+        SLOT_STATUS_PDS | SLOT_STATUS_PDC
+    );
+    assert_eq!(signalled.load(Ordering::SeqCst), 1);
+    assert_eq!(lock(&last).map(|m| m.data), Some(0x41));
+    // pciehp clears the event and powers the slot: the link comes up, the function answers
+    // at 01:00.0.
+    guest_write(
+        &bus,
+        1,
+        PCIE_OFFSET + 0x18,
+        pciehp_control(true) | u32::from(SLOT_STATUS_PDC) << 16,
+    );
+    assert_eq!(
+        guest_read(&bus, 1, PCIE_OFFSET + 0x10) >> 16 & 1 << 13,
+        1 << 13
+    );
+    // Its interrupt handler acknowledges the link change the power brought.
+    let status = guest_read(&bus, 1, PCIE_OFFSET + 0x18) >> 16;
+    assert_eq!(status as u16 & SLOT_STATUS_DLLSC, SLOT_STATUS_DLLSC);
+    guest_write(
+        &bus,
+        1,
+        PCIE_OFFSET + 0x18,
+        pciehp_control(true) | u32::from(SLOT_STATUS_DLLSC) << 16,
+    );
+    {
+        let mut b = lock(&bus);
+        b.pio_write(CONFIG_ADDRESS, &(0x8001_0000u32).to_le_bytes());
+        let mut v = [0u8; 4];
+        b.pio_read(CONFIG_DATA, &mut v);
+        assert_eq!(u32::from_le_bytes(v), 0x11e8_1234);
+    }
+    // Release: the attention button (one more MSI); the guest's pciehp powers the slot off
+    // while `release` waits; then the function is out and the port free.
+    let guest = {
+        let (bus, port) = (bus.clone(), port.clone());
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                let status = guest_read(&bus, 1, PCIE_OFFSET + 0x18) >> 16;
+                if status as u16 & SLOT_STATUS_ABP != 0 {
+                    guest_write(
+                        &bus,
+                        1,
+                        PCIE_OFFSET + 0x18,
+                        pciehp_control(false) | u32::from(SLOT_STATUS_ABP) << 16,
+                    );
+                    return true;
+                }
+                let _ = &port;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        })
+    };
+    release(&port, "card", Duration::from_secs(5)).unwrap();
+    assert!(
+        guest.join().unwrap(),
+        "the guest never saw the attention button"
+    );
+    assert_eq!(
+        signalled.load(Ordering::SeqCst),
+        2,
+        "plug and attention button"
+    );
+    assert!(!lock(&port).is_occupied());
+    let status = guest_read(&bus, 1, PCIE_OFFSET + 0x18) >> 16;
+    assert_eq!(
+        status as u16 & SLOT_STATUS_PDS,
+        0,
+        "presence still reported"
+    );
+    assert!(free_port(&lock(&bus)).is_some());
+}
+
+#[test]
+fn a_guest_that_never_releases_the_slot_times_out_and_keeps_the_function() {
+    let bus = spare_bus(1);
+    let port = bus.root_ports()[0].1.clone();
+    assert!(lock(&port).plug(card()).is_ok());
+    // Powered and in use: nobody answers the button.
+    lock(&port).write(PCIE_OFFSET + 0x18, &0u16.to_le_bytes());
+    let e = release(
+        &port,
+        "VFIO device 0000:00:03.0",
+        Duration::from_millis(200),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("0000:00:03.0") && e.contains("did not power its slot off"),
+        "{e}"
+    );
+    assert!(lock(&port).is_occupied());
+}
+
+#[test]
+fn no_free_port_is_an_error_naming_pcie_root_port() {
+    let bus = Mutex::new(PciBus::new());
+    let set = Mutex::new(VfioSet::default());
+    let Err(e) = plug_into(&bus, &set, &mem(), &VfioConfig::new("0000:00:03.0"), |_| {
+        Ok(())
+    }) else {
+        panic!("plugged with no port")
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("pcie_root_port") && e.contains("0000:00:03.0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_function_not_on_vfio_pci_is_refused_and_leaves_the_port_empty() {
+    let t = tempfile::tempdir().unwrap();
+    // sysfs: 0000:00:03.0 in group 4 with a member still on a host driver.
+    let s = t.path().join("sys");
+    let g = s.join("kernel/iommu_groups/4/devices");
+    std::fs::create_dir_all(&g).unwrap();
+    for (bdf, drv) in [("0000:00:03.0", "vfio-pci"), ("0000:00:04.0", "e1000e")] {
+        let d = s.join("devices").join(bdf);
+        std::fs::create_dir_all(&d).unwrap();
+        std::os::unix::fs::symlink(s.join("kernel/iommu_groups/4"), d.join("iommu_group")).unwrap();
+        let dd = s.join("bus/pci/drivers").join(drv);
+        std::fs::create_dir_all(&dd).unwrap();
+        std::os::unix::fs::symlink(&dd, d.join("driver")).unwrap();
+        std::fs::create_dir_all(s.join("bus/pci/devices")).unwrap();
+        std::os::unix::fs::symlink(&d, s.join("bus/pci/devices").join(bdf)).unwrap();
+        std::os::unix::fs::symlink(&d, g.join(bdf)).unwrap();
+    }
+    let bus = Mutex::new(spare_bus(1));
+    let set = Mutex::new(VfioSet::default());
+    let c = VfioConfig {
+        bdf: "0000:00:03.0".into(),
+        sysfs: s,
+        dev_vfio: t.path().join("dev-vfio"),
+        behind_root_port: true,
+    };
+    let wired = AtomicUsize::new(0);
+    let Err(e) = plug_into(&bus, &set, &mem(), &c, |_| {
+        wired.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }) else {
+        panic!("plugged a function whose group is not on vfio-pci")
+    };
+    let e = e.to_string();
+    assert!(e.contains("0000:00:04.0") && e.contains("e1000e"), "{e}");
+    assert_eq!(wired.load(Ordering::SeqCst), 0);
+    let set = lock(&set);
+    assert!(set.container.is_none() && set.groups.is_empty() && set.devices.is_empty());
+    assert!(free_port(&lock(&bus)).is_some(), "the port was taken");
+}
+
+#[test]
+fn spare_ports_with_memory_hotplug_are_refused_before_anything_is_made() {
+    let t = tempfile::tempdir().unwrap();
+    let e = crate::vm::VmBuilder::new(t.path().join("no-kernel"))
+        .hotplug_memory_mib(128)
+        .spare_root_ports(1)
+        .prepare()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("pcie_root_port") && e.contains("enable_virtio_mem"),
+        "{e}"
+    );
+}
