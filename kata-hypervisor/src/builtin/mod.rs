@@ -27,11 +27,11 @@
 //! hot-plug (no ACPI), VFIO MSI-X (MSI and INTx work), pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
 //! cannot run it, with the probe's reason.
 
+mod hotplug;
 mod resize;
 mod settings;
 mod vfio;
 
-mod hotplug;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -120,14 +120,14 @@ pub struct Builtin {
     vm_dir: PathBuf,
     disks: Mutex<Vec<BlockConfig>>,
     nics: Mutex<Vec<NetConfig>>,
+    /// VFIO functions hot-plugged into spare root ports, with their ports' slots.
+    hot_vfio: Mutex<Vec<hotplug::HotPlugged>>,
     /// Cold-plugged VFIO functions, in slot order (`00:01.0`, ...).
     vfio: Mutex<Vec<VfioDevice>>,
     shares: Mutex<Vec<(String, PathBuf)>>,
     vm: Mutex<Option<Vm>>,
     watcher: Mutex<Option<ExitWatcher>>,
     console: Mutex<Option<ConsoleSink>>,
-    /// VFIO functions hot-plugged into spare root ports, with their ports' slots.
-    hot_vfio: Mutex<Vec<hotplug::HotPlugged>>,
     /// The virtio console's (`hvc0`): the guest's console once its driver is up.
     hvc: Mutex<Option<ConsoleSink>>,
     state: Mutex<VmState>,
@@ -166,6 +166,7 @@ impl Builtin {
             vm_dir: vm_dir.to_path_buf(),
             disks: Mutex::new(Vec::new()),
             nics: Mutex::new(Vec::new()),
+            hot_vfio: Mutex::new(Vec::new()),
             vfio: Mutex::new(Vec::new()),
             shares: Mutex::new(Vec::new()),
             vm: Mutex::new(None),
@@ -175,7 +176,6 @@ impl Builtin {
             state: Mutex::new(VmState::New),
         })
     }
-            hot_vfio: Mutex::new(Vec::new()),
 
     fn uds(&self) -> PathBuf {
         self.vm_dir.join(VSOCK_SOCKET)
@@ -256,6 +256,7 @@ impl Builtin {
         for v in lock(&self.vfio).iter() {
             b = b.vfio(vfio::vmm_config(&self.config, v));
         }
+        b = b.spare_root_ports(hotplug::spare_ports(&self.config));
         Ok(b)
     }
 
@@ -267,7 +268,6 @@ impl Builtin {
         if let Err(e) = std::fs::remove_dir_all(&self.vm_dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %self.vm_dir.display(), error = %e, "removing the VM directory");
-        b = b.spare_root_ports(hotplug::spare_ports(&self.config));
             }
         }
     }
@@ -461,22 +461,6 @@ impl Hypervisor for Builtin {
     }
 
     async fn remove_device(&self, device: &DeviceConfig) -> Result<()> {
-        Err(Error::Unsupported {
-            backend: NAME,
-            what: format!("hot-unplugging device {}", device.id()),
-        })
-    }
-
-    async fn device_address(&self, id: &str) -> Result<GuestAddress> {
-        vfio::address(&self.config, &lock(&self.vfio), id)
-    }
-
-    async fn resize_vcpus(&self, vcpus: u32) -> Result<u32> {
-        if vcpus <= self.config.default_vcpus {
-            return Ok(self.config.default_vcpus);
-        }
-        Err(resize::vcpus_refused(vcpus))
-    }
         if let DeviceConfig::Vfio(v) = device {
             let hot = lock(&self.hot_vfio).iter().any(|h| h.device.id == v.id);
             let handle = lock(&self.vm).as_ref().and_then(|vm| vm.vfio_hotplug());
@@ -486,13 +470,13 @@ impl Hypervisor for Builtin {
                 return Ok(());
             }
         }
+        Err(Error::Unsupported {
+            backend: NAME,
+            what: format!("hot-unplugging device {}", device.id()),
+        })
+    }
 
-    async fn resize_memory(&self, mib: u32) -> Result<u32> {
-        let handle = match lock(&self.vm).as_ref() {
-            Some(vm) => vm.memory_hotplug(),
-            None if mib <= self.config.default_memory => return Ok(self.config.default_memory),
-            None => return Err(Error::NotRunning(self.state().to_string())),
-        };
+    async fn device_address(&self, id: &str) -> Result<GuestAddress> {
         let hot = lock(&self.hot_vfio)
             .iter()
             .find(|h| h.device.id == id)
@@ -500,6 +484,22 @@ impl Hypervisor for Builtin {
         if let Some(slot) = hot {
             return hotplug::guest_path(id, slot);
         }
+        vfio::address(&self.config, &lock(&self.vfio), id)
+    }
+
+    async fn resize_vcpus(&self, vcpus: u32) -> Result<u32> {
+        if vcpus <= self.config.default_vcpus {
+            return Ok(self.config.default_vcpus);
+        }
+        Err(resize::vcpus_refused(vcpus))
+    }
+
+    async fn resize_memory(&self, mib: u32) -> Result<u32> {
+        let handle = match lock(&self.vm).as_ref() {
+            Some(vm) => vm.memory_hotplug(),
+            None if mib <= self.config.default_memory => return Ok(self.config.default_memory),
+            None => return Err(Error::NotRunning(self.state().to_string())),
+        };
         resize::resize_memory(handle, &self.config, mib, resize::PLUG_WAIT).await
     }
 

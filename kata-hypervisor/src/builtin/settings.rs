@@ -84,9 +84,9 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
             "the built-in VMM makes spare root ports only for hot_plug_vfio = \"root-port\" \
              (cold-plugged functions get a port each with cold_plug_vfio = \"root-port\")",
         ),
+        "pcie_switch_port" => Acted,
         "disable_seccomp" | "seccomp_sandbox" => Inert(
             "the built-in VMM's vCPU and device threads always confine themselves with seccomp",
-        "pcie_switch_port" => Acted,
         ),
         _ => Inert(NOT_BUILT),
     })

@@ -102,14 +102,14 @@ pub struct VmConfig {
     pub virtio_console: bool,
     /// Host PCI functions passed through (VFIO, cold-plugged on a PCI bus at `00:01.0`, ...).
     pub vfio: Vec<VfioConfig>,
+    /// Empty PCIe root ports for VFIO hot-plug (after the cold-plugged functions' slots);
+    /// [`Vm::vfio_hotplug`] plugs into them.
+    pub spare_root_ports: u8,
     /// MiB of memory the guest can grow by through virtio-mem (0: no hotplug device).
     pub hotplug_memory_mib: u64,
     /// A virtio-balloon (last of the devices), with or without free page reporting.
     pub balloon: Option<BalloonConfig>,
 }
-    /// Empty PCIe root ports for VFIO hot-plug (after the cold-plugged functions' slots);
-    /// [`Vm::vfio_hotplug`] plugs into them.
-    pub spare_root_ports: u8,
 
 /// Builds a [`VmConfig`] and starts the VM.
 #[derive(Debug, Clone)]
@@ -135,13 +135,13 @@ impl VmBuilder {
                 console_capacity: DEFAULT_CONSOLE_CAPACITY,
                 virtio_console: false,
                 vfio: Vec::new(),
+                spare_root_ports: 0,
                 hotplug_memory_mib: 0,
                 balloon: None,
             },
         }
     }
 
-                spare_root_ports: 0,
     /// From a whole configuration.
     pub fn from_config(config: VmConfig) -> Self {
         VmBuilder { config }
@@ -218,6 +218,13 @@ impl VmBuilder {
         self
     }
 
+    /// Gives the VM `n` empty PCIe root ports (hot-plug capable slots, after the cold-plugged
+    /// functions) for VFIO hot-plug through [`Vm::vfio_hotplug`].
+    pub fn spare_root_ports(mut self, n: u8) -> Self {
+        self.config.spare_root_ports = n;
+        self
+    }
+
     /// Lets the guest grow by up to `mib` MiB through a virtio-mem device (its hotplug region
     /// is rounded up to whole 128 MiB memory blocks); [`Vm::memory_hotplug`] is its handle.
     pub fn hotplug_memory_mib(mut self, mib: u64) -> Self {
@@ -228,13 +235,6 @@ impl VmBuilder {
     /// Adds a virtio-balloon (the last device); [`Vm::balloon`] is its handle.
     pub fn balloon(mut self, balloon: BalloonConfig) -> Self {
         self.config.balloon = Some(balloon);
-        self
-    }
-
-    /// Gives the VM `n` empty PCIe root ports (hot-plug capable slots, after the cold-plugged
-    /// functions) for VFIO hot-plug through [`Vm::vfio_hotplug`].
-    pub fn spare_root_ports(mut self, n: u8) -> Self {
-        self.config.spare_root_ports = n;
         self
     }
 
@@ -272,6 +272,15 @@ impl VmBuilder {
                     .into(),
             });
         }
+        if c.hotplug_memory_mib > 0 && c.spare_root_ports > 0 {
+            return Err(Error::Device {
+                device: format!("VM {}", c.name),
+                reason: "memory hotplug (virtio-mem) with spare root ports for VFIO hot-plug: \
+                         plugged memory would not be mapped for the functions' DMA; set \
+                         enable_virtio_mem = false or pcie_root_port = 0"
+                    .into(),
+            });
+        }
         let ram = GuestRam::with_hotplug(&c.name, c.memory_mib, c.hotplug_memory_mib)?;
         let mem = ram.memory();
         let kernel = loader::load_kernel(mem, &c.kernel)?;
@@ -286,15 +295,6 @@ impl VmBuilder {
 
         // Devices: disks first (vda...), then shares, NICs (eth0...), vsock; each in the next slot.
         // The queue-notify eventfd is duplicated: KVM signals the same eventfd the device reads.
-        if c.hotplug_memory_mib > 0 && c.spare_root_ports > 0 {
-            return Err(Error::Device {
-                device: format!("VM {}", c.name),
-                reason: "memory hotplug (virtio-mem) with spare root ports for VFIO hot-plug: \
-                         plugged memory would not be mapped for the functions' DMA; set \
-                         enable_virtio_mem = false or pcie_root_port = 0"
-                    .into(),
-            });
-        }
         let mut devices: Vec<(MmioSlot, Box<dyn VirtioDevice>, EventFd)> = Vec::new();
         for disk in &c.block {
             let slot = MmioSlot::nth(devices.len() as u32)?;
@@ -445,6 +445,7 @@ impl VmBuilder {
             devices: transports,
             vsock_uds: c.vsock_uds,
             pci: pci.map(|(bus, set)| (Arc::new(Mutex::new(bus)), set)),
+            spare_root_ports: c.spare_root_ports,
             hotplug,
             balloon,
         })
@@ -467,7 +468,6 @@ pub(crate) struct PreparedDevice {
     pub(crate) transport: Arc<Mutex<MmioTransport>>,
 }
 
-            spare_root_ports: c.spare_root_ports,
 /// A guest laid out in memory with its devices, not running: [`PreparedVm::start`] makes it a
 /// KVM VM.
 pub struct PreparedVm {
@@ -485,6 +485,8 @@ pub struct PreparedVm {
     pub(crate) vsock_uds: Option<PathBuf>,
     /// The PCI bus of the VFIO functions, with their container and groups.
     pub(crate) pci: Option<(Arc<Mutex<PciBus>>, VfioSet)>,
+    /// How many of the bus's root ports are spare (for VFIO hot-plug).
+    pub(crate) spare_root_ports: u8,
     /// The virtio-mem device's handle, when the VM can grow.
     pub(crate) hotplug: Option<MemHandle>,
     /// The balloon's handle, when the VM has one.
@@ -509,8 +511,6 @@ impl PreparedVm {
     }
 
     /// The vsock's host socket, if any.
-    /// How many of the bus's root ports are spare (for VFIO hot-plug).
-    pub(crate) spare_root_ports: u8,
     pub fn vsock_uds(&self) -> Option<&Path> {
         self.vsock_uds.as_deref()
     }

@@ -315,6 +315,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         event_thread: None,
         hotplug: p.hotplug.clone(),
         balloon: p.balloon.clone(),
+        vfio_hotplug,
         resources: Some(Resources {
             pci,
             kvm,
@@ -327,7 +328,6 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
     };
     let spawn_err = |source| Error::DeviceIo {
         device: "VM".into(),
-        vfio_hotplug,
         what: "spawning a thread".into(),
         source,
     };
@@ -443,6 +443,12 @@ impl Vm {
         self.balloon.clone()
     }
 
+    /// VFIO hot-plug onto the VM's spare root ports, when it was built with
+    /// [`super::VmBuilder::spare_root_ports`] (see [`crate::devices::vfio::hotplug`]).
+    pub fn vfio_hotplug(&self) -> Option<crate::devices::vfio::hotplug::VfioHotplug> {
+        self.vfio_hotplug.clone()
+    }
+
     /// A handle that waits for the VM's end from another thread.
     pub fn exit_watcher(&self) -> ExitWatcher {
         ExitWatcher(self.shared.clone())
@@ -455,12 +461,6 @@ impl Vm {
     }
 
     /// The kernel ids of the VM's vCPU and device threads (for the host's cgroups).
-    /// VFIO hot-plug onto the VM's spare root ports, when it was built with
-    /// [`super::VmBuilder::spare_root_ports`] (see [`crate::devices::vfio::hotplug`]).
-    pub fn vfio_hotplug(&self) -> Option<crate::devices::vfio::hotplug::VfioHotplug> {
-        self.vfio_hotplug.clone()
-    }
-
     pub fn thread_ids(&self) -> VmThreadIds {
         self.thread_ids.clone()
     }
@@ -493,6 +493,7 @@ impl Vm {
         if let Some(h) = self.event_thread.take() {
             let _ = h.join();
         }
+        self.vfio_hotplug = None;
         self.resources = None;
         self.shared
             .wait(Some(Duration::ZERO))
@@ -505,7 +506,6 @@ impl Drop for Vm {
         self.stop();
     }
 }
-        self.vfio_hotplug = None;
 
 /// The event loop's own handler: the i8042 reset and the stop request.
 struct Control {
