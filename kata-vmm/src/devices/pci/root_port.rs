@@ -14,8 +14,8 @@
 //!   events: "no command completed support"). Slot status: presence detect state, presence
 //!   detect changed, data link layer state changed, attention button pressed (write 1 to
 //!   clear).
-//! - **Events**: [`RootPort::plug`] puts a function in the slot (presence and link up, both
-//!   changes flagged), [`RootPort::press_attention`] asks the guest to release it; the guest
+//! - **Events**: [`RootPort::plug`] puts a function in the slot (presence changed and the
+//!   attention button pressed, link up once powered), [`RootPort::press_attention`] asks the guest to release it; the guest
 //!   turning the slot's power off (the power controller control bit) is what
 //!   [`RootPort::powered_off`] reports, and [`RootPort::unplug`] takes the function out. A
 //!   status bit newly set while its event and hot-plug interrupts are enabled raises the
@@ -229,15 +229,18 @@ impl RootPort {
         self.slot_status |= SLOT_STATUS_PDS;
     }
 
-    /// Puts `device` in the empty slot at runtime: presence detected and changed, and the link
-    /// changes once the guest powers the slot; the port's interrupt if enabled. Gives the
-    /// device back when the slot is occupied.
+    /// Puts `device` in the empty slot at runtime: presence detected and changed and the
+    /// attention button pressed (as a user does after inserting a card: Linux's pciehp enables
+    /// no presence event on a slot with a button, only the button's and the link's, and it
+    /// brings the slot up on the presence change it then reads), and the link changes once the
+    /// guest powers the slot; the port's interrupt if enabled. Gives the device back when the
+    /// slot is occupied.
     pub fn plug(&mut self, device: SharedPciDevice) -> Result<(), SharedPciDevice> {
         if self.child.is_some() {
             return Err(device);
         }
         self.child = Some(device);
-        self.slot_status |= SLOT_STATUS_PDS | SLOT_STATUS_PDC;
+        self.slot_status |= SLOT_STATUS_PDS | SLOT_STATUS_PDC | SLOT_STATUS_ABP;
         if self.is_powered() {
             self.slot_status |= SLOT_STATUS_DLLSC;
         }

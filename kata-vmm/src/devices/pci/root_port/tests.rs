@@ -206,6 +206,11 @@ fn a_hot_plug_raises_presence_and_the_ports_msi_once_per_new_event() {
     let s = slot_status(&p);
     assert_ne!(s & SLOT_STATUS_PDS, 0);
     assert_ne!(s & SLOT_STATUS_PDC, 0);
+    assert_ne!(
+        s & SLOT_STATUS_ABP,
+        0,
+        "the button, as QEMU and a user press it"
+    );
     assert!(!link_active(&p), "no link until the guest powers the slot");
     assert_eq!(
         sent.lock().unwrap().as_slice(),
@@ -228,7 +233,7 @@ fn a_hot_plug_raises_presence_and_the_ports_msi_once_per_new_event() {
     w16(
         &mut p,
         PCIE_OFFSET + 0x1a,
-        SLOT_STATUS_PDC | SLOT_STATUS_DLLSC | SLOT_STATUS_PDS,
+        SLOT_STATUS_PDC | SLOT_STATUS_DLLSC | SLOT_STATUS_ABP | SLOT_STATUS_PDS,
     );
     assert_eq!(
         slot_status(&p),
