@@ -77,8 +77,13 @@ pub const DEFAULT_CONSOLE_CAPACITY: usize = 64 << 10;
 pub struct VmConfig {
     /// A name for logs and the memfd (`/proc/<pid>/maps`).
     pub name: String,
-    /// vCPUs (1 to [`MAX_VCPUS`]).
+    /// vCPUs booted (1 to [`MAX_VCPUS`]).
     pub vcpus: u8,
+    /// vCPUs the VM has in all (0: as many as `vcpus`). Those above `vcpus` are present and
+    /// parked: listed in the MP table and created, each thread in KVM's wait-for-SIPI, while
+    /// the kernel boots only `vcpus` of them (`maxcpus=<vcpus>` on its command line); the guest
+    /// brings one up by writing 1 to `/sys/devices/system/cpu/cpuN/online`.
+    pub max_vcpus: u8,
     /// Guest memory in MiB.
     pub memory_mib: u64,
     /// The kernel: a bzImage or an ELF vmlinux.
@@ -124,6 +129,7 @@ impl VmBuilder {
             config: VmConfig {
                 name: "kata-vm".into(),
                 vcpus: 1,
+                max_vcpus: 0,
                 memory_mib: 128,
                 kernel: kernel.into(),
                 initramfs: None,
@@ -156,6 +162,13 @@ impl VmBuilder {
     /// The number of vCPUs.
     pub fn vcpus(mut self, vcpus: u8) -> Self {
         self.config.vcpus = vcpus;
+        self
+    }
+
+    /// The vCPUs the VM has in all, `vcpus` of them booted and the others parked until the
+    /// guest onlines them (0: none parked); see [`VmConfig::max_vcpus`].
+    pub fn max_vcpus(mut self, max_vcpus: u8) -> Self {
+        self.config.max_vcpus = max_vcpus;
         self
     }
 
@@ -263,6 +276,7 @@ impl VmBuilder {
                 ),
             });
         }
+        let max_vcpus = parked_vcpus_max(&c)?;
         if c.hotplug_memory_mib > 0 && !c.vfio.is_empty() {
             return Err(Error::Device {
                 device: format!("VM {}", c.name),
@@ -373,6 +387,13 @@ impl VmBuilder {
             BASE_CMDLINE.to_string()
         };
         let mut cmdline = loader::cmdline(&base)?;
+        // Parked vCPUs: the kernel boots `vcpus` of the MP table's processors, and the others
+        // stay present and offline until the guest onlines them.
+        if max_vcpus > c.vcpus {
+            cmdline
+                .insert_str(format!("maxcpus={}", c.vcpus))
+                .map_err(|e| Error::Cmdline(e.to_string()))?;
+        }
         if !c.cmdline.is_empty() {
             cmdline
                 .insert_str(&c.cmdline)
@@ -392,7 +413,7 @@ impl VmBuilder {
             }
             None => Vec::new(),
         };
-        mptable::write_mptable_with_pci(mem, c.vcpus, &intx)?;
+        mptable::write_mptable_with_pci(mem, max_vcpus, &intx)?;
 
         let console = ConsoleSink::new(c.console_capacity);
         let exit_evt = ExitEvent::new().map_err(io_err("the VM exit eventfd"))?;
@@ -434,6 +455,7 @@ impl VmBuilder {
         Ok(PreparedVm {
             name: c.name,
             vcpus: c.vcpus,
+            max_vcpus,
             ram,
             entry: kernel.entry,
             cmdline: cmdline_text,
@@ -473,6 +495,8 @@ pub(crate) struct PreparedDevice {
 pub struct PreparedVm {
     pub(crate) name: String,
     pub(crate) vcpus: u8,
+    /// The vCPUs created, `vcpus` booted and the rest parked (at least `vcpus`).
+    pub(crate) max_vcpus: u8,
     pub(crate) ram: GuestRam,
     pub(crate) entry: vm_memory::GuestAddress,
     pub(crate) cmdline: String,
@@ -498,6 +522,7 @@ impl std::fmt::Debug for PreparedVm {
         f.debug_struct("PreparedVm")
             .field("name", &self.name)
             .field("vcpus", &self.vcpus)
+            .field("max_vcpus", &self.max_vcpus)
             .field("cmdline", &self.cmdline)
             .field("devices", &self.devices.len())
             .finish_non_exhaustive()
@@ -533,6 +558,23 @@ impl PreparedVm {
     /// Creates the KVM VM and starts the vCPU and event loop threads.
     pub fn start(self) -> Result<Vm> {
         run::start(self)
+    }
+}
+
+/// The vCPUs a VM of `c` has in all: `max_vcpus` (0: `vcpus`); fewer than `vcpus` or more than
+/// the MP table lists is refused naming `default_maxvcpus`.
+fn parked_vcpus_max(c: &VmConfig) -> Result<u8> {
+    match c.max_vcpus {
+        0 => Ok(c.vcpus),
+        max if max < c.vcpus || max > MAX_VCPUS => Err(Error::Device {
+            device: format!("VM {}", c.name),
+            reason: format!(
+                "{max} vCPUs in all with {} booted: the built-in VMM has {} to {MAX_VCPUS} \
+                 (default_maxvcpus, at least default_vcpus)",
+                c.vcpus, c.vcpus
+            ),
+        }),
+        max => Ok(max),
     }
 }
 

@@ -272,9 +272,21 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         None => None,
     };
 
-    // Every vCPU is created and configured before any runs.
+    // Every vCPU is created and configured before any runs: the `vcpus` the kernel boots and
+    // the parked ones above them (`maxcpus=`), which wait in KVM for the guest's INIT/SIPI.
+    let kvm_max = kvm.kvm().get_max_vcpus();
+    if usize::from(p.max_vcpus) > kvm_max {
+        return Err(Error::Device {
+            device: format!("VM {}", p.name),
+            reason: format!(
+                "{} vCPUs: this host's KVM runs at most {kvm_max} per VM (KVM_CAP_MAX_VCPUS); \
+                 lower default_maxvcpus",
+                p.max_vcpus
+            ),
+        });
+    }
     let mut vcpus = Vec::new();
-    for id in 0..p.vcpus {
+    for id in 0..p.max_vcpus {
         let fd = kvm
             .fd()
             .create_vcpu(u64::from(id))
@@ -282,7 +294,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
                 what: "KVM_CREATE_VCPU",
                 source,
             })?;
-        vcpu::configure(kvm.kvm(), &fd, id, p.vcpus, p.entry)?;
+        vcpu::configure(kvm.kvm(), &fd, id, p.max_vcpus, p.entry)?;
         vcpus.push(fd);
     }
 
@@ -375,8 +387,8 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         }
     }
     drop(tid_tx);
-    vm.thread_ids = collect_thread_ids(&tid_rx, usize::from(p.vcpus), THREAD_ID_WAIT)?;
-    tracing::info!(name = %p.name, vcpus = p.vcpus, cmdline = %p.cmdline, threads = ?vm.thread_ids, "built-in VMM: VM started");
+    vm.thread_ids = collect_thread_ids(&tid_rx, usize::from(p.max_vcpus), THREAD_ID_WAIT)?;
+    tracing::info!(name = %p.name, vcpus = p.vcpus, max_vcpus = p.max_vcpus, cmdline = %p.cmdline, threads = ?vm.thread_ids, "built-in VMM: VM started");
     Ok(vm)
 }
 

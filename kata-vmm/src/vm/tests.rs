@@ -345,3 +345,60 @@ fn a_thread_that_never_reports_fails_the_start_naming_the_count() {
     assert!(err.to_string().contains("1 of 3 reported"), "{err}");
     drop(tx);
 }
+
+#[test]
+fn parked_vcpus_are_listed_and_created_but_only_the_booted_ones_start() {
+    // Refused before anything is loaded, naming the key: fewer in all than booted, or more than
+    // the MP table lists.
+    for (boot, max) in [(2, 1), (1, MAX_VCPUS + 1)] {
+        let e = VmBuilder::new("/proc/version")
+            .vcpus(boot)
+            .max_vcpus(max)
+            .prepare()
+            .unwrap_err();
+        assert!(e.to_string().contains("default_maxvcpus"), "{e}");
+    }
+    let Some((kernel, initrd)) = guest_image() else {
+        return;
+    };
+    // The processors the MP table in guest memory lists: (APIC id, flags).
+    let processors = |p: &PreparedVm| {
+        let mut b = vec![0u8; 1024];
+        p.ram
+            .memory()
+            .read_slice(&mut b, GuestAddress(crate::vstate::mptable::MPTABLE_START))
+            .unwrap();
+        let t = &b[16..];
+        let mut at = 44;
+        let mut out = Vec::new();
+        while t[at] == 0 {
+            out.push((t[at + 1], t[at + 3]));
+            at += 20;
+        }
+        out
+    };
+    let p = VmBuilder::new(&kernel)
+        .initramfs(&initrd)
+        .vcpus(1)
+        .max_vcpus(3)
+        .cmdline("console=ttyS0")
+        .prepare()
+        .unwrap();
+    assert!(
+        p.cmdline().contains(" maxcpus=1 console=ttyS0"),
+        "{}",
+        p.cmdline()
+    );
+    assert_eq!((p.vcpus, p.max_vcpus), (1, 3));
+    // Every one enabled (so present), the first the boot processor.
+    assert_eq!(processors(&p), [(0, 3), (1, 1), (2, 1)]);
+    // Without parked vCPUs: no maxcpus, the table of the booted ones.
+    let p = VmBuilder::new(&kernel)
+        .initramfs(&initrd)
+        .vcpus(2)
+        .prepare()
+        .unwrap();
+    assert!(!p.cmdline().contains("maxcpus"), "{}", p.cmdline());
+    assert_eq!(p.max_vcpus, 2);
+    assert_eq!(processors(&p), [(0, 3), (1, 1)]);
+}
