@@ -10,8 +10,9 @@
 //! - QEMU: every host process of the pod: `Sandbox::host_pids` (QEMU; the kernel's vhost-vsock
 //!   has no process) and the pod's virtiofsd (the daemon kata-rs started and its sandboxed
 //!   child, found by their `--socket-path=<sandbox dir>/virtiofsd.sock`: `host_pids` does not
-//!   name them). The guest memory's share is the `Pss:` of QEMU's `memfd:memory-backend-memfd`
-//!   mappings; the VMM's overhead is the pod's PSS less it. Each of QEMU's and virtiofsd's PSS
+//!   name them). The guest memory's share is the `Pss:` of their `memfd:memory-backend-memfd`
+//!   mappings (QEMU's and virtiofsd's: vhost-user maps it in both); the VMM's overhead is the
+//!   pod's PSS less it. Each of QEMU's and virtiofsd's PSS
 //!   is also split into `Pss_Anon`, `Pss_File` and `Pss_Shmem` (`smaps_rollup`), per pod, so
 //!   the overhead is attributed.
 //! - The built-in VMM: it lives in the runner's process, so a pod's PSS is the runner's PSS
@@ -224,6 +225,8 @@ fn read(vmm: Vmm, pods: &[Sandbox], runner_before_kib: u64) -> Result<Reading> {
                     let text = rollup(&pid)?;
                     r.pss_kib += rollup_pss_kib(&text)
                         .with_context(|| format!("no Pss: line in /proc/{pid}/smaps_rollup"))?;
+                    // virtiofsd maps the guest memory too (vhost-user): its share is the guest's.
+                    r.guest_kib += guest_pss_kib(&pid, "memfd:memory-backend-memfd")?;
                     r.virtiofsd
                         .add(&text)
                         .with_context(|| format!("virtiofsd, pid {pid}"))?;
