@@ -903,7 +903,9 @@ fn main() -> ExitCode {
         boots.push((vmm, c.boot));
     }
     // Issue 12 with the built-in VMM (cold-plug on kata-vmm's PCI bus), after every VMM's set.
-    let builtin = vfio_named("builtin") || boots.iter().any(|(v, _)| *v == Vmm::Builtin);
+    let builtin = vfio_named("builtin")
+        || vfio_named("builtin-hot")
+        || boots.iter().any(|(v, _)| *v == Vmm::Builtin);
     if let (true, Ok(rootfs)) = (builtin, &rootfs) {
         let (r, p) = runtime.block_on(vfio::run_builtin(rootfs, ROOT_DIR));
         println!("lab-summary builtin-vfio: {p} of {r} checks passed");

@@ -111,8 +111,8 @@ pub const BUILTIN_ONLY_CHECKS: &[&str] = &[
 
 /// The VFIO checks with the built-in VMM (issue 12, `src/vfio.rs`), reported as
 /// `builtin-<name>`: cold-plug on kata-vmm's PCI root bus, BAR0 in `guest-kernel` mode, the
-/// proof program in `vfio` mode, its MSI and INTx (`vfio-msi`, `vfio-intx`), the hot-plug
-/// refusal. Run after every VMM's set, before the crash row.
+/// proof program in `vfio` mode, its MSI and INTx (`vfio-msi`, `vfio-intx`), hot-plug onto a
+/// spare root port and its unplug. Run after every VMM's set, before the crash row.
 pub const BUILTIN_VFIO_CHECKS: &[&str] = &[
     "vfio-cold",
     "vfio-bar0-guest-kernel",
@@ -122,7 +122,7 @@ pub const BUILTIN_VFIO_CHECKS: &[&str] = &[
     // A virtio-rng (MSI-X only, modern) driven by L2's kernel through the emulated MSI-X
     // table: its vectors counting in /proc/interrupts while /dev/hwrng is read.
     "vfio-msix",
-    "vfio-hot-refused",
+    "vfio-hot-root-port",
 ];
 
 /// The figure comparing the two VMMs' boot-to-agent-ready times (built-in / QEMU, issue 11's
@@ -972,7 +972,8 @@ mod tests {
         assert!(!expected.contains(&"builtin-vhost-vsock".to_string()));
         // The built-in VMM's VFIO checks are its own (cold-plug only), not QEMU's list.
         assert!(expected.contains(&"builtin-vfio-cold".to_string()));
-        assert!(!expected.contains(&"builtin-vfio-hot-root-port".to_string()));
+        assert!(expected.contains(&"builtin-vfio-hot-root-port".to_string()));
+        assert!(!expected.contains(&"builtin-vfio-hot-switch-port".to_string()));
         assert!(!expected_checks(&[Vmm::Qemu])
             .iter()
             .any(|c| c.starts_with("builtin-vfio")));

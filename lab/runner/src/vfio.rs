@@ -39,9 +39,9 @@
 //! - `vfio-bar0-guest-kernel`: in that container BAR0+0 reads `0x010000ed` and BAR0+4 reads a
 //!   written value back inverted (`/dev/mem`, each access a KVM MMIO exit in the runner);
 //! - `vfio-mode-cold` (`vfio_mode = "vfio"`): the proof program through L2's no-IOMMU VFIO;
-//! - `vfio-hot-refused`: a sandbox without cold-plug; a container naming the device fails to
-//!   be created with the backend's refusal (naming the device and the fix), and the sandbox
-//!   runs the next container.
+//! - `vfio-hot-root-port`: a sandbox without cold-plug and one spare root port; a container
+//!   naming the device gets it hot-plugged behind the port, its delete unplugs it (gone from
+//!   L2), and a second container gets it again at the same guest path.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -866,6 +866,11 @@ async fn build_builtin_once(
     } else {
         PciePort::NoPort
     };
+    if !cold {
+        // One spare root port for the hot-plug case.
+        hv.hot_plug_vfio = PciePort::RootPort;
+        hv.pcie_root_port = 1;
+    }
     let mut b = if vfio_mode {
         let mut config = kata_sandbox::config::KataConfig::default();
         config.hypervisor.insert("dragonball".into(), hv.clone());
@@ -985,10 +990,13 @@ async fn builtin_vfio_mode_case(r: &mut Report, vfio: &Path, rootfs: &Path, root
     }
 }
 
-/// `builtin-vfio-hot-refused`: no cold-plug, so a container naming the device would need a
-/// hot-plug, which the built-in VMM refuses; the sandbox runs on.
-async fn builtin_hot_refused_case(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir: &str) {
-    let name = "vfio-hot-refused";
+/// `builtin-vfio-hot-root-port`: a sandbox with one spare root port and no cold-plug
+/// (`hot_plug_vfio = "root-port"`, `pcie_root_port = 1`); a container naming the edu's group
+/// gets it hot-plugged behind the port (L2 lists 1234:11e8 at guest path `0n/00`), its delete
+/// unplugs it (attention button, L2's pciehp powers the slot off; a plain container then lists
+/// no edu), and a second container gets it again at the same path (the port was freed).
+async fn builtin_hot_root_port_case(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir: &str) {
+    let name = "vfio-hot-root-port";
     let sb = match build_builtin(false, false, vfio, root_dir).await {
         Ok(sb) => sb,
         Err(e) => {
@@ -996,26 +1004,31 @@ async fn builtin_hot_refused_case(r: &mut Report, vfio: &Path, rootfs: &Path, ro
             return;
         }
     };
-    let result = tokio::time::timeout(Duration::from_secs(180), async {
-        let refused = match run_in(&sb, rootfs, vfio, false, LIST_EDU).await {
-            Ok(out) => bail!("the container ran with the device: {out:?}"),
-            Err(e) => format!("{e:#}"),
-        };
-        ensure!(
-            refused.contains("cold-plugs VFIO only") && refused.contains("[hypervisor.qemu]"),
-            "not the built-in VMM's refusal: {refused}"
+    let result = tokio::time::timeout(Duration::from_secs(400), async {
+        let t = Instant::now();
+        let first = seen_at_depth(&run_in(&sb, rootfs, vfio, false, LIST_EDU).await?, 2)?;
+        on_its_port(PciePort::RootPort, &first)?;
+        let first_run = t.elapsed();
+        println!(
+            "{}",
+            figure_line(
+                "builtin-vfio-hotplug-container-run",
+                first_run.as_secs_f64() * 1000.0,
+                "ms",
+                "a container run with the edu hot-plugged onto the built-in VMM's spare root \
+                 port: the plug (group opened, L2's RAM mapped for DMA), the agent's wait for \
+                 it in L2, the container, its delete with the unplug (pciehp's 5 s button wait)"
+            )
         );
-        let plain = ContainerSpec::from_rootfs_dir(rootfs).args(["sh", "-c", LIST_EDU]);
-        let after = sb.run(plain).await?;
-        ensure!(
-            after.status.success() && !after.stdout_str().contains("edu "),
-            "the next container: status {}, {:?}",
-            after.status,
-            after.stdout_str()
-        );
+        let again = unplugged_then_again(&sb, rootfs, vfio, PciePort::RootPort, &first).await?;
         Ok::<_, anyhow::Error>(format!(
-            "refused: {}; the sandbox ran the next container",
-            refused.lines().next().unwrap_or_default()
+            "{} hot-plugged onto the built-in VMM's spare root port: 1234:11e8 at guest PCI \
+             path {first} (container created, ran and deleted in {first_run:.1?}); {}",
+            vfio.display(),
+            again.replace(
+                "(device_del, DEVICE_DELETED)",
+                "(attention button, slot powered off)"
+            )
         ))
     })
     .await;
@@ -1026,7 +1039,8 @@ async fn builtin_hot_refused_case(r: &mut Report, vfio: &Path, rootfs: &Path, ro
 }
 
 /// The VFIO cases L1's kernel command line selects with `lab.vfio=<name>:<name>` (the host's
-/// `KATA_LAB_VFIO`, comma-separated): `builtin` (the built-in VMM's VFIO checks), `ctr` (the
+/// `KATA_LAB_VFIO`, comma-separated): `builtin` (the built-in VMM's VFIO checks; `builtin-hot`
+/// its hot-plug case alone), `ctr` (the
 /// containerd case, `src/vfio_ctr.rs`) and QEMU's checks by name (`vfio-mode-cold-switch-port`).
 /// With a selection the runner runs those alone, no VMM set; `None` without one.
 pub fn only() -> Result<Option<Vec<String>>> {
@@ -1041,8 +1055,10 @@ fn parse_only(cmdline: &str) -> Result<Option<Vec<String>>> {
     else {
         return Ok(None);
     };
-    let known =
-        |n: &str| ["builtin", "ctr"].contains(&n) || kata_lab::protocol::VFIO_CHECKS.contains(&n);
+    let known = |n: &str| {
+        ["builtin", "builtin-hot", "ctr"].contains(&n)
+            || kata_lab::protocol::VFIO_CHECKS.contains(&n)
+    };
     let names: Vec<String> = list
         .split([':', ','])
         .filter(|n| !n.is_empty())
@@ -1050,7 +1066,7 @@ fn parse_only(cmdline: &str) -> Result<Option<Vec<String>>> {
         .collect();
     if let Some(bad) = names.iter().find(|n| !known(n)) {
         bail!(
-            "KATA_LAB_VFIO names {bad:?}: the lab knows builtin, ctr and {}",
+            "KATA_LAB_VFIO names {bad:?}: the lab knows builtin, builtin-hot, ctr and {}",
             kata_lab::protocol::VFIO_CHECKS.join(", ")
         );
     }
@@ -1081,6 +1097,15 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
             return (r.ran, r.passed);
         }
     };
+    // `KATA_LAB_VFIO=builtin-hot`: the hot-plug case alone.
+    if only()
+        .ok()
+        .flatten()
+        .is_some_and(|o| o.iter().any(|n| n == "builtin-hot"))
+    {
+        builtin_hot_root_port_case(&mut r, &vfio, rootfs, root_dir).await;
+        return (r.ran, r.passed);
+    }
     builtin_cold_case(&mut r, &vfio, rootfs, root_dir).await;
     match build_proof(rootfs) {
         Ok(()) => builtin_vfio_mode_case(&mut r, &vfio, rootfs, root_dir).await,
@@ -1088,7 +1113,7 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
     }
     vfio_irq::run(&mut r, &vfio, rootfs, root_dir).await;
     vfio_msix::run(&mut r, rootfs, root_dir).await;
-    builtin_hot_refused_case(&mut r, &vfio, rootfs, root_dir).await;
+    builtin_hot_root_port_case(&mut r, &vfio, rootfs, root_dir).await;
     (r.ran, r.passed)
 }
 
