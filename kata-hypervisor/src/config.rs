@@ -164,7 +164,7 @@ impl HypervisorType {
     /// Most vCPUs the VMM supports (Kata's limits).
     pub fn max_vcpus(self) -> u32 {
         match self {
-            HypervisorType::Firecracker => 32,
+            HypervisorType::Firecracker | HypervisorType::Dragonball => 32,
             _ => 256,
         }
     }

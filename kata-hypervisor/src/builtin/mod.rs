@@ -71,13 +71,15 @@ const CONSOLE_LINES_LOGGED: usize = 400;
 
 /// What the built-in backend can do with `config`: memory hot-plug, and giving memory back,
 /// when it gives the VM a virtio-mem device (`enable_virtio_mem`, `default_maxmemory` above
-/// `default_memory`).
+/// `default_memory`); vCPU growth when it has parked vCPUs (`default_maxvcpus` above
+/// `default_vcpus`, see `resize::max_vcpus`).
 pub fn capabilities(config: &HypervisorConfig) -> Capabilities {
     let virtio_mem = resize::hotplug_mib(config, resize::host_memory_mib()) > 0;
     Capabilities {
         backend: Some(HypervisorType::Dragonball),
         block_hotplug: false,
-        cpu_hotplug: false,
+        cpu_hotplug: parked_vcpus,
+    let parked_vcpus = resize::max_vcpus(config, crate::config::host_cpus()) > config.default_vcpus;
         memory_hotplug: virtio_mem,
         memory_shrink: virtio_mem,
         vfio: true,
@@ -134,6 +136,8 @@ pub struct Builtin {
 }
 
 impl std::fmt::Debug for Builtin {
+    /// The vCPUs granted to the running VM (booted and parked: `resize::resize_vcpus`).
+    vcpus: Mutex<Option<resize::VcpuGrant>>,
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Builtin")
             .field("id", &self.id)
@@ -164,6 +168,7 @@ impl Builtin {
             id: id.to_string(),
             config,
             vm_dir: vm_dir.to_path_buf(),
+        resize::check_max_vcpus(&config)?;
             disks: Mutex::new(Vec::new()),
             nics: Mutex::new(Vec::new()),
             hot_vfio: Mutex::new(Vec::new()),
@@ -177,6 +182,7 @@ impl Builtin {
         })
     }
 
+            vcpus: Mutex::new(None),
     fn uds(&self) -> PathBuf {
         self.vm_dir.join(VSOCK_SOCKET)
     }
@@ -235,6 +241,7 @@ impl Builtin {
             .cmdline(Self::kernel_cmdline(&self.config))
             .vsock(self.uds())
             .virtio_console(true)
+            .max_vcpus(resize::max_vcpus(&self.config, crate::config::host_cpus()) as u8)
             .hotplug_memory_mib(resize::hotplug_mib(&self.config, resize::host_memory_mib()));
         if let Some(i) = initrd {
             b = b.initramfs(i);
@@ -285,6 +292,7 @@ impl Builtin {
     }
 }
 
+        *lock(&self.vcpus) = None;
 #[async_trait]
 impl Hypervisor for Builtin {
     fn kind(&self) -> HypervisorType {
@@ -385,6 +393,10 @@ impl Hypervisor for Builtin {
         self.set_state(VmState::Running);
         Ok(())
     }
+        *lock(&self.vcpus) = Some(resize::VcpuGrant::new(
+            self.config.default_vcpus,
+            vm.thread_ids().vcpus.len() as u32,
+        ));
 
     async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let address = self.agent_address()?;
@@ -488,10 +500,11 @@ impl Hypervisor for Builtin {
     }
 
     async fn resize_vcpus(&self, vcpus: u32) -> Result<u32> {
-        if vcpus <= self.config.default_vcpus {
-            return Ok(self.config.default_vcpus);
+        match lock(&self.vcpus).as_mut() {
+            Some(grant) => resize::resize_vcpus(grant, vcpus),
+            None if vcpus <= self.config.default_vcpus => Ok(self.config.default_vcpus),
+            None => Err(Error::NotRunning(self.state().to_string())),
         }
-        Err(resize::vcpus_refused(vcpus))
     }
 
     async fn resize_memory(&self, mib: u32) -> Result<u32> {

@@ -8,12 +8,21 @@
 //! backend says [`Capabilities::memory_shrink`](crate::Capabilities::memory_shrink) with the
 //! device, and kata-sandbox gives memory back when a container leaves.
 //!
-//! vCPUs are not hot-plugged: the VMM describes its CPUs with an MP table, without ACPI, so the
-//! guest has no way to be told of a new one ([`vcpus_refused`]).
+//! vCPUs: the VMM describes its CPUs with an MP table, without ACPI, so nothing can tell the
+//! guest of a new one. Instead a VM has [`max_vcpus`] vCPUs from the start, `default_vcpus` of
+//! them booted (`maxcpus=` on the kernel's command line) and the others **parked**: present in
+//! the MP table, each thread blocked in KVM's wait-for-SIPI (no host CPU used) until the guest
+//! onlines it (`echo 1 > /sys/devices/system/cpu/cpuN/online`: INIT/SIPI to that vCPU).
+//! [`resize_vcpus`] grows by granting up to `default_maxvcpus` of them; the agent's
+//! `OnlineCPUMem`, which kata-sandbox sends after the resize, brings them up. A shrink is not
+//! done: the agent's API has no call that takes a CPU offline, so the VM keeps the vCPUs it was
+//! granted online and the answer says so. The guest could online a parked vCPU by itself: the
+//! host's bound on its CPU time is the sandbox's cgroup, which the vCPU threads are in.
 
 use std::time::Duration;
 
 use kata_vmm::devices::virtio::mem::{MemHandle, BLOCK_SIZE};
+use kata_vmm::vstate::mptable::MAX_VCPUS as MPTABLE_MAX_VCPUS;
 
 use crate::config::HypervisorConfig;
 use crate::error::{Error, Result};
@@ -141,15 +150,91 @@ pub async fn resize_memory(
     .judge("built-in VMM")
 }
 
-/// Why vCPUs are not hot-plugged into a built-in VM of `vcpus`.
-pub fn vcpus_refused(vcpus: u32) -> Error {
-    Error::Unsupported {
-        backend: "dragonball",
-        what: format!(
-            "growing the VM to {vcpus} vCPUs (the built-in VMM has no ACPI, so no CPU \
-             hot-plug: set default_vcpus to what the pod needs)"
-        ),
+/// The most vCPUs a built-in VM has (the processors its MP table lists).
+pub const MAX_VCPUS: u32 = MPTABLE_MAX_VCPUS as u32;
+
+/// The vCPUs a built-in VM of `config` has in all, booted and parked, on a host of `host_cpus`
+/// CPUs (Kata's rule): `default_maxvcpus`, where 0 or more than the host's CPUs means the
+/// host's CPUs, at most [`MAX_VCPUS`] (KVM allows more: `KVM_CAP_MAX_VCPUS` is checked when the
+/// VM starts), never fewer than `default_vcpus`.
+pub fn max_vcpus(config: &HypervisorConfig, host_cpus: u32) -> u32 {
+    let host = host_cpus.max(1);
+    let max = match config.default_maxvcpus {
+        0 => host,
+        m => m.min(host),
+    };
+    max.min(MAX_VCPUS).max(config.default_vcpus)
+}
+
+/// Refuses a `default_maxvcpus` below `default_vcpus` (0 is the host's CPUs), naming the key.
+pub fn check_max_vcpus(config: &HypervisorConfig) -> Result<()> {
+    let (boot, max) = (config.default_vcpus, config.default_maxvcpus);
+    if max != 0 && max < boot {
+        return Err(Error::InvalidConfig {
+            key: "default_maxvcpus",
+            value: max.to_string(),
+            reason: format!(
+                "fewer than default_vcpus = {boot}: set default_maxvcpus to at least \
+                 default_vcpus (0: the host's CPUs, at most {MAX_VCPUS})"
+            ),
+        });
     }
+    Ok(())
+}
+
+/// The vCPUs granted to a running VM: the booted ones, and the parked ones a resize gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuGrant {
+    /// `default_vcpus`.
+    pub boot: u32,
+    /// [`max_vcpus`]: the vCPUs the VM was created with.
+    pub max: u32,
+    /// The vCPUs the guest may have online now (the answer of the last resize).
+    pub granted: u32,
+}
+
+impl VcpuGrant {
+    /// A VM just booted: `boot` of `max` granted.
+    pub fn new(boot: u32, max: u32) -> Self {
+        VcpuGrant {
+            boot,
+            max,
+            granted: boot,
+        }
+    }
+}
+
+/// Sets a running VM's vCPUs to `vcpus`, returning how many it has now. Growing (up to
+/// `default_maxvcpus`: beyond it an error naming the key) grants parked vCPUs, which exist
+/// since the VM started: the guest onlines them when the agent's `OnlineCPUMem` asks it to.
+/// Asking for fewer than granted takes nothing back (no agent call offlines a CPU): the
+/// answer is the vCPUs the VM keeps, logged.
+pub fn resize_vcpus(grant: &mut VcpuGrant, vcpus: u32) -> Result<u32> {
+    if vcpus > grant.max {
+        return Err(Error::ResizeBeyond {
+            what: "vCPUs",
+            requested: vcpus.to_string(),
+            key: "default_maxvcpus",
+            limit: grant.max.to_string(),
+            fix: format!(
+                "raise default_maxvcpus (the built-in VMM creates that many vCPUs at boot, \
+                 parked; 0 means the host's CPUs, at most {MAX_VCPUS}), or lower the \
+                 container's CPU limit"
+            ),
+        });
+    }
+    let target = vcpus.max(grant.boot);
+    if target < grant.granted {
+        tracing::info!(
+            asked = vcpus,
+            keeps = grant.granted,
+            "built-in VMM: vCPUs are not taken back from the guest (the agent has no call that \
+             takes a CPU offline); the VM keeps them online"
+        );
+        return Ok(grant.granted);
+    }
+    grant.granted = target;
+    Ok(target)
 }
 
 #[cfg(test)]
@@ -173,6 +258,63 @@ mod tests {
         assert!(!caps.memory_hotplug && !caps.memory_shrink, "no device");
         let caps = super::super::capabilities(&config(true, 512));
         assert!(!caps.memory_shrink, "no room: no device");
+    }
+
+    fn vcpus(boot: u32, max: u32) -> HypervisorConfig {
+        HypervisorConfig {
+            default_vcpus: boot,
+            default_maxvcpus: max,
+            ..HypervisorConfig::defaults_for(crate::HypervisorType::Dragonball)
+        }
+    }
+
+    #[test]
+    fn max_vcpus_is_clamped_like_katas_and_to_the_mp_table() {
+        assert_eq!(max_vcpus(&vcpus(1, 2), 4), 2);
+        assert_eq!(max_vcpus(&vcpus(1, 0), 4), 4, "0: the host's CPUs");
+        assert_eq!(
+            max_vcpus(&vcpus(1, 8), 4),
+            4,
+            "more than the host's: the host's"
+        );
+        assert_eq!(max_vcpus(&vcpus(1, 0), 64), MAX_VCPUS, "the MP table's 32");
+        assert_eq!(max_vcpus(&vcpus(1, 40), 64), MAX_VCPUS);
+        assert_eq!(max_vcpus(&vcpus(3, 0), 2), 3, "never below default_vcpus");
+        assert_eq!(max_vcpus(&vcpus(1, 1), 4), 1, "no parked vCPU");
+        check_max_vcpus(&vcpus(2, 0)).unwrap();
+        check_max_vcpus(&vcpus(2, 2)).unwrap();
+        let e = check_max_vcpus(&vcpus(2, 1)).unwrap_err().to_string();
+        assert!(
+            e.contains("default_maxvcpus") && e.contains("default_vcpus = 2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn vcpus_grow_up_to_the_max_and_are_kept_when_fewer_are_asked() {
+        let mut g = VcpuGrant::new(1, 3);
+        assert_eq!(resize_vcpus(&mut g, 2).unwrap(), 2);
+        assert_eq!(resize_vcpus(&mut g, 3).unwrap(), 3);
+        // Fewer: nothing is taken back, the answer says what the VM keeps.
+        assert_eq!(resize_vcpus(&mut g, 1).unwrap(), 3);
+        assert_eq!(g.granted, 3);
+        let e = resize_vcpus(&mut g, 4).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ResizeBeyond {
+                    key: "default_maxvcpus",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("at 3"), "{e}");
+        assert_eq!(g.granted, 3, "a refused resize changes nothing");
+        // Never below the boot vCPUs.
+        let mut g = VcpuGrant::new(2, 2);
+        assert_eq!(resize_vcpus(&mut g, 0).unwrap(), 2);
+        assert_eq!(resize_vcpus(&mut g, 2).unwrap(), 2);
     }
 
     #[test]

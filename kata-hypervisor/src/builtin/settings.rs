@@ -10,7 +10,7 @@ use SettingUse::{Acted, Inert, Refused};
 const NOT_BUILT: &str = "not implemented by the built-in VMM yet";
 const NO_HOTPLUG: &str =
     "the built-in VMM grows memory through virtio-mem (enable_virtio_mem, default_maxmemory) \
-     only: no vCPU or DIMM hot-plug";
+     only: no DIMM hot-plug";
 const CONFIDENTIAL: &str =
     "the built-in VMM runs no confidential guests; use [hypervisor.qemu] with a TEE-capable \
      build when that lands";
@@ -34,7 +34,9 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
         "default_maxmemory" => Inert(
             "the built-in VMM grows memory only through virtio-mem: set enable_virtio_mem = true",
         ),
-        "default_maxvcpus" | "memory_slots" | "memory_offset" => Inert(NO_HOTPLUG),
+        // vCPUs above default_vcpus are created parked, up to default_maxvcpus.
+        "default_maxvcpus" => Acted,
+        "memory_slots" | "memory_offset" => Inert(NO_HOTPLUG),
         // A virtio-balloon with free page reporting.
         "reclaim_guest_freed_memory" => Acted,
         // No VMM binary: it runs in this process.

@@ -326,7 +326,7 @@ fn memory_hotplug_is_a_capability_only_with_virtio_mem_and_room_to_grow() {
     assert!(!capabilities(&config()).memory_hotplug, "off by default");
     assert!(capabilities(&growable(2048)).memory_hotplug);
     assert!(!capabilities(&growable(512)).memory_hotplug, "no room");
-    assert!(!capabilities(&config()).cpu_hotplug);
+    assert!(!capabilities(&parked(1, 1)).cpu_hotplug);
     assert_eq!(resize::hotplug_mib(&growable(2048), 8192), 1536);
     assert_eq!(
         resize::hotplug_mib(&growable(0), 8192),
@@ -409,7 +409,7 @@ async fn growing_waits_for_the_guest_and_times_out_naming_the_device() {
 }
 
 #[tokio::test]
-async fn without_virtio_mem_growing_is_refused_with_the_fix_and_vcpus_say_why() {
+async fn without_virtio_mem_growing_is_refused_with_the_fix_and_vcpus_need_a_running_vm() {
     let dir = tempfile::tempdir().unwrap();
     let e = resize::resize_memory(None, &config(), 8192, Duration::from_secs(1))
         .await
@@ -427,8 +427,57 @@ async fn without_virtio_mem_growing_is_refused_with_the_fix_and_vcpus_say_why() 
         b.resize_memory(1024).await.unwrap_err(),
         Error::NotRunning(_)
     ));
-    let e = b.resize_vcpus(8).await.unwrap_err().to_string();
-    assert!(e.contains("ACPI") && e.contains("default_vcpus"), "{e}");
+    // No VM yet: nothing to grant beyond the boot vCPUs.
+    assert!(matches!(
+        b.resize_vcpus(8).await.unwrap_err(),
+        Error::NotRunning(_)
+    ));
+    assert_eq!(b.resize_vcpus(1).await.unwrap(), 1);
+}
+
+fn parked(boot: u32, max: u32) -> HypervisorConfig {
+    HypervisorConfig {
+        default_vcpus: boot,
+        default_maxvcpus: max,
+        ..config()
+    }
+}
+
+#[test]
+fn vcpu_growth_is_a_capability_with_parked_vcpus_and_the_vm_is_built_with_them() {
+    let host = crate::config::host_cpus();
+    assert!(capabilities(&parked(1, 2)).cpu_hotplug || host < 2);
+    assert!(!capabilities(&parked(1, 1)).cpu_hotplug, "none parked");
+    assert!(!capabilities(&parked(2, 2)).cpu_hotplug);
+    let kind = HypervisorType::Dragonball;
+    assert!(
+        parked(1, 2).inert_settings(kind).is_empty(),
+        "default_maxvcpus is acted on: {:?}",
+        parked(1, 2).inert_settings(kind)
+    );
+    // The builder asks the VMM for the parked vCPUs (kata-vmm adds maxcpus= and the MP
+    // table's processors, vm::tests).
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, initrd) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
+    std::fs::write(&kernel, b"k").unwrap();
+    std::fs::write(&initrd, b"i").unwrap();
+    let files = |c: HypervisorConfig| HypervisorConfig {
+        kernel: kernel.display().to_string(),
+        initrd: initrd.display().to_string(),
+        ..c
+    };
+    let b = Builtin::new("x", files(parked(1, 2)), &dir.path().join("vm")).unwrap();
+    let built = b.builder().unwrap();
+    assert_eq!(built.config().vcpus, 1);
+    assert_eq!(
+        built.config().max_vcpus,
+        resize::max_vcpus(&parked(1, 2), host) as u8
+    );
+    // Nonsense is refused naming the key.
+    let e = Builtin::new("x", parked(2, 1), &dir.path().join("vm"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("default_maxvcpus"), "{e}");
 }
 
 #[test]

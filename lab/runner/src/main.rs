@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod allow_list;
 mod console;
+mod cpu_hotplug;
 mod crash;
 mod default_vmm;
 mod density;
@@ -366,6 +367,10 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
                 Duration::from_secs(360),
                 reclaims,
             )
+            .await;
+        let cpus = cpu_hotplug::builtin_cpus_grow(rootfs, ROOT_DIR);
+        checks
+            .run(cpu_hotplug::CHECK, Duration::from_secs(360), cpus)
             .await;
     }
     if vmm == Vmm::Qemu {
@@ -711,7 +716,8 @@ fn l2_console_logged() -> bool {
     std::env::var("KATA_LAB_LOG").is_ok_and(|f| f != "warn")
 }
 
-/// `builtin-memory-hotplug` and `builtin-balloon-reporting` alone when L1's command line says
+/// `builtin-memory-hotplug`, `builtin-balloon-reporting` and `builtin-cpu-hotplug` alone when
+/// L1's command line says
 /// `lab.mem` (then true: no VMM set runs); counted into `ran` and `passed`.
 fn mem_hotplug_alone(
     runtime: &tokio::runtime::Runtime,
@@ -760,6 +766,8 @@ fn template_alone(
     *ran += c.ran;
     *passed += c.passed;
     true
+            let cpus = cpu_hotplug::builtin_cpus_grow(rootfs, ROOT_DIR);
+            runtime.block_on(c.run(cpu_hotplug::CHECK, Duration::from_secs(360), cpus));
 }
 
 /// `density` alone when L1's command line says `lab.density[=N]` (then true: no VMM set runs;

@@ -87,6 +87,10 @@ pub const VMM_CHECKS: &[&str] = &[
     // Built-in only: with `reclaim_guest_freed_memory` the pages a container wrote and freed
     // go back to the host through the balloon's free page reporting (the VM's memfd shrinks).
     "balloon-reporting",
+    // Built-in only: a container's CPU limit grows the VM by a parked vCPU (no ACPI: present in
+    // the MP table, booted by the guest when onlined); the container sees 2 CPUs online and
+    // works on CPU 1 (src/cpu_hotplug.rs).
+    "cpu-hotplug",
     // QEMU only: VM templating (`enable_template`): three sandboxes from one template, each
     // at its own vsock CID with the host's clock, against a fresh boot (src/template.rs).
     "template",
@@ -100,6 +104,7 @@ pub const QEMU_ONLY_CHECKS: &[&str] = &["vhost-vsock", "template"];
 pub const BUILTIN_ONLY_CHECKS: &[&str] = &[
     "memory-hotplug",
     "balloon-reporting",
+    "cpu-hotplug",
     "console",
     "threads-confined",
     "threads-allow-list",
