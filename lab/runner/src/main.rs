@@ -625,6 +625,11 @@ fn vmm_threads_confined() -> Result<String> {
     let mut confined = Vec::new();
     let mut main_thread = None;
     let me = std::process::id().to_string();
+    // kata-vmm's namespace sandbox (`src/vm/namespace.rs`): the runner is root in L1.
+    let ns = |task: &Path, kind: &str| std::fs::read_link(task.join("ns").join(kind)).ok();
+    let runner = Path::new("/proc/self/task").join(&me);
+    let (runner_mnt, runner_net) = (ns(&runner, "mnt"), ns(&runner, "net"));
+    let mut sandboxed = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").context("/proc/self/task")? {
         let task = task?;
         let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
@@ -643,6 +648,28 @@ fn vmm_threads_confined() -> Result<String> {
                 mode == "2" && nnp == "1",
                 "thread {comm} runs with Seccomp {mode:?}, NoNewPrivs {nnp:?}: not confined"
             );
+            let mounts = std::fs::read_to_string(task.path().join("mountinfo"))
+                .with_context(|| format!("the mounts of thread {comm}"))?
+                .lines()
+                .count();
+            let eff = u64::from_str_radix(&status_field(&status, "CapEff").unwrap_or_default(), 16)
+                .with_context(|| format!("CapEff of thread {comm}"))?;
+            let device = comm.starts_with("kata-vmm");
+            // The root; the device thread also this process's /proc/<pid>/fd.
+            ensure!(
+                ns(&task.path(), "mnt") != runner_mnt && mounts == if device { 2 } else { 1 },
+                "thread {comm} is not in a mount namespace of its own with only its root \
+                 ({mounts} mounts)"
+            );
+            ensure!(
+                (ns(&task.path(), "net") != runner_net) == device,
+                "thread {comm}: only the device thread has a network namespace of its own"
+            );
+            ensure!(
+                eff & (1 << 21) == 0 && (device || eff == 0),
+                "thread {comm} has capabilities {eff:#x}"
+            );
+            sandboxed.push(format!("{comm} CapEff {eff:#x}"));
             confined.push(comm);
         }
     }
@@ -657,8 +684,11 @@ fn vmm_threads_confined() -> Result<String> {
          VMM's threads"
     );
     Ok(format!(
-        "{} under seccomp (mode 2, no_new_privs), the runner's main thread not",
-        confined.join(", ")
+        "{} under seccomp (mode 2, no_new_privs), the runner's main thread not; each in a \
+         mount namespace holding only its read-only tmpfs root (the device thread's also \
+         /proc/<pid>/fd), the device thread in a network namespace of its own ({})",
+        confined.join(", "),
+        sandboxed.join(", ")
     ))
 }
 
