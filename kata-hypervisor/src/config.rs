@@ -161,7 +161,7 @@ impl HypervisorType {
         }
     }
 
-    /// Most vCPUs the VMM supports (Kata's limits).
+    /// Most vCPUs the VMM supports (Kata's limits; the built-in VMM's MP table lists 32).
     pub fn max_vcpus(self) -> u32 {
         match self {
             HypervisorType::Firecracker | HypervisorType::Dragonball => 32,

@@ -75,11 +75,11 @@ const CONSOLE_LINES_LOGGED: usize = 400;
 /// `default_vcpus`, see `resize::max_vcpus`).
 pub fn capabilities(config: &HypervisorConfig) -> Capabilities {
     let virtio_mem = resize::hotplug_mib(config, resize::host_memory_mib()) > 0;
+    let parked_vcpus = resize::max_vcpus(config, crate::config::host_cpus()) > config.default_vcpus;
     Capabilities {
         backend: Some(HypervisorType::Dragonball),
         block_hotplug: false,
         cpu_hotplug: parked_vcpus,
-    let parked_vcpus = resize::max_vcpus(config, crate::config::host_cpus()) > config.default_vcpus;
         memory_hotplug: virtio_mem,
         memory_shrink: virtio_mem,
         vfio: true,
@@ -132,12 +132,12 @@ pub struct Builtin {
     console: Mutex<Option<ConsoleSink>>,
     /// The virtio console's (`hvc0`): the guest's console once its driver is up.
     hvc: Mutex<Option<ConsoleSink>>,
+    /// The vCPUs granted to the running VM (booted and parked: `resize::resize_vcpus`).
+    vcpus: Mutex<Option<resize::VcpuGrant>>,
     state: Mutex<VmState>,
 }
 
 impl std::fmt::Debug for Builtin {
-    /// The vCPUs granted to the running VM (booted and parked: `resize::resize_vcpus`).
-    vcpus: Mutex<Option<resize::VcpuGrant>>,
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Builtin")
             .field("id", &self.id)
@@ -164,11 +164,11 @@ impl Builtin {
                 reason: "the built-in VMM boots 1 to 32 vCPUs".into(),
             });
         }
+        resize::check_max_vcpus(&config)?;
         Ok(Builtin {
             id: id.to_string(),
             config,
             vm_dir: vm_dir.to_path_buf(),
-        resize::check_max_vcpus(&config)?;
             disks: Mutex::new(Vec::new()),
             nics: Mutex::new(Vec::new()),
             hot_vfio: Mutex::new(Vec::new()),
@@ -178,11 +178,11 @@ impl Builtin {
             watcher: Mutex::new(None),
             console: Mutex::new(None),
             hvc: Mutex::new(None),
+            vcpus: Mutex::new(None),
             state: Mutex::new(VmState::New),
         })
     }
 
-            vcpus: Mutex::new(None),
     fn uds(&self) -> PathBuf {
         self.vm_dir.join(VSOCK_SOCKET)
     }
@@ -237,11 +237,11 @@ impl Builtin {
         let mut b = VmBuilder::new(kernel)
             .name(format!("kata-{}", self.id))
             .vcpus(self.config.default_vcpus as u8)
+            .max_vcpus(resize::max_vcpus(&self.config, crate::config::host_cpus()) as u8)
             .memory_mib(u64::from(self.config.default_memory))
             .cmdline(Self::kernel_cmdline(&self.config))
             .vsock(self.uds())
             .virtio_console(true)
-            .max_vcpus(resize::max_vcpus(&self.config, crate::config::host_cpus()) as u8)
             .hotplug_memory_mib(resize::hotplug_mib(&self.config, resize::host_memory_mib()));
         if let Some(i) = initrd {
             b = b.initramfs(i);
@@ -288,11 +288,11 @@ impl Builtin {
     }
 
     fn stopped(&self, how: Option<String>) {
+        *lock(&self.vcpus) = None;
         self.set_state(VmState::Stopped(how.unwrap_or_else(|| "stopped".into())));
     }
 }
 
-        *lock(&self.vcpus) = None;
 #[async_trait]
 impl Hypervisor for Builtin {
     fn kind(&self) -> HypervisorType {
@@ -389,14 +389,14 @@ impl Hypervisor for Builtin {
         *lock(&self.watcher) = Some(vm.exit_watcher());
         *lock(&self.console) = Some(vm.console_sink());
         *lock(&self.hvc) = vm.virtio_console();
-        *lock(&self.vm) = Some(vm);
-        self.set_state(VmState::Running);
-        Ok(())
-    }
         *lock(&self.vcpus) = Some(resize::VcpuGrant::new(
             self.config.default_vcpus,
             vm.thread_ids().vcpus.len() as u32,
         ));
+        *lock(&self.vm) = Some(vm);
+        self.set_state(VmState::Running);
+        Ok(())
+    }
 
     async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let address = self.agent_address()?;

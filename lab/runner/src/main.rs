@@ -766,6 +766,8 @@ fn mem_hotplug_alone(
             let reclaims = mem_hotplug::builtin_balloon_reclaims(rootfs, ROOT_DIR);
             let balloon = mem_hotplug::BALLOON_CHECK;
             runtime.block_on(c.run(balloon, Duration::from_secs(360), reclaims));
+            let cpus = cpu_hotplug::builtin_cpus_grow(rootfs, ROOT_DIR);
+            runtime.block_on(c.run(cpu_hotplug::CHECK, Duration::from_secs(360), cpus));
         }
         Err(e) => c.not_run(mem_hotplug::CHECK, &format!("{e:#}")),
     }
@@ -796,8 +798,6 @@ fn template_alone(
     *ran += c.ran;
     *passed += c.passed;
     true
-            let cpus = cpu_hotplug::builtin_cpus_grow(rootfs, ROOT_DIR);
-            runtime.block_on(c.run(cpu_hotplug::CHECK, Duration::from_secs(360), cpus));
 }
 
 /// `density` alone when L1's command line says `lab.density[=N]` (then true: no VMM set runs;
