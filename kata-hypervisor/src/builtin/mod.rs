@@ -23,8 +23,12 @@
 //! device up to `default_maxmemory` ([`Hypervisor::resize_memory`], see `resize`). With
 //! `reclaim_guest_freed_memory = true` it has a virtio-balloon with free page reporting: the
 //! pages the guest frees go back to the host.
-//! What it does not: device hot-plug (VFIO included: refused naming the device), vCPU
-//! hot-plug (no ACPI), VFIO MSI-X (MSI and INTx work), pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
+//! vCPUs grow up to `default_maxvcpus` without ACPI: the VM starts with that many, the ones
+//! above `default_vcpus` parked until the guest onlines them ([`Hypervisor::resize_vcpus`],
+//! see `resize`); they are not taken back.
+//! What it does not: hot-plug of other devices (and of VFIO without spare ports: refused
+//! naming the device and the keys), vCPU
+//! hot-unplug, VFIO MSI-X (MSI and INTx work), pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
 //! cannot run it, with the probe's reason.
 
 mod hotplug;
