@@ -153,6 +153,16 @@ impl ThreadSandbox {
     /// Puts the calling thread in its sandbox (see the module documentation). An error means
     /// the thread is half-way (its root changed, a later step failed) and must not run on.
     pub fn enter(&self) -> Result<Sandboxed> {
+        // A file system view of its own first, which needs no privilege: the thread's root,
+        // working directory and umask (fuse-backend-rs sets umask 0 at the guest's INIT) are
+        // its own from here on, sandboxed or not.
+        // SAFETY: unshare(2) with a flag only; it changes this thread's attributes.
+        if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+            return Err(sandbox_error(format!(
+                "unshare(CLONE_FS): {}",
+                std::io::Error::last_os_error()
+            )));
+        }
         let outcome = if !has_capability(CAP_SYS_ADMIN)? {
             Sandboxed::Skipped(
                 "the runtime has no CAP_SYS_ADMIN (not root): no mount or network namespace \
@@ -180,10 +190,10 @@ impl ThreadSandbox {
                 )));
             }
         }
-        // SAFETY: unshare(2) with flags only; it changes this thread's attributes.
-        if unsafe { libc::unshare(libc::CLONE_FS | libc::CLONE_NEWNS) } != 0 {
+        // SAFETY: unshare(2) with a flag only; it changes this thread's attributes.
+        if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
             return Ok(Err(format!(
-                "unshare(CLONE_FS | CLONE_NEWNS): {}",
+                "unshare(CLONE_NEWNS): {}",
                 std::io::Error::last_os_error()
             )));
         }

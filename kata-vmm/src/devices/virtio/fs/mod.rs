@@ -105,7 +105,15 @@ impl Fs {
                 what: "setting up the passthrough filesystem".into(),
                 source,
             })?;
-        fs.import().map_err(|source| Error::DeviceIo {
+        // import() sets the umask to 0 (the passthrough applies the guest's own): here, on the
+        // caller's thread, that would be the whole process's umask, so it is put back. The
+        // device thread, whose umask is its own (`vm/namespace.rs`), keeps 0 after INIT.
+        // SAFETY: umask(2) only swaps the calling thread's file creation mask.
+        let umask = unsafe { libc::umask(0o022) };
+        let imported = fs.import();
+        // SAFETY: as above.
+        unsafe { libc::umask(umask) };
+        imported.map_err(|source| Error::DeviceIo {
             device: name.clone(),
             what: "opening the shared directory".into(),
             source,

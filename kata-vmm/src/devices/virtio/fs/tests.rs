@@ -266,6 +266,30 @@ fn requests_are_served_in_the_device_threads_sandbox() {
     }
 }
 
+/// Making the device leaves the caller's umask as it was (fuse-backend-rs' import sets 0, which
+/// on the runtime's thread would be the whole process's).
+#[test]
+fn making_the_device_keeps_the_callers_umask() {
+    let umask = std::thread::spawn(|| {
+        // This thread's umask alone (the other tests' threads keep the process's).
+        // SAFETY: unshare(2) with a flag only, on this thread.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_FS) }, 0);
+        // SAFETY: umask(2) swaps this thread's mask.
+        unsafe { libc::umask(0o027) };
+        let dir = tempfile::tempdir().unwrap();
+        let _fs = Fs::new(&FsConfig {
+            tag: "kataShared".into(),
+            shared_dir: dir.path().into(),
+        })
+        .unwrap();
+        // SAFETY: as above; read back by setting it again.
+        unsafe { libc::umask(0o027) }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(umask, 0o027);
+}
+
 #[test]
 fn the_configuration_space_carries_the_tag_and_one_request_queue() {
     let mem = test_memory();
