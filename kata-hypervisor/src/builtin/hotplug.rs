@@ -132,6 +132,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hot_plug_before_the_vm_runs_says_so_and_remembers_nothing() {
+        use crate::device::DeviceConfig;
+        use crate::hypervisor::Hypervisor;
+        let dir = tempfile::tempdir().unwrap();
+        let b =
+            super::super::Builtin::new("x", with(PciePort::RootPort, 1), &dir.path().join("vm"))
+                .unwrap();
+        let v = VfioDevice {
+            id: "vfio-0".into(),
+            bdf: "0000:00:03.0".into(),
+        };
+        let e = b
+            .add_device(DeviceConfig::Vfio(v.clone()))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::NotRunning(_)), "{e}");
+        assert!(b.device_address("vfio-0").await.is_err());
+        assert!(b.remove_device(&DeviceConfig::Vfio(v)).await.is_err());
+    }
+
+    #[tokio::test]
     async fn without_spare_ports_the_refusal_names_the_keys() {
         let v = VfioDevice {
             id: "vfio-0".into(),
