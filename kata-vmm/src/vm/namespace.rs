@@ -6,19 +6,20 @@
 //! namespace of its own — all attributes of the thread once unshared, so the runtime's other
 //! threads keep the host's — and gives up the capabilities it does not use:
 //!
-//! * `unshare(CLONE_FS | CLONE_NEWNS)`, every mount made private (nothing the thread does
-//!   propagates to the host), then a new root: a small read-only tmpfs holding only bind mounts
-//!   of the paths the thread opens by name after it starts ([`ThreadSandbox::bind`]). A vCPU
-//!   thread opens none. The device thread opens one: inline virtio-fs' passthrough opens its
-//!   share's root again by path when the guest sends `FUSE_INIT`, and that path is
-//!   `/proc/<pid>/fd/<n>/.` (a descriptor of the share held by the device), so the device
-//!   thread's root holds this process's `/proc/<pid>/fd` and nothing else; every other device
-//!   opens its files, taps and sockets before the threads start, and the hybrid vsock makes no
-//!   host connection for the guest. The thread
-//!   `pivot_root`s into it and detaches the host's tree, so its namespace holds nothing else;
-//!   where the root cannot be pivoted (a system running from its initramfs) it moves the tmpfs
-//!   onto `/` and `chroot`s into it. `/etc`, `/proc`, `/dev`, `/sys` and the host's sockets by
-//!   path are gone for the thread.
+//! * `unshare(CLONE_FS)` first, which needs no privilege: root, working directory and umask
+//!   are the thread's own (fuse-backend-rs sets umask 0 at the guest's `FUSE_INIT`).
+//! * `unshare(CLONE_NEWNS)`, every mount made private (nothing the thread does propagates to
+//!   the host), then a new root: a small read-only tmpfs holding only bind mounts of the paths
+//!   the thread opens by name after it starts ([`ThreadSandbox::bind`]). A vCPU thread opens
+//!   none. The device thread opens one: inline virtio-fs' passthrough opens its share's root
+//!   again by path when the guest sends `FUSE_INIT`, and that path is `/proc/<pid>/fd/<n>/.`
+//!   (a descriptor of the share the device holds), so the device thread's root holds this
+//!   process's `/proc/<pid>/fd` and nothing else; every other device opens its files, taps and
+//!   sockets before the threads start, and the hybrid vsock makes no host connection for the
+//!   guest. The thread `pivot_root`s into the tmpfs and detaches the host's tree, so its
+//!   namespace holds nothing else; where the root cannot be pivoted (a system running from its
+//!   initramfs) it moves the tmpfs onto `/` and `chroot`s into it. `/etc`, the rest of
+//!   `/proc`, `/dev`, `/sys` and the host's sockets by path are gone for the thread.
 //! * `unshare(CLONE_NEWNET)` (the device thread): the host's abstract unix sockets, its
 //!   interfaces and routes are out of reach. Unix sockets by path still connect (their
 //!   namespace is the file system's), and descriptors opened before (the tap, the vsock
@@ -27,13 +28,14 @@
 //!   thread keeps none; the device thread keeps those inline virtio-fs' passthrough uses to
 //!   act for the guest's users (`CHOWN`, `DAC_OVERRIDE`, `FOWNER`, `FSETID`, `SETUID`,
 //!   `SETGID`: [`DEVICE_CAPABILITIES`]) and loses the rest, `SYS_ADMIN`, `NET_ADMIN`,
-//!   `SYS_PTRACE`, `SYS_MODULE`, `SYS_RAWIO`, `MKNOD`, `SYS_CHROOT`, `BPF` and `PERFMON` among them.
+//!   `SYS_PTRACE`, `SYS_MODULE`, `SYS_RAWIO`, `MKNOD`, `SYS_CHROOT`, `BPF` and `PERFMON`
+//!   among them.
 //!
 //! Descriptors opened before the sandbox are not bound by the new root: the passthrough's
-//! directory handle of the share (and the share reached through `/proc/<pid>/fd`) lies outside
-//! it, so lookups under the share keep following
-//! the host's mounts (a container rootfs mounted into the share after the VM started reaches
-//! the guest) and `..` from that handle would climb out of the share. The guest cannot ask for
+//! directory handle of the share (and the share reached through `/proc/<pid>/fd`) lies
+//! outside it, so lookups under the share keep following the host's mounts (a container
+//! rootfs mounted into the share after the VM started reaches the guest) and `..` from that
+//! handle would climb out of the share. The guest cannot ask for
 //! that: fuse-backend-rs refuses names containing `/`, answers `..` at the share's root with
 //! the root itself and opens every name with `O_NOFOLLOW`. A thread already taken over could
 //! still use any descriptor of the process; the sandbox takes away the host's paths, sockets
@@ -166,7 +168,7 @@ impl ThreadSandbox {
         let outcome = if !has_capability(CAP_SYS_ADMIN)? {
             Sandboxed::Skipped(
                 "the runtime has no CAP_SYS_ADMIN (not root): no mount or network namespace \
-                 for the VMM's threads, seccomp only"
+                 for the VMM's threads; their capabilities are reduced and seccomp applies"
                     .into(),
             )
         } else {
