@@ -186,6 +186,22 @@ struct Reading {
 }
 
 impl Reading {
+    /// Adds another reading's pods and memory.
+    fn add(&mut self, other: &Reading) {
+        self.pods += other.pods;
+        self.pss_kib += other.pss_kib;
+        self.guest_kib += other.guest_kib;
+        for (mine, theirs) in [
+            (&mut self.qemu, &other.qemu),
+            (&mut self.virtiofsd, &other.virtiofsd),
+        ] {
+            mine.procs += theirs.procs;
+            for (m, t) in mine.kib.iter_mut().zip(theirs.kib) {
+                *m += t;
+            }
+        }
+    }
+
     fn per_pod_mib(&self, kib: u64) -> f64 {
         kib as f64 / 1024.0 / self.pods.max(1) as f64
     }
@@ -208,31 +224,55 @@ fn read(vmm: Vmm, pods: &[Sandbox], runner_before_kib: u64) -> Result<Reading> {
         Vmm::Qemu => {
             let procs = kata_testkit::leaks::cmdlines();
             for pod in pods {
-                let pids = pod.host_pids();
-                ensure!(!pids.is_empty(), "the pod {} has no host process", pod.id());
-                for pid in pids {
-                    let pid = pid.to_string();
-                    let text = rollup(&pid)?;
-                    r.pss_kib += rollup_pss_kib(&text)
-                        .with_context(|| format!("no Pss: line in /proc/{pid}/smaps_rollup"))?;
-                    r.guest_kib += guest_pss_kib(&pid, "memfd:memory-backend-memfd")?;
-                    r.qemu
-                        .add(&text)
-                        .with_context(|| format!("QEMU, pid {pid}"))?;
-                }
-                for pid in virtiofsd_pids(&procs, pod.dir()) {
-                    let pid = pid.to_string();
-                    let text = rollup(&pid)?;
-                    r.pss_kib += rollup_pss_kib(&text)
-                        .with_context(|| format!("no Pss: line in /proc/{pid}/smaps_rollup"))?;
-                    // virtiofsd maps the guest memory too (vhost-user): its share is the guest's.
-                    r.guest_kib += guest_pss_kib(&pid, "memfd:memory-backend-memfd")?;
-                    r.virtiofsd
-                        .add(&text)
-                        .with_context(|| format!("virtiofsd, pid {pid}"))?;
+                match qemu_pod(pod, &procs) {
+                    Ok(p) => r.add(&p),
+                    // Its VM exited since the filter above (seen in a lab run of 2026-11-30: a
+                    // QEMU that exited 0 half a second after its container ran): as one that
+                    // died before, it is not counted.
+                    Err(_) if vm_gone(&pod.host_pids()) => r.pods -= 1,
+                    Err(e) => return Err(e.context(format!("the pod {}", pod.id()))),
                 }
             }
         }
+    }
+    Ok(r)
+}
+
+/// Whether none of a QEMU pod's host processes (`Sandbox::host_pids`) runs any more: the list
+/// is empty once the backend saw QEMU exit, or names pids gone from `/proc`.
+fn vm_gone(pids: &[u32]) -> bool {
+    pids.iter()
+        .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// One QEMU pod's reading: its QEMU's and its virtiofsd's.
+fn qemu_pod(pod: &Sandbox, procs: &[(u32, String)]) -> Result<Reading> {
+    let mut r = Reading {
+        pods: 1,
+        ..Reading::default()
+    };
+    let pids = pod.host_pids();
+    ensure!(!pids.is_empty(), "no host process");
+    for pid in pids {
+        let pid = pid.to_string();
+        let text = rollup(&pid)?;
+        r.pss_kib += rollup_pss_kib(&text)
+            .with_context(|| format!("no Pss: line in /proc/{pid}/smaps_rollup"))?;
+        r.guest_kib += guest_pss_kib(&pid, "memfd:memory-backend-memfd")?;
+        r.qemu
+            .add(&text)
+            .with_context(|| format!("QEMU, pid {pid}"))?;
+    }
+    for pid in virtiofsd_pids(procs, pod.dir()) {
+        let pid = pid.to_string();
+        let text = rollup(&pid)?;
+        r.pss_kib += rollup_pss_kib(&text)
+            .with_context(|| format!("no Pss: line in /proc/{pid}/smaps_rollup"))?;
+        // virtiofsd maps the guest memory too (vhost-user): its share is the guest's.
+        r.guest_kib += guest_pss_kib(&pid, "memfd:memory-backend-memfd")?;
+        r.virtiofsd
+            .add(&text)
+            .with_context(|| format!("virtiofsd, pid {pid}"))?;
     }
     Ok(r)
 }
@@ -465,10 +505,6 @@ async fn backend(vmm: Vmm, n: usize, rootfs: &Path, root_dir: &str) -> Result<St
             t.elapsed()
         );
     }
-    let lost: Vec<String> = pods
-        .iter()
-        .filter_map(|p| Some(format!("{} ({})", p.id(), p.death()?)))
-        .collect();
     let mut at_n = None;
     if pods.len() > 1 {
         match read(vmm, &pods, before) {
@@ -484,6 +520,15 @@ async fn backend(vmm: Vmm, n: usize, rootfs: &Path, root_dir: &str) -> Result<St
             Err(e) => failed.push(format!("reading {} pods: {e:#}", pods.len())),
         }
     }
+    let lost: Vec<String> = pods
+        .iter()
+        .filter_map(|p| {
+            let why = p.death().or_else(|| {
+                (vmm == Vmm::Qemu && vm_gone(&p.host_pids())).then(|| "QEMU gone".to_string())
+            })?;
+            Some(format!("{} ({why})", p.id()))
+        })
+        .collect();
     let ran = pods.len();
     let down = tear_down(vmm, pods, root_dir).await;
     let mib = |r: Option<Reading>| match r {
@@ -774,5 +819,48 @@ Pss_Shmem:         50000 kB
             vec![11, 12, 14]
         );
         assert!(virtiofsd_pids(&procs, Path::new("/run/kata/b")).is_empty());
+    }
+
+    #[test]
+    fn a_qemu_pod_whose_processes_are_gone_is_told_apart() {
+        // The backend clears its pids when QEMU exits; a pid gone from /proc is gone too.
+        assert!(vm_gone(&[]));
+        assert!(vm_gone(&[u32::MAX]));
+        assert!(!vm_gone(&[std::process::id()]));
+        assert!(!vm_gone(&[u32::MAX, std::process::id()]));
+    }
+
+    #[test]
+    fn readings_add_up() {
+        let one = Reading {
+            pods: 1,
+            pss_kib: 100,
+            guest_kib: 60,
+            qemu: Split {
+                procs: 1,
+                kib: [10, 20, 60],
+            },
+            virtiofsd: Split {
+                procs: 2,
+                kib: [1, 2, 3],
+            },
+        };
+        let mut r = Reading::default();
+        r.add(&one);
+        r.add(&one);
+        assert_eq!((r.pods, r.pss_kib, r.guest_kib), (2, 200, 120));
+        assert_eq!(
+            (r.qemu, r.virtiofsd),
+            (
+                Split {
+                    procs: 2,
+                    kib: [20, 40, 120]
+                },
+                Split {
+                    procs: 4,
+                    kib: [2, 4, 6]
+                }
+            )
+        );
     }
 }
