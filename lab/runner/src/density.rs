@@ -223,16 +223,26 @@ fn read(vmm: Vmm, pods: &[Sandbox], runner_before_kib: u64) -> Result<Reading> {
         }
         Vmm::Qemu => {
             let procs = kata_testkit::leaks::cmdlines();
-            for pod in pods {
-                match qemu_pod(pod, &procs) {
-                    Ok(p) => r.add(&p),
-                    // Its VM exited since the filter above (seen in a lab run of 2026-11-30: a
-                    // QEMU that exited 0 half a second after its container ran): as one that
-                    // died before, it is not counted.
-                    Err(_) if vm_gone(&pod.host_pids()) => r.pods -= 1,
-                    Err(e) => return Err(e.context(format!("the pod {}", pod.id()))),
-                }
-            }
+            r = sum_pods(pods.iter().map(|pod| {
+                let read = qemu_pod(pod, &procs).with_context(|| format!("the pod {}", pod.id()));
+                (read, vm_gone(&pod.host_pids()))
+            }))?;
+        }
+    }
+    Ok(r)
+}
+
+/// The sum of the pods' readings, each with whether its VM is gone by now. A pod whose reading
+/// failed because its VM exited since the death filter (seen in a lab run of 2026-11-30: a
+/// QEMU that exited 0 half a second after its container ran) is not counted, as one that died
+/// before; any other failure is the result.
+fn sum_pods(pods: impl Iterator<Item = (Result<Reading>, bool)>) -> Result<Reading> {
+    let mut r = Reading::default();
+    for (read, gone) in pods {
+        match read {
+            Ok(p) => r.add(&p),
+            Err(_) if gone => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(r)
@@ -849,6 +859,21 @@ Pss_Shmem:         50000 kB
         r.add(&one);
         r.add(&one);
         assert_eq!((r.pods, r.pss_kib, r.guest_kib), (2, 200, 120));
+        // As read() sums a backend's pods: each counted once; a gone VM's failure is skipped,
+        // any other failure is the result.
+        let summed = sum_pods(
+            [
+                (Ok(one), false),
+                (Err(anyhow::anyhow!("no host process")), true),
+                (Ok(one), false),
+            ]
+            .into_iter(),
+        )
+        .unwrap();
+        assert_eq!((summed.pods, summed.pss_kib), (2, 200));
+        let e = sum_pods([(Ok(one), false), (Err(anyhow::anyhow!("EACCES")), false)].into_iter())
+            .unwrap_err();
+        assert_eq!(e.to_string(), "EACCES");
         assert_eq!(
             (r.qemu, r.virtiofsd),
             (
