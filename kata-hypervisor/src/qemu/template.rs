@@ -128,10 +128,18 @@ impl TemplateManifest {
                 false,
                 accelerator == Accelerator::Tcg,
             ),
-            machine: if config.machine_accelerators.is_empty() {
-                config.machine_type.clone()
-            } else {
-                format!("{},{}", config.machine_type, config.machine_accelerators)
+            // As the command line has it, `sata=off` included: a template saved by a build
+            // that kept q35's SATA controller holds that device's state, which a VM without
+            // it cannot load, so it is refused like any other machine change.
+            machine: {
+                let machine = if config.machine_accelerators.is_empty() {
+                    config.machine_type.clone()
+                } else {
+                    format!("{},{}", config.machine_type, config.machine_accelerators)
+                };
+                let off =
+                    super::cmdline::unused_machine_devices_off(&config.machine_type, &machine);
+                machine + off
             },
             accelerator,
             qemu: qemu.to_path_buf(),
@@ -804,5 +812,30 @@ mod tests {
         );
         let e = dir.check_matches(&other_kernel).unwrap_err().to_string();
         assert!(e.contains("kernel: "), "{e}");
+    }
+
+    #[test]
+    fn a_template_saved_with_q35s_sata_controller_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = TemplateDir::new(tmp.path());
+        let mut c = config();
+        c.machine_type = "q35".into();
+        let now = TemplateManifest::new(
+            &c,
+            Path::new("/g/vmlinux"),
+            Some(Path::new("/g/initrd")),
+            Accelerator::Kvm,
+            Path::new("/usr/bin/qemu-system-x86_64"),
+            &[],
+        );
+        assert_eq!(now.machine, "q35,sata=off");
+        // What a build before `sata=off` wrote for the same configuration.
+        let before = TemplateManifest {
+            machine: "q35".into(),
+            ..now.clone()
+        };
+        dir.write_manifest(&before).unwrap();
+        let e = dir.check_matches(&now).unwrap_err().to_string();
+        assert!(e.contains("machine_type") && e.contains("rm -r"), "{e}");
     }
 }
