@@ -180,7 +180,10 @@ pub async fn builtin_cpus_grow(rootfs: &Path, root_dir: &str) -> Result<String> 
     // a stall while CPU 1 came up), read before the shutdown drops them.
     let checked = checked.map_err(|e| {
         let tail = sandbox.console_tail(40);
-        e.context(format!("the guest console's last lines: {:?}", tail.join(" | ")))
+        e.context(format!(
+            "the guest console's last lines: {:?}",
+            tail.join(" | ")
+        ))
     });
     let shut = sandbox.shutdown().await;
     let detail = checked?;
