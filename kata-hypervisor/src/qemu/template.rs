@@ -771,45 +771,36 @@ mod tests {
         );
     }
 
+    /// The manifest of a KVM template of `c` booting `kernel` with the same initrd and QEMU.
+    fn manifest(c: &HypervisorConfig, kernel: &str) -> TemplateManifest {
+        TemplateManifest::new(
+            c,
+            Path::new(kernel),
+            Some(Path::new("/g/initrd")),
+            Accelerator::Kvm,
+            Path::new("/usr/bin/qemu-system-x86_64"),
+            &[],
+        )
+    }
+
     #[test]
     fn a_template_made_for_another_vm_is_refused_naming_the_difference_and_the_fix() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = TemplateDir::new(tmp.path());
         let c = config();
-        let ours = TemplateManifest::new(
-            &c,
-            Path::new("/g/vmlinux"),
-            Some(Path::new("/g/initrd")),
-            Accelerator::Kvm,
-            Path::new("/usr/bin/qemu-system-x86_64"),
-            &[],
-        );
+        let ours = manifest(&c, "/g/vmlinux");
         assert!(!dir.exists());
         dir.write_manifest(&ours).unwrap();
         dir.check_matches(&ours).unwrap();
         let mut bigger = c.clone();
         bigger.default_memory += 256;
-        let theirs = TemplateManifest::new(
-            &bigger,
-            Path::new("/g/vmlinux"),
-            Some(Path::new("/g/initrd")),
-            Accelerator::Kvm,
-            Path::new("/usr/bin/qemu-system-x86_64"),
-            &[],
-        );
+        let theirs = manifest(&bigger, "/g/vmlinux");
         let e = dir.check_matches(&theirs).unwrap_err().to_string();
         assert!(
             e.contains("default_memory") && e.contains("rm -r") && e.contains("template_path"),
             "{e}"
         );
-        let other_kernel = TemplateManifest::new(
-            &c,
-            Path::new("/g/other"),
-            Some(Path::new("/g/initrd")),
-            Accelerator::Kvm,
-            Path::new("/usr/bin/qemu-system-x86_64"),
-            &[],
-        );
+        let other_kernel = manifest(&c, "/g/other");
         let e = dir.check_matches(&other_kernel).unwrap_err().to_string();
         assert!(e.contains("kernel: "), "{e}");
     }
@@ -820,14 +811,7 @@ mod tests {
         let dir = TemplateDir::new(tmp.path());
         let mut c = config();
         c.machine_type = "q35".into();
-        let now = TemplateManifest::new(
-            &c,
-            Path::new("/g/vmlinux"),
-            Some(Path::new("/g/initrd")),
-            Accelerator::Kvm,
-            Path::new("/usr/bin/qemu-system-x86_64"),
-            &[],
-        );
+        let now = manifest(&c, "/g/vmlinux");
         assert_eq!(now.machine, "q35,sata=off");
         // What a build before `sata=off` wrote for the same configuration.
         let before = TemplateManifest {

@@ -288,21 +288,7 @@ fn a_vm_given_an_unusable_function_fails_before_anything_is_bound() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    // sysfs: 0000:00:03.0 in group 4 with a member still on a host driver.
-    let s = t.path().join("sys");
-    let g = s.join("kernel/iommu_groups/4/devices");
-    std::fs::create_dir_all(&g).unwrap();
-    for (bdf, drv) in [("0000:00:03.0", "vfio-pci"), ("0000:00:04.0", "e1000e")] {
-        let d = s.join("devices").join(bdf);
-        std::fs::create_dir_all(&d).unwrap();
-        std::os::unix::fs::symlink(s.join("kernel/iommu_groups/4"), d.join("iommu_group")).unwrap();
-        let dd = s.join("bus/pci/drivers").join(drv);
-        std::fs::create_dir_all(&dd).unwrap();
-        std::os::unix::fs::symlink(&dd, d.join("driver")).unwrap();
-        std::fs::create_dir_all(s.join("bus/pci/devices")).unwrap();
-        std::os::unix::fs::symlink(&d, s.join("bus/pci/devices").join(bdf)).unwrap();
-        std::os::unix::fs::symlink(&d, g.join(bdf)).unwrap();
-    }
+    let s = group_with_a_member_on_a_host_driver(t.path());
     let sock = t.path().join("vsock.uds");
     let e = crate::vm::VmBuilder::new(&kernel)
         .memory_mib(128)
@@ -727,4 +713,26 @@ proptest::proptest! {
             }
         }
     }
+}
+
+/// A fixture sysfs tree under `root/sys` (returned): `0000:00:03.0` on `vfio-pci` in IOMMU
+/// group 4 with `0000:00:04.0`, a member still on a host driver (`e1000e`).
+pub(in crate::devices::vfio) fn group_with_a_member_on_a_host_driver(
+    root: &std::path::Path,
+) -> std::path::PathBuf {
+    let s = root.join("sys");
+    let g = s.join("kernel/iommu_groups/4/devices");
+    std::fs::create_dir_all(&g).unwrap();
+    for (bdf, drv) in [("0000:00:03.0", "vfio-pci"), ("0000:00:04.0", "e1000e")] {
+        let d = s.join("devices").join(bdf);
+        std::fs::create_dir_all(&d).unwrap();
+        std::os::unix::fs::symlink(s.join("kernel/iommu_groups/4"), d.join("iommu_group")).unwrap();
+        let dd = s.join("bus/pci/drivers").join(drv);
+        std::fs::create_dir_all(&dd).unwrap();
+        std::os::unix::fs::symlink(&dd, d.join("driver")).unwrap();
+        std::fs::create_dir_all(s.join("bus/pci/devices")).unwrap();
+        std::os::unix::fs::symlink(&d, s.join("bus/pci/devices").join(bdf)).unwrap();
+        std::os::unix::fs::symlink(&d, g.join(bdf)).unwrap();
+    }
+    s
 }

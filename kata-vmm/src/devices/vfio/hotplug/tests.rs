@@ -16,6 +16,7 @@ use crate::devices::pci::root_port::{
 };
 use crate::devices::pci::{PciDevice, CONFIG_ADDRESS, CONFIG_DATA};
 use crate::devices::vfio::msi::MsiMessage;
+use crate::devices::vfio::tests::group_with_a_member_on_a_host_driver;
 
 fn mem() -> GuestMemory {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
@@ -265,21 +266,7 @@ fn no_free_port_is_an_error_naming_pcie_root_port() {
 #[test]
 fn a_function_not_on_vfio_pci_is_refused_and_leaves_the_port_empty() {
     let t = tempfile::tempdir().unwrap();
-    // sysfs: 0000:00:03.0 in group 4 with a member still on a host driver.
-    let s = t.path().join("sys");
-    let g = s.join("kernel/iommu_groups/4/devices");
-    std::fs::create_dir_all(&g).unwrap();
-    for (bdf, drv) in [("0000:00:03.0", "vfio-pci"), ("0000:00:04.0", "e1000e")] {
-        let d = s.join("devices").join(bdf);
-        std::fs::create_dir_all(&d).unwrap();
-        std::os::unix::fs::symlink(s.join("kernel/iommu_groups/4"), d.join("iommu_group")).unwrap();
-        let dd = s.join("bus/pci/drivers").join(drv);
-        std::fs::create_dir_all(&dd).unwrap();
-        std::os::unix::fs::symlink(&dd, d.join("driver")).unwrap();
-        std::fs::create_dir_all(s.join("bus/pci/devices")).unwrap();
-        std::os::unix::fs::symlink(&d, s.join("bus/pci/devices").join(bdf)).unwrap();
-        std::os::unix::fs::symlink(&d, g.join(bdf)).unwrap();
-    }
+    let s = group_with_a_member_on_a_host_driver(t.path());
     let bus = Mutex::new(spare_bus(1));
     let set = Mutex::new(VfioSet::default());
     let c = VfioConfig {
