@@ -504,11 +504,17 @@ impl Hypervisor for Builtin {
     }
 
     async fn resize_vcpus(&self, vcpus: u32) -> Result<u32> {
-        match lock(&self.vcpus).as_mut() {
-            Some(grant) => resize::resize_vcpus(grant, vcpus),
-            None if vcpus <= self.config.default_vcpus => Ok(self.config.default_vcpus),
-            None => Err(Error::NotRunning(self.state().to_string())),
+        let granted = match lock(&self.vcpus).as_mut() {
+            Some(grant) => resize::resize_vcpus(grant, vcpus)?,
+            None if vcpus <= self.config.default_vcpus => return Ok(self.config.default_vcpus),
+            None => return Err(Error::NotRunning(self.state().to_string())),
+        };
+        // The parked vCPUs granted may now run: the guest can online them (the agent's
+        // OnlineCPUMem that follows), and no others.
+        if let Some(vm) = lock(&self.vm).as_ref() {
+            vm.grant_vcpus(u8::try_from(granted).unwrap_or(u8::MAX));
         }
+        Ok(granted)
     }
 
     async fn resize_memory(&self, mib: u32) -> Result<u32> {

@@ -53,6 +53,12 @@ pub(crate) struct Shared {
     stop: AtomicBool,
     /// Wakes the event loop thread.
     stop_evt: EventFd,
+    /// The vCPUs that may run: a parked vCPU (its index at or above this) waits outside
+    /// `KVM_RUN` until [`Vm::grant_vcpus`] raises it, so the guest cannot bring it online on
+    /// its own (see [`Shared::wait_for_grant`]).
+    granted: Mutex<usize>,
+    /// Wakes the vCPUs waiting for a grant (a grant, or the VM's end).
+    grant_changed: Condvar,
 }
 
 impl Shared {
@@ -62,7 +68,40 @@ impl Shared {
             ended: Condvar::new(),
             stop: AtomicBool::new(false),
             stop_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            granted: Mutex::new(usize::MAX),
+            grant_changed: Condvar::new(),
         }))
+    }
+
+    /// Blocks vCPU `id` until it is granted (true) or the VM ends (false).
+    pub(crate) fn wait_for_grant(&self, id: usize) -> bool {
+        let mut granted = self.granted.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            // Read under the lock `finish` takes before it wakes the waiters, so an end
+            // between this check and the wait is not missed.
+            if self.stopping() {
+                return false;
+            }
+            if id < *granted {
+                return true;
+            }
+            granted = self
+                .grant_changed
+                .wait(granted)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Sets the vCPUs that may run to `vcpus` (never lower than they are once the VM runs:
+    /// a vCPU that ran is not stopped by this) and wakes the ones it lets run; returns the
+    /// grant.
+    pub(crate) fn grant(&self, vcpus: usize) -> usize {
+        let mut granted = self.granted.lock().unwrap_or_else(PoisonError::into_inner);
+        if *granted == usize::MAX || vcpus > *granted {
+            *granted = vcpus;
+            self.grant_changed.notify_all();
+        }
+        *granted
     }
 
     /// Ends the VM for `why` (ignored if it has already ended).
@@ -75,6 +114,10 @@ impl Shared {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.stop_evt.write(1);
         self.ended.notify_all();
+        drop(exit);
+        // The parked vCPUs return too (taking the lock orders this after a waiter's check).
+        drop(self.granted.lock().unwrap_or_else(PoisonError::into_inner));
+        self.grant_changed.notify_all();
     }
 
     fn stopping(&self) -> bool {
@@ -235,6 +278,8 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         what: "creating the stop eventfd".into(),
         source,
     })?;
+    // The booted vCPUs run; the parked ones wait for a grant (a resize).
+    shared.grant(usize::from(p.vcpus));
 
     // VFIO MSI and INTx: a GSI and an irqfd per vector, routed when the guest enables MSI;
     // the INTx pins' irqfds with resample.
@@ -461,6 +506,15 @@ impl Vm {
         self.vfio_hotplug.clone()
     }
 
+    /// Lets the vCPUs below `vcpus` run: the parked ones (above [`super::VmConfig::vcpus`],
+    /// up to [`super::VmConfig::max_vcpus`]) wait outside `KVM_RUN` until a grant covers them,
+    /// so the guest can bring online only what the runtime granted. A grant never takes a
+    /// vCPU back; returns the vCPUs granted now.
+    pub fn grant_vcpus(&self, vcpus: u8) -> u8 {
+        let granted = self.shared.grant(usize::from(vcpus));
+        u8::try_from(granted).unwrap_or(u8::MAX)
+    }
+
     /// A handle that waits for the VM's end from another thread.
     pub fn exit_watcher(&self) -> ExitWatcher {
         ExitWatcher(self.shared.clone())
@@ -593,6 +647,11 @@ fn vcpu_thread(
     shared: Arc<Shared>,
 ) {
     let result = catch_unwind(AssertUnwindSafe(|| {
+        // A parked vCPU stays out of KVM_RUN until the runtime grants it: a guest's INIT/SIPI
+        // to it stays pending in KVM, and the guest reports that CPU as failed to boot.
+        if !shared.wait_for_grant(id) {
+            return VmExit::Stopped;
+        }
         while !shared.stopping() {
             match fd.run() {
                 Ok(exit) => {

@@ -280,6 +280,29 @@ fn the_first_reason_wins_and_waiters_wake() {
     assert_eq!(ExitWatcher(s).exit(), Some(VmExit::Shutdown));
 }
 
+#[test]
+fn a_parked_vcpu_waits_for_its_grant_and_is_released_by_the_end() {
+    let shared = Shared::new().unwrap();
+    assert_eq!(shared.grant(1), 1, "booted: one vCPU");
+    assert!(shared.wait_for_grant(0), "the booted vCPU runs at once");
+    let (s1, s2) = (shared.clone(), shared.clone());
+    let granted = std::thread::spawn(move || s1.wait_for_grant(1));
+    let ended = std::thread::spawn(move || s2.wait_for_grant(2));
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!granted.is_finished(), "vCPU 1 ran without a grant");
+    assert_eq!(shared.grant(0), 1, "a grant never goes down");
+    assert_eq!(shared.grant(2), 2);
+    assert!(granted.join().unwrap(), "vCPU 1 granted");
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!ended.is_finished(), "vCPU 2 ran beyond the grant");
+    shared.finish(VmExit::Stopped);
+    assert!(
+        !ended.join().unwrap(),
+        "the end releases a parked vCPU, not to run"
+    );
+    assert!(!shared.wait_for_grant(0), "nothing runs once the VM ended");
+}
+
 struct Panicker(vmm_sys_util::eventfd::EventFd);
 
 impl EventHandler for Panicker {
