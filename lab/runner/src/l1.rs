@@ -126,7 +126,7 @@ pub fn parse_build_output(out: &str) -> Option<L1Image> {
 
 /// L1's memory in the density mode (MiB): N QEMU pods of ~110 MiB each beside L1's own.
 pub const DENSITY_MEMORY_MIB: u32 = 6144;
-/// L1's deadline in the density mode: 2N L2 boots, two at a time.
+/// L1's deadline in the density mode: 2N L2 boots, one at a time (13-20 s each under KVM in L1).
 pub const DENSITY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The pod count of the density mode (`src/density.rs`), from the host's `KATA_LAB_DENSITY`
