@@ -11,13 +11,15 @@
 //! vCPUs: the VMM describes its CPUs with an MP table, without ACPI, so nothing can tell the
 //! guest of a new one. Instead a VM has [`max_vcpus`] vCPUs from the start, `default_vcpus` of
 //! them booted (`maxcpus=` on the kernel's command line) and the others **parked**: present in
-//! the MP table, each thread blocked in KVM's wait-for-SIPI (no host CPU used) until the guest
-//! onlines it (`echo 1 > /sys/devices/system/cpu/cpuN/online`: INIT/SIPI to that vCPU).
+//! the MP table, each thread blocked outside `KVM_RUN` (no host CPU used) until a resize grants
+//! it (`kata_vmm::vm::Vm::grant_vcpus`) and the guest onlines it (`echo 1 >
+//! /sys/devices/system/cpu/cpuN/online`: INIT/SIPI to that vCPU).
 //! [`resize_vcpus`] grows by granting up to `default_maxvcpus` of them; the agent's
 //! `OnlineCPUMem`, which kata-sandbox sends after the resize, brings them up. A shrink is not
 //! done: the agent's API has no call that takes a CPU offline, so the VM keeps the vCPUs it was
-//! granted online and the answer says so. The guest could online a parked vCPU by itself: the
-//! host's bound on its CPU time is the sandbox's cgroup, which the vCPU threads are in.
+//! granted online and the answer says so. A guest that onlines a parked vCPU by itself gets a
+//! CPU that fails to boot (its INIT/SIPI stays pending until a grant); the host's bound on the
+//! granted vCPUs' time is the sandbox's cgroup, which the vCPU threads are in.
 
 use std::time::Duration;
 

@@ -80,9 +80,10 @@ pub struct VmConfig {
     /// vCPUs booted (1 to [`MAX_VCPUS`]).
     pub vcpus: u8,
     /// vCPUs the VM has in all (0: as many as `vcpus`). Those above `vcpus` are present and
-    /// parked: listed in the MP table and created, each thread in KVM's wait-for-SIPI, while
-    /// the kernel boots only `vcpus` of them (`maxcpus=<vcpus>` on its command line); the guest
-    /// brings one up by writing 1 to `/sys/devices/system/cpu/cpuN/online`.
+    /// parked: listed in the MP table and created, each thread waiting outside `KVM_RUN` until
+    /// [`Vm::grant_vcpus`] covers it, while the kernel boots only `vcpus` of them
+    /// (`maxcpus=<vcpus>` on its command line); once granted, the guest brings one up by
+    /// writing 1 to `/sys/devices/system/cpu/cpuN/online`.
     pub max_vcpus: u8,
     /// Guest memory in MiB.
     pub memory_mib: u64,

@@ -318,7 +318,8 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
     };
 
     // Every vCPU is created and configured before any runs: the `vcpus` the kernel boots and
-    // the parked ones above them (`maxcpus=`), which wait in KVM for the guest's INIT/SIPI.
+    // the parked ones above them (`maxcpus=`), whose threads wait for a grant before their
+    // first KVM_RUN ([`Shared::wait_for_grant`]).
     let kvm_max = kvm.kvm().get_max_vcpus();
     if usize::from(p.max_vcpus) > kvm_max {
         return Err(Error::Device {

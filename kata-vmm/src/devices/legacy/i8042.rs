@@ -66,7 +66,7 @@ impl I8042 {
     }
 
     /// A guest read at `offset` from port 0x60: the status port reads
-    /// [`STATUS_NO_CONTROLLER`], the data port 0.
+    /// `STATUS_NO_CONTROLLER`, the data port 0.
     pub fn read(&mut self, offset: u8) -> u8 {
         match offset {
             STATUS_OFFSET => STATUS_NO_CONTROLLER,

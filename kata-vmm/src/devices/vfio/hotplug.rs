@@ -15,7 +15,7 @@
 //!   taken out ([`RootPort::unplug`]) and closed (its device descriptor, with its interrupts),
 //!   and the port is free for the next plug. The container and groups stay open for the VM's
 //!   life (a group opened once is reused).
-//! - **Interrupts of the ports** ([`wire_port_msi`]): each port's MSI is a GSI of the VM's
+//! - **Interrupts of the ports** (`wire_port_msi`): each port's MSI is a GSI of the VM's
 //!   [`GsiRouter`] with an irqfd: raising it routes the GSI to the message the guest programmed
 //!   (`KVM_SET_GSI_ROUTING`, allowed to the vCPU threads) and writes the eventfd, from
 //!   whichever thread changed the slot (the caller's for a plug, a vCPU's for a guest write).

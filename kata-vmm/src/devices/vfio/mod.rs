@@ -1,5 +1,5 @@
 //! VFIO PCI passthrough, cold-plugged: a host PCI function bound to `vfio-pci` appears on the
-//! VM's [`PciBus`](crate::devices::pci::PciBus).
+//! VM's [`crate::devices::pci::PciBus`].
 //!
 //! - **Opening** ([`VfioSet::open`]): sysfs first ([`sysfs::viable_group`]: the group, every
 //!   member on vfio-pci or the member is named), then the container (`/dev/vfio/vfio`, type1

@@ -1,6 +1,6 @@
 //! A net queue's chains, checked: a receive buffer is all device-writable, a frame to send is
 //! all device-readable and at least a net header long; neither past [`MAX_SEGMENTS`] or
-//! [`MAX_FRAME_LEN`](super::MAX_FRAME_LEN).
+//! [`super::MAX_FRAME_LEN`].
 
 use vm_memory::Bytes;
 
