@@ -200,19 +200,26 @@ fn function(id: &str, bdf: &str) -> DeviceConfig {
     })
 }
 
+/// A kernel and an initrd of one byte each in `dir`, and what puts them into a configuration.
+fn boot_files(dir: &std::path::Path) -> impl Fn(HypervisorConfig) -> HypervisorConfig {
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd"));
+    std::fs::write(&kernel, b"k").unwrap();
+    std::fs::write(&initrd, b"i").unwrap();
+    move |c| HypervisorConfig {
+        kernel: kernel.display().to_string(),
+        initrd: initrd.display().to_string(),
+        ..c
+    }
+}
+
 #[tokio::test]
 async fn vfio_functions_are_cold_plugged_behind_root_ports_in_order() {
     assert!(capabilities(&config()).vfio, "cold-plug");
     let dir = tempfile::tempdir().unwrap();
-    let (kernel, initrd) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
-    std::fs::write(&kernel, b"k").unwrap();
-    std::fs::write(&initrd, b"i").unwrap();
-    let c = HypervisorConfig {
+    let c = boot_files(dir.path())(HypervisorConfig {
         cold_plug_vfio: PciePort::RootPort,
-        kernel: kernel.display().to_string(),
-        initrd: initrd.display().to_string(),
         ..config()
-    };
+    });
     let b = Builtin::new("x", c, &dir.path().join("vm")).unwrap();
     b.prepare(vec![
         function("vfio-a", "0000:00:03.0"),
@@ -458,14 +465,7 @@ fn vcpu_growth_is_a_capability_with_parked_vcpus_and_the_vm_is_built_with_them()
     // The builder asks the VMM for the parked vCPUs (kata-vmm adds maxcpus= and the MP
     // table's processors, vm::tests).
     let dir = tempfile::tempdir().unwrap();
-    let (kernel, initrd) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
-    std::fs::write(&kernel, b"k").unwrap();
-    std::fs::write(&initrd, b"i").unwrap();
-    let files = |c: HypervisorConfig| HypervisorConfig {
-        kernel: kernel.display().to_string(),
-        initrd: initrd.display().to_string(),
-        ..c
-    };
+    let files = boot_files(dir.path());
     let b = Builtin::new("x", files(parked(1, 2)), &dir.path().join("vm")).unwrap();
     let built = b.builder().unwrap();
     assert_eq!(built.config().vcpus, 1);
@@ -483,14 +483,7 @@ fn vcpu_growth_is_a_capability_with_parked_vcpus_and_the_vm_is_built_with_them()
 #[test]
 fn the_vm_gets_virtio_mem_and_a_reporting_balloon_as_configured() {
     let dir = tempfile::tempdir().unwrap();
-    let (kernel, initrd) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
-    std::fs::write(&kernel, b"k").unwrap();
-    std::fs::write(&initrd, b"i").unwrap();
-    let files = |c: HypervisorConfig| HypervisorConfig {
-        kernel: kernel.display().to_string(),
-        initrd: initrd.display().to_string(),
-        ..c
-    };
+    let files = boot_files(dir.path());
     let plain = Builtin::new("x", files(config()), &dir.path().join("vm")).unwrap();
     let b = plain.builder().unwrap();
     assert_eq!(b.config().hotplug_memory_mib, 0);

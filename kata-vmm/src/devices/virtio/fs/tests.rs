@@ -113,6 +113,24 @@ impl<'a> Harness<'a> {
         assert_eq!((error, unique), (0, 1));
         assert!(len > 16, "INIT answered with its body: {len}");
     }
+
+    /// LOOKUP `hello` (unique 2), OPEN it read-only (3) and READ its first 2 bytes (4): the
+    /// lookup's and the open's errors, and the read's error, used length and data.
+    fn read_hello(&mut self) -> (i32, i32, (i32, u32, [u8; 2])) {
+        let (_, lookup, _) = self.request(FUSE_LOOKUP, 2, 1, b"hello\0");
+        let node: u64 = self.mem.read_obj(GuestAddress(OUT + 16)).unwrap();
+        let (_, open, _) = self.request(FUSE_OPEN, 3, node, &le(&[libc::O_RDONLY as u32, 0]));
+        let fh: u64 = self.mem.read_obj(GuestAddress(OUT + 16)).unwrap();
+        let mut read_in = fh.to_le_bytes().to_vec();
+        read_in.extend_from_slice(&0u64.to_le_bytes());
+        read_in.extend_from_slice(&le(&[2, 0, 0, 0, 0, 0]));
+        let (len, read, _) = self.request(FUSE_READ, 4, node, &read_in);
+        let mut data = [0u8; 2];
+        self.mem
+            .read_slice(&mut data, GuestAddress(OUT + 16))
+            .unwrap();
+        (lookup, open, (read, len, data))
+    }
 }
 
 #[test]
@@ -151,16 +169,7 @@ fn requests_are_served_under_the_device_threads_allow_list() {
             .apply_to_this_thread(ThreadKind::Device)
             .unwrap();
         h.init();
-        let (_, lookup, _) = h.request(FUSE_LOOKUP, 2, 1, b"hello\0");
-        let node: u64 = h.mem.read_obj(GuestAddress(OUT + 16)).unwrap();
-        let (_, open, _) = h.request(FUSE_OPEN, 3, node, &le(&[libc::O_RDONLY as u32, 0]));
-        let fh: u64 = h.mem.read_obj(GuestAddress(OUT + 16)).unwrap();
-        let mut read_in = fh.to_le_bytes().to_vec();
-        read_in.extend_from_slice(&0u64.to_le_bytes());
-        read_in.extend_from_slice(&le(&[2, 0, 0, 0, 0, 0]));
-        let (len, read, _) = h.request(FUSE_READ, 4, node, &read_in);
-        let mut data = [0u8; 2];
-        h.mem.read_slice(&mut data, GuestAddress(OUT + 16)).unwrap();
+        let (lookup, open, (read, len, data)) = h.read_hello();
         let mut mkdir_in = le(&[0o755, 0]);
         mkdir_in.extend_from_slice(b"dir\0");
         let (_, mkdir, _) = h.request(FUSE_MKDIR, 5, 1, &mkdir_in);
@@ -228,16 +237,7 @@ fn requests_are_served_in_the_device_threads_sandbox() {
         let sandboxed = confinement.confine_this_thread(ThreadKind::Device).unwrap();
         let etc = std::fs::metadata("/etc").is_ok();
         h.init();
-        let (_, lookup, _) = h.request(FUSE_LOOKUP, 2, 1, b"hello\0");
-        let node: u64 = h.mem.read_obj(GuestAddress(OUT + 16)).unwrap();
-        let (_, open, _) = h.request(FUSE_OPEN, 3, node, &le(&[libc::O_RDONLY as u32, 0]));
-        let fh: u64 = h.mem.read_obj(GuestAddress(OUT + 16)).unwrap();
-        let mut read_in = fh.to_le_bytes().to_vec();
-        read_in.extend_from_slice(&0u64.to_le_bytes());
-        read_in.extend_from_slice(&le(&[2, 0, 0, 0, 0, 0]));
-        let (_, read, _) = h.request(FUSE_READ, 4, node, &read_in);
-        let mut data = [0u8; 2];
-        h.mem.read_slice(&mut data, GuestAddress(OUT + 16)).unwrap();
+        let (lookup, open, (read, _, data)) = h.read_hello();
         h.creds = [1000, 1000];
         let mut mkdir_in = le(&[0o755, 0]);
         mkdir_in.extend_from_slice(b"dir\0");
