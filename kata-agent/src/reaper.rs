@@ -112,7 +112,7 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    /// A reaper with no tracked processes. Call [`Reaper::run`] to start reaping.
+    /// A reaper with no tracked processes. Call [`Reaper::start`] to start reaping.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }

@@ -250,8 +250,8 @@ fn must_escape(c: char) -> bool {
 
 /// A value as logfmt writes it: bare when it is non-empty and made of ASCII letters, digits
 /// and `-._/@^+` (logrus' rule), else in double quotes with `"`, `\`, `\n`, `\r`, `\t`
-/// escaped as Go's `strconv.Quote` does and every other [control or invisible
-/// formatting](must_escape) character as `\u00XX`.
+/// escaped as Go's `strconv.Quote` does and every other control or invisible
+/// formatting character as `\u00XX`.
 ///
 /// ```
 /// use kata_shim::logfmt::quote;

@@ -1,7 +1,7 @@
 //! The socket between the agent and a container's init helper.
 //!
 //! Messages are JSON, each preceded by its length as a little-endian `u32`. The agent sends the
-//! [`InitConfig`](super::config::InitConfig), acknowledges the reported pid and, for a container,
+//! [`InitConfig`], acknowledges the reported pid and, for a container,
 //! says when to start; the helper reports the pid, readiness, or an error naming what failed.
 //! A successful `execve` closes the helper's end (it is close-on-exec): the agent reads that as
 //! "the process runs".

@@ -163,7 +163,7 @@ impl Root {
     /// Resolves `path` as if the root were `/` (absolute symlinks restart at the root, `..`
     /// stops at it), creating what is missing as `create` says, and opens what it names.
     /// Every component is opened relative to the one before it without following symlinks;
-    /// symlinks are read and followed here, inside the root, at most [`MAX_SYMLINKS`] of them.
+    /// symlinks are read and followed here, inside the root, at most `MAX_SYMLINKS` of them.
     pub fn resolve(&self, path: &Path, create: Create) -> Result<InRoot, ResolveError> {
         // What is still to walk, last component first (`pop` gives the next one).
         let mut pending: Vec<OsString> = components(path);

@@ -1,6 +1,6 @@
 //! Storages: filesystems the host asks the agent to make in the guest (CreateSandbox and
 //! CreateContainer `storages`): the shared directory over virtio-fs or 9p, block devices,
-//! bind mounts of guest paths, tmpfs volumes ([`ephemeral`]) and directories ([`local`]).
+//! bind mounts of guest paths, tmpfs volumes (`ephemeral`) and directories (`local`).
 //!
 //! A storage is keyed by its mount point and reference counted as in Kata's agent
 //! ([`StorageTable`]): a second request for the same mount point (the sandbox's and a
@@ -33,8 +33,8 @@ pub use table::StorageTable;
 ///
 /// Kata's names first (its agent's storage handlers): `blk` (virtio-blk on PCI, source a PCI
 /// path), `mmioblk` (virtio-blk on MMIO, source the `/dev` node), `scsi`, `nvdimm`,
-/// `virtio-fs`, `local`, `ephemeral`, `watchable-bind` ([`watchable`]), `overlayfs` (an overlay
-/// the runtime describes, [`overlay`]). Then two kata-rs
+/// `virtio-fs`, `local`, `ephemeral`, `watchable-bind` (`watchable`), `overlayfs` (an overlay
+/// the runtime describes, `overlay`). Then two kata-rs
 /// extensions that Kata's agent refuses:
 /// `9p` (sent only when the runtime is configured with `shared_fs = "virtio-9p"`, which Kata
 /// has removed) and `bind` (a bind mount of a guest path: the host-tier tests' stand-in for

@@ -6,7 +6,7 @@
 //! [`silence_boots`] makes the named VM's first `n` boots count as silent once its agent has
 //! answered (so each QEMU has really run the guest, with its vhost-user daemons connected), and
 //! the backend takes the very path it takes for a stuck backend. Without the feature nothing can
-//! arm it and [`take_silent_boot`] is always false.
+//! arm it and `take_silent_boot` is always false.
 
 #[cfg(feature = "test-backend")]
 use std::collections::HashMap;

@@ -12,11 +12,11 @@
 //! `blockdev-del`, which closes the file. What is attached ([`AttachedBlock`]) is kept in the
 //! VM's saved state, so a VM taken over by another process can detach it too.
 //!
-//! VFIO ([`attach_vfio`], [`detach_vfio`]): `device_add vfio-pci,host=<bdf>` on the lowest
+//! VFIO (`attach_vfio`, `detach_vfio`): `device_add vfio-pci,host=<bdf>` on the lowest
 //! free port of `hot_plug_vfio`'s kind (a root port for `no-port`: never q35's `pcie.0`),
 //! its PCI path read back; `device_del` and `DEVICE_DELETED` on removal, the port freed.
 //!
-//! NICs ([`attach_net`], [`detach_net`]): each of the tap's open queues is handed to QEMU over
+//! NICs (`attach_net`, `detach_net`): each of the tap's open queues is handed to QEMU over
 //! the QMP socket (`getfd`, the file as `SCM_RIGHTS`), `netdev_add tap,fds=<names>` takes
 //! them, `device_add virtio-net-pci` on the lowest free PCIe root port; removal is
 //! `device_del`, `DEVICE_DELETED`, `netdev_del` (which closes QEMU's copies of the queues).

@@ -4,8 +4,8 @@
 //!
 //! - any port kind (upstream's Secure Execution file says `root-port`): cold-plugged, on the
 //!   command line as `-device vfio-ap,id=<id>,sysfsdev=<path>` ([`args`]);
-//! - `no-port`: hot-plugged after boot with QMP `device_add` ([`attach`]) and removed with
-//!   `device_del` and the wait for `DEVICE_DELETED` ([`detach`]).
+//! - `no-port`: hot-plugged after boot with QMP `device_add` (`attach`) and removed with
+//!   `device_del` and the wait for `DEVICE_DELETED` (`detach`).
 //!
 //! Only `s390-ccw-virtio` machines have an AP bus: elsewhere the device is refused naming
 //! `machine_type`. No host here has one; command lines and QMP sequences are unit-tested.

@@ -391,7 +391,7 @@ impl Drop for NetworkSlot {
     }
 }
 
-/// What a [`NetworkSlot::rescan`] joined.
+/// What a `NetworkSlot::rescan` joined.
 #[derive(Debug)]
 pub struct Rescanned {
     /// The NICs to hot-plug, one per new interface, with their taps' open queues.

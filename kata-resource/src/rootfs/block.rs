@@ -10,9 +10,9 @@
 //! ([`BlockAttachment::storage_at`], a `blk` storage at Kata's PCI path or a `scsi` storage at
 //! the disk's SCSI address) at `/run/kata-containers/<id>/rootfs`, the OCI spec's `root.path`.
 //!
-//! [`DevicesSlot`] records which disks each container holds, so they are hot-unplugged with
+//! `DevicesSlot` records which disks each container holds, so they are hot-unplugged with
 //! it (by the caller, who owns the VM) and a restarted runtime finds them in the state.
-//! `disable_block_device_use` (the caller's [`DevicesSlot::set_enabled`]) keeps every rootfs
+//! `disable_block_device_use` (the caller's `DevicesSlot::set_enabled`) keeps every rootfs
 //! on the shared directory: such a mount is then refused as before, since this crate never
 //! mounts a block filesystem on the host.
 

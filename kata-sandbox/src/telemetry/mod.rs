@@ -5,10 +5,10 @@
 //! The export is built only with the cargo feature `otel`; without it `enable_tracing = true`
 //! is refused when the configuration is finished ([`check`]), naming the key and the feature.
 //!
-//! With the feature, the process composes [`layer`] into its `tracing` subscriber once (the
+//! With the feature, the process composes `layer` into its `tracing` subscriber once (the
 //! shim does in its logging set-up; an embedder that sets no subscriber of its own gets one
 //! from the first traced sandbox). It exports nothing until a sandbox with `enable_tracing =
-//! true` starts: that starts the exporter ([`activate`]). Where spans go, in this order:
+//! true` starts: that starts the exporter (`activate`). Where spans go, in this order:
 //!
 //! 1. `[runtime] jaeger_endpoint`, when set: the full URL of an OTLP/HTTP traces receiver
 //!    (Jaeger's own is `http://<host>:4318/v1/traces`). Kata's runtime-rs sends Jaeger's
@@ -211,7 +211,7 @@ pub(crate) fn activate(config: &SandboxConfig) -> Result<()> {
     }
 }
 
-/// The trace-export layer when this build has the feature `otel` ([`layer`] boxed), `None`
+/// The trace-export layer when this build has the feature `otel` (`layer` boxed), `None`
 /// without it: for a program (the shim) whose own code does not depend on the feature.
 pub fn optional_layer<S>() -> Option<Box<dyn tracing_subscriber::Layer<S> + Send + Sync + 'static>>
 where

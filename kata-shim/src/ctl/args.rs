@@ -226,7 +226,7 @@ enum CliCommand {
     },
     /// Print a sandbox's metrics (Prometheus text) from its shim's management socket.
     ///
-    /// <root>/<SANDBOX>/shim-monitor.sock: the runtime's, the VMM's and the guest's figures.
+    /// `<root>/<SANDBOX>/shim-monitor.sock`: the runtime's, the VMM's and the guest's figures.
     Metrics {
         /// The sandbox id.
         #[arg(value_name = "SANDBOX")]

@@ -1,4 +1,4 @@
-//! The cache process's side ([`serve`]): a [`SandboxPool`] of `vm_cache_number` sandboxes
+//! The cache process's side ([`serve`](VmCache::serve)): a [`SandboxPool`] of `vm_cache_number` sandboxes
 //! and the endpoint that hands them over, one per `take`.
 //!
 //! The endpoint is created 0600 (the shim and the cache run as the same user, root); a

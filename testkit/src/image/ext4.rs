@@ -1,6 +1,6 @@
 //! The busybox test rootfs as a raw ext4 filesystem image, for block rootfs and block volume
 //! tests: made with `mkfs.ext4 -d` (Debian's `e2fsprogs`) from the tree
-//! [`busybox_rootfs`](super::busybox_rootfs) writes, so no loop device and no mount are
+//! [`busybox_rootfs`] writes, so no loop device and no mount are
 //! needed. The image also holds [`MARKER_PATH`] with [`MARKER`], so a test can tell it reads
 //! the disk. Built per test like the other fixtures (a 32 MiB image takes well under a second).
 //!

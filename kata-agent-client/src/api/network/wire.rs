@@ -2,7 +2,7 @@
 //! the protocol's `types.Interface`, `types.Route` and `types.ARPNeighbor`.
 //!
 //! Public with feature `server`: the guest agent decodes requests with the same functions the
-//! façade decodes answers with. Decoding fails with [`Error::InvalidNetwork`] naming the field
+//! façade decodes answers with. Decoding fails with [`Error::InvalidNetwork`](crate::Error::InvalidNetwork) naming the field
 //! as a path under `field` (`interface.IPAddresses[1].mask`) and what was wrong.
 //!
 //! How Kata's fields map:

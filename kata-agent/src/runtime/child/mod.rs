@@ -9,7 +9,7 @@
 //! 2. fork, so the child is inside the new pid namespace; report the child's pid and wait for
 //!    the agent's acknowledgement (it now tracks the pid), then exit — the child is reparented
 //!    to the agent (PID 1, or a child subreaper on the host);
-//! 3. the child builds the container's root ([`rootfs`]), switches identity ([`process`]),
+//! 3. the child builds the container's root (`rootfs`), switches identity (`process`),
 //!    reports `Ready`, waits for `Start` (containers only), and execs.
 
 mod process;
