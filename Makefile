@@ -37,6 +37,8 @@ lint:
 	@# (which hides a missing tokio feature, or a protobuf type that needs the agent's `server`).
 	$(CARGO) clippy -q -p kata-shim --lib --bins -- -D warnings
 	$(CARGO) clippy -q -p kata-sandbox --no-default-features -- -D warnings
+	@# Every intra-doc link resolves and none points at a private item (docs.rs renders them).
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -q --workspace --no-deps
 	@if $(CARGO) tree -q -p kata-shim -e normal,features -i kata-agent-client | grep -q 'feature "server"'; then \
 	  echo "lint: kata-shim pulls kata-agent-client's feature server: a protobuf type is reachable above the typed Agent API"; exit 1; fi
 
