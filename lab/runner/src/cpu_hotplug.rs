@@ -119,7 +119,6 @@ pub async fn builtin_cpus_grow(rootfs: &Path, root_dir: &str) -> Result<String> 
         .await
         .context("no sandbox after 300 s")?
         .context("the sandbox with a parked vCPU did not start")?;
-    let dir = sandbox.dir().to_path_buf();
     let sys = "cat /sys/devices/system/cpu/online /sys/devices/system/cpu/present";
     let checked = async {
         let out = sandbox
@@ -185,11 +184,7 @@ pub async fn builtin_cpus_grow(rootfs: &Path, root_dir: &str) -> Result<String> 
             tail.join(" | ")
         ))
     });
-    let shut = sandbox.shutdown().await;
-    let detail = checked?;
-    shut?;
-    ensure!(!dir.exists(), "{} left", dir.display());
-    Ok(detail)
+    crate::shut_down_clean(&sandbox, checked).await
 }
 
 #[cfg(test)]

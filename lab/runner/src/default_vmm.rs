@@ -79,7 +79,6 @@ pub async fn dragonball_config_runs(rootfs: &Path, root_dir: &str) -> Result<Str
     .await
     .context("no sandbox after 300 s")?
     .with_context(|| format!("the sandbox of {} did not start", file.display()))?;
-    let dir = sandbox.dir().to_path_buf();
     let checked = async {
         let backend = sandbox
             .describe()
@@ -109,9 +108,5 @@ pub async fn dragonball_config_runs(rootfs: &Path, root_dir: &str) -> Result<Str
         ))
     }
     .await;
-    let shut = sandbox.shutdown().await;
-    let detail = checked?;
-    shut?;
-    ensure!(!dir.exists(), "{} left", dir.display());
-    Ok(detail)
+    crate::shut_down_clean(&sandbox, checked).await
 }

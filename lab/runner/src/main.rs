@@ -385,6 +385,18 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
 /// The memfd name of the guest memory's mappings: QEMU names the memfd of every
 /// `memory-backend-memfd` after the object type, the built-in VMM's `GuestRam` is
 /// `kata-vmm:<vm name>`.
+/// The end of a check that owns its sandbox: the sandbox is shut down whatever `checked` says,
+/// then the check's own error comes first, the shutdown's next, and the sandbox's directory
+/// must be gone.
+async fn shut_down_clean(sandbox: &Sandbox, checked: Result<String>) -> Result<String> {
+    let dir = sandbox.dir().to_path_buf();
+    let shut = sandbox.shutdown().await;
+    let detail = checked?;
+    shut?;
+    ensure!(!dir.exists(), "{} left", dir.display());
+    Ok(detail)
+}
+
 fn guest_memfd(vmm: Vmm) -> &'static str {
     match vmm {
         Vmm::Qemu => "/memfd:memory-backend-memfd",

@@ -106,7 +106,6 @@ pub async fn builtin_memory_grows(rootfs: &Path, root_dir: &str) -> Result<Strin
         .await
         .context("no sandbox after 300 s")?
         .context("the sandbox with virtio-mem did not start")?;
-    let dir = sandbox.dir().to_path_buf();
     let checked = async {
         let before = mem_total_kib(&sandbox, ContainerSpec::from_rootfs_dir(rootfs)).await?;
         let during = mem_total_kib(
@@ -141,11 +140,7 @@ pub async fn builtin_memory_grows(rootfs: &Path, root_dir: &str) -> Result<Strin
         ))
     }
     .await;
-    let shut = sandbox.shutdown().await;
-    let detail = checked?;
-    shut?;
-    ensure!(!dir.exists(), "{} left", dir.display());
-    Ok(detail)
+    crate::shut_down_clean(&sandbox, checked).await
 }
 
 /// The bytes allocated to the guest memfd of sandbox `id` (`memfd:kata-vmm:kata-<id>`, held
@@ -183,7 +178,6 @@ pub async fn builtin_balloon_reclaims(rootfs: &Path, root_dir: &str) -> Result<S
         .await
         .context("no sandbox after 300 s")?
         .context("the sandbox with a balloon did not start")?;
-    let dir = sandbox.dir().to_path_buf();
     let checked = async {
         const MIB: u64 = 1 << 20;
         let before = memfd_bytes(id)?;
@@ -225,11 +219,7 @@ pub async fn builtin_balloon_reclaims(rootfs: &Path, root_dir: &str) -> Result<S
         ))
     }
     .await;
-    let shut = sandbox.shutdown().await;
-    let detail = checked?;
-    shut?;
-    ensure!(!dir.exists(), "{} left", dir.display());
-    Ok(detail)
+    crate::shut_down_clean(&sandbox, checked).await
 }
 
 #[cfg(test)]
