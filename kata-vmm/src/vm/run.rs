@@ -201,6 +201,8 @@ pub struct Vm {
     balloon: Option<crate::devices::virtio::balloon::BalloonHandle>,
     /// VFIO hot-plug onto the spare root ports, when the VM has some.
     vfio_hotplug: Option<crate::devices::vfio::hotplug::VfioHotplug>,
+    /// Disk hot-plug (virtio-blk on virtio-pci) onto the same ports (blk_hotplug).
+    blk_hotplug: Option<crate::devices::virtio::pci::hotplug::BlockHotplug>,
 }
 
 /// The VFIO state, shared with the hot-plug handle.
@@ -285,10 +287,32 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
     // the INTx pins' irqfds with resample.
     // The root ports' hot-plug MSI the same way; spare ports make a VFIO hot-plug handle.
     let mut vfio_hotplug = None;
+    // Disk hot-plug into the same ports, its devices served by a run-time loop (blk_hotplug).
+    let mut blk_hotplug = None;
     let pci = match p.pci {
         Some((bus, set)) => {
             let router = Arc::new(crate::devices::vfio::irq::GsiRouter::new(kvm.shared_fd()));
             set.wire_irqs(kvm.fd(), &router)?;
+            // Disks hot-plug into the spare root ports (blk_hotplug).
+            if p.spare_root_ports != 0 {
+                let serve = crate::devices::virtio::pci::serve::RunTimeDevices::new()
+                    .map(|d| Arc::new(Mutex::new(d)))
+                    .map_err(|source| Error::DeviceIo {
+                        device: "VM".into(),
+                        what: "creating the run-time devices' epoll (blk_hotplug)".into(),
+                        source,
+                    })?;
+                blk_hotplug = Some((
+                    crate::devices::virtio::pci::hotplug::BlockHotplug::new(
+                        bus.clone(),
+                        p.ram.memory().clone(),
+                        kvm.shared_fd(),
+                        router.clone(),
+                        serve.clone(),
+                    ),
+                    serve,
+                ));
+            }
             let ports: Vec<_> = bus
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -362,6 +386,9 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
     for h in handlers {
         event_loop.add(h).map_err(add_err)?;
     }
+    if let Some((_, serve)) = &blk_hotplug {
+        event_loop.add(serve.clone()).map_err(add_err)?;
+    }
 
     let mut vm = Vm {
         name: p.name.clone(),
@@ -374,6 +401,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         hotplug: p.hotplug.clone(),
         balloon: p.balloon.clone(),
         vfio_hotplug,
+        blk_hotplug: blk_hotplug.map(|(handle, _)| handle),
         resources: Some(Resources {
             pci,
             kvm,
@@ -507,6 +535,13 @@ impl Vm {
         self.vfio_hotplug.clone()
     }
 
+    /// Disk hot-plug (virtio-blk on virtio-pci) onto the VM's spare root ports, the pool VFIO
+    /// hot-plug takes from too, when it was built with [`super::VmBuilder::spare_root_ports`]
+    /// (see [`crate::devices::virtio::pci::hotplug`]).
+    pub fn block_hotplug(&self) -> Option<crate::devices::virtio::pci::hotplug::BlockHotplug> {
+        self.blk_hotplug.clone()
+    }
+
     /// Lets the vCPUs below `vcpus` run: the parked ones (above [`super::VmConfig::vcpus`],
     /// up to [`super::VmConfig::max_vcpus`]) wait outside `KVM_RUN` until a grant covers them,
     /// so the guest can bring online only what the runtime granted. A grant never takes a
@@ -561,6 +596,7 @@ impl Vm {
             let _ = h.join();
         }
         self.vfio_hotplug = None;
+        self.blk_hotplug = None;
         self.resources = None;
         self.shared
             .wait(Some(Duration::ZERO))

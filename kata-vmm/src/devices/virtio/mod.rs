@@ -15,6 +15,7 @@ pub mod fs;
 pub mod mem;
 pub mod mmio;
 pub mod net;
+pub mod pci;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -33,12 +34,28 @@ pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
 /// Bit of the interrupt status register: the configuration changed.
 pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x02;
 
+/// Delivers a virtio interrupt by its kind (the [`VIRTIO_MMIO_INT_VRING`] or
+/// [`VIRTIO_MMIO_INT_CONFIG`] bit) instead of the one line: the virtio-pci transport's MSI-X
+/// vectors ([`pci`]).
+pub type VectorSignal = Box<dyn Fn(u32) + Send + Sync>;
+
 /// A device's interrupt: the status register the driver reads and acknowledges, and the line
-/// (an eventfd, registered as an irqfd with KVM).
-#[derive(Debug)]
+/// (an eventfd, registered as an irqfd with KVM) or, on virtio-pci, the MSI-X vectors.
 pub struct Interrupt {
     status: AtomicU32,
     line: EventFdTrigger,
+    /// The MSI-X vectors (virtio-pci): raised instead of `line`.
+    vectors: Option<VectorSignal>,
+}
+
+impl std::fmt::Debug for Interrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interrupt")
+            .field("status", &self.status)
+            .field("line", &self.line)
+            .field("vectors", &self.vectors.is_some())
+            .finish()
+    }
 }
 
 impl Interrupt {
@@ -47,6 +64,17 @@ impl Interrupt {
         Arc::new(Interrupt {
             status: AtomicU32::new(0),
             line,
+            vectors: None,
+        })
+    }
+
+    /// An interrupt whose kinds `vectors` delivers (virtio-pci's MSI-X); `line` is kept for
+    /// [`Interrupt::line`] but not raised.
+    pub fn with_vectors(line: EventFdTrigger, vectors: VectorSignal) -> Arc<Self> {
+        Arc::new(Interrupt {
+            status: AtomicU32::new(0),
+            line,
+            vectors: Some(vectors),
         })
     }
 
@@ -62,6 +90,10 @@ impl Interrupt {
 
     fn raise(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Some(vectors) = &self.vectors {
+            vectors(bit);
+            return;
+        }
         if let Err(e) = self.line.trigger() {
             tracing::warn!(error = %e, "cannot raise a virtio interrupt");
         }

@@ -1,0 +1,270 @@
+//! Hot-plug of a virtio-blk disk (a raw image file) onto a spare PCIe root port while the VM
+//! runs, behind the virtio-pci transport; the ports are the ones VFIO hot-plug uses
+//! ([`crate::devices::vfio::hotplug`]): one pool, the first free port is taken.
+//!
+//! - **Plug** ([`BlockHotplug::plug`]): the image is opened on the caller's thread (the VMM's
+//!   threads are confined and could not), a free port is chosen, the function's BAR placed in
+//!   the port's window, its MSI-X vectors given GSIs and irqfds, the device joined to the
+//!   VM's run-time devices ([`super::serve`]), and the port's slot reports presence and
+//!   raises the port's MSI: the guest's pciehp brings the disk up. Any error leaves the port
+//!   empty and the file closed.
+//! - **Unplug** ([`BlockHotplug::unplug`]): the slot's attention button, a bounded wait for
+//!   the guest to power the slot off ([`release`]: an error naming the slot, the disk left
+//!   plugged, on a timeout), then the device is reset, no longer served and closed; the port
+//!   is free for the next device.
+//!
+//! The GSIs a disk used are not handed out again (the VM has [`irq::MSI_GSIS`]; a disk takes
+//! two).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::msix::MsixWiring;
+use super::serve::RunTimeDevices;
+use super::{vectors_for, VirtioPci, BAR_SIZE};
+use crate::devices::pci::root_port::RootPort;
+use crate::devices::pci::{BarAllocator, PciBus, SharedPciDevice};
+use crate::devices::vfio::hotplug::{free_port, release, Plugged};
+use crate::devices::vfio::irq::{self, GsiRouter};
+use crate::devices::virtio::block::{Block, BlockConfig};
+use crate::devices::virtio::VirtioDevice;
+use crate::error::{Error, Result};
+use crate::event_loop::EventHandler;
+use crate::memory::GuestMemory;
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Registers a vector's eventfd as the irqfd of its GSI (KVM in a running VM).
+pub trait IrqfdSink: Send + Sync {
+    /// `KVM_IRQFD` of `fd` on `gsi`.
+    fn register(&self, fd: &EventFd, gsi: u32) -> std::io::Result<()>;
+}
+
+impl IrqfdSink for VmFd {
+    fn register(&self, fd: &EventFd, gsi: u32) -> std::io::Result<()> {
+        self.register_irqfd(fd, gsi).map_err(std::io::Error::from)
+    }
+}
+
+/// A disk in a port's slot.
+struct InSlot {
+    path: std::path::PathBuf,
+    port: Arc<Mutex<RootPort>>,
+    port_slot: u8,
+    device: Arc<Mutex<VirtioPci>>,
+    served: usize,
+}
+
+/// The VM's disk hot-plug (see the module documentation). Cloned handles share the state.
+#[derive(Clone)]
+pub struct BlockHotplug {
+    bus: Arc<Mutex<PciBus>>,
+    mem: GuestMemory,
+    irqfds: Arc<dyn IrqfdSink>,
+    router: Arc<GsiRouter>,
+    serve: Arc<Mutex<RunTimeDevices>>,
+    plugged: Arc<Mutex<Vec<InSlot>>>,
+}
+
+impl std::fmt::Debug for BlockHotplug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockHotplug")
+            .field("free_ports", &self.free_ports())
+            .field(
+                "plugged",
+                &lock(&self.plugged)
+                    .iter()
+                    .map(|p| (p.port_slot, p.path.clone()))
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The error for a plug with every port taken.
+fn no_port(what: &str, ports: usize) -> Error {
+    Error::Device {
+        device: what.to_string(),
+        reason: format!(
+            "no free PCIe root port to hot-plug it into: the VM has {ports} root port(s), all \
+             taken; raise pcie_root_port (the spare root ports made at boot) or unplug a device \
+             first"
+        ),
+    }
+}
+
+impl BlockHotplug {
+    /// The handle of a VM whose bus is `bus` (its root ports the pool), memory `mem`, vectors
+    /// routed by `router` with irqfds registered through `irqfds`, hot-plugged devices served
+    /// by `serve`.
+    pub fn new(
+        bus: Arc<Mutex<PciBus>>,
+        mem: GuestMemory,
+        irqfds: Arc<dyn IrqfdSink>,
+        router: Arc<GsiRouter>,
+        serve: Arc<Mutex<RunTimeDevices>>,
+    ) -> Self {
+        BlockHotplug {
+            bus,
+            mem,
+            irqfds,
+            router,
+            serve,
+            plugged: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The root ports with an empty slot (shared with VFIO hot-plug).
+    pub fn free_ports(&self) -> usize {
+        lock(&self.bus)
+            .root_ports()
+            .iter()
+            .filter(|(_, p)| !lock(p).is_occupied())
+            .count()
+    }
+
+    /// Hot-plugs the disk `c` into the first free root port (see the module documentation);
+    /// returns where the guest finds it (function 0 of the port's secondary bus). Returns as
+    /// soon as the slot reported it.
+    pub fn plug(&self, c: &BlockConfig) -> Result<Plugged> {
+        let what = format!("virtio-blk {} (hot-plug)", c.path.display());
+        // Opened here, first: a missing file plugs nothing.
+        let block = Block::new(c)?;
+        let notify = block
+            .notify_evt()
+            .try_clone()
+            .map_err(|source| Error::DeviceIo {
+                device: what.clone(),
+                what: "duplicating its notify eventfd".into(),
+                source,
+            })?;
+        let (port_slot, port) = {
+            let bus = lock(&self.bus);
+            free_port(&bus).ok_or_else(|| no_port(&what, bus.root_ports().len()))?
+        };
+        let (secondary, window) = {
+            let p = lock(&port);
+            (p.buses().0, p.window().unwrap_or_else(|| p.preset_window()))
+        };
+        let bar = BarAllocator::within(window.0, window.1)
+            .allocate(BAR_SIZE)
+            .ok_or_else(|| Error::Device {
+                device: what.clone(),
+                reason: format!(
+                    "its {BAR_SIZE:#x}-byte BAR does not fit root port 00:{port_slot:02x}.0's \
+                     window {:#x}..{:#x}",
+                    window.0, window.1
+                ),
+            })?;
+        let wiring = self.wire(&what, vectors_for(block.queue_max_sizes().len()))?;
+        let device = Arc::new(Mutex::new(VirtioPci::new(
+            Box::new(block),
+            self.mem.clone(),
+            bar,
+            wiring,
+            Some(notify),
+        )?));
+        let watched = EventHandler::watched(&*lock(&device));
+        let served = lock(&self.serve)
+            .add(device.clone(), &watched)
+            .map_err(|source| Error::DeviceIo {
+                device: what.clone(),
+                what: "serving it on the device thread".into(),
+                source,
+            })?;
+        let shared: SharedPciDevice = device.clone();
+        if lock(&port).plug(shared).is_err() {
+            // Taken meanwhile (a VFIO hot-plug chose the same port).
+            lock(&self.serve).remove(served);
+            return Err(no_port(&what, 0));
+        }
+        tracing::info!(
+            path = %c.path.display(), slot = port_slot, secondary,
+            "virtio-blk: hot-plugged at {secondary:02x}:00.0 behind root port 00:{port_slot:02x}.0"
+        );
+        lock(&self.plugged).push(InSlot {
+            path: c.path.clone(),
+            port,
+            port_slot,
+            device,
+            served,
+        });
+        Ok(Plugged {
+            port_slot,
+            secondary,
+        })
+    }
+
+    /// `n` vectors: GSIs of the router and eventfds registered as their irqfds.
+    fn wire(&self, what: &str, n: usize) -> Result<MsixWiring> {
+        let gsis = self.router.allocate(n).ok_or_else(|| Error::Device {
+            device: what.to_string(),
+            reason: format!(
+                "no GSI left for its {n} MSI-X vectors (the built-in VMM hands out {})",
+                irq::MSI_GSIS
+            ),
+        })?;
+        let mut fds = Vec::with_capacity(n);
+        for &gsi in &gsis {
+            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::DeviceIo {
+                device: what.to_string(),
+                what: "creating an MSI-X eventfd".into(),
+                source,
+            })?;
+            self.irqfds
+                .register(&fd, gsi)
+                .map_err(|source| Error::DeviceIo {
+                    device: what.to_string(),
+                    what: format!("KVM_IRQFD of an MSI-X vector (GSI {gsi})"),
+                    source,
+                })?;
+            fds.push(fd);
+        }
+        Ok(MsixWiring {
+            router: self.router.clone(),
+            gsis,
+            fds,
+        })
+    }
+
+    /// Hot-unplugs the disk in root port `port_slot`, waiting up to `timeout` for the guest to
+    /// release it (see the module documentation).
+    pub fn unplug(&self, port_slot: u8, timeout: Duration) -> Result<()> {
+        let (port, device, served, path) = lock(&self.plugged)
+            .iter()
+            .find(|p| p.port_slot == port_slot)
+            .map(|p| (p.port.clone(), p.device.clone(), p.served, p.path.clone()))
+            .ok_or_else(|| Error::Device {
+                device: format!("root port 00:{port_slot:02x}.0"),
+                reason: "no disk was hot-plugged there".into(),
+            })?;
+        release(
+            &port,
+            &format!(
+                "virtio-blk {} (root port 00:{port_slot:02x}.0)",
+                path.display()
+            ),
+            timeout,
+        )?;
+        lock(&self.serve).remove(served);
+        lock(&device).shut_down();
+        lock(&self.plugged).retain(|p| !Arc::ptr_eq(&p.device, &device));
+        // The last reference: the image file and the eventfds close (KVM drops the irqfds).
+        drop(device);
+        tracing::info!(path = %path.display(), slot = port_slot, "virtio-blk: hot-unplugged; root port free");
+        Ok(())
+    }
+
+    /// The root port slots of the disks plugged now.
+    pub fn plugged(&self) -> Vec<u8> {
+        lock(&self.plugged).iter().map(|p| p.port_slot).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! Disk hot-plug without KVM: the spare ports `build_bus` makes, irqfds recorded instead of
+//! registered, the guest's side of the slot played by writing the port's slot control.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kvm_bindings::kvm_irq_routing_entry;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use super::*;
+use crate::devices::pci::root_port::{PCIE_OFFSET, SLOT_CONTROL_PCC};
+use crate::devices::vfio::irq::RouteSink;
+
+struct NoRoutes;
+
+impl RouteSink for NoRoutes {
+    fn set_routes(&self, _table: &[kvm_irq_routing_entry]) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Records the irqfds asked for.
+#[derive(Default)]
+struct Irqfds(Mutex<Vec<u32>>);
+
+impl IrqfdSink for Irqfds {
+    fn register(&self, _fd: &EventFd, gsi: u32) -> std::io::Result<()> {
+        self.0.lock().unwrap().push(gsi);
+        Ok(())
+    }
+}
+
+struct Rig {
+    hp: BlockHotplug,
+    bus: Arc<Mutex<PciBus>>,
+    irqfds: Arc<Irqfds>,
+    serve: Arc<Mutex<RunTimeDevices>>,
+    dir: tempfile::TempDir,
+}
+
+fn rig(ports: u8) -> Rig {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let (bus, _set) = crate::devices::vfio::build_bus(&[], ports, &mem)
+        .unwrap()
+        .unwrap();
+    let bus = Arc::new(Mutex::new(bus));
+    let irqfds = Arc::new(Irqfds::default());
+    let serve = Arc::new(Mutex::new(RunTimeDevices::new().unwrap()));
+    let router = Arc::new(GsiRouter::new(Arc::new(NoRoutes)));
+    let hp = BlockHotplug::new(bus.clone(), mem, irqfds.clone(), router, serve.clone());
+    Rig {
+        hp,
+        bus,
+        irqfds,
+        serve,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn disk(r: &Rig, name: &str) -> BlockConfig {
+    let path = r.dir.path().join(name);
+    std::fs::write(&path, vec![0u8; 4096]).unwrap();
+    BlockConfig {
+        path,
+        read_only: true,
+        id: None,
+    }
+}
+
+fn port(r: &Rig, slot: u8) -> Arc<Mutex<RootPort>> {
+    lock(&r.bus)
+        .root_ports()
+        .iter()
+        .find(|(s, _)| *s == slot)
+        .unwrap()
+        .1
+        .clone()
+}
+
+/// The guest's pciehp turned the slot's power off.
+fn guest_powers_off(p: &Mutex<RootPort>) {
+    lock(p).write(PCIE_OFFSET + 0x18, &SLOT_CONTROL_PCC.to_le_bytes());
+}
+
+#[test]
+fn a_disk_is_plugged_in_a_free_port_served_and_its_port_reused_after_unplug() {
+    let r = rig(1);
+    let at = r.hp.plug(&disk(&r, "a.img")).unwrap();
+    assert_eq!((at.port_slot, at.secondary), (1, 1));
+    assert_eq!(r.hp.free_ports(), 0);
+    assert_eq!(r.hp.plugged(), vec![1]);
+    assert_eq!(r.irqfds.0.lock().unwrap().len(), 2, "two vectors wired");
+    assert_eq!(lock(&r.serve).len(), 1, "served on the device thread");
+    // The function in the slot is the virtio-blk one, its BAR in the port's window.
+    let p = port(&r, 1);
+    let child = lock(&p).child().cloned().unwrap();
+    assert_eq!(lock(&child).config_read(0), 0x1042_1af4);
+    let bar = u64::from(lock(&child).config_read(4));
+    let (start, end) = lock(&p).preset_window();
+    assert!(
+        bar >= start && bar + BAR_SIZE <= end,
+        "{bar:#x} in {start:#x}..{end:#x}"
+    );
+    // No second port: refused naming pcie_root_port, nothing served.
+    let e = r.hp.plug(&disk(&r, "b.img")).unwrap_err().to_string();
+    assert!(e.contains("pcie_root_port") && e.contains("b.img"), "{e}");
+    assert_eq!(lock(&r.serve).len(), 1);
+    // Unplug: the guest released the slot; the port is free and reused.
+    guest_powers_off(&p);
+    r.hp.unplug(1, Duration::from_secs(1)).unwrap();
+    assert_eq!(r.hp.free_ports(), 1);
+    assert!(r.hp.plugged().is_empty());
+    assert!(lock(&r.serve).is_empty());
+    let at = r.hp.plug(&disk(&r, "b.img")).unwrap();
+    assert_eq!(at.port_slot, 1);
+}
+
+#[test]
+fn a_missing_disk_file_is_an_error_naming_it_and_plugs_nothing() {
+    let r = rig(1);
+    let c = BlockConfig {
+        path: r.dir.path().join("nope.img"),
+        read_only: false,
+        id: None,
+    };
+    let e = r.hp.plug(&c).unwrap_err().to_string();
+    assert!(e.contains("nope.img"), "{e}");
+    assert_eq!(r.hp.free_ports(), 1);
+    assert!(r.irqfds.0.lock().unwrap().is_empty());
+    assert!(lock(&r.serve).is_empty());
+}
+
+#[test]
+fn a_guest_that_keeps_the_disk_times_out_and_the_disk_stays() {
+    let r = rig(1);
+    r.hp.plug(&disk(&r, "a.img")).unwrap();
+    let p = port(&r, 1);
+    // Powered and in use: nobody answers the attention button.
+    lock(&p).write(PCIE_OFFSET + 0x18, &0u16.to_le_bytes());
+    let e =
+        r.hp.unplug(1, Duration::from_millis(200))
+            .unwrap_err()
+            .to_string();
+    assert!(
+        e.contains("a.img") && e.contains("did not power its slot off"),
+        "{e}"
+    );
+    assert_eq!(r.hp.plugged(), vec![1]);
+    assert_eq!(lock(&r.serve).len(), 1);
+    // Unplugging a port with no disk names it.
+    let e =
+        r.hp.unplug(5, Duration::from_millis(10))
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("00:05.0"), "{e}");
+}
+
+#[test]
+fn a_vfio_port_taken_is_not_given_to_a_disk() {
+    let r = rig(2);
+    // Port 1 taken by another device (the pool is shared).
+    struct Card;
+    impl crate::devices::pci::PciDevice for Card {
+        fn config_read(&mut self, _reg: usize) -> u32 {
+            0x11e8_1234
+        }
+        fn config_write(&mut self, _offset: usize, _data: &[u8]) {}
+        fn mmio_read(&mut self, _addr: u64, _data: &mut [u8]) -> bool {
+            false
+        }
+        fn mmio_write(&mut self, _addr: u64, _data: &[u8]) -> bool {
+            false
+        }
+    }
+    assert!(lock(&port(&r, 1)).plug(Arc::new(Mutex::new(Card))).is_ok());
+    let at = r.hp.plug(&disk(&r, "a.img")).unwrap();
+    assert_eq!(at.port_slot, 2);
+}
