@@ -54,3 +54,40 @@ async fn qemu_without_kernel_vhost_vsock_refuses_the_template_naming_hybrid_vsoc
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(!template.exists(), "a template directory was made");
 }
+
+/// virtio-fs (the default shared fs) is templated now (the share is hot-plugged after the
+/// restore): on this host a templating sandbox with it is refused for the hybrid vsock only,
+/// and on a machine without PCIe root ports for that, naming machine_type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtio_fs_is_templated_on_q35_and_refused_naming_machine_type_elsewhere() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let template = work.path().join("template");
+    let virtio_fs = |machine: &str| {
+        let b = templating(&root, &template);
+        let mut hv = b.config().clone();
+        hv.shared_fs = SharedFs::VirtioFs;
+        hv.machine_type = machine.into();
+        b.hypervisor_config(hv)
+    };
+    let e = virtio_fs("microvm")
+        .id("template-fs-microvm")
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("machine_type") && e.contains("virtio-fs"), "{e}");
+    if !std::path::Path::new("/dev/vhost-vsock").exists() {
+        let e = virtio_fs("q35")
+            .id("template-fs-q35")
+            .build()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vhost-user-vsock") && !e.contains("virtio-fs"),
+            "virtio-fs is refused still: {e}"
+        );
+    }
+    assert!(!template.exists(), "a template directory was made");
+}

@@ -653,6 +653,21 @@ impl Qemu {
             }
             _ => None,
         };
+        // Templated with virtio-fs: the share is no boot device; a clone gets it hot-plugged
+        // after the restore, and maps its own copy of the template's memory, shared.
+        let share_port =
+            self.role != template::Role::None && template::share_hotplugged(&self.config);
+        let (devices, hotplug_shares) = if share_port {
+            template::split_shares(devices)
+        } else {
+            (devices, Vec::new())
+        };
+        let clone_memory = self.vm_dir.join(template::MEMORY_FILE);
+        if let (Some((dir, _lock)), true) = (&template, share_port) {
+            let t0 = std::time::Instant::now();
+            let copied = template::copy_memory(dir, &clone_memory)?;
+            tracing::debug!(sandbox_id = %self.id, mib = copied >> 20, took = ?t0.elapsed(), "template memory copied for the clone's virtio-fs");
+        }
         let helpers_ready = run.vsock_backend.is_some().then(std::time::Instant::now);
         *self.start_marks.lock().unwrap() = crate::hypervisor::StartMarks::new(helpers_ready, None);
 
@@ -693,7 +708,13 @@ impl Qemu {
         };
         let mut args = cmdline::build_args(&launch)?;
         let template_dir = Path::new(&self.config.factory.template_path);
-        template::adjust_args(self.role, template_dir, &mut args)?;
+        template::adjust_args(
+            self.role,
+            template_dir,
+            &clone_memory,
+            share_port,
+            &mut args,
+        )?;
         run.resize = resize::ResizeState::booted(resize::max_memory_mib(
             &self.config,
             launch.host_memory_mib,
@@ -811,6 +832,9 @@ impl Qemu {
         run.qmp = Some(Arc::new(qmp));
         if let (Some((dir, _lock)), Some(qmp)) = (&template, &run.qmp) {
             template::load(qmp, dir, &self.vm_dir.join("incoming.sock")).await?;
+            for fs in &hotplug_shares {
+                template::attach_share(qmp, &self.config, fs).await?;
+            }
         }
         self.start_marks.lock().unwrap().vmm_running = Some(std::time::Instant::now());
         Ok(())

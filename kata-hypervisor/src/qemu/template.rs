@@ -20,12 +20,27 @@
 //! runtime then gives the guest fresh entropy and the host's time before `CreateSandbox`
 //! (kata-sandbox), as Kata's runtime does for a VM from its factory.
 //!
+//! **virtio-fs** (`shared_fs = "virtio-fs"`) is a vhost-user device, which QEMU 7.2 cannot
+//! migrate: the template is saved without it (the template VM boots with no share: the agent
+//! mounts nothing before `CreateSandbox`) and with a spare PCIe root port [`SHARE_PORT`]; a
+//! clone's share is hot-plugged there after the restore ([`attach_share`]: `chardev-add` on
+//! the clone's own virtiofsd socket, `device_add vhost-user-fs-pci`, then the wait until the
+//! guest's driver has started it), before `CreateSandbox`. virtiofsd maps the guest memory
+//! itself, so it must be shared memory: a private copy-on-write mapping would show virtiofsd
+//! the template's pages (and let it write into them). Such a clone's memory is therefore its
+//! own file, a sparse copy of the template's memory in the VM directory mapped shared
+//! ([`copy_memory`]): the start is still a restore, not a boot, but the clones do not share
+//! the template's pages. The manifest records the hot-plugged share
+//! ([`TemplateManifest::hotplugged`]), so a template saved with virtio-9p or no share is told
+//! apart from one saved for virtio-fs.
+//!
 //! **What cannot be templated** is refused when the VM is made or started, naming the key
-//! ([`check_config`], [`check_start`]): vhost-user devices cannot be migrated by QEMU 7.2 and
-//! cannot work on a clone's private memory (hybrid vsock, so a host without `/dev/vhost-vsock`;
-//! virtio-fs), VFIO devices cold-plugged at boot, NICs at boot (the guest would keep the
-//! template's MAC), a rootless QEMU, hugepages, and a template made for another memory size,
-//! vCPU count, kernel, initrd, kernel command line, machine, accelerator, QEMU or device set.
+//! ([`check_config`], [`check_start`]): hybrid vsock (vhost-user-vsock, so a host without
+//! `/dev/vhost-vsock`: QEMU 7.2 cannot migrate it and the agent's connection runs on it from
+//! boot), virtio-fs on a machine without PCIe root ports (not q35), VFIO devices cold-plugged
+//! at boot, NICs at boot (the guest would keep the template's MAC), a rootless QEMU,
+//! hugepages, and a template made for another memory size, vCPU count, kernel, initrd, kernel
+//! command line, machine, accelerator, QEMU, device set or hot-plugged share.
 //!
 //! **Removal.** The template files stay until removed: `rm -r <template_path>` (with no clone
 //! running: a clone maps the memory file; removing it while clones run is safe for them — the
@@ -41,7 +56,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use super::cmdline::VsockDevice;
 use super::qmp::QmpClient;
 use crate::config::{HypervisorConfig, SharedFs};
-use crate::device::DeviceConfig;
+use crate::device::{DeviceConfig, ShareFsDevice};
 use crate::error::{Error, Result};
 use crate::kvm::Accelerator;
 
@@ -57,6 +72,31 @@ const LOCK_FILE: &str = "lock";
 const LOCK_WAIT: Duration = Duration::from_secs(600);
 /// How long saving or loading the device state may take.
 const MIGRATE_WAIT: Duration = Duration::from_secs(120);
+/// The PCIe root port a templated VM with virtio-fs keeps free for its share, hot-plugged
+/// into a clone after the restore.
+pub const SHARE_PORT: &str = "rp-share";
+/// How long the guest of a clone may take to start its hot-plugged virtio-fs device.
+const SHARE_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether a templated VM with `c` hot-plugs its share after the restore: virtio-fs, a
+/// vhost-user device QEMU cannot migrate.
+pub fn share_hotplugged(c: &HypervisorConfig) -> bool {
+    c.factory.enable_template && c.shared_fs == SharedFs::VirtioFs
+}
+
+/// Splits a templated VM's devices into the boot devices (the template's) and the virtio-fs
+/// shares, which a clone gets hot-plugged after its restore ([`attach_share`]).
+pub fn split_shares(devices: Vec<DeviceConfig>) -> (Vec<DeviceConfig>, Vec<ShareFsDevice>) {
+    let mut boot = Vec::new();
+    let mut shares = Vec::new();
+    for d in devices {
+        match d {
+            DeviceConfig::ShareFs(s) if s.kind == SharedFs::VirtioFs => shares.push(s),
+            other => boot.push(other),
+        }
+    }
+    (boot, shares)
+}
 
 /// What a VM is in templating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -103,8 +143,13 @@ pub struct TemplateManifest {
     pub accelerator: Accelerator,
     /// The QEMU binary.
     pub qemu: PathBuf,
-    /// The boot devices, as `kind:id` in order.
+    /// The boot devices, as `kind:id` in order (without the hot-plugged share).
     pub devices: Vec<String>,
+    /// What a clone gets hot-plugged after its restore: `vhost-user-fs-pci on rp-share` with
+    /// virtio-fs; empty in a template saved with virtio-9p or no share (and in every manifest
+    /// written before shares were hot-plugged, which then reads as such a template).
+    #[serde(default)]
+    pub hotplugged: Vec<String>,
 }
 
 impl TemplateManifest {
@@ -145,14 +190,20 @@ impl TemplateManifest {
             qemu: qemu.to_path_buf(),
             devices: devices
                 .iter()
+                .filter(|d| !matches!(d, DeviceConfig::ShareFs(s) if s.kind == SharedFs::VirtioFs))
                 .map(|d| format!("{}:{}", d.kind_name(), d.id()))
                 .collect(),
+            hotplugged: if share_hotplugged(config) {
+                vec![format!("vhost-user-fs-pci on {SHARE_PORT}")]
+            } else {
+                Vec::new()
+            },
         }
     }
 
     /// The first difference from `saved` (the template's), as `what: template's vs ours`.
     pub fn difference(&self, saved: &TemplateManifest) -> Option<String> {
-        let pairs: [(&str, String, String); 10] = [
+        let pairs: [(&str, String, String); 11] = [
             (
                 "default_memory",
                 saved.memory_mib.to_string(),
@@ -195,6 +246,11 @@ impl TemplateManifest {
                 self.qemu.display().to_string(),
             ),
             (
+                "shared_fs (the share hot-plugged after the restore)",
+                format!("{:?}", saved.hotplugged),
+                format!("{:?}", self.hotplugged),
+            ),
+            (
                 "the boot devices",
                 saved.devices.join(","),
                 self.devices.join(","),
@@ -228,11 +284,12 @@ pub fn check_config(c: &HypervisorConfig) -> Result<()> {
             reason: "an absolute directory is needed when enable_template = true".into(),
         });
     }
-    if c.shared_fs == SharedFs::VirtioFs {
+    if c.shared_fs == SharedFs::VirtioFs && !c.machine_type.starts_with("q35") {
         return Err(refused(format!(
-            "VM templating with shared_fs = \"virtio-fs\": virtio-fs is a vhost-user device, \
-             which QEMU cannot migrate and which cannot serve a clone's private memory; set \
-             shared_fs = \"virtio-9p\" or \"none\", {off}"
+            "VM templating with shared_fs = \"virtio-fs\" on machine_type = \"{}\": a clone's \
+             share is hot-plugged after the restore onto a PCIe root port, which only q35 has; \
+             set machine_type = \"q35\", or shared_fs = \"virtio-9p\", {off}",
+            c.machine_type
         )));
     }
     if c.rootless {
@@ -287,13 +344,6 @@ pub fn check_start(vsock: &VsockDevice, devices: &[DeviceConfig]) -> Result<()> 
                     d.id()
                 )))
             }
-            DeviceConfig::ShareFs(s) if s.kind == SharedFs::VirtioFs => {
-                return Err(refused(format!(
-                    "VM templating with the virtio-fs share {}: set shared_fs = \"virtio-9p\", \
-                     {off}",
-                    d.id()
-                )))
-            }
             _ => {}
         }
     }
@@ -302,12 +352,21 @@ pub fn check_start(vsock: &VsockDevice, devices: &[DeviceConfig]) -> Result<()> 
 
 /// Rewrites the command line of a VM in `role` (from [`super::cmdline::build_args`]): guest
 /// memory from the template's file (shared for the template, private for a clone), and a
-/// clone waits for its state (`-incoming defer`) paused (`-S`).
-pub fn adjust_args(role: Role, template_dir: &Path, args: &mut Vec<String>) -> Result<()> {
-    let share = match role {
-        Role::None => return Ok(()),
-        Role::Template => "on",
-        Role::Clone => "off",
+/// clone waits for its state (`-incoming defer`) paused (`-S`). With `share_port` (virtio-fs,
+/// [`share_hotplugged`]) both get the spare root port [`SHARE_PORT`], and a clone's memory is
+/// its own copy `clone_memory` ([`copy_memory`]) mapped shared, which virtiofsd can map too.
+pub fn adjust_args(
+    role: Role,
+    template_dir: &Path,
+    clone_memory: &Path,
+    share_port: bool,
+    args: &mut Vec<String>,
+) -> Result<()> {
+    let (path, share) = match (role, share_port) {
+        (Role::None, _) => return Ok(()),
+        (Role::Template, _) => (template_dir.join(MEMORY_FILE), "on"),
+        (Role::Clone, false) => (template_dir.join(MEMORY_FILE), "off"),
+        (Role::Clone, true) => (clone_memory.to_path_buf(), "on"),
     };
     let backend = args
         .iter_mut()
@@ -327,11 +386,136 @@ pub fn adjust_args(role: Role, template_dir: &Path, args: &mut Vec<String>) -> R
     };
     *backend = format!(
         "memory-backend-file,id=mem0,{size},mem-path={},share={share}{prealloc}",
-        template_dir.join(MEMORY_FILE).display()
+        path.display()
     );
+    if share_port {
+        args.extend([
+            "-device".into(),
+            format!("pcie-root-port,id={SHARE_PORT},bus=pcie.0,chassis=90,slot=90"),
+        ]);
+    }
     if role == Role::Clone {
         args.extend(["-incoming".into(), "defer".into(), "-S".into()]);
     }
+    Ok(())
+}
+
+/// Copies the template's memory file to `to` (a clone's own memory, [`adjust_args`]) keeping
+/// its holes: only the pages the template's guest touched are copied (`SEEK_DATA`/`SEEK_HOLE`,
+/// each extent with the kernel's `copy_file_range`). Returns the bytes copied.
+pub fn copy_memory(dir: &TemplateDir, to: &Path) -> Result<u64> {
+    use std::io::{Seek as _, SeekFrom};
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let from = dir.path().join(MEMORY_FILE);
+    let err = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", from.display()), e);
+    let mut src = std::fs::File::open(&from).map_err(|e| err("opening", e))?;
+    let len = src.metadata().map_err(|e| err("reading", e))?.len();
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .map_err(|e| Error::io(format!("creating {}", to.display()), e))?;
+    dst.set_len(len)
+        .map_err(|e| Error::io(format!("sizing {}", to.display()), e))?;
+    let seek = |f: &std::fs::File, at: u64, whence| {
+        nix::unistd::lseek(f.as_fd(), at as i64, whence).map(|o| o as u64)
+    };
+    let mut copied = 0;
+    let mut at = 0;
+    while at < len {
+        let start = match seek(&src, at, nix::unistd::Whence::SeekData) {
+            Ok(o) => o,
+            // No data after `at`.
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(err("seeking in", e.into())),
+        };
+        let end = seek(&src, start, nix::unistd::Whence::SeekHole)
+            .map_err(|e| err("seeking in", e.into()))?
+            .min(len);
+        src.seek(SeekFrom::Start(start))
+            .and_then(|_| dst.seek(SeekFrom::Start(start)))
+            .map_err(|e| err("seeking in", e))?;
+        std::io::copy(&mut std::io::Read::take(&mut src, end - start), &mut dst)
+            .map_err(|e| Error::io(format!("copying {} to {}", from.display(), to.display()), e))?;
+        copied += end - start;
+        at = end;
+    }
+    Ok(copied)
+}
+
+/// The `chardev-add` arguments of a clone's share: a client of its virtiofsd's socket.
+fn share_chardev(fs: &ShareFsDevice, socket: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "id": format!("char-{}", fs.mount_tag),
+        "backend": { "type": "socket", "data": {
+            "addr": { "type": "unix", "data": { "path": socket.display().to_string() } },
+            "server": false
+        }}
+    })
+}
+
+/// The `device_add` properties of a clone's share: the command line's `vhost-user-fs-pci`
+/// (same chardev, tag, queue size, id) on [`SHARE_PORT`].
+fn share_device(
+    c: &HypervisorConfig,
+    fs: &ShareFsDevice,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut p = serde_json::Map::new();
+    p.insert("chardev".into(), format!("char-{}", fs.mount_tag).into());
+    p.insert("tag".into(), fs.mount_tag.clone().into());
+    p.insert("queue-size".into(), c.virtio_fs_queue_size.into());
+    p.insert("bus".into(), SHARE_PORT.into());
+    p
+}
+
+/// Hot-plugs a clone's virtio-fs share after its restore: `chardev-add` on the share's
+/// virtiofsd socket, `device_add vhost-user-fs-pci` on [`SHARE_PORT`], then waits (at most
+/// `SHARE_WAIT`) until the guest's driver has started the device, so the agent finds the
+/// tag when `CreateSandbox` mounts it. A `device_add` that fails removes the chardev.
+pub async fn attach_share(qmp: &QmpClient, c: &HypervisorConfig, fs: &ShareFsDevice) -> Result<()> {
+    let socket = fs
+        .vhost_user_socket
+        .as_ref()
+        .ok_or_else(|| Error::InvalidConfig {
+            key: "shared_fs",
+            value: "\"virtio-fs\"".into(),
+            reason: format!(
+                "the share {} names no virtiofsd socket (kata-resource starts the daemon and \
+             yields it with the device)",
+                fs.host_path.display()
+            ),
+        })?;
+    let chardev = format!("char-{}", fs.mount_tag);
+    let id = format!("fs-{}", fs.mount_tag);
+    qmp.execute("chardev-add", Some(share_chardev(fs, socket)))
+        .await?;
+    if let Err(e) = qmp
+        .device_add("vhost-user-fs-pci", &id, share_device(c, fs))
+        .await
+    {
+        let _ = qmp
+            .execute("chardev-remove", Some(serde_json::json!({ "id": chardev })))
+            .await;
+        return Err(e);
+    }
+    let backend = format!("/machine/peripheral/{id}/virtio-backend");
+    let deadline = tokio::time::Instant::now() + SHARE_WAIT;
+    while !qmp.virtio_started(&backend).await? {
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Timeout {
+                what: format!(
+                    "the clone's guest to start the hot-plugged virtio-fs device {id} (tag {}) \
+                     on {SHARE_PORT}",
+                    fs.mount_tag
+                ),
+                after: SHARE_WAIT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(tag = %fs.mount_tag, port = SHARE_PORT, "virtio-fs share hot-plugged into the clone");
     Ok(())
 }
 
@@ -640,7 +824,9 @@ pub(super) async fn ensure(
     )?;
     maker.role = Role::Template;
     let made = async {
-        maker.prepare(devices.to_vec()).await?;
+        // The template is saved without the virtio-fs share (QEMU cannot migrate it; the
+        // sandbox's virtiofsd serves its clone, which gets it hot-plugged).
+        maker.prepare(split_shares(devices.to_vec()).0).await?;
         maker.start().await?;
         maker.wait_ready(TEMPLATE_BOOT_WAIT).await?;
         let qmp = maker
@@ -697,22 +883,197 @@ mod tests {
     fn the_template_maps_its_memory_file_shared_and_a_clone_private_waiting_for_its_state() {
         let dir = Path::new("/run/vc/vm/template");
         let mut t = args();
-        adjust_args(Role::Template, dir, &mut t).unwrap();
+        adjust_args(Role::Template, dir, Path::new("/vm/memory"), false, &mut t).unwrap();
         assert_eq!(
             t[3],
             "memory-backend-file,id=mem0,size=256M,mem-path=/run/vc/vm/template/memory,share=on"
         );
         assert!(!t.contains(&"-incoming".to_string()), "{t:?}");
         let mut c = args();
-        adjust_args(Role::Clone, dir, &mut c).unwrap();
+        adjust_args(Role::Clone, dir, Path::new("/vm/memory"), false, &mut c).unwrap();
         assert_eq!(
             c[3],
             "memory-backend-file,id=mem0,size=256M,mem-path=/run/vc/vm/template/memory,share=off"
         );
         assert_eq!(&c[6..], ["-incoming", "defer", "-S"]);
         let mut n = args();
-        adjust_args(Role::None, dir, &mut n).unwrap();
+        adjust_args(Role::None, dir, Path::new("/vm/memory"), true, &mut n).unwrap();
         assert_eq!(n, args());
+    }
+
+    #[test]
+    fn with_virtio_fs_both_keep_the_share_port_and_a_clone_maps_its_own_copy_shared() {
+        let dir = Path::new("/run/vc/vm/template");
+        let port = "pcie-root-port,id=rp-share,bus=pcie.0,chassis=90,slot=90";
+        let mut t = args();
+        adjust_args(
+            Role::Template,
+            dir,
+            Path::new("/vm/c1/memory"),
+            true,
+            &mut t,
+        )
+        .unwrap();
+        assert_eq!(
+            t[3],
+            "memory-backend-file,id=mem0,size=256M,mem-path=/run/vc/vm/template/memory,share=on"
+        );
+        assert_eq!(&t[6..], ["-device", port]);
+        let mut c = args();
+        adjust_args(Role::Clone, dir, Path::new("/vm/c1/memory"), true, &mut c).unwrap();
+        assert_eq!(
+            c[3],
+            "memory-backend-file,id=mem0,size=256M,mem-path=/vm/c1/memory,share=on"
+        );
+        assert_eq!(&c[6..], ["-device", port, "-incoming", "defer", "-S"]);
+    }
+
+    fn share(kind: SharedFs) -> DeviceConfig {
+        DeviceConfig::ShareFs(ShareFsDevice {
+            mount_tag: "kataShared".into(),
+            host_path: "/run/kata/shared/c1".into(),
+            kind,
+            vhost_user_socket: (kind == SharedFs::VirtioFs).then(|| "/vm/c1/vfsd.sock".into()),
+        })
+    }
+
+    #[test]
+    fn the_virtio_fs_share_is_split_off_the_boot_devices_and_9p_stays() {
+        let (boot, shares) = split_shares(vec![share(SharedFs::VirtioFs)]);
+        assert!(boot.is_empty());
+        assert_eq!(shares[0].mount_tag, "kataShared");
+        let (boot, shares) = split_shares(vec![share(SharedFs::Virtio9p)]);
+        assert_eq!(boot.len(), 1);
+        assert!(shares.is_empty());
+    }
+
+    #[test]
+    fn a_template_with_a_sparse_memory_is_copied_with_its_holes() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = TemplateDir::new(tmp.path());
+        let mut f = std::fs::File::create(tmp.path().join(MEMORY_FILE)).unwrap();
+        f.set_len(64 << 20).unwrap();
+        for at in [0u64, 40 << 20] {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(&[0xa5; 8192]).unwrap();
+        }
+        drop(f);
+        let to = tmp.path().join("clone-memory");
+        let copied = copy_memory(&dir, &to).unwrap();
+        let (a, b) = (
+            std::fs::read(tmp.path().join(MEMORY_FILE)).unwrap(),
+            std::fs::read(&to).unwrap(),
+        );
+        assert!(a == b, "the copy differs from the template's memory");
+        // Only the written extents (a filesystem may round them to its blocks).
+        assert!(
+            (16384..(4 << 20)).contains(&copied),
+            "copied {copied} bytes"
+        );
+        assert!(std::fs::metadata(&to).unwrap().blocks() * 512 < 8 << 20);
+        // A clone's memory file is never overwritten.
+        assert!(copy_memory(&dir, &to).is_err());
+    }
+
+    /// A fake QEMU monitor answering each command from `answer` (by name; `{}` otherwise).
+    /// Returns the commands it got, without `qmp_capabilities`.
+    fn fake_qmp(
+        sock: &Path,
+        answer: fn(&str) -> serde_json::Value,
+    ) -> std::thread::JoinHandle<Vec<serde_json::Value>> {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            w.write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"major\": 7, \"minor\": 2, \"micro\": 0}}, \"capabilities\": []}}\n")
+                .unwrap();
+            let mut got = Vec::new();
+            for line in BufReader::new(s).lines() {
+                let Ok(line) = line else { break };
+                let mut cmd: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let name = cmd["execute"].as_str().unwrap_or_default().to_string();
+                let mut reply = answer(&name);
+                if let Some(id) = cmd.get("id") {
+                    reply["id"] = id.clone();
+                }
+                w.write_all(format!("{reply}\n").as_bytes()).unwrap();
+                cmd.as_object_mut().unwrap().remove("id");
+                if name != "qmp_capabilities" {
+                    got.push(cmd);
+                }
+            }
+            got
+        })
+    }
+
+    #[tokio::test]
+    async fn a_clones_share_is_hot_plugged_on_the_spare_port_and_waited_for() {
+        use serde_json::json;
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("qmp.sock");
+        let server = fake_qmp(&sock, |cmd| match cmd {
+            "x-query-virtio-status" => {
+                json!({"return": {"started": true, "status": {"statuses": []}}})
+            }
+            _ => json!({"return": {}}),
+        });
+        let qmp = QmpClient::connect(&sock, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let DeviceConfig::ShareFs(fs) = share(SharedFs::VirtioFs) else {
+            unreachable!()
+        };
+        attach_share(&qmp, &config(), &fs).await.unwrap();
+        drop(qmp);
+        assert_eq!(
+            server.join().unwrap(),
+            [
+                json!({"execute": "chardev-add", "arguments": {"id": "char-kataShared",
+                    "backend": {"type": "socket", "data": {
+                        "addr": {"type": "unix", "data": {"path": "/vm/c1/vfsd.sock"}},
+                        "server": false}}}}),
+                json!({"execute": "device_add", "arguments": {"driver": "vhost-user-fs-pci",
+                    "id": "fs-kataShared", "chardev": "char-kataShared", "tag": "kataShared",
+                    "queue-size": 1024, "bus": "rp-share"}}),
+                json!({"execute": "x-query-virtio-status",
+                    "arguments": {"path": "/machine/peripheral/fs-kataShared/virtio-backend"}}),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_share_qemu_refuses_leaves_no_chardev() {
+        use serde_json::json;
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("qmp.sock");
+        let server = fake_qmp(&sock, |cmd| match cmd {
+            "device_add" => {
+                json!({"error": {"class": "GenericError", "desc": "Bus 'rp-share' not found"}})
+            }
+            _ => json!({"return": {}}),
+        });
+        let qmp = QmpClient::connect(&sock, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let DeviceConfig::ShareFs(fs) = share(SharedFs::VirtioFs) else {
+            unreachable!()
+        };
+        let e = attach_share(&qmp, &config(), &fs)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rp-share"), "{e}");
+        drop(qmp);
+        let got: Vec<_> = server
+            .join()
+            .unwrap()
+            .into_iter()
+            .map(|c| c["execute"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got, ["chardev-add", "device_add", "chardev-remove"]);
     }
 
     #[test]
@@ -730,10 +1091,22 @@ mod tests {
             "{e}"
         );
         assert!(check_start(&VsockDevice::VhostVsock { cid: 7 }, &[]).is_ok());
+        // virtio-fs is hot-plugged after the restore: on q35 (its root ports) only.
         let mut c = config();
         c.shared_fs = SharedFs::VirtioFs;
+        c.machine_type = "q35".into();
+        assert!(check_config(&c).is_ok());
+        assert!(check_start(
+            &VsockDevice::VhostVsock { cid: 7 },
+            &[share(SharedFs::VirtioFs)]
+        )
+        .is_ok());
+        c.machine_type = "microvm".into();
         let e = check_config(&c).unwrap_err().to_string();
-        assert!(e.contains("shared_fs = \"virtio-fs\""), "{e}");
+        assert!(
+            e.contains("shared_fs = \"virtio-fs\"") && e.contains("machine_type = \"q35\""),
+            "{e}"
+        );
         let mut c = config();
         c.rootless = true;
         let e = check_config(&c).unwrap_err().to_string();
@@ -803,6 +1176,43 @@ mod tests {
         let other_kernel = manifest(&c, "/g/other");
         let e = dir.check_matches(&other_kernel).unwrap_err().to_string();
         assert!(e.contains("kernel: "), "{e}");
+    }
+
+    #[test]
+    fn a_template_saved_with_9p_or_before_hot_plugged_shares_is_refused_for_virtio_fs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = TemplateDir::new(tmp.path());
+        let manifest = |kind: SharedFs| {
+            let mut c = config();
+            c.shared_fs = kind;
+            TemplateManifest::new(
+                &c,
+                Path::new("/g/vmlinux"),
+                Some(Path::new("/g/initrd")),
+                Accelerator::Kvm,
+                Path::new("/usr/bin/qemu-system-x86_64"),
+                &[share(kind)],
+            )
+        };
+        let fs = manifest(SharedFs::VirtioFs);
+        assert_eq!(fs.hotplugged, ["vhost-user-fs-pci on rp-share"]);
+        assert!(fs.devices.is_empty(), "{:?}", fs.devices);
+        let p9 = manifest(SharedFs::Virtio9p);
+        assert!(p9.hotplugged.is_empty());
+        dir.write_manifest(&p9).unwrap();
+        let e = dir.check_matches(&fs).unwrap_err().to_string();
+        assert!(
+            e.contains("shared_fs (the share hot-plugged") && e.contains("rm -r"),
+            "{e}"
+        );
+        // A manifest written before the field existed reads as a template without it.
+        let mut old: serde_json::Value = serde_json::to_value(&p9).unwrap();
+        old.as_object_mut().unwrap().remove("hotplugged");
+        std::fs::write(tmp.path().join(MANIFEST_FILE), old.to_string()).unwrap();
+        dir.check_matches(&p9).unwrap();
+        assert!(dir.check_matches(&fs).is_err());
+        dir.write_manifest(&fs).unwrap();
+        dir.check_matches(&fs).unwrap();
     }
 
     #[test]

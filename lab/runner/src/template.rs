@@ -19,6 +19,16 @@
 //! Figures (not asserted): `build()` wall time of a clone against the fresh boot, and QEMU's
 //! PSS per clone (two clones sharing the template's pages) against the fresh VM's.
 //!
+//! Then the same with `shared_fs = "virtio-fs"` (the template is saved without the share; a
+//! clone's is hot-plugged after the restore) in a template directory of its own
+//! ([`TEMPLATE_DIR_FS`]): a fresh virtio-fs sandbox, then two templated ones (the first makes
+//! the template). Each runs its container from a rootfs copy of its own; the container's root
+//! must be a virtiofs mount, its clone's QEMU must map its own copy of the template's memory
+//! (`mem-path=<vm dir>/memory,share=on`, `-incoming defer`), and a file each container writes
+//! to its root must be seen by it alone and land in its own rootfs copy on the host (two
+//! clones' shares are distinct). Figure: a virtio-fs clone's `build()` against the fresh
+//! virtio-fs boot.
+//!
 //! `KATA_LAB_TEMPLATE=only` on the host runs this check alone (`lab.template` on L1's command
 //! line; the runner then runs no VMM set and the other checks never report).
 
@@ -33,6 +43,8 @@ use kata_sandbox::{ContainerSpec, Sandbox};
 pub const CHECK: &str = "template";
 /// The template directory (L1's `/run` is a tmpfs).
 pub const TEMPLATE_DIR: &str = "/run/kata-lab-template";
+/// The template directory of the virtio-fs clones.
+pub const TEMPLATE_DIR_FS: &str = "/run/kata-lab-template-fs";
 /// How far a clone's clock may be from the host's.
 const CLOCK_SLACK_S: i64 = 5;
 
@@ -44,8 +56,8 @@ pub fn only() -> bool {
         .any(|w| w == "lab.template")
 }
 
-/// A 256 MiB, 1 vCPU QEMU sandbox on virtio-9p (which a template can carry), templated or not.
-fn builder(id: &str, root_dir: &str, template: bool) -> kata_sandbox::SandboxBuilder {
+/// A 256 MiB, 1 vCPU QEMU sandbox on `fs`, templated or not.
+fn builder(id: &str, root_dir: &str, template: bool, fs: SharedFs) -> kata_sandbox::SandboxBuilder {
     let b = Sandbox::builder()
         .id(id)
         .hypervisor(kata_hypervisor::config::HypervisorType::Qemu)
@@ -53,9 +65,13 @@ fn builder(id: &str, root_dir: &str, template: bool) -> kata_sandbox::SandboxBui
         .vcpus(1)
         .root_dir(root_dir);
     let mut hv = b.config().clone();
-    hv.shared_fs = SharedFs::Virtio9p;
+    hv.shared_fs = fs;
     hv.factory.enable_template = template;
-    hv.factory.template_path = TEMPLATE_DIR.into();
+    hv.factory.template_path = match fs {
+        SharedFs::VirtioFs => TEMPLATE_DIR_FS,
+        _ => TEMPLATE_DIR,
+    }
+    .into();
     b.hypervisor_config(hv)
 }
 
@@ -70,6 +86,10 @@ struct Seen {
     qemu_cmdline: String,
     clock_skew_s: i64,
     pss_kib: u64,
+    /// The filesystem type of the container's root.
+    root_fs: String,
+    /// The markers (`lab-mark-*`) the container saw at its root after writing its own.
+    marks: String,
 }
 
 /// The sandbox's QEMU process.
@@ -96,17 +116,28 @@ fn qemu_pss_kib(sandbox: &Sandbox) -> Result<u64> {
 }
 
 /// Builds `id`, runs a container that prints the guest's boot id and clock, measures QEMU.
-async fn start(id: &str, rootfs: &Path, root_dir: &str, template: bool) -> Result<(Sandbox, Seen)> {
+async fn start(
+    id: &str,
+    rootfs: &Path,
+    root_dir: &str,
+    template: bool,
+    fs: SharedFs,
+) -> Result<(Sandbox, Seen)> {
     let t = Instant::now();
     let sandbox = tokio::time::timeout(
         Duration::from_secs(400),
-        builder(id, root_dir, template).build(),
+        builder(id, root_dir, template, fs).build(),
     )
     .await
     .with_context(|| format!("no sandbox {id} after 400 s"))?
     .with_context(|| format!("the sandbox {id} did not start"))?;
     let build = t.elapsed();
     let b = sandbox.boot_timings();
+    // Only a virtio-fs sandbox writes (to its rootfs copy), not the lab's rootfs.
+    let mark = match fs {
+        SharedFs::VirtioFs => format!("echo {id} > /lab-mark-{id};"),
+        _ => String::new(),
+    };
     let phases = format!(
         "VMM running {:.0} ms, VM started {:.0} ms, agent connected {:.0} ms, ready {:.0} ms",
         b.vmm_running.as_secs_f64() * 1000.0,
@@ -119,8 +150,12 @@ async fn start(id: &str, rootfs: &Path, root_dir: &str, template: bool) -> Resul
             .run(ContainerSpec::from_rootfs_dir(rootfs).args([
                 "sh",
                 "-c",
-                "cat /proc/sys/kernel/random/boot_id; date +%s; \
-                 od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'",
+                &format!(
+                    "cat /proc/sys/kernel/random/boot_id; date +%s; \
+                     od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'; echo; \
+                     awk '$2 == \"/\" {{ t = $3 }} END {{ print t }}' /proc/mounts; \
+                     {mark} ls / | grep lab-mark | tr '\\n' ' '"
+                ),
             ]))
             .await?;
         let host_now = std::time::SystemTime::now()
@@ -134,6 +169,8 @@ async fn start(id: &str, rootfs: &Path, root_dir: &str, template: bool) -> Resul
             .and_then(|l| l.trim().parse().ok())
             .with_context(|| format!("no clock in {text:?} ({})", out.stderr_str()))?;
         let random = lines.next().unwrap_or_default().trim().to_string();
+        let root_fs = lines.next().unwrap_or_default().trim().to_string();
+        let marks = lines.next().unwrap_or_default().trim().to_string();
         let qemu_cmdline = std::fs::read(format!("/proc/{}/cmdline", qemu_pid(&sandbox)?))?
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
@@ -154,6 +191,8 @@ async fn start(id: &str, rootfs: &Path, root_dir: &str, template: bool) -> Resul
             qemu_cmdline,
             clock_skew_s: guest_now - host_now,
             pss_kib: qemu_pss_kib(&sandbox)?,
+            root_fs,
+            marks,
         })
     }
     .await;
@@ -169,11 +208,13 @@ async fn start(id: &str, rootfs: &Path, root_dir: &str, template: bool) -> Resul
 /// `qemu-template`.
 pub async fn qemu_template(rootfs: &Path, root_dir: &str) -> Result<String> {
     let _ = std::fs::remove_dir_all(TEMPLATE_DIR);
+    let p9 = SharedFs::Virtio9p;
     // The fresh boot and the first templated start (which boots the template VM through its
     // firmware: a rehearsal of 2026-11-30 lost it to an exit 0 with an empty console) go past
     // a firmware reset; a clone starts from the template's state, never from its firmware.
     let (fresh, f) =
-        crate::l2_boot::past_firmware(|| start("lab-tpl-fresh", rootfs, root_dir, false)).await?;
+        crate::l2_boot::past_firmware(|| start("lab-tpl-fresh", rootfs, root_dir, false, p9))
+            .await?;
     fresh.shutdown().await?;
     let mut clones = Vec::new();
     let mut seen = Vec::new();
@@ -181,8 +222,8 @@ pub async fn qemu_template(rootfs: &Path, root_dir: &str) -> Result<String> {
     for i in 1..=3 {
         let id = format!("lab-tpl-{i}");
         let started = match i {
-            1 => crate::l2_boot::past_firmware(|| start(&id, rootfs, root_dir, true)).await,
-            _ => start(&id, rootfs, root_dir, true).await,
+            1 => crate::l2_boot::past_firmware(|| start(&id, rootfs, root_dir, true, p9)).await,
+            _ => start(&id, rootfs, root_dir, true, p9).await,
         };
         match started {
             Ok((s, v)) => {
@@ -295,11 +336,151 @@ pub async fn qemu_template(rootfs: &Path, root_dir: &str) -> Result<String> {
     );
     let state_kib = std::fs::metadata(Path::new(TEMPLATE_DIR).join("state"))?.len() / 1024;
     std::fs::remove_dir_all(TEMPLATE_DIR).context("removing the template (rm -r)")?;
+    let fs = virtio_fs(rootfs, root_dir).await?;
     Ok(format!(
         "3 clones at {agents:?} from the template ({memory}, -incoming defer), each with its own \
          random stream (boot ids {boot_ids:?}), clocks {skews:?} s off the host's; build() \
          clone {clone_build:.0} ms vs fresh {:.0} ms; state {state_kib} KiB; nothing left after \
-         shutdown, the template kept {kept:?} until removed",
+         shutdown, the template kept {kept:?} until removed; virtio-fs: {fs}",
+        ms(f.build)
+    ))
+}
+
+/// A copy of `rootfs` for `id` (each virtio-fs sandbox writes to its own).
+fn rootfs_copy(rootfs: &Path, id: &str) -> Result<std::path::PathBuf> {
+    let to = Path::new("/run").join(format!("{id}-rootfs"));
+    let _ = std::fs::remove_dir_all(&to);
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(rootfs)
+        .arg(&to)
+        .status()?
+        .success();
+    ensure!(ok, "cp -a {} {} failed", rootfs.display(), to.display());
+    Ok(to)
+}
+
+/// The virtio-fs half (see the [module](self) docs): a fresh virtio-fs sandbox, then two
+/// templated ones, the share hot-plugged into each clone.
+async fn virtio_fs(rootfs: &Path, root_dir: &str) -> Result<String> {
+    let vfs = SharedFs::VirtioFs;
+    let _ = std::fs::remove_dir_all(TEMPLATE_DIR_FS);
+    let ids = ["lab-tplfs-fresh", "lab-tplfs-1", "lab-tplfs-2"];
+    let copies = ids
+        .iter()
+        .map(|id| rootfs_copy(rootfs, id))
+        .collect::<Result<Vec<_>>>()?;
+    let (fresh, f) =
+        crate::l2_boot::past_firmware(|| start(ids[0], &copies[0], root_dir, false, vfs)).await?;
+    fresh.shutdown().await?;
+    let mut clones = Vec::new();
+    let mut seen = Vec::new();
+    let mut failed = None;
+    for i in 1..=2 {
+        let started = match i {
+            1 => {
+                crate::l2_boot::past_firmware(|| start(ids[i], &copies[i], root_dir, true, vfs))
+                    .await
+            }
+            _ => start(ids[i], &copies[i], root_dir, true, vfs).await,
+        };
+        match started {
+            Ok((s, v)) => {
+                clones.push(s);
+                seen.push(v);
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let dirs: Vec<_> = clones.iter().map(|s| s.dir().to_path_buf()).collect();
+    for s in clones {
+        s.shutdown().await?;
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{}",
+        kata_lab::protocol::figure_line(
+            "qemu-template-virtio-fs-clone-vs-fresh-start",
+            ms(seen[1].build) / ms(f.build),
+            "ratio",
+            &format!(
+                "build() of a virtio-fs clone {:.0} ms ({}; share hot-plugged, memory copied) / \
+                 fresh virtio-fs boot {:.0} ms ({}); the first templated sandbox (template made, \
+                 then cloned) {:.0} ms",
+                ms(seen[1].build),
+                seen[1].phases,
+                ms(f.build),
+                f.phases,
+                ms(seen[0].build)
+            ),
+        )
+    );
+    for (i, s) in seen.iter().enumerate() {
+        let id = ids[i + 1];
+        let backend = s
+            .qemu_cmdline
+            .split(' ')
+            .find(|a| a.starts_with("memory-backend-file,id=mem0,"))
+            .unwrap_or_default();
+        ensure!(
+            s.qemu_cmdline.contains("-incoming defer")
+                && backend.contains(id)
+                && backend.ends_with("/memory,share=on")
+                && !s.qemu_cmdline.contains("vhost-user-fs")
+                && s.qemu_cmdline.contains("id=rp-share"),
+            "{id}'s QEMU was not started as a virtio-fs clone (its own memory copy shared, \
+             -incoming defer, no vhost-user-fs on the command line, rp-share): {}",
+            s.qemu_cmdline
+        );
+        ensure!(
+            s.root_fs == "virtiofs",
+            "{id}'s container root is {:?}, not a virtiofs mount",
+            s.root_fs
+        );
+        ensure!(
+            s.marks == format!("lab-mark-{id}"),
+            "{id}'s container saw the markers {:?} at its root: want its own only",
+            s.marks
+        );
+        let written = std::fs::read_to_string(copies[i + 1].join(format!("lab-mark-{id}")))
+            .unwrap_or_default();
+        ensure!(
+            written.trim() == id,
+            "{id}'s marker did not reach its rootfs copy {} on the host (read {written:?})",
+            copies[i + 1].display()
+        );
+    }
+    for d in &dirs {
+        ensure!(!d.exists(), "{} left", d.display());
+    }
+    let left: Vec<_> = kata_testkit::leaks::cmdlines()
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("lab-tplfs"))
+        .collect();
+    ensure!(left.is_empty(), "processes left: {left:?}");
+    let mounts = kata_testkit::leaks::mounts_under(Path::new(root_dir));
+    ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+    let manifest = std::fs::read_to_string(Path::new(TEMPLATE_DIR_FS).join("template.json"))?;
+    ensure!(
+        manifest.contains("vhost-user-fs-pci on rp-share"),
+        "the virtio-fs template's manifest does not record the hot-plugged share: {manifest}"
+    );
+    std::fs::remove_dir_all(TEMPLATE_DIR_FS).context("removing the virtio-fs template (rm -r)")?;
+    for c in &copies {
+        let _ = std::fs::remove_dir_all(c);
+    }
+    Ok(format!(
+        "2 clones with their share hot-plugged (roots {:?}, markers {:?}), build() clone {:.0} \
+         ms vs fresh {:.0} ms",
+        seen.iter().map(|s| s.root_fs.as_str()).collect::<Vec<_>>(),
+        seen.iter().map(|s| s.marks.as_str()).collect::<Vec<_>>(),
+        ms(seen[1].build),
         ms(f.build)
     ))
 }
