@@ -31,6 +31,7 @@
 //! hot-unplug, VFIO MSI-X (MSI and INTx work), pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
 //! cannot run it, with the probe's reason.
 
+mod blk_hotplug;
 mod hotplug;
 mod resize;
 mod settings;
@@ -82,7 +83,8 @@ pub fn capabilities(config: &HypervisorConfig) -> Capabilities {
     let parked_vcpus = resize::max_vcpus(config, crate::config::host_cpus()) > config.default_vcpus;
     Capabilities {
         backend: Some(HypervisorType::Dragonball),
-        block_hotplug: false,
+        // Disks hot-plugged as virtio-blk-pci onto spare root ports (blk_hotplug).
+        block_hotplug: blk_hotplug::enabled(config),
         cpu_hotplug: parked_vcpus,
         memory_hotplug: virtio_mem,
         memory_shrink: virtio_mem,
@@ -128,6 +130,8 @@ pub struct Builtin {
     nics: Mutex<Vec<NetConfig>>,
     /// VFIO functions hot-plugged into spare root ports, with their ports' slots.
     hot_vfio: Mutex<Vec<hotplug::HotPlugged>>,
+    /// Disks hot-plugged into spare root ports, with their ports' slots (blk_hotplug).
+    hot_disks: Mutex<Vec<blk_hotplug::HotDisk>>,
     /// Cold-plugged VFIO functions, in slot order (`00:01.0`, ...).
     vfio: Mutex<Vec<VfioDevice>>,
     shares: Mutex<Vec<(String, PathBuf)>>,
@@ -177,6 +181,7 @@ impl Builtin {
             nics: Mutex::new(Vec::new()),
             hot_vfio: Mutex::new(Vec::new()),
             vfio: Mutex::new(Vec::new()),
+            hot_disks: Mutex::new(Vec::new()),
             shares: Mutex::new(Vec::new()),
             vm: Mutex::new(None),
             watcher: Mutex::new(None),
@@ -364,7 +369,10 @@ impl Hypervisor for Builtin {
                 console: Vec::new(),
             });
         }
-        let builder = self.builder()?;
+        // Spare root ports for disk hot-plug too (blk_hotplug: one pool with VFIO's).
+        let builder = self
+            .builder()?
+            .spare_root_ports(blk_hotplug::spare_ports(&self.config));
         std::fs::create_dir_all(&self.vm_dir)
             .map_err(|e| Error::io(format!("creating {}", self.vm_dir.display()), e))?;
         {
@@ -470,6 +478,20 @@ impl Hypervisor for Builtin {
             lock(&self.hot_vfio).push(plugged);
             return Ok(address);
         }
+        if let DeviceConfig::Block(d) = &device {
+            // A disk: virtio-blk-pci onto a spare root port (blk_hotplug).
+            if let Some(e) = blk_hotplug::refusal(&self.config, d) {
+                return Err(e);
+            }
+            let handle = lock(&self.vm).as_ref().and_then(|vm| vm.block_hotplug());
+            let Some(handle) = handle else {
+                return Err(Error::NotRunning(self.state().to_string()));
+            };
+            let plugged = blk_hotplug::add(&self.config, handle, d).await?;
+            let address = blk_hotplug::guest_path(&d.id, plugged.port_slot)?;
+            lock(&self.hot_disks).push(plugged);
+            return Ok(address);
+        }
         Err(Error::Unsupported {
             backend: NAME,
             what: format!("hot-plugging device {}", device.id()),
@@ -477,6 +499,19 @@ impl Hypervisor for Builtin {
     }
 
     async fn remove_device(&self, device: &DeviceConfig) -> Result<()> {
+        if let DeviceConfig::Block(d) = device {
+            // A hot-plugged disk (blk_hotplug): its port is free again once the guest let go.
+            let slot = lock(&self.hot_disks)
+                .iter()
+                .find(|h| h.device.id == d.id)
+                .map(|h| h.port_slot);
+            let handle = lock(&self.vm).as_ref().and_then(|vm| vm.block_hotplug());
+            if let (Some(slot), Some(handle)) = (slot, handle) {
+                blk_hotplug::remove(handle, d, slot, hotplug::UNPLUG_WAIT).await?;
+                lock(&self.hot_disks).retain(|h| h.device.id != d.id);
+                return Ok(());
+            }
+        }
         if let DeviceConfig::Vfio(v) = device {
             let hot = lock(&self.hot_vfio).iter().any(|h| h.device.id == v.id);
             let handle = lock(&self.vm).as_ref().and_then(|vm| vm.vfio_hotplug());
@@ -493,6 +528,10 @@ impl Hypervisor for Builtin {
     }
 
     async fn device_address(&self, id: &str) -> Result<GuestAddress> {
+        // A hot-plugged disk (blk_hotplug).
+        if let Some(address) = blk_hotplug::address(&lock(&self.hot_disks), id) {
+            return address;
+        }
         let hot = lock(&self.hot_vfio)
             .iter()
             .find(|h| h.device.id == id)

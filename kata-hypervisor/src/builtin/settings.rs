@@ -3,7 +3,7 @@
 //! boot) and what it parses with no effect (listed as warnings when the value is not the
 //! default).
 
-use crate::config::{HypervisorConfig, SettingUse};
+use crate::config::{BlockDeviceDriver, HypervisorConfig, SettingUse};
 
 use SettingUse::{Acted, Inert, Refused};
 
@@ -46,7 +46,17 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
         ),
         // Shared filesystem: capabilities() refuses any but `none`.
         "shared_fs" => Acted,
-        "block_device_driver" => Inert("disks are always virtio-blk on virtio-mmio"),
+        // Disks given at boot are virtio-blk on virtio-mmio; virtio-blk-pci hot-plugs disks
+        // onto the spare root ports (blk_hotplug).
+        "block_device_driver" => match c.block_device_driver {
+            BlockDeviceDriver::VirtioBlkMmio
+            | BlockDeviceDriver::VirtioMmio
+            | BlockDeviceDriver::VirtioBlkPci
+            | BlockDeviceDriver::VirtioBlk => Acted,
+            _ => Inert(
+                "the built-in VMM attaches disks as virtio-blk (virtio-mmio at boot,                  block_device_driver = \"virtio-blk-pci\" to hot-plug them onto pcie_root_port                  spare ports); this value is not implemented",
+            ),
+        },
         "disable_block_device_use" => Acted,
         // The loader's keys and debug.
         "enable_annotations" | "enable_debug" => Acted,
@@ -82,9 +92,19 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
         // Spare root ports for VFIO hot-plug (`hotplug::spare_ports`); no switch (refused in
         // `vfio::check_ports`).
         "pcie_root_port" if c.hot_plug_vfio == crate::device::PciePort::RootPort => Acted,
+        // Spare root ports for disk hot-plug too (blk_hotplug).
+        "pcie_root_port"
+            if matches!(
+                c.block_device_driver,
+                BlockDeviceDriver::VirtioBlkPci | BlockDeviceDriver::VirtioBlk
+            ) =>
+        {
+            Acted
+        }
         "pcie_root_port" => Inert(
-            "the built-in VMM makes spare root ports only for hot_plug_vfio = \"root-port\" \
-             (cold-plugged functions get a port each with cold_plug_vfio = \"root-port\")",
+            "the built-in VMM makes spare root ports only for hot_plug_vfio = \"root-port\" or \
+             block_device_driver = \"virtio-blk-pci\" (blk_hotplug; cold-plugged functions get \
+             a port each with cold_plug_vfio = \"root-port\")",
         ),
         "pcie_switch_port" => Acted,
         "disable_seccomp" | "seccomp_sandbox" => Inert(

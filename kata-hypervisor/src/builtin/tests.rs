@@ -508,3 +508,43 @@ fn the_vm_gets_virtio_mem_and_a_reporting_balloon_as_configured() {
         })
     );
 }
+
+fn blk_pci(ports: u32) -> HypervisorConfig {
+    HypervisorConfig {
+        block_device_driver: crate::config::BlockDeviceDriver::VirtioBlkPci,
+        pcie_root_port: ports,
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn disk_hot_plug_is_a_capability_with_virtio_blk_pci_and_spare_root_ports() {
+    // blk_hotplug: the default (virtio-blk-mmio) hot-plugs no disk; the refusal names the keys.
+    assert!(!capabilities(&config()).block_hotplug);
+    assert!(!capabilities(&blk_pci(0)).block_hotplug);
+    assert!(capabilities(&blk_pci(1)).block_hotplug);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DeviceConfig::Block(BlockDevice {
+        id: "disk-hot".into(),
+        path: dir.path().join("disk.img"),
+        read_only: false,
+    });
+    let b = Builtin::new("x", config(), &dir.path().join("vm")).unwrap();
+    let e = b.add_device(disk.clone()).await.unwrap_err().to_string();
+    assert!(
+        e.contains("disk-hot") && e.contains("block_device_driver") && e.contains("pcie_root_port"),
+        "{e}"
+    );
+    // Enabled but no VM yet: not running, nothing remembered.
+    let b = Builtin::new("x", blk_pci(1), &dir.path().join("vm")).unwrap();
+    let e = b.add_device(disk.clone()).await.unwrap_err();
+    assert!(matches!(e, Error::NotRunning(_)), "{e}");
+    assert!(b.device_address("disk-hot").await.is_err());
+    assert!(b.remove_device(&disk).await.is_err());
+    // The VM is built with the spare ports (one pool with VFIO's).
+    assert_eq!(blk_hotplug::spare_ports(&blk_pci(2)), 2);
+    assert!(blk_pci(1)
+        .inert_settings(HypervisorType::Dragonball)
+        .iter()
+        .all(|l| !l.contains("pcie_root_port") && !l.contains("block_device_driver")));
+}
