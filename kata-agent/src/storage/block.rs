@@ -193,12 +193,54 @@ pub(super) async fn wait_for(
     }
 }
 
+/// Waits (bounded by `wait`) until a virtio-fs device is bound to the guest's `virtiofs`
+/// driver (`<sysfs>/bus/virtio/drivers/virtiofs/virtio*`; the driver registers the device's
+/// tag before it is bound). A clone of a VM template gets its share hot-plugged after the
+/// restore, a moment before `CreateSandbox`: its mount must not race the guest's probe.
+pub(super) async fn wait_virtiofs(
+    sysfs: &Path,
+    tag: &str,
+    wait: Duration,
+    what: &str,
+) -> Result<()> {
+    let driver = sysfs.join("bus/virtio/drivers/virtiofs");
+    let bound = || {
+        std::fs::read_dir(&driver).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("virtio"))
+        })
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    while !bound() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AgentError::Timeout {
+                what: format!(
+                    "{what}: no virtio-fs device with the tag {tag:?} (none is bound to the \
+                     virtiofs driver in {}; was the share plugged, and has the guest kernel \
+                     CONFIG_VIRTIO_FS?)",
+                    driver.display()
+                ),
+                seconds: wait.as_secs(),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
+}
+
 /// The storages with each block source that names a PCI path or SCSI address replaced by the
 /// disk's `/dev` node, waiting for hot-plugged disks to appear (`agent.hotplug_timeout`, 20 s by default). Other
-/// storages are returned as they are.
+/// storages are returned as they are; for a `virtio-fs` storage a virtio-fs device is waited
+/// for (`wait_virtiofs`, the same bound).
 pub async fn resolve_devices(specs: &[StorageSpec]) -> Result<Vec<StorageSpec>> {
     let mut out = specs.to_vec();
     for (i, s) in out.iter_mut().enumerate() {
+        if s.driver == "virtio-fs" {
+            let what = format!("storages[{i}] (virtio-fs for {})", s.mount_point);
+            let wait = crate::config::tunables().hotplug_timeout;
+            wait_virtiofs(Path::new("/sys"), &s.source, wait, &what).await?;
+            continue;
+        }
         if !PCI_DRIVERS.contains(&s.driver.as_str()) && s.driver != "scsi" {
             continue;
         }
@@ -228,6 +270,37 @@ pub async fn resolve_devices(specs: &[StorageSpec]) -> Result<Vec<StorageSpec>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_virtiofs_mount_waits_for_the_device_then_names_the_tag() {
+        let sys = tempfile::tempdir().unwrap();
+        let driver = sys.path().join("bus/virtio/drivers/virtiofs");
+        std::fs::create_dir_all(&driver).unwrap();
+        let wait = Duration::from_millis(300);
+        let e = wait_virtiofs(sys.path(), "kataShared", wait, "storages[0]")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"kataShared\"") && e.contains("storages[0]"),
+            "{e}"
+        );
+        // Bound a moment later (the hot-plug): the wait returns.
+        let bind = driver.join("virtio3");
+        let plug = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            std::fs::create_dir(bind).unwrap();
+        });
+        wait_virtiofs(
+            sys.path(),
+            "kataShared",
+            Duration::from_secs(5),
+            "storages[0]",
+        )
+        .await
+        .unwrap();
+        plug.await.unwrap();
+    }
 
     #[test]
     fn sources_are_checked_for_their_driver() {
