@@ -3,7 +3,9 @@
 //! [`Hypervisor::add_device`](crate::hypervisor::Hypervisor::add_device) puts a VFIO function
 //! behind the first free one while the VM runs (kata-vmm's `devices::vfio::hotplug`: the slot
 //! reports presence and raises the port's MSI, the guest's pciehp brings the function up).
-//! The guest PCI path is `<port slot>/00`. Removing it presses the slot's attention button
+//! The guest PCI path is `<port slot>/00`. With `hot_plug_vfio = "switch-port"` the VM has a
+//! PCIe switch with `pcie_switch_port` empty downstream ports instead, plugged and released
+//! the same way, and the path is `<switch's root port slot>/00/<downstream port>/00`. Removing it presses the slot's attention button
 //! and waits (at most [`UNPLUG_WAIT`]) for the guest to power the slot off; then the function
 //! is closed and the port is free for the next device.
 //!
@@ -30,8 +32,8 @@ pub(super) const UNPLUG_WAIT: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone)]
 pub(super) struct HotPlugged {
     pub(super) device: VfioDevice,
-    /// Its root port's slot on the root bus.
-    pub(super) port_slot: u8,
+    /// Its guest PCI path (the slot of each hop from the root bus).
+    pub(super) path: Vec<u8>,
 }
 
 /// The spare root ports `c` asks for (`pcie_root_port` with `hot_plug_vfio = "root-port"`,
@@ -44,9 +46,9 @@ pub(super) fn spare_ports(c: &HypervisorConfig) -> u8 {
     }
 }
 
-/// The guest PCI path of the function behind the root port in `port_slot`.
-pub(super) fn guest_path(id: &str, port_slot: u8) -> Result<GuestAddress> {
-    let path = PciPath::new(vec![port_slot, 0]).map_err(|e| Error::Unsupported {
+/// The guest PCI path `slots` of hot-plugged function `id`.
+pub(super) fn guest_path(id: &str, slots: &[u8]) -> Result<GuestAddress> {
+    let path = PciPath::new(slots.to_vec()).map_err(|e| Error::Unsupported {
         backend: NAME,
         what: format!("device {id}: {e}"),
     })?;
@@ -68,27 +70,40 @@ pub(super) async fn add(
     handle: Option<VfioHotplug>,
     v: &VfioDevice,
 ) -> Result<HotPlugged> {
-    let Some(handle) = handle else {
+    let Some(handle) = handle.filter(|_| c.hot_plug_vfio != PciePort::NoPort) else {
         return Err(super::vfio::hot_plug_refused(v));
     };
     if handle.free_ports() == 0 {
+        let (capacity, key) = if c.hot_plug_vfio == PciePort::SwitchPort {
+            (c.pcie_switch_port, "pcie_switch_port")
+        } else {
+            (c.pcie_root_port, "pcie_root_port")
+        };
         return Err(Error::NoFreePort {
             device: v.id.clone(),
-            port: PciePort::RootPort,
-            capacity: c.pcie_root_port,
-            hint: "raise pcie_root_port in [hypervisor.dragonball] (the spare root ports the \
-                   VM is built with), or remove another container's device first"
-                .into(),
+            port: c.hot_plug_vfio,
+            capacity,
+            hint: format!(
+                "raise {key} in [hypervisor.dragonball] (the spare ports the VM is built \
+                 with), or remove another container's device first"
+            ),
         });
     }
     let config = VfioConfig::new(&v.bdf).behind_root_port();
-    let plugged = tokio::task::spawn_blocking(move || handle.plug(&config))
-        .await
-        .map_err(|e| invalid(v, format!("the hot-plug task failed: {e}")))?
-        .map_err(|e| invalid(v, e))?;
+    let path = tokio::task::spawn_blocking(move || {
+        let plugged = handle.plug(&config)?;
+        Ok::<_, kata_vmm::Error>(
+            handle
+                .guest_path(&config.bdf)
+                .unwrap_or_else(|| vec![plugged.port_slot, 0]),
+        )
+    })
+    .await
+    .map_err(|e| invalid(v, format!("the hot-plug task failed: {e}")))?
+    .map_err(|e| invalid(v, e))?;
     Ok(HotPlugged {
         device: v.clone(),
-        port_slot: plugged.port_slot,
+        path,
     })
 }
 
@@ -124,11 +139,15 @@ mod tests {
 
     #[test]
     fn a_hot_plugged_function_is_device_0_behind_its_port() {
-        assert_eq!(guest_path("v", 3).unwrap().to_string(), {
+        assert_eq!(guest_path("v", &[3, 0]).unwrap().to_string(), {
             let p: PciPath = "03/00".parse().unwrap();
             GuestAddress::Pci { path: p }.to_string()
         });
-        assert!(guest_path("v", 40).is_err());
+        assert_eq!(guest_path("v", &[1, 0, 2, 0]).unwrap().to_string(), {
+            let p: PciPath = "01/00/02/00".parse().unwrap();
+            GuestAddress::Pci { path: p }.to_string()
+        });
+        assert!(guest_path("v", &[40, 0]).is_err());
     }
 
     #[tokio::test]

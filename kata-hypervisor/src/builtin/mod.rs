@@ -128,7 +128,7 @@ pub struct Builtin {
     vm_dir: PathBuf,
     disks: Mutex<Vec<BlockConfig>>,
     nics: Mutex<Vec<NetConfig>>,
-    /// VFIO functions hot-plugged into spare root ports, with their ports' slots.
+    /// VFIO functions hot-plugged into spare root or switch ports, with their guest paths.
     hot_vfio: Mutex<Vec<hotplug::HotPlugged>>,
     /// Disks hot-plugged into spare root ports, with their ports' slots (blk_hotplug).
     hot_disks: Mutex<Vec<blk_hotplug::HotDisk>>,
@@ -273,6 +273,7 @@ impl Builtin {
             b = b.vfio(vfio::vmm_config(&self.config, v));
         }
         b = b.spare_root_ports(hotplug::spare_ports(&self.config));
+        b = b.spare_switch_ports(vfio::spare_switch_ports(&self.config));
         Ok(b)
     }
 
@@ -470,11 +471,14 @@ impl Hypervisor for Builtin {
     async fn add_device(&self, device: DeviceConfig) -> Result<GuestAddress> {
         if let DeviceConfig::Vfio(v) = &device {
             let handle = lock(&self.vm).as_ref().and_then(|vm| vm.vfio_hotplug());
-            if handle.is_none() && hotplug::spare_ports(&self.config) > 0 {
+            if handle.is_none()
+                && (hotplug::spare_ports(&self.config) > 0
+                    || self.config.hot_plug_vfio == crate::device::PciePort::SwitchPort)
+            {
                 return Err(Error::NotRunning(self.state().to_string()));
             }
             let plugged = hotplug::add(&self.config, handle, v).await?;
-            let address = hotplug::guest_path(&v.id, plugged.port_slot)?;
+            let address = hotplug::guest_path(&v.id, &plugged.path)?;
             lock(&self.hot_vfio).push(plugged);
             return Ok(address);
         }
@@ -535,9 +539,9 @@ impl Hypervisor for Builtin {
         let hot = lock(&self.hot_vfio)
             .iter()
             .find(|h| h.device.id == id)
-            .map(|h| h.port_slot);
-        if let Some(slot) = hot {
-            return hotplug::guest_path(id, slot);
+            .map(|h| h.path.clone());
+        if let Some(path) = hot {
+            return hotplug::guest_path(id, &path);
         }
         vfio::address(&self.config, &lock(&self.vfio), id)
     }

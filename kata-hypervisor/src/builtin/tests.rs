@@ -273,8 +273,10 @@ fn switch_bridge_and_hot_plug_ports_are_refused_by_key() {
     use crate::device::PciePort::{BridgePort, NoPort, RootPort, SwitchPort};
     let dir = tempfile::tempdir().unwrap();
     for (cold, hot, root_ports, switch_ports, key) in [
-        (SwitchPort, NoPort, 0, 0, "cold_plug_vfio"),
         (BridgePort, NoPort, 0, 0, "cold_plug_vfio"),
+        (SwitchPort, NoPort, 1, 0, "pcie_root_port"),
+        (SwitchPort, NoPort, 0, 16, "pcie_switch_port"),
+        (NoPort, SwitchPort, 0, 16, "pcie_switch_port"),
         (NoPort, RootPort, 0, 0, "pcie_root_port"),
         (NoPort, RootPort, 16, 0, "pcie_root_port"),
         (RootPort, RootPort, 1, 0, "hot_plug_vfio"),
@@ -306,6 +308,21 @@ fn switch_bridge_and_hot_plug_ports_are_refused_by_key() {
         c.inert_settings(HypervisorType::Dragonball)
     );
     Builtin::new("x", c, &dir.path().join("vm")).unwrap();
+    // Switch-port cold-plug, with or without spare downstream ports, and switch-port hot-plug
+    // with spare downstream ports are taken too.
+    for (cold, hot, n) in [
+        (SwitchPort, NoPort, 0),
+        (SwitchPort, NoPort, 2),
+        (NoPort, SwitchPort, 2),
+    ] {
+        let c = HypervisorConfig {
+            cold_plug_vfio: cold,
+            hot_plug_vfio: hot,
+            pcie_switch_port: n,
+            ..config()
+        };
+        Builtin::new("x", c, &dir.path().join("vm")).unwrap();
+    }
 }
 
 fn growable(max: u32) -> HypervisorConfig {

@@ -5,9 +5,13 @@
 //! its own (kata-vmm's `devices::pci::root_port`, a hot-plug capable slot), the ports at
 //! `00:01.0`, `00:02.0`, ... in the order the sandbox gave the functions and each function
 //! device 0 of its port's bus: the guest PCI path of the n-th is `0n/00`. With `no-port` they
-//! sit on the root bus itself (`0n`). With `hot_plug_vfio = "root-port"` (and `cold_plug_vfio
-//! = "no-port"`) the VM gets `pcie_root_port` spare root ports for hot-plug (see `hotplug`);
-//! switch and bridge ports are refused naming the key, and so is a hot-plug into a VM without
+//! sit on the root bus itself (`0n`). With `switch-port` they sit behind one PCIe switch (its
+//! root port at `00:01.0`, its upstream port device 0 below, one downstream port per function
+//! on the switch's internal bus, then `pcie_switch_port` spare ones): the n-th (from 0) is at
+//! `01/00/<n>/00`, as QEMU's `x3130-upstream` and `xio3130-downstream` put it. With `hot_plug_vfio = "root-port"` (and `cold_plug_vfio
+//! = "no-port"`) the VM gets `pcie_root_port` spare root ports for hot-plug (see `hotplug`),
+//! with `hot_plug_vfio = "switch-port"` a switch with `pcie_switch_port` empty downstream
+//! ports; bridge ports are refused naming the key, and so is a hot-plug into a VM without
 //! spare ports (naming the device and the keys). The functions' interrupts are kata-vmm's
 //! (`kata_vmm::devices::vfio::irq`): MSI and MSI-X through KVM MSI routes (MSI-X's table
 //! emulated and trapped in its BAR), INTx on the IOAPIC pin the MP table names.
@@ -26,17 +30,33 @@ const MAX_SPARE_PORTS: u32 = 15;
 
 /// Refuses the port settings the built-in VMM cannot honour.
 pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
-    if matches!(
-        c.cold_plug_vfio,
-        PciePort::SwitchPort | PciePort::BridgePort
-    ) {
+    if c.cold_plug_vfio == PciePort::BridgePort {
         return Err(Error::InvalidConfig {
             key: "cold_plug_vfio",
             value: c.cold_plug_vfio.to_string(),
-            reason: "the built-in VMM has PCIe root ports and no switch or bridge: set \
-                     cold_plug_vfio = \"root-port\" (each device behind a root port of its \
-                     own), or use [hypervisor.qemu]"
+            reason: "the built-in VMM has PCIe root ports and a switch, no PCI bridge: set \
+                     cold_plug_vfio = \"root-port\" or \"switch-port\", or use \
+                     [hypervisor.qemu]"
                 .into(),
+        });
+    }
+    if c.cold_plug_vfio == PciePort::SwitchPort && c.pcie_root_port > 0 {
+        return Err(Error::InvalidConfig {
+            key: "pcie_root_port",
+            value: c.pcie_root_port.to_string(),
+            reason: "cold_plug_vfio = \"switch-port\" puts the devices behind a switch (its \
+                     own root port included): leave pcie_root_port at 0"
+                .into(),
+        });
+    }
+    if c.cold_plug_vfio == PciePort::SwitchPort && c.pcie_switch_port > MAX_SPARE_PORTS {
+        return Err(Error::InvalidConfig {
+            key: "pcie_switch_port",
+            value: c.pcie_switch_port.to_string(),
+            reason: format!(
+                "the built-in VMM's MMIO window holds {MAX_SPARE_PORTS} ports (32 MiB each), \
+                 the switch's downstream ports included: lower pcie_switch_port"
+            ),
         });
     }
     match c.hot_plug_vfio {
@@ -72,23 +92,59 @@ pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
             })
         }
         PciePort::RootPort => {}
+        PciePort::SwitchPort if c.cold_plug_vfio != PciePort::NoPort => {
+            return Err(Error::InvalidConfig {
+                key: "hot_plug_vfio",
+                value: c.hot_plug_vfio.to_string(),
+                reason: format!(
+                    "cold_plug_vfio (\"{}\") and hot_plug_vfio cannot both be enabled; set one \
+                     to no-port",
+                    c.cold_plug_vfio
+                ),
+            })
+        }
+        PciePort::SwitchPort if c.pcie_switch_port == 0 || c.pcie_switch_port > MAX_SPARE_PORTS => {
+            return Err(Error::InvalidConfig {
+                key: "pcie_switch_port",
+                value: c.pcie_switch_port.to_string(),
+                reason: format!(
+                    "hot_plug_vfio = \"switch-port\" needs 1 to {MAX_SPARE_PORTS} spare \
+                     downstream ports (32 MiB of the built-in VMM's MMIO window each): set \
+                     pcie_switch_port to the most VFIO functions plugged at once"
+                ),
+            })
+        }
+        PciePort::SwitchPort if c.pcie_root_port > 0 => {
+            return Err(Error::InvalidConfig {
+                key: "pcie_root_port",
+                value: c.pcie_root_port.to_string(),
+                reason: "hot_plug_vfio = \"switch-port\" plugs into the switch's downstream \
+                         ports (pcie_switch_port): leave pcie_root_port at 0"
+                    .into(),
+            })
+        }
+        PciePort::SwitchPort => {}
         other => {
             return Err(Error::InvalidConfig {
                 key: "hot_plug_vfio",
                 value: other.to_string(),
-                reason: "the built-in VMM hot-plugs behind PCIe root ports only (no switch or \
-                         bridge): set hot_plug_vfio = \"root-port\" with pcie_root_port, or \
-                         use [hypervisor.qemu]"
+                reason: "the built-in VMM hot-plugs behind PCIe root ports and switch ports \
+                         (no PCI bridge): set hot_plug_vfio = \"root-port\" with pcie_root_port \
+                         or \"switch-port\" with pcie_switch_port, or use [hypervisor.qemu]"
                     .into(),
             })
         }
     }
-    if c.pcie_switch_port > 0 {
+    if c.pcie_switch_port > 0
+        && c.cold_plug_vfio != PciePort::SwitchPort
+        && c.hot_plug_vfio != PciePort::SwitchPort
+    {
         return Err(Error::InvalidConfig {
             key: "pcie_switch_port",
             value: c.pcie_switch_port.to_string(),
-            reason: "the built-in VMM has no PCIe switch: leave pcie_switch_port at 0 (spare \
-                     root ports are pcie_root_port)"
+            reason: "the built-in VMM makes a PCIe switch only for cold_plug_vfio or \
+                     hot_plug_vfio = \"switch-port\": set one, or leave pcie_switch_port at 0 \
+                     (spare root ports are pcie_root_port)"
                 .into(),
         });
     }
@@ -96,18 +152,30 @@ pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
 }
 
 /// The VMM's view of cold-plugged function `v`: behind a root port of its own with
-/// `cold_plug_vfio = "root-port"`.
+/// `cold_plug_vfio = "root-port"`, behind the switch with `"switch-port"`.
 pub(super) fn vmm_config(c: &HypervisorConfig, v: &VfioDevice) -> VfioConfig {
     let f = VfioConfig::new(&v.bdf);
-    if c.cold_plug_vfio == PciePort::RootPort {
-        f.behind_root_port()
+    match c.cold_plug_vfio {
+        PciePort::RootPort => f.behind_root_port(),
+        PciePort::SwitchPort => f.behind_switch(),
+        _ => f,
+    }
+}
+
+/// The empty downstream ports the VM's switch gets (`pcie_switch_port` with
+/// `cold_plug_vfio` or `hot_plug_vfio = "switch-port"`, none otherwise).
+pub(super) fn spare_switch_ports(c: &HypervisorConfig) -> u8 {
+    if c.cold_plug_vfio == PciePort::SwitchPort || c.hot_plug_vfio == PciePort::SwitchPort {
+        u8::try_from(c.pcie_switch_port).unwrap_or(u8::MAX)
     } else {
-        f
+        0
     }
 }
 
 /// Where the guest finds cold-plugged function `id`: slot `index + 1` of the root bus, or
-/// device 0 behind the root port there with `cold_plug_vfio = "root-port"`.
+/// device 0 behind the root port there with `cold_plug_vfio = "root-port"`, or device 0
+/// behind downstream port `index` of the switch (whose root port is slot 1: the only device
+/// on the root bus) with `"switch-port"`.
 pub(super) fn address(
     c: &HypervisorConfig,
     functions: &[VfioDevice],
@@ -124,10 +192,10 @@ pub(super) fn address(
             ),
         })?;
     let slot = u8::try_from(index + 1).unwrap_or(u8::MAX);
-    let slots = if c.cold_plug_vfio == PciePort::RootPort {
-        vec![slot, 0]
-    } else {
-        vec![slot]
+    let slots = match c.cold_plug_vfio {
+        PciePort::RootPort => vec![slot, 0],
+        PciePort::SwitchPort => vec![1, 0, slot - 1, 0],
+        _ => vec![slot],
     };
     let path = PciPath::new(slots).map_err(|e| Error::Unsupported {
         backend: NAME,
@@ -143,7 +211,8 @@ pub(super) fn hot_plug_refused(v: &VfioDevice) -> Error {
         what: format!(
             "hot-plugging VFIO device {} (host {}) into a running VM: with hot_plug_vfio = \
              \"no-port\" the built-in VMM cold-plugs VFIO only. Set hot_plug_vfio = \
-             \"root-port\" and pcie_root_port = <spare ports>, give the device to the sandbox \
+             \"root-port\" and pcie_root_port = <spare ports> (or \"switch-port\" and \
+             pcie_switch_port), give the device to the sandbox \
              when it is created with cold_plug_vfio = \"root-port\", or use [hypervisor.qemu]",
             v.id, v.bdf
         ),
@@ -194,5 +263,30 @@ mod tests {
             .to_string()
         );
         assert!(!vmm_config(&none, &f[0]).behind_root_port);
+    }
+
+    #[test]
+    fn switch_port_puts_each_function_behind_a_downstream_port_of_one_switch() {
+        let f = functions();
+        let c = with(PciePort::SwitchPort);
+        for (id, path) in [("vfio-0", "01/00/00/00"), ("vfio-1", "01/00/01/00")] {
+            assert_eq!(
+                address(&c, &f, id).unwrap().to_string(),
+                GuestAddress::Pci {
+                    path: path.parse().unwrap()
+                }
+                .to_string()
+            );
+        }
+        assert!(vmm_config(&c, &f[1]).behind_switch);
+        assert!(!vmm_config(&c, &f[1]).behind_root_port);
+        assert_eq!(spare_switch_ports(&c), 0);
+        let spare = HypervisorConfig {
+            pcie_switch_port: 2,
+            ..c
+        };
+        assert_eq!(spare_switch_ports(&spare), 2);
+        check_ports(&spare).unwrap();
+        assert_eq!(spare_switch_ports(&with(PciePort::RootPort)), 0);
     }
 }

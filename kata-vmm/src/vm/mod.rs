@@ -111,6 +111,9 @@ pub struct VmConfig {
     /// Empty PCIe root ports for VFIO hot-plug (after the cold-plugged functions' slots);
     /// [`Vm::vfio_hotplug`] plugs into them.
     pub spare_root_ports: u8,
+    /// Empty downstream ports of a PCIe switch for VFIO hot-plug (after those of the functions
+    /// cold-plugged behind the switch); the switch exists when this or such a function does.
+    pub spare_switch_ports: u8,
     /// MiB of memory the guest can grow by through virtio-mem (0: no hotplug device).
     pub hotplug_memory_mib: u64,
     /// A virtio-balloon (last of the devices), with or without free page reporting.
@@ -143,6 +146,7 @@ impl VmBuilder {
                 virtio_console: false,
                 vfio: Vec::new(),
                 spare_root_ports: 0,
+                spare_switch_ports: 0,
                 hotplug_memory_mib: 0,
                 balloon: None,
             },
@@ -239,6 +243,13 @@ impl VmBuilder {
         self
     }
 
+    /// Gives the VM's PCIe switch `n` empty downstream ports (hot-plug capable slots, after
+    /// those of the functions cold-plugged behind it) for VFIO hot-plug.
+    pub fn spare_switch_ports(mut self, n: u8) -> Self {
+        self.config.spare_switch_ports = n;
+        self
+    }
+
     /// Lets the guest grow by up to `mib` MiB through a virtio-mem device (its hotplug region
     /// is rounded up to whole 128 MiB memory blocks); [`Vm::memory_hotplug`] is its handle.
     pub fn hotplug_memory_mib(mut self, mib: u64) -> Self {
@@ -287,7 +298,7 @@ impl VmBuilder {
                     .into(),
             });
         }
-        if c.hotplug_memory_mib > 0 && c.spare_root_ports > 0 {
+        if c.hotplug_memory_mib > 0 && (c.spare_root_ports > 0 || c.spare_switch_ports > 0) {
             return Err(Error::Device {
                 device: format!("VM {}", c.name),
                 reason: "memory hotplug (virtio-mem) with spare root ports for VFIO hot-plug: \
@@ -306,7 +317,12 @@ impl VmBuilder {
             .transpose()?;
         // VFIO functions on a PCI bus (opened and DMA-mapped now, before any socket is bound);
         // the guest probes PCI then.
-        let pci = crate::devices::vfio::build_bus(&c.vfio, c.spare_root_ports, mem)?;
+        let pci = crate::devices::vfio::build_hierarchy(
+            &c.vfio,
+            c.spare_root_ports,
+            c.spare_switch_ports,
+            mem,
+        )?;
 
         // Devices: disks first (vda...), then shares, NICs (eth0...), vsock; each in the next slot.
         // The queue-notify eventfd is duplicated: KVM signals the same eventfd the device reads.
@@ -469,6 +485,7 @@ impl VmBuilder {
             vsock_uds: c.vsock_uds,
             pci: pci.map(|(bus, set)| (Arc::new(Mutex::new(bus)), set)),
             spare_root_ports: c.spare_root_ports,
+            spare_switch_ports: c.spare_switch_ports,
             hotplug,
             balloon,
         })
@@ -512,6 +529,8 @@ pub struct PreparedVm {
     pub(crate) pci: Option<(Arc<Mutex<PciBus>>, VfioSet)>,
     /// How many of the bus's root ports are spare (for VFIO hot-plug).
     pub(crate) spare_root_ports: u8,
+    /// How many of the switch's downstream ports are spare (for VFIO hot-plug).
+    pub(crate) spare_switch_ports: u8,
     /// The virtio-mem device's handle, when the VM can grow.
     pub(crate) hotplug: Option<MemHandle>,
     /// The balloon's handle, when the VM has one.

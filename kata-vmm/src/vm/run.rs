@@ -316,10 +316,8 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
             let ports: Vec<_> = bus
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .root_ports()
-                .iter()
-                .map(|(_, port)| port.clone())
-                .collect();
+                // Root ports and switch downstream ports: every hot-plug slot.
+                .hotplug_ports();
             for port in &ports {
                 let mut port = port
                     .lock()
@@ -327,7 +325,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
                 crate::devices::vfio::hotplug::wire_port_msi(&mut port, kvm.fd(), &router)?;
             }
             let set = Arc::new(Mutex::new(set));
-            if p.spare_root_ports > 0 {
+            if p.spare_root_ports > 0 || p.spare_switch_ports > 0 {
                 vfio_hotplug = Some(crate::devices::vfio::hotplug::VfioHotplug::new(
                     bus.clone(),
                     set.clone(),

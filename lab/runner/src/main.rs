@@ -955,6 +955,7 @@ fn main() -> ExitCode {
     // Issue 12 with the built-in VMM (cold-plug on kata-vmm's PCI bus), after every VMM's set.
     let builtin = vfio_named("builtin")
         || vfio_named("builtin-hot")
+        || vfio_named("builtin-switch")
         || boots.iter().any(|(v, _)| *v == Vmm::Builtin);
     if let (true, Ok(rootfs)) = (builtin, &rootfs) {
         let (r, p) = runtime.block_on(vfio::run_builtin(rootfs, ROOT_DIR));

@@ -128,6 +128,10 @@ pub const BUILTIN_VFIO_CHECKS: &[&str] = &[
     // table: its vectors counting in /proc/interrupts while /dev/hwrng is read.
     "vfio-msix",
     "vfio-hot-root-port",
+    // The edu behind kata-vmm's PCIe switch (root port, upstream port, downstream port).
+    "vfio-cold-switch-port",
+    "vfio-mode-cold-switch-port",
+    "vfio-hot-switch-port",
 ];
 
 /// The figure comparing the two VMMs' boot-to-agent-ready times (built-in / QEMU, issue 11's
@@ -978,7 +982,8 @@ mod tests {
         // The built-in VMM's VFIO checks are its own list, not QEMU's: no switch, no bridge.
         assert!(expected.contains(&"builtin-vfio-cold".to_string()));
         assert!(expected.contains(&"builtin-vfio-hot-root-port".to_string()));
-        assert!(!expected.contains(&"builtin-vfio-hot-switch-port".to_string()));
+        assert!(expected.contains(&"builtin-vfio-hot-switch-port".to_string()));
+        assert!(!expected.contains(&"builtin-vfio-hot-bridge-port".to_string()));
         assert!(!expected_checks(&[Vmm::Qemu])
             .iter()
             .any(|c| c.starts_with("builtin-vfio")));

@@ -42,6 +42,11 @@
 //! - `vfio-hot-root-port`: a sandbox without cold-plug and one spare root port; a container
 //!   naming the device gets it hot-plugged behind the port, its delete unplugs it (gone from
 //!   L2), and a second container gets it again at the same guest path.
+//! - `vfio-cold-switch-port`, `vfio-mode-cold-switch-port`: the edu cold-plugged behind the
+//!   built-in VMM's PCIe switch (`cold_plug_vfio = "switch-port"`), seen at `01/00/00/00` with
+//!   the downstream port's pciehp slot, and the proof program in `vfio` mode;
+//! - `vfio-hot-switch-port`: the hot-plug case on the switch's one spare downstream port
+//!   (`hot_plug_vfio = "switch-port"`, `pcie_switch_port = 1`), at `01/00/00/00`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -569,6 +574,7 @@ async fn unplugged_then_again(
     );
     let freed = match port {
         PciePort::BridgePort => "the bridge's slot",
+        PciePort::SwitchPort => "the only downstream port (pcie_switch_port = 1)",
         _ => "the only root port (pcie_root_port = 1)",
     };
     Ok(format!(
@@ -845,10 +851,24 @@ async fn build_builtin(
     vfio: &Path,
     root_dir: &str,
 ) -> Result<Sandbox> {
-    crate::l2_boot::past_firmware(|| build_builtin_once(cold, vfio_mode, vfio, root_dir)).await
+    build_builtin_on(PciePort::RootPort, cold, vfio_mode, vfio, root_dir).await
+}
+
+/// [`build_builtin`] with the edu cold-plugged on a port of kind `port` (`root-port` or
+/// `switch-port`).
+async fn build_builtin_on(
+    port: PciePort,
+    cold: bool,
+    vfio_mode: bool,
+    vfio: &Path,
+    root_dir: &str,
+) -> Result<Sandbox> {
+    crate::l2_boot::past_firmware(|| build_builtin_once(port, cold, vfio_mode, vfio, root_dir))
+        .await
 }
 
 async fn build_builtin_once(
+    port: PciePort,
     cold: bool,
     vfio_mode: bool,
     vfio: &Path,
@@ -856,20 +876,25 @@ async fn build_builtin_once(
 ) -> Result<Sandbox> {
     use kata_sandbox::HypervisorType;
     let id = format!(
-        "lab-builtin-vfio-{}{}",
+        "lab-builtin-vfio-{}{}{}",
         if cold { "cold" } else { "none" },
+        if port == PciePort::SwitchPort {
+            "-switch"
+        } else {
+            ""
+        },
         if vfio_mode { "-vfio" } else { "" }
     );
     let mut hv = kata_hypervisor::HypervisorConfig::defaults_for(HypervisorType::Dragonball);
-    hv.cold_plug_vfio = if cold {
-        PciePort::RootPort
-    } else {
-        PciePort::NoPort
-    };
+    hv.cold_plug_vfio = if cold { port } else { PciePort::NoPort };
     if !cold {
-        // One spare root port for the hot-plug case.
-        hv.hot_plug_vfio = PciePort::RootPort;
-        hv.pcie_root_port = 1;
+        // One spare port of kind `port` for the hot-plug case.
+        hv.hot_plug_vfio = port;
+        if port == PciePort::SwitchPort {
+            hv.pcie_switch_port = 1;
+        } else {
+            hv.pcie_root_port = 1;
+        }
     }
     let mut b = if vfio_mode {
         let mut config = kata_sandbox::config::KataConfig::default();
@@ -960,6 +985,110 @@ async fn builtin_cold_case(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir:
     }
 }
 
+/// `builtin-vfio-cold-switch-port` (and `builtin-vfio-mode-cold-switch-port` when the proof
+/// program builds): the edu cold-plugged behind the built-in VMM's PCIe switch
+/// (`cold_plug_vfio = "switch-port"`): a container lists 1234:11e8 four slots deep, at guest
+/// PCI path `01/00/00/00` (root port, upstream port, downstream port, function), and L2's
+/// pciehp registered the downstream port's slot; in `vfio` mode the proof program reads the
+/// id and computes 5! through L2's VFIO.
+async fn builtin_switch_case(
+    r: &mut Report,
+    vfio: &Path,
+    rootfs: &Path,
+    root_dir: &str,
+    proof: bool,
+) {
+    let name = "vfio-cold-switch-port";
+    let limit = Duration::from_secs(180);
+    let t = Instant::now();
+    let sb = match build_builtin_on(PciePort::SwitchPort, true, false, vfio, root_dir).await {
+        Ok(sb) => sb,
+        Err(e) => {
+            r.line(
+                name,
+                Err(e.context("the sandbox with the device did not start")),
+            );
+            return;
+        }
+    };
+    let booted = t.elapsed();
+    let script = format!("{LIST_EDU}; {HOTPLUG_SLOTS}");
+    let seen = tokio::time::timeout(limit, run_in(&sb, rootfs, vfio, false, &script)).await;
+    r.line(
+        name,
+        seen.context("timed out")
+            .and_then(|s| s)
+            .and_then(|l| {
+                Ok((
+                    switch_path(&seen_at_depth(&l, 4)?)?,
+                    pciehp_slot_at(&l, "0000:03:00")?,
+                ))
+            })
+            .map(|(p, slot)| {
+                format!(
+                    "{} cold-plugged behind the built-in VMM's PCIe switch: 1234:11e8 at guest \
+                     PCI path {p}, the downstream port's slot {slot} registered by L2's pciehp; \
+                     sandbox with it booted in {booted:.1?}",
+                    vfio.display()
+                )
+            }),
+    );
+    if let Err(e) = sb.shutdown().await {
+        eprintln!("kata-lab: shutting the builtin {name} sandbox down: {e:#}");
+    }
+    if !proof {
+        return;
+    }
+    let name = "vfio-mode-cold-switch-port";
+    let sb = match build_builtin_on(PciePort::SwitchPort, true, true, vfio, root_dir).await {
+        Ok(sb) => sb,
+        Err(e) => {
+            r.line(name, Err(e.context("the sandbox did not start")));
+            return;
+        }
+    };
+    let result = tokio::time::timeout(limit, async {
+        let spec =
+            ContainerSpec::from_oci(vfio_mode_spec(vfio)?, rootfs).args([format!("/{PROOF}")]);
+        let out = sb.run(spec).await?;
+        let said = format!("{}{}", out.stdout_str(), out.stderr_str());
+        ensure!(out.status.success(), "status {}: {said:?}", out.status);
+        Ok::<_, anyhow::Error>(format!(
+            "vfio_mode vfio, behind the built-in VMM's switch: {}",
+            proof_ok(&said)?
+        ))
+    })
+    .await;
+    r.line(name, result.context("timed out").and_then(|s| s));
+    if let Err(e) = sb.shutdown().await {
+        eprintln!("kata-lab: shutting the builtin {name} sandbox down: {e:#}");
+    }
+}
+
+/// The guest PCI path of the edu behind the built-in VMM's switch: the switch's root port
+/// at slot 1 (the only device on the root bus), its upstream port, downstream port 0.
+fn switch_path(path: &str) -> Result<String> {
+    ensure!(
+        path == "01/00/00/00",
+        "the edu is at {path}, not behind the switch's first downstream port (01/00/00/00)"
+    );
+    Ok(path.to_string())
+}
+
+/// The hot-plug slot L2's pciehp registered for the port whose bus holds `address`.
+fn pciehp_slot_at(listing: &str, address: &str) -> Result<String> {
+    listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("slot "))
+        .find(|l| l.ends_with(&format!(" {address}")))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no hot-plug slot at {address} in L2 (pciehp did not bind the port): {listing:?}"
+            )
+        })
+}
+
 /// `builtin-vfio-mode-cold`: the proof program through L2's own VFIO (no-IOMMU).
 async fn builtin_vfio_mode_case(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir: &str) {
     let name = "vfio-mode-cold";
@@ -996,8 +1125,22 @@ async fn builtin_vfio_mode_case(r: &mut Report, vfio: &Path, rootfs: &Path, root
 /// unplugs it (attention button, L2's pciehp powers the slot off; a plain container then lists
 /// no edu), and a second container gets it again at the same path (the port was freed).
 async fn builtin_hot_root_port_case(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir: &str) {
-    let name = "vfio-hot-root-port";
-    let sb = match build_builtin(false, false, vfio, root_dir).await {
+    builtin_hot_case(r, PciePort::RootPort, vfio, rootfs, root_dir).await
+}
+
+/// `builtin-vfio-hot-root-port` or `builtin-vfio-hot-switch-port` (one spare downstream port
+/// of the built-in VMM's switch, `hot_plug_vfio = "switch-port"`, `pcie_switch_port = 1`: the
+/// edu at `01/00/00/00`, the same plug, unplug and replug).
+async fn builtin_hot_case(
+    r: &mut Report,
+    port: PciePort,
+    vfio: &Path,
+    rootfs: &Path,
+    root_dir: &str,
+) {
+    let name = format!("vfio-hot-{port}");
+    let name = name.as_str();
+    let sb = match build_builtin_on(port, false, false, vfio, root_dir).await {
         Ok(sb) => sb,
         Err(e) => {
             r.line(name, Err(e.context("the sandbox did not start")));
@@ -1006,13 +1149,24 @@ async fn builtin_hot_root_port_case(r: &mut Report, vfio: &Path, rootfs: &Path, 
     };
     let result = tokio::time::timeout(Duration::from_secs(400), async {
         let t = Instant::now();
-        let first = seen_at_depth(&run_in(&sb, rootfs, vfio, false, LIST_EDU).await?, 2)?;
-        on_its_port(PciePort::RootPort, &first)?;
+        let first = seen_at_depth(
+            &run_in(&sb, rootfs, vfio, false, LIST_EDU).await?,
+            depth(port),
+        )?;
+        on_its_port(port, &first)?;
+        if port == PciePort::SwitchPort {
+            switch_path(&first)?;
+        }
         let first_run = t.elapsed();
+        let figure = if port == PciePort::SwitchPort {
+            "builtin-vfio-hotplug-switch-port-container-run"
+        } else {
+            "builtin-vfio-hotplug-container-run"
+        };
         println!(
             "{}",
             figure_line(
-                "builtin-vfio-hotplug-container-run",
+                figure,
                 first_run.as_secs_f64() * 1000.0,
                 "ms",
                 "a container run with the edu hot-plugged onto the built-in VMM's spare root \
@@ -1020,9 +1174,9 @@ async fn builtin_hot_root_port_case(r: &mut Report, vfio: &Path, rootfs: &Path, 
                  it in L2, the container, its delete with the unplug (pciehp's 5 s button wait)"
             )
         );
-        let again = unplugged_then_again(&sb, rootfs, vfio, PciePort::RootPort, &first).await?;
+        let again = unplugged_then_again(&sb, rootfs, vfio, port, &first).await?;
         Ok::<_, anyhow::Error>(format!(
-            "{} hot-plugged onto the built-in VMM's spare root port: 1234:11e8 at guest PCI \
+            "{} hot-plugged onto the built-in VMM's spare {port}: 1234:11e8 at guest PCI \
              path {first} (container created, ran and deleted in {first_run:.1?}); {}",
             vfio.display(),
             again.replace(
@@ -1040,7 +1194,7 @@ async fn builtin_hot_root_port_case(r: &mut Report, vfio: &Path, rootfs: &Path, 
 
 /// The VFIO cases L1's kernel command line selects with `lab.vfio=<name>:<name>` (the host's
 /// `KATA_LAB_VFIO`, comma-separated): `builtin` (the built-in VMM's VFIO checks; `builtin-hot`
-/// its hot-plug case alone), `ctr` (the
+/// its hot-plug case alone, `builtin-switch` its switch cases alone), `ctr` (the
 /// containerd case, `src/vfio_ctr.rs`) and QEMU's checks by name (`vfio-mode-cold-switch-port`).
 /// With a selection the runner runs those alone, no VMM set; `None` without one.
 pub fn only() -> Result<Option<Vec<String>>> {
@@ -1056,7 +1210,7 @@ fn parse_only(cmdline: &str) -> Result<Option<Vec<String>>> {
         return Ok(None);
     };
     let known = |n: &str| {
-        ["builtin", "builtin-hot", "ctr"].contains(&n)
+        ["builtin", "builtin-hot", "builtin-switch", "ctr"].contains(&n)
             || kata_lab::protocol::VFIO_CHECKS.contains(&n)
     };
     let names: Vec<String> = list
@@ -1066,7 +1220,8 @@ fn parse_only(cmdline: &str) -> Result<Option<Vec<String>>> {
         .collect();
     if let Some(bad) = names.iter().find(|n| !known(n)) {
         bail!(
-            "KATA_LAB_VFIO names {bad:?}: the lab knows builtin, builtin-hot, ctr and {}",
+            "KATA_LAB_VFIO names {bad:?}: the lab knows builtin, builtin-hot, builtin-switch, \
+             ctr and {}",
             kata_lab::protocol::VFIO_CHECKS.join(", ")
         );
     }
@@ -1106,14 +1261,40 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
         builtin_hot_root_port_case(&mut r, &vfio, rootfs, root_dir).await;
         return (r.ran, r.passed);
     }
+    // `KATA_LAB_VFIO=builtin-switch`: the switch's cases alone.
+    if only()
+        .ok()
+        .flatten()
+        .is_some_and(|o| o.iter().any(|n| n == "builtin-switch"))
+    {
+        let proof = build_proof(rootfs);
+        builtin_switch_case(&mut r, &vfio, rootfs, root_dir, proof.is_ok()).await;
+        if let Err(e) = proof {
+            r.line(
+                "vfio-mode-cold-switch-port",
+                Err(anyhow::anyhow!("not run: {e:#}")),
+            );
+        }
+        builtin_hot_case(&mut r, PciePort::SwitchPort, &vfio, rootfs, root_dir).await;
+        return (r.ran, r.passed);
+    }
     builtin_cold_case(&mut r, &vfio, rootfs, root_dir).await;
-    match build_proof(rootfs) {
+    let proof = build_proof(rootfs);
+    match &proof {
         Ok(()) => builtin_vfio_mode_case(&mut r, &vfio, rootfs, root_dir).await,
         Err(e) => r.line("vfio-mode-cold", Err(anyhow::anyhow!("not run: {e:#}"))),
     }
     vfio_irq::run(&mut r, &vfio, rootfs, root_dir).await;
     vfio_msix::run(&mut r, rootfs, root_dir).await;
     builtin_hot_root_port_case(&mut r, &vfio, rootfs, root_dir).await;
+    builtin_switch_case(&mut r, &vfio, rootfs, root_dir, proof.is_ok()).await;
+    if let Err(e) = proof {
+        r.line(
+            "vfio-mode-cold-switch-port",
+            Err(anyhow::anyhow!("not run: {e:#}")),
+        );
+    }
+    builtin_hot_case(&mut r, PciePort::SwitchPort, &vfio, rootfs, root_dir).await;
     (r.ran, r.passed)
 }
 

@@ -11,6 +11,14 @@
 //! port's secondary bus reach the function in its slot (device 0 only), and its memory window
 //! forwards that function's BARs, which the VMM placed inside it.
 //!
+//! Below a root port the hierarchy may go on: a PCIe switch ([`switch`]: an upstream port on
+//! the root port's secondary bus, its downstream ports on the switch's internal bus, each with
+//! a slot like a root port's). One routing serves every level: a type-1 device
+//! ([`PciDevice::route`]) answers a configuration cycle for its secondary bus with the device
+//! in that slot, and passes one for a bus in (secondary, subordinate] to its children; the VMM
+//! numbers the buses depth first when it builds the hierarchy, so no two bridges claim a bus,
+//! and nests the memory windows, so each bridge's window holds its children's BARs.
+//!
 //! Only function 0 of each slot exists; every other address reads as all ones, and a bad or
 //! odd access (a width the port does not take, a disabled address, a register past the header)
 //! is answered as on a PC, never a panic.
@@ -20,6 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use kvm_ioctls::VcpuExit;
 
 pub mod root_port;
+pub mod switch;
 
 use root_port::RootPort;
 
@@ -46,6 +55,14 @@ pub trait PciDevice: Send {
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool;
     /// A guest write at `addr` if one of the device's BARs decodes it (else false).
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool;
+    /// For a bridge (a type-1 header): the device at `slot` of bus `bus` when `bus` is its
+    /// secondary bus, or what its children route for a bus in (secondary, subordinate], as
+    /// the guest programmed the bus numbers. `None` for anything else, and for every
+    /// function that is not a bridge.
+    fn route(&mut self, bus: u8, slot: u8) -> Option<SharedPciDevice> {
+        let _ = (bus, slot);
+        None
+    }
 }
 
 /// The host bridge at `00:00.0`: what `pci_sanity_check` looks for (class 0x0600).
@@ -81,6 +98,9 @@ pub struct PciBus {
     devices: Vec<(u8, SharedPciDevice)>,
     /// The root ports among the devices, by slot.
     ports: Vec<(u8, Arc<Mutex<RootPort>>)>,
+    /// The switches' downstream ports, with the guest PCI path of the function in each
+    /// one's slot (`[root port slot, 0, downstream port slot, 0]`).
+    downstream: Vec<(Vec<u8>, Arc<Mutex<RootPort>>)>,
 }
 
 impl std::fmt::Debug for PciBus {
@@ -113,6 +133,7 @@ impl PciBus {
             address: 0,
             devices: vec![(0, bridge)],
             ports: Vec::new(),
+            downstream: Vec::new(),
         }
     }
 
@@ -133,6 +154,36 @@ impl PciBus {
     /// The root ports, with their slots on bus 0.
     pub fn root_ports(&self) -> &[(u8, Arc<Mutex<RootPort>>)] {
         &self.ports
+    }
+
+    /// Puts a switch in the next free slot: `port` (a root port whose function is the
+    /// switch's upstream port) and `downstream`, the switch's downstream ports; returns the
+    /// root port's slot, or `None` when the bus is full.
+    pub fn add_switch(
+        &mut self,
+        port: Arc<Mutex<RootPort>>,
+        downstream: &[(u8, Arc<Mutex<RootPort>>)],
+    ) -> Option<u8> {
+        let slot = self.add_root_port(port)?;
+        for (d, p) in downstream {
+            self.downstream.push((vec![slot, 0, *d, 0], p.clone()));
+        }
+        Some(slot)
+    }
+
+    /// The switches' downstream ports, each with the guest PCI path of the function in its
+    /// slot.
+    pub fn downstream_ports(&self) -> &[(Vec<u8>, Arc<Mutex<RootPort>>)] {
+        &self.downstream
+    }
+
+    /// Every port with a hot-plug slot: the root ports and the switches' downstream ports.
+    pub fn hotplug_ports(&self) -> Vec<Arc<Mutex<RootPort>>> {
+        self.ports
+            .iter()
+            .map(|(_, p)| p.clone())
+            .chain(self.downstream.iter().map(|(_, p)| p.clone()))
+            .collect()
     }
 
     /// Puts `device` in the next free slot; returns the slot, or `None` when the bus is full.
@@ -164,17 +215,13 @@ impl PciBus {
             return None;
         }
         if bus != 0 {
-            // Below a port only device 0 exists (a PCIe link has one device).
-            if slot != 0 {
-                return None;
-            }
-            return self.ports.iter().find_map(|(_, p)| {
-                let p = p.lock().unwrap_or_else(PoisonError::into_inner);
-                (u32::from(p.buses().0) == bus)
-                    .then(|| p.child().cloned())
-                    .flatten()
-                    .map(|d| (d, reg))
-            });
+            // The bridge on bus 0 whose bus range holds `bus` routes it (one at most claims
+            // it: the VMM numbered them apart).
+            return self
+                .devices
+                .iter()
+                .find_map(|(_, d)| lock(d).route(bus as u8, slot))
+                .map(|d| (d, reg));
         }
         self.devices
             .iter()

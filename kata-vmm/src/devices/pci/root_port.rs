@@ -22,6 +22,11 @@
 //!   port's MSI once (through the signal the VM gives [`RootPort::set_signal`]), as the PCIe
 //!   specification's edge for MSI.
 //!
+//! The same port serves as a PCIe switch's downstream port ([`RootPort::downstream`]: device
+//! type 6, on the switch's internal bus, with the same slot and events), and a root port may
+//! hold a switch's upstream port rather than a function ([`RootPort::with_subordinate`] gives
+//! it the bus range below).
+//!
 //! Every access width and offset is accepted: a register the port does not have reads 0, a
 //! write to it is dropped, and nothing panics.
 
@@ -52,6 +57,10 @@ const BRIDGE_CONTROL_WRITABLE: u16 = 0x004f;
 
 /// PCIe capabilities: version 2, device/port type 4 (root port), slot implemented.
 const PCIE_CAPS: u16 = 2 | (4 << 4) | (1 << 8);
+/// PCIe capabilities of a switch's downstream port: device/port type 6.
+const PCIE_CAPS_DOWNSTREAM: u16 = 2 | (6 << 4) | (1 << 8);
+/// Texas Instruments' XIO3130 downstream port (what QEMU's `xio3130-downstream` reports).
+const VENDOR_DEVICE_DOWNSTREAM: u32 = 0x8233_104c;
 /// Device capabilities: 128-byte payload, role-based error reporting.
 const DEVICE_CAPS: u32 = 1 << 15;
 /// Link capabilities: 2.5 GT/s, x1, data link layer link active reporting capable.
@@ -97,6 +106,8 @@ pub type MsiSignal = Box<dyn Fn(MsiMessage) + Send>;
 pub struct RootPort {
     /// Its physical slot number (what pciehp names the slot), 1 and up.
     slot_number: u8,
+    /// A switch's downstream port rather than a root port.
+    downstream: bool,
     command: u16,
     line: u8,
     bridge_control: u16,
@@ -150,6 +161,7 @@ impl RootPort {
         };
         RootPort {
             slot_number,
+            downstream: false,
             // Memory decoding on, as firmware leaves a port whose window it programmed.
             command: COMMAND_MEMORY,
             line: 0,
@@ -171,6 +183,31 @@ impl RootPort {
             asserted: false,
             signal: None,
         }
+    }
+
+    /// A switch's downstream port, otherwise as [`RootPort::new`]: on bus `primary` (the
+    /// switch's internal bus).
+    pub fn downstream(slot_number: u8, primary: u8, secondary: u8, window: (u64, u64)) -> Self {
+        let mut p = RootPort::new(slot_number, secondary, window);
+        p.downstream = true;
+        p.primary = primary;
+        p
+    }
+
+    /// The same port with `subordinate` as its highest bus: a switch is below it.
+    pub fn with_subordinate(mut self, subordinate: u8) -> Self {
+        self.subordinate = subordinate.max(self.secondary);
+        self
+    }
+
+    /// Whether it is a switch's downstream port.
+    pub fn is_downstream(&self) -> bool {
+        self.downstream
+    }
+
+    /// Its physical slot number.
+    pub fn slot_number(&self) -> u8 {
+        self.slot_number
     }
 
     /// Where the port raises its MSI (the VM's message injection).
@@ -308,7 +345,14 @@ impl RootPort {
 
     fn pcie_read(&self, at: usize) -> u32 {
         match at {
-            0x00 => 0x10 | u32::from(PCIE_CAPS) << 16,
+            0x00 => {
+                let caps = if self.downstream {
+                    PCIE_CAPS_DOWNSTREAM
+                } else {
+                    PCIE_CAPS
+                };
+                0x10 | u32::from(caps) << 16
+            }
             0x04 => DEVICE_CAPS,
             0x08 => u32::from(self.device_control),
             0x0c => LINK_CAPS | u32::from(self.slot_number) << 24,
@@ -373,6 +417,7 @@ impl RootPort {
             return self.pcie_read(off - PCIE_OFFSET);
         }
         match reg {
+            0 if self.downstream => VENDOR_DEVICE_DOWNSTREAM,
             0 => VENDOR_DEVICE,
             1 => u32::from(self.command) | u32::from(STATUS_CAP_LIST) << 16,
             2 => CLASS,
@@ -480,6 +525,17 @@ impl PciDevice for RootPort {
     }
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
         RootPort::mmio_write(self, addr, data)
+    }
+    fn route(&mut self, bus: u8, slot: u8) -> Option<SharedPciDevice> {
+        let child = self.child.as_ref()?;
+        if bus == self.secondary {
+            // Below a port only device 0 exists (a PCIe link has one device).
+            return (slot == 0).then(|| child.clone());
+        }
+        if bus > self.secondary && bus <= self.subordinate {
+            return lock(child).route(bus, slot);
+        }
+        None
     }
 }
 

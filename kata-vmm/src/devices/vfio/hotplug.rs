@@ -1,5 +1,7 @@
 //! VFIO hot-plug onto the spare PCIe root ports a VM was built with
-//! ([`crate::vm::VmBuilder::spare_root_ports`]), while the VM runs.
+//! ([`crate::vm::VmBuilder::spare_root_ports`]), or the spare downstream ports of its PCIe
+//! switch ([`crate::vm::VmBuilder::spare_switch_ports`]), while the VM runs. A downstream
+//! port's slot is a root port's ([`RootPort::downstream`]): the same plug and release.
 //!
 //! - **Plug** ([`VfioHotplug::plug`]): the first root port with an empty slot is chosen; the
 //!   function is opened as at boot ([`VfioSet::open_in`]: sysfs first, so a function whose
@@ -61,6 +63,9 @@ struct InSlot {
     bdf: String,
     port: Arc<Mutex<RootPort>>,
     port_slot: u8,
+    /// Its guest PCI path (`[port slot, 0]`, or through a switch `[root port slot, 0,
+    /// downstream port, 0]`).
+    path: Vec<u8>,
     device: Arc<Mutex<VfioPci>>,
 }
 
@@ -100,19 +105,37 @@ pub fn free_port(bus: &PciBus) -> Option<(u8, Arc<Mutex<RootPort>>)> {
         .map(|(s, p)| (*s, p.clone()))
 }
 
+/// The first port of `bus` with an empty slot for a VFIO function: a root port, else a
+/// switch's downstream port; with the port's slot on the root bus (the switch's root port's
+/// for a downstream port) and the guest PCI path of the function it would hold.
+pub fn free_hotplug_port(bus: &PciBus) -> Option<(u8, Vec<u8>, Arc<Mutex<RootPort>>)> {
+    if let Some((slot, port)) = free_port(bus) {
+        return Some((slot, vec![slot, 0], port));
+    }
+    bus.downstream_ports()
+        .iter()
+        .find(|(_, p)| !lock(p).is_occupied())
+        .map(|(path, p)| (path[0], path.clone(), p.clone()))
+}
+
 /// The error for a plug with every port taken.
 fn no_port(bdf: &str, ports: usize) -> Error {
     Error::Device {
         device: format!("VFIO device {bdf}"),
         reason: format!(
-            "no free PCIe root port to hot-plug it into: the VM has {ports} root port(s), all \
-             taken; raise pcie_root_port (the spare root ports made at boot) or unplug a device \
-             first"
+            "no free PCIe port to hot-plug it into: the VM has {ports} hot-plug port(s) (root \
+             ports and switch downstream ports), all taken; raise pcie_root_port or \
+             pcie_switch_port (the spare ports made at boot) or unplug a device first"
         ),
     }
 }
 
-/// Puts the function `c` into the first free root port of `bus`: opened through `set` (DMA
+/// What [`plug_into`] gives back: where the function is, its guest PCI path, its port and the
+/// function.
+pub(crate) type InPort = (Plugged, Vec<u8>, SharedPort, Arc<Mutex<VfioPci>>);
+
+/// Puts the function `c` into the first free port of `bus` ([`free_hotplug_port`]): opened
+/// through `set` (DMA
 /// mapping `mem` on the container's first use), its BARs in the port's window, `wire` given
 /// it before the slot reports it. Any error leaves the port empty and the function closed.
 pub(crate) fn plug_into(
@@ -121,7 +144,7 @@ pub(crate) fn plug_into(
     mem: &GuestMemory,
     c: &VfioConfig,
     wire: impl FnOnce(&mut VfioPci) -> Result<()>,
-) -> Result<(Plugged, SharedPort, Arc<Mutex<VfioPci>>)> {
+) -> Result<InPort> {
     let mut set = lock(set);
     if set
         .devices
@@ -133,9 +156,9 @@ pub(crate) fn plug_into(
             reason: "already passed through to this VM: pass each PCI function once".into(),
         });
     }
-    let (port_slot, port) = {
+    let (port_slot, path, port) = {
         let bus = lock(bus);
-        free_port(&bus).ok_or_else(|| no_port(&c.bdf, bus.root_ports().len()))?
+        free_hotplug_port(&bus).ok_or_else(|| no_port(&c.bdf, bus.hotplug_ports().len()))?
     };
     let (secondary, window) = {
         let p = lock(&port);
@@ -157,6 +180,7 @@ pub(crate) fn plug_into(
             port_slot,
             secondary,
         },
+        path,
         port,
         d,
     ))
@@ -216,13 +240,21 @@ impl VfioHotplug {
         }
     }
 
-    /// The root ports with an empty slot.
+    /// The hot-plug ports (root ports, switch downstream ports) with an empty slot.
     pub fn free_ports(&self) -> usize {
         lock(&self.bus)
-            .root_ports()
+            .hotplug_ports()
             .iter()
-            .filter(|(_, p)| !lock(p).is_occupied())
+            .filter(|p| !lock(p).is_occupied())
             .count()
+    }
+
+    /// The guest PCI path of the hot-plugged function at host address `bdf`.
+    pub fn guest_path(&self, bdf: &str) -> Option<Vec<u8>> {
+        lock(&self.plugged)
+            .iter()
+            .find(|p| p.bdf.eq_ignore_ascii_case(bdf))
+            .map(|p| p.path.clone())
     }
 
     /// Hot-plugs the function `c` into the first free root port (see the module
@@ -230,18 +262,19 @@ impl VfioHotplug {
     /// it: the guest's pciehp then brings it up.
     pub fn plug(&self, c: &VfioConfig) -> Result<Plugged> {
         let (vm, router) = (&self.vm, &self.router);
-        let (at, port, device) = plug_into(&self.bus, &self.set, &self.mem, c, |d| {
+        let (at, path, port, device) = plug_into(&self.bus, &self.set, &self.mem, c, |d| {
             super::wire_one(d, vm, router)
         })?;
         tracing::info!(
             bdf = %c.bdf, slot = at.port_slot, secondary = at.secondary,
-            "VFIO: hot-plugged at {:02x}:00.0 behind root port 00:{:02x}.0",
-            at.secondary, at.port_slot
+            "VFIO: hot-plugged at {:02x}:00.0 (guest PCI path {path:02x?})",
+            at.secondary
         );
         lock(&self.plugged).push(InSlot {
             bdf: c.bdf.clone(),
             port,
             port_slot: at.port_slot,
+            path,
             device,
         });
         Ok(at)
@@ -251,17 +284,24 @@ impl VfioHotplug {
     /// waiting up to `timeout` for the guest to release it; returns its port's slot, free
     /// again.
     pub fn unplug(&self, bdf: &str, timeout: Duration) -> Result<u8> {
-        let (port, port_slot, device) = lock(&self.plugged)
+        let (port, port_slot, path, device) = lock(&self.plugged)
             .iter()
             .find(|p| p.bdf.eq_ignore_ascii_case(bdf))
-            .map(|p| (p.port.clone(), p.port_slot, p.device.clone()))
+            .map(|p| {
+                (
+                    p.port.clone(),
+                    p.port_slot,
+                    p.path.clone(),
+                    p.device.clone(),
+                )
+            })
             .ok_or_else(|| Error::Device {
                 device: format!("VFIO device {bdf}"),
                 reason: "not hot-plugged into this VM".into(),
             })?;
         release(
             &port,
-            &format!("VFIO device {bdf} (root port 00:{port_slot:02x}.0)"),
+            &format!("VFIO device {bdf} (port of guest PCI path {path:02x?})"),
             timeout,
         )?;
         lock(&self.plugged).retain(|p| !Arc::ptr_eq(&p.device, &device));

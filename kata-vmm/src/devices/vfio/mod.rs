@@ -54,6 +54,7 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemory as _, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::devices::pci::root_port::RootPort;
+use crate::devices::pci::switch::SwitchUpstream;
 use crate::devices::pci::{BarAllocator, PciBus, PciDevice};
 use crate::error::{Error, Result};
 use crate::memory::GuestMemory;
@@ -74,6 +75,9 @@ pub struct VfioConfig {
     /// Behind a PCIe root port of its own (the guest finds it at `<port>:00.0`, the port on
     /// the root bus) rather than on the root bus itself.
     pub behind_root_port: bool,
+    /// Behind a downstream port of the VM's PCIe switch (the guest finds it at
+    /// `<root port>/00/<downstream port>/00`); wins over `behind_root_port`.
+    pub behind_switch: bool,
 }
 
 impl VfioConfig {
@@ -84,7 +88,15 @@ impl VfioConfig {
             sysfs: "/sys".into(),
             dev_vfio: "/dev/vfio".into(),
             behind_root_port: false,
+            behind_switch: false,
         }
+    }
+
+    /// The same function behind a downstream port of the VM's switch (see
+    /// [`VfioConfig::behind_switch`]).
+    pub fn behind_switch(mut self) -> Self {
+        self.behind_switch = true;
+        self
     }
 
     /// The same function behind a root port of its own (see [`VfioConfig::behind_root_port`]).
@@ -813,7 +825,22 @@ pub fn build_bus(
     spare_ports: u8,
     mem: &GuestMemory,
 ) -> Result<Option<(PciBus, VfioSet)>> {
-    if devices.is_empty() && spare_ports == 0 {
+    build_hierarchy(devices, spare_ports, 0, mem)
+}
+
+/// [`build_bus`] with a PCIe switch when any function is [`VfioConfig::behind_switch`] or
+/// `spare_switch_ports` > 0: behind a root port in the slot after the others, its upstream
+/// port, and one downstream port per such function (in their order) then the spare ones. The
+/// buses are numbered depth first after the root ports' (root port `B`, internal bus `B+1`,
+/// downstream port `i` `B+2+i`), and the windows nest: each downstream port has
+/// [`ROOT_PORT_WINDOW`], the upstream port and its root port the span of them all.
+pub fn build_hierarchy(
+    devices: &[VfioConfig],
+    spare_ports: u8,
+    spare_switch_ports: u8,
+    mem: &GuestMemory,
+) -> Result<Option<(PciBus, VfioSet)>> {
+    if devices.is_empty() && spare_ports == 0 && spare_switch_ports == 0 {
         return Ok(None);
     }
     let mut set = VfioSet::default();
@@ -836,6 +863,9 @@ pub fn build_bus(
                 ROOT_PORT_WINDOW >> 20
             ),
         };
+        if c.behind_switch {
+            continue;
+        }
         if c.behind_root_port {
             let start = set.bars.allocate(ROOT_PORT_WINDOW).ok_or_else(full)?;
             let window = (start, start + ROOT_PORT_WINDOW);
@@ -893,7 +923,107 @@ pub fn build_bus(
             "VFIO: spare root port at 00:{slot:02x}.0 for hot-plug"
         );
     }
+    let switched: Vec<&VfioConfig> = devices.iter().filter(|c| c.behind_switch).collect();
+    if !switched.is_empty() || spare_switch_ports > 0 {
+        add_switch(&mut bus, &mut set, &switched, spare_switch_ports, mem)?;
+    }
     Ok(Some((bus, set)))
+}
+
+/// The physical slot number of a switch's `n`-th downstream port: past the root ports'
+/// (their slots on bus 0, 1-31), so every slot pciehp registers has a name of its own.
+fn downstream_slot_number(n: usize) -> u8 {
+    32u8.saturating_add(n as u8)
+}
+
+/// Adds the switch of [`build_hierarchy`] to `bus`: `switched` cold-plugged in its first
+/// downstream ports, `spare` more empty.
+fn add_switch(
+    bus: &mut PciBus,
+    set: &mut VfioSet,
+    switched: &[&VfioConfig],
+    spare: u8,
+    mem: &GuestMemory,
+) -> Result<()> {
+    let n = switched.len() + usize::from(spare);
+    let full = || Error::Device {
+        device: "PCIe switch".into(),
+        reason: format!(
+            "{n} downstream port(s) ({} cold-plugged, pcie_switch_port = {spare}) do not fit: \
+             the built-in VMM's PCI bus has {} slots and buses up to 255, and {:#x}..{:#x} for \
+             the devices' memory ({} MiB a port); plug fewer devices or lower pcie_switch_port",
+            switched.len(),
+            crate::devices::pci::PCI_SLOTS - 1,
+            crate::devices::pci::PCI_MMIO_START,
+            crate::devices::pci::PCI_MMIO_END,
+            ROOT_PORT_WINDOW >> 20
+        ),
+    };
+    let slot = bus.next_slot().ok_or_else(full)?;
+    // Buses: depth first after the root ports' (1..=root ports).
+    let root_bus = u8::try_from(bus.root_ports().len() + 1).map_err(|_| full())?;
+    let internal = root_bus.checked_add(1).ok_or_else(full)?;
+    let last = u8::try_from(usize::from(internal) + n).map_err(|_| full())?;
+    // Windows: one per downstream port, back to back, the switch's the span of them.
+    let mut windows = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = set.bars.allocate(ROOT_PORT_WINDOW).ok_or_else(full)?;
+        if windows
+            .last()
+            .is_some_and(|&(_, end): &(u64, u64)| end != start)
+        {
+            return Err(full());
+        }
+        windows.push((start, start + ROOT_PORT_WINDOW));
+    }
+    let span = match (windows.first(), windows.last()) {
+        (Some(f), Some(l)) => (f.0, l.1),
+        _ => return Err(full()),
+    };
+    let mut ports = Vec::with_capacity(n);
+    for (i, window) in windows.iter().enumerate() {
+        let secondary = internal + 1 + i as u8;
+        let port = RootPort::downstream(downstream_slot_number(i), internal, secondary, *window);
+        ports.push((i as u8, Arc::new(Mutex::new(port))));
+    }
+    for (c, (i, port)) in switched.iter().zip(&ports) {
+        let (start, end) = windows[usize::from(*i)];
+        let mut alloc = BarAllocator::within(start, end);
+        let d = Arc::new(Mutex::new(set.open_in(c, mem, &mut alloc)?));
+        port.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .cold_plug(d.clone());
+        set.devices.push(d.clone());
+        let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // INTx: the MP table lists bus 0's INTA# only. Device 0's INTA# behind downstream
+        // port i reaches the root port as INTA# + i (the swizzle), so only port 0's function
+        // (and every fourth, which would share it: not given) lands on the INTA# listed.
+        d.slot = Some(slot);
+        d.intx_pin = irq::intx_pin(slot).filter(|_| *i == 0 && d.host_intx);
+        tracing::info!(
+            bdf = %c.bdf, slot, downstream = i, bus = internal + 1 + i,
+            "VFIO: cold-plugged at {:02x}:00.0 behind switch port {internal:02x}:{i:02x}.0 \
+             (root port 00:{slot:02x}.0)", internal + 1 + i
+        );
+    }
+    let upstream = SwitchUpstream::new(
+        root_bus,
+        internal,
+        last,
+        span,
+        ports.iter().map(|(_, p)| p.clone()).collect(),
+    );
+    let mut root = RootPort::new(slot, root_bus, span).with_subordinate(last);
+    root.cold_plug(Arc::new(Mutex::new(upstream)));
+    bus.add_switch(Arc::new(Mutex::new(root)), &ports)
+        .ok_or_else(full)?;
+    tracing::info!(
+        slot,
+        downstream = n,
+        spare,
+        "VFIO: PCIe switch behind root port 00:{slot:02x}.0, buses {root_bus}..={last}"
+    );
+    Ok(())
 }
 
 #[cfg(test)]

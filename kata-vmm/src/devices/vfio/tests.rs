@@ -298,6 +298,7 @@ fn a_vm_given_an_unusable_function_fails_before_anything_is_bound() {
             sysfs: s.clone(),
             dev_vfio: t.path().join("dev-vfio"),
             behind_root_port: false,
+            behind_switch: false,
         })
         .prepare()
         .unwrap_err()
@@ -321,6 +322,7 @@ fn a_vm_given_an_unusable_function_fails_before_anything_is_bound() {
             sysfs: s,
             dev_vfio: t.path().join("dev-vfio"),
             behind_root_port: false,
+            behind_switch: false,
         })
         .prepare()
         .unwrap_err()

@@ -274,6 +274,7 @@ fn a_function_not_on_vfio_pci_is_refused_and_leaves_the_port_empty() {
         sysfs: s,
         dev_vfio: t.path().join("dev-vfio"),
         behind_root_port: true,
+        behind_switch: false,
     };
     let wired = AtomicUsize::new(0);
     let Err(e) = plug_into(&bus, &set, &mem(), &c, |_| {
@@ -303,4 +304,72 @@ fn spare_ports_with_memory_hotplug_are_refused_before_anything_is_made() {
         e.contains("pcie_root_port") && e.contains("enable_virtio_mem"),
         "{e}"
     );
+}
+
+/// A configuration cycle at `b:slot.0`, byte `offset`, as the guest makes it below a bridge.
+fn cfg_at(bus: &Mutex<PciBus>, b: u8, slot: u8, offset: usize, write: Option<u32>) -> u32 {
+    let a = 0x8000_0000u32 | u32::from(b) << 16 | u32::from(slot) << 11 | (offset as u32 & 0xfc);
+    let mut g = lock(bus);
+    g.pio_write(CONFIG_ADDRESS, &a.to_le_bytes());
+    if let Some(v) = write {
+        g.pio_write(CONFIG_DATA, &v.to_le_bytes());
+        return 0;
+    }
+    let mut v = [0u8; 4];
+    g.pio_read(CONFIG_DATA, &mut v);
+    u32::from_le_bytes(v)
+}
+
+#[test]
+fn spare_switch_ports_take_functions_with_the_root_ports_slot_sequence_and_are_reused() {
+    let Some((bus, _)) = super::super::build_hierarchy(&[], 0, 2, &mem()).unwrap() else {
+        panic!("spare switch ports make a bus")
+    };
+    assert!(free_port(&bus).is_none(), "the switch's root port is taken");
+    let bus = Arc::new(Mutex::new(bus));
+    let (slot, path, first) = free_hotplug_port(&lock(&bus)).unwrap();
+    assert_eq!((slot, path.as_slice()), (1, &[1u8, 0, 0, 0][..]));
+    // pciehp binds to downstream port 0 (02:00.0): every event but presence, power off.
+    cfg_at(&bus, 2, 0, PCIE_OFFSET + 0x18, Some(pciehp_control(false)));
+    let signalled = Arc::new(AtomicUsize::new(0));
+    let s = signalled.clone();
+    lock(&first).set_signal(Box::new(move |_| {
+        s.fetch_add(1, Ordering::SeqCst);
+    }));
+    cfg_at(&bus, 2, 0, 0x44, Some(0xfee0_0000));
+    let control = cfg_at(&bus, 2, 0, 0x40, None);
+    cfg_at(&bus, 2, 0, 0x40, Some(control | 1 << 16));
+    assert!(lock(&first).plug(card()).is_ok());
+    assert_eq!(signalled.load(Ordering::SeqCst), 1, "presence and button");
+    let status = (cfg_at(&bus, 2, 0, PCIE_OFFSET + 0x18, None) >> 16) as u16;
+    assert_eq!(status & SLOT_STATUS_PDS, SLOT_STATUS_PDS);
+    // Powered by the guest: the card answers at 03:00.0; the next free port is port 1.
+    cfg_at(&bus, 2, 0, PCIE_OFFSET + 0x18, Some(pciehp_control(true)));
+    assert_eq!(cfg_at(&bus, 3, 0, 0, None), 0x11e8_1234);
+    let (_, path, second) = free_hotplug_port(&lock(&bus)).unwrap();
+    assert_eq!(path, vec![1, 0, 1, 0]);
+    assert!(lock(&second).plug(card()).is_ok());
+    assert!(free_hotplug_port(&lock(&bus)).is_none());
+    // Release port 0: the guest answers the button by powering the slot off.
+    let guest = {
+        let bus = bus.clone();
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                let status = cfg_at(&bus, 2, 0, PCIE_OFFSET + 0x18, None) >> 16;
+                if status as u16 & SLOT_STATUS_ABP != 0 {
+                    let v = pciehp_control(false) | u32::from(SLOT_STATUS_ABP) << 16;
+                    cfg_at(&bus, 2, 0, PCIE_OFFSET + 0x18, Some(v));
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        })
+    };
+    release(&first, "card", Duration::from_secs(5)).unwrap();
+    assert!(guest.join().unwrap(), "the guest never saw the button");
+    assert_eq!(cfg_at(&bus, 3, 0, 0, None), u32::MAX, "gone from bus 3");
+    assert_eq!(cfg_at(&bus, 4, 0, 0, None), 0x11e8_1234, "port 1's stays");
+    let (_, path, _) = free_hotplug_port(&lock(&bus)).unwrap();
+    assert_eq!(path, vec![1, 0, 0, 0], "the freed port is reused");
 }
