@@ -979,7 +979,7 @@ mod tests {
         assert!(expected.contains(&"builtin-shutdown-clean".to_string()));
         assert!(expected.contains(&"qemu-vhost-vsock".to_string()));
         assert!(!expected.contains(&"builtin-vhost-vsock".to_string()));
-        // The built-in VMM's VFIO checks are its own list, not QEMU's: no switch, no bridge.
+        // The built-in VMM's VFIO checks are its own list, not QEMU's: a switch, no bridge.
         assert!(expected.contains(&"builtin-vfio-cold".to_string()));
         assert!(expected.contains(&"builtin-vfio-hot-root-port".to_string()));
         assert!(expected.contains(&"builtin-vfio-hot-switch-port".to_string()));
