@@ -26,6 +26,8 @@
 //! vCPUs grow up to `default_maxvcpus` without ACPI: the VM starts with that many, the ones
 //! above `default_vcpus` parked until the guest onlines them ([`Hypervisor::resize_vcpus`],
 //! see `resize`); they are not taken back.
+//! With `block_device_driver = "virtio-blk-pci"` and `pcie_root_port` it hot-plugs disks as
+//! virtio-blk on virtio-pci into the same spare root ports (see `blk_hotplug`).
 //! What it does not: hot-plug of other devices (and of VFIO without spare ports: refused
 //! naming the device and the keys), vCPU
 //! hot-unplug, VFIO MSI-X (MSI and INTx work), pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM

@@ -24,6 +24,7 @@ use kata_sandbox::{ContainerSpec, Sandbox};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod allow_list;
+mod blk_hot;
 mod console;
 mod cpu_hotplug;
 mod crash;
@@ -371,6 +372,10 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
         let cpus = cpu_hotplug::builtin_cpus_grow(rootfs, ROOT_DIR);
         checks
             .run(cpu_hotplug::CHECK, Duration::from_secs(360), cpus)
+            .await;
+        let disks = blk_hot::builtin_blk_hot(rootfs, ROOT_DIR);
+        checks
+            .run(blk_hot::CHECK, Duration::from_secs(420), disks)
             .await;
     }
     if vmm == Vmm::Qemu {
@@ -788,6 +793,30 @@ fn mem_hotplug_alone(
     true
 }
 
+/// `builtin-blk-hot` alone when L1's command line says `lab.blk` (then true: no VMM set runs;
+/// src/blk_hot.rs); counted into `ran` and `passed`.
+fn blk_hot_alone(
+    runtime: &tokio::runtime::Runtime,
+    rootfs: &Result<PathBuf>,
+    ran: &mut usize,
+    passed: &mut usize,
+) -> bool {
+    if !blk_hot::only() {
+        return false;
+    }
+    let mut c = Checks::new(Vmm::Builtin);
+    match rootfs {
+        Ok(rootfs) => {
+            let disks = blk_hot::builtin_blk_hot(rootfs, ROOT_DIR);
+            runtime.block_on(c.run(blk_hot::CHECK, Duration::from_secs(420), disks));
+        }
+        Err(e) => c.not_run(blk_hot::CHECK, &format!("{e:#}")),
+    }
+    *ran += c.ran;
+    *passed += c.passed;
+    true
+}
+
 /// `qemu-template` alone when L1's command line says `lab.template` (then true: no VMM set
 /// runs); counted into `ran` and `passed`.
 fn template_alone(
@@ -929,6 +958,8 @@ fn main() -> ExitCode {
     let mem_alone = mem_hotplug_alone(&runtime, &rootfs, &mut ran, &mut passed);
     // `lab.template` (the host's KATA_LAB_TEMPLATE): qemu-template alone, no VMM set.
     let mem_alone = mem_alone || template_alone(&runtime, &rootfs, &mut ran, &mut passed);
+    // `lab.blk` (the host's KATA_LAB_BLK): builtin-blk-hot alone, no VMM set.
+    let mem_alone = mem_alone || blk_hot_alone(&runtime, &rootfs, &mut ran, &mut passed);
     // `lab.density=<N>` (the host's KATA_LAB_DENSITY): the density figures alone, no VMM set.
     let mem_alone = mem_alone || density_alone(&runtime, &rootfs, &mut ran, &mut passed);
     let vfio_alone = vfio_only.is_some() || mem_alone;

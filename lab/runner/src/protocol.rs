@@ -91,6 +91,10 @@ pub const VMM_CHECKS: &[&str] = &[
     // the MP table, booted by the guest when onlined); the container sees 2 CPUs online and
     // works on CPU 1 (src/cpu_hotplug.rs).
     "cpu-hotplug",
+    // Built-in only: a container's ext4 block volume is hot-plugged as virtio-blk on
+    // virtio-pci onto a spare root port, read, unplugged with the container, and the port
+    // reused by a second container (src/blk_hot.rs).
+    "blk-hot",
     // QEMU only: VM templating (`enable_template`): three sandboxes from one template, each
     // at its own vsock CID with the host's clock, against a fresh boot (src/template.rs).
     "template",
@@ -112,6 +116,7 @@ pub const BUILTIN_ONLY_CHECKS: &[&str] = &[
     "pod-network",
     "default-vmm",
     "dragonball-config",
+    "blk-hot",
 ];
 
 /// The VFIO checks with the built-in VMM (issue 12, `src/vfio.rs`), reported as
