@@ -471,6 +471,12 @@ impl Hypervisor for Builtin {
     }
 
     async fn add_device(&self, device: DeviceConfig) -> Result<GuestAddress> {
+        // Spare root ports made for disks alone (blk_hotplug) do not turn VFIO hot-plug on.
+        if let (DeviceConfig::Vfio(v), crate::device::PciePort::NoPort) =
+            (&device, self.config.hot_plug_vfio)
+        {
+            return Err(vfio::hot_plug_refused(v));
+        }
         if let DeviceConfig::Vfio(v) = &device {
             let handle = lock(&self.vm).as_ref().and_then(|vm| vm.vfio_hotplug());
             if handle.is_none()
