@@ -3,7 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -40,7 +40,7 @@ const MAX_DISCARD_SECTORS: u32 = u32::MAX / SECTOR_SIZE as u32;
 /// How a disk is attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockConfig {
-    /// The raw image file.
+    /// The raw image file or host block device.
     pub path: PathBuf,
     /// Whether the guest may only read it.
     pub read_only: bool,
@@ -67,7 +67,7 @@ struct Active {
     interrupt: Arc<Interrupt>,
 }
 
-/// A virtio-blk device over a raw file.
+/// A virtio-blk device over a raw image file or a host block device.
 #[derive(Debug)]
 pub struct Block {
     name: String,
@@ -97,14 +97,28 @@ impl Block {
             what: "reading the disk image's size".into(),
             source,
         })?;
-        if !meta.is_file() {
+        // A raw image file, or a host block device (a devmapper snapshot, a block volume):
+        // its size is where a seek to its end lands.
+        let len = if meta.is_file() {
+            meta.len()
+        } else if meta.file_type().is_block_device() {
+            (&file)
+                .seek(SeekFrom::End(0))
+                .map_err(|source| Error::DeviceIo {
+                    device: name.clone(),
+                    what: "reading the block device's size".into(),
+                    source,
+                })?
+        } else {
             return Err(Error::Device {
                 device: name,
-                reason: "not a regular file: only raw image files are supported".into(),
+                reason: "neither a regular file nor a block device: give a raw image file or \
+                         a host block device"
+                    .into(),
             });
-        }
-        let size = meta.len() - meta.len() % SECTOR_SIZE;
-        if size != meta.len() {
+        };
+        let size = len - len % SECTOR_SIZE;
+        if size != len {
             tracing::warn!(device = %name, "disk size is not a multiple of 512: the tail is not visible to the guest");
         }
         let mut id = [0u8; ID_BYTES];

@@ -131,6 +131,63 @@ fn missing_image_is_an_error_naming_it() {
     })
     .unwrap_err();
     assert!(e.to_string().contains("raw image"), "{e}");
+    // A character device is neither.
+    let e = Block::new(&BlockConfig {
+        path: "/dev/null".into(),
+        read_only: true,
+        id: None,
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("nor a block device"), "{e}");
+}
+
+/// A loop device over `image`, detached on drop.
+struct Loop(PathBuf);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A host block device (a loop device over the test image, as a devmapper snapshot or a block
+/// volume would be) is a disk: its size from a seek to its end, its sectors read.
+#[test]
+fn a_host_block_device_is_a_disk() {
+    // SAFETY: geteuid(2) has no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: a loop device needs root");
+        return;
+    }
+    let mem = test_memory();
+    let mut h = Harness::new(&mem, true);
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(&h.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "losetup: {out:?}");
+    let dev = Loop(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    let mut b = Block::new(&BlockConfig {
+        path: dev.0.clone(),
+        read_only: true,
+        id: None,
+    })
+    .unwrap();
+    assert_eq!(b.disk_size(), 8 * 512);
+    let irq = Interrupt::new(EventFdTrigger::new_nonblocking().unwrap());
+    b.activate(mem.clone(), 0, vec![h.vq.create_queue().unwrap()], irq)
+        .unwrap();
+    h.dev = b;
+    let (_, used) = std_request(&mut h, request::T_IN, 3, 512, true);
+    assert_eq!((h.status(), used), (S_OK, 513));
+    let mut got = vec![0u8; 512];
+    mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert!(got.iter().all(|b| *b == 3));
+    drop(dev);
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! virtio-blk: a raw disk image file as the guest's block device, read-only or not, with
-//! flush, discard and get-id.
+//! virtio-blk: a raw disk image file or a host block device as the guest's block device,
+//! read-only or not, with flush, discard and get-id.
 //!
 //! [`request`] parses what the guest queued into a checked [`request::Request`] before the
 //! disk is touched; [`device`] runs requests against the file and answers every one it can

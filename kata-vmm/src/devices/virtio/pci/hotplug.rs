@@ -1,4 +1,4 @@
-//! Hot-plug of a virtio-blk disk (a raw image file) onto a spare PCIe root port while the VM
+//! Hot-plug of a virtio-blk disk (a raw image file or a host block device) onto a spare PCIe root port while the VM
 //! runs, behind the virtio-pci transport; the ports are the ones VFIO hot-plug uses
 //! ([`crate::devices::vfio::hotplug`]): one pool, the first free port is taken.
 //!
