@@ -8,10 +8,13 @@
 //! sit on the root bus itself (`0n`). With `switch-port` they sit behind one PCIe switch (its
 //! root port at `00:01.0`, its upstream port device 0 below, one downstream port per function
 //! on the switch's internal bus, then `pcie_switch_port` spare ones): the n-th (from 0) is at
-//! `01/00/<n>/00`, as QEMU's `x3130-upstream` and `xio3130-downstream` put it. With `hot_plug_vfio = "root-port"` (and `cold_plug_vfio
+//! `01/00/<n>/00`, as QEMU's `x3130-upstream` and `xio3130-downstream` put it. With
+//! `bridge-port` they sit in slots 1, 2, ... of a conventional PCI-to-PCI bridge at `00:01.0`
+//! (`01/<n+1>`, as QEMU's bridge slots; MSI or MSI-X only: the MP table names no INTx route
+//! behind the bridge). With `hot_plug_vfio = "root-port"` (and `cold_plug_vfio
 //! = "no-port"`) the VM gets `pcie_root_port` spare root ports for hot-plug (see `hotplug`),
 //! with `hot_plug_vfio = "switch-port"` a switch with `pcie_switch_port` empty downstream
-//! ports; bridge ports are refused naming the key, and so is a hot-plug into a VM without
+//! ports; bridge-port hot-plug is refused naming the key, and so is a hot-plug into a VM without
 //! spare ports (naming the device and the keys). The functions' interrupts are kata-vmm's
 //! (`kata_vmm::devices::vfio::irq`): MSI and MSI-X through KVM MSI routes (MSI-X's table
 //! emulated and trapped in its BAR), INTx on the IOAPIC pin the MP table names.
@@ -30,16 +33,6 @@ const MAX_SPARE_PORTS: u32 = 15;
 
 /// Refuses the port settings the built-in VMM cannot honour.
 pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
-    if c.cold_plug_vfio == PciePort::BridgePort {
-        return Err(Error::InvalidConfig {
-            key: "cold_plug_vfio",
-            value: c.cold_plug_vfio.to_string(),
-            reason: "the built-in VMM has PCIe root ports and a switch, no PCI bridge: set \
-                     cold_plug_vfio = \"root-port\" or \"switch-port\", or use \
-                     [hypervisor.qemu]"
-                .into(),
-        });
-    }
     if c.cold_plug_vfio == PciePort::SwitchPort && c.pcie_root_port > 0 {
         return Err(Error::InvalidConfig {
             key: "pcie_root_port",
@@ -124,12 +117,12 @@ pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
             })
         }
         PciePort::SwitchPort => {}
-        other => {
+        other @ PciePort::BridgePort => {
             return Err(Error::InvalidConfig {
                 key: "hot_plug_vfio",
                 value: other.to_string(),
                 reason: "the built-in VMM hot-plugs behind PCIe root ports and switch ports \
-                         (no PCI bridge): set hot_plug_vfio = \"root-port\" with pcie_root_port \
+                         (its PCI bridge takes cold-plugged functions only: no SHPC): set hot_plug_vfio = \"root-port\" with pcie_root_port \
                          or \"switch-port\" with pcie_switch_port, or use [hypervisor.qemu]"
                     .into(),
             })
@@ -158,7 +151,8 @@ pub(super) fn vmm_config(c: &HypervisorConfig, v: &VfioDevice) -> VfioConfig {
     match c.cold_plug_vfio {
         PciePort::RootPort => f.behind_root_port(),
         PciePort::SwitchPort => f.behind_switch(),
-        _ => f,
+        PciePort::BridgePort => f.behind_bridge(),
+        PciePort::NoPort => f,
     }
 }
 
@@ -175,7 +169,8 @@ pub(super) fn spare_switch_ports(c: &HypervisorConfig) -> u8 {
 /// Where the guest finds cold-plugged function `id`: slot `index + 1` of the root bus, or
 /// device 0 behind the root port there with `cold_plug_vfio = "root-port"`, or device 0
 /// behind downstream port `index` of the switch (whose root port is slot 1: the only device
-/// on the root bus) with `"switch-port"`.
+/// on the root bus) with `"switch-port"`, or in slot `index + 1` of the PCI-to-PCI bridge at
+/// slot 1 with `"bridge-port"`.
 pub(super) fn address(
     c: &HypervisorConfig,
     functions: &[VfioDevice],
@@ -195,6 +190,8 @@ pub(super) fn address(
     let slots = match c.cold_plug_vfio {
         PciePort::RootPort => vec![slot, 0],
         PciePort::SwitchPort => vec![1, 0, slot - 1, 0],
+        // The bridge is the root bus's only device; its slots from 1.
+        PciePort::BridgePort => vec![1, slot],
         _ => vec![slot],
     };
     let path = PciPath::new(slots).map_err(|e| Error::Unsupported {
@@ -288,5 +285,30 @@ mod tests {
         assert_eq!(spare_switch_ports(&spare), 2);
         check_ports(&spare).unwrap();
         assert_eq!(spare_switch_ports(&with(PciePort::RootPort)), 0);
+    }
+
+    #[test]
+    fn bridge_port_puts_each_function_in_a_slot_of_the_bridge_from_1() {
+        let f = functions();
+        let c = with(PciePort::BridgePort);
+        for (id, path) in [("vfio-0", "01/01"), ("vfio-1", "01/02")] {
+            assert_eq!(
+                address(&c, &f, id).unwrap().to_string(),
+                GuestAddress::Pci {
+                    path: path.parse().unwrap()
+                }
+                .to_string()
+            );
+        }
+        let v = vmm_config(&c, &f[0]);
+        assert!(v.behind_bridge && !v.behind_switch && !v.behind_root_port);
+        check_ports(&c).unwrap();
+        let hot = HypervisorConfig {
+            cold_plug_vfio: PciePort::NoPort,
+            hot_plug_vfio: PciePort::BridgePort,
+            ..c
+        };
+        let e = check_ports(&hot).unwrap_err().to_string();
+        assert!(e.contains("hot_plug_vfio") && e.contains("SHPC"), "{e}");
     }
 }

@@ -987,6 +987,7 @@ fn main() -> ExitCode {
     let builtin = vfio_named("builtin")
         || vfio_named("builtin-hot")
         || vfio_named("builtin-switch")
+        || vfio_named("builtin-bridge")
         || boots.iter().any(|(v, _)| *v == Vmm::Builtin);
     if let (true, Ok(rootfs)) = (builtin, &rootfs) {
         let (r, p) = runtime.block_on(vfio::run_builtin(rootfs, ROOT_DIR));

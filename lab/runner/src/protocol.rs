@@ -137,6 +137,9 @@ pub const BUILTIN_VFIO_CHECKS: &[&str] = &[
     "vfio-cold-switch-port",
     "vfio-mode-cold-switch-port",
     "vfio-hot-switch-port",
+    // The edu in slot 1 of kata-vmm's PCI-to-PCI bridge.
+    "vfio-cold-bridge-port",
+    "vfio-mode-cold-bridge-port",
 ];
 
 /// The figure comparing the two VMMs' boot-to-agent-ready times (built-in / QEMU, issue 11's

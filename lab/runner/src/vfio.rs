@@ -46,7 +46,10 @@
 //!   built-in VMM's PCIe switch (`cold_plug_vfio = "switch-port"`), seen at `01/00/00/00` with
 //!   the downstream port's pciehp slot, and the proof program in `vfio` mode;
 //! - `vfio-hot-switch-port`: the hot-plug case on the switch's one spare downstream port
-//!   (`hot_plug_vfio = "switch-port"`, `pcie_switch_port = 1`), at `01/00/00/00`.
+//!   (`hot_plug_vfio = "switch-port"`, `pcie_switch_port = 1`), at `01/00/00/00`;
+//! - `vfio-cold-bridge-port`, `vfio-mode-cold-bridge-port`: the edu cold-plugged in slot 1 of
+//!   the built-in VMM's PCI-to-PCI bridge (`cold_plug_vfio = "bridge-port"`), at `01/01`, and
+//!   the proof program in `vfio` mode.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -878,10 +881,10 @@ async fn build_builtin_once(
     let id = format!(
         "lab-builtin-vfio-{}{}{}",
         if cold { "cold" } else { "none" },
-        if port == PciePort::SwitchPort {
-            "-switch"
-        } else {
-            ""
+        match port {
+            PciePort::SwitchPort => "-switch",
+            PciePort::BridgePort => "-bridge",
+            _ => "",
         },
         if vfio_mode { "-vfio" } else { "" }
     );
@@ -991,6 +994,10 @@ async fn builtin_cold_case(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir:
 /// PCI path `01/00/00/00` (root port, upstream port, downstream port, function), and L2's
 /// pciehp registered the downstream port's slot; in `vfio` mode the proof program reads the
 /// id and computes 5! through L2's VFIO.
+///
+/// `builtin-vfio-cold-bridge-port` and `builtin-vfio-mode-cold-bridge-port` (`port` the
+/// bridge): the same in slot 1 of the built-in VMM's PCI-to-PCI bridge, at `01/01` (no
+/// pciehp slot: a conventional bridge's slots are not PCIe slots).
 async fn builtin_switch_case(
     r: &mut Report,
     vfio: &Path,
@@ -998,10 +1005,22 @@ async fn builtin_switch_case(
     root_dir: &str,
     proof: bool,
 ) {
-    let name = "vfio-cold-switch-port";
+    builtin_cold_port_case(r, PciePort::SwitchPort, vfio, rootfs, root_dir, proof).await
+}
+
+async fn builtin_cold_port_case(
+    r: &mut Report,
+    port: PciePort,
+    vfio: &Path,
+    rootfs: &Path,
+    root_dir: &str,
+    proof: bool,
+) {
+    let name = format!("vfio-cold-{port}");
+    let name = name.as_str();
     let limit = Duration::from_secs(180);
     let t = Instant::now();
-    let sb = match build_builtin_on(PciePort::SwitchPort, true, false, vfio, root_dir).await {
+    let sb = match build_builtin_on(port, true, false, vfio, root_dir).await {
         Ok(sb) => sb,
         Err(e) => {
             r.line(
@@ -1016,22 +1035,30 @@ async fn builtin_switch_case(
     let seen = tokio::time::timeout(limit, run_in(&sb, rootfs, vfio, false, &script)).await;
     r.line(
         name,
-        seen.context("timed out")
-            .and_then(|s| s)
-            .and_then(|l| {
-                Ok((
-                    switch_path(&seen_at_depth(&l, 4)?)?,
-                    pciehp_slot_at(&l, "0000:03:00")?,
-                ))
-            })
-            .map(|(p, slot)| {
-                format!(
-                    "{} cold-plugged behind the built-in VMM's PCIe switch: 1234:11e8 at guest \
+        seen.context("timed out").and_then(|s| s).and_then(|l| {
+            if port == PciePort::BridgePort {
+                let p = seen_at_depth(&l, 2)?;
+                ensure!(
+                    p == "01/01",
+                    "the edu is at {p}, not in the bridge's slot 1 (01/01)"
+                );
+                return Ok(format!(
+                    "{} cold-plugged in slot 1 of the built-in VMM's PCI-to-PCI bridge: \
+                         1234:11e8 at guest PCI path {p}; sandbox with it booted in {booted:.1?}",
+                    vfio.display()
+                ));
+            }
+            let (p, slot) = (
+                switch_path(&seen_at_depth(&l, 4)?)?,
+                pciehp_slot_at(&l, "0000:03:00")?,
+            );
+            Ok(format!(
+                "{} cold-plugged behind the built-in VMM's PCIe switch: 1234:11e8 at guest \
                      PCI path {p}, the downstream port's slot {slot} registered by L2's pciehp; \
                      sandbox with it booted in {booted:.1?}",
-                    vfio.display()
-                )
-            }),
+                vfio.display()
+            ))
+        }),
     );
     if let Err(e) = sb.shutdown().await {
         eprintln!("kata-lab: shutting the builtin {name} sandbox down: {e:#}");
@@ -1039,8 +1066,9 @@ async fn builtin_switch_case(
     if !proof {
         return;
     }
-    let name = "vfio-mode-cold-switch-port";
-    let sb = match build_builtin_on(PciePort::SwitchPort, true, true, vfio, root_dir).await {
+    let name = format!("vfio-mode-cold-{port}");
+    let name = name.as_str();
+    let sb = match build_builtin_on(port, true, true, vfio, root_dir).await {
         Ok(sb) => sb,
         Err(e) => {
             r.line(name, Err(e.context("the sandbox did not start")));
@@ -1054,7 +1082,7 @@ async fn builtin_switch_case(
         let said = format!("{}{}", out.stdout_str(), out.stderr_str());
         ensure!(out.status.success(), "status {}: {said:?}", out.status);
         Ok::<_, anyhow::Error>(format!(
-            "vfio_mode vfio, behind the built-in VMM's switch: {}",
+            "vfio_mode vfio, on the built-in VMM's {port}: {}",
             proof_ok(&said)?
         ))
     })
@@ -1194,7 +1222,8 @@ async fn builtin_hot_case(
 
 /// The VFIO cases L1's kernel command line selects with `lab.vfio=<name>:<name>` (the host's
 /// `KATA_LAB_VFIO`, comma-separated): `builtin` (the built-in VMM's VFIO checks; `builtin-hot`
-/// its hot-plug case alone, `builtin-switch` its switch cases alone), `ctr` (the
+/// its hot-plug case alone, `builtin-switch` and `builtin-bridge` its switch's and bridge's
+/// cases alone), `ctr` (the
 /// containerd case, `src/vfio_ctr.rs`) and QEMU's checks by name (`vfio-mode-cold-switch-port`).
 /// With a selection the runner runs those alone, no VMM set; `None` without one.
 pub fn only() -> Result<Option<Vec<String>>> {
@@ -1210,7 +1239,14 @@ fn parse_only(cmdline: &str) -> Result<Option<Vec<String>>> {
         return Ok(None);
     };
     let known = |n: &str| {
-        ["builtin", "builtin-hot", "builtin-switch", "ctr"].contains(&n)
+        [
+            "builtin",
+            "builtin-hot",
+            "builtin-switch",
+            "builtin-bridge",
+            "ctr",
+        ]
+        .contains(&n)
             || kata_lab::protocol::VFIO_CHECKS.contains(&n)
     };
     let names: Vec<String> = list
@@ -1221,7 +1257,7 @@ fn parse_only(cmdline: &str) -> Result<Option<Vec<String>>> {
     if let Some(bad) = names.iter().find(|n| !known(n)) {
         bail!(
             "KATA_LAB_VFIO names {bad:?}: the lab knows builtin, builtin-hot, builtin-switch, \
-             ctr and {}",
+             builtin-bridge, ctr and {}",
             kata_lab::protocol::VFIO_CHECKS.join(", ")
         );
     }
@@ -1278,6 +1314,30 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
         builtin_hot_case(&mut r, PciePort::SwitchPort, &vfio, rootfs, root_dir).await;
         return (r.ran, r.passed);
     }
+    // `KATA_LAB_VFIO=builtin-bridge`: the bridge's cases alone.
+    if only()
+        .ok()
+        .flatten()
+        .is_some_and(|o| o.iter().any(|n| n == "builtin-bridge"))
+    {
+        let proof = build_proof(rootfs);
+        builtin_cold_port_case(
+            &mut r,
+            PciePort::BridgePort,
+            &vfio,
+            rootfs,
+            root_dir,
+            proof.is_ok(),
+        )
+        .await;
+        if let Err(e) = proof {
+            r.line(
+                "vfio-mode-cold-bridge-port",
+                Err(anyhow::anyhow!("not run: {e:#}")),
+            );
+        }
+        return (r.ran, r.passed);
+    }
     builtin_cold_case(&mut r, &vfio, rootfs, root_dir).await;
     let proof = build_proof(rootfs);
     match &proof {
@@ -1288,13 +1348,28 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
     vfio_msix::run(&mut r, rootfs, root_dir).await;
     builtin_hot_root_port_case(&mut r, &vfio, rootfs, root_dir).await;
     builtin_switch_case(&mut r, &vfio, rootfs, root_dir, proof.is_ok()).await;
-    if let Err(e) = proof {
+    if let Err(e) = &proof {
         r.line(
             "vfio-mode-cold-switch-port",
             Err(anyhow::anyhow!("not run: {e:#}")),
         );
     }
     builtin_hot_case(&mut r, PciePort::SwitchPort, &vfio, rootfs, root_dir).await;
+    builtin_cold_port_case(
+        &mut r,
+        PciePort::BridgePort,
+        &vfio,
+        rootfs,
+        root_dir,
+        proof.is_ok(),
+    )
+    .await;
+    if let Err(e) = &proof {
+        r.line(
+            "vfio-mode-cold-bridge-port",
+            Err(anyhow::anyhow!("not run: {e:#}")),
+        );
+    }
     (r.ran, r.passed)
 }
 

@@ -13,7 +13,8 @@
 //!
 //! Below a root port the hierarchy may go on: a PCIe switch ([`switch`]: an upstream port on
 //! the root port's secondary bus, its downstream ports on the switch's internal bus, each with
-//! a slot like a root port's). One routing serves every level: a type-1 device
+//! a slot like a root port's). A conventional PCI-to-PCI bridge ([`bridge`]) may sit on bus 0,
+//! functions in the slots of its secondary bus. One routing serves every level: a type-1 device
 //! ([`PciDevice::route`]) answers a configuration cycle for its secondary bus with the device
 //! in that slot, and passes one for a bus in (secondary, subordinate] to its children; the VMM
 //! numbers the buses depth first when it builds the hierarchy, so no two bridges claim a bus,
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_ioctls::VcpuExit;
 
+pub mod bridge;
 pub mod root_port;
 pub mod switch;
 

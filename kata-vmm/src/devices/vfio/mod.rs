@@ -53,9 +53,9 @@ use std::sync::{Arc, Mutex};
 
 use vm_memory::{GuestMemory as _, GuestMemoryRegion, MemoryRegionAddress};
 
+use crate::devices::pci::bridge::{Bridge, BridgeKind};
 use crate::devices::pci::root_port::RootPort;
-use crate::devices::pci::switch::SwitchUpstream;
-use crate::devices::pci::{BarAllocator, PciBus, PciDevice};
+use crate::devices::pci::{BarAllocator, PciBus, PciDevice, SharedPciDevice};
 use crate::error::{Error, Result};
 use crate::memory::GuestMemory;
 use irq::IrqWiring;
@@ -78,6 +78,9 @@ pub struct VfioConfig {
     /// Behind a downstream port of the VM's PCIe switch (the guest finds it at
     /// `<root port>/00/<downstream port>/00`); wins over `behind_root_port`.
     pub behind_switch: bool,
+    /// In a slot of the VM's PCI-to-PCI bridge (the guest finds it at `<bridge>/<slot>`,
+    /// slots from 1); wins over the others.
+    pub behind_bridge: bool,
 }
 
 impl VfioConfig {
@@ -89,7 +92,15 @@ impl VfioConfig {
             dev_vfio: "/dev/vfio".into(),
             behind_root_port: false,
             behind_switch: false,
+            behind_bridge: false,
         }
+    }
+
+    /// The same function in a slot of the VM's PCI-to-PCI bridge (see
+    /// [`VfioConfig::behind_bridge`]).
+    pub fn behind_bridge(mut self) -> Self {
+        self.behind_bridge = true;
+        self
     }
 
     /// The same function behind a downstream port of the VM's switch (see
@@ -863,7 +874,7 @@ pub fn build_hierarchy(
                 ROOT_PORT_WINDOW >> 20
             ),
         };
-        if c.behind_switch {
+        if c.behind_switch || c.behind_bridge {
             continue;
         }
         if c.behind_root_port {
@@ -923,11 +934,113 @@ pub fn build_hierarchy(
             "VFIO: spare root port at 00:{slot:02x}.0 for hot-plug"
         );
     }
-    let switched: Vec<&VfioConfig> = devices.iter().filter(|c| c.behind_switch).collect();
+    let switched: Vec<&VfioConfig> = devices
+        .iter()
+        .filter(|c| c.behind_switch && !c.behind_bridge)
+        .collect();
     if !switched.is_empty() || spare_switch_ports > 0 {
         add_switch(&mut bus, &mut set, &switched, spare_switch_ports, mem)?;
     }
+    let bridged: Vec<&VfioConfig> = devices.iter().filter(|c| c.behind_bridge).collect();
+    if !bridged.is_empty() {
+        add_bridge(&mut bus, &mut set, &bridged, mem)?;
+    }
     Ok(Some((bus, set)))
+}
+
+/// `n` windows of [`ROOT_PORT_WINDOW`] back to back from the VM's MMIO window, or `full()`.
+fn contiguous_windows(
+    set: &mut VfioSet,
+    n: usize,
+    full: impl Fn() -> Error,
+) -> Result<Vec<(u64, u64)>> {
+    let mut windows: Vec<(u64, u64)> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = set.bars.allocate(ROOT_PORT_WINDOW).ok_or_else(&full)?;
+        if windows.last().is_some_and(|&(_, end)| end != start) {
+            return Err(full());
+        }
+        windows.push((start, start + ROOT_PORT_WINDOW));
+    }
+    Ok(windows)
+}
+
+/// Adds a PCI-to-PCI bridge to `bus` in its next slot with `bridged` in its slots 1, 2, ...
+/// (each function's BARs in a [`ROOT_PORT_WINDOW`] of its own, the bridge's window their
+/// span), its secondary bus the next after every bus a root port reaches.
+fn add_bridge(
+    bus: &mut PciBus,
+    set: &mut VfioSet,
+    bridged: &[&VfioConfig],
+    mem: &GuestMemory,
+) -> Result<()> {
+    let n = bridged.len();
+    let full = || Error::Device {
+        device: "PCI-to-PCI bridge".into(),
+        reason: format!(
+            "{n} function(s) in its slots (cold_plug_vfio = \"bridge-port\") do not fit: the \
+             built-in VMM places each in {} MiB of {:#x}..{:#x} ({} at most), beside the root \
+             bus's {} slots; pass fewer devices",
+            ROOT_PORT_WINDOW >> 20,
+            crate::devices::pci::PCI_MMIO_START,
+            crate::devices::pci::PCI_MMIO_END,
+            (crate::devices::pci::PCI_MMIO_END - crate::devices::pci::PCI_MMIO_START)
+                / ROOT_PORT_WINDOW,
+            crate::devices::pci::PCI_SLOTS - 1,
+        ),
+    };
+    if n > 31 {
+        return Err(full());
+    }
+    let slot = bus.next_slot().ok_or_else(full)?;
+    let secondary = bus
+        .root_ports()
+        .iter()
+        .map(|(_, p)| {
+            p.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .buses()
+                .1
+        })
+        .max()
+        .unwrap_or(0)
+        .checked_add(1)
+        .ok_or_else(full)?;
+    let windows = contiguous_windows(set, n, full)?;
+    let span = match (windows.first(), windows.last()) {
+        (Some(f), Some(l)) => (f.0, l.1),
+        _ => return Err(full()),
+    };
+    let mut children = Vec::with_capacity(n);
+    for (i, (c, (start, end))) in bridged.iter().zip(&windows).enumerate() {
+        let mut alloc = BarAllocator::within(*start, *end);
+        let d = Arc::new(Mutex::new(set.open_in(c, mem, &mut alloc)?));
+        set.devices.push(d.clone());
+        let at = i as u8 + 1;
+        {
+            let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // INTx: slot `at`'s INTA# reaches the bridge's slot as INTA# + at, which the MP
+            // table (INTA# per root-bus slot) does not list: MSI or MSI-X only.
+            d.slot = Some(slot);
+            d.intx_pin = None;
+        }
+        let d: SharedPciDevice = d;
+        children.push((at, d));
+        tracing::info!(
+            bdf = %c.bdf, slot, bus = secondary,
+            "VFIO: cold-plugged at {secondary:02x}:{at:02x}.0 behind PCI bridge 00:{slot:02x}.0"
+        );
+    }
+    let bridge = Bridge::new(
+        BridgeKind::PciBridge,
+        0,
+        secondary,
+        secondary,
+        span,
+        children,
+    );
+    bus.add(Arc::new(Mutex::new(bridge))).ok_or_else(full)?;
+    Ok(())
 }
 
 /// The physical slot number of a switch's `n`-th downstream port: past the root ports'
@@ -965,17 +1078,7 @@ fn add_switch(
     let internal = root_bus.checked_add(1).ok_or_else(full)?;
     let last = u8::try_from(usize::from(internal) + n).map_err(|_| full())?;
     // Windows: one per downstream port, back to back, the switch's the span of them.
-    let mut windows = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = set.bars.allocate(ROOT_PORT_WINDOW).ok_or_else(full)?;
-        if windows
-            .last()
-            .is_some_and(|&(_, end): &(u64, u64)| end != start)
-        {
-            return Err(full());
-        }
-        windows.push((start, start + ROOT_PORT_WINDOW));
-    }
+    let windows = contiguous_windows(set, n, full)?;
     let span = match (windows.first(), windows.last()) {
         (Some(f), Some(l)) => (f.0, l.1),
         _ => return Err(full()),
@@ -1006,13 +1109,8 @@ fn add_switch(
              (root port 00:{slot:02x}.0)", internal + 1 + i
         );
     }
-    let upstream = SwitchUpstream::new(
-        root_bus,
-        internal,
-        last,
-        span,
-        ports.iter().map(|(_, p)| p.clone()).collect(),
-    );
+    let shared: Vec<_> = ports.iter().map(|(_, p)| p.clone()).collect();
+    let upstream = crate::devices::pci::switch::upstream(root_bus, internal, last, span, &shared);
     let mut root = RootPort::new(slot, root_bus, span).with_subordinate(last);
     root.cold_plug(Arc::new(Mutex::new(upstream)));
     bus.add_switch(Arc::new(Mutex::new(root)), &ports)

@@ -299,6 +299,7 @@ fn a_vm_given_an_unusable_function_fails_before_anything_is_bound() {
             dev_vfio: t.path().join("dev-vfio"),
             behind_root_port: false,
             behind_switch: false,
+            behind_bridge: false,
         })
         .prepare()
         .unwrap_err()
@@ -323,6 +324,7 @@ fn a_vm_given_an_unusable_function_fails_before_anything_is_bound() {
             dev_vfio: t.path().join("dev-vfio"),
             behind_root_port: false,
             behind_switch: false,
+            behind_bridge: false,
         })
         .prepare()
         .unwrap_err()

@@ -9,6 +9,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::devices::pci::root_port::PCIE_OFFSET as PORT_PCIE;
+use crate::devices::pci::PciDevice;
 use crate::devices::pci::{PciBus, CONFIG_ADDRESS, CONFIG_DATA};
 use crate::devices::vfio::{build_hierarchy, ROOT_PORT_WINDOW};
 use crate::memory::GuestMemory;
@@ -199,7 +200,7 @@ fn a_switch_that_does_not_fit_is_refused_naming_the_key() {
 
 #[test]
 fn odd_accesses_to_the_upstream_port_are_dropped() {
-    let mut up = SwitchUpstream::new(1, 2, 4, (0xe000_0000, 0xe400_0000), Vec::new());
+    let mut up = upstream(1, 2, 4, (0xe000_0000, 0xe400_0000), &[]);
     let before: Vec<u32> = (0..64).map(|r| up.read(r)).collect();
     up.write(0x3, &[1, 2]);
     up.write(0x1000, &[1]);

@@ -275,6 +275,7 @@ fn a_function_not_on_vfio_pci_is_refused_and_leaves_the_port_empty() {
         dev_vfio: t.path().join("dev-vfio"),
         behind_root_port: true,
         behind_switch: false,
+        behind_bridge: false,
     };
     let wired = AtomicUsize::new(0);
     let Err(e) = plug_into(&bus, &set, &mem(), &c, |_| {

@@ -1,0 +1,309 @@
+//! A type-1 device with devices on its secondary bus: a PCI Express switch's upstream port
+//! ([`BridgeKind::SwitchUpstream`], see [`super::switch`]) or a conventional PCI-to-PCI bridge
+//! ([`BridgeKind::PciBridge`]: on the root bus, functions in slots 1-31 of its secondary bus,
+//! what QEMU's `pci-bridge` and Kata's `bridge-port` give the guest).
+//!
+//! As on the root port, the bus numbers and the memory window (1 MiB granular) are the
+//! guest's to program; the VMM presets them and routing follows what the registers say now:
+//! a configuration cycle for the secondary bus reaches the device in that slot, one for a bus
+//! further down is passed to the children, and a memory access inside the window (with memory
+//! decoding on) is offered to them. No slot of its own, no interrupt, no I/O or prefetchable
+//! window. Every access width and offset is accepted; nothing panics.
+
+use super::root_port::COMMAND_MEMORY;
+use super::{lock, PciDevice, SharedPciDevice};
+
+/// Texas Instruments' XIO3130 upstream port (what QEMU's `x3130-upstream` reports).
+const VENDOR_DEVICE_UPSTREAM: u32 = 0x8232_104c;
+/// Red Hat's id of QEMU's `pci-bridge` (a PCI-to-PCI bridge Linux binds with no quirk).
+const VENDOR_DEVICE_PCI_BRIDGE: u32 = 0x0001_1b36;
+/// Class 0x06 (bridge), subclass 0x04 (PCI-to-PCI), revision 0.
+const CLASS: u32 = 0x0604_0000;
+/// The PCI Express capability's offset (a switch upstream port's only capability).
+pub const PCIE_OFFSET: usize = 0x40;
+/// The PCI Express capability's length (version 2).
+const PCIE_LEN: usize = 0x3c;
+/// PCIe capabilities: version 2, device/port type 5 (switch upstream port), no slot.
+const PCIE_CAPS: u16 = 2 | (5 << 4);
+/// Device capabilities: 128-byte payload, role-based error reporting.
+const DEVICE_CAPS: u32 = 1 << 15;
+/// Link capabilities: 2.5 GT/s, x1.
+const LINK_CAPS: u32 = 1 | (1 << 4);
+/// Link status: 2.5 GT/s, x1.
+const LINK_STATUS: u16 = 1 | (1 << 4);
+/// Command register bits the guest may set: I/O, memory, bus master, parity, SERR, INTx off.
+const COMMAND_WRITABLE: u16 = 0x0547;
+/// Status: capabilities list.
+const STATUS_CAP_LIST: u16 = 1 << 4;
+/// Bridge control bits kept: parity, SERR, ISA, VGA, secondary bus reset.
+const BRIDGE_CONTROL_WRITABLE: u16 = 0x004f;
+
+/// What a [`Bridge`] is to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeKind {
+    /// A PCI Express switch's upstream port (104c:8232, PCIe type 5): its children are the
+    /// switch's downstream ports.
+    SwitchUpstream,
+    /// A conventional PCI-to-PCI bridge (1b36:0001, no PCI Express capability): its children
+    /// are functions in slots 1-31 of its secondary bus.
+    PciBridge,
+}
+
+/// A type-1 device and the devices on its secondary bus.
+pub struct Bridge {
+    kind: BridgeKind,
+    command: u16,
+    line: u8,
+    bridge_control: u16,
+    primary: u8,
+    secondary: u8,
+    subordinate: u8,
+    memory_base: u16,
+    memory_limit: u16,
+    device_control: u16,
+    link_control: u16,
+    device_control2: u16,
+    link_control2: u16,
+    /// The devices on the secondary bus, by device number.
+    children: Vec<(u8, SharedPciDevice)>,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("kind", &self.kind)
+            .field("buses", &(self.primary, self.secondary, self.subordinate))
+            .field("window", &self.window())
+            .field(
+                "children",
+                &self.children.iter().map(|c| c.0).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Bridge {
+    /// A bridge of `kind` on bus `primary` whose secondary bus is `secondary`, the highest
+    /// bus below it `subordinate`, forwarding `window` (start, end exclusive, 1 MiB aligned;
+    /// an empty or unaligned one stays closed) to `children` (by device number on the
+    /// secondary bus).
+    pub fn new(
+        kind: BridgeKind,
+        primary: u8,
+        secondary: u8,
+        subordinate: u8,
+        window: (u64, u64),
+        children: Vec<(u8, SharedPciDevice)>,
+    ) -> Self {
+        let (base, limit) = match window {
+            (s, e) if s < e && s % (1 << 20) == 0 && e % (1 << 20) == 0 && e <= 1 << 32 => {
+                ((s >> 16) as u16 & 0xfff0, ((e - 1) >> 16) as u16 & 0xfff0)
+            }
+            _ => (0xfff0, 0),
+        };
+        Bridge {
+            kind,
+            command: COMMAND_MEMORY,
+            line: 0,
+            bridge_control: 0,
+            primary,
+            secondary,
+            subordinate: subordinate.max(secondary),
+            memory_base: base,
+            memory_limit: limit,
+            device_control: 0,
+            link_control: 0,
+            device_control2: 0,
+            link_control2: 1,
+            children,
+        }
+    }
+
+    /// Its secondary (internal) and subordinate bus numbers, as the guest last programmed
+    /// them.
+    pub fn buses(&self) -> (u8, u8) {
+        (self.secondary, self.subordinate)
+    }
+
+    /// The memory window it forwards now (start, end exclusive), `None` when closed or memory
+    /// decoding is off.
+    pub fn window(&self) -> Option<(u64, u64)> {
+        if self.command & COMMAND_MEMORY == 0 {
+            return None;
+        }
+        let base = u64::from(self.memory_base & 0xfff0) << 16;
+        let end = (u64::from(self.memory_limit & 0xfff0) << 16) + (1 << 20);
+        (base < end).then_some((base, end))
+    }
+
+    /// What it is.
+    pub fn kind(&self) -> BridgeKind {
+        self.kind
+    }
+
+    /// The devices on its secondary bus, by device number.
+    pub fn children(&self) -> &[(u8, SharedPciDevice)] {
+        &self.children
+    }
+
+    /// Whether `slot` of the secondary bus holds a device.
+    pub fn is_occupied(&self, slot: u8) -> bool {
+        self.children.iter().any(|(s, _)| *s == slot)
+    }
+
+    /// Puts `device` in `slot` of its secondary bus; gives it back when the slot is taken.
+    pub fn put(&mut self, slot: u8, device: SharedPciDevice) -> Result<(), SharedPciDevice> {
+        if self.is_occupied(slot) {
+            return Err(device);
+        }
+        self.children.push((slot, device));
+        Ok(())
+    }
+
+    /// Takes the device out of `slot`.
+    pub fn take(&mut self, slot: u8) -> Option<SharedPciDevice> {
+        let at = self.children.iter().position(|(s, _)| *s == slot)?;
+        Some(self.children.remove(at).1)
+    }
+
+    fn has_pcie(&self) -> bool {
+        self.kind == BridgeKind::SwitchUpstream
+    }
+
+    fn pcie_read(&self, at: usize) -> u32 {
+        match at {
+            0x00 => u32::from(PCIE_CAPS) << 16,
+            0x04 => DEVICE_CAPS,
+            0x08 => u32::from(self.device_control),
+            0x0c => LINK_CAPS,
+            0x10 => u32::from(self.link_control) | u32::from(LINK_STATUS) << 16,
+            0x28 => u32::from(self.device_control2),
+            0x30 => u32::from(self.link_control2),
+            _ => 0,
+        }
+    }
+
+    /// The 32-bit configuration register `reg` (dword index; past the space reads as 0s).
+    pub fn read(&self, reg: usize) -> u32 {
+        let off = reg.wrapping_mul(4);
+        if self.has_pcie() && (PCIE_OFFSET..PCIE_OFFSET + PCIE_LEN).contains(&off) {
+            return self.pcie_read(off - PCIE_OFFSET);
+        }
+        match reg {
+            0 if self.kind == BridgeKind::PciBridge => VENDOR_DEVICE_PCI_BRIDGE,
+            0 => VENDOR_DEVICE_UPSTREAM,
+            1 if !self.has_pcie() => u32::from(self.command),
+            1 => u32::from(self.command) | u32::from(STATUS_CAP_LIST) << 16,
+            2 => CLASS,
+            // Header type 1, one function.
+            3 => 0x0001_0000,
+            6 => {
+                u32::from(self.primary)
+                    | u32::from(self.secondary) << 8
+                    | u32::from(self.subordinate) << 16
+            }
+            8 => u32::from(self.memory_base) | u32::from(self.memory_limit) << 16,
+            13 if self.has_pcie() => PCIE_OFFSET as u32,
+            15 => u32::from(self.line) | u32::from(self.bridge_control) << 16,
+            _ => 0,
+        }
+    }
+
+    /// A guest write of `data` (1 to 4 bytes within one dword) at byte `offset`; read-only
+    /// bits keep their values and anything odd is dropped.
+    pub fn write(&mut self, offset: usize, data: &[u8]) {
+        let within = offset % 4;
+        if data.is_empty() || within + data.len() > 4 || offset >= 0x1000 {
+            return;
+        }
+        let dword = offset - within;
+        let mut v = self.read(dword / 4).to_le_bytes();
+        v[within..within + data.len()].copy_from_slice(data);
+        let v = u32::from_le_bytes(v);
+        let written = |lo: usize, hi: usize| within < hi && within + data.len() > lo;
+        match dword {
+            0x04 if written(0, 2) => self.command = v as u16 & COMMAND_WRITABLE,
+            0x18 => {
+                if written(0, 1) {
+                    self.primary = v as u8;
+                }
+                if written(1, 2) {
+                    self.secondary = (v >> 8) as u8;
+                }
+                if written(2, 3) {
+                    self.subordinate = (v >> 16) as u8;
+                }
+            }
+            0x20 => {
+                if written(0, 2) {
+                    self.memory_base = v as u16 & 0xfff0;
+                }
+                if written(2, 4) {
+                    self.memory_limit = (v >> 16) as u16 & 0xfff0;
+                }
+            }
+            0x3c => {
+                if written(0, 1) {
+                    self.line = v as u8;
+                }
+                if written(2, 4) {
+                    self.bridge_control = (v >> 16) as u16 & BRIDGE_CONTROL_WRITABLE;
+                }
+            }
+            _ if !self.has_pcie() => {}
+            d if d == PCIE_OFFSET + 0x08 && written(0, 2) => self.device_control = v as u16,
+            d if d == PCIE_OFFSET + 0x10 && written(0, 2) => self.link_control = v as u16 & 0x0fff,
+            d if d == PCIE_OFFSET + 0x28 && written(0, 2) => self.device_control2 = v as u16,
+            d if d == PCIE_OFFSET + 0x30 && written(0, 2) => self.link_control2 = v as u16,
+            _ => {}
+        }
+    }
+
+    fn forwards(&self, addr: u64, len: usize) -> bool {
+        self.window().is_some_and(|(s, e)| {
+            addr >= s && addr.checked_add(len as u64).is_some_and(|end| end <= e)
+        })
+    }
+}
+
+impl PciDevice for Bridge {
+    fn config_read(&mut self, reg: usize) -> u32 {
+        self.read(reg)
+    }
+    fn config_write(&mut self, offset: usize, data: &[u8]) {
+        self.write(offset, data)
+    }
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
+        self.forwards(addr, data.len())
+            && self
+                .children
+                .iter()
+                .any(|(_, c)| lock(c).mmio_read(addr, data))
+    }
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
+        self.forwards(addr, data.len())
+            && self
+                .children
+                .iter()
+                .any(|(_, c)| lock(c).mmio_write(addr, data))
+    }
+    fn route(&mut self, bus: u8, slot: u8) -> Option<SharedPciDevice> {
+        if bus == self.secondary {
+            return self
+                .children
+                .iter()
+                .find(|(s, _)| *s == slot)
+                .map(|(_, c)| c.clone());
+        }
+        if bus > self.secondary && bus <= self.subordinate {
+            return self
+                .children
+                .iter()
+                .find_map(|(_, c)| lock(c).route(bus, slot));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;
