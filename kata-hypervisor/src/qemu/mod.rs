@@ -662,12 +662,15 @@ impl Qemu {
         } else {
             (devices, Vec::new())
         };
-        let clone_memory = self.vm_dir.join(template::MEMORY_FILE);
-        if let (Some((dir, _lock)), true) = (&template, share_port) {
-            let t0 = std::time::Instant::now();
-            let copied = template::copy_memory(dir, &clone_memory)?;
-            tracing::debug!(sandbox_id = %self.id, mib = copied >> 20, took = ?t0.elapsed(), "template memory copied for the clone's virtio-fs");
-        }
+        let clone_memory = match (&template, share_port) {
+            (Some((dir, _lock)), true) => {
+                let t0 = std::time::Instant::now();
+                let (memory, copied) = template::CloneMemory::copy_from(dir)?;
+                tracing::debug!(sandbox_id = %self.id, mib = copied >> 20, took = ?t0.elapsed(), "template memory copied for the clone's virtio-fs");
+                Some(memory)
+            }
+            _ => None,
+        };
         let helpers_ready = run.vsock_backend.is_some().then(std::time::Instant::now);
         *self.start_marks.lock().unwrap() = crate::hypervisor::StartMarks::new(helpers_ready, None);
 
@@ -708,10 +711,11 @@ impl Qemu {
         };
         let mut args = cmdline::build_args(&launch)?;
         let template_dir = Path::new(&self.config.factory.template_path);
+        let clone_memory_path = clone_memory.as_ref().map(template::CloneMemory::path);
         template::adjust_args(
             self.role,
             template_dir,
-            &clone_memory,
+            clone_memory_path.as_deref(),
             share_port,
             &mut args,
         )?;
@@ -738,6 +742,8 @@ impl Qemu {
             .flatten()
             .collect();
         tap_fds.extend(handed.iter().flat_map(|h| h.raw_fds()));
+        // A virtio-fs clone's memory, which QEMU maps by its descriptor's number.
+        tap_fds.extend(clone_memory.as_ref().map(template::CloneMemory::raw_fd));
         let mut command = tokio::process::Command::new(&qemu);
         command
             .args(&args)
@@ -766,6 +772,7 @@ impl Qemu {
             .map_err(|e| Error::io(format!("starting {} confined", qemu.display()), e))?;
         // QEMU holds the handed sockets now; ours close.
         drop(handed);
+        drop(clone_memory);
         let proc = Supervised::new("qemu", child);
         let failed = |how: String| Error::StartFailed {
             vmm: "qemu".into(),

@@ -28,9 +28,11 @@
 //! guest's driver has started it), before `CreateSandbox`. virtiofsd maps the guest memory
 //! itself, so it must be shared memory: a private copy-on-write mapping would show virtiofsd
 //! the template's pages (and let it write into them). Such a clone's memory is therefore its
-//! own file, a sparse copy of the template's memory in the VM directory mapped shared
-//! ([`copy_memory`]): the start is still a restore, not a boot, but the clones do not share
-//! the template's pages. The manifest records the hot-plugged share
+//! own: a memfd holding a sparse copy of the template's memory, mapped shared
+//! ([`CloneMemory`]): the start is still a restore, not a boot, but the clones do not share
+//! the template's pages. The spare port does not change the firmware choice (qboot where
+//! nothing else needs SeaBIOS): the guest kernel numbers the port's bus and places the
+//! device's windows itself when the share is plugged (the lab's clones run so). The manifest records the hot-plugged share
 //! ([`TemplateManifest::hotplugged`]), so a template saved with virtio-9p or no share is told
 //! apart from one saved for virtio-fs.
 //!
@@ -354,11 +356,12 @@ pub fn check_start(vsock: &VsockDevice, devices: &[DeviceConfig]) -> Result<()> 
 /// memory from the template's file (shared for the template, private for a clone), and a
 /// clone waits for its state (`-incoming defer`) paused (`-S`). With `share_port` (virtio-fs,
 /// [`share_hotplugged`]) both get the spare root port [`SHARE_PORT`], and a clone's memory is
-/// its own copy `clone_memory` ([`copy_memory`]) mapped shared, which virtiofsd can map too.
+/// its own copy at `clone_memory` ([`CloneMemory::path`]) mapped shared, which virtiofsd can
+/// map too.
 pub fn adjust_args(
     role: Role,
     template_dir: &Path,
-    clone_memory: &Path,
+    clone_memory: Option<&Path>,
     share_port: bool,
     args: &mut Vec<String>,
 ) -> Result<()> {
@@ -366,7 +369,14 @@ pub fn adjust_args(
         (Role::None, _) => return Ok(()),
         (Role::Template, _) => (template_dir.join(MEMORY_FILE), "on"),
         (Role::Clone, false) => (template_dir.join(MEMORY_FILE), "off"),
-        (Role::Clone, true) => (clone_memory.to_path_buf(), "on"),
+        (Role::Clone, true) => (
+            clone_memory
+                .ok_or_else(|| {
+                    refused("VM templating: a virtio-fs clone without its memory".into())
+                })?
+                .to_path_buf(),
+            "on",
+        ),
     };
     let backend = args
         .iter_mut()
@@ -400,25 +410,51 @@ pub fn adjust_args(
     Ok(())
 }
 
-/// Copies the template's memory file to `to` (a clone's own memory, [`adjust_args`]) keeping
-/// its holes: only the pages the template's guest touched are copied (`SEEK_DATA`/`SEEK_HOLE`,
-/// each extent with the kernel's `copy_file_range`). Returns the bytes copied.
-pub fn copy_memory(dir: &TemplateDir, to: &Path) -> Result<u64> {
+/// A clone's own guest memory with virtio-fs ([`adjust_args`]): a memfd holding a sparse copy
+/// of the template's memory, which QEMU inherits open and maps by `/proc/self/fd/<n>` (so no
+/// file in a directory: no filesystem's size limit, never written back to a disk, gone with
+/// the last process that holds it).
+#[derive(Debug)]
+pub struct CloneMemory {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl CloneMemory {
+    /// Copies the template's memory into a new memfd, keeping its holes: only the pages the
+    /// template's guest touched are copied (`SEEK_DATA`/`SEEK_HOLE`, each extent with the
+    /// kernel's copy). Returns it and the bytes copied.
+    pub fn copy_from(dir: &TemplateDir) -> Result<(CloneMemory, u64)> {
+        let memfd = nix::sys::memfd::memfd_create(
+            c"kata-clone-memory",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .map_err(|e| Error::io("creating the clone's memory (memfd_create)", e.into()))?;
+        let mut dst = std::fs::File::from(memfd);
+        let copied = copy_sparse(&dir.path().join(MEMORY_FILE), &mut dst)?;
+        Ok((CloneMemory { fd: dst.into() }, copied))
+    }
+
+    /// The descriptor QEMU must inherit.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd as _;
+        self.fd.as_raw_fd()
+    }
+
+    /// The `mem-path` QEMU maps it by (its own descriptor of the same number).
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.raw_fd()))
+    }
+}
+
+/// Copies the file `from` into `dst` (sized to it), its data extents only.
+fn copy_sparse(from: &Path, dst: &mut std::fs::File) -> Result<u64> {
     use std::io::{Seek as _, SeekFrom};
     use std::os::fd::AsFd as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let from = dir.path().join(MEMORY_FILE);
     let err = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", from.display()), e);
-    let mut src = std::fs::File::open(&from).map_err(|e| err("opening", e))?;
+    let mut src = std::fs::File::open(from).map_err(|e| err("opening", e))?;
     let len = src.metadata().map_err(|e| err("reading", e))?.len();
-    let mut dst = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(to)
-        .map_err(|e| Error::io(format!("creating {}", to.display()), e))?;
     dst.set_len(len)
-        .map_err(|e| Error::io(format!("sizing {}", to.display()), e))?;
+        .map_err(|e| Error::io("sizing the clone's memory", e))?;
     let seek = |f: &std::fs::File, at: u64, whence| {
         nix::unistd::lseek(f.as_fd(), at as i64, whence).map(|o| o as u64)
     };
@@ -437,8 +473,8 @@ pub fn copy_memory(dir: &TemplateDir, to: &Path) -> Result<u64> {
         src.seek(SeekFrom::Start(start))
             .and_then(|_| dst.seek(SeekFrom::Start(start)))
             .map_err(|e| err("seeking in", e))?;
-        std::io::copy(&mut std::io::Read::take(&mut src, end - start), &mut dst)
-            .map_err(|e| Error::io(format!("copying {} to {}", from.display(), to.display()), e))?;
+        std::io::copy(&mut std::io::Read::take(&mut src, end - start), dst)
+            .map_err(|e| err("copying the clone's memory from", e))?;
         copied += end - start;
         at = end;
     }
@@ -883,21 +919,21 @@ mod tests {
     fn the_template_maps_its_memory_file_shared_and_a_clone_private_waiting_for_its_state() {
         let dir = Path::new("/run/vc/vm/template");
         let mut t = args();
-        adjust_args(Role::Template, dir, Path::new("/vm/memory"), false, &mut t).unwrap();
+        adjust_args(Role::Template, dir, None, false, &mut t).unwrap();
         assert_eq!(
             t[3],
             "memory-backend-file,id=mem0,size=256M,mem-path=/run/vc/vm/template/memory,share=on"
         );
         assert!(!t.contains(&"-incoming".to_string()), "{t:?}");
         let mut c = args();
-        adjust_args(Role::Clone, dir, Path::new("/vm/memory"), false, &mut c).unwrap();
+        adjust_args(Role::Clone, dir, None, false, &mut c).unwrap();
         assert_eq!(
             c[3],
             "memory-backend-file,id=mem0,size=256M,mem-path=/run/vc/vm/template/memory,share=off"
         );
         assert_eq!(&c[6..], ["-incoming", "defer", "-S"]);
         let mut n = args();
-        adjust_args(Role::None, dir, Path::new("/vm/memory"), true, &mut n).unwrap();
+        adjust_args(Role::None, dir, None, true, &mut n).unwrap();
         assert_eq!(n, args());
     }
 
@@ -906,26 +942,25 @@ mod tests {
         let dir = Path::new("/run/vc/vm/template");
         let port = "pcie-root-port,id=rp-share,bus=pcie.0,chassis=90,slot=90";
         let mut t = args();
-        adjust_args(
-            Role::Template,
-            dir,
-            Path::new("/vm/c1/memory"),
-            true,
-            &mut t,
-        )
-        .unwrap();
+        adjust_args(Role::Template, dir, None, true, &mut t).unwrap();
         assert_eq!(
             t[3],
             "memory-backend-file,id=mem0,size=256M,mem-path=/run/vc/vm/template/memory,share=on"
         );
         assert_eq!(&t[6..], ["-device", port]);
         let mut c = args();
-        adjust_args(Role::Clone, dir, Path::new("/vm/c1/memory"), true, &mut c).unwrap();
+        let memory = Path::new("/proc/self/fd/9");
+        adjust_args(Role::Clone, dir, Some(memory), true, &mut c).unwrap();
         assert_eq!(
             c[3],
-            "memory-backend-file,id=mem0,size=256M,mem-path=/vm/c1/memory,share=on"
+            "memory-backend-file,id=mem0,size=256M,mem-path=/proc/self/fd/9,share=on"
         );
         assert_eq!(&c[6..], ["-device", port, "-incoming", "defer", "-S"]);
+        // A virtio-fs clone never maps the template's file itself.
+        let e = adjust_args(Role::Clone, dir, None, true, &mut args())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without its memory"), "{e}");
     }
 
     fn share(kind: SharedFs) -> DeviceConfig {
@@ -960,11 +995,11 @@ mod tests {
             f.write_all(&[0xa5; 8192]).unwrap();
         }
         drop(f);
-        let to = tmp.path().join("clone-memory");
-        let copied = copy_memory(&dir, &to).unwrap();
+        let (memory, copied) = CloneMemory::copy_from(&dir).unwrap();
+        // Read back by its path, as QEMU opens it.
         let (a, b) = (
             std::fs::read(tmp.path().join(MEMORY_FILE)).unwrap(),
-            std::fs::read(&to).unwrap(),
+            std::fs::read(memory.path()).unwrap(),
         );
         assert!(a == b, "the copy differs from the template's memory");
         // Only the written extents (a filesystem may round them to its blocks).
@@ -972,9 +1007,14 @@ mod tests {
             (16384..(4 << 20)).contains(&copied),
             "copied {copied} bytes"
         );
-        assert!(std::fs::metadata(&to).unwrap().blocks() * 512 < 8 << 20);
-        // A clone's memory file is never overwritten.
-        assert!(copy_memory(&dir, &to).is_err());
+        let blocks = std::fs::metadata(memory.path()).unwrap().blocks();
+        assert!(blocks * 512 < 8 << 20, "{blocks} blocks allocated");
+        // Each clone its own.
+        let (other, _) = CloneMemory::copy_from(&dir).unwrap();
+        assert_ne!(
+            std::fs::metadata(other.path()).unwrap().ino(),
+            std::fs::metadata(memory.path()).unwrap().ino()
+        );
     }
 
     /// A fake QEMU monitor answering each command from `answer` (by name; `{}` otherwise).

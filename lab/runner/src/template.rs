@@ -24,10 +24,10 @@
 //! ([`TEMPLATE_DIR_FS`]): a fresh virtio-fs sandbox, then two templated ones (the first makes
 //! the template). Each runs its container from a rootfs copy of its own; the container's root
 //! must be a virtiofs mount, its clone's QEMU must map its own copy of the template's memory
-//! (`mem-path=<vm dir>/memory,share=on`, `-incoming defer`), and a file each container writes
-//! to its root must be seen by it alone and land in its own rootfs copy on the host (two
-//! clones' shares are distinct). Figure: a virtio-fs clone's `build()` against the fresh
-//! virtio-fs boot.
+//! (a memfd it inherited: `mem-path=/proc/self/fd/<n>,share=on`, `-incoming defer`), and a
+//! file each container writes to its root must be seen by it alone and land in its own rootfs
+//! copy on the host (two clones' shares are distinct). Figures: a virtio-fs clone's `build()`
+//! and QEMU PSS against the fresh virtio-fs VM's.
 //!
 //! `KATA_LAB_TEMPLATE=only` on the host runs this check alone (`lab.template` on L1's command
 //! line; the runner then runs no VMM set and the other checks never report).
@@ -395,6 +395,8 @@ async fn virtio_fs(rootfs: &Path, root_dir: &str) -> Result<String> {
             }
         }
     }
+    // PSS with both clones running: each maps its own copy of the template's memory.
+    let pss: Vec<u64> = clones.iter().filter_map(|s| qemu_pss_kib(s).ok()).collect();
     let dirs: Vec<_> = clones.iter().map(|s| s.dir().to_path_buf()).collect();
     for s in clones {
         s.shutdown().await?;
@@ -421,6 +423,30 @@ async fn virtio_fs(rootfs: &Path, root_dir: &str) -> Result<String> {
             ),
         )
     );
+    if pss.len() == 2 {
+        let clone_pss = pss.iter().sum::<u64>() / 2;
+        println!(
+            "{}",
+            kata_lab::protocol::figure_line(
+                "qemu-template-virtio-fs-clone-vs-fresh-pss",
+                clone_pss as f64 / f.pss_kib as f64,
+                "ratio",
+                &format!(
+                    "QEMU PSS per virtio-fs clone {:.1} MiB (mean of 2 running clones: {pss:?} \
+                     kB; each maps its own memory copy) / fresh virtio-fs VM {:.1} MiB",
+                    clone_pss as f64 / 1024.0,
+                    f.pss_kib as f64 / 1024.0
+                ),
+            )
+        );
+    }
+    let firmware = seen[1]
+        .qemu_cmdline
+        .split(" -bios ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or("QEMU's default (SeaBIOS)")
+        .to_string();
     for (i, s) in seen.iter().enumerate() {
         let id = ids[i + 1];
         let backend = s
@@ -430,11 +456,11 @@ async fn virtio_fs(rootfs: &Path, root_dir: &str) -> Result<String> {
             .unwrap_or_default();
         ensure!(
             s.qemu_cmdline.contains("-incoming defer")
-                && backend.contains(id)
-                && backend.ends_with("/memory,share=on")
+                && backend.contains("mem-path=/proc/self/fd/")
+                && backend.ends_with(",share=on")
                 && !s.qemu_cmdline.contains("vhost-user-fs")
                 && s.qemu_cmdline.contains("id=rp-share"),
-            "{id}'s QEMU was not started as a virtio-fs clone (its own memory copy shared, \
+            "{id}'s QEMU was not started as a virtio-fs clone (its own memory copy, a memfd, shared, \
              -incoming defer, no vhost-user-fs on the command line, rp-share): {}",
             s.qemu_cmdline
         );
@@ -476,8 +502,8 @@ async fn virtio_fs(rootfs: &Path, root_dir: &str) -> Result<String> {
         let _ = std::fs::remove_dir_all(c);
     }
     Ok(format!(
-        "2 clones with their share hot-plugged (roots {:?}, markers {:?}), build() clone {:.0} \
-         ms vs fresh {:.0} ms",
+        "2 clones with their share hot-plugged (roots {:?}, markers {:?}, firmware {firmware}), \
+         build() clone {:.0} ms vs fresh {:.0} ms",
         seen.iter().map(|s| s.root_fs.as_str()).collect::<Vec<_>>(),
         seen.iter().map(|s| s.marks.as_str()).collect::<Vec<_>>(),
         ms(seen[1].build),
