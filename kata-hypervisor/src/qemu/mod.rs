@@ -770,7 +770,7 @@ impl Qemu {
         let child = command
             .spawn()
             .map_err(|e| Error::io(format!("starting {} confined", qemu.display()), e))?;
-        // QEMU holds the handed sockets now; ours close.
+        // QEMU holds the handed sockets (and a clone's memory) now; ours close.
         drop(handed);
         drop(clone_memory);
         let proc = Supervised::new("qemu", child);
