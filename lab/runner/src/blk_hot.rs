@@ -7,10 +7,11 @@
 //! marker file) is a container's block volume: kata-sandbox hot-plugs it
 //! (`Hypervisor::add_device`: kata-vmm's virtio-pci transport in the port's slot, the guest's
 //! pciehp brings it up, the agent's `virtio-blk-pci` storage driver waits for the PCI path
-//! `01/00` and mounts it) and the container reads the marker through it, its disk's sysfs
-//! path under the root port. Once the container is deleted the disk is gone from the guest
-//! (`/sys/block` as before it: the attention button, the guest powered the slot off), and a
-//! second container gets the same volume through the same port.
+//! `01/00` and mounts it) and the container reads the marker through it and writes a file,
+//! its disk's sysfs path under the root port. Once the container is deleted the disk is gone
+//! from the guest (`/sys/block` as before it: the attention button, the guest powered the slot
+//! off), and a second container gets the same volume read-only through the same port (the
+//! marker read, a write refused: `VIRTIO_BLK_F_RO`).
 //!
 //! `KATA_LAB_BLK=only` on the host runs this check alone (`lab.blk` on L1's command line; the
 //! runner then runs no VMM set and the other checks never report).
@@ -49,26 +50,28 @@ async fn guest_disks(sandbox: &Sandbox, rootfs: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// A container with `image` as its ext4 block volume at `/disk`, running `script`.
-fn with_volume(rootfs: &Path, image: &Path, script: &str) -> ContainerSpec {
+/// A container with `image` as its ext4 block volume at `/disk` (read-only with `ro`), running
+/// `script`.
+fn with_volume(rootfs: &Path, image: &Path, ro: bool, script: &str) -> ContainerSpec {
     let mut oci = kata_sandbox::oci_spec::runtime::Spec::default();
     let mut mounts = oci.mounts().clone().unwrap_or_default();
     let mut m = kata_sandbox::oci_spec::runtime::Mount::default();
     m.set_typ(Some("ext4".into()));
     m.set_source(Some(image.to_path_buf()));
     m.set_destination("/disk".into());
-    m.set_options(Some(Vec::new()));
+    m.set_options(Some(if ro { vec!["ro".into()] } else { Vec::new() }));
     mounts.push(m);
     oci.set_mounts(Some(mounts));
     ContainerSpec::from_oci(oci, rootfs).args(["sh", "-c", script])
 }
 
-/// One container reading the marker from the volume; returns the disk it added and that
-/// disk's sysfs path.
+/// One container reading the marker from the volume and trying a write (refused with `ro`);
+/// returns the disk it added and that disk's sysfs path.
 async fn read_through_disk(
     sandbox: &Sandbox,
     rootfs: &Path,
     image: &Path,
+    ro: bool,
     before: &[String],
     which: &str,
 ) -> Result<(String, String)> {
@@ -77,9 +80,11 @@ async fn read_through_disk(
         .run(with_volume(
             rootfs,
             image,
+            ro,
             &format!(
                 "cat {marker}; for d in /sys/block/*; do echo \"disk ${{d##*/}} $(readlink -f \
-                 $d)\"; done"
+                 $d)\"; done; if touch /disk/{which} 2>/dev/null; then echo write ok; else \
+                 echo write refused; fi"
             ),
         ))
         .await
@@ -95,6 +100,12 @@ async fn read_through_disk(
         .filter_map(|l| l.split_once(' '))
         .filter(|(name, _)| !before.iter().any(|b| b == name))
         .collect();
+    let want = if ro { "write refused" } else { "write ok" };
+    ensure!(
+        text.lines().any(|l| l == want),
+        "the {which} container's {} volume: {want} expected: {text:?}",
+        if ro { "read-only" } else { "read-write" }
+    );
     let [(name, path)] = added[..] else {
         anyhow::bail!("the {which} container's guest has not exactly one new disk: {text:?}");
     };
@@ -128,14 +139,15 @@ pub async fn builtin_blk_hot(rootfs: &Path, root_dir: &str) -> Result<String> {
         .context("the sandbox with a spare root port did not start")?;
     let checked = async {
         let before = guest_disks(&sandbox, rootfs).await?;
-        let (first, path) = read_through_disk(&sandbox, rootfs, &image, &before, "first").await?;
+        let (first, path) =
+            read_through_disk(&sandbox, rootfs, &image, false, &before, "first").await?;
         let after = guest_disks(&sandbox, rootfs).await?;
         ensure!(
             after == before,
             "disk {first} stayed in the guest after its container was deleted: {after:?} \
              (before: {before:?})"
         );
-        let (second, _) = read_through_disk(&sandbox, rootfs, &image, &before, "second")
+        let (second, _) = read_through_disk(&sandbox, rootfs, &image, true, &before, "second")
             .await
             .context("the port was not free again for the second container")?;
         ensure!(
@@ -144,8 +156,9 @@ pub async fn builtin_blk_hot(rootfs: &Path, root_dir: &str) -> Result<String> {
         );
         Ok(format!(
             "an ext4 volume hot-plugged as virtio-blk-pci behind root port 00:01.0 ({first}: \
-             {path}), its marker read; gone from the guest after the delete; the same port \
-             took the second container's disk ({second})"
+             {path}), its marker read and a file written; gone from the guest after the \
+             delete; the same port took the second container's disk, read-only ({second}: the \
+             marker read, a write refused)"
         ))
     }
     .await;
