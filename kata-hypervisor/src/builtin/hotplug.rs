@@ -5,7 +5,9 @@
 //! reports presence and raises the port's MSI, the guest's pciehp brings the function up).
 //! The guest PCI path is `<port slot>/00`. With `hot_plug_vfio = "switch-port"` the VM has a
 //! PCIe switch with `pcie_switch_port` empty downstream ports instead, plugged and released
-//! the same way, and the path is `<switch's root port slot>/00/<downstream port>/00`. Removing it presses the slot's attention button
+//! the same way, and the path is `<switch's root port slot>/00/<downstream port>/00`. With
+//! `"bridge-port"` a PCI bridge with SHPC slots: the path is `<bridge slot>/<slot>` (from 1),
+//! the unplug waits for the guest's shpchp to disable the slot. Removing it presses the slot's attention button
 //! and waits (at most [`UNPLUG_WAIT`]) for the guest to power the slot off; then the function
 //! is closed and the port is free for the next device.
 //!
@@ -74,10 +76,13 @@ pub(super) async fn add(
         return Err(super::vfio::hot_plug_refused(v));
     };
     if handle.free_ports() == 0 {
-        let (capacity, key) = if c.hot_plug_vfio == PciePort::SwitchPort {
-            (c.pcie_switch_port, "pcie_switch_port")
-        } else {
-            (c.pcie_root_port, "pcie_root_port")
+        let (capacity, key) = match c.hot_plug_vfio {
+            PciePort::SwitchPort => (c.pcie_switch_port, "pcie_switch_port"),
+            PciePort::BridgePort => (
+                u32::from(super::vfio::BRIDGE_HOT_SLOTS),
+                "the bridge's slots (fixed)",
+            ),
+            _ => (c.pcie_root_port, "pcie_root_port"),
         };
         return Err(Error::NoFreePort {
             device: v.id.clone(),

@@ -276,6 +276,7 @@ impl Builtin {
         }
         b = b.spare_root_ports(hotplug::spare_ports(&self.config));
         b = b.spare_switch_ports(vfio::spare_switch_ports(&self.config));
+        b = b.spare_bridge_slots(vfio::spare_bridge_slots(&self.config));
         Ok(b)
     }
 
@@ -481,7 +482,8 @@ impl Hypervisor for Builtin {
             let handle = lock(&self.vm).as_ref().and_then(|vm| vm.vfio_hotplug());
             if handle.is_none()
                 && (hotplug::spare_ports(&self.config) > 0
-                    || self.config.hot_plug_vfio == crate::device::PciePort::SwitchPort)
+                    || self.config.hot_plug_vfio == crate::device::PciePort::SwitchPort
+                    || self.config.hot_plug_vfio == crate::device::PciePort::BridgePort)
             {
                 return Err(Error::NotRunning(self.state().to_string()));
             }

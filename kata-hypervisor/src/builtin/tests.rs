@@ -280,7 +280,7 @@ fn switch_bridge_and_hot_plug_ports_are_refused_by_key() {
         (NoPort, RootPort, 16, 0, "pcie_root_port"),
         (RootPort, RootPort, 1, 0, "hot_plug_vfio"),
         (NoPort, SwitchPort, 1, 0, "hot_plug_vfio"),
-        (NoPort, BridgePort, 1, 0, "hot_plug_vfio"),
+        (NoPort, BridgePort, 1, 0, "pcie_root_port"),
         (NoPort, NoPort, 0, 1, "pcie_switch_port"),
     ] {
         let c = HypervisorConfig {
@@ -314,6 +314,7 @@ fn switch_bridge_and_hot_plug_ports_are_refused_by_key() {
         (SwitchPort, NoPort, 2),
         (NoPort, SwitchPort, 2),
         (BridgePort, NoPort, 0),
+        (NoPort, BridgePort, 0),
     ] {
         let c = HypervisorConfig {
             cold_plug_vfio: cold,

@@ -14,7 +14,8 @@
 //! behind the bridge). With `hot_plug_vfio = "root-port"` (and `cold_plug_vfio
 //! = "no-port"`) the VM gets `pcie_root_port` spare root ports for hot-plug (see `hotplug`),
 //! with `hot_plug_vfio = "switch-port"` a switch with `pcie_switch_port` empty downstream
-//! ports; bridge-port hot-plug is refused naming the key, and so is a hot-plug into a VM without
+//! ports, with `"bridge-port"` a PCI bridge with [`BRIDGE_HOT_SLOTS`] SHPC slots; the
+//! refusals name the key, and so is a hot-plug into a VM without
 //! spare ports (naming the device and the keys). The functions' interrupts are kata-vmm's
 //! (`kata_vmm::devices::vfio::irq`): MSI and MSI-X through KVM MSI routes (MSI-X's table
 //! emulated and trapped in its BAR), INTx on the IOAPIC pin the MP table names.
@@ -117,16 +118,27 @@ pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
             })
         }
         PciePort::SwitchPort => {}
-        other @ PciePort::BridgePort => {
+        PciePort::BridgePort if c.cold_plug_vfio != PciePort::NoPort => {
             return Err(Error::InvalidConfig {
                 key: "hot_plug_vfio",
-                value: other.to_string(),
-                reason: "the built-in VMM hot-plugs behind PCIe root ports and switch ports \
-                         (its PCI bridge takes cold-plugged functions only: no SHPC): set hot_plug_vfio = \"root-port\" with pcie_root_port \
-                         or \"switch-port\" with pcie_switch_port, or use [hypervisor.qemu]"
+                value: c.hot_plug_vfio.to_string(),
+                reason: format!(
+                    "cold_plug_vfio (\"{}\") and hot_plug_vfio cannot both be enabled; set one \
+                     to no-port",
+                    c.cold_plug_vfio
+                ),
+            })
+        }
+        PciePort::BridgePort if c.pcie_root_port > 0 => {
+            return Err(Error::InvalidConfig {
+                key: "pcie_root_port",
+                value: c.pcie_root_port.to_string(),
+                reason: "hot_plug_vfio = \"bridge-port\" plugs into the PCI bridge's slots: \
+                         leave pcie_root_port at 0"
                     .into(),
             })
         }
+        PciePort::BridgePort => {}
     }
     if c.pcie_switch_port > 0
         && c.cold_plug_vfio != PciePort::SwitchPort
@@ -153,6 +165,20 @@ pub(super) fn vmm_config(c: &HypervisorConfig, v: &VfioDevice) -> VfioConfig {
         PciePort::SwitchPort => f.behind_switch(),
         PciePort::BridgePort => f.behind_bridge(),
         PciePort::NoPort => f,
+    }
+}
+
+/// The SHPC slots the built-in VMM's PCI bridge gets for `hot_plug_vfio = "bridge-port"`
+/// (Kata's bridge has 31; each slot takes 32 MiB of the MMIO window, which holds 15).
+pub(super) const BRIDGE_HOT_SLOTS: u8 = 8;
+
+/// The SHPC slots of the VM's bridge (`BRIDGE_HOT_SLOTS` with `hot_plug_vfio =
+/// "bridge-port"`, none otherwise).
+pub(super) fn spare_bridge_slots(c: &HypervisorConfig) -> u8 {
+    if c.hot_plug_vfio == PciePort::BridgePort {
+        BRIDGE_HOT_SLOTS
+    } else {
+        0
     }
 }
 
@@ -306,9 +332,26 @@ mod tests {
         let hot = HypervisorConfig {
             cold_plug_vfio: PciePort::NoPort,
             hot_plug_vfio: PciePort::BridgePort,
-            ..c
+            ..c.clone()
         };
-        let e = check_ports(&hot).unwrap_err().to_string();
-        assert!(e.contains("hot_plug_vfio") && e.contains("SHPC"), "{e}");
+        check_ports(&hot).unwrap();
+        assert_eq!(spare_bridge_slots(&hot), BRIDGE_HOT_SLOTS);
+        assert_eq!(spare_bridge_slots(&c), 0);
+        let both = HypervisorConfig {
+            cold_plug_vfio: PciePort::BridgePort,
+            ..hot.clone()
+        };
+        assert!(check_ports(&both)
+            .unwrap_err()
+            .to_string()
+            .contains("hot_plug_vfio"));
+        let root = HypervisorConfig {
+            pcie_root_port: 1,
+            ..hot
+        };
+        assert!(check_ports(&root)
+            .unwrap_err()
+            .to_string()
+            .contains("pcie_root_port"));
     }
 }

@@ -114,6 +114,9 @@ pub struct VmConfig {
     /// Empty downstream ports of a PCIe switch for VFIO hot-plug (after those of the functions
     /// cold-plugged behind the switch); the switch exists when this or such a function does.
     pub spare_switch_ports: u8,
+    /// Empty SHPC slots of a PCI-to-PCI bridge for VFIO hot-plug (after those of the functions
+    /// cold-plugged on the bridge).
+    pub spare_bridge_slots: u8,
     /// MiB of memory the guest can grow by through virtio-mem (0: no hotplug device).
     pub hotplug_memory_mib: u64,
     /// A virtio-balloon (last of the devices), with or without free page reporting.
@@ -147,6 +150,7 @@ impl VmBuilder {
                 vfio: Vec::new(),
                 spare_root_ports: 0,
                 spare_switch_ports: 0,
+                spare_bridge_slots: 0,
                 hotplug_memory_mib: 0,
                 balloon: None,
             },
@@ -251,6 +255,13 @@ impl VmBuilder {
         self
     }
 
+    /// Gives the VM a PCI-to-PCI bridge with `n` empty SHPC slots (after those of the
+    /// functions cold-plugged on it) for VFIO hot-plug.
+    pub fn spare_bridge_slots(mut self, n: u8) -> Self {
+        self.config.spare_bridge_slots = n;
+        self
+    }
+
     /// Lets the guest grow by up to `mib` MiB through a virtio-mem device (its hotplug region
     /// is rounded up to whole 128 MiB memory blocks); [`Vm::memory_hotplug`] is its handle.
     pub fn hotplug_memory_mib(mut self, mib: u64) -> Self {
@@ -299,7 +310,9 @@ impl VmBuilder {
                     .into(),
             });
         }
-        if c.hotplug_memory_mib > 0 && (c.spare_root_ports > 0 || c.spare_switch_ports > 0) {
+        if c.hotplug_memory_mib > 0
+            && (c.spare_root_ports > 0 || c.spare_switch_ports > 0 || c.spare_bridge_slots > 0)
+        {
             return Err(Error::Device {
                 device: format!("VM {}", c.name),
                 reason: "memory hotplug (virtio-mem) with spare root ports for VFIO hot-plug: \
@@ -322,6 +335,7 @@ impl VmBuilder {
             &c.vfio,
             c.spare_root_ports,
             c.spare_switch_ports,
+            c.spare_bridge_slots,
             mem,
         )?;
 
@@ -487,6 +501,7 @@ impl VmBuilder {
             pci: pci.map(|(bus, set)| (Arc::new(Mutex::new(bus)), set)),
             spare_root_ports: c.spare_root_ports,
             spare_switch_ports: c.spare_switch_ports,
+            spare_bridge_slots: c.spare_bridge_slots,
             hotplug,
             balloon,
         })
@@ -532,6 +547,8 @@ pub struct PreparedVm {
     pub(crate) spare_root_ports: u8,
     /// How many of the switch's downstream ports are spare (for VFIO hot-plug).
     pub(crate) spare_switch_ports: u8,
+    /// How many of the PCI bridge's SHPC slots are spare (for VFIO hot-plug).
+    pub(crate) spare_bridge_slots: u8,
     /// The virtio-mem device's handle, when the VM can grow.
     pub(crate) hotplug: Option<MemHandle>,
     /// The balloon's handle, when the VM has one.

@@ -325,7 +325,9 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
                 crate::devices::vfio::hotplug::wire_port_msi(&mut port, kvm.fd(), &router)?;
             }
             let set = Arc::new(Mutex::new(set));
-            if p.spare_root_ports > 0 || p.spare_switch_ports > 0 {
+            // The PCI bridges' SHPC MSI too.
+            crate::devices::vfio::hotplug::wire_bridges_msi(&bus, kvm.fd(), &router)?;
+            if p.spare_root_ports > 0 || p.spare_switch_ports > 0 || p.spare_bridge_slots > 0 {
                 vfio_hotplug = Some(crate::devices::vfio::hotplug::VfioHotplug::new(
                     bus.clone(),
                     set.clone(),

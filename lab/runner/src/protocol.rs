@@ -140,6 +140,7 @@ pub const BUILTIN_VFIO_CHECKS: &[&str] = &[
     // The edu in slot 1 of kata-vmm's PCI-to-PCI bridge.
     "vfio-cold-bridge-port",
     "vfio-mode-cold-bridge-port",
+    "vfio-hot-bridge-port",
 ];
 
 /// The figure comparing the two VMMs' boot-to-agent-ready times (built-in / QEMU, issue 11's
@@ -987,11 +988,11 @@ mod tests {
         assert!(expected.contains(&"builtin-shutdown-clean".to_string()));
         assert!(expected.contains(&"qemu-vhost-vsock".to_string()));
         assert!(!expected.contains(&"builtin-vhost-vsock".to_string()));
-        // The built-in VMM's VFIO checks are its own list, not QEMU's: a switch, no bridge.
+        // The built-in VMM's VFIO checks are its own list, not QEMU's: a switch and a bridge.
         assert!(expected.contains(&"builtin-vfio-cold".to_string()));
         assert!(expected.contains(&"builtin-vfio-hot-root-port".to_string()));
         assert!(expected.contains(&"builtin-vfio-hot-switch-port".to_string()));
-        assert!(!expected.contains(&"builtin-vfio-hot-bridge-port".to_string()));
+        assert!(expected.contains(&"builtin-vfio-hot-bridge-port".to_string()));
         assert!(!expected_checks(&[Vmm::Qemu])
             .iter()
             .any(|c| c.starts_with("builtin-vfio")));

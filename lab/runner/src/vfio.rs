@@ -49,7 +49,10 @@
 //!   (`hot_plug_vfio = "switch-port"`, `pcie_switch_port = 1`), at `01/00/00/00`;
 //! - `vfio-cold-bridge-port`, `vfio-mode-cold-bridge-port`: the edu cold-plugged in slot 1 of
 //!   the built-in VMM's PCI-to-PCI bridge (`cold_plug_vfio = "bridge-port"`), at `01/01`, and
-//!   the proof program in `vfio` mode.
+//!   the proof program in `vfio` mode;
+//! - `vfio-hot-bridge-port`: the hot-plug case on the bridge's SHPC slots (`hot_plug_vfio =
+//!   "bridge-port"`), at `01/01`: L2's shpchp enables the slot after the button, disables it
+//!   on the unplug's button.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -893,10 +896,11 @@ async fn build_builtin_once(
     if !cold {
         // One spare port of kind `port` for the hot-plug case.
         hv.hot_plug_vfio = port;
-        if port == PciePort::SwitchPort {
-            hv.pcie_switch_port = 1;
-        } else {
-            hv.pcie_root_port = 1;
+        match port {
+            PciePort::SwitchPort => hv.pcie_switch_port = 1,
+            // The bridge's own SHPC slots: no port to add.
+            PciePort::BridgePort => {}
+            _ => hv.pcie_root_port = 1,
         }
     }
     let mut b = if vfio_mode {
@@ -1186,10 +1190,10 @@ async fn builtin_hot_case(
             switch_path(&first)?;
         }
         let first_run = t.elapsed();
-        let figure = if port == PciePort::SwitchPort {
-            "builtin-vfio-hotplug-switch-port-container-run"
-        } else {
-            "builtin-vfio-hotplug-container-run"
+        let figure = match port {
+            PciePort::SwitchPort => "builtin-vfio-hotplug-switch-port-container-run",
+            PciePort::BridgePort => "builtin-vfio-hotplug-bridge-port-container-run",
+            _ => "builtin-vfio-hotplug-container-run",
         };
         println!(
             "{}",
@@ -1336,6 +1340,7 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
                 Err(anyhow::anyhow!("not run: {e:#}")),
             );
         }
+        builtin_hot_case(&mut r, PciePort::BridgePort, &vfio, rootfs, root_dir).await;
         return (r.ran, r.passed);
     }
     builtin_cold_case(&mut r, &vfio, rootfs, root_dir).await;
@@ -1370,6 +1375,7 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
             Err(anyhow::anyhow!("not run: {e:#}")),
         );
     }
+    builtin_hot_case(&mut r, PciePort::BridgePort, &vfio, rootfs, root_dir).await;
     (r.ran, r.passed)
 }
 

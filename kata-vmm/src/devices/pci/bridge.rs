@@ -7,11 +7,25 @@
 //! guest's to program; the VMM presets them and routing follows what the registers say now:
 //! a configuration cycle for the secondary bus reaches the device in that slot, one for a bus
 //! further down is passed to the children, and a memory access inside the window (with memory
-//! decoding on) is offered to them. No slot of its own, no interrupt, no I/O or prefetchable
-//! window. Every access width and offset is accepted; nothing panics.
+//! decoding on) is offered to them. No I/O or prefetchable window. Every access width and
+//! offset is accepted; nothing panics.
+//!
+//! A PCI bridge made [`Bridge::with_shpc`] has hot-plug slots: a Standard Hot-Plug Controller
+//! ([`super::shpc`]) whose capability is at `0x40` and whose working registers are its BAR0
+//! (a 32-bit memory BAR of a page, on the primary bus), and a one-vector MSI capability at
+//! `0x48` it raises on the rising edge of the controller's interrupt. The VMM's side of a
+//! hot-plug is [`Bridge::plug_slot`], [`Bridge::press_slot`], [`Bridge::slot_disabled`] and
+//! [`Bridge::unplug_slot`].
 
-use super::root_port::COMMAND_MEMORY;
+use super::root_port::{MsiSignal, COMMAND_MEMORY};
+use super::shpc::Shpc;
 use super::{lock, PciDevice, SharedPciDevice};
+use crate::devices::vfio::msi::MsiCap;
+
+/// The SHPC capability's offset (8 bytes).
+pub const SHPC_OFFSET: usize = 0x40;
+/// The MSI capability's offset on a bridge with an SHPC.
+pub const SHPC_MSI_OFFSET: usize = 0x48;
 
 /// Texas Instruments' XIO3130 upstream port (what QEMU's `x3130-upstream` reports).
 const VENDOR_DEVICE_UPSTREAM: u32 = 0x8232_104c;
@@ -66,6 +80,18 @@ pub struct Bridge {
     link_control2: u16,
     /// The devices on the secondary bus, by device number.
     children: Vec<(u8, SharedPciDevice)>,
+    /// The hot-plug controller, its MSI, BAR0 and the windows of its slots (by slot index).
+    hotplug: Option<Box<Hotplug>>,
+}
+
+/// A bridge's SHPC and what goes with it.
+struct Hotplug {
+    shpc: Shpc,
+    msi: MsiCap,
+    bar0: u32,
+    windows: Vec<(u64, u64)>,
+    asserted: bool,
+    signal: Option<MsiSignal>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -116,7 +142,140 @@ impl Bridge {
             device_control2: 0,
             link_control2: 1,
             children,
+            hotplug: None,
         }
+    }
+
+    /// The same bridge with an SHPC of `windows.len()` slots (devices 1, 2, ...; the first's
+    /// physical slot number `first_number`), the i-th slot's function placed in `windows[i]`,
+    /// its registers at `bar0` (a page, 4 KiB aligned, below 4 GiB). Slots that already hold a
+    /// function are enabled (cold-plugged). Only for a [`BridgeKind::PciBridge`].
+    pub fn with_shpc(mut self, first_number: u16, bar0: u64, windows: Vec<(u64, u64)>) -> Self {
+        if self.kind != BridgeKind::PciBridge || windows.is_empty() {
+            return self;
+        }
+        let mut shpc = Shpc::new(windows.len() as u8, first_number);
+        for (slot, _) in &self.children {
+            shpc.cold_plug(*slot);
+        }
+        let Some(msi) = MsiCap::new(SHPC_MSI_OFFSET, 1 << 7, 1) else {
+            unreachable!("a one-vector 64-bit MSI capability fits at 0x48")
+        };
+        self.hotplug = Some(Box::new(Hotplug {
+            shpc,
+            msi,
+            bar0: bar0 as u32 & !0xfff,
+            windows,
+            asserted: false,
+            signal: None,
+        }));
+        self
+    }
+
+    /// Where the bridge raises its MSI (the VM's message injection); nothing without an SHPC.
+    pub fn set_signal(&mut self, signal: MsiSignal) {
+        if let Some(h) = &mut self.hotplug {
+            h.signal = Some(signal);
+        }
+    }
+
+    /// Whether it has hot-plug slots.
+    pub fn has_shpc(&self) -> bool {
+        self.hotplug.is_some()
+    }
+
+    /// The first hot-plug slot with no function: its device number and its window.
+    pub fn free_slot(&self) -> Option<(u8, (u64, u64))> {
+        let h = self.hotplug.as_ref()?;
+        h.windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (i as u8 + 1, *w))
+            .find(|(d, _)| !self.is_occupied(*d))
+    }
+
+    /// How many hot-plug slots have no function.
+    pub fn free_slots(&self) -> usize {
+        self.hotplug.as_ref().map_or(0, |h| {
+            (1..=h.shpc.slots())
+                .filter(|d| !self.is_occupied(*d))
+                .count()
+        })
+    }
+
+    /// Puts `device` in the empty hot-plug slot `slot` at runtime: presence changed and the
+    /// attention button pressed, the MSI if enabled. Gives it back if the slot is taken or
+    /// not a hot-plug slot.
+    pub fn plug_slot(&mut self, slot: u8, device: SharedPciDevice) -> Result<(), SharedPciDevice> {
+        let ok = self
+            .hotplug
+            .as_ref()
+            .is_some_and(|h| h.shpc.state(slot).is_some());
+        if !ok || self.is_occupied(slot) {
+            return Err(device);
+        }
+        self.children.push((slot, device));
+        if let Some(h) = &mut self.hotplug {
+            h.shpc.insert(slot);
+        }
+        self.update_interrupt();
+        Ok(())
+    }
+
+    /// Presses the attention button of `slot`: the guest's request to release its function.
+    pub fn press_slot(&mut self, slot: u8) {
+        if let Some(h) = &mut self.hotplug {
+            h.shpc.press_button(slot);
+        }
+        self.update_interrupt();
+    }
+
+    /// Whether the guest has disabled occupied slot `slot` (its function may be taken out).
+    pub fn slot_disabled(&self, slot: u8) -> bool {
+        self.is_occupied(slot)
+            && self
+                .hotplug
+                .as_ref()
+                .is_some_and(|h| h.shpc.is_disabled(slot))
+    }
+
+    /// Takes the function out of hot-plug slot `slot`: empty, presence changed.
+    pub fn unplug_slot(&mut self, slot: u8) -> Option<SharedPciDevice> {
+        self.hotplug.as_ref()?.shpc.state(slot)?;
+        let child = self.take(slot)?;
+        if let Some(h) = &mut self.hotplug {
+            h.shpc.remove(slot);
+        }
+        self.update_interrupt();
+        Some(child)
+    }
+
+    /// Raises the MSI on the rising edge of the controller's interrupt.
+    fn update_interrupt(&mut self) {
+        let Some(h) = &mut self.hotplug else {
+            return;
+        };
+        let now = h.shpc.interrupt_pending();
+        let rising = now && !h.asserted;
+        h.asserted = now;
+        if !rising {
+            return;
+        }
+        let state = h.msi.state();
+        match (state.routes.first().copied().flatten(), &h.signal) {
+            (Some(msg), Some(signal)) if state.enabled => signal(msg),
+            _ => tracing::debug!("PCI bridge: SHPC event with MSI off"),
+        }
+    }
+
+    fn bar0_holds(&self, addr: u64, len: usize) -> Option<u64> {
+        let h = self.hotplug.as_ref()?;
+        if self.command & COMMAND_MEMORY == 0 || h.bar0 == 0 {
+            return None;
+        }
+        let base = u64::from(h.bar0);
+        let off = addr.checked_sub(base)?;
+        (off + len as u64 <= super::shpc::REGS_SIZE).then_some(off)
     }
 
     /// Its secondary (internal) and subordinate bus numbers, as the guest last programmed
@@ -189,6 +348,22 @@ impl Bridge {
         if self.has_pcie() && (PCIE_OFFSET..PCIE_OFFSET + PCIE_LEN).contains(&off) {
             return self.pcie_read(off - PCIE_OFFSET);
         }
+        if let Some(h) = &self.hotplug {
+            if (SHPC_OFFSET..SHPC_OFFSET + 8).contains(&off) {
+                return h
+                    .shpc
+                    .cap_read((off - SHPC_OFFSET) / 4, SHPC_MSI_OFFSET as u8);
+            }
+            if h.msi.contains(off) {
+                return h.msi.read(off);
+            }
+            match reg {
+                1 => return u32::from(self.command) | u32::from(STATUS_CAP_LIST) << 16,
+                4 => return h.bar0,
+                13 => return SHPC_OFFSET as u32,
+                _ => {}
+            }
+        }
         match reg {
             0 if self.kind == BridgeKind::PciBridge => VENDOR_DEVICE_PCI_BRIDGE,
             0 => VENDOR_DEVICE_UPSTREAM,
@@ -215,6 +390,23 @@ impl Bridge {
         let within = offset % 4;
         if data.is_empty() || within + data.len() > 4 || offset >= 0x1000 {
             return;
+        }
+        if let Some(h) = &mut self.hotplug {
+            if (SHPC_OFFSET..SHPC_OFFSET + 8).contains(&offset) {
+                h.shpc.cap_write((offset - SHPC_OFFSET) / 4, within, data);
+                self.update_interrupt();
+                return;
+            }
+            if h.msi.contains(offset) {
+                h.msi.write(offset, data);
+                return;
+            }
+            if offset - within == 0x10 {
+                let mut v = h.bar0.to_le_bytes();
+                v[within..within + data.len()].copy_from_slice(data);
+                h.bar0 = u32::from_le_bytes(v) & !0xfff;
+                return;
+            }
         }
         let dword = offset - within;
         let mut v = self.read(dword / 4).to_le_bytes();
@@ -274,6 +466,10 @@ impl PciDevice for Bridge {
         self.write(offset, data)
     }
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
+        if let (Some(off), Some(h)) = (self.bar0_holds(addr, data.len()), &self.hotplug) {
+            h.shpc.read(off, data);
+            return true;
+        }
         self.forwards(addr, data.len())
             && self
                 .children
@@ -281,6 +477,13 @@ impl PciDevice for Bridge {
                 .any(|(_, c)| lock(c).mmio_read(addr, data))
     }
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
+        if let Some(off) = self.bar0_holds(addr, data.len()) {
+            if let Some(h) = &mut self.hotplug {
+                h.shpc.write(off, data);
+            }
+            self.update_interrupt();
+            return true;
+        }
         self.forwards(addr, data.len())
             && self
                 .children

@@ -30,6 +30,7 @@ use kvm_ioctls::VcpuExit;
 
 pub mod bridge;
 pub mod root_port;
+pub mod shpc;
 pub mod switch;
 
 use root_port::RootPort;
@@ -103,6 +104,8 @@ pub struct PciBus {
     /// The switches' downstream ports, with the guest PCI path of the function in each
     /// one's slot (`[root port slot, 0, downstream port slot, 0]`).
     downstream: Vec<(Vec<u8>, Arc<Mutex<RootPort>>)>,
+    /// The PCI bridges with hot-plug slots (an SHPC), by slot.
+    shpc_bridges: Vec<(u8, Arc<Mutex<bridge::Bridge>>)>,
 }
 
 impl std::fmt::Debug for PciBus {
@@ -136,6 +139,7 @@ impl PciBus {
             devices: vec![(0, bridge)],
             ports: Vec::new(),
             downstream: Vec::new(),
+            shpc_bridges: Vec::new(),
         }
     }
 
@@ -171,6 +175,19 @@ impl PciBus {
             self.downstream.push((vec![slot, 0, *d, 0], p.clone()));
         }
         Some(slot)
+    }
+
+    /// Puts a PCI bridge with hot-plug slots in the next free slot; returns the slot, or
+    /// `None` when the bus is full.
+    pub fn add_shpc_bridge(&mut self, bridge: Arc<Mutex<bridge::Bridge>>) -> Option<u8> {
+        let slot = self.add(bridge.clone())?;
+        self.shpc_bridges.push((slot, bridge));
+        Some(slot)
+    }
+
+    /// The PCI bridges with hot-plug slots, with their slots on bus 0.
+    pub fn shpc_bridges(&self) -> &[(u8, Arc<Mutex<bridge::Bridge>>)] {
+        &self.shpc_bridges
     }
 
     /// The switches' downstream ports, each with the guest PCI path of the function in its

@@ -1,7 +1,10 @@
 //! VFIO hot-plug onto the spare PCIe root ports a VM was built with
 //! ([`crate::vm::VmBuilder::spare_root_ports`]), or the spare downstream ports of its PCIe
 //! switch ([`crate::vm::VmBuilder::spare_switch_ports`]), while the VM runs. A downstream
-//! port's slot is a root port's ([`RootPort::downstream`]): the same plug and release.
+//! port's slot is a root port's ([`RootPort::downstream`]): the same plug and release. With
+//! neither free, a free SHPC slot of the VM's PCI-to-PCI bridge
+//! ([`crate::vm::VmBuilder::spare_bridge_slots`]): the card inserted and its button pressed
+//! ([`Bridge::plug_slot`]), released by the button and the guest's disable command.
 //!
 //! - **Plug** ([`VfioHotplug::plug`]): the first root port with an empty slot is chosen; the
 //!   function is opened as at boot ([`VfioSet::open_in`]: sysfs first, so a function whose
@@ -34,6 +37,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::irq::{self, GsiRouter};
 use super::{VfioConfig, VfioPci, VfioSet};
+use crate::devices::pci::bridge::Bridge;
 use crate::devices::pci::root_port::RootPort;
 use crate::devices::pci::{BarAllocator, PciBus};
 use crate::error::{Error, Result};
@@ -61,7 +65,7 @@ pub struct Plugged {
 /// A function in a port's slot.
 struct InSlot {
     bdf: String,
-    port: Arc<Mutex<RootPort>>,
+    port: Holder,
     port_slot: u8,
     /// Its guest PCI path (`[port slot, 0]`, or through a switch `[root port slot, 0,
     /// downstream port, 0]`).
@@ -123,16 +127,40 @@ fn no_port(bdf: &str, ports: usize) -> Error {
     Error::Device {
         device: format!("VFIO device {bdf}"),
         reason: format!(
-            "no free PCIe port to hot-plug it into: the VM has {ports} hot-plug port(s) (root \
-             ports and switch downstream ports), all taken; raise pcie_root_port or \
-             pcie_switch_port (the spare ports made at boot) or unplug a device first"
+            "no free PCIe port or bridge slot to hot-plug it into: the VM has {ports} hot-plug \
+             port(s) (root ports and switch downstream ports) and its bridge's SHPC slots, all \
+             taken; raise pcie_root_port or pcie_switch_port (the spare ports made at boot) or \
+             unplug a device first"
         ),
     }
 }
 
-/// What [`plug_into`] gives back: where the function is, its guest PCI path, its port and the
-/// function.
-pub(crate) type InPort = (Plugged, Vec<u8>, SharedPort, Arc<Mutex<VfioPci>>);
+/// What holds a hot-plugged function: a port's slot, or a slot (device number) of a PCI
+/// bridge's SHPC.
+#[derive(Clone)]
+pub(crate) enum Holder {
+    /// A root port or a switch's downstream port.
+    Port(SharedPort),
+    /// A PCI bridge and the device number of the slot.
+    Bridge(Arc<Mutex<Bridge>>, u8),
+}
+
+/// A free SHPC slot: the bridge's slot on bus 0, the bridge, the slot's device number and its
+/// window.
+pub type BridgeSlot = (u8, Arc<Mutex<Bridge>>, u8, (u64, u64));
+
+/// The first bridge of `bus` with a free SHPC slot: the bridge's slot on bus 0, the bridge,
+/// the slot's device number and its window.
+pub fn free_bridge_slot(bus: &PciBus) -> Option<BridgeSlot> {
+    bus.shpc_bridges().iter().find_map(|(s, b)| {
+        let (device, window) = lock(b).free_slot()?;
+        Some((*s, b.clone(), device, window))
+    })
+}
+
+/// What [`plug_into`] gives back: where the function is, its guest PCI path, what holds it
+/// and the function.
+pub(crate) type InPort = (Plugged, Vec<u8>, Holder, Arc<Mutex<VfioPci>>);
 
 /// Puts the function `c` into the first free port of `bus` ([`free_hotplug_port`]): opened
 /// through `set` (DMA
@@ -156,13 +184,22 @@ pub(crate) fn plug_into(
             reason: "already passed through to this VM: pass each PCI function once".into(),
         });
     }
-    let (port_slot, path, port) = {
+    let (port_slot, path, port, secondary, window) = {
         let bus = lock(bus);
-        free_hotplug_port(&bus).ok_or_else(|| no_port(&c.bdf, bus.hotplug_ports().len()))?
-    };
-    let (secondary, window) = {
-        let p = lock(&port);
-        (p.buses().0, p.window().unwrap_or_else(|| p.preset_window()))
+        if let Some((slot, path, port)) = free_hotplug_port(&bus) {
+            let (secondary, window) = {
+                let p = lock(&port);
+                (p.buses().0, p.window().unwrap_or_else(|| p.preset_window()))
+            };
+            (slot, path, Holder::Port(port), secondary, window)
+        } else if let Some((slot, bridge, device, window)) = free_bridge_slot(&bus) {
+            let secondary = lock(&bridge).buses().0;
+            let holder = Holder::Bridge(bridge, device);
+            (slot, vec![slot, device], holder, secondary, window)
+        } else {
+            let n = bus.hotplug_ports().len();
+            return Err(no_port(&c.bdf, n));
+        }
     };
     let mut alloc = BarAllocator::within(window.0, window.1);
     let mut d = set.open_in(c, mem, &mut alloc)?;
@@ -170,7 +207,11 @@ pub(crate) fn plug_into(
     d.intx_pin = None;
     wire(&mut d)?;
     let d = Arc::new(Mutex::new(d));
-    if lock(&port).plug(d.clone()).is_err() {
+    let plugged = match &port {
+        Holder::Port(p) => lock(p).plug(d.clone()).is_ok(),
+        Holder::Bridge(b, device) => lock(b).plug_slot(*device, d.clone()).is_ok(),
+    };
+    if !plugged {
         // Only this function's caller plugs (the set's lock is held): never taken meanwhile.
         return Err(no_port(&c.bdf, 0));
     }
@@ -240,13 +281,21 @@ impl VfioHotplug {
         }
     }
 
-    /// The hot-plug ports (root ports, switch downstream ports) with an empty slot.
+    /// The hot-plug ports (root ports, switch downstream ports) with an empty slot, and the
+    /// PCI bridges' free SHPC slots.
     pub fn free_ports(&self) -> usize {
-        lock(&self.bus)
+        let bus = lock(&self.bus);
+        let ports = bus
             .hotplug_ports()
             .iter()
             .filter(|p| !lock(p).is_occupied())
-            .count()
+            .count();
+        ports
+            + bus
+                .shpc_bridges()
+                .iter()
+                .map(|(_, b)| lock(b).free_slots())
+                .sum::<usize>()
     }
 
     /// The guest PCI path of the hot-plugged function at host address `bdf`.
@@ -267,7 +316,7 @@ impl VfioHotplug {
         })?;
         tracing::info!(
             bdf = %c.bdf, slot = at.port_slot, secondary = at.secondary,
-            "VFIO: hot-plugged at {:02x}:00.0 (guest PCI path {path:02x?})",
+            "VFIO: hot-plugged on bus {:02x} (guest PCI path {path:02x?})",
             at.secondary
         );
         lock(&self.plugged).push(InSlot {
@@ -299,53 +348,126 @@ impl VfioHotplug {
                 device: format!("VFIO device {bdf}"),
                 reason: "not hot-plugged into this VM".into(),
             })?;
-        release(
-            &port,
-            &format!("VFIO device {bdf} (port of guest PCI path {path:02x?})"),
-            timeout,
-        )?;
+        let what = format!("VFIO device {bdf} (slot of guest PCI path {path:02x?})");
+        match &port {
+            Holder::Port(p) => release(p, &what, timeout)?,
+            Holder::Bridge(b, device) => release_bridge_slot(b, *device, &what, timeout)?,
+        }
         lock(&self.plugged).retain(|p| !Arc::ptr_eq(&p.device, &device));
         lock(&self.set).devices.retain(|d| !Arc::ptr_eq(d, &device));
         // The last reference: the device descriptor (and its interrupts' eventfds) close.
         drop(device);
-        tracing::info!(bdf, slot = port_slot, "VFIO: hot-unplugged; root port free");
+        tracing::info!(
+            bdf,
+            slot = port_slot,
+            "VFIO: hot-unplugged; its slot is free"
+        );
         Ok(port_slot)
     }
+}
+
+/// Asks the guest to release the function in SHPC slot `device` of `bridge` (its attention
+/// button) and waits up to `timeout` for the guest to disable the slot, then takes the
+/// function out. On a timeout the function stays in the slot.
+pub fn release_bridge_slot(
+    bridge: &Mutex<Bridge>,
+    device: u8,
+    what: &str,
+    timeout: Duration,
+) -> Result<()> {
+    {
+        let mut b = lock(bridge);
+        if !b.is_occupied(device) {
+            return Ok(());
+        }
+        if !b.slot_disabled(device) {
+            b.press_slot(device);
+        }
+    }
+    let t = Instant::now();
+    loop {
+        {
+            let mut b = lock(bridge);
+            if b.slot_disabled(device) {
+                b.unplug_slot(device);
+                return Ok(());
+            }
+        }
+        if t.elapsed() >= timeout {
+            return Err(Error::Device {
+                device: what.to_string(),
+                reason: format!(
+                    "the guest did not disable its SHPC slot within {timeout:?} of the attention \
+                     button (shpchp not bound, or the device still in use); it stays plugged: \
+                     retry the removal or stop the VM"
+                ),
+            });
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Gives every PCI bridge of `bus` with an SHPC its MSI (as [`wire_port_msi`]).
+pub(crate) fn wire_bridges_msi(
+    bus: &Mutex<PciBus>,
+    vm: &VmFd,
+    router: &Arc<GsiRouter>,
+) -> Result<()> {
+    let bridges: Vec<_> = lock(bus)
+        .shpc_bridges()
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    for b in bridges {
+        let signal = msi_signal("PCI bridge (SHPC)", vm, router)?;
+        lock(&b).set_signal(signal);
+    }
+    Ok(())
 }
 
 /// Gives `port` its MSI: a GSI of `router` with an irqfd on `vm`; raising it routes the GSI to
 /// the guest's message and signals the irqfd.
 pub(crate) fn wire_port_msi(port: &mut RootPort, vm: &VmFd, router: &Arc<GsiRouter>) -> Result<()> {
+    port.set_signal(msi_signal("PCIe root port", vm, router)?);
+    Ok(())
+}
+
+/// A one-vector MSI for `what`: a GSI of `router` with an irqfd on `vm`, routed to the
+/// guest's message when raised.
+fn msi_signal(
+    what: &str,
+    vm: &VmFd,
+    router: &Arc<GsiRouter>,
+) -> Result<crate::devices::pci::root_port::MsiSignal> {
     let gsi = router
         .allocate(1)
         .and_then(|g| g.first().copied())
         .ok_or_else(|| Error::Device {
-            device: "PCIe root port".into(),
+            device: what.to_string(),
             reason: format!(
                 "no GSI left for its hot-plug interrupt (the built-in VMM hands out {})",
                 irq::MSI_GSIS
             ),
         })?;
     let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::DeviceIo {
-        device: "PCIe root port".into(),
+        device: what.to_string(),
         what: "creating its MSI eventfd".into(),
         source,
     })?;
     vm.register_irqfd(&evt, gsi).map_err(|source| Error::Kvm {
-        what: "KVM_IRQFD (a root port's hot-plug MSI)",
+        what: "KVM_IRQFD (a hot-plug controller's MSI)",
         source,
     })?;
     let router = router.clone();
-    port.set_signal(Box::new(move |msg| {
+    Ok(Box::new(move |msg| {
         if let Err(e) = router.set(&[(gsi, Some(msg))]) {
-            tracing::warn!(gsi, error = %e, "root port: routing its MSI");
+            tracing::warn!(gsi, error = %e, "hot-plug controller: routing its MSI");
             return;
         }
         if let Err(e) = evt.write(1) {
-            tracing::warn!(gsi, error = %e, "root port: signalling its MSI");
+            tracing::warn!(gsi, error = %e, "hot-plug controller: signalling its MSI");
         }
-    }));
-    Ok(())
+    }))
 }
 
 #[cfg(test)]

@@ -836,7 +836,7 @@ pub fn build_bus(
     spare_ports: u8,
     mem: &GuestMemory,
 ) -> Result<Option<(PciBus, VfioSet)>> {
-    build_hierarchy(devices, spare_ports, 0, mem)
+    build_hierarchy(devices, spare_ports, 0, 0, mem)
 }
 
 /// [`build_bus`] with a PCIe switch when any function is [`VfioConfig::behind_switch`] or
@@ -845,13 +845,19 @@ pub fn build_bus(
 /// buses are numbered depth first after the root ports' (root port `B`, internal bus `B+1`,
 /// downstream port `i` `B+2+i`), and the windows nest: each downstream port has
 /// [`ROOT_PORT_WINDOW`], the upstream port and its root port the span of them all.
+///
+/// With `spare_bridge_slots` > 0 the PCI bridge (made for them if no function is
+/// [`VfioConfig::behind_bridge`]) gets that many more slots after the functions', and a
+/// Standard Hot-Plug Controller for all of them (see `devices::pci::shpc`).
 pub fn build_hierarchy(
     devices: &[VfioConfig],
     spare_ports: u8,
     spare_switch_ports: u8,
+    spare_bridge_slots: u8,
     mem: &GuestMemory,
 ) -> Result<Option<(PciBus, VfioSet)>> {
-    if devices.is_empty() && spare_ports == 0 && spare_switch_ports == 0 {
+    if devices.is_empty() && spare_ports == 0 && spare_switch_ports == 0 && spare_bridge_slots == 0
+    {
         return Ok(None);
     }
     let mut set = VfioSet::default();
@@ -942,8 +948,8 @@ pub fn build_hierarchy(
         add_switch(&mut bus, &mut set, &switched, spare_switch_ports, mem)?;
     }
     let bridged: Vec<&VfioConfig> = devices.iter().filter(|c| c.behind_bridge).collect();
-    if !bridged.is_empty() {
-        add_bridge(&mut bus, &mut set, &bridged, mem)?;
+    if !bridged.is_empty() || spare_bridge_slots > 0 {
+        add_bridge(&mut bus, &mut set, &bridged, spare_bridge_slots, mem)?;
     }
     Ok(Some((bus, set)))
 }
@@ -972,15 +978,18 @@ fn add_bridge(
     bus: &mut PciBus,
     set: &mut VfioSet,
     bridged: &[&VfioConfig],
+    spare: u8,
     mem: &GuestMemory,
 ) -> Result<()> {
-    let n = bridged.len();
+    let n = bridged.len() + usize::from(spare);
     let full = || Error::Device {
         device: "PCI-to-PCI bridge".into(),
         reason: format!(
-            "{n} function(s) in its slots (cold_plug_vfio = \"bridge-port\") do not fit: the \
+            "{n} slot(s) ({} function(s) cold-plugged with cold_plug_vfio = \"bridge-port\", \
+             {spare} for hot_plug_vfio = \"bridge-port\") do not fit: the \
              built-in VMM places each in {} MiB of {:#x}..{:#x} ({} at most), beside the root \
              bus's {} slots; pass fewer devices",
+            bridged.len(),
             ROOT_PORT_WINDOW >> 20,
             crate::devices::pci::PCI_MMIO_START,
             crate::devices::pci::PCI_MMIO_END,
@@ -1006,6 +1015,14 @@ fn add_bridge(
         .unwrap_or(0)
         .checked_add(1)
         .ok_or_else(full)?;
+    // The controller's registers (a page on bus 0) before the slots' windows.
+    let shpc_bar = if spare > 0 {
+        set.bars
+            .allocate(crate::devices::pci::shpc::REGS_SIZE)
+            .ok_or_else(full)?
+    } else {
+        0
+    };
     let windows = contiguous_windows(set, n, full)?;
     let span = match (windows.first(), windows.last()) {
         (Some(f), Some(l)) => (f.0, l.1),
@@ -1039,7 +1056,20 @@ fn add_bridge(
         span,
         children,
     );
-    bus.add(Arc::new(Mutex::new(bridge))).ok_or_else(full)?;
+    if spare == 0 {
+        bus.add(Arc::new(Mutex::new(bridge))).ok_or_else(full)?;
+        return Ok(());
+    }
+    // Physical slot numbers past the root ports' and the switch's (1-31, 32-).
+    let bridge = bridge.with_shpc(64, shpc_bar, windows);
+    let slot = bus
+        .add_shpc_bridge(Arc::new(Mutex::new(bridge)))
+        .ok_or_else(full)?;
+    tracing::info!(
+        slot,
+        spare,
+        "VFIO: PCI bridge 00:{slot:02x}.0 with {n} SHPC slot(s) for hot-plug"
+    );
     Ok(())
 }
 

@@ -147,16 +147,16 @@ fn more_functions_than_its_slots_or_windows_are_refused_before_any_is_opened() {
             .collect()
     };
     for n in [16, 32] {
-        let e = build_hierarchy(&configs(n), 0, 0, &mem)
+        let e = build_hierarchy(&configs(n), 0, 0, 0, &mem)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("bridge-port") && e.contains(&format!("{n} function")),
+            e.contains("bridge-port") && e.contains(&format!("{n} function(s) cold-plugged")),
             "{e}"
         );
     }
     // One that fits gets as far as opening the function (which this host does not have).
-    let e = build_hierarchy(&configs(1), 0, 0, &mem)
+    let e = build_hierarchy(&configs(1), 0, 0, 0, &mem)
         .unwrap_err()
         .to_string();
     assert!(e.contains("0000:00:01.0"), "{e}");

@@ -46,7 +46,7 @@ impl PciDevice for Card {
 }
 
 fn bus_with(root: u8, switch: u8) -> PciBus {
-    let Some((bus, _)) = build_hierarchy(&[], root, switch, &mem()).unwrap() else {
+    let Some((bus, _)) = build_hierarchy(&[], root, switch, 0, &mem()).unwrap() else {
         panic!("spare ports make a bus")
     };
     bus
@@ -191,10 +191,14 @@ fn buses_follow_the_root_ports_and_the_windows_nest() {
 #[test]
 fn a_switch_that_does_not_fit_is_refused_naming_the_key() {
     // 15 windows of 32 MiB in the MMIO window: 16 downstream ports do not fit.
-    let e = build_hierarchy(&[], 0, 16, &mem()).unwrap_err().to_string();
+    let e = build_hierarchy(&[], 0, 16, 0, &mem())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("pcie_switch_port") && e.contains("16"), "{e}");
-    assert!(build_hierarchy(&[], 0, 15, &mem()).is_ok());
-    let e = build_hierarchy(&[], 3, 13, &mem()).unwrap_err().to_string();
+    assert!(build_hierarchy(&[], 0, 15, 0, &mem()).is_ok());
+    let e = build_hierarchy(&[], 3, 13, 0, &mem())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("switch"), "{e}");
 }
 

@@ -323,7 +323,7 @@ fn cfg_at(bus: &Mutex<PciBus>, b: u8, slot: u8, offset: usize, write: Option<u32
 
 #[test]
 fn spare_switch_ports_take_functions_with_the_root_ports_slot_sequence_and_are_reused() {
-    let Some((bus, _)) = super::super::build_hierarchy(&[], 0, 2, &mem()).unwrap() else {
+    let Some((bus, _)) = super::super::build_hierarchy(&[], 0, 2, 0, &mem()).unwrap() else {
         panic!("spare switch ports make a bus")
     };
     assert!(free_port(&bus).is_none(), "the switch's root port is taken");
