@@ -16,6 +16,18 @@
 //! * **runc reference**: `KATA_RS_RUNC_RUNS` (default 20) `runc run` of `true` in the same
 //!   rootfs, timed the same way.
 //!
+//! **Memory levers** (issue 15 item 3), compared in the same run: `KATA_RS_DENSITY_CONFIGS`
+//! (default `default,legacy`; `default` in a quick run) lists configurations separated by
+//! commas, each measured at every pod count, interleaved (`KATA_RS_DENSITY_ROUNDS` times,
+//! default 1), with the median `build()` time of its pods beside its memory. A configuration is `+`-joined tokens applied in order:
+//! `default` (the builder as it comes), `legacy` (the defaults before the levers:
+//! `tcg_tb_size = 0`, QEMU's own translation buffer, and `reclaim_guest_freed_memory = false`),
+//! `tb=<MiB>` (`tcg_tb_size`), `reclaim` / `noreclaim` (`reclaim_guest_freed_memory`), `image`
+//! (Kata's rootfs image on an NVDIMM with DAX instead of the initramfs) and `nothp` (the VM
+//! processes started without transparent huge pages: `PR_SET_THP_DISABLE`, which they inherit
+//! from this process). E.g. `KATA_RS_DENSITY_CONFIGS=legacy,legacy+tb=32,legacy+reclaim,default`.
+//! `density.json`'s `memory` holds the first configuration's figures, `memory_configs` all.
+//!
 //! `KATA_RS_BENCH_FIRMWARE` and `KATA_RS_BENCH_AGENT_TIMEOUT_S` set the sandboxes' firmware and
 //! agent timeout (`bench_out::with_bench_settings`). The runtime's boot admission (kata-sandbox:
 //! at most `KATA_RS_BOOT_SLOTS` guests booting at once, the CPU count under TCG) applies as in
@@ -35,9 +47,74 @@ use bench_out::{
     sandbox_processes, with_bench_settings, write_json,
 };
 use kata_benches::{busybox_rootfs, runc_bundle, runc_run};
-use kata_sandbox::Sandbox;
+use kata_sandbox::{Sandbox, SandboxBuilder};
 
 const GUEST_MIB: u32 = 256;
+
+/// One configuration of `KATA_RS_DENSITY_CONFIGS`: the memory levers it sets on top of the
+/// builder's defaults (`None`: left as they are).
+#[derive(Debug, Clone)]
+struct Levers {
+    name: String,
+    tcg_tb_size: Option<u32>,
+    reclaim: Option<bool>,
+    image: bool,
+    no_thp: bool,
+}
+
+impl Levers {
+    /// Parses one configuration (`legacy+tb=32`); an unknown token stops the bench naming it.
+    fn parse(spec: &str) -> Levers {
+        let mut l = Levers {
+            name: spec.to_string(),
+            tcg_tb_size: None,
+            reclaim: None,
+            image: false,
+            no_thp: false,
+        };
+        for token in spec.split('+').map(str::trim) {
+            match token {
+                "default" => {}
+                "legacy" => {
+                    l.tcg_tb_size = Some(0);
+                    l.reclaim = Some(false);
+                }
+                "reclaim" => l.reclaim = Some(true),
+                "noreclaim" => l.reclaim = Some(false),
+                "image" => l.image = true,
+                "nothp" => l.no_thp = true,
+                t => match t.strip_prefix("tb=").map(str::parse) {
+                    Some(Ok(mib)) => l.tcg_tb_size = Some(mib),
+                    _ => panic!(
+                        "KATA_RS_DENSITY_CONFIGS: unknown token `{t}` in `{spec}` (known: default, \
+                         legacy, tb=<MiB>, reclaim, noreclaim, image, nothp)"
+                    ),
+                },
+            }
+        }
+        l
+    }
+
+    /// `builder` with these levers set.
+    fn apply(&self, builder: SandboxBuilder) -> SandboxBuilder {
+        let mut hv = builder.config().clone();
+        if let Some(mib) = self.tcg_tb_size {
+            hv.tcg_tb_size = mib;
+        }
+        if let Some(on) = self.reclaim {
+            hv.reclaim_guest_freed_memory = on;
+        }
+        if self.image {
+            let image = kata_hypervisor::GuestManifest::load_default()
+                .expect("the guest manifest (make guest)")
+                .image
+                .expect("the guest manifest has no `image`: run `make guest` (guest/image.sh)");
+            hv.image = image.display().to_string();
+            hv.initrd.clear();
+        }
+        builder.hypervisor_config(hv)
+    }
+}
 
 fn list(key: &str, default: &str) -> Vec<usize> {
     std::env::var(key)
@@ -61,21 +138,69 @@ fn main() {
 
     let pods = list("KATA_RS_DENSITY_PODS", if quick { "1" } else { "1,20" });
     let settle = Duration::from_secs(env_usize("KATA_RS_DENSITY_SETTLE_S", 3) as u64);
+    let configs: Vec<Levers> = std::env::var("KATA_RS_DENSITY_CONFIGS")
+        .unwrap_or_else(|_| if quick { "default" } else { "default,legacy" }.to_string())
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Levers::parse(s.trim()))
+        .collect();
+    let rounds = env_usize("KATA_RS_DENSITY_ROUNDS", 1);
     let mut memory = Vec::new();
+    let mut memory_configs = Vec::new();
     for &n in &pods {
-        let m = rt.block_on(memory_at(n, root.path(), settle));
-        println!(
-            "density: {n} pod(s): per-pod PSS {:.1} MiB (VMM {:.1}, vsock helper {:.1}, virtiofsd {:.1}, runtime {:.1}); QEMU overhead (RSS - guest RAM touched) {:.1} MiB (TCG's translated code {:.1} of it), guest RAM touched {:.1} MiB",
-            m["per_pod_pss_mib"].as_f64().unwrap(),
-            m["per_pod_by_process_mib"]["qemu"].as_f64().unwrap_or(0.0),
-            m["per_pod_by_process_mib"]["vsock"].as_f64().unwrap_or(0.0),
-            m["per_pod_by_process_mib"]["virtiofsd"].as_f64().unwrap_or(0.0),
-            m["per_pod_by_process_mib"]["runtime"].as_f64().unwrap_or(0.0),
-            m["vmm_overhead_mib"].as_f64().unwrap(),
-            m["tcg_code_mib"].as_f64().unwrap(),
-            m["guest_touched_mib"].as_f64().unwrap(),
-        );
-        memory.push(m);
+        for _ in 0..rounds {
+            for (i, levers) in configs.iter().enumerate() {
+                let m = rt.block_on(memory_at(n, root.path(), settle, levers));
+                println!(
+                    "density: {n} pod(s) [{}]: per-pod PSS {:.1} MiB (VMM {:.1}, vsock helper {:.1}, virtiofsd {:.1}, runtime {:.1}); QEMU overhead (RSS - guest RAM touched) {:.1} MiB (TCG's translated code {:.1} of it), guest RAM touched {:.1} MiB; build() median {:.0} ms",
+                    levers.name,
+                    m["per_pod_pss_mib"].as_f64().unwrap(),
+                    m["per_pod_by_process_mib"]["qemu"].as_f64().unwrap_or(0.0),
+                    m["per_pod_by_process_mib"]["vsock"].as_f64().unwrap_or(0.0),
+                    m["per_pod_by_process_mib"]["virtiofsd"].as_f64().unwrap_or(0.0),
+                    m["per_pod_by_process_mib"]["runtime"].as_f64().unwrap_or(0.0),
+                    m["vmm_overhead_mib"].as_f64().unwrap(),
+                    m["tcg_code_mib"].as_f64().unwrap(),
+                    m["guest_touched_mib"].as_f64().unwrap(),
+                    m["build_p50_ms"].as_f64().unwrap(),
+                );
+                if i == 0 {
+                    memory.push(m.clone());
+                }
+                memory_configs.push(m);
+            }
+        }
+    }
+    // Each configuration against the first, per pod count: medians over the rounds.
+    if configs.len() > 1 {
+        let median_of = |n: usize, name: &str, key: &str| {
+            let mut v: Vec<f64> = memory_configs
+                .iter()
+                .filter(|m| m["pods"] == n && m["config"] == name)
+                .filter_map(|m| m[key].as_f64())
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        for &n in &pods {
+            let base = &configs[0].name;
+            let (pss0, boot0) = (
+                median_of(n, base, "per_pod_pss_mib"),
+                median_of(n, base, "build_p50_ms"),
+            );
+            for levers in &configs[1..] {
+                let (pss, boot) = (
+                    median_of(n, &levers.name, "per_pod_pss_mib"),
+                    median_of(n, &levers.name, "build_p50_ms"),
+                );
+                println!(
+                    "density: {n} pod(s): [{}] vs [{base}]: per-pod PSS {pss:.1} vs {pss0:.1} MiB ({:.2}x), build() median {boot:.0} vs {boot0:.0} ms ({:.2}x)",
+                    levers.name,
+                    pss / pss0.max(1e-9),
+                    boot / boot0.max(1e-9),
+                );
+            }
+        }
     }
 
     let max = env_usize("KATA_RS_STARTS_MAX", 8);
@@ -171,6 +296,7 @@ fn main() {
         &serde_json::json!({
             "guest_mib": GUEST_MIB,
             "memory": memory,
+            "memory_configs": memory_configs,
             "starts": starts,
             "starts_not_run": skipped,
             "kata_start_ms": kata_single,
@@ -182,16 +308,29 @@ fn main() {
     );
 }
 
-/// Starts `n` sandboxes one after another, lets them idle, measures their host memory,
-/// shuts them down.
-async fn memory_at(n: usize, root: &std::path::Path, settle: Duration) -> serde_json::Value {
+/// Starts `n` sandboxes with `levers` one after another (each `build()` timed), lets them
+/// idle, measures their host memory, shuts them down.
+async fn memory_at(
+    n: usize,
+    root: &std::path::Path,
+    settle: Duration,
+    levers: &Levers,
+) -> serde_json::Value {
+    if levers.no_thp {
+        // Inherited by every process this one starts from now on (fork and execve keep it).
+        nix::sys::prctl::set_thp_disable(true).expect("PR_SET_THP_DISABLE");
+    }
     let mut sandboxes = Vec::new();
+    let mut builds = Vec::new();
     for _ in 0..n {
-        let sb = with_bench_settings(Sandbox::builder().memory_mib(GUEST_MIB).root_dir(root))
-            .build()
-            .await
-            .expect("a sandbox");
+        let builder = with_bench_settings(Sandbox::builder().memory_mib(GUEST_MIB).root_dir(root));
+        let t = Instant::now();
+        let sb = levers.apply(builder).build().await.expect("a sandbox");
+        builds.push(t.elapsed());
         sandboxes.push(sb);
+    }
+    if levers.no_thp {
+        nix::sys::prctl::set_thp_disable(false).expect("PR_SET_THP_DISABLE");
     }
     tokio::time::sleep(settle).await;
     let (mut qemu, mut vsock, mut fsd, mut other) = (0u64, 0u64, 0u64, 0u64);
@@ -225,6 +364,9 @@ async fn memory_at(n: usize, root: &std::path::Path, settle: Duration) -> serde_
     let total = qemu + vsock + fsd + other + runtime;
     serde_json::json!({
         "pods": n,
+        "config": levers.name,
+        "build_ms": builds.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        "build_p50_ms": ms(percentile(&mut builds, 50.0)),
         "per_pod_pss_mib": mib(total),
         "per_pod_by_process_mib": {
             "qemu": mib(qemu), "vsock": mib(vsock), "virtiofsd": mib(fsd),

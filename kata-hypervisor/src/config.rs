@@ -85,6 +85,17 @@ pub const DEFAULT_SECCOMP_SANDBOX: &str =
 /// (1879048192, 0x70000000: above systemd-nspawn's container ranges, below 2^31).
 pub const DEFAULT_ROOTLESS_UID_RANGE: &str = "1879048192-1879113727";
 
+/// The default `tcg_tb_size`, in MiB: the translation buffer of a QEMU running its guest under
+/// TCG (software emulation). QEMU 7.2's own (`tb-size` unset) is an eighth of the host's memory
+/// up to 1 GiB, filled as code is translated and never given back: 39-42 MiB resident per idle
+/// busybox guest after boot. 16 MiB holds it at 16 with the same `build()` time (median of 7
+/// interleaved boots 2260 vs 2215 ms); 8 MiB cost 18% more (`benches/density.rs`, 2026-12-01).
+pub const DEFAULT_TCG_TB_SIZE_MIB: u32 = 16;
+
+/// The largest `tcg_tb_size` QEMU takes on an x86-64 host, in MiB (a larger one it lowers to
+/// this without a word).
+pub const MAX_TCG_TB_SIZE_MIB: u32 = 2048;
+
 /// The VMM a `[hypervisor.<name>]` table configures.
 ///
 /// Which of them kata-rs can run in this build is [`crate::backend`]'s business: a type without
@@ -333,6 +344,13 @@ pub struct HypervisorConfig {
     pub guest_swap_create_threshold_secs: u64,
     /// Let the balloon device report freed guest pages to the host. Default false.
     pub reclaim_guest_freed_memory: bool,
+    /// kata-rs only, QEMU under TCG (no KVM): the size in MiB of QEMU's translation buffer
+    /// (`-accel tcg,tb-size=`), where it keeps the host code it translated from the guest's.
+    /// Pages of it stay resident once written, so it bounds that part of QEMU's memory; a
+    /// buffer too small for what the guest runs is flushed and the code translated again.
+    /// 0: QEMU's own size (an eighth of the host's memory, at most 1 GiB). Ignored with KVM.
+    /// Default [`DEFAULT_TCG_TB_SIZE_MIB`]; at most [`MAX_TCG_TB_SIZE_MIB`].
+    pub tcg_tb_size: u32,
 
     // --- block devices ------------------------------------------------------------------------
     /// Block device driver: `virtio-scsi` (default), `virtio-blk` / `virtio-blk-pci`,
@@ -553,6 +571,7 @@ impl Default for HypervisorConfig {
             guest_swap_size_percent: 100,
             guest_swap_create_threshold_secs: 60,
             reclaim_guest_freed_memory: false,
+            tcg_tb_size: DEFAULT_TCG_TB_SIZE_MIB,
             block_device_driver: BlockDeviceDriver::VirtioScsi,
             block_device_aio: BlockDeviceAio::IoUring,
             disable_block_device_use: false,

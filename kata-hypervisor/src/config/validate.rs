@@ -364,6 +364,16 @@ impl HypervisorConfig {
                 "a percentage of guest memory, 1..=100",
             ));
         }
+        if self.tcg_tb_size > super::MAX_TCG_TB_SIZE_MIB {
+            return Err(invalid(
+                "tcg_tb_size",
+                self.tcg_tb_size,
+                format!(
+                    "MiB of QEMU's TCG translation buffer, 1..={} (0: QEMU's own size)",
+                    super::MAX_TCG_TB_SIZE_MIB
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -775,6 +785,28 @@ mod tests {
 
     fn msg(c: &HypervisorConfig) -> String {
         c.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn tcg_tb_size_is_refused_above_what_qemu_takes() {
+        use crate::config::{DEFAULT_TCG_TB_SIZE_MIB, MAX_TCG_TB_SIZE_MIB};
+        for ok in [0, 1, DEFAULT_TCG_TB_SIZE_MIB, MAX_TCG_TB_SIZE_MIB] {
+            HypervisorConfig {
+                tcg_tb_size: ok,
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_or_else(|e| panic!("tcg_tb_size = {ok}: {e}"));
+        }
+        let c = HypervisorConfig {
+            tcg_tb_size: MAX_TCG_TB_SIZE_MIB + 1,
+            ..Default::default()
+        };
+        let m = msg(&c);
+        assert!(
+            m.contains("tcg_tb_size") && m.contains("2049") && m.contains("1..=2048"),
+            "{m}"
+        );
     }
 
     #[test]

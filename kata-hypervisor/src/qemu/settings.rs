@@ -75,6 +75,8 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
         | "guest_swap_size_percent"
         | "guest_swap_create_threshold_secs" => Inert(NO_SWAP),
         "reclaim_guest_freed_memory" => Acted,
+        // `cmdline.rs`: `-accel tcg,tb-size=` (a guest under KVM has no translation buffer).
+        "tcg_tb_size" => Acted,
 
         // Block devices.
         "block_device_driver" => match c.block_device_driver {
