@@ -305,7 +305,8 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
                 blk_hotplug = Some((
                     crate::devices::virtio::pci::hotplug::BlockHotplug::new(
                         bus.clone(),
-                        p.ram.memory().clone(),
+                        // RAM and the virtio-mem region: a buffer may be in plugged memory.
+                        p.ram.all_memory().clone(),
                         kvm.shared_fd(),
                         router.clone(),
                         serve.clone(),

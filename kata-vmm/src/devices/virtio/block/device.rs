@@ -181,15 +181,14 @@ impl Block {
         let mut done = 0;
         while let Some(chain) = active.queue.pop_descriptor_chain(&mem) {
             let head = chain.head_index();
+            // Walked again if the chain cannot be read, to find its status byte.
+            let again = chain.clone();
             let used = match read_chain(&mem, chain, MAX_SEGMENTS) {
                 Ok(segments) => match request::parse(&mem, &segments) {
                     Ok(req) => self.disk.execute(&mem, &req),
                     Err(e) => answer_malformed(&self.name, &mem, &segments, &e),
                 },
-                Err(e) => {
-                    tracing::warn!(device = %self.name, error = %e, "dropping a malformed request");
-                    0
-                }
+                Err(e) => answer_unreadable(&self.name, &mem, again, &e),
             };
             if let Err(e) = active.queue.add_used(&mem, head, used) {
                 tracing::warn!(device = %self.name, error = %e, "cannot return a request to the guest");
@@ -214,6 +213,32 @@ fn answer_malformed(
     tracing::warn!(device = %name, error = %e, "malformed request");
     match request::status_address(segments) {
         Some(status) if mem.write_obj(S_IOERR, status).is_ok() => 1,
+        _ => 0,
+    }
+}
+
+/// A chain that could not be read (a buffer outside guest memory, too many descriptors):
+/// IOERR if it ends in a writable status byte in guest memory, else dropped (a loop, a bad
+/// index). Returns the used length.
+fn answer_unreadable(
+    name: &str,
+    mem: &GuestMemory,
+    chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
+    e: &ChainError,
+) -> u32 {
+    tracing::warn!(device = %name, error = %e, "unreadable request");
+    // virtio-queue ends the walk after `queue size` descriptors.
+    let (n, last) = chain.fold((0usize, None), |(n, _), d| (n + 1, Some(d)));
+    match last {
+        Some(d)
+            if n >= 2
+                && d.is_write_only()
+                && !d.has_next()
+                && d.len() >= 1
+                && mem.write_obj(S_IOERR, d.addr()).is_ok() =>
+        {
+            1
+        }
         _ => 0,
     }
 }

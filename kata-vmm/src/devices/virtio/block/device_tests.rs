@@ -297,22 +297,37 @@ fn malformed_chains_get_ioerr_or_are_dropped() {
     // Only a header: dropped.
     h.submit(&[(HDR, 16, false)]);
     assert_eq!(h.run_one().1, 0);
-    // A data buffer outside guest memory: dropped.
+    // A data buffer outside guest memory (memory the device was not given): IOERR, not a
+    // read that "succeeds" with the buffer unfilled.
     h.header(request::T_IN, 0);
     h.submit(&[
         (HDR, 16, false),
         (MEM_SIZE - 256, 512, true),
         (STATUS, 1, true),
     ]);
+    assert_eq!(h.run_one().1, 1);
+    assert_eq!(h.status(), S_IOERR);
+    // A write from outside guest memory: IOERR, the disk unchanged (checked at the end).
+    h.header(request::T_OUT, 0);
+    h.submit(&[
+        (HDR, 16, false),
+        (MEM_SIZE - 256, 512, false),
+        (STATUS, 1, true),
+    ]);
+    assert_eq!(h.run_one().1, 1);
+    assert_eq!(h.status(), S_IOERR);
+    // The status byte itself outside guest memory: dropped.
+    h.header(request::T_IN, 0);
+    h.submit(&[(HDR, 16, false), (DATA, 512, true), (MEM_SIZE, 1, true)]);
     assert_eq!(h.run_one().1, 0);
-    assert_eq!(h.status(), 0xff);
-    // Too long: more segments than seg_max.
+    // Too long: more segments than seg_max: IOERR.
     h.header(request::T_IN, 0);
     let mut long = vec![(HDR, 16, false)];
     long.extend((0..(SEG_MAX as u64 + 1)).map(|i| (DATA + i * 512, 512u32, true)));
     long.push((STATUS, 1, true));
     h.submit(&long);
-    assert_eq!(h.run_one().1, 0);
+    assert_eq!(h.run_one().1, 1);
+    assert_eq!(h.status(), S_IOERR);
     // A loop: the last descriptor points back at the head.
     h.header(request::T_OUT, 0);
     let head = h.next_desc;

@@ -99,7 +99,8 @@ fn no_port(what: &str, ports: usize) -> Error {
 }
 
 impl BlockHotplug {
-    /// The handle of a VM whose bus is `bus` (its root ports the pool), memory `mem`, vectors
+    /// The handle of a VM whose bus is `bus` (its root ports the pool), memory `mem` (all of
+    /// it: RAM and the virtio-mem region, where the guest may put a disk's buffers), vectors
     /// routed by `router` with irqfds registered through `irqfds`, hot-plugged devices served
     /// by `serve`.
     pub fn new(
