@@ -194,9 +194,11 @@ pub(super) async fn wait_for(
 }
 
 /// Waits (bounded by `wait`) until a virtio-fs device is bound to the guest's `virtiofs`
-/// driver (`<sysfs>/bus/virtio/drivers/virtiofs/virtio*`; the driver registers the device's
-/// tag before it is bound). A clone of a VM template gets its share hot-plugged after the
-/// restore, a moment before `CreateSandbox`: its mount must not race the guest's probe.
+/// driver (`<sysfs>/bus/virtio/drivers/virtiofs/virtio*`). A clone of a VM template gets its
+/// share hot-plugged after the restore, a moment before `CreateSandbox`: its mount must not
+/// race the guest's probe. Linux binds the device before the driver registers its tag, and
+/// 6.1 shows no tag in sysfs, so any bound device ends this wait (`tag` names the share in the
+/// error) and the mount itself retries a tag not yet known (`storage::mount`).
 pub(super) async fn wait_virtiofs(
     sysfs: &Path,
     tag: &str,
@@ -272,7 +274,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_virtiofs_mount_waits_for_the_device_then_names_the_tag() {
+    async fn a_virtiofs_mount_waits_for_a_bound_device_and_a_timeout_names_the_tag() {
         let sys = tempfile::tempdir().unwrap();
         let driver = sys.path().join("bus/virtio/drivers/virtiofs");
         std::fs::create_dir_all(&driver).unwrap();

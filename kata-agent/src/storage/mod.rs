@@ -380,6 +380,35 @@ impl MountedStorage {
     }
 }
 
+/// How long a virtio-fs mount is retried while the guest's driver does not know its tag yet.
+/// `block::wait_virtiofs` waits until a virtio-fs device is bound to the driver, but Linux binds
+/// it (`driver_sysfs_add`) before `virtio_fs_probe` registers the tag, and 6.1 shows no tag in
+/// sysfs: a share hot-plugged a moment before (a template's clone) can still be unknown here,
+/// which the mount answers with EINVAL ("tag not found") or ENOENT.
+const VIRTIOFS_TAG_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+const POLL_TAG: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Runs `mount` until it succeeds, fails otherwise than with EINVAL or ENOENT, or `bound` has
+/// passed (then its last error is returned).
+fn retry_unknown_tag(
+    mut mount: impl FnMut() -> Result<()>,
+    bound: std::time::Duration,
+    poll: std::time::Duration,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        match mount() {
+            Err(AgentError::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::ENOENT))
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(poll)
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Mounts (or makes) a storage; on failure leaves nothing behind.
 pub fn mount(s: &StorageSpec, field: &str) -> Result<MountedStorage> {
     let p = plan(s, field)?;
@@ -412,7 +441,12 @@ pub fn mount(s: &StorageSpec, field: &str) -> Result<MountedStorage> {
     let result = (|| {
         if let Some(source) = &p.source {
             let opts = MountOptions::parse(&p.options);
-            mount_with(Some(source), &p.mount_point, p.fstype.as_deref(), &opts)?;
+            let once = || mount_with(Some(source), &p.mount_point, p.fstype.as_deref(), &opts);
+            if s.driver == "virtio-fs" {
+                retry_unknown_tag(once, VIRTIOFS_TAG_RETRY, POLL_TAG)?;
+            } else {
+                once()?;
+            }
         }
         if let Err(e) = local::apply_owner_and_mode(&p.mount_point, p.gid, p.mode, &what) {
             if p.source.is_some() {
@@ -442,6 +476,53 @@ pub fn mount(s: &StorageSpec, field: &str) -> Result<MountedStorage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn errno(e: i32) -> AgentError {
+        AgentError::sys("mount kataShared", nix::Error::from_raw(e))
+    }
+
+    #[test]
+    fn a_virtiofs_tag_not_known_yet_is_retried_and_other_errors_are_not() {
+        let short = std::time::Duration::from_millis(1);
+        // The tag is registered on the third try: the mount succeeds.
+        let mut tries = 0;
+        let r = retry_unknown_tag(
+            || {
+                tries += 1;
+                if tries < 3 {
+                    Err(errno(libc::EINVAL))
+                } else {
+                    Ok(())
+                }
+            },
+            std::time::Duration::from_secs(5),
+            short,
+        );
+        assert!(r.is_ok() && tries == 3, "{r:?} after {tries}");
+        // Another error is returned at once.
+        let mut tries = 0;
+        let r = retry_unknown_tag(
+            || {
+                tries += 1;
+                Err(errno(libc::EPERM))
+            },
+            std::time::Duration::from_secs(5),
+            short,
+        );
+        assert!(r.is_err() && tries == 1, "{r:?} after {tries}");
+        // A tag that never comes: the last error, once the bound has passed.
+        let mut tries = 0;
+        let r = retry_unknown_tag(
+            || {
+                tries += 1;
+                Err(errno(libc::ENOENT))
+            },
+            std::time::Duration::from_millis(30),
+            short,
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(tries > 1 && e.contains("kataShared"), "{e} after {tries}");
+    }
 
     fn spec(driver: &str, source: &str) -> StorageSpec {
         StorageSpec {

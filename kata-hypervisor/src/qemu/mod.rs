@@ -96,7 +96,7 @@ const MAX_BOOTS: u32 = 3;
 
 static TCG_WARNED: AtomicBool = AtomicBool::new(false);
 
-/// What the QEMU backend can do. `virtio-fs` is not served yet: nothing starts virtiofsd.
+/// What the QEMU backend can do (any configuration; [`capabilities_for`] narrows it to one).
 pub fn capabilities() -> Capabilities {
     Capabilities {
         backend: Some(HypervisorType::Qemu),
@@ -665,7 +665,17 @@ impl Qemu {
         let clone_memory = match (&template, share_port) {
             (Some((dir, _lock)), true) => {
                 let t0 = std::time::Instant::now();
-                let (memory, copied) = template::CloneMemory::copy_from(dir)?;
+                // Up to the template's whole touched memory: off the async workers.
+                let from = dir.clone();
+                let (memory, copied) =
+                    tokio::task::spawn_blocking(move || template::CloneMemory::copy_from(&from))
+                        .await
+                        .map_err(|e| {
+                            Error::io(
+                                "copying the template's memory for the clone",
+                                std::io::Error::other(e.to_string()),
+                            )
+                        })??;
                 tracing::debug!(sandbox_id = %self.id, mib = copied >> 20, took = ?t0.elapsed(), "template memory copied for the clone's virtio-fs");
                 Some(memory)
             }

@@ -96,7 +96,8 @@ pub const VMM_CHECKS: &[&str] = &[
     // reused by a second container (src/blk_hot.rs).
     "blk-hot",
     // QEMU only: VM templating (`enable_template`): three sandboxes from one template, each
-    // at its own vsock CID with the host's clock, against a fresh boot (src/template.rs).
+    // at its own vsock CID with the host's clock, against a fresh boot; then two virtio-fs
+    // clones, each with its own share hot-plugged after the restore (src/template.rs).
     "template",
 ];
 
