@@ -126,6 +126,8 @@ struct RouterState {
     next: u32,
     /// The MSI routes now in KVM's table.
     msi: BTreeMap<u32, MsiMessage>,
+    /// GSIs given back ([`GsiRouter::release`]: freed), handed out again before new ones.
+    freed: Vec<u32>,
 }
 
 /// The VM's GSI routing table (see the module documentation), shared by its devices.
@@ -150,6 +152,7 @@ impl GsiRouter {
             state: Mutex::new(RouterState {
                 next: FIRST_MSI_GSI,
                 msi: BTreeMap::new(),
+                freed: Vec::new(),
             }),
         }
     }
@@ -157,13 +160,41 @@ impl GsiRouter {
     /// `n` GSIs of the VM's own, for MSI vectors; `None` when [`MSI_GSIS`] are used up.
     pub fn allocate(&self, n: usize) -> Option<Vec<u32>> {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let end = s.next.checked_add(u32::try_from(n).ok()?)?;
+        // The freed GSIs first, then new ones.
+        let reused = n.min(s.freed.len());
+        let end = s.next.checked_add(u32::try_from(n - reused).ok()?)?;
         if end > FIRST_MSI_GSI + MSI_GSIS {
             return None;
         }
-        let gsis = (s.next..end).collect();
+        let mut gsis: Vec<u32> = s.freed.drain(..reused).collect();
+        gsis.extend(s.next..end);
         s.next = end;
         Some(gsis)
+    }
+
+    /// Gives `gsis` back (freed: a later [`Self::allocate`] hands them out again), their
+    /// routes dropped from the table first. A GSI this router did not hand out, or already
+    /// freed, is ignored. If the table cannot be written nothing is freed (a GSI still routed
+    /// is never handed out again).
+    pub fn release(&self, gsis: &[u32]) -> std::io::Result<()> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut own: Vec<u32> = gsis
+            .iter()
+            .copied()
+            .filter(|g| (FIRST_MSI_GSI..s.next).contains(g) && !s.freed.contains(g))
+            .collect();
+        own.sort_unstable();
+        own.dedup();
+        let mut msi = s.msi.clone();
+        for g in &own {
+            msi.remove(g);
+        }
+        if msi != s.msi {
+            self.sink.set_routes(&routing_table(&msi))?;
+            s.msi = msi;
+        }
+        s.freed.extend(own);
+        Ok(())
     }
 
     /// Routes each `(gsi, message)` (`None`: no route), then writes the table if it changed.
@@ -172,7 +203,7 @@ impl GsiRouter {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let mut msi = s.msi.clone();
         for &(gsi, m) in routes {
-            if !(FIRST_MSI_GSI..s.next).contains(&gsi) {
+            if !(FIRST_MSI_GSI..s.next).contains(&gsi) || s.freed.contains(&gsi) {
                 continue;
             }
             match m {
@@ -649,5 +680,34 @@ mod tests {
         let m = MsiMessage::default();
         assert!(r.set(&[(24, Some(m))]).is_err());
         assert!(r.state.lock().unwrap().msi.is_empty());
+    }
+
+    #[test]
+    fn freed_gsis_lose_their_routes_and_are_handed_out_again() {
+        let rec = Arc::new(Recorder::default());
+        let r = GsiRouter::new(rec.clone());
+        assert_eq!(r.allocate(3).unwrap(), [24, 25, 26]);
+        let m = MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x41,
+        };
+        r.set(&[(24, Some(m)), (25, Some(m)), (26, Some(m))])
+            .unwrap();
+        // 24 and 25 freed (a GSI never handed out, and a second release, ignored).
+        r.release(&[25, 24, 900]).unwrap();
+        r.release(&[24]).unwrap();
+        let tables = rec.0.lock().unwrap().clone();
+        assert_eq!(tables.len(), 2, "one write: the second release is ignored");
+        assert_eq!(msi_of(&tables[1]), [(26, 0xfee0_0000, 0, 0x41)]);
+        // A freed GSI takes no route until handed out again.
+        r.set(&[(24, Some(m))]).unwrap();
+        assert_eq!(rec.0.lock().unwrap().len(), 2);
+        assert_eq!(r.allocate(3).unwrap(), [24, 25, 27], "freed ones first");
+        // Plug and unplug forever: the range is never used up.
+        for _ in 0..(2 * MSI_GSIS) {
+            let g = r.allocate(2).unwrap();
+            r.release(&g).unwrap();
+        }
+        assert_eq!(r.allocate(1).unwrap().len(), 1);
     }
 }

@@ -13,8 +13,8 @@
 //!   plugged, on a timeout), then the device is reset, no longer served and closed; the port
 //!   is free for the next device.
 //!
-//! The GSIs a disk used are not handed out again (the VM has [`irq::MSI_GSIS`]; a disk takes
-//! two).
+//! The GSIs a disk used (two of the VM's [`irq::MSI_GSIS`], shared with VFIO) are given back
+//! when it is unplugged or its plug fails, with its eventfds closed ([`MsixWiring`]'s drop).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -210,8 +210,14 @@ impl BlockHotplug {
                 irq::MSI_GSIS
             ),
         })?;
-        let mut fds = Vec::with_capacity(n);
-        for &gsi in &gsis {
+        // Built first: an error below drops it, and the GSIs go back.
+        let mut wiring = MsixWiring {
+            router: self.router.clone(),
+            gsis,
+            fds: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let gsi = wiring.gsis[i];
             let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::DeviceIo {
                 device: what.to_string(),
                 what: "creating an MSI-X eventfd".into(),
@@ -224,13 +230,9 @@ impl BlockHotplug {
                     what: format!("KVM_IRQFD of an MSI-X vector (GSI {gsi})"),
                     source,
                 })?;
-            fds.push(fd);
+            wiring.fds.push(fd);
         }
-        Ok(MsixWiring {
-            router: self.router.clone(),
-            gsis,
-            fds,
-        })
+        Ok(wiring)
     }
 
     /// Hot-unplugs the disk in root port `port_slot`, waiting up to `timeout` for the guest to

@@ -22,7 +22,8 @@ use crate::devices::virtio::VIRTIO_MMIO_INT_CONFIG;
 pub const NO_VECTOR: u16 = 0xffff;
 
 /// Where a function's vectors go: a GSI of `router` per vector, and the eventfd registered as
-/// that GSI's irqfd.
+/// that GSI's irqfd. Dropped (the device unplugged, or a plug failing), it closes the eventfds
+/// and gives the GSIs back ([`GsiRouter::release`]).
 #[derive(Debug)]
 pub struct MsixWiring {
     /// The VM's routing table.
@@ -31,6 +32,16 @@ pub struct MsixWiring {
     pub gsis: Vec<u32>,
     /// One eventfd per vector (the GSI's irqfd in a running VM).
     pub fds: Vec<EventFd>,
+}
+
+impl Drop for MsixWiring {
+    /// Closes the eventfds (KVM drops their irqfds) and gives the GSIs back to the router.
+    fn drop(&mut self) {
+        self.fds.clear();
+        if let Err(e) = self.router.release(&self.gsis) {
+            tracing::warn!(gsis = ?self.gsis, error = %e, "virtio-pci: releasing MSI-X GSIs");
+        }
+    }
 }
 
 /// The function's MSI-X state (shared by the transport and its [`crate::devices::virtio::Interrupt`]).

@@ -19,15 +19,26 @@ impl RouteSink for NoRoutes {
     }
 }
 
-/// Records the irqfds asked for.
+/// Records the irqfds asked for; refuses them while `.1` is set.
 #[derive(Default)]
-struct Irqfds(Mutex<Vec<u32>>);
+struct Irqfds(Mutex<Vec<u32>>, std::sync::atomic::AtomicBool);
 
 impl IrqfdSink for Irqfds {
     fn register(&self, _fd: &EventFd, gsi: u32) -> std::io::Result<()> {
         self.0.lock().unwrap().push(gsi);
+        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         Ok(())
     }
+}
+
+/// Whether this process has `path` open.
+fn is_open(path: &std::path::Path) -> bool {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|l| l == path)
 }
 
 struct Rig {
@@ -175,4 +186,28 @@ fn a_vfio_port_taken_is_not_given_to_a_disk() {
     assert!(lock(&port(&r, 1)).plug(Arc::new(Mutex::new(Card))).is_ok());
     let at = r.hp.plug(&disk(&r, "a.img")).unwrap();
     assert_eq!(at.port_slot, 2);
+}
+
+#[test]
+fn a_disk_s_gsis_and_file_are_given_back_on_unplug_and_on_a_failed_plug() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let r = rig(1);
+    let c = disk(&r, "a.img");
+    // KVM refuses the first irqfd: nothing plugged, the GSIs and the file given back.
+    r.irqfds.1.store(true, SeqCst);
+    let e = r.hp.plug(&c).unwrap_err().to_string();
+    assert!(e.contains("KVM_IRQFD"), "{e}");
+    assert_eq!(r.hp.free_ports(), 1);
+    assert!(!is_open(&c.path), "the image is closed");
+    r.irqfds.1.store(false, SeqCst);
+    let p = port(&r, 1);
+    for _ in 0..3 {
+        r.hp.plug(&c).unwrap();
+        assert!(is_open(&c.path));
+        guest_powers_off(&p);
+        r.hp.unplug(1, Duration::from_secs(1)).unwrap();
+        assert!(!is_open(&c.path), "the image is closed after the unplug");
+    }
+    // The same two GSIs every time: a VM plugs and unplugs without running out.
+    assert_eq!(*r.irqfds.0.lock().unwrap(), [24, 24, 25, 24, 25, 24, 25]);
 }
