@@ -134,6 +134,8 @@ pub const BUILTIN_VFIO_CHECKS: &[&str] = &[
     // table: its vectors counting in /proc/interrupts while /dev/hwrng is read.
     "vfio-msix",
     "vfio-hot-root-port",
+    // INTx of the edu hot-plugged onto a spare root port (its slot's INTA# declared at boot).
+    "vfio-intx-hot-root-port",
     // The edu behind kata-vmm's PCIe switch (root port, upstream port, downstream port).
     "vfio-cold-switch-port",
     "vfio-mode-cold-switch-port",

@@ -1292,13 +1292,21 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
             return (r.ran, r.passed);
         }
     };
-    // `KATA_LAB_VFIO=builtin-hot`: the hot-plug case alone.
+    // `KATA_LAB_VFIO=builtin-hot`: the hot-plug cases alone (root port; INTx when the proof
+    // program builds).
     if only()
         .ok()
         .flatten()
         .is_some_and(|o| o.iter().any(|n| n == "builtin-hot"))
     {
         builtin_hot_root_port_case(&mut r, &vfio, rootfs, root_dir).await;
+        match build_proof(rootfs) {
+            Ok(()) => vfio_irq::run_hot_intx(&mut r, &vfio, rootfs, root_dir).await,
+            Err(e) => r.line(
+                "vfio-intx-hot-root-port",
+                Err(anyhow::anyhow!("not run: {e:#}")),
+            ),
+        }
         return (r.ran, r.passed);
     }
     // `KATA_LAB_VFIO=builtin-switch`: the switch's cases alone.
@@ -1352,6 +1360,7 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
     vfio_irq::run(&mut r, &vfio, rootfs, root_dir).await;
     vfio_msix::run(&mut r, rootfs, root_dir).await;
     builtin_hot_root_port_case(&mut r, &vfio, rootfs, root_dir).await;
+    vfio_irq::run_hot_intx(&mut r, &vfio, rootfs, root_dir).await;
     builtin_switch_case(&mut r, &vfio, rootfs, root_dir, proof.is_ok()).await;
     if let Err(e) = &proof {
         r.line(

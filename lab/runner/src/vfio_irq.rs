@@ -27,6 +27,8 @@ use kata_hypervisor::PciePort;
 /// The checks' names (in [`kata_lab::protocol::BUILTIN_VFIO_CHECKS`]).
 const MSI: &str = "vfio-msi";
 const INTX: &str = "vfio-intx";
+/// The INTx check of a hot-plugged function (built-in VMM).
+const HOT_INTX: &str = "vfio-intx-hot-root-port";
 /// The QEMU backend's (in [`kata_lab::protocol::VFIO_CHECKS`]).
 const QEMU_MSI: &str = "vfio-msi-cold-root-port";
 const QEMU_INTX: &str = "vfio-intx-cold-root-port";
@@ -110,6 +112,44 @@ pub(super) async fn run(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir: &s
     r.line(INTX, intx);
     if let Err(e) = sb.shutdown().await {
         eprintln!("kata-lab: shutting the builtin {MSI} sandbox down: {e:#}");
+    }
+}
+
+/// `builtin-vfio-intx-hot-root-port`: the edu hot-plugged onto a spare root port in `vfio`
+/// mode, `vfio_proof intx` counts two interrupts through INTx — the INTA# line the MP table
+/// declared for the spare port's slot at boot, an irqfd with resample wired at the plug.
+pub(super) async fn run_hot_intx(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir: &str) {
+    if !rootfs.join(PROOF).exists() {
+        r.line(HOT_INTX, Err(anyhow::anyhow!("not run: no proof program")));
+        return;
+    }
+    let sb = match super::build_builtin_on(
+        kata_hypervisor::PciePort::RootPort,
+        false,
+        true,
+        vfio,
+        root_dir,
+    )
+    .await
+    {
+        Ok(sb) => sb,
+        Err(e) => {
+            r.line(HOT_INTX, Err(e.context("the sandbox did not start")));
+            return;
+        }
+    };
+    let intx = proof(
+        &sb,
+        vfio,
+        rootfs,
+        "intx",
+        "INTx of a function hot-plugged onto the built-in VMM's spare root port (the INTA# \
+         line the MP table declared for its slot at boot, irqfd with resample wired at the plug)",
+    )
+    .await;
+    r.line(HOT_INTX, intx);
+    if let Err(e) = sb.shutdown().await {
+        eprintln!("kata-lab: shutting the builtin {HOT_INTX} sandbox down: {e:#}");
     }
 }
 

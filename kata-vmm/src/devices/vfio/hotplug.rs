@@ -10,8 +10,10 @@
 //!   function is opened as at boot ([`VfioSet::open_in`]: sysfs first, so a function whose
 //!   group is not all on `vfio-pci` is refused before anything is opened; the container and
 //!   its DMA mapping of guest RAM on first use), its BARs placed in the port's window, its MSI
-//!   and MSI-X wired ([`irq::wire`]; no INTx: the MP table, written at boot, names no pin for
-//!   a hot-plugged function); then the port's slot reports presence ([`RootPort::plug`]) and
+//!   and MSI-X wired ([`irq::wire`]), and behind a spare root port its INTx too, on the INTA#
+//!   line the MP table declared for the port's slot at boot (none behind a switch or bridge
+//!   slot: the table names bus 0's INTA# only); then the port's slot reports presence
+//!   ([`RootPort::plug`]) and
 //!   raises the port's MSI, and the guest's pciehp powers the slot, scans the bus below and
 //!   assigns the BARs.
 //! - **Unplug** ([`VfioHotplug::unplug`]): the slot's attention button is pressed; pciehp
@@ -204,7 +206,11 @@ pub(crate) fn plug_into(
     let mut alloc = BarAllocator::within(window.0, window.1);
     let mut d = set.open_in(c, mem, &mut alloc)?;
     d.slot = Some(port_slot);
-    d.intx_pin = None;
+    // INTx only behind a spare root port whose INTA# the MP table declared at boot.
+    d.intx_pin = match &port {
+        Holder::Port(_) if path.len() == 2 => set.reserved_pin(port_slot).filter(|_| d.host_intx),
+        _ => None,
+    };
     wire(&mut d)?;
     let d = Arc::new(Mutex::new(d));
     let plugged = match &port {

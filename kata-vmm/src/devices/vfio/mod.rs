@@ -128,6 +128,10 @@ pub struct VfioSet {
     bars: BarAllocator,
     /// The functions opened, for their MSI wiring when the VM starts.
     devices: Vec<Arc<Mutex<VfioPci>>>,
+    /// The INTA# lines the MP table declares for spare root ports' slots, so a function
+    /// hot-plugged there can use its pin (the table is written at boot); a line a virtio-mmio
+    /// device takes is dropped by [`VfioSet::check_lines`].
+    reserved_intx: Mutex<Vec<crate::vstate::mptable::PciIntx>>,
 }
 
 impl VfioSet {
@@ -202,7 +206,7 @@ impl VfioSet {
     }
 
     /// The INTx lines of the functions that have one, for the MP table.
-    pub fn intx_lines(&self) -> Vec<crate::vstate::mptable::PciIntx> {
+    fn device_intx_lines(&self) -> Vec<crate::vstate::mptable::PciIntx> {
         self.devices
             .iter()
             .filter_map(|d| {
@@ -215,10 +219,47 @@ impl VfioSet {
             .collect()
     }
 
-    /// Refuses a VM whose virtio-mmio lines (`virtio_irqs`) reach a VFIO function's INTx pin.
+    /// The INTx lines for the MP table: the functions' and those reserved for spare root
+    /// ports' slots.
+    pub fn intx_lines(&self) -> Vec<crate::vstate::mptable::PciIntx> {
+        let mut lines = self.device_intx_lines();
+        let reserved = self
+            .reserved_intx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for l in reserved.iter() {
+            if !lines.iter().any(|d| d.slot == l.slot) {
+                lines.push(*l);
+            }
+        }
+        lines
+    }
+
+    /// The INTA# pin reserved for a function hot-plugged behind the root port in `slot`.
+    pub(crate) fn reserved_pin(&self, slot: u8) -> Option<u8> {
+        self.reserved_intx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|l| l.slot == slot)
+            .map(|l| l.pin)
+    }
+
+    /// Refuses a VM whose virtio-mmio lines (`virtio_irqs`) reach a VFIO function's INTx pin;
+    /// a reserved line (a spare port's) such a line reaches is dropped instead (a function
+    /// plugged there then has MSI and MSI-X only).
     pub fn check_lines(&self, virtio_irqs: impl IntoIterator<Item = u32>) -> Result<()> {
-        let pins: Vec<u32> = self.intx_lines().iter().map(|l| u32::from(l.pin)).collect();
-        match virtio_irqs.into_iter().find(|i| pins.contains(i)) {
+        let irqs: Vec<u32> = virtio_irqs.into_iter().collect();
+        self.reserved_intx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|l| !irqs.contains(&u32::from(l.pin)));
+        let pins: Vec<u32> = self
+            .device_intx_lines()
+            .iter()
+            .map(|l| u32::from(l.pin))
+            .collect();
+        match irqs.into_iter().find(|i| pins.contains(i)) {
             Some(irq) => Err(Error::Device {
                 device: format!("virtio-mmio line {irq}"),
                 reason: format!(
@@ -934,6 +975,13 @@ pub fn build_hierarchy(
         let port = RootPort::new(slot, secondary, (start, start + ROOT_PORT_WINDOW));
         bus.add_root_port(Arc::new(Mutex::new(port)))
             .ok_or_else(full)?;
+        // INTx for what is plugged there later: the MP table is written at boot.
+        if let Some(pin) = irq::intx_pin(slot) {
+            set.reserved_intx
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(crate::vstate::mptable::PciIntx { slot, pin });
+        }
         tracing::info!(
             slot,
             secondary,

@@ -374,3 +374,26 @@ fn spare_switch_ports_take_functions_with_the_root_ports_slot_sequence_and_are_r
     let (_, path, _) = free_hotplug_port(&lock(&bus)).unwrap();
     assert_eq!(path, vec![1, 0, 0, 0], "the freed port is reused");
 }
+
+#[test]
+fn spare_root_ports_reserve_their_inta_lines_and_a_virtio_line_drops_one() {
+    use crate::vstate::mptable::PciIntx;
+    let Some((_, set)) = super::super::build_bus(&[], 2, &mem()).unwrap() else {
+        panic!("spare ports make a bus")
+    };
+    assert_eq!(
+        set.intx_lines(),
+        vec![PciIntx { slot: 1, pin: 23 }, PciIntx { slot: 2, pin: 22 }]
+    );
+    assert_eq!(set.reserved_pin(2), Some(22));
+    // A virtio-mmio line on pin 22: not an error (no function has it), the reservation goes.
+    set.check_lines([5, 22]).unwrap();
+    assert_eq!(set.intx_lines(), vec![PciIntx { slot: 1, pin: 23 }]);
+    assert_eq!(set.reserved_pin(2), None);
+    assert_eq!(set.reserved_pin(1), Some(23));
+    // Switch ports and bridge slots reserve nothing (their INTA# is not bus 0's).
+    let Some((_, set)) = super::super::build_hierarchy(&[], 0, 2, 0, &mem()).unwrap() else {
+        panic!("spare switch ports make a bus")
+    };
+    assert!(set.intx_lines().is_empty());
+}
