@@ -7,7 +7,8 @@
 //!   the port's window, its MSI-X vectors given GSIs and irqfds, the device joined to the
 //!   VM's run-time devices ([`super::serve`]), and the port's slot reports presence and
 //!   raises the port's MSI: the guest's pciehp brings the disk up. Any error leaves the port
-//!   empty and the file closed.
+//!   empty and the file closed. Disk plugs run one at a time; a port a VFIO hot-plug took
+//!   meanwhile makes the plug try the next free one.
 //! - **Unplug** ([`BlockHotplug::unplug`]): the slot's attention button, a bounded wait for
 //!   the guest to power the slot off ([`release`]: an error naming the slot, the disk left
 //!   plugged, on a timeout), then the device is reset, no longer served and closed; the port
@@ -69,6 +70,8 @@ pub struct BlockHotplug {
     router: Arc<GsiRouter>,
     serve: Arc<Mutex<RunTimeDevices>>,
     plugged: Arc<Mutex<Vec<InSlot>>>,
+    /// Held by a plug from choosing its port to recording it.
+    plugging: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for BlockHotplug {
@@ -117,6 +120,7 @@ impl BlockHotplug {
             router,
             serve,
             plugged: Arc::new(Mutex::new(Vec::new())),
+            plugging: Arc::new(Mutex::new(())),
         }
     }
 
@@ -134,6 +138,21 @@ impl BlockHotplug {
     /// soon as the slot reported it.
     pub fn plug(&self, c: &BlockConfig) -> Result<Plugged> {
         let what = format!("virtio-blk {} (hot-plug)", c.path.display());
+        // One disk plug at a time: two would choose the same free port.
+        let _plugging = lock(&self.plugging);
+        // A VFIO hot-plug may still take the chosen port meanwhile: then the next free one
+        // (each round one port fewer is free, so this ends).
+        loop {
+            if let Some(plugged) = self.try_plug(c, &what)? {
+                return Ok(plugged);
+            }
+        }
+    }
+
+    /// One attempt of [`Self::plug`]: `None` if the port chosen was taken meanwhile (nothing
+    /// left behind).
+    fn try_plug(&self, c: &BlockConfig, what: &str) -> Result<Option<Plugged>> {
+        let what = what.to_string();
         // Opened here, first: a missing file plugs nothing.
         let block = Block::new(c)?;
         let notify = block
@@ -180,9 +199,10 @@ impl BlockHotplug {
             })?;
         let shared: SharedPciDevice = device.clone();
         if lock(&port).plug(shared).is_err() {
-            // Taken meanwhile (a VFIO hot-plug chose the same port).
+            // Taken meanwhile (a VFIO hot-plug chose the same port): the device, its file and
+            // GSIs are dropped; the caller tries the next free port.
             lock(&self.serve).remove(served);
-            return Err(no_port(&what, 0));
+            return Ok(None);
         }
         tracing::info!(
             path = %c.path.display(), slot = port_slot, secondary,
@@ -195,10 +215,10 @@ impl BlockHotplug {
             device,
             served,
         });
-        Ok(Plugged {
+        Ok(Some(Plugged {
             port_slot,
             secondary,
-        })
+        }))
     }
 
     /// `n` vectors: GSIs of the router and eventfds registered as their irqfds.

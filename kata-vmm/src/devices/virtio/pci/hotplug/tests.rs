@@ -211,3 +211,26 @@ fn a_disk_s_gsis_and_file_are_given_back_on_unplug_and_on_a_failed_plug() {
     // The same two GSIs every time: a VM plugs and unplugs without running out.
     assert_eq!(*r.irqfds.0.lock().unwrap(), [24, 24, 25, 24, 25, 24, 25]);
 }
+
+#[test]
+fn concurrent_plugs_take_different_ports() {
+    for _ in 0..20 {
+        let r = rig(2);
+        let (a, b) = (disk(&r, "a.img"), disk(&r, "b.img"));
+        let go = std::sync::Barrier::new(2);
+        let (pa, pb) = std::thread::scope(|s| {
+            let ta = s.spawn(|| {
+                go.wait();
+                r.hp.plug(&a)
+            });
+            let tb = s.spawn(|| {
+                go.wait();
+                r.hp.plug(&b)
+            });
+            (ta.join().unwrap(), tb.join().unwrap())
+        });
+        let (pa, pb) = (pa.unwrap(), pb.unwrap());
+        assert_ne!(pa.port_slot, pb.port_slot);
+        assert_eq!(r.hp.free_ports(), 0);
+    }
+}
