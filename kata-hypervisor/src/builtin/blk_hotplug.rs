@@ -12,6 +12,7 @@
 //! The work (opening the image, waiting for the guest) runs on a blocking thread of the
 //! caller, never on a vCPU or device thread.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kata_vmm::devices::virtio::block::BlockConfig;
@@ -28,6 +29,9 @@ pub(super) struct HotDisk {
     /// Its root port's slot on the root bus.
     pub(super) port_slot: u8,
 }
+
+/// The disks hot-plugged into the running VM, shared with the blocking tasks that record them.
+pub(super) type HotDisks = Arc<Mutex<Vec<HotDisk>>>;
 
 /// Whether `c` asks for disks on virtio-pci (`block_device_driver`).
 pub(super) fn pci_disks(c: &HypervisorConfig) -> bool {
@@ -100,12 +104,28 @@ pub(super) fn refusal(c: &HypervisorConfig, d: &BlockDevice) -> Option<Error> {
     Some(invalid(d, why))
 }
 
-/// Hot-plugs `d` through `handle` (the running VM's).
+/// The refusal of a second disk with `d`'s id.
+fn duplicate(d: &BlockDevice) -> Error {
+    invalid(
+        d,
+        format!(
+            "a disk with id {:?} is hot-plugged already: give each disk its own id, or remove \
+             that one first",
+            d.id
+        ),
+    )
+}
+
+/// Hot-plugs `d` through `handle` (the running VM's) and records it in `disks`.
 pub(super) async fn add(
     c: &HypervisorConfig,
     handle: BlockHotplug,
+    disks: HotDisks,
     d: &BlockDevice,
 ) -> Result<HotDisk> {
+    if super::lock(&disks).iter().any(|h| h.device.id == d.id) {
+        return Err(duplicate(d));
+    }
     if handle.free_ports() == 0 {
         return Err(Error::NoFreePort {
             device: d.id.clone(),
@@ -122,14 +142,31 @@ pub(super) async fn add(
         read_only: d.read_only,
         id: Some(d.id.chars().take(20).collect()),
     };
-    let plugged = tokio::task::spawn_blocking(move || handle.plug(&config))
-        .await
-        .map_err(|e| invalid(d, format!("the hot-plug task failed: {e}")))?
-        .map_err(|e| invalid(d, e))?;
-    Ok(HotDisk {
-        device: d.clone(),
-        port_slot: plugged.port_slot,
+    plug_and_record(disks, d, move || handle.plug(&config).map(|p| p.port_slot)).await
+}
+
+/// Runs `plug` (the disk's port slot, or why not) on a blocking thread and records the disk
+/// in `disks` there, under the list's lock from the duplicate check to the record: a second
+/// disk with the same id is refused, and a disk whose add was dropped (its caller gone) while
+/// plugging is still recorded, so `remove_device` finds and unplugs it.
+async fn plug_and_record<F, E>(disks: HotDisks, d: &BlockDevice, plug: F) -> Result<HotDisk>
+where
+    F: FnOnce() -> std::result::Result<u8, E> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let device = d.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut disks = super::lock(&disks);
+        if disks.iter().any(|h| h.device.id == device.id) {
+            return Err(duplicate(&device));
+        }
+        let port_slot = plug().map_err(|e| invalid(&device, e))?;
+        let hot = HotDisk { device, port_slot };
+        disks.push(hot.clone());
+        Ok(hot)
     })
+    .await
+    .map_err(|e| invalid(d, format!("the hot-plug task failed: {e}")))?
 }
 
 /// Hot-unplugs the disk in `port_slot` through `handle`, waiting up to `wait` for the guest
@@ -177,6 +214,70 @@ mod tests {
         let mmio = with(BlockDeviceDriver::VirtioBlkMmio, 2);
         assert!(!enabled(&mmio));
         assert_eq!(spare_ports(&mmio), 0);
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_id_is_refused_naming_it_and_the_first_disk_kept() {
+        let disks = HotDisks::default();
+        let a = plug_and_record(disks.clone(), &disk(), || Ok::<u8, String>(1)).await;
+        assert_eq!(a.unwrap().port_slot, 1);
+        let other = BlockDevice {
+            path: "/var/lib/other.img".into(),
+            ..disk()
+        };
+        let plugged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let p = plugged.clone();
+        let e = plug_and_record(disks.clone(), &other, move || {
+            p.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<u8, String>(2)
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"blk-0\"") && e.contains("already"), "{e}");
+        assert!(
+            !plugged.load(std::sync::atomic::Ordering::SeqCst),
+            "nothing plugged"
+        );
+        let kept = disks.lock().unwrap().clone();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].device.path, disk().path);
+        // A failed plug records nothing.
+        let e = plug_and_record(HotDisks::default(), &disk(), || Err("no port"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no port"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plug_whose_add_is_dropped_is_still_recorded() {
+        let disks = HotDisks::default();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let d = disk();
+        let add = plug_and_record(disks.clone(), &d, move || {
+            started_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            Ok::<u8, String>(3)
+        });
+        // The caller gives up while the disk is being plugged.
+        let dropped = tokio::time::timeout(Duration::from_millis(50), add).await;
+        assert!(dropped.is_err(), "the add was still plugging");
+        started_rx.recv().unwrap();
+        go_tx.send(()).unwrap();
+        for _ in 0..200 {
+            if !disks.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let kept = disks.lock().unwrap().clone();
+        assert_eq!(kept.len(), 1, "recorded, so remove_device can unplug it");
+        assert_eq!(
+            (kept[0].device.id.as_str(), kept[0].port_slot),
+            ("blk-0", 3)
+        );
     }
 
     #[test]

@@ -133,7 +133,7 @@ pub struct Builtin {
     /// VFIO functions hot-plugged into spare root or switch ports, with their guest paths.
     hot_vfio: Mutex<Vec<hotplug::HotPlugged>>,
     /// Disks hot-plugged into spare root ports, with their ports' slots (blk_hotplug).
-    hot_disks: Mutex<Vec<blk_hotplug::HotDisk>>,
+    hot_disks: blk_hotplug::HotDisks,
     /// Cold-plugged VFIO functions, in slot order (`00:01.0`, ...).
     vfio: Mutex<Vec<VfioDevice>>,
     shares: Mutex<Vec<(String, PathBuf)>>,
@@ -183,7 +183,7 @@ impl Builtin {
             nics: Mutex::new(Vec::new()),
             hot_vfio: Mutex::new(Vec::new()),
             vfio: Mutex::new(Vec::new()),
-            hot_disks: Mutex::new(Vec::new()),
+            hot_disks: blk_hotplug::HotDisks::default(),
             shares: Mutex::new(Vec::new()),
             vm: Mutex::new(None),
             watcher: Mutex::new(None),
@@ -501,10 +501,9 @@ impl Hypervisor for Builtin {
             let Some(handle) = handle else {
                 return Err(Error::NotRunning(self.state().to_string()));
             };
-            let plugged = blk_hotplug::add(&self.config, handle, d).await?;
-            let address = blk_hotplug::guest_path(&d.id, plugged.port_slot)?;
-            lock(&self.hot_disks).push(plugged);
-            return Ok(address);
+            // Recorded in hot_disks by the plug's own task (even if this call is dropped).
+            let plugged = blk_hotplug::add(&self.config, handle, self.hot_disks.clone(), d).await?;
+            return blk_hotplug::guest_path(&d.id, plugged.port_slot);
         }
         Err(Error::Unsupported {
             backend: NAME,
