@@ -34,6 +34,21 @@ const MAX_SPARE_PORTS: u32 = 15;
 
 /// Refuses the port settings the built-in VMM cannot honour.
 pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
+    let grows =
+        c.enable_virtio_mem && (c.default_maxmemory == 0 || c.default_maxmemory > c.default_memory);
+    if grows && c.hot_plug_vfio != PciePort::NoPort {
+        // A hot-plugged function's DMA maps the memory there is at the plug: memory
+        // virtio-mem plugs later would not be reachable by it. Disks may still take the
+        // spare ports (`block_device_driver = "virtio-blk-pci"`).
+        return Err(Error::InvalidConfig {
+            key: "hot_plug_vfio",
+            value: c.hot_plug_vfio.to_string(),
+            reason: "VFIO hot-plug with memory hot-plug (enable_virtio_mem): memory plugged \
+                     later would not be mapped for the function's DMA; set \
+                     hot_plug_vfio = \"no-port\" or enable_virtio_mem = false"
+                .into(),
+        });
+    }
     if c.cold_plug_vfio == PciePort::SwitchPort && c.pcie_root_port > 0 {
         return Err(Error::InvalidConfig {
             key: "pcie_root_port",
@@ -311,6 +326,40 @@ mod tests {
         assert_eq!(spare_switch_ports(&spare), 2);
         check_ports(&spare).unwrap();
         assert_eq!(spare_switch_ports(&with(PciePort::RootPort)), 0);
+    }
+
+    #[test]
+    fn vfio_hot_plug_with_virtio_mem_is_refused_naming_both_keys() {
+        let hot = HypervisorConfig {
+            cold_plug_vfio: PciePort::NoPort,
+            hot_plug_vfio: PciePort::RootPort,
+            pcie_root_port: 1,
+            default_memory: 256,
+            default_maxmemory: 1024,
+            ..with(PciePort::NoPort)
+        };
+        check_ports(&hot).unwrap();
+        let growing = HypervisorConfig {
+            enable_virtio_mem: true,
+            ..hot.clone()
+        };
+        let e = check_ports(&growing).unwrap_err().to_string();
+        assert!(
+            e.contains("hot_plug_vfio") && e.contains("enable_virtio_mem"),
+            "{e}"
+        );
+        // Nothing to grow by: no virtio-mem device, nothing refused.
+        let fixed = HypervisorConfig {
+            default_maxmemory: 256,
+            ..growing.clone()
+        };
+        check_ports(&fixed).unwrap();
+        // Disks alone on the spare ports go with virtio-mem.
+        let disks = HypervisorConfig {
+            hot_plug_vfio: PciePort::NoPort,
+            ..growing
+        };
+        check_ports(&disks).unwrap();
     }
 
     #[test]

@@ -310,17 +310,8 @@ impl VmBuilder {
                     .into(),
             });
         }
-        if c.hotplug_memory_mib > 0
-            && (c.spare_root_ports > 0 || c.spare_switch_ports > 0 || c.spare_bridge_slots > 0)
-        {
-            return Err(Error::Device {
-                device: format!("VM {}", c.name),
-                reason: "memory hotplug (virtio-mem) with spare root ports for VFIO hot-plug: \
-                         plugged memory would not be mapped for the functions' DMA; set \
-                         enable_virtio_mem = false or pcie_root_port = 0"
-                    .into(),
-            });
-        }
+        // Spare ports with virtio-mem: disks may take them; a VFIO hot-plug is refused at the
+        // plug (`VfioHotplug::plug`), as its DMA would not cover memory plugged later.
         let ram = GuestRam::with_hotplug(&c.name, c.memory_mib, c.hotplug_memory_mib)?;
         let mem = ram.memory();
         let kernel = loader::load_kernel(mem, &c.kernel)?;

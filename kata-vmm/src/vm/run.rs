@@ -329,13 +329,16 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
             // The PCI bridges' SHPC MSI too.
             crate::devices::vfio::hotplug::wire_bridges_msi(&bus, kvm.fd(), &router)?;
             if p.spare_root_ports > 0 || p.spare_switch_ports > 0 || p.spare_bridge_slots > 0 {
-                vfio_hotplug = Some(crate::devices::vfio::hotplug::VfioHotplug::new(
-                    bus.clone(),
-                    set.clone(),
-                    p.ram.memory().clone(),
-                    kvm.shared_fd(),
-                    router,
-                ));
+                vfio_hotplug = Some(
+                    crate::devices::vfio::hotplug::VfioHotplug::new(
+                        bus.clone(),
+                        set.clone(),
+                        p.ram.memory().clone(),
+                        kvm.shared_fd(),
+                        router,
+                    )
+                    .with_memory_hotplug(p.ram.hotplug().is_some()),
+                );
             }
             Some((bus, set))
         }

@@ -86,6 +86,24 @@ pub struct VfioHotplug {
     vm: Arc<VmFd>,
     router: Arc<GsiRouter>,
     plugged: Arc<Mutex<Vec<InSlot>>>,
+    /// The VM has a virtio-mem region: memory plugged there later would not be mapped for a
+    /// function's DMA, so a VFIO hot-plug is refused (a disk may still take a spare port).
+    memory_hotplug: bool,
+}
+
+/// A VFIO hot-plug into a VM with a virtio-mem region is refused: the function's DMA maps the
+/// memory there is at the plug, and memory plugged later would not be reachable by it.
+pub(crate) fn refuse_with_memory_hotplug(memory_hotplug: bool, c: &VfioConfig) -> Result<()> {
+    if !memory_hotplug {
+        return Ok(());
+    }
+    Err(Error::Device {
+        device: format!("VFIO function {}", c.bdf),
+        reason: "hot-plugged into a VM with memory hotplug (virtio-mem): memory plugged later \
+                 would not be mapped for the function's DMA; set enable_virtio_mem = false, or \
+                 hot-plug no VFIO device"
+            .into(),
+    })
 }
 
 impl std::fmt::Debug for VfioHotplug {
@@ -284,7 +302,14 @@ impl VfioHotplug {
             vm,
             router,
             plugged: Arc::new(Mutex::new(Vec::new())),
+            memory_hotplug: false,
         }
+    }
+
+    /// Marks the VM as having a virtio-mem region: [`VfioHotplug::plug`] then refuses.
+    pub(crate) fn with_memory_hotplug(mut self, yes: bool) -> Self {
+        self.memory_hotplug = yes;
+        self
     }
 
     /// The hot-plug ports (root ports, switch downstream ports) with an empty slot, and the
@@ -316,6 +341,7 @@ impl VfioHotplug {
     /// documentation); returns where the guest finds it. Returns as soon as the slot reported
     /// it: the guest's pciehp then brings it up.
     pub fn plug(&self, c: &VfioConfig) -> Result<Plugged> {
+        refuse_with_memory_hotplug(self.memory_hotplug, c)?;
         let (vm, router) = (&self.vm, &self.router);
         let (at, path, port, device) = plug_into(&self.bus, &self.set, &self.mem, c, |d| {
             super::wire_one(d, vm, router)

@@ -293,7 +293,9 @@ fn a_function_not_on_vfio_pci_is_refused_and_leaves_the_port_empty() {
 }
 
 #[test]
-fn spare_ports_with_memory_hotplug_are_refused_before_anything_is_made() {
+fn spare_ports_go_with_memory_hotplug_and_a_vfio_plug_is_refused() {
+    // The VM is not refused for its spare ports (disks may take them): what fails here is the
+    // missing kernel.
     let t = tempfile::tempdir().unwrap();
     let e = crate::vm::VmBuilder::new(t.path().join("no-kernel"))
         .hotplug_memory_mib(128)
@@ -302,9 +304,19 @@ fn spare_ports_with_memory_hotplug_are_refused_before_anything_is_made() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("pcie_root_port") && e.contains("enable_virtio_mem"),
+        !e.contains("enable_virtio_mem") && e.contains("no-kernel"),
         "{e}"
     );
+    // A VFIO function is: its DMA would not cover memory plugged later.
+    let c = VfioConfig::new("0000:00:03.0").behind_root_port();
+    let e = refuse_with_memory_hotplug(true, &c)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("0000:00:03.0") && e.contains("enable_virtio_mem"),
+        "{e}"
+    );
+    refuse_with_memory_hotplug(false, &c).unwrap();
 }
 
 /// A configuration cycle at `b:slot.0`, byte `offset`, as the guest makes it below a bridge.
