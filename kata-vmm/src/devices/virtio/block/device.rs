@@ -243,6 +243,17 @@ fn answer_unreadable(
     }
 }
 
+/// The status of a discard whose hole punch failed with `e`: UNSUPP where the file cannot
+/// punch holes (a host block device without discard support, a filesystem without hole
+/// punching: DISCARD is offered before that can be known), else IOERR.
+fn discard_failed(e: &std::io::Error) -> u8 {
+    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        S_UNSUPP
+    } else {
+        S_IOERR
+    }
+}
+
 impl Disk {
     /// Runs `req`, writes its status, returns the used length.
     fn execute(&mut self, mem: &GuestMemory, req: &Request) -> u32 {
@@ -336,7 +347,7 @@ impl Disk {
             )
         };
         if rc != 0 {
-            return Err(S_IOERR);
+            return Err(discard_failed(&std::io::Error::last_os_error()));
         }
         Ok(())
     }

@@ -386,3 +386,11 @@ fn the_event_loop_runs_the_queue_on_notify() {
     mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
     assert_eq!(got, [1; 4]);
 }
+
+#[test]
+fn a_disk_that_cannot_punch_holes_answers_discard_with_unsupp() {
+    let no = std::io::Error::from_raw_os_error(libc::EOPNOTSUPP);
+    assert_eq!(discard_failed(&no), S_UNSUPP);
+    let io = std::io::Error::from_raw_os_error(libc::EIO);
+    assert_eq!(discard_failed(&io), S_IOERR);
+}
