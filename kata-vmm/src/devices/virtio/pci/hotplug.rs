@@ -5,7 +5,8 @@
 //! - **Plug** ([`BlockHotplug::plug`]): the image is opened on the caller's thread (the VMM's
 //!   threads are confined and could not), a free port is chosen, the function's BAR placed in
 //!   the port's window, its MSI-X vectors given GSIs and irqfds, the device joined to the
-//!   VM's run-time devices ([`super::serve`]), and the port's slot reports presence and
+//!   VM's run-time devices ([`super::serve`]) and put in the slot behind a [`Doorbell`] (a
+//!   queue notification does not wait for the device thread), and the port's slot reports presence and
 //!   raises the port's MSI: the guest's pciehp brings the disk up. Any error leaves the port
 //!   empty and the file closed. Disk plugs run one at a time; a port a VFIO hot-plug took
 //!   meanwhile makes the plug try the next free one.
@@ -23,6 +24,7 @@ use std::time::Duration;
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::doorbell::Doorbell;
 use super::msix::MsixWiring;
 use super::serve::RunTimeDevices;
 use super::{vectors_for, VirtioPci, BAR_SIZE};
@@ -155,14 +157,19 @@ impl BlockHotplug {
         let what = what.to_string();
         // Opened here, first: a missing file plugs nothing.
         let block = Block::new(c)?;
-        let notify = block
-            .notify_evt()
-            .try_clone()
-            .map_err(|source| Error::DeviceIo {
-                device: what.clone(),
-                what: "duplicating its notify eventfd".into(),
-                source,
-            })?;
+        let dup = || {
+            block
+                .notify_evt()
+                .try_clone()
+                .map_err(|source| Error::DeviceIo {
+                    device: what.clone(),
+                    what: "duplicating its notify eventfd".into(),
+                    source,
+                })
+        };
+        // The function's, and the doorbell's (a notify that does not wait for the device).
+        let (notify, bell) = (dup()?, dup()?);
+        let queues = block.queue_max_sizes().len();
         let (port_slot, port) = {
             let bus = lock(&self.bus);
             free_port(&bus).ok_or_else(|| no_port(&what, bus.root_ports().len()))?
@@ -181,7 +188,7 @@ impl BlockHotplug {
                     window.0, window.1
                 ),
             })?;
-        let wiring = self.wire(&what, vectors_for(block.queue_max_sizes().len()))?;
+        let wiring = self.wire(&what, vectors_for(queues))?;
         let device = Arc::new(Mutex::new(VirtioPci::new(
             Box::new(block),
             self.mem.clone(),
@@ -197,7 +204,8 @@ impl BlockHotplug {
                 what: "serving it on the device thread".into(),
                 source,
             })?;
-        let shared: SharedPciDevice = device.clone();
+        let shared: SharedPciDevice =
+            Arc::new(Mutex::new(Doorbell::new(device.clone(), bell, queues)));
         if lock(&port).plug(shared).is_err() {
             // Taken meanwhile (a VFIO hot-plug chose the same port): the device, its file and
             // GSIs are dropped; the caller tries the next free port.

@@ -16,7 +16,8 @@
 //!
 //! A notification trapped at the notify structure wakes the device: its own eventfd (the one
 //! the event loop watches for it) when given one, else [`VirtioDevice::queue_notify`] on the
-//! calling thread. Interrupts go through the MSI-X vectors the driver chose (one for
+//! calling thread; a function served on the device thread sits behind a [`doorbell`] that
+//! rings the eventfd without waiting for the function. Interrupts go through the MSI-X vectors the driver chose (one for
 //! configuration changes, one per queue), each an irqfd.
 //!
 //! Nothing the driver writes is trusted: a feature not offered is dropped, a queue size or a
@@ -24,6 +25,7 @@
 //! table reads back as "no vector", a notify for a queue that does not exist and a write to a
 //! read-only field are ignored, a BAR write keeps the BAR's size and alignment.
 
+pub mod doorbell;
 pub mod hotplug;
 pub mod msix;
 pub mod serve;
@@ -277,6 +279,12 @@ impl VirtioPci {
     /// The BAR's guest address, as now programmed.
     pub fn bar_addr(&self) -> u64 {
         self.bar_addr
+    }
+
+    /// The notify structure's guest address, while the function decodes memory at its BAR.
+    pub fn notify_window(&self) -> Option<u64> {
+        (self.command & cfg::COMMAND_MEMORY != 0 && self.bar_addr != 0)
+            .then(|| self.bar_addr + bar::NOTIFY)
     }
 
     /// The device status.

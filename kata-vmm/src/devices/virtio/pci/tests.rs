@@ -44,6 +44,9 @@ struct Rig {
     routes: Arc<Recorder>,
     /// The vectors' eventfds (duplicates of the transport's).
     fds: Vec<EventFd>,
+    /// The device's notify eventfd (a duplicate; the transport writes it only when built
+    /// with `rig_watched`).
+    notify: EventFd,
     _dir: tempfile::TempDir,
 }
 
@@ -56,6 +59,15 @@ fn image(dir: &tempfile::TempDir) -> PathBuf {
 }
 
 fn rig_with(read_only: bool) -> Rig {
+    rig_opts(read_only, false)
+}
+
+/// A rig whose notifications write the device's notify eventfd (as on the device thread).
+fn rig_watched() -> Rig {
+    rig_opts(false, true)
+}
+
+fn rig_opts(read_only: bool, watched: bool) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let block = Block::new(&BlockConfig {
         path: image(&dir),
@@ -63,6 +75,8 @@ fn rig_with(read_only: bool) -> Rig {
         id: None,
     })
     .unwrap();
+    let notify = block.notify_evt().try_clone().unwrap();
+    let given = watched.then(|| notify.try_clone().unwrap());
     let mem = test_memory();
     let routes = Arc::new(Recorder::default());
     let router = Arc::new(GsiRouter::new(routes.clone()));
@@ -73,7 +87,7 @@ fn rig_with(read_only: bool) -> Rig {
         .collect();
     let dups = fds.iter().map(|f| f.try_clone().unwrap()).collect();
     let wiring = MsixWiring { router, gsis, fds };
-    let mut t = VirtioPci::new(Box::new(block), mem.clone(), BAR, wiring, None).unwrap();
+    let mut t = VirtioPci::new(Box::new(block), mem.clone(), BAR, wiring, given).unwrap();
     // The guest's enumeration turned memory decoding on.
     t.config_write(4, &(cfg::COMMAND_MEMORY | 4).to_le_bytes());
     Rig {
@@ -81,6 +95,7 @@ fn rig_with(read_only: bool) -> Rig {
         mem,
         routes,
         fds: dups,
+        notify,
         _dir: dir,
     }
 }
@@ -359,7 +374,7 @@ fn a_hostile_driver_gets_refusals_not_a_panic() {
     wr(&mut r.t, common::QUEUE_DESC + 4, 4, 0x10);
     set_status(&mut r.t, ALL_OK);
     assert!(!r.t.is_activated());
-    // A notify for a queue that does not exist, before and after activation: ignored.
+    // A notify for a queue that does not exist: claimed, and ignored.
     wr(&mut r.t, bar::NOTIFY + 4 * 7, 2, 7);
     // MSI-X table entries past the table: read 0, writes dropped.
     wr(&mut r.t, bar::MSIX_TABLE + 16 * 40, 4, 0xfee0_0000);
@@ -370,6 +385,69 @@ fn a_hostile_driver_gets_refusals_not_a_panic() {
     r.t.config_write(4, &0u16.to_le_bytes());
     assert!(!r.t.mmio_read(BAR, &mut b));
     assert!(!r.t.mmio_write(BAR + bar::NOTIFY, &[0, 0]));
+}
+
+#[test]
+fn a_notify_wakes_the_device_only_for_its_queue_once_running() {
+    let mut r = rig_watched();
+    let mem = r.mem.clone();
+    let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
+    // Before activation: ignored.
+    wr(&mut r.t, bar::NOTIFY, 2, 0);
+    assert!(r.notify.read().is_err(), "not woken before DRIVER_OK");
+    negotiate(&mut r.t, VIRTIO_F_VERSION_1);
+    set_up_queue(&mut r.t, &vq, 1);
+    set_status(&mut r.t, ALL_OK);
+    assert!(r.t.is_activated());
+    // A queue that does not exist: ignored.
+    wr(&mut r.t, bar::NOTIFY + 4 * 7, 2, 7);
+    assert!(r.notify.read().is_err(), "not woken for queue 7");
+    wr(&mut r.t, bar::NOTIFY, 2, 0);
+    assert_eq!(r.notify.read().unwrap(), 1, "woken for queue 0");
+}
+
+/// The doorbell in front of the function: a notify returns while another thread holds the
+/// function (the device thread running its queues), and follows the BAR.
+#[test]
+fn a_notify_through_the_doorbell_does_not_wait_for_the_busy_function() {
+    use super::doorbell::Doorbell;
+    let r = rig();
+    let notify = r.notify.try_clone().unwrap();
+    let function = Arc::new(Mutex::new(r.t));
+    let mut bell = Doorbell::new(function.clone(), notify.try_clone().unwrap(), 1);
+    let busy = function.lock().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let ringer = std::thread::spawn(move || {
+        assert!(bell.mmio_write(BAR + bar::NOTIFY, &0u16.to_le_bytes()));
+        assert!(bell.mmio_write(BAR + bar::NOTIFY + 4 * 7, &7u16.to_le_bytes()));
+        done_tx.send(()).unwrap();
+        bell
+    });
+    done_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the notify waited for the function's lock");
+    assert_eq!(
+        notify.read().unwrap(),
+        1,
+        "rung once: queue 7 does not exist"
+    );
+    drop(busy);
+    let mut bell = ringer.join().unwrap();
+    // The BAR moved: the old address is not the function's any more, the new one rings.
+    let moved = BAR + 2 * BAR_SIZE;
+    bell.config_write(16, &(moved as u32).to_le_bytes());
+    assert!(!bell.mmio_write(BAR + bar::NOTIFY, &0u16.to_le_bytes()));
+    assert!(bell.mmio_write(moved + bar::NOTIFY, &0u16.to_le_bytes()));
+    assert_eq!(notify.read().unwrap(), 1);
+    // Memory decoding off: nothing claimed.
+    bell.config_write(4, &0u16.to_le_bytes());
+    assert!(!bell.mmio_write(moved + bar::NOTIFY, &0u16.to_le_bytes()));
+    assert!(notify.read().is_err());
+    // Everything else goes to the function.
+    bell.config_write(4, &cfg::COMMAND_MEMORY.to_le_bytes());
+    let mut b = [0u8; 4];
+    assert!(bell.mmio_read(moved + common::DEVICE_FEATURE, &mut b));
+    assert_eq!(bell.config_read(0), 0x1042_1af4);
 }
 
 #[test]
