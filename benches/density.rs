@@ -25,7 +25,10 @@
 //! `tb=<MiB>` (`tcg_tb_size`), `reclaim` / `noreclaim` (`reclaim_guest_freed_memory`), `image`
 //! (Kata's rootfs image on an NVDIMM with DAX instead of the initramfs) and `nothp` (the VM
 //! processes started without transparent huge pages: `PR_SET_THP_DISABLE`, which they inherit
-//! from this process). E.g. `KATA_RS_DENSITY_CONFIGS=legacy,legacy+tb=32,legacy+reclaim,default`.
+//! from this process), `arenas=<n>` (the VM processes started with `MALLOC_ARENA_MAX=<n>`:
+//! glibc's malloc arenas) and `order=<n>` (the guest kernel's
+//! `page_reporting.page_reporting_order`: the smallest free block reported, 2^n pages; the
+//! kernel's default is 9, 2 MiB). E.g. `KATA_RS_DENSITY_CONFIGS=legacy,legacy+tb=32,legacy+reclaim,default`.
 //! `density.json`'s `memory` holds the first configuration's figures, `memory_configs` all.
 //!
 //! `KATA_RS_BENCH_FIRMWARE` and `KATA_RS_BENCH_AGENT_TIMEOUT_S` set the sandboxes' firmware and
@@ -60,6 +63,8 @@ struct Levers {
     reclaim: Option<bool>,
     image: bool,
     no_thp: bool,
+    malloc_arenas: Option<u32>,
+    reporting_order: Option<u32>,
 }
 
 impl Levers {
@@ -71,6 +76,8 @@ impl Levers {
             reclaim: None,
             image: false,
             no_thp: false,
+            malloc_arenas: None,
+            reporting_order: None,
         };
         for token in spec.split('+').map(str::trim) {
             match token {
@@ -83,11 +90,17 @@ impl Levers {
                 "noreclaim" => l.reclaim = Some(false),
                 "image" => l.image = true,
                 "nothp" => l.no_thp = true,
-                t => match t.strip_prefix("tb=").map(str::parse) {
-                    Some(Ok(mib)) => l.tcg_tb_size = Some(mib),
+                t => match (
+                    t.strip_prefix("tb=").map(str::parse),
+                    t.strip_prefix("arenas=").map(str::parse),
+                    t.strip_prefix("order=").map(str::parse),
+                ) {
+                    (Some(Ok(mib)), _, _) => l.tcg_tb_size = Some(mib),
+                    (_, Some(Ok(n)), _) => l.malloc_arenas = Some(n),
+                    (_, _, Some(Ok(n))) => l.reporting_order = Some(n),
                     _ => panic!(
                         "KATA_RS_DENSITY_CONFIGS: unknown token `{t}` in `{spec}` (known: default, \
-                         legacy, tb=<MiB>, reclaim, noreclaim, image, nothp)"
+                         legacy, tb=<MiB>, reclaim, noreclaim, image, nothp, arenas=<n>, order=<n>)"
                     ),
                 },
             }
@@ -103,6 +116,12 @@ impl Levers {
         }
         if let Some(on) = self.reclaim {
             hv.reclaim_guest_freed_memory = on;
+        }
+        if let Some(order) = self.reporting_order {
+            hv.kernel_params = format!(
+                "{} page_reporting.page_reporting_order={order}",
+                hv.kernel_params
+            );
         }
         if self.image {
             let image = kata_hypervisor::GuestManifest::load_default()
@@ -320,6 +339,10 @@ async fn memory_at(
         // Inherited by every process this one starts from now on (fork and execve keep it).
         nix::sys::prctl::set_thp_disable(true).expect("PR_SET_THP_DISABLE");
     }
+    if let Some(n) = levers.malloc_arenas {
+        // The VM processes inherit this process's environment: glibc's malloc arenas in QEMU.
+        std::env::set_var("MALLOC_ARENA_MAX", n.to_string());
+    }
     let mut sandboxes = Vec::new();
     let mut builds = Vec::new();
     for _ in 0..n {
@@ -331,6 +354,9 @@ async fn memory_at(
     }
     if levers.no_thp {
         nix::sys::prctl::set_thp_disable(false).expect("PR_SET_THP_DISABLE");
+    }
+    if levers.malloc_arenas.is_some() {
+        std::env::remove_var("MALLOC_ARENA_MAX");
     }
     tokio::time::sleep(settle).await;
     let (mut qemu, mut vsock, mut fsd, mut other) = (0u64, 0u64, 0u64, 0u64);
