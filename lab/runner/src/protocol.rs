@@ -140,10 +140,13 @@ pub const BUILTIN_VFIO_CHECKS: &[&str] = &[
     "vfio-cold-switch-port",
     "vfio-mode-cold-switch-port",
     "vfio-hot-switch-port",
+    // The proof program on the edu hot-plugged there (in `vfio-hot-switch-port`'s sandbox).
+    "vfio-mode-hot-switch-port",
     // The edu in slot 1 of kata-vmm's PCI-to-PCI bridge.
     "vfio-cold-bridge-port",
     "vfio-mode-cold-bridge-port",
     "vfio-hot-bridge-port",
+    "vfio-mode-hot-bridge-port",
 ];
 
 /// The figure comparing the two VMMs' boot-to-agent-ready times (built-in / QEMU, issue 11's

@@ -47,6 +47,10 @@
 //!   the downstream port's pciehp slot, and the proof program in `vfio` mode;
 //! - `vfio-hot-switch-port`: the hot-plug case on the switch's one spare downstream port
 //!   (`hot_plug_vfio = "switch-port"`, `pcie_switch_port = 1`), at `01/00/00/00`;
+//! - `vfio-mode-hot-switch-port`, `vfio-mode-hot-bridge-port`: in the sandbox of
+//!   `vfio-hot-<port>` (`vfio_mode = "vfio"`, one L2 boot for both), after its listing, unplug
+//!   and replug, the proof program on the edu plugged once more (QEMU's proof code,
+//!   [`proof_then_after`]); gone from L2 after its delete;
 //! - `vfio-cold-bridge-port`, `vfio-mode-cold-bridge-port`: the edu cold-plugged in slot 1 of
 //!   the built-in VMM's PCI-to-PCI bridge (`cold_plug_vfio = "bridge-port"`), at `01/01`, and
 //!   the proof program in `vfio` mode;
@@ -676,37 +680,53 @@ async fn vfio_mode_case(
         };
         r.line(l, line);
     }
-    let result = tokio::time::timeout(limit, async {
-        let t = Instant::now();
-        let spec =
-            ContainerSpec::from_oci(vfio_mode_spec(vfio)?, rootfs).args([format!("/{PROOF}")]);
-        let out = sb.run(spec).await?;
-        let said = format!("{}{}", out.stdout_str(), out.stderr_str());
-        ensure!(out.status.success(), "status {}: {said:?}", out.status);
-        let proof = proof_ok(&said)?;
-        let ran = t.elapsed();
-        let plain = ContainerSpec::from_rootfs_dir(rootfs).args(["sh", "-c", LIST_EDU]);
-        let after = sb.run(plain).await?.stdout_str();
-        let after_delete = if cold {
-            seen_at_depth(&after, depth(port))
-                .map(|p| format!("stays with the VM after the delete (cold-plugged, at {p})"))?
-        } else {
-            ensure!(
-                !after.contains("edu "),
-                "after the container's delete L2 still has {after:?}"
-            );
-            "gone from L2 after the delete (device_del)".to_string()
-        };
-        Ok::<_, anyhow::Error>(format!(
-            "vfio_mode vfio, {} on a {port}: {proof} (container ran in {ran:.1?}); {after_delete}",
-            if cold { "cold-plugged" } else { "hot-plugged" }
-        ))
-    })
+    let result = tokio::time::timeout(
+        limit,
+        proof_then_after(&sb, port, cold, vfio, rootfs, "device_del"),
+    )
     .await;
     r.line(&name, result.context("timed out").and_then(|s| s));
     if let Err(e) = sb.shutdown().await {
         eprintln!("kata-lab: shutting the {name} sandbox down: {e:#}");
     }
+}
+
+/// The `vfio` mode proof in a sandbox of either VMM built with `vfio_mode = "vfio"`: a
+/// container naming the edu's group runs the proof program (the id and 5! through L2's
+/// no-IOMMU VFIO), then a plain container lists the edu after that container's delete: still
+/// at its depth when cold-plugged, gone from L2 when hot-plugged (`unplug` names how the VMM
+/// took it away: QEMU's `device_del`, the built-in VMM's attention button).
+async fn proof_then_after(
+    sb: &Sandbox,
+    port: PciePort,
+    cold: bool,
+    vfio: &Path,
+    rootfs: &Path,
+    unplug: &str,
+) -> Result<String> {
+    let t = Instant::now();
+    let spec = ContainerSpec::from_oci(vfio_mode_spec(vfio)?, rootfs).args([format!("/{PROOF}")]);
+    let out = sb.run(spec).await?;
+    let said = format!("{}{}", out.stdout_str(), out.stderr_str());
+    ensure!(out.status.success(), "status {}: {said:?}", out.status);
+    let proof = proof_ok(&said)?;
+    let ran = t.elapsed();
+    let plain = ContainerSpec::from_rootfs_dir(rootfs).args(["sh", "-c", LIST_EDU]);
+    let after = sb.run(plain).await?.stdout_str();
+    let after_delete = if cold {
+        seen_at_depth(&after, depth(port))
+            .map(|p| format!("stays with the VM after the delete (cold-plugged, at {p})"))?
+    } else {
+        ensure!(
+            !after.contains("edu "),
+            "after the container's delete L2 still has {after:?}"
+        );
+        format!("gone from L2 after the delete ({unplug})")
+    };
+    Ok(format!(
+        "vfio_mode vfio, {} on a {port}: {proof} (container ran in {ran:.1?}); {after_delete}",
+        if cold { "cold-plugged" } else { "hot-plugged" }
+    ))
 }
 
 /// The figure `qemu-vfio-hotplug-latency`: a container's create with the edu hot-plugged
@@ -992,6 +1012,32 @@ async fn builtin_cold_case(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir:
     }
 }
 
+/// The built-in VMM's cases on a switch's downstream port or the bridge: cold-plug and its
+/// `vfio` mode proof ([`builtin_cold_port_case`]), hot-plug and its `vfio` mode proof
+/// ([`builtin_hot_case`]); `proof` is the proof program's build (its error, when it failed,
+/// in the lines of the `vfio` mode checks).
+async fn builtin_port_cases(
+    r: &mut Report,
+    port: PciePort,
+    vfio: &Path,
+    rootfs: &Path,
+    root_dir: &str,
+    proof: &Result<()>,
+) {
+    builtin_cold_port_case(r, port, vfio, rootfs, root_dir, proof.is_ok()).await;
+    if let Err(e) = proof {
+        r.line(
+            &vfio_mode_name(port, true),
+            Err(anyhow::anyhow!("not run: {e:#}")),
+        );
+    }
+    let hot_proof = match proof {
+        Ok(()) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+    };
+    builtin_hot_case(r, port, vfio, rootfs, root_dir, hot_proof).await;
+}
+
 /// `builtin-vfio-cold-switch-port` (and `builtin-vfio-mode-cold-switch-port` when the proof
 /// program builds): the edu cold-plugged behind the built-in VMM's PCIe switch
 /// (`cold_plug_vfio = "switch-port"`): a container lists 1234:11e8 four slots deep, at guest
@@ -1002,16 +1048,6 @@ async fn builtin_cold_case(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir:
 /// `builtin-vfio-cold-bridge-port` and `builtin-vfio-mode-cold-bridge-port` (`port` the
 /// bridge): the same in slot 1 of the built-in VMM's PCI-to-PCI bridge, at `01/01` (no
 /// pciehp slot: a conventional bridge's slots are not PCIe slots).
-async fn builtin_switch_case(
-    r: &mut Report,
-    vfio: &Path,
-    rootfs: &Path,
-    root_dir: &str,
-    proof: bool,
-) {
-    builtin_cold_port_case(r, PciePort::SwitchPort, vfio, rootfs, root_dir, proof).await
-}
-
 async fn builtin_cold_port_case(
     r: &mut Report,
     port: PciePort,
@@ -1157,24 +1193,41 @@ async fn builtin_vfio_mode_case(r: &mut Report, vfio: &Path, rootfs: &Path, root
 /// unplugs it (attention button, L2's pciehp powers the slot off; a plain container then lists
 /// no edu), and a second container gets it again at the same path (the port was freed).
 async fn builtin_hot_root_port_case(r: &mut Report, vfio: &Path, rootfs: &Path, root_dir: &str) {
-    builtin_hot_case(r, PciePort::RootPort, vfio, rootfs, root_dir).await
+    builtin_hot_case(r, PciePort::RootPort, vfio, rootfs, root_dir, Ok(())).await
 }
 
 /// `builtin-vfio-hot-root-port` or `builtin-vfio-hot-switch-port` (one spare downstream port
 /// of the built-in VMM's switch, `hot_plug_vfio = "switch-port"`, `pcie_switch_port = 1`: the
-/// edu at `01/00/00/00`, the same plug, unplug and replug).
+/// edu at `01/00/00/00`, the same plug, unplug and replug) or `builtin-vfio-hot-bridge-port`.
+///
+/// On the switch and the bridge also `builtin-vfio-mode-hot-<port>` in the same sandbox (one
+/// L2 boot for both, `vfio_mode = "vfio"`, as QEMU's [`vfio_mode_case`]): after the listing,
+/// unplug and replug, a third container naming the group gets the edu plugged again on the
+/// freed port and runs the proof program ([`proof_then_after`]); after its delete the edu is
+/// gone from L2. `proof` is the proof program's build: without it the listing runs alone in
+/// `guest-kernel` mode and the proof's line says why it did not run.
 async fn builtin_hot_case(
     r: &mut Report,
     port: PciePort,
     vfio: &Path,
     rootfs: &Path,
     root_dir: &str,
+    proof: Result<()>,
 ) {
     let name = format!("vfio-hot-{port}");
     let name = name.as_str();
-    let sb = match build_builtin_on(port, false, false, vfio, root_dir).await {
+    // The root port's hot `vfio` mode case is `vfio-intx-hot-root-port` (`src/vfio_irq.rs`).
+    let mode = (port != PciePort::RootPort).then(|| vfio_mode_name(port, false));
+    let vfio_mode = mode.is_some() && proof.is_ok();
+    let sb = match build_builtin_on(port, false, vfio_mode, vfio, root_dir).await {
         Ok(sb) => sb,
         Err(e) => {
+            if let Some(m) = &mode {
+                r.line(
+                    m,
+                    Err(anyhow::anyhow!("not run: {e:#}: the sandbox did not start")),
+                );
+            }
             r.line(name, Err(e.context("the sandbox did not start")));
             return;
         }
@@ -1201,9 +1254,17 @@ async fn builtin_hot_case(
                 figure,
                 first_run.as_secs_f64() * 1000.0,
                 "ms",
-                "a container run with the edu hot-plugged onto the built-in VMM's spare root \
-                 port: the plug (group opened, L2's RAM mapped for DMA), the agent's wait for \
-                 it in L2, the container, its delete with the unplug (pciehp's 5 s button wait)"
+                &format!(
+                    "a container run with the edu hot-plugged onto the built-in VMM's spare \
+                     {port}: the plug (group opened, L2's RAM mapped for DMA), the agent's wait \
+                     for it in L2, the container, its delete with the unplug ({}'s 5 s button \
+                     wait)",
+                    if port == PciePort::BridgePort {
+                        "shpchp"
+                    } else {
+                        "pciehp"
+                    }
+                )
             )
         );
         let again = unplugged_then_again(&sb, rootfs, vfio, port, &first).await?;
@@ -1219,6 +1280,27 @@ async fn builtin_hot_case(
     })
     .await;
     r.line(name, result.context("timed out").and_then(|s| s));
+    if let Some(m) = &mode {
+        let result = match proof {
+            Ok(()) => tokio::time::timeout(
+                Duration::from_secs(180),
+                proof_then_after(
+                    &sb,
+                    port,
+                    false,
+                    vfio,
+                    rootfs,
+                    "attention button, slot powered off",
+                ),
+            )
+            .await
+            .context("timed out")
+            .and_then(|s| s)
+            .map(|p| format!("on the built-in VMM: {p}")),
+            Err(e) => Err(anyhow::anyhow!("not run: {e:#}")),
+        };
+        r.line(m, result);
+    }
     if let Err(e) = sb.shutdown().await {
         eprintln!("kata-lab: shutting the builtin {name} sandbox down: {e:#}");
     }
@@ -1309,46 +1391,27 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
         }
         return (r.ran, r.passed);
     }
-    // `KATA_LAB_VFIO=builtin-switch`: the switch's cases alone.
-    if only()
-        .ok()
-        .flatten()
-        .is_some_and(|o| o.iter().any(|n| n == "builtin-switch"))
-    {
+    // `KATA_LAB_VFIO=builtin-switch`, `builtin-bridge` (either or both): those ports' cases
+    // alone.
+    let named = |n: &str| {
+        only()
+            .ok()
+            .flatten()
+            .is_some_and(|o| o.iter().any(|w| w == n))
+    };
+    let ports: Vec<PciePort> = [
+        ("builtin-switch", PciePort::SwitchPort),
+        ("builtin-bridge", PciePort::BridgePort),
+    ]
+    .into_iter()
+    .filter(|(n, _)| named(n))
+    .map(|(_, p)| p)
+    .collect();
+    if !ports.is_empty() {
         let proof = build_proof(rootfs);
-        builtin_switch_case(&mut r, &vfio, rootfs, root_dir, proof.is_ok()).await;
-        if let Err(e) = proof {
-            r.line(
-                "vfio-mode-cold-switch-port",
-                Err(anyhow::anyhow!("not run: {e:#}")),
-            );
+        for port in ports {
+            builtin_port_cases(&mut r, port, &vfio, rootfs, root_dir, &proof).await;
         }
-        builtin_hot_case(&mut r, PciePort::SwitchPort, &vfio, rootfs, root_dir).await;
-        return (r.ran, r.passed);
-    }
-    // `KATA_LAB_VFIO=builtin-bridge`: the bridge's cases alone.
-    if only()
-        .ok()
-        .flatten()
-        .is_some_and(|o| o.iter().any(|n| n == "builtin-bridge"))
-    {
-        let proof = build_proof(rootfs);
-        builtin_cold_port_case(
-            &mut r,
-            PciePort::BridgePort,
-            &vfio,
-            rootfs,
-            root_dir,
-            proof.is_ok(),
-        )
-        .await;
-        if let Err(e) = proof {
-            r.line(
-                "vfio-mode-cold-bridge-port",
-                Err(anyhow::anyhow!("not run: {e:#}")),
-            );
-        }
-        builtin_hot_case(&mut r, PciePort::BridgePort, &vfio, rootfs, root_dir).await;
         return (r.ran, r.passed);
     }
     builtin_cold_case(&mut r, &vfio, rootfs, root_dir).await;
@@ -1361,30 +1424,9 @@ pub async fn run_builtin(rootfs: &Path, root_dir: &str) -> (usize, usize) {
     vfio_msix::run(&mut r, rootfs, root_dir).await;
     builtin_hot_root_port_case(&mut r, &vfio, rootfs, root_dir).await;
     vfio_irq::run_hot_intx(&mut r, &vfio, rootfs, root_dir).await;
-    builtin_switch_case(&mut r, &vfio, rootfs, root_dir, proof.is_ok()).await;
-    if let Err(e) = &proof {
-        r.line(
-            "vfio-mode-cold-switch-port",
-            Err(anyhow::anyhow!("not run: {e:#}")),
-        );
+    for port in [PciePort::SwitchPort, PciePort::BridgePort] {
+        builtin_port_cases(&mut r, port, &vfio, rootfs, root_dir, &proof).await;
     }
-    builtin_hot_case(&mut r, PciePort::SwitchPort, &vfio, rootfs, root_dir).await;
-    builtin_cold_port_case(
-        &mut r,
-        PciePort::BridgePort,
-        &vfio,
-        rootfs,
-        root_dir,
-        proof.is_ok(),
-    )
-    .await;
-    if let Err(e) = &proof {
-        r.line(
-            "vfio-mode-cold-bridge-port",
-            Err(anyhow::anyhow!("not run: {e:#}")),
-        );
-    }
-    builtin_hot_case(&mut r, PciePort::BridgePort, &vfio, rootfs, root_dir).await;
     (r.ran, r.passed)
 }
 
