@@ -70,11 +70,15 @@ fn invalid(v: &VfioDevice, e: impl std::fmt::Display) -> Error {
 pub(super) async fn add(
     c: &HypervisorConfig,
     handle: Option<VfioHotplug>,
+    plugged: HotVfio,
     v: &VfioDevice,
 ) -> Result<HotPlugged> {
     let Some(handle) = handle.filter(|_| c.hot_plug_vfio != PciePort::NoPort) else {
         return Err(super::vfio::hot_plug_refused(v));
     };
+    if super::lock(&plugged).iter().any(|h| h.device.id == v.id) {
+        return Err(duplicate(v));
+    }
     if handle.free_ports() == 0 {
         let (capacity, key) = match c.hot_plug_vfio {
             PciePort::SwitchPort => (c.pcie_switch_port, "pcie_switch_port"),
@@ -95,22 +99,41 @@ pub(super) async fn add(
         });
     }
     let config = VfioConfig::new(&v.bdf).behind_root_port();
-    let path = tokio::task::spawn_blocking(move || {
-        let plugged = handle.plug(&config)?;
-        Ok::<_, kata_vmm::Error>(
-            handle
-                .guest_path(&config.bdf)
-                .unwrap_or_else(|| vec![plugged.port_slot, 0]),
-        )
+    let device = v.clone();
+    // Plugged and recorded on the blocking thread, under the list's lock from the duplicate
+    // check to the record: a function whose add was dropped (its caller gone) while plugging
+    // is still recorded, so `remove_device` finds and unplugs it.
+    tokio::task::spawn_blocking(move || {
+        let mut list = super::lock(&plugged);
+        if list.iter().any(|h| h.device.id == device.id) {
+            return Err(duplicate(&device));
+        }
+        let at = handle.plug(&config).map_err(|e| invalid(&device, e))?;
+        let path = handle
+            .guest_path(&config.bdf)
+            .unwrap_or_else(|| vec![at.port_slot, 0]);
+        let hot = HotPlugged { device, path };
+        list.push(hot.clone());
+        Ok(hot)
     })
     .await
     .map_err(|e| invalid(v, format!("the hot-plug task failed: {e}")))?
-    .map_err(|e| invalid(v, e))?;
-    Ok(HotPlugged {
-        device: v.clone(),
-        path,
-    })
 }
+
+/// The refusal of a second VFIO device with `v`'s id.
+fn duplicate(v: &VfioDevice) -> Error {
+    invalid(
+        v,
+        format!(
+            "a VFIO device with id {:?} is hot-plugged already: give each device its own id, or \
+             remove that one first",
+            v.id
+        ),
+    )
+}
+
+/// The VFIO functions hot-plugged into a running VM, shared with the plugs' blocking tasks.
+pub(super) type HotVfio = std::sync::Arc<std::sync::Mutex<Vec<HotPlugged>>>;
 
 /// Hot-unplugs `v` through `handle`, waiting up to `wait` for the guest to release it.
 pub(super) async fn remove(handle: VfioHotplug, v: &VfioDevice, wait: Duration) -> Result<()> {
@@ -182,7 +205,7 @@ mod tests {
             id: "vfio-0".into(),
             bdf: "0000:00:03.0".into(),
         };
-        let e = add(&with(PciePort::NoPort, 0), None, &v)
+        let e = add(&with(PciePort::NoPort, 0), None, HotVfio::default(), &v)
             .await
             .unwrap_err()
             .to_string();

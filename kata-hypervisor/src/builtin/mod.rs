@@ -131,7 +131,7 @@ pub struct Builtin {
     disks: Mutex<Vec<BlockConfig>>,
     nics: Mutex<Vec<NetConfig>>,
     /// VFIO functions hot-plugged into spare root or switch ports, with their guest paths.
-    hot_vfio: Mutex<Vec<hotplug::HotPlugged>>,
+    hot_vfio: hotplug::HotVfio,
     /// Disks hot-plugged into spare root ports, with their ports' slots (blk_hotplug).
     hot_disks: blk_hotplug::HotDisks,
     /// Cold-plugged VFIO functions, in slot order (`00:01.0`, ...).
@@ -181,7 +181,7 @@ impl Builtin {
             vm_dir: vm_dir.to_path_buf(),
             disks: Mutex::new(Vec::new()),
             nics: Mutex::new(Vec::new()),
-            hot_vfio: Mutex::new(Vec::new()),
+            hot_vfio: hotplug::HotVfio::default(),
             vfio: Mutex::new(Vec::new()),
             hot_disks: blk_hotplug::HotDisks::default(),
             shares: Mutex::new(Vec::new()),
@@ -487,10 +487,9 @@ impl Hypervisor for Builtin {
             {
                 return Err(Error::NotRunning(self.state().to_string()));
             }
-            let plugged = hotplug::add(&self.config, handle, v).await?;
-            let address = hotplug::guest_path(&v.id, &plugged.path)?;
-            lock(&self.hot_vfio).push(plugged);
-            return Ok(address);
+            // Recorded in hot_vfio by the plug's own task (even if this call is dropped).
+            let plugged = hotplug::add(&self.config, handle, self.hot_vfio.clone(), v).await?;
+            return hotplug::guest_path(&v.id, &plugged.path);
         }
         if let DeviceConfig::Block(d) = &device {
             // A disk: virtio-blk-pci onto a spare root port (blk_hotplug).

@@ -58,6 +58,17 @@ pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
                 .into(),
         });
     }
+    if c.cold_plug_vfio == PciePort::BridgePort && c.pcie_root_port > 0 {
+        // Spare root ports (for disks) would come first on the root bus and move the bridge
+        // off slot 1, where the guest paths `01/<slot>` put it.
+        return Err(Error::InvalidConfig {
+            key: "pcie_root_port",
+            value: c.pcie_root_port.to_string(),
+            reason: "cold_plug_vfio = \"bridge-port\" puts the devices behind the PCI bridge at \
+                     slot 1 of the root bus: leave pcie_root_port at 0"
+                .into(),
+        });
+    }
     if c.cold_plug_vfio == PciePort::SwitchPort && c.pcie_switch_port > MAX_SPARE_PORTS {
         return Err(Error::InvalidConfig {
             key: "pcie_switch_port",
@@ -378,6 +389,15 @@ mod tests {
         let v = vmm_config(&c, &f[0]);
         assert!(v.behind_bridge && !v.behind_switch && !v.behind_root_port);
         check_ports(&c).unwrap();
+        // Spare root ports (disks) would move the bridge off slot 1.
+        let with_ports = HypervisorConfig {
+            pcie_root_port: 2,
+            ..c.clone()
+        };
+        assert!(check_ports(&with_ports)
+            .unwrap_err()
+            .to_string()
+            .contains("pcie_root_port"));
         let hot = HypervisorConfig {
             cold_plug_vfio: PciePort::NoPort,
             hot_plug_vfio: PciePort::BridgePort,

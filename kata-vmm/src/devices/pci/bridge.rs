@@ -331,7 +331,8 @@ impl Bridge {
 
     fn pcie_read(&self, at: usize) -> u32 {
         match at {
-            0x00 => u32::from(PCIE_CAPS) << 16,
+            // The PCI Express capability (id 0x10), the last in the list.
+            0x00 => 0x10 | u32::from(PCIE_CAPS) << 16,
             0x04 => DEVICE_CAPS,
             0x08 => u32::from(self.device_control),
             0x0c => LINK_CAPS,

@@ -89,6 +89,9 @@ pub struct VfioHotplug {
     /// The VM has a virtio-mem region: memory plugged there later would not be mapped for a
     /// function's DMA, so a VFIO hot-plug is refused (a disk may still take a spare port).
     memory_hotplug: bool,
+    /// Held by each plug and unplug from start to end: two unplugs of one function, or an
+    /// unplug racing a plug onto the port it frees, never act on the same slot at once.
+    ops: Arc<Mutex<()>>,
 }
 
 /// A VFIO hot-plug into a VM with a virtio-mem region is refused: the function's DMA maps the
@@ -303,6 +306,7 @@ impl VfioHotplug {
             router,
             plugged: Arc::new(Mutex::new(Vec::new())),
             memory_hotplug: false,
+            ops: Arc::new(Mutex::new(())),
         }
     }
 
@@ -342,6 +346,7 @@ impl VfioHotplug {
     /// it: the guest's pciehp then brings it up.
     pub fn plug(&self, c: &VfioConfig) -> Result<Plugged> {
         refuse_with_memory_hotplug(self.memory_hotplug, c)?;
+        let _op = lock(&self.ops);
         let (vm, router) = (&self.vm, &self.router);
         let (at, path, port, device) = plug_into(&self.bus, &self.set, &self.mem, c, |d| {
             super::wire_one(d, vm, router)
@@ -365,6 +370,7 @@ impl VfioHotplug {
     /// waiting up to `timeout` for the guest to release it; returns its port's slot, free
     /// again.
     pub fn unplug(&self, bdf: &str, timeout: Duration) -> Result<u8> {
+        let _op = lock(&self.ops);
         let (port, port_slot, path, device) = lock(&self.plugged)
             .iter()
             .find(|p| p.bdf.eq_ignore_ascii_case(bdf))

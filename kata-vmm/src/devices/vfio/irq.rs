@@ -321,6 +321,37 @@ impl VfioIrqs {
     }
 }
 
+/// GSIs handed out for a wiring under way: given back when dropped (a failed wiring).
+struct HeldGsis<'a> {
+    router: &'a GsiRouter,
+    gsis: Vec<u32>,
+}
+
+impl Drop for HeldGsis<'_> {
+    fn drop(&mut self) {
+        if !self.gsis.is_empty() {
+            if let Err(e) = self.router.release(&self.gsis) {
+                tracing::warn!(error = %e, "VFIO: giving back the GSIs of a failed wiring");
+            }
+        }
+    }
+}
+
+/// A function's GSIs go back to the router when its wiring goes (an unplug, a failed plug,
+/// the VM's end): its irqfds are closed first, then the routes dropped and the GSIs freed, so
+/// a hot-plug/unplug cycle does not use up [`MSI_GSIS`].
+impl Drop for VfioIrqs {
+    fn drop(&mut self) {
+        let mut gsis: Vec<u32> = self.vectors.iter().map(|(g, _)| *g).collect();
+        gsis.extend(self.msix.iter().map(|v| v.gsi));
+        self.vectors.clear();
+        self.msix.clear();
+        if let Err(e) = self.router.release(&gsis) {
+            tracing::warn!(error = %e, "VFIO: giving back a function's GSIs");
+        }
+    }
+}
+
 impl std::fmt::Debug for VfioIrqs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VfioIrqs")
@@ -466,7 +497,14 @@ pub fn wire(
         ),
     };
     let gsis = router.allocate(n).ok_or_else(|| no_gsi("MSI", n))?;
+    // Given back if the wiring fails before the function's `VfioIrqs` (whose drop gives them
+    // back) exists.
+    let mut held = HeldGsis {
+        router,
+        gsis: gsis.clone(),
+    };
     let msix_gsis = router.allocate(m).ok_or_else(|| no_gsi("MSI-X", m))?;
+    held.gsis.extend(&msix_gsis);
     let mut vectors = Vec::with_capacity(n);
     for gsi in gsis {
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::DeviceIo {
@@ -531,6 +569,7 @@ pub fn wire(
         msi_on: false,
         msix_on: false,
     };
+    held.gsis.clear();
     w.intx_on(true).map_err(|source| Error::DeviceIo {
         device: format!("VFIO device {bdf}"),
         what: "VFIO_DEVICE_SET_IRQS (INTx on)".into(),
@@ -602,6 +641,26 @@ mod tests {
         assert!(msi_of(&rec.0.lock().unwrap()[1]).is_empty());
         assert!(r.allocate(MSI_GSIS as usize).is_none(), "past the range");
         assert_eq!(r.allocate(1).unwrap(), [26]);
+    }
+
+    #[test]
+    fn a_dropped_wiring_gives_its_gsis_and_routes_back() {
+        let (mut w, rec) = msix_wiring(3);
+        let router = w.router.clone();
+        let m = MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x41,
+        };
+        w.msix_route(&[Some(m), Some(m), None]).unwrap();
+        assert_eq!(msi_of(rec.0.lock().unwrap().last().unwrap()).len(), 2);
+        drop(w);
+        assert!(
+            msi_of(rec.0.lock().unwrap().last().unwrap()).is_empty(),
+            "routes left for an unplugged function"
+        );
+        let mut again = router.allocate(3).unwrap();
+        again.sort_unstable();
+        assert_eq!(again, [24, 25, 26], "the GSIs are handed out again");
     }
 
     /// A wiring with `n` MSI-X vectors on GSIs from 24, over a file standing in for the device.

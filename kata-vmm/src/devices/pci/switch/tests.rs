@@ -67,9 +67,12 @@ fn cfg_write(bus: &mut PciBus, b: u8, slot: u8, offset: usize, v: u32) {
     bus.pio_write(CONFIG_DATA, &v.to_le_bytes());
 }
 
-/// The PCIe device/port type at a device's capability (at `cap`).
+/// The PCIe device/port type at a device's capability (at `cap`), which must be a PCI
+/// Express capability (id 0x10: Linux stops at any other id).
 fn port_type(bus: &mut PciBus, b: u8, slot: u8, cap: usize) -> u32 {
-    (cfg(bus, b, slot, cap) >> 20) & 0xf
+    let head = cfg(bus, b, slot, cap);
+    assert_eq!(head & 0xff, 0x10, "{b:02x}:{slot:02x}.0 capability at {cap:#x}");
+    (head >> 20) & 0xf
 }
 
 #[test]
