@@ -293,6 +293,8 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         Some((bus, set)) => {
             let router = Arc::new(crate::devices::vfio::irq::GsiRouter::new(kvm.shared_fd()));
             set.wire_irqs(kvm.fd(), &router)?;
+            // One lock for every plug into the spare ports, disks' and VFIO functions'.
+            let port_lock = Arc::new(Mutex::new(()));
             // Disks hot-plug into the spare root ports (blk_hotplug).
             if p.spare_root_ports != 0 {
                 let serve = crate::devices::virtio::pci::serve::RunTimeDevices::new()
@@ -310,7 +312,8 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
                         kvm.shared_fd(),
                         router.clone(),
                         serve.clone(),
-                    ),
+                    )
+                    .with_port_lock(port_lock.clone()),
                     serve,
                 ));
             }
@@ -337,7 +340,8 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
                         kvm.shared_fd(),
                         router,
                     )
-                    .with_memory_hotplug(p.ram.hotplug().is_some()),
+                    .with_memory_hotplug(p.ram.hotplug().is_some())
+                    .with_port_lock(port_lock),
                 );
             }
             Some((bus, set))

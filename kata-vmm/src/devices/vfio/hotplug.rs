@@ -239,7 +239,8 @@ pub(crate) fn plug_into(
         Holder::Bridge(b, device) => lock(b).plug_slot(*device, d.clone()).is_ok(),
     };
     if !plugged {
-        // Only this function's caller plugs (the set's lock is held): never taken meanwhile.
+        // Only this function's caller plugs (the set's lock is held, and the VM's port lock
+        // keeps disk plugs out: `with_port_lock`): never taken meanwhile.
         return Err(no_port(&c.bdf, 0));
     }
     set.devices.push(d.clone());
@@ -308,6 +309,13 @@ impl VfioHotplug {
             memory_hotplug: false,
             ops: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Makes this handle's plugs and unplugs take `lock`, shared with the VM's disk hot-plug:
+    /// a function and a disk never choose a port at once.
+    pub(crate) fn with_port_lock(mut self, lock: Arc<Mutex<()>>) -> Self {
+        self.ops = lock;
+        self
     }
 
     /// Marks the VM as having a virtio-mem region: [`VfioHotplug::plug`] then refuses.

@@ -126,6 +126,13 @@ impl BlockHotplug {
         }
     }
 
+    /// Makes this handle's plugs take `lock`, shared with the VM's VFIO hot-plug
+    /// (`VfioHotplug::with_port_lock`): a disk and a function never choose a port at once.
+    pub(crate) fn with_port_lock(mut self, lock: Arc<Mutex<()>>) -> Self {
+        self.plugging = lock;
+        self
+    }
+
     /// The root ports with an empty slot (shared with VFIO hot-plug).
     pub fn free_ports(&self) -> usize {
         lock(&self.bus)
@@ -142,8 +149,9 @@ impl BlockHotplug {
         let what = format!("virtio-blk {} (hot-plug)", c.path.display());
         // One disk plug at a time: two would choose the same free port.
         let _plugging = lock(&self.plugging);
-        // A VFIO hot-plug may still take the chosen port meanwhile: then the next free one
-        // (each round one port fewer is free, so this ends).
+        // With the port lock shared (`with_port_lock`) no VFIO hot-plug takes the chosen port
+        // meanwhile; a handle without it tries the next free one (each round one port fewer
+        // is free, so this ends).
         loop {
             if let Some(plugged) = self.try_plug(c, &what)? {
                 return Ok(plugged);
