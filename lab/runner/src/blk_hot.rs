@@ -11,7 +11,8 @@
 //! its disk's sysfs path under the root port. Once the container is deleted the disk is gone
 //! from the guest (`/sys/block` as before it: the attention button, the guest powered the slot
 //! off), and a second container gets the same volume read-only through the same port (the
-//! marker read, a write refused: `VIRTIO_BLK_F_RO`).
+//! marker and the first container's file read back, a write refused, and
+//! `/sys/block/<disk>/ro` reads 1: `VIRTIO_BLK_F_RO`, not only the mount's `ro`).
 //!
 //! `KATA_LAB_BLK=only` on the host runs this check alone (`lab.blk` on L1's command line; the
 //! runner then runs no VMM set and the other checks never report).
@@ -83,8 +84,9 @@ async fn read_through_disk(
             ro,
             &format!(
                 "cat {marker}; for d in /sys/block/*; do echo \"disk ${{d##*/}} $(readlink -f \
-                 $d)\"; done; if touch /disk/{which} 2>/dev/null; then echo write ok; else \
-                 echo write refused; fi"
+                 $d) $(cat $d/ro)\"; done; if (echo {which} > /disk/{which}) 2>/dev/null; then \
+                 echo write ok; else echo write refused; fi; echo \"first: $(cat /disk/first \
+                 2>/dev/null)\""
             ),
         ))
         .await
@@ -94,11 +96,14 @@ async fn read_through_disk(
         out.status.success() && text.starts_with(ext4::MARKER),
         "the {which} container did not read the marker through its disk: {out:?}"
     );
-    let added: Vec<(&str, &str)> = text
+    let added: Vec<(&str, &str, &str)> = text
         .lines()
         .filter_map(|l| l.strip_prefix("disk "))
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(name, _)| !before.iter().any(|b| b == name))
+        .filter_map(|l| {
+            let mut w = l.splitn(3, ' ');
+            Some((w.next()?, w.next()?, w.next()?))
+        })
+        .filter(|(name, _, _)| !before.iter().any(|b| b == name))
         .collect();
     let want = if ro { "write refused" } else { "write ok" };
     ensure!(
@@ -106,9 +111,23 @@ async fn read_through_disk(
         "the {which} container's {} volume: {want} expected: {text:?}",
         if ro { "read-only" } else { "read-write" }
     );
-    let [(name, path)] = added[..] else {
+    let [(name, path, ro_flag)] = added[..] else {
         anyhow::bail!("the {which} container's guest has not exactly one new disk: {text:?}");
     };
+    // The guest's own view of VIRTIO_BLK_F_RO, not only the mount's `ro`.
+    let want_flag = if ro { "1" } else { "0" };
+    ensure!(
+        ro_flag == want_flag,
+        "the {which} container's disk {name}: /sys/block/{name}/ro reads {ro_flag}, \
+         {want_flag} expected"
+    );
+    // The file the first container wrote reached the disk: the second reads it back.
+    if ro {
+        ensure!(
+            text.lines().any(|l| l == "first: first"),
+            "the {which} container did not read back the file the first one wrote: {text:?}"
+        );
+    }
     ensure!(
         path.contains("/0000:00:01.0/0000:01:00.0/"),
         "the {which} container's disk {name} is not behind root port 00:01.0 ({path})"
@@ -158,7 +177,8 @@ pub async fn builtin_blk_hot(rootfs: &Path, root_dir: &str) -> Result<String> {
             "an ext4 volume hot-plugged as virtio-blk-pci behind root port 00:01.0 ({first}: \
              {path}), its marker read and a file written; gone from the guest after the \
              delete; the same port took the second container's disk, read-only ({second}: the \
-             marker read, a write refused)"
+             marker and the first container's file read back, a write refused, \
+             /sys/block/{second}/ro = 1)"
         ))
     }
     .await;
