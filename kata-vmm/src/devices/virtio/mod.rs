@@ -16,6 +16,7 @@ pub mod mem;
 pub mod mmio;
 pub mod net;
 pub mod pci;
+pub(crate) mod transport;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -71,7 +71,11 @@ fn cfg_write(bus: &mut PciBus, b: u8, slot: u8, offset: usize, v: u32) {
 /// Express capability (id 0x10: Linux stops at any other id).
 fn port_type(bus: &mut PciBus, b: u8, slot: u8, cap: usize) -> u32 {
     let head = cfg(bus, b, slot, cap);
-    assert_eq!(head & 0xff, 0x10, "{b:02x}:{slot:02x}.0 capability at {cap:#x}");
+    assert_eq!(
+        head & 0xff,
+        0x10,
+        "{b:02x}:{slot:02x}.0 capability at {cap:#x}"
+    );
     (head >> 20) & 0xf
 }
 

@@ -15,7 +15,7 @@ use linux_loader::cmdline::Cmdline;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
-use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{Interrupt, VirtioDevice};
 use crate::error::{Error, Result};
 use crate::layout::{self, MMIO_WINDOW_SIZE};
 use crate::memory::GuestMemory;
@@ -342,57 +342,28 @@ impl MmioTransport {
     }
 
     fn set_status(&mut self, v: u32) {
-        if v == 0 {
-            self.reset();
-            return;
-        }
-        // Bits are only ever added (virtio 1.x 2.1.1), except by a reset.
-        if v & self.device_status != self.device_status {
-            self.fail("the driver cleared device status bits without a reset");
-            return;
-        }
-        let new = v & !self.device_status;
-        if new & status::DRIVER_OK != 0 {
-            // FEATURES_OK must have been accepted by an earlier write.
-            if self.device_status & status::FEATURES_OK == 0 {
-                self.fail("DRIVER_OK before FEATURES_OK was accepted");
-                return;
+        use super::transport::{status_step, StatusStep};
+        match status_step(self.device_status, v, self.acked_features) {
+            StatusStep::Reset => self.reset(),
+            StatusStep::Fail(why) => self.fail(why),
+            StatusStep::Activate => {
+                self.device_status = v;
+                self.activate();
             }
-            self.device_status = v;
-            self.activate();
-            return;
+            StatusStep::Set(s) => self.device_status = s,
         }
-        if new & status::FEATURES_OK != 0 && self.acked_features & VIRTIO_F_VERSION_1 == 0 {
-            // A legacy driver: refuse FEATURES_OK, the driver sees it did not stick.
-            self.device_status = v & !status::FEATURES_OK;
-            return;
-        }
-        self.device_status = v;
     }
 
     fn activate(&mut self) {
-        if let Some(i) = self.queues.iter().position(|q| !q.ready()) {
-            self.fail(&format!("queue {i} was not made ready"));
-            return;
-        }
-        if let Some(i) = self.size_refused.iter().position(|refused| *refused) {
-            self.fail(&format!("queue {i} was given a size it cannot take"));
-            return;
-        }
-        if let Some(i) = self.queues.iter().position(|q| !q.is_valid(&self.mem)) {
-            self.fail(&format!("queue {i} has an invalid size or address"));
-            return;
-        }
         // The device gets its own copies; the transport keeps answering the registers.
-        let ready = match self
-            .queues
-            .iter()
-            .map(|q| Queue::try_from(q.state()))
-            .collect::<std::result::Result<Vec<_>, _>>()
-        {
+        let ready = match super::transport::activation_queues(
+            &self.queues,
+            &self.size_refused,
+            &self.mem,
+        ) {
             Ok(ready) => ready,
-            Err(e) => {
-                self.fail(&format!("copying the queues: {e}"));
+            Err(why) => {
+                self.fail(&why);
                 return;
             }
         };

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::devices::virtio::test_utils::*;
 use crate::devices::virtio::ActivateError;
+use crate::devices::virtio::VIRTIO_F_VERSION_1;
 use crate::devices::EventFdTrigger;
 
 #[derive(Default)]

@@ -38,7 +38,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use self::msix::{MsixWiring, Vectors, NO_VECTOR};
 use super::mmio::status;
-use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{Interrupt, VirtioDevice};
 use crate::devices::pci::PciDevice;
 use crate::devices::vfio::msix::MsixCap;
 use crate::devices::EventFdTrigger;
@@ -615,55 +615,29 @@ impl VirtioPci {
     }
 
     fn set_status(&mut self, v: u8) {
-        if v == 0 {
-            self.reset();
-            return;
-        }
-        let old = self.device_status;
-        if v & old != old {
-            self.fail("the driver cleared device status bits without a reset");
-            return;
-        }
-        let new = u32::from(v & !old);
-        if new & status::DRIVER_OK != 0 {
-            if u32::from(old) & status::FEATURES_OK == 0 {
-                self.fail("DRIVER_OK before FEATURES_OK was accepted");
-                return;
+        use super::transport::{status_step, StatusStep};
+        let old = u32::from(self.device_status);
+        match status_step(old, u32::from(v), self.acked_features) {
+            StatusStep::Reset => self.reset(),
+            StatusStep::Fail(why) => self.fail(why),
+            StatusStep::Activate => {
+                self.device_status = v;
+                self.activate();
             }
-            self.device_status = v;
-            self.activate();
-            return;
+            // A subset of `v`'s bits: still a byte.
+            StatusStep::Set(s) => self.device_status = s as u8,
         }
-        if new & status::FEATURES_OK != 0 && self.acked_features & VIRTIO_F_VERSION_1 == 0 {
-            // Without VERSION_1 (a legacy driver) FEATURES_OK does not stick.
-            self.device_status = v & !(status::FEATURES_OK as u8);
-            return;
-        }
-        self.device_status = v;
     }
 
     fn activate(&mut self) {
-        if let Some(i) = self.queues.iter().position(|q| !q.ready()) {
-            self.fail(&format!("queue {i} was not enabled"));
-            return;
-        }
-        if let Some(i) = self.size_refused.iter().position(|r| *r) {
-            self.fail(&format!("queue {i} was given a size it cannot take"));
-            return;
-        }
-        if let Some(i) = self.queues.iter().position(|q| !q.is_valid(&self.mem)) {
-            self.fail(&format!("queue {i} has an invalid size or address"));
-            return;
-        }
-        let ready = match self
-            .queues
-            .iter()
-            .map(|q| Queue::try_from(q.state()))
-            .collect::<std::result::Result<Vec<_>, _>>()
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.fail(&format!("copying the queues: {e}"));
+        let ready = match super::transport::activation_queues(
+            &self.queues,
+            &self.size_refused,
+            &self.mem,
+        ) {
+            Ok(ready) => ready,
+            Err(why) => {
+                self.fail(&why);
                 return;
             }
         };

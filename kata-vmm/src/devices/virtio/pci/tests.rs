@@ -20,6 +20,7 @@ use super::*;
 use crate::devices::vfio::irq::{GsiRouter, RouteSink};
 use crate::devices::virtio::block::{Block, BlockConfig};
 use crate::devices::virtio::test_utils::{test_memory, QUEUE_SIZE};
+use crate::devices::virtio::VIRTIO_F_VERSION_1;
 
 const BAR: u64 = 0xe000_0000;
 const HDR: u64 = 0x10_0000;
