@@ -11,27 +11,64 @@
 //!
 //! The work (opening the image, waiting for the guest) runs on a blocking thread of the
 //! caller, never on a vCPU or device thread.
+//!
+//! What every virtio device hot-plugged onto the spare root ports shares, disks here and NICs
+//! (`net_hotplug`), is here once: the list of the devices plugged ([`Hot`], [`HotList`]), the
+//! plug on a blocking task that records the device there ([`plug_and_record`]), the unplug
+//! ([`remove`]) and the guest path ([`guest_path`], [`address`]); a kind says how it is named
+//! ([`HotKind`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kata_vmm::devices::virtio::block::BlockConfig;
-use kata_vmm::devices::virtio::pci::hotplug::BlockHotplug;
+use kata_vmm::devices::virtio::pci::hotplug::{HotDevice, VirtioHotplug};
 
 use crate::config::{BlockDeviceDriver, HypervisorConfig};
 use crate::device::{BlockDevice, GuestAddress, PciPath, PciePort};
 use crate::error::{Error, Result};
 
-/// A disk hot-plugged into a running VM.
+/// A virtio device (a disk, a NIC) hot-plugged into a running VM.
 #[derive(Debug, Clone)]
-pub(super) struct HotDisk {
-    pub(super) device: BlockDevice,
+pub(super) struct Hot<D> {
+    pub(super) device: D,
     /// Its root port's slot on the root bus.
     pub(super) port_slot: u8,
 }
 
-/// The disks hot-plugged into the running VM, shared with the blocking tasks that record them.
-pub(super) type HotDisks = Arc<Mutex<Vec<HotDisk>>>;
+/// The devices of one kind hot-plugged into the running VM, shared with the blocking tasks
+/// that record them.
+pub(super) type HotList<D> = Arc<Mutex<Vec<Hot<D>>>>;
+
+/// A disk hot-plugged into a running VM.
+pub(super) type HotDisk = Hot<BlockDevice>;
+
+/// The disks hot-plugged into the running VM.
+pub(super) type HotDisks = HotList<BlockDevice>;
+
+/// How a kind of hot-plugged device is named in errors.
+pub(super) trait HotKind: Clone + Send + 'static {
+    /// Its id (unique among the devices of its kind).
+    fn id(&self) -> &str;
+    /// The error naming it, with `why`.
+    fn invalid(&self, why: String) -> Error;
+    /// The refusal of a second device with its id.
+    fn duplicate(&self) -> Error;
+}
+
+impl HotKind for BlockDevice {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn invalid(&self, why: String) -> Error {
+        invalid(self, why)
+    }
+
+    fn duplicate(&self) -> Error {
+        duplicate(self)
+    }
+}
 
 /// Whether `c` asks for disks on virtio-pci (`block_device_driver`).
 pub(super) fn pci_disks(c: &HypervisorConfig) -> bool {
@@ -41,16 +78,11 @@ pub(super) fn pci_disks(c: &HypervisorConfig) -> bool {
     )
 }
 
-/// The spare root ports the VM is built with: `pcie_root_port` for VFIO hot-plug
-/// (`hot_plug_vfio = "root-port"`) or for disk hot-plug (`block_device_driver =
-/// "virtio-blk-pci"`), one pool for both.
+/// The spare root ports the VM is built with: `pcie_root_port`, one pool for VFIO hot-plug
+/// (`hot_plug_vfio = "root-port"`), disk hot-plug (`block_device_driver = "virtio-blk-pci"`)
+/// and NIC hot-plug (`net_hotplug`: any, an interface added to the pod after boot).
 pub(super) fn spare_ports(c: &HypervisorConfig) -> u8 {
-    let vfio = super::hotplug::spare_ports(c);
-    if pci_disks(c) {
-        vfio.max(u8::try_from(c.pcie_root_port).unwrap_or(u8::MAX))
-    } else {
-        vfio
-    }
+    u8::try_from(c.pcie_root_port).unwrap_or(u8::MAX)
 }
 
 /// Whether disks can be hot-plugged with `c`.
@@ -58,7 +90,7 @@ pub(super) fn enabled(c: &HypervisorConfig) -> bool {
     pci_disks(c) && c.pcie_root_port > 0 && !c.disable_block_device_use
 }
 
-/// The guest PCI path of the disk behind the root port in `port_slot`: `<slot>/00`.
+/// The guest PCI path of the device behind the root port in `port_slot`: `<slot>/00`.
 pub(super) fn guest_path(id: &str, port_slot: u8) -> Result<GuestAddress> {
     let path = PciPath::new(vec![port_slot, 0]).map_err(|e| Error::Unsupported {
         backend: super::NAME,
@@ -67,11 +99,10 @@ pub(super) fn guest_path(id: &str, port_slot: u8) -> Result<GuestAddress> {
     Ok(GuestAddress::Pci { path })
 }
 
-/// The guest PCI path of the hot-plugged disk `id` among `disks`, if it is one.
-pub(super) fn address(disks: &[HotDisk], id: &str) -> Option<Result<GuestAddress>> {
-    disks
-        .iter()
-        .find(|h| h.device.id == id)
+/// The guest PCI path of the hot-plugged device `id` among `list`, if it is one.
+pub(super) fn address<D: HotKind>(list: &[Hot<D>], id: &str) -> Option<Result<GuestAddress>> {
+    list.iter()
+        .find(|h| h.device.id() == id)
         .map(|h| guest_path(id, h.port_slot))
 }
 
@@ -119,7 +150,7 @@ fn duplicate(d: &BlockDevice) -> Error {
 /// Hot-plugs `d` through `handle` (the running VM's) and records it in `disks`.
 pub(super) async fn add(
     c: &HypervisorConfig,
-    handle: BlockHotplug,
+    handle: VirtioHotplug,
     disks: HotDisks,
     d: &BlockDevice,
 ) -> Result<HotDisk> {
@@ -142,45 +173,47 @@ pub(super) async fn add(
         read_only: d.read_only,
         id: Some(d.id.chars().take(20).collect()),
     };
-    plug_and_record(disks, d, move || handle.plug(&config).map(|p| p.port_slot)).await
+    let disk = HotDevice::Block(config);
+    plug_and_record(disks, d, move || handle.plug(&disk).map(|p| p.port_slot)).await
 }
 
-/// Runs `plug` (the disk's port slot, or why not) on a blocking thread and records the disk
-/// in `disks` there, under the list's lock from the duplicate check to the record: a second
-/// disk with the same id is refused, and a disk whose add was dropped (its caller gone) while
-/// plugging is still recorded, so `remove_device` finds and unplugs it.
-async fn plug_and_record<F, E>(disks: HotDisks, d: &BlockDevice, plug: F) -> Result<HotDisk>
+/// Runs `plug` (the device's port slot, or why not) on a blocking thread and records the
+/// device in `list` there, under the list's lock from the duplicate check to the record: a
+/// second device with the same id is refused, and a device whose add was dropped (its caller
+/// gone) while plugging is still recorded, so `remove_device` finds and unplugs it.
+pub(super) async fn plug_and_record<D, F, E>(list: HotList<D>, d: &D, plug: F) -> Result<Hot<D>>
 where
+    D: HotKind,
     F: FnOnce() -> std::result::Result<u8, E> + Send + 'static,
     E: std::fmt::Display,
 {
     let device = d.clone();
     tokio::task::spawn_blocking(move || {
-        let mut disks = super::lock(&disks);
-        if disks.iter().any(|h| h.device.id == device.id) {
-            return Err(duplicate(&device));
+        let mut list = super::lock(&list);
+        if list.iter().any(|h| h.device.id() == device.id()) {
+            return Err(device.duplicate());
         }
-        let port_slot = plug().map_err(|e| invalid(&device, e))?;
-        let hot = HotDisk { device, port_slot };
-        disks.push(hot.clone());
+        let port_slot = plug().map_err(|e| device.invalid(e.to_string()))?;
+        let hot = Hot { device, port_slot };
+        list.push(hot.clone());
         Ok(hot)
     })
     .await
-    .map_err(|e| invalid(d, format!("the hot-plug task failed: {e}")))?
+    .map_err(|e| d.invalid(format!("the hot-plug task failed: {e}")))?
 }
 
-/// Hot-unplugs the disk in `port_slot` through `handle`, waiting up to `wait` for the guest
-/// to release it.
-pub(super) async fn remove(
-    handle: BlockHotplug,
-    d: &BlockDevice,
+/// Hot-unplugs the device `d` in `port_slot` through `handle`, waiting up to `wait` for the
+/// guest to release it.
+pub(super) async fn remove<D: HotKind>(
+    handle: VirtioHotplug,
+    d: &D,
     port_slot: u8,
     wait: Duration,
 ) -> Result<()> {
     tokio::task::spawn_blocking(move || handle.unplug(port_slot, wait))
         .await
-        .map_err(|e| invalid(d, format!("the hot-unplug task failed: {e}")))?
-        .map_err(|e| invalid(d, e))
+        .map_err(|e| d.invalid(format!("the hot-unplug task failed: {e}")))?
+        .map_err(|e| d.invalid(e.to_string()))
 }
 
 #[cfg(test)]
@@ -210,10 +243,11 @@ mod tests {
         assert!(enabled(&c) && refusal(&c, &disk()).is_none());
         assert_eq!(spare_ports(&c), 2);
         assert!(enabled(&with(BlockDeviceDriver::VirtioBlk, 1)));
-        // The default (virtio-mmio): no disk hot-plug, no spare ports for it.
+        // The default (virtio-mmio): no disk hot-plug; the spare ports are there for NICs.
         let mmio = with(BlockDeviceDriver::VirtioBlkMmio, 2);
         assert!(!enabled(&mmio));
-        assert_eq!(spare_ports(&mmio), 0);
+        assert_eq!(spare_ports(&mmio), 2);
+        assert_eq!(spare_ports(&with(BlockDeviceDriver::VirtioBlkMmio, 0)), 0);
     }
 
     #[tokio::test]

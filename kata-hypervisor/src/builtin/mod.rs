@@ -27,7 +27,9 @@
 //! above `default_vcpus` parked until the guest onlines them ([`Hypervisor::resize_vcpus`],
 //! see `resize`); they are not taken back.
 //! With `block_device_driver = "virtio-blk-pci"` and `pcie_root_port` it hot-plugs disks as
-//! virtio-blk on virtio-pci into the same spare root ports (see `blk_hotplug`).
+//! virtio-blk on virtio-pci into the same spare root ports (see `blk_hotplug`); with
+//! `pcie_root_port` it hot-plugs NICs (interfaces added to the pod after boot) as virtio-net
+//! on virtio-pci into them too (see `net_hotplug`).
 //! What it does not: hot-plug of other devices (and of VFIO without spare ports: refused
 //! naming the device and the keys), vCPU
 //! hot-unplug, VFIO MSI-X (MSI and INTx work), pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
@@ -35,6 +37,7 @@
 
 mod blk_hotplug;
 mod hotplug;
+mod net_hotplug;
 mod resize;
 mod settings;
 mod vfio;
@@ -134,6 +137,8 @@ pub struct Builtin {
     hot_vfio: hotplug::HotVfio,
     /// Disks hot-plugged into spare root ports, with their ports' slots (blk_hotplug).
     hot_disks: blk_hotplug::HotDisks,
+    /// NICs hot-plugged into spare root ports, with their ports' slots (net_hotplug).
+    hot_nics: net_hotplug::HotNics,
     /// Cold-plugged VFIO functions, in slot order (`00:01.0`, ...).
     vfio: Mutex<Vec<VfioDevice>>,
     shares: Mutex<Vec<(String, PathBuf)>>,
@@ -184,6 +189,7 @@ impl Builtin {
             hot_vfio: hotplug::HotVfio::default(),
             vfio: Mutex::new(Vec::new()),
             hot_disks: blk_hotplug::HotDisks::default(),
+            hot_nics: net_hotplug::HotNics::default(),
             shares: Mutex::new(Vec::new()),
             vm: Mutex::new(None),
             watcher: Mutex::new(None),
@@ -373,7 +379,8 @@ impl Hypervisor for Builtin {
                 console: Vec::new(),
             });
         }
-        // Spare root ports for disk hot-plug too (blk_hotplug: one pool with VFIO's).
+        // Spare root ports for disk and NIC hot-plug too (blk_hotplug, net_hotplug: one pool
+        // with VFIO's).
         let builder = self
             .builder()?
             .spare_root_ports(blk_hotplug::spare_ports(&self.config));
@@ -496,13 +503,26 @@ impl Hypervisor for Builtin {
             if let Some(e) = blk_hotplug::refusal(&self.config, d) {
                 return Err(e);
             }
-            let handle = lock(&self.vm).as_ref().and_then(|vm| vm.block_hotplug());
+            let handle = lock(&self.vm).as_ref().and_then(|vm| vm.virtio_hotplug());
             let Some(handle) = handle else {
                 return Err(Error::NotRunning(self.state().to_string()));
             };
             // Recorded in hot_disks by the plug's own task (even if this call is dropped).
             let plugged = blk_hotplug::add(&self.config, handle, self.hot_disks.clone(), d).await?;
             return blk_hotplug::guest_path(&d.id, plugged.port_slot);
+        }
+        if let DeviceConfig::Net(n) = &device {
+            // A NIC: virtio-net-pci onto a spare root port (net_hotplug).
+            if let Some(e) = net_hotplug::refusal(&self.config, n) {
+                return Err(e);
+            }
+            let handle = lock(&self.vm).as_ref().and_then(|vm| vm.virtio_hotplug());
+            let Some(handle) = handle else {
+                return Err(Error::NotRunning(self.state().to_string()));
+            };
+            // Recorded in hot_nics by the plug's own task (even if this call is dropped).
+            let plugged = net_hotplug::add(&self.config, handle, self.hot_nics.clone(), n).await?;
+            return blk_hotplug::guest_path(&n.id, plugged.port_slot);
         }
         Err(Error::Unsupported {
             backend: NAME,
@@ -517,10 +537,23 @@ impl Hypervisor for Builtin {
                 .iter()
                 .find(|h| h.device.id == d.id)
                 .map(|h| h.port_slot);
-            let handle = lock(&self.vm).as_ref().and_then(|vm| vm.block_hotplug());
+            let handle = lock(&self.vm).as_ref().and_then(|vm| vm.virtio_hotplug());
             if let (Some(slot), Some(handle)) = (slot, handle) {
                 blk_hotplug::remove(handle, d, slot, hotplug::UNPLUG_WAIT).await?;
                 lock(&self.hot_disks).retain(|h| h.device.id != d.id);
+                return Ok(());
+            }
+        }
+        if let DeviceConfig::Net(n) = device {
+            // A hot-plugged NIC (net_hotplug): the VMM's tap descriptor closed, the port free.
+            let slot = lock(&self.hot_nics)
+                .iter()
+                .find(|h| h.device.id == n.id)
+                .map(|h| h.port_slot);
+            let handle = lock(&self.vm).as_ref().and_then(|vm| vm.virtio_hotplug());
+            if let (Some(slot), Some(handle)) = (slot, handle) {
+                blk_hotplug::remove(handle, n, slot, hotplug::UNPLUG_WAIT).await?;
+                lock(&self.hot_nics).retain(|h| h.device.id != n.id);
                 return Ok(());
             }
         }
@@ -542,6 +575,10 @@ impl Hypervisor for Builtin {
     async fn device_address(&self, id: &str) -> Result<GuestAddress> {
         // A hot-plugged disk (blk_hotplug).
         if let Some(address) = blk_hotplug::address(&lock(&self.hot_disks), id) {
+            return address;
+        }
+        // A hot-plugged NIC (net_hotplug).
+        if let Some(address) = blk_hotplug::address(&lock(&self.hot_nics), id) {
             return address;
         }
         let hot = lock(&self.hot_vfio)

@@ -91,23 +91,10 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
         "disable_vhost_net" => Inert("the built-in VMM's virtio-net runs in this process"),
         // VFIO: cold-plug onto the VMM's PCI root bus; the rest refused in `vfio::check_ports`.
         "cold_plug_vfio" | "hot_plug_vfio" => Acted,
-        // Spare root ports for VFIO hot-plug (`hotplug::spare_ports`); no switch (refused in
-        // `vfio::check_ports`).
-        "pcie_root_port" if c.hot_plug_vfio == crate::device::PciePort::RootPort => Acted,
-        // Spare root ports for disk hot-plug too (blk_hotplug).
-        "pcie_root_port"
-            if matches!(
-                c.block_device_driver,
-                BlockDeviceDriver::VirtioBlkPci | BlockDeviceDriver::VirtioBlk
-            ) =>
-        {
-            Acted
-        }
-        "pcie_root_port" => Inert(
-            "the built-in VMM makes spare root ports only for hot_plug_vfio = \"root-port\" or \
-             block_device_driver = \"virtio-blk-pci\" (blk_hotplug; cold-plugged functions get \
-             a port each with cold_plug_vfio = \"root-port\")",
-        ),
+        // Spare root ports, one pool for VFIO hot-plug (`hot_plug_vfio = "root-port"`), disks
+        // (`block_device_driver = "virtio-blk-pci"`) and NICs (net_hotplug: any VM, for the
+        // interfaces added to the pod after boot); no switch (refused in `vfio::check_ports`).
+        "pcie_root_port" => Acted,
         "pcie_switch_port" => Acted,
         "disable_seccomp" | "seccomp_sandbox" => Inert(
             "the built-in VMM's vCPU and device threads always confine themselves with seccomp",

@@ -108,8 +108,8 @@ pub struct VmConfig {
     pub virtio_console: bool,
     /// Host PCI functions passed through (VFIO, cold-plugged on a PCI bus at `00:01.0`, ...).
     pub vfio: Vec<VfioConfig>,
-    /// Empty PCIe root ports for VFIO and disk hot-plug (after the cold-plugged functions'
-    /// slots); [`Vm::vfio_hotplug`] and [`Vm::block_hotplug`] plug into them.
+    /// Empty PCIe root ports for VFIO, disk and NIC hot-plug (after the cold-plugged
+    /// functions' slots); [`Vm::vfio_hotplug`] and [`Vm::virtio_hotplug`] plug into them.
     pub spare_root_ports: u8,
     /// Empty downstream ports of a PCIe switch for VFIO hot-plug (after those of the functions
     /// cold-plugged behind the switch); the switch exists when this or such a function does.
@@ -241,8 +241,8 @@ impl VmBuilder {
     }
 
     /// Gives the VM `n` empty PCIe root ports (hot-plug capable slots, after the cold-plugged
-    /// functions) for VFIO hot-plug through [`Vm::vfio_hotplug`] and disk hot-plug through
-    /// [`Vm::block_hotplug`].
+    /// functions) for VFIO hot-plug through [`Vm::vfio_hotplug`] and disk and NIC hot-plug
+    /// through [`Vm::virtio_hotplug`].
     pub fn spare_root_ports(mut self, n: u8) -> Self {
         self.config.spare_root_ports = n;
         self

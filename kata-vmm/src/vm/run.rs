@@ -201,8 +201,9 @@ pub struct Vm {
     balloon: Option<crate::devices::virtio::balloon::BalloonHandle>,
     /// VFIO hot-plug onto the spare root ports, when the VM has some.
     vfio_hotplug: Option<crate::devices::vfio::hotplug::VfioHotplug>,
-    /// Disk hot-plug (virtio-blk on virtio-pci) onto the same ports (blk_hotplug).
-    blk_hotplug: Option<crate::devices::virtio::pci::hotplug::BlockHotplug>,
+    /// Disk and NIC hot-plug (virtio-blk, virtio-net on virtio-pci) onto the same ports
+    /// (virtio_hotplug).
+    virtio_hotplug: Option<crate::devices::virtio::pci::hotplug::VirtioHotplug>,
 }
 
 /// The VFIO state, shared with the hot-plug handle.
@@ -287,25 +288,25 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
     // the INTx pins' irqfds with resample.
     // The root ports' hot-plug MSI the same way; spare ports make a VFIO hot-plug handle.
     let mut vfio_hotplug = None;
-    // Disk hot-plug into the same ports, its devices served by a run-time loop (blk_hotplug).
-    let mut blk_hotplug = None;
+    // Disk and NIC hot-plug into the same ports, served by a run-time loop (virtio_hotplug).
+    let mut virtio_hotplug = None;
     let pci = match p.pci {
         Some((bus, set)) => {
             let router = Arc::new(crate::devices::vfio::irq::GsiRouter::new(kvm.shared_fd()));
             set.wire_irqs(kvm.fd(), &router)?;
             // One lock for every plug into the spare ports, disks' and VFIO functions'.
             let port_lock = Arc::new(Mutex::new(()));
-            // Disks hot-plug into the spare root ports (blk_hotplug).
+            // Disks and NICs hot-plug into the spare root ports (virtio_hotplug).
             if p.spare_root_ports != 0 {
                 let serve = crate::devices::virtio::pci::serve::RunTimeDevices::new()
                     .map(|d| Arc::new(Mutex::new(d)))
                     .map_err(|source| Error::DeviceIo {
                         device: "VM".into(),
-                        what: "creating the run-time devices' epoll (blk_hotplug)".into(),
+                        what: "creating the run-time devices' epoll (virtio_hotplug)".into(),
                         source,
                     })?;
-                blk_hotplug = Some((
-                    crate::devices::virtio::pci::hotplug::BlockHotplug::new(
+                virtio_hotplug = Some((
+                    crate::devices::virtio::pci::hotplug::VirtioHotplug::new(
                         bus.clone(),
                         // RAM and the virtio-mem region: a buffer may be in plugged memory.
                         p.ram.all_memory().clone(),
@@ -394,7 +395,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
     for h in handlers {
         event_loop.add(h).map_err(add_err)?;
     }
-    if let Some((_, serve)) = &blk_hotplug {
+    if let Some((_, serve)) = &virtio_hotplug {
         event_loop.add(serve.clone()).map_err(add_err)?;
     }
 
@@ -409,7 +410,7 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         hotplug: p.hotplug.clone(),
         balloon: p.balloon.clone(),
         vfio_hotplug,
-        blk_hotplug: blk_hotplug.map(|(handle, _)| handle),
+        virtio_hotplug: virtio_hotplug.map(|(handle, _)| handle),
         resources: Some(Resources {
             pci,
             kvm,
@@ -543,11 +544,11 @@ impl Vm {
         self.vfio_hotplug.clone()
     }
 
-    /// Disk hot-plug (virtio-blk on virtio-pci) onto the VM's spare root ports, the pool VFIO
-    /// hot-plug takes from too, when it was built with [`super::VmBuilder::spare_root_ports`]
-    /// (see [`crate::devices::virtio::pci::hotplug`]).
-    pub fn block_hotplug(&self) -> Option<crate::devices::virtio::pci::hotplug::BlockHotplug> {
-        self.blk_hotplug.clone()
+    /// Disk and NIC hot-plug (virtio-blk, virtio-net on virtio-pci) onto the VM's spare root
+    /// ports, the pool VFIO hot-plug takes from too, when it was built with
+    /// [`super::VmBuilder::spare_root_ports`] (see [`crate::devices::virtio::pci::hotplug`]).
+    pub fn virtio_hotplug(&self) -> Option<crate::devices::virtio::pci::hotplug::VirtioHotplug> {
+        self.virtio_hotplug.clone()
     }
 
     /// Lets the vCPUs below `vcpus` run: the parked ones (above [`super::VmConfig::vcpus`],
@@ -604,7 +605,7 @@ impl Vm {
             let _ = h.join();
         }
         self.vfio_hotplug = None;
-        self.blk_hotplug = None;
+        self.virtio_hotplug = None;
         self.resources = None;
         self.shared
             .wait(Some(Duration::ZERO))

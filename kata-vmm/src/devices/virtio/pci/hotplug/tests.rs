@@ -1,4 +1,4 @@
-//! Disk hot-plug without KVM: the spare ports `build_bus` makes, irqfds recorded instead of
+//! Disk and NIC hot-plug without KVM: the spare ports `build_bus` makes, irqfds recorded instead of
 //! registered, the guest's side of the slot played by writing the port's slot control.
 
 use std::sync::{Arc, Mutex};
@@ -42,7 +42,7 @@ fn is_open(path: &std::path::Path) -> bool {
 }
 
 struct Rig {
-    hp: BlockHotplug,
+    hp: VirtioHotplug,
     bus: Arc<Mutex<PciBus>>,
     irqfds: Arc<Irqfds>,
     serve: Arc<Mutex<RunTimeDevices>>,
@@ -58,7 +58,7 @@ fn rig(ports: u8) -> Rig {
     let irqfds = Arc::new(Irqfds::default());
     let serve = Arc::new(Mutex::new(RunTimeDevices::new().unwrap()));
     let router = Arc::new(GsiRouter::new(Arc::new(NoRoutes)));
-    let hp = BlockHotplug::new(bus.clone(), mem, irqfds.clone(), router, serve.clone());
+    let hp = VirtioHotplug::new(bus.clone(), mem, irqfds.clone(), router, serve.clone());
     Rig {
         hp,
         bus,
@@ -68,7 +68,7 @@ fn rig(ports: u8) -> Rig {
     }
 }
 
-fn disk(r: &Rig, name: &str) -> BlockConfig {
+fn disk_config(r: &Rig, name: &str) -> BlockConfig {
     let path = r.dir.path().join(name);
     std::fs::write(&path, vec![0u8; 4096]).unwrap();
     BlockConfig {
@@ -76,6 +76,10 @@ fn disk(r: &Rig, name: &str) -> BlockConfig {
         read_only: true,
         id: None,
     }
+}
+
+fn disk(r: &Rig, name: &str) -> HotDevice {
+    HotDevice::Block(disk_config(r, name))
 }
 
 fn port(r: &Rig, slot: u8) -> Arc<Mutex<RootPort>> {
@@ -134,7 +138,7 @@ fn a_missing_disk_file_is_an_error_naming_it_and_plugs_nothing() {
         read_only: false,
         id: None,
     };
-    let e = r.hp.plug(&c).unwrap_err().to_string();
+    let e = r.hp.plug(&HotDevice::Block(c)).unwrap_err().to_string();
     assert!(e.contains("nope.img"), "{e}");
     assert_eq!(r.hp.free_ports(), 1);
     assert!(r.irqfds.0.lock().unwrap().is_empty());
@@ -192,17 +196,18 @@ fn a_vfio_port_taken_is_not_given_to_a_disk() {
 fn a_disk_s_gsis_and_file_are_given_back_on_unplug_and_on_a_failed_plug() {
     use std::sync::atomic::Ordering::SeqCst;
     let r = rig(1);
-    let c = disk(&r, "a.img");
+    let c = disk_config(&r, "a.img");
+    let d = HotDevice::Block(c.clone());
     // KVM refuses the first irqfd: nothing plugged, the GSIs and the file given back.
     r.irqfds.1.store(true, SeqCst);
-    let e = r.hp.plug(&c).unwrap_err().to_string();
+    let e = r.hp.plug(&d).unwrap_err().to_string();
     assert!(e.contains("KVM_IRQFD"), "{e}");
     assert_eq!(r.hp.free_ports(), 1);
     assert!(!is_open(&c.path), "the image is closed");
     r.irqfds.1.store(false, SeqCst);
     let p = port(&r, 1);
     for _ in 0..3 {
-        r.hp.plug(&c).unwrap();
+        r.hp.plug(&d).unwrap();
         assert!(is_open(&c.path));
         guest_powers_off(&p);
         r.hp.unplug(1, Duration::from_secs(1)).unwrap();
@@ -233,4 +238,118 @@ fn concurrent_plugs_take_different_ports() {
         assert_ne!(pa.port_slot, pb.port_slot);
         assert_eq!(r.hp.free_ports(), 0);
     }
+}
+
+/// How many of this process's descriptors are open on what `fd` is open on (a socket's
+/// inode: the test's own end counts once).
+fn opened(fd: &std::os::fd::OwnedFd) -> usize {
+    use std::os::fd::AsRawFd;
+    let target = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| *l == target)
+        .count()
+}
+
+/// A NIC on one end of a datagram socket pair standing in for the tap (a tap queue reads and
+/// writes a frame per datagram; only its vnet header ioctl is skipped: `Net::over`).
+struct Nic {
+    tap: Arc<std::os::fd::OwnedFd>,
+    peer: std::os::unix::net::UnixDatagram,
+}
+
+fn nic() -> Nic {
+    let (tap, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    Nic {
+        tap: Arc::new(tap.into()),
+        peer,
+    }
+}
+
+const MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x11, 0x00, 0x09];
+
+/// Plugs `n` as the hot-plug of a NIC does, the device built by `Net::over`.
+fn plug_nic(r: &Rig, n: &Nic) -> Result<Plugged> {
+    r.hp.plug_with("virtio-net tap1_kata", &|| {
+        let net = Net::over("tap1_kata", &n.tap, MAC)?;
+        let notify = dup_notify(net.notify_evt(), "virtio-net tap1_kata")?;
+        Ok((Box::new(net) as Box<dyn VirtioDevice>, notify))
+    })
+}
+
+#[test]
+fn a_nic_is_plugged_served_and_unplugged_its_tap_closed_and_its_port_reused() {
+    let r = rig(1);
+    let n = nic();
+    assert_eq!(opened(&n.tap), 1);
+    let at = plug_nic(&r, &n).unwrap();
+    assert_eq!((at.port_slot, at.secondary), (1, 1));
+    assert_eq!(r.hp.plugged(), vec![1]);
+    assert_eq!(opened(&n.tap), 2, "the device holds a duplicate of the tap");
+    // A modern virtio-net function (1af4:1041), three vectors (two queues and the config).
+    let p = port(&r, 1);
+    let child = lock(&p).child().cloned().unwrap();
+    assert_eq!(lock(&child).config_read(0), 0x1041_1af4);
+    drop(child);
+    assert_eq!(r.irqfds.0.lock().unwrap().len(), 3);
+    // The tap is watched by the run-time loop: a frame arriving wakes the device thread.
+    assert_eq!(lock(&r.serve).len(), 1);
+    n.peer.send(&[0u8; 60]).unwrap();
+    assert_eq!(lock(&r.serve).run_once(), 1, "the tap's arrival served");
+    // One pool: no port left for a disk either, refused naming pcie_root_port.
+    let e = r.hp.plug(&disk(&r, "a.img")).unwrap_err().to_string();
+    assert!(e.contains("pcie_root_port") && e.contains("a.img"), "{e}");
+    // Unplugged once the guest released the slot: not served, its tap duplicate closed.
+    guest_powers_off(&p);
+    r.hp.unplug(1, Duration::from_secs(1)).unwrap();
+    assert!(lock(&r.serve).is_empty());
+    assert_eq!(opened(&n.tap), 1, "the device's tap descriptor is closed");
+    n.peer.send(&[0u8; 60]).unwrap();
+    assert_eq!(lock(&r.serve).run_once(), 0, "no longer watched");
+    // The port and the three GSIs are reused by the next NIC.
+    let m = nic();
+    assert_eq!(plug_nic(&r, &m).unwrap().port_slot, 1);
+    assert_eq!(*r.irqfds.0.lock().unwrap(), [24, 25, 26, 24, 25, 26]);
+}
+
+#[test]
+fn a_nic_the_guest_keeps_times_out_naming_its_tap_and_stays_plugged() {
+    let r = rig(1);
+    let n = nic();
+    plug_nic(&r, &n).unwrap();
+    let p = port(&r, 1);
+    lock(&p).write(PCIE_OFFSET + 0x18, &0u16.to_le_bytes());
+    let e =
+        r.hp.unplug(1, Duration::from_millis(200))
+            .unwrap_err()
+            .to_string();
+    assert!(
+        e.contains("tap1_kata") && e.contains("did not power its slot off"),
+        "{e}"
+    );
+    assert_eq!(r.hp.plugged(), vec![1]);
+    assert_eq!(opened(&n.tap), 2, "still the guest's");
+}
+
+#[test]
+fn a_descriptor_that_is_not_a_tap_is_refused_naming_it_and_plugs_nothing() {
+    let r = rig(1);
+    let n = nic();
+    let e =
+        r.hp.plug(&HotDevice::Net(NetConfig {
+            name: "tap9_kata".into(),
+            tap: n.tap.clone(),
+            mac: MAC,
+        }))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tap9_kata") && e.contains("TUNSETVNETHDRSZ"),
+        "{e}"
+    );
+    assert_eq!(r.hp.free_ports(), 1);
+    assert!(r.irqfds.0.lock().unwrap().is_empty());
+    assert!(lock(&r.serve).is_empty());
+    assert_eq!(opened(&n.tap), 1, "nothing kept of the descriptor");
 }
