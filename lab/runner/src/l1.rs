@@ -308,6 +308,10 @@ pub fn kernel_cmdline(opts: &Options) -> Result<String, Error> {
     if std::env::var("KATA_LAB_BLK").is_ok_and(|v| !v.trim().is_empty()) {
         cmdline.push_str(" lab.blk");
     }
+    // builtin-net-hot alone (the host's KATA_LAB_NET; src/net_hot.rs).
+    if std::env::var("KATA_LAB_NET").is_ok_and(|v| !v.trim().is_empty()) {
+        cmdline.push_str(" lab.net");
+    }
     // qemu-template alone (the host's KATA_LAB_TEMPLATE; src/template.rs).
     if std::env::var("KATA_LAB_TEMPLATE").is_ok_and(|v| !v.trim().is_empty()) {
         cmdline.push_str(" lab.template");

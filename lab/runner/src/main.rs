@@ -33,6 +33,7 @@ mod density;
 mod heartbeat;
 mod l2_boot;
 mod mem_hotplug;
+mod net_hot;
 mod pod_net;
 mod template;
 mod vfio;
@@ -376,6 +377,10 @@ async fn run_vmm(vmm: Vmm, rootfs: &Path, token: &str) -> Checks {
         let disks = blk_hot::builtin_blk_hot(rootfs, ROOT_DIR);
         checks
             .run(blk_hot::CHECK, Duration::from_secs(420), disks)
+            .await;
+        let nics = net_hot::builtin_net_hot(rootfs, ROOT_DIR);
+        checks
+            .run(net_hot::CHECK, Duration::from_secs(420), nics)
             .await;
     }
     if vmm == Vmm::Qemu {
@@ -801,7 +806,47 @@ fn blk_hot_alone(
     ran: &mut usize,
     passed: &mut usize,
 ) -> bool {
-    if !blk_hot::only() {
+    let counts = (ran, passed);
+    builtin_check_alone(
+        blk_hot::only(),
+        blk_hot::CHECK,
+        runtime,
+        rootfs,
+        counts,
+        |r| blk_hot::builtin_blk_hot(r, ROOT_DIR),
+    )
+}
+
+/// `builtin-net-hot` alone when L1's command line says `lab.net` (then true: no VMM set runs;
+/// src/net_hot.rs); counted into `ran` and `passed`.
+fn net_hot_alone(
+    runtime: &tokio::runtime::Runtime,
+    rootfs: &Result<PathBuf>,
+    ran: &mut usize,
+    passed: &mut usize,
+) -> bool {
+    let counts = (ran, passed);
+    builtin_check_alone(
+        net_hot::only(),
+        net_hot::CHECK,
+        runtime,
+        rootfs,
+        counts,
+        |r| net_hot::builtin_net_hot(r, ROOT_DIR),
+    )
+}
+
+/// The built-in VMM's check `name` alone, `check` on the rootfs with 420 s, when `only` (then
+/// true); counted into `counts` (ran, passed).
+fn builtin_check_alone<'a, F: Future<Output = Result<String>>>(
+    only: bool,
+    name: &str,
+    runtime: &tokio::runtime::Runtime,
+    rootfs: &'a Result<PathBuf>,
+    counts: (&mut usize, &mut usize),
+    check: impl FnOnce(&'a Path) -> F,
+) -> bool {
+    if !only {
         return false;
     }
     let mut c = Checks::new(Vmm::Builtin);
@@ -960,6 +1005,8 @@ fn main() -> ExitCode {
     let mem_alone = mem_alone || template_alone(&runtime, &rootfs, &mut ran, &mut passed);
     // `lab.blk` (the host's KATA_LAB_BLK): builtin-blk-hot alone, no VMM set.
     let mem_alone = mem_alone || blk_hot_alone(&runtime, &rootfs, &mut ran, &mut passed);
+    // `lab.net` (the host's KATA_LAB_NET): builtin-net-hot alone, no VMM set.
+    let mem_alone = mem_alone || net_hot_alone(&runtime, &rootfs, &mut ran, &mut passed);
     // `lab.density=<N>` (the host's KATA_LAB_DENSITY): the density figures alone, no VMM set.
     let mem_alone = mem_alone || density_alone(&runtime, &rootfs, &mut ran, &mut passed);
     let vfio_alone = vfio_only.is_some() || mem_alone;

@@ -24,9 +24,9 @@ const GATEWAY_IP: &str = "10.214.0.1";
 const POD_MTU: &str = "1400";
 const LINE: &str = "hello-from-a-built-in-vm";
 
-/// A network namespace (`ip netns add`), deleted on drop.
-struct Netns {
-    name: String,
+/// A network namespace (`ip netns add`), deleted on drop (shared with src/net_hot.rs).
+pub(crate) struct Netns {
+    pub(crate) name: String,
 }
 
 impl Netns {
@@ -38,18 +38,18 @@ impl Netns {
         Ok(Netns { name })
     }
 
-    fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.name)
     }
 
-    fn ip(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn ip(&self, args: &[&str]) -> Result<String> {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
         sh("ip", &all)
     }
 
     /// The tun/tap devices in it.
-    fn taps(&self) -> Result<Vec<String>> {
+    pub(crate) fn taps(&self) -> Result<Vec<String>> {
         let text = self.ip(&["-details", "link", "show"])?;
         let mut taps = Vec::new();
         let mut name = None;
@@ -64,7 +64,7 @@ impl Netns {
     }
 
     /// A TCP listener in this namespace (bound from a thread that entered it).
-    fn listen(&self, addr: &str) -> Result<TcpListener> {
+    pub(crate) fn listen(&self, addr: &str) -> Result<TcpListener> {
         let file = std::fs::File::open(self.path())?;
         let addr = addr.to_string();
         std::thread::scope(|s| {
@@ -104,7 +104,7 @@ fn sh(program: &str, args: &[&str]) -> Result<String> {
 }
 
 /// The pod's namespace (`eth0`) and the peer's (`peer0`, the gateway).
-fn pod_network() -> Result<(Netns, Netns)> {
+pub(crate) fn pod_network() -> Result<(Netns, Netns)> {
     let pod = Netns::new("pod")?;
     let peer = Netns::new("peer")?;
     pod.ip(&[
@@ -122,7 +122,7 @@ fn pod_network() -> Result<(Netns, Netns)> {
 }
 
 /// Accepts one connection within `within` and reads it to the end.
-fn serve_once(listener: TcpListener, within: Duration) -> Result<(String, SocketAddr)> {
+pub(crate) fn serve_once(listener: TcpListener, within: Duration) -> Result<(String, SocketAddr)> {
     listener.set_nonblocking(true)?;
     let t0 = Instant::now();
     loop {

@@ -95,6 +95,10 @@ pub const VMM_CHECKS: &[&str] = &[
     // virtio-pci onto a spare root port, read, unplugged with the container, and the port
     // reused by a second container (src/blk_hot.rs).
     "blk-hot",
+    // Built-in only: an interface added to the pod's namespace after boot is hot-plugged by
+    // rescan_network as virtio-net on virtio-pci onto a spare root port; a container sends
+    // over it; removed, the NIC is unplugged and the port taken again (src/net_hot.rs).
+    "net-hot",
     // QEMU only: VM templating (`enable_template`): three sandboxes from one template, each
     // at its own vsock CID with the host's clock, against a fresh boot; then two virtio-fs
     // clones, each with its own share hot-plugged after the restore (src/template.rs).
@@ -118,6 +122,7 @@ pub const BUILTIN_ONLY_CHECKS: &[&str] = &[
     "default-vmm",
     "dragonball-config",
     "blk-hot",
+    "net-hot",
 ];
 
 /// The VFIO checks with the built-in VMM (issue 12, `src/vfio.rs`), reported as
