@@ -857,8 +857,8 @@ fn builtin_check_alone<'a, F: Future<Output = Result<String>>>(
         }
         Err(e) => c.not_run(blk_hot::CHECK, &format!("{e:#}")),
     }
-    *ran += c.ran;
-    *passed += c.passed;
+    *counts.0 += c.ran;
+    *counts.1 += c.passed;
     true
 }
 
