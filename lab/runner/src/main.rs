@@ -852,10 +852,9 @@ fn builtin_check_alone<'a, F: Future<Output = Result<String>>>(
     let mut c = Checks::new(Vmm::Builtin);
     match rootfs {
         Ok(rootfs) => {
-            let disks = blk_hot::builtin_blk_hot(rootfs, ROOT_DIR);
-            runtime.block_on(c.run(blk_hot::CHECK, Duration::from_secs(420), disks));
+            runtime.block_on(c.run(name, Duration::from_secs(420), check(rootfs)));
         }
-        Err(e) => c.not_run(blk_hot::CHECK, &format!("{e:#}")),
+        Err(e) => c.not_run(name, &format!("{e:#}")),
     }
     *counts.0 += c.ran;
     *counts.1 += c.passed;
