@@ -22,7 +22,7 @@
 //! default 1), with the median `build()` time of its pods beside its memory. A configuration is `+`-joined tokens applied in order:
 //! `default` (the builder as it comes), `legacy` (the defaults before the levers:
 //! `tcg_tb_size = 0`, QEMU's own translation buffer, and `reclaim_guest_freed_memory = false`),
-//! `tb=<MiB>` (`tcg_tb_size`), `reclaim` / `noreclaim` (`reclaim_guest_freed_memory`), `image`
+//! `tb=<MiB>` (`tcg_tb_size`, with `default_maxvcpus = default_vcpus`, without which it is not applied), `reclaim` / `noreclaim` (`reclaim_guest_freed_memory`), `image`
 //! (Kata's rootfs image on an NVDIMM with DAX instead of the initramfs) and `nothp` (the VM
 //! processes started without transparent huge pages: `PR_SET_THP_DISABLE`, which they inherit
 //! from this process), `arenas=<n>` (the VM processes started with `MALLOC_ARENA_MAX=<n>`:
@@ -113,6 +113,11 @@ impl Levers {
         let mut hv = builder.config().clone();
         if let Some(mib) = self.tcg_tb_size {
             hv.tcg_tb_size = mib;
+            // A bounded buffer is applied only where vCPUs cannot be hot-plugged
+            // (`qemu::cmdline::tcg_accel`): these pods never are.
+            if mib > 0 {
+                hv.default_maxvcpus = hv.default_vcpus;
+            }
         }
         if let Some(on) = self.reclaim {
             hv.reclaim_guest_freed_memory = on;

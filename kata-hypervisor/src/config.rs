@@ -90,6 +90,7 @@ pub const DEFAULT_ROOTLESS_UID_RANGE: &str = "1879048192-1879113727";
 /// up to 1 GiB, filled as code is translated and never given back: 39-42 MiB resident per idle
 /// busybox guest after boot. 16 MiB holds it at 16 with the same `build()` time (median of 7
 /// interleaved boots 2260 vs 2215 ms); 8 MiB cost 18% more (`benches/density.rs`, 2026-12-01).
+/// Applied only to a VM whose vCPUs cannot be hot-plugged (`qemu::cmdline::tcg_accel`).
 pub const DEFAULT_TCG_TB_SIZE_MIB: u32 = 16;
 
 /// The largest `tcg_tb_size` QEMU takes on an x86-64 host, in MiB (a larger one it lowers to

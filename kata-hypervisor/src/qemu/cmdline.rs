@@ -152,9 +152,25 @@ pub fn unused_machine_devices_off(machine_type: &str, machine: &str) -> &'static
 /// it wrote resident; left to QEMU 7.2 the buffer is up to 1 GiB, and an idle busybox guest has
 /// 40 MiB of it resident after boot. A bounded buffer is flushed when full and the code the
 /// guest still runs translated again. KVM runs the guest's code natively: the key is not used.
+///
+/// Not with vCPU hot-plug (`default_maxvcpus` above `default_vcpus`): QEMU 7.2 splits the buffer
+/// into regions and gives each new vCPU thread a free one, asserting there is one; a bounded
+/// buffer the booted guest has filled has none left, and QEMU aborts at the hot-plug. Such a VM
+/// keeps QEMU's own size, and the log says why.
 pub fn tcg_accel(c: &HypervisorConfig) -> String {
     match c.tcg_tb_size {
         0 => "tcg".to_string(),
+        mib if c.max_vcpus() > c.default_vcpus => {
+            tracing::info!(
+                tcg_tb_size = mib,
+                default_vcpus = c.default_vcpus,
+                maxcpus = c.max_vcpus(),
+                "tcg_tb_size not applied: vCPUs may be hot-plugged and QEMU 7.2 aborts when a new \
+                 vCPU finds the bounded translation buffer full; set default_maxvcpus = \
+                 default_vcpus to bound it"
+            );
+            "tcg".to_string()
+        }
         mib => format!("tcg,tb-size={mib}"),
     }
 }
@@ -717,7 +733,8 @@ mod tests {
         };
         let a = args(&c, &[share(SharedFs::Virtio9p)]).unwrap();
         assert!(
-            a.contains("-machine q35,sata=off -accel tcg,tb-size=16 -cpu max"),
+            // vCPUs may be hot-plugged (maxcpus 2): QEMU's own translation buffer.
+            a.contains("-machine q35,sata=off -accel tcg -cpu max"),
             "{a}"
         );
         assert!(
@@ -810,7 +827,7 @@ mod tests {
             read_only: true,
         });
         let a = args(&c, &[disk]).unwrap();
-        assert!(a.contains("-accel tcg,tb-size=16 -cpu max,pmu=off"), "{a}");
+        assert!(a.contains("-accel tcg -cpu max,pmu=off"), "{a}");
         assert!(a.contains("-m 512M,slots=10,maxmem=1088M"), "{a}");
         assert!(a.contains("cache=none,aio=native,readonly=on"), "{a}");
         // Above the host's memory is the host's memory (4096 MiB here).
@@ -890,8 +907,11 @@ mod tests {
     #[test]
     fn the_tcg_translation_buffer_is_bounded_by_tcg_tb_size_and_kvm_has_none() {
         let accel = |tb: u32, accelerator: Accelerator| {
+            // No vCPU hot-plug (the buffer's condition below).
             let c = HypervisorConfig {
                 tcg_tb_size: tb,
+                default_vcpus: 2,
+                default_maxvcpus: 2,
                 ..Default::default()
             };
             let ports = PortAllocator::for_vm(&c, &[]).unwrap();
@@ -915,6 +935,14 @@ mod tests {
         // KVM translates nothing: the key leaves its command line alone.
         assert_eq!(accel(64, Accelerator::Kvm), "kvm");
         assert_eq!(accel(0, Accelerator::Kvm), "kvm");
+        // vCPUs that may be hot-plugged: QEMU's own buffer (a bounded one aborts the plug).
+        let hot = HypervisorConfig {
+            tcg_tb_size: 16,
+            default_vcpus: 1,
+            default_maxvcpus: 2,
+            ..Default::default()
+        };
+        assert_eq!(tcg_accel(&hot), "tcg");
     }
 
     #[test]

@@ -274,16 +274,7 @@ pub async fn qemu_template(rootfs: &Path, root_dir: &str) -> Result<String> {
         }
     }
     // PSS once every clone runs (the template's pages shared between them).
-    let pss: Vec<u64> = clones
-        .iter()
-        .filter_map(|s| match clone_memory_pss_kib(s) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                eprintln!("lab: virtio-fs clone memory not measured: {e:#}");
-                None
-            }
-        })
-        .collect();
+    let pss: Vec<u64> = clones.iter().filter_map(|s| qemu_pss_kib(s).ok()).collect();
     let dirs: Vec<_> = clones.iter().map(|s| s.dir().to_path_buf()).collect();
     for s in clones {
         s.shutdown().await?;
@@ -294,6 +285,12 @@ pub async fn qemu_template(rootfs: &Path, root_dir: &str) -> Result<String> {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mib = |k: u64| k as f64 / 1024.0;
     let clone_build = seen[1..].iter().map(|s| ms(s.build)).sum::<f64>() / 2.0;
+    // Every clone measured (a PSS that could not be read fails the check below).
+    ensure!(
+        pss.len() == 3,
+        "QEMU's PSS read for {} of 3 clones",
+        pss.len()
+    );
     let clone_pss = pss[1..].iter().sum::<u64>() / 2;
     println!(
         "{}",
@@ -442,7 +439,16 @@ async fn virtio_fs(rootfs: &Path, root_dir: &str) -> Result<String> {
         }
     }
     // PSS with both clones running: each maps its own copy of the template's memory.
-    let pss: Vec<u64> = clones.iter().filter_map(|s| qemu_pss_kib(s).ok()).collect();
+    let pss: Vec<u64> = clones
+        .iter()
+        .filter_map(|s| match clone_memory_pss_kib(s) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("lab: virtio-fs clone memory not measured: {e:#}");
+                None
+            }
+        })
+        .collect();
     let dirs: Vec<_> = clones.iter().map(|s| s.dir().to_path_buf()).collect();
     for s in clones {
         s.shutdown().await?;
