@@ -19,6 +19,7 @@
 
 use super::root_port::{MsiSignal, COMMAND_MEMORY};
 use super::shpc::Shpc;
+use super::type1::Type1;
 use super::{lock, PciDevice, SharedPciDevice};
 use crate::devices::vfio::msi::MsiCap;
 
@@ -45,12 +46,8 @@ const DEVICE_CAPS: u32 = 1 << 15;
 const LINK_CAPS: u32 = 1 | (1 << 4);
 /// Link status: 2.5 GT/s, x1.
 const LINK_STATUS: u16 = 1 | (1 << 4);
-/// Command register bits the guest may set: I/O, memory, bus master, parity, SERR, INTx off.
-const COMMAND_WRITABLE: u16 = 0x0547;
 /// Status: capabilities list.
 const STATUS_CAP_LIST: u16 = 1 << 4;
-/// Bridge control bits kept: parity, SERR, ISA, VGA, secondary bus reset.
-const BRIDGE_CONTROL_WRITABLE: u16 = 0x004f;
 
 /// What a [`Bridge`] is to the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,14 +63,8 @@ pub enum BridgeKind {
 /// A type-1 device and the devices on its secondary bus.
 pub struct Bridge {
     kind: BridgeKind,
-    command: u16,
-    line: u8,
-    bridge_control: u16,
-    primary: u8,
-    secondary: u8,
-    subordinate: u8,
-    memory_base: u16,
-    memory_limit: u16,
+    /// The type-1 header's bus numbers, window, command, line and bridge control.
+    regs: Type1,
     device_control: u16,
     link_control: u16,
     device_control2: u16,
@@ -98,7 +89,14 @@ impl std::fmt::Debug for Bridge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bridge")
             .field("kind", &self.kind)
-            .field("buses", &(self.primary, self.secondary, self.subordinate))
+            .field(
+                "buses",
+                &(
+                    self.regs.primary,
+                    self.regs.secondary,
+                    self.regs.subordinate,
+                ),
+            )
             .field("window", &self.window())
             .field(
                 "children",
@@ -121,22 +119,9 @@ impl Bridge {
         window: (u64, u64),
         children: Vec<(u8, SharedPciDevice)>,
     ) -> Self {
-        let (base, limit) = match window {
-            (s, e) if s < e && s % (1 << 20) == 0 && e % (1 << 20) == 0 && e <= 1 << 32 => {
-                ((s >> 16) as u16 & 0xfff0, ((e - 1) >> 16) as u16 & 0xfff0)
-            }
-            _ => (0xfff0, 0),
-        };
         Bridge {
             kind,
-            command: COMMAND_MEMORY,
-            line: 0,
-            bridge_control: 0,
-            primary,
-            secondary,
-            subordinate: subordinate.max(secondary),
-            memory_base: base,
-            memory_limit: limit,
+            regs: Type1::new(primary, secondary, subordinate, window),
             device_control: 0,
             link_control: 0,
             device_control2: 0,
@@ -270,7 +255,7 @@ impl Bridge {
 
     fn bar0_holds(&self, addr: u64, len: usize) -> Option<u64> {
         let h = self.hotplug.as_ref()?;
-        if self.command & COMMAND_MEMORY == 0 || h.bar0 == 0 {
+        if self.regs.command & COMMAND_MEMORY == 0 || h.bar0 == 0 {
             return None;
         }
         let base = u64::from(h.bar0);
@@ -281,18 +266,13 @@ impl Bridge {
     /// Its secondary (internal) and subordinate bus numbers, as the guest last programmed
     /// them.
     pub fn buses(&self) -> (u8, u8) {
-        (self.secondary, self.subordinate)
+        (self.regs.secondary, self.regs.subordinate)
     }
 
     /// The memory window it forwards now (start, end exclusive), `None` when closed or memory
     /// decoding is off.
     pub fn window(&self) -> Option<(u64, u64)> {
-        if self.command & COMMAND_MEMORY == 0 {
-            return None;
-        }
-        let base = u64::from(self.memory_base & 0xfff0) << 16;
-        let end = (u64::from(self.memory_limit & 0xfff0) << 16) + (1 << 20);
-        (base < end).then_some((base, end))
+        self.regs.window()
     }
 
     /// What it is.
@@ -359,28 +339,24 @@ impl Bridge {
                 return h.msi.read(off);
             }
             match reg {
-                1 => return u32::from(self.command) | u32::from(STATUS_CAP_LIST) << 16,
+                1 => return u32::from(self.regs.command) | u32::from(STATUS_CAP_LIST) << 16,
                 4 => return h.bar0,
                 13 => return SHPC_OFFSET as u32,
                 _ => {}
             }
         }
+        if let Some(v) = self.regs.read(reg) {
+            return v;
+        }
         match reg {
             0 if self.kind == BridgeKind::PciBridge => VENDOR_DEVICE_PCI_BRIDGE,
             0 => VENDOR_DEVICE_UPSTREAM,
-            1 if !self.has_pcie() => u32::from(self.command),
-            1 => u32::from(self.command) | u32::from(STATUS_CAP_LIST) << 16,
+            1 if !self.has_pcie() => u32::from(self.regs.command),
+            1 => u32::from(self.regs.command) | u32::from(STATUS_CAP_LIST) << 16,
             2 => CLASS,
             // Header type 1, one function.
             3 => 0x0001_0000,
-            6 => {
-                u32::from(self.primary)
-                    | u32::from(self.secondary) << 8
-                    | u32::from(self.subordinate) << 16
-            }
-            8 => u32::from(self.memory_base) | u32::from(self.memory_limit) << 16,
             13 if self.has_pcie() => PCIE_OFFSET as u32,
-            15 => u32::from(self.line) | u32::from(self.bridge_control) << 16,
             _ => 0,
         }
     }
@@ -414,35 +390,10 @@ impl Bridge {
         v[within..within + data.len()].copy_from_slice(data);
         let v = u32::from_le_bytes(v);
         let written = |lo: usize, hi: usize| within < hi && within + data.len() > lo;
+        if self.regs.write(dword, v, written) {
+            return;
+        }
         match dword {
-            0x04 if written(0, 2) => self.command = v as u16 & COMMAND_WRITABLE,
-            0x18 => {
-                if written(0, 1) {
-                    self.primary = v as u8;
-                }
-                if written(1, 2) {
-                    self.secondary = (v >> 8) as u8;
-                }
-                if written(2, 3) {
-                    self.subordinate = (v >> 16) as u8;
-                }
-            }
-            0x20 => {
-                if written(0, 2) {
-                    self.memory_base = v as u16 & 0xfff0;
-                }
-                if written(2, 4) {
-                    self.memory_limit = (v >> 16) as u16 & 0xfff0;
-                }
-            }
-            0x3c => {
-                if written(0, 1) {
-                    self.line = v as u8;
-                }
-                if written(2, 4) {
-                    self.bridge_control = (v >> 16) as u16 & BRIDGE_CONTROL_WRITABLE;
-                }
-            }
             _ if !self.has_pcie() => {}
             d if d == PCIE_OFFSET + 0x08 && written(0, 2) => self.device_control = v as u16,
             d if d == PCIE_OFFSET + 0x10 && written(0, 2) => self.link_control = v as u16 & 0x0fff,
@@ -492,14 +443,14 @@ impl PciDevice for Bridge {
                 .any(|(_, c)| lock(c).mmio_write(addr, data))
     }
     fn route(&mut self, bus: u8, slot: u8) -> Option<SharedPciDevice> {
-        if bus == self.secondary {
+        if bus == self.regs.secondary {
             return self
                 .children
                 .iter()
                 .find(|(s, _)| *s == slot)
                 .map(|(_, c)| c.clone());
         }
-        if bus > self.secondary && bus <= self.subordinate {
+        if bus > self.regs.secondary && bus <= self.regs.subordinate {
             return self
                 .children
                 .iter()

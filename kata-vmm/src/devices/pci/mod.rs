@@ -32,6 +32,7 @@ pub mod bridge;
 pub mod root_port;
 pub mod shpc;
 pub mod switch;
+mod type1;
 
 use root_port::RootPort;
 

@@ -32,6 +32,7 @@
 
 use crate::devices::vfio::msi::{MsiCap, MsiMessage};
 
+use super::type1::Type1;
 use super::{lock, PciDevice, SharedPciDevice};
 
 /// Red Hat's vendor id and the id of QEMU's generic PCIe root port, which Linux binds its
@@ -46,14 +47,10 @@ pub const PCIE_OFFSET: usize = 0x60;
 /// The PCI Express capability's length (version 2).
 const PCIE_LEN: usize = 0x3c;
 
-/// Command register bits the guest may set: I/O, memory, bus master, parity, SERR, INTx off.
-const COMMAND_WRITABLE: u16 = 0x0547;
 /// Command: memory space decoding (the window is forwarded only with it).
 pub const COMMAND_MEMORY: u16 = 1 << 1;
 /// Status: capabilities list.
 const STATUS_CAP_LIST: u16 = 1 << 4;
-/// Bridge control bits kept: parity, SERR, ISA, VGA, secondary bus reset.
-const BRIDGE_CONTROL_WRITABLE: u16 = 0x004f;
 
 /// PCIe capabilities: version 2, device/port type 4 (root port), slot implemented.
 const PCIE_CAPS: u16 = 2 | (4 << 4) | (1 << 8);
@@ -108,15 +105,8 @@ pub struct RootPort {
     slot_number: u8,
     /// A switch's downstream port rather than a root port.
     downstream: bool,
-    command: u16,
-    line: u8,
-    bridge_control: u16,
-    primary: u8,
-    secondary: u8,
-    subordinate: u8,
-    /// Memory base and limit registers (bits 15:4 are address bits 31:20).
-    memory_base: u16,
-    memory_limit: u16,
+    /// The type-1 header's bus numbers, window, command, line and bridge control.
+    regs: Type1,
     msi: MsiCap,
     device_control: u16,
     link_control: u16,
@@ -136,7 +126,7 @@ impl std::fmt::Debug for RootPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RootPort")
             .field("slot_number", &self.slot_number)
-            .field("secondary", &self.secondary)
+            .field("secondary", &self.regs.secondary)
             .field("window", &self.window())
             .field("slot_control", &format_args!("{:#x}", self.slot_control))
             .field("slot_status", &format_args!("{:#x}", self.slot_status))
@@ -150,12 +140,6 @@ impl RootPort {
     /// (and subordinate) bus is `secondary` and whose memory window is `window` (start and
     /// end exclusive, 1 MiB aligned; an empty or unaligned window leaves the window closed).
     pub fn new(slot_number: u8, secondary: u8, window: (u64, u64)) -> RootPort {
-        let (base, limit) = match window {
-            (s, e) if s < e && s % (1 << 20) == 0 && e % (1 << 20) == 0 && e <= 1 << 32 => {
-                ((s >> 16) as u16 & 0xfff0, ((e - 1) >> 16) as u16 & 0xfff0)
-            }
-            _ => (0xfff0, 0),
-        };
         let Some(msi) = MsiCap::new(MSI_OFFSET, 1 << 7, 1) else {
             unreachable!("a one-vector 64-bit MSI capability fits at 0x40")
         };
@@ -163,14 +147,7 @@ impl RootPort {
             slot_number,
             downstream: false,
             // Memory decoding on, as firmware leaves a port whose window it programmed.
-            command: COMMAND_MEMORY,
-            line: 0,
-            bridge_control: 0,
-            primary: 0,
-            secondary,
-            subordinate: secondary,
-            memory_base: base,
-            memory_limit: limit,
+            regs: Type1::new(0, secondary, secondary, window),
             msi,
             device_control: 0,
             link_control: 0,
@@ -190,13 +167,13 @@ impl RootPort {
     pub fn downstream(slot_number: u8, primary: u8, secondary: u8, window: (u64, u64)) -> Self {
         let mut p = RootPort::new(slot_number, secondary, window);
         p.downstream = true;
-        p.primary = primary;
+        p.regs.primary = primary;
         p
     }
 
     /// The same port with `subordinate` as its highest bus: a switch is below it.
     pub fn with_subordinate(mut self, subordinate: u8) -> Self {
-        self.subordinate = subordinate.max(self.secondary);
+        self.regs.subordinate = subordinate.max(self.regs.secondary);
         self
     }
 
@@ -217,18 +194,13 @@ impl RootPort {
 
     /// Its secondary and subordinate bus numbers, as the guest last programmed them.
     pub fn buses(&self) -> (u8, u8) {
-        (self.secondary, self.subordinate)
+        (self.regs.secondary, self.regs.subordinate)
     }
 
     /// The memory window it forwards now (start, end exclusive), `None` when closed or
     /// memory decoding is off.
     pub fn window(&self) -> Option<(u64, u64)> {
-        if self.command & COMMAND_MEMORY == 0 {
-            return None;
-        }
-        let base = u64::from(self.memory_base & 0xfff0) << 16;
-        let end = (u64::from(self.memory_limit & 0xfff0) << 16) + (1 << 20);
-        (base < end).then_some((base, end))
+        self.regs.window()
     }
 
     /// The window the VMM gave the port when it made it (start, end exclusive), whatever the
@@ -416,21 +388,17 @@ impl RootPort {
         if (PCIE_OFFSET..PCIE_OFFSET + PCIE_LEN).contains(&off) {
             return self.pcie_read(off - PCIE_OFFSET);
         }
+        if let Some(v) = self.regs.read(reg) {
+            return v;
+        }
         match reg {
             0 if self.downstream => VENDOR_DEVICE_DOWNSTREAM,
             0 => VENDOR_DEVICE,
-            1 => u32::from(self.command) | u32::from(STATUS_CAP_LIST) << 16,
+            1 => u32::from(self.regs.command) | u32::from(STATUS_CAP_LIST) << 16,
             2 => CLASS,
             // Header type 1, one function.
             3 => 0x0001_0000,
-            6 => {
-                u32::from(self.primary)
-                    | u32::from(self.secondary) << 8
-                    | u32::from(self.subordinate) << 16
-            }
-            8 => u32::from(self.memory_base) | u32::from(self.memory_limit) << 16,
             13 => MSI_OFFSET as u32,
-            15 => u32::from(self.line) | u32::from(self.bridge_control) << 16,
             _ => 0,
         }
     }
@@ -457,37 +425,7 @@ impl RootPort {
             self.pcie_write(dword - PCIE_OFFSET, v, written);
             return;
         }
-        match dword {
-            0x04 if written(0, 2) => self.command = v as u16 & COMMAND_WRITABLE,
-            0x18 => {
-                if written(0, 1) {
-                    self.primary = v as u8;
-                }
-                if written(1, 2) {
-                    self.secondary = (v >> 8) as u8;
-                }
-                if written(2, 3) {
-                    self.subordinate = (v >> 16) as u8;
-                }
-            }
-            0x20 => {
-                if written(0, 2) {
-                    self.memory_base = v as u16 & 0xfff0;
-                }
-                if written(2, 4) {
-                    self.memory_limit = (v >> 16) as u16 & 0xfff0;
-                }
-            }
-            0x3c => {
-                if written(0, 1) {
-                    self.line = v as u8;
-                }
-                if written(2, 4) {
-                    self.bridge_control = (v >> 16) as u16 & BRIDGE_CONTROL_WRITABLE;
-                }
-            }
-            _ => {}
-        }
+        self.regs.write(dword, v, written);
     }
 
     /// A read at `addr` forwarded to the function if the window holds it.
@@ -528,11 +466,11 @@ impl PciDevice for RootPort {
     }
     fn route(&mut self, bus: u8, slot: u8) -> Option<SharedPciDevice> {
         let child = self.child.as_ref()?;
-        if bus == self.secondary {
+        if bus == self.regs.secondary {
             // Below a port only device 0 exists (a PCIe link has one device).
             return (slot == 0).then(|| child.clone());
         }
-        if bus > self.secondary && bus <= self.subordinate {
+        if bus > self.regs.secondary && bus <= self.regs.subordinate {
             return lock(child).route(bus, slot);
         }
         None
