@@ -402,12 +402,6 @@ impl Bridge {
             _ => {}
         }
     }
-
-    fn forwards(&self, addr: u64, len: usize) -> bool {
-        self.window().is_some_and(|(s, e)| {
-            addr >= s && addr.checked_add(len as u64).is_some_and(|end| end <= e)
-        })
-    }
 }
 
 impl PciDevice for Bridge {
@@ -422,7 +416,7 @@ impl PciDevice for Bridge {
             h.shpc.read(off, data);
             return true;
         }
-        self.forwards(addr, data.len())
+        self.regs.forwards(addr, data.len())
             && self
                 .children
                 .iter()
@@ -436,7 +430,7 @@ impl PciDevice for Bridge {
             self.update_interrupt();
             return true;
         }
-        self.forwards(addr, data.len())
+        self.regs.forwards(addr, data.len())
             && self
                 .children
                 .iter()

@@ -430,7 +430,7 @@ impl RootPort {
 
     /// A read at `addr` forwarded to the function if the window holds it.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match (self.forwards(addr, data.len()), &self.child) {
+        match (self.regs.forwards(addr, data.len()), &self.child) {
             (true, Some(c)) => lock(c).mmio_read(addr, data),
             _ => false,
         }
@@ -438,16 +438,10 @@ impl RootPort {
 
     /// A write at `addr` forwarded to the function if the window holds it.
     pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
-        match (self.forwards(addr, data.len()), &self.child) {
+        match (self.regs.forwards(addr, data.len()), &self.child) {
             (true, Some(c)) => lock(c).mmio_write(addr, data),
             _ => false,
         }
-    }
-
-    fn forwards(&self, addr: u64, len: usize) -> bool {
-        self.window().is_some_and(|(s, e)| {
-            addr >= s && addr.checked_add(len as u64).is_some_and(|end| end <= e)
-        })
     }
 }
 

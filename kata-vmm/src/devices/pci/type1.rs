@@ -59,6 +59,13 @@ impl Type1 {
         (base < end).then_some((base, end))
     }
 
+    /// Whether `[addr, addr + len)` falls inside the window forwarded now.
+    pub(crate) fn forwards(&self, addr: u64, len: usize) -> bool {
+        self.window().is_some_and(|(s, e)| {
+            addr >= s && addr.checked_add(len as u64).is_some_and(|end| end <= e)
+        })
+    }
+
     /// Dword `reg` of the header when it is one these registers make (6: the bus numbers,
     /// 8: the memory window, 15: the line and the bridge control).
     pub(crate) fn read(&self, reg: usize) -> Option<u32> {

@@ -268,22 +268,38 @@ pub fn release(port: &Mutex<RootPort>, what: &str, timeout: Duration) -> Result<
             p.press_attention();
         }
     }
+    wait_released(what, timeout, "power its slot off", "pciehp", || {
+        let mut p = lock(port);
+        let off = p.powered_off();
+        if off {
+            p.unplug();
+        }
+        off
+    })
+}
+
+/// Polls `released` (which takes the function out once the guest let it go) until it does,
+/// or `timeout` has passed since the attention button: then the error names `what`, what the
+/// guest did not do (`act`) and the guest driver that should have (`driver`).
+fn wait_released(
+    what: &str,
+    timeout: Duration,
+    act: &str,
+    driver: &str,
+    mut released: impl FnMut() -> bool,
+) -> Result<()> {
     let t = Instant::now();
     loop {
-        {
-            let mut p = lock(port);
-            if p.powered_off() {
-                p.unplug();
-                return Ok(());
-            }
+        if released() {
+            return Ok(());
         }
         if t.elapsed() >= timeout {
             return Err(Error::Device {
                 device: what.to_string(),
                 reason: format!(
-                    "the guest did not power its slot off within {timeout:?} of the attention \
-                     button (pciehp not bound, or the device still in use); it stays plugged: \
-                     retry the removal or stop the VM"
+                    "the guest did not {act} within {timeout:?} of the attention button \
+                     ({driver} not bound, or the device still in use); it stays plugged: retry \
+                     the removal or stop the VM"
                 ),
             });
         }
@@ -430,27 +446,14 @@ pub fn release_bridge_slot(
             b.press_slot(device);
         }
     }
-    let t = Instant::now();
-    loop {
-        {
-            let mut b = lock(bridge);
-            if b.slot_disabled(device) {
-                b.unplug_slot(device);
-                return Ok(());
-            }
+    wait_released(what, timeout, "disable its SHPC slot", "shpchp", || {
+        let mut b = lock(bridge);
+        let off = b.slot_disabled(device);
+        if off {
+            b.unplug_slot(device);
         }
-        if t.elapsed() >= timeout {
-            return Err(Error::Device {
-                device: what.to_string(),
-                reason: format!(
-                    "the guest did not disable its SHPC slot within {timeout:?} of the attention \
-                     button (shpchp not bound, or the device still in use); it stays plugged: \
-                     retry the removal or stop the VM"
-                ),
-            });
-        }
-        std::thread::sleep(POLL);
-    }
+        off
+    })
 }
 
 /// Gives every PCI bridge of `bus` with an SHPC its MSI (as [`wire_port_msi`]).
