@@ -14,8 +14,9 @@
 //! malformed chain makes the device report an error or drop the request, never panic.
 //!
 //! The development host's KVM is paravirtual and cannot run a guest: the VM is proven in the
-//! nested lab (`lab/`), where every check of the built-in set passes. Not built yet: CPU
-//! hot-plug (no ACPI), device hot-plug (VFIO included), pause and snapshots. See the README.
+//! nested lab (`lab/`), where every check of the built-in set passes. A running VM can be
+//! saved into a [`snapshot`] (which ends it) and new VMs started from it (VM templating). Not
+//! built yet: CPU hot-plug by ACPI, pause. See the README.
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -25,6 +26,7 @@ pub mod event_loop;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod snapshot;
 pub mod vm;
 pub mod vstate;
 

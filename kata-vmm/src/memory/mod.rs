@@ -129,6 +129,49 @@ impl GuestRam {
         })
     }
 
+    /// `size_mib` MiB of guest RAM over `file` (a snapshot's memory file,
+    /// [`crate::snapshot::MEMORY_FILE`]) mapped private: the VM reads the snapshot's pages,
+    /// shared through the page cache with every other VM restored from it, and a page it
+    /// writes becomes its own copy (the file is never written). No hot-plug region (a snapshot
+    /// refuses virtio-mem).
+    pub fn private_from_snapshot(file: File, size_mib: u64) -> Result<GuestRam> {
+        check_size(size_mib)?;
+        let size = size_mib << 20;
+        let mut regions = Vec::new();
+        let mut offset = 0u64;
+        for (start, len) in ram_regions(size) {
+            let len_usize = usize::try_from(len).map_err(|_| Error::MemorySize {
+                size,
+                reason: "a region does not fit this host's address space",
+            })?;
+            let dup = file.try_clone().map_err(|source| Error::Memory {
+                what: "duplicating the snapshot's memory file",
+                source,
+            })?;
+            let mapping = vm_memory::MmapRegion::build(
+                Some(FileOffset::new(dup, offset)),
+                len_usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+            )
+            .map_err(|e| Error::MemoryMap(format!("the snapshot's memory file: {e}")))?;
+            let region = vm_memory::GuestRegionMmap::new(mapping, start).ok_or_else(|| {
+                Error::MemoryMap(format!("a snapshot region at {:#x} overflows", start.0))
+            })?;
+            regions.push(region);
+            offset += len;
+        }
+        let memory =
+            GuestMemoryMmap::from_regions(regions).map_err(|e| Error::MemoryMap(e.to_string()))?;
+        Ok(GuestRam {
+            all: memory.clone(),
+            memory,
+            memfd: file,
+            size,
+            hotplug: None,
+        })
+    }
+
     /// RAM and the hot-plug region: what KVM and the devices are given (a device may be handed
     /// a buffer in plugged memory).
     pub fn all_memory(&self) -> &GuestMemory {
@@ -145,7 +188,11 @@ impl GuestRam {
         &self.memory
     }
 
-    /// The memfd holding every page of the guest (RAM below the gap first, then above it).
+    /// The file the guest's RAM is mapped from (RAM below the gap first, then above it): a
+    /// booted VM's memfd, holding every page of the guest. For a VM restored by
+    /// [`GuestRam::private_from_snapshot`] it is the snapshot's memory file mapped private,
+    /// which holds the snapshot's pages, **not** the ones this VM wrote (those are private
+    /// copies): read the guest's memory through [`GuestRam::memory`] then.
     pub fn memfd(&self) -> &File {
         &self.memfd
     }

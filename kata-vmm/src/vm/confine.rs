@@ -20,7 +20,10 @@
 //!   descriptors already open (a passed-through VFIO function's config space and BARs,
 //!   answered on the vCPU's own MMIO and port exits) and, when the guest programs a VFIO
 //!   function's MSI capability or its MSI-X capability and table, `ioctl(KVM_SET_GSI_ROUTING)`
-//!   and `ioctl(VFIO_DEVICE_SET_IRQS)` (no other ioctl; an MSI-X vector's held interrupt is
+//!   and `ioctl(VFIO_DEVICE_SET_IRQS)`, and, only in a VM that may be snapshotted
+//!   ([`ThreadConfinement::for_vm`]), the reads of its own vCPU's state a snapshot makes
+//!   (`KVM_GET_REGS`, `_SREGS`, `_MSRS`, `_LAPIC`, `_MP_STATE`, `_VCPU_EVENTS`, `_DEBUGREGS`,
+//!   `_XSAVE`, `_XCRS`) (no other ioctl; an MSI-X vector's held interrupt is
 //!   read from and delivered to eventfds with the common `read`/`write`). It opens nothing,
 //!   makes no socket and touches no path;
 //! * **the device thread** (`kata-vmm-events`) besides: the event loop (`epoll_*`), the hybrid
@@ -251,8 +254,9 @@ fn mknod_rules(arg: u8) -> Result<Vec<SeccompRule>> {
         .collect()
 }
 
-/// The allow-list of one thread kind (see the module documentation).
-fn allow_list(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
+/// The allow-list of one thread kind (see the module documentation); a vCPU thread's has
+/// the snapshot's reads of its state only with `snapshot_reads`.
+fn allow_list(kind: ThreadKind, snapshot_reads: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for &nr in COMMON {
         rules.insert(nr, Vec::new());
@@ -292,10 +296,15 @@ fn allow_list(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
             // VFIO: the config region and trapped BAR accesses, at offsets of the device fd.
             rules.insert(libc::SYS_pread64, Vec::new());
             rules.insert(libc::SYS_pwrite64, Vec::new());
+            // And, in a VM that may be snapshotted, the reads of its own state a snapshot
+            // makes as the thread ends.
+            let reads = crate::snapshot::vcpu::save_ioctls();
+            let snapshot: &[u64] = if snapshot_reads { &reads } else { &[] };
             rules.insert(
                 libc::SYS_ioctl,
                 VCPU_IOCTLS
                     .iter()
+                    .chain(snapshot)
                     .map(|&r| rule(vec![equals(1, SeccompCmpArgLen::Dword, r)?]))
                     .collect::<Result<_>>()?,
             );
@@ -368,8 +377,16 @@ pub struct ThreadConfinement {
 }
 
 impl ThreadConfinement {
-    /// Builds the filters for this architecture.
+    /// Builds the filters for this architecture, for a VM that is not snapshotted (see
+    /// [`Self::for_vm`]).
     pub fn new() -> Result<Self> {
+        Self::for_vm(false)
+    }
+
+    /// Builds the filters of a VM; `snapshot_reads` (the VM may be saved in a snapshot)
+    /// lets its vCPU threads read their own vCPU's state (`KVM_GET_*`), which a VM that can
+    /// never be snapshotted does not need.
+    pub fn for_vm(snapshot_reads: bool) -> Result<Self> {
         let deny = SeccompAction::Errno(libc::EPERM as u32);
         Ok(ThreadConfinement {
             vcpu_sandbox: ThreadSandbox::vcpu(),
@@ -380,11 +397,15 @@ impl ThreadConfinement {
                 SeccompAction::Errno(libc::ENOSYS as u32),
             )?,
             vcpu: compile(
-                allow_list(ThreadKind::Vcpu)?,
+                allow_list(ThreadKind::Vcpu, snapshot_reads)?,
                 deny.clone(),
                 SeccompAction::Allow,
             )?,
-            device: compile(allow_list(ThreadKind::Device)?, deny, SeccompAction::Allow)?,
+            device: compile(
+                allow_list(ThreadKind::Device, false)?,
+                deny,
+                SeccompAction::Allow,
+            )?,
         })
     }
 
@@ -443,7 +464,15 @@ mod tests {
 
     /// Runs `f` on a new thread confined as a `kind` thread.
     fn confined<T: Send + 'static>(kind: ThreadKind, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let c = ThreadConfinement::new().unwrap();
+        confined_with(ThreadConfinement::new().unwrap(), kind, f)
+    }
+
+    /// Runs `f` on a new thread confined by `c` as a `kind` thread.
+    fn confined_with<T: Send + 'static>(
+        c: ThreadConfinement,
+        kind: ThreadKind,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
         std::thread::spawn(move || {
             c.apply_to_this_thread(kind).unwrap();
             f()
@@ -568,6 +597,39 @@ mod tests {
             "VFIO_DEVICE_GET_IRQ_INFO passed"
         );
         assert_eq!(results[3], (-1, libc::EPERM), "KVM_IRQFD passed");
+    }
+
+    #[test]
+    fn a_vcpu_thread_may_read_its_state_for_a_snapshot_and_not_write_it() {
+        let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let fd = evt.as_raw_fd();
+        let reads = crate::snapshot::vcpu::save_ioctls();
+        // A VM that can never be snapshotted: its vCPU threads may not read their state.
+        let without = confined(ThreadKind::Vcpu, move || {
+            // SAFETY: as below.
+            reads.map(|r| call(unsafe { libc::ioctl(fd, r as _, 0usize) }.into()))
+        });
+        for (i, r) in without.iter().enumerate() {
+            assert_eq!(
+                *r,
+                (-1, libc::EPERM),
+                "snapshot read {i} passed without snapshots"
+            );
+        }
+        let c = ThreadConfinement::for_vm(true).unwrap();
+        let (read, set_regs) = confined_with(c, ThreadKind::Vcpu, move || {
+            // SAFETY: on an eventfd the kernel refuses every one of these requests (ENOTTY)
+            // before reading the null argument; the filter answers EPERM first.
+            let read = reads.map(|r| call(unsafe { libc::ioctl(fd, r as _, 0usize) }.into()));
+            // KVM_SET_REGS: _IOW(KVMIO, 0x82, struct kvm_regs), 144 bytes.
+            // SAFETY: as above.
+            let set = call(unsafe { libc::ioctl(fd, 0x4090_ae82u64 as _, 0usize) }.into());
+            (read, set)
+        });
+        for (i, r) in read.iter().enumerate() {
+            assert_ne!(r.1, libc::EPERM, "snapshot read {i} must pass the filter");
+        }
+        assert_eq!(set_regs, (-1, libc::EPERM), "KVM_SET_REGS passed");
     }
 
     #[test]

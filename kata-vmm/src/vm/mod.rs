@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 
 pub use confine::{ThreadConfinement, ThreadKind};
 pub use namespace::{Sandboxed, ThreadSandbox, DEVICE_CAPABILITIES};
-pub use run::{ExitWatcher, Vm, VmExit, VmThreadIds};
+pub use run::{ExitWatcher, Vm, VmExit, VmThreadIds, REVOKE_WAIT};
 
 use crate::devices::legacy::{ConsoleSink, ExitEvent, LegacyBus, SerialConsole, I8042};
 use crate::devices::pci::PciBus;
@@ -83,7 +83,8 @@ pub struct VmConfig {
     /// parked: listed in the MP table and created, each thread waiting outside `KVM_RUN` until
     /// [`Vm::grant_vcpus`] covers it, while the kernel boots only `vcpus` of them
     /// (`maxcpus=<vcpus>` on its command line); once granted, the guest brings one up by
-    /// writing 1 to `/sys/devices/system/cpu/cpuN/online`.
+    /// writing 1 to `/sys/devices/system/cpu/cpuN/online`. [`Vm::revoke_vcpus`] parks granted
+    /// ones again (once the guest has taken them offline), and a later grant runs them again.
     pub max_vcpus: u8,
     /// Guest memory in MiB.
     pub memory_mib: u64,
@@ -290,7 +291,36 @@ impl VmBuilder {
     /// little memory, a file that is no kernel, a missing disk, a vsock socket that cannot be
     /// bound) fails here, before a VM exists, and leaves nothing behind.
     pub fn prepare(self) -> Result<PreparedVm> {
+        self.prepare_from(None)
+    }
+
+    /// Starts a VM from the snapshot in `dir` ([`crate::snapshot`], made by [`Vm::snapshot`]
+    /// of a VM of this same configuration) instead of booting it: its memory is the snapshot's
+    /// memory file mapped private, its vCPUs, chips and devices take the saved state, and its
+    /// devices are its own (the vsock socket, the shared directories of this configuration).
+    /// A configuration that differs from the snapshot's, or one a snapshot cannot hold, is
+    /// refused naming the setting, before a VM exists and leaving nothing behind.
+    pub fn restore(self, dir: &Path) -> Result<Vm> {
+        let snapshot = crate::snapshot::Snapshot::read(dir)?;
+        self.prepare_from(Some((dir, snapshot)))?.start()
+    }
+
+    /// [`VmBuilder::prepare`], or for [`VmBuilder::restore`] the same without the boot layout
+    /// (the snapshot's memory already holds the running guest).
+    fn prepare_from(
+        self,
+        snapshot: Option<(&Path, crate::snapshot::Snapshot)>,
+    ) -> Result<PreparedVm> {
         let c = self.config;
+        let snapshot_refusal = snapshot_refusal(&c);
+        if let (Some((dir, _)), Some(why)) = (&snapshot, &snapshot_refusal) {
+            return Err(Error::Device {
+                device: format!("VM {} (restoring snapshot {})", c.name, dir.display()),
+                reason: why.clone(),
+            });
+        }
+        let snapshot_refusal =
+            snapshot_refusal.or_else(|| crate::snapshot::restored_refusal(snapshot.is_some()));
         if c.vcpus == 0 || c.vcpus > MAX_VCPUS {
             return Err(Error::Device {
                 device: format!("VM {}", c.name),
@@ -312,14 +342,24 @@ impl VmBuilder {
         }
         // Spare ports with virtio-mem: disks may take them; a VFIO hot-plug is refused at the
         // plug (`VfioHotplug::plug`), as its DMA would not cover memory plugged later.
-        let ram = GuestRam::with_hotplug(&c.name, c.memory_mib, c.hotplug_memory_mib)?;
+        // A restored VM's memory is the snapshot's, mapped private; the kernel is not loaded.
+        let (ram, boot) = match &snapshot {
+            Some((dir, _)) => {
+                let file = crate::snapshot::open_memory(dir, c.memory_mib << 20)?;
+                (GuestRam::private_from_snapshot(file, c.memory_mib)?, None)
+            }
+            None => {
+                let ram = GuestRam::with_hotplug(&c.name, c.memory_mib, c.hotplug_memory_mib)?;
+                let kernel = loader::load_kernel(ram.memory(), &c.kernel)?;
+                let initrd = c
+                    .initramfs
+                    .as_deref()
+                    .map(|p| loader::load_initrd(ram.memory(), &kernel, p))
+                    .transpose()?;
+                (ram, Some((kernel, initrd)))
+            }
+        };
         let mem = ram.memory();
-        let kernel = loader::load_kernel(mem, &c.kernel)?;
-        let initrd = c
-            .initramfs
-            .as_deref()
-            .map(|p| loader::load_initrd(mem, &kernel, p))
-            .transpose()?;
         // VFIO functions on a PCI bus (opened and DMA-mapped now, before any socket is bound);
         // the guest probes PCI then.
         let pci = crate::devices::vfio::build_hierarchy(
@@ -425,10 +465,40 @@ impl VmBuilder {
         for (slot, _, _) in &devices {
             slot.add_to_cmdline(&mut cmdline)?;
         }
-        loader::write_boot_params(mem, &kernel, &cmdline, initrd.as_ref())?;
-        write_descriptor_tables(mem)?;
-        write_page_tables(mem)?;
-        // VFIO INTx: the MP table names each function's pin; no virtio line may take one.
+        let cmdline_text = cmdline
+            .as_cstring()
+            .map_err(|e| Error::Cmdline(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        // What a snapshot of this VM records, and what a snapshot restored into it must match.
+        let snapshot_config = crate::snapshot::SnapshotConfig {
+            vcpus: c.vcpus,
+            max_vcpus,
+            memory_mib: c.memory_mib,
+            kernel: c.kernel.clone(),
+            initramfs: c.initramfs.clone(),
+            cmdline: cmdline_text.clone(),
+            devices: devices.iter().map(|d| d.1.device_type()).collect(),
+        };
+        if let Some((dir, saved)) = &snapshot {
+            if let Some(why) = snapshot_config.difference(&saved.config) {
+                return Err(Error::Device {
+                    device: format!("VM {} (restoring snapshot {})", c.name, dir.display()),
+                    reason: format!("{why}: make the snapshot again for this configuration"),
+                });
+            }
+        }
+        let entry = match &boot {
+            Some((kernel, initrd)) => {
+                loader::write_boot_params(mem, kernel, &cmdline, initrd.as_ref())?;
+                write_descriptor_tables(mem)?;
+                write_page_tables(mem)?;
+                kernel.entry
+            }
+            None => vm_memory::GuestAddress(0),
+        };
+        // VFIO INTx: the PCI lines are planned off the virtio-mmio lines (moved, not refused)
+        // before the MP table names each slot's pins.
         let intx = match &pci {
             Some((_, set)) => {
                 set.check_lines(devices.iter().map(|d| d.0.irq))?;
@@ -436,7 +506,9 @@ impl VmBuilder {
             }
             None => Vec::new(),
         };
-        mptable::write_mptable_with_pci(mem, max_vcpus, &intx)?;
+        if boot.is_some() {
+            mptable::write_mptable_with_pci(mem, max_vcpus, &intx)?;
+        }
 
         let console = ConsoleSink::new(c.console_capacity);
         let exit_evt = ExitEvent::new().map_err(io_err("the VM exit eventfd"))?;
@@ -447,7 +519,12 @@ impl VmBuilder {
             .try_clone()
             .map_err(io_err("the serial port's irq eventfd"))?;
         let legacy = LegacyBus {
-            serial: SerialConsole::new(serial_irq, console.clone()),
+            serial: match &snapshot {
+                Some((_, saved)) => {
+                    SerialConsole::from_snapshot(&saved.serial, serial_irq, console.clone())?
+                }
+                None => SerialConsole::new(serial_irq, console.clone()),
+            },
             i8042: I8042::new(&exit_evt).map_err(io_err("the i8042's reset eventfd"))?,
         };
 
@@ -460,8 +537,12 @@ impl VmBuilder {
                 .try_clone()
                 .map_err(io_err("a virtio device's irq eventfd"))?;
             // Devices see plugged memory too: the guest may hand them buffers there.
-            let transport =
+            let mut transport =
                 MmioTransport::new(device, ram.all_memory().clone(), Interrupt::new(line))?;
+            if let Some((_, saved)) = &snapshot {
+                // `check` made the saved devices as many as ours, and the config their types.
+                transport.restore_snapshot(&saved.devices[transports.len()])?;
+            }
             transports.push(PreparedDevice {
                 slot,
                 irq_fd,
@@ -470,18 +551,16 @@ impl VmBuilder {
             });
         }
 
-        let cmdline_text = cmdline
-            .as_cstring()
-            .map_err(|e| Error::Cmdline(e.to_string()))?
-            .to_string_lossy()
-            .into_owned();
         Ok(PreparedVm {
             name: c.name,
             vcpus: c.vcpus,
             max_vcpus,
             ram,
-            entry: kernel.entry,
+            entry,
             cmdline: cmdline_text,
+            snapshot_config,
+            snapshot_refusal,
+            restore: snapshot.map(|(_, s)| (s.vm, s.vcpus)),
             console,
             hvc,
             exit_evt,
@@ -544,6 +623,12 @@ pub struct PreparedVm {
     pub(crate) hotplug: Option<MemHandle>,
     /// The balloon's handle, when the VM has one.
     pub(crate) balloon: Option<BalloonHandle>,
+    /// What a snapshot of this VM records ([`crate::snapshot::SnapshotConfig`]).
+    pub(crate) snapshot_config: crate::snapshot::SnapshotConfig,
+    /// Why this VM cannot be saved in a snapshot (a setting it has), if it cannot.
+    pub(crate) snapshot_refusal: Option<String>,
+    /// The saved chips and vCPUs of a VM restored from a snapshot, put into KVM by `start`.
+    pub(crate) restore: Option<(crate::snapshot::VmState, Vec<crate::snapshot::VcpuState>)>,
 }
 
 impl std::fmt::Debug for PreparedVm {
@@ -590,6 +675,34 @@ impl PreparedVm {
     }
 }
 
+/// Why a VM of `c` cannot be saved in (or restored from) a snapshot, naming the setting; `None`
+/// if it can (the devices say more when it is saved: [`MmioTransport::snapshot_state`]).
+fn snapshot_refusal(c: &VmConfig) -> Option<String> {
+    let why = if !c.vfio.is_empty() {
+        "VFIO functions at boot (a host device's state cannot be saved): pass them after the \
+         restore, or set enable_template = false"
+    } else if c.spare_root_ports + c.spare_switch_ports + c.spare_bridge_slots > 0 {
+        "PCI ports (pcie_root_port, hot-plug ports: the snapshot saves no PCI bus): set them to \
+         0 or enable_template = false"
+    } else if !c.net.is_empty() {
+        "NICs at boot (every restored VM would have the snapshot's MAC, and a snapshot holds no \
+         PCI port to hot-plug one into): run the templated sandbox without a pod network \
+         (internetworking_model = \"none\"), or set enable_template = false"
+    } else if !c.block.is_empty() {
+        "disks at boot (their state is not saved): set disable_block_device_use = true, or \
+         enable_template = false"
+    } else if c.hotplug_memory_mib > 0 {
+        "memory hot-plug (virtio-mem, enable_virtio_mem / default_maxmemory): set \
+         enable_virtio_mem = false"
+    } else if c.balloon.is_some() {
+        "the balloon (reclaim_guest_freed_memory: its page reporting would punch holes into the \
+         shared memory file): set reclaim_guest_freed_memory = false"
+    } else {
+        return None;
+    };
+    Some(format!("a snapshot cannot hold {why}"))
+}
+
 /// The vCPUs a VM of `c` has in all: `max_vcpus` (0: `vcpus`); fewer than `vcpus` or more than
 /// the MP table lists is refused naming `default_maxvcpus`.
 fn parked_vcpus_max(c: &VmConfig) -> Result<u8> {
@@ -622,3 +735,36 @@ fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod snapshot_refusal_tests {
+    use super::*;
+
+    #[test]
+    fn the_nic_and_disk_refusals_name_the_keys_to_set() {
+        let base = VmBuilder::new("/k").config;
+        assert_eq!(snapshot_refusal(&base), None);
+        let mut nic = base.clone();
+        nic.net.push(crate::devices::virtio::net::NetConfig {
+            name: "tap0".into(),
+            tap: Arc::new(std::fs::File::open("/dev/null").unwrap().into()),
+            mac: [2, 0, 0, 0, 0, 1],
+        });
+        let why = snapshot_refusal(&nic).unwrap();
+        assert!(
+            why.contains("without a pod network")
+                && why.contains("internetworking_model")
+                && why.contains("enable_template = false")
+                && !why.contains("hot-plug them"),
+            "{why}"
+        );
+        let mut disk = base;
+        disk.block.push(crate::devices::virtio::block::BlockConfig {
+            path: "/disk.img".into(),
+            read_only: false,
+            id: None,
+        });
+        let why = snapshot_refusal(&disk).unwrap();
+        assert!(why.contains("disable_block_device_use"), "{why}");
+    }
+}

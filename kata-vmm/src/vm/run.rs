@@ -1,8 +1,9 @@
 //! A running VM: the KVM VM, its vCPU threads and its event loop thread, and how it ends.
 
+use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,60 +49,142 @@ impl std::fmt::Display for VmExit {
 /// tells every thread to return.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// A snapshot under way ([`Vm::snapshot`]): the vCPU threads save their vCPUs as they end.
+    snapshot: snapshot::Stage,
     exit: Mutex<Option<VmExit>>,
     ended: Condvar,
     stop: AtomicBool,
     /// Wakes the event loop thread.
     stop_evt: EventFd,
-    /// The vCPUs that may run: a parked vCPU (its index at or above this) waits outside
-    /// `KVM_RUN` until [`Vm::grant_vcpus`] raises it, so the guest cannot bring it online on
-    /// its own (see [`Shared::wait_for_grant`]).
-    granted: Mutex<usize>,
+    /// The vCPUs that may run, and the ones parked: a parked vCPU (its index at or above the
+    /// grant) waits outside `KVM_RUN` until [`Vm::grant_vcpus`] raises the grant, so the guest
+    /// cannot bring it online on its own (see [`Shared::wait_for_grant`]);
+    /// [`Vm::revoke_vcpus`] lowers it and parks the vCPUs above it again.
+    grants: Mutex<Grants>,
+    /// The grant, read by each vCPU before each `KVM_RUN` (written under `grants`).
+    run_limit: AtomicUsize,
     /// Wakes the vCPUs waiting for a grant (a grant, or the VM's end).
     grant_changed: Condvar,
+    /// Wakes a revoke waiting for its vCPUs to park.
+    parked_changed: Condvar,
+}
+
+/// The grant and the vCPUs parked under it.
+#[derive(Debug)]
+struct Grants {
+    /// vCPUs below this may run (`usize::MAX` until the VM starts them).
+    granted: usize,
+    /// The vCPUs waiting in [`Shared::wait_for_grant`] (outside `KVM_RUN`, no host CPU).
+    parked: BTreeSet<usize>,
 }
 
 impl Shared {
     pub(crate) fn new() -> std::io::Result<Arc<Shared>> {
         Ok(Arc::new(Shared {
+            snapshot: snapshot::Stage::default(),
             exit: Mutex::new(None),
             ended: Condvar::new(),
             stop: AtomicBool::new(false),
             stop_evt: EventFd::new(libc::EFD_NONBLOCK)?,
-            granted: Mutex::new(usize::MAX),
+            grants: Mutex::new(Grants {
+                granted: usize::MAX,
+                parked: BTreeSet::new(),
+            }),
+            run_limit: AtomicUsize::new(usize::MAX),
             grant_changed: Condvar::new(),
+            parked_changed: Condvar::new(),
         }))
     }
 
-    /// Blocks vCPU `id` until it is granted (true) or the VM ends (false).
+    fn grants(&self) -> std::sync::MutexGuard<'_, Grants> {
+        self.grants.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether vCPU `id` may enter `KVM_RUN` now (checked before each entry; a revoke kicks
+    /// a vCPU out of `KVM_RUN` until it sees this false and parks).
+    pub(crate) fn may_run(&self, id: usize) -> bool {
+        id < self.run_limit.load(Ordering::SeqCst)
+    }
+
+    /// Blocks vCPU `id` until it is granted (true) or the VM ends (false); while it waits it
+    /// counts as parked.
     pub(crate) fn wait_for_grant(&self, id: usize) -> bool {
-        let mut granted = self.granted.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
+        let mut grants = self.grants();
+        let runs = loop {
             // Read under the lock `finish` takes before it wakes the waiters, so an end
             // between this check and the wait is not missed.
             if self.stopping() {
-                return false;
+                break false;
             }
-            if id < *granted {
-                return true;
+            if id < grants.granted {
+                break true;
             }
-            granted = self
+            if grants.parked.insert(id) {
+                self.parked_changed.notify_all();
+            }
+            grants = self
                 .grant_changed
-                .wait(granted)
+                .wait(grants)
                 .unwrap_or_else(PoisonError::into_inner);
+        };
+        if grants.parked.remove(&id) {
+            self.parked_changed.notify_all();
         }
+        runs
     }
 
-    /// Sets the vCPUs that may run to `vcpus` (never lower than they are once the VM runs:
-    /// a vCPU that ran is not stopped by this) and wakes the ones it lets run; returns the
-    /// grant.
+    /// Raises the vCPUs that may run to `vcpus` (a lower number changes nothing: see
+    /// [`Shared::revoke`]) and wakes the ones it lets run; returns the grant.
     pub(crate) fn grant(&self, vcpus: usize) -> usize {
-        let mut granted = self.granted.lock().unwrap_or_else(PoisonError::into_inner);
-        if *granted == usize::MAX || vcpus > *granted {
-            *granted = vcpus;
+        let mut grants = self.grants();
+        if grants.granted == usize::MAX || vcpus > grants.granted {
+            grants.granted = vcpus;
+            self.run_limit.store(vcpus, Ordering::SeqCst);
             self.grant_changed.notify_all();
         }
-        *granted
+        grants.granted
+    }
+
+    /// Lowers the vCPUs that may run to `vcpus` (at least 1: vCPU 0 is the boot CPU; a
+    /// higher number changes nothing); returns the grant. The vCPUs above it park once they
+    /// next leave `KVM_RUN`: [`Shared::wait_parked`] waits for that while the caller kicks them.
+    pub(crate) fn revoke(&self, vcpus: usize) -> usize {
+        let vcpus = vcpus.max(1);
+        let mut grants = self.grants();
+        if vcpus < grants.granted {
+            grants.granted = vcpus;
+            self.run_limit.store(vcpus, Ordering::SeqCst);
+        }
+        grants.granted
+    }
+
+    /// The vCPUs parked now (waiting outside `KVM_RUN` for a grant).
+    pub(crate) fn parked(&self) -> Vec<usize> {
+        self.grants().parked.iter().copied().collect()
+    }
+
+    /// Waits up to `wait` until every vCPU of `ids` is parked or the VM ends; returns the
+    /// ones not parked (empty: all are, or the VM ended).
+    pub(crate) fn wait_parked(&self, ids: std::ops::Range<usize>, wait: Duration) -> Vec<usize> {
+        let deadline = Instant::now() + wait;
+        let mut grants = self.grants();
+        loop {
+            let missing: Vec<usize> = ids
+                .clone()
+                .filter(|id| !grants.parked.contains(id) && *id >= grants.granted)
+                .collect();
+            if missing.is_empty() || self.stopping() {
+                return Vec::new();
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return missing;
+            };
+            grants = self
+                .parked_changed
+                .wait_timeout(grants, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 
     /// Ends the VM for `why` (ignored if it has already ended).
@@ -116,8 +199,9 @@ impl Shared {
         self.ended.notify_all();
         drop(exit);
         // The parked vCPUs return too (taking the lock orders this after a waiter's check).
-        drop(self.granted.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(self.grants());
         self.grant_changed.notify_all();
+        self.parked_changed.notify_all();
     }
 
     fn stopping(&self) -> bool {
@@ -174,6 +258,9 @@ pub struct VmThreadIds {
     pub devices: Vec<u32>,
 }
 
+/// How long [`Vm::revoke_vcpus`] waits for the revoked vCPUs to park.
+pub const REVOKE_WAIT: Duration = Duration::from_secs(2);
+
 /// How long [`start`] waits for each new thread to report its id.
 const THREAD_ID_WAIT: Duration = Duration::from_secs(5);
 
@@ -204,6 +291,10 @@ pub struct Vm {
     /// Disk and NIC hot-plug (virtio-blk, virtio-net on virtio-pci) onto the same ports
     /// (virtio_hotplug).
     virtio_hotplug: Option<crate::devices::virtio::pci::hotplug::VirtioHotplug>,
+    /// What a snapshot of this VM records.
+    snapshot_config: crate::snapshot::SnapshotConfig,
+    /// Why this VM cannot be saved in a snapshot, if it cannot.
+    snapshot_refusal: Option<String>,
 }
 
 /// The VFIO state, shared with the hot-plug handle.
@@ -239,6 +330,9 @@ fn kick_signal() -> i32 {
     SIGRTMIN()
 }
 
+/// Saving a VM into a snapshot (`crate::snapshot`), and the restore's steps at its start.
+mod snapshot;
+
 extern "C" fn noop_signal_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 fn install_kick_handler() -> Result<()> {
@@ -258,8 +352,13 @@ fn install_kick_handler() -> Result<()> {
 pub(super) fn start(p: PreparedVm) -> Result<Vm> {
     install_kick_handler()?;
     // Built before any thread starts: a kernel without seccomp fails the start, not a thread.
-    let confinement = ThreadConfinement::new()?;
+    // A VM that may be snapshotted lets its vCPU threads read their own state.
+    let confinement = ThreadConfinement::for_vm(p.snapshot_refusal.is_none())?;
     let mut kvm = vm::Vm::new()?;
+    // A VM restored from a snapshot: its chips and clock before any irqfd can raise a line.
+    if let Some((chips, _)) = &p.restore {
+        kvm.restore_state(chips)?;
+    }
     // RAM and the hotplug region (the guest only uses what virtio-mem plugs of the latter).
     kvm.register_memory(p.ram.all_memory())?;
     kvm.register_irqfd(&p.serial_irq_fd, COM1_IRQ)?;
@@ -374,6 +473,10 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
                 source,
             })?;
         vcpu::configure(kvm.kvm(), &fd, id, p.max_vcpus, p.entry)?;
+        // A restored VM's vCPU takes the snapshot's state over the boot state (CPUID stays).
+        if let Some((_, saved)) = &p.restore {
+            crate::snapshot::vcpu::restore(&fd, &saved[usize::from(id)])?;
+        }
         vcpus.push(fd);
     }
 
@@ -393,6 +496,11 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
     };
     event_loop.add(control).map_err(add_err)?;
     for h in handlers {
+        // A restored VM's devices raise what was pending and tell the guest what changed
+        // (vsock: a transport reset), now that the vCPUs hold the snapshot's state.
+        if p.restore.is_some() {
+            h.lock().unwrap_or_else(PoisonError::into_inner).resumed();
+        }
         event_loop.add(h).map_err(add_err)?;
     }
     if let Some((_, serve)) = &virtio_hotplug {
@@ -411,6 +519,8 @@ pub(super) fn start(p: PreparedVm) -> Result<Vm> {
         balloon: p.balloon.clone(),
         vfio_hotplug,
         virtio_hotplug: virtio_hotplug.map(|(handle, _)| handle),
+        snapshot_config: p.snapshot_config.clone(),
+        snapshot_refusal: p.snapshot_refusal.clone(),
         resources: Some(Resources {
             pci,
             kvm,
@@ -552,12 +662,65 @@ impl Vm {
     }
 
     /// Lets the vCPUs below `vcpus` run: the parked ones (above [`super::VmConfig::vcpus`],
-    /// up to [`super::VmConfig::max_vcpus`]) wait outside `KVM_RUN` until a grant covers them,
-    /// so the guest can bring online only what the runtime granted. A grant never takes a
-    /// vCPU back; returns the vCPUs granted now.
+    /// up to [`super::VmConfig::max_vcpus`], or revoked by [`Vm::revoke_vcpus`]) wait outside
+    /// `KVM_RUN` until a grant covers them, so the guest can bring online only what the
+    /// runtime granted. A grant never takes a vCPU back (a lower `vcpus` changes nothing);
+    /// returns the vCPUs granted now.
     pub fn grant_vcpus(&self, vcpus: u8) -> u8 {
         let granted = self.shared.grant(usize::from(vcpus));
         u8::try_from(granted).unwrap_or(u8::MAX)
+    }
+
+    /// Takes the vCPUs from `vcpus` up back (at least vCPU 0 stays): each is kicked out of
+    /// `KVM_RUN` and parked again, its thread blocked outside KVM (no host CPU) until a later
+    /// [`Vm::grant_vcpus`] covers it. The host enforces this whatever the guest does: a guest
+    /// that brings such a CPU online again (INIT/SIPI) gets no CPU until the next grant, whose
+    /// `KVM_RUN` delivers the pending INIT/SIPI. Meant for CPUs the guest has taken offline
+    /// first (a guest still using one stalls on it). Waits up to [`REVOKE_WAIT`] for the
+    /// vCPUs to park; returns the vCPUs granted now, or an error naming the vCPUs that did not
+    /// park in time (they park when they next leave `KVM_RUN`: the grant is lowered anyway).
+    pub fn revoke_vcpus(&self, vcpus: u8) -> Result<u8> {
+        let granted = self.shared.revoke(usize::from(vcpus));
+        let revoked = granted..self.vcpu_threads.len();
+        let deadline = Instant::now() + REVOKE_WAIT;
+        loop {
+            // A vCPU kicked between its check of the grant and KVM_RUN misses the signal and
+            // enters KVM_RUN: it is kicked again until it has parked.
+            for id in revoked.clone() {
+                if let Some(h) = self.vcpu_threads.get(id) {
+                    if !h.is_finished() && !self.shared.parked().contains(&id) {
+                        let _ = h.kill(kick_signal());
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let missing = self
+                .shared
+                .wait_parked(revoked.clone(), left.min(Duration::from_millis(5)));
+            if missing.is_empty() {
+                tracing::info!(name = %self.name, vcpus = granted, "built-in VMM: vCPUs revoked and parked");
+                return Ok(u8::try_from(granted).unwrap_or(u8::MAX));
+            }
+            if left.is_zero() {
+                return Err(Error::Device {
+                    device: format!("VM {}", self.name),
+                    reason: format!(
+                        "vCPUs {missing:?} did not leave KVM_RUN within {REVOKE_WAIT:?} of the \
+                         revoke to {granted} vCPUs; they park when they next exit"
+                    ),
+                });
+            }
+        }
+    }
+
+    /// The vCPUs parked now: waiting outside `KVM_RUN` for a grant (never granted, or
+    /// revoked), their threads using no host CPU.
+    pub fn parked_vcpus(&self) -> Vec<u8> {
+        self.shared
+            .parked()
+            .into_iter()
+            .filter_map(|id| u8::try_from(id).ok())
+            .collect()
     }
 
     /// A handle that waits for the VM's end from another thread.
@@ -693,12 +856,17 @@ fn vcpu_thread(
     shared: Arc<Shared>,
 ) {
     let result = catch_unwind(AssertUnwindSafe(|| {
-        // A parked vCPU stays out of KVM_RUN until the runtime grants it: a guest's INIT/SIPI
-        // to it stays pending in KVM, and the guest reports that CPU as failed to boot.
-        if !shared.wait_for_grant(id) {
-            return VmExit::Stopped;
-        }
         while !shared.stopping() {
+            // A parked vCPU stays out of KVM_RUN until the runtime grants it (at boot, and
+            // again once revoked: the revoke kicks it out of KVM_RUN to here): a guest's
+            // INIT/SIPI to it stays pending in KVM, and the guest reports that CPU as failed
+            // to boot.
+            if !shared.may_run(id) {
+                if !shared.wait_for_grant(id) {
+                    return VmExit::Stopped;
+                }
+                continue;
+            }
             match fd.run() {
                 Ok(exit) => {
                     // The PCI bus's ports and BARs first (VFIO), the rest as before.
@@ -724,11 +892,112 @@ fn vcpu_thread(
         }
         VmExit::Stopped
     }));
+    // A snapshot's vCPU state is saved here, by the thread that owns the vCPU (only when
+    // the snapshot's stop ended it).
+    snapshot::vcpu_ending(id, &mut fd, &shared, snapshot::unsaved_reason(&result));
     match result {
         Ok(exit) => shared.finish(exit),
         Err(p) => shared.finish(VmExit::Failed(format!(
             "vCPU {id} panicked (thread kata-vcpu-{id}): {}",
             panic_message(p.as_ref())
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A vCPU thread's loop without KVM: runs (sleeps a little, standing for `KVM_RUN`) while
+    /// granted, parks otherwise, as [`vcpu_thread`] does; counts its runs.
+    fn fake_vcpu(
+        shared: Arc<Shared>,
+        id: usize,
+        runs: Arc<AtomicUsize>,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            while !shared.stopping() {
+                if !shared.may_run(id) {
+                    if !shared.wait_for_grant(id) {
+                        return;
+                    }
+                    continue;
+                }
+                runs.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    }
+
+    #[test]
+    fn a_revoked_vcpu_parks_until_a_new_grant_and_vcpu_0_is_never_revoked() {
+        let shared = Shared::new().unwrap();
+        assert_eq!(shared.grant(1), 1, "booted: one vCPU");
+        let runs: Vec<_> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+        let threads: Vec<_> = (0..3)
+            .map(|id| fake_vcpu(shared.clone(), id, runs[id].clone()))
+            .collect();
+        assert!(shared.wait_parked(1..3, Duration::from_secs(5)).is_empty());
+        assert_eq!(
+            shared.parked(),
+            [1, 2],
+            "never granted: parked from the start"
+        );
+        assert_eq!(shared.grant(3), 3);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !shared.parked().is_empty() || runs[2].load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "granted vCPUs did not run");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Revoked: vCPUs 1 and 2 park and stop running; vCPU 0 runs on.
+        assert_eq!(shared.revoke(1), 1);
+        assert!(
+            shared.wait_parked(1..3, Duration::from_secs(5)).is_empty(),
+            "revoked vCPUs did not park: {:?}",
+            shared.parked()
+        );
+        assert_eq!(shared.parked(), [1, 2]);
+        let (r0, r1) = (
+            runs[0].load(Ordering::SeqCst),
+            runs[1].load(Ordering::SeqCst),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(runs[1].load(Ordering::SeqCst), r1, "a parked vCPU ran");
+        assert!(runs[0].load(Ordering::SeqCst) > r0, "vCPU 0 stopped");
+        assert_eq!(shared.revoke(0), 1, "vCPU 0 is never revoked");
+        assert_eq!(shared.revoke(2), 1, "a revoke never raises the grant");
+        assert_eq!(shared.grant(1), 1);
+        // A new grant runs vCPU 1 again, not vCPU 2.
+        assert_eq!(shared.grant(2), 2);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while runs[1].load(Ordering::SeqCst) == r1 {
+            assert!(Instant::now() < deadline, "vCPU 1 did not run again");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(shared.parked(), [2]);
+        shared.finish(VmExit::Stopped);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(
+            shared.parked().is_empty(),
+            "the end releases the parked vCPUs"
+        );
+    }
+
+    #[test]
+    fn waiting_for_a_vcpu_that_does_not_park_is_bounded_and_names_it() {
+        let shared = Shared::new().unwrap();
+        shared.grant(2);
+        shared.revoke(1);
+        // No thread for vCPU 1: it never parks.
+        let t0 = Instant::now();
+        assert_eq!(shared.wait_parked(1..2, Duration::from_millis(50)), [1]);
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        shared.finish(VmExit::Stopped);
+        assert!(
+            shared.wait_parked(1..2, Duration::from_secs(5)).is_empty(),
+            "ended"
+        );
     }
 }

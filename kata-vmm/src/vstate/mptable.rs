@@ -3,10 +3,16 @@
 //! (639 KiB, [`MPTABLE_START`]) for the floating pointer; the configuration table follows it.
 //!
 //! With passed-through PCI functions ([`mptable_bytes_with_pci`]) the table also names PCI bus
-//! 0 and, per function, which IOAPIC pin its INTA# is (level-triggered, active high): how a
-//! guest without ACPI finds a PCI function's INTx line (`IO_APIC_get_PCI_irq_vector`). Linux
-//! matches the MP bus id against the PCI bus number, so PCI is bus 0 and ISA moves to bus 1
-//! then; the ISA entries of the pins PCI takes are left out. Without PCI the table is as before.
+//! 0 and, per bus-0 slot and interrupt pin (INTA# to INTD#), which IOAPIC pin it is
+//! (level-triggered, active high): how a guest without ACPI finds a PCI function's INTx line
+//! (`IO_APIC_get_PCI_irq_vector`, after swizzling a function's pin up to bus 0 through the
+//! bridges above it: see `devices::vfio::irq::intx_swizzle` and `plan_intx`). Linux matches
+//! the MP bus id against the PCI bus number, so PCI is bus 0 and ISA moves to bus 1 then; the
+//! ISA entries of the pins PCI takes are left out. Without PCI the table is as before.
+//!
+//! Only the floating pointer must lie in the KiB Linux scans; the configuration table after
+//! it may run past 640 KiB (guest memory up to 1 MiB, which the e820 map leaves out), as it
+//! does with many vCPUs and many shared PCI lines.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
@@ -15,7 +21,9 @@ use crate::layout::EBDA_START;
 
 /// Where the floating pointer is written: the start of the EBDA (639 KiB), which Linux scans.
 pub const MPTABLE_START: u64 = EBDA_START;
-/// The most vCPUs whose table fits the KiB Linux scans and the 8-bit APIC ids.
+/// The most vCPUs the built-in VMM lists (one 20-byte processor entry each; APIC ids are 8
+/// bits). Only the floating pointer must lie in the KiB Linux scans: the table after it may
+/// run past 640 KiB (see the module docs).
 pub const MAX_VCPUS: u8 = 32;
 /// The LAPIC's base address.
 const APIC_DEFAULT_PHYS_BASE: u32 = 0xfee0_0000;
@@ -51,12 +59,14 @@ pub fn mptable_bytes(vcpus: u8, base: u32) -> Result<Vec<u8>> {
     mptable_bytes_with_pci(vcpus, base, &[])
 }
 
-/// A PCI function's INTA#, as the MP table tells it: the function's slot on bus 0 and the
-/// IOAPIC pin it raises.
+/// One interrupt pin of a bus-0 slot, as the MP table tells it: the slot, the pin (INTA# to
+/// INTD#) and the IOAPIC pin it raises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PciIntx {
     /// The slot (device number) on bus 0.
     pub slot: u8,
+    /// The interrupt pin: 0 = INTA#, 1 = INTB#, 2 = INTC#, 3 = INTD#.
+    pub intx: u8,
     /// The IOAPIC pin (the GSI of KVM's default routing).
     pub pin: u8,
 }
@@ -64,12 +74,17 @@ pub struct PciIntx {
 /// [`mptable_bytes`] with PCI bus 0 and an I/O interrupt entry per function of `pci` (none:
 /// exactly [`mptable_bytes`]' table).
 pub fn mptable_bytes_with_pci(vcpus: u8, base: u32, pci: &[PciIntx]) -> Result<Vec<u8>> {
-    if let Some(bad) = pci.iter().find(|p| p.pin >= IOAPIC_PINS || p.slot >= 32) {
+    if let Some(bad) = pci
+        .iter()
+        .find(|p| p.pin >= IOAPIC_PINS || p.slot >= 32 || p.intx >= 4)
+    {
         return Err(Error::Device {
             device: "MP table".into(),
             reason: format!(
-                "PCI slot {} on IOAPIC pin {}: slots are 0-31, pins 0-{}",
+                "PCI slot {} pin INT{}# on IOAPIC pin {}: slots are 0-31, pins INTA#-INTD#, \
+                 IOAPIC pins 0-{}",
                 bad.slot,
+                char::from(b'A'.wrapping_add(bad.intx)),
                 bad.pin,
                 IOAPIC_PINS - 1
             ),
@@ -115,14 +130,14 @@ pub fn mptable_bytes_with_pci(vcpus: u8, base: u32, pci: &[PciIntx]) -> Result<V
         count += 1;
     }
     for p in pci {
-        // Source bus IRQ: the slot in bits 2-6, INTA# (0) in bits 0-1.
+        // Source bus IRQ: the slot in bits 2-6, the pin (INTA# = 0) in bits 0-1.
         entries.extend_from_slice(&[
             MP_INTSRC,
             MP_INT,
             PCI_INT_FLAGS,
             0,
             PCI_BUS,
-            p.slot << 2,
+            p.slot << 2 | p.intx,
             ioapic_id,
             p.pin,
         ]);
@@ -222,7 +237,18 @@ mod tests {
 
     #[test]
     fn pci_functions_get_bus_0_and_a_level_triggered_pin_each() {
-        let pci = [PciIntx { slot: 1, pin: 23 }, PciIntx { slot: 2, pin: 22 }];
+        let pci = [
+            PciIntx {
+                slot: 1,
+                intx: 0,
+                pin: 23,
+            },
+            PciIntx {
+                slot: 2,
+                intx: 0,
+                pin: 22,
+            },
+        ];
         let b = mptable_bytes_with_pci(2, 0x9fc00, &pci).unwrap();
         let t = &b[16..];
         assert_eq!(sum(t), 0);
@@ -263,8 +289,59 @@ mod tests {
             .collect();
         assert_eq!(buses, [0]);
         // A pin or slot out of range.
-        assert!(mptable_bytes_with_pci(1, 0, &[PciIntx { slot: 1, pin: 24 }]).is_err());
-        assert!(mptable_bytes_with_pci(1, 0, &[PciIntx { slot: 32, pin: 20 }]).is_err());
+        let at = |slot, intx, pin| [PciIntx { slot, intx, pin }];
+        assert!(mptable_bytes_with_pci(1, 0, &at(1, 0, 24)).is_err());
+        assert!(mptable_bytes_with_pci(1, 0, &at(32, 0, 20)).is_err());
+        let e = mptable_bytes_with_pci(1, 0, &at(1, 4, 20)).unwrap_err();
+        assert!(e.to_string().contains("INTE#"), "{e}");
+    }
+
+    #[test]
+    fn every_pin_of_a_slot_has_its_entry_and_shared_lines_one_isa_gap() {
+        // A bridge in slot 2: INTA# to INTD# on pins 22, 19, 18, 18 (the last two shared), a
+        // root port in slot 1 on 23.
+        let e = |slot, intx, pin| PciIntx { slot, intx, pin };
+        let pci = [
+            e(1, 0, 23),
+            e(2, 0, 22),
+            e(2, 1, 19),
+            e(2, 2, 18),
+            e(2, 3, 18),
+        ];
+        let b = mptable_bytes_with_pci(MAX_VCPUS, 0x9fc00, &pci).unwrap();
+        let t = &b[16..];
+        assert_eq!(sum(t), 0);
+        let all = entries(&b);
+        assert_eq!(u16::from_le_bytes([t[34], t[35]]) as usize, all.len());
+        let pci_ints: Vec<_> = all
+            .iter()
+            .filter(|e| e[0] == MP_INTSRC && e[4] == PCI_BUS)
+            .map(|e| (e[2], e[5], e[7]))
+            .collect();
+        // Source bus IRQ: slot << 2 | pin.
+        assert_eq!(
+            pci_ints,
+            [
+                (0x0d, 1 << 2, 23),
+                (0x0d, 2 << 2, 22),
+                (0x0d, 2 << 2 | 1, 19),
+                (0x0d, 2 << 2 | 2, 18),
+                (0x0d, 2 << 2 | 3, 18),
+            ]
+        );
+        let isa: Vec<u8> = all
+            .iter()
+            .filter(|e| e[0] == MP_INTSRC && e[4] == ISA_BUS_BESIDE_PCI)
+            .map(|e| e[7])
+            .collect();
+        assert_eq!(
+            isa.len(),
+            24 - 4,
+            "one ISA entry left out per PCI line, shared or not"
+        );
+        assert!(isa.iter().all(|p| ![23, 22, 19, 18].contains(p)));
+        // 16 + 44 header bytes, 32 processors, 2 buses, the IOAPIC, 25 interrupt entries, 2 LINT.
+        assert_eq!(b.len(), 16 + 44 + 32 * 20 + 8 * (2 + 1 + 25 + 2));
     }
 
     #[test]

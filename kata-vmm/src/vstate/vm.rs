@@ -1,7 +1,10 @@
 //! The KVM VM: the in-kernel interrupt controllers and PIT, guest memory registered as memory
 //! slots, irqfds and ioeventfds (only compiled here: see the module above).
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vm_memory::{GuestMemory as _, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -13,6 +16,30 @@ use crate::memory::GuestMemory;
 const TSS_ADDRESS: usize = 0xfffb_d000;
 /// KVM's identity map page for real mode on Intel.
 const IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// The in-kernel devices of a VM a snapshot saves: the two PICs, the IOAPIC, the PIT and the
+/// KVM clock.
+#[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct VmState {
+    /// The master PIC (`KVM_IRQCHIP_PIC_MASTER`).
+    pub pic_master: kvm_irqchip,
+    /// The slave PIC.
+    pub pic_slave: kvm_irqchip,
+    /// The IOAPIC.
+    pub ioapic: kvm_irqchip,
+    /// The PIT's channels and flags.
+    pub pit: kvm_pit_state2,
+    /// The KVM clock (kvmclock's system time).
+    pub clock: kvm_clock_data,
+}
+
+impl std::fmt::Debug for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmState")
+            .field("clock", &self.clock.clock)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A VM with its memory registered.
 #[derive(Debug)]
@@ -112,5 +139,54 @@ impl Vm {
                 what: "KVM_IOEVENTFD",
                 source,
             })
+    }
+
+    /// Reads the in-kernel devices' state for a snapshot (the vCPUs must be out of
+    /// `KVM_RUN`: paused or ended).
+    pub fn save_state(&self) -> Result<VmState> {
+        let kvm_err = |what| move |source| Error::Kvm { what, source };
+        let chip = |id| -> Result<kvm_irqchip> {
+            let mut c = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut c)
+                .map_err(kvm_err("KVM_GET_IRQCHIP"))?;
+            Ok(c)
+        };
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(kvm_err("KVM_GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(kvm_err("KVM_GET_CLOCK"))?,
+        })
+    }
+
+    /// Puts a new VM's in-kernel devices into a snapshot's `state`, before its vCPUs run. The
+    /// chips' ids come from the slots, not the file; the clock goes on from where it was
+    /// saved (no flags: KVM takes none but `KVM_CLOCK_TSC_STABLE`-free data here).
+    pub fn restore_state(&self, state: &VmState) -> Result<()> {
+        let kvm_err = |what| move |source| Error::Kvm { what, source };
+        for (id, saved) in [
+            (KVM_IRQCHIP_PIC_MASTER, &state.pic_master),
+            (KVM_IRQCHIP_PIC_SLAVE, &state.pic_slave),
+            (KVM_IRQCHIP_IOAPIC, &state.ioapic),
+        ] {
+            let mut c = *saved;
+            c.chip_id = id;
+            self.fd
+                .set_irqchip(&c)
+                .map_err(kvm_err("KVM_SET_IRQCHIP"))?;
+        }
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(kvm_err("KVM_SET_PIT2"))?;
+        let clock = kvm_clock_data {
+            clock: state.clock.clock,
+            ..Default::default()
+        };
+        self.fd.set_clock(&clock).map_err(kvm_err("KVM_SET_CLOCK"))
     }
 }

@@ -83,6 +83,27 @@ impl SerialConsole {
         }
     }
 
+    /// A serial port raising `irq` and writing to `sink`, with the registers (and unread
+    /// input) of a snapshot's; more input than the FIFO holds is refused.
+    pub fn from_snapshot(
+        state: &crate::snapshot::SerialSnapshot,
+        irq: EventFdTrigger,
+        sink: ConsoleSink,
+    ) -> crate::Result<Self> {
+        let state = vm_superio::serial::SerialState::from(state);
+        let serial =
+            Serial::from_state(&state, irq, NoEvents, sink).map_err(|e| crate::Error::Device {
+                device: "serial port (snapshot)".into(),
+                reason: format!("the saved registers are refused: {e:?}"),
+            })?;
+        Ok(SerialConsole { serial })
+    }
+
+    /// The registers and unread input, for a snapshot.
+    pub fn snapshot_state(&self) -> crate::snapshot::SerialSnapshot {
+        self.serial.state().into()
+    }
+
     /// A guest read of the register at `offset` (0 to 7).
     pub fn read(&mut self, offset: u8) -> u8 {
         self.serial.read(offset)

@@ -215,6 +215,16 @@ impl Bridge {
         self.update_interrupt();
     }
 
+    /// Whether the guest would act on a press of `slot`'s button now ([`Shpc::is_settled`]:
+    /// its power indicator not blinking, no event waiting); false without an SHPC.
+    ///
+    /// [`Shpc::is_settled`]: super::shpc::Shpc::is_settled
+    pub fn slot_settled(&self, slot: u8) -> bool {
+        self.hotplug
+            .as_ref()
+            .is_some_and(|h| h.shpc.is_settled(slot))
+    }
+
     /// Whether the guest has disabled occupied slot `slot` (its function may be taken out).
     pub fn slot_disabled(&self, slot: u8) -> bool {
         self.is_occupied(slot)

@@ -17,7 +17,9 @@
 //! - **Events**: [`RootPort::plug`] puts a function in the slot (presence changed and the
 //!   attention button pressed, link up once powered), [`RootPort::press_attention`] asks the guest to release it; the guest
 //!   turning the slot's power off (the power controller control bit) is what
-//!   [`RootPort::powered_off`] reports, and [`RootPort::unplug`] takes the function out. A
+//!   [`RootPort::powered_off`] reports, and [`RootPort::unplug`] takes the function out;
+//!   [`RootPort::settled`] says whether the guest would act on a press now (its power
+//!   indicator not blinking, no event waiting for it). A
 //!   status bit newly set while its event and hot-plug interrupts are enabled raises the
 //!   port's MSI once (through the signal the VM gives [`RootPort::set_signal`]), as the PCIe
 //!   specification's edge for MSI.
@@ -81,6 +83,14 @@ const SLOT_CONTROL_PDCE: u16 = 1 << 3;
 const SLOT_CONTROL_HPIE: u16 = 1 << 5;
 /// Slot control: power controller control (1: power off).
 pub const SLOT_CONTROL_PCC: u16 = 1 << 10;
+/// Slot control: the power indicator control field (bits 8-9).
+pub const SLOT_CONTROL_PIC: u16 = 3 << 8;
+/// Slot control: power indicator on.
+pub const PIC_ON: u16 = 1 << 8;
+/// Slot control: power indicator blinking (the slot is being powered on or off).
+pub const PIC_BLINK: u16 = 2 << 8;
+/// Slot control: power indicator off.
+pub const PIC_OFF: u16 = 3 << 8;
 /// Slot control: data link layer state changed enable.
 const SLOT_CONTROL_DLLSCE: u16 = 1 << 12;
 /// Slot status: attention button pressed.
@@ -255,6 +265,20 @@ impl RootPort {
         }
         self.update_interrupt();
         Ok(())
+    }
+
+    /// Whether the guest is done with the slot for now, so an attention button press is
+    /// acted on: no event it enabled is waiting for it, and the power indicator it
+    /// programmed is not blinking. pciehp blinks the indicator from a button press to the end
+    /// of the power-on or power-off it starts, and ignores (powering on or off) or takes as a
+    /// cancel (within its 5 s) a press meanwhile. A guest that never programmed the indicator
+    /// (reads 0) or enabled no event interrupt is settled. One read can be true between the
+    /// guest's interrupt handler clearing the events and its worker blinking the indicator:
+    /// the unplug ([`crate::devices::vfio::hotplug::release`]) asks for two polls in a row.
+    pub fn settled(&self) -> bool {
+        let pending = self.slot_control & SLOT_CONTROL_HPIE != 0
+            && self.slot_status & self.enabled_events() != 0;
+        !pending && self.slot_control & SLOT_CONTROL_PIC != PIC_BLINK
     }
 
     /// Presses the slot's attention button: the guest's request to release the function.

@@ -22,8 +22,8 @@
 //! - **Events**: [`Shpc::insert`] (presence changed and the attention button pressed: the
 //!   user inserted a card and pressed the button, which is what makes `shpchp` enable the
 //!   slot after its 5 s), [`Shpc::press_button`] (the user asks for removal: `shpchp`
-//!   disables the slot after 5 s, [`Shpc::is_disabled`]), [`Shpc::remove`] (presence
-//!   changed, the card gone).
+//!   disables the slot after 5 s, [`Shpc::is_disabled`]; acted on only once the slot
+//!   [`Shpc::is_settled`]), [`Shpc::remove`] (presence changed, the card gone).
 //! - **Interrupt**: [`Shpc::interrupt_pending`] is "some unmasked slot event or command
 //!   completion, and the global mask off"; the bridge raises its MSI on its rising edge.
 //!
@@ -59,8 +59,12 @@ pub const STATE_POWER_ONLY: u8 = 1;
 pub const STATE_ENABLED: u8 = 2;
 /// Slot state: disabled.
 pub const STATE_DISABLED: u8 = 3;
+/// Indicator on.
+pub const LED_ON: u8 = 1;
+/// Indicator blinking (shpchp: a button press's 5 s, and the power-on or -off it starts).
+pub const LED_BLINK: u8 = 2;
 /// Indicator off.
-const LED_OFF: u8 = 3;
+pub const LED_OFF: u8 = 3;
 /// Slot register: no power fault (the bit reads 1 when there is none).
 const SLOT_NO_POWER_FAULT: u32 = 1 << 6;
 /// Slot register: presence "7.5 W card" (anything but 3 is present).
@@ -150,7 +154,7 @@ impl Shpc {
         let s = &mut self.slots[i];
         s.present = true;
         s.state = STATE_ENABLED;
-        s.power_led = 1;
+        s.power_led = LED_ON;
         true
     }
 
@@ -189,6 +193,22 @@ impl Shpc {
     /// The state of device `device`'s slot ([`STATE_ENABLED`], ...), `None` past the slots.
     pub fn state(&self, device: u8) -> Option<u8> {
         self.index(device).map(|i| self.slots[i].state)
+    }
+
+    /// Whether the guest is done with device `device`'s slot for now, so a button press is
+    /// acted on: no unmasked event latched for it, and the power indicator it commanded not
+    /// blinking. shpchp blinks it from a button press until the slot is enabled or disabled,
+    /// and ignores (powering on or off) or takes as a cancel (within its 5 s) a press
+    /// meanwhile. False past the slots. One read can be true between shpchp's interrupt
+    /// handler clearing the events and its worker blinking the indicator: the unplug
+    /// ([`crate::devices::vfio::hotplug::release_bridge_slot`]) asks for two polls in a row.
+    pub fn is_settled(&self, device: u8) -> bool {
+        self.index(device).is_some_and(|i| {
+            let s = &self.slots[i];
+            let pending =
+                self.serr_int & GLOBAL_INTR_MASK == 0 && s.events & !s.masks & EVENTS != 0;
+            !pending && s.power_led != LED_BLINK
+        })
     }
 
     /// Whether the guest has disabled device `device`'s slot (the card may be taken out).

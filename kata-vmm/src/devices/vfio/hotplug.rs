@@ -10,13 +10,20 @@
 //!   function is opened as at boot ([`VfioSet::open_in`]: sysfs first, so a function whose
 //!   group is not all on `vfio-pci` is refused before anything is opened; the container and
 //!   its DMA mapping of guest RAM on first use), its BARs placed in the port's window, its MSI
-//!   and MSI-X wired ([`irq::wire`]), and behind a spare root port its INTx too, on the INTA#
-//!   line the MP table declared for the port's slot at boot (none behind a switch or bridge
-//!   slot: the table names bus 0's INTA# only); then the port's slot reports presence
+//!   and MSI-X wired ([`irq::wire`]), and its INTx too, on the line the MP table declared at
+//!   boot for its INTA# swizzled up to bus 0 (a root port's slot's INTA#, INTA# + n at the
+//!   switch's slot for downstream port n, INTA# + s at the bridge's slot for SHPC slot s:
+//!   `VfioSet::intx_pin_at`); then the port's slot reports presence
 //!   ([`RootPort::plug`]) and
 //!   raises the port's MSI, and the guest's pciehp powers the slot, scans the bus below and
 //!   assigns the BARs.
-//! - **Unplug** ([`VfioHotplug::unplug`]): the slot's attention button is pressed; pciehp
+//! - **Unplug** ([`VfioHotplug::unplug`]): once the slot has settled (on two polls in a row,
+//!   the power indicator the guest programmed not blinking, no event waiting for the guest:
+//!   pciehp and shpchp ignore a press while they power a slot on or off, and cancel on one
+//!   within their 5 s) with [`PRESS_RESERVE`] of the timeout still left (the guest acts on a
+//!   press 5 s later: pressed later, it would drop the function after the VMM gave up and
+//!   kept it) the slot's attention button is pressed (else an error naming the slot, nothing
+//!   pressed, the function kept); pciehp
 //!   waits its 5 s, unbinds the driver and turns the slot's power off; once it has (bounded
 //!   wait, an error naming the slot otherwise, the function left plugged) the function is
 //!   taken out ([`RootPort::unplug`]) and closed (its device descriptor, with its interrupts),
@@ -69,8 +76,8 @@ struct InSlot {
     bdf: String,
     port: Holder,
     port_slot: u8,
-    /// Its guest PCI path (`[port slot, 0]`, or through a switch `[root port slot, 0,
-    /// downstream port, 0]`).
+    /// Its guest PCI path (`[port slot, 0]`, through a switch `[root port slot, 0,
+    /// downstream port, 0]`, or in a bridge's SHPC slot `[bridge slot, device]`).
     path: Vec<u8>,
     device: Arc<Mutex<VfioPci>>,
 }
@@ -227,11 +234,10 @@ pub(crate) fn plug_into(
     let mut alloc = BarAllocator::within(window.0, window.1);
     let mut d = set.open_in(c, mem, &mut alloc)?;
     d.slot = Some(port_slot);
-    // INTx only behind a spare root port whose INTA# the MP table declared at boot.
-    d.intx_pin = match &port {
-        Holder::Port(_) if path.len() == 2 => set.reserved_pin(port_slot).filter(|_| d.host_intx),
-        _ => None,
-    };
+    // INTx on the line the MP table (written at boot) gives its pin swizzled to bus 0, as
+    // for a cold-plugged function in the same place.
+    d.intx_pin = set.intx_pin_at(&path).filter(|_| d.host_intx);
+    d.path = Some(path.clone());
     wire(&mut d)?;
     let d = Arc::new(Mutex::new(d));
     let plugged = match &port {
@@ -255,20 +261,46 @@ pub(crate) fn plug_into(
     ))
 }
 
-/// Asks the guest to release the function in `port` (its attention button) and waits up to
-/// `timeout` for the guest to turn the slot's power off, then takes the function out (an
-/// empty port is left as it is). On a timeout the function stays in the slot.
+/// Asks the guest to release the function in `port` (its attention button) and waits for the
+/// guest to turn the slot's power off, then takes the function out (an empty port is left as
+/// it is, a port whose slot the guest powered off already is emptied without a press). The
+/// button is pressed only once the slot has settled ([`RootPort::settled`] on two polls in a
+/// row: a press while pciehp powers the slot on or off is ignored or cancels, and the unplug
+/// would time out), and only while the rest of `timeout` still covers [`PRESS_RESERVE`] (the
+/// guest acts on a press 5 s later): a slot that settles later is left unpressed, an error.
+/// On a timeout the function stays in the slot.
 pub fn release(port: &Mutex<RootPort>, what: &str, timeout: Duration) -> Result<()> {
+    release_reserving(port, what, timeout, PRESS_RESERVE)
+}
+
+/// [`release`] pressing the button only while `reserve` of `timeout` is left.
+fn release_reserving(
+    port: &Mutex<RootPort>,
+    what: &str,
+    timeout: Duration,
+    reserve: Duration,
+) -> Result<()> {
+    let t = Instant::now();
+    let press = settle(what, timeout, reserve, "pciehp", || {
+        let p = lock(port);
+        match (p.is_occupied(), p.settled(), p.powered_off()) {
+            (false, ..) => Slot::Empty,
+            (true, true, true) => Slot::Off,
+            (true, true, false) => Slot::Settled,
+            (true, false, _) => Slot::Busy,
+        }
+    })?;
     {
         let mut p = lock(port);
         if !p.is_occupied() {
             return Ok(());
         }
-        if !p.powered_off() {
+        if press && !p.powered_off() {
             p.press_attention();
         }
     }
-    wait_released(what, timeout, "power its slot off", "pciehp", || {
+    let left = timeout.saturating_sub(t.elapsed());
+    wait_released(what, left, "power its slot off", "pciehp", || {
         let mut p = lock(port);
         let off = p.powered_off();
         if off {
@@ -276,6 +308,80 @@ pub fn release(port: &Mutex<RootPort>, what: &str, timeout: Duration) -> Result<
         }
         off
     })
+}
+
+/// The time an unplug keeps for the guest after pressing the button: pciehp and shpchp act
+/// on a press after 5 s (a press within them cancels), then unbind the driver and power the
+/// slot off. A button pressed with less of the unplug's timeout left would be acted on after
+/// the VMM gave up and kept the function: the guest would drop a function the VMM still has.
+pub const PRESS_RESERVE: Duration = Duration::from_secs(5 + 3);
+
+/// A slot as [`settle`] sees it on one poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Empty: nothing to release.
+    Empty,
+    /// Settled with its power off (the guest released it already): no press is needed.
+    Off,
+    /// Settled and powered: the guest would act on a press now.
+    Settled,
+    /// The guest is powering it on or off, or has an event to take.
+    Busy,
+}
+
+/// Polls `slot` until the guest would act on a press ([`Slot::Settled`] on two polls in a
+/// row: the guest's interrupt handler takes a slot's events before its worker blinks the
+/// indicator, and one poll in between reads settled) — `Ok(true)`, press — or no press is
+/// needed ([`Slot::Empty`] once, [`Slot::Off`] on two polls in a row: a slot just plugged is
+/// off until the guest's worker powers it) — `Ok(false)`. Pressing is allowed only while
+/// `reserve` of `timeout` is left: past that the error names `what`, says the button was not
+/// pressed, and the guest driver (`driver`) that keeps the slot in transition (or, for a
+/// `timeout` shorter than `reserve`, says so).
+fn settle(
+    what: &str,
+    timeout: Duration,
+    reserve: Duration,
+    driver: &str,
+    mut slot: impl FnMut() -> Slot,
+) -> Result<bool> {
+    let t = Instant::now();
+    let mut last = Slot::Busy;
+    loop {
+        let now = slot();
+        if now == Slot::Empty || (last, now) == (Slot::Off, Slot::Off) {
+            return Ok(false);
+        }
+        let left = timeout.saturating_sub(t.elapsed());
+        // An Off slot needs no press: it may still be confirmed while the time lasts.
+        if (left < reserve && now != Slot::Off) || left.is_zero() {
+            let reason = if timeout < reserve {
+                format!(
+                    "the unplug timeout {timeout:?} is shorter than the {reserve:?} the guest's \
+                     {driver} needs after the attention button (its 5 s delay, then the \
+                     release), so it was not pressed; it stays plugged: give the removal at \
+                     least {reserve:?}"
+                )
+            } else {
+                format!(
+                    "its slot did not settle within {:?} of the {timeout:?} timeout: the \
+                     guest's {driver} kept it powering on or off (power indicator blinking) \
+                     or did not take its last event, and a button pressed then is ignored, \
+                     while one pressed later would be acted on after the timeout, so it was \
+                     not pressed; it stays plugged: retry the removal or stop the VM",
+                    timeout - reserve
+                )
+            };
+            return Err(Error::Device {
+                device: what.to_string(),
+                reason,
+            });
+        }
+        if (last, now) == (Slot::Settled, Slot::Settled) {
+            return Ok(true);
+        }
+        last = now;
+        std::thread::sleep(POLL);
+    }
 }
 
 /// Polls `released` (which takes the function out once the guest let it go) until it does,
@@ -429,24 +535,53 @@ impl VfioHotplug {
 }
 
 /// Asks the guest to release the function in SHPC slot `device` of `bridge` (its attention
-/// button) and waits up to `timeout` for the guest to disable the slot, then takes the
-/// function out. On a timeout the function stays in the slot.
+/// button) and waits for the guest to disable the slot, then takes the function out. As
+/// [`release`], the button is pressed once the slot has settled ([`Bridge::slot_settled`] on
+/// two polls in a row: shpchp ignores a press while it enables or disables the slot and
+/// cancels on one within its 5 s), and only while [`PRESS_RESERVE`] of `timeout` is left. On
+/// a timeout the function stays in the slot.
 pub fn release_bridge_slot(
     bridge: &Mutex<Bridge>,
     device: u8,
     what: &str,
     timeout: Duration,
 ) -> Result<()> {
+    release_bridge_slot_reserving(bridge, device, what, timeout, PRESS_RESERVE)
+}
+
+/// [`release_bridge_slot`] pressing the button only while `reserve` of `timeout` is left.
+fn release_bridge_slot_reserving(
+    bridge: &Mutex<Bridge>,
+    device: u8,
+    what: &str,
+    timeout: Duration,
+    reserve: Duration,
+) -> Result<()> {
+    let t = Instant::now();
+    let press = settle(what, timeout, reserve, "shpchp", || {
+        let b = lock(bridge);
+        match (
+            b.is_occupied(device),
+            b.slot_settled(device),
+            b.slot_disabled(device),
+        ) {
+            (false, ..) => Slot::Empty,
+            (true, true, true) => Slot::Off,
+            (true, true, false) => Slot::Settled,
+            (true, false, _) => Slot::Busy,
+        }
+    })?;
     {
         let mut b = lock(bridge);
         if !b.is_occupied(device) {
             return Ok(());
         }
-        if !b.slot_disabled(device) {
+        if press && !b.slot_disabled(device) {
             b.press_slot(device);
         }
     }
-    wait_released(what, timeout, "disable its SHPC slot", "shpchp", || {
+    let left = timeout.saturating_sub(t.elapsed());
+    wait_released(what, left, "disable its SHPC slot", "shpchp", || {
         let mut b = lock(bridge);
         let off = b.slot_disabled(device);
         if off {

@@ -17,8 +17,11 @@
 //! PCI's MSI-X masking has it. A vector's route follows its table entry whether masked or not.
 //!
 //! **INTx** (a function with an interrupt pin, when the host's VFIO grants it): the function's
-//! INTA# is IOAPIC pin [`intx_pin`] of its slot (23 for slot 1, 22 for slot 2, ...; the MP
-//! table tells the guest, level-triggered), an irqfd with a resample eventfd on that GSI: VFIO
+//! INTA# swizzled up to bus 0 through the bridges above it ([`intx_swizzle`]: a bus-0 slot
+//! and pin) is the IOAPIC pin [`plan_intx`] gave that slot's pin (INTA# on 24 - slot, so 23
+//! for slot 1 as [`intx_pin`], the other pins and lines taken by virtio-mmio on the next free
+//! pins; the MP table tells the guest, level-triggered), an irqfd with a resample eventfd on
+//! that GSI: VFIO
 //! masks the line at each interrupt and KVM's resample (the guest's EOI) unmasks it. INTx is on
 //! from the start and off while MSI is (VFIO takes one or the other, as a PCI function does).
 //!
@@ -42,6 +45,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::msi::MsiMessage;
 use super::uapi;
 use crate::error::{Error, Result};
+use crate::vstate::mptable::PciIntx;
 
 /// The first GSI for MSI: 0-23 are the IOAPIC's pins.
 pub const FIRST_MSI_GSI: u32 = 24;
@@ -53,9 +57,107 @@ pub const MSI_GSIS: u32 = 1024;
 pub const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
 
 /// The IOAPIC pin of the INTA# of the function in PCI `slot` (1 to 31): 24 - slot, counting
-/// down from the top pin so the virtio-mmio lines (5 up) and these meet last.
+/// down from the top pin so the virtio-mmio lines (5 up) and these meet last. What
+/// [`plan_intx`] gives a bus-0 slot's INTA# when that pin is free.
 pub fn intx_pin(slot: u8) -> Option<u8> {
     (1..=18).contains(&slot).then(|| 24 - slot)
+}
+
+/// The lowest IOAPIC pin a PCI INTx line may take: 0-4 are the timer, the keyboard, the PICs'
+/// cascade and the serial ports.
+pub const FIRST_INTX_PIN: u8 = 5;
+/// The IOAPIC's highest pin.
+pub const LAST_INTX_PIN: u8 = 23;
+
+/// Where the INTA# of the function at guest PCI path `path` (device numbers from bus 0 down:
+/// `[port slot, 0]`, `[root port slot, 0, downstream port, 0]`, `[bridge slot, bridge
+/// slot's device]`, `[slot]`) reaches bus 0, as Linux looks it up without ACPI
+/// (`pci_common_swizzle`, and `pirq_enable_irq`'s walk to the MP table): at each bridge
+/// crossing pin' = ((pin - 1) + device) % 4 + 1, the device being the child's number on the
+/// bridge's secondary bus (none of the VMM's ports offers ARI forwarding, so never 0 for
+/// ARI). Returns the bus-0 slot and the pin there (0 = INTA# ... 3 = INTD#); `None` for an
+/// empty path. A switch's downstream port `n` gives its function INTA# + n at the root port's
+/// slot, a bridge's slot `s` INTA# + s at the bridge's.
+pub fn intx_swizzle(path: &[u8]) -> Option<(u8, u8)> {
+    let (&slot, below) = path.split_first()?;
+    let pin = below.iter().fold(0u8, |pin, &d| (pin + d % 4) % 4);
+    Some((slot, pin))
+}
+
+/// A bus-0 slot whose functions may raise INTx: a function or a PCIe root port (its device
+/// 0 swizzles to INTA# only), or a slot with a fan-out below it (a switch's root port, a PCI
+/// bridge: INTA# to INTD#).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntxSlot {
+    /// The slot (device number) on bus 0.
+    pub slot: u8,
+    /// A switch or a bridge is below it: all four pins are reachable.
+    pub fanout: bool,
+}
+
+/// The MP table's PCI interrupt entries for `slots`, each pin on an IOAPIC pin none of
+/// `taken` (the virtio-mmio lines) is on: every slot's INTA# first (in slot order; pin
+/// [`intx_pin`] of the slot when free, else the highest free), then INTB# to INTD# of each
+/// fan-out slot on the highest free pins: distinct lines while they last (pins
+/// [`FIRST_INTX_PIN`]-[`LAST_INTX_PIN`]). Past that a pin shares its slot's INTA# line, and
+/// an INTA# with no line left shares the line of an earlier slot's INTA# (round robin):
+/// level-triggered, active-high lines may be shared (KVM resamples one GSI for all its level
+/// irqfds). With every pin taken, no entry at all (the functions have MSI and MSI-X only).
+pub fn plan_intx(slots: &[IntxSlot], taken: &[u32]) -> Vec<PciIntx> {
+    let mut sorted = slots.to_vec();
+    sorted.sort_by_key(|s| s.slot);
+    sorted.dedup_by_key(|s| s.slot);
+    let mut free: Vec<u8> = (FIRST_INTX_PIN..=LAST_INTX_PIN)
+        .rev()
+        .filter(|p| !taken.contains(&u32::from(*p)))
+        .collect();
+    let mut take = |preferred: Option<u8>| -> Option<u8> {
+        let at = preferred
+            .and_then(|p| free.iter().position(|f| *f == p))
+            .or((!free.is_empty()).then_some(0))?;
+        Some(free.remove(at))
+    };
+    let mut out: Vec<PciIntx> = Vec::new();
+    let mut distinct_inta: Vec<u8> = Vec::new();
+    for (i, s) in sorted.iter().enumerate() {
+        let pin = match take(intx_pin(s.slot)) {
+            Some(p) => {
+                distinct_inta.push(p);
+                p
+            }
+            None if distinct_inta.is_empty() => return Vec::new(),
+            None => distinct_inta[i % distinct_inta.len()],
+        };
+        out.push(PciIntx {
+            slot: s.slot,
+            intx: 0,
+            pin,
+        });
+    }
+    for s in sorted.iter().filter(|s| s.fanout) {
+        let inta = out
+            .iter()
+            .find(|e| e.slot == s.slot)
+            .map(|e| e.pin)
+            .unwrap_or(LAST_INTX_PIN);
+        for intx in 1..4 {
+            let pin = take(None).unwrap_or(inta);
+            out.push(PciIntx {
+                slot: s.slot,
+                intx,
+                pin,
+            });
+        }
+    }
+    out.sort_by_key(|e| (e.slot, e.intx));
+    out
+}
+
+/// The IOAPIC pin `plan` gives pin `intx` (0 = INTA#) of bus-0 slot `slot`.
+pub fn planned_pin(plan: &[PciIntx], (slot, intx): (u8, u8)) -> Option<u8> {
+    plan.iter()
+        .find(|e| e.slot == slot && e.intx == intx)
+        .map(|e| e.pin)
 }
 
 /// KVM's default routes for the in-kernel irqchip (`default_routing` in

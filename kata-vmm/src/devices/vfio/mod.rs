@@ -26,9 +26,12 @@
 //!   `pread`/`pwrite` at the BAR's region of the device fd (edu's 1 MiB BAR0 needs no more).
 //!   I/O-port BARs are not exposed (they read as unimplemented).
 //! - **INTx** ([`irq`]): a function with an interrupt pin whose host grants INTx shows pin
-//!   INTA#, wired to IOAPIC pin [`irq::intx_pin`] of its slot, which the MP table names for the
-//!   guest (no ACPI): level-triggered through an irqfd with KVM's resample unmasking VFIO's
-//!   line; off while MSI is on.
+//!   INTA#, wired to the IOAPIC pin the MP table names (no ACPI) for where the guest looks it
+//!   up: its INTA# swizzled up to bus 0 through the ports and bridges above it
+//!   ([`irq::intx_swizzle`] of its guest PCI path, cold- and hot-plugged alike), on the line
+//!   [`irq::plan_intx`] gave that pin of that bus-0 slot (every port's INTA#, all four pins of
+//!   a switch's or a bridge's slot); level-triggered through an irqfd with KVM's resample
+//!   unmasking VFIO's line; off while MSI is on.
 //! - **Behind a root port** ([`VfioConfig::behind_root_port`]): the function is device 0 of
 //!   its own PCIe root port's secondary bus, its BARs placed in the port's
 //!   [`ROOT_PORT_WINDOW`] (see [`crate::devices::pci::root_port`]).
@@ -128,10 +131,13 @@ pub struct VfioSet {
     bars: BarAllocator,
     /// The functions opened, for their MSI wiring when the VM starts.
     devices: Vec<Arc<Mutex<VfioPci>>>,
-    /// The INTA# lines the MP table declares for spare root ports' slots, so a function
-    /// hot-plugged there can use its pin (the table is written at boot); a line a virtio-mmio
-    /// device takes is dropped by [`VfioSet::check_lines`].
-    reserved_intx: Mutex<Vec<crate::vstate::mptable::PciIntx>>,
+    /// The bus-0 slots whose functions (cold- or hot-plugged, below ports and bridges) may
+    /// raise INTx.
+    intx_slots: Vec<irq::IntxSlot>,
+    /// The MP table's PCI interrupt entries ([`irq::plan_intx`] of `intx_slots`), laid out
+    /// at boot for what is plugged later too; [`VfioSet::check_lines`] moves them off the
+    /// virtio-mmio lines.
+    intx_plan: Mutex<Vec<crate::vstate::mptable::PciIntx>>,
 }
 
 impl VfioSet {
@@ -205,69 +211,64 @@ impl VfioSet {
         Ok(())
     }
 
-    /// The INTx lines of the functions that have one, for the MP table.
-    fn device_intx_lines(&self) -> Vec<crate::vstate::mptable::PciIntx> {
-        self.devices
-            .iter()
-            .filter_map(|d| {
-                let d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                Some(crate::vstate::mptable::PciIntx {
-                    slot: d.slot?,
-                    pin: d.intx_pin?,
-                })
-            })
-            .collect()
-    }
-
-    /// The INTx lines for the MP table: the functions' and those reserved for spare root
-    /// ports' slots.
+    /// The MP table's PCI interrupt entries: every pin of every bus-0 slot a function, a
+    /// port or a bridge is in that a function there may raise (see [`irq::plan_intx`]).
     pub fn intx_lines(&self) -> Vec<crate::vstate::mptable::PciIntx> {
-        let mut lines = self.device_intx_lines();
-        let reserved = self
-            .reserved_intx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for l in reserved.iter() {
-            if !lines.iter().any(|d| d.slot == l.slot) {
-                lines.push(*l);
-            }
-        }
-        lines
-    }
-
-    /// The INTA# pin reserved for a function hot-plugged behind the root port in `slot`.
-    pub(crate) fn reserved_pin(&self, slot: u8) -> Option<u8> {
-        self.reserved_intx
+        self.intx_plan
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .find(|l| l.slot == slot)
-            .map(|l| l.pin)
+            .clone()
     }
 
-    /// Refuses a VM whose virtio-mmio lines (`virtio_irqs`) reach a VFIO function's INTx pin;
-    /// a reserved line (a spare port's) such a line reaches is dropped instead (a function
-    /// plugged there then has MSI and MSI-X only).
+    /// The IOAPIC pin of the INTx of a function at guest PCI path `path` (cold- or
+    /// hot-plugged): its INTA# swizzled to bus 0 ([`irq::intx_swizzle`]) and looked up in the
+    /// MP table's entries, as the guest does.
+    pub(crate) fn intx_pin_at(&self, path: &[u8]) -> Option<u8> {
+        let at = irq::intx_swizzle(path)?;
+        irq::planned_pin(&self.intx_lines(), at)
+    }
+
+    /// Records bus-0 slot `slot` as one whose functions may raise INTx (`fanout`: a switch or
+    /// a bridge is below it).
+    fn add_intx_slot(&mut self, slot: u8, fanout: bool) {
+        self.intx_slots.push(irq::IntxSlot { slot, fanout });
+    }
+
+    /// Lays the MP table's PCI lines out off `taken` (IOAPIC pins others use) and gives each
+    /// function its pin by its place.
+    fn plan_lines(&self, taken: &[u32]) {
+        let plan = irq::plan_intx(&self.intx_slots, taken);
+        for d in &self.devices {
+            let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let pin = d
+                .path
+                .as_deref()
+                .and_then(irq::intx_swizzle)
+                .and_then(|at| irq::planned_pin(&plan, at));
+            d.intx_pin = pin.filter(|_| d.host_intx);
+        }
+        *self
+            .intx_plan
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = plan;
+    }
+
+    /// Moves the PCI INTx lines off the virtio-mmio lines (`virtio_irqs`), before the MP table
+    /// is written and the functions wired: a function's INTx then goes where the table says.
+    /// Lines run short only past 19 pins' worth of slots and devices: they are shared then
+    /// (see [`irq::plan_intx`]); with none left at all a function has MSI and MSI-X only, and
+    /// a warning says so.
     pub fn check_lines(&self, virtio_irqs: impl IntoIterator<Item = u32>) -> Result<()> {
         let irqs: Vec<u32> = virtio_irqs.into_iter().collect();
-        self.reserved_intx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|l| !irqs.contains(&u32::from(l.pin)));
-        let pins: Vec<u32> = self
-            .device_intx_lines()
-            .iter()
-            .map(|l| u32::from(l.pin))
-            .collect();
-        match irqs.into_iter().find(|i| pins.contains(i)) {
-            Some(irq) => Err(Error::Device {
-                device: format!("virtio-mmio line {irq}"),
-                reason: format!(
-                    "the VFIO functions' INTx takes IOAPIC pins {pins:?}: give the VM fewer                      devices"
-                ),
-            }),
-            None => Ok(()),
+        self.plan_lines(&irqs);
+        if self.intx_lines().is_empty() && !self.intx_slots.is_empty() {
+            tracing::warn!(
+                virtio_lines = ?irqs,
+                "VFIO: the virtio-mmio devices take every IOAPIC pin: passed-through functions \
+                 have no INTx (MSI and MSI-X only)"
+            );
         }
+        Ok(())
     }
 }
 
@@ -335,6 +336,9 @@ pub struct VfioPci {
     host_intx: bool,
     /// Its slot on the bus.
     slot: Option<u8>,
+    /// Its guest PCI path (device numbers from bus 0 down), whence its INTx's place in the MP
+    /// table ([`irq::intx_swizzle`]).
+    path: Option<Vec<u8>>,
     /// The emulated MSI capability, once wired ([`VfioPci::attach_irqs`]); hidden before.
     msi: Option<MsiCap>,
     /// What carries out the guest's MSI programming.
@@ -422,6 +426,7 @@ impl VfioPci {
             intx_pin: None,
             host_intx: false,
             slot: None,
+            path: None,
             msi: None,
             wiring: None,
             msi_applied: MsiState::default(),
@@ -938,11 +943,12 @@ pub fn build_hierarchy(
                 .cold_plug(d.clone());
             bus.add_root_port(port).ok_or_else(full)?;
             set.devices.push(d.clone());
+            set.add_intx_slot(slot, false);
             let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            // INTx: the MP table lists bus 0 only, so the guest swizzles the pin through the
-            // port to the port's slot (device 0's INTA# is the port's INTA#).
+            // INTx: the guest swizzles the pin through the port to the port's slot (device
+            // 0's INTA# is the port's INTA#); its line is laid out below (`plan_lines`).
             d.slot = Some(slot);
-            d.intx_pin = irq::intx_pin(slot).filter(|_| d.host_intx);
+            d.path = Some(vec![slot, 0]);
             tracing::info!(
                 bdf = %c.bdf, slot, secondary,
                 "VFIO: cold-plugged at {secondary:02x}:00.0 behind root port 00:{slot:02x}.0"
@@ -952,9 +958,10 @@ pub fn build_hierarchy(
         let d = Arc::new(Mutex::new(set.open(c, mem)?));
         set.devices.push(d.clone());
         let slot = bus.add(d.clone()).ok_or_else(full)?;
+        set.add_intx_slot(slot, false);
         let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         d.slot = Some(slot);
-        d.intx_pin = irq::intx_pin(slot).filter(|_| d.host_intx);
+        d.path = Some(vec![slot]);
         tracing::info!(bdf = %c.bdf, slot, "VFIO: cold-plugged at 00:{slot:02x}.0");
     }
     for n in 0..spare_ports {
@@ -976,12 +983,7 @@ pub fn build_hierarchy(
         bus.add_root_port(Arc::new(Mutex::new(port)))
             .ok_or_else(full)?;
         // INTx for what is plugged there later: the MP table is written at boot.
-        if let Some(pin) = irq::intx_pin(slot) {
-            set.reserved_intx
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(crate::vstate::mptable::PciIntx { slot, pin });
-        }
+        set.add_intx_slot(slot, false);
         tracing::info!(
             slot,
             secondary,
@@ -999,6 +1001,9 @@ pub fn build_hierarchy(
     if !bridged.is_empty() || spare_bridge_slots > 0 {
         add_bridge(&mut bus, &mut set, &bridged, spare_bridge_slots, mem)?;
     }
+    // Every bus-0 slot is known: the MP table's lines (moved off the virtio-mmio lines by
+    // `check_lines` before the table is written).
+    set.plan_lines(&[]);
     Ok(Some((bus, set)))
 }
 
@@ -1084,10 +1089,10 @@ fn add_bridge(
         let at = i as u8 + 1;
         {
             let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            // INTx: slot `at`'s INTA# reaches the bridge's slot as INTA# + at, which the MP
-            // table (INTA# per root-bus slot) does not list: MSI or MSI-X only.
+            // INTx: slot `at`'s INTA# reaches the bridge's slot as INTA# + at
+            // (`irq::intx_swizzle`), one of the four pins the MP table lists there.
             d.slot = Some(slot);
-            d.intx_pin = None;
+            d.path = Some(vec![slot, at]);
         }
         let d: SharedPciDevice = d;
         children.push((at, d));
@@ -1105,7 +1110,8 @@ fn add_bridge(
         children,
     );
     if spare == 0 {
-        bus.add(Arc::new(Mutex::new(bridge))).ok_or_else(full)?;
+        let at = bus.add(Arc::new(Mutex::new(bridge))).ok_or_else(full)?;
+        set.add_intx_slot(at, true);
         return Ok(());
     }
     // Physical slot numbers past the root ports' and the switch's (1-31, 32-).
@@ -1113,6 +1119,7 @@ fn add_bridge(
     let slot = bus
         .add_shpc_bridge(Arc::new(Mutex::new(bridge)))
         .ok_or_else(full)?;
+    set.add_intx_slot(slot, true);
     tracing::info!(
         slot,
         spare,
@@ -1176,11 +1183,10 @@ fn add_switch(
             .cold_plug(d.clone());
         set.devices.push(d.clone());
         let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // INTx: the MP table lists bus 0's INTA# only. Device 0's INTA# behind downstream
-        // port i reaches the root port as INTA# + i (the swizzle), so only port 0's function
-        // (and every fourth, which would share it: not given) lands on the INTA# listed.
+        // INTx: device 0's INTA# behind downstream port i reaches the root port's slot as
+        // INTA# + i (`irq::intx_swizzle`), one of the four pins the MP table lists there.
         d.slot = Some(slot);
-        d.intx_pin = irq::intx_pin(slot).filter(|_| *i == 0 && d.host_intx);
+        d.path = Some(vec![slot, 0, *i, 0]);
         tracing::info!(
             bdf = %c.bdf, slot, downstream = i, bus = internal + 1 + i,
             "VFIO: cold-plugged at {:02x}:00.0 behind switch port {internal:02x}:{i:02x}.0 \
@@ -1193,6 +1199,7 @@ fn add_switch(
     root.cold_plug(Arc::new(Mutex::new(upstream)));
     bus.add_switch(Arc::new(Mutex::new(root)), &ports)
         .ok_or_else(full)?;
+    set.add_intx_slot(slot, true);
     tracing::info!(
         slot,
         downstream = n,

@@ -519,7 +519,7 @@ fn intx_shows_pin_inta_only_when_wired() {
 }
 
 #[test]
-fn intx_pins_count_down_from_the_top_and_virtio_lines_may_not_meet_them() {
+fn intx_pins_count_down_from_the_top() {
     assert_eq!(irq::intx_pin(1), Some(23));
     assert_eq!(irq::intx_pin(2), Some(22));
     assert_eq!(irq::intx_pin(18), Some(6));
@@ -529,20 +529,150 @@ fn intx_pins_count_down_from_the_top_and_virtio_lines_may_not_meet_them() {
         None,
         "would meet the serial port and virtio lines"
     );
+}
+
+/// Linux's `pci_common_swizzle`, written as the kernel has it (pins 1-based, one bridge
+/// crossing at a time from the function up), for the swizzle to be checked against.
+fn linux_swizzle(path: &[u8]) -> (u8, u8) {
+    let mut pin = 1u8; // INTA#
+    for &slot in path[1..].iter().rev() {
+        pin = ((pin - 1) + slot) % 4 + 1;
+    }
+    (path[0], pin - 1)
+}
+
+#[test]
+fn the_swizzle_is_linux_s_for_root_ports_switch_ports_and_bridge_slots() {
+    // A function on bus 0 and behind root ports: its own INTA#.
+    assert_eq!(irq::intx_swizzle(&[3]), Some((3, 0)));
+    for slot in 1..=8 {
+        assert_eq!(irq::intx_swizzle(&[slot, 0]), Some((slot, 0)));
+    }
+    // Behind the switch (root port in slot 3): downstream port n gives INTA# + n.
+    let want = [(0, 0), (1, 1), (2, 2), (3, 3), (4, 0), (5, 1)];
+    for (n, pin) in want {
+        assert_eq!(irq::intx_swizzle(&[3, 0, n, 0]), Some((3, pin)), "port {n}");
+    }
+    // In the bridge's slots 1..8 (bridge in slot 4): INTB#, INTC#, INTD#, INTA#, ...
+    let want = [1, 2, 3, 0, 1, 2, 3, 0];
+    for (s, pin) in (1..=8).zip(want) {
+        assert_eq!(irq::intx_swizzle(&[4, s]), Some((4, pin)), "slot {s}");
+    }
+    // And as Linux computes it, for every place of those hierarchies (and deeper ones).
+    for path in [
+        vec![1, 0],
+        vec![2, 0, 3, 0],
+        vec![2, 0, 31, 0],
+        vec![5, 7],
+        vec![5, 30],
+        vec![1, 2, 3, 4],
+    ] {
+        assert_eq!(
+            irq::intx_swizzle(&path),
+            Some(linux_swizzle(&path)),
+            "{path:?}"
+        );
+    }
+    assert_eq!(irq::intx_swizzle(&[]), None);
+}
+
+#[test]
+fn the_plan_gives_each_port_its_inta_and_fanouts_four_distinct_lines_off_virtio_lines() {
+    use crate::vstate::mptable::PciIntx;
+    let slot = |slot, fanout| irq::IntxSlot { slot, fanout };
+    // Two root ports, a switch in slot 3, a bridge in slot 4; virtio-mmio on 5-9.
+    let slots = [slot(1, false), slot(2, false), slot(3, true), slot(4, true)];
+    let plan = irq::plan_intx(&slots, &[5, 6, 7, 8, 9]);
+    let e = |slot, intx, pin| PciIntx { slot, intx, pin };
+    assert_eq!(
+        plan,
+        [
+            e(1, 0, 23),
+            e(2, 0, 22),
+            e(3, 0, 21),
+            e(3, 1, 19),
+            e(3, 2, 18),
+            e(3, 3, 17),
+            e(4, 0, 20),
+            e(4, 1, 16),
+            e(4, 2, 15),
+            e(4, 3, 14),
+        ],
+        "INTA# as today (24 - slot), then the fan-outs' pins below"
+    );
+    assert_eq!(irq::planned_pin(&plan, (3, 2)), Some(18));
+    assert_eq!(irq::planned_pin(&plan, (1, 1)), None, "a root port's INTB#");
+    // A virtio line on 22: slot 2's INTA# moves to the highest free pin, nothing on 22.
+    let plan = irq::plan_intx(&slots, &[5, 22]);
+    assert!(plan.iter().all(|e| e.pin != 22 && e.pin != 5 && e.pin >= 5));
+    assert_eq!(irq::planned_pin(&plan, (2, 0)), Some(21));
+    let mut pins: Vec<u8> = plan.iter().map(|e| e.pin).collect();
+    pins.sort_unstable();
+    pins.dedup();
+    assert_eq!(pins.len(), 10, "still distinct: {plan:?}");
+    // Six fan-outs need 24 lines: 19 pins are all used, the rest share their slot's INTA#.
+    let many: Vec<_> = (1..=6).map(|s| slot(s, true)).collect();
+    let plan = irq::plan_intx(&many, &[]);
+    assert_eq!(plan.len(), 24, "every pin of every slot has its entry");
+    let mut pins: Vec<u8> = plan.iter().map(|e| e.pin).collect();
+    pins.sort_unstable();
+    pins.dedup();
+    assert_eq!(pins, (5..=23).collect::<Vec<u8>>());
+    for e in &plan {
+        let inta = irq::planned_pin(&plan, (e.slot, 0)).unwrap();
+        let shared = plan.iter().filter(|o| o.pin == e.pin).count() > 1;
+        assert!(
+            !shared || e.pin == inta,
+            "a shared line is its slot's INTA#: {e:?}"
+        );
+    }
+    // More slots than pins: the INTA# lines are shared too, round robin; every pin has one.
+    let crowd: Vec<_> = (1..=25).map(|s| slot(s, false)).collect();
+    let plan = irq::plan_intx(&crowd, &[]);
+    assert_eq!(plan.len(), 25);
+    assert!(plan.iter().all(|e| (5..=23).contains(&e.pin)));
+    // Every pin taken by virtio lines: no INTx at all (MSI and MSI-X only).
+    assert!(irq::plan_intx(&slots, &(5..=23).collect::<Vec<_>>()).is_empty());
+}
+
+#[test]
+fn a_function_s_intx_goes_where_the_plan_puts_its_place_and_follows_a_virtio_line() {
+    use crate::vstate::mptable::PciIntx;
     let (_f, mut d, _w) = with_msi();
-    d.slot = Some(1);
-    d.intx_pin = irq::intx_pin(1);
-    let set = VfioSet {
-        devices: vec![Arc::new(Mutex::new(d))],
+    d.host_intx = true;
+    d.path = Some(vec![1, 0]);
+    let (_g, mut bridged, _v) = with_msi();
+    bridged.host_intx = true;
+    bridged.path = Some(vec![2, 1]);
+    let (_h, mut no_intx, _x) = with_msi();
+    no_intx.path = Some(vec![2, 2]);
+    let devices: Vec<_> = [d, bridged, no_intx]
+        .into_iter()
+        .map(|d| Arc::new(Mutex::new(d)))
+        .collect();
+    let mut set = VfioSet {
+        devices: devices.clone(),
         ..Default::default()
     };
-    assert_eq!(
-        set.intx_lines(),
-        [crate::vstate::mptable::PciIntx { slot: 1, pin: 23 }]
-    );
-    assert!(set.check_lines(5..=22).is_ok());
-    let e = set.check_lines(5..=23).unwrap_err().to_string();
-    assert!(e.contains("line 23") && e.contains("fewer"), "{e}");
+    set.add_intx_slot(1, false);
+    set.add_intx_slot(2, true);
+    set.plan_lines(&[]);
+    let pin = |i: usize| devices[i].lock().unwrap().intx_pin;
+    assert_eq!(pin(0), Some(23), "the root port's INTA#");
+    // The bridge's slot 1: INTB# of bus-0 slot 2, the first line below the INTA#s.
+    assert_eq!(pin(1), Some(21));
+    assert_eq!(set.intx_pin_at(&[2, 1]), Some(21));
+    assert_eq!(pin(2), None, "the host grants no INTx");
+    assert!(set.intx_lines().contains(&PciIntx {
+        slot: 2,
+        intx: 1,
+        pin: 21
+    }));
+    // A virtio-mmio line on 23 and 21: no refusal, the lines move and the functions too.
+    set.check_lines([23, 21]).unwrap();
+    assert_eq!(pin(0), Some(22));
+    assert_eq!(pin(1), Some(19));
+    assert!(set.intx_lines().iter().all(|e| e.pin != 23 && e.pin != 21));
 }
 
 /// A virtio-like function: a vendor-specific capability at 0x40 (next 0x50), power

@@ -159,6 +159,31 @@ pub trait VirtioDevice: Send {
     }
     /// One of [`VirtioDevice::watched`]'s descriptors is readable.
     fn handle_event(&mut self, _token: u32) {}
+    /// For a snapshot ([`crate::snapshot`]): where the running device is in each of its
+    /// queues, `(next_avail, next_used)` in queue order (empty when it is not activated);
+    /// `None` (the default): this device cannot be saved, and a snapshot refuses the VM.
+    fn queue_positions(&self) -> Option<Vec<(u16, u16)>> {
+        None
+    }
+    /// For a snapshot: why this device cannot be saved in its present state (`None`: it can).
+    fn snapshot_refusal(&self) -> Option<String> {
+        None
+    }
+    /// The VM was restored from a snapshot and is about to run again: the device tells the
+    /// guest what changed under it (vsock: the host's connections are gone). Nothing by
+    /// default.
+    fn resumed(&mut self) {}
+}
+
+/// The `(next_avail, next_used)` of each of `queues`, for [`VirtioDevice::queue_positions`].
+pub(crate) fn snapshot_positions<'a>(
+    queues: impl IntoIterator<Item = &'a Queue>,
+) -> Vec<(u16, u16)> {
+    use virtio_queue::QueueT;
+    queues
+        .into_iter()
+        .map(|q| (q.next_avail(), q.next_used()))
+        .collect()
 }
 
 /// Copies `config` (a device's configuration space) at `offset` into `data`; out of range

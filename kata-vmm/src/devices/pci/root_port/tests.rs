@@ -262,6 +262,45 @@ fn a_hot_plug_raises_presence_and_the_ports_msi_once_per_new_event() {
 }
 
 #[test]
+fn the_slot_settles_when_its_events_are_taken_and_its_power_indicator_stops_blinking() {
+    let mut p = port();
+    guest_enables_interrupts(&mut p);
+    assert!(p.settled(), "empty, nothing pending");
+    let (child, _) = probe(0xe000_0000);
+    assert!(p.plug(child).is_ok());
+    assert!(!p.settled(), "presence and button pending");
+    let control = p.read((PCIE_OFFSET + 0x18) / 4) as u16 & !SLOT_CONTROL_PIC;
+    w16(&mut p, PCIE_OFFSET + 0x1a, SLOT_STATUS_EVENTS);
+    assert!(p.settled(), "taken, the indicator never programmed");
+    w16(&mut p, PCIE_OFFSET + 0x18, control | PIC_BLINK);
+    assert!(!p.settled(), "blinking: pciehp ignores a press");
+    w16(
+        &mut p,
+        PCIE_OFFSET + 0x18,
+        control & !SLOT_CONTROL_PCC | PIC_BLINK,
+    );
+    w16(&mut p, PCIE_OFFSET + 0x1a, SLOT_STATUS_EVENTS);
+    assert!(!p.settled(), "powered, still blinking");
+    w16(
+        &mut p,
+        PCIE_OFFSET + 0x18,
+        control & !SLOT_CONTROL_PCC | PIC_ON,
+    );
+    assert!(p.settled());
+    w16(&mut p, PCIE_OFFSET + 0x18, control | PIC_OFF);
+    w16(&mut p, PCIE_OFFSET + 0x1a, SLOT_STATUS_EVENTS);
+    assert!(p.settled(), "off and not blinking");
+    // Events pending with the hot-plug interrupt off do not wait for a guest.
+    p.press_attention();
+    w16(
+        &mut p,
+        PCIE_OFFSET + 0x18,
+        control & !SLOT_CONTROL_HPIE | PIC_ON,
+    );
+    assert!(p.settled());
+}
+
+#[test]
 fn events_stay_silent_while_the_hot_plug_interrupt_or_msi_is_off() {
     let mut p = port();
     let sent = counting(&mut p);

@@ -180,6 +180,10 @@ fn a_hot_plug_and_a_release_run_as_shpchp_drives_them() {
     assert!(bridge.lock().unwrap().plug_slot(1, card).is_ok());
     assert_eq!(msis.load(Ordering::SeqCst), 1);
     assert_ne!(cfg(&bus, 0, 1, SHPC_OFFSET, None) >> 24, 0, "pending byte");
+    assert!(
+        !bridge.lock().unwrap().slot_settled(1),
+        "events the guest has not taken"
+    );
     let (loc, seen) = isr(&bus);
     assert_eq!(loc, 1 << 1, "slot 0 pending");
     assert_eq!(
@@ -211,6 +215,16 @@ fn a_hot_plug_and_a_release_run_as_shpchp_drives_them() {
     );
     assert_eq!(cfg(&bus, 1, 1, 0, None), 0x11e8_1234, "the card at 01:01.0");
     assert!(!bridge.lock().unwrap().slot_disabled(1));
+    assert!(
+        !bridge.lock().unwrap().slot_settled(1),
+        "blinking: a press now would be ignored"
+    );
+    // The driver bound: shpchp turns the power indicator on, and the slot has settled.
+    assert_eq!(command(&bus, 0, 0x04), 0);
+    isr(&bus);
+    assert_eq!(readl(&bus, 0x24) >> 2 & 3, 1, "power indicator on");
+    assert!(bridge.lock().unwrap().slot_settled(1));
+    assert!(!bridge.lock().unwrap().slot_settled(9), "no such slot");
     // Release: the button; shpchp's 5 s, then disable, power off, attention on.
     let before = msis.load(Ordering::SeqCst);
     bridge.lock().unwrap().press_slot(1);

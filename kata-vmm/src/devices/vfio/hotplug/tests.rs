@@ -18,6 +18,10 @@ use crate::devices::pci::{PciDevice, CONFIG_ADDRESS, CONFIG_DATA};
 use crate::devices::vfio::msi::MsiMessage;
 use crate::devices::vfio::tests::group_with_a_member_on_a_host_driver;
 
+/// The press reserve of the tests whose fake guest answers the button within milliseconds
+/// (pciehp and shpchp wait 5 s: [`PRESS_RESERVE`]).
+const RESERVE: Duration = Duration::from_secs(1);
+
 fn mem() -> GuestMemory {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
 }
@@ -206,7 +210,7 @@ fn a_plug_and_a_release_run_the_slot_sequence_pciehp_expects() {
             false
         })
     };
-    release(&port, "card", Duration::from_secs(5)).unwrap();
+    release_reserving(&port, "card", Duration::from_secs(5), RESERVE).unwrap();
     assert!(
         guest.join().unwrap(),
         "the guest never saw the attention button"
@@ -233,10 +237,11 @@ fn a_guest_that_never_releases_the_slot_times_out_and_keeps_the_function() {
     assert!(lock(&port).plug(card()).is_ok());
     // Powered and in use: nobody answers the button.
     lock(&port).write(PCIE_OFFSET + 0x18, &0u16.to_le_bytes());
-    let e = release(
+    let e = release_reserving(
         &port,
         "VFIO device 0000:00:03.0",
         Duration::from_millis(200),
+        Duration::from_millis(100),
     )
     .unwrap_err()
     .to_string();
@@ -245,6 +250,179 @@ fn a_guest_that_never_releases_the_slot_times_out_and_keeps_the_function() {
         "{e}"
     );
     assert!(lock(&port).is_occupied());
+}
+
+/// The slot control pciehp writes with the power indicator `pic` and events `clear` taken
+/// (write 1 to clear) in the same cycle.
+fn pciehp_with(on: bool, pic: u16, clear: u16) -> u32 {
+    pciehp_control(on) | u32::from(pic) | u32::from(clear) << 16
+}
+
+#[test]
+fn the_button_waits_for_the_slot_to_settle_and_is_never_pressed_while_it_blinks() {
+    use crate::devices::pci::root_port::{PIC_BLINK, PIC_ON};
+    let bus = Arc::new(Mutex::new(spare_bus(1)));
+    let port = lock(&bus).root_ports()[0].1.clone();
+    enable_msi(&bus, 1);
+    guest_write(&bus, 1, PCIE_OFFSET + 0x18, pciehp_control(false));
+    assert!(lock(&port).plug(card()).is_ok());
+    assert!(!lock(&port).settled(), "presence and button not taken yet");
+    // The guest, as pciehp: takes the events and blinks (the button's 5 s, then the power-on
+    // and the driver's probe), powers the slot, and only then turns the indicator on; then
+    // answers the release's button by powering the slot off.
+    let guest = {
+        let bus = bus.clone();
+        std::thread::spawn(move || {
+            let pressed = || guest_read(&bus, 1, PCIE_OFFSET + 0x18) >> 16 & 1 != 0;
+            std::thread::sleep(Duration::from_millis(150));
+            let plugged = SLOT_STATUS_PDC | SLOT_STATUS_ABP;
+            guest_write(
+                &bus,
+                1,
+                PCIE_OFFSET + 0x18,
+                pciehp_with(false, PIC_BLINK, plugged),
+            );
+            std::thread::sleep(Duration::from_millis(150));
+            guest_write(&bus, 1, PCIE_OFFSET + 0x18, pciehp_with(true, PIC_BLINK, 0));
+            guest_write(
+                &bus,
+                1,
+                PCIE_OFFSET + 0x18,
+                pciehp_with(true, PIC_BLINK, SLOT_STATUS_DLLSC),
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            let early = pressed();
+            guest_write(&bus, 1, PCIE_OFFSET + 0x18, pciehp_with(true, PIC_ON, 0));
+            for _ in 0..300 {
+                if pressed() {
+                    let off = pciehp_with(false, PIC_BLINK, SLOT_STATUS_ABP);
+                    guest_write(&bus, 1, PCIE_OFFSET + 0x18, off);
+                    return (early, true);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (early, false)
+        })
+    };
+    // Asked for at once: before, the slot's power (off until the guest's thread powers it)
+    // made this a removal at once, and a press while blinking was lost.
+    let t = std::time::Instant::now();
+    release_reserving(&port, "card", Duration::from_secs(10), RESERVE).unwrap();
+    let (early, seen) = guest.join().unwrap();
+    assert!(!early, "pressed while the guest was powering the slot on");
+    assert!(seen, "never pressed once settled");
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(!lock(&port).is_occupied());
+}
+
+#[test]
+fn a_slot_that_never_settles_is_not_pressed_and_keeps_the_function() {
+    use crate::devices::pci::root_port::PIC_BLINK;
+    let bus = spare_bus(1);
+    let port = bus.root_ports()[0].1.clone();
+    let bus = Mutex::new(bus);
+    enable_msi(&bus, 1);
+    guest_write(&bus, 1, PCIE_OFFSET + 0x18, pciehp_control(false));
+    assert!(lock(&port).plug(card()).is_ok());
+    // Powered, the events taken, and the indicator blinking for ever.
+    let all = SLOT_STATUS_PDC | SLOT_STATUS_ABP | SLOT_STATUS_DLLSC;
+    guest_write(
+        &bus,
+        1,
+        PCIE_OFFSET + 0x18,
+        pciehp_with(true, PIC_BLINK, all),
+    );
+    let e = release_reserving(
+        &port,
+        "VFIO device 0000:00:03.0",
+        Duration::from_millis(300),
+        Duration::from_millis(100),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("0000:00:03.0")
+            && e.contains("did not settle")
+            && e.contains("blinking")
+            && e.contains("not pressed"),
+        "{e}"
+    );
+    let status = guest_read(&bus, 1, PCIE_OFFSET + 0x18) >> 16;
+    assert_eq!(status as u16 & SLOT_STATUS_ABP, 0, "no button press");
+    assert!(lock(&port).is_occupied());
+}
+
+/// Working register `index` of the SHPC of `bridge` written with `data` at byte `within`,
+/// as shpchp reaches it through the capability (DWORD select, then the selected DWORD).
+fn shpc_write(bridge: &Mutex<Bridge>, index: u8, within: usize, data: &[u8]) {
+    use crate::devices::pci::bridge::SHPC_OFFSET;
+    let mut b = lock(bridge);
+    b.write(SHPC_OFFSET + 2, &[index]);
+    b.write(SHPC_OFFSET + 4 + within, data);
+}
+
+/// The SHPC's slot 1 register (working register 9) of `bridge`.
+fn shpc_slot1(bridge: &Mutex<Bridge>) -> u32 {
+    use crate::devices::pci::bridge::SHPC_OFFSET;
+    let mut b = lock(bridge);
+    b.write(SHPC_OFFSET + 2, &[9]);
+    b.read((SHPC_OFFSET + 4) / 4)
+}
+
+#[test]
+fn an_shpc_slot_is_pressed_only_once_its_power_indicator_stops_blinking() {
+    let Some((bus, _)) = super::super::build_hierarchy(&[], 0, 0, 2, &mem()).unwrap() else {
+        panic!("spare bridge slots make a bus")
+    };
+    let bridge = bus.shpc_bridges()[0].1.clone();
+    assert!(lock(&bridge).plug_slot(1, card()).is_ok());
+    // shpchp took the presence and button events, enabled the slot and blinks (its 5 s and
+    // the enable): a press now would be ignored or cancel the add.
+    shpc_write(&bridge, 9, 2, &[0x1f]);
+    shpc_write(&bridge, 5, 0, &[0x02 | 0x08, 1]);
+    assert_eq!(shpc_slot1(&bridge) & 0xf, 2 | 2 << 2, "enabled, blinking");
+    let e = release_bridge_slot_reserving(
+        &bridge,
+        1,
+        "VFIO device 0000:00:03.0",
+        Duration::from_millis(300),
+        Duration::from_millis(100),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("0000:00:03.0") && e.contains("shpchp") && e.contains("not pressed"),
+        "{e}"
+    );
+    assert_eq!(shpc_slot1(&bridge) >> 16 & 0x1f, 0, "no button latched");
+    assert!(lock(&bridge).is_occupied(1));
+    // The guest turns the indicator on later and answers the button by disabling the slot.
+    let guest = {
+        let bridge = bridge.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let early = shpc_slot1(&bridge) >> 16 & 4 != 0;
+            shpc_write(&bridge, 5, 0, &[0x04, 1]);
+            for _ in 0..300 {
+                if shpc_slot1(&bridge) >> 16 & 4 != 0 {
+                    shpc_write(&bridge, 9, 2, &[0x1f]);
+                    shpc_write(&bridge, 5, 0, &[0x03 | 0x0c, 1]);
+                    return (early, true);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (early, false)
+        })
+    };
+    release_bridge_slot_reserving(&bridge, 1, "card", Duration::from_secs(10), RESERVE).unwrap();
+    let (early, seen) = guest.join().unwrap();
+    assert!(!early, "pressed while blinking");
+    assert!(seen, "never pressed once settled");
+    assert!(!lock(&bridge).is_occupied(1));
 }
 
 #[test]
@@ -356,8 +534,22 @@ fn spare_switch_ports_take_functions_with_the_root_ports_slot_sequence_and_are_r
     assert_eq!(signalled.load(Ordering::SeqCst), 1, "presence and button");
     let status = (cfg_at(&bus, 2, 0, PCIE_OFFSET + 0x18, None) >> 16) as u16;
     assert_eq!(status & SLOT_STATUS_PDS, SLOT_STATUS_PDS);
-    // Powered by the guest: the card answers at 03:00.0; the next free port is port 1.
-    cfg_at(&bus, 2, 0, PCIE_OFFSET + 0x18, Some(pciehp_control(true)));
+    // Powered by the guest (its events taken): the card answers at 03:00.0; the next free
+    // port is port 1.
+    cfg_at(
+        &bus,
+        2,
+        0,
+        PCIE_OFFSET + 0x18,
+        Some(pciehp_control(true) | 0x1ff << 16),
+    );
+    cfg_at(
+        &bus,
+        2,
+        0,
+        PCIE_OFFSET + 0x18,
+        Some(pciehp_control(true) | 0x1ff << 16),
+    );
     assert_eq!(cfg_at(&bus, 3, 0, 0, None), 0x11e8_1234);
     let (_, path, second) = free_hotplug_port(&lock(&bus)).unwrap();
     assert_eq!(path, vec![1, 0, 1, 0]);
@@ -379,7 +571,7 @@ fn spare_switch_ports_take_functions_with_the_root_ports_slot_sequence_and_are_r
             false
         })
     };
-    release(&first, "card", Duration::from_secs(5)).unwrap();
+    release_reserving(&first, "card", Duration::from_secs(5), RESERVE).unwrap();
     assert!(guest.join().unwrap(), "the guest never saw the button");
     assert_eq!(cfg_at(&bus, 3, 0, 0, None), u32::MAX, "gone from bus 3");
     assert_eq!(cfg_at(&bus, 4, 0, 0, None), 0x11e8_1234, "port 1's stays");
@@ -388,24 +580,144 @@ fn spare_switch_ports_take_functions_with_the_root_ports_slot_sequence_and_are_r
 }
 
 #[test]
-fn spare_root_ports_reserve_their_inta_lines_and_a_virtio_line_drops_one() {
+fn spare_ports_and_slots_have_their_lines_at_boot_and_a_virtio_line_moves_one() {
     use crate::vstate::mptable::PciIntx;
+    let e = |slot, intx, pin| PciIntx { slot, intx, pin };
     let Some((_, set)) = super::super::build_bus(&[], 2, &mem()).unwrap() else {
         panic!("spare ports make a bus")
     };
-    assert_eq!(
-        set.intx_lines(),
-        vec![PciIntx { slot: 1, pin: 23 }, PciIntx { slot: 2, pin: 22 }]
-    );
-    assert_eq!(set.reserved_pin(2), Some(22));
-    // A virtio-mmio line on pin 22: not an error (no function has it), the reservation goes.
+    assert_eq!(set.intx_lines(), vec![e(1, 0, 23), e(2, 0, 22)]);
+    assert_eq!(set.intx_pin_at(&[2, 0]), Some(22));
+    // A virtio-mmio line on pin 22: not an error, the port's line moves below.
     set.check_lines([5, 22]).unwrap();
-    assert_eq!(set.intx_lines(), vec![PciIntx { slot: 1, pin: 23 }]);
-    assert_eq!(set.reserved_pin(2), None);
-    assert_eq!(set.reserved_pin(1), Some(23));
-    // Switch ports and bridge slots reserve nothing (their INTA# is not bus 0's).
-    let Some((_, set)) = super::super::build_hierarchy(&[], 0, 2, 0, &mem()).unwrap() else {
+    assert_eq!(set.intx_lines(), vec![e(1, 0, 23), e(2, 0, 21)]);
+    assert_eq!(set.intx_pin_at(&[2, 0]), Some(21));
+    // A switch (slot 1) with 2 spare downstream ports and a bridge (slot 2) with 3 SHPC
+    // slots: every pin of both slots, so port 1 and the bridge's slots 1-3 have a line.
+    let Some((_, set)) = super::super::build_hierarchy(&[], 0, 2, 3, &mem()).unwrap() else {
         panic!("spare switch ports make a bus")
     };
-    assert!(set.intx_lines().is_empty());
+    let lines = set.intx_lines();
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert_eq!(set.intx_pin_at(&[1, 0, 0, 0]), Some(23));
+    assert_eq!(set.intx_pin_at(&[2, 0]), Some(22), "bridge INTA#");
+    assert_eq!(
+        set.intx_pin_at(&[1, 0, 1, 0]),
+        Some(21),
+        "port 1: INTB# of slot 1"
+    );
+    assert_eq!(
+        set.intx_pin_at(&[2, 1]),
+        Some(18),
+        "SHPC slot 1: INTB# of slot 2"
+    );
+    assert_eq!(
+        set.intx_pin_at(&[2, 3]),
+        Some(16),
+        "SHPC slot 3: INTD# of slot 2"
+    );
+}
+
+#[test]
+fn a_slot_that_settles_too_late_to_release_in_time_is_not_pressed() {
+    use crate::devices::pci::root_port::{PIC_BLINK, PIC_ON};
+    let bus = Arc::new(Mutex::new(spare_bus(1)));
+    let port = lock(&bus).root_ports()[0].1.clone();
+    enable_msi(&bus, 1);
+    guest_write(&bus, 1, PCIE_OFFSET + 0x18, pciehp_control(false));
+    assert!(lock(&port).plug(card()).is_ok());
+    let all = SLOT_STATUS_PDC | SLOT_STATUS_ABP | SLOT_STATUS_DLLSC;
+    guest_write(
+        &bus,
+        1,
+        PCIE_OFFSET + 0x18,
+        pciehp_with(true, PIC_BLINK, all),
+    );
+    // The guest turns the indicator on 700 ms into a 1 s unplug that keeps 600 ms for the
+    // guest after a press: pressed then, pciehp would act on it after the unplug gave up.
+    let guest = {
+        let bus = bus.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            guest_write(&bus, 1, PCIE_OFFSET + 0x18, pciehp_with(true, PIC_ON, 0));
+        })
+    };
+    let e = release_reserving(
+        &port,
+        "VFIO device 0000:00:03.0",
+        Duration::from_secs(1),
+        Duration::from_millis(600),
+    )
+    .unwrap_err()
+    .to_string();
+    guest.join().unwrap();
+    assert!(
+        e.contains("0000:00:03.0") && e.contains("did not settle") && e.contains("not pressed"),
+        "{e}"
+    );
+    let status = guest_read(&bus, 1, PCIE_OFFSET + 0x18) >> 16;
+    assert_eq!(status as u16 & SLOT_STATUS_ABP, 0, "no button press");
+    assert!(lock(&port).is_occupied());
+}
+
+#[test]
+fn an_unplug_timeout_shorter_than_the_guests_button_delay_presses_nothing() {
+    let bus = spare_bus(1);
+    let port = bus.root_ports()[0].1.clone();
+    let bus = Mutex::new(bus);
+    enable_msi(&bus, 1);
+    guest_write(&bus, 1, PCIE_OFFSET + 0x18, pciehp_control(false));
+    assert!(lock(&port).plug(card()).is_ok());
+    let all = SLOT_STATUS_PDC | SLOT_STATUS_ABP | SLOT_STATUS_DLLSC;
+    guest_write(&bus, 1, PCIE_OFFSET + 0x18, pciehp_with(true, 0, all));
+    // The link change the power brought, taken.
+    guest_write(&bus, 1, PCIE_OFFSET + 0x18, pciehp_with(true, 0, all));
+    assert!(
+        lock(&port).settled(),
+        "powered, events taken, indicator unset"
+    );
+    let e = release(&port, "VFIO device 0000:00:03.0", Duration::from_secs(2))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("0000:00:03.0") && e.contains("not pressed") && e.contains("at least 8s"),
+        "{e}"
+    );
+    let status = guest_read(&bus, 1, PCIE_OFFSET + 0x18) >> 16;
+    assert_eq!(status as u16 & SLOT_STATUS_ABP, 0, "no button press");
+    assert!(lock(&port).is_occupied());
+}
+
+#[test]
+fn the_button_needs_the_slot_settled_on_two_polls_in_a_row() {
+    // Settled once between the guest's handler taking the events and its worker blinking:
+    // not enough. Then settled twice: pressed, after five polls.
+    let seen = [
+        Slot::Busy,
+        Slot::Settled,
+        Slot::Busy,
+        Slot::Settled,
+        Slot::Settled,
+    ];
+    let mut polls = 0;
+    let press = settle("card", Duration::from_secs(5), RESERVE, "pciehp", || {
+        polls += 1;
+        seen[polls - 1]
+    })
+    .unwrap();
+    assert!(press);
+    assert_eq!(polls, 5);
+    // A slot read off once, right after a plug, before the guest's worker powers it: not
+    // taken for released; off twice is.
+    let seen = [Slot::Off, Slot::Busy, Slot::Off, Slot::Off];
+    let mut polls = 0;
+    let press = settle("card", Duration::from_secs(5), RESERVE, "pciehp", || {
+        polls += 1;
+        seen[polls - 1]
+    })
+    .unwrap();
+    assert!(!press);
+    assert_eq!(polls, 4);
+    // An empty slot needs nothing.
+    assert!(!settle("card", Duration::ZERO, RESERVE, "pciehp", || Slot::Empty).unwrap());
 }

@@ -192,6 +192,14 @@ impl VirtioDevice for Console {
         self.receive = None;
     }
 
+    fn queue_positions(&self) -> Option<Vec<(u16, u16)>> {
+        // Queue order: receive, transmit.
+        Some(match (&self.receive, &self.active) {
+            (Some(rx), Some(a)) => super::snapshot_positions([rx, &a.transmit]),
+            _ => Vec::new(),
+        })
+    }
+
     fn watched(&self) -> Vec<(RawFd, u32)> {
         EventHandler::watched(self)
     }

@@ -60,6 +60,8 @@ pub struct Fs {
     notify: EventFd,
     /// The shared directory, held open for the passthrough's root path (see [`root_path`]).
     _root: std::fs::File,
+    /// Requests served since the device was made (a snapshot refuses a share in use).
+    served: u64,
 }
 
 impl std::fmt::Debug for Fs {
@@ -134,6 +136,7 @@ impl Fs {
             active: None,
             notify,
             _root: root,
+            served: 0,
         })
     }
 
@@ -154,6 +157,7 @@ impl Fs {
             while let Some(chain) = queue.pop_descriptor_chain(&mem) {
                 let head = chain.head_index();
                 let len = serve(&self.server, &mem, chain, &self.name);
+                self.served += 1;
                 if let Err(e) = queue.add_used(&mem, head, len) {
                     tracing::warn!(device = %self.name, error = %e, "cannot return a request to the guest");
                 }
@@ -280,6 +284,28 @@ impl VirtioDevice for Fs {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn queue_positions(&self) -> Option<Vec<(u16, u16)>> {
+        Some(
+            self.active
+                .as_ref()
+                .map(|a| super::snapshot_positions(&a.queues))
+                .unwrap_or_default(),
+        )
+    }
+
+    fn snapshot_refusal(&self) -> Option<String> {
+        // A restored VM gets a fresh passthrough backend over its own directory: only sound
+        // while the guest holds no FUSE state (no FUSE_INIT, no inode or handle).
+        (self.served > 0).then(|| {
+            format!(
+                "the guest made {} FUSE requests on share {} before the snapshot (it mounted \
+                 it): a restored VM's fresh backend would not know its inodes; save the VM \
+                 before the share is mounted",
+                self.served, self.name
+            )
+        })
     }
 
     fn watched(&self) -> Vec<(RawFd, u32)> {

@@ -17,6 +17,11 @@ impl MmioBus {
         self.windows.push((slot, transport));
     }
 
+    /// The transports in the order they were put in (slot order), for a snapshot.
+    pub fn transports(&self) -> impl Iterator<Item = &Arc<Mutex<MmioTransport>>> {
+        self.windows.iter().map(|(_, t)| t)
+    }
+
     fn find(&self, addr: u64) -> Option<(u64, &Arc<Mutex<MmioTransport>>)> {
         self.windows.iter().find_map(|(slot, t)| {
             let offset = addr.checked_sub(slot.base.0)?;

@@ -132,6 +132,8 @@ pub struct MmioTransport {
     queue_sel: u32,
     config_generation: u32,
     activated: bool,
+    /// The interrupt status a snapshot was saved with, raised again when the VM resumes.
+    restored_interrupt: u32,
 }
 
 /// The event loop drives the device behind the window: the transport and the vCPUs share one
@@ -186,6 +188,7 @@ impl MmioTransport {
             queue_sel: 0,
             config_generation: 0,
             activated: false,
+            restored_interrupt: 0,
         })
     }
 
@@ -202,6 +205,154 @@ impl MmioTransport {
     /// Whether the device runs (the driver set DRIVER_OK and the device accepted its queues).
     pub fn is_activated(&self) -> bool {
         self.activated
+    }
+
+    /// The transport's registers, its queues' configuration and the device's positions in
+    /// them, for a snapshot; an error names the device that cannot be saved and why.
+    pub fn snapshot_state(&self) -> Result<crate::snapshot::TransportState> {
+        let refused = |reason: String| Error::Device {
+            device: self.device.name().to_string(),
+            reason: format!("cannot be saved in a snapshot: {reason}"),
+        };
+        if let Some(why) = self.device.snapshot_refusal() {
+            return Err(refused(why));
+        }
+        let positions = self.device.queue_positions().ok_or_else(|| {
+            refused("this device's state is not saved by the built-in VMM".into())
+        })?;
+        if self.activated && positions.len() != self.queues.len() {
+            return Err(refused(format!(
+                "{} queue positions for {} queues",
+                positions.len(),
+                self.queues.len()
+            )));
+        }
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let (next_avail, next_used) = positions.get(i).copied().unwrap_or((0, 0));
+                crate::snapshot::QueueSnapshot {
+                    size: q.size(),
+                    ready: q.ready(),
+                    desc_table: q.desc_table(),
+                    avail_ring: q.avail_ring(),
+                    used_ring: q.used_ring(),
+                    next_avail,
+                    next_used,
+                    size_refused: self.size_refused[i],
+                }
+            })
+            .collect();
+        Ok(crate::snapshot::TransportState {
+            device_type: self.device.device_type(),
+            device_status: self.device_status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            acked_features: self.acked_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            activated: self.activated,
+            interrupt_status: self.interrupt.status(),
+            queues,
+        })
+    }
+
+    /// Puts a freshly made transport into the saved `state` (from [`Self::snapshot_state`]
+    /// of the same kind of device): registers and queues, then the device is activated with
+    /// the queues where it was. Nothing the snapshot file says is trusted: a device of
+    /// another type, a queue count, size or address the device or memory refuses is an error.
+    pub fn restore_snapshot(&mut self, state: &crate::snapshot::TransportState) -> Result<()> {
+        let name = self.device.name();
+        let bad = move |reason: String| Error::Device {
+            device: name.to_string(),
+            reason: format!("restoring from the snapshot: {reason}"),
+        };
+        if state.device_type != self.device.device_type() {
+            return Err(bad(format!(
+                "the snapshot has a device of type {} in this slot, the VM a {}: the device \
+                 set differs",
+                state.device_type,
+                self.device.device_type()
+            )));
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(bad(format!(
+                "{} queues saved, the device has {}",
+                state.queues.len(),
+                self.queues.len()
+            )));
+        }
+        if state.acked_features & !self.device.avail_features() != 0 {
+            return Err(bad(format!(
+                "acked features {:#x} the device does not offer",
+                state.acked_features
+            )));
+        }
+        for (i, (q, saved)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
+            let restored = Queue::try_from(virtio_queue::QueueState {
+                max_size: q.max_size(),
+                next_avail: saved.next_avail,
+                next_used: saved.next_used,
+                event_idx_enabled: false,
+                size: saved.size,
+                ready: saved.ready,
+                desc_table: saved.desc_table,
+                avail_ring: saved.avail_ring,
+                used_ring: saved.used_ring,
+            })
+            .map_err(|e| bad(format!("queue {i}: {e}")))?;
+            *q = restored;
+            self.size_refused[i] = saved.size_refused;
+        }
+        self.device_status = state.device_status;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.acked_features = state.acked_features;
+        self.queue_sel = state.queue_sel;
+        self.config_generation = state.config_generation;
+        self.interrupt.acknowledge(u32::MAX);
+        if state.activated {
+            let ready =
+                super::transport::activation_queues(&self.queues, &self.size_refused, &self.mem)
+                    .map_err(bad)?;
+            self.device
+                .activate(
+                    self.mem.clone(),
+                    self.acked_features,
+                    ready,
+                    self.interrupt.clone(),
+                )
+                .map_err(|e| bad(e.to_string()))?;
+            self.activated = true;
+        }
+        self.restored_interrupt = state.interrupt_status;
+        Ok(())
+    }
+
+    /// The restored VM is about to run: the interrupt status it was saved with is raised
+    /// again (an interrupt the guest had not taken is not lost), the device is told
+    /// ([`VirtioDevice::resumed`]) and, when activated, notified once on each queue: a
+    /// `QUEUE_NOTIFY` the guest wrote after the saved VM's device thread had ended only set
+    /// that VM's ioeventfd, and the restored device would otherwise never look at the buffers
+    /// it announced.
+    pub fn resumed(&mut self) {
+        let pending = std::mem::take(&mut self.restored_interrupt);
+        if pending & super::VIRTIO_MMIO_INT_VRING != 0 {
+            self.interrupt.signal_used_queue();
+        }
+        if pending & super::VIRTIO_MMIO_INT_CONFIG != 0 {
+            self.interrupt.signal_config_change();
+        }
+        if self.activated {
+            self.device.resumed();
+            for index in 0..self.queues.len() {
+                if let Ok(index) = u16::try_from(index) {
+                    self.device.queue_notify(index);
+                }
+            }
+        }
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {

@@ -163,6 +163,22 @@ fn full_negotiation_activates_and_notifies() {
 }
 
 #[test]
+fn a_resumed_transport_notifies_each_queue_once_only_when_activated() {
+    let (mut t, rec, _) = transport();
+    negotiate(&mut t, VIRTIO_F_VERSION_1);
+    set_up_queue(&mut t, 0, 0x10_0000);
+    set_up_queue(&mut t, 1, 0x20_0000);
+    // Not activated yet: a resume has no queue to kick.
+    t.resumed();
+    assert!(rec.lock().unwrap().notified.is_empty());
+    w(&mut t, reg::STATUS, ALL_OK);
+    assert!(t.is_activated());
+    // Activated: a notify lost between the saved VM's device thread and its vCPUs is made up.
+    t.resumed();
+    assert_eq!(rec.lock().unwrap().notified, vec![0, 1]);
+}
+
+#[test]
 fn a_legacy_driver_does_not_get_features_ok() {
     let (mut t, _, _) = transport();
     negotiate(&mut t, 0b1);
@@ -277,4 +293,106 @@ fn the_bus_routes_by_window() {
     assert!(!bus.read(slot.base.0 + MMIO_WINDOW_SIZE, &mut d), "past it");
     assert!(bus.write(slot.base.0 + reg::STATUS, &1u32.to_le_bytes()));
     assert!(!bus.write(0, &[0; 4]));
+}
+
+/// A vsock transport on `mem` over a new socket in `dir`.
+fn vsock_transport(mem: &GuestMemory, dir: &std::path::Path, name: &str) -> MmioTransport {
+    let dev =
+        crate::devices::virtio::vsock::Vsock::new(&crate::devices::virtio::vsock::VsockConfig {
+            guest_cid: 3,
+            uds_path: dir.join(name),
+        })
+        .unwrap();
+    let irq = Interrupt::new(EventFdTrigger::new_nonblocking().unwrap());
+    MmioTransport::new(Box::new(dev), mem.clone(), irq).unwrap()
+}
+
+#[test]
+fn a_snapshot_restores_the_registers_and_queues_and_a_vsock_resets_the_guests_connections() {
+    use vm_memory::{Bytes, GuestAddress};
+    let mem = test_memory();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = vsock_transport(&mem, dir.path(), "template.sock");
+    negotiate(&mut t, VIRTIO_F_VERSION_1);
+    for q in 0..3 {
+        set_up_queue(&mut t, q, 0x10_0000 * (u64::from(q) + 1));
+    }
+    w(&mut t, reg::STATUS, ALL_OK);
+    assert!(t.is_activated());
+    // The guest gives the event queue (2, at 0x30_0000) one 8-byte buffer.
+    let evq = 0x30_0000u64;
+    mem.write_obj(0x50_0000u64, GuestAddress(evq)).unwrap();
+    mem.write_obj(8u32, GuestAddress(evq + 8)).unwrap();
+    mem.write_obj(F_WRITE, GuestAddress(evq + 12)).unwrap();
+    mem.write_obj(0xffff_ffffu32, GuestAddress(0x50_0000))
+        .unwrap();
+    mem.write_obj(0u16, GuestAddress(evq + 0x1000 + 4)).unwrap();
+    mem.write_obj(1u16, GuestAddress(evq + 0x1000 + 2)).unwrap();
+    let saved = t.snapshot_state().unwrap();
+    assert_eq!(saved.device_type, 19);
+    assert!(saved.activated);
+    assert_eq!(saved.queues.len(), 3);
+    assert_eq!(saved.queues[2].avail_ring, evq + 0x1000);
+    drop(t);
+
+    // A new VM's device over its own socket takes the state; nothing is sent until resumed.
+    let mut clone = vsock_transport(&mem, dir.path(), "clone.sock");
+    clone.restore_snapshot(&saved).unwrap();
+    assert!(clone.is_activated());
+    assert_eq!(clone.device_status(), ALL_OK);
+    assert_eq!(clone.snapshot_state().unwrap(), saved);
+    assert_eq!(
+        mem.read_obj::<u16>(GuestAddress(evq + 0x2000 + 2)).unwrap(),
+        0
+    );
+    clone.resumed();
+    // One used event buffer holding VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (0), 4 bytes long.
+    assert_eq!(
+        mem.read_obj::<u16>(GuestAddress(evq + 0x2000 + 2)).unwrap(),
+        1
+    );
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(evq + 0x2000 + 8)).unwrap(),
+        4
+    );
+    assert_eq!(mem.read_obj::<u32>(GuestAddress(0x50_0000)).unwrap(), 0);
+    assert_eq!(
+        r(&mut clone, reg::INTERRUPT_STATUS) & 1,
+        1,
+        "the guest is told"
+    );
+    let after = clone.snapshot_state().unwrap();
+    assert_eq!(
+        (after.queues[2].next_avail, after.queues[2].next_used),
+        (1, 1)
+    );
+}
+
+#[test]
+fn a_snapshot_is_refused_into_another_device_or_for_a_device_it_does_not_save() {
+    let mem = test_memory();
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vsock_transport(&mem, dir.path(), "v.sock");
+    let saved = v.snapshot_state().unwrap();
+    assert!(!saved.activated);
+    // The dummy device saves nothing: refused, naming it.
+    let (dummy, _, _) = transport();
+    let e = dummy.snapshot_state().unwrap_err().to_string();
+    assert!(e.contains("dummy") && e.contains("not saved"), "{e}");
+    // A vsock state into the dummy's slot: another device type.
+    let (mut dummy, _, _) = transport();
+    let e = dummy.restore_snapshot(&saved).unwrap_err().to_string();
+    assert!(e.contains("device set differs"), "{e}");
+    // Hostile file: a queue size the queue refuses, features never offered.
+    let mut bad = saved.clone();
+    bad.queues[0].size = 3;
+    bad.queues[0].ready = true;
+    assert!(v.restore_snapshot(&bad).is_err());
+    let mut bad = saved.clone();
+    bad.acked_features = 1 << 60;
+    let e = v.restore_snapshot(&bad).unwrap_err().to_string();
+    assert!(e.contains("does not offer"), "{e}");
+    let mut bad = saved;
+    bad.queues.pop();
+    assert!(v.restore_snapshot(&bad).is_err());
 }

@@ -178,6 +178,38 @@ fn process_rx(active: &mut Active, muxer: &mut Muxer, now: Instant) -> bool {
     used
 }
 
+/// The event queue's index.
+const EVQ: usize = 2;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`: the guest drops every connection.
+const EVENT_TRANSPORT_RESET: u32 = 0;
+
+/// Puts one `struct virtio_vsock_event` (its id: a transport reset) into the guest's next
+/// event buffer; false if the guest gave none (or a malformed one, returned empty).
+fn send_transport_reset(active: &mut Active) -> bool {
+    let mem = &active.mem;
+    let queue = &mut active.queues[EVQ];
+    let Some(chain) = queue.pop_descriptor_chain(mem) else {
+        return false;
+    };
+    let head = chain.head_index();
+    let event = EVENT_TRANSPORT_RESET.to_le_bytes();
+    let written = match read_chain(mem, chain, MAX_SEGMENTS) {
+        Ok(segments) => segments
+            .iter()
+            .find(|s| s.write_only && s.len >= event.len() as u32)
+            .and_then(|s| vm_memory::Bytes::write_slice(mem, &event, s.addr).ok())
+            .map_or(0, |()| event.len() as u32),
+        Err(e) => {
+            tracing::warn!(error = %e, "vsock: dropping a malformed event buffer");
+            0
+        }
+    };
+    if let Err(e) = queue.add_used(mem, head, written) {
+        tracing::warn!(error = %e, "vsock: cannot return an event buffer");
+    }
+    written != 0
+}
+
 impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_VSOCK
@@ -226,6 +258,27 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn queue_positions(&self) -> Option<Vec<(u16, u16)>> {
+        Some(
+            self.active
+                .as_ref()
+                .map(|a| super::super::snapshot_positions(&a.queues))
+                .unwrap_or_default(),
+        )
+    }
+
+    fn resumed(&mut self) {
+        // A restored VM's host side starts with no connection: the guest drops the ones it
+        // had (the snapshot's) on a transport reset (virtio 1.2, 5.10.6.7).
+        if let Some(active) = self.active.as_mut() {
+            if send_transport_reset(active) {
+                active.interrupt.signal_used_queue();
+            } else {
+                tracing::warn!("vsock: no event buffer for the guest: transport reset not sent");
+            }
+        }
     }
 
     fn watched(&self) -> Vec<(RawFd, u32)> {
