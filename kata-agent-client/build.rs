@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
-const PROTOS: &[&str] = &["agent", "oci", "types", "health"];
+const PROTOS: &[&str] = &["agent", "oci", "types", "health", "kata_rs"];
 
 fn main() {
     let manifest_dir =
@@ -41,11 +41,11 @@ fn main() {
         .run()
         .expect("generating the agent protocol from proto/*.proto failed");
 
-    for name in PROTOS
-        .iter()
-        .map(|p| p.to_string())
-        .chain(["agent_ttrpc".to_string(), "health_ttrpc".to_string()])
-    {
+    for name in PROTOS.iter().map(|p| p.to_string()).chain([
+        "agent_ttrpc".to_string(),
+        "health_ttrpc".to_string(),
+        "kata_rs_ttrpc".to_string(),
+    ]) {
         strip_inner_attributes(&out_dir.join(format!("{name}.rs")));
     }
 }

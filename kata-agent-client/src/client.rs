@@ -32,6 +32,8 @@ use crate::protocol::agent::{
 use crate::protocol::agent_ttrpc::AgentServiceClient;
 use crate::protocol::health::{CheckRequest, HealthCheckResponse, VersionCheckResponse};
 use crate::protocol::health_ttrpc::HealthClient;
+use crate::protocol::kata_rs::{OfflineCPUsRequest, OfflineCPUsResponse};
+use crate::protocol::kata_rs_ttrpc::GuestServiceClient;
 use crate::protocol::types::Interface;
 
 /// Extra time the host waits past a waiting call's deadline for the agent's own
@@ -80,6 +82,8 @@ pub enum OutputStream {
 pub struct AgentClient {
     agent: AgentServiceClient,
     health: HealthClient,
+    /// kata-rs's extension service (`kata_rs.GuestService`), on the same connection.
+    guest: GuestServiceClient,
     address: AgentAddress,
     request_timeout: Duration,
 }
@@ -147,6 +151,7 @@ impl AgentClient {
         let client = ttrpc::r#async::Client::new(socket);
         Ok(AgentClient {
             agent: AgentServiceClient::new(client.clone()),
+            guest: GuestServiceClient::new(client.clone()),
             health: HealthClient::new(client),
             address: addr.clone(),
             request_timeout: opts.request_timeout,
@@ -248,6 +253,17 @@ impl AgentClient {
         let req = CheckRequest::new();
         self.call("Version", Some(self.request_timeout), |ctx| {
             self.health.version(ctx, &req)
+        })
+        .await
+    }
+
+    // --- kata_rs.GuestService (kata-rs's extension, not in Kata's protocol) ---
+
+    /// `kata_rs.GuestService/OfflineCPUs`: takes guest CPUs offline until `nb_cpus` are
+    /// online. Kata's agent does not serve it: see [`Error::is_unserved`].
+    pub async fn offline_cpus(&self, req: &OfflineCPUsRequest) -> Result<OfflineCPUsResponse> {
+        self.call("OfflineCPUs", Some(self.request_timeout), |ctx| {
+            self.guest.offline_cp_us(ctx, req)
         })
         .await
     }

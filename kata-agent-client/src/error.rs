@@ -179,6 +179,31 @@ impl Error {
         }
     }
 
+    /// The agent does not serve the method called: a service it does not have (ttrpc-rust's
+    /// async server answers `INVALID_ARGUMENT` `"<service> service does not exist"`, its sync
+    /// server `INVALID_ARGUMENT` `"/<service>/<method> does not exist"`, Go's ttrpc
+    /// `UNIMPLEMENTED`), a method it does not know (`UNIMPLEMENTED`), or a method its service
+    /// leaves to the generated default (`NOT_FOUND` "... is not supported"). How Kata's agent
+    /// answers kata-rs's extension (`kata_rs.GuestService`).
+    pub fn is_unserved(&self) -> bool {
+        match self {
+            Error::Rpc {
+                method,
+                code,
+                message,
+            } => match *code {
+                Code::UNIMPLEMENTED => true,
+                Code::NOT_FOUND => message.contains("is not supported"),
+                Code::INVALID_ARGUMENT => {
+                    message.contains("service does not exist")
+                        || names_missing_path(method, message)
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// The agent answered `ALREADY_EXISTS` (a duplicate container or exec id).
     pub fn is_already_exists(&self) -> bool {
         self.code() == Some(Code::ALREADY_EXISTS)
@@ -264,6 +289,17 @@ impl Error {
     }
 }
 
+/// Whether `message` is ttrpc-rust's sync server's answer for a path it has no handler for,
+/// `"/<service>/<method> does not exist"`, with `method` the method called (so a served
+/// call's "container x does not exist" is not taken for it).
+fn names_missing_path(method: &str, message: &str) -> bool {
+    message
+        .strip_suffix(" does not exist")
+        .and_then(|path| path.strip_prefix('/'))
+        .and_then(|path| path.rsplit_once('/'))
+        .is_some_and(|(service, m)| !service.is_empty() && m == method)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +333,27 @@ mod tests {
         }
         assert!(!rpc(Code::INTERNAL, "mount failed").is_unknown_container());
         assert!(!rpc(Code::UNAVAILABLE, "invalid container id").is_unknown_container());
+    }
+
+    #[test]
+    fn the_sync_ttrpc_servers_answer_for_a_missing_path_is_unserved() {
+        let call = |message: &str| Error::Rpc {
+            method: "OfflineCPUs",
+            code: Code::INVALID_ARGUMENT,
+            message: message.into(),
+        };
+        // ttrpc-rust 0.9 sync/server.rs: format!("{path} does not exist").
+        assert!(call("/kata_rs.GuestService/OfflineCPUs does not exist").is_unserved());
+        // A served call's own "does not exist", another method's path, or not a path: no.
+        assert!(!call("container ghost does not exist").is_unserved());
+        assert!(!call("/kata_rs.GuestService/OnlineCPUMem does not exist").is_unserved());
+        assert!(!call("OfflineCPUs does not exist").is_unserved());
+        assert!(!call("//OfflineCPUs does not exist").is_unserved());
+        assert!(!Error::Rpc {
+            method: "OfflineCPUs",
+            code: Code::INTERNAL,
+            message: "/kata_rs.GuestService/OfflineCPUs does not exist".into(),
+        }
+        .is_unserved());
     }
 }

@@ -8,8 +8,10 @@
 //! - [`oci`]: the `grpc.Spec` tree (the OCI runtime spec on the wire).
 //! - [`types`]: network types (`types.Interface`, `types.Route`, ...).
 //! - [`health`]: requests and responses of `grpc.Health`.
-//! - [`agent_ttrpc`], [`health_ttrpc`]: async ttRPC clients, server traits and
-//!   their `create_*` registration functions.
+//! - [`kata_rs`]: requests and responses of `kata_rs.GuestService`, kata-rs's extension
+//!   (not in Kata's protocol: see `proto/kata_rs.proto`).
+//! - [`agent_ttrpc`], [`health_ttrpc`], [`kata_rs_ttrpc`]: async ttRPC clients, server traits
+//!   and their `create_*` registration functions.
 
 macro_rules! generated_module {
     ($(#[$doc:meta])* $name:ident, $file:literal) => {
@@ -54,6 +56,16 @@ generated_module!(
     /// Messages of `health.proto` (package `grpc`).
     health,
     "health.rs"
+);
+generated_module!(
+    /// Messages of `kata_rs.proto` (package `kata_rs`): kata-rs's extension service.
+    kata_rs,
+    "kata_rs.rs"
+);
+generated_module!(
+    /// ttRPC client, server trait and `create_guest_service` for `kata_rs.GuestService`.
+    kata_rs_ttrpc,
+    "kata_rs_ttrpc.rs"
 );
 generated_module!(
     /// ttRPC client, server trait and `create_agent_service` for `grpc.AgentService`.

@@ -38,6 +38,9 @@
 
 pub use crate::protocol::agent_ttrpc::{create_agent_service, AgentService};
 pub use crate::protocol::health_ttrpc::{create_health, Health};
+/// kata-rs's extension service `kata_rs.GuestService` (not in Kata's protocol): an agent that
+/// serves it registers it beside the two above.
+pub use crate::protocol::kata_rs_ttrpc::{create_guest_service, GuestService};
 /// The attribute macro the service traits are declared with; implement them
 /// under `#[async_trait]`.
 pub use async_trait::async_trait;

@@ -11,6 +11,18 @@
 //! - `wait`: answer once everything is online (or the bound has passed, as an error);
 //!   without it the work goes on in the background and the call answers at once.
 //!
+//! OfflineCPUs (kata-rs's extension `kata_rs.GuestService`, not in Kata's protocol: see
+//! `service::guest_ext`) goes the other way: [`offline_cpus`] takes the highest-numbered
+//! online CPUs offline, never CPU 0 (nor any CPU without an `online` file), until `nb_cpus`
+//! are online, and answers the online CPUs. It stops at the first CPU the kernel refuses to
+//! take offline (the CPUs below it would free nothing for the host, which takes vCPUs back
+//! from the top): the answer then lists more than asked. It does not look at cpusets: the
+//! kernel removes an offline CPU from the effective CPUs (v2: `cpuset.cpus` keeps it, effective
+//! again once online) and from every cpuset (v1: for good, a cpuset left empty has its tasks
+//! moved to its parent; onlining again widens only the cpusets without their own CPUs, as
+//! below). So the runtime never asks to take offline a CPU a container's cpuset names (its
+//! vCPU target is above the highest such CPU).
+//!
 //! Cpusets: on cgroup v2 a container's cgroup without its own `cpuset.cpus` follows the online
 //! CPUs by itself. On v1 a cpuset cgroup keeps the CPUs it was created with, so every
 //! container's cpuset and its ancestors up to the agent's own are widened to the online CPUs —
@@ -66,6 +78,49 @@ pub async fn online_cpu_mem(sandbox: Arc<Sandbox>, req: OnlineRequest) -> Result
         }
     });
     Ok(())
+}
+
+/// Serves OfflineCPUs on the guest the agent is init of: takes CPUs offline until `nb_cpus`
+/// (at least 1) are online; returns the online CPUs.
+pub async fn offline_cpus(nb_cpus: u32) -> Result<BTreeSet<u32>> {
+    if nb_cpus == 0 {
+        return Err(AgentError::invalid(
+            "nb_cpus",
+            "0: CPU 0 always stays online; ask for at least 1",
+        ));
+    }
+    let dir = SysPaths::guest().cpu;
+    tokio::task::spawn_blocking(move || offline_cpus_in(&dir, nb_cpus as usize))
+        .await
+        .map_err(|e| AgentError::io("taking CPUs offline", std::io::Error::other(e)))
+}
+
+/// Takes the highest online CPUs under `dir` offline until `want` are online, stopping at the
+/// first the kernel refuses; returns the online ones.
+fn offline_cpus_in(dir: &Path, want: usize) -> BTreeSet<u32> {
+    let all = cpus(dir);
+    let mut online: BTreeSet<u32> = all.iter().filter(|c| c.1).map(|c| c.0).collect();
+    for (n, _) in all.iter().rev().filter(|c| c.1) {
+        if online.len() <= want {
+            break;
+        }
+        let file = dir.join(format!("cpu{n}")).join("online");
+        if !file.exists() {
+            // The boot CPU (no `online` file): it never goes offline, nor do the ones below.
+            break;
+        }
+        match std::fs::write(&file, "0") {
+            Ok(()) => {
+                online.remove(n);
+                tracing::info!(cpu = n, "CPU taken offline");
+            }
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "the kernel keeps the CPU online");
+                break;
+            }
+        }
+    }
+    online
 }
 
 /// Where the guest's CPUs and memory blocks are (a test uses a fake tree).
@@ -305,6 +360,43 @@ mod tests {
             e.to_string().contains("3 CPUs to come online (2 are: 0-1)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn offlines_the_highest_online_cpus_until_nb_cpus_are_online_never_cpu0() {
+        let t = tempfile::tempdir().unwrap();
+        fake_cpus(t.path(), &[true, true, false, true]);
+        assert_eq!(offline_cpus_in(t.path(), 3), BTreeSet::from([0, 1, 3]));
+        assert_eq!(offline_cpus_in(t.path(), 2), BTreeSet::from([0, 1]));
+        assert!(!is_online(t.path(), 3), "the highest first");
+        assert!(is_online(t.path(), 1));
+        assert_eq!(offline_cpus_in(t.path(), 1), BTreeSet::from([0]));
+        assert!(!is_online(t.path(), 1));
+        // CPU 0 has no `online` file: it stays, whatever is asked.
+        assert_eq!(offline_cpus_in(t.path(), 0), BTreeSet::from([0]));
+        // Onlining again works on what was taken offline.
+        assert_eq!(online_cpus(t.path(), 2), BTreeSet::from([0, 1]));
+    }
+
+    #[test]
+    fn a_cpu_the_kernel_keeps_ends_the_offlining_and_is_in_the_answer() {
+        let t = tempfile::tempdir().unwrap();
+        fake_cpus(t.path(), &[true, true, true]);
+        // CPU 2's `online` is a directory here: the write fails as a refusal would.
+        let online = t.path().join("cpu2/online");
+        std::fs::remove_file(&online).unwrap();
+        std::fs::create_dir(&online).unwrap();
+        assert_eq!(offline_cpus_in(t.path(), 1), BTreeSet::from([0, 1, 2]));
+        assert!(
+            is_online(t.path(), 1),
+            "nothing below a refused CPU is taken"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_count_of_zero_is_refused_naming_the_field() {
+        let e = offline_cpus(0).await.unwrap_err().to_string();
+        assert!(e.contains("nb_cpus"), "{e}");
     }
 
     #[test]

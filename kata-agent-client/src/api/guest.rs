@@ -1,7 +1,10 @@
 //! What the agent says about itself and its guest ([`AgentVersion`], [`GuestDetails`]), and
-//! what it is asked to bring online ([`OnlineCpuMem`]).
+//! what it is asked to bring online ([`OnlineCpuMem`]) or take offline
+//! ([`Agent::offline_cpus`](crate::Agent::offline_cpus), kata-rs's extension).
 
-use crate::protocol::{agent as pb, health};
+use std::collections::BTreeSet;
+
+use crate::protocol::{agent as pb, health, kata_rs};
 
 /// The agent's version (`Health.Version`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -121,9 +124,52 @@ impl OnlineCpuMem {
     }
 }
 
+/// The online CPUs an `OfflineCPUs` answer lists, as a set (the guest's list may repeat or
+/// be out of order: it is the guest's word).
+pub(crate) fn online_of(resp: &kata_rs::OfflineCPUsResponse) -> BTreeSet<u32> {
+    resp.online.iter().copied().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Code, Error};
+
+    #[test]
+    fn an_offline_answer_is_a_set_of_cpus() {
+        let resp = kata_rs::OfflineCPUsResponse {
+            online: vec![1, 0, 1],
+            ..Default::default()
+        };
+        assert_eq!(online_of(&resp), BTreeSet::from([0, 1]));
+        assert!(online_of(&kata_rs::OfflineCPUsResponse::new()).is_empty());
+    }
+
+    #[test]
+    fn an_agent_without_the_extension_is_told_from_a_failure() {
+        let rpc = |code, message: &str| Error::Rpc {
+            method: "OfflineCPUs",
+            code,
+            message: message.into(),
+        };
+        // ttrpc-rust's answer for a service it does not have (Kata's agent).
+        assert!(rpc(
+            Code::INVALID_ARGUMENT,
+            "kata_rs.GuestService service does not exist"
+        )
+        .is_unserved());
+        // Go ttrpc's, and a method left to the generated default.
+        assert!(rpc(Code::UNIMPLEMENTED, "service kata_rs.GuestService").is_unserved());
+        assert!(rpc(
+            Code::NOT_FOUND,
+            "/kata_rs.GuestService/OfflineCPUs is not supported"
+        )
+        .is_unserved());
+        // Failures of a served call are not.
+        assert!(!rpc(Code::INVALID_ARGUMENT, "nb_cpus must be at least 1").is_unserved());
+        assert!(!rpc(Code::NOT_FOUND, "container ghost not found").is_unserved());
+        assert!(!rpc(Code::INTERNAL, "cannot write cpu1/online").is_unserved());
+    }
 
     #[test]
     fn guest_details_carry_every_field() {

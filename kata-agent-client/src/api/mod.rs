@@ -13,7 +13,8 @@
 //! - [`stats`] has [`ContainerStats`] and its parts;
 //! - [`storage`] has [`Storage`], [`FsGroup`], [`Device`];
 //! - [`setup`] has [`SandboxSetup`], [`ContainerSetup`], [`KernelModule`];
-//! - [`guest`] has [`AgentVersion`], [`GuestDetails`], [`OnlineCpuMem`];
+//! - [`guest`] has [`AgentVersion`], [`GuestDetails`], [`OnlineCpuMem`] (and the answer of
+//!   kata-rs's `OfflineCPUs` extension, [`Agent::offline_cpus`]);
 //! - [`network`] has [`Interface`], [`IpAddress`], [`MacAddress`], [`Route`],
 //!   [`ArpNeighbor`];
 //! - [`oom`] has [`OomEvents`];
@@ -31,6 +32,7 @@ pub mod setup;
 pub mod stats;
 pub mod storage;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use oci_spec::runtime::{LinuxResources, Process, Spec};
@@ -218,6 +220,24 @@ impl Agent {
     /// `OnlineCPUMem`: onlines hot-plugged vCPUs (and memory).
     pub async fn online_cpu_mem(&self, what: OnlineCpuMem) -> Result<()> {
         self.client.online_cpu_mem(&what.to_grpc()).await
+    }
+
+    /// `kata_rs.GuestService/OfflineCPUs`, kata-rs's extension (not in Kata's protocol):
+    /// asks the guest to take its highest-numbered CPUs offline (never CPU 0) until `nb_cpus`
+    /// are online, before the VMM takes their vCPUs back. Returns the CPUs online after it
+    /// (more than `nb_cpus` where the guest could not take one offline), or `None` where the
+    /// agent does not serve the extension (Kata's agent, [`Error::is_unserved`]): the guest
+    /// then keeps its CPUs online.
+    pub async fn offline_cpus(&self, nb_cpus: u32) -> Result<Option<BTreeSet<u32>>> {
+        let req = crate::protocol::kata_rs::OfflineCPUsRequest {
+            nb_cpus,
+            ..Default::default()
+        };
+        match self.client.offline_cpus(&req).await {
+            Ok(resp) => Ok(Some(guest::online_of(&resp))),
+            Err(e) if e.is_unserved() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The ids of containers the guest OOM-kills, as a stream that ends when the connection

@@ -1,4 +1,5 @@
-//! The ttRPC services: `grpc.AgentService` and `grpc.Health` on top of the [`Sandbox`].
+//! The ttRPC services: `grpc.AgentService` and `grpc.Health` on top of the [`Sandbox`], and
+//! kata-rs's extension `kata_rs.GuestService` ([`guest_ext`]).
 //!
 //! Each method turns its request into the agent's own types ([`convert`]), runs under a span
 //! carrying `container_id`/`exec_id`, and maps failures to ttRPC statuses
@@ -7,6 +8,7 @@
 
 pub mod codes;
 pub mod convert;
+pub mod guest_ext;
 pub mod signals;
 
 use std::future::Future;
@@ -45,10 +47,15 @@ impl AgentServer {
         AgentServer { sandbox }
     }
 
-    /// The ttRPC service table (AgentService and Health) to register on a server.
+    /// The ttRPC service table (AgentService, Health, and kata-rs's GuestService) to register
+    /// on a server.
     pub fn services(&self) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
         let mut services = kata_agent_client::server::create_agent_service(Arc::new(self.clone()));
         services.extend(kata_agent_client::server::create_health(Arc::new(
+            self.clone(),
+        )));
+        // kata-rs's extension (`guest_ext`): not in Kata's protocol.
+        services.extend(kata_agent_client::server::create_guest_service(Arc::new(
             self.clone(),
         )));
         services
