@@ -181,6 +181,32 @@ impl HypervisorType {
         }
     }
 
+    /// The most PCIe root ports (`pcie_root_port`) a VM of this VMM can have, where kata-rs
+    /// knows a limit: 15 for the built-in VMM (its PCI MMIO window, kata-vmm's
+    /// `0xe000_0000..0xfec0_0000`, holds 15 root-port windows of 32 MiB, the spare ports for
+    /// VFIO, disk and NIC hot-plug alike), 16 for QEMU (Kata's `maxPCIeRootPort`: a root port
+    /// takes a slot of bus 0 and 4 KiB of the 64 KiB I/O port space). `None` where no limit
+    /// is known. [`HypervisorConfig::check_root_ports`] refuses more.
+    pub const fn max_pcie_root_ports(self) -> Option<u32> {
+        match self {
+            HypervisorType::Dragonball => Some(15),
+            HypervisorType::Qemu => Some(16),
+            _ => None,
+        }
+    }
+
+    /// The most PCIe switch downstream ports (`pcie_switch_port`, plus one per VFIO device
+    /// cold-plugged on a switch port) a VM of this VMM can have, where kata-rs knows a limit:
+    /// 16 for QEMU (Kata's `maxPCIeSwitchPort`). The built-in VMM's ports share its MMIO
+    /// window with the root ports and are checked by its own rules; `None` there and where no
+    /// limit is known.
+    pub const fn max_pcie_switch_ports(self) -> Option<u32> {
+        match self {
+            HypervisorType::Qemu => Some(16),
+            _ => None,
+        }
+    }
+
     /// Keys whose default differs from [`HypervisorConfig::default`] for this VMM, as
     /// `(key, value)` pairs (every one a string). A loader puts the file's table over these, so
     /// a key the file leaves out gets the VMM's default: Firecracker and the built-in VMM attach

@@ -22,6 +22,13 @@ pub struct Capabilities {
     pub block_hotplug: bool,
     /// vCPUs can be added and removed at run time.
     pub cpu_hotplug: bool,
+    /// Taking vCPUs back needs the guest to take the CPUs offline first, through the agent
+    /// (kata-rs's `OfflineCPUs` extension), before [`Hypervisor::resize_vcpus`] to fewer: the
+    /// built-in VMM, which has no ACPI eject to ask the guest with. Where the agent does not
+    /// serve the extension (Kata's agent), the sandbox leaves the vCPUs granted. False where
+    /// the backend asks the guest itself (QEMU: ACPI eject).
+    #[serde(default)]
+    pub cpu_offline_by_agent: bool,
     /// Memory can be added at run time.
     pub memory_hotplug: bool,
     /// Memory added at run time can be taken back ([`Hypervisor::resize_memory`] to a smaller

@@ -43,6 +43,8 @@ pub mod qemu;
 #[cfg(any(feature = "qemu", feature = "test-backend", feature = "builtin"))]
 mod ready;
 #[cfg(any(feature = "qemu", feature = "builtin"))]
+pub mod template;
+#[cfg(any(feature = "qemu", feature = "builtin"))]
 mod virtio_mem;
 
 pub use config::{GuestManifest, HypervisorConfig, HypervisorType, SharedFs};

@@ -321,9 +321,13 @@ mod tests {
         let vm_dir = tmp.path().join("vm");
         std::fs::create_dir(&vm_dir).unwrap();
         std::fs::write(vm_dir.join("console.log"), "x").unwrap();
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("sleep 100 # {}/qmp.sock", vm_dir.display()))
+        // One process whose command line names the directory (its argv[0]) and no child, as in
+        // process.rs's test: `sh -c "sleep ..."` forked a copy of itself (the same command
+        // line) before exec'ing sleep, and a CI rehearsal of 2026-12-02 saw cleanup kill both.
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg0(format!("{}/qmp.sock", vm_dir.display()))
+            .arg("100")
             .spawn()
             .unwrap();
         for _ in 0..200 {

@@ -25,14 +25,16 @@
 //! pages the guest frees go back to the host.
 //! vCPUs grow up to `default_maxvcpus` without ACPI: the VM starts with that many, the ones
 //! above `default_vcpus` parked until the guest onlines them ([`Hypervisor::resize_vcpus`],
-//! see `resize`); they are not taken back.
+//! see `resize`); taken back once the guest has taken them offline (the agent's `OfflineCPUs`,
+//! a kata-rs extension kata-sandbox calls first), which parks them again.
+//! With `[factory] enable_template` sandboxes start restored from a template VM saved by
+//! kata-vmm's snapshot instead of booting (see `template`).
 //! With `block_device_driver = "virtio-blk-pci"` and `pcie_root_port` it hot-plugs disks as
 //! virtio-blk on virtio-pci into the same spare root ports (see `blk_hotplug`); with
 //! `pcie_root_port` it hot-plugs NICs (interfaces added to the pod after boot) as virtio-net
 //! on virtio-pci into them too (see `net_hotplug`).
 //! What it does not: hot-plug of other devices (and of VFIO without spare ports: refused
-//! naming the device and the keys), vCPU
-//! hot-unplug, VFIO MSI-X (MSI and INTx work), pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
+//! naming the device and the keys), VFIO MSI-X (MSI and INTx work), pause, hand-over to another process. It refuses to start where [`crate::kvm::probe_builtin_vmm`] says this host's KVM
 //! cannot run it, with the probe's reason.
 
 mod blk_hotplug;
@@ -40,6 +42,7 @@ mod hotplug;
 mod net_hotplug;
 mod resize;
 mod settings;
+mod template;
 mod vfio;
 
 use std::path::{Path, PathBuf};
@@ -91,6 +94,9 @@ pub fn capabilities(config: &HypervisorConfig) -> Capabilities {
         // Disks hot-plugged as virtio-blk-pci onto spare root ports (blk_hotplug).
         block_hotplug: blk_hotplug::enabled(config),
         cpu_hotplug: parked_vcpus,
+        // No ACPI eject: the guest takes the CPUs offline through the agent, then
+        // resize_vcpus parks their vCPUs (resize).
+        cpu_offline_by_agent: parked_vcpus,
         memory_hotplug: virtio_mem,
         memory_shrink: virtio_mem,
         vfio: true,
@@ -180,6 +186,8 @@ impl Builtin {
             });
         }
         resize::check_max_vcpus(&config)?;
+        // VM templating (`enable_template`): what a snapshot cannot hold is refused now.
+        template::check_config(&config)?;
         Ok(Builtin {
             id: id.to_string(),
             config,
@@ -250,6 +258,12 @@ impl Builtin {
     }
 
     fn builder(&self) -> Result<VmBuilder> {
+        self.builder_with(self.uds(), lock(&self.shares).clone())
+    }
+
+    /// [`Builtin::builder`] with the vsock on `uds` and these shares (the template VM's own:
+    /// see `template`).
+    fn builder_with(&self, uds: PathBuf, shares: Vec<(String, PathBuf)>) -> Result<VmBuilder> {
         let (kernel, initrd) = self.guest_files()?;
         let mut b = VmBuilder::new(kernel)
             .name(format!("kata-{}", self.id))
@@ -257,7 +271,7 @@ impl Builtin {
             .max_vcpus(resize::max_vcpus(&self.config, crate::config::host_cpus()) as u8)
             .memory_mib(u64::from(self.config.default_memory))
             .cmdline(Self::kernel_cmdline(&self.config))
-            .vsock(self.uds())
+            .vsock(uds)
             .virtio_console(true)
             .hotplug_memory_mib(resize::hotplug_mib(&self.config, resize::host_memory_mib()));
         if let Some(i) = initrd {
@@ -271,8 +285,8 @@ impl Builtin {
         for d in lock(&self.disks).iter() {
             b = b.block(d.clone());
         }
-        for (tag, dir) in lock(&self.shares).iter() {
-            b = b.fs(tag.clone(), dir.clone());
+        for (tag, dir) in shares {
+            b = b.fs(tag, dir);
         }
         for nic in lock(&self.nics).iter() {
             b = b.net(nic.clone());
@@ -323,6 +337,9 @@ impl Hypervisor for Builtin {
     }
 
     async fn prepare(&self, devices: Vec<DeviceConfig>) -> Result<()> {
+        if self.config.factory.enable_template {
+            template::check_devices(&devices)?;
+        }
         let mut disks = Vec::new();
         let mut nics = Vec::new();
         let mut shares = Vec::new();
@@ -391,20 +408,54 @@ impl Hypervisor for Builtin {
             std::fs::set_permissions(&self.vm_dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| Error::io(format!("restricting {}", self.vm_dir.display()), e))?;
         }
-        let started = tokio::task::spawn_blocking(move || builder.start())
-            .await
-            .map_err(|e| Error::StartFailed {
-                vmm: "the built-in VMM".into(),
-                reason: format!("the start task failed: {e}"),
-                console: Vec::new(),
-            })?;
+        // With enable_template the VM is a clone: restored from the template (made first if
+        // there is none), under the template's shared lock until the restore is done.
+        let template = if self.config.factory.enable_template {
+            let ours = match template::BuiltinManifest::of(self) {
+                Ok(ours) => ours,
+                Err(e) => {
+                    self.remove_vm_dir();
+                    return Err(e);
+                }
+            };
+            match template::ensure(self, &ours).await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.remove_vm_dir();
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let from = template.as_ref().map(|(dir, _)| dir.path().to_path_buf());
+        let restored_from = from.clone();
+        let started = tokio::task::spawn_blocking(move || match from {
+            Some(dir) => builder.restore(&dir),
+            None => builder.start(),
+        })
+        .await
+        .map_err(|e| Error::StartFailed {
+            vmm: "the built-in VMM".into(),
+            reason: format!("the start task failed: {e}"),
+            console: Vec::new(),
+        })?;
         let vm = match started {
             Ok(vm) => vm,
             Err(e) => {
                 self.remove_vm_dir();
+                // A template kata-vmm refuses (damaged, of another configuration) is the
+                // template_path's to fix.
+                let reason = match restored_from {
+                    Some(dir) if template::refuses_template(&e) => {
+                        return Err(template::refused_template(&dir, &e));
+                    }
+                    Some(dir) => template::restore_failed(&dir, &e),
+                    None => e.to_string(),
+                };
                 return Err(Error::StartFailed {
                     vmm: "the built-in VMM".into(),
-                    reason: e.to_string(),
+                    reason,
                     console: Vec::new(),
                 });
             }
@@ -592,15 +643,25 @@ impl Hypervisor for Builtin {
     }
 
     async fn resize_vcpus(&self, vcpus: u32) -> Result<u32> {
-        let granted = match lock(&self.vcpus).as_mut() {
-            Some(grant) => resize::resize_vcpus(grant, vcpus)?,
+        let (before, granted) = match lock(&self.vcpus).as_mut() {
+            Some(grant) => (grant.granted, resize::resize_vcpus(grant, vcpus)?),
             None if vcpus <= self.config.default_vcpus => return Ok(self.config.default_vcpus),
             None => return Err(Error::NotRunning(self.state().to_string())),
         };
-        // The parked vCPUs granted may now run: the guest can online them (the agent's
-        // OnlineCPUMem that follows), and no others.
+        let n = u8::try_from(granted).unwrap_or(u8::MAX);
         if let Some(vm) = lock(&self.vm).as_ref() {
-            vm.grant_vcpus(u8::try_from(granted).unwrap_or(u8::MAX));
+            if granted < before {
+                // Taken back: the vCPUs above the grant park (the guest took their CPUs
+                // offline first, asked by kata-sandbox through the agent). One slow to
+                // leave KVM_RUN parks when it next exits: the grant stands.
+                if let Err(e) = vm.revoke_vcpus(n) {
+                    tracing::warn!(error = %e, "built-in VMM: a revoked vCPU parks late");
+                }
+            } else {
+                // The parked vCPUs granted may now run: the guest can online them (the
+                // agent's OnlineCPUMem that follows), and no others.
+                vm.grant_vcpus(n);
+            }
         }
         Ok(granted)
     }

@@ -15,11 +15,18 @@
 //! it (`kata_vmm::vm::Vm::grant_vcpus`) and the guest onlines it (`echo 1 >
 //! /sys/devices/system/cpu/cpuN/online`: INIT/SIPI to that vCPU).
 //! [`resize_vcpus`] grows by granting up to `default_maxvcpus` of them; the agent's
-//! `OnlineCPUMem`, which kata-sandbox sends after the resize, brings them up. A shrink is not
-//! done: the agent's API has no call that takes a CPU offline, so the VM keeps the vCPUs it was
-//! granted online and the answer says so. A guest that onlines a parked vCPU by itself gets a
-//! CPU that fails to boot (its INIT/SIPI stays pending until a grant); the host's bound on the
-//! granted vCPUs' time is the sandbox's cgroup, which the vCPU threads are in.
+//! `OnlineCPUMem`, which kata-sandbox sends after the resize, brings them up.
+//!
+//! It shrinks the other way round, never below `default_vcpus`: kata-sandbox first has the
+//! guest take the CPUs offline through the agent (kata-rs's `kata_rs.GuestService/OfflineCPUs`
+//! extension: [`Capabilities::cpu_offline_by_agent`](crate::Capabilities::cpu_offline_by_agent)),
+//! then [`resize_vcpus`] to fewer revokes the grant (`kata_vmm::vm::Vm::revoke_vcpus`): each
+//! vCPU above it is kicked out of `KVM_RUN` and parked again. The host enforces that whatever
+//! the guest does: a guest that onlines a parked vCPU by itself gets a CPU that fails to boot
+//! (its INIT/SIPI stays pending until a grant), and the next grow grants it again. Where the
+//! agent does not serve the extension (Kata's agent) kata-sandbox does not shrink: the guest
+//! keeps the vCPUs it was granted, logged. The host's bound on the granted vCPUs' time is the
+//! sandbox's cgroup, which the vCPU threads are in.
 
 use std::time::Duration;
 
@@ -206,11 +213,12 @@ impl VcpuGrant {
     }
 }
 
-/// Sets a running VM's vCPUs to `vcpus`, returning how many it has now. Growing (up to
+/// Sets a running VM's vCPUs to `vcpus` (never fewer than `default_vcpus`), returning how
+/// many it has now: the grant the backend then gives the VMM. Growing (up to
 /// `default_maxvcpus`: beyond it an error naming the key) grants parked vCPUs, which exist
 /// since the VM started: the guest onlines them when the agent's `OnlineCPUMem` asks it to.
-/// Asking for fewer than granted takes nothing back (no agent call offlines a CPU): the
-/// answer is the vCPUs the VM keeps, logged.
+/// Shrinking takes the grant back: the caller has had the guest take those CPUs offline first
+/// (the agent's `OfflineCPUs`), and the VMM parks their vCPUs.
 pub fn resize_vcpus(grant: &mut VcpuGrant, vcpus: u32) -> Result<u32> {
     if vcpus > grant.max {
         return Err(Error::ResizeBeyond {
@@ -229,11 +237,10 @@ pub fn resize_vcpus(grant: &mut VcpuGrant, vcpus: u32) -> Result<u32> {
     if target < grant.granted {
         tracing::info!(
             asked = vcpus,
-            keeps = grant.granted,
-            "built-in VMM: vCPUs are not taken back from the guest (the agent has no call that \
-             takes a CPU offline); the VM keeps them online"
+            from = grant.granted,
+            to = target,
+            "built-in VMM: vCPUs taken back (the guest took them offline); their threads park"
         );
-        return Ok(grant.granted);
     }
     grant.granted = target;
     Ok(target)
@@ -293,13 +300,13 @@ mod tests {
     }
 
     #[test]
-    fn vcpus_grow_up_to_the_max_and_are_kept_when_fewer_are_asked() {
+    fn vcpus_grow_up_to_the_max_and_shrink_to_the_boot_vcpus() {
         let mut g = VcpuGrant::new(1, 3);
         assert_eq!(resize_vcpus(&mut g, 2).unwrap(), 2);
         assert_eq!(resize_vcpus(&mut g, 3).unwrap(), 3);
-        // Fewer: nothing is taken back, the answer says what the VM keeps.
-        assert_eq!(resize_vcpus(&mut g, 1).unwrap(), 3);
-        assert_eq!(g.granted, 3);
+        // Fewer: the grant is taken back (the VMM parks the vCPUs above it).
+        assert_eq!(resize_vcpus(&mut g, 2).unwrap(), 2);
+        assert_eq!(g.granted, 2);
         let e = resize_vcpus(&mut g, 4).unwrap_err();
         assert!(
             matches!(
@@ -312,11 +319,25 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("at 3"), "{e}");
-        assert_eq!(g.granted, 3, "a refused resize changes nothing");
+        assert_eq!(g.granted, 2, "a refused resize changes nothing");
+        assert_eq!(resize_vcpus(&mut g, 1).unwrap(), 1);
         // Never below the boot vCPUs.
-        let mut g = VcpuGrant::new(2, 2);
+        let mut g = VcpuGrant::new(2, 3);
+        assert_eq!(resize_vcpus(&mut g, 3).unwrap(), 3);
         assert_eq!(resize_vcpus(&mut g, 0).unwrap(), 2);
-        assert_eq!(resize_vcpus(&mut g, 2).unwrap(), 2);
+        assert_eq!(resize_vcpus(&mut g, 1).unwrap(), 2);
+        assert_eq!(g.granted, 2);
+    }
+
+    #[test]
+    fn the_guest_is_asked_to_offline_cpus_where_vcpus_are_parked() {
+        let caps = super::super::capabilities(&vcpus(1, 2));
+        assert!(caps.cpu_hotplug && caps.cpu_offline_by_agent || crate::config::host_cpus() < 2);
+        let caps = super::super::capabilities(&vcpus(1, 1));
+        assert!(
+            !caps.cpu_hotplug && !caps.cpu_offline_by_agent,
+            "nothing parked"
+        );
     }
 
     #[test]

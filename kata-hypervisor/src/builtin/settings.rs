@@ -99,6 +99,8 @@ pub(crate) fn setting_use(key: &str, c: &HypervisorConfig) -> Option<SettingUse>
         "disable_seccomp" | "seccomp_sandbox" => Inert(
             "the built-in VMM's vCPU and device threads always confine themselves with seccomp",
         ),
+        // VM templating: kata-vmm's snapshot and restore (builtin::template).
+        "factory.enable_template" | "factory.template_path" => Acted,
         // QEMU's TCG translation buffer (kata-rs's own key): nothing to bound here.
         "tcg_tb_size" => {
             Inert("QEMU's TCG translation buffer; the built-in VMM runs its guests under KVM only")

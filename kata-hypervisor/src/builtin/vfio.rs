@@ -10,17 +10,18 @@
 //! on the switch's internal bus, then `pcie_switch_port` spare ones): the n-th (from 0) is at
 //! `01/00/<n>/00`, as QEMU's `x3130-upstream` and `xio3130-downstream` put it. With
 //! `bridge-port` they sit in slots 1, 2, ... of a conventional PCI-to-PCI bridge at `00:01.0`
-//! (`01/<n+1>`, as QEMU's bridge slots; MSI or MSI-X only: the MP table names no INTx route
-//! behind the bridge). With `hot_plug_vfio = "root-port"` (and `cold_plug_vfio
+//! (`01/<n+1>`, as QEMU's bridge slots; INTx too: the MP table names every pin of the
+//! bridge's slot). With `hot_plug_vfio = "root-port"` (and `cold_plug_vfio
 //! = "no-port"`) the VM gets `pcie_root_port` spare root ports for hot-plug (see `hotplug`),
 //! with `hot_plug_vfio = "switch-port"` a switch with `pcie_switch_port` empty downstream
 //! ports, with `"bridge-port"` a PCI bridge with [`BRIDGE_HOT_SLOTS`] SHPC slots; the
 //! refusals name the key, and so is a hot-plug into a VM without
 //! spare ports (naming the device and the keys). The functions' interrupts are kata-vmm's
 //! (`kata_vmm::devices::vfio::irq`): MSI and MSI-X through KVM MSI routes (MSI-X's table
-//! emulated and trapped in its BAR), INTx on the IOAPIC pin the MP table names.
+//! emulated and trapped in its BAR), INTx on the IOAPIC pin the MP table names for its INTA#
+//! swizzled up to bus 0 (behind any port, switch downstream port or bridge slot).
 
-use crate::config::HypervisorConfig;
+use crate::config::{HypervisorConfig, HypervisorType};
 use crate::device::{GuestAddress, PciPath, PciePort, VfioDevice};
 use crate::error::{Error, Result};
 
@@ -28,12 +29,18 @@ use kata_vmm::vm::VfioConfig;
 
 use super::NAME;
 
-/// The most spare root ports: the MMIO window (`0xe000_0000..0xfec0_0000`) holds 15 windows
-/// of 32 MiB, some of which cold-plugged functions may take (then the VM's start says so).
-const MAX_SPARE_PORTS: u32 = 15;
+/// The most spare ports (root or switch downstream): the MMIO window
+/// (`0xe000_0000..0xfec0_0000`) holds 15 windows of 32 MiB, some of which cold-plugged
+/// functions may take (then the VM's start says so). The one limit config validation has.
+const MAX_SPARE_PORTS: u32 = match HypervisorType::Dragonball.max_pcie_root_ports() {
+    Some(n) => n,
+    None => 0,
+};
 
 /// Refuses the port settings the built-in VMM cannot honour.
 pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
+    // The same check as config validation's (`pcie_root_port` for any `hot_plug_vfio`).
+    c.check_root_ports(HypervisorType::Dragonball)?;
     let grows =
         c.enable_virtio_mem && (c.default_maxmemory == 0 || c.default_maxmemory > c.default_memory);
     if grows && c.hot_plug_vfio != PciePort::NoPort {
@@ -99,16 +106,6 @@ pub(super) fn check_ports(c: &HypervisorConfig) -> Result<()> {
                 reason: "hot_plug_vfio = \"root-port\" needs spare root ports to plug into: \
                          set pcie_root_port to the most VFIO functions plugged at once"
                     .into(),
-            })
-        }
-        PciePort::RootPort if c.pcie_root_port > MAX_SPARE_PORTS => {
-            return Err(Error::InvalidConfig {
-                key: "pcie_root_port",
-                value: c.pcie_root_port.to_string(),
-                reason: format!(
-                    "the built-in VMM's PCI bus has room for {MAX_SPARE_PORTS} root ports \
-                     (32 MiB of its MMIO window each): lower pcie_root_port"
-                ),
             })
         }
         PciePort::RootPort => {}
@@ -371,6 +368,27 @@ mod tests {
             ..growing
         };
         check_ports(&disks).unwrap();
+    }
+
+    #[test]
+    fn more_spare_root_ports_than_the_mmio_window_holds_are_refused_without_vfio_hot_plug_too() {
+        // Disks and NICs take the spare root ports with hot_plug_vfio = "no-port": the limit
+        // is config validation's, refused when the VM is made, not at its start.
+        for hot in [PciePort::NoPort, PciePort::RootPort] {
+            let c = |n| HypervisorConfig {
+                hot_plug_vfio: hot,
+                pcie_root_port: n,
+                ..Default::default()
+            };
+            check_ports(&c(MAX_SPARE_PORTS)).unwrap();
+            let e = check_ports(&c(MAX_SPARE_PORTS + 1))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("pcie_root_port") && e.contains("at most 15"),
+                "{hot}: {e}"
+            );
+        }
     }
 
     #[test]

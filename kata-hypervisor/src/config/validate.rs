@@ -188,6 +188,7 @@ impl HypervisorConfig {
     pub fn validate_for(&self, kind: HypervisorType) -> Result<()> {
         self.validate_cpu_and_memory(kind.max_vcpus())?;
         self.validate()?;
+        self.check_root_ports(kind)?;
         let fs = self.shared_fs;
         match kind {
             HypervisorType::Qemu => {
@@ -296,6 +297,50 @@ impl HypervisorConfig {
             HypervisorType::HostAgent => {}
         }
         Ok(())
+    }
+
+    /// Refuses more `pcie_root_port` than `kind` gives a VM
+    /// ([`HypervisorType::max_pcie_root_ports`]), naming the key, the limit and the fix,
+    /// whatever `hot_plug_vfio` is (the spare root ports serve disk and NIC hot-plug too).
+    /// [`HypervisorConfig::validate_for`] checks it, and the built-in VMM again when a VM is
+    /// made from a configuration that was not validated.
+    /// The same holds for `pcie_switch_port` against
+    /// [`HypervisorType::max_pcie_switch_ports`].
+    pub fn check_root_ports(&self, kind: HypervisorType) -> Result<()> {
+        if let Some(max) = kind.max_pcie_switch_ports() {
+            if self.pcie_switch_port > max {
+                return Err(invalid(
+                    "pcie_switch_port",
+                    self.pcie_switch_port,
+                    format!(
+                        "{kind} takes at most {max} PCIe switch downstream ports (Kata's limit): \
+                         set pcie_switch_port to at most {max}"
+                    ),
+                ));
+            }
+        }
+        let Some(max) = kind.max_pcie_root_ports() else {
+            return Ok(());
+        };
+        if self.pcie_root_port <= max {
+            return Ok(());
+        }
+        let why = match kind {
+            HypervisorType::Dragonball => {
+                format!("the built-in VMM's PCI MMIO window holds {max} root ports (32 MiB each)")
+            }
+            _ => format!(
+                "{kind} takes at most {max} PCIe root ports (Kata's limit: 4 KiB of the I/O \
+                 port space and a slot of bus 0 each)"
+            ),
+        };
+        Err(invalid(
+            "pcie_root_port",
+            self.pcie_root_port,
+            format!(
+                "{why}, for VFIO, disk and NIC hot-plug alike: set pcie_root_port to at most {max}"
+            ),
+        ))
     }
 
     fn validate_cpu_and_memory(&self, max_vcpus: u32) -> Result<()> {
@@ -928,6 +973,81 @@ mod tests {
             ..Default::default()
         };
         assert!(msg(&mmio).contains("not hardened"));
+    }
+
+    #[test]
+    fn pcie_root_port_is_refused_above_the_vmms_limit_whatever_hot_plug_vfio() {
+        for (kind, max) in [(HypervisorType::Dragonball, 15), (HypervisorType::Qemu, 16)] {
+            assert_eq!(kind.max_pcie_root_ports(), Some(max));
+            for hot in [PciePort::NoPort, PciePort::RootPort] {
+                // Disks hot-plugged onto the spare ports (virtio-blk-pci), or VFIO functions.
+                let with = |n| HypervisorConfig {
+                    pcie_root_port: n,
+                    hot_plug_vfio: hot,
+                    block_device_driver: BlockDeviceDriver::VirtioBlkPci,
+                    ..Default::default()
+                };
+                with(max)
+                    .validate_for(kind)
+                    .unwrap_or_else(|e| panic!("{kind}/{hot}/{max}: {e}"));
+                let e = with(max + 1).validate_for(kind).unwrap_err().to_string();
+                assert!(
+                    e.contains("pcie_root_port")
+                        && e.contains(&(max + 1).to_string())
+                        && e.contains(&format!("set pcie_root_port to at most {max}")),
+                    "{kind}/{hot}: {e}"
+                );
+            }
+        }
+        // No limit known for the other VMMs: not this check's to refuse.
+        let many = HypervisorConfig {
+            pcie_root_port: 100,
+            ..Default::default()
+        };
+        many.check_root_ports(HypervisorType::CloudHypervisor)
+            .unwrap();
+    }
+
+    #[test]
+    fn pcie_switch_port_is_refused_above_qemus_limit() {
+        for hot in [PciePort::NoPort, PciePort::SwitchPort] {
+            let with = |n| HypervisorConfig {
+                pcie_switch_port: n,
+                hot_plug_vfio: hot,
+                ..Default::default()
+            };
+            with(16)
+                .validate_for(HypervisorType::Qemu)
+                .unwrap_or_else(|e| panic!("{hot}/16: {e}"));
+            let e = with(17)
+                .validate_for(HypervisorType::Qemu)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("pcie_switch_port")
+                    && e.contains("17")
+                    && e.contains("set pcie_switch_port to at most 16"),
+                "{hot}: {e}"
+            );
+        }
+        assert_eq!(HypervisorType::Dragonball.max_pcie_switch_ports(), None);
+    }
+
+    /// The built-in VMM's limit is what kata-vmm's PCI bus takes: that many spare root ports
+    /// are built, one more is refused when the VM starts.
+    #[cfg(feature = "builtin")]
+    #[test]
+    fn the_builtin_vmms_root_port_limit_is_kata_vmms_bus() {
+        let max = HypervisorType::Dragonball.max_pcie_root_ports().unwrap();
+        let max = u8::try_from(max).unwrap();
+        let ram = kata_vmm::memory::GuestRam::new("root-ports", 64).unwrap();
+        assert!(kata_vmm::devices::vfio::build_bus(&[], max, ram.memory())
+            .unwrap()
+            .is_some());
+        match kata_vmm::devices::vfio::build_bus(&[], max + 1, ram.memory()) {
+            Ok(_) => panic!("{} spare root ports were built", max + 1),
+            Err(e) => assert!(e.to_string().contains("pcie_root_port"), "{e}"),
+        }
     }
 
     #[test]

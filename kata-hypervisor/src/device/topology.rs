@@ -15,7 +15,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::DeviceConfig;
-use crate::config::HypervisorConfig;
+use crate::config::{HypervisorConfig, HypervisorType};
 use crate::error::{Error, Result};
 
 /// Where a PCIe device is attached: Kata's `cold_plug_vfio` / `hot_plug_vfio` values.
@@ -113,6 +113,55 @@ impl PortPlan {
             bridge: uses(PciePort::BridgePort),
             cold_vfio,
         }
+    }
+
+    /// Refuses a plan with more root ports or switch downstream ports than `kind` gives a VM
+    /// ([`HypervisorType::max_pcie_root_ports`], [`HypervisorType::max_pcie_switch_ports`]).
+    /// Validation checks the spare ports alone; the plan adds a port per cold-plugged VFIO
+    /// device, which only the devices of a start know. Spare ports alone over the limit (a
+    /// configuration that skipped validation) get validation's own error
+    /// ([`HypervisorConfig::check_root_ports`]); past it the error names `cold_plug_vfio`,
+    /// the counts and the fix.
+    pub fn check_limits(&self, c: &HypervisorConfig, kind: HypervisorType) -> Result<()> {
+        c.check_root_ports(kind)?;
+        for (port, planned, spare_key, spare, max) in [
+            (
+                PciePort::RootPort,
+                self.root_ports,
+                "pcie_root_port",
+                c.pcie_root_port,
+                kind.max_pcie_root_ports(),
+            ),
+            (
+                PciePort::SwitchPort,
+                self.switch_ports,
+                "pcie_switch_port",
+                c.pcie_switch_port,
+                kind.max_pcie_switch_ports(),
+            ),
+        ] {
+            let Some(max) = max else { continue };
+            if planned <= max {
+                continue;
+            }
+            // The spares are within the limit (checked above): cold-plugged devices pushed it.
+            let cold = planned - spare;
+            let fix = match max.checked_sub(cold) {
+                Some(left) if left > 0 || spare > 0 => {
+                    format!("set {spare_key} to at most {left}, or cold-plug fewer devices")
+                }
+                _ => format!("cold-plug at most {max} devices on {port}s"),
+            };
+            return Err(Error::InvalidConfig {
+                key: "cold_plug_vfio",
+                value: c.cold_plug_vfio.to_string(),
+                reason: format!(
+                    "{cold} VFIO devices cold-plugged on {port}s and {spare_key} = {spare} \
+                     spare ones need {planned} {port}s; {kind} takes at most {max}: {fix}"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// How many devices ports of this kind can hold (`None` for [`PciePort::NoPort`]: devices
@@ -316,6 +365,56 @@ mod tests {
             .parse::<PciePort>()
             .unwrap_err()
             .contains("root-port"));
+    }
+
+    #[test]
+    fn cold_plugged_devices_and_spare_ports_together_stay_within_qemus_limits() {
+        let qemu = HypervisorType::Qemu;
+        let c = |cold, root, switch| HypervisorConfig {
+            cold_plug_vfio: cold,
+            pcie_root_port: root,
+            pcie_switch_port: switch,
+            ..Default::default()
+        };
+        let check = |c: &HypervisorConfig, n: usize| {
+            PortPlan::new(c, &vfio(n))
+                .check_limits(c, qemu)
+                .map_err(|e| e.to_string())
+        };
+        // At the limit: 4 cold + 12 spare root ports, 16 cold switch ports.
+        check(&c(PciePort::RootPort, 12, 0), 4).unwrap();
+        check(&c(PciePort::SwitchPort, 0, 0), 16).unwrap();
+        // Each valid alone (validation passes 16 spares), too many together.
+        let e = check(&c(PciePort::RootPort, 14, 0), 4).unwrap_err();
+        assert!(
+            e.contains("cold_plug_vfio")
+                && e.contains("4 VFIO devices")
+                && e.contains("18 root-ports")
+                && e.contains("set pcie_root_port to at most 12"),
+            "{e}"
+        );
+        let e = check(&c(PciePort::SwitchPort, 0, 10), 8).unwrap_err();
+        assert!(
+            e.contains("cold_plug_vfio") && e.contains("set pcie_switch_port to at most 8"),
+            "{e}"
+        );
+        // More cold-plugged devices than ports, no spares: fewer devices is the only fix.
+        let e = check(&c(PciePort::RootPort, 0, 0), 17).unwrap_err();
+        assert!(
+            e.contains("cold-plug at most 16 devices on root-ports"),
+            "{e}"
+        );
+        // Spare ports alone over the limit (a configuration that skipped validation).
+        let e = check(&c(PciePort::NoPort, 17, 0), 0).unwrap_err();
+        assert!(
+            e.contains("pcie_root_port") && e.contains("at most 16"),
+            "{e}"
+        );
+        // No limit known for the other VMMs.
+        let many = c(PciePort::RootPort, 20, 0);
+        PortPlan::new(&many, &vfio(20))
+            .check_limits(&many, HypervisorType::CloudHypervisor)
+            .unwrap();
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub fn capabilities() -> Capabilities {
         backend: Some(HypervisorType::HostAgent),
         block_hotplug: false,
         cpu_hotplug: false,
+        cpu_offline_by_agent: false,
         memory_hotplug: false,
         memory_shrink: false,
         vfio: false,

@@ -102,6 +102,7 @@ pub fn capabilities() -> Capabilities {
         backend: Some(HypervisorType::Qemu),
         block_hotplug: true,
         cpu_hotplug: true,
+        cpu_offline_by_agent: false,
         memory_hotplug: true,
         memory_shrink: false,
         vfio: true,
@@ -617,12 +618,17 @@ impl Qemu {
     }
 
     async fn start_inner(&self, run: &mut Running) -> Result<()> {
+        // The ports first: too many for QEMU is the configuration's error, before anything
+        // is claimed or started.
+        let devices = self.devices.lock().unwrap().clone();
+        let ports = PortAllocator::for_vm(&self.config, &devices)?;
+        ports
+            .plan()
+            .check_limits(&self.config, HypervisorType::Qemu)?;
         let (kernel, initrd, image) = self.guest_files()?;
         let image_path = image.as_ref().map(|i| i.path.as_path());
         let user = self.claim_rootless(&kernel, initrd.as_deref(), image_path)?;
         let qemu = self.qemu_binary()?;
-        let devices = self.devices.lock().unwrap().clone();
-        let ports = PortAllocator::for_vm(&self.config, &devices)?;
         let qmp_wait = QMP_TIMEOUT + COLD_VFIO_QMP_WAIT * ports.plan().cold_vfio;
         create_private_dir(&self.vm_dir)?;
 

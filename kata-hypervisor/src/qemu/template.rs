@@ -62,16 +62,8 @@ use crate::device::{DeviceConfig, ShareFsDevice};
 use crate::error::{Error, Result};
 use crate::kvm::Accelerator;
 
-/// The template's guest memory, in `template_path`.
-pub const MEMORY_FILE: &str = "memory";
-/// The template's device state (QEMU's migration stream without the memory).
-pub const STATE_FILE: &str = "state";
-/// What the template was made from ([`TemplateManifest`]).
-pub const MANIFEST_FILE: &str = "template.json";
-/// Taken while a template is made or read.
-const LOCK_FILE: &str = "lock";
-/// How long a sandbox waits for another one that is making the template.
-const LOCK_WAIT: Duration = Duration::from_secs(600);
+// The template directory's files and its lock: shared with the built-in VMM's templates.
+pub use crate::template::{TemplateDir, TemplateLock, MANIFEST_FILE, MEMORY_FILE, STATE_FILE};
 /// How long saving or loading the device state may take.
 const MIGRATE_WAIT: Duration = Duration::from_secs(120);
 /// The PCIe root port a templated VM with virtio-fs keeps free for its share, hot-plugged
@@ -127,18 +119,9 @@ impl Role {
 /// saved devices and memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateManifest {
-    /// `default_memory`, MiB.
-    pub memory_mib: u32,
-    /// `default_vcpus`.
-    pub vcpus: u32,
-    /// The vCPU ceiling (`default_maxvcpus`, resolved).
-    pub max_vcpus: u32,
-    /// The guest kernel.
-    pub kernel: PathBuf,
-    /// The guest initrd.
-    pub initrd: Option<PathBuf>,
-    /// The kernel command line.
-    pub kernel_cmdline: String,
+    /// The guest's size, kernel, initrd and command line.
+    #[serde(flatten)]
+    pub boot: crate::template::GuestBoot,
     /// `machine_type` with `machine_accelerators`.
     pub machine: String,
     /// KVM or TCG.
@@ -165,16 +148,20 @@ impl TemplateManifest {
         devices: &[DeviceConfig],
     ) -> TemplateManifest {
         TemplateManifest {
-            memory_mib: config.default_memory,
-            vcpus: config.default_vcpus,
-            max_vcpus: config.max_vcpus(),
-            kernel: kernel.to_path_buf(),
-            initrd: initrd.map(Path::to_path_buf),
-            kernel_cmdline: super::cmdline::kernel_cmdline_for(
-                config,
-                false,
-                accelerator == Accelerator::Tcg,
-            ),
+            boot: crate::template::GuestBoot {
+                memory_mib: config.default_memory,
+                vcpus: config.default_vcpus,
+                max_vcpus: config.max_vcpus(),
+                kernel: kernel.to_path_buf(),
+                initrd: initrd.map(Path::to_path_buf),
+                kernel_cmdline: super::cmdline::kernel_cmdline_for(
+                    config,
+                    false,
+                    accelerator == Accelerator::Tcg,
+                ),
+                kernel_file: crate::template::file_stamp(kernel),
+                initrd_file: initrd.map(crate::template::file_stamp),
+            },
             // As the command line has it, `sata=off` included: a template saved by a build
             // that kept q35's SATA controller holds that device's state, which a VM without
             // it cannot load, so it is refused like any other machine change.
@@ -205,37 +192,7 @@ impl TemplateManifest {
 
     /// The first difference from `saved` (the template's), as `what: template's vs ours`.
     pub fn difference(&self, saved: &TemplateManifest) -> Option<String> {
-        let pairs: [(&str, String, String); 11] = [
-            (
-                "default_memory",
-                saved.memory_mib.to_string(),
-                self.memory_mib.to_string(),
-            ),
-            (
-                "default_vcpus",
-                saved.vcpus.to_string(),
-                self.vcpus.to_string(),
-            ),
-            (
-                "default_maxvcpus",
-                saved.max_vcpus.to_string(),
-                self.max_vcpus.to_string(),
-            ),
-            (
-                "kernel",
-                saved.kernel.display().to_string(),
-                self.kernel.display().to_string(),
-            ),
-            (
-                "initrd",
-                format!("{:?}", saved.initrd),
-                format!("{:?}", self.initrd),
-            ),
-            (
-                "kernel_params",
-                saved.kernel_cmdline.clone(),
-                self.kernel_cmdline.clone(),
-            ),
+        let rest: [(&str, String, String); 5] = [
             ("machine_type", saved.machine.clone(), self.machine.clone()),
             (
                 "the accelerator",
@@ -258,10 +215,13 @@ impl TemplateManifest {
                 self.devices.join(","),
             ),
         ];
-        pairs
-            .into_iter()
-            .find(|(_, a, b)| a != b)
-            .map(|(what, a, b)| format!("{what}: the template's is {a}, this sandbox's is {b}"))
+        crate::template::first_difference(self.boot.pairs(&saved.boot).into_iter().chain(rest))
+    }
+}
+
+impl crate::template::Manifest for TemplateManifest {
+    fn difference(&self, saved: &Self) -> Option<String> {
+        TemplateManifest::difference(self, saved)
     }
 }
 
@@ -278,14 +238,8 @@ pub fn check_config(c: &HypervisorConfig) -> Result<()> {
     if !c.factory.enable_template {
         return Ok(());
     }
+    crate::template::check_template_path(c)?;
     let off = "or set factory.enable_template = false";
-    if !c.factory.template_path.starts_with('/') {
-        return Err(Error::InvalidConfig {
-            key: "factory.template_path",
-            value: c.factory.template_path.clone(),
-            reason: "an absolute directory is needed when enable_template = true".into(),
-        });
-    }
     if c.shared_fs == SharedFs::VirtioFs && !c.machine_type.starts_with("q35") {
         return Err(refused(format!(
             "VM templating with shared_fs = \"virtio-fs\" on machine_type = \"{}\": a clone's \
@@ -555,164 +509,6 @@ pub async fn attach_share(qmp: &QmpClient, c: &HypervisorConfig, fs: &ShareFsDev
     Ok(())
 }
 
-/// The template directory's files, and its lock.
-#[derive(Debug, Clone)]
-pub struct TemplateDir {
-    dir: PathBuf,
-}
-
-/// The template directory, locked (released when dropped).
-#[derive(Debug)]
-pub struct TemplateLock {
-    _file: std::fs::File,
-}
-
-impl TemplateDir {
-    /// The template kept in `dir` (`factory.template_path`).
-    pub fn new(dir: impl Into<PathBuf>) -> TemplateDir {
-        TemplateDir { dir: dir.into() }
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The saved device state.
-    pub fn state(&self) -> PathBuf {
-        self.dir.join(STATE_FILE)
-    }
-
-    /// Whether a complete template is there (its manifest is written last).
-    pub fn exists(&self) -> bool {
-        self.dir.join(MANIFEST_FILE).is_file()
-            && self.state().is_file()
-            && self.dir.join(MEMORY_FILE).is_file()
-    }
-
-    /// The template's manifest.
-    pub fn manifest(&self) -> Result<TemplateManifest> {
-        let path = self.dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        serde_json::from_str(&text).map_err(|e| Error::InvalidConfig {
-            key: "factory.template_path",
-            value: self.dir.display().to_string(),
-            reason: format!(
-                "{} is unreadable ({e}); remove the template (rm -r {}) and a new one is made",
-                path.display(),
-                self.dir.display()
-            ),
-        })
-    }
-
-    /// Refuses a template made from another configuration than `ours`, naming the
-    /// difference and the fix.
-    pub fn check_matches(&self, ours: &TemplateManifest) -> Result<()> {
-        let saved = self.manifest()?;
-        match ours.difference(&saved) {
-            None => Ok(()),
-            Some(diff) => Err(Error::InvalidConfig {
-                key: "factory.template_path",
-                value: self.dir.display().to_string(),
-                reason: format!(
-                    "the template there was made for another VM ({diff}); remove it (rm -r {}) \
-                     so the next sandbox makes a new one, or give this configuration its own \
-                     template_path",
-                    self.dir.display()
-                ),
-            }),
-        }
-    }
-
-    /// Writes the manifest, last: a template is complete once it is there.
-    pub fn write_manifest(&self, m: &TemplateManifest) -> Result<()> {
-        let path = self.dir.join(MANIFEST_FILE);
-        let tmp = self.dir.join(format!("{MANIFEST_FILE}.tmp"));
-        let text = serde_json::to_string_pretty(m).expect("a manifest serializes");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
-    }
-
-    /// Removes what an unfinished template left (memory, state, manifest), keeping the lock.
-    pub fn remove_partial(&self) {
-        for f in [MEMORY_FILE, STATE_FILE, MANIFEST_FILE] {
-            let _ = std::fs::remove_file(self.dir.join(f));
-        }
-    }
-
-    /// Creates the directory (0700) and takes its lock, waiting for a sandbox that is making
-    /// the template: `exclusive` to make it, shared to read it (clones start side by side).
-    pub async fn lock(&self, exclusive: bool) -> Result<TemplateLock> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
-        check_private(&self.dir)?;
-        let path = self.dir.join(LOCK_FILE);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
-        let lock = TemplateLock { _file: file };
-        loop {
-            if lock.set(exclusive) {
-                return Ok(lock);
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Timeout {
-                    what: format!("the template lock {}", path.display()),
-                    after: LOCK_WAIT,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl TemplateLock {
-    /// Takes (or converts to) the exclusive or the shared lock, without waiting.
-    fn set(&self, exclusive: bool) -> bool {
-        use std::os::fd::AsRawFd;
-        let how = if exclusive {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        };
-        // SAFETY: flock on a descriptor this lock owns.
-        unsafe { libc::flock(self._file.as_raw_fd(), how | libc::LOCK_NB) == 0 }
-    }
-}
-
-/// Refuses a template directory another user owns or others may write: whoever writes the
-/// memory or state file there writes the guest every clone runs.
-fn check_private(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta =
-        std::fs::metadata(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
-    let euid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != euid || meta.mode() & 0o022 != 0 {
-        return Err(Error::InvalidConfig {
-            key: "factory.template_path",
-            value: dir.display().to_string(),
-            reason: format!(
-                "the directory is owned by uid {} with mode {:o}: a template directory must be \
-                 owned by uid {euid} and writable by it alone (whoever writes there writes the \
-                 guest of every clone); chmod go-w it, or choose another template_path",
-                meta.uid(),
-                meta.mode() & 0o7777
-            ),
-        });
-    }
-    Ok(())
-}
-
 /// Turns on QEMU's `x-ignore-shared` migration capability (shared memory is left out of the
 /// stream), on the template before the save and on a clone before the load.
 async fn ignore_shared(qmp: &QmpClient) -> Result<()> {
@@ -838,55 +634,36 @@ pub(super) async fn ensure(
 ) -> Result<(TemplateDir, TemplateLock)> {
     use crate::hypervisor::Hypervisor as _;
     let dir = TemplateDir::new(&vm.config.factory.template_path);
-    // A template there: read it under the shared lock (clones start side by side).
-    let lock = dir.lock(false).await?;
-    if dir.exists() {
-        dir.check_matches(ours)?;
-        return Ok((dir, lock));
-    }
-    drop(lock);
-    let lock = dir.lock(true).await?;
-    if dir.exists() {
-        // Made meanwhile by another sandbox.
-        dir.check_matches(ours)?;
-        return Ok((dir, lock));
-    }
-    dir.remove_partial();
     let t0 = std::time::Instant::now();
-    let mut maker = super::Qemu::new(
-        &format!("{}-template", vm.id),
-        vm.config.clone(),
-        dir.path().join("vm"),
-    )?;
-    maker.role = Role::Template;
-    let made = async {
-        // The template is saved without the virtio-fs share (QEMU cannot migrate it; the
-        // sandbox's virtiofsd serves its clone, which gets it hot-plugged).
-        maker.prepare(split_shares(devices.to_vec()).0).await?;
-        maker.start().await?;
-        maker.wait_ready(TEMPLATE_BOOT_WAIT).await?;
-        let qmp = maker
-            .qmp()
-            .ok_or_else(|| Error::NotRunning(maker.state().to_string()))?;
-        save(&qmp, &dir, &dir.path().join("save.sock")).await
-    }
-    .await;
-    if let Err(e) = maker.stop().await {
-        tracing::debug!(error = %e, "stopping the template VM");
-    }
-    match made {
-        Ok(()) => {
-            dir.write_manifest(ours)?;
-            // Shared again: the next clones need not wait for this one's load.
-            lock.set(false);
+    let lock = dir
+        .ensure(ours, || async {
+            let mut maker = super::Qemu::new(
+                &format!("{}-template", vm.id),
+                vm.config.clone(),
+                dir.path().join(crate::template::MAKER_DIR),
+            )?;
+            maker.role = Role::Template;
+            let made = async {
+                // The template is saved without the virtio-fs share (QEMU cannot migrate it;
+                // the sandbox's virtiofsd serves its clone, which gets it hot-plugged).
+                maker.prepare(split_shares(devices.to_vec()).0).await?;
+                maker.start().await?;
+                maker.wait_ready(TEMPLATE_BOOT_WAIT).await?;
+                let qmp = maker
+                    .qmp()
+                    .ok_or_else(|| Error::NotRunning(maker.state().to_string()))?;
+                save(&qmp, &dir, &dir.path().join("save.sock")).await
+            }
+            .await;
+            if let Err(e) = maker.stop().await {
+                tracing::debug!(error = %e, "stopping the template VM");
+            }
+            made?;
             tracing::info!(sandbox_id = %vm.id, dir = %dir.path().display(), took = ?t0.elapsed(), "VM template made");
-            Ok((dir, lock))
-        }
-        Err(e) => {
-            dir.remove_partial();
-            Err(e)
-        }
-    }
+            Ok(())
+        })
+        .await?;
+    Ok((dir, lock))
 }
 
 #[cfg(test)]
