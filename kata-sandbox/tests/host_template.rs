@@ -1,6 +1,7 @@
 //! VM templating (`enable_template`) refusals on this host, without a guest: the QEMU
 //! backend templates only with the kernel's vhost-vsock (the nested lab proves the clones:
-//! lab check `qemu-template`), and every other hypervisor refuses the key.
+//! lab check `qemu-template`), the built-in VMM takes it (lab check `builtin-template`), and
+//! every other hypervisor refuses the key.
 
 use kata_hypervisor::config::{HypervisorType, SharedFs};
 use kata_sandbox::Sandbox;
@@ -16,14 +17,18 @@ fn templating(root: &std::path::Path, template: &std::path::Path) -> kata_sandbo
 }
 
 #[test]
-fn a_hypervisor_other_than_qemu_refuses_enable_template_naming_it() {
+fn a_hypervisor_other_than_qemu_and_the_builtin_vmm_refuses_enable_template_naming_it() {
+    // The built-in VMM templates (its snapshot restore; lab check `builtin-template`).
     let b = Sandbox::builder().hypervisor(HypervisorType::Dragonball);
-    assert!(b.clone().finish().is_ok());
+    let mut hv = b.config().clone();
+    hv.factory.enable_template = true;
+    assert!(b.hypervisor_config(hv).finish().is_ok());
+    let b = Sandbox::builder().hypervisor(HypervisorType::CloudHypervisor);
     let mut hv = b.config().clone();
     hv.factory.enable_template = true;
     let e = b.hypervisor_config(hv).finish().unwrap_err().to_string();
     assert!(
-        e.contains("enable_template") && e.contains("QEMU only"),
+        e.contains("enable_template") && e.contains("built-in VMM only"),
         "{e}"
     );
 }

@@ -6,7 +6,8 @@
 //! `vm_cache_number` and `vm_cache_endpoint` are served by kata-shim's `kata-vm-cache` (VMs
 //! booted ahead, handed to the shim over the endpoint). VM templating (`enable_template`) is
 //! done by the QEMU backend (kata-hypervisor's `qemu::template`: sandboxes start as clones of
-//! a saved VM); with any other hypervisor it is refused, naming the key ([`FactoryConfig::check_backend`]).
+//! a saved VM) and the built-in VMM's (`builtin::template`: restores of kata-vmm's snapshot);
+//! with any other hypervisor it is refused, naming the key ([`FactoryConfig::check_backend`]).
 
 use kata_hypervisor::config::{HypervisorConfig, HypervisorType};
 use serde::{Deserialize, Serialize};
@@ -79,19 +80,20 @@ impl FactoryConfig {
     }
 
     /// Refuses templating (here or in `hv`'s factory table) with a hypervisor that cannot
-    /// template (all but QEMU), naming the key.
+    /// template (all but QEMU and the built-in VMM), naming the key.
     pub fn check_backend(
         &self,
         kind: HypervisorType,
         hv: &HypervisorConfig,
     ) -> Result<(), ConfigIssue> {
-        if (self.enable_template || hv.factory.enable_template) && kind != HypervisorType::Qemu {
+        let templates = matches!(kind, HypervisorType::Qemu | HypervisorType::Dragonball);
+        if (self.enable_template || hv.factory.enable_template) && !templates {
             return Err(ConfigIssue::new(
                 "factory",
                 "enable_template",
                 format!(
-                    "enable_template = true: VM templating is implemented for QEMU only, not \
-                     for [hypervisor.{}]; set it false (vm_cache_number > 0 with kata-vm-cache \
+                    "enable_template = true: VM templating is implemented for QEMU and the \
+                     built-in VMM only, not for [hypervisor.{}]; set it false (vm_cache_number > 0 with kata-vm-cache \
                      keeps VMs booted ahead instead)",
                     kind.section_name()
                 ),
@@ -106,7 +108,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn enable_template_is_refused_but_for_qemu_and_the_cache_needs_an_absolute_endpoint() {
+    fn enable_template_is_refused_but_for_qemu_and_the_builtin_vmm_and_an_absolute_cache() {
         let f = FactoryConfig {
             enable_template: true,
             ..Default::default()
@@ -114,12 +116,13 @@ mod tests {
         assert!(f.validate().is_ok());
         let hv = HypervisorConfig::default();
         assert!(f.check_backend(HypervisorType::Qemu, &hv).is_ok());
+        assert!(f.check_backend(HypervisorType::Dragonball, &hv).is_ok());
         let e = f
-            .check_backend(HypervisorType::Dragonball, &hv)
+            .check_backend(HypervisorType::CloudHypervisor, &hv)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("enable_template") && e.contains("QEMU only"),
+            e.contains("enable_template") && e.contains("built-in VMM only"),
             "{e}"
         );
         let mut copied = HypervisorConfig::default();
@@ -130,7 +133,7 @@ mod tests {
         runtime_rs.factory.enable_template = true;
         let off = FactoryConfig::default();
         assert!(off
-            .check_backend(HypervisorType::Dragonball, &runtime_rs)
+            .check_backend(HypervisorType::CloudHypervisor, &runtime_rs)
             .is_err());
         let f = FactoryConfig {
             enable_template: true,

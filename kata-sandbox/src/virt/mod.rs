@@ -603,7 +603,11 @@ impl RuntimeHandler for VirtContainer {
             self.vfio
                 .detach_container(&self.vm, &self.resources, container_id)
                 .await;
-            if let Err(se) = self.sizing.shrink(container_id, &*self.vm).await {
+            if let Err(se) = self
+                .sizing
+                .shrink(container_id, &*self.vm, &self.agent)
+                .await
+            {
                 tracing::warn!(sandbox_id = %self.id, container_id, error = %se, "unplugging the vCPUs of a container that failed to create");
             }
             if let Err(re) = self.release(container_id).await {
@@ -727,7 +731,7 @@ impl RuntimeHandler for VirtContainer {
         if updated.is_err() {
             self.sizing.restore(container_id, before);
         }
-        if let Err(e) = self.sizing.trim(container_id, &*self.vm).await {
+        if let Err(e) = self.sizing.trim(container_id, &*self.vm, &self.agent).await {
             tracing::warn!(sandbox_id = %self.id, container_id, error = %e, "unplugging the vCPUs an update freed; they stay");
         }
         updated
@@ -744,7 +748,11 @@ impl RuntimeHandler for VirtContainer {
             .await;
         let released = self.release(container_id).await;
         if removed.is_ok() {
-            if let Err(e) = self.sizing.shrink(container_id, &*self.vm).await {
+            if let Err(e) = self
+                .sizing
+                .shrink(container_id, &*self.vm, &self.agent)
+                .await
+            {
                 tracing::warn!(sandbox_id = %self.id, container_id, error = %e, "unplugging the vCPUs of a removed container; they stay");
             }
         }

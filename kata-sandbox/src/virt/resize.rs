@@ -3,14 +3,19 @@
 //! Each container's `linux.resources` makes a demand ([`Demand`]): vCPUs from its CFS quota
 //! (`ceil(quota / period)`), or the CPUs of its cpuset when no container of the sandbox has a
 //! quota, and MiB from its memory limit. The VM is to have
-//! `default_vcpus + the demands' vCPUs` (at most `default_maxvcpus`) and
+//! `default_vcpus + the demands' vCPUs` (and at least one above the highest CPU a cpuset
+//! names, so no pinned CPU is ever taken away; at most `default_maxvcpus`) and
 //! `default_memory + the demands' MiB` — the sizes runtime-rs's resource manager computes.
 //!
 //! Dynamic sizing (the default): before `CreateContainer` the VM grows by hot-plug (memory
 //! first, then vCPUs), and the agent onlines what came (`OnlineCPUMem`, waiting until the vCPUs
 //! are online, so the container's cgroup is made with them); removing a container (or an
 //! update that lowers a limit) recomputes the target from the containers left and unplugs the
-//! vCPUs the others no longer need, and gives memory back where the backend can
+//! vCPUs the others no longer need (on a backend without ACPI eject,
+//! [`Capabilities::cpu_offline_by_agent`]: the built-in VMM, the agent first takes the CPUs
+//! offline — kata-rs's `OfflineCPUs` extension — and only the vCPUs of CPUs the guest took
+//! offline are taken back; an agent without the extension, Kata's, leaves the guest its vCPUs,
+//! logged), and gives memory back where the backend can
 //! ([`Capabilities::memory_shrink`]: a virtio-mem device, in the built-in VMM or QEMU with
 //! `enable_virtio_mem`). The backend answers with the size the guest reached: memory the guest
 //! could not offline (kernel allocations in a block) stays, is logged and counted in
@@ -31,6 +36,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
+use async_trait::async_trait;
 use kata_agent_client::{Agent, OnlineCpuMem};
 use kata_hypervisor::{Capabilities, Hypervisor, HypervisorConfig};
 use oci_spec::runtime::{LinuxResources, Spec};
@@ -146,6 +152,39 @@ fn parse_cpuset(s: &str) -> std::result::Result<BTreeSet<u32>, String> {
     Ok(set)
 }
 
+/// What the sizing asks of the guest, through the agent, before it takes vCPUs back (a trait:
+/// the sizing's logic is tested with a fake guest).
+#[async_trait]
+pub(crate) trait GuestCpus: Sync {
+    /// kata-rs's `OfflineCPUs`: the guest's online CPUs once it took CPUs offline until
+    /// `nb_cpus` are online; `None` where the agent does not serve it (Kata's agent).
+    async fn offline_cpus(&self, nb_cpus: u32) -> kata_agent_client::Result<Option<BTreeSet<u32>>>;
+
+    /// `OnlineCPUMem` for CPUs only, without waiting: the guest onlines its offline CPUs
+    /// until `nb_cpus` are online (after a shrink the backend did not finish).
+    async fn online_cpus(&self, nb_cpus: u32) -> kata_agent_client::Result<()>;
+}
+
+#[async_trait]
+impl GuestCpus for Agent {
+    async fn offline_cpus(&self, nb_cpus: u32) -> kata_agent_client::Result<Option<BTreeSet<u32>>> {
+        Agent::offline_cpus(self, nb_cpus).await
+    }
+
+    async fn online_cpus(&self, nb_cpus: u32) -> kata_agent_client::Result<()> {
+        self.online_cpu_mem(OnlineCpuMem::cpus(nb_cpus)).await
+    }
+}
+
+/// The vCPUs a VM of `current` vCPUs keeps when its guest, asked to keep `target` CPUs online,
+/// answered `online`: the target, or more where the guest kept a higher CPU online (never
+/// park a vCPU the guest runs: the VMM takes vCPUs back from the top), at most `current` (the
+/// answer is the guest's word).
+fn vcpus_kept(current: u32, target: u32, online: &BTreeSet<u32>) -> u32 {
+    let highest = online.iter().next_back().map_or(0, |c| c.saturating_add(1));
+    target.max(highest).min(current)
+}
+
 /// The size the VM is to have for a set of demands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Target {
@@ -171,7 +210,9 @@ impl Base {
     }
 
     /// `default_vcpus + vCPUs asked` (the quotas' sum; without any quota, the CPUs of the
-    /// cpusets) capped at `default_maxvcpus`, and `default_memory + the limits`.
+    /// cpusets), at least one above the highest CPU a cpuset names (a shrink never takes
+    /// offline a CPU a container is pinned to), capped at `default_maxvcpus`; and
+    /// `default_memory + the limits`.
     fn target<'a>(&self, demands: impl IntoIterator<Item = &'a Demand>) -> Target {
         let mut quota = 0u32;
         let mut cpuset = BTreeSet::new();
@@ -186,10 +227,12 @@ impl Base {
         } else {
             quota
         };
+        let pinned = cpuset.last().map_or(0, |c| c.saturating_add(1));
         Target {
             vcpus: self
                 .vcpus
                 .saturating_add(asked)
+                .max(pinned)
                 .min(self.max_vcpus.max(self.vcpus)),
             memory_mib: self.memory_mib.saturating_add(memory),
         }
@@ -219,6 +262,9 @@ pub(crate) struct Sizing {
     memory_hotplug: bool,
     /// Give memory back when the containers need less (a backend that can take it back).
     memory_shrink: bool,
+    /// Have the guest take CPUs offline through the agent before taking vCPUs back
+    /// ([`Capabilities::cpu_offline_by_agent`]).
+    offline_by_agent: bool,
     /// Cpusets name the VM's vCPUs (not so without a VM: the test backend's agent runs on the
     /// host's CPUs).
     check_cpusets: bool,
@@ -252,6 +298,7 @@ impl Sizing {
             cpu_hotplug: !static_sizing && caps.cpu_hotplug,
             memory_hotplug: !static_sizing && caps.memory_hotplug,
             memory_shrink: !static_sizing && caps.memory_hotplug && caps.memory_shrink,
+            offline_by_agent: caps.cpu_offline_by_agent,
             check_cpusets: !caps.guest_on_host,
             state: Mutex::new(state),
             short_shrink: Mutex::new(None),
@@ -356,7 +403,7 @@ impl Sizing {
             };
             if let Err(e) = agent.online_cpu_mem(online.wait(true)).await {
                 if grown.vcpus > current.vcpus {
-                    self.set_vcpus(vm, current.vcpus).await;
+                    self.set_vcpus(vm, agent, current.vcpus).await;
                 }
                 return Err(e.into());
             }
@@ -377,9 +424,14 @@ impl Sizing {
 
     /// Forgets container `id` (removed, or failed to create), unplugs the vCPUs the others do
     /// not need and gives back the memory they do not need (see [`trim`](Self::trim)).
-    pub(crate) async fn shrink(&self, id: &str, vm: &dyn Hypervisor) -> Result<()> {
+    pub(crate) async fn shrink(
+        &self,
+        id: &str,
+        vm: &dyn Hypervisor,
+        guest: &dyn GuestCpus,
+    ) -> Result<()> {
         self.state.lock().unwrap().containers.remove(id);
-        self.trim(id, vm).await
+        self.trim(id, vm, guest).await
     }
 
     /// What container `id` counts for now (`None`: nothing).
@@ -398,10 +450,16 @@ impl Sizing {
 
     /// Shrinks the VM to what the counted containers need (after a removal, or an update that
     /// lowered a limit; `id` names the cause in the log): gives memory back where the backend
-    /// can ([`Capabilities::memory_shrink`]), then unplugs the vCPUs no longer needed. Memory
-    /// the guest keeps, or a backend error while shrinking memory, is logged and counted, not
-    /// returned; the error is a vCPU unplug's.
-    pub(crate) async fn trim(&self, id: &str, vm: &dyn Hypervisor) -> Result<()> {
+    /// can ([`Capabilities::memory_shrink`]), then unplugs the vCPUs no longer needed (see
+    /// [`take_vcpus_back`](Self::take_vcpus_back)). Memory the guest keeps, or a backend error
+    /// while shrinking memory, is logged and counted, not returned; the error is a vCPU
+    /// unplug's.
+    pub(crate) async fn trim(
+        &self,
+        id: &str,
+        vm: &dyn Hypervisor,
+        guest: &dyn GuestCpus,
+    ) -> Result<()> {
         let _op = self.op.lock().await;
         let (current, target) = {
             let st = self.state.lock().unwrap();
@@ -449,20 +507,93 @@ impl Sizing {
             }
         }
         if self.cpu_hotplug && target.vcpus < current.vcpus {
-            let now = vm.resize_vcpus(target.vcpus).await?;
+            let now = self
+                .take_vcpus_back(id, vm, guest, current.vcpus, target.vcpus)
+                .await?;
             self.state.lock().unwrap().vcpus = now;
-            tracing::info!(
-                container_id = id,
-                vcpus = now,
-                "vCPUs unplugged: the containers need fewer"
-            );
+            if now < current.vcpus {
+                tracing::info!(
+                    container_id = id,
+                    vcpus = now,
+                    "vCPUs unplugged: the containers need fewer"
+                );
+            }
         }
         Ok(())
     }
 
+    /// Shrinks a VM of `current` vCPUs to `target`; returns its vCPUs now. Where the backend
+    /// has no way to ask the guest ([`Capabilities::cpu_offline_by_agent`]) the agent takes
+    /// the CPUs offline first and the backend takes back only the vCPUs above the CPUs the
+    /// guest keeps online ([`vcpus_kept`]); an agent that does not serve that (Kata's) leaves
+    /// the guest all `current` vCPUs, logged, as does an agent's error (returned). Where the
+    /// backend then fails to take them back, the VM keeps `current` vCPUs and the guest is
+    /// asked (best effort, logged) to online `current` CPUs again before the error returns.
+    async fn take_vcpus_back(
+        &self,
+        id: &str,
+        vm: &dyn Hypervisor,
+        guest: &dyn GuestCpus,
+        current: u32,
+        target: u32,
+    ) -> Result<u32> {
+        let mut to = target;
+        let mut offlined = false;
+        if self.offline_by_agent {
+            match guest.offline_cpus(target).await {
+                Ok(Some(online)) => {
+                    offlined = true;
+                    to = vcpus_kept(current, target, &online);
+                    if to > target {
+                        tracing::warn!(
+                            container_id = id,
+                            target_vcpus = target,
+                            online = ?online,
+                            "the guest kept CPUs online above the target: their vCPUs stay"
+                        );
+                    }
+                }
+                Ok(None) => {
+                    tracing::info!(
+                        container_id = id,
+                        vcpus = current,
+                        target_vcpus = target,
+                        "the agent does not serve OfflineCPUs (kata-rs's extension; Kata's \
+                         agent): the guest keeps its vCPUs"
+                    );
+                    return Ok(current);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if to >= current {
+            return Ok(current);
+        }
+        match vm.resize_vcpus(to).await {
+            Ok(now) => Ok(now),
+            Err(e) => {
+                if offlined {
+                    // The VM keeps its `current` vCPUs: the guest is to run them again, or
+                    // it would idle on fewer CPUs than it has (a grow onlines only on growth).
+                    if let Err(online_error) = guest.online_cpus(current).await {
+                        tracing::warn!(
+                            container_id = id,
+                            vcpus = current,
+                            error = %online_error,
+                            "the guest's CPUs taken offline for a failed vCPU shrink are not \
+                             online again"
+                        );
+                    }
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     /// Resizes the vCPUs back after a failed grow; what it cannot undo stays counted.
-    async fn set_vcpus(&self, vm: &dyn Hypervisor, vcpus: u32) {
-        match vm.resize_vcpus(vcpus).await {
+    async fn set_vcpus(&self, vm: &dyn Hypervisor, guest: &dyn GuestCpus, vcpus: u32) {
+        let current = self.state.lock().unwrap().vcpus;
+        match self.take_vcpus_back("", vm, guest, current, vcpus).await {
             Ok(now) => self.state.lock().unwrap().vcpus = now,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot unplug the vCPUs of a failed grow; they stay")
@@ -834,6 +965,8 @@ mod tests {
         caps: Capabilities,
         floor_mib: u32,
         fail: bool,
+        /// Fail every vCPU resize (`fail` fails memory's).
+        fail_vcpus: bool,
         memory_asked: Mutex<Vec<u32>>,
         vcpus_asked: Mutex<Vec<u32>>,
     }
@@ -849,6 +982,7 @@ mod tests {
                 },
                 floor_mib,
                 fail: false,
+                fail_vcpus: false,
                 memory_asked: Mutex::new(Vec::new()),
                 vcpus_asked: Mutex::new(Vec::new()),
             }
@@ -903,6 +1037,12 @@ mod tests {
         }
         async fn resize_vcpus(&self, vcpus: u32) -> kata_hypervisor::Result<u32> {
             self.vcpus_asked.lock().unwrap().push(vcpus);
+            if self.fail_vcpus {
+                return Err(kata_hypervisor::Error::Timeout {
+                    what: "the fake's vCPU resize".into(),
+                    after: std::time::Duration::from_secs(1),
+                });
+            }
             Ok(vcpus)
         }
         async fn resize_memory(&self, mib: u32) -> kata_hypervisor::Result<u32> {
@@ -940,6 +1080,57 @@ mod tests {
         }
     }
 
+    /// A fake guest behind the agent: answers `OfflineCPUs` as a guest that keeps CPUs
+    /// `0..keep_below` online at least (`None`: an agent without the extension, Kata's;
+    /// `fail`: an agent error), and records the counts asked.
+    struct FakeGuest {
+        served: bool,
+        keep_below: u32,
+        fail: bool,
+        asked: Mutex<Vec<u32>>,
+        /// The counts `OnlineCPUMem` was sent with.
+        onlined: Mutex<Vec<u32>>,
+    }
+
+    impl FakeGuest {
+        const fn new(served: bool, keep_below: u32) -> FakeGuest {
+            FakeGuest {
+                served,
+                keep_below,
+                fail: false,
+                asked: Mutex::new(Vec::new()),
+                onlined: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    /// For the backends that do not need the guest asked (never called there).
+    static NO_GUEST: FakeGuest = FakeGuest::new(false, 0);
+
+    #[async_trait]
+    impl GuestCpus for FakeGuest {
+        async fn offline_cpus(
+            &self,
+            nb_cpus: u32,
+        ) -> kata_agent_client::Result<Option<BTreeSet<u32>>> {
+            self.asked.lock().unwrap().push(nb_cpus);
+            if self.fail {
+                return Err(kata_agent_client::Error::Timeout {
+                    method: "OfflineCPUs",
+                    timeout: std::time::Duration::from_secs(1),
+                });
+            }
+            Ok(self
+                .served
+                .then(|| (0..nb_cpus.max(self.keep_below)).collect()))
+        }
+
+        async fn online_cpus(&self, nb_cpus: u32) -> kata_agent_client::Result<()> {
+            self.onlined.lock().unwrap().push(nb_cpus);
+            Ok(())
+        }
+    }
+
     /// A sizing grown for two containers (`c1`: 2 vCPUs and 128 MiB, `c2`: 256 MiB): the VM at
     /// 3 vCPUs and 640 MiB.
     fn grown_for_two(vm: &FakeVm) -> Sizing {
@@ -973,21 +1164,21 @@ mod tests {
     async fn a_container_leaving_shrinks_memory_where_the_backend_can_take_it_back() {
         let vm = FakeVm::new(true, 0);
         let sizing = grown_for_two(&vm);
-        sizing.shrink("c2", &vm).await.unwrap();
+        sizing.shrink("c2", &vm, &NO_GUEST).await.unwrap();
         assert_eq!(*vm.memory_asked.lock().unwrap(), [384]);
         assert!(
             vm.vcpus_asked.lock().unwrap().is_empty(),
             "c1 keeps its vCPUs"
         );
         assert_eq!((sizing.state().vcpus, sizing.state().memory_mib), (3, 384));
-        sizing.shrink("c1", &vm).await.unwrap();
+        sizing.shrink("c1", &vm, &NO_GUEST).await.unwrap();
         assert_eq!(*vm.memory_asked.lock().unwrap(), [384, 256]);
         assert_eq!(*vm.vcpus_asked.lock().unwrap(), [1]);
         let st = sizing.state();
         assert_eq!((st.vcpus, st.memory_mib), (1, 256));
         assert!(st.containers.is_empty());
         // Nothing left to give back: the backend is not asked again.
-        sizing.trim("c1", &vm).await.unwrap();
+        sizing.trim("c1", &vm, &NO_GUEST).await.unwrap();
         assert_eq!(vm.memory_asked.lock().unwrap().len(), 2);
     }
 
@@ -995,7 +1186,7 @@ mod tests {
     async fn dimms_are_kept_when_a_container_leaves() {
         let vm = FakeVm::new(false, 0);
         let sizing = grown_for_two(&vm);
-        sizing.shrink("c1", &vm).await.unwrap();
+        sizing.shrink("c1", &vm, &NO_GUEST).await.unwrap();
         assert!(vm.memory_asked.lock().unwrap().is_empty(), "never asked");
         assert_eq!(
             *vm.vcpus_asked.lock().unwrap(),
@@ -1014,7 +1205,7 @@ mod tests {
         };
         let sizing = Sizing::new(&hv, &vm.capabilities(), true, SizingState::default());
         sizing.restore("c1", Some(Demand::default()));
-        sizing.shrink("c1", &vm).await.unwrap();
+        sizing.shrink("c1", &vm, &NO_GUEST).await.unwrap();
         assert!(vm.memory_asked.lock().unwrap().is_empty());
     }
 
@@ -1022,11 +1213,11 @@ mod tests {
     async fn memory_the_guest_keeps_is_counted_and_a_failed_shrink_is_no_error() {
         let vm = FakeVm::new(true, 500);
         let sizing = grown_for_two(&vm);
-        sizing.shrink("c2", &vm).await.unwrap();
+        sizing.shrink("c2", &vm, &NO_GUEST).await.unwrap();
         assert_eq!(*vm.memory_asked.lock().unwrap(), [384]);
         assert_eq!(sizing.state().memory_mib, 500, "what the guest reached");
         // The guest keeps working on it: the same target is not asked (and waited for) again.
-        sizing.trim("c2", &vm).await.unwrap();
+        sizing.trim("c2", &vm, &NO_GUEST).await.unwrap();
         assert_eq!(vm.memory_asked.lock().unwrap().len(), 1, "not asked again");
         assert!(already_asked(Some((384, 500)), 500, 384));
         assert!(
@@ -1054,7 +1245,7 @@ mod tests {
             fail: true,
             ..FakeVm::new(true, 0)
         };
-        restored.shrink("c1", &failing).await.unwrap();
+        restored.shrink("c1", &failing, &NO_GUEST).await.unwrap();
         assert_eq!(*failing.memory_asked.lock().unwrap(), [256]);
         assert_eq!(
             restored.state().memory_mib,
@@ -1062,5 +1253,157 @@ mod tests {
             "a failed shrink keeps the size counted"
         );
         assert_eq!(*failing.vcpus_asked.lock().unwrap(), [1]);
+    }
+
+    /// The built-in VMM's way: the guest takes CPUs offline through the agent first.
+    fn offline_first(vm: &mut FakeVm) {
+        vm.caps.cpu_offline_by_agent = true;
+    }
+
+    #[tokio::test]
+    async fn the_guest_takes_cpus_offline_before_the_backend_takes_vcpus_back() {
+        let mut vm = FakeVm::new(true, 0);
+        offline_first(&mut vm);
+        let sizing = grown_for_two(&vm);
+        let guest = FakeGuest::new(true, 0);
+        sizing.shrink("c1", &vm, &guest).await.unwrap();
+        assert_eq!(*guest.asked.lock().unwrap(), [1], "asked before the resize");
+        assert_eq!(*vm.vcpus_asked.lock().unwrap(), [1]);
+        assert_eq!(sizing.state().vcpus, 1);
+        // Nothing to take back: the guest is not asked again.
+        sizing.trim("c1", &vm, &guest).await.unwrap();
+        assert_eq!(guest.asked.lock().unwrap().len(), 1);
+        // QEMU's way (ACPI eject): the guest is never asked through the agent.
+        let qemu = FakeVm::new(true, 0);
+        let sizing = grown_for_two(&qemu);
+        let guest = FakeGuest::new(true, 0);
+        sizing.shrink("c1", &qemu, &guest).await.unwrap();
+        assert!(guest.asked.lock().unwrap().is_empty());
+        assert_eq!(*qemu.vcpus_asked.lock().unwrap(), [1]);
+    }
+
+    #[tokio::test]
+    async fn an_agent_without_the_extension_leaves_the_guest_its_vcpus() {
+        let mut vm = FakeVm::new(true, 0);
+        offline_first(&mut vm);
+        let sizing = grown_for_two(&vm);
+        let kata_agent = FakeGuest::new(false, 0);
+        sizing.shrink("c1", &vm, &kata_agent).await.unwrap();
+        assert_eq!(*kata_agent.asked.lock().unwrap(), [1]);
+        assert!(
+            vm.vcpus_asked.lock().unwrap().is_empty(),
+            "no vCPU taken from a guest that still has it online"
+        );
+        assert_eq!(sizing.state().vcpus, 3, "the VM keeps its 3 vCPUs");
+        assert!(!sizing.state().containers.contains_key("c1"), "c1 is gone");
+        // An agent error: the same, and the error is the trim's.
+        let failing = FakeGuest {
+            fail: true,
+            ..FakeGuest::new(true, 0)
+        };
+        assert!(sizing.trim("c1", &vm, &failing).await.is_err());
+        assert!(vm.vcpus_asked.lock().unwrap().is_empty());
+        assert_eq!(sizing.state().vcpus, 3);
+    }
+
+    #[tokio::test]
+    async fn only_the_vcpus_above_the_cpus_the_guest_keeps_are_taken_back() {
+        let mut vm = FakeVm::new(true, 0);
+        offline_first(&mut vm);
+        let sizing = grown_for_two(&vm);
+        // The guest could not take CPU 1 offline: only vCPU 2 goes.
+        let stubborn = FakeGuest::new(true, 2);
+        sizing.shrink("c1", &vm, &stubborn).await.unwrap();
+        assert_eq!(*vm.vcpus_asked.lock().unwrap(), [2]);
+        assert_eq!(sizing.state().vcpus, 2);
+        // A guest's answer is bounded by the VM's vCPUs: never grows the VM.
+        assert_eq!(vcpus_kept(3, 1, &BTreeSet::from([0, 4_000_000])), 3);
+        assert_eq!(vcpus_kept(3, 1, &BTreeSet::from([0, u32::MAX])), 3);
+        assert_eq!(vcpus_kept(3, 1, &BTreeSet::new()), 1);
+        assert_eq!(vcpus_kept(3, 1, &BTreeSet::from([0])), 1);
+    }
+
+    #[test]
+    fn the_target_keeps_every_cpu_a_cpuset_names_even_with_quotas() {
+        let pinned_high = Demand {
+            cpuset: BTreeSet::from([3]),
+            ..Default::default()
+        };
+        let quota = Demand {
+            vcpus: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            base().target([&pinned_high, &quota]).vcpus,
+            4,
+            "1 + a quota of 1 is 2, but CPU 3 is pinned: 4"
+        );
+        assert_eq!(
+            base().target([&pinned_high]).vcpus,
+            4,
+            "1 + |{{3}}| is 2, but CPU 3 is pinned: 4"
+        );
+        let beyond = Demand {
+            cpuset: BTreeSet::from([9]),
+            ..Default::default()
+        };
+        assert_eq!(
+            base().target([&beyond]).vcpus,
+            4,
+            "capped at default_maxvcpus"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shrink_never_takes_offline_a_cpu_a_remaining_container_is_pinned_to() {
+        let mut vm = FakeVm::new(true, 0);
+        offline_first(&mut vm);
+        let sizing = grown_for_two(&vm);
+        // c2 (no quota) is pinned to CPU 2; c1's 2 vCPUs go with it.
+        sizing.restore(
+            "c2",
+            Some(Demand {
+                cpuset: BTreeSet::from([2]),
+                ..Default::default()
+            }),
+        );
+        let guest = FakeGuest::new(true, 0);
+        sizing.shrink("c1", &vm, &guest).await.unwrap();
+        assert!(
+            guest.asked.lock().unwrap().is_empty(),
+            "3 vCPUs are the target: no CPU is taken offline"
+        );
+        assert!(vm.vcpus_asked.lock().unwrap().is_empty());
+        assert_eq!(sizing.state().vcpus, 3);
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_fails_after_the_guest_took_cpus_offline_gets_them_online_again() {
+        let mut vm = FakeVm {
+            fail_vcpus: true,
+            ..FakeVm::new(true, 0)
+        };
+        offline_first(&mut vm);
+        let sizing = grown_for_two(&vm);
+        let guest = FakeGuest::new(true, 0);
+        assert!(sizing.shrink("c1", &vm, &guest).await.is_err());
+        assert_eq!(*guest.asked.lock().unwrap(), [1]);
+        assert_eq!(*vm.vcpus_asked.lock().unwrap(), [1]);
+        assert_eq!(sizing.state().vcpus, 3, "the VM keeps its 3 vCPUs");
+        assert_eq!(
+            *guest.onlined.lock().unwrap(),
+            [3],
+            "and the guest runs all 3 again"
+        );
+        // Nothing was taken offline (QEMU's way, or an agent without the extension): the
+        // guest is not asked to online anything.
+        let qemu = FakeVm {
+            fail_vcpus: true,
+            ..FakeVm::new(true, 0)
+        };
+        let sizing = grown_for_two(&qemu);
+        let guest = FakeGuest::new(true, 0);
+        assert!(sizing.shrink("c1", &qemu, &guest).await.is_err());
+        assert!(guest.onlined.lock().unwrap().is_empty());
     }
 }

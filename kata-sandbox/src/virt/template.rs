@@ -1,7 +1,8 @@
-//! A sandbox whose VM is a clone of a VM template (QEMU with `enable_template`, see
-//! kata-hypervisor's `qemu::template`): its guest did not boot, it woke where the template was
-//! saved — with the template's random pool and the template's clock. Before `CreateSandbox`
-//! the guest gets fresh host entropy (`ReseedRandomDev`) and the host's time
+//! A sandbox whose VM is a clone of a VM template (`enable_template`: QEMU's, see
+//! kata-hypervisor's `qemu::template`, or the built-in VMM's snapshot restore, see its
+//! `builtin::template`): its guest did not boot, it woke where the template was saved — with
+//! the template's random pool and the template's clock. Before `CreateSandbox` the guest gets
+//! fresh host entropy (`ReseedRandomDev`) and the host's time
 //! (`SetGuestDateTime`), as Kata's runtime does for a VM from its factory; every clone is then
 //! as different from its siblings as a fresh boot.
 
@@ -11,7 +12,7 @@ use kata_hypervisor::config::HypervisorConfig;
 use crate::error::Result;
 use crate::sandbox::handover::host_entropy;
 
-/// Whether a sandbox with `hv` starts from a template (QEMU's clones).
+/// Whether a sandbox with `hv` starts from a template (QEMU's clones and the built-in VMM's).
 pub(super) fn is_clone(hv: &HypervisorConfig) -> bool {
     hv.factory.enable_template
 }
