@@ -18,7 +18,6 @@
 //! runner then runs no VMM set and the other checks never report).
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use kata_hypervisor::config::{BlockDeviceDriver, HypervisorConfig, HypervisorType};
@@ -152,9 +151,8 @@ pub async fn builtin_blk_hot(rootfs: &Path, root_dir: &str) -> Result<String> {
         .hypervisor_config(hv)
         .vcpus(1)
         .root_dir(root_dir);
-    let sandbox = tokio::time::timeout(Duration::from_secs(300), builder.build())
+    let sandbox = crate::l2_boot::build_sandbox(&builder)
         .await
-        .context("no sandbox after 300 s")?
         .context("the sandbox with a spare root port did not start")?;
     let checked = async {
         let before = guest_disks(&sandbox, rootfs).await?;

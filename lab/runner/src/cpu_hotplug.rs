@@ -1,19 +1,31 @@
 //! `builtin-cpu-hotplug` (issue 11): a container's CPU limit grows a built-in VM by a vCPU,
-//! without ACPI, in L1 where KVM works.
+//! without ACPI, in L1 where KVM works, and the VM gives it back when the container leaves.
 //!
 //! The sandbox boots [`BOOT_VCPUS`] of [`MAX_VCPUS`] vCPUs (`default_vcpus`,
-//! `default_maxvcpus`): kata-vmm lists all of them in the MP table and parks the others in KVM's
-//! wait-for-SIPI, the kernel boots only the first (`maxcpus=`). A first container sees CPU 0
-//! online and CPU 1 present. A container with a CPU limit of one CPU (quota = period) makes
-//! kata-sandbox grow the VM to two vCPUs (`Hypervisor::resize_vcpus`, then the agent's
-//! `OnlineCPUMem` writes 1 to `/sys/devices/system/cpu/cpu1/online`); that container sees two
-//! CPUs online (`/sys/devices/system/cpu/online`, `nproc`, `/proc/cpuinfo`) and runs a busy
-//! loop pinned to CPU 1 (`taskset -c 1`) whose time shows in CPU 1's `/proc/stat` counters.
-//! The built-in VMM does not take vCPUs back (the agent has no offline call): a last container
-//! reports what stays online once the limited one is gone.
+//! `default_maxvcpus`): kata-vmm lists all of them in the MP table and parks the others (their
+//! threads blocked outside `KVM_RUN`), the kernel boots only the first (`maxcpus=`). A first
+//! container sees CPU 0 online and CPU 1 present, and the runner sees vCPU 1's thread
+//! (`kata-vcpu-1`, in this process: the VMM is in-process) parked: blocked in `futex`
+//! (`/proc/self/task/<tid>/syscall`), not in `KVM_RUN`'s `ioctl`. A container with a CPU limit
+//! of one CPU (quota = period) makes kata-sandbox grow the VM to two vCPUs
+//! (`Hypervisor::resize_vcpus`, then the agent's `OnlineCPUMem` writes 1 to
+//! `/sys/devices/system/cpu/cpu1/online`); that container sees two CPUs online
+//! (`/sys/devices/system/cpu/online`, `nproc`, `/proc/cpuinfo`) and runs a busy loop pinned to
+//! CPU 1 (`taskset -c 1`) whose time shows in CPU 1's `/proc/stat` counters.
 //!
-//! Without parked vCPUs (before this check's change `default_maxvcpus` was inert) the VM has
-//! one CPU, present and online, and the check fails at the first container.
+//! When it leaves, kata-sandbox shrinks the VM: the agent takes CPU 1 offline (kata-rs's
+//! `kata_rs.GuestService/OfflineCPUs`), then `resize_vcpus(1)` revokes vCPU 1's grant and
+//! kata-vmm parks it again. The next container reads online `0` and busy-loops while the
+//! runner sees vCPU 1's thread parked again with its CPU time (`utime`, `stime` of
+//! `/proc/self/task/<tid>/stat`) standing still. A second limited container grows the VM
+//! again (online `0-1`, `nproc` 2, CPU 1 works), and once it is gone CPU 1 is given back again.
+//! Last a hostile guest: a container with `/sys` read-write and `CAP_SYS_ADMIN` onlines CPU 1
+//! itself, without a grant: the write must reach the kernel and fail (the INIT/SIPI stays
+//! pending in KVM; Linux gives up after 10 s, `EIO`), online stays `0` and vCPU 1's thread
+//! stays parked with its CPU time unchanged.
+//!
+//! Without the shrink (before this check's change the built-in VMM kept the vCPUs it granted)
+//! the container after the limited one reads online `0-1` and the check fails there.
 //!
 //! Runs in the built-in VMM's set and with `KATA_LAB_MEM=1` (the memory checks' filter).
 
@@ -39,6 +51,72 @@ const SPIN_S: u32 = 2;
 /// the loop, for a slow nested L2.
 const MIN_TICKS: u64 = 50;
 
+/// What a container without a limit prints once the limited one is gone: the online CPUs and
+/// `nproc`, then it busy-loops [`SPIN_S`] seconds (on the CPUs the guest has).
+const AFTER_SCRIPT: &str =
+    "cat /sys/devices/system/cpu/online; nproc; timeout SPIN sh -c 'while :; do :; done'; true";
+
+/// x86-64's `futex` system call number: what a parked vCPU thread (a condition variable's
+/// wait) is blocked in. In `KVM_RUN` it is in `ioctl` (16).
+const SYS_FUTEX: &str = "202";
+
+/// The kernel id of this process's thread named `name` (exactly one).
+fn thread_named(name: &str) -> Result<u32> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").context("/proc/self/task")? {
+        let task = task?;
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            found.push(task.file_name().to_string_lossy().parse::<u32>()?);
+        }
+    }
+    ensure!(
+        found.len() == 1,
+        "expected one thread named {name} in this process, found {found:?}"
+    );
+    Ok(found[0])
+}
+
+/// A thread's `utime + stime` (clock ticks) from its `/proc/.../stat` line.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    // The fields after the command name (which may hold spaces), from `state` (field 3) on.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// What thread `tid` does now: its CPU ticks, and the system call it is blocked in (the first
+/// field of `/proc/self/task/<tid>/syscall`: a number, or `running`).
+fn thread_now(tid: u32) -> Result<(u64, String)> {
+    let dir = format!("/proc/self/task/{tid}");
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).context("the thread's stat")?;
+    let ticks = cpu_ticks(&stat).with_context(|| format!("no CPU times in {stat:?}"))?;
+    let syscall =
+        std::fs::read_to_string(format!("{dir}/syscall")).context("the thread's syscall")?;
+    let call = syscall.split_whitespace().next().unwrap_or("").to_string();
+    Ok((ticks, call))
+}
+
+/// vCPU 1's thread is parked: blocked in `futex` (read a few times: a thread kicked out of
+/// `KVM_RUN` is in `ioctl` for a moment before it parks). Returns its CPU ticks.
+async fn vcpu1_parked(tid: u32, when: &str) -> Result<u64> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let (ticks, call) = thread_now(tid)?;
+        if call == SYS_FUTEX {
+            return Ok(ticks);
+        }
+        last = call;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "{when}: vCPU 1's thread (kata-vcpu-1, tid {tid}) is in system call {last:?} for 5 s, \
+         not parked (futex, {SYS_FUTEX}; `ioctl` 16 is KVM_RUN)"
+    )
+}
+
 /// What the limited container prints: the online CPUs, `nproc`, `/proc/cpuinfo`'s processors,
 /// CPU 1's line of `/proc/stat` before and after a busy loop pinned to CPU 1.
 const SCRIPT: &str =
@@ -63,6 +141,21 @@ fn limited(cpus: u32) -> Result<Spec> {
             )
             .build()?,
     ));
+    Ok(spec)
+}
+
+/// What the hostile container runs: it writes 1 to CPU 1's `online` itself (no grant), and
+/// prints the write's exit code, how long it took, its error, then the online CPUs.
+const HOSTILE_SCRIPT: &str = "t0=$(date +%s); \
+err=$(sh -c 'echo 1 > /sys/devices/system/cpu/cpu1/online' 2>&1); rc=$?; t1=$(date +%s); \
+echo \"rc=$rc $((t1 - t0))s $err\"; cat /sys/devices/system/cpu/online";
+
+/// A spec that may write to sysfs as the guest's root: `/sys` read-write, `CAP_SYS_ADMIN`, no
+/// masked or read-only paths (a guest user that takes over the guest, or a container given
+/// that much).
+fn privileged() -> Result<Spec> {
+    let mut spec = Spec::default();
+    crate::vfio::privileged(&mut spec, &[])?;
     Ok(spec)
 }
 
@@ -115,9 +208,8 @@ pub async fn builtin_cpus_grow(rootfs: &Path, root_dir: &str) -> Result<String> 
         .vcpus(BOOT_VCPUS)
         .static_resources(false)
         .root_dir(root_dir);
-    let sandbox = tokio::time::timeout(Duration::from_secs(300), builder.build())
+    let sandbox = crate::l2_boot::build_sandbox(&builder)
         .await
-        .context("no sandbox after 300 s")?
         .context("the sandbox with a parked vCPU did not start")?;
     let sys = "cat /sys/devices/system/cpu/online /sys/devices/system/cpu/present";
     let checked = async {
@@ -135,43 +227,110 @@ pub async fn builtin_cpus_grow(rootfs: &Path, root_dir: &str) -> Result<String> 
              CPU 1 is not parked (default_vcpus = {BOOT_VCPUS}, default_maxvcpus = {MAX_VCPUS})",
             out.stderr_str().trim()
         );
+        let tid = thread_named("kata-vcpu-1")?;
+        vcpu1_parked(tid, "at boot").await?;
         let script = SCRIPT.replace("SPIN", &SPIN_S.to_string());
-        let out = sandbox
-            .run(ContainerSpec::from_oci(limited(1)?, rootfs).args(["sh", "-c", &script]))
-            .await
-            .context("the container with a CPU limit of 1")?;
-        let seen = parse(&out.stdout_str())
-            .with_context(|| format!("the limited container ({})", out.stderr_str().trim()))?;
-        ensure!(
-            seen.online == "0-1" && seen.nproc == "2" && seen.processors == "2",
-            "with a container limited to one CPU the guest has {seen:?}: kata-sandbox did not \
-             grow the VM to 2 vCPUs, or the guest did not online CPU 1 ({})",
-            out.stderr_str().trim()
-        );
-        let worked = seen.ticks.1.saturating_sub(seen.ticks.0);
-        ensure!(
-            worked >= MIN_TICKS,
-            "CPU 1 worked {worked} ticks during a {SPIN_S} s loop pinned to it (at least \
-             {MIN_TICKS}): {seen:?} ({})",
-            out.stderr_str().trim()
-        );
-        let out = sandbox
-            .run(ContainerSpec::from_rootfs_dir(rootfs).args(["sh", "-c", sys]))
+        let after_script = AFTER_SCRIPT.replace("SPIN", &SPIN_S.to_string());
+        let mut legs = Vec::new();
+        for round in 1..=2 {
+            let out = sandbox
+                .run(ContainerSpec::from_oci(limited(1)?, rootfs).args(["sh", "-c", &script]))
+                .await
+                .with_context(|| format!("the container with a CPU limit of 1 (round {round})"))?;
+            let seen = parse(&out.stdout_str()).with_context(|| {
+                format!(
+                    "the limited container, round {round} ({})",
+                    out.stderr_str().trim()
+                )
+            })?;
+            ensure!(
+                seen.online == "0-1" && seen.nproc == "2" && seen.processors == "2",
+                "round {round}: with a container limited to one CPU the guest has {seen:?}: \
+                 kata-sandbox did not grow the VM to 2 vCPUs, or the guest did not online CPU 1 \
+                 ({})",
+                out.stderr_str().trim()
+            );
+            let worked = seen.ticks.1.saturating_sub(seen.ticks.0);
+            ensure!(
+                worked >= MIN_TICKS,
+                "round {round}: CPU 1 worked {worked} ticks during a {SPIN_S} s loop pinned to \
+                 it (at least {MIN_TICKS}): {seen:?} ({})",
+                out.stderr_str().trim()
+            );
+            // Gone: CPU 1 is given back (offline in the guest, vCPU 1 parked on the host).
+            let before = vcpu1_parked(
+                tid,
+                &format!("round {round}, once the limited container left"),
+            )
             .await?;
-        let after = out
+            let out = sandbox
+                .run(ContainerSpec::from_rootfs_dir(rootfs).args(["sh", "-c", &after_script]))
+                .await?;
+            let after: Vec<String> = out
+                .stdout_str()
+                .lines()
+                .map(|l| l.trim().to_string())
+                .collect();
+            ensure!(
+                after.first().map(String::as_str) == Some("0")
+                    && after.get(1).map(String::as_str) == Some("1"),
+                "round {round}: once the limited container left the guest reads online/nproc \
+                 {after:?}, not [\"0\", \"1\"]: CPU 1 was not given back ({})",
+                out.stderr_str().trim()
+            );
+            let (ticks, call) = thread_now(tid)?;
+            ensure!(
+                ticks == before && call == SYS_FUTEX,
+                "round {round}: vCPU 1's thread ran while parked: {before} -> {ticks} ticks, in \
+                 system call {call:?}, during a {SPIN_S} s busy loop in the guest"
+            );
+            legs.push(format!(
+                "round {round}: online {:?}, nproc {}, {} processors, CPU 1 worked {worked} of \
+                 {} ticks pinned; after it online {:?}, nproc {}, kata-vcpu-1 parked (futex, \
+                 {before} -> {ticks} ticks over a {SPIN_S} s busy loop)",
+                seen.online,
+                seen.nproc,
+                seen.processors,
+                SPIN_S * 100,
+                after[0],
+                after[1],
+            ));
+        }
+        // A hostile guest: root in the guest onlines CPU 1 itself, without a grant. The
+        // INIT/SIPI stays pending in KVM: the guest's kernel gives up on the CPU, and vCPU 1's
+        // thread stays parked, using no host CPU.
+        let before = vcpu1_parked(tid, "before the hostile online").await?;
+        let out = sandbox
+            .run(ContainerSpec::from_oci(privileged()?, rootfs).args(["sh", "-c", HOSTILE_SCRIPT]))
+            .await
+            .context("the container that onlines CPU 1 itself")?;
+        let lines: Vec<String> = out
             .stdout_str()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
+            .lines()
+            .map(|l| l.trim().to_string())
+            .collect();
+        let attempt = lines.first().cloned().unwrap_or_default();
+        ensure!(
+            !attempt.starts_with("rc=0")
+                && !attempt.contains("Read-only")
+                && !attempt.contains("Permission denied")
+                && attempt.starts_with("rc="),
+            "the guest's own write of 1 to cpu1/online answered {attempt:?}: it must reach the \
+             kernel and fail (the CPU cannot boot without a grant) ({})",
+            out.stderr_str().trim()
+        );
+        let (ticks, call) = thread_now(tid)?;
+        ensure!(
+            lines.get(1).map(String::as_str) == Some("0") && ticks == before && call == SYS_FUTEX,
+            "a guest that onlined CPU 1 by itself got it: online {:?}, kata-vcpu-1 {before} -> \
+             {ticks} ticks, in system call {call:?}",
+            lines.get(1)
+        );
         Ok(format!(
-            "online/present {boot:?} at boot ({BOOT_VCPUS} of {MAX_VCPUS} vCPUs, one parked); \
-             a container limited to 1 CPU saw online {:?}, nproc {}, {} processors, and CPU 1 \
-             worked {worked} of {} ticks of a loop pinned to it; {after:?} once it is gone \
-             (not taken back)",
-            seen.online,
-            seen.nproc,
-            seen.processors,
-            SPIN_S * 100
+            "online/present {boot:?} at boot ({BOOT_VCPUS} of {MAX_VCPUS} vCPUs, kata-vcpu-1 \
+             parked in futex); {}; the guest's own `echo 1 > cpu1/online` ({attempt}) left online \
+             \"0\" and kata-vcpu-1 parked ({before} -> {ticks} ticks)",
+            legs.join("; ")
         ))
     }
     .await;
@@ -200,6 +359,43 @@ mod tests {
         assert!(parse("0\n1\n1\n").is_err(), "one CPU: no cpu1 lines");
         assert!(parse("0\n1\n1\ncpu1 x\ncpu1 1 2 3\n").is_err());
         assert_eq!(busy_ticks("cpu1 1 2"), None);
+    }
+
+    #[test]
+    fn a_threads_cpu_time_is_read_past_a_command_with_spaces() {
+        let stat = "4242 (kata vcpu) S 1 1 1 0 -1 4194368 0 0 0 0 120 35 0 0 20 0 1 0 99";
+        assert_eq!(cpu_ticks(stat), Some(155));
+        assert_eq!(cpu_ticks("4242 (x) S 1"), None);
+        assert_eq!(cpu_ticks("no parenthesis"), None);
+    }
+
+    #[test]
+    fn this_process_threads_are_found_by_name() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("lab-probe-1".into())
+            .spawn(move || {
+                // Named by now (the new thread names itself before this runs).
+                ready_tx.send(()).unwrap();
+                rx.recv()
+            })
+            .unwrap();
+        ready.recv().unwrap();
+        let tid = thread_named("lab-probe-1").unwrap();
+        // Blocked in the channel's wait (once it got there): a futex, as a parked vCPU.
+        let mut call = String::new();
+        for _ in 0..200 {
+            call = thread_now(tid).unwrap().1;
+            if call == SYS_FUTEX {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(call, SYS_FUTEX);
+        tx.send(()).unwrap();
+        t.join().unwrap().unwrap();
+        assert!(thread_named("lab-probe-1").is_err(), "gone");
     }
 
     #[test]

@@ -72,13 +72,10 @@ pub async fn dragonball_config_runs(rootfs: &Path, root_dir: &str) -> Result<Str
         "{} selects {kind} with shared_fs {share}",
         file.display()
     );
-    let sandbox = tokio::time::timeout(
-        std::time::Duration::from_secs(300),
-        builder.id("lab-dragonball-toml").root_dir(root_dir).build(),
-    )
-    .await
-    .context("no sandbox after 300 s")?
-    .with_context(|| format!("the sandbox of {} did not start", file.display()))?;
+    let builder = builder.id("lab-dragonball-toml").root_dir(root_dir);
+    let sandbox = crate::l2_boot::build_sandbox(&builder)
+        .await
+        .with_context(|| format!("the sandbox of {} did not start", file.display()))?;
     let checked = async {
         let backend = sandbox
             .describe()

@@ -152,8 +152,9 @@ pub struct Options {
     pub cpus: u32,
     /// The whole run's deadline: L1 is killed when it passes.
     pub timeout: Duration,
-    /// L1 is killed as frozen when its console stays silent this long once the runner has
-    /// started (whose heartbeat speaks every 30 s): [`SILENCE_LIMIT`].
+    /// L1 is killed as frozen when no line of the runner's (`lab-...`; its heartbeat speaks
+    /// every 30 s) comes for this long once it has started: [`SILENCE_LIMIT`]. Kernel lines do
+    /// not count then (a locked-up L1 still prints its soft-lockup reports).
     pub silence_limit: Duration,
     /// Where to keep L1's whole console.
     pub console_log: Option<PathBuf>,
@@ -165,6 +166,10 @@ pub struct Options {
     /// `--crash-only`, from the host's `KATA_LAB_CRASH` (for working on the row; the other
     /// checks then never report).
     pub crash_only: Option<String>,
+    /// VFIO cases alone (`lab.vfio=<names>`): the host's `KATA_LAB_VFIO` (`builtin`, `ctr` or
+    /// QEMU's check names, comma-separated; the runner then runs no VMM set, the other checks
+    /// never report, and it refuses a name it does not know), or a narrowed rerun's `ctr`.
+    pub vfio: Option<String>,
 }
 
 impl Options {
@@ -184,6 +189,9 @@ impl Options {
             echo: true,
             log: None,
             crash_only: std::env::var("KATA_LAB_CRASH")
+                .ok()
+                .filter(|c| !c.trim().is_empty()),
+            vfio: std::env::var("KATA_LAB_VFIO")
                 .ok()
                 .filter(|c| !c.trim().is_empty()),
         }
@@ -242,7 +250,7 @@ impl Run {
 }
 
 /// What the run loop waits for: the next console line, until the deadline or, once the
-/// runner has started (its heartbeat speaks every 30 s), until the console has been silent
+/// runner has started (its heartbeat speaks every 30 s), until the runner has been silent
 /// for the limit.
 #[derive(Debug, Clone, Copy)]
 struct Wait {
@@ -260,6 +268,15 @@ impl Wait {
             true => left.min((self.last_line + self.silence_limit).saturating_duration_since(now)),
             false => left,
         }
+    }
+
+    /// Whether `line` shows L1 alive. Before the runner starts, any line; after, only the
+    /// runner's own (`lab-...`, its heartbeat among them): a CI run of 2026-12-01 had both of
+    /// L1's CPUs stuck in an L2's `KVM_RUN` from about 260 s on, the heartbeat gone, while L1's
+    /// kernel kept printing its soft-lockup and RCU-stall reports every 30 s until the 2000 s
+    /// deadline — a console that spoke, from a machine that had stopped.
+    fn keeps_alive(runner_started: bool, line: &str) -> bool {
+        !runner_started || line.contains("lab-")
     }
 
     /// Whether a wait that ran out at `now` ran out for silence (L1 froze), not the deadline.
@@ -312,9 +329,12 @@ pub fn kernel_cmdline(opts: &Options) -> Result<String, Error> {
     if std::env::var("KATA_LAB_NET").is_ok_and(|v| !v.trim().is_empty()) {
         cmdline.push_str(" lab.net");
     }
-    // qemu-template alone (the host's KATA_LAB_TEMPLATE; src/template.rs).
-    if std::env::var("KATA_LAB_TEMPLATE").is_ok_and(|v| !v.trim().is_empty()) {
-        cmdline.push_str(" lab.template");
+    // qemu-template alone (the host's KATA_LAB_TEMPLATE; src/template.rs), or with
+    // KATA_LAB_TEMPLATE=builtin builtin-template alone (src/builtin_template.rs).
+    match std::env::var("KATA_LAB_TEMPLATE").map(|v| v.trim().to_string()) {
+        Ok(v) if v == "builtin" => cmdline.push_str(" lab.template=builtin"),
+        Ok(v) if !v.is_empty() => cmdline.push_str(" lab.template"),
+        _ => {}
     }
     // The density figures alone (the host's KATA_LAB_DENSITY; src/density.rs).
     if let Some(pods) = density_pods() {
@@ -378,10 +398,7 @@ pub fn qemu_args(image: &L1Image, opts: &Options, socket: &Path) -> Result<Vec<S
         &format!(
             "{}{}",
             kernel_cmdline(opts)?,
-            // VFIO cases alone (the host's KATA_LAB_VFIO: `builtin`, `ctr` or QEMU's check
-            // names, comma-separated; the runner then runs no VMM set, the other checks never
-            // report, and it refuses a name it does not know).
-            vfio_arg(std::env::var("KATA_LAB_VFIO").ok().as_deref())
+            vfio_arg(opts.vfio.as_deref())
         ),
     ];
     Ok(args.iter().map(|a| a.to_string()).collect())
@@ -538,7 +555,9 @@ pub fn run(image: &L1Image, opts: &Options) -> Result<Run, Error> {
         };
         match rx.recv_timeout(wait.at_most(Instant::now())) {
             Ok(line) => {
-                last_line = Instant::now();
+                if Wait::keeps_alive(run.runner_start.is_some(), &line) {
+                    last_line = Instant::now();
+                }
                 let t = started.elapsed();
                 if let Some(f) = console_file.as_mut() {
                     let _ = writeln!(f, "{:7.1} {line}", t.as_secs_f64());
@@ -621,6 +640,26 @@ mod tests {
         };
         assert_eq!(w.at_most(now), Duration::from_secs(10));
         assert!(!w.froze(now + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn after_the_runner_starts_only_its_lines_keep_l1_alive() {
+        let lockup =
+            "[ 1828.678445] watchdog: BUG: soft lockup - CPU#0 stuck for 1572s! [kata-vcpu-0:354]";
+        let rcu = "[ 1866.740195] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:";
+        // L1's boot and module loads: every line counts (the silence limit is not armed yet).
+        assert!(Wait::keeps_alive(false, lockup));
+        assert!(Wait::keeps_alive(false, "Loading, please wait..."));
+        // Once the runner beats, the kernel's reports of a stuck machine do not.
+        assert!(!Wait::keeps_alive(true, lockup));
+        assert!(!Wait::keeps_alive(true, rcu));
+        assert!(Wait::keeps_alive(true, "lab-alive 270"));
+        assert!(Wait::keeps_alive(true, "lab-check ok qemu-boot took 3.1s"));
+        // A heartbeat that shares its line with a kernel message still counts.
+        assert!(Wait::keeps_alive(
+            true,
+            "[  300.1] virtio_net: xlab-alive 300"
+        ));
     }
 
     #[test]

@@ -44,15 +44,60 @@ where
     loop {
         match build().await {
             Err(e) if rebuilt + 1 < tries && lost(&format!("{e:#}")) => {
-                println!(
-                    "kata-lab: L2 reset or hung inside its firmware, or shut down in its kernel's \
-                     first second ({e:#}); building it once more"
-                );
+                say_again(&e);
                 rebuilt += 1;
             }
             other => return (other, rebuilt),
         }
     }
+}
+
+/// `builder`'s sandbox within 300 s, built through [`past_firmware`]: the one way a lab case
+/// boots an L2 sandbox from a builder.
+pub(crate) async fn build_sandbox(
+    builder: &kata_sandbox::SandboxBuilder,
+) -> anyhow::Result<kata_sandbox::Sandbox> {
+    past_firmware(|| async {
+        match tokio::time::timeout(BUILD_TIMEOUT, builder.clone().build()).await {
+            Ok(r) => r.map_err(anyhow::Error::new),
+            Err(_) => Err(anyhow::anyhow!("no sandbox after {BUILD_TIMEOUT:?}")),
+        }
+    })
+    .await
+}
+
+/// How long one build of an L2 sandbox may take.
+pub(crate) const BUILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// [`past_firmware`] for a build that blocks and whose error `lost` judges itself (a `ctr run`
+/// reads its stderr: [`kata_lab::protocol::l2_lost_in_ctr`]). `build` cleans up after a
+/// failed try itself.
+pub(crate) fn past_firmware_blocking<T, E, F>(
+    lost: impl Fn(&E) -> bool,
+    mut build: F,
+) -> Result<T, E>
+where
+    E: Display,
+    F: FnMut() -> Result<T, E>,
+{
+    let mut rebuilt = 0;
+    loop {
+        match build() {
+            Err(e) if rebuilt + 1 < TRIES && lost(&e) => {
+                say_again(&e);
+                rebuilt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The console line saying a build is made once more after `e`.
+fn say_again(e: &dyn Display) {
+    println!(
+        "kata-lab: L2 reset or hung inside its firmware, or shut down in its kernel's first \
+         second ({e:#}); building it once more"
+    );
 }
 
 #[cfg(test)]
@@ -87,6 +132,32 @@ mod tests {
             }
         }));
         assert_eq!((r, calls.get()), (Ok(7), 2));
+    }
+
+    #[test]
+    fn a_blocking_build_is_made_again_only_after_a_lost_l2() {
+        let calls = Cell::new(0);
+        let lost = |e: &String| e == RESET;
+        let r: Result<u8, String> = past_firmware_blocking(lost, || {
+            calls.set(calls.get() + 1);
+            Err(RESET.to_string())
+        });
+        assert_eq!((r, calls.get()), (Err(RESET.to_string()), TRIES));
+        calls.set(0);
+        let r: Result<u8, String> = past_firmware_blocking(lost, || {
+            calls.set(calls.get() + 1);
+            match calls.get() {
+                1 => Err(RESET.to_string()),
+                _ => Ok(7),
+            }
+        });
+        assert_eq!((r, calls.get()), (Ok(7), 2));
+        calls.set(0);
+        let r: Result<u8, String> = past_firmware_blocking(lost, || {
+            calls.set(calls.get() + 1);
+            Err("the VM exited (exit code 1)".to_string())
+        });
+        assert_eq!((r.is_err(), calls.get()), (true, 1));
     }
 
     #[test]

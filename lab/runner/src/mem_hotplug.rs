@@ -102,9 +102,8 @@ pub async fn builtin_memory_grows(rootfs: &Path, root_dir: &str) -> Result<Strin
         .vcpus(1)
         .static_resources(false)
         .root_dir(root_dir);
-    let sandbox = tokio::time::timeout(Duration::from_secs(300), builder.build())
+    let sandbox = crate::l2_boot::build_sandbox(&builder)
         .await
-        .context("no sandbox after 300 s")?
         .context("the sandbox with virtio-mem did not start")?;
     let checked = async {
         let before = mem_total_kib(&sandbox, ContainerSpec::from_rootfs_dir(rootfs)).await?;
@@ -174,9 +173,8 @@ pub async fn builtin_balloon_reclaims(rootfs: &Path, root_dir: &str) -> Result<S
         .memory_mib(512)
         .vcpus(1)
         .root_dir(root_dir);
-    let sandbox = tokio::time::timeout(Duration::from_secs(300), builder.build())
+    let sandbox = crate::l2_boot::build_sandbox(&builder)
         .await
-        .context("no sandbox after 300 s")?
         .context("the sandbox with a balloon did not start")?;
     let checked = async {
         const MIB: u64 = 1 << 20;

@@ -95,9 +95,8 @@ pub async fn builtin_net_hot(rootfs: &Path, root_dir: &str) -> Result<String> {
         .vcpus(1)
         .root_dir(root_dir)
         .network_namespace(pod.path());
-    let sandbox = tokio::time::timeout(Duration::from_secs(300), builder.build())
+    let sandbox = crate::l2_boot::build_sandbox(&builder)
         .await
-        .context("no sandbox after 300 s")?
         .context("the sandbox on the pod network with a spare root port did not start")?;
     let checked = async {
         // An interface added after boot: hot-plugged on the spare port.

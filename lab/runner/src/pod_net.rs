@@ -150,21 +150,17 @@ pub(crate) fn serve_once(listener: TcpListener, within: Duration) -> Result<(Str
 pub async fn builtin_pod_network(rootfs: &Path, root_dir: &str) -> Result<String> {
     let (pod, peer) = pod_network()?;
     let kind = HypervisorType::Dragonball;
-    let sandbox = tokio::time::timeout(
-        Duration::from_secs(300),
-        Sandbox::builder()
-            .id("lab-builtin-net")
-            .hypervisor(kind)
-            .hypervisor_config(HypervisorConfig::defaults_for(kind))
-            .memory_mib(256)
-            .vcpus(1)
-            .root_dir(root_dir)
-            .network_namespace(pod.path())
-            .build(),
-    )
-    .await
-    .context("no sandbox after 300 s")?
-    .context("the sandbox on the pod network did not start")?;
+    let builder = Sandbox::builder()
+        .id("lab-builtin-net")
+        .hypervisor(kind)
+        .hypervisor_config(HypervisorConfig::defaults_for(kind))
+        .memory_mib(256)
+        .vcpus(1)
+        .root_dir(root_dir)
+        .network_namespace(pod.path());
+    let sandbox = crate::l2_boot::build_sandbox(&builder)
+        .await
+        .context("the sandbox on the pod network did not start")?;
     let checked = async {
         let taps = pod.taps()?;
         ensure!(

@@ -99,14 +99,17 @@ pub const VMM_CHECKS: &[&str] = &[
     // rescan_network as virtio-net on virtio-pci onto a spare root port; a container sends
     // over it; removed, the NIC is unplugged and the port taken again (src/net_hot.rs).
     "net-hot",
-    // QEMU only: VM templating (`enable_template`): three sandboxes from one template, each
+    // VM templating (`enable_template`). QEMU: three sandboxes from one template, each
     // at its own vsock CID with the host's clock, against a fresh boot; then two virtio-fs
-    // clones, each with its own share hot-plugged after the restore (src/template.rs).
+    // clones, each with its own share hot-plugged after the restore (src/template.rs). The
+    // built-in VMM (builtin_template: kata-vmm's snapshot and restore): two clones restored
+    // from one template, each container reading its own marker through its own inline
+    // virtio-fs share (src/builtin_template.rs).
     "template",
 ];
 
 /// The [`VMM_CHECKS`] only the QEMU backend runs.
-pub const QEMU_ONLY_CHECKS: &[&str] = &["vhost-vsock", "template"];
+pub const QEMU_ONLY_CHECKS: &[&str] = &["vhost-vsock"];
 
 /// The [`VMM_CHECKS`] only the built-in VMM runs (QEMU's confinement is a filter on its whole
 /// process, tested in kata-hypervisor).
@@ -152,6 +155,10 @@ pub const BUILTIN_VFIO_CHECKS: &[&str] = &[
     "vfio-mode-cold-bridge-port",
     "vfio-hot-bridge-port",
     "vfio-mode-hot-bridge-port",
+    // INTx of the edu in the bridge's slot 1, cold and hot-plugged (in the `vfio-mode-*-bridge-port`
+    // sandboxes): its INTA# reaches bus 0 as the bridge's INTB#, a pin the MP table lists.
+    "vfio-intx-cold-bridge-port",
+    "vfio-intx-hot-bridge-port",
 ];
 
 /// The figure comparing the two VMMs' boot-to-agent-ready times (built-in / QEMU, issue 11's
@@ -360,7 +367,8 @@ pub enum Line {
 
 /// The runner's heartbeat (`lab-alive <seconds since the runner started>`), printed every
 /// [`HEARTBEAT_EVERY`] by a thread of its own whatever the checks do: while it comes, L1 and its
-/// kernel run. The host takes a console silent for [`SILENCE_LIMIT`] after the runner started
+/// kernel run. The host takes [`SILENCE_LIMIT`] without a line of the runner's (kernel lines do
+/// not count: a locked-up L1 keeps printing soft-lockup reports) after the runner started
 /// as L1 frozen (nested SVM under TCG: a CI run of 2026-11-30 printed nothing for 1000 s until
 /// the deadline) and ends the run then, instead of at the deadline.
 pub const ALIVE_PREFIX: &str = "lab-alive ";
@@ -368,7 +376,7 @@ pub const ALIVE_PREFIX: &str = "lab-alive ";
 /// How often the runner's heartbeat comes.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 
-/// How long L1's console may stay silent, once the runner started, before the host calls L1
+/// How long L1 may go without a runner line, once the runner started, before the host calls L1
 /// frozen: six heartbeats missed.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(180);
 
@@ -539,6 +547,56 @@ impl Verdict {
     }
 }
 
+/// What a rerun of L1 may be narrowed to: the lab's tail, the containerd VFIO cells and the
+/// crash row, which run last and are where an L1 that froze late leaves its checks unreported.
+/// Rerunning only them (the runner's `lab.vfio=ctr` and `--crash-only <steps>`) takes a minute
+/// or two instead of a whole L1 run, which the rerun budget often no longer holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Narrowed {
+    /// `lab.vfio=` for the rerun: `ctr` when a containerd VFIO cell is missing.
+    pub vfio: Option<String>,
+    /// `--crash-only` for the rerun: the missing crash cells' steps, comma-separated.
+    pub crash: Option<String>,
+}
+
+/// The narrowed rerun for these missing checks, or `None` when one of them is not in the
+/// lab's tail (a whole run is needed then).
+pub fn narrowed_rerun(missing: &[String]) -> Option<Narrowed> {
+    if missing.is_empty() {
+        return None;
+    }
+    let mut n = Narrowed::default();
+    let mut steps = Vec::new();
+    for m in missing {
+        let name = m.strip_prefix("builtin-")?;
+        if BUILTIN_VFIO_CTR_CHECKS.contains(&name) {
+            n.vfio = Some("ctr".into());
+        } else if BUILTIN_CRASH_CHECKS.contains(&name) {
+            steps.push(name.strip_prefix("crash-")?);
+        } else {
+            return None;
+        }
+    }
+    if !steps.is_empty() {
+        n.crash = Some(steps.join(","));
+    }
+    Some(n)
+}
+
+/// `earlier` checks with `later` ones over them: a check a later run reported counts as that
+/// run said (every report of it there), one it did not report as the earlier run said. What
+/// the lab's reruns add up to: a rerun follows only a run whose failures were VMs that died
+/// with L1 (`Verdict::rerun_reason`), and repeats or narrows to what that run left.
+pub fn merge_checks(earlier: &[Check], later: &[Check]) -> Vec<Check> {
+    let mut out: Vec<Check> = earlier
+        .iter()
+        .filter(|c| !later.iter().any(|l| l.name == c.name))
+        .cloned()
+        .collect();
+    out.extend(later.iter().cloned());
+    out
+}
+
 /// How an L1 run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L1End {
@@ -546,11 +604,11 @@ pub enum L1End {
     Finished,
     /// QEMU exited before that (L1 reset: `-no-reboot` makes a reset an exit).
     Reset,
-    /// Killed at the deadline while the console still spoke (the runner's heartbeat came: a
+    /// Killed at the deadline while the runner still spoke (its heartbeat came: a
     /// hang in the runner, or in what it waits for).
     Deadline,
-    /// Killed after [`SILENCE_LIMIT`] without a console line once the runner had started: L1
-    /// itself stopped (no heartbeat, no kernel message).
+    /// Killed after [`SILENCE_LIMIT`] without a runner line once the runner had started: L1
+    /// itself stopped (no heartbeat; its kernel may still report the lockup).
     Froze,
 }
 
@@ -560,7 +618,7 @@ impl fmt::Display for L1End {
             L1End::Finished => "finished",
             L1End::Reset => "ended early (a reset)",
             L1End::Deadline => "hung until the deadline",
-            L1End::Froze => "froze (its console silent, the runner's heartbeat gone)",
+            L1End::Froze => "froze (the runner's heartbeat gone)",
         })
     }
 }
@@ -625,6 +683,18 @@ pub fn l2_lost_before_our_code(error: &str) -> bool {
     l2_reset_in_firmware(error) || l2_shut_down_in_early_boot(error)
 }
 
+/// [`l2_lost_before_our_code`] for the stderr of a `ctr run` whose sandbox did not start:
+/// ctr prints the shim's error after `ctr: ` and containerd ends it with the gRPC code
+/// (`: unknown`), which would otherwise read as the console's last line. Seen in a CI run of
+/// 2026-12-01 (`qemu-vfio-ctr-cold`: "ctr: failed to create shim task: the VM exited (exit
+/// code 0)" with only SeaBIOS's banner on the console).
+pub fn l2_lost_in_ctr(stderr: &str) -> bool {
+    let s = stderr.trim();
+    let s = s.strip_prefix("ctr: ").unwrap_or(s);
+    let s = s.strip_suffix(": unknown").unwrap_or(s);
+    l2_lost_before_our_code(s)
+}
+
 /// Whether a console excerpt holds SeaBIOS's own output and nothing else: its banner, "Booting
 /// from ROM" and its dots, any of them cut where L2 stopped (a hang in the middle of the banner,
 /// "SeaBIOS (version 1.16.2-debi", was seen in a CI run of 2026-11-30).
@@ -678,6 +748,33 @@ pub fn verdict(checks: &[Check], expected: &[String]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ctr_run_whose_l2_reset_in_seabios_is_lost_before_our_code() {
+        // Verbatim from the CI run of 2026-12-01 (`qemu-vfio-ctr-cold`).
+        let ci = "ctr: failed to create shim task: the VM exited (exit code 0)\n--- last 1 \
+                  guest console lines ---\nSeaBIOS (version 1.16.2-debian-1.16.2-1: unknown";
+        assert!(l2_lost_in_ctr(ci));
+        // Without ctr's decoration it is the lab's rule as before.
+        assert!(l2_lost_in_ctr(
+            "the VM exited (exit code 0)\n--- last 1 guest console lines ---\nSeaBIOS \
+             (version 1.16.2-debian-1.16.2-1)"
+        ));
+        for not in [
+            // The kernel ran.
+            "ctr: failed to create shim task: the VM exited (exit code 0)\n--- last 2 guest \
+             console lines ---\nSeaBIOS (version 1.16.2-debian-1.16.2-1)\nLinux version 6.1: \
+             unknown",
+            // QEMU failed.
+            "ctr: failed to create shim task: the VM exited (exit code 1)\n--- last 1 guest \
+             console lines ---\nSeaBIOS (version 1.16.2-debian-1.16.2-1: unknown",
+            // Refused by the runtime.
+            "ctr: failed to create shim task: cold_plug_vfio: unknown",
+            "",
+        ] {
+            assert!(!l2_lost_in_ctr(not), "{not}");
+        }
+    }
 
     #[test]
     fn only_a_reset_inside_the_firmware_is_built_again() {
@@ -938,6 +1035,85 @@ mod tests {
             ok,
             detail: String::new(),
         }
+    }
+
+    #[test]
+    fn a_rerun_narrows_to_the_labs_tail_only() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // CI rehearsal of 2026-12-02: L1 froze in the crash row's last cell.
+        assert_eq!(
+            narrowed_rerun(&names(&["builtin-crash-shutdown"])),
+            Some(Narrowed {
+                vfio: None,
+                crash: Some("shutdown".into())
+            })
+        );
+        // The submission's CI run: from the containerd VFIO cells on.
+        let tail: Vec<String> = BUILTIN_VFIO_CTR_CHECKS
+            .iter()
+            .chain(BUILTIN_CRASH_CHECKS)
+            .map(|c| format!("builtin-{c}"))
+            .collect();
+        assert_eq!(
+            narrowed_rerun(&tail),
+            Some(Narrowed {
+                vfio: Some("ctr".into()),
+                crash: Some("boot,create,start,exec,delete,shutdown".into())
+            })
+        );
+        assert_eq!(
+            narrowed_rerun(&names(&["builtin-vfio-ctr-cold"])),
+            Some(Narrowed {
+                vfio: Some("ctr".into()),
+                crash: None
+            })
+        );
+        // Anything before the tail needs a whole run.
+        for other in [
+            "builtin-vfio-hot-switch-port",
+            "qemu-boot",
+            "l1-kvm",
+            "qemu-crash-boot",
+        ] {
+            assert_eq!(
+                narrowed_rerun(&names(&[other, "builtin-crash-boot"])),
+                None,
+                "{other}"
+            );
+        }
+        assert_eq!(narrowed_rerun(&[]), None);
+        // Every crash step the runner's --crash-only takes is a check of the row.
+        for c in BUILTIN_CRASH_CHECKS {
+            assert!(c.starts_with("crash-"), "{c}");
+        }
+    }
+
+    #[test]
+    fn a_later_run_overrides_what_it_reported_and_keeps_the_rest() {
+        let first = vec![
+            check("l1-kvm", true),
+            check("qemu-boot", true),
+            check("builtin-vfio-cold", false),
+        ];
+        let rerun = vec![check("l1-kvm", true), check("builtin-vfio-cold", true)];
+        let merged = merge_checks(&first, &rerun);
+        assert_eq!(merged.len(), 3);
+        assert!(merged.iter().all(|c| c.ok), "{merged:?}");
+        assert_eq!(
+            merged.iter().filter(|c| c.name == "l1-kvm").count(),
+            1,
+            "one report per name"
+        );
+        // A failure in the later run stands, whatever the earlier said.
+        let merged = merge_checks(&rerun, &[check("builtin-vfio-cold", false)]);
+        assert!(
+            !merged
+                .iter()
+                .find(|c| c.name == "builtin-vfio-cold")
+                .unwrap()
+                .ok
+        );
+        assert!(merged.iter().any(|c| c.name == "l1-kvm" && c.ok));
     }
 
     #[test]

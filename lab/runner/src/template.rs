@@ -183,31 +183,18 @@ async fn start(
         b.ready.as_secs_f64() * 1000.0
     );
     let seen = async {
-        let out = sandbox
-            .run(ContainerSpec::from_rootfs_dir(rootfs).args([
-                "sh",
-                "-c",
-                &format!(
-                    "cat /proc/sys/kernel/random/boot_id; date +%s; \
-                     od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'; echo; \
-                     awk '$2 == \"/\" {{ t = $3 }} END {{ print t }}' /proc/mounts; \
-                     {mark} ls / | grep lab-mark | tr '\\n' ' '"
-                ),
-            ]))
-            .await?;
-        let host_now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs() as i64;
-        let text = out.stdout_str();
-        let mut lines = text.lines();
-        let boot_id = lines.next().unwrap_or_default().trim().to_string();
-        let guest_now: i64 = lines
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .with_context(|| format!("no clock in {text:?} ({})", out.stderr_str()))?;
-        let random = lines.next().unwrap_or_default().trim().to_string();
-        let root_fs = lines.next().unwrap_or_default().trim().to_string();
-        let marks = lines.next().unwrap_or_default().trim().to_string();
+        let p = probe(
+            &sandbox,
+            rootfs,
+            &format!(
+                "awk '$2 == \"/\" {{ t = $3 }} END {{ print t }}' /proc/mounts; \
+                 {mark} ls / | grep lab-mark | tr '\\n' ' '"
+            ),
+        )
+        .await?;
+        let mut rest = p.rest.into_iter();
+        let root_fs = rest.next().unwrap_or_default();
+        let marks = rest.next().unwrap_or_default();
         let qemu_cmdline = std::fs::read(format!("/proc/{}/cmdline", qemu_pid(&sandbox)?))?
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
@@ -223,10 +210,10 @@ async fn start(
             build,
             phases: phases.clone(),
             agent,
-            boot_id,
-            random,
+            boot_id: p.boot_id,
+            random: p.random,
             qemu_cmdline,
-            clock_skew_s: guest_now - host_now,
+            clock_skew_s: p.clock_skew_s,
             pss_kib: qemu_pss_kib(&sandbox)?,
             root_fs,
             marks,
@@ -240,6 +227,101 @@ async fn start(
             Err(e)
         }
     }
+}
+
+/// What the probe container of a templating check printed.
+pub(crate) struct Probe {
+    /// The guest kernel's `boot_id` (made from the CRNG on its first read).
+    pub boot_id: String,
+    /// 16 bytes of the guest's `/dev/urandom`, in hex.
+    pub random: String,
+    /// The guest's clock less the host's, seconds.
+    pub clock_skew_s: i64,
+    /// The lines `extra` printed, trimmed.
+    pub rest: Vec<String>,
+}
+
+/// Runs a container on `rootfs` in `sandbox` printing the guest's boot id, clock and random
+/// bytes, then whatever the shell commands `extra` print.
+pub(crate) async fn probe(sandbox: &Sandbox, rootfs: &Path, extra: &str) -> Result<Probe> {
+    let out = sandbox
+        .run(ContainerSpec::from_rootfs_dir(rootfs).args([
+            "sh",
+            "-c",
+            &format!(
+                "cat /proc/sys/kernel/random/boot_id; date +%s; \
+                 od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'; echo; {extra}"
+            ),
+        ]))
+        .await?;
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let text = out.stdout_str();
+    let mut lines = text.lines().map(|l| l.trim().to_string());
+    let boot_id = lines.next().unwrap_or_default();
+    let guest_now: i64 = lines
+        .next()
+        .and_then(|l| l.parse().ok())
+        .with_context(|| format!("no clock in {text:?} ({})", out.stderr_str()))?;
+    let random = lines.next().unwrap_or_default();
+    Ok(Probe {
+        boot_id,
+        random,
+        clock_skew_s: guest_now - host_now,
+        rest: lines.collect(),
+    })
+}
+
+/// Whether `v` has no empty and no repeated value.
+pub(crate) fn all_distinct(v: &[&str]) -> bool {
+    let mut d = v.to_vec();
+    d.sort();
+    d.dedup();
+    d.len() == v.len() && v.iter().all(|x| !x.is_empty())
+}
+
+/// What every templating check asks of its clones, after their shutdown: each its own random
+/// stream (`boot_ids`, `randoms`: the agent's CRNG reseed), its clock the host's (`skews`,
+/// seconds: `SetGuestDateTime`), no sandbox directory (`dirs`) and no mount under `root_dir`
+/// left.
+pub(crate) fn check_clones(
+    boot_ids: &[&str],
+    randoms: &[&str],
+    skews: &[i64],
+    dirs: &[std::path::PathBuf],
+    root_dir: &str,
+) -> Result<()> {
+    ensure!(
+        all_distinct(boot_ids) && all_distinct(randoms),
+        "the clones' random streams are not their own: boot ids {boot_ids:?}, /dev/urandom \
+         {randoms:?} (the CRNG state of the template, not reseeded?)"
+    );
+    ensure!(
+        skews.iter().all(|s| s.abs() <= CLOCK_SLACK_S),
+        "the clones' clocks are off the host's by {skews:?} s (SetGuestDateTime not applied?)"
+    );
+    for d in dirs {
+        ensure!(!d.exists(), "{} left", d.display());
+    }
+    let mounts = kata_testkit::leaks::mounts_under(Path::new(root_dir));
+    ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+    Ok(())
+}
+
+/// The files of the template directory `dir` after every clone's shutdown: the lock, memory,
+/// state and manifest, nothing else (no VM directory or socket of the template VM).
+pub(crate) fn template_kept(dir: &str) -> Result<Vec<String>> {
+    let mut kept: Vec<String> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    ensure!(
+        kept == ["lock", "memory", "state", "template.json"],
+        "the template directory holds {kept:?}: want the lock, memory, state and manifest only"
+    );
+    Ok(kept)
 }
 
 /// `qemu-template`.
@@ -339,44 +421,17 @@ pub async fn qemu_template(rootfs: &Path, root_dir: &str) -> Result<String> {
             s.qemu_cmdline
         );
     }
-    let distinct = |v: Vec<&str>| {
-        let mut d = v.clone();
-        d.sort();
-        d.dedup();
-        d.len() == v.len() && v.iter().all(|x| !x.is_empty())
-    };
     let boot_ids: Vec<&str> = seen.iter().map(|s| s.boot_id.as_str()).collect();
     let randoms: Vec<&str> = seen.iter().map(|s| s.random.as_str()).collect();
-    ensure!(
-        distinct(boot_ids.clone()) && distinct(randoms.clone()),
-        "the clones' random streams are not their own: boot ids {boot_ids:?}, /dev/urandom \
-         {randoms:?} (the CRNG state of the template, not reseeded?)"
-    );
     let skews: Vec<i64> = seen.iter().map(|s| s.clock_skew_s).collect();
-    ensure!(
-        skews.iter().all(|s| s.abs() <= CLOCK_SLACK_S),
-        "the clones' clocks are off the host's by {skews:?} s (SetGuestDateTime not applied?)"
-    );
     // Nothing left but the template.
-    for d in &dirs {
-        ensure!(!d.exists(), "{} left", d.display());
-    }
-    let mounts = kata_testkit::leaks::mounts_under(Path::new(root_dir));
-    ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+    check_clones(&boot_ids, &randoms, &skews, &dirs, root_dir)?;
     let left: Vec<_> = kata_testkit::leaks::cmdlines()
         .into_iter()
         .filter(|(_, cmd)| cmd.contains("qemu-system") && cmd.contains("lab-tpl"))
         .collect();
     ensure!(left.is_empty(), "processes left: {left:?}");
-    let mut kept: Vec<String> = std::fs::read_dir(TEMPLATE_DIR)?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    kept.sort();
-    ensure!(
-        kept == ["lock", "memory", "state", "template.json"],
-        "the template directory holds {kept:?}: want the lock, memory, state and manifest only"
-    );
+    let kept = template_kept(TEMPLATE_DIR)?;
     let state_kib = std::fs::metadata(Path::new(TEMPLATE_DIR).join("state"))?.len() / 1024;
     std::fs::remove_dir_all(TEMPLATE_DIR).context("removing the template (rm -r)")?;
     let fs = virtio_fs(rootfs, root_dir).await?;
@@ -390,7 +445,7 @@ pub async fn qemu_template(rootfs: &Path, root_dir: &str) -> Result<String> {
 }
 
 /// A copy of `rootfs` for `id` (each virtio-fs sandbox writes to its own).
-fn rootfs_copy(rootfs: &Path, id: &str) -> Result<std::path::PathBuf> {
+pub(crate) fn rootfs_copy(rootfs: &Path, id: &str) -> Result<std::path::PathBuf> {
     let to = Path::new("/run").join(format!("{id}-rootfs"));
     let _ = std::fs::remove_dir_all(&to);
     let ok = std::process::Command::new("cp")

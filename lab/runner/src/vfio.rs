@@ -136,12 +136,23 @@ pub(crate) fn build_proof(rootfs: &Path) -> Result<()> {
 /// it to be opened), nothing else beyond the defaults.
 fn vfio_mode_spec(vfio: &Path) -> Result<Spec> {
     let mut spec = vfio_spec(vfio, false)?;
-    let caps: std::collections::HashSet<Capability> = [
-        Capability::SysRawio,
-        Capability::Kill,
-        Capability::AuditWrite,
-    ]
-    .into();
+    set_caps(
+        &mut spec,
+        [
+            Capability::SysRawio,
+            Capability::Kill,
+            Capability::AuditWrite,
+        ]
+        .into(),
+    )?;
+    Ok(spec)
+}
+
+/// Gives `spec`'s process exactly `caps` as its bounding, effective and permitted sets, and
+/// empty inheritable and ambient sets: given, not left out, since the agent keeps its own
+/// inheritable set for a spec without one, which capset(2) then refuses under the smaller
+/// bounding set.
+fn set_caps(spec: &mut Spec, caps: std::collections::HashSet<Capability>) -> Result<()> {
     let mut p = spec.process().clone().unwrap_or_default();
     p.set_capabilities(Some(
         LinuxCapabilitiesBuilder::default()
@@ -153,7 +164,7 @@ fn vfio_mode_spec(vfio: &Path) -> Result<Spec> {
             .build()?,
     ));
     spec.set_process(Some(p));
-    Ok(spec)
+    Ok(())
 }
 
 /// The proof program's line, checked: identification and factorial.
@@ -231,50 +242,51 @@ fn vfio_spec(vfio: &Path, raw: bool) -> Result<Spec> {
             .access("rwm")
             .build()?]));
         linux.set_resources(Some(res));
-        linux.set_masked_paths(None);
-        linux.set_readonly_paths(None);
-        let mounts: Vec<Mount> = spec
-            .mounts()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|mut m| {
-                if m.destination() == Path::new("/sys") {
-                    let opts = m
-                        .options()
-                        .clone()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|o| o != "ro")
-                        .collect();
-                    m.set_options(Some(opts));
-                }
-                m
-            })
-            .collect();
-        spec.set_mounts(Some(mounts));
-        let caps: std::collections::HashSet<Capability> = [
-            Capability::SysRawio,
-            Capability::SysAdmin,
-            Capability::Kill,
-            Capability::AuditWrite,
-        ]
-        .into();
-        let mut p = spec.process().clone().unwrap_or_default();
-        p.set_capabilities(Some(
-            LinuxCapabilitiesBuilder::default()
-                .bounding(caps.clone())
-                .effective(caps.clone())
-                .permitted(caps.clone())
-                // Given, not left out: the agent keeps its own inheritable set for a spec
-                // without one, which capset(2) then refuses under the smaller bounding set.
-                .inheritable(std::collections::HashSet::new())
-                .ambient(std::collections::HashSet::new())
-                .build()?,
-        ));
-        spec.set_process(Some(p));
+        privileged(&mut spec, &[Capability::SysRawio])?;
     }
     Ok(spec)
+}
+
+/// Makes `spec` a container that may write to sysfs as the guest's root: `/sys` read-write, no
+/// masked or read-only paths, and `CAP_SYS_ADMIN`, `CAP_KILL`, `CAP_AUDIT_WRITE` and `extra`
+/// as its bounding, effective and permitted sets (the VFIO proof's raw mode, and
+/// `cpu_hotplug`'s hostile guest).
+pub(crate) fn privileged(spec: &mut Spec, extra: &[Capability]) -> Result<()> {
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .context("a default linux section")?;
+    linux.set_masked_paths(None);
+    linux.set_readonly_paths(None);
+    let mounts: Vec<Mount> = spec
+        .mounts()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut m| {
+            if m.destination() == Path::new("/sys") {
+                let opts = m
+                    .options()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|o| o != "ro")
+                    .collect();
+                m.set_options(Some(opts));
+            }
+            m
+        })
+        .collect();
+    spec.set_mounts(Some(mounts));
+    let caps = [
+        Capability::SysAdmin,
+        Capability::Kill,
+        Capability::AuditWrite,
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .collect();
+    set_caps(spec, caps)
 }
 
 async fn run_in(
@@ -1103,7 +1115,12 @@ async fn builtin_cold_port_case(
     if let Err(e) = sb.shutdown().await {
         eprintln!("kata-lab: shutting the builtin {name} sandbox down: {e:#}");
     }
+    // INTx behind the bridge's slot (`vfio_irq::bridge_intx`), in the `vfio` mode sandbox.
+    let intx = (port == PciePort::BridgePort).then_some("vfio-intx-cold-bridge-port");
     if !proof {
+        if let Some(i) = intx {
+            r.line(i, Err(anyhow::anyhow!("not run: no proof program")));
+        }
         return;
     }
     let name = format!("vfio-mode-cold-{port}");
@@ -1111,6 +1128,9 @@ async fn builtin_cold_port_case(
     let sb = match build_builtin_on(port, true, true, vfio, root_dir).await {
         Ok(sb) => sb,
         Err(e) => {
+            if let Some(i) = intx {
+                r.line(i, Err(anyhow::anyhow!("not run: {e:#}: no sandbox")));
+            }
             r.line(name, Err(e.context("the sandbox did not start")));
             return;
         }
@@ -1128,6 +1148,10 @@ async fn builtin_cold_port_case(
     })
     .await;
     r.line(name, result.context("timed out").and_then(|s| s));
+    if let Some(i) = intx {
+        let result = tokio::time::timeout(limit, vfio_irq::bridge_intx(&sb, vfio, rootfs, false));
+        r.line(i, result.await.context("timed out").and_then(|s| s));
+    }
     if let Err(e) = sb.shutdown().await {
         eprintln!("kata-lab: shutting the builtin {name} sandbox down: {e:#}");
     }
@@ -1219,9 +1243,17 @@ async fn builtin_hot_case(
     // The root port's hot `vfio` mode case is `vfio-intx-hot-root-port` (`src/vfio_irq.rs`).
     let mode = (port != PciePort::RootPort).then(|| vfio_mode_name(port, false));
     let vfio_mode = mode.is_some() && proof.is_ok();
+    // INTx behind the bridge's SHPC slot (`vfio_irq::bridge_intx`), after the `vfio` mode proof.
+    let intx = (port == PciePort::BridgePort).then_some("vfio-intx-hot-bridge-port");
     let sb = match build_builtin_on(port, false, vfio_mode, vfio, root_dir).await {
         Ok(sb) => sb,
         Err(e) => {
+            if let Some(i) = intx {
+                r.line(
+                    i,
+                    Err(anyhow::anyhow!("not run: {e:#}: the sandbox did not start")),
+                );
+            }
             if let Some(m) = &mode {
                 r.line(
                     m,
@@ -1300,6 +1332,19 @@ async fn builtin_hot_case(
             Err(e) => Err(anyhow::anyhow!("not run: {e:#}")),
         };
         r.line(m, result);
+    }
+    if let Some(i) = intx {
+        let result = match vfio_mode {
+            true => tokio::time::timeout(
+                Duration::from_secs(180),
+                vfio_irq::bridge_intx(&sb, vfio, rootfs, true),
+            )
+            .await
+            .context("timed out")
+            .and_then(|s| s),
+            false => Err(anyhow::anyhow!("not run: no proof program")),
+        };
+        r.line(i, result);
     }
     if let Err(e) = sb.shutdown().await {
         eprintln!("kata-lab: shutting the builtin {name} sandbox down: {e:#}");

@@ -114,6 +114,22 @@ fn qemu_config(hot: bool) -> Result<String> {
     )
 }
 
+/// A ctr that ran and failed: what ran with its status and stdout, and its stderr as it came
+/// (a sandbox's start error, judged by [`ctr_run_sandbox`]).
+#[derive(Debug)]
+struct CtrFailed {
+    what: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for CtrFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, stderr {:?}", self.what, self.stderr)
+    }
+}
+
+impl std::error::Error for CtrFailed {}
+
 /// Runs `ctr args` against `c`, killed after [`crash::CTR_TIMEOUT`]: its stdout if it
 /// succeeded, else an error with its status and output.
 fn ctr_out(c: &Containerd, args: &[&str]) -> Result<String> {
@@ -134,13 +150,17 @@ fn ctr_out(c: &Containerd, args: &[&str]) -> Result<String> {
     }
     let out = child.wait_with_output()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "`ctr {}`: {}, stdout {stdout:?}, stderr {:?}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    if !out.status.success() {
+        return Err(CtrFailed {
+            what: format!(
+                "`ctr {}`: {}, stdout {stdout:?}",
+                args.join(" "),
+                out.status
+            ),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
+        .into());
+    }
     Ok(stdout)
 }
 
@@ -224,6 +244,19 @@ fn ctr_run(c: &Containerd, id: &str, args: &[&str]) -> Result<()> {
     ctr_out(c, &run).map(drop)
 }
 
+/// [`ctr_run`] of a container whose sandbox boots an L2: once more (at most
+/// `l2_boot::TRIES` runs) after an L2 lost in its firmware or its kernel's first second
+/// (nested SVM under TCG, lab/README.md), the failed container removed first.
+fn ctr_run_sandbox(c: &Containerd, id: &str, args: &[&str]) -> Result<()> {
+    let lost = |e: &anyhow::Error| {
+        e.downcast_ref::<CtrFailed>()
+            .is_some_and(|f| kata_lab::protocol::l2_lost_in_ctr(&f.stderr))
+    };
+    crate::l2_boot::past_firmware_blocking(lost, || {
+        ctr_run(c, id, args).inspect_err(|_| c.force_remove(id))
+    })
+}
+
 /// `ctr task kill`, `ctr task rm`, `ctr container rm` of container `id`.
 fn ctr_remove(c: &Containerd, id: &str) -> Result<()> {
     ctr_out(c, &["task", "kill", "-s", "KILL", id])?;
@@ -264,7 +297,7 @@ fn hot_pod(c: &Containerd, cell: &Cell<'_>, ids: &mut Vec<String>) -> Result<Str
     let pod = cell.name;
     let mut args: Vec<String> = cell.config_args.clone();
     args.extend(pod_args(None, pod));
-    ctr_run(c, pod, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    ctr_run_sandbox(c, pod, &args.iter().map(String::as_str).collect::<Vec<_>>())
         .context("`ctr run` (the pod's sandbox container, no device)")?;
     let mut seen = Vec::new();
     for n in 1..=2 {
@@ -339,7 +372,7 @@ fn cell(c: &Containerd, group: &Path, cell: &Cell<'_>) -> Result<String> {
             let t = Instant::now();
             let mut args = cell.config_args.clone();
             args.extend(cell.run_args.iter().cloned());
-            ctr_run(c, id, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            ctr_run_sandbox(c, id, &args.iter().map(String::as_str).collect::<Vec<_>>())
                 .context("`ctr run` (the sandbox with the edu cold-plugged)")?;
             let started = t.elapsed();
             let proved = look(c, id, cell)?;

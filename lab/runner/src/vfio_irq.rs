@@ -153,6 +153,66 @@ pub(super) async fn run_hot_intx(r: &mut Report, vfio: &Path, rootfs: &Path, roo
     }
 }
 
+/// `builtin-vfio-intx-cold-bridge-port` / `builtin-vfio-intx-hot-bridge-port`: in the bridge
+/// sandbox that already ran the `vfio` mode proof (`vfio.rs`: one L2 boot for both), one more
+/// container runs `vfio_proof intx` on the edu in the bridge's slot 1 (`01/01`; hot: plugged
+/// again into the freed SHPC slot 1 and unplugged at its delete). Its INTA# reaches the
+/// bridge's bus-0 slot as INTB# (the swizzle), a pin the MP table listed only since kata-vmm
+/// gave a bridge's slot all four pins: two interrupts counted through INTx prove the line
+/// (the proof prints the guest's IRQ, `line=`, and its sysfs path, `sysfs=`: both checked,
+/// [`bridge_intx_ok`], so the check cannot pass with the edu in another slot).
+pub(super) async fn bridge_intx(
+    sb: &Sandbox,
+    vfio: &Path,
+    rootfs: &Path,
+    hot: bool,
+) -> Result<String> {
+    let what = if hot {
+        "INTx of the edu hot-plugged into the built-in VMM's PCI bridge SHPC slot 1 (its INTA# \
+         swizzled to the bridge's INTB# on bus 0, the line the MP table declared at boot, irqfd \
+         with resample wired at the plug)"
+    } else {
+        "INTx of the edu cold-plugged in the built-in VMM's PCI bridge slot 1 (its INTA# \
+         swizzled to the bridge's INTB# on bus 0, the MP table's line for it, irqfd with \
+         resample)"
+    };
+    let said = proof(sb, vfio, rootfs, "intx", what).await?;
+    bridge_intx_ok(&said)?;
+    Ok(said)
+}
+
+/// The guest PCI path of the edu in the bridge's slot 1: the bridge at bus-0 slot 1, the edu
+/// device 1 on its secondary bus.
+const BRIDGE_SLOT1_PATH: &str = "01/01";
+/// The guest IRQ of the edu in the bridge's slot 1: its INTA# swizzled to the bridge's INTB#
+/// at bus-0 slot 1, which kata-vmm's `vfio::irq::plan_intx` puts on the pin below the slot's
+/// INTA# (24 - 1 = 23): IOAPIC pin 22 (the lab's VM has no virtio-mmio line up there).
+const BRIDGE_SLOT1_LINE: &str = "22";
+
+/// The INTx proof's line of the edu in the bridge's slot 1 (see [`bridge_intx`]), checked:
+/// its sysfs path is guest PCI path [`BRIDGE_SLOT1_PATH`] and its IRQ the planned pin
+/// [`BRIDGE_SLOT1_LINE`].
+fn bridge_intx_ok(said: &str) -> Result<()> {
+    let field = |key: &str| {
+        said.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or("")
+    };
+    let (line, sysfs) = (field("line="), field("sysfs="));
+    let path = super::guest_pci_path(sysfs);
+    ensure!(
+        path == BRIDGE_SLOT1_PATH,
+        "the proof ran on the edu at guest PCI path {path:?} (sysfs {sysfs:?}), not the \
+         bridge's slot 1 ({BRIDGE_SLOT1_PATH}): {said:?}"
+    );
+    ensure!(
+        line == BRIDGE_SLOT1_LINE,
+        "the edu in the bridge's slot 1 has guest IRQ {line:?}, not the bridge's INTB# line \
+         the MP table declares ({BRIDGE_SLOT1_LINE}): {said:?}"
+    );
+    Ok(())
+}
+
 /// Runs `qemu-vfio-msi-cold-root-port` and `qemu-vfio-intx-cold-root-port` where `wanted`
 /// (the QEMU backend's VFIO set; builds the proof program if no case before did).
 pub(super) async fn run_qemu(
@@ -231,5 +291,24 @@ mod tests {
             "msi"
         )
         .is_err());
+    }
+
+    #[test]
+    fn the_bridge_intx_proof_needs_the_edu_in_slot_1_on_the_planned_line() {
+        let good = "INTx of the edu ...: group=/dev/vfio/noiommu-0 device=0000:02:01.0 \
+                    id=0x010000ed fact5=0x78 irq=intx status=0x1 raised=0x100 count=2 line=22 \
+                    sysfs=/sys/devices/pci0000:00/0000:00:01.0/0000:02:01.0 (container ran in 3.1s)";
+        assert!(bridge_intx_ok(good).is_ok());
+        let e = bridge_intx_ok(&good.replace("0000:02:01.0 (", "0000:02:02.0 ("))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("01/02"), "{e}");
+        let e = bridge_intx_ok(&good.replace("line=22", "line=23"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"23\""), "{e}");
+        assert!(bridge_intx_ok(&good.replace("line=22 ", "")).is_err());
+        assert!(bridge_intx_ok(&good.replace(" sysfs=", " at=")).is_err());
+        assert!(bridge_intx_ok(&good.replace("line=22", "line=?")).is_err());
     }
 }

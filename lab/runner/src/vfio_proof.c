@@ -36,6 +36,14 @@ static int read_hex(const char *dir, const char *file, unsigned *out) {
     return ok ? 0 : -1;
 }
 
+/* What an earlier user left in the edu (it has no reset, so it survives containers and VFIO
+ * opens): an unacknowledged interrupt (its INTx level would fire at once when turned on) and
+ * the raise-on-factorial bit (a plain 5! would leave an interrupt pending). */
+static void edu_quiet(volatile uint32_t *bar) {
+    bar[0x20 / 4] = 0;
+    bar[0x64 / 4] = bar[0x24 / 4];
+}
+
 /* Waits up to 5 s for the MSI eventfd; returns the count read, 0 on a timeout. */
 static uint64_t wait_irq(int efd) {
     struct pollfd p = {.fd = efd, .events = POLLIN};
@@ -56,6 +64,7 @@ static int irq_proof(int dev, volatile uint32_t *bar, const char *group, const c
     if (pread(dev, &cmd, 2, cfg.offset + 4) != 2) return fail("reading the command register");
     cmd |= 0x6;
     if (pwrite(dev, &cmd, 2, cfg.offset + 4) != 2) return fail("writing the command register");
+    edu_quiet(bar);
     int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (efd < 0) return fail("eventfd");
     struct { struct vfio_irq_set s; int32_t fd; } set = {
@@ -80,6 +89,7 @@ static int irq_proof(int dev, volatile uint32_t *bar, const char *group, const c
     struct vfio_irq_set off = {.argsz = sizeof off, .flags = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
                                .index = VFIO_PCI_MSI_IRQ_INDEX, .start = 0, .count = 0};
     if (ioctl(dev, VFIO_DEVICE_SET_IRQS, &off)) return fail("VFIO_DEVICE_SET_IRQS (MSI off)");
+    edu_quiet(bar);
     printf("group=%s device=%s id=0x%08x fact5=0x%x irq=msi vectors=%u status=0x%x raised=0x%x count=%llu\n",
            group, bdf, ident, fact, ii.count, status, status2,
            (unsigned long long)(first + second));
@@ -98,6 +108,7 @@ static int intx_proof(int dev, volatile uint32_t *bar, const char *group, const 
     struct vfio_irq_info ii = {.argsz = sizeof ii, .index = VFIO_PCI_INTX_IRQ_INDEX};
     if (ioctl(dev, VFIO_DEVICE_GET_IRQ_INFO, &ii)) return fail("VFIO_DEVICE_GET_IRQ_INFO INTx");
     if (ii.count < 1) { printf("FAIL the device offers no INTx (interrupt pin 0)\n"); return 1; }
+    edu_quiet(bar);
     int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (efd < 0) return fail("eventfd");
     struct { struct vfio_irq_set s; int32_t fd; } set = {
@@ -122,8 +133,21 @@ static int intx_proof(int dev, volatile uint32_t *bar, const char *group, const 
     bar[0x64 / 4] = status2;
     if (intx_action(dev, VFIO_IRQ_SET_ACTION_UNMASK, 1)) return fail("VFIO_DEVICE_SET_IRQS (INTx unmask)");
     if (intx_action(dev, VFIO_IRQ_SET_ACTION_TRIGGER, 0)) return fail("VFIO_DEVICE_SET_IRQS (INTx off)");
-    printf("group=%s device=%s id=0x%08x fact5=0x%x irq=intx status=0x%x raised=0x%x count=%llu\n",
-           group, bdf, ident, fact, status, status2, (unsigned long long)(first + second));
+    edu_quiet(bar);
+    /* The guest's IRQ of the function: the IOAPIC pin the MP table gave its swizzled pin; and
+     * where it is (its sysfs device path: the bridges above it, so the guest PCI path). */
+    char path[400], line[32] = "?", at[4096] = "?";
+    snprintf(path, sizeof path, "/sys/bus/pci/devices/%s", bdf);
+    if (!realpath(path, at)) snprintf(at, sizeof at, "?");
+    snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/irq", bdf);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        if (!fgets(line, sizeof line, f)) snprintf(line, sizeof line, "?");
+        fclose(f);
+        line[strcspn(line, "\n")] = 0;
+    }
+    printf("group=%s device=%s id=0x%08x fact5=0x%x irq=intx status=0x%x raised=0x%x count=%llu line=%s sysfs=%s\n",
+           group, bdf, ident, fact, status, status2, (unsigned long long)(first + second), line, at);
     return ident == 0x010000ed && fact == 0x78 && status == 1 && second && status2 == 0x100 ? 0 : 1;
 }
 
@@ -167,6 +191,7 @@ int main(int argc, char **argv) {
     if (irq) return irq_proof(dev, bar, group, bdf);
     if (intx) return intx_proof(dev, bar, group, bdf);
     uint32_t ident = bar[0];
+    edu_quiet(bar);
     bar[0x08 / 4] = 5;
     for (int i = 0; i < 5000 && (bar[0x20 / 4] & 1); i++) {
         struct timespec ts = {0, 1000000};
