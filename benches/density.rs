@@ -28,7 +28,11 @@
 //! from this process), `arenas=<n>` (the VM processes started with `MALLOC_ARENA_MAX=<n>`:
 //! glibc's malloc arenas) and `order=<n>` (the guest kernel's
 //! `page_reporting.page_reporting_order`: the smallest free block reported, 2^n pages; the
-//! kernel's default is 9, 2 MiB). E.g. `KATA_RS_DENSITY_CONFIGS=legacy,legacy+tb=32,legacy+reclaim,default`.
+//! kernel's default is 9, 2 MiB), `pvh` (QEMU boots the ELF `vmlinux` beside the bzImage through its
+//! PVH entry) and `env=<NAME>=<value>` (the VM processes started with that variable, e.g.
+//! `env=GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072`) and `initrd=<path>` (the guests boot
+//! that initramfs instead of the manifest's: another agent build, say). Each configuration also prints
+//! QEMU's anonymous memory: in all, heap and unnamed mappings, in its files, in huge pages. E.g. `KATA_RS_DENSITY_CONFIGS=legacy,legacy+tb=32,legacy+reclaim,default`.
 //! `density.json`'s `memory` holds the first configuration's figures, `memory_configs` all.
 //!
 //! `KATA_RS_BENCH_FIRMWARE` and `KATA_RS_BENCH_AGENT_TIMEOUT_S` set the sandboxes' firmware and
@@ -65,6 +69,9 @@ struct Levers {
     no_thp: bool,
     malloc_arenas: Option<u32>,
     reporting_order: Option<u32>,
+    pvh: bool,
+    initrd: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Levers {
@@ -78,6 +85,9 @@ impl Levers {
             no_thp: false,
             malloc_arenas: None,
             reporting_order: None,
+            pvh: false,
+            initrd: None,
+            env: Vec::new(),
         };
         for token in spec.split('+').map(str::trim) {
             match token {
@@ -90,6 +100,19 @@ impl Levers {
                 "noreclaim" => l.reclaim = Some(false),
                 "image" => l.image = true,
                 "nothp" => l.no_thp = true,
+                "pvh" => l.pvh = true,
+                t if t.starts_with("initrd=") => {
+                    let path = &t["initrd=".len()..];
+                    assert!(
+                        std::path::Path::new(path).is_file(),
+                        "KATA_RS_DENSITY_CONFIGS: `{t}` in `{spec}`: no such file"
+                    );
+                    l.initrd = Some(path.to_string());
+                }
+                t if t.starts_with("env=") => match t["env=".len()..].split_once('=') {
+                    Some((k, v)) if !k.is_empty() => l.env.push((k.to_string(), v.to_string())),
+                    _ => panic!("KATA_RS_DENSITY_CONFIGS: `{t}` in `{spec}`: env=<NAME>=<value>"),
+                },
                 t => match (
                     t.strip_prefix("tb=").map(str::parse),
                     t.strip_prefix("arenas=").map(str::parse),
@@ -100,7 +123,8 @@ impl Levers {
                     (_, _, Some(Ok(n))) => l.reporting_order = Some(n),
                     _ => panic!(
                         "KATA_RS_DENSITY_CONFIGS: unknown token `{t}` in `{spec}` (known: default, \
-                         legacy, tb=<MiB>, reclaim, noreclaim, image, nothp, arenas=<n>, order=<n>)"
+                         legacy, tb=<MiB>, reclaim, noreclaim, image, nothp, pvh, arenas=<n>, order=<n>, \
+                         env=<NAME>=<value>, initrd=<path>)"
                     ),
                 },
             }
@@ -135,6 +159,18 @@ impl Levers {
                 .expect("the guest manifest has no `image`: run `make guest` (guest/image.sh)");
             hv.image = image.display().to_string();
             hv.initrd.clear();
+        }
+        if let Some(initrd) = &self.initrd {
+            hv.initrd = initrd.clone();
+        }
+        if self.pvh {
+            // The ELF beside the bzImage (guest/build.sh links both into the guest directory).
+            let kernel = kata_hypervisor::GuestManifest::load_default()
+                .expect("the guest manifest (make guest)")
+                .kernel
+                .with_file_name("vmlinux");
+            assert!(kernel.exists(), "{}: run `make guest`", kernel.display());
+            hv.kernel = kernel.display().to_string();
         }
         builder.hypervisor_config(hv)
     }
@@ -176,7 +212,7 @@ fn main() {
             for (i, levers) in configs.iter().enumerate() {
                 let m = rt.block_on(memory_at(n, root.path(), settle, levers));
                 println!(
-                    "density: {n} pod(s) [{}]: per-pod PSS {:.1} MiB (VMM {:.1}, vsock helper {:.1}, virtiofsd {:.1}, runtime {:.1}); QEMU overhead (RSS - guest RAM touched) {:.1} MiB (TCG's translated code {:.1} of it), guest RAM touched {:.1} MiB; build() median {:.0} ms",
+                    "density: {n} pod(s) [{}]: per-pod PSS {:.1} MiB (VMM {:.1}, vsock helper {:.1}, virtiofsd {:.1}, runtime {:.1}); QEMU overhead (RSS - guest RAM touched) {:.1} MiB (TCG's translated code {:.1} of it), guest RAM touched {:.1} MiB; QEMU anonymous {:.1} MiB (heap and unnamed {:.1}, in its files {:.1}; in huge pages {:.1}); build() median {:.0} ms",
                     levers.name,
                     m["per_pod_pss_mib"].as_f64().unwrap(),
                     m["per_pod_by_process_mib"]["qemu"].as_f64().unwrap_or(0.0),
@@ -186,6 +222,10 @@ fn main() {
                     m["vmm_overhead_mib"].as_f64().unwrap(),
                     m["tcg_code_mib"].as_f64().unwrap(),
                     m["guest_touched_mib"].as_f64().unwrap(),
+                    m["qemu_anon_mib"]["total"].as_f64().unwrap(),
+                    m["qemu_anon_mib"]["unnamed"].as_f64().unwrap(),
+                    m["qemu_anon_mib"]["in_files"].as_f64().unwrap(),
+                    m["qemu_anon_mib"]["huge_pages"].as_f64().unwrap(),
                     m["build_p50_ms"].as_f64().unwrap(),
                 );
                 if i == 0 {
@@ -348,6 +388,9 @@ async fn memory_at(
         // The VM processes inherit this process's environment: glibc's malloc arenas in QEMU.
         std::env::set_var("MALLOC_ARENA_MAX", n.to_string());
     }
+    for (k, v) in &levers.env {
+        std::env::set_var(k, v);
+    }
     let mut sandboxes = Vec::new();
     let mut builds = Vec::new();
     for _ in 0..n {
@@ -363,9 +406,14 @@ async fn memory_at(
     if levers.malloc_arenas.is_some() {
         std::env::remove_var("MALLOC_ARENA_MAX");
     }
+    for (k, _) in &levers.env {
+        std::env::remove_var(k);
+    }
     tokio::time::sleep(settle).await;
     let (mut qemu, mut vsock, mut fsd, mut other) = (0u64, 0u64, 0u64, 0u64);
     let (mut overhead, mut touched, mut vmms, mut tcg) = (0u64, 0u64, 0u64, 0u64);
+    // QEMU's anonymous memory: in all, heap and unnamed mappings, in its files, huge pages.
+    let mut anon = [0u64; 4];
     for sb in &sandboxes {
         for (pid, comm) in sandbox_processes(sb.dir()) {
             let Some((pss, rss)) = pss_rss_kib(pid) else {
@@ -377,6 +425,10 @@ async fn memory_at(
                 overhead += rss.saturating_sub(ram);
                 touched += ram;
                 tcg += exec_anon_rss_kib(pid);
+                let split = qemu_anon_split_kib(pid);
+                for (sum, v) in anon.iter_mut().zip(split) {
+                    *sum += v;
+                }
                 vmms += 1;
             } else if comm.starts_with("vhost-device") {
                 vsock += pss;
@@ -406,7 +458,45 @@ async fn memory_at(
         "vmm_overhead_mib": overhead as f64 / 1024.0 / vmms.max(1) as f64,
         "guest_touched_mib": touched as f64 / 1024.0 / vmms.max(1) as f64,
         "tcg_code_mib": tcg as f64 / 1024.0 / vmms.max(1) as f64,
+        "qemu_anon_mib": {
+            "total": anon[0] as f64 / 1024.0 / vmms.max(1) as f64,
+            "unnamed": anon[1] as f64 / 1024.0 / vmms.max(1) as f64,
+            "in_files": anon[2] as f64 / 1024.0 / vmms.max(1) as f64,
+            "huge_pages": anon[3] as f64 / 1024.0 / vmms.max(1) as f64,
+        },
     })
+}
+
+/// `pid`'s anonymous memory in KiB (`smaps`' `Anonymous`, which leaves out the guest RAM: a
+/// memfd): in all; in its heap and unnamed mappings (malloc's heap and arenas, large
+/// allocations, thread stacks, TCG's translation buffer, the RAM blocks of ROMs and ACPI
+/// tables); in its files (data the loader relocated, `MAP_PRIVATE` pages written); in
+/// transparent huge pages (`AnonHugePages`).
+fn qemu_anon_split_kib(pid: u32) -> [u64; 4] {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return [0; 4];
+    };
+    let (mut split, mut named) = ([0u64; 4], false);
+    let kib = |v: &str| {
+        v.split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // address perms offset dev inode [path]: a file's path starts with `/`.
+            named = words.nth(4).is_some_and(|p| p.starts_with('/'));
+        } else if let Some(v) = line.strip_prefix("Anonymous:") {
+            split[0] += kib(v);
+            split[if named { 2 } else { 1 }] += kib(v);
+        } else if let Some(v) = line.strip_prefix("AnonHugePages:") {
+            split[3] += kib(v);
+        }
+    }
+    split
 }
 
 /// `n` builds at once: each one's latency and the time until the last was ready. Every

@@ -3,7 +3,7 @@
 # cache outside the checkout and writes the manifest the host crates read.
 #
 #   guest/build.sh                  kernel, busybox initrd, agent initrds
-#                                   (runs `cargo build --release -p kata-agent` first)
+#                                   (runs `cargo build --profile guest-agent -p kata-agent` first)
 #   guest/build.sh --busybox-init   kernel and busybox initrd only; no cargo.
 #                                   Agent initrds are still made if an agent
 #                                   binary already exists.
@@ -13,7 +13,8 @@
 #   KATA_RS_CACHE        cache root               (default /var/cache/kata-rs)
 #   CARGO_TARGET_DIR     where cargo puts the agent (default $KATA_RS_CACHE/target)
 #   KATA_RS_AGENT        use this agent binary instead of building one
-#   KATA_RS_AGENT_PROFILE  cargo profile of the agent: release (default) or debug
+#   KATA_RS_AGENT_PROFILE  cargo profile of the agent: guest-agent (default: release built
+#                          for size, see Cargo.toml), release, or debug
 #   JOBS                 kernel make -j           (default $(nproc))
 #   KATA_RS_INITRD_COMPRESS  none (default) or gzip
 #
@@ -305,14 +306,15 @@ build_initrd() {
 # (the checkout's .cargo/config.toml no longer names a target dir).
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 TARGET_DIR=$CARGO_TARGET_DIR
-AGENT_PROFILE=${KATA_RS_AGENT_PROFILE:-release}
-AGENT=${KATA_RS_AGENT:-$TARGET_DIR/$AGENT_PROFILE/kata-agent}
+AGENT_PROFILE=${KATA_RS_AGENT_PROFILE:-guest-agent}
+# `debug` (or `dev`) is cargo's dev profile, which builds into target/debug.
+case "$AGENT_PROFILE" in debug | dev) AGENT_PROFILE=dev AGENT_DIR=debug ;; *) AGENT_DIR=$AGENT_PROFILE ;; esac
+AGENT=${KATA_RS_AGENT:-$TARGET_DIR/$AGENT_DIR/kata-agent}
 
 build_agent() {
   [ -n "${KATA_RS_AGENT:-}" ] && return 0
   log "cargo build ($AGENT_PROFILE) -p kata-agent"
-  (cd "$REPO_DIR" && nice -n 5 cargo build -q -p kata-agent \
-     $([ "${KATA_RS_AGENT_PROFILE:-release}" = release ] && echo --release)) ||
+  (cd "$REPO_DIR" && nice -n 5 cargo build -q -p kata-agent --profile "$AGENT_PROFILE") ||
     die "the agent did not build; \`guest/build.sh --busybox-init\` builds the image without it"
 }
 
