@@ -547,35 +547,95 @@ impl Verdict {
     }
 }
 
-/// What a rerun of L1 may be narrowed to: the lab's tail, the containerd VFIO cells and the
-/// crash row, which run last and are where an L1 that froze late leaves its checks unreported.
-/// Rerunning only them (the runner's `lab.vfio=ctr` and `--crash-only <steps>`) takes a minute
-/// or two instead of a whole L1 run, which the rerun budget often no longer holds.
+/// What a rerun of L1 may be narrowed to: everything after the VMMs' own sets, which run
+/// first — the built-in VMM's VFIO set, QEMU's VFIO set, the containerd VFIO cells and the
+/// crash row, where an L1 that froze part-way leaves its checks unreported. Rerunning only the
+/// missing ones (the runner's `lab.vfio=<names>` and `--crash-only <steps>`) takes minutes
+/// instead of a whole L1 run, which the rerun budget often no longer holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Narrowed {
-    /// `lab.vfio=` for the rerun: `ctr` when a containerd VFIO cell is missing.
+    /// `lab.vfio=` for the rerun, comma-separated: `builtin` (or `builtin-hot`,
+    /// `builtin-switch`, `builtin-bridge`) for the built-in VMM's VFIO set, QEMU's VFIO case
+    /// names, `ctr` for the built-in VMM's containerd VFIO cells.
     pub vfio: Option<String>,
     /// `--crash-only` for the rerun: the missing crash cells' steps, comma-separated.
     pub crash: Option<String>,
 }
 
-/// The narrowed rerun for these missing checks, or `None` when one of them is not in the
-/// lab's tail (a whole run is needed then).
+/// The QEMU VFIO case that reports `check` (a name of [`VFIO_CHECKS`]): the runner's
+/// `lab.vfio=` selects cases, and two checks are reported inside another's case.
+fn qemu_vfio_case(check: &str) -> &str {
+    match check {
+        "vfio-bar0-guest-kernel" => "vfio-cold-root-port",
+        "vfio-hot-unplug" => "vfio-hot-root-port",
+        other => other,
+    }
+}
+
+/// The runner's `lab.vfio=` name for the built-in VMM's VFIO cases that report `check` (a
+/// name of [`BUILTIN_VFIO_CHECKS`]): the switch's and the bridge's cases, the hot-plugs onto a
+/// root port, or the whole set for the rest.
+fn builtin_vfio_part(check: &str) -> &'static str {
+    if check.ends_with("-switch-port") {
+        "builtin-switch"
+    } else if check.ends_with("-bridge-port") {
+        "builtin-bridge"
+    } else if check.ends_with("-hot-root-port") {
+        "builtin-hot"
+    } else {
+        "builtin"
+    }
+}
+
+/// The narrowed rerun for these missing checks, or `None` when one of them belongs to a VMM's
+/// own set or to L1 (a whole run is needed then).
 pub fn narrowed_rerun(missing: &[String]) -> Option<Narrowed> {
     if missing.is_empty() {
         return None;
     }
     let mut n = Narrowed::default();
     let mut steps = Vec::new();
+    let mut builtin: Vec<&str> = Vec::new();
+    let mut qemu: Vec<&str> = Vec::new();
+    let mut ctr = false;
     for m in missing {
+        if let Some(name) = m.strip_prefix("qemu-") {
+            if !VFIO_CHECKS.contains(&name) {
+                return None;
+            }
+            let case = qemu_vfio_case(name);
+            if !qemu.contains(&case) {
+                qemu.push(case);
+            }
+            continue;
+        }
         let name = m.strip_prefix("builtin-")?;
         if BUILTIN_VFIO_CTR_CHECKS.contains(&name) {
-            n.vfio = Some("ctr".into());
+            ctr = true;
         } else if BUILTIN_CRASH_CHECKS.contains(&name) {
             steps.push(name.strip_prefix("crash-")?);
+        } else if BUILTIN_VFIO_CHECKS.contains(&name) {
+            let part = builtin_vfio_part(name);
+            if !builtin.contains(&part) {
+                builtin.push(part);
+            }
         } else {
             return None;
         }
+    }
+    // The runner takes `builtin-hot` alone, or `builtin-switch` and `builtin-bridge` together;
+    // any other mix is the whole set.
+    let mixed_hot = builtin.contains(&"builtin-hot") && builtin.len() > 1;
+    if builtin.contains(&"builtin") || mixed_hot {
+        builtin = vec!["builtin"];
+    }
+    let mut vfio: Vec<&str> = builtin;
+    vfio.extend(qemu);
+    if ctr {
+        vfio.push("ctr");
+    }
+    if !vfio.is_empty() {
+        n.vfio = Some(vfio.join(","));
     }
     if !steps.is_empty() {
         n.crash = Some(steps.join(","));
@@ -1068,12 +1128,63 @@ mod tests {
                 crash: None
             })
         );
-        // Anything before the tail needs a whole run.
+        // The VFIO sets after the VMMs' own: the cases that report the missing checks.
+        assert_eq!(
+            narrowed_rerun(&names(&[
+                "builtin-vfio-hot-switch-port",
+                "builtin-vfio-mode-cold-bridge-port",
+                "qemu-vfio-bar0-guest-kernel",
+                "qemu-vfio-cold-root-port",
+                "qemu-vfio-hot-unplug",
+                "qemu-vfio-ctr-cold",
+                "builtin-vfio-ctr-cold",
+                "builtin-crash-boot",
+            ])),
+            Some(Narrowed {
+                vfio: Some(
+                    "builtin-switch,builtin-bridge,vfio-cold-root-port,vfio-hot-root-port,\
+                     vfio-ctr-cold,ctr"
+                        .into()
+                ),
+                crash: Some("boot".into())
+            })
+        );
+        assert_eq!(
+            narrowed_rerun(&names(&["builtin-vfio-intx-hot-root-port"])),
+            Some(Narrowed {
+                vfio: Some("builtin-hot".into()),
+                crash: None
+            })
+        );
+        // The runner takes builtin-hot only alone: with another part, the whole set.
+        for set in [
+            &["builtin-vfio-hot-root-port", "builtin-vfio-hot-bridge-port"][..],
+            &["builtin-vfio-msi", "builtin-vfio-cold-switch-port"][..],
+        ] {
+            assert_eq!(
+                narrowed_rerun(&names(set)).and_then(|n| n.vfio),
+                Some("builtin".into()),
+                "{set:?}"
+            );
+        }
+        // Every name a narrowed rerun passes is one the runner's lab.vfio= knows.
+        let every: Vec<String> = BUILTIN_VFIO_CHECKS
+            .iter()
+            .map(|c| format!("builtin-{c}"))
+            .chain(VFIO_CHECKS.iter().map(|c| format!("qemu-{c}")))
+            .collect();
+        let all = narrowed_rerun(&every).unwrap().vfio.unwrap();
+        assert!(all.starts_with("builtin,vfio-cold-root-port,"), "{all}");
+        for name in all.split(',').skip(1) {
+            assert!(VFIO_CHECKS.contains(&name), "{name}");
+        }
+        // A VMM's own set, L1's checks or a name the lab does not know need a whole run.
         for other in [
-            "builtin-vfio-hot-switch-port",
+            "builtin-boot",
             "qemu-boot",
             "l1-kvm",
             "qemu-crash-boot",
+            "builtin-vfio-nonsense",
         ] {
             assert_eq!(
                 narrowed_rerun(&names(&[other, "builtin-crash-boot"])),
