@@ -45,7 +45,7 @@ else
 fi
 
 if err=$(load kvm 2>&1) && [ -c /dev/kvm ]; then
-  check l1-kvm ok "/dev/kvm, kvm_amd nested=$(cat /sys/module/kvm_amd/parameters/nested), $(grep -c svm /proc/cpuinfo) cpu(s) with svm"
+  check l1-kvm ok "/dev/kvm, kvm_amd nested=$(cat /sys/module/kvm_amd/parameters/nested), $(grep -c svm /proc/cpuinfo) cpu(s) with svm ($(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -x -E 'npt|vgif|v_vmsave_vmload|nrip_save|lbrv|vmcb_clean|flushbyasid|decodeassists|pausefilter|pfthreshold|avic|tsc_scale|svme_addr_chk' | tr '\n' ' '| sed 's/ $//'))"
 else
   check l1-kvm fail "$(echo "$err" | tr '\n' ' ') /dev/kvm: $(ls -l /dev/kvm 2>&1)"
 fi
