@@ -355,16 +355,10 @@ pub fn kernel_cmdline(opts: &Options) -> Result<String, Error> {
     Ok(cmdline)
 }
 
-/// L1's CPU model: every feature TCG emulates, SVM among them (so L1 has KVM), but not SVM's
-/// virtual GIF. With `vgif` offered, L1's kvm_amd enables it in every VMCB it runs L2 with, and
-/// QEMU 7.2's TCG then now and then delivers an interrupt to L1 in the window after a
-/// `#VMEXIT` where the global interrupt flag must hold it off, while GS still has L2's base:
-/// L1's kernel panicked in a vCPU thread ("stack guard page was hit" in `exc_page_fault`
-/// reading `gs:current_task`, or "Fatal exception in interrupt") in each of the three L1 runs
-/// of a rehearsal of 2026-12-02, always in QEMU's VFIO cells, and in a run of those cells
-/// alone; the same cells passed without `vgif`, when L1's KVM keeps the real GIF clear across
-/// that window (lab/README.md).
-pub const L1_CPU: &str = "max,+svm,-vgif";
+/// L1's CPU model: every feature TCG emulates, SVM among them (so L1 has KVM). Without SVM's
+/// virtual GIF (`max,+svm,-vgif`, through `KATA_LAB_CPU`) L1 still panicked in QEMU's VFIO
+/// cells (lab/README.md), so the model stays whole.
+pub const L1_CPU: &str = "max,+svm";
 
 /// QEMU's arguments for L1: TCG with SVM (so L1 has KVM), q35 with an emulated IOMMU first
 /// (the edu device and every later PCI device sit behind it), guest memory in a shared memfd
@@ -705,7 +699,7 @@ mod tests {
             .unwrap()
             .join(" ");
         assert!(
-            a.contains("-M q35 -accel tcg -cpu max,+svm,-vgif -m 2048M -smp 2"),
+            a.contains("-M q35 -accel tcg -cpu max,+svm -m 2048M -smp 2"),
             "{a}"
         );
         let iommu = a.find("-device intel-iommu").expect("an IOMMU");
