@@ -509,6 +509,15 @@ impl Verdict {
         self.passed.len() + self.failed.len()
     }
 
+    /// The checks a rerun must report again: those never reported and those that failed.
+    pub fn redo(&self) -> Vec<String> {
+        self.missing
+            .iter()
+            .cloned()
+            .chain(self.failed.iter().map(|c| c.name.clone()))
+            .collect()
+    }
+
     /// Why L1 deserves one more run, or `None`. Nested SVM under TCG now and then resets,
     /// hangs or freezes L1 mid-run (lab/README.md): the run then ends early with checks never
     /// reported. That fault is the emulator's, so the lab runs L1 once more and says so:
@@ -519,21 +528,33 @@ impl Verdict {
     ///   another an L2 exit and L1 silent from then on: what failed died with the machine it
     ///   ran on; the rerun must pass it.
     ///
-    /// Any other failed check, an unknown check, or a run that finished is never retried.
+    /// - L1 finished, every check reported, and the only failures are L2 VMs that died (a
+    ///   rehearsal of 2026-12-02: `builtin-blk-hot`'s L2 shut down under its first container,
+    ///   in a run whose two predecessors L1 had frozen and reset): those checks run again (a
+    ///   fault of ours that kills L2 each time still fails there).
+    ///
+    /// Any other failed check, an unknown check, or a run that finished without reporting
+    /// every check is never retried.
     pub fn rerun_reason(&self, end: L1End) -> Option<String> {
-        if end == L1End::Finished || !self.unexpected.is_empty() || self.missing.is_empty() {
+        if !self.unexpected.is_empty() {
             return None;
         }
         let vm_deaths =
             |c: &Check| c.detail.contains("the sandbox died") || c.detail.contains("the VM exited");
-        if !self.failed.is_empty() && (end == L1End::Deadline || !self.failed.iter().all(vm_deaths))
-        {
-            return None;
+        let only_deaths = !self.failed.is_empty() && self.failed.iter().all(vm_deaths);
+        match end {
+            L1End::Finished if !only_deaths || !self.missing.is_empty() => return None,
+            L1End::Finished => {}
+            _ if self.missing.is_empty() => return None,
+            _ if !self.failed.is_empty() && (end == L1End::Deadline || !only_deaths) => {
+                return None
+            }
+            _ => {}
         }
         let failed = match self.failed.is_empty() {
             true => "none failed".to_string(),
             false => format!(
-                "the only failures L2 VMs that died before it ({})",
+                "the only failures L2 VMs that died ({})",
                 self.failed
                     .iter()
                     .map(|c| c.name.as_str())
@@ -1026,7 +1047,21 @@ mod tests {
         );
         assert_eq!(
             verdict(&[ok("a"), died.clone()], &three).rerun_reason(L1End::Finished),
-            None
+            None,
+            "c never reported"
+        );
+        // L1 finished with every check reported and only an L2 death: that check again.
+        let all_in = verdict(&[ok("a"), died.clone(), ok("c")], &three);
+        let reason = all_in.rerun_reason(L1End::Finished).unwrap();
+        assert!(
+            reason.contains("finished") && reason.contains('b'),
+            "{reason}"
+        );
+        assert_eq!(all_in.redo(), vec!["b".to_string()]);
+        assert_eq!(
+            verdict(&[ok("a"), bad.clone(), ok("c")], &three).rerun_reason(L1End::Finished),
+            None,
+            "another failure"
         );
         let other = Check {
             name: "a".into(),

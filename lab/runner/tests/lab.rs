@@ -115,7 +115,8 @@ async fn setup() -> Result<Env> {
         let Some(why) = v.rerun_reason(run.end()) else {
             break;
         };
-        let narrowed = narrowed_rerun(&v.missing);
+        let redo = v.redo();
+        let narrowed = narrowed_rerun(&redo);
         let budget = match narrowed {
             Some(_) => RERUN_BUDGET + L1_TIMEOUT - NARROWED_TIMEOUT,
             None => RERUN_BUDGET,
@@ -141,7 +142,7 @@ async fn setup() -> Result<Env> {
                 "*** lab: the rerun runs only what is missing (lab.vfio={}, crash row: {}): {} ***",
                 n.vfio.as_deref().unwrap_or("-"),
                 n.crash.as_deref().unwrap_or("-"),
-                v.missing.join(", ")
+                redo.join(", ")
             );
             opts.vfio = n.vfio;
             opts.crash_only = n.crash;
