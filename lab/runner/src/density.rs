@@ -671,7 +671,9 @@ Pss:                1000 kB
     fn a_pod_lost_before_its_kernel_is_built_again() {
         // An agent silent for the whole dial with nothing on the console: the density rule.
         assert!(lost_before_its_kernel(SILENT));
-        assert!(!kata_lab::protocol::l2_lost_before_our_code(SILENT));
+        // Since 2026-12-02 the lab's own rule builds it again too (QEMU's first L2 of a lab
+        // run hung so).
+        assert!(kata_lab::protocol::l2_lost_before_our_code(SILENT));
         // The lab's rule still applies (a reset inside SeaBIOS, an exit 0 with no console).
         assert!(lost_before_its_kernel(
             "pod density-qemu-2: the sandbox did not start: the VM exited (exit code 0)"
@@ -728,7 +730,7 @@ Pss:                1000 kB
             },
         ));
         assert_eq!((r, rebuilt), (Ok(2), 1));
-        // Without the density rule (the lab's own), the same error is not built again.
+        // With the lab's own rule the same error is built again as well, at most as often.
         calls.set(0);
         let (r, rebuilt): (Result<(), String>, usize) = rt.block_on(super::super::l2_boot::past(
             REBUILDS + 1,
@@ -739,7 +741,7 @@ Pss:                1000 kB
             },
         ));
         assert!(r.is_err());
-        assert_eq!((rebuilt, calls.get()), (0, 1));
+        assert_eq!((rebuilt, calls.get()), (REBUILDS, REBUILDS + 1));
     }
 
     #[test]
