@@ -541,7 +541,10 @@ impl Verdict {
         }
         let vm_deaths =
             |c: &Check| c.detail.contains("the sandbox died") || c.detail.contains("the VM exited");
-        let only_deaths = !self.failed.is_empty() && self.failed.iter().all(vm_deaths);
+        // A check a dead L2 took with it reports "not run: ..." (no sandbox, it did not boot).
+        let not_run = |c: &Check| c.detail.starts_with("not run");
+        let only_deaths = self.failed.iter().any(vm_deaths)
+            && self.failed.iter().all(|c| vm_deaths(c) || not_run(c));
         match end {
             L1End::Finished if !only_deaths || !self.missing.is_empty() => return None,
             L1End::Finished => {}
@@ -1058,6 +1061,21 @@ mod tests {
             "{reason}"
         );
         assert_eq!(all_in.redo(), vec!["b".to_string()]);
+        // With the checks the dead L2 took along ("not run: no sandbox", verbatim from a lab
+        // run: builtin-vfio-cold's L2 shut down, builtin-vfio-bar0-guest-kernel not run).
+        let took = Check {
+            name: "c".into(),
+            detail: "not run: no sandbox".into(),
+            ..bad.clone()
+        };
+        let both = verdict(&[ok("a"), died.clone(), took.clone()], &three);
+        assert!(both.rerun_reason(L1End::Finished).is_some());
+        assert_eq!(both.redo(), vec!["b".to_string(), "c".to_string()]);
+        // "not run" alone is no L2 death.
+        assert_eq!(
+            verdict(&[ok("a"), ok("b"), took], &three).rerun_reason(L1End::Finished),
+            None
+        );
         assert_eq!(
             verdict(&[ok("a"), bad.clone(), ok("c")], &three).rerun_reason(L1End::Finished),
             None,
