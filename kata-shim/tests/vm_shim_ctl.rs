@@ -89,6 +89,10 @@ impl Env {
     }
 }
 
+/// How long the lifecycle waits for what follows a command in the guest (the container's
+/// first file, its exit after a kill). A liveness bound, not a speed target.
+const SETTLE: Duration = Duration::from_secs(60);
+
 /// create, state, start --detach, exec, kill, delete of one container.
 fn case_lifecycle(env: &Env) -> Result<()> {
     let bundle = env.bundle(
@@ -116,17 +120,30 @@ fn case_lifecycle(env: &Env) -> Result<()> {
     let (_, err) = env.expect(&["start", "life"], 1)?;
     ensure!(err.contains("started already"), "second start: {err}");
 
-    // The container runs on between commands: its file is there.
-    let mut last = String::new();
-    for _ in 0..50 {
+    // The container runs on between commands: its file is there (once its shell ran; a
+    // deadline, not a count of tries: each try is a shim-ctl process, slow on a loaded host).
+    let (mut last, mut found) = (String::new(), false);
+    let mut tries = 0;
+    let deadline = Instant::now() + SETTLE;
+    while Instant::now() < deadline {
+        tries += 1;
         let o = env.ctl(&["exec", "life", "cat", "/tmp/s"]);
-        last = String::from_utf8_lossy(&o.stdout).into_owned();
-        if o.status.success() && last == "started\n" {
+        last = format!(
+            "exit {:?}, stdout {:?}, stderr {:?}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        found = o.status.success() && o.stdout == b"started\n";
+        if found {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    ensure!(last == "started\n", "exec cat: {last:?}");
+    ensure!(
+        found,
+        "exec cat /tmp/s, {tries} tries in {SETTLE:?}, the last: {last}"
+    );
     let (out, err) = env.expect(
         &[
             "exec",
@@ -146,15 +163,19 @@ fn case_lifecycle(env: &Env) -> Result<()> {
         "delete of a running container: {err}"
     );
     env.expect(&["kill", "--signal", "KILL", "life"], 0)?;
-    let mut status = serde_json::Value::Null;
-    for _ in 0..50 {
-        status = env.state("life")?["status"].clone();
-        if status == "stopped" {
+    let mut state = serde_json::Value::Null;
+    let deadline = Instant::now() + SETTLE;
+    while Instant::now() < deadline {
+        state = env.state("life")?;
+        if state["status"] == "stopped" {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    ensure!(status == "stopped", "after kill: {status}");
+    ensure!(
+        state["status"] == "stopped",
+        "not stopped {SETTLE:?} after kill: {state}"
+    );
     env.expect(&["delete", "life"], 0)?;
     let (_, err) = env.expect(&["state", "life"], 1)?;
     ensure!(
