@@ -39,6 +39,8 @@ lint:
 	$(CARGO) clippy -q -p kata-sandbox --no-default-features -- -D warnings
 	@# Every intra-doc link resolves and none points at a private item (docs.rs renders them).
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -q --workspace --no-deps
+	@# Also with only their default features (a link to a feature-gated item breaks there).
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -q -p kata-hypervisor -p kata-agent-client --no-deps
 	@if $(CARGO) tree -q -p kata-shim -e normal,features -i kata-agent-client | grep -q 'feature "server"'; then \
 	  echo "lint: kata-shim pulls kata-agent-client's feature server: a protobuf type is reachable above the typed Agent API"; exit 1; fi
 

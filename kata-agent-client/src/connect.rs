@@ -35,7 +35,7 @@ const MAX_HANDSHAKE_LINE: usize = 64;
 /// 30 s, and a short retry interval so the first answer is not delayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectOptions {
-    /// How long [`AgentClient::connect`](crate::AgentClient::connect) keeps
+    /// How long a connect ([`Agent::connect`](crate::Agent::connect)) keeps
     /// trying before it gives up.
     pub dial_timeout: Duration,
     /// The deadline of every call that has no explicit timeout parameter.

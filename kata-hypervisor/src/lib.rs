@@ -7,7 +7,7 @@
 //! ([`HypervisorConfig`]) and the backends.
 //!
 //! Backends are cargo features: `qemu` (default) drives an external QEMU over QMP;
-//! `test-backend` adds [`host_agent`], a test fake that runs the real agent on this host
+//! `test-backend` adds `host_agent`, a test fake that runs the real agent on this host
 //! without a VM. Nothing outside this crate names a backend: callers go through [`backend`]
 //! and consult [`Capabilities`].
 //!

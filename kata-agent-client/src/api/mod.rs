@@ -4,10 +4,10 @@
 //! an `oci_spec` [`Process`], exit statuses as [`ExitStatus`], signals as [`Signal`],
 //! statistics as [`ContainerStats`], OOM kills as a [`Stream`](futures_core::Stream)
 //! ([`OomEvents`]). It builds the protocol's requests itself; no generated protobuf type
-//! appears in its signatures. Deadlines are [`AgentClient`]'s: the request timeout on every
-//! call, except the calls that wait by design ([`Agent::wait_process`],
-//! [`Agent::read_output`], [`Agent::remove_container`], [`Agent::oom_events`]), which say
-//! theirs.
+//! appears in its signatures. Deadlines are the connection's ([`ConnectOptions`]): the
+//! request timeout on every call, except the calls that wait by design
+//! ([`Agent::wait_process`], [`Agent::read_output`], [`Agent::remove_container`],
+//! [`Agent::oom_events`]), which say theirs.
 //!
 //! - [`exit`] has [`ExitStatus`], [`Signal`];
 //! - [`stats`] has [`ContainerStats`] and its parts;
@@ -93,8 +93,8 @@ impl From<AgentClient> for Agent {
 }
 
 impl Agent {
-    /// Connects to the agent at `addr`, retrying while the guest boots (see
-    /// [`AgentClient::connect`]).
+    /// Connects to the agent at `addr`, retrying while the guest boots (until
+    /// [`ConnectOptions::dial_timeout`]).
     pub async fn connect(addr: &AgentAddress, opts: ConnectOptions) -> Result<Self> {
         AgentClient::connect(addr, opts)
             .await

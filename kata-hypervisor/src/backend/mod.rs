@@ -6,7 +6,7 @@
 //! | type | backend | cargo feature |
 //! |---|---|---|
 //! | `qemu` | [`crate::qemu`]: an external QEMU driven over QMP | `qemu` (default) |
-//! | `host-agent` | [`crate::host_agent`]: a test fake, no VM | `test-backend` |
+//! | `host-agent` | `crate::host_agent`: a test fake, no VM | `test-backend` |
 //! | `dragonball` | `crate::builtin`: the built-in VMM (kata-vmm) in this process | `builtin` |
 //! | `clh`, `firecracker`, `remote` | none yet | — |
 //!

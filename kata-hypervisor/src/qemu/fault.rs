@@ -3,7 +3,7 @@
 //! The hybrid-vsock backend gets stuck in about one boot of twenty under load, which
 //! [`Hypervisor::wait_ready`](crate::Hypervisor::wait_ready) recovers from by booting the VM once
 //! more (up to twice). A test cannot wait for that fault, so it arms one here:
-//! [`silence_boots`] makes the named VM's first `n` boots count as silent once its agent has
+//! `silence_boots` makes the named VM's first `n` boots count as silent once its agent has
 //! answered (so each QEMU has really run the guest, with its vhost-user daemons connected), and
 //! the backend takes the very path it takes for a stuck backend. Without the feature nothing can
 //! arm it and `take_silent_boot` is always false.
