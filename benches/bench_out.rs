@@ -149,13 +149,25 @@ pub fn host_load() -> serde_json::Value {
     serde_json::json!({ "loadavg": load.trim(), "cpus": cpus })
 }
 
-/// A positive integer from the environment, else `default`.
+/// An integer from the environment (0 included), `default` when it is unset or empty. A value
+/// that is not a number stops the bench, naming the key: a typo never runs the default quietly.
 pub fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(default)
+    match std::env::var(key) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|_| {
+            panic!("{key}={v:?} is not a whole number: set it to one (or unset it: {default})")
+        }),
+        _ => default,
+    }
+}
+
+/// [`env_usize`] for a count of rounds or sandboxes: 0 stops the bench, naming the key.
+pub fn env_count(key: &str, default: usize) -> usize {
+    let n = env_usize(key, default);
+    assert!(
+        n > 0,
+        "{key}=0: a count must be at least 1 (or unset it: {default})"
+    );
+    n
 }
 
 /// `builder` with the benches' start settings from the environment, for a before/after in one
@@ -170,6 +182,7 @@ pub fn with_bench_settings(builder: kata_sandbox::SandboxBuilder) -> kata_sandbo
         hv.firmware = firmware.to_string_lossy().into_owned();
         builder = builder.hypervisor_config(hv);
     }
+    // 0 or unset: the builder's default.
     let timeout = env_usize("KATA_RS_BENCH_AGENT_TIMEOUT_S", 0);
     if timeout > 0 {
         builder = builder.agent_timeout(Duration::from_secs(timeout as u64));

@@ -29,7 +29,7 @@ mod bench_out;
 
 use std::time::{Duration, Instant};
 
-use bench_out::{env_usize, host_load, ms, with_bench_settings, write_json};
+use bench_out::{env_count, host_load, ms, with_bench_settings, write_json};
 use kata_benches::busybox_rootfs;
 use kata_sandbox::{ContainerSpec, Sandbox};
 
@@ -47,7 +47,7 @@ const PHASES: [&str; 8] = [
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
-    let rounds = env_usize("KATA_RS_PHASE_ROUNDS", if quick { 1 } else { 5 });
+    let rounds = env_count("KATA_RS_PHASE_ROUNDS", if quick { 1 } else { 5 });
     let rt = tokio::runtime::Runtime::new().unwrap();
     let rootfs = busybox_rootfs();
     let root = tempfile::tempdir().unwrap();

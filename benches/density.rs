@@ -50,8 +50,8 @@ mod bench_out;
 use std::time::{Duration, Instant};
 
 use bench_out::{
-    env_usize, exec_anon_rss_kib, guest_ram_rss_kib, host_load, ms, percentile, pss_rss_kib,
-    sandbox_processes, with_bench_settings, write_json,
+    env_count, env_usize, exec_anon_rss_kib, guest_ram_rss_kib, host_load, ms, percentile,
+    pss_rss_kib, sandbox_processes, with_bench_settings, write_json,
 };
 use kata_benches::{busybox_rootfs, runc_bundle, runc_run};
 use kata_sandbox::{Sandbox, SandboxBuilder};
@@ -204,7 +204,7 @@ fn main() {
         .filter(|s| !s.trim().is_empty())
         .map(|s| Levers::parse(s.trim()))
         .collect();
-    let rounds = env_usize("KATA_RS_DENSITY_ROUNDS", 1);
+    let rounds = env_count("KATA_RS_DENSITY_ROUNDS", 1);
     let mut memory = Vec::new();
     let mut memory_configs = Vec::new();
     for &n in &pods {
@@ -267,14 +267,14 @@ fn main() {
         }
     }
 
-    let max = env_usize("KATA_RS_STARTS_MAX", 8);
+    let max = env_count("KATA_RS_STARTS_MAX", 8);
     let wanted = list("KATA_RS_STARTS_N", if quick { "1" } else { "1,2,4,8,16" });
     let ns: Vec<usize> = wanted.iter().copied().filter(|n| *n <= max).collect();
     let skipped: Vec<usize> = wanted.iter().copied().filter(|n| *n > max).collect();
     if !skipped.is_empty() {
         println!("density: N = {skipped:?} not run (KATA_RS_STARTS_MAX = {max})");
     }
-    let singles = env_usize("KATA_RS_STARTS_SINGLE", if quick { 1 } else { 5 });
+    let singles = env_count("KATA_RS_STARTS_SINGLE", if quick { 1 } else { 5 });
     let mut starts = Vec::new();
     let mut single_rate = 0.0;
     let mut kata_single = Vec::new();
@@ -330,7 +330,7 @@ fn main() {
         }));
     }
 
-    let runs = env_usize("KATA_RS_RUNC_RUNS", if quick { 3 } else { 20 });
+    let runs = env_count("KATA_RS_RUNC_RUNS", if quick { 3 } else { 20 });
     let bundle = root.path().join("runc-bundle");
     runc_bundle(&bundle, &rootfs, &["true"]).expect("a runc bundle");
     let runc: Vec<f64> = (0..runs)

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bench_out::{
-    env_usize, guest_ram_rss_kib, host_load, pss_rss_kib, sandbox_processes, write_json,
+    env_count, env_usize, guest_ram_rss_kib, host_load, pss_rss_kib, sandbox_processes, write_json,
 };
 use kata_hypervisor::GuestManifest;
 use kata_sandbox::Sandbox;
@@ -160,8 +160,8 @@ fn main() {
         .build()
         .unwrap();
     let root = tempfile::tempdir().unwrap();
-    let n = env_usize("KATA_RS_IMAGE_PSS_N", if quick { 1 } else { 4 });
-    let rounds = env_usize("KATA_RS_IMAGE_PSS_ROUNDS", 1);
+    let n = env_count("KATA_RS_IMAGE_PSS_N", if quick { 1 } else { 4 });
+    let rounds = env_count("KATA_RS_IMAGE_PSS_ROUNDS", 1);
     let settle = Duration::from_secs(env_usize("KATA_RS_DENSITY_SETTLE_S", 3) as u64);
     let load_before = host_load();
     let mut all = Vec::new();
