@@ -13,7 +13,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export KATA_RS_VM_TEST_LOG ?= $(KATA_RS_CACHE)/vm-tests.log
 CARGO ?= cargo
 
-.PHONY: all setup build demo test test-times test-unit lint package bench clean-cache vm-summary
+.PHONY: all setup build demo test test-failed test-times test-unit lint package bench clean-cache vm-summary
 
 all: build
 
@@ -61,9 +61,21 @@ test:
 	@$(call timed,$(MAKE) --no-print-directory guest,guest)
 	@$(call timed,$(MAKE) --no-print-directory lint,lint)
 	@$(call timed,$(MAKE) --no-print-directory package,package)
-	@$(call timed,$(CARGO) test --workspace --all-targets --no-fail-fast,cargo-test)
+	@$(call timed,$(CARGO) test --workspace --all-targets --no-fail-fast,cargo-test) \
+	  || { $(MAKE) --no-print-directory test-failed; exit 1; }
 	@$(call timed,$(CARGO) test --workspace --doc --no-fail-fast,doc-tests)
 	@$(MAKE) --no-print-directory vm-summary test-times
+
+# After a failed cargo-test step: every failed case of the harness suites (VM, containerd, CRI,
+# lab) with the start of its error, at the end of the log, where a CI log cut to its tail
+# still shows them.
+test-failed:
+	@echo "make test: cargo test failed. Failed cases of the harness suites (from $(KATA_RS_VM_TEST_LOG)):"
+	@if grep -q '^failed ' $(KATA_RS_VM_TEST_LOG) 2>/dev/null; then \
+	   grep '^failed ' $(KATA_RS_VM_TEST_LOG) | sed 's/^failed /  /'; \
+	 else echo "  none: a unit or host test failed (cargo's 'failures:' lists above name it)"; fi
+	@grep '^lab-rerun ' $(KATA_RS_VM_TEST_LOG) 2>/dev/null | sed 's/^/  the nested lab needed another L1 run: /' || true
+	@$(MAKE) --no-print-directory test-times
 
 test-times:
 	@echo "make test, wall time per step (the cargo-test step includes the suites below):"

@@ -142,6 +142,20 @@ fn enter(case: Option<&str>) -> usize {
 }
 
 /// Appends `line` to `log`; errors are ignored (the log is a summary aid, not the result).
+/// How long a `failed ...` line of the VM test log may grow: the error's start, on one line.
+const FAILED_LINE_CHARS: usize = 600;
+
+/// The VM test log's line for a failed case: `failed <place>: <error>`, the error on one line
+/// (`⏎` for its line breaks) and cut after [`FAILED_LINE_CHARS`] characters.
+fn failed_line(place: &str, error: &str) -> String {
+    let one_line = error.trim().replace('\n', " ⏎ ");
+    let mut cut: String = one_line.chars().take(FAILED_LINE_CHARS).collect();
+    if cut.len() < one_line.len() {
+        cut.push_str(" [...]");
+    }
+    format!("failed {place}: {cut}")
+}
+
 fn append_line(log: &Path, line: &str) {
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -586,16 +600,19 @@ impl Reporter {
             Err(e) => {
                 self.tally.failed += 1;
                 println!("test {name} ... FAILED ({:.1?}{boots})\n{e:?}", t.elapsed());
-                if is_no_guest(&e) {
-                    let place = if name == "setup" {
-                        self.suite.clone()
-                    } else {
-                        format!("{}::{name}", self.suite)
-                    };
-                    let log = RUN.lock().unwrap_or_else(|p| p.into_inner()).log.clone();
-                    if let Some(log) = log {
+                let place = if name == "setup" {
+                    self.suite.clone()
+                } else {
+                    format!("{}::{name}", self.suite)
+                };
+                let log = RUN.lock().unwrap_or_else(|p| p.into_inner()).log.clone();
+                if let Some(log) = log {
+                    if is_no_guest(&e) {
                         append_line(&log, &format!("no-guest {place}: {e:#}"));
                     }
+                    // `make test` lists these at its end, where a CI log that keeps only its
+                    // tail still shows why each case failed.
+                    append_line(&log, &failed_line(&place, &format!("{e:#}")));
                 }
             }
         }

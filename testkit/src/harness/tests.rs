@@ -33,12 +33,23 @@ async fn boots_twice(_env: Arc<Env>) -> Result<()> {
     Ok(())
 }
 
-/// The log's `booted`/`no-guest` lines (the suite's `time` line, which varies, left out).
+/// The log's `booted`/`no-guest` lines (the suite's `time` line, which varies, and the
+/// `failed` lines, see [`failed_lines`], left out).
 fn log_lines(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter(|l| !l.starts_with("time "))
+        .filter(|l| !l.starts_with("time ") && !l.starts_with("failed "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The log's `failed <place>: <error>` lines, which `make test` prints at its end.
+fn failed_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("failed "))
         .map(str::to_string)
         .collect()
 }
@@ -133,6 +144,23 @@ fn a_run_counts_passes_failures_panics_and_timeouts_and_logs_boots() {
         log_lines(&log),
         ["booted suite_a", "booted suite_a::boots_twice"]
     );
+    // Each failure once, by name, its error on one line.
+    let failed = failed_lines(&log);
+    let places: Vec<&str> = failed
+        .iter()
+        .map(|l| l.split(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        places,
+        [
+            "failed suite_a::fails",
+            "failed suite_a::panics",
+            "failed suite_a::hangs"
+        ],
+        "{failed:?}"
+    );
+    assert!(failed[1].contains("oops"), "{failed:?}");
+    assert!(failed[2].contains("timed out after"), "{failed:?}");
     // The suite's wall time, for the table `make test` prints.
     let text = std::fs::read_to_string(&log).unwrap();
     let time = text.lines().find(|l| l.starts_with("time suite_a "));
@@ -211,6 +239,13 @@ fn a_case_that_could_not_boot_is_logged_by_name() {
         lines[0].starts_with("no-guest suite_d::boot: "),
         "{lines:?}"
     );
+    assert_eq!(
+        failed_lines(&log),
+        [
+            "failed suite_d::boot: THIS VM TEST COULD NOT BOOT A GUEST: agent did not answer",
+            "failed suite_d::plain_failure: not a boot problem"
+        ]
+    );
 }
 
 #[test]
@@ -246,5 +281,23 @@ fn a_missing_requirement_skips_loudly_and_nothing_selected_skips_the_setup() {
             .case("one", passes)
             .run_args(&args(&["--list"]), async { Ok(Env::default()) }),
         None
+    );
+}
+
+#[test]
+fn a_failed_line_is_one_line_and_bounded() {
+    let long = format!("first\nsecond {}", "x".repeat(2 * super::FAILED_LINE_CHARS));
+    let line = super::failed_line("suite::case", &long);
+    assert!(
+        line.starts_with("failed suite::case: first ⏎ second xx"),
+        "{line}"
+    );
+    assert!(!line.contains('\n'));
+    assert!(line.ends_with(" [...]"), "{line}");
+    assert!(line.chars().count() < super::FAILED_LINE_CHARS + 40);
+    assert_eq!(
+        super::failed_line("s", "short\n"),
+        "failed s: short",
+        "a short error stays whole"
     );
 }
