@@ -509,6 +509,16 @@ impl Verdict {
         self.passed.len() + self.failed.len()
     }
 
+    /// Whether the lab passes after L1 runs that ended as `ends` (in order): every expected
+    /// check passed, nothing unexpected was reported, and an L1 run finished (its `/init` said
+    /// so) — the last one, or an earlier one: a rerun that reported everything it was run for
+    /// and then reset or froze leaves no check unknown. A rehearsal of 2026-12-02 failed
+    /// there: `builtin-cpu-hotplug`'s L2 died in a run that finished, the whole rerun passed
+    /// it, and L1 reset at 213 s in QEMU's set, which the first run had passed whole.
+    pub fn passes(&self, ends: &[L1End]) -> bool {
+        self.success() && ends.contains(&L1End::Finished)
+    }
+
     /// The checks a rerun must report again: those never reported and those that failed.
     pub fn redo(&self) -> Vec<String> {
         self.missing
@@ -1190,6 +1200,24 @@ mod tests {
             ok,
             detail: String::new(),
         }
+    }
+
+    #[test]
+    fn the_lab_passes_when_every_check_passed_and_some_l1_run_finished() {
+        let expected: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let all = verdict(&[check("a", true), check("b", true)], &expected);
+        assert!(all.passes(&[L1End::Finished]));
+        // The rerun passed what it was run for, then L1 reset: the first run had finished.
+        assert!(all.passes(&[L1End::Finished, L1End::Reset]));
+        assert!(all.passes(&[L1End::Froze, L1End::Finished]));
+        // No run finished: not a pass, whatever reported.
+        assert!(!all.passes(&[L1End::Froze, L1End::Reset]));
+        assert!(!all.passes(&[]));
+        // A check missing or failed: never a pass.
+        let missing = verdict(&[check("a", true)], &expected);
+        assert!(!missing.passes(&[L1End::Finished]));
+        let failed = verdict(&[check("a", true), check("b", false)], &expected);
+        assert!(!failed.passes(&[L1End::Finished, L1End::Finished]));
     }
 
     #[test]
