@@ -141,7 +141,6 @@ fn enter(case: Option<&str>) -> usize {
     std::mem::take(&mut run.boots_in_case)
 }
 
-/// Appends `line` to `log`; errors are ignored (the log is a summary aid, not the result).
 /// How long a `failed ...` line of the VM test log may grow: the error's start, on one line.
 const FAILED_LINE_CHARS: usize = 600;
 
@@ -156,6 +155,7 @@ fn failed_line(place: &str, error: &str) -> String {
     format!("failed {place}: {cut}")
 }
 
+/// Appends `line` to `log`; errors are ignored (the log is a summary aid, not the result).
 fn append_line(log: &Path, line: &str) {
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new()

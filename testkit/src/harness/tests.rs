@@ -33,25 +33,27 @@ async fn boots_twice(_env: Arc<Env>) -> Result<()> {
     Ok(())
 }
 
-/// The log's `booted`/`no-guest` lines (the suite's `time` line, which varies, and the
-/// `failed` lines, see [`failed_lines`], left out).
-fn log_lines(log: &Path) -> Vec<String> {
+/// The log's lines that `keep` keeps.
+fn lines_where(log: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter(|l| !l.starts_with("time ") && !l.starts_with("failed "))
+        .filter(|l| keep(l))
         .map(str::to_string)
         .collect()
 }
 
+/// The log's `booted`/`no-guest` lines (the suite's `time` line, which varies, and the
+/// `failed` lines, see [`failed_lines`], left out).
+fn log_lines(log: &Path) -> Vec<String> {
+    lines_where(log, |l| {
+        !l.starts_with("time ") && !l.starts_with("failed ")
+    })
+}
+
 /// The log's `failed <place>: <error>` lines, which `make test` prints at its end.
 fn failed_lines(log: &Path) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("failed "))
-        .map(str::to_string)
-        .collect()
+    lines_where(log, |l| l.starts_with("failed "))
 }
 
 #[test]
